@@ -1,0 +1,163 @@
+"""The contract every bottleneck shares (DESIGN.md section 1).
+
+A bottleneck maps the encoder output ``y`` to what the decoder consumes, ``y_hat``, and says what
+that costs in nats. ``self.training`` selects the path:
+
+    training:  y --(dither / noise / soft / straight-through)--> y_hat, rate estimate
+    eval:      y --quantize--> indices --dequantize--> y_hat,     exact rate of the indices
+
+Shapes: ``y`` is ``(B, D)`` or ``(B, D, *spatial)``; the code dimension is always axis 1 and has
+size ``self.dim``. Internally methods work on rows ``(N, D)`` with ``N = B * prod(spatial)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._utils import check_finite, check_generator
+from ..registry import Registry
+
+
+@dataclass
+class BottleneckOutput:
+    """What every bottleneck returns.
+
+    y_hat:    what the decoder consumes; same shape as the input ``y``.
+    rate:     ``(B,)`` representation cost in nats per example (zeros where a method has none).
+    aux_loss: ``()`` extra training terms (codebook, commitment ...); ``zeros(())`` if none.
+    indices:  the discrete symbols on the hard path; ``None`` on a training path.
+    stats:    detached diagnostics, never part of the loss.
+    """
+
+    y_hat: Tensor
+    rate: Tensor
+    aux_loss: Tensor
+    indices: Tensor | None = None
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
+
+
+def build(name: str, **kwargs) -> Bottleneck:
+    """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``."""
+    return BOTTLENECKS.build(name, **kwargs)
+
+
+class Bottleneck(nn.Module, ABC):
+    """Base class: input checks, rows <-> ``(B, D, *spatial)`` reshaping, and the public API.
+
+    Subclasses implement the row-wise methods ``_forward_rows`` and, when ``discrete`` is true,
+    ``_quantize_rows`` / ``_dequantize_rows``. Row methods receive ``(N, D)`` and return per-row
+    rates ``(N,)``; the base sums them per example.
+    """
+
+    #: whether the method has a discrete hard path (``quantize`` / ``dequantize``)
+    discrete: ClassVar[bool] = True
+    #: shape of one row's symbols: "vector" (one integer per coordinate, like y) or "scalar"
+    #: (one integer per row, e.g. a codeword index)
+    index_kind: ClassVar[str] = "vector"
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+
+    # ----------------------------------------------------------------- public API
+    def forward(self, y: Tensor, *, generator: torch.Generator | None = None) -> BottleneckOutput:
+        self._check_input(y)
+        if not self.training:  # the hard path's dither is common randomness: CPU only
+            check_generator(generator)
+        rows = _to_rows(y)
+        out = self._forward_rows(rows, generator)
+        batch = y.shape[0]
+        return BottleneckOutput(
+            y_hat=_from_rows(out.y_hat, y.shape),
+            rate=out.rate.reshape(batch, -1).sum(1),
+            aux_loss=out.aux_loss,
+            indices=None if out.indices is None else self._indices_from_rows(out.indices, y.shape),
+            stats=out.stats,
+        )
+
+    def quantize(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Hard path, first half: the discrete symbols of ``y``."""
+        self._require_discrete()
+        self._check_input(y)
+        check_generator(generator)
+        return self._indices_from_rows(self._quantize_rows(_to_rows(y), generator), y.shape)
+
+    def dequantize(self, indices: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Hard path, second half: ``y_hat`` from the symbols (and the same dither)."""
+        self._require_discrete()
+        check_generator(generator)
+        if indices.is_floating_point() or indices.is_complex():
+            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
+        if self.index_kind == "vector":
+            self._check_rank_and_size(indices, "indices")
+            shape = indices.shape
+            rows = _to_rows(indices)
+        else:
+            shape = (indices.shape[0], self.dim, *indices.shape[1:])
+            rows = indices.reshape(-1)
+        return _from_rows(self._dequantize_rows(rows, generator), shape)
+
+    # ------------------------------------------------------- subclass interface
+    @abstractmethod
+    def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        """Rows ``(N, D)`` in, output over rows (``rate`` of shape ``(N,)``)."""
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise TypeError(f"{type(self).__name__} has no discrete hard path")
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise TypeError(f"{type(self).__name__} has no discrete hard path")
+
+    # ------------------------------------------------------------------ helpers
+    def _require_discrete(self) -> None:
+        if not self.discrete:
+            raise TypeError(f"{type(self).__name__} has no discrete code to quantize to")
+
+    def _check_rank_and_size(self, y: Tensor, name: str) -> None:
+        if y.dim() < 2:
+            raise ValueError(
+                f"{name} must have shape (B, {self.dim}) or (B, {self.dim}, *spatial), "
+                f"got rank {y.dim()} shape {tuple(y.shape)}"
+            )
+        if y.shape[1] != self.dim:
+            raise ValueError(
+                f"{name} has code dimension (axis 1) of size {y.shape[1]}, expected {self.dim}"
+            )
+
+    def _check_input(self, y: Tensor) -> None:
+        if not isinstance(y, Tensor):
+            raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
+        if not y.is_floating_point():
+            raise ValueError(f"input must be a floating-point tensor, got {y.dtype}")
+        self._check_rank_and_size(y, "input")
+        check_finite("input", y)
+
+    def _indices_from_rows(self, indices: Tensor, shape: torch.Size) -> Tensor:
+        if self.index_kind == "vector":
+            return _from_rows(indices, shape)
+        return indices.reshape(shape[0], *shape[2:])
+
+
+def _to_rows(y: Tensor) -> Tensor:
+    """``(B, D, *spatial)`` -> ``(N, D)``; a view when ``y`` is already ``(B, D)``."""
+    if y.dim() == 2:
+        return y
+    return y.movedim(1, -1).reshape(-1, y.shape[1])
+
+
+def _from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`_to_rows`."""
+    if len(shape) == 2:
+        return rows
+    batch, dim, *spatial = shape
+    return rows.reshape(batch, *spatial, dim).movedim(-1, 1)

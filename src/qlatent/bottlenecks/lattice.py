@@ -1,0 +1,165 @@
+"""Dithered lattice bottleneck trained with dithered SGD.
+
+Paper: L. A. Lastras, "Lattice Representation Learning" (arXiv 2006.13833), sections 3-4.
+
+    training (Fig. 2 right)                      hard path (Fig. 2 left)
+    x ──(−)── y_hat = x − u                      x ──(+u)── K_Λ ── z ──(−u)── y_hat = z − u
+         u ~ Unif(P0)                                             │
+    rate = log f_U(u) − log f_{X̂−U}(x − u)       indices = k with z = B k
+         (Theorem 1, eq. 9)                      rate = −log P(Ẑ = z | U = u)
+
+By the crypto lemma (y_hat, rate) has the same law on both paths, so the training objective is the
+expected codelength of the discrete representation. With the rectangular lattice Λ = diag(Δ) Z^m and
+a Laplace(0, b) prior on X̂, both rates are ``-Σ_i log P_i(y_hat_i)`` with ``P_i`` the Laplace
+probability of the cell of width Δ_i around ``y_hat_i`` (see ``qlatent.priors.laplace``).
+
+Shapes: input ``(B, m)`` or ``(B, m, *spatial)`` with the code dimension on axis 1; ``indices`` are
+int64 lattice coordinates of the same shape; ``rate`` is ``(B,)`` nats.
+
+The dither is common randomness. On the hard path it is drawn on the CPU from the ``generator``
+handed in (or torch's default CPU generator) and moved to the input's device, so a decoder that
+knows the seed regenerates it on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..lattices import RectangularLattice
+from ..priors import laplace_cell_nll
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+
+
+def dithered_training_path(
+    y: Tensor, r: Tensor, spacing: Tensor, scale: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Training path from uniform draws ``r ∈ [0, 1)``: ``(y_hat, rate per row)``.
+
+    ``u = (r − ½) Δ`` is uniform over the rectangular cell; ``y_hat = y − u``;
+    ``rate = −Σ_i log(Δ_i f_{X̂−U}(y_hat)_i)`` (Theorem 1 with f_U = 1/V, V = Π Δ_i).
+    """
+    y_hat = y - (r - 0.5) * spacing
+    return y_hat, laplace_cell_nll(y_hat, spacing, scale).sum(-1)
+
+
+_compiled_training_path = None
+
+
+def _get_compiled_training_path():
+    """The training path fused into one kernel by ``torch.compile`` (built on first use)."""
+    global _compiled_training_path
+    if _compiled_training_path is None:
+        _compiled_training_path = torch.compile(dithered_training_path)
+    return _compiled_training_path
+
+
+def _positive_log(value: float, name: str) -> float:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return math.log(value)
+
+
+@BOTTLENECKS.register("lattice")
+class DitheredLattice(Bottleneck):
+    """Dithered rectangular-lattice quantizer with a learnable Laplace prior.
+
+    Args:
+        dim: code dimension m.
+        lattice: lattice family; ``"rectangular"`` (per-dimension spacing Δ_i) is the paper's.
+        prior: distribution of X̂; ``"laplace"`` with per-dimension scale b_i.
+        init_spacing: initial Δ_i.
+        init_scale: initial b_i.
+        learn_spacing: whether Δ is trained (log-parametrized, so it stays positive).
+        learn_scale: whether b is trained (log-parametrized).
+        compile: fuse the training path with ``torch.compile`` (needs a C++ compiler; about 3x
+            faster on CPU, costs a few seconds of compilation on first use per shape).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        lattice: Literal["rectangular"] = "rectangular",
+        prior: Literal["laplace"] = "laplace",
+        init_spacing: float = 1.0,
+        init_scale: float = 1.0,
+        learn_spacing: bool = True,
+        learn_scale: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(dim=dim)
+        if lattice != "rectangular":
+            raise ValueError(f"lattice must be one of ['rectangular'], got {lattice!r}")
+        if prior != "laplace":
+            raise ValueError(f"prior must be one of ['laplace'], got {prior!r}")
+        self.lattice_name = lattice
+        self.prior_name = prior
+        self.compile = compile
+        self.log_spacing = nn.Parameter(
+            torch.full((dim,), _positive_log(init_spacing, "init_spacing")),
+            requires_grad=learn_spacing,
+        )
+        self.log_scale = nn.Parameter(
+            torch.full((dim,), _positive_log(init_scale, "init_scale")),
+            requires_grad=learn_scale,
+        )
+
+    @property
+    def spacing(self) -> Tensor:
+        """Δ, shape ``(m,)``."""
+        return self.log_spacing.exp()
+
+    @property
+    def scale(self) -> Tensor:
+        """Laplace scale b, shape ``(m,)``."""
+        return self.log_scale.exp()
+
+    def geometry(self) -> RectangularLattice:
+        """The current lattice (differentiable in Δ)."""
+        return RectangularLattice(self.spacing)
+
+    # ------------------------------------------------------------------ paths
+    def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        spacing, scale = self.spacing, self.scale
+        if self.training:
+            device = generator.device if generator is not None else y.device
+            r = torch.rand(y.shape, generator=generator, device=device, dtype=y.dtype)
+            path = _get_compiled_training_path() if self.compile else dithered_training_path
+            y_hat, rate = path(y, r.to(y.device), spacing, scale)
+            indices = None
+        else:
+            u = self._hard_dither(y.shape[0], generator, y.device)
+            indices = self._coordinates(y, u)
+            y_hat = self._reconstruct(indices, u)
+            rate = laplace_cell_nll(y_hat, spacing, scale).sum(-1)
+        stats = {"spacing": spacing.detach(), "scale": scale.detach()}
+        return BottleneckOutput(y_hat, rate, y.new_zeros(()), indices, stats)
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self._coordinates(y, self._hard_dither(y.shape[0], generator, y.device))
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self._reconstruct(indices, self._hard_dither(indices.shape[0], generator, None))
+
+    # ---------------------------------------------------------------- helpers
+    def _hard_dither(self, n: int, generator: torch.Generator | None, device) -> Tensor:
+        """``(n, m)`` dither for the hard path, drawn on the CPU (common randomness)."""
+        device = device if device is not None else self.log_spacing.device
+        return self.geometry().sample_dither(
+            n, generator=generator, device=device, dtype=self.log_spacing.dtype
+        )
+
+    def _coordinates(self, y: Tensor, u: Tensor) -> Tensor:
+        """k = K_Λ(y + u) in lattice coordinates."""
+        return self.geometry().coordinates(y + u)
+
+    def _reconstruct(self, indices: Tensor, u: Tensor) -> Tensor:
+        """y_hat = z − u with z = B k."""
+        return self.geometry().points(indices) - u
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, lattice={self.lattice_name!r}, prior={self.prior_name!r}"

@@ -1,0 +1,108 @@
+"""Typed configs: nested dataclasses, dotted command-line overrides, and round trips to JSON.
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass
+... class Opt:
+...     lr: float = 1e-3
+>>> @dataclass
+... class Cfg:
+...     opt: Opt = field(default_factory=Opt)
+>>> apply_overrides(Cfg(), ["opt.lr=5e-4"]).opt.lr
+0.0005
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a (nested) dataclass from :func:`to_dict`'s output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        kwargs[name] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: C, overrides: list[str]) -> C:
+    """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied.
+
+    Values are parsed by the field's type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+    optional ``None``). An unknown key or an unparsable value raises ``ValueError``.
+    """
+    cfg = dataclasses.replace(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        cfg = _set(cfg, key.strip().split("."), raw.strip(), key)
+    return cfg
+
+
+def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"override {full_key!r}: {path[0]!r} is not a config section")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        raise ValueError(
+            f"unknown config key {full_key!r}; {type(obj).__name__} has: {sorted(fields)}"
+        )
+    if len(path) > 1:
+        value = _set(getattr(obj, name), path[1:], raw, full_key)
+    else:
+        value = _parse(typing.get_type_hints(type(obj))[name], raw, full_key)
+    return dataclasses.replace(obj, **{name: value})
+
+
+def _parse(hint: Any, raw: str, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if type(None) in options and raw.lower() in ("none", "null"):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _parse(option, raw, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        for choice in get_args(hint):
+            if str(choice) == raw:
+                return choice
+        raise ValueError(f"{key} must be one of {list(get_args(hint))}, got {raw!r}")
+    if hint is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{key} expects a boolean, got {raw!r}")
+    if hint in (int, float, str):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise ValueError(f"{key} expects {hint.__name__}, got {raw!r}") from None
+    if origin in (list, tuple):
+        return json.loads(raw)
+    raise ValueError(f"{key}: cannot parse values of type {hint}")

@@ -1,0 +1,63 @@
+"""Figures: reconstruction grids and training curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def reconstruction_grid(
+    originals: Tensor, reconstructions: Tensor, path: str | Path, *, title: str = ""
+) -> Path:
+    """Originals (odd rows) above their reconstructions; inputs ``(n, 784)`` or ``(n, H, W)``."""
+    n = originals.shape[0]
+    side = int(round(originals[0].numel() ** 0.5))
+    orig = originals.reshape(n, side, side).detach().cpu().numpy()
+    recon = reconstructions.reshape(n, side, side).detach().cpu().numpy()
+    cols = min(n, 10)
+    rows = 2 * ((n + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
+    for i in range(rows * cols // 2):
+        r, c = 2 * (i // cols), i % cols
+        for ax, img in ((axes[r][c], orig), (axes[r + 1][c], recon)):
+            ax.axis("off")
+            if i < n:
+                ax.imshow(img[i], cmap="gray", vmin=0, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Train and validation objective (nats) and the rate per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h["train_objective"] for h in history], label="train (−ELBO)")
+    ax1.plot(epochs, [h["val_objective"] for h in history], label="validation (−ELBO)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("nats per image")
+    ax1.legend()
+    ax2.plot(epochs, [h["train_rate"] for h in history], label="train")
+    ax2.plot(epochs, [h["val_rate"] for h in history], label="validation")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("rate (nats per image)")
+    ax2.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,103 @@
+"""Lattice geometry: closest point, coordinates, Voronoi-cell dither and cell constants.
+
+A lattice ``Λ(B) = {B k : k ∈ Z^m}`` is given by its generator matrix ``B`` (basis vectors as
+columns). Points are row vectors of shape ``(..., m)``, so ``points = k @ B.T``. Geometry only:
+a lattice holds no ``nn.Parameter``; a bottleneck that learns a lattice's scale builds the lattice
+from its parameters on each call, and gradients flow through the geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+
+LATTICES: Registry[Lattice] = Registry("lattice")
+
+
+class Lattice(ABC):
+    """Base class. Subclasses give the generator matrix and an exact ``closest_point``."""
+
+    #: whether ``closest_point`` is exact (otherwise the class documents its approximation)
+    exact: bool = True
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Dimension m."""
+
+    @property
+    @abstractmethod
+    def generator_matrix(self) -> Tensor:
+        """``(m, m)`` matrix B whose columns are the basis vectors."""
+
+    @abstractmethod
+    def closest_point(self, x: Tensor) -> Tensor:
+        """K_Λ(x): the lattice point nearest to each row of ``x`` (shape ``(..., m)``)."""
+
+    # ------------------------------------------------------------ coordinates
+    def coordinates(self, points: Tensor) -> Tensor:
+        """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``."""
+        k = torch.linalg.solve(self.generator_matrix, points.unsqueeze(-1)).squeeze(-1)
+        return torch.round(k).to(torch.int64)
+
+    def points(self, coords: Tensor) -> Tensor:
+        """Lattice points from integer coordinates."""
+        basis = self.generator_matrix
+        return coords.to(basis.dtype) @ basis.T
+
+    # ------------------------------------------------------------------ dither
+    def sample_dither(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``(n, m)`` samples uniform over the Voronoi cell P0.
+
+        A point uniform over the fundamental parallelepiped ``B [0, 1)^m`` reduced modulo the
+        lattice, ``u = y - K(y)``, is uniform over P0. Drawn on the generator's device (CPU when
+        no generator is given and ``device`` is None), then moved to ``device``.
+        """
+        gen_device = generator.device if generator is not None else (device or "cpu")
+        r = torch.rand(n, self.dim, generator=generator, device=gen_device, dtype=dtype)
+        y = self.points_from_unit(r.to(device) if device is not None else r)
+        return y - self.closest_point(y)
+
+    def points_from_unit(self, r: Tensor) -> Tensor:
+        """Map ``r ∈ [0, 1)^m`` to the fundamental parallelepiped ``B r``."""
+        return r @ self.generator_matrix.to(r.dtype).T
+
+    # --------------------------------------------------------------- constants
+    @property
+    def log_volume(self) -> Tensor:
+        """log V, the log-volume of the Voronoi cell (= log |det B|)."""
+        return torch.linalg.slogdet(self.generator_matrix)[1]
+
+    @property
+    def volume(self) -> Tensor:
+        return self.log_volume.exp()
+
+    def second_moment(self, *, samples: int = 200_000, seed: int = 0) -> Tensor:
+        """σ²_Λ = (1/m) E‖U‖² for U uniform over P0.
+
+        The base class estimates it by Monte Carlo (relative standard error about
+        ``1/sqrt(samples)``); lattices with a closed form override it.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        u = self.sample_dither(samples, generator=gen, dtype=torch.float64)
+        return u.pow(2).sum(-1).mean() / self.dim
+
+    def nsm(self, **kwargs) -> Tensor:
+        """Normalized second moment G(Λ) = σ²_Λ / V^{2/m}."""
+        return self.second_moment(**kwargs) / torch.exp(2.0 * self.log_volume / self.dim)
+
+    def kl_to_gaussian(self, **kwargs) -> Tensor:
+        """KL(U_m ‖ N(0, σ²_Λ I)) per dimension, ½·log(2πe·G(Λ)) (lattice paper, eq. 12)."""
+        return 0.5 * torch.log(2 * math.pi * math.e * self.nsm(**kwargs))

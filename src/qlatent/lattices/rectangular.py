@@ -1,0 +1,68 @@
+"""Rectangular lattice: a diagonal generator ``B = diag(Δ)``; ``Z^m`` is the case ``Δ = 1``.
+
+The lattice the paper's experiments use (Lastras, "Lattice Representation Learning", section 4):
+every coordinate is quantized independently with its own spacing Δ_i, so closest point, dither
+and cell constants all have closed forms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import LATTICES, Lattice
+
+
+@LATTICES.register("rectangular")
+class RectangularLattice(Lattice):
+    """Lattice ``Δ ⊙ Z^m``.
+
+    Args:
+        spacing: ``(m,)`` positive spacings Δ_i. May require grad; every method is differentiable
+            in it (``closest_point`` through the multiplication by Δ).
+    """
+
+    def __init__(self, spacing: Tensor) -> None:
+        if spacing.dim() != 1 or spacing.numel() == 0:
+            raise ValueError(f"spacing must be a non-empty 1-D tensor, got shape {spacing.shape}")
+        if not torch.isfinite(spacing).all() or (spacing <= 0).any():
+            raise ValueError("spacing must be finite and positive")
+        self.spacing = spacing
+
+    @property
+    def dim(self) -> int:
+        return self.spacing.numel()
+
+    @property
+    def generator_matrix(self) -> Tensor:
+        return torch.diag(self.spacing)
+
+    def closest_point(self, x: Tensor) -> Tensor:
+        return self.points(self.coordinates(x))
+
+    def coordinates(self, points: Tensor) -> Tensor:
+        return torch.round(points / self.spacing).to(torch.int64)
+
+    def points(self, coords: Tensor) -> Tensor:
+        return coords.to(self.spacing.dtype) * self.spacing
+
+    def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
+        # Uniform over the cell [-Δ/2, Δ/2)^m directly: one draw, one fused multiply-add.
+        gen_device = generator.device if generator is not None else (device or "cpu")
+        r = torch.rand(n, self.dim, generator=generator, device=gen_device, dtype=dtype)
+        if device is not None:
+            r = r.to(device)
+        return (r - 0.5) * self.spacing.to(r.dtype)
+
+    @property
+    def log_volume(self) -> Tensor:
+        return self.spacing.log().sum()
+
+    def second_moment(self, **_) -> Tensor:
+        return self.spacing.pow(2).mean() / 12.0
+
+
+@LATTICES.register("Z")
+def integer_lattice(dim: int) -> RectangularLattice:
+    """The integer lattice ``Z^m``."""
+    return RectangularLattice(torch.ones(dim, dtype=torch.float64))

@@ -1,0 +1,81 @@
+"""Rate-distortion losses, kept outside the models (the models do not know the weights).
+
+For a likelihood decoder and λ = 1 the loss is the negative ELBO, which for the lattice bottleneck
+is the lattice paper's objective (15): ``-log Q(x | y_hat) + rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .models import AutoencoderOutput
+
+
+@dataclass
+class LossOutput:
+    """``loss`` is the scalar to minimise; the rest are ``(B,)`` per-example terms (nats)."""
+
+    loss: Tensor
+    distortion: Tensor
+    rate: Tensor
+    aux_loss: Tensor
+
+    @property
+    def objective(self) -> Tensor:
+        """Per-example distortion + rate at λ = 1: the negative ELBO / two-part codelength."""
+        return self.distortion + self.rate
+
+
+class RateDistortionLoss(nn.Module):
+    """``mean(distortion + λ·rate) + aux``, with distortion = -log p(x | y_hat)."""
+
+    def __init__(self, *, lmbda: float = 1.0) -> None:
+        super().__init__()
+        if lmbda < 0:
+            raise ValueError(f"lmbda must be non-negative, got {lmbda}")
+        self.lmbda = lmbda
+
+    def forward(
+        self, x: Tensor, out: AutoencoderOutput, likelihood, *, lmbda: float | None = None
+    ) -> LossOutput:
+        weight = self.lmbda if lmbda is None else lmbda
+        distortion = likelihood.nll(x, out.params)
+        rate = out.bottleneck.rate
+        loss = (distortion + weight * rate).mean() + out.bottleneck.aux_loss
+        return LossOutput(loss, distortion, rate, torch.as_tensor(out.bottleneck.aux_loss))
+
+
+@torch.no_grad()
+def evaluate_objective(
+    model: nn.Module,
+    loss_fn: RateDistortionLoss,
+    x: Tensor,
+    *,
+    batch_size: int = 1000,
+    hard: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Per-example distortion and rate over ``x`` on the training path or the hard path.
+
+    The networks are put in eval mode either way; only the bottleneck's mode selects the path
+    (training path: dither / noise; hard path: real quantization). Returns ``(N,)`` float64 CPU
+    tensors ``"distortion"`` and ``"rate"`` (nats).
+    """
+    net = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    was_training = net.training
+    net.eval()
+    net.bottleneck.train(not hard)
+    device = next(net.parameters()).device
+    distortion, rate = [], []
+    try:
+        for xb in x.split(batch_size):
+            xb = xb.to(device)
+            losses = loss_fn(xb, net(xb, generator=generator), net.likelihood)
+            distortion.append(losses.distortion.double().cpu())
+            rate.append(losses.rate.double().cpu())
+    finally:
+        net.train(was_training)
+    return {"distortion": torch.cat(distortion), "rate": torch.cat(rate)}

@@ -1,0 +1,45 @@
+"""Autoencoder = encoder, bottleneck, decoder and likelihood; the loss lives outside.
+
+x ──encoder──> y ──bottleneck──> y_hat ──decoder──> likelihood parameters of p(x | y_hat)
+                      └── rate, aux_loss, indices, stats
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..bottlenecks import Bottleneck, BottleneckOutput
+from ..nn import Likelihood
+
+
+@dataclass
+class AutoencoderOutput:
+    """``params``: likelihood parameters (e.g. Bernoulli logits), shaped like ``x``."""
+
+    params: Tensor
+    bottleneck: BottleneckOutput
+
+
+class Autoencoder(nn.Module):
+    """Composition of the four parts. ``forward`` returns an :class:`AutoencoderOutput`."""
+
+    def __init__(
+        self, encoder: nn.Module, bottleneck: Bottleneck, decoder: nn.Module, likelihood: Likelihood
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
+        out = self.bottleneck(self.encoder(x), generator=generator)
+        return AutoencoderOutput(params=self.decoder(out.y_hat), bottleneck=out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Mean of p(x | y_hat) on the current path (hard path in eval mode)."""
+        return self.likelihood.mean(self(x, generator=generator).params)

@@ -1,0 +1,55 @@
+"""One generic name -> factory registry, used for every family that is built by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps names to factories (usually classes) and builds them by name.
+
+    >>> reg = Registry[object]("widget")
+    >>> @reg.register("plain")
+    ... class Plain: ...
+    >>> isinstance(reg.build("plain"), Plain)
+    True
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._factories[name] = factory
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Callable[..., T]:
+        try:
+            return self._factories[name]
+        except KeyError:
+            known = ", ".join(sorted(self._factories)) or "(none)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known names: {known}") from None
+
+    def build(self, name: str, **kwargs) -> T:
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._factories

@@ -1,0 +1,85 @@
+"""torchrun / DistributedDataParallel plumbing, so the training loop reads the same either way.
+
+Under ``torchrun --nproc_per_node=N`` the environment carries ``WORLD_SIZE``/``RANK``; the loop
+then joins a process group (gloo on CPU, nccl on CUDA), wraps the model in DDP, shards the data,
+and reduces its metrics. Without it everything is a no-op on a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when present; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    return device
+
+
+def setup(device_name: str) -> World:
+    """Join the process group if launched by torchrun; return this process's place in it."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if size == 1:
+        return World(0, 1, device)
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank, size, device)
+
+
+def teardown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum a tensor of metric totals across ranks (identity on a world of one)."""
+    if world.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_gather_objects(obj, world: World) -> list:
+    """Every rank's ``obj``, in rank order."""
+    if not world.distributed:
+        return [obj]
+    out: list = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, world: World):
+    """Rank 0's ``obj`` on every rank."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

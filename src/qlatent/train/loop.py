@@ -1,0 +1,292 @@
+"""One readable training loop: epochs of minibatch steps, validation, early stopping,
+atomic per-epoch checkpoints with exact resume, a progress bar and a JSON-lines log.
+
+The same function runs as a single process or under ``torchrun --nproc_per_node=N``
+(DistributedDataParallel): rank 0 writes checkpoints and logs, metrics are summed across ranks.
+
+Exact resume: the data order of epoch e is a function of (seed, e) only, and the checkpoint holds
+weights, optimizer state, step, history and every rank's RNG state, so an interrupted run
+continued from its last checkpoint produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from ..losses import RateDistortionLoss, evaluate_objective
+from . import distributed as D
+from .checkpoint import load, save_atomic
+from .optim import make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (the constructor arguments are the config)."""
+
+    epochs: int = 20  #: maximum number of epochs
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    lr: float = 5e-4
+    optimizer: Literal["adam", "adam_normgrad"] = "adam"
+    warmup_epochs: int = 0  #: rate weight β = min(1, epoch / warmup_epochs); 0 means β = 1
+    patience: int | None = None  #: stop after more than this many epochs without improvement
+    max_minutes: float | None = None  #: stop after the epoch that exceeds this budget
+    seed: int = 0
+    device: str = "cpu"  #: "cpu", "cuda", "cuda:1" or "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 0):
+            raise ValueError("warmup_epochs and patience must be non-negative")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val: float
+    stopped: str  #: "epochs", "early_stopping" or "time_budget"
+    wall_s: float
+    out_dir: Path
+
+
+@dataclass
+class _State:
+    """Everything beyond weights and optimizer that a resumed run needs."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    wall_s: float = 0.0
+    stopped: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    data: dict[str, Tensor],
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path,
+    loss_fn: RateDistortionLoss | None = None,
+    run_config: dict[str, Any] | None = None,
+    resume: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (an :class:`~qlatent.models.Autoencoder`) on ``data["train"]``.
+
+    Validation on ``data["val"]`` is the training-path objective at β = 1 (the negative ELBO);
+    the best epoch's weights are kept in ``best.pt`` and loaded back into ``model`` at the end.
+    ``run_config`` (the resolved experiment config) is stored in every checkpoint. With
+    ``resume=True`` an existing ``out_dir/last.pt`` is continued.
+    """
+    world = D.setup(cfg.device)
+    out_dir = Path(out_dir)
+    loss_fn = loss_fn or RateDistortionLoss()
+    model.to(world.device)
+    optimizer = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr)
+    state = _State()
+    torch.manual_seed(cfg.seed * 1009 + world.rank)  # the dither stream; differs per rank
+    if resume and (out_dir / "last.pt").exists():
+        state = _restore(out_dir / "last.pt", model, optimizer, cfg, world)
+    if state.stopped == "early_stopping":
+        return _finish(model, state, out_dir, world)
+
+    net = DistributedDataParallel(model) if world.distributed else model
+    x_train, x_val = data["train"], data["val"]
+    sampler = DistributedSampler(
+        range(x_train.shape[0]), num_replicas=world.size, rank=world.rank, seed=cfg.seed
+    )
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _rewrite_log(out_dir / "log.jsonl", state.history)
+    state.stopped = ""
+    started = time.perf_counter() - state.wall_s
+    session_start = time.perf_counter()
+
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler))
+        train = _train_epoch(
+            net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch
+        )
+        state.step += math.ceil(order.numel() / cfg.batch_size)
+
+        val = _validate(model, loss_fn, x_val, cfg, world)
+        record = {"epoch": epoch, "step": state.step, "beta": beta, **train, **val}
+        if val["val_objective"] < state.best_val:
+            state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
+            if world.is_main:
+                save_atomic({"model": model.state_dict(), "epoch": epoch}, out_dir / "best.pt")
+        else:
+            # as in the reference code, nothing counts against patience during warm-up
+            state.bad_epochs = 0 if epoch <= cfg.warmup_epochs else state.bad_epochs + 1
+        record["best_epoch"] = state.best_epoch
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        record.update(_bottleneck_summary(model))
+        state.epoch, state.wall_s = epoch, record["wall_s"]
+        state.history.append(record)
+
+        if cfg.patience is not None and state.bad_epochs > cfg.patience:
+            state.stopped = "early_stopping"
+        elif cfg.max_minutes is not None:
+            over = (time.perf_counter() - session_start) / 60 > cfg.max_minutes
+            if D.broadcast_object(over, world):  # every rank takes rank 0's decision
+                state.stopped = "time_budget"
+        if epoch == cfg.epochs and not state.stopped:
+            state.stopped = "epochs"
+        _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
+        if world.is_main:
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if state.stopped:
+            break
+    return _finish(model, state, out_dir, world)
+
+
+def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epoch) -> dict:
+    net.train()
+    totals = torch.zeros(4, dtype=torch.float64)  # objective, distortion, rate, count
+    batches = order.split(cfg.batch_size)
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        disable=not (cfg.progress and world.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for idx in bar:
+        xb = x[idx].to(world.device, non_blocking=True)
+        losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta)
+        optimizer.zero_grad(set_to_none=True)
+        losses.loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            totals += torch.stack(
+                [
+                    losses.objective.sum().double().cpu(),
+                    losses.distortion.sum().double().cpu(),
+                    losses.rate.sum().double().cpu(),
+                    torch.tensor(float(xb.shape[0]), dtype=torch.float64),
+                ]
+            )
+        bar.set_postfix(loss=f"{losses.loss.item():.2f}", refresh=False)
+    objective, distortion, rate, count = D.all_reduce_sum(totals, world).tolist()
+    return {
+        "train_objective": objective / count,
+        "train_distortion": distortion / count,
+        "train_rate": rate / count,
+        "train_examples": int(count),
+    }
+
+
+def _validate(model, loss_fn, x, cfg, world) -> dict:
+    """Training-path objective at β = 1 on this rank's shard, summed across ranks."""
+    shard = x[world.rank :: world.size]
+    t = evaluate_objective(model, loss_fn, shard, batch_size=cfg.eval_batch_size)
+    totals = torch.stack(
+        [t["distortion"].sum(), t["rate"].sum(), torch.tensor(float(shard.shape[0]))]
+    ).double()
+    distortion, rate, count = D.all_reduce_sum(totals, world).tolist()
+    return {
+        "val_objective": (distortion + rate) / count,
+        "val_distortion": distortion / count,
+        "val_rate": rate / count,
+    }
+
+
+def _bottleneck_summary(model: nn.Module) -> dict[str, float]:
+    """Means of vector-valued bottleneck parameters worth watching (e.g. lattice spacing)."""
+    summary = {}
+    for name in ("spacing", "scale"):
+        value = getattr(model.bottleneck, name, None)
+        if isinstance(value, Tensor):
+            summary[f"{name}_mean"] = value.detach().mean().item()
+    return summary
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _checkpoint(path, model, optimizer, state, cfg, run_config, world) -> None:
+    rng = D.all_gather_objects(_rng_state(), world)  # every rank's stream, for exact resume
+    if not world.is_main:
+        return
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "train_config": {k: v for k, v in vars(cfg).items()},
+            "run_config": run_config,
+            "state": vars(state),
+            "rng": rng,
+            "world_size": world.size,
+        },
+        path,
+    )
+
+
+def _restore(path, model, optimizer, cfg, world) -> _State:
+    ckpt = load(path, map_location=world.device)
+    if ckpt["world_size"] != world.size:
+        raise ValueError(
+            f"{path} was written by {ckpt['world_size']} process(es); resume with the same number "
+            f"(now {world.size}) to continue exactly"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng = ckpt["rng"][world.rank]
+    torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    return _State(**ckpt["state"])
+
+
+def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """The log holds exactly the checkpointed epochs (a crash may have left one more line)."""
+    with open(path, "w") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+
+
+def _finish(model, state: _State, out_dir: Path, world) -> FitResult:
+    best = out_dir / "best.pt"
+    if best.exists():
+        if world.distributed:  # rank 0 wrote it; wait until every rank can read it
+            torch.distributed.barrier()
+        model.load_state_dict(load(best, map_location=world.device)["model"])
+    D.teardown(world)
+    return FitResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val=state.best_val,
+        stopped=state.stopped,
+        wall_s=state.wall_s,
+        out_dir=out_dir,
+    )

@@ -1,0 +1,162 @@
+"""The training loop: exact resume, atomic checkpoints, early stopping with best-model reload,
+torchrun/DDP with two gloo processes, and the ``qlatent train`` command on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlatent.cli import main
+from qlatent.data import synthetic_binary
+from qlatent.models import lattice_vae
+from qlatent.train import TrainConfig, fit, load, save_atomic
+from qlatent.train import loop as loop_module
+from qlatent.train.distributed import resolve_device
+
+DATA = synthetic_binary(n=300, dim=64, seed=1)
+
+
+def _model():
+    torch.manual_seed(0)
+    return lattice_vae(latent_dim=4, hidden=16, data_dim=64)
+
+
+def _fit(out, epochs, **kwargs):
+    model = _model()
+    cfg = TrainConfig(epochs=epochs, batch_size=40, progress=False, **kwargs)
+    return model, fit(model, DATA, cfg, out_dir=out)
+
+
+def _strip_time(history):
+    return [{k: v for k, v in h.items() if k != "wall_s"} for h in history]
+
+
+def test_resume_is_exact(tmp_path):
+    _, straight = _fit(tmp_path / "a", 3)
+    _fit(tmp_path / "b", 2)  # "interrupted" after epoch 2 ...
+    _, resumed = _fit(tmp_path / "b", 3)  # ... and continued from its checkpoint
+    a, b = load(tmp_path / "a" / "last.pt"), load(tmp_path / "b" / "last.pt")
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert _strip_time(straight.history) == _strip_time(resumed.history)
+    logged = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+
+
+def test_checkpoint_holds_everything_needed(tmp_path):
+    _fit(tmp_path, 1, seed=5)
+    ckpt = load(tmp_path / "last.pt")
+    assert set(ckpt) >= {"model", "optimizer", "train_config", "state", "rng", "world_size"}
+    assert ckpt["train_config"]["seed"] == 5
+    assert ckpt["state"]["step"] == -(-200 // 40)  # 200 training examples, batches of 40
+    assert isinstance(ckpt["rng"][0]["torch"], torch.Tensor)
+
+
+def test_save_atomic_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"v": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"v": 2}, path)
+    monkeypatch.undo()
+    assert load(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+
+
+def test_early_stopping_reloads_best_model(tmp_path, monkeypatch):
+    values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    real_validate = loop_module._validate
+
+    def scripted_validate(*args):
+        out = real_validate(*args)
+        out["val_objective"] = next(values)
+        return out
+
+    monkeypatch.setattr(loop_module, "_validate", scripted_validate)
+    model, result = _fit(tmp_path, 10, patience=1)
+    assert result.stopped == "early_stopping"
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]  # two non-improving > patience 1
+    assert result.best_epoch == 2
+    best = load(tmp_path / "best.pt")
+    assert best["epoch"] == 2
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best["model"][name]), name
+    last = load(tmp_path / "last.pt")["model"]
+    assert any(not torch.equal(last[k], best["model"][k]) for k in last)
+
+
+def test_warmup_scales_rate_weight(tmp_path):
+    _, result = _fit(tmp_path, 3, warmup_epochs=4)
+    assert [h["beta"] for h in result.history] == [0.25, 0.5, 0.75]
+
+
+def test_bad_train_config_is_rejected():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1.0)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_torchrun_two_processes(tmp_path):
+    """Two gloo ranks: identical final weights, rank 0 alone writes, metrics summed over ranks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    # metrics are reduced across ranks, so both ranks log the same numbers
+    assert _strip_time(ranks[0]["history"]) == _strip_time(ranks[1]["history"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "best.pt",
+        "last.pt",
+        "log.jsonl",
+    ]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["train_examples"] for r in log] == [400, 400]  # both shards of the 400 counted
+    ckpt = load(tmp_path / "run" / "last.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # own dither streams
+
+
+def test_cli_train_on_synthetic_data(tmp_path, capsys):
+    args = ["train", "--set", "data=synthetic", "--set", "model.latent_dim=4"]
+    args += ["--set", "model.hidden=16", "--set", "train.epochs=2", "--set", "train.progress=false"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train"]["epochs"] == 2
+    assert summary["config"]["model"]["latent_dim"] == 4
+    assert summary["command"].startswith("qlatent train")
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    assert "two-part codelength" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_override(capsys):
+    assert main(["train", "--set", "train.epoch=3"]) == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
