@@ -61,6 +61,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     print(exp.format_summary(summary))
     print(f"wrote {cfg.out_dir}/summary.json, reconstructions.png, training_curves.png")
+    if args.record:
+        for path in exp.record(cfg, "demo"):
+            print(f"recorded {path}")
     return 0
 
 
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a few minutes of the lattice VAE on MNIST, then Theorem 1")
     _add_run_options(p)
+    p.add_argument(
+        "--record", action="store_true", help="also copy the summary and figures into results/"
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="throughput benchmarks")

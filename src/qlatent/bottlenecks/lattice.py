@@ -23,6 +23,7 @@ knows the seed regenerates it on any machine.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -30,31 +31,34 @@ import torch
 from torch import Tensor, nn
 
 from ..lattices import RectangularLattice
-from ..priors import laplace_cell_nll
+from ..priors import cell_constants, cell_log_prob_from_constants, laplace_cell_nll
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
 
 
 def dithered_training_path(
-    y: Tensor, r: Tensor, spacing: Tensor, scale: Tensor
+    y: Tensor, r: Tensor, spacing: Tensor, scale: Tensor, *, compile: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Training path from uniform draws ``r ∈ [0, 1)``: ``(y_hat, rate per row)``.
 
     ``u = (r − ½) Δ`` is uniform over the rectangular cell; ``y_hat = y − u``;
     ``rate = −Σ_i log(Δ_i f_{X̂−U}(y_hat)_i)`` (Theorem 1 with f_U = 1/V, V = Π Δ_i).
+    With ``compile=True`` the elementwise part runs as one ``torch.compile`` kernel.
     """
+    kernel = _compiled_kernel() if compile else _training_kernel
+    return kernel(y, r, spacing, *cell_constants(spacing, scale))
+
+
+def _training_kernel(
+    y: Tensor, r: Tensor, spacing: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
     y_hat = y - (r - 0.5) * spacing
-    return y_hat, laplace_cell_nll(y_hat, spacing, scale).sum(-1)
+    return y_hat, -cell_log_prob_from_constants(y_hat, inv_scale, h, c).sum(-1)
 
 
-_compiled_training_path = None
-
-
-def _get_compiled_training_path():
-    """The training path fused into one kernel by ``torch.compile`` (built on first use)."""
-    global _compiled_training_path
-    if _compiled_training_path is None:
-        _compiled_training_path = torch.compile(dithered_training_path)
-    return _compiled_training_path
+@functools.cache
+def _compiled_kernel():
+    """The training kernel fused by ``torch.compile`` (compiled on first use)."""
+    return torch.compile(_training_kernel)
 
 
 def _positive_log(value: float, name: str) -> float:
@@ -77,6 +81,9 @@ class DitheredLattice(Bottleneck):
         learn_scale: whether b is trained (log-parametrized).
         compile: fuse the training path with ``torch.compile`` (needs a C++ compiler; about 3x
             faster on CPU, costs a few seconds of compilation on first use per shape).
+
+    Computation happens in the parameters' dtype (``.double()`` the module for float64); inputs
+    are cast to it, so the training and hard paths return the same dtype.
     """
 
     def __init__(
@@ -124,12 +131,14 @@ class DitheredLattice(Bottleneck):
 
     # ------------------------------------------------------------------ paths
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        y = y.to(self.log_spacing.dtype)  # one dtype on both paths: the parameters'
         spacing, scale = self.spacing, self.scale
         if self.training:
             device = generator.device if generator is not None else y.device
             r = torch.rand(y.shape, generator=generator, device=device, dtype=y.dtype)
-            path = _get_compiled_training_path() if self.compile else dithered_training_path
-            y_hat, rate = path(y, r.to(y.device), spacing, scale)
+            y_hat, rate = dithered_training_path(
+                y, r.to(y.device), spacing, scale, compile=self.compile
+            )
             indices = None
         else:
             u = self._hard_dither(y.shape[0], generator, y.device)
@@ -140,6 +149,7 @@ class DitheredLattice(Bottleneck):
         return BottleneckOutput(y_hat, rate, y.new_zeros(()), indices, stats)
 
     def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        y = y.to(self.log_spacing.dtype)
         return self._coordinates(y, self._hard_dither(y.shape[0], generator, y.device))
 
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:

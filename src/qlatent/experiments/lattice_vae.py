@@ -8,6 +8,7 @@ two-part codelength with real quantization, which Theorem 1 says must agree.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
 from ..eval import codelength_report, reconstruction_grid, training_curves
 from ..models import lattice_vae
-from ..results import provenance, write_json
+from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit
 
 
@@ -140,3 +141,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         "(m·½·log(2πe/12))",
     ]
     return "\n".join(lines)
+
+
+def record(cfg: LatticeVAEConfig, name: str) -> list[Path]:
+    """Copy a finished run's summary and figures to ``results/<name>.json`` and ``<name>-*.png``."""
+    out_dir = Path(cfg.out_dir)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    copies = {
+        "summary.json": RESULTS_DIR / f"{name}.json",
+        "reconstructions.png": RESULTS_DIR / f"{name}-reconstructions.png",
+        "training_curves.png": RESULTS_DIR / f"{name}-training-curves.png",
+    }
+    for source, target in copies.items():
+        shutil.copyfile(out_dir / source, target)
+    return list(copies.values())

@@ -1,5 +1,15 @@
 """Priors seen through a lattice cell: densities and exact code probabilities."""
 
-from .laplace import laplace_cell_log_prob, laplace_cell_nll
+from .laplace import (
+    cell_constants,
+    cell_log_prob_from_constants,
+    laplace_cell_log_prob,
+    laplace_cell_nll,
+)
 
-__all__ = ["laplace_cell_log_prob", "laplace_cell_nll"]
+__all__ = [
+    "cell_constants",
+    "cell_log_prob_from_constants",
+    "laplace_cell_log_prob",
+    "laplace_cell_nll",
+]

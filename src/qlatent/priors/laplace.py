@@ -34,14 +34,27 @@ def laplace_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor
     Returns:
         ``(..., m)`` log-probabilities, each ≤ 0.
     """
-    inv_scale = scale.reciprocal()
-    h = 0.5 * spacing * inv_scale  # (m,)
-    a = eta.abs() * inv_scale
-    t = torch.minimum(a, h)
-    inner = -torch.expm1(-h) - 0.5 * torch.exp(t - h) * torch.expm1(-t).square()
-    return torch.log(inner) - (a - t)
+    return cell_log_prob_from_constants(eta, *cell_constants(spacing, scale))
 
 
 def laplace_cell_nll(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
     """``-laplace_cell_log_prob``: the per-coordinate rate in nats (≥ 0)."""
     return -laplace_cell_log_prob(eta, spacing, scale)
+
+
+def cell_constants(spacing: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-dimension constants ``(1/b, h = Δ/2b, -expm1(-h))``, computed once per call.
+
+    Split from the elementwise part so that a fused kernel does not recompute them per element.
+    """
+    inv_scale = scale.reciprocal()
+    h = 0.5 * spacing * inv_scale
+    return inv_scale, h, -torch.expm1(-h)
+
+
+def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
+    """The elementwise part of :func:`laplace_cell_log_prob` given :func:`cell_constants`."""
+    a = eta.abs() * inv_scale
+    t = torch.minimum(a, h)
+    inner = c - 0.5 * torch.exp(t - h) * torch.expm1(-t).square()
+    return torch.log(inner) - (a - t)

@@ -1,0 +1,171 @@
+"""The bottleneck contract (DESIGN.md section 1), checked for every registered bottleneck.
+
+Every name in ``BOTTLENECKS`` is built from ``CONFIGS``; a registered name without an entry makes
+the suite fail, so a new method cannot skip it. Checked, for (B, D) and (B, D, H, W) input in
+training and eval mode: output shapes and types, detached stats, indices (shape from
+``index_kind``, integer dtype), rate ≥ 0 and finite, gradients reaching the input on the training
+path, ``forward(y).y_hat == dequantize(quantize(y))`` exactly under the same seed (TypeError for
+non-discrete methods), ValueError for bad input, and the registry's error for unknown names.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlatent.bottlenecks import BOTTLENECKS, Bottleneck, BottleneckOutput, build
+
+#: constructor arguments for every registered bottleneck (small, fast); add new methods here.
+CONFIGS: dict[str, dict] = {
+    "identity": dict(dim=6),
+    "lattice": dict(dim=6),
+}
+
+NAMES = BOTTLENECKS.names()
+SPATIAL = [(), (4, 5)]  # (B, D) and (B, D, H, W)
+SPATIAL_IDS = ["BD", "BDHW"]
+BATCH = 3
+
+
+def make(name: str) -> Bottleneck:
+    if name not in CONFIGS:
+        pytest.fail(f"registered bottleneck {name!r} has no entry in CONFIGS of {__file__}")
+    module = build(name, **CONFIGS[name])
+    assert isinstance(module, Bottleneck)
+    return module
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_input(module: Bottleneck, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return 2.0 * torch.randn(BATCH, module.dim, *spatial, generator=gen(seed))
+
+
+def check_indices(module: Bottleneck, indices: torch.Tensor, y: torch.Tensor) -> None:
+    assert not indices.is_floating_point() and not indices.is_complex()
+    assert indices.dtype != torch.bool
+    if module.index_kind == "vector":
+        assert indices.shape == y.shape
+    else:
+        assert module.index_kind == "scalar"
+        assert indices.shape == (y.shape[0], *y.shape[2:])
+
+
+def test_every_registered_bottleneck_has_a_config():
+    missing = sorted(set(NAMES) - set(CONFIGS))
+    assert not missing, f"add these to CONFIGS in {__file__}: {missing}"
+
+
+@pytest.mark.parametrize("spatial", SPATIAL, ids=SPATIAL_IDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes_and_types(name, training, spatial):
+    module = make(name).train(training)
+    y = make_input(module, spatial)
+    out = module(y, generator=gen(1))
+    assert isinstance(out, BottleneckOutput)
+    assert out.y_hat.shape == y.shape
+    assert out.y_hat.dtype == y.dtype
+    assert out.rate.shape == (BATCH,)
+    assert out.aux_loss.dim() == 0
+    assert torch.isfinite(out.y_hat).all()
+    assert torch.isfinite(out.aux_loss)
+    for key, value in out.stats.items():
+        assert isinstance(key, str)
+        assert isinstance(value, torch.Tensor)
+        assert not value.requires_grad and value.grad_fn is None, key
+    if not module.discrete:
+        assert out.indices is None
+    elif not training:
+        assert out.indices is not None
+        check_indices(module, out.indices, y)
+    elif out.indices is not None:  # straight-through methods may expose their symbols
+        check_indices(module, out.indices, y)
+    if name == "lattice" and training:
+        assert out.indices is None  # dithered training path has no symbols
+
+
+@pytest.mark.parametrize("spatial", SPATIAL, ids=SPATIAL_IDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_rate_is_finite_and_nonnegative(name, training, spatial):
+    module = make(name).train(training)
+    y = 5.0 * make_input(module, spatial, seed=2)
+    rate = module(y, generator=gen(3)).rate
+    assert torch.isfinite(rate).all()
+    assert (rate >= 0).all()
+
+
+@pytest.mark.parametrize("spatial", SPATIAL, ids=SPATIAL_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_input_on_training_path(name, spatial):
+    module = make(name).train()
+    y = make_input(module, spatial, seed=4).requires_grad_()
+    out = module(y, generator=gen(5))
+    (out.y_hat.pow(2).sum() + out.rate.sum() + out.aux_loss).backward()
+    assert y.grad is not None
+    assert torch.isfinite(y.grad).all()
+    assert (y.grad != 0).any()
+
+
+@pytest.mark.parametrize("spatial", SPATIAL, ids=SPATIAL_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_forward_equals_dequantize_of_quantize(name, spatial):
+    module = make(name).eval()
+    y = make_input(module, spatial, seed=6)
+    if not module.discrete:
+        with pytest.raises(TypeError):
+            module.quantize(y, generator=gen(7))
+        with pytest.raises(TypeError):
+            module.dequantize(torch.zeros(y.shape, dtype=torch.int64), generator=gen(7))
+        return
+    y_hat = module(y, generator=gen(7)).y_hat
+    indices = module.quantize(y, generator=gen(7))
+    check_indices(module, indices, y)
+    assert torch.equal(module.dequantize(indices, generator=gen(7)), y_hat)
+    assert torch.equal(module(y, generator=gen(7)).indices, indices)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_forward_is_deterministic_given_seed(name):
+    module = make(name).eval()
+    y = make_input(module, (4, 5), seed=8)
+    a, b = module(y, generator=gen(9)), module(y, generator=gen(9))
+    assert torch.equal(a.y_hat, b.y_hat)
+    assert torch.equal(a.rate, b.rate)
+
+
+BAD_INPUTS = {
+    "nan": lambda d: torch.tensor([[0.0] * (d - 1) + [float("nan")]] * 2),
+    "inf": lambda d: torch.tensor([[0.0] * (d - 1) + [float("inf")]] * 2),
+    "neg_inf": lambda d: torch.full((2, d, 2, 2), -float("inf")),
+    "rank1": lambda d: torch.zeros(d),
+    "rank0": lambda d: torch.zeros(()),
+    "wrong_axis1": lambda d: torch.zeros(2, d + 1),
+    "wrong_axis1_spatial": lambda d: torch.zeros(2, 2, 3, d),  # channels-last by mistake
+    "integer": lambda d: torch.ones(2, d, dtype=torch.int64),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_raises_value_error(name, training, case):
+    module = make(name).train(training)
+    y = BAD_INPUTS[case](module.dim)
+    with pytest.raises(ValueError):
+        module(y, generator=gen(0))
+    if module.discrete:
+        with pytest.raises(ValueError):
+            module.quantize(y, generator=gen(0))
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(KeyError) as info:
+        build("no-such-name")
+    message = str(info.value)
+    assert "no-such-name" in message
+    for name in NAMES:
+        assert name in message

@@ -1,0 +1,20 @@
+"""The README's Python snippets run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_snippets_run():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README should show at least one Python snippet"
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {})
+
+
+def test_readme_quick_start_is_the_two_commands():
+    text = README.read_text()
+    quick = text.split("## Quick start", 1)[1].split("##", 1)[0]
+    commands = re.findall(r"^make \w+", quick, flags=re.M)
+    assert commands == ["make demo", "make test"]
