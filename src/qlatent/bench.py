@@ -12,20 +12,31 @@ import torch
 from .bottlenecks import build
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median and spread of wall time per call, in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_cases(
+    cases: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Wall time per call of each case: median, best and worst over ``repeats`` rounds.
+
+    Cases are interleaved round by round, so a slow spell of a shared machine hits every case
+    alike instead of whichever happened to be running.
+    """
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": repeats,
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "repeats": repeats,
+        }
+        for name, t in times.items()
     }
 
 
@@ -36,7 +47,7 @@ def bench_lattice(
 
     Cases: the training path (dither, ``y_hat`` and rate together; with and without autograd
     recording), the same path fused by ``torch.compile``, the hard path (quantize, reconstruct,
-    exact rate), and drawing the dither alone with ``torch.rand`` for scale.
+    exact rate), and drawing ``rows × dim`` numbers with ``torch.rand`` alone, for scale.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -46,46 +57,40 @@ def bench_lattice(
     with torch.no_grad():  # spacings and scales away from their initial values
         eager.log_spacing.uniform_(-1.0, 0.5)
         eager.log_scale.uniform_(-0.5, 0.5)
+    hard = build("lattice", dim=dim).eval()
+    hard.load_state_dict(eager.state_dict())
+    gen = torch.Generator()
 
-    def rows_per_s(t: dict[str, float]) -> dict[str, float]:
-        return {**t, "rows_per_s": rows / t["median_s"]}
+    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run():
+            with torch.no_grad():
+                return fn()
 
-    cases: dict[str, dict[str, float]] = {}
-    cases["torch.rand (dither draw alone)"] = rows_per_s(
-        time_call(lambda: torch.rand(rows, dim), repeats=repeats)
-    )
-    eager.train()
-    with torch.no_grad():
-        cases["train path, eager, no grad"] = rows_per_s(
-            time_call(lambda: eager(y), repeats=repeats)
-        )
-    cases["train path, eager, autograd"] = rows_per_s(
-        time_call(lambda: eager(y_grad), repeats=repeats)
-    )
+        return run
+
+    cases: dict[str, Callable[[], Any]] = {
+        "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim),
+        "train path, eager, no grad": no_grad(lambda: eager(y)),
+        "train path, eager, autograd": lambda: eager(y_grad),
+    }
+    compile_s = None
     if compile:
         fused = build("lattice", dim=dim, compile=True)
         fused.load_state_dict(eager.state_dict())
-        fused.train()
         started = time.perf_counter()
-        with torch.no_grad():
-            fused(y)
+        no_grad(lambda: fused(y))()
+        fused(y_grad)  # the autograd graph is compiled separately
         compile_s = time.perf_counter() - started
-        with torch.no_grad():
-            cases["train path, torch.compile, no grad"] = rows_per_s(
-                time_call(lambda: fused(y), repeats=repeats)
-            )
-        cases["train path, torch.compile, no grad"]["compile_s"] = compile_s
-        fused(y_grad)  # compile the autograd graph too
-        cases["train path, torch.compile, autograd"] = rows_per_s(
-            time_call(lambda: fused(y_grad), repeats=repeats)
-        )
-    eager.eval()
-    gen = torch.Generator()
-    with torch.no_grad():
-        cases["hard path (eval), eager"] = rows_per_s(
-            time_call(lambda: eager(y, generator=gen.manual_seed(0)), repeats=repeats)
-        )
+        cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
+        cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
+    cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
+
+    results = time_cases(cases, repeats=repeats)
+    for timing in results.values():
+        timing["rows_per_s"] = rows / timing["median_s"]
+        timing["rows_per_s_best"] = rows / timing["min_s"]
     return {
         "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
-        "cases": cases,
+        "compile_s": compile_s,
+        "cases": results,
     }
