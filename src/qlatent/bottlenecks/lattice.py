@@ -88,8 +88,9 @@ class DitheredLattice(Bottleneck):
         learn_spacing: whether Δ is trained (log-parametrized, so it stays positive).
         learn_scale: whether b is trained (log-parametrized).
         compile: fuse the training path (dither, ``y_hat``, rate) into one kernel with
-            ``torch.compile``; same numbers, several times faster on large inputs; needs a C++
-            compiler and costs seconds of compilation on first use per shape.
+            ``torch.compile``: the same dither, equal results up to float rounding, several
+            times faster on large inputs; needs a C++ compiler and costs seconds of compilation
+            on first use per shape.
 
     Computation happens in the parameters' dtype (``.double()`` the module for float64); inputs
     are cast to it, so the training and hard paths return the same dtype.

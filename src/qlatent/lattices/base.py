@@ -62,13 +62,17 @@ class Lattice(ABC):
         """``(n, m)`` samples uniform over the Voronoi cell P0.
 
         A point uniform over the fundamental parallelepiped ``B [0, 1)^m`` reduced modulo the
-        lattice, ``u = y - K(y)``, is uniform over P0. Drawn on the generator's device (CPU when
-        no generator is given and ``device`` is None), then moved to ``device``.
+        lattice, ``u = y - K(y)``, is uniform over P0. Drawn on the generator's device (torch's
+        default CPU generator when none is given), then moved to ``device``.
         """
-        gen_device = generator.device if generator is not None else (device or "cpu")
-        r = torch.rand(n, self.dim, generator=generator, device=gen_device, dtype=dtype)
-        y = self.points_from_unit(r.to(device) if device is not None else r)
+        y = self.points_from_unit(self._unit_draws(n, generator, device, dtype))
         return y - self.closest_point(y)
+
+    def _unit_draws(self, n: int, generator, device, dtype) -> Tensor:
+        """``(n, m)`` draws in [0, 1) from the generator (CPU by default), moved to ``device``."""
+        source = generator.device if generator is not None else "cpu"
+        r = torch.rand(n, self.dim, generator=generator, device=source, dtype=dtype)
+        return r if device is None else r.to(device)
 
     def points_from_unit(self, r: Tensor) -> Tensor:
         """Map ``r ∈ [0, 1)^m`` to the fundamental parallelepiped ``B r``."""

@@ -48,10 +48,7 @@ class RectangularLattice(Lattice):
 
     def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
         # Uniform over the cell [-Δ/2, Δ/2)^m directly: one draw, one fused multiply-add.
-        gen_device = generator.device if generator is not None else (device or "cpu")
-        r = torch.rand(n, self.dim, generator=generator, device=gen_device, dtype=dtype)
-        if device is not None:
-            r = r.to(device)
+        r = self._unit_draws(n, generator, device, dtype)
         return (r - 0.5) * self.spacing.to(r.dtype)
 
     @property
