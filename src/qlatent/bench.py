@@ -13,28 +13,29 @@ from .bottlenecks import build
 
 
 def time_cases(
-    cases: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 3
+    cases: dict[str, Callable[[], Any]], *, repeats: int, block: int = 10, warmup: int = 3
 ) -> dict[str, dict[str, float]]:
-    """Wall time per call of each case: median, best and worst over ``repeats`` rounds.
+    """Wall time per call of each case: median, best and worst over ``repeats`` calls.
 
-    Cases are interleaved round by round, so a slow spell of a shared machine hits every case
+    Calls run in blocks of ``block`` consecutive calls per case (as in a training loop), and the
+    blocks of all cases are interleaved, so a slow spell of a shared machine hits every case
     alike instead of whichever happened to be running.
     """
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
+    for _ in range(max(1, -(-repeats // block))):
         for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(warmup):  # settle caches and allocator after the previous case
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {
         name: {
             "median_s": statistics.median(t),
             "min_s": min(t),
             "max_s": max(t),
-            "repeats": repeats,
+            "repeats": len(t),
         }
         for name, t in times.items()
     }
