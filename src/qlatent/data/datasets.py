@@ -1,0 +1,247 @@
+"""MNIST, FashionMNIST and a fixed-seed binarized MNIST as plain torch tensors.
+
+``load_mnist`` / ``load_fashion_mnist`` return ``(images, labels)``: ``uint8`` images of shape
+``(N, 28, 28)`` and ``int64`` labels of shape ``(N,)``, with ``N = 60000`` for ``"train"`` and
+``10000`` for ``"test"``. The files come from :mod:`qlatent.data.sources` and are checked by
+SHA-256 before use.
+
+Binarized MNIST (:func:`binarized_mnist`)
+-----------------------------------------
+A single stochastic binarization, drawn once with a fixed seed and then frozen:
+
+* every pixel is an independent ``Bernoulli(grey / 255)`` draw, ``x = (u < grey / 255)`` with
+  ``u`` uniform on ``[0, 1)`` from ``numpy.random.default_rng``;
+* ``BINARIZATION_SEED = 777``. The 60,000 MNIST training images are binarized together, in file
+  order, by ``default_rng(777).random((60000, 784))`` (drawn in row blocks, which yields exactly the
+  same numbers as that one call); the 10,000 test images use a second generator
+  ``default_rng(778)`` (``BINARIZATION_SEED + 1``);
+* splits: ``"train"`` = the first 50,000 training images, ``"val"`` = the last 10,000 training
+  images, ``"test"`` = the 10,000 test images; each is a ``float32`` tensor of shape ``(N, 784)``
+  with values in ``{0, 1}``.
+
+This is *not* the static binarized MNIST of Larochelle & Murray (2011), which fixed its own
+random draw and is distributed as separate files: likelihoods computed here are comparable in kind
+with published numbers on that benchmark, but not bit-for-bit.
+
+The result is cached as ``binarized-mnist-seed777.npz`` (bit-packed with ``numpy.packbits``) under
+the qlatent cache folder. The cache records the seed, shapes, the hashes of the source files and a
+SHA-256 of its own content; a cache that fails any of these checks is rebuilt, with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qlatent.data.idx import read_idx
+from qlatent.data.sources import FILES, SHA256, cache_dir, dataset_files
+
+__all__ = [
+    "BINARIZATION_SEED",
+    "binarize",
+    "binarize_splits",
+    "binarized_mnist",
+    "binarized_mnist_cache_path",
+    "load_fashion_mnist",
+    "load_mnist",
+]
+
+BINARIZATION_SEED = 777
+N_TRAIN_IMAGES = 60_000
+N_TEST_IMAGES = 10_000
+N_VAL = 10_000
+IMAGE_SIZE = 28 * 28
+_SPLITS = ("train", "val", "test")
+_CACHE_VERSION = 1
+_ROWS_PER_BLOCK = 4096
+
+PathLike = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- raw datasets
+
+
+def _load(
+    name: str, split: str, data_dir: PathLike | None, download: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    files = dataset_files(name, data_dir, download=download)
+    images = read_idx(files[FILES[(split, "images")]])
+    labels = read_idx(files[FILES[(split, "labels")]])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(f"{name} {split} images have shape {images.shape}, {images.dtype}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{name} {split}: {labels.shape} labels for {images.shape[0]} images")
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist(
+    split: str, data_dir: PathLike | None = None, *, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``."""
+    return _load("mnist", split, data_dir, download)
+
+
+def load_fashion_mnist(
+    split: str, data_dir: PathLike | None = None, *, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FashionMNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``."""
+    return _load("fashion-mnist", split, data_dir, download)
+
+
+# --------------------------------------------------------------------------- binarization
+
+
+def binarize(images: torch.Tensor | np.ndarray, seed: int) -> torch.Tensor:
+    """One stochastic binarization of ``uint8`` images, flattened to ``float32 (N, H*W)``.
+
+    Pixel ``j`` of image ``i`` is ``u[i, j] < grey / 255`` where ``u`` is
+    ``np.random.default_rng(seed).random((N, H*W))``. The draw is made in row blocks to bound
+    memory; the numbers are the same as with one call.
+    """
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.dtype != np.uint8:
+        raise TypeError(f"binarize expects uint8 images, got {array.dtype}")
+    if array.ndim < 1:
+        raise ValueError("binarize expects a batch of images")
+    flat = array.reshape(array.shape[0], -1)
+    rng = np.random.default_rng(seed)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for start in range(0, flat.shape[0], _ROWS_PER_BLOCK):
+        block = flat[start : start + _ROWS_PER_BLOCK]
+        u = rng.random(block.shape)
+        out[start : start + len(block)] = u < block / 255.0
+    return torch.from_numpy(out)
+
+
+def binarize_splits(
+    train_images: torch.Tensor | np.ndarray,
+    test_images: torch.Tensor | np.ndarray,
+    seed: int = BINARIZATION_SEED,
+    n_val: int = N_VAL,
+) -> dict[str, torch.Tensor]:
+    """Binarize the training images with ``seed`` and the test images with ``seed + 1``.
+
+    The last ``n_val`` binarized training images form ``"val"``, the rest ``"train"``.
+    """
+    n_train = len(train_images) - n_val
+    if n_train <= 0:
+        raise ValueError(f"{len(train_images)} training images cannot give {n_val} for val")
+    trainval = binarize(train_images, seed)
+    return {
+        "train": trainval[:n_train].clone(),
+        "val": trainval[n_train:].clone(),
+        "test": binarize(test_images, seed + 1),
+    }
+
+
+# --------------------------------------------------------------------------- cached binarized MNIST
+
+
+def binarized_mnist_cache_path(seed: int = BINARIZATION_SEED) -> Path:
+    """Where :func:`binarized_mnist` keeps its packed result."""
+    return cache_dir("mnist") / f"binarized-mnist-seed{seed}.npz"
+
+
+def _source_key() -> str:
+    table = SHA256["mnist"]
+    return hashlib.sha256("".join(table[f] for f in FILES.values()).encode()).hexdigest()
+
+
+def _content_digest(packed: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for split in _SPLITS:
+        digest.update(split.encode())
+        digest.update(np.ascontiguousarray(packed[split]).tobytes())
+    return digest.hexdigest()
+
+
+def _expected_shapes() -> list[tuple[int, int]]:
+    rows = (N_TRAIN_IMAGES - N_VAL, N_VAL, N_TEST_IMAGES)
+    return [(n, IMAGE_SIZE) for n in rows]
+
+
+def _save_cache(path: Path, splits: Mapping[str, torch.Tensor], seed: int) -> None:
+    packed = {s: np.packbits(splits[s].numpy().astype(np.uint8), axis=1) for s in _SPLITS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                **packed,
+                shapes=np.array([splits[s].shape for s in _SPLITS], dtype=np.int64),
+                seed=np.int64(seed),
+                version=np.int64(_CACHE_VERSION),
+                source=np.array(_source_key()),
+                digest=np.array(_content_digest(packed)),
+            )
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def _load_cache(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """Read and check the cache; raise ``ValueError`` saying what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            fields = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"unreadable ({exc})") from exc
+    needed = {*_SPLITS, "shapes", "seed", "version", "source", "digest"}
+    if not needed <= fields.keys():
+        raise ValueError(f"missing entries {sorted(needed - fields.keys())}")
+    if int(fields["version"]) != _CACHE_VERSION or int(fields["seed"]) != seed:
+        raise ValueError("written by another version or for another seed")
+    if str(fields["source"]) != _source_key():
+        raise ValueError("built from other source files")
+    if str(fields["digest"]) != _content_digest(fields):
+        raise ValueError("content checksum mismatch")
+    shapes = [tuple(int(v) for v in row) for row in fields["shapes"]]
+    if shapes != _expected_shapes():
+        raise ValueError(f"unexpected shapes {shapes}")
+    out = {}
+    for split, (rows, cols) in zip(_SPLITS, shapes, strict=True):
+        if fields[split].shape != (rows, (cols + 7) // 8):
+            raise ValueError(
+                f"{split}: packed shape {fields[split].shape} does not fit {rows}x{cols}"
+            )
+        bits = np.unpackbits(fields[split], axis=1, count=cols)
+        out[split] = torch.from_numpy(bits.astype(np.float32))
+    return out
+
+
+def binarized_mnist(
+    data_dir: PathLike | None = None, *, download: bool = True, cache: bool = True
+) -> dict[str, torch.Tensor]:
+    """Fixed-seed binarized MNIST: ``{"train": (50000,784), "val": (10000,784), "test": ...}``.
+
+    See the module docstring for the exact recipe. With ``cache=True`` the result is read from (or
+    written to) :func:`binarized_mnist_cache_path`; a damaged cache is rebuilt with a warning.
+    """
+    seed = BINARIZATION_SEED
+    path = binarized_mnist_cache_path(seed)
+    if cache and path.is_file():
+        try:
+            return _load_cache(path, seed)
+        except ValueError as exc:
+            warnings.warn(f"{path}: damaged cache ({exc}); rebuilding it", stacklevel=2)
+    train_images, _ = load_mnist("train", data_dir, download=download)
+    test_images, _ = load_mnist("test", data_dir, download=download)
+    splits = binarize_splits(train_images, test_images, seed, n_val=N_VAL)
+    if cache:
+        try:
+            _save_cache(path, splits, seed)
+        except OSError as exc:
+            warnings.warn(f"could not write the cache {path}: {exc}", stacklevel=2)
+    return splits
