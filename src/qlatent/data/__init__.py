@@ -18,7 +18,6 @@ from qlatent.data.datasets import (
     load_mnist,
 )
 from qlatent.data.idx import read_idx, write_idx
-from qlatent.data.synthetic import synthetic_binary
 from qlatent.data.sources import (
     ChecksumError,
     DataError,
@@ -29,6 +28,7 @@ from qlatent.data.sources import (
     how_to_get,
     locate,
 )
+from qlatent.data.synthetic import synthetic_binary
 
 __all__ = [
     "synthetic_binary",
