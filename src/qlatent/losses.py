@@ -12,11 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from .models import AutoencoderOutput
+from .nn import Likelihood
 
 
 @dataclass
 class LossOutput:
-    """``loss`` is the scalar to minimise; the rest are ``(B,)`` per-example terms (nats)."""
+    """``loss`` is the scalar to minimise; ``distortion`` and ``rate`` are ``(B,)`` per-example
+    nats; ``aux_loss`` is the bottleneck's ``()`` auxiliary term (already inside ``loss``)."""
 
     loss: Tensor
     distortion: Tensor
@@ -39,13 +41,18 @@ class RateDistortionLoss(nn.Module):
         self.lmbda = lmbda
 
     def forward(
-        self, x: Tensor, out: AutoencoderOutput, likelihood, *, lmbda: float | None = None
+        self,
+        x: Tensor,
+        out: AutoencoderOutput,
+        likelihood: Likelihood,
+        *,
+        lmbda: float | None = None,
     ) -> LossOutput:
         weight = self.lmbda if lmbda is None else lmbda
         distortion = likelihood.nll(x, out.params)
         rate = out.bottleneck.rate
         loss = (distortion + weight * rate).mean() + out.bottleneck.aux_loss
-        return LossOutput(loss, distortion, rate, torch.as_tensor(out.bottleneck.aux_loss))
+        return LossOutput(loss, distortion, rate, out.bottleneck.aux_loss)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ class Bottleneck(nn.Module, ABC):
     discrete: ClassVar[bool] = True
     #: shape of one row's symbols: "vector" (one integer per coordinate, like y) or "scalar"
     #: (one integer per row, e.g. a codeword index)
-    index_kind: ClassVar[str] = "vector"
+    index_kind: ClassVar[Literal["vector", "scalar"]] = "vector"
 
     def __init__(self, *, dim: int) -> None:
         super().__init__()
