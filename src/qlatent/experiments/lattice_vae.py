@@ -8,6 +8,7 @@ two-part codelength with real quantization, which Theorem 1 says must agree.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -70,8 +71,8 @@ def run(
         compile=cfg.model.compile,
     )
     result = fit(model, data, cfg.train, out_dir=out_dir, run_config=to_dict(cfg), resume=not fresh)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return {}  # only a single process evaluates (fit has already torn the group down)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}  # under torchrun, rank 0 alone evaluates and writes the summary
 
     started = time.perf_counter()
     report = codelength_report(model, data["test"], seed=cfg.eval_seed)
