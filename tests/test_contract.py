@@ -17,6 +17,8 @@ from qlatent.bottlenecks import BOTTLENECKS, Bottleneck, BottleneckOutput, build
 
 #: constructor arguments for every registered bottleneck (small, fast); add new methods here.
 CONFIGS: dict[str, dict] = {
+    "gaussian": dict(dim=6),
+    "gaussian_lattice": dict(dim=6),
     "identity": dict(dim=6),
     "lattice": dict(dim=6),
 }
@@ -40,14 +42,14 @@ def gen(seed: int) -> torch.Generator:
 
 
 def make_input(module: Bottleneck, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    return 2.0 * torch.randn(BATCH, module.dim, *spatial, generator=gen(seed))
+    return 2.0 * torch.randn(BATCH, module.in_dim, *spatial, generator=gen(seed))
 
 
 def check_indices(module: Bottleneck, indices: torch.Tensor, y: torch.Tensor) -> None:
     assert not indices.is_floating_point() and not indices.is_complex()
     assert indices.dtype != torch.bool
     if module.index_kind == "vector":
-        assert indices.shape == y.shape
+        assert indices.shape == (y.shape[0], module.dim, *y.shape[2:])
     else:
         assert module.index_kind == "scalar"
         assert indices.shape == (y.shape[0], *y.shape[2:])
@@ -66,7 +68,7 @@ def test_output_shapes_and_types(name, training, spatial):
     y = make_input(module, spatial)
     out = module(y, generator=gen(1))
     assert isinstance(out, BottleneckOutput)
-    assert out.y_hat.shape == y.shape
+    assert out.y_hat.shape == (BATCH, module.dim, *spatial)
     assert out.y_hat.dtype == y.dtype
     assert out.rate.shape == (BATCH,)
     assert out.aux_loss.dim() == 0
@@ -154,7 +156,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_raises_value_error(name, training, case):
     module = make(name).train(training)
-    y = BAD_INPUTS[case](module.dim)
+    y = BAD_INPUTS[case](module.in_dim)
     with pytest.raises(ValueError):
         module(y, generator=gen(0))
     if module.discrete:

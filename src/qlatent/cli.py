@@ -67,6 +67,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import lattice_mnist
+
+    models = args.models.split(",") if args.models else None
+    payload = lattice_mnist.reproduce(
+        quick=args.quick,
+        models=models,
+        overrides=args.overrides,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        results_dir=args.results_dir,
+        command=args.command_line,
+    )
+    print(lattice_mnist.markdown_table(payload))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -110,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--record", action="store_true", help="also copy the summary and figures into results/"
     )
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("reproduce", help="reproduce a paper's table (resumable)")
+    p.add_argument("name", choices=["lattice-mnist"], help="which table")
+    p.add_argument("--quick", action="store_true", help="the whole pipeline in a few minutes")
+    p.add_argument("--models", default=None, help="comma-separated subset of the table's rows")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs-dir", default="runs", help="where checkpoints go (default runs/)")
+    p.add_argument("--results-dir", default="results", help="where the JSON and figures go")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)

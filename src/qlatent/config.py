@@ -56,6 +56,27 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
     return cfg
 
 
+def apply_mapping(cfg: C, mapping: dict[str, Any]) -> C:
+    """Apply a nested mapping (e.g. a parsed TOML file) as overrides; same checks as above.
+
+    A nested table goes into the config section of that name; any other value, dicts included,
+    sets the field.
+    """
+    overrides: list[str] = []
+
+    def walk(section: Any, table: dict[str, Any], prefix: str) -> None:
+        for key, value in table.items():
+            target = getattr(section, key, None) if dataclasses.is_dataclass(section) else None
+            if isinstance(value, dict) and dataclasses.is_dataclass(target):
+                walk(target, value, f"{prefix}{key}.")
+            else:
+                raw = json.dumps(value) if isinstance(value, dict | list) else str(value)
+                overrides.append(f"{prefix}{key}={raw}")
+
+    walk(cfg, mapping, "")
+    return apply_overrides(cfg, overrides)
+
+
 def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
     if not dataclasses.is_dataclass(obj):
         raise ValueError(f"override {full_key!r}: {path[0]!r} is not a config section")
@@ -103,6 +124,9 @@ def _parse(hint: Any, raw: str, key: str) -> Any:
             return hint(raw)
         except ValueError:
             raise ValueError(f"{key} expects {hint.__name__}, got {raw!r}") from None
-    if origin in (list, tuple):
-        return json.loads(raw)
+    if origin in (list, tuple, dict) or hint in (list, tuple, dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError(f"{key} expects JSON, got {raw!r}") from None
     raise ValueError(f"{key}: cannot parse values of type {hint}")

@@ -6,8 +6,15 @@ that costs in nats. ``self.training`` selects the path:
     training:  y --(dither / noise / soft / straight-through)--> y_hat, rate estimate
     eval:      y --quantize--> indices --dequantize--> y_hat,     exact rate of the indices
 
-Shapes: ``y`` is ``(B, D)`` or ``(B, D, *spatial)``; the code dimension is always axis 1 and has
-size ``self.dim``. Internally methods work on rows ``(N, D)`` with ``N = B * prod(spatial)``.
+Shapes: ``y`` is ``(B, D_in)`` or ``(B, D_in, *spatial)``; the code dimension is always axis 1.
+``y_hat`` has the same shape except that axis 1 has ``self.dim`` entries. ``D_in = self.in_dim``
+equals ``self.dim`` for every method except those whose encoder also predicts the posterior's
+parameters (the Gaussian VAE takes ``(μ, log σ²)``, ``in_dim = 2·dim``). Internally methods work on
+rows ``(N, D_in)`` with ``N = B * prod(spatial)``.
+
+Methods with a density view (a posterior ``q(y_hat | y)`` and a prior density) also implement
+``posterior_sample`` and ``log_prior``, which is all importance-sampled likelihood needs
+(``qlatent.eval.iwae``).
 """
 
 from __future__ import annotations
@@ -63,11 +70,13 @@ class Bottleneck(nn.Module, ABC):
     #: (one integer per row, e.g. a codeword index)
     index_kind: ClassVar[Literal["vector", "scalar"]] = "vector"
 
-    def __init__(self, *, dim: int) -> None:
+    def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        for name, value in (("dim", dim), ("in_dim", dim if in_dim is None else in_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.dim = dim
+        self.in_dim = dim if in_dim is None else in_dim
 
     # ----------------------------------------------------------------- public API
     def forward(self, y: Tensor, *, generator: torch.Generator | None = None) -> BottleneckOutput:
@@ -78,7 +87,7 @@ class Bottleneck(nn.Module, ABC):
         out = self._forward_rows(rows, generator)
         batch = y.shape[0]
         return BottleneckOutput(
-            y_hat=_from_rows(out.y_hat, y.shape),
+            y_hat=_from_rows(out.y_hat, (batch, self.dim, *y.shape[2:])),
             rate=out.rate.reshape(batch, -1).sum(1),
             aux_loss=out.aux_loss,
             indices=None if out.indices is None else self._indices_from_rows(out.indices, y.shape),
@@ -99,7 +108,7 @@ class Bottleneck(nn.Module, ABC):
         if indices.is_floating_point() or indices.is_complex():
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
         if self.index_kind == "vector":
-            self._check_rank_and_size(indices, "indices")
+            self._check_rank_and_size(indices, "indices", self.dim)
             shape = indices.shape
             rows = _to_rows(indices)
         else:
@@ -118,20 +127,42 @@ class Bottleneck(nn.Module, ABC):
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
         raise TypeError(f"{type(self).__name__} has no discrete hard path")
 
+    # --------------------------------------- density view (importance-sampled likelihood)
+    def posterior_sample(
+        self, y: Tensor, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``num_samples`` draws of ``y_hat`` from q(y_hat | y) with their log-densities.
+
+        ``y``: ``(B, in_dim)`` -> ``(z, log_q)`` with ``z``: ``(S, B, dim)``, ``log_q``: ``(S, B)``.
+        """
+        raise TypeError(f"{type(self).__name__} has no posterior density")
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """Log-density of the prior the rate is measured against: ``(S, B, dim)`` -> ``(S, B)``."""
+        raise TypeError(f"{type(self).__name__} has no prior density")
+
+    def _check_density_input(self, y: Tensor, num_samples: int) -> None:
+        """Input checks for ``posterior_sample``: ``(B, in_dim)`` only, ``num_samples >= 1``."""
+        self._check_input(y)
+        if y.dim() != 2:
+            raise ValueError(f"posterior_sample takes (B, {self.in_dim}), got {tuple(y.shape)}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+
     # ------------------------------------------------------------------ helpers
     def _require_discrete(self) -> None:
         if not self.discrete:
             raise TypeError(f"{type(self).__name__} has no discrete code to quantize to")
 
-    def _check_rank_and_size(self, y: Tensor, name: str) -> None:
+    def _check_rank_and_size(self, y: Tensor, name: str, size: int) -> None:
         if y.dim() < 2:
             raise ValueError(
-                f"{name} must have shape (B, {self.dim}) or (B, {self.dim}, *spatial), "
+                f"{name} must have shape (B, {size}) or (B, {size}, *spatial), "
                 f"got rank {y.dim()} shape {tuple(y.shape)}"
             )
-        if y.shape[1] != self.dim:
+        if y.shape[1] != size:
             raise ValueError(
-                f"{name} has code dimension (axis 1) of size {y.shape[1]}, expected {self.dim}"
+                f"{name} has code dimension (axis 1) of size {y.shape[1]}, expected {size}"
             )
 
     def _check_input(self, y: Tensor) -> None:
@@ -139,12 +170,12 @@ class Bottleneck(nn.Module, ABC):
             raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
         if not y.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got {y.dtype}")
-        self._check_rank_and_size(y, "input")
+        self._check_rank_and_size(y, "input", self.in_dim)
         check_finite("input", y)
 
     def _indices_from_rows(self, indices: Tensor, shape: torch.Size) -> Tensor:
         if self.index_kind == "vector":
-            return _from_rows(indices, shape)
+            return _from_rows(indices, (shape[0], self.dim, *shape[2:]))
         return indices.reshape(shape[0], *shape[2:])
 
 

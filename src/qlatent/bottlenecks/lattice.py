@@ -165,6 +165,26 @@ class DitheredLattice(Bottleneck):
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
         return self._reconstruct(indices, self._hard_dither(indices.shape[0], generator, None))
 
+    # ----------------------------------------------------------- density view
+    def posterior_sample(
+        self, y: Tensor, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``y_hat = y − u`` with ``u`` uniform over the cell: q(y_hat | y) = f_U = 1/V.
+
+        ``y``: ``(B, m)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)`` (the constant ``-log V``).
+        """
+        self._check_density_input(y, num_samples)
+        y = y.to(self.log_spacing.dtype)
+        r = counter_uniform(draw_key(generator, y.device), (num_samples, *y.shape), y.dtype)
+        z = y - (r - 0.5) * self.spacing
+        log_q = (-self.log_spacing.sum()).expand(num_samples, y.shape[0])
+        return z, log_q
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log f_{X̂−U}(z) = log P(cell around z) − log V, the "prior" of Theorem 1."""
+        spacing, scale = self.spacing, self.scale
+        return laplace_cell_nll(z, spacing, scale).sum(-1).neg() - self.log_spacing.sum()
+
     # ---------------------------------------------------------------- helpers
     def _hard_dither(self, n: int, generator: torch.Generator | None, device) -> Tensor:
         """``(n, m)`` dither for the hard path, drawn on the CPU (common randomness)."""

@@ -1,6 +1,6 @@
 """Models built from the bottlenecks and networks."""
 
 from .autoencoder import Autoencoder, AutoencoderOutput
-from .lattice_vae import lattice_vae
+from .lattice_vae import gated_vae, lattice_vae
 
-__all__ = ["Autoencoder", "AutoencoderOutput", "lattice_vae"]
+__all__ = ["Autoencoder", "AutoencoderOutput", "gated_vae", "lattice_vae"]

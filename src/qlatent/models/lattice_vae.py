@@ -1,4 +1,11 @@
-"""The lattice paper's MNIST model: gated MLPs around a dithered rectangular lattice."""
+"""The lattice paper's MNIST models: gated MLPs around a bottleneck (section 4).
+
+    encoder  784 ─GatedDense→ 300 ─GatedDense→ 300 ─Linear→ in_dim   (in_dim = 2m for "gaussian")
+    decoder    m ─GatedDense→ 300 ─GatedDense→ 300 ─Linear→ 784      (Bernoulli logits)
+
+Only the bottleneck differs between the rows of the paper's Table 1: ``"lattice"`` (rectangular
+lattice VAE), ``"gaussian_lattice"`` and ``"gaussian"``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,28 @@ from ..nn import Bernoulli, gated_mlp
 from .autoencoder import Autoencoder
 
 
-def lattice_vae(
-    *, latent_dim: int = 40, hidden: int = 300, data_dim: int = 784, **bottleneck_kwargs
+def gated_vae(
+    bottleneck: str = "lattice",
+    *,
+    latent_dim: int = 40,
+    hidden: int = 300,
+    data_dim: int = 784,
+    **bottleneck_kwargs,
 ) -> Autoencoder:
-    """784-300-300-m gated encoder, ``"lattice"`` bottleneck, m-300-300-784 gated decoder.
+    """Gated-MLP encoder and decoder around the named bottleneck.
 
-    Extra keyword arguments go to the bottleneck (e.g. ``init_spacing``, ``compile``).
+    The encoder's output width is the bottleneck's ``in_dim``; extra keyword arguments go to the
+    bottleneck (e.g. ``init_spacing``, ``compile``).
     """
+    neck = build(bottleneck, dim=latent_dim, **bottleneck_kwargs)
     return Autoencoder(
-        encoder=gated_mlp([data_dim, hidden, hidden, latent_dim]),
-        bottleneck=build("lattice", dim=latent_dim, **bottleneck_kwargs),
+        encoder=gated_mlp([data_dim, hidden, hidden, neck.in_dim]),
+        bottleneck=neck,
         decoder=gated_mlp([latent_dim, hidden, hidden, data_dim]),
         likelihood=Bernoulli(),
     )
+
+
+def lattice_vae(**kwargs) -> Autoencoder:
+    """The rectangular-lattice VAE: :func:`gated_vae` with the ``"lattice"`` bottleneck."""
+    return gated_vae("lattice", **kwargs)

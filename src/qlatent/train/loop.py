@@ -110,6 +110,9 @@ def fit(
         state = _restore(out_dir / "last.pt", model, optimizer, cfg, world)
     if state.stopped == "early_stopping":
         return _finish(model, state, out_dir, world)
+    if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
+        state.stopped = "epochs"
+        return _finish(model, state, out_dir, world)
 
     net = DistributedDataParallel(model) if world.distributed else model
     x_train, x_val = data["train"], data["val"]
@@ -220,7 +223,7 @@ def _validate(model, loss_fn, x, cfg, world) -> dict:
 def _bottleneck_summary(model: nn.Module) -> dict[str, float]:
     """Means of vector-valued bottleneck parameters worth watching (e.g. lattice spacing)."""
     summary = {}
-    for name in ("spacing", "scale"):
+    for name in ("spacing", "scale", "variance"):
         value = getattr(model.bottleneck, name, None)
         if isinstance(value, Tensor):
             summary[f"{name}_mean"] = value.detach().mean().item()

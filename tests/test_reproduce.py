@@ -1,0 +1,51 @@
+"""``qlatent reproduce lattice-mnist --quick`` end to end on synthetic data, and its resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qlatent.cli import main
+from qlatent.experiments.lattice_mnist import MODELS, model_config
+
+SMALL = ["--set", "data=synthetic", "--set", "model.hidden=16", "--set", "model.latent_dim=4"]
+SMALL += ["--set", "train.progress=false"]
+
+
+def test_quick_pipeline_writes_the_table(tmp_path, capsys):
+    args = ["reproduce", "lattice-mnist", "--quick", *SMALL]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert main(args) == 0
+    payload = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
+    assert set(payload["models"]) == set(MODELS)
+    for name, result in payload["models"].items():
+        for key in ("test_nll_iwae20", "test_neg_elbo", "epochs", "best_epoch", "wall_s"):
+            assert key in result, (name, key)
+        # an importance-sampled bound is never worse than the single-sample one on average
+        assert result["test_nll_iwae20"] <= result["test_neg_elbo"] + 3 * result["test_neg_elbo_se"]
+    lattice = payload["models"]["rect_lattice"]
+    assert len(lattice["spacing"]["values"]) == 4 and lattice["test_codelength_hard"] > 0
+    assert payload["paper"]["test_nll_iwae1000"]["gaussian"] == 88.85
+    assert payload["theoretical_gap_nats"] == pytest.approx(4 * 0.5 * 0.35297, abs=1e-3)
+    assert payload["commit"] is None or len(payload["commit"]) == 40
+    assert (tmp_path / "results" / "lattice-mnist-quick-fig3.png").stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "| rectangular-lattice VAE |" in table and "94.45" in table
+
+    # a second run resumes: nothing is retrained or re-evaluated, the numbers are identical
+    assert main(args) == 0
+    again = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
+    assert again["models"] == payload["models"]
+
+
+def test_config_files_and_overrides():
+    cfg = model_config("gaussian", quick=False, overrides=["train.lr=1e-3"])
+    assert cfg.model.bottleneck == "gaussian" and cfg.train.lr == 1e-3
+    assert (cfg.train.batch_size, cfg.train.warmup_epochs, cfg.train.patience) == (100, 100, 50)
+    quick = model_config("rect_lattice", quick=True, overrides=[])
+    assert quick.model.bottleneck == "lattice" and quick.train.epochs < 10
+    with pytest.raises(ValueError, match="unknown model"):
+        model_config("vq", quick=False, overrides=[])
+    with pytest.raises(ValueError, match="unknown config key"):
+        model_config("gaussian", quick=False, overrides=["train.nope=1"])
