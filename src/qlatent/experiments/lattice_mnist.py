@@ -148,6 +148,7 @@ def evaluate(
     metrics["test_nll_iwae_se"] = summary["se"]
     metrics["iwae_samples"] = cfg.iwae_samples
     metrics["iwae_wall_s"] = time.perf_counter() - started
+    metrics["eval_threads"] = torch.get_num_threads()
     if name == "rect_lattice":
         metrics.update(_lattice_metrics(model, x_test, cfg))
     return metrics
