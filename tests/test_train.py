@@ -15,7 +15,7 @@ import torch
 from qlatent.cli import main
 from qlatent.data import synthetic_binary
 from qlatent.models import lattice_vae
-from qlatent.train import TrainConfig, fit, load, save_atomic
+from qlatent.train import AdamNormGrad, TrainConfig, fit, load, make_optimizer, save_atomic
 from qlatent.train import loop as loop_module
 from qlatent.train.distributed import resolve_device
 
@@ -160,3 +160,21 @@ def test_cli_train_on_synthetic_data(tmp_path, capsys):
 def test_cli_rejects_unknown_override(capsys):
     assert main(["train", "--set", "train.epoch=3"]) == 2
     assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+
+
+def test_adam_normgrad_is_adam_on_normalised_gradients():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a = make_optimizer([a], name="adam_normgrad", lr=0.1)
+    opt_b = make_optimizer([b], name="adam", lr=0.1)
+    for step in range(3):
+        grad = torch.randn(5, 3) * (10.0**step)  # scale changes, direction is what counts
+        a.grad = grad.clone()
+        b.grad = grad / (grad.norm() + 1e-7)
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(a, b)
+    assert isinstance(opt_a, AdamNormGrad)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer([a], name="sgd", lr=0.1)
