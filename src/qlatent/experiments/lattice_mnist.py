@@ -33,7 +33,7 @@ from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..results import RESULTS_DIR, provenance, write_json
-from ..train import TrainConfig, fit, load
+from ..train import TrainConfig, fit, load, save_atomic
 
 MODELS = ("rect_lattice", "gaussian_lattice", "gaussian")
 PAPER_IWAE1000 = {"rect_lattice": 94.45, "gaussian_lattice": 89.35, "gaussian": 88.85}
@@ -116,7 +116,7 @@ def run_model(
         if cached["config"] == config_key and cached["best_epoch"] == result.best_epoch:
             return {**trained, **cached["metrics"]}
     metrics = evaluate(name, model, data["test"], cfg.eval)
-    torch.save({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
+    save_atomic({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
     return {**trained, **metrics}
 
 

@@ -11,6 +11,7 @@ continued from its last checkpoint produces the same weights as an uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -245,9 +246,9 @@ def _checkpoint(path, model, optimizer, state, cfg, run_config, world) -> None:
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "train_config": {k: v for k, v in vars(cfg).items()},
+            "train_config": dataclasses.asdict(cfg),
             "run_config": run_config,
-            "state": vars(state),
+            "state": dataclasses.asdict(state),
             "rng": rng,
             "world_size": world.size,
         },
