@@ -20,7 +20,12 @@ CONFIGS: dict[str, dict] = {
     "gaussian": dict(dim=6),
     "gaussian_lattice": dict(dim=6),
     "identity": dict(dim=6),
+    "info_dropout": dict(dim=6),
     "lattice": dict(dim=6),
+    "soft_em_vq": dict(dim=6, num_codes=5, num_samples=3),
+    "soft_vq": dict(dim=6, num_codes=5),
+    "vq": dict(dim=6, num_codes=5),
+    "vq_ema": dict(dim=6, num_codes=5),
 }
 
 NAMES = BOTTLENECKS.names()

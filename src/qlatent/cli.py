@@ -68,10 +68,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments import lattice_mnist
+    from .experiments import lattice_mnist, softvq_mnist
 
+    experiment = {"lattice-mnist": lattice_mnist, "softvq-mnist": softvq_mnist}[args.name]
     models = args.models.split(",") if args.models else None
-    payload = lattice_mnist.reproduce(
+    payload = experiment.reproduce(
         quick=args.quick,
         models=models,
         overrides=args.overrides,
@@ -80,7 +81,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         results_dir=args.results_dir,
         command=args.command_line,
     )
-    print(lattice_mnist.markdown_table(payload))
+    print(experiment.markdown_table(payload))
     return 0
 
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("reproduce", help="reproduce a paper's table (resumable)")
-    p.add_argument("name", choices=["lattice-mnist"], help="which table")
+    p.add_argument("name", choices=["lattice-mnist", "softvq-mnist"], help="which table")
     p.add_argument("--quick", action="store_true", help="the whole pipeline in a few minutes")
     p.add_argument("--models", default=None, help="comma-separated subset of the table's rows")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

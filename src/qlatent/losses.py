@@ -32,13 +32,20 @@ class LossOutput:
 
 
 class RateDistortionLoss(nn.Module):
-    """``mean(distortion + λ·rate) + aux``, with distortion = -log p(x | y_hat)."""
+    """``mean(distortion + λ·rate) + w·aux``, with distortion = -log p(x | y_hat).
 
-    def __init__(self, *, lmbda: float = 1.0) -> None:
+    ``aux_weight`` w scales the bottleneck's auxiliary term (codebook, commitment ...), which
+    bottlenecks report as a mean over rows and dimensions, to the distortion's units.
+    """
+
+    def __init__(self, *, lmbda: float = 1.0, aux_weight: float = 1.0) -> None:
         super().__init__()
-        if lmbda < 0:
+        if not lmbda >= 0:
             raise ValueError(f"lmbda must be non-negative, got {lmbda}")
+        if not aux_weight >= 0:
+            raise ValueError(f"aux_weight must be non-negative, got {aux_weight}")
         self.lmbda = lmbda
+        self.aux_weight = aux_weight
 
     def forward(
         self,
@@ -51,7 +58,7 @@ class RateDistortionLoss(nn.Module):
         weight = self.lmbda if lmbda is None else lmbda
         distortion = likelihood.nll(x, out.params)
         rate = out.bottleneck.rate
-        loss = (distortion + weight * rate).mean() + out.bottleneck.aux_loss
+        loss = (distortion + weight * rate).mean() + self.aux_weight * out.bottleneck.aux_loss
         return LossOutput(loss, distortion, rate, out.bottleneck.aux_loss)
 
 

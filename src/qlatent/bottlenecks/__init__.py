@@ -4,20 +4,40 @@
 >>> bottleneck = build("lattice", dim=8)
 """
 
-from . import gaussian, gaussian_lattice, identity, lattice  # noqa: F401  (importing registers them)
+from . import (  # noqa: F401  (importing registers them)
+    gaussian,
+    gaussian_lattice,
+    identity,
+    info_dropout,
+    lattice,
+    soft_em_vq,
+    soft_vq,
+    vq,
+    vq_ema,
+)
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, build
 from .gaussian import GaussianVAE
 from .gaussian_lattice import GaussianLattice
 from .identity import Identity
+from .info_dropout import InformationDropout
 from .lattice import DitheredLattice
+from .soft_em_vq import SoftEMVectorQuantizer
+from .soft_vq import SoftVectorQuantizer
+from .vq import VectorQuantizer
+from .vq_ema import EMAVectorQuantizer
 
 __all__ = [
     "BOTTLENECKS",
     "Bottleneck",
     "BottleneckOutput",
     "DitheredLattice",
+    "EMAVectorQuantizer",
     "GaussianLattice",
     "GaussianVAE",
     "Identity",
+    "InformationDropout",
+    "SoftEMVectorQuantizer",
+    "SoftVectorQuantizer",
+    "VectorQuantizer",
     "build",
 ]

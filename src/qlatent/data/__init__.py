@@ -28,10 +28,11 @@ from qlatent.data.sources import (
     how_to_get,
     locate,
 )
-from qlatent.data.synthetic import synthetic_binary
+from qlatent.data.synthetic import synthetic_binary, synthetic_labelled
 
 __all__ = [
     "synthetic_binary",
+    "synthetic_labelled",
     "BINARIZATION_SEED",
     "ChecksumError",
     "DataError",

@@ -1,15 +1,37 @@
 """Evaluation: two-part codelength vs negative ELBO, plots."""
 
 from .codelength import CodelengthReport, PathEstimate, codelength_report
+from .downstream import (
+    DownstreamReport,
+    KMeansScores,
+    ProbeScores,
+    cluster_accuracy,
+    downstream_report,
+    kmeans_scores,
+    linear_probe,
+    nmi,
+    tsne_figure,
+    tsne_grid,
+)
 from .iwae import iwae_nll, iwae_summary
 from .plots import reconstruction_grid, training_curves
 
 __all__ = [
     "CodelengthReport",
+    "DownstreamReport",
+    "KMeansScores",
     "PathEstimate",
+    "ProbeScores",
+    "cluster_accuracy",
     "codelength_report",
+    "downstream_report",
     "iwae_nll",
     "iwae_summary",
+    "kmeans_scores",
+    "linear_probe",
+    "nmi",
     "reconstruction_grid",
     "training_curves",
+    "tsne_figure",
+    "tsne_grid",
 ]

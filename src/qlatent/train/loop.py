@@ -37,6 +37,8 @@ class TrainConfig:
     """Training hyper-parameters (the constructor arguments are the config)."""
 
     epochs: int = 20  #: maximum number of epochs
+    max_steps: int | None = None  #: stop after this many updates (mid-epoch); None: no limit
+    keep: Literal["best", "last"] = "best"  #: weights left in the model (and reloaded) at the end
     batch_size: int = 100
     eval_batch_size: int = 1000
     lr: float = 5e-4
@@ -54,6 +56,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 0):
             raise ValueError("warmup_epochs and patience must be non-negative")
 
@@ -63,7 +69,7 @@ class FitResult:
     history: list[dict[str, Any]]
     best_epoch: int
     best_val: float
-    stopped: str  #: "epochs", "early_stopping" or "time_budget"
+    stopped: str  #: "epochs", "max_steps", "early_stopping" or "time_budget"
     wall_s: float
     out_dir: Path
 
@@ -96,7 +102,10 @@ def fit(
     """Train ``model`` (an :class:`~qlatent.models.Autoencoder`) on ``data["train"]``.
 
     Validation on ``data["val"]`` is the training-path objective at β = 1 (the negative ELBO);
-    the best epoch's weights are kept in ``best.pt`` and loaded back into ``model`` at the end.
+    the best epoch's weights are kept in ``best.pt`` and loaded back into ``model`` at the end
+    (``cfg.keep = "last"`` leaves the final weights instead, for protocols that evaluate after a
+    fixed number of updates). ``cfg.max_steps`` ends training mid-epoch after that many updates;
+    that last partial epoch is validated and checkpointed like any other.
     ``run_config`` (the resolved experiment config) is stored in every checkpoint. With
     ``resume=True`` an existing ``out_dir/last.pt`` is continued.
     """
@@ -109,11 +118,11 @@ def fit(
     torch.manual_seed(cfg.seed * 1009 + world.rank)  # the dither stream; differs per rank
     if resume and (out_dir / "last.pt").exists():
         state = _restore(out_dir / "last.pt", model, optimizer, cfg, world)
-    if state.stopped == "early_stopping":
-        return _finish(model, state, out_dir, world)
+    if state.stopped in ("early_stopping", "max_steps"):
+        return _finish(model, state, out_dir, world, cfg.keep)
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
         state.stopped = "epochs"
-        return _finish(model, state, out_dir, world)
+        return _finish(model, state, out_dir, world, cfg.keep)
 
     net = DistributedDataParallel(model) if world.distributed else model
     x_train, x_val = data["train"], data["val"]
@@ -131,6 +140,8 @@ def fit(
         beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
+        if cfg.max_steps is not None:  # the step budget may end this epoch early
+            order = order[: (cfg.max_steps - state.step) * cfg.batch_size]
         train = _train_epoch(
             net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch
         )
@@ -157,6 +168,8 @@ def fit(
             over = (time.perf_counter() - session_start) / 60 > cfg.max_minutes
             if D.broadcast_object(over, world):  # every rank takes rank 0's decision
                 state.stopped = "time_budget"
+        if cfg.max_steps is not None and state.step >= cfg.max_steps and not state.stopped:
+            state.stopped = "max_steps"
         if epoch == cfg.epochs and not state.stopped:
             state.stopped = "epochs"
         _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
@@ -167,7 +180,7 @@ def fit(
             on_epoch_end(record)
         if state.stopped:
             break
-    return _finish(model, state, out_dir, world)
+    return _finish(model, state, out_dir, world, cfg.keep)
 
 
 def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epoch) -> dict:
@@ -279,9 +292,9 @@ def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def _finish(model, state: _State, out_dir: Path, world) -> FitResult:
+def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
     best = out_dir / "best.pt"
-    if best.exists():
+    if keep == "best" and best.exists():
         if world.distributed:  # rank 0 wrote it; wait until every rank can read it
             torch.distributed.barrier()
         model.load_state_dict(load(best, map_location=world.device)["model"])

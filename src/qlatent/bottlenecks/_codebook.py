@@ -1,0 +1,166 @@
+"""What the codebook methods (``vq``, ``vq_ema``, ``soft_em_vq``, ``soft_vq``) share.
+
+Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece with state:
+
+- :func:`uniform_unit_scaling` — the codebook initialisation of the reference code (TensorFlow's
+  ``uniform_unit_scaling``: U(±sqrt(3/d))).
+- :func:`squared_distances` and :func:`nearest_codeword` — ‖z − e_k‖² and its argmin, in row
+  chunks so that a large codebook never materialises an ``N×K`` matrix bigger than a few MB.
+- :func:`usage_stats` — codes used and perplexity exp(H(usage)) from (possibly fractional) counts.
+- :class:`EMACodebook` — the M-step of hard and soft EM (Roy et al. 2018, arXiv 1805.11063):
+  exponential moving averages of counts and sums with Laplace smoothing. Under
+  ``torch.distributed`` the batch statistics are all-reduced first, so every rank applies the
+  same update and keeps the same codebook.
+
+Shapes: ``z`` ``(N, d)`` rows, codebook ``e`` ``(K, d)``, indices ``(N,)`` int64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+#: entries of one N×K distance chunk (16 MB in float32)
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_num_codes(num_codes: int) -> int:
+    if not isinstance(num_codes, int) or isinstance(num_codes, bool) or num_codes < 2:
+        raise ValueError(f"num_codes must be an integer >= 2, got {num_codes!r}")
+    return num_codes
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_indices(indices: Tensor, num_codes: int) -> Tensor:
+    """Codeword indices must lie in [0, K): a clear error instead of an index fault."""
+    if indices.numel() and (indices.min() < 0 or indices.max() >= num_codes):
+        raise ValueError(
+            f"codeword indices must lie in [0, {num_codes}), got values in "
+            f"[{indices.min().item()}, {indices.max().item()}]"
+        )
+    return indices.long()
+
+
+def uniform_unit_scaling(num_codes: int, dim: int) -> Tensor:
+    """``(K, d)`` codewords drawn from U(−sqrt(3/d), sqrt(3/d)) with torch's global RNG.
+
+    Each row then has expected squared norm 1, whatever ``d`` is. The reference code of both the
+    Soft VQ-VAE paper and Roy et al. initialises its codebook this way.
+    """
+    bound = math.sqrt(3.0 / dim)
+    return torch.empty(num_codes, dim).uniform_(-bound, bound)
+
+
+def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
+    """``‖z_i − e_k‖²`` for all pairs: ``(N, d), (K, d) -> (N, K)``, never negative.
+
+    Expanded as ‖z‖² − 2 z·e + ‖e‖² (one matrix product); rounding can make the expansion
+    slightly negative for near-coincident points, so it is clamped at zero.
+    """
+    cross = torch.addmm(codebook.square().sum(1), z, codebook.t(), alpha=-2.0)
+    return (cross + z.square().sum(1, keepdim=True)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def nearest_codeword(z: Tensor, codebook: Tensor) -> Tensor:
+    """``argmin_k ‖z_i − e_k‖²``: ``(N, d), (K, d) -> (N,)`` int64.
+
+    ‖z‖² is the same for every k, so only ‖e‖² − 2 z·e is formed — one fused ``addmm`` per chunk
+    of rows, with ``N×K`` never held at once for large codebooks. Ties go to the lowest index.
+    """
+    z = z.detach()
+    codebook = codebook.detach()
+    norms = codebook.square().sum(1)
+    rows = max(1, _CHUNK_ELEMENTS // codebook.shape[0])
+    if z.shape[0] <= rows:
+        return torch.addmm(norms, z, codebook.t(), alpha=-2.0).argmin(1)
+    out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
+    for start in range(0, z.shape[0], rows):
+        chunk = z[start : start + rows]
+        out[start : start + rows] = torch.addmm(norms, chunk, codebook.t(), alpha=-2.0).argmin(1)
+    return out
+
+
+def code_counts(indices: Tensor, num_codes: int) -> Tensor:
+    """How often each code occurs: ``(...,)`` int64 -> ``(K,)`` float."""
+    return torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+
+
+@torch.no_grad()
+def usage_stats(counts: Tensor, prefix: str = "") -> dict[str, Tensor]:
+    """``codes_used`` (count > 0) and ``perplexity`` = exp(H(counts / Σ counts)), detached.
+
+    Perplexity is the effective number of codes: K for uniform use, 1 for a collapsed codebook.
+    """
+    counts = counts.detach().float()
+    p = counts / counts.sum().clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+    return {
+        f"{prefix}codes_used": (counts > 0).sum().float(),
+        f"{prefix}perplexity": entropy.exp(),
+    }
+
+
+def straight_through(z: Tensor, q: Tensor) -> Tensor:
+    """Forward value ``q``, gradient copied to ``z``: ``z + sg(q − z)``."""
+    return z + (q - z).detach()
+
+
+class EMACodebook(nn.Module):
+    """Codebook kept by exponential moving averages (the M-step of hard / soft EM).
+
+    With batch statistics n_k (counts, fractional for soft EM) and s_k = Σ_i w_ik z_i::
+
+        c_k ← λ c_k + (1 − λ) n_k          m_k ← λ m_k + (1 − λ) s_k
+        c̃_k = (c_k + ε) / (Σ c + K ε) · Σ c  (Laplace smoothing)      e_k = m_k / c̃_k
+
+    ``c`` starts at zero and ``m`` at the initial codebook, as in tensor2tensor and the common
+    VQ-VAE-EMA code. A code that is never chosen keeps m_k = λ^t m_k(0) over a smoothed count of
+    about ε, so it drifts far away and stays unused ("dead"); that is the method, not a bug.
+
+    Under ``torch.distributed`` (world size > 1) n and s are summed over ranks before the update,
+    so every rank computes the same codebook from the global batch.
+    """
+
+    codebook: Tensor
+    ema_count: Tensor
+    ema_sum: Tensor
+
+    def __init__(self, num_codes: int, dim: int, *, decay: float, eps: float) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.num_codes, self.decay, self.eps = num_codes, float(decay), float(eps)
+        initial = uniform_unit_scaling(num_codes, dim)
+        self.register_buffer("codebook", initial)
+        self.register_buffer("ema_count", torch.zeros(num_codes))
+        self.register_buffer("ema_sum", initial.clone())
+
+    @torch.no_grad()
+    def update(self, counts: Tensor, sums: Tensor) -> None:
+        """One M-step from this batch's ``counts`` ``(K,)`` and ``sums`` ``(K, d)``."""
+        stats = torch.cat([counts.reshape(-1, 1), sums], dim=1).to(self.ema_sum.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)  # the global batch: every rank gets the same codebook
+        self.ema_count.mul_(self.decay).add_(stats[:, 0], alpha=1.0 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(stats[:, 1:], alpha=1.0 - self.decay)
+        total = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
+        # before any code has been counted the smoothed counts are zero; keep the codebook then
+        if total > 0:
+            self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+
+    def extra_repr(self) -> str:
+        return f"num_codes={self.num_codes}, decay={self.decay}, eps={self.eps}"

@@ -1,0 +1,131 @@
+"""Soft-EM VQ-VAE: sample m codes per latent, decode their average, EMA with fractional counts.
+
+Papers: A. Roy, A. Vaswani, A. Neelakantan, N. Parmar, "Theory and Experiments on Vector Quantized
+Autoencoders" (arXiv 1805.11063), Monte-Carlo EM; H. Wu and M. Flierl, "Variational Information
+Bottleneck on Vector Quantized Autoencoders" (arXiv 1808.01048), which reads it as the variational
+information bottleneck with stochastic encoder p(Z = k | x) = τ_k.
+
+    z ──τ = softmax_k(−‖z − e_k‖²)──> k_1 … k_m ~ τ       (E-step by sampling; temperature 1)
+    │
+    ├─ training: y_hat = z + sg(ē − z), ē = (1/m) Σ_l e_{k_l}
+    │            M-step: EMA with counts n_k = Σ_i (1/m) Σ_l 1[k_l = k]  (fractional)
+    │            aux = β ‖z − sg(ē)‖² + β_VIB · mean_i (log K − H(τ_i))
+    ├─ eval:     hard path, k = argmax τ = nearest codeword, y_hat = e_k
+    └─ rate  = log K per row
+
+Shapes as for ``vq``: one codeword index per row on the hard path (``index_kind = "scalar"``);
+the training path has m samples per row and returns ``indices = None``.
+``stats``: ``codes_used`` / ``perplexity`` of the sampled (fractional) usage on the training path
+and of the hard codes on the hard path; ``posterior_entropy`` = mean H(τ) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._codebook import (
+    EMACodebook,
+    check_indices,
+    check_nonnegative,
+    check_num_codes,
+    code_counts,
+    nearest_codeword,
+    squared_distances,
+    straight_through,
+    usage_stats,
+)
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+
+
+@BOTTLENECKS.register("soft_em_vq")
+class SoftEMVectorQuantizer(Bottleneck):
+    """Monte-Carlo (soft) EM vector quantizer with an EMA codebook.
+
+    Args:
+        dim: code dimension d.
+        num_codes: codebook size K.
+        num_samples: m, codes sampled per latent (10 in tensor2tensor).
+        commitment: β of the commitment term (0.25).
+        vib_weight: β_VIB of the variational-IB term β_VIB·(log K − H(τ)) = β_VIB·KL(τ ‖ uniform);
+            0 (the default, as in tensor2tensor) leaves it out. Its gradient reaches the encoder
+            only (the codebook is kept by EMA).
+        decay, eps: of the EMA codebook (0.99, 1e-5).
+    """
+
+    index_kind = "scalar"
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_codes: int = 512,
+        num_samples: int = 10,
+        commitment: float = 0.25,
+        vib_weight: float = 0.0,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__(dim=dim)
+        self.num_codes = check_num_codes(num_codes)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        self.num_samples = num_samples
+        self.commitment = check_nonnegative(commitment, "commitment")
+        self.vib_weight = check_nonnegative(vib_weight, "vib_weight")
+        self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps)
+
+    @property
+    def codebook(self) -> Tensor:
+        """``(K, d)`` current codewords."""
+        return self.ema.codebook
+
+    def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        rate = y.new_full((y.shape[0],), math.log(self.num_codes))
+        if not self.training:
+            indices = nearest_codeword(y, self.codebook)
+            stats = usage_stats(code_counts(indices, self.num_codes))
+            return BottleneckOutput(self.codebook[indices], rate, y.new_zeros(()), indices, stats)
+
+        log_tau = torch.log_softmax(-squared_distances(y, self.codebook), dim=1)  # (N, K)
+        samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
+        mean_code = self.codebook[samples].mean(1)  # (N, d), before this batch's M-step
+        # fractional one-hot: row i puts weight 1/m on each of its m samples
+        share = y.new_full(samples.shape, 1.0 / self.num_samples)
+        assign = y.new_zeros(log_tau.shape).scatter_add_(1, samples, share)  # (N, K)
+        counts, sums = assign.sum(0), assign.t() @ y.detach()
+        self.ema.update(counts, sums)
+
+        entropy = -(log_tau.exp() * log_tau).sum(1)  # H(τ_i), nats
+        aux = self.commitment * F.mse_loss(y, mean_code)
+        if self.vib_weight:
+            aux = aux + self.vib_weight * (math.log(self.num_codes) - entropy).mean()
+        stats = usage_stats(counts)
+        stats["posterior_entropy"] = entropy.detach().mean()
+        return BottleneckOutput(straight_through(y, mean_code), rate, aux, None, stats)
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        return nearest_codeword(y, self.codebook)
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.codebook[check_indices(indices, self.num_codes)]
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_codes={self.num_codes}, num_samples={self.num_samples}, "
+            f"commitment={self.commitment}, vib_weight={self.vib_weight}"
+        )
+
+
+def _sample(log_tau: Tensor, num_samples: int, generator: torch.Generator | None) -> Tensor:
+    """``m`` codes per row from ``τ = exp(log_tau)``, with replacement: ``(N, K) -> (N, m)``.
+
+    Drawn on the generator's device (a CPU generator with CUDA rows moves the probabilities).
+    """
+    probs = log_tau.exp()
+    device = probs.device if generator is None else generator.device
+    draws = torch.multinomial(probs.to(device), num_samples, replacement=True, generator=generator)
+    return draws.to(probs.device)

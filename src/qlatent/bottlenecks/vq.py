@@ -1,0 +1,76 @@
+"""VQ-VAE bottleneck: nearest codeword, straight-through gradient, codebook + commitment loss.
+
+Paper: A. van den Oord, O. Vinyals, K. Kavukcuoglu, "Neural Discrete Representation Learning"
+(NeurIPS 2017, arXiv 1711.00937); read as a deterministic information bottleneck by H. Wu and
+M. Flierl, "Variational Information Bottleneck on Vector Quantized Autoencoders" (arXiv 1808.01048).
+
+    z ──k = argmin_k ‖z − e_k‖²──> e_k
+    │
+    ├─ y_hat = z + sg(e_k − z)      (forward value e_k; gradient copied to z)
+    ├─ aux   = ‖e_k − sg(z)‖² + β ‖z − sg(e_k)‖²    (means over rows and dimensions)
+    └─ rate  = log K per row        (a fixed-length code; uniform code prior)
+
+Shapes: input ``(B, d)`` or ``(B, d, *spatial)`` with the code dimension on axis 1; one codeword
+index per row, so ``indices`` is ``(B,)`` or ``(B, *spatial)`` (``index_kind = "scalar"``).
+``stats``: ``codes_used`` and ``perplexity`` = exp(H(usage)) of this batch's codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._codebook import (
+    check_indices,
+    check_nonnegative,
+    check_num_codes,
+    code_counts,
+    nearest_codeword,
+    straight_through,
+    uniform_unit_scaling,
+    usage_stats,
+)
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+
+
+@BOTTLENECKS.register("vq")
+class VectorQuantizer(Bottleneck):
+    """VQ-VAE with a codebook trained by gradient (the codebook loss).
+
+    Args:
+        dim: code dimension d.
+        num_codes: codebook size K.
+        commitment: β, the weight of the commitment term ‖z − sg(e)‖² (0.25 in the VQ-VAE paper).
+
+    The codebook ``(K, d)`` is initialised U(±sqrt(3/d)) (:func:`uniform_unit_scaling`).
+    """
+
+    index_kind = "scalar"
+
+    def __init__(self, *, dim: int, num_codes: int = 512, commitment: float = 0.25) -> None:
+        super().__init__(dim=dim)
+        self.num_codes = check_num_codes(num_codes)
+        self.commitment = check_nonnegative(commitment, "commitment")
+        self.codebook = nn.Parameter(uniform_unit_scaling(self.num_codes, dim))
+
+    def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        indices = nearest_codeword(y, self.codebook)
+        q = self.codebook[indices]
+        rate = y.new_full((y.shape[0],), math.log(self.num_codes))
+        stats = usage_stats(code_counts(indices, self.num_codes))
+        if not self.training:
+            return BottleneckOutput(q, rate, y.new_zeros(()), indices, stats)
+        aux = F.mse_loss(q, y.detach()) + self.commitment * F.mse_loss(y, q.detach())
+        return BottleneckOutput(straight_through(y, q), rate, aux, indices, stats)
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        return nearest_codeword(y, self.codebook)
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.codebook.detach()[check_indices(indices, self.num_codes)]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"

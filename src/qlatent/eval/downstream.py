@@ -1,0 +1,466 @@
+"""Downstream use of learned latents: k-means clustering, a linear probe, t-SNE pictures.
+
+Paper: H. Wu, M. Flierl, "Vector Quantization-Based Regularization for Autoencoders", AAAI 2020
+(arXiv 1905.11062), section "Representation Learning Tasks", Tables 1-2 and Fig. 4. The
+protocol, as the paper and its reference notebooks run it (notes, B.2 / B.3)::
+
+    train images ──encoder──> z_e (train) ──────────────┐
+    test images  ──encoder──> z_e (test) ──┬─ k-means (10 clusters, 100 inits) ─> ACC, NMI
+                                           │                                      (Hungarian)
+                                           └─ linear probe fitted on train z_e ─> test accuracy
+                                              (Dense d→C + softmax CE, Adam 0.01, batch 128,
+                                               30,000 updates)
+
+Clustering accuracy is the best one-to-one matching of cluster ids to labels (Hungarian
+algorithm; Xie, Girshick & Farhadi 2016). The paper defines NMI with the arithmetic mean of the
+entropies, 2·I / (H(y) + H(ŷ)); the sklearn 0.20/0.21 that the notebook ran defaulted to the
+geometric mean I / sqrt(H(y)·H(ŷ)), so both are reported.
+
+Shape legend: N examples, d feature dimensions, C classes, K clusters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.lines import Line2D
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.manifold import TSNE
+from sklearn.metrics import normalized_mutual_info_score
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .plots import _save, plt  # pyplot on the headless Agg backend that plots.py selects
+
+ArrayLike = Tensor | np.ndarray
+
+
+class KMeansScores(TypedDict):
+    kmeans_acc: float  #: Hungarian-matched clustering accuracy, fraction in [0, 1]
+    nmi: float  #: arithmetic-mean NMI (the paper's formula, sklearn ≥ 0.22 default)
+    nmi_geometric: float  #: geometric-mean NMI (sklearn 0.20/0.21, the notebook's)
+    inertia: float  #: k-means objective of the best of the ``n_init`` runs
+    n_init: int
+    n_clusters: int
+
+
+class ProbeScores(TypedDict):
+    linear_acc: float  #: test accuracy, fraction in [0, 1]
+    train_acc: float  #: accuracy on the training features after the last update
+    steps: int
+    lr: float
+    batch_size: int
+    num_classes: int
+
+
+class DownstreamReport(KMeansScores, ProbeScores):
+    """k-means on the test features and a probe trained on train, tested on test, merged."""
+
+
+# ------------------------------------------------------------------------- clustering scores
+def cluster_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Fraction of examples correct under the best one-to-one map of cluster ids to labels.
+
+    Builds the ``(K, C)`` contingency table ``w[k, c] = #{i : ŷ_i = k, y_i = c}`` over the ids
+    that occur and maximises the matched count with the Hungarian algorithm
+    (``scipy.optimize.linear_sum_assignment``). The table may be rectangular: with K > C clusters
+    the K − C unmatched clusters count as wrong, with K < C so do the unmatched classes. Ids need
+    not be contiguous or non-negative.
+
+    Args:
+        y_true: ``(N,)`` integer class labels.
+        y_pred: ``(N,)`` integer cluster ids.
+
+    Raises:
+        ValueError: not 1-D integer arrays of the same length N ≥ 1.
+    """
+    y_true, y_pred = _check_label_pair(y_true, y_pred)
+    _, true_ids = np.unique(y_true, return_inverse=True)
+    _, pred_ids = np.unique(y_pred, return_inverse=True)
+    w = np.zeros((pred_ids.max() + 1, true_ids.max() + 1), dtype=np.int64)
+    np.add.at(w, (pred_ids, true_ids), 1)
+    rows, cols = linear_sum_assignment(w, maximize=True)
+    return float(w[rows, cols].sum() / y_true.size)
+
+
+def nmi(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
+    """Normalised mutual information with both normalisers, ``{"arithmetic", "geometric"}``.
+
+    ``arithmetic`` = 2·I(y; ŷ) / (H(y) + H(ŷ)), the paper's definition and sklearn's default
+    since 0.22; ``geometric`` = I(y; ŷ) / sqrt(H(y)·H(ŷ)), the default of sklearn 0.20/0.21.
+    Computed by ``sklearn.metrics.normalized_mutual_info_score``; inputs as for
+    :func:`cluster_accuracy`.
+    """
+    y_true, y_pred = _check_label_pair(y_true, y_pred)
+    return {
+        method: float(normalized_mutual_info_score(y_true, y_pred, average_method=method))
+        for method in ("arithmetic", "geometric")
+    }
+
+
+def kmeans_scores(
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    n_clusters: int = 10,
+    n_init: int = 100,
+    seed: int = 0,
+) -> KMeansScores:
+    """Cluster ``features`` with k-means and score the clusters against ``labels``.
+
+    sklearn ``KMeans(n_clusters, n_init=n_init, random_state=seed)`` (k-means++ seeding, Lloyd
+    iterations, the run of lowest inertia kept) on the features in float64; the paper uses 100
+    initialisations on the 10,000 MNIST test latents. The notebook left ``random_state`` unset;
+    here it is fixed, so a result is reproducible.
+
+    Args:
+        features: ``(N, d)`` real features (torch or numpy), N ≥ ``n_clusters``.
+        labels: ``(N,)`` integer class labels.
+
+    Raises:
+        ValueError: bad shapes, non-finite features, non-integer labels, fewer examples than
+            clusters, or a non-positive ``n_clusters`` / ``n_init``.
+    """
+    _check_positive_int("n_clusters", n_clusters)
+    _check_positive_int("n_init", n_init)
+    x = _check_features("features", features)
+    y = _check_labels("labels", labels, x.shape[0])
+    if x.shape[0] < n_clusters:
+        raise ValueError(f"k-means needs at least n_clusters={n_clusters} examples, got {len(x)}")
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(x)
+    scores = nmi(y, kmeans.labels_)
+    return {
+        "kmeans_acc": cluster_accuracy(y, kmeans.labels_),
+        "nmi": scores["arithmetic"],
+        "nmi_geometric": scores["geometric"],
+        "inertia": float(kmeans.inertia_),
+        "n_init": n_init,
+        "n_clusters": n_clusters,
+    }
+
+
+# ---------------------------------------------------------------------------- linear probe
+def linear_probe(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    test_features: ArrayLike,
+    test_labels: ArrayLike,
+    *,
+    steps: int = 30000,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    num_classes: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ProbeScores:
+    """Test accuracy of one fully connected layer d → C trained on frozen features.
+
+    The reference notebook's recipe (notes, B.3): ``Dense(C)`` logits (Glorot-uniform weights,
+    zero bias, as Keras initialises them) with softmax cross-entropy, Adam (lr 0.01, β = (0.9,
+    0.999)) for ``steps`` updates of ``batch_size`` examples. The features are used as given,
+    without standardisation, as in the notebook. Batches are consecutive slices of a stream of
+    permutations of the training set, a fresh permutation per pass (a batch may straddle two
+    passes), so every example is seen once per pass.
+
+    Everything random (initial weights, permutations) comes from one CPU ``torch.Generator``
+    seeded with ``seed``, so a call is exactly reproducible; nothing global is changed. Runs on the
+    CPU in float32, with gradients enabled even inside ``torch.no_grad``.
+
+    Args:
+        train_features, test_features: ``(N_train, d)`` and ``(N_test, d)`` real features.
+        train_labels, test_labels: ``(N_train,)`` and ``(N_test,)`` integer labels in [0, C).
+        num_classes: C; default: 1 + the largest label of either split.
+        progress: show a tqdm bar over updates.
+
+    Raises:
+        ValueError: bad shapes, non-finite features, feature dimensions that differ between the
+            splits, labels that are not integers in [0, C), non-positive ``steps`` /
+            ``batch_size`` / ``lr``.
+    """
+    _check_positive_int("steps", steps)
+    _check_positive_int("batch_size", batch_size)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    x_train = _check_features("train_features", train_features)
+    x_test = _check_features("test_features", test_features)
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(
+            f"train_features and test_features differ in dimension: "
+            f"{x_train.shape[1]} vs {x_test.shape[1]}"
+        )
+    y_train = _check_labels("train_labels", train_labels, x_train.shape[0])
+    y_test = _check_labels("test_labels", test_labels, x_test.shape[0])
+    num_classes = _check_num_classes(num_classes, y_train, y_test)
+
+    x_train_t = torch.from_numpy(x_train).float()
+    y_train_t = torch.from_numpy(y_train).long()
+    generator = torch.Generator().manual_seed(seed)
+    probe = nn.Linear(x_train.shape[1], num_classes)
+    with torch.no_grad():
+        nn.init.xavier_uniform_(probe.weight, generator=generator)
+        probe.bias.zero_()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+
+    with (
+        torch.enable_grad(),
+        tqdm(
+            total=steps, desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True
+        ) as bar,
+    ):
+        for index in _batch_indices(x_train.shape[0], batch_size, steps, generator):
+            loss = F.cross_entropy(probe(x_train_t[index]), y_train_t[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+
+    with torch.no_grad():
+        train_acc = _accuracy(probe, x_train_t, y_train_t)
+        test_acc = _accuracy(probe, torch.from_numpy(x_test).float(), torch.from_numpy(y_test))
+    return {
+        "linear_acc": test_acc,
+        "train_acc": train_acc,
+        "steps": steps,
+        "lr": float(lr),
+        "batch_size": batch_size,
+        "num_classes": num_classes,
+    }
+
+
+def downstream_report(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    test_features: ArrayLike,
+    test_labels: ArrayLike,
+    *,
+    n_clusters: int | None = None,
+    n_init: int = 100,
+    probe_steps: int = 30000,
+    seed: int = 0,
+    progress: bool = False,
+) -> DownstreamReport:
+    """The paper's two downstream tasks: :func:`kmeans_scores` on the **test** features (the
+    paper clusters the projected test set) and :func:`linear_probe` trained on the train features
+    and scored on the test features, in one dict.
+
+    ``n_clusters`` defaults to the number of distinct test labels (10 for MNIST). ``progress``
+    shows the probe's bar (sklearn's k-means has none). Raises as the two functions do.
+    """
+    y_test = _check_labels("test_labels", test_labels, None)
+    if n_clusters is None:
+        n_clusters = int(np.unique(y_test).size)
+    clustering = kmeans_scores(
+        test_features, test_labels, n_clusters=n_clusters, n_init=n_init, seed=seed
+    )
+    probe = linear_probe(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        steps=probe_steps,
+        seed=seed,
+        progress=progress,
+    )
+    return {**clustering, **probe}
+
+
+# ------------------------------------------------------------------------------------ t-SNE
+def tsne_figure(
+    features: ArrayLike,
+    labels: ArrayLike,
+    path: str | Path,
+    *,
+    title: str = "",
+    seed: int = 0,
+    max_points: int | None = None,
+    perplexity: float = 30.0,
+) -> Path:
+    """Scatter of a 2-D t-SNE of ``features`` coloured by label (the paper's Fig. 4), as PNG.
+
+    sklearn ``TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)``; with
+    ``max_points`` a seeded random subset of that many examples is embedded (Barnes-Hut t-SNE
+    on all 10,000 MNIST test latents takes about a minute on two cores).
+
+    Args:
+        features: ``(N, d)`` real features.
+        labels: ``(N,)`` integer labels; one colour and legend entry per distinct label.
+        path: where the PNG goes (parent folders are created).
+
+    Raises:
+        ValueError: bad shapes or values, or ``perplexity`` not in (0, number of points).
+    """
+    return tsne_grid(
+        {title: features},
+        labels,
+        path,
+        seed=seed,
+        max_points=max_points,
+        perplexity=perplexity,
+        ncols=1,
+    )
+
+
+def tsne_grid(
+    named_features: Mapping[str, ArrayLike],
+    labels: ArrayLike,
+    path: str | Path,
+    *,
+    seed: int = 0,
+    max_points: int | None = None,
+    perplexity: float = 30.0,
+    ncols: int | None = None,
+) -> Path:
+    """Several methods' t-SNE scatters side by side, one subplot per name, as one PNG.
+
+    Every entry of ``named_features`` is ``(N, d_m)`` features of the same N examples (e.g. the
+    MNIST test set through each model's encoder); ``labels`` ``(N,)`` colour all subplots alike.
+    The same seeded subset of ``max_points`` examples is used for every method, and each is
+    embedded as in :func:`tsne_figure`. ``ncols`` defaults to min(4, number of methods).
+
+    Raises:
+        ValueError: no methods, entries of different N, bad shapes or values, or ``perplexity``
+            not in (0, number of points).
+    """
+    if not named_features:
+        raise ValueError("named_features is empty: give at least one name -> (N, d) features")
+    arrays = {name: _check_features(f"features {name!r}", f) for name, f in named_features.items()}
+    sizes = {name: x.shape[0] for name, x in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every method needs features of the same N examples, got {sizes}")
+    n = next(iter(sizes.values()))
+    y = _check_labels("labels", labels, n)
+    keep = _subsample(n, max_points, seed)
+    points = keep.size
+    if not (0 < perplexity < points):
+        raise ValueError(
+            f"t-SNE needs 0 < perplexity < number of points, got perplexity={perplexity} "
+            f"with {points} points; pass a smaller perplexity"
+        )
+    y = y[keep]
+    classes = np.unique(y)
+    palette = _class_colours(classes.size)
+    colours = palette[np.searchsorted(classes, y)]
+
+    ncols = min(4, len(arrays)) if ncols is None else ncols
+    _check_positive_int("ncols", ncols)
+    # every embedding before the figure exists, so a failing t-SNE leaves no open figure
+    embeddings = {
+        name: TSNE(
+            n_components=2, init="pca", perplexity=perplexity, random_state=seed
+        ).fit_transform(x[keep])
+        for name, x in arrays.items()
+    }
+    marker_size = float(np.clip(4000 / points, 1, 16))  # dots for 10,000 points, discs for 100
+
+    nrows = -(-len(arrays) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")  # t-SNE coordinates carry no units
+    for ax, (name, e) in zip(axes.flat, embeddings.items(), strict=False):
+        ax.scatter(e[:, 0], e[:, 1], c=colours, s=marker_size, linewidths=0)
+        ax.set_title(name, fontsize=9)
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=palette[i], label=str(c))
+        for i, c in enumerate(classes)
+    ]
+    fig.legend(handles=handles, loc="center right", fontsize=8, markerscale=1.2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 0.5 / (3.6 * ncols), 1))
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------- helpers
+def _batch_indices(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[Tensor]:
+    """``steps`` index batches ``(batch_size,)`` cut from a stream of fresh permutations of n."""
+    stream = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while stream.numel() < batch_size:
+            stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def _accuracy(probe: nn.Module, x: Tensor, y: Tensor) -> float:
+    return (probe(x).argmax(-1) == y).double().mean().item()
+
+
+def _class_colours(k: int) -> np.ndarray:
+    """``(k, 4)`` RGBA: tab10's first k colours (tab20's for k ≤ 20), else k samples of turbo."""
+    if k <= 20:
+        return plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k))
+    return plt.get_cmap("turbo")(np.linspace(0, 1, k))
+
+
+def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of ``max_points`` of n (all n when None or ≥ n)."""
+    if max_points is None:
+        return np.arange(n)
+    _check_positive_int("max_points", max_points)
+    if max_points >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def _to_numpy(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+
+
+def _check_features(name: str, features: Any) -> np.ndarray:
+    """``(N, d)`` real, finite features as a float64 array (N, d ≥ 1)."""
+    x = _to_numpy(name, features)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (N, d) with N, d >= 1, got {x.shape}")
+    if x.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers (int or float), got dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+    return x
+
+
+def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray:
+    """``(n,)`` integer labels as an int64 array (any length ≥ 1 when n is None)."""
+    y = _to_numpy(name, labels)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must have an integer dtype, got {y.dtype}")
+    if n is not None and y.size != n:
+        raise ValueError(f"{name} has {y.size} entries but the features have {n} rows")
+    return y.astype(np.int64, copy=False)
+
+
+def _check_label_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    y_true = _check_labels("y_true", y_true, None)
+    return y_true, _check_labels("y_pred", y_pred, y_true.size)
+
+
+def _check_num_classes(num_classes: int | None, *labels: np.ndarray) -> int:
+    low = min(int(y.min()) for y in labels)
+    high = max(int(y.max()) for y in labels)
+    if num_classes is None:
+        num_classes = high + 1
+    _check_positive_int("num_classes", num_classes)
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
+        )
+    return num_classes
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
