@@ -13,8 +13,8 @@ protocol, as the paper and its reference notebooks run it (notes, B.2 / B.3)::
 
 Clustering accuracy is the best one-to-one matching of cluster ids to labels (Hungarian
 algorithm; Xie, Girshick & Farhadi 2016). The paper defines NMI with the arithmetic mean of the
-entropies, 2·I / (H(y) + H(ŷ)); the sklearn 0.20/0.21 that the notebook ran defaulted to the
-geometric mean I / sqrt(H(y)·H(ŷ)), so both are reported.
+entropies, 2·I / (H(y) + H(ŷ)); its NMI code is not published, and sklearn 0.20/0.21, current in
+2019, defaulted to the geometric mean I / sqrt(H(y)·H(ŷ)), so both are reported.
 
 Shape legend: N examples, d feature dimensions, C classes, K clusters.
 """
@@ -34,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.manifold import TSNE
 from sklearn.metrics import normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -45,7 +46,7 @@ ArrayLike = Tensor | np.ndarray
 class KMeansScores(TypedDict):
     kmeans_acc: float  #: Hungarian-matched clustering accuracy, fraction in [0, 1]
     nmi: float  #: arithmetic-mean NMI (the paper's formula, sklearn ≥ 0.22 default)
-    nmi_geometric: float  #: geometric-mean NMI (sklearn 0.20/0.21, the notebook's)
+    nmi_geometric: float  #: geometric-mean NMI (sklearn 0.20/0.21 default)
     inertia: float  #: k-means objective of the best of the ``n_init`` runs
     n_init: int
     n_clusters: int
@@ -120,6 +121,11 @@ def kmeans_scores(
     initialisations on the 10,000 MNIST test latents. The notebook left ``random_state`` unset;
     here it is fixed, so a result is reproducible.
 
+    sklearn runs Lloyd's iterations on all OpenMP threads; where other processes keep the cores
+    busy, each iteration's barrier waits for a scheduler slice (measured 8x slower on two busy
+    cores), and ``with threadpoolctl.threadpool_limits(1, user_api="openmp"):`` around the call
+    avoids that. The same holds for :func:`tsne_figure`.
+
     Args:
         features: ``(N, d)`` real features (torch or numpy), N ≥ ``n_clusters``.
         labels: ``(N,)`` integer class labels.
@@ -170,8 +176,11 @@ def linear_probe(
     passes), so every example is seen once per pass.
 
     Everything random (initial weights, permutations) comes from one CPU ``torch.Generator``
-    seeded with ``seed``, so a call is exactly reproducible; nothing global is changed. Runs on the
-    CPU in float32, with gradients enabled even inside ``torch.no_grad``.
+    seeded with ``seed``, so a call is exactly reproducible; torch's global generator is not
+    touched. Runs on the CPU in float32 with one OpenMP thread (a limit on the calling thread
+    only, lifted on return: the tensors are too small to gain from more), and trains also inside
+    ``torch.no_grad`` or ``torch.inference_mode``. 30,000 updates on 60,000 × 64 features took
+    17-20 s on two CPU cores shared with other jobs.
 
     Args:
         train_features, test_features: ``(N_train, d)`` and ``(N_test, d)`` real features.
@@ -199,28 +208,13 @@ def linear_probe(
     y_test = _check_labels("test_labels", test_labels, x_test.shape[0])
     num_classes = _check_num_classes(num_classes, y_train, y_test)
 
-    x_train_t = torch.from_numpy(x_train).float()
-    y_train_t = torch.from_numpy(y_train).long()
-    generator = torch.Generator().manual_seed(seed)
-    probe = nn.Linear(x_train.shape[1], num_classes)
-    with torch.no_grad():
-        nn.init.xavier_uniform_(probe.weight, generator=generator)
-        probe.bias.zero_()
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
-
-    with (
-        torch.enable_grad(),
-        tqdm(
-            total=steps, desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True
-        ) as bar,
-    ):
-        for index in _batch_indices(x_train.shape[0], batch_size, steps, generator):
-            loss = F.cross_entropy(probe(x_train_t[index]), y_train_t[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update()
-
+    # a caller's no_grad / inference_mode would leave nothing to train
+    with torch.inference_mode(False), torch.enable_grad():
+        x_train_t = torch.from_numpy(x_train).float()
+        y_train_t = torch.from_numpy(y_train)
+        probe = _fit_linear(
+            x_train_t, y_train_t, num_classes, steps, batch_size, lr, seed, progress
+        )
     with torch.no_grad():
         train_acc = _accuracy(probe, x_train_t, y_train_t)
         test_acc = _accuracy(probe, torch.from_numpy(x_test).float(), torch.from_numpy(y_test))
@@ -246,9 +240,10 @@ def downstream_report(
     seed: int = 0,
     progress: bool = False,
 ) -> DownstreamReport:
-    """The paper's two downstream tasks: :func:`kmeans_scores` on the **test** features (the
-    paper clusters the projected test set) and :func:`linear_probe` trained on the train features
-    and scored on the test features, in one dict.
+    """The paper's two downstream tasks on one model's features, in one dict.
+
+    :func:`kmeans_scores` on the **test** features (the paper clusters the projected test set)
+    and :func:`linear_probe` trained on the train features and scored on the test features.
 
     ``n_clusters`` defaults to the number of distinct test labels (10 for MNIST). ``progress``
     shows the probe's bar (sklearn's k-means has none). Raises as the two functions do.
@@ -285,8 +280,7 @@ def tsne_figure(
     """Scatter of a 2-D t-SNE of ``features`` coloured by label (the paper's Fig. 4), as PNG.
 
     sklearn ``TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)``; with
-    ``max_points`` a seeded random subset of that many examples is embedded (Barnes-Hut t-SNE
-    on all 10,000 MNIST test latents takes about a minute on two cores).
+    ``max_points`` a seeded random subset of that many examples is embedded.
 
     Args:
         features: ``(N, d)`` real features.
@@ -360,7 +354,9 @@ def tsne_grid(
     marker_size = float(np.clip(4000 / points, 1, 16))  # dots for 10,000 points, discs for 100
 
     nrows = -(-len(arrays) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.6 * nrows), squeeze=False)
+    panel, legend_width = 3.6, 0.7  # inches
+    width = panel * ncols + legend_width
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")  # t-SNE coordinates carry no units
     for ax, (name, e) in zip(axes.flat, embeddings.items(), strict=False):
@@ -371,11 +367,48 @@ def tsne_grid(
         for i, c in enumerate(classes)
     ]
     fig.legend(handles=handles, loc="center right", fontsize=8, markerscale=1.2, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 0.5 / (3.6 * ncols), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
     return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------- helpers
+def _fit_linear(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+) -> nn.Linear:
+    """Softmax regression ``(N, d) -> (N, C)`` fitted by Adam on seeded minibatches."""
+    generator = torch.Generator().manual_seed(seed)
+    # skip_init: nn.Linear's own initialisation would draw from torch's global generator
+    probe = nn.utils.skip_init(nn.Linear, x.shape[1], num_classes)
+    with torch.no_grad():
+        nn.init.xavier_uniform_(probe.weight, generator=generator)
+        probe.bias.zero_()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    with (
+        # every tensor of an update is ~10^4 numbers: a second OpenMP thread only adds a barrier
+        # per op, and where another process keeps the cores busy each barrier waits for a
+        # scheduler slice (measured 27x slower on two busy cores). One thread, in this calling
+        # thread only and restored on exit, also makes training independent of the core count.
+        threadpool_limits(limits=1, user_api="openmp"),
+        tqdm(
+            total=steps, desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True
+        ) as bar,
+    ):
+        for index in _batch_indices(x.shape[0], batch_size, steps, generator):
+            loss = F.cross_entropy(probe(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+    return probe
+
+
 def _batch_indices(
     n: int, batch_size: int, steps: int, generator: torch.Generator
 ) -> Iterator[Tensor]:
@@ -431,7 +464,7 @@ def _check_features(name: str, features: Any) -> np.ndarray:
     return x
 
 
-def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray:
+def _check_labels(name: str, labels: Any, n: int | None, other: str = "the features") -> np.ndarray:
     """``(n,)`` integer labels as an int64 array (any length ≥ 1 when n is None)."""
     y = _to_numpy(name, labels)
     if y.ndim != 1 or y.size == 0:
@@ -439,13 +472,13 @@ def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray:
     if y.dtype.kind not in "iu":
         raise ValueError(f"{name} must have an integer dtype, got {y.dtype}")
     if n is not None and y.size != n:
-        raise ValueError(f"{name} has {y.size} entries but the features have {n} rows")
+        raise ValueError(f"{name} has {y.size} entries but {other} has {n}")
     return y.astype(np.int64, copy=False)
 
 
 def _check_label_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     y_true = _check_labels("y_true", y_true, None)
-    return y_true, _check_labels("y_pred", y_pred, y_true.size)
+    return y_true, _check_labels("y_pred", y_pred, y_true.size, other="y_true")
 
 
 def _check_num_classes(num_classes: int | None, *labels: np.ndarray) -> int:

@@ -1,0 +1,118 @@
+"""``qlatent reproduce softvq-mnist --quick`` end to end on labelled synthetic data, its cached
+re-run, the step budget of the training loop, and the pieces the experiment adds (ReLU MLP,
+variance-normalised squared error, the loss's weight on auxiliary terms)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qlatent.bottlenecks import build
+from qlatent.cli import main
+from qlatent.data import synthetic_labelled
+from qlatent.experiments.softvq_mnist import MODELS, PAPER, model_config
+from qlatent.losses import RateDistortionLoss
+from qlatent.models import Autoencoder
+from qlatent.nn import SquaredError, relu_mlp
+from qlatent.train import TrainConfig, fit, load
+
+SMALL = ["--set", "data=synthetic", "--set", "model.hidden=[24]", "--set", "model.latent_dim=4"]
+
+
+def test_quick_pipeline_writes_the_table(tmp_path, capsys):
+    args = ["reproduce", "softvq-mnist", "--quick", *SMALL]
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert main(args + dirs) == 0
+    payload = json.loads((tmp_path / "results" / "softvq-mnist-quick.json").read_text())
+    assert set(payload["rows"]) == set(MODELS)
+    for name, row in payload["rows"].items():
+        for key in ("kmeans_acc", "nmi", "nmi_geometric", "linear_acc"):
+            assert 0.0 <= row[key] <= 1.0, (name, key)
+        if name != "raw":
+            assert row["train_steps"] == 60 and row["stopped"] == "max_steps"
+            assert row["wall_s"] > 0
+    assert payload["rows"]["raw"]["feature_dim"] == 784
+    assert payload["rows"]["soft_vq"]["feature_dim"] == 4  # z_e only, not the K log-scales
+    assert payload["rows"]["vq"]["quantizer_params"] == 128 * 4
+    assert set(payload["perplexity"]) == {"vq", "soft_em_vq"}
+    assert 1.0 <= payload["perplexity"]["vq"] <= 128
+    assert payload["paper"]["soft_vq"] == {
+        "kmeans_acc": 0.7764,
+        "nmi": 0.7188,
+        "linear_acc": 0.9354,
+    }
+    assert (tmp_path / "results" / "softvq-mnist-quick-tsne.png").stat().st_size > 0
+    table = (tmp_path / "results" / "softvq-mnist-quick.md").read_text()
+    assert "Soft VQ-VAE" in table and "77.64" in table
+    # a second run reloads every row's cached evaluation: same numbers
+    capsys.readouterr()
+    assert main(args + dirs) == 0
+    again = json.loads((tmp_path / "results" / "softvq-mnist-quick.json").read_text())
+    assert again["rows"] == payload["rows"]
+
+
+def test_row_configs_follow_the_notebook_weights():
+    assert set(PAPER) == set(MODELS) - {"soft_em_vq"}
+    vq = model_config("vq", quick=False, overrides=[])
+    assert vq.model.bottleneck == "vq" and vq.model.aux_weight == 3.0 * 784
+    assert vq.train.max_steps == 40_000 and vq.train.batch_size == 32 and vq.train.lr == 3e-4
+    assert vq.train.keep == "last"
+    assert model_config("beta_vae", quick=False, overrides=[]).model.lmbda == 20.0
+    soft = model_config("soft_vq", quick=False, overrides=[])
+    assert soft.model.bottleneck_args["variant"] == "paper"
+    with pytest.raises(ValueError, match="unknown row"):
+        model_config("vqgan", quick=False, overrides=[])
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return Autoencoder(
+        relu_mlp([16, 8, 3]),
+        build("vq", dim=3, num_codes=4),
+        relu_mlp([3, 8, 16]),
+        SquaredError(variance=0.25, link="sigmoid"),
+    )
+
+
+def test_step_budget_ends_mid_epoch_and_keep_last(tmp_path):
+    x, _ = synthetic_labelled(n=100, dim=16, seed=0)
+    data = {"train": x, "val": x[:20]}
+    cfg = TrainConfig(epochs=50, max_steps=7, batch_size=30, keep="last", progress=False)
+    model = _tiny_model()
+    result = fit(model, data, cfg, out_dir=tmp_path, loss_fn=RateDistortionLoss(aux_weight=2.0))
+    assert result.stopped == "max_steps"
+    assert [h["step"] for h in result.history] == [4, 7]  # 4 batches per epoch, then 3 more
+    last = load(tmp_path / "last.pt")["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, last[key]), key  # "last", not the best epoch's weights
+    again = fit(_tiny_model(), data, cfg, out_dir=tmp_path)  # finished: nothing more to do
+    assert again.stopped == "max_steps" and len(again.history) == 2
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(max_steps=0)
+
+
+def test_squared_error_and_relu_mlp():
+    lik = SquaredError(variance=0.5, link="sigmoid")
+    x = torch.tensor([[0.0, 1.0]])
+    logits = torch.tensor([[0.0, 0.0]])
+    assert lik.nll(x, logits).item() == pytest.approx((0.25 + 0.25) / 0.5)
+    with pytest.raises(ValueError):
+        SquaredError(variance=0.0)
+    net = relu_mlp([5, 7, 2])
+    assert [type(m).__name__ for m in net] == ["Linear", "ReLU", "Linear"]
+    assert all((m.bias == 0).all() for m in net if isinstance(m, torch.nn.Linear))
+    bound = (6 / (5 + 7)) ** 0.5  # Glorot uniform
+    assert net[0].weight.abs().max() <= bound
+    with pytest.raises(ValueError):
+        relu_mlp([5])
+
+
+def test_loss_weights_the_auxiliary_term():
+    model = _tiny_model().train()
+    x = torch.rand(6, 16)
+    out = model(x)
+    one = RateDistortionLoss(lmbda=0.0)(x, out, model.likelihood).loss
+    three = RateDistortionLoss(lmbda=0.0, aux_weight=3.0)(x, out, model.likelihood).loss
+    torch.testing.assert_close(three - one, 2.0 * out.bottleneck.aux_loss)

@@ -1,0 +1,259 @@
+"""Properties of the codebook bottlenecks beyond the contract: nearest-codeword search against
+brute force, usage / perplexity, the VQ losses and gradients, the EMA M-step (by hand, and the
+same on two gloo processes as on one), soft EM's fractional counts and VIB term, Soft VQ-VAE's
+estimator in both variants, and information dropout's rate."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from qlatent.bottlenecks import _codebook as cb
+from qlatent.bottlenecks import build
+from qlatent.bottlenecks.soft_vq import soft_assignment_logits
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------- shared maths
+@pytest.mark.parametrize("chunk", [1 << 22, 7])  # one block, and many small chunks
+def test_nearest_codeword_matches_brute_force(monkeypatch, chunk):
+    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
+    z = torch.randn(300, 5, generator=gen(0))
+    codebook = torch.randn(13, 5, generator=gen(1))
+    brute = torch.cdist(z.double(), codebook.double()).argmin(1)
+    assert torch.equal(cb.nearest_codeword(z, codebook), brute)
+
+
+def test_squared_distances_are_exact_and_nonnegative():
+    z = torch.randn(40, 6, generator=gen(2))
+    codebook = torch.cat([z[:3], torch.randn(5, 6, generator=gen(3))])  # exact coincidences
+    d = cb.squared_distances(z, codebook)
+    brute = (z[:, None, :] - codebook[None]).square().sum(-1)
+    assert (d >= 0).all()
+    torch.testing.assert_close(d, brute, atol=1e-5, rtol=1e-5)
+
+
+def test_usage_stats_perplexity():
+    uniform = cb.usage_stats(torch.ones(8))
+    assert uniform["perplexity"].item() == pytest.approx(8.0)
+    assert uniform["codes_used"].item() == 8
+    collapsed = cb.usage_stats(torch.tensor([0.0, 5.0, 0.0]))
+    assert collapsed["perplexity"].item() == pytest.approx(1.0)
+    assert collapsed["codes_used"].item() == 1
+    half = cb.usage_stats(torch.tensor([1.0, 1.0, 0.0, 0.0]), prefix="x_")
+    assert half["x_perplexity"].item() == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------- vq
+def test_vq_losses_and_gradients():
+    torch.manual_seed(0)
+    vq = build("vq", dim=4, num_codes=6, commitment=0.25)
+    y = torch.randn(10, 4, generator=gen(4), requires_grad=True)
+    out = vq(y)
+    q = vq.codebook[cb.nearest_codeword(y, vq.codebook)]
+    torch.testing.assert_close(out.y_hat, q)
+    torch.testing.assert_close(out.aux_loss, 1.25 * F.mse_loss(q, y))
+    out.aux_loss.backward()
+    # codebook term moves the codewords, commitment the encoder: d/dy = β · 2(y − q)/numel
+    torch.testing.assert_close(y.grad, 0.25 * 2 * (y - q).detach() / y.numel())
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+    # the decoder's gradient goes straight through to y
+    y.grad = None
+    vq(y).y_hat.sum().backward()
+    torch.testing.assert_close(y.grad, torch.ones_like(y))
+
+
+def test_vq_rate_is_log_k_and_dequantize_rejects_bad_indices():
+    vq = build("vq", dim=3, num_codes=16).eval()
+    out = vq(torch.randn(5, 3, 2, 2, generator=gen(5)))
+    torch.testing.assert_close(out.rate, torch.full((5,), 4 * math.log(16)))
+    with pytest.raises(ValueError, match="indices"):
+        vq.dequantize(torch.tensor([0, 16]))
+
+
+# ----------------------------------------------------------------------- vq_ema
+def test_ema_update_matches_hand_formula():
+    torch.manual_seed(1)
+    ema = build("vq_ema", dim=2, num_codes=3, decay=0.9, eps=1e-5)
+    initial = ema.codebook.clone()
+    y = torch.randn(50, 2, generator=gen(6))
+    idx = cb.nearest_codeword(y, initial)
+    out = ema(y)
+    assert torch.equal(out.indices, idx)
+    n = torch.bincount(idx, minlength=3).float()
+    s = torch.zeros(3, 2).index_add_(0, idx, y)
+    count = 0.1 * n
+    total = count.sum()
+    smoothed = (count + 1e-5) / (total + 3e-5) * total
+    expected = (0.9 * initial + 0.1 * s) / smoothed[:, None]
+    torch.testing.assert_close(ema.codebook, expected)
+    torch.testing.assert_close(out.y_hat, initial[idx])  # the loss used the pre-update codebook
+    assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_ema_with_no_memory_moves_codewords_to_cluster_means():
+    torch.manual_seed(2)
+    ema = build("vq_ema", dim=2, num_codes=4, decay=0.0)
+    y = torch.randn(200, 2, generator=gen(7))
+    idx = cb.nearest_codeword(y, ema.codebook)
+    ema(y)
+    used = torch.bincount(idx, minlength=4) > 0
+    means = torch.stack([y[idx == k].mean(0) if used[k] else torch.zeros(2) for k in range(4)])
+    # with decay 0 only the smoothing separates the codeword from the mean (relative 4e-7)
+    torch.testing.assert_close(ema.codebook[used], means[used], rtol=1e-5, atol=1e-5)
+
+
+def _ddp_ema_worker(rank: int, world: int, init_file: str, y: torch.Tensor, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(3)  # same initial codebook on every rank
+        ema = build("vq_ema", dim=3, num_codes=5, decay=0.5)
+        for step in range(3):
+            ema(y[step].chunk(world)[rank])  # each rank sees only its half of the batch
+        torch.save(ema.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ema_codebook_is_identical_across_ranks_and_equals_the_global_batch(tmp_path):
+    y = torch.randn(3, 40, 3, generator=gen(8))
+    mp.spawn(
+        _ddp_ema_worker,
+        args=(2, str(tmp_path / "init"), y, str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    torch.manual_seed(3)
+    single = build("vq_ema", dim=3, num_codes=5, decay=0.5)
+    for step in range(3):
+        single(y[step])
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for key, value in single.state_dict().items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------- soft_em_vq
+def test_soft_em_counts_are_fractional_and_sum_to_rows():
+    torch.manual_seed(4)
+    sem = build("soft_em_vq", dim=3, num_codes=6, num_samples=4, decay=0.0)
+    y = 0.3 * torch.randn(30, 3, generator=gen(9))
+    out = sem(y, generator=gen(10))
+    assert out.indices is None
+    # with decay 0 the EMA count is the batch's fractional count: Σ_k n_k = rows
+    assert sem.ema.ema_count.sum().item() == pytest.approx(30.0)
+    assert torch.allclose(sem.ema.ema_count * 4, (sem.ema.ema_count * 4).round())
+    assert 0 < out.stats["posterior_entropy"] <= math.log(6) + 1e-6
+
+
+def test_soft_em_with_peaked_posterior_decodes_the_nearest_codeword():
+    torch.manual_seed(5)
+    sem = build("soft_em_vq", dim=2, num_codes=3, num_samples=5)
+    sem.ema.codebook.copy_(torch.tensor([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0]]))
+    y = sem.codebook[torch.tensor([0, 1, 2, 1])] + 0.01
+    out = sem(y, generator=gen(11))
+    torch.testing.assert_close(out.y_hat, torch.tensor([[0.0, 0], [30, 0], [0, 30], [30, 0]]))
+
+
+def test_soft_em_vib_term_is_kl_to_uniform():
+    torch.manual_seed(6)
+    plain = build("soft_em_vq", dim=3, num_codes=5, commitment=0.0)
+    torch.manual_seed(6)
+    vib = build("soft_em_vq", dim=3, num_codes=5, commitment=0.0, vib_weight=2.0)
+    y = torch.randn(20, 3, generator=gen(12))
+    assert plain(y, generator=gen(13)).aux_loss.item() == 0.0
+    out = vib(y, generator=gen(13))
+    entropy = out.stats["posterior_entropy"].item()
+    assert out.aux_loss.item() == pytest.approx(2.0 * (math.log(5) - entropy), rel=1e-5)
+    assert out.aux_loss.item() >= 0
+
+
+# ---------------------------------------------------------------------- soft_vq
+def test_soft_assignment_logits_of_both_variants():
+    z = torch.tensor([[1.0, 0.0]])
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    log_sigma = torch.tensor([[0.0, math.log(2.0)]])
+    dist2 = torch.tensor([1.0, 1.0])
+    paper = soft_assignment_logits(z, log_sigma, codebook, variant="paper")
+    reference = soft_assignment_logits(z, log_sigma, codebook, variant="reference")
+    sigma2 = torch.tensor([1.0, 4.0])
+    torch.testing.assert_close(paper[0], -dist2 / (2 * sigma2) - 2 * log_sigma[0])
+    torch.testing.assert_close(reference[0], -dist2 / (2 * sigma2) + log_sigma[0])
+
+
+def test_soft_vq_is_stable_where_exp_then_divide_underflows():
+    torch.manual_seed(7)
+    svq = build("soft_vq", dim=4, num_codes=8, variant="reference").eval()
+    z = 1e3 * torch.randn(5, 4, generator=gen(14))
+    log_sigma = torch.full((5, 8), -5.0)  # σ = e^-5: every exp(-dist/2σ²) underflows to 0
+    out = svq(torch.cat([z, log_sigma], 1))
+    assert torch.isfinite(out.y_hat).all()
+    nearest = svq.codebook[cb.nearest_codeword(z, svq.codebook)]
+    torch.testing.assert_close(out.y_hat, nearest.detach())  # the softmax became one-hot
+
+
+def test_soft_vq_noise_only_in_the_paper_variant_and_only_in_training():
+    torch.manual_seed(8)
+    y = torch.randn(6, 4 + 5, generator=gen(15))
+    for variant, noisy in (("paper", True), ("reference", False)):
+        torch.manual_seed(8)
+        svq = build("soft_vq", dim=4, num_codes=5, variant=variant, noise_std=0.5)
+        a, b = svq(y, generator=gen(1)).aux_loss, svq(y, generator=gen(2)).aux_loss
+        assert (a != b).item() is noisy
+        svq.eval()
+        assert torch.equal(svq(y, generator=gen(1)).y_hat, svq(y, generator=gen(2)).y_hat)
+
+
+def test_soft_vq_estimator_is_the_posterior_mean_and_gradients_reach_scales():
+    torch.manual_seed(9)
+    svq = build("soft_vq", dim=3, num_codes=4, noise_std=0.0)
+    y = torch.randn(7, 3 + 4, generator=gen(16), requires_grad=True)
+    out = svq(y)
+    logits = soft_assignment_logits(y[:, :3], y[:, 3:], svq.codebook)
+    torch.testing.assert_close(out.y_hat, torch.softmax(logits, 1) @ svq.codebook)
+    out.aux_loss.backward()
+    assert y.grad[:, 3:].abs().sum() > 0  # the per-codeword scales are trained by the loss
+    assert svq.codebook.grad.abs().sum() > 0
+    assert out.stats["perplexity"] >= 1 and out.stats["soft_perplexity"] >= 1
+
+
+def test_soft_vq_rejects_wrong_width():
+    svq = build("soft_vq", dim=3, num_codes=4)
+    with pytest.raises(ValueError, match="d \\+ K"):
+        svq(torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------- info_dropout
+def test_info_dropout_rate_and_noise():
+    drop = build("info_dropout", dim=3, alpha_max=0.7)
+    f = torch.tensor([[1.0, 0.0, -2.0]])
+    a = torch.tensor([[0.0, 1e4, -1e4]])  # α = 0.35, 0.7, 0 — the last would be log(0)
+    out = drop(torch.cat([f, a], 1), generator=gen(0))
+    expected = math.log(2.0) + 0.0 + 1e4  # −log(α/α_max) per dimension
+    assert out.rate.item() == pytest.approx(expected, rel=1e-6)
+    assert out.y_hat[0, 1] == 0.0  # multiplicative noise keeps zeros at zero
+    assert out.y_hat[0, 2] == -2.0  # α = 0: no noise
+    drop.eval()
+    assert torch.equal(drop(torch.cat([f, a], 1)).y_hat, f)
+
+
+def test_constructor_arguments_are_validated():
+    for name, kwargs in [
+        ("vq", dict(num_codes=1)),
+        ("vq", dict(commitment=-1.0)),
+        ("vq_ema", dict(decay=1.0)),
+        ("soft_em_vq", dict(num_samples=0)),
+        ("soft_vq", dict(variant="notebook")),
+        ("info_dropout", dict(alpha_max=0.0)),
+    ]:
+        with pytest.raises(ValueError):
+            build(name, dim=3, **kwargs)
