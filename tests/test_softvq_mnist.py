@@ -54,7 +54,9 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
 
 
 def test_row_configs_follow_the_notebook_weights():
-    assert set(PAPER) == set(MODELS) - {"soft_em_vq"}
+    assert set(PAPER) == set(MODELS) - {"soft_em_vq", "soft_vq_reference"}
+    notebook = model_config("soft_vq_reference", quick=False, overrides=[])
+    assert notebook.model.bottleneck_args["variant"] == "reference"
     vq = model_config("vq", quick=False, overrides=[])
     assert vq.model.bottleneck == "vq" and vq.model.aux_weight == 3.0 * 784
     assert vq.train.max_steps == 40_000 and vq.train.batch_size == 32 and vq.train.lr == 3e-4
