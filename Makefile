@@ -31,8 +31,10 @@ test: lint
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Throughput numbers for results/; run on an otherwise idle machine (two threads each).
 bench: $(STAMP)
 	$(BIN)/qlatent bench lattice
+	$(BIN)/qlatent bench quantizers
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -2,31 +2,48 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import math
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from .bottlenecks import build
+from .bottlenecks import BOTTLENECKS, build
 
 
 def time_cases(
-    cases: dict[str, Callable[[], Any]], *, repeats: int, block: int = 10, warmup: int = 3
+    cases: dict[str, Callable[[], Any]],
+    *,
+    repeats: int | Mapping[str, int],
+    block: int = 10,
+    warmup: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Wall time per call of each case: median, best and worst over ``repeats`` calls.
 
-    Calls run in blocks of ``block`` consecutive calls per case (as in a training loop), and the
-    blocks of all cases are interleaved, so a slow spell of a shared machine hits every case
-    alike instead of whichever happened to be running.
+    Calls run in blocks of up to ``block`` consecutive calls per case (as in a training loop),
+    and the blocks of all cases are interleaved, so a slow spell of a shared machine hits every
+    case alike instead of whichever happened to be running. ``repeats`` is one count for all
+    cases or one per case; a case with fewer calls spreads them evenly over the same rounds.
+    Each block is preceded by ``min(warmup, calls in the block)`` untimed calls.
     """
+    counts = {name: repeats if isinstance(repeats, int) else repeats[name] for name in cases}
+    if any(n < 1 for n in counts.values()):
+        raise ValueError(f"repeats must be at least 1 per case, got {counts}")
+    rounds = max(1, -(-max(counts.values(), default=1) // block))
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(max(1, -(-repeats // block))):
+    for r in range(rounds):
         for name, fn in cases.items():
-            for _ in range(warmup):  # settle caches and allocator after the previous case
+            calls = (r + 1) * counts[name] // rounds - r * counts[name] // rounds
+            for _ in range(min(warmup, calls)):  # settle caches and allocator after the last case
                 fn()
-            for _ in range(block):
+            for _ in range(calls):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -95,3 +112,358 @@ def bench_lattice(
         "compile_s": compile_s,
         "cases": results,
     }
+
+
+# --------------------------------------------------------------------- bench quantizers
+#: Codebook sizes at which ``vq`` is measured next to ``VectorQuantize`` (same K, same run).
+PEER_CODEBOOK_SIZES = (128, 512, 4096)
+#: Constructor arguments beyond ``dim``, one dict per benchmark row; a registered name that is
+#: not listed here is built with ``dim`` alone.
+QUANTIZER_KWARGS: dict[str, list[dict[str, Any]]] = {
+    "vq": [{"num_codes": k} for k in PEER_CODEBOOK_SIZES],
+    "vq_ema": [{"num_codes": 512}],
+    "soft_vq": [{"num_codes": 512}],
+    "soft_em_vq": [{"num_codes": 512}],
+}
+#: FSQ levels from the FSQ paper's table of recommended settings (|C| = 1000 and 4375 ≈ 2^12).
+FSQ_LEVELS = ([8, 5, 5, 5], [7, 5, 5, 5, 5])
+SPEEDUP_TARGET = 1.5
+MODES = ("train", "eval")
+MODE_NOTES = {
+    "train": "module.train(); forward with autograd recording on an input that requires grad, "
+    "no backward (EMA codebooks update in place, as in training)",
+    "eval": "module.eval(); forward under torch.inference_mode()",
+}
+INPUT_NOTE = (
+    "y = torch.randn(rows, in_dim) from a generator seeded with seed, per row's in_dim (= dim "
+    "unless the bottleneck also reads posterior parameters, e.g. gaussian 2*dim, soft_vq dim + K); "
+    "peers get the rows x dim tensor as (1, rows, dim)"
+)
+TIMING_NOTE = (
+    "each case is called once untimed and timed once; it then gets ceil(budget_s / that time) "
+    "timed calls, clamped to [min_repeats, repeats], run in interleaved rounds of up to 10 "
+    "consecutive calls per case after min(3, calls) untimed ones (time_cases); "
+    "rows_per_s = rows / median, rows_per_s_best = rows / min"
+)
+PEER_PACKAGE = "vector_quantize_pytorch"
+
+
+@dataclass
+class _Case:
+    """One benchmark row before timing: what is measured, and the call to time."""
+
+    name: str
+    source: str  # "qlatent", PEER_PACKAGE or "reference"
+    mode: str | None
+    K: int | None
+    in_dim: int
+    kwargs: dict[str, Any]
+    call: Callable[[], Any]
+    params: int = 0
+    buffers: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.name if self.mode is None else f"{self.name} {self.mode}"
+
+
+def _timed_call(
+    module: nn.Module, x: Tensor, mode: str, generator: torch.Generator | None = None
+) -> Callable[[], Any]:
+    """The call to time for ``module`` in ``mode`` (see ``MODE_NOTES``).
+
+    Each mode gets its own copy of the module (training calls move EMA codebooks) and, for
+    training, a copy of ``x`` that requires grad.
+    """
+    module = copy.deepcopy(module).train(mode == "train")
+    x = x.clone().requires_grad_(True) if mode == "train" else x
+    kw = {} if generator is None else {"generator": generator}
+
+    def run():
+        if generator is not None:
+            generator.manual_seed(0)  # every call draws the same dither
+        with torch.inference_mode(mode == "eval"):
+            return module(x, **kw)
+
+    return run
+
+
+def _sizes(module: nn.Module) -> dict[str, int]:
+    return {
+        "params": sum(p.numel() for p in module.parameters()),
+        "buffers": sum(b.numel() for b in module.buffers()),
+    }
+
+
+def _error(errors: list[dict[str, Any]], name: str, stage: str, err: Exception, **extra) -> None:
+    errors.append({"name": name, "stage": stage, "error": f"{type(err).__name__}: {err}", **extra})
+
+
+def _bottleneck_cases(
+    names: Sequence[str], *, rows: int, dim: int, seed: int, errors: list[dict[str, Any]]
+) -> list[_Case]:
+    """Both modes of each name, once per entry of ``QUANTIZER_KWARGS`` (``dim`` alone if none)."""
+    cases = []
+    for name in names:
+        for extra in QUANTIZER_KWARGS.get(name, [{}]):
+            kwargs = {"dim": dim, **extra}
+            k = extra.get("num_codes")
+            label = name if k is None else f"{name}[K={k}]"
+            try:
+                module = build(name, **kwargs)
+            except Exception as err:  # report it and measure the others
+                _error(errors, label, "build", err, kwargs=kwargs)
+                continue
+            y = torch.randn(rows, module.in_dim, generator=torch.Generator().manual_seed(seed))
+            for mode in MODES:
+                call = _timed_call(module, y, mode, generator=torch.Generator())
+                cases.append(
+                    _Case(label, "qlatent", mode, k, module.in_dim, kwargs, call, **_sizes(module))
+                )
+    return cases
+
+
+def _peer_cases(y: Tensor, *, errors: list[dict[str, Any]]) -> tuple[list[_Case], dict[str, Any]]:
+    """``VectorQuantize`` at each K and ``FSQ`` from vector-quantize-pytorch, on the same rows."""
+    try:
+        import vector_quantize_pytorch as vqp
+    except Exception as err:  # not installed, or broken against this torch: say so, go on
+        reason = f"{PEER_PACKAGE} is not importable: {type(err).__name__}: {err}"
+        return [], {"status": "skipped", "reason": reason}
+    rows, dim = y.shape
+    x = y.reshape(1, rows, dim)  # (batch, seq, dim): the layout both classes expect
+    specs = [
+        (f"VectorQuantize[K={k}]", k, vqp.VectorQuantize, {"dim": dim, "codebook_size": k})
+        for k in PEER_CODEBOOK_SIZES
+    ] + [
+        (
+            f"FSQ[levels={'x'.join(map(str, lv))}]",
+            math.prod(lv),
+            vqp.FSQ,
+            {"levels": lv, "dim": dim},
+        )
+        for lv in FSQ_LEVELS
+    ]
+    cases, resolved = [], None
+    for label, k, cls, kwargs in specs:
+        try:
+            module = cls(**kwargs)
+        except Exception as err:  # report it and measure the others
+            _error(errors, label, "build", err, kwargs=kwargs)
+            continue
+        if cls is vqp.VectorQuantize and resolved is None:
+            resolved = _vector_quantize_defaults(module)
+        for mode in MODES:
+            call = _timed_call(module, x, mode)
+            record = {"class": cls.__name__, **kwargs}
+            cases.append(_Case(label, PEER_PACKAGE, mode, k, dim, record, call, **_sizes(module)))
+    try:
+        version = importlib.metadata.version("vector-quantize-pytorch")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    info = {
+        "status": "ok",
+        "version": version,
+        "input_shape": [1, rows, dim],
+        "vector_quantize_defaults": resolved,
+        "notes": "library defaults except the arguments in each row's kwargs; FSQ projects "
+        "dim -> len(levels) -> dim with its own Linear layers",
+    }
+    return cases, info
+
+
+def _vector_quantize_defaults(module: nn.Module) -> dict[str, Any]:
+    """The defaults that decide what a ``VectorQuantize`` forward computes (as resolved)."""
+    codebook = getattr(module, "_codebook", None)
+    return {
+        "ema_update": getattr(module, "ema_update", None),
+        "decay": getattr(codebook, "decay", None),
+        "rotation_trick": getattr(module, "rotation_trick", None),
+        "commitment_weight": getattr(module, "commitment_weight", None),
+        "use_cosine_sim": getattr(module, "use_cosine_sim", None),
+        "threshold_ema_dead_code": getattr(codebook, "threshold_ema_dead_code", None),
+    }
+
+
+def _budgeted_repeats(
+    cases: list[_Case], *, repeats: int, min_repeats: int, budget_s: float, errors: list
+) -> dict[str, int]:
+    """Timed calls per case: enough to fill ``budget_s``, within ``[min_repeats, repeats]``.
+
+    Each case is called once (lazy initialisation, caches), then timed once to size its share; a
+    case whose call fails is reported in ``errors`` and left out.
+    """
+    counts = {}
+    for case in cases:
+        try:
+            case.call()
+            start = time.perf_counter()
+            case.call()
+            once = max(time.perf_counter() - start, 1e-9)
+        except Exception as err:  # report it and measure the others
+            _error(errors, case.name, f"forward ({case.mode})", err, kwargs=case.kwargs)
+            continue
+        counts[case.key] = min(repeats, max(min_repeats, math.ceil(budget_s / once)))
+    return counts
+
+
+def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
+    rate = {(r["name"], r["mode"]): r["rows_per_s"] for r in results}
+    out: dict[str, Any] = {
+        "definition": "rows/s of our vq / rows/s of VectorQuantize at the same K and mode, "
+        "medians from the same run",
+        "target": SPEEDUP_TARGET,
+    }
+    for k in PEER_CODEBOOK_SIZES:
+        pair = {
+            m: (rate.get((f"vq[K={k}]", m)), rate.get((f"VectorQuantize[K={k}]", m))) for m in MODES
+        }
+        out[f"K={k}"] = {m: None if None in p else p[0] / p[1] for m, p in pair.items()}
+    ratios = [out[f"K={k}"][m] for k in PEER_CODEBOOK_SIZES for m in MODES]
+    out["target_met"] = None if None in ratios else min(ratios) >= SPEEDUP_TARGET
+    return out
+
+
+def bench_quantizers(
+    *,
+    names: Sequence[str] | None = None,
+    rows: int = 16384,
+    dim: int = 64,
+    threads: int = 2,
+    repeats: int = 50,
+    min_repeats: int = 5,
+    budget_s: float = 2.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Forward throughput (rows/s) of every registered bottleneck next to vector-quantize-pytorch.
+
+    Each of ``names`` (default: all registered) is built from ``QUANTIZER_KWARGS`` and timed in
+    training and eval mode (``MODE_NOTES``) on ``randn(rows, in_dim)``; ``VectorQuantize`` at
+    ``PEER_CODEBOOK_SIZES`` and ``FSQ`` at ``FSQ_LEVELS`` run on the same ``rows × dim`` input in
+    the same interleaved loop, next to ``torch.rand`` alone as a machine-speed reference. Each
+    case gets ``ceil(budget_s / one call)`` timed calls, clamped to ``[min_repeats, repeats]``,
+    so slow cases (``VectorQuantize`` at K = 4096: seconds per call) do not dominate the run.
+    A name or peer that fails to build or run is listed under ``errors``; the rest still run.
+    """
+    known = BOTTLENECKS.names()
+    names = known if names is None else list(names)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown bottleneck(s) {unknown}; known names: {', '.join(known)}")
+    for label, value in (("rows", rows), ("dim", dim), ("threads", threads)):
+        if value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value}")
+    if not 1 <= min_repeats <= repeats:
+        raise ValueError(f"need 1 <= min_repeats <= repeats, got {min_repeats} and {repeats}")
+    if not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
+
+    load_before = _load_average()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)  # codebook initialisations
+        errors: list[dict[str, Any]] = []
+        y = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed))
+        reference = _Case(
+            "torch.rand (rows x dim numbers alone)",
+            source="reference",
+            mode=None,
+            K=None,
+            in_dim=dim,
+            kwargs={},
+            call=lambda: torch.rand(rows, dim),
+        )
+        cases = [reference, *_bottleneck_cases(names, rows=rows, dim=dim, seed=seed, errors=errors)]
+        peer_cases, peers = _peer_cases(y, errors=errors)
+        cases += peer_cases
+        counts = _budgeted_repeats(
+            cases, repeats=repeats, min_repeats=min_repeats, budget_s=budget_s, errors=errors
+        )
+        cases = [c for c in cases if c.key in counts]
+        timings = time_cases({c.key: c.call for c in cases}, repeats=counts)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    results = [_row(c, timings[c.key], rows) for c in cases]
+    return {
+        "input": {
+            "rows": rows,
+            "dim": dim,
+            "dtype": "float32",
+            "threads": threads,
+            "seed": seed,
+            "construction": INPUT_NOTE,
+        },
+        "modes": MODE_NOTES,
+        "timing": {
+            "repeats": repeats,
+            "min_repeats": min_repeats,
+            "budget_s": budget_s,
+            "rule": TIMING_NOTE,
+            # other processes competing for the cores distort multi-threaded timings badly
+            "load_average_1_5_15min": {"before": load_before, "after": _load_average()},
+        },
+        "peers": peers,
+        "results": results,
+        "speedup_vs_vector_quantize": _speedups(results),
+        "errors": errors,
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def _row(case: _Case, timing: dict[str, float], rows: int) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "source": case.source,
+        "mode": case.mode,
+        "K": case.K,
+        "in_dim": case.in_dim,
+        "kwargs": case.kwargs,
+        "params": case.params,
+        "buffers": case.buffers,
+        "rows_per_s": rows / timing["median_s"],
+        "rows_per_s_best": rows / timing["min_s"],
+        **timing,
+    }
+
+
+def format_quantizers(result: dict[str, Any]) -> str:
+    """A readable table of :func:`bench_quantizers` output (k rows/s, median and best)."""
+    width = max([len(r["name"]) for r in result["results"]] + [4])
+    lines = [
+        f"{'case':{width}s} {'mode':5s} {'K':>5s} {'in':>4s} {'params':>8s} {'calls':>5s} "
+        f"{'median':>9s} {'best':>9s}  (k rows/s)"
+    ]
+    for r in result["results"]:
+        k = "" if r["K"] is None else str(r["K"])
+        lines.append(
+            f"{r['name']:{width}s} {r['mode'] or '':5s} {k:>5s} {r['in_dim']:4d} {r['params']:8d} "
+            f"{r['repeats']:5d} {r['rows_per_s'] / 1e3:9.1f} {r['rows_per_s_best'] / 1e3:9.1f}"
+        )
+    peers = result["peers"]
+    if peers["status"] != "ok":
+        lines.append(f"peers skipped: {peers['reason']}")
+    speedup = result["speedup_vs_vector_quantize"]
+    lines.append(f"vq / VectorQuantize rows/s (target >= {speedup['target']}):")
+    for k in PEER_CODEBOOK_SIZES:
+        ratios = speedup[f"K={k}"]
+        cells = ", ".join(f"{m} {'n/a' if v is None else f'{v:.2f}x'}" for m, v in ratios.items())
+        lines.append(f"  K={k}: {cells}")
+    load = result["timing"]["load_average_1_5_15min"]["before"]
+    cores = os.cpu_count() or 1
+    if load is not None and load[0] + result["input"]["threads"] > cores + 0.5:
+        # each parallel op then waits for a time slice: e.g. FSQ at 2 threads reads 60x slower
+        lines.append(
+            f"warning: load average {load[0]} before the run on {cores} cores: other processes "
+            "compete for the cores, so these timings measure the scheduler; rerun when idle"
+        )
+    for err in result["errors"]:
+        lines.append(f"FAILED {err['name']} ({err['stage']}): {err['error']}")
+    return "\n".join(lines)

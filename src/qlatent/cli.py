@@ -85,7 +85,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     import json
 
     from .bench import bench_lattice
@@ -106,6 +106,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {write_json(payload, args.output)}")
     else:
         print(json.dumps(payload, indent=2))
+    return 0
+
+
+def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .bench import bench_quantizers, format_quantizers
+    from .results import provenance, write_json
+
+    names = None if args.names is None else [n.strip() for n in args.names.split(",") if n.strip()]
+    sizes = dict(rows=args.rows, repeats=args.repeats, min_repeats=args.min_repeats)
+    if args.quick:
+        sizes = dict(rows=256, repeats=2, min_repeats=2)
+    torch.set_num_threads(args.threads)  # so that provenance records the threads we ran with
+    result = bench_quantizers(
+        names=names,
+        dim=args.dim,
+        threads=args.threads,
+        budget_s=0.0 if args.quick else args.budget,
+        **sizes,
+    )
+    payload = {**provenance(args.command_line), **result}
+    print(format_quantizers(result))
+    if args.output:
+        print(f"wrote {write_json(payload, args.output)}")
+    else:
+        print(json.dumps(payload, indent=2))
+    if result["errors"]:
+        print(f"qlatent: {len(result['errors'])} case(s) failed, see above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -148,7 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=50)
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     b.add_argument("--output", default="results/bench-lattice.json", help="'' prints instead")
-    b.set_defaults(func=_cmd_bench)
+    b.set_defaults(func=_cmd_bench_lattice)
+
+    b = bench_sub.add_parser(
+        "quantizers",
+        help="forward throughput of every bottleneck next to vector-quantize-pytorch",
+        description="Forward throughput (rows/s, training and eval mode) of every registered "
+        "bottleneck, VectorQuantize (K = 128, 512, 4096) and FSQ on the same input. Each case "
+        "gets ceil(BUDGET / one call) timed calls, between --min-repeats and --repeats.",
+    )
+    b.add_argument(
+        "--names",
+        default=None,
+        help="comma-separated bottlenecks (default: all registered; '' for none: peers only)",
+    )
+    b.add_argument("--rows", type=int, default=16384)
+    b.add_argument("--dim", type=int, default=64)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=50, help="most timed calls per case")
+    b.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per case")
+    b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
+    b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
+    b.add_argument("--output", default="results/bench-quantizers.json", help="'' prints instead")
+    b.set_defaults(func=_cmd_bench_quantizers)
     return parser
 
 

@@ -1,0 +1,150 @@
+"""``qlatent bench quantizers`` on a tiny input: the JSON layout, the peers, the failure paths.
+
+Throughput numbers themselves are never asserted (they go to ``results/``); one thread, 256 rows
+and two timed calls per case keep this file to a few seconds on a busy two-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from qlatent.bench import (
+    FSQ_LEVELS,
+    MODES,
+    PEER_CODEBOOK_SIZES,
+    QUANTIZER_KWARGS,
+    bench_quantizers,
+    format_quantizers,
+    time_cases,
+)
+from qlatent.bottlenecks import BOTTLENECKS
+from qlatent.cli import main
+
+TINY = dict(rows=256, threads=1, repeats=2, min_repeats=2, budget_s=0.0)
+K_KEYS = [f"K={k}" for k in PEER_CODEBOOK_SIZES]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench_quantizers(**TINY)
+
+
+def rows_of(result, source):
+    return [r for r in result["results"] if r["source"] == source]
+
+
+def test_every_registered_bottleneck_runs_in_both_modes(result):
+    assert result["errors"] == [], (
+        "a bottleneck failed; give it constructor arguments in bench.QUANTIZER_KWARGS"
+    )
+    ours = rows_of(result, "qlatent")
+    for name in BOTTLENECKS.names():
+        mine = [r for r in ours if r["name"].split("[")[0] == name]
+        expected = len(QUANTIZER_KWARGS.get(name, [{}]))
+        for mode in MODES:
+            assert len([r for r in mine if r["mode"] == mode]) == expected, (name, mode)
+    assert all(r["kwargs"]["dim"] == 64 for r in ours)
+
+
+def test_vq_rows_at_each_peer_codebook_size(result):
+    vq = {(r["K"], r["mode"]) for r in rows_of(result, "qlatent") if r["name"].startswith("vq[")}
+    assert vq == {(k, m) for k in PEER_CODEBOOK_SIZES for m in MODES}
+
+
+def test_every_row_is_a_positive_finite_timing(result):
+    assert len(rows_of(result, "reference")) == 1
+    for r in result["results"]:
+        assert math.isfinite(r["rows_per_s"]) and r["rows_per_s"] > 0, r["name"]
+        assert r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["repeats"] == 2
+        assert r["params"] >= 0 and r["buffers"] >= 0
+        assert r["in_dim"] >= result["input"]["dim"]
+        assert r["mode"] in (*MODES, None)
+    json.dumps(result, allow_nan=False)  # plain JSON, no NaN or tensors
+
+
+def test_peers_measured_in_the_same_run(result):
+    pytest.importorskip("vector_quantize_pytorch")
+    assert result["peers"]["status"] == "ok"
+    peers = {(r["name"], r["mode"]) for r in rows_of(result, "vector_quantize_pytorch")}
+    names = [f"VectorQuantize[K={k}]" for k in PEER_CODEBOOK_SIZES]
+    names += [f"FSQ[levels={'x'.join(map(str, levels))}]" for levels in FSQ_LEVELS]
+    assert peers == {(n, m) for n in names for m in MODES}
+    speedup = result["speedup_vs_vector_quantize"]
+    for key in K_KEYS:
+        assert set(speedup[key]) == set(MODES)
+        assert all(v > 0 for v in speedup[key].values())
+    assert isinstance(speedup["target_met"], bool)
+
+
+def test_without_the_peer_package_the_bench_still_runs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vector_quantize_pytorch", None)  # import raises
+    out = bench_quantizers(names=["identity"], **TINY)
+    assert out["peers"]["status"] == "skipped"
+    assert "not importable" in out["peers"]["reason"]
+    assert {r["source"] for r in out["results"]} == {"reference", "qlatent"}
+    speedup = out["speedup_vs_vector_quantize"]
+    assert all(speedup[key] == {m: None for m in MODES} for key in K_KEYS)
+    assert speedup["target_met"] is None
+    assert "peers skipped" in format_quantizers(out)
+
+
+def test_a_bottleneck_that_fails_to_build_is_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vector_quantize_pytorch", None)
+    monkeypatch.setitem(QUANTIZER_KWARGS, "identity", [{"no_such_argument": 1}])
+    out = bench_quantizers(names=["identity", "lattice"], **TINY)
+    [error] = out["errors"]
+    assert error["name"] == "identity" and error["stage"] == "build"
+    assert "no_such_argument" in error["error"]
+    assert {r["name"] for r in rows_of(out, "qlatent")} == {"lattice"}
+    assert "FAILED identity (build)" in format_quantizers(out)
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known names: .*identity"):
+        bench_quantizers(names=["no_such_bottleneck"], **TINY)
+
+
+def test_time_cases_per_case_repeats_are_spread_over_interleaved_rounds():
+    calls: list[str] = []
+    timing = time_cases(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats={"a": 7, "b": 2},
+        block=3,
+        warmup=1,
+    )
+    assert timing["a"]["repeats"] == 7 and timing["b"]["repeats"] == 2
+    # 3 rounds: a runs 2, 2, 3 calls (+1 warmup each); b runs 0, 1, 1 (+1 warmup when it runs)
+    assert "".join(calls) == "aaa" + "aaa" + "bb" + "aaaa" + "bb"
+    assert time_cases({"c": lambda: None}, repeats=20, block=10)["c"]["repeats"] == 20
+    with pytest.raises(ValueError, match="at least 1"):
+        time_cases({"c": lambda: None}, repeats={"c": 0})
+
+
+def test_cli_quick_writes_the_json(tmp_path, capsys):
+    path = tmp_path / "bench-quantizers.json"
+    argv = ["bench", "quantizers", "--quick", "--threads", "1", "--output", str(path)]
+    assert main(argv) == 0
+    payload = json.loads(path.read_text())
+    assert payload["command"].startswith("qlatent bench quantizers --quick")
+    assert {"commit", "machine", "input", "modes", "timing", "results", "errors"} <= set(payload)
+    assert payload["input"]["rows"] == 256
+    assert "vq / VectorQuantize" in capsys.readouterr().out
+
+
+def test_cli_unknown_name_is_an_error(capsys):
+    argv = ["bench", "quantizers", "--quick", "--names", "nope", "--output", ""]
+    assert main(argv) == 2
+    assert "unknown bottleneck" in capsys.readouterr().err
