@@ -1,4 +1,4 @@
-"""Throughput benchmarks (``qlatent bench``). Numbers go to ``results/``, never into tests."""
+"""``qlatent bench quantizers``: every registered bottleneck next to vector-quantize-pytorch."""
 
 from __future__ import annotations
 
@@ -6,116 +6,17 @@ import copy
 import importlib.metadata
 import math
 import os
-import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .bottlenecks import BOTTLENECKS, build
+from ..bottlenecks import BOTTLENECKS, build
+from .timing import time_cases
 
-
-def time_cases(
-    cases: dict[str, Callable[[], Any]],
-    *,
-    repeats: int | Mapping[str, int],
-    block: int = 10,
-    warmup: int = 3,
-) -> dict[str, dict[str, float]]:
-    """Wall time per call of each case: median, best and worst over ``repeats`` calls.
-
-    Calls run in blocks of up to ``block`` consecutive calls per case (as in a training loop),
-    and the blocks of all cases are interleaved, so a slow spell of a shared machine hits every
-    case alike instead of whichever happened to be running. ``repeats`` is one count for all
-    cases or one per case; a case with fewer calls spreads them evenly over the same rounds.
-    Each block is preceded by ``min(warmup, calls in the block)`` untimed calls.
-    """
-    counts = {name: repeats if isinstance(repeats, int) else repeats[name] for name in cases}
-    if any(n < 1 for n in counts.values()):
-        raise ValueError(f"repeats must be at least 1 per case, got {counts}")
-    rounds = max(1, -(-max(counts.values(), default=1) // block))
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for r in range(rounds):
-        for name, fn in cases.items():
-            calls = (r + 1) * counts[name] // rounds - r * counts[name] // rounds
-            for _ in range(min(warmup, calls)):  # settle caches and allocator after the last case
-                fn()
-            for _ in range(calls):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "median_s": statistics.median(t),
-            "min_s": min(t),
-            "max_s": max(t),
-            "repeats": len(t),
-        }
-        for name, t in times.items()
-    }
-
-
-def bench_lattice(
-    *, rows: int = 16384, dim: int = 64, threads: int = 2, repeats: int = 50, compile: bool = True
-) -> dict[str, Any]:
-    """Forward throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
-
-    Cases: the training path (dither, ``y_hat`` and rate together; with and without autograd
-    recording), the same path fused by ``torch.compile``, the hard path (quantize, reconstruct,
-    exact rate), and drawing ``rows × dim`` numbers with ``torch.rand`` alone, for scale.
-    """
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    y = torch.randn(rows, dim)
-    y_grad = y.clone().requires_grad_(True)
-    eager = build("lattice", dim=dim)
-    with torch.no_grad():  # spacings and scales away from their initial values
-        eager.log_spacing.uniform_(-1.0, 0.5)
-        eager.log_scale.uniform_(-0.5, 0.5)
-    hard = build("lattice", dim=dim).eval()
-    hard.load_state_dict(eager.state_dict())
-    gen = torch.Generator()
-
-    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run():
-            with torch.no_grad():
-                return fn()
-
-        return run
-
-    cases: dict[str, Callable[[], Any]] = {
-        "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim),
-        "train path, eager, no grad": no_grad(lambda: eager(y)),
-        "train path, eager, autograd": lambda: eager(y_grad),
-    }
-    compile_s = None
-    if compile:
-        fused = build("lattice", dim=dim, compile=True)
-        fused.load_state_dict(eager.state_dict())
-        started = time.perf_counter()
-        no_grad(lambda: fused(y))()
-        fused(y_grad)  # the autograd graph is compiled separately
-        compile_s = time.perf_counter() - started
-        cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
-        cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
-    cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
-
-    results = time_cases(cases, repeats=repeats)
-    for timing in results.values():
-        timing["rows_per_s"] = rows / timing["median_s"]
-        timing["rows_per_s_best"] = rows / timing["min_s"]
-    return {
-        "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
-        "compile_s": compile_s,
-        "cases": results,
-    }
-
-
-# --------------------------------------------------------------------- bench quantizers
-#: Codebook sizes at which ``vq`` is measured next to ``VectorQuantize`` (same K, same run).
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
 #: Constructor arguments beyond ``dim``, one dict per benchmark row; a registered name that is
 #: not listed here is built with ``dim`` alone.

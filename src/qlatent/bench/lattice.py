@@ -1,0 +1,72 @@
+"""``qlatent bench lattice``: forward throughput of the lattice bottleneck's paths."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..bottlenecks import build
+from .timing import time_cases
+
+
+def bench_lattice(
+    *, rows: int = 16384, dim: int = 64, threads: int = 2, repeats: int = 50, compile: bool = True
+) -> dict[str, Any]:
+    """Forward throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
+
+    Cases: the training path (dither, ``y_hat`` and rate together; with and without autograd
+    recording), the same path fused by ``torch.compile``, the hard path (quantize, reconstruct,
+    exact rate), and drawing ``rows × dim`` numbers with ``torch.rand`` alone, for scale.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    y = torch.randn(rows, dim)
+    y_grad = y.clone().requires_grad_(True)
+    eager = build("lattice", dim=dim)
+    with torch.no_grad():  # spacings and scales away from their initial values
+        eager.log_spacing.uniform_(-1.0, 0.5)
+        eager.log_scale.uniform_(-0.5, 0.5)
+    hard = build("lattice", dim=dim).eval()
+    hard.load_state_dict(eager.state_dict())
+    gen = torch.Generator()
+
+    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run():
+            with torch.no_grad():
+                return fn()
+
+        return run
+
+    cases: dict[str, Callable[[], Any]] = {
+        "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim),
+        "train path, eager, no grad": no_grad(lambda: eager(y)),
+        "train path, eager, autograd": lambda: eager(y_grad),
+    }
+    compile_s = None
+    if compile:
+        fused = build("lattice", dim=dim, compile=True)
+        fused.load_state_dict(eager.state_dict())
+        started = time.perf_counter()
+        no_grad(lambda: fused(y))()
+        fused(y_grad)  # the autograd graph is compiled separately
+        compile_s = time.perf_counter() - started
+        cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
+        cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
+    cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
+
+    results = time_cases(cases, repeats=repeats)
+    for timing in results.values():
+        timing["rows_per_s"] = rows / timing["median_s"]
+        timing["rows_per_s_best"] = rows / timing["min_s"]
+    return {
+        "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
+        "compile_s": compile_s,
+        "cases": results,
+    }
+
+
+# --------------------------------------------------------------------- bench quantizers
+#: Codebook sizes at which ``vq`` is measured next to ``VectorQuantize`` (same K, same run).

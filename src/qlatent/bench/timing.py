@@ -1,0 +1,48 @@
+"""Wall-time measurement shared by the benchmarks: interleaved blocks of calls."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def time_cases(
+    cases: dict[str, Callable[[], Any]],
+    *,
+    repeats: int | Mapping[str, int],
+    block: int = 10,
+    warmup: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Wall time per call of each case: median, best and worst over ``repeats`` calls.
+
+    Calls run in blocks of up to ``block`` consecutive calls per case (as in a training loop),
+    and the blocks of all cases are interleaved, so a slow spell of a shared machine hits every
+    case alike instead of whichever happened to be running. ``repeats`` is one count for all
+    cases or one per case; a case with fewer calls spreads them evenly over the same rounds.
+    Each block is preceded by ``min(warmup, calls in the block)`` untimed calls.
+    """
+    counts = {name: repeats if isinstance(repeats, int) else repeats[name] for name in cases}
+    if any(n < 1 for n in counts.values()):
+        raise ValueError(f"repeats must be at least 1 per case, got {counts}")
+    rounds = max(1, -(-max(counts.values(), default=1) // block))
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(rounds):
+        for name, fn in cases.items():
+            calls = (r + 1) * counts[name] // rounds - r * counts[name] // rounds
+            for _ in range(min(warmup, calls)):  # settle caches and allocator after the last case
+                fn()
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "repeats": len(t),
+        }
+        for name, t in times.items()
+    }
