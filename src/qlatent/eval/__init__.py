@@ -10,11 +10,10 @@ from .downstream import (
     kmeans_scores,
     linear_probe,
     nmi,
-    tsne_figure,
-    tsne_grid,
 )
 from .iwae import iwae_nll, iwae_summary
 from .plots import reconstruction_grid, training_curves
+from .tsne import tsne_figure, tsne_grid
 
 __all__ = [
     "CodelengthReport",

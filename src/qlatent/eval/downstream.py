@@ -1,4 +1,4 @@
-"""Downstream use of learned latents: k-means clustering, a linear probe, t-SNE pictures.
+"""Downstream use of learned latents: k-means clustering and a linear probe (t-SNE: ``tsne``).
 
 Paper: H. Wu, M. Flierl, "Vector Quantization-Based Regularization for Autoencoders", AAAI 2020
 (arXiv 1905.11062), section "Representation Learning Tasks", Tables 1-2 and Fig. 4. The
@@ -22,23 +22,18 @@ Shape legend: N examples, d feature dimensions, C classes, K clusters.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.lines import Line2D
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
-from sklearn.manifold import TSNE
 from sklearn.metrics import normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from .plots import _save, plt  # pyplot on the headless Agg backend that plots.py selects
 
 ArrayLike = Tensor | np.ndarray
 
@@ -266,111 +261,6 @@ def downstream_report(
     return {**clustering, **probe}
 
 
-# ------------------------------------------------------------------------------------ t-SNE
-def tsne_figure(
-    features: ArrayLike,
-    labels: ArrayLike,
-    path: str | Path,
-    *,
-    title: str = "",
-    seed: int = 0,
-    max_points: int | None = None,
-    perplexity: float = 30.0,
-) -> Path:
-    """Scatter of a 2-D t-SNE of ``features`` coloured by label (the paper's Fig. 4), as PNG.
-
-    sklearn ``TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)``; with
-    ``max_points`` a seeded random subset of that many examples is embedded.
-
-    Args:
-        features: ``(N, d)`` real features.
-        labels: ``(N,)`` integer labels; one colour and legend entry per distinct label.
-        path: where the PNG goes (parent folders are created).
-
-    Raises:
-        ValueError: bad shapes or values, or ``perplexity`` not in (0, number of points).
-    """
-    return tsne_grid(
-        {title: features},
-        labels,
-        path,
-        seed=seed,
-        max_points=max_points,
-        perplexity=perplexity,
-        ncols=1,
-    )
-
-
-def tsne_grid(
-    named_features: Mapping[str, ArrayLike],
-    labels: ArrayLike,
-    path: str | Path,
-    *,
-    seed: int = 0,
-    max_points: int | None = None,
-    perplexity: float = 30.0,
-    ncols: int | None = None,
-) -> Path:
-    """Several methods' t-SNE scatters side by side, one subplot per name, as one PNG.
-
-    Every entry of ``named_features`` is ``(N, d_m)`` features of the same N examples (e.g. the
-    MNIST test set through each model's encoder); ``labels`` ``(N,)`` colour all subplots alike.
-    The same seeded subset of ``max_points`` examples is used for every method, and each is
-    embedded as in :func:`tsne_figure`. ``ncols`` defaults to min(4, number of methods).
-
-    Raises:
-        ValueError: no methods, entries of different N, bad shapes or values, or ``perplexity``
-            not in (0, number of points).
-    """
-    if not named_features:
-        raise ValueError("named_features is empty: give at least one name -> (N, d) features")
-    arrays = {name: _check_features(f"features {name!r}", f) for name, f in named_features.items()}
-    sizes = {name: x.shape[0] for name, x in arrays.items()}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"every method needs features of the same N examples, got {sizes}")
-    n = next(iter(sizes.values()))
-    y = _check_labels("labels", labels, n)
-    keep = _subsample(n, max_points, seed)
-    points = keep.size
-    if not (0 < perplexity < points):
-        raise ValueError(
-            f"t-SNE needs 0 < perplexity < number of points, got perplexity={perplexity} "
-            f"with {points} points; pass a smaller perplexity"
-        )
-    y = y[keep]
-    classes = np.unique(y)
-    palette = _class_colours(classes.size)
-    colours = palette[np.searchsorted(classes, y)]
-
-    ncols = min(4, len(arrays)) if ncols is None else ncols
-    _check_positive_int("ncols", ncols)
-    # every embedding before the figure exists, so a failing t-SNE leaves no open figure
-    embeddings = {
-        name: TSNE(
-            n_components=2, init="pca", perplexity=perplexity, random_state=seed
-        ).fit_transform(x[keep])
-        for name, x in arrays.items()
-    }
-    marker_size = float(np.clip(4000 / points, 1, 16))  # dots for 10,000 points, discs for 100
-
-    nrows = -(-len(arrays) // ncols)
-    panel, legend_width = 3.6, 0.7  # inches
-    width = panel * ncols + legend_width
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")  # t-SNE coordinates carry no units
-    for ax, (name, e) in zip(axes.flat, embeddings.items(), strict=False):
-        ax.scatter(e[:, 0], e[:, 1], c=colours, s=marker_size, linewidths=0)
-        ax.set_title(name, fontsize=9)
-    handles = [
-        Line2D([], [], marker="o", linestyle="", color=palette[i], label=str(c))
-        for i, c in enumerate(classes)
-    ]
-    fig.legend(handles=handles, loc="center right", fontsize=8, markerscale=1.2, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
-    return _save(fig, path)
-
-
 # --------------------------------------------------------------------------------- helpers
 def _fit_linear(
     x: Tensor,
@@ -423,23 +313,6 @@ def _batch_indices(
 
 def _accuracy(probe: nn.Module, x: Tensor, y: Tensor) -> float:
     return (probe(x).argmax(-1) == y).double().mean().item()
-
-
-def _class_colours(k: int) -> np.ndarray:
-    """``(k, 4)`` RGBA: tab10's first k colours (tab20's for k ≤ 20), else k samples of turbo."""
-    if k <= 20:
-        return plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k))
-    return plt.get_cmap("turbo")(np.linspace(0, 1, k))
-
-
-def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of ``max_points`` of n (all n when None or ≥ n)."""
-    if max_points is None:
-        return np.arange(n)
-    _check_positive_int("max_points", max_points)
-    if max_points >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
 
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:

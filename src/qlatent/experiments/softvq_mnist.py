@@ -35,7 +35,7 @@ from ..bottlenecks._codebook import code_counts, usage_stats
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..configs import load as load_config
 from ..data import load_mnist, synthetic_labelled
-from ..eval.downstream import downstream_report, tsne_grid
+from ..eval import downstream_report, tsne_grid
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder
 from ..nn import SquaredError, relu_mlp
