@@ -38,6 +38,7 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     assert payload["rows"]["vq"]["quantizer_params"] == 128 * 4
     assert set(payload["perplexity"]) == {"vq", "soft_em_vq"}
     assert 1.0 <= payload["perplexity"]["vq"] <= 128
+    assert 1.0 <= payload["rows"]["soft_em_vq"]["test_posterior_perplexity"] <= 128
     assert payload["paper"]["soft_vq"] == {
         "kmeans_acc": 0.7764,
         "nmi": 0.7188,

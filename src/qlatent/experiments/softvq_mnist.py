@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..bottlenecks import build
-from ..bottlenecks._codebook import code_counts, usage_stats
+from ..bottlenecks import SoftEMVectorQuantizer, build
+from ..bottlenecks._codebook import code_counts, squared_distances, usage_stats
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..configs import load as load_config
 from ..data import load_mnist, synthetic_labelled
@@ -229,18 +229,29 @@ def downstream_scores(
 
 @torch.no_grad()
 def reconstruction_metrics(model: Autoencoder, x: torch.Tensor, variance: float) -> dict[str, Any]:
-    """Test NMSE on the eval path (hard codes where there are codes), and code usage."""
+    """Test NMSE on the eval path (hard codes where there are codes) and code usage.
+
+    For soft EM also the perplexity of the stochastic encoder's average code distribution
+    mean_i τ_i (the VIB reading's p(Z)), next to the perplexity of its hard codes.
+    """
     model.eval()
-    squared, counts = 0.0, None
+    bottleneck = model.bottleneck
+    squared, counts, soft = 0.0, None, None
     for xb in x.split(2000):
         out = model(xb, generator=torch.Generator().manual_seed(0))
         squared += (model.likelihood.mean(out.params) - xb).square().sum().item()
         if out.bottleneck.indices is not None:
-            batch = code_counts(out.bottleneck.indices, model.bottleneck.num_codes)
+            batch = code_counts(out.bottleneck.indices, bottleneck.num_codes)
             counts = batch if counts is None else counts + batch
+        if isinstance(bottleneck, SoftEMVectorQuantizer):
+            z = model.encoder(xb)
+            tau = torch.softmax(-squared_distances(z, bottleneck.codebook), dim=1).sum(0)
+            soft = tau if soft is None else soft + tau
     metrics: dict[str, Any] = {"test_nmse": squared / x.numel() / variance}
     if counts is not None:
         metrics.update({k: v.item() for k, v in usage_stats(counts, prefix="test_").items()})
+    if soft is not None:
+        metrics["test_posterior_perplexity"] = usage_stats(soft)["perplexity"].item()
     return metrics
 
 
@@ -288,6 +299,10 @@ def reproduce(
         payload["perplexity_test_nmse"] = {
             name: rows[name]["test_nmse"] for name in ("vq", "soft_em_vq")
         }
+        payload["perplexity_note"] = (
+            "exp(H) of the hard (nearest-codeword) codes of the 10,000 test images; "
+            "rows.soft_em_vq.test_posterior_perplexity is that of soft EM's mean posterior"
+        )
     results_dir = Path(results_dir)
     write_json(payload, results_dir / f"{stem}.json")
     (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
