@@ -119,3 +119,24 @@ def test_loss_weights_the_auxiliary_term():
     one = RateDistortionLoss(lmbda=0.0)(x, out, model.likelihood).loss
     three = RateDistortionLoss(lmbda=0.0, aux_weight=3.0)(x, out, model.likelihood).loss
     torch.testing.assert_close(three - one, 2.0 * out.bottleneck.aux_loss)
+
+
+def test_fit_uses_the_loss_rate_weight(tmp_path):
+    """The loop's warm-up factor multiplies the loss's λ; it must not replace it."""
+    x, _ = synthetic_labelled(n=60, dim=16, seed=1)
+    data = {"train": x, "val": x[:10]}
+    cfg = TrainConfig(epochs=1, batch_size=20, progress=False)
+    weights = []
+    for lmbda in (1.0, 20.0):
+        torch.manual_seed(0)
+        model = Autoencoder(
+            relu_mlp([16, 8, 6]),
+            build("gaussian", dim=3),
+            relu_mlp([3, 8, 16]),
+            SquaredError(variance=0.25),
+        )
+        fit(
+            model, data, cfg, out_dir=tmp_path / str(lmbda), loss_fn=RateDistortionLoss(lmbda=lmbda)
+        )
+        weights.append(model.encoder[0].weight.detach().clone())
+    assert not torch.allclose(weights[0], weights[1])

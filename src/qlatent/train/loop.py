@@ -196,7 +196,8 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
     )
     for idx in bar:
         xb = x[idx].to(world.device, non_blocking=True)
-        losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta)
+        # the warm-up factor β scales the loss's own rate weight λ (β = 1 after warm-up)
+        losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta * loss_fn.lmbda)
         optimizer.zero_grad(set_to_none=True)
         losses.loss.backward()
         optimizer.step()
