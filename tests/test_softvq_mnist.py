@@ -12,7 +12,13 @@ import torch
 from qlatent.bottlenecks import build
 from qlatent.cli import main
 from qlatent.data import synthetic_labelled
-from qlatent.experiments.softvq_mnist import MODELS, PAPER, model_config
+from qlatent.experiments.softvq_mnist import (
+    MODELS,
+    PAPER,
+    build_model,
+    load_data,
+    model_config,
+)
 from qlatent.losses import RateDistortionLoss
 from qlatent.models import Autoencoder
 from qlatent.nn import SquaredError, relu_mlp
@@ -37,8 +43,25 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     assert payload["rows"]["soft_vq"]["feature_dim"] == 4  # z_e only, not the K log-scales
     assert payload["rows"]["vq"]["quantizer_params"] == 128 * 4
     assert set(payload["perplexity"]) == {"vq", "soft_em_vq"}
-    assert 1.0 <= payload["perplexity"]["vq"] <= 128
-    assert 1.0 <= payload["rows"]["soft_em_vq"]["test_posterior_perplexity"] <= 128
+    # the perplexities, recomputed from the saved weights by hand
+    data = load_data(model_config("vq", quick=True, overrides=SMALL[1::2]), None)
+    variance = data["x_train"].var().item()
+    for name in ("vq", "soft_em_vq"):
+        cfg = model_config(name, quick=True, overrides=SMALL[1::2])
+        model = build_model(cfg.model, 784, variance)
+        model.load_state_dict(
+            load(tmp_path / "runs" / "softvq-mnist-quick" / name / "last.pt")["model"]
+        )
+        z = model.eval().encoder(data["x_test"]).detach()
+        dist = torch.cdist(z.double(), model.bottleneck.codebook.double()).square()
+        hard = torch.bincount(dist.argmin(1), minlength=128).double() / len(z)
+        expected = torch.exp(-(hard * hard.clamp_min(1e-300).log()).sum()).item()
+        assert payload["perplexity"][name] == pytest.approx(expected, rel=1e-4), name
+        if name == "soft_em_vq":
+            tau = torch.softmax(-dist, 1).mean(0)
+            posterior = torch.exp(-(tau * tau.clamp_min(1e-300).log()).sum()).item()
+            row = payload["rows"][name]
+            assert row["test_posterior_perplexity"] == pytest.approx(posterior, rel=1e-4)
     assert payload["paper"]["soft_vq"] == {
         "kmeans_acc": 0.7764,
         "nmi": 0.7188,

@@ -7,6 +7,7 @@ Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece wit
 - :func:`squared_distances` and :func:`nearest_codeword` — ‖z − e_k‖² and its argmin, in row
   chunks so that a large codebook never materialises an ``N×K`` matrix bigger than a few MB.
 - :func:`usage_stats` — codes used and perplexity exp(H(usage)) from (possibly fractional) counts.
+- :class:`CodebookQuantizer` — the hard path of one-index-per-row methods (lookup, log K rate).
 - :class:`EMACodebook` — the M-step of hard and soft EM (Roy et al. 2018, arXiv 1805.11063):
   exponential moving averages of counts and sums with Laplace smoothing. Under
   ``torch.distributed`` the batch statistics are all-reduced first, so every rank applies the
@@ -22,6 +23,8 @@ import math
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from .base import Bottleneck, BottleneckOutput
 
 #: entries of one N×K distance chunk (16 MB in float32)
 _CHUNK_ELEMENTS = 1 << 22
@@ -164,3 +167,32 @@ class EMACodebook(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_codes={self.num_codes}, decay={self.decay}, eps={self.eps}"
+
+
+class CodebookQuantizer(Bottleneck):
+    """Hard path shared by the methods with one codeword index per row (``vq``, ``vq_ema``,
+    ``soft_em_vq``): nearest codeword, ``dequantize`` by lookup, rate log K per row.
+
+    Subclasses set ``num_codes`` and provide ``codebook`` ``(K, d)`` (a Parameter or a buffer).
+    """
+
+    index_kind = "scalar"
+    num_codes: int
+    codebook: Tensor
+
+    def _hard_path(self, y: Tensor) -> BottleneckOutput:
+        """Eval-mode output: nearest codewords, their indices and usage, zero aux loss."""
+        indices = nearest_codeword(y, self.codebook)
+        stats = usage_stats(code_counts(indices, self.num_codes))
+        q = self.codebook[indices]
+        return BottleneckOutput(q, self._fixed_rate(y), y.new_zeros(()), indices, stats)
+
+    def _fixed_rate(self, y: Tensor) -> Tensor:
+        """log K nats per row: a fixed-length code under a uniform code prior."""
+        return y.new_full((y.shape[0],), math.log(self.num_codes))
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        return nearest_codeword(y, self.codebook)
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.codebook.detach()[check_indices(indices, self.num_codes)]

@@ -69,6 +69,8 @@ class Bottleneck(nn.Module, ABC):
     #: shape of one row's symbols: "vector" (one integer per coordinate, like y) or "scalar"
     #: (one integer per row, e.g. a codeword index)
     index_kind: ClassVar[Literal["vector", "scalar"]] = "vector"
+    #: what the input's channels hold when ``in_dim != dim``, named in the wrong-width error
+    input_layout: ClassVar[str] = ""
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
@@ -170,6 +172,11 @@ class Bottleneck(nn.Module, ABC):
             raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
         if not y.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got {y.dtype}")
+        if self.input_layout and y.dim() >= 2 and y.shape[1] != self.in_dim:
+            raise ValueError(
+                f"input has {y.shape[1]} channels on axis 1, expected {self.in_dim} "
+                f"({self.input_layout})"
+            )
         self._check_rank_and_size(y, "input", self.in_dim)
         check_finite("input", y)
 

@@ -138,6 +138,8 @@ class GaussianVAE(DiagonalGaussian):
     Computation happens in the input's dtype (there are no parameters).
     """
 
+    input_layout = "2·dim: μ, then log σ², as the encoder's last layer outputs"
+
     def __init__(
         self,
         *,
@@ -163,14 +165,6 @@ class GaussianVAE(DiagonalGaussian):
         if self.logvar_min is not None or self.logvar_max is not None:
             logvar = torch.clamp(logvar, self.logvar_min, self.logvar_max)
         return mean, logvar
-
-    def _check_input(self, y: Tensor) -> None:
-        if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[1] != self.in_dim:
-            raise ValueError(
-                f"input has {y.shape[1]} channels on axis 1, expected 2·dim = {self.in_dim} "
-                f"(μ then log σ², as the encoder's last layer outputs)"
-            )
-        super()._check_input(y)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, logvar_min={self.logvar_min}, logvar_max={self.logvar_max}"

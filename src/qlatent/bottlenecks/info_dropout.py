@@ -40,6 +40,7 @@ class InformationDropout(Bottleneck):
     """
 
     discrete = False
+    input_layout = "2·dim: the code f, then the noise logits a"
 
     def __init__(self, *, dim: int, alpha_max: float = 0.7) -> None:
         super().__init__(dim=dim, in_dim=2 * dim if isinstance(dim, int) else None)
@@ -62,14 +63,6 @@ class InformationDropout(Bottleneck):
         rate = F.softplus(-a).sum(1)
         stats = {"mean_alpha": alpha.detach().mean()}
         return BottleneckOutput(y_hat, rate, y.new_zeros(()), None, stats)
-
-    def _check_input(self, y: Tensor) -> None:
-        if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[1] != self.in_dim:
-            raise ValueError(
-                f"input has {y.shape[1]} channels on axis 1, expected 2·dim = {self.in_dim} "
-                f"(the code f, then the noise logits a)"
-            )
-        super()._check_input(y)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, alpha_max={self.alpha_max}"

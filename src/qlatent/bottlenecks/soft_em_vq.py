@@ -28,21 +28,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._codebook import (
+    CodebookQuantizer,
     EMACodebook,
-    check_indices,
     check_nonnegative,
     check_num_codes,
-    code_counts,
-    nearest_codeword,
     squared_distances,
     straight_through,
     usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput
 
 
 @BOTTLENECKS.register("soft_em_vq")
-class SoftEMVectorQuantizer(Bottleneck):
+class SoftEMVectorQuantizer(CodebookQuantizer):
     """Monte-Carlo (soft) EM vector quantizer with an EMA codebook.
 
     Args:
@@ -55,8 +53,6 @@ class SoftEMVectorQuantizer(Bottleneck):
             only (the codebook is kept by EMA).
         decay, eps: of the EMA codebook (0.99, 1e-5).
     """
-
-    index_kind = "scalar"
 
     def __init__(
         self,
@@ -84,11 +80,8 @@ class SoftEMVectorQuantizer(Bottleneck):
         return self.ema.codebook
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
-        rate = y.new_full((y.shape[0],), math.log(self.num_codes))
         if not self.training:
-            indices = nearest_codeword(y, self.codebook)
-            stats = usage_stats(code_counts(indices, self.num_codes))
-            return BottleneckOutput(self.codebook[indices], rate, y.new_zeros(()), indices, stats)
+            return self._hard_path(y)
 
         log_tau = torch.log_softmax(-squared_distances(y, self.codebook), dim=1)  # (N, K)
         samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
@@ -105,13 +98,9 @@ class SoftEMVectorQuantizer(Bottleneck):
             aux = aux + self.vib_weight * (math.log(self.num_codes) - entropy).mean()
         stats = usage_stats(counts)
         stats["posterior_entropy"] = entropy.detach().mean()
-        return BottleneckOutput(straight_through(y, mean_code), rate, aux, None, stats)
-
-    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return nearest_codeword(y, self.codebook)
-
-    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.codebook[check_indices(indices, self.num_codes)]
+        return BottleneckOutput(
+            straight_through(y, mean_code), self._fixed_rate(y), aux, None, stats
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -82,6 +82,7 @@ class SoftVectorQuantizer(Bottleneck):
     """
 
     discrete = False
+    input_layout = "d + K: z_e, then one log-scale per codeword"
 
     def __init__(
         self,
@@ -127,14 +128,6 @@ class SoftVectorQuantizer(Bottleneck):
             return BottleneckOutput(z_q, rate, y.new_zeros(()), None, stats)
         aux = F.mse_loss(z_q, noisy.detach()) + self.commitment * F.mse_loss(noisy, z_q.detach())
         return BottleneckOutput(straight_through(z, z_q), rate, aux, None, stats)
-
-    def _check_input(self, y: Tensor) -> None:
-        if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[1] != self.in_dim:
-            raise ValueError(
-                f"input has {y.shape[1]} channels on axis 1, expected d + K = {self.in_dim} "
-                f"(z_e, then one log-scale per codeword, as the encoder's last layers output)"
-            )
-        super()._check_input(y)
 
     def extra_repr(self) -> str:
         return (

@@ -17,27 +17,24 @@ index per row, so ``indices`` is ``(B,)`` or ``(B, *spatial)`` (``index_kind = "
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._codebook import (
-    check_indices,
+    CodebookQuantizer,
     check_nonnegative,
     check_num_codes,
-    code_counts,
-    nearest_codeword,
     straight_through,
     uniform_unit_scaling,
-    usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput
 
 
 @BOTTLENECKS.register("vq")
-class VectorQuantizer(Bottleneck):
+class VectorQuantizer(CodebookQuantizer):
     """VQ-VAE with a codebook trained by gradient (the codebook loss).
 
     Args:
@@ -48,8 +45,6 @@ class VectorQuantizer(Bottleneck):
     The codebook ``(K, d)`` is initialised U(±sqrt(3/d)) (:func:`uniform_unit_scaling`).
     """
 
-    index_kind = "scalar"
-
     def __init__(self, *, dim: int, num_codes: int = 512, commitment: float = 0.25) -> None:
         super().__init__(dim=dim)
         self.num_codes = check_num_codes(num_codes)
@@ -57,20 +52,12 @@ class VectorQuantizer(Bottleneck):
         self.codebook = nn.Parameter(uniform_unit_scaling(self.num_codes, dim))
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
-        indices = nearest_codeword(y, self.codebook)
-        q = self.codebook[indices]
-        rate = y.new_full((y.shape[0],), math.log(self.num_codes))
-        stats = usage_stats(code_counts(indices, self.num_codes))
+        hard = self._hard_path(y)
         if not self.training:
-            return BottleneckOutput(q, rate, y.new_zeros(()), indices, stats)
+            return hard
+        q = hard.y_hat
         aux = F.mse_loss(q, y.detach()) + self.commitment * F.mse_loss(y, q.detach())
-        return BottleneckOutput(straight_through(y, q), rate, aux, indices, stats)
-
-    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return nearest_codeword(y, self.codebook)
-
-    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.codebook.detach()[check_indices(indices, self.num_codes)]
+        return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"

@@ -17,27 +17,25 @@ Shapes as for ``vq``: one codeword index per row (``index_kind = "scalar"``).
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._codebook import (
+    CodebookQuantizer,
     EMACodebook,
-    check_indices,
     check_nonnegative,
     check_num_codes,
     code_counts,
-    nearest_codeword,
     straight_through,
-    usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput
 
 
 @BOTTLENECKS.register("vq_ema")
-class EMAVectorQuantizer(Bottleneck):
+class EMAVectorQuantizer(CodebookQuantizer):
     """VQ-VAE whose codebook is kept by exponential moving averages with Laplace smoothing.
 
     Args:
@@ -50,8 +48,6 @@ class EMAVectorQuantizer(Bottleneck):
     The codebook lives in buffers (``ema.codebook``), so an optimizer never touches it and it is
     saved with the weights. Each training-mode forward performs one M-step.
     """
-
-    index_kind = "scalar"
 
     def __init__(
         self,
@@ -73,23 +69,14 @@ class EMAVectorQuantizer(Bottleneck):
         return self.ema.codebook
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
-        indices = nearest_codeword(y, self.codebook)
-        q = self.codebook[indices]  # before this batch's M-step
-        counts = code_counts(indices, self.num_codes)
-        rate = y.new_full((y.shape[0],), math.log(self.num_codes))
-        stats = usage_stats(counts)
+        hard = self._hard_path(y)  # the codebook before this batch's M-step
         if not self.training:
-            return BottleneckOutput(q, rate, y.new_zeros(()), indices, stats)
+            return hard
+        indices, q = hard.indices, hard.y_hat
         sums = torch.zeros_like(self.codebook).index_add_(0, indices, y.detach())
-        self.ema.update(counts, sums)
+        self.ema.update(code_counts(indices, self.num_codes), sums)
         aux = self.commitment * F.mse_loss(y, q)
-        return BottleneckOutput(straight_through(y, q), rate, aux, indices, stats)
-
-    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return nearest_codeword(y, self.codebook)
-
-    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.codebook[check_indices(indices, self.num_codes)]
+        return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"
