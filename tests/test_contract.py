@@ -22,6 +22,7 @@ CONFIGS: dict[str, dict] = {
     "identity": dict(dim=6),
     "info_dropout": dict(dim=6),
     "lattice": dict(dim=6),
+    "learnable_lattice": dict(dim=6, num_codes=64, init_range=0.7),
     "soft_em_vq": dict(dim=6, num_codes=5, num_samples=3),
     "soft_vq": dict(dim=6, num_codes=5),
     "vq": dict(dim=6, num_codes=5),

@@ -76,7 +76,9 @@ def evaluate_objective(
 
     The networks are put in eval mode either way; only the bottleneck's mode selects the path
     (training path: dither / noise; hard path: real quantization). Returns ``(N,)`` float64 CPU
-    tensors ``"distortion"`` and ``"rate"`` (nats).
+    tensors ``"distortion"`` and ``"rate"`` (nats). Whatever the training path updates in the
+    bottleneck's buffers (an EMA codebook's M-step) is put back afterwards, so that evaluating
+    never changes the model.
     """
     net = getattr(model, "module", model)  # unwrap DistributedDataParallel
     was_training = net.training
@@ -84,6 +86,7 @@ def evaluate_objective(
     net.bottleneck.train(not hard)
     device = next(net.parameters()).device
     distortion, rate = [], []
+    buffers = {name: b.clone() for name, b in net.bottleneck.named_buffers()}
     try:
         for xb in x.split(batch_size):
             xb = xb.to(device)
@@ -92,4 +95,7 @@ def evaluate_objective(
             rate.append(losses.rate.double().cpu())
     finally:
         net.train(was_training)
+        with torch.no_grad():
+            for name, b in net.bottleneck.named_buffers():
+                b.copy_(buffers[name])
     return {"distortion": torch.cat(distortion), "rate": torch.cat(rate)}

@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (importing registers them)
     identity,
     info_dropout,
     lattice,
+    learnable_lattice,
     soft_em_vq,
     soft_vq,
     vq,
@@ -21,6 +22,7 @@ from .gaussian_lattice import GaussianLattice
 from .identity import Identity
 from .info_dropout import InformationDropout
 from .lattice import DitheredLattice
+from .learnable_lattice import LearnableLattice
 from .soft_em_vq import SoftEMVectorQuantizer
 from .soft_vq import SoftVectorQuantizer
 from .vq import VectorQuantizer
@@ -36,6 +38,7 @@ __all__ = [
     "GaussianVAE",
     "Identity",
     "InformationDropout",
+    "LearnableLattice",
     "SoftEMVectorQuantizer",
     "SoftVectorQuantizer",
     "VectorQuantizer",

@@ -64,6 +64,23 @@ def uniform_unit_scaling(num_codes: int, dim: int) -> Tensor:
     return torch.empty(num_codes, dim).uniform_(-bound, bound)
 
 
+#: codebook initialisations: the Soft VQ-VAE and tensor2tensor code ("unit_scaling"), the
+#: VQ-VAE code of zalandoresearch / AntixK used by LL-VQ-VAE for VQ ("uniform_inverse_k",
+#: U(±1/K)) and for VQ-EMA ("normal", N(0, 1))
+CODEBOOK_INITS = ("unit_scaling", "uniform_inverse_k", "normal")
+
+
+def init_codebook(kind: str, num_codes: int, dim: int) -> Tensor:
+    """``(K, d)`` initial codewords of the named kind (:data:`CODEBOOK_INITS`), global RNG."""
+    if kind == "unit_scaling":
+        return uniform_unit_scaling(num_codes, dim)
+    if kind == "uniform_inverse_k":
+        return torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+    if kind == "normal":
+        return torch.randn(num_codes, dim)
+    raise ValueError(f"init must be one of {list(CODEBOOK_INITS)}, got {kind!r}")
+
+
 def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
     """``‖z_i − e_k‖²`` for all pairs: ``(N, d), (K, d) -> (N, K)``, never negative.
 
@@ -139,14 +156,16 @@ class EMACodebook(nn.Module):
     ema_count: Tensor
     ema_sum: Tensor
 
-    def __init__(self, num_codes: int, dim: int, *, decay: float, eps: float) -> None:
+    def __init__(
+        self, num_codes: int, dim: int, *, decay: float, eps: float, init: str = "unit_scaling"
+    ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.num_codes, self.decay, self.eps = num_codes, float(decay), float(eps)
-        initial = uniform_unit_scaling(num_codes, dim)
+        initial = init_codebook(init, num_codes, dim)
         self.register_buffer("codebook", initial)
         self.register_buffer("ema_count", torch.zeros(num_codes))
         self.register_buffer("ema_sum", initial.clone())

@@ -5,7 +5,7 @@ Autoencoders" (arXiv 1805.11063), Monte-Carlo EM; H. Wu and M. Flierl, "Variatio
 Bottleneck on Vector Quantized Autoencoders" (arXiv 1808.01048), which reads it as the variational
 information bottleneck with stochastic encoder p(Z = k | x) = τ_k.
 
-    z ──τ = softmax_k(−‖z − e_k‖²)──> k_1 … k_m ~ τ       (E-step by sampling; temperature 1)
+    z ──τ = softmax_k(−‖z − e_k‖² / T)──> k_1 … k_m ~ τ   (E-step by sampling; T = 1 in the paper)
     │
     ├─ training: y_hat = z + sg(ē − z), ē = (1/m) Σ_l e_{k_l}
     │            M-step: EMA with counts n_k = Σ_i (1/m) Σ_l 1[k_l = k]  (fractional)
@@ -48,6 +48,10 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         num_codes: codebook size K.
         num_samples: m, codes sampled per latent (10 in tensor2tensor).
         commitment: β of the commitment term (0.25).
+        temperature: T of the E-step τ ∝ exp(−‖z − e_k‖² / T). The reference code uses 1; with
+            codewords of norm ~1 (``uniform_unit_scaling``) and a small encoder output, τ then
+            starts near uniform, the EMA pulls every codeword to the batch mean and the codes carry
+            nothing; a smaller T keeps τ peaked. The hard path (argmax τ) does not depend on T.
         vib_weight: β_VIB of the variational-IB term β_VIB·(log K − H(τ)) = β_VIB·KL(τ ‖ uniform);
             0 (the default, as in tensor2tensor) leaves it out. Its gradient reaches the encoder
             only (the codebook is kept by EMA).
@@ -60,6 +64,7 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         dim: int,
         num_codes: int = 512,
         num_samples: int = 10,
+        temperature: float = 1.0,
         commitment: float = 0.25,
         vib_weight: float = 0.0,
         decay: float = 0.99,
@@ -70,6 +75,9 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         self.num_samples = num_samples
+        self.temperature = check_nonnegative(temperature, "temperature")
+        if self.temperature == 0:
+            raise ValueError("temperature must be positive (T → 0 is hard EM: use vq_ema)")
         self.commitment = check_nonnegative(commitment, "commitment")
         self.vib_weight = check_nonnegative(vib_weight, "vib_weight")
         self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps)
@@ -83,7 +91,8 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         if not self.training:
             return self._hard_path(y)
 
-        log_tau = torch.log_softmax(-squared_distances(y, self.codebook), dim=1)  # (N, K)
+        distances = squared_distances(y, self.codebook)  # (N, K)
+        log_tau = torch.log_softmax(-distances / self.temperature, dim=1)
         samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
         mean_code = self.codebook[samples].mean(1)  # (N, d), before this batch's M-step
         # fractional one-hot: row i puts weight 1/m on each of its m samples
@@ -105,6 +114,7 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_codes={self.num_codes}, num_samples={self.num_samples}, "
+            f"temperature={self.temperature}, "
             f"commitment={self.commitment}, vib_weight={self.vib_weight}"
         )
 

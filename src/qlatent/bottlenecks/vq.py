@@ -28,7 +28,7 @@ from ._codebook import (
     check_nonnegative,
     check_num_codes,
     straight_through,
-    uniform_unit_scaling,
+    init_codebook,
 )
 from .base import BOTTLENECKS, BottleneckOutput
 
@@ -41,15 +41,23 @@ class VectorQuantizer(CodebookQuantizer):
         dim: code dimension d.
         num_codes: codebook size K.
         commitment: β, the weight of the commitment term ‖z − sg(e)‖² (0.25 in the VQ-VAE paper).
-
-    The codebook ``(K, d)`` is initialised U(±sqrt(3/d)) (:func:`uniform_unit_scaling`).
+        init: the codebook ``(K, d)``'s initialisation (:func:`init_codebook`): U(±sqrt(3/d))
+            by default, ``"uniform_inverse_k"`` (U(±1/K)) as in the LL-VQ-VAE reference code.
     """
 
-    def __init__(self, *, dim: int, num_codes: int = 512, commitment: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_codes: int = 512,
+        commitment: float = 0.25,
+        init: str = "unit_scaling",
+    ) -> None:
         super().__init__(dim=dim)
         self.num_codes = check_num_codes(num_codes)
         self.commitment = check_nonnegative(commitment, "commitment")
-        self.codebook = nn.Parameter(uniform_unit_scaling(self.num_codes, dim))
+        self.init = init
+        self.codebook = nn.Parameter(init_codebook(init, self.num_codes, dim))
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
         hard = self._hard_path(y)
@@ -60,4 +68,7 @@ class VectorQuantizer(CodebookQuantizer):
         return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"
+        return (
+            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
+            f"init={self.init!r}"
+        )

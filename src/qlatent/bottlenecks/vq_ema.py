@@ -44,6 +44,8 @@ class EMAVectorQuantizer(CodebookQuantizer):
         commitment: β of the commitment term (0.25).
         decay: λ of the moving averages (0.99 as in VQ-VAE; tensor2tensor uses 0.999).
         eps: ε of the Laplace smoothing of the counts (1e-5).
+        init: the initial codebook (:func:`~qlatent.bottlenecks._codebook.init_codebook`);
+            ``"normal"`` (N(0, 1)) is the LL-VQ-VAE reference code's.
 
     The codebook lives in buffers (``ema.codebook``), so an optimizer never touches it and it is
     saved with the weights. Each training-mode forward performs one M-step.
@@ -57,11 +59,12 @@ class EMAVectorQuantizer(CodebookQuantizer):
         commitment: float = 0.25,
         decay: float = 0.99,
         eps: float = 1e-5,
+        init: str = "unit_scaling",
     ) -> None:
         super().__init__(dim=dim)
         self.num_codes = check_num_codes(num_codes)
         self.commitment = check_nonnegative(commitment, "commitment")
-        self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps)
+        self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps, init=init)
 
     @property
     def codebook(self) -> Tensor:

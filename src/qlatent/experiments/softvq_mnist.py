@@ -245,7 +245,8 @@ def reconstruction_metrics(model: Autoencoder, x: torch.Tensor, variance: float)
             counts = batch if counts is None else counts + batch
         if isinstance(bottleneck, SoftEMVectorQuantizer):
             z = model.encoder(xb)
-            tau = torch.softmax(-squared_distances(z, bottleneck.codebook), dim=1).sum(0)
+            distances = squared_distances(z, bottleneck.codebook)
+            tau = torch.softmax(-distances / bottleneck.temperature, dim=1).sum(0)
             soft = tau if soft is None else soft + tau
     metrics: dict[str, Any] = {"test_nmse": squared / x.numel() / variance}
     if counts is not None:

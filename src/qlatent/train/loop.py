@@ -42,6 +42,9 @@ class TrainConfig:
     batch_size: int = 100
     eval_batch_size: int = 1000
     lr: float = 5e-4
+    #: ExponentialLR stepped once per epoch: epoch e trains at lr·lr_decay^(e−1). 0 is the
+    #: LL-VQ-VAE reference code's setting: the first epoch alone moves the weights.
+    lr_decay: float | None = None
     optimizer: Literal["adam", "adam_normgrad"] = "adam"
     warmup_epochs: int = 0  #: rate weight β = min(1, epoch / warmup_epochs); 0 means β = 1
     patience: int | None = None  #: stop after more than this many epochs without improvement
@@ -58,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.lr_decay is not None and not 0.0 <= self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must lie in [0, 1] or be None, got {self.lr_decay}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 0):
@@ -138,6 +143,8 @@ def fit(
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg, epoch)
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
         if cfg.max_steps is not None:  # the step budget may end this epoch early
@@ -148,7 +155,10 @@ def fit(
         state.step += math.ceil(order.numel() / cfg.batch_size)
 
         val = _validate(model, loss_fn, x_val, cfg, world)
-        record = {"epoch": epoch, "step": state.step, "beta": beta, **train, **val}
+        record = {
+            "epoch": epoch, "step": state.step, "beta": beta, "lr": epoch_lr(cfg, epoch),
+            **train, **val,
+        }
         if val["val_objective"] < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
             if world.is_main:
@@ -183,8 +193,17 @@ def fit(
     return _finish(model, state, out_dir, world, cfg.keep)
 
 
+def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based) under ``cfg.lr_decay``."""
+    return cfg.lr if cfg.lr_decay is None else cfg.lr * cfg.lr_decay ** (epoch - 1)
+
+
 def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epoch) -> dict:
+    """One pass over ``order``. At learning rate 0 no weight can move, so the pass runs the
+    training path without gradients: what the forward itself updates (an EMA codebook) still
+    changes, exactly as if Adam had stepped with lr = 0, at a third of the cost."""
     net.train()
+    frozen = epoch_lr(cfg, epoch) == 0.0
     totals = torch.zeros(4, dtype=torch.float64)  # objective, distortion, rate, count
     batches = order.split(cfg.batch_size)
     bar = tqdm(
@@ -197,10 +216,12 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
     for idx in bar:
         xb = x[idx].to(world.device, non_blocking=True)
         # the warm-up factor β scales the loss's own rate weight λ (β = 1 after warm-up)
-        losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta * loss_fn.lmbda)
-        optimizer.zero_grad(set_to_none=True)
-        losses.loss.backward()
-        optimizer.step()
+        with torch.set_grad_enabled(not frozen):
+            losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta * loss_fn.lmbda)
+        if not frozen:
+            optimizer.zero_grad(set_to_none=True)
+            losses.loss.backward()
+            optimizer.step()
         with torch.no_grad():
             totals += torch.stack(
                 [

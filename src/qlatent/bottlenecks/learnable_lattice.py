@@ -1,0 +1,131 @@
+"""Learnable-lattice vector quantizer (LL-VQ-VAE): a diagonal basis learned by gradient.
+
+Paper: A. Khalil, R. Piechocki, R. Santos-Rodriguez, "LL-VQ-VAE: Learnable Lattice
+Vector-Quantization for Efficient Representations" (arXiv 2310.09382). DESIGN.md §3.5.
+
+    z ──n = round(z / b)──> q = b ⊙ n          (Babai rounding, exact for a diagonal basis)
+    │
+    ├─ y_hat = z + sg(q − z)                    (straight-through)
+    ├─ aux   = ‖q − sg(z)‖² + β ‖z − sg(q)‖² + γ L_size,   L_size = −Σ_d |b_d|
+    └─ rate  = 0: the lattice has no code model of its own (a fixed-length code would need a
+               bound on n); the codes actually used are counted instead (``codes_used``)
+
+The basis b ∈ R^D is the method's only parameter (D numbers against K·D for a codebook). It is
+drawn from U(−B, B) with B = 1/(K^{1/D} − 1), the spacing at which a unit cube holds K lattice
+points for a target codebook size K. round() has zero gradient, so b learns only through the
+embedding term (q = b ⊙ n) and the size term. γ = +1 ("sparse", the paper's LL-VQ-VAE) rewards a
+wide spacing and so few codes; γ = −1 ("dense") shrinks b towards a fine, effectively unbounded
+lattice.
+
+Shapes: input ``(B, D)`` or ``(B, D, *spatial)``, the code dimension on axis 1 (e.g. the 14×14×64
+latent of a conv encoder, ``(B, 64, 14, 14)``). ``indices`` are the integer coordinates n, shaped
+like the input (``index_kind = "vector"``). ``stats``: ``spacing`` = mean |b_d| and, for the rows of
+the batch, ``codes_used`` (distinct code vectors) and ``perplexity`` (exp of their usage entropy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._codebook import check_nonnegative, check_num_codes, straight_through, usage_stats
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+
+#: |b_d| below this is treated as this (sign kept), so that z / b stays finite
+_MIN_SPACING = 1e-12
+
+
+def init_bound(num_codes: int, dim: int) -> float:
+    """B = 1 / (K^{1/D} − 1): with spacing B a unit interval holds 1/B + 1 points per axis and
+    the unit cube (1/B + 1)^D = K. For K = 512, D = 64 this is 9.767."""
+    return 1.0 / (num_codes ** (1.0 / dim) - 1.0)
+
+
+@BOTTLENECKS.register("learnable_lattice")
+class LearnableLattice(Bottleneck):
+    """Lattice quantizer with a learned diagonal basis b ``(D,)``.
+
+    Args:
+        dim: code dimension D.
+        num_codes: the target codebook size K that sets the initial range B (512 in the paper).
+        commitment: β of the commitment term (0.25).
+        size_weight: γ of the size loss L_size = −Σ|b_d|: +1 "sparse" (the paper), −1 "dense".
+        init_range: B of the initialisation U(−B, B); ``None`` derives it from ``num_codes``
+            (the "dense" ablation of the reference code uses 1).
+    """
+
+    index_kind = "vector"
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_codes: int = 512,
+        commitment: float = 0.25,
+        size_weight: float = 1.0,
+        init_range: float | None = None,
+    ) -> None:
+        super().__init__(dim=dim)
+        self.num_codes = check_num_codes(num_codes)
+        self.commitment = check_nonnegative(commitment, "commitment")
+        if isinstance(size_weight, bool) or not isinstance(size_weight, int | float):
+            raise ValueError(f"size_weight must be a number, got {size_weight!r}")
+        if not math.isfinite(size_weight):
+            raise ValueError(f"size_weight must be finite, got {size_weight!r}")
+        self.size_weight = float(size_weight)
+        bound = init_bound(self.num_codes, dim) if init_range is None else init_range
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
+            raise ValueError(f"init_range must be a positive number or None, got {init_range!r}")
+        self.init_range = float(bound)
+        self.basis = nn.Parameter(torch.empty(dim).uniform_(-self.init_range, self.init_range))
+
+    @property
+    def spacing(self) -> Tensor:
+        """``(D,)`` lattice spacing |b_d| per coordinate (detached)."""
+        return self.basis.detach().abs()
+
+    def _safe_basis(self) -> Tensor:
+        b = self.basis
+        tiny = b.abs() < _MIN_SPACING
+        if not tiny.any():
+            return b
+        sign = torch.where(b < 0, -1.0, 1.0).to(b.dtype)
+        return torch.where(tiny, sign * _MIN_SPACING, b)
+
+    def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
+        b = self._safe_basis()
+        n = torch.round(y.detach() / b.detach())
+        q = b * n  # gradient reaches b through q; round() passes none to z
+        stats = {"spacing": self.spacing.mean(), **_usage(n)}
+        rate = y.new_zeros(y.shape[0])
+        if not self.training:
+            return BottleneckOutput(q.detach(), rate, y.new_zeros(()), n.long(), stats)
+        size = -self.basis.abs().sum()
+        aux = (
+            F.mse_loss(q, y.detach())
+            + self.commitment * F.mse_loss(y, q.detach())
+            + self.size_weight * size
+        )
+        return BottleneckOutput(straight_through(y, q), rate, aux, None, stats)
+
+    def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        return torch.round(y / self._safe_basis().detach()).long()
+
+    def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
+        return indices.to(self.basis.dtype) * self._safe_basis().detach()
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
+            f"size_weight={self.size_weight}, init_range={self.init_range:.4g}"
+        )
+
+
+@torch.no_grad()
+def _usage(n: Tensor) -> dict[str, Tensor]:
+    """Distinct code vectors among the rows of ``n`` ``(N, D)`` and the perplexity of their use."""
+    _, counts = torch.unique(n, dim=0, return_counts=True)
+    return usage_stats(counts)
