@@ -68,11 +68,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments import lattice_mnist, softvq_mnist
+    from functools import partial
 
-    experiment = {"lattice-mnist": lattice_mnist, "softvq-mnist": softvq_mnist}[args.name]
+    from .experiments import lattice_mnist, llvq_fashion, softvq_mnist
+
+    experiment = {
+        "lattice-mnist": lattice_mnist,
+        "softvq-mnist": softvq_mnist,
+        "llvq-fashion": llvq_fashion,
+        "llvq-celeba": llvq_fashion,
+        "llvq-ffhq": llvq_fashion,
+    }[args.name]
+    reproduce = experiment.reproduce
+    if experiment is llvq_fashion:
+        schedules = args.schedules.split(",") if args.schedules else None
+        dataset = args.name.removeprefix("llvq-")
+        reproduce = partial(reproduce, schedules=schedules, dataset=dataset)
+    elif args.schedules:
+        raise ValueError(f"--schedules applies to the llvq tables, not {args.name}")
     models = args.models.split(",") if args.models else None
-    payload = experiment.reproduce(
+    payload = reproduce(
         quick=args.quick,
         models=models,
         overrides=args.overrides,
@@ -162,9 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("reproduce", help="reproduce a paper's table (resumable)")
-    p.add_argument("name", choices=["lattice-mnist", "softvq-mnist"], help="which table")
+    p.add_argument(
+        "name",
+        choices=["lattice-mnist", "softvq-mnist", "llvq-fashion", "llvq-celeba", "llvq-ffhq"],
+        help="which table (llvq-celeba / llvq-ffhq need --set data.folder=PATH)",
+    )
     p.add_argument("--quick", action="store_true", help="the whole pipeline in a few minutes")
     p.add_argument("--models", default=None, help="comma-separated subset of the table's rows")
+    p.add_argument(
+        "--schedules", default=None, help="llvq: comma-separated subset of reference,constant"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--runs-dir", default="runs", help="where checkpoints go (default runs/)")

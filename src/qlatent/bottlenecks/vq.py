@@ -27,8 +27,8 @@ from ._codebook import (
     CodebookQuantizer,
     check_nonnegative,
     check_num_codes,
-    straight_through,
     init_codebook,
+    straight_through,
 )
 from .base import BOTTLENECKS, BottleneckOutput
 

@@ -12,10 +12,15 @@ from .downstream import (
     nmi,
 )
 from .iwae import iwae_nll, iwae_summary
-from .plots import reconstruction_grid, training_curves
+from .plots import reconstruction_grid, reconstruction_rows, training_curves
 from .tsne import tsne_figure, tsne_grid
+from .usage import CodeUsage, code_usage, distinct_rows, row_hashes
 
 __all__ = [
+    "CodeUsage",
+    "code_usage",
+    "distinct_rows",
+    "row_hashes",
     "CodelengthReport",
     "DownstreamReport",
     "KMeansScores",
@@ -28,6 +33,7 @@ __all__ = [
     "iwae_summary",
     "kmeans_scores",
     "linear_probe",
+    "reconstruction_rows",
     "nmi",
     "reconstruction_grid",
     "training_curves",

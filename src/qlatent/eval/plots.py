@@ -35,6 +35,37 @@ def reconstruction_grid(
     return _save(fig, path)
 
 
+def reconstruction_rows(
+    rows: dict[str, Tensor], path: str | Path, *, value_range: tuple[float, float] = (0.0, 1.0)
+) -> Path:
+    """One labelled row per entry (e.g. "original", then one per model), images side by side.
+
+    ``rows``: label -> ``(n, C, H, W)`` with C = 1 (grey) or 3 (RGB), values in ``value_range``.
+    """
+    if not rows:
+        raise ValueError("no rows to draw")
+    lo, hi = value_range
+    n = max(images.shape[0] for images in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9 + 1.4, len(rows) * 0.95), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        shown = ((images.detach().cpu().float() - lo) / (hi - lo)).clamp(0, 1)
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < shown.shape[0]:
+                img = shown[c].permute(1, 2, 0).numpy()
+                if img.shape[2] == 1:
+                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(img)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """Train and validation objective (nats) and the rate per epoch."""
     epochs = [h["epoch"] for h in history]

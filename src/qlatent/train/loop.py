@@ -156,8 +156,12 @@ def fit(
 
         val = _validate(model, loss_fn, x_val, cfg, world)
         record = {
-            "epoch": epoch, "step": state.step, "beta": beta, "lr": epoch_lr(cfg, epoch),
-            **train, **val,
+            "epoch": epoch,
+            "step": state.step,
+            "beta": beta,
+            "lr": epoch_lr(cfg, epoch),
+            **train,
+            **val,
         }
         if val["val_objective"] < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0

@@ -1,0 +1,80 @@
+"""Effective codebook size: how many distinct code vectors a quantizer emits over a dataset.
+
+The LL-VQ-VAE reference code (``experiments/utils.py``) quantizes every spatial position of every
+image in the train and validation loaders and counts the distinct quantized vectors (11.76 M
+vectors for FashionMNIST: 60,000 images × 14 × 14). We count the same thing from the hard path's
+symbols:
+
+- one codeword index per position (``vq``, ``vq_ema``, ...): distinct indices, exactly;
+- one integer vector per position (lattices): distinct rows of the ``(N, D)`` integer matrix.
+  A fine lattice can emit millions of distinct 64-dimensional rows, too many to sort as they
+  are, so each row is first reduced to two 64-bit random linear hashes (wrapping int64
+  arithmetic). Two distinct rows share both hashes with probability at most about 2^−126 per
+  pair (for difference vectors with an odd coordinate; a factor 2^v more when every difference is
+  divisible by 2^v), so for 10^7 rows the chance that the count is off by even one is below
+  10^−24. :func:`distinct_rows` can check this against ``torch.unique`` on small inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+#: odd multipliers of the two row hashes, drawn once from this seed (fixed, so counts are stable)
+_HASH_SEED = 20231015
+
+
+@dataclass
+class CodeUsage:
+    unique_codes: int  #: distinct code vectors
+    total_vectors: int  #: spatial positions quantized (images × H × W)
+
+
+def _hash_weights(dim: int) -> Tensor:
+    g = torch.Generator().manual_seed(_HASH_SEED)
+    w = torch.randint(-(2**62), 2**62, (2, dim), generator=g, dtype=torch.int64)
+    return w | 1  # odd multipliers
+
+
+def row_hashes(rows: Tensor) -> Tensor:
+    """``(N, D)`` integers → ``(N, 2)`` int64: two random linear hashes modulo 2^64."""
+    rows = rows.long()
+    w = _hash_weights(rows.shape[1]).to(rows.device)
+    return torch.stack([(rows * w[0]).sum(1), (rows * w[1]).sum(1)], dim=1)
+
+
+def distinct_rows(rows: Tensor, *, exact: bool = False) -> Tensor:
+    """The distinct rows of ``(N, D)`` integers, or of their hashes (``(M, 2)``) by default."""
+    return torch.unique(rows.long() if exact else row_hashes(rows), dim=0)
+
+
+@torch.no_grad()
+def code_usage(
+    model: torch.nn.Module,
+    datasets: list[Tensor],
+    *,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> CodeUsage:
+    """Distinct hard-path codes of ``model`` (an :class:`~qlatent.models.Autoencoder`) over the
+    images of all ``datasets`` together, and how many positions were quantized."""
+    model.eval()
+    bottleneck = model.bottleneck
+    seen: list[Tensor] = []
+    total = 0
+    batches = [xb for x in datasets for xb in x.split(batch_size)]
+    for xb in tqdm(batches, desc="counting codes", disable=not progress, leave=False):
+        symbols = bottleneck.quantize(model.encoder(xb), generator=torch.Generator())
+        if bottleneck.index_kind == "scalar":
+            keys = symbols.reshape(-1, 1)
+        else:
+            keys = row_hashes(symbols.movedim(1, -1).reshape(-1, symbols.shape[1]))
+        total += keys.shape[0]
+        seen.append(torch.unique(keys, dim=0))
+        if len(seen) >= 64:  # keep memory bounded: merge what we have so far
+            seen = [torch.unique(torch.cat(seen), dim=0)]
+    unique = torch.unique(torch.cat(seen), dim=0).shape[0] if seen else 0
+    return CodeUsage(unique_codes=unique, total_vectors=total)

@@ -1,0 +1,312 @@
+"""LL-VQ-VAE's FashionMNIST table: learnable lattice against VQ-VAE and VQ-VAE-EMA.
+
+Paper: A. Khalil, R. Piechocki, R. Santos-Rodriguez, "LL-VQ-VAE: Learnable Lattice
+Vector-Quantization for Efficient Representations" (arXiv 2310.09382), Table 5. Protocol of its
+official code (``../shared/notes/reference-protocols.md`` §C):
+
+- FashionMNIST scaled to [−0.5, 0.5]; 55,000 train / 5,000 validation (a seeded split of the
+  60,000 training images) / the official 10,000 test images;
+- conv encoder to a 14×14×64 latent, mirror decoder (:mod:`qlatent.nn.conv`), loss
+  ``mse(x̂, x) + quantizer loss`` (plain MSE over pixels, no rate term);
+- D = 64, target K = 512, batch 64, Adam 1e-3, 5 epochs (4,300 steps), seed 2 for every row;
+- rows ``vq`` (codebook U(±1/K)), ``vq_ema`` (codebook N(0, 1), decay 0.99), ``ll_vq`` (γ = +1,
+  b ~ U(±B), B = 1/(K^{1/D} − 1)), ``ll_vq_dense`` (γ = −1, b ~ U(±1));
+- two schedules: ``reference`` is the code's ``ExponentialLR(gamma=0)`` stepped per epoch, which
+  sets the learning rate to 0 after the first epoch (so the released models had 860 steps of
+  gradient training; the EMA codebook keeps moving), and ``constant`` keeps 1e-3 for all 5 epochs.
+
+Per row and schedule we report the test MSE on the hard path, the distinct code vectors over
+train+validation (the reference code's count) and over test, the number of quantized vectors,
+training wall time and the quantizer's size (its learned parameters plus an EMA codebook).
+``data = "folder"`` runs the same on a user's image folder (CelebA, FFHQ configs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..bottlenecks import build
+from ..config import apply_mapping, apply_overrides, to_dict
+from ..configs import load as load_config
+from ..data import load_fashion_mnist
+from ..data.folder import load_image_folder
+from ..eval import code_usage, reconstruction_rows
+from ..losses import RateDistortionLoss
+from ..models import Autoencoder
+from ..nn import SquaredError
+from ..nn.conv import conv_decoder, conv_encoder
+from ..results import RESULTS_DIR, provenance, write_json
+from ..train import TrainConfig, fit, load, save_atomic
+
+ROWS = ("vq", "vq_ema", "ll_vq", "ll_vq_dense")
+SCHEDULES = ("reference", "constant")
+LABELS = {
+    "vq": "VQ-VAE",
+    "vq_ema": "VQ-VAE-EMA",
+    "ll_vq": "LL-VQ-VAE (sparse, γ = +1)",
+    "ll_vq_dense": "LL-VQ-VAE (dense, γ = −1)",
+}
+
+#: the paper's Table 5 (FashionMNIST): test MSE and number of embeddings used
+PAPER = {
+    "vq": {"test_mse": 0.013, "unique_codes": 32},
+    "vq_ema": {"test_mse": 0.047, "unique_codes": 63_566},
+    "ll_vq": {"test_mse": 0.009, "unique_codes": 1_781},
+    "ll_vq_dense": {"test_mse": 0.007, "unique_codes": None},
+}
+#: the counts the reference code released (``experiments/reconstructions/*/*.json``)
+RELEASED_COUNTS = {"vq": 17, "vq_ema": 201, "ll_vq": 457}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["fashion_mnist", "folder", "synthetic"] = "fashion_mnist"
+    folder: str | None = None  #: the image folder for ``name = "folder"``
+    image_size: int = 64  #: side of the square images read from a folder
+    channels: int = 1
+    val_size: int = 5000
+    test_size: int = 10000  #: held out from a folder (FashionMNIST has its own test set)
+    split_seed: int = 2
+    synthetic_size: int = 160  #: images of the synthetic set (tests)
+
+
+@dataclass
+class ModelConfig:
+    bottleneck: str = "vq"
+    latent_dim: int = 64
+    hidden: list[int] = field(default_factory=lambda: [64])
+    num_residual: int = 2
+    bottleneck_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LLVQConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=5, batch_size=64, eval_batch_size=500, lr=1e-3, seed=2, keep="last"
+        )
+    )
+    figure_images: int = 10
+
+
+def model_config(
+    name: str,
+    schedule: str,
+    *,
+    quick: bool = False,
+    dataset: str = "fashion",
+    overrides: list[str] | None = None,
+) -> LLVQConfig:
+    """Defaults, the row's TOML, the schedule's, the dataset's, ``quick.toml``, then overrides."""
+    if name not in ROWS:
+        raise ValueError(f"unknown row {name!r}; known: {list(ROWS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
+    cfg = LLVQConfig()
+    for part in (name, f"schedule-{schedule}", *([] if dataset == "fashion" else [dataset])):
+        cfg = apply_mapping(cfg, load_config("llvq", part))
+    if quick:
+        cfg = apply_mapping(cfg, load_config("llvq", "quick"))
+    return apply_overrides(cfg, overrides or [])
+
+
+def load_data(cfg: DataConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """``train`` / ``val`` / ``test`` images ``(N, C, H, W)`` in [−0.5, 0.5]."""
+    if cfg.name == "fashion_mnist":
+        train, _ = load_fashion_mnist("train", data_dir)
+        test, _ = load_fashion_mnist("test", data_dir)
+        train = train.unsqueeze(1).float() / 255.0 - 0.5
+        test = test.unsqueeze(1).float() / 255.0 - 0.5
+        return _split(train, cfg.val_size, 0, cfg.split_seed) | {"test": test}
+    if cfg.name == "folder":
+        if not cfg.folder:
+            raise ValueError("data.folder must name an image folder when data.name = 'folder'")
+        images = load_image_folder(cfg.folder, size=cfg.image_size, channels=cfg.channels)
+        return _split(images, cfg.val_size, cfg.test_size, cfg.split_seed)
+    if cfg.name == "synthetic":
+        g = torch.Generator().manual_seed(cfg.split_seed)
+        # smooth blobs: low-resolution noise upsampled, so that reconstructions are learnable
+        low = torch.rand(cfg.synthetic_size, cfg.channels, 7, 7, generator=g)
+        images = torch.nn.functional.interpolate(low, size=28, mode="bilinear") - 0.5
+        return _split(images, cfg.val_size, cfg.test_size, cfg.split_seed)
+    raise ValueError(f"unknown data.name {cfg.name!r}")
+
+
+def _split(images: torch.Tensor, val: int, test: int, seed: int) -> dict[str, torch.Tensor]:
+    if val < 1 or test < 0 or val + test >= images.shape[0]:
+        raise ValueError(
+            f"cannot hold out {val} validation and {test} test images from {images.shape[0]}"
+        )
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    parts = {"val": images[order[:val]], "train": images[order[val + test :]]}
+    if test:
+        parts["test"] = images[order[val : val + test]]
+    return parts
+
+
+def build_model(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
+    """Conv encoder → bottleneck on the ``(B, D, h, w)`` latent → conv decoder; the distortion
+    Σ (x̂ − x)² / ``pixels`` (values per image) averages over a batch to mse(x̂, x)."""
+    return Autoencoder(
+        encoder=conv_encoder(channels, cfg.hidden, cfg.latent_dim, num_residual=cfg.num_residual),
+        bottleneck=build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args),
+        decoder=conv_decoder(cfg.latent_dim, cfg.hidden, channels, num_residual=cfg.num_residual),
+        likelihood=SquaredError(variance=float(pixels)),
+    )
+
+
+def quantizer_size(bottleneck: torch.nn.Module) -> dict[str, int]:
+    """Learned parameters, and the numbers that define the quantizer at test time (parameters
+    plus an EMA codebook kept in a buffer; not the EMA's running counts and sums)."""
+    trainable = sum(p.numel() for p in bottleneck.parameters())
+    ema = getattr(bottleneck, "ema", None)
+    return {
+        "quantizer_params": trainable + (ema.codebook.numel() if ema is not None else 0),
+        "quantizer_trainable_params": trainable,
+    }
+
+
+@torch.no_grad()
+def test_mse(model: Autoencoder, x: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean squared error per pixel on the hard path."""
+    model.eval()
+    total = 0.0
+    for xb in x.split(batch_size):
+        total += (model.reconstruct(xb) - xb).square().sum().item()
+    return total / x.numel()
+
+
+def run_row(
+    name: str, schedule: str, cfg: LLVQConfig, data: dict[str, torch.Tensor], out_dir: Path
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Train (or resume) one row under one schedule; score it (cached in ``eval.pt``).
+
+    Returns the row's metrics and its reconstructions of the first test images."""
+    channels = data["train"].shape[1]
+    pixels = data["train"][0].numel()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, channels, pixels)
+    loss_fn = RateDistortionLoss(lmbda=0.0, aux_weight=1.0)
+    split = {"train": data["train"], "val": data["val"]}
+    result = fit(model, split, cfg.train, out_dir=out_dir, loss_fn=loss_fn, run_config=to_dict(cfg))
+
+    cache, key = out_dir / "eval.pt", {"config": to_dict(cfg), "steps": result.history[-1]["step"]}
+    cached = load(cache) if cache.exists() else None
+    if cached is not None and cached["key"] == key:
+        metrics = cached["metrics"]
+    else:
+        trainval = code_usage(model, [data["train"], data["val"]])
+        test_usage = code_usage(model, [data["test"]])
+        metrics = {
+            "test_mse": test_mse(model, data["test"]),
+            "unique_codes_trainval": trainval.unique_codes,
+            "total_vectors": trainval.total_vectors,
+            "unique_codes_test": test_usage.unique_codes,
+            "total_vectors_test": test_usage.total_vectors,
+            **quantizer_size(model.bottleneck),
+        }
+        spacing = getattr(model.bottleneck, "spacing", None)
+        if spacing is not None:
+            metrics["spacing_mean"] = spacing.mean().item()
+            metrics["spacing_min"] = spacing.min().item()
+            metrics["spacing_max"] = spacing.max().item()
+        save_atomic({"key": key, "metrics": metrics}, cache)
+    row = {
+        **metrics,
+        "train_steps": result.history[-1]["step"],
+        "wall_s": result.wall_s,
+        "stopped": result.stopped,
+        "final_val_mse": result.history[-1]["val_distortion"] / pixels,
+    }
+    model.eval()
+    with torch.no_grad():
+        recon = model.reconstruct(data["test"][: cfg.figure_images])
+    return row, recon
+
+
+def reproduce(
+    *,
+    quick: bool = False,
+    models: list[str] | None = None,
+    schedules: list[str] | None = None,
+    dataset: str = "fashion",
+    overrides: list[str] | None = None,
+    data_dir: str | None = None,
+    runs_dir: str | Path = "runs",
+    results_dir: str | Path = RESULTS_DIR,
+    command: str = "",
+) -> dict[str, Any]:
+    """Every row under every schedule (resumable); ``<results>/llvq-<dataset>[-quick].json``,
+    a markdown table and a figure of test reconstructions per schedule."""
+    stem = f"llvq-{dataset}" + ("-quick" if quick else "")
+    models = list(models or ROWS)
+    schedules = list(schedules or SCHEDULES)
+    configs = {
+        (s, m): model_config(m, s, quick=quick, dataset=dataset, overrides=overrides)
+        for s in schedules
+        for m in models
+    }
+    first = next(iter(configs.values()))
+    data = load_data(first.data, data_dir)
+    results: dict[str, dict[str, Any]] = {s: {} for s in schedules}
+    results_dir = Path(results_dir)
+    for schedule in schedules:
+        figure = {"original": data["test"][: first.figure_images]}
+        for name in models:
+            print(f"== {LABELS[name]}, {schedule} schedule ==", flush=True)
+            out_dir = Path(runs_dir) / stem / schedule / name
+            row, recon = run_row(name, schedule, configs[schedule, name], data, out_dir)
+            results[schedule][name] = row
+            figure[LABELS[name]] = recon
+        reconstruction_rows(figure, results_dir / f"{stem}-{schedule}.png", value_range=(-0.5, 0.5))
+    payload: dict[str, Any] = {
+        **provenance(command),
+        "rows": results,
+        "paper": {m: PAPER[m] for m in models} if dataset == "fashion" else {},
+        "reference_code_released_counts": (
+            {m: RELEASED_COUNTS[m] for m in models if m in RELEASED_COUNTS}
+            if dataset == "fashion"
+            else {}
+        ),
+        "schedules": {
+            "reference": "ExponentialLR(gamma=0) stepped per epoch: lr 1e-3 in epoch 1, then 0 "
+            "(the EMA codebook keeps updating; weights are frozen)",
+            "constant": "lr 1e-3 for every epoch",
+        },
+        "counts_note": "unique_codes_trainval: distinct quantized vectors over every 14×14 "
+        "position of the train+validation images (the reference code's count); "
+        "unique_codes_test: the same over the test set",
+        "data": to_dict(first.data),
+        "configs": {f"{s}/{m}": to_dict(c) for (s, m), c in configs.items()},
+    }
+    write_json(payload, results_dir / f"{stem}.json")
+    (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
+    return payload
+
+
+def markdown_table(payload: dict[str, Any]) -> str:
+    """Per schedule: our test MSE and code counts beside the paper's and the released ones."""
+    lines = [
+        "| schedule | model | test MSE | paper | codes (train+val) | paper | released "
+        "| codes (test) | quantizer params | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    paper, released = payload["paper"], payload["reference_code_released_counts"]
+    for schedule, rows in payload["rows"].items():
+        for name, r in rows.items():
+            p = paper.get(name, {})
+            p_mse = f"{p['test_mse']:.3f}" if p.get("test_mse") is not None else "–"
+            p_codes = f"{p['unique_codes']:,}" if p.get("unique_codes") is not None else "–"
+            rel = f"{released[name]:,}" if name in released else "–"
+            lines.append(
+                f"| {schedule} | {LABELS[name]} | {r['test_mse']:.4f} | {p_mse} "
+                f"| {r['unique_codes_trainval']:,} | {p_codes} | {rel} "
+                f"| {r['unique_codes_test']:,} | {r['quantizer_params']:,} | {r['wall_s']:.0f} |"
+            )
+    return "\n".join(lines)
