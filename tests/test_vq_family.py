@@ -177,6 +177,29 @@ def test_soft_em_vib_term_is_kl_to_uniform():
     assert out.aux_loss.item() >= 0
 
 
+def test_soft_em_temperature_sharpens_the_posterior():
+    y = torch.randn(50, 3, generator=gen(14))
+    entropies = []
+    for temperature in (1.0, 0.05):
+        torch.manual_seed(7)  # the same initial codebook
+        sem = build("soft_em_vq", dim=3, num_codes=8, temperature=temperature)
+        entropies.append(sem(y, generator=gen(15)).stats["posterior_entropy"].item())
+    assert entropies[1] < 0.5 * entropies[0]
+    # the hard path is the nearest codeword whatever the temperature
+    sem.eval()
+    torch.testing.assert_close(sem.quantize(y), torch.cdist(y, sem.codebook).argmin(1))
+
+
+def test_codebook_initialisations():
+    torch.manual_seed(8)
+    inverse_k = build("vq", dim=16, num_codes=256, init="uniform_inverse_k").codebook
+    assert inverse_k.abs().max() <= 1 / 256 and inverse_k.abs().max() > 0.9 / 256
+    normal = build("vq_ema", dim=16, num_codes=256, init="normal").codebook
+    assert normal.std().item() == pytest.approx(1.0, abs=0.05)
+    unit = build("vq", dim=16, num_codes=256).codebook
+    assert unit.square().sum(1).mean().item() == pytest.approx(1.0, abs=0.1)
+
+
 # ---------------------------------------------------------------------- soft_vq
 def test_soft_assignment_logits_of_both_variants():
     z = torch.tensor([[1.0, 0.0]])
@@ -252,6 +275,9 @@ def test_constructor_arguments_are_validated():
         ("vq", dict(commitment=-1.0)),
         ("vq_ema", dict(decay=1.0)),
         ("soft_em_vq", dict(num_samples=0)),
+        ("soft_em_vq", dict(temperature=0.0)),
+        ("vq", dict(init="zeros")),
+        ("vq_ema", dict(init="zeros")),
         ("soft_vq", dict(variant="notebook")),
         ("info_dropout", dict(alpha_max=0.0)),
     ]:
