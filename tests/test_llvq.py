@@ -123,7 +123,8 @@ def test_lr_decay_zero_freezes_weights_after_the_first_epoch_but_not_the_ema(tmp
     fit(model, {"train": x, "val": x[:8]}, one, out_dir=tmp_path / "a", loss_fn=_mse_loss())
     after_one = {k: v.clone() for k, v in model.state_dict().items()}
     two = TrainConfig(epochs=3, batch_size=16, lr=1e-3, lr_decay=0.0, progress=False)
-    result = fit(model, {"train": x, "val": x[:8]}, two, out_dir=tmp_path / "a", loss_fn=_mse_loss())
+    data = {"train": x, "val": x[:8]}
+    result = fit(model, data, two, out_dir=tmp_path / "a", loss_fn=_mse_loss())
     assert [h["lr"] for h in result.history] == [1e-3, 0.0, 0.0]
     for key, value in model.state_dict().items():
         if key.startswith("bottleneck.ema"):
@@ -178,7 +179,7 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     dim = model_config("vq", "reference", quick=True).model.latent_dim
     for schedule, rows in payload["rows"].items():
         assert set(rows) == set(ROWS)
-        for name, row in rows.items():
+        for row in rows.values():
             assert row["train_steps"] == 2 * math.ceil(128 / 32)
             assert row["total_vectors"] == 144 * 14 * 14  # train + validation positions
             assert row["total_vectors_test"] == 16 * 14 * 14

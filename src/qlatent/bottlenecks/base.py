@@ -118,6 +118,20 @@ class Bottleneck(nn.Module, ABC):
             rows = indices.reshape(-1)
         return _from_rows(self._dequantize_rows(rows, generator), shape)
 
+    def compress(self, y: Tensor, *, seed: int) -> bytes:
+        """The hard-path symbols of ``y`` entropy-coded into a ``.qlc`` byte string
+        (:func:`qlatent.coding.compress`); TypeError for a method without a code model."""
+        from ..coding import compress
+
+        return compress(self, y, seed=seed)
+
+    def decompress(self, data: bytes) -> Tensor:
+        """``y_hat`` from :meth:`compress`'s bytes: exactly ``forward(y).y_hat`` in eval mode
+        with ``generator=torch.Generator().manual_seed(seed)``."""
+        from ..coding import decompress
+
+        return decompress(self, data)
+
     # ------------------------------------------------------- subclass interface
     @abstractmethod
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:

@@ -16,11 +16,11 @@ probability of the cell of width Δ_i around ``y_hat_i`` (see ``qlatent.priors.l
 Shapes: input ``(B, m)`` or ``(B, m, *spatial)`` with the code dimension on axis 1; ``indices`` are
 int64 lattice coordinates of the same shape; ``rate`` is ``(B,)`` nats.
 
-The dither is common randomness. On the hard path it is drawn on the CPU from the ``generator``
-handed in (or torch's default CPU generator) and moved to the input's device, so a decoder that
-knows the seed regenerates it on any machine. On the training path one key is drawn from the
-generator per call and the dither comes from the counter-based generator in ``qlatent.rng``,
-computed inside the same (optionally ``torch.compile``-fused) kernel as ``y_hat`` and the rate.
+The dither is common randomness. On both paths one 32-bit key is drawn per call from the
+``generator`` handed in (a CPU generator; torch's default one when None) and the dither itself
+comes from the counter-based integer generator in ``qlatent.rng``, so a decoder that knows the seed
+regenerates it bit for bit on any machine. On the training path it is computed inside the same
+(optionally ``torch.compile``-fused) kernel as ``y_hat`` and the rate.
 """
 
 from __future__ import annotations
@@ -187,11 +187,17 @@ class DitheredLattice(Bottleneck):
 
     # ---------------------------------------------------------------- helpers
     def _hard_dither(self, n: int, generator: torch.Generator | None, device) -> Tensor:
-        """``(n, m)`` dither for the hard path, drawn on the CPU (common randomness)."""
+        """``(n, m)`` dither for the hard path: u = (r − ½) Δ, uniform over the cell.
+
+        Common randomness that every machine regenerates bit for bit: one 32-bit key is drawn
+        from the CPU ``generator`` and ``r`` comes from the counter-based integer generator
+        (:func:`qlatent.rng.counter_uniform`) on the dyadic grid k·2^-24, whatever the device
+        or thread count; one multiply per element in the parameters' dtype.
+        """
         device = device if device is not None else self.log_spacing.device
-        return self.geometry().sample_dither(
-            n, generator=generator, device=device, dtype=self.log_spacing.dtype
-        )
+        dtype = self.log_spacing.dtype
+        r = counter_uniform(draw_key(generator), (n, self.dim), dtype).to(device)
+        return (r - 0.5) * self.spacing
 
     def _coordinates(self, y: Tensor, u: Tensor) -> Tensor:
         """k = K_Λ(y + u) in lattice coordinates."""

@@ -1,0 +1,119 @@
+"""The ``.qlc`` container: a small fixed header, the entropy-coded payload, a checksum.
+
+Layout (little-endian)::
+
+    offset  size  field
+         0     4  magic  b"QLC\\x00"
+         4     2  format version (1)
+         6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index)
+         7     1  number of shape entries r (1 ≤ r ≤ 8)
+         8    32  SHA-256 digest of the model (configuration and weights) that wrote the file
+        40     8  seed of the dither (uint64)
+        48     8  symbol range: minimum and maximum (two int32)
+        56  4·r   shape of the coded tensor (uint32 each)
+         …     8  payload length in bytes (uint64)
+         …     …  payload: constriction's ANS words (uint32)
+         …     4  CRC-32 of everything above
+
+Every way a file can be wrong raises :class:`CodingError` with a message that says which: not a
+qlatent file, a version this code does not read, truncated or with trailing bytes, corrupt
+(checksum), or written by a different model (digest).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"QLC\x00"
+VERSION = 1
+MODEL_LATTICE = 1
+MODEL_UNIFORM_INDEX = 2
+CODE_MODELS = {MODEL_LATTICE: "dithered lattice, Laplace prior", MODEL_UNIFORM_INDEX: "uniform"}
+MAX_RANK = 8
+
+_FIXED = struct.Struct("<4sHBB32sQii")  # magic … symbol range, 56 bytes
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+
+
+class CodingError(ValueError):
+    """A compressed file that cannot be decoded, with the reason."""
+
+
+@dataclass(frozen=True)
+class Header:
+    code_model: int
+    digest: bytes  #: 32 bytes
+    seed: int
+    symbol_min: int
+    symbol_max: int
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the header and checksum around the payload."""
+        return _FIXED.size + 4 * len(self.shape) + _LENGTH.size + _CRC.size
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """Header, payload and checksum as one byte string."""
+    if len(header.digest) != 32:
+        raise ValueError(f"digest must be 32 bytes, got {len(header.digest)}")
+    if not 1 <= len(header.shape) <= MAX_RANK:
+        raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
+    if not 0 <= header.seed < 2**64:
+        raise ValueError(f"seed must lie in [0, 2^64), got {header.seed}")
+    body = (
+        _FIXED.pack(
+            MAGIC,
+            VERSION,
+            header.code_model,
+            len(header.shape),
+            header.digest,
+            header.seed,
+            header.symbol_min,
+            header.symbol_max,
+        )
+        + struct.pack(f"<{len(header.shape)}I", *header.shape)
+        + _LENGTH.pack(len(payload))
+        + payload
+    )
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header, bytes]:
+    """Check and split a file; ``expected_digest`` (the decoding model's) must match."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodingError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise CodingError("not a qlatent compressed file (bad magic number)")
+    if len(data) < _FIXED.size:
+        raise CodingError(f"truncated file: {len(data)} bytes, the header alone needs more")
+    magic, version, code_model, rank, digest, seed, lo, hi = _FIXED.unpack_from(data)
+    if version != VERSION:
+        raise CodingError(f"unsupported format version {version} (this qlatent reads {VERSION})")
+    if code_model not in CODE_MODELS or not 1 <= rank <= MAX_RANK:
+        raise CodingError(f"corrupt header (code model {code_model}, rank {rank})")
+    offset = _FIXED.size + 4 * rank
+    if len(data) < offset + _LENGTH.size + _CRC.size:
+        raise CodingError(f"truncated file: {len(data)} bytes, the header alone needs more")
+    shape = struct.unpack_from(f"<{rank}I", data, _FIXED.size)
+    (length,) = _LENGTH.unpack_from(data, offset)
+    offset += _LENGTH.size
+    expected = offset + length + _CRC.size
+    if len(data) != expected:
+        what = "truncated file" if len(data) < expected else "trailing bytes after the file"
+        raise CodingError(f"{what}: {len(data)} bytes, the header announces {expected}")
+    (crc,) = _CRC.unpack_from(data, offset + length)
+    if zlib.crc32(data[: offset + length]) != crc:
+        raise CodingError("corrupt file: checksum mismatch")
+    if expected_digest is not None and digest != expected_digest:
+        raise CodingError(
+            "this file was written by a different model (configuration or weights differ): "
+            f"file {digest.hex()[:16]}…, model {expected_digest.hex()[:16]}…"
+        )
+    header = Header(code_model, digest, seed, lo, hi, tuple(shape))
+    return header, data[offset : offset + length]
