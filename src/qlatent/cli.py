@@ -70,9 +70,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from .experiments import lattice_mnist, llvq_fashion, softvq_mnist
+    from .experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist
 
     experiment = {
+        "coding-mnist": coding_mnist,
         "lattice-mnist": lattice_mnist,
         "softvq-mnist": softvq_mnist,
         "llvq-fashion": llvq_fashion,
@@ -156,6 +157,62 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
     return 0
 
 
+_CODING_DATA = ("mnist-test", "mnist-val", "mnist-train", "synthetic-test")
+
+
+def _coding_images(name: str, data_dir: str | None, limit: int | None):
+    from .data import binarized_mnist, synthetic_binary
+
+    if name not in _CODING_DATA:
+        raise ValueError(f"--data must be one of {list(_CODING_DATA)}, got {name!r}")
+    source, split = name.split("-")
+    splits = (
+        synthetic_binary(n=1200, seed=0) if source == "synthetic" else binarized_mnist(data_dir)
+    )
+    x = splits[split]
+    return x if limit is None else x[:limit]
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    import time
+
+    from .coding.files import compress_images, load_lattice_vae, write_atomic
+
+    model = load_lattice_vae(args.checkpoint)
+    x = _coding_images(args.data, args.data_dir, args.limit)
+    started = time.perf_counter()
+    data = compress_images(model, x, seed=args.seed)
+    wall = time.perf_counter() - started
+    write_atomic(args.output, data)
+    print(
+        f"wrote {args.output}: {len(data):,} bytes for {x.shape[0]:,} images, "
+        f"{8 * len(data) / x.shape[0]:.2f} bits per image ({wall:.2f} s)"
+    )
+    return 0
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .coding.files import decompress_images, load_lattice_vae
+    from .eval import reconstruction_grid
+    from .train import save_atomic
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    data = path.read_bytes()
+    model = load_lattice_vae(args.checkpoint)
+    recon = decompress_images(model, data)
+    save_atomic(recon, args.output)
+    message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
+    if args.png:
+        reconstruction_grid(recon[:20], recon[:20], args.png, title="decoded reconstructions")
+        message += f" and {args.png}"
+    print(f"{message}; {8 * len(data) / recon.shape[0]:.2f} bits per image")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qlatent", description="Discrete latent representations: train, evaluate, code."
@@ -179,7 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a paper's table (resumable)")
     p.add_argument(
         "name",
-        choices=["lattice-mnist", "softvq-mnist", "llvq-fashion", "llvq-celeba", "llvq-ffhq"],
+        choices=[
+            "lattice-mnist",
+            "softvq-mnist",
+            "llvq-fashion",
+            "llvq-celeba",
+            "llvq-ffhq",
+            "coding-mnist",
+        ],
         help="which table (llvq-celeba / llvq-ffhq need --set data.folder=PATH)",
     )
     p.add_argument("--quick", action="store_true", help="the whole pipeline in a few minutes")
@@ -192,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where checkpoints go (default runs/)")
     p.add_argument("--results-dir", default="results", help="where the JSON and figures go")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("compress", help="entropy-code images into a .qlc file (lattice VAE)")
+    p.add_argument("--checkpoint", required=True, help="a lattice-VAE checkpoint (last.pt/best.pt)")
+    p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dither (stored in the file)")
+    p.add_argument("-o", "--output", required=True, help="the .qlc file to write")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode a .qlc file into reconstructions")
+    p.add_argument("input", help="a .qlc file written by qlatent compress")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint that wrote the file")
+    p.add_argument("-o", "--output", required=True, help="reconstructions (a torch .pt tensor)")
+    p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
+    p.set_defaults(func=_cmd_decompress)
 
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)

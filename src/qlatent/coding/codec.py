@@ -24,6 +24,7 @@ generator=torch.Generator().manual_seed(s)).y_hat``. Shapes: ``y`` is ``(B, d)``
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
         rows = rows.to(bottleneck.log_spacing.dtype)
         u, means, scales = _lattice_params(bottleneck, rows.shape[0], seed)
         symbols = bottleneck._coordinates(rows, u).reshape(-1)
-        lo, hi = _symbol_range(symbols)
+        lo, hi = _symbol_range(symbols, means, scales)
         family = constriction.stream.model.QuantizedLaplace(lo, hi)
         coder.encode_reverse(symbols.numpy().astype(np.int32), family, means, scales)
     else:
@@ -163,11 +164,28 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
     return _from_rows(rows, shape)
 
 
-def _symbol_range(symbols: Tensor) -> tuple[int, int]:
-    """[min, max] of the integer symbols for the coder's support; int32 or a clear error."""
-    if symbols.numel() == 0:
-        return 0, 1
+#: the coder's support covers the prior's mean ± this many scales (Laplace mass beyond: ~1e-11)
+_TAIL_SCALES = 25.0
+#: widest support: every symbol in it costs the coder a probability of at least 2^-24
+_MAX_SUPPORT = 1 << 20
+
+
+def _symbol_range(symbols: Tensor, means: np.ndarray, scales: np.ndarray) -> tuple[int, int]:
+    """The coder's support [min, max]: where the prior has all but ~1e-11 of its mass, widened
+    to the data's symbols so that every one can be coded.
+
+    The support is stored in the header. Taken from the data alone it would truncate the prior
+    to the symbols that occur and code them in fewer bits than −log2 P(z | u); covering the
+    prior's bulk keeps the coded size equal to the exact rate."""
     lo, hi = int(symbols.min()), int(symbols.max())
+    reach = float(np.max(scales)) * _TAIL_SCALES
+    lo = min(lo, math.floor(float(np.min(means)) - reach))
+    hi = max(hi, math.ceil(float(np.max(means)) + reach))
     if lo < -(2**30) or hi > 2**30:
         raise ValueError(f"lattice coordinates in [{lo}, {hi}] are too large to code")
-    return lo, max(hi, lo + 1)
+    if hi - lo > _MAX_SUPPORT:
+        raise ValueError(
+            f"the symbols span [{lo}, {hi}], wider than the coder's {_MAX_SUPPORT:,} symbols "
+            "(a prior scale far larger than the lattice spacing?)"
+        )
+    return lo, hi
