@@ -268,3 +268,18 @@ def test_folder_configs_run_on_a_tiny_folder(tmp_path, dataset):
 def test_folder_data_needs_a_folder(capsys):
     assert main(["reproduce", "llvq-celeba", "--models", "vq"]) == 2
     assert "data.folder" in capsys.readouterr().err
+
+
+def test_frozen_epochs_of_a_model_without_buffers_are_skipped(tmp_path):
+    cfg = model_config("ll_vq", "reference", quick=True)
+    x = torch.rand(32, 1, 28, 28, generator=gen(6)) - 0.5
+    torch.manual_seed(0)
+    model = build_model(cfg.model, channels=1, pixels=784)
+    assert next(model.buffers(), None) is None
+    train = TrainConfig(epochs=3, batch_size=16, lr=1e-3, lr_decay=0.0, progress=False)
+    result = fit(model, {"train": x, "val": x[:8]}, train, out_dir=tmp_path, loss_fn=_mse_loss())
+    assert "train_skipped" not in result.history[0]
+    assert [h.get("train_skipped") for h in result.history[1:]] == [True, True]
+    assert [h["step"] for h in result.history] == [2, 4, 6]  # skipped steps still count
+    # nothing moved after the first epoch: validation is the same each time
+    assert result.history[1]["val_objective"] == result.history[2]["val_objective"]

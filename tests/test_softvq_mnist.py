@@ -42,11 +42,11 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     assert payload["rows"]["raw"]["feature_dim"] == 784
     assert payload["rows"]["soft_vq"]["feature_dim"] == 4  # z_e only, not the K log-scales
     assert payload["rows"]["vq"]["quantizer_params"] == 128 * 4
-    assert set(payload["perplexity"]) == {"vq", "vq_ema", "soft_em_vq"}
+    assert set(payload["perplexity"]) == {"vq", "soft_em_vq"}
     # the perplexities, recomputed from the saved weights by hand
     data = load_data(model_config("vq", quick=True, overrides=SMALL[1::2]), None)
     variance = data["x_train"].var().item()
-    for name in ("vq", "vq_ema", "soft_em_vq"):
+    for name in ("vq", "soft_em_vq"):
         cfg = model_config(name, quick=True, overrides=SMALL[1::2])
         model = build_model(cfg.model, 784, variance)
         model.load_state_dict(
@@ -78,7 +78,7 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
 
 
 def test_row_configs_follow_the_notebook_weights():
-    assert set(PAPER) == set(MODELS) - {"vq_ema", "soft_em_vq", "soft_vq_reference"}
+    assert set(PAPER) == set(MODELS) - {"soft_em_vq", "soft_vq_reference"}
     notebook = model_config("soft_vq_reference", quick=False, overrides=[])
     assert notebook.model.bottleneck_args["variant"] == "reference"
     vq = model_config("vq", quick=False, overrides=[])

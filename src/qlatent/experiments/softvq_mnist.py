@@ -43,12 +43,11 @@ from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
 
 ROWS = ("raw", "ae", "vae", "beta_vae", "info_dropout", "vq", "soft_vq")
-#: beyond the table: soft EM and its hard-EM counterpart (the EMA codebook) for the VIB-vs-VDIB
-#: perplexity comparison, and Soft VQ-VAE as the reference notebook runs it (no noise, its
-#: normalisation of the posterior weights)
-MODELS = (*ROWS, "vq_ema", "soft_em_vq", "soft_vq_reference")
+#: beyond the table: soft EM for the VIB-vs-VDIB perplexity comparison, and Soft VQ-VAE as the
+#: reference notebook runs it (no noise, its normalisation of the posterior weights)
+MODELS = (*ROWS, "soft_em_vq", "soft_vq_reference")
 #: the rows whose code perplexity the VIB-vs-VDIB comparison reports
-PERPLEXITY_ROWS = ("vq", "vq_ema", "soft_em_vq")
+PERPLEXITY_ROWS = ("vq", "soft_em_vq")
 LABELS = {
     "raw": "Raw data",
     "ae": "Baseline autoencoder",
@@ -57,7 +56,6 @@ LABELS = {
     "info_dropout": "Information dropout",
     "vq": "VQ-VAE (K = 128)",
     "soft_vq": "Soft VQ-VAE (K = 128)",
-    "vq_ema": "hard-EM VQ (EMA codebook, K = 128)",
     "soft_em_vq": "soft-EM VQ (K = 128, m = 10)",
     "soft_vq_reference": "Soft VQ-VAE, notebook variant (K = 128)",
 }

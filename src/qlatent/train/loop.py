@@ -149,9 +149,13 @@ def fit(
         order = torch.tensor(list(sampler))
         if cfg.max_steps is not None:  # the step budget may end this epoch early
             order = order[: (cfg.max_steps - state.step) * cfg.batch_size]
-        train = _train_epoch(
-            net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch
-        )
+        if epoch_lr(cfg, epoch) == 0.0 and next(model.buffers(), None) is None:
+            # at lr 0 a model without buffers cannot change: skip the pass, count its steps
+            train = {"train_skipped": True}
+        else:
+            train = _train_epoch(
+                net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch
+            )
         state.step += math.ceil(order.numel() / cfg.batch_size)
 
         val = _validate(model, loss_fn, x_val, cfg, world)
