@@ -35,6 +35,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/qlatent bench lattice
 	$(BIN)/qlatent bench quantizers
+	$(BIN)/qlatent bench coding
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

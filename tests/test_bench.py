@@ -148,3 +148,16 @@ def test_cli_unknown_name_is_an_error(capsys):
     argv = ["bench", "quantizers", "--quick", "--names", "nope", "--output", ""]
     assert main(argv) == 2
     assert "unknown bottleneck" in capsys.readouterr().err
+
+
+def test_bench_coding_measures_both_directions_and_the_overhead():
+    from qlatent.bench.coding import bench_coding, format_coding
+
+    result = bench_coding(rows=300, dim=8, repeats=1)
+    for name in ("lattice", "vq"):
+        case = result["cases"][name]
+        assert case["round_trip_exact"]
+        assert case["encode_symbols_per_s"] > 0 and case["decode_symbols_per_s"] > 0
+        assert case["symbols"] == (300 * 8 if name == "lattice" else 300)
+        assert case["payload_overhead_percent"] > -0.01  # not below the exact rate
+    assert "CompressAI" in format_coding(result)

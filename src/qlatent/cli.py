@@ -157,6 +157,18 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_coding(args: argparse.Namespace) -> int:
+    from .bench.coding import bench_coding, format_coding
+    from .results import provenance, write_json
+
+    result = bench_coding(rows=args.rows, dim=args.dim, threads=args.threads, repeats=args.repeats)
+    payload = {**provenance(args.command_line), **result}
+    print(format_coding(result))
+    if args.output:
+        print(f"wrote {write_json(payload, args.output)}")
+    return 0
+
+
 _CODING_DATA = ("mnist-test", "mnist-val", "mnist-train", "synthetic-test")
 
 
@@ -305,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
     b.add_argument("--output", default="results/bench-quantizers.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_quantizers)
+
+    b = bench_sub.add_parser("coding", help="entropy coding throughput (compress / decompress)")
+    b.add_argument("--rows", type=int, default=25_000)
+    b.add_argument("--dim", type=int, default=40)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
+    b.set_defaults(func=_cmd_bench_coding)
     return parser
 
 
