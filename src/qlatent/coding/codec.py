@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..bottlenecks.base import Bottleneck, _from_rows, _to_rows
 from .container import (
+    CODE_MODELS,
     MODEL_LATTICE,
     MODEL_UNIFORM_INDEX,
     CodingError,
@@ -136,7 +137,8 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
     header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
     if header.code_model != kind:
         raise CodingError(
-            f"the file holds {header.code_model=} symbols, this bottleneck codes with {kind}"
+            f"the file holds symbols for the {CODE_MODELS[header.code_model]!r} code model, this "
+            f"bottleneck uses {CODE_MODELS[kind]!r}"
         )
     shape = header.shape
     if len(shape) < 2 or shape[1] != bottleneck.dim:

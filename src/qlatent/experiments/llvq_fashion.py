@@ -222,7 +222,8 @@ def run_row(
         "train_steps": result.history[-1]["step"],
         "wall_s": result.wall_s,
         "stopped": result.stopped,
-        "final_val_mse": result.history[-1]["val_distortion"] / pixels,
+        # the distortion is Σ (x̂ − x)² / pixels per image: the validation set's MSE per pixel
+        "final_val_mse": result.history[-1]["val_distortion"],
     }
     model.eval()
     with torch.no_grad():
