@@ -94,6 +94,7 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         "overhead_percent": 100.0 * (coded_bits - hard_bits) / hard_bits,
         "payload_overhead_percent": 100.0 * (8 * len(payload) - hard_bits) / hard_bits,
         "round_trip_exact": bool(torch.equal(y_hat, hard.y_hat)),
+        "distinct_codes": int(torch.unique(hard.indices.reshape(n, -1), dim=0).shape[0]),
         "encode_symbols_per_s": symbols / encode_s,
         "decode_symbols_per_s": symbols / decode_s,
         "encode_s": encode_s,
