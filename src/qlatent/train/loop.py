@@ -139,7 +139,7 @@ def fit(
         _rewrite_log(out_dir / "log.jsonl", state.history)
     state.stopped = ""
     started = time.perf_counter() - state.wall_s
-    session_start = time.perf_counter()
+    run_start = time.perf_counter()
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
@@ -183,7 +183,7 @@ def fit(
         if cfg.patience is not None and state.bad_epochs > cfg.patience:
             state.stopped = "early_stopping"
         elif cfg.max_minutes is not None:
-            over = (time.perf_counter() - session_start) / 60 > cfg.max_minutes
+            over = (time.perf_counter() - run_start) / 60 > cfg.max_minutes
             if D.broadcast_object(over, world):  # every rank takes rank 0's decision
                 state.stopped = "time_budget"
         if cfg.max_steps is not None and state.step >= cfg.max_steps and not state.stopped:
