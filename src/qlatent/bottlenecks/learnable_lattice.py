@@ -19,8 +19,9 @@ lattice.
 
 Shapes: input ``(B, D)`` or ``(B, D, *spatial)``, the code dimension on axis 1 (e.g. the 14×14×64
 latent of a conv encoder, ``(B, 64, 14, 14)``). ``indices`` are the integer coordinates n, shaped
-like the input (``index_kind = "vector"``). ``stats``: ``spacing`` = mean |b_d| and, for the rows of
-the batch, ``codes_used`` (distinct code vectors) and ``perplexity`` (exp of their usage entropy).
+like the input (``index_kind = "vector"``). ``stats``: ``spacing`` = mean |b_d|; on the hard path
+also, for the rows of the batch, ``codes_used`` (distinct code vectors) and ``perplexity`` (exp of
+their usage entropy), which take a sort of the rows and so stay off the training path.
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ class LearnableLattice(Bottleneck):
         b = self._safe_basis()
         n = torch.round(y.detach() / b.detach())
         q = b * n  # gradient reaches b through q; round() passes none to z
-        stats = {"spacing": self.spacing.mean(), **_usage(n)}
+        stats = {"spacing": self.spacing.mean()}
         rate = y.new_zeros(y.shape[0])
         if not self.training:
+            stats.update(_usage(n))  # a sort of the rows: kept off the training hot path
             return BottleneckOutput(q.detach(), rate, y.new_zeros(()), n.long(), stats)
         size = -self.basis.abs().sum()
         aux = (

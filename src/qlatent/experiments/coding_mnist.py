@@ -18,6 +18,7 @@ coding alone, networks excluded.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,11 @@ import torch
 
 from ..coding import compress, decompress, model_digest, unpack
 from ..config import apply_overrides, to_dict
-from ..data import binarized_mnist, synthetic_binary
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit
+from .lattice_vae import load_data
 
 LN2 = math.log(2.0)
 
@@ -108,8 +109,8 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
                 generator=torch.Generator().manual_seed(10_000 + r),
             )  # fmt: skip
             rates.append(t["rate"].mean().item() / LN2)
-        mean = sum(rates) / len(rates)
-        sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / max(1, len(rates) - 1))
+        mean = statistics.fmean(rates)
+        sd = statistics.stdev(rates) if len(rates) > 1 else 0.0
         out["train_rate_bits_per_image"] = mean
         out["train_rate_se"] = sd / math.sqrt(len(rates))
         out["train_rate_repeats"] = len(rates)
@@ -134,10 +135,7 @@ def reproduce(
     for name in names:
         if name not in ("lattice", "vq"):
             raise ValueError(f"unknown model {name!r}; known: ['lattice', 'vq']")
-    if cfg.data == "synthetic":
-        data = synthetic_binary(n=1200, seed=cfg.train.seed)
-    else:
-        data = binarized_mnist(data_dir)
+    data = load_data(cfg, data_dir)  # the demo's data: binarized MNIST or the synthetic set
     rows = {}
     for name in names:
         print(f"== {name} ==", flush=True)
@@ -167,6 +165,7 @@ def reproduce(
         "config": to_dict(cfg),
     }
     write_json(payload, Path(results_dir) / f"{stem}.json")
+    (Path(results_dir) / f"{stem}.md").write_text(markdown_table(payload) + "\n")
     return payload
 
 
