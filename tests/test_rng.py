@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from qlatent.rng import counter_uniform, draw_key, lowbias32
+from qlatent.rng import SeedKeys, counter_uniform, draw_key, lowbias32
 
 M32 = 0xFFFFFFFF
 
@@ -78,6 +78,21 @@ def test_keys_come_from_the_generator():
     c = draw_key(torch.Generator().manual_seed(4))
     assert a.dtype == torch.int32 and a.dim() == 0
     assert a == b and a != c
+
+
+def test_seed_keys_are_the_documented_hash_of_the_seed_alone():
+    h = lowbias32_reference
+    for seed in (0, 1, 2**32 + 5, 2**64 - 1):
+        keys = SeedKeys(seed)
+        torch.manual_seed(123)  # torch's generators play no part
+        got = [draw_key(keys).item() & M32 for _ in range(3)]
+        base = h(h(seed & M32) ^ (seed >> 32))
+        assert got == [h(base ^ j) for j in range(3)]
+        assert keys.calls == 3
+    assert SeedKeys(7).next_key() != SeedKeys(8).next_key()
+    for bad in (-1, 2**64, 1.0, True):
+        with pytest.raises(ValueError, match="seed"):
+            SeedKeys(bad)
 
 
 def test_too_many_numbers_per_key_is_an_error():

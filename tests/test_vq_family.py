@@ -112,6 +112,25 @@ def test_ema_with_no_memory_moves_codewords_to_cluster_means():
     torch.testing.assert_close(ema.codebook[used], means[used], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_dead_code_count_decays_or_settles_at_its_floor(store):
+    """A code that is never chosen: with the smoothed counts kept local its running count stays
+    0 and its codeword grows as λ^t / ε; written back (the zalando variant) the count settles at
+    ε / (1 − λ) and the codeword shrinks back towards the data."""
+    ema = cb.EMACodebook(2, 1, decay=0.9, eps=1e-3, store_smoothed=store)
+    m0 = ema.ema_sum[1].clone()
+    for _ in range(200):  # every row goes to code 0
+        ema.update(torch.tensor([100.0, 0.0]), torch.tensor([[50.0], [0.0]]))
+    if store:
+        floor = 1e-3 / (1 - 0.9) * 100 / (100 + 2e-3)  # the fixed point of c ← (λc + ε)·n/(n + Kε)
+        torch.testing.assert_close(ema.ema_count[1], torch.tensor(floor), rtol=1e-3, atol=0)
+    else:
+        assert ema.ema_count[1].item() == 0.0
+    smoothed = (ema.ema_count[1] + 1e-3) * 100 / (100 + 2e-3) if not store else ema.ema_count[1]
+    torch.testing.assert_close(ema.codebook[1], 0.9**200 * m0 / smoothed, rtol=1e-4, atol=0)
+    torch.testing.assert_close(ema.codebook[0], torch.tensor([0.5]), rtol=1e-4, atol=0)
+
+
 def _ddp_ema_worker(rank: int, world: int, init_file: str, y: torch.Tensor, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

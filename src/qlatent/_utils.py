@@ -18,9 +18,19 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
 
 
-def check_generator(generator: torch.Generator | None) -> None:
-    """Common randomness must come from a CPU generator so every machine regenerates it."""
-    if generator is not None and generator.device.type != "cpu":
+def check_generator(generator) -> None:
+    """Common randomness must come from a CPU generator so every machine regenerates it
+    (a ``torch.Generator`` or a :class:`qlatent.rng.SeedKeys`)."""
+    from .rng import SeedKeys
+
+    if generator is None or isinstance(generator, SeedKeys):
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or a qlatent.rng.SeedKeys, got "
+            f"{type(generator).__name__}"
+        )
+    if generator.device.type != "cpu":
         raise ValueError(
             f"dither must be drawn from a CPU torch.Generator, got one on {generator.device}"
         )

@@ -169,7 +169,14 @@ def _cmd_bench_coding(args: argparse.Namespace) -> int:
     return 0
 
 
-_CODING_DATA = ("mnist-test", "mnist-val", "mnist-train", "synthetic-test")
+_CODING_DATA = (
+    "mnist-test",
+    "mnist-val",
+    "mnist-train",
+    "synthetic-test",
+    "synthetic-val",
+    "synthetic-train",
+)
 
 
 def _coding_images(name: str, data_dir: str | None, limit: int | None):
@@ -188,9 +195,9 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None):
 def _cmd_compress(args: argparse.Namespace) -> int:
     import time
 
-    from .coding.files import compress_images, load_lattice_vae, write_atomic
+    from .coding.files import compress_images, load_gated_vae, write_atomic
 
-    model = load_lattice_vae(args.checkpoint)
+    model = load_gated_vae(args.checkpoint)
     x = _coding_images(args.data, args.data_dir, args.limit)
     started = time.perf_counter()
     data = compress_images(model, x, seed=args.seed)
@@ -203,10 +210,25 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_update(args: argparse.Namespace) -> int:
+    from .coding.files import load_gated_vae, update_code_model
+    from .train import save_atomic
+
+    model = load_gated_vae(args.checkpoint)
+    x = _coding_images(args.data, args.data_dir, args.limit)
+    summary = update_code_model(model, x)
+    save_atomic({"model": model.state_dict()}, args.output)
+    print(
+        f"wrote {args.output}: code model counted over {int(summary['symbols']):,} symbols of "
+        f"{x.shape[0]:,} images ({summary['features']} feature(s), {summary['width']} values)"
+    )
+    return 0
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .coding.files import decompress_images, load_lattice_vae
+    from .coding.files import decompress_images, load_gated_vae
     from .eval import reconstruction_grid
     from .train import save_atomic
 
@@ -214,7 +236,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     data = path.read_bytes()
-    model = load_lattice_vae(args.checkpoint)
+    model = load_gated_vae(args.checkpoint)
     recon = decompress_images(model, data)
     save_atomic(recon, args.output)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
@@ -269,8 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="where the JSON and figures go")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser("compress", help="entropy-code images into a .qlc file (lattice VAE)")
-    p.add_argument("--checkpoint", required=True, help="a lattice-VAE checkpoint (last.pt/best.pt)")
+    p = sub.add_parser(
+        "update", help="learn a VQ-VAE's code model (index frequencies) from training images"
+    )
+    p.add_argument("--checkpoint", required=True, help="a gated VQ-VAE checkpoint (last.pt)")
+    p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("-o", "--output", required=True, help="the checkpoint to write, with counts")
+    p.set_defaults(func=_cmd_update)
+
+    p = sub.add_parser("compress", help="entropy-code images into a .qlc file (gated VAE)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a gated lattice or VQ VAE (last.pt, or qlatent update's)",
+    )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")

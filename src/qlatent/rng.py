@@ -2,7 +2,8 @@
 
 ``u = hash(hash(counter) XOR key)`` with the ``lowbias32`` integer hash (C. Wellons' "hash
 prospector", 2018; a bijection of 32-bit words with low avalanche bias), applied to the element
-index as counter and a 32-bit key drawn once per call from a ``torch.Generator``. The top 24 bits
+index as counter and a 32-bit key per call: drawn from a ``torch.Generator``, or derived from an
+integer seed alone by :class:`SeedKeys` (what entropy-coded files use). The top 24 bits
 give a float on the dyadic grid ``k·2^-24``, ``k ∈ [0, 2^24)`` — the same grid as ``torch.rand``.
 
 Why: drawing 1M floats with ``torch.rand`` costs about 4 ms on one CPU thread (the Mersenne
@@ -33,8 +34,52 @@ def lowbias32(v: Tensor) -> Tensor:
     return v ^ ((v >> 16) & 0xFFFF)
 
 
-def draw_key(generator: torch.Generator | None = None, device=None) -> Tensor:
-    """A 0-d int32 key from ``generator`` (torch's default generator when None)."""
+def _as_int32(word: int) -> int:
+    """The int32 with the bit pattern of the unsigned 32-bit ``word``."""
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+class SeedKeys:
+    """Keys for the counter-based generator derived from an integer seed alone.
+
+    Call ``j`` (counted from 0) gets ``key_j = h(h(h(lo) ^ hi) ^ j)``, with ``h`` = ``lowbias32``
+    and ``lo``/``hi`` the low and high 32 bits of ``seed``: integer arithmetic only, so the keys
+    (and everything drawn from them) are the same on every machine, device and thread count and
+    do not depend on torch's random number generators. Pass an instance wherever a bottleneck
+    takes ``generator=``: the dithered lattice draws its dither from it, and
+    ``decompress(compress(y, seed=s))`` equals ``forward(y, generator=SeedKeys(s)).y_hat`` in
+    eval mode. The object counts its calls, so reuse it for a stream of independent draws and
+    make a new one to repeat them.
+    """
+
+    device = torch.device("cpu")  # the keys are common randomness made on the CPU
+
+    def __init__(self, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
+        self.seed = seed
+        self.calls = 0
+        words = torch.tensor(
+            [_as_int32(seed & 0xFFFFFFFF), _as_int32(seed >> 32)], dtype=torch.int32
+        )
+        self._base = lowbias32(lowbias32(words[0]) ^ words[1])
+
+    def next_key(self) -> Tensor:
+        """The next 0-d int32 key (on the CPU)."""
+        index = torch.tensor(_as_int32(self.calls & 0xFFFFFFFF), dtype=torch.int32)
+        self.calls += 1
+        return lowbias32(self._base ^ index)
+
+    def __repr__(self) -> str:
+        return f"SeedKeys(seed={self.seed}, calls={self.calls})"
+
+
+def draw_key(generator: torch.Generator | SeedKeys | None = None, device=None) -> Tensor:
+    """A 0-d int32 key: the next of a :class:`SeedKeys`, or drawn from a ``torch.Generator``
+    (torch's default generator when None)."""
+    if isinstance(generator, SeedKeys):
+        key = generator.next_key()
+        return key if device is None else key.to(device)
     source = generator.device if generator is not None else "cpu"
     key = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=source)
     return key if device is None else key.to(device)

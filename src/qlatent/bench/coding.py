@@ -20,6 +20,7 @@ import torch
 
 from ..bottlenecks import build
 from ..coding import unpack
+from ..rng import SeedKeys
 from .timing import time_cases
 
 COMPRESSAI_QUOTED = {
@@ -51,7 +52,7 @@ def bench_coding(
         ("vq", vq, y_vq, rows),
     ):
         data = neck.compress(y, seed=1)
-        hard = neck(y, generator=torch.Generator().manual_seed(1))
+        hard = neck(y, generator=SeedKeys(1))
         exact_bits = hard.rate.double().sum().item() / math.log(2)
         header, payload = unpack(data)
         timing = time_cases(

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._code_model import CountedCodeModel
 from ._codebook import check_nonnegative, check_num_codes, straight_through, usage_stats
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
 
@@ -46,7 +47,7 @@ def init_bound(num_codes: int, dim: int) -> float:
 
 
 @BOTTLENECKS.register("learnable_lattice")
-class LearnableLattice(Bottleneck):
+class LearnableLattice(CountedCodeModel, Bottleneck):
     """Lattice quantizer with a learned diagonal basis b ``(D,)``.
 
     Args:
@@ -56,6 +57,9 @@ class LearnableLattice(Bottleneck):
         size_weight: γ of the size loss L_size = −Σ|b_d|: +1 "sparse" (the paper), −1 "dense".
         init_range: B of the initialisation U(−B, B); ``None`` derives it from ``num_codes``
             (the "dense" ablation of the reference code uses 1).
+
+    Entropy coding: ``update(latents)`` counts each coordinate's integers over training latents
+    (a factorized code model, :class:`~qlatent.bottlenecks._code_model.CountedCodeModel`).
     """
 
     index_kind = "vector"
@@ -82,6 +86,7 @@ class LearnableLattice(Bottleneck):
             raise ValueError(f"init_range must be a positive number or None, got {init_range!r}")
         self.init_range = float(bound)
         self.basis = nn.Parameter(torch.empty(dim).uniform_(-self.init_range, self.init_range))
+        self._init_code_model()
 
     @property
     def spacing(self) -> Tensor:

@@ -46,6 +46,9 @@ class EMAVectorQuantizer(CodebookQuantizer):
         eps: ε of the Laplace smoothing of the counts (1e-5).
         init: the initial codebook (:func:`~qlatent.bottlenecks._codebook.init_codebook`);
             ``"normal"`` (N(0, 1)) is the LL-VQ-VAE reference code's.
+        store_smoothed: write the Laplace-smoothed counts back into the running counts, as
+            zalandoresearch's ``VectorQuantizerEMA`` does (see :class:`EMACodebook`); the
+            default keeps them local, as tensor2tensor and Sonnet do.
 
     The codebook lives in buffers (``ema.codebook``), so an optimizer never touches it and it is
     saved with the weights. Each training-mode forward performs one M-step.
@@ -60,11 +63,14 @@ class EMAVectorQuantizer(CodebookQuantizer):
         decay: float = 0.99,
         eps: float = 1e-5,
         init: str = "unit_scaling",
+        store_smoothed: bool = False,
     ) -> None:
         super().__init__(dim=dim)
         self.num_codes = check_num_codes(num_codes)
         self.commitment = check_nonnegative(commitment, "commitment")
-        self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps, init=init)
+        self.ema = EMACodebook(
+            self.num_codes, dim, decay=decay, eps=eps, init=init, store_smoothed=store_smoothed
+        )
 
     @property
     def codebook(self) -> Tensor:

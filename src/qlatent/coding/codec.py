@@ -8,17 +8,23 @@ randomness of encoder and decoder. Here it becomes a file:
   Laplace with mean u_i/Δ_i and scale b_i/Δ_i quantized to the integers. That is
   ``constriction.stream.model.QuantizedLaplace`` with one mean per symbol, so the coded length is
   the hard path's rate up to the coder's fixed-point overhead. The dither is regenerated from the
-  seed in the header (:meth:`DitheredLattice._hard_dither`: a 32-bit key from a CPU generator
-  seeded with it, then integer counter-based hashing onto the grid k·2^-24), identically on
-  every machine and thread count; the model's parameters enter as float64 computed from the
-  float32 weights, so encoder and decoder build bit-identical integer tables.
-- **codeword indices** (``vq``, ``vq_ema``, ``soft_em_vq``): one index per position, coded
-  uniformly over the K codewords, which is their hard path's fixed rate log K.
+  seed in the header (:class:`qlatent.rng.SeedKeys`: a 32-bit key hashed from the seed, then
+  integer counter-based hashing onto the grid k·2^-24), identically on every machine and
+  thread count and without torch's random number generators; the model's parameters enter as
+  float64 computed from the float32 weights, so encoder and decoder build bit-identical tables.
+- **counted symbols** (``vq``, ``vq_ema``, ``soft_em_vq``, ``learnable_lattice`` after
+  ``bottleneck.update(training_latents)``): each feature (the codeword index, or each lattice
+  coordinate) with its own categorical of the counted frequencies
+  (:mod:`qlatent.bottlenecks._code_model`); a symbol outside the counted range is an escape
+  followed by 32 raw bits.
+- **uniform codeword indices** (the codebook methods before ``update()``): coded uniformly over
+  the K codewords, their hard path's fixed rate log K.
 
 ``compress(bottleneck, y, seed=s)`` gives ``bytes`` (see :mod:`.container`) and
 ``decompress(bottleneck, data)`` returns exactly ``bottleneck.eval()(y,
-generator=torch.Generator().manual_seed(s)).y_hat``. Shapes: ``y`` is ``(B, d)`` or
-``(B, d, *spatial)``; the result has the same shape with ``d = bottleneck.dim``.
+generator=SeedKeys(s)).y_hat``. Shapes: ``y`` is ``(B, d)`` or ``(B, d, *spatial)``; the result
+has the same shape with ``d = bottleneck.dim``. :func:`ideal_bits` is the information content
+the coder approaches: Σ −log2 P(symbol) under the same code model.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks.base import Bottleneck, _from_rows, _to_rows
+from ..rng import SeedKeys
 from .container import (
     CODE_MODELS,
+    MODEL_COUNTED,
     MODEL_LATTICE,
     MODEL_UNIFORM_INDEX,
     CodingError,
@@ -63,28 +71,86 @@ def model_digest(module: nn.Module) -> bytes:
 
 
 def code_model(bottleneck: Bottleneck) -> int:
-    """Which code model ``bottleneck``'s symbols use; TypeError if it has none."""
+    """Which code model ``bottleneck``'s symbols use; TypeError if it has none (yet)."""
     from ..bottlenecks import DitheredLattice
+    from ..bottlenecks._code_model import CountedCodeModel
     from ..bottlenecks._codebook import CodebookQuantizer
 
     if isinstance(bottleneck, DitheredLattice):
         return MODEL_LATTICE
+    if isinstance(bottleneck, CountedCodeModel) and bottleneck.code_model_ready:
+        return MODEL_COUNTED
     if isinstance(bottleneck, CodebookQuantizer):
         return MODEL_UNIFORM_INDEX
+    if isinstance(bottleneck, CountedCodeModel):
+        raise TypeError(
+            f"{type(bottleneck).__name__} has no code model yet: call "
+            "bottleneck.update(training_latents) after training"
+        )
     raise TypeError(
         f"{type(bottleneck).__name__} has no entropy model to code its symbols with "
-        "(supported: lattice, vq, vq_ema, soft_em_vq)"
+        "(supported: lattice, vq, vq_ema, soft_em_vq, learnable_lattice)"
     )
 
 
 def _lattice_params(bottleneck, rows: int, seed: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """Dither ``(N, m)`` and the per-symbol (mean, scale) of the quantized Laplace, float64."""
-    u = bottleneck._hard_dither(rows, torch.Generator().manual_seed(seed), "cpu")
+    """Dither ``(N, m)``, the per-symbol means u/Δ ``(N, m)`` and the scales b/Δ ``(m,)`` of
+    the quantized Laplace, float64."""
+    u = bottleneck._hard_dither(rows, SeedKeys(seed), "cpu")
     spacing = bottleneck.spacing.detach().cpu().double()
     scale = bottleneck.scale.detach().cpu().double()
-    means = (u.detach().double() / spacing).reshape(-1).numpy()
-    scales = np.tile((scale / spacing).numpy(), rows)
-    return u, means, scales
+    means = (u.detach().double() / spacing).numpy()
+    return u, means, (scale / spacing).numpy()
+
+
+# ------------------------------------------------------------ lattice coordinates
+# Coordinate k of a dithered Laplace(0, b) variable, in units of the spacing: a Laplace with
+# mean μ = u/Δ ∈ [−½, ½) and scale s = b/Δ quantized to the integers. Every cell k ≥ 1 lies
+# right of the mean, so P(k | u) = P(k > 0 | u) · r^(k−1) (1 − r) with r = e^(−1/s), and
+# likewise for k ≤ −1. The code is this exact factorization: a sign (−, 0, +) whose three
+# probabilities depend on the dither, then for nonzero k the magnitude |k| − 1 from a geometric
+# table that does not, one per coordinate. Decoding then needs no per-symbol inversion of a
+# continuous CDF, which is most of the cost of constriction's parametric QuantizedLaplace.
+
+
+def _sign_probabilities(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``(N·m, 3)`` float64 P(k < 0), P(k = 0), P(k > 0) given the dither."""
+    neg = 0.5 * np.exp(-(0.5 + means) / scales)
+    pos = 0.5 * np.exp(-(0.5 - means) / scales)
+    return np.stack([neg, 1.0 - neg - pos, pos], axis=-1).reshape(-1, 3)
+
+
+def _magnitude_models(scales: np.ndarray, width: int) -> list:
+    """Per coordinate, a Categorical over |k| − 1 ∈ [0, width): the geometric r^j (1 − r)."""
+    categorical = _constriction().stream.model.Categorical
+    j = np.arange(max(width, 1), dtype=np.float64)
+    return [categorical(np.exp(-j / s) * -np.expm1(-1.0 / s), perfect=False) for s in scales]
+
+
+def _encode_lattice(coder, k: np.ndarray, means: np.ndarray, scales: np.ndarray, width: int):
+    """``k`` ``(N, m)``: signs of every symbol, then coordinate by coordinate the magnitudes of
+    the nonzero ones (pushed in reverse, so that the decoder meets them in this order)."""
+    categorical = _constriction().stream.model.Categorical(perfect=False)
+    models = _magnitude_models(scales, width)
+    for d in reversed(range(k.shape[1])):
+        column = k[:, d]
+        magnitude = np.abs(column[column != 0]).astype(np.int32) - 1
+        if magnitude.size:
+            coder.encode_reverse(magnitude, models[d])
+    signs = (np.sign(k).reshape(-1) + 1).astype(np.int32)
+    coder.encode_reverse(signs, categorical, _sign_probabilities(means, scales))
+
+
+def _decode_lattice(coder, means: np.ndarray, scales: np.ndarray, width: int) -> np.ndarray:
+    """The inverse of :func:`_encode_lattice`: ``(N, m)`` int64 coordinates."""
+    categorical = _constriction().stream.model.Categorical(perfect=False)
+    signs = coder.decode(categorical, _sign_probabilities(means, scales)).astype(np.int64) - 1
+    k = signs.reshape(means.shape)
+    for d, model in enumerate(_magnitude_models(scales, width)):
+        nonzero = np.flatnonzero(k[:, d])
+        if nonzero.size:
+            k[nonzero, d] *= coder.decode(model, nonzero.size).astype(np.int64) + 1
+    return k
 
 
 def _check_seed(seed: int) -> int:
@@ -112,13 +178,19 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
     rows = _to_rows(y.detach().cpu())
     shape = (y.shape[0], bottleneck.dim, *y.shape[2:])
     coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(_CHECK_WORD, _terminator())  # decoded last
     if kind == MODEL_LATTICE:
         rows = rows.to(bottleneck.log_spacing.dtype)
         u, means, scales = _lattice_params(bottleneck, rows.shape[0], seed)
-        symbols = bottleneck._coordinates(rows, u).reshape(-1)
+        symbols = bottleneck._coordinates(rows, u)
         lo, hi = _symbol_range(symbols, means, scales)
-        family = constriction.stream.model.QuantizedLaplace(lo, hi)
-        coder.encode_reverse(symbols.numpy().astype(np.int32), family, means, scales)
+        _encode_lattice(coder, symbols.numpy(), means, scales, max(-lo, hi))
+    elif kind == MODEL_COUNTED:
+        symbols = bottleneck.code_symbols(rows)
+        lo, hi = (int(symbols.min()), int(symbols.max())) if symbols.numel() else (0, 0)
+        if lo < -(2**31) or hi >= 2**31:
+            raise ValueError(f"symbols in [{lo}, {hi}] do not fit in 32 bits")
+        _encode_counted(coder, bottleneck, symbols)
     else:
         symbols = bottleneck._quantize_rows(rows, None).reshape(-1)
         lo, hi = 0, bottleneck.num_codes - 1
@@ -151,25 +223,115 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
         coder = constriction.stream.stack.AnsCoder(words)
         if kind == MODEL_LATTICE:
             u, means, scales = _lattice_params(bottleneck, positions, header.seed)
-            family = constriction.stream.model.QuantizedLaplace(
-                header.symbol_min, max(header.symbol_max, header.symbol_min + 1)
-            )
-            symbols = coder.decode(family, means, scales)
-            k = torch.from_numpy(symbols.astype(np.int64)).reshape(positions, bottleneck.dim)
+            width = max(-header.symbol_min, header.symbol_max)
+            if not 0 <= width <= _MAX_SUPPORT:
+                raise CodingError(f"corrupt header (symbol range {header.symbol_min}..)")
+            k = torch.from_numpy(_decode_lattice(coder, means, scales, width))
             rows = bottleneck._reconstruct(k, u.to(bottleneck.log_spacing.dtype))
+        elif kind == MODEL_COUNTED:
+            symbols = _decode_counted(coder, bottleneck, positions)
+            if bottleneck.index_kind == "scalar":
+                symbols = symbols.reshape(-1)
+            rows = bottleneck._dequantize_rows(symbols, None)
         else:
             model = constriction.stream.model.Uniform(bottleneck.num_codes)
             symbols = coder.decode(model, positions)
             rows = bottleneck._dequantize_rows(torch.from_numpy(symbols.astype(np.int64)), None)
+        end = coder.decode(_terminator(), _CHECK_WORD.size)
+        if not np.array_equal(end, _CHECK_WORD) or not coder.is_empty():
+            raise CodingError("corrupt payload: the decoder did not end where the encoder began")
+    except CodingError:
+        raise
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CodingError(f"corrupt payload: the entropy decoder failed ({err})") from err
     return _from_rows(rows, shape)
 
 
+#: 32 bits pushed first (so decoded last), as two 16-bit symbols
+_CHECK_WORD = np.array([0x514C, 0x4331], dtype=np.int32)
+
+
+def _terminator():
+    """The model of :data:`_CHECK_WORD`'s halves: uniform over 16 bits.
+
+    An ANS coder starts empty, in state 0, and while its state x is below a symbol's frequency,
+    coding a symbol whose cumulative probability starts at 0 leaves x unchanged: a run of such
+    symbols pushed first would cost nothing (they decode from the final state for free). The
+    file would then be shorter than its information content by an amount that depends on the
+    symbol order. Pushing 32 known bits first lifts the state above 2^32, after which every
+    symbol pays its −log2 P; decoding checks that they come out last and the stream is empty.
+    """
+    return _constriction().stream.model.Uniform(1 << 16)
+
+
+# ------------------------------------------------------------------ counted symbols
+#: an escaped symbol's value, offset by 2^31 and split into two 16-bit halves
+_RAW_HALF = 1 << 16
+
+
+def _counted_models(bottleneck) -> list[tuple[int, object]]:
+    """Per feature: the width of its counted range and a constriction Categorical over those
+    symbols followed by the escape (symbol ``width``)."""
+    constriction = _constriction()
+    return [
+        (p.numel() - 1, constriction.stream.model.Categorical(p.numpy(), perfect=False))
+        for p in bottleneck.code_probabilities()
+    ]
+
+
+def _feature_symbols(
+    bottleneck, symbols: Tensor, widths: list[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per feature: the coder's symbols (offset into the counted range, or the escape) and the
+    raw values of the escaped ones."""
+    out = []
+    for f, width in enumerate(widths):
+        s = symbols[:, f] - int(bottleneck.code_low[f])
+        outside = (s < 0) | (s >= width)
+        coded = torch.where(outside, torch.full_like(s, width), s).numpy().astype(np.int32)
+        out.append((coded, symbols[outside, f].numpy()))
+    return out
+
+
+def _raw_halves(values: np.ndarray) -> np.ndarray:
+    if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
+        raise ValueError("a symbol does not fit in 32 bits")
+    shifted = values.astype(np.int64) + 2**31
+    return np.stack([shifted >> 16, shifted & 0xFFFF], axis=1).reshape(-1).astype(np.int32)
+
+
+def _encode_counted(coder, bottleneck, symbols: Tensor) -> None:
+    """Feature by feature: the categorical symbols, then the escaped values (encoded in reverse
+    so that the decoder meets them in this order)."""
+    raw = _constriction().stream.model.Uniform(_RAW_HALF)
+    models = _counted_models(bottleneck)
+    parts = _feature_symbols(bottleneck, symbols, [width for width, _ in models])
+    for (_, model), (coded, escaped) in zip(reversed(models), reversed(parts), strict=True):
+        if escaped.size:
+            coder.encode_reverse(_raw_halves(escaped), raw)
+        coder.encode_reverse(coded, model)
+
+
+def _decode_counted(coder, bottleneck, positions: int) -> Tensor:
+    """``(positions, F)`` int64 symbols, the inverse of :func:`_encode_counted`."""
+    raw = _constriction().stream.model.Uniform(_RAW_HALF)
+    columns = []
+    for f, (width, model) in enumerate(_counted_models(bottleneck)):
+        coded = coder.decode(model, positions).astype(np.int64)
+        escape = coded == width
+        values = coded + int(bottleneck.code_low[f])
+        count = int(escape.sum())
+        if count:
+            halves = coder.decode(raw, 2 * count).astype(np.int64).reshape(count, 2)
+            values[escape] = (halves[:, 0] << 16) + halves[:, 1] - 2**31
+        columns.append(values)
+    return torch.from_numpy(np.stack(columns, axis=1))
+
+
 #: the coder's support covers the prior's mean ± this many scales (Laplace mass beyond: ~1e-11)
 _TAIL_SCALES = 25.0
-#: widest support: every symbol in it costs the coder a probability of at least 2^-24
-_MAX_SUPPORT = 1 << 20
+#: largest |k| the coder's magnitude tables hold (one table of this width per coordinate)
+_MAX_SUPPORT = 1 << 16
 
 
 def _symbol_range(symbols: Tensor, means: np.ndarray, scales: np.ndarray) -> tuple[int, int]:
@@ -185,9 +347,37 @@ def _symbol_range(symbols: Tensor, means: np.ndarray, scales: np.ndarray) -> tup
     hi = max(hi, math.ceil(float(np.max(means)) + reach))
     if lo < -(2**30) or hi > 2**30:
         raise ValueError(f"lattice coordinates in [{lo}, {hi}] are too large to code")
-    if hi - lo > _MAX_SUPPORT:
+    if max(-lo, hi) > _MAX_SUPPORT:
         raise ValueError(
-            f"the symbols span [{lo}, {hi}], wider than the coder's {_MAX_SUPPORT:,} symbols "
+            f"the symbols span [{lo}, {hi}], beyond the coder's ±{_MAX_SUPPORT:,} "
             "(a prior scale far larger than the lattice spacing?)"
         )
     return lo, hi
+
+
+@torch.no_grad()
+def ideal_bits(bottleneck: Bottleneck, y: Tensor, *, seed: int) -> float:
+    """Σ −log2 P(symbol) of ``y``'s hard-path symbols under the code model :func:`compress`
+    uses: the lattice's exact rate −log2 P(z | u) with seed ``seed``'s dither; the counted
+    model's probabilities (32 raw bits more per escape); log2 K per uniform index. A file is
+    this long plus the coder's overhead and the header."""
+    kind = code_model(bottleneck)
+    bottleneck._check_input(y)
+    was_training = bottleneck.training
+    bottleneck.eval()
+    try:
+        rows = _to_rows(y.detach().cpu())
+        if kind == MODEL_LATTICE:
+            rate = bottleneck(rows, generator=SeedKeys(_check_seed(seed))).rate
+            return float(rate.double().sum()) / math.log(2)
+        if kind == MODEL_UNIFORM_INDEX:
+            return rows.shape[0] * math.log2(bottleneck.num_codes)
+        symbols = bottleneck.code_symbols(rows)
+        probs = bottleneck.code_probabilities()
+        parts = _feature_symbols(bottleneck, symbols, [p.numel() - 1 for p in probs])
+        bits = 0.0
+        for p, (coded, escaped) in zip(probs, parts, strict=True):
+            bits += float(-torch.log2(p[torch.from_numpy(coded).long()]).sum()) + 32 * escaped.size
+        return bits
+    finally:
+        bottleneck.train(was_training)

@@ -4,8 +4,9 @@ Layout (little-endian)::
 
     offset  size  field
          0     4  magic  b"QLC\\x00"
-         4     2  format version (1)
-         6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index)
+         4     2  format version (2)
+         6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index;
+                  3: counted symbols, learned by ``update()``)
          7     1  number of shape entries r (1 ≤ r ≤ 8)
          8    32  SHA-256 digest of the model (configuration and weights) that wrote the file
         40     8  seed of the dither (uint64)
@@ -27,10 +28,17 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"QLC\x00"
-VERSION = 1
+#: 2: the dither's key comes from the seed alone (:class:`qlatent.rng.SeedKeys`); version 1 drew
+#: it from torch's generator, so its files would decode to a different y_hat and are refused
+VERSION = 2
 MODEL_LATTICE = 1
 MODEL_UNIFORM_INDEX = 2
-CODE_MODELS = {MODEL_LATTICE: "dithered lattice, Laplace prior", MODEL_UNIFORM_INDEX: "uniform"}
+MODEL_COUNTED = 3
+CODE_MODELS = {
+    MODEL_LATTICE: "dithered lattice, Laplace prior",
+    MODEL_UNIFORM_INDEX: "uniform",
+    MODEL_COUNTED: "counted symbols (update())",
+}
 MAX_RANK = 8
 
 _FIXED = struct.Struct("<4sHBB32sQii")  # magic … symbol range, 56 bytes

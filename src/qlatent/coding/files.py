@@ -20,14 +20,17 @@ from .codec import compress, decompress, model_digest
 from .container import CodingError, unpack
 
 
-def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
-    """The rectangular-lattice VAE (gated MLPs around ``lattice``, as trained by ``qlatent demo``,
-    ``qlatent train`` or ``qlatent reproduce coding-mnist``) from a training checkpoint.
+def load_gated_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
+    """A gated-MLP VAE (as trained by ``qlatent demo``, ``qlatent train`` or ``qlatent reproduce
+    coding-mnist``) from a training checkpoint or one written by ``qlatent update``.
 
-    The sizes are read from the weights themselves: m from the bottleneck's spacings, the hidden
-    width and data size from the decoder's last layer.
+    The bottleneck is recognised from the weights: ``lattice`` (spacings), ``vq`` (a codebook
+    parameter) or an EMA codebook, loaded as ``vq_ema`` (``soft_em_vq``'s hard path, the only
+    one coding uses, is the same nearest-codeword lookup). The sizes are read from the weights
+    too: the code dimension, the hidden width and data size from the decoder's last layer, K
+    from the codebook. A counted code model saved with the weights comes with them.
     """
-    from ..models import lattice_vae
+    from ..models import gated_vae
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -37,21 +40,50 @@ def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
     except Exception as err:  # a file torch cannot read: say which
         raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "bottleneck.log_spacing" not in state:
-        raise ValueError(f"{path} does not hold a rectangular-lattice VAE")
-    last = state.get("decoder.2.weight")
+    last = state.get("decoder.2.weight") if isinstance(state, dict) else None
     if last is None or last.dim() != 2:
-        raise ValueError(f"{path} does not hold the gated-MLP decoder of the lattice VAE")
-    model = lattice_vae(
-        latent_dim=state["bottleneck.log_spacing"].shape[0],
-        hidden=last.shape[1],
-        data_dim=last.shape[0],
-    )
+        raise ValueError(f"{path} does not hold a gated-MLP VAE (lattice, vq or vq_ema)")
+    sizes = {"hidden": last.shape[1], "data_dim": last.shape[0]}
+    if "bottleneck.log_spacing" in state:
+        model = gated_vae("lattice", latent_dim=state["bottleneck.log_spacing"].shape[0], **sizes)
+    elif "bottleneck.codebook" in state or "bottleneck.ema.codebook" in state:
+        name = "vq" if "bottleneck.codebook" in state else "vq_ema"
+        codebook = state["bottleneck.codebook" if name == "vq" else "bottleneck.ema.codebook"]
+        num_codes, dim = codebook.shape
+        model = gated_vae(name, latent_dim=dim, num_codes=num_codes, **sizes)
+    else:
+        raise ValueError(f"{path} holds a bottleneck that the coder does not know")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not hold lattice-VAE weights: {err}") from err
+        raise ValueError(f"{path} does not hold gated-VAE weights: {err}") from err
     return model.eval()
+
+
+def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
+    """:func:`load_gated_vae`, insisting on the rectangular-lattice bottleneck."""
+    model = load_gated_vae(checkpoint)
+    if "bottleneck.log_spacing" not in model.state_dict():
+        raise ValueError(f"{checkpoint} does not hold a rectangular-lattice VAE")
+    return model
+
+
+@torch.no_grad()
+def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) -> dict[str, float]:
+    """Learn the bottleneck's counted code model from the images ``x`` ``(N, D)``
+    (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an error for a
+    bottleneck whose code model is not learned from counts (ValueError: the lattice's is its
+    prior)."""
+    from ..bottlenecks._code_model import CountedCodeModel
+
+    neck = model.bottleneck
+    if not isinstance(neck, CountedCodeModel):
+        raise ValueError(
+            f"{type(neck).__name__} codes its symbols with its own prior; there is no counted "
+            "code model to update"
+        )
+    model.eval()
+    return neck.update(model.encoder(xb) for xb in x.split(batch_size))
 
 
 @torch.no_grad()
@@ -94,6 +126,8 @@ __all__ = [
     "compress_images",
     "decompress_images",
     "images_in",
+    "load_gated_vae",
     "load_lattice_vae",
+    "update_code_model",
     "write_atomic",
 ]

@@ -149,7 +149,7 @@ def fit(
         order = torch.tensor(list(sampler))
         if cfg.max_steps is not None:  # the step budget may end this epoch early
             order = order[: (cfg.max_steps - state.step) * cfg.batch_size]
-        if epoch_lr(cfg, epoch) == 0.0 and next(model.buffers(), None) is None:
+        if epoch_lr(cfg, epoch) == 0.0 and not _has_training_state(model):
             # at lr 0 a model without buffers cannot change: skip the pass, count its steps
             train = {"train_skipped": True}
         else:
@@ -199,6 +199,16 @@ def fit(
         if state.stopped:
             break
     return _finish(model, state, out_dir, world, cfg.keep)
+
+
+def _has_training_state(model: nn.Module) -> bool:
+    """Whether ``model`` has buffers that a training-mode forward may change (EMA codebooks,
+    batch-norm statistics); a code model's counts change only by ``update()``."""
+    from ..bottlenecks._code_model import CODE_MODEL_BUFFERS
+
+    return any(
+        name.rsplit(".", 1)[-1] not in CODE_MODEL_BUFFERS for name, _ in model.named_buffers()
+    )
 
 
 def epoch_lr(cfg: TrainConfig, epoch: int) -> float:

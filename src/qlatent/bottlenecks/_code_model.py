@@ -1,0 +1,166 @@
+"""Code models learned from usage, for bottlenecks whose symbols are small integers.
+
+A codeword index (``vq``, ``vq_ema``, ``soft_em_vq``) or a learnable-lattice coordinate has no
+density to integrate, so its entropy code is a table of how often each symbol occurred: after
+training, :meth:`CountedCodeModel.update` runs the hard path over training latents, counts the
+symbols of every feature (the one index, or each of the D coordinates) and stores the counts in
+buffers, which are saved with the weights and frozen until the next ``update`` — CompressAI's
+``update()`` pattern, with counts in place of a learned CDF.
+
+The probability of symbol s of feature f is the Krichevsky–Trofimov estimate
+(n_f(s) + ½) / (N + ½·(L_f + 1)) over the L_f symbols of the counted range [low_f, low_f + L_f)
+and one escape symbol. A symbol outside the range is coded as the escape followed by its value
+in 32 raw bits, so any integer can be coded; the counted range of a codebook is all K indices,
+so escapes occur only for lattice coordinates never seen in training.
+
+Shapes: features F = 1 for a codeword index, F = D for a lattice coordinate vector.
+Buffers: ``code_low`` ``(F,)`` int64, ``code_counts`` ``(F, L)`` int64 (L the widest range; the
+padding of a narrower feature is −1). Both are empty until the first ``update``. A checkpoint
+saved before these buffers existed loads with them empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+#: additive smoothing of the counts (Krichevsky–Trofimov): every symbol, seen or not, and the
+#: escape get half a count
+SMOOTHING = 0.5
+#: widest counted range per feature
+MAX_WIDTH = 1 << 16
+
+#: the buffers of the code model (a training-mode forward never changes them)
+CODE_MODEL_BUFFERS = ("code_low", "code_counts")
+
+
+class CountedCodeModel:
+    """Mixin for a :class:`~qlatent.bottlenecks.base.Bottleneck` with integer symbols.
+
+    Subclasses call :meth:`_init_code_model` in ``__init__`` and may override
+    :meth:`_fixed_support` (a codebook counts all its K indices, seen or not).
+    """
+
+    code_low: Tensor
+    code_counts: Tensor
+
+    def _init_code_model(self) -> None:
+        self.register_buffer("code_low", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("code_counts", torch.zeros(0, 0, dtype=torch.int64))
+
+    @property
+    def code_model_ready(self) -> bool:
+        """Whether :meth:`update` has counted symbols."""
+        return self.code_counts.numel() > 0
+
+    def _fixed_support(self) -> tuple[int, int] | None:
+        """``(low, width)`` of every feature's counted range, or None to take it from the data."""
+        return None
+
+    def code_symbols(self, y: Tensor) -> Tensor:
+        """The hard-path symbols of encoder outputs ``y`` as ``(N, F)`` int64 (eval mode)."""
+        from .base import _to_rows
+
+        rows = _to_rows(y.detach().to(self._parameter_dtype()))
+        symbols = self._quantize_rows(rows, None)
+        return symbols.reshape(rows.shape[0], -1).to(torch.int64)
+
+    def _parameter_dtype(self) -> torch.dtype:
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
+
+    @torch.no_grad()
+    def update(self, latents: Tensor | Iterable[Tensor]) -> dict[str, float]:
+        """Count the hard-path symbols of ``latents`` (encoder outputs, one tensor or an
+        iterable of batches, each ``(B, in_dim)`` or ``(B, in_dim, *spatial)``) and freeze the
+        counts as the code model. Replaces any earlier counts.
+
+        Returns ``{"symbols": N·F counted, "features": F, "width": L}``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            low, counts, total = self._count([latents] if isinstance(latents, Tensor) else latents)
+        finally:
+            self.train(was_training)
+        device = self.code_low.device
+        self._buffers["code_low"] = low.to(device)
+        self._buffers["code_counts"] = counts.to(device)
+        return {"symbols": float(total), "features": counts.shape[0], "width": counts.shape[1]}
+
+    def _count(self, batches: Iterable[Tensor]) -> tuple[Tensor, Tensor, int]:
+        fixed = self._fixed_support()
+        low = high = counts = None
+        total = 0
+        for y in batches:
+            self._check_input(y)
+            s = self.code_symbols(y).cpu()
+            if s.numel() == 0:
+                continue
+            features = s.shape[1]
+            if fixed is not None:
+                b_low = torch.full((features,), fixed[0], dtype=torch.int64)
+                b_high = b_low + fixed[1] - 1
+                if (s < b_low).any() or (s > b_high).any():
+                    raise ValueError(f"symbols outside the fixed support {fixed}")
+            else:
+                b_low, b_high = s.amin(0), s.amax(0)
+            if counts is None:
+                low, high = b_low, b_high
+                counts = torch.zeros(features, int((high - low).max()) + 1, dtype=torch.int64)
+            elif (b_low < low).any() or (b_high > high).any():
+                new_low, new_high = torch.minimum(low, b_low), torch.maximum(high, b_high)
+                grown = torch.zeros(
+                    features, int((new_high - new_low).max()) + 1, dtype=torch.int64
+                )
+                shift = low - new_low
+                for f in range(features):  # move each feature's counts to its new origin
+                    width = int(high[f] - low[f]) + 1
+                    grown[f, shift[f] : shift[f] + width] = counts[f, :width]
+                low, high, counts = new_low, new_high, grown
+            if counts.shape[1] > MAX_WIDTH:
+                raise ValueError(
+                    f"a feature's symbols span {counts.shape[1]:,} values, more than the code "
+                    f"model's {MAX_WIDTH:,} (a lattice spacing far below the latents' spread?)"
+                )
+            flat = torch.arange(features) * counts.shape[1] + (s - low)
+            counts.view(-1).index_add_(
+                0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int64)
+            )
+            total += s.numel()
+        if counts is None:
+            raise ValueError("update() needs at least one non-empty batch of latents")
+        # mark the padding beyond each feature's range
+        width = (high - low + 1).unsqueeze(1)
+        counts[torch.arange(counts.shape[1]).unsqueeze(0) >= width] = -1
+        return low, counts, total
+
+    def code_probabilities(self) -> list[Tensor]:
+        """Per feature, float64 probabilities of its counted symbols followed by the escape."""
+        if not self.code_model_ready:
+            raise ValueError(f"{type(self).__name__} has no code model yet: call update() first")
+        out = []
+        for row in self.code_counts.cpu():
+            n = row[row >= 0].double() + SMOOTHING
+            n = torch.cat([n, n.new_tensor([SMOOTHING])])
+            out.append(n / n.sum())
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):
+        # the code model's buffers take the saved shape; a checkpoint from before they existed
+        # loads with them empty ("no code model yet")
+        for name in CODE_MODEL_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                self._buffers[name] = torch.empty_like(
+                    state_dict[key], device=self._buffers[name].device
+                )
+            else:
+                state_dict[key] = self._buffers[name]
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing, *rest
+        )
