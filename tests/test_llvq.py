@@ -185,6 +185,19 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
             assert row["total_vectors"] == 144 * 14 * 14  # train + validation positions
             assert row["total_vectors_test"] == 16 * 14 * 14
             assert row["test_mse"] > 0 and row["wall_s"] > 0
+        for name in ("vq", "vq_ema", "ll_vq"):  # the test set as a file, decoded exactly
+            coding = rows[name]["coding"]
+            assert coding["coded"] and coding["round_trip_exact"], name
+            # the ANS coder's 32-bit check word and final state are all it adds
+            assert coding["ideal_bits"] <= coding["payload_bits"] + 1
+            assert coding["payload_bits"] <= 1.001 * coding["ideal_bits"] + 128
+        # the vq's counted indices: at most the fixed rate log2 K per position, plus the header
+        vq_coding = rows["vq"]["coding"]
+        header_bits = 8 * 100 / 16  # at most 100 header bytes over 16 test images
+        assert (
+            vq_coding["coded_bits_per_image"]
+            <= vq_coding["fixed_rate_bits_per_image"] + header_bits
+        )
         assert rows["vq"]["unique_codes_trainval"] <= 512
         # the lattice's count, recomputed exactly from the saved weights
         cfg = model_config("ll_vq", schedule, quick=True)
