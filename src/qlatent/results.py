@@ -17,7 +17,8 @@ RESULTS_DIR = Path("results")
 
 
 def git_commit() -> dict[str, Any]:
-    """The checked-out commit and whether the work tree differs from it."""
+    """The checked-out commit and whether the work tree differs from it, outside ``results/``
+    (where a run writes its own figures before it writes its JSON)."""
 
     def run(*args: str) -> str:
         return subprocess.run(
@@ -27,7 +28,16 @@ def git_commit() -> dict[str, Any]:
     try:
         return {
             "commit": run("rev-parse", "HEAD"),
-            "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
+            "dirty": bool(
+                run(
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ":/",
+                    ":(top,exclude)results",
+                )
+            ),
         }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

@@ -5,10 +5,11 @@ randomness of encoder and decoder. Here it becomes a file:
 
 - **dithered rectangular lattice** (``lattice``): coordinate k_i of z = Δ ⊙ k has probability
   P(X̂ ∈ Δ_i k_i − u_i + [−Δ_i/2, Δ_i/2)) under the Laplace(0, b_i) prior, i.e. k_i follows a
-  Laplace with mean u_i/Δ_i and scale b_i/Δ_i quantized to the integers. That is
-  ``constriction.stream.model.QuantizedLaplace`` with one mean per symbol, so the coded length is
-  the hard path's rate up to the coder's fixed-point overhead. The dither is regenerated from the
-  seed in the header (:class:`qlatent.rng.SeedKeys`: a 32-bit key hashed from the seed, then
+  Laplace with mean u_i/Δ_i and scale b_i/Δ_i quantized to the integers, coded exactly as a
+  dither-dependent sign and a geometric magnitude (see "lattice coordinates" below), so the
+  coded length is the hard path's rate up to the coder's fixed-point overhead. The dither is
+  regenerated from the seed in the header (:class:`qlatent.rng.SeedKeys`: a 32-bit key hashed
+  from the seed, then
   integer counter-based hashing onto the grid k·2^-24), identically on every machine and
   thread count and without torch's random number generators; the model's parameters enter as
   float64 computed from the float32 weights, so encoder and decoder build bit-identical tables.
@@ -164,8 +165,9 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
     """The hard-path symbols of ``y`` as a ``.qlc`` byte string.
 
     Args:
-        bottleneck: a trained bottleneck with a code model (``lattice``, ``vq``, ``vq_ema``,
-            ``soft_em_vq``); used in eval mode.
+        bottleneck: a trained bottleneck with a code model: ``lattice`` (its prior), ``vq``,
+            ``vq_ema``, ``soft_em_vq`` (counted after ``update()``, uniform before) or
+            ``learnable_lattice`` (after ``update()``); used in eval mode.
         y: ``(B, in_dim)`` or ``(B, in_dim, *spatial)`` encoder output.
         seed: the dither's seed, stored in the header.
         digest: the model digest to write (default: :func:`model_digest` of ``bottleneck``; the
