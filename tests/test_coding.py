@@ -256,6 +256,7 @@ def test_cli_compress_decompress_round_trip(tmp_path, capsys):
     )
     row = payload["rows"]["lattice"]
     assert row["round_trip_exact"] and row["images"] == 200
+    assert row["hard_rate_over_seeds"]["seeds"] == 3 and row["hard_rate_over_seeds"]["sd"] > 0
     header_bits = 8 * row["header_bytes"] / row["images"]
     assert row["payload_bits_per_image"] >= row["hard_rate_bits_per_image"] - 1e-6
     assert row["coded_bits_per_image"] <= 1.001 * row["hard_rate_bits_per_image"] + header_bits + 1
@@ -306,3 +307,17 @@ def test_vq_coding_pipeline_update_and_cli(tmp_path, capsys):
     lattice = tmp_path / "lat.pt"
     torch.save({"model": {"decoder.2.weight": torch.zeros(3, 4)}}, lattice)
     assert main(["update", "--checkpoint", str(lattice), "-o", str(tmp_path / "x.pt")]) == 2
+
+
+def test_update_refuses_a_range_too_wide_before_allocating_it():
+    from qlatent.bottlenecks._code_model import MAX_WIDTH
+
+    bn = build("learnable_lattice", dim=2, init_range=1e-3).eval()  # a very fine lattice
+    y = torch.tensor([[-50.0, 0.0], [50.0, 0.0]])
+    with pytest.raises(ValueError, match="span .* values, more than"):
+        bn.update(y)
+    assert not bn.code_model_ready
+    ok = torch.tensor([[0.0, 0.0], [(MAX_WIDTH - 1) * 1e-3, 0.0]])
+    bn.basis.data.fill_(1e-3)
+    bn.update(ok)
+    assert bn.code_counts.shape == (2, MAX_WIDTH)

@@ -109,24 +109,24 @@ class CountedCodeModel:
                     raise ValueError(f"symbols outside the fixed support {fixed}")
             else:
                 b_low, b_high = s.amin(0), s.amax(0)
-            if counts is None:
-                low, high = b_low, b_high
-                counts = torch.zeros(features, int((high - low).max()) + 1, dtype=torch.int64)
-            elif (b_low < low).any() or (b_high > high).any():
-                new_low, new_high = torch.minimum(low, b_low), torch.maximum(high, b_high)
-                grown = torch.zeros(
-                    features, int((new_high - new_low).max()) + 1, dtype=torch.int64
-                )
-                shift = low - new_low
-                for f in range(features):  # move each feature's counts to its new origin
-                    width = int(high[f] - low[f]) + 1
-                    grown[f, shift[f] : shift[f] + width] = counts[f, :width]
-                low, high, counts = new_low, new_high, grown
-            if counts.shape[1] > MAX_WIDTH:
+            if counts is not None:  # the range so far, widened to this batch's
+                b_low, b_high = torch.minimum(low, b_low), torch.maximum(high, b_high)
+            width = int((b_high - b_low).max()) + 1
+            if width > MAX_WIDTH:  # checked before (F, width) counts are allocated
                 raise ValueError(
-                    f"a feature's symbols span {counts.shape[1]:,} values, more than the code "
-                    f"model's {MAX_WIDTH:,} (a lattice spacing far below the latents' spread?)"
+                    f"a feature's symbols span {width:,} values, more than the code model's "
+                    f"{MAX_WIDTH:,} (a lattice spacing far below the latents' spread?)"
                 )
+            if counts is None:
+                counts = torch.zeros(features, width, dtype=torch.int64)
+            elif (b_low < low).any() or (b_high > high).any():
+                grown = torch.zeros(features, width, dtype=torch.int64)
+                shift = low - b_low
+                for f in range(features):  # move each feature's counts to its new origin
+                    span = int(high[f] - low[f]) + 1
+                    grown[f, shift[f] : shift[f] + span] = counts[f, :span]
+                counts = grown
+            low, high = b_low, b_high
             flat = torch.arange(features) * counts.shape[1] + (s - low)
             counts.view(-1).index_add_(
                 0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int64)

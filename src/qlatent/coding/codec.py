@@ -9,10 +9,10 @@ randomness of encoder and decoder. Here it becomes a file:
   dither-dependent sign and a geometric magnitude (see "lattice coordinates" below), so the
   coded length is the hard path's rate up to the coder's fixed-point overhead. The dither is
   regenerated from the seed in the header (:class:`qlatent.rng.SeedKeys`: a 32-bit key hashed
-  from the seed, then
-  integer counter-based hashing onto the grid k·2^-24), identically on every machine and
-  thread count and without torch's random number generators; the model's parameters enter as
-  float64 computed from the float32 weights, so encoder and decoder build bit-identical tables.
+  from the seed, then integer counter-based hashing onto the grid k·2^-24), identically on
+  every machine and thread count and without torch's random number generators; the model's
+  parameters enter as float64 computed from the float32 weights, so encoder and decoder build
+  bit-identical tables.
 - **counted symbols** (``vq``, ``vq_ema``, ``soft_em_vq``, ``learnable_lattice`` after
   ``bottleneck.update(training_latents)``): each feature (the codeword index, or each lattice
   coordinate) with its own categorical of the counted frequencies

@@ -49,6 +49,7 @@ class CodingMnistConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
     seed: int = 0  #: the dither's seed, stored in the file
     train_rate_repeats: int = 10  #: independent training-path dithers for Theorem 1's estimate
+    hard_rate_seeds: int = 20  #: dither seeds over which the hard-path rate's spread is measured
 
 
 def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistConfig:
@@ -58,6 +59,7 @@ def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistCon
         cfg.hidden = 32
         cfg.train = TrainConfig(epochs=2, batch_size=100)
         cfg.train_rate_repeats = 3
+        cfg.hard_rate_seeds = 3
     return apply_overrides(cfg, overrides or [])
 
 
@@ -121,6 +123,17 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         out["train_rate_se"] = sd / math.sqrt(len(rates))
         out["train_rate_repeats"] = len(rates)
         out["coded_minus_train_rate_bits"] = coded_bits / n - mean
+        # the file's hard rate is one dither's draw: its spread over seeds says how far from the
+        # estimate a single file may land, and their mean is Theorem 1's expectation again
+        hard_rates = [
+            neck(y, generator=SeedKeys(s)).rate.double().mean().item() / LN2
+            for s in range(cfg.hard_rate_seeds)
+        ]
+        out["hard_rate_over_seeds"] = {
+            "seeds": len(hard_rates),
+            "mean": statistics.fmean(hard_rates),
+            "sd": statistics.stdev(hard_rates) if len(hard_rates) > 1 else 0.0,
+        }
     return out
 
 
