@@ -115,10 +115,27 @@ def _lattice_params(bottleneck, rows: int, seed: int) -> tuple[Tensor, np.ndarra
 
 
 def _sign_probabilities(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """``(N·m, 3)`` float64 P(k < 0), P(k = 0), P(k > 0) given the dither."""
-    neg = 0.5 * np.exp(-(0.5 + means) / scales)
-    pos = 0.5 * np.exp(-(0.5 - means) / scales)
-    return np.stack([neg, 1.0 - neg - pos, pos], axis=-1).reshape(-1, 3)
+    """``(N·m, 3)`` float64 P(k < 0), P(k = 0), P(k > 0) given the dither ``means`` ``(N, m)``:
+    ½e^(−(½ + μ)/s), the rest, ½e^(−(½ − μ)/s).
+
+    Written with in-place operations into one preallocated array (a third fewer passes over
+    memory than the expressions written out); ``exp`` runs on contiguous arrays only, so that
+    NumPy takes the same loop for encoder and decoder.
+    """
+    out = np.empty((*means.shape, 3))
+    neg = np.add(0.5, means)
+    pos = np.subtract(0.5, means)
+    for t in (neg, pos):
+        np.negative(t, out=t)
+        np.divide(t, scales, out=t)
+        np.exp(t, out=t)
+        t *= 0.5
+    out[..., 0] = neg
+    out[..., 2] = pos
+    np.subtract(1.0, neg, out=neg)
+    neg -= pos
+    out[..., 1] = neg
+    return out.reshape(-1, 3)
 
 
 def _magnitude_models(scales: np.ndarray, width: int) -> list:
