@@ -160,4 +160,17 @@ def test_bench_coding_measures_both_directions_and_the_overhead():
         assert case["encode_symbols_per_s"] > 0 and case["decode_symbols_per_s"] > 0
         assert case["symbols"] == (300 * 8 if name == "lattice" else 300)
         assert case["payload_overhead_percent"] > -0.01  # not below the exact rate
+    alone = result["lattice_coder_alone"]
+    assert alone["round_trip_exact"] and alone["symbols"] == 300 * 8
+    assert set(alone["symbols_per_s"]) == {
+        f"{code}_{op}"
+        for code in ("sign_magnitude", "quantized_laplace")
+        for op in ("encode", "decode")
+    }
+    # the factorized code and constriction's parametric model code the same distribution
+    bits = alone["payload_bits"]
+    assert (
+        abs(bits["sign_magnitude"] - bits["quantized_laplace"])
+        <= 0.01 * bits["quantized_laplace"] + 64
+    )
     assert "CompressAI" in format_coding(result)
