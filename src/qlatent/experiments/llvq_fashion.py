@@ -235,6 +235,7 @@ def run_row(
         "stopped": result.stopped,
         # the distortion is Σ (x̂ − x)² / pixels per image: the validation set's MSE per pixel
         "final_val_mse": result.history[-1]["val_distortion"],
+        "val_mse_per_epoch": [h["val_distortion"] for h in result.history],
     }
     model.eval()
     with torch.no_grad():
