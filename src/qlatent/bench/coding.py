@@ -27,7 +27,13 @@ import torch
 
 from ..bottlenecks import build
 from ..coding import unpack
-from ..coding.codec import _constriction, _decode_lattice, _encode_lattice, _lattice_params
+from ..coding.codec import (
+    _constriction,
+    _decode_lattice,
+    _encode_lattice,
+    _lattice_params,
+    _symbol_range,
+)
 from ..rng import SeedKeys
 from .timing import time_cases
 
@@ -101,12 +107,13 @@ def _bench_lattice_coder(lattice, y, *, repeats: int) -> dict[str, Any]:
     code against constriction's ``QuantizedLaplace`` on the same symbols and parameters."""
     stream = _constriction().stream
     u, means, scales = _lattice_params(lattice, y.shape[0], 1)
-    k = lattice._coordinates(y.to(u.dtype), u).numpy()
-    width = int(abs(k).max()) + 1
+    symbols = lattice._coordinates(y.to(u.dtype), u)
+    lo, hi = _symbol_range(symbols, means, scales)  # the support compress() gives the coder
+    width, k = max(-lo, hi), symbols.numpy()
     flat_k = k.reshape(-1).astype("int32")
     flat_means = means.reshape(-1)
     flat_scales = np.broadcast_to(scales, means.shape).reshape(-1)  # one per symbol
-    laplace = stream.model.QuantizedLaplace(-width, width + 1)
+    laplace = stream.model.QuantizedLaplace(lo, hi + 1)
 
     def ours_encode():
         coder = stream.stack.AnsCoder()
