@@ -225,6 +225,41 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     assert again["rows"] == payload["rows"]
 
 
+def test_cli_codes_the_tables_conv_models(tmp_path, capsys):
+    """qlatent update / compress / decompress on an LL-VQ checkpoint: rebuilt from the config
+    saved in it, the test images coded with counted coordinates and decoded to the hard path."""
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert main(["reproduce", "llvq-fashion", "--quick", "--models", "ll_vq",
+                 "--schedules", "constant", *dirs]) == 0  # fmt: skip
+    ckpt = tmp_path / "runs" / "llvq-fashion-quick" / "constant" / "ll_vq" / "last.pt"
+    codes, counted = tmp_path / "codes.qlc", tmp_path / "counted.pt"
+    # a learnable lattice has no code model before update()
+    assert main(["compress", "--checkpoint", str(ckpt), "--data", "synthetic-images-test",
+                 "-o", str(codes)]) == 2  # fmt: skip
+    assert "update" in capsys.readouterr().err and not codes.exists()
+    assert main(["update", "--checkpoint", str(ckpt), "--data", "synthetic-images-train",
+                 "-o", str(counted)]) == 0  # fmt: skip
+    assert main(["compress", "--checkpoint", str(counted), "--data", "synthetic-images-test",
+                 "-o", str(codes)]) == 0  # fmt: skip
+    recon, png = tmp_path / "recon.pt", tmp_path / "recon.png"
+    assert main(["decompress", str(codes), "--checkpoint", str(counted), "-o", str(recon),
+                 "--png", str(png)]) == 0  # fmt: skip
+    assert "bits per image" in capsys.readouterr().out and png.stat().st_size > 0
+    cfg = model_config("ll_vq", "constant", quick=True)
+    model = build_model(cfg.model, channels=1, pixels=784)
+    model.load_state_dict(load(counted)["model"])
+    model.eval()
+    test = load_data(cfg.data)["test"]
+    decoded = load(recon)
+    assert decoded.shape == test.shape
+    with torch.no_grad():
+        expected = model.reconstruct(test)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=1e-6)
+    # the training checkpoint (no counts) is a different model: refused
+    assert main(["decompress", str(codes), "--checkpoint", str(ckpt), "-o", str(recon)]) == 2
+    assert "different model" in capsys.readouterr().err
+
+
 def test_schedules_option_is_only_for_llvq(capsys):
     assert main(["reproduce", "softvq-mnist", "--quick", "--schedules", "constant"]) == 2
     assert "--schedules" in capsys.readouterr().err

@@ -169,35 +169,60 @@ def _cmd_bench_coding(args: argparse.Namespace) -> int:
     return 0
 
 
-_CODING_DATA = (
-    "mnist-test",
-    "mnist-val",
-    "mnist-train",
-    "synthetic-test",
-    "synthetic-val",
-    "synthetic-train",
+_CODING_SPLITS = ("test", "val", "train")
+#: --data of compress / update: the gated VAEs' binarized MNIST (and its synthetic stand-in),
+#: the LL-VQ table's FashionMNIST in [−0.5, 0.5] (and its synthetic images), with each
+#: experiment's own split
+_CODING_DATA = tuple(
+    f"{source}-{split}"
+    for source in ("mnist", "synthetic", "fashion-mnist", "synthetic-images")
+    for split in _CODING_SPLITS
 )
 
 
 def _coding_images(name: str, data_dir: str | None, limit: int | None):
     from .data import binarized_mnist, synthetic_binary
+    from .experiments import llvq_fashion
 
     if name not in _CODING_DATA:
         raise ValueError(f"--data must be one of {list(_CODING_DATA)}, got {name!r}")
-    source, split = name.split("-")
-    splits = (
-        synthetic_binary(n=1200, seed=0) if source == "synthetic" else binarized_mnist(data_dir)
-    )
+    source, split = name.rsplit("-", 1)
+    if source == "mnist":
+        splits = binarized_mnist(data_dir)
+    elif source == "synthetic":
+        splits = synthetic_binary(n=1200, seed=0)
+    elif source == "fashion-mnist":
+        splits = llvq_fashion.load_data(llvq_fashion.DataConfig(), data_dir)
+    else:  # the LL-VQ table's --quick images
+        cfg = llvq_fashion.model_config("ll_vq", "constant", quick=True).data
+        splits = llvq_fashion.load_data(cfg)
     x = splits[split]
     return x if limit is None else x[:limit]
+
+
+def _load_coding_model(checkpoint: str):
+    """The autoencoder of a checkpoint and the checkpoint itself: an LL-VQ table's conv model
+    (recognised by the config saved with it) or a gated-MLP VAE (recognised by its weights)."""
+    from .coding.files import gated_vae_from_checkpoint, read_checkpoint
+    from .experiments import llvq_fashion
+
+    ckpt = read_checkpoint(checkpoint)
+    if llvq_fashion.is_checkpoint(ckpt):
+        return llvq_fashion.model_from_checkpoint(ckpt), ckpt
+    return gated_vae_from_checkpoint(ckpt, checkpoint), ckpt
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     import time
 
-    from .coding.files import compress_images, load_gated_vae, write_atomic
+    from .coding import code_model
+    from .coding.files import compress_images, write_atomic
 
-    model = load_gated_vae(args.checkpoint)
+    model, _ = _load_coding_model(args.checkpoint)
+    try:
+        code_model(model.bottleneck)
+    except TypeError as err:  # e.g. a learnable lattice before `qlatent update`
+        raise ValueError(f"{args.checkpoint}: {err} (qlatent update)") from err
     x = _coding_images(args.data, args.data_dir, args.limit)
     started = time.perf_counter()
     data = compress_images(model, x, seed=args.seed)
@@ -211,13 +236,14 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_update(args: argparse.Namespace) -> int:
-    from .coding.files import load_gated_vae, update_code_model
+    from .coding.files import update_code_model
     from .train import save_atomic
 
-    model = load_gated_vae(args.checkpoint)
+    model, ckpt = _load_coding_model(args.checkpoint)
     x = _coding_images(args.data, args.data_dir, args.limit)
     summary = update_code_model(model, x)
-    save_atomic({"model": model.state_dict()}, args.output)
+    # the config travels with the weights, so that the updated model is rebuilt the same way
+    save_atomic({"model": model.state_dict(), "run_config": ckpt.get("run_config")}, args.output)
     print(
         f"wrote {args.output}: code model counted over {int(summary['symbols']):,} symbols of "
         f"{x.shape[0]:,} images ({summary['features']} feature(s), {summary['width']} values)"
@@ -228,20 +254,24 @@ def _cmd_update(args: argparse.Namespace) -> int:
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .coding.files import decompress_images, load_gated_vae
-    from .eval import reconstruction_grid
+    from .coding.files import decompress_images
+    from .eval import reconstruction_grid, reconstruction_rows
+    from .experiments.llvq_fashion import VALUE_RANGE
     from .train import save_atomic
 
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     data = path.read_bytes()
-    model = load_gated_vae(args.checkpoint)
+    model, _ = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data)
     save_atomic(recon, args.output)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if args.png:
-        reconstruction_grid(recon[:20], recon[:20], args.png, title="decoded reconstructions")
+        if recon.dim() == 4:  # a conv model's (N, C, H, W) images
+            reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=VALUE_RANGE)
+        else:
+            reconstruction_grid(recon[:20], recon[:20], args.png, title="decoded reconstructions")
         message += f" and {args.png}"
     print(f"{message}; {8 * len(data) / recon.shape[0]:.2f} bits per image")
     return 0
@@ -292,20 +322,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
-        "update", help="learn a VQ-VAE's code model (index frequencies) from training images"
+        "update", help="learn a model's code model (symbol frequencies) from training images"
     )
-    p.add_argument("--checkpoint", required=True, help="a gated VQ-VAE checkpoint (last.pt)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a gated VQ-VAE or an LL-VQ table's model (vq, vq_ema, ll_vq: last.pt)",
+    )
     p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("-o", "--output", required=True, help="the checkpoint to write, with counts")
     p.set_defaults(func=_cmd_update)
 
-    p = sub.add_parser("compress", help="entropy-code images into a .qlc file (gated VAE)")
+    p = sub.add_parser("compress", help="entropy-code images into a .qlc file")
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a gated lattice or VQ VAE (last.pt, or qlatent update's)",
+        help="a gated lattice or VQ VAE, or an LL-VQ table's model (last.pt, or qlatent update's)",
     )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)

@@ -224,8 +224,9 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
 def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = None) -> Tensor:
     """``y_hat`` from a ``.qlc`` byte string written for this ``bottleneck`` (same digest)."""
     constriction = _constriction()
-    kind = code_model(bottleneck)
+    # the digest first: a file from another model is refused as such, code model or not
     header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
+    kind = code_model(bottleneck)
     if header.code_model != kind:
         raise CodingError(
             f"the file holds symbols for the {CODE_MODELS[header.code_model]!r} code model, this "

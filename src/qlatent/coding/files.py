@@ -1,5 +1,6 @@
 """Images to ``.qlc`` files and back with a trained autoencoder (what ``qlatent compress`` and
-``qlatent decompress`` run).
+``qlatent decompress`` run). The encoder may be an MLP on ``(N, D)`` images or a conv net on
+``(N, C, H, W)`` ones; the bottleneck codes whatever latent it produces.
 
 The file's digest is that of the whole autoencoder (encoder, bottleneck, decoder), so a file
 decodes only with the checkpoint that wrote it. Files are written atomically: a failed run leaves
@@ -20,9 +21,32 @@ from .codec import compress, decompress, model_digest
 from .container import CodingError, unpack
 
 
+def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
+    """A training checkpoint (or one written by ``qlatent update``) as the dict it holds, with a
+    clear error for a missing file, one torch cannot read, or one without model weights."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = load(path, map_location="cpu")
+    except Exception as err:  # a file torch cannot read: say which
+        raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path} holds no model weights")
+    return ckpt
+
+
 def load_gated_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
     """A gated-MLP VAE (as trained by ``qlatent demo``, ``qlatent train`` or ``qlatent reproduce
-    coding-mnist``) from a training checkpoint or one written by ``qlatent update``.
+    coding-mnist``) from a training checkpoint or one written by ``qlatent update``
+    (:func:`gated_vae_from_checkpoint` of :func:`read_checkpoint`)."""
+    return gated_vae_from_checkpoint(read_checkpoint(checkpoint), checkpoint)
+
+
+def gated_vae_from_checkpoint(
+    ckpt: dict, path: str | os.PathLike[str] = "checkpoint"
+) -> Autoencoder:
+    """The gated-MLP VAE whose weights ``ckpt["model"]`` holds; ``path`` names it in errors.
 
     The bottleneck is recognised from the weights: ``lattice`` (spacings), ``vq`` (a codebook
     parameter) or an EMA codebook, loaded as ``vq_ema`` (``soft_em_vq``'s hard path, the only
@@ -32,15 +56,8 @@ def load_gated_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
     """
     from ..models import gated_vae
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = load(path, map_location="cpu")
-    except Exception as err:  # a file torch cannot read: say which
-        raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    last = state.get("decoder.2.weight") if isinstance(state, dict) else None
+    state = ckpt["model"]
+    last = state.get("decoder.2.weight")
     if last is None or last.dim() != 2:
         raise ValueError(f"{path} does not hold a gated-MLP VAE (lattice, vq or vq_ema)")
     sizes = {"hidden": last.shape[1], "data_dim": last.shape[0]}
@@ -70,10 +87,10 @@ def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
 
 @torch.no_grad()
 def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) -> dict[str, float]:
-    """Learn the bottleneck's counted code model from the images ``x`` ``(N, D)``
-    (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an error for a
-    bottleneck whose code model is not learned from counts (ValueError: the lattice's is its
-    prior)."""
+    """Learn the bottleneck's counted code model from the images ``x`` ``(N, D)`` or
+    ``(N, C, H, W)`` (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an
+    error for a bottleneck whose code model is not learned from counts (ValueError: the
+    lattice's is its prior)."""
     from ..bottlenecks._code_model import CountedCodeModel
 
     neck = model.bottleneck
@@ -88,7 +105,8 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
 
 @torch.no_grad()
 def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int = 2000) -> bytes:
-    """Encode ``x`` ``(N, D)`` and entropy-code the bottleneck's symbols into one file."""
+    """Encode ``x`` ``(N, D)`` or ``(N, C, H, W)`` and entropy-code the bottleneck's symbols
+    into one file."""
     model.eval()
     y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
     return compress(model.bottleneck, y, seed=seed, digest=model_digest(model))
@@ -96,7 +114,8 @@ def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int
 
 @torch.no_grad()
 def decompress_images(model: Autoencoder, data: bytes, *, batch_size: int = 2000) -> Tensor:
-    """Reconstructions E[x | y_hat] ``(N, D)`` from a file written by :func:`compress_images`."""
+    """Reconstructions E[x | y_hat], shaped like the images, from a file written by
+    :func:`compress_images`."""
     model.eval()
     y_hat = decompress(model.bottleneck, data, digest=model_digest(model))
     return torch.cat([model.likelihood.mean(model.decoder(yb)) for yb in y_hat.split(batch_size)])
@@ -125,9 +144,11 @@ __all__ = [
     "CodingError",
     "compress_images",
     "decompress_images",
+    "gated_vae_from_checkpoint",
     "images_in",
     "load_gated_vae",
     "load_lattice_vae",
+    "read_checkpoint",
     "update_code_model",
     "write_atomic",
 ]

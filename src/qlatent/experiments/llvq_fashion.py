@@ -164,6 +164,40 @@ def build_model(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
     )
 
 
+#: the pixel values of every image set of these tables
+VALUE_RANGE = (-0.5, 0.5)
+
+
+def image_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images :func:`load_data` gives for ``cfg``."""
+    if cfg.name == "folder":
+        return cfg.channels, cfg.image_size, cfg.image_size
+    return (1 if cfg.name == "fashion_mnist" else cfg.channels), 28, 28
+
+
+def is_checkpoint(ckpt: Any) -> bool:
+    """Whether a loaded checkpoint was written by this experiment (by the config saved in it)."""
+    run = ckpt.get("run_config") if isinstance(ckpt, dict) else None
+    return (
+        isinstance(run, dict)
+        and isinstance(run.get("model"), dict)
+        and "num_residual" in run["model"]
+    )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
+    """The autoencoder of a checkpoint of this experiment, in eval mode, rebuilt from the
+    resolved config that the training loop saved beside the weights (``run_config``)."""
+    cfg = apply_mapping(LLVQConfig(), ckpt["run_config"])
+    channels, height, width = image_shape(cfg.data)
+    model = build_model(cfg.model, channels, channels * height * width)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint's weights do not fit its own config: {err}") from err
+    return model.eval()
+
+
 def quantizer_size(bottleneck: torch.nn.Module) -> dict[str, int]:
     """Learned parameters, and the numbers that define the quantizer at test time (parameters
     plus an EMA codebook kept in a buffer; not the EMA's running counts and sums)."""
@@ -315,7 +349,7 @@ def reproduce(
             row, recon = run_row(name, schedule, configs[schedule, name], data, out_dir)
             results[schedule][name] = row
             figure[LABELS[name]] = recon
-        reconstruction_rows(figure, results_dir / f"{stem}-{schedule}.png", value_range=(-0.5, 0.5))
+        reconstruction_rows(figure, results_dir / f"{stem}-{schedule}.png", value_range=VALUE_RANGE)
     payload: dict[str, Any] = {
         **provenance(command),
         "rows": results,
