@@ -127,7 +127,7 @@ class Bottleneck(nn.Module, ABC):
 
     def decompress(self, data: bytes) -> Tensor:
         """``y_hat`` from :meth:`compress`'s bytes: exactly ``forward(y).y_hat`` in eval mode
-        with ``generator=torch.Generator().manual_seed(seed)``."""
+        with ``generator=qlatent.rng.SeedKeys(seed)``."""
         from ..coding import decompress
 
         return decompress(self, data)
