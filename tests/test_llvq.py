@@ -233,6 +233,10 @@ def test_cli_codes_the_tables_conv_models(tmp_path, capsys):
                  "--schedules", "constant", *dirs]) == 0  # fmt: skip
     ckpt = tmp_path / "runs" / "llvq-fashion-quick" / "constant" / "ll_vq" / "last.pt"
     codes, counted = tmp_path / "codes.qlc", tmp_path / "counted.pt"
+    # images of another shape than the encoder takes: a clear error
+    assert main(["update", "--checkpoint", str(ckpt), "--data", "synthetic-train",
+                 "-o", str(counted)]) == 2  # fmt: skip
+    assert "do not fit this model's encoder" in capsys.readouterr().err and not counted.exists()
     # a learnable lattice has no code model before update()
     assert main(["compress", "--checkpoint", str(ckpt), "--data", "synthetic-images-test",
                  "-o", str(codes)]) == 2  # fmt: skip

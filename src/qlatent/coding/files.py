@@ -10,6 +10,7 @@ no partial output.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -100,7 +101,19 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
             "code model to update"
         )
     model.eval()
-    return neck.update(model.encoder(xb) for xb in x.split(batch_size))
+    with _images_fit(x):
+        return neck.update(model.encoder(xb) for xb in x.split(batch_size))
+
+
+@contextmanager
+def _images_fit(x: Tensor):
+    """Turn the encoder's shape error on images it was not made for into a clear ValueError."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise ValueError(
+            f"images of shape {tuple(x.shape[1:])} do not fit this model's encoder ({err})"
+        ) from err
 
 
 @torch.no_grad()
@@ -108,7 +121,8 @@ def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int
     """Encode ``x`` ``(N, D)`` or ``(N, C, H, W)`` and entropy-code the bottleneck's symbols
     into one file."""
     model.eval()
-    y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
+    with _images_fit(x):
+        y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
     return compress(model.bottleneck, y, seed=seed, digest=model_digest(model))
 
 
