@@ -191,11 +191,9 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None):
         splits = binarized_mnist(data_dir)
     elif source == "synthetic":
         splits = synthetic_binary(n=1200, seed=0)
-    elif source == "fashion-mnist":
-        splits = llvq_fashion.load_data(llvq_fashion.DataConfig(), data_dir)
-    else:  # the LL-VQ table's --quick images
-        cfg = llvq_fashion.model_config("ll_vq", "constant", quick=True).data
-        splits = llvq_fashion.load_data(cfg)
+    else:  # the LL-VQ table's FashionMNIST, or its --quick synthetic images
+        cfg = llvq_fashion.data_config(quick=source == "synthetic-images")
+        splits = llvq_fashion.load_data(cfg, data_dir)
     x = splits[split]
     return x if limit is None else x[:limit]
 

@@ -119,6 +119,12 @@ def model_config(
     return apply_overrides(cfg, overrides or [])
 
 
+def data_config(*, quick: bool = False) -> DataConfig:
+    """The table's data: FashionMNIST, or with ``quick`` the synthetic images of ``quick.toml``."""
+    cfg = LLVQConfig()
+    return apply_mapping(cfg, load_config("llvq", "quick")).data if quick else cfg.data
+
+
 def load_data(cfg: DataConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:
     """``train`` / ``val`` / ``test`` images ``(N, C, H, W)`` in [−0.5, 0.5]."""
     if cfg.name == "fashion_mnist":
