@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from qlatent.rng import SeedKeys, counter_uniform, draw_key, lowbias32
+from qlatent.rng import SeedKeys, _counter_uniform_torch, counter_uniform, draw_key, lowbias32
 
 M32 = 0xFFFFFFFF
 
@@ -45,6 +45,19 @@ def test_counter_uniform_is_the_documented_function():
         for i in range(63)
     ]
     assert r.flatten().tolist() == expected  # bit for bit: no machine-dependent step
+
+
+def test_numpy_blocks_give_the_torch_bits():
+    # the CPU path hashes in NumPy blocks of 2^16 counters; sizes around a block boundary and
+    # keys with the top bit set must give exactly the whole-tensor torch operations' numbers
+    for key in (0, -1, -(2**31), 2**31 - 1, 0x1234567):
+        k = torch.tensor(key, dtype=torch.int32)
+        for shape in ((1,), (3, 5), (2**16,), (2**16 + 1,), (1000, 131)):
+            for dtype in (torch.float32, torch.float64):
+                fast = counter_uniform(k, shape, dtype)
+                assert fast.dtype == dtype and fast.shape == shape
+                assert torch.equal(fast, _counter_uniform_torch(k, shape, dtype))
+    assert counter_uniform(torch.tensor(3, dtype=torch.int32), (0, 4)).shape == (0, 4)
 
 
 def test_values_lie_on_the_dyadic_grid_in_unit_interval():

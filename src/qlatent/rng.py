@@ -18,6 +18,7 @@ shifts are masked so that they act as logical shifts on the unsigned bit pattern
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,12 +97,65 @@ def counter_uniform(key: Tensor, shape: tuple[int, ...], dtype=torch.float32) ->
     Args:
         key: 0-d int32 tensor (see :func:`draw_key`); its device is the output's device.
         shape: output shape; at most 2^31 elements.
+
+    On the CPU (outside ``torch.compile``) the hash runs in NumPy on blocks of 2^16 counters
+    that stay in cache, about three times faster than torch's whole-array passes; the numbers
+    are the same bits either way (integer arithmetic, then an exact scaling).
     """
     numel = 1
     for size in shape:
         numel *= size
     if numel >= 2**31:
         raise ValueError(f"counter_uniform draws at most 2^31 numbers per key, asked for {numel}")
+    if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
+        out = np.empty(numel, dtype=_NUMPY_DTYPES[dtype])
+        _counter_uniform_blocks(int(key) & 0xFFFFFFFF, out)
+        return torch.from_numpy(out).view(shape)
+    return _counter_uniform_torch(key, shape, dtype)
+
+
+def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype) -> Tensor:
+    """:func:`counter_uniform` as whole-tensor torch operations (any device; compilable)."""
+    numel = 1
+    for size in shape:
+        numel *= size
     counter = torch.arange(numel, dtype=torch.int32, device=key.device).view(shape)
     bits = lowbias32(lowbias32(counter).bitwise_xor_(key))
     return bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(dtype).mul_(2.0**-24)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+#: counters hashed per NumPy block: two uint32 buffers of 256 KiB
+_BLOCK = 1 << 16
+_MUL1_U = np.uint32(_MUL1)
+_MUL2_U = np.uint32(_MUL2 & 0xFFFFFFFF)
+
+
+def _lowbias32_numpy(v: np.ndarray, t: np.ndarray) -> None:
+    """``lowbias32`` of the uint32 array ``v`` in place (``t``: scratch of the same shape)."""
+    np.right_shift(v, 16, out=t)
+    v ^= t
+    v *= _MUL1_U
+    np.right_shift(v, 15, out=t)
+    v ^= t
+    v *= _MUL2_U
+    np.right_shift(v, 16, out=t)
+    v ^= t
+
+
+def _counter_uniform_blocks(key: int, out: np.ndarray) -> None:
+    """Fill the float32/float64 vector ``out`` with :func:`counter_uniform`'s numbers for the
+    unsigned 32-bit ``key``, block by block."""
+    key_u = np.uint32(key)
+    base = np.arange(min(out.size, _BLOCK), dtype=np.uint32)
+    v, t = np.empty_like(base), np.empty_like(base)
+    grid = out.dtype.type(2.0**-24)
+    for start in range(0, out.size, _BLOCK):
+        n = min(_BLOCK, out.size - start)
+        vb, tb = v[:n], t[:n]
+        np.add(base[:n], np.uint32(start), out=vb)
+        _lowbias32_numpy(vb, tb)
+        vb ^= key_u
+        _lowbias32_numpy(vb, tb)
+        vb >>= 8  # the top 24 bits: an integer below 2^24, exact in either float type
+        np.multiply(vb, grid, out=out[start : start + n], casting="unsafe")

@@ -95,13 +95,12 @@ def code_model(bottleneck: Bottleneck) -> int:
 
 
 def _lattice_params(bottleneck, rows: int, seed: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """Dither ``(N, m)``, the per-symbol means u/Δ ``(N, m)`` and the scales b/Δ ``(m,)`` of
-    the quantized Laplace, float64."""
-    u = bottleneck._hard_dither(rows, SeedKeys(seed), "cpu")
+    """Dither ``(N, m)`` in the parameters' dtype, the spacings Δ ``(m,)`` and the quantized
+    Laplace's scales b/Δ ``(m,)``, float64."""
+    u = bottleneck._hard_dither(rows, SeedKeys(seed), "cpu").detach()
     spacing = bottleneck.spacing.detach().cpu().double()
     scale = bottleneck.scale.detach().cpu().double()
-    means = (u.detach().double() / spacing).numpy()
-    return u, means, (scale / spacing).numpy()
+    return u, spacing.numpy(), (scale / spacing).numpy()
 
 
 # ------------------------------------------------------------ lattice coordinates
@@ -112,6 +111,13 @@ def _lattice_params(bottleneck, rows: int, seed: int) -> tuple[Tensor, np.ndarra
 # probabilities depend on the dither, then for nonzero k the magnitude |k| − 1 from a geometric
 # table that does not, one per coordinate. Decoding then needs no per-symbol inversion of a
 # continuous CDF, which is most of the cost of constriction's parametric QuantizedLaplace.
+#
+# The signs are coded in blocks of about _BLOCK symbols, each block's probabilities computed
+# just before the coder reads them, so that they never leave the cache; coding a sequence in
+# blocks gives the same bits as coding it in one call.
+
+#: symbols per block of the sign code (24 bytes of probabilities each)
+_BLOCK = 1 << 15
 
 
 def _sign_probabilities(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -123,19 +129,38 @@ def _sign_probabilities(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
     NumPy takes the same loop for encoder and decoder.
     """
     out = np.empty((*means.shape, 3))
-    neg = np.add(0.5, means)
-    pos = np.subtract(0.5, means)
+    neg = np.subtract(-0.5, means)  # −(½ + μ), exactly
+    pos = np.subtract(means, 0.5)  # −(½ − μ)
     for t in (neg, pos):
-        np.negative(t, out=t)
-        np.divide(t, scales, out=t)
+        t /= scales
         np.exp(t, out=t)
         t *= 0.5
     out[..., 0] = neg
     out[..., 2] = pos
     np.subtract(1.0, neg, out=neg)
-    neg -= pos
-    out[..., 1] = neg
+    np.subtract(neg, pos, out=out[..., 1])
     return out.reshape(-1, 3)
+
+
+def _sign_blocks(u: np.ndarray, spacing: np.ndarray, scales: np.ndarray, *, reverse: bool):
+    """Yield ``(slice into the flat symbols, their (n, 3) sign probabilities)`` block by block
+    of rows (last block first if ``reverse``), the means μ = u/Δ taken in float64."""
+    rows, m = u.shape
+    step = max(1, _BLOCK // max(m, 1))
+    starts = range(0, rows, step)
+    for start in reversed(starts) if reverse else starts:
+        stop = min(rows, start + step)
+        means = np.divide(u[start:stop], spacing, dtype=np.float64)
+        yield slice(start * m, stop * m), _sign_probabilities(means, scales)
+
+
+def _mean_range(u: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
+    """min and max of the means u/Δ (Δ > 0, so they come from each column's extremes)."""
+    if not u.size:
+        return 0.0, 0.0
+    low = np.divide(u.min(axis=0), spacing, dtype=np.float64)
+    high = np.divide(u.max(axis=0), spacing, dtype=np.float64)
+    return float(low.min()), float(high.max())
 
 
 def _magnitude_models(scales: np.ndarray, width: int) -> list:
@@ -145,30 +170,40 @@ def _magnitude_models(scales: np.ndarray, width: int) -> list:
     return [categorical(np.exp(-j / s) * -np.expm1(-1.0 / s), perfect=False) for s in scales]
 
 
-def _encode_lattice(coder, k: np.ndarray, means: np.ndarray, scales: np.ndarray, width: int):
-    """``k`` ``(N, m)``: signs of every symbol, then coordinate by coordinate the magnitudes of
-    the nonzero ones (pushed in reverse, so that the decoder meets them in this order)."""
+def _encode_lattice(coder, k: np.ndarray, u: np.ndarray, spacing, scales, width: int) -> None:
+    """``k`` ``(N, m)`` integers with ``|k| <= width``, ``u`` its dither ``(N, m)``: the signs of
+    every symbol, then coordinate by coordinate the magnitudes of the nonzero ones (pushed in
+    reverse, so that the decoder meets them in this order)."""
     categorical = _constriction().stream.model.Categorical(perfect=False)
-    models = _magnitude_models(scales, width)
-    for d in reversed(range(k.shape[1])):
-        column = k[:, d]
-        magnitude = np.abs(column[column != 0]).astype(np.int32) - 1
-        if magnitude.size:
-            coder.encode_reverse(magnitude, models[d])
-    signs = (np.sign(k).reshape(-1) + 1).astype(np.int32)
-    coder.encode_reverse(signs, categorical, _sign_probabilities(means, scales))
+    k = k.astype(np.int32)
+    magnitudes = np.abs(k.T, order="C")  # (m, N), each coordinate contiguous
+    magnitudes -= 1  # |k| − 1, or −1 for k = 0
+    for d, model in reversed(list(enumerate(_magnitude_models(scales, width)))):
+        column = magnitudes[d]
+        column = column[column >= 0]
+        if column.size:
+            coder.encode_reverse(column, model)
+    signs = np.sign(k).reshape(-1)
+    signs += 1
+    for block, probabilities in _sign_blocks(u, spacing, scales, reverse=True):
+        coder.encode_reverse(signs[block], categorical, probabilities)
 
 
-def _decode_lattice(coder, means: np.ndarray, scales: np.ndarray, width: int) -> np.ndarray:
+def _decode_lattice(coder, u: np.ndarray, spacing, scales, width: int) -> np.ndarray:
     """The inverse of :func:`_encode_lattice`: ``(N, m)`` int64 coordinates."""
     categorical = _constriction().stream.model.Categorical(perfect=False)
-    signs = coder.decode(categorical, _sign_probabilities(means, scales)).astype(np.int64) - 1
-    k = signs.reshape(means.shape)
-    for d, model in enumerate(_magnitude_models(scales, width)):
-        nonzero = np.flatnonzero(k[:, d])
+    signs = np.empty(u.size, dtype=np.int32)
+    for block, probabilities in _sign_blocks(u, spacing, scales, reverse=False):
+        signs[block] = coder.decode(categorical, probabilities)
+    columns = np.ascontiguousarray(signs.reshape(u.shape).T)  # (m, N)
+    columns -= 1
+    for column, model in zip(columns, _magnitude_models(scales, width), strict=True):
+        nonzero = np.flatnonzero(column)
         if nonzero.size:
-            k[nonzero, d] *= coder.decode(model, nonzero.size).astype(np.int64) + 1
-    return k
+            magnitude = coder.decode(model, nonzero.size)
+            magnitude += 1
+            column[nonzero] *= magnitude
+    return columns.T.astype(np.int64)
 
 
 def _check_seed(seed: int) -> int:
@@ -200,10 +235,11 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
     coder.encode_reverse(_CHECK_WORD, _terminator())  # decoded last
     if kind == MODEL_LATTICE:
         rows = rows.to(bottleneck.log_spacing.dtype)
-        u, means, scales = _lattice_params(bottleneck, rows.shape[0], seed)
+        u, spacing, scales = _lattice_params(bottleneck, rows.shape[0], seed)
         symbols = bottleneck._coordinates(rows, u)
-        lo, hi = _symbol_range(symbols, means, scales)
-        _encode_lattice(coder, symbols.numpy(), means, scales, max(-lo, hi))
+        u = u.numpy()
+        lo, hi = _symbol_range(symbols, _mean_range(u, spacing), scales)
+        _encode_lattice(coder, symbols.numpy(), u, spacing, scales, max(-lo, hi))
     elif kind == MODEL_COUNTED:
         symbols = bottleneck.code_symbols(rows)
         lo, hi = (int(symbols.min()), int(symbols.max())) if symbols.numel() else (0, 0)
@@ -242,12 +278,12 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
     try:
         coder = constriction.stream.stack.AnsCoder(words)
         if kind == MODEL_LATTICE:
-            u, means, scales = _lattice_params(bottleneck, positions, header.seed)
+            u, spacing, scales = _lattice_params(bottleneck, positions, header.seed)
             width = max(-header.symbol_min, header.symbol_max)
             if not 0 <= width <= _MAX_SUPPORT:
                 raise CodingError(f"corrupt header (symbol range {header.symbol_min}..)")
-            k = torch.from_numpy(_decode_lattice(coder, means, scales, width))
-            rows = bottleneck._reconstruct(k, u.to(bottleneck.log_spacing.dtype))
+            k = torch.from_numpy(_decode_lattice(coder, u.numpy(), spacing, scales, width))
+            rows = bottleneck._reconstruct(k, u)
         elif kind == MODEL_COUNTED:
             symbols = _decode_counted(coder, bottleneck, positions)
             if bottleneck.index_kind == "scalar":
@@ -354,7 +390,9 @@ _TAIL_SCALES = 25.0
 _MAX_SUPPORT = 1 << 16
 
 
-def _symbol_range(symbols: Tensor, means: np.ndarray, scales: np.ndarray) -> tuple[int, int]:
+def _symbol_range(
+    symbols: Tensor, means: tuple[float, float], scales: np.ndarray
+) -> tuple[int, int]:
     """The coder's support [min, max]: where the prior has all but ~1e-11 of its mass, widened
     to the data's symbols so that every one can be coded.
 
@@ -363,8 +401,8 @@ def _symbol_range(symbols: Tensor, means: np.ndarray, scales: np.ndarray) -> tup
     prior's bulk keeps the coded size equal to the exact rate."""
     lo, hi = int(symbols.min()), int(symbols.max())
     reach = float(np.max(scales)) * _TAIL_SCALES
-    lo = min(lo, math.floor(float(np.min(means)) - reach))
-    hi = max(hi, math.ceil(float(np.max(means)) + reach))
+    lo = min(lo, math.floor(means[0] - reach))
+    hi = max(hi, math.ceil(means[1] + reach))
     if lo < -(2**30) or hi > 2**30:
         raise ValueError(f"lattice coordinates in [{lo}, {hi}] are too large to code")
     if max(-lo, hi) > _MAX_SUPPORT:
