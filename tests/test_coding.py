@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from qlatent.coding import (
     pack,
     unpack,
 )
+from qlatent.coding.codec import _SignCode
 from qlatent.rng import SeedKeys
 
 
@@ -57,6 +59,42 @@ def test_coded_size_matches_the_exact_rate():
     assert len(data) == len(payload) + header.size
     # ANS keeps up to 64 bits of state beyond the information content; 0.1% is the goal
     assert exact_bits <= payload_bits + 1 <= 1.001 * exact_bits + 64
+
+
+def test_sign_probabilities_are_the_dithered_laplace_cells():
+    # P(k < 0 | u), P(k = 0 | u), P(k > 0 | u) against the Laplace CDF written out with math.exp,
+    # for ratios Δ/b on both sides of the one-exp limit (where ¼e^(−Δ/b) would underflow)
+    spacing = np.array([0.5, 1.0, 2.0, 1.0, 1.0])
+    scale = np.array([2.0, 0.01, 7.0, 1.0 / 600, 1.0 / 900])
+    code = _SignCode(spacing, scale)
+    assert set(code.two_exp) == {3, 4}
+    r = np.linspace(0, 1, 97, endpoint=False)[:, None].astype(np.float32)
+    u = ((r - np.float32(0.5)) * spacing.astype(np.float32)).astype(np.float32)
+    got = code.probabilities(u).reshape(*u.shape, 3)
+    for (i, d), _ in np.ndenumerate(u):
+        delta, b, ui = spacing[d], scale[d], float(u[i, d])
+        below = 0.5 * math.exp(-(ui + delta / 2) / b)
+        above = 0.5 * math.exp(-(delta / 2 - ui) / b)
+        expected = (below, 1.0 - below - above, above)
+        assert got[i, d] == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_a_prior_far_narrower_than_the_cell_round_trips_at_its_rate():
+    # Δ/b = 2000, inputs drawn from the prior: almost every coordinate is 0 at almost no cost;
+    # the ±1 symbols (the input near a cell edge, probability up to ½) take the two-exp path,
+    # and the support is ±1 (a one-entry magnitude table, which constriction refuses, is padded)
+    b = 5e-4
+    bn = build("lattice", dim=6, init_spacing=1.0, init_scale=b).eval()
+    v = torch.rand(20000, 6, generator=torch.Generator().manual_seed(3)) - 0.5
+    y = -b * torch.sign(v) * torch.log1p(-2 * v.abs())  # Laplace(0, b)
+    data = bn.compress(y, seed=9)
+    out = bn(y, generator=SeedKeys(9))
+    assert torch.equal(bn.decompress(data), out.y_hat)
+    assert (out.indices != 0).sum() >= 20
+    header, payload = unpack(data)
+    assert (header.symbol_min, header.symbol_max) == (-1, 1)
+    exact_bits = out.rate.double().sum().item() / math.log(2)
+    assert exact_bits - 1 <= 8 * len(payload) <= 1.001 * exact_bits + 64
 
 
 def test_codebook_indices_round_trip():

@@ -32,7 +32,6 @@ from ..coding.codec import (
     _decode_lattice,
     _encode_lattice,
     _lattice_params,
-    _mean_range,
     _symbol_range,
 )
 from ..rng import SeedKeys
@@ -107,10 +106,10 @@ def _bench_lattice_coder(lattice, y, *, repeats: int) -> dict[str, Any]:
     """Symbols per second of the ANS step alone (no dither, no container): the sign/magnitude
     code against constriction's ``QuantizedLaplace`` on the same symbols and parameters."""
     stream = _constriction().stream
-    u, spacing, scales = _lattice_params(lattice, y.shape[0], 1)
+    u, spacing, scale = _lattice_params(lattice, y.shape[0], 1)
     symbols = lattice._coordinates(y.to(u.dtype), u)
-    u = u.numpy()
-    lo, hi = _symbol_range(symbols, _mean_range(u, spacing), scales)  # compress()'s support
+    u, scales = u.numpy(), scale / spacing
+    lo, hi = _symbol_range(symbols, scales)  # the support compress() gives the coder
     means = np.divide(u, spacing, dtype=np.float64)
     width, k = max(-lo, hi), symbols.numpy()
     flat_k = k.reshape(-1).astype("int32")
@@ -120,7 +119,7 @@ def _bench_lattice_coder(lattice, y, *, repeats: int) -> dict[str, Any]:
 
     def ours_encode():
         coder = stream.stack.AnsCoder()
-        _encode_lattice(coder, k, u, spacing, scales, width)
+        _encode_lattice(coder, k, u, spacing, scale, width)
         return coder.get_compressed()
 
     def laplace_encode():
@@ -133,7 +132,7 @@ def _bench_lattice_coder(lattice, y, *, repeats: int) -> dict[str, Any]:
         {
             "sign_magnitude_encode": ours_encode,
             "sign_magnitude_decode": lambda: _decode_lattice(
-                stream.stack.AnsCoder(ours), u, spacing, scales, width
+                stream.stack.AnsCoder(ours), u, spacing, scale, width
             ),
             "quantized_laplace_encode": laplace_encode,
             "quantized_laplace_decode": lambda: stream.stack.AnsCoder(theirs).decode(
@@ -144,7 +143,7 @@ def _bench_lattice_coder(lattice, y, *, repeats: int) -> dict[str, Any]:
         block=repeats,
         warmup=1,
     )
-    decoded = _decode_lattice(stream.stack.AnsCoder(ours), u, spacing, scales, width)
+    decoded = _decode_lattice(stream.stack.AnsCoder(ours), u, spacing, scale, width)
     return {
         "symbols": int(k.size),
         "round_trip_exact": bool((decoded == k).all()),
