@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=int, default=25_000)
     b.add_argument("--dim", type=int, default=40)
     b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--repeats", type=int, default=20, help="timed calls per case")
     b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
     b.set_defaults(func=_cmd_bench_coding)
     return parser

@@ -197,15 +197,18 @@ class DitheredLattice(Bottleneck):
         device = device if device is not None else self.log_spacing.device
         dtype = self.log_spacing.dtype
         r = counter_uniform(draw_key(generator), (n, self.dim), dtype).to(device)
-        return (r - 0.5) * self.spacing
+        return r.sub_(0.5).mul_(self.spacing)  # (r − ½) Δ in r's own buffer
 
-    def _coordinates(self, y: Tensor, u: Tensor) -> Tensor:
-        """k = K_Λ(y + u) in lattice coordinates."""
-        return self.geometry().coordinates(y + u)
+    def _coordinates(self, y: Tensor, u: Tensor, geometry: RectangularLattice | None = None):
+        """k = K_Λ(y + u) in lattice coordinates (``geometry``: :meth:`geometry`, if already
+        built, as by a caller working block by block)."""
+        return (geometry or self.geometry()).coordinates(y + u)
 
-    def _reconstruct(self, indices: Tensor, u: Tensor) -> Tensor:
+    def _reconstruct(
+        self, indices: Tensor, u: Tensor, geometry: RectangularLattice | None = None
+    ) -> Tensor:
         """y_hat = z − u with z = B k."""
-        return self.geometry().points(indices) - u
+        return (geometry or self.geometry()).points(indices) - u
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, lattice={self.lattice_name!r}, prior={self.prior_name!r}"
