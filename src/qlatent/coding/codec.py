@@ -117,6 +117,9 @@ def _lattice_params(bottleneck, rows: int, seed: int) -> tuple[Tensor, np.ndarra
 # no whole-input temporary is made beyond the dither and the coordinates: on a machine where
 # fresh memory is slow to fault in, that is a large part of a whole call's time.
 
+# constriction (0.5) reads the raw buffer of every array it is given, whatever its strides: what
+# is passed to it is contiguous by construction (a fresh array, or a contiguous reshape).
+
 #: symbols per block of the sign code (24 bytes of probabilities each)
 _BLOCK = 1 << 15
 #: Δ/b beyond which P(k > 0) is computed with its own exp: ¼e^(−Δ/b) would lose precision
