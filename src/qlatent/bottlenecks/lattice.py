@@ -199,7 +199,9 @@ class DitheredLattice(Bottleneck):
         r = counter_uniform(draw_key(generator), (n, self.dim), dtype).to(device)
         return r.sub_(0.5).mul_(self.spacing)  # (r − ½) Δ in r's own buffer
 
-    def _coordinates(self, y: Tensor, u: Tensor, geometry: RectangularLattice | None = None):
+    def _coordinates(
+        self, y: Tensor, u: Tensor, geometry: RectangularLattice | None = None
+    ) -> Tensor:
         """k = K_Λ(y + u) in lattice coordinates (``geometry``: :meth:`geometry`, if already
         built, as by a caller working block by block)."""
         return (geometry or self.geometry()).coordinates(y + u)
