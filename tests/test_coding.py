@@ -97,6 +97,15 @@ def test_a_prior_far_narrower_than_the_cell_round_trips_at_its_rate():
     assert exact_bits - 1 <= 8 * len(payload) <= 1.001 * exact_bits + 64
 
 
+def test_symbols_the_coder_cannot_hold_are_refused_with_a_reason():
+    bn = _lattice(dim=3)
+    with pytest.raises(ValueError, match="too large to code"):  # before any int32 cast
+        bn.compress(torch.full((4, 3), 1e12), seed=0)
+    wide = build("lattice", dim=3, init_spacing=1e-3, init_scale=10.0).eval()  # b/Δ = 10^4
+    with pytest.raises(ValueError, match="beyond the coder's"):
+        wide.compress(torch.zeros(4, 3), seed=0)
+
+
 def test_codebook_indices_round_trip():
     torch.manual_seed(0)
     for name in ("vq", "vq_ema", "soft_em_vq"):

@@ -18,6 +18,8 @@ shifts are masked so that they act as logical shifts on the unsigned bit pattern
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -102,9 +104,7 @@ def counter_uniform(key: Tensor, shape: tuple[int, ...], dtype=torch.float32) ->
     that stay in cache, about three times faster than torch's whole-array passes; the numbers
     are the same bits either way (integer arithmetic, then an exact scaling).
     """
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     if numel >= 2**31:
         raise ValueError(f"counter_uniform draws at most 2^31 numbers per key, asked for {numel}")
     if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
@@ -116,10 +116,7 @@ def counter_uniform(key: Tensor, shape: tuple[int, ...], dtype=torch.float32) ->
 
 def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype) -> Tensor:
     """:func:`counter_uniform` as whole-tensor torch operations (any device; compilable)."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    counter = torch.arange(numel, dtype=torch.int32, device=key.device).view(shape)
+    counter = torch.arange(math.prod(shape), dtype=torch.int32, device=key.device).view(shape)
     bits = lowbias32(lowbias32(counter).bitwise_xor_(key))
     return bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(dtype).mul_(2.0**-24)
 

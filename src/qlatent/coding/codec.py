@@ -455,8 +455,6 @@ def _symbol_range(lo: int, hi: int, scales: np.ndarray) -> tuple[int, int]:
     reach = float(np.max(scales)) * _TAIL_SCALES
     lo = min(lo, math.floor(-0.5 - reach))
     hi = max(hi, math.ceil(0.5 + reach))
-    if lo < -(2**30) or hi > 2**30:
-        raise ValueError(f"lattice coordinates in [{lo}, {hi}] are too large to code")
     if max(-lo, hi) > _MAX_SUPPORT:
         raise ValueError(
             f"the symbols span [{lo}, {hi}], beyond the coder's ±{_MAX_SUPPORT:,} "
