@@ -76,6 +76,21 @@ def _positive_log(value: float, name: str) -> float:
 
 
 @BOTTLENECKS.register("lattice")
+def dithered_lattice(*, dim: int, lattice="rectangular", **kwargs) -> Bottleneck:
+    """The dithered lattice bottleneck on any lattice.
+
+    ``lattice="rectangular"`` (the paper's, per-dimension spacing Δ_i, exact closed-form rate):
+    :class:`DitheredLattice`. A good lattice by name or a list of block names (``"e8"`` for
+    E8^5 at dim 40, ``["leech", "bw16"]`` for Λ24 ⊕ Λ16, ``"a2"``, ``"d4"``, ``"d3*"`` ...):
+    :class:`~qlatent.bottlenecks.good_lattice.DitheredGoodLattice`, Monte-Carlo rate.
+    """
+    if isinstance(lattice, str) and lattice.strip().lower() == "rectangular":
+        return DitheredLattice(dim=dim, **kwargs)
+    from .good_lattice import DitheredGoodLattice
+
+    return DitheredGoodLattice(dim=dim, lattice=lattice, **kwargs)
+
+
 class DitheredLattice(Bottleneck):
     """Dithered rectangular-lattice quantizer with a learnable Laplace prior.
 

@@ -17,6 +17,7 @@ its run folder next to the checkpoint it evaluated.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,13 +36,43 @@ from ..models import gated_vae
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
 
-MODELS = ("rect_lattice", "gaussian_lattice", "gaussian")
+MODELS = (
+    "rect_lattice",
+    "gaussian_lattice",
+    "gaussian",
+    "e8_lattice",
+    "leech_lattice",
+    "a2_lattice",
+    "d4_lattice",
+)
+#: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
+DEFAULT_MODELS = MODELS[:5]
 PAPER_IWAE1000 = {"rect_lattice": 94.45, "gaussian_lattice": 89.35, "gaussian": 88.85}
 LABELS = {
     "rect_lattice": "rectangular-lattice VAE",
     "gaussian_lattice": "Gaussian-lattice VAE",
     "gaussian": "Gaussian VAE",
+    "e8_lattice": "E8^5-lattice VAE",
+    "leech_lattice": "(Λ24 ⊕ Λ16)-lattice VAE",
+    "a2_lattice": "A2^20-lattice VAE",
+    "d4_lattice": "D4^10-lattice VAE",
 }
+#: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
+#: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
+BLOCK_NSM = {
+    "rect_lattice": [(1 / 12, 40)],
+    "a2_lattice": [(5 / (36 * math.sqrt(3)), 40)],
+    "d4_lattice": [(13 / (120 * math.sqrt(2)), 40)],
+    "e8_lattice": [(929 / 12960, 40)],
+    "leech_lattice": [(0.0657710, 24), (0.0682976, 16)],
+}
+
+
+def theoretical_gap(name: str) -> float | None:
+    """Σ_blocks n_b·½·log(2πe·G_b): the nats per image a lattice loses to an ideal one (eq. 12)."""
+    if name not in BLOCK_NSM:
+        return None
+    return sum(n * 0.5 * math.log(2 * math.pi * math.e * g) for g, n in BLOCK_NSM[name])
 
 
 @dataclass
@@ -59,6 +90,11 @@ class EvalConfig:
     test_examples: int | None = None  #: None: all 10,000
     codelength_repeats: int = 10  #: dithers per test image for the hard-path codelength
     seed: int = 2020
+    #: good lattices: test images on which the Monte-Carlo log-density bias is measured, and the
+    #: reference sample counts (uniform, prior) it is measured against
+    bias_examples: int = 500
+    bias_reference_samples: int = 16384
+    bias_reference_prior_samples: int = 4096
 
 
 @dataclass
@@ -151,6 +187,8 @@ def evaluate(
     metrics["eval_threads"] = torch.get_num_threads()
     if name == "rect_lattice":
         metrics.update(_lattice_metrics(model, x_test, cfg))
+    elif name in BLOCK_NSM:
+        metrics.update(_good_lattice_metrics(model, x_test, cfg))
     return metrics
 
 
@@ -169,6 +207,41 @@ def _lattice_metrics(model, x_test: torch.Tensor, cfg: EvalConfig) -> dict[str, 
         "codelength_repeats": cfg.codelength_repeats,
         "spacing": _summary(spacing),
         "laplace_scale": _summary(scale),
+    }
+
+
+def _good_lattice_metrics(model, x_test: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:
+    """Hard-path codelength (Monte-Carlo rate at the eval sample counts), the learned scales, and
+    the bias of the Monte-Carlo log-density at the training and eval sample counts, measured on
+    the first ``bias_examples`` test images' training-path y_hat against a large reference."""
+    from ..bottlenecks.good_lattice import log_density_bias
+
+    neck = model.bottleneck
+    totals, gaps = [], []
+    for repeat in range(cfg.codelength_repeats):
+        report = codelength_report(model, x_test, seed=cfg.seed + 100 + 2 * repeat)
+        totals.append(report.codelength.total)
+        gaps.append(report.codelength.total - report.neg_elbo.total)
+    model.train()
+    with torch.no_grad():
+        x = x_test[: cfg.bias_examples]
+        y_hat = model(x).bottleneck.y_hat
+    model.eval()
+    reference = (cfg.bias_reference_samples, cfg.bias_reference_prior_samples)
+    bias = {
+        "train": log_density_bias(neck, y_hat, (neck.samples, neck.prior_samples), reference),
+        "eval": log_density_bias(
+            neck, y_hat, (neck.eval_samples, neck.eval_prior_samples), reference
+        ),
+    }
+    return {
+        "lattice": neck.geometry.name,
+        "test_codelength_hard": sum(totals) / len(totals),
+        "codelength_minus_neg_elbo": sum(gaps) / len(gaps),
+        "codelength_repeats": cfg.codelength_repeats,
+        "block_spacing": [round(v, 5) for v in neck.spacing.detach().tolist()],
+        "prior_scale": _summary(neck.scale.detach()),
+        "log_density_bias": bias,
     }
 
 
@@ -193,27 +266,51 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run every model (resumable), write ``<results>/lattice-mnist[-quick].json`` and Figure 3."""
     stem = "lattice-mnist-quick" if quick else "lattice-mnist"
-    models = list(models or MODELS)
+    models = list(models or DEFAULT_MODELS)
     configs = {name: model_config(name, quick=quick, overrides=overrides or []) for name in models}
     data = load_data(next(iter(configs.values())), data_dir)
+    started = provenance(command)
     out = {}
     for name in models:
         print(f"== {LABELS[name]} ==", flush=True)
         out[name] = run_model(name, configs[name], data, Path(runs_dir) / stem / name)
+        out[name]["provenance"] = started
+    results_dir = Path(results_dir)
+    path = results_dir / f"{stem}.json"
+    previous = _previous_rows(path, configs[models[0]].data)
+    all_configs = {**previous.get("configs", {}), **{n: to_dict(c) for n, c in configs.items()}}
+    rows = {**previous.get("models", {}), **out}
     latent_dim = configs[models[0]].model.latent_dim
     payload = {
         **provenance(command),
-        "models": out,
+        "models": {name: rows[name] for name in MODELS if name in rows},
         "paper": {"test_nll_iwae1000": PAPER_IWAE1000, "data": "static binarized MNIST"},
         "data": configs[models[0]].data,
         "theoretical_gap_nats": latent_dim * integer_lattice(1).kl_to_gaussian().item(),
+        "theoretical_gaps_nats": {name: theoretical_gap(name) for name in rows},
         "optimizer": configs[models[0]].train.optimizer,
-        "configs": {name: to_dict(cfg) for name, cfg in configs.items()},
+        "configs": {name: all_configs[name] for name in MODELS if name in all_configs},
     }
-    results_dir = Path(results_dir)
-    write_json(payload, results_dir / f"{stem}.json")
+    write_json(payload, path)
     figure_3(out, results_dir / f"{stem}-fig3.png")
     return payload
+
+
+def _previous_rows(path: Path, data: str) -> dict[str, Any]:
+    """The rows already in ``path`` (same data set), so that running a subset of the table adds
+    to it; rows written before per-row provenance get the file's own."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict) or old.get("data") != data:
+        return {}
+    keys = ("command", "commit", "dirty", "machine", "date")
+    for row in old.get("models", {}).values():
+        row.setdefault("provenance", {k: old.get(k) for k in keys})
+    return old
 
 
 def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -243,27 +340,35 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def markdown_table(payload: dict[str, Any]) -> str:
     models = payload["models"]
+    gaps = payload.get("theoretical_gaps_nats", {})
     lines = [
-        "| model | IWAE NLL (ours) | paper (IWAE-1000) | −ELBO (ours) | epochs | best | cap hit |",
-        "|---|---|---|---|---|---|---|",
+        "| model | IWAE NLL (ours) | paper (IWAE-1000) | −ELBO (ours) | − Gaussian-lattice "
+        "| ideal-lattice gap (theory) | epochs | best | cap hit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ref = models.get("gaussian_lattice")
+    ref_nll = ref[f"test_nll_iwae{ref['iwae_samples']}"] if ref else None
     for name, r in models.items():
         key = f"test_nll_iwae{r['iwae_samples']}"
+        paper = PAPER_IWAE1000.get(name)
+        delta = "" if ref_nll is None or name == "gaussian_lattice" else f"{r[key] - ref_nll:+.2f}"
+        gap = gaps.get(name)
         lines.append(
             f"| {LABELS[name]} | {r[key]:.2f} ± {r['test_nll_iwae_se']:.2f} "
-            f"(S={r['iwae_samples']}) | {PAPER_IWAE1000[name]:.2f} | {r['test_neg_elbo']:.2f} "
+            f"(S={r['iwae_samples']}) | {'' if paper is None else f'{paper:.2f}'} "
+            f"| {r['test_neg_elbo']:.2f} | {delta} | {'' if gap is None else f'{gap:.2f}'} "
             f"| {r['epochs']} | {r['best_epoch']} | {'yes' if r['epoch_cap_hit'] else 'no'} |"
         )
-    if "rect_lattice" in models:
-        r = models["rect_lattice"]
-        lines.append("")
-        lines.append(
-            f"rectangular lattice, hard-path two-part codelength: {r['test_codelength_hard']:.2f} "
-            f"nats (−ELBO {r['test_neg_elbo']:.2f}; Theorem 1: equal in expectation)"
-        )
-    if "rect_lattice" in models and "gaussian_lattice" in models:
-        a, b = models["rect_lattice"], models["gaussian_lattice"]
-        gap = a[f"test_nll_iwae{a['iwae_samples']}"] - b[f"test_nll_iwae{b['iwae_samples']}"]
+    for name, r in models.items():
+        if "test_codelength_hard" in r:
+            lines.append("")
+            lines.append(
+                f"{LABELS[name]}, hard-path two-part codelength: {r['test_codelength_hard']:.2f} "
+                f"nats (−ELBO {r['test_neg_elbo']:.2f}; Theorem 1: equal in expectation)"
+            )
+    if "rect_lattice" in models and ref:
+        a = models["rect_lattice"]
+        gap = a[f"test_nll_iwae{a['iwae_samples']}"] - ref_nll
         lines.append(
             f"rectangular − Gaussian-lattice gap: {gap:.2f} nats (paper 5.10; at most "
             f"{payload['theoretical_gap_nats']:.2f} = m·½·log(2πe/12) for an ideal lattice)"

@@ -24,6 +24,8 @@ class Lattice(ABC):
 
     #: whether ``closest_point`` is exact (otherwise the class documents its approximation)
     exact: bool = True
+    #: short display name (``E8``, ``D4*`` ...)
+    name: str = "lattice"
 
     @property
     @abstractmethod

@@ -28,6 +28,7 @@ class RectangularLattice(Lattice):
         if not torch.isfinite(spacing).all() or (spacing <= 0).any():
             raise ValueError("spacing must be finite and positive")
         self.spacing = spacing
+        self.name = "Z" if bool((spacing == 1).all()) else "rectangular"
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,128 @@
+"""Helpers shared by the lattice families: integer bases, D_n rounding, fixed generator matrices.
+
+Everything here is exact for integer-valued inputs: a lattice's generator matrix is computed once
+from integer generating vectors (Hermite normal form with Python integers), and the parity fixes
+of the Conway–Sloane decoders test parities with ``remainder(·, 2)``, which is exact in floating
+point at any magnitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from .base import Lattice
+
+
+def round_to_dn(x: Tensor) -> Tensor:
+    """Closest point of ``D_n = {k ∈ Z^n : Σ k even}`` to each row of ``x`` (Conway & Sloane 1982).
+
+    Round every coordinate; if the sum is odd, move the coordinate that rounded worst to its
+    other neighbour. ``x``: ``(..., n)``, any float dtype; the result has ``x``'s dtype.
+    """
+    r = torch.round(x)
+    e = x - r
+    odd = torch.remainder(r, 2.0).sum(-1, keepdim=True).remainder_(2.0)  # 1.0 where Σ r is odd
+    worst = e.abs().argmax(-1, keepdim=True)
+    step = torch.where(e.gather(-1, worst) >= 0, 1.0, -1.0).to(x.dtype) * odd
+    return r.scatter_add_(-1, worst, step)
+
+
+def nearer(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Row by row, whichever of the candidates ``a`` and ``b`` is nearer to ``x`` (``a`` on
+    ties)."""
+    da = (x - a).square_().sum(-1, keepdim=True)
+    db = (x - b).square_().sum(-1, keepdim=True)
+    return torch.where(db < da, b, a)
+
+
+def integer_basis(generators: Sequence[Sequence[int]]) -> list[list[int]]:
+    """A basis (rows) of the lattice spanned by integer ``generators``: their Hermite normal form.
+
+    Exact integer elimination; the result is upper triangular with positive pivots. Raises
+    ``ValueError`` if the generators do not span a full-rank lattice.
+    """
+    rows = [list(map(int, g)) for g in generators]
+    n = len(rows[0])
+    basis: list[list[int]] = []
+    for col in range(n):
+        # Euclid on column ``col`` among the remaining rows until at most one is non-zero there
+        while True:
+            live = [r for r in rows if r[col] != 0]
+            if len(live) <= 1:
+                break
+            pivot = min(live, key=lambda r: abs(r[col]))
+            for r in live:
+                if r is not pivot:
+                    q = r[col] // pivot[col]
+                    for j in range(col, n):
+                        r[j] -= q * pivot[j]
+        live = [r for r in rows if r[col] != 0]
+        if not live:
+            raise ValueError("the generating vectors do not span a full-rank lattice")
+        pivot = live[0]
+        if pivot[col] < 0:
+            pivot[:] = [-v for v in pivot]
+        rows = [r for r in rows if r is not pivot and any(r)]
+        basis.append(pivot)
+    for i in range(n - 1, -1, -1):  # reduce the entries above each pivot
+        for k in range(i):
+            q = basis[k][i] // basis[i][i]
+            if q:
+                basis[k] = [a - q * b for a, b in zip(basis[k], basis[i], strict=True)]
+    return basis
+
+
+class FixedLattice(Lattice):
+    """A lattice with a fixed generator matrix (held in float64, cast to the input's dtype).
+
+    Subclasses set ``_basis`` (rows = basis vectors, float64, ``(m, m)``) and implement
+    ``closest_point``; coordinates are computed in float64 with a cached inverse.
+    """
+
+    _basis: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self._basis.shape[0]
+
+    @property
+    def generator_matrix(self) -> Tensor:
+        return self._basis.T  # columns are basis vectors
+
+    def coordinates(self, points: Tensor) -> Tensor:
+        inverse = self._inverse_t.to(points.device)
+        return torch.round(points.to(torch.float64) @ inverse).to(torch.int64)
+
+    def points(self, coords: Tensor) -> Tensor:
+        return coords.to(torch.float64) @ self._basis.to(coords.device)
+
+    @property
+    def _inverse_t(self) -> Tensor:
+        inv = getattr(self, "_inv_cache", None)
+        if inv is None:
+            inv = self._inv_cache = torch.linalg.inv(self._basis)
+        return inv
+
+    def points_from_unit(self, r: Tensor) -> Tensor:
+        return r @ self._basis.to(device=r.device, dtype=r.dtype)
+
+    @property
+    def log_volume(self) -> Tensor:
+        return torch.linalg.slogdet(self._basis)[1]
+
+
+def dn_rows(n: int) -> list[list[int]]:
+    """Integer basis rows of D_n: ``2e_1`` and ``e_{i+1} − e_i``."""
+    rows = [[0] * n for _ in range(n)]
+    rows[0][0] = 2
+    for i in range(1, n):
+        rows[i][i - 1], rows[i][i] = -1, 1
+    return rows
+
+
+def as_basis(rows: Sequence[Sequence[int | float | Fraction]]) -> Tensor:
+    return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)

@@ -1,0 +1,63 @@
+"""The root lattice A_n, with A_2 the hexagonal lattice (the lattice paper's Figure 1).
+
+A_n = {k ∈ Z^{n+1} : Σ k_i = 0} lives in the hyperplane Σ x_i = 0 of R^{n+1}; here it is written
+in n orthonormal coordinates of that hyperplane (a Helmert basis Q, ``x' = x Qᵀ``). Closest point
+(Conway & Sloane 1982, SPLAG ch. 20 §2): round every coordinate of x'; the rounded sum Δ is
+generally not 0, so move the Δ coordinates that rounded up the most down by one (Δ > 0), or the
+|Δ| that rounded down the most up by one (Δ < 0). G(A_2) = 5/(36√3) ≈ 0.0801875, the best 2-D
+quantizer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._utils import FixedLattice
+from .base import LATTICES
+
+
+def helmert(n: int) -> Tensor:
+    """``(n, n+1)`` orthonormal rows spanning the hyperplane Σ x_i = 0 of R^{n+1} (float64)."""
+    q = torch.zeros(n, n + 1, dtype=torch.float64)
+    for i in range(1, n + 1):
+        q[i - 1, :i] = 1.0 / math.sqrt(i * (i + 1))
+        q[i - 1, i] = -i / math.sqrt(i * (i + 1))
+    return q
+
+
+@LATTICES.register("an")
+class RootLatticeA(FixedLattice):
+    """A_n for n ≥ 1, minimal norm 2, volume √(n+1)."""
+
+    def __init__(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"A_n needs an integer n >= 1, got {n!r}")
+        self._q = helmert(n)
+        roots = torch.zeros(n, n + 1, dtype=torch.float64)  # e_i − e_{i+1}
+        roots[torch.arange(n), torch.arange(n)] = 1.0
+        roots[torch.arange(n), torch.arange(1, n + 1)] = -1.0
+        self._basis = roots @ self._q.T
+        self.name = f"A{n}"
+
+    def closest_point(self, x: Tensor) -> Tensor:
+        q = self._q.to(device=x.device, dtype=x.dtype)
+        xe = x @ q  # (..., n+1), coordinates in R^{n+1} with Σ = 0
+        f = torch.round(xe)
+        e = xe - f
+        excess = f.sum(-1, keepdim=True)  # Δ, an integer (|Δ| ≤ (n+1)/2)
+        # rank of each coordinate's rounding error, 0 = rounded up the most (most negative e)
+        rank = e.argsort(-1).argsort(-1).to(x.dtype)
+        n1 = xe.shape[-1]
+        down = (rank < excess) & (excess > 0)
+        up = (rank >= n1 + excess) & (excess < 0)
+        f = f - down.to(x.dtype) + up.to(x.dtype)
+        return f @ q.T
+
+
+@LATTICES.register("a2")
+def hexagonal_lattice() -> RootLatticeA:
+    """A_2, the hexagonal lattice."""
+    return RootLatticeA(2)

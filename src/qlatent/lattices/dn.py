@@ -1,0 +1,49 @@
+"""The checkerboard lattice D_n and its dual D_n* (Conway & Sloane, SPLAG ch. 4 §7.1, ch. 20).
+
+    D_n  = {k ∈ Z^n : Σ k_i even}              closest point: round, then fix the parity
+    D_n* = Z^n ∪ (Z^n + ½·1)                    closest point: nearer of the two roundings
+
+D_4 is the best known 4-D quantizer (G = 13/(120√2) ≈ 0.0766032); D_3* is the body-centred cubic
+lattice, the optimal 3-D quantizer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._utils import FixedLattice, as_basis, nearer, round_to_dn
+from .base import LATTICES
+
+
+@LATTICES.register("dn")
+class CheckerboardLattice(FixedLattice):
+    """D_n for n ≥ 2; volume 2."""
+
+    def __init__(self, n: int) -> None:
+        if not isinstance(n, int) or n < 2:
+            raise ValueError(f"D_n needs an integer n >= 2, got {n!r}")
+        rows = [[0] * n for _ in range(n)]
+        rows[0][0], rows[0][1] = -1, -1
+        for i in range(1, n):
+            rows[i][i - 1], rows[i][i] = 1, -1
+        self._basis = as_basis(rows)
+        self.name = f"D{n}"
+
+    def closest_point(self, x: Tensor) -> Tensor:
+        return round_to_dn(x)
+
+
+@LATTICES.register("dn_dual")
+class DualCheckerboardLattice(FixedLattice):
+    """D_n* = Z^n ∪ (Z^n + ½·1) for n ≥ 2 (up to scale the dual of D_n); volume ½."""
+
+    def __init__(self, n: int) -> None:
+        if not isinstance(n, int) or n < 2:
+            raise ValueError(f"D_n* needs an integer n >= 2, got {n!r}")
+        rows = [[1 if j == i else 0 for j in range(n)] for i in range(n - 1)]
+        rows.append([0.5] * n)
+        self._basis = as_basis(rows)
+        self.name = f"D{n}*"
+
+    def closest_point(self, x: Tensor) -> Tensor:
+        return nearer(x, x.round(), (x - 0.5).round_().add_(0.5))

@@ -1,0 +1,136 @@
+"""Exact closest point in any lattice by Schnorr–Euchner enumeration (a sphere decoder).
+
+Reference: E. Agrell, T. Eriksson, A. Vardy, K. Zeger, "Closest point search in lattices",
+IEEE Trans. Inf. Theory 48(8), 2002 (algorithm DECODE), after LLL reduction of the basis
+(Lenstra, Lenstra, Lovász 1982). Slow (a Python loop per point) but general: it is the reference
+the fast family decoders are tested against, and :class:`GeneralLattice` for any generator matrix.
+
+    B (basis rows) ──LLL──> reduced rows ──QR──> R (upper triangular)
+    x ──> x Q ──> depth-first search over the last coordinate first, nearest child first,
+                  pruning every branch whose partial squared distance exceeds the best so far
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Lattice
+
+
+def lll_reduce(basis: np.ndarray, delta: float = 0.75) -> np.ndarray:
+    """LLL-reduced rows spanning the same lattice as the rows of ``basis`` (float64)."""
+    b = np.array(basis, dtype=np.float64)
+    n = b.shape[0]
+
+    def gram_schmidt(b):
+        bs = np.zeros_like(b)
+        mu = np.zeros((n, n))
+        for i in range(n):
+            bs[i] = b[i]
+            for j in range(i):
+                mu[i, j] = b[i] @ bs[j] / (bs[j] @ bs[j])
+                bs[i] -= mu[i, j] * bs[j]
+        return bs, mu
+
+    bs, mu = gram_schmidt(b)
+    k = 1
+    while k < n:
+        for j in range(k - 1, -1, -1):
+            q = round(mu[k, j])
+            if q:
+                b[k] -= q * b[j]
+                bs, mu = gram_schmidt(b)
+        if bs[k] @ bs[k] >= (delta - mu[k, k - 1] ** 2) * (bs[k - 1] @ bs[k - 1]):
+            k += 1
+        else:
+            b[[k, k - 1]] = b[[k - 1, k]]
+            bs, mu = gram_schmidt(b)
+            k = max(k - 1, 1)
+    return b
+
+
+class SphereDecoder:
+    """Closest point of the lattice spanned by the rows of ``basis`` (``(m, m)``), exactly."""
+
+    def __init__(self, basis: np.ndarray) -> None:
+        reduced = lll_reduce(basis)
+        q, r = np.linalg.qr(reduced.T)  # reduced.T = q r, columns are basis vectors
+        self.reduced, self.q, self.r = reduced, q, r
+        self.m = reduced.shape[0]
+
+    def closest(self, x: np.ndarray, radius2: float = math.inf) -> np.ndarray:
+        """The lattice point nearest to ``x`` (``(m,)`` float64), or ``x``'s nearest found
+        within squared ``radius2`` (pass the distance of a candidate to verify it)."""
+        m, r = self.m, self.r
+        y = self.q.T @ x  # target in the triangular frame: minimise ‖y − r k‖²
+        best_k, best = None, radius2
+        k = np.zeros(m)
+        # iterative depth-first search, nearest-first zig-zag at each level
+        level = m - 1
+        dist = np.zeros(m + 1)  # partial squared distance above each level
+        centre = np.zeros(m)
+        step = np.zeros(m)
+        centre[level] = y[level] / r[level, level]
+        k[level] = round(centre[level])
+        step[level] = 1.0 if centre[level] >= k[level] else -1.0
+        while True:
+            diff = (centre[level] - k[level]) * r[level, level]
+            d = dist[level + 1] + diff * diff
+            if d < best:
+                if level == 0:
+                    best, best_k = d, k.copy()
+                    level, d = self._next(level, k, centre, step)
+                else:
+                    dist[level] = d
+                    level -= 1
+                    s = y[level] - r[level, level + 1 :] @ k[level + 1 :]
+                    centre[level] = s / r[level, level]
+                    k[level] = round(centre[level])
+                    step[level] = 1.0 if centre[level] >= k[level] else -1.0
+                    continue
+            else:
+                level += 1
+                if level == m:
+                    break
+                self._next(level, k, centre, step)
+                continue
+        if best_k is None:
+            return None
+        return best_k @ self.reduced
+
+    @staticmethod
+    def _next(level, k, centre, step):
+        """Move ``k[level]`` to the next value in the zig-zag order around ``centre[level]``."""
+        k[level] += step[level]
+        step[level] = -step[level] - math.copysign(1.0, step[level])
+        return level, None
+
+
+class GeneralLattice(Lattice):
+    """Any lattice from its generator matrix (columns = basis vectors); exact but slow closest
+    point by :class:`SphereDecoder` (a Python loop over points)."""
+
+    def __init__(self, generator: Tensor) -> None:
+        g = torch.as_tensor(generator, dtype=torch.float64)
+        if g.dim() != 2 or g.shape[0] != g.shape[1] or torch.linalg.matrix_rank(g) < g.shape[0]:
+            raise ValueError("generator must be a square full-rank matrix")
+        self._generator = g
+        self._decoder = SphereDecoder(g.T.numpy())
+        self.name = f"general({g.shape[0]})"
+
+    @property
+    def dim(self) -> int:
+        return self._generator.shape[0]
+
+    @property
+    def generator_matrix(self) -> Tensor:
+        return self._generator
+
+    def closest_point(self, x: Tensor) -> Tensor:
+        rows = x.detach().reshape(-1, self.dim).to(torch.float64).cpu().numpy()
+        out = np.stack([self._decoder.closest(row) for row in rows]) if len(rows) else rows
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype).view(x.shape)
