@@ -174,7 +174,7 @@ class DitheredGoodLattice(Bottleneck):
         return eps.to(dtype) * self.scale.to(dtype)
 
     def log_density(
-        self, v: Tensor, samples: int, prior_samples: int = 0, generator=None
+        self, v: Tensor, samples: int, prior_samples: int = 0, generator=None, *, cap: bool = True
     ) -> Tensor:
         """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)``.
 
@@ -184,7 +184,8 @@ class DitheredGoodLattice(Bottleneck):
         cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_p·p(x)), unbiased. Uniform points alone
         fail when the prior is peaked inside the cell (a coordinate the model switched off);
         prior draws alone fail when it is flat; the mixture is good at both. f̂ = P̂/V, with P̂
-        capped at 1 per block (a probability), which only moves it toward the truth.
+        capped at 1 per block (a probability), which only moves it toward the truth (``cap=False``
+        returns the unbiased estimate of P itself).
         """
         sigma = self._coordinate_scale().to(v.dtype)
         w = self._mc_points(samples, generator, v.dtype, v.device) * sigma  # (S_u, m)
@@ -213,7 +214,7 @@ class DitheredGoodLattice(Bottleneck):
                 weight = log_px - _log_add(log_uniform, math.log(prior_samples) + log_px, 1)
                 terms.append(weight.expand_as(inside).masked_fill(~inside, -math.inf))
             log_sum = torch.logsumexp(torch.cat(terms, 1), dim=1)  # (N, blocks): log P̂_b
-            parts.append(torch.clamp(log_sum, max=0.0) - log_vol)
+            parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
         return log_f.sum(-1)
 

@@ -43,6 +43,10 @@ class RootLatticeA(FixedLattice):
         self.name = f"A{n}"
 
     def closest_point(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float64:
+            # the basis is irrational: decode in float64 so that a float32 input gets the
+            # float32 rounding of its exact closest point, at any magnitude
+            return self.closest_point(x.double()).to(x.dtype)
         q = self._q.to(device=x.device, dtype=x.dtype)
         xe = x @ q  # (..., n+1), coordinates in R^{n+1} with Σ = 0
         f = torch.round(xe)

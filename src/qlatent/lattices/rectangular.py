@@ -39,7 +39,7 @@ class RectangularLattice(Lattice):
         return torch.diag(self.spacing)
 
     def closest_point(self, x: Tensor) -> Tensor:
-        return self.points(self.coordinates(x))
+        return self.points(self.coordinates(x)).to(x.dtype)
 
     def coordinates(self, points: Tensor) -> Tensor:
         return (points / self.spacing).round_().to(torch.int64)  # in place: a pass fewer

@@ -1,0 +1,212 @@
+"""The dithered bottleneck on good lattices (``build("lattice", lattice=...)``).
+
+Checked: dispatch by name (rectangular stays the closed-form class; names and lists build direct
+sums); the training path's error y − y_hat is uniform over the scaled Voronoi cell (decodes to 0,
+second moment G·V^{2/n}); the crypto lemma on the hard path (the error decodes to 0, has the
+same second moment at two inputs, and is uncorrelated with the input) and Theorem 1 (mean
+hard-path and training-path rates agree within Monte-Carlo error at equal sample counts); the
+multiple-importance-sampling density is unbiased for the cell probability (checked against the
+closed form on Z blocks, for a flat and a peaked prior, Laplace and Gaussian) and beats plain
+uniform sampling on a peaked prior (by a factor of five at least); the measured log-density bias shrinks with S; gradients reach
+every parameter; IWAE runs unchanged on the density view; bad arguments are refused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qlatent.bottlenecks import DitheredLattice, build
+from qlatent.bottlenecks.good_lattice import DitheredGoodLattice, log_density_bias
+from qlatent.eval import iwae_nll
+from qlatent.models import gated_vae
+from qlatent.priors import laplace_cell_log_prob
+
+F64 = torch.float64
+NSM_E8 = 929 / 12960
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def e8(**kwargs) -> DitheredGoodLattice:
+    args = dict(dim=16, lattice="e8", samples=64, prior_samples=16, eval_samples=64)
+    args.update(kwargs)
+    module = build("lattice", **args).double()
+    with torch.no_grad():
+        module.log_spacing.copy_(torch.tensor([0.3, -0.4], dtype=F64))
+        module.log_scale.uniform_(-0.5, 0.5, generator=gen(0))
+    return module
+
+
+def test_dispatch_by_lattice_name():
+    assert isinstance(build("lattice", dim=8), DitheredLattice)
+    assert isinstance(build("lattice", dim=8, lattice="rectangular"), DitheredLattice)
+    neck = build("lattice", dim=40, lattice="e8")
+    assert isinstance(neck, DitheredGoodLattice) and neck.geometry.name == "E8^5"
+    assert neck.spacing.shape == (5,) and neck.scale.shape == (40,)
+    neck = build("lattice", dim=40, lattice=["leech", "bw16"])
+    assert neck.geometry.name == "Leech ⊕ BW16" and neck.spacing.shape == (2,)
+    assert build("lattice", dim=40, lattice="a2").geometry.name == "A2^20"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dim=12, lattice="e8"), "does not divide"),
+        (dict(dim=8, lattice="e8", prior="cauchy"), "prior"),
+        (dict(dim=8, lattice="e8", samples=7), "even"),
+        (dict(dim=8, lattice="e8", prior_samples=-1), "non-negative"),
+        (dict(dim=8, lattice="e8", init_scale=0.0), "positive"),
+        (dict(dim=8, lattice="e8", init_spacing=float("inf")), "finite"),
+        (dict(dim=8, lattice="nope"), "unknown lattice"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build("lattice", **kwargs)
+
+
+def _unit_errors(module, e: torch.Tensor) -> torch.Tensor:
+    """Errors mapped back to the unit-volume base lattice."""
+    return e / module._coordinate_scale()
+
+
+def test_training_error_is_uniform_over_the_scaled_cell():
+    module = e8().train()
+    y = 3 * torch.randn(20_000, 16, generator=gen(1), dtype=F64)
+    e = _unit_errors(module, y - module(y, generator=gen(2)).y_hat)
+    assert torch.equal(module.geometry.closest_point(e), torch.zeros_like(e))
+    g = e.square().sum(-1) / 16  # unit volume: per-sample G estimates
+    assert abs(g.mean().item() - NSM_E8) < 5 * g.std().item() / math.sqrt(g.numel())
+
+
+def test_crypto_lemma_on_the_hard_path():
+    module = e8().eval()
+    n = 20_000
+    seconds = []
+    for value, seed in ((0.3, 3), (7.9, 4)):
+        y = torch.full((n, 16), value, dtype=F64)
+        e = _unit_errors(module, module(y, generator=gen(seed)).y_hat - y)
+        assert torch.equal(module.geometry.closest_point(e), torch.zeros_like(e))
+        seconds.append(e.square().sum(-1) / 16)
+    a, b = seconds
+    se = math.sqrt(a.var().item() / n + b.var().item() / n)
+    assert abs(a.mean().item() - b.mean().item()) < 5 * se
+    assert abs(a.mean().item() - NSM_E8) < 5 * a.std().item() / math.sqrt(n)
+    y = 4 * torch.randn(n, 16, generator=gen(5), dtype=F64)
+    e = module(y, generator=gen(6)).y_hat - y
+    corr = torch.corrcoef(torch.stack([y[:, 0], e[:, 0]]))[0, 1]
+    assert abs(corr.item()) < 5 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("where", ["centre", "tail"])
+def test_theorem1_mean_rates_agree_across_paths(where):
+    """At equal Monte-Carlo sample counts the two paths estimate the same expectation."""
+    module = e8(samples=128, prior_samples=16, eval_samples=128, eval_prior_samples=16)
+    y0 = torch.zeros(16, dtype=F64) if where == "centre" else torch.linspace(-4, 4, 16)
+    y = y0.to(F64).expand(4000, 16)
+    with torch.no_grad():
+        train = module.train()(y, generator=gen(7)).rate
+        hard = module.eval()(y, generator=gen(8)).rate
+    se = math.sqrt(train.var().item() / train.numel() + hard.var().item() / hard.numel())
+    assert abs(train.mean().item() - hard.mean().item()) < 5 * se
+
+
+def _z_blocks(prior: str, scale: float, **kwargs) -> DitheredGoodLattice:
+    module = DitheredGoodLattice(dim=4, lattice="z", prior=prior, init_scale=scale, **kwargs)
+    return module.double()
+
+
+def _exact_log_prob(v: torch.Tensor, prior: str, scale: float) -> torch.Tensor:
+    if prior == "laplace":
+        ones = torch.ones(4, dtype=F64)
+        return laplace_cell_log_prob(v, ones, scale * ones).sum(-1)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=F64), scale)
+    return torch.log(normal.cdf(v + 0.5) - normal.cdf(v - 0.5)).sum(-1)
+
+
+@pytest.mark.parametrize("prior", ["laplace", "gaussian"])
+@pytest.mark.parametrize("scale", [0.05, 1.5])
+@pytest.mark.parametrize("counts", [(16, 0), (8, 8)], ids=["uniform", "mis"])
+def test_density_estimate_is_unbiased_for_the_cell_probability(prior, scale, counts):
+    """Per 1-D block, E[P̂] = P (the closed form) for the uncapped estimate: the mean over
+    independent repeats is within 5 SE. The capped estimate (the default) is never above it."""
+    module = _z_blocks(prior, scale)
+    v = torch.tensor([[0.0, 0.3, -0.45, 2.0]], dtype=F64)
+    exact = (
+        torch.stack(
+            [_exact_log_prob(v[:, i : i + 1].expand(1, 4), prior, scale) / 4 for i in range(4)]
+        )
+        .squeeze(-1)
+        .exp()
+    )
+    single = DitheredGoodLattice(dim=1, lattice="z", prior=prior, init_scale=scale).double()
+    draws = torch.stack(
+        [
+            torch.stack(
+                [
+                    single.log_density(v[:, i : i + 1], *counts, gen(100 * r + i), cap=False)
+                    for i in range(4)
+                ]
+            ).squeeze(-1)
+            for r in range(1000)
+        ]
+    ).exp()  # (repeats, 4): P̂ per block (unit volume)
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(draws.shape[0])
+    assert ((mean - exact).abs() <= 5 * se + 1e-12).all(), (mean, exact, se)
+    capped = module.log_density(v, *counts, gen(1))
+    assert capped.shape == (1,) and capped <= module.log_density(v, *counts, gen(1), cap=False)
+
+
+def test_prior_draws_fix_a_peaked_prior():
+    """A prior much narrower than the cell: uniform cell points alone are biased by nats; the
+    mixture with prior draws is close to the closed form."""
+    module = _z_blocks("laplace", 0.02)
+    v = 0.3 * torch.rand(500, 4, generator=gen(9), dtype=F64) - 0.15
+    exact = _exact_log_prob(v, "laplace", 0.02)
+    plain = module.log_density(v, 64, 0, gen(10))
+    mixed = module.log_density(v, 32, 32, gen(11))
+    assert (exact - plain).mean() > 0.5  # nats over four blocks
+    assert (exact - mixed).abs().mean() < min(0.15, (exact - plain).mean() / 5)
+
+
+def test_measured_bias_shrinks_with_more_samples():
+    module = e8()
+    v = module.train()(2 * torch.randn(300, 16, generator=gen(12), dtype=F64)).y_hat.detach()
+    small = log_density_bias(module, v, (8, 0), (4096, 512))
+    large = log_density_bias(module, v, (256, 32), (4096, 512))
+    assert small["bias_nats"] < large["bias_nats"] + 3 * small["bias_se"]
+    assert abs(large["bias_nats"]) < 0.1
+
+
+def test_gradients_reach_every_parameter():
+    module = e8().train()
+    y = torch.randn(50, 16, generator=gen(13), dtype=F64, requires_grad=True)
+    out = module(y, generator=gen(14))
+    (out.rate.sum() + out.y_hat.square().sum()).backward()
+    for p in (module.log_spacing, module.log_scale, y):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).any()
+
+
+def test_iwae_runs_on_the_density_view():
+    torch.manual_seed(0)
+    model = gated_vae(
+        "lattice",
+        latent_dim=8,
+        hidden=16,
+        data_dim=20,
+        lattice="e8",
+        samples=8,
+        eval_samples=32,
+        eval_prior_samples=8,
+    )
+    x = (torch.rand(12, 20, generator=gen(15)) < 0.5).float()
+    z, log_q = model.bottleneck.posterior_sample(torch.randn(3, 8), 5, generator=gen(16))
+    assert z.shape == (5, 3, 8) and log_q.shape == (5, 3)
+    assert model.bottleneck.log_prior(z).shape == (5, 3)
+    nll = iwae_nll(model, x, num_samples=10, batch_size=6, generator=gen(17), progress=False)
+    assert nll.shape == (12,) and torch.isfinite(nll).all()

@@ -1,0 +1,251 @@
+"""Good lattices (``qlatent.lattices``): A_n, D_n, D_n*, E8, Λ16, Λ24, direct sums, sphere decoder.
+
+Checked for every family: the generator matrix spans the lattice the decoder decodes (basis
+vectors are fixed points; |det| is the known volume); the fast closest point is as near as the
+Schnorr–Euchner sphere decoder's on random inputs, on points next to Voronoi-cell faces and
+vertices (midpoints of two lattice points and deep holes, nudged by 1e-9 either way), and on
+inputs translated by huge lattice vectors (float64, exact translation equivariance), in float32
+and float64; the sphere decoder itself equals an exhaustive search on small lattices; the codes
+behind Λ16 and Λ24 have their weight distributions; the dither is uniform over the cell
+(decodes to 0, mean 0, second moment matching G within Monte-Carlo error); coordinates round
+trip; direct sums decode block by block; bad names and dimensions are refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qlatent.lattices import (
+    DirectSum,
+    GossetLattice,
+    LeechLattice,
+    lattice_by_name,
+    tile,
+)
+from qlatent.lattices.bw16 import reed_muller_1_4
+from qlatent.lattices.leech import golay_code
+from qlatent.lattices.search import GeneralLattice, SphereDecoder
+
+F64 = torch.float64
+#: (name, volume of the integer-scaled lattice, points checked against the sphere decoder)
+FAMILIES = [
+    ("z", 1.0, 200),
+    ("a2", math.sqrt(3), 200),
+    ("a3", 2.0, 200),
+    ("a5", math.sqrt(6), 200),
+    ("d3", 2.0, 200),
+    ("d4", 2.0, 200),
+    ("d5", 2.0, 200),
+    ("d3*", 0.5, 200),
+    ("d4*", 0.5, 200),
+    ("d6*", 0.5, 200),
+    ("e8", 1.0, 200),
+    ("bw16", 2.0**12, 60),
+    ("leech", 8.0**12, 12),
+]
+#: literature G(Λ) (Conway & Sloane; SPLAG Table 2.3)
+NSM = {"a2": 5 / (36 * math.sqrt(3)), "d4": 13 / (120 * math.sqrt(2)), "e8": 929 / 12960}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _assert_as_near_as_reference(lat, x: torch.Tensor, got: torch.Tensor) -> None:
+    """``got`` is a lattice point at most as far from ``x`` as the sphere decoder's answer."""
+    basis = lat.generator_matrix.T.numpy()
+    decoder = SphereDecoder(basis)
+    coords = np.linalg.solve(basis.T, got.double().numpy().T).T
+    slack = 1e-4 if got.dtype == torch.float32 else 1e-8  # irrational bases (A_n) in float32
+    assert np.abs(coords - np.round(coords)).max() < slack, "not a lattice point"
+    scale = float(np.abs(basis).max())
+    for xi, gi in zip(x.double().numpy(), got.double().numpy(), strict=True):
+        ref = decoder.closest(xi)
+        d_got, d_ref = ((xi - gi) ** 2).sum(), ((xi - ref) ** 2).sum()
+        tol = 1e-6 * scale**2 if x.dtype == torch.float32 else 1e-9 * scale**2
+        assert d_got <= d_ref + tol, (xi, gi, ref)
+
+
+def _adversarial(lat, n: int, seed: int, dtype) -> torch.Tensor:
+    """Points next to cell faces and vertices: midpoints of pairs of nearby lattice points and
+    points equidistant-ish from several, nudged by ±1e-9 (float64) or ±1e-5 (float32)."""
+    g = gen(seed)
+    basis = lat.generator_matrix.T.to(F64)
+    k = torch.randint(-3, 4, (n, 2, lat.dim), generator=g).to(F64)
+    points = k @ basis  # (n, 2, m)
+    mid = points.mean(1)
+    # a deep-hole candidate: the mean of the point and its neighbours along two basis vectors
+    tri = (points[:, 0] + (points[:, 0] + basis[0]) + (points[:, 0] + basis[-1])) / 3
+    nudge = 1e-9 if dtype == F64 else 1e-5
+    eps = nudge * torch.randn(2 * n, lat.dim, generator=g, dtype=F64)
+    return (torch.cat([mid, tri]) + eps).to(dtype)
+
+
+@pytest.mark.parametrize("name,volume,count", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_generator_spans_the_decoded_lattice(name, volume, count):
+    lat = lattice_by_name(name)
+    assert lat.volume.item() == pytest.approx(volume, rel=1e-9)
+    basis_points = lat.generator_matrix.T
+    assert torch.equal(lat.closest_point(basis_points), basis_points)
+    # integer combinations are fixed points too
+    k = torch.randint(-5, 6, (50, lat.dim), generator=gen(1))
+    pts = lat.points(k)
+    torch.testing.assert_close(lat.closest_point(pts), pts, rtol=0, atol=1e-9)
+    assert torch.equal(lat.coordinates(pts), k)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,volume,count", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_closest_point_matches_sphere_decoder(name, volume, count, dtype):
+    lat = lattice_by_name(name)
+    scale = lat.volume.item() ** (1 / lat.dim)
+    x = (3 * scale * torch.randn(count, lat.dim, generator=gen(2), dtype=F64)).to(dtype)
+    got = lat.closest_point(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    _assert_as_near_as_reference(lat, x, got)
+    adv = _adversarial(lat, max(count // 4, 3), seed=3, dtype=dtype)
+    _assert_as_near_as_reference(lat, adv, lat.closest_point(adv))
+
+
+@pytest.mark.parametrize("name,volume,count", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_huge_coordinates_translate_exactly(name, volume, count):
+    """K(x + λ) = K(x) + λ for lattice vectors λ with coordinates up to 10^9 (float64): the
+    integer coordinates agree exactly (A_n's irrational basis rounds the points themselves)."""
+    lat = lattice_by_name(name)
+    x = torch.randn(20, lat.dim, generator=gen(4), dtype=F64)
+    k = torch.randint(-(10**9), 10**9, (20, lat.dim), generator=gen(5))
+    far = lat.coordinates(lat.closest_point(x + lat.points(k)))
+    assert torch.equal(far - k, lat.coordinates(lat.closest_point(x)))
+
+
+@pytest.mark.parametrize("name", ["a2", "d3*", "d4", "e8", "bw16", "leech"])
+def test_float32_inputs_near_a_million_decode_like_float64(name):
+    lat = lattice_by_name(name)
+    x = (1e6 + torch.randn(100, lat.dim, generator=gen(6), dtype=F64)).to(torch.float32)
+    expected = lat.closest_point(x.double()).to(torch.float32)
+    assert torch.equal(lat.closest_point(x), expected)
+
+
+def test_sphere_decoder_equals_exhaustive_search():
+    """On random 3-D bases and on A2 and D4: the nearest of all k in a box of radius 6 around the
+    Babai point (large enough for these well-conditioned bases, checked by the margin)."""
+    g = np.random.default_rng(7)
+    bases = [g.normal(size=(3, 3)) + 2 * np.eye(3) for _ in range(3)]
+    bases += [lattice_by_name(n).generator_matrix.T.numpy() for n in ("a2", "d4")]
+    for basis in bases:
+        m = basis.shape[0]
+        decoder = SphereDecoder(basis)
+        offsets = np.array(list(itertools.product(range(-6, 7), repeat=m)))
+        for x in g.normal(scale=3, size=(30, m)):
+            centre = np.round(np.linalg.solve(basis.T, x))
+            cands = (centre + offsets) @ basis
+            best = cands[((cands - x) ** 2).sum(1).argmin()]
+            got = decoder.closest(x)
+            assert ((x - got) ** 2).sum() == pytest.approx(((x - best) ** 2).sum(), abs=1e-9)
+
+
+def test_general_lattice_decodes_with_the_sphere_decoder():
+    lat = GeneralLattice(GossetLattice().generator_matrix)
+    x = torch.randn(20, 8, generator=gen(8), dtype=F64)
+    d_general = (x - lat.closest_point(x)).square().sum(-1)
+    d_e8 = (x - GossetLattice().closest_point(x)).square().sum(-1)
+    torch.testing.assert_close(d_general, d_e8)
+    with pytest.raises(ValueError):
+        GeneralLattice(torch.ones(3, 3))
+
+
+def test_glue_codes_have_their_weight_distributions():
+    golay = golay_code().words.sum(1)
+    assert torch.bincount(golay, minlength=25)[[0, 8, 12, 16, 24]].tolist() == [
+        1,
+        759,
+        2576,
+        759,
+        1,
+    ]
+    assert golay.numel() == 4096 and torch.bincount(golay).sum() == 4096
+    rm = reed_muller_1_4().words.sum(1)
+    assert sorted(torch.bincount(rm).nonzero().flatten().tolist()) == [0, 8, 16]
+    assert torch.bincount(rm)[8] == 30
+
+
+def test_leech_membership_and_faces():
+    """Vectors of norm 32 of all three shapes are Leech points; short non-members are not; and
+    the midpoint between 0 and a minimal vector (on a Voronoi face) decodes to one of the two."""
+    lat = LeechLattice()
+    octad = golay_code().words[golay_code().words.sum(1) == 8][0].to(F64)
+    minimal = torch.stack(
+        [
+            torch.tensor([4.0, 4.0] + [0.0] * 22, dtype=F64),
+            2 * octad,
+            torch.tensor([-3.0] + [1.0] * 23, dtype=F64),
+        ]
+    )
+    assert torch.equal(minimal.square().sum(-1), torch.full((3,), 32.0, dtype=F64))
+    assert torch.equal(lat.closest_point(minimal), minimal)
+    non_members = torch.stack(
+        [torch.tensor([2.0, 2.0] + [0.0] * 22, dtype=F64), torch.ones(24, dtype=F64)]
+    )
+    assert not torch.equal(lat.closest_point(non_members), non_members)
+    for sign in (1e-9, -1e-9):
+        half = minimal / 2 * (1 + sign)
+        got = lat.closest_point(half)
+        expected = minimal if sign > 0 else torch.zeros_like(minimal)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["a2", "d4", "d3*", "e8", "bw16", "leech"])
+def test_dither_is_uniform_over_the_voronoi_cell(name):
+    lat = lattice_by_name(name)
+    n = 4000 if name != "leech" else 1000
+    u = lat.sample_dither(n, generator=gen(10), dtype=F64)
+    assert torch.equal(lat.closest_point(u), torch.zeros_like(u))
+    norm = lat.volume.item() ** (2 / lat.dim)
+    second = u.square().sum(-1) / lat.dim / norm  # per-sample G estimates
+    assert u.mean(0).abs().max() < 5 * math.sqrt(second.mean().item() * norm / n)
+    if name in NSM:
+        se = second.std().item() / math.sqrt(n)
+        assert abs(second.mean().item() - NSM[name]) < 5 * se
+
+
+def test_direct_sums_decode_block_by_block():
+    spec = ["leech", "bw16", "e8", "e8", "a2"]
+    lat = tile(spec, 58)
+    assert isinstance(lat, DirectSum) and lat.dim == 58
+    assert lat.name == "Leech ⊕ BW16 ⊕ E8^2 ⊕ A2"
+    x = 2 * torch.randn(30, 58, generator=gen(11), dtype=F64)
+    got = lat.closest_point(x)
+    start = 0
+    for name in spec:
+        block = lattice_by_name(name)
+        part = x[:, start : start + block.dim]
+        torch.testing.assert_close(got[:, start : start + block.dim], block.closest_point(part))
+        start += block.dim
+    k = lat.coordinates(got)
+    torch.testing.assert_close(lat.points(k), got)
+    assert lat.volume.item() == pytest.approx(8.0**12 * 2**12 * math.sqrt(3), rel=1e-9)
+    assert tile("e8", 40).name == "E8^5"
+    assert tile("d4", 40).runs[0][1] == 10
+
+
+@pytest.mark.parametrize(
+    "spec,dim,match",
+    [("e8", 12, "does not divide"), (["e8", "a2"], 8, "add up"), ("e9", 9, "unknown lattice")],
+)
+def test_bad_specs_are_refused(spec, dim, match):
+    with pytest.raises(ValueError, match=match):
+        tile(spec, dim)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bw16", "leech"])
+def test_closest_point_matches_sphere_decoder_many_points(name):
+    lat = lattice_by_name(name)
+    scale = lat.volume.item() ** (1 / lat.dim)
+    x = 3 * scale * torch.randn(400, lat.dim, generator=gen(12), dtype=F64)
+    _assert_as_near_as_reference(lat, x, lat.closest_point(x))
