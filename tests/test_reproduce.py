@@ -7,18 +7,21 @@ import json
 import pytest
 
 from qlatent.cli import main
-from qlatent.experiments.lattice_mnist import MODELS, model_config
+from qlatent.experiments.lattice_mnist import model_config
 
 SMALL = ["--set", "data=synthetic", "--set", "model.hidden=16", "--set", "model.latent_dim=4"]
 SMALL += ["--set", "train.progress=false"]
 
 
+PAPER_ROWS = "rect_lattice,gaussian_lattice,gaussian"
+
+
 def test_quick_pipeline_writes_the_table(tmp_path, capsys):
-    args = ["reproduce", "lattice-mnist", "--quick", *SMALL]
+    args = ["reproduce", "lattice-mnist", "--quick", "--models", PAPER_ROWS, *SMALL]
     args += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     assert main(args) == 0
     payload = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
-    assert set(payload["models"]) == set(MODELS)
+    assert set(payload["models"]) == set(PAPER_ROWS.split(","))
     for name, result in payload["models"].items():
         for key in ("test_nll_iwae20", "test_neg_elbo", "epochs", "best_epoch", "wall_s"):
             assert key in result, (name, key)
@@ -36,7 +39,39 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     # a second run resumes: nothing is retrained or re-evaluated, the numbers are identical
     assert main(args) == 0
     again = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
-    assert again["models"] == payload["models"]
+
+    def numbers(p):
+        return {
+            name: {k: v for k, v in row.items() if k != "provenance"} for name, row in p.items()
+        }
+
+    assert numbers(again["models"]) == numbers(payload["models"])
+
+
+def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
+    """The E8 and Leech ⊕ BW16 rows on synthetic data (m = 40, the rows' own dimension), run
+    after a paper row: the table keeps the earlier row with its provenance and adds the new
+    ones with the learned scales, the measured log-density bias and the theoretical gap."""
+    small = ["--set", "data=synthetic", "--set", "model.hidden=16", "--set", "train.progress=false"]
+    small += ["--set", "train.epochs=2", "--set", "eval.iwae_samples=4"]
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    base = ["reproduce", "lattice-mnist", "--quick", *small, *dirs]
+    assert main([*base, "--models", "gaussian_lattice"]) == 0
+    assert main([*base, "--models", "e8_lattice,leech_lattice"]) == 0
+    payload = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
+    assert list(payload["models"]) == ["gaussian_lattice", "e8_lattice", "leech_lattice"]
+    assert payload["models"]["gaussian_lattice"]["provenance"]["date"]
+    for name, lattice, blocks in (("e8_lattice", "E8^5", 5), ("leech_lattice", "Leech ⊕ BW16", 2)):
+        row = payload["models"][name]
+        assert row["lattice"] == lattice and len(row["block_spacing"]) == blocks
+        assert set(row["log_density_bias"]) == {"train", "eval"}
+        assert row["log_density_bias"]["train"]["bias_nats"] <= 0.5
+        assert row["test_codelength_hard"] > 0 and "test_nll_iwae4" in row
+    gaps = payload["theoretical_gaps_nats"]
+    assert gaps["e8_lattice"] == pytest.approx(4.05, abs=0.01)
+    assert gaps["leech_lattice"] == pytest.approx(2.63, abs=0.01)
+    table = capsys.readouterr().out
+    assert "| E8^5-lattice VAE |" in table and "| 4.05 |" in table
 
 
 def test_config_files_and_overrides():

@@ -169,6 +169,25 @@ def _cmd_bench_coding(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_lattices(args: argparse.Namespace) -> int:
+    from .bench.geometry import bench_lattices, format_lattices
+    from .results import provenance, write_json
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    result = bench_lattices(
+        names=names,
+        rows=args.rows,
+        threads=args.threads,
+        repeats=args.repeats,
+        target_rse=args.target_rse,
+    )
+    payload = {**provenance(args.command_line), **result}
+    print(format_lattices(result))
+    if args.output:
+        print(f"wrote {write_json(payload, args.output)}")
+    return 0
+
+
 _CODING_SPLITS = ("test", "val", "train")
 #: --data of compress / update: the gated VAEs' binarized MNIST (and its synthetic stand-in),
 #: the LL-VQ table's FashionMNIST in [−0.5, 0.5] (and its synthetic images), with each
@@ -393,6 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=20, help="timed calls per case")
     b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
     b.set_defaults(func=_cmd_bench_coding)
+
+    b = bench_sub.add_parser(
+        "lattices",
+        help="G(Λ) by Monte Carlo and closest-point throughput of every lattice family",
+    )
+    b.add_argument(
+        "--names", default=None, help="comma-separated subset (z,a2,d3*,d4,e8,bw16,leech)"
+    )
+    b.add_argument("--rows", type=int, default=16384)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=10, help="timed closest-point calls per lattice")
+    b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
+    b.add_argument("--output", default="results/lattice-geometry.json", help="'' prints only")
+    b.set_defaults(func=_cmd_bench_lattices)
     return parser
 
 
