@@ -41,8 +41,11 @@ class RootLatticeA(FixedLattice):
         roots[torch.arange(n), torch.arange(1, n + 1)] = -1.0
         self._basis = roots @ self._q.T
         self.name = f"A{n}"
+        self._side = float(self._basis[0, 0])  # the Helmert frame puts b_1 = (√2, 0, ..., 0)
 
     def closest_point(self, x: Tensor) -> Tensor:
+        if self.dim == 2:
+            return self._closest_hexagonal(x)
         if x.dtype != torch.float64:
             # the basis is irrational: decode in float64 so that a float32 input gets the
             # float32 rounding of its exact closest point, at any magnitude
@@ -59,6 +62,21 @@ class RootLatticeA(FixedLattice):
         up = (rank >= n1 + excess) & (excess < 0)
         f = f - down.to(x.dtype) + up.to(x.dtype)
         return f @ q.T
+
+    def _closest_hexagonal(self, x: Tensor) -> Tensor:
+        """A_2 as two cosets of a rectangular lattice: b_1 = (a, 0) here, so with h = a√3/2
+        the points are (a i, 2h j) and (a i + a/2, 2h j + h); round in each and keep the nearer
+        (the 2-D case of Conway & Sloane's coset method). Computed in float64 (the basis is
+        irrational), returned in ``x``'s dtype."""
+        xd = x.to(torch.float64)
+        a = self._side
+        step = torch.tensor([a, a * math.sqrt(3)], dtype=torch.float64, device=x.device)
+        half = step / 2
+        first = torch.round(xd / step) * step
+        second = torch.round((xd - half) / step) * step + half
+        da = (xd - first).square().sum(-1, keepdim=True)
+        db = (xd - second).square().sum(-1, keepdim=True)
+        return torch.where(db < da, second, first).to(x.dtype)
 
 
 @LATTICES.register("a2")

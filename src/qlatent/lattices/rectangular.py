@@ -39,7 +39,8 @@ class RectangularLattice(Lattice):
         return torch.diag(self.spacing)
 
     def closest_point(self, x: Tensor) -> Tensor:
-        return self.points(self.coordinates(x)).to(x.dtype)
+        spacing = self.spacing.to(x.dtype)
+        return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:
         return (points / self.spacing).round_().to(torch.int64)  # in place: a pass fewer

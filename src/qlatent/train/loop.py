@@ -45,7 +45,7 @@ class TrainConfig:
     #: ExponentialLR stepped once per epoch: epoch e trains at lr·lr_decay^(e−1). 0 is the
     #: LL-VQ-VAE reference code's setting: the first epoch alone moves the weights.
     lr_decay: float | None = None
-    optimizer: Literal["adam", "adam_normgrad"] = "adam"
+    optimizer: Literal["adam", "adam_fused", "adam_normgrad"] = "adam"
     warmup_epochs: int = 0  #: rate weight β = min(1, epoch / warmup_epochs); 0 means β = 1
     patience: int | None = None  #: stop after more than this many epochs without improvement
     max_minutes: float | None = None  #: stop after the epoch that exceeds this budget
