@@ -7,8 +7,9 @@ same second moment at two inputs, and is uncorrelated with the input) and Theore
 hard-path and training-path rates agree within Monte-Carlo error at equal sample counts); the
 multiple-importance-sampling density is unbiased for the cell probability (checked against the
 closed form on Z blocks, for a flat and a peaked prior, Laplace and Gaussian) and beats plain
-uniform sampling on a peaked prior (by a factor of five at least); the measured log-density bias shrinks with S; gradients reach
-every parameter; IWAE runs unchanged on the density view; bad arguments are refused.
+uniform sampling on a peaked prior (by a factor of five at least); the measured log-density bias
+shrinks with S; gradients reach every parameter; IWAE runs unchanged on the density view; bad
+arguments are refused.
 """
 
 from __future__ import annotations
