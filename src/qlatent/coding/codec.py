@@ -90,7 +90,8 @@ def code_model(bottleneck: Bottleneck) -> int:
         )
     raise TypeError(
         f"{type(bottleneck).__name__} has no entropy model to code its symbols with "
-        "(supported: lattice, vq, vq_ema, soft_em_vq, learnable_lattice)"
+        "(supported: lattice with the rectangular lattice, vq, vq_ema, soft_em_vq, "
+        "learnable_lattice; good lattices such as E8 and Leech have no code model yet)"
     )
 
 

@@ -38,11 +38,9 @@ class BinaryCode:
         self.generator = generator.to(torch.int64)
         self.words = (bits @ self.generator) % 2  # (K, n)
         self._weights = 2 ** torch.arange(k)
-        overlap = j.unsqueeze(1) & j.unsqueeze(0)
-        parity = torch.zeros_like(overlap)
-        for r in range(k):
-            parity ^= (overlap >> r) & 1
-        parity = parity.to(torch.bool)
+        # popcount(g & j) mod 2 = <bits(g), bits(j)> mod 2: one small matrix product
+        as_float = bits.to(torch.float32)
+        parity = torch.remainder(as_float @ as_float.T, 2.0).to(torch.bool)
         self.parity_table = torch.cat([parity, ~parity])  # (2K, K); rows K.. complemented
         self._cache: dict = {}
 

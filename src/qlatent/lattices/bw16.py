@@ -13,6 +13,7 @@ coset decoded directly (round, fix parity). Minimal norm 8, kissing number
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -23,6 +24,7 @@ from ._utils import FixedLattice, as_basis, dn_rows, integer_basis
 from .base import LATTICES
 
 
+@functools.cache
 def reed_muller_1_4() -> BinaryCode:
     """RM(1, 4): the 32 affine Boolean functions a_0 + a·v of v ∈ F_2^4, evaluated at the 16
     points v (position index = v's bits). Generator rows: the all-ones word and the 4 coordinate

@@ -17,6 +17,8 @@ Minimal norm 32 (4 at unit scale), kissing number 196560, volume 8^12, G ≈ 0.0
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -39,6 +41,7 @@ def golay_generator() -> Tensor:
     return g
 
 
+@functools.cache
 def golay_code() -> BinaryCode:
     """The extended Golay code: 4096 words of length 24 (weights 0, 8, 12, 16, 24 with
     multiplicities 1, 759, 2576, 759, 1)."""
