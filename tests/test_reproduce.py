@@ -84,3 +84,26 @@ def test_config_files_and_overrides():
         model_config("vq", quick=False, overrides=[])
     with pytest.raises(ValueError, match="unknown config key"):
         model_config("gaussian", quick=False, overrides=["train.nope=1"])
+
+
+def test_iwae_resumes_chunk_by_chunk(tmp_path, monkeypatch):
+    """Each chunk's NLL is cached; a rerun reads them back instead of recomputing, and a chunk
+    cached under another key is recomputed."""
+    import torch
+
+    from qlatent.experiments import lattice_mnist as lm
+    from qlatent.models import gated_vae
+
+    torch.manual_seed(0)
+    model = gated_vae("gaussian_lattice", latent_dim=4, hidden=8, data_dim=12)
+    x = (torch.rand(25, 12) < 0.5).float()
+    cfg = lm.EvalConfig(iwae_samples=3, iwae_batch_size=5, iwae_chunk=10)
+    first = lm._chunked_iwae(model, x, cfg, tmp_path, key="a")
+    assert first.shape == (25,) and len(list(tmp_path.iterdir())) == 3
+    calls = []
+    real = lm.iwae_nll
+    monkeypatch.setattr(lm, "iwae_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(lm._chunked_iwae(model, x, cfg, tmp_path, key="a"), first)
+    assert not calls
+    lm._chunked_iwae(model, x, cfg, tmp_path, key="b")
+    assert len(calls) == 3

@@ -87,6 +87,8 @@ class VAEConfig:
 class EvalConfig:
     iwae_samples: int = 1000
     iwae_batch_size: int = 100
+    #: test images per cached IWAE chunk (an interrupted evaluation resumes chunk by chunk)
+    iwae_chunk: int = 1000
     test_examples: int | None = None  #: None: all 10,000
     codelength_repeats: int = 10  #: dithers per test image for the hard-path codelength
     seed: int = 2020
@@ -151,15 +153,26 @@ def run_model(
         cached = load(cache)
         if cached["config"] == config_key and cached["best_epoch"] == result.best_epoch:
             return {**trained, **cached["metrics"]}
-    metrics = evaluate(name, model, data["test"], cfg.eval)
+    chunks = out_dir / "iwae-chunks"
+    metrics = evaluate(name, model, data["test"], cfg.eval, chunk_dir=chunks, key=config_key)
     save_atomic({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
     return {**trained, **metrics}
 
 
 def evaluate(
-    name: str, model: torch.nn.Module, x_test: torch.Tensor, cfg: EvalConfig
+    name: str,
+    model: torch.nn.Module,
+    x_test: torch.Tensor,
+    cfg: EvalConfig,
+    *,
+    chunk_dir: Path | None = None,
+    key: Any = None,
 ) -> dict[str, Any]:
-    """IWAE NLL, negative ELBO and (lattice) hard-path codelength on the test set, in nats."""
+    """IWAE NLL, negative ELBO and (lattice) hard-path codelength on the test set, in nats.
+
+    With ``chunk_dir``, IWAE runs over ``cfg.iwae_chunk`` test images at a time and caches each
+    chunk's per-image NLL there (tagged with ``key``), so an interrupted evaluation resumes at
+    the first missing chunk; chunk i draws from the generator seeded ``cfg.seed + 1 + i``."""
     if cfg.test_examples is not None:
         x_test = x_test[: cfg.test_examples]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -172,13 +185,16 @@ def evaluate(
         "test_rate": parts["rate"].mean().item(),
     }
     started = time.perf_counter()
-    nll = iwae_nll(
-        model,
-        x_test,
-        num_samples=cfg.iwae_samples,
-        batch_size=cfg.iwae_batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed + 1),
-    )
+    if chunk_dir is None:
+        nll = iwae_nll(
+            model,
+            x_test,
+            num_samples=cfg.iwae_samples,
+            batch_size=cfg.iwae_batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed + 1),
+        )
+    else:
+        nll = _chunked_iwae(model, x_test, cfg, chunk_dir, key)
     summary = iwae_summary(nll)
     metrics[f"test_nll_iwae{cfg.iwae_samples}"] = summary["mean"]
     metrics["test_nll_iwae_se"] = summary["se"]
@@ -190,6 +206,30 @@ def evaluate(
     elif name in BLOCK_NSM:
         metrics.update(_good_lattice_metrics(model, x_test, cfg))
     return metrics
+
+
+def _chunked_iwae(model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, key) -> torch.Tensor:
+    """IWAE NLL chunk by chunk, each chunk cached (atomically) under ``folder``."""
+    parts = []
+    for i, start in enumerate(range(0, x_test.shape[0], cfg.iwae_chunk)):
+        path = folder / f"chunk-{i:03d}.pt"
+        x = x_test[start : start + cfg.iwae_chunk]
+        if path.exists():
+            cached = load(path)
+            if cached["key"] == key and cached["nll"].shape[0] == x.shape[0]:
+                parts.append(cached["nll"])
+                continue
+        nll = iwae_nll(
+            model,
+            x,
+            num_samples=cfg.iwae_samples,
+            batch_size=cfg.iwae_batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed + 1 + i),
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        save_atomic({"key": key, "nll": nll}, path)
+        parts.append(nll)
+    return torch.cat(parts)
 
 
 def _lattice_metrics(model, x_test: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:
