@@ -172,3 +172,21 @@ def test_bench_coding_measures_both_directions_and_the_overhead():
     for bits in alone["payload_bits"].values():
         assert exact - 1 <= bits <= 1.001 * exact + 64
     assert "CompressAI" in format_coding(result)
+
+
+def test_bench_lattices_estimates_g_and_times_the_decoders():
+    """G within its own 5 s.e. of the literature for D4 and E8 (a coarse target here), every
+    requested lattice timed next to plain rounding, and the training-step breakdown filled in."""
+    from qlatent.bench.geometry import bench_lattices, bench_training_step, format_lattices
+
+    result = bench_lattices(names=["d4", "e8"], rows=256, repeats=1, target_rse=0.01, steps=False)
+    for g in result["geometry"].values():
+        assert g["relative_se"] < 0.01
+        assert abs(g["nsm"] - g["literature"]) < 5 * g["se"]
+    assert set(result["closest_point"]) == {"d4", "e8", "round (Z, torch.round)"}
+    assert all(t["rows_per_s"] > 0 for t in result["closest_point"].values())
+    assert "| E8 |" in format_lattices(result)
+    steps = bench_training_step(repeats=1)
+    assert len(steps) == 7 and all(v > 0 for v in steps.values())
+    with pytest.raises(ValueError, match="unknown lattices"):
+        bench_lattices(names=["e9"], steps=False)

@@ -180,6 +180,7 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
         threads=args.threads,
         repeats=args.repeats,
         target_rse=args.target_rse,
+        steps=not args.no_steps,
     )
     payload = {**provenance(args.command_line), **result}
     print(format_lattices(result))
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=10, help="timed closest-point calls per lattice")
     b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
+    b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")
     b.add_argument("--output", default="results/lattice-geometry.json", help="'' prints only")
     b.set_defaults(func=_cmd_bench_lattices)
     return parser

@@ -83,8 +83,10 @@ def bench_lattices(
     repeats: int = 10,
     target_rse: float = 5e-4,
     seed: int = 0,
+    steps: bool = True,
 ) -> dict[str, Any]:
-    """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all)."""
+    """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), and
+    with ``steps`` :func:`bench_training_step`."""
     torch.set_num_threads(threads)
     names = list(names or LITERATURE_NSM)
     unknown = sorted(set(names) - set(LITERATURE_NSM))
@@ -109,11 +111,60 @@ def bench_lattices(
             "rows_per_s_best": rows / timing["min_s"],
             **timing,
         }
-    return {
+    out = {
         "input": {"rows": rows, "dtype": "float32", "threads": threads, "repeats": repeats},
         "geometry": geometry,
         "closest_point": throughput,
     }
+    if steps:
+        out["training_step_ms"] = bench_training_step(seed=seed)
+    return out
+
+
+#: Table-1 bottleneck settings whose training step is timed (``configs/lattice-mnist``)
+STEP_CASES = {
+    "rect_lattice": {},
+    "e8_lattice": dict(lattice="e8", samples=128, prior_samples=32),
+    "leech_lattice": dict(lattice=["leech", "bw16"], samples=128, prior_samples=8),
+    "leech_lattice, no prior draws": dict(lattice=["leech", "bw16"], samples=128, prior_samples=0),
+}
+
+
+def bench_training_step(*, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Where a Table-1 training step's time goes, one thread, batch 100 (median ms): a whole
+    step (forward, backward, Adam) of the gated VAE per bottleneck setting, and the Leech and
+    Λ16 decodes a step of the Leech row performs (dither for 100 rows and 64 antithetic
+    Monte-Carlo points; 8 prior draws × 100 rows for the membership tests)."""
+    from ..lattices import BarnesWallLattice, LeechLattice
+    from ..losses import RateDistortionLoss
+    from ..models import gated_vae
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(100, 784, generator=gen) < 0.3).float()
+    cases = {}
+    for name, kwargs in STEP_CASES.items():
+        torch.manual_seed(seed)
+        model = gated_vae("lattice", **kwargs)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+        loss_fn = RateDistortionLoss()
+
+        def step(model=model, opt=opt, loss_fn=loss_fn):
+            loss = loss_fn(x, model(x), model.likelihood).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        cases[f"step: {name}"] = step
+    leech, bw16 = LeechLattice(), BarnesWallLattice()
+    t_dither = 8 * torch.randn(164, 24, generator=gen)
+    t_member = 8 * torch.randn(800, 24, generator=gen)
+    t_bw16 = 4 * torch.randn(964, 16, generator=gen)
+    cases["Leech decodes: 164 (dither, Monte-Carlo points)"] = lambda: leech.closest_point(t_dither)
+    cases["Leech decodes: 800 (prior-draw membership)"] = lambda: leech.closest_point(t_member)
+    cases["BW16 decodes: 964"] = lambda: bw16.closest_point(t_bw16)
+    timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
+    return {name: 1e3 * t["median_s"] for name, t in timings.items()}
 
 
 def format_lattices(result: dict[str, Any]) -> str:
@@ -130,4 +181,7 @@ def format_lattices(result: dict[str, Any]) -> str:
         )
     r = result["closest_point"]["round (Z, torch.round)"]
     lines.append(f"| (plain rounding) | | | | | {r['rows_per_s']:,.0f} ({r['input'][0]} × 64) |")
+    if "training_step_ms" in result:
+        lines += ["", "| one thread, batch 100 | median ms |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in result["training_step_ms"].items()]
     return "\n".join(lines)

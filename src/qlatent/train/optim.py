@@ -32,7 +32,8 @@ def make_optimizer(
     lr: float,
 ) -> torch.optim.Optimizer:
     """``adam``: torch's Adam with its default (per-tensor loop on the CPU); ``adam_fused``: the
-    same update in torch's fused kernel (faster on the CPU, equal up to float rounding); ``adam_normgrad``: :class:`AdamNormGrad`."""
+    same update in torch's fused kernel (faster on the CPU, equal up to float rounding);
+    ``adam_normgrad``: :class:`AdamNormGrad`."""
     params = [p for p in params if p.requires_grad]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
