@@ -80,8 +80,15 @@ class DitheredGoodLattice(Bottleneck):
         init_scale: initial prior scale b_i.
         learn_spacing / learn_scale: whether the block scales / prior scales are trained
             (log-parametrized).
-        samples: S, Monte-Carlo points for the training-path rate (even: antithetic pairs).
-        eval_samples: S for the hard path and :meth:`log_prior` (IWAE).
+        samples: Monte-Carlo points uniform on the cell for the training-path rate (even:
+            antithetic pairs).
+        prior_samples: draws of X̂ for the same estimate (multiple importance sampling; each
+            costs one closest-point decode per row).
+        eval_samples / eval_prior_samples: the same two counts for the hard path and for
+            :meth:`log_prior` (IWAE).
+
+    The bias of the log-density estimate at given counts is measured by
+    :func:`log_density_bias`; report it with any result.
     """
 
     def __init__(
@@ -96,8 +103,8 @@ class DitheredGoodLattice(Bottleneck):
         learn_scale: bool = True,
         samples: int = 128,
         prior_samples: int = 32,
-        eval_samples: int = 2048,
-        eval_prior_samples: int = 256,
+        eval_samples: int = 1024,
+        eval_prior_samples: int = 64,
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
