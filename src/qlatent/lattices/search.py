@@ -83,7 +83,7 @@ class SphereDecoder:
             if d < best:
                 if level == 0:
                     best, best_k = d, k.copy()
-                    level, d = self._next(level, k, centre, step)
+                    self._next(level, k, step)
                 else:
                     dist[level] = d
                     level -= 1
@@ -96,18 +96,18 @@ class SphereDecoder:
                 level += 1
                 if level == m:
                     break
-                self._next(level, k, centre, step)
+                self._next(level, k, step)
                 continue
         if best_k is None:
             return None
         return best_k @ self.reduced
 
     @staticmethod
-    def _next(level, k, centre, step):
-        """Move ``k[level]`` to the next value in the zig-zag order around ``centre[level]``."""
+    def _next(level, k, step) -> None:
+        """Move ``k[level]`` to the next value in the zig-zag order around its centre
+        (c, then c ± 1, c ∓ 1, c ± 2 ...: ``step`` alternates sign and grows by one)."""
         k[level] += step[level]
         step[level] = -step[level] - math.copysign(1.0, step[level])
-        return level, None
 
 
 class GeneralLattice(Lattice):
