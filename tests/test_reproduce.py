@@ -67,6 +67,9 @@ def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
         assert set(row["log_density_bias"]) == {"train", "eval"}
         assert row["log_density_bias"]["train"]["bias_nats"] <= 0.5
         assert row["test_codelength_hard"] > 0 and "test_nll_iwae4" in row
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "results" / "lattice-mnist-quick-fig3.png").shape[0] > 0
     gaps = payload["theoretical_gaps_nats"]
     assert gaps["e8_lattice"] == pytest.approx(4.05, abs=0.01)
     assert gaps["leech_lattice"] == pytest.approx(2.63, abs=0.01)
