@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lattice[e8]": ("lattice", dict(dim=8, lattice="e8", **_MC)),
     "lattice[e8,gaussian]": ("lattice", dict(dim=8, lattice="e8", prior="gaussian", **_MC)),
     "lattice[bw16]": ("lattice", dict(dim=16, lattice="bw16", **_MC)),
-    "lattice[leech+bw16]": ("lattice", dict(dim=40, lattice=["leech", "bw16"], **_MC)),
+    "lattice[leech]": ("lattice", dict(dim=24, lattice="leech", **_MC)),
 }
 NAMES = BOTTLENECKS.names() + list(VARIANTS)
 SPATIAL = [(), (4, 5)]  # (B, D) and (B, D, H, W)
