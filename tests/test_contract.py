@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lattice[d4]": ("lattice", dict(dim=8, lattice="d4", **_MC)),
     "lattice[e8]": ("lattice", dict(dim=8, lattice="e8", **_MC)),
     "lattice[e8,gaussian]": ("lattice", dict(dim=8, lattice="e8", prior="gaussian", **_MC)),
+    "lattice[e8,box]": ("lattice", dict(dim=8, lattice="e8", proposal="box", **_MC)),
     "lattice[bw16]": ("lattice", dict(dim=16, lattice="bw16", **_MC)),
     "lattice[leech]": ("lattice", dict(dim=24, lattice="leech", **_MC)),
 }

@@ -64,6 +64,8 @@ def test_dispatch_by_lattice_name():
         (dict(dim=8, lattice="e8", init_scale=0.0), "positive"),
         (dict(dim=8, lattice="e8", init_spacing=float("inf")), "finite"),
         (dict(dim=8, lattice="nope"), "unknown lattice"),
+        (dict(dim=8, lattice="e8", proposal="cube"), "proposal"),
+        (dict(dim=8, lattice="e8", prior="gaussian", proposal="box"), "Laplace"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
@@ -154,6 +156,7 @@ def test_theorem1_mean_rates_agree_across_paths(name, where):
 
 
 def _z_blocks(prior: str, scale: float, **kwargs) -> DitheredGoodLattice:
+    """Four Z^1 blocks: the cell probability has a closed form to check the estimate against."""
     module = DitheredGoodLattice(dim=4, lattice="z", prior=prior, init_scale=scale, **kwargs)
     return module.double()
 
@@ -166,10 +169,14 @@ def _exact_log_prob(v: torch.Tensor, prior: str, scale: float) -> torch.Tensor:
     return torch.log(normal.cdf(v + 0.5) - normal.cdf(v - 0.5)).sum(-1)
 
 
-@pytest.mark.parametrize("prior", ["laplace", "gaussian"])
+@pytest.mark.parametrize(
+    "prior,proposal",
+    [("laplace", "prior"), ("gaussian", "prior"), ("laplace", "box")],
+    ids=["laplace", "gaussian", "laplace-box"],
+)
 @pytest.mark.parametrize("scale", [0.05, 1.5])
 @pytest.mark.parametrize("counts", [(16, 0), (8, 8)], ids=["uniform", "mis"])
-def test_density_estimate_is_unbiased_for_the_cell_probability(prior, scale, counts):
+def test_density_estimate_is_unbiased_for_the_cell_probability(prior, proposal, scale, counts):
     """Per 1-D block, E[P̂] = P (the closed form) for the uncapped estimate: the mean over
     independent repeats is within 5 SE. The capped estimate (the default) is never above it."""
     module = _z_blocks(prior, scale)
@@ -181,7 +188,9 @@ def test_density_estimate_is_unbiased_for_the_cell_probability(prior, scale, cou
         .squeeze(-1)
         .exp()
     )
-    single = DitheredGoodLattice(dim=1, lattice="z", prior=prior, init_scale=scale).double()
+    single = DitheredGoodLattice(
+        dim=1, lattice="z", prior=prior, init_scale=scale, proposal=proposal
+    ).double()
     draws = torch.stack(
         [
             torch.stack(
@@ -199,16 +208,35 @@ def test_density_estimate_is_unbiased_for_the_cell_probability(prior, scale, cou
     assert capped.shape == (1,) and capped <= module.log_density(v, *counts, gen(1), cap=False)
 
 
-def test_prior_draws_fix_a_peaked_prior():
+@pytest.mark.parametrize("proposal", ["prior", "box"])
+def test_prior_draws_fix_a_peaked_prior(proposal):
     """A prior much narrower than the cell: uniform cell points alone are biased by nats; the
     mixture with prior draws is close to the closed form."""
-    module = _z_blocks("laplace", 0.02)
+    module = _z_blocks("laplace", 0.02, proposal=proposal)
     v = 0.3 * torch.rand(500, 4, generator=gen(9), dtype=F64) - 0.15
     exact = _exact_log_prob(v, "laplace", 0.02)
     plain = module.log_density(v, 64, 0, gen(10))
     mixed = module.log_density(v, 32, 32, gen(11))
     assert (exact - plain).mean() > 0.5  # nats over four blocks
     assert (exact - mixed).abs().mean() < min(0.15, (exact - plain).mean() / 5)
+
+
+def test_box_draws_lie_in_the_box_and_follow_the_truncated_prior():
+    """Draws of the box proposal stay in v ± h, in the far tails too, and their mean matches
+    the truncated Laplace's mean (by quadrature) within Monte-Carlo error."""
+    module = _z_blocks("laplace", 0.3, proposal="box")
+    v = torch.tensor([[0.0, 0.4, -3.0, 40.0]], dtype=F64)
+    h = torch.full((4,), 0.5, dtype=F64)
+    scale = torch.full((4,), 0.3, dtype=F64)
+    x, log_z = module._box_points(v, 20_000, torch.tensor(7, dtype=torch.int32), h, scale)
+    assert ((x >= v - h - 1e-12) & (x <= v + h + 1e-12)).all()
+    assert torch.isfinite(log_z).all() and (log_z <= 0).all()
+    for i in range(4):
+        grid = torch.linspace(float(v[0, i] - 0.5), float(v[0, i] + 0.5), 20_001, dtype=F64)
+        dens = torch.exp(-grid.abs() / 0.3 + grid.abs().min() / 0.3)
+        mean = (grid * dens).sum() / dens.sum()
+        sample = x[0, :, i]
+        assert abs(sample.mean() - mean) < 5 * sample.std() / math.sqrt(sample.numel()) + 1e-9
 
 
 def test_measured_bias_shrinks_with_more_samples():

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lattices import DirectSum, tile
+from ..priors import laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput
 
@@ -86,6 +87,10 @@ class DitheredGoodLattice(Bottleneck):
             costs one closest-point decode per row).
         eval_samples / eval_prior_samples: the same two counts for the hard path and for
             :meth:`log_prior` (IWAE).
+        proposal: where the second kind of points comes from: ``"prior"``, X̂ itself (shared by
+            the rows of a call), or ``"box"``, X̂ restricted to the cell's bounding box around
+            each row's v (drawn per row; Laplace prior only), which puts more of them in the
+            cell when the prior is comparable to the cell.
 
     The bias of the log-density estimate at given counts is measured by
     :func:`log_density_bias`; report it with any result.
@@ -105,10 +110,16 @@ class DitheredGoodLattice(Bottleneck):
         prior_samples: int = 32,
         eval_samples: int = 1024,
         eval_prior_samples: int = 64,
+        proposal: Literal["prior", "box"] = "prior",
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
+        if proposal not in ("prior", "box"):
+            raise ValueError(f"proposal must be 'prior' or 'box', got {proposal!r}")
+        if proposal == "box" and prior != "laplace":
+            raise ValueError("proposal='box' needs the Laplace prior")
+        self.proposal = proposal
         self.lattice_spec = lattice if isinstance(lattice, str) else list(lattice)
         self.geometry: DirectSum = tile(lattice, dim)
         self.prior_name = prior
@@ -128,6 +139,8 @@ class DitheredGoodLattice(Bottleneck):
         membership[torch.arange(dim), self._block_of] = 1.0
         self.register_buffer("_membership", membership, persistent=False)
         self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
+        halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
+        self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
         self.log_spacing = nn.Parameter(
             torch.full((len(blocks),), math.log(_positive(init_spacing, "init_spacing"))),
             requires_grad=learn_spacing,
@@ -187,43 +200,80 @@ class DitheredGoodLattice(Bottleneck):
 
         Per block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance sampling with
         the balance heuristic (Veach & Guibas 1995) from ``samples`` points uniform on the cell
-        (x = v + w) and ``prior_samples`` draws x ~ X̂ (kept when K(x − v) = 0, i.e. x in the
-        cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_p·p(x)), unbiased. Uniform points alone
-        fail when the prior is peaked inside the cell (a coordinate the model switched off);
-        prior draws alone fail when it is flat; the mixture is good at both. f̂ = P̂/V, with P̂
-        capped at 1 per block (a probability), which only moves it toward the truth (``cap=False``
-        returns the unbiased estimate of P itself).
+        (x = v + w) and ``prior_samples`` draws x from the proposal q (kept when K(x − v) = 0,
+        i.e. x in the cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_q·q(x)), unbiased. With
+        ``proposal="prior"`` q = p; with ``"box"`` q = p restricted to the box v ± h around the
+        cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box). Uniform
+        points alone fail when the prior is peaked inside the cell (a coordinate the model
+        switched off); prior draws alone fail when it is flat; the mixture is good at both.
+        f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
+        truth (``cap=False`` returns the unbiased estimate of P itself).
         """
         sigma = self._coordinate_scale().to(v.dtype)
         w = self._mc_points(samples, generator, v.dtype, v.device) * sigma  # (S_u, m)
-        x = (
-            self._prior_points(prior_samples, generator, v.dtype, v.device)
-            if prior_samples
-            else None
-        )
+        shared = prior_samples and self.proposal == "prior"
+        x = self._prior_points(prior_samples, generator, v.dtype, v.device) if shared else None
+        boxed = bool(prior_samples) and not shared
         scale = self.scale.to(v.dtype)
         membership = self._membership.to(v.dtype)
         log_vol = self._block_dims.to(v.dtype) * self.log_spacing.to(v.dtype)  # (blocks,)
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
-        log_px = None if x is None else self._log_prior_pdf(x, scale) @ membership  # (S_p, blocks)
+        log_count = math.log(max(prior_samples, 1))
         rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * self.dim))
         parts = []
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
+            log_z = 0.0  # log Z_v per block: the proposal's normalizer (1 for the prior)
+            if boxed:
+                halfwidth = self._halfwidth.to(v.dtype) * sigma
+                key = draw_key(generator)  # one per chunk: the draws are fixed by the generator
+                xc, log_z = self._box_points(vc, prior_samples, key, halfwidth, scale)
+                log_z = (log_z @ membership).unsqueeze(1)  # (N, 1, blocks)
+            else:
+                xc = None if x is None else x.unsqueeze(0).expand(vc.shape[0], -1, -1)
             log_p = self._log_prior_pdf(vc.unsqueeze(1) + w, scale) @ membership  # (N, S_u, b)
-            terms = [
-                log_p
-                - _log_add(log_uniform, math.log(max(prior_samples, 1)) + log_p, prior_samples)
-            ]
-            if x is not None:
-                inside = self._inside_cell(x.unsqueeze(0) - vc.unsqueeze(1), sigma)  # (N,S_p,b)
-                weight = log_px - _log_add(log_uniform, math.log(prior_samples) + log_px, 1)
-                terms.append(weight.expand_as(inside).masked_fill(~inside, -math.inf))
+            terms = [log_p - _log_add(log_uniform, log_count + log_p - log_z, prior_samples)]
+            if xc is not None:
+                inside = self._inside_cell(xc - vc.unsqueeze(1), sigma)  # (N, S_q, blocks)
+                log_px = self._log_prior_pdf(xc, scale) @ membership
+                weight = log_px - _log_add(log_uniform, log_count + log_px - log_z, 1)
+                terms.append(weight.masked_fill(~inside, -math.inf))
             log_sum = torch.logsumexp(torch.cat(terms, 1), dim=1)  # (N, blocks): log P̂_b
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
         return log_f.sum(-1)
+
+    def _box_points(
+        self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``count`` draws per row of the Laplace prior restricted to the box v ± h, ``(N,
+        count, m)``, and the log-probability of the box per coordinate, ``(N, m)``.
+
+        Inverse CDF of the truncated Laplace, written so that nothing cancels in either tail:
+        on an interval [a, c] ⊂ [0, ∞) x = a − b·log1p(−r·(1 − e^{−(c−a)/b})) (mirrored for
+        c ≤ 0); across 0 the CDF itself is used. Uniforms come from the counter-based generator
+        with ``key``."""
+        n, m = v.shape
+        r = counter_uniform(key, (n, count, m), torch.float64)
+        r = (r + 2.0**-25).to(device=v.device, dtype=v.dtype)  # midpoints: never 0 or 1
+        vv = v.unsqueeze(1)
+        a, c, b = vv - halfwidth, vv + halfwidth, scale
+        width = c - a
+        tail = -torch.expm1(-width / b)  # 1 − e^{−(c−a)/b}
+        right = a - b * torch.log1p(-r * tail)  # interval in [0, ∞)
+        left = c + b * torch.log1p(-r * tail)  # mirrored: interval in (−∞, 0]
+        low = 0.5 * torch.exp(torch.clamp(a, max=0.0) / b)  # F(a) for a < 0
+        high_tail = 0.5 * torch.exp(-torch.clamp(c, min=0.0) / b)  # 1 − F(c) for c > 0
+        mass = 1.0 - low - high_tail  # F(c) − F(a)
+        u = low + r * mass
+        upper = high_tail + (1.0 - r) * mass  # 1 − u without cancellation
+        across = torch.where(
+            u < 0.5, b * torch.log(2.0 * u), -b * torch.log(torch.clamp(2.0 * upper, max=1.0))
+        )
+        x = torch.where(a >= 0, right, torch.where(c <= 0, left, across))
+        log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
+        return x, log_z
 
     def _log_prior_pdf(self, t: Tensor, scale: Tensor) -> Tensor:
         """Elementwise log density of the factorized prior."""
@@ -305,7 +355,7 @@ class DitheredGoodLattice(Bottleneck):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
-            f"samples={self.samples}, eval_samples={self.eval_samples}"
+            f"samples={self.samples}, eval_samples={self.eval_samples}, proposal={self.proposal!r}"
         )
 
 

@@ -26,6 +26,10 @@ class Lattice(ABC):
     exact: bool = True
     #: short display name (``E8``, ``D4*`` ...)
     name: str = "lattice"
+    #: a bound h on every coordinate of the Voronoi cell (|u_i| ≤ h), in the lattice's own
+    #: scaling: half the side of a cube c·Z^n contained in the lattice, or the covering radius;
+    #: None where unknown
+    cell_halfwidth: float | None = None
 
     @property
     @abstractmethod

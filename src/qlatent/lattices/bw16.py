@@ -42,6 +42,7 @@ class BarnesWallLattice(FixedLattice):
     """Λ16 in the integer scaling above."""
 
     name = "BW16"
+    cell_halfwidth = 2.0  # 4·Z^16 ⊂ 2·D16 ⊂ Λ16
 
     def __init__(self) -> None:
         self._code = reed_muller_1_4()

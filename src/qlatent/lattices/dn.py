@@ -28,6 +28,7 @@ class CheckerboardLattice(FixedLattice):
             rows[i][i - 1], rows[i][i] = 1, -1
         self._basis = as_basis(rows)
         self.name = f"D{n}"
+        self.cell_halfwidth = 1.0  # 2·Z^n ⊂ D_n
 
     def closest_point(self, x: Tensor) -> Tensor:
         return round_to_dn(x)
@@ -44,6 +45,7 @@ class DualCheckerboardLattice(FixedLattice):
         rows.append([0.5] * n)
         self._basis = as_basis(rows)
         self.name = f"D{n}*"
+        self.cell_halfwidth = 0.5  # Z^n ⊂ D_n*
 
     def closest_point(self, x: Tensor) -> Tensor:
         return nearer(x, x.round(), (x - 0.5).round_().add_(0.5))

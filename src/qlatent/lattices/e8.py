@@ -25,6 +25,7 @@ class GossetLattice(FixedLattice):
     """E_8 with the basis of SPLAG ch. 4 eq. (100): ``2e_1``, ``e_{i+1} − e_i`` and ``½·1``."""
 
     name = "E8"
+    cell_halfwidth = 1.0  # 2·Z^8 ⊂ E8
 
     def __init__(self) -> None:
         rows = [[0] * 8 for _ in range(8)]

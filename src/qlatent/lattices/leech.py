@@ -53,6 +53,7 @@ class LeechLattice(FixedLattice):
     """Λ24 in the √8-scaled integer coordinates above."""
 
     name = "Leech"
+    cell_halfwidth = 4.0  # 8·Z^24 ⊂ 4·D24 ⊂ Λ24
 
     def __init__(self) -> None:
         self._code = golay_code()

@@ -35,6 +35,11 @@ class RectangularLattice(Lattice):
         return self.spacing.numel()
 
     @property
+    def cell_halfwidth(self) -> Tensor:
+        """Δ/2 per coordinate: the cell is the box itself."""
+        return self.spacing / 2
+
+    @property
     def generator_matrix(self) -> Tensor:
         return torch.diag(self.spacing)
 
