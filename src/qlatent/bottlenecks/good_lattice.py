@@ -232,11 +232,11 @@ class DitheredGoodLattice(Bottleneck):
                 log_z = (log_z @ membership).unsqueeze(1)  # (N, 1, blocks)
             else:
                 xc = None if x is None else x.unsqueeze(0).expand(vc.shape[0], -1, -1)
-            log_p = self._log_prior_pdf(vc.unsqueeze(1) + w, scale) @ membership  # (N, S_u, b)
+            log_p = self._block_log_pdf(vc.unsqueeze(1) + w, scale, membership)  # (N, S_u, b)
             terms = [log_p - _log_add(log_uniform, log_count + log_p - log_z, prior_samples)]
             if xc is not None:
                 inside = self._inside_cell(xc - vc.unsqueeze(1), sigma)  # (N, S_q, blocks)
-                log_px = self._log_prior_pdf(xc, scale) @ membership
+                log_px = self._block_log_pdf(xc, scale, membership)
                 weight = log_px - _log_add(log_uniform, log_count + log_px - log_z, 1)
                 terms.append(weight.masked_fill(~inside, -math.inf))
             log_sum = torch.logsumexp(torch.cat(terms, 1), dim=1)  # (N, blocks): log P̂_b
@@ -275,11 +275,15 @@ class DitheredGoodLattice(Bottleneck):
         log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
         return x, log_z
 
-    def _log_prior_pdf(self, t: Tensor, scale: Tensor) -> Tensor:
-        """Elementwise log density of the factorized prior."""
+    def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
+        """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m)`` -> ``(..., blocks)``: the per-coordinate
+        scales are folded into the block-sum matrix, so the full-size work is one elementwise
+        pass (|t| or t²) and one matrix product."""
         if self.prior_name == "laplace":
-            return t.abs().div(scale).neg() - torch.log(2 * scale)
-        return t.div(scale).square().mul(-0.5) - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+            const = torch.log(2 * scale) @ membership
+            return -(t.abs() @ (membership / scale.unsqueeze(1))) - const
+        const = (torch.log(scale) + 0.5 * math.log(2 * math.pi)) @ membership
+        return -0.5 * (t.square() @ (membership / scale.square().unsqueeze(1))) - const
 
     def _inside_cell(self, t: Tensor, sigma: Tensor) -> Tensor:
         """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m)`` ->
