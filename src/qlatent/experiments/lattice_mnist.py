@@ -44,6 +44,7 @@ MODELS = (
     "leech_lattice",
     "a2_lattice",
     "d4_lattice",
+    "e8z_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -56,6 +57,7 @@ LABELS = {
     "leech_lattice": "(Λ24 ⊕ Λ16)-lattice VAE",
     "a2_lattice": "A2^20-lattice VAE",
     "d4_lattice": "D4^10-lattice VAE",
+    "e8z_lattice": "(E8^3 ⊕ Z^16)-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -65,6 +67,7 @@ BLOCK_NSM = {
     "d4_lattice": [(13 / (120 * math.sqrt(2)), 40)],
     "e8_lattice": [(929 / 12960, 40)],
     "leech_lattice": [(0.0657710, 24), (0.0682976, 16)],
+    "e8z_lattice": [(929 / 12960, 24), (1 / 12, 16)],
 }
 
 
