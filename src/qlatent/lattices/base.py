@@ -82,7 +82,7 @@ class Lattice(ABC):
 
     def points_from_unit(self, r: Tensor) -> Tensor:
         """Map ``r ∈ [0, 1)^m`` to the fundamental parallelepiped ``B r``."""
-        return r @ self.generator_matrix.to(r.dtype).T
+        return r @ self.generator_matrix.to(device=r.device, dtype=r.dtype).T
 
     # --------------------------------------------------------------- constants
     @property

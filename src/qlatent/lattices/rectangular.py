@@ -44,7 +44,7 @@ class RectangularLattice(Lattice):
         return torch.diag(self.spacing)
 
     def closest_point(self, x: Tensor) -> Tensor:
-        spacing = self.spacing.to(x.dtype)
+        spacing = self.spacing.to(device=x.device, dtype=x.dtype)
         return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 
 A row of the sum is the concatenation of its blocks; consecutive equal blocks are decoded in one
 batched call on a ``(..., count, n)`` view, so E8^5 costs one E8 call on five times the rows.
-Volumes multiply, second moments average, so G(Λ^k) = G(Λ) and G(Λ24 ⊕ Λ16) lies between the two.
+Volumes multiply and second moments average, so G(Λ^k) = G(Λ); with its blocks scaled to equal
+volume per dimension (as the dithered bottleneck does), G of a sum is the dimension-weighted mean
+of the blocks' G.
 """
 
 from __future__ import annotations
