@@ -266,11 +266,11 @@ class DitheredGoodLattice(Bottleneck):
         low = 0.5 * torch.exp(torch.clamp(a, max=0.0) / b)  # F(a) for a < 0
         high_tail = 0.5 * torch.exp(-torch.clamp(c, min=0.0) / b)  # 1 − F(c) for c > 0
         mass = 1.0 - low - high_tail  # F(c) − F(a)
-        u = low + r * mass
-        upper = high_tail + (1.0 - r) * mass  # 1 − u without cancellation
-        across = torch.where(
-            u < 0.5, b * torch.log(2.0 * u), -b * torch.log(torch.clamp(2.0 * upper, max=1.0))
-        )
+        # the branch not taken must stay finite too, or where() would pass NaN gradients
+        tiny = torch.finfo(v.dtype).tiny
+        u = (low + r * mass).clamp(min=tiny)
+        upper = (high_tail + (1.0 - r) * mass).clamp(min=tiny, max=0.5)  # 1 − u, no cancellation
+        across = torch.where(u < 0.5, b * torch.log(2.0 * u), -b * torch.log(2.0 * upper))
         x = torch.where(a >= 0, right, torch.where(c <= 0, left, across))
         log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
         return x, log_z
