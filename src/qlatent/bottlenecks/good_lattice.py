@@ -40,17 +40,10 @@ from ..lattices import DirectSum, tile
 from ..priors import laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput
+from .lattice import _positive_log
 
 #: elements of the (rows, samples, m) tensor evaluated at once in the density estimate
 _DENSITY_CHUNK = 1 << 22
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def _sample_count(value, name: str) -> int:
@@ -142,11 +135,11 @@ class DitheredGoodLattice(Bottleneck):
         halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
         self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
         self.log_spacing = nn.Parameter(
-            torch.full((len(blocks),), math.log(_positive(init_spacing, "init_spacing"))),
+            torch.full((len(blocks),), _positive_log(init_spacing, "init_spacing")),
             requires_grad=learn_spacing,
         )
         self.log_scale = nn.Parameter(
-            torch.full((dim,), math.log(_positive(init_scale, "init_scale"))),
+            torch.full((dim,), _positive_log(init_scale, "init_scale")),
             requires_grad=learn_scale,
         )
 

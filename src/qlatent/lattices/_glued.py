@@ -56,6 +56,24 @@ class BinaryCode:
         return self._cache[key]
 
 
+def closest_point_glued(
+    x: Tensor,
+    code: BinaryCode,
+    a: float,
+    q: float,
+    offsets: tuple[tuple[float, int], ...],
+    chunk: int,
+) -> Tensor:
+    """:func:`decode_glued` on every row of ``x`` (``(..., n)``), ``chunk`` rows at a time so
+    that the ``(rows, |C|)`` coset costs stay a few MB."""
+    n = code.words.shape[1]
+    rows = x.reshape(-1, n)
+    out = torch.empty_like(rows)
+    for start in range(0, rows.shape[0], chunk):
+        out[start : start + chunk] = decode_glued(rows[start : start + chunk], code, a, q, offsets)
+    return out.view(*x.shape[:-1], n)
+
+
 def decode_glued(
     t: Tensor, code: BinaryCode, a: float, q: float, offsets: tuple[tuple[float, int], ...]
 ) -> Tensor:

@@ -19,7 +19,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from ._glued import BinaryCode, decode_glued
+from ._glued import BinaryCode, closest_point_glued
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis
 from .base import LATTICES
 
@@ -51,10 +51,4 @@ class BarnesWallLattice(FixedLattice):
         self._basis = as_basis(integer_basis(generators))
 
     def closest_point(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, 16)
-        out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], _CHUNK):
-            out[start : start + _CHUNK] = decode_glued(
-                rows[start : start + _CHUNK], self._code, 1.0, 2.0, ((0.0, 0),)
-            )
-        return out.view(x.shape)
+        return closest_point_glued(x, self._code, 1.0, 2.0, ((0.0, 0),), _CHUNK)

@@ -22,7 +22,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._glued import BinaryCode, decode_glued
+from ._glued import BinaryCode, closest_point_glued
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis
 from .base import LATTICES
 
@@ -63,10 +63,4 @@ class LeechLattice(FixedLattice):
         self._basis = as_basis(integer_basis(generators))
 
     def closest_point(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, 24)
-        out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], _CHUNK):
-            out[start : start + _CHUNK] = decode_glued(
-                rows[start : start + _CHUNK], self._code, 2.0, 4.0, ((0.0, 0), (1.0, 1))
-            )
-        return out.view(x.shape)
+        return closest_point_glued(x, self._code, 2.0, 4.0, ((0.0, 0), (1.0, 1)), _CHUNK)
