@@ -306,7 +306,6 @@ def test_support_covers_the_prior_so_few_symbols_are_not_coded_below_their_rate(
 def test_cli_compress_decompress_round_trip(tmp_path, capsys):
     from qlatent.cli import main
     from qlatent.experiments.coding_mnist import reproduce
-    from qlatent.train import load
 
     payload = reproduce(
         quick=True, models=["lattice"], runs_dir=tmp_path / "runs", results_dir=tmp_path / "res"
@@ -323,7 +322,7 @@ def test_cli_compress_decompress_round_trip(tmp_path, capsys):
                  "-o", str(codes)]) == 0  # fmt: skip
     assert main(["decompress", str(codes), "--checkpoint", str(ckpt), "-o", str(recon)]) == 0
     assert "bits per image" in capsys.readouterr().out
-    assert load(recon).shape == (200, 784)
+    assert torch.load(recon, weights_only=True).shape == (200, 784)
     # a corrupt file: exit code 2, a clear message, and no output written
     codes.write_bytes(codes.read_bytes()[:-3])
     bad = tmp_path / "bad.pt"
@@ -357,7 +356,7 @@ def test_vq_coding_pipeline_update_and_cli(tmp_path, capsys):
     assert unpack(codes.read_bytes())[0].code_model == 3
     recon = tmp_path / "recon.pt"
     assert main(["decompress", str(codes), "--checkpoint", str(counted), "-o", str(recon)]) == 0
-    assert load(recon).shape == (200, 784)
+    assert torch.load(recon, weights_only=True).shape == (200, 784)
     # the training checkpoint has no counts: a different model, refused
     assert main(["decompress", str(codes), "--checkpoint", str(ckpt), "-o", str(recon)]) == 2
     assert "different model" in capsys.readouterr().err

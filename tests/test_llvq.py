@@ -254,7 +254,7 @@ def test_cli_codes_the_tables_conv_models(tmp_path, capsys):
     model.load_state_dict(load(counted)["model"])
     model.eval()
     test = load_data(cfg.data)["test"]
-    decoded = load(recon)
+    decoded = torch.load(recon, weights_only=True)
     assert decoded.shape == test.shape
     with torch.no_grad():
         expected = model.reconstruct(test)

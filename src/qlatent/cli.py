@@ -16,6 +16,36 @@ def _command_line(argv: Sequence[str] | None) -> str:
     return "qlatent " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _refuse_overwrite(outputs: Sequence[str | None], inputs: Sequence[str | None]) -> None:
+    """No command may write over one of its inputs (or write two outputs to one file): a
+    ValueError naming the clash, checked before any work is done."""
+    import os
+
+    def same(a: str, b: str) -> bool:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return os.path.abspath(a) == os.path.abspath(b)
+
+    outputs = [o for o in outputs if o]
+    for i, out in enumerate(outputs):
+        for other in [p for p in inputs if p] + outputs[:i]:
+            if same(out, other):
+                raise ValueError(f"refusing to write {out}: it is the same file as {other}")
+        if os.path.isdir(out):
+            raise ValueError(f"{out} is a folder; name the file to write")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -236,6 +266,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .coding import code_model
     from .coding.files import compress_images, write_atomic
 
+    _refuse_overwrite([args.output], [args.checkpoint])
     model, _ = _load_coding_model(args.checkpoint)
     try:
         code_model(model.bottleneck)
@@ -257,6 +288,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
     from .coding.files import update_code_model
     from .train import save_atomic
 
+    _refuse_overwrite([args.output], [args.checkpoint])
     model, ckpt = _load_coding_model(args.checkpoint)
     x = _coding_images(args.data, args.data_dir, args.limit)
     summary = update_code_model(model, x)
@@ -280,11 +312,15 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    _refuse_overwrite([args.output, args.png], [args.input, args.checkpoint])
     data = path.read_bytes()
     model, _ = _load_coding_model(args.checkpoint)
-    recon = decompress_images(model, data)
+    recon = decompress_images(model, data, max_elements=args.max_elements)
     save_atomic(recon, args.output)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
+    if recon.shape[0] == 0:
+        print(f"{message} (the file holds no images)")
+        return 0
     if args.png:
         if recon.dim() == 4:  # a conv model's (N, C, H, W) images
             reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=VALUE_RANGE)
@@ -349,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     p.add_argument("-o", "--output", required=True, help="the checkpoint to write, with counts")
     p.set_defaults(func=_cmd_update)
 
@@ -361,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     p.add_argument("--seed", type=int, default=0, help="seed of the dither (stored in the file)")
     p.add_argument("-o", "--output", required=True, help="the .qlc file to write")
     p.set_defaults(func=_cmd_compress)
@@ -371,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the checkpoint that wrote the file")
     p.add_argument("-o", "--output", required=True, help="reconstructions (a torch .pt tensor)")
     p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
+    p.add_argument(
+        "--max-elements",
+        type=_positive_int,
+        default=1 << 27,
+        help="refuse a file whose code holds more values than this (default 2^27)",
+    )
     p.set_defaults(func=_cmd_decompress)
 
     p = sub.add_parser("bench", help="throughput benchmarks")
@@ -437,8 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = _command_line(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, DataError) as err:
-        print(f"qlatent: error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, DataError) as err:
+        # one line, whatever the message: a file name or a reason may span several
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"qlatent: error: {message}", file=sys.stderr)
         return 2
 
 

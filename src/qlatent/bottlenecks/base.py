@@ -19,6 +19,7 @@ Methods with a density view (a posterior ``q(y_hat | y)`` and a prior density) a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -85,11 +86,14 @@ class Bottleneck(nn.Module, ABC):
         self._check_input(y)
         if not self.training:  # the hard path's dither is common randomness: CPU only
             check_generator(generator)
-        rows = _to_rows(y)
-        out = self._forward_rows(rows, generator)
+        y = self._cast(y)
         batch = y.shape[0]
+        shape = (batch, self.dim, *y.shape[2:])
+        if y.numel() == 0:
+            return self._empty_output(y, shape)
+        out = self._forward_rows(_to_rows(y), generator)
         return BottleneckOutput(
-            y_hat=_from_rows(out.y_hat, (batch, self.dim, *y.shape[2:])),
+            y_hat=_from_rows(out.y_hat, shape),
             rate=out.rate.reshape(batch, -1).sum(1),
             aux_loss=out.aux_loss,
             indices=None if out.indices is None else self._indices_from_rows(out.indices, y.shape),
@@ -101,21 +105,30 @@ class Bottleneck(nn.Module, ABC):
         self._require_discrete()
         self._check_input(y)
         check_generator(generator)
+        y = self._cast(y)
+        if y.numel() == 0:
+            return torch.zeros(self._index_shape(y.shape), dtype=torch.long, device=y.device)
         return self._indices_from_rows(self._quantize_rows(_to_rows(y), generator), y.shape)
 
     def dequantize(self, indices: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard path, second half: ``y_hat`` from the symbols (and the same dither)."""
         self._require_discrete()
         check_generator(generator)
-        if indices.is_floating_point() or indices.is_complex():
+        if not isinstance(indices, Tensor):
+            raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
         if self.index_kind == "vector":
             self._check_rank_and_size(indices, "indices", self.dim)
             shape = indices.shape
-            rows = _to_rows(indices)
         else:
+            if indices.dim() < 1:
+                raise ValueError("indices must have shape (B,) or (B, *spatial), got a scalar")
             shape = (indices.shape[0], self.dim, *indices.shape[1:])
-            rows = indices.reshape(-1)
+        if indices.numel() == 0:
+            dtype = self._compute_dtype() or torch.get_default_dtype()
+            return torch.zeros(shape, dtype=dtype, device=indices.device)
+        rows = _to_rows(indices) if self.index_kind == "vector" else indices.reshape(-1)
         return _from_rows(self._dequantize_rows(rows, generator), shape)
 
     def compress(self, y: Tensor, *, seed: int) -> bytes:
@@ -192,7 +205,69 @@ class Bottleneck(nn.Module, ABC):
                 f"({self.input_layout})"
             )
         self._check_rank_and_size(y, "input", self.in_dim)
-        check_finite("input", y)
+        if y.numel() == 0:
+            return
+        # one reduction for both checks: min/max propagate NaN, an Inf is its own min or max
+        low, high = torch.aminmax(y.detach())
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+            check_finite("input", y)  # counts and reports the non-finite values
+        limit = self.input_limit(y.dtype)
+        if max(-float(low), float(high)) > limit:
+            raise ValueError(
+                f"input magnitudes reach {max(-float(low), float(high)):.3g}, beyond this "
+                f"bottleneck's limit {limit:.3g} in {self._target_dtype(y.dtype)} "
+                "(squared distances or coordinates would overflow)"
+            )
+
+    def input_limit(self, dtype: torch.dtype | None = None) -> float:
+        """The largest input magnitude |y| accepted: sqrt(max / (4·in_dim)) of the dtype the
+        method computes in (its parameters', or ``dtype`` for a method without any), so that
+        no squared norm or distance can overflow. Larger inputs are refused with a ValueError,
+        the same for every method (README, "Hostile input and edge cases")."""
+        dtype = self._target_dtype(dtype or torch.get_default_dtype())
+        return math.sqrt(torch.finfo(dtype).max / (4 * self.in_dim))
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        """The dtype of the method's floating-point parameters (or buffers); None if none."""
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        for tensor in self.buffers():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return None
+
+    def _target_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype an input of ``dtype`` is computed in: the parameters'; for a method
+        without parameters the input's, at least float32 (a rate in float16 overflows at
+        |y| ≈ 256)."""
+        return self._compute_dtype() or torch.promote_types(dtype, torch.float32)
+
+    def _cast(self, y: Tensor) -> Tensor:
+        """``y`` in :meth:`_target_dtype` (float16, bfloat16 and float64 inputs of a float32
+        module are computed in float32)."""
+        dtype = self._target_dtype(y.dtype)
+        return y if y.dtype == dtype else y.to(dtype)
+
+    def _index_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        """Shape of the symbols of an input of ``shape``."""
+        if self.index_kind == "vector":
+            return (shape[0], self.dim, *shape[2:])
+        return (shape[0], *shape[2:])
+
+    def _empty_output(self, y: Tensor, shape: tuple[int, ...]) -> BottleneckOutput:
+        """The output for an input without elements (B = 0 or a zero-size spatial axis): empty
+        ``y_hat``, zero rate and aux loss, still attached to ``y``'s graph."""
+        anchor = y.sum() * 0
+        indices = None
+        if self.discrete and not self.training:
+            indices = torch.zeros(self._index_shape(y.shape), dtype=torch.long, device=y.device)
+        return BottleneckOutput(
+            y_hat=y.new_zeros(shape) + anchor,
+            rate=y.new_zeros(shape[0]) + anchor,
+            aux_loss=anchor,
+            indices=indices,
+        )
 
     def _indices_from_rows(self, indices: Tensor, shape: torch.Size) -> Tensor:
         if self.index_kind == "vector":
@@ -204,7 +279,8 @@ def _to_rows(y: Tensor) -> Tensor:
     """``(B, D, *spatial)`` -> ``(N, D)``; a view when ``y`` is already ``(B, D)``."""
     if y.dim() == 2:
         return y
-    return y.movedim(1, -1).reshape(-1, y.shape[1])
+    rows = y.shape[0] * math.prod(y.shape[2:])  # explicit: -1 is ambiguous for an empty y
+    return y.movedim(1, -1).reshape(rows, y.shape[1])
 
 
 def _from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:

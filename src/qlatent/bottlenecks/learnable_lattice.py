@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import check_nonnegative, check_num_codes, straight_through, usage_stats
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
@@ -109,7 +110,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         rate = y.new_zeros(y.shape[0])
         if not self.training:
             stats.update(_usage(n))  # a sort of the rows: kept off the training hot path
-            return BottleneckOutput(q.detach(), rate, y.new_zeros(()), n.long(), stats)
+            return BottleneckOutput(q.detach(), rate, y.new_zeros(()), to_coordinates(n), stats)
         size = -self.basis.abs().sum()
         aux = (
             F.mse_loss(q, y.detach())
@@ -119,7 +120,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         return BottleneckOutput(straight_through(y, q), rate, aux, None, stats)
 
     def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.round(y / self._safe_basis().detach()).long()
+        return to_coordinates(torch.round(y / self._safe_basis().detach()))
 
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
         return indices.to(self.basis.dtype) * self._safe_basis().detach()

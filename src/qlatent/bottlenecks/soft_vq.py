@@ -29,6 +29,7 @@ p (``posterior_entropy``, nats) and the mean σ_k (``mean_sigma``).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -59,9 +60,17 @@ def soft_assignment_logits(
     ("reference", the MNIST notebook). The uniform prior 1/K cancels in the softmax.
     """
     dist = squared_distances(z, codebook)
+    # At the float extremes (README, "Hostile input and edge cases"): log-scales beyond
+    # ±¼·log(max) (±22.2 in float32) are clamped there, so that 1/σ² stays finite and 0·∞
+    # cannot occur, and a logit that overflows to −∞ becomes the lowest finite value, so that a
+    # row far from every codeword gets a uniform assignment instead of NaN. Neither touches
+    # values inside those ranges.
+    finfo = torch.finfo(dist.dtype)
+    reach = 0.25 * math.log(finfo.max)
+    log_sigma = log_sigma.clamp(-reach, reach)
     precision_half = 0.5 * torch.exp(-2.0 * log_sigma)
     normaliser = -z.shape[1] * log_sigma if variant == "paper" else log_sigma
-    return normaliser - precision_half * dist
+    return (normaliser - precision_half * dist).clamp_(min=finfo.min)
 
 
 @BOTTLENECKS.register("soft_vq")

@@ -285,11 +285,13 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
     kind = code_model(bottleneck)
     seed = _check_seed(seed)
     bottleneck._check_input(y)
-    rows = _to_rows(y.detach().cpu())
+    rows = _to_rows(bottleneck._cast(y.detach().cpu()))
     shape = (y.shape[0], bottleneck.dim, *y.shape[2:])
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(_CHECK_WORD, _terminator())  # decoded last
-    if kind == MODEL_LATTICE:
+    if rows.shape[0] == 0:  # nothing to code: the header's shape says so
+        lo = hi = 0
+    elif kind == MODEL_LATTICE:
         rows = rows.to(bottleneck.log_spacing.dtype)
         u, spacing, scale = _lattice_params(bottleneck, rows.shape[0], seed)
         columns, lo, hi = _lattice_columns(bottleneck, rows, u)
@@ -311,9 +313,73 @@ def compress(bottleneck: Bottleneck, y: Tensor, *, seed: int, digest: bytes | No
     return pack(header, payload)
 
 
+#: the most values :func:`decompress` produces unless told otherwise (512 MiB of float32)
+MAX_ELEMENTS = 1 << 27
+#: constriction's fixed-point precision for the coded models (its ANS coder's default)
+_PRECISION = 24
+
+
+def _min_row_bits(bottleneck, kind: int) -> float:
+    """A lower bound on the bits any one position (row of the code) costs under the code model:
+    Σ over its symbols of −log2 of the largest probability the coder can give one symbol.
+
+    Quantized to 2^-24, no probability exceeds the float one by more than (n + 1)·2^-24 (n
+    entries) nor 1 − (n − 1)·2^-24. For the lattice's sign code the largest probability over all
+    dithers is max(½, P(k = 0 | u = 0)) = max(½, 1 − e^(−Δ/2b)); magnitudes only add bits."""
+    unit = 2.0**-_PRECISION
+
+    def cost(p_max: float, n: int) -> float:
+        return -math.log2(min(1.0 - (n - 1) * unit, p_max + (n + 1) * unit))
+
+    if kind == MODEL_UNIFORM_INDEX:
+        return math.log2(bottleneck.num_codes)
+    if kind == MODEL_COUNTED:
+        return sum(cost(float(p.max()), p.numel()) for p in bottleneck.code_probabilities())
+    ratio = (bottleneck.spacing / bottleneck.scale).detach().cpu().double()
+    p_zero = -torch.expm1(-ratio / 2)
+    return sum(cost(max(0.5, float(p)), 3) for p in p_zero)
+
+
+def _check_size(bottleneck, kind: int, shape: tuple[int, ...], words: int, max_elements: int):
+    """Refuse a header whose shape the payload cannot hold, or beyond ``max_elements``, before
+    anything of that size is allocated: the work of a refused decode is O(file size)."""
+    if len(shape) < 2 or shape[1] != bottleneck.dim:
+        raise CodingError(f"the file's shape {shape} does not fit a {bottleneck.dim}-d code")
+    positions = shape[0] * math.prod(shape[2:])  # Python integers: no wrap-around
+    elements = positions * bottleneck.dim
+    if elements > max_elements:
+        raise CodingError(
+            f"the header announces {elements:,} values (shape {shape}), more than "
+            f"max_elements={max_elements:,}; pass a larger max_elements to decode it"
+        )
+    # ANS codes a sequence in its information content plus at most a few words; half of the
+    # bound and two words of slack keep any file this coder wrote well inside it
+    available = 32 * words + 64
+    needed = positions * _min_row_bits(bottleneck, kind)
+    if needed > 2 * available:
+        raise CodingError(
+            f"corrupt header: shape {shape} needs at least {needed:,.0f} bits, the payload "
+            f"holds {32 * words:,}"
+        )
+    return positions
+
+
 @torch.no_grad()
-def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = None) -> Tensor:
-    """``y_hat`` from a ``.qlc`` byte string written for this ``bottleneck`` (same digest)."""
+def decompress(
+    bottleneck: Bottleneck,
+    data: bytes,
+    *,
+    digest: bytes | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> Tensor:
+    """``y_hat`` from a ``.qlc`` byte string written for this ``bottleneck`` (same digest).
+
+    Every size in the header is checked against the payload and against ``max_elements`` (the
+    most values the result may hold) before anything is allocated; a file that fails any check
+    raises :class:`CodingError`. A file whose payload was edited and its checksum recomputed
+    cannot be told from a genuine one (a CRC detects damage, not forgery): it decodes to some
+    other y_hat of the announced shape, or fails the end-of-stream check.
+    """
     constriction = _constriction()
     # the digest first: a file from another model is refused as such, code model or not
     header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
@@ -323,20 +389,20 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
             f"the file holds symbols for the {CODE_MODELS[header.code_model]!r} code model, this "
             f"bottleneck uses {CODE_MODELS[kind]!r}"
         )
-    shape = header.shape
-    if len(shape) < 2 or shape[1] != bottleneck.dim:
-        raise CodingError(f"the file's shape {shape} does not fit a {bottleneck.dim}-d code")
     if len(payload) % 4:
         raise CodingError("corrupt payload: its length is not a whole number of 32-bit words")
+    shape = header.shape
+    positions = _check_size(bottleneck, kind, shape, len(payload) // 4, max_elements)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    positions = shape[0] * int(np.prod(shape[2:], dtype=np.int64))
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        if kind == MODEL_LATTICE:
-            u, spacing, scale = _lattice_params(bottleneck, positions, header.seed)
+        if positions == 0:
+            rows = torch.zeros(0, bottleneck.dim, dtype=bottleneck._compute_dtype())
+        elif kind == MODEL_LATTICE:
             width = max(-header.symbol_min, header.symbol_max)
             if not 0 <= width <= _MAX_SUPPORT:
                 raise CodingError(f"corrupt header (symbol range {header.symbol_min}..)")
+            u, spacing, scale = _lattice_params(bottleneck, positions, header.seed)
             columns = _decode_lattice(coder, u.numpy(), spacing, scale, width)
             rows = _lattice_points(bottleneck, columns, u)
         elif kind == MODEL_COUNTED:
@@ -353,7 +419,7 @@ def decompress(bottleneck: Bottleneck, data: bytes, *, digest: bytes | None = No
             raise CodingError("corrupt payload: the decoder did not end where the encoder began")
     except CodingError:
         raise
-    except (ValueError, RuntimeError, AssertionError) as err:
+    except (ValueError, RuntimeError, AssertionError, OverflowError) as err:
         raise CodingError(f"corrupt payload: the entropy decoder failed ({err})") from err
     return _from_rows(rows, shape)
 
@@ -475,7 +541,7 @@ def ideal_bits(bottleneck: Bottleneck, y: Tensor, *, seed: int) -> float:
     was_training = bottleneck.training
     bottleneck.eval()
     try:
-        rows = _to_rows(y.detach().cpu())
+        rows = _to_rows(bottleneck._cast(y.detach().cpu()))
         if kind == MODEL_LATTICE:
             rate = bottleneck(rows, generator=SeedKeys(_check_seed(seed))).rate
             return float(rate.double().sum()) / math.log(2)

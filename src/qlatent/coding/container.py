@@ -18,7 +18,16 @@ Layout (little-endian)::
 
 Every way a file can be wrong raises :class:`CodingError` with a message that says which: not a
 qlatent file, a version this code does not read, truncated or with trailing bytes, corrupt
-(checksum), or written by a different model (digest).
+(checksum), or written by a different model (digest). The decoder then checks every size in the
+header against the payload and a cap on the values it will produce before it allocates anything
+(:func:`qlatent.coding.decompress`, ``max_elements``).
+
+What the checks cannot do: the CRC-32 detects damage, not forgery, and the model digest is
+public (it is in every file). Anyone can edit a payload or a header field and recompute the
+checksum; such a file passes every check above and decodes to some other ``y_hat`` of the
+announced (bounded) shape, or fails the end-of-stream check. Where that matters, authenticate
+the file outside the container (e.g. an HMAC-SHA256 over its bytes with a shared key, Python's
+``hmac`` module): the format carries no key.
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ def pack(header: Header, payload: bytes) -> bytes:
         raise ValueError(f"digest must be 32 bytes, got {len(header.digest)}")
     if not 1 <= len(header.shape) <= MAX_RANK:
         raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
+    if not all(isinstance(n, int) and 0 <= n < 2**32 for n in header.shape):
+        raise ValueError(f"every shape entry must lie in [0, 2^32), got {header.shape}")
     if not 0 <= header.seed < 2**64:
         raise ValueError(f"seed must lie in [0, 2^64), got {header.seed}")
     body = (

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..models import Autoencoder
-from ..train import load
-from .codec import compress, decompress, model_digest
+from ..train import CheckpointError, load, load_weights
+from .codec import MAX_ELEMENTS, compress, decompress, model_digest
 from .container import CodingError, unpack
 
 
@@ -28,12 +28,9 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = load(path, map_location="cpu")
-    except Exception as err:  # a file torch cannot read: say which
-        raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path} holds no model weights")
+    ckpt = load(path, map_location="cpu")  # as data, digest checked: CheckpointError if not
+    if not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} holds no model weights")
     return ckpt
 
 
@@ -58,23 +55,29 @@ def gated_vae_from_checkpoint(
     from ..models import gated_vae
 
     state = ckpt["model"]
-    last = state.get("decoder.2.weight")
-    if last is None or last.dim() != 2:
+
+    def weight(key: str, rank: int) -> Tensor | None:
+        value = state.get(key)
+        if value is not None and (not isinstance(value, Tensor) or value.dim() != rank):
+            raise CheckpointError(f"{path}: {key} is not a rank-{rank} tensor")
+        return value
+
+    last = weight("decoder.2.weight", 2)
+    if last is None:
         raise ValueError(f"{path} does not hold a gated-MLP VAE (lattice, vq or vq_ema)")
     sizes = {"hidden": last.shape[1], "data_dim": last.shape[0]}
     if "bottleneck.log_spacing" in state:
-        model = gated_vae("lattice", latent_dim=state["bottleneck.log_spacing"].shape[0], **sizes)
+        model = gated_vae(
+            "lattice", latent_dim=weight("bottleneck.log_spacing", 1).shape[0], **sizes
+        )
     elif "bottleneck.codebook" in state or "bottleneck.ema.codebook" in state:
         name = "vq" if "bottleneck.codebook" in state else "vq_ema"
-        codebook = state["bottleneck.codebook" if name == "vq" else "bottleneck.ema.codebook"]
+        codebook = weight("bottleneck.codebook" if name == "vq" else "bottleneck.ema.codebook", 2)
         num_codes, dim = codebook.shape
         model = gated_vae(name, latent_dim=dim, num_codes=num_codes, **sizes)
     else:
         raise ValueError(f"{path} holds a bottleneck that the coder does not know")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not hold gated-VAE weights: {err}") from err
+    load_weights(model, state, path)
     return model.eval()
 
 
@@ -127,12 +130,30 @@ def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int
 
 
 @torch.no_grad()
-def decompress_images(model: Autoencoder, data: bytes, *, batch_size: int = 2000) -> Tensor:
+def decompress_images(
+    model: Autoencoder, data: bytes, *, batch_size: int = 2000, max_elements: int = MAX_ELEMENTS
+) -> Tensor:
     """Reconstructions E[x | y_hat], shaped like the images, from a file written by
-    :func:`compress_images`."""
+    :func:`compress_images`; ``max_elements`` bounds the decoded code (:func:`decompress`)."""
     model.eval()
-    y_hat = decompress(model.bottleneck, data, digest=model_digest(model))
-    return torch.cat([model.likelihood.mean(model.decoder(yb)) for yb in y_hat.split(batch_size)])
+    y_hat = decompress(
+        model.bottleneck, data, digest=model_digest(model), max_elements=max_elements
+    )
+    try:
+        parts = [model.likelihood.mean(model.decoder(yb)) for yb in y_hat.split(batch_size)]
+    except RuntimeError as err:  # a code of a shape this decoder was not made for
+        raise CodingError(
+            f"the file's code of shape {tuple(y_hat.shape)} does not fit this model's decoder"
+        ) from err
+    if not parts:  # a file of zero images
+        return y_hat.new_zeros(0, *_image_shape(model, y_hat))
+    return torch.cat(parts)
+
+
+def _image_shape(model: Autoencoder, y_hat: Tensor) -> tuple[int, ...]:
+    """The decoder's output shape for one example, found by decoding one zero code."""
+    probe = y_hat.new_zeros(1, *y_hat.shape[1:])
+    return tuple(model.likelihood.mean(model.decoder(probe)).shape[1:])
 
 
 def images_in(data: bytes) -> int:

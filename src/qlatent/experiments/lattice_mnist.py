@@ -218,7 +218,7 @@ def _chunked_iwae(model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, ke
         path = folder / f"chunk-{i:03d}.pt"
         x = x_test[start : start + cfg.iwae_chunk]
         if path.exists():
-            cached = torch.load(path, map_location="cpu", weights_only=True)  # plain data
+            cached = load(path)  # plain data, digest checked
             if cached["key"] == key and cached["nll"].shape[0] == x.shape[0]:
                 parts.append(cached["nll"])
                 continue

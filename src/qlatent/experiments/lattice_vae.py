@@ -34,6 +34,18 @@ class ModelConfig:
     init_scale: float = 1.0
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "hidden"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(
+                    f"model.{name} must be a positive integer, got {getattr(self, name)}"
+                )
+        for name in ("init_spacing", "init_scale"):
+            value = getattr(self, name)
+            # float32 weights hold their logarithms: a subnormal or huge value would not survive
+            if not 1e-30 <= value <= 1e30:
+                raise ValueError(f"model.{name} must lie in [1e-30, 1e30], got {value}")
+
 
 @dataclass
 class LatticeVAEConfig:
@@ -44,6 +56,10 @@ class LatticeVAEConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
     eval_seed: int = 2020  #: seed of the test-time dithers
     out_dir: str = "runs/demo"
+
+    def __post_init__(self) -> None:
+        if not self.out_dir.strip():
+            raise ValueError("out_dir must name a folder, got an empty string")
 
 
 def load_data(cfg: LatticeVAEConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:

@@ -307,7 +307,9 @@ def reproduce(
     write_json(payload, results_dir / f"{stem}.json")
     (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
     features = {
-        LABELS[name]: torch.load(Path(runs_dir) / stem / name / "test_features.pt")
+        LABELS[name]: torch.load(
+            Path(runs_dir) / stem / name / "test_features.pt", weights_only=True
+        )
         for name in models
     }
     tsne_grid(

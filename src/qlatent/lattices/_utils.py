@@ -14,7 +14,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from .base import Lattice
+from .base import Lattice, to_coordinates
 
 
 def round_to_dn(x: Tensor) -> Tensor:
@@ -95,7 +95,7 @@ class FixedLattice(Lattice):
 
     def coordinates(self, points: Tensor) -> Tensor:
         inverse = self._inverse_t.to(points.device)
-        return torch.round(points.to(torch.float64) @ inverse).to(torch.int64)
+        return to_coordinates(torch.round(points.to(torch.float64) @ inverse))
 
     def points(self, coords: Tensor) -> Tensor:
         return coords.to(torch.float64) @ self._basis.to(coords.device)

@@ -19,6 +19,26 @@ from ..registry import Registry
 LATTICES: Registry[Lattice] = Registry("lattice")
 
 
+#: the largest |coordinate| a lattice point may have: int64 holds ±2^63, and coordinates this
+#: large are far beyond any float's resolution of neighbouring points anyway
+MAX_COORDINATE = 2**62
+
+
+def to_coordinates(k: Tensor) -> Tensor:
+    """Rounded float coordinates ``k`` as int64, refusing (ValueError) any beyond
+    ±:data:`MAX_COORDINATE` instead of letting the conversion wrap around."""
+    if k.numel():
+        low, high = torch.aminmax(k.detach())
+        reach = max(-float(low), float(high))
+        if not reach <= MAX_COORDINATE:  # NaN too
+            raise ValueError(
+                f"lattice coordinates reach {reach:.3g}, beyond the limit ±2^62 "
+                f"({MAX_COORDINATE:.3g}) of int64 coordinates: the input is too large for "
+                "this lattice's spacing"
+            )
+    return k.to(torch.int64)
+
+
 class Lattice(ABC):
     """Base class. Subclasses give the generator matrix and an exact ``closest_point``."""
 
@@ -49,7 +69,7 @@ class Lattice(ABC):
     def coordinates(self, points: Tensor) -> Tensor:
         """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``."""
         k = torch.linalg.solve(self.generator_matrix, points.unsqueeze(-1)).squeeze(-1)
-        return torch.round(k).to(torch.int64)
+        return to_coordinates(torch.round(k))
 
     def points(self, coords: Tensor) -> Tensor:
         """Lattice points from integer coordinates."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LATTICES, Lattice
+from .base import LATTICES, Lattice, to_coordinates
 
 
 @LATTICES.register("rectangular")
@@ -48,7 +48,7 @@ class RectangularLattice(Lattice):
         return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:
-        return (points / self.spacing).round_().to(torch.int64)  # in place: a pass fewer
+        return to_coordinates((points / self.spacing).round_())  # in place: a pass fewer
 
     def points(self, coords: Tensor) -> Tensor:
         return coords.to(self.spacing.dtype) * self.spacing

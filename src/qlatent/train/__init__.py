@@ -1,15 +1,17 @@
 """Training: one loop, atomic checkpoints, exact resume, torchrun DDP."""
 
-from .checkpoint import load, save_atomic
+from .checkpoint import CheckpointError, load, load_weights, save_atomic
 from .loop import FitResult, TrainConfig, fit
 from .optim import AdamNormGrad, make_optimizer
 
 __all__ = [
     "AdamNormGrad",
+    "CheckpointError",
     "FitResult",
     "TrainConfig",
     "fit",
     "load",
+    "load_weights",
     "make_optimizer",
     "save_atomic",
 ]

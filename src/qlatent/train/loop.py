@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,18 @@ from tqdm.auto import tqdm
 
 from ..losses import RateDistortionLoss, evaluate_objective
 from . import distributed as D
-from .checkpoint import load, save_atomic
+from .checkpoint import (
+    RESUME_MAY_CHANGE,
+    RESUME_MAY_CHANGE_RUN,
+    CheckpointError,
+    config_changes,
+    load,
+    load_weights,
+    save_atomic,
+)
 from .optim import make_optimizer
+
+_DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
 
 
 @dataclass
@@ -57,8 +68,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (isinstance(self.lr, int | float) and 0 < self.lr <= 1):
+            # Adam moves every weight by about lr per step: beyond 1 nothing trains
+            raise ValueError(f"lr must be a finite number in (0, 1], got {self.lr}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(
+                f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {self.device!r}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.lr_decay is not None and not 0.0 <= self.lr_decay <= 1.0:
@@ -114,15 +130,19 @@ def fit(
     ``run_config`` (the resolved experiment config) is stored in every checkpoint. With
     ``resume=True`` an existing ``out_dir/last.pt`` is continued.
     """
-    world = D.setup(cfg.device)
     out_dir = Path(out_dir)
+    if not str(out_dir).strip():
+        raise ValueError("the output folder must be named (out_dir is empty)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output folder {out_dir} is a file")
+    world = D.setup(cfg.device)
     loss_fn = loss_fn or RateDistortionLoss()
     model.to(world.device)
     optimizer = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr)
     state = _State()
     torch.manual_seed(cfg.seed * 1009 + world.rank)  # the dither stream; differs per rank
     if resume and (out_dir / "last.pt").exists():
-        state = _restore(out_dir / "last.pt", model, optimizer, cfg, world)
+        state = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
     if state.stopped in ("early_stopping", "max_steps"):
         return _finish(model, state, out_dir, world, cfg.keep)
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
@@ -309,20 +329,38 @@ def _checkpoint(path, model, optimizer, state, cfg, run_config, world) -> None:
     )
 
 
-def _restore(path, model, optimizer, cfg, world) -> _State:
+def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
+    """Continue from ``path``: refused (CheckpointError naming the file) when it is damaged,
+    holds another architecture, or was written with a config that differs in anything but
+    :data:`~.checkpoint.RESUME_MAY_CHANGE` (train) and
+    :data:`~.checkpoint.RESUME_MAY_CHANGE_RUN` (run) — a different lr, batch size, seed or
+    dataset would silently make a run that neither config describes."""
     ckpt = load(path, map_location=world.device)
+    missing = {"model", "optimizer", "state", "rng", "world_size"} - set(ckpt)
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (no {sorted(missing)})")
+    changes = config_changes(ckpt.get("train_config"), dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
+    changes += config_changes(ckpt.get("run_config"), run_config, RESUME_MAY_CHANGE_RUN)
+    if changes:
+        raise CheckpointError(
+            f"{path} was written with a different config ({'; '.join(changes)}): restore it, "
+            "or start a fresh run in another folder"
+        )
     if ckpt["world_size"] != world.size:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was written by {ckpt['world_size']} process(es); resume with the same number "
             f"(now {world.size}) to continue exactly"
         )
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    rng = ckpt["rng"][world.rank]
-    torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    return _State(**ckpt["state"])
+    load_weights(model, ckpt["model"], path)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng = ckpt["rng"][world.rank]
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        return _State(**ckpt["state"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
 
 
 def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -337,7 +375,7 @@ def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
     if keep == "best" and best.exists():
         if world.distributed:  # rank 0 wrote it; wait until every rank can read it
             torch.distributed.barrier()
-        model.load_state_dict(load(best, map_location=world.device)["model"])
+        load_weights(model, load(best, map_location=world.device).get("model"), best)
     D.teardown(world)
     return FitResult(
         history=state.history,
