@@ -23,7 +23,7 @@ from qlatent.coding import (
     pack,
     unpack,
 )
-from qlatent.coding.codec import _SignCode
+from qlatent.coding.models import SignCode as _SignCode
 from qlatent.rng import SeedKeys
 
 

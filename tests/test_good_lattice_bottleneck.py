@@ -289,3 +289,23 @@ def test_box_proposal_gradients_are_finite_in_the_tails():
     for p in (module.log_spacing, module.log_scale, y):
         assert torch.isfinite(p.grad).all()
     assert torch.isfinite(out.rate).all() and (out.rate >= 0).all()
+
+
+def test_box_draws_at_the_top_of_the_uniform_grid_keep_gradients_finite(monkeypatch):
+    """The largest counter-based uniform, 1 − 2^-24 + 2^-25, rounds to 1 in float32; with a box
+    far wider than the prior (1 − e^(−width/b) = 1) the branch not taken is then −∞, whose
+    gradient must not become 0·∞ = NaN (it stopped a 200-epoch E8 run at epoch 131)."""
+    import qlatent.bottlenecks.good_lattice as good
+
+    top = 1.0 - 2.0**-24
+    monkeypatch.setattr(
+        good, "counter_uniform", lambda key, shape, dtype: torch.full(shape, top, dtype=dtype)
+    )
+    module = e8(proposal="box", prior_samples=4)
+    scale = torch.full((16,), 1e-3, requires_grad=True)
+    v = torch.tensor([[3.0] * 8 + [-3.0] * 8], requires_grad=True)
+    halfwidth = torch.full((16,), 1.0)
+    x, log_z = module._box_points(v, 4, torch.tensor(1, dtype=torch.int32), halfwidth, scale)
+    assert torch.isfinite(x).all() and torch.isfinite(log_z).all()
+    (x.sum() + log_z.sum()).backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(scale.grad).all()

@@ -81,7 +81,7 @@ def test_a_shape_whose_product_wraps_int64_is_refused():
 
 
 def test_a_trailing_spatial_axis_the_decoder_does_not_take_is_a_coding_error():
-    from qlatent.coding.files import compress_images, decompress_images
+    from qlatent.image_coding import compress_images, decompress_images
     from qlatent.models import gated_vae
 
     torch.manual_seed(0)
@@ -356,7 +356,7 @@ def test_a_file_of_zero_images_decodes_without_dividing_by_zero(
     tmp_path, capsys, coding_checkpoint
 ):
     from qlatent.cli import main
-    from qlatent.coding.files import compress_images, load_gated_vae, write_atomic
+    from qlatent.image_coding import compress_images, load_gated_vae, write_atomic
 
     model = load_gated_vae(coding_checkpoint)
     empty = write_atomic(

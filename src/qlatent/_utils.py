@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -34,3 +36,19 @@ def check_generator(generator) -> None:
         raise ValueError(
             f"dither must be drawn from a CPU torch.Generator, got one on {generator.device}"
         )
+
+
+def to_rows(y: Tensor) -> Tensor:
+    """``(B, D, *spatial)`` -> ``(N, D)``; a view when ``y`` is already ``(B, D)``."""
+    if y.dim() == 2:
+        return y
+    rows = y.shape[0] * math.prod(y.shape[2:])  # explicit: -1 is ambiguous for an empty y
+    return y.movedim(1, -1).reshape(rows, y.shape[1])
+
+
+def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`to_rows`: ``(N, D)`` -> ``shape`` = ``(B, D, *spatial)``."""
+    if len(shape) == 2:
+        return rows
+    batch, dim, *spatial = shape
+    return rows.reshape(batch, *spatial, dim).movedim(-1, 1)

@@ -251,8 +251,8 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None):
 def _load_coding_model(checkpoint: str):
     """The autoencoder of a checkpoint and the checkpoint itself: an LL-VQ table's conv model
     (recognised by the config saved with it) or a gated-MLP VAE (recognised by its weights)."""
-    from .coding.files import gated_vae_from_checkpoint, read_checkpoint
     from .experiments import llvq_fashion
+    from .image_coding import gated_vae_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     if llvq_fashion.is_checkpoint(ckpt):
@@ -264,7 +264,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     import time
 
     from .coding import code_model
-    from .coding.files import compress_images, write_atomic
+    from .image_coding import compress_images, write_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
     model, _ = _load_coding_model(args.checkpoint)
@@ -285,7 +285,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_update(args: argparse.Namespace) -> int:
-    from .coding.files import update_code_model
+    from .image_coding import update_code_model
     from .train import save_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
@@ -304,9 +304,9 @@ def _cmd_update(args: argparse.Namespace) -> int:
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .coding.files import decompress_images
     from .eval import reconstruction_grid, reconstruction_rows
     from .experiments.llvq_fashion import VALUE_RANGE
+    from .image_coding import decompress_images
     from .train import save_atomic
 
     path = Path(args.input)

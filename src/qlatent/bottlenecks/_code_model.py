@@ -59,6 +59,27 @@ class CountedCodeModel:
         """``(low, width)`` of every feature's counted range, or None to take it from the data."""
         return None
 
+    def code_model(self):
+        """The counted frequencies as a code model (:class:`qlatent.coding.models.Counted`);
+        TypeError before :meth:`update` has counted anything."""
+        if not self.code_model_ready:
+            raise TypeError(
+                f"{type(self).__name__} has no code model yet: call "
+                "bottleneck.update(training_latents) after training"
+            )
+        return self._counted_code_model()
+
+    def _counted_code_model(self):
+        from ..coding.models import Counted
+
+        return Counted(
+            self.code_probabilities(),
+            self.code_low.cpu(),
+            self.code_symbols,
+            lambda symbols: self._dequantize_rows(symbols, None),
+            scalar=self.index_kind == "scalar",
+        )
+
     def code_symbols(self, y: Tensor) -> Tensor:
         """The hard-path symbols of encoder outputs ``y`` as ``(N, F)`` int64 (eval mode)."""
         from .base import _to_rows

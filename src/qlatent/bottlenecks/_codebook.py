@@ -239,6 +239,19 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
         """log K nats per row: a fixed-length code under a uniform code prior."""
         return y.new_full((y.shape[0],), math.log(self.num_codes))
 
+    def code_model(self):
+        """Counted index frequencies after ``update()``; before it, uniform indices (log2 K
+        bits each, the hard path's own rate)."""
+        if self.code_model_ready:
+            return self._counted_code_model()
+        from ..coding.models import UniformIndex
+
+        return UniformIndex(
+            self.num_codes,
+            lambda rows: self._quantize_rows(rows, None),
+            lambda symbols: self._dequantize_rows(symbols, None),
+        )
+
     def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
         return nearest_codeword(y, self.codebook)
 

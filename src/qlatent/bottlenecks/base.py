@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite, check_generator
+from .._utils import check_finite, check_generator, from_rows, to_rows
 from ..registry import Registry
 
 
@@ -130,6 +130,15 @@ class Bottleneck(nn.Module, ABC):
             return torch.zeros(shape, dtype=dtype, device=indices.device)
         rows = _to_rows(indices) if self.index_kind == "vector" else indices.reshape(-1)
         return _from_rows(self._dequantize_rows(rows, generator), shape)
+
+    def code_model(self):
+        """The entropy model :func:`qlatent.coding.compress` codes the hard path's symbols with
+        (the protocol of :mod:`qlatent.coding.models`), built from the current parameters; a
+        method with files overrides this. TypeError if the method has none (yet)."""
+        raise TypeError(
+            f"{type(self).__name__} has no entropy model to code its symbols with "
+            "(supported: lattice, vq, vq_ema, soft_em_vq, learnable_lattice)"
+        )
 
     def compress(self, y: Tensor, *, seed: int) -> bytes:
         """The hard-path symbols of ``y`` entropy-coded into a ``.qlc`` byte string
@@ -275,17 +284,4 @@ class Bottleneck(nn.Module, ABC):
         return indices.reshape(shape[0], *shape[2:])
 
 
-def _to_rows(y: Tensor) -> Tensor:
-    """``(B, D, *spatial)`` -> ``(N, D)``; a view when ``y`` is already ``(B, D)``."""
-    if y.dim() == 2:
-        return y
-    rows = y.shape[0] * math.prod(y.shape[2:])  # explicit: -1 is ambiguous for an empty y
-    return y.movedim(1, -1).reshape(rows, y.shape[1])
-
-
-def _from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`_to_rows`."""
-    if len(shape) == 2:
-        return rows
-    batch, dim, *spatial = shape
-    return rows.reshape(batch, *spatial, dim).movedim(-1, 1)
+_to_rows, _from_rows = to_rows, from_rows  # the names the methods use

@@ -249,7 +249,11 @@ class DitheredGoodLattice(Bottleneck):
         with ``key``."""
         n, m = v.shape
         r = counter_uniform(key, (n, count, m), torch.float64)
-        r = (r + 2.0**-25).to(device=v.device, dtype=v.dtype)  # midpoints: never 0 or 1
+        # midpoints of the 2^-24 grid, never 0 or 1 in float64; float32 rounds the last one,
+        # 1 − 2^-25, up to 1, where log1p(−r·tail) below is −∞ once tail = 1 (a box far wider
+        # than the prior): finite in the branch taken, but 0·∞ = NaN in the other's gradient
+        r = (r + 2.0**-25).to(device=v.device, dtype=v.dtype)
+        r = r.clamp(max=1.0 - torch.finfo(v.dtype).eps / 2)
         vv = v.unsqueeze(1)
         a, c, b = vv - halfwidth, vv + halfwidth, scale
         width = c - a
@@ -324,6 +328,37 @@ class DitheredGoodLattice(Bottleneck):
         dtype, device = self.log_spacing.dtype, self.log_spacing.device
         u = self._hard_dither(indices.shape[0], generator, device, dtype)
         return self._reconstruct(indices.to(device), u)
+
+    # ------------------------------------------------------------------ files
+    def code_model(self):
+        """The lattice point coordinate by coordinate in a triangular basis of each block
+        (:class:`qlatent.coding.models.TriangularLattice`); Laplace prior only."""
+        if self.prior_name != "laplace":
+            raise TypeError(
+                "the good lattices code their points under the Laplace prior only; this "
+                f"bottleneck's prior is {self.prior_name!r}"
+            )
+        from ..coding.models import TriangularLattice
+        from ..lattices import triangular_basis
+        from ..rng import SeedKeys
+
+        bases: dict[int, tuple] = {}
+        blocks, start = [], 0
+        for block in self.geometry.blocks:
+            if id(block) not in bases:
+                bases[id(block)] = triangular_basis(block.generator_matrix.T)
+            blocks.append((start, *bases[id(block)]))
+            start += block.dim
+        dtype = self.log_spacing.dtype
+        return TriangularLattice(
+            blocks=blocks,
+            sigma=self._coordinate_scale().detach().cpu().double().numpy(),
+            scale=self.scale.detach().cpu().double().numpy(),
+            dtype=dtype,
+            dither=lambda n, seed: self._hard_dither(n, SeedKeys(seed), "cpu", dtype).detach(),
+            coordinates=lambda rows, u: self._coordinates(rows, u),
+            reconstruct=lambda k, u: self._reconstruct(k, u),
+        )
 
     # ----------------------------------------------------------- density view
     def posterior_sample(self, y: Tensor, num_samples: int, *, generator=None):

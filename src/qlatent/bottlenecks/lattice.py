@@ -180,6 +180,24 @@ class DitheredLattice(Bottleneck):
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
         return self._reconstruct(indices, self._hard_dither(indices.shape[0], generator, None))
 
+    # ------------------------------------------------------------------ files
+    def code_model(self):
+        """The dithered Laplace cells of the hard path (:class:`qlatent.coding.models.
+        DitheredLaplace`), from the current parameters as float64."""
+        from ..coding.models import DitheredLaplace
+        from ..rng import SeedKeys
+
+        geometry = self.geometry()
+        return DitheredLaplace(
+            spacing=self.spacing.detach().cpu().double().numpy(),
+            scale=self.scale.detach().cpu().double().numpy(),
+            dtype=self.log_spacing.dtype,
+            dither=lambda n, seed: self._hard_dither(n, SeedKeys(seed), "cpu").detach(),
+            coordinates=lambda rows, u: self._coordinates(rows, u, geometry),
+            reconstruct=lambda k, u: self._reconstruct(k, u, geometry),
+            rate=lambda rows, seed: self(rows, generator=SeedKeys(seed)).rate,
+        )
+
     # ----------------------------------------------------------- density view
     def posterior_sample(
         self, y: Tensor, num_samples: int, *, generator: torch.Generator | None = None

@@ -6,7 +6,8 @@ Layout (little-endian)::
          0     4  magic  b"QLC\\x00"
          4     2  format version (2)
          6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index;
-                  3: counted symbols, learned by ``update()``)
+                  3: counted symbols, learned by ``update()``; 4: good lattice in a triangular
+                  basis; 64–255: registered by other methods)
          7     1  number of shape entries r (1 ≤ r ≤ 8)
          8    32  SHA-256 digest of the model (configuration and weights) that wrote the file
         40     8  seed of the dither (uint64)
@@ -43,11 +44,27 @@ VERSION = 2
 MODEL_LATTICE = 1
 MODEL_UNIFORM_INDEX = 2
 MODEL_COUNTED = 3
+MODEL_GOOD_LATTICE = 4
+#: code-model ids and names; 1–63 are the library's, a new method registers its own id
 CODE_MODELS = {
     MODEL_LATTICE: "dithered lattice, Laplace prior",
     MODEL_UNIFORM_INDEX: "uniform",
     MODEL_COUNTED: "counted symbols (update())",
+    MODEL_GOOD_LATTICE: "good lattice, triangular basis, Laplace prior",
 }
+
+
+def register_code_model(kind: int, name: str) -> int:
+    """Make ``kind`` (64–255) a code-model id that files may carry, named ``name``: a new
+    method's code model registers itself once, and nothing else in the coder changes."""
+    if not isinstance(kind, int) or not 64 <= kind <= 255:
+        raise ValueError(f"a new code model's id must lie in [64, 255], got {kind!r}")
+    if CODE_MODELS.get(kind, name) != name:
+        raise ValueError(f"code model {kind} is already {CODE_MODELS[kind]!r}")
+    CODE_MODELS[kind] = name
+    return kind
+
+
 MAX_RANK = 8
 
 _FIXED = struct.Struct("<4sHBB32sQii")  # magic … symbol range, 56 bytes

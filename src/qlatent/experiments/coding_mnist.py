@@ -8,7 +8,14 @@ Two models share the gated-MLP encoder and decoder of the lattice paper (``qlate
   by Theorem 1, match the training-path rate estimate within Monte-Carlo error;
 - a **VQ-VAE** (one codeword index per image, K = 512). After training, ``update()`` counts its
   indices over the training images, and the test indices are coded with those frequencies
-  (the counted code model), against the fixed rate log2 K of coding them uniformly.
+  (the counted code model), against the fixed rate log2 K of coding them uniformly;
+- the **Table-1 lattice VAEs** of ``qlatent reproduce lattice-mnist`` (``rect_lattice``,
+  ``e8_lattice``, ``leech_lattice``), read from their runs (``table1_runs``; trained here on
+  the synthetic set with ``--quick``). A good lattice's point is coded coordinate by coordinate
+  in a triangular basis (:class:`qlatent.coding.models.TriangularLattice`); its ideal
+  −log2 P(z | u), the prior's mass on the Voronoi cell around z − u, has no closed form and is
+  estimated by Monte Carlo on the first ``ideal_images`` images, with its standard error over
+  ``ideal_repeats`` independent estimates.
 
 Each model is trained (or resumed) by the shared training loop; then the test set is compressed
 into one file, decoded, and the decoded ``y_hat`` compared with the hard path bit for bit. The
@@ -51,6 +58,13 @@ class CodingMnistConfig:
     train_rate_repeats: int = 10  #: independent training-path dithers for Theorem 1's estimate
     hard_rate_seeds: int = 20  #: dither seeds over which the hard-path rate's spread is measured
     timing_repeats: int = 20  #: timed compress / decompress calls per model (medians reported)
+    #: the runs folder of `qlatent reproduce lattice-mnist` that the Table-1 rows are read from
+    table1_runs: str = "runs"
+    good_hard_rate_seeds: int = 3  #: hard_rate_seeds for the good lattices (Monte-Carlo rates)
+    ideal_images: int = 1000  #: images of the Monte-Carlo ideal −log2 P(z | u)
+    ideal_repeats: int = 3  #: independent Monte-Carlo estimates of it (for its s.e.)
+    ideal_samples: int = 2048  #: uniform cell points per estimate
+    ideal_prior_samples: int = 256  #: proposal draws per estimate
 
 
 def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistConfig:
@@ -61,8 +75,53 @@ def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistCon
         cfg.train = TrainConfig(epochs=2, batch_size=100)
         cfg.train_rate_repeats = 3
         cfg.hard_rate_seeds = 3
+        cfg.good_hard_rate_seeds = 2
         cfg.timing_repeats = 2
+        cfg.ideal_images = 50
+        cfg.ideal_repeats = 2
+        cfg.ideal_samples = 256
+        cfg.ideal_prior_samples = 32
     return apply_overrides(cfg, overrides or [])
+
+
+#: rows read from `qlatent reproduce lattice-mnist`'s checkpoints
+TABLE1 = ("rect_lattice", "e8_lattice", "leech_lattice")
+MODELS = ("lattice", "vq", *TABLE1)
+
+
+def _table1_model(
+    name: str, cfg: CodingMnistConfig, data, *, quick: bool, runs_dir: Path
+) -> tuple[Autoencoder, dict[str, Any]]:
+    """A Table-1 row's trained model: its best checkpoint from the lattice-mnist runs, or, with
+    ``quick``, trained here with the quick lattice-mnist config on this table's data."""
+    from ..train import CheckpointError, load, load_weights
+    from . import lattice_mnist
+
+    lcfg = lattice_mnist.model_config(name, quick=quick, overrides=["train.progress=false"])
+    model = lattice_mnist.build_model(lcfg, data["train"].shape[1])
+    if quick:
+        folder = runs_dir / "coding-mnist-quick" / name
+        result = fit(model, data, lcfg.train, out_dir=folder, run_config=to_dict(lcfg))
+        return model, {"checkpoint": str(folder / "best.pt"), "train_wall_s": result.wall_s}
+    folder = Path(cfg.table1_runs).expanduser() / "lattice-mnist" / name
+    best = folder / "best.pt"
+    if not best.is_file():
+        raise ValueError(
+            f"no checkpoint {best}: train the row with `qlatent reproduce lattice-mnist --models "
+            f"{name}` first, or point --set table1_runs=DIR at its runs folder"
+        )
+    ckpt = load(best)
+    load_weights(model, ckpt.get("model"), best)
+    info = {"checkpoint": str(best), "checkpoint_epoch": ckpt.get("epoch")}
+    if (folder / "last.pt").is_file():
+        try:
+            state = load(folder / "last.pt")["state"]
+            info["run_epochs"] = state["epoch"]
+            info["run_stopped"] = state["stopped"] or "in progress"
+        except (CheckpointError, KeyError) as err:
+            info["run_state"] = f"unreadable ({err})"
+    info["bottleneck_args"] = lcfg.model.bottleneck_args
+    return model, info
 
 
 def _model(name: str, cfg: CodingMnistConfig) -> Autoencoder:
@@ -92,6 +151,11 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
     )
     encode_s, decode_s = timing["encode"]["median_s"], timing["decode"]["median_s"]
     hard = neck(y, generator=SeedKeys(cfg.seed))
+    distortion = torch.cat(
+        [model.likelihood.nll(xb, model.decoder(yb)) for xb, yb in zip(
+            x.split(1000), y_hat.split(1000), strict=True
+        )]
+    )  # fmt: skip
     header, payload = unpack(data)
     n = x.shape[0]
     symbols = hard.indices.numel()
@@ -111,6 +175,8 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         "overhead_percent": 100.0 * (coded_bits - model_bits) / model_bits,
         "payload_overhead_percent": 100.0 * (8 * len(payload) - model_bits) / model_bits,
         "round_trip_exact": bool(torch.equal(y_hat, hard.y_hat)),
+        "hard_distortion_nats_per_image": distortion.double().mean().item(),
+        "hard_distortion_se": distortion.double().std().item() / math.sqrt(n),
         "distinct_codes": int(torch.unique(hard.indices.reshape(n, -1), dim=0).shape[0]),
         "encode_symbols_per_s": symbols / encode_s,
         "decode_symbols_per_s": symbols / decode_s,
@@ -134,16 +200,54 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         out["coded_minus_train_rate_bits"] = coded_bits / n - mean
         # the file's hard rate is one dither's draw: its spread over seeds says how far from the
         # estimate a single file may land, and their mean is Theorem 1's expectation again
+        good = hasattr(neck, "log_density")  # a good lattice: Monte-Carlo rates, fewer seeds
+        seeds = cfg.good_hard_rate_seeds if good else cfg.hard_rate_seeds
         hard_rates = [
-            neck(y, generator=SeedKeys(s)).rate.double().mean().item() / LN2
-            for s in range(cfg.hard_rate_seeds)
+            neck(y, generator=SeedKeys(s)).rate.double().mean().item() / LN2 for s in range(seeds)
         ]
         out["hard_rate_over_seeds"] = {
             "seeds": len(hard_rates),
             "mean": statistics.fmean(hard_rates),
             "sd": statistics.stdev(hard_rates) if len(hard_rates) > 1 else 0.0,
         }
+        if good:
+            out.update(_monte_carlo_ideal(neck, y, y_hat, cfg, payload_bits=8 * len(payload)))
     return out
+
+
+@torch.no_grad()
+def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: int) -> dict:
+    """The ideal −log2 P(z | u) of the file's points on the first ``ideal_images`` images, by
+    Monte Carlo (the cell's prior mass, multiple importance sampling, capped at 1), mean and s.e.
+    over ``ideal_repeats`` independent estimates; next to the code model's own bits on the same
+    images."""
+    count = min(cfg.ideal_images, y.shape[0])
+    sub = y_hat[:count].reshape(count, -1)
+    log_v = float(neck.log_volume())
+    estimates = []
+    for r in range(cfg.ideal_repeats):
+        generator = torch.Generator().manual_seed(20_000 + r)
+        log_f = neck.log_density(sub, cfg.ideal_samples, cfg.ideal_prior_samples, generator)
+        estimates.append(float((-log_v - log_f).double().sum()) / LN2 / count)
+    mc = statistics.fmean(estimates)
+    se = statistics.stdev(estimates) / math.sqrt(len(estimates)) if len(estimates) > 1 else 0.0
+    model_bits = ideal_bits(neck, y[:count], seed=cfg.seed) / count
+    all_model = ideal_bits(neck, y, seed=cfg.seed)
+    payload_over_model = payload_bits / all_model - 1
+    model_over_ideal = model_bits / mc - 1
+    return {
+        "mc_ideal_images": count,
+        "mc_ideal_bits_per_image": mc,
+        "mc_ideal_se": se,
+        "mc_ideal_repeats": len(estimates),
+        "mc_ideal_samples": [cfg.ideal_samples, cfg.ideal_prior_samples],
+        "model_bits_per_image_on_those": model_bits,
+        "model_over_ideal_percent": 100 * model_over_ideal,
+        "model_over_ideal_se_percent": 100 * model_bits * se / mc**2,
+        "payload_over_model_percent": 100 * payload_over_model,
+        "file_payload_over_ideal_percent": 100
+        * ((1 + payload_over_model) * (1 + model_over_ideal) - 1),
+    }
 
 
 def reproduce(
@@ -161,12 +265,26 @@ def reproduce(
     cfg = config(quick=quick, overrides=overrides)
     names = list(models or ("lattice", "vq"))
     for name in names:
-        if name not in ("lattice", "vq"):
-            raise ValueError(f"unknown model {name!r}; known: ['lattice', 'vq']")
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
     data = load_data(cfg, data_dir)  # the demo's data: binarized MNIST or the synthetic set
+    previous = Path(results_dir) / f"{stem}.json"
     rows = {}
+    if previous.is_file():  # rows not re-run this time are kept, with their own provenance
+        import json
+
+        rows = json.loads(previous.read_text()).get("rows", {})
+        rows = {k: v for k, v in rows.items() if k not in names}
     for name in names:
         print(f"== {name} ==", flush=True)
+        if name in TABLE1:
+            model, info = _table1_model(name, cfg, data, quick=quick, runs_dir=Path(runs_dir))
+            rows[name] = {
+                **code_test_set(model, data["test"], cfg),
+                **info,
+                "provenance": provenance(command),
+            }
+            continue
         model = _model(name, cfg)
         result = fit(model, data, cfg.train, out_dir=Path(runs_dir) / stem / name,
                      run_config=to_dict(cfg))  # fmt: skip
@@ -178,6 +296,7 @@ def reproduce(
             **code_test_set(model, data["test"], cfg),
             "train_wall_s": result.wall_s,
             "train_epochs": len(result.history),
+            "provenance": provenance(command),
         }
     payload = {
         **provenance(command),

@@ -128,18 +128,23 @@ def load_data(cfg: LatticeMnistConfig, data_dir: str | None) -> dict[str, torch.
     return binarized_mnist(data_dir)
 
 
+def build_model(cfg: LatticeMnistConfig, data_dim: int):
+    """The gated-MLP VAE of a row, initialised from the row's seed."""
+    torch.manual_seed(cfg.train.seed)
+    return gated_vae(
+        cfg.model.bottleneck,
+        latent_dim=cfg.model.latent_dim,
+        hidden=cfg.model.hidden,
+        data_dim=data_dim,
+        **cfg.model.bottleneck_args,
+    )
+
+
 def run_model(
     name: str, cfg: LatticeMnistConfig, data: dict[str, torch.Tensor], out_dir: Path
 ) -> dict[str, Any]:
     """Train (or resume) one model, then evaluate it (or reload the cached evaluation)."""
-    torch.manual_seed(cfg.train.seed)
-    model = gated_vae(
-        cfg.model.bottleneck,
-        latent_dim=cfg.model.latent_dim,
-        hidden=cfg.model.hidden,
-        data_dim=data["train"].shape[1],
-        **cfg.model.bottleneck_args,
-    )
+    model = build_model(cfg, data["train"].shape[1])
     result = fit(model, data, cfg.train, out_dir=out_dir, run_config=to_dict(cfg))
     trained = {
         "epochs": len(result.history),

@@ -5,6 +5,7 @@
 'E8^5'
 """
 
+from ._utils import triangular_basis
 from .an import RootLatticeA, hexagonal_lattice
 from .base import LATTICES, Lattice
 from .bw16 import BarnesWallLattice
@@ -30,4 +31,5 @@ __all__ = [
     "integer_lattice",
     "lattice_by_name",
     "tile",
+    "triangular_basis",
 ]

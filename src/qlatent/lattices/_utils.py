@@ -126,3 +126,28 @@ def dn_rows(n: int) -> list[list[int]]:
 
 def as_basis(rows: Sequence[Sequence[int | float | Fraction]]) -> Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+
+
+def triangular_basis(basis: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """For a lattice with basis rows ``basis`` ``(n, n)`` (points = k @ basis): a triangular
+    basis T of the same lattice, the integer matrix U with T = U @ basis, and whether T is upper
+    triangular (else lower).
+
+    A basis that is already triangular is kept (U = I); otherwise T is the Hermite normal form
+    of 2·basis (an integer matrix for every family here: D_n, E8 ... have half-integer entries at
+    most), halved. Raises ValueError for a basis that is neither.
+    """
+    b = basis.to(torch.float64)
+    eye = torch.eye(b.shape[0], dtype=torch.float64)
+    if torch.equal(b, torch.triu(b)):
+        return b, eye, True
+    if torch.equal(b, torch.tril(b)):
+        return b, eye, False
+    doubled = 2 * b
+    if not torch.equal(doubled, doubled.round()):
+        raise ValueError("the lattice's basis is neither triangular nor half-integral")
+    t = as_basis(integer_basis(doubled.round().long().tolist())) / 2
+    u = torch.round(t @ torch.linalg.inv(b))
+    if not torch.allclose(u @ b, t) or abs(abs(float(torch.linalg.det(u))) - 1) > 1e-9:
+        raise ValueError("could not find a unimodular change to a triangular basis")
+    return t, u, True

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models import Autoencoder
-from ..train import CheckpointError, load, load_weights
-from .codec import MAX_ELEMENTS, compress, decompress, model_digest
-from .container import CodingError, unpack
+from .coding.codec import MAX_ELEMENTS, compress, decompress, model_digest
+from .coding.container import CodingError, unpack
+from .models import Autoencoder
+from .train import CheckpointError, load, load_weights
 
 
 def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
@@ -52,7 +52,7 @@ def gated_vae_from_checkpoint(
     too: the code dimension, the hidden width and data size from the decoder's last layer, K
     from the codebook. A counted code model saved with the weights comes with them.
     """
-    from ..models import gated_vae
+    from .models import gated_vae
 
     state = ckpt["model"]
 
@@ -95,7 +95,7 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
     ``(N, C, H, W)`` (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an
     error for a bottleneck whose code model is not learned from counts (ValueError: the
     lattice's is its prior)."""
-    from ..bottlenecks._code_model import CountedCodeModel
+    from .bottlenecks._code_model import CountedCodeModel
 
     neck = model.bottleneck
     if not isinstance(neck, CountedCodeModel):

@@ -1,0 +1,176 @@
+"""The code-model protocol: the coder knows no bottleneck; good lattices write real files; a new
+method gets files by implementing ``code_model()`` in its own module."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import qlatent.coding
+from qlatent.bottlenecks import build
+from qlatent.bottlenecks.base import Bottleneck, BottleneckOutput
+from qlatent.coding import CodingError, compress, decompress, ideal_bits, unpack
+from qlatent.coding.container import MODEL_GOOD_LATTICE, register_code_model
+from qlatent.coding.models import constriction
+from qlatent.lattices import lattice_by_name, triangular_basis
+from qlatent.rng import SeedKeys
+
+CODING = Path(qlatent.coding.__file__).parent
+
+
+def test_the_coder_imports_nothing_from_the_bottlenecks_or_above():
+    """``qlatent.coding`` depends on itself and the package's leaf helpers only."""
+    for path in sorted(CODING.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ["qlatent", "coding"][: 3 - node.level] if node.level else []
+                name = ".".join([*base, node.module or ""]).strip(".")
+            elif isinstance(node, ast.Import):
+                name = ",".join(alias.name for alias in node.names)
+            else:
+                continue
+            if name.startswith("qlatent"):
+                assert name.startswith(("qlatent.coding", "qlatent._utils")), (path.name, name)
+
+
+@pytest.mark.parametrize("name", ["d4", "d8", "d3*", "e8", "a2", "bw16", "leech"])
+def test_triangular_basis_spans_the_same_lattice(name):
+    lattice = lattice_by_name(name)
+    basis = lattice.generator_matrix.T.double()
+    t, u, upper = triangular_basis(basis)
+    assert torch.equal(t, torch.triu(t) if upper else torch.tril(t))
+    assert torch.allclose(u @ basis, t)
+    assert torch.equal(u, u.round()) and abs(abs(float(torch.linalg.det(u))) - 1) < 1e-9
+    assert float(torch.prod(torch.diagonal(t)).abs().log()) == pytest.approx(
+        float(lattice.log_volume), abs=1e-9
+    )
+
+
+GOOD = [
+    ("e8", 16),
+    ("leech", 24),
+    ("bw16", 16),
+    ("d4", 8),
+    ("a2", 6),
+    ("d3*", 6),
+    (["leech", "bw16"], 40),
+    (["e8", "z", "z"], 10),
+]
+
+
+def _good(spec, dim, spacing=0.7):
+    torch.manual_seed(0)
+    return build(
+        "lattice",
+        dim=dim,
+        lattice=spec,
+        init_spacing=spacing,
+        init_scale=1.0,
+        eval_samples=2048,
+        eval_prior_samples=256,
+    ).eval()
+
+
+@pytest.mark.parametrize("spec,dim", GOOD, ids=[str(s) for s, _ in GOOD])
+@pytest.mark.parametrize("spatial", [(), (3,)])
+def test_good_lattice_round_trip_is_the_hard_path(spec, dim, spatial):
+    bottleneck = _good(spec, dim)
+    y = 1.5 * torch.randn(40, dim, *spatial)
+    data = compress(bottleneck, y, seed=5)
+    assert unpack(data)[0].code_model == MODEL_GOOD_LATTICE
+    expected = bottleneck.dequantize(
+        bottleneck.quantize(y, generator=SeedKeys(5)), generator=SeedKeys(5)
+    )
+    assert torch.equal(decompress(bottleneck, data), expected)
+
+
+@pytest.mark.parametrize("spec,dim", [("e8", 16), ("leech", 24)])
+@pytest.mark.parametrize("spacing", [0.4, 1.5])
+def test_good_lattice_file_size_tracks_its_model_and_the_monte_carlo_ideal(spec, dim, spacing):
+    """The payload is the model's information content plus the coder's few words; at these
+    rates the model is within a few percent of the ideal −log2 P(z | u) estimated by Monte
+    Carlo (the hard path's rate)."""
+    bottleneck = _good(spec, dim, spacing)
+    y = torch.randn(400, dim)
+    data = compress(bottleneck, y, seed=1)
+    model_bits = ideal_bits(bottleneck, y, seed=1)
+    payload_bits = 8 * len(unpack(data)[1])
+    assert model_bits - 1 <= payload_bits <= 1.002 * model_bits + 96
+    mc_bits = bottleneck(y, generator=SeedKeys(1)).rate.double().sum().item() / math.log(2)
+    assert model_bits == pytest.approx(mc_bits, rel=0.08)
+
+
+def test_good_lattice_files_refuse_damage_and_other_models():
+    bottleneck = _good("e8", 16)
+    data = compress(bottleneck, torch.randn(30, 16), seed=2)
+    with pytest.raises(CodingError, match="truncated"):
+        decompress(bottleneck, data[:-5])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 4
+    with pytest.raises(CodingError, match="checksum"):
+        decompress(bottleneck, bytes(flipped))
+    other = _good("e8", 16, spacing=0.71)
+    with pytest.raises(CodingError, match="different model"):
+        decompress(other, data)
+
+
+def test_the_gaussian_prior_has_no_code_model_yet():
+    bottleneck = build("lattice", dim=8, lattice="e8", prior="gaussian").eval()
+    with pytest.raises(TypeError, match="Laplace"):
+        compress(bottleneck, torch.randn(3, 8), seed=0)
+
+
+# ------------------------------------------------------------------ a method of a test module
+SIGN_BITS = register_code_model(200, "sign bits (test)")
+
+
+class _SignBits:
+    """One bit per coordinate: whether y_i >= 0."""
+
+    kind = SIGN_BITS
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def min_row_bits(self) -> float:
+        return float(self.dim)
+
+    def encode(self, coder, rows, seed):
+        bits = (rows >= 0).to(torch.int32).reshape(-1).numpy()
+        coder.encode_reverse(bits, constriction().stream.model.Uniform(2))
+        return 0, 1
+
+    def decode(self, coder, n, seed, lo, hi):
+        bits = coder.decode(constriction().stream.model.Uniform(2), n * self.dim)
+        return torch.from_numpy(2.0 * bits.astype(np.float32) - 1.0).reshape(n, self.dim)
+
+    def ideal_bits(self, rows, seed):
+        return float(rows.numel())
+
+
+class SignQuantizer(Bottleneck):
+    """y_hat = sign(y) (±1), one bit per coordinate: a method the library does not know."""
+
+    def _forward_rows(self, y, generator):
+        y_hat = torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
+        rate = y.new_full((y.shape[0],), self.dim * math.log(2))
+        return BottleneckOutput(y_hat, rate, y.new_zeros(()))
+
+    def code_model(self):
+        return _SignBits(self.dim)
+
+
+def test_a_new_method_gets_files_through_the_protocol_alone():
+    neck = SignQuantizer(dim=5).eval()
+    y = torch.randn(7, 5, 2)
+    data = neck.compress(y, seed=0)
+    assert torch.equal(neck.decompress(data), neck(y).y_hat)
+    assert ideal_bits(neck, y, seed=0) == 70.0
+    assert 8 * len(unpack(data)[1]) <= 70 + 64
+    with pytest.raises(ValueError, match="64, 255"):
+        register_code_model(5, "clash with the library's ids")
