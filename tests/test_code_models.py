@@ -174,3 +174,29 @@ def test_a_new_method_gets_files_through_the_protocol_alone():
     assert 8 * len(unpack(data)[1]) <= 70 + 64
     with pytest.raises(ValueError, match="64, 255"):
         register_code_model(5, "clash with the library's ids")
+
+
+def test_coding_mnist_codes_the_table1_lattices(tmp_path):
+    """The quick pipeline trains the Table-1 rows on the synthetic set and codes their test
+    images: exact round trips, the Monte-Carlo ideal with its s.e., and the coder's overhead."""
+    from qlatent.experiments.coding_mnist import reproduce
+
+    payload = reproduce(
+        quick=True,
+        models=["rect_lattice", "e8_lattice"],
+        runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "res",
+    )
+    rect, e8 = payload["rows"]["rect_lattice"], payload["rows"]["e8_lattice"]
+    assert rect["round_trip_exact"] and e8["round_trip_exact"]
+    assert e8["code_model"].startswith("good lattice")
+    assert e8["mc_ideal_se"] > 0 and e8["mc_ideal_repeats"] == 2
+    assert abs(e8["model_over_ideal_percent"]) < 15
+    assert e8["payload_over_model_percent"] < 5
+    assert rect["hard_distortion_nats_per_image"] > 0 and "provenance" in e8
+    # rows not re-run are kept
+    again = reproduce(
+        quick=True, models=["rect_lattice"], runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "res",
+    )  # fmt: skip
+    assert set(again["rows"]) == {"rect_lattice", "e8_lattice"}
