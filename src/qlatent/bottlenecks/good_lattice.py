@@ -331,26 +331,28 @@ class DitheredGoodLattice(Bottleneck):
 
     # ------------------------------------------------------------------ files
     def code_model(self):
-        """The lattice point coordinate by coordinate in a triangular basis of each block
-        (:class:`qlatent.coding.models.TriangularLattice`); Laplace prior only."""
+        """The lattice point block by block: E8 by its cosets, other blocks coordinate by
+        coordinate in a triangular basis (:class:`qlatent.coding.models.GoodLattice`); Laplace
+        prior only."""
         if self.prior_name != "laplace":
             raise TypeError(
                 "the good lattices code their points under the Laplace prior only; this "
                 f"bottleneck's prior is {self.prior_name!r}"
             )
-        from ..coding.models import TriangularLattice
-        from ..lattices import triangular_basis
+        from ..coding.models import GoodLattice
+        from ..lattices import GossetLattice, triangular_basis
         from ..rng import SeedKeys
 
-        bases: dict[int, tuple] = {}
         blocks, start = [], 0
         for block in self.geometry.blocks:
-            if id(block) not in bases:
-                bases[id(block)] = triangular_basis(block.generator_matrix.T)
-            blocks.append((start, *bases[id(block)]))
+            basis = block.generator_matrix.T.to(torch.float64)
+            if isinstance(block, GossetLattice):  # coded by its two cosets of D8
+                blocks.append((start, "e8", (basis,)))
+            else:
+                blocks.append((start, "triangular", triangular_basis(basis)))
             start += block.dim
         dtype = self.log_spacing.dtype
-        return TriangularLattice(
+        return GoodLattice(
             blocks=blocks,
             sigma=self._coordinate_scale().detach().cpu().double().numpy(),
             scale=self.scale.detach().cpu().double().numpy(),

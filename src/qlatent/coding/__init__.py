@@ -9,7 +9,7 @@ protocol of :mod:`.models`).
 
 from .codec import code_model, compress, decompress, ideal_bits, model_digest
 from .container import CODE_MODELS, CodingError, Header, pack, register_code_model, unpack
-from .models import CodeModel, Counted, DitheredLaplace, TriangularLattice, UniformIndex
+from .models import CodeModel, Counted, DitheredLaplace, GoodLattice, UniformIndex
 
 __all__ = [
     "CODE_MODELS",
@@ -18,7 +18,7 @@ __all__ = [
     "Counted",
     "DitheredLaplace",
     "Header",
-    "TriangularLattice",
+    "GoodLattice",
     "UniformIndex",
     "code_model",
     "compress",

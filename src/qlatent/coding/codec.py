@@ -13,7 +13,7 @@ coder adds the container, the end-of-stream check and the size checks. The code 
   regenerated from the seed in the header (:class:`qlatent.rng.SeedKeys`), identically on every
   machine and thread count and without torch's random number generators.
 - **good lattices** (``lattice`` with E8, Λ16, Λ24 ... and a Laplace prior): the point z coded
-  coordinate by coordinate in a triangular basis (:class:`~.models.TriangularLattice`).
+  coordinate by coordinate in a triangular basis (:class:`~.models.GoodLattice`).
 - **counted symbols** (``vq``, ``vq_ema``, ``soft_em_vq``, ``learnable_lattice`` after
   ``bottleneck.update(training_latents)``): each feature with its own categorical of the counted
   frequencies (:class:`~.models.Counted`); a symbol outside the counted range is an escape

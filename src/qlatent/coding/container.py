@@ -50,7 +50,7 @@ CODE_MODELS = {
     MODEL_LATTICE: "dithered lattice, Laplace prior",
     MODEL_UNIFORM_INDEX: "uniform",
     MODEL_COUNTED: "counted symbols (update())",
-    MODEL_GOOD_LATTICE: "good lattice, triangular basis, Laplace prior",
+    MODEL_GOOD_LATTICE: "good lattice (E8 by cosets, else a triangular basis), Laplace prior",
 }
 
 
