@@ -218,3 +218,15 @@ def test_e8_coset_code_is_within_one_percent_of_the_ideal_at_the_table1_rate():
     assert abs(model_bits / mc_bits - 1) < 0.01
     data = compress(bottleneck, y, seed=3)
     assert 8 * len(unpack(data)[1]) <= 1.002 * model_bits + 96
+
+
+@pytest.mark.parametrize("spacing", [0.3, 1.0, 3.0])
+def test_the_e8_row_bound_holds_for_every_row(spacing):
+    """min_row_bits (which bounds a header's shape by its payload) never exceeds a row's real
+    cost, down to rows at the prior's mode."""
+    bottleneck = _good("e8", 8, spacing)
+    model = bottleneck.code_model()
+    bound = model.min_row_bits()
+    assert bound > 0
+    for i, y in enumerate([*torch.randn(40, 1, 8) * 0.3, *torch.zeros(5, 1, 8)]):
+        assert ideal_bits(bottleneck, y, seed=i) >= bound - 1e-9

@@ -41,7 +41,8 @@ def _coders():
     counted.update([torch.randn(200, 8)])
     learnable = build("learnable_lattice", dim=8).eval()
     learnable.update([torch.randn(200, 8)])
-    return {"lattice": lattice, "vq": vq, "counted": counted, "learnable": learnable}
+    e8 = build("lattice", dim=8, lattice="e8", eval_samples=16, eval_prior_samples=4).eval()
+    return {"lattice": lattice, "vq": vq, "counted": counted, "learnable": learnable, "e8": e8}
 
 
 CODERS = _coders()

@@ -552,6 +552,17 @@ class _E8Block:
         return sigma.copy()
 
     @staticmethod
+    def min_bits(sigma: np.ndarray, scale: np.ndarray) -> float:
+        """A lower bound on one block's bits over all dithers. A cell's mass is at most
+        M_j = 1 − e^(−σ_j/2b_j) (centred on the mode); the alternating sum of the unimodal
+        cell masses is at most their largest, |D_j| ≤ M_j, so Z ≥ 1 − Π M_j and no point has
+        probability above Π M_j / (1 − Π M_j); the coder's fixed point adds a 2^-24 unit per
+        coded symbol at most (25 of them)."""
+        product = float(np.prod(-np.expm1(-sigma / (2 * scale))))
+        p_max = 1.0 if product >= 0.5 else product / (1 - product)
+        return max(0.0, -math.log2(min(1.0, p_max + 25 * 2.0**-PRECISION)))
+
+    @staticmethod
     def _cells(u: np.ndarray, sigma, scale, c: int):
         """Per coordinate, for coset c: the shift n, the sign probabilities ``(N, 8, 3)`` and
         D ``(N, 8)``."""
@@ -685,14 +696,14 @@ class GoodLattice:
             self.spacing[cols] = block.spacing(sigma[cols])
 
     def min_row_bits(self) -> float:
-        """Triangular blocks: the sign code's bound; E8 blocks: one fixed-point unit per coded
-        symbol (a block whose prior is far narrower than its cell can cost almost nothing)."""
+        """Triangular blocks: the sign code's bound; E8 blocks: :meth:`_E8Block.min_bits` (a
+        block whose prior is far narrower than its cell can cost almost nothing)."""
         bits = 0.0
         for cols, block in self.blocks:
             if isinstance(block, _TriangularBlock):
                 bits += sign_row_bits(self.spacing[cols], self.scale[cols])
             else:
-                bits += 17 * _largest_probability_bits(1.0, 2)
+                bits += block.min_bits(self.sigma[cols], self.scale[cols])
         return bits
 
     def _prepare(self, rows: Tensor, seed: int):
