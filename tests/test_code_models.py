@@ -230,3 +230,39 @@ def test_the_e8_row_bound_holds_for_every_row(spacing):
     assert bound > 0
     for i, y in enumerate([*torch.randn(40, 1, 8) * 0.3, *torch.zeros(5, 1, 8)]):
         assert ideal_bits(bottleneck, y, seed=i) >= bound - 1e-9
+
+
+def test_cli_codes_a_good_lattice_checkpoint(tmp_path, capsys):
+    """`qlatent compress` / `decompress` rebuild a good-lattice VAE from the config saved with
+    its weights (best.pt and last.pt both carry it)."""
+    from qlatent.cli import main
+    from qlatent.data import synthetic_binary
+    from qlatent.image_coding import load_gated_vae
+    from qlatent.models import gated_vae
+    from qlatent.train import TrainConfig, fit
+
+    args = {"lattice": "e8", "samples": 16, "prior_samples": 4, "eval_samples": 16,
+            "eval_prior_samples": 4}  # fmt: skip
+    torch.manual_seed(0)
+    model = gated_vae("lattice", latent_dim=8, hidden=16, data_dim=784, **args)
+    run_config = {"model": {"bottleneck": "lattice", "bottleneck_args": args}}
+    cfg = TrainConfig(epochs=1, batch_size=50, progress=False)
+    fit(
+        model, synthetic_binary(n=300, seed=0), cfg, out_dir=tmp_path / "run", run_config=run_config
+    )
+    best, codes, recon = tmp_path / "run" / "best.pt", tmp_path / "c.qlc", tmp_path / "r.pt"
+    assert main(["compress", "--checkpoint", str(best), "--data", "synthetic-test",
+                 "--limit", "20", "-o", str(codes)]) == 0  # fmt: skip
+    assert unpack(codes.read_bytes())[0].code_model == MODEL_GOOD_LATTICE
+    assert main(["decompress", str(codes), "--checkpoint", str(best), "-o", str(recon)]) == 0
+    assert torch.load(recon, weights_only=True).shape == (20, 784)
+    assert load_gated_vae(best).bottleneck.geometry.name == "E8"
+    # an untrusted config is checked: a huge sample count is refused with the file's name
+    from qlatent.train import load, save_atomic
+
+    ckpt = load(best)
+    ckpt["run_config"]["model"]["bottleneck_args"]["eval_samples"] = 10**12
+    save_atomic(ckpt, tmp_path / "bad.pt")
+    assert main(["compress", "--checkpoint", str(tmp_path / "bad.pt"), "--data",
+                 "synthetic-test", "-o", str(tmp_path / "x.qlc")]) == 2  # fmt: skip
+    assert "bad.pt" in capsys.readouterr().err

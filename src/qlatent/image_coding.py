@@ -46,7 +46,9 @@ def gated_vae_from_checkpoint(
 ) -> Autoencoder:
     """The gated-MLP VAE whose weights ``ckpt["model"]`` holds; ``path`` names it in errors.
 
-    The bottleneck is recognised from the weights: ``lattice`` (spacings), ``vq`` (a codebook
+    A good lattice (E8, Leech ... from ``qlatent reproduce lattice-mnist``) is recognised by
+    the config saved with its weights. Otherwise the bottleneck is recognised from the weights:
+    ``lattice`` (spacings), ``vq`` (a codebook
     parameter) or an EMA codebook, loaded as ``vq_ema`` (``soft_em_vq``'s hard path, the only
     one coding uses, is the same nearest-codeword lookup). The sizes are read from the weights
     too: the code dimension, the hidden width and data size from the decoder's last layer, K
@@ -66,7 +68,15 @@ def gated_vae_from_checkpoint(
     if last is None:
         raise ValueError(f"{path} does not hold a gated-MLP VAE (lattice, vq or vq_ema)")
     sizes = {"hidden": last.shape[1], "data_dim": last.shape[0]}
-    if "bottleneck.log_spacing" in state:
+    good = _good_lattice_args(ckpt.get("run_config"), path)
+    if good is not None and "bottleneck.log_scale" in state:
+        # a good lattice (lattice-mnist's E8 / Leech rows): its lattice is in the config
+        latent_dim = weight("bottleneck.log_scale", 1).shape[0]
+        try:
+            model = gated_vae("lattice", latent_dim=latent_dim, **sizes, **good)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: its config does not build a model ({err})") from None
+    elif "bottleneck.log_spacing" in state:
         model = gated_vae(
             "lattice", latent_dim=weight("bottleneck.log_spacing", 1).shape[0], **sizes
         )
@@ -79,6 +89,41 @@ def gated_vae_from_checkpoint(
         raise ValueError(f"{path} holds a bottleneck that the coder does not know")
     load_weights(model, state, path)
     return model.eval()
+
+
+#: the good-lattice arguments a checkpoint's config may set, with their types
+_GOOD_ARGS = {
+    "lattice": (str, list),
+    "prior": (str,),
+    "proposal": (str,),
+    "samples": (int,),
+    "prior_samples": (int,),
+    "eval_samples": (int,),
+    "eval_prior_samples": (int,),
+}
+
+
+def _good_lattice_args(run_config, path) -> dict | None:
+    """The bottleneck arguments of a good-lattice row (``model.bottleneck = "lattice"`` with a
+    ``lattice`` other than the rectangular one) from an untrusted config: only known keys of
+    plain types, sample counts capped; None when the config names no good lattice."""
+    model = run_config.get("model") if isinstance(run_config, dict) else None
+    if not isinstance(model, dict) or model.get("bottleneck") != "lattice":
+        return None
+    args = model.get("bottleneck_args")
+    if not isinstance(args, dict) or args.get("lattice") in (None, "z", "rectangular"):
+        return None
+    out = {}
+    for key, value in args.items():
+        kinds = _GOOD_ARGS.get(key)
+        if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
+            raise CheckpointError(f"{path}: unexpected bottleneck argument {key}={value!r}")
+        if isinstance(value, int) and not 1 <= value <= 1 << 16:
+            raise CheckpointError(f"{path}: {key}={value} is out of range")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise CheckpointError(f"{path}: lattice must be names, got {value!r}")
+        out[key] = value
+    return out
 
 
 def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:

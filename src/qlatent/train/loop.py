@@ -190,7 +190,8 @@ def fit(
         if val["val_objective"] < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
             if world.is_main:
-                save_atomic({"model": model.state_dict(), "epoch": epoch}, out_dir / "best.pt")
+                best = {"model": model.state_dict(), "epoch": epoch, "run_config": run_config}
+                save_atomic(best, out_dir / "best.pt")
         else:
             # as in the reference code, nothing counts against patience during warm-up
             state.bad_epochs = 0 if epoch <= cfg.warmup_epochs else state.bad_epochs + 1
