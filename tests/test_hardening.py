@@ -562,3 +562,25 @@ def test_crc_of_the_forged_file_is_valid():
         assert np.isfinite(decompress(bottleneck, forged).numpy()).all()
     except CodingError as err:
         assert "did not end" in str(err) or "failed" in str(err)
+
+
+def test_reproduce_checks_its_folders_before_training(tmp_path, capsys):
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    code, err = _run(
+        ["reproduce", "lattice-mnist", "--quick", "--models", "rect_lattice",
+         "--runs-dir", tmp_path / "runs", "--results-dir", regular / "res"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and _one_line_error(err) and "is a file" in err
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("command", [["bench", "lattice", "--rows", "-5"],
+                                     ["bench", "coding", "--repeats", "0"]])  # fmt: skip
+def test_bench_sizes_are_checked_by_the_parser(command):
+    from qlatent.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2

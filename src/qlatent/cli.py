@@ -46,6 +46,19 @@ def _refuse_overwrite(outputs: Sequence[str | None], inputs: Sequence[str | None
             raise ValueError(f"{out} is a folder; name the file to write")
 
 
+def _check_folders(*folders: str) -> None:
+    """Each folder exists or can be made (no regular file on its path): a ValueError now."""
+    from pathlib import Path
+
+    for folder in folders:
+        path = Path(folder).expanduser()
+        for part in (path, *path.parents):
+            if part.exists():
+                if not part.is_dir():
+                    raise ValueError(f"{folder} cannot be a folder: {part} is a file")
+                break
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -118,6 +131,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     elif args.schedules:
         raise ValueError(f"--schedules applies to the llvq tables, not {args.name}")
     models = args.models.split(",") if args.models else None
+    _check_folders(args.runs_dir, args.results_dir)  # before hours of training, not after
     payload = reproduce(
         quick=args.quick,
         models=models,
@@ -418,10 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     b = bench_sub.add_parser("lattice", help="lattice bottleneck forward throughput")
-    b.add_argument("--rows", type=int, default=16384)
-    b.add_argument("--dim", type=int, default=64)
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--rows", type=_positive_int, default=16384)
+    b.add_argument("--dim", type=_positive_int, default=64)
+    b.add_argument("--threads", type=_positive_int, default=2)
+    b.add_argument("--repeats", type=_positive_int, default=50)
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     b.add_argument("--output", default="results/bench-lattice.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_lattice)
@@ -438,21 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated bottlenecks (default: all registered; '' for none: peers only)",
     )
-    b.add_argument("--rows", type=int, default=16384)
-    b.add_argument("--dim", type=int, default=64)
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=50, help="most timed calls per case")
-    b.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per case")
+    b.add_argument("--rows", type=_positive_int, default=16384)
+    b.add_argument("--dim", type=_positive_int, default=64)
+    b.add_argument("--threads", type=_positive_int, default=2)
+    b.add_argument("--repeats", type=_positive_int, default=50, help="most timed calls per case")
+    b.add_argument(
+        "--min-repeats", type=_positive_int, default=5, help="fewest timed calls per case"
+    )
     b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
     b.add_argument("--output", default="results/bench-quantizers.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_quantizers)
 
     b = bench_sub.add_parser("coding", help="entropy coding throughput (compress / decompress)")
-    b.add_argument("--rows", type=int, default=25_000)
-    b.add_argument("--dim", type=int, default=40)
-    b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=20, help="timed calls per case")
+    b.add_argument("--rows", type=_positive_int, default=25_000)
+    b.add_argument("--dim", type=_positive_int, default=40)
+    b.add_argument("--threads", type=_positive_int, default=1)
+    b.add_argument("--repeats", type=_positive_int, default=20, help="timed calls per case")
     b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
     b.set_defaults(func=_cmd_bench_coding)
 
@@ -463,9 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--names", default=None, help="comma-separated subset (z,a2,d3*,d4,e8,bw16,leech)"
     )
-    b.add_argument("--rows", type=int, default=16384)
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=10, help="timed closest-point calls per lattice")
+    b.add_argument("--rows", type=_positive_int, default=16384)
+    b.add_argument("--threads", type=_positive_int, default=2)
+    b.add_argument(
+        "--repeats", type=_positive_int, default=10, help="timed closest-point calls per lattice"
+    )
     b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
     b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")
     b.add_argument("--output", default="results/lattice-geometry.json", help="'' prints only")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"{path} is empty, not a checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many kinds; the reason's first line says which
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (only tensors and plain data are loaded): "
-            f"{reason[:300]}"
-        ) from None
+    except Exception as err:  # torch raises many kinds: say which, briefly
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     _check_tensors(obj, path)
@@ -123,6 +120,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 f"{path} is damaged: its contents do not match the digest stored with them"
             )
     return obj
+
+
+def _reason(err: Exception) -> str:
+    """One short line for why ``torch.load(weights_only=True)`` failed."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if match:  # not a pickle of plain data: refused, since loading it could run code
+        reason = re.sub(r" was not an allowed global.*| Please use .*", "", match.group(1))
+        return f"not tensors and plain data only: {reason.strip()[:200]}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
 def _check_tensors(obj: Any, path: Path) -> None:
