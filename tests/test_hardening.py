@@ -584,3 +584,26 @@ def test_bench_sizes_are_checked_by_the_parser(command):
     with pytest.raises(SystemExit) as exit_info:
         main(command)
     assert exit_info.value.code == 2
+
+
+def test_decompress_writes_the_format_its_extension_names(tmp_path, capsys, coding_checkpoint):
+    import numpy as np
+
+    from qlatent.cli import _write_reconstructions
+
+    codes = tmp_path / "c.qlc"
+    args = ["--data", "synthetic-test", "--limit", 6, "-o", codes]
+    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    decode = ["decompress", codes, "--checkpoint", coding_checkpoint, "-o"]
+    code, err = _run([*decode, tmp_path / "r.txt"], capsys)
+    assert code == 2 and _one_line_error(err) and ".npy" in err
+    assert not (tmp_path / "r.txt").exists()
+    for name in ("r.pt", "r.npy", "r.png"):
+        assert _run([*decode, tmp_path / name], capsys)[0] == 0
+    as_tensor = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert np.array_equal(np.load(tmp_path / "r.npy", allow_pickle=False), as_tensor.numpy())
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # conv models' (N, C, H, W) images in their own value range
+    rgb = torch.rand(5, 3, 8, 8) - 0.5
+    _write_reconstructions(rgb, str(tmp_path / "rgb.png"), (-0.5, 0.5))
+    assert (tmp_path / "rgb.png").stat().st_size > 0

@@ -315,22 +315,76 @@ def _cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what ``decompress -o`` writes, by extension
+_RECON_FORMATS = {
+    ".pt": "a torch tensor",
+    ".npy": "a NumPy array",
+    ".png": "a grid of every image",
+}
+
+
+def _write_reconstructions(recon, path: str, value_range: tuple[float, float]) -> None:
+    """``recon`` ``(N, D)`` (square images) or ``(N, C, H, W)`` to ``path`` in the format its
+    extension names (:data:`_RECON_FORMATS`), atomically."""
+    import io
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from .image_coding import write_atomic
+    from .train import save_atomic
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".pt":
+        save_atomic(recon, path)
+        return
+    array = recon.detach().cpu().numpy()
+    buffer = io.BytesIO()
+    if suffix == ".npy":
+        np.save(buffer, array, allow_pickle=False)
+    else:
+        import matplotlib.pyplot as plt
+
+        n = array.shape[0]
+        if array.ndim == 2:  # (N, D): square greyscale images
+            side = math.isqrt(array.shape[1])
+            if side * side != array.shape[1]:
+                raise ValueError(f"{array.shape[1]} values per image are not a square image")
+            array = array.reshape(n, 1, side, side)
+        low, high = value_range
+        images = np.clip((array - low) / (high - low), 0.0, 1.0).transpose(0, 2, 3, 1)
+        cols = max(1, math.ceil(math.sqrt(n)))
+        rows = max(1, math.ceil(n / cols))
+        h, w, c = images.shape[1:] if n else (1, 1, array.shape[1])
+        grid = np.zeros((rows * h, cols * w, c))
+        for i, image in enumerate(images):
+            r, q = divmod(i, cols)
+            grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
+        plt.imsave(buffer, grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    write_atomic(path, buffer.getvalue())
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .eval import reconstruction_grid, reconstruction_rows
     from .experiments.llvq_fashion import VALUE_RANGE
     from .image_coding import decompress_images
-    from .train import save_atomic
 
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in _RECON_FORMATS:
+        raise ValueError(
+            f"-o {args.output}: the extension chooses the format, one of {list(_RECON_FORMATS)}"
+        )
     _refuse_overwrite([args.output, args.png], [args.input, args.checkpoint])
     data = path.read_bytes()
     model, _ = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data, max_elements=args.max_elements)
-    save_atomic(recon, args.output)
+    _write_reconstructions(recon, args.output, VALUE_RANGE if recon.dim() == 4 else (0.0, 1.0))
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if recon.shape[0] == 0:
         print(f"{message} (the file holds no images)")
@@ -419,7 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decompress", help="decode a .qlc file into reconstructions")
     p.add_argument("input", help="a .qlc file written by qlatent compress")
     p.add_argument("--checkpoint", required=True, help="the checkpoint that wrote the file")
-    p.add_argument("-o", "--output", required=True, help="reconstructions (a torch .pt tensor)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="reconstructions; the extension chooses: .pt (tensor), .npy (array), .png (grid)",
+    )
     p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
     p.add_argument(
         "--max-elements",
