@@ -375,12 +375,12 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    _refuse_overwrite([args.output, args.png], [args.input, args.checkpoint])
     suffix = Path(args.output).suffix.lower()
     if suffix not in _RECON_FORMATS:
         raise ValueError(
             f"-o {args.output}: the extension chooses the format, one of {list(_RECON_FORMATS)}"
         )
-    _refuse_overwrite([args.output, args.png], [args.input, args.checkpoint])
     data = path.read_bytes()
     model, _ = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data, max_elements=args.max_elements)
