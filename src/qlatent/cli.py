@@ -356,7 +356,7 @@ def _write_reconstructions(recon, path: str, value_range: tuple[float, float]) -
         images = np.clip((array - low) / (high - low), 0.0, 1.0).transpose(0, 2, 3, 1)
         cols = max(1, math.ceil(math.sqrt(n)))
         rows = max(1, math.ceil(n / cols))
-        h, w, c = images.shape[1:] if n else (1, 1, array.shape[1])
+        h, w, c = images.shape[1:]
         grid = np.zeros((rows * h, cols * w, c))
         for i, image in enumerate(images):
             r, q = divmod(i, cols)

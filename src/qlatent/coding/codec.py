@@ -179,7 +179,7 @@ def decompress(
     try:
         coder = constriction().stream.stack.AnsCoder(words)
         if positions == 0:
-            rows = torch.zeros(0, bottleneck.dim, dtype=bottleneck._cast(torch.zeros(0)).dtype)
+            rows = bottleneck._cast(torch.zeros(0, bottleneck.dim))
         else:
             rows = model.decode(coder, positions, header.seed, header.symbol_min, header.symbol_max)
         end = coder.decode(_terminator(), _CHECK_WORD.size)

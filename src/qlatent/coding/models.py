@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .container import MODEL_COUNTED, MODEL_GOOD_LATTICE, MODEL_LATTICE, MODEL_UNIFORM_INDEX
+from .container import (
+    MODEL_COUNTED,
+    MODEL_GOOD_LATTICE,
+    MODEL_LATTICE,
+    MODEL_UNIFORM_INDEX,
+    CodingError,
+)
 
 #: constriction's fixed-point precision for the coded models (its ANS coder's default)
 PRECISION = 24
@@ -188,8 +194,6 @@ def symbol_range(lo: int, hi: int, scales: np.ndarray) -> tuple[int, int]:
 
 def support_width(lo: int, hi: int) -> int:
     """The magnitude tables' width from a header's symbol range, checked."""
-    from .container import CodingError
-
     width = max(-lo, hi)
     if not 0 <= width <= MAX_SUPPORT:
         raise CodingError(f"corrupt header (symbol range {lo}..{hi})")
@@ -604,18 +608,29 @@ class _E8Block:
         c = np.remainder(np.round(2 * z[:, 0].numpy()), 2).astype(np.int64)
         return z.numpy() - c[:, None] / 2.0, c
 
-    def _all_cells(self, u, sigma, scale):
-        return [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
+    def _cosets(self, u, sigma, scale, width: int):
+        """Both cosets' cells, the coset probabilities, the parity ratio r and the magnitude
+        tables (ratio r²): what encoder and decoder build before the coset is known."""
+        cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
+        r = np.exp(-sigma / scale)
+        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
+        return cells, self._coset_probs(cells[0][2], cells[1][2]), r, tables
+
+    @staticmethod
+    def _chosen(cells, c: np.ndarray):
+        """The shift n, the sign probabilities and D of the coset each row lies in."""
+        first = c == 0
+        return (
+            np.where(first[:, None], cells[0][0], cells[1][0]),
+            np.where(first[:, None, None], cells[0][1], cells[1][1]),
+            np.where(first[:, None], cells[0][2], cells[1][2]),
+        )
 
     def ops(self, prepared, sigma, scale, width: int) -> list[_Op]:
         kk, c, u = prepared
-        cells = self._all_cells(u, sigma, scale)
-        out = [_categorical_op(c, self._coset_probs(cells[0][2], cells[1][2]))]
-        n_all = np.where(c[:, None] == 0, cells[0][0], cells[1][0])
-        probs_all = np.where(c[:, None, None] == 0, cells[0][1], cells[1][1])
-        d_all = np.where(c[:, None] == 0, cells[0][2], cells[1][2])
-        r = np.exp(-sigma / scale)
-        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
+        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        out = [_categorical_op(c, coset_probs)]
+        n_all, probs_all, d_all = self._chosen(cells, c)
         parity_so_far = np.zeros(kk.shape[0])
         for j in range(8):
             tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(kk.shape[0])
@@ -632,13 +647,9 @@ class _E8Block:
         return out
 
     def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
-        cells = self._all_cells(u, sigma, scale)
-        c = _decode_categorical(coder, self._coset_probs(cells[0][2], cells[1][2]))
-        n_all = np.where(c[:, None] == 0, cells[0][0], cells[1][0])
-        probs_all = np.where(c[:, None, None] == 0, cells[0][1], cells[1][1])
-        d_all = np.where(c[:, None] == 0, cells[0][2], cells[1][2])
-        r = np.exp(-sigma / scale)
-        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
+        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        c = _decode_categorical(coder, coset_probs)
+        n_all, probs_all, d_all = self._chosen(cells, c)
         kk = np.zeros(u.shape)
         parity_so_far = np.zeros(u.shape[0])
         for j in range(8):

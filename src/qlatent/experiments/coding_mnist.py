@@ -26,6 +26,7 @@ coding alone, networks excluded.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -282,8 +283,6 @@ def reproduce(
     previous = Path(results_dir) / f"{stem}.json"
     rows = {}
     if previous.is_file():  # rows not re-run this time are kept, with their own provenance
-        import json
-
         rows = json.loads(previous.read_text()).get("rows", {})
         rows = {k: v for k, v in rows.items() if k not in names}
     for name in names:
