@@ -87,12 +87,7 @@ def decode_glued(
     weights = code._weights.to(t.device)
     costs, flips, deltas, values, indices = [], [], [], [], []
     for offset, parity in offsets:
-        s = torch.stack([(t - offset) / q, (t - (offset + a)) / q])  # (2, N, n): bit 0, bit 1
-        z = torch.round(s)
-        e = (s - z).abs_()
-        d = e.square().mul_(q * q)
-        p = torch.remainder(z, 2.0)
-        delta = (1.0 - 2.0 * e).mul_(q * q)  # (q(1-|e|))² − (q e)²
+        d, p, delta = bit_tables(t, offset, a, q)
         cost = (d[1] - d[0]) @ words.T  # (N, K): Σ_i d_i(c_i) minus the all-zero word's
         cost += d[0].sum(-1, keepdim=True)
         # parity of Σ_i p_i(c_i) = parity of Σ p_i(0) xor <msg, G f> with f = p(1) xor p(0);
@@ -123,10 +118,23 @@ def decode_glued(
         chosen = torch.zeros_like(best_index).scatter_(0, rows[hit], cols[hit] + j * n_words)
         best_cost = torch.where(take, low, best_cost)
         best_index = torch.where(take, chosen, best_index)
-    return _decode_coset(t, words, a, q, offsets, best_index)
+    return decode_coset(t, words, a, q, offsets, best_index)
 
 
-def _decode_coset(t, words, a, q, offsets, index) -> Tensor:
+def bit_tables(t: Tensor, offset: float, a: float, q: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per coordinate of ``t`` (``(N, n)``) and bit b: the squared error d of the nearest value of
+    ``offset + a·b + q·Z``, the parity p of its multiple of q, and the extra cost δ of the
+    second-nearest (which has the other parity). Each ``(2, N, n)``, bit-major."""
+    s = torch.stack([(t - offset) / q, (t - (offset + a)) / q])
+    z = torch.round(s)
+    e = (s - z).abs_()
+    d = e.square().mul_(q * q)
+    p = torch.remainder(z, 2.0)
+    delta = (1.0 - 2.0 * e).mul_(q * q)  # (q(1-|e|))² − (q e)²
+    return d, p, delta
+
+
+def decode_coset(t, words, a, q, offsets, index) -> Tensor:
     """Closest point of coset ``index`` (offset-major) to each row: round, then fix parity."""
     n_words = words.shape[0]
     which = index // n_words
