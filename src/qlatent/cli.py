@@ -86,13 +86,51 @@ def _lattice_config(args: argparse.Namespace, **defaults):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .experiments import custom
     from .experiments import lattice_vae as exp
 
+    if args.list:
+        print(custom.components())
+        return 0
+    if args.config is not None:
+        overrides = list(args.overrides)
+        if args.device:
+            overrides.append(f"train.device={args.device}")
+        if args.out:
+            overrides.append(f"out_dir={args.out}")
+        cfg = custom.load_config(args.config, overrides)
+        _check_folders(cfg.out_dir)
+        print(
+            f"training {cfg.bottleneck.name} ({cfg.model.family}, {cfg.data.name}) in {cfg.out_dir}"
+        )
+        summary = custom.train(
+            cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line
+        )
+        print(custom.format_report(summary["test"]))
+        print(
+            f"wrote {cfg.out_dir}/summary.json, config.json, training_curves.png, "
+            "reconstructions.png"
+        )
+        return 0
     cfg = _lattice_config(args, out_dir="runs/train")
     summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     if summary:
         print(exp.format_summary(summary))
         print(f"wrote {cfg.out_dir}/summary.json")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .experiments import custom
+    from .results import provenance, write_json
+
+    _refuse_overwrite([args.output], [args.checkpoint])
+    report = custom.eval_checkpoint(
+        args.checkpoint, data_dir=args.data_dir, iwae_samples=args.iwae or 0, limit=args.limit
+    )
+    print(custom.format_report(report))
+    if args.output:
+        print(f"wrote {write_json({**provenance(args.command_line), **report}, args.output)}")
     return 0
 
 
@@ -239,19 +277,24 @@ _CODING_SPLITS = ("test", "val", "train")
 #: experiment's own split
 _CODING_DATA = tuple(
     f"{source}-{split}"
-    for source in ("mnist", "synthetic", "fashion-mnist", "synthetic-images")
+    for source in ("mnist", "synthetic", "fashion-mnist", "synthetic-images", "checkpoint")
     for split in _CODING_SPLITS
 )
 
 
-def _coding_images(name: str, data_dir: str | None, limit: int | None):
+def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None):
     from .data import binarized_mnist, synthetic_binary
-    from .experiments import llvq_fashion
+    from .experiments import custom, llvq_fashion
 
     if name not in _CODING_DATA:
         raise ValueError(f"--data must be one of {list(_CODING_DATA)}, got {name!r}")
     source, split = name.rsplit("-", 1)
-    if source == "mnist":
+    if source == "checkpoint":  # the dataset of a `qlatent train CONFIG` run
+        if not custom.is_checkpoint(ckpt):
+            raise ValueError(f"--data {name} needs a checkpoint written by `qlatent train CONFIG`")
+        _, cfg = custom.model_from_checkpoint(ckpt)
+        splits = custom.prepare(cfg, custom.load_data(cfg.data, data_dir))
+    elif source == "mnist":
         splits = binarized_mnist(data_dir)
     elif source == "synthetic":
         splits = synthetic_binary(n=1200, seed=0)
@@ -263,15 +306,18 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None):
 
 
 def _load_coding_model(checkpoint: str):
-    """The autoencoder of a checkpoint and the checkpoint itself: an LL-VQ table's conv model
-    (recognised by the config saved with it) or a gated-MLP VAE (recognised by its weights)."""
-    from .experiments import llvq_fashion
+    """The autoencoder of a checkpoint, the checkpoint itself and its images' value range: a
+    ``qlatent train CONFIG`` model or an LL-VQ table's conv model (recognised by the config saved
+    with it), or a gated-MLP VAE (recognised by its weights)."""
+    from .experiments import custom, llvq_fashion
     from .image_coding import gated_vae_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
+    if custom.is_checkpoint(ckpt):
+        return custom.model_from_checkpoint(ckpt, checkpoint)[0], ckpt, (0.0, 1.0)
     if llvq_fashion.is_checkpoint(ckpt):
-        return llvq_fashion.model_from_checkpoint(ckpt), ckpt
-    return gated_vae_from_checkpoint(ckpt, checkpoint), ckpt
+        return llvq_fashion.model_from_checkpoint(ckpt), ckpt, llvq_fashion.VALUE_RANGE
+    return gated_vae_from_checkpoint(ckpt, checkpoint), ckpt, (0.0, 1.0)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -281,12 +327,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .image_coding import compress_images, write_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
-    model, _ = _load_coding_model(args.checkpoint)
+    model, ckpt, _ = _load_coding_model(args.checkpoint)
     try:
         code_model(model.bottleneck)
     except TypeError as err:  # e.g. a learnable lattice before `qlatent update`
         raise ValueError(f"{args.checkpoint}: {err} (qlatent update)") from err
-    x = _coding_images(args.data, args.data_dir, args.limit)
+    x = _coding_images(args.data, args.data_dir, args.limit, ckpt)
     started = time.perf_counter()
     data = compress_images(model, x, seed=args.seed)
     wall = time.perf_counter() - started
@@ -303,8 +349,8 @@ def _cmd_update(args: argparse.Namespace) -> int:
     from .train import save_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
-    model, ckpt = _load_coding_model(args.checkpoint)
-    x = _coding_images(args.data, args.data_dir, args.limit)
+    model, ckpt, _ = _load_coding_model(args.checkpoint)
+    x = _coding_images(args.data, args.data_dir, args.limit, ckpt)
     summary = update_code_model(model, x)
     # the config travels with the weights, so that the updated model is rebuilt the same way
     save_atomic({"model": model.state_dict(), "run_config": ckpt.get("run_config")}, args.output)
@@ -369,7 +415,6 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .eval import reconstruction_grid, reconstruction_rows
-    from .experiments.llvq_fashion import VALUE_RANGE
     from .image_coding import decompress_images
 
     path = Path(args.input)
@@ -382,16 +427,16 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
             f"-o {args.output}: the extension chooses the format, one of {list(_RECON_FORMATS)}"
         )
     data = path.read_bytes()
-    model, _ = _load_coding_model(args.checkpoint)
+    model, _, value_range = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data, max_elements=args.max_elements)
-    _write_reconstructions(recon, args.output, VALUE_RANGE if recon.dim() == 4 else (0.0, 1.0))
+    _write_reconstructions(recon, args.output, value_range)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if recon.shape[0] == 0:
         print(f"{message} (the file holds no images)")
         return 0
     if args.png:
         if recon.dim() == 4:  # a conv model's (N, C, H, W) images
-            reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=VALUE_RANGE)
+            reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=value_range)
         else:
             reconstruction_grid(recon[:20], recon[:20], args.png, title="decoded reconstructions")
         message += f" and {args.png}"
@@ -407,10 +452,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
 
     p = sub.add_parser(
-        "train", help="train the rectangular-lattice VAE (resumable; torchrun-ready)"
+        "train",
+        help="train any bottleneck, model and dataset from a config file (resumable; "
+        "torchrun-ready); without one, the rectangular-lattice VAE of the demo",
+    )
+    p.add_argument(
+        "config", nargs="?", default=None, help="a TOML config (qlatent.experiments.custom)"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the datasets, model families and bottlenecks"
     )
     _add_run_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint written by `qlatent train CONFIG`")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a `qlatent train CONFIG` run")
+    p.add_argument(
+        "--iwae",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="also the IWAE NLL with S samples (bottlenecks with a density view)",
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("-o", "--output", default=None, help="also write the report as JSON here")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="a few minutes of the lattice VAE on MNIST, then Theorem 1")
     _add_run_options(p)

@@ -69,9 +69,17 @@ def conv_encoder(
 
 
 def conv_decoder(
-    latent_dim: int, hidden: Sequence[int], out_channels: int, *, num_residual: int = 2
+    latent_dim: int,
+    hidden: Sequence[int],
+    out_channels: int,
+    *,
+    num_residual: int = 2,
+    final_activation: bool = True,
 ) -> nn.Sequential:
-    """Mirror of :func:`conv_encoder`: ``(B, latent_dim, h, w)`` → ``(B, out_channels, H, W)``."""
+    """Mirror of :func:`conv_encoder`: ``(B, latent_dim, h, w)`` → ``(B, out_channels, H, W)``.
+
+    ``final_activation``: end with a LeakyReLU as the LL-VQ-VAE reference code does (outputs in
+    data units); without it the output is unbounded, e.g. logits for a sigmoid link."""
     hidden = _check_widths(hidden, num_residual, out_channels=out_channels, latent_dim=latent_dim)
     widths = hidden[::-1]
     layers: list[nn.Module] = [nn.Conv2d(latent_dim, widths[0], 3, padding=1), nn.LeakyReLU()]
@@ -79,5 +87,7 @@ def conv_decoder(
     layers.append(nn.LeakyReLU())
     for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.LeakyReLU()]
-    layers += [nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1), nn.LeakyReLU()]
+    layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
+    if final_activation:
+        layers.append(nn.LeakyReLU())
     return nn.Sequential(*layers)
