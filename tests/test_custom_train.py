@@ -141,3 +141,35 @@ def test_compress_and_decompress_a_trained_checkpoint(tmp_path, capsys):
     other = str(tmp_path / "vq" / "best.pt")
     assert main(["compress", "--checkpoint", other, "--data", "checkpoint-val", "-o", qlc]) == 0
     assert main(["decompress", qlc, "--checkpoint", ckpt, "-o", pt]) == 2
+
+
+def test_image_folders_round_trip_and_train(tmp_path, capsys):
+    """Images written as PNGs read back to within 1/255; a folder trains like any dataset; a
+    folder that holds files is never written into."""
+    from qlatent.data.folder import load_image_folder, write_image_folder
+
+    images = custom.load_data(custom.DataConfig(name="synthetic", synthetic_size=60))["train"]
+    folder = tmp_path / "images"
+    assert len(write_image_folder(images, folder)) == images.shape[0]
+    back = load_image_folder(folder, size=28, channels=1, progress=False) + 0.5
+    assert (back - images).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="new or empty"):
+        write_image_folder(images, folder)
+    config = tmp_path / "folder.toml"
+    config.write_text(
+        TINY.format(name="vq", family="gated_mlp", hidden="[16]").replace(
+            'name = "synthetic"\nsynthetic_size = 60',
+            f'name = "folder"\nfolder = "{folder.as_posix()}"\nval_size = 5\ntest_size = 5',
+        )
+    )
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert "5 images" in capsys.readouterr().out
+    # decompress into a folder of PNGs, one per image; never into one that holds files
+    ckpt = str(tmp_path / "run" / "best.pt")
+    qlc = str(tmp_path / "codes.qlc")
+    assert main(["compress", "--checkpoint", ckpt, "--data", "checkpoint-test", "-o", qlc]) == 0
+    out = tmp_path / "decoded"
+    assert main(["decompress", qlc, "--checkpoint", ckpt, "-o", f"{out}/"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    assert main(["decompress", qlc, "--checkpoint", ckpt, "-o", f"{out}/"]) == 2
+    assert "new or empty" in capsys.readouterr().err

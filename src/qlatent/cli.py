@@ -411,7 +411,23 @@ def _write_reconstructions(recon, path: str, value_range: tuple[float, float]) -
     write_atomic(path, buffer.getvalue())
 
 
+def _write_png_folder(recon, folder, value_range: tuple[float, float]) -> None:
+    """``recon`` ``(N, D)`` (square grey images) or ``(N, C, H, W)`` as a folder of PNGs."""
+    import math
+
+    from .data.folder import write_image_folder
+
+    if recon.dim() == 2:
+        side = math.isqrt(recon.shape[1])
+        if side * side != recon.shape[1]:
+            raise ValueError(f"{recon.shape[1]} values per image are not a square image")
+        recon = recon.reshape(-1, 1, side, side)
+    low, high = value_range
+    write_image_folder((recon - low) / (high - low), folder)
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from .eval import reconstruction_grid, reconstruction_rows
@@ -420,16 +436,25 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    _refuse_overwrite([args.output, args.png], [args.input, args.checkpoint])
-    suffix = Path(args.output).suffix.lower()
-    if suffix not in _RECON_FORMATS:
+    folder = args.output.endswith(("/", os.sep))  # a folder of PNGs, one per image
+    _refuse_overwrite([None if folder else args.output, args.png], [args.input, args.checkpoint])
+    if folder:
+        out = Path(args.output)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"-o {args.output}: a folder of PNGs goes into a new or empty folder")
+        _check_folders(args.output)
+    elif Path(args.output).suffix.lower() not in _RECON_FORMATS:
         raise ValueError(
-            f"-o {args.output}: the extension chooses the format, one of {list(_RECON_FORMATS)}"
+            f"-o {args.output}: the extension chooses the format, one of {list(_RECON_FORMATS)} "
+            "or a folder (a name ending in /)"
         )
     data = path.read_bytes()
     model, _, value_range = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data, max_elements=args.max_elements)
-    _write_reconstructions(recon, args.output, value_range)
+    if folder:
+        _write_png_folder(recon, Path(args.output), value_range)
+    else:
+        _write_reconstructions(recon, args.output, value_range)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if recon.shape[0] == 0:
         print(f"{message} (the file holds no images)")
@@ -544,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="reconstructions; the extension chooses: .pt (tensor), .npy (array), .png (grid)",
+        help="reconstructions; the extension chooses: .pt (tensor), .npy (array), .png (grid); "
+        "a name ending in / is a folder of PNGs, one per image",
     )
     p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
     p.add_argument(

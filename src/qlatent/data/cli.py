@@ -1,4 +1,4 @@
-"""The ``qlatent data`` subcommand: ``data fetch NAME`` and ``data info``.
+"""The ``qlatent data`` subcommand: ``data fetch NAME``, ``data info`` and ``data export``.
 
 The main command line calls :func:`add_data_parser` with its subparsers object; each leaf parser
 sets ``func`` to a function ``(args) -> int`` that returns the exit code.
@@ -12,7 +12,17 @@ from typing import Any
 
 from qlatent.data.sources import DATASETS, DataError, fetch, locate
 
-__all__ = ["add_data_parser", "cmd_fetch", "cmd_info"]
+__all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -27,6 +37,23 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     except DataError as exc:
         return _fail(str(exc))
     print(f"{args.name}: verified files in {folder}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a dataset's images as a folder of PNGs (e.g. to train on it as ``data.name =
+    "folder"``)."""
+    from qlatent.data.datasets import load_fashion_mnist, load_mnist
+    from qlatent.data.folder import write_image_folder
+
+    loader = load_mnist if args.name == "mnist" else load_fashion_mnist
+    try:
+        images, _ = loader(args.split, args.data_dir, download=not args.no_download)
+        images = images[: args.limit].unsqueeze(1).float() / 255.0
+        paths = write_image_folder(images, args.folder)
+    except (DataError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {len(paths):,} PNG images ({args.name} {args.split}) to {args.folder}")
     return 0
 
 
@@ -86,7 +113,9 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="find, fetch and verify datasets",
         description="Find, fetch and verify MNIST / FashionMNIST.",
     )
-    commands = data.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
+    commands = data.add_subparsers(
+        dest="data_command", metavar="{fetch,info,export}", required=True
+    )
 
     fetch_parser = commands.add_parser(
         "fetch", help="obtain a dataset and print where its verified files are"
@@ -101,4 +130,13 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     info_parser = commands.add_parser("info", help="show where each dataset is and if it verifies")
     _add_data_dir(info_parser)
     info_parser.set_defaults(func=cmd_info)
+
+    export = commands.add_parser("export", help="write a dataset's images as a folder of PNGs")
+    export.add_argument("name", choices=sorted(DATASETS), help="dataset name")
+    export.add_argument("folder", help="a new or empty folder")
+    export.add_argument("--split", choices=["train", "test"], default="test")
+    export.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    _add_data_dir(export)
+    export.add_argument("--no-download", action="store_true", help="do not use the network")
+    export.set_defaults(func=cmd_export)
     return data

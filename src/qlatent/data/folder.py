@@ -1,4 +1,5 @@
-"""Images from a user-supplied folder (CelebA, FFHQ, ...), for datasets we cannot ship or fetch.
+"""Images from a user-supplied folder (CelebA, FFHQ, ...), for datasets we cannot ship or fetch,
+and images written to a folder (``qlatent data export``, ``qlatent decompress -o DIR/``).
 
 Every ``.png``, ``.jpg``, ``.jpeg``, ``.bmp`` or ``.webp`` file under the folder (recursively, in
 sorted path order) is decoded with Pillow, centre-cropped to a square, resized to ``size × size``
@@ -9,6 +10,7 @@ LL-VQ-VAE reference code. The whole set is held in memory as float32: a 64×64 R
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -57,3 +59,26 @@ def load_image_folder(
             raise DataError(f"cannot read image {path}: {err}") from err
         out[i] = torch.from_numpy(array).permute(2, 0, 1) / 255.0 - 0.5
     return out
+
+
+def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
+    """Write ``images`` ``(N, C, H, W)`` (C = 1 or 3, values in [0, 1], clipped) as
+    ``000000.png`` … into ``folder``, which must be new or empty; each file is written
+    atomically. Returns the paths."""
+    from PIL import Image
+
+    from ..image_coding import write_atomic
+
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    root = Path(folder).expanduser()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root}: images are written into a new or empty folder only")
+    root.mkdir(parents=True, exist_ok=True)
+    pixels = (images.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    paths = []
+    for i, image in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
+        paths.append(write_atomic(root / f"{i:06d}.png", buffer.getvalue()))
+    return paths

@@ -80,8 +80,6 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.test_size, int) or self.test_size < 1:
             raise ValueError(f"data.test_size must be a positive integer, got {self.test_size!r}")
-        if self.name == "folder" and not self.folder:
-            raise ValueError("data.folder must name an image folder when data.name = 'folder'")
 
 
 @dataclass
@@ -181,6 +179,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"config {path} is not valid TOML: {err}") from None
         cfg = _apply(lambda c: apply_mapping(c, table), cfg, f"config {path}")
     cfg = _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
+    # checks across keys, once every key is set
+    if cfg.data.name == "folder" and not cfg.data.folder:
+        raise ValueError("data.folder must name an image folder when data.name = 'folder'")
     check_bottleneck(cfg)
     return cfg
 
