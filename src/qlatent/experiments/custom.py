@@ -216,8 +216,11 @@ def components() -> str:
 
 
 # ------------------------------------------------------------------------------------- data
-def load_data(cfg: DataConfig, data_dir: str | None = None) -> dict[str, Tensor]:
-    """``train`` / ``val`` / ``test`` images ``(N, C, H, W)`` in [0, 1], float32."""
+def load_data(
+    cfg: DataConfig, data_dir: str | None = None, *, progress: bool = True
+) -> dict[str, Tensor]:
+    """``train`` / ``val`` / ``test`` images ``(N, C, H, W)`` in [0, 1], float32 (``progress``:
+    a bar while an image folder is read)."""
     from ..data import binarized_mnist, load_fashion_mnist, load_mnist
     from ..data.folder import load_image_folder
 
@@ -230,7 +233,10 @@ def load_data(cfg: DataConfig, data_dir: str | None = None) -> dict[str, Tensor]
         test = loader("test", data_dir)[0].unsqueeze(1).float() / 255.0
         return _split(train, cfg.val_size, 0, cfg.split_seed) | {"test": test}
     if cfg.name == "folder":
-        images = load_image_folder(cfg.folder, size=cfg.image_size, channels=cfg.channels) + 0.5
+        images = load_image_folder(
+            cfg.folder, size=cfg.image_size, channels=cfg.channels, progress=progress
+        )
+        images = images + 0.5
         return _split(images, cfg.val_size, cfg.test_size, cfg.split_seed)
     # synthetic: smooth blobs (low-resolution noise upsampled), learnable in a few steps
     g = torch.Generator().manual_seed(cfg.split_seed)
@@ -321,7 +327,7 @@ def train(
     from ..eval import training_curves
 
     out_dir = Path(cfg.out_dir)
-    images = load_data(cfg.data, data_dir)
+    images = load_data(cfg.data, data_dir, progress=cfg.train.progress)
     shape = tuple(images["train"].shape[1:])
     variance = float(images["train"].var())
     data = prepare(cfg, images)
