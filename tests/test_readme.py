@@ -18,3 +18,16 @@ def test_readme_quick_start_is_the_two_commands():
     quick = text.split("## Quick start", 1)[1].split("##", 1)[0]
     commands = re.findall(r"^make \w+", quick, flags=re.M)
     assert commands == ["make demo", "make test"]
+
+
+def test_readme_config_is_the_example_file_and_valid():
+    """The "Train your own" TOML block is ``examples/folder-vq.toml`` (comments aside) and loads."""
+    import tomllib
+
+    from qlatent.experiments.custom import load_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    example = README.parent / "examples" / "folder-vq.toml"
+    assert blocks and tomllib.loads(blocks[0]) == tomllib.loads(example.read_text())
+    cfg = load_config(example)
+    assert (cfg.bottleneck.name, cfg.model.family, cfg.data.name) == ("vq", "conv", "folder")
