@@ -173,3 +173,20 @@ def test_image_folders_round_trip_and_train(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(5)]
     assert main(["decompress", qlc, "--checkpoint", ckpt, "-o", f"{out}/"]) == 2
     assert "new or empty" in capsys.readouterr().err
+
+
+def test_downstream_needs_labels_and_scores_features(tmp_path, capsys):
+    """Data without class labels refuses the downstream tasks before any work (one line); with
+    labels, k-means and the probe score the encoder's features (fractions in [0, 1])."""
+    config = _config(tmp_path, "lattice")
+    assert main(["train", config, "--out", str(tmp_path / "run")]) == 0
+    ckpt = str(tmp_path / "run" / "best.pt")
+    capsys.readouterr()
+    assert main(["eval", ckpt, "--downstream"]) == 2
+    assert "no class labels" in capsys.readouterr().err
+    model, cfg = custom.model_from_checkpoint(torch.load(ckpt, weights_only=True))
+    data = custom.prepare(cfg, custom.load_data(cfg.data))
+    labels = {k: torch.arange(v.shape[0]) % 3 for k, v in data.items()}
+    scores = custom.downstream_scores(model, data, labels, n_init=2, probe_steps=20, progress=False)
+    for key in ("kmeans_acc", "nmi", "linear_acc"):
+        assert 0.0 <= scores[key] <= 1.0, (key, scores[key])

@@ -106,6 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = custom.train(
             cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line
         )
+        if not summary:  # a torchrun rank other than 0
+            return 0
         print(custom.format_report(summary["test"]))
         print(
             f"wrote {cfg.out_dir}/summary.json, config.json, training_curves.png, "
@@ -126,7 +128,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _refuse_overwrite([args.output], [args.checkpoint])
     report = custom.eval_checkpoint(
-        args.checkpoint, data_dir=args.data_dir, iwae_samples=args.iwae or 0, limit=args.limit
+        args.checkpoint,
+        data_dir=args.data_dir,
+        iwae_samples=args.iwae or 0,
+        limit=args.limit,
+        downstream=args.downstream,
     )
     print(custom.format_report(report))
     if args.output:
@@ -498,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="also the IWAE NLL with S samples (bottlenecks with a density view)",
+    )
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also k-means, NMI and a linear probe on the encoder's features (labelled data)",
     )
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
     p.add_argument("--data-dir", default=None)
