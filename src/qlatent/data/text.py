@@ -346,3 +346,58 @@ def info() -> dict:
             "verified": _sha256(path) == expected,
         }
     return out
+
+
+# ----------------------------------------------------------------------------- vocabulary
+class Vocabulary:
+    """Word ids for the text model: ``0`` PAD, ``1`` BOS, ``2`` EOS, ``3`` UNK, then the kept
+    words from the most to the least frequent (ties in alphabetical order)."""
+
+    SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = list(self.SPECIALS) + list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise ValueError("vocabulary words must be distinct and not reserved")
+
+    @classmethod
+    def build(cls, sentences: list[list[str]], size: int) -> Vocabulary:
+        """The ``size`` most frequent words of ``sentences`` (token lists)."""
+        from collections import Counter
+
+        counts = Counter(word for sentence in sentences for word in sentence)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return cls([w for w, _ in ranked[:size] if w not in cls.SPECIALS])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, sentences: list[list[str]], max_tokens: int):
+        """``(N, max_tokens + 1)`` int64 ids: the words (UNK if unknown), EOS, then PAD.
+        Sentences longer than ``max_tokens`` words are refused (filter them first)."""
+        import torch
+
+        out = torch.zeros(len(sentences), max_tokens + 1, dtype=torch.int64)
+        for row, sentence in enumerate(sentences):
+            if len(sentence) > max_tokens:
+                raise ValueError(f"sentence {row} has {len(sentence)} > {max_tokens} tokens")
+            ids = [self.index.get(w, 3) for w in sentence] + [2]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def decode(self, ids) -> list[str]:
+        """Token ids (one sentence) back to words, stopping at EOS, skipping PAD and BOS."""
+        words = []
+        for i in ids.tolist() if hasattr(ids, "tolist") else ids:
+            if i == 2:
+                break
+            if i > 1:
+                words.append(self.words[i])
+        return words
+
+    def unk_rate(self, sentences: list[list[str]]) -> float:
+        """Fraction of word tokens not in the vocabulary."""
+        total = sum(len(s) for s in sentences)
+        unknown = sum(w not in self.index for s in sentences for w in s)
+        return unknown / max(1, total)
