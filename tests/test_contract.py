@@ -18,11 +18,13 @@ from qlatent.bottlenecks import BOTTLENECKS, Bottleneck, BottleneckOutput, build
 #: constructor arguments for every registered bottleneck (small, fast); add new methods here.
 CONFIGS: dict[str, dict] = {
     "gaussian": dict(dim=6),
+    "gaussian_dither": dict(dim=6),
     "gaussian_lattice": dict(dim=6),
     "identity": dict(dim=6),
     "info_dropout": dict(dim=6),
     "lattice": dict(dim=6),
     "learnable_lattice": dict(dim=6, num_codes=64, init_range=0.7),
+    "scalar_st": dict(dim=6, levels=4),
     "soft_em_vq": dict(dim=6, num_codes=5, num_samples=3),
     "soft_vq": dict(dim=6, num_codes=5),
     "vq": dict(dim=6, num_codes=5),

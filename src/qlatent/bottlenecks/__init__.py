@@ -6,11 +6,13 @@
 
 from . import (  # noqa: F401  (importing registers them)
     gaussian,
+    gaussian_dither,
     gaussian_lattice,
     identity,
     info_dropout,
     lattice,
     learnable_lattice,
+    scalar_st,
     soft_em_vq,
     soft_vq,
     vq,
@@ -18,11 +20,13 @@ from . import (  # noqa: F401  (importing registers them)
 )
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, build
 from .gaussian import GaussianVAE
+from .gaussian_dither import GaussianDither
 from .gaussian_lattice import GaussianLattice
 from .identity import Identity
 from .info_dropout import InformationDropout
 from .lattice import DitheredLattice
 from .learnable_lattice import LearnableLattice
+from .scalar_st import ScalarST
 from .soft_em_vq import SoftEMVectorQuantizer
 from .soft_vq import SoftVectorQuantizer
 from .vq import VectorQuantizer
@@ -34,11 +38,13 @@ __all__ = [
     "BottleneckOutput",
     "DitheredLattice",
     "EMAVectorQuantizer",
+    "GaussianDither",
     "GaussianLattice",
     "GaussianVAE",
     "Identity",
     "InformationDropout",
     "LearnableLattice",
+    "ScalarST",
     "SoftEMVectorQuantizer",
     "SoftVectorQuantizer",
     "VectorQuantizer",
