@@ -190,3 +190,48 @@ def test_downstream_needs_labels_and_scores_features(tmp_path, capsys):
     scores = custom.downstream_scores(model, data, labels, n_init=2, probe_steps=20, progress=False)
     for key in ("kmeans_acc", "nmi", "linear_acc"):
         assert 0.0 <= scores[key] <= 1.0, (key, scores[key])
+
+
+TEXT = """
+[data]
+name = "synthetic-text"
+synthetic_size = 120
+
+[model]
+family = "text_gru"
+hidden = [16, 32]
+latent_dim = 8
+embed = 16
+
+[bottleneck]
+name = "{name}"
+
+[train]
+epochs = 1
+max_steps = 3
+batch_size = 20
+progress = false
+"""
+
+
+@pytest.mark.parametrize("name", ["scalar_st", "gaussian_dither", "lattice", "vq"])
+def test_text_models_train_and_evaluate_from_a_config(tmp_path, name):
+    path = tmp_path / "text.toml"
+    path.write_text(TEXT.format(name=name))
+    cfg = custom.load_config(path, [f"out_dir={tmp_path / 'run'}"])
+    summary = custom.train(cfg)
+    test = summary["test"]
+    assert test["sentences"] == 20 and test["words"] > 3 * 20
+    assert math.isfinite(test["hard_path"]["distortion_bits_per_word"])
+    assert len(test["examples"]) == 8 and all(e["sentence"] for e in test["examples"])
+    if name != "gaussian_dither":  # discrete: the test set's codes went to a file
+        assert test["coded"]["available"] and test["coded"]["bits_per_word"] > 0
+    report = custom.eval_checkpoint(tmp_path / "run" / "best.pt", progress=False)
+    assert report["hard_path"] == pytest.approx(test["hard_path"], rel=1e-6, abs=1e-9)
+
+
+def test_text_family_goes_with_text_data(tmp_path, capsys):
+    path = tmp_path / "mixed.toml"
+    path.write_text(TEXT.format(name="vq").replace('name = "synthetic-text"', 'name = "synthetic"'))
+    assert main(["train", str(path)]) == 2
+    assert "text_gru" in capsys.readouterr().err

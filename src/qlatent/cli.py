@@ -109,10 +109,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not summary:  # a torchrun rank other than 0
             return 0
         print(custom.format_report(summary["test"]))
-        print(
-            f"wrote {cfg.out_dir}/summary.json, config.json, training_curves.png, "
-            "reconstructions.png"
+        figures = "training_curves.png" + (
+            "" if cfg.data.name in custom.TEXT_DATA else ", reconstructions.png"
         )
+        print(f"wrote {cfg.out_dir}/summary.json, config.json, {figures}")
         return 0
     cfg = _lattice_config(args, out_dir="runs/train")
     summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
@@ -299,6 +299,11 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None
         if not custom.is_checkpoint(ckpt):
             raise ValueError(f"--data {name} needs a checkpoint written by `qlatent train CONFIG`")
         _, cfg = custom.model_from_checkpoint(ckpt)
+        if cfg.data.name in custom.TEXT_DATA:
+            raise ValueError(
+                "compress codes images; `qlatent eval` writes a text model's test set to a "
+                "file and reports its size"
+            )
         splits = custom.prepare(cfg, custom.load_data(cfg.data, data_dir))
     elif source == "mnist":
         splits = binarized_mnist(data_dir)

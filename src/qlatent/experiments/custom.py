@@ -58,15 +58,30 @@ from ..nn.mlp import relu_mlp
 from ..results import provenance, write_json
 from ..train import TrainConfig, fit, load_weights
 
-DATASETS = ("binarized-mnist", "mnist", "fashion-mnist", "folder", "synthetic")
-FAMILIES = ("gated_mlp", "relu_mlp", "conv")
+DATASETS = (
+    "binarized-mnist",
+    "mnist",
+    "fashion-mnist",
+    "folder",
+    "synthetic",
+    "text-en",
+    "synthetic-text",
+)
+FAMILIES = ("gated_mlp", "relu_mlp", "conv", "text_gru")
+TEXT_DATA = ("text-en", "synthetic-text")
 
 
 @dataclass
 class DataConfig:
-    name: Literal["binarized-mnist", "mnist", "fashion-mnist", "folder", "synthetic"] = (
-        "binarized-mnist"
-    )
+    name: Literal[
+        "binarized-mnist",
+        "mnist",
+        "fashion-mnist",
+        "folder",
+        "synthetic",
+        "text-en",
+        "synthetic-text",
+    ] = "binarized-mnist"
     folder: str | None = None
     image_size: int = 28
     channels: int = 1
@@ -74,9 +89,12 @@ class DataConfig:
     test_size: int = 1000
     split_seed: int = 0
     synthetic_size: int = 600
+    vocab_size: int = 8000  #: text: the most frequent training words kept (others are UNK)
+    max_tokens: int = 20  #: text: longer sentences are left out
 
     def __post_init__(self) -> None:
-        _positive(self, "data", ("image_size", "val_size", "synthetic_size"))
+        _positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
+        _positive(self, "data", ("max_tokens",))
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.test_size, int) or self.test_size < 1:
@@ -85,15 +103,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["gated_mlp", "relu_mlp", "conv"] = "gated_mlp"
+    family: Literal["gated_mlp", "relu_mlp", "conv", "text_gru"] = "gated_mlp"
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     latent_dim: int = 40
     num_residual: int = 2
+    embed: int = 128  #: text_gru: word embedding size
+    layers: int = 1  #: text_gru: GRU layers of the encoder and of the decoder
     likelihood: Literal["bernoulli", "squared_error"] = "bernoulli"
     variance: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive(self, "model", ("latent_dim",))
+        _positive(self, "model", ("latent_dim", "embed", "layers"))
         if (
             not isinstance(self.hidden, list)
             or not self.hidden
@@ -183,6 +203,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     # checks across keys, once every key is set
     if cfg.data.name == "folder" and not cfg.data.folder:
         raise ValueError("data.folder must name an image folder when data.name = 'folder'")
+    if (cfg.model.family == "text_gru") != (cfg.data.name in TEXT_DATA):
+        raise ValueError(
+            f"model.family = 'text_gru' goes with text data ({', '.join(TEXT_DATA)}) and only "
+            f"with it; got model.family = {cfg.model.family!r} and data.name = {cfg.data.name!r}"
+        )
+    if cfg.model.family == "text_gru" and len(cfg.model.hidden) != 2:
+        raise ValueError(
+            "model.hidden must be [encoder width per direction, decoder width] for text_gru, "
+            f"got {cfg.model.hidden}"
+        )
     check_bottleneck(cfg)
     return cfg
 
@@ -261,13 +291,50 @@ def _split_indices(n: int, val: int, test: int, seed: int) -> dict[str, Tensor]:
     return parts
 
 
+#: the synthetic sentences' words: subject, verb, object, place (a small regular language)
+_SUBJECTS = ("the cat", "a dog", "the old man", "my sister", "the bird", "a child")
+_VERBS = ("sees", "likes", "follows", "paints", "finds", "hears")
+_OBJECTS = ("the ball", "a red house", "the river", "some bread", "the moon", "a green tree")
+_PLACES = ("", "in the park", "at night", "near the sea", "every day")
+
+
+def _synthetic_text(n: int, seed: int) -> dict[str, list[list[str]]]:
+    """``n`` sentences of a small regular language, split 4:1:1 (tests and smoke runs)."""
+    g = torch.Generator().manual_seed(seed)
+    parts = (_SUBJECTS, _VERBS, _OBJECTS, _PLACES)
+    picks = [torch.randint(len(p), (n,), generator=g).tolist() for p in parts]
+    lines = [" ".join(p[k[i]] for p, k in zip(parts, picks, strict=True)).split() + ["."]
+             for i in range(n)]  # fmt: skip
+    cut = max(1, n // 6)
+    return {"val": lines[:cut], "test": lines[cut : 2 * cut], "train": lines[2 * cut :]}
+
+
+def load_text_data(cfg: DataConfig, data_dir: str | None = None, *, words: list[str] | None = None):
+    """``(splits, vocabulary)``: ``train`` / ``val`` / ``test`` as ``(N, max_tokens + 1)``
+    int64 token ids (words, EOS, PAD) of the sentences of at most ``max_tokens`` words, and the
+    :class:`~qlatent.data.text.Vocabulary` of the ``vocab_size`` most frequent training words
+    (or of ``words``, a saved one)."""
+    from ..data.text import Vocabulary, load_text
+
+    if cfg.name == "text-en":
+        splits = load_text(data_dir)
+    else:
+        splits = _synthetic_text(cfg.synthetic_size, cfg.split_seed)
+    splits = {k: [s for s in v if len(s) <= cfg.max_tokens] for k, v in splits.items()}
+    if words is None:
+        vocab = Vocabulary.build(splits["train"], cfg.vocab_size)
+    else:
+        vocab = Vocabulary(words)
+    return {k: vocab.encode(v, cfg.max_tokens) for k, v in splits.items()}, vocab
+
+
 def load_labels(cfg: DataConfig, data_dir: str | None = None) -> dict[str, Tensor]:
     """The class labels of :func:`load_data`'s splits, in the same order (MNIST, FashionMNIST
     and binarized MNIST); ValueError for data without labels."""
     from ..data import load_fashion_mnist, load_mnist
     from ..data.datasets import N_VAL
 
-    if cfg.name in ("folder", "synthetic"):
+    if cfg.name in ("folder", "synthetic", *TEXT_DATA):
         raise ValueError(f"data.name = {cfg.name!r} has no class labels for the downstream tasks")
     loader = load_fashion_mnist if cfg.name == "fashion-mnist" else load_mnist
     train, test = loader("train", data_dir)[1], loader("test", data_dir)[1]
@@ -285,13 +352,34 @@ def prepare(cfg: RunConfig, images: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------------ model
-def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], variance: float) -> Autoencoder:
-    """Encoder → bottleneck → decoder for images of ``image_shape`` ``(C, H, W)``.
+def build_model(
+    cfg: RunConfig,
+    image_shape: tuple[int, ...],
+    variance: float,
+    *,
+    vocabulary: int | None = None,
+) -> Autoencoder:
+    """Encoder → bottleneck → decoder for images of ``image_shape`` ``(C, H, W)``, or the
+    sentence autoencoder (``text_gru``) over ``vocabulary`` words (reserved ids excluded).
 
     ``variance``: the training images' variance, used by ``squared_error`` when
     ``model.variance`` is 0."""
     m = cfg.model
     neck = build(cfg.bottleneck.name, dim=m.latent_dim, **cfg.bottleneck.args)
+    if m.family == "text_gru":
+        from ..nn.text import TextAutoencoder, TextModelConfig
+
+        text = TextModelConfig(
+            vocab_size=vocabulary or cfg.data.vocab_size,
+            max_tokens=cfg.data.max_tokens,
+            embed=m.embed,
+            encoder_hidden=m.hidden[0],
+            encoder_layers=m.layers,
+            code_dim=m.latent_dim,
+            decoder_hidden=m.hidden[1],
+            decoder_layers=m.layers,
+        )
+        return TextAutoencoder(neck, text)
     channels, height, width = image_shape
     if m.family == "conv":
         halvings = len(m.hidden)
@@ -329,7 +417,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
         derived = run.pop("derived")
         cfg = apply_mapping(RunConfig(), run)
         shape = tuple(int(v) for v in derived["image_shape"])
-        model = build_model(cfg, shape, float(derived["data_variance"]))
+        words = derived.get("vocabulary")
+        vocabulary = None if words is None else len(words)
+        model = build_model(cfg, shape, float(derived["data_variance"]), vocabulary=vocabulary)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: its saved config does not describe a model ({err})") from None
     load_weights(model, ckpt["model"], path)
@@ -346,15 +436,23 @@ def train(
     from ..eval import training_curves
 
     out_dir = Path(cfg.out_dir)
-    images = load_data(cfg.data, data_dir, progress=cfg.train.progress)
-    shape = tuple(images["train"].shape[1:])
-    variance = float(images["train"].var())
-    data = prepare(cfg, images)
+    derived: dict[str, Any]
+    if cfg.data.name in TEXT_DATA:
+        data, vocab = load_text_data(cfg.data, data_dir)
+        shape, variance = (), 0.0
+        derived = {"image_shape": [], "data_variance": 0.0, "vocabulary": vocab.words[4:]}
+    else:
+        images = load_data(cfg.data, data_dir, progress=cfg.train.progress)
+        shape = tuple(images["train"].shape[1:])
+        variance = float(images["train"].var())
+        data = prepare(cfg, images)
+        derived = {"image_shape": list(shape), "data_variance": variance}
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, shape, variance)
+    vocabulary = len(derived["vocabulary"]) if "vocabulary" in derived else None
+    model = build_model(cfg, shape, variance, vocabulary=vocabulary)
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     # saved in every checkpoint: the config, and what rebuilding the model needs from the data
-    run_config = to_dict(cfg) | {"derived": {"image_shape": list(shape), "data_variance": variance}}
+    run_config = to_dict(cfg) | {"derived": derived}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(to_dict(cfg), out_dir / "config.json")
     result = fit(
@@ -369,7 +467,8 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # under torchrun, rank 0 alone evaluates and writes the summary
     training_curves(result.history, out_dir / "training_curves.png", title=_title(cfg))
-    report = evaluate(model, cfg, data, shape, out_dir=out_dir)
+    words = derived.get("vocabulary")
+    report = evaluate(model, cfg, data, shape, out_dir=out_dir, words=words)
     summary = {
         **provenance(command),
         "config": to_dict(cfg),
@@ -399,9 +498,11 @@ def evaluate(
     *,
     out_dir: Path | None = None,
     iwae_samples: int = 0,
+    words: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """What fits the model, on ``data["test"]`` (nats per image unless named otherwise):
+    """What fits the model, on ``data["test"]`` (nats per image or sentence unless named
+    otherwise; for text also bits per word, EOS counted in the numerator only):
 
     * training path (dither / noise) and hard path (``eval()``): distortion and rate; at
       ``rate_weight`` 1 their sum on the training path is the negative ELBO;
@@ -417,7 +518,10 @@ def evaluate(
     x = data["test"]
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     gen = lambda k: torch.Generator().manual_seed(cfg.eval_seed + k)  # noqa: E731
-    report: dict[str, Any] = {"images": int(x.shape[0])}
+    text = words is not None
+    report: dict[str, Any] = {"sentences" if text else "images": int(x.shape[0])}
+    if text:  # words per sentence, for bits per word
+        report["words"] = int(((x != 0) & (x != 2)).sum())
     for key, hard in (("training_path", False), ("hard_path", True)):
         parts = evaluate_objective(
             model, loss_fn, x, batch_size=cfg.train.eval_batch_size, hard=hard, generator=gen(hard)
@@ -427,15 +531,30 @@ def evaluate(
             "rate": parts["rate"].mean().item(),
             "total": (parts["distortion"] + parts["rate"]).mean().item(),
         }
+        if text:
+            per_word = math.log(2) * max(1, report["words"])
+            report[key]["distortion_bits_per_word"] = parts["distortion"].sum().item() / per_word
+            report[key]["rate_bits_per_word"] = parts["rate"].sum().item() / per_word
     neck = model.bottleneck
     if iwae_samples and hasattr(neck, "posterior_sample") and hasattr(neck, "log_prior"):
         nll = iwae_nll(model, x, num_samples=iwae_samples, generator=gen(2), progress=progress)
         report["iwae"] = iwae_summary(nll)
         report["iwae_samples"] = iwae_samples
-    report["coded"] = _coded_size(model, x, cfg.eval_seed)
+    report["coded"] = _coded_size(model, x, cfg.eval_seed, data.get("train"))
+    if text and report["coded"].get("available"):
+        report["coded"]["bits_per_word"] = 8 * report["coded"]["bytes"] / max(1, report["words"])
     if getattr(neck, "index_kind", None) == "scalar":  # codebooks: one index per position
         report["codes"] = _code_stats(model, x)
-    if out_dir is not None:
+    if text:
+        from ..data.text import Vocabulary
+
+        vocab = Vocabulary(words)
+        decoded = model.greedy(x[:8], generator=gen(3))
+        report["examples"] = [
+            {"sentence": " ".join(vocab.decode(a)), "hard path": " ".join(vocab.decode(b))}
+            for a, b in zip(x[:8], decoded, strict=True)
+        ]
+    elif out_dir is not None:
         sample = x[:10]
         recon = model.reconstruct(sample, generator=gen(3)).view(-1, *image_shape)
         reconstruction_rows(
@@ -445,29 +564,49 @@ def evaluate(
     return report
 
 
-def _coded_size(model: Autoencoder, x: Tensor, seed: int) -> dict[str, Any] | None:
-    """The test set as a real file: its size and whether it decodes to the hard path."""
-    from ..coding import code_model
-    from ..image_coding import compress_images, decompress_images
+def _latents(model, x: Tensor) -> Tensor:
+    """The bottleneck inputs of ``x``: the sentence encoder's, or the encoder network's."""
+    encode = getattr(model, "encode", None) or model.encoder
+    return torch.cat([encode(xb) for xb in x.split(1000)])
 
+
+def _coded_size(
+    model: Autoencoder, x: Tensor, seed: int, train: Tensor | None = None
+) -> dict[str, Any] | None:
+    """The test set's codes as a real file (``qlatent.coding.compress``), its size, and the
+    time to write it and read it back. A bottleneck whose code model is counted and has none
+    yet (``scalar_st``, ``learnable_lattice``) counts the ``train`` images' symbols first, in
+    memory only (``qlatent update`` saves such a model)."""
+    from ..coding import code_model
+    from ..coding.codec import compress, decompress, model_digest
+
+    counted_here = False
     try:
         code_model(model.bottleneck)
     except (TypeError, ValueError) as err:
-        return {"available": False, "why": str(err)}
+        if train is None or not hasattr(model.bottleneck, "update"):
+            return {"available": False, "why": str(err)}
+        model.eval()
+        model.bottleneck.update(_latents(model, train))
+        counted_here = True
+    model.eval()
+    y = _latents(model, x)
     started = time.perf_counter()
-    data = compress_images(model, x, seed=seed)
+    digest = model_digest(model)
+    data = compress(model.bottleneck, y, seed=seed, digest=digest)
     encode_s = time.perf_counter() - started
     started = time.perf_counter()
-    decoded = decompress_images(model, data)
+    y_hat = decompress(model.bottleneck, data, digest=digest)
     decode_s = time.perf_counter() - started
-    if decoded.shape != x.shape:
-        raise RuntimeError(f"decoded {tuple(decoded.shape)} images, expected {tuple(x.shape)}")
+    if y_hat.shape[0] != y.shape[0]:
+        raise RuntimeError(f"decoded {y_hat.shape[0]} codes, expected {y.shape[0]}")
     return {
         "available": True,
         "bytes": len(data),
         "bits_per_image": 8 * len(data) / max(1, x.shape[0]),
         "encode_s": encode_s,
         "decode_s": decode_s,
+        "code_model_counted_on_train": counted_here,
     }
 
 
@@ -475,7 +614,7 @@ def _code_stats(model: Autoencoder, x: Tensor) -> dict[str, Any]:
     """Codes used on the hard path and the perplexity exp(H) of their usage."""
     counts: Tensor | None = None
     for xb in x.split(1000):
-        symbols = model.bottleneck.quantize(model.encoder(xb), generator=torch.Generator())
+        symbols = model.bottleneck.quantize(_latents(model, xb), generator=torch.Generator())
         flat = symbols.reshape(-1).long()
         c = torch.bincount(flat)
         counts = c if counts is None else _add_counts(counts, c)
@@ -495,13 +634,20 @@ def _add_counts(a: Tensor, b: Tensor) -> Tensor:
 def format_report(report: dict[str, Any]) -> str:
     """The evaluation as a few readable lines."""
     t, h = report["training_path"], report["hard_path"]
+    unit = "sentence" if "sentences" in report else "image"
     lines = [
-        f"test set, {report['images']} images, nats per image:",
+        f"test set, {report.get('images', report.get('sentences'))} {unit}s, nats per {unit}:",
         f"  training path: distortion {t['distortion']:.3f}  rate {t['rate']:.3f}  "
         f"sum {t['total']:.3f}",
         f"  hard path:     distortion {h['distortion']:.3f}  rate {h['rate']:.3f}  "
         f"sum {h['total']:.3f}",
     ]
+    if "words" in report:
+        lines.append(
+            f"  bits per word ({report['words']:,} words): training path distortion "
+            f"{t['distortion_bits_per_word']:.3f} rate {t['rate_bits_per_word']:.3f}; hard path "
+            f"distortion {h['distortion_bits_per_word']:.3f} rate {h['rate_bits_per_word']:.3f}"
+        )
     if "iwae" in report:
         i = report["iwae"]
         lines.append(
@@ -509,11 +655,18 @@ def format_report(report: dict[str, Any]) -> str:
         )
     coded = report.get("coded")
     if coded and coded.get("available"):
-        lines.append(
-            f"  coded file: {coded['bits_per_image']:.2f} bits per image "
-            f"({coded['bits_per_image'] * math.log(2):.2f} nats; {coded['bytes']:,} bytes), "
-            "decoded back"
+        per = (
+            f"{coded['bits_per_word']:.3f} bits per word"
+            if "bits_per_word" in coded
+            else f"{coded['bits_per_image']:.2f} bits per image "
+            f"({coded['bits_per_image'] * math.log(2):.2f} nats)"
         )
+        counted = (
+            ", code model counted on the training set"
+            if coded.get("code_model_counted_on_train")
+            else ""
+        )
+        lines.append(f"  coded file: {per}; {coded['bytes']:,} bytes{counted}, decoded back")
     elif coded:
         lines.append(f"  coded: no code model ({coded['why']})")
     if "downstream" in report:
@@ -522,6 +675,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  downstream: k-means accuracy {100 * d['kmeans_acc']:.2f}%, NMI {d['nmi']:.3f}, "
             f"linear probe {100 * d['linear_acc']:.2f}%"
         )
+    for example in report.get("examples", [])[:3]:
+        lines.append(f"  {example['sentence']!r} -> {example['hard path']!r}")
     if "codes" in report:
         codes = report["codes"]
         lines.append(f"  codes used: {codes['used']}, perplexity {codes['perplexity']:.1f}")
@@ -548,13 +703,20 @@ def eval_checkpoint(
             "data, model, bottleneck and loss sections)"
         )
     model, cfg = model_from_checkpoint(ckpt, checkpoint)
-    images = load_data(cfg.data, data_dir)
-    data = prepare(cfg, images)
+    labels = load_labels(cfg.data, data_dir) if downstream else None  # refuse before the work
+    words = ckpt["run_config"]["derived"].get("vocabulary")
+    if words is not None:
+        data, _ = load_text_data(cfg.data, data_dir, words=words)
+        shape: tuple[int, ...] = ()
+    else:
+        images = load_data(cfg.data, data_dir)
+        data = prepare(cfg, images)
+        shape = tuple(images["test"].shape[1:])
     if limit is not None:
         data = {k: v[:limit] for k, v in data.items()}
-    shape = tuple(images["test"].shape[1:])
-    labels = load_labels(cfg.data, data_dir) if downstream else None  # refuse before the work
-    report = evaluate(model, cfg, data, shape, iwae_samples=iwae_samples, progress=progress)
+    report = evaluate(
+        model, cfg, data, shape, iwae_samples=iwae_samples, words=words, progress=progress
+    )
     if labels is not None:
         if limit is not None:
             labels = {k: v[:limit] for k, v in labels.items()}
