@@ -235,3 +235,12 @@ def test_text_family_goes_with_text_data(tmp_path, capsys):
     path.write_text(TEXT.format(name="vq").replace('name = "synthetic-text"', 'name = "synthetic"'))
     assert main(["train", str(path)]) == 2
     assert "text_gru" in capsys.readouterr().err
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+    assert len(examples) >= 2
+    for path in examples:
+        custom.load_config(path)  # raises with the file and key on any problem
