@@ -79,7 +79,7 @@ def test_the_training_loop_fits_sentences(tmp_path, bottleneck):
     model = _model(bottleneck)
     data = {"train": x, "val": x}
     start = RateDistortionLoss()(x, model(x), model.likelihood).objective.mean().item()
-    cfg = TrainConfig(epochs=150, batch_size=6, lr=1e-2, progress=False)
+    cfg = TrainConfig(epochs=80, batch_size=6, lr=1e-2, progress=False)
     result = fit(model, data, cfg, out_dir=tmp_path, loss_fn=RateDistortionLoss())
     end = result.history[-1]["val_objective"]
     assert math.isfinite(end) and end < 0.25 * start, (start, end)
