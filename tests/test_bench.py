@@ -190,3 +190,20 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
     assert len(steps) == 7 and all(v > 0 for v in steps.values())
     with pytest.raises(ValueError, match="unknown lattices"):
         bench_lattices(names=["e9"], steps=False)
+
+
+def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
+    """The scaling sweep times both eager paths per shape (tiny shapes here) and the CLI
+    writes them."""
+    from qlatent.bench.lattice import bench_lattice_scaling
+
+    result = bench_lattice_scaling(shapes=((64, 8), (256, 8)), threads=1, repeats=1)
+    rows = result["scaling"]
+    assert len(rows) == 4 and {r["case"] for r in rows} == {
+        "train path, forward + backward",
+        "hard path",
+    }
+    for r in rows:
+        assert r["rows_per_s"] > 0 and r["values_per_s"] == pytest.approx(
+            r["rows_per_s"] * r["dim"]
+        )

@@ -267,3 +267,30 @@ def test_init_values_and_learnability_flags():
     torch.testing.assert_close(module.scale, torch.full((3,), 2.0))
     assert not module.log_spacing.requires_grad
     assert module.log_scale.requires_grad
+
+
+# --------------------------------------------------------------------------- row blocks
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_blocks_of_rows_change_nothing(monkeypatch, training):
+    """Large inputs run in cache-sized blocks of rows: the same y_hat, rate, indices and
+    gradients, bit for bit, as one block."""
+    import qlatent.bottlenecks.lattice as lattice_module
+
+    module = make_lattice(seed=31).train(training)
+    x = 2.0 * torch.randn(97, DIM, generator=gen(32))
+    outs = []
+    for elements in (1 << 19, 5 * DIM):  # one block; blocks of 5 rows (the last one short)
+        monkeypatch.setattr(lattice_module, "_BLOCK_ELEMENTS", elements)
+        xi = x.clone().requires_grad_()
+        module.zero_grad()
+        out = module(xi, generator=gen(33))
+        (out.rate.sum() + out.y_hat.square().sum()).backward()
+        grads = [xi.grad] + [p.grad.clone() for p in module.parameters()]
+        outs.append((out, grads))
+    (a, ga), (b, gb) = outs
+    assert torch.equal(a.y_hat, b.y_hat) and torch.equal(a.rate, b.rate)
+    assert (a.indices is None) == (b.indices is None)
+    if a.indices is not None:
+        assert torch.equal(a.indices, b.indices)
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)

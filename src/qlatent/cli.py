@@ -195,6 +195,22 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     from .bench import bench_lattice
     from .results import provenance, write_json
 
+    if args.scaling:
+        from .bench.lattice import bench_lattice_scaling
+
+        result = bench_lattice_scaling(threads=args.threads)
+        for row in result["scaling"]:
+            print(
+                f"{row['case']:32s} {row['rows']:>8d} × {row['dim']:<5d} "
+                f"{row['rows_per_s'] / 1e6:7.3f} M rows/s "
+                f"{row['values_per_s'] / 1e6:8.1f} M values/s"
+            )
+        output = args.output or ""
+        if output == "results/bench-lattice.json":
+            output = "results/bench-lattice-scaling.json"
+        if output:
+            print(f"wrote {write_json({**provenance(args.command_line), **result}, output)}")
+        return 0
     result = bench_lattice(
         rows=args.rows,
         dim=args.dim,
@@ -605,6 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive_int, default=2)
     b.add_argument("--repeats", type=_positive_int, default=50)
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
+    b.add_argument(
+        "--scaling",
+        action="store_true",
+        help="rows/s of the eager paths from 16k to 1M rows and dim 64 to 1024 "
+        "(results/bench-lattice-scaling.json)",
+    )
     b.add_argument("--output", default="results/bench-lattice.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_lattice)
 

@@ -68,5 +68,54 @@ def bench_lattice(
     }
 
 
+#: (rows, dim) of the scaling sweep: rows from 16k to 1M at dim 64, then dim up to 1024
+SCALING_SHAPES = ((16384, 64), (65536, 64), (262144, 64), (1048576, 64), (16384, 256),
+                  (16384, 1024))  # fmt: skip
+
+
+def bench_lattice_scaling(
+    *, shapes=SCALING_SHAPES, threads: int = 2, repeats: int = 5
+) -> dict[str, Any]:
+    """How the eager paths scale with the input: per ``(rows, dim)``, the training path's
+    forward and backward (autograd) and the hard path, in rows/s and values/s (median of
+    ``repeats``). Linear cost means values/s stays flat."""
+    torch.set_num_threads(threads)
+    out = []
+    for rows, dim in shapes:
+        torch.manual_seed(0)
+        neck = build("lattice", dim=dim)
+        y = torch.randn(rows, dim)
+        y_grad = y.clone().requires_grad_(True)
+        hard = build("lattice", dim=dim).eval()
+        hard.load_state_dict(neck.state_dict())
+
+        def train_step(neck=neck, y_grad=y_grad):
+            result = neck(y_grad)
+            (result.rate.sum() + result.y_hat.sum()).backward()
+
+        def hard_path(hard=hard, y=y):
+            with torch.no_grad():
+                hard(y, generator=torch.Generator().manual_seed(0))
+
+        timings = time_cases(
+            {"train path, forward + backward": train_step, "hard path": hard_path},
+            repeats=repeats,
+            block=1,
+            warmup=1,
+        )
+        for case, timing in timings.items():
+            out.append(
+                {
+                    "case": case,
+                    "rows": rows,
+                    "dim": dim,
+                    "median_s": timing["median_s"],
+                    "rows_per_s": rows / timing["median_s"],
+                    "values_per_s": rows * dim / timing["median_s"],
+                }
+            )
+    return {"threads": threads, "repeats": repeats, "dtype": "float32", "scaling": out}
+
+
 # --------------------------------------------------------------------- bench quantizers
 #: Codebook sizes at which ``vq`` is measured next to ``VectorQuantize`` (same K, same run).
