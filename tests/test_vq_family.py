@@ -27,6 +27,7 @@ def gen(seed: int) -> torch.Generator:
 @pytest.mark.parametrize("chunk", [1 << 22, 7])  # one block, and many small chunks
 def test_nearest_codeword_matches_brute_force(monkeypatch, chunk):
     monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
     z = torch.randn(300, 5, generator=gen(0))
     codebook = torch.randn(13, 5, generator=gen(1))
     brute = torch.cdist(z.double(), codebook.double()).argmin(1)

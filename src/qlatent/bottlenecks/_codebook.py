@@ -27,8 +27,13 @@ from torch import Tensor, nn
 from ._code_model import CountedCodeModel
 from .base import Bottleneck, BottleneckOutput
 
-#: entries of one N×K distance chunk (16 MB in float32)
-_CHUNK_ELEMENTS = 1 << 22
+#: entries of one N×K distance chunk (1 MB in float32: the chunk's distances stay in cache for
+#: the argmin; measured at K = 512, 16384 × 64 rows, two threads: 15.8 ms against 21.5 with
+#: 16 MB chunks and 31 unchunked) ...
+_CHUNK_ELEMENTS = 1 << 18
+#: ... but at least this many rows per chunk, or large codebooks run many tiny matrix products
+#: (K = 4096 with 64-row chunks took twice as long as with 1024-row ones)
+_MIN_CHUNK_ROWS = 1024
 
 
 def check_num_codes(num_codes: int) -> int:
@@ -102,7 +107,7 @@ def nearest_codeword(z: Tensor, codebook: Tensor) -> Tensor:
     z = z.detach()
     codebook = codebook.detach()
     norms = codebook.square().sum(1)
-    rows = max(1, _CHUNK_ELEMENTS // codebook.shape[0])
+    rows = max(_MIN_CHUNK_ROWS, _CHUNK_ELEMENTS // codebook.shape[0])
     if z.shape[0] <= rows:
         return torch.addmm(norms, z, codebook.t(), alpha=-2.0).argmin(1)
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
