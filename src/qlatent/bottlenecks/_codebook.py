@@ -137,6 +137,38 @@ def usage_stats(counts: Tensor, prefix: str = "") -> dict[str, Tensor]:
     }
 
 
+class _CodebookAndCommitment(torch.autograd.Function):
+    """VQ-VAE's straight-through output and auxiliary loss from one difference e = q − z:
+
+        y_hat = z + sg(e),   aux = ‖q − sg(z)‖² + β ‖z − sg(q)‖²   (means; both equal mean e²)
+
+    so ∂aux/∂q = 2e/n and ∂aux/∂z = −2βe/n. Three passes forward (e, its mean square, y_hat)
+    where the composed form takes eight."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, q: Tensor, beta: float):
+        e = q - z
+        ctx.save_for_backward(e)
+        ctx.beta = beta
+        mean_square = (e * e).mean()
+        return z + e, (1.0 + beta) * mean_square
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y_hat: Tensor, grad_aux: Tensor):
+        (e,) = ctx.saved_tensors
+        scaled = e * (grad_aux * (2.0 / e.numel()))
+        grad_z = grad_y_hat - ctx.beta * scaled if ctx.needs_input_grad[0] else None
+        grad_q = scaled if ctx.needs_input_grad[1] else None
+        return grad_z, grad_q, None
+
+
+def codebook_and_commitment(z: Tensor, q: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """``(y_hat, aux)`` of VQ-VAE: the straight-through output ``z + sg(q − z)`` and
+    ``mse(q, sg(z)) + β·mse(z, sg(q))``, with the gradients of those expressions."""
+    return _CodebookAndCommitment.apply(z, q, float(beta))
+
+
 def straight_through(z: Tensor, q: Tensor) -> Tensor:
     """Forward value ``q``, gradient copied to ``z``: ``z + sg(q − z)``."""
     return z + (q - z).detach()
@@ -237,7 +269,7 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
         """Eval-mode output: nearest codewords, their indices and usage, zero aux loss."""
         indices = nearest_codeword(y, self.codebook)
         stats = usage_stats(code_counts(indices, self.num_codes))
-        q = self.codebook[indices]
+        q = self.codebook.index_select(0, indices)  # backward: one index_add into the codebook
         return BottleneckOutput(q, self._fixed_rate(y), y.new_zeros(()), indices, stats)
 
     def _fixed_rate(self, y: Tensor) -> Tensor:

@@ -20,15 +20,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._codebook import (
     CodebookQuantizer,
     check_nonnegative,
     check_num_codes,
+    codebook_and_commitment,
     init_codebook,
-    straight_through,
 )
 from .base import BOTTLENECKS, BottleneckOutput
 
@@ -63,9 +62,8 @@ class VectorQuantizer(CodebookQuantizer):
         hard = self._hard_path(y)
         if not self.training:
             return hard
-        q = hard.y_hat
-        aux = F.mse_loss(q, y.detach()) + self.commitment * F.mse_loss(y, q.detach())
-        return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
+        y_hat, aux = codebook_and_commitment(y, hard.y_hat, self.commitment)
+        return replace(hard, y_hat=y_hat, aux_loss=aux)
 
     def extra_repr(self) -> str:
         return (
