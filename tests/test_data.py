@@ -371,3 +371,16 @@ def test_download_source_without_network(isolated: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
     assert sources.fetch("mnist") == sources.cache_dir("mnist")
     assert urls == [f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz" for f in FILE_NAMES]
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    """--data-dir (or $QLATENT_DATA) naming a file is an error naming it, not silently ignored."""
+    from qlatent.data import DataError, locate
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder")
+    with pytest.raises(DataError, match="is a file"):
+        locate("mnist", afile)
+    monkeypatch.setenv("QLATENT_DATA", str(afile))
+    with pytest.raises(DataError, match="QLATENT_DATA"):
+        locate("mnist")

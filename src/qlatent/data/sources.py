@@ -157,10 +157,18 @@ def cache_dir(name: str | None = None) -> Path:
 
 
 def _user_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The folder named by ``data_dir`` or ``$QLATENT_DATA``; DataError if it names a file
+    (a folder that does not exist yet is simply empty)."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
-    env = os.environ.get(ENV_DATA_DIR, "")
-    return Path(env).expanduser() if env else None
+        path, where = Path(data_dir).expanduser(), "--data-dir"
+    else:
+        env = os.environ.get(ENV_DATA_DIR, "")
+        if not env:
+            return None
+        path, where = Path(env).expanduser(), f"${ENV_DATA_DIR}"
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{where} {path} is a file; it must name the folder of the IDX files")
+    return path
 
 
 def _candidate_file(folder: Path, filename: str) -> Path | None:
