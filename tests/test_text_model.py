@@ -87,3 +87,34 @@ def test_the_training_loop_fits_sentences(tmp_path, bottleneck):
         model.eval()
         got = [vocab.decode(row) for row in model.greedy(x)]
         assert got == CORPUS
+
+
+def test_text_rd_quick_pipeline(tmp_path):
+    """``reproduce text-rd --quick`` trains every point of the chosen methods on the synthetic
+    language, writes the JSON and the figure, and a second call resumes instead of retraining."""
+    import json
+
+    from qlatent.experiments import text_rd
+
+    kwargs = dict(
+        quick=True,
+        models=["scalar_st", "identity"],
+        runs_dir=str(tmp_path / "runs"),
+        results_dir=str(tmp_path / "results"),
+    )
+    payload = text_rd.reproduce(**kwargs)
+    curves = payload["curves"]
+    assert [p["point"] for p in curves["scalar_st"]] == ["M=2", "M=4", "M=8", "M=16"]
+    for point in curves["scalar_st"]:
+        assert point["rate_kind"] == "file" and point["rate_bits_per_word"] > 0
+        assert math.isfinite(point["nll_bits_per_word"])
+    assert curves["identity"][0]["rate_bits_per_word"] == 0.0
+    written = json.loads((tmp_path / "results" / "text-rd-quick.json").read_text())
+    assert written["curves"] == json.loads(json.dumps(curves))
+    assert (tmp_path / "results" / "text-rd-quick.png").stat().st_size > 0
+    again = text_rd.reproduce(**kwargs)
+    first, second = curves["identity"][0], again["curves"]["identity"][0]
+    assert second["train_wall_s"] == first["train_wall_s"]  # resumed finished runs: no training
+    assert second["nll_bits_per_word"] == pytest.approx(first["nll_bits_per_word"])
+    with pytest.raises(ValueError, match="unknown methods"):
+        text_rd.reproduce(quick=True, models=["nope"], runs_dir=str(tmp_path / "r"))

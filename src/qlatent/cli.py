@@ -157,7 +157,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from .experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist
+    from .experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist, text_rd
 
     experiment = {
         "coding-mnist": coding_mnist,
@@ -166,6 +166,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         "llvq-fashion": llvq_fashion,
         "llvq-celeba": llvq_fashion,
         "llvq-ffhq": llvq_fashion,
+        "text-rd": text_rd,
     }[args.name]
     reproduce = experiment.reproduce
     if experiment is llvq_fashion:
@@ -553,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
             "llvq-celeba",
             "llvq-ffhq",
             "coding-mnist",
+            "text-rd",
         ],
         help="which table (llvq-celeba / llvq-ffhq need --set data.folder=PATH)",
     )
