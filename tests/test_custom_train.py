@@ -244,3 +244,27 @@ def test_example_configs_load():
     assert len(examples) >= 2
     for path in examples:
         custom.load_config(path)  # raises with the file and key on any problem
+
+
+def test_init_from_copies_the_shared_weights(tmp_path):
+    """``init_from`` starts a run from another bottleneck's weights wherever names and shapes
+    match, leaving the new bottleneck's own parameters as initialised."""
+    path = tmp_path / "text.toml"
+    path.write_text(TEXT.format(name="identity"))
+    first = custom.load_config(path, [f"out_dir={tmp_path / 'warm'}"])
+    custom.train(first)
+    warm = torch.load(tmp_path / "warm" / "best.pt", weights_only=True)["model"]
+    second = custom.load_config(
+        path,
+        [f"out_dir={tmp_path / 'fine'}", "bottleneck.name=scalar_st",
+         f"init_from={tmp_path / 'warm' / 'best.pt'}", "train.max_steps=1"],
+    )  # fmt: skip
+    model = custom.build_model(second, (), 0.0, vocabulary=len(warm["embed.weight"]) - 4)
+    left = custom.warm_start(model, second.init_from)
+    state = model.state_dict()
+    assert torch.equal(state["encoder.weight_ih_l0"], warm["encoder.weight_ih_l0"])
+    assert torch.equal(state["output.weight"], warm["output.weight"])
+    assert all(name.startswith("bottleneck.") for name in left) and "bottleneck.levels" in left
+    lattice = custom.build_model(custom.load_config(None), (1, 28, 28), 0.1)
+    with pytest.raises(ValueError, match="shares no weights"):
+        custom.warm_start(lattice, second.init_from)

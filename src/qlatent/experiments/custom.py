@@ -169,6 +169,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
     eval_seed: int = 2020  #: seed of the test-time dithers and of the coded files
     out_dir: str = "runs/train"
+    #: a checkpoint whose weights start the model where names and shapes match (a warm start;
+    #: ignored when resuming)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.out_dir, str) or not self.out_dir.strip():
@@ -450,6 +453,8 @@ def train(
     torch.manual_seed(cfg.train.seed)
     vocabulary = len(derived["vocabulary"]) if "vocabulary" in derived else None
     model = build_model(cfg, shape, variance, vocabulary=vocabulary)
+    if cfg.init_from and (fresh or not (out_dir / "last.pt").is_file()):
+        warm_start(model, cfg.init_from)
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     # saved in every checkpoint: the config, and what rebuilding the model needs from the data
     run_config = to_dict(cfg) | {"derived": derived}
@@ -482,6 +487,20 @@ def train(
     }
     write_json(summary, out_dir / "summary.json")
     return summary
+
+
+def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
+    """Copy the weights of ``checkpoint`` into ``model`` where a name and shape match (the
+    encoder and decoder of another bottleneck's run); returns the names left as initialised."""
+    from ..image_coding import read_checkpoint
+
+    saved = read_checkpoint(checkpoint)["model"]
+    own = model.state_dict()
+    shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise ValueError(f"{checkpoint} shares no weights with this model (init_from)")
+    model.load_state_dict(shared, strict=False)
+    return sorted(set(own) - set(shared))
 
 
 def _title(cfg: RunConfig) -> str:
