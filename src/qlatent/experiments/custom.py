@@ -4,21 +4,27 @@ What ``qlatent train CONFIG`` and ``qlatent eval CHECKPOINT`` run. A config is a
 values; every key is optional (the defaults are the lattice paper's MNIST model) and every key is
 checked before anything is loaded or trained, so a typo is one line naming it::
 
-    [data]        # every dataset gives images (N, C, H, W) in [0, 1]
-    name = "binarized-mnist"   # "mnist", "fashion-mnist", "folder", "synthetic"
+    [data]        # image datasets give (N, C, H, W) in [0, 1]; text ones token ids
+    name = "binarized-mnist"   # "mnist", "fashion-mnist", "folder", "synthetic", "text-en",
+                               #  "synthetic-text"
     folder = "..."             # with name = "folder": every image under it, recursively
     image_size = 28            # folder: side of the centre-cropped square
     channels = 1               # folder: 1 (grey) or 3 (RGB)
     val_size = 5000            # held out for validation (mnist, fashion-mnist, folder)
     test_size = 1000           # held out for testing (folder; the others have their test sets)
+    vocab_size = 8000          # text: the most frequent training words kept (others: UNK)
+    max_tokens = 20            # text: longer sentences are left out
 
     [model]
-    family = "gated_mlp"       # "relu_mlp" (both on flattened images) or "conv" (strided convs
+    family = "gated_mlp"       # "relu_mlp" (both on flattened images), "conv" (strided convs
                                #  and residual layers; hidden = channel widths, one per halving)
+                               #  or "text_gru" (text only; hidden = [encoder, decoder] widths)
     hidden = [300, 300]
     latent_dim = 40            # the code's dimension (conv: channels per position)
     likelihood = "bernoulli"   # or "squared_error": Σ (x̂ − x)² / variance, x̂ = sigmoid(output)
     variance = 0.0             # squared_error's variance; 0: the training images' variance
+    embed = 128                # text_gru: word embedding size
+    layers = 1                 # text_gru: GRU layers
 
     [bottleneck]
     name = "lattice"           # any registered bottleneck (``qlatent train --list``)
@@ -29,6 +35,10 @@ checked before anything is loaded or trained, so a typo is one line naming it::
     aux_weight = 1.0           # on the bottleneck's auxiliary loss (codebook, commitment ...)
 
     [train]                    # qlatent.train.TrainConfig: epochs, batch_size, lr, optimizer ...
+
+    eval_seed = 2020           # the test-time dithers and the coded files
+    out_dir = "runs/train"
+    init_from = "..."          # a checkpoint whose matching weights start the model (warm start)
 
 The encoder's output width is the bottleneck's ``in_dim`` (2·latent_dim for ``gaussian``,
 latent_dim + K for ``soft_vq`` ...), so one line changes the method.
