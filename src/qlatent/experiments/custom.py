@@ -46,7 +46,6 @@ latent_dim + K for ``soft_vq`` ...), so one line changes the method.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -640,24 +639,16 @@ def _coded_size(
 
 
 def _code_stats(model: Autoencoder, x: Tensor) -> dict[str, Any]:
-    """Codes used on the hard path and the perplexity exp(H) of their usage."""
-    counts: Tensor | None = None
+    """Codes used on the hard path and the perplexity exp(H) of their usage (codebooks)."""
+    from ..bottlenecks._codebook import code_counts, usage_stats
+
+    neck = model.bottleneck
+    counts = torch.zeros(neck.num_codes)
     for xb in x.split(1000):
-        symbols = model.bottleneck.quantize(_latents(model, xb), generator=torch.Generator())
-        flat = symbols.reshape(-1).long()
-        c = torch.bincount(flat)
-        counts = c if counts is None else _add_counts(counts, c)
-    if counts is None or counts.sum() == 0:
-        return {"used": 0, "perplexity": 0.0}
-    p = counts[counts > 0].double() / counts.sum()
-    return {"used": int((counts > 0).sum()), "perplexity": math.exp(-(p * p.log()).sum().item())}
-
-
-def _add_counts(a: Tensor, b: Tensor) -> Tensor:
-    n = max(a.numel(), b.numel())
-    return torch.nn.functional.pad(a, (0, n - a.numel())) + torch.nn.functional.pad(
-        b, (0, n - b.numel())
-    )
+        counts += code_counts(neck.quantize(_latents(model, xb), generator=torch.Generator()),
+                              neck.num_codes)  # fmt: skip
+    stats = usage_stats(counts)
+    return {"used": int(stats["codes_used"]), "perplexity": float(stats["perplexity"])}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -791,10 +782,6 @@ def downstream_scores(
     return dict(report)
 
 
-def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=str)
-
-
 __all__ = [
     "BottleneckConfig",
     "DataConfig",
@@ -803,12 +790,16 @@ __all__ = [
     "RunConfig",
     "build_model",
     "components",
+    "downstream_scores",
     "eval_checkpoint",
     "evaluate",
     "format_report",
     "is_checkpoint",
     "load_config",
     "load_data",
+    "load_labels",
+    "load_text_data",
     "model_from_checkpoint",
     "train",
+    "warm_start",
 ]
