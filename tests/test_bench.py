@@ -187,7 +187,11 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
     assert all(t["rows_per_s"] > 0 for t in result["closest_point"].values())
     assert "| E8 |" in format_lattices(result)
     steps = bench_training_step(repeats=1)
-    assert len(steps) == 7 and all(v > 0 for v in steps.values())
+    from qlatent.bench.geometry import STEP_CASES
+
+    # every training-step case (the fused-Adam one too) and the three decode timings
+    assert len(steps) == len(STEP_CASES) + 3 and all(v > 0 for v in steps.values())
+    assert "step: rect_lattice, fused Adam" in steps
     with pytest.raises(ValueError, match="unknown lattices"):
         bench_lattices(names=["e9"], steps=False)
 
