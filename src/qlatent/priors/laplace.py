@@ -58,11 +58,6 @@ def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: T
     return -_CellNLL.apply(eta, inv_scale, h, c)
 
 
-def cell_nll_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
-    """``-cell_log_prob_from_constants``: the per-coordinate rate in nats (≥ 0)."""
-    return _CellNLL.apply(eta, inv_scale, h, c)
-
-
 def _forward_parts(eta, inv_scale, h, c):
     a = eta.abs() * inv_scale
     t = torch.minimum(a, h)
@@ -81,10 +76,11 @@ class _CellNLL(torch.autograd.Function):
         ∂ log P / ∂a = −e^{−h} sinh t / Q = ½ e^{t−h} expm1(−2t) / Q      (−1 for a ≥ h)
         ∂ log P / ∂h =  e^{−h} cosh t / Q = ½ e^{t−h} (2 + expm1(−2t)) / Q
 
-    (h's includes that of c = −expm1(−h)), with expm1(−2t) = expm1(−t)·(expm1(−t) + 2) exact
-    for small t. Every factor is bounded (e^{t−h} ≤ 1, Q ≥ half its first term), so the
-    gradient is finite wherever the forward is. The forward keeps the two elementwise
-    derivatives instead of autograd's dozen intermediate tensors. First derivatives only.
+    (the derivative in h includes that of c = −expm1(−h)), with expm1(−2t) computed as
+    expm1(−t)·(expm1(−t) + 2), accurate for small t. Every factor is bounded (e^{t−h} ≤ 1,
+    Q ≥ half its first term), so the gradient is finite wherever the forward is. The forward
+    keeps the two elementwise derivatives instead of autograd's dozen intermediate tensors.
+    First derivatives only.
     """
 
     @staticmethod
