@@ -93,6 +93,7 @@ def test_conv_family_and_iwae(tmp_path):
         ("[model]\nhidden = [0]\n", "model.hidden"),
         ("[data]\nname = 'folder'\n", "data.folder"),
         ("[loss]\nrate_weight = -1.0\n", "loss.rate_weight"),
+        ("eval_seed = -1\n", "eval_seed"),
         ("[train\n", "not valid TOML"),
     ],
 )

@@ -185,6 +185,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.out_dir, str) or not self.out_dir.strip():
             raise ValueError("out_dir must name a folder")
+        seed = self.eval_seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"eval_seed must be an integer in [0, 2^63), got {seed!r}")
 
 
 def _positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
