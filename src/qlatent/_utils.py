@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -52,3 +53,14 @@ def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
         return rows
     batch, dim, *spatial = shape
     return rows.reshape(batch, *spatial, dim).movedim(-1, 1)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

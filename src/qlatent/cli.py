@@ -7,6 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from ._utils import positive_int
 from .config import apply_overrides, to_dict
 from .data import DataError
 from .data.cli import add_data_parser
@@ -14,17 +15,6 @@ from .data.cli import add_data_parser
 
 def _command_line(argv: Sequence[str] | None) -> str:
     return "qlatent " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _refuse_overwrite(outputs: Sequence[str | None], inputs: Sequence[str | None]) -> None:
@@ -522,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.pt or last.pt of a `qlatent train CONFIG` run")
     p.add_argument(
         "--iwae",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="S",
         help="also the IWAE NLL with S samples (bottlenecks with a density view)",
@@ -532,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also k-means, NMI and a linear probe on the encoder's features (labelled data)",
     )
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     p.add_argument("--data-dir", default=None)
     p.add_argument("-o", "--output", default=None, help="also write the report as JSON here")
     p.set_defaults(func=_cmd_eval)
@@ -579,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     p.add_argument("-o", "--output", required=True, help="the checkpoint to write, with counts")
     p.set_defaults(func=_cmd_update)
 
@@ -591,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     p.add_argument("--seed", type=int, default=0, help="seed of the dither (stored in the file)")
     p.add_argument("-o", "--output", required=True, help="the .qlc file to write")
     p.set_defaults(func=_cmd_compress)
@@ -609,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
     p.add_argument(
         "--max-elements",
-        type=_positive_int,
+        type=positive_int,
         default=1 << 27,
         help="refuse a file whose code holds more values than this (default 2^27)",
     )
@@ -618,10 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     b = bench_sub.add_parser("lattice", help="lattice bottleneck forward throughput")
-    b.add_argument("--rows", type=_positive_int, default=16384)
-    b.add_argument("--dim", type=_positive_int, default=64)
-    b.add_argument("--threads", type=_positive_int, default=2)
-    b.add_argument("--repeats", type=_positive_int, default=50)
+    b.add_argument("--rows", type=positive_int, default=16384)
+    b.add_argument("--dim", type=positive_int, default=64)
+    b.add_argument("--threads", type=positive_int, default=2)
+    b.add_argument("--repeats", type=positive_int, default=50)
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     b.add_argument(
         "--scaling",
@@ -644,12 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated bottlenecks (default: all registered; '' for none: peers only)",
     )
-    b.add_argument("--rows", type=_positive_int, default=16384)
-    b.add_argument("--dim", type=_positive_int, default=64)
-    b.add_argument("--threads", type=_positive_int, default=2)
-    b.add_argument("--repeats", type=_positive_int, default=50, help="most timed calls per case")
+    b.add_argument("--rows", type=positive_int, default=16384)
+    b.add_argument("--dim", type=positive_int, default=64)
+    b.add_argument("--threads", type=positive_int, default=2)
+    b.add_argument("--repeats", type=positive_int, default=50, help="most timed calls per case")
     b.add_argument(
-        "--min-repeats", type=_positive_int, default=5, help="fewest timed calls per case"
+        "--min-repeats", type=positive_int, default=5, help="fewest timed calls per case"
     )
     b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
@@ -657,10 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench_quantizers)
 
     b = bench_sub.add_parser("coding", help="entropy coding throughput (compress / decompress)")
-    b.add_argument("--rows", type=_positive_int, default=25_000)
-    b.add_argument("--dim", type=_positive_int, default=40)
-    b.add_argument("--threads", type=_positive_int, default=1)
-    b.add_argument("--repeats", type=_positive_int, default=20, help="timed calls per case")
+    b.add_argument("--rows", type=positive_int, default=25_000)
+    b.add_argument("--dim", type=positive_int, default=40)
+    b.add_argument("--threads", type=positive_int, default=1)
+    b.add_argument("--repeats", type=positive_int, default=20, help="timed calls per case")
     b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
     b.set_defaults(func=_cmd_bench_coding)
 
@@ -671,10 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--names", default=None, help="comma-separated subset (z,a2,d3*,d4,e8,bw16,leech)"
     )
-    b.add_argument("--rows", type=_positive_int, default=16384)
-    b.add_argument("--threads", type=_positive_int, default=2)
+    b.add_argument("--rows", type=positive_int, default=16384)
+    b.add_argument("--threads", type=positive_int, default=2)
     b.add_argument(
-        "--repeats", type=_positive_int, default=10, help="timed closest-point calls per lattice"
+        "--repeats", type=positive_int, default=10, help="timed closest-point calls per lattice"
     )
     b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
     b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")

@@ -10,19 +10,10 @@ import argparse
 import sys
 from typing import Any
 
+from qlatent._utils import positive_int
 from qlatent.data.sources import DATASETS, DataError, fetch, locate
 
 __all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _fail(message: str) -> int:
@@ -163,7 +154,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     export.add_argument("name", choices=sorted(DATASETS), help="dataset name")
     export.add_argument("folder", help="a new or empty folder")
     export.add_argument("--split", choices=["train", "test"], default="test")
-    export.add_argument("--limit", type=_positive_int, default=None, help="only the first N images")
+    export.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     _add_data_dir(export)
     export.add_argument("--no-download", action="store_true", help="do not use the network")
     export.set_defaults(func=cmd_export)

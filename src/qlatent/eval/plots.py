@@ -32,7 +32,7 @@ def reconstruction_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reconstruction_rows(
@@ -63,7 +63,7 @@ def reconstruction_rows(
                     ax.imshow(img)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
@@ -83,10 +83,10 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

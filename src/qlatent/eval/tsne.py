@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from sklearn.manifold import TSNE
 
 from .downstream import ArrayLike, _check_features, _check_labels, _check_positive_int
-from .plots import _save, plt  # pyplot on the headless Agg backend that plots.py selects
+from .plots import plt, save_figure  # pyplot on the headless Agg backend that plots.py selects
 
 
 # ------------------------------------------------------------------------------------ t-SNE
@@ -119,7 +119,7 @@ def tsne_grid(
     ]
     fig.legend(handles=handles, loc="center right", fontsize=8, markerscale=1.2, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_colours(k: int) -> np.ndarray:

@@ -52,7 +52,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -67,30 +67,18 @@ from ..nn.mlp import relu_mlp
 from ..results import provenance, write_json
 from ..train import TrainConfig, fit, load_weights
 
-DATASETS = (
-    "binarized-mnist",
-    "mnist",
-    "fashion-mnist",
-    "folder",
-    "synthetic",
-    "text-en",
-    "synthetic-text",
-)
-FAMILIES = ("gated_mlp", "relu_mlp", "conv", "text_gru")
+DatasetName = Literal[
+    "binarized-mnist", "mnist", "fashion-mnist", "folder", "synthetic", "text-en", "synthetic-text"
+]
+FamilyName = Literal["gated_mlp", "relu_mlp", "conv", "text_gru"]
+DATASETS = get_args(DatasetName)
+FAMILIES = get_args(FamilyName)
 TEXT_DATA = ("text-en", "synthetic-text")
 
 
 @dataclass
 class DataConfig:
-    name: Literal[
-        "binarized-mnist",
-        "mnist",
-        "fashion-mnist",
-        "folder",
-        "synthetic",
-        "text-en",
-        "synthetic-text",
-    ] = "binarized-mnist"
+    name: DatasetName = "binarized-mnist"
     folder: str | None = None
     image_size: int = 28
     channels: int = 1
@@ -112,7 +100,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["gated_mlp", "relu_mlp", "conv", "text_gru"] = "gated_mlp"
+    family: FamilyName = "gated_mlp"
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     latent_dim: int = 40
     num_residual: int = 2
@@ -489,12 +477,7 @@ def train(
     summary = {
         **provenance(command),
         "config": to_dict(cfg),
-        "train": {
-            "epochs": len(result.history),
-            "best_epoch": result.best_epoch,
-            "stopped": result.stopped,
-            "wall_s": result.wall_s,
-        },
+        "train": result.summary(),
         "test": report,
     }
     write_json(summary, out_dir / "summary.json")

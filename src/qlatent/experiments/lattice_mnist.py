@@ -363,10 +363,7 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
 
 def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Validation negative ELBO per epoch, one line per model (the paper's Figure 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..eval.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, result in models.items():
@@ -380,10 +377,7 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_title("binarized MNIST, m = 40 (dotted: best epoch)")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_table(payload: dict[str, Any]) -> str:

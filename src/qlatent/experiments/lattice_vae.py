@@ -111,12 +111,7 @@ def run(
     summary = {
         **provenance(command),
         "config": to_dict(cfg),
-        "train": {
-            "epochs": len(result.history),
-            "best_epoch": result.best_epoch,
-            "stopped": result.stopped,
-            "wall_s": result.wall_s,
-        },
+        "train": result.summary(),
         "test": {
             "neg_elbo_nats": report.neg_elbo.total,
             "neg_elbo_se": report.neg_elbo.total_se,

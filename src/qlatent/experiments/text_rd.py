@@ -155,10 +155,7 @@ def reproduce(
 
 def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Rate vs word NLL (bits per word), one curve per method, like the paper's Figure 4."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..eval.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method, points in curves.items():
@@ -174,10 +171,7 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_table(payload: dict[str, Any]) -> str:

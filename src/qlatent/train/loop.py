@@ -94,6 +94,15 @@ class FitResult:
     wall_s: float
     out_dir: Path
 
+    def summary(self) -> dict[str, Any]:
+        """Epochs run, best epoch, why training stopped and its wall time, for a summary JSON."""
+        return {
+            "epochs": len(self.history),
+            "best_epoch": self.best_epoch,
+            "stopped": self.stopped,
+            "wall_s": self.wall_s,
+        }
+
 
 @dataclass
 class _State:
