@@ -25,6 +25,7 @@ CONFIGS: dict[str, dict] = {
     "lattice": dict(dim=6),
     "learnable_lattice": dict(dim=6, num_codes=64, init_range=0.7),
     "scalar_st": dict(dim=6, levels=4),
+    "vector_st": dict(dim=6, group=2, codes=4),
     "soft_em_vq": dict(dim=6, num_codes=5, num_samples=3),
     "soft_vq": dict(dim=6, num_codes=5),
     "vq": dict(dim=6, num_codes=5),
@@ -73,7 +74,7 @@ def check_indices(module: Bottleneck, indices: torch.Tensor, y: torch.Tensor) ->
     assert not indices.is_floating_point() and not indices.is_complex()
     assert indices.dtype != torch.bool
     if module.index_kind == "vector":
-        assert indices.shape == (y.shape[0], module.dim, *y.shape[2:])
+        assert indices.shape == (y.shape[0], module.symbols_per_row, *y.shape[2:])
     else:
         assert module.index_kind == "scalar"
         assert indices.shape == (y.shape[0], *y.shape[2:])

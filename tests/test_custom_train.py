@@ -265,7 +265,7 @@ def test_init_from_copies_the_shared_weights(tmp_path):
     state = model.state_dict()
     assert torch.equal(state["encoder.weight_ih_l0"], warm["encoder.weight_ih_l0"])
     assert torch.equal(state["output.weight"], warm["output.weight"])
-    assert all(name.startswith("bottleneck.") for name in left) and "bottleneck.levels" in left
+    assert all(name.startswith("bottleneck.") for name in left) and "bottleneck.codes" in left
     lattice = custom.build_model(custom.load_config(None), (1, 28, 28), 0.1)
     with pytest.raises(ValueError, match="shares no weights"):
         custom.warm_start(lattice, second.init_from)

@@ -91,30 +91,53 @@ def test_the_training_loop_fits_sentences(tmp_path, bottleneck):
 
 def test_text_rd_quick_pipeline(tmp_path):
     """``reproduce text-rd --quick`` trains every point of the chosen methods on the synthetic
-    language, writes the JSON and the figure, and a second call resumes instead of retraining."""
+    language (after the warm start, in two processes), writes the JSON and the figure, and a
+    second call reads the finished points back instead of retraining or re-evaluating."""
     import json
 
     from qlatent.experiments import text_rd
 
     kwargs = dict(
         quick=True,
-        models=["scalar_st", "identity"],
+        models=["scalar_st", "vector_st", "language_model", "identity"],
         runs_dir=str(tmp_path / "runs"),
         results_dir=str(tmp_path / "results"),
     )
-    payload = text_rd.reproduce(**kwargs)
+    payload = text_rd.reproduce(**kwargs, jobs=2)
     curves = payload["curves"]
-    assert [p["point"] for p in curves["scalar_st"]] == ["M=2", "M=4", "M=8", "M=16"]
-    for point in curves["scalar_st"]:
-        assert point["rate_kind"] == "file" and point["rate_bits_per_word"] > 0
-        assert math.isfinite(point["nll_bits_per_word"])
+    for method in ("scalar_st", "vector_st"):
+        assert [p["point"] for p in curves[method]] == ["M=2", "M=4", "M=8", "M=16"]
+        for point in curves[method]:
+            assert point["rate_kind"] == "file" and point["rate_bits_per_word"] > 0
+            assert math.isfinite(point["nll_bits_per_word"])
+    # the rate-0 point: one level per coordinate, the file holds (almost) only its header
+    no_code = curves["language_model"][0]
+    assert no_code["rate_estimate_bits_per_word"] == 0.0
+    assert no_code["rate_bits_per_word"] < curves["scalar_st"][0]["rate_bits_per_word"]
     assert curves["identity"][0]["rate_bits_per_word"] == 0.0
+    fine = json.loads(
+        (tmp_path / "runs" / "text-rd" / "vector_st" / "M-4" / "config.json").read_text()
+    )
+    assert fine["train"]["max_steps"] == 4 and fine["train"]["anneal_steps"] == 1
     written = json.loads((tmp_path / "results" / "text-rd-quick.json").read_text())
     assert written["curves"] == json.loads(json.dumps(curves))
     assert (tmp_path / "results" / "text-rd-quick.png").stat().st_size > 0
     again = text_rd.reproduce(**kwargs)
     first, second = curves["identity"][0], again["curves"]["identity"][0]
-    assert second["train_wall_s"] == first["train_wall_s"]  # resumed finished runs: no training
-    assert second["nll_bits_per_word"] == pytest.approx(first["nll_bits_per_word"])
+    assert second == first  # finished points are read back: no training, no evaluation
+    assert again["curves"]["vector_st"] == json.loads(json.dumps(curves["vector_st"]))
     with pytest.raises(ValueError, match="unknown methods"):
         text_rd.reproduce(quick=True, models=["nope"], runs_dir=str(tmp_path / "r"))
+
+
+def test_jobs_is_refused_where_the_table_has_no_parallel_runs(tmp_path, capsys):
+    from qlatent.cli import main
+
+    runs = str(tmp_path / "runs")
+    assert main(["reproduce", "lattice-mnist", "--quick", "--jobs", "2", "--runs-dir", runs]) == 2
+    assert "--jobs applies to text-rd" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ValueError, match="jobs"):
+        from qlatent.experiments._jobs import run_jobs
+
+        run_jobs(print, [{}], jobs=0)

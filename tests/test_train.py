@@ -102,6 +102,25 @@ def test_warmup_scales_rate_weight(tmp_path):
     assert [h["beta"] for h in result.history] == [0.25, 0.5, 0.75]
 
 
+def test_annealing_scales_rate_weight_per_update(tmp_path, monkeypatch):
+    seen = []
+    real_loss = loop_module.RateDistortionLoss.__call__
+
+    def recording_loss(self, *args, lmbda=None, **kwargs):
+        seen.append(lmbda)
+        return real_loss(self, *args, lmbda=lmbda, **kwargs)
+
+    monkeypatch.setattr(loop_module.RateDistortionLoss, "__call__", recording_loss)
+    _, result = _fit(tmp_path, 2, warmup_epochs=2, anneal_steps=3)
+    # 5 updates per epoch; update t of epoch e weighs the rate by (e / 2) · t / (t + 3)
+    expected = [(1 if t <= 5 else 2) / 2 * t / (t + 3) for t in range(1, 11)]
+    training = [w for w in seen if w is not None]  # validation calls at the loss's own λ
+    assert training == pytest.approx(expected, rel=1e-12)
+    assert [h["beta"] for h in result.history] == pytest.approx([0.5 * 5 / 8, 10 / 13])
+    with pytest.raises(ValueError, match="anneal_steps"):
+        TrainConfig(anneal_steps=0)
+
+
 def test_bad_train_config_is_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)

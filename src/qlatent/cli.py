@@ -145,6 +145,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import inspect
     from functools import partial
 
     from .experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist, text_rd
@@ -165,6 +166,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         reproduce = partial(reproduce, schedules=schedules, dataset=dataset)
     elif args.schedules:
         raise ValueError(f"--schedules applies to the llvq tables, not {args.name}")
+    if args.jobs > 1:
+        if "jobs" not in inspect.signature(reproduce).parameters:
+            raise ValueError(f"--jobs applies to text-rd, not {args.name}")
+        reproduce = partial(reproduce, jobs=args.jobs)
     models = args.models.split(",") if args.models else None
     _check_folders(args.runs_dir, args.results_dir)  # before hours of training, not after
     payload = reproduce(
@@ -550,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="the whole pipeline in a few minutes")
     p.add_argument("--models", default=None, help="comma-separated subset of the table's rows")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="text-rd: train independent points in this many one-thread processes",
+    )
     p.add_argument(
         "--schedules", default=None, help="llvq: comma-separated subset of reference,constant"
     )

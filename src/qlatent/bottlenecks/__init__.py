@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (importing registers them)
     scalar_st,
     soft_em_vq,
     soft_vq,
+    vector_st,
     vq,
     vq_ema,
 )
@@ -29,6 +30,7 @@ from .learnable_lattice import LearnableLattice
 from .scalar_st import ScalarST
 from .soft_em_vq import SoftEMVectorQuantizer
 from .soft_vq import SoftVectorQuantizer
+from .vector_st import VectorST
 from .vq import VectorQuantizer
 from .vq_ema import EMAVectorQuantizer
 
@@ -48,5 +50,6 @@ __all__ = [
     "SoftEMVectorQuantizer",
     "SoftVectorQuantizer",
     "VectorQuantizer",
+    "VectorST",
     "build",
 ]

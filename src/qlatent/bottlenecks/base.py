@@ -67,8 +67,9 @@ class Bottleneck(nn.Module, ABC):
 
     #: whether the method has a discrete hard path (``quantize`` / ``dequantize``)
     discrete: ClassVar[bool] = True
-    #: shape of one row's symbols: "vector" (one integer per coordinate, like y) or "scalar"
-    #: (one integer per row, e.g. a codeword index)
+    #: shape of one row's symbols: "vector" (``symbols_per_row`` integers: one per coordinate,
+    #: like y, or one per group of coordinates) or "scalar" (one integer per row, e.g. a
+    #: codeword index)
     index_kind: ClassVar[Literal["vector", "scalar"]] = "vector"
     #: what the input's channels hold when ``in_dim != dim``, named in the wrong-width error
     input_layout: ClassVar[str] = ""
@@ -119,8 +120,8 @@ class Bottleneck(nn.Module, ABC):
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
         if self.index_kind == "vector":
-            self._check_rank_and_size(indices, "indices", self.dim)
-            shape = indices.shape
+            self._check_rank_and_size(indices, "indices", self.symbols_per_row)
+            shape = (indices.shape[0], self.dim, *indices.shape[2:])
         else:
             if indices.dim() < 1:
                 raise ValueError("indices must have shape (B,) or (B, *spatial), got a scalar")
@@ -137,7 +138,7 @@ class Bottleneck(nn.Module, ABC):
         method with files overrides this. TypeError if the method has none (yet)."""
         raise TypeError(
             f"{type(self).__name__} has no entropy model to code its symbols with "
-            "(supported: lattice, vq, vq_ema, soft_em_vq, learnable_lattice)"
+            "(supported: lattice, vq, vq_ema, soft_em_vq, learnable_lattice, scalar_st, vector_st)"
         )
 
     def compress(self, y: Tensor, *, seed: int) -> bytes:
@@ -258,10 +259,16 @@ class Bottleneck(nn.Module, ABC):
         dtype = self._target_dtype(y.dtype)
         return y if y.dtype == dtype else y.to(dtype)
 
+    @property
+    def symbols_per_row(self) -> int:
+        """Symbols of one row on the hard path when ``index_kind == "vector"``: one per
+        coordinate (``dim``); a method that quantizes groups of coordinates has fewer."""
+        return self.dim
+
     def _index_shape(self, shape: torch.Size) -> tuple[int, ...]:
         """Shape of the symbols of an input of ``shape``."""
         if self.index_kind == "vector":
-            return (shape[0], self.dim, *shape[2:])
+            return (shape[0], self.symbols_per_row, *shape[2:])
         return (shape[0], *shape[2:])
 
     def _empty_output(self, y: Tensor, shape: tuple[int, ...]) -> BottleneckOutput:
@@ -280,7 +287,7 @@ class Bottleneck(nn.Module, ABC):
 
     def _indices_from_rows(self, indices: Tensor, shape: torch.Size) -> Tensor:
         if self.index_kind == "vector":
-            return _from_rows(indices, (shape[0], self.dim, *shape[2:]))
+            return _from_rows(indices, (shape[0], self.symbols_per_row, *shape[2:]))
         return indices.reshape(shape[0], *shape[2:])
 
 

@@ -31,7 +31,7 @@ checked before anything is loaded or trained, so a typo is one line naming it::
     args = { }                 # its keyword arguments, e.g. { num_codes = 512 }
 
     [loss]
-    rate_weight = 1.0          # λ (β) on the rate; warm-up is train.warmup_epochs
+    rate_weight = 1.0          # λ (β) on the rate; warm-up: train.warmup_epochs, train.anneal_steps
     aux_weight = 1.0           # on the bottleneck's auxiliary loss (codebook, commitment ...)
 
     [train]                    # qlatent.train.TrainConfig: epochs, batch_size, lr, optimizer ...

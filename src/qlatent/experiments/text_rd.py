@@ -7,25 +7,36 @@ Each operating point is one ``qlatent train CONFIG`` run of the sentence autoenc
 
 * ``scalar_st``: straight-through scalar quantizers with M ∈ {2, 4, 8, 16} learned levels and a
   learned code (the paper's knob is M);
+* ``vector_st``: straight-through 2-D quantizers (N / 2 of them) with M ∈ {2, 4, 8, 16} learned
+  code vectors and learned codes (the paper shows M = 4);
 * ``gaussian_dither``, ``lattice`` (rectangular) and ``gaussian_lattice``: a sweep of the rate
   weight λ;
-* ``identity``: the unquantized autoencoder, the distortion floor.
+* ``language_model``: the rate-0 point — ``scalar_st`` with one level per coordinate, so the
+  code is a learned constant and the decoder is a language model that hears nothing of the
+  sentence;
+* ``identity``: the unquantized autoencoder, the distortion floor (no rate: drawn as a line).
 
 Per point the test set's rate in bits per word (for the discrete methods the size of the real
 file of the test codes, with the code model counted on the training set where it is counted;
-otherwise the Theorem-1 / KL rate) and the word NLL in bits per word on the hard path. Every run
-resumes from its own checkpoint folder, so the sweep resumes across sessions.
+otherwise the Theorem-1 / KL rate) and the word NLL in bits per word on the hard path.
 
 As in the paper, the unquantized autoencoder is trained first (``WARM_EPOCHS``) and every other
-point starts from its weights (``init_from``: embeddings, GRUs and the maps to and from the code)
-and is fine-tuned for ``FINE_TUNE_EPOCHS``. Not yet as in the paper: λ is not annealed during the
-fine-tuning, the rate-0 point (the decoder as a language model) is missing, and the 2-D
-quantizers (M = 4 vectors per pair of coordinates) are not built; ``--quick`` runs the same
-pipeline on a synthetic language for the tests.
+point starts from its weights (``init_from``: embeddings, GRUs and the maps to and from the code);
+it is then fine-tuned for ``FINE_TUNE_STEPS`` updates with the rate weight annealed as in the
+paper, λ·t / (t + ``ANNEAL_STEPS``): the paper reaches ½ at 100k of its 500k steps, the same
+fraction (1/5) of the run here. Cut for a CPU budget of about five hours: the model (``small``,
+not the paper's 2 × 250 biGRU), the length of training (2 warm epochs + 600 updates per point
+against the paper's 500k), and the data (≤ 20 tokens).
+
+Every run resumes from its own checkpoint folder, and a point whose ``summary.json`` was written
+for the same config is read back, not evaluated again. ``jobs`` > 1 trains the points after the
+warm start in that many single-thread processes. ``--quick`` runs the same pipeline on a
+synthetic language for the tests.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +44,11 @@ from typing import Any
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import provenance, write_json
 from . import custom
+from ._jobs import run_jobs
 
-WARM_EPOCHS = 3
-FINE_TUNE_EPOCHS = 1
+WARM_EPOCHS = 2
+FINE_TUNE_STEPS = 600
+ANNEAL_STEPS = FINE_TUNE_STEPS // 5
 BASE = {
     "data": {"name": "text-en", "vocab_size": 8000, "max_tokens": 20},
     "model": {
@@ -45,22 +58,26 @@ BASE = {
         "embed": 128,
         "layers": 1,
     },
-    "train": {"epochs": FINE_TUNE_EPOCHS, "batch_size": 64, "lr": 1e-3, "progress": False},
+    "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "progress": False},
 }
+FINE_TUNE = {"train": {"max_steps": FINE_TUNE_STEPS, "anneal_steps": ANNEAL_STEPS}}
 QUICK = {
     "data": {"name": "synthetic-text", "synthetic_size": 240, "vocab_size": 100},
     "model": {"hidden": [16, 32], "latent_dim": 8, "embed": 16},
     "train": {"epochs": 1, "max_steps": 4, "batch_size": 40, "eval_batch_size": 100},
 }
+QUICK_FINE_TUNE = {"train": {"max_steps": 4, "anneal_steps": 1}}
 LAMBDAS = (0.03, 0.1, 0.3, 1.0)
 #: the warm start's method and point: trained first, every other point starts from it
 WARM = ("identity", "unquantized")
 #: method -> [(point label, bottleneck name, bottleneck args, rate weight)]
 POINTS: dict[str, list[tuple[str, str, dict, float]]] = {
     "scalar_st": [(f"M={m}", "scalar_st", {"levels": m}, 1.0) for m in (2, 4, 8, 16)],
+    "vector_st": [(f"M={m}", "vector_st", {"group": 2, "codes": m}, 1.0) for m in (2, 4, 8, 16)],
     "gaussian_dither": [(f"λ={w}", "gaussian_dither", {}, w) for w in LAMBDAS],
     "lattice": [(f"λ={w}", "lattice", {}, w) for w in LAMBDAS],
     "gaussian_lattice": [(f"λ={w}", "gaussian_lattice", {}, w) for w in LAMBDAS],
+    "language_model": [("no code", "scalar_st", {"levels": 1}, 1.0)],
     "identity": [("unquantized", "identity", {}, 1.0)],
 }
 
@@ -83,6 +100,7 @@ def point_config(
         mapping["train"] = {"epochs": QUICK["train"]["epochs"] if quick else WARM_EPOCHS}
     else:
         mapping["init_from"] = str(_folder(runs_dir, *WARM) / "best.pt")
+        cfg = apply_mapping(cfg, QUICK_FINE_TUNE if quick else FINE_TUNE)
     cfg = apply_mapping(cfg, mapping)
     cfg = apply_overrides(cfg, overrides or [])
     custom.check_bottleneck(cfg)
@@ -101,6 +119,7 @@ def _point(summary: dict[str, Any]) -> dict[str, Any]:
     else:
         rate, rate_kind = test["training_path"]["rate_bits_per_word"], "estimate"
     return {
+        "commit": summary.get("commit"),
         "rate_bits_per_word": rate,
         "rate_kind": rate_kind,
         "rate_estimate_bits_per_word": hard["rate_bits_per_word"],
@@ -120,25 +139,37 @@ def reproduce(
     runs_dir: str = "runs",
     results_dir: str = "results",
     command: str = "",
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Train (or resume) every operating point of ``models`` (default: all methods), then write
-    ``<results_dir>/text-rd.json`` and ``text-rd.png``. Returns the JSON payload."""
+    """Train (or resume) every operating point of ``models`` (default: all methods; the warm
+    start first, then the rest in ``jobs`` processes), then write ``<results_dir>/text-rd.json``
+    and ``text-rd.png``. Returns the JSON payload."""
     methods = list(POINTS) if models is None else models
     unknown = [m for m in methods if m not in POINTS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {list(POINTS)}")
     started = time.perf_counter()
-    curves: dict[str, list[dict[str, Any]]] = {}
-    configs = {}
     # the warm start first (whether or not its curve is asked for), then every other point
     order = [WARM] + [(m, p[0]) for m in methods for p in POINTS[m] if (m, p[0]) != WARM]
+    cfgs = {
+        key: point_config(*key, quick=quick, runs_dir=runs_dir, overrides=overrides)
+        for key in order
+    }
+    summaries = {WARM: _train_point(cfgs[WARM], WARM, data_dir, command)}
+    rest = order[1:]
+    done = run_jobs(
+        _train_point,
+        [dict(cfg=cfgs[key], key=key, data_dir=data_dir, command=command) for key in rest],
+        jobs=jobs,
+    )
+    summaries.update(zip(rest, done, strict=True))
+    curves: dict[str, list[dict[str, Any]]] = {}
+    configs = {}
     for method, label in order:
-        cfg = point_config(method, label, quick=quick, runs_dir=runs_dir, overrides=overrides)
-        print(f"== text-rd: {method} {label} ==", flush=True)
-        summary = custom.train(cfg, data_dir=data_dir, command=command)
         if method in methods:
+            summary = summaries[(method, label)]
             curves.setdefault(method, []).append({"point": label, **_point(summary)})
-            configs[f"{method} {label}"] = to_dict(cfg)
+            configs[f"{method} {label}"] = to_dict(cfgs[(method, label)])
     suffix = "-quick" if quick else ""
     out = Path(results_dir)
     payload = {
@@ -153,18 +184,44 @@ def reproduce(
     return payload
 
 
+def _train_point(
+    cfg: custom.RunConfig, key: tuple[str, str], data_dir: str | None, command: str
+) -> dict[str, Any]:
+    """One point's summary: read back when ``summary.json`` was written for this very config,
+    otherwise trained (or resumed) and evaluated."""
+    path = Path(cfg.out_dir) / "summary.json"
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = None
+        if isinstance(summary, dict) and summary.get("config") == json.loads(
+            json.dumps(to_dict(cfg))
+        ):
+            print(f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) ==", flush=True)
+            return summary
+    print(f"== text-rd: {key[0]} {key[1]} ==", flush=True)
+    return custom.train(cfg, data_dir=data_dir, command=command)
+
+
 def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Rate vs word NLL (bits per word), one curve per method, like the paper's Figure 4."""
     from ..eval.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method, points in curves.items():
+        if method == "identity":  # no rate limit: the floor every curve tends to
+            nll = points[0]["nll_bits_per_word"]
+            ax.axhline(nll, color="0.5", linestyle="--", linewidth=1, label="unquantized")
+            continue
         ordered = sorted(points, key=lambda p: p["rate_bits_per_word"])
         ax.plot(
             [p["rate_bits_per_word"] for p in ordered],
             [p["nll_bits_per_word"] for p in ordered],
-            marker="o",
-            label=method,
+            marker="*" if method == "language_model" else "o",
+            markersize=10 if method == "language_model" else 6,
+            linestyle="none" if len(ordered) == 1 else "-",
+            label="language model (rate 0)" if method == "language_model" else method,
         )
     ax.set_xlabel("representation cost (bits per word)")
     ax.set_ylabel("word NLL (bits per word)")

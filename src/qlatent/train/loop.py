@@ -58,6 +58,10 @@ class TrainConfig:
     lr_decay: float | None = None
     optimizer: Literal["adam", "adam_fused", "adam_normgrad"] = "adam"
     warmup_epochs: int = 0  #: rate weight β = min(1, epoch / warmup_epochs); 0 means β = 1
+    #: per-update annealing of the rate weight, β·t / (t + anneal_steps) at update t (counted
+    #: from the run's start): ½ after ``anneal_steps`` updates, → 1 (the lattice paper's text
+    #: experiment, appendix A.2: "0.5 is achieved at 100k steps"); None: no annealing
+    anneal_steps: int | None = None
     patience: int | None = None  #: stop after more than this many epochs without improvement
     max_minutes: float | None = None  #: stop after the epoch that exceeds this budget
     seed: int = 0
@@ -75,8 +79,10 @@ class TrainConfig:
             raise ValueError(
                 f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {self.device!r}"
             )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        for name in ("max_steps", "anneal_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.lr_decay is not None and not 0.0 <= self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay must lie in [0, 1] or be None, got {self.lr_decay}")
         if self.keep not in ("best", "last"):
@@ -183,9 +189,10 @@ def fit(
             train = {"train_skipped": True}
         else:
             train = _train_epoch(
-                net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch
+                net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch, state.step
             )
         state.step += math.ceil(order.numel() / cfg.batch_size)
+        beta *= anneal_factor(cfg, state.step)  # the weight of the epoch's last update
 
         val = _validate(model, loss_fn, x_val, cfg, world)
         record = {
@@ -246,10 +253,16 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr if cfg.lr_decay is None else cfg.lr * cfg.lr_decay ** (epoch - 1)
 
 
-def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epoch) -> dict:
-    """One pass over ``order``. At learning rate 0 no weight can move, so the pass runs the
-    training path without gradients: what the forward itself updates (an EMA codebook) still
-    changes, exactly as if Adam had stepped with lr = 0, at a third of the cost."""
+def anneal_factor(cfg: TrainConfig, step: int) -> float:
+    """The annealing factor t / (t + ``anneal_steps``) of update ``step`` (1 without it)."""
+    return 1.0 if cfg.anneal_steps is None else step / (step + cfg.anneal_steps)
+
+
+def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epoch, step) -> dict:
+    """One pass over ``order``, the run's updates ``step + 1, step + 2, …``. At learning rate 0
+    no weight can move, so the pass runs the training path without gradients: what the forward
+    itself updates (an EMA codebook) still changes, exactly as if Adam had stepped with lr = 0,
+    at a third of the cost."""
     net.train()
     frozen = epoch_lr(cfg, epoch) == 0.0
     totals = torch.zeros(4, dtype=torch.float64)  # objective, distortion, rate, count
@@ -263,9 +276,11 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
     )
     for idx in bar:
         xb = x[idx].to(world.device, non_blocking=True)
-        # the warm-up factor β scales the loss's own rate weight λ (β = 1 after warm-up)
+        step += 1
+        # the warm-up factor β (and the annealing) scale the loss's own rate weight λ
+        lmbda = beta * anneal_factor(cfg, step) * loss_fn.lmbda
         with torch.set_grad_enabled(not frozen):
-            losses = loss_fn(xb, net(xb), model.likelihood, lmbda=beta * loss_fn.lmbda)
+            losses = loss_fn(xb, net(xb), model.likelihood, lmbda=lmbda)
         if not frozen:
             optimizer.zero_grad(set_to_none=True)
             losses.loss.backward()
