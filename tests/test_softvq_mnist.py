@@ -13,6 +13,8 @@ from qlatent.bottlenecks import build
 from qlatent.cli import main
 from qlatent.data import synthetic_labelled
 from qlatent.experiments.softvq_mnist import (
+    CAUSE_ROWS,
+    DEFAULT_MODELS,
     MODELS,
     PAPER,
     build_model,
@@ -32,7 +34,7 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     assert main(args + dirs) == 0
     payload = json.loads((tmp_path / "results" / "softvq-mnist-quick.json").read_text())
-    assert set(payload["rows"]) == set(MODELS)
+    assert set(payload["rows"]) == set(DEFAULT_MODELS)
     for name, row in payload["rows"].items():
         for key in ("kmeans_acc", "nmi", "nmi_geometric", "linear_acc"):
             assert 0.0 <= row[key] <= 1.0, (name, key)
@@ -78,7 +80,24 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
 
 
 def test_row_configs_follow_the_notebook_weights():
-    assert set(PAPER) == set(MODELS) - {"soft_em_vq", "soft_vq_reference"}
+    assert set(PAPER) == set(DEFAULT_MODELS) - {"soft_em_vq", "soft_vq_reference"}
+    assert set(MODELS) == set(DEFAULT_MODELS) | set(CAUSE_ROWS)
+    # each cause row differs from its table row in the one factor it tests
+    base = model_config("vq", quick=False, overrides=[]).model.bottleneck_args
+    commit = model_config("vq_commit025", quick=False, overrides=[]).model.bottleneck_args
+    assert {**base, "commitment": 0.25} == commit
+    noiseless = model_config("soft_vq_noiseless", quick=False, overrides=[]).model
+    assert noiseless.bottleneck_args["variant"] == "paper"
+    assert noiseless.bottleneck_args["noise_std"] == 0.0
+    noisy = model_config("soft_vq_reference_noise", quick=False, overrides=[]).model
+    assert noisy.bottleneck_args["variant"] == "reference"
+    assert noisy.bottleneck_args["noise_std"] == 0.01
+    b64 = model_config("beta_vae_batch64", quick=False, overrides=[])
+    assert (b64.train.batch_size, b64.model.lmbda) == (64, 20.0)
+    betas = [
+        model_config(f"beta_vae_{b}", quick=False, overrides=[]).model.lmbda for b in (5, 10, 40)
+    ]
+    assert betas == [5.0, 10.0, 40.0]
     notebook = model_config("soft_vq_reference", quick=False, overrides=[])
     assert notebook.model.bottleneck_args["variant"] == "reference"
     vq = model_config("vq", quick=False, overrides=[])
@@ -163,3 +182,52 @@ def test_fit_uses_the_loss_rate_weight(tmp_path):
         )
         weights.append(model.encoder[0].weight.detach().clone())
     assert not torch.allclose(weights[0], weights[1])
+
+
+def test_seeds_give_row_statistics_and_records_that_resume(tmp_path, capfd):
+    """``--seeds 0,1 --jobs 2``: every row once per seed in two processes; per row the spread of
+    each score over the seeds, the paper check, the Gaussian row's KL per dimension and the
+    converged probe; a second call reads the committed records back without any run folder."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["reproduce", "softvq-mnist", "--quick", *SMALL, "--models", "vq,beta_vae_5"]
+    args += ["--seeds", "0,1", "--jobs", "2", "--results-dir", str(results)]
+    assert main(args + ["--runs-dir", str(runs)]) == 0
+    payload = json.loads((results / "softvq-mnist-quick.json").read_text())
+    assert payload["seeds"] == [0, 1]
+    for name in ("vq", "beta_vae_5"):
+        row = payload["rows"][name]
+        assert set(row["runs"]) == {"0", "1"}
+        values = [row["runs"][s]["kmeans_acc"] for s in ("0", "1")]
+        stats = row["stats"]["kmeans_acc"]
+        assert stats["mean"] == pytest.approx(sum(values) / 2) == row["kmeans_acc"]
+        assert stats["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert (stats["min"], stats["max"]) == (min(values), max(values))
+        paper = PAPER["vq" if name == "vq" else "beta_vae"]
+        sd = row["stats"]["linear_acc"]["sd"]
+        expected = abs(paper[2] - row["linear_acc"]) <= 2 * sd
+        assert row["reproduced"]["linear_acc"] is expected
+        for run in row["runs"].values():
+            assert 0 <= run["linear_acc_converged"] <= 1 and run["probe_converged_C"] > 0
+        record = json.loads(
+            (results / "softvq-mnist-quick-runs" / name / "seed-1.json").read_text()
+        )
+        assert record["config"]["train"]["seed"] == record["config"]["eval"]["seed"] == 1
+    # the two seeds trained differently
+    vq_runs = payload["rows"]["vq"]["runs"]
+    assert vq_runs["0"]["test_nmse"] != vq_runs["1"]["test_nmse"]
+    beta = payload["rows"]["beta_vae_5"]["runs"]["0"]
+    assert len(beta["kl_per_dim"]) == 4 and beta["active_dims"] == sum(
+        v > 0.01 for v in beta["kl_per_dim"]
+    )
+    assert "± " in (results / "softvq-mnist-quick.md").read_text()
+    # the records alone (no run folders, as on a fresh clone) give the same table
+    capfd.readouterr()
+    assert main(args + ["--runs-dir", str(tmp_path / "elsewhere")]) == 0
+    assert capfd.readouterr().out.count("(recorded:") == 4  # printed by the worker processes
+    again = json.loads((results / "softvq-mnist-quick.json").read_text())
+    assert again["rows"] == payload["rows"]
+    assert not (tmp_path / "elsewhere").exists()
+    assert main(["reproduce", "lattice-mnist", "--quick", "--seeds", "0,1"]) == 2
+    with pytest.raises(SystemExit, match="2"):  # argparse: usage and one error line
+        main(["reproduce", "softvq-mnist", "--quick", "--seeds", "0,0"])
+    assert "seeds must be distinct" in capfd.readouterr().err

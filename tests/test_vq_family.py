@@ -244,12 +244,19 @@ def test_soft_vq_is_stable_where_exp_then_divide_underflows():
     torch.testing.assert_close(out.y_hat, nearest.detach())  # the softmax became one-hot
 
 
-def test_soft_vq_noise_only_in_the_paper_variant_and_only_in_training():
+def test_soft_vq_noise_by_variant_or_as_asked_and_only_in_training():
     torch.manual_seed(8)
     y = torch.randn(6, 4 + 5, generator=gen(15))
-    for variant, noisy in (("paper", True), ("reference", False)):
+    cases = (
+        ("paper", {}, True),  # the paper's σ_ε = 0.01
+        ("reference", {}, False),  # the notebook: no noise
+        ("paper", {"noise_std": 0.0}, False),
+        ("reference", {"noise_std": 0.5}, True),
+    )
+    for variant, noise, noisy in cases:
         torch.manual_seed(8)
-        svq = build("soft_vq", dim=4, num_codes=5, variant=variant, noise_std=0.5)
+        svq = build("soft_vq", dim=4, num_codes=5, variant=variant, **noise)
+        assert svq.noise_std == (noise.get("noise_std", 0.01 if variant == "paper" else 0.0))
         a, b = svq(y, generator=gen(1)).aux_loss, svq(y, generator=gen(2)).aux_loss
         assert (a != b).item() is noisy
         svq.eval()

@@ -144,6 +144,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and non-negative: {text!r}")
+    return seeds
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import inspect
     from functools import partial
@@ -166,10 +179,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         reproduce = partial(reproduce, schedules=schedules, dataset=dataset)
     elif args.schedules:
         raise ValueError(f"--schedules applies to the llvq tables, not {args.name}")
+    accepts = inspect.signature(reproduce).parameters
     if args.jobs > 1:
-        if "jobs" not in inspect.signature(reproduce).parameters:
-            raise ValueError(f"--jobs applies to text-rd, not {args.name}")
+        if "jobs" not in accepts:
+            raise ValueError(f"--jobs applies to text-rd and softvq-mnist, not {args.name}")
         reproduce = partial(reproduce, jobs=args.jobs)
+    if args.seeds is not None:
+        if "seeds" not in accepts:
+            raise ValueError(f"--seeds applies to softvq-mnist, not {args.name}")
+        reproduce = partial(reproduce, seeds=args.seeds)
     models = args.models.split(",") if args.models else None
     _check_folders(args.runs_dir, args.results_dir)  # before hours of training, not after
     payload = reproduce(
@@ -559,7 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=positive_int,
         default=1,
-        help="text-rd: train independent points in this many one-thread processes",
+        help="text-rd, softvq-mnist: train independent runs in this many one-thread processes",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="softvq-mnist: comma-separated seeds, every row once per seed (e.g. 0,1,2)",
     )
     p.add_argument(
         "--schedules", default=None, help="llvq: comma-separated subset of reference,constant"

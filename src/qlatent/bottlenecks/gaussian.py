@@ -95,6 +95,13 @@ class DiagonalGaussian(Bottleneck):
         stats = {"mean_variance": logvar.detach().exp().mean()}
         return BottleneckOutput(y_hat, rate, mean.new_zeros(()), None, stats)
 
+    @torch.no_grad()
+    def kl_per_dimension(self, y: Tensor) -> Tensor:
+        """KL(N(μ_i, σ_i²) ‖ N(0, 1)) of every latent dimension, ``(B, in_dim)`` -> ``(B, m)``
+        nats (the rate, before its sum over dimensions): which dimensions carry information."""
+        self._check_density_input(y, 1)
+        return kl_to_standard_normal(*self._posterior(self._cast(y)))
+
     def posterior_sample(
         self, y: Tensor, num_samples: int, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:

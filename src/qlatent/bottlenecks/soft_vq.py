@@ -14,9 +14,12 @@ Paper: H. Wu and M. Flierl, "Vector Quantization-Based Regularization for Autoen
 c_k, the log-normaliser of component k, is where paper and code differ:
 
 - ``variant="paper"`` (default): the isotropic Gaussian of eq. (5), c_k = −d·log σ_k, with noise
-  ``noise_std`` (σ_ε = 0.01, the value in the reference code's disabled noise line).
+  ``noise_std`` (default σ_ε = 0.01, the value in the reference code's disabled noise line).
 - ``variant="reference"``: the MNIST notebook, ``exp(−½ dist/σ_k²) / sqrt(1/σ_k²)`` normalised
-  over k, i.e. c_k = +log σ_k, and no noise on z_e.
+  over k, i.e. c_k = +log σ_k, and by default no noise on z_e.
+
+An explicit ``noise_std`` applies to either variant, so the two differences (weights, noise) can
+be tested one at a time.
 
 As in the notebook, the first term of ``aux`` reaches the codebook, the log-scales and (through
 the weights p_k) the encoder; the decoder's gradient goes straight through to z_e.
@@ -83,8 +86,8 @@ class SoftVectorQuantizer(Bottleneck):
         num_codes: codebook size K.
         commitment: β of loss (27) (2.5 in the reference MNIST notebook).
         variant: ``"paper"`` or ``"reference"`` (see the module docstring).
-        noise_std: σ_ε of the latent noise on the training path; ignored (no noise) for
-            ``variant="reference"``.
+        noise_std: σ_ε of the latent noise on the training path; default 0.01 for
+            ``variant="paper"`` and 0 (no noise) for ``variant="reference"``.
 
     The codebook ``(K, d)`` is a Parameter initialised U(±sqrt(3/d)), the reference code's
     ``uniform_unit_scaling``.
@@ -100,7 +103,7 @@ class SoftVectorQuantizer(Bottleneck):
         num_codes: int = 128,
         commitment: float = 2.5,
         variant: Variant = "paper",
-        noise_std: float = 0.01,
+        noise_std: float | None = None,
     ) -> None:
         num_codes = check_num_codes(num_codes)
         super().__init__(dim=dim, in_dim=dim + num_codes if isinstance(dim, int) else None)
@@ -109,13 +112,15 @@ class SoftVectorQuantizer(Bottleneck):
             raise ValueError(f"variant must be 'paper' or 'reference', got {variant!r}")
         self.variant: Variant = variant
         self.commitment = check_nonnegative(commitment, "commitment")
+        if noise_std is None:  # each variant's own: the paper's σ_ε, the notebook's none
+            noise_std = 0.01 if variant == "paper" else 0.0
         self.noise_std = check_nonnegative(noise_std, "noise_std")
         self.codebook = nn.Parameter(uniform_unit_scaling(self.num_codes, dim))
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
         z, log_sigma = y[:, : self.dim], y[:, self.dim :]
         noisy = z
-        if self.training and self.variant == "paper" and self.noise_std > 0:
+        if self.training and self.noise_std > 0:
             eps = standard_normal_noise(
                 z.shape, generator=generator, device=z.device, dtype=z.dtype
             )

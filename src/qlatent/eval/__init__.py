@@ -9,6 +9,7 @@ from .downstream import (
     downstream_report,
     kmeans_scores,
     linear_probe,
+    linear_probe_converged,
     nmi,
 )
 from .iwae import iwae_nll, iwae_summary
@@ -33,6 +34,7 @@ __all__ = [
     "iwae_summary",
     "kmeans_scores",
     "linear_probe",
+    "linear_probe_converged",
     "reconstruction_rows",
     "nmi",
     "reconstruction_grid",
