@@ -23,6 +23,7 @@ from qlatent.eval import (
     downstream_report,
     kmeans_scores,
     linear_probe,
+    linear_probe_converged,
     nmi,
     tsne_figure,
     tsne_grid,
@@ -119,6 +120,30 @@ def test_linear_probe_separates_separable_data():
     assert result["train_acc"] > 0.95
     assert result["num_classes"] == 10
     assert (result["steps"], result["batch_size"], result["lr"]) == (300, 128, 0.01)
+
+
+def test_converged_probe_chooses_l2_on_validation_and_refits():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # overlapping blobs in many dimensions: regularisation matters
+    x, y = blobs(40, 4, 60, spread=0.35, seed=2)
+    result = linear_probe_converged(x[:120], y[:120], x[120:], y[120:], Cs=(0.001, 1.0), seed=3)
+    assert set(result["val_acc"]) == {"0.001", "1.0"}
+    chosen = max((0.001, 1.0), key=lambda c: result["val_acc"][repr(c)])
+    assert result["C"] == chosen and result["converged"]
+    # the score is that of the chosen C refit on all training features
+    refit = make_pipeline(StandardScaler(), LogisticRegression(C=chosen, max_iter=2000))
+    refit.fit(x[:120], y[:120])
+    assert result["linear_acc"] == refit.score(x[120:], y[120:])
+    assert result == linear_probe_converged(
+        x[:120], y[:120], x[120:], y[120:], Cs=(0.001, 1.0), seed=3
+    )
+    with pytest.raises(ValueError, match="Cs"):
+        linear_probe_converged(x, y, x, y, Cs=(0.0,))
+    with pytest.raises(ValueError, match="val_fraction"):
+        linear_probe_converged(x, y, x, y, val_fraction=1.0)
 
 
 def test_linear_probe_reproducible_and_leaves_global_state_alone():
