@@ -315,7 +315,7 @@ def test_folder_configs_run_on_a_tiny_folder(tmp_path, dataset):
         "train.epochs=1",
         "train.batch_size=4",
         "train.progress=false",
-        "figure_images=2",
+        "eval.figure_images=2",
     ]
     args = ["reproduce", f"llvq-{dataset}", "--models", "ll_vq", "--schedules", "constant"]
     args += [x for item in small for x in ("--set", item)]

@@ -9,7 +9,14 @@ import pytest
 from qlatent.cli import main
 from qlatent.experiments.lattice_mnist import model_config
 
-SMALL = ["--set", "data=synthetic", "--set", "model.hidden=16", "--set", "model.latent_dim=4"]
+SMALL = [
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "model.hidden=[16,16]",
+    "--set",
+    "model.latent_dim=4",
+]
 SMALL += ["--set", "train.progress=false"]
 
 
@@ -52,7 +59,14 @@ def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
     """The E8 and Leech ⊕ BW16 rows on synthetic data (m = 40, the rows' own dimension), run
     after a paper row: the table keeps the earlier row with its provenance and adds the new
     ones with the learned scales, the measured log-density bias and the theoretical gap."""
-    small = ["--set", "data=synthetic", "--set", "model.hidden=16", "--set", "train.progress=false"]
+    small = [
+        "--set",
+        "data.name=synthetic",
+        "--set",
+        "model.hidden=[16,16]",
+        "--set",
+        "train.progress=false",
+    ]
     small += ["--set", "train.epochs=2", "--set", "eval.iwae_samples=4"]
     dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     base = ["reproduce", "lattice-mnist", "--quick", *small, *dirs]

@@ -26,7 +26,14 @@ from qlatent.models import Autoencoder
 from qlatent.nn import SquaredError, relu_mlp
 from qlatent.train import TrainConfig, fit, load
 
-SMALL = ["--set", "data=synthetic", "--set", "model.hidden=[24]", "--set", "model.latent_dim=4"]
+SMALL = [
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "model.hidden=[24]",
+    "--set",
+    "model.latent_dim=4",
+]
 
 
 def test_quick_pipeline_writes_the_table(tmp_path, capsys):

@@ -82,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list:
         print(custom.components())
         return 0
-    if args.config is not None:
+    if args.config:
         overrides = list(args.overrides)
         if args.device:
             overrides.append(f"train.device={args.device}")
@@ -523,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun-ready); without one, the rectangular-lattice VAE of the demo",
     )
     p.add_argument(
-        "config", nargs="?", default=None, help="a TOML config (qlatent.experiments.custom)"
+        "config",
+        nargs="*",
+        default=None,
+        help="TOML config file(s) (qlatent.experiments.custom), merged in order: e.g. a paper "
+        "table's base.toml and a row's file",
     )
     p.add_argument(
         "--list", action="store_true", help="list the datasets, model families and bottlenecks"

@@ -45,7 +45,9 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied.
 
     Values are parsed by the field's type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
-    optional ``None``). An unknown key or an unparsable value raises ``ValueError``.
+    optional ``None``); a key below a dict field sets that entry (``args.num_codes=512``), its
+    value read as JSON or else as a string. An unknown key or an unparsable value raises
+    ``ValueError``.
     """
     cfg = dataclasses.replace(cfg)
     for item in overrides:
@@ -87,10 +89,31 @@ def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
             f"unknown config key {full_key!r}; {type(obj).__name__} has: {sorted(fields)}"
         )
     if len(path) > 1:
-        value = _set(getattr(obj, name), path[1:], raw, full_key)
+        current = getattr(obj, name)
+        if isinstance(current, dict):  # a free-form table: set one (nested) entry
+            value = _set_entry(current, path[1:], raw, full_key)
+        else:
+            value = _set(current, path[1:], raw, full_key)
     else:
         value = _parse(typing.get_type_hints(type(obj))[name], raw, full_key)
     return dataclasses.replace(obj, **{name: value})
+
+
+def _set_entry(table: dict[str, Any], path: list[str], raw: str, full_key: str) -> dict:
+    """A copy of ``table`` with the entry at ``path`` set to ``raw`` read as JSON (a number,
+    ``true``, a list ...) or, if it is no JSON, as a string."""
+    table = dict(table)
+    if len(path) > 1:
+        inner = table.get(path[0], {})
+        if not isinstance(inner, dict):
+            raise ValueError(f"override {full_key!r}: {path[0]!r} is not a table")
+        table[path[0]] = _set_entry(inner, path[1:], raw, full_key)
+    else:
+        try:
+            table[path[0]] = json.loads(raw)
+        except json.JSONDecodeError:
+            table[path[0]] = raw
+    return table
 
 
 def _parse(hint: Any, raw: str, key: str) -> Any:

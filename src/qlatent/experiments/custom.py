@@ -169,6 +169,9 @@ class RunConfig:
     #: a checkpoint whose weights start the model where names and shapes match (a warm start;
     #: ignored when resuming)
     init_from: str | None = None
+    #: evaluation settings of a paper table's pipeline (``qlatent reproduce`` reads them, e.g.
+    #: ``iwae_samples``; ``qlatent train`` evaluates with its own)
+    eval: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.out_dir, str) or not self.out_dir.strip():
@@ -176,6 +179,8 @@ class RunConfig:
         seed = self.eval_seed
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"eval_seed must be an integer in [0, 2^63), got {seed!r}")
+        if not isinstance(self.eval, dict):
+            raise ValueError(f"eval must be a table, got {self.eval!r}")
 
 
 def _positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
@@ -186,22 +191,28 @@ def _positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------ config files
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """The defaults, the TOML file at ``path`` (if any), then ``key=value`` overrides.
+def load_config(
+    path: str | Path | list[str | Path] | None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The defaults, the TOML file at ``path`` (if any; several files are merged in order,
+    table by table, as a paper table's base and row files are), then ``key=value`` overrides.
 
     Raises ValueError with one line naming the file or the key for an unreadable file, bad TOML,
     an unknown key, a value of the wrong type, or a bottleneck that rejects its arguments.
     """
     cfg = RunConfig()
-    if path is not None:
-        path = Path(path)
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    table: dict[str, Any] = {}
+    for item in map(Path, paths):
         try:
-            table = tomllib.loads(path.read_text(encoding="utf-8"))
+            table = _merge(table, tomllib.loads(item.read_text(encoding="utf-8")))
         except OSError as err:
-            raise ValueError(f"cannot read config {path}: {err.strerror or err}") from None
+            raise ValueError(f"cannot read config {item}: {err.strerror or err}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"config {path} is not valid TOML: {err}") from None
-        cfg = _apply(lambda c: apply_mapping(c, table), cfg, f"config {path}")
+            raise ValueError(f"config {item} is not valid TOML: {err}") from None
+    if paths:
+        where = "config " + " + ".join(map(str, paths))
+        cfg = _apply(lambda c: apply_mapping(c, table), cfg, where)
     cfg = _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
     # checks across keys, once every key is set
     if cfg.data.name == "folder" and not cfg.data.folder:
@@ -218,6 +229,51 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         )
     check_bottleneck(cfg)
     return cfg
+
+
+def paper_config(
+    experiment: str, parts: list[str], overrides: list[str] | None = None
+) -> RunConfig:
+    """A paper table's run in this schema: the defaults, ``configs/<experiment>/base.toml`` (the
+    table's shared protocol), then each of ``parts`` (the row's file, a schedule's, ``quick``)
+    merged table by table, then ``key=value`` overrides. Errors as :func:`load_config`'s."""
+    from ..configs import load
+
+    table: dict[str, Any] = {}
+    for part in ("base", *parts):
+        table = _merge(table, load(experiment, part))
+    where = f"config {experiment}/{'+'.join(parts) or 'base'}"
+    cfg = _apply(lambda c: apply_mapping(c, table), RunConfig(), where)
+    return _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``; tables present in both merge key by key, except ``args`` (a
+    bottleneck's arguments are stated whole)."""
+    out = dict(base)
+    for key, value in top.items():
+        if key != "args" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def paper_eval(cls: type, run: RunConfig, **defaults: Any):
+    """The pipeline's evaluation config ``cls`` from ``run.eval`` (keys named ``eval.*`` in
+    errors), starting from ``defaults``."""
+    try:
+        return apply_mapping(cls(**defaults), run.eval)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"eval: {err}") from None
+
+
+def require(run: RunConfig, checks: dict[str, tuple[Any, Any]], table: str) -> None:
+    """Refuse a run that sets a key to a value the pipeline of ``table`` cannot honour:
+    ``checks`` maps a key to (its value, the allowed values)."""
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise ValueError(f"{table} runs {key} = {list(allowed)} only, got {value!r}")
 
 
 def _apply(step, cfg: RunConfig, where: str) -> RunConfig:

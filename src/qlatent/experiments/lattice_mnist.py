@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import apply_mapping, apply_overrides, to_dict
-from ..configs import load as load_config
+from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
 from ..eval import codelength_report, iwae_nll, iwae_summary
 from ..lattices import integer_lattice
@@ -35,6 +34,7 @@ from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
+from . import custom
 
 MODELS = (
     "rect_lattice",
@@ -113,13 +113,45 @@ class LatticeMnistConfig:
 
 
 def model_config(name: str, *, quick: bool, overrides: list[str]) -> LatticeMnistConfig:
-    """Defaults, then the model's TOML file, then ``quick.toml``, then command-line overrides."""
+    """The row's run: ``configs/lattice-mnist/base.toml``, the row's file, ``quick.toml``, then
+    command-line overrides, all in the schema of ``qlatent train``
+    (:func:`~qlatent.experiments.custom.paper_config`), read into this table's config."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
-    cfg = apply_mapping(LatticeMnistConfig(), load_config("lattice-mnist", name))
-    if quick:
-        cfg = apply_mapping(cfg, load_config("lattice-mnist", "quick"))
-    return apply_overrides(cfg, overrides)
+    run = custom.paper_config("lattice-mnist", [name, *(["quick"] if quick else [])], overrides)
+    return from_run_config(run)
+
+
+def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
+    """This table's config from a run described in the common schema; ValueError for what the
+    table's pipeline cannot run (another model family, likelihood, loss weight ...)."""
+    m = run.model
+    custom.require(
+        run,
+        {
+            "data.name": (run.data.name, ("binarized-mnist", "synthetic")),
+            "model.family": (m.family, ("gated_mlp",)),
+            "model.likelihood": (m.likelihood, ("bernoulli",)),
+            "model.hidden (two equal layers)": (
+                len(m.hidden) == 2 and m.hidden[0] == m.hidden[1],
+                (True,),
+            ),
+            "loss.rate_weight": (run.loss.rate_weight, (1.0,)),
+            "init_from": (run.init_from, (None,)),
+        },
+        "lattice-mnist",
+    )
+    return LatticeMnistConfig(
+        data=run.data.name,  # type: ignore[arg-type]
+        model=VAEConfig(
+            bottleneck=run.bottleneck.name,
+            latent_dim=m.latent_dim,
+            hidden=m.hidden[0],
+            bottleneck_args=dict(run.bottleneck.args),
+        ),
+        train=run.train,
+        eval=custom.paper_eval(EvalConfig, run, seed=run.eval_seed),
+    )
 
 
 def load_data(cfg: LatticeMnistConfig, data_dir: str | None) -> dict[str, torch.Tensor]:

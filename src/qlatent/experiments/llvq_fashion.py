@@ -33,8 +33,7 @@ import torch
 
 from ..bottlenecks import build
 from ..coding import compress, decompress, ideal_bits, unpack
-from ..config import apply_mapping, apply_overrides, to_dict
-from ..configs import load as load_config
+from ..config import apply_mapping, to_dict
 from ..data import load_fashion_mnist
 from ..data.folder import load_image_folder
 from ..eval import code_usage, reconstruction_rows
@@ -44,6 +43,7 @@ from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
+from . import custom
 
 ROWS = ("vq", "vq_ema", "ll_vq", "ll_vq_dense")
 SCHEDULES = ("reference", "constant")
@@ -106,23 +106,64 @@ def model_config(
     dataset: str = "fashion",
     overrides: list[str] | None = None,
 ) -> LLVQConfig:
-    """Defaults, the row's TOML, the schedule's, the dataset's, ``quick.toml``, then overrides."""
+    """The row's run: ``configs/llvq/base.toml``, the row's file, the schedule's, the dataset's,
+    ``quick.toml``, then command-line overrides, all in the schema of ``qlatent train``
+    (:func:`~qlatent.experiments.custom.paper_config`), read into this table's config."""
     if name not in ROWS:
         raise ValueError(f"unknown row {name!r}; known: {list(ROWS)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
-    cfg = LLVQConfig()
-    for part in (name, f"schedule-{schedule}", *([] if dataset == "fashion" else [dataset])):
-        cfg = apply_mapping(cfg, load_config("llvq", part))
-    if quick:
-        cfg = apply_mapping(cfg, load_config("llvq", "quick"))
-    return apply_overrides(cfg, overrides or [])
+    parts = [name, f"schedule-{schedule}", *([] if dataset == "fashion" else [dataset])]
+    run = custom.paper_config("llvq", parts + (["quick"] if quick else []), overrides)
+    return from_run_config(run)
+
+
+@dataclass
+class _EvalConfig:
+    figure_images: int = 10  #: test images in the reconstruction figure
+
+
+def from_run_config(run: custom.RunConfig) -> LLVQConfig:
+    """This table's config from a run described in the common schema; ValueError for what the
+    table's pipeline cannot run (another model family, a rate term ...)."""
+    m, d = run.model, run.data
+    custom.require(
+        run,
+        {
+            "data.name": (d.name, ("fashion-mnist", "folder", "synthetic")),
+            "model.family": (m.family, ("conv",)),
+            "model.likelihood": (m.likelihood, ("squared_error",)),
+            "model.variance (0: the pipeline's)": (m.variance, (0.0,)),
+            "loss.rate_weight": (run.loss.rate_weight, (0.0,)),
+            "loss.aux_weight": (run.loss.aux_weight, (1.0,)),
+            "init_from": (run.init_from, (None,)),
+        },
+        "llvq",
+    )
+    data = DataConfig(
+        name="fashion_mnist" if d.name == "fashion-mnist" else d.name,  # type: ignore[arg-type]
+        folder=d.folder,
+        image_size=d.image_size,
+        channels=d.channels,
+        val_size=d.val_size,
+        test_size=d.test_size,
+        split_seed=d.split_seed,
+        synthetic_size=d.synthetic_size,
+    )
+    model = ModelConfig(
+        bottleneck=run.bottleneck.name,
+        latent_dim=m.latent_dim,
+        hidden=list(m.hidden),
+        num_residual=m.num_residual,
+        bottleneck_args=dict(run.bottleneck.args),
+    )
+    figures = custom.paper_eval(_EvalConfig, run).figure_images
+    return LLVQConfig(data=data, model=model, train=run.train, figure_images=figures)
 
 
 def data_config(*, quick: bool = False) -> DataConfig:
     """The table's data: FashionMNIST, or with ``quick`` the synthetic images of ``quick.toml``."""
-    cfg = LLVQConfig()
-    return apply_mapping(cfg, load_config("llvq", "quick")).data if quick else cfg.data
+    return model_config(ROWS[0], SCHEDULES[0], quick=quick).data
 
 
 def load_data(cfg: DataConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:

@@ -48,8 +48,7 @@ import torch
 
 from ..bottlenecks import GaussianVAE, SoftEMVectorQuantizer, build
 from ..bottlenecks._codebook import code_counts, squared_distances, usage_stats
-from ..config import apply_mapping, apply_overrides, to_dict
-from ..configs import load as load_config
+from ..config import apply_mapping, to_dict
 from ..data import load_mnist, synthetic_labelled
 from ..eval import downstream_report, linear_probe_converged, tsne_grid
 from ..losses import RateDistortionLoss
@@ -57,6 +56,7 @@ from ..models import Autoencoder
 from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
+from . import custom
 from ._jobs import run_jobs
 
 ROWS = ("raw", "ae", "vae", "beta_vae", "info_dropout", "vq", "soft_vq")
@@ -156,15 +156,45 @@ class SoftVQMnistConfig:
 
 
 def model_config(name: str, *, quick: bool, overrides: list[str]) -> SoftVQMnistConfig:
-    """Defaults, then the row's TOML file, then ``quick.toml``, then command-line overrides."""
+    """The row's run: ``configs/softvq-mnist/base.toml``, the row's file (``raw`` has none),
+    ``quick.toml``, then command-line overrides, all in the schema of ``qlatent train``
+    (:func:`~qlatent.experiments.custom.paper_config`), read into this table's config."""
     if name not in MODELS:
         raise ValueError(f"unknown row {name!r}; known: {list(MODELS)}")
-    cfg = SoftVQMnistConfig()
-    if name != "raw":
-        cfg = apply_mapping(cfg, load_config("softvq-mnist", name))
-    if quick:
-        cfg = apply_mapping(cfg, load_config("softvq-mnist", "quick"))
-    return apply_overrides(cfg, overrides)
+    parts = ([] if name == "raw" else [name]) + (["quick"] if quick else [])
+    return from_run_config(custom.paper_config("softvq-mnist", parts, overrides))
+
+
+def from_run_config(run: custom.RunConfig) -> SoftVQMnistConfig:
+    """This table's config from a run described in the common schema; ValueError for what the
+    table's pipeline cannot run. ``data.val_size`` is the number of training images whose loss
+    is logged each epoch."""
+    m = run.model
+    custom.require(
+        run,
+        {
+            "data.name": (run.data.name, ("mnist", "synthetic")),
+            "model.family": (m.family, ("relu_mlp",)),
+            "model.likelihood": (m.likelihood, ("squared_error",)),
+            "model.variance (0: the data's)": (m.variance, (0.0,)),
+            "init_from": (run.init_from, (None,)),
+        },
+        "softvq-mnist",
+    )
+    return SoftVQMnistConfig(
+        data=run.data.name,  # type: ignore[arg-type]
+        monitor_examples=run.data.val_size,
+        model=ModelConfig(
+            bottleneck=run.bottleneck.name,
+            latent_dim=m.latent_dim,
+            hidden=list(m.hidden),
+            bottleneck_args=dict(run.bottleneck.args),
+            lmbda=run.loss.rate_weight,
+            aux_weight=run.loss.aux_weight,
+        ),
+        train=run.train,
+        eval=custom.paper_eval(EvalConfig, run, seed=run.eval_seed),
+    )
 
 
 def load_data(cfg: SoftVQMnistConfig, data_dir: str | None) -> dict[str, torch.Tensor]:
