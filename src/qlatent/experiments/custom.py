@@ -268,7 +268,7 @@ def paper_eval(cls: type, run: RunConfig, **defaults: Any):
         raise ValueError(f"eval: {err}") from None
 
 
-def require(run: RunConfig, checks: dict[str, tuple[Any, Any]], table: str) -> None:
+def require(checks: dict[str, tuple[Any, Any]], table: str) -> None:
     """Refuse a run that sets a key to a value the pipeline of ``table`` cannot honour:
     ``checks`` maps a key to (its value, the allowed values)."""
     for key, (value, allowed) in checks.items():

@@ -127,7 +127,6 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
     table's pipeline cannot run (another model family, likelihood, loss weight ...)."""
     m = run.model
     custom.require(
-        run,
         {
             "data.name": (run.data.name, ("binarized-mnist", "synthetic")),
             "model.family": (m.family, ("gated_mlp",)),

@@ -128,7 +128,6 @@ def from_run_config(run: custom.RunConfig) -> LLVQConfig:
     table's pipeline cannot run (another model family, a rate term ...)."""
     m, d = run.model, run.data
     custom.require(
-        run,
         {
             "data.name": (d.name, ("fashion-mnist", "folder", "synthetic")),
             "model.family": (m.family, ("conv",)),

@@ -171,7 +171,6 @@ def from_run_config(run: custom.RunConfig) -> SoftVQMnistConfig:
     is logged each epoch."""
     m = run.model
     custom.require(
-        run,
         {
             "data.name": (run.data.name, ("mnist", "synthetic")),
             "model.family": (m.family, ("relu_mlp",)),
