@@ -24,7 +24,8 @@ def run_jobs(
 ) -> list[Any]:
     """``[function(**a) for a in arguments]``, in ``jobs`` single-thread processes when
     ``jobs`` > 1 (``function`` and the arguments must pickle); results in the given order.
-    The first exception of any run is raised once the runs in flight have ended."""
+    The first exception (in the given order) is raised once the runs in flight have ended;
+    runs not yet started are not started."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     if jobs == 1 or len(arguments) <= 1:
@@ -35,4 +36,9 @@ def run_jobs(
         initializer=_one_thread,
     ) as pool:
         futures = [pool.submit(function, **a) for a in arguments]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:  # runs not yet started are dropped
+                future.cancel()
+            raise
