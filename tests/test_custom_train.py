@@ -63,6 +63,10 @@ def test_every_bottleneck_trains_from_a_config(tmp_path, name):
     coded = test["coded"]
     if coded["available"]:
         assert coded["bytes"] > 0 and coded["bits_per_image"] > 0
+        # the code model's ideal length: below the file, which adds the header and the coder's
+        # overhead
+        assert 0 < coded["ideal_bits"] < 8 * coded["bytes"]
+        assert coded["overhead"] == pytest.approx(8 * coded["bytes"] / coded["ideal_bits"] - 1)
     # the checkpoint alone rebuilds the model: same hard-path numbers
     report = custom.eval_checkpoint(tmp_path / "run" / "best.pt", progress=False)
     assert report["hard_path"] == pytest.approx(test["hard_path"], rel=1e-6, abs=1e-9)

@@ -612,7 +612,9 @@ def evaluate(
         report["iwae_samples"] = iwae_samples
     report["coded"] = _coded_size(model, x, cfg.eval_seed, data.get("train"))
     if text and report["coded"].get("available"):
-        report["coded"]["bits_per_word"] = 8 * report["coded"]["bytes"] / max(1, report["words"])
+        n_words = max(1, report["words"])
+        report["coded"]["bits_per_word"] = 8 * report["coded"]["bytes"] / n_words
+        report["coded"]["ideal_bits_per_word"] = report["coded"]["ideal_bits"] / n_words
     if getattr(neck, "index_kind", None) == "scalar":  # codebooks: one index per position
         report["codes"] = _code_stats(model, x)
     if text:
@@ -648,7 +650,7 @@ def _coded_size(
     yet (``scalar_st``, ``learnable_lattice``) counts the ``train`` images' symbols first, in
     memory only (``qlatent update`` saves such a model)."""
     from ..coding import code_model
-    from ..coding.codec import compress, decompress, model_digest
+    from ..coding.codec import compress, decompress, ideal_bits, model_digest
 
     counted_here = False
     try:
@@ -670,10 +672,14 @@ def _coded_size(
     decode_s = time.perf_counter() - started
     if y_hat.shape[0] != y.shape[0]:
         raise RuntimeError(f"decoded {y_hat.shape[0]} codes, expected {y.shape[0]}")
+    ideal = ideal_bits(model.bottleneck, y, seed=seed)
     return {
         "available": True,
         "bytes": len(data),
         "bits_per_image": 8 * len(data) / max(1, x.shape[0]),
+        #: Σ −log2 P(symbol) under the same code model: the file less the coder's overhead
+        "ideal_bits": ideal,
+        "overhead": 8 * len(data) / ideal - 1 if ideal > 0 else None,
         "encode_s": encode_s,
         "decode_s": decode_s,
         "code_model_counted_on_train": counted_here,
@@ -728,7 +734,9 @@ def format_report(report: dict[str, Any]) -> str:
             if coded.get("code_model_counted_on_train")
             else ""
         )
-        lines.append(f"  coded file: {per}; {coded['bytes']:,} bytes{counted}, decoded back")
+        over = coded.get("overhead")
+        over = f", {100 * over:.2f}% over the code model's ideal" if over is not None else ""
+        lines.append(f"  coded file: {per}; {coded['bytes']:,} bytes{counted}{over}, decoded back")
     elif coded:
         lines.append(f"  coded: no code model ({coded['why']})")
     if "downstream" in report:

@@ -114,8 +114,11 @@ def _folder(runs_dir: str, method: str, label: str) -> Path:
 def _point(summary: dict[str, Any]) -> dict[str, Any]:
     test = summary["test"]
     hard, coded = test["hard_path"], test.get("coded") or {}
+    extra = {}
     if coded.get("available"):
         rate, rate_kind = coded["bits_per_word"], "file"
+        if "ideal_bits_per_word" in coded:  # evaluations from before it was recorded lack it
+            extra["ideal_bits_per_word"] = coded["ideal_bits_per_word"]
     else:
         rate, rate_kind = test["training_path"]["rate_bits_per_word"], "estimate"
     return {
@@ -127,6 +130,7 @@ def _point(summary: dict[str, Any]) -> dict[str, Any]:
         "train_epochs": summary["train"]["epochs"],
         "train_wall_s": summary["train"]["wall_s"],
         "examples": test.get("examples", [])[:4],
+        **extra,
     }
 
 
