@@ -96,3 +96,21 @@ def test_train_runs_a_table_row_from_its_base_and_row_files(tmp_path, capsys):
     assert saved["train"]["warmup_epochs"] == 100 and saved["eval"]["iwae_samples"] == 1000  # base
     assert saved["model"]["hidden"] == [16, 16]  # --set last
     assert "training lattice" in capsys.readouterr().out
+
+
+def test_override_of_a_table_entry_below_a_value_is_refused():
+    with pytest.raises(ValueError, match="'lattice' is not a table"):
+        lattice_mnist.model_config(
+            "e8_lattice", quick=False, overrides=["bottleneck.args.lattice.x=1"]
+        )
+    cfg = custom.paper_config("lattice-mnist", ["rect_lattice"], ["eval.new.deep=[1, 2]"])
+    assert cfg.eval["new"] == {"deep": [1, 2]} and cfg.eval["iwae_samples"] == 1000
+
+
+def test_parallel_runs_keep_their_order_and_raise_the_first_failure():
+    from qlatent.experiments._jobs import run_jobs
+
+    powers = [dict(base=2, exp=e) for e in range(5)]
+    assert run_jobs(pow, powers, jobs=2) == run_jobs(pow, powers, jobs=1) == [1, 2, 4, 8, 16]
+    with pytest.raises(TypeError):  # int() takes no keyword "base" without a string
+        run_jobs(int, [{}, {"base": 2}, {}], jobs=2)
