@@ -6,7 +6,9 @@ run) and resolve to exactly the configs the tables were run with.
 their files moved to the common schema; the same inputs must give the same configs, so the
 ``--quick`` runs (and the full ones) are unchanged bit for bit. Also checked: every row file is
 a valid ``qlatent train`` config on its own, ``--set`` reaches entries of the free-form tables
-(``eval.*``, ``bottleneck.args.*``), and a run the pipeline cannot honour is refused with the key.
+(``eval.*``, ``bottleneck.args.*``), a run the pipeline cannot honour is refused with the key,
+and the runner that trains a table's runs in parallel processes keeps their order and raises a
+failure.
 """
 
 from __future__ import annotations
