@@ -43,6 +43,7 @@ from typing import Any
 
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import provenance, write_json
+from ..train.checkpoint import config_changes
 from . import custom
 from ._jobs import run_jobs
 
@@ -191,16 +192,20 @@ def reproduce(
 def _train_point(
     cfg: custom.RunConfig, key: tuple[str, str], data_dir: str | None, command: str
 ) -> dict[str, Any]:
-    """One point's summary: read back when ``summary.json`` was written for this very config,
-    otherwise trained (or resumed) and evaluated."""
+    """One point's summary: read back when ``summary.json`` was written for this config (keys
+    added to the schema since do not count), otherwise trained (or resumed) and evaluated."""
     path = Path(cfg.out_dir) / "summary.json"
     if path.is_file():
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             summary = None
-        if isinstance(summary, dict) and summary.get("config") == json.loads(
-            json.dumps(to_dict(cfg))
+        current = json.loads(json.dumps(to_dict(cfg)))
+        # a key only one side records (an option added since) is not a difference
+        if (
+            isinstance(summary, dict)
+            and isinstance(summary.get("config"), dict)
+            and not (config_changes(summary["config"], current, frozenset()))
         ):
             print(f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) ==", flush=True)
             return summary
