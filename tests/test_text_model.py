@@ -114,7 +114,10 @@ def test_text_rd_quick_pipeline(tmp_path):
     no_code = curves["language_model"][0]
     assert no_code["rate_estimate_bits_per_word"] == 0.0
     assert no_code["rate_bits_per_word"] < curves["scalar_st"][0]["rate_bits_per_word"]
+    assert [p["point"] for p in curves["identity"]] == ["unquantized", "fine-tuned"]
     assert curves["identity"][0]["rate_bits_per_word"] == 0.0
+    fine_tuned = tmp_path / "runs" / "text-rd" / "identity" / "fine-tuned" / "config.json"
+    assert json.loads(fine_tuned.read_text())["init_from"].endswith("unquantized/best.pt")
     fine = json.loads(
         (tmp_path / "runs" / "text-rd" / "vector_st" / "M-4" / "config.json").read_text()
     )

@@ -14,7 +14,8 @@ Each operating point is one ``qlatent train CONFIG`` run of the sentence autoenc
 * ``language_model``: the rate-0 point — ``scalar_st`` with one level per coordinate, so the
   code is a learned constant and the decoder is a language model that hears nothing of the
   sentence;
-* ``identity``: the unquantized autoencoder, the distortion floor (no rate: drawn as a line).
+* ``identity``: the unquantized autoencoder, the distortion floor (no rate: drawn as lines), both
+  as the warm start left it and fine-tuned like every other point, the floor at equal training.
 
 Per point the test set's rate in bits per word (for the discrete methods the size of the real
 file of the test codes, with the code model counted on the training set where it is counted;
@@ -79,7 +80,9 @@ POINTS: dict[str, list[tuple[str, str, dict, float]]] = {
     "lattice": [(f"λ={w}", "lattice", {}, w) for w in LAMBDAS],
     "gaussian_lattice": [(f"λ={w}", "gaussian_lattice", {}, w) for w in LAMBDAS],
     "language_model": [("no code", "scalar_st", {"levels": 1}, 1.0)],
-    "identity": [("unquantized", "identity", {}, 1.0)],
+    # the warm start itself, and the same fine-tuning as every other point without a bottleneck:
+    # the floor at equal training
+    "identity": [("unquantized", "identity", {}, 1.0), ("fine-tuned", "identity", {}, 1.0)],
 }
 
 
@@ -220,8 +223,9 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method, points in curves.items():
         if method == "identity":  # no rate limit: the floor every curve tends to
-            nll = points[0]["nll_bits_per_word"]
-            ax.axhline(nll, color="0.5", linestyle="--", linewidth=1, label="unquantized")
+            for p, style in zip(points, (":", "--"), strict=False):
+                label = "unquantized" + (", fine-tuned" if p["point"] == "fine-tuned" else "")
+                ax.axhline(p["nll_bits_per_word"], color="0.5", linestyle=style, label=label)
             continue
         ordered = sorted(points, key=lambda p: p["rate_bits_per_word"])
         ax.plot(
