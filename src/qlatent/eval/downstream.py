@@ -192,15 +192,9 @@ def linear_probe(
     _check_positive_int("batch_size", batch_size)
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    x_train = _check_features("train_features", train_features)
-    x_test = _check_features("test_features", test_features)
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(
-            f"train_features and test_features differ in dimension: "
-            f"{x_train.shape[1]} vs {x_test.shape[1]}"
-        )
-    y_train = _check_labels("train_labels", train_labels, x_train.shape[0])
-    y_test = _check_labels("test_labels", test_labels, x_test.shape[0])
+    x_train, y_train, x_test, y_test = _check_splits(
+        train_features, train_labels, test_features, test_labels
+    )
     num_classes = _check_num_classes(num_classes, y_train, y_test)
 
     # a caller's no_grad / inference_mode would leave nothing to train
@@ -267,15 +261,9 @@ def linear_probe_converged(
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
     _check_positive_int("max_iter", max_iter)
-    x_train = _check_features("train_features", train_features)
-    x_test = _check_features("test_features", test_features)
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(
-            f"train_features and test_features differ in dimension: "
-            f"{x_train.shape[1]} vs {x_test.shape[1]}"
-        )
-    y_train = _check_labels("train_labels", train_labels, x_train.shape[0])
-    y_test = _check_labels("test_labels", test_labels, x_test.shape[0])
+    x_train, y_train, x_test, y_test = _check_splits(
+        train_features, train_labels, test_features, test_labels
+    )
     held = np.random.default_rng(seed).permutation(x_train.shape[0])
     n_val = max(1, round(val_fraction * x_train.shape[0]))
     val, fit = held[:n_val], held[n_val:]
@@ -393,6 +381,22 @@ def _batch_indices(
 
 def _accuracy(probe: nn.Module, x: Tensor, y: Tensor) -> float:
     return (probe(x).argmax(-1) == y).double().mean().item()
+
+
+def _check_splits(
+    train_features: Any, train_labels: Any, test_features: Any, test_labels: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both splits' features and labels checked, and their feature dimensions equal."""
+    x_train = _check_features("train_features", train_features)
+    x_test = _check_features("test_features", test_features)
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(
+            f"train_features and test_features differ in dimension: "
+            f"{x_train.shape[1]} vs {x_test.shape[1]}"
+        )
+    y_train = _check_labels("train_labels", train_labels, x_train.shape[0])
+    y_test = _check_labels("test_labels", test_labels, x_test.shape[0])
+    return x_train, y_train, x_test, y_test
 
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:

@@ -37,6 +37,7 @@ run folder. Rows can be run in separate processes (``--models``) and collected b
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -197,9 +198,16 @@ def from_run_config(run: custom.RunConfig) -> SoftVQMnistConfig:
 
 
 def load_data(cfg: SoftVQMnistConfig, data_dir: str | None) -> dict[str, torch.Tensor]:
-    """Flattened images in [0, 1] and labels: ``x_train, y_train, x_test, y_test``."""
-    if cfg.data == "synthetic":
-        x, y = synthetic_labelled(n=1200, seed=cfg.train.seed)
+    """Flattened images in [0, 1] and labels: ``x_train, y_train, x_test, y_test`` (read once
+    per process; the tensors are shared, never written)."""
+    seed = cfg.train.seed if cfg.data == "synthetic" else None  # the synthetic set's own seed
+    return _load_data(cfg.data, seed, data_dir)
+
+
+@functools.cache
+def _load_data(name: str, seed: int | None, data_dir: str | None) -> dict[str, torch.Tensor]:
+    if name == "synthetic":
+        x, y = synthetic_labelled(n=1200, seed=seed)
         return {"x_train": x[:1000], "y_train": y[:1000], "x_test": x[1000:], "y_test": y[1000:]}
     out = {}
     for split in ("train", "test"):
