@@ -227,7 +227,7 @@ class ConvergedProbeScores(TypedDict):
 
 
 #: inverse L2 strengths the converged probe chooses among (on standardized features)
-PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def linear_probe_converged(

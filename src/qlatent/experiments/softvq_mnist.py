@@ -52,6 +52,7 @@ from ..bottlenecks._codebook import code_counts, squared_distances, usage_stats
 from ..config import apply_mapping, to_dict
 from ..data import load_mnist, synthetic_labelled
 from ..eval import downstream_report, linear_probe_converged, tsne_grid
+from ..eval.downstream import PROBE_CS
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder
 from ..nn import SquaredError, relu_mlp
@@ -141,6 +142,8 @@ class EvalConfig:
     seed: int = 0
     #: also fit the probe to convergence (L-BFGS, L2 strength chosen on a validation split)
     converged_probe: bool = True
+    #: the inverse L2 strengths the converged probe chooses among
+    probe_cs: list[float] = field(default_factory=lambda: list(PROBE_CS))
 
 
 @dataclass
@@ -310,7 +313,12 @@ def downstream_scores(
     converged = None
     if cfg.eval.converged_probe:
         converged = linear_probe_converged(
-            train_features, data["y_train"], test_features, data["y_test"], seed=cfg.eval.seed
+            train_features,
+            data["y_train"],
+            test_features,
+            data["y_test"],
+            Cs=tuple(cfg.eval.probe_cs),
+            seed=cfg.eval.seed,
         )
     metrics = {
         **scores,
