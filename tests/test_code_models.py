@@ -15,7 +15,11 @@ import qlatent.coding
 from qlatent.bottlenecks import build
 from qlatent.bottlenecks.base import Bottleneck, BottleneckOutput
 from qlatent.coding import CodingError, compress, decompress, ideal_bits, unpack
-from qlatent.coding.container import MODEL_GOOD_LATTICE, register_code_model
+from qlatent.coding.container import (
+    MODEL_GLUED_LATTICE,
+    MODEL_GOOD_LATTICE,
+    register_code_model,
+)
 from qlatent.coding.models import constriction
 from qlatent.lattices import lattice_by_name, triangular_basis
 from qlatent.rng import SeedKeys
@@ -82,7 +86,8 @@ def test_good_lattice_round_trip_is_the_hard_path(spec, dim, spatial):
     bottleneck = _good(spec, dim)
     y = 1.5 * torch.randn(40, dim, *spatial)
     data = compress(bottleneck, y, seed=5)
-    assert unpack(data)[0].code_model == MODEL_GOOD_LATTICE
+    glued = any(name in str(spec) for name in ("leech", "bw16"))  # Λ16, Λ24 by their cosets
+    assert unpack(data)[0].code_model == (MODEL_GLUED_LATTICE if glued else MODEL_GOOD_LATTICE)
     expected = bottleneck.dequantize(
         bottleneck.quantize(y, generator=SeedKeys(5)), generator=SeedKeys(5)
     )
@@ -105,16 +110,82 @@ def test_good_lattice_file_size_tracks_its_model_and_the_monte_carlo_ideal(spec,
     assert model_bits == pytest.approx(mc_bits, rel=0.08)
 
 
-def test_good_lattice_files_refuse_damage_and_other_models():
-    bottleneck = _good("e8", 16)
-    data = compress(bottleneck, torch.randn(30, 16), seed=2)
+def _laplace_cell(lo, hi, b):
+    """P(lo < X < hi) for X ~ Laplace(0, b), by its CDF."""
+
+    def cdf(t):
+        left, right = np.minimum(t, 0), np.maximum(t, 0)
+        return np.where(t < 0, 0.5 * np.exp(left / b), 1 - 0.5 * np.exp(-right / b))
+
+    return cdf(hi) - cdf(lo)
+
+
+@pytest.mark.parametrize("name", ["bw16", "leech"])
+def test_coset_code_is_the_normalized_product_of_cell_masses(name):
+    """The Λ16 / Λ24 model codes P(x | u) = Π_j m_j(x_j) / Σ_{x' ∈ Λ} Π_j m_j(x'_j), with the
+    sum over the lattice taken here the long way: every class of the glue, and the cosets of
+    q·D_n summed coordinate by coordinate over a wide range (parity by ½(1 ± Π))."""
+    from qlatent.bottlenecks.good_lattice import CODE_CELL_WIDTH
+
+    dim = {"bw16": 16, "leech": 24}[name]
+    bottleneck = _good(name, dim, spacing=1.2)
+    lattice = bottleneck.geometry.blocks[0]
+    residues, parities, q = lattice.glue()
+    model = bottleneck.code_model()
+    y = torch.randn(6, dim)
+    u_t = model.dither(6, 7)
+    k = model.coordinates(y, u_t)
+    x = (k.double() @ lattice.generator_matrix.T.double()).numpy()
+    u, sigma, b = u_t.double().numpy(), model.sigma, model.scale
+    h = sigma * CODE_CELL_WIDTH[lattice.name] / 2
+    ys = np.arange(-60, 61)
+
+    total = np.zeros(6)
+    for r, p in zip(residues.numpy(), parities.tolist(), strict=True):
+        grid = (r[None, :] + q * ys[:, None])[None]  # (1, Y, n)
+        m = _laplace_cell(sigma * grid - u[:, None] - h, sigma * grid - u[:, None] + h, b)
+        a, d = m.sum(1), (m * ((-1.0) ** ys)[None, :, None]).sum(1)
+        total += 0.5 * (a.prod(1) + (-1) ** p * d.prod(1))
+    point = _laplace_cell(sigma * x - u - h, sigma * x - u + h, b).prod(1)  # x's own cells
+    direct = -np.log2(point / total).sum()
+    assert ideal_bits(bottleneck, y, seed=7) == pytest.approx(direct, rel=1e-9, abs=1e-6)
+
+
+def test_files_of_the_triangular_model_still_decode():
+    """Files written before Λ16 and Λ24 were coded by their cosets (container kind 4) decode
+    through the bottleneck's earlier model; the coset model's files are no larger here."""
+    bottleneck = _good(["leech", "bw16"], 40, spacing=1.5)
+    y = torch.randn(50, 40)
+    bottleneck.code_model = lambda: type(bottleneck).code_model(bottleneck, cosets=False)
+    old = compress(bottleneck, y, seed=4)
+    del bottleneck.code_model
+    new = compress(bottleneck, y, seed=4)
+    assert unpack(old)[0].code_model == MODEL_GOOD_LATTICE
+    assert unpack(new)[0].code_model == MODEL_GLUED_LATTICE
+    assert torch.equal(decompress(bottleneck, old), decompress(bottleneck, new))
+    assert len(new) < len(old)
+
+
+@pytest.mark.parametrize("spacing", [0.3, 1.0, 3.0])
+def test_the_coset_row_bound_holds_for_every_row(spacing):
+    bottleneck = _good("bw16", 16, spacing)
+    bound = bottleneck.code_model().min_row_bits()
+    assert bound > 0
+    for i, y in enumerate([*torch.randn(20, 1, 16) * 0.3, *torch.zeros(3, 1, 16)]):
+        assert ideal_bits(bottleneck, y, seed=i) >= bound - 1e-9
+
+
+@pytest.mark.parametrize("spec,dim", [("e8", 16), ("leech", 24)])
+def test_good_lattice_files_refuse_damage_and_other_models(spec, dim):
+    bottleneck = _good(spec, dim)
+    data = compress(bottleneck, torch.randn(30, dim), seed=2)
     with pytest.raises(CodingError, match="truncated"):
         decompress(bottleneck, data[:-5])
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 4
     with pytest.raises(CodingError, match="checksum"):
         decompress(bottleneck, bytes(flipped))
-    other = _good("e8", 16, spacing=0.71)
+    other = _good(spec, dim, spacing=0.71)
     with pytest.raises(CodingError, match="different model"):
         decompress(other, data)
 

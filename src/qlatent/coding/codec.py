@@ -13,7 +13,9 @@ coder adds the container, the end-of-stream check and the size checks. The code 
   regenerated from the seed in the header (:class:`qlatent.rng.SeedKeys`), identically on every
   machine and thread count and without torch's random number generators.
 - **good lattices** (``lattice`` with E8, Λ16, Λ24 ... and a Laplace prior): the point z coded
-  coordinate by coordinate in a triangular basis (:class:`~.models.GoodLattice`).
+  by its coset (E8, Λ16, Λ24) or coordinate by coordinate in a triangular basis
+  (:class:`~.models.GoodLattice`). A bottleneck may still read files of an earlier code model
+  of its own (``bottleneck.code_model_for(kind)``).
 - **counted symbols** (``vq``, ``vq_ema``, ``soft_em_vq``, ``learnable_lattice`` after
   ``bottleneck.update(training_latents)``): each feature with its own categorical of the counted
   frequencies (:class:`~.models.Counted`); a symbol outside the counted range is an escape
@@ -166,6 +168,9 @@ def decompress(
     # the digest first: a file from another model is refused as such, code model or not
     header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
     model = _model_of(bottleneck)
+    if header.code_model != model.kind:  # an earlier code model the bottleneck still knows
+        earlier = getattr(bottleneck, "code_model_for", None)
+        model = (earlier(header.code_model) if earlier is not None else None) or model
     if header.code_model != model.kind:
         raise CodingError(
             f"the file holds symbols for the {CODE_MODELS[header.code_model]!r} code model, this "

@@ -45,12 +45,15 @@ MODEL_LATTICE = 1
 MODEL_UNIFORM_INDEX = 2
 MODEL_COUNTED = 3
 MODEL_GOOD_LATTICE = 4
+MODEL_GLUED_LATTICE = 5
 #: code-model ids and names; 1–63 are the library's, a new method registers its own id
 CODE_MODELS = {
     MODEL_LATTICE: "dithered lattice, Laplace prior",
     MODEL_UNIFORM_INDEX: "uniform",
     MODEL_COUNTED: "counted symbols (update())",
     MODEL_GOOD_LATTICE: "good lattice (E8 by cosets, else a triangular basis), Laplace prior",
+    MODEL_GLUED_LATTICE: "good lattice (E8, Λ16 and Λ24 by cosets, else a triangular basis), "
+    "Laplace prior",
 }
 
 

@@ -19,7 +19,8 @@ machine and thread count. The protocol (:class:`CodeModel`):
 
 Models here: :class:`DitheredLaplace` (rectangular lattice, Laplace prior), :class:`Counted`
 (frequencies learned by ``update()``), :class:`UniformIndex` (K codewords, log2 K bits each) and
-:class:`TriangularLattice` (any lattice with a triangular basis: E8, Λ16, Λ24 and their sums).
+:class:`GoodLattice` (E8, Λ16 and Λ24 by their cosets, any other lattice in a triangular basis,
+and their sums).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from .container import (
     MODEL_COUNTED,
+    MODEL_GLUED_LATTICE,
     MODEL_GOOD_LATTICE,
     MODEL_LATTICE,
     MODEL_UNIFORM_INDEX,
@@ -436,8 +438,9 @@ class _Op:
 
 
 def _categorical_op(symbols: np.ndarray, probs: np.ndarray) -> _Op:
-    """Symbols with per-symbol probability rows (normalized here)."""
-    probs = np.maximum(probs, 0.0)
+    """Symbols with per-symbol probability rows (normalized here; C order, as constriction
+    reads the raw buffer)."""
+    probs = np.ascontiguousarray(np.maximum(probs, 0.0))
     probs /= probs.sum(1, keepdims=True)
     picked = probs[np.arange(symbols.size), symbols]
     with np.errstate(divide="ignore"):
@@ -669,18 +672,256 @@ class _E8Block:
         return torch.round(z @ self.inverse).long()
 
 
+#: rows per chunk of a glued block's class probabilities ((rows, K) float64 arrays: 16 MB at
+#: K = 8192, the 2 · 4096 classes of Λ24)
+_CLASS_CHUNK = 256
+#: coordinates per group of the class sums (a table per group and row, see _GluedBlock)
+_GROUP = 4
+
+
+class _ChunkedCategorical:
+    """A categorical op over many classes whose probability rows are made chunk by chunk of
+    rows when needed (``make(start, stop) -> (rows, K)``), never all at once."""
+
+    def __init__(self, symbols: np.ndarray, make, n: int) -> None:
+        self.symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+        self.make = make
+        self.chunks = [(a, min(n, a + _CLASS_CHUNK)) for a in range(0, n, _CLASS_CHUNK)]
+        self.bits = sum(_categorical_op(self.symbols[a:b], make(a, b)).bits for a, b in self.chunks)
+
+    def encode_reverse(self, coder) -> None:
+        for a, b in reversed(self.chunks):
+            op = _categorical_op(self.symbols[a:b], self.make(a, b))
+            coder.encode_reverse(op.symbols, op.model, op.probs)
+
+
+class _GluedBlock:
+    """A lattice glued from cosets of a scaled D_n, in its integer coordinates x (Conway &
+    Sloane):
+
+        Λ = ⋃_c (r_c + q·D_n^(p_c)),    D_n^(p) = {y ∈ Z^n : Σ y ≡ p (mod 2)},
+
+    with K classes c, residues r_c ∈ [0, q)^n and parities p_c — Λ16 = ⋃ (c + 2·D16) over the 32
+    words of RM(1, 4); Λ24 = ⋃ (m·1 + 2c + 4·D24^(m)) over m ∈ {0, 1} and the 4096 Golay words.
+    The model is E8's (:class:`_E8Block`) with a cell of width w instead of the spacing: the
+    product of one-dimensional masses m_j(x_j) = P(X̂_j ∈ σ_j x_j − u_j ± σ_j w/2), restricted
+    to Λ and normalized,
+
+        P(x | u) = Π_j m_j(x_j) / Z,   Z = Σ_c Π_j A_j(r_cj) · ½(1 + (−1)^(p_c) Π_j D_j(r_cj)),
+
+    where A_j(r) = Σ_y m_j(r + q y) and D_j(r) = Σ_y (−1)^y m_j(r + q y) / A_j(r). It is coded as
+    the class c (a categorical over K), then as E8's cosets are: coordinate by coordinate the
+    parity of y_j (weighted so that Σ y can still reach p_c), y_j's sign and its geometric
+    magnitude. With w ≤ q every cell but the one nearest the prior's mode lies on one side of
+    it, so the masses beyond it are geometric with ratio ρ = e^(−σq/b), as for E8; the cells
+    need not tile the line (w is a model choice: the normalization makes any w a distribution).
+
+    The class sums Σ_j log A_j(r_cj), Σ_j log |D_j(r_cj)| and the count of negative D are
+    formed per row as tables over the residue patterns of groups of :data:`_GROUP` coordinates
+    and added group by group: no matrix product, so encoder and decoder add in one order.
+    """
+
+    def __init__(self, basis, residues, parities, step: int, width: float) -> None:
+        self.basis = basis.to(torch.float64)
+        self.inverse = torch.linalg.inv(self.basis)
+        residues = np.asarray(residues, dtype=np.int64)
+        k, n = residues.shape
+        if not (0 < width <= step) or residues.min() < 0 or residues.max() >= step:
+            raise ValueError("a glued block needs residues in [0, q) and a width in (0, q]")
+        self.n, self.step, self.width = n, int(step), float(width)
+        self.parities = np.asarray(parities, dtype=np.int64)
+        self.values, index = np.unique(residues, return_inverse=True)  # the residues in use
+        self.index = index.reshape(k, n)  # (K, n): each class's residue per coordinate
+        weights = step ** np.arange(n, dtype=np.int64)
+        keys = residues @ weights
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        if np.unique(self.keys).size != k:
+            raise ValueError("two classes of a glued block share their residues")
+        # per group of coordinates: its distinct residue patterns, and each class's pattern
+        self.groups = []
+        for start in range(0, n, _GROUP):
+            part = self.index[:, start : start + _GROUP]
+            patterns, which = np.unique(part, axis=0, return_inverse=True)
+            self.groups.append((start, patterns, which.reshape(-1)))
+
+    def spacing(self, sigma: np.ndarray) -> np.ndarray:
+        return sigma * self.step
+
+    def min_bits(self) -> float:
+        """A lower bound on one block's bits: each categorical keeps a unit of 2^-24 for every
+        other symbol (the class: K − 1 of them; the n parities one, the n signs two)."""
+        k = self.index.shape[0]
+        return (
+            _largest_probability_bits(1.0, k)
+            + self.n * _largest_probability_bits(1.0, 2)
+            + self.n * _largest_probability_bits(1.0, 3)
+        )
+
+    def _cells(self, u: np.ndarray, sigma, scale):
+        """Per residue value v and coordinate: the shift n, the normalized sign probabilities
+        (P(κ < 0), P(κ = 0), P(κ > 0)) of κ = y − n, log A and D: ``(V, N, n[, 3])``."""
+        a = sigma * self.step  # the spacing of one residue class, in y units
+        h = 0.5 * sigma * self.width
+        log_side = math.log(0.5) + np.log(-np.expm1(-2 * h / scale))  # a one-sided cell
+        log_tail = np.log(-np.expm1(-a / scale))  # 1 − ρ
+        rho = np.exp(-a / scale)
+        shifts, probs, log_a, d = [], [], [], []
+        for v in self.values:
+            centre = (u / sigma - v) / self.step
+            shift = np.round(centre)
+            delta = centre - shift  # in [−½, ½]: the cell κ = 0 is centred at −a δ
+            lo, hi = -a * delta - h, -a * delta + h
+            with np.errstate(divide="ignore"):
+                zero = np.where(
+                    lo >= 0,
+                    log_side - lo / scale,
+                    np.where(
+                        hi <= 0,
+                        log_side + hi / scale,
+                        np.log(-0.5 * np.expm1(np.minimum(lo, 0) / scale)
+                               - 0.5 * np.expm1(-np.maximum(hi, 0) / scale)),
+                    ),
+                )  # fmt: skip
+            above = log_side - (a * (1 - delta) - h) / scale - log_tail
+            below = log_side - (a * (1 + delta) - h) / scale - log_tail
+            stacked = np.stack([below, zero, above], axis=-1)
+            top = stacked.max(-1, keepdims=True)
+            p = np.exp(stacked - top)
+            total = p.sum(-1, keepdims=True)
+            p /= total
+            alternating = p[..., 1] - (p[..., 0] + p[..., 2]) * ((1 - rho) / (1 + rho))
+            shifts.append(shift)
+            probs.append(p)
+            log_a.append(top[..., 0] + np.log(total[..., 0]))
+            d.append(np.where(np.remainder(shift, 2) == 0, alternating, -alternating))
+        return np.stack(shifts), np.stack(probs), np.stack(log_a), np.stack(d)
+
+    def _class_log_mass(self, log_a: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``(N, K)`` log Π_j A_j · ½(1 + (−1)^p Π_j D_j) of every class, from ``(V, N, n)``."""
+        log_d = np.log(np.maximum(np.abs(d), 1e-300))
+        negative = (d < 0).astype(np.float64)
+        sums = []
+        for values in (log_a, log_d, negative):
+            total = None
+            for start, patterns, which in self.groups:
+                table = 0.0
+                for i in range(patterns.shape[1]):  # (N, patterns): this group's sums
+                    table = table + values[patterns[:, i], :, start + i].T
+                part = table[:, which]
+                total = part if total is None else total + part
+            sums.append(total)
+        sign = np.where(np.remainder(sums[2] + self.parities, 2) == 0, 1.0, -1.0)
+        with np.errstate(divide="ignore"):
+            return sums[0] + np.log(0.5 * (1.0 + sign * np.exp(sums[1])))
+
+    def _class_probs(self, log_a, d, start: int, stop: int) -> np.ndarray:
+        mass = self._class_log_mass(log_a[:, start:stop], d[:, start:stop])
+        mass -= mass.max(1, keepdims=True)
+        return np.ascontiguousarray(np.exp(mass))
+
+    def _tables(self, u: np.ndarray, sigma, scale, width: int):
+        shifts, probs, log_a, d = self._cells(u, sigma, scale)
+        rho = np.exp(-sigma * self.step / scale)
+        tables = magnitude_models(scale / (2 * sigma * self.step), (width + 1) // 2 + 1)
+        return shifts, probs, log_a, d, rho, tables
+
+    def _chosen(self, arrays, c: np.ndarray):
+        """Each row's own residue's entries of ``(V, N, n, ...)`` arrays, ``(N, n, ...)``."""
+        v = self.index[c]  # (N, n)
+        rows = np.arange(c.size)[:, None]
+        cols = np.arange(self.n)[None, :]
+        return [a[v, rows, cols] for a in arrays]
+
+    def _split(self, k: Tensor):
+        """Integer coordinates x = k B, their class c and y = (x − r_c)/q."""
+        x = torch.round(k.to(torch.float64) @ self.basis).numpy().astype(np.int64)
+        keys = np.remainder(x, self.step) @ (self.step ** np.arange(self.n, dtype=np.int64))
+        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        if not np.array_equal(self.keys[at], keys):
+            raise ValueError("a point is not in the glued lattice")
+        c = self.order[at]
+        y = (x - self.values[self.index[c]]) // self.step
+        if not np.array_equal(np.remainder(y.sum(1), 2), self.parities[c]):
+            raise ValueError("a point is not in the glued lattice")
+        return y, c
+
+    def _coordinate_ops(self, y, c, shifts, probs, d, rho, tables) -> list[_Op]:
+        n_all, p_all, d_all = self._chosen([shifts, probs, d], c)
+        out = []
+        parity_so_far = self.parities[c].astype(np.float64)
+        for j in range(self.n):
+            tail = d_all[:, j + 1 :].prod(1) if j < self.n - 1 else np.ones(c.size)
+            kappa = (y[:, j] - n_all[:, j]).astype(np.int64)
+            odd = np.remainder(kappa, 2) == 1
+            parity = _E8Block._parity_probs(p_all[:, j], rho[j], n_all[:, j], parity_so_far, tail)
+            out.append(_categorical_op(odd.astype(np.int64), parity))
+            out.append(
+                _categorical_op(np.sign(kappa) + 1, _E8Block._sign_probs(p_all[:, j], rho[j], odd))
+            )
+            nonzero = kappa[kappa != 0]
+            magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
+            out.append(_geometric_op(magnitude, tables[j], rho[j] ** 2))
+            parity_so_far = parity_so_far + y[:, j]
+        return out
+
+    def ops(self, prepared, sigma, scale, width: int) -> list:
+        y, c, u = prepared
+        shifts, probs, log_a, d, rho, tables = self._tables(u, sigma, scale, width)
+        classes = _ChunkedCategorical(c, lambda a, b: self._class_probs(log_a, d, a, b), c.size)
+        return [classes, *self._coordinate_ops(y, c, shifts, probs, d, rho, tables)]
+
+    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
+        shifts, probs, log_a, d, rho, tables = self._tables(u, sigma, scale, width)
+        n = u.shape[0]
+        c = np.empty(n, dtype=np.int64)
+        for a in range(0, n, _CLASS_CHUNK):
+            b = min(n, a + _CLASS_CHUNK)
+            c[a:b] = _decode_categorical(coder, self._class_probs(log_a, d, a, b))
+        n_all, p_all, d_all = self._chosen([shifts, probs, d], c)
+        y = np.zeros((n, self.n))
+        parity_so_far = self.parities[c].astype(np.float64)
+        for j in range(self.n):
+            tail = d_all[:, j + 1 :].prod(1) if j < self.n - 1 else np.ones(n)
+            parity = _E8Block._parity_probs(p_all[:, j], rho[j], n_all[:, j], parity_so_far, tail)
+            odd = _decode_categorical(coder, parity) == 1
+            sign = _decode_categorical(coder, _E8Block._sign_probs(p_all[:, j], rho[j], odd)) - 1
+            kappa = np.zeros(n, dtype=np.int64)
+            nonzero = np.flatnonzero(sign)
+            if nonzero.size:
+                t = coder.decode(tables[j], nonzero.size).astype(np.int64)
+                kappa[nonzero] = sign[nonzero] * (2 * t + np.where(odd[nonzero], 1, 2))
+            y[:, j] = kappa + n_all[:, j]
+            parity_so_far = parity_so_far + y[:, j]
+        x = self.values[self.index[c]] + self.step * y
+        return torch.round(torch.from_numpy(x) @ self.inverse).long()
+
+
+def _key(arg) -> object:
+    """A hashable stand-in for a block's constructor argument (equal blocks are built once)."""
+    if isinstance(arg, Tensor):
+        arg = arg.numpy()
+    if isinstance(arg, np.ndarray):
+        return (arg.dtype.str, arg.shape, arg.tobytes())
+    return arg
+
+
 class GoodLattice:
     """A good lattice's point (E8, Λ16, Λ24, A2, D4, D_n* and their sums), block by block:
-    E8 blocks by their cosets (:class:`_E8Block`), every other block coordinate by coordinate in
-    a triangular basis (:class:`_TriangularBlock`). Each coordinate's or each block's model is
-    normalized, so the file's length is its information content (``ideal_bits``) plus the
-    coder's few words; how far that is from the ideal −log2 P(z | u) is measured by Monte Carlo
-    (``qlatent reproduce coding-mnist``).
+    E8 blocks by their two cosets of D8 (:class:`_E8Block`), Λ16 and Λ24 by their cosets of
+    2·D16 and 4·D24 (:class:`_GluedBlock`), every other block coordinate by coordinate in a
+    triangular basis (:class:`_TriangularBlock`). Each block's model is normalized, so the
+    file's length is its information content (``ideal_bits``) plus the coder's few words; how
+    far that is from −log2 P(z | u) of the Voronoi cell is measured by Monte Carlo (``qlatent
+    reproduce coding-mnist``). ``kind`` is the container's :data:`MODEL_GLUED_LATTICE` when a
+    block is coded by a glue of cosets, else :data:`MODEL_GOOD_LATTICE` (E8 and triangular
+    blocks only: the files of the model before the glued blocks, unchanged).
 
     Args:
         blocks: per block of the direct sum, ``(start, kind, args)``: ``("e8", (basis,))`` with
-            the block's own basis rows, or ``("triangular", (T, U, upper))`` from
-            :func:`qlatent.lattices.triangular_basis`.
+            the block's own basis rows; ``("glued", (basis, residues, parities, q, w))``, the
+            glue of :meth:`qlatent.lattices.LeechLattice.glue` and a cell width; or
+            ``("triangular", (T, U, upper))`` from :func:`qlatent.lattices.triangular_basis`.
         sigma: ``(m,)`` float64 per-coordinate scale from the base lattice to the scaled one;
             scale: ``(m,)`` float64 prior scales b.
         dtype: the bottleneck's parameter dtype.
@@ -695,16 +936,19 @@ class GoodLattice:
         self.dither, self.coordinates, self.reconstruct = dither, coordinates, reconstruct
         self.blocks = []
         made: dict[tuple, object] = {}
+        kinds = {"e8": _E8Block, "glued": _GluedBlock, "triangular": _TriangularBlock}
         for start, kind, args in blocks:
-            key = (kind, *(a.numpy().tobytes() if isinstance(a, Tensor) else a for a in args))
+            key = (kind, *(_key(a) for a in args))
             if key not in made:
-                made[key] = _E8Block(*args) if kind == "e8" else _TriangularBlock(*args)
+                made[key] = kinds[kind](*args)
             block = made[key]
             n = args[0].shape[0]
             self.blocks.append((slice(start, start + n), block))
         self.spacing = np.empty_like(sigma)
         for cols, block in self.blocks:
             self.spacing[cols] = block.spacing(sigma[cols])
+        glued = any(isinstance(block, _GluedBlock) for _, block in self.blocks)
+        self.kind = MODEL_GLUED_LATTICE if glued else MODEL_GOOD_LATTICE
 
     def min_row_bits(self) -> float:
         """Triangular blocks: the sign code's bound; E8 blocks: :meth:`_E8Block.min_bits` (a
@@ -713,6 +957,8 @@ class GoodLattice:
         for cols, block in self.blocks:
             if isinstance(block, _TriangularBlock):
                 bits += sign_row_bits(self.spacing[cols], self.scale[cols])
+            elif isinstance(block, _GluedBlock):
+                bits += block.min_bits()
             else:
                 bits += block.min_bits(self.sigma[cols], self.scale[cols])
         return bits
@@ -729,6 +975,12 @@ class GoodLattice:
                 # the coded κ = k + n, |n| ≤ 2 (the dither lies within a cell of the origin)
                 span = np.abs(kk).max(initial=0) + 2
                 prepared.append((kk, c, np.ascontiguousarray(u[:, cols])))
+                lo, hi = min(lo, -int(span)), max(hi, int(span))
+            elif isinstance(block, _GluedBlock):
+                y, c = block._split(k[:, cols])
+                # the coded κ = y − n, |n| ≤ 2 (the dither lies within a cell of the origin)
+                span = np.abs(y).max(initial=0) + 2
+                prepared.append((y, c, np.ascontiguousarray(u[:, cols])))
                 lo, hi = min(lo, -int(span)), max(hi, int(span))
             else:
                 kappa, dithers = block.kappa(k[:, cols], u[:, cols], self.sigma[cols])
@@ -753,7 +1005,9 @@ class GoodLattice:
         for op in reversed(ops):  # pushed last-first: the decoder meets them in order
             if op.symbols.size == 0:
                 continue
-            if op.probs is None:
+            if isinstance(op, _ChunkedCategorical):
+                op.encode_reverse(coder)
+            elif op.probs is None:
                 coder.encode_reverse(op.symbols, op.model)
             else:
                 coder.encode_reverse(op.symbols, op.model, op.probs)

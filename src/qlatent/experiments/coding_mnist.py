@@ -11,8 +11,8 @@ Two models share the gated-MLP encoder and decoder of the lattice paper (``qlate
   (the counted code model), against the fixed rate log2 K of coding them uniformly;
 - the **Table-1 lattice VAEs** of ``qlatent reproduce lattice-mnist`` (``rect_lattice``,
   ``e8_lattice``, ``leech_lattice``), read from their runs (``table1_runs``; trained here on
-  the synthetic set with ``--quick``). A good lattice's point is coded coordinate by coordinate
-  in a triangular basis (:class:`qlatent.coding.models.GoodLattice`); its ideal
+  the synthetic set with ``--quick``). A good lattice's point is coded by its coset (E8, Λ16,
+  Λ24; :class:`qlatent.coding.models.GoodLattice`); its ideal
   −log2 P(z | u), the prior's mass on the Voronoi cell around z − u, has no closed form and is
   estimated by Monte Carlo on the first ``ideal_images`` images, with its standard error over
   ``ideal_repeats`` independent estimates.

@@ -52,3 +52,9 @@ class BarnesWallLattice(FixedLattice):
 
     def closest_point(self, x: Tensor) -> Tensor:
         return closest_point_glued(x, self._code, 1.0, 2.0, ((0.0, 0),), _CHUNK)
+
+    def glue(self) -> tuple[Tensor, Tensor, int]:
+        """The cosets above as ``(residues r_c (32, 16), parities p_c (32,), q = 2)``: Λ16 is
+        the union of r_c + 2·{y ∈ Z^16 : Σ y ≡ p_c (mod 2)}."""
+        words = self._code.words.clone()
+        return words, torch.zeros(words.shape[0], dtype=torch.int64), 2

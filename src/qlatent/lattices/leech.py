@@ -84,6 +84,14 @@ class LeechLattice(FixedLattice):
             out[start : start + _CHUNK] = sextet.decode(rows[start : start + _CHUNK])
         return out.view(x.shape)
 
+    def glue(self) -> tuple[Tensor, Tensor, int]:
+        """The cosets above as ``(residues r_c (8192, 24), parities p_c (8192,), q = 4)``: Λ24
+        is the union of r_c + 4·{z ∈ Z^24 : Σ z ≡ p_c (mod 2)}, r_c = m·1 + 2c (m = 0, then 1)."""
+        words = self._code.words
+        residues = torch.cat([m + 2 * words for m in (0, 1)])
+        parities = torch.arange(2).repeat_interleave(words.shape[0])
+        return residues, parities, 4
+
 
 class GolaySextet:
     """The Golay code's words grouped by a sextet, and the Leech decoder built on it.
