@@ -676,7 +676,7 @@ class _E8Block:
 #: K = 8192, the 2 · 4096 classes of Λ24)
 _CLASS_CHUNK = 256
 #: coordinates per group of the class sums (a table per group and row, see _GluedBlock)
-_GROUP = 4
+_GROUP = 8
 
 
 class _ChunkedCategorical:
@@ -687,7 +687,11 @@ class _ChunkedCategorical:
         self.symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         self.make = make
         self.chunks = [(a, min(n, a + _CLASS_CHUNK)) for a in range(0, n, _CLASS_CHUNK)]
-        self.bits = sum(_categorical_op(self.symbols[a:b], make(a, b)).bits for a, b in self.chunks)
+
+    @property
+    def bits(self) -> float:
+        """The symbols' information content (made on demand: encoding does not need it)."""
+        return sum(_categorical_op(self.symbols[a:b], self.make(a, b)).bits for a, b in self.chunks)
 
     def encode_reverse(self, coder) -> None:
         for a, b in reversed(self.chunks):
@@ -716,9 +720,9 @@ class _GluedBlock:
     it, so the masses beyond it are geometric with ratio ρ = e^(−σq/b), as for E8; the cells
     need not tile the line (w is a model choice: the normalization makes any w a distribution).
 
-    The class sums Σ_j log A_j(r_cj), Σ_j log |D_j(r_cj)| and the count of negative D are
-    formed per row as tables over the residue patterns of groups of :data:`_GROUP` coordinates
-    and added group by group: no matrix product, so encoder and decoder add in one order.
+    The class sums Σ_j log A_j(r_cj) and products Π_j D_j(r_cj) are formed per row as tables
+    over the residue patterns of groups of :data:`_GROUP` coordinates and combined group by
+    group: no matrix product, so encoder and decoder add and multiply in one order.
     """
 
     def __init__(self, basis, residues, parities, step: int, width: float) -> None:
@@ -730,6 +734,7 @@ class _GluedBlock:
             raise ValueError("a glued block needs residues in [0, q) and a width in (0, q]")
         self.n, self.step, self.width = n, int(step), float(width)
         self.parities = np.asarray(parities, dtype=np.int64)
+        self.signs = np.where(self.parities % 2 == 0, 1.0, -1.0)  # (−1)^(p_c)
         self.values, index = np.unique(residues, return_inverse=True)  # the residues in use
         self.index = index.reshape(k, n)  # (K, n): each class's residue per coordinate
         weights = step ** np.arange(n, dtype=np.int64)
@@ -797,28 +802,34 @@ class _GluedBlock:
             d.append(np.where(np.remainder(shift, 2) == 0, alternating, -alternating))
         return np.stack(shifts), np.stack(probs), np.stack(log_a), np.stack(d)
 
-    def _class_log_mass(self, log_a: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """``(N, K)`` log Π_j A_j · ½(1 + (−1)^p Π_j D_j) of every class, from ``(V, N, n)``."""
-        log_d = np.log(np.maximum(np.abs(d), 1e-300))
-        negative = (d < 0).astype(np.float64)
-        sums = []
-        for values in (log_a, log_d, negative):
-            total = None
-            for start, patterns, which in self.groups:
-                table = 0.0
-                for i in range(patterns.shape[1]):  # (N, patterns): this group's sums
-                    table = table + values[patterns[:, i], :, start + i].T
-                part = table[:, which]
-                total = part if total is None else total + part
-            sums.append(total)
-        sign = np.where(np.remainder(sums[2] + self.parities, 2) == 0, 1.0, -1.0)
-        with np.errstate(divide="ignore"):
-            return sums[0] + np.log(0.5 * (1.0 + sign * np.exp(sums[1])))
-
     def _class_probs(self, log_a, d, start: int, stop: int) -> np.ndarray:
-        mass = self._class_log_mass(log_a[:, start:stop], d[:, start:stop])
-        mass -= mass.max(1, keepdims=True)
-        return np.ascontiguousarray(np.exp(mass))
+        """``(rows, K)`` class probabilities (unnormalized, largest 1) of rows ``start:stop``,
+        from ``(V, N, n)`` log A and D: Σ_j log A_j(r_cj) + log ½(1 + (−1)^(p_c) Π_j D_j(r_cj)),
+        both formed as per-row tables over each group's residue patterns, then gathered per
+        class and combined group by group (|D| ≤ 1: the product cannot overflow)."""
+        log_a, d = log_a[:, start:stop], d[:, start:stop]
+        sum_a = prod_d = None
+        for first, patterns, which in self.groups:
+            table_a = table_d = None
+            for i in range(patterns.shape[1]):  # (patterns, rows): this group's sum and product
+                a_i, d_i = log_a[patterns[:, i], :, first + i], d[patterns[:, i], :, first + i]
+                table_a = a_i if table_a is None else table_a + a_i
+                table_d = d_i if table_d is None else table_d * d_i
+            part_a = np.ascontiguousarray(table_a.T).take(which, axis=1)
+            part_d = np.ascontiguousarray(table_d.T).take(which, axis=1)
+            if sum_a is None:
+                sum_a, prod_d = part_a, part_d
+            else:
+                sum_a += part_a
+                prod_d *= part_d
+        prod_d *= self.signs
+        prod_d += 1.0
+        prod_d *= 0.5
+        with np.errstate(divide="ignore"):
+            np.log(prod_d, out=prod_d)
+        sum_a += prod_d
+        sum_a -= sum_a.max(1, keepdims=True)
+        return np.exp(sum_a, out=sum_a)
 
     def _tables(self, u: np.ndarray, sigma, scale, width: int):
         shifts, probs, log_a, d = self._cells(u, sigma, scale)
