@@ -42,7 +42,12 @@ def _coders():
     learnable = build("learnable_lattice", dim=8).eval()
     learnable.update([torch.randn(200, 8)])
     e8 = build("lattice", dim=8, lattice="e8", eval_samples=16, eval_prior_samples=4).eval()
-    return {"lattice": lattice, "vq": vq, "counted": counted, "learnable": learnable, "e8": e8}
+    # Λ16 (dim 16), coded by its cosets: the glued code model
+    bw16 = build("lattice", dim=16, lattice="bw16", eval_samples=16, eval_prior_samples=4).eval()
+    return {
+        "lattice": lattice, "vq": vq, "counted": counted, "learnable": learnable, "e8": e8,
+        "bw16": bw16,
+    }  # fmt: skip
 
 
 CODERS = _coders()
@@ -59,18 +64,19 @@ def _forge(bottleneck, data: bytes, **changes) -> bytes:
 @pytest.mark.parametrize("name", sorted(CODERS))
 def test_a_forged_huge_shape_is_refused_before_allocating(name):
     bottleneck = CODERS[name]
-    data = compress(bottleneck, torch.randn(50, 8), seed=3)
-    for shape in [(4_000_000, 8), (2**32 - 1, 8), (2**32 - 1,) * 2 + (2**32 - 1,) * 6]:
-        forged = _forge(bottleneck, data, shape=shape if shape[1] == 8 else (5, 8, *shape[2:]))
+    d = bottleneck.dim
+    data = compress(bottleneck, torch.randn(50, d), seed=3)
+    for shape in [(4_000_000, d), (2**32 - 1, d), (2**32 - 1,) * 2 + (2**32 - 1,) * 6]:
+        forged = _forge(bottleneck, data, shape=shape if shape[1] == d else (5, d, *shape[2:]))
         with pytest.raises(CodingError, match="max_elements|bits"):
             decompress(bottleneck, forged)
     # under the element cap but more rows than the payload's bits can hold
     with pytest.raises(CodingError, match="bits"):
-        decompress(bottleneck, _forge(bottleneck, data, shape=(100_000, 8)))
+        decompress(bottleneck, _forge(bottleneck, data, shape=(100_000, d)))
     # a smaller cap is honoured
     with pytest.raises(CodingError, match="max_elements"):
-        decompress(bottleneck, data, max_elements=50 * 8 - 1)
-    assert decompress(bottleneck, data, max_elements=50 * 8).shape == (50, 8)
+        decompress(bottleneck, data, max_elements=50 * d - 1)
+    assert decompress(bottleneck, data, max_elements=50 * d).shape == (50, d)
 
 
 def test_a_shape_whose_product_wraps_int64_is_refused():
@@ -96,7 +102,8 @@ def test_a_trailing_spatial_axis_the_decoder_does_not_take_is_a_coding_error():
 @pytest.mark.parametrize("name", sorted(CODERS))
 def test_empty_inputs_code_to_a_file_that_decodes_to_empty(name):
     bottleneck = CODERS[name]
-    for shape in [(0, 8), (3, 8, 0), (0, 8, 2)]:
+    d = bottleneck.dim
+    for shape in [(0, d), (3, d, 0), (0, d, 2)]:
         data = compress(bottleneck, torch.randn(shape), seed=0)
         out = decompress(bottleneck, data)
         assert out.shape == shape and out.numel() == 0
@@ -119,7 +126,7 @@ def test_fuzz_forged_headers_are_refused_or_decode_to_the_announced_shape(
     """Any header with a valid checksum and digest: a CodingError, or a tensor of exactly the
     announced shape whose size the file bounds."""
     bottleneck = CODERS[name]
-    data = compress(bottleneck, torch.randn(rows, 8), seed=1)
+    data = compress(bottleneck, torch.randn(rows, bottleneck.dim), seed=1)
     header, genuine = unpack(data)
     forged = pack(
         Header(header.code_model, header.digest, seed, lo, hi, tuple(shape)),
@@ -138,7 +145,7 @@ def test_fuzz_forged_headers_are_refused_or_decode_to_the_announced_shape(
 @given(cut=st.integers(0, 10_000), flip=st.integers(0, 10_000), bit=st.integers(0, 7))
 def test_fuzz_truncated_and_flipped_files_are_refused(name, cut, flip, bit):
     bottleneck = CODERS[name]
-    data = compress(bottleneck, torch.randn(20, 8), seed=2)
+    data = compress(bottleneck, torch.randn(20, bottleneck.dim), seed=2)
     with pytest.raises(CodingError):
         decompress(bottleneck, data[: cut % len(data)])
     damaged = bytearray(data)

@@ -753,15 +753,16 @@ class _GluedBlock:
     def spacing(self, sigma: np.ndarray) -> np.ndarray:
         return sigma * self.step
 
-    def min_bits(self) -> float:
-        """A lower bound on one block's bits: each categorical keeps a unit of 2^-24 for every
-        other symbol (the class: K − 1 of them; the n parities one, the n signs two)."""
-        k = self.index.shape[0]
-        return (
-            _largest_probability_bits(1.0, k)
-            + self.n * _largest_probability_bits(1.0, 2)
-            + self.n * _largest_probability_bits(1.0, 3)
-        )
+    def min_bits(self, sigma: np.ndarray, scale: np.ndarray) -> float:
+        """A lower bound on one block's bits over all dithers. Λ contains x + 2q·Z^n for each of
+        its points x, so Z ≥ Π_j Σ_k m_j(x_j + 2qk); a Laplace cell moved by d keeps at least
+        e^(−|d|/b) of its mass, so each of those sums is at least m_j(x_j)(1 + r_j)/(1 − r_j)
+        with r_j = e^(−2qσ_j/b_j), and no point has probability above Π_j tanh(qσ_j/b_j). The
+        coder's fixed point adds a 2^-24 unit per coded symbol at most (3n + 1 of them). A
+        block whose prior is far narrower than its cosets' spacing can cost almost nothing."""
+        p_max = float(np.prod(np.tanh(self.step * sigma / scale)))
+        slack = (3 * self.n + 1) * 2.0**-PRECISION
+        return max(0.0, -math.log2(min(1.0, p_max + slack)))
 
     def _cells(self, u: np.ndarray, sigma, scale):
         """Per residue value v and coordinate: the shift n, the normalized sign probabilities
@@ -908,6 +909,10 @@ class _GluedBlock:
         return torch.round(torch.from_numpy(x) @ self.inverse).long()
 
 
+#: glued blocks already built (their class tables), by constructor arguments, oldest first
+_GLUED_CACHE: dict[tuple, _GluedBlock] = {}
+
+
 def _key(arg) -> object:
     """A hashable stand-in for a block's constructor argument (equal blocks are built once)."""
     if isinstance(arg, Tensor):
@@ -951,7 +956,11 @@ class GoodLattice:
         for start, kind, args in blocks:
             key = (kind, *(_key(a) for a in args))
             if key not in made:
-                made[key] = kinds[kind](*args)
+                made[key] = _GLUED_CACHE.get(key) or kinds[kind](*args)
+                if kind == "glued" and key not in _GLUED_CACHE:  # their tables take a while
+                    if len(_GLUED_CACHE) >= 8:
+                        _GLUED_CACHE.pop(next(iter(_GLUED_CACHE)))
+                    _GLUED_CACHE[key] = made[key]
             block = made[key]
             n = args[0].shape[0]
             self.blocks.append((slice(start, start + n), block))
@@ -969,7 +978,7 @@ class GoodLattice:
             if isinstance(block, _TriangularBlock):
                 bits += sign_row_bits(self.spacing[cols], self.scale[cols])
             elif isinstance(block, _GluedBlock):
-                bits += block.min_bits()
+                bits += block.min_bits(self.sigma[cols], self.scale[cols])
             else:
                 bits += block.min_bits(self.sigma[cols], self.scale[cols])
         return bits
