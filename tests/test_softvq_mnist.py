@@ -15,6 +15,7 @@ from qlatent.data import synthetic_labelled
 from qlatent.experiments.softvq_mnist import (
     CAUSE_ROWS,
     DEFAULT_MODELS,
+    LABELS,
     MODELS,
     PAPER,
     build_model,
@@ -226,7 +227,11 @@ def test_seeds_give_row_statistics_and_records_that_resume(tmp_path, capfd):
     assert len(beta["kl_per_dim"]) == 4 and beta["active_dims"] == sum(
         v > 0.01 for v in beta["kl_per_dim"]
     )
-    assert "± " in (results / "softvq-mnist-quick.md").read_text()
+    table = (results / "softvq-mnist-quick.md").read_text()
+    assert "± " in table
+    verdict = ", ".join("yes" if payload["rows"]["vq"]["reproduced"][k] else "no"
+                        for k in ("kmeans_acc", "nmi", "linear_acc"))  # fmt: skip
+    assert f"| {LABELS['vq']} | {verdict} |" in table
     # the records alone (no run folders, as on a fresh clone) give the same table
     capfd.readouterr()
     assert main(args + ["--runs-dir", str(tmp_path / "elsewhere")]) == 0

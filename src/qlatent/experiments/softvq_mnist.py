@@ -577,6 +577,23 @@ def markdown_table(payload: dict[str, Any]) -> str:
             f"seeds {', '.join(map(str, payload['seeds']))}: mean ± sd (n − 1); train s is the "
             "mean wall time of one run"
         )
+        lines.append("")
+        lines.append("| model | paper within mean ± 2 sd (k-means, NMI, linear) | codes used "
+                     "| code perplexity | active dims |")  # fmt: skip
+        lines.append("|---|---|---|---|---|")
+        for name, r in payload["rows"].items():
+            verdict = r.get("reproduced")
+            marks = (
+                ", ".join(
+                    "yes" if verdict[k] else "no" for k in ("kmeans_acc", "nmi", "linear_acc")
+                )
+                if verdict
+                else "–"
+            )
+            lines.append(
+                f"| {LABELS[name]} | {marks} | {cell(r, 'test_codes_used', 1, 1)} "
+                f"| {cell(r, 'test_perplexity', 1, 1)} | {cell(r, 'active_dims', 1, 1)} |"
+            )
     if "perplexity" in payload:
         pp, nm = payload["perplexity"], payload["perplexity_test_nmse"]
         parts = [f"{LABELS[name]} {pp[name]:.1f} at NMSE {nm[name]:.4f}" for name in pp]
