@@ -196,6 +196,25 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
         bench_lattices(names=["e9"], steps=False)
 
 
+def test_bench_lattice_times_every_path_and_records_the_load():
+    """Tiny input, no compilation: the eager cases, forward + backward among them; no floor
+    (it is the compiled kernel), so no ratios."""
+    from qlatent.bench.lattice import FLOOR, bench_lattice
+
+    result = bench_lattice(rows=64, dim=8, threads=1, repeats=2, compile=False)
+    assert set(result["cases"]) == {
+        "torch.rand (rows x dim numbers alone)",
+        "train path, eager, no grad",
+        "train path, eager, autograd",
+        "train path, eager, forward + backward",
+        "hard path (eval), eager",
+    }
+    assert FLOOR not in result["cases"] and result["compile_s"] is None
+    for case in result["cases"].values():
+        assert case["rows_per_s"] > 0 and "ratio_to_floor" not in case
+    assert len(result["load_average"]["before"]) == 3
+
+
 def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
     """The scaling sweep times both eager paths per shape (tiny shapes here) and the CLI
     writes them."""

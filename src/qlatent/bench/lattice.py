@@ -1,7 +1,8 @@
-"""``qlatent bench lattice``: forward throughput of the lattice bottleneck's paths."""
+"""``qlatent bench lattice``: throughput of the lattice bottleneck's paths, against a floor."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,17 +12,30 @@ import torch
 from ..bottlenecks import build
 from .timing import time_cases
 
+#: the case every other is read against: the training path's work fused into one kernel by
+#: ``torch.compile`` (counter-based dither, y_hat, Laplace cell rate), without autograd or module
+FLOOR = "floor: fused training kernel alone, no autograd"
+
 
 def bench_lattice(
     *, rows: int = 16384, dim: int = 64, threads: int = 2, repeats: int = 50, compile: bool = True
 ) -> dict[str, Any]:
-    """Forward throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
+    """Throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
 
-    Cases: the training path (dither, ``y_hat`` and rate together; with and without autograd
-    recording), the same path fused by ``torch.compile``, the hard path (quantize, reconstruct,
-    exact rate), and drawing ``rows × dim`` numbers with ``torch.rand`` alone, for scale.
+    Cases: the training path (dither, ``y_hat`` and rate together) forward without and with
+    autograd recording and forward + backward, each eager and fused by ``torch.compile``; the
+    hard path (quantize, reconstruct, exact rate); drawing ``rows × dim`` numbers with
+    ``torch.rand`` alone; and, with ``compile``, the :data:`FLOOR` case, the fused kernel of the
+    training path called directly. Every case gets ``ratio_to_floor`` (its median over the
+    floor's) when the floor was measured; the machine's load averages before and after are
+    recorded, since a busy machine makes every ratio meaningless.
     """
+    from ..bottlenecks.lattice import _compiled_kernel
+    from ..priors import cell_constants
+    from ..rng import draw_key
+
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()
     torch.manual_seed(0)
     y = torch.randn(rows, dim)
     y_grad = y.clone().requires_grad_(True)
@@ -40,29 +54,51 @@ def bench_lattice(
 
         return run
 
+    def forward_backward(module) -> Callable[[], Any]:
+        def run():
+            module.zero_grad(set_to_none=True)
+            y_grad.grad = None
+            out = module(y_grad)
+            (out.rate.sum() + out.y_hat.sum()).backward()
+
+        return run
+
     cases: dict[str, Callable[[], Any]] = {
         "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim),
         "train path, eager, no grad": no_grad(lambda: eager(y)),
         "train path, eager, autograd": lambda: eager(y_grad),
+        "train path, eager, forward + backward": forward_backward(eager),
     }
     compile_s = None
     if compile:
         fused = build("lattice", dim=dim, compile=True)
         fused.load_state_dict(eager.state_dict())
+        kernel = _compiled_kernel()
+        with torch.no_grad():
+            spacing, scale = eager.spacing, eager.scale
+            constants = cell_constants(spacing, scale)
+        key = draw_key(torch.Generator().manual_seed(0))
         started = time.perf_counter()
         no_grad(lambda: fused(y))()
         fused(y_grad)  # the autograd graph is compiled separately
+        forward_backward(fused)()
+        no_grad(lambda: kernel(y, key, spacing, *constants))()
         compile_s = time.perf_counter() - started
+        cases[FLOOR] = no_grad(lambda: kernel(y, key, spacing, *constants))
         cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
         cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
+        cases["train path, torch.compile, forward + backward"] = forward_backward(fused)
     cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
 
     results = time_cases(cases, repeats=repeats)
     for timing in results.values():
         timing["rows_per_s"] = rows / timing["median_s"]
         timing["rows_per_s_best"] = rows / timing["min_s"]
+        if FLOOR in results:
+            timing["ratio_to_floor"] = timing["median_s"] / results[FLOOR]["median_s"]
     return {
         "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "compile_s": compile_s,
         "cases": results,
     }
