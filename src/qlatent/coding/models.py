@@ -913,6 +913,15 @@ class _GluedBlock:
 _GLUED_CACHE: dict[tuple, _GluedBlock] = {}
 
 
+def _glued(key: tuple, args) -> _GluedBlock:
+    """The glued block of ``args`` from the last few built (its class tables take a while)."""
+    if key not in _GLUED_CACHE:
+        if len(_GLUED_CACHE) >= 8:
+            _GLUED_CACHE.pop(next(iter(_GLUED_CACHE)))
+        _GLUED_CACHE[key] = _GluedBlock(*args)
+    return _GLUED_CACHE[key]
+
+
 def _key(arg) -> object:
     """A hashable stand-in for a block's constructor argument (equal blocks are built once)."""
     if isinstance(arg, Tensor):
@@ -952,15 +961,11 @@ class GoodLattice:
         self.dither, self.coordinates, self.reconstruct = dither, coordinates, reconstruct
         self.blocks = []
         made: dict[tuple, object] = {}
-        kinds = {"e8": _E8Block, "glued": _GluedBlock, "triangular": _TriangularBlock}
+        kinds = {"e8": _E8Block, "triangular": _TriangularBlock}
         for start, kind, args in blocks:
             key = (kind, *(_key(a) for a in args))
             if key not in made:
-                made[key] = _GLUED_CACHE.get(key) or kinds[kind](*args)
-                if kind == "glued" and key not in _GLUED_CACHE:  # their tables take a while
-                    if len(_GLUED_CACHE) >= 8:
-                        _GLUED_CACHE.pop(next(iter(_GLUED_CACHE)))
-                    _GLUED_CACHE[key] = made[key]
+                made[key] = _glued(key, args) if kind == "glued" else kinds[kind](*args)
             block = made[key]
             n = args[0].shape[0]
             self.blocks.append((slice(start, start + n), block))
