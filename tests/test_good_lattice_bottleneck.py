@@ -66,6 +66,7 @@ def test_dispatch_by_lattice_name():
         (dict(dim=8, lattice="nope"), "unknown lattice"),
         (dict(dim=8, lattice="e8", proposal="cube"), "proposal"),
         (dict(dim=8, lattice="e8", prior="gaussian", proposal="box"), "Laplace"),
+        (dict(dim=8, lattice="e8", spacing_per="row"), "spacing_per"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
@@ -94,12 +95,16 @@ FAMILIES = {
     "e8": ("e8", 16, NSM_E8, 6000),
     "bw16": ("bw16", 16, 0.0682976, 4000),
     "leech+bw16": (["leech", "bw16"], 40, (24 * 0.0657710 + 16 * 0.0682976) / 40, 1500),
+    # a scale per coordinate: the cell of diag(s)·E8^2, stretched along the axes
+    "e8-coord": ("e8", 16, NSM_E8, 6000),
 }
 
 
 def family(name: str, **kwargs) -> DitheredGoodLattice:
     spec, dim, _, _ = FAMILIES[name]
     args = dict(dim=dim, lattice=spec, samples=64, prior_samples=8, eval_samples=64)
+    if name.endswith("-coord"):
+        args["spacing_per"] = "coordinate"
     args.update(kwargs)
     module = build("lattice", **args).double()
     with torch.no_grad():
@@ -115,7 +120,9 @@ def test_crypto_lemma_on_the_hard_path(name):
     rescaling), and is uncorrelated with the input."""
     _, dim, nsm, n = FAMILIES[name]
     module = family(name, eval_samples=2, eval_prior_samples=0).eval()  # rate not used here
-    block_scale = module.spacing[module._block_of]  # errors / this: unit volume per block
+    # s_i per coordinate (a block's scale repeated, or each coordinate's own): errors / s_i lie
+    # in the unit-volume base cell, whose second moment is G
+    block_scale = module._coordinate_scale() / module._unit.to(F64)
     seconds = []
     for value, seed in ((0.3, 3), (7.9, 4)):
         y = torch.full((n, dim), value, dtype=F64)
@@ -153,6 +160,42 @@ def test_theorem1_mean_rates_agree_across_paths(name, where):
     train, hard = torch.stack(means["train"]), torch.stack(means["hard"])
     se = math.sqrt((train.var().item() + hard.var().item()) / calls)
     assert abs(train.mean().item() - hard.mean().item()) < 5 * se
+
+
+def test_a_scale_per_coordinate_at_equal_scales_is_the_block_scale():
+    """``spacing_per="coordinate"`` with every coordinate of a block at the block's scale is the
+    block-scaled bottleneck: the same y_hat and the same rate on both paths."""
+    block = family("leech+bw16")
+    coord = family("leech+bw16", spacing_per="coordinate")
+    assert coord.log_spacing.shape == (40,)
+    with torch.no_grad():
+        coord.log_spacing.copy_(block.log_spacing[block._block_of])
+        coord.log_scale.copy_(block.log_scale)
+    assert torch.allclose(coord.log_volume(), block.log_volume(), rtol=1e-14)
+    assert torch.allclose(coord.block_spacing, block.spacing, rtol=1e-14)
+    y = 2 * torch.randn(50, 40, generator=gen(3), dtype=F64)
+    for mode in ("train", "eval"):
+        a = getattr(block, mode)()(y, generator=gen(4))
+        b = getattr(coord, mode)()(y, generator=gen(4))
+        assert torch.equal(a.y_hat, b.y_hat)
+        assert torch.allclose(a.rate, b.rate, rtol=1e-12, atol=1e-12)
+
+
+def test_a_scale_per_coordinate_stretches_the_cell():
+    """Unequal scales s_i: the error lies in diag(s)·cell, the cell's log volume is Σ log s_i
+    (each block's V_b^{1/n_b} the geometric mean of its s_i), and gradients reach every s_i."""
+    module = family("e8-coord")
+    with torch.no_grad():
+        module.log_spacing.uniform_(-1.0, 1.0, generator=gen(9))
+    assert torch.allclose(module.log_volume(), module.log_spacing.sum(), rtol=1e-14)
+    means = module.log_spacing.view(2, 8).mean(-1).exp()
+    assert torch.allclose(module.block_spacing, means, rtol=1e-12)
+    y = 3 * torch.randn(2000, 16, generator=gen(10), dtype=F64)
+    out = module.train()(y, generator=gen(11))
+    base = _unit_errors(module, y - out.y_hat)
+    assert torch.equal(module.geometry.closest_point(base), torch.zeros_like(base))
+    out.rate.sum().backward()
+    assert module.log_spacing.grad is not None and (module.log_spacing.grad != 0).all()
 
 
 def _z_blocks(prior: str, scale: float, **kwargs) -> DitheredGoodLattice:

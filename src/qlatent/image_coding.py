@@ -96,6 +96,7 @@ _GOOD_ARGS = {
     "lattice": (str, list),
     "prior": (str,),
     "proposal": (str,),
+    "spacing_per": (str,),
     "samples": (int,),
     "prior_samples": (int,),
     "eval_samples": (int,),

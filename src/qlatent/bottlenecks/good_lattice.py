@@ -77,6 +77,11 @@ class DitheredGoodLattice(Bottleneck):
             ``"gaussian"`` (standard deviation b_i).
         init_spacing: initial cell size of every block, as V_b^{1/n_b} (the analogue of Δ: each
             block is scaled to this volume per dimension).
+        spacing_per: ``"block"`` (one learnable scale per block: the lattice s_b·Λ_b) or
+            ``"coordinate"`` (one per coordinate: the lattice diag(s)·Λ, whose cell is the base
+            cell stretched along the axes). A scale per coordinate lets a single coordinate be
+            switched off as the rectangular lattice does (its cell grows along that axis while
+            the prior there shrinks) at the price of a stretched, less round cell.
         init_scale: initial prior scale b_i.
         learn_spacing / learn_scale: whether the block scales / prior scales are trained
             (log-parametrized).
@@ -110,12 +115,16 @@ class DitheredGoodLattice(Bottleneck):
         eval_samples: int = 1024,
         eval_prior_samples: int = 64,
         proposal: Literal["prior", "box"] = "prior",
+        spacing_per: Literal["block", "coordinate"] = "block",
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
         if proposal not in ("prior", "box"):
             raise ValueError(f"proposal must be 'prior' or 'box', got {proposal!r}")
+        if spacing_per not in ("block", "coordinate"):
+            raise ValueError(f"spacing_per must be 'block' or 'coordinate', got {spacing_per!r}")
+        self.spacing_per = spacing_per
         if proposal == "box" and prior != "laplace":
             raise ValueError("proposal='box' needs the Laplace prior")
         self.proposal = proposal
@@ -141,7 +150,10 @@ class DitheredGoodLattice(Bottleneck):
         halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
         self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
         self.log_spacing = nn.Parameter(
-            torch.full((len(blocks),), _positive_log(init_spacing, "init_spacing")),
+            torch.full(
+                (dim if spacing_per == "coordinate" else len(blocks),),
+                _positive_log(init_spacing, "init_spacing"),
+            ),
             requires_grad=learn_spacing,
         )
         self.log_scale = nn.Parameter(
@@ -152,8 +164,14 @@ class DitheredGoodLattice(Bottleneck):
     # ------------------------------------------------------------- parameters
     @property
     def spacing(self) -> Tensor:
-        """Block scales as V_b^{1/n_b}, shape ``(blocks,)``."""
+        """The learned scales: per block as V_b^{1/n_b}, shape ``(blocks,)``, or per coordinate,
+        shape ``(m,)`` (``spacing_per="coordinate"``)."""
         return self.log_spacing.exp()
+
+    @property
+    def block_spacing(self) -> Tensor:
+        """Each scaled block's cell size V_b^{1/n_b}, shape ``(blocks,)``."""
+        return (self._block_log_volume() / self._block_dims.to(self.log_spacing.dtype)).exp()
 
     @property
     def scale(self) -> Tensor:
@@ -162,11 +180,19 @@ class DitheredGoodLattice(Bottleneck):
 
     def _coordinate_scale(self) -> Tensor:
         """σ_i: the factor from the base lattice to the scaled one, per coordinate ``(m,)``."""
-        return self.spacing[self._block_of] * self._unit.to(self.log_spacing.dtype)
+        spacing = self.spacing if self.spacing_per == "coordinate" else self.spacing[self._block_of]
+        return spacing * self._unit.to(self.log_spacing.dtype)
+
+    def _block_log_volume(self) -> Tensor:
+        """log V_b of each scaled block, ``(blocks,)``: n_b log s_b, or Σ_{i ∈ b} log s_i with a
+        scale per coordinate (each base block has unit volume)."""
+        if self.spacing_per == "coordinate":
+            return self.log_spacing @ self._membership.to(self.log_spacing.dtype)
+        return self._block_dims.to(self.log_spacing.dtype) * self.log_spacing
 
     def log_volume(self) -> Tensor:
-        """log V of the scaled cell: Σ_b n_b log s_b (each base block has unit volume)."""
-        return (self._block_dims.to(self.log_spacing.dtype) * self.log_spacing).sum()
+        """log V of the scaled cell, Σ_b log V_b."""
+        return self._block_log_volume().sum()
 
     # ------------------------------------------------------------------ dither
     def _unit_dither(self, n: int, generator, dtype) -> Tensor:
@@ -215,7 +241,7 @@ class DitheredGoodLattice(Bottleneck):
         boxed = bool(prior_samples) and not shared
         scale = self.scale.to(v.dtype)
         membership = self._membership.to(v.dtype)
-        log_vol = self._block_dims.to(v.dtype) * self.log_spacing.to(v.dtype)  # (blocks,)
+        log_vol = self._block_log_volume().to(v.dtype)  # (blocks,)
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
         log_count = math.log(max(prior_samples, 1))
@@ -410,7 +436,8 @@ class DitheredGoodLattice(Bottleneck):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
-            f"samples={self.samples}, eval_samples={self.eval_samples}, proposal={self.proposal!r}"
+            f"samples={self.samples}, eval_samples={self.eval_samples}, proposal={self.proposal!r}, "
+            f"spacing_per={self.spacing_per!r}"
         )
 
 
