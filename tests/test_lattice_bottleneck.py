@@ -294,3 +294,33 @@ def test_blocks_of_rows_change_nothing(monkeypatch, training):
         assert torch.equal(a.indices, b.indices)
     for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------- fused hard path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,dim", [(97, DIM), (3000, 3), (5, 1024)])
+def test_hard_path_without_grad_is_the_differentiable_one(monkeypatch, dtype, rows, dim):
+    """With grad disabled the hard path runs fused (in-place blocks, no derivatives): the same
+    y_hat, rate and indices bit for bit as with grad enabled, across blocks of rows, for inputs
+    that reach far tails (|η|/b up to ~1e6), and the same error for coordinates too large."""
+    import qlatent.bottlenecks.lattice as lattice_module
+
+    monkeypatch.setattr(lattice_module, "_BLOCK_ELEMENTS", 7 * dim)  # several blocks
+    module = build("lattice", dim=dim).to(dtype).eval()
+    with torch.no_grad():
+        module.log_spacing.uniform_(-2.0, 2.0, generator=gen(40))
+        module.log_scale.uniform_(-3.0, 1.0, generator=gen(41))
+    x = 3.0 * torch.randn(rows, dim, generator=gen(42), dtype=dtype)
+    x[0, 0], x[-1, -1] = 1e5, -3e4
+    a = module(x, generator=gen(43))
+    assert a.rate.requires_grad  # the differentiable path
+    with torch.no_grad():
+        b = module(x, generator=gen(43))
+    assert torch.equal(a.y_hat.detach(), b.y_hat) and torch.equal(a.indices, b.indices)
+    assert torch.equal(a.rate.detach(), b.rate)
+    with torch.no_grad():
+        module.log_spacing.fill_(-6.0)  # Δ ≈ 0.0025: 1.5e16 / Δ ≈ 6e18 > 2^62
+    huge = torch.full((2, dim), 1.5e16, dtype=dtype)  # in range, but its coordinates are not
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="beyond the limit"):
+            module(huge, generator=gen(44))

@@ -27,6 +27,13 @@ MAX_COORDINATE = 2**62
 def to_coordinates(k: Tensor) -> Tensor:
     """Rounded float coordinates ``k`` as int64, refusing (ValueError) any beyond
     ±:data:`MAX_COORDINATE` instead of letting the conversion wrap around."""
+    check_coordinates(k)
+    return k.to(torch.int64)
+
+
+def check_coordinates(k: Tensor) -> None:
+    """ValueError if the rounded float coordinates ``k`` reach beyond ±:data:`MAX_COORDINATE`
+    (or are NaN): what :func:`to_coordinates` checks before converting."""
     if k.numel():
         low, high = torch.aminmax(k.detach())
         reach = max(-float(low), float(high))
@@ -36,7 +43,6 @@ def to_coordinates(k: Tensor) -> Tensor:
                 f"({MAX_COORDINATE:.3g}) of int64 coordinates: the input is too large for "
                 "this lattice's spacing"
             )
-    return k.to(torch.int64)
 
 
 class Lattice(ABC):

@@ -55,6 +55,8 @@ def cell_constants(spacing: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tens
 def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
     """The elementwise part of :func:`laplace_cell_log_prob` given :func:`cell_constants`
     (``c`` must be ``-expm1(-h)``: its gradient is part of the closed form's ``h`` term)."""
+    if not torch.is_grad_enabled():  # no backward can follow: the forward alone
+        return -_cell_nll(eta, inv_scale, h, c)
     return -_CellNLL.apply(eta, inv_scale, h, c)
 
 
@@ -66,6 +68,26 @@ def _forward_parts(eta, inv_scale, h, c):
     inner = c - 0.5 * e1 * em.square()
     return a, t, e1, em, inner
 
+
+def _cell_nll(eta, inv_scale, h, c):
+    """−log P(η) elementwise, the forward of :class:`_CellNLL` without its derivatives."""
+    a, t, _, _, inner = _forward_parts(eta, inv_scale, h, c)
+    return (a - t) - torch.log(inner)
+
+
+def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
+    """``-cell_log_prob_from_constants`` for inference, in three buffers of ``eta``'s shape:
+    the same operations in the same order as the autograd path, so bit for bit its values
+    (x·½ for ½·x and c + (−x) for c − x are exact rewrites), with the temporaries reused in
+    place. No gradient flows through it."""
+    with torch.no_grad():
+        d = torch.abs(eta).mul_(inv_scale)  # a = |η|/b
+        t = torch.minimum(d, h)
+        d.sub_(t)  # a − t
+        e1 = torch.sub(t, h).exp_()
+        em = t.neg_().expm1_()  # expm1(−t), in t's buffer
+        inner = e1.mul_(0.5).mul_(em.square_()).neg_().add_(c)  # c − ½ e1 em²
+        return d.sub_(inner.log_())
 
 class _CellNLL(torch.autograd.Function):
     """−log P(η) elementwise with a closed-form backward.
@@ -87,7 +109,7 @@ class _CellNLL(torch.autograd.Function):
     def forward(ctx, eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
         a, t, e1, em, inner = _forward_parts(eta, inv_scale, h, c)
         nll = (a - t) - torch.log(inner)
-        if any(ctx.needs_input_grad[:3]):
+        if any(ctx.needs_input_grad[:3]):  # (needs_input_grad is set even under no_grad)
             # the two elementwise derivatives, formed while the terms are at hand: the backward
             # is then a few products and reductions
             r = (0.5 * e1).div_(inner)
