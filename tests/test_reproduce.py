@@ -40,6 +40,8 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
     assert payload["theoretical_gap_nats"] == pytest.approx(4 * 0.5 * 0.35297, abs=1e-3)
     assert payload["commit"] is None or len(payload["commit"]) == 40
     assert (tmp_path / "results" / "lattice-mnist-quick-fig3.png").stat().st_size > 0
+    # the gain figure needs a lattice row beside the rectangular one
+    assert not (tmp_path / "results" / "lattice-mnist-quick-gain.png").exists()
     table = capsys.readouterr().out
     assert "| rectangular-lattice VAE |" in table and "94.45" in table
 
@@ -89,6 +91,24 @@ def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
     assert gaps["leech_lattice"] == pytest.approx(2.63, abs=0.01)
     table = capsys.readouterr().out
     assert "| E8^5-lattice VAE |" in table and "| 4.05 |" in table
+
+
+def test_gain_figure_plots_each_lattice_row_against_the_rectangular_one(tmp_path):
+    from matplotlib.image import imread
+
+    from qlatent.experiments.lattice_mnist import figure_gain
+
+    curve = lambda start: [start - 0.1 * i for i in range(30)]  # noqa: E731
+    models = {
+        "rect_lattice": {"val_neg_elbo_curve": curve(120.0)},
+        "gaussian": {"val_neg_elbo_curve": curve(110.0)},
+        "e8_lattice": {"val_neg_elbo_curve": curve(117.0)[:25]},  # a run still training
+    }
+    path = figure_gain(models, tmp_path / "gain.png")
+    assert path is not None and imread(path).shape[0] > 0
+    assert figure_gain({"e8_lattice": models["e8_lattice"]}, tmp_path / "none.png") is None
+    assert figure_gain({"rect_lattice": models["rect_lattice"]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_config_files_and_overrides():

@@ -385,6 +385,7 @@ def reproduce(
     }
     write_json(payload, path)
     figure_3(payload["models"], results_dir / f"{stem}-fig3.png")  # every row of the table
+    figure_gain(payload["models"], results_dir / f"{stem}-gain.png")
     return payload
 
 
@@ -420,6 +421,35 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("validation negative ELBO (nats)")
     ax.set_title("binarized MNIST, m = 40 (dotted: best epoch)")
     ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Each lattice row's validation negative ELBO minus the rectangular lattice's, per epoch,
+    with its theoretical gain over the rectangular cell (7.06 minus its own gap) dashed: where in
+    training a better cell pays. None (no figure) without the rectangular row or another
+    lattice row."""
+    from ..eval.plots import plt, save_figure
+
+    rect = models.get("rect_lattice")
+    rows = [n for n in models if n in BLOCK_NSM and n != "rect_lattice"]
+    if rect is None or not rows:
+        return None
+    base = rect["val_neg_elbo_curve"]
+    full = theoretical_gap("rect_lattice")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in rows:
+        curve = models[name]["val_neg_elbo_curve"]
+        epochs = min(len(curve), len(base))
+        diff = [curve[i] - base[i] for i in range(epochs)]
+        ax.plot(range(1, epochs + 1), diff, label=LABELS[name])
+        ax.axhline(theoretical_gap(name) - full, color=ax.lines[-1].get_color(), ls="--", lw=0.8)
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation −ELBO − rectangular lattice's (nats)")
+    ax.set_title("binarized MNIST, m = 40 (dashed: −(theoretical gain))")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, path)
 
