@@ -358,14 +358,15 @@ def test_cli_codes_a_good_lattice_checkpoint(tmp_path, capsys):
     assert "bad.pt" in capsys.readouterr().err
 
 
-def test_coding_mnist_round_trip_only_without_monte_carlo(tmp_path):
+@pytest.mark.parametrize("name", ["e8_lattice", "e8_coord_lattice"])
+def test_coding_mnist_round_trip_only_without_monte_carlo(tmp_path, name):
     from qlatent.experiments.coding_mnist import markdown_table, reproduce
 
     payload = reproduce(
-        quick=True, models=["e8_lattice"], overrides=["monte_carlo=false"],
+        quick=True, models=[name], overrides=["monte_carlo=false"],
         runs_dir=tmp_path / "runs", results_dir=tmp_path / "res",
     )  # fmt: skip
-    row = payload["rows"]["e8_lattice"]
+    row = payload["rows"][name]
     assert row["round_trip_exact"] and row["hard_rate_bits_per_image"] is None
     assert "mc_ideal_bits_per_image" not in row and "train_rate_bits_per_image" not in row
-    assert "| e8_lattice |" in markdown_table(payload)
+    assert f"| {name} |" in markdown_table(payload)
