@@ -212,7 +212,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     if args.scaling:
         from .bench.lattice import bench_lattice_scaling
 
-        result = bench_lattice_scaling(threads=args.threads)
+        result = bench_lattice_scaling(threads=args.threads, repeats=args.repeats or 5)
         for row in result["scaling"]:
             print(
                 f"{row['case']:32s} {row['rows']:>8d} × {row['dim']:<5d} "
@@ -229,7 +229,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
         rows=args.rows,
         dim=args.dim,
         threads=args.threads,
-        repeats=args.repeats,
+        repeats=args.repeats or 50,
         compile=not args.no_compile,
     )
     payload = {**provenance(args.command_line), **result}
@@ -654,7 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=positive_int, default=16384)
     b.add_argument("--dim", type=positive_int, default=64)
     b.add_argument("--threads", type=positive_int, default=2)
-    b.add_argument("--repeats", type=positive_int, default=50)
+    b.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="timed calls per case (50; 5 with --scaling)",
+    )
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     b.add_argument(
         "--scaling",
