@@ -436,8 +436,8 @@ class DitheredGoodLattice(Bottleneck):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
-            f"samples={self.samples}, eval_samples={self.eval_samples}, proposal={self.proposal!r}, "
-            f"spacing_per={self.spacing_per!r}"
+            f"samples={self.samples}, eval_samples={self.eval_samples}, "
+            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}"
         )
 
 

@@ -89,6 +89,7 @@ def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Te
         inner = e1.mul_(0.5).mul_(em.square_()).neg_().add_(c)  # c − ½ e1 em²
         return d.sub_(inner.log_())
 
+
 class _CellNLL(torch.autograd.Function):
     """−log P(η) elementwise with a closed-form backward.
 
