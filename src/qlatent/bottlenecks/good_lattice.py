@@ -81,7 +81,9 @@ class DitheredGoodLattice(Bottleneck):
             ``"coordinate"`` (one per coordinate: the lattice diag(s)·Λ, whose cell is the base
             cell stretched along the axes). A scale per coordinate lets a single coordinate be
             switched off as the rectangular lattice does (its cell grows along that axis while
-            the prior there shrinks) at the price of a stretched, less round cell.
+            the prior there shrinks) at the price of a stretched, less round cell. (In the
+            Table-1 runs training did not use that freedom: the scales stayed within 0.78–1.54
+            and the rows ended as the block-scaled ones; README, "Good lattices in Table 1".)
         init_scale: initial prior scale b_i.
         learn_spacing / learn_scale: whether the block scales / prior scales are trained
             (log-parametrized).
