@@ -275,3 +275,15 @@ def test_inference_nll_is_bit_for_bit_the_differentiable_one(grid_reference, dty
     with torch.no_grad():
         fast = cell_nll_no_grad(eta, *cell_constants(spacing, scale))
     assert torch.equal(fast, reference.detach())
+
+
+def test_inference_nll_broadcasts_and_promotes_like_the_differentiable_one():
+    """η smaller than the constants and of a lower precision: the same shape, dtype and bits."""
+    eta = torch.linspace(-3.0, 3.0, 7, dtype=torch.float32).unsqueeze(1)  # (7, 1)
+    spacing = torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    reference = laplace_cell_nll(eta, spacing, scale)
+    with torch.no_grad():
+        fast = laplace_cell_nll(eta, spacing, scale)
+    assert fast.shape == reference.shape == (7, 3) and fast.dtype == torch.float64
+    assert torch.equal(fast, reference.detach())

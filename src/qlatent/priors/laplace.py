@@ -56,7 +56,7 @@ def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: T
     """The elementwise part of :func:`laplace_cell_log_prob` given :func:`cell_constants`
     (``c`` must be ``-expm1(-h)``: its gradient is part of the closed form's ``h`` term)."""
     if not torch.is_grad_enabled():  # no backward can follow: the forward alone
-        return -_cell_nll(eta, inv_scale, h, c)
+        return -cell_nll_no_grad(eta, inv_scale, h, c)
     return -_CellNLL.apply(eta, inv_scale, h, c)
 
 
@@ -69,20 +69,16 @@ def _forward_parts(eta, inv_scale, h, c):
     return a, t, e1, em, inner
 
 
-def _cell_nll(eta, inv_scale, h, c):
-    """−log P(η) elementwise, the forward of :class:`_CellNLL` without its derivatives."""
-    a, t, _, _, inner = _forward_parts(eta, inv_scale, h, c)
-    return (a - t) - torch.log(inner)
-
-
 def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
-    """``-cell_log_prob_from_constants`` for inference, in three buffers of ``eta``'s shape:
+    """``-cell_log_prob_from_constants`` for inference, in three buffers of the broadcast shape:
     the same operations in the same order as the autograd path, so bit for bit its values
     (x·½ for ½·x and c + (−x) for c − x are exact rewrites), with the temporaries reused in
     place. No gradient flows through it."""
     with torch.no_grad():
-        d = torch.abs(eta).mul_(inv_scale)  # a = |η|/b
+        d = torch.abs(eta) * inv_scale  # a = |η|/b
         t = torch.minimum(d, h)
+        if d.shape != t.shape or d.dtype != t.dtype:  # h broadcasts or promotes further
+            d = d.to(t.dtype).expand_as(t).clone()
         d.sub_(t)  # a − t
         e1 = torch.sub(t, h).exp_()
         em = t.neg_().expm1_()  # expm1(−t), in t's buffer
