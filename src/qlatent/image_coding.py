@@ -101,6 +101,7 @@ _GOOD_ARGS = {
     "prior_samples": (int,),
     "eval_samples": (int,),
     "eval_prior_samples": (int,),
+    "debias": (bool,),
 }
 
 
@@ -117,9 +118,10 @@ def _good_lattice_args(run_config, path) -> dict | None:
     out = {}
     for key, value in args.items():
         kinds = _GOOD_ARGS.get(key)
-        if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
+        bad_bool = isinstance(value, bool) and bool not in kinds  # bool is an int subclass
+        if kinds is None or bad_bool or not isinstance(value, kinds):
             raise CheckpointError(f"{path}: unexpected bottleneck argument {key}={value!r}")
-        if isinstance(value, int) and not 1 <= value <= 1 << 16:
+        if type(value) is int and not 1 <= value <= 1 << 16:
             raise CheckpointError(f"{path}: {key}={value} is out of range")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise CheckpointError(f"{path}: lattice must be names, got {value!r}")
