@@ -240,6 +240,31 @@ def test_compiled_training_path_matches_eager():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_hard_path_matches_eager_bit_for_bit():
+    """With grad disabled the fused hard path gives the eager path's indices and y_hat bit for
+    bit (ties of the rounding included: inputs on cell boundaries), the rate up to rounding;
+    an input too large for the lattice is refused as on the eager path."""
+    eager = make_lattice(seed=26).float().eval()
+    compiled = build("lattice", dim=DIM, compile=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    x = 3.0 * torch.randn(64, DIM, generator=gen(27))
+    x[:8] = eager.spacing.detach() * torch.randint(-4, 4, (8, DIM), generator=gen(28)) / 2
+    with torch.no_grad():
+        a = eager(x, generator=gen(29))
+        b = compiled(x, generator=gen(29))
+        assert torch.equal(b.indices, a.indices) and torch.equal(b.y_hat, a.y_hat)
+        torch.testing.assert_close(b.rate, a.rate, rtol=1e-6, atol=1e-5)
+        x[3, 1] = 1e30
+        with pytest.raises(ValueError, match="beyond"):
+            compiled(x, generator=gen(29))
+        # within the input limit, but a spacing that puts the coordinates beyond int64's: the
+        # fused kernel's own reach check
+        compiled.log_spacing.fill_(-12.0)
+        x[3, 1] = 1e15
+        with pytest.raises(ValueError, match="coordinates reach"):
+            compiled(x, generator=gen(29))
+
+
 # ------------------------------------------------------------------------- constructor
 @pytest.mark.parametrize(
     "kwargs",

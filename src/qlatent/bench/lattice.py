@@ -24,10 +24,11 @@ def bench_lattice(
 
     Cases: the training path (dither, ``y_hat`` and rate together) forward without and with
     autograd recording and forward + backward, each eager and fused by ``torch.compile``; the
-    hard path (quantize, reconstruct, exact rate); drawing ``rows × dim`` numbers with
-    ``torch.rand`` alone; and, with ``compile``, the :data:`FLOOR` case, the fused kernel of the
-    training path called directly. Every case gets ``ratio_to_floor`` (its median over the
-    floor's) when the floor was measured; the machine's load averages before and after are
+    hard path (quantize, reconstruct, exact rate), eager and fused; drawing ``rows × dim``
+    numbers with ``torch.rand`` alone; and, with ``compile``, the :data:`FLOOR` case, the fused
+    kernel of the training path called directly. Every case gets ``ratio_to_floor`` (its
+    median over the floor's) when the floor was measured; the machine's load averages before
+    and after are
     recorded, since a busy machine makes every ratio meaningless.
     """
     from ..bottlenecks.lattice import _compiled_kernel
@@ -88,6 +89,14 @@ def bench_lattice(
         cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
         cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
         cases["train path, torch.compile, forward + backward"] = forward_backward(fused)
+        hard_fused = build("lattice", dim=dim, compile=True).eval()
+        hard_fused.load_state_dict(eager.state_dict())
+        started = time.perf_counter()
+        no_grad(lambda: hard_fused(y, generator=gen.manual_seed(0)))()
+        compile_s += time.perf_counter() - started
+        cases["hard path (eval), torch.compile"] = no_grad(
+            lambda: hard_fused(y, generator=gen.manual_seed(0))
+        )
     cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
 
     results = time_cases(cases, repeats=repeats)
