@@ -28,8 +28,7 @@ def bench_lattice(
     numbers with ``torch.rand`` alone; and, with ``compile``, the :data:`FLOOR` case, the fused
     kernel of the training path called directly. Every case gets ``ratio_to_floor`` (its
     median over the floor's) when the floor was measured; the machine's load averages before
-    and after are
-    recorded, since a busy machine makes every ratio meaningless.
+    and after are recorded, since a busy machine makes every ratio meaningless.
     """
     from ..bottlenecks.lattice import _compiled_kernel
     from ..priors import cell_constants
