@@ -254,6 +254,9 @@ def test_compiled_hard_path_matches_eager_bit_for_bit():
         b = compiled(x, generator=gen(29))
         assert torch.equal(b.indices, a.indices) and torch.equal(b.y_hat, a.y_hat)
         torch.testing.assert_close(b.rate, a.rate, rtol=1e-6, atol=1e-5)
+        assert b.indices.dtype == torch.int64
+        empty = compiled(x[:0], generator=gen(29))  # no reduction to fuse: the eager path
+        assert empty.indices.shape == (0, DIM) and empty.rate.shape == (0,)
         x[3, 1] = 1e30
         with pytest.raises(ValueError, match="beyond"):
             compiled(x, generator=gen(29))

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lattices import RectangularLattice
-from ..lattices.base import check_coordinates
+from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
     cell_constants,
     cell_log_prob_from_constants,
@@ -77,14 +77,17 @@ def _compiled_kernel():
 
 def _hard_kernel(
     y: Tensor, key: Tensor, spacing: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The hard path from the dither's key: ``(y_hat, rate per row, k as float)``, with
-    u = (r − ½)Δ, k = round((y + u)/Δ), y_hat = kΔ − u and the exact cell rate of y_hat: the
-    operations of :meth:`DitheredLattice._hard_rows_no_grad`, in the same order. No autograd."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The hard path from the dither's key: ``(y_hat, rate per row, k as int64, max |k|)``,
+    with u = (r − ½)Δ, k = round((y + u)/Δ), y_hat = kΔ − u and the exact cell rate of y_hat:
+    the operations of :meth:`DitheredLattice._hard_rows_no_grad`, in the same order. The
+    reach max |k| (as float, NaN if any k is) is for the caller's overflow check, which makes
+    the int64 k meaningful; no autograd. Non-empty ``y`` only (the reduction needs one)."""
     u = (counter_uniform(key, y.shape, y.dtype) - 0.5) * spacing
     k = torch.round((y + u) / spacing)
     y_hat = k * spacing - u
-    return y_hat, cell_nll_no_grad(y_hat, inv_scale, h, c).sum(-1), k
+    rate = cell_nll_no_grad(y_hat, inv_scale, h, c).sum(-1)
+    return y_hat, rate, k.to(torch.int64), k.abs().amax()
 
 
 @functools.cache
@@ -211,13 +214,12 @@ class DitheredLattice(Bottleneck):
                 y_hat = torch.cat([p[0] for p in parts])
                 rate = torch.cat([p[1] for p in parts])
             indices = None
-        elif not torch.is_grad_enabled() and self.compile:
+        elif not torch.is_grad_enabled() and self.compile and y.numel():
             key = draw_key(generator, y.device)
-            y_hat, rate, k = _compiled_hard_kernel()(
+            y_hat, rate, indices, reach = _compiled_hard_kernel()(
                 y, key, spacing, *cell_constants(spacing, scale)
             )
-            check_coordinates(k)
-            indices = k.to(torch.int64)
+            check_reach(float(reach))
         elif not torch.is_grad_enabled():
             y_hat, rate, indices = self._hard_rows_no_grad(y, generator)
         else:

@@ -36,13 +36,18 @@ def check_coordinates(k: Tensor) -> None:
     (or are NaN): what :func:`to_coordinates` checks before converting."""
     if k.numel():
         low, high = torch.aminmax(k.detach())
-        reach = max(-float(low), float(high))
-        if not reach <= MAX_COORDINATE:  # NaN too
-            raise ValueError(
-                f"lattice coordinates reach {reach:.3g}, beyond the limit ±2^62 "
-                f"({MAX_COORDINATE:.3g}) of int64 coordinates: the input is too large for "
-                "this lattice's spacing"
-            )
+        check_reach(max(-float(low), float(high)))
+
+
+def check_reach(reach: float) -> None:
+    """ValueError if ``reach``, the largest |k| of rounded float coordinates, is beyond
+    ±:data:`MAX_COORDINATE` or NaN (for kernels that reduce it themselves)."""
+    if not reach <= MAX_COORDINATE:  # NaN too
+        raise ValueError(
+            f"lattice coordinates reach {reach:.3g}, beyond the limit ±2^62 "
+            f"({MAX_COORDINATE:.3g}) of int64 coordinates: the input is too large for "
+            "this lattice's spacing"
+        )
 
 
 class Lattice(ABC):
