@@ -49,6 +49,9 @@ from .lattice import _positive_log
 #: 1.6–2.4 (Λ24); a first look at 200 test images (Λ24, 1.0–4.0) pointed the same way
 CODE_CELL_WIDTH = {"BW16": 1.25, "Leech": 2.0}
 
+#: the tilted proposal's Gaussian width in units of the cell's size √(V^{2/n}/12) per coordinate
+_TILT = 1.0
+
 #: elements of the (rows, samples, m) tensor evaluated at once in the density estimate
 _DENSITY_CHUNK = 1 << 22
 
@@ -95,9 +98,11 @@ class DitheredGoodLattice(Bottleneck):
         eval_samples / eval_prior_samples: the same two counts for the hard path and for
             :meth:`log_prior` (IWAE).
         proposal: where the second kind of points comes from: ``"prior"``, X̂ itself (shared by
-            the rows of a call), or ``"box"``, X̂ restricted to the cell's bounding box around
+            the rows of a call); ``"box"``, X̂ restricted to the cell's bounding box around
             each row's v (drawn per row; Laplace prior only), which puts more of them in the
-            cell when the prior is comparable to the cell.
+            cell when the prior is comparable to the cell; or ``"tilted"``, X̂ tilted by a
+            Gaussian around v with the cell's size (drawn per row; Laplace prior only), whose
+            draws land in the cell far more often than the box's in 16 and 24 dimensions.
         debias: add the delta-method correction V̂ar(P̂)/(2P̂²) to each block's log-density in the
             rates of both paths (:meth:`log_density`), which takes the log's Jensen bias from
             O(1/S) to O(1/S²) at the cost of one more pass over the Monte-Carlo terms. IWAE
@@ -121,23 +126,23 @@ class DitheredGoodLattice(Bottleneck):
         prior_samples: int = 32,
         eval_samples: int = 1024,
         eval_prior_samples: int = 64,
-        proposal: Literal["prior", "box"] = "prior",
+        proposal: Literal["prior", "box", "tilted"] = "prior",
         spacing_per: Literal["block", "coordinate"] = "block",
         debias: bool = False,
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
-        if proposal not in ("prior", "box"):
-            raise ValueError(f"proposal must be 'prior' or 'box', got {proposal!r}")
+        if proposal not in ("prior", "box", "tilted"):
+            raise ValueError(f"proposal must be 'prior', 'box' or 'tilted', got {proposal!r}")
         if spacing_per not in ("block", "coordinate"):
             raise ValueError(f"spacing_per must be 'block' or 'coordinate', got {spacing_per!r}")
         self.spacing_per = spacing_per
         if not isinstance(debias, bool):
             raise ValueError(f"debias must be True or False, got {debias!r}")
         self.debias = debias
-        if proposal == "box" and prior != "laplace":
-            raise ValueError("proposal='box' needs the Laplace prior")
+        if proposal in ("box", "tilted") and prior != "laplace":
+            raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         self.proposal = proposal
         self.lattice_spec = lattice if isinstance(lattice, str) else list(lattice)
         self.geometry: DirectSum = tile(lattice, dim)
@@ -246,7 +251,10 @@ class DitheredGoodLattice(Bottleneck):
         (x = v + w) and ``prior_samples`` draws x from the proposal q (kept when K(x − v) = 0,
         i.e. x in the cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_q·q(x)), unbiased. With
         ``proposal="prior"`` q = p; with ``"box"`` q = p restricted to the box v ± h around the
-        cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box). Uniform
+        cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box); with
+        ``"tilted"`` q ∝ p·g, g a Gaussian around v with the cell's size (:meth:`_tilted_points`),
+        whose draws and density do not depend on the parameters (the estimate stays unbiased
+        as a function of them, so its gradient is the gradient of P̂ at fixed draws). Uniform
         points alone fail when the prior is peaked inside the cell (a coordinate the model
         switched off); prior draws alone fail when it is flat; the mixture is good at both.
         f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
@@ -275,19 +283,26 @@ class DitheredGoodLattice(Bottleneck):
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
             log_z = 0.0  # log Z_v per block: the proposal's normalizer (1 for the prior)
+            tilted = boxed and self.proposal == "tilted"
             if boxed:
-                halfwidth = self._halfwidth.to(v.dtype) * sigma
                 key = draw_key(generator)  # one per chunk: the draws are fixed by the generator
+            if tilted:
+                xc, log_q = self._tilted_points(vc, prior_samples, key, sigma, scale, membership)
+            elif boxed:
+                halfwidth = self._halfwidth.to(v.dtype) * sigma
                 xc, log_z = self._box_points(vc, prior_samples, key, halfwidth, scale)
                 log_z = (log_z @ membership).unsqueeze(1)  # (N, 1, blocks)
             else:
                 xc = None if x is None else x.unsqueeze(0).expand(vc.shape[0], -1, -1)
-            log_p = self._block_log_pdf(vc.unsqueeze(1) + w, scale, membership)  # (N, S_u, b)
-            terms = [log_p - _log_add(log_uniform, log_count + log_p - log_z, prior_samples)]
+            xu = vc.unsqueeze(1) + w
+            log_p = self._block_log_pdf(xu, scale, membership)  # (N, S_u, b)
+            log_qu = log_q(xu) if tilted else log_p - log_z
+            terms = [log_p - _log_add(log_uniform, log_count + log_qu, prior_samples)]
             if xc is not None:
                 inside = self._inside_cell(xc - vc.unsqueeze(1), sigma)  # (N, S_q, blocks)
                 log_px = self._block_log_pdf(xc, scale, membership)
-                weight = log_px - _log_add(log_uniform, log_count + log_px - log_z, 1)
+                log_qx = log_q(xc) if tilted else log_px - log_z
+                weight = log_px - _log_add(log_uniform, log_count + log_qx, 1)
                 terms.append(weight.masked_fill(~inside, -math.inf))
             terms = torch.cat(terms, 1)
             log_sum = torch.logsumexp(terms, dim=1)  # (N, blocks): log P̂_b
@@ -331,6 +346,55 @@ class DitheredGoodLattice(Bottleneck):
         x = torch.where(a >= 0, right, torch.where(c <= 0, left, across))
         log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
         return x, log_z
+
+    def _tilted_points(
+        self, v: Tensor, count: int, key: Tensor, sigma: Tensor, scale: Tensor, membership: Tensor
+    ):
+        """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
+        the function x ↦ log q_v(x) per block, ``(N, S, m)`` -> ``(N, S, blocks)``.
+
+        τ_i = :data:`_TILT`·s_i/√12, s_i the scaled cell's size V^{1/n} at coordinate i: the
+        root second moment of a cube of the cell's volume (a good lattice's cell has 0.89–0.98
+        of it). Per coordinate the Laplace prior times the Gaussian is two
+        truncated Gaussians, N(v ∓ τ²/b, τ²) on x ≥ 0 and x ≤ 0: a side is drawn by its mass,
+        then the point by the inverse CDF, in float64 (past 30 standard deviations of
+        truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
+        its Rayleigh approximation, whose density is within 1/30² of the exact one). Nothing
+        here depends on the parameters: draws and density are those of a fixed q."""
+        n, m = v.shape
+        f64 = torch.float64
+        mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
+        b = scale.detach().to(f64)
+        tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / self._unit.to(f64))
+        shift = tau.square() / b
+        alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
+        alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
+        mass_pos = -mu / b + torch.special.log_ndtr(-alpha_pos)
+        mass_neg = mu / b + torch.special.log_ndtr(-alpha_neg)
+        log_mass = torch.logaddexp(mass_pos, mass_neg)
+        r = counter_uniform(key, (n, count, 2 * m), f64).to(v.device)
+        r = r + 2.0**-25  # midpoints of the 2^-24 grid: never 0 or 1
+        positive = torch.log(r[..., :m]) < mass_pos - log_mass
+        alpha = torch.where(positive, alpha_pos, alpha_neg)
+        tail = torch.log1p(-r[..., m:])  # log(1 − r'): the standard truncated normal on [α, ∞)
+        exact = -torch.special.ndtri(torch.exp(tail + torch.special.log_ndtr(-alpha)))
+        far = torch.sqrt(alpha.clamp(min=0.0).square() - 2.0 * tail)
+        z = torch.where(alpha > 30.0, far, exact)
+        x = torch.where(positive, (mu - shift) + tau * z, (mu + shift) - tau * z)
+        # log q(x) = −|x|/b − (x − v)²/(2τ²) − log C per coordinate, with C = ∫ e^{−|x|/b}·g:
+        # the Gaussian's τ√(2π), e^{τ²/(2b²)} and the two sides' masses
+        log_c = log_mass + tau.square() / (2 * b.square()) + torch.log(tau)
+        log_c_blocks = (log_c + 0.5 * math.log(2 * math.pi)) @ membership.to(f64)  # (N, 1, blocks)
+        dtype = v.dtype
+        abs_matrix = (membership.to(f64) / b.unsqueeze(1)).to(dtype)
+        tilt_matrix = (membership.to(f64) / (2 * tau.square()).unsqueeze(1)).to(dtype)
+        log_c_blocks = log_c_blocks.to(dtype)
+        center = v.detach().unsqueeze(1)
+
+        def log_q(t: Tensor) -> Tensor:
+            return -(t.abs() @ abs_matrix) - ((t - center).square() @ tilt_matrix) - log_c_blocks
+
+        return x.to(dtype), log_q
 
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
         """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m)`` -> ``(..., blocks)``: the per-coordinate
