@@ -82,6 +82,7 @@ def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
         assert row["lattice"] == lattice and len(row["block_spacing"]) == blocks
         assert set(row["log_density_bias"]) == {"train", "eval"}
         assert row["log_density_bias"]["train"]["bias_nats"] <= 0.5
+        assert row["log_density_bias"]["eval"]["reference_proposal"] == "tilted"
         assert row["test_codelength_hard"] > 0 and "test_nll_iwae4" in row
     from matplotlib.image import imread
 
