@@ -281,6 +281,7 @@ def test_coding_mnist_codes_the_table1_lattices(tmp_path):
     assert rect["round_trip_exact"] and e8["round_trip_exact"]
     assert e8["code_model"].startswith("good lattice")
     assert e8["mc_ideal_se"] > 0 and e8["mc_ideal_repeats"] == 2
+    assert e8["mc_ideal_proposal"] == "tilted"
     assert abs(e8["model_over_ideal_percent"]) < 15
     assert e8["payload_over_model_percent"] < 5
     assert rect["hard_distortion_nats_per_image"] > 0 and "provenance" in e8

@@ -239,17 +239,23 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
 @torch.no_grad()
 def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: int) -> dict:
     """The ideal −log2 P(z | u) of the file's points on the first ``ideal_images`` images, by
-    Monte Carlo (the cell's prior mass, multiple importance sampling, capped at 1), mean and s.e.
-    over ``ideal_repeats`` independent estimates; next to the code model's own bits on the same
-    images."""
+    Monte Carlo (the cell's prior mass, multiple importance sampling, capped at 1; under a
+    Laplace prior with the tilted proposal, whose estimate is the least biased in 24 dimensions),
+    mean and s.e. over ``ideal_repeats`` independent estimates; next to the code model's own bits
+    on the same images."""
     count = min(cfg.ideal_images, y.shape[0])
     sub = y_hat[:count].reshape(count, -1)
     log_v = float(neck.log_volume())
     estimates = []
-    for r in range(cfg.ideal_repeats):
-        generator = torch.Generator().manual_seed(20_000 + r)
-        log_f = neck.log_density(sub, cfg.ideal_samples, cfg.ideal_prior_samples, generator)
-        estimates.append(float((-log_v - log_f).double().sum()) / LN2 / count)
+    own, proposal = neck.proposal, "tilted" if neck.prior_name == "laplace" else neck.proposal
+    try:
+        neck.proposal = proposal
+        for r in range(cfg.ideal_repeats):
+            generator = torch.Generator().manual_seed(20_000 + r)
+            log_f = neck.log_density(sub, cfg.ideal_samples, cfg.ideal_prior_samples, generator)
+            estimates.append(float((-log_v - log_f).double().sum()) / LN2 / count)
+    finally:
+        neck.proposal = own
     mc = statistics.fmean(estimates)
     se = statistics.stdev(estimates) / math.sqrt(len(estimates)) if len(estimates) > 1 else 0.0
     model_bits = ideal_bits(neck, y[:count], seed=cfg.seed) / count
@@ -262,6 +268,7 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
         "mc_ideal_se": se,
         "mc_ideal_repeats": len(estimates),
         "mc_ideal_samples": [cfg.ideal_samples, cfg.ideal_prior_samples],
+        "mc_ideal_proposal": proposal,
         "model_bits_per_image_on_those": model_bits,
         "model_over_ideal_percent": 100 * model_over_ideal,
         "model_over_ideal_se_percent": 100 * model_bits * se / mc**2,
@@ -331,7 +338,8 @@ def reproduce(
             "mc_ideal_bits_per_image": "good lattices: the ideal −log2 P(z | u) (the prior's "
             "mass on the Voronoi cell around z − u) of the file's points on the first "
             "mc_ideal_images test images, by Monte Carlo (multiple importance sampling, capped "
-            "at 1; mc_ideal_samples uniform and proposal points), mean ± s.e. over "
+            "at 1; mc_ideal_samples uniform and proposal points from mc_ideal_proposal, the "
+            "bottleneck's own box where a row does not say), mean ± s.e. over "
             "mc_ideal_repeats independent estimates; model_over_ideal_percent compares the code "
             "model's bits on the same images with it",
             "hard_distortion_nats_per_image": "−log p(x | ŷ) of the decoded ŷ, mean over the "
