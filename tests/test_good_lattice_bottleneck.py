@@ -477,3 +477,33 @@ def test_box_draws_at_the_top_of_the_uniform_grid_keep_gradients_finite(monkeypa
     assert torch.isfinite(x).all() and torch.isfinite(log_z).all()
     (x.sum() + log_z.sum()).backward()
     assert torch.isfinite(v.grad).all() and torch.isfinite(scale.grad).all()
+
+
+@pytest.mark.parametrize("proposal", ["box", "tilted"])
+def test_density_gradient_is_the_gradient_of_the_cell_probability(proposal):
+    """On a Z block (cell [v − s/2, v + s/2]) the Monte-Carlo P̂'s gradients with respect to the
+    cell size, the point v and the prior scale average to the closed form's: the tilted draws
+    move with the cell, so the cell's boundary sweeping over them adds no missed surface term
+    (held fixed, they gave a cell-size gradient 25% low at b = 0.3)."""
+    b, v0 = 0.3, 0.3
+    module = DitheredGoodLattice(dim=1, lattice="z", init_scale=b, proposal=proposal).double()
+    s = module.block_spacing.detach().reshape(-1)[0].item()
+    grads = []
+    for seed in range(200):
+        module.zero_grad()
+        v = torch.tensor([[v0]], dtype=F64, requires_grad=True)
+        log_f = module.log_density(v, 16, 16, gen(seed), cap=False)
+        (log_f + module.log_volume()).exp().sum().backward()
+        grads.append([module.log_spacing.grad.sum(), v.grad.sum(), module.log_scale.grad.sum()])
+    grads = torch.tensor(grads, dtype=F64)
+    laplace = torch.distributions.Laplace(0.0, b)
+
+    def pdf(t: float) -> float:
+        return laplace.log_prob(torch.tensor(t, dtype=F64)).exp().item()
+
+    hi, lo = v0 + s / 2, v0 - s / 2
+    exact = torch.tensor(
+        [s * (pdf(hi) + pdf(lo)) / 2, pdf(hi) - pdf(lo), -(hi * pdf(hi) - lo * pdf(lo))], dtype=F64
+    )
+    se = grads.std(0) / math.sqrt(grads.shape[0])
+    assert ((grads.mean(0) - exact).abs() < 4 * se + 1e-3).all(), (grads.mean(0), exact, se)

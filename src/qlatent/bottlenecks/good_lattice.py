@@ -253,8 +253,8 @@ class DitheredGoodLattice(Bottleneck):
         ``proposal="prior"`` q = p; with ``"box"`` q = p restricted to the box v ± h around the
         cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box); with
         ``"tilted"`` q ∝ p·g, g a Gaussian around v with the cell's size (:meth:`_tilted_points`),
-        whose draws and density do not depend on the parameters (the estimate stays unbiased
-        as a function of them, so its gradient is the gradient of P̂ at fixed draws). Uniform
+        drawn at the current parameters and moved with the cell (the estimate stays unbiased as
+        a function of v and σ and its cell indicator constant, so its gradient is that of P). Uniform
         points alone fail when the prior is peaked inside the cell (a coordinate the model
         switched off); prior draws alone fail when it is flat; the mixture is good at both.
         f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
@@ -359,8 +359,16 @@ class DitheredGoodLattice(Bottleneck):
         truncated Gaussians, N(v ∓ τ²/b, τ²) on x ≥ 0 and x ≤ 0: a side is drawn by its mass,
         then the point by the inverse CDF, in float64 (past 30 standard deviations of
         truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
-        its Rayleigh approximation, whose density is within 1/30² of the exact one). Nothing
-        here depends on the parameters: draws and density are those of a fixed q."""
+        its Rayleigh approximation, whose density is within 1/30² of the exact one).
+
+        The draws x₀ and their density q₀ are those of q at the current values (v₀, σ₀) held
+        fixed; the points returned are x = v + D(x₀ − v₀) with D = diag(σ/σ₀), whose value is x₀
+        but which move with the cell as v and σ do, and ``log_q`` is the density of that map,
+        log q₀(v₀ + D⁻¹(x − v)) − log|D| per block. The estimate is then unbiased at every
+        (v, σ) near the current one and its indicator 1[x − v ∈ cell] does not change with them,
+        so its gradient is the gradient of P: with x₀ held fixed instead, the cell's boundary
+        sweeping over fixed draws is a surface term that the gradient would miss (tested
+        against the closed form on Z blocks)."""
         n, m = v.shape
         f64 = torch.float64
         mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
@@ -390,11 +398,16 @@ class DitheredGoodLattice(Bottleneck):
         tilt_matrix = (membership.to(f64) / (2 * tau.square()).unsqueeze(1)).to(dtype)
         log_c_blocks = log_c_blocks.to(dtype)
         center = v.detach().unsqueeze(1)
+        stretch = sigma / sigma.detach()  # D: ones, with the cell's gradient
+        log_det = torch.log(stretch) @ membership  # (blocks,): log|D| per block, 0 in value
+        moving = v.unsqueeze(1)
 
         def log_q(t: Tensor) -> Tensor:
-            return -(t.abs() @ abs_matrix) - ((t - center).square() @ tilt_matrix) - log_c_blocks
+            u = center + (t - moving) / stretch  # D⁻¹ back to the fixed draws' coordinates
+            log_q0 = -(u.abs() @ abs_matrix) - ((u - center).square() @ tilt_matrix)
+            return log_q0 - log_c_blocks - log_det
 
-        return x.to(dtype), log_q
+        return moving + stretch * (x.to(dtype) - center), log_q
 
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
         """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m)`` -> ``(..., blocks)``: the per-coordinate
