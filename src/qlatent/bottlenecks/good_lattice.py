@@ -254,8 +254,8 @@ class DitheredGoodLattice(Bottleneck):
         cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box); with
         ``"tilted"`` q ∝ p·g, g a Gaussian around v with the cell's size (:meth:`_tilted_points`),
         drawn at the current parameters and moved with the cell (the estimate stays unbiased as
-        a function of v and σ and its cell indicator constant, so its gradient is that of P). Uniform
-        points alone fail when the prior is peaked inside the cell (a coordinate the model
+        a function of v and σ and its cell indicator constant, so its gradient is that of P).
+        Uniform points alone fail when the prior is peaked inside the cell (a coordinate the model
         switched off); prior draws alone fail when it is flat; the mixture is good at both.
         f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
         truth (``cap=False`` returns the unbiased estimate of P itself).
