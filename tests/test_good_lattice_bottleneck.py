@@ -339,7 +339,7 @@ def test_measured_bias_shrinks_with_more_samples():
     large = log_density_bias(module, v, (256, 32), (4096, 512))
     assert small["bias_nats"] < large["bias_nats"] + 3 * small["bias_se"]
     assert abs(large["bias_nats"]) < 0.1
-    with pytest.raises(ValueError, match="reference_proposal"):
+    with pytest.raises(ValueError, match="proposal must be"):
         log_density_bias(module, v, (8, 0), (64, 8), reference_proposal="cell")
     gaussian = DitheredGoodLattice(dim=8, lattice="e8", prior="gaussian")
     with pytest.raises(ValueError, match="Laplace"):

@@ -31,7 +31,8 @@ from the counter-based generator (``qlatent.rng``) with keys from the ``generato
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -347,6 +348,21 @@ class DitheredGoodLattice(Bottleneck):
         log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
         return x, log_z
 
+    @contextmanager
+    def proposal_set_to(self, proposal: str | None) -> Iterator[None]:
+        """Use ``proposal`` for the proposal draws inside the block (``None``: keep the own), e.g.
+        the tilted one for a large-S reference of a box bottleneck."""
+        if proposal not in (None, "prior", "box", "tilted"):
+            raise ValueError(f"proposal must be 'prior', 'box' or 'tilted', got {proposal!r}")
+        if proposal in ("box", "tilted") and self.prior_name != "laplace":
+            raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
+        own = self.proposal
+        self.proposal = proposal or own
+        try:
+            yield
+        finally:
+            self.proposal = own
+
     def _tilted_points(
         self, v: Tensor, count: int, key: Tensor, sigma: Tensor, scale: Tensor, membership: Tensor
     ):
@@ -572,16 +588,9 @@ def log_density_bias(
     """
     gen = torch.Generator().manual_seed(seed)
     own = bottleneck.proposal
-    if reference_proposal not in (None, "prior", "box", "tilted"):
-        raise ValueError(f"reference_proposal must be a proposal, got {reference_proposal!r}")
-    if reference_proposal in ("box", "tilted") and bottleneck.prior_name != "laplace":
-        raise ValueError(f"reference_proposal={reference_proposal!r} needs the Laplace prior")
     with torch.no_grad():
-        try:
-            bottleneck.proposal = reference_proposal or own
+        with bottleneck.proposal_set_to(reference_proposal):
             ref = bottleneck.log_density(v, *reference, gen)
-        finally:
-            bottleneck.proposal = own
         reps = [
             bottleneck.log_density(v, *samples, gen, debias=debias) - ref for _ in range(repeats)
         ]

@@ -247,15 +247,12 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
     sub = y_hat[:count].reshape(count, -1)
     log_v = float(neck.log_volume())
     estimates = []
-    own, proposal = neck.proposal, "tilted" if neck.prior_name == "laplace" else neck.proposal
-    try:
-        neck.proposal = proposal
+    proposal = "tilted" if neck.prior_name == "laplace" else neck.proposal
+    with neck.proposal_set_to(proposal):
         for r in range(cfg.ideal_repeats):
             generator = torch.Generator().manual_seed(20_000 + r)
             log_f = neck.log_density(sub, cfg.ideal_samples, cfg.ideal_prior_samples, generator)
             estimates.append(float((-log_v - log_f).double().sum()) / LN2 / count)
-    finally:
-        neck.proposal = own
     mc = statistics.fmean(estimates)
     se = statistics.stdev(estimates) / math.sqrt(len(estimates)) if len(estimates) > 1 else 0.0
     model_bits = ideal_bits(neck, y[:count], seed=cfg.seed) / count
