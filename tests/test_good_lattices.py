@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from qlatent.bottlenecks import build
 from qlatent.lattices import (
     DirectSum,
     GossetLattice,
@@ -290,3 +291,31 @@ def test_closest_point_matches_sphere_decoder_many_points(name):
     scale = lat.volume.item() ** (1 / lat.dim)
     x = 3 * scale * torch.randn(400, lat.dim, generator=gen(12), dtype=F64)
     _assert_as_near_as_reference(lat, x, lat.closest_point(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_compiled_leech_decoder_matches_eager(dtype):
+    """The decoder fused by torch.compile returns the eager decoder's points on random inputs at
+    several scales, near faces and between the two offsets' cosets, over a partial last chunk
+    (padded to the compiled shape), and through a bottleneck built with ``compile=True``."""
+    eager, fused = LeechLattice(), LeechLattice(compile=True)
+    g = gen(31)
+    x = torch.cat(
+        [s * torch.randn(700, 24, generator=g, dtype=F64) for s in (0.5, 2.0, 100.0)]
+        + [
+            _adversarial(eager, 300, seed=32, dtype=F64),
+            0.5 + 0.1 * torch.randn(77, 24, generator=g, dtype=F64),
+        ]
+    ).to(dtype)
+    assert torch.equal(fused.closest_point(x), eager.closest_point(x))
+    assert torch.equal(fused.closest_point(x[:5]), eager.closest_point(x[:5]))
+    neck = build("lattice", dim=40, lattice=["leech", "bw16"], compile=True)
+    assert neck.geometry.blocks[0].compile and "compile=True" in repr(neck)
+
+
+def test_compile_flag_is_validated():
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        LeechLattice(compile="yes")
+    assert not tile(["leech", "bw16"], 40).blocks[0].compile
+    assert tile(["leech", "bw16"], 40, compile=True).blocks[0].compile

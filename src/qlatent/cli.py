@@ -303,6 +303,7 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         target_rse=args.target_rse,
         steps=not args.no_steps,
+        compile=not args.no_compile,
     )
     payload = {**provenance(args.command_line), **result}
     print(format_lattices(result))
@@ -716,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
     b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")
+    b.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile-fused Leech decoder"
+    )
     b.add_argument("--output", default="results/lattice-geometry.json", help="'' prints only")
     b.set_defaults(func=_cmd_bench_lattices)
     return parser

@@ -30,6 +30,8 @@ LITERATURE_NSM = {
     "bw16": 0.0682976,
     "leech": 0.0657710,
 }
+#: the closest-point case of the Leech decoder fused by ``torch.compile``
+COMPILED_LEECH = "leech, torch.compile"
 #: closest-point throughput input width per lattice (a multiple of its dimension)
 WIDTH = {"z": 64, "a2": 64, "d3*": 63, "d4": 64, "e8": 64, "bw16": 64, "leech": 48}
 
@@ -84,9 +86,11 @@ def bench_lattices(
     target_rse: float = 5e-4,
     seed: int = 0,
     steps: bool = True,
+    compile: bool = True,
 ) -> dict[str, Any]:
-    """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), and
-    with ``steps`` :func:`bench_training_step`."""
+    """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), with
+    ``compile`` (and Leech among ``names``) also the Leech decoder fused by ``torch.compile``
+    (its compile time recorded apart), and with ``steps`` :func:`bench_training_step`."""
     torch.set_num_threads(threads)
     names = list(names or LITERATURE_NSM)
     unknown = sorted(set(names) - set(LITERATURE_NSM))
@@ -94,12 +98,23 @@ def bench_lattices(
         raise ValueError(f"unknown lattices {unknown}; known: {list(LITERATURE_NSM)}")
     geometry = {n: estimate_nsm(n, target_rse=target_rse, seed=seed) for n in tqdm(names, desc="G")}
     gen = torch.Generator().manual_seed(seed)
-    cases, widths = {}, {}
+    cases, widths, lattices = {}, {}, {}
     for name in names:
-        lat = tile(name, WIDTH[name])
+        lat = lattices[name] = tile(name, WIDTH[name])
         x = 2.0 * torch.randn(rows, WIDTH[name], generator=gen)
         cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
         widths[name] = WIDTH[name]
+    compile_s = None
+    if compile and "leech" in names:
+        fused = tile("leech", WIDTH["leech"], compile=True)
+        x = 2.0 * torch.randn(rows, WIDTH["leech"], generator=gen)
+        started = time.perf_counter()
+        fused.closest_point(x[:1])  # compiles
+        compile_s = time.perf_counter() - started
+        if not torch.equal(fused.closest_point(x), lattices["leech"].closest_point(x)):
+            raise RuntimeError("the compiled Leech decoder disagrees with the eager one")
+        cases[COMPILED_LEECH] = lambda lat=fused, x=x: lat.closest_point(x)
+        widths[COMPILED_LEECH] = WIDTH["leech"]
     x64 = 2.0 * torch.randn(rows, 64, generator=gen)
     cases["round (Z, torch.round)"] = lambda: torch.round(x64)
     timings = time_cases(cases, repeats=repeats, block=2, warmup=1)
@@ -115,6 +130,7 @@ def bench_lattices(
         "input": {"rows": rows, "dtype": "float32", "threads": threads, "repeats": repeats},
         "geometry": geometry,
         "closest_point": throughput,
+        "leech_compile_s": compile_s,
     }
     if steps:
         out["training_step_ms"] = bench_training_step(seed=seed)
@@ -181,6 +197,12 @@ def format_lattices(result: dict[str, Any]) -> str:
         lines.append(
             f"| {g['lattice']} | {g['nsm']:.6f} | {g['se']:.6f} ({100 * g['relative_se']:.3f}%) "
             f"| {g['literature']:.7f} | {100 * g['relative_difference']:+.3f}% "
+            f"| {t['rows_per_s']:,.0f} ({t['input'][0]} × {t['input'][1]}) |"
+        )
+    if COMPILED_LEECH in result["closest_point"]:
+        t = result["closest_point"][COMPILED_LEECH]
+        lines.append(
+            f"| Leech, torch.compile (compiled in {result['leech_compile_s']:.0f} s) | | | | "
             f"| {t['rows_per_s']:,.0f} ({t['input'][0]} × {t['input'][1]}) |"
         )
     r = result["closest_point"]["round (Z, torch.round)"]

@@ -108,6 +108,9 @@ class DitheredGoodLattice(Bottleneck):
             rates of both paths (:meth:`log_density`), which takes the log's Jensen bias from
             O(1/S) to O(1/S²) at the cost of one more pass over the Monte-Carlo terms. IWAE
             (:meth:`log_prior`) keeps the uncorrected, unbiased density.
+        compile: decode the Leech blocks with the decoder fused by ``torch.compile``
+            (:class:`qlatent.lattices.LeechLattice`): compiled on first use, then about 1.5–2×
+            as fast; the other blocks are unchanged.
 
     The bias of the log-density estimate at given counts is measured by
     :func:`log_density_bias`; report it with any result.
@@ -130,6 +133,7 @@ class DitheredGoodLattice(Bottleneck):
         proposal: Literal["prior", "box", "tilted"] = "prior",
         spacing_per: Literal["block", "coordinate"] = "block",
         debias: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
@@ -146,7 +150,10 @@ class DitheredGoodLattice(Bottleneck):
             raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         self.proposal = proposal
         self.lattice_spec = lattice if isinstance(lattice, str) else list(lattice)
-        self.geometry: DirectSum = tile(lattice, dim)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        self.compile = compile
+        self.geometry: DirectSum = tile(lattice, dim, compile=compile)
         self.prior_name = prior
         self.samples = _sample_count(samples, "samples")
         self.eval_samples = _sample_count(eval_samples, "eval_samples")
@@ -574,7 +581,8 @@ class DitheredGoodLattice(Bottleneck):
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
             f"samples={self.samples}, eval_samples={self.eval_samples}, "
-            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, debias={self.debias}"
+            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, debias={self.debias}, "
+            f"compile={self.compile}"
         )
 
 

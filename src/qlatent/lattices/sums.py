@@ -87,12 +87,15 @@ _FIXED = {
 _FAMILIES = {"a": RootLatticeA, "d": CheckerboardLattice}
 
 
-def lattice_by_name(name: str) -> Lattice:
+def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
     """One block from its name: ``z`` (Z^1), ``a<n>`` (A_n; ``a2`` hexagonal), ``d<n>``,
-    ``d<n>*`` (D_n*), ``e8``, ``bw16``, ``leech``. Case-insensitive."""
+    ``d<n>*`` (D_n*), ``e8``, ``bw16``, ``leech``. Case-insensitive. ``compile``: the Leech
+    lattice's decoder fused by ``torch.compile`` (:class:`LeechLattice`; the others ignore it)."""
     if not isinstance(name, str):
         raise ValueError(f"a lattice name must be a string, got {name!r}")
     key = name.strip().lower()
+    if key == "leech":
+        return LeechLattice(compile=compile)
     if key in _FIXED:
         return _FIXED[key]()
     if key == "z":
@@ -110,14 +113,16 @@ def lattice_by_name(name: str) -> Lattice:
 LATTICE_NAMES = "known: z, a<n> (a2 hexagonal), d<n>, d<n>*, e8, bw16, leech"
 
 
-def tile(spec: str | Sequence[str], dim: int) -> DirectSum:
+def tile(spec: str | Sequence[str], dim: int, *, compile: bool = False) -> DirectSum:
     """The direct sum that fills ``dim`` coordinates: one name repeated (``"e8"``, dim 40 ->
     E8^5; must divide ``dim``), or a list of names whose dimensions add up to ``dim``
     (``["leech", "bw16"]`` -> Λ24 ⊕ Λ16). Equal names share one block object, so consecutive
-    equal blocks decode in one call."""
+    equal blocks decode in one call. ``compile`` as in :func:`lattice_by_name`."""
     names = [spec] if isinstance(spec, str) else list(spec)
     cache: dict[str, Lattice] = {}
-    blocks = [cache.setdefault(n.strip().lower(), lattice_by_name(n)) for n in names]
+    blocks = [
+        cache.setdefault(n.strip().lower(), lattice_by_name(n, compile=compile)) for n in names
+    ]
     total = sum(b.dim for b in blocks)
     if isinstance(spec, str):
         if dim % total:
