@@ -64,7 +64,9 @@ def test_vq_rows_at_each_peer_codebook_size(result):
 
 
 def test_every_row_is_a_positive_finite_timing(result):
-    assert len(rows_of(result, "reference")) == 1
+    references = {r["name"] for r in rows_of(result, "reference")}
+    floors = {f"addmm + argmin[K={k}]" for k in PEER_CODEBOOK_SIZES}
+    assert references == {"torch.rand (rows x dim numbers alone)", *floors}
     for r in result["results"]:
         assert math.isfinite(r["rows_per_s"]) and r["rows_per_s"] > 0, r["name"]
         assert r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -73,6 +75,14 @@ def test_every_row_is_a_positive_finite_timing(result):
         assert r["in_dim"] >= result["input"]["dim"]
         assert r["mode"] in (*MODES, None)
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN or tensors
+
+
+def test_vq_eval_is_compared_with_its_floor(result):
+    """The bare search row at each K, and vq's eval rows/s over it (finite, positive)."""
+    ratios = result["speedup_vs_vector_quantize"]["vq_eval_over_floor"]
+    assert set(ratios) == {f"K={k}" for k in PEER_CODEBOOK_SIZES}
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values())
+    assert "vq eval / bare addmm + argmin" in format_quantizers(result)
 
 
 def test_peers_measured_in_the_same_run(result):

@@ -208,6 +208,26 @@ def _budgeted_repeats(
     return counts
 
 
+#: the reference row of the nearest-codeword search alone at codebook size K
+FLOOR_NAME = "addmm + argmin[K={}]"
+
+
+def _floor_cases(y: Tensor, dim: int) -> list[_Case]:
+    """The nearest-codeword search with nothing around it, at each of ``PEER_CODEBOOK_SIZES``:
+    one ``addmm`` of ‖e‖² − 2·y·eᵀ over the whole input and its ``argmin``, on a codebook
+    initialised as ``vq``'s, as the floor of ``vq``'s eval path."""
+    cases = []
+    for k in PEER_CODEBOOK_SIZES:
+        codebook = build("vq", dim=dim, num_codes=k).codebook.detach()
+        norms = codebook.square().sum(1)
+
+        def call(codebook=codebook, norms=norms):
+            return torch.addmm(norms, y, codebook.t(), alpha=-2.0).argmin(1)
+
+        cases.append(_Case(FLOOR_NAME.format(k), "reference", None, k, dim, {}, call))
+    return cases
+
+
 def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
     rate = {(r["name"], r["mode"]): r["rows_per_s"] for r in results}
     out: dict[str, Any] = {
@@ -222,6 +242,14 @@ def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"K={k}"] = {m: None if None in p else p[0] / p[1] for m, p in pair.items()}
     ratios = [out[f"K={k}"][m] for k in PEER_CODEBOOK_SIZES for m in MODES]
     out["target_met"] = None if None in ratios else min(ratios) >= SPEEDUP_TARGET
+    # vq's eval path against its floor, the bare search (1 = as fast as the search alone)
+    floor = {
+        k: (rate.get((f"vq[K={k}]", "eval")), rate.get((FLOOR_NAME.format(k), None)))
+        for k in PEER_CODEBOOK_SIZES
+    }
+    out["vq_eval_over_floor"] = {
+        f"K={k}": None if None in pair else pair[0] / pair[1] for k, pair in floor.items()
+    }
     return out
 
 
@@ -276,6 +304,8 @@ def bench_quantizers(
             call=lambda: torch.rand(rows, dim),
         )
         cases = [reference, *_bottleneck_cases(names, rows=rows, dim=dim, seed=seed, errors=errors)]
+        if "vq" in names:
+            cases += _floor_cases(y, dim)
         peer_cases, peers = _peer_cases(y, errors=errors)
         cases += peer_cases
         counts = _budgeted_repeats(
@@ -357,6 +387,10 @@ def format_quantizers(result: dict[str, Any]) -> str:
         ratios = speedup[f"K={k}"]
         cells = ", ".join(f"{m} {'n/a' if v is None else f'{v:.2f}x'}" for m, v in ratios.items())
         lines.append(f"  K={k}: {cells}")
+    floor = speedup.get("vq_eval_over_floor", {})
+    if any(v is not None for v in floor.values()):
+        cells = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in floor.items())
+        lines.append(f"vq eval / bare addmm + argmin rows/s: {cells}")
     load = result["timing"]["load_average_1_5_15min"]["before"]
     cores = os.cpu_count() or 1
     if load is not None and load[0] + result["input"]["threads"] > cores + 0.5:
