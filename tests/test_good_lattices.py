@@ -297,8 +297,9 @@ def test_closest_point_matches_sphere_decoder_many_points(name):
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_compiled_leech_decoder_matches_eager(dtype):
     """The decoder fused by torch.compile returns the eager decoder's points on random inputs at
-    several scales, near faces and between the two offsets' cosets, over a partial last chunk
-    (padded to the compiled shape), and through a bottleneck built with ``compile=True``."""
+    several scales, near faces and between the two offsets' cosets, over partial chunks (padded
+    to the compiled shape) and short ones (decoded eagerly), and through a bottleneck built with
+    ``compile=True``."""
     eager, fused = LeechLattice(), LeechLattice(compile=True)
     g = gen(31)
     x = torch.cat(
@@ -309,7 +310,8 @@ def test_compiled_leech_decoder_matches_eager(dtype):
         ]
     ).to(dtype)
     assert torch.equal(fused.closest_point(x), eager.closest_point(x))
-    assert torch.equal(fused.closest_point(x[:5]), eager.closest_point(x[:5]))
+    for n in (5, 300):
+        assert torch.equal(fused.closest_point(x[:n]), eager.closest_point(x[:n]))
     neck = build("lattice", dim=40, lattice=["leech", "bw16"], compile=True)
     assert neck.geometry.blocks[0].compile and "compile=True" in repr(neck)
 

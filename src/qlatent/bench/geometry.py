@@ -133,7 +133,7 @@ def bench_lattices(
         "leech_compile_s": compile_s,
     }
     if steps:
-        out["training_step_ms"] = bench_training_step(seed=seed)
+        out["training_step_ms"] = bench_training_step(seed=seed, compile=compile)
     return out
 
 
@@ -147,12 +147,16 @@ STEP_CASES = {
 }
 
 
-def bench_training_step(*, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+def bench_training_step(
+    *, repeats: int = 20, seed: int = 0, compile: bool = False
+) -> dict[str, Any]:
     """Where a Table-1 training step's time goes, one thread, batch 100 (median ms): a whole
     step (forward, backward, Adam; torch's fused Adam kernel in one case) of the gated VAE per
     bottleneck setting, and the Leech and
     Λ16 decodes a step of the Leech row performs (dither for 100 rows and 64 antithetic
-    Monte-Carlo points; 8 prior draws × 100 rows for the membership tests)."""
+    Monte-Carlo points; 8 prior draws × 100 rows for the membership tests). With ``compile``
+    also the Leech row's step and its membership decodes with the Leech decoder fused by
+    ``torch.compile`` (compiled in the warm-up calls)."""
     from ..lattices import BarnesWallLattice, LeechLattice
     from ..losses import RateDistortionLoss
     from ..models import gated_vae
@@ -161,7 +165,10 @@ def bench_training_step(*, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(100, 784, generator=gen) < 0.3).float()
     cases = {}
-    for name, kwargs in STEP_CASES.items():
+    steps = dict(STEP_CASES)
+    if compile:
+        steps[COMPILED_STEP] = {**STEP_CASES["leech_lattice"], "compile": True}
+    for name, kwargs in steps.items():
         torch.manual_seed(seed)
         kwargs = dict(kwargs)
         fused = kwargs.pop("optimizer", "adam") == "adam_fused"
@@ -182,9 +189,16 @@ def bench_training_step(*, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
     t_bw16 = 4 * torch.randn(964, 16, generator=gen)
     cases["Leech decodes: 164 (dither, Monte-Carlo points)"] = lambda: leech.closest_point(t_dither)
     cases["Leech decodes: 800 (prior-draw membership)"] = lambda: leech.closest_point(t_member)
+    if compile:
+        fused = LeechLattice(compile=True)
+        cases["Leech decodes: 800, torch.compile"] = lambda: fused.closest_point(t_member)
     cases["BW16 decodes: 964"] = lambda: bw16.closest_point(t_bw16)
     timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
     return {name: 1e3 * t["median_s"] for name, t in timings.items()}
+
+
+#: the Leech row's training step with its decoder fused by ``torch.compile``
+COMPILED_STEP = "leech_lattice, torch.compile Leech decoder"
 
 
 def format_lattices(result: dict[str, Any]) -> str:

@@ -87,12 +87,16 @@ class LeechLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         rows = x.detach().reshape(-1, 24)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
-        decode = compiled_decode() if self.compile else golay_sextet().decode
         for start in range(0, rows.shape[0], _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            if self.compile and chunk.shape[0] < _CHUNK:  # one shape: compiled once
-                chunk = torch.cat([chunk, chunk.new_zeros(_CHUNK - chunk.shape[0], 24)])
-            out[start : start + _CHUNK] = decode(chunk)[: out.shape[0] - start]
+            n = chunk.shape[0]
+            if self.compile and n >= _CHUNK // 4:  # padded to one shape, compiled once
+                padded = (
+                    torch.cat([chunk, chunk.new_zeros(_CHUNK - n, 24)]) if n < _CHUNK else chunk
+                )
+                out[start : start + n] = compiled_decode()(padded)[:n]
+            else:  # eager, also for a short chunk, which padding would make 4x the work or more
+                out[start : start + n] = golay_sextet().decode(chunk)
         return out.view(x.shape)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
