@@ -206,6 +206,29 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
         bench_lattices(names=["e9"], steps=False)
 
 
+@pytest.mark.slow
+def test_bench_lattices_times_the_compiled_leech_decoder():
+    """With Leech among the names, the compiled decoder's row (checked against the eager one in
+    the run), its compile time, the formatted line, and the compiled training-step cases."""
+    from qlatent.bench.geometry import (
+        COMPILED_LEECH,
+        COMPILED_STEP,
+        bench_lattices,
+        format_lattices,
+    )
+
+    result = bench_lattices(names=["leech"], rows=300, repeats=1, target_rse=0.05, steps=True)
+    assert result["closest_point"][COMPILED_LEECH]["rows_per_s"] > 0
+    assert result["leech_compile_s"] >= 0
+    assert "Leech, torch.compile" in format_lattices(result)
+    steps = result["training_step_ms"]
+    assert steps[f"step: {COMPILED_STEP}"] > 0 and steps["Leech decodes: 800, torch.compile"] > 0
+    unfused = bench_lattices(
+        names=["leech"], rows=64, repeats=1, target_rse=0.05, steps=False, compile=False
+    )
+    assert COMPILED_LEECH not in unfused["closest_point"] and unfused["leech_compile_s"] is None
+
+
 def test_bench_lattice_times_every_path_and_records_the_load():
     """Tiny input, no compilation: the eager cases, forward + backward among them; no floor
     (it is the compiled kernel), so no ratios."""
