@@ -267,9 +267,10 @@ class DitheredGoodLattice(Bottleneck):
         estimate is then unbiased at every (v, σ, b) near the current one and its indicator
         1[x − v ∈ cell] does not change with them, so its gradient is the gradient of P: with
         the draws held fixed instead, the cell's boundary sweeping over them is a surface term
-        the gradient misses (on the trained E8^5 Table-1 model with the box proposal: the rate's
-        gradient with respect to y_hat 25% off, its cell-size gradient 13% low; tested against
-        the closed form on Z blocks and across proposals on A2 and E8).
+        the gradient misses (on the trained E8^5 Table-1 model with the box proposal, P̂'s
+        block-scale gradients up to 4× those of uniform cell points alone:
+        ``examples/proposal-gradients.py``; tested against the closed form on Z blocks and
+        against uniform cell points alone on A2 and E8).
         Uniform points alone fail when the prior is peaked inside the cell (a coordinate the model
         switched off); prior draws alone fail when it is flat; the mixture is good at both.
         f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
