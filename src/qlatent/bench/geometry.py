@@ -109,7 +109,7 @@ def bench_lattices(
         fused = tile("leech", WIDTH["leech"], compile=True)
         x = 2.0 * torch.randn(rows, WIDTH["leech"], generator=gen)
         started = time.perf_counter()
-        fused.closest_point(x[:1])  # compiles
+        fused.closest_point(x[:1024])  # one whole chunk: compiles (short ones decode eagerly)
         compile_s = time.perf_counter() - started
         if not torch.equal(fused.closest_point(x), lattices["leech"].closest_point(x)):
             raise RuntimeError("the compiled Leech decoder disagrees with the eager one")

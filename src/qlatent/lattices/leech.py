@@ -71,10 +71,11 @@ class LeechLattice(FixedLattice):
 
     def __init__(self, *, compile: bool = False) -> None:
         """``compile``: decode with the sextet decoder fused by ``torch.compile``
-        (:func:`compiled_decode`): compiled on first use per dtype and device (a minute or two
-        on two cores, needs a C++ compiler), then about 1.5–2× the eager decoder's rows/s
-        (README, "Lattice geometry"); the same points, except that a point equidistant from
-        two lattice points (probability 0) may get the other one."""
+        (:func:`compiled_decode`): compiled on first use per dtype and device (up to minutes
+        with a cold inductor cache, needs a C++ compiler), then about 3× the eager decoder's
+        rows/s (``qlatent bench lattices``; README, "Lattice geometry"); the same points,
+        except that a point equidistant from two lattice points (probability 0) may get the
+        other one."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
