@@ -109,7 +109,7 @@ class DitheredGoodLattice(Bottleneck):
             O(1/S) to O(1/S²) at the cost of one more pass over the Monte-Carlo terms. IWAE
             (:meth:`log_prior`) keeps the uncorrected, unbiased density.
         compile: decode the Leech blocks with the decoder fused by ``torch.compile``
-            (:class:`qlatent.lattices.LeechLattice`): compiled on first use, then about 3× as
+            (:class:`qlatent.lattices.LeechLattice`): compiled on first use, then about 2.5× as
             fast; the other blocks are unchanged.
 
     The bias of the log-density estimate at given counts is measured by
