@@ -32,6 +32,8 @@ LITERATURE_NSM = {
 }
 #: the closest-point case of the Leech decoder fused by ``torch.compile``
 COMPILED_LEECH = "leech, torch.compile"
+#: the Leech row's training step with its decoder fused by ``torch.compile``
+COMPILED_STEP = "leech_lattice, torch.compile Leech decoder"
 #: closest-point throughput input width per lattice (a multiple of its dimension)
 WIDTH = {"z": 64, "a2": 64, "d3*": 63, "d4": 64, "e8": 64, "bw16": 64, "leech": 48}
 
@@ -195,10 +197,6 @@ def bench_training_step(
     cases["BW16 decodes: 964"] = lambda: bw16.closest_point(t_bw16)
     timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
     return {name: 1e3 * t["median_s"] for name, t in timings.items()}
-
-
-#: the Leech row's training step with its decoder fused by ``torch.compile``
-COMPILED_STEP = "leech_lattice, torch.compile Leech decoder"
 
 
 def format_lattices(result: dict[str, Any]) -> str:

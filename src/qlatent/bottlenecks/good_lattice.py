@@ -369,10 +369,12 @@ class DitheredGoodLattice(Bottleneck):
     def _proposal_points(
         self, v: Tensor, count: int, shared: Tensor | None, key, sigma: Tensor, scale: Tensor
     ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-        """``count`` proposal draws for rows ``v`` (``(N, m)``, no gradient), ``(N or 1, count,
-        m)`` (the prior's are ``shared``, drawn once per call),
-        and t, log p(t) ↦ log q(t) per block (``(N, S, m)``, ``(N, S, blocks)`` -> ``(N, S,
-        blocks)``), both at the current parameters ``sigma`` and ``scale`` (no gradient)."""
+        """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
+        without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
+        ``shared`` ones drawn once per call, ``(1, count, m)``), and the density t, log p(t) ↦
+        log q0(t) per block, ``(N, S, m)``, ``(N, S, blocks)`` -> ``(N, S, blocks)`` (log p(t)
+        passed in, at the same values, for the prior and the box, whose q0 is p up to a
+        normalizer)."""
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p: log_p
         membership = self._membership.to(v.dtype)
