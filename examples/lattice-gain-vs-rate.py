@@ -115,6 +115,7 @@ def main() -> None:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
     )
+    started = provenance(command)  # the tree as it was when the run began
     points = {}
     for name in args.lattices:
         n = lattice_by_name(name).dim
@@ -143,7 +144,7 @@ def main() -> None:
             )
         points[name] = {"block_dim": n, "high_rate_gap_per_40": M * gap, "points": rows}
     payload = {
-        **provenance(command),
+        **started,
         "wall_s": round(time.perf_counter() - start, 1),
         "source": "X ~ N(0, I), one lattice block at a time; excesses scaled to 40 coordinates",
         "definition": (
