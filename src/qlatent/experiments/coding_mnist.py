@@ -11,8 +11,9 @@ Two models share the gated-MLP encoder and decoder of the lattice paper (``qlate
   (the counted code model), against the fixed rate log2 K of coding them uniformly;
 - the **Table-1 lattice VAEs** of ``qlatent reproduce lattice-mnist`` (``rect_lattice``,
   ``e8_lattice``, ``leech_lattice``, the rows with a scale per coordinate, ``e8_coord_lattice``
-  and ``leech_coord_lattice``, and the E8 row trained with the debiased rate,
-  ``e8_debias_lattice``), read from their runs (``table1_runs``; trained here on
+  and ``leech_coord_lattice``, the E8 row trained with the debiased rate,
+  ``e8_debias_lattice``, and the Leech row with the tilted proposal, ``leech_tilted_lattice``),
+  read from their runs (``table1_runs``; trained here on
   the synthetic set with ``--quick``). A good lattice's point is coded by its coset (E8, Λ16,
   Λ24; :class:`qlatent.coding.models.GoodLattice`); its ideal
   −log2 P(z | u), the prior's mass on the Voronoi cell around z − u, has no closed form and is
@@ -99,6 +100,7 @@ TABLE1 = (
     "e8_coord_lattice",
     "leech_coord_lattice",
     "e8_debias_lattice",
+    "leech_tilted_lattice",
 )
 MODELS = ("lattice", "vq", *TABLE1)
 
