@@ -251,8 +251,10 @@ class DitheredGoodLattice(Bottleneck):
         *,
         cap: bool = True,
         debias: bool = False,
+        per_block: bool = False,
     ) -> Tensor:
-        """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)``.
+        """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)`` (``(N, blocks)``, each
+        block's share, with ``per_block=True``).
 
         Per block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance sampling with
         the balance heuristic (Veach & Guibas 1995) from ``samples`` points uniform on the cell
@@ -329,7 +331,7 @@ class DitheredGoodLattice(Bottleneck):
                 log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
-        return log_f.sum(-1)
+        return log_f if per_block else log_f.sum(-1)
 
     def _box_points(
         self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
@@ -509,12 +511,13 @@ class DitheredGoodLattice(Bottleneck):
         return self._reconstruct(indices.to(device), u)
 
     # ------------------------------------------------------------------ files
-    def code_model(self, *, cosets: bool = True):
+    def code_model(self, *, cosets: bool = True, e8_cosets: str = "errors"):
         """The lattice point block by block (:class:`qlatent.coding.models.GoodLattice`):
-        E8 by its two cosets of D8; Λ16 and Λ24 by their cosets of 2·D16 and 4·D24 with the cell
-        widths of :data:`CODE_CELL_WIDTH` (``cosets=False``: in a triangular basis, the code
-        model of files of kind 4); every other block coordinate by coordinate in a triangular
-        basis. Laplace prior only."""
+        E8 by its two cosets of D8, the coset's probability from the rounding errors
+        (``e8_cosets="half"``: the product model's, files of kinds 4 and 5); Λ16 and Λ24 by their
+        cosets of 2·D16 and 4·D24 with the cell widths of :data:`CODE_CELL_WIDTH`
+        (``cosets=False``: in a triangular basis, the code model of files of kind 4); every
+        other block coordinate by coordinate in a triangular basis. Laplace prior only."""
         if self.prior_name != "laplace":
             raise TypeError(
                 "the good lattices code their points under the Laplace prior only; this "
@@ -545,15 +548,19 @@ class DitheredGoodLattice(Bottleneck):
             dither=lambda n, seed: self._hard_dither(n, SeedKeys(seed), "cpu", dtype).detach(),
             coordinates=lambda rows, u: self._coordinates(rows, u),
             reconstruct=lambda k, u: self._reconstruct(k, u),
+            e8_cosets=e8_cosets,
         )
 
     def code_model_for(self, kind: int):
         """The code model of a file of container kind ``kind`` (None if this bottleneck has
-        none): files of kind 4 coded Λ16 and Λ24 in a triangular basis and still decode."""
-        from ..coding.container import MODEL_GOOD_LATTICE
+        none): files of kind 4 coded Λ16 and Λ24 in a triangular basis, files of kinds 4 and 5
+        gave E8's cosets the product model's probabilities, and both still decode."""
+        from ..coding.container import MODEL_GLUED_LATTICE, MODEL_GOOD_LATTICE
 
         if kind == MODEL_GOOD_LATTICE:
-            return self.code_model(cosets=False)
+            return self.code_model(cosets=False, e8_cosets="half")
+        if kind == MODEL_GLUED_LATTICE:
+            return self.code_model(e8_cosets="half")
         return None
 
     # ----------------------------------------------------------- density view
