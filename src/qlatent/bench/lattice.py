@@ -15,6 +15,13 @@ from .timing import time_cases
 #: the case every other is read against: the training path's work fused into one kernel by
 #: ``torch.compile`` (counter-based dither, y_hat, Laplace cell rate), without autograd or module
 FLOOR = "floor: fused training kernel alone, no autograd"
+#: the least a separate backward pass can cost: read the upstream gradient and one saved
+#: ``rows × dim`` tensor, write the input's gradient, in one fused loop
+BACKWARD_FLOOR = "floor of a backward pass: read two rows x dim tensors, write one (fused)"
+
+
+def _backward_traffic(grad: torch.Tensor, saved: torch.Tensor, grad_rate: torch.Tensor):
+    return grad + grad_rate.unsqueeze(-1) * saved
 
 
 def bench_lattice(
@@ -26,9 +33,12 @@ def bench_lattice(
     autograd recording and forward + backward, each eager and fused by ``torch.compile``; the
     hard path (quantize, reconstruct, exact rate), eager and fused; drawing ``rows × dim``
     numbers with ``torch.rand`` alone; and, with ``compile``, the :data:`FLOOR` case, the fused
-    kernel of the training path called directly. Every case gets ``ratio_to_floor`` (its
-    median over the floor's) when the floor was measured; the machine's load averages before
-    and after are recorded, since a busy machine makes every ratio meaningless.
+    kernel of the training path called directly, and :data:`BACKWARD_FLOOR`, the memory traffic
+    any backward run as its own pass must add (the upstream gradient and one saved tensor read,
+    the input's gradient written), so that forward + backward reads against the sum of the two.
+    Every case gets ``ratio_to_floor`` (its median over the floor's) when the floor was
+    measured; the machine's load averages before and after are recorded, since a busy machine
+    makes every ratio meaningless.
     """
     from ..bottlenecks.lattice import _compiled_kernel
     from ..priors import cell_constants
@@ -85,6 +95,12 @@ def bench_lattice(
         no_grad(lambda: kernel(y, key, spacing, *constants))()
         compile_s = time.perf_counter() - started
         cases[FLOOR] = no_grad(lambda: kernel(y, key, spacing, *constants))
+        traffic = torch.compile(_backward_traffic)
+        grad, saved, grad_rate = torch.randn_like(y), torch.randn_like(y), torch.randn(rows)
+        started = time.perf_counter()
+        traffic(grad, saved, grad_rate)
+        compile_s += time.perf_counter() - started
+        cases[BACKWARD_FLOOR] = lambda: traffic(grad, saved, grad_rate)
         cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
         cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
         cases["train path, torch.compile, forward + backward"] = forward_backward(fused)
