@@ -553,45 +553,42 @@ _ERROR_SCALE_RANGE = (1e-6, 50.0)
 _COSET_FLOOR = 1e-6
 
 
-def _exp_power_integral(lo, hi, lam, ref, k: int):
-    """∫_lo^hi s^k e^(λ(s − ref)) ds for k = 0, 1, 2, elementwise; λ(s − ref) ≤ 0 on the
-    interval, so every exponential is at most 1."""
-
-    def antiderivative(s):
-        if k == 0:
-            poly = 1 / lam
-        elif k == 1:
-            poly = s / lam - 1 / lam**2
-        else:
-            poly = s * s / lam - 2 * s / lam**2 + 2 / lam**3
-        return np.exp(lam * (s - ref)) * poly
-
-    return antiderivative(hi) - antiderivative(lo)
-
-
 def _rounding_error_moments(mu: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """E|e| and E e² of e = x − round(x) for x ~ Laplace(μ, β), elementwise, in closed form.
 
     With a = |μ − round(μ)| (the error's law is symmetric in a's sign), the unit interval
-    around round(μ) has density e^(−|t − a|/β)/2β, split at 0 and a; every other interval lies
-    on one side of μ, its density is e^(−|t|/β) times a geometric factor in its distance, and
-    their sum is that of a geometric series. Each piece is an integral of s^k e^(±s/β)
-    (:func:`_exp_power_integral`)."""
+    around round(μ) has density e^(−|t − a|/β)/2β, split at −½, 0, a and ½ into three pieces;
+    every other interval lies on one side of μ, where the density is e^(∓t/β) times a geometric
+    factor in the interval's distance from μ, and their sum is that of a geometric series. Each
+    piece is ∫ s^k e^(λ(s − s0)) ds = [e^(λ(s − s0)) P_k(s)] with λ = ±1/β, P_1 = s/λ − 1/λ² and
+    P_2 = s²/λ − 2s/λ² + 2/λ³, every exponent ≤ 0; the exponentials that depend on a are only
+    e^(−a/β) and e^(−(½ − a)/β) (two per element)."""
     beta = np.clip(beta, *_ERROR_SCALE_RANGE)
     a = np.abs(mu - np.round(mu))
     inv = 1 / beta
+    e_a = np.exp(-a * inv)  # e^(−a/β)
+    e_rest = np.exp((a - 0.5) * inv)  # e^(−(½ − a)/β)
+    half, whole = np.exp(-0.5 * inv), np.exp(-inv)  # per coordinate
+    e_far = e_a * half  # e^(−(½ + a)/β)
+    b2 = beta * beta
+
+    def p_up(s, k):  # P_k(s) for λ = +1/β
+        return s * beta - b2 if k == 1 else s * s * beta - 2 * s * b2 + 2 * b2 * beta
+
+    def p_down(s, k):  # P_k(s) for λ = −1/β
+        return -s * beta - b2 if k == 1 else -s * s * beta - 2 * s * b2 - 2 * b2 * beta
+
     # Σ over the intervals right and left of the middle one of e^(−(distance to their near edge)/β)
-    tails = (np.exp(-(0.5 - a) * inv) + np.exp(-(a + 0.5) * inv)) / -np.expm1(-inv)
+    tails = (e_rest + e_far) / -np.expm1(-inv)
     moments = []
     for k in (1, 2):
         middle = (
-            _exp_power_integral(0.0, 0.5, -inv, -a, k)  # t ∈ [−½, 0], as s = −t
-            + _exp_power_integral(0.0, a, inv, a, k)
-            + _exp_power_integral(a, 0.5, -inv, a, k)
-        )
-        other = _exp_power_integral(0.0, 0.5, inv, 0.5, k) + _exp_power_integral(
-            0.0, 0.5, -inv, -0.5, k
-        )
+            e_far * p_down(0.5, k) - e_a * p_down(0.0, k)  # t ∈ [−½, 0], as s = −t ∈ [0, ½]
+            + p_up(a, k) - e_a * p_up(0.0, k)  # t ∈ [0, a]
+            + e_rest * p_down(0.5, k) - p_down(a, k)  # t ∈ [a, ½]
+        )  # fmt: skip
+        # one whole interval, its near edge at distance 0: ∫_{−½}^{½} |t|^k e^(−(t + ½)/β) dt
+        other = p_up(0.5, k) - half * p_up(0.0, k) + whole * p_down(0.5, k) - half * p_down(0.0, k)
         moments.append((middle + tails * other) * (0.5 * inv))
     return moments[0], moments[1]
 
@@ -610,7 +607,7 @@ def _coset_one_probability(mu: np.ndarray, beta: np.ndarray) -> np.ndarray:
     encoder and decoder build the same table."""
     from scipy.special import ndtr
 
-    first, second = _rounding_error_moments(mu, np.broadcast_to(beta, mu.shape))
+    first, second = _rounding_error_moments(mu, beta)
     mean = first.sum(1)
     var = np.maximum((second - first * first).sum(1), 1e-300)
     return np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
