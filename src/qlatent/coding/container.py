@@ -6,8 +6,9 @@ Layout (little-endian)::
          0     4  magic  b"QLC\\x00"
          4     2  format version (2)
          6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index;
-                  3: counted symbols, learned by ``update()``; 4: good lattice in a triangular
-                  basis; 64–255: registered by other methods)
+                  3: counted symbols, learned by ``update()``; 4: good lattice, E8 by cosets,
+                  others in a triangular basis; 5: also Λ16 and Λ24 by cosets; 6: also E8's
+                  coset by its rounding errors; 64–255: registered by other methods)
          7     1  number of shape entries r (1 ≤ r ≤ 8)
          8    32  SHA-256 digest of the model (configuration and weights) that wrote the file
         40     8  seed of the dither (uint64)
