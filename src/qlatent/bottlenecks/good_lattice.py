@@ -251,10 +251,8 @@ class DitheredGoodLattice(Bottleneck):
         *,
         cap: bool = True,
         debias: bool = False,
-        per_block: bool = False,
     ) -> Tensor:
-        """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)`` (``(N, blocks)``, each
-        block's share, with ``per_block=True``).
+        """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)``.
 
         Per block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance sampling with
         the balance heuristic (Veach & Guibas 1995) from ``samples`` points uniform on the cell
@@ -331,7 +329,7 @@ class DitheredGoodLattice(Bottleneck):
                 log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
-        return log_f if per_block else log_f.sum(-1)
+        return log_f.sum(-1)
 
     def _box_points(
         self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
