@@ -221,6 +221,37 @@ def test_hard_path_dither_is_common_randomness():
 
 
 # ------------------------------------------------------------------------------ compile
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_training_path_gradients_match_autograd(dtype):
+    """The training path of ``compile=True`` forms its gradient's factors in the forward; run
+    uncompiled here, its values equal the autograd path's and its gradients (upstream gradients
+    on both y_hat and the rate, far-out and in-cell coordinates) agree to rounding."""
+    from qlatent.bottlenecks.lattice import _FusedTrainingPath, _training_kernel
+    from qlatent.priors import cell_constants
+    from qlatent.rng import draw_key
+
+    g = gen(30)
+    y = (3 * torch.randn(50, 7, generator=g, dtype=dtype)).requires_grad_(True)
+    log_spacing = (torch.rand(7, generator=g, dtype=dtype) * 1.5 - 1).requires_grad_(True)
+    log_scale = (torch.rand(7, generator=g, dtype=dtype) * 2 - 1.5).requires_grad_(True)
+    with torch.no_grad():
+        y[0, 0] = 1e4  # far in the tail: the rate's slope is 1/b there
+    key = draw_key(gen(31))
+    up_y, up_rate = torch.randn(50, 7, generator=g, dtype=dtype), torch.randn(50, generator=g)
+    results = []
+    for fused in (False, True):
+        spacing, scale = log_spacing.exp(), log_scale.exp()
+        args = (y, key, spacing, *cell_constants(spacing, scale))
+        y_hat, rate = _FusedTrainingPath.apply(*args, False) if fused else _training_kernel(*args)
+        loss = (y_hat * up_y).sum() + (rate * up_rate.to(dtype)).sum()
+        results.append((y_hat, rate, torch.autograd.grad(loss, (y, log_spacing, log_scale))))
+    (y_a, rate_a, grads_a), (y_b, rate_b, grads_b) = results
+    assert torch.equal(y_a, y_b) and torch.equal(rate_a, rate_b)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, **tol)
+
+
 @pytest.mark.slow
 def test_compiled_training_path_matches_eager():
     eager = make_lattice(seed=23).float().train()

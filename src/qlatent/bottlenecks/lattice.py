@@ -37,6 +37,7 @@ from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
     cell_constants,
     cell_log_prob_from_constants,
+    cell_nll_and_derivatives,
     cell_nll_no_grad,
     laplace_cell_nll,
 )
@@ -73,6 +74,76 @@ def _training_kernel(
 def _compiled_kernel():
     """:func:`_training_kernel` fused into one loop by ``torch.compile`` (compiled on first use)."""
     return torch.compile(_training_kernel)
+
+
+def _training_parts(
+    y: Tensor, key: Tensor, spacing: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
+) -> tuple[Tensor, ...]:
+    """The training path and, from the same terms, what its backward needs, without autograd:
+    ``(y_hat, rate, g, w, q, d_h)`` with g = ∂nll/∂y_hat, w = ∂y_hat/∂Δ = ½ − r, q = ∂nll/∂(1/b)
+    and d_h = ∂nll/∂h per element (nll the cell rate of :class:`qlatent.priors.laplace._CellNLL`,
+    whose derivatives these are; y_hat and the rate are its forward's values)."""
+    r = counter_uniform(key, y.shape, y.dtype)
+    y_hat = y - (r - 0.5) * spacing
+    nll, d_a, d_h = cell_nll_and_derivatives(y_hat, inv_scale, h, c)
+    return y_hat, nll.sum(-1), d_a * inv_scale * torch.sign(y_hat), 0.5 - r, d_a * y_hat.abs(), d_h
+
+
+@functools.cache
+def _compiled_parts():
+    """:func:`_training_parts` fused into one loop by ``torch.compile`` (compiled on first use)."""
+    return torch.compile(_training_parts)
+
+
+def _training_backward(grad_y_hat, grad_rate, g, w, q, d_h) -> tuple[Tensor, ...]:
+    """The gradients of :class:`_FusedTrainingPath` from its saved factors: ``(∂L/∂y, ∂L/∂Δ,
+    ∂L/∂(1/b), ∂L/∂h)``."""
+    grad_y = grad_y_hat + grad_rate.unsqueeze(-1) * g
+    rate = grad_rate.unsqueeze(-1)
+    return grad_y, (grad_y * w).sum(0), (rate * q).sum(0), (rate * d_h).sum(0)
+
+
+@functools.cache
+def _compiled_backward():
+    """:func:`_training_backward` fused by ``torch.compile`` (compiled on first use)."""
+    return torch.compile(_training_backward)
+
+
+class _FusedTrainingPath(torch.autograd.Function):
+    """The training path with its backward formed in the forward's loop (``compile=True``).
+
+    Left to itself, ``torch.compile``'s partitioner saves y_hat and recomputes the cell rate's
+    exponentials in the backward, which then costs more than the forward. Here the forward is one
+    fused loop without autograd that also writes the four elementwise factors of the gradient
+    (:func:`_training_parts`), and the backward one more loop, a multiply-add and three
+    reductions over rows (:func:`_training_backward`):
+
+        ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g,     ∂L/∂Δ = Σ_rows ∂L/∂y · w,
+        ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
+
+    (c = −expm1(−h) gets no gradient of its own: d_h includes it, as in ``_CellNLL``). Rows
+    ``(N, m)`` with per-coordinate parameters ``(m,)``; first derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, y, key, spacing, inv_scale, h, c, compiled: bool):
+        parts = _compiled_parts() if compiled else _training_parts
+        y_hat, rate, g, w, q, d_h = parts(y, key, spacing, inv_scale, h, c)
+        ctx.save_for_backward(g, w, q, d_h)
+        ctx.compiled = compiled
+        return y_hat, rate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y_hat, grad_rate):
+        g, w, q, d_h = ctx.saved_tensors
+        if grad_y_hat is None:
+            grad_y_hat = torch.zeros_like(g)
+        if grad_rate is None:
+            grad_rate = g.new_zeros(g.shape[0])
+        backward = _compiled_backward() if ctx.compiled else _training_backward
+        grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, w, q, d_h)
+        return grad_y, None, grad_spacing, grad_inv, grad_h, None, None
 
 
 def _hard_kernel(
@@ -202,7 +273,9 @@ class DitheredLattice(Bottleneck):
             # element's index, so the kernel draws it without a sequential RNG pass
             key = draw_key(generator, y.device)
             constants = cell_constants(spacing, scale)
-            if self.compile or y.shape[0] <= rows:
+            if self.compile and torch.is_grad_enabled():
+                y_hat, rate = _FusedTrainingPath.apply(y, key, spacing, *constants, True)
+            elif self.compile or y.shape[0] <= rows:
                 kernel = _compiled_kernel() if self.compile else _training_kernel
                 y_hat, rate = kernel(y, key, spacing, *constants)
             else:  # cache-sized blocks of rows, the same dither (drawn once, by index)

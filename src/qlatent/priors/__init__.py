@@ -3,6 +3,7 @@
 from .laplace import (
     cell_constants,
     cell_log_prob_from_constants,
+    cell_nll_and_derivatives,
     cell_nll_no_grad,
     laplace_cell_log_prob,
     laplace_cell_nll,
@@ -11,6 +12,7 @@ from .laplace import (
 __all__ = [
     "cell_constants",
     "cell_log_prob_from_constants",
+    "cell_nll_and_derivatives",
     "cell_nll_no_grad",
     "laplace_cell_log_prob",
     "laplace_cell_nll",

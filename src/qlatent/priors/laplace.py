@@ -86,6 +86,20 @@ def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Te
         return d.sub_(inner.log_())
 
 
+def cell_nll_and_derivatives(
+    eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(−log P, ∂(−log P)/∂a, ∂(−log P)/∂h)`` elementwise, a = |η|/b (see :class:`_CellNLL`
+    for the closed forms), from one set of exponentials."""
+    a, t, e1, em, inner = _forward_parts(eta, inv_scale, h, c)
+    nll = (a - t) - torch.log(inner)
+    r = (0.5 * e1).div_(inner)
+    two_t = em * (em + 2.0)  # expm1(−2t)
+    d_a = r.mul(two_t).neg_()  # ∂(−log P)/∂a ≥ 0
+    d_h = two_t.add_(2.0).mul_(r).neg_()  # ∂(−log P)/∂h ≤ 0
+    return nll, d_a, d_h
+
+
 class _CellNLL(torch.autograd.Function):
     """−log P(η) elementwise with a closed-form backward.
 
@@ -104,16 +118,13 @@ class _CellNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
-        a, t, e1, em, inner = _forward_parts(eta, inv_scale, h, c)
-        nll = (a - t) - torch.log(inner)
-        if any(ctx.needs_input_grad[:3]):  # (needs_input_grad is set even under no_grad)
-            # the two elementwise derivatives, formed while the terms are at hand: the backward
-            # is then a few products and reductions
-            r = (0.5 * e1).div_(inner)
-            two_t = em * (em + 2.0)  # expm1(−2t)
-            d_a = r.mul(two_t).neg_()  # ∂(−log P)/∂a ≥ 0
-            d_h = two_t.add_(2.0).mul_(r).neg_()  # ∂(−log P)/∂h ≤ 0
-            ctx.save_for_backward(d_a, d_h, eta, inv_scale, h)
+        if not any(ctx.needs_input_grad[:3]):  # (needs_input_grad is set even under no_grad)
+            a, t, _, em, inner = _forward_parts(eta, inv_scale, h, c)
+            return (a - t) - torch.log(inner)
+        # the two elementwise derivatives, formed while the terms are at hand: the backward is
+        # then a few products and reductions
+        nll, d_a, d_h = cell_nll_and_derivatives(eta, inv_scale, h, c)
+        ctx.save_for_backward(d_a, d_h, eta, inv_scale, h)
         return nll
 
     @staticmethod
