@@ -170,14 +170,21 @@ def test_coset_code_is_the_normalized_product_of_cell_masses(name):
     assert ideal_bits(bottleneck, y, seed=7) == pytest.approx(direct, rel=1e-9, abs=1e-6)
 
 
+def _earlier_file(bottleneck, y, **model_args) -> bytes:
+    """``y`` compressed with ``bottleneck.code_model(**model_args)``, an earlier code model."""
+    bottleneck.code_model = lambda: type(bottleneck).code_model(bottleneck, **model_args)
+    try:
+        return compress(bottleneck, y, seed=4)
+    finally:
+        del bottleneck.code_model
+
+
 def test_files_of_the_triangular_model_still_decode():
     """Files written before Λ16 and Λ24 were coded by their cosets (container kind 4) decode
     through the bottleneck's earlier model; the coset model's files are no larger here."""
     bottleneck = _good(["leech", "bw16"], 40, spacing=1.5)
     y = torch.randn(50, 40)
-    bottleneck.code_model = lambda: type(bottleneck).code_model(bottleneck, cosets=False)
-    old = compress(bottleneck, y, seed=4)
-    del bottleneck.code_model
+    old = _earlier_file(bottleneck, y, cosets=False)
     new = compress(bottleneck, y, seed=4)
     assert unpack(old)[0].code_model == MODEL_GOOD_LATTICE
     assert unpack(new)[0].code_model == MODEL_GLUED_LATTICE
@@ -387,9 +394,7 @@ def test_e8_files_of_the_half_coset_model_still_decode_and_are_larger():
         with torch.no_grad():  # coordinates 0-5 of each E8 block nearly pinned
             bottleneck.log_scale[[j for j in range(8 * e8_blocks) if j % 8 < 6]] = math.log(0.1)
         y = torch.distributions.Laplace(0.0, 1.0).sample((400, dim)) * bottleneck.scale.detach()
-        bottleneck.code_model = lambda b=bottleneck: type(b).code_model(b, e8_cosets="half")
-        old = compress(bottleneck, y, seed=4)
-        del bottleneck.code_model
+        old = _earlier_file(bottleneck, y, e8_cosets="half")
         new = compress(bottleneck, y, seed=4)
         assert unpack(old)[0].code_model == old_kind
         assert unpack(new)[0].code_model == MODEL_E8_COSETS

@@ -98,8 +98,8 @@ def _compiled_parts():
 def _training_backward(grad_y_hat, grad_rate, g, w, q, d_h) -> tuple[Tensor, ...]:
     """The gradients of :class:`_FusedTrainingPath` from its saved factors: ``(∂L/∂y, ∂L/∂Δ,
     ∂L/∂(1/b), ∂L/∂h)``."""
-    grad_y = grad_y_hat + grad_rate.unsqueeze(-1) * g
     rate = grad_rate.unsqueeze(-1)
+    grad_y = grad_y_hat + rate * g
     return grad_y, (grad_y * w).sum(0), (rate * q).sum(0), (rate * d_h).sum(0)
 
 
