@@ -221,12 +221,24 @@ def test_hard_path_dither_is_common_randomness():
 
 
 # ------------------------------------------------------------------------------ compile
+@pytest.mark.parametrize("path", ["fused", "blocked", "recomputed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_training_path_gradients_match_autograd(dtype):
-    """The training path of ``compile=True`` forms its gradient's factors in the forward; run
-    uncompiled here, its values equal the autograd path's and its gradients (upstream gradients
-    on both y_hat and the rate, far-out and in-cell coordinates) agree to rounding."""
-    from qlatent.bottlenecks.lattice import _FusedTrainingPath, _training_kernel
+def test_training_path_functions_match_autograd(monkeypatch, dtype, path):
+    """The training paths with a hand-written backward: ``compile=True``'s forms its gradient's
+    factors in the forward (run uncompiled here); the eager one goes over blocks of rows (8
+    here, the last one short) and keeps each block's factors or, for large inputs, redraws
+    the block's dither in the backward and forms them again. Their values equal the autograd
+    path's bit for bit and their gradients (upstream gradients on y_hat, the rate or both;
+    far-out and in-cell coordinates) agree to rounding."""
+    import qlatent.bottlenecks.lattice as lattice_module
+    from qlatent.bottlenecks.lattice import (
+        _BlockedTrainingPath,
+        _FusedTrainingPath,
+        _training_kernel,
+    )
+
+    if path == "recomputed":  # the large-input way, on a small input
+        monkeypatch.setattr(lattice_module, "_KEEP_FACTORS_BYTES", 0)
     from qlatent.priors import cell_constants
     from qlatent.rng import draw_key
 
@@ -238,18 +250,28 @@ def test_fused_training_path_gradients_match_autograd(dtype):
         y[0, 0] = 1e4  # far in the tail: the rate's slope is 1/b there
     key = draw_key(gen(31))
     up_y, up_rate = torch.randn(50, 7, generator=g, dtype=dtype), torch.randn(50, generator=g)
-    results = []
-    for fused in (False, True):
-        spacing, scale = log_spacing.exp(), log_scale.exp()
-        args = (y, key, spacing, *cell_constants(spacing, scale))
-        y_hat, rate = _FusedTrainingPath.apply(*args, False) if fused else _training_kernel(*args)
-        loss = (y_hat * up_y).sum() + (rate * up_rate.to(dtype)).sum()
-        results.append((y_hat, rate, torch.autograd.grad(loss, (y, log_spacing, log_scale))))
-    (y_a, rate_a, grads_a), (y_b, rate_b, grads_b) = results
-    assert torch.equal(y_a, y_b) and torch.equal(rate_a, rate_b)
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(b, a, **tol)
+    for upstream in ("both", "y_hat", "rate"):
+        results = []
+        for reference in (True, False):
+            spacing, scale = log_spacing.exp(), log_scale.exp()
+            args = (y, key, spacing, *cell_constants(spacing, scale))
+            if reference:
+                y_hat, rate = _training_kernel(*args)
+            elif path == "fused":
+                y_hat, rate = _FusedTrainingPath.apply(*args, False)
+            else:
+                y_hat, rate = _BlockedTrainingPath.apply(*args, 8)
+            loss = (y_hat * up_y).sum() if upstream != "rate" else 0.0
+            loss = loss + ((rate * up_rate.to(dtype)).sum() if upstream != "y_hat" else 0.0)
+            grads = torch.autograd.grad(
+                loss, (y, log_spacing, log_scale), allow_unused=True, materialize_grads=True
+            )
+            results.append((y_hat, rate, grads))
+        (y_a, rate_a, grads_a), (y_b, rate_b, grads_b) = results
+        assert torch.equal(y_a, y_b) and torch.equal(rate_a, rate_b)
+        for a, b in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(b, a, **tol)
 
 
 @pytest.mark.slow

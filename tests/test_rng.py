@@ -60,6 +60,18 @@ def test_numpy_blocks_give_the_torch_bits():
     assert counter_uniform(torch.tensor(3, dtype=torch.int32), (0, 4)).shape == (0, 4)
 
 
+def test_an_offset_draws_the_rows_of_the_whole_draw():
+    # blocks of rows drawn with offset = first row · m are the whole draw's rows, on both paths,
+    # across a NumPy block boundary and with blocks of uneven size
+    k = torch.tensor(-7, dtype=torch.int32)
+    whole = counter_uniform(k, (3000, 45), torch.float64)
+    for start, stop in ((0, 1), (1, 1457), (1457, 1458), (1458, 3000)):
+        shape = (stop - start, 45)
+        block = counter_uniform(k, shape, torch.float64, offset=start * 45)
+        assert torch.equal(block, whole[start:stop])
+        assert torch.equal(_counter_uniform_torch(k, shape, torch.float64, start * 45), block)
+
+
 def test_values_lie_on_the_dyadic_grid_in_unit_interval():
     r = counter_uniform(torch.tensor(5, dtype=torch.int32), (1000, 64), dtype=torch.float64)
     assert r.min() >= 0 and r.max() < 1
@@ -113,6 +125,10 @@ def test_seed_keys_are_the_documented_hash_of_the_seed_alone():
 def test_too_many_numbers_per_key_is_an_error():
     with pytest.raises(ValueError, match="2\\^31"):
         counter_uniform(torch.tensor(0, dtype=torch.int32), (2**16, 2**15))
+    with pytest.raises(ValueError, match="2\\^31"):  # the counters, not the numbers, are capped
+        counter_uniform(torch.tensor(0, dtype=torch.int32), (4,), offset=2**31 - 4)
+    with pytest.raises(ValueError, match="2\\^31"):
+        counter_uniform(torch.tensor(0, dtype=torch.int32), (4,), offset=-1)
 
 
 @pytest.mark.slow

@@ -93,30 +93,40 @@ def draw_key(generator: torch.Generator | SeedKeys | None = None, device=None) -
     return key if device is None else key.to(device)
 
 
-def counter_uniform(key: Tensor, shape: tuple[int, ...], dtype=torch.float32) -> Tensor:
-    """Uniform numbers in ``[0, 1)`` on the grid ``k·2^-24``, element ``i`` from counter ``i``.
+def counter_uniform(
+    key: Tensor, shape: tuple[int, ...], dtype=torch.float32, offset: int = 0
+) -> Tensor:
+    """Uniform numbers in ``[0, 1)`` on the grid ``k·2^-24``, element ``i`` from counter
+    ``offset + i``.
 
     Args:
         key: 0-d int32 tensor (see :func:`draw_key`); its device is the output's device.
-        shape: output shape; at most 2^31 elements.
+        shape: output shape; offset + numel below 2^31.
+        offset: the first counter: a block of rows of a larger draw gets the same numbers as
+            the whole draw's rows (row ``j`` of a ``(n, m)`` draw starts at counter ``j·m``).
 
     On the CPU (outside ``torch.compile``) the hash runs in NumPy on blocks of 2^16 counters
     that stay in cache, about three times faster than torch's whole-array passes; the numbers
     are the same bits either way (integer arithmetic, then an exact scaling).
     """
     numel = math.prod(shape)
-    if numel >= 2**31:
-        raise ValueError(f"counter_uniform draws at most 2^31 numbers per key, asked for {numel}")
+    if not 0 <= offset or offset + numel >= 2**31:
+        raise ValueError(
+            f"counter_uniform draws at most 2^31 numbers per key, asked for counters "
+            f"{offset} to {offset + numel}"
+        )
     if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
         out = np.empty(numel, dtype=_NUMPY_DTYPES[dtype])
-        _counter_uniform_blocks(int(key) & 0xFFFFFFFF, out)
+        _counter_uniform_blocks(int(key) & 0xFFFFFFFF, out, offset)
         return torch.from_numpy(out).view(shape)
-    return _counter_uniform_torch(key, shape, dtype)
+    return _counter_uniform_torch(key, shape, dtype, offset)
 
 
-def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype) -> Tensor:
+def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype, offset: int = 0) -> Tensor:
     """:func:`counter_uniform` as whole-tensor torch operations (any device; compilable)."""
-    counter = torch.arange(math.prod(shape), dtype=torch.int32, device=key.device).view(shape)
+    numel = math.prod(shape)
+    counter = torch.arange(offset, offset + numel, dtype=torch.int32, device=key.device)
+    counter = counter.view(shape)
     bits = lowbias32(lowbias32(counter).bitwise_xor_(key))
     return bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(dtype).mul_(2.0**-24)
 
@@ -140,9 +150,9 @@ def _lowbias32_numpy(v: np.ndarray, t: np.ndarray) -> None:
     v ^= t
 
 
-def _counter_uniform_blocks(key: int, out: np.ndarray) -> None:
+def _counter_uniform_blocks(key: int, out: np.ndarray, offset: int = 0) -> None:
     """Fill the float32/float64 vector ``out`` with :func:`counter_uniform`'s numbers for the
-    unsigned 32-bit ``key``, block by block."""
+    unsigned 32-bit ``key`` and counters from ``offset``, block by block."""
     key_u = np.uint32(key)
     base = np.arange(min(out.size, _BLOCK), dtype=np.uint32)
     v, t = np.empty_like(base), np.empty_like(base)
@@ -150,7 +160,7 @@ def _counter_uniform_blocks(key: int, out: np.ndarray) -> None:
     for start in range(0, out.size, _BLOCK):
         n = min(_BLOCK, out.size - start)
         vb, tb = v[:n], t[:n]
-        np.add(base[:n], np.uint32(start), out=vb)
+        np.add(base[:n], np.uint32(offset + start), out=vb)
         _lowbias32_numpy(vb, tb)
         vb ^= key_u
         _lowbias32_numpy(vb, tb)
