@@ -221,24 +221,19 @@ def test_hard_path_dither_is_common_randomness():
 
 
 # ------------------------------------------------------------------------------ compile
-@pytest.mark.parametrize("path", ["fused", "blocked", "recomputed"])
+@pytest.mark.parametrize("path", ["fused", "blocked"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_training_path_functions_match_autograd(monkeypatch, dtype, path):
-    """The training paths with a hand-written backward: ``compile=True``'s forms its gradient's
-    factors in the forward (run uncompiled here); the eager one goes over blocks of rows (8
-    here, the last one short) and keeps each block's factors or, for large inputs, redraws
-    the block's dither in the backward and forms them again. Their values equal the autograd
-    path's bit for bit and their gradients (upstream gradients on y_hat, the rate or both;
-    far-out and in-cell coordinates) agree to rounding."""
-    import qlatent.bottlenecks.lattice as lattice_module
+def test_training_path_functions_match_autograd(dtype, path):
+    """The two training paths with a hand-written backward: ``compile=True``'s forms its
+    gradient's factors in one fused forward (run uncompiled here); the eager one does so over
+    blocks of rows (8 here, the last one short), each drawing its own dither. Their values
+    equal the autograd path's bit for bit and their gradients (upstream gradients on y_hat,
+    the rate or both; far-out and in-cell coordinates) agree to rounding."""
     from qlatent.bottlenecks.lattice import (
         _BlockedTrainingPath,
         _FusedTrainingPath,
         _training_kernel,
     )
-
-    if path == "recomputed":  # the large-input way, on a small input
-        monkeypatch.setattr(lattice_module, "_KEEP_FACTORS_BYTES", 0)
     from qlatent.priors import cell_constants
     from qlatent.rng import draw_key
 

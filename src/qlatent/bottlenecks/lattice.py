@@ -186,54 +186,36 @@ def _training_blocks(
     return y_hat, rate
 
 
-#: bytes of one input-sized tensor up to which the eager training path keeps its gradient's
-#: factors from the forward. Measured (one thread, dim 64): keeping them is 1.5x faster than
-#: recomputing up to 256k rows (4 x 64 MB kept), but at 1M rows the gigabyte of fresh pages the
-#: allocator maps and faults in on every call makes it slower than recomputing them
-_KEEP_FACTORS_BYTES = 1 << 26
-
-
 class _BlockedTrainingPath(torch.autograd.Function):
     """The eager training path in blocks of ``rows`` rows with a hand-written backward.
 
-    The forward is :func:`_training_blocks`. Up to ``_KEEP_FACTORS_BYTES`` per input-sized
-    tensor it keeps each block's four gradient factors, as the ``compile=True`` path does
-    (:class:`_FusedTrainingPath`), and the backward applies :func:`_training_backward` block by
-    block. Above it, nothing input-sized but y_hat is kept: the backward redraws each block's
-    dither from the key and forms its factors from y_hat again (:func:`_gradient_factors`), so
-    the cost per row does not grow with the input. Rows ``(N, m)``; first derivatives only.
+    The forward is :func:`_training_blocks`, which keeps each block's four gradient factors as
+    the ``compile=True`` path does (:class:`_FusedTrainingPath`); the backward applies
+    :func:`_training_backward` block by block. Every temporary is one block's size, so the
+    allocator serves them from memory it reuses, where autograd's graph over the blocks also
+    held an input-sized dither and the concatenated outputs. Rows ``(N, m)``; first
+    derivatives only.
     """
 
     @staticmethod
     def forward(ctx, y, key, spacing, inv_scale, h, c, rows: int):
-        ctx.rows = rows
-        ctx.keep = y.numel() * y.element_size() <= _KEEP_FACTORS_BYTES
-        factors = [] if ctx.keep else None
+        factors: list[Tensor] = []
         y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors)
-        if ctx.keep:
-            ctx.save_for_backward(*factors)
-        else:
-            ctx.save_for_backward(y_hat, key, inv_scale, h, c)
+        ctx.save_for_backward(*factors)
+        ctx.rows = rows
         return y_hat, rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y_hat, grad_rate):
-        saved = ctx.saved_tensors
+        factors = ctx.saved_tensors
         n, m = grad_y_hat.shape
         grad_y = torch.empty_like(grad_y_hat)
         sums = grad_y_hat.new_zeros(3, m)  # ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h
         for i, start in enumerate(range(0, n, ctx.rows)):
             block = slice(start, start + ctx.rows)
-            if ctx.keep:
-                factors = saved[4 * i : 4 * i + 4]
-            else:
-                y_hat, key, inv_scale, h, c = saved
-                shape = (min(ctx.rows, n - start), m)
-                r = counter_uniform(key, shape, y_hat.dtype, offset=start * m)
-                _, *factors = _gradient_factors(y_hat[block], r, inv_scale, h, c)
             grad_y[block], *parts = _training_backward(
-                grad_y_hat[block], grad_rate[block], *factors
+                grad_y_hat[block], grad_rate[block], *factors[4 * i : 4 * i + 4]
             )
             sums += torch.stack(parts)
         return grad_y, None, sums[0], sums[1], sums[2], None, None
@@ -403,26 +385,24 @@ class DitheredLattice(Bottleneck):
         self, y: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The hard path for inference (grad disabled), fused: per cache-sized block of rows,
-        the block's dither is drawn by index, x = y + u is formed in the output's buffer,
-        divided and rounded in place (k), checked and copied to the indices, then turned into
-        y_hat = kΔ − u in place, and the rate comes from :func:`~qlatent.priors.cell_nll_no_grad`.
-        The same operations in the same order as the differentiable path, so the same bits
-        (tested), in about half the passes."""
+        x = y + u is formed in the output's buffer, divided and rounded in place (k), checked
+        and copied to the indices, then turned into y_hat = kΔ − u in place, and the rate
+        comes from :func:`~qlatent.priors.cell_nll_no_grad`. The same operations in the same
+        order as the differentiable path, so the same bits (tested), in about half the passes."""
         spacing, scale = self.spacing, self.scale
         constants = cell_constants(spacing, scale)
-        key = draw_key(generator)
+        u = self._hard_dither(y.shape[0], generator, y.device)
         indices = torch.empty(y.shape, dtype=torch.int64, device=y.device)
         y_hat = torch.empty_like(y)
         rate = y.new_empty(y.shape[0])
         rows = _block_rows(self.dim)
         for start in range(0, y.shape[0], rows):
             block = slice(start, start + rows)
-            u = self._dither_rows(key, start, min(rows, y.shape[0] - start), y.device)
-            x = torch.add(y[block], u, out=y_hat[block])
+            x = torch.add(y[block], u[block], out=y_hat[block])
             x.div_(spacing).round_()  # k, as float
             check_coordinates(x)
             indices[block].copy_(x)
-            x.mul_(spacing).sub_(u)  # y_hat = kΔ − u
+            x.mul_(spacing).sub_(u[block])  # y_hat = kΔ − u
             torch.sum(cell_nll_no_grad(x, *constants), -1, out=rate[block])
         return y_hat, rate, indices
 
@@ -480,14 +460,9 @@ class DitheredLattice(Bottleneck):
         (:func:`qlatent.rng.counter_uniform`) on the dyadic grid k·2^-24, whatever the device
         or thread count; one multiply per element in the parameters' dtype.
         """
-        return self._dither_rows(draw_key(generator), 0, n, device)
-
-    def _dither_rows(self, key: Tensor, start: int, n: int, device) -> Tensor:
-        """Rows ``start`` to ``start + n`` of the hard path's dither for ``key``: a block of
-        rows drawn on its own is the same numbers as the whole draw's rows."""
         device = device if device is not None else self.log_spacing.device
         dtype = self.log_spacing.dtype
-        r = counter_uniform(key, (n, self.dim), dtype, offset=start * self.dim).to(device)
+        r = counter_uniform(draw_key(generator), (n, self.dim), dtype).to(device)
         return r.sub_(0.5).mul_(self.spacing)  # (r − ½) Δ in r's own buffer
 
     def _coordinates(
