@@ -65,3 +65,16 @@ def test_e8_coset_cost_orders_the_models_on_a_peaked_prior():
         assert block["errors_bits"] < 0.9
         gap = abs(block["errors_bits_mc_rows"] - block["exact_mc_bits"])
         assert gap < 0.1 + 3 * block["exact_mc_bits_se"]
+
+
+def test_trained_bias_counts_are_checked():
+    """The sweep's count pairs: S_u even (antithetic pairs) and S_q non-negative, or one clear
+    argparse error."""
+    import argparse
+
+    sweep = _load("trained-log-density-bias")
+    assert sweep._counts("512,4") == (512, 4)
+    assert sweep._counts("2,0") == (2, 0)
+    for bad in ("512", "511,4", "0,4", "512,-1", "a,b", "512,4,1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            sweep._counts(bad)
