@@ -110,7 +110,7 @@ def counter_uniform(
     are the same bits either way (integer arithmetic, then an exact scaling).
     """
     numel = math.prod(shape)
-    if not 0 <= offset or offset + numel >= 2**31:
+    if offset < 0 or offset + numel >= 2**31:
         raise ValueError(
             f"counter_uniform draws at most 2^31 numbers per key, asked for counters "
             f"{offset} to {offset + numel}"
