@@ -110,11 +110,7 @@ def main() -> None:
     t0 = time.perf_counter()
     from qlatent.experiments import coding_mnist
 
-    cfg = coding_mnist.config(quick=False, overrides=[f"table1_runs={args.runs}"])
-    data = coding_mnist.load_data(cfg, args.data_dir)
-    model, info = coding_mnist._table1_model(
-        args.model, cfg, data, quick=False, runs_dir=Path(args.runs)
-    )
+    model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
     model.eval()
     torch.manual_seed(1)
     with torch.no_grad():

@@ -140,6 +140,18 @@ def _table1_model(
     return model, info
 
 
+def trained_table1_model(
+    name: str, runs_dir: str | Path, data_dir: str | None = None
+) -> tuple[Autoencoder, dict[str, Any], dict[str, torch.Tensor]]:
+    """A trained Table-1 row for analysis: ``(model, checkpoint info, MNIST splits)``, the model
+    from its best checkpoint under ``runs_dir`` (a lattice-mnist runs folder), the data as this
+    table loads it (binarized MNIST, ``data_dir`` the download cache)."""
+    cfg = config(quick=False, overrides=[f"table1_runs={runs_dir}"])
+    data = load_data(cfg, data_dir)
+    model, info = _table1_model(name, cfg, data, quick=False, runs_dir=Path(runs_dir))
+    return model, info, data
+
+
 def _model(name: str, cfg: CodingMnistConfig) -> Autoencoder:
     torch.manual_seed(cfg.train.seed)
     if name == "lattice":
