@@ -74,6 +74,9 @@ def main() -> None:
     with torch.no_grad():  # the training path's y_hat, where the protocol measures the bias
         v = model.train()(data["test"][: args.images]).bottleneck.y_hat
     model.eval()
+    counts_of_row = {  # before the IWAE below sets the eval counts
+        **counts_of_row,
+    }
     rows, first_nll = [], None
     for counts in tqdm(args.counts, desc="count pairs"):
         gen = torch.Generator().manual_seed(0)
@@ -134,8 +137,7 @@ def main() -> None:
         "model": args.model,
         "lattice": neck.geometry.name,
         "proposal": neck.proposal,
-        "train_samples": [neck.samples, neck.prior_samples],
-        "eval_samples": [neck.eval_samples, neck.eval_prior_samples],
+        **counts_of_row,
         "checkpoint": info["checkpoint"],
         "checkpoint_epoch": info.get("checkpoint_epoch"),
         "images": int(v.shape[0]),
