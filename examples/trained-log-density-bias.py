@@ -75,7 +75,8 @@ def main() -> None:
         v = model.train()(data["test"][: args.images]).bottleneck.y_hat
     model.eval()
     counts_of_row = {  # before the IWAE below sets the eval counts
-        **counts_of_row,
+        "train_samples": [neck.samples, neck.prior_samples],
+        "eval_samples": [neck.eval_samples, neck.eval_prior_samples],
     }
     rows, first_nll = [], None
     for counts in tqdm(args.counts, desc="count pairs"):
