@@ -294,6 +294,7 @@ def test_coding_mnist_codes_the_table1_lattices(tmp_path):
     assert abs(e8["model_over_ideal_percent"]) < 15
     assert e8["payload_over_model_percent"] < 5
     assert rect["hard_distortion_nats_per_image"] > 0 and "provenance" in e8
+    assert 0 < rect["code_wall_s"] and 0 < e8["code_wall_s"]
     # rows not re-run are kept
     again = reproduce(
         quick=True, models=["rect_lattice"], runs_dir=tmp_path / "runs",
@@ -455,7 +456,7 @@ def test_cli_codes_a_good_lattice_checkpoint(tmp_path, capsys):
     assert "bad.pt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["e8_lattice", "e8_coord_lattice"])
+@pytest.mark.parametrize("name", ["e8_lattice", "e8_coord_lattice", "e8z_lattice"])
 def test_coding_mnist_round_trip_only_without_monte_carlo(tmp_path, name):
     from qlatent.experiments.coding_mnist import markdown_table, reproduce
 
