@@ -291,6 +291,12 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
     }
 
 
+def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> dict[str, Any]:
+    """:func:`code_test_set` with its wall time (``code_wall_s``)."""
+    start = time.perf_counter()
+    return {**code_test_set(model, x, cfg), "code_wall_s": time.perf_counter() - start}
+
+
 def reproduce(
     *,
     quick: bool = False,
@@ -320,14 +326,7 @@ def reproduce(
         print(f"== {name} ==", flush=True)
         if name in TABLE1:
             model, info = _table1_model(name, cfg, data, quick=quick, runs_dir=Path(runs_dir))
-            start = time.perf_counter()
-            coded = code_test_set(model, data["test"], cfg)
-            rows[name] = {
-                **coded,
-                **info,
-                "code_wall_s": time.perf_counter() - start,
-                "provenance": started,
-            }
+            rows[name] = {**_timed_code(model, data["test"], cfg), **info, "provenance": started}
             continue
         model = _model(name, cfg)
         result = fit(model, data, cfg.train, out_dir=Path(runs_dir) / stem / name,
@@ -336,11 +335,8 @@ def reproduce(
             model.eval()
             with torch.no_grad():
                 model.bottleneck.update(model.encoder(xb) for xb in data["train"].split(2000))
-        start = time.perf_counter()
-        coded = code_test_set(model, data["test"], cfg)
         rows[name] = {
-            **coded,
-            "code_wall_s": time.perf_counter() - start,
+            **_timed_code(model, data["test"], cfg),
             "train_wall_s": result.wall_s,
             "train_epochs": len(result.history),
             "provenance": started,
