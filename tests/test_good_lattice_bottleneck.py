@@ -298,9 +298,9 @@ def test_tilted_draws_follow_their_density():
     assert torch.isfinite(x).all()
     for i in range(4):
         grid = torch.linspace(float(v[0, i]) - 4.0, float(v[0, i]) + 4.0, 400_001, dtype=F64)
-        points = v.expand(grid.numel(), 4).clone().unsqueeze(0)
-        points[0, :, i] = grid
-        density = log_q(points, None)[0, :, i].exp()
+        points = v.expand(grid.numel(), 4).T.clone().unsqueeze(0)  # (1, m, S): samples last
+        points[0, i, :] = grid
+        density = log_q(points, None)[0, i, :].exp()
         mass = torch.trapezoid(density, grid)
         mean = torch.trapezoid(density * grid, grid)
         sd = torch.trapezoid(density * (grid - mean).square(), grid).sqrt()
@@ -351,7 +351,7 @@ def test_relative_variance_counts_antithetic_pairs_as_one_unit():
     from qlatent.bottlenecks.good_lattice import _relative_variance
 
     t = torch.tensor([0.1, 0.4, 0.3, 0.2, 0.5, 0.0, 0.25], dtype=F64)
-    log_terms = t.log().view(1, 7, 1)
+    log_terms = t.log().view(1, 1, 7)  # (rows, blocks, terms)
     total = t.sum()
     pairs = torch.stack([t[0] + t[2], t[1] + t[3]]) / total
     draws = t[4:] / total
@@ -361,7 +361,7 @@ def test_relative_variance_counts_antithetic_pairs_as_one_unit():
     got = _relative_variance(log_terms, total.log().view(1, 1), samples=4)
     assert torch.allclose(got, expected.view(1, 1), rtol=1e-12)
     # a zero estimate (all terms -inf) gives no correction, not NaN
-    empty = torch.full((1, 7, 1), -math.inf, dtype=F64)
+    empty = torch.full((1, 1, 7), -math.inf, dtype=F64)
     assert _relative_variance(empty, torch.full((1, 1), -math.inf, dtype=F64), 4).item() == 0.0
 
 
@@ -536,3 +536,25 @@ def test_density_gradient_matches_uniform_points_alone(lattice, proposal):
     diff = mixed.mean(0) - uniform.mean(0)
     se = (mixed.var(0) / mixed.shape[0] + uniform.var(0) / uniform.shape[0]).sqrt()
     assert (diff.abs() < 4.5 * se + 1e-4).all(), (diff / se, se)
+
+
+def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
+    """The hand-written backward of Σ_i a_bi·|v_i + w_is| against gradcheck in float64 and
+    against autograd through the broadcast sum, |·| and the batched product in float32."""
+    from qlatent.bottlenecks.good_lattice import _LaplaceBlockSums
+
+    gen = torch.Generator().manual_seed(5)
+    membership = torch.zeros(6, 3, dtype=F64)
+    membership[torch.arange(6), torch.tensor([0, 0, 1, 1, 1, 2])] = 1.0
+    a = (membership / torch.rand(6, 1, generator=gen, dtype=F64).add(0.2)).T
+    v = torch.randn(4, 6, generator=gen, dtype=F64)
+    w = torch.randn(6, 10, generator=gen, dtype=F64)
+    inputs = tuple(x.clone().requires_grad_() for x in (v, w, a))
+    assert torch.autograd.gradcheck(_LaplaceBlockSums.apply, inputs)
+    grad = torch.randn(4, 3, 10, generator=gen)
+    ours = [x.float().requires_grad_() for x in (v, w, a)]
+    plain = [x.float().requires_grad_() for x in (v, w, a)]
+    _LaplaceBlockSums.apply(*ours).backward(grad)
+    (plain[2] @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
+    for x, y in zip(ours, plain, strict=True):
+        assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-5)

@@ -284,38 +284,43 @@ class DitheredGoodLattice(Bottleneck):
         (IWAE) never uses it.
         """
         sigma = self._coordinate_scale().to(v.dtype)
-        w = self._mc_points(samples, generator, v.dtype, v.device) * sigma  # (S_u, m)
+        # the samples run along the last, contiguous dimension: (N, m, S) points, (N, blocks, S)
+        # log-terms, so the block sums are one batched matrix product and every reduction over
+        # the samples and every broadcast of a per-block constant stays contiguous
+        w = (self._mc_points(samples, generator, v.dtype, v.device) * sigma).T  # (m, S_u)
         shared = prior_samples and self.proposal == "prior"
         x = self._prior_points(prior_samples, generator, v.dtype, v.device) if shared else None
         scale = self.scale.to(v.dtype)
         membership = self._membership.to(v.dtype)
-        log_vol = self._block_log_volume().to(v.dtype)  # (blocks,)
+        log_vol = self._block_log_volume().to(v.dtype).unsqueeze(1)  # (blocks, 1)
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
         log_count = math.log(max(prior_samples, 1))
         # the draws move with the cell (docstring): q0's argument is constant along the map, so
         # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
-        stretch = sigma / sigma.detach()  # D: ones, with the cell's gradient
-        log_det = torch.log(stretch) @ membership  # (blocks,): log|D| per block, 0 in value
+        stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
+        log_det = membership.T @ torch.log(stretch)  # (blocks, 1): log|D| per block, 0 in value
         scale0 = scale.detach()
         rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * self.dim))
         parts = []
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
-            v0 = vc.detach().unsqueeze(1)
-            xu = vc.unsqueeze(1) + w
-            log_p = self._block_log_pdf(xu, scale, membership)  # (N, S_u, b)
+            v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
+            log_p = self._cell_points_log_pdf(vc, w, scale, membership)  # (N, blocks, S_u)
             if prior_samples:
                 key = None if shared else draw_key(generator)  # one per chunk of rows
                 x0, log_q0 = self._proposal_points(
                     vc.detach(), prior_samples, x, key, sigma.detach(), scale0
                 )
+                x0 = x0.transpose(1, 2)  # (N, m, S_q)
                 # x0 + (v − v0) + (D − 1)(x0 − v0): x0 exactly in value
-                xc = x0 + (vc.unsqueeze(1) - v0) + (stretch - 1.0) * (x0 - v0)
-                log_qu = log_q0(v0 + w.detach(), log_p.detach()) - log_det
+                xc = x0 + (vc.unsqueeze(2) - v0) + (stretch - 1.0) * (x0 - v0)
+                # only the tilted proposal's density reads the cell points themselves
+                tu = v0 + w.detach() if self.proposal == "tilted" else None
+                log_qu = log_q0(tu, log_p.detach()) - log_det
                 log_px = self._block_log_pdf(xc, scale, membership)
                 log_qx = log_q0(x0, log_px.detach()) - log_det
-                inside = self._inside_cell(xc - vc.unsqueeze(1), sigma)  # (N, S_q, blocks)
+                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma)  # (N, blocks, S_q)
                 weight = log_px - torch.logaddexp(log_uniform, log_count + log_qx)
                 terms = [
                     log_p - torch.logaddexp(log_uniform, log_count + log_qu),
@@ -323,11 +328,11 @@ class DitheredGoodLattice(Bottleneck):
                 ]
             else:
                 terms = [log_p - log_uniform]
-            terms = torch.cat(terms, 1)
-            log_sum = torch.logsumexp(terms, dim=1)  # (N, blocks): log P̂_b
+            terms = torch.cat(terms, 2)
+            log_sum = torch.logsumexp(terms, dim=2)  # (N, blocks): log P̂_b
             if debias:
                 log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
-            parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol)
+            parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
         return log_f.sum(-1)
 
@@ -372,9 +377,9 @@ class DitheredGoodLattice(Bottleneck):
         """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
         without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
         ``shared`` ones drawn once per call, ``(1, count, m)``), and the density t, log p(t) ↦
-        log q0(t) per block, ``(N, S, m)``, ``(N, S, blocks)`` -> ``(N, S, blocks)`` (log p(t)
-        passed in, at the same values, for the prior and the box, whose q0 is p up to a
-        normalizer)."""
+        log q0(t) per block, ``(N, m, S)``, ``(N, blocks, S)`` -> ``(N, blocks, S)``, samples
+        last (log p(t) passed in, at the same values, for the prior and the box, whose q0 is p
+        up to a normalizer and which do not read t: it may be None)."""
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p: log_p
         membership = self._membership.to(v.dtype)
@@ -382,7 +387,7 @@ class DitheredGoodLattice(Bottleneck):
             return self._tilted_points(v, count, key, sigma, scale, membership)
         halfwidth = self._halfwidth.to(v.dtype) * sigma
         x0, log_z = self._box_points(v, count, key, halfwidth, scale)
-        log_z = (log_z @ membership).unsqueeze(1)  # (N, 1, blocks): log P(X̂ ∈ box)
+        log_z = (log_z @ membership).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
         return x0, lambda t, log_p: log_p - log_z
 
     @contextmanager
@@ -404,7 +409,7 @@ class DitheredGoodLattice(Bottleneck):
         self, v: Tensor, count: int, key: Tensor, sigma: Tensor, scale: Tensor, membership: Tensor
     ):
         """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
-        the function t ↦ log q_v(t) per block, ``(N, S, m)`` -> ``(N, S, blocks)``, all at the
+        the function t ↦ log q_v(t) per block, ``(N, m, S)`` -> ``(N, blocks, S)``, all at the
         values given (no gradient: :meth:`log_density` moves the draws with the cell).
 
         τ_i = :data:`_TILT`·s_i/√12, s_i the scaled cell's size V^{1/n} at coordinate i: the
@@ -439,32 +444,44 @@ class DitheredGoodLattice(Bottleneck):
         log_c = log_mass + tau.square() / (2 * b.square()) + torch.log(tau)
         log_c_blocks = (log_c + 0.5 * math.log(2 * math.pi)) @ membership.to(f64)  # (N, 1, blocks)
         dtype = v.dtype
-        abs_matrix = (membership.to(f64) / b.unsqueeze(1)).to(dtype)
-        tilt_matrix = (membership.to(f64) / (2 * tau.square()).unsqueeze(1)).to(dtype)
-        log_c_blocks = log_c_blocks.to(dtype)
-        center = v.unsqueeze(1)
+        abs_matrix = (membership.to(f64) / b.unsqueeze(1)).T.to(dtype)  # (blocks, m)
+        tilt_matrix = (membership.to(f64) / (2 * tau.square()).unsqueeze(1)).T.to(dtype)
+        log_c_blocks = log_c_blocks.transpose(1, 2).to(dtype)  # (N, blocks, 1)
+        center = v.unsqueeze(2)  # (N, m, 1)
 
         def log_q(t: Tensor, _log_p: Tensor) -> Tensor:
-            return -(t.abs() @ abs_matrix) - ((t - center).square() @ tilt_matrix) - log_c_blocks
+            return -(abs_matrix @ t.abs()) - (tilt_matrix @ (t - center).square()) - log_c_blocks
 
         return x.to(dtype), log_q
 
+    def _cell_points_log_pdf(
+        self, v: Tensor, w: Tensor, scale: Tensor, membership: Tensor
+    ) -> Tensor:
+        """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
+        S)``, without forming them twice: under the Laplace prior a hand-written backward
+        (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
+        |·| and the batched product, which cost about three times the forward."""
+        if self.prior_name != "laplace":
+            return self._block_log_pdf(v.unsqueeze(2) + w, scale, membership)
+        const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
+        return -_LaplaceBlockSums.apply(v, w, (membership / scale.unsqueeze(1)).T) - const
+
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
-        """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m)`` -> ``(..., blocks)``: the per-coordinate
-        scales are folded into the block-sum matrix, so the full-size work is one elementwise
-        pass (|t| or t²) and one matrix product."""
+        """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m, S)`` -> ``(..., blocks, S)``: the
+        per-coordinate scales are folded into the block-sum matrix, so the full-size work is one
+        elementwise pass (|t| or t²) and one (batched) matrix product."""
         if self.prior_name == "laplace":
-            const = torch.log(2 * scale) @ membership
-            return -(t.abs() @ (membership / scale.unsqueeze(1))) - const
-        const = (torch.log(scale) + 0.5 * math.log(2 * math.pi)) @ membership
-        return -0.5 * (t.square() @ (membership / scale.square().unsqueeze(1))) - const
+            const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
+            return -((membership / scale.unsqueeze(1)).T @ t.abs()) - const
+        const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
+        return -0.5 * ((membership / scale.square().unsqueeze(1)).T @ t.square()) - const
 
     def _inside_cell(self, t: Tensor, sigma: Tensor) -> Tensor:
-        """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m)`` ->
-        ``(..., blocks)`` bool (K_Λ(t) = 0 block by block)."""
+        """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
+        ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block)."""
         with torch.no_grad():
-            k = self.geometry.closest_point(t / sigma)
-            return (k.abs() @ self._membership.to(t.dtype)) == 0
+            k = self.geometry.closest_point(t.transpose(-1, -2) / sigma)
+            return ((k.abs() @ self._membership.to(t.dtype)) == 0).transpose(-1, -2)
 
     # ------------------------------------------------------------------ paths
     def _forward_rows(self, y: Tensor, generator) -> BottleneckOutput:
@@ -635,10 +652,44 @@ def log_density_bias(
     }
 
 
+class _LaplaceBlockSums(torch.autograd.Function):
+    """a_b·|v + w| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``a`` ``(blocks, m)`` (the
+    membership over the prior scales) -> ``(N, blocks, S)``, Σ_i a_bi·|v_ni + w_is|.
+
+    The backward, with t = v + w and G the upstream gradient ``(N, blocks, S)``:
+
+        H = aᵀG · sgn(t),   ∂/∂v = Σ_S H,   ∂/∂w = Σ_N H,   ∂/∂a = Σ_N G·|t|ᵀ
+
+    one batched product, one elementwise pass and three reductions, where autograd also formed
+    the gradient of the broadcast sum, of |t| and of the product through an expanded ``a``.
+    First derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, w: Tensor, a: Tensor) -> Tensor:
+        t = v.unsqueeze(2) + w
+        magnitude = t.abs()
+        ctx.save_for_backward(t, magnitude, a)
+        return a @ magnitude
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        t, magnitude, a = ctx.saved_tensors
+        grad_v = grad_w = grad_a = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            h = (a.T @ grad).mul_(t.sgn())
+            grad_v = h.sum(2) if ctx.needs_input_grad[0] else None
+            grad_w = h.sum(0) if ctx.needs_input_grad[1] else None
+        if ctx.needs_input_grad[2]:
+            grad_a = (grad @ magnitude.transpose(1, 2)).sum(0)
+        return grad_v, grad_w, grad_a
+
+
 def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
     """V̂ar(P̂)/P̂² of the multiple-importance-sampling estimate P̂ = Σ_k t_k, per row and block.
 
-    ``terms``: ``(N, samples + draws, blocks)`` log t_k, the first ``samples`` from antithetic
+    ``terms``: ``(N, blocks, samples + draws)`` log t_k, the first ``samples`` from antithetic
     cell points (point k and k + samples/2 are a pair w, −w, so a pair's sum is one independent
     unit), the rest from independent proposal draws; ``log_sum``: ``(N, blocks)`` log P̂. With
     the normalized terms ω_k = t_k/P̂ and n units a_j of a group, the unbiased estimate of the
@@ -646,19 +697,19 @@ def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
     over the groups, computed from ω ∈ [0, 1] without overflow. A group of one unit adds 0.
     """
     # P̂ = 0 (every term −inf) gives ω = 0, not NaN
-    omega = torch.exp(terms - log_sum.clamp(min=torch.finfo(terms.dtype).min).unsqueeze(1))
+    omega = torch.exp(terms - log_sum.clamp(min=torch.finfo(terms.dtype).min).unsqueeze(2))
     half = samples // 2
-    pairs = omega[:, :half] + omega[:, half:samples]
+    pairs = omega[..., :half] + omega[..., half:samples]
     total = _group_variance(pairs)
-    if terms.shape[1] > samples:
-        total = total + _group_variance(omega[:, samples:])
+    if terms.shape[2] > samples:
+        total = total + _group_variance(omega[..., samples:])
     return total
 
 
 def _group_variance(units: Tensor) -> Tensor:
-    """n/(n − 1)·Σ_j (a_j − ā)² over dim 1 of ``units`` ``(N, n, blocks)`` (0 when n < 2)."""
-    n = units.shape[1]
+    """n/(n − 1)·Σ_j (a_j − ā)² over the last dim of ``units`` ``(N, blocks, n)`` (0 when n < 2)."""
+    n = units.shape[2]
     if n < 2:
-        return units.new_zeros(units.shape[0], units.shape[2])
-    centred = units - units.mean(1, keepdim=True)
-    return centred.square().sum(1) * (n / (n - 1))
+        return units.new_zeros(units.shape[:2])
+    centred = units - units.mean(2, keepdim=True)
+    return centred.square().sum(2) * (n / (n - 1))
