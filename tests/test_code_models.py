@@ -468,3 +468,60 @@ def test_coding_mnist_round_trip_only_without_monte_carlo(tmp_path, name):
     assert row["round_trip_exact"] and row["hard_rate_bits_per_image"] is None
     assert "mc_ideal_bits_per_image" not in row and "train_rate_bits_per_image" not in row
     assert f"| {name} |" in markdown_table(payload)
+
+
+def test_coding_mnist_rate_control_sweeps_the_lattice_scale(tmp_path):
+    """A coarser lattice gives a smaller file and more distortion, every file decodes to the
+    hard path's points, the factor-1 point is the row's own file, and the swept row is read at
+    the reference row's distortion only inside its sweep."""
+    from qlatent.experiments.coding_mnist import bits_at_distortion, rate_control_table, reproduce
+
+    payload = reproduce(
+        quick=True, models=["rect_lattice", "e8z_lattice"],
+        overrides=["monte_carlo=false", "spacing_factors=[0.7, 1.4]"],
+        runs_dir=tmp_path / "runs", results_dir=tmp_path / "res",
+    )  # fmt: skip
+    for name in ("rect_lattice", "e8z_lattice"):
+        row = payload["rows"][name]
+        points = row["rate_control"]
+        assert [p["factor"] for p in points] == [0.7, 1.0, 1.4]
+        assert all(p["round_trip_exact"] for p in points)
+        bits = [p["coded_bits_per_image"] for p in points]
+        assert bits[0] > bits[1] > bits[2]
+        assert points[1]["coded_bits_per_image"] == row["coded_bits_per_image"]
+        assert points[1]["hard_distortion_nats_per_image"] == pytest.approx(
+            row["hard_distortion_nats_per_image"], rel=1e-9
+        )
+    at = payload["rows"]["e8z_lattice"]["rate_control_at_reference"]
+    assert at["reference"] == "rect_lattice"
+    assert "rate_control_at_reference" not in payload["rows"]["rect_lattice"]
+    sweep = payload["rows"]["e8z_lattice"]["rate_control"]
+    assert at["bits_per_image"] == bits_at_distortion(sweep, at["distortion_nats_per_image"])
+    assert "| e8z_lattice | 1.400 |" in rate_control_table(payload)
+    assert (tmp_path / "res" / "coding-mnist-quick-rate-control.png").is_file()
+
+
+def test_bits_at_distortion_interpolates_inside_the_sweep_only():
+    from qlatent.experiments.coding_mnist import bits_at_distortion
+
+    points = [
+        {"hard_distortion_nats_per_image": 10.0, "coded_bits_per_image": 30.0},
+        {"hard_distortion_nats_per_image": 12.0, "coded_bits_per_image": 26.0},
+    ]
+    assert bits_at_distortion(points, 11.5) == pytest.approx(27.0)
+    assert bits_at_distortion(points, 12.0) == pytest.approx(26.0)
+    assert bits_at_distortion(points, 9.9) is None and bits_at_distortion(points, 12.1) is None
+
+
+def test_spacing_scaled_restores_the_lattice_and_refuses_bad_factors():
+    from qlatent.experiments.coding_mnist import config, spacing_scaled
+
+    neck = build("lattice", dim=16, lattice="e8")
+    before = neck.log_spacing.detach().clone()
+    with pytest.raises(RuntimeError), spacing_scaled(neck, 2.0):
+        assert torch.allclose(neck.spacing, 2 * before.exp())
+        raise RuntimeError("inside")
+    assert torch.equal(neck.log_spacing, before)
+    for bad in ("[0.1]", "[true]", '"1.0"', "[1.0, 3]"):
+        with pytest.raises(ValueError, match="spacing_factors"):
+            config(quick=True, overrides=[f"spacing_factors={bad}"])

@@ -147,6 +147,9 @@ STEP_CASES = {
     "leech_lattice": dict(lattice=["leech", "bw16"], samples=128, prior_samples=8),
     "leech_lattice, no prior draws": dict(lattice=["leech", "bw16"], samples=128, prior_samples=0),
 }
+#: Table-1 rows whose step is timed with the bottleneck arguments of their config file
+#: (512 Monte-Carlo points, proposal draws per row, the debiased rate)
+CONFIGURED_STEPS = ("e8_debias_lattice", "e8z_lattice", "leech_tilted_lattice")
 
 
 def bench_training_step(
@@ -159,6 +162,7 @@ def bench_training_step(
     Monte-Carlo points; 8 prior draws × 100 rows for the membership tests). With ``compile``
     also the Leech row's step and its membership decodes with the Leech decoder fused by
     ``torch.compile`` (compiled in the warm-up calls)."""
+    from ..experiments import lattice_mnist
     from ..lattices import BarnesWallLattice, LeechLattice
     from ..losses import RateDistortionLoss
     from ..models import gated_vae
@@ -168,6 +172,9 @@ def bench_training_step(
     x = (torch.rand(100, 784, generator=gen) < 0.3).float()
     cases = {}
     steps = dict(STEP_CASES)
+    for name in CONFIGURED_STEPS:
+        run = lattice_mnist.model_config(name, quick=False, overrides=[])
+        steps[f"{name} (configs/lattice-mnist)"] = dict(run.model.bottleneck_args)
     if compile:
         steps[COMPILED_STEP] = {**STEP_CASES["leech_lattice"], "compile": True}
     for name, kwargs in steps.items():

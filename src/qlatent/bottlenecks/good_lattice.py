@@ -300,6 +300,8 @@ class DitheredGoodLattice(Bottleneck):
         # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
         stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
         log_det = membership.T @ torch.log(stretch)  # (blocks, 1): log|D| per block, 0 in value
+        # the proposal's part of the denominator, S_q·q(x), as log q0 + (log S_q − log|D|)
+        shift = log_count - log_det
         scale0 = scale.detach()
         rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * self.dim))
         parts = []
@@ -317,13 +319,13 @@ class DitheredGoodLattice(Bottleneck):
                 xc = x0 + (vc.unsqueeze(2) - v0) + (stretch - 1.0) * (x0 - v0)
                 # only the tilted proposal's density reads the cell points themselves
                 tu = v0 + w.detach() if self.proposal == "tilted" else None
-                log_qu = log_q0(tu, log_p.detach()) - log_det
+                log_qu = log_q0(tu, log_p.detach(), shift)  # log S_q·q at the cell points
                 log_px = self._block_log_pdf(xc, scale, membership)
-                log_qx = log_q0(x0, log_px.detach()) - log_det
+                log_qx = log_q0(x0, log_px.detach(), shift)
                 inside = self._inside_cell(xc - vc.unsqueeze(2), sigma)  # (N, blocks, S_q)
-                weight = log_px - torch.logaddexp(log_uniform, log_count + log_qx)
+                weight = log_px - torch.logaddexp(log_uniform, log_qx)
                 terms = [
-                    log_p - torch.logaddexp(log_uniform, log_count + log_qu),
+                    log_p - torch.logaddexp(log_uniform, log_qu),
                     weight.masked_fill(~inside, -math.inf),
                 ]
             else:
@@ -377,18 +379,19 @@ class DitheredGoodLattice(Bottleneck):
         """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
         without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
         ``shared`` ones drawn once per call, ``(1, count, m)``), and the density t, log p(t) ↦
-        log q0(t) per block, ``(N, m, S)``, ``(N, blocks, S)`` -> ``(N, blocks, S)``, samples
-        last (log p(t) passed in, at the same values, for the prior and the box, whose q0 is p
-        up to a normalizer and which do not read t: it may be None)."""
+        log q0(t) + shift per block, ``(N, m, S)``, ``(N, blocks, S)``, ``(blocks, 1)`` ->
+        ``(N, blocks, S)``, samples last, the shift (default 0) added in the same pass (log p(t)
+        passed in, at the same values, for the prior and the box, whose q0 is p up to a
+        normalizer and which do not read t: it may be None)."""
         if self.proposal == "prior":
-            return shared.detach().unsqueeze(0), lambda t, log_p: log_p
+            return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
         membership = self._membership.to(v.dtype)
         if self.proposal == "tilted":
             return self._tilted_points(v, count, key, sigma, scale, membership)
         halfwidth = self._halfwidth.to(v.dtype) * sigma
         x0, log_z = self._box_points(v, count, key, halfwidth, scale)
         log_z = (log_z @ membership).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
-        return x0, lambda t, log_p: log_p - log_z
+        return x0, lambda t, log_p, shift=0.0: log_p + (shift - log_z)
 
     @contextmanager
     def proposal_set_to(self, proposal: str | None) -> Iterator[None]:
@@ -449,8 +452,12 @@ class DitheredGoodLattice(Bottleneck):
         log_c_blocks = log_c_blocks.transpose(1, 2).to(dtype)  # (N, blocks, 1)
         center = v.unsqueeze(2)  # (N, m, 1)
 
-        def log_q(t: Tensor, _log_p: Tensor) -> Tensor:
-            return -(abs_matrix @ t.abs()) - (tilt_matrix @ (t - center).square()) - log_c_blocks
+        def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
+            return (
+                -(abs_matrix @ t.abs())
+                - (tilt_matrix @ (t - center).square())
+                - (log_c_blocks - shift)
+            )
 
         return x.to(dtype), log_q
 

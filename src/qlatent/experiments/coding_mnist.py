@@ -33,6 +33,8 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,6 +76,22 @@ class CodingMnistConfig:
     #: good lattices: also the Monte-Carlo rates (hard rate, Theorem 1, the ideal); false codes
     #: the test set and checks the round trip only (faster where the Monte-Carlo rates are slow)
     monte_carlo: bool = True
+    #: rate control: also code each Table-1 row with its whole lattice scaled by each of these
+    #: factors (files, exactness and −log p(x | ŷ) only; the decoder is not retrained), e.g.
+    #: [0.98, 0.99, 1.01, 1.02]; empty: no sweep
+    spacing_factors: list[float] = field(default_factory=list)
+    #: the row whose trained point the other rows' sweeps are read at (equal −log p(x | ŷ))
+    rate_control_reference: str = "rect_lattice"
+
+    def __post_init__(self) -> None:
+        factors = self.spacing_factors
+        if not isinstance(factors, list) or not all(
+            isinstance(f, int | float) and not isinstance(f, bool) and 0.5 <= f <= 2.0
+            for f in factors
+        ):
+            raise ValueError(
+                f"spacing_factors must be a list of numbers in [0.5, 2], got {factors!r}"
+            )
 
 
 def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistConfig:
@@ -187,11 +205,7 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         hard = SimpleNamespace(y_hat=y_hard, indices=indices, rate=None)
     else:
         hard = neck(y, generator=SeedKeys(cfg.seed))
-    distortion = torch.cat(
-        [model.likelihood.nll(xb, model.decoder(yb)) for xb, yb in zip(
-            x.split(1000), y_hat.split(1000), strict=True
-        )]
-    )  # fmt: skip
+    distortion = _distortion(model, x, y_hat)
     header, payload = unpack(data)
     n = x.shape[0]
     symbols = hard.indices.numel()
@@ -291,6 +305,121 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
     }
 
 
+def _distortion(model: Autoencoder, x: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    """−log p(x | ŷ) per image, ``(N,)``, decoded in chunks of 1,000."""
+    return torch.cat(
+        [model.likelihood.nll(xb, model.decoder(yb)) for xb, yb in zip(
+            x.split(1000), y_hat.split(1000), strict=True
+        )]
+    )  # fmt: skip
+
+
+@contextmanager
+def spacing_scaled(neck, factor: float) -> Iterator[None]:
+    """Inside the block, ``neck``'s whole lattice is scaled by ``factor`` (its log-scales, per
+    coordinate or per block, shifted by log ``factor``): a coarser lattice for ``factor`` > 1,
+    fewer bits and more distortion, without retraining. Restored on exit."""
+    saved = neck.log_spacing.detach().clone()
+    try:
+        with torch.no_grad():
+            neck.log_spacing.add_(math.log(factor))
+        yield
+    finally:
+        with torch.no_grad():
+            neck.log_spacing.copy_(saved)
+
+
+@torch.no_grad()
+def rate_control(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> list[dict]:
+    """The test set coded at each of ``cfg.spacing_factors`` and at 1 (sorted by factor): per
+    factor the file's bits per image, −log p(x | ŷ) of the decoded ŷ (± s.e.), their sum in nats
+    and whether the decoded ŷ is the hard path's bit for bit."""
+    model.eval()
+    neck = model.bottleneck
+    y = model.encoder(x)
+    points = []
+    for factor in sorted({1.0, *map(float, cfg.spacing_factors)}):
+        with spacing_scaled(neck, factor):
+            digest = model_digest(model)
+            data = compress(neck, y, seed=cfg.seed, digest=digest)
+            y_hat = decompress(neck, data, digest=digest)
+            hard = neck.dequantize(
+                neck.quantize(y, generator=SeedKeys(cfg.seed)), generator=SeedKeys(cfg.seed)
+            )
+            distortion = _distortion(model, x, y_hat).double()
+        bits = 8 * len(data) / x.shape[0]
+        points.append(
+            {
+                "factor": factor,
+                "coded_bits_per_image": bits,
+                "hard_distortion_nats_per_image": distortion.mean().item(),
+                "hard_distortion_se": distortion.std().item() / math.sqrt(x.shape[0]),
+                "total_nats_per_image": distortion.mean().item() + bits * LN2,
+                "round_trip_exact": bool(torch.equal(y_hat, hard)),
+            }
+        )
+    return points
+
+
+def bits_at_distortion(points: list[dict], distortion: float) -> float | None:
+    """A sweep's file size per image at ``distortion`` nats, linear between the two factors whose
+    −log p(x | ŷ) bracket it; None outside the sweep (no extrapolation)."""
+    pts = sorted(points, key=lambda p: p["hard_distortion_nats_per_image"])
+    for lo, hi in zip(pts, pts[1:], strict=False):
+        d0, d1 = lo["hard_distortion_nats_per_image"], hi["hard_distortion_nats_per_image"]
+        if d0 <= distortion <= d1:
+            t = 0.0 if d1 == d0 else (distortion - d0) / (d1 - d0)
+            return lo["coded_bits_per_image"] + t * (
+                hi["coded_bits_per_image"] - lo["coded_bits_per_image"]
+            )
+    return None
+
+
+def _at_reference(rows: dict[str, Any], reference: str) -> None:
+    """Each swept row's bits at the reference row's trained −log p(x | ŷ), in place."""
+    ref = rows.get(reference)
+    if ref is None or "rate_control" not in ref:
+        return
+    at = next(p for p in ref["rate_control"] if p["factor"] == 1.0)
+    for name, row in rows.items():
+        if name == reference or "rate_control" not in row:
+            continue
+        bits = bits_at_distortion(row["rate_control"], at["hard_distortion_nats_per_image"])
+        row["rate_control_at_reference"] = {
+            "reference": reference,
+            "distortion_nats_per_image": at["hard_distortion_nats_per_image"],
+            "reference_bits_per_image": at["coded_bits_per_image"],
+            "bits_per_image": bits,
+            "difference_bits": None if bits is None else bits - at["coded_bits_per_image"],
+        }
+
+
+def figure_rate_control(rows: dict[str, Any], path: Path) -> Path | None:
+    """Coded bits per image against −log p(x | ŷ) of each swept row (its trained point ringed);
+    None when no row was swept."""
+    from ..eval.plots import plt, save_figure
+
+    swept = {name: r["rate_control"] for name, r in rows.items() if "rate_control" in r}
+    if not swept:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in swept.items():
+        d = [p["hard_distortion_nats_per_image"] for p in points]
+        b = [p["coded_bits_per_image"] for p in points]
+        ax.plot(d, b, marker=".", label=name)
+        trained = next(p for p in points if p["factor"] == 1.0)
+        ax.plot(
+            trained["hard_distortion_nats_per_image"], trained["coded_bits_per_image"], "o",
+            mfc="none", ms=9, color=ax.lines[-1].get_color(),
+        )  # fmt: skip
+    ax.set_xlabel("−log p(x | ŷ), nats per image (decoded from the file)")
+    ax.set_ylabel("file size, bits per image")
+    ax.set_title("binarized MNIST test set: the lattice scaled by a factor (ringed: 1)")
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> dict[str, Any]:
     """:func:`code_test_set` with its wall time (``code_wall_s``)."""
     start = time.perf_counter()
@@ -327,6 +456,8 @@ def reproduce(
         if name in TABLE1:
             model, info = _table1_model(name, cfg, data, quick=quick, runs_dir=Path(runs_dir))
             rows[name] = {**_timed_code(model, data["test"], cfg), **info, "provenance": started}
+            if cfg.spacing_factors:
+                rows[name]["rate_control"] = rate_control(model, data["test"], cfg)
             continue
         model = _model(name, cfg)
         result = fit(model, data, cfg.train, out_dir=Path(runs_dir) / stem / name,
@@ -341,6 +472,7 @@ def reproduce(
             "train_epochs": len(result.history),
             "provenance": started,
         }
+    _at_reference(rows, cfg.rate_control_reference)
     payload = {
         **started,
         "rows": rows,
@@ -367,6 +499,11 @@ def reproduce(
             "independent dithers, with its standard error",
             "throughput": "symbols per second of a whole compress / decompress call (networks "
             "excluded), median of timing_repeats calls in interleaved blocks of 5, one process",
+            "rate_control": "the row's test set coded with its whole lattice scaled by each "
+            "factor (1: as trained; the decoder is not retrained): file bits per image and "
+            "−log p(x | ŷ) of the decoded ŷ; rate_control_at_reference reads that sweep "
+            "(linearly between the two factors that bracket it) at the reference row's trained "
+            "−log p(x | ŷ)",
             "compressai_reference": "CompressAI's EntropyBottleneck on this machine: about 13 M "
             "symbols/s encode, 7 M decode, 0.026% overhead (quoted; compressai cannot be "
             "installed beside this torch)",
@@ -374,7 +511,9 @@ def reproduce(
         "config": to_dict(cfg),
     }
     write_json(payload, Path(results_dir) / f"{stem}.json")
-    (Path(results_dir) / f"{stem}.md").write_text(markdown_table(payload) + "\n")
+    tables = [markdown_table(payload), rate_control_table(payload)]
+    (Path(results_dir) / f"{stem}.md").write_text("\n\n".join(t for t in tables if t) + "\n")
+    figure_rate_control(rows, Path(results_dir) / f"{stem}-rate-control.png")
     return payload
 
 
@@ -409,3 +548,28 @@ def markdown_table(payload: dict[str, Any]) -> str:
             f"| {r['encode_symbols_per_s'] / 1e6:.2f} | {r['decode_symbols_per_s'] / 1e6:.2f} |"
         )
     return "\n".join(lines)
+
+
+def rate_control_table(payload: dict[str, Any]) -> str:
+    """The rate-control sweeps, one line per row and factor ("" when no row was swept)."""
+    lines = []
+    for name, r in payload["rows"].items():
+        for p in r.get("rate_control", []):
+            lines.append(
+                f"| {name} | {p['factor']:.3f} | {p['coded_bits_per_image']:.3f} "
+                f"| {p['hard_distortion_nats_per_image']:.3f} ± {p['hard_distortion_se']:.3f} "
+                f"| {p['total_nats_per_image']:.3f} | {p['round_trip_exact']} |"
+            )
+        at = r.get("rate_control_at_reference")
+        if at and at["bits_per_image"] is not None:
+            lines.append(
+                f"| {name} at {at['reference']}'s {at['distortion_nats_per_image']:.3f} nats "
+                f"| | {at['bits_per_image']:.3f} ({at['difference_bits']:+.3f}) | | | |"
+            )
+    if not lines:
+        return ""
+    head = [
+        "| model | lattice scale factor | coded bits/image | −log p(x|ŷ) | total nats | exact |",
+        "|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines)
