@@ -497,6 +497,9 @@ def test_coding_mnist_rate_control_sweeps_the_lattice_scale(tmp_path):
     assert "rate_control_at_reference" not in payload["rows"]["rect_lattice"]
     sweep = payload["rows"]["e8z_lattice"]["rate_control"]
     assert at["bits_per_image"] == bits_at_distortion(sweep, at["distortion_nats_per_image"])
+    ref_sweep = payload["rows"]["rect_lattice"]["rate_control"]
+    own = next(p for p in sweep if p["factor"] == 1.0)["hard_distortion_nats_per_image"]
+    assert at["reference_bits_at_own_distortion"] == bits_at_distortion(ref_sweep, own)
     assert "| e8z_lattice | 1.400 |" in rate_control_table(payload)
     assert (tmp_path / "res" / "coding-mnist-quick-rate-control.png").is_file()
 
