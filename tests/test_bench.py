@@ -66,6 +66,7 @@ def test_vq_rows_at_each_peer_codebook_size(result):
 def test_every_row_is_a_positive_finite_timing(result):
     references = {r["name"] for r in rows_of(result, "reference")}
     floors = {f"addmm + argmin[K={k}]" for k in PEER_CODEBOOK_SIZES}
+    floors |= {f"addmm + min(1).indices[K={k}]" for k in PEER_CODEBOOK_SIZES}
     assert references == {"torch.rand (rows x dim numbers alone)", *floors}
     for r in result["results"]:
         assert math.isfinite(r["rows_per_s"]) and r["rows_per_s"] > 0, r["name"]
@@ -83,6 +84,9 @@ def test_vq_eval_is_compared_with_its_floor(result):
     assert set(ratios) == {f"K={k}" for k in PEER_CODEBOOK_SIZES}
     assert all(math.isfinite(v) and v > 0 for v in ratios.values())
     assert "vq eval / bare addmm + argmin" in format_quantizers(result)
+    fastest = result["speedup_vs_vector_quantize"]["vq_eval_over_min_floor"]
+    assert set(fastest) == set(ratios) and all(v > 0 for v in fastest.values())
+    assert "vq eval / bare addmm + min(1).indices" in format_quantizers(result)
 
 
 def test_peers_measured_in_the_same_run(result):
