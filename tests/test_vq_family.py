@@ -34,6 +34,19 @@ def test_nearest_codeword_matches_brute_force(monkeypatch, chunk):
     assert torch.equal(cb.nearest_codeword(z, codebook), brute)
 
 
+@pytest.mark.parametrize("chunk", [1 << 22, 7])
+def test_nearest_codeword_ties_go_to_the_lowest_index(monkeypatch, chunk):
+    """Duplicated codewords tie exactly: the first of them wins, in every chunk layout."""
+    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
+    base = torch.randint(-2, 3, (6, 4), generator=gen(4)).float()
+    codebook = torch.cat([base, base, base[:3]])  # codeword k + 6 (and k + 12) repeats k
+    z = base[torch.randint(0, 6, (500,), generator=gen(5))]  # every row sits on a codeword
+    assert torch.equal(
+        cb.nearest_codeword(z, codebook), (z.unsqueeze(1) == base).all(-1).int().argmax(1)
+    )
+
+
 def test_squared_distances_are_exact_and_nonnegative():
     z = torch.randn(40, 6, generator=gen(2))
     codebook = torch.cat([z[:3], torch.randn(5, 6, generator=gen(3))])  # exact coincidences
