@@ -467,7 +467,7 @@ class DitheredGoodLattice(Bottleneck):
         """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
         S)``, without forming them twice: under the Laplace prior a hand-written backward
         (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
-        |·| and the batched product, which cost about three times the forward."""
+        |·| and the batched product, which cost several times the forward."""
         if self.prior_name != "laplace":
             return self._block_log_pdf(v.unsqueeze(2) + w, scale, membership)
         const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
