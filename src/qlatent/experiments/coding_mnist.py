@@ -25,6 +25,11 @@ into one file, decoded, and the decoded ``y_hat`` compared with the hard path bi
 dither is that of :class:`qlatent.rng.SeedKeys` with the configured seed.
 Throughput counts symbols (lattice coordinates or codeword indices) per second of entropy
 coding alone, networks excluded.
+
+Rate control (``spacing_factors``): a Table-1 row is also coded with its whole lattice scaled by
+each factor, the decoder unchanged, which traces file size against −log p(x | ŷ) around the
+trained point; each swept row is then read at the reference row's trained −log p(x | ŷ) (and the
+reference at the row's), so two lattices are compared at equal reconstruction likelihood.
 """
 
 from __future__ import annotations
