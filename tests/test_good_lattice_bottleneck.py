@@ -539,22 +539,26 @@ def test_density_gradient_matches_uniform_points_alone(lattice, proposal):
 
 
 def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
-    """The hand-written backward of Σ_i a_bi·|v_i + w_is| against gradcheck in float64 and
-    against autograd through the broadcast sum, |·| and the batched product in float32."""
+    """The hand-written backward of Σ_{i ∈ b} c_i·|v_i + w_is| against gradcheck in float64 and
+    against autograd through the broadcast sum, |·| and the block-sum product in float32."""
     from qlatent.bottlenecks.good_lattice import _LaplaceBlockSums
 
     gen = torch.Generator().manual_seed(5)
+    block_of = torch.tensor([0, 0, 1, 1, 1, 2])
     membership = torch.zeros(6, 3, dtype=F64)
-    membership[torch.arange(6), torch.tensor([0, 0, 1, 1, 1, 2])] = 1.0
-    a = (membership / torch.rand(6, 1, generator=gen, dtype=F64).add(0.2)).T
+    membership[torch.arange(6), block_of] = 1.0
+    c = torch.rand(6, generator=gen, dtype=F64).add(0.2)
     v = torch.randn(4, 6, generator=gen, dtype=F64)
     w = torch.randn(6, 10, generator=gen, dtype=F64)
-    inputs = tuple(x.clone().requires_grad_() for x in (v, w, a))
-    assert torch.autograd.gradcheck(_LaplaceBlockSums.apply, inputs)
+    inputs = tuple(x.clone().requires_grad_() for x in (v, w, c))
+    assert torch.autograd.gradcheck(
+        lambda *x: _LaplaceBlockSums.apply(*x, membership, block_of), inputs
+    )
     grad = torch.randn(4, 3, 10, generator=gen)
-    ours = [x.float().requires_grad_() for x in (v, w, a)]
-    plain = [x.float().requires_grad_() for x in (v, w, a)]
-    _LaplaceBlockSums.apply(*ours).backward(grad)
-    (plain[2] @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
+    ours = [x.float().requires_grad_() for x in (v, w, c)]
+    plain = [x.float().requires_grad_() for x in (v, w, c)]
+    _LaplaceBlockSums.apply(*ours, membership.float(), block_of).backward(grad)
+    a = (membership.float() * plain[2].unsqueeze(1)).T
+    (a @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
     for x, y in zip(ours, plain, strict=True):
         assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-5)

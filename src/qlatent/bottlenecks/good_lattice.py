@@ -471,7 +471,8 @@ class DitheredGoodLattice(Bottleneck):
         if self.prior_name != "laplace":
             return self._block_log_pdf(v.unsqueeze(2) + w, scale, membership)
         const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
-        return -_LaplaceBlockSums.apply(v, w, (membership / scale.unsqueeze(1)).T) - const
+        block_of = self._block_of.to(v.device)
+        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, membership, block_of) - const
 
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
         """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m, S)`` -> ``(..., blocks, S)``: the
@@ -487,7 +488,7 @@ class DitheredGoodLattice(Bottleneck):
         """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
         ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block)."""
         with torch.no_grad():
-            k = self.geometry.closest_point(t.transpose(-1, -2) / sigma)
+            k = self.geometry.closest_point((t.transpose(-1, -2) / sigma).contiguous())
             return ((k.abs() @ self._membership.to(t.dtype)) == 0).transpose(-1, -2)
 
     # ------------------------------------------------------------------ paths
@@ -660,37 +661,35 @@ def log_density_bias(
 
 
 class _LaplaceBlockSums(torch.autograd.Function):
-    """a_b·|v + w| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``a`` ``(blocks, m)`` (the
-    membership over the prior scales) -> ``(N, blocks, S)``, Σ_i a_bi·|v_ni + w_is|.
+    """Σ_{i ∈ b} c_i·|v_ni + w_is| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``c`` ``(m,)``
+    (the inverse prior scales), ``membership`` ``(m, blocks)`` 0/1 with one block per coordinate,
+    ``block_of`` ``(m,)`` that block's index -> ``(N, blocks, S)``.
 
-    The backward, with t = v + w and G the upstream gradient ``(N, blocks, S)``:
+    The backward, with t = v + w, G the upstream gradient ``(N, blocks, S)`` and H its rows
+    copied out to the coordinates, H_nis = G_{n,b(i),s}·sgn(t_nis):
 
-        H = aᵀG · sgn(t),   ∂/∂v = Σ_S H,   ∂/∂w = Σ_N H,   ∂/∂a = Σ_N G·|t|ᵀ
+        ∂/∂v_ni = c_i Σ_s H_nis,   ∂/∂w_is = c_i Σ_n H_nis,   ∂/∂c_i = Σ_{n,s} H_nis·t_nis
 
-    one batched product, one elementwise pass and three reductions, where autograd also formed
-    the gradient of the broadcast sum, of |t| and of the product through an expanded ``a``.
-    First derivatives only.
+    (H·t = G·|t|): a row gather, two elementwise passes and three reductions, where autograd
+    went through the broadcast sum, |t| and a block-sum product whose inner dimension is the
+    number of blocks (slow for both 2 and 19 blocks). First derivatives only.
     """
 
     @staticmethod
-    def forward(ctx, v: Tensor, w: Tensor, a: Tensor) -> Tensor:
+    def forward(ctx, v: Tensor, w: Tensor, c: Tensor, membership: Tensor, block_of: Tensor):
         t = v.unsqueeze(2) + w
-        magnitude = t.abs()
-        ctx.save_for_backward(t, magnitude, a)
-        return a @ magnitude
+        ctx.save_for_backward(t, c, block_of)
+        return (membership.T * c) @ t.abs()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        t, magnitude, a = ctx.saved_tensors
-        grad_v = grad_w = grad_a = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            h = (a.T @ grad).mul_(t.sgn())
-            grad_v = h.sum(2) if ctx.needs_input_grad[0] else None
-            grad_w = h.sum(0) if ctx.needs_input_grad[1] else None
-        if ctx.needs_input_grad[2]:
-            grad_a = (grad @ magnitude.transpose(1, 2)).sum(0)
-        return grad_v, grad_w, grad_a
+        t, c, block_of = ctx.saved_tensors
+        h = grad.index_select(1, block_of).mul_(t.sgn())
+        grad_v = h.sum(2).mul_(c) if ctx.needs_input_grad[0] else None
+        grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
+        grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
+        return grad_v, grad_w, grad_c, None, None
 
 
 def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
