@@ -148,7 +148,7 @@ STEP_CASES = {
     "leech_lattice, no prior draws": dict(lattice=["leech", "bw16"], samples=128, prior_samples=0),
 }
 #: Table-1 rows whose step is timed with the bottleneck arguments of their config file
-#: (512 Monte-Carlo points, proposal draws per row, the debiased rate)
+#: (their Monte-Carlo counts, proposal draws per row, the debiased rate)
 CONFIGURED_STEPS = ("e8_debias_lattice", "e8z_lattice", "leech_tilted_lattice")
 
 

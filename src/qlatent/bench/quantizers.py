@@ -211,7 +211,7 @@ def _budgeted_repeats(
 #: the reference row of the nearest-codeword search alone at codebook size K
 FLOOR_NAME = "addmm + argmin[K={}]"
 #: the same search with its index from ``torch.min`` along the rows (the same first minimum as
-#: ``argmin``, 2-3× faster on the CPU), which is what ``vq`` runs
+#: ``argmin``, faster on the CPU), which is what ``vq`` runs
 MIN_FLOOR_NAME = "addmm + min(1).indices[K={}]"
 
 

@@ -381,7 +381,10 @@ def bits_at_distortion(points: list[dict], distortion: float) -> float | None:
 
 
 def _at_reference(rows: dict[str, Any], reference: str) -> None:
-    """Each swept row's bits at the reference row's trained −log p(x | ŷ), in place."""
+    """Each swept row's bits at the reference row's trained −log p(x | ŷ), in place (a reading
+    kept from an earlier run is dropped first: its reference may have been re-run since)."""
+    for row in rows.values():
+        row.pop("rate_control_at_reference", None)
     ref = rows.get(reference)
     if ref is None or "rate_control" not in ref:
         return
