@@ -205,8 +205,7 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
     encode_s, decode_s = timing["encode"]["median_s"], timing["decode"]["median_s"]
     good = hasattr(neck, "log_density")  # a good lattice: Monte-Carlo rates
     if good and not cfg.monte_carlo:  # the hard path's points without its Monte-Carlo rate
-        indices = neck.quantize(y, generator=SeedKeys(cfg.seed))  # fresh keys: the same dither
-        y_hard = neck.dequantize(indices, generator=SeedKeys(cfg.seed))
+        indices, y_hard = _hard_points(neck, y, cfg.seed)
         hard = SimpleNamespace(y_hat=y_hard, indices=indices, rate=None)
     else:
         hard = neck(y, generator=SeedKeys(cfg.seed))
@@ -310,6 +309,13 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
     }
 
 
+def _hard_points(neck, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hard path's indices and y_hat under the file's dither (fresh keys of ``seed`` for
+    each call, so both draw the same dither), without its rate."""
+    indices = neck.quantize(y, generator=SeedKeys(seed))
+    return indices, neck.dequantize(indices, generator=SeedKeys(seed))
+
+
 def _distortion(model: Autoencoder, x: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     """−log p(x | ŷ) per image, ``(N,)``, decoded in chunks of 1,000."""
     return torch.cat(
@@ -348,9 +354,7 @@ def rate_control(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) ->
             digest = model_digest(model)
             data = compress(neck, y, seed=cfg.seed, digest=digest)
             y_hat = decompress(neck, data, digest=digest)
-            hard = neck.dequantize(
-                neck.quantize(y, generator=SeedKeys(cfg.seed)), generator=SeedKeys(cfg.seed)
-            )
+            hard = _hard_points(neck, y, cfg.seed)[1]
             distortion = _distortion(model, x, y_hat).double()
         bits = 8 * len(data) / x.shape[0]
         points.append(
