@@ -241,7 +241,7 @@ def test_bench_lattice_times_every_path_and_records_the_load():
     (it is the compiled kernel), so no ratios."""
     from qlatent.bench.lattice import FLOOR, bench_lattice
 
-    result = bench_lattice(rows=64, dim=8, threads=1, repeats=2, compile=False)
+    result = bench_lattice(rows=64, dim=8, threads=1, repeats=2, compile=False, peers=False)
     assert set(result["cases"]) == {
         "torch.rand (rows x dim numbers alone)",
         "train path, eager, no grad",
@@ -253,6 +253,108 @@ def test_bench_lattice_times_every_path_and_records_the_load():
     for case in result["cases"].values():
         assert case["rows_per_s"] > 0 and "ratio_to_floor" not in case
     assert len(result["load_average"]["before"]) == 3
+
+
+def test_bench_lattice_without_compressai_records_why(monkeypatch):
+    """Not installed: the lattice cases run and the peer is reported as skipped, with a reason."""
+    import importlib.util
+
+    from qlatent.bench.lattice import bench_lattice
+
+    monkeypatch.delitem(sys.modules, "compressai", raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "compressai" else real_find_spec(name, *a),
+    )
+    result = bench_lattice(rows=64, dim=8, threads=1, repeats=1, compile=False)
+    peer = result["peers"]["compressai"]
+    assert peer["status"] == "skipped" and "not installed" in peer["reason"]
+    assert result["speedup_vs_compressai"] == {}
+    assert not any(name.startswith("CompressAI") for name in result["cases"])
+
+
+FAKE_ENTROPY_MODELS = """
+import torch
+from compressai import available_entropy_coders, get_entropy_coder
+
+assert get_entropy_coder() in available_entropy_coders()
+
+
+class EntropyBottleneck(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(channels, 1))
+
+    def forward(self, x):
+        y = x + torch.rand_like(x) - 0.5 if self.training else torch.round(x)
+        return y, torch.sigmoid(y * self.scale).clamp_min(1e-9)
+
+
+class GaussianConditional(torch.nn.Module):
+    def __init__(self, scale_table):
+        super().__init__()
+
+    def forward(self, x, scales):
+        y = torch.round(x)
+        return y, torch.exp(-0.5 * (y / scales) ** 2).clamp_min(1e-9)
+"""
+
+
+def test_bench_lattice_times_compressai_without_running_its_init(tmp_path, monkeypatch):
+    """A stand-in CompressAI whose ``__init__`` fails to import, as the real one does beside the
+    CPU torch (torchvision's operators): the entropy models are still loaded, timed on the same
+    numbers, and read against our paths."""
+    from qlatent.bench.lattice import COMPRESSAI_PAIRS, bench_lattice, compressai_entropy_models
+
+    package = tmp_path / "compressai"
+    (package / "entropy_models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms')\n")
+    (package / "entropy_models" / "__init__.py").write_text(FAKE_ENTROPY_MODELS)
+    (tmp_path / "compressai-9.9.dist-info").mkdir()
+    (tmp_path / "compressai-9.9.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: compressai\nVersion: 9.9\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        entropy_bottleneck, gaussian_conditional, version = compressai_entropy_models()
+        assert version == "9.9" and entropy_bottleneck.__module__ == "compressai.entropy_models"
+        result = bench_lattice(rows=64, dim=8, threads=1, repeats=1, compile=False)
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
+            del sys.modules[name]
+    assert result["peers"]["compressai"] == {
+        "status": "measured",
+        "version": "9.9",
+        "layout": [1, 8, 64],
+    }
+    for name in result["cases"]:
+        assert result["cases"][name]["rows_per_s"] > 0
+    eager_pairs = {k for k, (ours, _) in COMPRESSAI_PAIRS.items() if "compile" not in ours}
+    assert set(result["speedup_vs_compressai"]) == eager_pairs
+    assert all(v > 0 for v in result["speedup_vs_compressai"].values())
+
+
+def test_a_broken_compressai_is_reported_and_unloaded(tmp_path, monkeypatch):
+    """Its entropy models fail to import (say a mismatched extension): one line of reason, and
+    the stand-in package is taken out of ``sys.modules`` again."""
+    from qlatent.bench.lattice import compressai_entropy_models
+
+    (tmp_path / "compressai" / "entropy_models").mkdir(parents=True)
+    (tmp_path / "compressai" / "__init__.py").write_text("")
+    (tmp_path / "compressai" / "entropy_models" / "__init__.py").write_text(
+        "raise ImportError('undefined symbol in _CXX')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
+        monkeypatch.delitem(sys.modules, name)
+    reason = compressai_entropy_models()
+    assert isinstance(reason, str) and "did not import" in reason and "_CXX" in reason
+    assert "\n" not in reason
+    assert not any(n.split(".")[0] == "compressai" for n in sys.modules)
 
 
 def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):

@@ -240,6 +240,12 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
             f"{name:48s} {case['rows_per_s'] / 1e6:8.2f} {case['rows_per_s_best'] / 1e6:8.2f}"
             f"  {ratio}"
         )
+    peer = result["peers"]["compressai"]
+    if peer["status"] == "measured":
+        print(f"CompressAI {peer['version']}, its time over ours:", end="")
+        print("".join(f"  {k} {v:.2f}x" for k, v in result["speedup_vs_compressai"].items()))
+    else:
+        print(f"CompressAI skipped: {peer['reason']}")
     if args.output:
         print(f"wrote {write_json(payload, args.output)}")
     else:

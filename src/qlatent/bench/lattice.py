@@ -24,8 +24,134 @@ def _backward_traffic(grad: torch.Tensor, saved: torch.Tensor, grad_rate: torch.
     return grad + grad_rate.unsqueeze(-1) * saved
 
 
+#: the peer measured beside the lattice paths when it is installed (``make bench`` puts it, without
+#: its dependencies, into the bench-only environment ``.venv-bench``)
+COMPRESSAI = "compressai"
+
+
+def compressai_entropy_models() -> tuple[type, type, str] | str:
+    """``(EntropyBottleneck, GaussianConditional, version)`` from an installed CompressAI, or a
+    one-line reason why they cannot be loaded.
+
+    CompressAI's ``__init__`` imports its datasets and model zoo and with them torchvision and
+    torch_geometric, whose PyPI builds expect a CUDA torch: beside the CPU torch pinned here,
+    torchvision's operators fail to register and the import raises. The entropy models need
+    none of that (torch, ``compressai.ops`` and the ``_CXX`` extension), so the package is
+    entered without running its ``__init__``: a module object with the package's path and the
+    two functions ``compressai.entropy_models`` reads from it (the default entropy coder, "ans",
+    the only one the forward passes timed here do not use anyway). For the benchmark only: the
+    ``compressai`` entry this leaves in ``sys.modules`` is not the real package.
+    """
+    import importlib
+    import importlib.metadata
+    import importlib.util
+    import sys
+    import types
+
+    if COMPRESSAI in sys.modules:
+        spec = None
+    else:
+        try:
+            spec = importlib.util.find_spec(COMPRESSAI)
+        except (ImportError, ValueError) as error:
+            return f"compressai cannot be located: {error}"
+        if spec is None or not spec.submodule_search_locations:
+            return "compressai is not installed (make bench installs it into .venv-bench)"
+        package = types.ModuleType(COMPRESSAI)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.get_entropy_coder = lambda: "ans"  # type: ignore[attr-defined]
+        package.available_entropy_coders = lambda: ["ans"]  # type: ignore[attr-defined]
+        sys.modules[COMPRESSAI] = package
+    try:
+        models = importlib.import_module("compressai.entropy_models")
+        version = importlib.metadata.version(COMPRESSAI)
+    except Exception as error:  # a broken or mismatched install: report it, bench the rest
+        if spec is not None:
+            for name in [n for n in sys.modules if n == COMPRESSAI or n.startswith("compressai.")]:
+                del sys.modules[name]
+        return f"compressai.entropy_models did not import: {type(error).__name__}: {error}"[:300]
+    return models.EntropyBottleneck, models.GaussianConditional, version
+
+
+def _compressai_cases(
+    y: torch.Tensor, scale: torch.Tensor, compile: bool
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """CompressAI's entropy models on the same ``rows × dim`` numbers, in their own layout
+    ``(1, dim, rows)`` (channels first, so their per-channel reshape is free): the
+    EntropyBottleneck's training forward (uniform noise, its learned CDF's likelihood) with
+    backward, eager and, with ``compile``, compiled; and, against the hard path, the eval
+    forwards (rounding and the likelihood) of EntropyBottleneck and of GaussianConditional with
+    the lattice's per-coordinate Laplace scale as its scale. ``(cases, peer status)``."""
+    loaded = compressai_entropy_models()
+    if isinstance(loaded, str):
+        return {}, {"status": "skipped", "reason": loaded}
+    entropy_bottleneck, gaussian_conditional, version = loaded
+    rows, dim = y.shape
+    x = y.T.contiguous().unsqueeze(0).requires_grad_(True)
+    x_eval = x.detach()
+    train = entropy_bottleneck(dim)
+    evaluate = entropy_bottleneck(dim).eval()
+    evaluate.load_state_dict(train.state_dict())
+    conditional = gaussian_conditional(None).eval()
+    scales = scale.detach().reshape(1, dim, 1).expand(1, dim, rows).contiguous()
+
+    def forward_backward(module) -> Callable[[], Any]:
+        def run():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            x_hat, likelihoods = module(x)
+            (x_hat.sum() - torch.log(likelihoods).sum()).backward()
+
+        return run
+
+    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run():
+            with torch.no_grad():
+                return fn()
+
+        return run
+
+    cases: dict[str, Callable[[], Any]] = {
+        CAI_TRAIN_EAGER: forward_backward(train),
+        CAI_EB_EVAL: no_grad(lambda: evaluate(x_eval)),
+        CAI_GC_EVAL: no_grad(lambda: conditional(x_eval, scales)),
+    }
+    status: dict[str, Any] = {"status": "measured", "version": version, "layout": [1, dim, rows]}
+    if compile:
+        compiled = torch.compile(train)
+        started = time.perf_counter()
+        try:
+            forward_backward(compiled)()
+        except Exception as error:  # torch.compile of a peer's module: report, do not fail
+            status["compile_error"] = f"{type(error).__name__}: {error}"[:300]
+        else:
+            cases[CAI_TRAIN_COMPILED] = forward_backward(compiled)
+        status["compile_s"] = time.perf_counter() - started
+    return cases, status
+
+
+CAI_TRAIN_EAGER = "CompressAI EntropyBottleneck, training, forward + backward, eager"
+CAI_TRAIN_COMPILED = "CompressAI EntropyBottleneck, training, forward + backward, torch.compile"
+CAI_EB_EVAL = "CompressAI EntropyBottleneck, eval (round to medians, likelihood)"
+CAI_GC_EVAL = "CompressAI GaussianConditional, eval (round, likelihood)"
+#: (our case, CompressAI's case) pairs reported as ``speedup_vs_compressai``: its time over ours
+COMPRESSAI_PAIRS = {
+    "train_eager": ("train path, eager, forward + backward", CAI_TRAIN_EAGER),
+    "train_compiled": ("train path, torch.compile, forward + backward", CAI_TRAIN_COMPILED),
+    "hard_path_eager_vs_gaussian_conditional": ("hard path (eval), eager", CAI_GC_EVAL),
+    "hard_path_compiled_vs_gaussian_conditional": ("hard path (eval), torch.compile", CAI_GC_EVAL),
+}
+
+
 def bench_lattice(
-    *, rows: int = 16384, dim: int = 64, threads: int = 2, repeats: int = 50, compile: bool = True
+    *,
+    rows: int = 16384,
+    dim: int = 64,
+    threads: int = 2,
+    repeats: int = 50,
+    compile: bool = True,
+    peers: bool = True,
 ) -> dict[str, Any]:
     """Throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
 
@@ -38,7 +164,10 @@ def bench_lattice(
     the input's gradient written), so that forward + backward reads against the sum of the two.
     Every case gets ``ratio_to_floor`` (its median over the floor's) when the floor was
     measured; the machine's load averages before and after are recorded, since a busy machine
-    makes every ratio meaningless.
+    makes every ratio meaningless. With ``peers`` and CompressAI installed, its
+    EntropyBottleneck and GaussianConditional are timed in the same run on the same numbers
+    (:func:`_compressai_cases`) and ``speedup_vs_compressai`` gives their time over ours for
+    :data:`COMPRESSAI_PAIRS`; without it, ``peers`` records why they were skipped.
     """
     from ..bottlenecks.lattice import _compiled_kernel
     from ..priors import cell_constants
@@ -113,6 +242,8 @@ def bench_lattice(
             lambda: hard_fused(y, generator=gen.manual_seed(0))
         )
     cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
+    peer_cases, peer = _compressai_cases(y, eager.scale, compile) if peers else ({}, None)
+    cases.update(peer_cases)
 
     results = time_cases(cases, repeats=repeats)
     for timing in results.values():
@@ -120,11 +251,18 @@ def bench_lattice(
         timing["rows_per_s_best"] = rows / timing["min_s"]
         if FLOOR in results:
             timing["ratio_to_floor"] = timing["median_s"] / results[FLOOR]["median_s"]
+    speedups = {
+        key: results[theirs]["median_s"] / results[ours]["median_s"]
+        for key, (ours, theirs) in COMPRESSAI_PAIRS.items()
+        if ours in results and theirs in results
+    }
     return {
         "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "compile_s": compile_s,
         "cases": results,
+        "peers": {COMPRESSAI: peer or {"status": "skipped", "reason": "peers=False"}},
+        "speedup_vs_compressai": speedups,
     }
 
 
