@@ -164,7 +164,7 @@ def test_cli_unknown_name_is_an_error(capsys):
     assert "unknown bottleneck" in capsys.readouterr().err
 
 
-def test_bench_coding_measures_both_directions_and_the_overhead():
+def test_bench_coding_measures_both_directions_and_the_overhead(no_compressai):
     from qlatent.bench.coding import bench_coding, format_coding
 
     result = bench_coding(rows=300, dim=8, repeats=1)
@@ -185,7 +185,29 @@ def test_bench_coding_measures_both_directions_and_the_overhead():
     exact = result["cases"]["lattice"]["exact_bits"]
     for bits in alone["payload_bits"].values():
         assert exact - 1 <= bits <= 1.001 * exact + 64
-    assert "CompressAI" in format_coding(result)
+    peer = result["compressai"]  # not installed in the test environment
+    assert peer["status"] == "skipped" and "not installed" in peer["reason"]
+    assert peer["quoted"]["encode_symbols_per_s"] > 0
+    assert "CompressAI" in format_coding(result) and "quoted" in format_coding(result)
+
+
+def test_bench_coding_codes_with_compressai_beside_the_lattice(fake_compressai, monkeypatch):
+    """With CompressAI loadable, its EntropyBottleneck is fitted, codes the lattice case's
+    numbers, round-trips, and is timed interleaved with the lattice's whole calls."""
+    from qlatent.bench import coding
+
+    monkeypatch.setattr(coding, "FIT_STEPS", 3)
+    monkeypatch.setattr(coding, "AUX_STEPS", 3)
+    result = coding.bench_coding(rows=300, dim=8, repeats=1)
+    peer = result["compressai"]
+    assert peer["status"] == "measured" and peer["version"] == "9.9"
+    assert peer["round_trip_exact"] and peer["symbols"] == 300 * 8
+    assert peer["payload_bits"] == 16 * 300 * 8  # the stand-in writes int16 values
+    assert set(peer["symbols_per_s"]) == {
+        f"{who}_{op}" for who in ("compressai", "lattice") for op in ("encode", "decode")
+    }
+    assert all(v > 0 for v in peer["symbols_per_s"].values())
+    assert "interleaved" in coding.format_coding(result)
 
 
 def test_bench_lattices_estimates_g_and_times_the_decoders():
@@ -255,19 +277,25 @@ def test_bench_lattice_times_every_path_and_records_the_load():
     assert len(result["load_average"]["before"]) == 3
 
 
-def test_bench_lattice_without_compressai_records_why(monkeypatch):
-    """Not installed: the lattice cases run and the peer is reported as skipped, with a reason."""
+@pytest.fixture
+def no_compressai(monkeypatch):
+    """CompressAI not installed, whatever the environment."""
     import importlib.util
 
-    from qlatent.bench.lattice import bench_lattice
-
-    monkeypatch.delitem(sys.modules, "compressai", raising=False)
+    for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
+        monkeypatch.delitem(sys.modules, name)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *a: None if name == "compressai" else real_find_spec(name, *a),
     )
+
+
+def test_bench_lattice_without_compressai_records_why(no_compressai):
+    """Not installed: the lattice cases run and the peer is reported as skipped, with a reason."""
+    from qlatent.bench.lattice import bench_lattice
+
     result = bench_lattice(rows=64, dim=8, threads=1, repeats=1, compile=False)
     peer = result["peers"]["compressai"]
     assert peer["status"] == "skipped" and "not installed" in peer["reason"]
@@ -276,6 +304,7 @@ def test_bench_lattice_without_compressai_records_why(monkeypatch):
 
 
 FAKE_ENTROPY_MODELS = """
+import numpy as np
 import torch
 from compressai import available_entropy_coders, get_entropy_coder
 
@@ -286,10 +315,24 @@ class EntropyBottleneck(torch.nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(channels, 1))
+        self.quantiles = torch.nn.Parameter(torch.zeros(channels, 1, 3))
 
     def forward(self, x):
         y = x + torch.rand_like(x) - 0.5 if self.training else torch.round(x)
         return y, torch.sigmoid(y * self.scale).clamp_min(1e-9)
+
+    def loss(self):
+        return self.quantiles.pow(2).sum()
+
+    def update(self, force=False):
+        return True
+
+    def compress(self, x):
+        return [torch.round(x).to(torch.int16).numpy().tobytes()]
+
+    def decompress(self, strings, size):
+        values = np.frombuffer(strings[0], dtype=np.int16)
+        return torch.from_numpy(values.astype(np.float32)).reshape(1, -1, *size)
 
 
 class GaussianConditional(torch.nn.Module):
@@ -302,12 +345,10 @@ class GaussianConditional(torch.nn.Module):
 """
 
 
-def test_bench_lattice_times_compressai_without_running_its_init(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_compressai(tmp_path, monkeypatch):
     """A stand-in CompressAI whose ``__init__`` fails to import, as the real one does beside the
-    CPU torch (torchvision's operators): the entropy models are still loaded, timed on the same
-    numbers, and read against our paths."""
-    from qlatent.bench.lattice import COMPRESSAI_PAIRS, bench_lattice, compressai_entropy_models
-
+    CPU torch (torchvision's operators), with entropy models that do the same kinds of work."""
     package = tmp_path / "compressai"
     (package / "entropy_models").mkdir(parents=True)
     (package / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms')\n")
@@ -319,13 +360,19 @@ def test_bench_lattice_times_compressai_without_running_its_init(tmp_path, monke
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
         monkeypatch.delitem(sys.modules, name)
-    try:
-        entropy_bottleneck, gaussian_conditional, version = compressai_entropy_models()
-        assert version == "9.9" and entropy_bottleneck.__module__ == "compressai.entropy_models"
-        result = bench_lattice(rows=64, dim=8, threads=1, repeats=1, compile=False)
-    finally:
-        for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
-            del sys.modules[name]
+    yield
+    for name in [n for n in sys.modules if n.split(".")[0] == "compressai"]:
+        del sys.modules[name]
+
+
+def test_bench_lattice_times_compressai_without_running_its_init(fake_compressai):
+    """The entropy models are loaded although the package's ``__init__`` raises, timed on the
+    same numbers, and read against our paths."""
+    from qlatent.bench.lattice import COMPRESSAI_PAIRS, bench_lattice, compressai_entropy_models
+
+    entropy_bottleneck, gaussian_conditional, version = compressai_entropy_models()
+    assert version == "9.9" and entropy_bottleneck.__module__ == "compressai.entropy_models"
+    result = bench_lattice(rows=64, dim=8, threads=1, repeats=1, compile=False)
     assert result["peers"]["compressai"] == {
         "status": "measured",
         "version": "9.9",
