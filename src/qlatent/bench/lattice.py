@@ -20,6 +20,16 @@ FLOOR = "floor: fused training kernel alone, no autograd"
 BACKWARD_FLOOR = "floor of a backward pass: read two rows x dim tensors, write one (fused)"
 
 
+def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` called under ``torch.no_grad()``."""
+
+    def run():
+        with torch.no_grad():
+            return fn()
+
+    return run
+
+
 def _backward_traffic(grad: torch.Tensor, saved: torch.Tensor, grad_rate: torch.Tensor):
     return grad + grad_rate.unsqueeze(-1) * saved
 
@@ -27,6 +37,18 @@ def _backward_traffic(grad: torch.Tensor, saved: torch.Tensor, grad_rate: torch.
 #: the peer measured beside the lattice paths when it is installed (``make bench`` puts it, without
 #: its dependencies, into the bench-only environment ``.venv-bench``)
 COMPRESSAI = "compressai"
+#: the CompressAI cases of :func:`_compressai_cases`
+CAI_TRAIN_EAGER = "CompressAI EntropyBottleneck, training, forward + backward, eager"
+CAI_TRAIN_COMPILED = "CompressAI EntropyBottleneck, training, forward + backward, torch.compile"
+CAI_EB_EVAL = "CompressAI EntropyBottleneck, eval (round to medians, likelihood)"
+CAI_GC_EVAL = "CompressAI GaussianConditional, eval (round, likelihood)"
+#: (our case, CompressAI's case) pairs reported as ``speedup_vs_compressai``: its time over ours
+COMPRESSAI_PAIRS = {
+    "train_eager": ("train path, eager, forward + backward", CAI_TRAIN_EAGER),
+    "train_compiled": ("train path, torch.compile, forward + backward", CAI_TRAIN_COMPILED),
+    "hard_path_eager_vs_gaussian_conditional": ("hard path (eval), eager", CAI_GC_EVAL),
+    "hard_path_compiled_vs_gaussian_conditional": ("hard path (eval), torch.compile", CAI_GC_EVAL),
+}
 
 
 def compressai_entropy_models() -> tuple[type, type, str] | str:
@@ -105,13 +127,6 @@ def _compressai_cases(
 
         return run
 
-    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run():
-            with torch.no_grad():
-                return fn()
-
-        return run
-
     cases: dict[str, Callable[[], Any]] = {
         CAI_TRAIN_EAGER: forward_backward(train),
         CAI_EB_EVAL: no_grad(lambda: evaluate(x_eval)),
@@ -129,19 +144,6 @@ def _compressai_cases(
             cases[CAI_TRAIN_COMPILED] = forward_backward(compiled)
         status["compile_s"] = time.perf_counter() - started
     return cases, status
-
-
-CAI_TRAIN_EAGER = "CompressAI EntropyBottleneck, training, forward + backward, eager"
-CAI_TRAIN_COMPILED = "CompressAI EntropyBottleneck, training, forward + backward, torch.compile"
-CAI_EB_EVAL = "CompressAI EntropyBottleneck, eval (round to medians, likelihood)"
-CAI_GC_EVAL = "CompressAI GaussianConditional, eval (round, likelihood)"
-#: (our case, CompressAI's case) pairs reported as ``speedup_vs_compressai``: its time over ours
-COMPRESSAI_PAIRS = {
-    "train_eager": ("train path, eager, forward + backward", CAI_TRAIN_EAGER),
-    "train_compiled": ("train path, torch.compile, forward + backward", CAI_TRAIN_COMPILED),
-    "hard_path_eager_vs_gaussian_conditional": ("hard path (eval), eager", CAI_GC_EVAL),
-    "hard_path_compiled_vs_gaussian_conditional": ("hard path (eval), torch.compile", CAI_GC_EVAL),
-}
 
 
 def bench_lattice(
@@ -185,13 +187,6 @@ def bench_lattice(
     hard = build("lattice", dim=dim).eval()
     hard.load_state_dict(eager.state_dict())
     gen = torch.Generator()
-
-    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run():
-            with torch.no_grad():
-                return fn()
-
-        return run
 
     def forward_backward(module) -> Callable[[], Any]:
         def run():
