@@ -269,6 +269,32 @@ def test_training_path_functions_match_autograd(dtype, path):
             torch.testing.assert_close(b, a, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_in_place_gradient_factors_equal_the_reference_bit_for_bit(dtype):
+    """The eager blocked path's factors (fewer passes, buffers reused) are the same numbers as
+    :func:`_gradient_factors`, bit for bit: η = 0 (where sign(η)·x and copysign differ but
+    x = 0), far tails, cells much wider and much narrower than the prior."""
+    from qlatent.bottlenecks.lattice import _gradient_factors, _gradient_factors_in_place
+    from qlatent.priors import cell_constants
+
+    g = gen(40)
+    n, m = 400, 9
+    r = torch.randint(0, 2**24, (n, m), generator=g).to(dtype) * 2.0**-24
+    spacing = torch.logspace(-2, 2, m, dtype=dtype)
+    scale = torch.logspace(1, -2, m, dtype=dtype)
+    y_hat = 5 * torch.randn(n, m, generator=g, dtype=dtype)
+    y_hat[0] = 0.0
+    y_hat[1] = 1e6
+    constants = cell_constants(spacing, scale)
+    with torch.no_grad():
+        reference = _gradient_factors(y_hat, r, *constants)
+        shift = r.clone().sub_(0.5)
+        ours = _gradient_factors_in_place(y_hat, shift, *constants)
+    for a, b in zip(reference, ours, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.view(-1).numpy().tobytes() == b.view(-1).numpy().tobytes()
+
+
 @pytest.mark.slow
 def test_compiled_training_path_matches_eager():
     eager = make_lattice(seed=23).float().train()

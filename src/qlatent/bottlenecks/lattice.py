@@ -179,21 +179,52 @@ def _training_blocks(
             value = torch.sub(y[block], r.sub_(0.5).mul_(spacing), out=y_hat[block])
             torch.sum(cell_nll_no_grad(value, inv_scale, h, c), -1, out=rate[block])
             continue
-        value = torch.sub(y[block], (r - 0.5).mul_(spacing), out=y_hat[block])
-        nll, *parts = _gradient_factors(value, r, inv_scale, h, c)
+        shift = r.sub_(0.5)  # r − ½, exact: r is a multiple of 2^-24 in [0, 1)
+        value = torch.sub(y[block], shift * spacing, out=y_hat[block])
+        nll, *parts = _gradient_factors_in_place(value, shift, inv_scale, h, c)
         torch.sum(nll, -1, out=rate[block])
         factors.extend(parts)
     return y_hat, rate
+
+
+def _gradient_factors_in_place(
+    y_hat: Tensor, shift: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
+) -> tuple[Tensor, ...]:
+    """:func:`_gradient_factors` for one block of the eager path, bit for bit, in six buffers
+    and about a fifth fewer passes: each intermediate is overwritten once it is no longer
+    needed, |η| is taken once, sign(η)·x is ``copysign`` and w = ½ − r = −(r − ½) is formed
+    in ``shift``'s buffer. (Products are commuted and c − x is written c + (−x) where that
+    saves a buffer; both are exact rewrites.) Grad mode must be off."""
+    abs_eta = torch.abs(y_hat)
+    d = abs_eta * inv_scale  # a = |η|/b
+    t = torch.minimum(d, h)
+    if d.shape != t.shape or d.dtype != t.dtype:  # h broadcasts or promotes further
+        d = d.to(t.dtype).expand_as(t).clone()
+    d.sub_(t)  # a − t
+    e1 = torch.sub(t, h).exp_()
+    em = t.neg_().expm1_()  # expm1(−t), in t's buffer
+    e1.mul_(0.5)  # ½ e^{t−h}
+    inner = em.square().mul_(e1).neg_().add_(c)  # Q = c − ½ e1 em²
+    nll = d.sub_(torch.log(inner))  # (a − t) − log Q
+    r = e1.div_(inner)  # ½ e1 / Q
+    two_t = torch.add(em, 2.0, out=inner).mul_(em)  # expm1(−2t) = em (em + 2)
+    d_a = torch.mul(r, two_t).neg_()
+    d_h = two_t.add_(2.0).mul_(r).neg_()
+    g = torch.mul(d_a, inv_scale).copysign_(y_hat)  # d_a/b · sign(η) (d_a = 0 where η = 0)
+    q = abs_eta.mul_(d_a)
+    return nll, g, shift.neg_(), q, d_h
 
 
 class _BlockedTrainingPath(torch.autograd.Function):
     """The eager training path in blocks of ``rows`` rows with a hand-written backward.
 
     The forward is :func:`_training_blocks`, which keeps each block's four gradient factors as
-    the ``compile=True`` path does (:class:`_FusedTrainingPath`); the backward applies
-    :func:`_training_backward` block by block. Every temporary is one block's size, so the
-    allocator serves them from memory it reuses, where autograd's graph over the blocks also
-    held an input-sized dither and the concatenated outputs. Rows ``(N, m)``; first
+    the ``compile=True`` path does (:class:`_FusedTrainingPath`), formed in place
+    (:func:`_gradient_factors_in_place`); the backward forms the gradients of
+    :func:`_training_backward` block by block, ∂L/∂y with one ``addcmul`` into its output and the
+    sums over rows of the rate's factors as matrix-vector products. Every temporary is one block's
+    size, so the allocator serves them from memory it reuses, where autograd's graph over the
+    blocks also held an input-sized dither and the concatenated outputs. Rows ``(N, m)``; first
     derivatives only.
     """
 
@@ -214,10 +245,13 @@ class _BlockedTrainingPath(torch.autograd.Function):
         sums = grad_y_hat.new_zeros(3, m)  # ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h
         for i, start in enumerate(range(0, n, ctx.rows)):
             block = slice(start, start + ctx.rows)
-            grad_y[block], *parts = _training_backward(
-                grad_y_hat[block], grad_rate[block], *factors[4 * i : 4 * i + 4]
-            )
-            sums += torch.stack(parts)
+            g, w, q, d_h = factors[4 * i : 4 * i + 4]
+            rate = grad_rate[block]
+            value = torch.addcmul(grad_y_hat[block], rate.unsqueeze(-1), g, out=grad_y[block])
+            # the sums over rows as matrix-vector products: no block-sized temporaries
+            sums[0] += (value * w).sum(0)
+            sums[1].addmv_(q.T, rate)
+            sums[2].addmv_(d_h.T, rate)
         return grad_y, None, sums[0], sums[1], sums[2], None, None
 
 
