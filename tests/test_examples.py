@@ -78,3 +78,12 @@ def test_trained_bias_counts_are_checked():
     for bad in ("512", "511,4", "0,4", "512,-1", "a,b", "512,4,1"):
         with pytest.raises(argparse.ArgumentTypeError):
             sweep._counts(bad)
+
+
+def test_eager_ab_times_a_tree_in_its_own_interpreter():
+    """The A/B script's timer imports the library from the tree it is given (asserted inside the
+    child process) and reports both medians."""
+    ab = _load("lattice-eager-ab")
+    timing = ab._time(ROOT / "src", rows=64, dim=8, calls=2)
+    assert set(timing) == {"forward_backward_s", "forward_no_grad_s"}
+    assert all(0 < v < 60 for v in timing.values())
