@@ -60,9 +60,9 @@ def compressai_entropy_models() -> tuple[type, type, str] | str:
     torchvision's operators fail to register and the import raises. The entropy models need
     none of that (torch, ``compressai.ops`` and the ``_CXX`` extension), so the package is
     entered without running its ``__init__``: a module object with the package's path and the
-    two functions ``compressai.entropy_models`` reads from it (the default entropy coder, "ans",
-    the only one the forward passes timed here do not use anyway). For the benchmark only: the
-    ``compressai`` entry this leaves in ``sys.modules`` is not the real package.
+    two functions ``compressai.entropy_models`` reads from it (which entropy coders exist and the
+    default: "ans", its own, built into the wheel). For the benchmark only: the ``compressai``
+    entry this leaves in ``sys.modules`` is not the real package.
     """
     import importlib
     import importlib.metadata
@@ -92,7 +92,8 @@ def compressai_entropy_models() -> tuple[type, type, str] | str:
         if spec is not None:
             for name in [n for n in sys.modules if n == COMPRESSAI or n.startswith("compressai.")]:
                 del sys.modules[name]
-        return f"compressai.entropy_models did not import: {type(error).__name__}: {error}"[:300]
+        detail = " ".join(str(error).split())  # one line
+        return f"compressai.entropy_models did not import: {type(error).__name__}: {detail}"[:300]
     return models.EntropyBottleneck, models.GaussianConditional, version
 
 
@@ -139,7 +140,8 @@ def _compressai_cases(
         try:
             forward_backward(compiled)()
         except Exception as error:  # torch.compile of a peer's module: report, do not fail
-            status["compile_error"] = f"{type(error).__name__}: {error}"[:300]
+            detail = " ".join(str(error).split())  # one line
+            status["compile_error"] = f"{type(error).__name__}: {detail}"[:300]
         else:
             cases[CAI_TRAIN_COMPILED] = forward_backward(compiled)
         status["compile_s"] = time.perf_counter() - started
