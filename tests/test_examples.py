@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -87,3 +88,40 @@ def test_eager_ab_times_a_tree_in_its_own_interpreter():
     timing = ab._time(ROOT / "src", rows=64, dim=8, calls=2)
     assert set(timing) == {"forward_backward_s", "forward_no_grad_s"}
     assert all(0 < v < 60 for v in timing.values())
+
+
+def test_long_run_summary_reads_the_best_epoch_within_the_cap_and_overall(tmp_path):
+    """Synthetic logs: the E8 row leads the rectangular one up to the cap and trails it after;
+    the summary reports both bests, their differences, and the script writes its outputs."""
+    long = _load("lattice-mnist-long")
+
+    def log(values):
+        return [
+            {"epoch": i + 1, "val_objective": v, "val_rate": v / 3, "val_distortion": 2 * v / 3,
+             "wall_s": float(i)}
+            for i, v in enumerate(values)
+        ]  # fmt: skip
+
+    rect = log([110.0 - 0.01 * i for i in range(300)])  # best 107.01 at 300, 108.01 at 200
+    e8 = log([109.0 - 0.005 * i for i in range(260)])  # best 107.705 at 260, 108.005 at 200
+    out = long.summary({"rect_lattice": rect, "e8z_lattice": e8})
+    assert out["e8z_lattice"]["best_within_cap"]["epoch"] == 200
+    assert out["e8z_lattice"]["best_overall"]["epoch"] == 260
+    assert math.isclose(out["e8z_lattice"]["best_within_cap"]["minus_rect_lattice"], -0.005)
+    assert math.isclose(out["e8z_lattice"]["best_overall"]["minus_rect_lattice"], 0.695)
+    runs = tmp_path / "runs" / "lattice-mnist"
+    for name, rows in (("rect_lattice", rect), ("e8z_lattice", e8)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    import sys
+
+    argv = ["x", "--runs", str(tmp_path / "runs"), "--models", "rect_lattice,e8z_lattice",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    old, sys.argv = sys.argv, argv
+    try:
+        long.main()
+    finally:
+        sys.argv = old
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["rows"]["e8z_lattice"]["epochs"] == 260
