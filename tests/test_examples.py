@@ -125,3 +125,16 @@ def test_long_run_summary_reads_the_best_epoch_within_the_cap_and_overall(tmp_pa
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["rows"]["e8z_lattice"]["epochs"] == 260
+
+
+def test_laplace_gain_quadratures_and_monte_carlo_agree_on_z():
+    """For the rectangular cell the excess has a quadrature; the paired Monte-Carlo estimate
+    agrees with it within its error, and at high rate both approach the high-rate gap."""
+    laplace = _load("lattice-gain-laplace")
+    gap = 40 * 0.5 * math.log(2 * math.pi * math.e / 12)
+    sigma2 = 1 / math.expm1(2 * 3.0)
+    gauss = laplace.entropy_gaussian_channel(sigma2) - 0.5 * math.log(2 * math.pi * math.e * sigma2)
+    quadrature = 40 * (laplace.rate_rectangular(sigma2) - gauss)
+    assert abs(quadrature - gap) < 0.05
+    est = laplace.rate_monte_carlo("z", sigma2, rows=4000, cells=4096, seed=0)
+    assert abs(40 * est["excess"] - quadrature) < 4 * 40 * est["excess_se"] + 0.05
