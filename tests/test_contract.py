@@ -42,6 +42,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lattice[e8]": ("lattice", dict(dim=8, lattice="e8", **_MC)),
     "lattice[e8,gaussian]": ("lattice", dict(dim=8, lattice="e8", prior="gaussian", **_MC)),
     "lattice[e8,box]": ("lattice", dict(dim=8, lattice="e8", proposal="box", **_MC)),
+    "lattice[e8+z,scale per block]": (
+        "lattice",
+        dict(dim=10, lattice=["e8", "z", "z"], scale_per="block", **_MC),
+    ),
     "lattice[bw16]": ("lattice", dict(dim=16, lattice="bw16", **_MC)),
     "lattice[leech]": ("lattice", dict(dim=24, lattice="leech", **_MC)),
 }

@@ -68,6 +68,7 @@ def test_dispatch_by_lattice_name():
         (dict(dim=8, lattice="e8", prior="gaussian", proposal="box"), "Laplace"),
         (dict(dim=8, lattice="e8", prior="gaussian", proposal="tilted"), "Laplace"),
         (dict(dim=8, lattice="e8", spacing_per="row"), "spacing_per"),
+        (dict(dim=8, lattice="e8", scale_per="row"), "scale_per"),
         (dict(dim=8, lattice="e8", debias=1), "debias"),
     ],
 )
@@ -181,6 +182,34 @@ def test_a_scale_per_coordinate_at_equal_scales_is_the_block_scale():
         b = getattr(coord, mode)()(y, generator=gen(4))
         assert torch.equal(a.y_hat, b.y_hat)
         assert torch.allclose(a.rate, b.rate, rtol=1e-12, atol=1e-12)
+
+
+def test_a_prior_scale_per_block_is_shared_by_its_coordinates():
+    """``scale_per="block"``: one prior scale per block (one per coordinate in a Z block),
+    repeated over the block's coordinates; at equal values it is the per-coordinate bottleneck
+    on both paths, and each block's scale gets the sum of its coordinates' gradients."""
+    spec = ["e8", "z", "z", "e8"]
+    per_coord = build("lattice", dim=18, lattice=spec, samples=64, eval_samples=64).double()
+    per_block = build(
+        "lattice", dim=18, lattice=spec, samples=64, eval_samples=64, scale_per="block"
+    ).double()
+    assert per_block.log_scale.shape == (4,) and per_block.scale.shape == (18,)
+    assert "scale_per='block'" in repr(per_block)
+    with torch.no_grad():
+        per_block.log_scale.copy_(torch.tensor([-0.3, 0.2, -1.0, 0.4], dtype=F64))
+        per_coord.log_scale.copy_(per_block.log_scale[per_block._block_of])
+        per_coord.log_spacing.copy_(per_block.log_spacing)
+    assert torch.equal(per_block.scale, per_coord.scale)
+    assert torch.equal(per_block.scale[:8], per_block.scale[0].expand(8))
+    y = (2 * torch.randn(60, 18, generator=gen(12), dtype=F64)).requires_grad_(True)
+    for mode in ("train", "eval"):
+        a = getattr(per_coord, mode)()(y, generator=gen(13))
+        b = getattr(per_block, mode)()(y, generator=gen(13))
+        assert torch.equal(a.y_hat, b.y_hat) and torch.equal(a.rate, b.rate)
+    per_coord.train()(y, generator=gen(14)).rate.sum().backward()
+    per_block.train()(y, generator=gen(14)).rate.sum().backward()
+    summed = torch.zeros(4, dtype=F64).index_add_(0, per_block._block_of, per_coord.log_scale.grad)
+    torch.testing.assert_close(per_block.log_scale.grad, summed, rtol=1e-10, atol=1e-12)
 
 
 def test_a_scale_per_coordinate_stretches_the_cell():

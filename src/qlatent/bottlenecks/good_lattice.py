@@ -90,6 +90,10 @@ class DitheredGoodLattice(Bottleneck):
             Table-1 runs training did not use that freedom: the scales stayed within 0.78–1.54
             and the rows ended as the block-scaled ones; README, "Good lattices in Table 1".)
         init_scale: initial prior scale b_i.
+        scale_per: ``"coordinate"`` (one learnable prior scale b_i per coordinate) or
+            ``"block"`` (one per block, shared by its coordinates: a block's prior is then
+            isotropic, so the model can switch off a whole block but not one coordinate inside
+            it; a one-dimensional block such as Z keeps a scale of its own either way).
         learn_spacing / learn_scale: whether the block scales / prior scales are trained
             (log-parametrized).
         samples: Monte-Carlo points uniform on the cell for the training-path rate (even:
@@ -132,6 +136,7 @@ class DitheredGoodLattice(Bottleneck):
         eval_prior_samples: int = 64,
         proposal: Literal["prior", "box", "tilted"] = "prior",
         spacing_per: Literal["block", "coordinate"] = "block",
+        scale_per: Literal["coordinate", "block"] = "coordinate",
         debias: bool = False,
         compile: bool = False,
     ) -> None:
@@ -143,6 +148,9 @@ class DitheredGoodLattice(Bottleneck):
         if spacing_per not in ("block", "coordinate"):
             raise ValueError(f"spacing_per must be 'block' or 'coordinate', got {spacing_per!r}")
         self.spacing_per = spacing_per
+        if scale_per not in ("coordinate", "block"):
+            raise ValueError(f"scale_per must be 'coordinate' or 'block', got {scale_per!r}")
+        self.scale_per = scale_per
         if not isinstance(debias, bool):
             raise ValueError(f"debias must be True or False, got {debias!r}")
         self.debias = debias
@@ -181,7 +189,10 @@ class DitheredGoodLattice(Bottleneck):
             requires_grad=learn_spacing,
         )
         self.log_scale = nn.Parameter(
-            torch.full((dim,), _positive_log(init_scale, "init_scale")),
+            torch.full(
+                (dim if scale_per == "coordinate" else len(blocks),),
+                _positive_log(init_scale, "init_scale"),
+            ),
             requires_grad=learn_scale,
         )
 
@@ -199,8 +210,10 @@ class DitheredGoodLattice(Bottleneck):
 
     @property
     def scale(self) -> Tensor:
-        """Prior scales b, shape ``(m,)``."""
-        return self.log_scale.exp()
+        """Prior scales b per coordinate, shape ``(m,)`` (with ``scale_per="block"`` each block's
+        one scale, repeated over its coordinates)."""
+        scale = self.log_scale.exp()
+        return scale if self.scale_per == "coordinate" else scale[self._block_of]
 
     def _coordinate_scale(self) -> Tensor:
         """σ_i: the factor from the base lattice to the scaled one, per coordinate ``(m,)``."""
@@ -614,7 +627,8 @@ class DitheredGoodLattice(Bottleneck):
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
             f"samples={self.samples}, eval_samples={self.eval_samples}, "
-            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, debias={self.debias}, "
+            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, "
+            f"scale_per={self.scale_per!r}, debias={self.debias}, "
             f"compile={self.compile}"
         )
 

@@ -49,6 +49,7 @@ MODELS = (
     "leech_coord_lattice",
     "e8_debias_lattice",
     "leech_tilted_lattice",
+    "e8z_tied_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -66,6 +67,7 @@ LABELS = {
     "leech_coord_lattice": "diag(s)·(Λ24 ⊕ Λ16)-lattice VAE",
     "e8_debias_lattice": "E8^5-lattice VAE, debiased rate",
     "leech_tilted_lattice": "(Λ24 ⊕ Λ16)-lattice VAE, tilted proposal, debiased rate",
+    "e8z_tied_lattice": "(E8^3 ⊕ Z^16)-lattice VAE, one prior scale per E8 block",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -82,6 +84,7 @@ BLOCK_NSM = {
     "leech_coord_lattice": [(0.0657710, 24), (0.0682976, 16)],
     "e8_debias_lattice": [(929 / 12960, 40)],
     "leech_tilted_lattice": [(0.0657710, 24), (0.0682976, 16)],
+    "e8z_tied_lattice": [(929 / 12960, 24), (1 / 12, 16)],
 }
 
 
