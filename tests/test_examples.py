@@ -159,3 +159,33 @@ def test_gradient_noise_separates_the_monte_carlo_draws_from_the_rest():
         assert torch.equal(a[part], b[part]) and a[part].abs().sum() > 0
         assert not torch.equal(a[part], c[part])
     assert noise.trace_variance([a["encoder"], c["encoder"]]) > 0
+
+
+def test_latent_usage_marks_a_coordinate_without_signal_idle():
+    """An E8 + Z model whose encoder is silent on one coordinate of each kind of block: those two
+    are idle, the rest are not, and each is labelled with its block."""
+    import torch
+
+    from qlatent.models import gated_vae
+
+    usage = _load("latent-usage")
+    torch.manual_seed(0)
+    model = gated_vae("lattice", latent_dim=10, hidden=16, data_dim=12, lattice=["e8", "z", "z"])
+    x = (torch.rand(200, 12) > 0.5).float()
+    silent = {3, 9}
+
+    class Masked(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            y = self.inner(x)
+            mask = torch.ones(y.shape[1])
+            mask[list(silent)] = 0.0
+            return 5 * y * mask
+
+    model.encoder = Masked(model.encoder)
+    rows = usage.usage(model.eval(), x, idle=0.1)
+    assert [r["block"] for r in rows] == ["E8"] * 8 + ["Z", "Z"]
+    assert {r["coordinate"] for r in rows if r["idle"]} == silent
