@@ -39,6 +39,7 @@ from ..priors import (
     cell_log_prob_from_constants,
     cell_nll_and_derivatives,
     cell_nll_no_grad,
+    cell_terms_in_place,
     laplace_cell_nll,
 )
 from ..rng import counter_uniform, draw_key
@@ -196,13 +197,7 @@ def _gradient_factors_in_place(
     in ``shift``'s buffer. (Products are commuted and c − x is written c + (−x) where that
     saves a buffer; both are exact rewrites.) Grad mode must be off."""
     abs_eta = torch.abs(y_hat)
-    d = abs_eta * inv_scale  # a = |η|/b
-    t = torch.minimum(d, h)
-    if d.shape != t.shape or d.dtype != t.dtype:  # h broadcasts or promotes further
-        d = d.to(t.dtype).expand_as(t).clone()
-    d.sub_(t)  # a − t
-    e1 = torch.sub(t, h).exp_()
-    em = t.neg_().expm1_()  # expm1(−t), in t's buffer
+    d, e1, em = cell_terms_in_place(abs_eta, inv_scale, h)  # a − t, e^{t−h}, expm1(−t)
     e1.mul_(0.5)  # ½ e^{t−h}
     inner = em.square().mul_(e1).neg_().add_(c)  # Q = c − ½ e1 em²
     nll = d.sub_(torch.log(inner))  # (a − t) − log Q

@@ -5,6 +5,7 @@ from .laplace import (
     cell_log_prob_from_constants,
     cell_nll_and_derivatives,
     cell_nll_no_grad,
+    cell_terms_in_place,
     laplace_cell_log_prob,
     laplace_cell_nll,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "cell_log_prob_from_constants",
     "cell_nll_and_derivatives",
     "cell_nll_no_grad",
+    "cell_terms_in_place",
     "laplace_cell_log_prob",
     "laplace_cell_nll",
 ]

@@ -75,15 +75,23 @@ def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Te
     (x·½ for ½·x and c + (−x) for c − x are exact rewrites), with the temporaries reused in
     place. No gradient flows through it."""
     with torch.no_grad():
-        d = torch.abs(eta) * inv_scale  # a = |η|/b
-        t = torch.minimum(d, h)
-        if d.shape != t.shape or d.dtype != t.dtype:  # h broadcasts or promotes further
-            d = d.to(t.dtype).expand_as(t).clone()
-        d.sub_(t)  # a − t
-        e1 = torch.sub(t, h).exp_()
-        em = t.neg_().expm1_()  # expm1(−t), in t's buffer
+        d, e1, em = cell_terms_in_place(torch.abs(eta), inv_scale, h)
         inner = e1.mul_(0.5).mul_(em.square_()).neg_().add_(c)  # c − ½ e1 em²
         return d.sub_(inner.log_())
+
+
+def cell_terms_in_place(abs_eta: Tensor, inv_scale: Tensor, h: Tensor) -> tuple[Tensor, ...]:
+    """``(a − t, e^{t−h}, expm1(−t))`` with a = |η|/b and t = min(a, h), in three new buffers of
+    the broadcast shape (``abs_eta`` is only read): the terms every in-place form of the cell
+    rate starts from, computed as :func:`_forward_parts` computes them. No autograd."""
+    d = abs_eta * inv_scale  # a = |η|/b
+    t = torch.minimum(d, h)
+    if d.shape != t.shape or d.dtype != t.dtype:  # h broadcasts or promotes further
+        d = d.to(t.dtype).expand_as(t).clone()
+    d.sub_(t)  # a − t
+    e1 = torch.sub(t, h).exp_()
+    em = t.neg_().expm1_()  # expm1(−t), in t's buffer
+    return d, e1, em
 
 
 def cell_nll_and_derivatives(
