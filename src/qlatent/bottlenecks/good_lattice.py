@@ -482,10 +482,30 @@ class DitheredGoodLattice(Bottleneck):
         (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
         |·| and the batched product, which cost several times the forward."""
         if self.prior_name != "laplace":
-            return self._block_log_pdf(v.unsqueeze(2) + w, scale, membership)
+            return self._gaussian_cell_points_log_pdf(v, w, scale, membership)
         const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
         block_of = self._block_of.to(v.device)
         return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, membership, block_of) - const
+
+    @staticmethod
+    def _gaussian_cell_points_log_pdf(
+        v: Tensor, w: Tensor, scale: Tensor, membership: Tensor
+    ) -> Tensor:
+        """The Gaussian prior's :meth:`_block_log_pdf` of v + w with the square expanded,
+        Σ_{i ∈ b} (v_i + w_is)²/τ_i² = Σ v_i²/τ_i² + 2 Σ (v_i/τ_i²) w_is + Σ w_is²/τ_i²: a row term,
+        a sample term and one matrix product against w spread over the blocks (``(m, blocks·S)``,
+        zero outside each coordinate's block), so no ``(N, m, S)`` tensor is formed, forward or
+        backward. The expansion loses a few float ulps of the largest squared term against
+        forming v + w, far below the Monte-Carlo error."""
+        n, m, samples = v.shape[0], w.shape[0], w.shape[1]
+        precision = 1.0 / scale.square()  # (m,)
+        a = v * precision  # (N, m)
+        rows = (v * a) @ membership  # (N, blocks)
+        cols = (membership * precision.unsqueeze(1)).T @ w.square()  # (blocks, S)
+        spread = (w.unsqueeze(1) * membership.unsqueeze(2)).reshape(m, -1)  # (m, blocks·S)
+        cross = (a @ spread).view(n, membership.shape[1], samples)  # (N, blocks, S)
+        const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
+        return -0.5 * (rows.unsqueeze(2) + cols) - cross - const
 
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
         """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m, S)`` -> ``(..., blocks, S)``: the

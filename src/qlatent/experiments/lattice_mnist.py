@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
@@ -50,6 +51,7 @@ MODELS = (
     "e8_debias_lattice",
     "leech_tilted_lattice",
     "e8z_tied_lattice",
+    "e8_gl_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -68,6 +70,7 @@ LABELS = {
     "e8_debias_lattice": "E8^5-lattice VAE, debiased rate",
     "leech_tilted_lattice": "(Λ24 ⊕ Λ16)-lattice VAE, tilted proposal, debiased rate",
     "e8z_tied_lattice": "(E8^3 ⊕ Z^16)-lattice VAE, one prior scale per E8 block",
+    "e8_gl_lattice": "diag(s)·E8^5-lattice VAE, from the Gaussian-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -85,6 +88,7 @@ BLOCK_NSM = {
     "e8_debias_lattice": [(929 / 12960, 40)],
     "leech_tilted_lattice": [(0.0657710, 24), (0.0682976, 16)],
     "e8z_tied_lattice": [(929 / 12960, 24), (1 / 12, 16)],
+    "e8_gl_lattice": [(929 / 12960, 40)],
 }
 
 
@@ -127,6 +131,9 @@ class LatticeMnistConfig:
         default_factory=lambda: TrainConfig(epochs=200, warmup_epochs=100, patience=50)
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: another row of the same runs folder whose best checkpoint starts this one
+    #: (``"gaussian_lattice"``: :func:`gaussian_lattice_start`); None: from the seed
+    init_from: str | None = None
 
 
 def model_config(name: str, *, quick: bool, overrides: list[str]) -> LatticeMnistConfig:
@@ -153,7 +160,8 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
                 (True,),
             ),
             "loss.rate_weight": (run.loss.rate_weight, (1.0,)),
-            "init_from": (run.init_from, (None,)),
+            # a warm start here names another row of the same runs folder, not a file
+            "init_from": (run.init_from, (None, "gaussian_lattice")),
         },
         "lattice-mnist",
     )
@@ -167,6 +175,7 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
         ),
         train=run.train,
         eval=custom.paper_eval(EvalConfig, run, seed=run.eval_seed),
+        init_from=run.init_from,
     )
 
 
@@ -188,11 +197,103 @@ def build_model(cfg: LatticeMnistConfig, data_dim: int):
     )
 
 
+def gaussian_lattice_start(
+    model, gl_state: dict[str, Any], source: str = "checkpoint", *, by_sigma: bool = True
+) -> Tensor:
+    """Start a good-lattice row from a trained Gaussian-lattice VAE (``gl_state``, its weights):
+    the same encoder and decoder, the noise N(0, σ_i²) replaced by the dither of the row's
+    lattice. Returns the order in which the encoder's coordinates were handed to the lattice.
+
+    The Gaussian-lattice VAE's KL(N(μ, σ²) ‖ N(0, I)) is Theorem 1's rate for Gaussian "dither"
+    with X̂ ~ N(0, 1 − σ_i²) per coordinate (X̂ + N is then N(0, 1)). Here the lattice is scaled
+    coordinate by coordinate (``spacing_per = "coordinate"``) so that its dither has variance
+    σ_i² along coordinate i (c_i²·G(Λ_b) = σ_i² for a unit-volume block b of normalized second
+    moment G), and the prior gets the variance 1 − σ_i² (a Gaussian's standard deviation, a
+    Laplace's scale √((1 − σ_i²)/2)). The coordinates go to the blocks in order of σ_i, least
+    noisy first (``by_sigma=False``: in the encoder's order), so that the first blocks of a sum
+    such as E8^3 ⊕ Z^16 take the most active coordinates; the permutation is written into the
+    encoder's last layer and the decoder's first, so the model is the Gaussian-lattice VAE's up
+    to the noise's shape (``examples/lattice-plugin.py`` measures its −ELBO untrained).
+    """
+    from ..bench.geometry import LITERATURE_NSM
+    from ..bottlenecks.good_lattice import DitheredGoodLattice
+    from ..train import CheckpointError, load_weights
+
+    neck = model.bottleneck
+    if (
+        not isinstance(neck, DitheredGoodLattice)
+        or neck.spacing_per != "coordinate"
+        or neck.scale_per != "coordinate"
+    ):
+        raise ValueError(
+            "a Gaussian-lattice start needs a good-lattice bottleneck with spacing_per and "
+            "scale_per 'coordinate' (a cell scale and a prior scale to match each σ_i)"
+        )
+    logvar = gl_state.get("bottleneck.logvar") if isinstance(gl_state, dict) else None
+    if not isinstance(logvar, Tensor) or logvar.shape != (neck.dim,):
+        raise CheckpointError(f"{source} holds no Gaussian-lattice VAE of dimension {neck.dim}")
+    if not torch.isfinite(logvar).all():
+        raise CheckpointError(f"{source}: the Gaussian-lattice variances are not finite")
+    sigma = (0.5 * logvar.double()).exp()
+    order = torch.argsort(sigma, stable=True) if by_sigma else torch.arange(neck.dim)
+    weights = {k: v for k, v in gl_state.items() if k.startswith(("encoder.", "decoder."))}
+    last = f"encoder.{len(model.encoder) - 1}"
+    for key in (f"{last}.weight", f"{last}.bias"):
+        if key not in weights:
+            raise CheckpointError(f"{source} holds no encoder output layer {key}")
+        weights[key] = weights[key][order]
+    first = [k for k in weights if k.startswith("decoder.0.") and k.endswith("weight")]
+    for key in first:
+        weights[key] = weights[key][:, order]
+    state = {**model.state_dict(), **weights}
+    load_weights(model, state, source)
+    blocks = neck.geometry.blocks
+    nsm = torch.cat(
+        [torch.full((b.dim,), LITERATURE_NSM.get(b.name.lower()) or float(b.nsm())) for b in blocks]
+    ).double()
+    variance = (1.0 - sigma[order].square()).clamp_min(1e-6)
+    scale = variance.sqrt() if neck.prior_name == "gaussian" else (variance / 2).sqrt()
+    with torch.no_grad():
+        neck.log_spacing.copy_((sigma[order] / nsm.sqrt()).log())
+        neck.log_scale.copy_(scale.log())
+    return order
+
+
+def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]:
+    """Start ``model`` from the best checkpoint of row ``cfg.init_from`` in the same runs folder
+    (on a fresh run; a resumed one continues from its own checkpoint). Returns where it came
+    from, which ``out_dir/init.json`` keeps for the resumed runs' results."""
+    record = out_dir / "init.json"
+    if (out_dir / "last.pt").is_file():
+        try:
+            return json.loads(record.read_text())
+        except (OSError, ValueError):
+            return {"row": cfg.init_from, "checkpoint": "unrecorded"}
+    source = out_dir.parent / str(cfg.init_from) / "best.pt"
+    if not source.is_file():
+        raise ValueError(
+            f"no checkpoint {source} to start from: train the row first (`qlatent reproduce "
+            f"lattice-mnist --models {cfg.init_from}` with the same --runs-dir)"
+        )
+    ckpt = load(source)
+    order = gaussian_lattice_start(model, ckpt.get("model"), str(source))
+    start = {
+        "row": cfg.init_from,
+        "checkpoint": str(source),
+        "checkpoint_epoch": ckpt.get("epoch"),
+        "coordinate_order": order.tolist(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(start, indent=1) + "\n")
+    return start
+
+
 def run_model(
     name: str, cfg: LatticeMnistConfig, data: dict[str, torch.Tensor], out_dir: Path
 ) -> dict[str, Any]:
     """Train (or resume) one model, then evaluate it (or reload the cached evaluation)."""
     model = build_model(cfg, data["train"].shape[1])
+    start = _warm_start(model, cfg, out_dir) if cfg.init_from else None
     result = fit(model, data, cfg.train, out_dir=out_dir, run_config=to_dict(cfg))
     trained = {
         "epochs": len(result.history),
@@ -203,6 +304,8 @@ def run_model(
         "wall_s": result.wall_s,
         "val_neg_elbo_curve": [h["val_objective"] for h in result.history],
     }
+    if start is not None:
+        trained["init_from"] = start
     cache = out_dir / "eval.pt"
     config_key = to_dict(cfg)
     if cache.exists():
