@@ -49,14 +49,21 @@ LAYOUTS = {
 }
 
 
-def plugged(gl: Autoencoder, blocks: list[str], counts, natural_order: bool) -> Autoencoder:
+def plugged(
+    gl: Autoencoder,
+    blocks: list[str],
+    counts,
+    natural_order: bool,
+    prior: str = "gaussian",
+    proposal: str = "prior",
+) -> Autoencoder:
     """The Gaussian-lattice model ``gl`` with its noise replaced by the dither of ``blocks``
     (:func:`qlatent.experiments.lattice_mnist.gaussian_lattice_start`)."""
     model = gated_vae(
         "lattice",
         lattice=blocks,
-        prior="gaussian",
-        proposal="prior",
+        prior=prior,
+        proposal=proposal,
         spacing_per="coordinate",
         samples=counts[0],
         prior_samples=counts[1],
@@ -119,6 +126,8 @@ def main() -> None:
     parser.add_argument("--check-images", type=int, default=1000)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--natural-order", action="store_true")
+    parser.add_argument("--prior", choices=["gaussian", "laplace"], default="gaussian")
+    parser.add_argument("--proposal", choices=["prior", "box", "tilted"], default="prior")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/lattice-plugin.json"))
     args = parser.parse_args()
@@ -132,6 +141,7 @@ def main() -> None:
         f"{args.images} --counts {args.counts} --check-counts {args.check_counts} "
         f"--check-images {args.check_images} --layouts '{args.layouts}' --seed {args.seed}"
         + (" --natural-order" if args.natural_order else "")
+        + f" --prior {args.prior} --proposal {args.proposal}"
         + f" --out {args.out}"
     )
     started = provenance(command)
@@ -147,7 +157,7 @@ def main() -> None:
     for name in layouts:
         t0 = time.perf_counter()
         blocks = LAYOUTS[name]
-        model = plugged(gl, blocks, counts, args.natural_order)
+        model = plugged(gl, blocks, counts, args.natural_order, args.prior, args.proposal)
         parts = negative_elbo(model, x, args.seed)
         row = {"layout": name, "blocks": LAYOUTS[name], **summary(parts)}
         row["minus_gaussian_lattice"] = row["negative_elbo"] - reference["negative_elbo"]
@@ -155,7 +165,7 @@ def main() -> None:
         row["ideal_lattice_gap_theory"] = theory
         # the Monte-Carlo rate's bias: the same dithers at larger counts on the first images
         small = x[: args.check_images]
-        big = plugged(gl, blocks, check, args.natural_order)
+        big = plugged(gl, blocks, check, args.natural_order, args.prior, args.proposal)
         diff = negative_elbo(model, small, args.seed) - negative_elbo(big, small, args.seed)
         diff = diff[:, 1]
         row["rate_minus_larger_counts"] = {
@@ -178,6 +188,8 @@ def main() -> None:
         "checkpoint": info,
         "images": x.shape[0],
         "order": "natural" if args.natural_order else "by sigma, ascending",
+        "prior": args.prior,
+        "proposal": args.proposal,
         "sigma": sigma.tolist(),
         "gaussian_lattice": reference,
         "rows": rows,

@@ -591,3 +591,29 @@ def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     (a @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
     for x, y in zip(ours, plain, strict=True):
         assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lattice", [["e8"] * 3 + ["z"] * 16, ["leech", "bw16"]], ids=str)
+def test_gaussian_cell_points_expand_the_square(lattice):
+    """The Gaussian prior's cell-point log-density, formed from the expanded square without the
+    (N, m, S) tensor, equals the direct Σ log N(v + w) per block, values and gradients (v, w and
+    the prior scales), in float64."""
+    module = DitheredGoodLattice(dim=40, lattice=lattice, prior="gaussian").double()
+    with torch.no_grad():
+        module.log_scale.copy_(0.8 * torch.randn(40, generator=gen(3), dtype=F64))
+    membership = module._membership.double()
+    results = []
+    for direct in (False, True):
+        v = (2 * torch.randn(7, 40, generator=gen(4), dtype=F64)).requires_grad_()
+        w = torch.randn(40, 30, generator=gen(5), dtype=F64).requires_grad_()
+        scale = module.scale
+        if direct:
+            out = module._block_log_pdf(v.unsqueeze(2) + w, scale, membership)
+        else:
+            out = module._cell_points_log_pdf(v, w, scale, membership)
+        weights = torch.randn(out.shape, generator=gen(6), dtype=F64)
+        grads = torch.autograd.grad((out * weights).sum(), (v, w, module.log_scale))
+        results.append((out.detach(), *grads))
+    assert results[0][0].shape == (7, len(module.geometry.blocks), 30)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
