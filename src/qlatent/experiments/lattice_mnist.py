@@ -284,7 +284,9 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
         "coordinate_order": order.tolist(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(start, indent=1) + "\n")
+    partial = record.with_name(record.name + ".tmp")  # atomic, as the checkpoints
+    partial.write_text(json.dumps(start, indent=1) + "\n")
+    partial.replace(record)
     return start
 
 
