@@ -23,7 +23,7 @@ from qlatent.bottlenecks import DitheredLattice, build
 from qlatent.bottlenecks.good_lattice import DitheredGoodLattice, log_density_bias
 from qlatent.eval import iwae_nll
 from qlatent.models import gated_vae
-from qlatent.priors import laplace_cell_log_prob
+from qlatent.priors import gaussian_cell_log_prob, laplace_cell_log_prob
 
 F64 = torch.float64
 NSM_E8 = 929 / 12960
@@ -230,8 +230,11 @@ def test_a_scale_per_coordinate_stretches_the_cell():
 
 
 def _z_blocks(prior: str, scale: float, **kwargs) -> DitheredGoodLattice:
-    """Four Z^1 blocks: the cell probability has a closed form to check the estimate against."""
-    module = DitheredGoodLattice(dim=4, lattice="z", prior=prior, init_scale=scale, **kwargs)
+    """Four Z^1 blocks estimated by Monte Carlo (``exact_rectangular=False``): the cell
+    probability has a closed form to check the estimate against."""
+    module = DitheredGoodLattice(
+        dim=4, lattice="z", prior=prior, init_scale=scale, exact_rectangular=False, **kwargs
+    )
     return module.double()
 
 
@@ -263,7 +266,12 @@ def test_density_estimate_is_unbiased_for_the_cell_probability(prior, proposal, 
         .exp()
     )
     single = DitheredGoodLattice(
-        dim=1, lattice="z", prior=prior, init_scale=scale, proposal=proposal
+        dim=1,
+        lattice="z",
+        prior=prior,
+        init_scale=scale,
+        proposal=proposal,
+        exact_rectangular=False,
     ).double()
     draws = torch.stack(
         [
@@ -317,7 +325,9 @@ def test_tilted_draws_follow_their_density():
     """The tilted proposal's density integrates to 1 per coordinate (by quadrature) and its
     draws have that density's mean and spread, for rows at the prior's centre, in its tails and
     with a prior far narrower than the tilt (the Rayleigh tail branch)."""
-    module = DitheredGoodLattice(dim=4, lattice="z", init_scale=0.3, proposal="tilted").double()
+    module = DitheredGoodLattice(
+        dim=4, lattice="z", init_scale=0.3, proposal="tilted", exact_rectangular=False
+    ).double()
     with torch.no_grad():
         module.log_scale.copy_(torch.tensor([0.004, 0.3, 1.0, 3.0], dtype=F64).log())
     v = torch.tensor([[0.01, -0.2, -7.0, 40.0]], dtype=F64)
@@ -515,7 +525,9 @@ def test_density_gradient_is_the_gradient_of_the_cell_probability(proposal):
     move with the cell, so the cell's boundary sweeping over them adds no missed surface term
     (held fixed, they gave a cell-size gradient 25% low at b = 0.3)."""
     b, v0 = 0.3, 0.3
-    module = DitheredGoodLattice(dim=1, lattice="z", init_scale=b, proposal=proposal).double()
+    module = DitheredGoodLattice(
+        dim=1, lattice="z", init_scale=b, proposal=proposal, exact_rectangular=False
+    ).double()
     s = module.block_spacing.detach().reshape(-1)[0].item()
     grads = []
     for seed in range(200):
@@ -617,3 +629,79 @@ def test_gaussian_cell_points_expand_the_square(lattice):
     assert results[0][0].shape == (7, len(module.geometry.blocks), 30)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+
+
+def test_gaussian_cell_log_prob_is_accurate_in_the_tails_and_for_narrow_cells():
+    """log[Φ((η + Δ/2)/s) − Φ((η − Δ/2)/s)]: equal to the naive difference where that is
+    accurate, finite and close to the tail's asymptotic form where both Φ underflow, close to
+    log(Δ·φ(η)) for a cell far narrower than s, and with gradients that pass gradcheck."""
+    eta = torch.linspace(-6.0, 6.0, 121, dtype=F64)
+    width, scale = torch.tensor(0.7, dtype=F64), torch.tensor(1.3, dtype=F64)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=F64), scale)
+    naive = torch.log(normal.cdf(eta + 0.35) - normal.cdf(eta - 0.35))
+    assert torch.allclose(gaussian_cell_log_prob(eta, width, scale), naive, rtol=1e-9, atol=1e-12)
+    # |η| = 40 s, Δ = 2 s: P ≈ φ(39)/39 (Mills' ratio, relative error < 1/39²)
+    far = gaussian_cell_log_prob(torch.tensor([40.0, -40.0], dtype=F64), 2.0, 1.0)
+    tail = -0.5 * 39.0**2 - 0.5 * math.log(2 * math.pi) - math.log(39.0)
+    assert torch.isfinite(far).all() and far[0] == far[1]
+    assert abs(far[0].item() - tail) < 2 / 39.0**2
+    narrow = gaussian_cell_log_prob(torch.tensor([0.3], dtype=F64), 1e-6, 1.0)
+    assert abs(narrow.item() - (math.log(1e-6) - 0.045 - 0.5 * math.log(2 * math.pi))) < 1e-8
+    args = (
+        torch.tensor([-3.0, -0.2, 0.0, 0.4, 8.0], dtype=F64, requires_grad=True),
+        torch.tensor([0.5, 1.0, 0.1, 2.0, 1.0], dtype=F64, requires_grad=True),
+        torch.tensor([1.0, 0.3, 2.0, 0.5, 1.0], dtype=F64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(gaussian_cell_log_prob, args)
+
+
+@pytest.mark.parametrize("prior", ["laplace", "gaussian"])
+def test_rectangular_blocks_take_the_closed_form(prior):
+    """Z blocks are not estimated: at any counts the density is the closed form, and so is its
+    gradient in the point, the cell sizes and the prior scales."""
+    module = DitheredGoodLattice(dim=4, lattice="z", prior=prior, init_scale=0.7).double()
+    with torch.no_grad():
+        module.log_spacing.copy_(torch.tensor([0.0, -0.5, 0.3, 1.0], dtype=F64))
+    v = torch.tensor([[0.0, 0.3, -0.45, 2.0], [5.0, -0.1, 0.2, -30.0]], dtype=F64)
+    v.requires_grad_(True)
+    got = module.log_density(v, 2, 0, gen(0))
+    width, scale = module._coordinate_scale(), module.scale
+    cell = laplace_cell_log_prob if prior == "laplace" else gaussian_cell_log_prob
+    want = (cell(v, width, scale) - width.log()).sum(-1)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert torch.equal(got, module.log_density(v, 64, 8, gen(1)))  # no draws involved
+    params = [v, module.log_spacing, module.log_scale]
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params), strict=True
+    ):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_sum_with_rectangular_blocks_estimates_only_the_others():
+    """In E8 ⊕ Z ⊕ Z ⊕ E8 the Z blocks are exact and the E8 blocks see the draws they saw when
+    every block was estimated: moving only the Z coordinates changes the estimate by the closed
+    form's change exactly, and at many draws the all-Monte-Carlo estimate agrees."""
+    spec = ["e8", "z", "z", "e8"]
+    exact = DitheredGoodLattice(dim=18, lattice=spec, init_scale=0.8).double()
+    estimated = DitheredGoodLattice(
+        dim=18, lattice=spec, init_scale=0.8, exact_rectangular=False
+    ).double()
+    assert "exact_rectangular=True" in repr(exact)
+    v = 0.6 * torch.randn(6, 18, generator=gen(3), dtype=F64)
+    moved = v.clone()
+    moved[:, 8:10] += torch.tensor([0.9, -2.0], dtype=F64)
+    z = exact._coordinate_scale()[8:10]
+
+    def closed_form(t):
+        return (laplace_cell_log_prob(t[:, 8:10], z, exact.scale[8:10]) - z.log()).sum(-1)
+
+    change = exact.log_density(moved, 64, 8, gen(5)) - exact.log_density(v, 64, 8, gen(5))
+    assert torch.allclose(change, closed_form(moved) - closed_form(v), rtol=0, atol=1e-10)
+    many = exact.log_density(v, 1 << 14, 256, gen(6))
+    reference = estimated.log_density(v, 1 << 14, 256, gen(6))
+    assert (many - reference).abs().max() < 0.02
+
+
+def test_exact_rectangular_must_be_a_bool():
+    with pytest.raises(ValueError, match="exact_rectangular must be True or False"):
+        DitheredGoodLattice(dim=8, lattice="e8", exact_rectangular="yes")

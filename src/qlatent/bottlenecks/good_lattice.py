@@ -17,6 +17,9 @@ pairs w, −w, shared by the rows of a call):
 
     f̂_b(v) = (1/S) Σ_s Π_{i ∈ b} f_i(v_i + w_{s,i})       (unbiased for f_b(v))
 
+A rectangular block (Z in E8^3 ⊕ Z^16) needs no estimate: its cell is a box and its factor is
+Π_i [F_i(v_i + σ_i/2) − F_i(v_i − σ_i/2)]/σ_i, computed exactly (no bias, no Monte-Carlo cost).
+
 The log of an unbiased estimate is biased low by about Var/(2S·f²) per block (Jensen), so the
 rate is biased high by O(1/S); :func:`log_density_bias` measures it against a large-S reference,
 and ``debias=True`` removes its leading term (the delta method: + V̂ar(P̂)/(2P̂²) per block).
@@ -33,13 +36,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..lattices import DirectSum, tile
-from ..priors import laplace_cell_log_prob
+from ..lattices import DirectSum, RectangularLattice, tile
+from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput
 from .lattice import _positive_log
@@ -55,6 +58,21 @@ _TILT = 1.0
 
 #: elements of the (rows, samples, m) tensor evaluated at once in the density estimate
 _DENSITY_CHUNK = 1 << 22
+
+
+class _Cells(NamedTuple):
+    """The blocks whose density is estimated by Monte Carlo, as :meth:`DitheredGoodLattice.
+    log_density` reads them: their coordinates and blocks among all (``None``: all of them), the
+    0/1 block-sum matrix ``(m', blocks')``, each coordinate's block among them, the cells'
+    half-widths and unit-volume factors per coordinate, and the direct sum of those blocks."""
+
+    coords: Tensor | None
+    blocks: Tensor | None
+    membership: Tensor
+    block_of: Tensor
+    halfwidth: Tensor
+    unit: Tensor
+    geometry: DirectSum
 
 
 def _sample_count(value, name: str) -> int:
@@ -115,6 +133,9 @@ class DitheredGoodLattice(Bottleneck):
         compile: decode the Leech blocks with the decoder fused by ``torch.compile``
             (:class:`qlatent.lattices.LeechLattice`): compiled on first use, then about 2.5× as
             fast; the other blocks are unchanged.
+        exact_rectangular: give rectangular blocks (Z) their closed-form density instead of the
+            Monte-Carlo estimate (``False``: estimate every block alike, as the recorded E8^3 ⊕
+            Z^16 rows were trained; the estimator's own checks against the closed form use it).
 
     The bias of the log-density estimate at given counts is measured by
     :func:`log_density_bias`; report it with any result.
@@ -139,6 +160,7 @@ class DitheredGoodLattice(Bottleneck):
         scale_per: Literal["coordinate", "block"] = "coordinate",
         debias: bool = False,
         compile: bool = False,
+        exact_rectangular: bool = True,
     ) -> None:
         super().__init__(dim=dim)
         if prior not in ("laplace", "gaussian"):
@@ -181,6 +203,20 @@ class DitheredGoodLattice(Bottleneck):
         self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
         halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
         self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
+        # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
+        # the others are estimated by Monte Carlo (:meth:`log_density`)
+        if not isinstance(exact_rectangular, bool):
+            raise ValueError(f"exact_rectangular must be True or False, got {exact_rectangular!r}")
+        self.exact_rectangular = exact_rectangular
+        exact = torch.tensor(
+            [exact_rectangular and isinstance(b, RectangularLattice) for b in blocks]
+        )
+        self.register_buffer("_exact", exact.repeat_interleave(sizes), persistent=False)
+        self.register_buffer("_mc_blocks", (~exact).nonzero().flatten(), persistent=False)
+        self.register_buffer("_mc_coords", (~self._exact).nonzero().flatten(), persistent=False)
+        estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
+        every = len(estimated) == len(blocks)
+        self._mc_geometry = self.geometry if every else DirectSum(estimated) if estimated else None
         self.log_spacing = nn.Parameter(
             torch.full(
                 (dim if spacing_per == "coordinate" else len(blocks),),
@@ -267,10 +303,13 @@ class DitheredGoodLattice(Bottleneck):
     ) -> Tensor:
         """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)``.
 
-        Per block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance sampling with
-        the balance heuristic (Veach & Guibas 1995) from ``samples`` points uniform on the cell
-        (x = v + w) and ``prior_samples`` draws x from the proposal q (kept when K(x − v) = 0,
-        i.e. x in the cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_q·q(x)), unbiased. With
+        Rectangular blocks take their closed form (the prior's mass on the box, per coordinate;
+        unless ``exact_rectangular=False``) and are left out of everything below, draws
+        included. Per other block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance
+        sampling with the balance heuristic (Veach & Guibas 1995) from ``samples`` points
+        uniform on the cell (x = v + w) and ``prior_samples`` draws x from the proposal q (kept
+        when K(x − v) = 0, i.e. x in the cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_q·q(x)),
+        unbiased. With
         ``proposal="prior"`` q = p; with ``"box"`` q = p restricted to the box v ± h around the
         cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box); with
         ``"tilted"`` q ∝ p·g, g a Gaussian around v with the cell's size (:meth:`_tilted_points`).
@@ -297,15 +336,33 @@ class DitheredGoodLattice(Bottleneck):
         (IWAE) never uses it.
         """
         sigma = self._coordinate_scale().to(v.dtype)
+        scale = self.scale.to(v.dtype)
+        log_vol = self._block_log_volume().to(v.dtype)
+        exact = None
+        if self._mc_geometry is not self.geometry:  # rectangular blocks: the closed form
+            e = self._exact
+            width = 2 * self._halfwidth[e].to(v.dtype) * sigma[e]
+            cell = laplace_cell_log_prob if self.prior_name == "laplace" else gaussian_cell_log_prob
+            exact = (cell(v[:, e], width, scale[e]) - torch.log(width)).sum(-1)
+            if self._mc_geometry is None:
+                return exact
+        cells = self._mc_cells(v.dtype)
+        if cells.coords is not None:
+            v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
+            log_vol = log_vol[cells.blocks]
+        membership = cells.membership
+        log_vol = log_vol.unsqueeze(1)  # (blocks, 1)
         # the samples run along the last, contiguous dimension: (N, m, S) points, (N, blocks, S)
         # log-terms, so the block sums are one batched matrix product and every reduction over
         # the samples and every broadcast of a per-block constant stays contiguous
-        w = (self._mc_points(samples, generator, v.dtype, v.device) * sigma).T  # (m, S_u)
+        w = self._mc_points(samples, generator, v.dtype, v.device)
+        if cells.coords is not None:  # drawn for every coordinate: the same draws either way
+            w = w[:, cells.coords]
+        w = (w * sigma).T  # (m, S_u)
         shared = prior_samples and self.proposal == "prior"
         x = self._prior_points(prior_samples, generator, v.dtype, v.device) if shared else None
-        scale = self.scale.to(v.dtype)
-        membership = self._membership.to(v.dtype)
-        log_vol = self._block_log_volume().to(v.dtype).unsqueeze(1)  # (blocks, 1)
+        if x is not None and cells.coords is not None:
+            x = x[:, cells.coords]
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
         log_count = math.log(max(prior_samples, 1))
@@ -316,16 +373,16 @@ class DitheredGoodLattice(Bottleneck):
         # the proposal's part of the denominator, S_q·q(x), as log q0 + (log S_q − log|D|)
         shift = log_count - log_det
         scale0 = scale.detach()
-        rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * self.dim))
+        rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * v.shape[1]))
         parts = []
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
-            log_p = self._cell_points_log_pdf(vc, w, scale, membership)  # (N, blocks, S_u)
+            log_p = self._cell_points_log_pdf(vc, w, scale, membership, cells.block_of)
             if prior_samples:
                 key = None if shared else draw_key(generator)  # one per chunk of rows
                 x0, log_q0 = self._proposal_points(
-                    vc.detach(), prior_samples, x, key, sigma.detach(), scale0
+                    vc.detach(), prior_samples, x, key, sigma.detach(), scale0, cells
                 )
                 x0 = x0.transpose(1, 2)  # (N, m, S_q)
                 # x0 + (v − v0) + (D − 1)(x0 − v0): x0 exactly in value
@@ -335,7 +392,7 @@ class DitheredGoodLattice(Bottleneck):
                 log_qu = log_q0(tu, log_p.detach(), shift)  # log S_q·q at the cell points
                 log_px = self._block_log_pdf(xc, scale, membership)
                 log_qx = log_q0(x0, log_px.detach(), shift)
-                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma)  # (N, blocks, S_q)
+                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)  # (N, blocks, S_q)
                 weight = log_px - torch.logaddexp(log_uniform, log_qx)
                 terms = [
                     log_p - torch.logaddexp(log_uniform, log_qu),
@@ -349,7 +406,28 @@ class DitheredGoodLattice(Bottleneck):
                 log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
-        return log_f.sum(-1)
+        return log_f.sum(-1) if exact is None else log_f.sum(-1) + exact
+
+    def _mc_cells(self, dtype) -> _Cells:
+        """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular)."""
+        if self._mc_geometry is self.geometry:
+            coords = blocks = None
+            membership, block_of = self._membership, self._block_of
+            halfwidth, unit = self._halfwidth, self._unit
+        else:
+            coords, blocks = self._mc_coords, self._mc_blocks
+            membership = self._membership[coords][:, blocks]
+            block_of = membership.argmax(1)
+            halfwidth, unit = self._halfwidth[coords], self._unit[coords]
+        return _Cells(
+            coords,
+            blocks,
+            membership.to(dtype),
+            block_of,
+            halfwidth.to(dtype),
+            unit,
+            self._mc_geometry,
+        )
 
     def _box_points(
         self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
@@ -387,7 +465,14 @@ class DitheredGoodLattice(Bottleneck):
         return x, log_z
 
     def _proposal_points(
-        self, v: Tensor, count: int, shared: Tensor | None, key, sigma: Tensor, scale: Tensor
+        self,
+        v: Tensor,
+        count: int,
+        shared: Tensor | None,
+        key,
+        sigma: Tensor,
+        scale: Tensor,
+        cells: _Cells | None = None,
     ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
         """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
         without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
@@ -395,13 +480,15 @@ class DitheredGoodLattice(Bottleneck):
         log q0(t) + shift per block, ``(N, m, S)``, ``(N, blocks, S)``, ``(blocks, 1)`` ->
         ``(N, blocks, S)``, samples last, the shift (default 0) added in the same pass (log p(t)
         passed in, at the same values, for the prior and the box, whose q0 is p up to a
-        normalizer and which do not read t: it may be None)."""
+        normalizer and which do not read t: it may be None). ``cells``: the blocks they are
+        for (default all: :meth:`_mc_cells`)."""
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
-        membership = self._membership.to(v.dtype)
+        cells = cells or self._mc_cells(v.dtype)
+        membership = cells.membership.to(v.dtype)
         if self.proposal == "tilted":
-            return self._tilted_points(v, count, key, sigma, scale, membership)
-        halfwidth = self._halfwidth.to(v.dtype) * sigma
+            return self._tilted_points(v, count, key, sigma, scale, membership, cells.unit)
+        halfwidth = cells.halfwidth.to(v.dtype) * sigma
         x0, log_z = self._box_points(v, count, key, halfwidth, scale)
         log_z = (log_z @ membership).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
         return x0, lambda t, log_p, shift=0.0: log_p + (shift - log_z)
@@ -422,7 +509,14 @@ class DitheredGoodLattice(Bottleneck):
             self.proposal = own
 
     def _tilted_points(
-        self, v: Tensor, count: int, key: Tensor, sigma: Tensor, scale: Tensor, membership: Tensor
+        self,
+        v: Tensor,
+        count: int,
+        key: Tensor,
+        sigma: Tensor,
+        scale: Tensor,
+        membership: Tensor,
+        unit: Tensor | None = None,
     ):
         """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
         the function t ↦ log q_v(t) per block, ``(N, m, S)`` -> ``(N, blocks, S)``, all at the
@@ -434,12 +528,14 @@ class DitheredGoodLattice(Bottleneck):
         truncated Gaussians, N(v ∓ τ²/b, τ²) on x ≥ 0 and x ≤ 0: a side is drawn by its mass,
         then the point by the inverse CDF, in float64 (past 30 standard deviations of
         truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
-        its Rayleigh approximation, whose density is within 1/30² of the exact one)."""
+        its Rayleigh approximation, whose density is within 1/30² of the exact one). ``unit``:
+        the blocks' unit-volume factors per coordinate (default all blocks')."""
         n, m = v.shape
         f64 = torch.float64
         mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
         b = scale.detach().to(f64)
-        tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / self._unit.to(f64))
+        unit = self._unit if unit is None else unit
+        tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / unit.to(f64))
         shift = tau.square() / b
         alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
         alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
@@ -475,7 +571,12 @@ class DitheredGoodLattice(Bottleneck):
         return x.to(dtype), log_q
 
     def _cell_points_log_pdf(
-        self, v: Tensor, w: Tensor, scale: Tensor, membership: Tensor
+        self,
+        v: Tensor,
+        w: Tensor,
+        scale: Tensor,
+        membership: Tensor,
+        block_of: Tensor | None = None,
     ) -> Tensor:
         """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
         S)``, without forming them twice: under the Laplace prior a hand-written backward
@@ -484,7 +585,7 @@ class DitheredGoodLattice(Bottleneck):
         if self.prior_name != "laplace":
             return self._gaussian_cell_points_log_pdf(v, w, scale, membership)
         const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
-        block_of = self._block_of.to(v.device)
+        block_of = (self._block_of if block_of is None else block_of).to(v.device)
         return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, membership, block_of) - const
 
     @staticmethod
@@ -517,12 +618,14 @@ class DitheredGoodLattice(Bottleneck):
         const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
         return -0.5 * ((membership / scale.square().unsqueeze(1)).T @ t.square()) - const
 
-    def _inside_cell(self, t: Tensor, sigma: Tensor) -> Tensor:
+    def _inside_cell(self, t: Tensor, sigma: Tensor, cells: _Cells | None = None) -> Tensor:
         """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
-        ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block)."""
+        ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block), for the blocks of ``cells``
+        (default all)."""
+        cells = cells or self._mc_cells(t.dtype)
         with torch.no_grad():
-            k = self.geometry.closest_point((t.transpose(-1, -2) / sigma).contiguous())
-            return ((k.abs() @ self._membership.to(t.dtype)) == 0).transpose(-1, -2)
+            k = cells.geometry.closest_point((t.transpose(-1, -2) / sigma).contiguous())
+            return ((k.abs() @ cells.membership.to(t.dtype)) == 0).transpose(-1, -2)
 
     # ------------------------------------------------------------------ paths
     def _forward_rows(self, y: Tensor, generator) -> BottleneckOutput:
@@ -649,7 +752,7 @@ class DitheredGoodLattice(Bottleneck):
             f"samples={self.samples}, eval_samples={self.eval_samples}, "
             f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, "
             f"scale_per={self.scale_per!r}, debias={self.debias}, "
-            f"compile={self.compile}"
+            f"compile={self.compile}, exact_rectangular={self.exact_rectangular}"
         )
 
 
