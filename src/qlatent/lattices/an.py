@@ -43,6 +43,7 @@ class RootLatticeA(FixedLattice):
         self.name = f"A{n}"
         a = (n + 1) // 2  # the covering radius (minimal norm 2), SPLAG ch. 4 §6.1
         self.cell_halfwidth = math.sqrt(a * (n + 1 - a) / (n + 1))
+        self.covering_radius = self.cell_halfwidth
         self._side = float(self._basis[0, 0])  # the Helmert frame puts b_1 = (√2, 0, ..., 0)
 
     def closest_point(self, x: Tensor) -> Tensor:

@@ -61,6 +61,20 @@ class Lattice(ABC):
     #: scaling: half the side of a cube c·Z^n contained in the lattice, or the covering radius;
     #: None where unknown
     cell_halfwidth: float | None = None
+    #: the covering radius (the largest ‖u‖ over the Voronoi cell), in the lattice's own scaling;
+    #: None where unknown (:attr:`cell_bound` then falls back on the cube)
+    covering_radius: float | None = None
+
+    @property
+    def cell_bound(self) -> float | None:
+        """An upper bound on ‖u‖ over the Voronoi cell: the covering radius, else h·√n from
+        :attr:`cell_halfwidth`; None where neither is known. A point farther from the origin is
+        outside the cell without decoding it."""
+        if self.covering_radius is not None:
+            return float(self.covering_radius)
+        if self.cell_halfwidth is None:
+            return None
+        return float(self.cell_halfwidth) * math.sqrt(self.dim)
 
     @property
     @abstractmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import torch
 from torch import Tensor
@@ -43,6 +44,7 @@ class BarnesWallLattice(FixedLattice):
 
     name = "BW16"
     cell_halfwidth = 2.0  # 4·Z^16 ⊂ 2·D16 ⊂ Λ16
+    covering_radius = math.sqrt(6.0)  # √3 at minimal norm 4 (SPLAG ch. 4 §10); here norm 8
 
     def __init__(self) -> None:
         self._code = reed_muller_1_4()

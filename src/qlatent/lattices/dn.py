@@ -9,6 +9,8 @@ lattice, the optimal 3-D quantizer.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ._utils import FixedLattice, as_basis, nearer, round_to_dn
@@ -29,6 +31,8 @@ class CheckerboardLattice(FixedLattice):
         self._basis = as_basis(rows)
         self.name = f"D{n}"
         self.cell_halfwidth = 1.0  # 2·Z^n ⊂ D_n
+        # holes (1, 0, …, 0) and (½, …, ½) (SPLAG ch. 4 §7.1)
+        self.covering_radius = max(1.0, math.sqrt(n) / 2)
 
     def closest_point(self, x: Tensor) -> Tensor:
         return round_to_dn(x)

@@ -26,6 +26,7 @@ class GossetLattice(FixedLattice):
 
     name = "E8"
     cell_halfwidth = 1.0  # 2·Z^8 ⊂ E8
+    covering_radius = 1.0  # minimal norm 2 (SPLAG ch. 4 §8.1)
 
     def __init__(self) -> None:
         rows = [[0] * 8 for _ in range(8)]

@@ -68,6 +68,7 @@ class LeechLattice(FixedLattice):
 
     name = "Leech"
     cell_halfwidth = 4.0  # 8·Z^24 ⊂ 4·D24 ⊂ Λ24
+    covering_radius = 4.0  # √2 at minimal norm 4 (Conway, Parker & Sloane 1982); here norm 32
 
     def __init__(self, *, compile: bool = False) -> None:
         """``compile``: decode with the sextet decoder fused by ``torch.compile``

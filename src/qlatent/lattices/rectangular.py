@@ -40,6 +40,11 @@ class RectangularLattice(Lattice):
         return self.spacing / 2
 
     @property
+    def covering_radius(self) -> float:
+        """‖Δ‖/2: the cell's corners."""
+        return float(self.spacing.double().norm()) / 2
+
+    @property
     def generator_matrix(self) -> Tensor:
         return torch.diag(self.spacing)
 
