@@ -705,3 +705,23 @@ def test_a_sum_with_rectangular_blocks_estimates_only_the_others():
 def test_exact_rectangular_must_be_a_bool():
     with pytest.raises(ValueError, match="exact_rectangular must be True or False"):
         DitheredGoodLattice(dim=8, lattice="e8", exact_rectangular="yes")
+
+
+@pytest.mark.parametrize(
+    "spec,dim", [(["leech", "e8", "e8"], 40), (["e8", "z", "z", "bw16"], 26)], ids=str
+)
+def test_inside_cell_skips_only_points_beyond_the_cell_bound(spec, dim):
+    """The membership test decodes only blocks within their lattice's cell bound: its answer
+    equals decoding every block, for points near the cell (many inside) and far from it."""
+    module = DitheredGoodLattice(dim=dim, lattice=spec, exact_rectangular=False).double()
+    with torch.no_grad():
+        module.log_spacing.copy_(0.3 * torch.randn(module.log_spacing.shape, generator=gen(4)))
+    sigma = module._coordinate_scale()
+    u = module._unit_dither(300, gen(5), F64) * sigma  # inside every block
+    spread = torch.cat([u, 1.1 * u, 3 * torch.randn(300, dim, generator=gen(6), dtype=F64)])
+    t = spread.T.unsqueeze(0)  # (1, m, S)
+    got = module._inside_cell(t, sigma)
+    k = module.geometry.closest_point((t.transpose(1, 2) / sigma).contiguous())
+    full = ((k.abs() @ module._membership.double()) == 0).transpose(1, 2)
+    assert torch.equal(got, full)
+    assert got[..., :300].all() and got.any(1)[0, 300:600].any() and not got[..., 600:].all()

@@ -321,3 +321,24 @@ def test_compile_flag_is_validated():
         LeechLattice(compile="yes")
     assert not tile(["leech", "bw16"], 40).blocks[0].compile
     assert tile(["leech", "bw16"], 40, compile=True).blocks[0].compile
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FAMILIES])
+def test_cell_bound_holds_and_known_holes_reach_it(name):
+    """``cell_bound`` bounds ‖u‖ over the Voronoi cell (no dither draw beyond it), and where the
+    covering radius is given, a known hole at that distance exists (Z, D_n, E8): it is the
+    covering radius (Λ16's and Λ24's come from the literature, checked by the draws only)."""
+    lat = lattice_by_name(name)
+    u = lat.sample_dither(20_000 if lat.dim < 16 else 4000, generator=gen(12), dtype=F64)
+    assert u.norm(dim=-1).max().item() <= lat.cell_bound
+    holes = {  # points at the covering radius from the lattice, in the library's scalings
+        "z": [0.5],
+        "d4": [0.5] * 4,
+        "d5": [0.5] * 5,
+        "e8": [1.0] + [0.0] * 7,
+    }
+    if name in holes:
+        hole = torch.tensor(holes[name], dtype=F64)
+        distance = (hole - lat.closest_point(hole)).norm().item()
+        assert lat.covering_radius is not None
+        assert distance == pytest.approx(lat.covering_radius, rel=1e-12)
