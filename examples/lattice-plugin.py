@@ -17,7 +17,7 @@ that with E8^3 ⊕ Z^16 the E8 blocks take the 24 most active coordinates; ``--n
 keeps the encoder's order instead.
 
     python examples/lattice-plugin.py --runs ~/.cache/qlatent/runs-v6-long [--images 10000]
-        [--counts 2048,128] [--check-counts 8192,512] [--check-images 1000]
+        [--counts 2048,128] [--check-counts 8192,512] [--check-images 1000] [--debias]
         [--out results/lattice-plugin.json]
 """
 
@@ -57,6 +57,7 @@ def plugged(
     natural_order: bool,
     prior: str = "gaussian",
     proposal: str = "prior",
+    debias: bool = False,
 ) -> Autoencoder:
     """The Gaussian-lattice model ``gl`` with its noise replaced by the dither of ``blocks``
     (:func:`qlatent.experiments.lattice_mnist.gaussian_lattice_start`)."""
@@ -70,6 +71,7 @@ def plugged(
         prior_samples=counts[1],
         eval_samples=counts[0],
         eval_prior_samples=counts[1],
+        debias=debias,
     )
     gaussian_lattice_start(model, gl.state_dict(), by_sigma=not natural_order)
     return model.eval()
@@ -130,6 +132,9 @@ def main() -> None:
     parser.add_argument("--prior", choices=["gaussian", "laplace"], default="gaussian")
     parser.add_argument("--proposal", choices=["prior", "box", "tilted"], default="prior")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--debias", action="store_true", help="the delta-method correction in the rate"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/lattice-plugin.json"))
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
@@ -143,6 +148,7 @@ def main() -> None:
         f"--check-images {args.check_images} --layouts '{args.layouts}' --seed {args.seed}"
         + (" --natural-order" if args.natural_order else "")
         + f" --prior {args.prior} --proposal {args.proposal}"
+        + (" --debias" if args.debias else "")
         + f" --out {args.out}"
     )
     started = provenance(command)
@@ -160,7 +166,9 @@ def main() -> None:
     for name in layouts:
         t0 = time.perf_counter()
         blocks = LAYOUTS[name]
-        model = plugged(gl, blocks, counts, args.natural_order, args.prior, args.proposal)
+        model = plugged(
+            gl, blocks, counts, args.natural_order, args.prior, args.proposal, args.debias
+        )
         parts = negative_elbo(model, x, args.seed)
         row = {"layout": name, "blocks": LAYOUTS[name], **summary(parts)}
         paired = parts.sum(1) - reference_parts.sum(1)  # the same images, independent noise
@@ -170,7 +178,7 @@ def main() -> None:
         row["ideal_lattice_gap_theory"] = theory
         # the Monte-Carlo rate's bias: the same dithers at larger counts on the first images
         small = x[: args.check_images]
-        big = plugged(gl, blocks, check, args.natural_order, args.prior, args.proposal)
+        big = plugged(gl, blocks, check, args.natural_order, args.prior, args.proposal, args.debias)
         diff = negative_elbo(model, small, args.seed) - negative_elbo(big, small, args.seed)
         diff = diff[:, 1]
         row["rate_minus_larger_counts"] = {
@@ -196,6 +204,7 @@ def main() -> None:
         "order": "natural" if args.natural_order else "by sigma, ascending",
         "prior": args.prior,
         "proposal": args.proposal,
+        "debias": args.debias,
         "sigma": sigma.tolist(),
         "gaussian_lattice": reference,
         "rows": rows,
