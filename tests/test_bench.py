@@ -223,11 +223,12 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
     assert all(t["rows_per_s"] > 0 for t in result["closest_point"].values())
     assert "| E8 |" in format_lattices(result)
     steps = bench_training_step(repeats=1)
-    from qlatent.bench.geometry import CONFIGURED_STEPS, STEP_CASES
+    from qlatent.bench.geometry import CONFIGURED_STEPS, STEP_CASES, VARIANT_STEPS
 
-    # every training-step case (the fused-Adam one and the configured rows too) and the three
-    # decode timings
-    assert len(steps) == len(STEP_CASES) + len(CONFIGURED_STEPS) + 3
+    # every training-step case (the fused-Adam one, the configured rows and their variants too)
+    # and the three decode timings
+    assert len(steps) == len(STEP_CASES) + len(CONFIGURED_STEPS) + len(VARIANT_STEPS) + 3
+    assert "step: leechz_gl_lattice, Z blocks estimated" in steps
     assert all(v > 0 for v in steps.values())
     assert "step: rect_lattice, fused Adam" in steps
     assert "step: e8z_lattice (configs/lattice-mnist)" in steps
