@@ -119,7 +119,8 @@ class DitheredGoodLattice(Bottleneck):
         samples: Monte-Carlo points uniform on the cell for the training-path rate (even:
             antithetic pairs).
         prior_samples: draws of X̂ for the same estimate (multiple importance sampling; each
-            costs one closest-point decode per row).
+            costs a closest-point decode per row of each block it lands within that block's
+            cell bound of, :attr:`qlatent.lattices.Lattice.cell_bound`; farther, it is outside).
         eval_samples / eval_prior_samples: the same two counts for the hard path and for
             :meth:`log_prior` (IWAE).
         proposal: where the second kind of points comes from: ``"prior"``, X̂ itself (shared by
