@@ -145,3 +145,10 @@ def test_iwae_resumes_chunk_by_chunk(tmp_path, monkeypatch):
     assert not calls
     lm._chunked_iwae(model, x, cfg, tmp_path, key="b")
     assert len(calls) == 3
+    # the same config's run trained on: another best epoch recomputes, the same one does not
+    lm._chunked_iwae(model, x, cfg, tmp_path, key="b", epoch=7)
+    assert len(calls) == 6
+    lm._chunked_iwae(model, x, cfg, tmp_path, key="b", epoch=7)
+    assert len(calls) == 6
+    lm._chunked_iwae(model, x, cfg, tmp_path, key="b", epoch=9)
+    assert len(calls) == 9

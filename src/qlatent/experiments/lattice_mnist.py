@@ -321,7 +321,15 @@ def run_model(
         if cached["config"] == config_key and cached["best_epoch"] == result.best_epoch:
             return {**trained, **cached["metrics"]}
     chunks = out_dir / "iwae-chunks"
-    metrics = evaluate(name, model, data["test"], cfg.eval, chunk_dir=chunks, key=config_key)
+    metrics = evaluate(
+        name,
+        model,
+        data["test"],
+        cfg.eval,
+        chunk_dir=chunks,
+        key=config_key,
+        epoch=result.best_epoch,
+    )
     save_atomic({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
     return {**trained, **metrics}
 
@@ -334,12 +342,14 @@ def evaluate(
     *,
     chunk_dir: Path | None = None,
     key: Any = None,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
     """IWAE NLL, negative ELBO and (lattice) hard-path codelength on the test set, in nats.
 
     With ``chunk_dir``, IWAE runs over ``cfg.iwae_chunk`` test images at a time and caches each
-    chunk's per-image NLL there (tagged with ``key``), so an interrupted evaluation resumes at
-    the first missing chunk; chunk i draws from the generator seeded ``cfg.seed + 1 + i``."""
+    chunk's per-image NLL there (tagged with ``key`` and the checkpoint's ``epoch``), so an
+    interrupted evaluation resumes at the first missing chunk; chunk i draws from the generator
+    seeded ``cfg.seed + 1 + i``."""
     if cfg.test_examples is not None:
         x_test = x_test[: cfg.test_examples]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -361,7 +371,7 @@ def evaluate(
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
     else:
-        nll = _chunked_iwae(model, x_test, cfg, chunk_dir, key)
+        nll = _chunked_iwae(model, x_test, cfg, chunk_dir, key, epoch)
     summary = iwae_summary(nll)
     metrics[f"test_nll_iwae{cfg.iwae_samples}"] = summary["mean"]
     metrics["test_nll_iwae_se"] = summary["se"]
@@ -375,15 +385,21 @@ def evaluate(
     return metrics
 
 
-def _chunked_iwae(model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, key) -> torch.Tensor:
-    """IWAE NLL chunk by chunk, each chunk cached (atomically) under ``folder``."""
+def _chunked_iwae(
+    model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, key, epoch: int | None = None
+) -> torch.Tensor:
+    """IWAE NLL chunk by chunk, each chunk cached (atomically) under ``folder``. A cached chunk
+    is used only for the same ``key`` and ``epoch`` (the checkpoint evaluated: a run trained on
+    under the same config has another best epoch; chunks that name no epoch are taken as they
+    are)."""
     parts = []
     for i, start in enumerate(range(0, x_test.shape[0], cfg.iwae_chunk)):
         path = folder / f"chunk-{i:03d}.pt"
         x = x_test[start : start + cfg.iwae_chunk]
         if path.exists():
             cached = load(path)  # plain data, digest checked
-            if cached["key"] == key and cached["nll"].shape[0] == x.shape[0]:
+            same = cached["key"] == key and cached.get("epoch", epoch) == epoch
+            if same and cached["nll"].shape[0] == x.shape[0]:
                 parts.append(cached["nll"])
                 continue
         nll = iwae_nll(
@@ -394,7 +410,7 @@ def _chunked_iwae(model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, ke
             generator=torch.Generator().manual_seed(cfg.seed + 1 + i),
         )
         folder.mkdir(parents=True, exist_ok=True)
-        save_atomic({"key": key, "nll": nll}, path)
+        save_atomic({"key": key, "epoch": epoch, "nll": nll}, path)
         parts.append(nll)
     return torch.cat(parts)
 
