@@ -212,3 +212,19 @@ def test_plugged_lattices_pay_their_high_rate_gap_over_gaussian_noise():
         )
         assert abs((parts[:, 1] - reference[:, 1]).mean().item() - gap) < 0.05, name
         assert abs((parts[:, 0] - reference[:, 0]).mean().item()) < 0.05, name
+
+
+def test_lattice_plugin_plot_reads_results_and_refuses_other_files(tmp_path):
+    plot = _load("lattice-plugin-plot")
+    good = tmp_path / "plugin.json"
+    row = {"minus_gaussian_lattice": 3.2, "minus_gaussian_lattice_se": 0.07}
+    rows = [{"layout": "E8^5", **row, "ideal_lattice_gap_theory": 4.05}]
+    good.write_text(json.dumps({"rows": rows}))
+    loaded = plot.load_rows([good])
+    assert loaded == [{"layout": "E8^5", "gap": 3.2, "se": 0.07, "theory": 4.05}]
+    plot.plot(loaded, tmp_path / "plugin.png")
+    assert (tmp_path / "plugin.png").stat().st_size > 0
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"rows": [{"layout": "E8^5"}]}))
+    with pytest.raises(SystemExit, match="not a lattice-plugin.py result"):
+        plot.load_rows([bad])
