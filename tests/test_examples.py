@@ -228,3 +228,18 @@ def test_lattice_plugin_plot_reads_results_and_refuses_other_files(tmp_path):
     bad.write_text(json.dumps({"rows": [{"layout": "E8^5"}]}))
     with pytest.raises(SystemExit, match="not a lattice-plugin.py result"):
         plot.load_rows([bad])
+
+
+def test_iwae_density_counts_checks_its_arguments(monkeypatch, tmp_path):
+    import argparse
+    import sys
+
+    counts = _load("iwae-density-counts")
+    assert counts.parse_counts("2048,128") == (2048, 128)
+    for bad in ("2048", "3,0", "0,4", "64,-1", "a,b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            counts.parse_counts(bad)
+    argv = ["iwae-density-counts.py", "--runs", str(tmp_path), "--counts", "64,8"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--row", "rect_lattice"])
+    with pytest.raises(SystemExit):  # not a good-lattice row: an argparse error
+        counts.main()
