@@ -54,6 +54,7 @@ MODELS = (
     "e8_gl_lattice",
     "leechz_gl_lattice",
     "leeche8_gl_lattice",
+    "e8_gauss_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -75,6 +76,7 @@ LABELS = {
     "e8_gl_lattice": "diag(s)·E8^5-lattice VAE, from the Gaussian-lattice VAE",
     "leechz_gl_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, from the Gaussian-lattice VAE",
     "leeche8_gl_lattice": "diag(s)·(Λ24 ⊕ E8^2)-lattice VAE, from the Gaussian-lattice VAE",
+    "e8_gauss_lattice": "diag(s)·E8^5-lattice VAE, Gaussian prior",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -95,6 +97,7 @@ BLOCK_NSM = {
     "e8_gl_lattice": [(929 / 12960, 40)],
     "leechz_gl_lattice": [(0.0657710, 24), (1 / 12, 16)],
     "leeche8_gl_lattice": [(0.0657710, 24), (929 / 12960, 16)],
+    "e8_gauss_lattice": [(929 / 12960, 40)],
 }
 
 
