@@ -558,17 +558,25 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Validation negative ELBO per epoch, one line per model (the paper's Figure 3)."""
     from ..eval.plots import plt, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, result in models.items():
+    # beside the axes once there are more rows than a legend inside can leave room for; a colour
+    # per row from a 20-colour map (the default cycle repeats after 10)
+    many = len(models) > 6
+    fig, ax = plt.subplots(figsize=(11, 4.5) if many else (6, 4))
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, result) in enumerate(models.items()):
         curve = result["val_neg_elbo_curve"]
-        ax.plot(range(1, len(curve) + 1), curve, label=LABELS[name])
-        ax.axvline(result["best_epoch"], color=ax.lines[-1].get_color(), ls=":", lw=0.8)
+        color = colors[(2 * i) % 20 + (2 * i // 20) % 2]  # the dark shades first
+        ax.plot(range(1, len(curve) + 1), curve, label=LABELS[name], color=color)
+        ax.axvline(result["best_epoch"], color=color, ls=":", lw=0.8)
     low = min(min(r["val_neg_elbo_curve"]) for r in models.values())
     ax.set_ylim(low - 2, low + 30)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation negative ELBO (nats)")
     ax.set_title("binarized MNIST, m = 40 (dotted: best epoch)")
-    ax.legend()
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
 
