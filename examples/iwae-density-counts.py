@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from qlatent.bottlenecks.good_lattice import monte_carlo_counts
 from qlatent.eval import iwae_nll
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
@@ -28,14 +29,9 @@ from qlatent.train import CheckpointError, load, load_weights
 
 def parse_counts(text: str) -> tuple[int, int]:
     try:
-        cells, draws = (int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"counts are 'CELL_POINTS,PRIOR_DRAWS', got {text!r}"
-        ) from None
-    if cells < 2 or cells % 2 or draws < 0:
-        raise argparse.ArgumentTypeError(f"need an even number of cell points >= 2, got {text!r}")
-    return cells, draws
+        return monte_carlo_counts(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from qlatent.bottlenecks.good_lattice import monte_carlo_counts
 from qlatent.results import provenance, write_json
 
 REFERENCE = (16384, 4096)
@@ -37,12 +38,9 @@ IWAE_SAMPLES, TEST_IMAGES = 1000, 10000
 
 def _counts(text: str) -> tuple[int, int]:
     try:
-        s_u, s_q = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S_u,S_q (two integers), got {text!r}") from None
-    if s_u < 2 or s_u % 2 or s_q < 0:
-        raise argparse.ArgumentTypeError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
-    return s_u, s_q
+        return monte_carlo_counts(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main() -> None:

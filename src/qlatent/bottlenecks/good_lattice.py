@@ -77,6 +77,18 @@ class _Cells(NamedTuple):
     geometry: DirectSum
 
 
+def monte_carlo_counts(text: str) -> tuple[int, int]:
+    """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``;
+    ValueError unless S_u is even and >= 2 (antithetic pairs) and S_q >= 0."""
+    try:
+        cells, draws = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"expected S_u,S_q (two integers), got {text!r}") from None
+    if cells < 2 or cells % 2 or draws < 0:
+        raise ValueError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
+    return cells, draws
+
+
 def _sample_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
         raise ValueError(f"{name} must be an even integer >= 2 (antithetic pairs), got {value!r}")
