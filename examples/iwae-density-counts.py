@@ -27,13 +27,6 @@ from qlatent.results import provenance, write_json
 from qlatent.train import CheckpointError, load, load_weights
 
 
-def parse_counts(text: str) -> tuple[int, int]:
-    try:
-        return monte_carlo_counts(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", required=True, help="a good-lattice row of lattice-mnist")
@@ -41,7 +34,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path.home() / ".cache" / "qlatent"))
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--samples", type=int, default=1000, help="IWAE importance samples")
-    parser.add_argument("--counts", type=parse_counts, nargs="+", required=True)
+    parser.add_argument("--counts", type=monte_carlo_counts, nargs="+", required=True)
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -36,13 +36,6 @@ REFERENCE = (16384, 4096)
 IWAE_SAMPLES, TEST_IMAGES = 1000, 10000
 
 
-def _counts(text: str) -> tuple[int, int]:
-    try:
-        return monte_carlo_counts(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="the lattice-mnist runs folder")
@@ -50,7 +43,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path.home() / ".cache" / "qlatent"))
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument(
-        "--counts", type=_counts, nargs="+", default=[(512, 4), (1024, 8), (2048, 16), (4096, 32)]
+        "--counts",
+        type=monte_carlo_counts,
+        nargs="+",
+        default=[(512, 4), (1024, 8), (2048, 16), (4096, 32)],
     )
     parser.add_argument("--iwae-images", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/trained-log-density-bias.json"))

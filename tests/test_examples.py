@@ -234,11 +234,13 @@ def test_iwae_density_counts_checks_its_arguments(monkeypatch, tmp_path):
     import argparse
     import sys
 
+    from qlatent.bottlenecks.good_lattice import monte_carlo_counts
+
     counts = _load("iwae-density-counts")
-    assert counts.parse_counts("2048,128") == (2048, 128)
+    assert monte_carlo_counts("2048,128") == (2048, 128)
     for bad in ("2048", "3,0", "0,4", "64,-1", "a,b"):
         with pytest.raises(argparse.ArgumentTypeError):
-            counts.parse_counts(bad)
+            monte_carlo_counts(bad)
     argv = ["iwae-density-counts.py", "--runs", str(tmp_path), "--counts", "64,8"]
     monkeypatch.setattr(sys, "argv", [*argv, "--row", "rect_lattice"])
     with pytest.raises(SystemExit):  # not a good-lattice row: an argparse error

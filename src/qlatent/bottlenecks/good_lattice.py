@@ -33,6 +33,7 @@ from the counter-based generator (``qlatent.rng``) with keys from the ``generato
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,14 +79,15 @@ class _Cells(NamedTuple):
 
 
 def monte_carlo_counts(text: str) -> tuple[int, int]:
-    """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``;
-    ValueError unless S_u is even and >= 2 (antithetic pairs) and S_q >= 0."""
+    """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``,
+    an ``argparse`` type: ``argparse.ArgumentTypeError`` (argparse prints its message) unless
+    S_u is even and >= 2 (antithetic pairs) and S_q >= 0."""
     try:
         cells, draws = (int(v) for v in str(text).split(","))
     except ValueError:
-        raise ValueError(f"expected S_u,S_q (two integers), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected S_u,S_q (two integers), got {text!r}") from None
     if cells < 2 or cells % 2 or draws < 0:
-        raise ValueError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
     return cells, draws
 
 
