@@ -228,7 +228,10 @@ def test_training_path_functions_match_autograd(dtype, path):
     gradient's factors in one fused forward (run uncompiled here); the eager one does so over
     blocks of rows (8 here, the last one short), each drawing its own dither. Their values
     equal the autograd path's bit for bit and their gradients (upstream gradients on y_hat,
-    the rate or both; far-out and in-cell coordinates) agree to rounding."""
+    the rate or both; far-out and in-cell coordinates) agree to rounding. The eager one keeps
+    only the sums over rows of the prior's factors, enough when ∂L/∂rate is one number for all
+    rows ("y_hat": zero, "rate mean": 1/N); a different one per row ("both", "rate") makes it
+    form them again."""
     from qlatent.bottlenecks.lattice import (
         _BlockedTrainingPath,
         _FusedTrainingPath,
@@ -246,7 +249,7 @@ def test_training_path_functions_match_autograd(dtype, path):
     key = draw_key(gen(31))
     up_y, up_rate = torch.randn(50, 7, generator=g, dtype=dtype), torch.randn(50, generator=g)
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    for upstream in ("both", "y_hat", "rate"):
+    for upstream in ("both", "y_hat", "rate", "rate mean"):
         results = []
         for reference in (True, False):
             spacing, scale = log_spacing.exp(), log_scale.exp()
@@ -257,8 +260,11 @@ def test_training_path_functions_match_autograd(dtype, path):
                 y_hat, rate = _FusedTrainingPath.apply(*args, False)
             else:
                 y_hat, rate = _BlockedTrainingPath.apply(*args, 8)
-            loss = (y_hat * up_y).sum() if upstream != "rate" else 0.0
-            loss = loss + ((rate * up_rate.to(dtype)).sum() if upstream != "y_hat" else 0.0)
+            loss = (y_hat * up_y).sum() if upstream in ("both", "y_hat") else 0.0
+            if upstream == "rate mean":
+                loss = rate.mean()
+            elif upstream != "y_hat":
+                loss = loss + (rate * up_rate.to(dtype)).sum()
             grads = torch.autograd.grad(
                 loss, (y, log_spacing, log_scale), allow_unused=True, materialize_grads=True
             )

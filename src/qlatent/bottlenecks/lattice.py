@@ -165,14 +165,17 @@ def _training_blocks(
     c: Tensor,
     rows: int,
     factors: list[Tensor] | None = None,
+    sums: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The eager training path without autograd, ``(N, m) -> (y_hat (N, m), rate (N,))``, in
     blocks of ``rows`` rows: each block draws its own dither by index (the whole input's
     numbers) and writes y_hat and its rate into the outputs, so no input-sized temporary is
-    formed. The values of :func:`_training_kernel`, bit for bit. With a list ``factors``, each
-    block's gradient factors ``(g, w, q, d_h)`` of :func:`_gradient_factors` are appended."""
+    formed. The values of :func:`_training_kernel`, bit for bit. With a list ``factors`` and a
+    ``(2, m)`` tensor ``sums``, each block's gradient factors g and w of
+    :func:`_gradient_factors` are appended and its q and d_h summed over rows into ``sums``."""
     n, m = y.shape
     y_hat, rate = y.new_empty(n, m), y.new_empty(n)
+    ones = y.new_ones(min(rows, n)) if factors is not None else None
     for start in range(0, n, rows):
         block = slice(start, start + rows)
         r = counter_uniform(key, (min(rows, n - start), m), y.dtype, offset=start * m)
@@ -182,9 +185,12 @@ def _training_blocks(
             continue
         shift = r.sub_(0.5)  # r − ½, exact: r is a multiple of 2^-24 in [0, 1)
         value = torch.sub(y[block], shift * spacing, out=y_hat[block])
-        nll, *parts = _gradient_factors_in_place(value, shift, inv_scale, h, c)
+        nll, g, w, q, d_h = _gradient_factors_in_place(value, shift, inv_scale, h, c)
         torch.sum(nll, -1, out=rate[block])
-        factors.extend(parts)
+        factors += (g, w)
+        # the sums over rows as matrix-vector products (faster than sum(0) on the CPU)
+        sums[0].addmv_(q.T, ones[: len(q)])
+        sums[1].addmv_(d_h.T, ones[: len(q)])
     return y_hat, rate
 
 
@@ -213,41 +219,67 @@ def _gradient_factors_in_place(
 class _BlockedTrainingPath(torch.autograd.Function):
     """The eager training path in blocks of ``rows`` rows with a hand-written backward.
 
-    The forward is :func:`_training_blocks`, which keeps each block's four gradient factors as
-    the ``compile=True`` path does (:class:`_FusedTrainingPath`), formed in place
-    (:func:`_gradient_factors_in_place`); the backward forms the gradients of
-    :func:`_training_backward` block by block, ∂L/∂y with one ``addcmul`` into its output and the
-    sums over rows of the rate's factors as matrix-vector products. Every temporary is one block's
-    size, so the allocator serves them from memory it reuses, where autograd's graph over the
-    blocks also held an input-sized dither and the concatenated outputs. Rows ``(N, m)``; first
-    derivatives only.
+    The forward is :func:`_training_blocks`, which keeps each block's factors g and w of
+    :func:`_training_backward` (formed in place by :func:`_gradient_factors_in_place`) and,
+    instead of the rate's two other factors q and d_h, only their sums over rows. Those sums
+    are the prior's whole gradient when ∂L/∂rate is the same for every row, as it is for a rate
+    summed or averaged into the loss; otherwise the backward forms q and d_h again, block by
+    block, from the saved y_hat (they depend on y_hat alone, not on the dither) and weights
+    them by row. ∂L/∂y is one ``addcmul`` per block into its output. Every temporary is one
+    block's size, and the input-sized tensors are y_hat, the rate, two kept factors and the
+    gradient. Rows ``(N, m)``; first derivatives only.
     """
 
     @staticmethod
     def forward(ctx, y, key, spacing, inv_scale, h, c, rows: int):
         factors: list[Tensor] = []
-        y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors)
-        ctx.save_for_backward(*factors)
+        sums = y.new_zeros(2, y.shape[1])
+        y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors, sums)
+        ctx.save_for_backward(y_hat, inv_scale, h, c, sums, *factors)
         ctx.rows = rows
         return y_hat, rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y_hat, grad_rate):
-        factors = ctx.saved_tensors
+        y_hat, inv_scale, h, c, sums, *factors = ctx.saved_tensors
         n, m = grad_y_hat.shape
         grad_y = torch.empty_like(grad_y_hat)
-        sums = grad_y_hat.new_zeros(3, m)  # ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h
+        grad_spacing = grad_y_hat.new_zeros(m)
+        uniform = _same_for_every_row(grad_rate)
+        # ∂L/∂(1/b), ∂L/∂h: the kept sums times the one ∂L/∂rate (none if n = 0), or summed below
+        prior = sums * grad_rate[:1] if uniform and n else torch.zeros_like(sums)
         for i, start in enumerate(range(0, n, ctx.rows)):
             block = slice(start, start + ctx.rows)
-            g, w, q, d_h = factors[4 * i : 4 * i + 4]
+            g, w = factors[2 * i : 2 * i + 2]
             rate = grad_rate[block]
             value = torch.addcmul(grad_y_hat[block], rate.unsqueeze(-1), g, out=grad_y[block])
-            # the sums over rows as matrix-vector products: no block-sized temporaries
-            sums[0] += (value * w).sum(0)
-            sums[1].addmv_(q.T, rate)
-            sums[2].addmv_(d_h.T, rate)
-        return grad_y, None, sums[0], sums[1], sums[2], None, None
+            grad_spacing += (value * w).sum(0)  # sums over rows: no block-sized temporaries
+            if not uniform:
+                _add_prior_gradient(prior, y_hat[block], rate, inv_scale, h, c)
+        return grad_y, None, grad_spacing, prior[0], prior[1], None, None
+
+
+def _add_prior_gradient(
+    out: Tensor, y_hat: Tensor, grad_rate: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
+) -> None:
+    """Adds ``Σ_rows ∂L/∂rate · q`` to ``out[0]`` and ``Σ_rows ∂L/∂rate · d_h`` to ``out[1]``
+    (∂L/∂(1/b) and ∂L/∂h) for rows whose ∂L/∂rate differ, with q and d_h of
+    :func:`_gradient_factors` formed again from y_hat (they do not depend on the dither): the
+    same numbers bit for bit."""
+    _, d_a, d_h = cell_nll_and_derivatives(y_hat, inv_scale, h, c)
+    out[0].addmv_(d_a.mul_(y_hat.abs()).T, grad_rate)  # q = d_a·|η|
+    out[1].addmv_(d_h.T, grad_rate)
+
+
+def _same_for_every_row(grad_rate: Tensor) -> bool:
+    """Whether ∂L/∂rate is one number for all rows (a rate summed or averaged into the loss),
+    so that the prior's gradient is that number times the sums over rows of q and d_h, which
+    the eager training path forms in its forward instead of keeping q and d_h."""
+    if grad_rate.numel() <= 1 or grad_rate.stride(0) == 0:
+        return True
+    low, high = torch.aminmax(grad_rate)
+    return bool(low == high)
 
 
 def _hard_kernel(
