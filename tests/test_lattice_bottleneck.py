@@ -221,17 +221,18 @@ def test_hard_path_dither_is_common_randomness():
 
 
 # ------------------------------------------------------------------------------ compile
-@pytest.mark.parametrize("path", ["fused", "blocked"])
+@pytest.mark.parametrize("path", ["fused", "blocked", "blocked, four factors"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_training_path_functions_match_autograd(dtype, path):
     """The two training paths with a hand-written backward: ``compile=True``'s forms its
     gradient's factors in one fused forward (run uncompiled here); the eager one does so over
     blocks of rows (8 here, the last one short), each drawing its own dither. Their values
     equal the autograd path's bit for bit and their gradients (upstream gradients on y_hat,
-    the rate or both; far-out and in-cell coordinates) agree to rounding. The eager one keeps
-    only the sums over rows of the prior's factors, enough when ∂L/∂rate is one number for all
-    rows ("y_hat": zero, "rate mean": 1/N); a different one per row ("both", "rate") makes it
-    form them again."""
+    the rate or both; far-out and in-cell coordinates) agree to rounding. Over more than four
+    blocks the eager one keeps only the sums over rows of the prior's factors, enough when
+    ∂L/∂rate is one number for all rows ("y_hat": zero, "rate mean": 1/N); a different one per
+    row ("both", "rate") makes it form them again. Over four blocks (13 rows each) it keeps all
+    four factors."""
     from qlatent.bottlenecks.lattice import (
         _BlockedTrainingPath,
         _FusedTrainingPath,
@@ -259,7 +260,7 @@ def test_training_path_functions_match_autograd(dtype, path):
             elif path == "fused":
                 y_hat, rate = _FusedTrainingPath.apply(*args, False)
             else:
-                y_hat, rate = _BlockedTrainingPath.apply(*args, 8)
+                y_hat, rate = _BlockedTrainingPath.apply(*args, 8 if path == "blocked" else 13)
             loss = (y_hat * up_y).sum() if upstream in ("both", "y_hat") else 0.0
             if upstream == "rate mean":
                 loss = rate.mean()

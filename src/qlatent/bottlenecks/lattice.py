@@ -170,12 +170,13 @@ def _training_blocks(
     """The eager training path without autograd, ``(N, m) -> (y_hat (N, m), rate (N,))``, in
     blocks of ``rows`` rows: each block draws its own dither by index (the whole input's
     numbers) and writes y_hat and its rate into the outputs, so no input-sized temporary is
-    formed. The values of :func:`_training_kernel`, bit for bit. With a list ``factors`` and a
-    ``(2, m)`` tensor ``sums``, each block's gradient factors g and w of
-    :func:`_gradient_factors` are appended and its q and d_h summed over rows into ``sums``."""
+    formed. The values of :func:`_training_kernel`, bit for bit. With a list ``factors``, each
+    block's gradient factors ``(g, w, q, d_h)`` of :func:`_gradient_factors` are appended, or
+    with a ``(2, m)`` tensor ``sums`` too, only g and w, and q and d_h summed over rows into
+    ``sums``."""
     n, m = y.shape
     y_hat, rate = y.new_empty(n, m), y.new_empty(n)
-    ones = y.new_ones(min(rows, n)) if factors is not None else None
+    ones = y.new_ones(min(rows, n)) if sums is not None else None
     for start in range(0, n, rows):
         block = slice(start, start + rows)
         r = counter_uniform(key, (min(rows, n - start), m), y.dtype, offset=start * m)
@@ -187,6 +188,9 @@ def _training_blocks(
         value = torch.sub(y[block], shift * spacing, out=y_hat[block])
         nll, g, w, q, d_h = _gradient_factors_in_place(value, shift, inv_scale, h, c)
         torch.sum(nll, -1, out=rate[block])
+        if sums is None:
+            factors += (g, w, q, d_h)
+            continue
         factors += (g, w)
         # the sums over rows as matrix-vector products (faster than sum(0) on the CPU)
         sums[0].addmv_(q.T, ones[: len(q)])
@@ -220,20 +224,22 @@ class _BlockedTrainingPath(torch.autograd.Function):
     """The eager training path in blocks of ``rows`` rows with a hand-written backward.
 
     The forward is :func:`_training_blocks`, which keeps each block's factors g and w of
-    :func:`_training_backward` (formed in place by :func:`_gradient_factors_in_place`) and,
-    instead of the rate's two other factors q and d_h, only their sums over rows. Those sums
-    are the prior's whole gradient when ∂L/∂rate is the same for every row, as it is for a rate
-    summed or averaged into the loss; otherwise the backward forms q and d_h again, block by
-    block, from the saved y_hat (they depend on y_hat alone, not on the dither) and weights
-    them by row. ∂L/∂y is one ``addcmul`` per block into its output. Every temporary is one
-    block's size, and the input-sized tensors are y_hat, the rate, two kept factors and the
-    gradient. Rows ``(N, m)``; first derivatives only.
+    :func:`_training_backward` (formed in place by :func:`_gradient_factors_in_place`) and, on
+    inputs of more than :data:`_FOUR_FACTOR_BLOCKS` blocks, instead of the rate's two other
+    factors q and d_h only their sums over rows. Those sums are the prior's whole gradient when
+    ∂L/∂rate is the same for every row, as it is for a rate summed or averaged into the loss;
+    otherwise the backward forms q and d_h again, block by block, from the saved y_hat (they
+    depend on y_hat alone, not on the dither) and weights them by row. ∂L/∂y is one
+    ``addcmul`` per block into its output. Every temporary is one block's size, and on large
+    inputs the input-sized tensors are y_hat, the rate, two kept factors and the gradient.
+    Rows ``(N, m)``; first derivatives only.
     """
 
     @staticmethod
     def forward(ctx, y, key, spacing, inv_scale, h, c, rows: int):
         factors: list[Tensor] = []
-        sums = y.new_zeros(2, y.shape[1])
+        n, m = y.shape
+        sums = y.new_zeros(2, m) if n > _FOUR_FACTOR_BLOCKS * rows else None
         y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors, sums)
         ctx.save_for_backward(y_hat, inv_scale, h, c, sums, *factors)
         ctx.rows = rows
@@ -246,16 +252,20 @@ class _BlockedTrainingPath(torch.autograd.Function):
         n, m = grad_y_hat.shape
         grad_y = torch.empty_like(grad_y_hat)
         grad_spacing = grad_y_hat.new_zeros(m)
-        uniform = _same_for_every_row(grad_rate)
+        kept = 4 if sums is None else 2  # factors per block
+        uniform = sums is not None and _same_for_every_row(grad_rate)
         # ∂L/∂(1/b), ∂L/∂h: the kept sums times the one ∂L/∂rate (none if n = 0), or summed below
-        prior = sums * grad_rate[:1] if uniform and n else torch.zeros_like(sums)
+        prior = sums * grad_rate[:1] if uniform and n else grad_y_hat.new_zeros(2, m)
         for i, start in enumerate(range(0, n, ctx.rows)):
             block = slice(start, start + ctx.rows)
-            g, w = factors[2 * i : 2 * i + 2]
+            g, w, *q_d_h = factors[kept * i : kept * i + kept]
             rate = grad_rate[block]
             value = torch.addcmul(grad_y_hat[block], rate.unsqueeze(-1), g, out=grad_y[block])
             grad_spacing += (value * w).sum(0)  # sums over rows: no block-sized temporaries
-            if not uniform:
+            if q_d_h:
+                prior[0].addmv_(q_d_h[0].T, rate)
+                prior[1].addmv_(q_d_h[1].T, rate)
+            elif not uniform:
                 _add_prior_gradient(prior, y_hat[block], rate, inv_scale, h, c)
         return grad_y, None, grad_spacing, prior[0], prior[1], None, None
 
@@ -302,6 +312,13 @@ def _compiled_hard_kernel():
     """:func:`_hard_kernel` fused by ``torch.compile`` (compiled on first use)."""
     return torch.compile(_hard_kernel)
 
+
+#: inputs of up to this many blocks keep all four gradient factors on the eager training path
+#: (:class:`_BlockedTrainingPath`); larger ones keep two and the sums over rows of the others.
+#: Measured (``results/bench-lattice-scaling-two-factors``): two factors run 15–20% faster
+#: from 256k rows of 64 up, while at 16k rows the freed buffers made the allocator return
+#: memory and fault it back in on the next call, up to 20% slower
+_FOUR_FACTOR_BLOCKS = 4
 
 #: elements per block of rows on the eager paths (2 MB of float32 per temporary): measured, a
 #: whole 1M-row input runs 5–8× slower per row than 8k-row blocks, whose Python overhead is small
