@@ -315,9 +315,9 @@ def _compiled_hard_kernel():
 
 #: inputs of up to this many blocks keep all four gradient factors on the eager training path
 #: (:class:`_BlockedTrainingPath`); larger ones keep two and the sums over rows of the others.
-#: Measured (``results/bench-lattice-scaling-two-factors``): two factors run 15–20% faster
-#: from 256k rows of 64 up, while at 16k rows the freed buffers made the allocator return
-#: memory and fault it back in on the next call, up to 20% slower
+#: Measured (``results/bench-lattice-scaling-ab-two-factors``): two factors run 1.16–1.35×
+#: faster at 1M rows of 64, while at 16k rows, where the buffers freed in every block made the
+#: allocator return memory and fault it back in on the next call, up to 20% slower
 _FOUR_FACTOR_BLOCKS = 4
 
 #: elements per block of rows on the eager paths (2 MB of float32 per temporary): measured, a
