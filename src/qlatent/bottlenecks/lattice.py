@@ -241,7 +241,9 @@ class _BlockedTrainingPath(torch.autograd.Function):
         n, m = y.shape
         sums = y.new_zeros(2, m) if n > _FOUR_FACTOR_BLOCKS * rows else None
         y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors, sums)
-        ctx.save_for_backward(y_hat, inv_scale, h, c, sums, *factors)
+        # y_hat only where the backward may form q and d_h again from it
+        kept_y_hat = None if sums is None else y_hat
+        ctx.save_for_backward(kept_y_hat, inv_scale, h, c, sums, *factors)
         ctx.rows = rows
         return y_hat, rate
 
