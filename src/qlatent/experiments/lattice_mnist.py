@@ -55,6 +55,7 @@ MODELS = (
     "leechz_gl_lattice",
     "leeche8_gl_lattice",
     "e8_gauss_lattice",
+    "leechz_gauss_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -77,6 +78,7 @@ LABELS = {
     "leechz_gl_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, from the Gaussian-lattice VAE",
     "leeche8_gl_lattice": "diag(s)·(Λ24 ⊕ E8^2)-lattice VAE, from the Gaussian-lattice VAE",
     "e8_gauss_lattice": "diag(s)·E8^5-lattice VAE, Gaussian prior",
+    "leechz_gauss_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, Gaussian prior",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -98,6 +100,7 @@ BLOCK_NSM = {
     "leechz_gl_lattice": [(0.0657710, 24), (1 / 12, 16)],
     "leeche8_gl_lattice": [(0.0657710, 24), (929 / 12960, 16)],
     "e8_gauss_lattice": [(929 / 12960, 40)],
+    "leechz_gauss_lattice": [(0.0657710, 24), (1 / 12, 16)],
 }
 
 
