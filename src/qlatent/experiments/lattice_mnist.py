@@ -56,6 +56,7 @@ MODELS = (
     "leeche8_gl_lattice",
     "e8_gauss_lattice",
     "leechz_gauss_lattice",
+    "rect_gauss_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -79,6 +80,7 @@ LABELS = {
     "leeche8_gl_lattice": "diag(s)·(Λ24 ⊕ E8^2)-lattice VAE, from the Gaussian-lattice VAE",
     "e8_gauss_lattice": "diag(s)·E8^5-lattice VAE, Gaussian prior",
     "leechz_gauss_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, Gaussian prior",
+    "rect_gauss_lattice": "diag(s)·Z^40-lattice VAE, Gaussian prior",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -101,6 +103,7 @@ BLOCK_NSM = {
     "leeche8_gl_lattice": [(0.0657710, 24), (929 / 12960, 16)],
     "e8_gauss_lattice": [(929 / 12960, 40)],
     "leechz_gauss_lattice": [(0.0657710, 24), (1 / 12, 16)],
+    "rect_gauss_lattice": [(1 / 12, 40)],
 }
 
 
