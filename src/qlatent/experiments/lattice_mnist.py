@@ -57,6 +57,7 @@ MODELS = (
     "e8_gauss_lattice",
     "leechz_gauss_lattice",
     "rect_gauss_lattice",
+    "rect_gl_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -81,6 +82,7 @@ LABELS = {
     "e8_gauss_lattice": "diag(s)·E8^5-lattice VAE, Gaussian prior",
     "leechz_gauss_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, Gaussian prior",
     "rect_gauss_lattice": "diag(s)·Z^40-lattice VAE, Gaussian prior",
+    "rect_gl_lattice": "diag(s)·Z^40-lattice VAE, from the Gaussian-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -104,6 +106,7 @@ BLOCK_NSM = {
     "e8_gauss_lattice": [(929 / 12960, 40)],
     "leechz_gauss_lattice": [(0.0657710, 24), (1 / 12, 16)],
     "rect_gauss_lattice": [(1 / 12, 40)],
+    "rect_gl_lattice": [(1 / 12, 40)],
 }
 
 
