@@ -109,7 +109,33 @@ def test_gain_figure_plots_each_lattice_row_against_the_rectangular_one(tmp_path
     assert path is not None and imread(path).shape[0] > 0
     assert figure_gain({"e8_lattice": models["e8_lattice"]}, tmp_path / "none.png") is None
     assert figure_gain({"rect_lattice": models["rect_lattice"]}, tmp_path / "none.png") is None
+    # a Gaussian-prior row is drawn against the Gaussian-prior rectangular row, not the Laplace one
+    gauss = {"rect_lattice": models["rect_lattice"], "e8_gauss_lattice": models["e8_lattice"]}
+    assert figure_gain(gauss, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    both = {**models, "rect_gauss_lattice": models["rect_lattice"], **gauss}
+    wide = imread(figure_gain(both, tmp_path / "two.png"))
+    assert wide.shape[1] > imread(path).shape[1]  # two panels
+
+
+@pytest.mark.parametrize(
+    ("row", "control"),
+    [
+        ("e8_lattice", "rect_lattice"),
+        ("leech_tilted_lattice", "rect_lattice"),
+        ("e8_gauss_lattice", "rect_gauss_lattice"),
+        ("leechz_gauss_lattice", "rect_gauss_lattice"),
+        ("e8_gl_lattice", "rect_gl_lattice"),
+        ("leeche8_gl_lattice", "rect_gl_lattice"),
+        ("rect_lattice", None),
+        ("rect_gl_lattice", None),
+        ("gaussian_lattice", None),
+    ],
+)
+def test_each_lattice_row_is_compared_with_the_rectangular_row_of_its_prior_and_start(row, control):
+    from qlatent.experiments.lattice_mnist import control_row
+
+    assert control_row(row) == control
 
 
 def test_config_files_and_overrides():
