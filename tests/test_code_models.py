@@ -17,6 +17,7 @@ from qlatent.bottlenecks.base import Bottleneck, BottleneckOutput
 from qlatent.coding import CodingError, compress, decompress, ideal_bits, unpack
 from qlatent.coding.container import (
     MODEL_E8_COSETS,
+    MODEL_GAUSSIAN_LATTICE,
     MODEL_GLUED_LATTICE,
     MODEL_GOOD_LATTICE,
     register_code_model,
@@ -218,10 +219,131 @@ def test_good_lattice_files_refuse_damage_and_other_models(spec, dim):
         decompress(other, data)
 
 
-def test_the_gaussian_prior_has_no_code_model_yet():
-    bottleneck = build("lattice", dim=8, lattice="e8", prior="gaussian").eval()
-    with pytest.raises(TypeError, match="Laplace"):
-        compress(bottleneck, torch.randn(3, 8), seed=0)
+GAUSSIAN = [("z", 12), ("e8", 16), (["leech", "bw16"], 40), (["e8", "z", "z"], 10), ("a2", 6)]
+
+
+def _gaussian(spec, dim, seed=2):
+    """A Gaussian-prior good lattice with unequal spacings and prior scales per coordinate."""
+    torch.manual_seed(0)
+    bottleneck = build(
+        "lattice",
+        dim=dim,
+        lattice=spec,
+        prior="gaussian",
+        spacing_per="coordinate",
+        eval_samples=64,
+        eval_prior_samples=16,
+    ).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bottleneck.log_spacing.uniform_(-0.8, 0.8, generator=generator)
+        bottleneck.log_scale.uniform_(-2.0, 1.0, generator=generator)
+    return bottleneck
+
+
+@pytest.mark.parametrize("spec,dim", GAUSSIAN, ids=[str(s) for s, _ in GAUSSIAN])
+@pytest.mark.parametrize("spatial", [(), (3,)])
+def test_gaussian_prior_files_round_trip_to_the_hard_path(spec, dim, spatial):
+    bottleneck = _gaussian(spec, dim)
+    y = 1.5 * torch.randn(40, dim, *spatial, generator=torch.Generator().manual_seed(3))
+    y[0, 0] = 60.0  # far in the prior's tail: the support widens to the data
+    data = compress(bottleneck, y, seed=5)
+    assert unpack(data)[0].code_model == MODEL_GAUSSIAN_LATTICE
+    expected = bottleneck.dequantize(
+        bottleneck.quantize(y, generator=SeedKeys(5)), generator=SeedKeys(5)
+    )
+    assert torch.equal(decompress(bottleneck, data), expected)
+    empty = compress(bottleneck, y[:0], seed=5)
+    assert decompress(bottleneck, empty).shape == y[:0].shape
+
+
+def test_gaussian_prior_z_blocks_are_coded_at_the_exact_hard_path_rate():
+    """On Z blocks the model's information content is −log2 P(z | u) of the hard path (the
+    Gaussian mass of each cell, in closed form), and the payload is that plus a few words. (The
+    data are drawn from the prior: a symbol the prior gives less than 2^-24 costs the coder's
+    floor of 24 bits, less than its −log2 P.)"""
+    bottleneck = _gaussian("z", 12).double()
+    noise = torch.randn(3000, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = noise * bottleneck.scale.detach()
+    model_bits = ideal_bits(bottleneck, y, seed=7)
+    exact = bottleneck(y, generator=SeedKeys(7)).rate.sum().item() / math.log(2)
+    assert model_bits == pytest.approx(exact, rel=1e-9)
+    payload_bits = 8 * len(unpack(compress(bottleneck, y, seed=7))[1])
+    assert model_bits - 1 <= payload_bits <= 1.002 * model_bits + 96
+
+
+@pytest.mark.parametrize("spec,dim", [("e8", 16), (["leech", "bw16"], 40)], ids=["e8", "leech"])
+def test_gaussian_prior_file_size_tracks_its_model_and_the_monte_carlo_rate(spec, dim):
+    """Good blocks in a triangular basis: a normalized model over the lattice's points, within a
+    few percent of the hard path's Monte-Carlo −log2 P(z | u) at these rates."""
+    bottleneck = _gaussian(spec, dim)
+    with torch.no_grad():
+        bottleneck.log_spacing.zero_()
+        bottleneck.log_scale.zero_()
+    bottleneck.eval_samples, bottleneck.eval_prior_samples = 2048, 256
+    y = torch.randn(400, dim, generator=torch.Generator().manual_seed(6))
+    data = compress(bottleneck, y, seed=1)
+    model_bits = ideal_bits(bottleneck, y, seed=1)
+    payload_bits = 8 * len(unpack(data)[1])
+    assert model_bits - 1 <= payload_bits <= 1.002 * model_bits + 96
+    mc_bits = bottleneck(y, generator=SeedKeys(1)).rate.double().sum().item() / math.log(2)
+    assert model_bits == pytest.approx(mc_bits, rel=0.05)
+
+
+def test_gaussian_bin_masses_hold_in_the_tails_and_bits_stop_at_the_coder_floor():
+    from scipy.stats import norm
+
+    from qlatent.coding.models import _gaussian_bin_log_mass, _quantized_gaussian_bits
+
+    k = np.array([-3, -1, 0, 0, 1, 2, 5])
+    mean = np.array([0.4, -0.2, 0.49, -0.5, 0.1, -0.3, 0.0])
+    std = np.array([1.0, 0.3, 2.0, 0.7, 5.0, 1.5, 0.9])
+    mass = norm.cdf(k + 0.5, mean, std) - norm.cdf(k - 0.5, mean, std)  # well inside
+    assert np.allclose(_gaussian_bin_log_mass(k, mean, std), np.log(mass), rtol=1e-12, atol=0)
+    # 30 deviations out, where 1 − Φ has rounded to 0: mirrored, the same on both sides
+    far = _gaussian_bin_log_mass(np.array([30, -30]), np.array([0.2, -0.2]), np.ones(2))
+    assert far[0] == pytest.approx(far[1], rel=1e-12)
+    assert far[0] == pytest.approx(norm.logsf(29.3), rel=1e-3)  # the bin's upper edge: negligible
+    assert _quantized_gaussian_bits(k, mean, std) == pytest.approx(-np.log2(mass).sum(), rel=1e-12)
+    assert _quantized_gaussian_bits(np.array([30]), np.array([0.2]), np.ones(1)) == 24.0
+
+
+@pytest.mark.parametrize("spec,dim", [("e8", 16), ("z", 8)])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 4.0])
+def test_the_gaussian_row_bound_holds_for_every_row(spec, dim, scale):
+    """min_row_bits never exceeds a row's real cost, down to rows at the prior's mode."""
+    bottleneck = _gaussian(spec, dim)
+    with torch.no_grad():
+        bottleneck.log_scale.fill_(math.log(scale))
+    bound = bottleneck.code_model().min_row_bits()
+    assert bound > (1.0 if scale == 4.0 else 0.0)
+    for i, y in enumerate([*torch.randn(20, 1, dim) * scale, *torch.zeros(3, 1, dim)]):
+        assert ideal_bits(bottleneck, y, seed=i) >= bound - 1e-9
+        assert 8 * len(unpack(compress(bottleneck, y, seed=i))[1]) >= bound - 1e-9
+
+
+def test_a_gaussian_prior_file_refuses_damage_and_a_laplace_model():
+    bottleneck = _gaussian("e8", 16)
+    data = compress(bottleneck, torch.randn(30, 16), seed=2)
+    with pytest.raises(CodingError, match="truncated"):
+        decompress(bottleneck, data[:-5])
+    laplace = _good("e8", 16)
+    with pytest.raises(CodingError):
+        decompress(laplace, data)
+
+
+def test_the_gaussian_code_model_takes_triangular_blocks_only():
+    from qlatent.coding.models import GoodLattice
+
+    basis = lattice_by_name("e8").generator_matrix.T.double()
+    common = dict(sigma=np.ones(8), scale=np.ones(8), dtype=torch.float32, dither=None)
+    with pytest.raises(ValueError, match="no code model under a gaussian prior"):
+        GoodLattice(
+            blocks=[(0, "e8", (basis,))], **common, coordinates=None, reconstruct=None,
+            prior="gaussian",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="prior must be"):
+        GoodLattice(blocks=[], **common, coordinates=None, reconstruct=None, prior="cauchy")
 
 
 # ------------------------------------------------------------------ a method of a test module
@@ -301,6 +423,26 @@ def test_coding_mnist_codes_the_table1_lattices(tmp_path):
         results_dir=tmp_path / "res",
     )  # fmt: skip
     assert set(again["rows"]) == {"rect_lattice", "e8_lattice"}
+
+
+def test_coding_mnist_codes_a_gaussian_prior_row_at_its_exact_rate(tmp_path):
+    """A Gaussian-prior Table-1 row (Z^40, a scale per coordinate) writes a file that decodes to
+    the hard path, coded with the exact cell masses: model bits = hard rate = the ideal."""
+    from qlatent.experiments.coding_mnist import reproduce
+
+    payload = reproduce(
+        quick=True,
+        models=["rect_gauss_lattice"],
+        runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "res",
+    )
+    row = payload["rows"]["rect_gauss_lattice"]
+    assert row["round_trip_exact"] and row["code_model"].endswith("Gaussian prior")
+    hard, model = row["hard_rate_bits_per_image"], row["ideal_bits_per_image"]
+    assert model == pytest.approx(hard, rel=1e-5)
+    on_those = row["model_bits_per_image_on_those"]  # the ideal is taken on the first images
+    assert row["mc_ideal_se"] == 0 and row["mc_ideal_bits_per_image"] == pytest.approx(on_those)
+    assert 0 <= row["payload_over_model_percent"] < 1
 
 
 def test_e8_coset_code_is_within_one_percent_of_the_ideal_at_the_table1_rate():

@@ -44,9 +44,13 @@ def _coders():
     e8 = build("lattice", dim=8, lattice="e8", eval_samples=16, eval_prior_samples=4).eval()
     # Λ16 (dim 16), coded by its cosets: the glued code model
     bw16 = build("lattice", dim=16, lattice="bw16", eval_samples=16, eval_prior_samples=4).eval()
+    # a Gaussian prior: every block in a triangular basis, constriction's QuantizedGaussian
+    e8_gauss = build(
+        "lattice", dim=8, lattice="e8", prior="gaussian", eval_samples=16, eval_prior_samples=4
+    ).eval()
     return {
         "lattice": lattice, "vq": vq, "counted": counted, "learnable": learnable, "e8": e8,
-        "bw16": bw16,
+        "bw16": bw16, "e8_gauss": e8_gauss,
     }  # fmt: skip
 
 

@@ -715,20 +715,21 @@ class DitheredGoodLattice(Bottleneck):
         (``e8_cosets="half"``: the product model's, files of kinds 4 and 5); Λ16 and Λ24 by their
         cosets of 2·D16 and 4·D24 with the cell widths of :data:`CODE_CELL_WIDTH`
         (``cosets=False``: in a triangular basis, the code model of files of kind 4); every
-        other block coordinate by coordinate in a triangular basis. Laplace prior only."""
-        if self.prior_name != "laplace":
-            raise TypeError(
-                "the good lattices code their points under the Laplace prior only; this "
-                f"bottleneck's prior is {self.prior_name!r}"
-            )
+        other block coordinate by coordinate in a triangular basis. Under a Gaussian prior every
+        block is coded in a triangular basis (the coset models are the Laplace prior's), each
+        coordinate with the Gaussian's mass on its interval (container kind 7); a Z block is
+        then coded with the exact cell probabilities of the hard path."""
         from ..coding.models import GoodLattice
         from ..lattices import GossetLattice, triangular_basis
         from ..rng import SeedKeys
 
+        gaussian = self.prior_name == "gaussian"
         blocks, start = [], 0
         for block in self.geometry.blocks:
             basis = block.generator_matrix.T.to(torch.float64)
-            if isinstance(block, GossetLattice):  # coded by its two cosets of D8
+            if gaussian:
+                blocks.append((start, "triangular", triangular_basis(basis)))
+            elif isinstance(block, GossetLattice):  # coded by its two cosets of D8
                 blocks.append((start, "e8", (basis,)))
             elif cosets and block.name in CODE_CELL_WIDTH:
                 residues, parities, step = block.glue()
@@ -747,6 +748,7 @@ class DitheredGoodLattice(Bottleneck):
             coordinates=lambda rows, u: self._coordinates(rows, u),
             reconstruct=lambda k, u: self._reconstruct(k, u),
             e8_cosets=e8_cosets,
+            prior=self.prior_name,
         )
 
     def code_model_for(self, kind: int):

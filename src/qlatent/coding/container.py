@@ -48,6 +48,7 @@ MODEL_COUNTED = 3
 MODEL_GOOD_LATTICE = 4
 MODEL_GLUED_LATTICE = 5
 MODEL_E8_COSETS = 6
+MODEL_GAUSSIAN_LATTICE = 7
 #: code-model ids and names; 1–63 are the library's, a new method registers its own id
 CODE_MODELS = {
     MODEL_LATTICE: "dithered lattice, Laplace prior",
@@ -58,6 +59,7 @@ CODE_MODELS = {
     "Laplace prior",
     MODEL_E8_COSETS: "good lattice (E8 by cosets weighted by their rounding errors, Λ16 and Λ24 "
     "by cosets, else a triangular basis), Laplace prior",
+    MODEL_GAUSSIAN_LATTICE: "lattice (every block in a triangular basis), Gaussian prior",
 }
 
 

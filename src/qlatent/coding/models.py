@@ -20,7 +20,7 @@ machine and thread count. The protocol (:class:`CodeModel`):
 Models here: :class:`DitheredLaplace` (rectangular lattice, Laplace prior), :class:`Counted`
 (frequencies learned by ``update()``), :class:`UniformIndex` (K codewords, log2 K bits each) and
 :class:`GoodLattice` (E8, Λ16 and Λ24 by their cosets, any other lattice in a triangular basis,
-and their sums).
+and their sums; under a Gaussian prior every block in a triangular basis).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import Tensor
 from .container import (
     MODEL_COUNTED,
     MODEL_E8_COSETS,
+    MODEL_GAUSSIAN_LATTICE,
     MODEL_GLUED_LATTICE,
     MODEL_GOOD_LATTICE,
     MODEL_LATTICE,
@@ -99,6 +100,8 @@ _BLOCK = 1 << 15
 _ONE_EXP_LIMIT = 512.0
 #: the coder's support covers the prior's mean ± this many scales (Laplace mass beyond: ~1e-11)
 _TAIL_SCALES = 25.0
+#: the same for a Gaussian prior, in standard deviations (mass beyond: ~4e-33)
+_GAUSSIAN_TAIL_SCALES = 12.0
 #: largest |k| the coder's magnitude tables hold (one table of this width per coordinate)
 MAX_SUPPORT = 1 << 16
 
@@ -176,7 +179,9 @@ def magnitude_models(scales: np.ndarray, width: int) -> list:
     return [categorical(np.exp(-j / s) * -np.expm1(-1.0 / s), perfect=False) for s in scales]
 
 
-def symbol_range(lo: int, hi: int, scales: np.ndarray) -> tuple[int, int]:
+def symbol_range(
+    lo: int, hi: int, scales: np.ndarray, tail: float = _TAIL_SCALES
+) -> tuple[int, int]:
     """The coder's support [min, max]: where the prior has all but ~1e-11 of its mass for any
     dither (its mean u/Δ lies in [−½, ½]), widened to the data's symbols (in [lo, hi]) so that
     every one can be coded; ``scales`` are b/Δ.
@@ -430,7 +435,9 @@ def _raw_halves(values: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ lattices in a triangular basis
 class _Op:
     """One call of the coder, in decode order: ``symbols`` with a model (``probs`` per symbol
-    for a categorical family, None for a fixed table), and their information content."""
+    for a categorical family, a tuple of parameter arrays for a parametric one such as
+    constriction's ``QuantizedGaussian``, None for a fixed table), and their information
+    content."""
 
     __slots__ = ("bits", "model", "probs", "symbols")
 
@@ -543,6 +550,78 @@ class _TriangularBlock:
                 column[nonzero] *= coder.decode(tables[j], nonzero.size).astype(np.int64) + 1
             kt[:, j] = np.sign(self.diag[j]) * (column - shift)
         return torch.round(torch.from_numpy(kt) @ self.u).long()
+
+
+def _gaussian_bin_log_mass(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """log of the mass of N(mean, std²) on [k − ½, k + ½] at each symbol k, in float64 and log
+    space (a bin right of the mean is mirrored to the left, so that no mass is lost to 1 − Φ
+    rounding)."""
+    from scipy.special import log_ndtr
+
+    lo = (symbols - mean - 0.5) / std
+    hi = lo + 1.0 / std
+    right = lo > 0  # the bin lies right of the mean: Φ(−lo) − Φ(−hi)
+    a = np.where(right, -hi, lo)
+    b = np.where(right, -lo, hi)
+    log_b = log_ndtr(b)
+    with np.errstate(divide="ignore"):
+        return log_b + np.log1p(-np.exp(log_ndtr(a) - log_b))
+
+
+def _quantized_gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """Σ −log2 P(k) under the quantized Gaussian, each term at most the coder's floor of
+    ``PRECISION`` bits (every symbol of the support keeps at least one unit of 2^-24)."""
+    bits = -_gaussian_bin_log_mass(symbols, mean, std) / math.log(2.0)
+    return float(np.minimum(bits, PRECISION).sum())
+
+
+class _GaussianTriangularBlock(_TriangularBlock):
+    """:class:`_TriangularBlock` under a Gaussian prior N(0, b_j²) on X̂: the coded value κ_j,
+    whose cell [Δ_j κ_j − v_j ± Δ_j/2] has the prior mass of the bin [κ_j ± ½] of
+    N(v_j/Δ_j, (b_j/Δ_j)²), is coded with constriction's ``QuantizedGaussian`` on the support
+    ``[−width, width]`` (the mean ± :data:`_GAUSSIAN_TAIL_SCALES` deviations and every symbol
+    of the data; what is cut off beyond it is renormalized). A Z block (T = 1) is then coded
+    with exactly the rectangular lattice's cell probabilities, the hard path's exact rate."""
+
+    @staticmethod
+    def _model(width: int):
+        return constriction().stream.model.QuantizedGaussian(-max(width, 1), max(width, 1))
+
+    def ops(self, prepared, sigma, scale, width: int) -> list[_Op]:
+        kappa, dithers = prepared
+        delta = self.spacing(sigma)
+        model = self._model(width)
+        out = []
+        for j in self.order:
+            symbols = np.ascontiguousarray(kappa[:, j], dtype=np.int32)
+            mean = np.ascontiguousarray(dithers[:, j] / delta[j])
+            std = np.full(symbols.size, scale[j] / delta[j])
+            bits = _quantized_gaussian_bits(symbols, mean, std)
+            out.append(_Op(symbols, model, (mean, std), bits))
+        return out
+
+    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
+        delta = self.spacing(sigma)
+        model = self._model(width)
+        kt = np.zeros(u.shape)
+        for i, j in enumerate(self.order):
+            shift, v = self._shift(kt, u, sigma, delta, j, self.order[:i])
+            mean = np.ascontiguousarray(v / delta[j])
+            std = np.full(u.shape[0], scale[j] / delta[j])
+            column = coder.decode(model, mean, std).astype(np.int64) if u.shape[0] else shift
+            kt[:, j] = np.sign(self.diag[j]) * (column - shift)
+        return torch.round(torch.from_numpy(kt) @ self.u).long()
+
+    def min_bits(self, sigma: np.ndarray, scale: np.ndarray) -> float:
+        """A lower bound on a row's bits: over all dithers no bin of coordinate j holds more than
+        the central one at mean 0, erf(Δ_j / (2√2 b_j)); constriction's fixed-point masses
+        (24 bits, a support of at most 2·MAX_SUPPORT + 1 symbols, each kept nonzero) exceed
+        the float mass by less than 0.01."""
+        from scipy.special import erf
+
+        p_max = erf(self.spacing(sigma) / (2 * math.sqrt(2.0) * scale))
+        unit = 2.0**-PRECISION
+        return float(sum(-math.log2(min(1.0 - unit, float(p) + 0.01)) for p in p_max))
 
 
 #: the prior scale over the cell size, b/σ, is clipped to this range in the rounding errors'
@@ -1051,22 +1130,42 @@ class GoodLattice:
             the blocks' own integer coordinates k; ``reconstruct`` maps them back to y_hat).
         e8_cosets: ``"errors"`` (the default) or ``"half"``, the E8 blocks' coset model
             (:class:`_E8Block`; ``"half"`` reads files of kinds 4 and 5).
+        prior: ``"laplace"`` (the default) or ``"gaussian"`` (``scale`` the standard deviations;
+            every block must then be ``"triangular"``: :class:`_GaussianTriangularBlock`,
+            container kind :data:`MODEL_GAUSSIAN_LATTICE`).
     """
 
     kind = MODEL_GOOD_LATTICE
 
     def __init__(
-        self, *, blocks, sigma, scale, dtype, dither, coordinates, reconstruct, e8_cosets="errors"
+        self,
+        *,
+        blocks,
+        sigma,
+        scale,
+        dtype,
+        dither,
+        coordinates,
+        reconstruct,
+        e8_cosets="errors",
+        prior="laplace",
     ) -> None:
+        if prior not in ("laplace", "gaussian"):
+            raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
         self.sigma, self.scale, self.dtype = sigma, scale, dtype
         self.dither, self.coordinates, self.reconstruct = dither, coordinates, reconstruct
+        self.prior = prior
         self.blocks = []
         made: dict[tuple, object] = {}
         kinds = {
             "e8": lambda basis: _E8Block(basis, e8_cosets),
             "triangular": _TriangularBlock,
         }
+        if prior == "gaussian":  # the coset models are the Laplace prior's
+            kinds = {"triangular": _GaussianTriangularBlock}
         for start, kind, args in blocks:
+            if kind not in kinds and not (kind == "glued" and prior == "laplace"):
+                raise ValueError(f"a {kind!r} block has no code model under a {prior} prior")
             key = (kind, *(_key(a) for a in args))
             if key not in made:
                 made[key] = _glued(key, args) if kind == "glued" else kinds[kind](*args)
@@ -1078,7 +1177,9 @@ class GoodLattice:
             self.spacing[cols] = block.spacing(sigma[cols])
         glued = any(isinstance(block, _GluedBlock) for _, block in self.blocks)
         e8 = any(isinstance(block, _E8Block) for _, block in self.blocks)
-        if e8 and e8_cosets == "errors":
+        if prior == "gaussian":
+            self.kind = MODEL_GAUSSIAN_LATTICE
+        elif e8 and e8_cosets == "errors":
             self.kind = MODEL_E8_COSETS
         else:
             self.kind = MODEL_GLUED_LATTICE if glued else MODEL_GOOD_LATTICE
@@ -1088,7 +1189,9 @@ class GoodLattice:
         block whose prior is far narrower than its cell can cost almost nothing)."""
         bits = 0.0
         for cols, block in self.blocks:
-            if isinstance(block, _TriangularBlock):
+            if isinstance(block, _GaussianTriangularBlock):
+                bits += block.min_bits(self.sigma[cols], self.scale[cols])
+            elif isinstance(block, _TriangularBlock):
                 bits += sign_row_bits(self.spacing[cols], self.scale[cols])
             elif isinstance(block, _GluedBlock):
                 bits += block.min_bits(self.sigma[cols], self.scale[cols])
@@ -1122,7 +1225,8 @@ class GoodLattice:
                     lo, hi = min(lo, int(kappa.min())), max(hi, int(kappa.max()))
         if lo < -(2**30) or hi > 2**30:
             raise ValueError(f"lattice coordinates in [{lo}, {hi}] are too large to code")
-        lo, hi = symbol_range(lo, hi, self.scale / self.spacing)
+        tail = _GAUSSIAN_TAIL_SCALES if self.prior == "gaussian" else _TAIL_SCALES
+        lo, hi = symbol_range(lo, hi, self.scale / self.spacing, tail)
         return prepared, lo, hi
 
     def _ops(self, rows: Tensor, seed: int):
@@ -1142,6 +1246,8 @@ class GoodLattice:
                 op.encode_reverse(coder)
             elif op.probs is None:
                 coder.encode_reverse(op.symbols, op.model)
+            elif isinstance(op.probs, tuple):  # a parametric family's per-symbol parameters
+                coder.encode_reverse(op.symbols, op.model, *op.probs)
             else:
                 coder.encode_reverse(op.symbols, op.model, op.probs)
         return lo, hi

@@ -126,6 +126,14 @@ TABLE1 = (
     "e8_debias_lattice",
     "leech_tilted_lattice",
     "e8z_lattice",
+    # Gaussian prior: every block in a triangular basis (Z blocks at the exact rate)
+    "rect_gauss_lattice",
+    "e8_gauss_lattice",
+    "leechz_gauss_lattice",
+    "rect_gl_lattice",
+    "e8_gl_lattice",
+    "leechz_gl_lattice",
+    "leeche8_gl_lattice",
 )
 MODELS = ("lattice", "vq", *TABLE1)
 
