@@ -715,10 +715,12 @@ class DitheredGoodLattice(Bottleneck):
         (``e8_cosets="half"``: the product model's, files of kinds 4 and 5); Λ16 and Λ24 by their
         cosets of 2·D16 and 4·D24 with the cell widths of :data:`CODE_CELL_WIDTH`
         (``cosets=False``: in a triangular basis, the code model of files of kind 4); every
-        other block coordinate by coordinate in a triangular basis. Under a Gaussian prior every
-        block is coded in a triangular basis (the coset models are the Laplace prior's), each
-        coordinate with the Gaussian's mass on its interval (container kind 7); a Z block is
-        then coded with the exact cell probabilities of the hard path."""
+        other block coordinate by coordinate in a triangular basis. Under a Gaussian prior
+        E8 blocks are coded by their cosets with Gaussian cells and the product model's coset
+        probabilities (container kind 8; ``e8_cosets="triangular"``: in a triangular basis, the
+        model of files of kind 7), every other block in a triangular basis, each coordinate with
+        the Gaussian's mass on its interval; a Z block is then coded with the exact cell
+        probabilities of the hard path."""
         from ..coding.models import GoodLattice
         from ..lattices import GossetLattice, triangular_basis
         from ..rng import SeedKeys
@@ -727,9 +729,10 @@ class DitheredGoodLattice(Bottleneck):
         blocks, start = [], 0
         for block in self.geometry.blocks:
             basis = block.generator_matrix.T.to(torch.float64)
-            if gaussian:
+            e8 = isinstance(block, GossetLattice)
+            if gaussian and not (e8 and e8_cosets != "triangular"):
                 blocks.append((start, "triangular", triangular_basis(basis)))
-            elif isinstance(block, GossetLattice):  # coded by its two cosets of D8
+            elif e8:  # coded by its two cosets of D8
                 blocks.append((start, "e8", (basis,)))
             elif cosets and block.name in CODE_CELL_WIDTH:
                 residues, parities, step = block.glue()
@@ -755,8 +758,14 @@ class DitheredGoodLattice(Bottleneck):
         """The code model of a file of container kind ``kind`` (None if this bottleneck has
         none): files of kind 4 coded Λ16 and Λ24 in a triangular basis, files of kinds 4 and 5
         gave E8's cosets the product model's probabilities, and both still decode."""
-        from ..coding.container import MODEL_GLUED_LATTICE, MODEL_GOOD_LATTICE
+        from ..coding.container import (
+            MODEL_GAUSSIAN_LATTICE,
+            MODEL_GLUED_LATTICE,
+            MODEL_GOOD_LATTICE,
+        )
 
+        if kind == MODEL_GAUSSIAN_LATTICE and self.prior_name == "gaussian":
+            return self.code_model(e8_cosets="triangular")
         if kind == MODEL_GOOD_LATTICE:
             return self.code_model(cosets=False, e8_cosets="half")
         if kind == MODEL_GLUED_LATTICE:

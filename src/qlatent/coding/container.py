@@ -49,6 +49,7 @@ MODEL_GOOD_LATTICE = 4
 MODEL_GLUED_LATTICE = 5
 MODEL_E8_COSETS = 6
 MODEL_GAUSSIAN_LATTICE = 7
+MODEL_GAUSSIAN_E8 = 8
 #: code-model ids and names; 1–63 are the library's, a new method registers its own id
 CODE_MODELS = {
     MODEL_LATTICE: "dithered lattice, Laplace prior",
@@ -60,6 +61,7 @@ CODE_MODELS = {
     MODEL_E8_COSETS: "good lattice (E8 by cosets weighted by their rounding errors, Λ16 and Λ24 "
     "by cosets, else a triangular basis), Laplace prior",
     MODEL_GAUSSIAN_LATTICE: "lattice (every block in a triangular basis), Gaussian prior",
+    MODEL_GAUSSIAN_E8: "lattice (E8 by cosets, else a triangular basis), Gaussian prior",
 }
 
 

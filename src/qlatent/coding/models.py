@@ -35,6 +35,7 @@ from torch import Tensor
 from .container import (
     MODEL_COUNTED,
     MODEL_E8_COSETS,
+    MODEL_GAUSSIAN_E8,
     MODEL_GAUSSIAN_LATTICE,
     MODEL_GLUED_LATTICE,
     MODEL_GOOD_LATTICE,
@@ -847,6 +848,200 @@ class _E8Block:
         return torch.round(z @ self.inverse).long()
 
 
+#: beyond this prior deviation in cell units, b/σ, a coordinate's alternating sum of Gaussian
+#: cell masses is below e^(−π²·16/2) ≈ 1e-34 and taken as 0
+_GAUSSIAN_PARITY_SCALE = 4.0
+
+
+def _gaussian_bin_masses(mean: np.ndarray, std: float, low: int, high: int) -> np.ndarray:
+    """``(N, high − low + 1)`` masses of N(mean, std²) on the bins [κ ± ½], κ = low … high, one
+    row per mean (bins right of the mean from the upper tail, so that none is lost to 1 − Φ)."""
+    from scipy.special import ndtr
+
+    kappa = np.arange(low, high + 1, dtype=np.float64)
+    lo = (kappa[None, :] - 0.5 - mean[:, None]) / std
+    hi = lo + 1.0 / std
+    right = lo > 0
+    return np.where(right, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
+
+
+def _gaussian_rounding_error_moments(
+    mu: np.ndarray, beta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """E|e| and E e² of e = x − round(x) for x ~ N(μ, β²), elementwise ``(N, m), (m,)``.
+
+    Summed over the unit intervals n ± ½ within μ ± 12β (+1) of the mean, each split at n,
+    with the normal's partial moments in closed form: on [a, b], with A, B the standardized
+    ends, ∫φ = Φ(B) − Φ(A), ∫(t − μ)φ = β(φ(A) − φ(B)) and ∫(t − μ)²φ = β²(Φ(B) − Φ(A) +
+    Aφ(A) − Bφ(B)). Beyond :data:`_GAUSSIAN_PARITY_SCALE` deviations per unit the error is
+    uniform to double precision (¼ and 1/12)."""
+    from scipy.special import ndtr
+
+    beta = np.broadcast_to(np.maximum(beta, 1e-12), mu.shape[1:])
+    first, second = np.empty(mu.shape), np.empty(mu.shape)
+    pdf = lambda z: np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
+
+    def pieces(a, b, m, col, scale):  # ∫_a^b |t − m|^k φ, for the side where t − m has one sign
+        za, zb = (a - col) / scale, (b - col) / scale
+        mass = ndtr(zb) - ndtr(za)
+        lin = scale * (pdf(za) - pdf(zb))  # ∫ (t − μ) φ
+        quad = scale * scale * (mass + za * pdf(za) - zb * pdf(zb))  # ∫ (t − μ)² φ
+        d = col - m  # (t − m) = (t − μ) + d
+        return lin + d * mass, quad + 2 * d * lin + d * d * mass
+
+    for j, scale in enumerate(beta):
+        col = mu[:, j]
+        if scale > _GAUSSIAN_PARITY_SCALE:
+            first[:, j], second[:, j] = 0.25, 1.0 / 12.0
+            continue
+        reach = math.ceil(_GAUSSIAN_TAIL_SCALES * scale) + 1
+        centre = np.round(col)
+        f, s2 = np.zeros(col.shape), np.zeros(col.shape)
+        for offset in range(-reach, reach + 1):
+            m = centre + offset
+            up1, up2 = pieces(m, m + 0.5, m, col, scale)  # t − m ∈ [0, ½]: |t − m| = t − m
+            down1, down2 = pieces(m - 0.5, m, m, col, scale)  # t − m ∈ [−½, 0]
+            f += up1 - down1
+            s2 += up2 + down2
+        first[:, j], second[:, j] = f, s2
+    return first, second
+
+
+class _GaussianE8Block(_E8Block):
+    """:class:`_E8Block`'s model under a Gaussian prior N(0, b_j²): the product of the cubes'
+    masses restricted to E8 within each coset, coded as the coset c with the probability that
+    the nearest E8 point lies in it (:meth:`_cosets`), then each coordinate's κ_j = k_j + n_j
+    with a categorical over [−width, width] whose entries are the masses of the bins [κ ± ½] of
+    N(v_j/σ_j, (b_j/σ_j)²) times the probability that the coordinates after it complete Σ k to
+    an even sum (the last coordinate's parity is forced): the Laplace model's ½(1 ± Π_{i>j} D_i)
+    with the parities' masses summed over the mean ± 12 deviations (½ each beyond
+    :data:`_GAUSSIAN_PARITY_SCALE` deviations per cell) and combined by a recurrence of
+    positive terms, which keeps a peaked prior's tiny odd masses. Each row's table is made
+    chunk by chunk of rows (:class:`_ChunkedCategorical`), in the same float64 operations in
+    encoder and decoder."""
+
+    def __init__(self, basis: Tensor) -> None:
+        super().__init__(basis, cosets="half")
+
+    @staticmethod
+    def min_bits(sigma: np.ndarray, scale: np.ndarray) -> float:
+        """As :meth:`_E8Block.min_bits` with M_j = erf(σ_j / (2√2 b_j)), the largest Gaussian
+        cell mass, and a fixed-point excess of at most (2·MAX_SUPPORT + 2)·2^-24 per entry on
+        each of the 9 coded symbols."""
+        from scipy.special import erf
+
+        product = float(np.prod(erf(sigma / (2 * math.sqrt(2.0) * scale))))
+        p_max = 1.0 if product >= 1 / 3 else 2 * product / (1 - product)
+        excess = 9 * (2 * MAX_SUPPORT + 2) * 2.0**-PRECISION
+        return max(0.0, -math.log2(min(1.0, p_max + excess)))
+
+    @staticmethod
+    def _cells(u: np.ndarray, sigma, scale, c: int):
+        """Per coordinate, for coset c: the shift n ``(N, 8)``, the bins' means v/σ, and the
+        probability that k = κ − n is odd under the coordinate's cell masses (summed, not
+        taken as ½(1 − D): a peaked prior's odd mass can be far below the float's epsilon)."""
+        x = sigma * (c / 2.0) - u
+        n = np.round(x / sigma)
+        mean = (sigma * n - x) / sigma
+        odd = np.full(u.shape, 0.5)
+        for j, ratio in enumerate(scale / sigma):
+            if ratio > _GAUSSIAN_PARITY_SCALE:
+                continue
+            reach = math.ceil(_GAUSSIAN_TAIL_SCALES * ratio) + 1
+            masses = _gaussian_bin_masses(mean[:, j], ratio, -reach, reach)
+            kappa_odd = np.arange(-reach, reach + 1) % 2 == 1
+            odd_kappa = masses[:, kappa_odd].sum(1) / masses.sum(1)
+            even_kappa = masses[:, ~kappa_odd].sum(1) / masses.sum(1)
+            odd[:, j] = np.where(np.remainder(n[:, j], 2) == 0, odd_kappa, even_kappa)
+        return n, mean, odd
+
+    @staticmethod
+    def _completions(odd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each coordinate j, the probabilities that the coordinates after it have an even
+        and an odd sum of k, ``(N, 8)`` each, by the recurrence E' = E(1 − q) + Oq,
+        O' = Eq + O(1 − q) from the last coordinate back (sums of positive terms only)."""
+        even_after, odd_after = np.empty(odd.shape), np.empty(odd.shape)
+        e, o = np.ones(odd.shape[0]), np.zeros(odd.shape[0])
+        for j in range(odd.shape[1] - 1, -1, -1):
+            even_after[:, j], odd_after[:, j] = e, o
+            q = odd[:, j]
+            e, o = e * (1 - q) + o * q, e * q + o * (1 - q)
+        return even_after, odd_after
+
+    def _cosets(self, u, sigma, scale, width: int):
+        """Both cosets' cells and P(c | u): the probability that the nearest E8 point lies in
+        D8 + ½·1, as :func:`_coset_one_probability` with the Gaussian's rounding-error moments
+        (the product model's ½(1 + Π D) would put a peaked prior's whole mass on one coset,
+        and the point the quantizer picks is often in the other)."""
+        from scipy.special import ndtr
+
+        cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
+        first, second = _gaussian_rounding_error_moments(u / sigma, scale / sigma)
+        mean = first.sum(1)
+        var = np.maximum((second - first * first).sum(1), 1e-300)
+        one = np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
+        return cells, np.stack([1 - one, one], axis=1), None, None
+
+    @staticmethod
+    def _chosen(cells, c: np.ndarray):
+        first = c == 0
+        return tuple(np.where(first[:, None], a, b) for a, b in zip(*cells, strict=True))
+
+    @staticmethod
+    def _table(mean, ratio, n, parity_so_far, after, width: int, a: int, b: int) -> np.ndarray:
+        """Rows a:b of one coordinate's table over κ ∈ [−width, width]: bin mass × the
+        probability that the coordinates after it complete Σ k to an even sum, given the
+        parity so far and k = κ − n (``after``: their even and odd completion probabilities)."""
+        masses = _gaussian_bin_masses(mean[a:b], ratio, -width, width)
+        kappa = np.arange(-width, width + 1)
+        k_odd = np.remainder(kappa[None, :] - n[a:b, None] + parity_so_far[a:b, None], 2) == 1
+        even_after, odd_after = after
+        return masses * np.where(k_odd, odd_after[a:b, None], even_after[a:b, None])
+
+    def ops(self, prepared, sigma, scale, width: int) -> list:
+        kk, c, u = prepared
+        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
+        out = [_categorical_op(c, coset_probs)]
+        n_all, mean_all, odd_all = self._chosen(cells, c)
+        even_after, odd_after = self._completions(odd_all)
+        parity_so_far = np.zeros(kk.shape[0])
+        ratio = scale / sigma
+        for j in range(8):
+            kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
+            after = (even_after[:, j], odd_after[:, j])
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, width)
+            out.append(
+                _ChunkedCategorical(
+                    kappa + width,
+                    lambda a, b, args=args: self._table(*args, a, b),
+                    kappa.size,
+                )
+            )
+            parity_so_far = parity_so_far + kk[:, j]
+        return out
+
+    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
+        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
+        c = _decode_categorical(coder, coset_probs)
+        n_all, mean_all, odd_all = self._chosen(cells, c)
+        even_after, odd_after = self._completions(odd_all)
+        kk = np.zeros(u.shape)
+        parity_so_far = np.zeros(u.shape[0])
+        ratio = scale / sigma
+        rows = u.shape[0]
+        for j in range(8):
+            after = (even_after[:, j], odd_after[:, j])
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, width)
+            kappa = np.empty(rows, dtype=np.int64)
+            for a in range(0, rows, _CLASS_CHUNK):
+                b = min(rows, a + _CLASS_CHUNK)
+                kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - width
+            kk[:, j] = kappa - n_all[:, j]
+            parity_so_far = parity_so_far + kk[:, j]
+        z = torch.from_numpy(kk + c[:, None] / 2.0)
+        return torch.round(z @ self.inverse).long()
+
+
 #: rows per chunk of a glued block's class probabilities ((rows, K) float64 arrays: 16 MB at
 #: K = 8192, the 2 · 4096 classes of Λ24)
 _CLASS_CHUNK = 256
@@ -1131,8 +1326,9 @@ class GoodLattice:
         e8_cosets: ``"errors"`` (the default) or ``"half"``, the E8 blocks' coset model
             (:class:`_E8Block`; ``"half"`` reads files of kinds 4 and 5).
         prior: ``"laplace"`` (the default) or ``"gaussian"`` (``scale`` the standard deviations;
-            every block must then be ``"triangular"``: :class:`_GaussianTriangularBlock`,
-            container kind :data:`MODEL_GAUSSIAN_LATTICE`).
+            blocks ``"e8"`` (:class:`_GaussianE8Block`, container kind
+            :data:`MODEL_GAUSSIAN_E8`) and ``"triangular"`` (:class:`_GaussianTriangularBlock`;
+            kind :data:`MODEL_GAUSSIAN_LATTICE` when there is no E8 block) only).
     """
 
     kind = MODEL_GOOD_LATTICE
@@ -1161,8 +1357,8 @@ class GoodLattice:
             "e8": lambda basis: _E8Block(basis, e8_cosets),
             "triangular": _TriangularBlock,
         }
-        if prior == "gaussian":  # the coset models are the Laplace prior's
-            kinds = {"triangular": _GaussianTriangularBlock}
+        if prior == "gaussian":  # E8's cosets with Gaussian cells; Λ16, Λ24's are Laplace only
+            kinds = {"triangular": _GaussianTriangularBlock, "e8": _GaussianE8Block}
         for start, kind, args in blocks:
             if kind not in kinds and not (kind == "glued" and prior == "laplace"):
                 raise ValueError(f"a {kind!r} block has no code model under a {prior} prior")
@@ -1178,7 +1374,7 @@ class GoodLattice:
         glued = any(isinstance(block, _GluedBlock) for _, block in self.blocks)
         e8 = any(isinstance(block, _E8Block) for _, block in self.blocks)
         if prior == "gaussian":
-            self.kind = MODEL_GAUSSIAN_LATTICE
+            self.kind = MODEL_GAUSSIAN_E8 if e8 else MODEL_GAUSSIAN_LATTICE
         elif e8 and e8_cosets == "errors":
             self.kind = MODEL_E8_COSETS
         else:
