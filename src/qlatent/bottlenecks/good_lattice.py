@@ -716,11 +716,11 @@ class DitheredGoodLattice(Bottleneck):
         cosets of 2·D16 and 4·D24 with the cell widths of :data:`CODE_CELL_WIDTH`
         (``cosets=False``: in a triangular basis, the code model of files of kind 4); every
         other block coordinate by coordinate in a triangular basis. Under a Gaussian prior
-        E8 blocks are coded by their cosets with Gaussian cells and the product model's coset
-        probabilities (container kind 8; ``e8_cosets="triangular"``: in a triangular basis, the
-        model of files of kind 7), every other block in a triangular basis, each coordinate with
-        the Gaussian's mass on its interval; a Z block is then coded with the exact cell
-        probabilities of the hard path."""
+        E8 blocks are coded by their cosets with Gaussian cells, the coset's probability from
+        the rounding errors (container kind 8; ``e8_cosets="triangular"``: in a triangular
+        basis, the model of files of kind 7), every other block in a triangular basis, each
+        coordinate with the Gaussian's mass on its interval; a Z block is then coded with the
+        exact cell probabilities of the hard path."""
         from ..coding.models import GoodLattice
         from ..lattices import GossetLattice, triangular_basis
         from ..rng import SeedKeys
@@ -757,7 +757,8 @@ class DitheredGoodLattice(Bottleneck):
     def code_model_for(self, kind: int):
         """The code model of a file of container kind ``kind`` (None if this bottleneck has
         none): files of kind 4 coded Λ16 and Λ24 in a triangular basis, files of kinds 4 and 5
-        gave E8's cosets the product model's probabilities, and both still decode."""
+        gave E8's cosets the product model's probabilities, and under a Gaussian prior files of
+        kind 7 coded E8 in a triangular basis; all still decode."""
         from ..coding.container import (
             MODEL_GAUSSIAN_LATTICE,
             MODEL_GLUED_LATTICE,

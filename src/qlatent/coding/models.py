@@ -917,8 +917,8 @@ class _GaussianE8Block(_E8Block):
     with the parities' masses summed over the mean ± 12 deviations (½ each beyond
     :data:`_GAUSSIAN_PARITY_SCALE` deviations per cell) and combined by a recurrence of
     positive terms, which keeps a peaked prior's tiny odd masses. Each row's table is made
-    chunk by chunk of rows (:class:`_ChunkedCategorical`), in the same float64 operations in
-    encoder and decoder."""
+    chunk by chunk of rows (:class:`_ChunkedCategorical`, at most ~2^20 entries at once), in
+    the same float64 operations in encoder and decoder."""
 
     def __init__(self, basis: Tensor) -> None:
         super().__init__(basis, cosets="half")
@@ -988,6 +988,12 @@ class _GaussianE8Block(_E8Block):
         return tuple(np.where(first[:, None], a, b) for a, b in zip(*cells, strict=True))
 
     @staticmethod
+    def _chunk(width: int) -> int:
+        """Rows per table chunk: 256, fewer where the symbol range is wide (at most ~2^20
+        entries at once, whatever range a header announces)."""
+        return max(1, min(_CLASS_CHUNK, (1 << 20) // (2 * width + 1)))
+
+    @staticmethod
     def _table(mean, ratio, n, parity_so_far, after, width: int, a: int, b: int) -> np.ndarray:
         """Rows a:b of one coordinate's table over κ ∈ [−width, width]: bin mass × the
         probability that the coordinates after it complete Σ k to an even sum, given the
@@ -1015,6 +1021,7 @@ class _GaussianE8Block(_E8Block):
                     kappa + width,
                     lambda a, b, args=args: self._table(*args, a, b),
                     kappa.size,
+                    self._chunk(width),
                 )
             )
             parity_so_far = parity_so_far + kk[:, j]
@@ -1033,8 +1040,9 @@ class _GaussianE8Block(_E8Block):
             after = (even_after[:, j], odd_after[:, j])
             args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, width)
             kappa = np.empty(rows, dtype=np.int64)
-            for a in range(0, rows, _CLASS_CHUNK):
-                b = min(rows, a + _CLASS_CHUNK)
+            chunk = self._chunk(width)
+            for a in range(0, rows, chunk):
+                b = min(rows, a + chunk)
                 kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - width
             kk[:, j] = kappa - n_all[:, j]
             parity_so_far = parity_so_far + kk[:, j]
@@ -1053,10 +1061,11 @@ class _ChunkedCategorical:
     """A categorical op over many classes whose probability rows are made chunk by chunk of
     rows when needed (``make(start, stop) -> (rows, K)``), never all at once."""
 
-    def __init__(self, symbols: np.ndarray, make, n: int) -> None:
+    def __init__(self, symbols: np.ndarray, make, n: int, chunk: int = 0) -> None:
         self.symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         self.make = make
-        self.chunks = [(a, min(n, a + _CLASS_CHUNK)) for a in range(0, n, _CLASS_CHUNK)]
+        chunk = chunk or _CLASS_CHUNK
+        self.chunks = [(a, min(n, a + chunk)) for a in range(0, n, chunk)]
 
     @property
     def bits(self) -> float:
