@@ -911,14 +911,15 @@ class _GaussianE8Block(_E8Block):
     """:class:`_E8Block`'s model under a Gaussian prior N(0, b_j²): the product of the cubes'
     masses restricted to E8 within each coset, coded as the coset c with the probability that
     the nearest E8 point lies in it (:meth:`_cosets`), then each coordinate's κ_j = k_j + n_j
-    with a categorical over [−width, width] whose entries are the masses of the bins [κ ± ½] of
-    N(v_j/σ_j, (b_j/σ_j)²) times the probability that the coordinates after it complete Σ k to
+    with a categorical over the mean ± 12 deviations (:meth:`_window`; an escape beyond it,
+    then κ uniform over the header's range) whose entries are the masses of the bins [κ ± ½]
+    of N(v_j/σ_j, (b_j/σ_j)²) times the probability that the coordinates after it complete Σ k to
     an even sum (the last coordinate's parity is forced): the Laplace model's ½(1 ± Π_{i>j} D_i)
     with the parities' masses summed over the mean ± 12 deviations (½ each beyond
     :data:`_GAUSSIAN_PARITY_SCALE` deviations per cell) and combined by a recurrence of
     positive terms, which keeps a peaked prior's tiny odd masses. Each row's table is made
-    chunk by chunk of rows (:class:`_ChunkedCategorical`, at most ~2^20 entries at once), in
-    the same float64 operations in encoder and decoder."""
+    chunk by chunk of rows (:class:`_ChunkedCategorical`), in the same float64 operations in
+    encoder and decoder."""
 
     def __init__(self, basis: Tensor) -> None:
         super().__init__(basis, cosets="half")
@@ -988,21 +989,29 @@ class _GaussianE8Block(_E8Block):
         return tuple(np.where(first[:, None], a, b) for a, b in zip(*cells, strict=True))
 
     @staticmethod
-    def _chunk(width: int) -> int:
-        """Rows per table chunk: 256, fewer where the symbol range is wide (at most ~2^20
-        entries at once, whatever range a header announces)."""
-        return max(1, min(_CLASS_CHUNK, (1 << 20) // (2 * width + 1)))
+    def _window(ratio: float, width: int) -> int:
+        """Half-width R of coordinate j's table, κ ∈ [−R, R]: the bins' mean (in [−½, ½]) ±
+        :data:`_GAUSSIAN_TAIL_SCALES` deviations, never wider than the header's range; a κ
+        beyond it is an escape, coded uniformly over the header's range. So the tables' size
+        depends on the model's scales alone, not on what a header announces."""
+        return min(width, math.ceil(_GAUSSIAN_TAIL_SCALES * ratio) + 3)
 
     @staticmethod
-    def _table(mean, ratio, n, parity_so_far, after, width: int, a: int, b: int) -> np.ndarray:
-        """Rows a:b of one coordinate's table over κ ∈ [−width, width]: bin mass × the
-        probability that the coordinates after it complete Σ k to an even sum, given the
-        parity so far and k = κ − n (``after``: their even and odd completion probabilities)."""
-        masses = _gaussian_bin_masses(mean[a:b], ratio, -width, width)
-        kappa = np.arange(-width, width + 1)
+    def _table(mean, ratio, n, parity_so_far, after, reach: int, a: int, b: int) -> np.ndarray:
+        """Rows a:b of one coordinate's table over κ ∈ [−reach, reach] and an escape: bin
+        mass × the probability that the coordinates after it complete Σ k to an even sum,
+        given the parity so far and k = κ − n (``after``: their even and odd completion
+        probabilities); the escape gets the mass beyond the window (either parity)."""
+        from scipy.special import ndtr
+
+        masses = _gaussian_bin_masses(mean[a:b], ratio, -reach, reach)
+        kappa = np.arange(-reach, reach + 1)
         k_odd = np.remainder(kappa[None, :] - n[a:b, None] + parity_so_far[a:b, None], 2) == 1
         even_after, odd_after = after
-        return masses * np.where(k_odd, odd_after[a:b, None], even_after[a:b, None])
+        inside = masses * np.where(k_odd, odd_after[a:b, None], even_after[a:b, None])
+        beyond = ndtr((-reach - 0.5 - mean[a:b]) / ratio) + ndtr((mean[a:b] - reach - 0.5) / ratio)
+        escape = beyond * 0.5 * (even_after[a:b] + odd_after[a:b])
+        return np.concatenate([inside, escape[:, None]], axis=1)
 
     def ops(self, prepared, sigma, scale, width: int) -> list:
         kk, c, u = prepared
@@ -1012,16 +1021,20 @@ class _GaussianE8Block(_E8Block):
         even_after, odd_after = self._completions(odd_all)
         parity_so_far = np.zeros(kk.shape[0])
         ratio = scale / sigma
+        uniform = constriction().stream.model.Uniform(2 * width + 1)
         for j in range(8):
             kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
+            reach = self._window(ratio[j], width)
+            inside = np.abs(kappa) <= reach
             after = (even_after[:, j], odd_after[:, j])
-            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, width)
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
+            symbols = np.where(inside, kappa + reach, 2 * reach + 1)
+            make = lambda a, b, args=args: self._table(*args, a, b)  # noqa: E731
+            out.append(_ChunkedCategorical(symbols, make, kappa.size))
+            escaped = kappa[~inside] + width
             out.append(
-                _ChunkedCategorical(
-                    kappa + width,
-                    lambda a, b, args=args: self._table(*args, a, b),
-                    kappa.size,
-                    self._chunk(width),
+                _Op(
+                    escaped.astype(np.int32), uniform, None, escaped.size * math.log2(2 * width + 1)
                 )
             )
             parity_so_far = parity_so_far + kk[:, j]
@@ -1036,14 +1049,18 @@ class _GaussianE8Block(_E8Block):
         parity_so_far = np.zeros(u.shape[0])
         ratio = scale / sigma
         rows = u.shape[0]
+        uniform = constriction().stream.model.Uniform(2 * width + 1)
         for j in range(8):
+            reach = self._window(ratio[j], width)
             after = (even_after[:, j], odd_after[:, j])
-            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, width)
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
             kappa = np.empty(rows, dtype=np.int64)
-            chunk = self._chunk(width)
-            for a in range(0, rows, chunk):
-                b = min(rows, a + chunk)
-                kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - width
+            for a in range(0, rows, _CLASS_CHUNK):
+                b = min(rows, a + _CLASS_CHUNK)
+                kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - reach
+            escaped = np.flatnonzero(kappa > reach)
+            if escaped.size:
+                kappa[escaped] = coder.decode(uniform, escaped.size).astype(np.int64) - width
             kk[:, j] = kappa - n_all[:, j]
             parity_so_far = parity_so_far + kk[:, j]
         z = torch.from_numpy(kk + c[:, None] / 2.0)
@@ -1061,11 +1078,10 @@ class _ChunkedCategorical:
     """A categorical op over many classes whose probability rows are made chunk by chunk of
     rows when needed (``make(start, stop) -> (rows, K)``), never all at once."""
 
-    def __init__(self, symbols: np.ndarray, make, n: int, chunk: int = 0) -> None:
+    def __init__(self, symbols: np.ndarray, make, n: int) -> None:
         self.symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         self.make = make
-        chunk = chunk or _CLASS_CHUNK
-        self.chunks = [(a, min(n, a + chunk)) for a in range(0, n, chunk)]
+        self.chunks = [(a, min(n, a + _CLASS_CHUNK)) for a in range(0, n, _CLASS_CHUNK)]
 
     @property
     def bits(self) -> float:
