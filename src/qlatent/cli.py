@@ -212,7 +212,9 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     if args.scaling:
         from .bench.lattice import bench_lattice_scaling
 
-        result = bench_lattice_scaling(threads=args.threads, repeats=args.repeats or 5)
+        result = bench_lattice_scaling(
+            threads=args.threads, repeats=args.repeats or 5, device=args.device
+        )
         for row in result["scaling"]:
             print(
                 f"{row['case']:32s} {row['rows']:>8d} × {row['dim']:<5d} "
@@ -231,6 +233,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
         threads=args.threads,
         repeats=args.repeats or 50,
         compile=not args.no_compile,
+        device=args.device,
     )
     payload = {**provenance(args.command_line), **result}
     print(f"{'case':48s} {'median':>8s} {'best':>8s}  (M rows/s)  ratio to the floor")
@@ -271,6 +274,7 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
         dim=args.dim,
         threads=args.threads,
         budget_s=0.0 if args.quick else args.budget,
+        device=args.device,
         **sizes,
     )
     payload = {**provenance(args.command_line), **result}
@@ -310,6 +314,7 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
         target_rse=args.target_rse,
         steps=not args.no_steps,
         compile=not args.no_compile,
+        device=args.device,
     )
     payload = {**provenance(args.command_line), **result}
     print(format_lattices(result))
@@ -521,6 +526,10 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+#: --device of the benchmarks
+BENCH_DEVICE_HELP = "cpu (default) or cuda[:N]: where the timed tensors live"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qlatent", description="Discrete latent representations: train, evaluate, code."
@@ -668,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="timed calls per case (50; 5 with --scaling)",
     )
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
+    b.add_argument("--device", default="cpu", help=BENCH_DEVICE_HELP)
     b.add_argument(
         "--scaling",
         action="store_true",
@@ -698,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
+    b.add_argument("--device", default="cpu", help=BENCH_DEVICE_HELP)
     b.add_argument("--output", default="results/bench-quantizers.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_quantizers)
 
@@ -726,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile-fused Leech decoder"
     )
+    b.add_argument("--device", default="cpu", help=BENCH_DEVICE_HELP)
     b.add_argument("--output", default="results/lattice-geometry.json", help="'' prints only")
     b.set_defaults(func=_cmd_bench_lattices)
     return parser

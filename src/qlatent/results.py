@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ RESULTS_DIR = Path("results")
 
 def git_commit() -> dict[str, Any]:
     """The checked-out commit and whether the work tree differs from it, outside ``results/``
-    (where a run writes its own figures before it writes its JSON)."""
+    (where a run writes its own figures before it writes its JSON). Outside a git checkout,
+    the 40-digit commit named by the environment variable ``QLATENT_COMMIT``, if any."""
 
     def run(*args: str) -> str:
         return subprocess.run(
@@ -40,6 +42,11 @@ def git_commit() -> dict[str, Any]:
             ),
         }
     except (OSError, subprocess.SubprocessError):
+        # a copy of the tree without its git folder (e.g. sent to another machine): the commit
+        # it was copied from, if the caller names it in QLATENT_COMMIT
+        commit = os.environ.get("QLATENT_COMMIT", "").strip()
+        if re.fullmatch(r"[0-9a-f]{40}", commit):
+            return {"commit": commit, "dirty": None, "commit_from": "QLATENT_COMMIT"}
         return {"commit": None, "dirty": None}
 
 

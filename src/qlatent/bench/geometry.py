@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lattices import lattice_by_name, tile
-from .timing import time_cases
+from .timing import device_sync, resolve_bench_device, time_cases
 
 #: name -> literature G(Λ)
 LITERATURE_NSM = {
@@ -45,8 +45,10 @@ def estimate_nsm(
     batch: int = 1 << 16,
     max_samples: int = 1 << 24,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Monte-Carlo G(Λ) with its standard error; stops when the relative s.e. < ``target_rse``."""
+    """Monte-Carlo G(Λ) with its standard error; stops when the relative s.e. < ``target_rse``.
+    The dither is drawn on the CPU and reduced to the cell (closest point) on ``device``."""
     lat = lattice_by_name(name)
     gen = torch.Generator().manual_seed(seed)
     norm = lat.dim * math.exp(2 * lat.log_volume.item() / lat.dim)
@@ -54,7 +56,7 @@ def estimate_nsm(
     n = 0
     started = time.perf_counter()
     while n < max_samples:
-        u = lat.sample_dither(batch, generator=gen, dtype=torch.float64)
+        u = lat.sample_dither(batch, generator=gen, dtype=torch.float64, device=device)
         g = u.square().sum(-1) / norm
         total += g.sum().item()
         total_sq += g.square().sum().item()
@@ -89,27 +91,34 @@ def bench_lattices(
     seed: int = 0,
     steps: bool = True,
     compile: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), with
     ``compile`` (and Leech among ``names``) also the Leech decoder fused by ``torch.compile``
-    (its compile time recorded apart), and with ``steps`` :func:`bench_training_step`."""
+    (its compile time recorded apart), and with ``steps`` :func:`bench_training_step` (on the
+    CPU). Dither reduction and closest points run on ``device`` (on CUDA each timed call ends
+    with a synchronize)."""
+    device = resolve_bench_device(device)
     torch.set_num_threads(threads)
     names = list(names or LITERATURE_NSM)
     unknown = sorted(set(names) - set(LITERATURE_NSM))
     if unknown:
         raise ValueError(f"unknown lattices {unknown}; known: {list(LITERATURE_NSM)}")
-    geometry = {n: estimate_nsm(n, target_rse=target_rse, seed=seed) for n in tqdm(names, desc="G")}
+    geometry = {
+        n: estimate_nsm(n, target_rse=target_rse, seed=seed, device=device)
+        for n in tqdm(names, desc="G")
+    }
     gen = torch.Generator().manual_seed(seed)
     cases, widths, lattices = {}, {}, {}
     for name in names:
         lat = lattices[name] = tile(name, WIDTH[name])
-        x = 2.0 * torch.randn(rows, WIDTH[name], generator=gen)
+        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
         cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
         widths[name] = WIDTH[name]
     compile_s = None
     if compile and "leech" in names:
         fused = tile("leech", WIDTH["leech"], compile=True)
-        x = 2.0 * torch.randn(rows, WIDTH["leech"], generator=gen)
+        x = (2.0 * torch.randn(rows, WIDTH["leech"], generator=gen)).to(device)
         started = time.perf_counter()
         fused.closest_point(x[:1024])  # one whole chunk: compiles (short ones decode eagerly)
         compile_s = time.perf_counter() - started
@@ -117,9 +126,9 @@ def bench_lattices(
             raise RuntimeError("the compiled Leech decoder disagrees with the eager one")
         cases[COMPILED_LEECH] = lambda lat=fused, x=x: lat.closest_point(x)
         widths[COMPILED_LEECH] = WIDTH["leech"]
-    x64 = 2.0 * torch.randn(rows, 64, generator=gen)
+    x64 = (2.0 * torch.randn(rows, 64, generator=gen)).to(device)
     cases["round (Z, torch.round)"] = lambda: torch.round(x64)
-    timings = time_cases(cases, repeats=repeats, block=2, warmup=1)
+    timings = time_cases(cases, repeats=repeats, block=2, warmup=1, sync=device_sync(device))
     throughput = {}
     for name, timing in timings.items():
         throughput[name] = {
@@ -129,7 +138,13 @@ def bench_lattices(
             **timing,
         }
     out = {
-        "input": {"rows": rows, "dtype": "float32", "threads": threads, "repeats": repeats},
+        "input": {
+            "rows": rows,
+            "dtype": "float32",
+            "threads": threads,
+            "repeats": repeats,
+            "device": str(device),
+        },
         "geometry": geometry,
         "closest_point": throughput,
         "leech_compile_s": compile_s,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..bottlenecks import build
-from .timing import time_cases
+from .timing import device_sync, resolve_bench_device, time_cases
 
 #: the case every other is read against: the training path's work fused into one kernel by
 #: ``torch.compile`` (counter-based dither, y_hat, Laplace cell rate), without autograd or module
@@ -113,10 +113,10 @@ def _compressai_cases(
     rows, dim = y.shape
     x = y.T.contiguous().unsqueeze(0).requires_grad_(True)
     x_eval = x.detach()
-    train = entropy_bottleneck(dim)
-    evaluate = entropy_bottleneck(dim).eval()
+    train = entropy_bottleneck(dim).to(y.device)
+    evaluate = entropy_bottleneck(dim).to(y.device).eval()
     evaluate.load_state_dict(train.state_dict())
-    conditional = gaussian_conditional(None).eval()
+    conditional = gaussian_conditional(None).to(y.device).eval()
     scales = scale.detach().reshape(1, dim, 1).expand(1, dim, rows).contiguous()
 
     def forward_backward(module) -> Callable[[], Any]:
@@ -156,8 +156,10 @@ def bench_lattice(
     repeats: int = 50,
     compile: bool = True,
     peers: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs.
+    """Throughput of the ``lattice`` bottleneck on ``rows × dim`` float32 inputs on ``device``
+    (the same numbers on every device; on CUDA each timed call ends with a synchronize).
 
     Cases: the training path (dither, ``y_hat`` and rate together) forward without and with
     autograd recording and forward + backward, each eager and fused by ``torch.compile``; the
@@ -177,16 +179,18 @@ def bench_lattice(
     from ..priors import cell_constants
     from ..rng import draw_key
 
+    device = resolve_bench_device(device)
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     torch.manual_seed(0)
-    y = torch.randn(rows, dim)
+    y = torch.randn(rows, dim).to(device)
     y_grad = y.clone().requires_grad_(True)
     eager = build("lattice", dim=dim)
     with torch.no_grad():  # spacings and scales away from their initial values
         eager.log_spacing.uniform_(-1.0, 0.5)
         eager.log_scale.uniform_(-0.5, 0.5)
-    hard = build("lattice", dim=dim).eval()
+    eager.to(device)
+    hard = build("lattice", dim=dim).to(device).eval()
     hard.load_state_dict(eager.state_dict())
     gen = torch.Generator()
 
@@ -200,20 +204,20 @@ def bench_lattice(
         return run
 
     cases: dict[str, Callable[[], Any]] = {
-        "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim),
+        "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim, device=device),
         "train path, eager, no grad": no_grad(lambda: eager(y)),
         "train path, eager, autograd": lambda: eager(y_grad),
         "train path, eager, forward + backward": forward_backward(eager),
     }
     compile_s = None
     if compile:
-        fused = build("lattice", dim=dim, compile=True)
+        fused = build("lattice", dim=dim, compile=True).to(device)
         fused.load_state_dict(eager.state_dict())
         kernel = _compiled_kernel()
         with torch.no_grad():
             spacing, scale = eager.spacing, eager.scale
             constants = cell_constants(spacing, scale)
-        key = draw_key(torch.Generator().manual_seed(0))
+        key = draw_key(torch.Generator().manual_seed(0), device)
         started = time.perf_counter()
         no_grad(lambda: fused(y))()
         fused(y_grad)  # the autograd graph is compiled separately
@@ -222,7 +226,8 @@ def bench_lattice(
         compile_s = time.perf_counter() - started
         cases[FLOOR] = no_grad(lambda: kernel(y, key, spacing, *constants))
         traffic = torch.compile(_backward_traffic)
-        grad, saved, grad_rate = torch.randn_like(y), torch.randn_like(y), torch.randn(rows)
+        grad, saved = torch.randn_like(y), torch.randn_like(y)
+        grad_rate = torch.randn(rows).to(device)
         started = time.perf_counter()
         traffic(grad, saved, grad_rate)
         compile_s += time.perf_counter() - started
@@ -230,7 +235,7 @@ def bench_lattice(
         cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
         cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
         cases["train path, torch.compile, forward + backward"] = forward_backward(fused)
-        hard_fused = build("lattice", dim=dim, compile=True).eval()
+        hard_fused = build("lattice", dim=dim, compile=True).to(device).eval()
         hard_fused.load_state_dict(eager.state_dict())
         started = time.perf_counter()
         no_grad(lambda: hard_fused(y, generator=gen.manual_seed(0)))()
@@ -242,7 +247,7 @@ def bench_lattice(
     peer_cases, peer = _compressai_cases(y, eager.scale, compile) if peers else ({}, None)
     cases.update(peer_cases)
 
-    results = time_cases(cases, repeats=repeats)
+    results = time_cases(cases, repeats=repeats, sync=device_sync(device))
     for timing in results.values():
         timing["rows_per_s"] = rows / timing["median_s"]
         timing["rows_per_s_best"] = rows / timing["min_s"]
@@ -254,7 +259,13 @@ def bench_lattice(
         if ours in results and theirs in results
     }
     return {
-        "input": {"rows": rows, "dim": dim, "dtype": "float32", "threads": threads},
+        "input": {
+            "rows": rows,
+            "dim": dim,
+            "dtype": "float32",
+            "threads": threads,
+            "device": str(device),
+        },
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "compile_s": compile_s,
         "cases": results,
@@ -269,19 +280,24 @@ SCALING_SHAPES = ((16384, 64), (65536, 64), (262144, 64), (1048576, 64), (16384,
 
 
 def bench_lattice_scaling(
-    *, shapes=SCALING_SHAPES, threads: int = 2, repeats: int = 5
+    *,
+    shapes=SCALING_SHAPES,
+    threads: int = 2,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """How the eager paths scale with the input: per ``(rows, dim)``, the training path's
     forward and backward (autograd) and the hard path, in rows/s and values/s (median of
-    ``repeats``). Linear cost means values/s stays flat."""
+    ``repeats``) on ``device``. Linear cost means values/s stays flat."""
+    device = resolve_bench_device(device)
     torch.set_num_threads(threads)
     out = []
     for rows, dim in shapes:
         torch.manual_seed(0)
-        neck = build("lattice", dim=dim)
-        y = torch.randn(rows, dim)
+        neck = build("lattice", dim=dim).to(device)
+        y = torch.randn(rows, dim).to(device)
         y_grad = y.clone().requires_grad_(True)
-        hard = build("lattice", dim=dim).eval()
+        hard = build("lattice", dim=dim).to(device).eval()
         hard.load_state_dict(neck.state_dict())
 
         def train_step(neck=neck, y_grad=y_grad):
@@ -297,6 +313,7 @@ def bench_lattice_scaling(
             repeats=repeats,
             block=1,
             warmup=1,
+            sync=device_sync(device),
         )
         for case, timing in timings.items():
             out.append(
@@ -309,7 +326,13 @@ def bench_lattice_scaling(
                     "values_per_s": rows * dim / timing["median_s"],
                 }
             )
-    return {"threads": threads, "repeats": repeats, "dtype": "float32", "scaling": out}
+    return {
+        "threads": threads,
+        "repeats": repeats,
+        "dtype": "float32",
+        "device": str(device),
+        "scaling": out,
+    }
 
 
 # --------------------------------------------------------------------- bench quantizers

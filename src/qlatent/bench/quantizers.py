@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks import BOTTLENECKS, build
-from .timing import time_cases
+from .timing import device_sync, resolve_bench_device, time_cases
 
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
 #: Constructor arguments beyond ``dim``, one dict per benchmark row; a registered name that is
@@ -101,7 +101,13 @@ def _error(errors: list[dict[str, Any]], name: str, stage: str, err: Exception, 
 
 
 def _bottleneck_cases(
-    names: Sequence[str], *, rows: int, dim: int, seed: int, errors: list[dict[str, Any]]
+    names: Sequence[str],
+    *,
+    rows: int,
+    dim: int,
+    seed: int,
+    errors: list[dict[str, Any]],
+    device: torch.device,
 ) -> list[_Case]:
     """Both modes of each name, once per entry of ``QUANTIZER_KWARGS`` (``dim`` alone if none)."""
     cases = []
@@ -111,11 +117,12 @@ def _bottleneck_cases(
             k = extra.get("num_codes")
             label = name if k is None else f"{name}[K={k}]"
             try:
-                module = build(name, **kwargs)
+                module = build(name, **kwargs).to(device)
             except Exception as err:  # report it and measure the others
                 _error(errors, label, "build", err, kwargs=kwargs)
                 continue
             y = torch.randn(rows, module.in_dim, generator=torch.Generator().manual_seed(seed))
+            y = y.to(device)
             for mode in MODES:
                 call = _timed_call(module, y, mode, generator=torch.Generator())
                 cases.append(
@@ -148,7 +155,7 @@ def _peer_cases(y: Tensor, *, errors: list[dict[str, Any]]) -> tuple[list[_Case]
     cases, resolved = [], None
     for label, k, cls, kwargs in specs:
         try:
-            module = cls(**kwargs)
+            module = cls(**kwargs).to(y.device)
         except Exception as err:  # report it and measure the others
             _error(errors, label, "build", err, kwargs=kwargs)
             continue
@@ -187,7 +194,13 @@ def _vector_quantize_defaults(module: nn.Module) -> dict[str, Any]:
 
 
 def _budgeted_repeats(
-    cases: list[_Case], *, repeats: int, min_repeats: int, budget_s: float, errors: list
+    cases: list[_Case],
+    *,
+    repeats: int,
+    min_repeats: int,
+    budget_s: float,
+    errors: list,
+    sync: Callable[[], Any] | None = None,
 ) -> dict[str, int]:
     """Timed calls per case: enough to fill ``budget_s``, within ``[min_repeats, repeats]``.
 
@@ -198,8 +211,12 @@ def _budgeted_repeats(
     for case in cases:
         try:
             case.call()
+            if sync is not None:
+                sync()
             start = time.perf_counter()
             case.call()
+            if sync is not None:
+                sync()
             once = max(time.perf_counter() - start, 1e-9)
         except Exception as err:  # report it and measure the others
             _error(errors, case.name, f"forward ({case.mode})", err, kwargs=case.kwargs)
@@ -222,7 +239,7 @@ def _floor_cases(y: Tensor, dim: int) -> list[_Case]:
     path."""
     cases = []
     for k in PEER_CODEBOOK_SIZES:
-        codebook = build("vq", dim=dim, num_codes=k).codebook.detach()
+        codebook = build("vq", dim=dim, num_codes=k).codebook.detach().to(y.device)
         norms = codebook.square().sum(1)
 
         def call(codebook=codebook, norms=norms):
@@ -278,6 +295,7 @@ def bench_quantizers(
     min_repeats: int = 5,
     budget_s: float = 2.0,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Forward throughput (rows/s) of every registered bottleneck next to vector-quantize-pytorch.
 
@@ -288,7 +306,10 @@ def bench_quantizers(
     case gets ``ceil(budget_s / one call)`` timed calls, clamped to ``[min_repeats, repeats]``,
     so slow cases (``VectorQuantize`` at K = 4096: seconds per call) do not dominate the run.
     A name or peer that fails to build or run is listed under ``errors``; the rest still run.
+    Everything runs on ``device`` (the same input numbers on every device; on CUDA each timed
+    call ends with a synchronize).
     """
+    device = resolve_bench_device(device)
     known = BOTTLENECKS.names()
     names = known if names is None else list(names)
     unknown = sorted(set(names) - set(known))
@@ -308,7 +329,7 @@ def bench_quantizers(
     try:
         torch.manual_seed(seed)  # codebook initialisations
         errors: list[dict[str, Any]] = []
-        y = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed))
+        y = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).to(device)
         reference = _Case(
             "torch.rand (rows x dim numbers alone)",
             source="reference",
@@ -316,18 +337,25 @@ def bench_quantizers(
             K=None,
             in_dim=dim,
             kwargs={},
-            call=lambda: torch.rand(rows, dim),
+            call=lambda: torch.rand(rows, dim, device=device),
         )
-        cases = [reference, *_bottleneck_cases(names, rows=rows, dim=dim, seed=seed, errors=errors)]
+        own = _bottleneck_cases(names, rows=rows, dim=dim, seed=seed, errors=errors, device=device)
+        cases = [reference, *own]
         if "vq" in names:
             cases += _floor_cases(y, dim)
         peer_cases, peers = _peer_cases(y, errors=errors)
         cases += peer_cases
+        sync = device_sync(device)
         counts = _budgeted_repeats(
-            cases, repeats=repeats, min_repeats=min_repeats, budget_s=budget_s, errors=errors
+            cases,
+            repeats=repeats,
+            min_repeats=min_repeats,
+            budget_s=budget_s,
+            errors=errors,
+            sync=sync,
         )
         cases = [c for c in cases if c.key in counts]
-        timings = time_cases({c.key: c.call for c in cases}, repeats=counts)
+        timings = time_cases({c.key: c.call for c in cases}, repeats=counts, sync=sync)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -338,6 +366,7 @@ def bench_quantizers(
             "dim": dim,
             "dtype": "float32",
             "threads": threads,
+            "device": str(device),
             "seed": seed,
             "construction": INPUT_NOTE,
         },

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
+
 
 def time_cases(
     cases: dict[str, Callable[[], Any]],
@@ -14,6 +16,7 @@ def time_cases(
     repeats: int | Mapping[str, int],
     block: int = 10,
     warmup: int = 3,
+    sync: Callable[[], Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Wall time per call of each case: median, best and worst over ``repeats`` calls.
 
@@ -21,8 +24,11 @@ def time_cases(
     and the blocks of all cases are interleaved, so a slow spell of a shared machine hits every
     case alike instead of whichever happened to be running. ``repeats`` is one count for all
     cases or one per case; a case with fewer calls spreads them evenly over the same rounds.
-    Each block is preceded by ``min(warmup, calls in the block)`` untimed calls.
+    Each block is preceded by ``min(warmup, calls in the block)`` untimed calls. ``sync`` is
+    called after every call, inside its timing: on an accelerator, which runs asynchronously,
+    pass :func:`device_sync` so that a call's time includes its kernels, not only their launch.
     """
+    sync = sync or _nothing
     counts = {name: repeats if isinstance(repeats, int) else repeats[name] for name in cases}
     if any(n < 1 for n in counts.values()):
         raise ValueError(f"repeats must be at least 1 per case, got {counts}")
@@ -33,9 +39,11 @@ def time_cases(
             calls = (r + 1) * counts[name] // rounds - r * counts[name] // rounds
             for _ in range(min(warmup, calls)):  # settle caches and allocator after the last case
                 fn()
+                sync()
             for _ in range(calls):
                 start = time.perf_counter()
                 fn()
+                sync()
                 times[name].append(time.perf_counter() - start)
     return {
         name: {
@@ -46,3 +54,27 @@ def time_cases(
         }
         for name, t in times.items()
     }
+
+
+def _nothing() -> None:
+    pass
+
+
+def device_sync(device: torch.device) -> Callable[[], Any] | None:
+    """What :func:`time_cases` calls after each call on ``device``: ``torch.cuda.synchronize``
+    on a CUDA device (its kernels run asynchronously), nothing on the CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def resolve_bench_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ValueError where it is not a CPU or an available CUDA
+    device."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; benchmarks run on cpu or cuda[:N]") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"benchmarks run on 'cpu' or 'cuda[:N]', got {str(resolved)!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(resolved)!r} asked for, but CUDA is not available here")
+    return resolved
