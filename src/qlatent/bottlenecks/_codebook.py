@@ -34,6 +34,9 @@ _CHUNK_ELEMENTS = 1 << 18
 #: ... but at least this many rows per chunk, or large codebooks run many tiny matrix products
 #: (K = 4096 with 64-row chunks took twice as long as with 1024-row ones)
 _MIN_CHUNK_ROWS = 1024
+#: on an accelerator there is no cache to fit: chunks only bound the memory of the distances
+#: (512 MB in float32), since each chunk costs kernel launches
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 27
 
 
 def check_num_codes(num_codes: int) -> int:
@@ -109,7 +112,8 @@ def nearest_codeword(z: Tensor, codebook: Tensor) -> Tensor:
     z = z.detach()
     codebook = codebook.detach()
     norms = codebook.square().sum(1)
-    rows = max(_MIN_CHUNK_ROWS, _CHUNK_ELEMENTS // codebook.shape[0])
+    budget = _CHUNK_ELEMENTS if z.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+    rows = max(_MIN_CHUNK_ROWS, budget // codebook.shape[0])
     if z.shape[0] <= rows:
         return torch.addmm(norms, z, codebook.t(), alpha=-2.0).min(1).indices
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)

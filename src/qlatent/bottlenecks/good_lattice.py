@@ -290,23 +290,26 @@ class DitheredGoodLattice(Bottleneck):
         return self._block_log_volume().sum()
 
     # ------------------------------------------------------------------ dither
-    def _unit_dither(self, n: int, generator, dtype) -> Tensor:
+    def _unit_dither(self, n: int, generator, dtype, device=None) -> Tensor:
         """``(n, m)`` points uniform over the base lattice's Voronoi cell (counter-based draws
-        on the fundamental parallelepiped, reduced modulo the lattice)."""
-        r = counter_uniform(draw_key(generator), (n, self.dim), dtype)
+        on the fundamental parallelepiped, reduced modulo the lattice), made on ``device``
+        (default the CPU). The draws are the same bits on every device; the basis product and
+        the reduction are exact on the CPU but may round differently elsewhere, so the hard
+        path's dither, which a decoder must regenerate bit for bit, is made on the CPU."""
+        r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)
         y = self.geometry.points_from_unit(r)
         return y - self.geometry.closest_point(y)
 
     def _mc_points(self, samples: int, generator, dtype, device) -> Tensor:
         """``(S, m)`` antithetic Voronoi points w (base units; halves are negatives)."""
-        half = self._unit_dither(samples // 2, generator, dtype).to(device)
+        half = self._unit_dither(samples // 2, generator, dtype, device)
         return torch.cat([half, -half])
 
     # ---------------------------------------------------------------- density
     def _prior_points(self, samples: int, generator, dtype, device) -> Tensor:
         """``(S, m)`` draws of X̂ from the prior (inverse CDF of counter-based uniforms)."""
-        r = counter_uniform(draw_key(generator), (samples, self.dim), torch.float64)
-        r = (r + 2.0**-25).to(device)  # the midpoints of the 2^-24 grid: never 0 or 1
+        r = counter_uniform(draw_key(generator, device), (samples, self.dim), torch.float64)
+        r = r + 2.0**-25  # the midpoints of the 2^-24 grid: never 0 or 1
         if self.prior_name == "laplace":
             eps = -torch.sign(r - 0.5) * torch.log1p(-2.0 * (r - 0.5).abs())
         else:
@@ -402,7 +405,7 @@ class DitheredGoodLattice(Bottleneck):
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
             log_p = self._cell_points_log_pdf(vc, w, scale, membership, cells.block_of)
             if prior_samples:
-                key = None if shared else draw_key(generator)  # one per chunk of rows
+                key = None if shared else draw_key(generator, v.device)  # one per chunk
                 x0, log_q0 = self._proposal_points(
                     vc.detach(), prior_samples, x, key, sigma.detach(), scale0, cells
                 )
@@ -671,7 +674,7 @@ class DitheredGoodLattice(Bottleneck):
         y = y.to(self.log_spacing.dtype)
         log_v = self.log_volume()
         if self.training:
-            u = self._unit_dither(y.shape[0], generator, y.dtype).to(y.device)
+            u = self._unit_dither(y.shape[0], generator, y.dtype, y.device)
             y_hat = y - u * self._coordinate_scale()
             rate = -log_v - self.log_density(
                 y_hat, self.samples, self.prior_samples, generator, debias=self.debias
@@ -782,7 +785,7 @@ class DitheredGoodLattice(Bottleneck):
         self._check_density_input(y, num_samples)
         y = y.to(self.log_spacing.dtype)
         n = num_samples * y.shape[0]
-        u = self._unit_dither(n, generator, y.dtype).to(y.device) * self._coordinate_scale()
+        u = self._unit_dither(n, generator, y.dtype, y.device) * self._coordinate_scale()
         z = y - u.view(num_samples, *y.shape)
         return z, (-self.log_volume()).expand(num_samples, y.shape[0])
 

@@ -325,10 +325,15 @@ _FOUR_FACTOR_BLOCKS = 4
 #: elements per block of rows on the eager paths (2 MB of float32 per temporary): measured, a
 #: whole 1M-row input runs 5–8× slower per row than 8k-row blocks, whose Python overhead is small
 _BLOCK_ELEMENTS = 1 << 19
+#: the same on an accelerator, where blocks only bound the temporaries' memory (256 MB of
+#: float32 each) since every block costs kernel launches: on an H200, 2^19-element blocks ran
+#: the eager paths at a few M rows/s whatever the input size, launch-bound
+_BLOCK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
-def _block_rows(dim: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // dim)
+def _block_rows(dim: int, device: torch.device) -> int:
+    budget = _BLOCK_ELEMENTS if device.type == "cpu" else _BLOCK_ELEMENTS_ACCELERATOR
+    return max(1, budget // dim)
 
 
 def _positive_log(value: float, name: str) -> float:
@@ -422,7 +427,7 @@ class DitheredLattice(Bottleneck):
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
         y = y.to(self.log_spacing.dtype)  # one dtype on both paths: the parameters'
         spacing, scale = self.spacing, self.scale
-        rows = _block_rows(self.dim)
+        rows = _block_rows(self.dim, y.device)
         if self.training:
             # one key per call from the generator; the dither itself comes from the key and each
             # element's index, so the kernel draws it without a sequential RNG pass
@@ -475,7 +480,7 @@ class DitheredLattice(Bottleneck):
         indices = torch.empty(y.shape, dtype=torch.int64, device=y.device)
         y_hat = torch.empty_like(y)
         rate = y.new_empty(y.shape[0])
-        rows = _block_rows(self.dim)
+        rows = _block_rows(self.dim, y.device)
         for start in range(0, y.shape[0], rows):
             block = slice(start, start + rows)
             x = torch.add(y[block], u[block], out=y_hat[block])
@@ -537,13 +542,15 @@ class DitheredLattice(Bottleneck):
 
         Common randomness that every machine regenerates bit for bit: one 32-bit key is drawn
         from the CPU ``generator`` and ``r`` comes from the counter-based integer generator
-        (:func:`qlatent.rng.counter_uniform`) on the dyadic grid k·2^-24, whatever the device
-        or thread count; one multiply per element in the parameters' dtype.
+        (:func:`qlatent.rng.counter_uniform`) on the dyadic grid k·2^-24, computed on
+        ``device`` (integer arithmetic: the same bits on every device and thread count); one
+        subtraction and one multiply per element in the parameters' dtype, exact IEEE
+        operations, so the dither too is the same everywhere.
         """
         device = device if device is not None else self.log_spacing.device
         dtype = self.log_spacing.dtype
-        r = counter_uniform(draw_key(generator), (n, self.dim), dtype).to(device)
-        return r.sub_(0.5).mul_(self.spacing)  # (r − ½) Δ in r's own buffer
+        r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)  # on ``device``
+        return r.sub_(0.5).mul_(self.spacing.to(device))  # (r − ½) Δ in r's own buffer
 
     def _coordinates(
         self, y: Tensor, u: Tensor, geometry: RectangularLattice | None = None

@@ -35,6 +35,7 @@ implementing ``code_model()`` alone.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -65,6 +66,18 @@ def _model_of(bottleneck):
     if make is None:
         raise TypeError(f"{type(bottleneck).__name__} has no entropy model to code its symbols")
     return make()
+
+
+def _on_cpu(bottleneck) -> tuple[nn.Module, torch.device | None]:
+    """``(bottleneck, None)`` if its parameters and buffers are on the CPU, else ``(a copy on the
+    CPU, the device they were on)``: code models run on the CPU (the entropy coder takes NumPy
+    arrays), and the dither and coordinates they compute must live beside the rows. The copy
+    holds the same numbers, so its files are the files of the original."""
+    tensors = [*bottleneck.parameters(), *bottleneck.buffers()]
+    elsewhere = [t.device for t in tensors if t.device.type != "cpu"]
+    if not elsewhere:
+        return bottleneck, None
+    return copy.deepcopy(bottleneck).cpu(), elsewhere[0]
 
 
 def code_model(bottleneck) -> int:
@@ -103,16 +116,17 @@ def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -
         bottleneck: a trained bottleneck with a code model: ``lattice`` (its prior; the good
             lattices with the Laplace prior), ``vq``, ``vq_ema``, ``soft_em_vq`` (counted after
             ``update()``, uniform before) or ``learnable_lattice`` (after ``update()``); used in
-            eval mode.
-        y: ``(B, in_dim)`` or ``(B, in_dim, *spatial)`` encoder output.
+            eval mode. On another device than the CPU, a CPU copy of it does the coding.
+        y: ``(B, in_dim)`` or ``(B, in_dim, *spatial)`` encoder output, on any device.
         seed: the dither's seed, stored in the header.
         digest: the model digest to write (default: :func:`model_digest` of ``bottleneck``; the
             CLI passes the whole autoencoder's so that its decoder is pinned too).
     """
-    model = _model_of(bottleneck)
+    on_cpu, _ = _on_cpu(bottleneck)
+    model = _model_of(on_cpu)
     seed = _check_seed(seed)
     bottleneck._check_input(y)
-    rows = to_rows(bottleneck._cast(y.detach().cpu()))
+    rows = to_rows(on_cpu._cast(y.detach().cpu()))
     shape = (y.shape[0], bottleneck.dim, *y.shape[2:])
     coder = constriction().stream.stack.AnsCoder()
     coder.encode_reverse(_CHECK_WORD, _terminator())  # decoded last
@@ -163,10 +177,12 @@ def decompress(
     most values the result may hold) before anything is allocated; a file that fails any check
     raises :class:`CodingError`. A file whose payload was edited and its checksum recomputed
     cannot be told from a genuine one (a CRC detects damage, not forgery): it decodes to some
-    other y_hat of the announced shape, or fails the end-of-stream check.
+    other y_hat of the announced shape, or fails the end-of-stream check. ``y_hat`` is on the
+    bottleneck's device (decoded by a CPU copy of it if that is another device).
     """
     # the digest first: a file from another model is refused as such, code model or not
     header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
+    bottleneck, device = _on_cpu(bottleneck)
     model = _model_of(bottleneck)
     if header.code_model != model.kind:  # an earlier code model the bottleneck still knows
         earlier = getattr(bottleneck, "code_model_for", None)
@@ -194,7 +210,8 @@ def decompress(
         raise
     except (ValueError, RuntimeError, AssertionError, OverflowError, IndexError) as err:
         raise CodingError(f"corrupt payload: the entropy decoder failed ({err})") from err
-    return from_rows(rows, shape)
+    y_hat = from_rows(rows, shape)
+    return y_hat if device is None else y_hat.to(device)
 
 
 @torch.no_grad()
@@ -204,9 +221,10 @@ def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     model's probabilities (32 raw bits more per escape); log2 K per uniform index; the good
     lattices' coordinate-by-coordinate model. A file is this long plus the coder's overhead and
     the header."""
+    bottleneck._check_input(y)
+    bottleneck, _ = _on_cpu(bottleneck)
     model = _model_of(bottleneck)
     seed = _check_seed(seed)
-    bottleneck._check_input(y)
     was_training = bottleneck.training
     bottleneck.eval()
     try:

@@ -53,15 +53,16 @@ class RectangularLattice(Lattice):
         return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:
-        return to_coordinates((points / self.spacing).round_())  # in place: a pass fewer
+        spacing = self.spacing.to(points.device)
+        return to_coordinates((points / spacing).round_())  # in place: a pass fewer
 
     def points(self, coords: Tensor) -> Tensor:
-        return coords.to(self.spacing.dtype) * self.spacing
+        return coords.to(self.spacing.dtype) * self.spacing.to(coords.device)
 
     def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
         # Uniform over the cell [-Δ/2, Δ/2)^m directly: one draw, one fused multiply-add.
         r = self._unit_draws(n, generator, device, dtype)
-        return (r - 0.5) * self.spacing.to(r.dtype)
+        return (r - 0.5) * self.spacing.to(device=r.device, dtype=r.dtype)
 
     @property
     def log_volume(self) -> Tensor:
