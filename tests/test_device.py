@@ -76,6 +76,8 @@ def test_contract_holds_on_the_device(name, training):
         assert torch.equal(out.indices.cpu(), ref.indices)
     torch.testing.assert_close(out.y_hat.detach().cpu(), ref.y_hat.detach(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.rate.detach().cpu(), ref.rate.detach(), rtol=1e-3, atol=1e-3)
+    for key, value in ref.stats.items():
+        torch.testing.assert_close(out.stats[key].cpu(), value, rtol=1e-3, atol=1e-3, msg=key)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
@@ -161,3 +163,15 @@ def test_training_on_the_device_resumes_exactly(tmp_path):
         assert torch.equal(tensor, b["model"][key]), key
     drop_time = [{k: v for k, v in h.items() if k != "wall_s"} for h in straight.history]
     assert drop_time == [{k: v for k, v in h.items() if k != "wall_s"} for h in resumed.history]
+
+
+def test_provenance_names_the_commit_a_copied_tree_came_from(monkeypatch):
+    """A tree copied to another machine (where a GPU is) records the commit named in
+    ``QLATENT_COMMIT``, not whatever git folder came along; a malformed value is ignored."""
+    from qlatent.results import git_commit
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("QLATENT_COMMIT", commit)
+    assert git_commit() == {"commit": commit, "dirty": None, "commit_from": "QLATENT_COMMIT"}
+    monkeypatch.setenv("QLATENT_COMMIT", "HEAD; rm -rf /")
+    assert git_commit().get("commit_from") is None

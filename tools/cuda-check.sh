@@ -4,7 +4,8 @@
 # junit XML beside it) and bench-*-cuda.json / lattice-geometry-cuda.json into $1 (default
 # results/). Runs from src/ with the python3 on PATH, which needs torch and constriction
 # (vector-quantize-pytorch for the peer rows); nothing is installed. Where the tree is a copy
-# without .git, set QLATENT_COMMIT to the commit it was copied from: provenance records it.
+# (its .git missing or stale), set QLATENT_COMMIT to the commit it was copied from: provenance
+# records that commit.
 # Exit status: 0 when every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -19,14 +19,19 @@ RESULTS_DIR = Path("results")
 
 def git_commit() -> dict[str, Any]:
     """The checked-out commit and whether the work tree differs from it, outside ``results/``
-    (where a run writes its own figures before it writes its JSON). Outside a git checkout,
-    the 40-digit commit named by the environment variable ``QLATENT_COMMIT``, if any."""
+    (where a run writes its own figures before it writes its JSON); or, where the environment
+    variable ``QLATENT_COMMIT`` names a 40-digit commit, that commit (``dirty`` unknown)."""
 
     def run(*args: str) -> str:
         return subprocess.run(
             ["git", *args], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
+    # a copy of the tree sent elsewhere (e.g. to a GPU machine) may carry a stale git folder or
+    # none: the caller names the commit it was copied from
+    commit = os.environ.get("QLATENT_COMMIT", "").strip()
+    if re.fullmatch(r"[0-9a-f]{40}", commit):
+        return {"commit": commit, "dirty": None, "commit_from": "QLATENT_COMMIT"}
     try:
         return {
             "commit": run("rev-parse", "HEAD"),
@@ -42,11 +47,6 @@ def git_commit() -> dict[str, Any]:
             ),
         }
     except (OSError, subprocess.SubprocessError):
-        # a copy of the tree without its git folder (e.g. sent to another machine): the commit
-        # it was copied from, if the caller names it in QLATENT_COMMIT
-        commit = os.environ.get("QLATENT_COMMIT", "").strip()
-        if re.fullmatch(r"[0-9a-f]{40}", commit):
-            return {"commit": commit, "dirty": None, "commit_from": "QLATENT_COMMIT"}
         return {"commit": None, "dirty": None}
 
 

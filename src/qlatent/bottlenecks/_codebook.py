@@ -125,8 +125,13 @@ def nearest_codeword(z: Tensor, codebook: Tensor) -> Tensor:
 
 
 def code_counts(indices: Tensor, num_codes: int) -> Tensor:
-    """How often each code occurs: ``(...,)`` int64 -> ``(K,)`` float."""
-    return torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+    """How often each code occurs: ``(...,)`` int64 -> ``(K,)`` float. On an accelerator by
+    ``index_add_`` (``bincount`` there waits for the device to size its output)."""
+    flat = indices.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.bincount(flat, minlength=num_codes).float()
+    counts = torch.zeros(num_codes, device=flat.device)
+    return counts.index_add_(0, flat, torch.ones(flat.shape, device=flat.device))
 
 
 @torch.no_grad()

@@ -217,14 +217,15 @@ class Bottleneck(nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
-        # one reduction for both checks: min/max propagate NaN, an Inf is its own min or max
-        low, high = torch.aminmax(y.detach())
-        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        # one reduction for both checks: min/max propagate NaN, an Inf is its own min or max;
+        # read back in one transfer (on an accelerator each read waits for the device)
+        low, high = torch.stack(torch.aminmax(y.detach())).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
             check_finite("input", y)  # counts and reports the non-finite values
         limit = self.input_limit(y.dtype)
-        if max(-float(low), float(high)) > limit:
+        if max(-low, high) > limit:
             raise ValueError(
-                f"input magnitudes reach {max(-float(low), float(high)):.3g}, beyond this "
+                f"input magnitudes reach {max(-low, high):.3g}, beyond this "
                 f"bottleneck's limit {limit:.3g} in {self._target_dtype(y.dtype)} "
                 "(squared distances or coordinates would overflow)"
             )
