@@ -470,24 +470,30 @@ class DitheredLattice(Bottleneck):
         self, y: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The hard path for inference (grad disabled), fused: per cache-sized block of rows,
-        x = y + u is formed in the output's buffer, divided and rounded in place (k), checked
-        and copied to the indices, then turned into y_hat = kΔ − u in place, and the rate
-        comes from :func:`~qlatent.priors.cell_nll_no_grad`. The same operations in the same
-        order as the differentiable path, so the same bits (tested), in about half the passes."""
+        the block's dither u is drawn, x = y + u is formed in the output's buffer, divided and
+        rounded in place (k), checked and copied to the indices, then turned into y_hat = kΔ − u
+        in place, and the rate comes from :func:`~qlatent.priors.cell_nll_no_grad`. The same
+        operations in the same order as the differentiable path, so the same bits (tested), in
+        about half the passes."""
         spacing, scale = self.spacing, self.scale
         constants = cell_constants(spacing, scale)
-        u = self._hard_dither(y.shape[0], generator, y.device)
+        key = draw_key(generator, y.device)  # the one key of :meth:`_hard_dither`
+        n, m = y.shape
         indices = torch.empty(y.shape, dtype=torch.int64, device=y.device)
         y_hat = torch.empty_like(y)
-        rate = y.new_empty(y.shape[0])
+        rate = y.new_empty(n)
         rows = _block_rows(self.dim, y.device)
-        for start in range(0, y.shape[0], rows):
+        for start in range(0, n, rows):
             block = slice(start, start + rows)
-            x = torch.add(y[block], u[block], out=y_hat[block])
+            # this block's rows of the whole input's dither (counters from start·m): no
+            # input-sized temporary beside the outputs
+            r = counter_uniform(key, (min(rows, n - start), m), y.dtype, offset=start * m)
+            u = r.sub_(0.5).mul_(spacing)  # (r − ½) Δ, as in :meth:`_hard_dither`
+            x = torch.add(y[block], u, out=y_hat[block])
             x.div_(spacing).round_()  # k, as float
             check_coordinates(x)
             indices[block].copy_(x)
-            x.mul_(spacing).sub_(u[block])  # y_hat = kΔ − u
+            x.mul_(spacing).sub_(u)  # y_hat = kΔ − u
             torch.sum(cell_nll_no_grad(x, *constants), -1, out=rate[block])
         return y_hat, rate, indices
 
