@@ -94,6 +94,15 @@ def test_closest_point_on_the_device_is_exact(name, volume, count, dtype):
         _assert_as_near_as_reference(lat, points, got.cpu())
 
 
+@pytest.mark.parametrize("name", ["e8", "bw16", "leech"])
+def test_many_rows_decode_on_the_device_as_on_the_cpu(name):
+    """Enough rows that the CPU decodes them in several chunks (the device in fewer, larger
+    ones): the same lattice points."""
+    lat = lattice_by_name(name)
+    x = 3 * torch.randn(5000, lat.dim, generator=gen(8), dtype=F64)
+    assert torch.equal(lat.closest_point(x.to(DEVICE)).cpu(), lat.closest_point(x))
+
+
 @pytest.mark.parametrize("name", ["z", "a2", "d4", "e8", "bw16", "leech"])
 def test_dither_on_the_device_lies_in_the_cell(name):
     lat = tile(name, 48)
