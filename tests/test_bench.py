@@ -410,13 +410,20 @@ def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
     writes them."""
     from qlatent.bench.lattice import bench_lattice_scaling
 
-    result = bench_lattice_scaling(shapes=((64, 8), (256, 8)), threads=1, repeats=1)
+    result = bench_lattice_scaling(shapes=((64, 8), (256, 8), (64, 16)), threads=1, repeats=1)
     rows = result["scaling"]
-    assert len(rows) == 4 and {r["case"] for r in rows} == {
+    assert len(rows) == 6 and {r["case"] for r in rows} == {
         "train path, forward + backward",
         "hard path",
     }
+    assert {(r["rows"], r["dim"]) for r in rows} == {(64, 8), (256, 8), (64, 16)}
     for r in rows:
         assert r["rows_per_s"] > 0 and r["values_per_s"] == pytest.approx(
             r["rows_per_s"] * r["dim"]
         )
+    for case, spread in result["spread"].items():  # over (64, 8), (256, 8); over 8 and 16 wide
+        speeds = {(r["rows"], r["dim"]): r["values_per_s"] for r in rows if r["case"] == case}
+        pair = speeds[64, 8], speeds[256, 8]
+        assert spread["over_rows"] == pytest.approx(max(pair) / min(pair))
+        pair = speeds[64, 8], speeds[64, 16]
+        assert spread["over_dims"] == pytest.approx(max(pair) / min(pair))

@@ -221,6 +221,11 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
                 f"{row['rows_per_s'] / 1e6:7.3f} M rows/s "
                 f"{row['values_per_s'] / 1e6:8.1f} M values/s"
             )
+        for case, spread in result["spread"].items():
+            print(
+                f"{case}: fastest / slowest values/s {spread['over_rows']:.2f} over rows, "
+                f"{spread['over_dims']:.2f} over widths"
+            )
         output = args.output or ""
         if output == "results/bench-lattice.json":
             output = "results/bench-lattice-scaling.json"

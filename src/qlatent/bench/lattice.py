@@ -288,10 +288,16 @@ def bench_lattice_scaling(
 ) -> dict[str, Any]:
     """How the eager paths scale with the input: per ``(rows, dim)``, the training path's
     forward and backward (autograd) and the hard path, in rows/s and values/s (median of
-    ``repeats``) on ``device``. Linear cost means values/s stays flat."""
+    ``repeats``) on ``device``. Linear cost means values/s stays flat: ``spread`` gives, per
+    path, the fastest values/s over the slowest, across the rows at the first shape's width and
+    across the widths at its rows.
+
+    Every case of every shape runs once per round, the rounds one after another, so that a slow
+    spell of a shared machine hits all sizes alike instead of whichever was being measured."""
     device = resolve_bench_device(device)
     torch.set_num_threads(threads)
-    out = []
+    cases: dict[str, Callable[[], Any]] = {}
+    sizes: dict[str, tuple[str, int, int]] = {}
     for rows, dim in shapes:
         torch.manual_seed(0)
         neck = build("lattice", dim=dim).to(device)
@@ -301,6 +307,8 @@ def bench_lattice_scaling(
         hard.load_state_dict(neck.state_dict())
 
         def train_step(neck=neck, y_grad=y_grad):
+            neck.zero_grad(set_to_none=True)
+            y_grad.grad = None
             result = neck(y_grad)
             (result.rate.sum() + result.y_hat.sum()).backward()
 
@@ -308,31 +316,47 @@ def bench_lattice_scaling(
             with torch.no_grad():
                 hard(y, generator=torch.Generator().manual_seed(0))
 
-        timings = time_cases(
-            {"train path, forward + backward": train_step, "hard path": hard_path},
-            repeats=repeats,
-            block=1,
-            warmup=1,
-            sync=device_sync(device),
+        for case, fn in (("train path, forward + backward", train_step), ("hard path", hard_path)):
+            key = f"{case}, {rows} x {dim}"
+            cases[key], sizes[key] = fn, (case, rows, dim)
+    timings = time_cases(cases, repeats=repeats, block=1, warmup=1, sync=device_sync(device))
+    out = []
+    for key, timing in timings.items():
+        case, rows, dim = sizes[key]
+        out.append(
+            {
+                "case": case,
+                "rows": rows,
+                "dim": dim,
+                "median_s": timing["median_s"],
+                "rows_per_s": rows / timing["median_s"],
+                "values_per_s": rows * dim / timing["median_s"],
+            }
         )
-        for case, timing in timings.items():
-            out.append(
-                {
-                    "case": case,
-                    "rows": rows,
-                    "dim": dim,
-                    "median_s": timing["median_s"],
-                    "rows_per_s": rows / timing["median_s"],
-                    "values_per_s": rows * dim / timing["median_s"],
-                }
-            )
     return {
         "threads": threads,
         "repeats": repeats,
         "dtype": "float32",
         "device": str(device),
+        "interleaved": True,
         "scaling": out,
+        "spread": _scaling_spread(out, shapes[0]),
     }
+
+
+def _scaling_spread(rows_out: list[dict[str, Any]], first: tuple[int, int]) -> dict[str, Any]:
+    """Per path: max/min values/s over the rows at ``first``'s width and over the widths at
+    its rows (1 = perfectly linear cost)."""
+    spread: dict[str, Any] = {}
+    for case in dict.fromkeys(r["case"] for r in rows_out):
+        mine = [r for r in rows_out if r["case"] == case]
+        by_rows = [r["values_per_s"] for r in mine if r["dim"] == first[1]]
+        by_dim = [r["values_per_s"] for r in mine if r["rows"] == first[0]]
+        spread[case] = {
+            "over_rows": max(by_rows) / min(by_rows) if by_rows else None,
+            "over_dims": max(by_dim) / min(by_dim) if by_dim else None,
+        }
+    return spread
 
 
 # --------------------------------------------------------------------- bench quantizers
