@@ -7,7 +7,8 @@ contract (shapes, outputs on the device, finite non-negative rate, gradients rea
 ``dequantize(quantize(y))`` equal to the eval forward) and, against the same module on the CPU,
 equal symbols and nearly equal outputs where both draw the same randomness; every lattice
 family's closest point as near as the sphere decoder's, in float32 and float64, and its dither
-inside the cell; entropy-coded files byte for byte the CPU's, decoded back on the device; the
+inside the cell; entropy-coded files (the lattices' and, after ``update()``, the counted code
+models') byte for byte the CPU's, decoded back on the device; the
 IWAE estimate equal to the CPU's; a short training run that resumes exactly. On the default CPU
 the comparisons with the CPU are trivially equal and the rest of each check still applies.
 """
@@ -134,6 +135,22 @@ def test_files_from_the_device_are_the_cpu_files(kwargs):
     decoded = module.decompress(data)
     on_device(decoded)  # decoded by a CPU copy, returned on the module's device
     assert torch.equal(decoded, module(y.to(DEVICE), generator=SeedKeys(11)).y_hat)
+
+
+@pytest.mark.parametrize("name", ["vq", "learnable_lattice"])
+def test_counted_files_from_the_device_are_the_cpu_files(name):
+    """``update()`` counts a device module's symbols; its files are the CPU twin's."""
+    torch.manual_seed(0)
+    kwargs = {"init_range": 0.3} if name == "learnable_lattice" else {}
+    cpu_module = build(name, dim=5, num_codes=37, **kwargs).eval()
+    module = copy.deepcopy(cpu_module).to(DEVICE)
+    train = torch.randn(200, 5, 4, 4, generator=gen(9))
+    assert module.update(train.to(DEVICE).split(64)) == cpu_module.update(train.split(64))
+    on_device(module.code_counts)
+    z = 1.3 * torch.randn(6, 5, 4, 4, generator=gen(10))
+    data = module.compress(z.to(DEVICE), seed=0)
+    assert data == cpu_module.compress(z, seed=0)
+    assert torch.equal(module.decompress(data), module(z.to(DEVICE)).y_hat)
 
 
 def test_iwae_on_the_device_equals_the_cpu():
