@@ -293,9 +293,9 @@ class DitheredGoodLattice(Bottleneck):
     def _unit_dither(self, n: int, generator, dtype, device=None) -> Tensor:
         """``(n, m)`` points uniform over the base lattice's Voronoi cell (counter-based draws
         on the fundamental parallelepiped, reduced modulo the lattice), made on ``device``
-        (default the CPU). The draws are the same bits on every device; the basis product and
-        the reduction are exact on the CPU but may round differently elsewhere, so the hard
-        path's dither, which a decoder must regenerate bit for bit, is made on the CPU."""
+        (default the CPU). The draws are the same bits on every device, but the basis product
+        may round differently on another device, so the hard path's dither, which a decoder
+        must regenerate bit for bit, is always made on the CPU."""
         r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)
         y = self.geometry.points_from_unit(r)
         return y - self.geometry.closest_point(y)
