@@ -2,7 +2,7 @@
 (16384 x 64 float32, as ``qlatent bench``), with kernel launches and host-device syncs per call.
 
 Usage (on a machine with CUDA, from the repository root): ``PYTHONPATH=src python3
-tools/cuda-profile.py``. Prints one table per case; nothing is written to ``results/``.
+examples/cuda-profile.py``. Prints one table per case; nothing is written to ``results/``.
 """
 
 from __future__ import annotations
