@@ -243,3 +243,25 @@ def test_iwae_density_counts_checks_its_arguments(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", [*argv, "--row", "rect_lattice"])
     with pytest.raises(SystemExit):  # not a good-lattice row: an argparse error
         counts.main()
+
+
+def test_seed_spread_reads_the_table_and_the_seeds(tmp_path, monkeypatch, capsys):
+    """``examples/lattice-mnist-seeds.py`` on a table of two rows and one extra seed: the row's
+    values per seed, their mean and standard deviation, and the other row in those units."""
+    import sys
+
+    table = {"models": {"a": {"test_nll_iwae1000": 94.0}, "b": {"test_nll_iwae1000": 93.0}}}
+    seed = {"models": {"a": {"test_nll_iwae1000": 95.0}}}
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    argv = ["lattice-mnist-seeds.py", "--row", "a", "--table", str(tmp_path / "table.json")]
+    argv += ["--seed-results", f"2021={tmp_path / 'seed.json'}", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    _load("lattice-mnist-seeds").main()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    spread = summary["spread"]["test_nll_iwae1000"]
+    assert spread["values"] == {"2020": 94.0, "2021": 95.0}
+    assert spread["mean"] == 94.5 and spread["sd"] == pytest.approx(math.sqrt(0.5))
+    assert spread["others"]["b"]["in_sd"] == pytest.approx(-1.5 / math.sqrt(0.5))
+    assert (tmp_path / "out" / "a-seed2021.json").exists()
+    assert "94.00, 95.00 -> 94.50" in capsys.readouterr().out
