@@ -1,5 +1,6 @@
 """The library with its tensors on the device named by ``QLATENT_TEST_DEVICE`` (``cpu`` by
-default; ``QLATENT_TEST_DEVICE=cuda make test`` on a machine with a GPU).
+default; ``QLATENT_TEST_DEVICE=cuda python -m pytest tests/test_device.py`` on a machine with a
+GPU and a CUDA build of torch).
 
 Parameters and inputs live on the device; generators stay on the CPU, since dither is common
 randomness drawn from the generator handed in (DESIGN.md §1). Checked there: every bottleneck's
@@ -8,9 +9,9 @@ contract (shapes, outputs on the device, finite non-negative rate, gradients rea
 equal symbols and nearly equal outputs where both draw the same randomness; every lattice
 family's closest point as near as the sphere decoder's, in float32 and float64, and its dither
 inside the cell; entropy-coded files (the lattices' and, after ``update()``, the counted code
-models') byte for byte the CPU's, decoded back on the device; the
-IWAE estimate equal to the CPU's; a short training run that resumes exactly. On the default CPU
-the comparisons with the CPU are trivially equal and the rest of each check still applies.
+models') byte for byte the CPU's, decoded back on the device; the IWAE estimate equal to the
+CPU's; a short training run that resumes exactly. On the default CPU the comparisons with the CPU
+are trivially equal and the rest of each check still applies.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def test_contract_holds_on_the_device(name, training):
         indices = module.quantize(y, generator=gen(3))
         on_device(indices)
         assert torch.equal(module.dequantize(indices, generator=gen(3)), out.y_hat)
-    # every method draws from the generator on the generator's device: the CPU's draws
+    # every method's randomness comes from the CPU generator (drawn there, or a key drawn there
+    # and hashed on the device): the CPU twin sees the same numbers
     ref = cpu_module(y_cpu, generator=gen(3))
     if out.indices is not None:
         assert torch.equal(out.indices.cpu(), ref.indices)
