@@ -129,9 +129,9 @@ class _FusedTrainingPath(torch.autograd.Function):
     fused loop without autograd that also writes three of the four elementwise factors of the
     gradient (:func:`_training_parts`), and the backward one more loop, a multiply-add, the
     fourth factor w = ½ − r drawn again from the key and three reductions over rows
-    (:func:`_training_backward`; measured at 16384 × 64 on two threads, not storing w took
-    forward + backward from 2.31 and 2.21 to 2.03 and 1.99 times the floor kernel, the same
-    gradients bit for bit):
+    (:func:`_training_backward`; not storing w took the compiled forward + backward from
+    2.63 and 2.53 to 2.38 and 2.28 times the floor kernel, ``results/bench-lattice-ab-w``, with
+    the same gradients bit for bit):
 
         ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g,     ∂L/∂Δ = Σ_rows ∂L/∂y · w,
         ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
