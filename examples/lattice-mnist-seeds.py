@@ -12,6 +12,18 @@ difference from the row's mean in units of that standard deviation.
         [--table results/lattice-mnist.json] [--out results/lattice-mnist-seeds]
 
 The seeds' own JSON files are copied into the output folder beside ``summary.json``.
+
+A row trained from another row's model (``init_from``, e.g. the ``*_gl_lattice`` rows from the
+Gaussian-lattice VAE) is best read against its own start at the same seed, which takes that
+start's seed-to-seed spread out of the comparison: ``--starts SEED=JSON ...`` names, for every
+seed (the protocol's included), the results file that holds the start row, and ``paired`` gives
+per metric the row minus its start, seed by seed, with mean and standard deviation. Each seed's
+recorded start checkpoint epoch is checked against that file's best epoch.
+
+    python examples/lattice-mnist-seeds.py --row e8_gl_lattice \\
+        --seed-results 2021=DIR1/lattice-mnist.json \\
+        --starts 2020=results/lattice-mnist-long/gaussian_lattice/lattice-mnist.json \\
+                 2021=DIR0/lattice-mnist.json
 """
 
 from __future__ import annotations
@@ -35,15 +47,15 @@ def main() -> None:
     parser.add_argument("--seed-results", nargs="+", required=True, metavar="SEED=JSON")
     parser.add_argument("--table", default="results/lattice-mnist.json")
     parser.add_argument("--out", default="results/lattice-mnist-seeds")
+    parser.add_argument("--starts", nargs="+", default=[], metavar="SEED=JSON")
     args = parser.parse_args()
 
     table = json.loads(Path(args.table).read_text())["models"]
     runs = {PROTOCOL_SEED: table[args.row]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for item in args.seed_results:
-        seed, _, path = item.partition("=")
-        runs[int(seed)] = json.loads(Path(path).read_text())["models"][args.row]
+    for seed, path in _seed_files(args.seed_results).items():
+        runs[seed] = json.loads(path.read_text())["models"][args.row]
         shutil.copyfile(path, out / f"{args.row}-seed{seed}.json")
     spread = {}
     for metric in METRICS:
@@ -70,7 +82,72 @@ def main() -> None:
         "wall_s": {seed: row.get("wall_s") for seed, row in runs.items()},
         "spread": spread,
     }
+    if args.starts:
+        payload["paired"] = paired_gaps(runs, _seed_files(args.starts), out)
     print(f"wrote {write_json(payload, out / 'summary.json')}")
+
+
+def _seed_files(items: list[str]) -> dict[int, Path]:
+    """``["SEED=PATH", ...]`` as ``{seed: path}``; exits with one line on a malformed item."""
+    files = {}
+    for item in items:
+        seed, sep, path = item.partition("=")
+        if not sep or not seed.strip().lstrip("-").isdigit() or not path:
+            sys.exit(f"expected SEED=JSON, got {item!r}")
+        files[int(seed)] = Path(path)
+    return files
+
+
+def paired_gaps(runs: dict[int, dict], starts: dict[int, Path], out: Path) -> dict:
+    """Per metric, the row minus its start (the row named by its ``init_from``) at each seed, with
+    mean and sample standard deviation over the seeds. Every seed of ``runs`` needs a start;
+    the start files are copied into ``out`` as ``start-seedSEED.json``."""
+    missing = sorted(set(runs) - set(starts))
+    if missing:
+        sys.exit(f"--starts has no results file for seed(s) {missing}")
+    start_rows = {}
+    for seed, row in runs.items():
+        source = row.get("init_from") or {}
+        name = source.get("row")
+        if not name:
+            sys.exit(f"the row at seed {seed} records no init_from: it was not started from a row")
+        start = json.loads(starts[seed].read_text())["models"][name]
+        if source.get("checkpoint_epoch") not in (None, start.get("best_epoch")):
+            sys.exit(
+                f"seed {seed}: the row started from epoch {source['checkpoint_epoch']} of {name}, "
+                f"but {starts[seed]} holds its best epoch {start.get('best_epoch')}"
+            )
+        start_rows[seed] = {"row": name, "file": str(starts[seed]), **start}
+        shutil.copyfile(starts[seed], out / f"start-seed{seed}.json")
+    paired = {}
+    for metric in METRICS:
+        gaps = {
+            seed: row[metric] - start_rows[seed][metric]
+            for seed, row in runs.items()
+            if metric in row and metric in start_rows[seed]
+        }
+        if not gaps:
+            continue
+        values = list(gaps.values())
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        paired[metric] = {
+            "start": {seed: start_rows[seed][metric] for seed in gaps},
+            "minus_start": gaps,
+            "mean": statistics.mean(values),
+            "sd": sd,
+        }
+        listed = ", ".join(f"{v:+.2f}" for v in values)
+        print(
+            f"{metric} minus its start: {listed} -> {statistics.mean(values):+.2f}"
+            + (f" ± {sd:.2f}" if sd is not None else "")
+        )
+    return {
+        "starts": {
+            seed: {"row": s["row"], "file": s["file"], "best_epoch": s.get("best_epoch")}
+            for seed, s in start_rows.items()
+        },
+        "metrics": paired,
+    }
 
 
 if __name__ == "__main__":

@@ -265,3 +265,40 @@ def test_seed_spread_reads_the_table_and_the_seeds(tmp_path, monkeypatch, capsys
     assert spread["others"]["b"]["in_sd"] == pytest.approx(-1.5 / math.sqrt(0.5))
     assert (tmp_path / "out" / "a-seed2021.json").exists()
     assert "94.00, 95.00 -> 94.50" in capsys.readouterr().out
+
+
+def test_seed_spread_pairs_a_started_row_with_its_own_start(tmp_path, monkeypatch, capsys):
+    """With ``--starts``, a row trained from another row's model is read against that start at
+    each seed: row minus start per seed, mean and sd; a start file whose best epoch is not the
+    epoch the row records having started from is refused with one line."""
+    import sys
+
+    def row(nll, epoch):
+        return {"test_nll_iwae1000": nll, "init_from": {"row": "s", "checkpoint_epoch": epoch}}
+
+    files = {
+        "table.json": {"models": {"a": row(92.5, 247), "s": {"test_nll_iwae1000": 89.4}}},
+        "seed.json": {"models": {"a": row(92.6, 200)}},
+        "start2020.json": {"models": {"s": {"test_nll_iwae1000": 89.2, "best_epoch": 247}}},
+        "start2021.json": {"models": {"s": {"test_nll_iwae1000": 89.5, "best_epoch": 200}}},
+        "wrong.json": {"models": {"s": {"test_nll_iwae1000": 89.5, "best_epoch": 199}}},
+    }
+    for name, payload in files.items():
+        (tmp_path / name).write_text(json.dumps(payload))
+    argv = ["lattice-mnist-seeds.py", "--row", "a", "--table", str(tmp_path / "table.json")]
+    argv += ["--seed-results", f"2021={tmp_path / 'seed.json'}", "--out", str(tmp_path / "out")]
+    starts = ["--starts", f"2020={tmp_path / 'start2020.json'}"]
+    monkeypatch.setattr(sys, "argv", [*argv, *starts, f"2021={tmp_path / 'start2021.json'}"])
+    _load("lattice-mnist-seeds").main()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    paired = summary["paired"]["metrics"]["test_nll_iwae1000"]
+    assert paired["minus_start"] == {"2020": pytest.approx(3.3), "2021": pytest.approx(3.1)}
+    assert paired["mean"] == pytest.approx(3.2) and paired["sd"] == pytest.approx(math.sqrt(0.02))
+    assert (tmp_path / "out" / "start-seed2021.json").exists()
+    assert "+3.30, +3.10 -> +3.20 ± 0.14" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*argv, *starts, f"2021={tmp_path / 'wrong.json'}"])
+    with pytest.raises(SystemExit, match="started from epoch 200 of s"):
+        _load("lattice-mnist-seeds").main()
+    monkeypatch.setattr(sys, "argv", [*argv, *starts])
+    with pytest.raises(SystemExit, match=r"no results file for seed\(s\) \[2021\]"):
+        _load("lattice-mnist-seeds").main()
