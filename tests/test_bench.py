@@ -405,12 +405,32 @@ def test_a_broken_compressai_is_reported_and_unloaded(tmp_path, monkeypatch):
     assert not any(n.split(".")[0] == "compressai" for n in sys.modules)
 
 
+def test_allocator_settings_name_what_is_set(monkeypatch, tmp_path):
+    """The lattice benchmarks record the allocator variables set in the environment (and only
+    those) and the kernel's transparent-huge-page mode, None where it cannot be read."""
+    from qlatent.bench import lattice
+
+    for name in lattice.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(lattice, "_THP_MODE", str(mode))
+    assert lattice.allocator_settings() == {
+        "environment": {"THP_MEM_ALLOC_ENABLE": "1"},
+        "transparent_hugepage": "madvise",
+    }
+    monkeypatch.setattr(lattice, "_THP_MODE", str(tmp_path / "missing"))
+    assert lattice.allocator_settings()["transparent_hugepage"] is None
+
+
 def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
     """The scaling sweep times both eager paths per shape (tiny shapes here) and the CLI
     writes them."""
     from qlatent.bench.lattice import bench_lattice_scaling
 
     result = bench_lattice_scaling(shapes=((64, 8), (256, 8), (64, 16)), threads=1, repeats=1)
+    assert set(result["allocator"]) == {"environment", "transparent_hugepage"}
     rows = result["scaling"]
     assert len(rows) == 6 and {r["case"] for r in rows} == {
         "train path, forward + backward",
