@@ -302,3 +302,29 @@ def test_seed_spread_pairs_a_started_row_with_its_own_start(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", [*argv, *starts])
     with pytest.raises(SystemExit, match=r"no results file for seed\(s\) \[2021\]"):
         _load("lattice-mnist-seeds").main()
+
+
+def test_lattice_step_profile_checks_its_arguments(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["lattice-step-profile.py", "--steps", "0"])
+    with pytest.raises(SystemExit):  # an argparse error, before anything is compiled
+        _load("lattice-step-profile").main()
+
+
+@pytest.mark.slow
+def test_lattice_step_profile_writes_the_top_operators(monkeypatch, tmp_path):
+    """The profile of a compiled training step (tiny here): the step's wall time, the profiled
+    self time per step and the operators with the most of it, largest first."""
+    import sys
+
+    out = tmp_path / "profile.json"
+    argv = ["lattice-step-profile.py", "--rows", "64", "--dim", "8", "--steps", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--top", "5", "--out", str(out)])
+    _load("lattice-step-profile").main()
+    result = json.loads(out.read_text())
+    assert result["step_ms_median"] > 0 and len(result["top"]) == 5
+    times = [row["self_ms_per_step"] for row in result["top"]]
+    assert times == sorted(times, reverse=True)
+    assert sum(times) <= result["profiled_self_ms_per_step"] * (1 + 1e-9)
+    assert set(result["allocator"]) == {"environment", "transparent_hugepage"}
