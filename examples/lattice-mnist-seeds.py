@@ -55,7 +55,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed, path in _seed_files(args.seed_results).items():
-        runs[seed] = json.loads(path.read_text())["models"][args.row]
+        runs[seed] = _row_of(path, args.row)
         shutil.copyfile(path, out / f"{args.row}-seed{seed}.json")
     spread = {}
     for metric in METRICS:
@@ -98,6 +98,14 @@ def _seed_files(items: list[str]) -> dict[int, Path]:
     return files
 
 
+def _row_of(path: Path, row: str) -> dict:
+    """Row ``row`` of the results file ``path``; exits with one line if it cannot be read."""
+    try:
+        return json.loads(path.read_text())["models"][row]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        sys.exit(f"{path}: no row {row!r} in a lattice-mnist results file ({error!r})")
+
+
 def paired_gaps(runs: dict[int, dict], starts: dict[int, Path], out: Path) -> dict:
     """Per metric, the row minus its start (the row named by its ``init_from``) at each seed, with
     mean and sample standard deviation over the seeds. Every seed of ``runs`` needs a start;
@@ -111,7 +119,7 @@ def paired_gaps(runs: dict[int, dict], starts: dict[int, Path], out: Path) -> di
         name = source.get("row")
         if not name:
             sys.exit(f"the row at seed {seed} records no init_from: it was not started from a row")
-        start = json.loads(starts[seed].read_text())["models"][name]
+        start = _row_of(starts[seed], name)
         if source.get("checkpoint_epoch") not in (None, start.get("best_epoch")):
             sys.exit(
                 f"seed {seed}: the row started from epoch {source['checkpoint_epoch']} of {name}, "

@@ -302,6 +302,9 @@ def test_seed_spread_pairs_a_started_row_with_its_own_start(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", [*argv, *starts])
     with pytest.raises(SystemExit, match=r"no results file for seed\(s\) \[2021\]"):
         _load("lattice-mnist-seeds").main()
+    monkeypatch.setattr(sys, "argv", [*argv, *starts, f"2021={tmp_path / 'seed.json'}"])
+    with pytest.raises(SystemExit, match="no row 's'"):  # a results file without the start row
+        _load("lattice-mnist-seeds").main()
 
 
 def test_lattice_step_profile_checks_its_arguments(monkeypatch):
