@@ -106,29 +106,19 @@ def _compiled_parts():
     return torch.compile(_training_parts)
 
 
-def _training_backward(grad_y_hat, grad_rate, g, q, d_h, key, compiled) -> tuple[Tensor, ...]:
+def _training_backward(grad_y_hat, grad_rate, g, q, d_h, key) -> tuple[Tensor, ...]:
     """The gradients of :class:`_FusedTrainingPath` from its saved factors and the dither's
-    key (w = ½ − r drawn again, the same bits): ``(∂L/∂y, ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h)``.
-
-    The elementwise part (:func:`_backward_elementwise`, fused with ``compiled``) writes ∂L/∂y
-    and ∂L/∂y·w; the three sums over rows are matrix-vector products. Inductor's own column
-    reductions, fused into that loop, cost more than the loop itself here."""
-    elementwise = _compiled_backward_elementwise() if compiled else _backward_elementwise
-    grad_y, grad_y_w = elementwise(grad_y_hat, grad_rate, g, key)
-    ones = grad_y.new_ones(grad_y.shape[0])
-    return grad_y, grad_y_w.T.mv(ones), q.T.mv(grad_rate), d_h.T.mv(grad_rate)
-
-
-def _backward_elementwise(grad_y_hat, grad_rate, g, key) -> tuple[Tensor, Tensor]:
-    """``(∂L/∂y, ∂L/∂y · w)`` elementwise: ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g, w = ½ − r."""
-    grad_y = grad_y_hat + grad_rate.unsqueeze(-1) * g
-    return grad_y, grad_y * (0.5 - counter_uniform(key, g.shape, g.dtype))
+    key (w = ½ − r drawn again, the same bits): ``(∂L/∂y, ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h)``."""
+    rate = grad_rate.unsqueeze(-1)
+    grad_y = grad_y_hat + rate * g
+    w = 0.5 - counter_uniform(key, g.shape, g.dtype)
+    return grad_y, (grad_y * w).sum(0), (rate * q).sum(0), (rate * d_h).sum(0)
 
 
 @functools.cache
-def _compiled_backward_elementwise():
-    """:func:`_backward_elementwise` fused by ``torch.compile`` (compiled on first use)."""
-    return torch.compile(_backward_elementwise)
+def _compiled_backward():
+    """:func:`_training_backward` fused by ``torch.compile`` (compiled on first use)."""
+    return torch.compile(_training_backward)
 
 
 class _FusedTrainingPath(torch.autograd.Function):
@@ -137,11 +127,11 @@ class _FusedTrainingPath(torch.autograd.Function):
     Left to itself, ``torch.compile``'s partitioner saves y_hat and recomputes the cell rate's
     exponentials in the backward, which then costs more than the forward. Here the forward is one
     fused loop without autograd that also writes three of the four elementwise factors of the
-    gradient (:func:`_training_parts`), and the backward one more loop, a multiply-add with
-    the fourth factor w = ½ − r drawn again from the key, and three sums over rows as
-    matrix-vector products (:func:`_training_backward`; not storing w took the compiled
-    forward + backward from 2.63 and 2.53 to 2.38 and 2.28 times the floor kernel,
-    ``results/bench-lattice-ab-w``, with the same gradients bit for bit):
+    gradient (:func:`_training_parts`), and the backward one more loop, a multiply-add, the
+    fourth factor w = ½ − r drawn again from the key and three reductions over rows
+    (:func:`_training_backward`; not storing w took the compiled forward + backward from
+    2.63 and 2.53 to 2.38 and 2.28 times the floor kernel, ``results/bench-lattice-ab-w``, with
+    the same gradients bit for bit):
 
         ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g,     ∂L/∂Δ = Σ_rows ∂L/∂y · w,
         ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
@@ -166,9 +156,8 @@ class _FusedTrainingPath(torch.autograd.Function):
             grad_y_hat = torch.zeros_like(g)
         if grad_rate is None:
             grad_rate = g.new_zeros(g.shape[0])
-        grad_y, grad_spacing, grad_inv, grad_h = _training_backward(
-            grad_y_hat, grad_rate, g, q, d_h, key, ctx.compiled
-        )
+        backward = _compiled_backward() if ctx.compiled else _training_backward
+        grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, q, d_h, key)
         return grad_y, None, grad_spacing, grad_inv, grad_h, None, None
 
 
