@@ -276,6 +276,8 @@ def test_bench_lattice_times_every_path_and_records_the_load():
     for case in result["cases"].values():
         assert case["rows_per_s"] > 0 and "ratio_to_floor" not in case
     assert len(result["load_average"]["before"]) == 3
+    competing = result["competing_runnable_before"]
+    assert competing is None or competing >= 0
 
 
 @pytest.fixture
@@ -447,3 +449,39 @@ def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
         assert spread["over_rows"] == pytest.approx(max(pair) / min(pair))
         pair = speeds[64, 8], speeds[64, 16]
         assert spread["over_dims"] == pytest.approx(max(pair) / min(pair))
+
+
+def test_competing_runnable_counts_other_threads_ready_to_run(monkeypatch, tmp_path):
+    """The runnable count of /proc/loadavg minus the reader, median over the reads; None where
+    the file is missing or malformed."""
+    from qlatent.bench import timing
+
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.90 1.20 0.80 3/120 4242\n")
+    monkeypatch.setattr(timing, "_LOADAVG", str(loadavg))
+    assert timing.competing_runnable(samples=3, interval_s=0.0) == 2.0
+    loadavg.write_text("0.10 0.20 0.30 1/99 4242\n")
+    assert timing.competing_runnable(samples=2, interval_s=0.0) == 0.0
+    loadavg.write_text("garbage\n")
+    assert timing.competing_runnable(samples=2, interval_s=0.0) is None
+    monkeypatch.setattr(timing, "_LOADAVG", str(tmp_path / "missing"))
+    assert timing.competing_runnable(samples=2, interval_s=0.0) is None
+
+
+def test_the_busy_warning_reads_the_runnable_count_before_the_load_average(result, monkeypatch):
+    """A load average left by a benchmark just before does not warn when no other thread is
+    runnable at the start; other runnable threads do; without the count the load decides
+    (on a machine of two cores here)."""
+    import copy
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    busy = copy.deepcopy(result)
+    timing = busy["timing"]
+    timing["load_average_1_5_15min"]["before"] = [9.0, 9.0, 9.0]
+    timing["competing_runnable_before"] = 0.0
+    assert "warning:" not in format_quantizers(busy)
+    timing["competing_runnable_before"] = 8.0
+    assert "8 other runnable threads" in format_quantizers(busy)
+    timing["competing_runnable_before"] = None
+    assert "load average 9.0" in format_quantizers(busy)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..bottlenecks import build
-from .timing import device_sync, resolve_bench_device, time_cases
+from .timing import competing_runnable, device_sync, resolve_bench_device, time_cases
 
 #: the case every other is read against: the training path's work fused into one kernel by
 #: ``torch.compile`` (counter-based dither, y_hat, Laplace cell rate), without autograd or module
@@ -203,6 +203,7 @@ def bench_lattice(
     device = resolve_bench_device(device)
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
+    competing = competing_runnable()
     torch.manual_seed(0)
     y = torch.randn(rows, dim).to(device)
     y_grad = y.clone().requires_grad_(True)
@@ -288,6 +289,7 @@ def bench_lattice(
             "device": str(device),
         },
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "competing_runnable_before": competing,
         "allocator": allocator_settings(),
         "compile_s": compile_s,
         "cases": results,

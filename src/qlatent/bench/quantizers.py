@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks import BOTTLENECKS, build
-from .timing import device_sync, resolve_bench_device, time_cases
+from .timing import competing_runnable, device_sync, resolve_bench_device, time_cases
 
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
 #: Constructor arguments beyond ``dim``, one dict per benchmark row; a registered name that is
@@ -324,6 +324,7 @@ def bench_quantizers(
         raise ValueError(f"budget_s must be >= 0, got {budget_s}")
 
     load_before = _load_average()
+    competing = competing_runnable()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -378,6 +379,8 @@ def bench_quantizers(
             "rule": TIMING_NOTE,
             # other processes competing for the cores distort multi-threaded timings badly
             "load_average_1_5_15min": {"before": load_before, "after": _load_average()},
+            # threads of other processes ready to run when the timing started (median of reads)
+            "competing_runnable_before": competing,
         },
         "peers": peers,
         "results": results,
@@ -440,12 +443,21 @@ def format_quantizers(result: dict[str, Any]) -> str:
         cells = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in fastest.items())
         lines.append(f"vq eval / bare addmm + min(1).indices rows/s: {cells}")
     load = result["timing"]["load_average_1_5_15min"]["before"]
+    competing = result["timing"].get("competing_runnable_before")
     cores = os.cpu_count() or 1
-    if load is not None and load[0] + result["input"]["threads"] > cores + 0.5:
+    # the load average lags a minute behind (a benchmark just before reads as load); the count of
+    # runnable threads at the start says what competes now, where the platform gives it
+    busy = competing if competing is not None else (None if load is None else load[0])
+    if busy is not None and busy + result["input"]["threads"] > cores + 0.5:
         # each parallel op then waits for a time slice: e.g. FSQ at 2 threads reads 60x slower
+        what = (
+            f"{competing:g} other runnable threads"
+            if competing is not None
+            else f"load average {load[0]}"
+        )
         lines.append(
-            f"warning: load average {load[0]} before the run on {cores} cores: other processes "
-            "compete for the cores, so these timings measure the scheduler; rerun when idle"
+            f"warning: {what} before the run on {cores} cores: other processes compete for "
+            "the cores, so these timings measure the scheduler; rerun when idle"
         )
     for err in result["errors"]:
         lines.append(f"FAILED {err['name']} ({err['stage']}): {err['error']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,29 @@ def time_cases(
 
 def _nothing() -> None:
     pass
+
+
+#: the kernel's count of runnable threads right now (the fourth field of /proc/loadavg)
+_LOADAVG = "/proc/loadavg"
+
+
+def competing_runnable(samples: int = 20, interval_s: float = 0.025) -> float | None:
+    """Threads other than this one ready to run on this machine, now: the median over
+    ``samples`` reads, ``interval_s`` apart, of the runnable count in ``/proc/loadavg`` minus
+    the reader itself; None where that file is not there (not Linux).
+
+    The load average says what ran over the last minute, so right after another benchmark it
+    still reads busy on an idle machine; this says what competes at the start of the timing."""
+    counts = []
+    for i in range(samples):
+        try:
+            running = Path(_LOADAVG).read_text().split()[3].split("/")[0]
+            counts.append(max(0, int(running) - 1))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return float(statistics.median(counts))
 
 
 def device_sync(device: torch.device) -> Callable[[], Any] | None:
