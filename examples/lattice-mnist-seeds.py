@@ -24,6 +24,18 @@ recorded start checkpoint epoch is checked against that file's best epoch.
         --seed-results 2021=DIR1/lattice-mnist.json \\
         --starts 2020=results/lattice-mnist-long/gaussian_lattice/lattice-mnist.json \\
                  2021=DIR0/lattice-mnist.json
+
+A control trained from the same start (e.g. ``rect_gl_lattice``, the rectangular cell under the
+Gaussian-lattice start, for a good-lattice ``*_gl_lattice`` row) separates what the cell gains
+from what the start gives: ``--control ROW --controls SEED=JSON ...`` names that row and, for every
+seed, the results file that holds it; ``controlled`` gives per metric the row minus the control,
+seed by seed, with mean and standard deviation. The two must record the same start (checkpoint
+file and epoch) at each seed.
+
+    python examples/lattice-mnist-seeds.py --row e8_gl_lattice \\
+        --seed-results 2021=DIR1/lattice-mnist.json \\
+        --control rect_gl_lattice --controls 2020=results/lattice-mnist.json \\
+                                             2021=DIR2/lattice-mnist.json
 """
 
 from __future__ import annotations
@@ -48,7 +60,11 @@ def main() -> None:
     parser.add_argument("--table", default="results/lattice-mnist.json")
     parser.add_argument("--out", default="results/lattice-mnist-seeds")
     parser.add_argument("--starts", nargs="+", default=[], metavar="SEED=JSON")
+    parser.add_argument("--control", metavar="ROW", help="a row trained from the same start")
+    parser.add_argument("--controls", nargs="+", default=[], metavar="SEED=JSON")
     args = parser.parse_args()
+    if bool(args.control) != bool(args.controls):
+        parser.error("--control and --controls go together")
 
     table = json.loads(Path(args.table).read_text())["models"]
     runs = {PROTOCOL_SEED: table[args.row]}
@@ -84,6 +100,8 @@ def main() -> None:
     }
     if args.starts:
         payload["paired"] = paired_gaps(runs, _seed_files(args.starts), out)
+    if args.control:
+        payload["controlled"] = control_gaps(runs, args.control, _seed_files(args.controls), out)
     print(f"wrote {write_json(payload, out / 'summary.json')}")
 
 
@@ -127,35 +145,70 @@ def paired_gaps(runs: dict[int, dict], starts: dict[int, Path], out: Path) -> di
             )
         start_rows[seed] = {"row": name, "file": str(starts[seed]), **start}
         shutil.copyfile(starts[seed], out / f"start-seed{seed}.json")
-    paired = {}
-    for metric in METRICS:
-        gaps = {
-            seed: row[metric] - start_rows[seed][metric]
-            for seed, row in runs.items()
-            if metric in row and metric in start_rows[seed]
-        }
-        if not gaps:
-            continue
-        values = list(gaps.values())
-        sd = statistics.stdev(values) if len(values) > 1 else None
-        paired[metric] = {
-            "start": {seed: start_rows[seed][metric] for seed in gaps},
-            "minus_start": gaps,
-            "mean": statistics.mean(values),
-            "sd": sd,
-        }
-        listed = ", ".join(f"{v:+.2f}" for v in values)
-        print(
-            f"{metric} minus its start: {listed} -> {statistics.mean(values):+.2f}"
-            + (f" ± {sd:.2f}" if sd is not None else "")
-        )
     return {
         "starts": {
             seed: {"row": s["row"], "file": s["file"], "best_epoch": s.get("best_epoch")}
             for seed, s in start_rows.items()
         },
-        "metrics": paired,
+        "metrics": _differences(runs, start_rows, "start"),
     }
+
+
+def control_gaps(runs: dict[int, dict], control: str, files: dict[int, Path], out: Path) -> dict:
+    """Per metric, the row minus ``control`` at each seed, with mean and sample standard
+    deviation over the seeds. Every seed of ``runs`` needs a file holding the control, which must
+    record the same start (``init_from`` checkpoint and epoch) as the row at that seed, or, for
+    rows trained from scratch, none either; the files are copied into ``out`` as
+    ``control-seedSEED.json``."""
+    missing = sorted(set(runs) - set(files))
+    if missing:
+        sys.exit(f"--controls has no results file for seed(s) {missing}")
+    controls = {}
+    for seed, row in runs.items():
+        reference = _row_of(files[seed], control)
+        start, its = row.get("init_from") or {}, reference.get("init_from") or {}
+        same = ("checkpoint", "checkpoint_epoch")
+        if any(start.get(key) != its.get(key) for key in same):
+            sys.exit(
+                f"seed {seed}: {control} in {files[seed]} was not started from the row's start "
+                f"({its.get('checkpoint')} epoch {its.get('checkpoint_epoch')} against "
+                f"{start.get('checkpoint')} epoch {start.get('checkpoint_epoch')})"
+            )
+        controls[seed] = reference
+        shutil.copyfile(files[seed], out / f"control-seed{seed}.json")
+    return {
+        "control": control,
+        "files": {seed: str(path) for seed, path in sorted(files.items()) if seed in runs},
+        "metrics": _differences(runs, controls, "control"),
+    }
+
+
+def _differences(runs: dict[int, dict], references: dict[int, dict], name: str) -> dict:
+    """Per metric, ``runs[seed] − references[seed]`` for every seed holding the metric in both,
+    with their mean and sample standard deviation (None for one seed); printed one line each."""
+    table = {}
+    for metric in METRICS:
+        gaps = {
+            seed: row[metric] - references[seed][metric]
+            for seed, row in runs.items()
+            if metric in row and metric in references[seed]
+        }
+        if not gaps:
+            continue
+        values = list(gaps.values())
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        table[metric] = {
+            name: {seed: references[seed][metric] for seed in gaps},
+            f"minus_{name}": gaps,
+            "mean": statistics.mean(values),
+            "sd": sd,
+        }
+        listed = ", ".join(f"{v:+.2f}" for v in values)
+        print(
+            f"{metric} minus its {name}: {listed} -> {statistics.mean(values):+.2f}"
+            + (f" ± {sd:.2f}" if sd is not None else "")
+        )
+    return table
 
 
 if __name__ == "__main__":

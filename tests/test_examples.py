@@ -307,6 +307,47 @@ def test_seed_spread_pairs_a_started_row_with_its_own_start(tmp_path, monkeypatc
         _load("lattice-mnist-seeds").main()
 
 
+def test_seed_spread_reads_a_row_against_a_control_from_the_same_start(tmp_path, monkeypatch):
+    """With ``--control ROW --controls``, the row minus that control at each seed, mean and sd; a
+    control that records another start than the row's is refused with one line, and the two
+    options go together."""
+    import sys
+
+    def row(nll, path, epoch=247):
+        start = {"row": "s", "checkpoint": path, "checkpoint_epoch": epoch}
+        return {"test_nll_iwae1000": nll, "init_from": start}
+
+    files = {
+        "table.json": {"models": {"a": row(92.5, "r0/s.pt"), "c": row(93.9, "r0/s.pt")}},
+        "seed.json": {"models": {"a": row(92.6, "r1/s.pt", 200)}},
+        "control.json": {"models": {"c": row(94.0, "r1/s.pt", 200)}},
+        "other.json": {"models": {"c": row(94.0, "r2/s.pt", 200)}},
+    }
+    for name, payload in files.items():
+        (tmp_path / name).write_text(json.dumps(payload))
+    table = tmp_path / "table.json"
+    argv = ["lattice-mnist-seeds.py", "--row", "a", "--table", str(table), "--out"]
+    argv += [str(tmp_path / "out"), "--seed-results", f"2021={tmp_path / 'seed.json'}"]
+    controls = ["--control", "c", "--controls", f"2020={table}"]
+    monkeypatch.setattr(sys, "argv", [*argv, *controls, f"2021={tmp_path / 'control.json'}"])
+    _load("lattice-mnist-seeds").main()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    controlled = summary["controlled"]["metrics"]["test_nll_iwae1000"]
+    assert controlled["minus_control"] == {"2020": pytest.approx(-1.4), "2021": pytest.approx(-1.4)}
+    assert controlled["mean"] == pytest.approx(-1.4) and controlled["sd"] == pytest.approx(0.0)
+    assert summary["controlled"]["control"] == "c"
+    assert (tmp_path / "out" / "control-seed2021.json").exists()
+    monkeypatch.setattr(sys, "argv", [*argv, *controls, f"2021={tmp_path / 'other.json'}"])
+    with pytest.raises(SystemExit, match="seed 2021: c in .* was not started from the row's"):
+        _load("lattice-mnist-seeds").main()
+    monkeypatch.setattr(sys, "argv", [*argv, *controls])
+    with pytest.raises(SystemExit, match=r"--controls has no results file for seed\(s\) \[2021\]"):
+        _load("lattice-mnist-seeds").main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--control", "c"])
+    with pytest.raises(SystemExit):  # --control without --controls: an argparse error
+        _load("lattice-mnist-seeds").main()
+
+
 def test_lattice_step_profile_checks_its_arguments(monkeypatch):
     import sys
 
