@@ -327,22 +327,26 @@ def test_constructor_arguments_are_validated():
 
 def test_fused_vq_losses_equal_the_composed_form():
     """``codebook_and_commitment`` gives the value and gradients of z + sg(q − z) and
-    mse(q, sg(z)) + β·mse(z, sg(q)) (float64, random upstream weights)."""
+    mse(q, sg(z)) + β·mse(z, sg(q)) (float64, random upstream weights), also when y_hat takes
+    the buffer of q (``reuse_q``)."""
     import torch.nn.functional as F
 
     z0 = torch.randn(40, 6, dtype=torch.float64, generator=gen(40))
     q0 = torch.randn(40, 6, dtype=torch.float64, generator=gen(41))
     w = torch.randn(40, 6, dtype=torch.float64, generator=gen(42))
     results = []
-    for fused in (False, True):
+    for fused in (False, True, "reuse"):
         z, q = z0.clone().requires_grad_(), q0.clone().requires_grad_()
-        if fused:
+        if fused == "reuse":  # y_hat written into a temporary's buffer, gradient through it
+            y_hat, aux = cb.codebook_and_commitment(z, q * 1.0, 0.3, reuse_q=True)
+        elif fused:
             y_hat, aux = cb.codebook_and_commitment(z, q, 0.3)
         else:
             y_hat = cb.straight_through(z, q)
             aux = F.mse_loss(q, z.detach()) + 0.3 * F.mse_loss(z, q.detach())
         ((y_hat * w).sum() + 5 * aux).backward()
         results.append((y_hat.detach(), aux.detach(), z.grad, q.grad))
-    assert torch.equal(results[0][0], results[1][0])
-    for a, b in zip(results[0][1:], results[1][1:], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0])
+        for a, b in zip(results[0][1:], other[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -155,15 +155,23 @@ class _CodebookAndCommitment(torch.autograd.Function):
         y_hat = z + sg(e),   aux = ‖q − sg(z)‖² + β ‖z − sg(q)‖²   (means; both equal mean e²)
 
     so ∂aux/∂q = 2e/n and ∂aux/∂z = −2βe/n. Three passes forward (e, its mean square, y_hat)
-    where the composed form takes eight."""
+    where the composed form takes eight, and two rows × d allocations (e and y_hat, or e alone
+    with ``reuse_q``)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, q: Tensor, beta: float):
+    def forward(ctx, z: Tensor, q: Tensor, beta: float, reuse_q: bool):
         e = q - z
         ctx.save_for_backward(e)
         ctx.beta = beta
-        mean_square = (e * e).mean()
-        return z + e, (1.0 + beta) * mean_square
+        flat = e.reshape(-1)
+        # Σ e² as one dot product: no rows × d temporary (each costs page faults on the CPU)
+        mean_square = torch.dot(flat, flat) / flat.numel()
+        if reuse_q:  # y_hat in the buffer of q, which the caller gave up
+            ctx.mark_dirty(q)
+            y_hat = torch.add(z, e, out=q)
+        else:
+            y_hat = z + e
+        return y_hat, (1.0 + beta) * mean_square
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -172,13 +180,19 @@ class _CodebookAndCommitment(torch.autograd.Function):
         scaled = e * (grad_aux * (2.0 / e.numel()))
         grad_z = grad_y_hat - ctx.beta * scaled if ctx.needs_input_grad[0] else None
         grad_q = scaled if ctx.needs_input_grad[1] else None
-        return grad_z, grad_q, None
+        return grad_z, grad_q, None, None
 
 
-def codebook_and_commitment(z: Tensor, q: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+def codebook_and_commitment(
+    z: Tensor, q: Tensor, beta: float, *, reuse_q: bool = False
+) -> tuple[Tensor, Tensor]:
     """``(y_hat, aux)`` of VQ-VAE: the straight-through output ``z + sg(q − z)`` and
-    ``mse(q, sg(z)) + β·mse(z, sg(q))``, with the gradients of those expressions."""
-    return _CodebookAndCommitment.apply(z, q, float(beta))
+    ``mse(q, sg(z)) + β·mse(z, sg(q))``, with the gradients of those expressions.
+
+    ``reuse_q=True`` writes y_hat into q's buffer (q must be a temporary the caller no longer
+    reads, e.g. the codewords just gathered, and not a leaf that requires grad): one rows × d
+    allocation fewer."""
+    return _CodebookAndCommitment.apply(z, q, float(beta), reuse_q)
 
 
 def straight_through(z: Tensor, q: Tensor) -> Tensor:

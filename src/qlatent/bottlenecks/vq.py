@@ -62,7 +62,8 @@ class VectorQuantizer(CodebookQuantizer):
         hard = self._hard_path(y)
         if not self.training:
             return hard
-        y_hat, aux = codebook_and_commitment(y, hard.y_hat, self.commitment)
+        # the gathered codewords are this call's own: y_hat takes their buffer
+        y_hat, aux = codebook_and_commitment(y, hard.y_hat, self.commitment, reuse_q=True)
         return replace(hard, y_hat=y_hat, aux_loss=aux)
 
     def extra_repr(self) -> str:
