@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlatent.bottlenecks import build
+from qlatent.bottlenecks import _codebook, build
 from qlatent.bottlenecks.learnable_lattice import init_bound
 from qlatent.cli import main
 from qlatent.data.folder import load_image_folder
@@ -60,6 +60,28 @@ def test_quantization_is_rounding_to_the_diagonal_lattice():
     assert out.stats["codes_used"].item() == 2
     assert out.stats["spacing"].item() == pytest.approx((0.5 + 2.0 + 1.0) / 3)
     assert torch.equal(out.rate, torch.zeros(2))
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (1, 4), (500, 3), (2000, 64)])
+def test_row_counts_equal_a_full_sort_of_the_rows(shape):
+    rows = torch.randint(-2, 3, shape, generator=gen(shape[0]))
+    rows[shape[0] // 2 :] = rows[: shape[0] - shape[0] // 2]  # every row at least twice
+    expected = torch.unique(rows, dim=0, return_counts=True)[1] if shape[0] else rows.new_zeros(0)
+    counts = _codebook.row_counts(rows)
+    assert counts.dtype == torch.int64 and int(counts.sum()) == shape[0]
+    assert torch.equal(counts.sort().values, expected.sort().values)
+
+
+def test_row_counts_do_not_depend_on_the_hash(monkeypatch):
+    # every row hashes to 0: the neighbours in hash order differ, so the full sort decides
+    monkeypatch.setattr(
+        _codebook, "_row_hash_weights", lambda dim, device: torch.zeros(dim, dtype=torch.int64)
+    )
+    rows = torch.tensor([[1, 0], [0, 1], [1, 0], [2, 2], [1, 0]])
+    assert sorted(_codebook.row_counts(rows).tolist()) == [1, 1, 3]
+    # equal hashes of equal rows are no collision: one count, without the full sort
+    monkeypatch.setattr(torch, "unique", None)
+    assert _codebook.row_counts(torch.ones(6, 3, dtype=torch.int64)).tolist() == [6]
 
 
 def test_losses_and_gradients():

@@ -21,7 +21,8 @@ Shapes: input ``(B, D)`` or ``(B, D, *spatial)``, the code dimension on axis 1 (
 latent of a conv encoder, ``(B, 64, 14, 14)``). ``indices`` are the integer coordinates n, shaped
 like the input (``index_kind = "vector"``). ``stats``: ``spacing`` = mean |b_d|; on the hard path
 also, for the rows of the batch, ``codes_used`` (distinct code vectors) and ``perplexity`` (exp of
-their usage entropy), which take a sort of the rows and so stay off the training path.
+their usage entropy), counted exactly from a sort of the rows' hashes (``row_counts`` in
+``qlatent.bottlenecks._codebook``) and kept off the training path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from torch import Tensor, nn
 
 from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
-from ._codebook import check_nonnegative, check_num_codes, straight_through, usage_stats
+from ._codebook import (
+    check_nonnegative,
+    check_num_codes,
+    row_counts,
+    straight_through,
+    usage_stats,
+)
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
 
 #: |b_d| below this is treated as this (sign kept), so that z / b stays finite
@@ -109,8 +116,9 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         stats = {"spacing": self.spacing.mean()}
         rate = y.new_zeros(y.shape[0])
         if not self.training:
-            stats.update(_usage(n))  # a sort of the rows: kept off the training hot path
-            return BottleneckOutput(q.detach(), rate, y.new_zeros(()), to_coordinates(n), stats)
+            indices = to_coordinates(n)
+            stats.update(usage_stats(row_counts(indices)))  # a sort: off the training hot path
+            return BottleneckOutput(q.detach(), rate, y.new_zeros(()), indices, stats)
         size = -self.basis.abs().sum()
         aux = (
             F.mse_loss(q, y.detach())
@@ -130,10 +138,3 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
             f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
             f"size_weight={self.size_weight}, init_range={self.init_range:.4g}"
         )
-
-
-@torch.no_grad()
-def _usage(n: Tensor) -> dict[str, Tensor]:
-    """Distinct code vectors among the rows of ``n`` ``(N, D)`` and the perplexity of their use."""
-    _, counts = torch.unique(n, dim=0, return_counts=True)
-    return usage_stats(counts)
