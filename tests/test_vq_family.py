@@ -350,3 +350,24 @@ def test_fused_vq_losses_equal_the_composed_form():
         assert torch.equal(results[0][0], other[0])
         for a, b in zip(results[0][1:], other[1:], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "dtype,module_dtype,scale,rows",
+    [(torch.bfloat16, torch.float32, 3e18, 18), (torch.float16, torch.float16, 40.0, 50_000)],
+    ids=["float32-near-the-limit", "float16"],
+)
+def test_vq_losses_stay_finite_where_the_sum_of_squares_overflows(dtype, module_dtype, scale, rows):
+    """Inputs below the input limit bound each row's squared distance, not their sum over rows:
+    the fused losses' mean square is formed again from scaled values when the plain dot product
+    overflows (found by ``make fuzz``: float32 inputs at 3e18 with 144 values; and a float16
+    module gave an infinite loss on 50,000 ordinary rows)."""
+    neck = build("vq", dim=8, num_codes=16).to(module_dtype).train()
+    y = ((torch.rand(rows, 8, generator=gen(7)) * 2 - 1) * scale).to(dtype)
+    out = neck(y)
+    q = neck.codebook.detach().double()[out.indices]
+    expected = 1.25 * (y.double() - q).square().mean()
+    assert out.aux_loss.dtype == module_dtype and torch.isfinite(out.aux_loss)
+    assert out.aux_loss.double().item() == pytest.approx(expected.item(), rel=2e-3)
+    out.aux_loss.float().backward()
+    assert torch.isfinite(neck.codebook.grad).all()

@@ -185,6 +185,21 @@ def row_counts(rows: Tensor) -> Tensor:
     return torch.unique_consecutive(hashes, return_counts=True)[1]
 
 
+def _mean_square(flat: Tensor) -> Tensor:
+    """Σ e²/n of a flat tensor as one dot product: no rows × d temporary (each costs page faults
+    on the CPU). The sum can pass the dtype's range where the mean does not (a row's squared
+    norm is bounded by the input limit, not the sum over rows): then it is formed again from
+    e/max|e|, in float32 at least, and scaled back."""
+    n = flat.numel()
+    mean_square = torch.dot(flat, flat) / n
+    if n and not bool(torch.isfinite(mean_square)):
+        wide = flat.float() if flat.element_size() < 4 else flat
+        peak = wide.abs().amax()
+        unit = wide / peak
+        mean_square = (peak.square() * (torch.dot(unit, unit) / n)).to(flat.dtype)
+    return mean_square
+
+
 class _CodebookAndCommitment(torch.autograd.Function):
     """VQ-VAE's straight-through output and auxiliary loss from one difference e = q − z:
 
@@ -199,9 +214,7 @@ class _CodebookAndCommitment(torch.autograd.Function):
         e = q - z
         ctx.save_for_backward(e)
         ctx.beta = beta
-        flat = e.reshape(-1)
-        # Σ e² as one dot product: no rows × d temporary (each costs page faults on the CPU)
-        mean_square = torch.dot(flat, flat) / flat.numel()
+        mean_square = _mean_square(e.reshape(-1))
         if reuse_q:  # y_hat in the buffer of q, which the caller gave up
             ctx.mark_dirty(q)
             y_hat = torch.add(z, e, out=q)
