@@ -371,3 +371,30 @@ def test_vq_losses_stay_finite_where_the_sum_of_squares_overflows(dtype, module_
     assert out.aux_loss.double().item() == pytest.approx(expected.item(), rel=2e-3)
     out.aux_loss.float().backward()
     assert torch.isfinite(neck.codebook.grad).all()
+
+
+@pytest.mark.parametrize("name", ["vq_ema", "soft_em_vq"])
+def test_commitment_losses_stay_finite_near_the_input_limit(name):
+    """The other codebook methods' commitment terms (``mean_square_error``) on the input that
+    overflowed them: 144 values at 3e18, below the float32 limit of 3.26e18 at in_dim 8."""
+    neck = build(name, dim=8, num_codes=16).train()
+    y = torch.full((2, 8, 3, 3), 3e18).to(torch.bfloat16)
+    out = neck(y)
+    assert torch.isfinite(out.aux_loss) and out.aux_loss > 1e36
+    assert torch.isfinite(out.y_hat).all()
+
+
+def test_mean_square_error_is_mse_loss_within_range_and_finite_past_it():
+    import torch.nn.functional as F
+
+    a = torch.randn(30, 4, dtype=torch.float64, generator=gen(50), requires_grad=True)
+    b = torch.randn(30, 4, dtype=torch.float64, generator=gen(51))
+    (g_ours,) = torch.autograd.grad(cb.mean_square_error(a, b), a)
+    (g_ref,) = torch.autograd.grad(F.mse_loss(a, b), a)
+    assert cb.mean_square_error(a, b).item() == pytest.approx(F.mse_loss(a, b).item(), rel=1e-14)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=0)
+    big = torch.full((144,), 3e18, requires_grad=True)
+    value = cb.mean_square_error(big, torch.zeros(144))
+    (grad,) = torch.autograd.grad(value, big)
+    assert value.item() == pytest.approx(9e36, rel=1e-5) and torch.isinf(F.mse_loss(big, big * 0))
+    torch.testing.assert_close(grad, torch.full((144,), 2 * 3e18 / 144))

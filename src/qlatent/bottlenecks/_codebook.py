@@ -6,6 +6,7 @@ Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece wit
   ``uniform_unit_scaling``: U(±sqrt(3/d))).
 - :func:`squared_distances` and :func:`nearest_codeword` — ‖z − e_k‖² and its argmin, in row
   chunks so that a large codebook never materialises an ``N×K`` matrix bigger than a few MB.
+- :func:`mean_square_error` — ``mse_loss`` without overflow where only the sum of squares would.
 - :func:`usage_stats` — codes used and perplexity exp(H(usage)) from (possibly fractional) counts.
 - :func:`row_counts` — how often each distinct integer row occurs (code vectors of a lattice).
 - :class:`CodebookQuantizer` — the hard path of one-index-per-row methods (lookup, log K rate).
@@ -183,6 +184,18 @@ def row_counts(rows: Tensor) -> Tensor:
         if bool((first != second).any()):
             return torch.unique(keys, dim=0, return_counts=True)[1]
     return torch.unique_consecutive(hashes, return_counts=True)[1]
+
+
+def mean_square_error(a: Tensor, b: Tensor) -> Tensor:
+    """``F.mse_loss(a, b)`` (the mean of (a − b)², differentiable in both) that stays finite
+    where the sum of squares passes the dtype's range but the mean does not: then it is formed
+    again from (a − b)/max|a − b| and scaled back (see :func:`_mean_square`)."""
+    diff = a - b
+    mean_square = diff.square().mean()
+    if diff.numel() and not bool(torch.isfinite(mean_square)):
+        peak = diff.detach().abs().amax()
+        mean_square = peak.square() * (diff / peak).square().mean()
+    return mean_square
 
 
 def _mean_square(flat: Tensor) -> Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._codebook import (
@@ -32,6 +31,7 @@ from ._codebook import (
     EMACodebook,
     check_nonnegative,
     check_num_codes,
+    mean_square_error,
     squared_distances,
     straight_through,
     usage_stats,
@@ -102,7 +102,7 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         self.ema.update(counts, sums)
 
         entropy = -(log_tau.exp() * log_tau).sum(1)  # H(τ_i), nats
-        aux = self.commitment * F.mse_loss(y, mean_code)
+        aux = self.commitment * mean_square_error(y, mean_code)
         if self.vib_weight:
             aux = aux + self.vib_weight * (math.log(self.num_codes) - entropy).mean()
         stats = usage_stats(counts)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._codebook import (
@@ -29,6 +28,7 @@ from ._codebook import (
     check_nonnegative,
     check_num_codes,
     code_counts,
+    mean_square_error,
     straight_through,
 )
 from .base import BOTTLENECKS, BottleneckOutput
@@ -84,7 +84,7 @@ class EMAVectorQuantizer(CodebookQuantizer):
         indices, q = hard.indices, hard.y_hat
         sums = torch.zeros_like(self.codebook).index_add_(0, indices, y.detach())
         self.ema.update(code_counts(indices, self.num_codes), sums)
-        aux = self.commitment * F.mse_loss(y, q)
+        aux = self.commitment * mean_square_error(y, q)
         return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
     def extra_repr(self) -> str:
