@@ -141,8 +141,9 @@ class DitheredGoodLattice(Bottleneck):
             the rows of a call); ``"box"``, X̂ restricted to the cell's bounding box around
             each row's v (drawn per row; Laplace prior only), which puts more of them in the
             cell when the prior is comparable to the cell; or ``"tilted"``, X̂ tilted by a
-            Gaussian around v with the cell's size (drawn per row; Laplace prior only), whose
-            draws land in the cell far more often than the box's in 16 and 24 dimensions.
+            Gaussian around v with the cell's size (drawn per row; either prior), whose draws
+            land in the cell far more often than the box's or the prior's in 16 and 24
+            dimensions.
         debias: add the delta-method correction V̂ar(P̂)/(2P̂²) to each block's log-density in the
             rates of both paths (:meth:`log_density`), which takes the log's Jensen bias from
             O(1/S) to O(1/S²) at the cost of one more pass over the Monte-Carlo terms. IWAE
@@ -193,7 +194,7 @@ class DitheredGoodLattice(Bottleneck):
         if not isinstance(debias, bool):
             raise ValueError(f"debias must be True or False, got {debias!r}")
         self.debias = debias
-        if proposal in ("box", "tilted") and prior != "laplace":
+        if proposal == "box" and prior != "laplace":
             raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         self.proposal = proposal
         self.lattice_spec = lattice if isinstance(lattice, str) else list(lattice)
@@ -526,7 +527,7 @@ class DitheredGoodLattice(Bottleneck):
         the tilted one for a large-S reference of a box bottleneck."""
         if proposal not in (None, "prior", "box", "tilted"):
             raise ValueError(f"proposal must be 'prior', 'box' or 'tilted', got {proposal!r}")
-        if proposal in ("box", "tilted") and self.prior_name != "laplace":
+        if proposal == "box" and self.prior_name != "laplace":
             raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         own = self.proposal
         self.proposal = proposal or own
@@ -555,14 +556,17 @@ class DitheredGoodLattice(Bottleneck):
         truncated Gaussians, N(v ∓ τ²/b, τ²) on x ≥ 0 and x ≤ 0: a side is drawn by its mass,
         then the point by the inverse CDF, in float64 (past 30 standard deviations of
         truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
-        its Rayleigh approximation, whose density is within 1/30² of the exact one). ``unit``:
-        the blocks' unit-volume factors per coordinate (default all blocks')."""
+        its Rayleigh approximation, whose density is within 1/30² of the exact one). The
+        Gaussian prior N(0, b²) times the Gaussian is one Gaussian (:meth:`_gaussian_tilt`).
+        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks')."""
         n, m = v.shape
         f64 = torch.float64
         mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
         b = scale.detach().to(f64)
         unit = self._unit if unit is None else unit
         tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / unit.to(f64))
+        if self.prior_name == "gaussian":
+            return self._gaussian_tilt(v, mu, b, tau, count, key, membership)
         shift = tau.square() / b
         alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
         alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
@@ -594,6 +598,38 @@ class DitheredGoodLattice(Bottleneck):
                 - (tilt_matrix @ (t - center).square())
                 - (log_c_blocks - shift)
             )
+
+        return x.to(dtype), log_q
+
+    @staticmethod
+    def _gaussian_tilt(
+        v: Tensor,
+        mu: Tensor,
+        b: Tensor,
+        tau: Tensor,
+        count: int,
+        key: Tensor,
+        membership: Tensor,
+    ):
+        """:meth:`_tilted_points` under the Gaussian prior: N(0, b²)·N(v, τ²) ∝ N(c, s²) with
+        1/s² = 1/b² + 1/τ² and c = s²·v/τ², per coordinate, drawn by the inverse CDF of
+        counter-based uniforms in float64 (``mu``: v in float64, ``(N, 1, m)``)."""
+        n, m = v.shape
+        f64 = torch.float64
+        var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())  # (m,)
+        center = mu * (var / tau.square())  # (N, 1, m)
+        r = counter_uniform(key, (n, count, m), f64).to(v.device)
+        r = r + 2.0**-25  # midpoints of the 2^-24 grid: never 0 or 1
+        x = center + var.sqrt() * torch.special.ndtri(r)
+        dtype = v.dtype
+        # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
+        square_matrix = (membership.to(f64) / (2 * var).unsqueeze(1)).T.to(dtype)  # (blocks, m)
+        log_c = (0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi)) @ membership.to(f64)
+        log_c = log_c.unsqueeze(1).to(dtype)  # (blocks, 1)
+        center = center.transpose(1, 2).to(dtype)  # (N, m, 1)
+
+        def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
+            return -(square_matrix @ (t - center).square()) - (log_c - shift)
 
         return x.to(dtype), log_q
 
