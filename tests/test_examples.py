@@ -215,6 +215,43 @@ def test_plugged_lattices_pay_their_high_rate_gap_over_gaussian_noise():
         assert abs((parts[:, 0] - reference[:, 0]).mean().item()) < 0.05, name
 
 
+def test_plugin_tails_estimates_converge_on_a_plain_start_and_arguments_are_checked(
+    monkeypatch, tmp_path
+):
+    """``examples/lattice-plugin-tails.py``: on E8^5 at a moderate noise level the estimates at
+    small counts are finite and agree with larger counts on average (no collapse), and bad
+    layouts, proposals and counts are argparse errors before anything is loaded."""
+    import sys
+
+    import torch
+
+    from qlatent.models import gated_vae
+    from qlatent.rng import SeedKeys
+
+    tails = _load("lattice-plugin-tails")
+    torch.manual_seed(0)
+    gl = gated_vae("gaussian_lattice", latent_dim=40).eval()
+    with torch.no_grad():
+        gl.bottleneck.logvar.fill_(2 * math.log(0.5))
+    model = tails.plugin.plugged(
+        gl, tails.plugin.LAYOUTS["E8^5"], (64, 8), False, "gaussian", "tilted", True
+    )
+    neck = model.bottleneck.double().train()
+    x = (torch.rand(20, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    with torch.no_grad():
+        v = neck(model.encoder(x).double(), generator=SeedKeys(1)).y_hat
+    small = tails.estimates(neck, v, (64, 8), 3, 0)
+    large = tails.estimates(neck, v, (2048, 256), 2, 100).mean(0)
+    assert small.shape == (3, 20) and torch.isfinite(small).all()
+    error = small - large
+    assert abs(error.mean().item()) < 0.1 and (error > -tails.COLLAPSE_NATS).all()
+    base = ["lattice-plugin-tails.py", "--runs", str(tmp_path)]
+    for extra in (["--layouts", "nope"], ["--proposals", "box"], ["--counts", "3,0"]):
+        monkeypatch.setattr(sys, "argv", [*base, *extra])
+        with pytest.raises(SystemExit):
+            tails.main()
+
+
 def test_lattice_plugin_plot_reads_results_and_refuses_other_files(tmp_path):
     plot = _load("lattice-plugin-plot")
     good = tmp_path / "plugin.json"
