@@ -295,6 +295,59 @@ def test_density_estimate_is_unbiased_for_the_cell_probability(prior, proposal, 
     assert capped.shape == (1,) and capped <= module.log_density(v, *counts, gen(1), cap=False)
 
 
+@pytest.mark.parametrize("proposal", ["prior", "tilted"])
+def test_draw_counts_per_block_keep_the_estimate_unbiased(proposal):
+    """One proposal-draw count per block (0, 2, 8 and 16 on four Z blocks, a prior narrower than
+    the cell, where the draws carry the estimate): E[Π_b P̂_b] = Π_b P_b, the product of the
+    closed forms, within 5 SE; equal counts are the single count's estimate, bit for bit."""
+    prior = "gaussian" if proposal == "tilted" else "laplace"
+    module = _z_blocks(prior, 0.15, proposal=proposal, prior_samples=[0, 2, 8, 16])
+    assert module.prior_samples == (0, 2, 8, 16)
+    v = torch.tensor([[0.0, 0.3, -0.2, 0.45]], dtype=F64)
+    exact = _exact_log_prob(v, prior, 0.15).exp()
+    draws = torch.stack(
+        [module.log_density(v, 4, module.prior_samples, gen(r), cap=False) for r in range(2000)]
+    ).exp()
+    mean, se = draws.mean(), draws.std() / math.sqrt(draws.numel())
+    assert abs(mean - exact) <= 5 * se, (mean, exact, se)
+    same = module.log_density(v, 4, [8, 8, 8, 8], gen(3), debias=True)
+    assert torch.equal(same, module.log_density(v, 4, 8, gen(3), debias=True))
+    assert _z_blocks(prior, 0.15, proposal=proposal, prior_samples=[8] * 4).prior_samples == 8
+
+
+def test_draws_past_a_blocks_count_are_not_decoded(monkeypatch):
+    """Λ16 ⊕ E8 with counts (1, 5): the E8 block decodes at most one draw per row, and the
+    variance of the delta-method correction runs over each block's own draws."""
+    from qlatent.bottlenecks.good_lattice import _group_variance
+
+    module = DitheredGoodLattice(
+        dim=24, lattice=["bw16", "e8"], proposal="tilted", prior_samples=[5, 1], init_scale=0.3
+    )
+    e8_block = module.geometry.blocks[1]
+    seen = []
+    original = type(e8_block).closest_point
+    monkeypatch.setattr(
+        type(e8_block),
+        "closest_point",
+        lambda self, x: seen.append(x.shape[0]) or original(self, x),
+    )
+    t = torch.zeros(7, 24, 5)  # (rows, m, draws): every draw at the cell's centre
+    counts = torch.tensor([5, 1])
+    inside = module._inside_cell(t, module._coordinate_scale().detach(), None, counts)
+    assert sum(seen) == 7  # one E8 decode per row
+    assert inside[:, 0].all() and inside[:, 1, :1].all() and not inside[:, 1, 1:].any()
+    v = 0.2 * torch.randn(7, 24, generator=gen(4))
+    assert torch.isfinite(module.log_density(v, 8, module.prior_samples, gen(5), debias=True)).all()
+    units = torch.rand(3, 2, 6, generator=gen(6), dtype=F64)
+    split = _group_variance(units, torch.tensor([4, 6]))
+    torch.testing.assert_close(split[:, 0], _group_variance(units[:, :1, :4])[:, 0])
+    torch.testing.assert_close(split[:, 1], _group_variance(units[:, 1:])[:, 0])
+    with pytest.raises(ValueError, match="2 blocks"):
+        DitheredGoodLattice(dim=24, lattice=["bw16", "e8"], prior_samples=[5, 1, 2])
+    with pytest.raises(ValueError, match="non-negative"):
+        DitheredGoodLattice(dim=24, lattice=["bw16", "e8"], eval_prior_samples=[5, -1])
+
+
 @pytest.mark.parametrize("proposal", ["prior", "box", "tilted"])
 def test_prior_draws_fix_a_peaked_prior(proposal):
     """A prior much narrower than the cell: uniform cell points alone are biased by nats; the

@@ -103,6 +103,16 @@ def _count(value, name: str) -> int:
     return value
 
 
+def _draw_counts(value, name: str, blocks: int) -> int | tuple[int, ...]:
+    """A proposal-draw count: one non-negative integer for every block, or one per block."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != blocks:
+            raise ValueError(f"{name} gives {len(value)} counts for {blocks} blocks: {value!r}")
+        counts = tuple(_count(v, name) for v in value)
+        return counts[0] if len(set(counts)) == 1 else counts
+    return _count(value, name)
+
+
 class DitheredGoodLattice(Bottleneck):
     """Dithered lattice quantizer on a direct sum of good lattices, Monte-Carlo Theorem-1 rate.
 
@@ -134,7 +144,10 @@ class DitheredGoodLattice(Bottleneck):
             antithetic pairs).
         prior_samples: draws of X̂ for the same estimate (multiple importance sampling; each
             costs a closest-point decode per row of each block it lands within that block's
-            cell bound of, :attr:`qlatent.lattices.Lattice.cell_bound`; farther, it is outside).
+            cell bound of, :attr:`qlatent.lattices.Lattice.cell_bound`; farther, it is outside);
+            one count for every block, or a list with one per block (e.g. ``[32, 1024]`` for Λ24
+            ⊕ Λ16: a block whose cell the draws rarely hit can take many where the Leech block's
+            decodes stay few; each block's estimate uses its own first draws).
         eval_samples / eval_prior_samples: the same two counts for the hard path and for
             :meth:`log_prior` (IWAE).
         proposal: where the second kind of points comes from: ``"prior"``, X̂ itself (shared by
@@ -170,9 +183,9 @@ class DitheredGoodLattice(Bottleneck):
         learn_spacing: bool = True,
         learn_scale: bool = True,
         samples: int = 128,
-        prior_samples: int = 32,
+        prior_samples: int | Sequence[int] = 32,
         eval_samples: int = 1024,
-        eval_prior_samples: int = 64,
+        eval_prior_samples: int | Sequence[int] = 64,
         proposal: Literal["prior", "box", "tilted"] = "prior",
         spacing_per: Literal["block", "coordinate"] = "block",
         scale_per: Literal["coordinate", "block"] = "coordinate",
@@ -205,9 +218,11 @@ class DitheredGoodLattice(Bottleneck):
         self.prior_name = prior
         self.samples = _sample_count(samples, "samples")
         self.eval_samples = _sample_count(eval_samples, "eval_samples")
-        self.prior_samples = _count(prior_samples, "prior_samples")
-        self.eval_prior_samples = _count(eval_prior_samples, "eval_prior_samples")
         blocks = self.geometry.blocks
+        self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks))
+        self.eval_prior_samples = _draw_counts(
+            eval_prior_samples, "eval_prior_samples", len(blocks)
+        )
         sizes = torch.tensor([b.dim for b in blocks])
         # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
         unit = torch.stack([(-b.log_volume / b.dim).exp() for b in blocks]).to(torch.float32)
@@ -321,7 +336,7 @@ class DitheredGoodLattice(Bottleneck):
         self,
         v: Tensor,
         samples: int,
-        prior_samples: int = 0,
+        prior_samples: int | Sequence[int] = 0,
         generator=None,
         *,
         cap: bool = True,
@@ -360,6 +375,11 @@ class DitheredGoodLattice(Bottleneck):
         one independent unit, the proposal's draws as one each (see :func:`_relative_variance`).
         The corrected density is no longer an unbiased estimate of f, so :meth:`log_prior`
         (IWAE) never uses it.
+
+        ``prior_samples`` may give one count per block (all blocks, rectangular ones included):
+        the largest is drawn for every block, and block b keeps its first S_b of them (the
+        others are neither decoded nor counted, S_b enters its balance-heuristic denominator and
+        its variance), the same estimate as with S_b draws for that block alone.
         """
         sigma = self._coordinate_scale().to(v.dtype)
         scale = self.scale.to(v.dtype)
@@ -373,6 +393,14 @@ class DitheredGoodLattice(Bottleneck):
             if self._mc_geometry is None:
                 return exact
         cells = self._mc_cells(v.dtype)
+        draws = None  # the draws each estimated block keeps, where the counts differ
+        if isinstance(prior_samples, (list, tuple)):
+            per_block = torch.tensor(prior_samples, dtype=torch.int64)
+            if cells.blocks is not None:
+                per_block = per_block[cells.blocks.cpu()]
+            prior_samples = int(per_block.max()) if per_block.numel() else 0
+            if per_block.numel() and int(per_block.min()) != prior_samples:
+                draws = per_block.to(v.device)
         if cells.coords is not None:
             v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
             log_vol = log_vol[cells.blocks]
@@ -392,6 +420,8 @@ class DitheredGoodLattice(Bottleneck):
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
         log_count = math.log(max(prior_samples, 1))
+        if draws is not None:  # per block, (blocks, 1); log 0 = −inf drops a block's q term
+            log_count = torch.log(draws.to(v.dtype)).unsqueeze(1)
         # the draws move with the cell (docstring): q0's argument is constant along the map, so
         # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
         stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
@@ -418,7 +448,7 @@ class DitheredGoodLattice(Bottleneck):
                 log_qu = log_q0(tu, log_p.detach(), shift)  # log S_q·q at the cell points
                 log_px = self._block_log_pdf(xc, scale, membership)
                 log_qx = log_q0(x0, log_px.detach(), shift)
-                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)  # (N, blocks, S_q)
+                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells, draws)
                 weight = log_px - torch.logaddexp(log_uniform, log_qx)
                 terms = [
                     log_p - torch.logaddexp(log_uniform, log_qu),
@@ -429,7 +459,7 @@ class DitheredGoodLattice(Bottleneck):
             terms = torch.cat(terms, 2)
             log_sum = torch.logsumexp(terms, dim=2)  # (N, blocks): log P̂_b
             if debias:
-                log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
+                log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples, draws)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
         return log_f.sum(-1) if exact is None else log_f.sum(-1) + exact
@@ -681,17 +711,27 @@ class DitheredGoodLattice(Bottleneck):
         const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
         return -0.5 * ((membership / scale.square().unsqueeze(1)).T @ t.square()) - const
 
-    def _inside_cell(self, t: Tensor, sigma: Tensor, cells: _Cells | None = None) -> Tensor:
+    def _inside_cell(
+        self,
+        t: Tensor,
+        sigma: Tensor,
+        cells: _Cells | None = None,
+        draws: Tensor | None = None,
+    ) -> Tensor:
         """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
         ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block), for the blocks of ``cells``
         (default all). A block is decoded only where it lies within its lattice's
         :attr:`~qlatent.lattices.Lattice.cell_bound` of the origin: farther, it is outside
-        without that (the proposal's draws mostly are, in 16 and 24 dimensions)."""
+        without that (the proposal's draws mostly are, in 16 and 24 dimensions). ``draws``
+        ``(blocks,)``: block b's samples past its first draws[b] count as outside, undecoded."""
         cells = cells or self._mc_cells(t.dtype)
         with torch.no_grad():
             base = t.transpose(-1, -2) / sigma  # (..., S, m) in the base blocks' units
             flat = base.reshape(-1, base.shape[-1])
             near = flat.square() @ cells.membership <= cells.reach  # (rows, blocks)
+            if draws is not None:  # row r of flat is sample r mod S
+                sample = torch.arange(flat.shape[0], device=t.device) % base.shape[-2]
+                near &= sample.unsqueeze(1) < draws.unsqueeze(0)
             inside = torch.zeros_like(near)
             first = 0
             for lattice, count, start in cells.geometry.runs:
@@ -919,7 +959,9 @@ class _LaplaceBlockSums(torch.autograd.Function):
         return grad_v, grad_w, grad_c, None, None
 
 
-def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
+def _relative_variance(
+    terms: Tensor, log_sum: Tensor, samples: int, draws: Tensor | None = None
+) -> Tensor:
     """V̂ar(P̂)/P̂² of the multiple-importance-sampling estimate P̂ = Σ_k t_k, per row and block.
 
     ``terms``: ``(N, blocks, samples + draws)`` log t_k, the first ``samples`` from antithetic
@@ -928,6 +970,7 @@ def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
     the normalized terms ω_k = t_k/P̂ and n units a_j of a group, the unbiased estimate of the
     variance of the group's sum is n/(n − 1)·Σ_j (a_j − ā)², so the relative variance is that sum
     over the groups, computed from ω ∈ [0, 1] without overflow. A group of one unit adds 0.
+    ``draws`` ``(blocks,)``: block b's proposal group is its first draws[b] draws only.
     """
     # P̂ = 0 (every term −inf) gives ω = 0, not NaN
     omega = torch.exp(terms - log_sum.clamp(min=torch.finfo(terms.dtype).min).unsqueeze(2))
@@ -935,13 +978,20 @@ def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
     pairs = omega[..., :half] + omega[..., half:samples]
     total = _group_variance(pairs)
     if terms.shape[2] > samples:
-        total = total + _group_variance(omega[..., samples:])
+        total = total + _group_variance(omega[..., samples:], draws)
     return total
 
 
-def _group_variance(units: Tensor) -> Tensor:
-    """n/(n − 1)·Σ_j (a_j − ā)² over the last dim of ``units`` ``(N, blocks, n)`` (0 when n < 2)."""
+def _group_variance(units: Tensor, counts: Tensor | None = None) -> Tensor:
+    """n/(n − 1)·Σ_j (a_j − ā)² over the last dim of ``units`` ``(N, blocks, n)`` (0 when n < 2);
+    with ``counts`` ``(blocks,)``, over the first counts[b] units of block b."""
     n = units.shape[2]
+    if counts is not None:
+        keep = torch.arange(n, device=units.device) < counts.unsqueeze(1)  # (blocks, n)
+        k = counts.to(units.dtype)
+        mean = (units * keep).sum(2) / k.clamp(min=1.0)
+        centred = (units - mean.unsqueeze(2)) * keep
+        return centred.square().sum(2) * torch.where(k > 1, k / (k - 1).clamp(min=1.0), 0.0)
     if n < 2:
         return units.new_zeros(units.shape[:2])
     centred = units - units.mean(2, keepdim=True)

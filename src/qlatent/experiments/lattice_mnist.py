@@ -58,6 +58,7 @@ MODELS = (
     "leechz_gauss_lattice",
     "rect_gauss_lattice",
     "rect_gl_lattice",
+    "leech_gl_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -83,6 +84,7 @@ LABELS = {
     "leechz_gauss_lattice": "diag(s)·(Λ24 ⊕ Z^16)-lattice VAE, Gaussian prior",
     "rect_gauss_lattice": "diag(s)·Z^40-lattice VAE, Gaussian prior",
     "rect_gl_lattice": "diag(s)·Z^40-lattice VAE, from the Gaussian-lattice VAE",
+    "leech_gl_lattice": "diag(s)·(Λ24 ⊕ Λ16)-lattice VAE, from the Gaussian-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -107,6 +109,7 @@ BLOCK_NSM = {
     "leechz_gauss_lattice": [(0.0657710, 24), (1 / 12, 16)],
     "rect_gauss_lattice": [(1 / 12, 40)],
     "rect_gl_lattice": [(1 / 12, 40)],
+    "leech_gl_lattice": [(0.0657710, 24), (0.0682976, 16)],
 }
 
 
