@@ -11,7 +11,8 @@ difference from the row's mean in units of that standard deviation.
         --seed-results 2021=DIR1/lattice-mnist.json 2022=DIR2/lattice-mnist.json \\
         [--table results/lattice-mnist.json] [--out results/lattice-mnist-seeds]
 
-The seeds' own JSON files are copied into the output folder beside ``summary.json``.
+The seeds' own JSON files are copied into the output folder beside ``summary.json``. A row that
+the committed table does not hold is read from the extra seeds alone.
 
 A row trained from another row's model (``init_from``, e.g. the ``*_gl_lattice`` rows from the
 Gaussian-lattice VAE) is best read against its own start at the same seed, which takes that
@@ -67,7 +68,9 @@ def main() -> None:
         parser.error("--control and --controls go together")
 
     table = json.loads(Path(args.table).read_text())["models"]
-    runs = {PROTOCOL_SEED: table[args.row]}
+    # a row without a run at the protocol's seed (its start no longer exists) is read from the
+    # extra seeds alone
+    runs = {PROTOCOL_SEED: table[args.row]} if args.row in table else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed, path in _seed_files(args.seed_results).items():

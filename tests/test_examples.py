@@ -344,6 +344,35 @@ def test_seed_spread_pairs_a_started_row_with_its_own_start(tmp_path, monkeypatc
         _load("lattice-mnist-seeds").main()
 
 
+def test_seed_spread_reads_a_row_the_table_does_not_hold_from_its_seeds(tmp_path, monkeypatch):
+    """A row without a run at the protocol's seed is read from the extra seeds alone, paired
+    with each seed's own start."""
+    import sys
+
+    def row(nll):
+        return {"test_nll_iwae1000": nll, "init_from": {"row": "s", "checkpoint_epoch": 200}}
+
+    start = {"models": {"s": {"test_nll_iwae1000": 89.5, "best_epoch": 200}}}
+    files = {
+        "table.json": {"models": {"s": {"test_nll_iwae1000": 89.4}}},
+        "seed2021.json": {"models": {"a": row(91.5)}},
+        "seed2022.json": {"models": {"a": row(91.9)}},
+        "start.json": start,
+    }
+    for name, payload in files.items():
+        (tmp_path / name).write_text(json.dumps(payload))
+    argv = ["lattice-mnist-seeds.py", "--row", "a", "--table", str(tmp_path / "table.json")]
+    argv += ["--seed-results", *(f"{s}={tmp_path / f'seed{s}.json'}" for s in (2021, 2022))]
+    argv += ["--starts", *(f"{s}={tmp_path / 'start.json'}" for s in (2021, 2022))]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "out")])
+    _load("lattice-mnist-seeds").main()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["seeds"] == [2021, 2022]
+    assert summary["spread"]["test_nll_iwae1000"]["mean"] == pytest.approx(91.7)
+    paired = summary["paired"]["metrics"]["test_nll_iwae1000"]
+    assert paired["minus_start"] == {"2021": pytest.approx(2.0), "2022": pytest.approx(2.4)}
+
+
 def test_seed_spread_reads_a_row_against_a_control_from_the_same_start(tmp_path, monkeypatch):
     """With ``--control ROW --controls``, the row minus that control at each seed, mean and sd; a
     control that records another start than the row's is refused with one line, and the two
