@@ -10,12 +10,13 @@ cell; for some dithers few do. Here, per layout and count pair, ``log f̂`` of t
 path's y_hat of the first ``--images`` training images is drawn ``--repeats`` times and compared
 with the mean of ``--reference-repeats`` estimates at the reference counts: the mean and median
 error per image, its standard error, and the share of estimates more than 5 nats below the
-reference (collapses: no draw in the cell). The delta-method correction is on (``debias``) as in
-the Gaussian-lattice-start rows. Gaussian prior, one seed of draws.
+reference (collapses: no draw in the cell). ``S_u,S_q1:S_q2`` gives one draw count per block
+(layouts with another number of blocks skip it). The delta-method correction is on (``debias``)
+as in the Gaussian-lattice-start rows. Gaussian prior, one seed of draws.
 
     python examples/lattice-plugin-tails.py --runs ~/.cache/qlatent/runs-seeds/seed2021
         [--layouts 'Λ24 ⊕ Λ16,Λ24 ⊕ Z^16'] [--proposals tilted,prior]
-        [--counts 512,32 512,256] [--reference 8192,2048] [--images 100] [--repeats 8]
+        [--counts 512,32 512,256 512,32:1024] [--reference 8192,2048] [--images 100] [--repeats 8]
         [--reference-repeats 3] [--out results/lattice-plugin-tails.json]
 """
 
@@ -41,6 +42,22 @@ _spec.loader.exec_module(plugin)
 COLLAPSE_NATS = 5.0
 
 
+def counts_arg(text: str) -> tuple[int, int | tuple[int, ...]]:
+    """``S_u,S_q`` or ``S_u,S_q1:S_q2:...`` (one draw count per block) -> the pair, an argparse
+    type: the draw counts per block go through ``monte_carlo_counts`` one by one."""
+    cells, sep, draws = str(text).partition(",")
+    per_block = [monte_carlo_counts(f"{cells},{d}") for d in draws.split(":")] if sep else []
+    if not per_block:
+        raise argparse.ArgumentTypeError(f"expected S_u,S_q or S_u,S_q1:S_q2, got {text!r}")
+    values = tuple(d for _, d in per_block)
+    return per_block[0][0], values[0] if len(values) == 1 else values
+
+
+def counts_text(pair) -> str:
+    cells, draws = pair
+    return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
+
+
 @torch.no_grad()
 def estimates(neck, v: torch.Tensor, counts, repeats: int, seed: int) -> torch.Tensor:
     """``(repeats, N)`` debiased log-density estimates at ``counts``, float64."""
@@ -59,9 +76,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path.home() / ".cache" / "qlatent"))
     parser.add_argument("--layouts", default="Λ24 ⊕ Λ16,Λ24 ⊕ Z^16")
     parser.add_argument("--proposals", default="tilted,prior")
-    parser.add_argument(
-        "--counts", nargs="+", type=monte_carlo_counts, default=[(512, 32), (512, 256)]
-    )
+    parser.add_argument("--counts", nargs="+", type=counts_arg, default=[(512, 32), (512, 256)])
     parser.add_argument("--reference", type=monte_carlo_counts, default=(8192, 2048))
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=8)
@@ -80,7 +95,7 @@ def main() -> None:
     command = (
         f"python examples/lattice-plugin-tails.py --runs {args.runs} --model {args.model} "
         f"--layouts '{args.layouts}' --proposals {args.proposals} --counts "
-        f"{' '.join(f'{a},{b}' for a, b in counts)} --reference {reference[0]},{reference[1]} "
+        f"{' '.join(map(counts_text, counts))} --reference {reference[0]},{reference[1]} "
         f"--images {args.images} "
         f"--repeats {args.repeats} --reference-repeats {args.reference_repeats} --out {args.out}"
     )
@@ -101,13 +116,16 @@ def main() -> None:
                 v = neck(model.encoder(x).double(), generator=SeedKeys(1)).y_hat
             truth = estimates(neck, v, reference, args.reference_repeats, 1000).mean(0)
             for pair in counts:
+                if isinstance(pair[1], tuple) and len(pair[1]) != len(blocks):
+                    print(f"{layout}: {counts_text(pair)} names no count per block, skipped")
+                    continue
                 t0 = time.perf_counter()
                 error = estimates(neck, v, pair, args.repeats, 0) - truth  # (repeats, N)
                 per_image = error.mean(0)
                 row = {
                     "layout": layout,
                     "proposal": proposal,
-                    "counts": list(pair),
+                    "counts": [pair[0], list(pair[1]) if isinstance(pair[1], tuple) else pair[1]],
                     "mean_error_nats": per_image.mean().item(),
                     "mean_error_se": (per_image.std() / args.images**0.5).item(),
                     "median_error_nats": error.median().item(),
@@ -117,7 +135,8 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(
-                    f"{layout:12s} {proposal:7s} {str(pair):12s} mean {row['mean_error_nats']:+.3f}"
+                    f"{layout:12s} {proposal:7s} {counts_text(pair):12s} "
+                    f"mean {row['mean_error_nats']:+.3f}"
                     f" ± {row['mean_error_se']:.3f}  median {row['median_error_nats']:+.3f}"
                     f"  collapsed {100 * row['collapsed_share']:.1f}%"
                     f"  worst {row['worst_error_nats']:+.1f}",

@@ -245,8 +245,19 @@ def test_plugin_tails_estimates_converge_on_a_plain_start_and_arguments_are_chec
     assert small.shape == (3, 20) and torch.isfinite(small).all()
     error = small - large
     assert abs(error.mean().item()) < 0.1 and (error > -tails.COLLAPSE_NATS).all()
+    assert tails.counts_arg("512,32:1024") == (512, (32, 1024))
+    assert (
+        tails.counts_arg("64,8") == (64, 8)
+        and tails.counts_text((512, (32, 1024))) == "512,32:1024"
+    )
     base = ["lattice-plugin-tails.py", "--runs", str(tmp_path)]
-    for extra in (["--layouts", "nope"], ["--proposals", "box"], ["--counts", "3,0"]):
+    bad = (
+        ["--layouts", "nope"],
+        ["--proposals", "box"],
+        ["--counts", "3,0"],
+        ["--counts", "8,4:x"],
+    )
+    for extra in bad:
         monkeypatch.setattr(sys, "argv", [*base, *extra])
         with pytest.raises(SystemExit):
             tails.main()
