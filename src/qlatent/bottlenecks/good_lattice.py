@@ -379,7 +379,7 @@ class DitheredGoodLattice(Bottleneck):
         ``prior_samples`` may give one count per block (all blocks, rectangular ones included):
         the largest is drawn for every block, and block b keeps its first S_b of them (the
         others are neither decoded nor counted, S_b enters its balance-heuristic denominator and
-        its variance), the same estimate as with S_b draws for that block alone.
+        its variance): the estimator that S_b draws for that block alone would give.
         """
         sigma = self._coordinate_scale().to(v.dtype)
         scale = self.scale.to(v.dtype)
