@@ -91,26 +91,41 @@ def monte_carlo_counts(text: str) -> tuple[int, int]:
     return cells, draws
 
 
-def _sample_count(value, name: str) -> int:
+def _count_limit(dim: int) -> int:
+    """The largest Monte-Carlo count per row: one row's draws (up to 2·dim numbers each, the
+    tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`."""
+    return (2**31 - 1) // (2 * dim)
+
+
+def _sample_count(value, name: str, dim: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
         raise ValueError(f"{name} must be an even integer >= 2 (antithetic pairs), got {value!r}")
-    return value
+    return _within_limit(value, name, dim)
 
 
-def _count(value, name: str) -> int:
+def _count(value, name: str, dim: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return _within_limit(value, name, dim)
+
+
+def _within_limit(value: int, name: str, dim: int) -> int:
+    if value > _count_limit(dim):
+        raise ValueError(
+            f"{name} = {value} is more draws per row than a key of the counter-based generator "
+            f"holds at dim {dim} (at most {_count_limit(dim)})"
+        )
     return value
 
 
-def _draw_counts(value, name: str, blocks: int) -> int | tuple[int, ...]:
+def _draw_counts(value, name: str, blocks: int, dim: int) -> int | tuple[int, ...]:
     """A proposal-draw count: one non-negative integer for every block, or one per block."""
     if isinstance(value, (list, tuple)):
         if len(value) != blocks:
             raise ValueError(f"{name} gives {len(value)} counts for {blocks} blocks: {value!r}")
-        counts = tuple(_count(v, name) for v in value)
+        counts = tuple(_count(v, name, dim) for v in value)
         return counts[0] if len(set(counts)) == 1 else counts
-    return _count(value, name)
+    return _count(value, name, dim)
 
 
 class DitheredGoodLattice(Bottleneck):
@@ -216,12 +231,12 @@ class DitheredGoodLattice(Bottleneck):
         self.compile = compile
         self.geometry: DirectSum = tile(lattice, dim, compile=compile)
         self.prior_name = prior
-        self.samples = _sample_count(samples, "samples")
-        self.eval_samples = _sample_count(eval_samples, "eval_samples")
+        self.samples = _sample_count(samples, "samples", dim)
+        self.eval_samples = _sample_count(eval_samples, "eval_samples", dim)
         blocks = self.geometry.blocks
-        self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks))
+        self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks), dim)
         self.eval_prior_samples = _draw_counts(
-            eval_prior_samples, "eval_prior_samples", len(blocks)
+            eval_prior_samples, "eval_prior_samples", len(blocks), dim
         )
         sizes = torch.tensor([b.dim for b in blocks])
         # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
