@@ -9,6 +9,8 @@ per image, IWAE-S at the counts given in turn (the first is the reference), pair
     python examples/iwae-density-counts.py --row e8_gl_lattice \
         --runs ~/.cache/qlatent/runs-v6-long --images 100 --counts 2048,128 16384,1024 \
         [--out results/iwae-density-counts-e8_gl.json]
+
+``--counts 512,32:64`` gives one proposal-draw count per block (``eval_prior_samples=[32, 64]``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from qlatent.bottlenecks.good_lattice import monte_carlo_counts
+from qlatent.bottlenecks.good_lattice import counts_text, monte_carlo_counts
 from qlatent.eval import iwae_nll
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
@@ -42,10 +44,10 @@ def main() -> None:
         parser.error(f"{args.row!r} is not a good-lattice row of lattice-mnist")
     if args.images < 2 or args.samples < 1:
         parser.error("need --images >= 2 and --samples >= 1")
-    counts_text = " ".join(f"{c},{d}" for c, d in args.counts)
+    counts = " ".join(map(counts_text, args.counts))
     command = (
         f"python examples/iwae-density-counts.py --row {args.row} --runs {args.runs} "
-        f"--images {args.images} --samples {args.samples} --counts {counts_text} "
+        f"--images {args.images} --samples {args.samples} --counts {counts} "
         f"--seed {args.seed}" + (f" --out {args.out}" if args.out else "")
     )
     started = provenance(command)
@@ -62,6 +64,10 @@ def main() -> None:
     model.eval()
     x = data["test"][: args.images]
     neck = model.bottleneck
+    blocks = len(neck.geometry.blocks)
+    for pair in args.counts:
+        if isinstance(pair[1], tuple) and len(pair[1]) != blocks:
+            parser.error(f"--counts {counts_text(pair)}: {args.row} has {blocks} blocks")
     rows, nll = [], {}
     for cells, draws in args.counts:
         neck.eval_samples, neck.eval_prior_samples = cells, draws

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from qlatent.bottlenecks.good_lattice import monte_carlo_counts
+from qlatent.bottlenecks.good_lattice import counts_text, monte_carlo_counts
 from qlatent.results import provenance, write_json
 from qlatent.rng import SeedKeys
 
@@ -40,22 +40,6 @@ _spec.loader.exec_module(plugin)
 
 #: an estimate this far below the reference counts as a collapse (no proposal draw in the cell)
 COLLAPSE_NATS = 5.0
-
-
-def counts_arg(text: str) -> tuple[int, int | tuple[int, ...]]:
-    """``S_u,S_q`` or ``S_u,S_q1:S_q2:...`` (one draw count per block) -> the pair, an argparse
-    type: the draw counts per block go through ``monte_carlo_counts`` one by one."""
-    cells, sep, draws = str(text).partition(",")
-    per_block = [monte_carlo_counts(f"{cells},{d}") for d in draws.split(":")] if sep else []
-    if not per_block:
-        raise argparse.ArgumentTypeError(f"expected S_u,S_q or S_u,S_q1:S_q2, got {text!r}")
-    values = tuple(d for _, d in per_block)
-    return per_block[0][0], values[0] if len(values) == 1 else values
-
-
-def counts_text(pair) -> str:
-    cells, draws = pair
-    return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
 
 
 @torch.no_grad()
@@ -76,7 +60,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path.home() / ".cache" / "qlatent"))
     parser.add_argument("--layouts", default="Λ24 ⊕ Λ16,Λ24 ⊕ Z^16")
     parser.add_argument("--proposals", default="tilted,prior")
-    parser.add_argument("--counts", nargs="+", type=counts_arg, default=[(512, 32), (512, 256)])
+    parser.add_argument(
+        "--counts", nargs="+", type=monte_carlo_counts, default=[(512, 32), (512, 256)]
+    )
     parser.add_argument("--reference", type=monte_carlo_counts, default=(8192, 2048))
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=8)

@@ -77,7 +77,8 @@ def test_trained_bias_counts_are_checked():
     parse = sweep.monte_carlo_counts  # the library's parser, as the script's --counts type
     assert parse("512,4") == (512, 4)
     assert parse("2,0") == (2, 0)
-    for bad in ("512", "511,4", "0,4", "512,-1", "a,b", "512,4,1"):
+    assert parse("512,32:1024") == (512, (32, 1024))  # one draw count per block
+    for bad in ("512", "511,4", "0,4", "512,-1", "a,b", "512,4,1", "512,", "512,4:", "512,4:-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
 
@@ -245,9 +246,9 @@ def test_plugin_tails_estimates_converge_on_a_plain_start_and_arguments_are_chec
     assert small.shape == (3, 20) and torch.isfinite(small).all()
     error = small - large
     assert abs(error.mean().item()) < 0.1 and (error > -tails.COLLAPSE_NATS).all()
-    assert tails.counts_arg("512,32:1024") == (512, (32, 1024))
+    assert tails.monte_carlo_counts("512,32:1024") == (512, (32, 1024))
     assert (
-        tails.counts_arg("64,8") == (64, 8)
+        tails.monte_carlo_counts("64,8") == (64, 8)
         and tails.counts_text((512, (32, 1024))) == "512,32:1024"
     )
     base = ["lattice-plugin-tails.py", "--runs", str(tmp_path)]

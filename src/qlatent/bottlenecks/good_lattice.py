@@ -78,17 +78,32 @@ class _Cells(NamedTuple):
     geometry: DirectSum
 
 
-def monte_carlo_counts(text: str) -> tuple[int, int]:
+def monte_carlo_counts(text: str) -> tuple[int, int | tuple[int, ...]]:
     """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``,
-    an ``argparse`` type: ``argparse.ArgumentTypeError`` (argparse prints its message) unless
-    S_u is even and >= 2 (antithetic pairs) and S_q >= 0."""
+    or ``"S_u,S_q1:S_q2:..."`` (one draw count per block, as ``prior_samples=[...]``) ->
+    ``(S_u, (S_q1, S_q2, ...))``; an ``argparse`` type: ``argparse.ArgumentTypeError``
+    (argparse prints its message) unless S_u is even and >= 2 (antithetic pairs) and every
+    S_q >= 0."""
+    cells, sep, draws = str(text).partition(",")
     try:
-        cells, draws = (int(v) for v in str(text).split(","))
+        count = int(cells)
+        per_block = tuple(int(d) for d in draws.split(":")) if sep else ()
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S_u,S_q (two integers), got {text!r}") from None
-    if cells < 2 or cells % 2 or draws < 0:
+        per_block = ()
+    if not per_block:
+        raise argparse.ArgumentTypeError(
+            f"expected S_u,S_q or S_u,S_q1:S_q2 (integers), got {text!r}"
+        )
+    if count < 2 or count % 2 or min(per_block) < 0:
         raise argparse.ArgumentTypeError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
-    return cells, draws
+    return count, per_block[0] if len(per_block) == 1 else per_block
+
+
+def counts_text(counts: tuple[int, int | tuple[int, ...]]) -> str:
+    """The command-line form of :func:`monte_carlo_counts`' pair, ``"S_u,S_q"`` or
+    ``"S_u,S_q1:S_q2"``."""
+    cells, draws = counts
+    return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
 
 
 def _count_limit(dim: int) -> int:
