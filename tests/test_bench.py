@@ -259,6 +259,16 @@ def test_bench_lattices_times_the_compiled_leech_decoder():
     assert COMPILED_LEECH not in unfused["closest_point"] and unfused["leech_compile_s"] is None
 
 
+@pytest.mark.slow
+def test_bench_lattices_times_the_compiled_e8_decoder():
+    from qlatent.bench.geometry import COMPILED_E8, bench_lattices, format_lattices
+
+    result = bench_lattices(names=["e8"], rows=300, repeats=1, target_rse=0.05, steps=False)
+    assert result["closest_point"][COMPILED_E8]["rows_per_s"] > 0
+    assert result["e8_compile_s"] >= 0 and result["leech_compile_s"] is None
+    assert "E8, torch.compile" in format_lattices(result)
+
+
 def test_bench_lattice_times_every_path_and_records_the_load():
     """Tiny input, no compilation: the eager cases, forward + backward among them; no floor
     (it is the compiled kernel), so no ratios."""

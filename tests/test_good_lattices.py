@@ -316,11 +316,43 @@ def test_compiled_leech_decoder_matches_eager(dtype):
     assert neck.geometry.blocks[0].compile and "compile=True" in repr(neck)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_e8_column_rule_is_the_eager_decoder(dtype):
+    """The column-by-column form of the E8 rule that ``compile=True`` compiles gives the eager
+    decoder's points on random inputs at several scales and huge coordinates, and a closest point
+    next to faces and vertices, where the two may break a tie differently (sums in another
+    order), so that one is checked against the sphere decoder."""
+    from qlatent.lattices.e8 import _closest_e8, _closest_e8_columns
+
+    lat, g = GossetLattice(), gen(33)
+    x = torch.cat(
+        [s * torch.randn(2000, 8, generator=g, dtype=F64) for s in (0.3, 2.0, 1e6)]
+        + [torch.full((3, 8), 0.5, dtype=F64), torch.zeros(2, 8, dtype=F64)]
+    ).to(dtype)
+    assert torch.equal(_closest_e8_columns(x.T.contiguous()), _closest_e8(x))
+    near = _adversarial(lat, 150, seed=34, dtype=dtype)
+    _assert_as_near_as_reference(lat, near, _closest_e8_columns(near.T.contiguous()))
+
+
+@pytest.mark.slow
+def test_compiled_e8_decoder_matches_eager():
+    """``GossetLattice(compile=True)`` (and a bottleneck's E8 blocks with ``compile=True``): the
+    eager decoder's points on random inputs of several sizes, short ones decoded eagerly."""
+    eager, fused = GossetLattice(), GossetLattice(compile=True)
+    x = 2.0 * torch.randn(5000, 8, generator=gen(35))
+    for n in (5, 64, 1000, 5000):
+        assert torch.equal(fused.closest_point(x[:n]), eager.closest_point(x[:n]))
+    neck = build("lattice", dim=40, lattice="e8", compile=True)
+    assert neck.geometry.blocks[0].compile
+
+
 def test_compile_flag_is_validated():
-    with pytest.raises(ValueError, match="compile must be True or False"):
-        LeechLattice(compile="yes")
+    for lattice in (LeechLattice, GossetLattice):
+        with pytest.raises(ValueError, match="compile must be True or False"):
+            lattice(compile="yes")
     assert not tile(["leech", "bw16"], 40).blocks[0].compile
     assert tile(["leech", "bw16"], 40, compile=True).blocks[0].compile
+    assert tile("e8", 16, compile=True).blocks[0].compile and not tile("e8", 16).blocks[0].compile
 
 
 @pytest.mark.parametrize("name", [f[0] for f in FAMILIES])

@@ -30,8 +30,9 @@ LITERATURE_NSM = {
     "bw16": 0.0682976,
     "leech": 0.0657710,
 }
-#: the closest-point case of the Leech decoder fused by ``torch.compile``
+#: the closest-point cases of the Leech and E8 decoders fused by ``torch.compile``
 COMPILED_LEECH = "leech, torch.compile"
+COMPILED_E8 = "e8, torch.compile"
 #: the Leech row's training step with its decoder fused by ``torch.compile``
 COMPILED_STEP = "leech_lattice, torch.compile Leech decoder"
 #: closest-point throughput input width per lattice (a multiple of its dimension)
@@ -94,10 +95,10 @@ def bench_lattices(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), with
-    ``compile`` (and Leech among ``names``) also the Leech decoder fused by ``torch.compile``
-    (its compile time recorded apart), and with ``steps`` :func:`bench_training_step` (on the
-    CPU). Dither reduction and closest points run on ``device`` (on CUDA each timed call ends
-    with a synchronize)."""
+    ``compile`` also the Leech and E8 decoders fused by ``torch.compile`` where they are among
+    ``names`` (their compile times recorded apart), and with ``steps``
+    :func:`bench_training_step` (on the CPU). Dither reduction and closest points run on
+    ``device`` (on CUDA each timed call ends with a synchronize)."""
     device = resolve_bench_device(device)
     torch.set_num_threads(threads)
     names = list(names or LITERATURE_NSM)
@@ -115,17 +116,19 @@ def bench_lattices(
         x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
         cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
         widths[name] = WIDTH[name]
-    compile_s = None
-    if compile and "leech" in names:
-        fused = tile("leech", WIDTH["leech"], compile=True)
-        x = (2.0 * torch.randn(rows, WIDTH["leech"], generator=gen)).to(device)
+    compile_s = {}
+    for name, case in (("leech", COMPILED_LEECH), ("e8", COMPILED_E8)):
+        if not compile or name not in names:
+            continue
+        fused = tile(name, WIDTH[name], compile=True)
+        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
         started = time.perf_counter()
-        fused.closest_point(x[:1024])  # one whole chunk: compiles (short ones decode eagerly)
-        compile_s = time.perf_counter() - started
-        if not torch.equal(fused.closest_point(x), lattices["leech"].closest_point(x)):
-            raise RuntimeError("the compiled Leech decoder disagrees with the eager one")
-        cases[COMPILED_LEECH] = lambda lat=fused, x=x: lat.closest_point(x)
-        widths[COMPILED_LEECH] = WIDTH["leech"]
+        fused.closest_point(x[:1024])  # one whole Leech chunk: compiles (short ones are eager)
+        compile_s[name] = time.perf_counter() - started
+        if not torch.equal(fused.closest_point(x), lattices[name].closest_point(x)):
+            raise RuntimeError(f"the compiled {name} decoder disagrees with the eager one")
+        cases[case] = lambda lat=fused, x=x: lat.closest_point(x)
+        widths[case] = WIDTH[name]
     x64 = (2.0 * torch.randn(rows, 64, generator=gen)).to(device)
     cases["round (Z, torch.round)"] = lambda: torch.round(x64)
     timings = time_cases(cases, repeats=repeats, block=2, warmup=1, sync=device_sync(device))
@@ -147,7 +150,8 @@ def bench_lattices(
         },
         "geometry": geometry,
         "closest_point": throughput,
-        "leech_compile_s": compile_s,
+        "leech_compile_s": compile_s.get("leech"),
+        "e8_compile_s": compile_s.get("e8"),
     }
     if steps:
         out["training_step_ms"] = bench_training_step(seed=seed, compile=compile)
@@ -249,12 +253,16 @@ def format_lattices(result: dict[str, Any]) -> str:
             f"| {g['literature']:.7f} | {100 * g['relative_difference']:+.3f}% "
             f"| {t['rows_per_s']:,.0f} ({t['input'][0]} × {t['input'][1]}) |"
         )
-    if COMPILED_LEECH in result["closest_point"]:
-        t = result["closest_point"][COMPILED_LEECH]
-        lines.append(
-            f"| Leech, torch.compile (compiled in {result['leech_compile_s']:.0f} s) | | | | "
-            f"| {t['rows_per_s']:,.0f} ({t['input'][0]} × {t['input'][1]}) |"
-        )
+    for case, label, key in (
+        (COMPILED_E8, "E8", "e8_compile_s"),
+        (COMPILED_LEECH, "Leech", "leech_compile_s"),
+    ):
+        if case in result["closest_point"]:
+            t = result["closest_point"][case]
+            lines.append(
+                f"| {label}, torch.compile (compiled in {result[key]:.0f} s) | | | | "
+                f"| {t['rows_per_s']:,.0f} ({t['input'][0]} × {t['input'][1]}) |"
+            )
     r = result["closest_point"]["round (Z, torch.round)"]
     lines.append(f"| (plain rounding) | | | | | {r['rows_per_s']:,.0f} ({r['input'][0]} × 64) |")
     if "training_step_ms" in result:
