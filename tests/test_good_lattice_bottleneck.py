@@ -352,6 +352,40 @@ def test_draws_past_a_blocks_count_are_not_decoded(monkeypatch):
         DitheredGoodLattice(dim=24, lattice=["bw16", "e8"], eval_prior_samples=[5, -1])
 
 
+def test_tilted_gaussian_draws_form_only_the_kept_quantiles(monkeypatch):
+    """Under the Gaussian prior the tilted proposal forms a block's normal quantiles only for the
+    draws it keeps (runs of coordinates, the rest 0); the rate and its gradients are those of
+    forming every draw, bit for bit."""
+    import qlatent.bottlenecks.good_lattice as good
+
+    r = torch.rand(3, 5, 6, generator=gen(7), dtype=F64)
+    kept = torch.tensor([3, 3, 0, 5, 5, 1])
+    q = good._normal_quantiles(r, kept)
+    full = torch.special.ndtri(r)
+    for i, count in enumerate(kept.tolist()):
+        assert torch.equal(q[:, :count, i], full[:, :count, i])
+        assert (q[:, count:, i] == 0).all()
+    assert torch.equal(good._normal_quantiles(r, torch.full((6,), 5)), full)
+
+    module = DitheredGoodLattice(
+        dim=24, lattice=["bw16", "e8"], prior="gaussian", proposal="tilted",
+        prior_samples=[1, 9], init_scale=0.3, spacing_per="coordinate",
+    )  # fmt: skip
+    y = 0.3 * torch.randn(6, 24, generator=gen(8))
+
+    def rate_and_grad():
+        x = y.clone().requires_grad_(True)
+        rate = module.train()(x, generator=gen(9)).rate
+        rate.sum().backward()
+        return rate.detach(), x.grad, module.log_scale.grad.clone()
+
+    kept_only = rate_and_grad()
+    module.zero_grad()
+    monkeypatch.setattr(good, "_normal_quantiles", lambda r, kept: torch.special.ndtri(r))
+    every = rate_and_grad()
+    assert all(torch.equal(a, b) for a, b in zip(kept_only, every, strict=True))
+
+
 @pytest.mark.parametrize("proposal", ["prior", "box", "tilted"])
 def test_prior_draws_fix_a_peaked_prior(proposal):
     """A prior much narrower than the cell: uniform cell points alone are biased by nats; the
