@@ -398,3 +398,9 @@ def test_mean_square_error_is_mse_loss_within_range_and_finite_past_it():
     (grad,) = torch.autograd.grad(value, big)
     assert value.item() == pytest.approx(9e36, rel=1e-5) and torch.isinf(F.mse_loss(big, big * 0))
     torch.testing.assert_close(grad, torch.full((144,), 2 * 3e18 / 144))
+    # float16: one difference of 300 among zeros, whose square (90,000) alone passes the range
+    # while the mean (90,000 / 64) does not; formed again in float32
+    half = torch.zeros(64, dtype=torch.float16)
+    half[0] = 300.0
+    value = cb.mean_square_error(half, torch.zeros_like(half))
+    assert value.dtype == torch.float16 and value.item() == pytest.approx(90000 / 64, rel=1e-3)

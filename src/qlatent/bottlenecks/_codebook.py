@@ -188,29 +188,32 @@ def row_counts(rows: Tensor) -> Tensor:
 
 def mean_square_error(a: Tensor, b: Tensor) -> Tensor:
     """``F.mse_loss(a, b)`` (the mean of (a − b)², differentiable in both) that stays finite
-    where the sum of squares passes the dtype's range but the mean does not: then it is formed
-    again from (a − b)/max|a − b| and scaled back (see :func:`_mean_square`)."""
+    where the sum of squares passes the dtype's range but the mean does not
+    (:func:`_rescaled_mean_square`)."""
     diff = a - b
     mean_square = diff.square().mean()
     if diff.numel() and not bool(torch.isfinite(mean_square)):
-        peak = diff.detach().abs().amax()
-        mean_square = peak.square() * (diff / peak).square().mean()
+        mean_square = _rescaled_mean_square(diff.reshape(-1))
     return mean_square
 
 
 def _mean_square(flat: Tensor) -> Tensor:
     """Σ e²/n of a flat tensor as one dot product: no rows × d temporary (each costs page faults
-    on the CPU). The sum can pass the dtype's range where the mean does not (a row's squared
-    norm is bounded by the input limit, not the sum over rows): then it is formed again from
-    e/max|e|, in float32 at least, and scaled back."""
-    n = flat.numel()
-    mean_square = torch.dot(flat, flat) / n
-    if n and not bool(torch.isfinite(mean_square)):
-        wide = flat.float() if flat.element_size() < 4 else flat
-        peak = wide.abs().amax()
-        unit = wide / peak
-        mean_square = (peak.square() * (torch.dot(unit, unit) / n)).to(flat.dtype)
+    on the CPU), with the same fallback as :func:`mean_square_error`."""
+    mean_square = torch.dot(flat, flat) / flat.numel()
+    if flat.numel() and not bool(torch.isfinite(mean_square)):
+        mean_square = _rescaled_mean_square(flat)
     return mean_square
+
+
+def _rescaled_mean_square(flat: Tensor) -> Tensor:
+    """Σ e²/n formed from e/max|e|, in float32 at least, and scaled back: for where the sum of
+    squares passes the dtype's range and the mean does not (a row's squared norm is bounded by
+    the input limit, not the sum over rows; any ordinary batch of a float16 module)."""
+    wide = flat.float() if flat.element_size() < 4 else flat
+    peak = wide.detach().abs().amax()
+    unit = wide / peak
+    return (peak.square() * (torch.dot(unit, unit) / flat.numel())).to(flat.dtype)
 
 
 class _CodebookAndCommitment(torch.autograd.Function):
