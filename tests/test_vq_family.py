@@ -24,17 +24,19 @@ def gen(seed: int) -> torch.Generator:
 
 
 # ----------------------------------------------------------------- shared maths
-@pytest.mark.parametrize("chunk", [1 << 22, 7])  # one block, and many small chunks
-def test_nearest_codeword_matches_brute_force(monkeypatch, chunk):
+# one block, one row per chunk, and chunks of 7 rows with a shorter last one (13 codes)
+@pytest.mark.parametrize("chunk", [1 << 22, 7, 91])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_codeword_matches_brute_force(monkeypatch, chunk, dtype):
     monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
     monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
-    z = torch.randn(300, 5, generator=gen(0))
-    codebook = torch.randn(13, 5, generator=gen(1))
+    z = torch.randn(300, 5, generator=gen(0)).to(dtype)
+    codebook = torch.randn(13, 5, generator=gen(1)).to(dtype)
     brute = torch.cdist(z.double(), codebook.double()).argmin(1)
     assert torch.equal(cb.nearest_codeword(z, codebook), brute)
 
 
-@pytest.mark.parametrize("chunk", [1 << 22, 7])
+@pytest.mark.parametrize("chunk", [1 << 22, 7, 91])
 def test_nearest_codeword_ties_go_to_the_lowest_index(monkeypatch, chunk):
     """Duplicated codewords tie exactly: the first of them wins, in every chunk layout."""
     monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)

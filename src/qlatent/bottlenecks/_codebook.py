@@ -119,11 +119,16 @@ def nearest_codeword(z: Tensor, codebook: Tensor) -> Tensor:
     rows = max(_MIN_CHUNK_ROWS, budget // codebook.shape[0])
     if z.shape[0] <= rows:
         return torch.addmm(norms, z, codebook.t(), alpha=-2.0).min(1).indices
+    # one distance buffer for every full chunk and the indices written in place: a fresh
+    # chunk of 16 MB (K = 4096) is mapped and faulted in again on every allocation
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
+    distances = z.new_empty(rows, codebook.shape[0])
+    minima = z.new_empty(rows)
     for start in range(0, z.shape[0], rows):
         chunk = z[start : start + rows]
-        distances = torch.addmm(norms, chunk, codebook.t(), alpha=-2.0)
-        out[start : start + rows] = distances.min(1).indices
+        n = chunk.shape[0]
+        torch.addmm(norms, chunk, codebook.t(), alpha=-2.0, out=distances[:n])
+        torch.min(distances[:n], 1, out=(minima[:n], out[start : start + n]))
     return out
 
 
