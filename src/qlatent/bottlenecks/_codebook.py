@@ -30,10 +30,12 @@ from torch import Tensor, nn
 from ._code_model import CountedCodeModel
 from .base import Bottleneck, BottleneckOutput
 
-#: entries of one N×K distance chunk (1 MB in float32: the chunk's distances stay in cache for
-#: the argmin; measured at K = 512, 16384 × 64 rows, two threads: 15.8 ms against 21.5 with
-#: 16 MB chunks and 31 unchunked) ...
-_CHUNK_ELEMENTS = 1 << 18
+#: entries of one N×K distance chunk (4 MB in float32), one buffer reused by every chunk. With
+#: a fresh chunk per step, 1 MB chunks were best (K = 512, 16384 × 64 rows, two threads: 15.8 ms
+#: against 21.5 with 16 MB chunks and 31 unchunked: large blocks are mapped and faulted in anew);
+#: with the buffer reused, 1, 2, 4 and 8 MB chunks took 2.91, 2.83, 2.81 and 2.87 ms at K = 128
+#: and 9.96, 9.87, 9.74 and 9.77 ms at K = 512 (medians of 100 alternated calls) ...
+_CHUNK_ELEMENTS = 1 << 20
 #: ... but at least this many rows per chunk, or large codebooks run many tiny matrix products
 #: (K = 4096 with 64-row chunks took twice as long as with 1024-row ones)
 _MIN_CHUNK_ROWS = 1024
