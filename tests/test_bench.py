@@ -255,6 +255,7 @@ def test_bench_lattices_times_the_compiled_leech_decoder():
     assert "Leech, torch.compile" in format_lattices(result)
     steps = result["training_step_ms"]
     assert steps[f"step: {COMPILED_STEP}"] > 0 and steps["Leech decodes: 800, torch.compile"] > 0
+    assert steps["BW16 decodes: 964, torch.compile"] > 0
     unfused = bench_lattices(
         names=["leech"], rows=64, repeats=1, target_rse=0.05, steps=False, compile=False
     )
@@ -262,13 +263,14 @@ def test_bench_lattices_times_the_compiled_leech_decoder():
 
 
 @pytest.mark.slow
-def test_bench_lattices_times_the_compiled_e8_decoder():
-    from qlatent.bench.geometry import COMPILED_E8, bench_lattices, format_lattices
+@pytest.mark.parametrize("name,label", [("e8", "E8"), ("bw16", "BW16")])
+def test_bench_lattices_times_the_compiled_e8_and_bw16_decoders(name, label):
+    from qlatent.bench.geometry import bench_lattices, format_lattices
 
-    result = bench_lattices(names=["e8"], rows=300, repeats=1, target_rse=0.05, steps=False)
-    assert result["closest_point"][COMPILED_E8]["rows_per_s"] > 0
-    assert result["e8_compile_s"] >= 0 and result["leech_compile_s"] is None
-    assert "E8, torch.compile" in format_lattices(result)
+    result = bench_lattices(names=[name], rows=300, repeats=1, target_rse=0.05, steps=False)
+    assert result["closest_point"][f"{name}, torch.compile"]["rows_per_s"] > 0
+    assert result[f"{name}_compile_s"] >= 0 and result["leech_compile_s"] is None
+    assert f"{label}, torch.compile" in format_lattices(result)
 
 
 def test_bench_lattice_times_every_path_and_records_the_load():

@@ -22,6 +22,7 @@ import torch
 
 from qlatent.bottlenecks import build
 from qlatent.lattices import (
+    BarnesWallLattice,
     DirectSum,
     GossetLattice,
     LeechLattice,
@@ -334,6 +335,47 @@ def test_e8_column_rule_is_the_eager_decoder(dtype):
     _assert_as_near_as_reference(lat, near, _closest_e8_columns(near.T.contiguous()))
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_bw16_column_rule_is_the_eager_decoder(dtype):
+    """The column-by-column form of the Λ16 search that ``compile=True`` compiles (coset costs by
+    Walsh–Hadamard transforms) gives the eager decoder's points on random inputs at several
+    scales; at huge coordinates points as near as the eager decoder's and on the lattice (in
+    float32 the inputs' fractions lie on a coarse grid there, and exact ties between cosets, which
+    the two break differently, are common); and next to faces and vertices a closest point, checked
+    against the sphere decoder."""
+    from qlatent.lattices.bw16 import _closest_bw16_columns
+
+    lat, g = BarnesWallLattice(), gen(36)
+    x = torch.cat(
+        [s * torch.randn(3000, 16, generator=g, dtype=F64) for s in (0.5, 2.0, 100.0)]
+        + [torch.full((3, 16), 0.5, dtype=F64), torch.zeros(2, 16, dtype=F64)]
+    ).to(dtype)
+    assert torch.equal(_closest_bw16_columns(x.T.contiguous()), lat.closest_point(x))
+    huge = (1e6 * torch.randn(2000, 16, generator=g, dtype=F64)).to(dtype)
+    got, eager = _closest_bw16_columns(huge.T.contiguous()), lat.closest_point(huge)
+    distance = lambda p: (huge.double() - p.double()).square().sum(1)  # noqa: E731
+    assert torch.equal(distance(got), distance(eager))
+    assert torch.equal(lat.closest_point(got), got)  # a lattice point
+    near = _adversarial(lat, 150, seed=37, dtype=dtype)
+    _assert_as_near_as_reference(lat, near, _closest_bw16_columns(near.T.contiguous()))
+
+
+@pytest.mark.slow
+def test_compiled_bw16_decoder_matches_eager():
+    """``BarnesWallLattice(compile=True)`` (and a bottleneck's Λ16 block with ``compile=True``):
+    the eager decoder's points on random inputs of several sizes, short ones decoded eagerly, over
+    more than one compiled chunk, and an input that requires grad."""
+    from qlatent.lattices import bw16
+
+    eager, fused = BarnesWallLattice(), BarnesWallLattice(compile=True)
+    x = 2.0 * torch.randn(bw16._COMPILED_CHUNK + 300, 16, generator=gen(38))
+    for n in (5, 64, 1000, x.shape[0]):
+        assert torch.equal(fused.closest_point(x[:n]), eager.closest_point(x[:n]))
+    assert not fused.closest_point(x[:100].requires_grad_()).requires_grad
+    neck = build("lattice", dim=40, lattice=["leech", "bw16"], compile=True)
+    assert neck.geometry.blocks[1].compile
+
+
 @pytest.mark.slow
 def test_compiled_e8_decoder_matches_eager():
     """``GossetLattice(compile=True)`` (and a bottleneck's E8 blocks with ``compile=True``): the
@@ -347,11 +389,11 @@ def test_compiled_e8_decoder_matches_eager():
 
 
 def test_compile_flag_is_validated():
-    for lattice in (LeechLattice, GossetLattice):
+    for lattice in (LeechLattice, GossetLattice, BarnesWallLattice):
         with pytest.raises(ValueError, match="compile must be True or False"):
             lattice(compile="yes")
-    assert not tile(["leech", "bw16"], 40).blocks[0].compile
-    assert tile(["leech", "bw16"], 40, compile=True).blocks[0].compile
+    assert not any(b.compile for b in tile(["leech", "bw16"], 40).blocks)
+    assert all(b.compile for b in tile(["leech", "bw16"], 40, compile=True).blocks)
     assert tile("e8", 16, compile=True).blocks[0].compile and not tile("e8", 16).blocks[0].compile
 
 

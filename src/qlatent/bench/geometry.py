@@ -30,11 +30,12 @@ LITERATURE_NSM = {
     "bw16": 0.0682976,
     "leech": 0.0657710,
 }
-#: the closest-point cases of the Leech and E8 decoders fused by ``torch.compile``
+#: the closest-point cases of the Leech, E8 and Λ16 decoders fused by ``torch.compile``
 COMPILED_LEECH = "leech, torch.compile"
 COMPILED_E8 = "e8, torch.compile"
-#: the Leech row's training step with its decoder fused by ``torch.compile``
-COMPILED_STEP = "leech_lattice, torch.compile Leech decoder"
+COMPILED_BW16 = "bw16, torch.compile"
+#: the Leech row's training step with its decoders fused by ``torch.compile``
+COMPILED_STEP = "leech_lattice, torch.compile Leech and Λ16 decoders"
 #: closest-point throughput input width per lattice (a multiple of its dimension)
 WIDTH = {"z": 64, "a2": 64, "d3*": 63, "d4": 64, "e8": 64, "bw16": 64, "leech": 48}
 
@@ -95,7 +96,7 @@ def bench_lattices(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """G(Λ) and closest-point throughput for every lattice in ``names`` (default: all), with
-    ``compile`` also the Leech and E8 decoders fused by ``torch.compile`` where they are among
+    ``compile`` also the Leech, E8 and Λ16 decoders fused by ``torch.compile`` where they are among
     ``names`` (their compile times recorded apart), and with ``steps``
     :func:`bench_training_step` (on the CPU). Dither reduction and closest points run on
     ``device`` (on CUDA each timed call ends with a synchronize)."""
@@ -117,7 +118,7 @@ def bench_lattices(
         cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
         widths[name] = WIDTH[name]
     compile_s = {}
-    for name, case in (("leech", COMPILED_LEECH), ("e8", COMPILED_E8)):
+    for name, case in (("leech", COMPILED_LEECH), ("e8", COMPILED_E8), ("bw16", COMPILED_BW16)):
         if not compile or name not in names:
             continue
         fused = tile(name, WIDTH[name], compile=True)
@@ -152,6 +153,7 @@ def bench_lattices(
         "closest_point": throughput,
         "leech_compile_s": compile_s.get("leech"),
         "e8_compile_s": compile_s.get("e8"),
+        "bw16_compile_s": compile_s.get("bw16"),
     }
     if steps:
         out["training_step_ms"] = bench_training_step(seed=seed, compile=compile)
@@ -192,7 +194,7 @@ def bench_training_step(
     bottleneck setting, and the Leech and
     Λ16 decodes a step of the Leech row performs (dither for 100 rows and 64 antithetic
     Monte-Carlo points; 8 prior draws × 100 rows for the membership tests). With ``compile``
-    also the Leech row's step and its membership decodes with the Leech decoder fused by
+    also the Leech row's step and its membership decodes with the Leech and Λ16 decoders fused by
     ``torch.compile`` (compiled in the warm-up calls)."""
     from ..experiments import lattice_mnist
     from ..lattices import BarnesWallLattice, LeechLattice
@@ -237,6 +239,9 @@ def bench_training_step(
         fused = LeechLattice(compile=True)
         cases["Leech decodes: 800, torch.compile"] = lambda: fused.closest_point(t_member)
     cases["BW16 decodes: 964"] = lambda: bw16.closest_point(t_bw16)
+    if compile:
+        fused_bw16 = BarnesWallLattice(compile=True)
+        cases["BW16 decodes: 964, torch.compile"] = lambda: fused_bw16.closest_point(t_bw16)
     timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
     return {name: 1e3 * t["median_s"] for name, t in timings.items()}
 
@@ -256,6 +261,7 @@ def format_lattices(result: dict[str, Any]) -> str:
     for case, label, key in (
         (COMPILED_E8, "E8", "e8_compile_s"),
         (COMPILED_LEECH, "Leech", "leech_compile_s"),
+        (COMPILED_BW16, "BW16", "bw16_compile_s"),
     ):
         if case in result["closest_point"]:
             t = result["closest_point"][case]

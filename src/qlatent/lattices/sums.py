@@ -89,18 +89,14 @@ _FAMILIES = {"a": RootLatticeA, "d": CheckerboardLattice}
 
 def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
     """One block from its name: ``z`` (Z^1), ``a<n>`` (A_n; ``a2`` hexagonal), ``d<n>``,
-    ``d<n>*`` (D_n*), ``e8``, ``bw16``, ``leech``. Case-insensitive. ``compile``: the Leech and
-    E8 decoders fused by ``torch.compile`` (:class:`LeechLattice`, :class:`GossetLattice`; the
-    others ignore it)."""
+    ``d<n>*`` (D_n*), ``e8``, ``bw16``, ``leech``. Case-insensitive. ``compile``: the Leech, E8
+    and Λ16 decoders fused by ``torch.compile`` (:class:`LeechLattice`, :class:`GossetLattice`,
+    :class:`BarnesWallLattice`; the others ignore it)."""
     if not isinstance(name, str):
         raise ValueError(f"a lattice name must be a string, got {name!r}")
     key = name.strip().lower()
-    if key == "leech":
-        return LeechLattice(compile=compile)
-    if key == "e8":
-        return GossetLattice(compile=compile)
     if key in _FIXED:
-        return _FIXED[key]()
+        return _FIXED[key](compile=compile)
     if key == "z":
         return integer_lattice(1)
     match = re.fullmatch(r"([ad])(\d{1,3})(\*?)", key)
