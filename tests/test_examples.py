@@ -450,3 +450,44 @@ def test_lattice_step_profile_writes_the_top_operators(monkeypatch, tmp_path):
     assert times == sorted(times, reverse=True)
     assert sum(times) <= result["profiled_self_ms_per_step"] * (1 + 1e-9)
     assert set(result["allocator"]) == {"environment", "transparent_hugepage"}
+
+
+def test_good_lattice_step_times_a_trained_rows_bottleneck(monkeypatch, tmp_path):
+    """``examples/good-lattice-step.py`` on a row's checkpoint (an untrained E8^5 model here, on
+    random images): the step's wall time and the density's parts, each inside ``log_density``'s
+    own time; a row without Monte-Carlo density and a missing checkpoint are refused."""
+    import sys
+
+    import torch
+
+    from qlatent.experiments import lattice_mnist
+    from qlatent.train.checkpoint import save_atomic
+
+    images = (torch.rand(64, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    monkeypatch.setattr(
+        lattice_mnist, "load_data", lambda cfg, d: {"train": images, "test": images}
+    )
+    script = _load("good-lattice-step")
+    argv = ["good-lattice-step.py", "--runs", str(tmp_path), "--batch", "8", "--steps", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--row", "rect_lattice"])
+    with pytest.raises(SystemExit):  # not a good-lattice row: an argparse error
+        script.main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--row", "e8_lattice"])
+    with pytest.raises(SystemExit, match="best.pt"):  # no checkpoint: one line
+        script.main()
+    cfg = lattice_mnist.model_config("e8_lattice", quick=True, overrides=[])
+    model = lattice_mnist.build_model(cfg, 784)
+    save_atomic(
+        {"model": model.state_dict()}, tmp_path / "lattice-mnist" / "e8_lattice" / "best.pt"
+    )
+    out = tmp_path / "step.json"
+    monkeypatch.setattr(sys, "argv", [*argv, "--row", "e8_lattice", "--out", str(out)])
+    script.main()
+    result = json.loads(out.read_text())
+    parts = result["parts_ms_per_step"]
+    assert result["step_ms_median"] > 0 and len(result["step_ms"]) == 2
+    assert {"log_density", "_inside_cell", "_cell_points_log_pdf"} <= set(parts)
+    assert 0 < parts["_inside_cell"] <= parts["log_density"]
+    # the timing wrappers are taken off again
+    assert script.good_lattice.DitheredGoodLattice._inside_cell.__name__ == "_inside_cell"
+    assert script.good_lattice._relative_variance.__name__ == "_relative_variance"
