@@ -386,6 +386,29 @@ def test_tilted_gaussian_draws_form_only_the_kept_quantiles(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(kept_only, every, strict=True))
 
 
+@pytest.mark.parametrize("kept", [None, [2, 2, 7, 7, 7]])
+def test_tilted_gaussian_draws_are_the_formula_bit_for_bit(kept):
+    """The tilted Gaussian draws, formed in place, are c + s·Φ⁻¹(r + 2^-25) of the key's uniforms
+    r as written out of place (the kept draws; the rest at the centre c)."""
+    from qlatent.rng import counter_uniform, draw_key
+
+    n, count, m = 4, 7, 5
+    v = torch.randn(n, m, generator=gen(12), dtype=F64)
+    mu = v.unsqueeze(1)
+    b = 0.2 + torch.rand(m, generator=gen(13), dtype=F64)
+    tau = 0.5 + torch.rand(m, generator=gen(14), dtype=F64)
+    key = draw_key(gen(15))
+    keep = None if kept is None else torch.tensor(kept)
+    membership = torch.ones(m, 1, dtype=F64)
+    x, _ = DitheredGoodLattice._gaussian_tilt(v, mu, b, tau, count, key, membership, keep)
+    var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())
+    center = mu * (var / tau.square())
+    quantiles = torch.special.ndtri(counter_uniform(key, (n, count, m), F64) + 2.0**-25)
+    if keep is not None:
+        quantiles = torch.where(torch.arange(count).unsqueeze(1) < keep, quantiles, 0.0)
+    assert torch.equal(x, center + var.sqrt() * quantiles)
+
+
 @pytest.mark.parametrize("proposal", ["prior", "box", "tilted"])
 def test_prior_draws_fix_a_peaked_prior(proposal):
     """A prior much narrower than the cell: uniform cell points alone are biased by nats; the

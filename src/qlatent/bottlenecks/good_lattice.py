@@ -115,13 +115,14 @@ def _normal_quantiles(r: Tensor, kept: Tensor | None) -> Tensor:
     numbers either way, and so are the rate and its gradients (tested bit for bit)."""
     if kept is None or int(kept.min()) == r.shape[1]:
         return torch.special.ndtri(r)
-    out = torch.zeros_like(r)
+    out = torch.empty_like(r)
     counts = kept.tolist()
     start = 0
     for end in range(1, len(counts) + 1):  # runs of coordinates with equal counts: views
         if end == len(counts) or counts[end] != counts[start]:
             count = counts[start]
             torch.special.ndtri(r[:, :count, start:end], out=out[:, :count, start:end])
+            out[:, count:, start:end] = 0.0
             start = end
     return out
 
@@ -662,7 +663,7 @@ class DitheredGoodLattice(Bottleneck):
         mass_neg = mu / b + torch.special.log_ndtr(-alpha_neg)
         log_mass = torch.logaddexp(mass_pos, mass_neg)
         r = counter_uniform(key, (n, count, 2 * m), f64).to(v.device)
-        r = r + 2.0**-25  # midpoints of the 2^-24 grid: never 0 or 1
+        r.add_(2.0**-25)  # midpoints of the 2^-24 grid: never 0 or 1
         positive = torch.log(r[..., :m]) < mass_pos - log_mass
         alpha = torch.where(positive, alpha_pos, alpha_neg)
         tail = torch.log1p(-r[..., m:])  # log(1 − r'): the standard truncated normal on [α, ∞)
@@ -709,8 +710,9 @@ class DitheredGoodLattice(Bottleneck):
         var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())  # (m,)
         center = mu * (var / tau.square())  # (N, 1, m)
         r = counter_uniform(key, (n, count, m), f64).to(v.device)
-        r = r + 2.0**-25  # midpoints of the 2^-24 grid: never 0 or 1
-        x = center + var.sqrt() * _normal_quantiles(r, kept)
+        r.add_(2.0**-25)  # midpoints of the 2^-24 grid: never 0 or 1
+        # in place (the same numbers as center + sd·quantile): each temporary is (N, S, m) float64
+        x = _normal_quantiles(r, kept).mul_(var.sqrt()).add_(center)
         dtype = v.dtype
         # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
         square_matrix = (membership.to(f64) / (2 * var).unsqueeze(1)).T.to(dtype)  # (blocks, m)
