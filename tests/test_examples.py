@@ -491,3 +491,55 @@ def test_good_lattice_step_times_a_trained_rows_bottleneck(monkeypatch, tmp_path
     # the timing wrappers are taken off again
     assert script.good_lattice.DitheredGoodLattice._inside_cell.__name__ == "_inside_cell"
     assert script.good_lattice._relative_variance.__name__ == "_relative_variance"
+
+
+def test_codelength_counts_reads_the_evaluation_at_other_counts(monkeypatch, tmp_path, capsys):
+    """``examples/codelength-counts.py`` on a row's checkpoint (an untrained E8^5 model, random
+    images): one row per count setting with the codelength, the −ELBO (the same at every setting:
+    the training path does not read the evaluation counts) and their difference; counts for the
+    wrong number of blocks and a missing checkpoint are refused."""
+    import sys
+
+    import torch
+
+    from qlatent.experiments import lattice_mnist
+    from qlatent.train.checkpoint import save_atomic
+
+    images = (torch.rand(40, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    monkeypatch.setattr(
+        lattice_mnist, "load_data", lambda cfg, d: {"train": images, "test": images}
+    )
+    script = _load("codelength-counts")
+    argv = [
+        "codelength-counts.py",
+        "--row",
+        "e8_lattice",
+        "--runs",
+        str(tmp_path),
+        "--repeats",
+        "2",
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--counts", "16,4"])
+    with pytest.raises(SystemExit, match="best.pt"):  # no checkpoint: one line
+        script.main()
+    cfg = lattice_mnist.model_config("e8_lattice", quick=True, overrides=[])
+    save_atomic(
+        {"model": lattice_mnist.build_model(cfg, 784).state_dict(), "epoch": 3},
+        tmp_path / "lattice-mnist" / "e8_lattice" / "best.pt",
+    )
+    monkeypatch.setattr(sys, "argv", [*argv, "--counts", "16,4:4"])
+    with pytest.raises(SystemExit):  # two counts for five blocks: an argparse error
+        script.main()
+    out = tmp_path / "counts.json"
+    monkeypatch.setattr(sys, "argv", [*argv, "--counts", "16,4", "64,16", "--out", str(out)])
+    script.main()
+    result = json.loads(out.read_text())
+    assert result["checkpoint_epoch"] == 3 and result["images"] == 40 and result["repeats"] == 2
+    first, second = result["rows"]
+    assert first["counts"] == [16, 4] and second["counts"] == [64, 16]
+    assert first["neg_elbo"] == second["neg_elbo"]
+    for row in result["rows"]:
+        gap = row["codelength"] - row["neg_elbo"]
+        assert math.isclose(row["codelength_minus_neg_elbo"], gap, rel_tol=1e-9, abs_tol=1e-9)
+        assert row["codelength_minus_neg_elbo_se"] > 0
+    assert "counts 64,16" in capsys.readouterr().out
