@@ -106,27 +106,6 @@ def counts_text(counts: tuple[int, int | tuple[int, ...]]) -> str:
     return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
 
 
-def _normal_quantiles(r: Tensor, kept: Tensor | None) -> Tensor:
-    """The standard normal's quantiles of ``r`` ``(N, S, m)``, along S only the first
-    ``kept[i]`` for coordinate i (``None``: all), the others 0. The inverse CDF is the dearest
-    step of the tilted draws (float64, not vectorized), and at ``leech_gl_lattice``'s [32, 1024]
-    draws the Leech block keeps 32 of each row's 1024: forming only those took its bottleneck's
-    training step (batch 100, one thread) from 195 to 172 ms. The quantiles formed are the same
-    numbers either way, and so are the rate and its gradients (tested bit for bit)."""
-    if kept is None or int(kept.min()) == r.shape[1]:
-        return torch.special.ndtri(r)
-    out = torch.empty_like(r)
-    counts = kept.tolist()
-    start = 0
-    for end in range(1, len(counts) + 1):  # runs of coordinates with equal counts: views
-        if end == len(counts) or counts[end] != counts[start]:
-            count = counts[start]
-            torch.special.ndtri(r[:, :count, start:end], out=out[:, :count, start:end])
-            out[:, count:, start:end] = 0.0
-            start = end
-    return out
-
-
 def _count_limit(dim: int) -> int:
     """The largest Monte-Carlo count per row: one row's draws (up to 2·dim numbers each, the
     tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`."""
@@ -429,9 +408,12 @@ class DitheredGoodLattice(Bottleneck):
         (IWAE) never uses it.
 
         ``prior_samples`` may give one count per block (all blocks, rectangular ones included):
-        the largest is drawn for every block, and block b keeps its first S_b of them (the
-        others are neither decoded nor counted, S_b enters its balance-heuristic denominator and
-        its variance): the estimator that S_b draws for that block alone would give.
+        the blocks with equal counts are estimated together, each group on its own draws (its
+        own key per chunk of rows; the cell points and the prior's shared draws are drawn once
+        for every coordinate, a group taking its first S_b of the latter), so each block's
+        estimate is the one S_b draws for that block alone would give, and no group forms
+        another's draws (at ``leech_gl_lattice``'s [32, 1024] the Leech block's 24 coordinates
+        draw 32, not 1024).
         """
         sigma = self._coordinate_scale().to(v.dtype)
         scale = self.scale.to(v.dtype)
@@ -445,35 +427,72 @@ class DitheredGoodLattice(Bottleneck):
             if self._mc_geometry is None:
                 return exact
         cells = self._mc_cells(v.dtype)
-        draws = None  # the draws each estimated block keeps, where the counts differ
+        groups = [(prior_samples, cells)]  # (draw count, the blocks it is for)
         if isinstance(prior_samples, (list, tuple)):
             per_block = torch.tensor(prior_samples, dtype=torch.int64)
             if cells.blocks is not None:
                 per_block = per_block[cells.blocks.cpu()]
-            prior_samples = int(per_block.max()) if per_block.numel() else 0
-            if per_block.numel() and int(per_block.min()) != prior_samples:
-                draws = per_block.to(v.device)
+            counts = per_block.tolist()
+            distinct = sorted(set(counts))
+            groups = [(distinct[0] if distinct else 0, cells)]
+            if len(distinct) > 1:  # each group of blocks with one count on its own draws
+                groups = [
+                    (c, self._mc_cells(v.dtype, tuple(i for i, k in enumerate(counts) if k == c)))
+                    for c in distinct
+                ]
+        # the cell points and the prior's shared draws are drawn once for every coordinate (a
+        # group takes its coordinates and, of the prior's, its first draws: the same numbers)
+        w = self._mc_points(samples, generator, v.dtype, v.device)
+        most = max(count for count, _ in groups)
+        shared = None
+        if most and self.proposal == "prior":
+            shared = self._prior_points(most, generator, v.dtype, v.device)
+        log_f = None
+        for count, group in groups:
+            part = self._estimated_log_density(
+                v, sigma, scale, log_vol, w, shared, samples, count, group, generator, cap, debias
+            )
+            log_f = part if log_f is None else log_f + part
+        return log_f if exact is None else log_f + exact
+
+    def _estimated_log_density(
+        self,
+        v: Tensor,
+        sigma: Tensor,
+        scale: Tensor,
+        log_vol: Tensor,
+        w: Tensor,
+        shared: Tensor | None,
+        samples: int,
+        prior_samples: int,
+        cells: _Cells,
+        generator,
+        cap: bool,
+        debias: bool,
+    ) -> Tensor:
+        """:meth:`log_density`'s Monte-Carlo part for the blocks of ``cells``, ``prior_samples``
+        proposal draws each, summed over those blocks ``(N,)``: ``v``, ``sigma``, ``scale`` over
+        all coordinates, ``log_vol`` over all blocks, ``w`` the ``(S_u, m)`` cell points and
+        ``shared`` the prior's ``(S_q', m)`` draws (S_q' ≥ S_q; ``None`` unless the proposal is
+        the prior), both drawn for every coordinate."""
         if cells.coords is not None:
             v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
             log_vol = log_vol[cells.blocks]
+            w = w[:, cells.coords]
         membership = cells.membership
         log_vol = log_vol.unsqueeze(1)  # (blocks, 1)
         # the samples run along the last, contiguous dimension: (N, m, S) points, (N, blocks, S)
         # log-terms, so the block sums are one batched matrix product and every reduction over
         # the samples and every broadcast of a per-block constant stays contiguous
-        w = self._mc_points(samples, generator, v.dtype, v.device)
-        if cells.coords is not None:  # drawn for every coordinate: the same draws either way
-            w = w[:, cells.coords]
         w = (w * sigma).T  # (m, S_u)
-        shared = prior_samples and self.proposal == "prior"
-        x = self._prior_points(prior_samples, generator, v.dtype, v.device) if shared else None
-        if x is not None and cells.coords is not None:
-            x = x[:, cells.coords]
+        x = None
+        if prior_samples and shared is not None:
+            x = shared[:prior_samples]
+            if cells.coords is not None:
+                x = x[:, cells.coords]
         # log of the balance-heuristic denominator's uniform part, S_u / V_b
         log_uniform = math.log(samples) - log_vol
         log_count = math.log(max(prior_samples, 1))
-        if draws is not None:  # per block, (blocks, 1); log 0 = −inf drops a block's q term
-            log_count = torch.log(draws.to(v.dtype)).unsqueeze(1)
         # the draws move with the cell (docstring): q0's argument is constant along the map, so
         # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
         stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
@@ -488,9 +507,9 @@ class DitheredGoodLattice(Bottleneck):
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
             log_p = self._cell_points_log_pdf(vc, w, scale, membership, cells.block_of)
             if prior_samples:
-                key = None if shared else draw_key(generator, v.device)  # one per chunk
+                key = None if x is not None else draw_key(generator, v.device)  # one per chunk
                 x0, log_q0 = self._proposal_points(
-                    vc.detach(), prior_samples, x, key, sigma.detach(), scale0, cells, draws
+                    vc.detach(), prior_samples, x, key, sigma.detach(), scale0, cells
                 )
                 x0 = x0.transpose(1, 2)  # (N, m, S_q)
                 # x0 + (v − v0) + (D − 1)(x0 − v0): x0 exactly in value
@@ -500,7 +519,7 @@ class DitheredGoodLattice(Bottleneck):
                 log_qu = log_q0(tu, log_p.detach(), shift)  # log S_q·q at the cell points
                 log_px = self._block_log_pdf(xc, scale, membership)
                 log_qx = log_q0(x0, log_px.detach(), shift)
-                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells, draws)
+                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)
                 weight = log_px - torch.logaddexp(log_uniform, log_qx)
                 terms = [
                     log_p - torch.logaddexp(log_uniform, log_qu),
@@ -511,13 +530,30 @@ class DitheredGoodLattice(Bottleneck):
             terms = torch.cat(terms, 2)
             log_sum = torch.logsumexp(terms, dim=2)  # (N, blocks): log P̂_b
             if debias:
-                log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples, draws)
+                log_sum = log_sum + 0.5 * _relative_variance(terms, log_sum, samples)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
-        return log_f.sum(-1) if exact is None else log_f.sum(-1) + exact
+        return log_f.sum(-1)
 
-    def _mc_cells(self, dtype) -> _Cells:
-        """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular)."""
+    def _mc_cells(self, dtype, subset: tuple[int, ...] | None = None) -> _Cells:
+        """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular), or
+        the ``subset`` of them at those positions among them."""
+        if subset is not None:
+            every = torch.arange(len(self.geometry.blocks), device=self._membership.device)
+            estimated = every if self._mc_geometry is self.geometry else self._mc_blocks
+            blocks = estimated[list(subset)]
+            coords = torch.isin(self._block_of, blocks).nonzero().flatten()
+            membership = self._membership[coords][:, blocks]
+            return _Cells(
+                coords,
+                blocks,
+                membership.to(dtype),
+                membership.argmax(1),
+                self._halfwidth[coords].to(dtype),
+                self._unit[coords],
+                self._reach[blocks].to(dtype),
+                self._subset_geometry(tuple(blocks.tolist())),
+            )
         if self._mc_geometry is self.geometry:
             coords = blocks = None
             membership, block_of = self._membership, self._block_of
@@ -538,6 +574,13 @@ class DitheredGoodLattice(Bottleneck):
             reach.to(dtype),
             self._mc_geometry,
         )
+
+    def _subset_geometry(self, blocks: tuple[int, ...]) -> DirectSum:
+        """The direct sum of the blocks at these positions (cached: its runs decode together)."""
+        cache = self.__dict__.setdefault("_subset_geometries", {})
+        if blocks not in cache:
+            cache[blocks] = DirectSum([self.geometry.blocks[b] for b in blocks])
+        return cache[blocks]
 
     def _box_points(
         self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
@@ -583,7 +626,6 @@ class DitheredGoodLattice(Bottleneck):
         sigma: Tensor,
         scale: Tensor,
         cells: _Cells | None = None,
-        draws: Tensor | None = None,
     ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
         """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
         without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
@@ -592,16 +634,13 @@ class DitheredGoodLattice(Bottleneck):
         ``(N, blocks, S)``, samples last, the shift (default 0) added in the same pass (log p(t)
         passed in, at the same values, for the prior and the box, whose q0 is p up to a
         normalizer and which do not read t: it may be None). ``cells``: the blocks they are
-        for (default all: :meth:`_mc_cells`). ``draws`` ``(blocks,)``: the draws each block keeps
-        (:meth:`log_density`), where the tilted proposal under the Gaussian prior leaves the
-        others at its centre without drawing them (they are neither decoded nor counted)."""
+        for (default all: :meth:`_mc_cells`)."""
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
         cells = cells or self._mc_cells(v.dtype)
         membership = cells.membership.to(v.dtype)
         if self.proposal == "tilted":
-            kept = None if draws is None else draws[cells.block_of.to(draws.device)]
-            return self._tilted_points(v, count, key, sigma, scale, membership, cells.unit, kept)
+            return self._tilted_points(v, count, key, sigma, scale, membership, cells.unit)
         halfwidth = cells.halfwidth.to(v.dtype) * sigma
         x0, log_z = self._box_points(v, count, key, halfwidth, scale)
         log_z = (log_z @ membership).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
@@ -631,7 +670,6 @@ class DitheredGoodLattice(Bottleneck):
         scale: Tensor,
         membership: Tensor,
         unit: Tensor | None = None,
-        kept: Tensor | None = None,
     ):
         """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
         the function t ↦ log q_v(t) per block, ``(N, m, S)`` -> ``(N, blocks, S)``, all at the
@@ -645,9 +683,7 @@ class DitheredGoodLattice(Bottleneck):
         truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
         its Rayleigh approximation, whose density is within 1/30² of the exact one). The
         Gaussian prior N(0, b²) times the Gaussian is one Gaussian (:meth:`_gaussian_tilt`).
-        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks').
-        ``kept`` ``(m,)``: the draws each coordinate's block keeps (default all ``count``); under
-        the Gaussian prior the others are not drawn but left at the tilted Gaussian's centre."""
+        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks')."""
         n, m = v.shape
         f64 = torch.float64
         mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
@@ -655,7 +691,7 @@ class DitheredGoodLattice(Bottleneck):
         unit = self._unit if unit is None else unit
         tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / unit.to(f64))
         if self.prior_name == "gaussian":
-            return self._gaussian_tilt(v, mu, b, tau, count, key, membership, kept)
+            return self._gaussian_tilt(v, mu, b, tau, count, key, membership)
         shift = tau.square() / b
         alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
         alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
@@ -699,12 +735,10 @@ class DitheredGoodLattice(Bottleneck):
         count: int,
         key: Tensor,
         membership: Tensor,
-        kept: Tensor | None = None,
     ):
         """:meth:`_tilted_points` under the Gaussian prior: N(0, b²)·N(v, τ²) ∝ N(c, s²) with
         1/s² = 1/b² + 1/τ² and c = s²·v/τ², per coordinate, drawn by the inverse CDF of
-        counter-based uniforms in float64 (``mu``: v in float64, ``(N, 1, m)``). With ``kept``
-        (draws per coordinate) only those are formed (:func:`_normal_quantiles`)."""
+        counter-based uniforms in float64 (``mu``: v in float64, ``(N, 1, m)``)."""
         n, m = v.shape
         f64 = torch.float64
         var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())  # (m,)
@@ -712,7 +746,7 @@ class DitheredGoodLattice(Bottleneck):
         r = counter_uniform(key, (n, count, m), f64).to(v.device)
         r.add_(2.0**-25)  # midpoints of the 2^-24 grid: never 0 or 1
         # in place (the same numbers as center + sd·quantile): each temporary is (N, S, m) float64
-        x = _normal_quantiles(r, kept).mul_(var.sqrt()).add_(center)
+        x = torch.special.ndtri(r).mul_(var.sqrt()).add_(center)
         dtype = v.dtype
         # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
         square_matrix = (membership.to(f64) / (2 * var).unsqueeze(1)).T.to(dtype)  # (blocks, m)
@@ -778,22 +812,17 @@ class DitheredGoodLattice(Bottleneck):
         t: Tensor,
         sigma: Tensor,
         cells: _Cells | None = None,
-        draws: Tensor | None = None,
     ) -> Tensor:
         """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
         ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block), for the blocks of ``cells``
         (default all). A block is decoded only where it lies within its lattice's
         :attr:`~qlatent.lattices.Lattice.cell_bound` of the origin: farther, it is outside
-        without that (the proposal's draws mostly are, in 16 and 24 dimensions). ``draws``
-        ``(blocks,)``: block b's samples past its first draws[b] count as outside, undecoded."""
+        without that (the proposal's draws mostly are, in 16 and 24 dimensions)."""
         cells = cells or self._mc_cells(t.dtype)
         with torch.no_grad():
             base = t.transpose(-1, -2) / sigma  # (..., S, m) in the base blocks' units
             flat = base.reshape(-1, base.shape[-1])
             near = flat.square() @ cells.membership <= cells.reach  # (rows, blocks)
-            if draws is not None:  # row r of flat is sample r mod S
-                sample = torch.arange(flat.shape[0], device=t.device) % base.shape[-2]
-                near &= sample.unsqueeze(1) < draws.unsqueeze(0)
             inside = torch.zeros_like(near)
             first = 0
             for lattice, count, start in cells.geometry.runs:
@@ -1021,9 +1050,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
         return grad_v, grad_w, grad_c, None, None
 
 
-def _relative_variance(
-    terms: Tensor, log_sum: Tensor, samples: int, draws: Tensor | None = None
-) -> Tensor:
+def _relative_variance(terms: Tensor, log_sum: Tensor, samples: int) -> Tensor:
     """V̂ar(P̂)/P̂² of the multiple-importance-sampling estimate P̂ = Σ_k t_k, per row and block.
 
     ``terms``: ``(N, blocks, samples + draws)`` log t_k, the first ``samples`` from antithetic
@@ -1032,7 +1059,6 @@ def _relative_variance(
     the normalized terms ω_k = t_k/P̂ and n units a_j of a group, the unbiased estimate of the
     variance of the group's sum is n/(n − 1)·Σ_j (a_j − ā)², so the relative variance is that sum
     over the groups, computed from ω ∈ [0, 1] without overflow. A group of one unit adds 0.
-    ``draws`` ``(blocks,)``: block b's proposal group is its first draws[b] draws only.
     """
     # P̂ = 0 (every term −inf) gives ω = 0, not NaN
     omega = torch.exp(terms - log_sum.clamp(min=torch.finfo(terms.dtype).min).unsqueeze(2))
@@ -1040,20 +1066,13 @@ def _relative_variance(
     pairs = omega[..., :half] + omega[..., half:samples]
     total = _group_variance(pairs)
     if terms.shape[2] > samples:
-        total = total + _group_variance(omega[..., samples:], draws)
+        total = total + _group_variance(omega[..., samples:])
     return total
 
 
-def _group_variance(units: Tensor, counts: Tensor | None = None) -> Tensor:
-    """n/(n − 1)·Σ_j (a_j − ā)² over the last dim of ``units`` ``(N, blocks, n)`` (0 when n < 2);
-    with ``counts`` ``(blocks,)``, over the first counts[b] units of block b."""
+def _group_variance(units: Tensor) -> Tensor:
+    """n/(n − 1)·Σ_j (a_j − ā)² over the last dim of ``units`` ``(N, blocks, n)`` (0 when n < 2)."""
     n = units.shape[2]
-    if counts is not None:
-        keep = torch.arange(n, device=units.device) < counts.unsqueeze(1)  # (blocks, n)
-        k = counts.to(units.dtype)
-        mean = (units * keep).sum(2) / k.clamp(min=1.0)
-        centred = (units - mean.unsqueeze(2)) * keep
-        return centred.square().sum(2) * torch.where(k > 1, k / (k - 1).clamp(min=1.0), 0.0)
     if n < 2:
         return units.new_zeros(units.shape[:2])
     centred = units - units.mean(2, keepdim=True)
