@@ -27,7 +27,7 @@ from qlatent.bottlenecks.good_lattice import counts_text, monte_carlo_counts
 from qlatent.eval import codelength_report
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
-from qlatent.train import CheckpointError, load, load_weights
+from qlatent.train import CheckpointError
 
 
 def main() -> None:
@@ -59,16 +59,10 @@ def main() -> None:
     )
     started = provenance(command)
     torch.set_num_threads(1)
-    cfg = lattice_mnist.model_config(args.row, quick=False, overrides=[])
-    data = lattice_mnist.load_data(cfg, args.data_dir)
-    model = lattice_mnist.build_model(cfg, data["test"].shape[1])
-    path = args.runs / "lattice-mnist" / args.row / "best.pt"
     try:
-        ckpt = load(path)
-        load_weights(model, ckpt["model"], str(path))
-    except (OSError, KeyError, CheckpointError) as err:
-        raise SystemExit(f"{path}: {err}") from None
-    model.eval()
+        cfg, data, model, ckpt = lattice_mnist.load_trained(args.row, args.runs, args.data_dir)
+    except (OSError, CheckpointError) as err:
+        raise SystemExit(str(err)) from None
     neck = model.bottleneck
     blocks = len(neck.geometry.blocks)
     for pair in args.counts:
@@ -105,7 +99,7 @@ def main() -> None:
     payload = {
         **started,
         "row": args.row,
-        "checkpoint": str(path),
+        "checkpoint": str(args.runs / "lattice-mnist" / args.row / "best.pt"),
         "checkpoint_epoch": ckpt.get("epoch"),
         "images": x.shape[0],
         "repeats": args.repeats,

@@ -136,3 +136,34 @@ def test_reproduce_starts_the_row_from_the_gaussian_lattice_row(tmp_path, capsys
     again = json.loads((tmp_path / "results" / "lattice-mnist-quick.json").read_text())
     assert again["models"]["e8_gl_lattice"]["init_from"] == start
     assert again["models"]["e8_gl_lattice"]["test_neg_elbo"] == row["test_neg_elbo"]
+
+
+def test_load_trained_reads_a_rows_best_checkpoint_or_names_the_file(monkeypatch, tmp_path):
+    """``lattice_mnist.load_trained``: the row's model with its best checkpoint's weights, in
+    eval mode; a missing file, a checkpoint without weights and another model's weights are
+    refused with errors that name the file."""
+    from qlatent.experiments import lattice_mnist
+    from qlatent.train.checkpoint import save_atomic
+
+    images = (torch.rand(8, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    monkeypatch.setattr(
+        lattice_mnist, "load_data", lambda cfg, d: {"train": images, "test": images}
+    )
+    path = tmp_path / "lattice-mnist" / "e8_lattice" / "best.pt"
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        lattice_mnist.load_trained("e8_lattice", tmp_path)
+    cfg = lattice_mnist.model_config("e8_lattice", quick=False, overrides=[])
+    trained = lattice_mnist.build_model(cfg, 784)
+    with torch.no_grad():
+        trained.bottleneck.log_scale.fill_(-0.7)
+    save_atomic({"epoch": 5}, path)
+    with pytest.raises(CheckpointError, match="best.pt holds no model weights"):
+        lattice_mnist.load_trained("e8_lattice", tmp_path)
+    save_atomic({"model": trained.state_dict(), "epoch": 5}, path)
+    other = tmp_path / "lattice-mnist" / "leech_lattice" / "best.pt"
+    save_atomic({"model": trained.state_dict()}, other)  # E8^5 weights where Λ24 ⊕ Λ16 is read
+    with pytest.raises(CheckpointError, match="best.pt holds weights of a different model"):
+        lattice_mnist.load_trained("leech_lattice", tmp_path)
+    _, data, model, ckpt = lattice_mnist.load_trained("e8_lattice", tmp_path)
+    assert ckpt["epoch"] == 5 and not model.training and data["test"] is images
+    assert torch.equal(model.bottleneck.log_scale, trained.bottleneck.log_scale)

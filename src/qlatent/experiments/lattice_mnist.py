@@ -34,7 +34,7 @@ from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..results import RESULTS_DIR, provenance, write_json
-from ..train import TrainConfig, fit, load, save_atomic
+from ..train import TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
 
 MODELS = (
@@ -216,6 +216,27 @@ def build_model(cfg: LatticeMnistConfig, data_dim: int):
         data_dim=data_dim,
         **cfg.model.bottleneck_args,
     )
+
+
+def load_trained(
+    row: str, runs_dir: str | Path, data_dir: str | None = None
+) -> tuple[LatticeMnistConfig, dict[str, torch.Tensor], torch.nn.Module, dict[str, Any]]:
+    """A trained row as the analysis scripts under ``examples/`` read it: its config (as
+    configured, no overrides), the data, its model with the weights of
+    ``<runs_dir>/lattice-mnist/<row>/best.pt`` in eval mode, and that checkpoint's dict. Raises
+    FileNotFoundError or :class:`~qlatent.train.CheckpointError`, each naming the file, when the
+    checkpoint is missing or unreadable or holds another model."""
+    from ..train import CheckpointError
+
+    cfg = model_config(row, quick=False, overrides=[])
+    data = load_data(cfg, data_dir)
+    model = build_model(cfg, data["test"].shape[1])
+    path = Path(runs_dir) / "lattice-mnist" / row / "best.pt"
+    checkpoint = load(path)
+    if "model" not in checkpoint:
+        raise CheckpointError(f"{path} holds no model weights")
+    load_weights(model, checkpoint["model"], path)
+    return cfg, data, model.eval(), checkpoint
 
 
 def gaussian_lattice_start(
