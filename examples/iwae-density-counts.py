@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from qlatent.bottlenecks.good_lattice import counts_text, monte_carlo_counts
+from qlatent.bottlenecks.good_lattice import check_block_counts, counts_text, monte_carlo_counts
 from qlatent.eval import iwae_nll
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
@@ -58,10 +58,10 @@ def main() -> None:
         raise SystemExit(str(err)) from None
     x = data["test"][: args.images]
     neck = model.bottleneck
-    blocks = len(neck.geometry.blocks)
-    for pair in args.counts:
-        if isinstance(pair[1], tuple) and len(pair[1]) != blocks:
-            parser.error(f"--counts {counts_text(pair)}: {args.row} has {blocks} blocks")
+    try:
+        check_block_counts(args.counts, len(neck.geometry.blocks))
+    except ValueError as err:
+        parser.error(f"--counts: {err} ({args.row})")
     rows, nll = [], {}
     for cells, draws in args.counts:
         neck.eval_samples, neck.eval_prior_samples = cells, draws

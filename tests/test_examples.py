@@ -247,6 +247,11 @@ def test_plugin_tails_estimates_converge_on_a_plain_start_and_arguments_are_chec
     error = small - large
     assert abs(error.mean().item()) < 0.1 and (error > -tails.COLLAPSE_NATS).all()
     assert tails.monte_carlo_counts("512,32:1024") == (512, (32, 1024))
+    from qlatent.bottlenecks.good_lattice import check_block_counts
+
+    check_block_counts([(512, 32), (512, (32, 1024))], 2)  # a single count fits any blocks
+    with pytest.raises(ValueError, match="counts 512,32:64:8 name 3 blocks, not 2"):
+        check_block_counts([(512, (32, 1024)), (512, (32, 64, 8))], 2)
     assert (
         tails.monte_carlo_counts("64,8") == (64, 8)
         and tails.counts_text((512, (32, 1024))) == "512,32:1024"

@@ -106,6 +106,14 @@ def counts_text(counts: tuple[int, int | tuple[int, ...]]) -> str:
     return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
 
 
+def check_block_counts(pairs: Sequence[tuple[int, int | tuple[int, ...]]], blocks: int) -> None:
+    """ValueError unless every pair of :func:`monte_carlo_counts` that gives one draw count per
+    block gives ``blocks`` of them."""
+    for pair in pairs:
+        if isinstance(pair[1], tuple) and len(pair[1]) != blocks:
+            raise ValueError(f"counts {counts_text(pair)} name {len(pair[1])} blocks, not {blocks}")
+
+
 def _count_limit(dim: int) -> int:
     """The largest Monte-Carlo count per row: one row's draws (up to 2·dim numbers each, the
     tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`."""
