@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from qlatent.bottlenecks.good_lattice import check_block_counts, counts_text, monte_carlo_counts
 from qlatent.eval import codelength_report
@@ -75,7 +76,9 @@ def main() -> None:
         neck.eval_samples, neck.eval_prior_samples = cells, draws
         t0 = time.perf_counter()
         codelengths, elbos, gaps, gap_ses = [], [], [], []
-        for repeat in range(args.repeats):  # the evaluation's seeds (lattice_mnist)
+        label = f"counts {counts_text((cells, draws))}"
+        # the evaluation's seeds (lattice_mnist)
+        for repeat in tqdm(range(args.repeats), desc=label, leave=False):
             report = codelength_report(model, x, seed=seed + 100 + 2 * repeat)
             codelengths.append(report.codelength.total)
             elbos.append(report.neg_elbo.total)
