@@ -33,7 +33,7 @@ from qlatent.train import CheckpointError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--row", required=True, help="a good-lattice row of lattice-mnist")
+    parser.add_argument("--row", required=True, choices=lattice_mnist.GOOD_LATTICE_ROWS)
     parser.add_argument("--runs", type=Path, required=True, help="the runs folder of the row")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
@@ -47,8 +47,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    if args.row not in lattice_mnist.BLOCK_NSM or args.row == "rect_lattice":
-        parser.error(f"{args.row!r} is not a good-lattice row of lattice-mnist")
     if args.repeats < 1 or args.images < 0:
         parser.error("need --repeats >= 1 and --images >= 0")
     counts = " ".join(map(counts_text, args.counts))

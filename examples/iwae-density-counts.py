@@ -31,7 +31,7 @@ from qlatent.train import CheckpointError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--row", required=True, help="a good-lattice row of lattice-mnist")
+    parser.add_argument("--row", required=True, choices=lattice_mnist.GOOD_LATTICE_ROWS)
     parser.add_argument("--runs", required=True, type=Path, help="its runs folder")
     parser.add_argument("--data-dir", default=str(Path.home() / ".cache" / "qlatent"))
     parser.add_argument("--images", type=int, default=100)
@@ -40,8 +40,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if args.row not in lattice_mnist.BLOCK_NSM or args.row == "rect_lattice":
-        parser.error(f"{args.row!r} is not a good-lattice row of lattice-mnist")
     if args.images < 2 or args.samples < 1:
         parser.error("need --images >= 2 and --samples >= 1")
     counts = " ".join(map(counts_text, args.counts))
