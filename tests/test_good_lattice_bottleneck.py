@@ -497,12 +497,59 @@ def test_delta_method_variance_counts_antithetic_pairs_as_one_unit():
     got = _LogSum.apply(log_terms, 4, True)
     assert torch.allclose(got, (total.log() + 0.5 * variance).view(1, 1), rtol=1e-12)
     assert torch.equal(_LogSum.apply(log_terms, 4, False), torch.logsumexp(log_terms, 2))
+    # terms far below the largest (e^-1000 is 0 in float64, e^-100 in float32) leave log P̂ as
+    # logsumexp gives it; their share of the gradient is at most that of the smallest counted
+    for dtype in (F64, torch.float32):
+        spread = torch.tensor([0.0, -1.0, -100.0, -1000.0, -math.inf, 2.0], dtype=dtype)
+        spread = spread.view(1, 1, 6).requires_grad_(True)
+        out = _LogSum.apply(spread, 4, False)
+        assert torch.equal(out, torch.logsumexp(spread.detach(), 2))
+        out.sum().backward()
+        reference = torch.softmax(spread.detach(), 2)
+        assert torch.allclose(spread.grad, reference, rtol=1e-6, atol=1e-25)
     # a zero estimate (all terms -inf) gives -inf and no correction, not NaN; its gradient is 0
     empty = torch.full((1, 1, 7), -math.inf, dtype=F64, requires_grad=True)
     out = _LogSum.apply(empty, 4, True)
     assert out.item() == -math.inf
     out.sum().backward()
     assert torch.equal(empty.grad, torch.zeros_like(empty))
+
+
+def test_balance_weight_backward_is_the_gradient_of_logaddexp():
+    """The balance heuristic's log-term log p − logaddexp(log_uniform, log_q0 + shift) with its
+    closed-form backward, against autograd through the composite form in float64 (ratios of the
+    two parts of the denominator from e^-1000 to e^1000) and ``gradcheck``; float32 to its
+    rounding."""
+    from qlatent.bottlenecks.good_lattice import _BalanceWeight
+
+    g = gen(43)
+    log_p = 5 * torch.randn(4, 3, 6, generator=g, dtype=F64)
+    log_q0 = 30 * torch.randn(4, 3, 6, generator=g, dtype=F64)
+    log_q0[0, 0, 0], log_q0[1, 1, 1] = 80.0, -80.0
+    log_q0[2, 2, 2], log_q0[3, 0, 3] = 1000.0, -1000.0  # past float32's range and float64's
+    log_uniform = torch.randn(3, 1, generator=g, dtype=F64)
+    shift = torch.randn(3, 1, generator=g, dtype=F64)
+    upstream = torch.randn(4, 3, 6, generator=g, dtype=F64)
+    ours = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    ref = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    out = _BalanceWeight.apply(ours[0], ours[1], log_q0, ours[2])
+    expected = ref[0] - torch.logaddexp(ref[1], log_q0 + ref[2])
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for a, b in zip(ours, ref, strict=True):
+        assert a.grad.shape == b.grad.shape
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    inputs = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    assert torch.autograd.gradcheck(
+        lambda p, u, c: _BalanceWeight.apply(p, u, log_q0, c), tuple(inputs)
+    )
+    single = [t.float().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    out32 = _BalanceWeight.apply(single[0], single[1], log_q0.float(), single[2])
+    assert torch.allclose(out32.double(), expected.detach(), rtol=1e-5, atol=1e-4)
+    (out32 * upstream.float()).sum().backward()
+    for a, b in zip(single, ref, strict=True):
+        assert torch.allclose(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
 
 
 def _composite_log_sum(terms, samples, debias):
