@@ -1059,7 +1059,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
 class _BalanceWeight(torch.autograd.Function):
     """The balance heuristic's log-term of one point, log p − log(S_u/V + S_q·q), from
     ``log_p`` ``(N, blocks, S)``, ``log_uniform`` = log(S_u/V) ``(blocks, 1)``, ``log_q0``
-    ``(N, blocks, S)`` (the proposal's log-density, without gradient) and ``shift`` =
+    ``(N, blocks, S)`` (the proposal's log-density, without gradient in the density) and ``shift`` =
     log S_q − log|D| ``(blocks, 1)`` -> ``(N, blocks, S)``, with a closed-form backward.
 
     With d = log_q0 + shift − log_uniform, the term is log p − log_uniform − log(1 + e^d), so
@@ -1093,14 +1093,16 @@ class _BalanceWeight(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (d,) = ctx.saved_tensors
         uniform_shape, shift_shape = ctx.shapes
-        grad_uniform = grad_shift = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+        grad_uniform = grad_q0 = grad_shift = None
+        if any(ctx.needs_input_grad[1:]):
             q_part = torch.sigmoid(d).mul_(grad)  # G·σ(d)
             if ctx.needs_input_grad[1]:
                 grad_uniform = q_part.sum_to_size(uniform_shape) - grad.sum_to_size(uniform_shape)
             if ctx.needs_input_grad[3]:
                 grad_shift = -q_part.sum_to_size(shift_shape)
-        return grad, grad_uniform, None, grad_shift
+            if ctx.needs_input_grad[2]:  # not in the density, whose proposal has no gradient
+                grad_q0 = q_part.neg_()
+        return grad, grad_uniform, grad_q0, grad_shift
 
 
 class _LogSum(torch.autograd.Function):
