@@ -482,23 +482,127 @@ def test_measured_bias_shrinks_with_more_samples():
         log_density_bias(gaussian, v[:, :8], (8, 0), (64, 8), reference_proposal="box")
 
 
-def test_relative_variance_counts_antithetic_pairs_as_one_unit():
-    """The delta-method variance by hand: four cell terms (pairs 0+2, 1+3) and three draws."""
-    from qlatent.bottlenecks.good_lattice import _relative_variance
+def test_delta_method_variance_counts_antithetic_pairs_as_one_unit():
+    """The delta-method correction by hand: four cell terms (pairs 0+2, 1+3) and three draws."""
+    from qlatent.bottlenecks.good_lattice import _LogSum
 
     t = torch.tensor([0.1, 0.4, 0.3, 0.2, 0.5, 0.0, 0.25], dtype=F64)
     log_terms = t.log().view(1, 1, 7)  # (rows, blocks, terms)
     total = t.sum()
     pairs = torch.stack([t[0] + t[2], t[1] + t[3]]) / total
     draws = t[4:] / total
-    expected = (
+    variance = (
         2 * (pairs - pairs.mean()).square().sum() + 1.5 * (draws - draws.mean()).square().sum()
     )
-    got = _relative_variance(log_terms, total.log().view(1, 1), samples=4)
-    assert torch.allclose(got, expected.view(1, 1), rtol=1e-12)
-    # a zero estimate (all terms -inf) gives no correction, not NaN
-    empty = torch.full((1, 1, 7), -math.inf, dtype=F64)
-    assert _relative_variance(empty, torch.full((1, 1), -math.inf, dtype=F64), 4).item() == 0.0
+    got = _LogSum.apply(log_terms, 4, True)
+    assert torch.allclose(got, (total.log() + 0.5 * variance).view(1, 1), rtol=1e-12)
+    assert torch.equal(_LogSum.apply(log_terms, 4, False), torch.logsumexp(log_terms, 2))
+    # terms far below the largest (e^-1000 is 0 in float64, e^-100 in float32) leave log P̂ as
+    # logsumexp gives it; their share of the gradient is at most that of the smallest counted
+    for dtype in (F64, torch.float32):
+        spread = torch.tensor([0.0, -1.0, -100.0, -1000.0, -math.inf, 2.0], dtype=dtype)
+        spread = spread.view(1, 1, 6).requires_grad_(True)
+        out = _LogSum.apply(spread, 4, False)
+        assert torch.equal(out, torch.logsumexp(spread.detach(), 2))
+        out.sum().backward()
+        reference = torch.softmax(spread.detach(), 2)
+        assert torch.allclose(spread.grad, reference, rtol=1e-6, atol=1e-25)
+    # a zero estimate (all terms -inf) gives -inf and no correction, not NaN; its gradient is 0
+    empty = torch.full((1, 1, 7), -math.inf, dtype=F64, requires_grad=True)
+    out = _LogSum.apply(empty, 4, True)
+    assert out.item() == -math.inf
+    out.sum().backward()
+    assert torch.equal(empty.grad, torch.zeros_like(empty))
+
+
+def test_balance_weight_backward_is_the_gradient_of_logaddexp():
+    """The balance heuristic's log-term log p − logaddexp(log_uniform, log_q0 + shift) with its
+    closed-form backward, against autograd through the composite form in float64 (ratios of the
+    two parts of the denominator from e^-1000 to e^1000) and ``gradcheck``; float32 to its
+    rounding."""
+    from qlatent.bottlenecks.good_lattice import _BalanceWeight
+
+    g = gen(43)
+    log_p = 5 * torch.randn(4, 3, 6, generator=g, dtype=F64)
+    log_q0 = 30 * torch.randn(4, 3, 6, generator=g, dtype=F64)
+    log_q0[0, 0, 0], log_q0[1, 1, 1] = 80.0, -80.0
+    log_q0[2, 2, 2], log_q0[3, 0, 3] = 1000.0, -1000.0  # past float32's range and float64's
+    log_uniform = torch.randn(3, 1, generator=g, dtype=F64)
+    shift = torch.randn(3, 1, generator=g, dtype=F64)
+    upstream = torch.randn(4, 3, 6, generator=g, dtype=F64)
+    ours = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    ref = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    out = _BalanceWeight.apply(ours[0], ours[1], log_q0, ours[2])
+    expected = ref[0] - torch.logaddexp(ref[1], log_q0 + ref[2])
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for a, b in zip(ours, ref, strict=True):
+        assert a.grad.shape == b.grad.shape
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    inputs = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, log_q0, shift)]
+    assert torch.autograd.gradcheck(_BalanceWeight.apply, tuple(inputs))
+    single = [t.float().requires_grad_(True) for t in (log_p, log_uniform, shift)]
+    out32 = _BalanceWeight.apply(single[0], single[1], log_q0.float(), single[2])
+    assert torch.allclose(out32.double(), expected.detach(), rtol=1e-5, atol=1e-4)
+    (out32 * upstream.float()).sum().backward()
+    for a, b in zip(single, ref, strict=True):
+        assert torch.allclose(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
+
+
+def _composite_log_sum(terms, samples, debias):
+    """What ``_LogSum`` computes, as autograd sees it: logsumexp plus half the relative variance
+    of the pair sums and the single draws, from ω = exp(t − log P̂)."""
+    log_sum = torch.logsumexp(terms, dim=2)
+    if not debias:
+        return log_sum
+    omega = torch.exp(terms - log_sum.unsqueeze(2))
+
+    def group(units):
+        n = units.shape[2]
+        if n < 2:
+            return units.new_zeros(units.shape[:2])
+        return (units - units.mean(2, keepdim=True)).square().sum(2) * (n / (n - 1))
+
+    half = samples // 2
+    variance = group(omega[..., :half] + omega[..., half:samples])
+    if terms.shape[2] > samples:
+        variance = variance + group(omega[..., samples:])
+    return log_sum + 0.5 * variance
+
+
+@pytest.mark.parametrize(
+    "samples, draws, debias",
+    [(8, 5, True), (8, 0, True), (2, 1, True), (6, 3, False), (2, 0, False)],
+    ids=["mis", "cell-only", "single-units", "plain-mis", "plain"],
+)
+def test_log_sum_backward_is_the_gradient_of_its_composite_form(samples, draws, debias):
+    """The closed-form backward of log P̂ (+ the delta-method correction) against autograd
+    through the composite form and ``gradcheck``, in float64, with terms spread over 60 nats
+    (some rows' largest term far above the rest) and some terms −inf (draws outside the cell);
+    a float32 pass agrees to float32 rounding."""
+    from qlatent.bottlenecks.good_lattice import _LogSum
+
+    g = gen(41)
+    terms = 20 * torch.randn(5, 3, samples + draws, generator=g, dtype=F64)
+    terms[0, 0, -1] = -math.inf
+    terms[1, 2, 0] += 60.0
+    upstream = torch.randn(5, 3, generator=g, dtype=F64)
+    a = terms.clone().requires_grad_(True)
+    b = terms.clone().requires_grad_(True)
+    out = _LogSum.apply(a, samples, debias)
+    ref = _composite_log_sum(b, samples, debias)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    (out * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    finite = torch.randn(2, 2, samples + draws, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _LogSum.apply(t, samples, debias), (finite,))
+    single = terms.float().requires_grad_(True)
+    out32 = _LogSum.apply(single, samples, debias)
+    (out32 * upstream.float()).sum().backward()
+    assert torch.allclose(out32.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(single.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("counts", [(8, 0), (8, 4)], ids=["uniform", "mis"])
