@@ -134,6 +134,7 @@ TABLE1 = (
     "e8_gl_lattice",
     "leechz_gl_lattice",
     "leeche8_gl_lattice",
+    "e8z_gl_lattice",
 )
 MODELS = ("lattice", "vq", *TABLE1)
 
