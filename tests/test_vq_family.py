@@ -49,6 +49,76 @@ def test_nearest_codeword_ties_go_to_the_lowest_index(monkeypatch, chunk):
     )
 
 
+def _min_indices(distances: torch.Tensor) -> torch.Tensor:
+    return distances.min(1).indices
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_codes", [2, 3, 100, 128, 129, 4096])
+def test_first_minimum_is_torch_min_on_hard_rows(dtype, num_codes):
+    """The packed search returns ``torch.min``'s first index on every row it decides and hands
+    the others to ``torch.min``: exact ties (±0 included), near-ties inside one bucket with
+    the lower index above the minimum, rows with no negative distance, NaN and ±inf."""
+    g = gen(num_codes)
+    d = -torch.rand(64, num_codes, generator=g, dtype=torch.float64).to(dtype) - 0.5
+    one_ulp = torch.finfo(dtype).eps
+    d[1] = -1.0  # every code ties: the first one wins
+    d[2, -1] = d[2].min() * (1 + one_ulp)  # the minimum at the last code ...
+    d[2, 0] = d[2, -1] * (1 - one_ulp)  # ... one ulp below code 0, in the same bucket
+    d[3] = torch.rand(num_codes, generator=g).to(dtype)  # no negative distance
+    d[4, :] = 0.0
+    d[4, num_codes // 2] = -0.0  # −0 and +0 tie
+    d[5, num_codes // 2] = math.nan
+    d[6, -1] = -math.inf
+    d[7, 0] = math.inf
+    d[8] = d[8].min() * (1 + one_ulp * torch.arange(num_codes, dtype=dtype) / num_codes)
+    d[9, num_codes // 3 :] = d[9].min() - 1.0  # a run of equal minima
+    d[10, num_codes // 2 :] = -math.inf  # −inf ties (packed, they turn into NaN)
+    d[11, [0, -1]] = math.inf
+    d[11, num_codes // 2 :] = -math.inf
+    out = torch.empty(64, dtype=torch.int64)
+    cb._first_minimum(d, torch.empty_like(d), out)
+    assert torch.equal(out, _min_indices(d))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_codes", [128, 4096])
+def test_nearest_codeword_packed_search_matches_torch_min(monkeypatch, dtype, num_codes):
+    """The CPU search of large inputs (in parts of a chunk at K = 4096) gives the indices of
+    ``addmm`` followed by ``torch.min``, bit for bit, on trained-looking and adversarial
+    codebooks: duplicated codewords, a codeword at the origin, near-duplicates 1 ulp apart."""
+    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 64)
+    g = gen(7)
+    codebook = torch.randn(num_codes, 8, generator=g, dtype=dtype) * 0.5
+    codebook[1] = codebook[0]
+    codebook[2] = 0.0
+    codebook[3] = codebook[4] * (1 + torch.finfo(dtype).eps)
+    z = torch.cat(
+        [
+            torch.randn(1500, 8, generator=g, dtype=dtype),
+            codebook[torch.randint(0, num_codes, (500,), generator=g)],
+            1e-3 * torch.randn(100, 8, generator=g, dtype=dtype),  # nearer the origin
+        ]
+    )
+    expected = torch.addmm(codebook.square().sum(1), z, codebook.t(), alpha=-2.0).min(1).indices
+    assert z.shape[0] * num_codes >= cb._PACKED_MIN_ELEMENTS  # the packed search runs
+    assert torch.equal(cb.nearest_codeword(z, codebook), expected)
+
+
+def test_nearest_codeword_keeps_torch_min_beyond_the_packed_range(monkeypatch):
+    """Half precision and codebooks past 2^16 codes take ``torch.min`` (no packed search)."""
+    calls = []
+    monkeypatch.setattr(cb, "_first_minimum", lambda *a: calls.append(a))
+    monkeypatch.setattr(cb, "_PACKED_MAX_CODES", 8)
+    z = torch.randn(20000, 4, generator=gen(8))
+    codebook = torch.randn(16, 4, generator=gen(9))
+    brute = torch.cdist(z.double(), codebook.double()).argmin(1)
+    assert torch.equal(cb.nearest_codeword(z, codebook), brute)
+    half = cb.nearest_codeword(z.bfloat16(), torch.randn(4, 4, generator=gen(9)).bfloat16())
+    assert half.shape == (20000,) and not calls
+
+
 def test_squared_distances_are_exact_and_nonnegative():
     z = torch.randn(40, 6, generator=gen(2))
     codebook = torch.cat([z[:3], torch.randn(5, 6, generator=gen(3))])  # exact coincidences

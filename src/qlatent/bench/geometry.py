@@ -175,6 +175,8 @@ CONFIGURED_STEPS = (
     "e8z_lattice",
     "leech_tilted_lattice",
     "e8_gl_lattice",
+    "e8z_gl_lattice",
+    "leech_gl_lattice",
     "leechz_gl_lattice",
     "leeche8_gl_lattice",
 )
