@@ -39,7 +39,7 @@ test: lint
 
 # The property-based hardening tests with many more (and fresh) examples than `make test` runs.
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz tests/test_hardening.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz tests
 
 $(BENCH_STAMP): pyproject.toml requirements.lock requirements-bench.txt
 	$(PYTHON) -m venv $(BENCH_VENV)

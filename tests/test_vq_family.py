@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qlatent.bottlenecks import _codebook as cb
 from qlatent.bottlenecks import build
@@ -77,6 +79,36 @@ def test_first_minimum_is_torch_min_on_hard_rows(dtype, num_codes):
     d[11, [0, -1]] = math.inf
     d[11, num_codes // 2 :] = -math.inf
     out = torch.empty(64, dtype=torch.int64)
+    cb._first_minimum(d, torch.empty_like(d), out)
+    assert torch.equal(out, _min_indices(d))
+
+
+@pytest.mark.fuzz
+@given(
+    num_codes=st.integers(1, 300),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_fuzz_first_minimum_is_torch_min(num_codes, seed, dtype):
+    """Rows drawn from a few values each (per row a negative or positive base and its
+    neighbours 1–3 ulps away, ±0, ±inf, NaN) so that ties and near-ties are the rule."""
+    g = gen(seed)
+    eps = torch.finfo(dtype).eps
+    rows = 40
+    base = (torch.rand(rows, 1, generator=g, dtype=torch.float64) * 4 - 2).to(dtype)
+    steps = torch.tensor([0.0, 1.0, -1.0, 2.0, -3.0], dtype=dtype) * eps
+    pool = torch.cat(
+        [
+            base * (1 + steps),
+            torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype).expand(rows, 5),
+        ],
+        1,
+    )
+    # mostly the base and its neighbours; each special value in about one draw in 60
+    weights = torch.tensor([10.0] * 5 + [1.0] * 5)
+    pick = torch.multinomial(weights.expand(rows, 10), num_codes, replacement=True, generator=g)
+    d = pool.gather(1, pick)
+    out = torch.empty(rows, dtype=torch.int64)
     cb._first_minimum(d, torch.empty_like(d), out)
     assert torch.equal(out, _min_indices(d))
 
