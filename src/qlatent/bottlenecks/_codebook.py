@@ -169,32 +169,38 @@ _PACKED_MIN_ELEMENTS = 1 << 18
 
 def _first_minimum(distances: Tensor, work: Tensor, out: Tensor) -> None:
     """``out = distances.min(1).indices`` (the first minimum of each row), bit for bit, from
-    vectorized reductions: on the CPU ``torch.min`` with its index runs a scalar loop, 5–10×
-    slower per element than the minimum alone (``amin``). ``(n, K)`` float32 / float64 rows,
-    ``work`` a buffer of the same shape and dtype, ``out`` ``(n,)`` int64.
+    vectorized passes: on the CPU ``torch.min`` with its index runs a scalar loop, about ten
+    times slower per element than the minimum alone (``amin``). ``(n, K)`` float32 / float64
+    rows, ``work`` a buffer of the same shape and dtype, ``out`` ``(n,)`` int64.
 
-    Each distance's low ``b = ⌈log2 K⌉`` mantissa bits are replaced by 2^b − 1 − k (its code
-    k reversed), in the integer view of its bits, and ``amin`` of the packed rows is read back:
-    for negative numbers (the bits of their magnitude grow as the number falls) the packed
-    minimum lies in the bucket of the exact minimum m (the values sharing its upper bits) and
-    carries the lowest code of that bucket, c. When d[c] = m, c is the first code attaining m
-    (an earlier one would be in the bucket with a larger reversed code). Rows whose minimum is
-    not negative (no codeword nearer than the origin, −0, NaN), whose packed minimum is not
-    a negative number (±inf in the row) or whose candidate misses m (another code within
-    2^(b−24) of m, relative, below it in the bucket) take ``torch.min`` instead.
+    Each distance's low ``b = ⌈log2 K⌉`` mantissa bits are replaced by its code, in the integer
+    view of its bits, and the ``amin`` of the packed rows is read back. Among numbers of one
+    sign the packed minimum then lies in the bucket of the exact minimum m (the numbers that
+    share its upper bits) and carries the lowest code k of that bucket, c, if the code is k in
+    a row whose minimum is positive and 2^b − 1 − k in one whose minimum is negative (the bits
+    of a negative number's magnitude grow as it falls). When d[c] = m, c is the first code
+    attaining m: an earlier one would lie in the bucket with a code that wins. Rows whose
+    minimum is neither positive nor negative (±0, NaN), whose packed minimum is no number of
+    that sign (±inf in the row) or whose candidate misses m (another code within 2^b units in
+    the last place of m, ahead of it in the bucket) take ``torch.min``.
     """
-    n, num_codes = distances.shape
+    num_codes = distances.shape[1]
     as_int = _PACKED_INT[distances.dtype]
     bits = max(1, (num_codes - 1).bit_length())
     low = (1 << bits) - 1
     minimum = distances.amin(1)
-    reversed_code = low - torch.arange(num_codes, dtype=as_int)
+    negative = minimum < 0
+    all_negative = bool(negative.all())  # the usual case for a codebook near the data
+    codes = torch.arange(num_codes, dtype=as_int)
     packed = work.view(as_int)
-    torch.bitwise_and(distances.view(as_int), ~low, out=packed).bitwise_or_(reversed_code)
+    torch.bitwise_and(distances.view(as_int), ~low, out=packed)
+    packed.bitwise_or_(low - codes if all_negative else codes)
+    if not all_negative and bool(negative.any()):
+        packed.bitwise_xor_(negative.to(as_int).mul_(low).unsqueeze(1))  # k -> 2^b − 1 − k
     packed_min = work.amin(1)
-    code = low - (packed_min.view(as_int) & low).long()
-    code.clamp_(max=num_codes - 1)  # a row decided below never indexes past the codebook
-    decided = (minimum < 0) & (packed_min < 0)
+    code = (packed_min.view(as_int) & low).long()
+    code = torch.where(negative, low - code, code).clamp_(max=num_codes - 1)
+    decided = torch.where(negative, packed_min < 0, (minimum > 0) & (packed_min > 0))
     decided &= distances.gather(1, code.unsqueeze(1)).squeeze(1) == minimum
     out.copy_(code)
     if not bool(decided.all()):
