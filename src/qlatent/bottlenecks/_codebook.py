@@ -198,11 +198,16 @@ def _first_minimum(distances: Tensor, work: Tensor, out: Tensor) -> None:
     if not all_negative and bool(negative.any()):
         packed.bitwise_xor_(negative.to(as_int).mul_(low).unsqueeze(1))  # k -> 2^b − 1 − k
     packed_min = work.amin(1)
-    code = (packed_min.view(as_int) & low).long()
-    code = torch.where(negative, low - code, code).clamp_(max=num_codes - 1)
-    decided = torch.where(negative, packed_min < 0, (minimum > 0) & (packed_min > 0))
-    decided &= distances.gather(1, code.unsqueeze(1)).squeeze(1) == minimum
-    out.copy_(code)
+    code = packed_min.view(as_int).bitwise_and(low)
+    if all_negative:  # fewer calls for the usual case
+        torch.sub(low, code, out=out)
+        decided = packed_min < 0
+    else:
+        out.copy_(torch.where(negative, low - code, code))
+        decided = torch.where(negative, packed_min < 0, (minimum > 0) & (packed_min > 0))
+    if low >= num_codes:  # a row decided below never indexes past the codebook
+        out.clamp_(max=num_codes - 1)
+    decided &= distances.gather(1, out.unsqueeze(1)).squeeze(1) == minimum
     if not bool(decided.all()):
         rest = (~decided).nonzero().squeeze(1)
         out[rest] = distances.index_select(0, rest).min(1).indices
