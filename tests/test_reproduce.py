@@ -129,6 +129,7 @@ def test_gain_figure_plots_each_lattice_row_against_the_rectangular_one(tmp_path
         ("leeche8_gl_lattice", "rect_gl_lattice"),
         ("leech_gl_lattice", "rect_gl_lattice"),
         ("e8z_gl_lattice", "rect_gl_lattice"),
+        ("e8z8_gl_lattice", "rect_gl_lattice"),
         ("rect_lattice", None),
         ("rect_gl_lattice", None),
         ("gaussian_lattice", None),

@@ -176,6 +176,7 @@ CONFIGURED_STEPS = (
     "leech_tilted_lattice",
     "e8_gl_lattice",
     "e8z_gl_lattice",
+    "e8z8_gl_lattice",
     "leech_gl_lattice",
     "leechz_gl_lattice",
     "leeche8_gl_lattice",

@@ -135,6 +135,7 @@ TABLE1 = (
     "leechz_gl_lattice",
     "leeche8_gl_lattice",
     "e8z_gl_lattice",
+    "e8z8_gl_lattice",
 )
 MODELS = ("lattice", "vq", *TABLE1)
 

@@ -60,6 +60,7 @@ MODELS = (
     "rect_gl_lattice",
     "leech_gl_lattice",
     "e8z_gl_lattice",
+    "e8z8_gl_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -87,6 +88,7 @@ LABELS = {
     "rect_gl_lattice": "diag(s)·Z^40-lattice VAE, from the Gaussian-lattice VAE",
     "leech_gl_lattice": "diag(s)·(Λ24 ⊕ Λ16)-lattice VAE, from the Gaussian-lattice VAE",
     "e8z_gl_lattice": "diag(s)·(E8^3 ⊕ Z^16)-lattice VAE, from the Gaussian-lattice VAE",
+    "e8z8_gl_lattice": "diag(s)·(E8^4 ⊕ Z^8)-lattice VAE, from the Gaussian-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -113,6 +115,7 @@ BLOCK_NSM = {
     "rect_gl_lattice": [(1 / 12, 40)],
     "leech_gl_lattice": [(0.0657710, 24), (0.0682976, 16)],
     "e8z_gl_lattice": [(929 / 12960, 24), (1 / 12, 16)],
+    "e8z8_gl_lattice": [(929 / 12960, 32), (1 / 12, 8)],
 }
 #: the rows whose bottleneck is ``DitheredGoodLattice`` (its Z^40 controls included: a closed-form
 #: density there), which the analysis scripts under ``examples/`` read
