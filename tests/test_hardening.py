@@ -618,3 +618,105 @@ def test_decompress_writes_the_format_its_extension_names(tmp_path, capsys, codi
     rgb = torch.rand(5, 3, 8, 8) - 0.5
     _write_reconstructions(rgb, str(tmp_path / "rgb.png"), (-0.5, 0.5))
     assert (tmp_path / "rgb.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- model sizes
+def _size_cases():
+    cases = {}
+    for name in sorted(BOTTLENECKS.names()):
+        kwargs = {"num_codes": 16} if "vq" in name else {}
+        cases[name] = lambda name=name, kwargs=kwargs: build(name, dim=8, **kwargs)
+    cases["lattice-e8"] = lambda: build("lattice", dim=16, lattice="e8", prior_samples=4)
+    cases["lattice-leech-bw16"] = lambda: build("lattice", dim=40, lattice=["leech", "bw16"])
+    cases["lattice-e8-z"] = lambda: build("lattice", dim=10, lattice=["e8", "z", "z"])
+    return cases
+
+
+SIZE_CASES = _size_cases()
+
+
+@pytest.mark.parametrize("name", sorted(SIZE_CASES))
+def test_every_bottleneck_is_sized_on_the_meta_device_without_drawing_numbers(name):
+    """Every registered bottleneck (and the good lattices, whose tables are computed from
+    values on the CPU meanwhile) builds on the meta device, so :func:`sized` counts it without
+    allocating; and the probe draws no random numbers: the module built after it, and the
+    generator's state after that, are those of a plain build."""
+    from qlatent.models import sized
+
+    make = SIZE_CASES[name]
+    with torch.device("meta"):
+        probe = make()
+    assert all(p.is_meta for p in probe.parameters())
+    torch.manual_seed(5)
+    plain, after_plain = make().state_dict(), torch.rand(4)
+    torch.manual_seed(5)
+    checked, after_checked = sized(make).state_dict(), torch.rand(4)
+    assert plain.keys() == checked.keys() and torch.equal(after_plain, after_checked)
+    for key, value in plain.items():
+        assert value.device.type == "cpu" and torch.equal(value, checked[key]), key
+    assert {k: v.shape for k, v in probe.state_dict().items()} == {
+        k: v.shape for k, v in plain.items()
+    }
+
+
+def test_a_model_past_the_size_limit_is_refused_before_allocating(monkeypatch):
+    """The limit holds at its edge (the count of a small model, then one less), and a model of
+    a trillion numbers is refused at once, not allocated."""
+    from qlatent.models import gated_vae, size
+
+    small = gated_vae("vq", latent_dim=4, hidden=8, data_dim=16, num_codes=8)
+    count = size.numbers(small)
+    monkeypatch.setattr(size, "MAX_MODEL_NUMBERS", count)
+    gated_vae("vq", latent_dim=4, hidden=8, data_dim=16, num_codes=8)
+    monkeypatch.setattr(size, "MAX_MODEL_NUMBERS", count - 1)
+    with pytest.raises(ValueError, match=f"would hold {count:,} numbers"):
+        gated_vae("vq", latent_dim=4, hidden=8, data_dim=16, num_codes=8)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="would hold"):
+        gated_vae("lattice", hidden=10**6)
+
+
+def test_a_good_lattice_of_too_many_coordinates_is_refused():
+    from qlatent.bottlenecks.good_lattice import MAX_DIM
+
+    with pytest.raises(ValueError, match=f"at most {MAX_DIM}"):
+        build("lattice", dim=MAX_DIM + 8, lattice="e8")
+
+
+def test_vector_st_starts_from_the_grid_in_lexicographic_order():
+    """The starting code vectors (tensor ops since they are sized on the meta device) are the
+    grid of ``itertools.product`` over each axis's levels where M is a k-th power."""
+    import itertools
+
+    from qlatent.bottlenecks.vector_st import _initial_codes
+
+    for codes, group in ((1, 2), (4, 2), (8, 3), (9, 2), (16, 4), (4, 1)):
+        side = round(codes ** (1 / group))
+        axis = torch.linspace(-0.5, 0.5, side).tolist() if side > 1 else [0.0]
+        grid = torch.tensor(list(itertools.product(axis, repeat=group)))
+        assert torch.equal(_initial_codes(codes, group, 0.5), grid)
+
+
+def test_oversized_configs_and_checkpoints_give_one_line(tmp_path, capsys):
+    """A config or a checkpoint whose sizes would need terabytes is answered with one line (the
+    checkpoint's saved config is data, checked as a config is), and nothing is allocated."""
+    from qlatent.config import to_dict
+    from qlatent.experiments.custom import RunConfig
+
+    config = tmp_path / "huge.toml"
+    config.write_text('[bottleneck]\nname = "vq"\n[bottleneck.args]\nnum_codes = 10000000000\n')
+    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and _one_line_error(err) and "numbers" in err
+    code, err = _run(["train", "--set", "model.hidden=100000000", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and _one_line_error(err) and "numbers" in err
+    run = to_dict(RunConfig())
+    for derived, hidden, expect in (
+        ({"image_shape": [1, 10**6, 10**6], "data_variance": 0.1}, [300], "numbers"),
+        ({"image_shape": [1, 28, 28], "data_variance": 0.1}, [10**6, 10**6], "numbers"),
+        ({"image_shape": [1, -28, 28], "data_variance": 0.1}, [300], "image shape"),
+    ):
+        run["derived"], run["model"]["hidden"] = derived, hidden
+        path = tmp_path / "forged.pt"
+        save_atomic({"run_config": run, "model": {}}, path)
+        code, err = _run(["eval", path], capsys)
+        assert code == 2 and _one_line_error(err) and expect in err, err

@@ -151,6 +151,21 @@ def _draw_counts(value, name: str, blocks: int, dim: int) -> int | tuple[int, ..
     return _count(value, name, dim)
 
 
+#: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks, a
+#: (dim, blocks) matrix) are built from values, also while a model is sized on the meta device
+MAX_DIM = 1 << 14
+
+
+@contextmanager
+def _values_off_meta() -> Iterator[None]:
+    """The CPU as the default device where the meta device is (tables built from values)."""
+    if torch.get_default_device().type != "meta":
+        yield
+        return
+    with torch.device("cpu"):
+        yield
+
+
 class DitheredGoodLattice(Bottleneck):
     """Dithered lattice quantizer on a direct sum of good lattices, Monte-Carlo Theorem-1 rate.
 
@@ -233,6 +248,8 @@ class DitheredGoodLattice(Bottleneck):
         exact_rectangular: bool = True,
     ) -> None:
         super().__init__(dim=dim)
+        if dim > MAX_DIM:
+            raise ValueError(f"dim must be at most {MAX_DIM} for a good lattice, got {dim}")
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
         if proposal not in ("prior", "box", "tilted"):
@@ -253,47 +270,54 @@ class DitheredGoodLattice(Bottleneck):
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
-        self.geometry: DirectSum = tile(lattice, dim, compile=compile)
-        self.prior_name = prior
-        self.samples = _sample_count(samples, "samples", dim)
-        self.eval_samples = _sample_count(eval_samples, "eval_samples", dim)
-        blocks = self.geometry.blocks
-        self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks), dim)
-        self.eval_prior_samples = _draw_counts(
-            eval_prior_samples, "eval_prior_samples", len(blocks), dim
-        )
-        sizes = torch.tensor([b.dim for b in blocks])
-        # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
-        unit = torch.stack([(-b.log_volume / b.dim).exp() for b in blocks]).to(torch.float32)
-        self.register_buffer("_unit", unit.repeat_interleave(sizes), persistent=False)
-        self.register_buffer(
-            "_block_of", torch.arange(len(blocks)).repeat_interleave(sizes), persistent=False
-        )
-        membership = torch.zeros(dim, len(blocks))
-        membership[torch.arange(dim), self._block_of] = 1.0
-        self.register_buffer("_membership", membership, persistent=False)
-        self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
-        halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
-        self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
-        # a point of a block farther than this from the origin is outside its cell (1e-4 of slack
-        # for the decoder's rounding): the proposal draws that far are not decoded
-        bounds = [b.cell_bound for b in blocks]
-        reach = torch.tensor([math.inf if r is None else (r * (1 + 1e-4)) ** 2 for r in bounds])
-        self.register_buffer("_reach", reach, persistent=False)
-        # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
-        # the others are estimated by Monte Carlo (:meth:`log_density`)
-        if not isinstance(exact_rectangular, bool):
-            raise ValueError(f"exact_rectangular must be True or False, got {exact_rectangular!r}")
-        self.exact_rectangular = exact_rectangular
-        exact = torch.tensor(
-            [exact_rectangular and isinstance(b, RectangularLattice) for b in blocks]
-        )
-        self.register_buffer("_exact", exact.repeat_interleave(sizes), persistent=False)
-        self.register_buffer("_mc_blocks", (~exact).nonzero().flatten(), persistent=False)
-        self.register_buffer("_mc_coords", (~self._exact).nonzero().flatten(), persistent=False)
-        estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
-        every = len(estimated) == len(blocks)
-        self._mc_geometry = self.geometry if every else DirectSum(estimated) if estimated else None
+        # the decoders' and the sums' tables are computed from values: on the meta device (a
+        # model sized before it is built) they are formed on the CPU
+        with _values_off_meta():
+            self.geometry: DirectSum = tile(lattice, dim, compile=compile)
+            self.prior_name = prior
+            self.samples = _sample_count(samples, "samples", dim)
+            self.eval_samples = _sample_count(eval_samples, "eval_samples", dim)
+            blocks = self.geometry.blocks
+            self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks), dim)
+            self.eval_prior_samples = _draw_counts(
+                eval_prior_samples, "eval_prior_samples", len(blocks), dim
+            )
+            sizes = torch.tensor([b.dim for b in blocks])
+            # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
+            unit = torch.stack([(-b.log_volume / b.dim).exp() for b in blocks]).to(torch.float32)
+            self.register_buffer("_unit", unit.repeat_interleave(sizes), persistent=False)
+            self.register_buffer(
+                "_block_of", torch.arange(len(blocks)).repeat_interleave(sizes), persistent=False
+            )
+            membership = torch.zeros(dim, len(blocks))
+            membership[torch.arange(dim), self._block_of] = 1.0
+            self.register_buffer("_membership", membership, persistent=False)
+            self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
+            halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
+            self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
+            # a point of a block farther than this from the origin is outside its cell (1e-4 of
+            # slack for the decoder's rounding): the proposal draws that far are not decoded
+            bounds = [b.cell_bound for b in blocks]
+            reach = torch.tensor([math.inf if r is None else (r * (1 + 1e-4)) ** 2 for r in bounds])
+            self.register_buffer("_reach", reach, persistent=False)
+            # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
+            # the others are estimated by Monte Carlo (:meth:`log_density`)
+            if not isinstance(exact_rectangular, bool):
+                raise ValueError(
+                    f"exact_rectangular must be True or False, got {exact_rectangular!r}"
+                )
+            self.exact_rectangular = exact_rectangular
+            exact = torch.tensor(
+                [exact_rectangular and isinstance(b, RectangularLattice) for b in blocks]
+            )
+            self.register_buffer("_exact", exact.repeat_interleave(sizes), persistent=False)
+            self.register_buffer("_mc_blocks", (~exact).nonzero().flatten(), persistent=False)
+            self.register_buffer("_mc_coords", (~self._exact).nonzero().flatten(), persistent=False)
+            estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
+            every = len(estimated) == len(blocks)
+            self._mc_geometry = (
+                self.geometry if every else DirectSum(estimated) if estimated else None
+            )
         self.log_spacing = nn.Parameter(
             torch.full(
                 (dim if spacing_per == "coordinate" else len(blocks),),

@@ -26,8 +26,6 @@ Shapes: input ``(B, N)`` or ``(B, N, *spatial)``; ``indices`` ``(B, G)`` or ``(B
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,7 +39,9 @@ def _initial_codes(codes: int, group: int, init_range: float) -> Tensor:
     side = round(codes ** (1 / group))
     if side**group == codes:
         axis = torch.linspace(-init_range, init_range, side) if side > 1 else torch.zeros(1)
-        return torch.tensor(list(itertools.product(axis.tolist(), repeat=group)))
+        # the grid in lexicographic order, built by tensor ops (no Python list of M tuples; a
+        # model can be sized on the meta device)
+        return torch.stack(torch.meshgrid(*[axis] * group, indexing="ij"), -1).view(codes, group)
     draw = torch.rand(codes, group, generator=torch.Generator().manual_seed(0))
     return (2 * draw - 1) * init_range
 

@@ -60,7 +60,7 @@ from torch import Tensor
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
-from ..models import Autoencoder
+from ..models import Autoencoder, sized
 from ..nn import Bernoulli, SquaredError, gated_mlp
 from ..nn.conv import conv_decoder, conv_encoder
 from ..nn.mlp import relu_mlp
@@ -284,9 +284,14 @@ def _apply(step, cfg: RunConfig, where: str) -> RunConfig:
 
 
 def check_bottleneck(cfg: RunConfig) -> None:
-    """Build the bottleneck once so that a bad argument fails before any data is read."""
+    """Build the bottleneck once, counted first on the meta device (:func:`sized`), so that a
+    bad argument or a size past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` fails before any
+    data is read."""
     try:
-        build(cfg.bottleneck.name, dim=cfg.model.latent_dim, **cfg.bottleneck.args)
+        sized(
+            lambda: build(cfg.bottleneck.name, dim=cfg.model.latent_dim, **cfg.bottleneck.args),
+            "the bottleneck",
+        )
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"bottleneck {cfg.bottleneck.name!r} with args {cfg.bottleneck.args}: {err}"
@@ -422,7 +427,23 @@ def build_model(
     sentence autoencoder (``text_gru``) over ``vocabulary`` words (reserved ids excluded).
 
     ``variance``: the training images' variance, used by ``squared_error`` when
-    ``model.variance`` is 0."""
+    ``model.variance`` is 0. Sizes come from configs and checkpoints: a model that would hold
+    more than :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` numbers raises ValueError before
+    anything is allocated (:func:`~qlatent.models.size.sized`)."""
+    if (
+        not isinstance(image_shape, tuple)
+        or len(image_shape) != (0 if cfg.model.family == "text_gru" else 3)
+        or not all(isinstance(v, int) and v > 0 for v in image_shape)
+    ):
+        raise ValueError(f"image shape must be (channels, height, width), got {image_shape!r}")
+
+    return sized(lambda: _assemble(cfg, image_shape, variance, vocabulary))
+
+
+def _assemble(
+    cfg: RunConfig, image_shape: tuple[int, ...], variance: float, vocabulary: int | None
+) -> Autoencoder:
+    """:func:`build_model`'s model, built on the default device."""
     m = cfg.model
     neck = build(cfg.bottleneck.name, dim=m.latent_dim, **cfg.bottleneck.args)
     if m.family == "text_gru":

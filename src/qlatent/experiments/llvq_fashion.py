@@ -38,7 +38,7 @@ from ..data import load_fashion_mnist
 from ..data.folder import load_image_folder
 from ..eval import code_usage, reconstruction_rows
 from ..losses import RateDistortionLoss
-from ..models import Autoencoder
+from ..models import Autoencoder, sized
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, provenance, write_json
@@ -201,12 +201,19 @@ def _split(images: torch.Tensor, val: int, test: int, seed: int) -> dict[str, to
 
 def build_model(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
     """Conv encoder → bottleneck on the ``(B, D, h, w)`` latent → conv decoder; the distortion
-    Σ (x̂ − x)² / ``pixels`` (values per image) averages over a batch to mse(x̂, x)."""
-    return Autoencoder(
-        encoder=conv_encoder(channels, cfg.hidden, cfg.latent_dim, num_residual=cfg.num_residual),
-        bottleneck=build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args),
-        decoder=conv_decoder(cfg.latent_dim, cfg.hidden, channels, num_residual=cfg.num_residual),
-        likelihood=SquaredError(variance=float(pixels)),
+    Σ (x̂ − x)² / ``pixels`` (values per image) averages over a batch to mse(x̂, x). Sized on
+    the meta device first (:func:`~qlatent.models.size.sized`)."""
+    return sized(
+        lambda: Autoencoder(
+            encoder=conv_encoder(
+                channels, cfg.hidden, cfg.latent_dim, num_residual=cfg.num_residual
+            ),
+            bottleneck=build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args),
+            decoder=conv_decoder(
+                cfg.latent_dim, cfg.hidden, channels, num_residual=cfg.num_residual
+            ),
+            likelihood=SquaredError(variance=float(pixels)),
+        )
     )
 
 

@@ -54,7 +54,7 @@ from ..data import load_mnist, synthetic_labelled
 from ..eval import downstream_report, linear_probe_converged, tsne_grid
 from ..eval.downstream import PROBE_CS
 from ..losses import RateDistortionLoss
-from ..models import Autoencoder
+from ..models import Autoencoder, sized
 from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit, load, save_atomic
@@ -221,14 +221,19 @@ def _load_data(name: str, seed: int | None, data_dir: str | None) -> dict[str, t
 
 
 def build_model(cfg: ModelConfig, data_dim: int, variance: float) -> Autoencoder:
-    """ReLU MLP ``D-h1-…-in_dim`` → bottleneck → ``d-…-h1-D`` with a sigmoid output."""
-    bottleneck = build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args)
-    return Autoencoder(
-        encoder=relu_mlp([data_dim, *cfg.hidden, bottleneck.in_dim]),
-        bottleneck=bottleneck,
-        decoder=relu_mlp([cfg.latent_dim, *reversed(cfg.hidden), data_dim]),
-        likelihood=SquaredError(variance=variance, link="sigmoid"),
-    )
+    """ReLU MLP ``D-h1-…-in_dim`` → bottleneck → ``d-…-h1-D`` with a sigmoid output (sized on
+    the meta device first: :func:`~qlatent.models.size.sized`)."""
+
+    def make() -> Autoencoder:
+        bottleneck = build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args)
+        return Autoencoder(
+            encoder=relu_mlp([data_dim, *cfg.hidden, bottleneck.in_dim]),
+            bottleneck=bottleneck,
+            decoder=relu_mlp([cfg.latent_dim, *reversed(cfg.hidden), data_dim]),
+            likelihood=SquaredError(variance=variance, link="sigmoid"),
+        )
+
+    return sized(make)
 
 
 @torch.no_grad()

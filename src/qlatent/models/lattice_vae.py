@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..bottlenecks import build
 from ..nn import Bernoulli, gated_mlp
 from .autoencoder import Autoencoder
+from .size import sized
 
 
 def gated_vae(
@@ -25,15 +26,21 @@ def gated_vae(
     """Gated-MLP encoder and decoder around the named bottleneck.
 
     The encoder's output width is the bottleneck's ``in_dim``; extra keyword arguments go to the
-    bottleneck (e.g. ``init_spacing``, ``compile``).
+    bottleneck (e.g. ``init_spacing``, ``compile``). Sizes whose model would hold more than
+    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` numbers raise ValueError before anything is
+    allocated (:func:`~qlatent.models.size.sized`).
     """
-    neck = build(bottleneck, dim=latent_dim, **bottleneck_kwargs)
-    return Autoencoder(
-        encoder=gated_mlp([data_dim, hidden, hidden, neck.in_dim]),
-        bottleneck=neck,
-        decoder=gated_mlp([latent_dim, hidden, hidden, data_dim]),
-        likelihood=Bernoulli(),
-    )
+
+    def make() -> Autoencoder:
+        neck = build(bottleneck, dim=latent_dim, **bottleneck_kwargs)
+        return Autoencoder(
+            encoder=gated_mlp([data_dim, hidden, hidden, neck.in_dim]),
+            bottleneck=neck,
+            decoder=gated_mlp([latent_dim, hidden, hidden, data_dim]),
+            likelihood=Bernoulli(),
+        )
+
+    return sized(make)
 
 
 def lattice_vae(**kwargs) -> Autoencoder:
