@@ -2,7 +2,8 @@
 
 Per coordinate of a trained row's best checkpoint: the spread (standard deviation over test
 images) of the encoder's output y, the learned prior scale b, and the size of the cell it sits in
-(Δ for the rectangular lattice, the block's V^{1/n} for a good lattice), and whether it is idle:
+(Δ for the rectangular lattice, the block's V^{1/n} for a good lattice, the coordinate's own
+scale where a good lattice has one per coordinate), and whether it is idle:
 its spread below ``--idle`` times its cell (default 0.1), so that it carries next to nothing
 through the dither. Summed per kind of block (E8, Z ...): how many coordinates are idle.
 
@@ -28,15 +29,20 @@ def usage(model, x: torch.Tensor, idle: float) -> list[dict]:
     scale = neck.scale.detach()
     if hasattr(neck, "geometry") and hasattr(neck, "_block_of"):  # a good lattice (or a sum)
         blocks = neck.geometry.blocks
-        kinds = [blocks[int(b)].name for b in neck._block_of]
-        cell = neck.block_spacing.detach()[neck._block_of]
+        index = [int(b) for b in neck._block_of]
+        kinds = [blocks[b].name for b in index]
+        # a scale per coordinate stretches the cell along each coordinate by its own factor
+        per_coordinate = getattr(neck, "spacing_per", "block") == "coordinate"
+        cell = (neck.spacing if per_coordinate else neck.block_spacing[neck._block_of]).detach()
     else:
+        index = list(range(scale.numel()))
         kinds = ["Z"] * scale.numel()
         cell = neck.spacing.detach()
     return [
         {
             "coordinate": i,
             "block": kinds[i],
+            "block_index": index[i],
             "spread": float(spread[i]),
             "prior_scale": float(scale[i]),
             "cell": float(cell[i]),
@@ -71,9 +77,15 @@ def main() -> None:
         entry = by_kind.setdefault(row["block"], {"coordinates": 0, "idle": 0})
         entry["coordinates"] += 1
         entry["idle"] += row["idle"]
+    by_block: dict[int, dict[str, int | str]] = {}
+    for row in rows:
+        entry = by_block.setdefault(row["block_index"], {"block": row["block"], "idle": 0})
+        entry["idle"] += row["idle"]
     for kind, entry in by_kind.items():
         print(f"{kind:8s} {entry['idle']:3d} of {entry['coordinates']:3d} coordinates idle")
     payload = {**started, "model": args.model, "checkpoint": info, "by_block_kind": by_kind}
+    # good-lattice blocks only: a Z block is one coordinate
+    payload["by_block"] = {i: e for i, e in by_block.items() if e["block"] != "Z"}
     payload["coordinates"] = rows
     print(f"wrote {write_json(payload, args.out)}")
 

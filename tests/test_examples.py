@@ -190,7 +190,22 @@ def test_latent_usage_marks_a_coordinate_without_signal_idle():
     model.encoder = Masked(model.encoder)
     rows = usage.usage(model.eval(), x, idle=0.1)
     assert [r["block"] for r in rows] == ["E8"] * 8 + ["Z", "Z"]
+    assert [r["block_index"] for r in rows] == [0] * 8 + [1, 2]
     assert {r["coordinate"] for r in rows if r["idle"]} == silent
+    # with a scale per coordinate, the cell along a coordinate is its own: one stretched a
+    # thousandfold inside the E8 block is idle, its neighbours are not
+    model = gated_vae(
+        "lattice",
+        latent_dim=10,
+        hidden=16,
+        data_dim=12,
+        lattice=["e8", "z", "z"],
+        spacing_per="coordinate",
+    )
+    with torch.no_grad():
+        model.bottleneck.log_spacing[0] = math.log(1000.0)
+    rows = usage.usage(model.eval(), x, idle=0.1)
+    assert {r["coordinate"] for r in rows if r["idle"]} == {0}
 
 
 def test_plugged_lattices_pay_their_high_rate_gap_over_gaussian_noise():
