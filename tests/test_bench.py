@@ -422,8 +422,9 @@ def test_a_broken_compressai_is_reported_and_unloaded(tmp_path, monkeypatch):
 
 
 def test_allocator_settings_name_what_is_set(monkeypatch, tmp_path):
-    """The lattice benchmarks record the allocator variables set in the environment (and only
-    those) and the kernel's transparent-huge-page mode, None where it cannot be read."""
+    """The lattice and quantizer benchmarks record the allocator variables set in the
+    environment (and only those) and the kernel's transparent-huge-page mode, None where it
+    cannot be read."""
     from qlatent.bench import lattice
 
     for name in lattice.ALLOCATOR_VARIABLES:
@@ -438,6 +439,11 @@ def test_allocator_settings_name_what_is_set(monkeypatch, tmp_path):
     }
     monkeypatch.setattr(lattice, "_THP_MODE", str(tmp_path / "missing"))
     assert lattice.allocator_settings()["transparent_hugepage"] is None
+    result = bench_quantizers(names=["identity"], **TINY)
+    assert result["allocator"] == {
+        "environment": {"THP_MEM_ALLOC_ENABLE": "1"},
+        "transparent_hugepage": None,
+    }
 
 
 def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):

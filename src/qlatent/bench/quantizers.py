@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks import BOTTLENECKS, build
+from .lattice import allocator_settings
 from .timing import competing_runnable, device_sync, resolve_bench_device, time_cases
 
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
@@ -382,6 +383,8 @@ def bench_quantizers(
             # threads of other processes ready to run when the timing started (median of reads)
             "competing_runnable_before": competing,
         },
+        # glibc's thresholds and PyTorch's huge-page switch, set before the process started
+        "allocator": allocator_settings(),
         "peers": peers,
         "results": results,
         "speedup_vs_vector_quantize": _speedups(results),
