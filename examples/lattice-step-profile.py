@@ -21,7 +21,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from qlatent.bench.lattice import allocator_settings
+from qlatent.bench.timing import allocator_settings
 from qlatent.bottlenecks import build
 from qlatent.results import provenance, write_json
 

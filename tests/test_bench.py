@@ -425,20 +425,20 @@ def test_allocator_settings_name_what_is_set(monkeypatch, tmp_path):
     """The lattice and quantizer benchmarks record the allocator variables set in the
     environment (and only those) and the kernel's transparent-huge-page mode, None where it
     cannot be read."""
-    from qlatent.bench import lattice
+    from qlatent.bench import timing
 
-    for name in lattice.ALLOCATOR_VARIABLES:
+    for name in timing.ALLOCATOR_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     mode = tmp_path / "enabled"
     mode.write_text("always [madvise] never\n")
-    monkeypatch.setattr(lattice, "_THP_MODE", str(mode))
-    assert lattice.allocator_settings() == {
+    monkeypatch.setattr(timing, "_THP_MODE", str(mode))
+    assert timing.allocator_settings() == {
         "environment": {"THP_MEM_ALLOC_ENABLE": "1"},
         "transparent_hugepage": "madvise",
     }
-    monkeypatch.setattr(lattice, "_THP_MODE", str(tmp_path / "missing"))
-    assert lattice.allocator_settings()["transparent_hugepage"] is None
+    monkeypatch.setattr(timing, "_THP_MODE", str(tmp_path / "missing"))
+    assert timing.allocator_settings()["transparent_hugepage"] is None
     result = bench_quantizers(names=["identity"], **TINY)
     assert result["allocator"] == {
         "environment": {"THP_MEM_ALLOC_ENABLE": "1"},

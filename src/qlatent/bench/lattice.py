@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..bottlenecks import build
-from .timing import competing_runnable, device_sync, resolve_bench_device, time_cases
+from .timing import (
+    allocator_settings,
+    competing_runnable,
+    device_sync,
+    resolve_bench_device,
+    time_cases,
+)
 
 #: the case every other is read against: the training path's work fused into one kernel by
 #: ``torch.compile`` (counter-based dither, y_hat, Laplace cell rate), without autograd or module
@@ -19,26 +24,6 @@ FLOOR = "floor: fused training kernel alone, no autograd"
 #: the least a separate backward pass can cost: read the upstream gradient and one saved
 #: ``rows × dim`` tensor, write the input's gradient, in one fused loop
 BACKWARD_FLOOR = "floor of a backward pass: read two rows x dim tensors, write one (fused)"
-
-
-#: environment variables that change how large CPU buffers are allocated: glibc's thresholds for
-#: returning freed blocks to the system, and PyTorch's switch for transparent huge pages on buffers
-#: of 2 MB and more (read once, at the first allocation, so set before the process starts)
-ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
-_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def allocator_settings() -> dict[str, Any]:
-    """The allocator's settings a timing depends on: the :data:`ALLOCATOR_VARIABLES` set in this
-    process's environment, and the kernel's transparent-huge-page mode (the bracketed word of
-    ``/sys/kernel/mm/transparent_hugepage/enabled``; None where it cannot be read)."""
-    try:
-        text = Path(_THP_MODE).read_text()
-        mode = text[text.index("[") + 1 : text.index("]")]
-    except (OSError, ValueError):
-        mode = None
-    variables = {name: os.environ[name] for name in ALLOCATOR_VARIABLES if name in os.environ}
-    return {"environment": variables, "transparent_hugepage": mode}
 
 
 def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:

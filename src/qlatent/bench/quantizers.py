@@ -15,8 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks import BOTTLENECKS, build
-from .lattice import allocator_settings
-from .timing import competing_runnable, device_sync, resolve_bench_device, time_cases
+from .timing import (
+    allocator_settings,
+    competing_runnable,
+    device_sync,
+    resolve_bench_device,
+    time_cases,
+)
 
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
 #: Constructor arguments beyond ``dim``, one dict per benchmark row; a registered name that is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -102,3 +103,23 @@ def resolve_bench_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(resolved)!r} asked for, but CUDA is not available here")
     return resolved
+
+
+#: environment variables that change how large CPU buffers are allocated: glibc's thresholds for
+#: returning freed blocks to the system, and PyTorch's switch for transparent huge pages on buffers
+#: of 2 MB and more (read once, at the first allocation, so set before the process starts)
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def allocator_settings() -> dict[str, Any]:
+    """The allocator's settings a timing depends on: the :data:`ALLOCATOR_VARIABLES` set in this
+    process's environment, and the kernel's transparent-huge-page mode (the bracketed word of
+    ``/sys/kernel/mm/transparent_hugepage/enabled``; None where it cannot be read)."""
+    try:
+        text = Path(_THP_MODE).read_text()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        mode = None
+    variables = {name: os.environ[name] for name in ALLOCATOR_VARIABLES if name in os.environ}
+    return {"environment": variables, "transparent_hugepage": mode}
