@@ -133,6 +133,7 @@ def test_gain_figure_plots_each_lattice_row_against_the_rectangular_one(tmp_path
         ("rect_lattice", None),
         ("rect_gl_lattice", None),
         ("gaussian_lattice", None),
+        ("gaussian_gl_lattice", None),
     ],
 )
 def test_each_lattice_row_is_compared_with_the_rectangular_row_of_its_prior_and_start(row, control):

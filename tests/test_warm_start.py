@@ -167,3 +167,32 @@ def test_load_trained_reads_a_rows_best_checkpoint_or_names_the_file(monkeypatch
     _, data, model, ckpt = lattice_mnist.load_trained("e8_lattice", tmp_path)
     assert ckpt["epoch"] == 5 and not model.training and data["test"] is images
     assert torch.equal(model.bottleneck.log_scale, trained.bottleneck.log_scale)
+
+
+def test_the_gaussian_lattice_row_can_start_from_its_own_best_checkpoint(tmp_path):
+    """``gaussian_gl_lattice`` (the reference for rows trained on from the Gaussian-lattice VAE)
+    starts from that VAE's weights exactly, coordinates in their own order."""
+    from qlatent.experiments import lattice_mnist
+    from qlatent.train import load
+
+    small = ["data.name=synthetic", "model.hidden=[16,16]", "train.progress=false"]
+    small += ["train.epochs=1", "eval.iwae_samples=4", "eval.test_examples=40"]
+    args = ["reproduce", "lattice-mnist", "--quick", "--models", "gaussian_lattice"]
+    args += [x for s in small for x in ("--set", s)]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert main(args) == 0
+    (source,) = (tmp_path / "runs").glob("*/gaussian_lattice/best.pt")
+    cfg = lattice_mnist.model_config("gaussian_gl_lattice", quick=True, overrides=small)
+    full = lattice_mnist.model_config("gaussian_gl_lattice", quick=False, overrides=[])
+    assert full.init_from == "gaussian_lattice" and full.train.warmup_epochs == 0
+    assert (full.train.epochs, full.model.bottleneck) == (80, "gaussian_lattice")
+    model = lattice_mnist.build_model(cfg, 784)
+    saved = load(source)["model"]
+    assert not torch.equal(model.bottleneck.logvar, saved["bottleneck.logvar"])
+    out_dir = source.parent.parent / "gaussian_gl_lattice"
+    start = lattice_mnist._warm_start(model, cfg, out_dir)
+    assert start["row"] == "gaussian_lattice" and start["coordinate_order"] == list(range(40))
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    assert json.loads((out_dir / "init.json").read_text()) == start

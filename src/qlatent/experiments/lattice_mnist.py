@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..bottlenecks.gaussian_lattice import GaussianLattice
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
 from ..eval import codelength_report, iwae_nll, iwae_summary
@@ -61,6 +62,7 @@ MODELS = (
     "leech_gl_lattice",
     "e8z_gl_lattice",
     "e8z8_gl_lattice",
+    "gaussian_gl_lattice",
 )
 #: the rows a plain ``reproduce lattice-mnist`` runs (the paper's three and the two good lattices)
 DEFAULT_MODELS = MODELS[:5]
@@ -89,6 +91,7 @@ LABELS = {
     "leech_gl_lattice": "diag(s)·(Λ24 ⊕ Λ16)-lattice VAE, from the Gaussian-lattice VAE",
     "e8z_gl_lattice": "diag(s)·(E8^3 ⊕ Z^16)-lattice VAE, from the Gaussian-lattice VAE",
     "e8z8_gl_lattice": "diag(s)·(E8^4 ⊕ Z^8)-lattice VAE, from the Gaussian-lattice VAE",
+    "gaussian_gl_lattice": "Gaussian-lattice VAE, from the Gaussian-lattice VAE",
 }
 #: literature G(Λ) of each lattice row's blocks (SPLAG Table 2.3; Conway & Sloane 1982) and their
 #: dimensions, for the theoretical gap m·½·log(2πe·G) to an ideal lattice
@@ -327,7 +330,12 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
             f"lattice-mnist --models {cfg.init_from}` with the same --runs-dir)"
         )
     ckpt = load(source)
-    order = gaussian_lattice_start(model, ckpt.get("model"), str(source))
+    if isinstance(model.bottleneck, GaussianLattice):
+        # the same model trained on: its weights as they are, coordinates in their own order
+        load_weights(model, ckpt.get("model"), source)
+        order = torch.arange(model.bottleneck.logvar.numel())
+    else:
+        order = gaussian_lattice_start(model, ckpt.get("model"), str(source))
     start = {
         "row": cfg.init_from,
         "checkpoint": str(source),
