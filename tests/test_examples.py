@@ -564,3 +564,31 @@ def test_codelength_counts_reads_the_evaluation_at_other_counts(monkeypatch, tmp
         assert math.isclose(row["codelength_minus_neg_elbo"], gap, rel_tol=1e-9, abs_tol=1e-9)
         assert row["codelength_minus_neg_elbo_se"] > 0
     assert "counts 64,16" in capsys.readouterr().out
+
+
+def test_lattice_mnist_curves_reads_each_seeds_rows_and_refuses_bad_items(tmp_path, monkeypatch):
+    """``examples/lattice-mnist-curves.py``: ``{seed}`` in a path picks each seed's file, the
+    JSON beside the figure holds each run's best validation −ELBO and epoch, and a malformed
+    item or a file without the row ends in one line."""
+    import sys
+
+    curves = _load("lattice-mnist-curves")
+    for seed, shift in ((1, 0.0), (2, 1.0)):
+        rows = {
+            "a": {"val_neg_elbo_curve": [99.0 + shift, 97.0 + shift, 98.0 + shift]},
+            "s": {"val_neg_elbo_curve": [96.5, 96.0]},
+        }
+        (tmp_path / f"r{seed}.json").write_text(json.dumps({"models": rows}))
+    template = str(tmp_path / "r{seed}.json")
+    argv = ["x", "--seeds", "1", "2", "--run", f"row a={template}:a", "--start", f"{template}:s"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "c.png")])
+    curves.main()
+    assert (tmp_path / "c.png").stat().st_size > 0
+    record = json.loads((tmp_path / "c.json").read_text())["seeds"]
+    assert record["2"]["row a"]["best"] == 98.0 and record["2"]["row a"]["best_epoch"] == 2
+    assert record["1"]["start"]["best"] == 96.0
+    for bad in ([f"{template}:a"], [f"row a={template}:b"], ["row a=:a"]):
+        monkeypatch.setattr(sys, "argv", ["x", "--seeds", "1", "--run", *bad, "--out", "y.png"])
+        with pytest.raises(SystemExit) as err:
+            curves.main()
+        assert isinstance(err.value.code, str)  # one line, not a traceback
