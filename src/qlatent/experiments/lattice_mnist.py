@@ -165,7 +165,8 @@ class LatticeMnistConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     #: another row of the same runs folder whose best checkpoint starts this one
-    #: (``"gaussian_lattice"``: :func:`gaussian_lattice_start`); None: from the seed
+    #: (``"gaussian_lattice"``: :func:`gaussian_lattice_start` for a lattice row, the weights as
+    #: they are for the Gaussian-lattice VAE itself); None: from the seed
     init_from: str | None = None
 
 
