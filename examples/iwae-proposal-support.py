@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from qlatent.bottlenecks.gaussian import DiagonalGaussian
 from qlatent.bottlenecks.good_lattice import DitheredGoodLattice
+from qlatent.bottlenecks.lattice import DitheredLattice
 from qlatent.eval import iwae_nll
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
@@ -53,16 +54,17 @@ _SPREAD_DRAWS = 2**16
 class DefensiveProposal(nn.Module):
     """``bottleneck``'s density view with its posterior replaced by the defensive mixture
     (1 − α)·q + α·N(c, diag τ²), τ = k·r (see the module's docstring). ``log_prior`` is the
-    bottleneck's own. Takes a :class:`DitheredGoodLattice` or a :class:`DiagonalGaussian`.
+    bottleneck's own. Takes a :class:`DitheredGoodLattice`, the rectangular
+    :class:`DitheredLattice` or a :class:`DiagonalGaussian`.
 
     ``y``: ``(B, m)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)``, as every density view.
     """
 
     def __init__(self, bottleneck: nn.Module, weight: float, widen: float) -> None:
         super().__init__()
-        if not isinstance(bottleneck, DitheredGoodLattice | DiagonalGaussian):
+        if not isinstance(bottleneck, DitheredGoodLattice | DitheredLattice | DiagonalGaussian):
             raise TypeError(
-                f"a defensive proposal needs a good lattice or a Gaussian bottleneck, "
+                f"a defensive proposal needs a lattice or a Gaussian bottleneck, "
                 f"got {type(bottleneck).__name__}"
             )
         if not 0.0 <= weight < 1.0 or not (widen > 0.0 and math.isfinite(widen)):
@@ -91,6 +93,15 @@ class DefensiveProposal(nn.Module):
                 return log_q.view(z.shape[:-1])
 
             return y, self.cell_sd * sigma, own
+        if isinstance(neck, DitheredLattice):  # the box y ± Δ/2
+            y = y.to(neck.log_spacing.dtype)
+            spacing = neck.spacing
+
+            def own(z: Tensor) -> Tensor:
+                inside = ((y - z).abs() <= spacing / 2).all(-1)
+                return torch.where(inside, -neck.log_spacing.sum(), -math.inf)
+
+            return y, spacing / math.sqrt(12.0), own
         mean, logvar = neck._posterior(y)
         sd = torch.exp(0.5 * logvar).expand_as(mean)
 

@@ -627,6 +627,13 @@ def test_defensive_proposal_integrates_the_prior_beyond_the_cell():
     mixed, se = _defensive_weights(support, neck, y, 0.5, 2.0)
     assert own < 0.2
     assert abs(mixed - 1.0) < 4 * se + 0.01
+    # the rectangular lattice, exact density: a Laplace prior of scale 1 against a unit box,
+    # the Gaussian part as wide as the prior (τ = 6/√12 ≈ 1.7)
+    rect = build("lattice", dim=4).eval()
+    own, _ = _defensive_weights(support, rect, torch.zeros(1, 4), 0.0, 6.0)
+    mixed, se = _defensive_weights(support, rect, torch.zeros(1, 4), 0.5, 6.0)
+    assert own < 0.6
+    assert abs(mixed - 1.0) < 4 * se + 0.01
 
 
 def test_defensive_proposal_keeps_a_gaussian_posterior_unbiased_and_refuses_others():
@@ -641,7 +648,7 @@ def test_defensive_proposal_keeps_a_gaussian_posterior_unbiased_and_refuses_othe
     y = torch.full((1, 4), 0.5)
     mixed, se = _defensive_weights(support, neck, y, 0.5, 2.0)
     assert abs(mixed - 1.0) < 4 * se + 0.01
-    with pytest.raises(TypeError, match="good lattice or a Gaussian"):
+    with pytest.raises(TypeError, match="a lattice or a Gaussian"):
         support.DefensiveProposal(build("vq", dim=4, num_codes=8), 0.5, 2.0)
     with pytest.raises(ValueError, match="weight"):
         support.DefensiveProposal(neck, 1.0, 2.0)
