@@ -696,3 +696,40 @@ def test_defensive_proposal_reaches_a_known_log_likelihood_the_cell_alone_misses
     # its O(1/S) shortfall of the truth
     assert iwae(None) < exact - 0.3
     assert abs(iwae((0.5, 1.0)) - exact) < 0.1
+
+
+def test_proposal_support_summary_reads_seeds_and_the_validation_choice(tmp_path, capsys):
+    summary = _load("iwae-proposal-support-summary")
+
+    def file(values):  # row -> proposal -> NLL
+        rows = {
+            row: {"proposals": {name: {"iwae_nll": v} for name, v in props.items()}}
+            for row, props in values.items()
+        }
+        path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"reference": "gl", "rows": rows}))
+        return path
+
+    seeds = {
+        2021: summary.read(
+            file({"gl": {"own": 88.0, "0.5:1": 87.8}, "e8": {"own": 91.5, "0.5:1": 89.0}})
+        ),
+        2022: summary.read(
+            file({"gl": {"own": 88.2, "0.5:1": 88.0}, "e8": {"own": 91.7, "0.5:1": 89.4}})
+        ),
+    }
+    val = summary.read(
+        file({"gl": {"own": 90.0, "0.5:1": 90.1}, "e8": {"own": 93.0, "0.5:1": 91.0}})
+    )
+    out = summary.summarize(seeds, val)
+    e8 = out["rows"]["e8"]
+    assert e8["own"]["minus_reference"]["mean"] == pytest.approx(3.5)
+    assert e8["0.5:1"]["minus_own"]["values"] == pytest.approx([-2.5, -2.3])
+    assert e8["0.5:1"]["minus_reference"]["mean"] == pytest.approx(1.3)
+    assert out["chosen_on_validation"] == {"gl": "own", "e8": "0.5:1"}
+    chosen = out["minus_reference_chosen"]["e8"]  # e8 with its mixture against gl's own
+    assert chosen["values"] == pytest.approx([1.0, 1.2]) and chosen["row"] == "0.5:1"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="not a file of iwae-proposal-support"):
+        summary.read(bad)

@@ -978,6 +978,8 @@ class DitheredGoodLattice(Bottleneck):
         """``y_hat = y − u`` with u uniform over the Voronoi cell: q = f_U = 1/V.
 
         ``y``: ``(B, m)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)`` (the constant −log V).
+        q is zero outside the cell around y, so IWAE with it bounds the likelihood's integral
+        over that cell only (see :func:`qlatent.eval.iwae_nll`).
         """
         self._check_density_input(y, num_samples)
         y = y.to(self.log_spacing.dtype)
