@@ -1,8 +1,8 @@
 """How much of a lattice row's IWAE gap is its proposal's support? Trained Table-1 rows' IWAE NLL
 with their own proposal against defensive mixtures that reach beyond it, on the same test images.
 
-A good-lattice row's IWAE proposal is its posterior, y_hat uniform on the Voronoi cell around the
-encoder's output, so IWAE-S estimates log ∫_cell p(x | y_hat)·f(y_hat) dy_hat: as S grows it
+A lattice row's IWAE proposal is its posterior, y_hat uniform on the (Voronoi or box) cell around
+the encoder's output, so IWAE-S estimates log ∫_cell p(x | y_hat)·f(y_hat) dy_hat: as S grows it
 reaches that integral over one cell, not log p(x) over the whole latent space, whose posterior
 may put mass in the neighbouring cells. The Gaussian-lattice VAE's Gaussian proposal covers the
 whole space. Every valid proposal gives an estimate whose expectation is a lower bound on the
@@ -34,6 +34,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ class DefensiveProposal(nn.Module):
                 unit = bottleneck._unit_dither(_SPREAD_DRAWS, gen, dtype)
                 self.register_buffer("cell_sd", unit.square().mean(0).sqrt())
 
-    def _centre_and_own(self, y: Tensor) -> tuple[Tensor, Tensor, callable]:
+    def _centre_and_own(self, y: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """The proposal's centre ``(B, m)``, its standard deviation per coordinate (``(m,)`` or
         ``(B, m)``) and log q(z | x) as a function of ``z`` ``(S, B, m)``."""
         neck = self.inner
