@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qlatent.bottlenecks.gaussian import DiagonalGaussian
+from qlatent.bottlenecks.gaussian import DiagonalGaussian, log_normal
 from qlatent.bottlenecks.good_lattice import DitheredGoodLattice
 from qlatent.bottlenecks.lattice import DitheredLattice
 from qlatent.eval import iwae_nll
@@ -79,7 +79,7 @@ class DefensiveProposal(nn.Module):
                 self.register_buffer("cell_sd", unit.square().mean(0).sqrt())
 
     def _centre_and_own(self, y: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
-        """The proposal's centre ``(B, m)``, its standard deviation per coordinate (``(m,)`` or
+        """The proposal's centre ``(B, m)``, its log-variance per coordinate (``(m,)`` or
         ``(B, m)``) and log q(z | x) as a function of ``z`` ``(S, B, m)``."""
         neck = self.inner
         if isinstance(neck, DitheredGoodLattice):
@@ -93,7 +93,7 @@ class DefensiveProposal(nn.Module):
                 log_q = torch.where(inside, -log_volume, -math.inf)
                 return log_q.view(z.shape[:-1])
 
-            return y, self.cell_sd * sigma, own
+            return y, 2 * (self.cell_sd * sigma).log(), own
         if isinstance(neck, DitheredLattice):  # the box y ± Δ/2
             y = y.to(neck.log_spacing.dtype)
             spacing = neck.spacing
@@ -102,38 +102,31 @@ class DefensiveProposal(nn.Module):
                 inside = ((y - z).abs() <= spacing / 2).all(-1)
                 return torch.where(inside, -neck.log_spacing.sum(), -math.inf)
 
-            return y, spacing / math.sqrt(12.0), own
+            return y, 2 * neck.log_spacing - math.log(12.0), own
         mean, logvar = neck._posterior(y)
-        sd = torch.exp(0.5 * logvar).expand_as(mean)
 
         def own(z: Tensor) -> Tensor:
-            return _log_normal(z, mean, sd)
+            return log_normal(z, mean, logvar).sum(-1)
 
-        return mean, sd, own
+        return mean, logvar, own
 
     def posterior_sample(self, y: Tensor, num_samples: int, *, generator=None):
         z, log_q = self.inner.posterior_sample(y, num_samples, generator=generator)
         if self.weight == 0.0:
             return z, log_q
-        centre, sd, own = self._centre_and_own(y)
-        tau = self.widen * sd
+        centre, logvar, own = self._centre_and_own(y)
+        logvar = logvar + 2 * math.log(self.widen)  # τ = k·r
         eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         wide = torch.rand(z.shape[:-1], generator=generator, device=z.device) < self.weight
-        z = torch.where(wide.unsqueeze(-1), centre + tau * eps, z)
+        z = torch.where(wide.unsqueeze(-1), centre + torch.exp(0.5 * logvar) * eps, z)
         log_q = torch.logaddexp(
             math.log1p(-self.weight) + own(z),
-            math.log(self.weight) + _log_normal(z, centre, tau),
+            math.log(self.weight) + log_normal(z, centre, logvar).sum(-1),
         )
         return z, log_q
 
     def log_prior(self, z: Tensor) -> Tensor:
         return self.inner.log_prior(z)
-
-
-def _log_normal(z: Tensor, mean: Tensor, sd: Tensor) -> Tensor:
-    """Σ_i log N(z_i; mean_i, sd_i²) over the last dimension: ``(S, B, m)`` -> ``(S, B)``."""
-    t = (z - mean) / sd
-    return (-0.5 * t.square() - sd.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def parse_mixture(text: str) -> tuple[float, float]:
