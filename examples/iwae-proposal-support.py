@@ -16,8 +16,10 @@ with c the proposal's centre (y for a lattice cell, μ for a Gaussian) and r_i i
 deviation along coordinate i (the cell's, estimated once from 2^16 dither draws, or σ_i). Each
 sample comes from the Gaussian part with probability α, so the weights p(x, z)/q_mix(z | x) are
 unbiased for p(x), and bounded by p(x, z)/((1 − α)·q(z | x)) where q is positive. At α = 0 the
-estimate is the row's own IWAE bit for bit (tested). Applied alike to every row named, with the
-same α and k, so that the rows' differences are read under each proposal:
+estimate is the row's own IWAE bit for bit (tested). The mixture is the library's
+``qlatent.eval.iwae_nll(..., defensive=(α, k))`` (``qlatent.eval.proposals``). Applied alike
+to every row named, with the same α and k, so that the rows' differences are read under each
+proposal:
 
     python examples/iwae-proposal-support.py --runs ~/.cache/qlatent/runs-support/seed2021 \\
         --rows gaussian_gl_lattice e8z_gl_lattice --images 1000 --mixtures 0.5:1 0.5:2 \\
@@ -34,121 +36,28 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from qlatent.bottlenecks.gaussian import DiagonalGaussian, log_normal
-from qlatent.bottlenecks.good_lattice import DitheredGoodLattice
-from qlatent.bottlenecks.lattice import DitheredLattice
-from qlatent.eval import iwae_nll
+from qlatent.eval import iwae_nll, proposals
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
 from qlatent.train import CheckpointError
 
-#: dither draws behind the cell's per-coordinate standard deviation
-_SPREAD_DRAWS = 2**16
-
-
-class DefensiveProposal(nn.Module):
-    """``bottleneck``'s density view with its posterior replaced by the defensive mixture
-    (1 − α)·q + α·N(c, diag τ²), τ = k·r (see the module's docstring). ``log_prior`` is the
-    bottleneck's own. Takes a :class:`DitheredGoodLattice`, the rectangular
-    :class:`DitheredLattice` or a :class:`DiagonalGaussian`.
-
-    ``y``: ``(B, m)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)``, as every density view.
-    """
-
-    def __init__(self, bottleneck: nn.Module, weight: float, widen: float) -> None:
-        super().__init__()
-        if not isinstance(bottleneck, DitheredGoodLattice | DitheredLattice | DiagonalGaussian):
-            raise TypeError(
-                f"a defensive proposal needs a lattice or a Gaussian bottleneck, "
-                f"got {type(bottleneck).__name__}"
-            )
-        if not 0.0 <= weight < 1.0 or not (widen > 0.0 and math.isfinite(widen)):
-            raise ValueError(f"need 0 <= weight < 1 and widen > 0, got {weight}, {widen}")
-        self.inner, self.weight, self.widen = bottleneck, float(weight), float(widen)
-        if isinstance(bottleneck, DitheredGoodLattice):
-            with torch.no_grad():
-                gen = torch.Generator().manual_seed(0)
-                dtype = bottleneck.log_spacing.dtype
-                unit = bottleneck._unit_dither(_SPREAD_DRAWS, gen, dtype)
-                self.register_buffer("cell_sd", unit.square().mean(0).sqrt())
-
-    def _centre_and_own(self, y: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
-        """The proposal's centre ``(B, m)``, its log-variance per coordinate (``(m,)`` or
-        ``(B, m)``) and log q(z | x) as a function of ``z`` ``(S, B, m)``."""
-        neck = self.inner
-        if isinstance(neck, DitheredGoodLattice):
-            y = y.to(neck.log_spacing.dtype)
-            sigma = neck._coordinate_scale()
-            log_volume = neck.log_volume()
-
-            def own(z: Tensor) -> Tensor:
-                u = (y - z) / sigma  # in the base blocks' units
-                inside = (neck.geometry.closest_point(u.reshape(-1, neck.dim)) == 0).all(-1)
-                log_q = torch.where(inside, -log_volume, -math.inf)
-                return log_q.view(z.shape[:-1])
-
-            return y, 2 * (self.cell_sd * sigma).log(), own
-        if isinstance(neck, DitheredLattice):  # the box y ± Δ/2
-            y = y.to(neck.log_spacing.dtype)
-            spacing = neck.spacing
-
-            def own(z: Tensor) -> Tensor:
-                inside = ((y - z).abs() <= spacing / 2).all(-1)
-                return torch.where(inside, -neck.log_spacing.sum(), -math.inf)
-
-            return y, 2 * neck.log_spacing - math.log(12.0), own
-        mean, logvar = neck._posterior(y)
-
-        def own(z: Tensor) -> Tensor:
-            return log_normal(z, mean, logvar).sum(-1)
-
-        return mean, logvar, own
-
-    def posterior_sample(self, y: Tensor, num_samples: int, *, generator=None):
-        z, log_q = self.inner.posterior_sample(y, num_samples, generator=generator)
-        if self.weight == 0.0:
-            return z, log_q
-        centre, logvar, own = self._centre_and_own(y)
-        logvar = logvar + 2 * math.log(self.widen)  # τ = k·r
-        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        wide = torch.rand(z.shape[:-1], generator=generator, device=z.device) < self.weight
-        z = torch.where(wide.unsqueeze(-1), centre + torch.exp(0.5 * logvar) * eps, z)
-        log_q = torch.logaddexp(
-            math.log1p(-self.weight) + own(z),
-            math.log(self.weight) + log_normal(z, centre, logvar).sum(-1),
-        )
-        return z, log_q
-
-    def log_prior(self, z: Tensor) -> Tensor:
-        return self.inner.log_prior(z)
-
 
 def parse_mixture(text: str) -> tuple[float, float]:
-    """``"α:k"`` -> ``(α, k)``, 0 ≤ α < 1 and k > 0."""
-    alpha, sep, k = text.partition(":")
+    """``"α:k"`` -> ``(α, k)`` for argparse."""
     try:
-        pair = float(alpha), float(k)
-    except ValueError:
-        pair = None
-    if not sep or pair is None or not 0.0 <= pair[0] < 1.0 or not pair[1] > 0.0:
-        raise argparse.ArgumentTypeError(f"expected ALPHA:K with 0 <= ALPHA < 1, K > 0: {text!r}")
-    return pair
+        return proposals.parse_mixture(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def with_proposal(model: nn.Module, mixture: tuple[float, float] | None) -> nn.Module:
-    """A shallow stand-in for ``model`` whose bottleneck draws from ``mixture`` (None: own)."""
-    if mixture is None:
-        return model
-    view = nn.Module()
-    view.encoder, view.decoder, view.likelihood = model.encoder, model.decoder, model.likelihood
-    view.bottleneck = DefensiveProposal(model.bottleneck, *mixture)
-    return view
+    """``model`` itself (None: its own proposal) or a view drawing from ``mixture``."""
+    return model if mixture is None else proposals.defensive_view(model, *mixture)
 
 
 def paired(a: Tensor, b: Tensor) -> dict[str, float]:

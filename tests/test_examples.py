@@ -594,108 +594,25 @@ def test_lattice_mnist_curves_reads_each_seeds_rows_and_refuses_bad_items(tmp_pa
         assert isinstance(err.value.code, str)  # one line, not a traceback
 
 
-def _defensive_weights(support, neck, y, weight, widen, draws=4000):
-    import torch
+def test_proposal_support_example_parses_mixtures_and_keeps_the_own_proposal():
+    import argparse
 
-    proposal = support.DefensiveProposal(neck, weight, widen)
-    with torch.no_grad():
-        z, log_q = proposal.posterior_sample(y, draws, generator=torch.Generator().manual_seed(1))
-        weights = (proposal.log_prior(z) - log_q).exp().flatten()
-    return weights.mean().item(), weights.std().item() / math.sqrt(weights.numel())
-
-
-def test_defensive_proposal_integrates_the_prior_beyond_the_cell():
-    import torch
-
-    from qlatent.bottlenecks import build
-
-    support = _load("iwae-proposal-support")
-    neck = build("lattice", dim=8, lattice="e8", prior="gaussian", spacing_per="coordinate")
-    with torch.no_grad():
-        neck.log_scale.fill_(math.log(0.4))  # a prior wider than the unit cell
-    neck.eval()
-    y = torch.zeros(1, 8)
-    gen = torch.Generator().manual_seed(3)
-    z_own, q_own = neck.posterior_sample(y, 64, generator=gen)
-    z_zero, q_zero = support.DefensiveProposal(neck, 0.0, 2.0).posterior_sample(
-        y, 64, generator=torch.Generator().manual_seed(3)
-    )
-    assert torch.equal(z_own, z_zero) and torch.equal(q_own, q_zero)
-    # E_q[f(z)/q(z)] is the prior's mass where q is positive: one cell for the own proposal,
-    # the whole space (1) for the mixture
-    own, _ = _defensive_weights(support, neck, y, 0.0, 2.0)
-    mixed, se = _defensive_weights(support, neck, y, 0.5, 2.0)
-    assert own < 0.2
-    assert abs(mixed - 1.0) < 4 * se + 0.01
-    # the rectangular lattice, exact density: a Laplace prior of scale 1 against a unit box,
-    # the Gaussian part as wide as the prior (τ = 6/√12 ≈ 1.7)
-    rect = build("lattice", dim=4).eval()
-    own, _ = _defensive_weights(support, rect, torch.zeros(1, 4), 0.0, 6.0)
-    mixed, se = _defensive_weights(support, rect, torch.zeros(1, 4), 0.5, 6.0)
-    assert own < 0.6
-    assert abs(mixed - 1.0) < 4 * se + 0.01
-
-
-def test_defensive_proposal_keeps_a_gaussian_posterior_unbiased_and_refuses_others():
-    import torch
-
-    from qlatent.bottlenecks import build
-
-    support = _load("iwae-proposal-support")
-    neck = build("gaussian_lattice", dim=4)
-    with torch.no_grad():
-        neck.logvar.fill_(math.log(0.25))
-    y = torch.full((1, 4), 0.5)
-    mixed, se = _defensive_weights(support, neck, y, 0.5, 2.0)
-    assert abs(mixed - 1.0) < 4 * se + 0.01
-    with pytest.raises(TypeError, match="a lattice or a Gaussian"):
-        support.DefensiveProposal(build("vq", dim=4, num_codes=8), 0.5, 2.0)
-    with pytest.raises(ValueError, match="weight"):
-        support.DefensiveProposal(neck, 1.0, 2.0)
-    for bad in ("0.5", "1:2", "0.5:0", "a:b"):
-        with pytest.raises(Exception, match="ALPHA:K"):
-            support.parse_mixture(bad)
-
-
-def test_defensive_proposal_reaches_a_known_log_likelihood_the_cell_alone_misses():
-    """x = y_hat + N(0, s²) with y_hat ~ f_{X̂−U} on E8 ⊕ Z² (X̂ ~ N(0, I); the Z blocks take
-    their closed-form density): log p(x) is log E_U N(x + U; 0, (1 + s²)I), computed from cell
-    draws alone, no density estimate."""
-    import torch
     from torch import nn
 
-    from qlatent.bottlenecks import build
-    from qlatent.eval import iwae_nll
+    from qlatent.eval import DefensiveProposal
 
     support = _load("iwae-proposal-support")
-    noise = 0.3
+    assert support.parse_mixture("0.9:1") == (0.9, 1.0)
+    for bad in ("0.5", "1:2", "0.5:0", "a:b", "0.5:inf"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ALPHA:K"):
+            support.parse_mixture(bad)
+    from qlatent.models import lattice_vae
 
-    class Gaussian:
-        def nll(self, x, params):
-            t = (x - params) / noise
-            return 0.5 * (t.square() + math.log(2 * math.pi * noise**2)).sum(-1)
-
-    model = nn.Module()
-    model.encoder, model.decoder, model.likelihood = nn.Identity(), nn.Identity(), Gaussian()
-    neck = build("lattice", dim=10, lattice=["e8", "z", "z"], prior="gaussian")
-    model.bottleneck = neck.eval()
-    x = torch.randn(10, 10, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        u = model.bottleneck._unit_dither(2**19, torch.Generator().manual_seed(5), torch.float64)
-        t = x.double()[:, None, :] + u[None] * model.bottleneck._coordinate_scale().double()
-        var = 1.0 + noise**2
-        log_n = (-0.5 * t.square() / var - 0.5 * math.log(2 * math.pi * var)).sum(-1)
-        exact = (log_n.logsumexp(1) - math.log(u.shape[0])).mean().item()
-
-    def iwae(mixture):
-        view = support.with_proposal(model, mixture)
-        gen = torch.Generator().manual_seed(1)
-        return -iwae_nll(view, x, num_samples=1000, generator=gen, progress=False).mean().item()
-
-    # the cell holds a part of the posterior only; the mixture's bound is within its noise and
-    # its O(1/S) shortfall of the truth
-    assert iwae(None) < exact - 0.3
-    assert abs(iwae((0.5, 1.0)) - exact) < 0.1
+    model = lattice_vae(latent_dim=8, hidden=16, lattice="e8")
+    assert support.with_proposal(model, None) is model
+    view = support.with_proposal(model, (0.5, 1.0))
+    assert isinstance(view, nn.Module) and isinstance(view.bottleneck, DefensiveProposal)
+    assert view.decoder is model.decoder and view.bottleneck.inner is model.bottleneck
 
 
 def test_proposal_support_summary_reads_seeds_and_the_validation_choice(tmp_path, capsys):

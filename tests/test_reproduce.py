@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -55,6 +56,49 @@ def test_quick_pipeline_writes_the_table(tmp_path, capsys):
         }
 
     assert numbers(again["models"]) == numbers(payload["models"])
+
+
+def test_defensive_iwae_is_reported_beside_the_protocol_and_keeps_its_cache(tmp_path, capsys):
+    """``eval.iwae_defensive`` adds IWAE under the defensive mixture proposal on the same images
+    and seeds; a run evaluated without it keeps its protocol IWAE (cached, not recomputed); at
+    α = 0 the mixture is the own proposal, so the two agree exactly; a bad value is one line."""
+    import torch
+
+    rows = "rect_lattice,gaussian_lattice"
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    base = ["reproduce", "lattice-mnist", "--quick", "--models", rows, *SMALL, *dirs]
+    out = tmp_path / "results" / "lattice-mnist-quick.json"
+    assert main(base) == 0
+    plain = json.loads(out.read_text())["models"]
+    assert all("iwae_defensive" not in r for r in plain.values())
+    chunk = tmp_path / "runs" / "lattice-mnist-quick" / "rect_lattice" / "iwae-chunks"
+    chunk = next(chunk.glob("chunk-*.pt"))
+    stamp = chunk.stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main([*base, "--set", "eval.iwae_defensive=0.5:1.4"]) == 0
+    wide = json.loads(out.read_text())["models"]
+    assert chunk.stat().st_mtime_ns == stamp  # the protocol's chunks were reused
+    for name in rows.split(","):
+        r = wide[name]
+        assert r["test_nll_iwae20"] == plain[name]["test_nll_iwae20"]
+        assert r["iwae_defensive"] == "0.5:1.4" and math.isfinite(r["test_nll_iwae20_defensive"])
+        diff = r["test_nll_iwae20_defensive"] - r["test_nll_iwae20"]
+        assert r["iwae_defensive_minus_own"] == pytest.approx(diff, abs=1e-9)
+    assert "under the defensive proposal 0.5:1.4" in capsys.readouterr().out
+
+    assert main([*base, "--set", "eval.iwae_defensive=0:1"]) == 0
+    same = json.loads(out.read_text())["models"]
+    for name in rows.split(","):
+        assert same[name]["test_nll_iwae20_defensive"] == same[name]["test_nll_iwae20"]
+    folder = tmp_path / "runs" / "lattice-mnist-quick" / "rect_lattice" / "iwae-chunks-defensive"
+    tags = {tuple(torch.load(p, weights_only=True)["key"]["defensive"]) for p in folder.iterdir()}
+    assert tags == {(0.0, 1.0)}  # each mixture's chunks are tagged with it
+
+    capsys.readouterr()
+    assert main([*base, "--set", "eval.iwae_defensive=1:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ALPHA:K" in err and len(err.splitlines()) == 1
 
 
 def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):

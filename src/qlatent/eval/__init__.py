@@ -14,11 +14,13 @@ from .downstream import (
 )
 from .iwae import iwae_nll, iwae_summary
 from .plots import reconstruction_grid, reconstruction_rows, training_curves
+from .proposals import DefensiveProposal, defensive_view
 from .tsne import tsne_figure, tsne_grid
 from .usage import CodeUsage, code_usage, distinct_rows, row_hashes
 
 __all__ = [
     "CodeUsage",
+    "DefensiveProposal",
     "code_usage",
     "distinct_rows",
     "row_hashes",
@@ -29,6 +31,7 @@ __all__ = [
     "ProbeScores",
     "cluster_accuracy",
     "codelength_report",
+    "defensive_view",
     "downstream_report",
     "iwae_nll",
     "iwae_summary",

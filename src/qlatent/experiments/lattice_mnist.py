@@ -31,6 +31,7 @@ from ..bottlenecks.gaussian_lattice import GaussianLattice
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
 from ..eval import codelength_report, iwae_nll, iwae_summary
+from ..eval.proposals import parse_mixture
 from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
@@ -154,6 +155,14 @@ class EvalConfig:
     bias_examples: int = 500
     bias_reference_samples: int = 16384
     bias_reference_prior_samples: int = 4096
+    #: ``"α:k"``: also IWAE with the defensive mixture proposal (1 − α)·q + α·N(c, diag(k·r)²),
+    #: whose support covers the cells next to a lattice row's own (``qlatent.eval.proposals``);
+    #: reported beside the protocol's IWAE as ``test_nll_iwae<S>_defensive``. None: not run.
+    iwae_defensive: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.iwae_defensive is not None:
+            parse_mixture(self.iwae_defensive)
 
 
 @dataclass
@@ -369,7 +378,7 @@ def run_model(
     if start is not None:
         trained["init_from"] = start
     cache = out_dir / "eval.pt"
-    config_key = to_dict(cfg)
+    config_key = _eval_key(cfg)
     if cache.exists():
         cached = load(cache)
         if cached["config"] == config_key and cached["best_epoch"] == result.best_epoch:
@@ -381,11 +390,21 @@ def run_model(
         data["test"],
         cfg.eval,
         chunk_dir=chunks,
-        key=config_key,
+        key=_eval_key(cfg, protocol=True),
         epoch=result.best_epoch,
     )
     save_atomic({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
     return {**trained, **metrics}
+
+
+def _eval_key(cfg: LatticeMnistConfig, *, protocol: bool = False) -> dict[str, Any]:
+    """The config an evaluation cache is tagged with. ``eval.iwae_defensive`` is left out where
+    it is None (caches made before the option existed still match) and, with ``protocol``, always
+    (the protocol's IWAE does not depend on it)."""
+    key = to_dict(cfg)
+    if protocol or key["eval"].get("iwae_defensive") is None:
+        key["eval"].pop("iwae_defensive", None)
+    return key
 
 
 def evaluate(
@@ -403,7 +422,9 @@ def evaluate(
     With ``chunk_dir``, IWAE runs over ``cfg.iwae_chunk`` test images at a time and caches each
     chunk's per-image NLL there (tagged with ``key`` and the checkpoint's ``epoch``), so an
     interrupted evaluation resumes at the first missing chunk; chunk i draws from the generator
-    seeded ``cfg.seed + 1 + i``."""
+    seeded ``cfg.seed + 1 + i``. With ``cfg.iwae_defensive`` the same images are read again
+    under the defensive mixture proposal (same seeds, chunks cached under ``<chunk_dir>-defensive``
+    tagged with the mixture too)."""
     if cfg.test_examples is not None:
         x_test = x_test[: cfg.test_examples]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -431,6 +452,30 @@ def evaluate(
     metrics["test_nll_iwae_se"] = summary["se"]
     metrics["iwae_samples"] = cfg.iwae_samples
     metrics["iwae_wall_s"] = time.perf_counter() - started
+    if cfg.iwae_defensive is not None:
+        started = time.perf_counter()
+        mixture = parse_mixture(cfg.iwae_defensive)
+        if chunk_dir is None:
+            wide = iwae_nll(
+                model,
+                x_test,
+                num_samples=cfg.iwae_samples,
+                batch_size=cfg.iwae_batch_size,
+                generator=torch.Generator().manual_seed(cfg.seed + 1),
+                defensive=mixture,
+            )
+        else:
+            folder = chunk_dir.with_name(chunk_dir.name + "-defensive")
+            tagged = {"config": key, "defensive": list(mixture)}
+            wide = _chunked_iwae(model, x_test, cfg, folder, tagged, epoch, defensive=mixture)
+        summary = iwae_summary(wide)
+        diff = wide - nll
+        metrics["iwae_defensive"] = cfg.iwae_defensive
+        metrics[f"test_nll_iwae{cfg.iwae_samples}_defensive"] = summary["mean"]
+        metrics["test_nll_iwae_defensive_se"] = summary["se"]
+        metrics["iwae_defensive_minus_own"] = diff.mean().item()
+        metrics["iwae_defensive_minus_own_se"] = diff.std().item() / math.sqrt(diff.numel())
+        metrics["iwae_defensive_wall_s"] = time.perf_counter() - started
     metrics["eval_threads"] = torch.get_num_threads()
     if name == "rect_lattice":
         metrics.update(_lattice_metrics(model, x_test, cfg))
@@ -440,7 +485,14 @@ def evaluate(
 
 
 def _chunked_iwae(
-    model, x_test: torch.Tensor, cfg: EvalConfig, folder: Path, key, epoch: int | None = None
+    model,
+    x_test: torch.Tensor,
+    cfg: EvalConfig,
+    folder: Path,
+    key,
+    epoch: int | None = None,
+    *,
+    defensive: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """IWAE NLL chunk by chunk, each chunk cached (atomically) under ``folder``. A cached chunk
     is used only for the same ``key`` and ``epoch`` (the checkpoint evaluated: a run trained on
@@ -462,6 +514,7 @@ def _chunked_iwae(
             num_samples=cfg.iwae_samples,
             batch_size=cfg.iwae_batch_size,
             generator=torch.Generator().manual_seed(cfg.seed + 1 + i),
+            defensive=defensive,
         )
         folder.mkdir(parents=True, exist_ok=True)
         save_atomic({"key": key, "epoch": epoch, "nll": nll}, path)
@@ -713,6 +766,16 @@ def markdown_table(payload: dict[str, Any]) -> str:
             lines.append(
                 f"{LABELS[name]}, hard-path two-part codelength: {r['test_codelength_hard']:.2f} "
                 f"nats (−ELBO {r['test_neg_elbo']:.2f}; Theorem 1: equal in expectation)"
+            )
+    for name, r in models.items():
+        if "iwae_defensive" in r:
+            s = r["iwae_samples"]
+            lines.append("")
+            lines.append(
+                f"{LABELS[name]}, IWAE-{s} under the defensive proposal {r['iwae_defensive']} "
+                f"(α:k, covers the neighbouring cells): {r[f'test_nll_iwae{s}_defensive']:.2f} ± "
+                f"{r['test_nll_iwae_defensive_se']:.2f} ({r['iwae_defensive_minus_own']:+.2f} ± "
+                f"{r['iwae_defensive_minus_own_se']:.2f} from its own proposal's)"
             )
     if "rect_lattice" in models and ref:
         a = models["rect_lattice"]
