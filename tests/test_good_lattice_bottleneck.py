@@ -930,3 +930,35 @@ def test_inside_cell_skips_only_points_beyond_the_cell_bound(spec, dim):
     full = ((k.abs() @ module._membership.double()) == 0).transpose(1, 2)
     assert torch.equal(got, full)
     assert got[..., :300].all() and got.any(1)[0, 300:600].any() and not got[..., 600:].all()
+
+
+def test_many_rectangular_blocks_form_no_dense_membership_matrix():
+    """Z^16384 (16384 one-coordinate blocks, all with the closed-form density) keeps no
+    (m, blocks) matrix (it would take 1 GiB): its per-block log-volumes come from index_add and
+    equal the dense product's; a sum small enough to keep the matrix slices it exactly as the
+    matrix-free rows and columns do."""
+    big = DitheredGoodLattice(dim=1 << 14, lattice="z", spacing_per="coordinate")
+    assert big._membership is None
+    with torch.no_grad():
+        big.log_spacing.copy_(torch.randn(1 << 14, generator=gen(1)))
+    assert torch.equal(big._block_log_volume(), big.log_spacing)  # one coordinate per block
+    out = big(torch.randn(2, 1 << 14, generator=gen(2)))
+    assert torch.isfinite(out.rate).all()
+    spec = ["e8", "e8"] + ["z"] * 2048
+    mixed = DitheredGoodLattice(dim=2064, lattice=spec, spacing_per="coordinate").double()
+    with torch.no_grad():
+        mixed.log_spacing.copy_(torch.randn(2064, generator=gen(3), dtype=F64))
+    assert mixed._membership is None
+    sums = mixed._block_log_volume()
+    expected = torch.cat([mixed.log_spacing[:8].sum(0, True), mixed.log_spacing[8:16].sum(0, True)])
+    assert torch.allclose(sums[:2], expected) and torch.equal(sums[2:], mixed.log_spacing[16:])
+    cells = mixed._mc_cells(F64)
+    assert cells.membership.shape == (16, 2) and torch.equal(cells.block_of, torch.arange(16) // 8)
+    small = DitheredGoodLattice(dim=40, lattice=["e8"] * 3 + ["z"] * 16)
+    assert small._membership is not None
+    for coords, blocks in (
+        (small._mc_coords, small._mc_blocks),
+        (torch.arange(40), torch.arange(19)),
+    ):
+        rows = small._membership_of(coords, blocks)
+        assert torch.equal(rows, small._membership[coords][:, blocks])

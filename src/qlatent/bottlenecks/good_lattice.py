@@ -151,9 +151,13 @@ def _draw_counts(value, name: str, blocks: int, dim: int) -> int | tuple[int, ..
     return _count(value, name, dim)
 
 
-#: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks, a
-#: (dim, blocks) matrix) are built from values, also while a model is sized on the meta device
+#: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks and,
+#: where it is small or the Monte Carlo needs it, a (dim, blocks) matrix) are built from values,
+#: also while a model is sized on the meta device
 MAX_DIM = 1 << 14
+#: entries up to which the (m, blocks) membership matrix is kept when the Monte Carlo does not
+#: need it whole (16 MiB of float32; every configuration with results in ``results/`` is below)
+_DENSE_MEMBERSHIP = 1 << 22
 
 
 @contextmanager
@@ -289,9 +293,6 @@ class DitheredGoodLattice(Bottleneck):
             self.register_buffer(
                 "_block_of", torch.arange(len(blocks)).repeat_interleave(sizes), persistent=False
             )
-            membership = torch.zeros(dim, len(blocks))
-            membership[torch.arange(dim), self._block_of] = 1.0
-            self.register_buffer("_membership", membership, persistent=False)
             self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
             halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
             self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
@@ -315,6 +316,14 @@ class DitheredGoodLattice(Bottleneck):
             self.register_buffer("_mc_coords", (~self._exact).nonzero().flatten(), persistent=False)
             estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
             every = len(estimated) == len(blocks)
+            # the (m, blocks) 0/1 matrix of per-block sums, where the Monte Carlo uses all of it
+            # or it is small; otherwise (Z^16384 would take 1 GiB) block sums are index_add's
+            if every or dim * len(blocks) <= _DENSE_MEMBERSHIP:
+                membership = torch.zeros(dim, len(blocks))
+                membership[torch.arange(dim), self._block_of] = 1.0
+            else:
+                membership = None
+            self.register_buffer("_membership", membership, persistent=False)
             self._mc_geometry = (
                 self.geometry if every else DirectSum(estimated) if estimated else None
             )
@@ -360,9 +369,12 @@ class DitheredGoodLattice(Bottleneck):
     def _block_log_volume(self) -> Tensor:
         """log V_b of each scaled block, ``(blocks,)``: n_b log s_b, or Σ_{i ∈ b} log s_i with a
         scale per coordinate (each base block has unit volume)."""
-        if self.spacing_per == "coordinate":
+        if self.spacing_per == "block":
+            return self._block_dims.to(self.log_spacing.dtype) * self.log_spacing
+        if self._membership is not None:  # the rounding every trained row has had
             return self.log_spacing @ self._membership.to(self.log_spacing.dtype)
-        return self._block_dims.to(self.log_spacing.dtype) * self.log_spacing
+        blocks = self.log_spacing.new_zeros(len(self.geometry.blocks))
+        return blocks.index_add(0, self._block_of, self.log_spacing)
 
     def log_volume(self) -> Tensor:
         """log V of the scaled cell, Σ_b log V_b."""
@@ -569,11 +581,11 @@ class DitheredGoodLattice(Bottleneck):
         """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular), or
         the ``subset`` of them at those positions among them."""
         if subset is not None:
-            every = torch.arange(len(self.geometry.blocks), device=self._membership.device)
+            every = torch.arange(len(self.geometry.blocks), device=self._block_of.device)
             estimated = every if self._mc_geometry is self.geometry else self._mc_blocks
             blocks = estimated[list(subset)]
             coords = torch.isin(self._block_of, blocks).nonzero().flatten()
-            membership = self._membership[coords][:, blocks]
+            membership = self._membership_of(coords, blocks)
             return _Cells(
                 coords,
                 blocks,
@@ -590,7 +602,7 @@ class DitheredGoodLattice(Bottleneck):
             halfwidth, unit, reach = self._halfwidth, self._unit, self._reach
         else:
             coords, blocks = self._mc_coords, self._mc_blocks
-            membership = self._membership[coords][:, blocks]
+            membership = self._membership_of(coords, blocks)
             block_of = membership.argmax(1)
             halfwidth, unit = self._halfwidth[coords], self._unit[coords]
             reach = self._reach[blocks]
@@ -604,6 +616,11 @@ class DitheredGoodLattice(Bottleneck):
             reach.to(dtype),
             self._mc_geometry,
         )
+
+    def _membership_of(self, coords: Tensor, blocks: Tensor) -> Tensor:
+        """``(len(coords), len(blocks))`` float32: 1 where coordinate ``coords[i]`` lies in block
+        ``blocks[j]`` (the rows and columns of the full membership matrix, without forming it)."""
+        return (self._block_of[coords].unsqueeze(1) == blocks).to(torch.float32)
 
     def _subset_geometry(self, blocks: tuple[int, ...]) -> DirectSum:
         """The direct sum of the blocks at these positions (cached: its runs decode together)."""
