@@ -101,6 +101,26 @@ def test_defensive_iwae_is_reported_beside_the_protocol_and_keeps_its_cache(tmp_
     assert "ALPHA:K" in err and len(err.splitlines()) == 1
 
 
+def test_evaluate_without_a_cache_reads_the_defensive_proposal_on_the_same_draws():
+    import torch
+
+    from qlatent.experiments.lattice_mnist import EvalConfig, evaluate
+    from qlatent.models import lattice_vae
+
+    torch.manual_seed(0)
+    model = lattice_vae(latent_dim=4, hidden=8, data_dim=12)
+    x = torch.rand(30, 12).round()
+    cfg = EvalConfig(iwae_samples=8, codelength_repeats=1, iwae_defensive="0:1")
+    same = evaluate("gaussian", model, x, cfg)
+    assert same["test_nll_iwae8_defensive"] == same["test_nll_iwae8"]
+    assert same["iwae_defensive_minus_own"] == 0.0
+    wide = evaluate("gaussian", model, x, EvalConfig(iwae_samples=8, iwae_defensive="0.5:2"))
+    assert wide["test_nll_iwae8"] == same["test_nll_iwae8"]
+    assert wide["test_nll_iwae8_defensive"] != wide["test_nll_iwae8"]
+    with pytest.raises(ValueError, match="ALPHA:K"):
+        EvalConfig(iwae_defensive="0.5")
+
+
 def test_good_lattice_rows_are_added_to_the_table(tmp_path, capsys):
     """The E8 and Leech ⊕ BW16 rows on synthetic data (m = 40, the rows' own dimension), run
     after a paper row: the table keeps the earlier row with its provenance and adds the new

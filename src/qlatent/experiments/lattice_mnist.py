@@ -437,16 +437,7 @@ def evaluate(
         "test_rate": parts["rate"].mean().item(),
     }
     started = time.perf_counter()
-    if chunk_dir is None:
-        nll = iwae_nll(
-            model,
-            x_test,
-            num_samples=cfg.iwae_samples,
-            batch_size=cfg.iwae_batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed + 1),
-        )
-    else:
-        nll = _chunked_iwae(model, x_test, cfg, chunk_dir, key, epoch)
+    nll = _test_iwae(model, x_test, cfg, chunk_dir, key, epoch)
     summary = iwae_summary(nll)
     metrics[f"test_nll_iwae{cfg.iwae_samples}"] = summary["mean"]
     metrics["test_nll_iwae_se"] = summary["se"]
@@ -455,19 +446,7 @@ def evaluate(
     if cfg.iwae_defensive is not None:
         started = time.perf_counter()
         mixture = parse_mixture(cfg.iwae_defensive)
-        if chunk_dir is None:
-            wide = iwae_nll(
-                model,
-                x_test,
-                num_samples=cfg.iwae_samples,
-                batch_size=cfg.iwae_batch_size,
-                generator=torch.Generator().manual_seed(cfg.seed + 1),
-                defensive=mixture,
-            )
-        else:
-            folder = chunk_dir.with_name(chunk_dir.name + "-defensive")
-            tagged = {"config": key, "defensive": list(mixture)}
-            wide = _chunked_iwae(model, x_test, cfg, folder, tagged, epoch, defensive=mixture)
+        wide = _test_iwae(model, x_test, cfg, chunk_dir, key, epoch, defensive=mixture)
         summary = iwae_summary(wide)
         diff = wide - nll
         metrics["iwae_defensive"] = cfg.iwae_defensive
@@ -482,6 +461,33 @@ def evaluate(
     elif name in BLOCK_NSM:
         metrics.update(_good_lattice_metrics(model, x_test, cfg))
     return metrics
+
+
+def _test_iwae(
+    model,
+    x_test: torch.Tensor,
+    cfg: EvalConfig,
+    chunk_dir: Path | None,
+    key,
+    epoch: int | None,
+    defensive: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Per-image IWAE NLL of ``x_test``, with the defensive mixture ``defensive`` as proposal if
+    given; with ``chunk_dir``, cached chunk by chunk (the mixture's chunks in
+    ``<chunk_dir>-defensive``, tagged with it)."""
+    if chunk_dir is None:
+        return iwae_nll(
+            model,
+            x_test,
+            num_samples=cfg.iwae_samples,
+            batch_size=cfg.iwae_batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed + 1),
+            defensive=defensive,
+        )
+    if defensive is not None:
+        chunk_dir = chunk_dir.with_name(chunk_dir.name + "-defensive")
+        key = {"config": key, "defensive": list(defensive)}
+    return _chunked_iwae(model, x_test, cfg, chunk_dir, key, epoch, defensive=defensive)
 
 
 def _chunked_iwae(
