@@ -83,6 +83,31 @@ def test_conv_family_and_iwae(tmp_path):
     custom.train(cfg)
     report = custom.eval_checkpoint(tmp_path / "l" / "best.pt", iwae_samples=4, progress=False)
     assert report["iwae_samples"] == 4 and math.isfinite(report["iwae"]["mean"])
+    # the defensive mixture on the same draws' seed: at α = 0 the own proposal's estimate
+    for mixture in ((0.0, 1.0), (0.5, 2.0)):
+        again = custom.eval_checkpoint(
+            tmp_path / "l" / "best.pt", iwae_samples=4, iwae_defensive=mixture, progress=False
+        )
+        d = again["iwae_defensive"]
+        assert again["iwae"] == report["iwae"] and d["mixture"] == list(mixture)
+        assert d["minus_own"] == pytest.approx(d["mean"] - report["iwae"]["mean"])
+        assert (d["mean"] == report["iwae"]["mean"]) == (mixture[0] == 0.0)
+
+
+def test_eval_defensive_proposal_refusals_are_one_line(tmp_path, capsys):
+    cfg = custom.load_config(_config(tmp_path, "vq"), [f"out_dir={tmp_path / 'v'}"])
+    custom.train(cfg)
+    ckpt = str(tmp_path / "v" / "best.pt")
+    for args, needle in (
+        (["--iwae", "4", "--iwae-defensive", "0.5:1"], "a lattice or a Gaussian"),
+        (["--iwae-defensive", "0.5:1"], "give its samples too"),
+    ):
+        assert main(["eval", ckpt, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", ckpt, "--iwae", "4", "--iwae-defensive", "1:2"])
+    assert exit_.value.code == 2 and "ALPHA:K" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

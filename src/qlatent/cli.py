@@ -112,6 +112,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mixture(text: str) -> tuple[float, float]:
+    from .eval.proposals import parse_mixture
+
+    try:
+        return parse_mixture(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .experiments import custom
     from .results import provenance, write_json
@@ -121,6 +130,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint,
         data_dir=args.data_dir,
         iwae_samples=args.iwae or 0,
+        iwae_defensive=args.iwae_defensive,
         limit=args.limit,
         downstream=args.downstream,
     )
@@ -568,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="also the IWAE NLL with S samples (bottlenecks with a density view)",
+    )
+    p.add_argument(
+        "--iwae-defensive",
+        type=_mixture,
+        default=None,
+        metavar="ALPHA:K",
+        help="with --iwae, also the IWAE NLL under the defensive mixture proposal "
+        "(1-ALPHA)·q + ALPHA·N(c, (K·r)^2), which covers past a lattice cell",
     )
     p.add_argument(
         "--downstream",

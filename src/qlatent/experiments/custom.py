@@ -589,6 +589,7 @@ def evaluate(
     *,
     out_dir: Path | None = None,
     iwae_samples: int = 0,
+    iwae_defensive: tuple[float, float] | None = None,
     words: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -598,7 +599,8 @@ def evaluate(
     * training path (dither / noise) and hard path (``eval()``): distortion and rate; at
       ``rate_weight`` 1 their sum on the training path is the negative ELBO;
     * IWAE NLL with ``iwae_samples`` samples where the bottleneck has a density view
-      (``posterior_sample`` and ``log_prior``);
+      (``posterior_sample`` and ``log_prior``), and with ``iwae_defensive`` = (α, k) also under
+      the defensive mixture proposal on the same draws' seed (:mod:`qlatent.eval.proposals`);
     * for a discrete bottleneck with a code model: the test set written to a real ``.qlc``
       stream (bits per image) and read back exactly;
     * for codebooks: codes used and their perplexity on the hard path.
@@ -631,6 +633,23 @@ def evaluate(
         nll = iwae_nll(model, x, num_samples=iwae_samples, generator=gen(2), progress=progress)
         report["iwae"] = iwae_summary(nll)
         report["iwae_samples"] = iwae_samples
+        if iwae_defensive is not None:
+            wide = iwae_nll(
+                model,
+                x,
+                num_samples=iwae_samples,
+                generator=gen(2),
+                progress=progress,
+                defensive=iwae_defensive,
+            )
+            diff = wide - nll
+            count = diff.numel()
+            report["iwae_defensive"] = {
+                "mixture": list(iwae_defensive),
+                **iwae_summary(wide),
+                "minus_own": diff.mean().item(),
+                "minus_own_se": diff.std().item() / math.sqrt(count) if count > 1 else math.nan,
+            }
     report["coded"] = _coded_size(model, x, cfg.eval_seed, data.get("train"))
     if text and report["coded"].get("available"):
         n_words = max(1, report["words"])
@@ -742,6 +761,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  IWAE NLL: {i['mean']:.3f} ± {i['se']:.3f} ({report['iwae_samples']} samples)"
         )
+    if "iwae_defensive" in report:
+        d = report["iwae_defensive"]
+        alpha, k = d["mixture"]
+        lines.append(
+            f"  IWAE NLL, defensive proposal {alpha:g}:{k:g}: {d['mean']:.3f} ± {d['se']:.3f} "
+            f"({d['minus_own']:+.3f} ± {d['minus_own_se']:.3f} from the own proposal's)"
+        )
     coded = report.get("coded")
     if coded and coded.get("available"):
         per = (
@@ -779,12 +805,14 @@ def eval_checkpoint(
     *,
     data_dir: str | None = None,
     iwae_samples: int = 0,
+    iwae_defensive: tuple[float, float] | None = None,
     limit: int | None = None,
     downstream: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a checkpoint written by ``qlatent train CONFIG``; with
-    ``downstream``, also :func:`downstream_scores` (data with class labels only)."""
+    ``downstream``, also :func:`downstream_scores` (data with class labels only). ValueError
+    before any data is read for an ``iwae_defensive`` the model's bottleneck cannot take."""
     from ..image_coding import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
@@ -794,6 +822,15 @@ def eval_checkpoint(
             "data, model, bottleneck and loss sections)"
         )
     model, cfg = model_from_checkpoint(ckpt, checkpoint)
+    if iwae_defensive is not None:
+        from ..eval import DefensiveProposal
+
+        if not iwae_samples:
+            raise ValueError("a defensive proposal is for the IWAE NLL: give its samples too")
+        try:
+            DefensiveProposal(model.bottleneck, *iwae_defensive)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
     labels = load_labels(cfg.data, data_dir) if downstream else None  # refuse before the work
     words = ckpt["run_config"]["derived"].get("vocabulary")
     if words is not None:
@@ -806,7 +843,14 @@ def eval_checkpoint(
     if limit is not None:
         data = {k: v[:limit] for k, v in data.items()}
     report = evaluate(
-        model, cfg, data, shape, iwae_samples=iwae_samples, words=words, progress=progress
+        model,
+        cfg,
+        data,
+        shape,
+        iwae_samples=iwae_samples,
+        iwae_defensive=iwae_defensive,
+        words=words,
+        progress=progress,
     )
     if labels is not None:
         if limit is not None:
