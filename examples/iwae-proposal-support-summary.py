@@ -12,7 +12,8 @@ under the same proposal, per seed and as mean ± sd. With ``--select``, each row
 file takes the proposal with its lowest validation NLL, and each such row is read against the
 reference with both under their chosen proposals (rows the validation file lacks are left out of
 that reading). Reads only the JSON files; the seeds' files must share their reference row and
-proposals.
+rows. Proposals read at every seed are summarized, the others are listed under ``left_out``; a
+proposal chosen on validation must be in every seed's file.
 """
 
 from __future__ import annotations
@@ -65,14 +66,18 @@ def summarize(files: dict[int, dict], select: dict | None) -> dict:
             sys.exit(f"seed {seed}: another reference or other rows than seed {next(iter(files))}")
     picks = chosen(select)
     out: dict = {"reference": reference, "rows": {}, "chosen_on_validation": picks}
+    left_out: dict[str, list[str]] = {}
     for row in first["rows"]:
-        names = first["rows"][row]["proposals"].keys()
+        every = {name for f in files.values() for name in f["rows"][row]["proposals"]}
+        names = [n for n in every if all(n in f["rows"][row]["proposals"] for f in files.values())]
+        names.sort(key=lambda n: (n != "own", n))
+        if "own" not in names or (row in picks and picks[row] not in names):
+            sys.exit(f"{row}: its own or its chosen proposal is not in every seed's file")
+        if every - set(names):
+            left_out[row] = sorted(every - set(names))
         entry = {}
         for name in names:
-            try:
-                nll = [files[s]["rows"][row]["proposals"][name]["iwae_nll"] for s in files]
-            except KeyError:
-                sys.exit(f"{row}: proposal {name} is not in every seed's file")
+            nll = [files[s]["rows"][row]["proposals"][name]["iwae_nll"] for s in files]
             per = {"iwae_nll": spread(nll)}
             own = [files[s]["rows"][row]["proposals"]["own"]["iwae_nll"] for s in files]
             ref = [files[s]["rows"][reference]["proposals"][name]["iwae_nll"] for s in files]
@@ -82,6 +87,8 @@ def summarize(files: dict[int, dict], select: dict | None) -> dict:
                 per["minus_reference"] = spread([a - b for a, b in zip(nll, ref, strict=True)])
             entry[name] = per
         out["rows"][row] = entry
+    if left_out:
+        out["left_out"] = left_out
     if picks and reference in picks:
         mine = picks[reference]
         out["minus_reference_chosen"] = {}

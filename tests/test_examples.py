@@ -646,6 +646,19 @@ def test_proposal_support_summary_reads_seeds_and_the_validation_choice(tmp_path
     assert out["chosen_on_validation"] == {"gl": "own", "e8": "0.5:1"}
     chosen = out["minus_reference_chosen"]["e8"]  # e8 with its mixture against gl's own
     assert chosen["values"] == pytest.approx([1.0, 1.2]) and chosen["row"] == "0.5:1"
+    assert "left_out" not in out
+    # a proposal one seed did not read is left out (and listed); a chosen one must be everywhere
+    extra = summary.read(
+        file(
+            {"gl": {"own": 88.1, "0.5:1": 87.9, "0.9:1": 88.1}, "e8": {"own": 91.6, "0.5:1": 89.2}}
+        )
+    )
+    out = summary.summarize({**seeds, 2023: extra}, val)
+    assert list(out["rows"]["gl"]) == ["own", "0.5:1"] and out["left_out"] == {"gl": ["0.9:1"]}
+    assert out["minus_reference_chosen"]["e8"]["values"] == pytest.approx([1.0, 1.2, 1.1])
+    short = summary.read(file({"gl": {"own": 88.1}, "e8": {"own": 91.6}}))
+    with pytest.raises(SystemExit, match="chosen proposal is not in every seed"):
+        summary.summarize({**seeds, 2023: short}, val)
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="not a file of iwae-proposal-support"):
