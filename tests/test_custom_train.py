@@ -100,7 +100,7 @@ def test_eval_defensive_proposal_refusals_are_one_line(tmp_path, capsys):
     ckpt = str(tmp_path / "v" / "best.pt")
     for args, needle in (
         (["--iwae", "4", "--iwae-defensive", "0.5:1"], "a lattice or a Gaussian"),
-        (["--iwae-defensive", "0.5:1"], "give its samples too"),
+        (["--iwae-defensive", "0.5:1"], "give --iwae S too"),
     ):
         assert main(["eval", ckpt, *args]) == 2
         err = capsys.readouterr().err.strip()

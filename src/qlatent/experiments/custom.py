@@ -826,7 +826,7 @@ def eval_checkpoint(
         from ..eval import DefensiveProposal
 
         if not iwae_samples:
-            raise ValueError("a defensive proposal is for the IWAE NLL: give its samples too")
+            raise ValueError("a defensive proposal is for the IWAE NLL: give --iwae S too")
         try:
             DefensiveProposal(model.bottleneck, *iwae_defensive)
         except TypeError as err:
