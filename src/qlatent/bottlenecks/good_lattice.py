@@ -156,7 +156,7 @@ def _draw_counts(value, name: str, blocks: int, dim: int) -> int | tuple[int, ..
 #: also while a model is sized on the meta device
 MAX_DIM = 1 << 14
 #: entries up to which the (m, blocks) membership matrix is kept when the Monte Carlo does not
-#: need it whole (16 MiB of float32; every configuration with results in ``results/`` is below)
+#: need it whole (16 MiB of float32: every good lattice of up to 2048 coordinates keeps it)
 _DENSE_MEMBERSHIP = 1 << 22
 
 
