@@ -303,11 +303,16 @@ def test_in_place_gradient_factors_equal_the_reference_bit_for_bit(dtype):
 
 
 @pytest.mark.slow
-def test_compiled_training_path_matches_eager():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_training_path_matches_eager(weighted):
+    """The compiled training path against the eager one, with the rate summed into the loss (the
+    backward uses the forward's sums over rows of the prior's factors) or weighted by row (it
+    forms them again from y_hat)."""
     eager = make_lattice(seed=23).float().train()
     compiled = build("lattice", dim=DIM, compile=True).train()
     compiled.load_state_dict(eager.state_dict())
     x = 2.0 * torch.randn(32, DIM, generator=gen(24))
+    weights = torch.rand(32, generator=gen(26)) if weighted else torch.ones(32)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     a = eager(xa, generator=gen(25))
     b = compiled(xb, generator=gen(25))
@@ -315,9 +320,11 @@ def test_compiled_training_path_matches_eager():
     torch.testing.assert_close(b.rate, a.rate, rtol=1e-5, atol=1e-5)
     # the closed-form backward of the cell rate runs inside the compiled graph too
     for out in (a, b):
-        (out.rate.sum() + out.y_hat.square().sum()).backward()
+        rate = (out.rate * weights).sum() if weighted else out.rate.sum()
+        (rate + out.y_hat.square().sum()).backward()
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+        assert p.grad is not None and p.grad.abs().sum() > 0
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
 
 
