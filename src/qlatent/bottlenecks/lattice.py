@@ -81,15 +81,13 @@ def _training_parts(
     y: Tensor, key: Tensor, spacing: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
 ) -> tuple[Tensor, ...]:
     """The training path and, from the same terms, what its backward needs, without autograd:
-    ``(y_hat, rate, g, Σ_rows q, Σ_rows d_h)`` (see :func:`_gradient_factors`; w = ½ − r is
-    not kept: the backward draws r again from the key, a cheaper pass than storing and reading
-    it; q and d_h enter the gradient only weighted by ∂L/∂rate, one number for every row when the
-    rate is summed or averaged into the loss, so their sums over rows are enough then); y_hat and
-    the rate are the values of :func:`_training_kernel`."""
+    ``(y_hat, rate, g, q, d_h)`` (see :func:`_gradient_factors`; w = ½ − r is not kept: the
+    backward draws r again from the key, a cheaper pass than storing and reading it); y_hat
+    and the rate are the values of :func:`_training_kernel`."""
     r = counter_uniform(key, y.shape, y.dtype)
     y_hat = y - (r - 0.5) * spacing
     nll, g, _, q, d_h = _gradient_factors(y_hat, r, inv_scale, h, c)
-    return y_hat, nll.sum(-1), g, q.sum(0), d_h.sum(0)
+    return y_hat, nll.sum(-1), g, q, d_h
 
 
 def _gradient_factors(
@@ -108,13 +106,13 @@ def _compiled_parts():
     return torch.compile(_training_parts)
 
 
-def _training_backward(grad_y_hat, grad_rate, g, key) -> tuple[Tensor, Tensor]:
-    """∂L/∂y and ∂L/∂Δ of :class:`_FusedTrainingPath` from its saved factor g and the dither's
-    key (w = ½ − r drawn again, the same bits); ``grad_rate`` is ``(N, 1)``, or ``(1, 1)`` when
-    it is the same for every row."""
-    grad_y = grad_y_hat + grad_rate * g
+def _training_backward(grad_y_hat, grad_rate, g, q, d_h, key) -> tuple[Tensor, ...]:
+    """The gradients of :class:`_FusedTrainingPath` from its saved factors and the dither's
+    key (w = ½ − r drawn again, the same bits): ``(∂L/∂y, ∂L/∂Δ, ∂L/∂(1/b), ∂L/∂h)``."""
+    rate = grad_rate.unsqueeze(-1)
+    grad_y = grad_y_hat + rate * g
     w = 0.5 - counter_uniform(key, g.shape, g.dtype)
-    return grad_y, (grad_y * w).sum(0)
+    return grad_y, (grad_y * w).sum(0), (rate * q).sum(0), (rate * d_h).sum(0)
 
 
 @functools.cache
@@ -128,52 +126,39 @@ class _FusedTrainingPath(torch.autograd.Function):
 
     Left to itself, ``torch.compile``'s partitioner saves y_hat and recomputes the cell rate's
     exponentials in the backward, which then costs more than the forward. Here the forward is one
-    fused loop without autograd that also writes the elementwise factor g of the gradient and the
-    sums over rows of two more, q and d_h (:func:`_training_parts`), and the backward one more
-    loop, a multiply-add, the fourth factor w = ½ − r drawn again from the key and one reduction
-    over rows (:func:`_training_backward`):
+    fused loop without autograd that also writes three of the four elementwise factors of the
+    gradient (:func:`_training_parts`), and the backward one more loop, a multiply-add, the
+    fourth factor w = ½ − r drawn again from the key and three reductions over rows
+    (:func:`_training_backward`; not storing w took the compiled forward + backward from
+    2.63 and 2.53 to 2.38 and 2.28 times the floor kernel, ``results/bench-lattice-ab-w``, with
+    the same gradients bit for bit):
 
         ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g,     ∂L/∂Δ = Σ_rows ∂L/∂y · w,
         ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
 
-    (c = −expm1(−h) gets no gradient of its own: d_h includes it, as in ``_CellNLL``). When
-    ∂L/∂rate is one number for every row (a rate summed or averaged into the loss) the last two
-    are that number times the forward's sums; otherwise q and d_h are formed again from the
-    saved y_hat, on which alone they depend, and weighted by row. Not storing w took the compiled
-    forward + backward from 2.63 and 2.53 to 2.38 and 2.28 times the floor kernel
-    (``results/bench-lattice-ab-w``); storing the sums of q and d_h instead of the factors
-    themselves is recorded in ``results/bench-lattice-ab-sums``. Rows ``(N, m)`` with
-    per-coordinate parameters ``(m,)``; first derivatives only.
+    (c = −expm1(−h) gets no gradient of its own: d_h includes it, as in ``_CellNLL``). Rows
+    ``(N, m)`` with per-coordinate parameters ``(m,)``; first derivatives only.
     """
 
     @staticmethod
     def forward(ctx, y, key, spacing, inv_scale, h, c, compiled: bool):
         parts = _compiled_parts() if compiled else _training_parts
-        y_hat, rate, g, q_sum, d_h_sum = parts(y, key, spacing, inv_scale, h, c)
-        ctx.save_for_backward(g, key, torch.stack((q_sum, d_h_sum)), y_hat, inv_scale, h, c)
+        y_hat, rate, g, q, d_h = parts(y, key, spacing, inv_scale, h, c)
+        ctx.save_for_backward(g, q, d_h, key)
         ctx.compiled = compiled
         return y_hat, rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y_hat, grad_rate):
-        g, key, sums, y_hat, inv_scale, h, c = ctx.saved_tensors
+        g, q, d_h, key = ctx.saved_tensors
         if grad_y_hat is None:
             grad_y_hat = torch.zeros_like(g)
         if grad_rate is None:
-            grad_rate = g.new_zeros(1)
-        uniform = _same_for_every_row(grad_rate)
-        if g.shape[0] == 0:
-            prior = g.new_zeros(sums.shape)
-        elif uniform:
-            prior = sums * grad_rate[:1]
-        else:
-            prior = g.new_zeros(sums.shape)
-            _add_prior_gradient(prior, y_hat, grad_rate, inv_scale, h, c)
-        rate = grad_rate[:1] if uniform else grad_rate
+            grad_rate = g.new_zeros(g.shape[0])
         backward = _compiled_backward() if ctx.compiled else _training_backward
-        grad_y, grad_spacing = backward(grad_y_hat, rate.unsqueeze(-1), g, key)
-        return grad_y, None, grad_spacing, prior[0], prior[1], None, None
+        grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, q, d_h, key)
+        return grad_y, None, grad_spacing, grad_inv, grad_h, None, None
 
 
 def _training_blocks(
