@@ -276,24 +276,6 @@ def test_training_path_functions_match_autograd(dtype, path):
             torch.testing.assert_close(b, a, **tol)
 
 
-@pytest.mark.parametrize("rows", [0, 1, 255, 256, 600, 1024])
-def test_sum_rows_in_blocks_is_the_sum_over_rows(rows):
-    """The compiled backward's sum over rows, in blocks of 256 rows and then over the blocks
-    (and the rows after the last whole block), is ``sum(0)`` to rounding; below one block it is
-    ``sum(0)`` itself."""
-    from qlatent.bottlenecks.lattice import _SUM_BLOCK, _sum_rows
-
-    assert _SUM_BLOCK == 256
-    x = torch.randn(rows, 5, generator=gen(41), dtype=torch.float64) + 3.0
-    ours = _sum_rows(x)
-    assert ours.shape == (5,)
-    if rows < _SUM_BLOCK:
-        assert torch.equal(ours, x.sum(0))
-    torch.testing.assert_close(ours, x.sum(0), rtol=1e-13, atol=1e-13)
-    exact = torch.tensor([math.fsum(col) for col in x.T.tolist()], dtype=torch.float64)
-    torch.testing.assert_close(ours, exact, rtol=1e-13, atol=1e-13)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_in_place_gradient_factors_equal_the_reference_bit_for_bit(dtype):
     """The eager blocked path's factors (fewer passes, buffers reused) are the same numbers as
@@ -329,7 +311,7 @@ def test_compiled_training_path_matches_eager(weighted):
     eager = make_lattice(seed=23).float().train()
     compiled = build("lattice", dim=DIM, compile=True).train()
     compiled.load_state_dict(eager.state_dict())
-    n = 600  # two blocks of the backward's sums over rows and a remainder
+    n = 600
     x = 2.0 * torch.randn(n, DIM, generator=gen(24))
     weights = torch.rand(n, generator=gen(26)) if weighted else torch.ones(n)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -112,24 +112,7 @@ def _training_backward(grad_y_hat, grad_rate, g, q, d_h, key) -> tuple[Tensor, .
     rate = grad_rate.unsqueeze(-1)
     grad_y = grad_y_hat + rate * g
     w = 0.5 - counter_uniform(key, g.shape, g.dtype)
-    return grad_y, _sum_rows(grad_y * w), _sum_rows(rate * q), _sum_rows(rate * d_h)
-
-
-_SUM_BLOCK = 256  # rows per partial sum in :func:`_sum_rows`
-
-
-def _sum_rows(x: Tensor) -> Tensor:
-    """``x.sum(0)`` of ``(N, m)`` rows, summed first within blocks of :data:`_SUM_BLOCK` rows
-    and then over the blocks (and the rows after the last whole block): the same sum in another
-    order. ``torch.compile``'s CPU code runs a plain ``sum(0)`` as one pass over all rows per
-    group of 16 columns, each with a parallel region of its own, every pass reading a quarter of
-    each cache line it fetches; in blocks it is one parallel loop over contiguous blocks."""
-    n, m = x.shape
-    whole = n // _SUM_BLOCK * _SUM_BLOCK
-    if whole == 0:
-        return x.sum(0)
-    total = x[:whole].reshape(-1, _SUM_BLOCK, m).sum(1).sum(0)
-    return total + x[whole:].sum(0) if whole < n else total
+    return grad_y, (grad_y * w).sum(0), (rate * q).sum(0), (rate * d_h).sum(0)
 
 
 @functools.cache
@@ -148,8 +131,7 @@ class _FusedTrainingPath(torch.autograd.Function):
     fourth factor w = ½ − r drawn again from the key and three reductions over rows
     (:func:`_training_backward`; not storing w took the compiled forward + backward from
     2.63 and 2.53 to 2.38 and 2.28 times the floor kernel, ``results/bench-lattice-ab-w``, with
-    the same gradients bit for bit; summing over rows in blocks, :func:`_sum_rows`, is recorded
-    in ``results/bench-lattice-ab-sum-rows``):
+    the same gradients bit for bit):
 
         ∂L/∂y = ∂L/∂y_hat + ∂L/∂rate · g,     ∂L/∂Δ = Σ_rows ∂L/∂y · w,
         ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
