@@ -25,7 +25,11 @@ proposal:
         --rows gaussian_gl_lattice e8z_gl_lattice --images 1000 --mixtures 0.5:1 0.5:2 \\
         [--split val] [--samples 1000] [--out results/iwae-proposal-support/seed2021.json]
 
-The first row named is the reference the others are read against. One thread. On a toy model
+The first row named is the reference the others are read against. One thread. With ``--out``,
+each (row, proposal) reading's per-image values go to ``OUT.partial.json`` as it finishes, and a
+run stopped part way and started again with the same runs folder, split, images, samples and
+seed takes the finished ones from there (of the same checkpoint epoch) instead of reading them
+again; the file is removed once OUT is written. On a toy model
 whose log p(x) is known (an E8 cell, a Gaussian prior and a Gaussian likelihood around y_hat),
 the own proposal's IWAE falls short of it and the mixture's reaches it (tested).
 """
@@ -33,6 +37,7 @@ the own proposal's IWAE falls short of it and the mixture's reaches it (tested).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -58,6 +63,39 @@ def parse_mixture(text: str) -> tuple[float, float]:
 def with_proposal(model: nn.Module, mixture: tuple[float, float] | None) -> nn.Module:
     """``model`` itself (None: its own proposal) or a view drawing from ``mixture``."""
     return model if mixture is None else proposals.defensive_view(model, *mixture)
+
+
+def partial_path(out: Path | None) -> Path | None:
+    """Where a reading with ``--out OUT`` keeps its finished (row, proposal) pairs."""
+    return None if out is None else out.with_name(out.name + ".partial.json")
+
+
+def load_partial(path: Path | None, settings: dict) -> dict:
+    """``{row: {proposal: entry}}`` from a stopped reading's partial file, or ``{}`` when there
+    is none, it cannot be read, or it was made with other settings. An entry is kept only if it
+    is well formed: ``checkpoint_epoch``, ``wall_s`` and one finite value per image."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("settings") != settings:
+        return {}
+    done = data.get("done")
+    kept: dict = {}
+    for row, entries in done.items() if isinstance(done, dict) else ():
+        for name, entry in entries.items() if isinstance(entries, dict) else ():
+            values = entry.get("nll") if isinstance(entry, dict) else None
+            if (
+                isinstance(values, list)
+                and len(values) == settings["images"]
+                and all(isinstance(v, float) and math.isfinite(v) for v in values)
+                and isinstance(entry.get("wall_s"), (int, float))
+                and isinstance(entry.get("checkpoint_epoch"), (int, type(None)))
+            ):
+                kept.setdefault(row, {})[name] = entry
+    return kept
 
 
 def paired(a: Tensor, b: Tensor) -> dict[str, float]:
@@ -91,6 +129,15 @@ def main() -> None:
     )
     started = provenance(command)
     torch.set_num_threads(1)
+    settings = {
+        "runs": str(args.runs.resolve()),
+        "split": args.split,
+        "images": args.images,
+        "samples": args.samples,
+        "seed": args.seed,
+    }
+    partial_file = partial_path(args.out)
+    partial = load_partial(partial_file, settings)
     nll: dict[str, dict[str, Tensor]] = {}
     rows = {}
     for row in args.rows:
@@ -100,22 +147,34 @@ def main() -> None:
             views = [with_proposal(model, mixture) for mixture in mixtures]
         except (OSError, CheckpointError, KeyError, TypeError, ValueError) as err:
             sys.exit(f"{row}: {err}")
-        nll[row], rows[row] = {}, {"checkpoint_epoch": ckpt.get("epoch"), "proposals": {}}
+        if x.shape[0] != args.images:
+            sys.exit(f"{row}: the {args.split} split has {x.shape[0]} images, not {args.images}")
+        epoch = ckpt.get("epoch")
+        nll[row], rows[row] = {}, {"checkpoint_epoch": epoch, "proposals": {}}
         for name, view in zip(names, views, strict=True):
-            torch.manual_seed(args.seed)  # a good lattice's density points
-            t0 = time.perf_counter()
-            values = iwae_nll(
-                view,
-                x,
-                num_samples=args.samples,
-                generator=torch.Generator().manual_seed(args.seed),
-                progress=False,
-            )
+            done = partial.get(row, {}).get(name)
+            if done is not None and done["checkpoint_epoch"] == epoch:
+                values, wall_s = torch.tensor(done["nll"], dtype=torch.float64), done["wall_s"]
+            else:
+                torch.manual_seed(args.seed)  # a good lattice's density points
+                t0 = time.perf_counter()
+                values = iwae_nll(
+                    view,
+                    x,
+                    num_samples=args.samples,
+                    generator=torch.Generator().manual_seed(args.seed),
+                    progress=False,
+                ).double()
+                wall_s = round(time.perf_counter() - t0, 1)
+                if partial_file is not None:
+                    entry = {"checkpoint_epoch": epoch, "wall_s": wall_s, "nll": values.tolist()}
+                    partial.setdefault(row, {})[name] = entry
+                    write_json({"settings": settings, "done": partial}, partial_file)
             nll[row][name] = values
             entry = {
                 "iwae_nll": values.mean().item(),
                 "se": (values.std() / math.sqrt(values.numel())).item(),
-                "wall_s": round(time.perf_counter() - t0, 1),
+                "wall_s": wall_s,
             }
             if name != "own":
                 entry["minus_own"] = paired(values, nll[row]["own"])
@@ -141,6 +200,7 @@ def main() -> None:
     }
     if args.out:
         print(f"wrote {write_json(payload, args.out)}")
+        partial_file.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -615,6 +615,39 @@ def test_proposal_support_example_parses_mixtures_and_keeps_the_own_proposal():
     assert view.decoder is model.decoder and view.bottleneck.inner is model.bottleneck
 
 
+def test_proposal_support_example_takes_finished_readings_from_its_partial_file(tmp_path):
+    """A stopped reading's partial file is used only with the same settings, and only for
+    entries with one finite value per image, a wall time and a checkpoint epoch."""
+    from qlatent.results import write_json
+
+    support = _load("iwae-proposal-support")
+    out = tmp_path / "reading.json"
+    path = support.partial_path(out)
+    assert path == tmp_path / "reading.json.partial.json" and support.partial_path(None) is None
+    settings = {"runs": "/r", "split": "test", "images": 3, "samples": 10, "seed": 1}
+    assert support.load_partial(path, settings) == {}  # no file
+    good = {"checkpoint_epoch": 7, "wall_s": 1.5, "nll": [90.0, 91.25, 89.5]}
+    done = {
+        "a": {
+            "own": good,
+            "0.5:1": {**good, "nll": [90.0, float("nan"), 1.0]},
+            "0.9:1": {**good, "nll": [90.0, 91.0]},
+            "0.5:2": {"checkpoint_epoch": 7, "nll": good["nll"]},
+        },
+        "b": {"own": {**good, "checkpoint_epoch": None}, "0.5:1": [1.0, 2.0, 3.0]},
+        "c": "not a row",
+    }
+    write_json({"settings": settings, "done": done}, path)
+    kept = support.load_partial(path, settings)
+    assert kept == {"a": {"own": good}, "b": {"own": {**good, "checkpoint_epoch": None}}}
+    assert support.load_partial(path, {**settings, "images": 4}) == {}
+    assert support.load_partial(path, {**settings, "seed": 2}) == {}
+    path.write_text("{not json")
+    assert support.load_partial(path, settings) == {}
+    path.write_text("[1, 2]")
+    assert support.load_partial(path, settings) == {}
+
+
 def test_proposal_support_summary_reads_seeds_and_the_validation_choice(tmp_path, capsys):
     summary = _load("iwae-proposal-support-summary")
 
