@@ -305,9 +305,9 @@ def test_in_place_gradient_factors_equal_the_reference_bit_for_bit(dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("weighted", [False, True])
 def test_compiled_training_path_matches_eager(weighted):
-    """The compiled training path against the eager one, with the rate summed into the loss (the
-    backward uses the forward's sums over rows of the prior's factors) or weighted by row (it
-    forms them again from y_hat)."""
+    """The compiled training path against the eager one, with the rate summed into the loss or
+    weighted by row (each row's ∂L/∂rate then weights the prior's factors q and d_h of its own
+    row)."""
     eager = make_lattice(seed=23).float().train()
     compiled = build("lattice", dim=DIM, compile=True).train()
     compiled.load_state_dict(eager.state_dict())
