@@ -14,6 +14,12 @@ reference with both under their chosen proposals (rows the validation file lacks
 that reading). Reads only the JSON files; the seeds' files must share their reference row and
 rows. Proposals read at every seed are summarized, the others are listed under ``left_out``; a
 proposal chosen on validation must be in every seed's file.
+
+Readings of other rows beside the same reference model join with commas (``2021=A.json,B.json``,
+and so for ``--select``): they must come from the same runs folder, split, images and samples, and
+every row and proposal two of them read must agree (the reference read twice, to 1e-3 nats; the
+first file's value is kept). ``--compare A:B`` then reads row A against row B, both non-reference
+rows, per seed: under their own proposals and each under its choice on validation.
 """
 
 from __future__ import annotations
@@ -38,6 +44,51 @@ def read(path: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"{path}: not a file of iwae-proposal-support.py ({err})")
     return payload
+
+
+#: the settings that readings joined into one must share
+_SAME = ("runs", "split", "images", "iwae_samples", "reference")
+#: how far two readings of one row and proposal may differ (the same model, images and draws read
+#: by code that rounds differently)
+_AGREE = 1e-3
+
+
+def merge(payloads: list[dict], label: str) -> dict:
+    """One reading out of several of the same images beside the same reference model: their rows
+    joined, rows read twice checked to agree; exits with one line where they do not."""
+    first = payloads[0]
+    out = {**first, "rows": {row: _copy_row(entry) for row, entry in first["rows"].items()}}
+    for other in payloads[1:]:
+        for key in _SAME:
+            if other.get(key) != first.get(key):
+                sys.exit(
+                    f"{label}: its files differ in {key} ({first.get(key)!r}, {other.get(key)!r})"
+                )
+        for row, entry in other["rows"].items():
+            if row not in out["rows"]:
+                out["rows"][row] = _copy_row(entry)
+                continue
+            mine = out["rows"][row]
+            if mine.get("checkpoint_epoch") != entry.get("checkpoint_epoch"):
+                sys.exit(f"{label}: {row} was read at two checkpoints")
+            for name, value in entry["proposals"].items():
+                if name not in mine["proposals"]:
+                    mine["proposals"][name] = value
+                elif abs(mine["proposals"][name]["iwae_nll"] - value["iwae_nll"]) > _AGREE:
+                    sys.exit(f"{label}: {row} under {name} differs between its files")
+    return out
+
+
+def _copy_row(entry: dict) -> dict:
+    return {**entry, "proposals": dict(entry["proposals"])}
+
+
+def read_all(paths: str, label: str) -> dict:
+    """``A.json[,B.json...]`` as one reading (:func:`merge`)."""
+    parts = paths.split(",")
+    if not all(parts):
+        sys.exit(f"{label}: an empty path in {paths!r}")
+    return merge([read(Path(p)) for p in parts], label)
 
 
 def spread(values: list[float]) -> dict:
@@ -105,27 +156,60 @@ def summarize(files: dict[int, dict], select: dict | None) -> dict:
     return out
 
 
+def compare(files: dict[int, dict], select: dict | None, pairs: list[tuple[str, str]]) -> dict:
+    """Row A minus row B per seed for each pair: both under their own proposals (``own``) and,
+    with a validation file, each under its choice (``chosen``)."""
+    first = next(iter(files.values()))
+    picks = chosen(select)
+    out = {}
+    for a, b in pairs:
+        for row in (a, b):
+            if row not in first["rows"] or row == first["reference"]:
+                sys.exit(f"--compare {a}:{b}: {row} is not a row read beside the reference")
+
+        def nll(seed: int, row: str, name: str) -> float:
+            return files[seed]["rows"][row]["proposals"][name]["iwae_nll"]
+
+        entry = {"own": spread([nll(s, a, "own") - nll(s, b, "own") for s in files])}
+        if a in picks and b in picks:
+            diffs = [nll(s, a, picks[a]) - nll(s, b, picks[b]) for s in files]
+            entry["chosen"] = {"row": picks[a], "other": picks[b], **spread(diffs)}
+        out[f"{a} − {b}"] = entry
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="+", required=True, help="SEED=PATH")
-    parser.add_argument("--select", type=Path, default=None, help="a validation file")
+    parser.add_argument("--seeds", nargs="+", required=True, help="SEED=PATH[,PATH...]")
+    parser.add_argument("--select", default=None, help="a validation file, PATH[,PATH...]")
+    parser.add_argument(
+        "--compare", nargs="+", default=[], help="ROW:OTHER, both not the reference"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     files = {}
     for item in args.seeds:
-        seed, sep, path = item.partition("=")
-        if not sep or not seed.isdigit() or not path:
-            parser.error(f"expected SEED=PATH, got {item!r}")
-        files[int(seed)] = read(Path(path))
+        seed, sep, paths = item.partition("=")
+        if not sep or not seed.isdigit() or not paths:
+            parser.error(f"expected SEED=PATH[,PATH...], got {item!r}")
+        files[int(seed)] = read_all(paths, f"seed {seed}")
+    pairs = []
+    for item in args.compare:
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b or a == b:
+            parser.error(f"expected ROW:OTHER, got {item!r}")
+        pairs.append((a, b))
     command = "python examples/iwae-proposal-support-summary.py --seeds " + " ".join(args.seeds)
     if args.select:
         command += f" --select {args.select}"
+    if args.compare:
+        command += " --compare " + " ".join(args.compare)
     if args.out:
         command += f" --out {args.out}"
-    summary = {
-        **provenance(command),
-        **summarize(files, read(args.select) if args.select else None),
-    }
+    select = read_all(args.select, "--select") if args.select else None
+    summary = {**provenance(command), **summarize(files, select)}
+    if pairs:
+        summary["compare"] = compare(files, select, pairs)
     for row, entry in summary["rows"].items():
         for name, per in entry.items():
             line = f"{row} {name}: {per['iwae_nll']['mean']:.2f}"
@@ -135,10 +219,20 @@ def main() -> None:
                     line += f", {key} {per[key]['mean']:+.2f}" + (f" ± {sd:.2f}" if sd else "")
             print(line)
     for row, d in summary.get("minus_reference_chosen", {}).items():
-        sd = f" ± {d['sd']:.2f}" if d["sd"] else ""
-        print(f"{row} ({d['row']}) − reference ({d['reference']}): {d['mean']:+.2f}{sd}")
+        print(f"{row} ({d['row']}) − reference ({d['reference']}): {_mean_sd(d)}")
+    for pair, d in summary.get("compare", {}).items():
+        line = f"{pair}: own {_mean_sd(d['own'])}"
+        if "chosen" in d:
+            line += (
+                f", chosen ({d['chosen']['row']}, {d['chosen']['other']}) {_mean_sd(d['chosen'])}"
+            )
+        print(line)
     if args.out:
         print(f"wrote {write_json(summary, args.out)}")
+
+
+def _mean_sd(d: dict) -> str:
+    return f"{d['mean']:+.2f}" + (f" ± {d['sd']:.2f}" if d["sd"] else "")
 
 
 if __name__ == "__main__":

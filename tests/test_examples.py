@@ -696,3 +696,70 @@ def test_proposal_support_summary_reads_seeds_and_the_validation_choice(tmp_path
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="not a file of iwae-proposal-support"):
         summary.read(bad)
+
+
+def test_proposal_support_summary_joins_readings_and_compares_two_rows(tmp_path):
+    """Readings of other rows beside the same reference join into one per seed (the reference
+    read twice must agree), and ``compare`` reads one row against another per seed."""
+    summary = _load("iwae-proposal-support-summary")
+
+    def file(name, values, **settings):  # row -> proposal -> NLL
+        rows = {
+            row: {
+                "checkpoint_epoch": 200,
+                "proposals": {p: {"iwae_nll": v} for p, v in props.items()},
+            }
+            for row, props in values.items()
+        }
+        base = {"runs": "/r", "split": "test", "images": 4, "iwae_samples": 10}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"reference": "gl", "rows": rows, **base, **settings}))
+        return str(path)
+
+    gl = {"own": 88.0, "0.5:1": 87.8}
+    seeds = {
+        2021: summary.read_all(
+            file("r1", {"gl": gl, "z": {"own": 94.0, "0.9:1": 90.0}})
+            + ","
+            + file("e1", {"gl": {**gl, "0.5:1": 87.8 + 1e-6}, "e8": {"own": 93.0, "0.5:1": 89.0}}),
+            "seed 2021",
+        ),
+        2022: summary.read_all(
+            file("r2", {"gl": gl, "z": {"own": 94.4, "0.9:1": 90.6}})
+            + ","
+            + file("e2", {"gl": gl, "e8": {"own": 93.2, "0.5:1": 89.0}}),
+            "seed 2022",
+        ),
+    }
+    assert seeds[2021]["rows"].keys() == {"gl", "z", "e8"}
+    assert seeds[2021]["rows"]["gl"]["proposals"]["0.5:1"]["iwae_nll"] == 87.8  # the first kept
+    val = summary.read_all(
+        file("v1", {"gl": {"own": 90.0, "0.5:1": 90.1}, "z": {"own": 96.0, "0.9:1": 92.0}})
+        + ","
+        + file("v2", {"gl": {"own": 90.0}, "e8": {"own": 95.0, "0.5:1": 91.0}}),
+        "--select",
+    )
+    out = summary.compare(seeds, val, [("e8", "z")])["e8 − z"]
+    assert out["own"]["values"] == pytest.approx([-1.0, -1.2])
+    assert out["chosen"]["row"] == "0.5:1" and out["chosen"]["other"] == "0.9:1"
+    assert out["chosen"]["values"] == pytest.approx([-1.0, -1.6])
+    assert out["chosen"]["mean"] == pytest.approx(-1.3)
+    assert "chosen" not in summary.compare(seeds, None, [("e8", "z")])["e8 − z"]
+    with pytest.raises(SystemExit, match="not a row read beside the reference"):
+        summary.compare(seeds, val, [("e8", "gl")])
+    with pytest.raises(SystemExit, match="not a row read beside the reference"):
+        summary.compare(seeds, val, [("e8", "leech")])
+    # readings that are not of the same images, model or checkpoint are refused
+    a = file("a", {"gl": gl, "z": {"own": 94.0}})
+    with pytest.raises(SystemExit, match="differ in images"):
+        summary.read_all(a + "," + file("b", {"gl": gl}, images=5), "seed 1")
+    with pytest.raises(SystemExit, match="gl under own differs"):
+        summary.read_all(a + "," + file("c", {"gl": {**gl, "own": 88.01}}), "seed 1")
+    moved = file("d", {"gl": gl})
+    payload = json.loads(Path(moved).read_text())
+    payload["rows"]["gl"]["checkpoint_epoch"] = 150
+    Path(moved).write_text(json.dumps(payload))
+    with pytest.raises(SystemExit, match="two checkpoints"):
+        summary.read_all(a + "," + moved, "seed 1")
+    with pytest.raises(SystemExit, match="an empty path"):
+        summary.read_all(a + ",", "seed 1")
