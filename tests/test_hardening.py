@@ -342,6 +342,22 @@ def test_cli_decompress_honours_max_elements(tmp_path, capsys, coding_checkpoint
     assert _run([*decode, "--max-elements", 20], capsys)[0] == 0 and out.exists()
 
 
+def test_missing_inputs_and_folders_named_as_files_say_which(tmp_path, capsys, coding_checkpoint):
+    codes, out = tmp_path / "c.qlc", tmp_path / "r.pt"
+    args = ["--data", "synthetic-test", "--limit", 2, "-o", codes]
+    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    cases = [
+        (tmp_path / "none.qlc", coding_checkpoint, "does not exist"),
+        (tmp_path, coding_checkpoint, f"{tmp_path} is not a file"),
+        (codes, tmp_path / "none.pt", "does not exist"),
+        (codes, tmp_path, f"checkpoint {tmp_path} is not a file"),
+    ]
+    for source, checkpoint, message in cases:
+        code, err = _run(["decompress", source, "--checkpoint", checkpoint, "-o", out], capsys)
+        assert code == 2 and _one_line_error(err) and message in err, err
+    assert not out.exists()
+
+
 def test_bad_output_paths_give_one_line_and_exit_code_2(tmp_path, capsys, coding_checkpoint):
     regular = tmp_path / "file.txt"
     regular.write_text("x")

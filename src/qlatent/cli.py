@@ -507,7 +507,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
     path = Path(args.input)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} {'is not a file' if path.exists() else 'does not exist'}")
     folder = args.output.endswith(("/", os.sep))  # a folder of PNGs, one per image
     _refuse_overwrite([None if folder else args.output, args.png], [args.input, args.checkpoint])
     if folder:

@@ -27,7 +27,8 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
     clear error for a missing file, one torch cannot read, or one without model weights."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        missing = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"checkpoint {path} {missing}")
     ckpt = load(path, map_location="cpu")  # as data, digest checked: CheckpointError if not
     if not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} holds no model weights")
