@@ -471,6 +471,28 @@ def test_bench_lattice_scaling_reports_each_shape(tmp_path, capsys):
         assert spread["over_dims"] == pytest.approx(max(pair) / min(pair))
 
 
+def test_bench_lattice_scaling_of_a_good_lattice(tmp_path, capsys):
+    """``lattice="d4"`` sweeps direct sums of D4 (its shapes in blocks by default) and the CLI
+    writes them under the lattice's name; ``--lattice`` needs ``--scaling``."""
+    from qlatent.bench.lattice import (
+        GOOD_SCALING_BLOCKS,
+        bench_lattice_scaling,
+        good_scaling_shapes,
+    )
+    from qlatent.cli import main
+
+    assert good_scaling_shapes("d4") == tuple((r, 4 * b) for r, b in GOOD_SCALING_BLOCKS)
+    result = bench_lattice_scaling(shapes=((8, 8), (16, 8)), threads=1, repeats=1, lattice="d4")
+    assert result["lattice"] == "d4" and len(result["scaling"]) == 4
+    assert all(r["values_per_s"] > 0 for r in result["scaling"])
+    out = tmp_path / "s.json"
+    with pytest.raises(SystemExit) as refused:  # not a lattice: the parser's error
+        main(["bench", "lattice", "--lattice", "x1"])
+    assert refused.value.code == 2 and "unknown lattice" in capsys.readouterr().err
+    assert main(["bench", "lattice", "--lattice", "d4", "--output", str(out)]) == 2
+    assert "--scaling" in capsys.readouterr().err and not out.exists()
+
+
 def test_competing_runnable_counts_other_threads_ready_to_run(monkeypatch, tmp_path):
     """The runnable count of /proc/loadavg minus the reader, median over the reads; None where
     the file is missing or malformed."""

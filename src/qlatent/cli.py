@@ -213,17 +213,33 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _good_lattice_name(text: str) -> str:
+    """An argparse type: a lattice block's name (``qlatent.lattices.lattice_by_name``)."""
+    from .lattices import lattice_by_name
+
+    try:
+        lattice_by_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip().lower()
+
+
 def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     import json
 
     from .bench import bench_lattice
     from .results import provenance, write_json
 
+    if args.lattice and not args.scaling:
+        raise ValueError("--lattice is a setting of --scaling")
     if args.scaling:
         from .bench.lattice import bench_lattice_scaling
 
         result = bench_lattice_scaling(
-            threads=args.threads, repeats=args.repeats or 5, device=args.device
+            threads=args.threads,
+            repeats=args.repeats or 5,
+            device=args.device,
+            lattice=args.lattice,
         )
         for row in result["scaling"]:
             print(
@@ -238,7 +254,8 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
             )
         output = args.output or ""
         if output == "results/bench-lattice.json":
-            output = "results/bench-lattice-scaling.json"
+            name = f"-{args.lattice}" if args.lattice else ""
+            output = f"results/bench-lattice-scaling{name}.json"
         if output:
             print(f"wrote {write_json({**provenance(args.command_line), **result}, output)}")
         return 0
@@ -706,6 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rows/s of the eager paths from 16k to 1M rows and dim 64 to 1024 "
         "(results/bench-lattice-scaling.json)",
+    )
+    b.add_argument(
+        "--lattice",
+        default=None,
+        type=_good_lattice_name,
+        help="with --scaling: a good lattice (e8, d4, leech, ...) in blocks of 8 to 512, rows "
+        "256 to 4096 (results/bench-lattice-scaling-NAME.json)",
     )
     b.add_argument("--output", default="results/bench-lattice.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_lattice)

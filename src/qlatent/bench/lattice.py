@@ -288,31 +288,51 @@ SCALING_SHAPES = ((16384, 64), (65536, 64), (262144, 64), (1048576, 64), (16384,
                   (16384, 1024))  # fmt: skip
 
 
+#: the good lattices' sweep, in blocks of the lattice (their Monte-Carlo rate costs far more per
+#: value than the rectangular closed form): (rows, blocks), rows 256 to 4096 at 8 blocks (E8^8:
+#: dim 64), then 8 to 512 blocks at 256 rows
+GOOD_SCALING_BLOCKS = ((256, 8), (1024, 8), (4096, 8), (256, 32), (256, 128), (256, 512))
+
+
+def good_scaling_shapes(lattice: str) -> tuple[tuple[int, int], ...]:
+    """:data:`GOOD_SCALING_BLOCKS` as ``(rows, dim)`` for direct sums of ``lattice``."""
+    from ..lattices import lattice_by_name
+
+    size = lattice_by_name(lattice).dim
+    return tuple((rows, blocks * size) for rows, blocks in GOOD_SCALING_BLOCKS)
+
+
 def bench_lattice_scaling(
     *,
-    shapes=SCALING_SHAPES,
+    shapes=None,
     threads: int = 2,
     repeats: int = 5,
     device: str | torch.device = "cpu",
+    lattice: str | None = None,
 ) -> dict[str, Any]:
     """How the eager paths scale with the input: per ``(rows, dim)``, the training path's
     forward and backward (autograd) and the hard path, in rows/s and values/s (median of
     ``repeats``) on ``device``. Linear cost means values/s stays flat: ``spread`` gives, per
     path, the fastest values/s over the slowest, across the rows at the first shape's width and
-    across the widths at its rows.
+    across the widths at its rows. ``lattice``: a good lattice's name (``"e8"``: the bottleneck
+    on E8^(dim/8), its Monte-Carlo rate), over :func:`good_scaling_shapes` unless ``shapes``
+    are given; default the rectangular lattice over :data:`SCALING_SHAPES`.
 
     Every case of every shape runs once per round, the rounds one after another, so that a slow
     spell of a shared machine hits all sizes alike instead of whichever was being measured."""
     device = resolve_bench_device(device)
     torch.set_num_threads(threads)
+    if shapes is None:
+        shapes = SCALING_SHAPES if lattice is None else good_scaling_shapes(lattice)
+    kwargs = {} if lattice is None else {"lattice": lattice}
     cases: dict[str, Callable[[], Any]] = {}
     sizes: dict[str, tuple[str, int, int]] = {}
     for rows, dim in shapes:
         torch.manual_seed(0)
-        neck = build("lattice", dim=dim).to(device)
+        neck = build("lattice", dim=dim, **kwargs).to(device)
         y = torch.randn(rows, dim).to(device)
         y_grad = y.clone().requires_grad_(True)
-        hard = build("lattice", dim=dim).to(device).eval()
+        hard = build("lattice", dim=dim, **kwargs).to(device).eval()
         hard.load_state_dict(neck.state_dict())
 
         def train_step(neck=neck, y_grad=y_grad):
@@ -343,6 +363,7 @@ def bench_lattice_scaling(
             }
         )
     return {
+        "lattice": lattice or "z",
         "threads": threads,
         "repeats": repeats,
         "dtype": "float32",
