@@ -962,3 +962,45 @@ def test_many_rectangular_blocks_form_no_dense_membership_matrix():
     ):
         rows = small._membership_of(coords, blocks)
         assert torch.equal(rows, small._membership[coords][:, blocks])
+
+
+@pytest.mark.parametrize(
+    ("prior", "proposal"),
+    [("laplace", "prior"), ("laplace", "box"), ("laplace", "tilted"), ("gaussian", "tilted")],
+)
+def test_many_equal_blocks_sum_by_reshape_as_the_matrix_does(monkeypatch, prior, proposal):
+    """A direct sum of more than ``_RESHAPE_BLOCKS`` blocks of one size sums over each block by
+    a reshape; its Monte-Carlo log-density, its gradients and the cell test equal those of the
+    (m, blocks) matrix product (the same draws, float64, to rounding). Sums of blocks of two
+    sizes, and of few blocks, keep the matrix."""
+    from qlatent.bottlenecks import good_lattice
+
+    def density(threshold):
+        monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", threshold)
+        module = DitheredGoodLattice(
+            dim=48, lattice="d4", prior=prior, proposal=proposal, samples=8, prior_samples=6
+        ).double()
+        with torch.no_grad():
+            module.log_scale.fill_(math.log(0.7))
+            module.log_spacing.fill_(math.log(0.9))
+        v = (2 * torch.randn(5, 48, generator=gen(7), dtype=F64)).requires_grad_()
+        log_f = module.log_density(v, 8, 6, gen(8))
+        grads = torch.autograd.grad(log_f.sum(), (v, module.log_scale, module.log_spacing))
+        cells = module._mc_cells(F64)
+        t = 0.5 * torch.randn(3, 48, 4, generator=gen(9), dtype=F64)
+        return cells.sums.size, log_f.detach(), grads, module._inside_cell(t, module._unit)
+
+    size, log_f, grads, inside = density(4)  # 12 blocks of D4, more than 4
+    assert size == 4 and torch.isfinite(log_f).all()
+    matrix_size, log_f_matrix, grads_matrix, inside_matrix = density(1 << 20)
+    assert matrix_size is None
+    torch.testing.assert_close(log_f, log_f_matrix, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads_matrix, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert inside.shape == (3, 12, 4) and torch.equal(inside, inside_matrix)
+    assert inside.any() and not inside.all()
+    monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", 4)
+    mixed = DitheredGoodLattice(dim=48, lattice=["e8"] * 3 + ["d4"] * 6, exact_rectangular=False)
+    assert mixed._mc_cells(torch.float32).sums.size is None
+    few = DitheredGoodLattice(dim=16, lattice="d4")
+    assert few._mc_cells(torch.float32).sums.size is None

@@ -77,6 +77,67 @@ class _Cells(NamedTuple):
     reach: Tensor
     geometry: DirectSum
 
+    @property
+    def sums(self) -> _BlockSums:
+        """Sums over each of these blocks' coordinates (:class:`_BlockSums`)."""
+        return _BlockSums.of(self.membership, self.geometry)
+
+
+#: blocks beyond which a direct sum of blocks of one size sums over each block's coordinates by
+#: a reshape, not by a product with the (m, blocks) 0/1 matrix, whose cost per value grows with
+#: the number of blocks (E8^512 spent 42% of a training step in those products); up to it the
+#: product stays, one pass, and every configured row (A2^20 has the most blocks) keeps its
+#: numbers bit for bit
+_RESHAPE_BLOCKS = 32
+
+
+class _BlockSums:
+    """Σ over the coordinates of each block, weighted or not: over the last dimension of ``(...,
+    m)`` (:meth:`rows`) or the one before the samples of ``(..., m, S)`` (:meth:`points`), to
+    ``blocks`` values. A product with the ``(m, blocks)`` 0/1 matrix ``matrix``, or, with
+    ``size`` (every block has that many coordinates, in order), a reshape and a sum."""
+
+    def __init__(self, matrix: Tensor, size: int | None = None):
+        self.matrix = matrix
+        self.size = size
+
+    @classmethod
+    def of(cls, membership: Tensor | _BlockSums, geometry: DirectSum | None = None) -> _BlockSums:
+        """``membership`` as block sums: a :class:`_BlockSums` as it is; a matrix by reshapes
+        where ``geometry`` has more than :data:`_RESHAPE_BLOCKS` blocks of one size."""
+        if isinstance(membership, _BlockSums):
+            return membership
+        size = None
+        if geometry is not None and len(geometry.blocks) > _RESHAPE_BLOCKS:
+            dims = {block.dim for block in geometry.blocks}
+            size = dims.pop() if len(dims) == 1 else None
+        return cls(membership, size)
+
+    @property
+    def count(self) -> int:
+        return self.matrix.shape[1]
+
+    def totals(self, x: Tensor) -> Tensor:
+        """Σ_{i ∈ b} x_i of one value per coordinate, ``(m,)`` -> ``(blocks, 1)``."""
+        if self.size is None:
+            return (self.matrix.T @ x).unsqueeze(1)
+        return x.view(-1, self.size).sum(-1, keepdim=True)
+
+    def rows(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Σ_{i ∈ b} weight_i·x_i, ``(..., m)`` -> ``(..., blocks)``."""
+        if self.size is None:
+            return x @ (self.matrix if weight is None else self.matrix * weight.unsqueeze(1))
+        x = x if weight is None else x * weight
+        return x.unflatten(-1, (-1, self.size)).sum(-1)
+
+    def points(self, t: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Σ_{i ∈ b} weight_i·t_is, ``(..., m, S)`` -> ``(..., blocks, S)``."""
+        if self.size is None:
+            matrix = self.matrix if weight is None else self.matrix * weight.unsqueeze(1)
+            return matrix.T @ t
+        t = t if weight is None else t * weight.unsqueeze(1)
+        return t.unflatten(-2, (-1, self.size)).sum(-2)
+
 
 def monte_carlo_counts(text: str) -> tuple[int, int | tuple[int, ...]]:
     """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``,
@@ -523,7 +584,7 @@ class DitheredGoodLattice(Bottleneck):
             v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
             log_vol = log_vol[cells.blocks]
             w = w[:, cells.coords]
-        membership = cells.membership
+        sums = cells.sums
         log_vol = log_vol.unsqueeze(1)  # (blocks, 1)
         # the samples run along the last, contiguous dimension: (N, m, S) points, (N, blocks, S)
         # log-terms, so the block sums are one batched matrix product and every reduction over
@@ -540,7 +601,7 @@ class DitheredGoodLattice(Bottleneck):
         # the draws move with the cell (docstring): q0's argument is constant along the map, so
         # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
         stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
-        log_det = membership.T @ torch.log(stretch)  # (blocks, 1): log|D| per block, 0 in value
+        log_det = sums.points(torch.log(stretch))  # (blocks, 1): log|D| per block, 0 in value
         # the proposal's part of the denominator, S_q·q(x), as log q0 + (log S_q − log|D|)
         shift = log_count - log_det
         scale0 = scale.detach()
@@ -549,7 +610,7 @@ class DitheredGoodLattice(Bottleneck):
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
-            log_p = self._cell_points_log_pdf(vc, w, scale, membership, cells.block_of)
+            log_p = self._cell_points_log_pdf(vc, w, scale, sums, cells.block_of)
             if prior_samples:
                 key = None if x is not None else draw_key(generator, v.device)  # one per chunk
                 x0, log_q0 = self._proposal_points(
@@ -561,7 +622,7 @@ class DitheredGoodLattice(Bottleneck):
                 # only the tilted proposal's density reads the cell points themselves
                 tu = v0 + w.detach() if self.proposal == "tilted" else None
                 log_qu = log_q0(tu, log_p.detach())  # log q0 at the cell points
-                log_px = self._block_log_pdf(xc, scale, membership)
+                log_px = self._block_log_pdf(xc, scale, sums)
                 log_qx = log_q0(x0, log_px.detach())
                 inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)
                 weight = _BalanceWeight.apply(log_px, log_uniform, log_qx, shift)
@@ -574,7 +635,7 @@ class DitheredGoodLattice(Bottleneck):
             # (N, blocks): log P̂_b, with debias + ½·V̂ar(P̂_b)/P̂_b²
             log_sum = _LogSum.apply(torch.cat(terms, 2), samples, debias)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
-        log_f = torch.cat(parts) if parts else v.new_zeros(0, membership.shape[1])
+        log_f = torch.cat(parts) if parts else v.new_zeros(0, sums.count)
         return log_f.sum(-1)
 
     def _mc_cells(self, dtype, subset: tuple[int, ...] | None = None) -> _Cells:
@@ -685,12 +746,12 @@ class DitheredGoodLattice(Bottleneck):
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
         cells = cells or self._mc_cells(v.dtype)
-        membership = cells.membership.to(v.dtype)
+        sums = _BlockSums(cells.membership.to(v.dtype), cells.sums.size)
         if self.proposal == "tilted":
-            return self._tilted_points(v, count, key, sigma, scale, membership, cells.unit)
+            return self._tilted_points(v, count, key, sigma, scale, sums, cells.unit)
         halfwidth = cells.halfwidth.to(v.dtype) * sigma
         x0, log_z = self._box_points(v, count, key, halfwidth, scale)
-        log_z = (log_z @ membership).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
+        log_z = sums.rows(log_z).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
         return x0, lambda t, log_p, shift=0.0: log_p + (shift - log_z)
 
     @contextmanager
@@ -715,7 +776,7 @@ class DitheredGoodLattice(Bottleneck):
         key: Tensor,
         sigma: Tensor,
         scale: Tensor,
-        membership: Tensor,
+        membership: Tensor | _BlockSums,
         unit: Tensor | None = None,
     ):
         """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
@@ -730,15 +791,17 @@ class DitheredGoodLattice(Bottleneck):
         truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
         its Rayleigh approximation, whose density is within 1/30² of the exact one). The
         Gaussian prior N(0, b²) times the Gaussian is one Gaussian (:meth:`_gaussian_tilt`).
-        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks')."""
+        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks');
+        ``membership``: the blocks' ``(m, blocks)`` 0/1 matrix or their :class:`_BlockSums`."""
         n, m = v.shape
+        sums = _BlockSums.of(membership)
         f64 = torch.float64
         mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
         b = scale.detach().to(f64)
         unit = self._unit if unit is None else unit
         tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / unit.to(f64))
         if self.prior_name == "gaussian":
-            return self._gaussian_tilt(v, mu, b, tau, count, key, membership)
+            return self._gaussian_tilt(v, mu, b, tau, count, key, sums)
         shift = tau.square() / b
         alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
         alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
@@ -757,17 +820,19 @@ class DitheredGoodLattice(Bottleneck):
         # log q(x) = −|x|/b − (x − v)²/(2τ²) − log C per coordinate, with C = ∫ e^{−|x|/b}·g:
         # the Gaussian's τ√(2π), e^{τ²/(2b²)} and the two sides' masses
         log_c = log_mass + tau.square() / (2 * b.square()) + torch.log(tau)
-        log_c_blocks = (log_c + 0.5 * math.log(2 * math.pi)) @ membership.to(f64)  # (N, 1, blocks)
+        sums64 = _BlockSums(sums.matrix.to(f64), sums.size)
+        log_c_blocks = sums64.rows(log_c + 0.5 * math.log(2 * math.pi))  # (N, 1, blocks)
         dtype = v.dtype
-        abs_matrix = (membership.to(f64) / b.unsqueeze(1)).T.to(dtype)  # (blocks, m)
-        tilt_matrix = (membership.to(f64) / (2 * tau.square()).unsqueeze(1)).T.to(dtype)
+        abs_weight = (1.0 / b).to(dtype)  # (m,): 1/b_i and 1/(2τ_i²), formed in float64
+        tilt_weight = (1.0 / (2 * tau.square())).to(dtype)
+        sums = _BlockSums(sums.matrix.to(dtype), sums.size)
         log_c_blocks = log_c_blocks.transpose(1, 2).to(dtype)  # (N, blocks, 1)
         center = v.unsqueeze(2)  # (N, m, 1)
 
         def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
             return (
-                -(abs_matrix @ t.abs())
-                - (tilt_matrix @ (t - center).square())
+                -sums.points(t.abs(), abs_weight)
+                - sums.points((t - center).square(), tilt_weight)
                 - (log_c_blocks - shift)
             )
 
@@ -781,11 +846,12 @@ class DitheredGoodLattice(Bottleneck):
         tau: Tensor,
         count: int,
         key: Tensor,
-        membership: Tensor,
+        membership: Tensor | _BlockSums,
     ):
         """:meth:`_tilted_points` under the Gaussian prior: N(0, b²)·N(v, τ²) ∝ N(c, s²) with
         1/s² = 1/b² + 1/τ² and c = s²·v/τ², per coordinate, drawn by the inverse CDF of
         counter-based uniforms in float64 (``mu``: v in float64, ``(N, 1, m)``)."""
+        sums = _BlockSums.of(membership)
         n, m = v.shape
         f64 = torch.float64
         var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())  # (m,)
@@ -796,13 +862,15 @@ class DitheredGoodLattice(Bottleneck):
         x = torch.special.ndtri(r).mul_(var.sqrt()).add_(center)
         dtype = v.dtype
         # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
-        square_matrix = (membership.to(f64) / (2 * var).unsqueeze(1)).T.to(dtype)  # (blocks, m)
-        log_c = (0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi)) @ membership.to(f64)
+        square_weight = (1.0 / (2 * var)).to(dtype)  # (m,), formed in float64
+        sums64 = _BlockSums(sums.matrix.to(f64), sums.size)
+        log_c = sums64.rows(0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi))
         log_c = log_c.unsqueeze(1).to(dtype)  # (blocks, 1)
         center = center.transpose(1, 2).to(dtype)  # (N, m, 1)
+        sums = _BlockSums(sums.matrix.to(dtype), sums.size)
 
         def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
-            return -(square_matrix @ (t - center).square()) - (log_c - shift)
+            return -sums.points((t - center).square(), square_weight) - (log_c - shift)
 
         return x.to(dtype), log_q
 
@@ -811,48 +879,60 @@ class DitheredGoodLattice(Bottleneck):
         v: Tensor,
         w: Tensor,
         scale: Tensor,
-        membership: Tensor,
+        membership: Tensor | _BlockSums,
         block_of: Tensor | None = None,
     ) -> Tensor:
         """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
         S)``, without forming them twice: under the Laplace prior a hand-written backward
         (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
-        |·| and the batched product, which cost several times the forward."""
+        |·| and the batched product, which cost several times the forward. ``membership``: the
+        ``(m, blocks)`` 0/1 matrix or the blocks' :class:`_BlockSums`."""
+        sums = _BlockSums.of(membership)
         if self.prior_name != "laplace":
-            return self._gaussian_cell_points_log_pdf(v, w, scale, membership)
-        const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
+            return self._gaussian_cell_points_log_pdf(v, w, scale, sums)
+        const = sums.totals(torch.log(2 * scale))
         block_of = (self._block_of if block_of is None else block_of).to(v.device)
-        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, membership, block_of) - const
+        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, sums, block_of) - const
 
     @staticmethod
     def _gaussian_cell_points_log_pdf(
-        v: Tensor, w: Tensor, scale: Tensor, membership: Tensor
+        v: Tensor, w: Tensor, scale: Tensor, membership: Tensor | _BlockSums
     ) -> Tensor:
         """The Gaussian prior's :meth:`_block_log_pdf` of v + w with the square expanded,
         Σ_{i ∈ b} (v_i + w_is)²/τ_i² = Σ v_i²/τ_i² + 2 Σ (v_i/τ_i²) w_is + Σ w_is²/τ_i²: a row term,
         a sample term and one matrix product against w spread over the blocks (``(m, blocks·S)``,
         zero outside each coordinate's block), so no ``(N, m, S)`` tensor is formed, forward or
         backward. The expansion loses a few float ulps of the largest squared term against
-        forming v + w, far below the Monte-Carlo error."""
+        forming v + w, far below the Monte-Carlo error. With many blocks of one size the cross
+        term is one small product per block (``(N, k)`` by ``(k, S)``), not a spread of w."""
+        sums = _BlockSums.of(membership)
         n, m, samples = v.shape[0], w.shape[0], w.shape[1]
         precision = 1.0 / scale.square()  # (m,)
         a = v * precision  # (N, m)
-        rows = (v * a) @ membership  # (N, blocks)
-        cols = (membership * precision.unsqueeze(1)).T @ w.square()  # (blocks, S)
-        spread = (w.unsqueeze(1) * membership.unsqueeze(2)).reshape(m, -1)  # (m, blocks·S)
-        cross = (a @ spread).view(n, membership.shape[1], samples)  # (N, blocks, S)
-        const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
+        rows = sums.rows(v * a)  # (N, blocks)
+        cols = sums.points(w.square(), precision)  # (blocks, S)
+        if sums.size is None:
+            membership = sums.matrix
+            spread = (w.unsqueeze(1) * membership.unsqueeze(2)).reshape(m, -1)  # (m, blocks·S)
+            cross = (a @ spread).view(n, sums.count, samples)  # (N, blocks, S)
+        else:
+            k = sums.size  # (blocks, N, k) @ (blocks, k, S)
+            cross = (a.view(n, -1, k).transpose(0, 1) @ w.view(-1, k, samples)).transpose(0, 1)
+        const = sums.totals(torch.log(scale) + 0.5 * math.log(2 * math.pi))
         return -0.5 * (rows.unsqueeze(2) + cols) - cross - const
 
-    def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor) -> Tensor:
+    def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor | _BlockSums) -> Tensor:
         """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m, S)`` -> ``(..., blocks, S)``: the
         per-coordinate scales are folded into the block-sum matrix, so the full-size work is one
-        elementwise pass (|t| or t²) and one (batched) matrix product."""
+        elementwise pass (|t| or t²) and one (batched) matrix product (with many blocks of one
+        size, :class:`_BlockSums`' reshape). ``membership``: the ``(m, blocks)`` 0/1 matrix or
+        the blocks' :class:`_BlockSums`."""
+        sums = _BlockSums.of(membership)
         if self.prior_name == "laplace":
-            const = (membership.T @ torch.log(2 * scale)).unsqueeze(1)
-            return -((membership / scale.unsqueeze(1)).T @ t.abs()) - const
-        const = (membership.T @ (torch.log(scale) + 0.5 * math.log(2 * math.pi))).unsqueeze(1)
-        return -0.5 * ((membership / scale.square().unsqueeze(1)).T @ t.square()) - const
+            const = sums.totals(torch.log(2 * scale))
+            return -sums.points(t.abs(), 1.0 / scale) - const
+        const = sums.totals(torch.log(scale) + 0.5 * math.log(2 * math.pi))
+        return -0.5 * sums.points(t.square(), 1.0 / scale.square()) - const
 
     def _inside_cell(
         self,
@@ -869,7 +949,7 @@ class DitheredGoodLattice(Bottleneck):
         with torch.no_grad():
             base = t.transpose(-1, -2) / sigma  # (..., S, m) in the base blocks' units
             flat = base.reshape(-1, base.shape[-1])
-            near = flat.square() @ cells.membership <= cells.reach  # (rows, blocks)
+            near = cells.sums.rows(flat.square()) <= cells.reach  # (rows, blocks)
             inside = torch.zeros_like(near)
             first = 0
             for lattice, count, start in cells.geometry.runs:
@@ -1069,8 +1149,8 @@ def log_density_bias(
 
 class _LaplaceBlockSums(torch.autograd.Function):
     """Σ_{i ∈ b} c_i·|v_ni + w_is| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``c`` ``(m,)``
-    (the inverse prior scales), ``membership`` ``(m, blocks)`` 0/1 with one block per coordinate,
-    ``block_of`` ``(m,)`` that block's index -> ``(N, blocks, S)``.
+    (the inverse prior scales), ``sums`` the blocks' :class:`_BlockSums` (or their ``(m,
+    blocks)`` 0/1 matrix), ``block_of`` ``(m,)`` each coordinate's block -> ``(N, blocks, S)``.
 
     The backward, with t = v + w, G the upstream gradient ``(N, blocks, S)`` and H its rows
     copied out to the coordinates, H_nis = G_{n,b(i),s}·sgn(t_nis):
@@ -1083,10 +1163,10 @@ class _LaplaceBlockSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v: Tensor, w: Tensor, c: Tensor, membership: Tensor, block_of: Tensor):
+    def forward(ctx, v: Tensor, w: Tensor, c: Tensor, sums: _BlockSums | Tensor, block_of: Tensor):
         t = v.unsqueeze(2) + w
         ctx.save_for_backward(t, c, block_of)
-        return (membership.T * c) @ t.abs()
+        return _BlockSums.of(sums).points(t.abs(), c)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
