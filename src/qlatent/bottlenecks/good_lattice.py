@@ -130,12 +130,16 @@ class _BlockSums:
         x = x if weight is None else x * weight
         return x.unflatten(-1, (-1, self.size)).sum(-1)
 
-    def points(self, t: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Σ_{i ∈ b} weight_i·t_is, ``(..., m, S)`` -> ``(..., blocks, S)``."""
+    def points(self, t: Tensor, weight: Tensor | None = None, *, temporary: bool = False) -> Tensor:
+        """Σ_{i ∈ b} weight_i·t_is, ``(..., m, S)`` -> ``(..., blocks, S)``. ``temporary``: ``t``
+        is the caller's scratch, which the reshape may weight in place where autograd does not
+        record it (a full-size pass and buffer fewer)."""
         if self.size is None:
             matrix = self.matrix if weight is None else self.matrix * weight.unsqueeze(1)
             return matrix.T @ t
-        t = t if weight is None else t * weight.unsqueeze(1)
+        if weight is not None:
+            scratch = temporary and not (t.requires_grad or weight.requires_grad)
+            t = t.mul_(weight.unsqueeze(1)) if scratch else t * weight.unsqueeze(1)
         return t.unflatten(-2, (-1, self.size)).sum(-2)
 
 
@@ -831,8 +835,8 @@ class DitheredGoodLattice(Bottleneck):
 
         def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
             return (
-                -sums.points(t.abs(), abs_weight)
-                - sums.points((t - center).square(), tilt_weight)
+                -sums.points(t.abs(), abs_weight, temporary=True)
+                - sums.points((t - center).square(), tilt_weight, temporary=True)
                 - (log_c_blocks - shift)
             )
 
@@ -870,7 +874,9 @@ class DitheredGoodLattice(Bottleneck):
         sums = _BlockSums(sums.matrix.to(dtype), sums.size)
 
         def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
-            return -sums.points((t - center).square(), square_weight) - (log_c - shift)
+            return -sums.points((t - center).square(), square_weight, temporary=True) - (
+                log_c - shift
+            )
 
         return x.to(dtype), log_q
 
@@ -930,9 +936,9 @@ class DitheredGoodLattice(Bottleneck):
         sums = _BlockSums.of(membership)
         if self.prior_name == "laplace":
             const = sums.totals(torch.log(2 * scale))
-            return -sums.points(t.abs(), 1.0 / scale) - const
+            return -sums.points(t.abs(), 1.0 / scale, temporary=True) - const
         const = sums.totals(torch.log(scale) + 0.5 * math.log(2 * math.pi))
-        return -0.5 * sums.points(t.square(), 1.0 / scale.square()) - const
+        return -0.5 * sums.points(t.square(), 1.0 / scale.square(), temporary=True) - const
 
     def _inside_cell(
         self,
@@ -1166,7 +1172,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
     def forward(ctx, v: Tensor, w: Tensor, c: Tensor, sums: _BlockSums | Tensor, block_of: Tensor):
         t = v.unsqueeze(2) + w
         ctx.save_for_backward(t, c, block_of)
-        return _BlockSums.of(sums).points(t.abs(), c)
+        return _BlockSums.of(sums).points(t.abs(), c, temporary=True)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
