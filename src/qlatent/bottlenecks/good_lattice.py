@@ -121,7 +121,7 @@ class _BlockSums:
         """Σ_{i ∈ b} x_i of one value per coordinate, ``(m,)`` -> ``(blocks, 1)``."""
         if self.size is None:
             return (self.matrix.T @ x).unsqueeze(1)
-        return x.view(-1, self.size).sum(-1, keepdim=True)
+        return x.reshape(-1, self.size).sum(-1, keepdim=True)
 
     def rows(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         """Σ_{i ∈ b} weight_i·x_i, ``(..., m)`` -> ``(..., blocks)``."""
@@ -133,12 +133,14 @@ class _BlockSums:
     def points(self, t: Tensor, weight: Tensor | None = None, *, temporary: bool = False) -> Tensor:
         """Σ_{i ∈ b} weight_i·t_is, ``(..., m, S)`` -> ``(..., blocks, S)``. ``temporary``: ``t``
         is the caller's scratch, which the reshape may weight in place where autograd does not
-        record it (a full-size pass and buffer fewer)."""
+        record it (grad disabled, as in an autograd Function's forward, or nothing requiring it):
+        a full-size buffer fewer."""
         if self.size is None:
             matrix = self.matrix if weight is None else self.matrix * weight.unsqueeze(1)
             return matrix.T @ t
         if weight is not None:
-            scratch = temporary and not (t.requires_grad or weight.requires_grad)
+            recorded = torch.is_grad_enabled() and (t.requires_grad or weight.requires_grad)
+            scratch = temporary and not recorded
             t = t.mul_(weight.unsqueeze(1)) if scratch else t * weight.unsqueeze(1)
         return t.unflatten(-2, (-1, self.size)).sum(-2)
 
