@@ -752,7 +752,7 @@ class DitheredGoodLattice(Bottleneck):
         if self.proposal == "prior":
             return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
         cells = cells or self._mc_cells(v.dtype)
-        sums = _BlockSums(cells.membership.to(v.dtype), cells.sums.size)
+        sums = cells.sums  # its matrix in v's dtype: cells come from _mc_cells(v.dtype)
         if self.proposal == "tilted":
             return self._tilted_points(v, count, key, sigma, scale, sums, cells.unit)
         halfwidth = cells.halfwidth.to(v.dtype) * sigma
