@@ -808,6 +808,20 @@ def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     (a @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
     for x, y in zip(ours, plain, strict=True):
         assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-5)
+    # with nothing to differentiate |v + w| is taken in place: the same numbers, bit for bit,
+    # by the product and by the reshape of many equal blocks
+    recorded = _LaplaceBlockSums.apply(*ours, membership.float(), block_of)
+    with torch.no_grad():
+        unrecorded = _LaplaceBlockSums.apply(*ours, membership.float(), block_of)
+    assert torch.equal(recorded, unrecorded)
+    module = DitheredGoodLattice(dim=8 * 40, lattice="e8")
+    sums = module._mc_cells(torch.float32).sums
+    assert sums.size == 8
+    v, w = torch.randn(3, 320, generator=gen), torch.randn(320, 12, generator=gen)
+    c = torch.rand(320, generator=gen).add(0.2)
+    grads = [x.clone().requires_grad_() for x in (v, w, c)]
+    recorded = _LaplaceBlockSums.apply(*grads, sums, module._block_of)
+    assert torch.equal(recorded, _LaplaceBlockSums.apply(v, w, c, sums, module._block_of))
 
 
 @pytest.mark.parametrize("lattice", [["e8"] * 3 + ["z"] * 16, ["leech", "bw16"]], ids=str)
