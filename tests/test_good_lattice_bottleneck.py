@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from qlatent.bottlenecks import DitheredLattice, build
-from qlatent.bottlenecks.good_lattice import DitheredGoodLattice, log_density_bias
+from qlatent.bottlenecks.good_lattice import MAX_DIM, DitheredGoodLattice, log_density_bias
 from qlatent.eval import iwae_nll
 from qlatent.models import gated_vae
 from qlatent.priors import gaussian_cell_log_prob, laplace_cell_log_prob
@@ -974,8 +974,15 @@ def test_many_rectangular_blocks_form_no_dense_membership_matrix():
         (small._mc_coords, small._mc_blocks),
         (torch.arange(40), torch.arange(19)),
     ):
-        rows = small._membership_of(coords, blocks)
+        rows, block_of = small._membership_of(
+            coords, blocks, small._subset_geometry(tuple(blocks.tolist()))
+        )
         assert torch.equal(rows, small._membership[coords][:, blocks])
+        assert torch.equal(block_of, rows.argmax(1))
+    # E8^2048, the most coordinates taken, sums its blocks by reshapes: no (m, blocks) matrix
+    # (128 MiB), kept or formed per call
+    widest = DitheredGoodLattice(dim=MAX_DIM, lattice="e8")
+    assert widest._membership is None and widest._mc_cells(torch.float32).membership is None
 
 
 @pytest.mark.parametrize(
@@ -989,30 +996,44 @@ def test_many_equal_blocks_sum_by_reshape_as_the_matrix_does(monkeypatch, prior,
     sizes, and of few blocks, keep the matrix."""
     from qlatent.bottlenecks import good_lattice
 
-    def density(threshold):
+    def density(threshold, lattice, prior_samples):
         monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", threshold)
+        dim = 48 if lattice == "d4" else 52
         module = DitheredGoodLattice(
-            dim=48, lattice="d4", prior=prior, proposal=proposal, samples=8, prior_samples=6
+            dim=dim, lattice=lattice, prior=prior, proposal=proposal, samples=8, prior_samples=6
         ).double()
         with torch.no_grad():
             module.log_scale.fill_(math.log(0.7))
             module.log_spacing.fill_(math.log(0.9))
-        v = (2 * torch.randn(5, 48, generator=gen(7), dtype=F64)).requires_grad_()
-        log_f = module.log_density(v, 8, 6, gen(8))
+        v = (2 * torch.randn(5, dim, generator=gen(7), dtype=F64)).requires_grad_()
+        log_f = module.log_density(v, 8, prior_samples, gen(8))
         grads = torch.autograd.grad(log_f.sum(), (v, module.log_scale, module.log_spacing))
         cells = module._mc_cells(F64)
-        t = 0.5 * torch.randn(3, 48, 4, generator=gen(9), dtype=F64)
-        return cells.sums.size, log_f.detach(), grads, module._inside_cell(t, module._unit)
+        # no (m, blocks) matrix where the sums are reshapes
+        assert (cells.membership is None) == (cells.sums.size is not None)
+        t = 0.5 * torch.randn(3, dim, 4, generator=gen(9), dtype=F64)
+        inside = module._inside_cell(t, module._unit) if lattice == "d4" else None
+        return cells.sums.size, log_f.detach(), grads, inside
 
-    size, log_f, grads, inside = density(4)  # 12 blocks of D4, more than 4
+    size, log_f, grads, inside = density(4, "d4", 6)  # 12 blocks of D4, more than 4
     assert size == 4 and torch.isfinite(log_f).all()
-    matrix_size, log_f_matrix, grads_matrix, inside_matrix = density(1 << 20)
+    matrix_size, log_f_matrix, grads_matrix, inside_matrix = density(1 << 20, "d4", 6)
     assert matrix_size is None
     torch.testing.assert_close(log_f, log_f_matrix, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, grads_matrix, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert inside.shape == (3, 12, 4) and torch.equal(inside, inside_matrix)
     assert inside.any() and not inside.all()
+    # D4^12 ⊕ Z^4: the Monte Carlo's blocks, all but the Z's, sum by reshapes too, also when
+    # groups of them take their own proposal counts (each group a subset of the blocks)
+    mixed_spec = ["d4"] * 12 + ["z"] * 4
+    for counts in (6, [6] * 6 + [4] * 6 + [0] * 4):
+        size, log_f, grads, _ = density(4, mixed_spec, counts)
+        _, log_f_matrix, grads_matrix, _ = density(1 << 20, mixed_spec, counts)
+        assert size == 4
+        torch.testing.assert_close(log_f, log_f_matrix, rtol=1e-12, atol=1e-12)
+        for a, b in zip(grads, grads_matrix, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", 4)
     mixed = DitheredGoodLattice(dim=48, lattice=["e8"] * 3 + ["d4"] * 6, exact_rectangular=False)
     assert mixed._mc_cells(torch.float32).sums.size is None

@@ -64,13 +64,14 @@ _DENSITY_CHUNK = 1 << 22
 class _Cells(NamedTuple):
     """The blocks whose density is estimated by Monte Carlo, as :meth:`DitheredGoodLattice.
     log_density` reads them: their coordinates and blocks among all (``None``: all of them), the
-    0/1 block-sum matrix ``(m', blocks')``, each coordinate's block among them, the cells'
-    half-widths and unit-volume factors per coordinate, the squared bound on ‖u‖ over each
-    block's cell ``(blocks',)`` (inf where unknown), and the direct sum of those blocks."""
+    0/1 block-sum matrix ``(m', blocks')`` (``None`` where their sums are reshapes, which do not
+    read it), each coordinate's block among them, the cells' half-widths and unit-volume factors
+    per coordinate, the squared bound on ‖u‖ over each block's cell ``(blocks',)`` (inf where
+    unknown), and the direct sum of those blocks."""
 
     coords: Tensor | None
     blocks: Tensor | None
-    membership: Tensor
+    membership: Tensor | None
     block_of: Tensor
     halfwidth: Tensor
     unit: Tensor
@@ -80,7 +81,7 @@ class _Cells(NamedTuple):
     @property
     def sums(self) -> _BlockSums:
         """Sums over each of these blocks' coordinates (:class:`_BlockSums`)."""
-        return _BlockSums.of(self.membership, self.geometry)
+        return _BlockSums.of(self.membership, self.geometry, len(self.reach))
 
 
 #: blocks beyond which a direct sum of blocks of one size sums over each block's coordinates by
@@ -95,27 +96,43 @@ class _BlockSums:
     """Σ over the coordinates of each block, weighted or not: over the last dimension of ``(...,
     m)`` (:meth:`rows`) or the one before the samples of ``(..., m, S)`` (:meth:`points`), to
     ``blocks`` values. A product with the ``(m, blocks)`` 0/1 matrix ``matrix``, or, with
-    ``size`` (every block has that many coordinates, in order), a reshape and a sum."""
+    ``size`` (every block has that many coordinates, in order), a reshape and a sum, which needs
+    no matrix (``None``; ``count`` blocks)."""
 
-    def __init__(self, matrix: Tensor, size: int | None = None):
+    def __init__(self, matrix: Tensor | None, size: int | None = None, count: int | None = None):
+        if matrix is None and (size is None or count is None):
+            raise ValueError("block sums without a matrix need the blocks' size and count")
         self.matrix = matrix
         self.size = size
+        self.count = matrix.shape[1] if matrix is not None else count
+
+    @staticmethod
+    def reshape_size(geometry: DirectSum | None) -> int | None:
+        """The blocks' common size where ``geometry`` has more than :data:`_RESHAPE_BLOCKS` of
+        them, all of one size (their sums are reshapes); otherwise ``None``."""
+        if geometry is None or len(geometry.blocks) <= _RESHAPE_BLOCKS:
+            return None
+        dims = {block.dim for block in geometry.blocks}
+        return dims.pop() if len(dims) == 1 else None
 
     @classmethod
-    def of(cls, membership: Tensor | _BlockSums, geometry: DirectSum | None = None) -> _BlockSums:
-        """``membership`` as block sums: a :class:`_BlockSums` as it is; a matrix by reshapes
-        where ``geometry`` has more than :data:`_RESHAPE_BLOCKS` blocks of one size."""
+    def of(
+        cls,
+        membership: Tensor | _BlockSums | None,
+        geometry: DirectSum | None = None,
+        count: int | None = None,
+    ) -> _BlockSums:
+        """``membership`` as block sums: a :class:`_BlockSums` as it is; a matrix (or ``None``,
+        with ``count``) by reshapes where ``geometry`` has more than :data:`_RESHAPE_BLOCKS`
+        blocks of one size."""
         if isinstance(membership, _BlockSums):
             return membership
-        size = None
-        if geometry is not None and len(geometry.blocks) > _RESHAPE_BLOCKS:
-            dims = {block.dim for block in geometry.blocks}
-            size = dims.pop() if len(dims) == 1 else None
-        return cls(membership, size)
+        return cls(membership, cls.reshape_size(geometry), count)
 
-    @property
-    def count(self) -> int:
-        return self.matrix.shape[1]
+    def to(self, dtype: torch.dtype) -> _BlockSums:
+        """The same sums with the matrix (if any) in ``dtype``."""
+        matrix = None if self.matrix is None else self.matrix.to(dtype)
+        return _BlockSums(matrix, self.size, self.count)
 
     def totals(self, x: Tensor) -> Tensor:
         """Σ_{i ∈ b} x_i of one value per coordinate, ``(m,)`` -> ``(blocks, 1)``."""
@@ -383,17 +400,19 @@ class DitheredGoodLattice(Bottleneck):
             self.register_buffer("_mc_coords", (~self._exact).nonzero().flatten(), persistent=False)
             estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
             every = len(estimated) == len(blocks)
-            # the (m, blocks) 0/1 matrix of per-block sums, where the Monte Carlo uses all of it
-            # or it is small; otherwise (Z^16384 would take 1 GiB) block sums are index_add's
-            if every or dim * len(blocks) <= _DENSE_MEMBERSHIP:
+            self._mc_geometry = (
+                self.geometry if every else DirectSum(estimated) if estimated else None
+            )
+            # the (m, blocks) 0/1 matrix of per-block sums, where it is small or the Monte Carlo
+            # sums over all blocks by products with it; otherwise block sums are index_add's or
+            # reshapes (Z^16384's matrix would take 1 GiB, E8^2048's 128 MiB)
+            products = every and _BlockSums.reshape_size(self.geometry) is None
+            if products or dim * len(blocks) <= _DENSE_MEMBERSHIP:
                 membership = torch.zeros(dim, len(blocks))
                 membership[torch.arange(dim), self._block_of] = 1.0
             else:
                 membership = None
             self.register_buffer("_membership", membership, persistent=False)
-            self._mc_geometry = (
-                self.geometry if every else DirectSum(estimated) if estimated else None
-            )
         self.log_spacing = nn.Parameter(
             torch.full(
                 (dim if spacing_per == "coordinate" else len(blocks),),
@@ -655,31 +674,33 @@ class DitheredGoodLattice(Bottleneck):
             estimated = every if self._mc_geometry is self.geometry else self._mc_blocks
             blocks = estimated[list(subset)]
             coords = torch.isin(self._block_of, blocks).nonzero().flatten()
-            membership = self._membership_of(coords, blocks)
+            geometry = self._subset_geometry(tuple(blocks.tolist()))
+            membership, block_of = self._membership_of(coords, blocks, geometry)
             return _Cells(
                 coords,
                 blocks,
-                membership.to(dtype),
-                membership.argmax(1),
+                None if membership is None else membership.to(dtype),
+                block_of,
                 self._halfwidth[coords].to(dtype),
                 self._unit[coords],
                 self._reach[blocks].to(dtype),
-                self._subset_geometry(tuple(blocks.tolist())),
+                geometry,
             )
         if self._mc_geometry is self.geometry:
             coords = blocks = None
             membership, block_of = self._membership, self._block_of
+            if _BlockSums.reshape_size(self.geometry) is not None:
+                membership = None  # reshapes: not copied to dtype on every call
             halfwidth, unit, reach = self._halfwidth, self._unit, self._reach
         else:
             coords, blocks = self._mc_coords, self._mc_blocks
-            membership = self._membership_of(coords, blocks)
-            block_of = membership.argmax(1)
+            membership, block_of = self._membership_of(coords, blocks, self._mc_geometry)
             halfwidth, unit = self._halfwidth[coords], self._unit[coords]
             reach = self._reach[blocks]
         return _Cells(
             coords,
             blocks,
-            membership.to(dtype),
+            None if membership is None else membership.to(dtype),
             block_of,
             halfwidth.to(dtype),
             unit,
@@ -687,10 +708,18 @@ class DitheredGoodLattice(Bottleneck):
             self._mc_geometry,
         )
 
-    def _membership_of(self, coords: Tensor, blocks: Tensor) -> Tensor:
+    def _membership_of(
+        self, coords: Tensor, blocks: Tensor, geometry: DirectSum
+    ) -> tuple[Tensor | None, Tensor]:
         """``(len(coords), len(blocks))`` float32: 1 where coordinate ``coords[i]`` lies in block
-        ``blocks[j]`` (the rows and columns of the full membership matrix, without forming it)."""
-        return (self._block_of[coords].unsqueeze(1) == blocks).to(torch.float32)
+        ``blocks[j]`` (the rows and columns of the full membership matrix, without forming it),
+        or ``None`` where ``geometry``, the direct sum of those blocks, sums by reshapes; and
+        each coordinate's position among ``blocks`` (ascending, as all callers give them)."""
+        owner = self._block_of[coords]
+        block_of = torch.searchsorted(blocks, owner)
+        if _BlockSums.reshape_size(geometry) is not None:
+            return None, block_of
+        return (owner.unsqueeze(1) == blocks).to(torch.float32), block_of
 
     def _subset_geometry(self, blocks: tuple[int, ...]) -> DirectSum:
         """The direct sum of the blocks at these positions (cached: its runs decode together)."""
@@ -829,12 +858,12 @@ class DitheredGoodLattice(Bottleneck):
         # log q(x) = −|x|/b − (x − v)²/(2τ²) − log C per coordinate, with C = ∫ e^{−|x|/b}·g:
         # the Gaussian's τ√(2π), e^{τ²/(2b²)} and the two sides' masses
         log_c = log_mass + tau.square() / (2 * b.square()) + torch.log(tau)
-        sums64 = _BlockSums(sums.matrix.to(f64), sums.size)
+        sums64 = sums.to(f64)
         log_c_blocks = sums64.rows(log_c + 0.5 * math.log(2 * math.pi))  # (N, 1, blocks)
         dtype = v.dtype
         abs_weight = (1.0 / b).to(dtype)  # (m,): 1/b_i and 1/(2τ_i²), formed in float64
         tilt_weight = (1.0 / (2 * tau.square())).to(dtype)
-        sums = _BlockSums(sums.matrix.to(dtype), sums.size)
+        sums = sums.to(dtype)
         log_c_blocks = log_c_blocks.transpose(1, 2).to(dtype)  # (N, blocks, 1)
         center = v.unsqueeze(2)  # (N, m, 1)
 
@@ -872,11 +901,11 @@ class DitheredGoodLattice(Bottleneck):
         dtype = v.dtype
         # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
         square_weight = (1.0 / (2 * var)).to(dtype)  # (m,), formed in float64
-        sums64 = _BlockSums(sums.matrix.to(f64), sums.size)
+        sums64 = sums.to(f64)
         log_c = sums64.rows(0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi))
         log_c = log_c.unsqueeze(1).to(dtype)  # (blocks, 1)
         center = center.transpose(1, 2).to(dtype)  # (N, m, 1)
-        sums = _BlockSums(sums.matrix.to(dtype), sums.size)
+        sums = sums.to(dtype)
 
         def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
             return -sums.points((t - center).square(), square_weight, temporary=True) - (
