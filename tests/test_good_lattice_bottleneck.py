@@ -824,6 +824,34 @@ def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     assert torch.equal(recorded, _LaplaceBlockSums.apply(v, w, c, sums, module._block_of))
 
 
+@pytest.mark.parametrize(
+    "lattice", ["e8", ["leech", "bw16"], ["d4", "d4", "e8", "a2", "a2"]], ids=str
+)
+def test_laplace_block_sums_backward_spreads_over_runs_as_the_copy_does(monkeypatch, lattice):
+    """The Laplace sums' backward weights the signs run by run of equal blocks (one run for E8^5,
+    two for Λ24 ⊕ Λ16, three here with D4 ⊕ D4 ⊕ E8 ⊕ A2 ⊕ A2); with too many runs it copies the
+    upstream rows out to the coordinates. Both give the same gradients, bit for bit."""
+    from qlatent.bottlenecks import good_lattice
+
+    dim = 40 if lattice != ["d4", "d4", "e8", "a2", "a2"] else 20
+
+    def gradients(spread_runs):
+        monkeypatch.setattr(good_lattice, "_SPREAD_RUNS", spread_runs)
+        module = DitheredGoodLattice(dim=dim, lattice=lattice, samples=16, prior_samples=4)
+        with torch.no_grad():
+            module.log_scale.copy_(0.5 * torch.randn(module.log_scale.shape, generator=gen(1)))
+        assert module._mc_cells(torch.float32).sums.spreads == (spread_runs > 0)
+        v = (2 * torch.randn(6, dim, generator=gen(2))).requires_grad_()
+        log_f = module.log_density(v, 16, 4, gen(3))
+        params = (v, module.log_scale, module.log_spacing)
+        return torch.autograd.grad(log_f.sum(), params)
+
+    spread, copied = gradients(4), gradients(0)
+    for a, b in zip(spread, copied, strict=True):
+        assert torch.isfinite(a).all() and a.abs().sum() > 0
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("lattice", [["e8"] * 3 + ["z"] * 16, ["leech", "bw16"]], ids=str)
 def test_gaussian_cell_points_expand_the_square(lattice):
     """The Gaussian prior's cell-point log-density, formed from the expanded square without the

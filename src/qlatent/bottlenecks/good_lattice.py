@@ -92,19 +92,32 @@ class _Cells(NamedTuple):
 _RESHAPE_BLOCKS = 32
 
 
+#: runs of equal blocks up to which :meth:`_BlockSums.spread_` broadcasts run by run (E8^5 has
+#: one, Λ24 ⊕ Λ16 two); beyond, a block's rows are copied out to its coordinates
+_SPREAD_RUNS = 4
+
+
 class _BlockSums:
     """Σ over the coordinates of each block, weighted or not: over the last dimension of ``(...,
     m)`` (:meth:`rows`) or the one before the samples of ``(..., m, S)`` (:meth:`points`), to
     ``blocks`` values. A product with the ``(m, blocks)`` 0/1 matrix ``matrix``, or, with
     ``size`` (every block has that many coordinates, in order), a reshape and a sum, which needs
-    no matrix (``None``; ``count`` blocks)."""
+    no matrix (``None``; ``count`` blocks). ``runs``: where known, the blocks as ``(size, count)``
+    runs of consecutive blocks of one size, in order."""
 
-    def __init__(self, matrix: Tensor | None, size: int | None = None, count: int | None = None):
+    def __init__(
+        self,
+        matrix: Tensor | None,
+        size: int | None = None,
+        count: int | None = None,
+        runs: tuple[tuple[int, int], ...] | None = None,
+    ):
         if matrix is None and (size is None or count is None):
             raise ValueError("block sums without a matrix need the blocks' size and count")
         self.matrix = matrix
         self.size = size
         self.count = matrix.shape[1] if matrix is not None else count
+        self.runs = runs
 
     @staticmethod
     def reshape_size(geometry: DirectSum | None) -> int | None:
@@ -127,12 +140,31 @@ class _BlockSums:
         blocks of one size."""
         if isinstance(membership, _BlockSums):
             return membership
-        return cls(membership, cls.reshape_size(geometry), count)
+        runs = None if geometry is None else tuple((b.dim, n) for b, n, _ in geometry.runs)
+        return cls(membership, cls.reshape_size(geometry), count, runs)
 
     def to(self, dtype: torch.dtype) -> _BlockSums:
         """The same sums with the matrix (if any) in ``dtype``."""
         matrix = None if self.matrix is None else self.matrix.to(dtype)
-        return _BlockSums(matrix, self.size, self.count)
+        return _BlockSums(matrix, self.size, self.count, self.runs)
+
+    @property
+    def spreads(self) -> bool:
+        """Whether :meth:`spread_` can run: the runs are known and at most :data:`_SPREAD_RUNS`."""
+        return self.runs is not None and len(self.runs) <= _SPREAD_RUNS
+
+    def spread_(self, t: Tensor, g: Tensor) -> Tensor:
+        """``t`` ``(..., m, S)`` times each coordinate's block's row of ``g`` ``(..., blocks, S)``,
+        in place, by broadcasting over the runs of equal blocks (no copy of ``g`` out to the
+        coordinates); only where :attr:`spreads`."""
+        if not self.spreads:
+            raise ValueError("the blocks' runs are unknown or too many to spread over")
+        coord = block = 0
+        for size, count in self.runs:
+            part = t[..., coord : coord + size * count, :].unflatten(-2, (count, size))
+            part.mul_(g[..., block : block + count, :].unsqueeze(-2))
+            coord, block = coord + size * count, block + count
+        return t
 
     def totals(self, x: Tensor) -> Tensor:
         """Σ_{i ∈ b} x_i of one value per coordinate, ``(m,)`` -> ``(blocks, 1)``."""
@@ -1204,19 +1236,26 @@ class _LaplaceBlockSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v: Tensor, w: Tensor, c: Tensor, sums: _BlockSums | Tensor, block_of: Tensor):
+        sums = _BlockSums.of(sums)
         t = v.unsqueeze(2) + w
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(t, c, block_of)
+            ctx.sums = sums
             t = t.abs()
         else:  # nothing to differentiate (the hard path, IWAE): |t| in place, a buffer fewer
             t = t.abs_()
-        return _BlockSums.of(sums).points(t, c, temporary=True)
+        return sums.points(t, c, temporary=True)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         t, c, block_of = ctx.saved_tensors
-        h = grad.index_select(1, block_of).mul_(t.sgn())
+        # H = G_b(i)·sgn(t): the signs' buffer weighted in place run by run, where the runs are
+        # known, rather than G copied out to the coordinates and a second full-size buffer
+        if ctx.sums.spreads:
+            h = ctx.sums.spread_(t.sgn(), grad)
+        else:
+            h = grad.index_select(1, block_of).mul_(t.sgn())
         grad_v = h.sum(2).mul_(c) if ctx.needs_input_grad[0] else None
         grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
         grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
