@@ -666,11 +666,18 @@ class DitheredGoodLattice(Bottleneck):
         shift = log_count - log_det
         scale0 = scale.detach()
         rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * v.shape[1]))
+        # where nothing is differentiated (the hard path, IWAE), the chunks' (rows, m, S_u) cell
+        # points v + w go into one buffer: a fresh one per chunk is mapped and faulted in again
+        # under glibc's defaults whenever other allocations in between moved the heap
+        recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (v, w, scale))
+        scratch = None
+        if not recorded and self.prior_name == "laplace" and v.shape[0] > rows_per_chunk:
+            scratch = v.new_empty(rows_per_chunk, *w.shape)
         parts = []
         for i in range(0, v.shape[0], rows_per_chunk):
             vc = v[i : i + rows_per_chunk]
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
-            log_p = self._cell_points_log_pdf(vc, w, scale, sums, cells.block_of)
+            log_p = self._cell_points_log_pdf(vc, w, scale, sums, cells.block_of, scratch)
             if prior_samples:
                 key = None if x is not None else draw_key(generator, v.device)  # one per chunk
                 x0, log_q0 = self._proposal_points(
@@ -963,18 +970,20 @@ class DitheredGoodLattice(Bottleneck):
         scale: Tensor,
         membership: Tensor | _BlockSums,
         block_of: Tensor | None = None,
+        scratch: Tensor | None = None,
     ) -> Tensor:
         """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
         S)``, without forming them twice: under the Laplace prior a hand-written backward
         (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
         |·| and the batched product, which cost several times the forward. ``membership``: the
-        ``(m, blocks)`` 0/1 matrix or the blocks' :class:`_BlockSums`."""
+        ``(m, blocks)`` 0/1 matrix or the blocks' :class:`_BlockSums`; ``scratch``: a buffer of
+        at least N rows for v + w where nothing is differentiated (Laplace prior)."""
         sums = _BlockSums.of(membership)
         if self.prior_name != "laplace":
             return self._gaussian_cell_points_log_pdf(v, w, scale, sums)
         const = sums.totals(torch.log(2 * scale))
         block_of = (self._block_of if block_of is None else block_of).to(v.device)
-        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, sums, block_of) - const
+        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, sums, block_of, scratch) - const
 
     @staticmethod
     def _gaussian_cell_points_log_pdf(
@@ -1233,6 +1242,8 @@ class _LaplaceBlockSums(torch.autograd.Function):
     """Σ_{i ∈ b} c_i·|v_ni + w_is| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``c`` ``(m,)``
     (the inverse prior scales), ``sums`` the blocks' :class:`_BlockSums` (or their ``(m,
     blocks)`` 0/1 matrix), ``block_of`` ``(m,)`` each coordinate's block -> ``(N, blocks, S)``.
+    ``scratch``: optional, at least ``(N, m, S)``, where v + w is formed when no input needs a
+    gradient (its contents are overwritten).
 
     The backward, with t = v + w, G the upstream gradient ``(N, blocks, S)`` and H its rows
     copied out to the coordinates, H_nis = G_{n,b(i),s}·sgn(t_nis):
@@ -1245,15 +1256,24 @@ class _LaplaceBlockSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v: Tensor, w: Tensor, c: Tensor, sums: _BlockSums | Tensor, block_of: Tensor):
+    def forward(
+        ctx,
+        v: Tensor,
+        w: Tensor,
+        c: Tensor,
+        sums: _BlockSums | Tensor,
+        block_of: Tensor,
+        scratch: Tensor | None = None,
+    ):
         sums = _BlockSums.of(sums)
-        t = v.unsqueeze(2) + w
         if any(ctx.needs_input_grad[:3]):
+            t = v.unsqueeze(2) + w
             ctx.save_for_backward(t, c, block_of)
             ctx.sums = sums
             t = t.abs()
-        else:  # nothing to differentiate (the hard path, IWAE): |t| in place, a buffer fewer
-            t = t.abs_()
+        else:  # nothing to differentiate (the hard path, IWAE): |t| in place, in ``scratch``
+            out = None if scratch is None else scratch[: v.shape[0]]
+            t = torch.add(v.unsqueeze(2), w, out=out).abs_()
         return sums.points(t, c, temporary=True)
 
     @staticmethod
@@ -1269,7 +1289,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
         grad_v = h.sum(2).mul_(c) if ctx.needs_input_grad[0] else None
         grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
         grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
-        return grad_v, grad_w, grad_c, None, None
+        return grad_v, grad_w, grad_c, None, None, None
 
 
 class _BalanceWeight(torch.autograd.Function):
