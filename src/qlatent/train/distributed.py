@@ -8,6 +8,7 @@ and reduces its metrics. Without it everything is a no-op on a world of one.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +57,29 @@ def setup(device_name: str) -> World:
     return World(rank, size, device)
 
 
+def wait_for_all(world: World) -> torch.Tensor | None:
+    """Returns once every rank has called it: an all_reduce of one number, whose tensor the
+    caller keeps referenced until :func:`teardown` (``None`` on a world of one).
+
+    Not ``dist.barrier()``: gloo's barrier holds on to the collectives still in flight when it is
+    issued and lets go of them from its worker thread once it completes. Where that drops the last
+    reference to a tensor made in Python, the worker takes the GIL, which ProcessGroupGloo's
+    destructor holds while it joins that worker (pytorch/pytorch#56297): a teardown right after
+    the barrier hung that way (rank 1 of the two-process torchrun test, once). An all_reduce holds
+    only its own tensor, which stays referenced here."""
+    if not world.distributed:
+        return None
+    token = torch.zeros(1, device=world.device)
+    dist.all_reduce(token)
+    return token
+
+
 def teardown(world: World) -> None:
     if world.distributed and dist.is_initialized():
+        # first a moment without the GIL, for gloo's workers to let go of what they still hold of
+        # finished collectives (which may take the GIL; see wait_for_all) before the destructor
+        # joins them while holding it
+        time.sleep(0.05)
         dist.destroy_process_group()
 
 

@@ -397,9 +397,9 @@ def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
     best = out_dir / "best.pt"
+    _held = None  # referenced until the teardown (D.wait_for_all)
     if keep == "best" and best.exists():
-        if world.distributed:  # rank 0 wrote it; wait until every rank can read it
-            torch.distributed.barrier()
+        _held = D.wait_for_all(world)  # rank 0 wrote it; wait until every rank can read it
         load_weights(model, load(best, map_location=world.device).get("model"), best)
     D.teardown(world)
     return FitResult(
