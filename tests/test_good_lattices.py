@@ -31,7 +31,7 @@ from qlatent.lattices import (
 )
 from qlatent.lattices._glued import closest_point_glued
 from qlatent.lattices.bw16 import reed_muller_1_4
-from qlatent.lattices.leech import golay_code, golay_sextet
+from qlatent.lattices.leech import _BY_PARITY, golay_code, golay_sextet
 from qlatent.lattices.search import GeneralLattice, SphereDecoder
 
 F64 = torch.float64
@@ -191,6 +191,17 @@ def test_golay_sextet_classes():
     assert (sextet.word_of >= 0).sum() == 4096
     assert torch.equal(torch.sort(sextet.word_of[sextet.word_of >= 0]).values, torch.arange(4096))
     assert ((sextet.word_of >= 0).sum(1) == 32).all()
+    # the 256 decoder classes (o, π, s_0, s_1, s_2): each of the 128 classes once per offset,
+    # numbered by its first three symbols, and its six columns give back its six patterns
+    assert torch.equal(sextet.classes[:128].sort().values, torch.arange(128))
+    assert torch.equal(sextet.classes[128:], sextet.classes[:128])
+    assert torch.equal(sextet.offsets, torch.arange(256) // 128)
+    cols = sextet.columns
+    assert torch.equal(cols // 8, sextet.offsets.unsqueeze(1).expand(-1, 6))
+    by_parity = torch.tensor(_BY_PARITY)
+    assert torch.equal(by_parity[cols % 8], sextet.tuples[sextet.classes])
+    assert torch.equal((cols[:, :3] % 4 * torch.tensor([16, 4, 1])).sum(1), torch.arange(256) % 64)
+    assert torch.equal(cols[:, 0] % 8 // 4, torch.arange(256) // 64 % 2)  # π
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])

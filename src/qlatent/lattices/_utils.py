@@ -2,7 +2,7 @@
 
 Everything here is exact for integer-valued inputs: a lattice's generator matrix is computed once
 from integer generating vectors (Hermite normal form with Python integers), and the parity fixes
-of the Conway–Sloane decoders test parities with ``remainder(·, 2)``, which is exact in floating
+of the Conway–Sloane decoders test parities with :func:`parity`, which is exact in floating
 point at any magnitude.
 """
 
@@ -17,6 +17,13 @@ from torch import Tensor
 from .base import Lattice, to_coordinates
 
 
+def parity(v: Tensor) -> Tensor:
+    """``v mod 2`` for integer-valued floats, exactly at any magnitude (v/2, its floor and
+    twice that are exact, and v − 2·floor(v/2) is 0 or 1); several times faster than
+    ``torch.remainder`` on the CPU."""
+    return v - 2.0 * torch.floor(v * 0.5)
+
+
 def round_to_dn(x: Tensor) -> Tensor:
     """Closest point of ``D_n = {k ∈ Z^n : Σ k even}`` to each row of ``x`` (Conway & Sloane 1982).
 
@@ -25,8 +32,8 @@ def round_to_dn(x: Tensor) -> Tensor:
     """
     r = torch.round(x)
     e = x - r
-    odd = torch.remainder(r, 2.0).sum(-1, keepdim=True).remainder_(2.0)  # 1.0 where Σ r is odd
-    worst = e.abs().argmax(-1, keepdim=True)
+    odd = parity(parity(r).sum(-1, keepdim=True))  # 1.0 where Σ r is odd
+    worst = e.abs().max(-1, keepdim=True).indices  # the first, as argmax; faster on the CPU
     step = torch.where(e.gather(-1, worst) >= 0, 1.0, -1.0).to(x.dtype) * odd
     return r.scatter_add_(-1, worst, step)
 

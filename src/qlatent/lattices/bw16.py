@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._glued import BinaryCode, closest_point_glued
-from ._utils import FixedLattice, as_basis, dn_rows, integer_basis
+from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES
 
 
@@ -93,11 +93,6 @@ class BarnesWallLattice(FixedLattice):
         return words, torch.zeros(words.shape[0], dtype=torch.int64), 2
 
 
-def _parity(v: Tensor) -> Tensor:
-    """``v mod 2`` for integer-valued floats, exactly (v/2 and 2·floor(v/2) are exact)."""
-    return v - 2.0 * torch.floor(v * 0.5)
-
-
 def _walsh_hadamard(columns: list[Tensor]) -> list[Tensor]:
     """out[a] = Σ_v columns[v]·(−1)^{popcount(a & v)} over 16 columns: four butterfly stages."""
     v = list(columns)
@@ -146,7 +141,7 @@ def _closest_bw16_columns(xt: Tensor) -> Tensor:
         e.append([v - q for v, q in zip(s, r, strict=True)])
         err.append([d.abs() for d in e[-1]])
     sq = [[d * d for d in side] for side in err]
-    par = [[_parity(q) for q in side] for side in z]
+    par = [[parity(q) for q in side] for side in z]
     total_sq = [functools.reduce(torch.add, side) for side in sq]  # the constant words' costs
     total_par = [functools.reduce(torch.add, side) for side in par]
     diff_sq = _walsh_hadamard([sq[1][v] - sq[0][v] for v in range(16)])
@@ -165,7 +160,7 @@ def _closest_bw16_columns(xt: Tensor) -> Tensor:
             )
             sign = 1.0 if a0 == 0 else -1.0
             cost_sq = total_sq[a0] + sign * ones_sq
-            word_odd = _parity(total_par[a0] + sign * ones_par)
+            word_odd = parity(total_par[a0] + sign * ones_par)
             cost = cost_sq + word_odd * (1.0 - 2.0 * worst)
             word = float(16 * a0 + a)
             if best is None:
@@ -176,7 +171,7 @@ def _closest_bw16_columns(xt: Tensor) -> Tensor:
             best_word = torch.where(take, word, best_word)
             best_odd = torch.where(take, word_odd, best_odd)
     top = torch.floor(best_word * (1.0 / 16))
-    a_bits = [_parity(torch.floor((best_word - 16.0 * top) * (1.0 / 2**j))) for j in range(4)]
+    a_bits = [parity(torch.floor((best_word - 16.0 * top) * (1.0 / 2**j))) for j in range(4)]
     bits, zs, es = [], [], []
     worst = worst_at = None
     for v in range(16):
@@ -184,7 +179,7 @@ def _closest_bw16_columns(xt: Tensor) -> Tensor:
         for j in range(4):
             if (v >> j) & 1:
                 bit = bit + a_bits[j]
-        bit = _parity(bit)
+        bit = parity(bit)
         one = bit > 0.5
         zs.append(torch.where(one, z[1][v], z[0][v]))
         es.append(torch.where(one, e[1][v], e[0][v]))

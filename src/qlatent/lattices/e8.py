@@ -22,7 +22,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._utils import FixedLattice, as_basis
+from ._utils import FixedLattice, as_basis, parity
 from .base import LATTICES
 
 
@@ -87,8 +87,8 @@ def _closest_e8(x: Tensor) -> Tensor:
     best, best_at = a.min(-1, keepdim=True)
     # the nearest half-integer point is floor(x) + ½, and Σ floor = Σ r − #(e < 0)
     f = torch.floor(x)
-    odd0 = _parity(_parity(r) @ ones)
-    odd1 = _parity(_parity(f) @ ones)
+    odd0 = parity(parity(r) @ ones)
+    odd1 = parity(parity(f) @ ones)
     cost0 = sum_a2 + odd0 * (1.0 - 2.0 * worst.squeeze(-1))
     cost1 = (sum_a2 - sum_a + 2.0) + odd1 * (2.0 * best.squeeze(-1))
     half = (cost1 < cost0).unsqueeze(-1)  # (N, 1): the D_8 + ½ coset wins
@@ -100,11 +100,6 @@ def _closest_e8(x: Tensor) -> Tensor:
     toward = torch.where(e.gather(-1, at) >= 0, 1.0, -1.0).to(x.dtype)  # + on exact integers
     odd = torch.where(half, -odd1.unsqueeze(-1), odd0.unsqueeze(-1))
     return point.scatter_add_(-1, at, toward * odd)
-
-
-def _parity(v: Tensor) -> Tensor:
-    """``v mod 2`` for integer-valued floats, exactly (v/2 and 2·floor(v/2) are exact)."""
-    return v - 2.0 * torch.floor(v * 0.5)
 
 
 def _closest_e8_columns(xt: Tensor) -> Tensor:
@@ -121,15 +116,15 @@ def _closest_e8_columns(xt: Tensor) -> Tensor:
     sum_a2, sum_a = a[0] * a[0], a[0]
     worst, best = a[0], a[0]
     worst_at = best_at = torch.zeros_like(a[0])
-    odd_r, odd_f = _parity(r[0]), _parity(f[0])
+    odd_r, odd_f = parity(r[0]), parity(f[0])
     for i in range(1, 8):
         sum_a2 = sum_a2 + a[i] * a[i]
         sum_a = sum_a + a[i]
         above, below = a[i] > worst, a[i] < best
         worst_at, worst = torch.where(above, float(i), worst_at), torch.where(above, a[i], worst)
         best_at, best = torch.where(below, float(i), best_at), torch.where(below, a[i], best)
-        odd_r, odd_f = odd_r + _parity(r[i]), odd_f + _parity(f[i])
-    odd0, odd1 = _parity(odd_r), _parity(odd_f)
+        odd_r, odd_f = odd_r + parity(r[i]), odd_f + parity(f[i])
+    odd0, odd1 = parity(odd_r), parity(odd_f)
     cost0 = sum_a2 + odd0 * (1.0 - 2.0 * worst)
     cost1 = (sum_a2 - sum_a + 2.0) + odd1 * (2.0 * best)
     half = cost1 < cost0

@@ -32,8 +32,8 @@ import functools
 import torch
 from torch import Tensor
 
-from ._glued import BinaryCode, bit_tables, decode_coset
-from ._utils import FixedLattice, as_basis, dn_rows, integer_basis
+from ._glued import BinaryCode, decode_coset
+from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES
 
 #: 1 + x^2 + x^4 + x^5 + x^6 + x^10 + x^11, a generator of the cyclic [23, 12, 7] Golay code
@@ -44,6 +44,9 @@ _CHUNK = 1024
 _CHUNK_ACCELERATOR = 1 << 14
 #: the cosets (offset o, parity of Σ z) of 4·D24 in the construction above
 _OFFSETS = ((0.0, 0), (1.0, 1))
+#: a tetrad's normalized patterns (bits 1..3 as 0..7) by weight parity: column π · 4 + s of a
+#: table is pattern _BY_PARITY[π · 4 + s]
+_BY_PARITY = (0, 3, 5, 6, 1, 2, 4, 7)
 #: 4-bit patterns on a tetrad, pattern v has bit i = (v >> i) & 1
 _PATTERNS = (torch.arange(16).unsqueeze(1) >> torch.arange(4)) & 1
 
@@ -117,8 +120,14 @@ class LeechLattice(FixedLattice):
 class GolaySextet:
     """The Golay code's words grouped by a sextet, and the Leech decoder built on it.
 
-    Classes are numbered offset-major over the two offsets of the construction (256 in all);
-    tetrads are paired as (0, 1), (2, 3), (4, 5) for the min-plus products.
+    A tetrad's normalized pattern (first bit 0) is one of 8, four of even weight and four of
+    odd; the six patterns of a class share one weight parity π. Numbered within their parity
+    (:data:`_BY_PARITY`), they make each class a word (s_0, ..., s_5) over four symbols, 64 per
+    parity, any three of whose symbols fix the other three (the hexacode's MDS property; checked
+    here, not assumed). So the 256 classes of both offsets are numbered (o, π, s_0, s_1, s_2),
+    and a tetrad's table has 16 columns (o, π, s). Tetrads are paired as (0, 1), (2, 3), (4, 5)
+    for the min-plus products: a pair's table over (o, π, s_j, s_j+1) is an outer product, the
+    first pair's broadcasts over s_2, and only the other two are gathered per class.
     """
 
     def __init__(self, code: BinaryCode) -> None:
@@ -138,7 +147,7 @@ class GolaySextet:
         tuples, which = torch.unique((pair * 8 ** torch.arange(6)).sum(1), return_inverse=True)
         if len(tuples) != 128:
             raise ValueError("the code is not the Golay code: the sextet gives no 128 classes")
-        #: (128, 6): each class's pair of patterns per tetrad (a hexacode word and a parity)
+        #: (128, 6): each class's normalized pattern per tetrad (its bits 1..3 as 0..7)
         self.tuples = (tuples.unsqueeze(1) // 8 ** torch.arange(6)) % 8
         flags = (flipped * 2 ** torch.arange(6)).sum(1)  # which tetrads are complemented
         #: (128, 64): the word of each class with each set of complemented tetrads (-1: none)
@@ -150,41 +159,62 @@ class GolaySextet:
         self.flips = torch.zeros(128, dtype=torch.int64).scatter_(0, which, flipped.sum(1) % 2)
         if not torch.equal(self.flips[which], flipped.sum(1) % 2):
             raise ValueError("the code is not the Golay code: a class mixes complement parities")
-        # the 256 classes of both offsets (offset · 128 + class), grouped by the entry of the
-        # Z2 × Z2 table each needs: (complement parity, Σ z parity) = 2 · flips + offset parity
-        parity = torch.tensor([pi for _, pi in _OFFSETS]).repeat_interleave(128)
-        entry = 2 * self.flips.repeat(2) + parity
-        #: (256,): the classes in that grouped order, and where each entry's group starts
-        self.grouped = torch.argsort(entry, stable=True)
-        self.bounds = torch.searchsorted(entry[self.grouped], torch.arange(5)).tolist()
-        #: (256, 6): per class, its tetrads' columns in the tables (offset · 8 + pair)
-        self.columns = torch.cat([self.tuples, self.tuples + 8])
-        self.entry = entry
-        # per tetrad pair (0, 1), (2, 3), (4, 5): the distinct column pairs, and where each
-        # class (grouped order) finds its own
-        k = self.columns[self.grouped]
-        self.pair_columns, self.lookup = [], []
-        for j in (0, 2, 4):
-            combos, at = torch.unique(k[:, j] * 16 + k[:, j + 1], return_inverse=True)
-            self.pair_columns.append((combos // 16, combos % 16))
-            self.lookup.append(at)
+        rank = torch.empty(8, dtype=torch.int64)
+        rank[torch.tensor(_BY_PARITY)] = torch.arange(8)  # pattern -> π · 4 + s
+        weight, symbol = rank[self.tuples] // 4, rank[self.tuples] % 4  # (128, 6) each
+        if not torch.equal(weight, weight[:, :1].expand(-1, 6)):
+            raise ValueError("the code is not the Golay code: a class mixes weight parities")
+        key = weight[:, 0] * 64 + (symbol[:, :3] * torch.tensor([16, 4, 1])).sum(1)
+        if len(torch.unique(key)) != 128:
+            raise ValueError("the code is not the Golay code: three symbols fix no class")
+        # the 256 classes in (o, π, s_0, s_1, s_2) order: the class of the 128 above, offset o
+        # (whose Σ z parity is o, _OFFSETS), o · 2 + π, and the six symbols
+        of_key = torch.empty(128, dtype=torch.int64).scatter_(0, key, torch.arange(128))
+        #: (256,): each class's class among the 128 above, and its offset
+        self.classes = of_key.repeat(2)
+        self.offsets = torch.arange(256) // 128
+        group = torch.arange(256) // 64  # o · 2 + π
+        s = symbol[self.classes]  # (256, 6)
+        #: (256,): each class's entry of the Z2 × Z2 tables, (complement parity, Σ z parity)
+        self.entry = 2 * self.flips[self.classes] + self.offsets
+        #: (256, 6): each class's column per tetrad, (o, π, s)
+        self.columns = group.unsqueeze(1) * 4 + s
+        # the three pairs' tables are stacked (entry, pair, (o, π, s_j, s_j+1)), 4 · 3 · 64 rows
+        entry = torch.arange(4).unsqueeze(1)
+        #: (4, 256): per entry a, each class's row of the middle pair's table, (a, 1, (o, π,
+        #: s_2, s_3))
+        self.middle = entry * 192 + 64 + group * 16 + s[:, 2] * 4 + s[:, 3]
+        #: (4, 256): per entry a, each class's row of the last pair's table at a xor (the
+        #: class's entry), (a xor e, 2, (o, π, s_4, s_5))
+        self.last = (entry ^ self.entry) * 192 + 128 + group * 16 + s[:, 4] * 4 + s[:, 5]
         self._cache: dict = {}
 
     def _on(self, dtype, device) -> dict:
         key = (dtype, device)
         if key not in self._cache:
             bits = _PATTERNS.to(device=device, dtype=dtype)
+            # the 16 patterns of a tetrad's table, per entry a: 2k (a = 0) and its complement
+            # 15 − 2k (a = 1), k in column order
+            patterns = torch.tensor([2 * k for k in _BY_PARITY] + [15 - 2 * k for k in _BY_PARITY])
             self._cache[key] = {
-                "sums": torch.stack([1 - bits, bits], 1).flatten(1),  # (16, 8): bit-major
-                "pair_columns": [(a.to(device), b.to(device)) for a, b in self.pair_columns],
-                "lookup": [a.to(device) for a in self.lookup],
-                "grouped": self.grouped.to(device),
+                # (16, 8) bit-major: the sums of d and p over each pattern's bits, in that order
+                "sums": torch.stack([1 - bits, bits], 1).flatten(1)[patterns],
+                "patterns": patterns.to(device),
+                "middle": self.middle.flatten().to(device),
+                "last": self.last.flatten().to(device),
                 "columns": self.columns.to(device),
                 "entry": self.entry.to(device),
+                "classes": self.classes.to(device),
+                "offsets": self.offsets.to(device),
                 "word_of": self.word_of.to(device),
                 "words": self.code.words.to(device=device, dtype=dtype),
                 "order": self.order.to(device),
                 "flag_weights": (2 ** torch.arange(6, device=device)).unsqueeze(1),
+                "xor": (torch.arange(4).unsqueeze(1) ^ torch.arange(4)).flatten().to(device),
+                # (offset, bit): o + 2b, broadcast over (tetrad, ., ., position, point)
+                "shifts": torch.tensor(
+                    [[o, o + 2.0] for o, _ in _OFFSETS], dtype=dtype, device=device
+                ).view(1, 2, 2, 1, 1),
             }
         return self._cache[key]
 
@@ -196,92 +226,96 @@ class GolaySextet:
         c = self._on(t.dtype, t.device)
         n = t.shape[0]
         g = self._tetrad_tables(t, c)  # (4, 6, 16, N)
-        # the min-plus product of the six tetrads' tables for every class, in three pairs
-        parts = [
-            _min_plus(g[:, j].index_select(1, a), g[:, j + 1].index_select(1, b))
-            for j, (a, b) in zip((0, 2, 4), c["pair_columns"], strict=True)
-        ]
-        first, middle, last = (
-            part.index_select(1, at) for part, at in zip(parts, c["lookup"], strict=True)
-        )
-        head = _min_plus(first, middle)  # (4, 256, N), grouped order
+        q = g.view(4, 6, 4, 4, n)  # entry, tetrad, (o, π), s, point
+        # each pair's table over (o, π, s_j, s_j+1): an outer min-plus product, three at once
+        pairs = _min_plus(q[:, 0::2].unsqueeze(4), q[:, 1::2].unsqueeze(3)).view(4, 3, 64, n)
+        rows = pairs.view(4 * 3 * 64, n)  # whole rows gathered per class
+        # the first two pairs for every class (o, π, s_0, s_1, s_2): s_3 follows from the rest
+        head = _min_plus(
+            pairs[:, 0].unsqueeze(2), rows.index_select(0, c["middle"]).view(4, 64, 4, n)
+        ).view(4, 256, n)
         # a class needing entry e costs min_a head[a] + last[a xor e]
-        costs = torch.empty(head.shape[1:], dtype=t.dtype, device=t.device)
-        for e in range(4):
-            span = slice(self.bounds[e], self.bounds[e + 1])
-            terms = [head[a, span] + last[a ^ e, span] for a in range(4)]
-            torch.minimum(
-                torch.minimum(terms[0], terms[1]),
-                torch.minimum(terms[2], terms[3]),
-                out=costs[span],
-            )
-        best = c["grouped"][costs.argmin(0)]  # (N,): offset · 128 + class
-        # back through the products for the winner: each tetrad's (complement, parity) entry
-        rows = torch.arange(n, device=t.device)
-        cols = c["columns"][best]  # (N, 6)
-        per = [g[:, j, cols[:, j], rows] for j in range(6)]  # 6 × (4, N)
-        pairs = [_min_plus(per[j], per[j + 1]) for j in (0, 2, 4)]
+        head += rows.index_select(0, c["last"]).view(4, 256, n)
+        costs = head.amin(0)
+        # (N,): the class, (o, π, s_0, s_1, s_2); the first minimum, as argmin gives it
+        best = costs.min(0).indices
+        entries = self._entries(g, c, best)  # (6, N)
+        flags = ((entries >> 1) * c["flag_weights"]).sum(0)
+        word = c["word_of"][c["classes"][best], flags]
+        return decode_coset(t, c["words"], 2.0, 4.0, _OFFSETS, c["offsets"][best] * 4096 + word)
+
+    @staticmethod
+    def _entries(g: Tensor, c: dict, best: Tensor) -> Tensor:
+        """``(6, N)``: each tetrad's entry (complement, Σ z parity) in the best assignment of
+        class ``best`` (``(N,)``), read back through the same min-plus products on the
+        winner's six 4-entry tables (ties to the lowest entry at every step)."""
+        n = best.shape[0]
+        xor = c["xor"]  # (16,): a xor b at a · 4 + b
+        cols = c["columns"][best].T.reshape(1, 6, 1, n).expand(4, 6, 1, n)
+        per = g.gather(2, cols).view(4, 6, n)
+        # per pair k and target a, over b: per_even[b] + per_odd[a xor b] (at [b, a], xor being
+        # symmetric), reduced over the leading dimension (min(1) is several times slower)
+        sums = per[:, 1::2].index_select(0, xor).view(4, 4, 3, n) + per[:, 0::2].unsqueeze(1)
+        pairs, pair_arg = sums.min(0)  # (4, 3, N): the pairs' tables and their best b
+        # the first two pairs' product, then the third at the class's entry
+        sums = pairs[:, 1].index_select(0, xor).view(4, 4, n) + pairs[:, 0].unsqueeze(1)
+        head, head_arg = sums.min(0)  # (4, N)
         wanted = c["entry"][best]
-        a_head = _argmin_xor(_min_plus(pairs[0], pairs[1]), pairs[2], wanted)
-        a_first = _argmin_xor(pairs[0], pairs[1], a_head)
-        targets = (a_first, a_head ^ a_first, a_head ^ wanted)
-        entries = []
-        for j, target in zip((0, 2, 4), targets, strict=True):
-            x = _argmin_xor(per[j], per[j + 1], target)
-            entries += [x, x ^ target]
-        flags = ((torch.stack(entries) >> 1) * c["flag_weights"]).sum(0)
-        which, cls = best // 128, best % 128
-        word = c["word_of"][cls, flags]
-        return decode_coset(t, c["words"], 2.0, 4.0, _OFFSETS, which * 4096 + word)
+        third = pairs[:, 2].gather(0, torch.arange(4, device=g.device).unsqueeze(1) ^ wanted)
+        # the first minimum, as argmin gives it (several times faster over a leading dimension)
+        a_head = (head + third).min(0, keepdim=True).indices  # (1, N)
+        a_first = head_arg.gather(0, a_head)
+        targets = torch.cat([a_first, a_head ^ a_first, a_head ^ wanted]).unsqueeze(0)  # (1, 3, N)
+        even = pair_arg.gather(0, targets).squeeze(0)  # (3, N)
+        return torch.stack([even, even ^ targets.squeeze(0)], 1).view(6, n)
 
     @staticmethod
     def _tetrad_tables(t: Tensor, c: dict) -> Tensor:
-        """``(4, 6, 16, N)``: per entry 2·a + z, tetrad, column (offset · 8 + pair k) and point,
-        the cost of the tetrad taking pattern 2k (a = 0) or its complement 15 − 2k (a = 1) with
-        Σ z parity z: the pattern's squared distance, plus its cheapest flip if its parity is
-        not z."""
+        """``(4, 6, 16, N)``: per entry 2·a + z, tetrad, column (o, π, s) and point, the cost
+        of the tetrad taking the column's pattern 2k (a = 0) or its complement 15 − 2k (a = 1)
+        with Σ z parity z: the pattern's squared distance, plus its cheapest flip if its parity
+        is not z.
+
+        Per coordinate and bit b, the nearest value of o + 2b + 4Z (offset o) gives a squared
+        error d, the parity p of its multiple of 4, and the extra cost δ of the second-nearest
+        (the other parity), as :func:`~qlatent.lattices._glued.bit_tables` computes them, here
+        laid out (tetrad, offset, bit, position, point) for the sums over patterns."""
         n = t.shape[0]
-        t_cols = t[:, c["order"]].T.contiguous()  # (24, N), tetrad order
-        # per offset, bit, tetrad, position, point: squared error, parity, flip cost
-        d, p, delta = (
-            torch.stack(v).view(2, 2, 6, 4, n)
-            for v in zip(*(bit_tables(t_cols, o, 2.0, 4.0) for o, _ in _OFFSETS), strict=True)
-        )
-        by_tetrad = lambda v: v.transpose(1, 2).reshape(2, 6, 8, n)  # noqa: E731  bit-major
-        cost = c["sums"] @ by_tetrad(d)  # (2, 6, 16, N): squared distance of each pattern
-        odd = torch.remainder(c["sums"] @ by_tetrad(p), 2.0)  # parity of its Σ z
+        t_cols = t.T.index_select(0, c["order"]).view(6, 1, 1, 4, n)  # tetrad order
+        s = (t_cols - c["shifts"]) / 4.0  # (6, 2, 2, 4, N)
+        z = torch.round(s)
+        e = s.sub_(z).abs_()
+        d = e.square().mul_(16.0).view(6, 2, 8, n)  # bit-major within a tetrad
+        p = parity(z).view(6, 2, 8, n)
+        delta = e.mul_(-2.0).add_(1.0).mul_(16.0)  # (4(1 − |e|))² − (4e)²
+        # (6, 2, 16, N) over the patterns of c["patterns"]: squared distance, parity of Σ z
+        cost = c["sums"] @ d
+        odd = parity(c["sums"] @ p)
         # the cheapest flip of pattern v = b0 + 2 b1 + 4 b2 + 8 b3: the min over its positions,
         # as min(low[b0, b1], high[b2, b3]) with low and high over position pairs
-        pick = lambda i: delta[:, :, :, i]  # noqa: E731  (2 offsets, 2 bits, 6, N)
-        low = torch.minimum(pick(0).unsqueeze(1), pick(1).unsqueeze(2))  # [.., b1, b0, ..]
-        high = torch.minimum(pick(2).unsqueeze(1), pick(3).unsqueeze(2))
-        low, high = (v.permute(0, 3, 1, 2, 4).reshape(2, 6, 4, n) for v in (low, high))
-        fix = torch.minimum(low.unsqueeze(2), high.unsqueeze(3)).view(2, 6, 16, n)
+        pick = lambda i: delta[..., i, :]  # noqa: E731  (6, 2 offsets, 2 bits, N)
+        low = torch.minimum(pick(0).unsqueeze(2), pick(1).unsqueeze(3)).view(6, 2, 4, n)
+        high = torch.minimum(pick(2).unsqueeze(2), pick(3).unsqueeze(3)).view(6, 2, 4, n)
+        fix = torch.minimum(low.unsqueeze(2), high.unsqueeze(3)).view(6, 2, 16, n)
+        fix = fix.index_select(2, c["patterns"])
         g = torch.empty(4, 6, 2, 8, n, dtype=t.dtype, device=t.device)
-        patterns = (lambda v: v[:, :, 0::2], lambda v: v[:, :, 1::2].flip(2))  # 2k; 15 − 2k
-        for a, pattern in enumerate(patterns):
-            cost_a, odd_a, fix_a = (pattern(v).transpose(0, 1) for v in (cost, odd, fix))
+        for a in range(2):
+            cost_a, odd_a, fix_a = (v[:, :, 8 * a : 8 * a + 8] for v in (cost, odd, fix))
             torch.addcmul(cost_a, odd_a, fix_a, out=g[2 * a])
             torch.addcmul(cost_a + fix_a, odd_a, fix_a, value=-1.0, out=g[2 * a + 1])
         return g.view(4, 6, 16, n)
 
 
-def _argmin_xor(x: Tensor, y: Tensor, target: Tensor) -> Tensor:
-    """Per point, the entry a minimizing ``x[a] + y[a xor target]`` (``x``, ``y``: ``(4, N)``)."""
-    a = torch.arange(4, device=x.device).unsqueeze(1)
-    return (x + y.gather(0, a ^ target)).argmin(0)
-
-
 def _min_plus(x: Tensor, y: Tensor) -> Tensor:
-    """Min-plus product over Z2 × Z2 of tables ``x`` and ``y`` (``(4, ...)``, entry first):
-    ``out[a] = min_b x[b] + y[a xor b]``."""
-    out = torch.empty_like(x)
+    """Min-plus product over Z2 × Z2 of tables ``x`` and ``y`` (``(4, ...)``, entry first, the
+    rest broadcast): ``out[a] = min_b x[b] + y[a xor b]``, each entry formed in place with one
+    scratch buffer."""
+    out = x.new_empty((4, *torch.broadcast_shapes(x.shape[1:], y.shape[1:])))
+    term = torch.empty_like(out[0])
     for a in range(4):
-        low = x[0] + y[a]
-        torch.minimum(low, x[1] + y[a ^ 1], out=low)
-        high = x[2] + y[a ^ 2]
-        torch.minimum(high, x[3] + y[a ^ 3], out=high)
-        torch.minimum(low, high, out=out[a])
+        torch.add(x[0], y[a], out=out[a])
+        for b in (1, 2, 3):
+            torch.minimum(out[a], torch.add(x[b], y[a ^ b], out=term), out=out[a])
     return out
 
 
