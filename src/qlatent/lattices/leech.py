@@ -308,8 +308,19 @@ class GolaySextet:
 
 def _min_plus(x: Tensor, y: Tensor) -> Tensor:
     """Min-plus product over Z2 × Z2 of tables ``x`` and ``y`` (``(4, ...)``, entry first, the
-    rest broadcast): ``out[a] = min_b x[b] + y[a xor b]``, each entry formed in place with one
-    scratch buffer."""
+    rest broadcast): ``out[a] = min_b x[b] + y[a xor b]``. Eagerly each entry is formed in place
+    with one scratch buffer; under ``torch.compile`` as pure expressions, which it fuses (a
+    reused buffer would make it write every term out)."""
+    if torch.compiler.is_compiling():
+        return torch.stack(
+            [
+                torch.minimum(
+                    torch.minimum(x[0] + y[a], x[1] + y[a ^ 1]),
+                    torch.minimum(x[2] + y[a ^ 2], x[3] + y[a ^ 3]),
+                )
+                for a in range(4)
+            ]
+        )
     out = x.new_empty((4, *torch.broadcast_shapes(x.shape[1:], y.shape[1:])))
     term = torch.empty_like(out[0])
     for a in range(4):
