@@ -223,6 +223,7 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
         assert abs(g["nsm"] - g["literature"]) < 5 * g["se"]
     assert set(result["closest_point"]) == {"d4", "e8", "round (Z, torch.round)"}
     assert all(t["rows_per_s"] > 0 for t in result["closest_point"].values())
+    assert set(result["allocator"]) == {"environment", "transparent_hugepage"}
     assert "| E8 |" in format_lattices(result)
     steps = bench_training_step(repeats=1)
     from qlatent.bench.geometry import CONFIGURED_STEPS, STEP_CASES, VARIANT_STEPS
@@ -422,7 +423,7 @@ def test_a_broken_compressai_is_reported_and_unloaded(tmp_path, monkeypatch):
 
 
 def test_allocator_settings_name_what_is_set(monkeypatch, tmp_path):
-    """The lattice and quantizer benchmarks record the allocator variables set in the
+    """The lattice(s) and quantizer benchmarks record the allocator variables set in the
     environment (and only those) and the kernel's transparent-huge-page mode, None where it
     cannot be read."""
     from qlatent.bench import timing

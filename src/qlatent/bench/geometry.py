@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lattices import lattice_by_name, tile
-from .timing import device_sync, resolve_bench_device, time_cases
+from .timing import allocator_settings, device_sync, resolve_bench_device, time_cases
 
 #: name -> literature G(Λ)
 LITERATURE_NSM = {
@@ -149,6 +149,7 @@ def bench_lattices(
             "repeats": repeats,
             "device": str(device),
         },
+        "allocator": allocator_settings(),
         "geometry": geometry,
         "closest_point": throughput,
         "leech_compile_s": compile_s.get("leech"),
