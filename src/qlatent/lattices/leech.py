@@ -78,10 +78,10 @@ class LeechLattice(FixedLattice):
     def __init__(self, *, compile: bool = False) -> None:
         """``compile``: decode with the sextet decoder fused by ``torch.compile``
         (:func:`compiled_decode`): compiled on first use per dtype and device (up to minutes
-        with a cold inductor cache, needs a C++ compiler), then about 2.5× the eager decoder's
-        rows/s (``qlatent bench lattices``; README, "Lattice geometry"); the same points,
-        except that a point equidistant from two lattice points (probability 0) may get the
-        other one."""
+        with a cold inductor cache, needs a C++ compiler), then about three times the eager
+        decoder's rows/s (``qlatent bench lattices``; README, "Lattice geometry"); the same
+        points, except that a point equidistant from two lattice points (probability 0) may get
+        the other one."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
