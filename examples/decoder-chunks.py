@@ -1,0 +1,116 @@
+"""An eager lattice decoder's rows/s and page faults per call at several chunk sizes, in fresh
+processes under the process's own allocator settings.
+
+The eager decoders split a large input into chunks of rows (``_CHUNK`` in the lattice's module)
+so that their temporaries stay bounded. Under glibc's defaults a chunk's temporaries of several
+MB are mapped from the system and, depending on what the process freed before, faulted in again
+on every call, so the same code runs at one speed in one process and at half of it in the next.
+Minor page faults per call are counted exactly (``getrusage``) and do not depend on the
+machine's drift. Each of ``--processes`` fresh processes decodes the same ``--rows`` × 64 float32
+input, viewed as rows of the lattice's dimension, in chunks of each ``--chunks`` size (rows of
+that dimension) in turn, ``--rounds`` times interleaved, the median of ``--calls`` calls after two
+untimed ones, two threads; every chunk size must give the whole input's points.
+
+    python examples/decoder-chunks.py --lattice e8 --chunks 16384,32768,65536,262144 \
+        [--processes 4] [--out results/e8-decoder-chunks.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qlatent.bench.timing import allocator_settings
+from qlatent.results import provenance, write_json
+
+#: each eager decoder's module (where its ``_CHUNK`` lives), its closest-point rule on a chunk of
+#: rows, and its dimension
+DECODERS = {"e8": ("qlatent.lattices.e8", "_closest_e8", 8)}
+
+
+def one_process(lattice: str, rows: int, chunks: list[int], rounds: int, calls: int) -> dict:
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(2)
+    module_name, rule_name, dim = DECODERS[lattice]
+    rule = getattr(importlib.import_module(module_name), rule_name)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(0)).view(-1, dim)
+
+    def decode(chunk: int) -> torch.Tensor:
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[0], chunk):
+            out[start : start + chunk] = rule(x[start : start + chunk])
+        return out
+
+    reference = decode(x.shape[0])
+    result: dict[str, list] = {str(c): [] for c in chunks}
+    for _ in range(rounds):
+        for chunk in chunks:
+            if not torch.equal(decode(chunk), reference):
+                raise SystemExit(f"chunk {chunk}: other points than the whole input's")
+            decode(chunk)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                decode(chunk)
+                times.append(time.perf_counter() - start)
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
+            result[str(chunk)].append(
+                {"rows_per_s": rows / statistics.median(times), "faults_per_call": faults}
+            )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lattice", choices=sorted(DECODERS), default="e8")
+    parser.add_argument("--chunks", default="16384,32768,65536,262144")
+    parser.add_argument("--rows", type=int, default=16384, help="input rows of 64 coordinates")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    chunks = [int(c) for c in args.chunks.split(",")]
+    if min(chunks) < 1 or args.rows < 1 or args.processes < 1 or args.calls < 1:
+        parser.error("--chunks, --rows, --processes and --calls must be positive")
+    if args.worker:
+        print(json.dumps(one_process(args.lattice, args.rows, chunks, args.rounds, args.calls)))
+        return
+    command = " ".join(["python", "examples/decoder-chunks.py", *sys.argv[1:]])
+    started = provenance(command)
+    worker = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+    runs = []
+    for i in range(args.processes):
+        out = subprocess.run(worker, check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out))
+        summary = ", ".join(
+            f"{c}: {statistics.median(r['rows_per_s'] for r in runs[-1][str(c)]) / 1e3:.0f} k "
+            f"({statistics.median(r['faults_per_call'] for r in runs[-1][str(c)]):.0f} faults)"
+            for c in chunks
+        )
+        print(f"process {i + 1}: {summary}")
+    payload = {
+        **started,
+        "lattice": args.lattice,
+        "input": {"rows": args.rows, "dim": 64, "dtype": "float32", "threads": 2},
+        "allocator": allocator_settings(),
+        "chunks": chunks,
+        "processes": runs,
+    }
+    if args.out:
+        print(f"wrote {write_json(payload, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
