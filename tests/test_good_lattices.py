@@ -328,6 +328,15 @@ def test_compiled_leech_decoder_matches_eager(dtype):
     assert neck.geometry.blocks[0].compile and "compile=True" in repr(neck)
 
 
+def test_e8_decodes_a_large_input_in_chunks_with_the_same_points():
+    """Inputs beyond one chunk (the last one partial) get the points of the rule on the whole
+    input at once."""
+    from qlatent.lattices import e8
+
+    x = 3 * torch.randn(2 * e8._CHUNK + 123, 8, generator=gen(35))
+    assert torch.equal(GossetLattice().closest_point(x), e8._closest_e8(x))
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_e8_column_rule_is_the_eager_decoder(dtype):
     """The column-by-column form of the E8 rule that ``compile=True`` compiles gives the eager

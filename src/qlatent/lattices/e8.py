@@ -64,9 +64,12 @@ class GossetLattice(FixedLattice):
         return out.view(x.shape)
 
 
-#: E8 rows decoded per call: bounds the temporaries (≈ 8 MB per float32 tensor) on huge inputs;
-#: smaller chunks measured slower on two threads (each op's parallel split costs more)
-_CHUNK = 1 << 18
+#: E8 rows decoded per call: bounds the temporaries (512 kB per float32 tensor). Under glibc's
+#: defaults chunks of 2^15 rows and more had their temporaries faulted in again on most calls
+#: (12,300 page faults a call on 2^17 rows in one chunk) and ran at half the speed; chunks of
+#: 2^12 and 2^13 paid more per-op overhead (examples/decoder-chunks.py; README, "Lattice
+#: geometry")
+_CHUNK = 1 << 14
 #: fewer rows decode eagerly with ``compile=True`` (a compiled call costs tens of microseconds,
 #: and shapes of 0 and 1 rows would each be compiled apart)
 _COMPILED_MIN_ROWS = 64
