@@ -337,6 +337,19 @@ def test_e8_decodes_a_large_input_in_chunks_with_the_same_points():
     assert torch.equal(GossetLattice().closest_point(x), e8._closest_e8(x))
 
 
+@pytest.mark.parametrize("name", ["d4", "d3*", "a2"])
+def test_small_lattices_decode_large_inputs_in_chunks_with_the_same_points(name, monkeypatch):
+    """D_n, D_n* and A2 decode inputs beyond one chunk (batched leading dimensions, the last
+    chunk partial) to the points they give in one call."""
+    from qlatent.lattices import _utils
+
+    lat = lattice_by_name(name)
+    x = 3 * torch.randn(5, 701, lat.dim, generator=gen(36))
+    whole = lat.closest_point(x)
+    monkeypatch.setattr(_utils, "CHUNK_BYTES", 1000)  # a few dozen rows a chunk
+    assert torch.equal(lat.closest_point(x), whole)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_e8_column_rule_is_the_eager_decoder(dtype):
     """The column-by-column form of the E8 rule that ``compile=True`` compiles gives the eager

@@ -16,6 +16,25 @@ from torch import Tensor
 
 from .base import Lattice, to_coordinates
 
+#: bytes of one float temporary of an eager decoder's chunk of rows on the CPU: under glibc's
+#: defaults temporaries of several MB were faulted in again on most calls, which halved the E8
+#: and D4 decoders' speed (examples/decoder-chunks.py; README, "Lattice geometry")
+CHUNK_BYTES = 1 << 19
+
+
+def in_chunks(rule, x: Tensor, n: int, itemsize: int | None = None) -> Tensor:
+    """``rule`` (rows ``(k, n)`` to points ``(k, n)``) on every row of ``x`` (``(..., n)``), in
+    chunks whose float temporaries take :data:`CHUNK_BYTES` each on the CPU (``itemsize``: the
+    bytes per number the rule computes in, ``x``'s by default); in one call elsewhere."""
+    rows = x.reshape(-1, n)
+    size = max(1, CHUNK_BYTES // (n * (itemsize or x.element_size())))
+    if rows.shape[0] <= size or x.device.type != "cpu":
+        return rule(rows).view(x.shape)
+    out = torch.empty_like(rows)
+    for start in range(0, rows.shape[0], size):
+        out[start : start + size] = rule(rows[start : start + size])
+    return out.view(x.shape)
+
 
 def parity(v: Tensor) -> Tensor:
     """``v mod 2`` for integer-valued floats, exactly at any magnitude (v/2, its floor and

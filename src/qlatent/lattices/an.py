@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import FixedLattice
+from ._utils import FixedLattice, in_chunks
 from .base import LATTICES
 
 
@@ -47,8 +47,8 @@ class RootLatticeA(FixedLattice):
         self._side = float(self._basis[0, 0])  # the Helmert frame puts b_1 = (√2, 0, ..., 0)
 
     def closest_point(self, x: Tensor) -> Tensor:
-        if self.dim == 2:
-            return self._closest_hexagonal(x)
+        if self.dim == 2:  # computed in float64: 8 bytes a number
+            return in_chunks(self._closest_hexagonal, x, 2, itemsize=8)
         if x.dtype != torch.float64:
             # the basis is irrational: decode in float64 so that a float32 input gets the
             # float32 rounding of its exact closest point, at any magnitude

@@ -13,7 +13,7 @@ import math
 
 from torch import Tensor
 
-from ._utils import FixedLattice, as_basis, nearer, round_to_dn
+from ._utils import FixedLattice, as_basis, in_chunks, nearer, round_to_dn
 from .base import LATTICES
 
 
@@ -35,7 +35,7 @@ class CheckerboardLattice(FixedLattice):
         self.covering_radius = max(1.0, math.sqrt(n) / 2)
 
     def closest_point(self, x: Tensor) -> Tensor:
-        return round_to_dn(x)
+        return in_chunks(round_to_dn, x, self.dim)
 
 
 @LATTICES.register("dn_dual")
@@ -52,4 +52,9 @@ class DualCheckerboardLattice(FixedLattice):
         self.cell_halfwidth = 0.5  # Z^n ⊂ D_n*
 
     def closest_point(self, x: Tensor) -> Tensor:
-        return nearer(x, x.round(), (x - 0.5).round_().add_(0.5))
+        return in_chunks(_closest_dual, x, self.dim)
+
+
+def _closest_dual(x: Tensor) -> Tensor:
+    """The nearer of the two roundings of each row of ``x``: to Z^n and to Z^n + ½."""
+    return nearer(x, x.round(), (x - 0.5).round_().add_(0.5))
