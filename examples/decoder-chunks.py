@@ -31,7 +31,10 @@ from qlatent.results import provenance, write_json
 
 #: each eager decoder's module (where its ``_CHUNK`` lives), its closest-point rule on a chunk of
 #: rows, and its dimension
-DECODERS = {"e8": ("qlatent.lattices.e8", "_closest_e8", 8)}
+DECODERS = {
+    "e8": ("qlatent.lattices.e8", "_closest_e8", 8),
+    "d4": ("qlatent.lattices._utils", "round_to_dn", 4),
+}
 
 
 def one_process(lattice: str, rows: int, chunks: list[int], rounds: int, calls: int) -> dict:
