@@ -17,8 +17,9 @@ from torch import Tensor
 from .base import Lattice, to_coordinates
 
 #: bytes of one float temporary of an eager decoder's chunk of rows on the CPU: under glibc's
-#: defaults temporaries of several MB were faulted in again on most calls, which halved the E8
-#: and D4 decoders' speed (examples/decoder-chunks.py; README, "Lattice geometry")
+#: defaults temporaries of several MB were faulted in again on most calls, which cost the E8
+#: decoder about half its speed and D4 about a third (examples/decoder-chunks.py; README,
+#: "Lattice geometry")
 CHUNK_BYTES = 1 << 19
 
 
