@@ -1,10 +1,11 @@
 """An eager lattice decoder's rows/s and page faults per call at several chunk sizes, in fresh
 processes under the process's own allocator settings.
 
-The eager decoders split a large input into chunks of rows (``_CHUNK`` in the lattice's module)
-so that their temporaries stay bounded. Under glibc's defaults a chunk's temporaries of several
-MB are mapped from the system and, depending on what the process freed before, faulted in again
-on every call, so the same code runs at one speed in one process and at half of it in the next.
+The eager decoders split a large input into chunks of rows
+(``qlatent.lattices._utils.in_chunks``) so that their temporaries stay bounded. Under glibc's
+defaults a chunk's temporaries of several MB are mapped from the system and, depending on what
+the process freed before, faulted in again on every call, so the same code runs at one speed in
+one process and at half of it in the next.
 Minor page faults per call are counted exactly (``getrusage``) and do not depend on the
 machine's drift. Each of ``--processes`` fresh processes decodes the same ``--rows`` × 64 float32
 input, viewed as rows of the lattice's dimension, in chunks of each ``--chunks`` size (rows of
@@ -29,8 +30,7 @@ from pathlib import Path
 from qlatent.bench.timing import allocator_settings
 from qlatent.results import provenance, write_json
 
-#: each eager decoder's module (where its ``_CHUNK`` lives), its closest-point rule on a chunk of
-#: rows, and its dimension
+#: each eager decoder's module, its closest-point rule on a chunk of rows, and its dimension
 DECODERS = {
     "e8": ("qlatent.lattices.e8", "_closest_e8", 8),
     "d4": ("qlatent.lattices._utils", "round_to_dn", 4),

@@ -8,7 +8,7 @@ point at any magnitude.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import torch
@@ -16,14 +16,17 @@ from torch import Tensor
 
 from .base import Lattice, to_coordinates
 
-#: bytes of one float temporary of an eager decoder's chunk of rows on the CPU: under glibc's
-#: defaults temporaries of several MB were faulted in again on most calls, which cost the E8
-#: decoder about half its speed and D4 about a third (examples/decoder-chunks.py; README,
-#: "Lattice geometry")
+#: bytes of one float temporary of an eager decoder's chunk of rows on the CPU (E8: 2^14 rows of
+#: float32). Under glibc's defaults temporaries of several MB were faulted in again on most
+#: calls (E8 in one chunk of 2^17 rows: 12,704 page faults a call), which cost the E8 decoder
+#: about half its speed and D4 about a third; chunks of 2^12 and 2^13 E8 rows paid more in
+#: per-operation overhead (examples/decoder-chunks.py; README, "Lattice geometry")
 CHUNK_BYTES = 1 << 19
 
 
-def in_chunks(rule, x: Tensor, n: int, itemsize: int | None = None) -> Tensor:
+def in_chunks(
+    rule: Callable[[Tensor], Tensor], x: Tensor, n: int, itemsize: int | None = None
+) -> Tensor:
     """``rule`` (rows ``(k, n)`` to points ``(k, n)``) on every row of ``x`` (``(..., n)``), in
     chunks whose float temporaries take :data:`CHUNK_BYTES` each on the CPU (``itemsize``: the
     bytes per number the rule computes in, ``x``'s by default); in one call elsewhere."""

@@ -22,7 +22,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._utils import FixedLattice, as_basis, parity
+from ._utils import FixedLattice, as_basis, in_chunks, parity
 from .base import LATTICES
 
 
@@ -54,24 +54,22 @@ class GossetLattice(FixedLattice):
         rows = x.reshape(-1, 8)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
             decode = lambda chunk: compiled_decode()(chunk.T.contiguous())  # noqa: E731
+        elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
+            return in_chunks(_closest_e8, x, 8)
         else:  # eager, also for a few rows, where the compiled call's overhead dominates
             decode = _closest_e8
-        chunk = _CHUNK if rows.device.type == "cpu" else _CHUNK_ACCELERATOR
-        if rows.shape[0] <= chunk:
+        if rows.shape[0] <= _CHUNK:
             return decode(rows).view(x.shape)
         out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], chunk):
-            out[start : start + chunk] = decode(rows[start : start + chunk])
+        for start in range(0, rows.shape[0], _CHUNK):
+            out[start : start + _CHUNK] = decode(rows[start : start + _CHUNK])
         return out.view(x.shape)
 
 
-#: E8 rows decoded per call on the CPU: bounds the temporaries (512 kB per float32 tensor).
-#: Under glibc's defaults chunks of 2^15 rows and more had their temporaries faulted in again on
-#: most calls (12,300 page faults a call on 2^17 rows in one chunk) and ran at half the speed;
-#: chunks of 2^12 and 2^13 paid more per-op overhead (examples/decoder-chunks.py; README,
-#: "Lattice geometry"). On an accelerator chunks only bound the memory (each costs launches).
-_CHUNK = 1 << 14
-_CHUNK_ACCELERATOR = 1 << 18
+#: E8 rows per compiled call, and per eager call on an accelerator: bounds the temporaries
+#: (≈ 8 MB per float32 tensor) on huge inputs. The eager decoder on the CPU takes the smaller
+#: chunks of :func:`~qlatent.lattices._utils.in_chunks` (2^14 rows of float32).
+_CHUNK = 1 << 18
 #: fewer rows decode eagerly with ``compile=True`` (a compiled call costs tens of microseconds,
 #: and shapes of 0 and 1 rows would each be compiled apart)
 _COMPILED_MIN_ROWS = 64
