@@ -30,7 +30,7 @@ from qlatent.lattices import (
     tile,
 )
 from qlatent.lattices._glued import closest_point_glued
-from qlatent.lattices.bw16 import reed_muller_1_4
+from qlatent.lattices.bw16 import ReedMullerQuarters, reed_muller_1_4, rm_quarters
 from qlatent.lattices.leech import _BY_PARITY, golay_code, golay_sextet
 from qlatent.lattices.search import GeneralLattice, SphereDecoder
 
@@ -202,6 +202,70 @@ def test_golay_sextet_classes():
     assert torch.equal(by_parity[cols % 8], sextet.tuples[sextet.classes])
     assert torch.equal((cols[:, :3] % 4 * torch.tensor([16, 4, 1])).sum(1), torch.arange(256) % 64)
     assert torch.equal(cols[:, 0] % 8 // 4, torch.arange(256) // 64 % 2)  # π
+
+
+def test_reed_muller_quarters():
+    """Every RM(1, 4) word is (ℓ, σ, c_0, c_2) on its four quarters: the label pattern ℓ
+    complemented by c_j on quarter j, with c_1 = c_0 ⊕ σ and c_3 = c_2 ⊕ σ; each number is one
+    word. A code without that structure is refused."""
+    quarters = rm_quarters()
+    words = reed_muller_1_4().words
+    assert torch.equal(quarters.word_of.sort().values, torch.arange(32))
+    for key, word in enumerate(quarters.word_of.tolist()):
+        ell, sigma, c0, c2 = key // 8, key // 4 % 2, key // 2 % 2, key % 2
+        first, second = 4 * ell + 2 * sigma + c0, 4 * ell + 2 * sigma + c2  # rows (ℓ, σ, c)
+        expected = torch.cat(
+            [
+                quarters.patterns[0, first],  # c_0
+                quarters.patterns[1, first],  # c_0 ⊕ σ
+                quarters.patterns[0, second],  # c_2
+                quarters.patterns[1, second],  # c_2 ⊕ σ
+            ]
+        )
+        assert torch.equal(quarters.patterns[1, first], quarters.patterns[0, first] ^ sigma)
+        assert torch.equal(words[word], expected), key
+    swapped = words[:, torch.tensor([0, 4, 2, 3, 1] + list(range(5, 16)))]  # positions 1, 4 swapped
+    with pytest.raises(ValueError, match="RM"):
+        ReedMullerQuarters(type(reed_muller_1_4())(_row_basis(swapped)))
+
+
+def _row_basis(words: torch.Tensor) -> torch.Tensor:
+    """Five generators of the code spanned by ``words`` (the all-ones word and four of weight 8
+    that are independent over GF(2)), by greedy elimination."""
+    basis: list[torch.Tensor] = []
+    reduced: list[torch.Tensor] = []
+    for w in words:
+        v = w.clone()
+        for r in reduced:
+            pivot = int(torch.nonzero(r)[0])
+            if v[pivot]:
+                v = v ^ r
+        if v.any():
+            basis.append(w)
+            reduced.append(v)
+    return torch.stack(basis)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_bw16_quarter_decoder_equals_coset_search(dtype):
+    """The quarter decoder finds a point exactly as near as the search over all 32 cosets of
+    2·D16 (itself checked against the sphere decoder above), on random points at several scales
+    and points near faces and deep holes, in one chunk and in several."""
+    lat = BarnesWallLattice()
+    g = gen(21)
+    x = torch.cat(
+        [s * torch.randn(4000, 16, generator=g, dtype=F64) for s in (0.3, 1.0, 3.0, 1e3)]
+        + [_adversarial(lat, 1000, seed=22, dtype=F64)]
+    ).to(dtype)
+    got = lat.closest_point(x)
+    ref = closest_point_glued(x, reed_muller_1_4(), 1.0, 2.0, ((0.0, 0),), 4096)
+    d_got = (x.double() - got.double()).square().sum(1)
+    d_ref = (x.double() - ref.double()).square().sum(1)
+    tol = 1e-9 if dtype == F64 else 1e-3
+    assert (d_got <= d_ref + tol).all()
+    assert torch.equal(lat.closest_point(got), got)
+    for rows in (1, 2, 3000):  # one row's transpose has the strides of a contiguous tensor
+        assert torch.equal(rm_quarters().decode(x[:rows]), got[:rows])
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])

@@ -5,10 +5,15 @@ Reed–Muller code RM(1, 4) (16 bits, 32 words of weight 0, 8 or 16):
 
     Λ16 = ⋃_{c ∈ RM(1,4)} (c + 2·D16)
 
-Closest point: the nearest of the 32 cosets, their squared distances from one matrix product and
-parity corrections only where they can matter (``qlatent.lattices._glued``), then the winning
-coset decoded directly (round, fix parity). Minimal norm 8, kissing number
-4320, volume 2^12, G ≈ 0.0682976.
+Closest point, exact: the nearest of the 32 cosets, then the winning coset decoded directly (round,
+fix parity). The cosets' distances come from RM(1, 4)'s quarters (:class:`ReedMullerQuarters`):
+on each four consecutive positions a codeword is one of four labels, shared by all four quarters,
+or its complement, and the four complements have an even sum. So a coset's squared distance,
+the parity of its Σ z and its cheapest parity flip are sums and minima of per-quarter tables,
+formed for all 32 cosets at once in two pairs of quarters, with no data-dependent work (the
+search of ``qlatent.lattices._glued`` over the 32 cosets, with parity corrections only where they
+can matter, is kept as the tests' reference). Minimal norm 8, kissing number 4320, volume 2^12,
+G ≈ 0.0682976.
 
 With ``compile=True`` the same search runs as one ``torch.compile``d loop over the points
 (:func:`compiled_decode`), written over the sixteen coordinates as separate columns: the 32 coset
@@ -26,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._glued import BinaryCode, closest_point_glued
+from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES
 
@@ -40,10 +45,10 @@ def reed_muller_1_4() -> BinaryCode:
     return BinaryCode(torch.cat([torch.ones(1, 16, dtype=torch.int64), points.T]))
 
 
-#: points decoded per chunk: on the CPU sized for its cache; on an accelerator larger, since
-#: every chunk costs kernel launches and host syncs (16 chunks of 4096 rows held an H200 to the
-#: two-core CPU's speed)
-_CHUNK = 4096
+#: points decoded per chunk: on the CPU its (32, chunk) tables take 1 MB of float32 (4096 and
+#: 16384 points per chunk were 10% slower and level); on an accelerator larger, since every chunk
+#: costs kernel launches (16 chunks of 4096 rows held an H200 to the two-core CPU's speed)
+_CHUNK = 8192
 _CHUNK_ACCELERATOR = 1 << 16
 #: points per compiled call: the kernel keeps no temporaries, this bounds the transposed copy
 _COMPILED_CHUNK = 1 << 16
@@ -75,15 +80,16 @@ class BarnesWallLattice(FixedLattice):
         self._basis = as_basis(integer_basis(generators))
 
     def closest_point(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, 16)
-        if not self.compile or rows.shape[0] < _COMPILED_MIN_ROWS:
-            chunk = _CHUNK if x.device.type == "cpu" else _CHUNK_ACCELERATOR
-            return closest_point_glued(x, self._code, 1.0, 2.0, ((0.0, 0),), chunk)
-        rows = rows.detach()  # piecewise constant: its derivative is 0
+        rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], _COMPILED_CHUNK):
-            chunk = rows[start : start + _COMPILED_CHUNK]
-            out[start : start + chunk.shape[0]] = compiled_decode()(chunk.T.contiguous())
+        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
+            for start in range(0, rows.shape[0], _COMPILED_CHUNK):
+                chunk = rows[start : start + _COMPILED_CHUNK]
+                out[start : start + chunk.shape[0]] = compiled_decode()(chunk.T.contiguous())
+            return out.view(x.shape)
+        size = _CHUNK if x.device.type == "cpu" else _CHUNK_ACCELERATOR
+        for start in range(0, rows.shape[0], size):
+            out[start : start + size] = rm_quarters().decode(rows[start : start + size])
         return out.view(x.shape)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
@@ -91,6 +97,110 @@ class BarnesWallLattice(FixedLattice):
         the union of r_c + 2·{y ∈ Z^16 : Σ y ≡ p_c (mod 2)}."""
         words = self._code.words.clone()
         return words, torch.zeros(words.shape[0], dtype=torch.int64), 2
+
+
+class ReedMullerQuarters:
+    """The eager decoder of Λ16 through the quarters of RM(1, 4), derived from the code itself
+    (and checked when built, not assumed).
+
+    On each quarter (positions 4j .. 4j + 3) a codeword reads c_j ⊕ ℓ, with ℓ one of four
+    even-weight patterns whose first bit is 0 (the word's label, the same on all four quarters)
+    and c_j its first bit; the four c_j have an even sum. So the 32 words are numbered
+    (ℓ, σ, c_0, c_2), with σ = c_0 ⊕ c_1 = c_2 ⊕ c_3. Quarters are paired as (0, 1), (2, 3); a
+    pair's tables have 16 rows (ℓ, σ, c_first), the first quarter taking pattern c_first ⊕ ℓ
+    and the second c_first ⊕ σ ⊕ ℓ, so that every codeword's sums are one broadcast add of the
+    two pairs' rows. Per coset: the squared distance Σ d, the parity of Σ z and the cheapest
+    flip min δ (d, z, δ per coordinate and bit as :func:`~qlatent.lattices._glued.bit_tables`
+    defines them), and its cost Σ d + [Σ z odd] · min δ, as the coset search computes it.
+    Tables are laid out points-last (``(..., N)``), so that the minimum over the 32 cosets runs
+    over a leading dimension (several times faster than over the last one on the CPU).
+    """
+
+    def __init__(self, code: BinaryCode) -> None:
+        w = code.words.view(-1, 4, 4)  # word, quarter, position
+        if w.shape[0] != 32 or bool((w.sum(-1) % 2).any()):
+            raise ValueError("the code is not RM(1, 4): a quarter of a word has odd weight")
+        const = w[..., 0]  # (32, 4): each quarter's complement bit c_j
+        normal = torch.where(const.unsqueeze(-1) == 1, 1 - w, w)
+        inner = normal[..., 1] + 2 * normal[..., 2] + 4 * normal[..., 3]  # (32, 4) in [0, 8)
+        if not torch.equal(inner, inner[:, :1].expand(-1, 4)):
+            raise ValueError("the code is not RM(1, 4): a word's quarters have different labels")
+        labels, label = torch.unique(inner[:, 0], return_inverse=True)
+        if len(labels) != 4 or bool((const.sum(1) % 2).any()):
+            raise ValueError("the code is not RM(1, 4): no four labels with even complements")
+        key = label * 8 + (const[:, 0] ^ const[:, 1]) * 4 + const[:, 0] * 2 + const[:, 2]
+        #: (32,): the word (message order) of each coset (ℓ, σ, c_0, c_2)
+        self.word_of = torch.full((32,), -1, dtype=torch.int64).scatter_(0, key, torch.arange(32))
+        if bool((self.word_of < 0).any()):
+            raise ValueError("the code is not RM(1, 4): two words share a label and complements")
+        self.code = code
+        bits = (labels.unsqueeze(1) >> torch.arange(3)) & 1  # (4, 3): positions 1..3
+        bits = torch.cat([torch.zeros(4, 1, dtype=torch.int64), bits], 1)  # (4, 4)
+        ell, sigma, first = (
+            v.flatten()
+            for v in torch.meshgrid(*[torch.arange(k) for k in (4, 2, 2)], indexing="ij")
+        )
+        #: (2, 16, 4): per table row (ℓ, σ, c_first), the pattern of a pair's first quarter
+        #: and of its second
+        self.patterns = torch.stack(
+            [bits[ell] ^ first.unsqueeze(1), bits[ell] ^ (first ^ sigma).unsqueeze(1)]
+        )
+        self._cache: dict = {}
+
+    def _on(self, dtype, device) -> dict:
+        key = (dtype, device)
+        if key not in self._cache:
+            pat = self.patterns
+            # a quarter's cheapest flip for pattern b0 b1 b2 b3 is entry 16 · quarter + pattern
+            # of the (4 · 16) table of min(low[b0, b1], high[b2, b3])
+            code = (pat * torch.tensor([8, 4, 2, 1])).sum(-1)  # (2, 16)
+            quarter = torch.arange(4).view(2, 2, 1)  # (pair, quarter in pair)
+            self._cache[key] = {
+                # (1, 2, 16, 8): Σ over a row's pattern of a (bit, position) bit-major table
+                "sums": torch.cat([1 - pat, pat], -1).to(device=device, dtype=dtype).unsqueeze(0),
+                "flips": (quarter * 16 + code).flatten().to(device),
+                "shifts": torch.tensor([0.0, 1.0], dtype=dtype, device=device).view(1, 2, 1, 1),
+                "word_of": self.word_of.to(device),
+                "words": self.code.words.to(device=device, dtype=dtype),
+            }
+        return self._cache[key]
+
+    def decode(self, t: Tensor) -> Tensor:
+        """Closest Λ16 point to each row of ``t`` (``(N, 16)``); of equal costs the first coset
+        in (ℓ, σ, c_0, c_2) order wins."""
+        c = self._on(t.dtype, t.device)
+        n = t.shape[0]
+        # quarter, ., position, point; in a fresh buffer (t.T of one row counts as contiguous
+        # with strides that the broadcasts below would carry over)
+        quarters = t.new_empty(16, n).copy_(t.T).view(4, 1, 4, n)
+        s = (quarters - c["shifts"]) * 0.5  # (4, 2, 4, N): bit b's multiple of 2
+        z = torch.round(s)
+        e = s.sub_(z).abs_()
+        d = e.square().mul_(4.0).view(2, 2, 8, n)  # pair, quarter in pair, (bit, pos), point
+        p = parity(z).view(2, 2, 8, n)
+        delta = e.mul_(-2.0).add_(1.0).mul_(4.0)  # (2(1 − |e|))² − (2e)²
+        dist = torch.matmul(c["sums"], d)  # (2, 2, 16, N)
+        odd = torch.matmul(c["sums"], p)
+        # the cheapest flip over a pattern's positions: min(low[b0, b1], high[b2, b3])
+        dp = delta.view(4, 2, 2, 2, n)  # quarter, bit, position pair, position, point
+        low = torch.minimum(dp[:, :, 0, 0].unsqueeze(2), dp[:, :, 0, 1].unsqueeze(1))
+        high = torch.minimum(dp[:, :, 1, 0].unsqueeze(2), dp[:, :, 1, 1].unsqueeze(1))
+        every = torch.minimum(low.view(4, 4, 1, n), high.view(4, 1, 4, n)).view(64, n)
+        flip = every.index_select(0, c["flips"]).view(2, 2, 16, n)
+        # each pair's rows (ℓ, σ, c_first), then every coset (ℓ, σ, c_0, c_2)
+        dist = (dist[:, 0] + dist[:, 1]).view(2, 4, 2, 2, n)
+        odd = (odd[:, 0] + odd[:, 1]).view(2, 4, 2, 2, n)
+        flip = torch.minimum(flip[:, 0], flip[:, 1]).view(2, 4, 2, 2, n)
+        cost = dist[0].unsqueeze(3) + dist[1].unsqueeze(2)  # (4, 2, 2, 2, N)
+        wrong = parity(odd[0].unsqueeze(3) + odd[1].unsqueeze(2))
+        cost.addcmul_(wrong, torch.minimum(flip[0].unsqueeze(3), flip[1].unsqueeze(2)))
+        best = cost.view(32, n).min(0).indices  # the first minimum, as argmin gives it
+        return decode_coset(t, c["words"], 1.0, 2.0, ((0.0, 0),), c["word_of"][best])
+
+
+@functools.cache
+def rm_quarters() -> ReedMullerQuarters:
+    return ReedMullerQuarters(reed_muller_1_4())
 
 
 def _walsh_hadamard(columns: list[Tensor]) -> list[Tensor]:
