@@ -34,6 +34,7 @@ from qlatent.results import provenance, write_json
 DECODERS = {
     "e8": ("qlatent.lattices.e8", "_closest_e8", 8),
     "d4": ("qlatent.lattices._utils", "round_to_dn", 4),
+    "bw16": ("qlatent.lattices.bw16", "_closest_bw16", 16),
 }
 
 

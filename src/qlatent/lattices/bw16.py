@@ -89,7 +89,7 @@ class BarnesWallLattice(FixedLattice):
             return out.view(x.shape)
         size = _CHUNK if x.device.type == "cpu" else _CHUNK_ACCELERATOR
         for start in range(0, rows.shape[0], size):
-            out[start : start + size] = rm_quarters().decode(rows[start : start + size])
+            out[start : start + size] = _closest_bw16(rows[start : start + size])
         return out.view(x.shape)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
@@ -201,6 +201,11 @@ class ReedMullerQuarters:
 @functools.cache
 def rm_quarters() -> ReedMullerQuarters:
     return ReedMullerQuarters(reed_muller_1_4())
+
+
+def _closest_bw16(t: Tensor) -> Tensor:
+    """The eager decoder on rows ``(N, 16)``: :meth:`ReedMullerQuarters.decode`."""
+    return rm_quarters().decode(t)
 
 
 def _walsh_hadamard(columns: list[Tensor]) -> list[Tensor]:
