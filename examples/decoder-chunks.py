@@ -13,7 +13,10 @@ that dimension) in turn, ``--rounds`` times interleaved, the median of ``--calls
 untimed ones, two threads; every chunk size must give the whole input's points.
 
     python examples/decoder-chunks.py --lattice e8 --chunks 16384,32768,65536,262144 \
-        [--processes 4] [--out results/e8-decoder-chunks.json]
+        [--processes 4] [--estimate-g e8,bw16] [--out results/e8-decoder-chunks.json]
+
+``--estimate-g`` first runs ``qlatent bench lattices``' Monte-Carlo estimate of G for those
+lattices in each process, so that the decoder meets the heap that benchmark leaves behind.
 """
 
 from __future__ import annotations
@@ -38,12 +41,24 @@ DECODERS = {
 }
 
 
-def one_process(lattice: str, rows: int, chunks: list[int], rounds: int, calls: int) -> dict:
+def one_process(
+    lattice: str,
+    rows: int,
+    chunks: list[int],
+    rounds: int,
+    calls: int,
+    estimate_g: list[str] = (),
+    target_rse: float = 5e-4,
+) -> dict:
     import importlib
 
     import torch
 
+    from qlatent.bench.geometry import estimate_nsm
+
     torch.set_num_threads(2)
+    for name in estimate_g:  # as `qlatent bench lattices` does before its timings
+        estimate_nsm(name, target_rse=target_rse, seed=0)
     module_name, rule_name, dim = DECODERS[lattice]
     rule = getattr(importlib.import_module(module_name), rule_name)
     x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(0)).view(-1, dim)
@@ -82,14 +97,19 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument(
+        "--estimate-g", default="", help="lattices whose G is estimated first in each process"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     chunks = [int(c) for c in args.chunks.split(",")]
     if min(chunks) < 1 or args.rows < 1 or args.processes < 1 or args.calls < 1:
         parser.error("--chunks, --rows, --processes and --calls must be positive")
+    estimate_g = [n for n in args.estimate_g.split(",") if n]
     if args.worker:
-        print(json.dumps(one_process(args.lattice, args.rows, chunks, args.rounds, args.calls)))
+        out = one_process(args.lattice, args.rows, chunks, args.rounds, args.calls, estimate_g)
+        print(json.dumps(out))
         return
     command = " ".join(["python", "examples/decoder-chunks.py", *sys.argv[1:]])
     started = provenance(command)
@@ -110,6 +130,7 @@ def main() -> None:
         "input": {"rows": args.rows, "dim": 64, "dtype": "float32", "threads": 2},
         "allocator": allocator_settings(),
         "chunks": chunks,
+        "estimate_g_first": estimate_g,
         "processes": runs,
     }
     if args.out:

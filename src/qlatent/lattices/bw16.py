@@ -45,9 +45,11 @@ def reed_muller_1_4() -> BinaryCode:
     return BinaryCode(torch.cat([torch.ones(1, 16, dtype=torch.int64), points.T]))
 
 
-#: points decoded per chunk: on the CPU its (32, chunk) tables take 1 MB of float32 (4096 and
-#: 16384 points per chunk were 10% slower and level); on an accelerator larger, since every chunk
-#: costs kernel launches (16 chunks of 4096 rows held an H200 to the two-core CPU's speed)
+#: points decoded per chunk: on the CPU its (32, chunk) tables take 1 MB of float32 (in fresh
+#: processes 4096 points were 15% slower, 16384 level, and one chunk of 65536 faulted its
+#: temporaries in again on most calls: results/bw16-decoder-chunks.json); on an accelerator
+#: larger, since every chunk costs kernel launches (16 chunks of 4096 rows held an H200 to the
+#: two-core CPU's speed)
 _CHUNK = 8192
 _CHUNK_ACCELERATOR = 1 << 16
 #: points per compiled call: the kernel keeps no temporaries, this bounds the transposed copy
