@@ -16,7 +16,9 @@ untimed ones, two threads; every chunk size must give the whole input's points.
         [--processes 4] [--estimate-g e8,bw16] [--out results/e8-decoder-chunks.json]
 
 ``--estimate-g`` first runs ``qlatent bench lattices``' Monte-Carlo estimate of G for those
-lattices in each process, so that the decoder meets the heap that benchmark leaves behind.
+lattices in each process, and ``--beside`` decodes the same input with another lattice's eager
+decoder (``tile(NAME, 64)``, untimed) after every timed call, as that benchmark interleaves its
+cases: so that the decoder meets the heap that benchmark leaves behind.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ def one_process(
     calls: int,
     estimate_g: list[str] = (),
     target_rse: float = 5e-4,
+    beside: str | None = None,
 ) -> dict:
     import importlib
 
     import torch
 
     from qlatent.bench.geometry import estimate_nsm
+    from qlatent.lattices import tile
 
     torch.set_num_threads(2)
     for name in estimate_g:  # as `qlatent bench lattices` does before its timings
@@ -70,19 +74,23 @@ def one_process(
         return out
 
     reference = decode(x.shape[0])
+    other_input = x.view(rows, 64).clone()
+    other = (lambda: tile(beside, 64).closest_point(other_input)) if beside else (lambda: None)
     result: dict[str, list] = {str(c): [] for c in chunks}
     for _ in range(rounds):
         for chunk in chunks:
             if not torch.equal(decode(chunk), reference):
                 raise SystemExit(f"chunk {chunk}: other points than the whole input's")
             decode(chunk)
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            times = []
+            faults, times = 0, []
             for _ in range(calls):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 decode(chunk)
                 times.append(time.perf_counter() - start)
-            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
+                faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+                other()  # untimed, its faults not counted
+            faults /= calls
             result[str(chunk)].append(
                 {"rows_per_s": rows / statistics.median(times), "faults_per_call": faults}
             )
@@ -100,6 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--estimate-g", default="", help="lattices whose G is estimated first in each process"
     )
+    parser.add_argument("--beside", default=None, help="a lattice decoded after every timed call")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,7 +117,9 @@ def main() -> None:
         parser.error("--chunks, --rows, --processes and --calls must be positive")
     estimate_g = [n for n in args.estimate_g.split(",") if n]
     if args.worker:
-        out = one_process(args.lattice, args.rows, chunks, args.rounds, args.calls, estimate_g)
+        out = one_process(
+            args.lattice, args.rows, chunks, args.rounds, args.calls, estimate_g, beside=args.beside
+        )
         print(json.dumps(out))
         return
     command = " ".join(["python", "examples/decoder-chunks.py", *sys.argv[1:]])
@@ -131,6 +142,7 @@ def main() -> None:
         "allocator": allocator_settings(),
         "chunks": chunks,
         "estimate_g_first": estimate_g,
+        "beside": args.beside,
         "processes": runs,
     }
     if args.out:

@@ -771,7 +771,14 @@ def test_decoder_chunks_times_every_chunk_size_on_the_same_points(lattice):
     call counted (and the chunked decode checked against the whole input's points)."""
     chunks = _load("decoder-chunks")
     out = chunks.one_process(
-        lattice, rows=256, chunks=[64, 2048], rounds=2, calls=2, estimate_g=["a2"], target_rse=0.05
+        lattice,
+        rows=256,
+        chunks=[64, 2048],
+        rounds=2,
+        calls=2,
+        estimate_g=["a2"],
+        target_rse=0.05,
+        beside="d4",
     )
     assert set(out) == {"64", "2048"}
     for runs in out.values():
