@@ -45,12 +45,15 @@ def reed_muller_1_4() -> BinaryCode:
     return BinaryCode(torch.cat([torch.ones(1, 16, dtype=torch.int64), points.T]))
 
 
-#: points decoded per chunk: on the CPU its (32, chunk) tables take 1 MB of float32 (in fresh
-#: processes 4096 points were 15% slower, 16384 level, and one chunk of 65536 faulted its
-#: temporaries in again on most calls: results/bw16-decoder-chunks.json); on an accelerator
-#: larger, since every chunk costs kernel launches (16 chunks of 4096 rows held an H200 to the
-#: two-core CPU's speed)
-_CHUNK = 8192
+#: points decoded per chunk: on the CPU its largest temporaries take 1 MB of float32. 8192 points
+#: ran 10–15% faster in most processes but not in all: after ``qlatent bench lattices``' other
+#: work, some processes faulted its 2 MB temporaries in again on every call (35,584 faults a
+#: call, 2.4× slower) and some ran slower without faults; 4096 points held 518–620 k rows of 64
+#: per s in all eight processes of results/bw16-decoder-chunks-beside-e8/ (one chunk of 65536
+#: faulted in fresh processes too: results/bw16-decoder-chunks.json). On an accelerator larger,
+#: since every chunk costs kernel launches (16 chunks of 4096 rows held an H200 to the two-core
+#: CPU's speed)
+_CHUNK = 4096
 _CHUNK_ACCELERATOR = 1 << 16
 #: points per compiled call: the kernel keeps no temporaries, this bounds the transposed copy
 _COMPILED_CHUNK = 1 << 16
