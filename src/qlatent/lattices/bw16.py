@@ -46,7 +46,7 @@ def reed_muller_1_4() -> BinaryCode:
 
 
 #: points decoded per chunk: on the CPU its largest temporaries take 1 MB of float32. 8192 points
-#: ran 10–15% faster in most processes but not in all: beside ``qlatent bench lattices``' other
+#: ran 10–20% faster in most processes but not in all: beside ``qlatent bench lattices``' other
 #: work some ran 20–45% slower (results/bw16-decoder-chunks-beside-e8/), and in a check not
 #: recorded one faulted its 2 MB temporaries in again on every call, 2.4× slower; 4096 points held
 #: 518–620 k rows of 64 per s in all eight processes there (one chunk of 65536 faulted in fresh
