@@ -360,6 +360,34 @@ def test_bad_specs_are_refused(spec, dim, match):
         tile(spec, dim)
 
 
+@pytest.mark.parametrize(
+    "lattice",
+    [lattice_by_name(n) for n in ("e8", "bw16", "leech", "a2", "a3", "d4", "d4*")]
+    + [tile("e8", 40), tile(["leech", "bw16"], 40), GeneralLattice(torch.eye(3) * 2)],
+    ids=lambda lat: lat.name,
+)
+def test_rows_of_another_width_are_refused(lattice):
+    """A wrong width is one clear error on every entry point, not a silent decode as other
+    blocks (E8 of 64 coordinates as E8^8), a direct sum's slice cut short (48 coordinates into
+    E8^5 gave 40) or a reshape's error."""
+    m = lattice.dim
+    for bad in (
+        torch.zeros(3, m + 8),
+        torch.zeros(3, 2 * m),
+        torch.zeros(m - 1),
+        torch.tensor(1.0),
+    ):
+        for method in ("closest_point", "coordinates", "points_from_unit"):
+            with pytest.raises(ValueError, match=f"rows of {m} coordinates"):
+                getattr(lattice, method)(bad)
+        with pytest.raises(ValueError, match=f"rows of {m} coordinates"):
+            lattice.points(bad.long())
+    with pytest.raises(ValueError, match="takes a torch.Tensor"):
+        lattice.closest_point([0.0] * m)
+    assert lattice.closest_point(torch.zeros(2, 5, m)).shape == (2, 5, m)  # any leading shape
+    assert lattice.closest_point(torch.zeros(0, m)).shape == (0, m)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bw16", "leech"])
 def test_closest_point_matches_sphere_decoder_many_points(name):

@@ -14,7 +14,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from .base import Lattice, to_coordinates
+from .base import Lattice, check_rows, to_coordinates
 
 #: bytes of one float temporary of an eager decoder's chunk of rows on the CPU (E8: 2^14 rows of
 #: float32). Under glibc's defaults temporaries of several MB were faulted in again on most
@@ -127,10 +127,12 @@ class FixedLattice(Lattice):
         return self._basis.T  # columns are basis vectors
 
     def coordinates(self, points: Tensor) -> Tensor:
+        check_rows(points, self.dim, self.name)
         inverse = self._inverse_t.to(points.device)
         return to_coordinates(torch.round(points.to(torch.float64) @ inverse))
 
     def points(self, coords: Tensor) -> Tensor:
+        check_rows(coords, self.dim, self.name)
         return coords.to(torch.float64) @ self._basis.to(coords.device)
 
     @property
@@ -141,6 +143,7 @@ class FixedLattice(Lattice):
         return inv
 
     def points_from_unit(self, r: Tensor) -> Tensor:
+        check_rows(r, self.dim, self.name)
         return r @ self._basis.to(device=r.device, dtype=r.dtype)
 
     @property

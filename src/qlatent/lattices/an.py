@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._utils import FixedLattice, in_chunks
-from .base import LATTICES
+from .base import LATTICES, check_rows
 
 
 def helmert(n: int) -> Tensor:
@@ -47,6 +47,7 @@ class RootLatticeA(FixedLattice):
         self._side = float(self._basis[0, 0])  # the Helmert frame puts b_1 = (√2, 0, ..., 0)
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, self.dim, self.name)
         if self.dim == 2:  # computed in float64: 8 bytes a number
             return in_chunks(self._closest_hexagonal, x, 2, itemsize=8)
         if x.dtype != torch.float64:

@@ -50,6 +50,18 @@ def check_reach(reach: float) -> None:
         )
 
 
+def check_rows(x: Tensor, dim: int, name: str) -> None:
+    """ValueError unless ``x`` is a tensor of rows of ``dim`` numbers, shape ``(..., dim)``: a
+    wrong width would otherwise decode as other blocks, be cut short by a direct sum's slices or
+    end in a reshape's error."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} takes a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{name} takes rows of {dim} coordinates, shape (..., {dim}); got {tuple(x.shape)}"
+        )
+
+
 class Lattice(ABC):
     """Base class. Subclasses give the generator matrix and an exact ``closest_point``."""
 
@@ -93,11 +105,13 @@ class Lattice(ABC):
     # ------------------------------------------------------------ coordinates
     def coordinates(self, points: Tensor) -> Tensor:
         """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``."""
+        check_rows(points, self.dim, self.name)
         k = torch.linalg.solve(self.generator_matrix, points.unsqueeze(-1)).squeeze(-1)
         return to_coordinates(torch.round(k))
 
     def points(self, coords: Tensor) -> Tensor:
         """Lattice points from integer coordinates."""
+        check_rows(coords, self.dim, self.name)
         basis = self.generator_matrix
         return coords.to(basis.dtype) @ basis.T
 
@@ -127,6 +141,7 @@ class Lattice(ABC):
 
     def points_from_unit(self, r: Tensor) -> Tensor:
         """Map ``r ∈ [0, 1)^m`` to the fundamental parallelepiped ``B r``."""
+        check_rows(r, self.dim, self.name)
         return r @ self.generator_matrix.to(device=r.device, dtype=r.dtype).T
 
     # --------------------------------------------------------------- constants

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
-from .base import LATTICES
+from .base import LATTICES, check_rows
 
 
 @functools.cache
@@ -73,7 +73,7 @@ class BarnesWallLattice(FixedLattice):
     def __init__(self, *, compile: bool = False) -> None:
         """``compile``: decode with the search fused by ``torch.compile`` (:func:`compiled_decode`,
         compiled on first use per dtype and device, about a minute with a cold inductor cache;
-        needs a C++ compiler on the CPU): about four times the eager decoder's points/s. The same
+        needs a C++ compiler on the CPU): about three times the eager decoder's points/s. The same
         points, except that a point equidistant from two lattice points within rounding may get
         the other one (the sums run in another order)."""
         if not isinstance(compile, bool):
@@ -85,6 +85,7 @@ class BarnesWallLattice(FixedLattice):
         self._basis = as_basis(integer_basis(generators))
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, 16, self.name)
         rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:

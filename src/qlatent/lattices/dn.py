@@ -14,7 +14,7 @@ import math
 from torch import Tensor
 
 from ._utils import FixedLattice, as_basis, in_chunks, nearer, round_to_dn
-from .base import LATTICES
+from .base import LATTICES, check_rows
 
 
 @LATTICES.register("dn")
@@ -35,6 +35,7 @@ class CheckerboardLattice(FixedLattice):
         self.covering_radius = max(1.0, math.sqrt(n) / 2)
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, self.dim, self.name)
         return in_chunks(round_to_dn, x, self.dim)
 
 
@@ -52,6 +53,7 @@ class DualCheckerboardLattice(FixedLattice):
         self.cell_halfwidth = 0.5  # Z^n ⊂ D_n*
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, self.dim, self.name)
         return in_chunks(_closest_dual, x, self.dim)
 
 

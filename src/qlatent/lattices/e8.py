@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._utils import FixedLattice, as_basis, in_chunks, parity
-from .base import LATTICES
+from .base import LATTICES, check_rows
 
 
 @LATTICES.register("e8")
@@ -51,6 +51,7 @@ class GossetLattice(FixedLattice):
         self._basis = as_basis(rows)
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, 8, self.name)
         rows = x.reshape(-1, 8)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
             decode = lambda chunk: compiled_decode()(chunk.T.contiguous())  # noqa: E731

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
-from .base import LATTICES
+from .base import LATTICES, check_rows
 
 #: 1 + x^2 + x^4 + x^5 + x^6 + x^10 + x^11, a generator of the cyclic [23, 12, 7] Golay code
 _GOLAY_POLY = (1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1)
@@ -92,6 +92,7 @@ class LeechLattice(FixedLattice):
         self._basis = as_basis(integer_basis(generators))
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, 24, self.name)
         rows = x.detach().reshape(-1, 24)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
         # the compiled decoder takes one shape; the eager one larger chunks off the CPU

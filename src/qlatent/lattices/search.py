@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Lattice
+from .base import Lattice, check_rows
 
 
 def lll_reduce(basis: np.ndarray, delta: float = 0.75) -> np.ndarray:
@@ -131,6 +131,7 @@ class GeneralLattice(Lattice):
         return self._generator
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, self.dim, self.name)
         rows = x.detach().reshape(-1, self.dim).to(torch.float64).cpu().numpy()
         out = np.stack([self._decoder.closest(row) for row in rows]) if len(rows) else rows
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype).view(x.shape)

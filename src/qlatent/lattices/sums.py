@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .an import RootLatticeA
-from .base import LATTICES, Lattice
+from .base import LATTICES, Lattice, check_rows
 from .bw16 import BarnesWallLattice
 from .dn import CheckerboardLattice, DualCheckerboardLattice
 from .e8 import GossetLattice
@@ -55,6 +55,7 @@ class DirectSum(Lattice):
         return torch.block_diag(*(block.generator_matrix for block in self.blocks))
 
     def _per_run(self, x: Tensor, method: str) -> Tensor:
+        check_rows(x, self.dim, self.name)
         parts = []
         for lat, count, start in self.runs:
             n = lat.dim
