@@ -32,6 +32,7 @@ from qlatent.lattices import (
 from qlatent.lattices._glued import closest_point_glued
 from qlatent.lattices.bw16 import ReedMullerQuarters, reed_muller_1_4, rm_quarters
 from qlatent.lattices.leech import _BY_PARITY, golay_code, golay_sextet
+from qlatent.lattices.rectangular import RectangularLattice
 from qlatent.lattices.search import GeneralLattice, SphereDecoder
 
 F64 = torch.float64
@@ -363,7 +364,8 @@ def test_bad_specs_are_refused(spec, dim, match):
 @pytest.mark.parametrize(
     "lattice",
     [lattice_by_name(n) for n in ("e8", "bw16", "leech", "a2", "a3", "d4", "d4*")]
-    + [tile("e8", 40), tile(["leech", "bw16"], 40), GeneralLattice(torch.eye(3) * 2)],
+    + [tile("e8", 40), tile(["leech", "bw16"], 40), GeneralLattice(torch.eye(3) * 2)]
+    + [lattice_by_name("z"), RectangularLattice(torch.tensor([0.5, 1.0, 2.0]))],
     ids=lambda lat: lat.name,
 )
 def test_rows_of_another_width_are_refused(lattice):

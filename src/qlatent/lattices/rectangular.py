@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LATTICES, Lattice, to_coordinates
+from .base import LATTICES, Lattice, check_rows, to_coordinates
 
 
 @LATTICES.register("rectangular")
@@ -49,14 +49,17 @@ class RectangularLattice(Lattice):
         return torch.diag(self.spacing)
 
     def closest_point(self, x: Tensor) -> Tensor:
+        check_rows(x, self.dim, self.name)
         spacing = self.spacing.to(device=x.device, dtype=x.dtype)
         return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:
+        check_rows(points, self.dim, self.name)
         spacing = self.spacing.to(points.device)
         return to_coordinates((points / spacing).round_())  # in place: a pass fewer
 
     def points(self, coords: Tensor) -> Tensor:
+        check_rows(coords, self.dim, self.name)
         return coords.to(self.spacing.dtype) * self.spacing.to(coords.device)
 
     def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
