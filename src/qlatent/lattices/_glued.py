@@ -1,4 +1,6 @@
-"""Exact decoding of lattices glued from a binary code and a scaled D_n (Λ16, Λ24).
+"""Exact decoding of lattices glued from a binary code and a scaled D_n (Λ16, Λ24): the plain
+search over all cosets, which the tests take as the reference of the Λ16 and Λ24 decoders (they
+find the nearest coset through the codes' structure instead), and the decoding of one coset.
 
 A lattice of the form
 
