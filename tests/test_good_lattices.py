@@ -269,6 +269,38 @@ def test_bw16_quarter_decoder_equals_coset_search(dtype):
         assert torch.equal(rm_quarters().decode(x[:rows]), got[:rows])
 
 
+#: a float32 draw on Λ16's fundamental parallelepiped (seed 3, row 167907 of 200,000) that the
+#: quarter decoder and the coset search decode to two points within float32 rounding of a tie
+_TIE_ROW = [
+    "0x1.92346ap-1", "0x1.d18238p-1", "0x1.ec968p-2", "0x1.076778p+0",
+    "0x1.4e1ffcp-2", "0x1.575d28p+1", "0x1.bf3416p+0", "0x1.c3fa6ap-1",
+    "0x1.d94f2p-2", "0x1.b2e21p+0", "0x1.5e30e6p-1", "0x1.0a097cp+1",
+    "0x1.55e10ep+0", "0x1.411088p+0", "0x1.9414a4p+0", "0x1.ee7d18p+3",
+]  # fmt: skip
+
+
+def test_bw16_dither_keeps_the_coset_search():
+    """Files regenerate their dither bit for bit, so the dither's reduction keeps the decoder of
+    before the quarters (the coset search), also through a direct sum and ``sample_dither``;
+    on a draw near a tie the two decoders differ, the quarter decoder's point as near."""
+    lat = BarnesWallLattice()
+    code = reed_muller_1_4()
+    search = lambda y: closest_point_glued(y, code, 1.0, 2.0, ((0.0, 0),), 4096)  # noqa: E731
+    tie = torch.tensor([float.fromhex(v) for v in _TIE_ROW]).unsqueeze(0)
+    assert torch.equal(lat.dither_point(tie), search(tie))
+    assert not torch.equal(lat.closest_point(tie), search(tie))
+    dist = lambda p: (tie.double() - p.double()).square().sum()  # noqa: E731
+    assert dist(lat.closest_point(tie)) <= dist(search(tie))
+    y = lat.points_from_unit(torch.rand(20000, 16, generator=gen(24)))
+    assert torch.equal(lat.dither_point(y), search(y))
+    pair = tile(["leech", "bw16"], 40)
+    u = pair.sample_dither(3000, generator=gen(25))
+    draws = pair.points_from_unit(torch.rand(3000, 40, generator=gen(25)))
+    expected = draws[:, 24:] - search(draws[:, 24:])
+    assert torch.equal(u[:, 24:], expected)
+    assert torch.equal(u[:, :24], draws[:, :24] - LeechLattice().closest_point(draws[:, :24]))
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_leech_sextet_decoder_equals_coset_search(dtype):
     """The sextet decoder finds a point exactly as near as the search over all 8192 cosets of

@@ -507,7 +507,7 @@ class DitheredGoodLattice(Bottleneck):
         must regenerate bit for bit, is always made on the CPU."""
         r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)
         y = self.geometry.points_from_unit(r)
-        return y - self.geometry.closest_point(y)
+        return y - self.geometry.dither_point(y)
 
     def _mc_points(self, samples: int, generator, dtype, device) -> Tensor:
         """``(S, m)`` antithetic Voronoi points w (base units; halves are negatives)."""

@@ -131,7 +131,15 @@ class Lattice(ABC):
         default CPU generator when none is given), then moved to ``device``.
         """
         y = self.points_from_unit(self._unit_draws(n, generator, device, dtype))
-        return y - self.closest_point(y)
+        return y - self.dither_point(y)
+
+    def dither_point(self, y: Tensor) -> Tensor:
+        """The lattice point that a dither subtracts from a draw ``y`` on the fundamental
+        parallelepiped (``u = y − dither_point(y)``): a closest point of ``y``. A lattice whose
+        decoder changed keeps its earlier decoder here (:class:`BarnesWallLattice`), because the
+        decoder of a file regenerates the dither bit for bit, and two exact decoders may break
+        a tie within rounding differently."""
+        return self.closest_point(y)
 
     def _unit_draws(self, n: int, generator, device, dtype) -> Tensor:
         """``(n, m)`` draws in [0, 1) from the generator (CPU by default), moved to ``device``."""

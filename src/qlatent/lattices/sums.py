@@ -66,6 +66,9 @@ class DirectSum(Lattice):
     def closest_point(self, x: Tensor) -> Tensor:
         return self._per_run(x, "closest_point")
 
+    def dither_point(self, y: Tensor) -> Tensor:
+        return self._per_run(y, "dither_point")
+
     def coordinates(self, points: Tensor) -> Tensor:
         return self._per_run(points, "coordinates")
 
