@@ -19,6 +19,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qlatent.bottlenecks import build
 from qlatent.lattices import (
@@ -299,6 +301,30 @@ def test_bw16_dither_keeps_the_coset_search():
     expected = draws[:, 24:] - search(draws[:, 24:])
     assert torch.equal(u[:, 24:], expected)
     assert torch.equal(u[:, :24], draws[:, :24] - LeechLattice().closest_point(draws[:, :24]))
+
+
+@pytest.mark.fuzz
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-3, 0.5, 1.0, 2.0, 10.0]),
+    offset=st.sampled_from([0.0, 0.5, 1.0, 1e3, 1e6]),
+    dtype=st.sampled_from([F64, torch.float32]),
+)
+def test_fuzz_bw16_quarter_decoder_is_as_near_as_the_coset_search(seed, scale, offset, dtype):
+    """Lattice points moved by small or large steps, half-integer shifts (ties between cosets)
+    and large offsets: the quarter decoder returns a Λ16 point as near as the coset search's."""
+    lat = BarnesWallLattice()
+    g = gen(seed)
+    k = torch.randint(-4, 5, (64, 16), generator=g)
+    x = lat.points(k) + scale * torch.randn(64, 16, generator=g, dtype=F64)
+    x[::4] = torch.round(x[::4] * 2) / 2  # exact half-integers: ties within and across cosets
+    x = (x + offset).to(dtype)
+    got = lat.closest_point(x)
+    ref = closest_point_glued(x, reed_muller_1_4(), 1.0, 2.0, ((0.0, 0),), 4096)
+    d_got = (x.double() - got.double()).square().sum(1)
+    d_ref = (x.double() - ref.double()).square().sum(1)
+    assert (d_got <= d_ref + (1e-9 if dtype == F64 else 1e-3)).all()
+    assert torch.equal(lat.closest_point(got), got)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
