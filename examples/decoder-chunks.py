@@ -30,9 +30,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from qlatent.bench.geometry import LITERATURE_NSM
 from qlatent.bench.timing import allocator_settings
+from qlatent.lattices import tile
 from qlatent.results import provenance, write_json
 
 #: each eager decoder's module, its closest-point rule on a chunk of rows, and its dimension
@@ -49,7 +52,7 @@ def one_process(
     chunks: list[int],
     rounds: int,
     calls: int,
-    estimate_g: list[str] = (),
+    estimate_g: Sequence[str] = (),
     target_rse: float = 5e-4,
     beside: str | None = None,
 ) -> dict:
@@ -58,7 +61,6 @@ def one_process(
     import torch
 
     from qlatent.bench.geometry import estimate_nsm
-    from qlatent.lattices import tile
 
     torch.set_num_threads(2)
     for name in estimate_g:  # as `qlatent bench lattices` does before its timings
@@ -75,7 +77,8 @@ def one_process(
 
     reference = decode(x.shape[0])
     other_input = x.view(rows, 64).clone()
-    other = (lambda: tile(beside, 64).closest_point(other_input)) if beside else (lambda: None)
+    other_lattice = tile(beside, 64) if beside else None
+    other = (lambda: other_lattice.closest_point(other_input)) if beside else (lambda: None)
     result: dict[str, list] = {str(c): [] for c in chunks}
     for _ in range(rounds):
         for chunk in chunks:
@@ -116,6 +119,14 @@ def main() -> None:
     if min(chunks) < 1 or args.rows < 1 or args.processes < 1 or args.calls < 1:
         parser.error("--chunks, --rows, --processes and --calls must be positive")
     estimate_g = [n for n in args.estimate_g.split(",") if n]
+    unknown = sorted(set(estimate_g) - set(LITERATURE_NSM))
+    if unknown:
+        parser.error(f"--estimate-g: unknown lattices {unknown}; known: {sorted(LITERATURE_NSM)}")
+    if args.beside is not None:
+        try:
+            tile(args.beside, 64)
+        except ValueError as err:
+            parser.error(f"--beside: {err}")
     if args.worker:
         out = one_process(
             args.lattice, args.rows, chunks, args.rounds, args.calls, estimate_g, beside=args.beside
