@@ -62,6 +62,10 @@ _COMPILED_CHUNK = 1 << 16
 _COMPILED_MIN_ROWS = 64
 
 
+def _eager_chunk(device: torch.device) -> int:
+    return _CHUNK if device.type == "cpu" else _CHUNK_ACCELERATOR
+
+
 @LATTICES.register("bw16")
 class BarnesWallLattice(FixedLattice):
     """Λ16 in the integer scaling above."""
@@ -93,7 +97,7 @@ class BarnesWallLattice(FixedLattice):
                 chunk = rows[start : start + _COMPILED_CHUNK]
                 out[start : start + chunk.shape[0]] = compiled_decode()(chunk.T.contiguous())
             return out.view(x.shape)
-        size = _CHUNK if x.device.type == "cpu" else _CHUNK_ACCELERATOR
+        size = _eager_chunk(x.device)
         for start in range(0, rows.shape[0], size):
             out[start : start + size] = _closest_bw16(rows[start : start + size])
         return out.view(x.shape)
@@ -107,7 +111,7 @@ class BarnesWallLattice(FixedLattice):
         check_rows(y, 16, self.name)
         if self.compile and y.numel() >= 16 * _COMPILED_MIN_ROWS:
             return self.closest_point(y)
-        chunk = _CHUNK if y.device.type == "cpu" else _CHUNK_ACCELERATOR
+        chunk = _eager_chunk(y.device)
         return closest_point_glued(y.detach(), self._code, 1.0, 2.0, ((0.0, 0),), chunk)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
