@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from qlatent.bench import (
+    COMPILED_KWARGS,
     FSQ_LEVELS,
     MODES,
     PEER_CODEBOOK_SIZES,
@@ -25,7 +26,8 @@ from qlatent.bench import (
 from qlatent.bottlenecks import BOTTLENECKS
 from qlatent.cli import main
 
-TINY = dict(rows=256, threads=1, repeats=2, min_repeats=2, budget_s=0.0)
+# the compiled rows cost seconds of compilation: their own (slow) test below
+TINY = dict(rows=256, threads=1, repeats=2, min_repeats=2, budget_s=0.0, compile=False)
 K_KEYS = [f"K={k}" for k in PEER_CODEBOOK_SIZES]
 
 
@@ -149,13 +151,49 @@ def test_time_cases_per_case_repeats_are_spread_over_interleaved_rounds():
 
 def test_cli_quick_writes_the_json(tmp_path, capsys):
     path = tmp_path / "bench-quantizers.json"
-    argv = ["bench", "quantizers", "--quick", "--threads", "1", "--output", str(path)]
-    assert main(argv) == 0
+    argv = ["bench", "quantizers", "--quick", "--threads", "1", "--no-compile"]
+    assert main([*argv, "--output", str(path)]) == 0
     payload = json.loads(path.read_text())
     assert payload["command"].startswith("qlatent bench quantizers --quick")
     assert {"commit", "machine", "input", "modes", "timing", "results", "errors"} <= set(payload)
-    assert payload["input"]["rows"] == 256
+    assert payload["input"]["rows"] == 256 and not payload["input"]["compiled_rows"]
     assert "vq / VectorQuantize" in capsys.readouterr().out
+
+
+def test_compiled_vq_rows_are_compared_with_the_peer_and_eager_vq(result):
+    """The ratios of ``vq[K=k, compile]`` rows, on a result with made-up timings (no compile)."""
+    from qlatent.bench.quantizers import _speedups
+
+    assert "compiled_vq" not in result["speedup_vs_vector_quantize"]  # compile=False: no rows
+    rows = []
+    for k in PEER_CODEBOOK_SIZES:
+        for mode in MODES:
+            rows += [
+                {"name": f"vq[K={k}]", "mode": mode, "rows_per_s": 2.0},
+                {"name": f"vq[K={k}, compile]", "mode": mode, "rows_per_s": 3.0},
+                {"name": f"VectorQuantize[K={k}]", "mode": mode, "rows_per_s": 0.5},
+            ]
+        rows.append({"name": f"addmm + argmin[K={k}]", "mode": None, "rows_per_s": 4.0})
+    compiled = _speedups(rows)["compiled_vq"]
+    for key in K_KEYS:
+        assert compiled[key] == {"train": 6.0, "eval": 6.0}
+        assert compiled["over_eager_vq"][key] == {"train": 1.5, "eval": 1.5}
+        assert compiled["eval_over_floor"][key] == 0.75
+    shown = format_quantizers({**result, "speedup_vs_vector_quantize": _speedups(rows)})
+    assert "vq with compile=True / VectorQuantize" in shown and "eval 6.00x (1.50x)" in shown
+
+
+@pytest.mark.slow
+def test_compiled_vq_rows_run():
+    """``compile=True`` (the default) adds ``vq[K=k, compile]`` in both modes at every K."""
+    out = bench_quantizers(names=["vq"], **{**TINY, "compile": True})
+    assert out["errors"] == [] and out["input"]["compiled_rows"]
+    names = {(r["name"], r["mode"]) for r in rows_of(out, "qlatent")}
+    assert {
+        (f"vq[K={e['num_codes']}, compile]", m) for e in COMPILED_KWARGS["vq"] for m in MODES
+    } <= names
+    compiled = out["speedup_vs_vector_quantize"]["compiled_vq"]
+    assert all(v > 0 for v in compiled["over_eager_vq"]["K=128"].values())
 
 
 def test_cli_unknown_name_is_an_error(capsys):

@@ -151,6 +151,82 @@ def test_nearest_codeword_keeps_torch_min_beyond_the_packed_range(monkeypatch):
     assert half.shape == (20000,) and not calls
 
 
+def test_first_nearest_columns_is_the_first_minimum():
+    """The column search that ``compile=True`` compiles, run eagerly: ``torch.min``'s index of
+    ‖e‖² − 2·e·z on random columns and on exact ties; K for a column holding a NaN."""
+    g = gen(11)
+    codebook = torch.randint(-2, 3, (9, 4), generator=g).float()
+    codebook[5] = codebook[2]  # a duplicate: ties go to 2
+    z = torch.cat([torch.randn(200, 4, generator=g), codebook[torch.randint(0, 9, (50,))]])
+    z[7, 1] = float("nan")
+    norms = codebook.square().sum(1)
+    products = codebook @ z.t()
+    found = cb._first_nearest_columns(products, norms[:, None], torch.arange(9)[:, None])
+    expected = (norms[:, None] - 2.0 * products).min(0).indices
+    assert found[7] == 9 and found.dtype == torch.int64
+    found[7] = expected[7]
+    assert torch.equal(found, expected) and not (found == 5).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_search_chunks_short_inputs_and_nans(monkeypatch, dtype):
+    """``nearest_codeword(compile=True)`` around the compiled pass (replaced here by the eager
+    column search, so that no compiler runs): chunks with a short last one, inputs too short to
+    compile, a row with a NaN, the same indices as the eager search."""
+    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: cb._first_nearest_columns)
+    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", 13 * 100)
+    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
+    g = gen(12)
+    codebook = torch.randn(13, 6, generator=g, dtype=dtype)
+    codebook[4] = codebook[3]
+    z = torch.randn(350, 6, generator=g, dtype=dtype)  # chunks of 100: the last one 50 rows
+    z[:40] = codebook[torch.randint(0, 13, (40,), generator=g)]
+    z[123, 2] = float("nan")
+    for n in (cb._COMPILED_MIN_ROWS - 1, cb._COMPILED_MIN_ROWS, 100, 350):
+        eager = cb.nearest_codeword(z[:n], codebook)
+        assert torch.equal(cb.nearest_codeword(z[:n], codebook, compile=True), eager), n
+    calls = []
+    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: calls.append(1))
+    cb.nearest_codeword(z[:63], codebook, compile=True)  # below the threshold: eager
+    cb.nearest_codeword(z[:64].bfloat16(), codebook.bfloat16(), compile=True)  # not float32/64
+    assert not calls
+
+
+def test_compile_flag_of_the_codebook_methods():
+    for name in ("vq", "vq_ema", "soft_em_vq"):
+        with pytest.raises(ValueError, match="compile must be True or False"):
+            build(name, dim=4, num_codes=8, compile=1)
+        assert build(name, dim=4, num_codes=8, compile=True).compile
+        assert "compile=True" in repr(build(name, dim=4, num_codes=8, compile=True))
+        assert "compile" not in repr(build(name, dim=4, num_codes=8))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_search_matches_eager(dtype):
+    """The search compiled by ``torch.compile``: the eager indices at K = 7 to 4096 on random
+    rows, rows on duplicated codewords, and ``vq``'s outputs in both modes."""
+    g = gen(13)
+    for num_codes in (7, 128, 512, 4096):
+        codebook = torch.randn(num_codes, 16, generator=g, dtype=dtype) * 0.5
+        codebook[1] = codebook[0]
+        z = torch.randn(3000, 16, generator=g, dtype=dtype)
+        z[:500] = codebook[torch.randint(0, num_codes, (500,), generator=g)]
+        for n in (64, 1000, 3000):
+            assert torch.equal(
+                cb.nearest_codeword(z[:n], codebook, compile=True),
+                cb.nearest_codeword(z[:n], codebook),
+            ), (num_codes, n)
+    eager = build("vq", dim=16, num_codes=128).to(dtype)
+    fused = build("vq", dim=16, num_codes=128, compile=True).to(dtype)
+    fused.load_state_dict(eager.state_dict())
+    y = torch.randn(2000, 16, generator=g, dtype=dtype)
+    for mode in (False, True):
+        a, b = eager.train(mode)(y), fused.train(mode)(y)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.y_hat, b.y_hat)
+        assert torch.equal(a.aux_loss, b.aux_loss)
+
+
 def test_squared_distances_are_exact_and_nonnegative():
     z = torch.randn(40, 6, generator=gen(2))
     codebook = torch.cat([z[:3], torch.randn(5, 6, generator=gen(3))])  # exact coincidences

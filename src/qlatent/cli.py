@@ -307,6 +307,7 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
         threads=args.threads,
         budget_s=0.0 if args.quick else args.budget,
         device=args.device,
+        compile=not args.no_compile,
         **sizes,
     )
     payload = {**provenance(args.command_line), **result}
@@ -755,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
+    b.add_argument(
+        "--no-compile", action="store_true", help="skip the rows of vq with compile=True"
+    )
     b.add_argument("--device", default="cpu", help=BENCH_DEVICE_HELP)
     b.add_argument("--output", default="results/bench-quantizers.json", help="'' prints instead")
     b.set_defaults(func=_cmd_bench_quantizers)

@@ -2,6 +2,7 @@
 
 from .lattice import bench_lattice
 from .quantizers import (
+    COMPILED_KWARGS,
     FSQ_LEVELS,
     MODES,
     PEER_CODEBOOK_SIZES,
@@ -13,6 +14,7 @@ from .quantizers import (
 from .timing import time_cases
 
 __all__ = [
+    "COMPILED_KWARGS",
     "FSQ_LEVELS",
     "MODES",
     "PEER_CODEBOOK_SIZES",

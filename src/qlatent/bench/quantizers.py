@@ -32,6 +32,11 @@ QUANTIZER_KWARGS: dict[str, list[dict[str, Any]]] = {
     "soft_vq": [{"num_codes": 512}],
     "soft_em_vq": [{"num_codes": 512}],
 }
+#: rows added with ``compile=True`` (skipped by ``bench_quantizers(compile=False)``): ``vq`` with
+#: its ``torch.compile``-fused nearest-codeword search, labelled ``vq[K=k, compile]``
+COMPILED_KWARGS: dict[str, list[dict[str, Any]]] = {
+    "vq": [{"num_codes": k, "compile": True} for k in PEER_CODEBOOK_SIZES],
+}
 #: FSQ levels from the FSQ paper's table of recommended settings (|C| = 1000 and 4375 ≈ 2^12).
 FSQ_LEVELS = ([8, 5, 5, 5], [7, 5, 5, 5, 5])
 SPEEDUP_TARGET = 1.5
@@ -114,14 +119,21 @@ def _bottleneck_cases(
     seed: int,
     errors: list[dict[str, Any]],
     device: torch.device,
+    compile: bool = False,
 ) -> list[_Case]:
-    """Both modes of each name, once per entry of ``QUANTIZER_KWARGS`` (``dim`` alone if none)."""
+    """Both modes of each name, once per entry of ``QUANTIZER_KWARGS`` (``dim`` alone if none),
+    and with ``compile`` once per entry of ``COMPILED_KWARGS``."""
     cases = []
     for name in names:
-        for extra in QUANTIZER_KWARGS.get(name, [{}]):
+        extras = QUANTIZER_KWARGS.get(name, [{}])
+        if compile:
+            extras = extras + COMPILED_KWARGS.get(name, [])
+        for extra in extras:
             kwargs = {"dim": dim, **extra}
             k = extra.get("num_codes")
             label = name if k is None else f"{name}[K={k}]"
+            if extra.get("compile"):
+                label = f"{label[:-1]}, compile]" if k is not None else f"{name}[compile]"
             try:
                 module = build(name, **kwargs).to(device)
             except Exception as err:  # report it and measure the others
@@ -288,7 +300,46 @@ def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
     out["vq_eval_over_min_floor"] = {
         f"K={k}": None if None in pair else pair[0] / pair[1] for k, pair in fastest.items()
     }
+    # vq with its compiled search (compile=True), where it ran: against the same peer rows,
+    # against its floor, and against vq's eager search
+    compiled = {
+        k: {
+            m: (
+                rate.get((f"vq[K={k}, compile]", m)),
+                rate.get((f"VectorQuantize[K={k}]", m)),
+                rate.get((f"vq[K={k}]", m)),
+            )
+            for m in MODES
+        }
+        for k in PEER_CODEBOOK_SIZES
+    }
+    if any(t[0] is not None for modes in compiled.values() for t in modes.values()):
+        out["compiled_vq"] = {
+            "definition": "rows/s of vq with compile=True (its nearest-codeword search fused by "
+            "torch.compile) / rows/s of VectorQuantize (eager) at the same K and mode; "
+            "over_eager_vq: / rows/s of vq without compile; eval_over_floor: eval rows/s / "
+            "the bare addmm + argmin row",
+            **{
+                f"K={k}": {m: _ratio(t[0], t[1]) for m, t in modes.items()}
+                for k, modes in compiled.items()
+            },
+            "over_eager_vq": {
+                f"K={k}": {m: _ratio(t[0], t[2]) for m, t in modes.items()}
+                for k, modes in compiled.items()
+            },
+            "eval_over_floor": {
+                f"K={k}": _ratio(
+                    rate.get((f"vq[K={k}, compile]", "eval")),
+                    rate.get((FLOOR_NAME.format(k), None)),
+                )
+                for k in PEER_CODEBOOK_SIZES
+            },
+        }
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
 
 
 def bench_quantizers(
@@ -302,6 +353,7 @@ def bench_quantizers(
     budget_s: float = 2.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    compile: bool = True,
 ) -> dict[str, Any]:
     """Forward throughput (rows/s) of every registered bottleneck next to vector-quantize-pytorch.
 
@@ -313,7 +365,9 @@ def bench_quantizers(
     so slow cases (``VectorQuantize`` at K = 4096: seconds per call) do not dominate the run.
     A name or peer that fails to build or run is listed under ``errors``; the rest still run.
     Everything runs on ``device`` (the same input numbers on every device; on CUDA each timed
-    call ends with a synchronize).
+    call ends with a synchronize). ``compile``: also time the rows of ``COMPILED_KWARGS``
+    (compiled in their untimed first call; seconds), on the CPU only (``vq``'s compiled search
+    is a CPU path).
     """
     device = resolve_bench_device(device)
     known = BOTTLENECKS.names()
@@ -346,7 +400,15 @@ def bench_quantizers(
             kwargs={},
             call=lambda: torch.rand(rows, dim, device=device),
         )
-        own = _bottleneck_cases(names, rows=rows, dim=dim, seed=seed, errors=errors, device=device)
+        own = _bottleneck_cases(
+            names,
+            rows=rows,
+            dim=dim,
+            seed=seed,
+            errors=errors,
+            device=device,
+            compile=compile and device.type == "cpu",
+        )
         cases = [reference, *own]
         if "vq" in names:
             cases += _floor_cases(y, dim)
@@ -375,6 +437,7 @@ def bench_quantizers(
             "threads": threads,
             "device": str(device),
             "seed": seed,
+            "compiled_rows": compile and device.type == "cpu",
             "construction": INPUT_NOTE,
         },
         "modes": MODE_NOTES,
@@ -395,6 +458,10 @@ def bench_quantizers(
         "speedup_vs_vector_quantize": _speedups(results),
         "errors": errors,
     }
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _load_average() -> list[float] | None:
@@ -450,6 +517,15 @@ def format_quantizers(result: dict[str, Any]) -> str:
     if any(v is not None for v in fastest.values()):
         cells = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in fastest.items())
         lines.append(f"vq eval / bare addmm + min(1).indices rows/s: {cells}")
+    compiled = speedup.get("compiled_vq")
+    if compiled:
+        lines.append("vq with compile=True / VectorQuantize rows/s (and / eager vq):")
+        for k in PEER_CODEBOOK_SIZES:
+            cells = ", ".join(
+                f"{m} {_times(v)} ({_times(compiled['over_eager_vq'][f'K={k}'][m])})"
+                for m, v in compiled[f"K={k}"].items()
+            )
+            lines.append(f"  K={k}: {cells}")
     load = result["timing"]["load_average_1_5_15min"]["before"]
     competing = result["timing"].get("competing_runnable_before")
     cores = os.cpu_count() or 1

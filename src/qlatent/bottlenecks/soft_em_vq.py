@@ -56,6 +56,8 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
             0 (the default, as in tensor2tensor) leaves it out. Its gradient reaches the encoder
             only (the codebook is kept by EMA).
         decay, eps: of the EMA codebook (0.99, 1e-5).
+        compile: the hard path's nearest-codeword search fused by ``torch.compile`` on the CPU
+            (as ``vq``'s).
     """
 
     def __init__(
@@ -69,8 +71,9 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         vib_weight: float = 0.0,
         decay: float = 0.99,
         eps: float = 1e-5,
+        compile: bool = False,
     ) -> None:
-        super().__init__(dim=dim)
+        super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -115,7 +118,7 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         return (
             f"dim={self.dim}, num_codes={self.num_codes}, num_samples={self.num_samples}, "
             f"temperature={self.temperature}, "
-            f"commitment={self.commitment}, vib_weight={self.vib_weight}"
+            f"commitment={self.commitment}, vib_weight={self.vib_weight}{self._compile_repr()}"
         )
 
 

@@ -42,6 +42,10 @@ class VectorQuantizer(CodebookQuantizer):
         commitment: β, the weight of the commitment term ‖z − sg(e)‖² (0.25 in the VQ-VAE paper).
         init: the codebook ``(K, d)``'s initialisation (:func:`init_codebook`): U(±sqrt(3/d))
             by default, ``"uniform_inverse_k"`` (U(±1/K)) as in the LL-VQ-VAE reference code.
+        compile: on the CPU, search the nearest codewords with ``torch.compile`` (seconds of
+            compilation on first use per dtype; needs a C++ compiler): 1.3–1.6× faster at
+            K = 128 to 4096, the same codes on the inputs tested, a near-tie possibly broken the
+            other way in float64 (:func:`~qlatent.bottlenecks._codebook.nearest_codeword`).
     """
 
     def __init__(
@@ -51,8 +55,9 @@ class VectorQuantizer(CodebookQuantizer):
         num_codes: int = 512,
         commitment: float = 0.25,
         init: str = "unit_scaling",
+        compile: bool = False,
     ) -> None:
-        super().__init__(dim=dim)
+        super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
         self.commitment = check_nonnegative(commitment, "commitment")
         self.init = init
@@ -69,5 +74,5 @@ class VectorQuantizer(CodebookQuantizer):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
-            f"init={self.init!r}"
+            f"init={self.init!r}{self._compile_repr()}"
         )

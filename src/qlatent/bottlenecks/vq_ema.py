@@ -49,6 +49,7 @@ class EMAVectorQuantizer(CodebookQuantizer):
         store_smoothed: write the Laplace-smoothed counts back into the running counts, as
             zalandoresearch's ``VectorQuantizerEMA`` does (see :class:`EMACodebook`); the
             default keeps them local, as tensor2tensor and Sonnet do.
+        compile: the ``torch.compile``-fused nearest-codeword search on the CPU (as ``vq``'s).
 
     The codebook lives in buffers (``ema.codebook``), so an optimizer never touches it and it is
     saved with the weights. Each training-mode forward performs one M-step.
@@ -64,8 +65,9 @@ class EMAVectorQuantizer(CodebookQuantizer):
         eps: float = 1e-5,
         init: str = "unit_scaling",
         store_smoothed: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(dim=dim)
+        super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
         self.commitment = check_nonnegative(commitment, "commitment")
         self.ema = EMACodebook(
@@ -88,4 +90,7 @@ class EMAVectorQuantizer(CodebookQuantizer):
         return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"
+        return (
+            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"
+            f"{self._compile_repr()}"
+        )
