@@ -151,18 +151,17 @@ def test_nearest_codeword_keeps_torch_min_beyond_the_packed_range(monkeypatch):
     assert half.shape == (20000,) and not calls
 
 
-def test_first_nearest_columns_is_the_first_minimum():
-    """The column search that ``compile=True`` compiles, run eagerly: ``torch.min``'s index of
-    ‖e‖² − 2·e·z on random columns and on exact ties; K for a column holding a NaN."""
+def test_first_nearest_is_torch_min():
+    """The search that ``compile=True`` compiles, run eagerly: ``torch.min``'s index of each row
+    on random rows and on exact ties; K for a row holding a NaN."""
     g = gen(11)
     codebook = torch.randint(-2, 3, (9, 4), generator=g).float()
     codebook[5] = codebook[2]  # a duplicate: ties go to 2
     z = torch.cat([torch.randn(200, 4, generator=g), codebook[torch.randint(0, 9, (50,))]])
     z[7, 1] = float("nan")
-    norms = codebook.square().sum(1)
-    products = codebook @ z.t()
-    found = cb._first_nearest_columns(products, norms[:, None], torch.arange(9)[:, None])
-    expected = (norms[:, None] - 2.0 * products).min(0).indices
+    distances = torch.addmm(codebook.square().sum(1), z, codebook.t(), alpha=-2.0)
+    found = cb._first_nearest(distances, torch.arange(9).unsqueeze(0))
+    expected = distances.min(1).indices
     assert found[7] == 9 and found.dtype == torch.int64
     found[7] = expected[7]
     assert torch.equal(found, expected) and not (found == 5).any()
@@ -170,10 +169,10 @@ def test_first_nearest_columns_is_the_first_minimum():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_search_chunks_short_inputs_and_nans(monkeypatch, dtype):
-    """``nearest_codeword(compile=True)`` around the compiled pass (replaced here by the eager
-    column search, so that no compiler runs): chunks with a short last one, inputs too short to
-    compile, a row with a NaN, the same indices as the eager search."""
-    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: cb._first_nearest_columns)
+    """``nearest_codeword(compile=True)`` around the compiled pass (replaced here by the same
+    function run eagerly, so that no compiler runs): chunks with a short last one, inputs too
+    short to compile, a row with a NaN, the same indices as the eager search."""
+    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: cb._first_nearest)
     monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", 13 * 100)
     monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
     g = gen(12)

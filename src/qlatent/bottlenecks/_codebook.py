@@ -115,8 +115,8 @@ def nearest_codeword(z: Tensor, codebook: Tensor, *, compile: bool = False) -> T
     :func:`_first_minimum` (the same indices, without ``torch.min``'s scalar loop).
 
     ``compile``: on the CPU, float32 and float64 inputs of at least ``_COMPILED_MIN_ROWS`` rows
-    take :func:`_nearest_compiled` (the search fused by ``torch.compile``, codes by columns);
-    the same rule, and on the inputs tested the same indices (see there).
+    take :func:`_nearest_compiled` (the search after each ``addmm`` fused by ``torch.compile``):
+    the same indices.
     """
     z = z.detach()
     codebook = codebook.detach()
@@ -172,54 +172,45 @@ def nearest_codeword(z: Tensor, codebook: Tensor, *, compile: bool = False) -> T
 _COMPILED_MIN_ROWS = 64
 
 
-def _first_nearest_columns(products: Tensor, norms: Tensor, codes: Tensor) -> Tensor:
-    """The first nearest code of each column: ``products`` ``(K, n)`` = e·zᵀ, ``norms`` and
-    ``codes`` ``(K, 1)`` (‖e_k‖² and k, int64) -> ``(n,)`` int64, the least k attaining the
-    minimum of ‖e_k‖² − 2·products[k] over k, or K in a column whose minimum is NaN.
+def _first_nearest(distances: Tensor, codes: Tensor) -> Tensor:
+    """The first nearest code of each row: ``distances`` ``(n, K)``, ``codes`` ``(1, K)`` int64
+    (0 … K − 1) -> ``(n,)`` int64, the least k attaining the row's minimum (as ``torch.min``
+    gives it), or K in a row whose minimum is NaN.
 
-    Codes run down the columns, so under ``torch.compile`` the minimum and the first code that
-    attains it are two elementwise passes across a block of points (a reduction along each row
-    of K distances ends in a horizontal step per point, several times slower). ‖e‖² − 2·p is
-    formed as ``addmm`` forms it (2·p is exact), so the distances are the eager search's
-    wherever the matrix product rounds as ``addmm``'s does."""
-    distances = norms - 2.0 * products
-    least = distances.amin(0, keepdim=True)
-    return torch.where(distances == least, codes, codes.shape[0]).amin(0)
+    Two reductions along each row, the minimum and then the least code equal to it, which
+    ``torch.compile`` fuses into one loop over the rows (:func:`_compiled_first_nearest`)."""
+    least = distances.amin(1, keepdim=True)
+    return torch.where(distances == least, codes, codes.shape[1]).amin(1)
 
 
 @functools.cache
 def _compiled_first_nearest():
-    """:func:`_first_nearest_columns` fused by ``torch.compile`` (dynamic shapes: one
-    compilation per dtype for every K and number of rows; compiled on first use)."""
-    return torch.compile(_first_nearest_columns, dynamic=True)
+    """:func:`_first_nearest` fused by ``torch.compile`` (dynamic shapes: one compilation per
+    dtype for every K and number of rows; compiled on first use)."""
+    return torch.compile(_first_nearest, dynamic=True)
 
 
 def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> Tensor:
     """:func:`nearest_codeword` with ``compile=True`` on the CPU, in chunks of ``rows`` rows:
-    per chunk one ``mm`` of e·zᵀ into a reused buffer and one compiled pass
-    (:func:`_compiled_first_nearest`), 1.3–1.6× faster than the eager search in one process at
-    K = 128 to 4096 (README, "Benchmarks"). A last chunk of fewer than ``_COMPILED_MIN_ROWS``
-    rows and rows whose distances hold a NaN take ``addmm`` and ``torch.min``, as eagerly.
-
-    Ties go to the lowest index, as eagerly. The distances are the eager ones wherever ``mm`` of
-    the codebook by the chunk rounds as ``addmm`` of the chunk by the codebook does: bit for bit
-    in float32 on every shape tested (K from 7 to 4096, d from 3 to 256, 3 to 16384 rows), not
-    always in float64, where a near-tie may then go the other way."""
+    per chunk the eager search's ``addmm`` into one reused buffer and one compiled pass over it
+    (:func:`_compiled_first_nearest`) in place of the packed search's dozen, so the same
+    distances and the same indices bit for bit. A last chunk of fewer than
+    ``_COMPILED_MIN_ROWS`` rows and the rows whose distances hold a NaN take ``torch.min``, as
+    eagerly."""
     search = _compiled_first_nearest()
     num_codes = codebook.shape[0]
-    column_norms = norms.unsqueeze(1)
-    codes = torch.arange(num_codes, device=z.device).unsqueeze(1)
+    codes = torch.arange(num_codes, device=z.device).unsqueeze(0)
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
-    space = z.new_empty(num_codes * rows)  # one products buffer for every chunk
+    space = z.new_empty(rows * num_codes)  # one distance buffer for every chunk
     for start in range(0, z.shape[0], rows):
         chunk = z[start : start + rows]
         n = chunk.shape[0]
+        distances = space[: n * num_codes].view(n, num_codes)
+        torch.addmm(norms, chunk, codebook.t(), alpha=-2.0, out=distances)
         if n < _COMPILED_MIN_ROWS:
-            distances = torch.addmm(norms, chunk, codebook.t(), alpha=-2.0)
             out[start : start + n] = distances.min(1).indices
-            continue
-        products = torch.mm(codebook, chunk.t(), out=space[: num_codes * n].view(num_codes, n))
-        out[start : start + n] = search(products, column_norms, codes)
+        else:
+            out[start : start + n] = search(distances, codes)
     missed = out == num_codes  # a NaN among the row's distances
     if bool(missed.any()):
         rest = missed.nonzero().squeeze(1)

@@ -42,10 +42,11 @@ class VectorQuantizer(CodebookQuantizer):
         commitment: β, the weight of the commitment term ‖z − sg(e)‖² (0.25 in the VQ-VAE paper).
         init: the codebook ``(K, d)``'s initialisation (:func:`init_codebook`): U(±sqrt(3/d))
             by default, ``"uniform_inverse_k"`` (U(±1/K)) as in the LL-VQ-VAE reference code.
-        compile: on the CPU, search the nearest codewords with ``torch.compile`` (seconds of
-            compilation on first use per dtype; needs a C++ compiler): 1.3–1.6× faster at
-            K = 128 to 4096, the same codes on the inputs tested, a near-tie possibly broken the
-            other way in float64 (:func:`~qlatent.bottlenecks._codebook.nearest_codeword`).
+        compile: on the CPU, search the nearest codewords with a ``torch.compile``-fused pass
+            after each chunk's matrix product (seconds of compilation on first use per dtype;
+            needs a C++ compiler): the same codes bit for bit, about 1.2–1.3× faster at K = 128
+            to 4096 (:func:`~qlatent.bottlenecks._codebook.nearest_codeword`; README,
+            "Benchmarks").
     """
 
     def __init__(
