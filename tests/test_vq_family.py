@@ -204,7 +204,8 @@ def test_compile_flag_of_the_codebook_methods():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_search_matches_eager(dtype):
     """The search compiled by ``torch.compile``: the eager indices at K = 7 to 4096 on random
-    rows, rows on duplicated codewords, and ``vq``'s outputs in both modes."""
+    rows, rows on duplicated codewords, also inside a caller's ``torch.compile``, and ``vq``'s
+    outputs in both modes."""
     g = gen(13)
     for num_codes in (7, 128, 512, 4096):
         codebook = torch.randn(num_codes, 16, generator=g, dtype=dtype) * 0.5
@@ -216,6 +217,8 @@ def test_compiled_search_matches_eager(dtype):
                 cb.nearest_codeword(z[:n], codebook, compile=True),
                 cb.nearest_codeword(z[:n], codebook),
             ), (num_codes, n)
+    outer = torch.compile(lambda rows: cb.nearest_codeword(rows, codebook, compile=True))
+    assert torch.equal(outer(z), cb.nearest_codeword(z, codebook))  # inside a caller's compile
     eager = build("vq", dim=16, num_codes=128).to(dtype)
     fused = build("vq", dim=16, num_codes=128, compile=True).to(dtype)
     fused.load_state_dict(eager.state_dict())

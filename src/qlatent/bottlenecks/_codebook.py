@@ -197,7 +197,8 @@ def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> 
     distances and the same indices bit for bit. A last chunk of fewer than
     ``_COMPILED_MIN_ROWS`` rows and the rows whose distances hold a NaN take ``torch.min``, as
     eagerly."""
-    search = _compiled_first_nearest()
+    # inside a caller's own torch.compile the plain function is traced into its graph
+    search = _first_nearest if torch.compiler.is_compiling() else _compiled_first_nearest()
     num_codes = codebook.shape[0]
     codes = torch.arange(num_codes, device=z.device).unsqueeze(0)
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
