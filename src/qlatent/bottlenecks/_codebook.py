@@ -208,15 +208,15 @@ def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> 
         n = chunk.shape[0]
         distances = space[: n * num_codes].view(n, num_codes)
         torch.addmm(norms, chunk, codebook.t(), alpha=-2.0, out=distances)
+        found = out[start : start + n]
         if n < _COMPILED_MIN_ROWS:
-            out[start : start + n] = distances.min(1).indices
-        else:
-            out[start : start + n] = search(distances, codes)
-    missed = out == num_codes  # a NaN among the row's distances
-    if bool(missed.any()):
-        rest = missed.nonzero().squeeze(1)
-        distances = torch.addmm(norms, z.index_select(0, rest), codebook.t(), alpha=-2.0)
-        out[rest] = distances.min(1).indices
+            torch.min(distances, 1, out=(distances.new_empty(n), found))
+            continue
+        found.copy_(search(distances, codes))
+        missed = found == num_codes  # a NaN among the row's distances
+        if bool(missed.any()):
+            rest = missed.nonzero().squeeze(1)
+            found[rest] = distances.index_select(0, rest).min(1).indices
     return out
 
 
