@@ -784,3 +784,29 @@ def test_decoder_chunks_times_every_chunk_size_on_the_same_points(lattice):
     for runs in out.values():
         assert len(runs) == 2
         assert all(r["rows_per_s"] > 0 and r["faults_per_call"] >= 0 for r in runs)
+
+
+def test_vq_search_variants_checks_its_arguments(monkeypatch):
+    variants = _load("vq-search-variants")
+    for bad in (["--codes", "128,x"], ["--rows", "8"], ["--codes", "1"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):  # an argparse error, before anything is compiled
+            variants.main(bad)
+
+
+@pytest.mark.slow
+def test_vq_search_variants_times_every_variant_with_the_eager_indices(tmp_path):
+    """Every variant at each K (all checked against the eager search's indices before timing),
+    one timing per round, and the profile of a compiled vq eval call, largest operator first."""
+    out = tmp_path / "variants.json"
+    argv = ["--rows", "256", "--codes", "8,128", "--rounds", "2", "--calls", "2"]
+    assert _load("vq-search-variants").main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["by_K"]) == {"K=8", "K=128"}
+    for cases in result["by_K"].values():
+        assert "compiled rows (vq, compile=True)" in cases and "eager search (vq)" in cases
+        assert all(len(c["median_ms_per_round"]) == 2 for c in cases.values())
+    profile = result["profile_compiled_vq_eval_K128"]
+    times = [row["self_cpu_ms_per_call"] for row in profile["top"]]
+    assert times == sorted(times, reverse=True) and sum(times) <= profile[
+        "self_cpu_ms_per_call"
+    ] * (1 + 1e-9)
