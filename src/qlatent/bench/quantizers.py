@@ -131,9 +131,8 @@ def _bottleneck_cases(
         for extra in extras:
             kwargs = {"dim": dim, **extra}
             k = extra.get("num_codes")
-            label = name if k is None else f"{name}[K={k}]"
-            if extra.get("compile"):
-                label = f"{label[:-1]}, compile]" if k is not None else f"{name}[compile]"
+            tags = ([] if k is None else [f"K={k}"]) + (["compile"] if extra.get("compile") else [])
+            label = f"{name}[{', '.join(tags)}]" if tags else name
             try:
                 module = build(name, **kwargs).to(device)
             except Exception as err:  # report it and measure the others
