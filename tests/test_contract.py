@@ -180,6 +180,60 @@ BAD_INPUTS = {
 }
 
 
+#: the compile test's cases beyond NAMES: paths that call ``torch.compile``d kernels of their own
+_COMPILED = {
+    "lattice[compile]": ("lattice", dict(dim=6, compile=True)),
+    "vq[compile]": ("vq", dict(dim=6, num_codes=5, compile=True)),
+}
+#: quick cases of it (seconds each); the others trace for seconds to tens of seconds (the good
+#: lattices' decoders) or compile kernels with inductor for the plain call (the lattice's)
+_COMPILE_QUICK = ("vq[compile]", "learnable_lattice")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in _COMPILE_QUICK else pytest.param(n, marks=pytest.mark.slow)
+        for n in [*_COMPILED, *NAMES]
+    ],
+)
+def test_traces_into_a_callers_torch_compile(name, training):
+    """Inside a caller's ``torch.compile`` (Dynamo's ``eager`` backend: the trace without
+    inductor's code generation) a bottleneck gives the plain call's y_hat, and its rate and
+    gradient up to float rounding (with ``compile=True`` the plain call runs inductor's fused
+    transcendentals, the traced one ATen's), under the same seed, on the training path (with its
+    backward) and on the hard path under ``no_grad``; and Dynamo warns at none of the library's
+    cached getters."""
+    import copy
+    import warnings
+
+    if name in _COMPILED:
+        registered, kwargs = _COMPILED[name]
+        module = build(registered, **kwargs).train(training)
+    else:
+        module = make(name).train(training)
+    traced = torch.compile(copy.deepcopy(module), backend="eager")  # EMA methods update state
+    y = make_input(module, ())
+    outputs = []
+    for call in (traced, module):
+        torch._dynamo.reset()
+        x = y.clone().requires_grad_(training)
+        with warnings.catch_warnings(record=True) as caught, torch.set_grad_enabled(training):
+            warnings.simplefilter("always")
+            torch.manual_seed(5)  # the seed of a call without a generator
+            out = call(x)
+        if training:
+            (out.y_hat.square().sum() + out.rate.sum()).backward()
+        outputs.append((out.y_hat, out.rate, x.grad))
+        assert not [w for w in caught if "lru_cache" in str(w.message)]
+    (y_hat, rate, grad), (ref_y_hat, ref_rate, ref_grad) = outputs
+    assert torch.equal(y_hat, ref_y_hat)
+    assert torch.allclose(rate, ref_rate, rtol=1e-5, atol=1e-5)
+    if training:
+        assert torch.allclose(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", NAMES)

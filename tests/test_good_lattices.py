@@ -480,6 +480,30 @@ def test_compiled_leech_decoder_matches_eager(dtype):
     assert neck.geometry.blocks[0].compile and "compile=True" in repr(neck)
 
 
+@pytest.mark.parametrize(
+    ("name", "compile"),
+    [("e8", False), ("bw16", False), ("leech", False), ("leech", True)]
+    # tracing the unrolled column rules takes seconds
+    + [pytest.param(n, True, marks=pytest.mark.slow) for n in ("e8", "bw16")],
+)
+def test_decoders_trace_into_a_callers_torch_compile(name, compile):
+    """Inside a caller's own ``torch.compile`` the decoders give the points of a plain call, and
+    Dynamo meets none of the cached getters (it warns at each and traces its body again): the
+    decoder tables are held by the lattice, and ``compile=True`` traces the plain column rule
+    into the caller's graph. Dynamo's ``eager`` backend traces without inductor (seconds)."""
+    import warnings
+
+    lat = lattice_by_name(name, compile=compile)
+    x = 3 * torch.randn(1024, lat.dim, generator=gen(37))  # a whole compiled chunk for Leech
+    torch._dynamo.reset()
+    traced = torch.compile(lat.closest_point, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = traced(x)
+    assert torch.equal(got, lat.closest_point(x))
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+
+
 @pytest.mark.parametrize("name", ["e8", "d4", "d3*", "a2"])
 def test_small_lattices_decode_large_inputs_in_chunks_with_the_same_points(name, monkeypatch):
     """E8, D_n, D_n* and A2 decode inputs beyond one chunk (batched leading dimensions, the last

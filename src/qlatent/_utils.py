@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -64,3 +65,10 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Callable:
+    """``compiled()`` (a cached getter of a ``torch.compile``d function), or ``plain``, the same
+    function uncompiled, inside a caller's own ``torch.compile``: Dynamo traces it into the
+    caller's graph, where the getter would make it warn about the cache and trace its body."""
+    return plain if torch.compiler.is_compiling() else compiled()

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .._utils import compiled_or_plain
 from ._code_model import CountedCodeModel
 from .base import Bottleneck, BottleneckOutput
 
@@ -197,8 +198,7 @@ def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> 
     distances and the same indices bit for bit. A last chunk of fewer than
     ``_COMPILED_MIN_ROWS`` rows and the rows whose distances hold a NaN take ``torch.min``, as
     eagerly."""
-    # inside a caller's own torch.compile the plain function is traced into its graph
-    search = _first_nearest if torch.compiler.is_compiling() else _compiled_first_nearest()
+    search = compiled_or_plain(_compiled_first_nearest, _first_nearest)
     num_codes = codebook.shape[0]
     codes = torch.arange(num_codes, device=z.device).unsqueeze(0)
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
@@ -312,7 +312,8 @@ def _row_hash_weights(dim: int, device: torch.device) -> Tensor:
     return (torch.randint(-(2**62), 2**62, (dim,), generator=g, dtype=torch.int64) | 1).to(device)
 
 
-@torch.no_grad()
+@torch.compiler.disable  # data-dependent (a sort, a branch on ties): runs eagerly, also within
+@torch.no_grad()  # a caller's torch.compile
 def row_counts(rows: Tensor) -> Tensor:
     """How often each distinct row of the integer matrix ``rows`` ``(N, D)`` occurs: ``(M,)``
     int64 for the M distinct rows, in no particular order. Exact.

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._utils import compiled_or_plain
 from ..lattices import RectangularLattice
 from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
@@ -142,7 +143,7 @@ class _FusedTrainingPath(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, key, spacing, inv_scale, h, c, compiled: bool):
-        parts = _compiled_parts() if compiled else _training_parts
+        parts = compiled_or_plain(_compiled_parts, _training_parts) if compiled else _training_parts
         y_hat, rate, g, q, d_h = parts(y, key, spacing, inv_scale, h, c)
         ctx.save_for_backward(g, q, d_h, key)
         ctx.compiled = compiled
@@ -156,7 +157,11 @@ class _FusedTrainingPath(torch.autograd.Function):
             grad_y_hat = torch.zeros_like(g)
         if grad_rate is None:
             grad_rate = g.new_zeros(g.shape[0])
-        backward = _compiled_backward() if ctx.compiled else _training_backward
+        backward = (
+            compiled_or_plain(_compiled_backward, _training_backward)
+            if ctx.compiled
+            else _training_backward
+        )
         grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, q, d_h, key)
         return grad_y, None, grad_spacing, grad_inv, grad_h, None, None
 
@@ -441,7 +446,8 @@ class DitheredLattice(Bottleneck):
             if self.compile and torch.is_grad_enabled():
                 y_hat, rate = _FusedTrainingPath.apply(y, key, spacing, *constants, True)
             elif self.compile:
-                y_hat, rate = _compiled_kernel()(y, key, spacing, *constants)
+                kernel = compiled_or_plain(_compiled_kernel, _training_kernel)
+                y_hat, rate = kernel(y, key, spacing, *constants)
             elif torch.is_grad_enabled():
                 y_hat, rate = _BlockedTrainingPath.apply(y, key, spacing, *constants, rows)
             else:
@@ -449,7 +455,7 @@ class DitheredLattice(Bottleneck):
             indices = None
         elif not torch.is_grad_enabled() and self.compile and y.numel():
             key = draw_key(generator, y.device)
-            y_hat, rate, indices, reach = _compiled_hard_kernel()(
+            y_hat, rate, indices, reach = compiled_or_plain(_compiled_hard_kernel, _hard_kernel)(
                 y, key, spacing, *cell_constants(spacing, scale)
             )
             check_reach(float(reach))

@@ -31,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._utils import compiled_or_plain
 from ._glued import BinaryCode, closest_point_glued, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -84,6 +85,9 @@ class BarnesWallLattice(FixedLattice):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
         self._code = reed_muller_1_4()
+        # held here, not fetched per call: under a caller's torch.compile Dynamo warns at a
+        # cached getter and traces its body again
+        self._quarters = rm_quarters()
         generators = [[2 * int(v) for v in row] for row in dn_rows(16)]
         generators += [[int(v) for v in row] for row in self._code.generator]
         self._basis = as_basis(integer_basis(generators))
@@ -93,13 +97,14 @@ class BarnesWallLattice(FixedLattice):
         rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
+            fused = compiled_or_plain(compiled_decode, _closest_bw16_columns)
             for start in range(0, rows.shape[0], _COMPILED_CHUNK):
                 chunk = rows[start : start + _COMPILED_CHUNK]
-                out[start : start + chunk.shape[0]] = compiled_decode()(chunk.T.contiguous())
+                out[start : start + chunk.shape[0]] = fused(chunk.T.contiguous())
             return out.view(x.shape)
         size = _eager_chunk(x.device)
         for start in range(0, rows.shape[0], size):
-            out[start : start + size] = _closest_bw16(rows[start : start + size])
+            out[start : start + size] = self._quarters.decode(rows[start : start + size])
         return out.view(x.shape)
 
     def dither_point(self, y: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import functools
 import torch
 from torch import Tensor
 
+from .._utils import compiled_or_plain
 from ._utils import FixedLattice, as_basis, in_chunks, parity
 from .base import LATTICES, check_rows
 
@@ -54,7 +55,8 @@ class GossetLattice(FixedLattice):
         check_rows(x, 8, self.name)
         rows = x.reshape(-1, 8)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
-            decode = lambda chunk: compiled_decode()(chunk.T.contiguous())  # noqa: E731
+            fused = compiled_or_plain(compiled_decode, _closest_e8_columns)
+            decode = lambda chunk: fused(chunk.T.contiguous())  # noqa: E731
         elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
             return in_chunks(_closest_e8, x, 8)
         else:  # eager, also for a few rows, where the compiled call's overhead dominates

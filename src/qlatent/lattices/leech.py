@@ -32,6 +32,7 @@ import functools
 import torch
 from torch import Tensor
 
+from .._utils import compiled_or_plain
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -86,6 +87,9 @@ class LeechLattice(FixedLattice):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
         self._code = golay_code()
+        # held here, not fetched per call: under a caller's torch.compile Dynamo warns at a
+        # cached getter and traces its body again
+        self._sextet = golay_sextet()
         generators = [[2 * int(v) for v in row] for row in golay_generator()]
         generators += [[4 * v for v in row] for row in dn_rows(24)]
         generators.append([-3] + [1] * 23)
@@ -104,9 +108,10 @@ class LeechLattice(FixedLattice):
                 padded = (
                     torch.cat([chunk, chunk.new_zeros(_CHUNK - n, 24)]) if n < _CHUNK else chunk
                 )
-                out[start : start + n] = compiled_decode()(padded)[:n]
+                fused = compiled_or_plain(compiled_decode, self._sextet.decode)
+                out[start : start + n] = fused(padded)[:n]
             else:  # eager, also for a short chunk, which padding would make 4x the work or more
-                out[start : start + n] = golay_sextet().decode(chunk)
+                out[start : start + n] = self._sextet.decode(chunk)
         return out.view(x.shape)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
