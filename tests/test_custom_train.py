@@ -3,15 +3,18 @@
 Checked: every registered bottleneck trains a few steps from a config on synthetic images and its
 checkpoint evaluates to the numbers the run reported (one parametrized test over the registry,
 so a new bottleneck is covered without a new test); the conv family trains too; a bad key, value,
-type, bottleneck argument or TOML file is one line naming it, exit code 2; ``--list`` lists the
-registry; a trained checkpoint codes its own test images to a file and back through
-``compress`` / ``decompress``.
+type, bottleneck argument or TOML file is one line naming it, exit code 2, and so is a
+``torch.compile`` that cannot build its kernels; ``--list`` lists the registry; a trained
+checkpoint codes its own test images to a file and back through ``compress`` / ``decompress``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -46,6 +49,57 @@ def _config(tmp_path, name: str, family: str = "gated_mlp", hidden: str = "[16]"
     path = tmp_path / f"{name}.toml"
     path.write_text(TINY.format(name=name, family=family, hidden=hidden))
     return str(path)
+
+
+def test_a_failed_torch_compile_is_one_line_in_process(monkeypatch, capsys):
+    """Any backend failure that Dynamo reports (here a backend that raises) ends a command with
+    one line: the reason, the way round it, exit status 2."""
+    from qlatent import cli
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no kernels today\nsecond line of advice")
+
+    def command(args):
+        return torch.compile(lambda x: x.sin() + 1, backend=broken_backend)(torch.ones(3))
+
+    monkeypatch.setattr(cli, "_cmd_bench_coding", command)
+    assert main(["bench", "coding"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qlatent: error: torch.compile failed: ") and "\n" not in err
+    assert "no kernels today" in err and "second line" not in err
+    assert err.endswith(
+        "(without it: compile = false in the bottleneck's args, or a benchmark's --no-compile)"
+    )
+
+
+@pytest.mark.slow
+def test_a_failed_torch_compile_is_one_line(tmp_path):
+    """``compile = true`` where inductor cannot build its kernels (here: no working C++
+    compiler, through ``CXX``, with an empty kernel cache) ends ``qlatent train`` with one line
+    naming the reason and the way round it, exit status 2, no traceback."""
+    path = tmp_path / "compiled.toml"
+    text = TINY.format(name="lattice", family="gated_mlp", hidden="[16]")
+    path.write_text(text.replace('name = "lattice"', 'name = "lattice"\nargs = { compile = true }'))
+    env = dict(
+        os.environ, CXX=str(tmp_path / "no-such-c++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "i")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "qlatent", "train", str(path), "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("qlatent: error: torch.compile failed: "), (
+        done.stderr
+    )
+    assert "C++ compiler" in errors[0] and env["CXX"] in errors[0]
+    assert errors[0].endswith(
+        "(without it: compile = false in the bottleneck's args, or a benchmark's --no-compile)"
+    )
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("name", BOTTLENECKS.names())

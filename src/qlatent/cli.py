@@ -805,6 +805,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"qlatent: error: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        if not isinstance(err, BackendCompilerFailed):
+            raise
+        # torch.compile could not build a kernel (on the CPU: no working C++ compiler): the
+        # backend's own exception, its first line (Dynamo's message adds advice on debugging)
+        inner = getattr(err, "inner_exception", None) or err
+        lines = str(inner).strip().splitlines()
+        reason = f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__
+        print(
+            f"qlatent: error: torch.compile failed: {reason} (without it: compile = false "
+            "in the bottleneck's args, or a benchmark's --no-compile)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
