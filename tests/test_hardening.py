@@ -736,3 +736,71 @@ def test_oversized_configs_and_checkpoints_give_one_line(tmp_path, capsys):
         save_atomic({"run_config": run, "model": {}}, path)
         code, err = _run(["eval", path], capsys)
         assert code == 2 and _one_line_error(err) and expect in err, err
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG file that announces ``width × height`` grey pixels and holds none: what a
+    decompression bomb looks like to ``Image.open``, without the memory to build one."""
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.synthetic_size=1000000000000"],
+        ["data.name=synthetic-text", "data.synthetic_size=100000000000",
+         "model.family=text_gru", "model.hidden=[16, 16]"],
+        ["data.name=synthetic-text", "data.max_tokens=1000000000000",
+         "model.family=text_gru", "model.hidden=[16, 16]"],
+    ],
+    ids=["synthetic images", "synthetic sentences", "tokens per sentence"],
+)  # fmt: skip
+def test_data_past_the_machines_memory_is_refused_before_allocating(tmp_path, capsys, overrides):
+    """Data sizes from a config (how many synthetic images or sentences, how many tokens a
+    sentence is padded to) that would not fit in this machine's memory end in one line naming
+    the setting, not in an allocation failure."""
+    config = tmp_path / "small.toml"
+    config.write_text(
+        '[data]\nname = "synthetic"\nsynthetic_size = 60\n[model]\nhidden = [8]\n'
+        "latent_dim = 2\n[train]\nprogress = false\n"
+    )
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    code, err = _run(["train", config, *sets, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and _one_line_error(err), err
+    assert "more than this machine's" in err and "GiB of memory" in err
+    assert ("data.max_tokens" if "tokens" in str(overrides) else "data.synthetic_size") in err
+
+
+def test_an_image_folder_too_large_or_with_a_bomb_is_one_line(tmp_path, capsys):
+    """An image folder whose images, at the configured size, would not fit in memory is refused
+    before anything is allocated; an image announcing more pixels than Pillow's decompression
+    bomb limit is a clear data error naming the file, not a traceback."""
+    from PIL import Image
+
+    from qlatent.data import DataError
+    from qlatent.data.folder import load_image_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (8, 8), color=40 * i).save(folder / f"{i}.png")
+    assert load_image_folder(folder, size=4, channels=1, progress=False).shape == (3, 1, 4, 4)
+    with pytest.raises(DataError, match=r"3 images of 1 × 10,000,000 × 10,000,000 float32"):
+        load_image_folder(folder, size=10**7, channels=1, progress=False)
+    pixels = 2 * Image.MAX_IMAGE_PIXELS + 1  # past twice the limit Pillow refuses, not warns
+    (folder / "3.png").write_bytes(_png_header_only(pixels // 10_000 + 1, 10_000))
+    with pytest.raises(DataError, match=r"cannot read image .*3\.png.*decompression bomb"):
+        load_image_folder(folder, size=4, channels=1, progress=False)
+    config = tmp_path / "folder.toml"
+    config.write_text(
+        f'[data]\nname = "folder"\nfolder = "{folder}"\nimage_size = 4\nval_size = 1\n'
+        "test_size = 1\n[model]\nhidden = [8]\nlatent_dim = 2\n[train]\nprogress = false\n"
+    )
+    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and _one_line_error(err) and "3.png" in err, err

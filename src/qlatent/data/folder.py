@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .sources import DataError
+from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -45,6 +45,12 @@ def load_image_folder(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     files = image_files(folder)
+    check_fits(
+        len(files) * channels * size * size,
+        4,
+        f"{len(files):,} images of {channels} × {size:,} × {size:,} float32",
+        "the image size and the folder",
+    )
     out = torch.empty(len(files), channels, size, size)
     for i, path in enumerate(tqdm(files, desc="images", disable=not progress, leave=False)):
         try:
@@ -55,7 +61,7 @@ def load_image_folder(
                 image = image.crop((left, top, left + side, top + side))
                 image = image.resize((size, size), Image.Resampling.BICUBIC)
                 array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
         out[i] = torch.from_numpy(array).permute(2, 0, 1) / 255.0 - 0.5
     return out

@@ -134,6 +134,26 @@ class ChecksumError(DataError):
     """A file does not have the SHA-256 it must have."""
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(count: int, itemsize: int, what: str, fix: str) -> None:
+    """DataError, before anything is allocated, if ``count`` items of ``itemsize`` bytes (sizes
+    from a config or from the files found) would take more than this machine's physical memory;
+    ``what`` names the data, ``fix`` the setting to check."""
+    need, total = count * itemsize, physical_memory()
+    if total is not None and need > total:
+        raise DataError(
+            f"{what} would take {need / 2**30:,.1f} GiB, more than this machine's "
+            f"{total / 2**30:,.1f} GiB of memory: check {fix}"
+        )
+
+
 class _SourceFailed(Exception):
     """A source could not provide the files (internal; the next source is tried)."""
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir
+from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir, check_fits
 
 NAME = "text-en"
 TEST_SENTENCES = 3003
@@ -378,6 +378,12 @@ class Vocabulary:
         Sentences longer than ``max_tokens`` words are refused (filter them first)."""
         import torch
 
+        check_fits(
+            len(sentences) * (max_tokens + 1),
+            8,
+            f"{len(sentences):,} sentences of {max_tokens:,} tokens as int64 ids",
+            "the most tokens per sentence (data.max_tokens)",
+        )
         out = torch.zeros(len(sentences), max_tokens + 1, dtype=torch.int64)
         for row, sentence in enumerate(sentences):
             if len(sentence) > max_tokens:

@@ -334,6 +334,14 @@ def load_data(
         images = images + 0.5
         return _split(images, cfg.val_size, cfg.test_size, cfg.split_seed)
     # synthetic: smooth blobs (low-resolution noise upsampled), learnable in a few steps
+    from ..data.sources import check_fits
+
+    check_fits(
+        cfg.synthetic_size * cfg.channels * 28 * 28,
+        4,
+        f"{cfg.synthetic_size:,} synthetic images of {cfg.channels} × 28 × 28 float32",
+        "data.synthetic_size",
+    )
     g = torch.Generator().manual_seed(cfg.split_seed)
     low = torch.rand(cfg.synthetic_size, cfg.channels, 7, 7, generator=g)
     images = torch.nn.functional.interpolate(low, size=28, mode="bilinear").clamp(0, 1)
@@ -364,6 +372,10 @@ _PLACES = ("", "in the park", "at night", "near the sea", "every day")
 
 def _synthetic_text(n: int, seed: int) -> dict[str, list[list[str]]]:
     """``n`` sentences of a small regular language, split 4:1:1 (tests and smoke runs)."""
+    from ..data.sources import check_fits
+
+    # about 0.6 KB a sentence as a Python list of word strings
+    check_fits(n, 640, f"{n:,} synthetic sentences", "data.synthetic_size")
     g = torch.Generator().manual_seed(seed)
     parts = (_SUBJECTS, _VERBS, _OBJECTS, _PLACES)
     picks = [torch.randint(len(p), (n,), generator=g).tolist() for p in parts]
