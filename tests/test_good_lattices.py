@@ -536,6 +536,39 @@ def test_e8_column_rule_is_the_eager_decoder(dtype):
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_e8_planar_decoder_is_the_column_rule_and_the_dither_keeps_the_row_rule(dtype):
+    """E8's eager decoder on the CPU (the rule on eight planes of coordinates) gives, bit for
+    bit and sign of zero included, the points of the column rule that ``compile=True`` fuses,
+    also on rows within rounding of two lattice points; the rule over rows of eight, whose sums
+    run in another order, gives the same points off such ties (random rows at several scales,
+    huge coordinates, half-integer grids, ±0). On the ties the planar points are as near as the
+    sphere decoder's, and ``dither_point`` keeps the row rule (a file's decoder regenerates
+    its dither bit for bit)."""
+    from qlatent.lattices.e8 import _closest_e8, _closest_e8_columns, _closest_e8_planar
+
+    lat, g = GossetLattice(), gen(38)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    plain = [s * torch.randn(3000, 8, generator=g, dtype=F64) for s in (0.3, 2.0, 1e6, 1e15)]
+    plain += [torch.randint(-9, 10, (3000, 8), generator=g) * q for q in (0.5, 0.25)]
+    plain += [torch.full((3, 8), 0.5, dtype=F64), torch.zeros(3, 8), -torch.zeros(3, 8)]
+    x = torch.cat([v.to(F64) for v in plain]).to(dtype)
+    assert torch.equal(_closest_e8_planar(x).view(bits), _closest_e8(x).view(bits))
+    # half-integer grids nudged by rounding-sized amounts: many near-ties between the cosets
+    nudge = 1e-7 if dtype == torch.float32 else 1e-15
+    ties = torch.randint(-3, 4, (20000, 8), generator=g) * 0.5
+    ties = (ties + nudge * torch.randn(20000, 8, generator=g, dtype=F64)).to(dtype)
+    planar = _closest_e8_planar(ties)
+    assert torch.equal(planar.view(bits), _closest_e8_columns(ties.T.contiguous()).view(bits))
+    assert torch.equal(lat.closest_point(ties), planar)
+    assert torch.equal(lat.dither_point(ties), _closest_e8(ties))
+    differ = (planar != _closest_e8(ties)).any(1)
+    if dtype == torch.float32:  # the row rule breaks some of these ties the other way
+        assert differ.any()
+    _assert_as_near_as_reference(lat, ties[differ][:50], planar[differ][:50])
+    _assert_as_near_as_reference(lat, ties[:100], planar[:100])
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_bw16_column_rule_is_the_eager_decoder(dtype):
     """The column-by-column form of the Λ16 search that ``compile=True`` compiles (coset costs by
     Walsh–Hadamard transforms) gives the eager decoder's points on random inputs at several

@@ -12,7 +12,10 @@ G = 929/12960 ≈ 0.0716821, the best 8-D quantizer known.
 
 With ``compile=True`` the same rule runs as one ``torch.compile``d loop over the points
 (:func:`compiled_decode`), written over the eight coordinates as separate columns so that every
-step, the sums and the worst/best coordinate included, is elementwise across points.
+step, the sums and the worst/best coordinate included, is elementwise across points. The eager
+decoder on the CPU takes the same steps on the coordinates as eight planes of N values
+(:func:`_closest_e8_planar`), so both give the same points bit for bit; the dither keeps the
+rule over rows of eight (:meth:`GossetLattice.dither_point`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class GossetLattice(FixedLattice):
             fused = compiled_or_plain(compiled_decode, _closest_e8_columns)
             decode = lambda chunk: fused(chunk.T.contiguous())  # noqa: E731
         elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
-            return in_chunks(_closest_e8, x, 8)
+            return in_chunks(_closest_e8_planar, x, 8)
         else:  # eager, also for a few rows, where the compiled call's overhead dominates
             decode = _closest_e8
         if rows.shape[0] <= _CHUNK:
@@ -67,6 +70,19 @@ class GossetLattice(FixedLattice):
         for start in range(0, rows.shape[0], _CHUNK):
             out[start : start + _CHUNK] = decode(rows[start : start + _CHUNK])
         return out.view(x.shape)
+
+    def dither_point(self, y: Tensor) -> Tensor:
+        """The dither's reduction keeps the rule over rows of eight (:func:`_closest_e8`), the
+        eager decoder on the CPU until the planar one: that finds points as near, but its sums
+        run in another order, so it may break a tie within float rounding the other way, and a
+        file's decoder regenerates its dither bit for bit. With ``compile=True`` the fused
+        decoder for 64 points or more, as before."""
+        check_rows(y, 8, self.name)
+        if self.compile and y.numel() >= 8 * _COMPILED_MIN_ROWS:
+            return self.closest_point(y)
+        if y.device.type == "cpu":
+            return in_chunks(_closest_e8, y, 8)
+        return self.closest_point(y)
 
 
 #: E8 rows per compiled call, and per eager call on an accelerator: bounds the temporaries
@@ -109,6 +125,48 @@ def _closest_e8(x: Tensor) -> Tensor:
     toward = (e.gather(-1, at) >= 0).to(x.dtype).mul_(2.0).sub_(1.0)  # + on exact integers
     odd = odd0 - half * (odd1 + odd0)  # odd0 or −odd1
     return point.scatter_add_(-1, at, toward * odd)
+
+
+def _closest_e8_planar(x: Tensor) -> Tensor:
+    """The rule of :func:`_closest_e8` on rows ``x`` ``(N, 8)``, computed on the coordinates as
+    eight planes of N values (the eager decoder on the CPU). The same steps as
+    :func:`_closest_e8_columns`, in the same order, so the same points bit for bit as the
+    fused decoder of ``compile=True``; against :func:`_closest_e8` they differ only where a
+    point lies within rounding of two lattice points (its sums run in another order).
+
+    Three things make it 1.5–2× the rows/s of :func:`_closest_e8` on the CPU (README, "Lattice
+    geometry"): a reduction over the 8 planes is an elementwise pass down N-long rows, several
+    times faster than one over the last dimension of 8; the comparisons write float 0/1 into
+    an ``out`` tensor (a ``bool`` result costs about seven times a float one); and the first
+    worst coordinate is found without a reduction with indices: the coordinates equal to the
+    chosen extreme are weighted 8, 7, …, 1, and the first is the one whose weight equals the
+    largest. The two transposes go through ``channels_last`` copies, exact and several times
+    faster than ``.T.contiguous()`` of an (N, 8) tensor."""
+    n, dtype = x.shape[0], x.dtype
+    planes = x.view(1, n, 1, 8).permute(0, 3, 1, 2).contiguous().view(8, n)
+    r = torch.round(planes)
+    a = (planes - r).abs_()  # |e|, e = x − r
+    sum_a2 = (a * a).sum(0)  # (N,)
+    sum_a = a.sum(0)
+    down = torch.floor(planes).sub_(r)  # floor − round: 0, or −1 where x was rounded up
+    sum_r = parity(r).sum(0)
+    odd0 = parity(sum_r)
+    odd1 = parity(sum_r + down.sum(0))  # Σ floor = Σ r + Σ (floor − round)
+    worst, best = a.amax(0), a.amin(0)
+    cost0 = sum_a2 + odd0 * (1.0 - 2.0 * worst)
+    cost1 = (sum_a2 - sum_a + 2.0) + odd1 * (2.0 * best)
+    half = torch.lt(cost1, cost0, out=torch.empty_like(cost0))  # 1 where D_8 + ½ wins
+    toward = down.add_(0.5)  # ±½: the sign of e (+ on exact integers, where e = +0)
+    point = torch.addcmul(r, half, toward)  # r, or floor(x) + ½
+    # the chosen coset's worst coordinate: the first largest |e| (D_8) or smallest (D_8 + ½);
+    # half·best + (1 − half)·worst is exactly one of the two
+    hit = torch.eq(a, half * best + (1.0 - half) * worst, out=torch.empty_like(a))
+    hit.mul_(torch.arange(8, 0, -1, dtype=dtype, device=x.device).unsqueeze(1))
+    first = torch.eq(hit, hit.amax(0), out=hit)
+    odd = (odd0 - half * (odd1 + odd0)).mul_(2.0)  # twice odd0 or −odd1
+    point.addcmul_(first.mul_(toward), odd)  # one step toward x, as the rule over rows
+    out = point.view(1, 8, n, 1).contiguous(memory_format=torch.channels_last)
+    return out.permute(0, 2, 3, 1).view(n, 8)
 
 
 def _closest_e8_columns(xt: Tensor) -> Tensor:
