@@ -41,9 +41,9 @@ class GossetLattice(FixedLattice):
     def __init__(self, *, compile: bool = False) -> None:
         """``compile``: decode with the rule fused by ``torch.compile`` (:func:`compiled_decode`,
         compiled on first use per dtype and device, seconds; needs a C++ compiler on the CPU):
-        about five times the eager decoder's rows/s (``qlatent bench lattices``; README, "Good
-        lattices"). The same points, except that a point equidistant from two lattice points
-        within rounding may get the other one (the sums run in another order)."""
+        about two and a half times the eager decoder's rows/s (``qlatent bench lattices``;
+        README, "Lattice geometry"). The same points bit for bit as the eager decoder on the
+        CPU, which runs the same steps (:func:`_closest_e8_planar`)."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
