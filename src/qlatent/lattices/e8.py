@@ -135,9 +135,10 @@ def _closest_e8_planar(x: Tensor) -> Tensor:
     point lies within rounding of two lattice points (its sums run in another order).
 
     Three things make it about 1.5× the rows/s of :func:`_closest_e8` on the CPU (README,
-    "Lattice geometry"): a reduction over the 8 planes is an elementwise pass down N-long rows, several
-    times faster than one over the last dimension of 8; the comparisons write float 0/1 into
-    an ``out`` tensor (a ``bool`` result costs about seven times a float one); and the first
+    "Lattice geometry"): a reduction over the 8 planes is an elementwise pass down N-long
+    rows, several times faster than one over the last dimension of 8; the comparisons write
+    float 0/1 into an ``out`` tensor (a ``bool`` result costs about seven times a float one);
+    and the first
     worst coordinate is found without a reduction with indices: the coordinates equal to the
     chosen extreme are weighted 8, 7, …, 1, and the first is the one whose weight equals the
     largest. The two transposes go through ``channels_last`` copies, exact and several times
