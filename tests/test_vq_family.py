@@ -58,15 +58,15 @@ def _min_indices(distances: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("num_codes", [2, 3, 100, 128, 129, 4096])
 def test_first_minimum_is_torch_min_on_hard_rows(dtype, num_codes):
-    """The packed search returns ``torch.min``'s first index on every row it decides and hands
-    the others to ``torch.min``: exact ties (±0 included), near-ties inside one bucket with
-    the lower index above the minimum, rows with no negative distance, NaN and ±inf."""
+    """The weighted search returns ``torch.min``'s first index on every row: exact ties (±0
+    included), near-ties one ulp apart on either side of the first minimum, rows with no
+    negative distance, ±inf, and NaN (such a row goes to ``torch.min`` itself)."""
     g = gen(num_codes)
     d = -torch.rand(64, num_codes, generator=g, dtype=torch.float64).to(dtype) - 0.5
     one_ulp = torch.finfo(dtype).eps
     d[1] = -1.0  # every code ties: the first one wins
     d[2, -1] = d[2].min() * (1 + one_ulp)  # the minimum at the last code ...
-    d[2, 0] = d[2, -1] * (1 - one_ulp)  # ... one ulp below code 0, in the same bucket
+    d[2, 0] = d[2, -1] * (1 - one_ulp)  # ... one ulp above it at code 0
     d[3] = torch.rand(num_codes, generator=g).to(dtype)  # no negative distance
     d[4, :] = 0.0
     d[4, num_codes // 2] = -0.0  # −0 and +0 tie
@@ -75,9 +75,13 @@ def test_first_minimum_is_torch_min_on_hard_rows(dtype, num_codes):
     d[7, 0] = math.inf
     d[8] = d[8].min() * (1 + one_ulp * torch.arange(num_codes, dtype=dtype) / num_codes)
     d[9, num_codes // 3 :] = d[9].min() - 1.0  # a run of equal minima
-    d[10, num_codes // 2 :] = -math.inf  # −inf ties (packed, they turn into NaN)
+    d[10, num_codes // 2 :] = -math.inf  # −inf ties
     d[11, [0, -1]] = math.inf
     d[11, num_codes // 2 :] = -math.inf
+    d[12] = math.inf  # every code at +inf
+    d[13] = torch.rand(num_codes, generator=g).to(dtype) + 1.0
+    d[13, -1], d[13, num_codes // 2] = -0.0, 0.0  # a zero minimum, +0 ahead of −0 when K > 2
+    d[14, : num_codes // 2 + 1] = math.nan  # NaN first, and in every row of K = 2
     out = torch.empty(64, dtype=torch.int64)
     cb._first_minimum(d, torch.empty_like(d), out)
     assert torch.equal(out, _min_indices(d))
@@ -115,7 +119,7 @@ def test_fuzz_first_minimum_is_torch_min(num_codes, seed, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("num_codes", [128, 4096])
-def test_nearest_codeword_packed_search_matches_torch_min(monkeypatch, dtype, num_codes):
+def test_nearest_codeword_weighted_search_matches_torch_min(monkeypatch, dtype, num_codes):
     """The CPU search of large inputs (in parts of a chunk at K = 4096) gives the indices of
     ``addmm`` followed by ``torch.min``, bit for bit, on trained-looking and adversarial
     codebooks: duplicated codewords, a codeword at the origin, near-duplicates 1 ulp apart."""
@@ -134,15 +138,15 @@ def test_nearest_codeword_packed_search_matches_torch_min(monkeypatch, dtype, nu
         ]
     )
     expected = torch.addmm(codebook.square().sum(1), z, codebook.t(), alpha=-2.0).min(1).indices
-    assert z.shape[0] * num_codes >= cb._PACKED_MIN_ELEMENTS  # the packed search runs
+    assert z.shape[0] * num_codes >= cb._WEIGHTED_MIN_ELEMENTS  # the weighted search runs
     assert torch.equal(cb.nearest_codeword(z, codebook), expected)
 
 
-def test_nearest_codeword_keeps_torch_min_beyond_the_packed_range(monkeypatch):
-    """Half precision and codebooks past 2^16 codes take ``torch.min`` (no packed search)."""
+def test_nearest_codeword_keeps_torch_min_beyond_the_weighted_range(monkeypatch):
+    """Half precision and codebooks past 2^16 codes take ``torch.min`` (no weighted search)."""
     calls = []
     monkeypatch.setattr(cb, "_first_minimum", lambda *a: calls.append(a))
-    monkeypatch.setattr(cb, "_PACKED_MAX_CODES", 8)
+    monkeypatch.setattr(cb, "_WEIGHTED_MAX_CODES", 8)
     z = torch.randn(20000, 4, generator=gen(8))
     codebook = torch.randn(16, 4, generator=gen(9))
     brute = torch.cdist(z.double(), codebook.double()).argmin(1)

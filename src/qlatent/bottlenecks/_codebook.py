@@ -128,36 +128,36 @@ def nearest_codeword(z: Tensor, codebook: Tensor, *, compile: bool = False) -> T
     if (
         compile
         and z.device.type == "cpu"
-        and z.dtype in _PACKED_INT
+        and z.dtype in _SEARCH_DTYPES
         and z.shape[0] >= _COMPILED_MIN_ROWS
     ):
         return _nearest_compiled(z, codebook, norms, min(rows, z.shape[0]))
-    packed = (
+    weighted = (
         z.device.type == "cpu"
-        and z.dtype in _PACKED_INT
-        and num_codes <= _PACKED_MAX_CODES
-        and z.shape[0] * num_codes >= _PACKED_MIN_ELEMENTS
+        and z.dtype in _SEARCH_DTYPES
+        and num_codes <= _WEIGHTED_MAX_CODES
+        and z.shape[0] * num_codes >= _WEIGHTED_MIN_ELEMENTS
     )
-    if z.shape[0] <= rows and not packed:
+    if z.shape[0] <= rows and not weighted:
         return torch.addmm(norms, z, codebook.t(), alpha=-2.0).min(1).indices
     # one distance buffer for every full chunk and the indices written in place: a fresh
     # chunk of 16 MB (K = 4096) is mapped and faulted in again on every allocation
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
     rows = min(rows, z.shape[0])
-    # the packed search's work space (at most one budget's worth of rows: a large codebook's
+    # the weighted search's work space (at most one budget's worth of rows: a large codebook's
     # chunk is searched in parts) in the same allocation as the distances: glibc keeps one
     # freed block of this size for the next call, where two went back to the system and were
     # faulted in again on every call (2,048 page faults a call at K = 128, 16384 rows)
-    part = min(rows, max(1, budget // num_codes)) if packed else 0
+    part = min(rows, max(1, budget // num_codes)) if weighted else 0
     space = z.new_empty((rows + part) * num_codes)
     distances = space[: rows * num_codes].view(rows, num_codes)
     work = space[rows * num_codes :].view(part, num_codes)
-    minima = None if packed else z.new_empty(rows)
+    minima = None if weighted else z.new_empty(rows)
     for start in range(0, z.shape[0], rows):
         chunk = z[start : start + rows]
         n = chunk.shape[0]
         torch.addmm(norms, chunk, codebook.t(), alpha=-2.0, out=distances[:n])
-        if not packed:
+        if not weighted:
             torch.min(distances[:n], 1, out=(minima[:n], out[start : start + n]))
             continue
         for first in range(0, n, part):
@@ -194,7 +194,7 @@ def _compiled_first_nearest():
 def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> Tensor:
     """:func:`nearest_codeword` with ``compile=True`` on the CPU, in chunks of ``rows`` rows:
     per chunk the eager search's ``addmm`` into one reused buffer and one compiled pass over it
-    (:func:`_compiled_first_nearest`) in place of the packed search's dozen, so the same
+    (:func:`_compiled_first_nearest`) in place of the weighted search's half dozen, so the same
     distances and the same indices bit for bit. A last chunk of fewer than
     ``_COMPILED_MIN_ROWS`` rows and the rows whose distances hold a NaN take ``torch.min``, as
     eagerly."""
@@ -220,15 +220,15 @@ def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> 
     return out
 
 
-#: the integer type of the same width as each float type the packed search handles
-_PACKED_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
-#: at most 2^16 codes: their index takes the low 16 of float32's 23 mantissa bits, and wider
-#: indices would leave buckets too coarse to decide most rows
-_PACKED_MAX_CODES = 1 << 16
-#: below this many distances ``torch.min``'s one call costs about as much as the packed search's
-#: dozen (one thread, 64-d rows: 0.33 against 0.35 ms at 1024 × 128, 0.65 against 0.57 at
-#: 2048 × 128, 1.21 against 0.96 at 1024 × 512)
-_PACKED_MIN_ELEMENTS = 1 << 18
+#: the float types the weighted search (and the compiled one) handles
+_SEARCH_DTYPES = (torch.float32, torch.float64)
+#: at most 2^16 codes: at 2^16 a chunk's work space is already searched in parts of 16 rows
+#: (weights up to 2^24 would still be exact in float32); beyond, ``torch.min``
+_WEIGHTED_MAX_CODES = 1 << 16
+#: below this many distances ``torch.min``'s one call costs about as much as the search's
+#: several (measured for an earlier search of a dozen calls; one thread, 64-d rows: 0.33 against
+#: 0.35 ms at 1024 × 128, 0.65 against 0.57 at 2048 × 128, 1.21 against 0.96 at 1024 × 512)
+_WEIGHTED_MIN_ELEMENTS = 1 << 18
 
 
 def _first_minimum(distances: Tensor, work: Tensor, out: Tensor) -> None:
@@ -237,43 +237,20 @@ def _first_minimum(distances: Tensor, work: Tensor, out: Tensor) -> None:
     times slower per element than the minimum alone (``amin``). ``(n, K)`` float32 / float64
     rows, ``work`` a buffer of the same shape and dtype, ``out`` ``(n,)`` int64.
 
-    Each distance's low ``b = ⌈log2 K⌉`` mantissa bits are replaced by its code, in the integer
-    view of its bits, and the ``amin`` of the packed rows is read back. Among numbers of one
-    sign the packed minimum then lies in the bucket of the exact minimum m (the numbers that
-    share its upper bits) and carries the lowest code k of that bucket, c, if the code is k in
-    a row whose minimum is positive and 2^b − 1 − k in one whose minimum is negative (the bits
-    of a negative number's magnitude grow as it falls). When d[c] = m, c is the first code
-    attaining m: an earlier one would lie in the bucket with a code that wins. Rows whose
-    minimum is neither positive nor negative (±0, NaN), whose packed minimum is no number of
-    that sign (±inf in the row) or whose candidate misses m (another code within 2^b units in
-    the last place of m, ahead of it in the bucket) take ``torch.min``.
+    The row minima m (``amin``), the mask of the distances equal to them written as 0/1 floats
+    (a comparison into a ``bool`` tensor costs several times as much), the mask weighted
+    K, K − 1, …, 1 by code, and its ``amax``: the largest weight, K − k, marks the first code k
+    attaining m. Every number here is an integer below 2^24, so exact. ±0 tie (they compare
+    equal) and ±inf is its own row minimum, as in ``torch.min``; a row holding a NaN has a NaN
+    minimum and an empty mask (weight 0, code K) and takes ``torch.min``.
     """
     num_codes = distances.shape[1]
-    as_int = _PACKED_INT[distances.dtype]
-    bits = max(1, (num_codes - 1).bit_length())
-    low = (1 << bits) - 1
-    minimum = distances.amin(1)
-    negative = minimum < 0
-    all_negative = bool(negative.all())  # the usual case for a codebook near the data
-    codes = torch.arange(num_codes, dtype=as_int)
-    packed = work.view(as_int)
-    torch.bitwise_and(distances.view(as_int), ~low, out=packed)
-    packed.bitwise_or_(low - codes if all_negative else codes)
-    if not all_negative and bool(negative.any()):
-        packed.bitwise_xor_(negative.to(as_int).mul_(low).unsqueeze(1))  # k -> 2^b − 1 − k
-    packed_min = work.amin(1)
-    code = packed_min.view(as_int).bitwise_and(low)
-    if all_negative:  # fewer calls for the usual case
-        torch.sub(low, code, out=out)
-        decided = packed_min < 0
-    else:
-        out.copy_(torch.where(negative, low - code, code))
-        decided = torch.where(negative, packed_min < 0, (minimum > 0) & (packed_min > 0))
-    if low >= num_codes:  # a row decided below never indexes past the codebook
-        out.clamp_(max=num_codes - 1)
-    decided &= distances.gather(1, out.unsqueeze(1)).squeeze(1) == minimum
-    if not bool(decided.all()):
-        rest = (~decided).nonzero().squeeze(1)
+    torch.eq(distances, distances.amin(1, keepdim=True), out=work)
+    work.mul_(torch.arange(num_codes, 0, -1, dtype=work.dtype, device=work.device))
+    first = work.amax(1).neg_().add_(num_codes)  # K − (K − k)
+    out.copy_(first)
+    if float(first.amax()) == num_codes:  # a NaN in some row
+        rest = (first == num_codes).nonzero().squeeze(1)
         out[rest] = distances.index_select(0, rest).min(1).indices
 
 
