@@ -1,7 +1,7 @@
 """Ways to find the nearest codeword on the CPU, timed side by side, and where a compiled ``vq``
 eval call spends its time.
 
-``vq``'s eager search (``nearest_codeword``: ``addmm`` and the packed search per chunk) and its
+``vq``'s eager search (``nearest_codeword``: ``addmm`` and the weighted search per chunk) and its
 ``compile=True`` search (the same ``addmm``, then ``_first_nearest`` compiled: the minimum and
 the first code attaining it along each row) next to the variants tried for the compiled pass
 and not kept, on the same ``--rows`` × 64 float32 input and a codebook initialised as ``vq``'s,

@@ -194,7 +194,7 @@ def _compiled_first_nearest():
 def _nearest_compiled(z: Tensor, codebook: Tensor, norms: Tensor, rows: int) -> Tensor:
     """:func:`nearest_codeword` with ``compile=True`` on the CPU, in chunks of ``rows`` rows:
     per chunk the eager search's ``addmm`` into one reused buffer and one compiled pass over it
-    (:func:`_compiled_first_nearest`) in place of the weighted search's half dozen, so the same
+    (:func:`_compiled_first_nearest`) in place of the weighted search's four passes, so the same
     distances and the same indices bit for bit. A last chunk of fewer than
     ``_COMPILED_MIN_ROWS`` rows and the rows whose distances hold a NaN take ``torch.min``, as
     eagerly."""
