@@ -34,6 +34,9 @@ def _refuse_overwrite(outputs: Sequence[str | None], inputs: Sequence[str | None
                 raise ValueError(f"refusing to write {out}: it is the same file as {other}")
         if os.path.isdir(out):
             raise ValueError(f"{out} is a folder; name the file to write")
+        if os.path.exists(out) and not os.path.isfile(out):
+            # a device, a pipe or a socket: the atomic write would replace it by a file
+            raise ValueError(f"refusing to write {out}: it is not a regular file")
 
 
 def _check_folders(*folders: str) -> None:
@@ -516,6 +519,18 @@ def _write_png_folder(recon, folder, value_range: tuple[float, float]) -> None:
     write_image_folder((recon - low) / (high - low), folder)
 
 
+def _check_qlc_size(path) -> None:
+    """Before ``path`` is read whole: it starts as a ``.qlc`` file does, and reading it (and
+    the parser's copy) fits in this machine's memory; ValueError or DataError otherwise."""
+    from .coding.container import MAGIC
+    from .data.sources import check_fits
+
+    with path.open("rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise ValueError(f"{path} is not a qlatent compressed file (bad magic number)")
+    check_fits(2 * path.stat().st_size, 1, f"reading {path}", "that it is the file to decode")
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
@@ -526,12 +541,22 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path} {'is not a file' if path.exists() else 'does not exist'}")
+    _check_qlc_size(path)
     folder = args.output.endswith(("/", os.sep))  # a folder of PNGs, one per image
     _refuse_overwrite([None if folder else args.output, args.png], [args.input, args.checkpoint])
+    if args.png:
+        if Path(args.png).suffix.lower() not in _FIGURE_FORMATS:
+            raise ValueError(
+                f"--png {args.png}: the extension chooses the format, one of {_FIGURE_FORMATS}"
+            )
+        _check_folders(str(Path(args.png).parent))
+    out = Path(args.output)
+    made = not out.exists()
     if folder:
-        out = Path(args.output)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValueError(f"-o {args.output}: a folder of PNGs goes into a new or empty folder")
+        if args.png and out.resolve() in Path(args.png).resolve().parents:
+            raise ValueError(f"--png {args.png}: not inside -o {args.output}, the decoded images")
         _check_folders(args.output)
     elif Path(args.output).suffix.lower() not in _RECON_FORMATS:
         raise ValueError(
@@ -550,14 +575,42 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         print(f"{message} (the file holds no images)")
         return 0
     if args.png:
-        if recon.dim() == 4:  # a conv model's (N, C, H, W) images
-            reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=value_range)
-        else:
-            reconstruction_grid(recon[:20], recon[:20], args.png, title="decoded reconstructions")
+        try:
+            if recon.dim() == 4:  # a conv model's (N, C, H, W) images
+                reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=value_range)
+            else:
+                reconstruction_grid(
+                    recon[:20], recon[:20], args.png, title="decoded reconstructions"
+                )
+        except Exception:  # no output without the other: take back what this call wrote
+            if folder:
+                for written in out.iterdir():  # the folder was new or empty
+                    written.unlink()
+                if made:
+                    out.rmdir()
+            elif made:
+                out.unlink(missing_ok=True)
+            raise
         message += f" and {args.png}"
     print(f"{message}; {8 * len(data) / recon.shape[0]:.2f} bits per image")
     return 0
 
+
+#: the most IWAE samples ``eval --iwae`` takes (the papers use 1,000 to 5,000; each sample
+#: costs a decoder pass over every test image)
+_MAX_IWAE_SAMPLES = 1 << 20
+
+
+def _iwae_samples(text: str) -> int:
+    """argparse type of ``--iwae``: an integer in [1, :data:`_MAX_IWAE_SAMPLES`]."""
+    value = positive_int(text)
+    if value > _MAX_IWAE_SAMPLES:
+        raise argparse.ArgumentTypeError(f"at most {_MAX_IWAE_SAMPLES:,} samples, got {value:,}")
+    return value
+
+
+#: what ``--png`` may write (matplotlib chooses the format by the extension)
+_FIGURE_FORMATS = [".png", ".pdf", ".svg", ".jpg", ".jpeg"]
 
 #: --device of the benchmarks
 BENCH_DEVICE_HELP = "cpu (default) or cuda[:N]: where the timed tensors live"
@@ -592,10 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.pt or last.pt of a `qlatent train CONFIG` run")
     p.add_argument(
         "--iwae",
-        type=positive_int,
+        type=_iwae_samples,
         default=None,
         metavar="S",
-        help="also the IWAE NLL with S samples (bottlenecks with a density view)",
+        help="also the IWAE NLL with S samples (bottlenecks with a density view; at most 2^20)",
     )
     p.add_argument(
         "--iwae-defensive",
@@ -794,6 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what to try after an allocation failed
+_MEMORY_ADVICE = " (a smaller batch_size or eval_batch_size, or fewer images with --limit, may fit)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -805,9 +862,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"qlatent: error: {message}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"qlatent: error: out of memory{_MEMORY_ADVICE}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
+        import torch
         from torch._dynamo.exc import BackendCompilerFailed
 
+        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+            message = " ".join(str(err).split()[:12])  # torch's first sentence
+            print(f"qlatent: error: out of memory: {message}{_MEMORY_ADVICE}", file=sys.stderr)
+            return 2
         if not isinstance(err, BackendCompilerFailed):
             raise
         # torch.compile could not build a kernel (on the CPU: no working C++ compiler): the

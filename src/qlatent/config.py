@@ -113,6 +113,8 @@ def _set_entry(table: dict[str, Any], path: list[str], raw: str, full_key: str) 
             table[path[0]] = json.loads(raw)
         except json.JSONDecodeError:
             table[path[0]] = raw
+        except RecursionError:
+            raise ValueError(f"override {full_key!r}: its value is nested too deeply") from None
     return table
 
 
@@ -152,4 +154,6 @@ def _parse(hint: Any, raw: str, key: str) -> Any:
             return json.loads(raw)
         except json.JSONDecodeError:
             raise ValueError(f"{key} expects JSON, got {raw!r}") from None
+        except RecursionError:
+            raise ValueError(f"{key} expects JSON, got a value nested too deeply") from None
     raise ValueError(f"{key}: cannot parse values of type {hint}")

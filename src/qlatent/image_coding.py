@@ -212,8 +212,11 @@ def images_in(data: bytes) -> int:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
+    ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"refusing to write {path}: it is not a regular file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

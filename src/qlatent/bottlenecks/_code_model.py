@@ -16,7 +16,10 @@ so escapes occur only for lattice coordinates never seen in training.
 Shapes: features F = 1 for a codeword index, F = D for a lattice coordinate vector.
 Buffers: ``code_low`` ``(F,)`` int64, ``code_counts`` ``(F, L)`` int64 (L the widest range; the
 padding of a narrower feature is −1). Both are empty until the first ``update``. A checkpoint
-saved before these buffers existed loads with them empty.
+saved before these buffers existed loads with them empty. Buffers that ``update`` could not have
+written (another rank, dtype or number of features, no counted symbol, a count below −1, padding
+before a count, a range beyond 32-bit symbols, or a codebook's range other than its K indices)
+are refused when loaded (ValueError naming the buffer), and by :meth:`code_model`.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class CountedCodeModel:
     def _counted_code_model(self):
         from ..coding.models import Counted
 
+        problem = self._code_model_problem(self.code_low, self.code_counts)
+        if problem:
+            raise ValueError(f"{type(self).__name__}'s code model is inconsistent: {problem}")
         return Counted(
             self.code_probabilities(),
             self.code_low.cpu(),
@@ -171,9 +177,55 @@ class CountedCodeModel:
             out.append(n / n.sum())
         return out
 
+    def _code_model_features(self) -> int:
+        """F, the symbols of one row: one codeword index, or ``symbols_per_row``."""
+        return 1 if self.index_kind == "scalar" else self.symbols_per_row
+
+    def _code_model_problem(self, low, counts, prefix: str = "") -> str | None:
+        """Why buffers ``code_low`` and ``code_counts`` cannot be this bottleneck's code model
+        (the buffers named with ``prefix``), or None: either both empty (no code model yet) or
+        as :meth:`update` writes them."""
+        low_name, counts_name = f"{prefix}code_low", f"{prefix}code_counts"
+        for name, t, rank in ((low_name, low, 1), (counts_name, counts, 2)):
+            if not isinstance(t, Tensor):
+                return f"{name} is a {type(t).__name__}, not a tensor"
+            if t.dtype != torch.int64 or t.dim() != rank:
+                return f"{name} must be a rank-{rank} int64 tensor, got {t.dtype} {tuple(t.shape)}"
+        if low.numel() == 0 and counts.numel() == 0 and low.shape == (0,) == counts.shape[:1]:
+            return None  # no code model yet
+        features, width = counts.shape
+        expected = self._code_model_features()
+        if features != expected or low.shape != (features,):
+            return (
+                f"{counts_name} {tuple(counts.shape)} and {low_name} {tuple(low.shape)} must "
+                f"have one row per symbol of a row ({expected})"
+            )
+        if not 1 <= width <= MAX_WIDTH:
+            return f"{counts_name} must count 1 to {MAX_WIDTH:,} symbols per row, not {width:,}"
+        counts, low = counts.detach().cpu(), low.detach().cpu()
+        if bool((counts < -1).any()):
+            return f"{counts_name} holds a count below 0 (-1 marks padding)"
+        counted = counts >= 0
+        if not bool(counted[:, 0].all()) or bool((counted[:, 1:] > counted[:, :-1]).any()):
+            return f"{counts_name} has padding (-1) before a count"
+        fixed = self._fixed_support()
+        if fixed is not None:
+            if bool((low != fixed[0]).any()) or width != fixed[1] or not bool(counted.all()):
+                return (
+                    f"{counts_name} and {low_name} must count the symbols {fixed[0]} to "
+                    f"{fixed[0] + fixed[1] - 1}, every one"
+                )
+        elif bool((low < -(2**31)).any()) or bool((low > 2**31 - width).any()):
+            return f"{low_name} puts the counted range beyond 32-bit symbols"
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):
         # the code model's buffers take the saved shape; a checkpoint from before they existed
-        # loads with them empty ("no code model yet")
+        # loads with them empty ("no code model yet"); saved ones must be consistent
+        saved = [state_dict.get(prefix + name, self._buffers[name]) for name in CODE_MODEL_BUFFERS]
+        problem = self._code_model_problem(*saved, prefix=prefix)
+        if problem:
+            raise ValueError(problem)
         for name in CODE_MODEL_BUFFERS:
             key = prefix + name
             if key in state_dict:

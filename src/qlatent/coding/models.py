@@ -70,6 +70,19 @@ class CodeModel(Protocol):
     def ideal_bits(self, rows: Tensor, seed: int) -> float: ...
 
 
+def _check_positive(name: str, values: np.ndarray) -> None:
+    """Refuse a code model parameter (``(m,)`` float64) that is not finite and positive at
+    every coordinate (a non-finite or extreme log-parameter in the weights): its tables would
+    be NaN, and the coder's error would name neither the parameter nor the cause."""
+    bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+    if bad.size:
+        raise ValueError(
+            f"the bottleneck's {name} is {float(values[bad[0]])!r} at coordinate {int(bad[0])} "
+            f"({bad.size} of {values.size} coordinates not finite and positive): it cannot be "
+            "coded with"
+        )
+
+
 def _largest_probability_bits(p_max: float, n: int) -> float:
     """−log2 of the largest probability the coder can give one of ``n`` symbols whose float
     probability is at most ``p_max``: quantized to 2^-24, no entry exceeds the float one by more
@@ -264,6 +277,8 @@ class DitheredLaplace:
     kind = MODEL_LATTICE
 
     def __init__(self, *, spacing, scale, dtype, dither, coordinates, reconstruct, rate) -> None:
+        _check_positive("lattice spacing (exp of log_spacing)", spacing)
+        _check_positive("prior scale (exp of log_scale)", scale)
         self.spacing, self.scale, self.dtype = spacing, scale, dtype
         self.dither, self.coordinates, self.reconstruct = dither, coordinates, reconstruct
         self.rate = rate
@@ -378,6 +393,10 @@ class Counted:
     def _split(self, symbols: Tensor, widths: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per feature: the coder's symbols (offset into the counted range, or the escape) and
         the raw values of the escaped ones."""
+        if symbols.dim() != 2 or symbols.shape[1] != len(widths):
+            raise ValueError(
+                f"{tuple(symbols.shape)} symbols for a code model of {len(widths)} feature(s)"
+            )
         out = []
         for f, width in enumerate(widths):
             s = symbols[:, f] - self.low[f]
@@ -1373,6 +1392,8 @@ class GoodLattice:
     ) -> None:
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
+        _check_positive("lattice scale (exp of log_spacing)", sigma)
+        _check_positive("prior scale (exp of log_scale)", scale)
         self.sigma, self.scale, self.dtype = sigma, scale, dtype
         self.dither, self.coordinates, self.reconstruct = dither, coordinates, reconstruct
         self.prior = prior

@@ -10,9 +10,16 @@ LL-VQ-VAE reference code. The whole set is held in memory as float32: a 64×64 R
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -34,12 +41,139 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+def _shown(path: Path) -> str:
+    """``path`` for a one-line message: as is, or quoted where it holds a newline or another
+    character that does not print."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _reason(err: BaseException) -> str:
+    """What went wrong, on one line."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (after following symlinks);
+    DataError naming it if it is not. Anything else (a FIFO, a device, a socket, a folder) is
+    never opened: opening a FIFO blocks until something writes to it, and a device may never
+    end. The type is checked again on the open descriptor, in case the path changed between the
+    two (and that open does not block: ``O_NONBLOCK``)."""
+    flags = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
+    def opener(name: str, mode: int) -> int:
+        return os.open(name, mode | flags)
+
+    try:
+        kind = os.stat(path).st_mode
+        if stat.S_ISREG(kind):
+            file = open(path, "rb", opener=opener)
+            try:
+                kind = os.fstat(file.fileno()).st_mode
+            except BaseException:
+                file.close()
+                raise
+            if stat.S_ISREG(kind):
+                return file
+            file.close()
+    except OSError as err:
+        reason = err.strerror or _reason(err)
+        if isinstance(err, FileNotFoundError) and path.is_symlink():
+            reason = "a symlink to something that does not exist"
+        raise DataError(f"cannot read image {_shown(path)}: {reason}") from err
+    what = next((name for test, name in _NOT_REGULAR if test(kind)), "a special file")
+    raise DataError(f"cannot read image {_shown(path)}: {what}, not a regular file")
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+@contextlib.contextmanager
+def _libtiff_messages() -> Iterator[list[str]]:
+    """Keep what C code writes on file descriptor 2 off stderr: libtiff prints its errors there
+    (e.g. ``tempfile.tif: Using code not yet in table.``) and Pillow has no setting to stop it.
+    The lines written are in the yielded list once the block ends; the descriptor is restored
+    whatever happens. Where fd 2 cannot be duplicated, nothing is redirected."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()  # what Python buffered goes out before the redirect, not into it
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved: int | None = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is None:
+        yield lines
+        return
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                text = capture.read(4096).decode("utf-8", "replace")
+                lines.extend(line.strip() for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+
+
+def _decode(path: Path, *, size: int, mode: str) -> Any:
+    """The image in ``path`` as a ``size × size`` Pillow image of ``mode``; DataError naming the
+    file for anything Pillow raises on it (its plugins raise many kinds on malformed files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    messages: list[str] = []
+    with _open_regular(path) as file, warnings.catch_warnings():
+        # Two warnings Pillow gives on images that load fine: more pixels than
+        # Image.MAX_IMAGE_PIXELS but under twice that (past twice it is an error), and a palette
+        # image whose per-entry transparency a conversion cannot keep (alpha is dropped anyway:
+        # the pixel values are the palette's colours, as for any palette image).
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings(
+            "ignore", "Palette images with Transparency expressed in bytes", UserWarning
+        )
+        try:
+            with Image.open(file) as image:
+                if getattr(image, "use_load_libtiff", False):  # a TIFF decoded by libtiff
+                    with _libtiff_messages() as messages:
+                        image.load()
+                image = image.convert(mode)
+                side = min(image.size)
+                left, top = (image.width - side) // 2, (image.height - side) // 2
+                image = image.crop((left, top, left + side, top + side))
+                return image.resize((size, size), Image.Resampling.BICUBIC)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except UnidentifiedImageError as err:
+            empty = os.fstat(file.fileno()).st_size == 0
+            what = "an empty file" if empty else "not in an image format Pillow can read"
+            raise DataError(f"cannot read image {_shown(path)}: {what}") from err
+        except Exception as err:  # any failure of a Pillow plugin on this file
+            reason = _reason(err)
+            if messages:
+                libtiff = messages[-1].removeprefix("tempfile.tif:").strip()
+                reason = f"{reason} (libtiff: {' '.join(libtiff.split())})"
+            raise DataError(f"cannot read image {_shown(path)}: {reason}") from err
+
+
 def load_image_folder(
     folder: str | os.PathLike[str], *, size: int, channels: int = 3, progress: bool = True
 ) -> torch.Tensor:
-    """``(N, channels, size, size)`` float32 in [−0.5, 0.5] from the images under ``folder``."""
-    from PIL import Image, UnidentifiedImageError
+    """``(N, channels, size, size)`` float32 in [−0.5, 0.5] from the images under ``folder``.
 
+    Untrusted input: a file that is not a regular file (a FIFO, a device, a folder named
+    ``x.png``, a dangling symlink) or that Pillow cannot decode is a DataError naming the file;
+    no warning or libtiff message reaches stderr."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if channels not in (1, 3):
@@ -52,17 +186,10 @@ def load_image_folder(
         "the image size and the folder",
     )
     out = torch.empty(len(files), channels, size, size)
+    mode = "L" if channels == 1 else "RGB"
     for i, path in enumerate(tqdm(files, desc="images", disable=not progress, leave=False)):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                side = min(image.size)
-                left, top = (image.width - side) // 2, (image.height - side) // 2
-                image = image.crop((left, top, left + side, top + side))
-                image = image.resize((size, size), Image.Resampling.BICUBIC)
-                array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from err
+        image = _decode(path, size=size, mode=mode)
+        array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
         out[i] = torch.from_numpy(array).permute(2, 0, 1) / 255.0 - 0.5
     return out
 

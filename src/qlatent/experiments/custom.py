@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from torch import Tensor
 
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
+from ..data import DataError
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, sized
 from ..nn import Bernoulli, SquaredError, gated_mlp
@@ -66,6 +68,7 @@ from ..nn.conv import conv_decoder, conv_encoder
 from ..nn.mlp import relu_mlp
 from ..results import provenance, write_json
 from ..train import TrainConfig, fit, load_weights
+from ..train.loop import check_seed
 
 DatasetName = Literal[
     "binarized-mnist", "mnist", "fashion-mnist", "folder", "synthetic", "text-en", "synthetic-text"
@@ -92,6 +95,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
         _positive(self, "data", ("max_tokens",))
+        check_seed(self.split_seed, "data.split_seed")
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.test_size, int) or self.test_size < 1:
@@ -191,6 +195,25 @@ def _positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------ config files
+#: the largest config file read (a paper table's base and row files are a few kB)
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of the config file at ``path``: a regular file of at most
+    :data:`_MAX_CONFIG_BYTES` (a FIFO would block and a device or a huge file fill the memory:
+    ValueError before reading)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"config {path} is not a regular file")
+    if info.st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"config {path} has {info.st_size:,} bytes, more than a config's {_MAX_CONFIG_BYTES:,}"
+        )
+    with path.open("rb") as f:
+        return f.read(_MAX_CONFIG_BYTES + 1).decode("utf-8")
+
+
 def load_config(
     path: str | Path | list[str | Path] | None, overrides: list[str] | None = None
 ) -> RunConfig:
@@ -205,11 +228,13 @@ def load_config(
     table: dict[str, Any] = {}
     for item in map(Path, paths):
         try:
-            table = _merge(table, tomllib.loads(item.read_text(encoding="utf-8")))
+            table = _merge(table, tomllib.loads(_read_config_text(item)))
         except OSError as err:
             raise ValueError(f"cannot read config {item}: {err.strerror or err}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"config {item} is not valid TOML: {err}") from None
+        except RecursionError:
+            raise ValueError(f"config {item} is not valid TOML: nested too deeply") from None
     if paths:
         where = "config " + " + ".join(map(str, paths))
         cfg = _apply(lambda c: apply_mapping(c, table), cfg, where)
@@ -397,6 +422,12 @@ def load_text_data(cfg: DataConfig, data_dir: str | None = None, *, words: list[
     else:
         splits = _synthetic_text(cfg.synthetic_size, cfg.split_seed)
     splits = {k: [s for s in v if len(s) <= cfg.max_tokens] for k, v in splits.items()}
+    for name, sentences in splits.items():
+        if not sentences:
+            raise DataError(
+                f"the {name} split has no sentence of at most data.max_tokens = "
+                f"{cfg.max_tokens} words"
+            )
     if words is None:
         vocab = Vocabulary.build(splits["train"], cfg.vocab_size)
     else:
@@ -575,15 +606,21 @@ def train(
 
 def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
     """Copy the weights of ``checkpoint`` into ``model`` where a name and shape match (the
-    encoder and decoder of another bottleneck's run); returns the names left as initialised."""
+    encoder and decoder of another bottleneck's run); returns the names left as initialised.
+    The checkpoint's weights are checked as :func:`~qlatent.train.checkpoint.load_weights`
+    checks them (names as keys, tensors, finite values): CheckpointError naming the file."""
     from ..image_coding import read_checkpoint
+    from ..train.checkpoint import CheckpointError, check_state_dict
 
-    saved = read_checkpoint(checkpoint)["model"]
+    saved = check_state_dict(read_checkpoint(checkpoint)["model"], f"{checkpoint} (init_from)")
     own = model.state_dict()
     shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if not shared:
         raise ValueError(f"{checkpoint} shares no weights with this model (init_from)")
-    model.load_state_dict(shared, strict=False)
+    try:
+        model.load_state_dict(shared, strict=False)
+    except ValueError as err:  # a buffer whose contents the module refuses, named in err
+        raise CheckpointError(f"{checkpoint} (init_from): {err}") from None
     return sorted(set(own) - set(shared))
 
 

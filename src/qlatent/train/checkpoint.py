@@ -10,6 +10,11 @@
   under the key ``"sha256"``); a flipped byte in the weights, the optimizer state or the history
   makes :func:`load` refuse the file. The digest guards against damage, not forgery: anyone can
   recompute it. Checkpoints written before the digest existed load without the check.
+- **Bounded**: what was read is walked without recursion, and refused before anything else
+  walks it when it nests deeper than :data:`MAX_DEPTH`, holds more than :data:`MAX_NODES`
+  values along all paths (shared references cannot make a small file a huge walk), or holds a
+  tensor that is not dense or that its stored data cannot fill. Model weights must be tensors
+  under names, and finite (:func:`check_state_dict`).
 
 Every refusal is a :class:`CheckpointError` (a ``ValueError``) that names the file.
 """
@@ -27,19 +32,37 @@ import torch
 
 #: the key under which the digest is stored
 DIGEST_KEY = "sha256"
+#: deepest nesting of containers a checkpoint may hold (this project's have a handful of levels)
+MAX_DEPTH = 64
+#: most values (containers, keys, scalars, tensors) a checkpoint may hold, counted along every
+#: path: a container reached twice counts twice, so shared references cannot multiply the work
+MAX_NODES = 1 << 21
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the file and the reason."""
 
 
-def content_digest(obj: Any) -> str:
+def content_digest(obj: Any, *, max_nodes: int | None = None) -> str:
     """SHA-256 (hex) over a checkpoint's contents: the structure, every key and scalar, and
     every tensor's dtype, shape and bytes, in a fixed order. Raises TypeError for anything
-    :func:`load` could not read back."""
-    h = hashlib.sha256()
+    :func:`load` could not read back, and ValueError past ``max_nodes`` values visited (default
+    :data:`MAX_NODES`; a value reached twice counts twice).
 
-    def walk(x: Any) -> None:
+    Iterative, not recursive: the digest of a deeply nested object needs no deep stack."""
+    h = hashlib.sha256()
+    limit = MAX_NODES if max_nodes is None else max_nodes
+    visited = 0
+    # what is left to do, last first: (True, bytes to hash) or (False, an object to walk)
+    todo: list[tuple[bool, Any]] = [(False, obj)]
+    while todo:
+        raw, x = todo.pop()
+        if raw:
+            h.update(x)
+            continue
+        visited += 1
+        if visited > limit:
+            raise ValueError(f"it holds more than {limit:,} values, unlike any checkpoint")
         if isinstance(x, torch.Tensor):
             t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
@@ -47,21 +70,19 @@ def content_digest(obj: Any) -> str:
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         elif isinstance(x, dict):
             h.update(f"D{len(x)}|".encode())
+            items: list[tuple[bool, Any]] = []
             for key in sorted(x, key=repr):
-                h.update(f"K{key!r}|".encode())
-                walk(x[key])
+                items += [(True, f"K{key!r}|".encode()), (False, x[key])]
+            todo.extend(reversed(items))
         elif isinstance(x, list | tuple):
             h.update(f"{type(x).__name__[0]}{len(x)}|".encode())
-            for item in x:
-                walk(item)
+            todo.extend((False, item) for item in reversed(x))
         elif x is None or isinstance(x, bool | int | float | str):
             h.update(f"S{x!r}|".encode())
         elif isinstance(x, torch.dtype | torch.device | torch.Size):
             h.update(f"X{x!r}|".encode())
         else:
             raise TypeError(f"a checkpoint holds plain data only, not {type(x).__name__}")
-
-    walk(obj)
     return h.hexdigest()
 
 
@@ -113,7 +134,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         stored = obj.pop(DIGEST_KEY)
         try:
             actual = content_digest(obj)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: {err}") from None
         if stored != actual:
             raise CheckpointError(
@@ -134,30 +155,86 @@ def _reason(err: Exception) -> str:
 
 
 def _check_tensors(obj: Any, path: Path) -> None:
-    """Refuse a tensor that claims more elements than its storage holds (a crafted size or a
-    zero stride): copying or using it would allocate from numbers in the file."""
-    if isinstance(obj, torch.Tensor):
-        needed = obj.numel() * obj.element_size()
-        overlapping = any(st < 1 for st, n in zip(obj.stride(), obj.shape, strict=True) if n > 1)
-        if needed > obj.untyped_storage().nbytes() or overlapping:
+    """Walk a loaded object (iteratively, keys included) and refuse what using it would choke
+    on: nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_NODES` values along all
+    paths (a small file whose containers share references can describe 2^60 of them), a tensor
+    that is not dense (sparse, MKL-DNN or nested: no storage to check or copy), and a tensor
+    that claims more elements than its storage holds (a crafted size or a zero stride: copying
+    or using it would allocate from numbers in the file)."""
+    visited = 0
+    todo: list[tuple[Any, int]] = [(obj, 1)]
+    while todo:
+        x, depth = todo.pop()
+        visited += 1
+        if visited > MAX_NODES:
             raise CheckpointError(
-                f"{path} holds a tensor of shape {tuple(obj.shape)} that its stored data "
-                f"({obj.untyped_storage().nbytes():,} bytes) cannot fill"
+                f"{path} holds more than {MAX_NODES:,} values (containers, keys, numbers, "
+                "tensors), unlike any checkpoint"
             )
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            _check_tensors(value, path)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            _check_tensors(value, path)
+        if isinstance(x, torch.Tensor):
+            _check_tensor(x, path)
+            continue
+        if isinstance(x, dict):
+            children = [*x.keys(), *x.values()]
+        elif isinstance(x, list | tuple):
+            children = list(x)
+        else:
+            continue
+        if depth >= MAX_DEPTH and children:
+            raise CheckpointError(
+                f"{path} nests containers more than {MAX_DEPTH} levels deep, unlike any checkpoint"
+            )
+        todo.extend((child, depth + 1) for child in children)
+
+
+def _check_tensor(t: torch.Tensor, path: Path) -> None:
+    """One tensor of :func:`_check_tensors`: dense, and no larger than its storage."""
+    if t.is_nested or t.layout != torch.strided:
+        kind = "nested" if t.is_nested else str(t.layout).removeprefix("torch.")
+        raise CheckpointError(
+            f"{path} holds a {kind} tensor of shape {tuple(t.shape)}: only dense (strided) "
+            "tensors are read"
+        )
+    needed = t.numel() * t.element_size()
+    overlapping = any(st < 1 for st, n in zip(t.stride(), t.shape, strict=True) if n > 1)
+    if needed > t.untyped_storage().nbytes() or overlapping:
+        raise CheckpointError(
+            f"{path} holds a tensor of shape {tuple(t.shape)} that its stored data "
+            f"({t.untyped_storage().nbytes():,} bytes) cannot fill"
+        )
+
+
+def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:
+    """``state`` if it is a model's state dict fit to load: a dict of tensors whose keys are
+    names and whose floating-point (or complex) values are finite; :class:`CheckpointError`
+    naming ``path`` and the key otherwise."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no model weights")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(
+                f"{path}: its model weights hold a key {repr(key)[:60]} "
+                f"({type(key).__name__}) that is not a name"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: its model weight {key} is a {type(value).__name__}, not a tensor"
+            )
+        if value.is_floating_point() or value.is_complex():
+            bad = int(value.numel() - torch.isfinite(value).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{path}: the weight {key} holds {bad:,} non-finite value(s) (NaN or infinity)"
+                )
+    return state
 
 
 def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
     """``module.load_state_dict(state)`` with one clear error naming ``path`` when the
     checkpoint holds a different architecture (missing, unexpected or differently shaped
-    weights)."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds no model weights")
+    weights), keys that are not names, non-finite values (:func:`check_state_dict`) or
+    buffers the module refuses (a counted code model inconsistent with its bottleneck)."""
+    check_state_dict(state, path)
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:
@@ -166,6 +243,8 @@ def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
         raise CheckpointError(
             f"{path} holds weights of a different model ({detail[:400]})"
         ) from None
+    except ValueError as err:  # a buffer whose contents the module refuses, named in err
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 #: train-config keys a resumed run may change: caps and presentation, not the training itself

@@ -89,6 +89,21 @@ class TrainConfig:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 0):
             raise ValueError("warmup_epochs and patience must be non-negative")
+        if self.max_minutes is not None and not (
+            isinstance(self.max_minutes, int | float) and 0 < self.max_minutes < math.inf
+        ):
+            raise ValueError(
+                f"max_minutes must be a positive number or None, got {self.max_minutes!r}"
+            )
+        check_seed(self.seed, "seed")
+
+
+def check_seed(seed: Any, name: str) -> int:
+    """A seed torch's generators take: an integer in [−2^63, 2^64) (ValueError naming ``name``
+    otherwise, where ``manual_seed`` would fail on overflow without saying which seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"{name} must be an integer in [-2^63, 2^64), got {seed!r}")
+    return seed
 
 
 @dataclass

@@ -1,0 +1,199 @@
+"""Hostile configs, arguments and output paths: one clear line, never a traceback or a hang.
+
+Each case was found by trying to break the command line from outside: deeply nested TOML or
+JSON, a config that is a pipe, a device or a huge file, seeds beyond what torch takes, an output
+path that is a pipe, a ``.qlc`` too large to read, a figure in an unknown format, and the
+allocation failures left to ``main``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from qlatent.config import apply_overrides
+from qlatent.data import DataError
+from qlatent.experiments.custom import (
+    DataConfig,
+    RunConfig,
+    load_config,
+    load_text_data,
+)
+from qlatent.train import save_atomic
+
+
+@pytest.fixture()
+def coding_checkpoint(tmp_path):
+    from qlatent.models import gated_vae
+
+    torch.manual_seed(0)
+    model = gated_vae("lattice", latent_dim=4, hidden=8, data_dim=784)
+    path = tmp_path / "model.pt"
+    save_atomic({"model": model.state_dict()}, path)
+    return path
+
+
+def _run(args, capsys):
+    from qlatent.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(err: str) -> bool:
+    lines = err.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("qlatent: error:")
+
+
+# --------------------------------------------------------------------------- config files
+@pytest.mark.parametrize(
+    "body",
+    [
+        "args = { x = " + "[" * 3000 + "]" * 3000 + " }",
+        "args = " + "{ a = " * 3000 + "1" + " }" * 3000,
+    ],
+    ids=["arrays", "tables"],
+)
+def test_deeply_nested_toml_is_one_error(tmp_path, body):
+    config = tmp_path / "deep.toml"
+    config.write_text(f'[bottleneck]\nname = "lattice"\n{body}\n')
+    with pytest.raises(ValueError, match="not valid TOML: nested too deeply"):
+        load_config(config)
+
+
+def test_a_pipe_as_config_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)  # opening it for reading would block: no writer
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_config(fifo)
+
+
+def test_a_device_or_a_huge_file_as_config_is_refused_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="/dev/zero is not a regular file"):
+        load_config("/dev/zero")
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as f:
+        f.truncate(2 << 20)  # sparse: nothing is written
+    with pytest.raises(ValueError, match="more than a config's"):
+        load_config(huge)
+
+
+@pytest.mark.parametrize("key", ["bottleneck.args", "model.hidden", "eval.extra"])
+def test_deeply_nested_json_in_an_override_is_one_error(key):
+    deep = "[" * 20000 + "]" * 20000
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_config(None, [f"{key}={deep}"])
+
+
+@pytest.mark.parametrize("key", ["train.seed", "data.split_seed"])
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1])
+def test_seeds_beyond_torchs_range_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key.split(".")[1] + " must be an integer in"):
+        apply_overrides(RunConfig(), [f"{key}={value}"])
+
+
+def test_seeds_at_the_ends_of_torchs_range_are_taken():
+    for value in (2**64 - 1, -(2**63)):
+        cfg = apply_overrides(RunConfig(), [f"train.seed={value}", f"data.split_seed={value}"])
+        torch.manual_seed(cfg.train.seed)
+        torch.Generator().manual_seed(cfg.data.split_seed)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "NaN", "inf"])
+def test_a_time_budget_must_be_a_positive_number(value):
+    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+        apply_overrides(RunConfig(), [f"train.max_minutes={value}"])
+
+
+def test_text_too_short_for_every_sentence_names_the_split_and_the_setting():
+    cfg = DataConfig(name="synthetic-text", synthetic_size=60, max_tokens=1)
+    with pytest.raises(DataError, match="no sentence of at most data.max_tokens = 1 words"):
+        load_text_data(cfg)
+
+
+# --------------------------------------------------------------------------- outputs and inputs
+def test_an_output_that_is_a_pipe_is_not_replaced(tmp_path, capsys, coding_checkpoint):
+    from qlatent.image_coding import write_atomic
+
+    fifo = tmp_path / "out.qlc"
+    os.mkfifo(fifo)
+    args = ["--data", "synthetic-test", "--limit", 3, "-o", fifo]
+    code, err = _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)
+    assert code == 2 and _one_line_error(err) and "not a regular file" in err
+    with pytest.raises(ValueError, match="not a regular file"):
+        write_atomic(fifo, b"data")
+    assert fifo.is_fifo()
+
+
+def test_decompress_refuses_a_file_too_large_to_read_before_reading_it(
+    tmp_path, capsys, coding_checkpoint, monkeypatch
+):
+    from qlatent.coding.container import MAGIC
+
+    out = tmp_path / "r.pt"
+    zeros = tmp_path / "zeros.qlc"
+    with zeros.open("wb") as f:
+        f.truncate(1 << 20)
+    code, err = _run(["decompress", zeros, "--checkpoint", coding_checkpoint, "-o", out], capsys)
+    assert code == 2 and _one_line_error(err) and "bad magic number" in err
+    big = tmp_path / "big.qlc"
+    big.write_bytes(MAGIC + bytes(1 << 20))
+    monkeypatch.setattr("qlatent.data.sources.physical_memory", lambda: 1 << 20)
+    code, err = _run(["decompress", big, "--checkpoint", coding_checkpoint, "-o", out], capsys)
+    assert code == 2 and _one_line_error(err) and "more than this machine's" in err
+    assert not out.exists()
+
+
+def test_a_figure_that_cannot_be_written_leaves_no_output(tmp_path, capsys, coding_checkpoint):
+    codes = tmp_path / "c.qlc"
+    args = ["--data", "synthetic-test", "--limit", 5, "-o", codes]
+    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    decode = ["decompress", codes, "--checkpoint", coding_checkpoint]
+    recon = tmp_path / "r.pt"
+    code, err = _run([*decode, "-o", recon, "--png", tmp_path / "grid.txt"], capsys)
+    assert code == 2 and _one_line_error(err) and "extension" in err and not recon.exists()
+    folder = tmp_path / "decoded"
+    code, err = _run([*decode, "-o", f"{folder}/", "--png", folder / "000000.png"], capsys)
+    assert code == 2 and _one_line_error(err) and "not inside" in err and not folder.exists()
+    # a figure that fails once the reconstructions are written takes them back
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the figure's folder would be")
+    for output in (recon, f"{folder}/"):
+        code, err = _run([*decode, "-o", output, "--png", blocked / "grid.png"], capsys)
+        assert code == 2 and _one_line_error(err)
+    assert not recon.exists() and not folder.exists()
+
+
+def test_iwae_samples_are_bounded_by_the_parser(coding_checkpoint):
+    from qlatent.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(coding_checkpoint), "--iwae", str(10**11)])
+    assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+            "can't allocate memory: you tried to allocate 8589934592 bytes."
+        ),
+    ],
+    ids=["python", "torch"],
+)
+def test_an_allocation_failure_is_one_line(monkeypatch, capsys, error):
+    import qlatent.cli as cli
+
+    def fail(args):
+        raise error
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=fail)
+    code, err = _run(["train"], capsys)
+    assert code == 2 and _one_line_error(err) and "out of memory" in err
