@@ -179,6 +179,16 @@ def test_a_non_string_key_in_the_weights_is_refused(tmp_path, capsys):
     assert code == 2 and _one_line(err, "key.pt")
 
 
+def test_a_complex_weight_is_refused_not_cast_with_a_warning(tmp_path, capsys):
+    state = _gated()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].to(torch.complex64)
+    path = tmp_path / "complex.pt"
+    save_atomic({"model": state}, path)
+    code, err = _compress(path, tmp_path, capsys)
+    assert code == 2 and _one_line(err, "complex.pt", f"the weight {name} is complex")
+
+
 def test_a_non_string_key_in_init_from_is_refused(tmp_path):
     model = custom.build_model(custom.load_config(None), (1, 28, 28), 0.1)
     state = {**model.state_dict(), 5: torch.zeros(1)}

@@ -14,7 +14,7 @@
   walks it when it nests deeper than :data:`MAX_DEPTH`, holds more than :data:`MAX_NODES`
   values along all paths (shared references cannot make a small file a huge walk), or holds a
   tensor that is not dense or that its stored data cannot fill. Model weights must be tensors
-  under names, and finite (:func:`check_state_dict`).
+  under names, real and finite (:func:`check_state_dict`).
 
 Every refusal is a :class:`CheckpointError` (a ``ValueError``) that names the file.
 """
@@ -205,9 +205,9 @@ def _check_tensor(t: torch.Tensor, path: Path) -> None:
 
 
 def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:
-    """``state`` if it is a model's state dict fit to load: a dict of tensors whose keys are
-    names and whose floating-point (or complex) values are finite; :class:`CheckpointError`
-    naming ``path`` and the key otherwise."""
+    """``state`` if it is a model's state dict fit to load: a dict of real tensors whose keys
+    are names and whose floating-point values are finite; :class:`CheckpointError` naming
+    ``path`` and the key otherwise."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no model weights")
     for key, value in state.items():
@@ -220,7 +220,9 @@ def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path}: its model weight {key} is a {type(value).__name__}, not a tensor"
             )
-        if value.is_floating_point() or value.is_complex():
+        if value.is_complex():  # loading it into a real weight would drop its imaginary part
+            raise CheckpointError(f"{path}: the weight {key} is complex ({value.dtype})")
+        if value.is_floating_point():
             bad = int(value.numel() - torch.isfinite(value).sum())
             if bad:
                 raise CheckpointError(
