@@ -197,3 +197,22 @@ def test_an_allocation_failure_is_one_line(monkeypatch, capsys, error):
         action.set_defaults(func=fail)
     code, err = _run(["train"], capsys)
     assert code == 2 and _one_line_error(err) and "out of memory" in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[]", '{"rows": []}', "[" * 100000 + "]" * 100000, None],
+    ids=["text", "a list", "rows not a table", "deep", "a folder"],
+)
+def test_an_unreadable_results_file_is_written_anew(tmp_path, text):
+    from qlatent.experiments.coding_mnist import kept_rows
+
+    previous = tmp_path / "coding-mnist.json"
+    if text is None:
+        previous.mkdir()  # a folder where the file was
+    else:
+        previous.write_text(text)
+    assert kept_rows(previous, ["lattice"]) == {}
+    previous = tmp_path / "good.json"
+    previous.write_text('{"rows": {"lattice": {"a": 1}, "vq": {"b": 2}}}')
+    assert kept_rows(previous, ["lattice"]) == {"vq": {"b": 2}}

@@ -455,6 +455,19 @@ def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> 
     return {**code_test_set(model, x, cfg), "code_wall_s": time.perf_counter() - start}
 
 
+def kept_rows(previous: Path, names: list[str]) -> dict[str, Any]:
+    """The rows of the results file ``previous`` that this run does not redo (``names``), with
+    their own provenance; none where the file is missing or unreadable (it is written anew)."""
+    if not previous.is_file():
+        return {}
+    try:
+        saved = json.loads(previous.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    rows = saved.get("rows") if isinstance(saved, dict) else None
+    return {k: v for k, v in rows.items() if k not in names} if isinstance(rows, dict) else {}
+
+
 def reproduce(
     *,
     quick: bool = False,
@@ -474,10 +487,7 @@ def reproduce(
             raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
     data = load_data(cfg, data_dir)  # the demo's data: binarized MNIST or the synthetic set
     previous = Path(results_dir) / f"{stem}.json"
-    rows = {}
-    if previous.is_file():  # rows not re-run this time are kept, with their own provenance
-        rows = json.loads(previous.read_text()).get("rows", {})
-        rows = {k: v for k, v in rows.items() if k not in names}
+    rows = kept_rows(previous, names)
     # the tree as it is when the run starts (an edit made while it runs is not what ran)
     started = provenance(command)
     for name in names:
