@@ -286,17 +286,6 @@ def test_legacy_checkpoints_without_a_digest_still_load(tmp_path):
 
 
 # --------------------------------------------------------------------------- the CLI
-@pytest.fixture()
-def coding_checkpoint(tmp_path):
-    from qlatent.models import gated_vae
-
-    torch.manual_seed(0)
-    model = gated_vae("lattice", latent_dim=4, hidden=8, data_dim=784)
-    path = tmp_path / "model.pt"
-    save_atomic({"model": model.state_dict()}, path)
-    return path
-
-
 def _run(args, capsys):
     from qlatent.cli import main
 

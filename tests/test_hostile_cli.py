@@ -21,18 +21,6 @@ from qlatent.experiments.custom import (
     load_config,
     load_text_data,
 )
-from qlatent.train import save_atomic
-
-
-@pytest.fixture()
-def coding_checkpoint(tmp_path):
-    from qlatent.models import gated_vae
-
-    torch.manual_seed(0)
-    model = gated_vae("lattice", latent_dim=4, hidden=8, data_dim=784)
-    path = tmp_path / "model.pt"
-    save_atomic({"model": model.state_dict()}, path)
-    return path
 
 
 def _run(args, capsys):
