@@ -204,3 +204,149 @@ def test_an_unreadable_results_file_is_written_anew(tmp_path, text):
     previous = tmp_path / "good.json"
     previous.write_text('{"rows": {"lattice": {"a": 1}, "vq": {"b": 2}}}')
     assert kept_rows(previous, ["lattice"]) == {"vq": {"b": 2}}
+
+
+# --------------------------------------------------------------------------- run folders
+def _fit(out, epochs=1):
+    from qlatent.data import synthetic_binary
+    from qlatent.models import lattice_vae
+    from qlatent.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = lattice_vae(latent_dim=3, hidden=8, data_dim=16)
+    cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False)
+    data = synthetic_binary(n=200, dim=16, seed=0)
+    return fit(model, data, cfg, out_dir=out, run_config={"data": "synthetic", "train": {}})
+
+
+def test_a_resumed_log_is_not_written_through_a_symlink_or_into_a_pipe(tmp_path):
+    out, victim = tmp_path / "run", tmp_path / "victim.toml"
+    _fit(out)
+    victim.write_text("precious")
+    (out / "log.jsonl").unlink()
+    (out / "log.jsonl").symlink_to(victim)
+    _fit(out, epochs=2)
+    assert victim.read_text() == "precious" and not (out / "log.jsonl").is_symlink()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    (out / "log.jsonl").unlink()
+    os.mkfifo(out / "log.jsonl")  # appending would block until a reader came
+    with pytest.raises(ValueError, match="not a regular file"):
+        _fit(out, epochs=3)
+
+
+def test_a_figure_replaces_a_symlink_at_its_path_not_its_target(tmp_path):
+    from qlatent.eval.plots import plt, save_figure
+
+    victim, figure = tmp_path / "victim.txt", tmp_path / "figure.png"
+    victim.write_text("precious")
+    figure.symlink_to(victim)
+    save_figure(plt.figure(), figure)
+    assert victim.read_text() == "precious" and figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_refuses_to_write_its_run_files_over_its_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = out / "config.json"
+    config.write_text('[data]\nname = "synthetic"\n')
+    code, err = _run(["train", config, "--out", out], capsys)
+    assert code == 2 and _one_line_error(err) and "same file" in err
+    assert config.read_text() == '[data]\nname = "synthetic"\n'
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["state"].update(epoch="x"), "state.epoch must be a non-negative integer"),
+        (lambda c: c["state"].update(epoch=10**30), "state.epoch must be a non-negative"),
+        (lambda c: c["state"].update(history=5), "state.history must be a list"),
+        (lambda c: c["state"].update(history=[torch.zeros(2)]), "state.history must be a list"),
+        (lambda c: c["state"].update(history=[{"t": torch.zeros(2)}]), "not JSON serializable"),
+        (lambda c: c["state"].update(history=[]), "0 records for 1 epochs"),
+        (lambda c: c["state"].update(best_val="x"), "state.best_val must be a number"),
+        (lambda c: c["state"].update(wall_s=float("nan")), "state.wall_s must be a time"),
+        (lambda c: c["state"].update(stopped=["epochs"]), "state.stopped must be a string"),
+        (lambda c: c.update(world_size=torch.ones(3)), "world_size that is no integer"),
+        (lambda c: c.update(train_config=[1]), "train_config that is no table"),
+        (lambda c: c.update(run_config="abc"), "run_config that is no table"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_tampered_training_state_is_refused_on_resume(tmp_path, change, message):
+    from qlatent.train import CheckpointError, load, save_atomic
+
+    out = tmp_path / "run"
+    _fit(out)
+    saved = load(out / "last.pt")
+    change(saved)
+    save_atomic(saved, out / "last.pt")  # with a digest that matches the edit
+    with pytest.raises(CheckpointError, match=message):
+        _fit(out, epochs=2)
+
+
+def test_lattice_mnist_reads_back_no_pipe_and_no_malformed_rows(tmp_path):
+    from types import SimpleNamespace
+
+    from qlatent.experiments.lattice_mnist import _previous_rows, _warm_start
+
+    out = tmp_path / "row"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")  # a resumed row: init.json is read back
+    os.mkfifo(out / "init.json")  # reading it would block
+    cfg = SimpleNamespace(init_from="gaussian_lattice")
+    assert _warm_start(None, cfg, out)["checkpoint"] == "unrecorded"
+    results = tmp_path / "results.json"
+    results.write_text('{"data": "d", "models": [1], "configs": [2]}')
+    assert _previous_rows(results, "d")["models"] == {}
+    results.write_text('{"data": "d", "models": {"a": 5, "b": {}}, "configs": {}}')
+    assert list(_previous_rows(results, "d")["models"]) == ["b"]
+    results.write_text("[" * 100000 + "]" * 100000)
+    assert _previous_rows(results, "d") == {}
+
+
+# --------------------------------------------------------------------------- data and environment
+def test_a_huge_file_under_a_dataset_name_is_refused_not_hashed_for_ever(tmp_path):
+    from qlatent.data.sources import ChecksumError, sha256_of
+
+    huge = tmp_path / "t10k-labels-idx1-ubyte"
+    with huge.open("wb") as f:
+        f.truncate(1 << 40)  # sparse: 1 TB of zeros that take no disk
+    with pytest.raises(ChecksumError, match="larger than the file it is named after"):
+        sha256_of(huge, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "2", "RANK": "5"}, r"RANK must lie in \[0, WORLD_SIZE = 2\)"),
+        ({"WORLD_SIZE": "2"}, "RANK is not set"),
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be an integer"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be a positive integer"),
+        ({"WORLD_SIZE": "2", "RANK": "one"}, "RANK must be an integer"),
+    ],
+)
+def test_a_torchrun_environment_that_cannot_be_joined_is_one_error(monkeypatch, env, message):
+    from qlatent.train.distributed import setup
+
+    monkeypatch.delenv("RANK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        setup("cpu")
+
+
+def test_a_home_folder_of_no_user_is_one_error(capsys):
+    from qlatent._utils import expanded
+
+    with pytest.raises(ValueError, match="no home folder for the user"):
+        expanded("~no-such-user-qlatent/data")
+    code, err = _run(["data", "info", "--data-dir", "~no-such-user-qlatent/data"], capsys)
+    assert code != 0 and "no home folder" in err and "Traceback" not in err
+
+
+def test_a_benchmark_budget_must_be_finite():
+    from qlatent.cli import main
+
+    for budget in ("inf", "nan", "-1", "0"):
+        with pytest.raises(SystemExit):
+            main(["bench", "quantizers", "--budget", budget])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -72,3 +74,28 @@ def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Call
     function uncompiled, inside a caller's own ``torch.compile``: Dynamo traces it into the
     caller's graph, where the getter would make it warn about the cache and trace its body."""
     return plain if torch.compiler.is_compiling() else compiled()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
+    ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"refusing to write {path}: it is not a regular file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def expanded(path: str | os.PathLike[str]) -> Path:
+    """``Path(path).expanduser()``, with a ValueError naming the path where ``~user`` names
+    no user (``expanduser`` raises a RuntimeError that says neither which path nor why)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{os.fspath(path)}: no home folder for the user it names") from None

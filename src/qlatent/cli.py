@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ._utils import positive_int
+from ._utils import expanded, positive_int
 from .config import apply_overrides, to_dict
 from .data import DataError
 from .data.cli import add_data_parser
@@ -41,10 +41,9 @@ def _refuse_overwrite(outputs: Sequence[str | None], inputs: Sequence[str | None
 
 def _check_folders(*folders: str) -> None:
     """Each folder exists or can be made (no regular file on its path): a ValueError now."""
-    from pathlib import Path
 
     for folder in folders:
-        path = Path(folder).expanduser()
+        path = expanded(folder)
         for part in (path, *path.parents):
             if part.exists():
                 if not part.is_dir():
@@ -78,7 +77,21 @@ def _lattice_config(args: argparse.Namespace, **defaults):
     return apply_overrides(LatticeVAEConfig(), overrides)
 
 
+#: the files ``qlatent train CONFIG`` writes into its run folder
+_RUN_FILES = (
+    "config.json",
+    "summary.json",
+    "log.jsonl",
+    "best.pt",
+    "last.pt",
+    "training_curves.png",
+    "reconstructions.png",
+)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .experiments import custom
     from .experiments import lattice_vae as exp
 
@@ -93,6 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"out_dir={args.out}")
         cfg = custom.load_config(args.config, overrides)
         _check_folders(cfg.out_dir)
+        # the files a run writes are no config it reads (nor a pipe or a device)
+        _refuse_overwrite([os.path.join(cfg.out_dir, name) for name in _RUN_FILES], args.config)
         print(
             f"training {cfg.bottleneck.name} ({cfg.model.family}, {cfg.data.name}) in {cfg.out_dir}"
         )
@@ -609,6 +624,17 @@ def _iwae_samples(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """argparse type of a time budget: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
+    return value
+
+
 #: what ``--png`` may write (matplotlib chooses the format by the extension)
 _FIGURE_FORMATS = [".png", ".pdf", ".svg", ".jpg", ".jpeg"]
 
@@ -807,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--min-repeats", type=positive_int, default=5, help="fewest timed calls per case"
     )
-    b.add_argument("--budget", type=float, default=2.0, help="timed seconds aimed at per case")
+    b.add_argument("--budget", type=_seconds, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
     b.add_argument(
         "--no-compile", action="store_true", help="skip the rows of vq with compile=True"

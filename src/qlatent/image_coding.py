@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._utils import write_atomic
 from .coding.codec import MAX_ELEMENTS, compress, decompress, model_digest
 from .coding.container import CodingError, unpack
 from .models import Autoencoder
@@ -209,22 +210,6 @@ def images_in(data: bytes) -> int:
     """How many examples a file holds (from its header, without decoding)."""
     header, _ = unpack(data)
     return header.shape[0]
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
-    ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace)."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ValueError(f"refusing to write {path}: it is not a regular file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 __all__ = [

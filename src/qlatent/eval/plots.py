@@ -87,8 +87,16 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: s
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """``fig`` drawn into ``path`` (the format from its extension) by an atomic write: a
+    symlink, a pipe or a device at ``path`` is never written through (ValueError instead)."""
+    import io
+
+    from .._utils import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=120, format=path.suffix.lstrip(".").lower() or None)
+    finally:
+        plt.close(fig)
+    return write_atomic(path, buffer.getvalue())

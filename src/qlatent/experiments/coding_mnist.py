@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._utils import expanded
 from ..bench.timing import time_cases
 from ..coding import CODE_MODELS, compress, decompress, ideal_bits, model_digest, unpack
 from ..config import apply_overrides, to_dict
@@ -154,7 +155,7 @@ def _table1_model(
         folder = runs_dir / "coding-mnist-quick" / name
         result = fit(model, data, lcfg.train, out_dir=folder, run_config=to_dict(lcfg))
         return model, {"checkpoint": str(folder / "best.pt"), "train_wall_s": result.wall_s}
-    folder = Path(cfg.table1_runs).expanduser() / "lattice-mnist" / name
+    folder = expanded(cfg.table1_runs) / "lattice-mnist" / name
     best = folder / "best.pt"
     if not best.is_file():
         raise ValueError(

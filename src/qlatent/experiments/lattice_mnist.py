@@ -329,10 +329,13 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
     from, which ``out_dir/init.json`` keeps for the resumed runs' results."""
     record = out_dir / "init.json"
     if (out_dir / "last.pt").is_file():
-        try:
-            return json.loads(record.read_text())
-        except (OSError, ValueError):
-            return {"row": cfg.init_from, "checkpoint": "unrecorded"}
+        try:  # a regular file only: a pipe would block
+            saved = json.loads(record.read_text()) if record.is_file() else None
+        except (OSError, ValueError, RecursionError):
+            saved = None
+        return (
+            saved if isinstance(saved, dict) else {"row": cfg.init_from, "checkpoint": "unrecorded"}
+        )
     source = out_dir.parent / str(cfg.init_from) / "best.pt"
     if not source.is_file():
         raise ValueError(
@@ -654,12 +657,19 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
         return {}
     try:
         old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(old, dict) or old.get("data") != data:
         return {}
+    # what cannot be a table's rows and configs is dropped, as an unreadable file is
+    rows = old.get("models")
+    old["models"] = {
+        k: v for k, v in (rows.items() if isinstance(rows, dict) else []) if isinstance(v, dict)
+    }
+    if not isinstance(old.get("configs"), dict):
+        old["configs"] = {}
     keys = ("command", "commit", "dirty", "machine", "date")
-    for row in old.get("models", {}).values():
+    for row in old["models"].values():
         row.setdefault("provenance", {k: old.get(k) for k in keys})
     return old
 

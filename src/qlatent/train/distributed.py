@@ -42,13 +42,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _environment_int(name: str, default: str | None) -> int:
+    """The integer in environment variable ``name`` (torchrun's), or ``default``; a ValueError
+    naming the variable when it is missing without a default or is no integer."""
+    text = os.environ.get(name, default)
+    if text is None:
+        raise ValueError(f"{name} is not set (WORLD_SIZE is): launch with torchrun")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+
+
 def setup(device_name: str) -> World:
     """Join the process group if launched by torchrun; return this process's place in it."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _environment_int("WORLD_SIZE", "1")
+    if size < 1:
+        raise ValueError(f"WORLD_SIZE must be a positive integer, got {size}")
     device = resolve_device(device_name)
     if size == 1:
         return World(0, 1, device)
-    rank = int(os.environ["RANK"])
+    rank = _environment_int("RANK", None)
+    if not 0 <= rank < size:  # a rank no other process waits for would wait for ever
+        raise ValueError(f"RANK must lie in [0, WORLD_SIZE = {size}), got {rank}")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from .._utils import write_atomic
 from ..losses import RateDistortionLoss, evaluate_objective
 from . import distributed as D
 from .checkpoint import (
@@ -244,8 +245,7 @@ def fit(
             state.stopped = "epochs"
         _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
         if world.is_main:
-            with open(out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            _rewrite_log(out_dir / "log.jsonl", state.history)
         if on_epoch_end is not None:
             on_epoch_end(record)
         if state.stopped:
@@ -379,6 +379,11 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
     missing = {"model", "optimizer", "state", "rng", "world_size"} - set(ckpt)
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (no {sorted(missing)})")
+    for key in ("train_config", "run_config"):
+        if not isinstance(ckpt.get(key), dict | None):
+            raise CheckpointError(f"{path} holds a {key} that is no table")
+    if isinstance(ckpt["world_size"], bool) or not isinstance(ckpt["world_size"], int):
+        raise CheckpointError(f"{path} holds a world_size that is no integer")
     changes = config_changes(ckpt.get("train_config"), dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     changes += config_changes(ckpt.get("run_config"), run_config, RESUME_MAY_CHANGE_RUN)
     if changes:
@@ -398,16 +403,43 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
         torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        return _State(**ckpt["state"])
+        return _checked_state(_State(**ckpt["state"]))
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
 
 
+def _checked_state(state: _State) -> _State:
+    """``state`` if every field has the type and range a run writes; ValueError naming the
+    first that does not (a resumed loop would fail on it with a traceback, or go on wrongly)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    for name in ("epoch", "step", "best_epoch", "bad_epochs"):
+        value = getattr(state, name)
+        if not (number(value) and isinstance(value, int) and 0 <= value < 2**62):
+            raise ValueError(f"state.{name} must be a non-negative integer, got {value!r}")
+    if not number(state.best_val) or math.isnan(state.best_val):
+        raise ValueError(f"state.best_val must be a number, got {state.best_val!r}")
+    if not (number(state.wall_s) and 0 <= state.wall_s < math.inf):
+        raise ValueError(f"state.wall_s must be a time in seconds, got {state.wall_s!r}")
+    if not isinstance(state.stopped, str):
+        raise ValueError(f"state.stopped must be a string, got {state.stopped!r}")
+    if not isinstance(state.history, list) or not all(isinstance(r, dict) for r in state.history):
+        raise ValueError("state.history must be a list of records (tables)")
+    json.dumps(state.history)  # the log is written from it: TypeError for what JSON cannot hold
+    if len(state.history) != state.epoch:
+        raise ValueError(
+            f"state.history holds {len(state.history)} records for {state.epoch} epochs"
+        )
+    return state
+
+
 def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
-    """The log holds exactly the checkpointed epochs (a crash may have left one more line)."""
-    with open(path, "w") as f:
-        for record in history:
-            f.write(json.dumps(record) + "\n")
+    """The log holds exactly the checkpointed epochs (a crash may have left one more line):
+    written whole and atomically after every epoch, so a symlink or a pipe put at its path is
+    replaced or refused, never written through."""
+    write_atomic(path, "".join(json.dumps(record) + "\n" for record in history).encode())
 
 
 def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
