@@ -350,3 +350,17 @@ def test_a_benchmark_budget_must_be_finite():
     for budget in ("inf", "nan", "-1", "0"):
         with pytest.raises(SystemExit):
             main(["bench", "quantizers", "--budget", budget])
+
+
+def test_a_record_read_back_is_none_when_it_is_no_readable_json(tmp_path):
+    from qlatent.results import read_json, write_json
+
+    fifo = tmp_path / "summary.json"
+    os.mkfifo(fifo)  # reading it would block
+    assert read_json(fifo) is None
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert read_json(deep) is None and read_json(tmp_path / "missing.json") is None
+    with pytest.raises(ValueError, match="not a regular file"):
+        write_json({"a": 1}, fifo)  # nor is a pipe replaced by a results file
+    assert read_json(write_json({"a": 1}, tmp_path / "ok.json")) == {"a": 1}

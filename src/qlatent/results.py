@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ._utils import write_atomic
+
 RESULTS_DIR = Path("results")
 
 
@@ -85,10 +87,18 @@ def provenance(command: str) -> dict[str, Any]:
 
 
 def write_json(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` as indented JSON atomically (temporary file, then rename)."""
+    """Write ``payload`` as indented JSON atomically (:func:`~qlatent._utils.write_atomic`)."""
+    return write_atomic(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, a file this project wrote and reads back (a results file, a run's
+    record or summary); None where it is missing, no regular file (a pipe would block),
+    unreadable, no JSON or nested too deeply for the parser: such a file is written anew."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None

@@ -34,7 +34,6 @@ reference at the row's), so two lattices are compared at equal reconstruction li
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -53,7 +52,7 @@ from ..coding import CODE_MODELS, compress, decompress, ideal_bits, model_digest
 from ..config import apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
-from ..results import RESULTS_DIR, provenance, write_json
+from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
 from .lattice_vae import load_data
@@ -459,12 +458,7 @@ def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> 
 def kept_rows(previous: Path, names: list[str]) -> dict[str, Any]:
     """The rows of the results file ``previous`` that this run does not redo (``names``), with
     their own provenance; none where the file is missing or unreadable (it is written anew)."""
-    if not previous.is_file():
-        return {}
-    try:
-        saved = json.loads(previous.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
+    saved = read_json(previous)
     rows = saved.get("rows") if isinstance(saved, dict) else None
     return {k: v for k, v in rows.items() if k not in names} if isinstance(rows, dict) else {}
 

@@ -35,7 +35,7 @@ from ..eval.proposals import parse_mixture
 from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
-from ..results import RESULTS_DIR, provenance, write_json
+from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..train import TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
 
@@ -329,10 +329,7 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
     from, which ``out_dir/init.json`` keeps for the resumed runs' results."""
     record = out_dir / "init.json"
     if (out_dir / "last.pt").is_file():
-        try:  # a regular file only: a pipe would block
-            saved = json.loads(record.read_text()) if record.is_file() else None
-        except (OSError, ValueError, RecursionError):
-            saved = None
+        saved = read_json(record)
         return (
             saved if isinstance(saved, dict) else {"row": cfg.init_from, "checkpoint": "unrecorded"}
         )
@@ -653,12 +650,7 @@ def reproduce(
 def _previous_rows(path: Path, data: str) -> dict[str, Any]:
     """The rows already in ``path`` (same data set), so that running a subset of the table adds
     to it; rows written before per-row provenance get the file's own."""
-    if not path.is_file():
-        return {}
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
+    old = read_json(path)
     if not isinstance(old, dict) or old.get("data") != data:
         return {}
     # what cannot be a table's rows and configs is dropped, as an unreadable file is

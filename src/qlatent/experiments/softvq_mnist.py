@@ -56,7 +56,7 @@ from ..eval.downstream import PROBE_CS
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
 from ..nn import SquaredError, relu_mlp
-from ..results import RESULTS_DIR, provenance, write_json
+from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..train import TrainConfig, fit, load, save_atomic
 from . import custom
 from ._jobs import run_jobs
@@ -492,10 +492,7 @@ def _run_task(
     config, else trained (or resumed) and scored, and recorded."""
     config = json.loads(json.dumps(to_dict(cfg)))
     if record is not None and record.is_file():
-        try:
-            saved = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
+        saved = read_json(record)
         if isinstance(saved, dict) and saved.get("config") == config and "metrics" in saved:
             print(f"== {LABELS[name]}, seed {cfg.train.seed} (recorded: {record}) ==", flush=True)
             return saved["metrics"]

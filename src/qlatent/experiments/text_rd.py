@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import apply_mapping, apply_overrides, to_dict
-from ..results import provenance, write_json
+from ..results import provenance, read_json, write_json
 from ..train.checkpoint import config_changes
 from . import custom
 from ._jobs import run_jobs
@@ -199,10 +199,7 @@ def _train_point(
     added to the schema since do not count), otherwise trained (or resumed) and evaluated."""
     path = Path(cfg.out_dir) / "summary.json"
     if path.is_file():
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            summary = None
+        summary = read_json(path)
         current = json.loads(json.dumps(to_dict(cfg)))
         # a key only one side records (an option added since) is not a difference
         if (
