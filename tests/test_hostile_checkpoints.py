@@ -189,6 +189,27 @@ def test_a_complex_weight_is_refused_not_cast_with_a_warning(tmp_path, capsys):
     assert code == 2 and _one_line(err, "complex.pt", f"the weight {name} is complex")
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+def test_a_weight_of_another_dtype_kind_is_refused_not_cast(tmp_path, capsys, dtype):
+    """An integer or boolean tensor under a floating-point weight's name: ``copy_`` would cast
+    it silently (3.7 → 3, anything → 0/1)."""
+    state = _gated()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.ones(state[name].shape, dtype=dtype)
+    path = tmp_path / "kind.pt"
+    save_atomic({"model": state}, path)
+    code, err = _compress(path, tmp_path, capsys)
+    assert code == 2 and _one_line(err, "kind.pt", f"the weight {name} is ", "floating-point")
+
+
+def test_a_half_precision_checkpoint_still_loads(tmp_path, capsys):
+    """Floating-point widths may differ: weights saved from a half-precision model load."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in _gated().items()}
+    path = tmp_path / "half.pt"
+    save_atomic({"model": state}, path)
+    assert _compress(path, tmp_path, capsys)[0] == 0
+
+
 def test_a_non_string_key_in_init_from_is_refused(tmp_path):
     model = custom.build_model(custom.load_config(None), (1, 28, 28), 0.1)
     state = {**model.state_dict(), 5: torch.zeros(1)}
@@ -199,6 +220,14 @@ def test_a_non_string_key_in_init_from_is_refused(tmp_path):
     state = {**model.state_dict(), "encoder.1.weight": "abc"}
     save_atomic({"model": state}, path)
     with pytest.raises(CheckpointError, match="encoder.1.weight is a str, not a tensor"):
+        custom.warm_start(model, path)
+    own = model.state_dict()
+    state = {
+        **own,
+        "encoder.1.h.weight": torch.ones(own["encoder.1.h.weight"].shape, dtype=torch.int64),
+    }
+    save_atomic({"model": state}, path)
+    with pytest.raises(CheckpointError, match="encoder.1.h.weight is integer .*floating-point"):
         custom.warm_start(model, path)
 
 

@@ -608,15 +608,18 @@ def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
     """Copy the weights of ``checkpoint`` into ``model`` where a name and shape match (the
     encoder and decoder of another bottleneck's run); returns the names left as initialised.
     The checkpoint's weights are checked as :func:`~qlatent.train.checkpoint.load_weights`
-    checks them (names as keys, tensors, finite values): CheckpointError naming the file."""
+    checks them (names as keys, tensors, finite values, the dtype kind of each weight copied):
+    CheckpointError naming the file."""
     from ..image_coding import read_checkpoint
-    from ..train.checkpoint import CheckpointError, check_state_dict
+    from ..train.checkpoint import CheckpointError, check_state_dict, check_weight_kinds
 
-    saved = check_state_dict(read_checkpoint(checkpoint)["model"], f"{checkpoint} (init_from)")
+    source = f"{checkpoint} (init_from)"
+    saved = check_state_dict(read_checkpoint(checkpoint)["model"], source)
     own = model.state_dict()
     shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if not shared:
         raise ValueError(f"{checkpoint} shares no weights with this model (init_from)")
+    check_weight_kinds(shared, own, source)
     try:
         model.load_state_dict(shared, strict=False)
     except ValueError as err:  # a buffer whose contents the module refuses, named in err

@@ -231,12 +231,34 @@ def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:
     return state
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
+def check_weight_kinds(state: dict[str, Any], own: dict[str, Any], path: str | Path) -> None:
+    """:class:`CheckpointError` naming ``path`` and the key where a saved tensor is of another
+    kind (floating-point, integer, boolean) than the model's tensor of that name: ``copy_``
+    would round 0.7 to 0 in a count buffer or turn a 0/1 mask into weights without a word.
+    Floating-point widths may differ (a model saved in half precision loads into float32)."""
+    for key, value in state.items():
+        mine = own.get(key)
+        if isinstance(mine, torch.Tensor) and _kind(value.dtype) != _kind(mine.dtype):
+            raise CheckpointError(
+                f"{path}: the weight {key} is {_kind(value.dtype)} ({value.dtype}) where the "
+                f"model holds {_kind(mine.dtype)} values ({mine.dtype})"
+            )
+
+
 def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
     """``module.load_state_dict(state)`` with one clear error naming ``path`` when the
     checkpoint holds a different architecture (missing, unexpected or differently shaped
-    weights), keys that are not names, non-finite values (:func:`check_state_dict`) or
-    buffers the module refuses (a counted code model inconsistent with its bottleneck)."""
+    weights), keys that are not names, non-finite values (:func:`check_state_dict`), weights of
+    another dtype kind (:func:`check_weight_kinds`) or buffers the module refuses (a counted
+    code model inconsistent with its bottleneck)."""
     check_state_dict(state, path)
+    check_weight_kinds(state, module.state_dict(), path)
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:
