@@ -219,6 +219,11 @@ def _fit(out, epochs=1):
     return fit(model, data, cfg, out_dir=out, run_config={"data": "synthetic", "train": {}})
 
 
+def _moment(checkpoint) -> dict:
+    """Adam's saved state of the first parameter (its step and moments)."""
+    return checkpoint["optimizer"]["state"][0]
+
+
 def test_a_resumed_log_is_not_written_through_a_symlink_or_into_a_pipe(tmp_path):
     out, victim = tmp_path / "run", tmp_path / "victim.toml"
     _fit(out)
@@ -269,6 +274,14 @@ def test_train_refuses_to_write_its_run_files_over_its_config(tmp_path, capsys):
         (lambda c: c.update(world_size=torch.ones(3)), "world_size that is no integer"),
         (lambda c: c.update(train_config=[1]), "train_config that is no table"),
         (lambda c: c.update(run_config="abc"), "run_config that is no table"),
+        (lambda c: c.update(optimizer=[1, 2]), "holds no optimizer state"),
+        (lambda c: c["optimizer"].update(param_groups=[]), "other parameter groups"),
+        (lambda c: _moment(c).update(exp_avg=torch.zeros(3)), "exp_avg of parameter 0 has shape"),
+        (lambda c: _moment(c).update(exp_avg_sq=-_moment(c)["exp_avg_sq"] - 1), "negative"),
+        (lambda c: _moment(c).update(step=torch.tensor(float("nan"))), "step of parameter 0"),
+        (lambda c: _moment(c).update(step="x"), "not a floating-point tensor"),
+        (lambda c: c["optimizer"]["param_groups"][0].update(betas=(2.0,)), r"betas is \(2.0,\)"),
+        (lambda c: c["optimizer"]["state"].update({99: {}}), "names parameter 99"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

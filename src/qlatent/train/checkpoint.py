@@ -271,6 +271,73 @@ def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
         raise CheckpointError(f"{path}: {err}") from None
 
 
+def _like(saved: Any, fresh: Any) -> bool:
+    """Whether a saved optimizer hyperparameter has the form of the fresh optimizer's: a
+    finite number for a number, a flag for a flag, a tuple of as many for a tuple."""
+    if isinstance(fresh, bool) or fresh is None:
+        return saved is None or isinstance(saved, bool)
+    if isinstance(fresh, int | float):
+        return isinstance(saved, int | float) and not isinstance(saved, bool) and saved == saved
+    if isinstance(fresh, tuple | list):
+        return (
+            isinstance(saved, tuple | list)
+            and len(saved) == len(fresh)
+            and all(_like(a, b) for a, b in zip(saved, fresh, strict=True))
+        )
+    return type(saved) is type(fresh)
+
+
+def check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """:class:`CheckpointError` naming ``path`` unless ``saved`` is a state ``optimizer`` can
+    load and step from: as many groups of as many parameters, hyperparameters of the same form,
+    and per parameter a finite scalar ``step`` and finite floating-point moments of the
+    parameter's shape (second moments non-negative). ``Optimizer.load_state_dict`` checks only
+    the group sizes: a moment of another shape failed at the next step with a traceback, and a
+    negative second moment turned the weights into NaN."""
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"{path} holds no optimizer state")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(fresh["param_groups"]):
+        raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
+    shapes: dict[int, torch.Size] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group, mine in zip(groups, fresh["param_groups"], strict=True):
+        ids = group.get("params") if isinstance(group, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(mine["params"]):
+            raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or i in shapes:
+                raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
+            shapes[i] = params[len(shapes)].shape  # saved ids map to parameters in order
+        for key, value in mine.items():
+            if key not in ("params", "lr") and not _like(group.get(key), value):
+                raise CheckpointError(
+                    f"{path}: the optimizer's {key} is {repr(group.get(key))[:60]}, "
+                    f"not of the form of {value!r}"
+                )
+    for index, entry in saved["state"].items():
+        if index not in shapes or not isinstance(entry, dict):
+            raise CheckpointError(
+                f"{path}: its optimizer state names parameter {repr(index)[:40]}, "
+                "which no group holds"
+            )
+        for key, value in entry.items():
+            where = f"{path}: the optimizer's {key} of parameter {index}"
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise CheckpointError(f"{where} is not a floating-point tensor")
+            if key != "step" and value.shape != shapes[index]:
+                raise CheckpointError(
+                    f"{where} has shape {list(value.shape)}, the parameter {list(shapes[index])}"
+                )
+            if key == "step" and value.numel() != 1:
+                raise CheckpointError(f"{where} is not a single number")
+            if not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"{where} holds non-finite values")
+            if (key == "step" or key.endswith("exp_avg_sq")) and bool((value < 0).any()):
+                raise CheckpointError(f"{where} holds negative values")
+
+
 #: train-config keys a resumed run may change: caps and presentation, not the training itself
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "max_steps", "max_minutes", "patience", "progress", "device", "eval_batch_size"}

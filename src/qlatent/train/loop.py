@@ -34,6 +34,7 @@ from .checkpoint import (
     RESUME_MAY_CHANGE,
     RESUME_MAY_CHANGE_RUN,
     CheckpointError,
+    check_optimizer_state,
     config_changes,
     load,
     load_weights,
@@ -397,6 +398,7 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
             f"(now {world.size}) to continue exactly"
         )
     load_weights(model, ckpt["model"], path)
+    check_optimizer_state(ckpt["optimizer"], optimizer, path)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng"][world.rank]
