@@ -249,6 +249,15 @@ def test_a_figure_replaces_a_symlink_at_its_path_not_its_target(tmp_path):
     assert victim.read_text() == "precious" and figure.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("setting", [f"hidden = {[8] * 65}", "num_residual = 65"])
+def test_a_config_of_too_many_layers_is_one_line(tmp_path, capsys, setting):
+    """A config (or the one saved in a checkpoint) of 100,000 layers built modules for minutes."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'[data]\nname = "synthetic"\n[model]\n{setting}\n')
+    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and _one_line_error(err) and "more than the 64 a model may have" in err
+
+
 def test_train_refuses_to_write_its_run_files_over_its_config(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -102,6 +102,10 @@ class DataConfig:
             raise ValueError(f"data.test_size must be a positive integer, got {self.test_size!r}")
 
 
+#: the most layers a model config may ask for (``hidden``'s length, ``num_residual``, ``layers``)
+MAX_LAYERS = 64
+
+
 @dataclass
 class ModelConfig:
     family: FamilyName = "gated_mlp"
@@ -127,6 +131,17 @@ class ModelConfig:
             )
         if not isinstance(self.num_residual, int) or self.num_residual < 0:
             raise ValueError(f"model.num_residual must be >= 0, got {self.num_residual!r}")
+        # a config (or a checkpoint's saved one) of 100,000 layers built modules for minutes
+        for name, depth in [
+            ("hidden", len(self.hidden)),
+            ("num_residual", self.num_residual),
+            ("layers", self.layers),
+        ]:
+            if depth > MAX_LAYERS:
+                raise ValueError(
+                    f"model.{name} asks for {depth:,} layers, more than the {MAX_LAYERS} "
+                    "a model may have here"
+                )
         if not (isinstance(self.variance, int | float) and 0 <= self.variance < math.inf):
             raise ValueError(f"model.variance must be >= 0 (0: the data's), got {self.variance!r}")
 
