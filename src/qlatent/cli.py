@@ -641,6 +641,39 @@ _FIGURE_FORMATS = [".png", ".pdf", ".svg", ".jpg", ".jpeg"]
 #: --device of the benchmarks
 BENCH_DEVICE_HELP = "cpu (default) or cuda[:N]: where the timed tensors live"
 
+#: the most timed calls a benchmark case takes (--repeats, --min-repeats)
+_MAX_REPEATS = 10_000
+#: the most rows (2^24) and the widest input (2^16) a benchmark takes: past them, the timed
+#: tensors alone are gigabytes
+_MAX_ROWS, _MAX_DIM = 1 << 24, 1 << 16
+#: --threads may oversubscribe the cores this many times, no more
+_THREADS_PER_CORE = 4
+
+
+def _at_most(limit: int, what: str):
+    """argparse type: an integer in [1, ``limit``]; ``what`` names the unit in the error."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit:,} {what}, got {value:,}")
+        return value
+
+    return parse
+
+
+def _threads(text: str) -> int:
+    """argparse type of a benchmark's --threads: an integer in [1, 4 × the cores]."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return _at_most(_THREADS_PER_CORE * cores, f"threads on {cores} core(s)")(text)
+
+
+_repeats = _at_most(_MAX_REPEATS, "timed calls")
+_rows = _at_most(_MAX_ROWS, "rows")
+_dim = _at_most(_MAX_DIM, "columns")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -787,12 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     b = bench_sub.add_parser("lattice", help="lattice bottleneck forward throughput")
-    b.add_argument("--rows", type=positive_int, default=16384)
-    b.add_argument("--dim", type=positive_int, default=64)
-    b.add_argument("--threads", type=positive_int, default=2)
+    b.add_argument("--rows", type=_rows, default=16384)
+    b.add_argument("--dim", type=_dim, default=64)
+    b.add_argument("--threads", type=_threads, default=2)
     b.add_argument(
         "--repeats",
-        type=positive_int,
+        type=_repeats,
         default=None,
         help="timed calls per case (50; 5 with --scaling)",
     )
@@ -826,13 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated bottlenecks (default: all registered; '' for none: peers only)",
     )
-    b.add_argument("--rows", type=positive_int, default=16384)
-    b.add_argument("--dim", type=positive_int, default=64)
-    b.add_argument("--threads", type=positive_int, default=2)
-    b.add_argument("--repeats", type=positive_int, default=50, help="most timed calls per case")
-    b.add_argument(
-        "--min-repeats", type=positive_int, default=5, help="fewest timed calls per case"
-    )
+    b.add_argument("--rows", type=_rows, default=16384)
+    b.add_argument("--dim", type=_dim, default=64)
+    b.add_argument("--threads", type=_threads, default=2)
+    b.add_argument("--repeats", type=_repeats, default=50, help="most timed calls per case")
+    b.add_argument("--min-repeats", type=_repeats, default=5, help="fewest timed calls per case")
     b.add_argument("--budget", type=_seconds, default=2.0, help="timed seconds aimed at per case")
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
     b.add_argument(
@@ -843,10 +874,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench_quantizers)
 
     b = bench_sub.add_parser("coding", help="entropy coding throughput (compress / decompress)")
-    b.add_argument("--rows", type=positive_int, default=25_000)
-    b.add_argument("--dim", type=positive_int, default=40)
-    b.add_argument("--threads", type=positive_int, default=1)
-    b.add_argument("--repeats", type=positive_int, default=20, help="timed calls per case")
+    b.add_argument("--rows", type=_rows, default=25_000)
+    b.add_argument("--dim", type=_dim, default=40)
+    b.add_argument("--threads", type=_threads, default=1)
+    b.add_argument("--repeats", type=_repeats, default=20, help="timed calls per case")
     b.add_argument("--output", default=None, help="write the JSON here (e.g. results/...)")
     b.set_defaults(func=_cmd_bench_coding)
 
@@ -857,10 +888,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--names", default=None, help="comma-separated subset (z,a2,d3*,d4,e8,bw16,leech)"
     )
-    b.add_argument("--rows", type=positive_int, default=16384)
-    b.add_argument("--threads", type=positive_int, default=2)
+    b.add_argument("--rows", type=_rows, default=16384)
+    b.add_argument("--threads", type=_threads, default=2)
     b.add_argument(
-        "--repeats", type=positive_int, default=10, help="timed closest-point calls per lattice"
+        "--repeats", type=_repeats, default=10, help="timed closest-point calls per lattice"
     )
     b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
     b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")

@@ -2,6 +2,12 @@
 
 The main command line calls :func:`add_data_parser` with its subparsers object; each leaf parser
 sets ``func`` to a function ``(args) -> int`` that returns the exit code.
+
+Errors read as everywhere else on the command line: one line ``qlatent: error: ...`` on stderr,
+exit code 2. A dataset that is simply missing (DataNotFoundError) is the one case with more: the
+sources tried and the ways to get it follow on their own lines, since finding those out is what
+``qlatent data fetch`` is run for. A damaged, corrupt or hostile file is one line, whatever its
+message holds. ``data info`` is a report: it exits 1 when a dataset it found does not verify.
 """
 
 from __future__ import annotations
@@ -11,14 +17,26 @@ import sys
 from typing import Any
 
 from qlatent._utils import positive_int
-from qlatent.data.sources import DATASETS, DataError, fetch, locate
+from qlatent.data.sources import DATASETS, DataError, DataNotFoundError, fetch, locate
 
 __all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info"]
 
+#: what the commands here answer with one error line (as ``qlatent``'s ``main`` does)
+_ERRORS = (DataError, ValueError, KeyError, OSError)
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
+
+def _fail(err: BaseException) -> int:
+    """``qlatent: error: <message on one line>`` on stderr; exit code 2. For a missing dataset,
+    the lines after its message's first (what was tried, the ways to get it) follow it."""
+    if isinstance(err, DataNotFoundError):
+        first, _, advice = str(err).partition("\n")
+    else:
+        first, advice = str(err), ""
+    message = " ".join(first.split()) or type(err).__name__
+    print(f"qlatent: error: {message}", file=sys.stderr)
+    if advice.strip():
+        print(advice.rstrip(), file=sys.stderr)
+    return 2
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -30,8 +48,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             folder = text.build(args.data_dir, download=not args.no_download)
         else:
             folder = fetch(args.name, args.data_dir, download=not args.no_download)
-    except (DataError, OSError) as exc:
-        return _fail(str(exc))
+    except _ERRORS as exc:
+        return _fail(exc)
     print(f"{args.name}: verified files in {folder}")
     return 0
 
@@ -67,8 +85,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         images, _ = loader(args.split, args.data_dir, download=not args.no_download)
         images = images[: args.limit].unsqueeze(1).float() / 255.0
         paths = write_image_folder(images, args.folder)
-    except (DataError, ValueError, OSError) as exc:
-        return _fail(str(exc))
+    except _ERRORS as exc:
+        return _fail(exc)
     print(f"wrote {len(paths):,} PNG images ({args.name} {args.split}) to {args.folder}")
     return 0
 
@@ -99,19 +117,18 @@ def _format_info(info: dict[str, Any]) -> list[str]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Report, for each dataset, where its files are and whether they verify."""
+    """Report, for each dataset, where its files are and whether they verify (exit code 1 if a
+    dataset that is there does not; 2, with one error line, if the report cannot be made)."""
     ok = True
-    for name in DATASETS:
-        try:
-            info = locate(name, args.data_dir)
-        except (DataError, OSError) as exc:
-            print(f"{name}: error: {exc}", file=sys.stderr)
-            ok = False
-            continue
+    try:
+        infos = [locate(name, args.data_dir) for name in DATASETS]
+        lines, text_ok = _text_info()
+    except _ERRORS as exc:  # e.g. a --data-dir that names a file
+        return _fail(exc)
+    for info in infos:
         print("\n".join(_format_info(info)))
         # A damaged file is an error; a dataset that is simply absent is not.
         ok &= info["folder"] is None or bool(info["verified"])
-    lines, text_ok = _text_info()
     print("\n".join(lines))
     return 0 if ok and text_ok else 1
 

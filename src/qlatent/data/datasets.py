@@ -25,12 +25,23 @@ with published numbers on that benchmark, but not bit-for-bit.
 
 The result is cached as ``binarized-mnist-seed777.npz`` (bit-packed with ``numpy.packbits``) under
 the qlatent cache folder. The cache records the seed, shapes, the hashes of the source files and a
-SHA-256 of its own content; a cache that fails any of these checks is rebuilt, with a warning.
+SHA-256 of its own content. It is read as untrusted input: the file's size, then each entry's npy
+header (dtype, shape, byte count) are checked against what :func:`_save_cache` writes *before*
+anything is allocated, and no entry is ever unpickled. A cache that fails any check is rebuilt,
+with a warning naming the file and the reason: it holds nothing that cannot be recomputed from the
+verified MNIST files in a few seconds, and it is written atomically into qlatent's own cache
+folder, never over a file the user named (nor over something there that is not a regular file).
+
+A folder of MNIST files the user names (``data_dir``, else ``$QLATENT_DATA``) is verified even
+when the cache can serve: damaged or partial files there are the same error with a cache as
+without one. Files that verify are bit-identical to those the cache was built from (the cache is
+keyed by their SHA-256, ``source``), so the cache still serves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -42,7 +53,7 @@ import numpy as np
 import torch
 
 from qlatent.data.idx import read_idx
-from qlatent.data.sources import FILES, SHA256, cache_dir, dataset_files
+from qlatent.data.sources import FILES, SHA256, cache_dir, dataset_files, user_files
 
 __all__ = [
     "BINARIZATION_SEED",
@@ -170,8 +181,69 @@ def _expected_shapes() -> list[tuple[int, int]]:
     return [(n, IMAGE_SIZE) for n in rows]
 
 
+def _cache_layout() -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each entry of the cache file with the dtype and shape :func:`_save_cache` writes it with."""
+    layout = {
+        split: (np.dtype(np.uint8), (rows, (cols + 7) // 8))
+        for split, (rows, cols) in zip(_SPLITS, _expected_shapes(), strict=True)
+    }
+    int64, digest = np.dtype(np.int64), np.dtype("U64")  # a SHA-256 in hex: 64 characters
+    layout |= {"shapes": (int64, (len(_SPLITS), 2)), "seed": (int64, ()), "version": (int64, ())}
+    layout |= {"source": (digest, ()), "digest": (digest, ())}
+    return layout
+
+
+#: what a cache file may hold besides its entries' data (npy headers, zip records)
+_CACHE_OVERHEAD = 1 << 16
+
+
+def _cache_size_limit() -> int:
+    layout = _cache_layout().values()
+    return sum(dtype.itemsize * math.prod(shape) for dtype, shape in layout) + _CACHE_OVERHEAD
+
+
+def _read_entry(
+    archive: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The entry ``name`` of the cache, once its npy header announces ``dtype`` and ``shape``
+    (the header is read alone, so nothing is allocated for a size the file only claims)."""
+    try:
+        info = archive.getinfo(f"{name}.npy")
+    except KeyError:
+        raise ValueError(f"no entry {name!r}") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise ValueError(f"{name}: compressed or encrypted (the cache stores its entries plain)")
+    with archive.open(info) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"format version {version}, not 1.0 or 2.0")
+        except ValueError as exc:
+            raise ValueError(f"{name}: not an npy header ({' '.join(str(exc).split())})") from None
+        got_shape, fortran_order, got_dtype = header
+        if got_dtype != dtype or tuple(got_shape) != shape or fortran_order:
+            raise ValueError(
+                f"{name}: {got_dtype} of shape {tuple(got_shape)}"
+                f"{' (Fortran order)' if fortran_order else ''}, expected {dtype} of shape {shape}"
+            )
+        size = dtype.itemsize * math.prod(shape)
+        if info.file_size != fh.tell() + size:
+            raise ValueError(f"{name}: {info.file_size:,} bytes, not a header and {size:,} bytes")
+        data = fh.read(size)
+    if len(data) != size:
+        raise ValueError(f"{name}: {len(data):,} bytes of data, expected {size:,}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
 def _save_cache(path: Path, splits: Mapping[str, torch.Tensor], seed: int) -> None:
     packed = {s: np.packbits(splits[s].numpy().astype(np.uint8), axis=1) for s in _SPLITS}
+    if path.exists() and not path.is_file():
+        # a folder, a pipe or a device: the rename below would replace it
+        raise OSError(f"{path} is not a regular file; it is left as it is")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -192,15 +264,26 @@ def _save_cache(path: Path, splits: Mapping[str, torch.Tensor], seed: int) -> No
 
 
 def _load_cache(path: Path, seed: int) -> dict[str, torch.Tensor]:
-    """Read and check the cache; raise ``ValueError`` saying what is wrong."""
+    """Read and check the cache; raise ``ValueError`` saying what is wrong.
+
+    Untrusted input: the file's size and every entry's npy header are checked against
+    :func:`_cache_layout` before its data is read, and nothing is unpickled."""
+    layout = _cache_layout()
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            fields = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        size, limit = path.stat().st_size, _cache_size_limit()
+        if size > limit:
+            raise ValueError(f"{size:,} bytes, more than the {limit:,} of a cache")
+        with zipfile.ZipFile(path) as archive:
+            unexpected = sorted(set(archive.namelist()) - {f"{key}.npy" for key in layout})
+            if unexpected:
+                raise ValueError(f"unexpected entries {unexpected[:5]}")
+            fields = {
+                key: _read_entry(archive, key, dtype, shape)
+                for key, (dtype, shape) in layout.items()
+            }
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        # NotImplementedError: zip features that the zipfile module does not read
         raise ValueError(f"unreadable ({exc})") from exc
-    needed = {*_SPLITS, "shapes", "seed", "version", "source", "digest"}
-    if not needed <= fields.keys():
-        raise ValueError(f"missing entries {sorted(needed - fields.keys())}")
     if int(fields["version"]) != _CACHE_VERSION or int(fields["seed"]) != seed:
         raise ValueError("written by another version or for another seed")
     if str(fields["source"]) != _source_key():
@@ -211,12 +294,8 @@ def _load_cache(path: Path, seed: int) -> dict[str, torch.Tensor]:
     if shapes != _expected_shapes():
         raise ValueError(f"unexpected shapes {shapes}")
     out = {}
-    for split, (rows, cols) in zip(_SPLITS, shapes, strict=True):
-        if fields[split].shape != (rows, (cols + 7) // 8):
-            raise ValueError(
-                f"{split}: packed shape {fields[split].shape} does not fit {rows}x{cols}"
-            )
-        bits = np.unpackbits(fields[split], axis=1, count=cols)
+    for split, (_, cols) in zip(_SPLITS, shapes, strict=True):
+        bits = np.unpackbits(fields[split], axis=1, count=cols)  # shape checked with the header
         out[split] = torch.from_numpy(bits.astype(np.float32))
     return out
 
@@ -228,10 +307,18 @@ def binarized_mnist(
 
     See the module docstring for the exact recipe. With ``cache=True`` the result is read from (or
     written to) :func:`binarized_mnist_cache_path`; a damaged cache is rebuilt with a warning.
+
+    Raises:
+        ChecksumError, DataNotFoundError: the folder ``data_dir`` (else ``$QLATENT_DATA``) holds
+            damaged or only some of the MNIST files, whether or not the cache could serve.
     """
     seed = BINARIZATION_SEED
     path = binarized_mnist_cache_path(seed)
     if cache and path.is_file():
+        # a folder the user names is checked even though the cache serves: its damaged files
+        # are an error here as they are without a cache (a verified folder holds the very bytes
+        # the cache was built from)
+        user_files("mnist", data_dir)
         try:
             return _load_cache(path, seed)
         except ValueError as exc:

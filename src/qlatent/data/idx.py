@@ -14,14 +14,21 @@ magic bytes), not from the file name.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import math
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["IDX_DTYPES", "parse_idx", "read_bytes", "read_idx", "write_idx"]
+from .sources import physical_memory
+
+__all__ = ["IDX_DTYPES", "MAX_DIMS", "parse_idx", "read_bytes", "read_idx", "write_idx"]
 
 #: IDX element type code -> numpy dtype (big-endian where it matters).
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -34,38 +41,102 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+#: the most dimensions an IDX header may declare (numpy 1.x's limit; MNIST's files have 1 or 3)
+MAX_DIMS = 32
+#: what reading a damaged gzip stream raises
+_GZIP_ERRORS = (OSError, EOFError, zlib.error)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """Return the (uncompressed) content of ``path``, gunzipping it if it is gzip-compressed."""
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """At most ``size`` bytes of ``stream``, read in chunks: nothing is allocated for bytes the
+    stream does not hold (``read(size)`` of a buffered file allocates ``size`` up front)."""
+    parts, left = [], size
+    while left > 0:
+        block = stream.read(min(_CHUNK, left))
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def _open_content(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for reading its content, gunzipped if it is gzip-compressed (by its
+    magic bytes); a gzip error while reading is a ValueError naming the file."""
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        if not compressed:
+            yield raw
+            return
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                yield stream
+        except _GZIP_ERRORS as exc:
+            raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+
+
+def read_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """Return the (uncompressed) content of ``path``, gunzipping it if it is gzip-compressed.
+    With ``max_bytes``, a ValueError once the content runs past it (a gzip bomb is not
+    decompressed to the end)."""
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+    with _open_content(path) as stream:
+        if max_bytes is None:
+            return stream.read()
+        data = _read_up_to(stream, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: more than {max_bytes:,} bytes uncompressed")
+    return data
+
+
+def _read_header(read: Callable[[int], bytes], source: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """The element dtype and the shape of an IDX file whose ``read`` is at its start."""
+    head = read(4)
+    if len(head) < 4:
+        raise ValueError(f"{source}: not an IDX file (only {len(head)} bytes, header needs 4)")
+    zero, code, ndim = struct.unpack(">HBB", head)
+    if zero != 0:
+        raise ValueError(f"{source}: not an IDX file (magic number starts with {head[:2]!r})")
+    if code not in IDX_DTYPES:
+        raise ValueError(f"{source}: unknown IDX element type code 0x{code:02x}")
+    if ndim > MAX_DIMS:
+        raise ValueError(f"{source}: {ndim} dimensions in the IDX header, more than {MAX_DIMS}")
+    sizes = read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(
+            f"{source}: truncated IDX header ({ndim} dimensions need {4 + 4 * ndim} bytes, "
+            f"file has {4 + len(sizes)})"
+        )
+    return IDX_DTYPES[code], struct.unpack(f">{ndim}I", sizes)
+
+
+def _payload_size(dtype: np.dtype, shape: tuple[int, ...], source: str) -> int:
+    """Bytes of the payload the header announces (exact: Python integers do not overflow), or a
+    ValueError where that is more than this machine's memory."""
+    size = math.prod(shape) * dtype.itemsize
+    total = physical_memory()
+    if total is not None and size > total:
+        raise ValueError(
+            f"{source}: the IDX header announces shape {shape}, {size / 2**30:,.1f} GiB, more "
+            f"than this machine's {total / 2**30:,.1f} GiB of memory"
+        )
+    return size
+
+
+def _to_array(payload: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=True)
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode IDX ``data`` into a native-endian numpy array; ``source`` names it in errors."""
-    if len(data) < 4:
-        raise ValueError(f"{source}: not an IDX file (only {len(data)} bytes, header needs 4)")
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0:
-        raise ValueError(f"{source}: not an IDX file (magic number starts with {data[:2]!r})")
-    if code not in IDX_DTYPES:
-        raise ValueError(f"{source}: unknown IDX element type code 0x{code:02x}")
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise ValueError(
-            f"{source}: truncated IDX header ({ndim} dimensions need {header_len} bytes, "
-            f"file has {len(data)})"
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header_len])
-    dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    stream = io.BytesIO(data)
+    dtype, shape = _read_header(stream.read, source)
+    header_len = stream.tell()
+    expected = _payload_size(dtype, shape, source)
     payload = len(data) - header_len
     if payload < expected:
         raise ValueError(
@@ -77,18 +148,37 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
             f"{source}: {payload - expected} unexpected trailing bytes after the IDX payload "
             f"(shape {shape})"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=True)
+    return _to_array(data[header_len:], dtype, shape)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read a plain or gzipped IDX file into a numpy array.
 
+    The header is read first; the payload is read only up to the size it announces (after
+    checking that size against this machine's memory), so a header that claims a huge array,
+    a huge file or a gzip bomb is refused without reading it to the end.
+
     Raises:
         ValueError: naming the file, if the header is malformed or the payload is truncated.
     """
     path = Path(path)
-    return parse_idx(read_bytes(path), str(path))
+    source = str(path)
+    with _open_content(path) as stream:
+        dtype, shape = _read_header(stream.read, source)
+        expected = _payload_size(dtype, shape, source)
+        payload = _read_up_to(stream, expected)
+        extra = len(_read_up_to(stream, _CHUNK))
+    if len(payload) < expected:
+        raise ValueError(
+            f"{source}: truncated IDX payload (shape {shape} needs {expected} bytes, "
+            f"found {len(payload)})"
+        )
+    if extra:
+        many = f"{extra}" if extra < _CHUNK else f"at least {_CHUNK:,}"
+        raise ValueError(
+            f"{source}: {many} unexpected trailing bytes after the IDX payload (shape {shape})"
+        )
+    return _to_array(payload, dtype, shape)
 
 
 def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = None) -> Path:

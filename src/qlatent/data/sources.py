@@ -54,6 +54,7 @@ __all__ = [
     "how_to_get",
     "locate",
     "sha256_of",
+    "user_files",
 ]
 
 #: Standard file names, keyed by (split, kind).
@@ -314,7 +315,7 @@ def _files_in_user_folder(name: str, folder: Path) -> dict[str, Path]:
     if missing:
         raise DataNotFoundError(
             f"{folder} holds part of {name} but lacks {', '.join(missing)} "
-            f"(plain or .gz). Ways to get {name}:\n{how_to_get(name)}"
+            f"(plain or .gz).\nWays to get {name}:\n{how_to_get(name)}"
         )
     return found
 
@@ -338,14 +339,23 @@ def _files_in_cache(name: str) -> dict[str, Path]:
 
 
 def _store(stream: IO[bytes], name: str, filename: str, dest: Path, origin: str) -> Path:
-    """Copy ``stream`` (uncompressed bytes) to ``dest/filename`` if its SHA-256 is right."""
+    """Copy ``stream`` (uncompressed bytes) to ``dest/filename`` if its SHA-256 is right; a
+    stream that runs past the largest file of a dataset (a huge tarball member, a gzip bomb) is
+    discarded at that point, not copied to the end."""
     dest.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
+            seen = 0
             while block := stream.read(_CHUNK):
+                seen += len(block)
+                if seen > _LARGEST_FILE:
+                    raise _SourceFailed(
+                        f"{origin}: more than {_LARGEST_FILE:,} bytes uncompressed, larger than "
+                        f"{name} {filename}; discarded"
+                    )
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != SHA256[name][filename]:
@@ -460,6 +470,21 @@ _PROVIDERS: tuple[_Provider, ...] = (
 # --------------------------------------------------------------------------- public API
 
 
+def user_files(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path] | None:
+    """The four verified files of ``name`` in the folder the user names (``data_dir``, else
+    ``$QLATENT_DATA``), keyed by standard file name; ``None`` where no folder is named or it
+    holds none of the dataset's files (the other sources are then tried).
+
+    Raises:
+        ChecksumError: a file there has the wrong SHA-256 (or is far too large).
+        DataNotFoundError: the folder holds only part of the dataset.
+    """
+    _check_name(name)
+    root = _user_dir(data_dir)
+    folder = _user_folder(name, root) if root is not None else None
+    return _files_in_user_folder(name, folder) if folder is not None else None
+
+
 def dataset_files(
     name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
 ) -> dict[str, Path]:
@@ -473,10 +498,9 @@ def dataset_files(
     """
     _check_name(name)
     root = _user_dir(data_dir)
-    if root is not None:
-        folder = _user_folder(name, root)
-        if folder is not None:
-            return _files_in_user_folder(name, folder)
+    in_folder = user_files(name, data_dir)
+    if in_folder is not None:
+        return in_folder
 
     found = _files_in_cache(name)
     dest = cache_dir(name)

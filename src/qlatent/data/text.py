@@ -331,6 +331,22 @@ def load_text(data_dir: str | os.PathLike[str] | None = None) -> dict[str, list[
     }
 
 
+def _count(path: Path) -> tuple[int, int, str]:
+    """Sentences (lines), tokens (single-space separated) and SHA-256 of a split file, read in
+    blocks: a huge or malformed file is counted, not held in memory or decoded."""
+    digest = hashlib.sha256()
+    lines = spaces = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            lines += block.count(b"\n")
+            spaces += block.count(b" ")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return lines, spaces + lines, digest.hexdigest()
+
+
 def info() -> dict:
     """Where the corpus is, and its sentence and token counts (without building it)."""
     folder = cache_dir(NAME)
@@ -340,11 +356,11 @@ def info() -> dict:
         if not path.is_file():
             out["splits"][split] = None
             continue
-        lines = path.read_text("utf-8").splitlines()
+        sentences, tokens, digest = _count(path)
         out["splits"][split] = {
-            "sentences": len(lines),
-            "tokens": sum(len(line.split(" ")) for line in lines),
-            "verified": _sha256(path) == expected,
+            "sentences": sentences,
+            "tokens": tokens,
+            "verified": digest == expected,
         }
     return out
 
