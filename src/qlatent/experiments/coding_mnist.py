@@ -55,6 +55,7 @@ from ..models import Autoencoder, gated_vae
 from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
+from ._cache import problem
 from .lattice_vae import load_data
 
 LN2 = math.log(2.0)
@@ -163,14 +164,24 @@ def _table1_model(
         )
     ckpt = load(best)
     load_weights(model, ckpt.get("model"), best)
+    wrong = problem(ckpt, {"epoch": "integer or None or missing"})
+    if wrong:  # recorded in the results
+        raise CheckpointError(f"{best}: {wrong}")
     info = {"checkpoint": str(best), "checkpoint_epoch": ckpt.get("epoch")}
     if (folder / "last.pt").is_file():
+        # where the row's run stands, for the record only: what cannot be read is said so
         try:
-            state = load(folder / "last.pt")["state"]
-            info["run_epochs"] = state["epoch"]
-            info["run_stopped"] = state["stopped"] or "in progress"
-        except (CheckpointError, KeyError) as err:
-            info["run_state"] = f"unreadable ({err})"
+            last = load(folder / "last.pt")
+            wrong = problem(last, {"state": "table"}) or problem(
+                last["state"], {"epoch": "integer", "stopped": "string"}, "state"
+            )
+        except CheckpointError as err:
+            wrong = str(err)
+        if wrong:
+            info["run_state"] = f"unreadable ({wrong})"
+        else:
+            info["run_epochs"] = last["state"]["epoch"]
+            info["run_stopped"] = last["state"]["stopped"] or "in progress"
     info["bottleneck_args"] = lcfg.model.bottleneck_args
     return model, info
 

@@ -12,7 +12,8 @@ and for the lattice model the realised two-part codelength with hard quantizatio
 several dithers), which Theorem 1 says equals the negative ELBO in expectation.
 
 Every stage is resumable: training from its checkpoint, and each model's evaluation is cached in
-its run folder next to the checkpoint it evaluated.
+its run folder next to the checkpoint it evaluated (a cache that holds anything but what was
+written there is refused, naming it).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..results import RESULTS_DIR, provenance, read_json, write_json
-from ..train import TrainConfig, fit, load, load_weights, save_atomic
+from ..train import CheckpointError, TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
+from ._cache import described, problem, read_cache, refused, unplain
 
 MODELS = (
     "rect_lattice",
@@ -248,8 +250,6 @@ def load_trained(
     ``<runs_dir>/lattice-mnist/<row>/best.pt`` in eval mode, and that checkpoint's dict. Raises
     FileNotFoundError or :class:`~qlatent.train.CheckpointError`, each naming the file, when the
     checkpoint is missing or unreadable or holds another model."""
-    from ..train import CheckpointError
-
     cfg = model_config(row, quick=False, overrides=[])
     data = load_data(cfg, data_dir)
     model = build_model(cfg, data["test"].shape[1])
@@ -281,7 +281,6 @@ def gaussian_lattice_start(
     """
     from ..bench.geometry import LITERATURE_NSM
     from ..bottlenecks.good_lattice import DitheredGoodLattice
-    from ..train import CheckpointError, load_weights
 
     neck = model.bottleneck
     if (
@@ -340,6 +339,9 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
             f"lattice-mnist --models {cfg.init_from}` with the same --runs-dir)"
         )
     ckpt = load(source)
+    wrong = problem(ckpt, {"epoch": "integer or None or missing"})
+    if wrong:  # recorded in init.json and the results
+        raise CheckpointError(f"{source}: {wrong}")
     if isinstance(model.bottleneck, GaussianLattice):
         # the same model trained on: its weights as they are, coordinates in their own order
         load_weights(model, ckpt.get("model"), source)
@@ -379,10 +381,9 @@ def run_model(
         trained["init_from"] = start
     cache = out_dir / "eval.pt"
     config_key = _eval_key(cfg)
-    if cache.exists():
-        cached = load(cache)
-        if cached["config"] == config_key and cached["best_epoch"] == result.best_epoch:
-            return {**trained, **cached["metrics"]}
+    cached = _cached_evaluation(cache, config_key, result.best_epoch, cfg.eval, trained)
+    if cached is not None:
+        return {**trained, **cached}
     chunks = out_dir / "iwae-chunks"
     metrics = evaluate(
         name,
@@ -395,6 +396,50 @@ def run_model(
     )
     save_atomic({"config": config_key, "best_epoch": result.best_epoch, "metrics": metrics}, cache)
     return {**trained, **metrics}
+
+
+def _cached_evaluation(
+    cache: Path, config_key: dict[str, Any], best_epoch: int, cfg: EvalConfig, trained: dict
+) -> dict[str, Any] | None:
+    """The metrics cached in ``cache`` for this config and best epoch (None: none, or stale),
+    holding what the table and its figures read (:func:`_metric_fields`) and nothing that
+    training reports (``trained``); a cache holding anything else is refused, naming it."""
+    tags = {"config": config_key, "best_epoch": best_epoch}
+    cached = read_cache(cache, tags, "metrics", _metric_fields(cfg))
+    if cached is None:
+        return None
+    shadowed = sorted(cached.keys() & trained.keys())
+    if shadowed:  # the row's training results are this run's, not the cache's
+        raise refused(cache, f"its metrics hold {', '.join(shadowed)}, which training reports")
+    if cached["iwae_samples"] != cfg.iwae_samples:
+        raise refused(
+            cache,
+            f"its metrics are of IWAE-{cached['iwae_samples']}, not of the IWAE-"
+            f"{cfg.iwae_samples} its config asks for",
+        )
+    return cached
+
+
+def _metric_fields(cfg: EvalConfig) -> dict[str, str]:
+    """What a cached evaluation (:func:`evaluate`) must hold for the table and its figures
+    (:func:`~._cache.problem`)."""
+    s = cfg.iwae_samples
+    fields = {
+        "test_neg_elbo": "number",
+        f"test_nll_iwae{s}": "number",
+        "test_nll_iwae_se": "number",
+        "iwae_samples": "integer",
+        "test_codelength_hard": "number or missing",
+    }
+    if cfg.iwae_defensive is not None:
+        fields |= {
+            "iwae_defensive": "string",
+            f"test_nll_iwae{s}_defensive": "number",
+            "test_nll_iwae_defensive_se": "number",
+            "iwae_defensive_minus_own": "number",
+            "iwae_defensive_minus_own_se": "number",
+        }
+    return fields
 
 
 def _eval_key(cfg: LatticeMnistConfig, *, protocol: bool = False) -> dict[str, Any]:
@@ -509,7 +554,7 @@ def _chunked_iwae(
         path = folder / f"chunk-{i:03d}.pt"
         x = x_test[start : start + cfg.iwae_chunk]
         if path.exists():
-            cached = load(path)  # plain data, digest checked
+            cached = _cached_chunk(path)
             same = cached["key"] == key and cached.get("epoch", epoch) == epoch
             if same and cached["nll"].shape[0] == x.shape[0]:
                 parts.append(cached["nll"])
@@ -526,6 +571,26 @@ def _chunked_iwae(
         save_atomic({"key": key, "epoch": epoch, "nll": nll}, path)
         parts.append(nll)
     return torch.cat(parts)
+
+
+def _cached_chunk(path: Path) -> dict[str, Any]:
+    """An IWAE chunk as :func:`_chunked_iwae` writes it: its ``key`` (plain data), the
+    ``epoch`` it evaluated (an integer, or None or absent) and the per-image ``nll`` (1-D,
+    floating point, finite). A file holding anything else is refused, naming it, as a damaged
+    one is (:mod:`._cache`): deleting it computes the chunk again."""
+    cached = load(path)  # plain data, digest checked
+    wrong = problem(
+        cached, {"key": "anything", "epoch": "integer or None or missing", "nll": "tensor"}
+    ) or unplain(cached["key"], "key")
+    nll = cached.get("nll")
+    if not wrong and (nll.dim() != 1 or not nll.is_floating_point()):
+        wrong = f"nll is {described(nll)}, not a 1-D floating-point tensor"
+    if not wrong and not torch.isfinite(nll).all():
+        bad = int((~torch.isfinite(nll)).sum())
+        wrong = f"nll holds {bad:,} non-finite value(s) (NaN or infinity)"
+    if wrong:
+        raise refused(path, wrong)
+    return cached
 
 
 def _lattice_metrics(model, x_test: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:

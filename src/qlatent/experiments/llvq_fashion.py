@@ -42,8 +42,9 @@ from ..models import Autoencoder, sized
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, provenance, write_json
-from ..train import TrainConfig, fit, load, save_atomic
+from ..train import TrainConfig, fit, save_atomic
 from . import custom
+from ._cache import problem, read_cache, refused
 
 ROWS = ("vq", "vq_ema", "ll_vq", "ll_vq_dense")
 SCHEDULES = ("reference", "constant")
@@ -272,6 +273,19 @@ def test_mse(model: Autoencoder, x: torch.Tensor, batch_size: int = 500) -> floa
     return total / x.numel()
 
 
+#: what a cached evaluation must hold (:func:`~._cache.problem`): what the table reads
+_METRIC_FIELDS = {
+    "test_mse": "number",
+    **dict.fromkeys(
+        ("unique_codes_trainval", "total_vectors", "unique_codes_test", "total_vectors_test"),
+        "integer",
+    ),
+    **dict.fromkeys(("quantizer_params", "quantizer_trainable_params"), "integer"),
+}
+#: what a cached coding of the test set that was coded must hold
+_CODED_FIELDS = {"coded_bits_per_image": "number", "round_trip_exact": "flag"}
+
+
 def run_row(
     name: str, schedule: str, cfg: LLVQConfig, data: dict[str, torch.Tensor], out_dir: Path
 ) -> tuple[dict[str, Any], torch.Tensor]:
@@ -287,10 +301,8 @@ def run_row(
     result = fit(model, split, cfg.train, out_dir=out_dir, loss_fn=loss_fn, run_config=to_dict(cfg))
 
     cache, key = out_dir / "eval.pt", {"config": to_dict(cfg), "steps": result.history[-1]["step"]}
-    cached = load(cache) if cache.exists() else None
-    if cached is not None and cached["key"] == key:
-        metrics = cached["metrics"]
-    else:
+    metrics = read_cache(cache, {"key": key}, "metrics", _METRIC_FIELDS)
+    if metrics is None:
         trainval = code_usage(model, [data["train"], data["val"]])
         test_usage = code_usage(model, [data["test"]])
         metrics = {
@@ -308,10 +320,11 @@ def run_row(
             metrics["spacing_max"] = spacing.max().item()
         save_atomic({"key": key, "metrics": metrics}, cache)
     coding_cache = out_dir / "coding.pt"
-    cached = load(coding_cache) if coding_cache.exists() else None
-    if cached is not None and cached["key"] == key:
-        coding = cached["coding"]
-    else:
+    coding = read_cache(coding_cache, {"key": key}, "coding", {"coded": "flag"})
+    wrong = problem(coding, _CODED_FIELDS, "coding") if coding and coding["coded"] else None
+    if wrong:
+        raise refused(coding_cache, wrong)
+    if coding is None:
         coding = code_test_images(model, [data["train"], data["val"]], data["test"])
         save_atomic({"key": key, "coding": coding}, coding_cache)
     row = {

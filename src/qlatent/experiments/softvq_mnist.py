@@ -22,7 +22,8 @@ and evaluation seed), report per row the mean, sd, min and max of each score, an
 value as reproduced when it lies within mean ± 2 sd. Each finished seed run is also recorded as
 a small JSON under ``<results>/softvq-mnist-runs/<row>/seed-<s>.json`` (config, scores,
 provenance), and a run whose record matches its config is read back, not trained again: a sweep
-longer than one sitting resumes from the committed records. ``--jobs 2`` trains the runs in two
+longer than one sitting resumes from the committed records (a record that cannot be used is
+written anew). ``--jobs 2`` trains the runs in two
 single-thread processes.
 
 Beyond the table (``CAUSE_ROWS``), rows that test the causes of its gaps one factor at a time:
@@ -57,8 +58,9 @@ from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
 from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, provenance, read_json, write_json
-from ..train import TrainConfig, fit, load, save_atomic
+from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
 from . import custom
+from ._cache import described, problem, read_cache, refused
 from ._jobs import run_jobs
 
 ROWS = ("raw", "ae", "vae", "beta_vae", "info_dropout", "vq", "soft_vq")
@@ -271,7 +273,7 @@ def run_model(
         train_features = encode(model, data["x_train"])
         test_features = encode(model, data["x_test"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(test_features, out_dir / "test_features.pt")
+    save_atomic({"features": test_features}, out_dir / "test_features.pt")
     return {**downstream_scores(cfg, data, train_features, test_features, out_dir), **trained}
 
 
@@ -292,6 +294,22 @@ _SCORE_KEYS = {
 }
 
 
+#: what a cached evaluation must hold (:func:`~._cache.problem`): what :func:`_scores` reads
+_EVAL_FIELDS = {
+    **dict.fromkeys(("kmeans_acc", "nmi", "nmi_geometric", "inertia", "linear_acc"), "number"),
+    **dict.fromkeys(("train_acc", "lr", "eval_wall_s"), "number"),
+    **dict.fromkeys(("n_init", "steps", "batch_size", "feature_dim"), "integer"),
+    "converged": "table or None or missing",
+}
+#: and of the converged probe, where it was fitted
+_CONVERGED_FIELDS = {
+    **dict.fromkeys(("linear_acc", "train_acc", "C"), "number"),
+    "val_acc": "table",
+    "iterations": "integer",
+    "converged": "flag",
+}
+
+
 def downstream_scores(
     cfg: SoftVQMnistConfig,
     data: dict[str, torch.Tensor],
@@ -301,10 +319,13 @@ def downstream_scores(
 ) -> dict[str, Any]:
     """k-means (test set) and linear probe (train → test), cached in ``out_dir/eval.pt``."""
     cache, config_key = out_dir / "eval.pt", to_dict(cfg)
-    if cache.exists():
-        cached = load(cache)
-        if cached["config"] == config_key:
-            return _scores(cached["metrics"])
+    cached = read_cache(cache, {"config": config_key}, "metrics", _EVAL_FIELDS)
+    if cached is not None:
+        converged = cached.get("converged")
+        wrong = problem(converged, _CONVERGED_FIELDS, "metrics.converged") if converged else None
+        if wrong:
+            raise refused(cache, wrong)
+        return _scores(cached)
     started = time.perf_counter()
     scores = downstream_report(
         train_features,
@@ -467,13 +488,20 @@ def reproduce(
     write_json(payload, results_dir / f"{stem}.json")
     (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
     # t-SNE of each row's first run whose features are on this machine
-    features = {}
+    features, paths = {}, {}
     for task in tasks:
         path = task["out_dir"] / "test_features.pt"
         if LABELS[task["name"]] not in features and path.is_file():
-            features[LABELS[task["name"]]] = torch.load(path, weights_only=True)
+            features[LABELS[task["name"]]] = _saved_features(path)
+            paths[LABELS[task["name"]]] = path
     if features:
         y_test = load_data(first, data_dir)["y_test"]
+        for label, x in features.items():
+            if x.shape[0] != len(y_test):
+                raise CheckpointError(
+                    f"{paths[label]} holds features of {x.shape[0]:,} images, not of the "
+                    f"{len(y_test):,} test images{_RERUN_FEATURES}"
+                )
         tsne_grid(
             features,
             y_test,
@@ -485,17 +513,69 @@ def reproduce(
     return payload
 
 
+#: what to do about a test-features file that cannot be drawn
+_RERUN_FEATURES = ": delete it, or run the row again with its run folder, to draw the t-SNE figure"
+
+
+def _saved_features(path: Path) -> torch.Tensor:
+    """The test features that a row's run saved (:func:`run_model`): a 2-D floating-point
+    tensor of finite values; a file holding anything else is refused, naming it."""
+    try:
+        features = load(path).get("features")  # plain data, digest checked
+    except CheckpointError as err:  # damaged, or a bare tensor as earlier versions saved
+        raise CheckpointError(f"{err}{_RERUN_FEATURES}") from None
+    if (
+        not isinstance(features, torch.Tensor)
+        or features.dim() != 2
+        or not features.is_floating_point()
+        or not torch.isfinite(features).all()
+    ):
+        raise CheckpointError(
+            f"{path}: features is {described(features)}, not a 2-D floating-point tensor of "
+            f"finite values{_RERUN_FEATURES}"
+        )
+    return features
+
+
+def _record_fields(name: str) -> dict[str, str]:
+    """What a run's recorded scores must hold (:func:`~._cache.problem`): what
+    :func:`seed_statistics`, the perplexity comparison and :func:`markdown_table` read."""
+    fields = dict.fromkeys(SEED_METRICS, "number or None or missing")
+    fields |= dict.fromkeys(("kmeans_acc", "nmi", "linear_acc"), "number")
+    fields["wall_s"] = "number or missing"
+    if name in PERPLEXITY_ROWS:
+        fields |= dict.fromkeys(("test_perplexity", "test_nmse"), "number")
+    return fields
+
+
+def _recorded(record: Path, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The scores in ``record`` when it was written for ``config`` and holds what the table
+    reads (:func:`_record_fields`); None otherwise. A record that cannot be used is written
+    anew, as one that cannot be read is (:func:`~qlatent.results.read_json`): the run is
+    resumed from its folder, or trained again, and says so."""
+    saved = read_json(record)
+    if not isinstance(saved, dict) or saved.get("config") != config:
+        return None
+    wrong = problem(saved, {"metrics": "table"}) or problem(
+        saved["metrics"], _record_fields(name), "metrics"
+    )
+    if wrong:
+        print(f"{record} cannot be used ({wrong}): running it again", flush=True)
+        return None
+    return saved["metrics"]
+
+
 def _run_task(
     *, name: str, cfg: SoftVQMnistConfig, out_dir: Path, data_dir: str | None, record: Path | None
 ) -> dict[str, Any]:
     """One row at one seed: read back from its ``record`` when that was written for the same
-    config, else trained (or resumed) and scored, and recorded."""
+    config (:func:`_recorded`), else trained (or resumed) and scored, and recorded."""
     config = json.loads(json.dumps(to_dict(cfg)))
     if record is not None and record.is_file():
-        saved = read_json(record)
-        if isinstance(saved, dict) and saved.get("config") == config and "metrics" in saved:
+        metrics = _recorded(record, name, config)
+        if metrics is not None:
             print(f"== {LABELS[name]}, seed {cfg.train.seed} (recorded: {record}) ==", flush=True)
-            return saved["metrics"]
+            return metrics
     seed = f", seed {cfg.train.seed}" if record is not None else ""
     print(f"== {LABELS[name]}{seed} ==", flush=True)
     metrics = run_model(name, cfg, load_data(cfg, data_dir), out_dir)

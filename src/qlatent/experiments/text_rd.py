@@ -30,13 +30,15 @@ not the paper's 2 × 250 biGRU), the length of training (2 warm epochs + 600 upd
 against the paper's 500k), and the data (≤ 20 tokens).
 
 Every run resumes from its own checkpoint folder, and a point whose ``summary.json`` was written
-for the same config is read back, not evaluated again. ``jobs`` > 1 trains the points after the
-warm start in that many single-thread processes. ``--quick`` runs the same pipeline on a
-synthetic language for the tests.
+for the same config is read back, not evaluated again (one that cannot be used is written anew).
+The runs folder may move between calls: a resumed point names its warm start as it recorded it
+(:func:`_as_recorded`). ``jobs`` > 1 trains the points after the warm start in that many
+single-thread processes. ``--quick`` runs the same pipeline on a synthetic language for the tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -46,6 +48,7 @@ from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import provenance, read_json, write_json
 from ..train.checkpoint import config_changes
 from . import custom
+from ._cache import problem
 from ._jobs import run_jobs
 
 WARM_EPOCHS = 2
@@ -113,6 +116,71 @@ def point_config(
 
 def _folder(runs_dir: str, method: str, label: str) -> Path:
     return Path(runs_dir) / "text-rd" / method / label.replace("=", "-")
+
+
+def _is_warm_start(init_from: str, out_dir: str) -> bool:
+    """Whether ``init_from`` names the warm start's best checkpoint in the runs folder of the
+    point whose run folder is ``out_dir`` (``<runs>/text-rd/<method>/<point>``)."""
+    runs = Path(out_dir).parents
+    return len(runs) > 2 and Path(init_from) == _folder(str(runs[2]), *WARM) / "best.pt"
+
+
+def _as_recorded(cfg: custom.RunConfig) -> custom.RunConfig:
+    """``cfg`` with the warm start named as the run in ``cfg.out_dir`` recorded it, where that
+    run has a checkpoint to resume from and both name the warm start of their own runs folder:
+    a runs folder moved (or named by another path) since then still resumes, and a finished
+    point is still read back. A resumed run ignores ``init_from`` (it continues from its own
+    checkpoint), but refuses a config that names another one; a checkpoint given by the user
+    (``--set init_from=PATH``) is left as it is."""
+    out_dir = Path(cfg.out_dir)
+    if not cfg.init_from or not (out_dir / "last.pt").is_file():
+        return cfg
+    saved = read_json(out_dir / "config.json")  # written by every run before it trains
+    if problem(saved, {"init_from": "string", "out_dir": "string"}) is not None:
+        return cfg  # the resumed run compares its checkpoint's config with this one's
+    if _is_warm_start(cfg.init_from, cfg.out_dir) and _is_warm_start(
+        saved["init_from"], saved["out_dir"]
+    ):
+        return dataclasses.replace(cfg, init_from=saved["init_from"])
+    return cfg
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """What keeps a ``summary.json`` read back from giving its point (:func:`_point`), in
+    words; None when nothing does."""
+    wrong = problem(summary, {"config": "table", "test": "table", "train": "table"})
+    if wrong:
+        return wrong
+    test = summary["test"]
+    wrong = (
+        problem(
+            test,
+            {
+                "hard_path": "table",
+                "coded": "table or None or missing",
+                "examples": "list or missing",
+            },
+            "test",
+        )
+        or problem(
+            test["hard_path"],
+            {"rate_bits_per_word": "number", "distortion_bits_per_word": "number"},
+            "test.hard_path",
+        )
+        or problem(summary["train"], {"epochs": "integer", "wall_s": "number"}, "train")
+        or problem(test.get("coded") or {}, {"available": "flag or missing"}, "test.coded")
+    )
+    if wrong:
+        return wrong
+    if (test.get("coded") or {}).get("available"):
+        return problem(
+            test["coded"],
+            {"bits_per_word": "number", "ideal_bits_per_word": "number or missing"},
+            "test.coded",
+        )
+    return problem(test, {"training_path": "table"}, "test") or problem(
+        test["training_path"], {"rate_bits_per_word": "number"}, "test.training_path"
+    )
 
 
 def _point(summary: dict[str, Any]) -> dict[str, Any]:
@@ -196,19 +264,21 @@ def _train_point(
     cfg: custom.RunConfig, key: tuple[str, str], data_dir: str | None, command: str
 ) -> dict[str, Any]:
     """One point's summary: read back when ``summary.json`` was written for this config (keys
-    added to the schema since do not count), otherwise trained (or resumed) and evaluated."""
+    added to the schema since do not count, nor where the run folder was then) and holds what
+    the curves read, otherwise trained (or resumed) and evaluated."""
+    cfg = _as_recorded(cfg)
     path = Path(cfg.out_dir) / "summary.json"
     if path.is_file():
         summary = read_json(path)
-        current = json.loads(json.dumps(to_dict(cfg)))
-        # a key only one side records (an option added since) is not a difference
-        if (
-            isinstance(summary, dict)
-            and isinstance(summary.get("config"), dict)
-            and not (config_changes(summary["config"], current, frozenset()))
-        ):
-            print(f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) ==", flush=True)
-            return summary
+        wrong = "no JSON" if summary is None else _summary_problem(summary)
+        if wrong is None:
+            current = json.loads(json.dumps(to_dict(cfg)))
+            # a key only one side records (an option added since) is not a difference
+            if not config_changes(summary["config"], current, frozenset({"out_dir"})):
+                print(f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) ==", flush=True)
+                return summary
+        else:  # written anew, as one that cannot be read is (read_json): evaluated again
+            print(f"{path} cannot be used ({wrong}): evaluating the point again", flush=True)
     print(f"== text-rd: {key[0]} {key[1]} ==", flush=True)
     return custom.train(cfg, data_dir=data_dir, command=command)
 
