@@ -196,6 +196,42 @@ def test_tsne_figure_and_grid_write_pngs(tmp_path):
     assert grid_width > 1.5 * width  # two panels side by side, one legend
 
 
+_DEGENERATE = {
+    "constant": "np.zeros((60, 8))",
+    "one point off": "np.r_[np.full((1, 8), 1 + 1e-6), np.ones((59, 8))]",
+    "denormal": "np.random.default_rng(0).standard_normal((60, 8)) * 1e-310",
+    "huge": "np.random.default_rng(0).standard_normal((60, 8)) * 1e300",
+    "one constant column": "np.zeros((60, 1))",
+}
+
+
+def test_tsne_of_collapsed_or_extreme_features_draws_a_figure(tmp_path):
+    """Features an encoder collapsed to a constant made sklearn's PCA start NaN and the
+    process die of a segmentation fault; extreme magnitudes overflowed its distances. Run in a
+    child process, so that a crash fails this test (naming the case) instead of ending the run."""
+    import subprocess
+    import sys
+
+    lines = [
+        "import numpy as np",
+        "from threadpoolctl import threadpool_limits",
+        "from qlatent.eval import tsne_figure",
+        "threadpool_limits(limits=1, user_api='openmp')",
+    ]
+    for case, features in _DEGENERATE.items():
+        png = str(tmp_path / f"{case}.png")
+        lines += [
+            f"print({case!r}, flush=True)",
+            f"tsne_figure({features}, np.arange(60) % 3, {png!r}, perplexity=10)",
+        ]
+    done = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True)
+    reached = done.stdout.split("\n")[-2] if done.stdout else "the start"
+    assert done.returncode == 0, f"failed at {reached}: {done.stderr[-400:]}"
+    assert "Warning" not in done.stderr
+    for case in _DEGENERATE:
+        assert (tmp_path / f"{case}.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ------------------------------------------------------------------------------ bad input
 X = np.zeros((20, 3))
 Y = np.arange(20) % 4

@@ -96,12 +96,12 @@ def tsne_grid(
     ncols = min(4, len(arrays)) if ncols is None else ncols
     _check_positive_int("ncols", ncols)
     # every embedding before the figure exists, so a failing t-SNE leaves no open figure
-    embeddings = {
-        name: TSNE(
-            n_components=2, init="pca", perplexity=perplexity, random_state=seed
-        ).fit_transform(x[keep])
-        for name, x in arrays.items()
-    }
+    embeddings = {}
+    for name, x in arrays.items():
+        x = _in_range(x[keep])
+        embeddings[name] = TSNE(
+            n_components=2, init=_initialisation(x), perplexity=perplexity, random_state=seed
+        ).fit_transform(x)
     marker_size = float(np.clip(4000 / points, 1, 16))  # dots for 10,000 points, discs for 100
 
     nrows = -(-len(arrays) // ncols)
@@ -120,6 +120,38 @@ def tsne_grid(
     fig.legend(handles=handles, loc="center right", fontsize=8, markerscale=1.2, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
     return save_figure(fig, path)
+
+
+#: features whose largest magnitude lies outside this range are divided by it first
+_ORDINARY = (1e-100, 1e100)
+#: below this spread (the first principal component's standard deviation over the largest
+#: magnitude) the features are taken as constant
+_FLAT = 1e-3
+
+
+def _in_range(x: np.ndarray) -> np.ndarray:
+    """``x``, divided by its largest magnitude where that is extreme: squared distances of
+    features near 1e300 overflow (sklearn failed on them with an unrelated reshape error) and
+    those of features near 1e-310 vanish. t-SNE's affinities adapt each point's bandwidth to its
+    neighbours' distances, so a common scale changes nothing else; ordinary features are passed
+    on untouched."""
+    largest = float(np.abs(x).max())
+    low, high = _ORDINARY
+    return x / largest if largest > 0 and not low <= largest <= high else x
+
+
+def _initialisation(x: np.ndarray) -> str:
+    """``"pca"`` (sklearn's default, the paper's figures), or ``"random"`` for features that
+    are constant or nearly so, or of one column: sklearn scales its PCA start by the standard
+    deviation of its first column, 0 for constant features, and the Barnes-Hut tree built on the
+    NaN coordinates crashed the process (a segmentation fault), so an encoder whose features
+    collapsed took the run down; one column has no second component at all. A start from
+    random points embeds such features as well as anything can."""
+    if x.shape[1] < 2:
+        return "random"
+    centred = x - x.mean(0)
+    spread = float(np.linalg.norm(centred, 2)) / np.sqrt(x.shape[0])  # first component's sd
+    return "pca" if spread > _FLAT * float(np.abs(x).max()) else "random"
 
 
 def _class_colours(k: int) -> np.ndarray:
