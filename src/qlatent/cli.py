@@ -424,7 +424,8 @@ def _load_coding_model(checkpoint: str):
     if custom.is_checkpoint(ckpt):
         return custom.model_from_checkpoint(ckpt, checkpoint)[0], ckpt, (0.0, 1.0)
     if llvq_fashion.is_checkpoint(ckpt):
-        return llvq_fashion.model_from_checkpoint(ckpt), ckpt, llvq_fashion.VALUE_RANGE
+        model = llvq_fashion.model_from_checkpoint(ckpt, checkpoint)
+        return model, ckpt, llvq_fashion.VALUE_RANGE
     return gated_vae_from_checkpoint(ckpt, checkpoint), ckpt, (0.0, 1.0)
 
 

@@ -42,7 +42,7 @@ from ..models import Autoencoder, sized
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, provenance, write_json
-from ..train import TrainConfig, fit, save_atomic
+from ..train import TrainConfig, fit, load_weights, save_atomic
 from . import custom
 from ._cache import problem, read_cache, refused
 
@@ -85,6 +85,17 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [64])
     num_residual: int = 2
     bottleneck_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the checks of ``qlatent train``'s conv models and bottlenecks (sizes, at most 64
+        # layers, a registered bottleneck whose args are a table): ValueError naming the key
+        custom.ModelConfig(
+            family="conv",
+            hidden=self.hidden,
+            latent_dim=self.latent_dim,
+            num_residual=self.num_residual,
+        )
+        custom.BottleneckConfig(name=self.bottleneck, args=self.bottleneck_args)
 
 
 @dataclass
@@ -239,16 +250,17 @@ def is_checkpoint(ckpt: Any) -> bool:
     )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Autoencoder:
     """The autoencoder of a checkpoint of this experiment, in eval mode, rebuilt from the
-    resolved config that the training loop saved beside the weights (``run_config``)."""
-    cfg = apply_mapping(LLVQConfig(), ckpt["run_config"])
-    channels, height, width = image_shape(cfg.data)
-    model = build_model(cfg.model, channels, channels * height * width)
+    resolved config that the training loop saved beside the weights (``run_config``); a config
+    that describes no model, or weights that do not fit it, are one error naming ``path``."""
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint's weights do not fit its own config: {err}") from err
+        cfg = apply_mapping(LLVQConfig(), ckpt["run_config"])
+        channels, height, width = image_shape(cfg.data)
+        model = build_model(cfg.model, channels, channels * height * width)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its saved config does not describe a model ({err})") from None
+    load_weights(model, ckpt.get("model"), path)
     return model.eval()
 
 
