@@ -377,6 +377,30 @@ def test_a_tampered_llvq_cache_is_one_error_naming_it(
     assert f"error: {cache}: " in err and re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["run_config"]["model"].update(hidden=[0]), "model.hidden must be a list"),
+        (lambda c: c["run_config"]["model"].update(num_residual=10**5), "more than the 64"),
+        (lambda c: c["run_config"]["model"].update(bottleneck="nope"), "is not registered"),
+        (lambda c: c["model"].popitem(), "holds weights of a different model"),
+    ],
+    ids=["hidden", "depth", "bottleneck", "weights"],
+)
+def test_a_tampered_llvq_checkpoint_is_one_error_naming_it(
+    llvq_runs, tmp_path, capsys, change, message
+):
+    """``compress`` rebuilds an LL-VQ model from the config saved in its checkpoint: that
+    config is checked as ``qlatent train``'s and the weights as every checkpoint's."""
+    root = _copy(llvq_runs, tmp_path)
+    checkpoint = root / "runs" / "llvq-fashion-quick" / "constant" / "vq" / "last.pt"
+    _edit(checkpoint, change)
+    args = ["compress", "--checkpoint", checkpoint, "--data", "synthetic-images", "--limit", 2]
+    code, err = _run([*args, "-o", tmp_path / "out.qlc"], capsys)
+    assert code == 2 and _one_line_error(err), err
+    assert f"error: {checkpoint}" in err and message in err, err
+
+
 # --------------------------------------------------------------------------- coding-mnist
 def test_coding_mnist_reads_a_table1_rows_checkpoints_as_data(tmp_path):
     """A Table-1 row's best.pt gives its epoch to the results: one that is no integer is
