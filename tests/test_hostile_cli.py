@@ -8,6 +8,7 @@ allocation failures left to ``main``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -202,8 +203,59 @@ def test_an_unreadable_results_file_is_written_anew(tmp_path, text):
         previous.write_text(text)
     assert kept_rows(previous, ["lattice"]) == {}
     previous = tmp_path / "good.json"
-    previous.write_text('{"rows": {"lattice": {"a": 1}, "vq": {"b": 2}}}')
-    assert kept_rows(previous, ["lattice"]) == {"vq": {"b": 2}}
+    previous.write_text(json.dumps({"rows": {"lattice": {"a": 1}, "vq": _CODING_ROW}}))
+    assert kept_rows(previous, ["lattice"]) == {"vq": _CODING_ROW}
+
+
+_CODING_ROW = {
+    "code_model": "counted",
+    "coded_bits_per_image": 7.1,
+    "ideal_bits_per_image": 7.0,
+    "overhead_percent": 1.4,
+    "round_trip_exact": True,
+    "encode_symbols_per_s": 1e6,
+    "decode_symbols_per_s": 1e6,
+    "rate_control": [
+        {
+            "factor": 1.0,
+            "coded_bits_per_image": 7.1,
+            "hard_distortion_nats_per_image": 90.0,
+            "hard_distortion_se": 0.5,
+            "total_nats_per_image": 95.0,
+            "round_trip_exact": True,
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: r.pop("code_model"), "row holds no code_model"),
+        (lambda r: r.update(coded_bits_per_image="7"), "row.coded_bits_per_image is a string"),
+        (lambda r: r.update(train_rate_bits_per_image=7.0), "row holds no train_rate_se"),
+        (
+            lambda r: r["rate_control"][0].update(factor=2.0),
+            "its rate_control holds no point at factor 1",
+        ),
+        (lambda r: r["rate_control"].append(3), "a rate_control point holds an integer"),
+        (lambda r: r.update(mc_ideal_bits_per_image=7.0), "row holds no mc_ideal_se"),
+    ],
+    ids=["missing", "string", "train rate", "factor", "point", "mc"],
+)
+def test_a_kept_coding_row_the_tables_cannot_read_is_dropped(tmp_path, capsys, change, reason):
+    """Rows of an earlier run are kept beside the new ones; one without the fields the tables
+    read used to end the run, after training, in a bare KeyError or a StopIteration traceback."""
+    import copy
+
+    from qlatent.experiments.coding_mnist import kept_rows
+
+    row = copy.deepcopy(_CODING_ROW)
+    change(row)
+    previous = tmp_path / "coding-mnist.json"
+    previous.write_text(json.dumps({"rows": {"vq": row, "kept": _CODING_ROW}}))
+    assert kept_rows(previous, ["lattice"]) == {"kept": _CODING_ROW}
+    assert f"dropping the row 'vq' ({reason}" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- run folders
@@ -306,6 +358,47 @@ def test_a_tampered_training_state_is_refused_on_resume(tmp_path, change, messag
         _fit(out, epochs=2)
 
 
+_TABLE1_ROW = {
+    "epochs": 3,
+    "best_epoch": 3,
+    "epoch_cap_hit": True,
+    "val_neg_elbo_curve": [120.0, 110.0, 105.0],
+    "test_neg_elbo": 104.0,
+    "test_nll_iwae_se": 0.1,
+    "iwae_samples": 20,
+    "test_nll_iwae20": 101.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: r.pop("iwae_samples"), "row holds no iwae_samples"),
+        (lambda r: r.update(iwae_samples=7), "row holds no test_nll_iwae7"),
+        (lambda r: r.update(val_neg_elbo_curve=[]), "its val_neg_elbo_curve is no list of numbers"),
+        (lambda r: r.update(epoch_cap_hit="yes"), "row.epoch_cap_hit is a string"),
+        (lambda r: r.update(iwae_defensive="1:1"), "row holds no test_nll_iwae_defensive_se"),
+    ],
+    ids=["samples", "nll", "curve", "flag", "defensive"],
+)
+def test_a_kept_table1_row_the_table_cannot_read_is_dropped(tmp_path, capsys, change, reason):
+    """Rows of an earlier run are kept beside the new ones; one without the fields the
+    markdown table and Figure 3 read ended the run, after training, in a bare KeyError."""
+    import copy
+
+    from qlatent.experiments.lattice_mnist import _previous_rows, markdown_table
+
+    row = copy.deepcopy(_TABLE1_ROW)
+    change(row)
+    results = tmp_path / "results.json"
+    models = {"rect_lattice": row, "gaussian_lattice": _TABLE1_ROW}
+    results.write_text(json.dumps({"data": "d", "models": models}))
+    kept = _previous_rows(results, "d")
+    assert list(kept["models"]) == ["gaussian_lattice"]
+    assert f"dropping the row 'rect_lattice' ({reason}" in capsys.readouterr().out
+    assert "101.00" in markdown_table({"models": kept["models"], "theoretical_gap_nats": 7.06})
+
+
 def test_lattice_mnist_reads_back_no_pipe_and_no_malformed_rows(tmp_path):
     from types import SimpleNamespace
 
@@ -320,8 +413,9 @@ def test_lattice_mnist_reads_back_no_pipe_and_no_malformed_rows(tmp_path):
     results = tmp_path / "results.json"
     results.write_text('{"data": "d", "models": [1], "configs": [2]}')
     assert _previous_rows(results, "d")["models"] == {}
-    results.write_text('{"data": "d", "models": {"a": 5, "b": {}}, "configs": {}}')
-    assert list(_previous_rows(results, "d")["models"]) == ["b"]
+    rows = {"a": 5, "b": {}, "c": _TABLE1_ROW}
+    results.write_text(json.dumps({"data": "d", "models": rows, "configs": {}}))
+    assert list(_previous_rows(results, "d")["models"]) == ["c"]
     results.write_text("[" * 100000 + "]" * 100000)
     assert _previous_rows(results, "d") == {}
 

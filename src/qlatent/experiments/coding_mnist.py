@@ -466,12 +466,63 @@ def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> 
     return {**code_test_set(model, x, cfg), "code_wall_s": time.perf_counter() - start}
 
 
+#: the fields of a results row that the tables, the figure and the rate-control readings use
+_ROW_FIELDS = {
+    "code_model": "string",
+    "coded_bits_per_image": "number",
+    "ideal_bits_per_image": "number",
+    "overhead_percent": "number",
+    "round_trip_exact": "flag",
+    "encode_symbols_per_s": "number",
+    "decode_symbols_per_s": "number",
+    "train_rate_bits_per_image": "number or missing",
+    "hard_distortion_nats_per_image": "number or None or missing",
+    "hard_rate_bits_per_image": "number or None or missing",
+    "rate_control": "list or missing",
+}
+_SWEEP_FIELDS = {
+    "factor": "number",
+    "coded_bits_per_image": "number",
+    "hard_distortion_nats_per_image": "number",
+    "hard_distortion_se": "number",
+    "total_nats_per_image": "number",
+    "round_trip_exact": "flag",
+}
+
+
+def _row_problem(row: Any) -> str | None:
+    """What keeps a kept row from being tabled and read at the reference, or None."""
+    wrong = problem(row, _ROW_FIELDS, "row")
+    if wrong is None and "train_rate_bits_per_image" in row:
+        wrong = problem(row, {"train_rate_se": "number"}, "row")
+    if wrong is None and "mc_ideal_bits_per_image" in row:
+        fields = ("mc_ideal_bits_per_image", "mc_ideal_se", "mc_ideal_images")
+        fields += ("model_over_ideal_percent", "model_over_ideal_se_percent")
+        wrong = problem(row, dict.fromkeys(fields, "number"), "row")
+    for point in row.get("rate_control", []) if wrong is None else []:
+        wrong = wrong or problem(point, _SWEEP_FIELDS, "a rate_control point")
+    if wrong is None and "rate_control" in row:
+        if not any(point["factor"] == 1.0 for point in row["rate_control"]):
+            wrong = "its rate_control holds no point at factor 1"
+    return wrong
+
+
 def kept_rows(previous: Path, names: list[str]) -> dict[str, Any]:
     """The rows of the results file ``previous`` that this run does not redo (``names``), with
-    their own provenance; none where the file is missing or unreadable (it is written anew)."""
+    their own provenance; none where the file is missing or unreadable (it is written anew). A
+    row without the fields the tables read (:func:`_row_problem`) is dropped, and said so."""
     saved = read_json(previous)
     rows = saved.get("rows") if isinstance(saved, dict) else None
-    return {k: v for k, v in rows.items() if k not in names} if isinstance(rows, dict) else {}
+    kept = {}
+    for name, row in rows.items() if isinstance(rows, dict) else []:
+        if name in names:
+            continue
+        wrong = _row_problem(row)
+        if wrong is None:
+            kept[name] = row
+        else:
+            print(f"{previous}: dropping the row {name!r} ({wrong})", flush=True)
+    return kept
 
 
 def reproduce(

@@ -712,6 +712,38 @@ def reproduce(
     return payload
 
 
+#: the fields of a results row that the markdown table and the figures read, and their kinds
+_ROW_FIELDS = {
+    "epochs": "integer",
+    "best_epoch": "integer",
+    "epoch_cap_hit": "flag",
+    "val_neg_elbo_curve": "list",
+    "test_neg_elbo": "number",
+    "test_nll_iwae_se": "number",
+    "iwae_samples": "integer",
+    "test_codelength_hard": "number or missing",
+}
+_DEFENSIVE_FIELDS = {
+    "test_nll_iwae_defensive_se": "number",
+    "iwae_defensive_minus_own": "number",
+    "iwae_defensive_minus_own_se": "number",
+}
+
+
+def _row_problem(row: Any) -> str | None:
+    """What keeps a row of a results file from being drawn and tabled, or None."""
+    wrong = problem(row, _ROW_FIELDS, "row")
+    if wrong:
+        return wrong
+    curve = row["val_neg_elbo_curve"]
+    if not curve or not all(problem({"v": v}, {"v": "number"}) is None for v in curve):
+        return "its val_neg_elbo_curve is no list of numbers"
+    fields = {f"test_nll_iwae{row['iwae_samples']}": "number"}
+    if "iwae_defensive" in row:
+        fields |= _DEFENSIVE_FIELDS | {f"test_nll_iwae{row['iwae_samples']}_defensive": "number"}
+    return problem(row, fields, "row")
+
+
 def _previous_rows(path: Path, data: str) -> dict[str, Any]:
     """The rows already in ``path`` (same data set), so that running a subset of the table adds
     to it; rows written before per-row provenance get the file's own."""
@@ -720,9 +752,13 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
         return {}
     # what cannot be a table's rows and configs is dropped, as an unreadable file is
     rows = old.get("models")
-    old["models"] = {
-        k: v for k, v in (rows.items() if isinstance(rows, dict) else []) if isinstance(v, dict)
-    }
+    old["models"] = {}
+    for name, row in rows.items() if isinstance(rows, dict) else []:
+        wrong = _row_problem(row)
+        if wrong is None:
+            old["models"][name] = row
+        else:  # the table and the figures read these fields: a row without them is dropped
+            print(f"{path}: dropping the row {name!r} ({wrong})", flush=True)
     if not isinstance(old.get("configs"), dict):
         old["configs"] = {}
     keys = ("command", "commit", "dirty", "machine", "date")
