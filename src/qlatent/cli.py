@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ._utils import expanded, positive_int
 from .config import apply_overrides, to_dict
 from .data import DataError
-from .data.cli import add_data_parser
+from .data.cli import add_data_parser, report_error
 
 
 def _command_line(argv: Sequence[str] | None) -> str:
@@ -916,10 +916,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, OSError, DataError) as err:
-        # one line, whatever the message: a file name or a reason may span several
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"qlatent: error: {message}", file=sys.stderr)
-        return 2
+        # one line, whatever the message (a file name or a reason may span several); a missing
+        # dataset's ways to get it follow on their own lines, as under ``qlatent data``
+        return report_error(err)
     except MemoryError:
         print(f"qlatent: error: out of memory{_MEMORY_ADVICE}", file=sys.stderr)
         return 2

@@ -19,13 +19,13 @@ from typing import Any
 from qlatent._utils import positive_int
 from qlatent.data.sources import DATASETS, DataError, DataNotFoundError, fetch, locate
 
-__all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info"]
+__all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info", "report_error"]
 
 #: what the commands here answer with one error line (as ``qlatent``'s ``main`` does)
 _ERRORS = (DataError, ValueError, KeyError, OSError)
 
 
-def _fail(err: BaseException) -> int:
+def report_error(err: BaseException) -> int:
     """``qlatent: error: <message on one line>`` on stderr; exit code 2. For a missing dataset,
     the lines after its message's first (what was tried, the ways to get it) follow it."""
     if isinstance(err, DataNotFoundError):
@@ -49,7 +49,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         else:
             folder = fetch(args.name, args.data_dir, download=not args.no_download)
     except _ERRORS as exc:
-        return _fail(exc)
+        return report_error(exc)
     print(f"{args.name}: verified files in {folder}")
     return 0
 
@@ -86,7 +86,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         images = images[: args.limit].unsqueeze(1).float() / 255.0
         paths = write_image_folder(images, args.folder)
     except _ERRORS as exc:
-        return _fail(exc)
+        return report_error(exc)
     print(f"wrote {len(paths):,} PNG images ({args.name} {args.split}) to {args.folder}")
     return 0
 
@@ -124,7 +124,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         infos = [locate(name, args.data_dir) for name in DATASETS]
         lines, text_ok = _text_info()
     except _ERRORS as exc:  # e.g. a --data-dir that names a file
-        return _fail(exc)
+        return report_error(exc)
     for info in infos:
         print("\n".join(_format_info(info)))
         # A damaged file is an error; a dataset that is simply absent is not.
