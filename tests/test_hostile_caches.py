@@ -245,7 +245,7 @@ def test_a_tampered_softvq_evaluation_is_one_error_naming_it(
     ("write", "message"),
     [
         (lambda p: p.write_bytes(b"not a tensor"), "is not a readable checkpoint"),
-        (lambda p: torch.save(torch.randn(200, 4), p), "holds a Tensor, not a checkpoint dict"),
+        (lambda p: torch.save(torch.randn(3, 4), p), "holds features of 3 images, not of the"),
         (lambda p: save_atomic({"features": "abc"}, p), "features is a string ('abc'), not a 2-D"),
         (
             lambda p: save_atomic({"features": torch.zeros(3, 4)}, p),
@@ -265,6 +265,15 @@ def test_test_features_that_cannot_be_drawn_are_one_error_naming_them(
     assert code == 2 and _one_line_error(err), err
     assert str(features) in err and message in err, err
     assert "to draw the t-SNE figure" in err
+
+
+def test_test_features_saved_as_a_bare_tensor_by_earlier_versions_still_draw(
+    softvq_runs, tmp_path, capsys
+):
+    root = _copy(softvq_runs, tmp_path)
+    features = root / "runs" / "softvq-mnist-quick" / "ae" / "seed-0" / "test_features.pt"
+    torch.save(load(features)["features"], features)  # the earlier format: no table, no digest
+    assert _run([*SOFTVQ, *_folders(root)], capsys)[0] == 0
 
 
 # --------------------------------------------------------------------------- text-rd

@@ -519,11 +519,17 @@ _RERUN_FEATURES = ": delete it, or run the row again with its run folder, to dra
 
 def _saved_features(path: Path) -> torch.Tensor:
     """The test features that a row's run saved (:func:`run_model`): a 2-D floating-point
-    tensor of finite values; a file holding anything else is refused, naming it."""
+    tensor of finite values; a file holding anything else is refused, naming it. A bare tensor
+    without a digest, as earlier versions saved it, is still read (as data)."""
     try:
         features = load(path).get("features")  # plain data, digest checked
     except CheckpointError as err:  # damaged, or a bare tensor as earlier versions saved
-        raise CheckpointError(f"{err}{_RERUN_FEATURES}") from None
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - whatever the unpickler says, the first error stands
+            features = None
+        if not isinstance(features, torch.Tensor):
+            raise CheckpointError(f"{err}{_RERUN_FEATURES}") from None
     if (
         not isinstance(features, torch.Tensor)
         or features.dim() != 2
