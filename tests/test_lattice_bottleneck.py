@@ -324,9 +324,12 @@ def test_compiled_training_path_matches_eager(weighted):
         rate = (out.rate * weights).sum() if weighted else out.rate.sum()
         (rate + out.y_hat.square().sum()).backward()
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
+    # the parameters' gradients are float32 sums over 600 rows of terms of both signs, which
+    # the compiled kernel adds in another order (one that depends on the machine's vector width):
+    # 1.1e-4 apart on an AMD EPYC where an Intel Xeon stayed within 1e-4
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         assert p.grad is not None and p.grad.abs().sum() > 0
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5)
 
 
 def test_compiled_hard_path_matches_eager_bit_for_bit():
