@@ -24,9 +24,10 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
 
 
-def check_generator(generator) -> None:
+def check_generator(generator, *, cpu: bool = True) -> None:
     """Common randomness must come from a CPU generator so every machine regenerates it
-    (a ``torch.Generator`` or a :class:`qlatent.rng.SeedKeys`)."""
+    (a ``torch.Generator`` or a :class:`qlatent.rng.SeedKeys`); ``cpu=False`` (training noise)
+    takes a generator on any device."""
     from .rng import SeedKeys
 
     if generator is None or isinstance(generator, SeedKeys):
@@ -36,9 +37,21 @@ def check_generator(generator) -> None:
             f"generator must be a torch.Generator or a qlatent.rng.SeedKeys, got "
             f"{type(generator).__name__}"
         )
-    if generator.device.type != "cpu":
+    if cpu and generator.device.type != "cpu":
         raise ValueError(
             f"dither must be drawn from a CPU torch.Generator, got one on {generator.device}"
+        )
+
+
+def check_torch_generator(generator, what: str) -> None:
+    """Refuse a :class:`qlatent.rng.SeedKeys` where ``what`` is drawn by torch's samplers,
+    which take a ``torch.Generator`` only."""
+    from .rng import SeedKeys
+
+    if isinstance(generator, SeedKeys):
+        raise ValueError(
+            f"generator must be a torch.Generator for {what}, got a qlatent.rng.SeedKeys "
+            "(keys for the dithered lattices' counter-based dither)"
         )
 
 

@@ -432,12 +432,18 @@ class EMACodebook(nn.Module):
         store_smoothed: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("decay", decay), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
+        # an infinite eps made every smoothed count NaN, and with it the codebook
+        if not 0 < eps < math.inf:
+            raise ValueError(f"eps must be a finite positive number, got {eps!r}")
+        if not isinstance(store_smoothed, bool):
+            raise ValueError(f"store_smoothed must be True or False, got {store_smoothed!r}")
         self.num_codes, self.decay, self.eps = num_codes, float(decay), float(eps)
-        self.store_smoothed = bool(store_smoothed)
+        self.store_smoothed = store_smoothed
         initial = init_codebook(init, num_codes, dim)
         self.register_buffer("codebook", initial)
         self.register_buffer("ema_count", torch.zeros(num_codes))

@@ -53,8 +53,17 @@ BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
 
 
 def build(name: str, **kwargs) -> Bottleneck:
-    """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``."""
-    return BOTTLENECKS.build(name, **kwargs)
+    """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``: counted first
+    on the meta device, so sizes past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` (a
+    codebook of 2^40 codes, say) are a ValueError naming them, not an allocation failure."""
+    from ..models.size import sized  # models import bottlenecks: imported when first used
+
+    sizes = ", ".join(
+        f"{key}={value}"
+        for key, value in kwargs.items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    )
+    return sized(lambda: BOTTLENECKS.build(name, **kwargs), f"bottleneck {name!r} ({sizes})")
 
 
 class Bottleneck(nn.Module, ABC):
@@ -76,17 +85,26 @@ class Bottleneck(nn.Module, ABC):
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
+        from ..models.size import MAX_MODEL_NUMBERS
+
         for name, value in (("dim", dim), ("in_dim", dim if in_dim is None else in_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            # a width's square (an N x N map) would overflow torch's storage sizes before the
+            # model could be counted on the meta device
+            if value > MAX_MODEL_NUMBERS:
+                raise ValueError(
+                    f"{name} must be at most {MAX_MODEL_NUMBERS:,} (the numbers a model may "
+                    f"hold), got {value!r}"
+                )
         self.dim = dim
         self.in_dim = dim if in_dim is None else in_dim
 
     # ----------------------------------------------------------------- public API
     def forward(self, y: Tensor, *, generator: torch.Generator | None = None) -> BottleneckOutput:
         self._check_input(y)
-        if not self.training:  # the hard path's dither is common randomness: CPU only
-            check_generator(generator)
+        # the hard path's dither is common randomness: CPU only; training noise on any device
+        check_generator(generator, cpu=not self.training)
         y = self._cast(y)
         batch = y.shape[0]
         shape = (batch, self.dim, *y.shape[2:])
@@ -180,13 +198,15 @@ class Bottleneck(nn.Module, ABC):
         """Log-density of the prior the rate is measured against: ``(S, B, dim)`` -> ``(S, B)``."""
         raise TypeError(f"{type(self).__name__} has no prior density")
 
-    def _check_density_input(self, y: Tensor, num_samples: int) -> None:
-        """Input checks for ``posterior_sample``: ``(B, in_dim)`` only, ``num_samples >= 1``."""
+    def _check_density_input(self, y: Tensor, num_samples: int, generator=None) -> None:
+        """Input checks for ``posterior_sample``: ``(B, in_dim)`` only, ``num_samples >= 1``,
+        a generator as ``forward`` takes it on the training path."""
         self._check_input(y)
         if y.dim() != 2:
             raise ValueError(f"posterior_sample takes (B, {self.in_dim}), got {tuple(y.shape)}")
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        check_generator(generator, cpu=False)
 
     # ------------------------------------------------------------------ helpers
     def _require_discrete(self) -> None:

@@ -31,6 +31,7 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
+from .._utils import check_torch_generator
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
 
 LOG_2PI = math.log(2 * math.pi)
@@ -64,6 +65,7 @@ def standard_normal_noise(
     dtype: torch.dtype,
 ) -> Tensor:
     """ε ~ N(0, I) from ``generator`` (drawn on its device, then moved), or torch's default RNG."""
+    check_torch_generator(generator, "Gaussian noise")
     draw_device = device if generator is None else generator.device
     return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
 
@@ -109,7 +111,7 @@ class DiagonalGaussian(Bottleneck):
 
         ``y``: ``(B, in_dim)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)``.
         """
-        self._check_density_input(y, num_samples)
+        self._check_density_input(y, num_samples, generator)
         mean, logvar = self._posterior(y)
         eps = standard_normal_noise(
             (num_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype

@@ -55,6 +55,8 @@ class GaussianLattice(DiagonalGaussian):
             or not math.isfinite(init_logvar)
         ):
             raise ValueError(f"init_logvar must be a finite number, got {init_logvar!r}")
+        if not -30.0 <= init_logvar <= 30.0:  # as gaussian_dither: exp stays finite in float32
+            raise ValueError(f"init_logvar must lie in [-30, 30], got {init_logvar!r}")
         if not isinstance(learn_variance, bool):
             raise ValueError(f"learn_variance must be a bool, got {learn_variance!r}")
         self.logvar = nn.Parameter(

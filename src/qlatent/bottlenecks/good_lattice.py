@@ -46,7 +46,7 @@ from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput
-from .lattice import _positive_log
+from .lattice import _check_flags, _positive_log
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
 #: (:class:`qlatent.coding.models._GluedBlock`): the widths that gave the shortest files on the
@@ -386,9 +386,8 @@ class DitheredGoodLattice(Bottleneck):
         if proposal == "box" and prior != "laplace":
             raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         self.proposal = proposal
-        self.lattice_spec = lattice if isinstance(lattice, str) else list(lattice)
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
+        self.lattice_spec = list(lattice) if isinstance(lattice, list | tuple) else lattice
+        _check_flags(learn_spacing=learn_spacing, learn_scale=learn_scale, compile=compile)
         self.compile = compile
         # the decoders' and the sums' tables are computed from values: on the meta device (a
         # model sized before it is built) they are formed on the CPU
@@ -1169,7 +1168,7 @@ class DitheredGoodLattice(Bottleneck):
         q is zero outside the cell around y, so IWAE with it bounds the likelihood's integral
         over that cell only (see :func:`qlatent.eval.iwae_nll`).
         """
-        self._check_density_input(y, num_samples)
+        self._check_density_input(y, num_samples, generator)
         y = y.to(self.log_spacing.dtype)
         n = num_samples * y.shape[0]
         u = self._unit_dither(n, generator, y.dtype, y.device) * self._coordinate_scale()

@@ -347,9 +347,19 @@ def _block_rows(dim: int, device: torch.device) -> int:
 
 
 def _positive_log(value: float, name: str) -> float:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    # float32 parameters hold the logarithm: beyond [1e-30, 1e30] the spacing or scale would
+    # not survive exp (1e300 gave an infinite scale and NaN rates), as the configs check
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1e-30 <= value <= 1e30:
+        raise ValueError(f"{name} must be a finite positive number in [1e-30, 1e30], got {value!r}")
     return math.log(value)
+
+
+def _check_flags(**flags: object) -> None:
+    """Switches are True or False: ``requires_grad`` takes nothing else, and a truthy string
+    would have switched ``compile`` on without a word."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 @BOTTLENECKS.register("lattice")
@@ -407,6 +417,7 @@ class DitheredLattice(Bottleneck):
             raise ValueError(f"lattice must be one of ['rectangular'], got {lattice!r}")
         if prior != "laplace":
             raise ValueError(f"prior must be one of ['laplace'], got {prior!r}")
+        _check_flags(learn_spacing=learn_spacing, learn_scale=learn_scale, compile=compile)
         self.lattice_name = lattice
         self.prior_name = prior
         self.compile = compile
@@ -543,7 +554,7 @@ class DitheredLattice(Bottleneck):
         q is zero outside the cell around y, so IWAE with it bounds the likelihood's integral
         over that cell only (see :func:`qlatent.eval.iwae_nll`).
         """
-        self._check_density_input(y, num_samples)
+        self._check_density_input(y, num_samples, generator)
         y = y.to(self.log_spacing.dtype)
         r = counter_uniform(draw_key(generator, y.device), (num_samples, *y.shape), y.dtype)
         z = y - (r - 0.5) * self.spacing

@@ -90,8 +90,11 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
             raise ValueError(f"size_weight must be finite, got {size_weight!r}")
         self.size_weight = float(size_weight)
         bound = init_bound(self.num_codes, dim) if init_range is None else init_range
-        if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
-            raise ValueError(f"init_range must be a positive number or None, got {init_range!r}")
+        # at most 1e30 (as a lattice's init_spacing): the float32 basis is drawn inside ±bound
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 < bound <= 1e30:
+            raise ValueError(
+                f"init_range must be a positive number of at most 1e30 or None, got {init_range!r}"
+            )
         self.init_range = float(bound)
         self.basis = nn.Parameter(torch.empty(dim).uniform_(-self.init_range, self.init_range))
         self._init_code_model()

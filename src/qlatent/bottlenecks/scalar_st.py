@@ -36,6 +36,9 @@ class ScalarST(VectorST):
     """
 
     def __init__(self, *, dim: int, levels: int = 4, init_range: float = 1.0) -> None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            # checked here to name this method's argument (VectorST calls it ``codes``)
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
         super().__init__(dim=dim, group=1, codes=levels, init_range=init_range)
 
     def extra_repr(self) -> str:

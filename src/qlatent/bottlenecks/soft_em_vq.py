@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._utils import check_torch_generator
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
@@ -127,6 +128,7 @@ def _sample(log_tau: Tensor, num_samples: int, generator: torch.Generator | None
 
     Drawn on the generator's device (a CPU generator with CUDA rows moves the probabilities).
     """
+    check_torch_generator(generator, "sampling codes")
     probs = log_tau.exp()
     device = probs.device if generator is None else generator.device
     draws = torch.multinomial(probs.to(device), num_samples, replacement=True, generator=generator)

@@ -75,8 +75,10 @@ class VectorST(CountedCodeModel, Bottleneck):
         self.num_codes = codes
         if isinstance(init_range, bool) or not isinstance(init_range, int | float):
             raise ValueError(f"init_range must be a positive number, got {init_range!r}")
-        if not 0 < init_range < float("inf"):
-            raise ValueError(f"init_range must be a positive number, got {init_range!r}")
+        if not 0 < init_range <= 1e30:  # float32 code vectors are drawn inside ±init_range
+            raise ValueError(
+                f"init_range must be a positive number of at most 1e30, got {init_range!r}"
+            )
         self.init_range = float(init_range)
         groups = dim // group
         start = _initial_codes(self.num_codes, group, self.init_range)

@@ -44,12 +44,14 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import from_rows, to_rows
-from .container import CODE_MODELS, CodingError, Header, pack, unpack
+from .container import CODE_MODELS, CodingError, Header, check_digest, pack, unpack
 from .models import constriction
 
 
 def model_digest(module: nn.Module) -> bytes:
     """SHA-256 over a module's class, configuration (``repr``) and every weight and buffer."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a bottleneck (a torch.nn.Module), got {type(module).__name__}")
     h = hashlib.sha256()
     h.update(type(module).__qualname__.encode())
     h.update(repr(module).encode())
@@ -73,6 +75,10 @@ def _on_cpu(bottleneck) -> tuple[nn.Module, torch.device | None]:
     CPU, the device they were on)``: code models run on the CPU (the entropy coder takes NumPy
     arrays), and the dither and coordinates they compute must live beside the rows. The copy
     holds the same numbers, so its files are the files of the original."""
+    if not isinstance(bottleneck, nn.Module):
+        raise TypeError(
+            f"expected a bottleneck (a torch.nn.Module), got {type(bottleneck).__name__}"
+        )
     tensors = [*bottleneck.parameters(), *bottleneck.buffers()]
     elsewhere = [t.device for t in tensors if t.device.type != "cpu"]
     if not elsewhere:
@@ -122,9 +128,11 @@ def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -
         digest: the model digest to write (default: :func:`model_digest` of ``bottleneck``; the
             CLI passes the whole autoencoder's so that its decoder is pinned too).
     """
+    seed = _check_seed(seed)
+    if digest is not None:
+        check_digest(digest)
     on_cpu, _ = _on_cpu(bottleneck)
     model = _model_of(on_cpu)
-    seed = _check_seed(seed)
     bottleneck._check_input(y)
     rows = to_rows(on_cpu._cast(y.detach().cpu()))
     shape = (y.shape[0], bottleneck.dim, *y.shape[2:])
@@ -134,7 +142,8 @@ def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -
     if rows.shape[0]:  # nothing to code for an empty input: the header's shape says so
         lo, hi = model.encode(coder, rows, seed)
     payload = coder.get_compressed().astype("<u4").tobytes()
-    header = Header(model.kind, digest or model_digest(bottleneck), seed, lo, hi, tuple(shape))
+    digest = model_digest(bottleneck) if digest is None else digest
+    header = Header(model.kind, digest, seed, lo, hi, tuple(shape))
     return pack(header, payload)
 
 
@@ -180,8 +189,14 @@ def decompress(
     other y_hat of the announced shape, or fails the end-of-stream check. ``y_hat`` is on the
     bottleneck's device (decoded by a CPU copy of it if that is another device).
     """
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 0:
+        raise ValueError(f"max_elements must be a non-negative integer, got {max_elements!r}")
+    if digest is not None:
+        check_digest(digest)
     # the digest first: a file from another model is refused as such, code model or not
-    header, payload = unpack(data, expected_digest=digest or model_digest(bottleneck))
+    header, payload = unpack(
+        data, expected_digest=model_digest(bottleneck) if digest is None else digest
+    )
     bottleneck, device = _on_cpu(bottleneck)
     model = _model_of(bottleneck)
     if header.code_model != model.kind:  # an earlier code model the bottleneck still knows
@@ -221,8 +236,8 @@ def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     model's probabilities (32 raw bits more per escape); log2 K per uniform index; the good
     lattices' coordinate-by-coordinate model. A file is this long plus the coder's overhead and
     the header."""
-    bottleneck._check_input(y)
     bottleneck, _ = _on_cpu(bottleneck)
+    bottleneck._check_input(y)
     model = _model_of(bottleneck)
     seed = _check_seed(seed)
     was_training = bottleneck.training

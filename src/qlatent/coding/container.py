@@ -102,10 +102,18 @@ class Header:
         return _FIXED.size + 4 * len(self.shape) + _LENGTH.size + _CRC.size
 
 
+def check_digest(digest: bytes, name: str = "digest") -> bytes:
+    """A model digest as :func:`qlatent.coding.model_digest` gives it: 32 bytes."""
+    if not isinstance(digest, bytes):
+        raise ValueError(f"{name} must be 32 bytes, got {type(digest).__name__}")
+    if len(digest) != 32:
+        raise ValueError(f"{name} must be 32 bytes, got {len(digest)}")
+    return digest
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     """Header, payload and checksum as one byte string."""
-    if len(header.digest) != 32:
-        raise ValueError(f"digest must be 32 bytes, got {len(header.digest)}")
+    check_digest(header.digest)
     if not 1 <= len(header.shape) <= MAX_RANK:
         raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
     if not all(isinstance(n, int) and 0 <= n < 2**32 for n in header.shape):
@@ -132,6 +140,8 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header, bytes]:
     """Check and split a file; ``expected_digest`` (the decoding model's) must match."""
+    if expected_digest is not None:
+        check_digest(expected_digest, "expected_digest")
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodingError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)

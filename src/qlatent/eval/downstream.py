@@ -188,14 +188,22 @@ def linear_probe(
             splits, labels that are not integers in [0, C), non-positive ``steps`` /
             ``batch_size`` / ``lr``.
     """
+    from ..models.size import MAX_MODEL_NUMBERS
+    from ..train.loop import check_seed
+
     _check_positive_int("steps", steps)
     _check_positive_int("batch_size", batch_size)
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_seed(seed, "seed")  # manual_seed failed with "expected a long, but got str"
     x_train, y_train, x_test, y_test = _check_splits(
         train_features, train_labels, test_features, test_labels
     )
     num_classes = _check_num_classes(num_classes, y_train, y_test)
+    if num_classes * x_train.shape[1] > MAX_MODEL_NUMBERS:  # the probe's d x C weights
+        raise ValueError(
+            f"num_classes={num_classes:,} makes a probe of more than {MAX_MODEL_NUMBERS:,} weights"
+        )
 
     # a caller's no_grad / inference_mode would leave nothing to train
     with torch.inference_mode(False), torch.enable_grad():

@@ -121,7 +121,14 @@ def tile(spec: str | Sequence[str], dim: int, *, compile: bool = False) -> Direc
     E8^5; must divide ``dim``), or a list of names whose dimensions add up to ``dim``
     (``["leech", "bw16"]`` -> Λ24 ⊕ Λ16). Equal names share one block object, so consecutive
     equal blocks decode in one call. ``compile`` as in :func:`lattice_by_name`."""
-    names = [spec] if isinstance(spec, str) else list(spec)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if isinstance(spec, str):
+        names = [spec]
+    elif isinstance(spec, list | tuple) and spec and all(isinstance(n, str) for n in spec):
+        names = list(spec)
+    else:
+        raise ValueError(f"lattice must be a name or a non-empty list of names, got {spec!r}")
     cache: dict[str, Lattice] = {}
     blocks = [
         cache.setdefault(n.strip().lower(), lattice_by_name(n, compile=compile)) for n in names
