@@ -228,6 +228,8 @@ def test_coding_something_that_is_not_a_bottleneck_is_named(coded, call):
         ({"num_classes": 10**12}, "num_classes=1,000,000,000,000 makes a probe of more than"),
         # taken as lr = 1.0
         ({"lr": True}, "lr must be a positive number, got True"),
+        # permutations of 8 rows joined until 10^12 indices: ran until the memory was full
+        ({"batch_size": 10**12}, "batch_size=1,000,000,000,000 makes batches of more than"),
     ],
 )
 def test_linear_probe_checks_its_arguments(kwargs, message):
@@ -236,3 +238,22 @@ def test_linear_probe_checks_its_arguments(kwargs, message):
     x, y = torch.randn(8, 3), torch.arange(8) % 2
     with pytest.raises(ValueError, match=message):
         linear_probe(x, y, x, y, steps=1, **kwargs)
+
+
+def test_a_probe_batch_larger_than_the_data_is_the_same_stream_of_permutations():
+    """Batches past the data size join fresh permutations in one go, the same indices as one
+    permutation at a time."""
+    from qlatent.eval.downstream import _batch_indices
+
+    def one_at_a_time(n, batch_size, steps, generator):
+        stream = torch.empty(0, dtype=torch.long)
+        for _ in range(steps):
+            while stream.numel() < batch_size:
+                stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+            yield stream[:batch_size]
+            stream = stream[batch_size:]
+
+    for n, batch_size in [(8, 3), (8, 8), (8, 21), (5, 100)]:
+        a = list(_batch_indices(n, batch_size, 7, torch.Generator().manual_seed(1)))
+        b = list(one_at_a_time(n, batch_size, 7, torch.Generator().manual_seed(1)))
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -204,6 +204,10 @@ def linear_probe(
         raise ValueError(
             f"num_classes={num_classes:,} makes a probe of more than {MAX_MODEL_NUMBERS:,} weights"
         )
+    if batch_size * x_train.shape[1] > MAX_MODEL_NUMBERS:  # one batch of features
+        raise ValueError(
+            f"batch_size={batch_size:,} makes batches of more than {MAX_MODEL_NUMBERS:,} numbers"
+        )
 
     # a caller's no_grad / inference_mode would leave nothing to train
     with torch.inference_mode(False), torch.enable_grad():
@@ -381,8 +385,11 @@ def _batch_indices(
     """``steps`` index batches ``(batch_size,)`` cut from a stream of fresh permutations of n."""
     stream = torch.empty(0, dtype=torch.long)
     for _ in range(steps):
-        while stream.numel() < batch_size:
-            stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+        if stream.numel() < batch_size:  # the permutations drawn one after another, joined once
+            more = -(-(batch_size - stream.numel()) // n)
+            stream = torch.cat(
+                [stream, *(torch.randperm(n, generator=generator) for _ in range(more))]
+            )
         yield stream[:batch_size]
         stream = stream[batch_size:]
 
