@@ -257,3 +257,20 @@ def test_a_probe_batch_larger_than_the_data_is_the_same_stream_of_permutations()
         a = list(_batch_indices(n, batch_size, 7, torch.Generator().manual_seed(1)))
         b = list(one_at_a_time(n, batch_size, 7, torch.Generator().manual_seed(1)))
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, "x", 1.5, True])
+def test_kmeans_scores_names_its_seed(seed):
+    """sklearn's error named its own ``random_state``."""
+    from qlatent.eval import kmeans_scores
+
+    x, y = torch.randn(12, 3), torch.arange(12) % 3
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^32\), got"):
+        kmeans_scores(x, y, n_clusters=3, n_init=1, seed=seed)
+
+
+@pytest.mark.parametrize("latents", [None, 5])
+def test_update_names_what_it_takes(latents):
+    """``update(None)`` was "'NoneType' object is not iterable"."""
+    with pytest.raises(TypeError, match="latents must be a tensor or an iterable of tensors"):
+        build("vq", dim=4, num_codes=8).update(latents)

@@ -108,6 +108,10 @@ class CountedCodeModel:
 
         Returns ``{"symbols": N·F counted, "features": F, "width": L}``.
         """
+        if not isinstance(latents, Tensor | Iterable):
+            raise TypeError(
+                f"latents must be a tensor or an iterable of tensors, got {type(latents).__name__}"
+            )
         was_training = self.training
         self.eval()
         try:

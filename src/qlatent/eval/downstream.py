@@ -131,6 +131,9 @@ def kmeans_scores(
     """
     _check_positive_int("n_clusters", n_clusters)
     _check_positive_int("n_init", n_init)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        # sklearn's own error names its random_state, not this argument
+        raise ValueError(f"seed must be an integer in [0, 2^32), got {seed!r}")
     x = _check_features("features", features)
     y = _check_labels("labels", labels, x.shape[0])
     if x.shape[0] < n_clusters:
