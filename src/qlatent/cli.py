@@ -173,15 +173,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _seed_list(text: str) -> list[int]:
-    """``--seeds 0,1,2``: distinct non-negative integers."""
+    """``--seeds 0,1,2``: distinct integers in [0, 2^32)."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a comma-separated list of integers: {text!r}"
         ) from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct and non-negative: {text!r}")
+    # k-means and the probes of the table take seeds below 2^32
+    if any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and in [0, 2^32): {text!r}")
     return seeds
 
 
@@ -636,6 +637,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _relative_error(text: str) -> float:
+    """argparse type of a target relative standard error: a number in (0, 1) (0, a negative
+    number or NaN is never reached: the estimate would run to its cap of samples)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
 #: what ``--png`` may write (matplotlib chooses the format by the extension)
 _FIGURE_FORMATS = [".png", ".pdf", ".svg", ".jpg", ".jpeg"]
 
@@ -894,7 +907,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--repeats", type=_repeats, default=10, help="timed closest-point calls per lattice"
     )
-    b.add_argument("--target-rse", type=float, default=5e-4, help="relative s.e. of G to reach")
+    b.add_argument(
+        "--target-rse", type=_relative_error, default=5e-4, help="relative s.e. of G to reach"
+    )
     b.add_argument("--no-steps", action="store_true", help="skip timing the Table-1 training steps")
     b.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile-fused Leech decoder"

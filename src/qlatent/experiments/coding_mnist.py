@@ -56,6 +56,7 @@ from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
 from ._cache import problem
+from .custom import MAX_EVAL_COUNT, check_eval_seed, check_positive
 from .lattice_vae import load_data
 
 LN2 = math.log(2.0)
@@ -90,6 +91,20 @@ class CodingMnistConfig:
     rate_control_reference: str = "rect_lattice"
 
     def __post_init__(self) -> None:
+        # here, not after the training: 0 or a negative count averages nothing (an error, or a
+        # NaN in the results), and a seed the coder refuses fails once every model is trained
+        check_positive(self, "", ("latent_dim", "hidden", "num_codes", "ideal_images"))
+        counts = (
+            "train_rate_repeats",
+            "hard_rate_seeds",
+            "timing_repeats",
+            "good_hard_rate_seeds",
+            "ideal_repeats",
+            "ideal_samples",
+            "ideal_prior_samples",
+        )
+        check_positive(self, "", counts, at_most=MAX_EVAL_COUNT)
+        check_eval_seed(self.seed, "seed")
         factors = self.spacing_factors
         if not isinstance(factors, list) or not all(
             isinstance(f, int | float) and not isinstance(f, bool) and 0.5 <= f <= 2.0

@@ -93,8 +93,8 @@ class DataConfig:
     max_tokens: int = 20  #: text: longer sentences are left out
 
     def __post_init__(self) -> None:
-        _positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
-        _positive(self, "data", ("max_tokens",))
+        check_positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
+        check_positive(self, "data", ("max_tokens",))
         check_seed(self.split_seed, "data.split_seed")
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
@@ -118,7 +118,7 @@ class ModelConfig:
     variance: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive(self, "model", ("latent_dim", "embed", "layers"))
+        check_positive(self, "model", ("latent_dim", "embed", "layers"))
         if (
             not isinstance(self.hidden, list)
             or not self.hidden
@@ -195,18 +195,36 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.out_dir, str) or not self.out_dir.strip():
             raise ValueError("out_dir must name a folder")
-        seed = self.eval_seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"eval_seed must be an integer in [0, 2^63), got {seed!r}")
+        check_eval_seed(self.eval_seed, "eval_seed")
         if not isinstance(self.eval, dict):
             raise ValueError(f"eval must be a table, got {self.eval!r}")
 
 
-def _positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
+#: the most samples or repeats a paper table's evaluation takes per image or per model (its
+#: protocols take 1 to 30,000; beyond this an evaluation would run for days after the training)
+MAX_EVAL_COUNT = 1 << 20
+
+
+def check_positive(
+    section: Any, prefix: str, names: tuple[str, ...], *, at_most: int | None = None
+) -> None:
+    """Each field ``names`` of ``section`` is an integer >= 1 (and <= ``at_most``); ValueError
+    naming ``prefix.name`` (``name`` alone where ``prefix`` is empty) otherwise."""
     for name in names:
         value = getattr(section, name)
+        key = f"{prefix}.{name}" if prefix else name
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if at_most is not None and value > at_most:
+            raise ValueError(f"{key} must be at most {at_most:,}, got {value:,}")
+
+
+def check_eval_seed(seed: Any, name: str, *, below: int = 2**63) -> None:
+    """An evaluation's seed: an integer in [0, ``below``) (the evaluations add small offsets to
+    it, which must stay within torch's seeds); ValueError naming ``name`` otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < below:
+        bound = f"2^{below.bit_length() - 1}"
+        raise ValueError(f"{name} must be an integer in [0, {bound}), got {seed!r}")
 
 
 # ------------------------------------------------------------------------------ config files

@@ -163,6 +163,16 @@ class EvalConfig:
     iwae_defensive: str | None = None
 
     def __post_init__(self) -> None:
+        # here, not after hours of training: 0 images or samples fail (or average nothing) in
+        # the evaluation, a negative count drops images silently
+        custom.check_positive(self, "", ("iwae_batch_size", "iwae_chunk", "bias_examples"))
+        counts = ("iwae_samples", "codelength_repeats")
+        custom.check_positive(self, "", counts, at_most=custom.MAX_EVAL_COUNT)
+        references = ("bias_reference_samples", "bias_reference_prior_samples")
+        custom.check_positive(self, "", references, at_most=custom.MAX_EVAL_COUNT)
+        if self.test_examples is not None:
+            custom.check_positive(self, "", ("test_examples",))
+        custom.check_eval_seed(self.seed, "seed")
         if self.iwae_defensive is not None:
             parse_mixture(self.iwae_defensive)
 

@@ -24,6 +24,7 @@ from ..lattices import integer_lattice
 from ..models import lattice_vae
 from ..results import RESULTS_DIR, provenance, write_json
 from ..train import TrainConfig, fit
+from ..train.loop import check_seed
 
 
 @dataclass
@@ -60,6 +61,7 @@ class LatticeVAEConfig:
     def __post_init__(self) -> None:
         if not self.out_dir.strip():
             raise ValueError("out_dir must name a folder, got an empty string")
+        check_seed(self.eval_seed, "eval_seed")
 
 
 def load_data(cfg: LatticeVAEConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:

@@ -134,6 +134,9 @@ def model_config(
 class _EvalConfig:
     figure_images: int = 10  #: test images in the reconstruction figure
 
+    def __post_init__(self) -> None:
+        custom.check_positive(self, "", ("figure_images",))
+
 
 def from_run_config(run: custom.RunConfig) -> LLVQConfig:
     """This table's config from a run described in the common schema; ValueError for what the

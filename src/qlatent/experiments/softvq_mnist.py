@@ -147,6 +147,26 @@ class EvalConfig:
     #: the inverse L2 strengths the converged probe chooses among
     probe_cs: list[float] = field(default_factory=lambda: list(PROBE_CS))
 
+    def __post_init__(self) -> None:
+        # the checks of k-means and the probes, here rather than after the training
+        custom.check_positive(
+            self, "", ("kmeans_n_init", "probe_steps"), at_most=custom.MAX_EVAL_COUNT
+        )
+        if self.tsne_points is not None:
+            custom.check_positive(self, "", ("tsne_points",))
+        # k-means and the probes take seeds below 2^32 (eval_seed, where eval.seed is not set)
+        custom.check_eval_seed(self.seed, "seed (or eval_seed)", below=2**32)
+        cs = self.probe_cs
+        if (
+            not isinstance(cs, list)
+            or not cs
+            or any(
+                isinstance(c, bool) or not (isinstance(c, int | float) and 0 < c < math.inf)
+                for c in cs
+            )
+        ):
+            raise ValueError(f"probe_cs must be a list of positive finite numbers, got {cs!r}")
+
 
 @dataclass
 class SoftVQMnistConfig:
