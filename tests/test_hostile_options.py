@@ -93,3 +93,16 @@ def test_seeds_past_what_kmeans_takes_are_refused(tmp_path, capsys, seeds):
     assert exit_.value.code == 2
     assert "argument --seeds: seeds must be distinct and in [0, 2^32)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "1.5"])
+def test_a_files_seed_is_checked_before_anything_is_encoded(tmp_path, capsys, seed):
+    """``compress --seed`` out of range was refused by the coder after the images were
+    encoded, without naming the option."""
+    from qlatent.cli import main
+
+    args = ["compress", "--checkpoint", tmp_path / "none.pt", "--data", "synthetic-test"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*args, "--seed", seed, "-o", tmp_path / "x.qlc"]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --seed: expected an integer" in err

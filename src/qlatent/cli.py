@@ -684,6 +684,18 @@ def _threads(text: str) -> int:
     return _at_most(_THREADS_PER_CORE * cores, f"threads on {cores} core(s)")(text)
 
 
+def _file_seed(text: str) -> int:
+    """argparse type of ``compress --seed``: an integer in [0, 2^63), as a file stores it
+    (checked here, not by the coder after the images were encoded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^63), got {value}")
+    return value
+
+
 _repeats = _at_most(_MAX_REPEATS, "timed calls")
 _rows = _at_most(_MAX_ROWS, "rows")
 _dim = _at_most(_MAX_DIM, "columns")
@@ -808,7 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dither (stored in the file)")
+    p.add_argument(
+        "--seed", type=_file_seed, default=0, help="seed of the dither (stored in the file)"
+    )
     p.add_argument("-o", "--output", required=True, help="the .qlc file to write")
     p.set_defaults(func=_cmd_compress)
 
