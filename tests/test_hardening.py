@@ -19,6 +19,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli_helpers import one_line_error, run_cli
 from qlatent.bottlenecks import BOTTLENECKS, build
 from qlatent.coding import CodingError, compress, decompress
 from qlatent.coding.codec import MAX_ELEMENTS, model_digest
@@ -286,35 +287,24 @@ def test_legacy_checkpoints_without_a_digest_still_load(tmp_path):
 
 
 # --------------------------------------------------------------------------- the CLI
-def _run(args, capsys):
-    from qlatent.cli import main
-
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    return code, err
-
-
-def _one_line_error(err: str) -> bool:
-    lines = err.strip().splitlines()
-    return len(lines) == 1 and lines[0].startswith("qlatent: error:")
 
 
 def test_no_command_writes_over_its_input(tmp_path, capsys, coding_checkpoint):
     ckpt = coding_checkpoint
     before = ckpt.read_bytes()
     common = ["--data", "synthetic-test", "--limit", 5]
-    code, err = _run(["compress", "--checkpoint", ckpt, *common, "-o", ckpt], capsys)
-    assert code == 2 and _one_line_error(err) and "same file" in err
-    code, err = _run(["update", "--checkpoint", ckpt, *common, "-o", ckpt], capsys)
+    code, err = run_cli(["compress", "--checkpoint", ckpt, *common, "-o", ckpt], capsys)
+    assert code == 2 and one_line_error(err) and "same file" in err
+    code, err = run_cli(["update", "--checkpoint", ckpt, *common, "-o", ckpt], capsys)
     assert code == 2 and "same file" in err
     codes = tmp_path / "codes.qlc"
-    assert _run(["compress", "--checkpoint", ckpt, *common, "-o", codes], capsys)[0] == 0
+    assert run_cli(["compress", "--checkpoint", ckpt, *common, "-o", codes], capsys)[0] == 0
     coded = codes.read_bytes()
     for output in (codes, ckpt):
-        code, err = _run(["decompress", codes, "--checkpoint", ckpt, "-o", output], capsys)
-        assert code == 2 and _one_line_error(err) and "same file" in err
+        code, err = run_cli(["decompress", codes, "--checkpoint", ckpt, "-o", output], capsys)
+        assert code == 2 and one_line_error(err) and "same file" in err
     recon = tmp_path / "r.pt"
-    code, err = _run(
+    code, err = run_cli(
         ["decompress", codes, "--checkpoint", ckpt, "-o", recon, "--png", recon], capsys
     )
     assert code == 2 and "same file" in err and not recon.exists()
@@ -324,17 +314,17 @@ def test_no_command_writes_over_its_input(tmp_path, capsys, coding_checkpoint):
 def test_cli_decompress_honours_max_elements(tmp_path, capsys, coding_checkpoint):
     codes, out = tmp_path / "c.qlc", tmp_path / "r.pt"
     args = ["--data", "synthetic-test", "--limit", 5, "-o", codes]
-    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    assert run_cli(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
     decode = ["decompress", codes, "--checkpoint", coding_checkpoint, "-o", out]
-    code, err = _run([*decode, "--max-elements", 19], capsys)  # 5 images × 4 values = 20
-    assert code == 2 and _one_line_error(err) and "max_elements" in err and not out.exists()
-    assert _run([*decode, "--max-elements", 20], capsys)[0] == 0 and out.exists()
+    code, err = run_cli([*decode, "--max-elements", 19], capsys)  # 5 images × 4 values = 20
+    assert code == 2 and one_line_error(err) and "max_elements" in err and not out.exists()
+    assert run_cli([*decode, "--max-elements", 20], capsys)[0] == 0 and out.exists()
 
 
 def test_missing_inputs_and_folders_named_as_files_say_which(tmp_path, capsys, coding_checkpoint):
     codes, out = tmp_path / "c.qlc", tmp_path / "r.pt"
     args = ["--data", "synthetic-test", "--limit", 2, "-o", codes]
-    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    assert run_cli(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
     cases = [
         (tmp_path / "none.qlc", coding_checkpoint, "does not exist"),
         (tmp_path, coding_checkpoint, f"{tmp_path} is not a file"),
@@ -342,8 +332,8 @@ def test_missing_inputs_and_folders_named_as_files_say_which(tmp_path, capsys, c
         (codes, tmp_path, f"checkpoint {tmp_path} is not a file"),
     ]
     for source, checkpoint, message in cases:
-        code, err = _run(["decompress", source, "--checkpoint", checkpoint, "-o", out], capsys)
-        assert code == 2 and _one_line_error(err) and message in err, err
+        code, err = run_cli(["decompress", source, "--checkpoint", checkpoint, "-o", out], capsys)
+        assert code == 2 and one_line_error(err) and message in err, err
     assert not out.exists()
 
 
@@ -351,12 +341,12 @@ def test_bad_output_paths_give_one_line_and_exit_code_2(tmp_path, capsys, coding
     regular = tmp_path / "file.txt"
     regular.write_text("x")
     for output in (tmp_path, regular / "x.qlc", tmp_path / ("a" * 300 + ".qlc")):
-        code, err = _run(
+        code, err = run_cli(
             ["compress", "--checkpoint", coding_checkpoint, "--data", "synthetic-test",
              "--limit", 3, "-o", output],
             capsys,
         )  # fmt: skip
-        assert code == 2 and _one_line_error(err), err
+        assert code == 2 and one_line_error(err), err
     assert regular.read_text() == "x"
 
 
@@ -389,20 +379,20 @@ def test_a_file_of_zero_images_decodes_without_dividing_by_zero(
 def test_train_out_pointing_at_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "not-a-folder"
     target.write_text("keep me")
-    code, err = _run(
+    code, err = run_cli(
         ["train", "--out", target, "--set", "data=synthetic", "--set", "train.epochs=1"], capsys
     )
-    assert code == 2 and _one_line_error(err) and target.read_text() == "keep me"
+    assert code == 2 and one_line_error(err) and target.read_text() == "keep me"
 
 
 def test_a_checkpoint_with_code_is_refused_by_the_cli(tmp_path, capsys):
     marker, path = tmp_path / "ran", tmp_path / "evil.pt"
     torch.save({"model": {"decoder.2.weight": torch.zeros(3, 4)}, "x": _Payload(marker)}, path)
-    code, err = _run(
+    code, err = run_cli(
         ["compress", "--checkpoint", path, "--data", "synthetic-test", "-o", tmp_path / "o"],
         capsys,
     )
-    assert code == 2 and _one_line_error(err) and not marker.exists()
+    assert code == 2 and one_line_error(err) and not marker.exists()
 
 
 # --------------------------------------------------------------------------- inputs
@@ -583,12 +573,12 @@ def test_crc_of_the_forged_file_is_valid():
 def test_reproduce_checks_its_folders_before_training(tmp_path, capsys):
     regular = tmp_path / "file.txt"
     regular.write_text("x")
-    code, err = _run(
+    code, err = run_cli(
         ["reproduce", "lattice-mnist", "--quick", "--models", "rect_lattice",
          "--runs-dir", tmp_path / "runs", "--results-dir", regular / "res"],
         capsys,
     )  # fmt: skip
-    assert code == 2 and _one_line_error(err) and "is a file" in err
+    assert code == 2 and one_line_error(err) and "is a file" in err
     assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
@@ -609,13 +599,13 @@ def test_decompress_writes_the_format_its_extension_names(tmp_path, capsys, codi
 
     codes = tmp_path / "c.qlc"
     args = ["--data", "synthetic-test", "--limit", 6, "-o", codes]
-    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    assert run_cli(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
     decode = ["decompress", codes, "--checkpoint", coding_checkpoint, "-o"]
-    code, err = _run([*decode, tmp_path / "r.txt"], capsys)
-    assert code == 2 and _one_line_error(err) and ".npy" in err
+    code, err = run_cli([*decode, tmp_path / "r.txt"], capsys)
+    assert code == 2 and one_line_error(err) and ".npy" in err
     assert not (tmp_path / "r.txt").exists()
     for name in ("r.pt", "r.npy", "r.png"):
-        assert _run([*decode, tmp_path / name], capsys)[0] == 0
+        assert run_cli([*decode, tmp_path / name], capsys)[0] == 0
     as_tensor = torch.load(tmp_path / "r.pt", weights_only=True)
     assert np.array_equal(np.load(tmp_path / "r.npy", allow_pickle=False), as_tensor.numpy())
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -710,10 +700,11 @@ def test_oversized_configs_and_checkpoints_give_one_line(tmp_path, capsys):
 
     config = tmp_path / "huge.toml"
     config.write_text('[bottleneck]\nname = "vq"\n[bottleneck.args]\nnum_codes = 10000000000\n')
-    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
-    assert code == 2 and _one_line_error(err) and "numbers" in err
-    code, err = _run(["train", "--set", "model.hidden=100000000", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and _one_line_error(err) and "numbers" in err
+    code, err = run_cli(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and one_line_error(err) and "numbers" in err
+    args = ["train", "--set", "model.hidden=100000000", "--out", tmp_path / "r"]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and one_line_error(err) and "numbers" in err
     run = to_dict(RunConfig())
     for derived, hidden, expect in (
         ({"image_shape": [1, 10**6, 10**6], "data_variance": 0.1}, [300], "numbers"),
@@ -723,8 +714,8 @@ def test_oversized_configs_and_checkpoints_give_one_line(tmp_path, capsys):
         run["derived"], run["model"]["hidden"] = derived, hidden
         path = tmp_path / "forged.pt"
         save_atomic({"run_config": run, "model": {}}, path)
-        code, err = _run(["eval", path], capsys)
-        assert code == 2 and _one_line_error(err) and expect in err, err
+        code, err = run_cli(["eval", path], capsys)
+        assert code == 2 and one_line_error(err) and expect in err, err
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -762,8 +753,8 @@ def test_data_past_the_machines_memory_is_refused_before_allocating(
         "latent_dim = 2\n[train]\nprogress = false\n"
     )
     sets = [arg for o in overrides for arg in ("--set", o)]
-    code, err = _run(["train", config, *sets, "--out", tmp_path / "run"], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli(["train", config, *sets, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and one_line_error(err), err
     assert "more than this machine's" in err and "GiB of memory" in err
     assert setting in err
 
@@ -793,5 +784,5 @@ def test_an_image_folder_too_large_or_with_a_bomb_is_one_line(tmp_path, capsys):
         f'[data]\nname = "folder"\nfolder = "{folder}"\nimage_size = 4\nval_size = 1\n'
         "test_size = 1\n[model]\nhidden = [8]\nlatent_dim = 2\n[train]\nprogress = false\n"
     )
-    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
-    assert code == 2 and _one_line_error(err) and "3.png" in err, err
+    code, err = run_cli(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and one_line_error(err) and "3.png" in err, err

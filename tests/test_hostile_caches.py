@@ -20,19 +20,9 @@ import shutil
 import pytest
 import torch
 
+from cli_helpers import one_line_error, run_cli
 from qlatent.cli import main
 from qlatent.train import CheckpointError, load, save_atomic
-
-
-def _run(args, capsys):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def _one_line_error(err: str) -> bool:
-    lines = err.strip().splitlines()
-    return len(lines) == 1 and lines[0].startswith("qlatent: error:")
 
 
 def _edit(path, change) -> None:
@@ -90,8 +80,8 @@ def test_a_tampered_iwae_chunk_is_one_error_naming_it(
     (row / "eval.pt").unlink()  # the evaluation is made again from its cached chunks
     chunk = row / "iwae-chunks" / "chunk-000.pt"
     _edit(chunk, change)
-    code, err = _run([*LATTICE, *_folders(root)], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*LATTICE, *_folders(root)], capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {chunk}: " in err and re.search(message, err), err
     assert err.strip().endswith("(a cache: delete it to compute it again)")
 
@@ -142,8 +132,8 @@ def test_a_tampered_evaluation_cache_is_one_error_naming_it(
     root = _copy(lattice_runs, tmp_path)
     cache = root / "runs" / "lattice-mnist-quick" / "gaussian_lattice" / "eval.pt"
     _edit(cache, change)
-    code, err = _run([*LATTICE, *_folders(root)], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*LATTICE, *_folders(root)], capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {cache}: " in err and re.search(message, err), err
 
 
@@ -154,8 +144,8 @@ def test_a_warm_start_whose_epoch_is_no_integer_is_one_error(lattice_runs, tmp_p
     _edit(best, lambda c: c.update(epoch=torch.ones(2)))
     args = [*LATTICE, *_folders(root)]
     args[args.index("gaussian_lattice")] = "gaussian_gl_lattice"
-    code, err = _run(args, capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli(args, capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {best}: epoch is a tensor of shape (2,)" in err
 
 
@@ -236,8 +226,8 @@ def test_a_tampered_softvq_evaluation_is_one_error_naming_it(
     _record(root).unlink()  # the row runs: its evaluation is read from the cache
     cache = root / "runs" / "softvq-mnist-quick" / "ae" / "seed-0" / "eval.pt"
     _edit(cache, change)
-    code, err = _run([*SOFTVQ, *_folders(root)], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*SOFTVQ, *_folders(root)], capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {cache}: " in err and re.search(message, err), err
 
 
@@ -261,8 +251,8 @@ def test_test_features_that_cannot_be_drawn_are_one_error_naming_them(
     root = _copy(softvq_runs, tmp_path)
     features = root / "runs" / "softvq-mnist-quick" / "ae" / "seed-0" / "test_features.pt"
     write(features)
-    code, err = _run([*SOFTVQ, *_folders(root)], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*SOFTVQ, *_folders(root)], capsys)
+    assert code == 2 and one_line_error(err), err
     assert str(features) in err and message in err, err
     assert "to draw the t-SNE figure" in err
 
@@ -273,7 +263,7 @@ def test_test_features_saved_as_a_bare_tensor_by_earlier_versions_still_draw(
     root = _copy(softvq_runs, tmp_path)
     features = root / "runs" / "softvq-mnist-quick" / "ae" / "seed-0" / "test_features.pt"
     torch.save(load(features)["features"], features)  # the earlier format: no table, no digest
-    assert _run([*SOFTVQ, *_folders(root)], capsys)[0] == 0
+    assert run_cli([*SOFTVQ, *_folders(root)], capsys)[0] == 0
 
 
 # --------------------------------------------------------------------------- text-rd
@@ -381,8 +371,8 @@ def test_a_tampered_llvq_cache_is_one_error_naming_it(
     root = _copy(llvq_runs, tmp_path)
     cache = root / "runs" / "llvq-fashion-quick" / "constant" / "vq" / file
     _edit(cache, change)
-    code, err = _run([*LLVQ, *_folders(root)], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*LLVQ, *_folders(root)], capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {cache}: " in err and re.search(message, err), err
 
 
@@ -405,8 +395,8 @@ def test_a_tampered_llvq_checkpoint_is_one_error_naming_it(
     checkpoint = root / "runs" / "llvq-fashion-quick" / "constant" / "vq" / "last.pt"
     _edit(checkpoint, change)
     args = ["compress", "--checkpoint", checkpoint, "--data", "synthetic-images", "--limit", 2]
-    code, err = _run([*args, "-o", tmp_path / "out.qlc"], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli([*args, "-o", tmp_path / "out.qlc"], capsys)
+    assert code == 2 and one_line_error(err), err
     assert f"error: {checkpoint}" in err and message in err, err
 
 

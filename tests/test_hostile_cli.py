@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 
+from cli_helpers import one_line_error, run_cli
 from qlatent.config import apply_overrides
 from qlatent.data import DataError
 from qlatent.experiments.custom import (
@@ -22,18 +23,6 @@ from qlatent.experiments.custom import (
     load_config,
     load_text_data,
 )
-
-
-def _run(args, capsys):
-    from qlatent.cli import main
-
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def _one_line_error(err: str) -> bool:
-    lines = err.strip().splitlines()
-    return len(lines) == 1 and lines[0].startswith("qlatent: error:")
 
 
 # --------------------------------------------------------------------------- config files
@@ -109,8 +98,8 @@ def test_an_output_that_is_a_pipe_is_not_replaced(tmp_path, capsys, coding_check
     fifo = tmp_path / "out.qlc"
     os.mkfifo(fifo)
     args = ["--data", "synthetic-test", "--limit", 3, "-o", fifo]
-    code, err = _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)
-    assert code == 2 and _one_line_error(err) and "not a regular file" in err
+    code, err = run_cli(["compress", "--checkpoint", coding_checkpoint, *args], capsys)
+    assert code == 2 and one_line_error(err) and "not a regular file" in err
     with pytest.raises(ValueError, match="not a regular file"):
         write_atomic(fifo, b"data")
     assert fifo.is_fifo()
@@ -125,33 +114,33 @@ def test_decompress_refuses_a_file_too_large_to_read_before_reading_it(
     zeros = tmp_path / "zeros.qlc"
     with zeros.open("wb") as f:
         f.truncate(1 << 20)
-    code, err = _run(["decompress", zeros, "--checkpoint", coding_checkpoint, "-o", out], capsys)
-    assert code == 2 and _one_line_error(err) and "bad magic number" in err
+    code, err = run_cli(["decompress", zeros, "--checkpoint", coding_checkpoint, "-o", out], capsys)
+    assert code == 2 and one_line_error(err) and "bad magic number" in err
     big = tmp_path / "big.qlc"
     big.write_bytes(MAGIC + bytes(1 << 20))
     monkeypatch.setattr("qlatent.data.sources.physical_memory", lambda: 1 << 20)
-    code, err = _run(["decompress", big, "--checkpoint", coding_checkpoint, "-o", out], capsys)
-    assert code == 2 and _one_line_error(err) and "more than this machine's" in err
+    code, err = run_cli(["decompress", big, "--checkpoint", coding_checkpoint, "-o", out], capsys)
+    assert code == 2 and one_line_error(err) and "more than this machine's" in err
     assert not out.exists()
 
 
 def test_a_figure_that_cannot_be_written_leaves_no_output(tmp_path, capsys, coding_checkpoint):
     codes = tmp_path / "c.qlc"
     args = ["--data", "synthetic-test", "--limit", 5, "-o", codes]
-    assert _run(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
+    assert run_cli(["compress", "--checkpoint", coding_checkpoint, *args], capsys)[0] == 0
     decode = ["decompress", codes, "--checkpoint", coding_checkpoint]
     recon = tmp_path / "r.pt"
-    code, err = _run([*decode, "-o", recon, "--png", tmp_path / "grid.txt"], capsys)
-    assert code == 2 and _one_line_error(err) and "extension" in err and not recon.exists()
+    code, err = run_cli([*decode, "-o", recon, "--png", tmp_path / "grid.txt"], capsys)
+    assert code == 2 and one_line_error(err) and "extension" in err and not recon.exists()
     folder = tmp_path / "decoded"
-    code, err = _run([*decode, "-o", f"{folder}/", "--png", folder / "000000.png"], capsys)
-    assert code == 2 and _one_line_error(err) and "not inside" in err and not folder.exists()
+    code, err = run_cli([*decode, "-o", f"{folder}/", "--png", folder / "000000.png"], capsys)
+    assert code == 2 and one_line_error(err) and "not inside" in err and not folder.exists()
     # a figure that fails once the reconstructions are written takes them back
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the figure's folder would be")
     for output in (recon, f"{folder}/"):
-        code, err = _run([*decode, "-o", output, "--png", blocked / "grid.png"], capsys)
-        assert code == 2 and _one_line_error(err)
+        code, err = run_cli([*decode, "-o", output, "--png", blocked / "grid.png"], capsys)
+        assert code == 2 and one_line_error(err)
     assert not recon.exists() and not folder.exists()
 
 
@@ -184,8 +173,8 @@ def test_an_allocation_failure_is_one_line(monkeypatch, capsys, error):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     for action in parser._subparsers._group_actions[0].choices.values():
         action.set_defaults(func=fail)
-    code, err = _run(["train"], capsys)
-    assert code == 2 and _one_line_error(err) and "out of memory" in err
+    code, err = run_cli(["train"], capsys)
+    assert code == 2 and one_line_error(err) and "out of memory" in err
 
 
 @pytest.mark.parametrize(
@@ -306,8 +295,8 @@ def test_a_config_of_too_many_layers_is_one_line(tmp_path, capsys, setting):
     """A config (or the one saved in a checkpoint) of 100,000 layers built modules for minutes."""
     config = tmp_path / "run.toml"
     config.write_text(f'[data]\nname = "synthetic"\n[model]\n{setting}\n')
-    code, err = _run(["train", config, "--out", tmp_path / "run"], capsys)
-    assert code == 2 and _one_line_error(err) and "more than the 64 a model may have" in err
+    code, err = run_cli(["train", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and one_line_error(err) and "more than the 64 a model may have" in err
 
 
 def test_train_refuses_to_write_its_run_files_over_its_config(tmp_path, capsys):
@@ -315,8 +304,8 @@ def test_train_refuses_to_write_its_run_files_over_its_config(tmp_path, capsys):
     out.mkdir()
     config = out / "config.json"
     config.write_text('[data]\nname = "synthetic"\n')
-    code, err = _run(["train", config, "--out", out], capsys)
-    assert code == 2 and _one_line_error(err) and "same file" in err
+    code, err = run_cli(["train", config, "--out", out], capsys)
+    assert code == 2 and one_line_error(err) and "same file" in err
     assert config.read_text() == '[data]\nname = "synthetic"\n'
 
 
@@ -456,7 +445,7 @@ def test_a_home_folder_of_no_user_is_one_error(capsys):
 
     with pytest.raises(ValueError, match="no home folder for the user"):
         expanded("~no-such-user-qlatent/data")
-    code, err = _run(["data", "info", "--data-dir", "~no-such-user-qlatent/data"], capsys)
+    code, err = run_cli(["data", "info", "--data-dir", "~no-such-user-qlatent/data"], capsys)
     assert code != 0 and "no home folder" in err and "Traceback" not in err
 
 

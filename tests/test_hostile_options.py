@@ -12,17 +12,7 @@ import re
 
 import pytest
 
-
-def _run(args, capsys):
-    from qlatent.cli import main
-
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def _one_line_error(err: str) -> bool:
-    lines = err.strip().splitlines()
-    return len(lines) == 1 and lines[0].startswith("qlatent: error:")
+from cli_helpers import one_line_error, run_cli
 
 
 @pytest.mark.parametrize(
@@ -54,20 +44,20 @@ def test_evaluation_settings_are_checked_before_training(
     tmp_path, capsys, table, override, message
 ):
     runs, results = tmp_path / "runs", tmp_path / "results"
-    code, err = _run(
+    code, err = run_cli(
         ["reproduce", table, "--quick", "--set", override]
         + ["--runs-dir", runs, "--results-dir", results],
         capsys,
     )
-    assert code == 2 and _one_line_error(err), err
+    assert code == 2 and one_line_error(err), err
     assert re.search(message, err), err
     assert not runs.exists() and not results.exists()
 
 
 def test_the_demos_eval_seed_is_checked_before_training(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, err = _run(["demo", "--set", f"eval_seed={2**64}", "--out", out], capsys)
-    assert code == 2 and _one_line_error(err), err
+    code, err = run_cli(["demo", "--set", f"eval_seed={2**64}", "--out", out], capsys)
+    assert code == 2 and one_line_error(err), err
     assert "eval_seed must be an integer in [-2^63, 2^64)" in err
     assert not out.exists()
 
@@ -75,7 +65,7 @@ def test_the_demos_eval_seed_is_checked_before_training(tmp_path, capsys):
 @pytest.mark.parametrize("value", ["0", "-1e-3", "nan", "inf", "1"])
 def test_target_rse_is_a_number_in_zero_one(capsys, value):
     with pytest.raises(SystemExit) as exit_:
-        _run(["bench", "lattices", "--output", "", f"--target-rse={value}"], capsys)
+        run_cli(["bench", "lattices", "--output", "", f"--target-rse={value}"], capsys)
     assert exit_.value.code == 2
     assert f"argument --target-rse: expected a number in (0, 1), got {value}" in (
         capsys.readouterr().err
@@ -85,7 +75,7 @@ def test_target_rse_is_a_number_in_zero_one(capsys, value):
 @pytest.mark.parametrize("seeds", [f"0,{2**32}", str(2**63)])
 def test_seeds_past_what_kmeans_takes_are_refused(tmp_path, capsys, seeds):
     with pytest.raises(SystemExit) as exit_:
-        _run(
+        run_cli(
             ["reproduce", "softvq-mnist", "--quick", f"--seeds={seeds}"]
             + ["--runs-dir", tmp_path / "runs", "--results-dir", tmp_path / "results"],
             capsys,
