@@ -687,13 +687,14 @@ def _threads(text: str) -> int:
 def _file_seed(text: str) -> int:
     """argparse type of ``compress --seed``: an integer in [0, 2^63), as a file stores it
     (checked here, not by the coder after the images were encoded)."""
+    from .coding.codec import _check_seed
+
     try:
-        value = int(text)
+        return _check_seed(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^63), got {value}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, 2^63) (the seed a file stores), got {text!r}"
+        ) from None
 
 
 _repeats = _at_most(_MAX_REPEATS, "timed calls")
