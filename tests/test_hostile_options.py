@@ -96,3 +96,56 @@ def test_a_files_seed_is_checked_before_anything_is_encoded(tmp_path, capsys, se
         main([str(a) for a in [*args, "--seed", seed, "-o", tmp_path / "x.qlc"]])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "argument --seed: expected an integer" in err
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("the data was read before the config was checked")
+
+
+@pytest.mark.parametrize(
+    ("table", "override", "message"),
+    [
+        ("lattice-mnist", "model.hidden=[100000,100000]", "would hold .* numbers, more than"),
+        ("lattice-mnist", 'bottleneck.args={"bogus": 1}', "unexpected keyword argument 'bogus'"),
+        ("softvq-mnist", "model.latent_dim=100000000", "would hold .* numbers, more than"),
+        ("softvq-mnist", 'bottleneck.args={"bogus": 1}', "unexpected keyword argument 'bogus'"),
+        ("llvq-fashion", "model.hidden=[100000,100000]", "would hold .* numbers, more than"),
+        ("llvq-fashion", 'bottleneck.args={"bogus": 1}', "unexpected keyword argument 'bogus'"),
+        ("coding-mnist", "hidden=100000", "would hold .* numbers, more than"),
+        ("coding-mnist", "num_codes=10000000000", "would hold 400,000,000,000 numbers"),
+    ],
+)
+def test_model_sizes_and_bottleneck_arguments_are_checked_before_the_data(
+    tmp_path, capsys, monkeypatch, table, override, message
+):
+    """A paper table's model too large to build, or a bottleneck argument it does not take, is
+    one line before anything is read: the argument was a traceback after the data was loaded
+    (and, in softvq-mnist, after the raw-pixel row's minutes of evaluation)."""
+    from qlatent.experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist
+
+    for module in (lattice_mnist, softvq_mnist, llvq_fashion, coding_mnist):
+        monkeypatch.setattr(module, "load_data", _no_data)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    code, err = run_cli(
+        ["reproduce", table, "--quick", "--set", override]
+        + ["--runs-dir", runs, "--results-dir", results],
+        capsys,
+    )
+    assert code == 2 and one_line_error(err), err
+    assert re.search(message, err), err
+    assert not runs.exists() and not results.exists()
+
+
+@pytest.mark.parametrize(
+    "key", ["ideal_repeats", "train_rate_repeats", "hard_rate_seeds", "good_hard_rate_seeds"]
+)
+def test_a_reported_spread_needs_two_estimates(tmp_path, capsys, key):
+    """One estimate has no standard deviation: coding-mnist reported an s.e. of 0.0 for it."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    code, err = run_cli(
+        ["reproduce", "coding-mnist", "--quick", "--set", f"{key}=1"]
+        + ["--runs-dir", runs, "--results-dir", results],
+        capsys,
+    )
+    assert code == 2 and one_line_error(err), err
+    assert f"{key} must be at least 2" in err, err

@@ -72,12 +72,12 @@ def test_overrides_reach_free_form_tables_and_unhonoured_keys_are_refused():
         overrides=[
             "eval.iwae_samples=7",
             "bottleneck.args.samples=64",
-            "bottleneck.args.proposal=cell",
+            "bottleneck.args.proposal=tilted",
         ],
     )
     assert cfg.eval.iwae_samples == 7 and cfg.eval.test_examples == 500  # quick.toml kept
     assert cfg.model.bottleneck_args["samples"] == 64
-    assert cfg.model.bottleneck_args["proposal"] == "cell"
+    assert cfg.model.bottleneck_args["proposal"] == "tilted"
     assert cfg.model.bottleneck_args["lattice"] == "e8"
     with pytest.raises(ValueError, match="model.family"):
         lattice_mnist.model_config("gaussian", quick=False, overrides=["model.family=relu_mlp"])
@@ -87,6 +87,10 @@ def test_overrides_reach_free_form_tables_and_unhonoured_keys_are_refused():
         llvq_fashion.model_config("vq", "constant", overrides=["loss.rate_weight=1"])
     with pytest.raises(ValueError, match="data.name"):
         softvq_mnist.model_config("vq", quick=False, overrides=["data.name=binarized-mnist"])
+    with pytest.raises(ValueError, match="proposal must be 'prior', 'box' or 'tilted'"):
+        lattice_mnist.model_config(
+            "e8_lattice", quick=True, overrides=["bottleneck.args.proposal=cell"]
+        )
 
 
 def test_train_runs_a_table_row_from_its_base_and_row_files(tmp_path, capsys):

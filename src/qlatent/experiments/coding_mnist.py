@@ -52,6 +52,7 @@ from ..coding import CODE_MODELS, compress, decompress, ideal_bits, model_digest
 from ..config import apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
+from ..models.size import check_size
 from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
@@ -60,6 +61,10 @@ from .custom import MAX_EVAL_COUNT, check_eval_seed, check_positive
 from .lattice_vae import load_data
 
 LN2 = math.log(2.0)
+
+
+#: counts whose estimates are reported with their s.e. or standard deviation
+_SPREAD_COUNTS = ("train_rate_repeats", "hard_rate_seeds", "good_hard_rate_seeds", "ideal_repeats")
 
 
 @dataclass
@@ -104,6 +109,11 @@ class CodingMnistConfig:
             "ideal_prior_samples",
         )
         check_positive(self, "", counts, at_most=MAX_EVAL_COUNT)
+        for name in _SPREAD_COUNTS:  # one estimate has no spread: its s.e. would read 0
+            if getattr(self, name) < 2:
+                raise ValueError(
+                    f"{name} must be at least 2 (its spread is reported), got {getattr(self, name)}"
+                )
         check_eval_seed(self.seed, "seed")
         factors = self.spacing_factors
         if not isinstance(factors, list) or not all(
@@ -129,7 +139,10 @@ def config(*, quick: bool, overrides: list[str] | None = None) -> CodingMnistCon
         cfg.ideal_repeats = 2
         cfg.ideal_samples = 256
         cfg.ideal_prior_samples = 32
-    return apply_overrides(cfg, overrides or [])
+    cfg = apply_overrides(cfg, overrides or [])
+    for name in ("lattice", "vq"):  # sizes counted before the data is read
+        check_size(lambda n=name: _model(n, cfg, seeded=False), f"the {name} model")
+    return cfg
 
 
 #: rows read from `qlatent reproduce lattice-mnist`'s checkpoints
@@ -213,8 +226,9 @@ def trained_table1_model(
     return model, info, data
 
 
-def _model(name: str, cfg: CodingMnistConfig) -> Autoencoder:
-    torch.manual_seed(cfg.train.seed)
+def _model(name: str, cfg: CodingMnistConfig, *, seeded: bool = True) -> Autoencoder:
+    if seeded:
+        torch.manual_seed(cfg.train.seed)
     if name == "lattice":
         return gated_vae("lattice", latent_dim=cfg.latent_dim, hidden=cfg.hidden)
     return gated_vae("vq", latent_dim=cfg.latent_dim, hidden=cfg.hidden, num_codes=cfg.num_codes)
@@ -285,9 +299,8 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
             )  # fmt: skip
             rates.append(t["rate"].mean().item() / LN2)
         mean = statistics.fmean(rates)
-        sd = statistics.stdev(rates) if len(rates) > 1 else 0.0
         out["train_rate_bits_per_image"] = mean
-        out["train_rate_se"] = sd / math.sqrt(len(rates))
+        out["train_rate_se"] = statistics.stdev(rates) / math.sqrt(len(rates))
         out["train_rate_repeats"] = len(rates)
         out["coded_minus_train_rate_bits"] = coded_bits / n - mean
         # the file's hard rate is one dither's draw: its spread over seeds says how far from the
@@ -299,7 +312,7 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
         out["hard_rate_over_seeds"] = {
             "seeds": len(hard_rates),
             "mean": statistics.fmean(hard_rates),
-            "sd": statistics.stdev(hard_rates) if len(hard_rates) > 1 else 0.0,
+            "sd": statistics.stdev(hard_rates),
         }
         if good:
             out.update(_monte_carlo_ideal(neck, y, y_hat, cfg, payload_bits=8 * len(payload)))
@@ -324,7 +337,7 @@ def _monte_carlo_ideal(neck, y, y_hat, cfg: CodingMnistConfig, *, payload_bits: 
             log_f = neck.log_density(sub, cfg.ideal_samples, cfg.ideal_prior_samples, generator)
             estimates.append(float((-log_v - log_f).double().sum()) / LN2 / count)
     mc = statistics.fmean(estimates)
-    se = statistics.stdev(estimates) / math.sqrt(len(estimates)) if len(estimates) > 1 else 0.0
+    se = statistics.stdev(estimates) / math.sqrt(len(estimates))
     model_bits = ideal_bits(neck, y[:count], seed=cfg.seed) / count
     all_model = ideal_bits(neck, y, seed=cfg.seed)
     payload_over_model = payload_bits / all_model - 1

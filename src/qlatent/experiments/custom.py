@@ -294,7 +294,8 @@ def paper_config(
 ) -> RunConfig:
     """A paper table's run in this schema: the defaults, ``configs/<experiment>/base.toml`` (the
     table's shared protocol), then each of ``parts`` (the row's file, a schedule's, ``quick``)
-    merged table by table, then ``key=value`` overrides. Errors as :func:`load_config`'s."""
+    merged table by table, then ``key=value`` overrides; the bottleneck is built once, counted
+    on the meta device (:func:`check_bottleneck`). Errors as :func:`load_config`'s."""
     from ..configs import load
 
     table: dict[str, Any] = {}
@@ -302,7 +303,9 @@ def paper_config(
         table = _merge(table, load(experiment, part))
     where = f"config {experiment}/{'+'.join(parts) or 'base'}"
     cfg = _apply(lambda c: apply_mapping(c, table), RunConfig(), where)
-    return _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
+    cfg = _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
+    check_bottleneck(cfg)
+    return cfg
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

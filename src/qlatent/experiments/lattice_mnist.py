@@ -36,10 +36,14 @@ from ..eval.proposals import parse_mixture
 from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
+from ..models.size import check_size
 from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
 from ._cache import described, problem, read_cache, refused, unplain
+
+#: pixels of a binarized MNIST image (and of the synthetic stand-in)
+DATA_DIM = 28 * 28
 
 MODELS = (
     "rect_lattice",
@@ -220,7 +224,7 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
         },
         "lattice-mnist",
     )
-    return LatticeMnistConfig(
+    cfg = LatticeMnistConfig(
         data=run.data.name,  # type: ignore[arg-type]
         model=VAEConfig(
             bottleneck=run.bottleneck.name,
@@ -232,6 +236,8 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
         eval=custom.paper_eval(EvalConfig, run, seed=run.eval_seed),
         init_from=run.init_from,
     )
+    check_size(lambda: _gated_vae(cfg, DATA_DIM))  # before the data is read
+    return cfg
 
 
 def load_data(cfg: LatticeMnistConfig, data_dir: str | None) -> dict[str, torch.Tensor]:
@@ -243,6 +249,10 @@ def load_data(cfg: LatticeMnistConfig, data_dir: str | None) -> dict[str, torch.
 def build_model(cfg: LatticeMnistConfig, data_dim: int):
     """The gated-MLP VAE of a row, initialised from the row's seed."""
     torch.manual_seed(cfg.train.seed)
+    return _gated_vae(cfg, data_dim)
+
+
+def _gated_vae(cfg: LatticeMnistConfig, data_dim: int):
     return gated_vae(
         cfg.model.bottleneck,
         latent_dim=cfg.model.latent_dim,

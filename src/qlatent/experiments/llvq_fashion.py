@@ -39,6 +39,7 @@ from ..data.folder import load_image_folder
 from ..eval import code_usage, reconstruction_rows
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
+from ..models.size import check_size
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, provenance, write_json
@@ -172,6 +173,8 @@ def from_run_config(run: custom.RunConfig) -> LLVQConfig:
         bottleneck_args=dict(run.bottleneck.args),
     )
     figures = custom.paper_eval(_EvalConfig, run).figure_images
+    channels, height, width = image_shape(data)  # sizes counted before the data is read
+    check_size(lambda: _autoencoder(model, channels, channels * height * width))
     return LLVQConfig(data=data, model=model, train=run.train, figure_images=figures)
 
 
@@ -218,17 +221,15 @@ def build_model(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
     """Conv encoder → bottleneck on the ``(B, D, h, w)`` latent → conv decoder; the distortion
     Σ (x̂ − x)² / ``pixels`` (values per image) averages over a batch to mse(x̂, x). Sized on
     the meta device first (:func:`~qlatent.models.size.sized`)."""
-    return sized(
-        lambda: Autoencoder(
-            encoder=conv_encoder(
-                channels, cfg.hidden, cfg.latent_dim, num_residual=cfg.num_residual
-            ),
-            bottleneck=build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args),
-            decoder=conv_decoder(
-                cfg.latent_dim, cfg.hidden, channels, num_residual=cfg.num_residual
-            ),
-            likelihood=SquaredError(variance=float(pixels)),
-        )
+    return sized(lambda: _autoencoder(cfg, channels, pixels))
+
+
+def _autoencoder(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
+    return Autoencoder(
+        encoder=conv_encoder(channels, cfg.hidden, cfg.latent_dim, num_residual=cfg.num_residual),
+        bottleneck=build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args),
+        decoder=conv_decoder(cfg.latent_dim, cfg.hidden, channels, num_residual=cfg.num_residual),
+        likelihood=SquaredError(variance=float(pixels)),
     )
 
 

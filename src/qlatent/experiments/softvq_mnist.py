@@ -56,6 +56,7 @@ from ..eval import downstream_report, linear_probe_converged, tsne_grid
 from ..eval.downstream import PROBE_CS
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
+from ..models.size import check_size
 from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
@@ -188,7 +189,10 @@ def model_config(name: str, *, quick: bool, overrides: list[str]) -> SoftVQMnist
     if name not in MODELS:
         raise ValueError(f"unknown row {name!r}; known: {list(MODELS)}")
     parts = ([] if name == "raw" else [name]) + (["quick"] if quick else [])
-    return from_run_config(custom.paper_config("softvq-mnist", parts, overrides))
+    cfg = from_run_config(custom.paper_config("softvq-mnist", parts, overrides))
+    if name != "raw":  # sizes counted before the data is read (the raw row builds no model)
+        check_size(lambda: _autoencoder(cfg.model, 28 * 28, 1.0))
+    return cfg
 
 
 def from_run_config(run: custom.RunConfig) -> SoftVQMnistConfig:
@@ -246,16 +250,17 @@ def build_model(cfg: ModelConfig, data_dim: int, variance: float) -> Autoencoder
     """ReLU MLP ``D-h1-…-in_dim`` → bottleneck → ``d-…-h1-D`` with a sigmoid output (sized on
     the meta device first: :func:`~qlatent.models.size.sized`)."""
 
-    def make() -> Autoencoder:
-        bottleneck = build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args)
-        return Autoencoder(
-            encoder=relu_mlp([data_dim, *cfg.hidden, bottleneck.in_dim]),
-            bottleneck=bottleneck,
-            decoder=relu_mlp([cfg.latent_dim, *reversed(cfg.hidden), data_dim]),
-            likelihood=SquaredError(variance=variance, link="sigmoid"),
-        )
+    return sized(lambda: _autoencoder(cfg, data_dim, variance))
 
-    return sized(make)
+
+def _autoencoder(cfg: ModelConfig, data_dim: int, variance: float) -> Autoencoder:
+    bottleneck = build(cfg.bottleneck, dim=cfg.latent_dim, **cfg.bottleneck_args)
+    return Autoencoder(
+        encoder=relu_mlp([data_dim, *cfg.hidden, bottleneck.in_dim]),
+        bottleneck=bottleneck,
+        decoder=relu_mlp([cfg.latent_dim, *reversed(cfg.hidden), data_dim]),
+        likelihood=SquaredError(variance=variance, link="sigmoid"),
+    )
 
 
 @torch.no_grad()

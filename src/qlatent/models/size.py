@@ -37,6 +37,19 @@ def check_numbers(module: nn.Module, what: str = "the model") -> None:
         )
 
 
+def check_size(make: Callable[[], nn.Module], what: str = "the model") -> None:
+    """Build ``make()`` on the meta device only (shapes without memory) and raise ValueError if
+    it would hold more than :data:`MAX_MODEL_NUMBERS` numbers: a config's sizes checked before
+    its data is read. A bad argument raises as ``make`` raises it; a constructor that computes
+    with values the meta device does not hold is not counted here (:func:`sized` builds it)."""
+    try:
+        with torch.device("meta"):
+            probe = make()
+    except (NotImplementedError, RuntimeError):
+        return
+    check_numbers(probe, what)
+
+
 def sized(make: Callable[[], M], what: str = "the model") -> M:
     """``make()``, built only once the module it returns is known to hold at most
     :data:`MAX_MODEL_NUMBERS` numbers: it is built first on the meta device and counted there
@@ -44,11 +57,5 @@ def sized(make: Callable[[], M], what: str = "the model") -> M:
     that computes with values the meta device does not hold (a bottleneck registered outside
     this library, say) is built directly. Building on the meta device draws no random
     numbers, so the module returned is the one ``make()`` alone would give."""
-    try:
-        with torch.device("meta"):
-            probe = make()
-    except (NotImplementedError, RuntimeError):
-        return make()
-    check_numbers(probe, what)
-    del probe
+    check_size(make, what)
     return make()
