@@ -9,6 +9,8 @@ a NaN codebook, or were accepted without a word (``compile="no"`` switched compi
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -274,3 +276,16 @@ def test_update_names_what_it_takes(latents):
     """``update(None)`` was "'NoneType' object is not iterable"."""
     with pytest.raises(TypeError, match="latents must be a tensor or an iterable of tensors"):
         build("vq", dim=4, num_codes=8).update(latents)
+
+
+@pytest.mark.parametrize("value", [math.inf, 1e300, True, "1", -1.0])
+def test_loss_weights_are_finite_numbers(value):
+    """``lmbda=inf`` or ``1e300`` was taken: the first step's float32 loss was infinite and the
+    weights NaN (the next batch then failed on a non-finite input); ``True`` counted as 1."""
+    from qlatent.losses import RateDistortionLoss
+
+    for name in ("lmbda", "aux_weight"):
+        with pytest.raises(ValueError, match=name):
+            RateDistortionLoss(**{name: value})
+    with pytest.raises(ValueError, match="commitment"):
+        build("vq", dim=4, num_codes=8, commitment=value)

@@ -11,6 +11,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+#: the largest weight or temperature taken: a float32 loss scaled by more overflows (a weight of
+#: 1e300 turned the first step's loss infinite and the weights into NaN)
+MAX_WEIGHT = 1e30
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """``value`` as a float, if it is a number (not a bool) in [0, :data:`MAX_WEIGHT`]; else
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not value <= MAX_WEIGHT:
+        raise ValueError(f"{name} must be at most {MAX_WEIGHT:g}, got {value!r}")
+    return float(value)
+
 
 def check_finite(name: str, x: Tensor) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or Inf."""

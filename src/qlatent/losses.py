@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ._utils import check_nonnegative
 from .models import AutoencoderOutput
 from .nn import Likelihood
 
@@ -40,12 +41,8 @@ class RateDistortionLoss(nn.Module):
 
     def __init__(self, *, lmbda: float = 1.0, aux_weight: float = 1.0) -> None:
         super().__init__()
-        if not lmbda >= 0:
-            raise ValueError(f"lmbda must be non-negative, got {lmbda}")
-        if not aux_weight >= 0:
-            raise ValueError(f"aux_weight must be non-negative, got {aux_weight}")
-        self.lmbda = lmbda
-        self.aux_weight = aux_weight
+        self.lmbda = check_nonnegative(lmbda, "lmbda")
+        self.aux_weight = check_nonnegative(aux_weight, "aux_weight")
 
     def forward(
         self,

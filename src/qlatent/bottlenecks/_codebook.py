@@ -51,14 +51,6 @@ def check_num_codes(num_codes: int) -> int:
     return num_codes
 
 
-def check_nonnegative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
 def check_indices(indices: Tensor, num_codes: int) -> Tensor:
     """Codeword indices must lie in [0, K): a clear error instead of an index fault."""
     if indices.numel() and (indices.min() < 0 or indices.max() >= num_codes):

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils import check_nonnegative
 from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import (
-    check_nonnegative,
     check_num_codes,
     row_counts,
     straight_through,

@@ -26,11 +26,10 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_torch_generator
+from .._utils import check_nonnegative, check_torch_generator
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
-    check_nonnegative,
     check_num_codes,
     mean_square_error,
     squared_distances,

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils import check_nonnegative
 from ._codebook import (
-    check_nonnegative,
     check_num_codes,
     code_counts,
     squared_distances,

@@ -22,9 +22,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_nonnegative
 from ._codebook import (
     CodebookQuantizer,
-    check_nonnegative,
     check_num_codes,
     codebook_and_commitment,
     init_codebook,

@@ -22,10 +22,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from .._utils import check_nonnegative
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
-    check_nonnegative,
     check_num_codes,
     code_counts,
     mean_square_error,
