@@ -62,7 +62,8 @@ def apply_mapping(cfg: C, mapping: dict[str, Any]) -> C:
     """Apply a nested mapping (e.g. a parsed TOML file) as overrides; same checks as above.
 
     A nested table goes into the config section of that name; any other value, dicts included,
-    sets the field.
+    sets the field. A text field takes a string only (a list, a number or a date would become
+    its Python text: ``out_dir = ["a"]`` wrote the run into a folder named ``["a"]``).
     """
     overrides: list[str] = []
 
@@ -72,11 +73,23 @@ def apply_mapping(cfg: C, mapping: dict[str, Any]) -> C:
             if isinstance(value, dict) and dataclasses.is_dataclass(target):
                 walk(target, value, f"{prefix}{key}.")
             else:
+                if value is not None and not isinstance(value, str) and _is_text(section, key):
+                    raise ValueError(f"{prefix}{key} expects a string, got {value!r}")
                 raw = json.dumps(value) if isinstance(value, dict | list) else str(value)
                 overrides.append(f"{prefix}{key}={raw}")
 
     walk(cfg, mapping, "")
     return apply_overrides(cfg, overrides)
+
+
+def _is_text(section: Any, name: str) -> bool:
+    """Whether field ``name`` of the dataclass ``section`` holds a string (or None)."""
+    if not dataclasses.is_dataclass(section) or name not in {
+        f.name for f in dataclasses.fields(section)
+    }:
+        return False
+    hint = typing.get_type_hints(type(section))[name]
+    return hint is str or set(get_args(hint)) == {str, type(None)}
 
 
 def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
@@ -92,8 +105,15 @@ def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
         current = getattr(obj, name)
         if isinstance(current, dict):  # a free-form table: set one (nested) entry
             value = _set_entry(current, path[1:], raw, full_key)
-        else:
+        elif dataclasses.is_dataclass(current):
             value = _set(current, path[1:], raw, full_key)
+        else:
+            parts = full_key.strip().split(".")
+            here = ".".join(parts[: len(parts) - len(path) + 1])
+            raise ValueError(
+                f"override {full_key!r}: {here!r} is a value ({type(current).__name__}), "
+                f"not a section; set it as {here}=..."
+            )
     else:
         value = _parse(typing.get_type_hints(type(obj))[name], raw, full_key)
     return dataclasses.replace(obj, **{name: value})

@@ -47,7 +47,6 @@ latent_dim + K for ``soft_vq`` ...), so one line changes the method.
 from __future__ import annotations
 
 import math
-import os
 import stat
 import time
 import tomllib
@@ -58,6 +57,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from .._utils import MAX_WEIGHT
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
@@ -93,6 +93,7 @@ class DataConfig:
     max_tokens: int = 20  #: text: longer sentences are left out
 
     def __post_init__(self) -> None:
+        check_choice(self.name, "data.name", DATASETS)
         check_positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
         check_positive(self, "data", ("max_tokens",))
         check_seed(self.split_seed, "data.split_seed")
@@ -101,6 +102,10 @@ class DataConfig:
         if not isinstance(self.test_size, int) or self.test_size < 1:
             raise ValueError(f"data.test_size must be a positive integer, got {self.test_size!r}")
 
+
+#: the range of a loss weight and of ``model.variance``, as the loss and the likelihood take
+#: them (a float32 loss scaled by more overflows)
+MIN_WEIGHT = 1e-30
 
 #: the most layers a model config may ask for (``hidden``'s length, ``num_residual``, ``layers``)
 MAX_LAYERS = 64
@@ -118,6 +123,8 @@ class ModelConfig:
     variance: float = 0.0
 
     def __post_init__(self) -> None:
+        check_choice(self.family, "model.family", FAMILIES)
+        check_choice(self.likelihood, "model.likelihood", ("bernoulli", "squared_error"))
         check_positive(self, "model", ("latent_dim", "embed", "layers"))
         if (
             not isinstance(self.hidden, list)
@@ -142,8 +149,15 @@ class ModelConfig:
                     f"model.{name} asks for {depth:,} layers, more than the {MAX_LAYERS} "
                     "a model may have here"
                 )
-        if not (isinstance(self.variance, int | float) and 0 <= self.variance < math.inf):
-            raise ValueError(f"model.variance must be >= 0 (0: the data's), got {self.variance!r}")
+        if not (
+            isinstance(self.variance, int | float)
+            and not isinstance(self.variance, bool)
+            and (self.variance == 0 or MIN_WEIGHT <= self.variance <= MAX_WEIGHT)
+        ):
+            raise ValueError(
+                f"model.variance must be 0 (the data's) or lie in [{MIN_WEIGHT:g}, "
+                f"{MAX_WEIGHT:g}], got {self.variance!r}"
+            )
 
 
 @dataclass
@@ -170,8 +184,14 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("rate_weight", "aux_weight"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0 <= value < math.inf):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 <= value <= MAX_WEIGHT
+            ):
+                raise ValueError(
+                    f"loss.{name} must be a number in [0, {MAX_WEIGHT:g}], got {value!r}"
+                )
 
 
 @dataclass
@@ -217,6 +237,13 @@ def check_positive(
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
         if at_most is not None and value > at_most:
             raise ValueError(f"{key} must be at most {at_most:,}, got {value:,}")
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    """``value`` is one of ``choices``; ValueError naming ``name`` otherwise (a config built in
+    Python is not parsed: a misspelt choice fell through to another branch without a word)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def check_eval_seed(seed: Any, name: str, *, below: int = 2**63) -> None:
@@ -577,6 +604,20 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
         cfg = apply_mapping(RunConfig(), run)
         shape = tuple(int(v) for v in derived["image_shape"])
         words = derived.get("vocabulary")
+        if cfg.model.family == "text_gru" and not (isinstance(words, list) and words):
+            # an empty list fell back to data.vocab_size; none read sentences as images
+            raise ValueError(
+                "a sentence model needs its saved vocabulary, a list of words; got "
+                + (
+                    "none"
+                    if words is None
+                    else "an empty list"
+                    if isinstance(words, list)
+                    else f"a {type(words).__name__}"
+                )  # fmt: skip
+            )
+        if cfg.model.family != "text_gru" and words is not None:
+            raise ValueError(f"a {cfg.model.family} model has no vocabulary, yet one is saved")
         vocabulary = None if words is None else len(words)
         model = build_model(cfg, shape, float(derived["data_variance"]), vocabulary=vocabulary)
     except (KeyError, TypeError, ValueError) as err:
@@ -625,7 +666,7 @@ def train(
         run_config=run_config,
         resume=not fresh,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not result.is_main:
         return {}  # under torchrun, rank 0 alone evaluates and writes the summary
     training_curves(result.history, out_dir / "training_curves.png", title=_title(cfg))
     words = derived.get("vocabulary")

@@ -8,7 +8,6 @@ two-part codelength with real quantization, which Theorem 1 says must agree.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -59,9 +58,13 @@ class LatticeVAEConfig:
     out_dir: str = "runs/demo"
 
     def __post_init__(self) -> None:
-        if not self.out_dir.strip():
-            raise ValueError("out_dir must name a folder, got an empty string")
+        if self.data not in ("binarized-mnist", "synthetic"):
+            raise ValueError(f"data must be 'binarized-mnist' or 'synthetic', got {self.data!r}")
+        if not isinstance(self.out_dir, str) or not self.out_dir.strip():
+            raise ValueError(f"out_dir must name a folder, got {self.out_dir!r}")
         check_seed(self.eval_seed, "eval_seed")
+        # the evaluation seeds the hard path's dither with eval_seed + 1
+        check_seed(self.eval_seed + 1, "eval_seed + 1")
 
 
 def load_data(cfg: LatticeVAEConfig, data_dir: str | None = None) -> dict[str, torch.Tensor]:
@@ -89,7 +92,7 @@ def run(
         compile=cfg.model.compile,
     )
     result = fit(model, data, cfg.train, out_dir=out_dir, run_config=to_dict(cfg), resume=not fresh)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not result.is_main:
         return {}  # under torchrun, rank 0 alone evaluates and writes the summary
 
     started = time.perf_counter()

@@ -31,15 +31,22 @@ class World:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when present; an unavailable CUDA request is an error."""
+    """``"auto"`` picks CUDA when present; an unavailable CUDA request is an error, as is a
+    CUDA device number the machine does not have (torch wraps ``cuda:255`` to ``cuda``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    if kind == "cuda" and index and not 0 <= int(index) < torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"device {name!r} requested but this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available on this machine")
-    return device
+    return torch.device(name)
 
 
 def _environment_int(name: str, default: str | None) -> int:
@@ -66,8 +73,15 @@ def setup(device_name: str) -> World:
     if not 0 <= rank < size:  # a rank no other process waits for would wait for ever
         raise ValueError(f"RANK must lie in [0, WORLD_SIZE = {size}), got {rank}")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local, count = _environment_int("LOCAL_RANK", "0"), torch.cuda.device_count()
+        if not 0 <= local < count:
+            raise ValueError(f"LOCAL_RANK must lie in [0, {count}) (CUDA devices), got {local}")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
+    if "MASTER_PORT" in os.environ:
+        port = _environment_int("MASTER_PORT", None)
+        if not 0 <= port < 65536:
+            raise ValueError(f"MASTER_PORT must be a port number in [0, 65535], got {port}")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(rank, size, device)

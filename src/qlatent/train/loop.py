@@ -42,7 +42,8 @@ from .checkpoint import (
 )
 from .optim import make_optimizer
 
-_DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
+#: torch reads "cuda:01" as no device and wraps "cuda:255" to "cuda"
+_DEVICE = re.compile(r"cpu|auto|mps|cuda(:(0|[1-9]\d{0,2}))?")
 
 
 @dataclass
@@ -71,33 +72,52 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (isinstance(self.lr, int | float) and 0 < self.lr <= 1):
+        for name, low in [("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1)]:
+            check_count(getattr(self, name), name, low)
+        check_count(self.warmup_epochs, "warmup_epochs", 0)
+        for name, low in [("max_steps", 1), ("anneal_steps", 1), ("patience", 0)]:
+            check_count(getattr(self, name), name, low, optional=True)
+        if not (_is_number(self.lr) and 0 < self.lr <= 1):
             # Adam moves every weight by about lr per step: beyond 1 nothing trains
-            raise ValueError(f"lr must be a finite number in (0, 1], got {self.lr}")
+            raise ValueError(f"lr must be a finite number in (0, 1], got {self.lr!r}")
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             raise ValueError(
-                f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {self.device!r}"
+                "device must be 'cpu', 'cuda', 'cuda:N' (N < 1000, no leading zero), 'mps' or "
+                f"'auto', got {self.device!r}"
             )
-        for name in ("max_steps", "anneal_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
-        if self.lr_decay is not None and not 0.0 <= self.lr_decay <= 1.0:
-            raise ValueError(f"lr_decay must lie in [0, 1] or be None, got {self.lr_decay}")
+        decay = self.lr_decay
+        if decay is not None and not (_is_number(decay) and 0 <= decay <= 1):
+            raise ValueError(f"lr_decay must lie in [0, 1] or be None, got {self.lr_decay!r}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
-        if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 0):
-            raise ValueError("warmup_epochs and patience must be non-negative")
+        if self.optimizer not in ("adam", "adam_fused", "adam_normgrad"):
+            raise ValueError(
+                f"optimizer must be 'adam', 'adam_fused' or 'adam_normgrad', got {self.optimizer!r}"
+            )
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be true or false, got {self.progress!r}")
         if self.max_minutes is not None and not (
-            isinstance(self.max_minutes, int | float) and 0 < self.max_minutes < math.inf
+            _is_number(self.max_minutes) and 0 < self.max_minutes < math.inf
         ):
             raise ValueError(
                 f"max_minutes must be a positive number or None, got {self.max_minutes!r}"
             )
         check_seed(self.seed, "seed")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_count(value: Any, name: str, low: int, *, optional: bool = False) -> None:
+    """A count of epochs, updates or examples is an integer in [``low``, 2^63) (``optional``:
+    or None); ValueError naming ``name`` otherwise (torch indexes in int64: a batch of 2^63
+    examples failed after the data was loaded, without naming the key)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
+        also = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer in [{low}, 2^63){also}, got {value!r}")
 
 
 def check_seed(seed: Any, name: str) -> int:
@@ -116,6 +136,8 @@ class FitResult:
     stopped: str  #: "epochs", "max_steps", "early_stopping" or "time_budget"
     wall_s: float
     out_dir: Path
+    #: whether this process is rank 0, the one that evaluates and reports under torchrun
+    is_main: bool = True
 
     def summary(self) -> dict[str, Any]:
         """Epochs run, best epoch, why training stopped and its wall time, for a summary JSON."""
@@ -172,19 +194,25 @@ def fit(
     model.to(world.device)
     optimizer = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr)
     state = _State()
-    torch.manual_seed(cfg.seed * 1009 + world.rank)  # the dither stream; differs per rank
+    torch.manual_seed(_int64(cfg.seed * 1009 + world.rank))  # the dither stream; per rank
     if resume and (out_dir / "last.pt").exists():
         state = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
+        if cfg.keep == "best" and state.best_epoch and not (out_dir / "best.pt").exists():
+            # the last weights would be kept and reported as the best epoch's
+            raise CheckpointError(
+                f"{out_dir / 'best.pt'} is missing: the run in {out_dir} needs its best epoch "
+                f"({state.best_epoch}); restore it, or start a fresh run"
+            )
     if state.stopped in ("early_stopping", "max_steps"):
-        return _finish(model, state, out_dir, world, cfg.keep)
+        return _finish(model, state, out_dir, world, cfg.keep, run_config)
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
         state.stopped = "epochs"
-        return _finish(model, state, out_dir, world, cfg.keep)
+        return _finish(model, state, out_dir, world, cfg.keep, run_config)
 
     net = DistributedDataParallel(model) if world.distributed else model
     x_train, x_val = data["train"], data["val"]
     sampler = DistributedSampler(
-        range(x_train.shape[0]), num_replicas=world.size, rank=world.rank, seed=cfg.seed
+        range(x_train.shape[0]), num_replicas=world.size, rank=world.rank, seed=_int64(cfg.seed)
     )
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +279,13 @@ def fit(
             on_epoch_end(record)
         if state.stopped:
             break
-    return _finish(model, state, out_dir, world, cfg.keep)
+    return _finish(model, state, out_dir, world, cfg.keep, run_config)
+
+
+def _int64(seed: int) -> int:
+    """``seed`` wrapped into int64, the same seed to torch (which reads a seed modulo 2^64): a
+    seed near 2^64 plus an epoch number or times a factor overflowed ``manual_seed``."""
+    return (seed + 2**63) % 2**64 - 2**63
 
 
 def _has_training_state(model: nn.Module) -> bool:
@@ -297,6 +331,14 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
         lmbda = beta * anneal_factor(cfg, step) * loss_fn.lmbda
         with torch.set_grad_enabled(not frozen):
             losses = loss_fn(xb, net(xb), model.likelihood, lmbda=lmbda)
+        value = losses.loss.item()
+        if not math.isfinite(value):
+            # before the step: the weights stay finite (the next batch failed on "non-finite
+            # input" from the bottleneck, blaming the data)
+            raise ValueError(
+                f"training diverged: the loss is {value} at update {step} (epoch {epoch}); "
+                "lower train.lr or the loss weights, or resume from the last checkpoint"
+            )
         if not frozen:
             optimizer.zero_grad(set_to_none=True)
             losses.loss.backward()
@@ -310,7 +352,7 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
                     torch.tensor(float(xb.shape[0]), dtype=torch.float64),
                 ]
             )
-        bar.set_postfix(loss=f"{losses.loss.item():.2f}", refresh=False)
+        bar.set_postfix(loss=f"{value:.2f}", refresh=False)
     objective, distortion, rate, count = D.all_reduce_sum(totals, world).tolist()
     return {
         "train_objective": objective / count,
@@ -444,12 +486,26 @@ def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
     write_atomic(path, "".join(json.dumps(record) + "\n" for record in history).encode())
 
 
-def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
+def _finish(model, state: _State, out_dir: Path, world, keep: str, run_config) -> FitResult:
     best = out_dir / "best.pt"
     _held = None  # referenced until the teardown (D.wait_for_all)
     if keep == "best" and best.exists():
         _held = D.wait_for_all(world)  # rank 0 wrote it; wait until every rank can read it
-        load_weights(model, load(best, map_location=world.device).get("model"), best)
+        ckpt = load(best, map_location=world.device)
+        saved = ckpt.get("run_config")
+        changes = config_changes(saved, run_config, RESUME_MAY_CHANGE_RUN)
+        if isinstance(saved, dict) and isinstance(run_config, dict):
+            changes += config_changes(
+                saved.get("train"), run_config.get("train"), RESUME_MAY_CHANGE
+            )
+        if ckpt.get("epoch") != state.best_epoch or changes:
+            # another run's file (or an older epoch's) would be kept and reported as this one's
+            raise CheckpointError(
+                f"{best} does not hold this run's best epoch ({state.best_epoch}; it holds "
+                f"epoch {ckpt.get('epoch')!r}{' of another config' if changes else ''}): "
+                "restore it, or start a fresh run"
+            )
+        load_weights(model, ckpt.get("model"), best)
     D.teardown(world)
     return FitResult(
         history=state.history,
@@ -458,4 +514,5 @@ def _finish(model, state: _State, out_dir: Path, world, keep: str) -> FitResult:
         stopped=state.stopped,
         wall_s=state.wall_s,
         out_dir=out_dir,
+        is_main=world.is_main,
     )
