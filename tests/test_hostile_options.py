@@ -149,3 +149,24 @@ def test_a_reported_spread_needs_two_estimates(tmp_path, capsys, key):
     )
     assert code == 2 and one_line_error(err), err
     assert f"{key} must be at least 2" in err, err
+
+
+@pytest.mark.parametrize(
+    ("table", "option", "names"),
+    [
+        ("text-rd", "--models", "lattice,lattice"),
+        ("lattice-mnist", "--models", "rect_lattice,gaussian,rect_lattice"),
+        ("llvq-fashion", "--schedules", "constant,constant"),
+    ],
+)
+def test_a_row_named_twice_is_refused(tmp_path, capsys, table, option, names):
+    """A row named twice was trained and reported twice (under --jobs, by two processes in
+    one run folder)."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    code, err = run_cli(
+        ["reproduce", table, "--quick", option, names]
+        + ["--runs-dir", runs, "--results-dir", results],
+        capsys,
+    )
+    assert code == 2 and one_line_error(err), err
+    assert "more than once" in err and not runs.exists()

@@ -203,7 +203,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     }[args.name]
     reproduce = experiment.reproduce
     if experiment is llvq_fashion:
-        schedules = args.schedules.split(",") if args.schedules else None
+        schedules = _names(args.schedules, "--schedules")
         dataset = args.name.removeprefix("llvq-")
         reproduce = partial(reproduce, schedules=schedules, dataset=dataset)
     elif args.schedules:
@@ -217,7 +217,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if "seeds" not in accepts:
             raise ValueError(f"--seeds applies to softvq-mnist, not {args.name}")
         reproduce = partial(reproduce, seeds=args.seeds)
-    models = args.models.split(",") if args.models else None
+    models = _names(args.models, "--models")
     _check_folders(args.runs_dir, args.results_dir)  # before hours of training, not after
     payload = reproduce(
         quick=args.quick,
@@ -232,6 +232,18 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None, option: str) -> list[str] | None:
+    """A comma-separated list of row names (None when not given); a name given twice would
+    train and report its row twice (two processes in one run folder under ``--jobs``)."""
+    if not text:
+        return None
+    names = text.split(",")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{option} names {', '.join(twice)} more than once")
+    return names
+
+
 def _good_lattice_name(text: str) -> str:
     """An argparse type: a lattice block's name (``qlatent.lattices.lattice_by_name``)."""
     from .lattices import lattice_by_name
@@ -243,6 +255,19 @@ def _good_lattice_name(text: str) -> str:
     return text.strip().lower()
 
 
+def _bench_output(output: str | None) -> str | None:
+    """A benchmark's ``--output`` (None for none), refused now if it cannot be written (a
+    folder, a device, a path under a file) rather than after minutes of timing."""
+    import os
+
+    if not output:
+        return None
+    path = str(expanded(output))
+    _refuse_overwrite([path], [])
+    _check_folders(os.path.dirname(path) or ".")
+    return path
+
+
 def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     import json
 
@@ -251,8 +276,19 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
 
     if args.lattice and not args.scaling:
         raise ValueError("--lattice is a setting of --scaling")
+    if args.scaling and (args.rows is not None or args.dim is not None or args.no_compile):
+        raise ValueError(
+            "--rows, --dim and --no-compile are not settings of --scaling (its shapes are "
+            "fixed, its paths eager)"
+        )
     if args.scaling:
         from .bench.lattice import bench_lattice_scaling
+
+        output = args.output or ""
+        if output == "results/bench-lattice.json":
+            name = f"-{args.lattice}" if args.lattice else ""
+            output = f"results/bench-lattice-scaling{name}.json"
+        output = _bench_output(output)
 
         result = bench_lattice_scaling(
             threads=args.threads,
@@ -271,16 +307,13 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
                 f"{case}: fastest / slowest values/s {spread['over_rows']:.2f} over rows, "
                 f"{spread['over_dims']:.2f} over widths"
             )
-        output = args.output or ""
-        if output == "results/bench-lattice.json":
-            name = f"-{args.lattice}" if args.lattice else ""
-            output = f"results/bench-lattice-scaling{name}.json"
         if output:
             print(f"wrote {write_json({**provenance(args.command_line), **result}, output)}")
         return 0
+    output = _bench_output(args.output)
     result = bench_lattice(
-        rows=args.rows,
-        dim=args.dim,
+        rows=16384 if args.rows is None else args.rows,
+        dim=64 if args.dim is None else args.dim,
         threads=args.threads,
         repeats=args.repeats or 50,
         compile=not args.no_compile,
@@ -300,8 +333,8 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
         print("".join(f"  {k} {v:.2f}x" for k, v in result["speedup_vs_compressai"].items()))
     else:
         print(f"CompressAI skipped: {peer['reason']}")
-    if args.output:
-        print(f"wrote {write_json(payload, args.output)}")
+    if output:
+        print(f"wrote {write_json(payload, output)}")
     else:
         print(json.dumps(payload, indent=2))
     return 0
@@ -316,23 +349,43 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
     from .results import provenance, write_json
 
     names = None if args.names is None else [n.strip() for n in args.names.split(",") if n.strip()]
-    sizes = dict(rows=args.rows, repeats=args.repeats, min_repeats=args.min_repeats)
+    given = {
+        "--rows": args.rows,
+        "--repeats": args.repeats,
+        "--min-repeats": args.min_repeats,
+        "--budget": args.budget,
+    }
+    named = [option for option, value in given.items() if value is not None]
+    if args.quick and named:
+        raise ValueError(
+            f"--quick sets the rows, repeats and budget itself: drop {', '.join(named)}"
+        )
+
+    def chosen(value, default):
+        return default if value is None else value
+
+    sizes = dict(
+        rows=chosen(args.rows, 16384),
+        repeats=chosen(args.repeats, 50),
+        min_repeats=chosen(args.min_repeats, 5),
+    )
     if args.quick:
         sizes = dict(rows=256, repeats=2, min_repeats=2)
+    output = _bench_output(args.output)
     torch.set_num_threads(args.threads)  # so that provenance records the threads we ran with
     result = bench_quantizers(
         names=names,
         dim=args.dim,
         threads=args.threads,
-        budget_s=0.0 if args.quick else args.budget,
+        budget_s=0.0 if args.quick else chosen(args.budget, 2.0),
         device=args.device,
         compile=not args.no_compile,
         **sizes,
     )
     payload = {**provenance(args.command_line), **result}
     print(format_quantizers(result))
-    if args.output:
-        print(f"wrote {write_json(payload, args.output)}")
+    if output:
+        print(f"wrote {write_json(payload, output)}")
     else:
         print(json.dumps(payload, indent=2))
     if result["errors"]:
@@ -345,11 +398,12 @@ def _cmd_bench_coding(args: argparse.Namespace) -> int:
     from .bench.coding import bench_coding, format_coding
     from .results import provenance, write_json
 
+    output = _bench_output(args.output)
     result = bench_coding(rows=args.rows, dim=args.dim, threads=args.threads, repeats=args.repeats)
     payload = {**provenance(args.command_line), **result}
     print(format_coding(result))
-    if args.output:
-        print(f"wrote {write_json(payload, args.output)}")
+    if output:
+        print(f"wrote {write_json(payload, output)}")
     return 0
 
 
@@ -358,6 +412,7 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
     from .results import provenance, write_json
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
+    output = _bench_output(args.output)
     result = bench_lattices(
         names=names,
         rows=args.rows,
@@ -370,8 +425,8 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
     )
     payload = {**provenance(args.command_line), **result}
     print(format_lattices(result))
-    if args.output:
-        print(f"wrote {write_json(payload, args.output)}")
+    if output:
+        print(f"wrote {write_json(payload, output)}")
     return 0
 
 
@@ -849,8 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     b = bench_sub.add_parser("lattice", help="lattice bottleneck forward throughput")
-    b.add_argument("--rows", type=_rows, default=16384)
-    b.add_argument("--dim", type=_dim, default=64)
+    b.add_argument("--rows", type=_rows, default=None, help="rows of the input (16384)")
+    b.add_argument("--dim", type=_dim, default=None, help="width of the input (64)")
     b.add_argument("--threads", type=_threads, default=2)
     b.add_argument(
         "--repeats",
@@ -888,12 +943,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated bottlenecks (default: all registered; '' for none: peers only)",
     )
-    b.add_argument("--rows", type=_rows, default=16384)
+    b.add_argument("--rows", type=_rows, default=None, help="rows of the input (16384)")
     b.add_argument("--dim", type=_dim, default=64)
     b.add_argument("--threads", type=_threads, default=2)
-    b.add_argument("--repeats", type=_repeats, default=50, help="most timed calls per case")
-    b.add_argument("--min-repeats", type=_repeats, default=5, help="fewest timed calls per case")
-    b.add_argument("--budget", type=_seconds, default=2.0, help="timed seconds aimed at per case")
+    b.add_argument("--repeats", type=_repeats, default=None, help="most timed calls per case (50)")
+    b.add_argument(
+        "--min-repeats", type=_repeats, default=None, help="fewest timed calls per case (5)"
+    )
+    b.add_argument(
+        "--budget", type=_seconds, default=None, help="timed seconds aimed at per case (2)"
+    )
     b.add_argument("--quick", action="store_true", help="256 rows, 2 calls per case (tests)")
     b.add_argument(
         "--no-compile", action="store_true", help="skip the rows of vq with compile=True"

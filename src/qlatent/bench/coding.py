@@ -31,7 +31,7 @@ from ..bottlenecks import build
 from ..coding import ideal_bits, unpack
 from ..coding.models import constriction, decode_signed, encode_signed, symbol_range
 from ..rng import SeedKeys
-from .timing import time_cases
+from .timing import check_sizes, time_cases
 
 #: timed calls per block: the blocks of the cases interleave, so that a slow spell of the shared
 #: machine (its speed drifts by tens of percent within minutes) hits every case alike
@@ -52,8 +52,7 @@ def bench_coding(
     *, rows: int = 25_000, dim: int = 40, threads: int = 1, repeats: int = 20
 ) -> dict[str, Any]:
     """Median symbols per second of ``compress`` and ``decompress``, and the size overhead."""
-    if rows < 1 or dim < 1 or repeats < 1:
-        raise ValueError("rows, dim and repeats must be positive")
+    check_sizes(rows=rows, dim=dim, threads=threads, repeats=repeats)
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     lattice = build("lattice", dim=dim, init_spacing=0.5, init_scale=2.0).eval()

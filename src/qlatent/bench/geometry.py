@@ -18,7 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lattices import lattice_by_name, tile
-from .timing import allocator_settings, device_sync, resolve_bench_device, time_cases
+from .timing import (
+    allocator_settings,
+    check_sizes,
+    device_sync,
+    resolve_bench_device,
+    time_cases,
+)
 
 #: name -> literature G(Λ)
 LITERATURE_NSM = {
@@ -101,11 +107,17 @@ def bench_lattices(
     :func:`bench_training_step` (on the CPU). Dither reduction and closest points run on
     ``device`` (on CUDA each timed call ends with a synchronize)."""
     device = resolve_bench_device(device)
-    torch.set_num_threads(threads)
+    check_sizes(rows=rows, threads=threads, repeats=repeats)
+    if not 0 < target_rse < 1:  # 0 or NaN: never reached, the estimate runs to its cap
+        raise ValueError(f"target_rse must be a number in (0, 1), got {target_rse!r}")
     names = list(names or LITERATURE_NSM)
     unknown = sorted(set(names) - set(LITERATURE_NSM))
     if unknown:
         raise ValueError(f"unknown lattices {unknown}; known: {list(LITERATURE_NSM)}")
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"lattice(s) named more than once: {twice}")
+    torch.set_num_threads(threads)
     geometry = {
         n: estimate_nsm(n, target_rse=target_rse, seed=seed, device=device)
         for n in tqdm(names, desc="G")

@@ -12,6 +12,7 @@ import torch
 from ..bottlenecks import build
 from .timing import (
     allocator_settings,
+    check_sizes,
     competing_runnable,
     device_sync,
     resolve_bench_device,
@@ -186,6 +187,7 @@ def bench_lattice(
     from ..rng import draw_key
 
     device = resolve_bench_device(device)
+    check_sizes(rows=rows, dim=dim, threads=threads, repeats=repeats)
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     competing = competing_runnable()
@@ -321,6 +323,7 @@ def bench_lattice_scaling(
     Every case of every shape runs once per round, the rounds one after another, so that a slow
     spell of a shared machine hits all sizes alike instead of whichever was being measured."""
     device = resolve_bench_device(device)
+    check_sizes(threads=threads, repeats=repeats)
     torch.set_num_threads(threads)
     if shapes is None:
         shapes = SCALING_SHAPES if lattice is None else good_scaling_shapes(lattice)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..bottlenecks import BOTTLENECKS, build
 from .timing import (
     allocator_settings,
+    check_sizes,
     competing_runnable,
     device_sync,
     resolve_bench_device,
@@ -374,9 +375,10 @@ def bench_quantizers(
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise ValueError(f"unknown bottleneck(s) {unknown}; known names: {', '.join(known)}")
-    for label, value in (("rows", rows), ("dim", dim), ("threads", threads)):
-        if value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value}")
+    if len(set(names)) < len(names):  # each case would be listed twice with one timing
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"bottleneck(s) named more than once: {twice}")
+    check_sizes(rows=rows, dim=dim, threads=threads)
     if not 1 <= min_repeats <= repeats:
         raise ValueError(f"need 1 <= min_repeats <= repeats, got {min_repeats} and {repeats}")
     if not budget_s >= 0:

@@ -12,6 +12,14 @@ from typing import Any
 import torch
 
 
+def check_sizes(**sizes: int) -> None:
+    """ValueError unless every value is a positive integer (rows, widths, threads, repeats:
+    0 rows would time nothing and report 0 rows/s)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def time_cases(
     cases: dict[str, Callable[[], Any]],
     *,
@@ -102,6 +110,12 @@ def resolve_bench_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"benchmarks run on 'cpu' or 'cuda[:N]', got {str(resolved)!r}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(resolved)!r} asked for, but CUDA is not available here")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(resolved)!r} asked for, but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s): cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
     return resolved
 
 

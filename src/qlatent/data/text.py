@@ -93,6 +93,9 @@ SPLIT_SHA256 = {
 }
 #: what the files above hold: sentences (tokens); 103,583 training sentences have ≤ 20 tokens
 SPLIT_SIZES = {"train": (171_141, 3_078_256), "val": (3_000, 54_983), "test": (3_003, 54_817)}
+#: a split file of more bytes per token than this is refused before it is hashed (the files hold
+#: about 6: a word and a space)
+MAX_BYTES_PER_TOKEN = 32
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(])")
 _TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[^\w\s]|_")
@@ -317,6 +320,13 @@ def build(
             os.replace(tmp, paths[split])
     if verify:
         for split, path in paths.items():
+            size, limit = path.stat().st_size, MAX_BYTES_PER_TOKEN * SPLIT_SIZES[split][1]
+            if size > limit:  # a huge (or sparse) file is not read to the end
+                raise ChecksumError(
+                    f"{path} has {size:,} bytes, more than its {SPLIT_SIZES[split][1]:,} tokens "
+                    f"take ({limit:,} at most): delete the three split files to rebuild them "
+                    "from the packages"
+                )
             digest = _sha256(path)
             if SPLIT_SHA256[split] and digest != SPLIT_SHA256[split]:
                 raise ChecksumError(
@@ -372,6 +382,11 @@ def info() -> dict:
 
 
 # ----------------------------------------------------------------------------- vocabulary
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
 class Vocabulary:
     """Word ids for the text model: ``0`` PAD, ``1`` BOS, ``2`` EOS, ``3`` UNK, then the kept
     words from the most to the least frequent (ties in alphabetical order)."""
@@ -379,6 +394,16 @@ class Vocabulary:
     SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
     def __init__(self, words: list[str]) -> None:
+        # a checkpoint's saved vocabulary is read back through here: untrusted
+        if not isinstance(words, (list, tuple)):
+            raise ValueError(
+                f"vocabulary words must be a list of strings, got {type(words).__name__}"
+            )
+        for i, w in enumerate(words):
+            if not isinstance(w, str) or w.split() != [w]:
+                raise ValueError(
+                    f"vocabulary word {i} is {w!r}: words are non-empty strings without white space"
+                )
         self.words = list(self.SPECIALS) + list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
         if len(self.index) != len(self.words):
@@ -389,6 +414,7 @@ class Vocabulary:
         """The ``size`` most frequent words of ``sentences`` (token lists)."""
         from collections import Counter
 
+        _check_count(size, "size")
         counts = Counter(word for sentence in sentences for word in sentence)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return cls([w for w, _ in ranked[:size] if w not in cls.SPECIALS])
@@ -401,6 +427,7 @@ class Vocabulary:
         Sentences longer than ``max_tokens`` words are refused (filter them first)."""
         import torch
 
+        _check_count(max_tokens, "max_tokens")
         check_fits(
             len(sentences) * (max_tokens + 1),
             8,
@@ -409,6 +436,8 @@ class Vocabulary:
         )
         out = torch.zeros(len(sentences), max_tokens + 1, dtype=torch.int64)
         for row, sentence in enumerate(sentences):
+            if not isinstance(sentence, (list, tuple)):  # a string would be read letter by letter
+                raise TypeError(f"sentence {row} is a {type(sentence).__name__}, not a token list")
             if len(sentence) > max_tokens:
                 raise ValueError(f"sentence {row} has {len(sentence)} > {max_tokens} tokens")
             ids = [self.index.get(w, 3) for w in sentence] + [2]
@@ -416,9 +445,15 @@ class Vocabulary:
         return out
 
     def decode(self, ids) -> list[str]:
-        """Token ids (one sentence) back to words, stopping at EOS, skipping PAD and BOS."""
+        """Token ids (one sentence) back to words, stopping at EOS, skipping PAD and BOS;
+        ValueError for an id that is not an integer in ``[0, len(self))``."""
         words = []
         for i in ids.tolist() if hasattr(ids, "tolist") else ids:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.words):
+                raise ValueError(
+                    f"token id {i!r} is not a word id of this vocabulary (integers in "
+                    f"[0, {len(self.words)}))"
+                )
             if i == 2:
                 break
             if i > 1:

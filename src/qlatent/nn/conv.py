@@ -15,7 +15,8 @@ PyTorch-VAE ``vq_vae.py``. For FashionMNIST (``hidden = [64]``, ``D = 64``)::
       ConvT 4×4 s2 → C, LeakyReLU                        (B, C, 28, 28)
 
 The output's LeakyReLU (rather than AntixK's tanh) is the reference code's; data are in
-[−0.5, 0.5]. Each hidden width halves the spatial size once.
+[−0.5, 0.5]. Each hidden width halves the spatial size once. Both are counted before they are
+allocated (ValueError past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .gated import check_width, check_widths
+
 
 class ResidualLayer(nn.Module):
     """``x + Conv1×1(ReLU(Conv3×3(x)))``, both without bias; ``(B, C, H, W)`` in and out."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        check_width(channels, "channels")
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
             nn.ReLU(),
@@ -41,14 +45,13 @@ class ResidualLayer(nn.Module):
 
 
 def _check_widths(hidden: Sequence[int], num_residual: int, **channels: int) -> list[int]:
-    hidden = list(hidden)
-    if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+    hidden = check_widths(hidden, "hidden")
+    if not hidden:
         raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden!r}")
-    if not isinstance(num_residual, int) or num_residual < 0:
+    if isinstance(num_residual, bool) or not isinstance(num_residual, int) or num_residual < 0:
         raise ValueError(f"num_residual must be a non-negative integer, got {num_residual!r}")
     for name, value in channels.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_width(value, name)
     return hidden
 
 
@@ -56,16 +59,22 @@ def conv_encoder(
     in_channels: int, hidden: Sequence[int], latent_dim: int, *, num_residual: int = 2
 ) -> nn.Sequential:
     """``(B, in_channels, H, W)`` → ``(B, latent_dim, H / 2^len(hidden), W / 2^len(hidden))``."""
+    from ..models.size import sized
+
     hidden = _check_widths(hidden, num_residual, in_channels=in_channels, latent_dim=latent_dim)
-    layers: list[nn.Module] = []
-    width = in_channels
-    for h in hidden:
-        layers += [nn.Conv2d(width, h, 4, stride=2, padding=1), nn.LeakyReLU()]
-        width = h
-    layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU()]
-    layers += [ResidualLayer(width) for _ in range(num_residual)]
-    layers += [nn.LeakyReLU(), nn.Conv2d(width, latent_dim, 1), nn.LeakyReLU()]
-    return nn.Sequential(*layers)
+
+    def make() -> nn.Sequential:
+        layers: list[nn.Module] = []
+        width = in_channels
+        for h in hidden:
+            layers += [nn.Conv2d(width, h, 4, stride=2, padding=1), nn.LeakyReLU()]
+            width = h
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU()]
+        layers += [ResidualLayer(width) for _ in range(num_residual)]
+        layers += [nn.LeakyReLU(), nn.Conv2d(width, latent_dim, 1), nn.LeakyReLU()]
+        return nn.Sequential(*layers)
+
+    return sized(make, "the conv encoder")
 
 
 def conv_decoder(
@@ -80,14 +89,20 @@ def conv_decoder(
 
     ``final_activation``: end with a LeakyReLU as the LL-VQ-VAE reference code does (outputs in
     data units); without it the output is unbounded, e.g. logits for a sigmoid link."""
+    from ..models.size import sized
+
     hidden = _check_widths(hidden, num_residual, out_channels=out_channels, latent_dim=latent_dim)
     widths = hidden[::-1]
-    layers: list[nn.Module] = [nn.Conv2d(latent_dim, widths[0], 3, padding=1), nn.LeakyReLU()]
-    layers += [ResidualLayer(widths[0]) for _ in range(num_residual)]
-    layers.append(nn.LeakyReLU())
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.LeakyReLU()]
-    layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
-    if final_activation:
+
+    def make() -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Conv2d(latent_dim, widths[0], 3, padding=1), nn.LeakyReLU()]
+        layers += [ResidualLayer(widths[0]) for _ in range(num_residual)]
         layers.append(nn.LeakyReLU())
-    return nn.Sequential(*layers)
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.LeakyReLU()]
+        layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
+        if final_activation:
+            layers.append(nn.LeakyReLU())
+        return nn.Sequential(*layers)
+
+    return sized(make, "the conv decoder")

@@ -13,6 +13,7 @@ Every ``nn.Linear`` weight, both halves of each gate included, is He-initialised
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -22,11 +23,29 @@ class GatedDense(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
+        check_width(in_features, "in_features")
+        check_width(out_features, "out_features")
         self.h = nn.Linear(in_features, out_features)
         self.g = nn.Linear(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.h(x) * self.g(x).sigmoid()
+
+
+def check_width(value: int, name: str) -> None:
+    """ValueError unless ``value`` is a positive integer (a boolean is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_widths(sizes: Sequence[int], name: str = "sizes") -> list[int]:
+    """``sizes`` as a list; ValueError unless they are positive integers (booleans are not)."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise ValueError(f"{name} must be a list of positive integers, got {sizes!r}")
+    sizes = list(sizes)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"{name} must be positive integers, got {sizes!r}")
+    return sizes
 
 
 def he_init_(module: nn.Module) -> nn.Module:
@@ -37,15 +56,23 @@ def he_init_(module: nn.Module) -> nn.Module:
     return module
 
 
-def gated_mlp(sizes: list[int]) -> nn.Sequential:
+def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
     """GatedDense layers between ``sizes[:-1]`` and a plain ``Linear`` into ``sizes[-1]``.
 
-    ``gated_mlp([784, 300, 300, 40])`` is the paper's encoder.
+    ``gated_mlp([784, 300, 300, 40])`` is the paper's encoder. Counted before it is allocated
+    (ValueError past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`).
     """
-    if len(sizes) < 2 or any(s < 1 for s in sizes):
+    from ..models.size import sized
+
+    sizes = check_widths(sizes)
+    if len(sizes) < 2:
         raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
-    layers: list[nn.Module] = [
-        GatedDense(a, b) for a, b in zip(sizes[:-2], sizes[1:-1], strict=True)
-    ]
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
-    return he_init_(nn.Sequential(*layers))
+
+    def make() -> nn.Sequential:
+        layers: list[nn.Module] = [
+            GatedDense(a, b) for a, b in zip(sizes[:-2], sizes[1:-1], strict=True)
+        ]
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
+        return he_init_(nn.Sequential(*layers))
+
+    return sized(make, "the gated MLP")

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+#: the smallest variance :class:`SquaredError` takes (and 1 / it the largest)
+MIN_VARIANCE = 1e-30
+
+
+def _check_pair(x: Tensor, params: Tensor, what: str) -> None:
+    """ValueError unless ``x`` is data of ``params``' shape, with a batch axis."""
+    if x.shape != params.shape:
+        raise ValueError(f"data shape {tuple(x.shape)} != {what} shape {tuple(params.shape)}")
+    if x.dim() < 1:
+        raise ValueError("data must have a batch axis (B, ...), got a scalar")
+
+
+def _per_example(values: Tensor) -> Tensor:
+    """``(B, ...)`` → ``(B,)`` sums over every non-batch axis (an empty batch too)."""
+    return values.reshape(values.shape[0], math.prod(values.shape[1:])).sum(1)
 
 
 class Likelihood(ABC):
@@ -29,10 +47,15 @@ class Bernoulli(Likelihood):
     """
 
     def nll(self, x: Tensor, params: Tensor) -> Tensor:
-        if x.shape != params.shape:
-            raise ValueError(f"data shape {tuple(x.shape)} != logits shape {tuple(params.shape)}")
+        _check_pair(x, params, "logits")
+        if not x.is_floating_point():
+            raise ValueError(f"Bernoulli data must be floating-point, got {x.dtype}")
+        if x.numel():  # out of [0, 1] (or NaN), the "likelihood" would go negative without a word
+            lo, hi = torch.aminmax(x.detach())
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"Bernoulli data must lie in [0, 1], got values in [{lo}, {hi}]")
         bce = F.binary_cross_entropy_with_logits(params, x, reduction="none")
-        return bce.reshape(x.shape[0], -1).sum(1)
+        return _per_example(bce)
 
     def mean(self, params: Tensor) -> Tensor:
         return params.sigmoid()
@@ -47,16 +70,23 @@ class SquaredError(Likelihood):
     """
 
     def __init__(self, *, variance: float = 1.0, link: Literal["identity", "sigmoid"] = "identity"):
-        if not variance > 0:
-            raise ValueError(f"variance must be positive, got {variance!r}")
+        # an infinite variance made every loss 0, a subnormal one every loss infinite
+        if (
+            isinstance(variance, bool)
+            or not isinstance(variance, (int, float))
+            or not MIN_VARIANCE <= variance <= 1 / MIN_VARIANCE
+        ):
+            raise ValueError(
+                f"variance must be a number in [{MIN_VARIANCE:g}, {1 / MIN_VARIANCE:g}], "
+                f"got {variance!r}"
+            )
         if link not in ("identity", "sigmoid"):
             raise ValueError(f"link must be 'identity' or 'sigmoid', got {link!r}")
         self.variance, self.link = float(variance), link
 
     def nll(self, x: Tensor, params: Tensor) -> Tensor:
-        if x.shape != params.shape:
-            raise ValueError(f"data shape {tuple(x.shape)} != output shape {tuple(params.shape)}")
-        return (self.mean(params) - x).square().reshape(x.shape[0], -1).sum(1) / self.variance
+        _check_pair(x, params, "output")
+        return _per_example((self.mean(params) - x).square()) / self.variance
 
     def mean(self, params: Tensor) -> Tensor:
         return params.sigmoid() if self.link == "sigmoid" else params

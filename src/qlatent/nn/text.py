@@ -44,6 +44,11 @@ class TextModelConfig:
     decoder_hidden: int = 256
     decoder_layers: int = 1
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
 
 TEXT_CONFIGS = {
     "small": TextModelConfig(),
@@ -67,6 +72,7 @@ class Categorical(Likelihood):
     def nll(self, x: Tensor, params: Tensor) -> Tensor:
         if params.shape[:2] != x.shape or params.dim() != 3:
             raise ValueError(f"logits {tuple(params.shape)} do not fit tokens {tuple(x.shape)}")
+        check_ids(x, params.shape[2])
         loss = F.cross_entropy(params.transpose(1, 2), x, ignore_index=PAD, reduction="none")
         return loss.sum(1)
 
@@ -74,32 +80,86 @@ class Categorical(Likelihood):
         return params.argmax(-1)
 
 
+def check_ids(x: Tensor, vocab: int) -> None:
+    """ValueError unless ``x`` is ``(B, T)`` int64 token ids in ``[0, vocab)``, ``T >= 1``."""
+    if x.dim() != 2 or x.dtype != torch.int64 or x.shape[1] < 1:
+        raise ValueError(f"expected (B, T) int64 token ids, T >= 1, got {tuple(x.shape)} {x.dtype}")
+    if x.numel():  # an id out of range was an IndexError deep inside the embedding
+        lo, hi = torch.aminmax(x)
+        if not 0 <= lo <= hi < vocab:
+            raise ValueError(f"token ids must lie in [0, {vocab}), got values in [{lo}, {hi}]")
+
+
+def _layers(cfg: TextModelConfig, in_dim: int) -> nn.ModuleDict:
+    vocab = cfg.vocab_size + 4
+    return nn.ModuleDict(
+        {
+            "embed": nn.Embedding(vocab, cfg.embed, padding_idx=PAD),
+            "encoder": nn.GRU(
+                cfg.embed,
+                cfg.encoder_hidden,
+                cfg.encoder_layers,
+                batch_first=True,
+                bidirectional=True,
+            ),
+            "to_code": nn.Linear(2 * cfg.encoder_hidden, in_dim),
+            "from_code": nn.Linear(cfg.code_dim, cfg.decoder_layers * cfg.decoder_hidden),
+            "decoder": nn.GRU(cfg.embed, cfg.decoder_hidden, cfg.decoder_layers, batch_first=True),
+            "output": nn.Linear(cfg.decoder_hidden, vocab),
+        }
+    )
+
+
 class TextAutoencoder(nn.Module):
-    """The model above; ``bottleneck`` takes ``(B, in_dim)`` rows and gives ``(B, D)`` codes."""
+    """The model above; ``bottleneck`` takes ``(B, in_dim)`` rows and gives ``(B, D)`` codes.
+
+    Its layers are counted before they are allocated (ValueError past
+    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`); the batches it takes are checked: int64
+    ids of its vocabulary, padding only after a sentence's last token."""
 
     def __init__(self, bottleneck: Bottleneck, cfg: TextModelConfig = TEXT_CONFIGS["small"]):
+        from ..models.size import sized
+
         super().__init__()
-        vocab = cfg.vocab_size + 4
+        if not isinstance(bottleneck, Bottleneck):
+            raise TypeError(f"bottleneck must be a Bottleneck, got {type(bottleneck).__name__}")
+        if not isinstance(cfg, TextModelConfig):
+            raise TypeError(f"cfg must be a TextModelConfig, got {type(cfg).__name__}")
+        if bottleneck.dim != cfg.code_dim:
+            raise ValueError(
+                f"the bottleneck's codes have {bottleneck.dim} dimensions, cfg.code_dim is "
+                f"{cfg.code_dim}"
+            )
         self.cfg = cfg
-        self.embed = nn.Embedding(vocab, cfg.embed, padding_idx=PAD)
-        self.encoder = nn.GRU(
-            cfg.embed, cfg.encoder_hidden, cfg.encoder_layers, batch_first=True, bidirectional=True
-        )
-        self.to_code = nn.Linear(2 * cfg.encoder_hidden, bottleneck.in_dim)
+        layers = sized(lambda: _layers(cfg, bottleneck.in_dim), "the text autoencoder")
+        self.embed = layers["embed"]
+        self.encoder = layers["encoder"]
+        self.to_code = layers["to_code"]
         self.bottleneck = bottleneck
-        self.from_code = nn.Linear(cfg.code_dim, cfg.decoder_layers * cfg.decoder_hidden)
-        self.decoder = nn.GRU(cfg.embed, cfg.decoder_hidden, cfg.decoder_layers, batch_first=True)
-        self.output = nn.Linear(cfg.decoder_hidden, vocab)
+        self.from_code = layers["from_code"]
+        self.decoder = layers["decoder"]
+        self.output = layers["output"]
         self.likelihood = Categorical()
+
+    def check(self, x: Tensor) -> None:
+        """ValueError unless ``x`` is a batch of sentences this model reads (see above)."""
+        check_ids(x, self.cfg.vocab_size + 4)
+        words = x != PAD
+        if (words[:, 1:] & ~words[:, :-1]).any():
+            raise ValueError("padding (id 0) must come after a sentence's last token, not before")
 
     def encode(self, x: Tensor) -> Tensor:
         """``(B, T)`` token ids → ``(B, in_dim)`` bottleneck inputs (the final states of the
         top layer in both directions, padding skipped)."""
-        lengths = (x != PAD).sum(1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(
-            self.embed(x), lengths, batch_first=True, enforce_sorted=False
-        )
-        _, h = self.encoder(packed)  # (layers · 2, B, H)
+        self.check(x)
+        if x.shape[0] == 0:  # nothing to pack
+            _, h = self.encoder(self.embed(x))
+        else:
+            lengths = (x != PAD).sum(1).clamp_min(1).cpu()
+            packed = pack_padded_sequence(
+                self.embed(x), lengths, batch_first=True, enforce_sorted=False
+            )
+            _, h = self.encoder(packed)  # (layers · 2, B, H)
         return self.to_code(torch.cat([h[-2], h[-1]], dim=-1))
 
     def decode(self, y_hat: Tensor, x: Tensor) -> Tensor:
@@ -111,8 +171,6 @@ class TextAutoencoder(nn.Module):
         return self.output(out)
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
-        if x.dim() != 2 or x.dtype != torch.int64:
-            raise ValueError(f"expected (B, T) int64 token ids, got {tuple(x.shape)} {x.dtype}")
         out = self.bottleneck(self.encode(x), generator=generator)
         return AutoencoderOutput(params=self.decode(out.y_hat, x), bottleneck=out)
 
