@@ -140,10 +140,14 @@ def _mixture(text: str) -> tuple[float, float]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
     from .experiments import custom
     from .results import provenance, write_json
 
     _refuse_overwrite([args.output], [args.checkpoint])
+    if args.output:  # a path under a regular file failed only after the whole evaluation
+        _check_folders(os.path.dirname(args.output) or ".")
     report = custom.eval_checkpoint(
         args.checkpoint,
         data_dir=args.data_dir,

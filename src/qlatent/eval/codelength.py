@@ -58,10 +58,22 @@ def codelength_report(
 
     The hard path draws its dither from a CPU generator seeded with ``seed``, so the reported
     codelength is reproducible and is what a coder sharing that seed would realise.
+
+    Raises ValueError for a ``seed`` outside torch's [−2^63, 2^64), a ``batch_size`` that is not
+    a positive integer, or ``x`` that is not a tensor of at least one example (no examples made
+    every number of the report NaN).
     """
+    from ..train.loop import check_seed
+
+    check_seed(seed, "seed")  # manual_seed failed with "expected a long, but got str"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (N >= 1, ...), got {got}")
     loss_fn = RateDistortionLoss()
     gen_train = torch.Generator().manual_seed(seed)
-    gen_hard = torch.Generator().manual_seed(seed + 1)
+    gen_hard = torch.Generator().manual_seed((seed + 1) % 2**64)  # torch reads seeds mod 2^64
     train_path = evaluate_objective(
         model, loss_fn, x, batch_size=batch_size, hard=False, generator=gen_train
     )

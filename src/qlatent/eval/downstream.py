@@ -264,18 +264,29 @@ def linear_probe_converged(
     accuracy on a held-out ``val_fraction`` of the training features (a seeded random split);
     the chosen C is refit on all training features and scored once on the test features.
 
-    Raises ValueError as :func:`linear_probe` does, and for an empty ``Cs`` or a
-    ``val_fraction`` outside (0, 1).
+    Raises ValueError as :func:`linear_probe` does, for an empty ``Cs`` or one that is not a
+    positive finite number, a ``val_fraction`` outside (0, 1), a ``seed`` that is not a
+    non-negative integer, and training labels whose fitting split holds one class only.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if not Cs or any(not (isinstance(c, int | float) and 0 < c < math.inf) for c in Cs):
+    if isinstance(Cs, str) or not isinstance(Cs, tuple | list | np.ndarray):
+        # an iterator was used up by this check: its C's never reached the search
+        raise ValueError(f"Cs must be a tuple or list of numbers, got {Cs!r}")
+    if len(Cs) == 0 or any(
+        isinstance(c, bool) or not (isinstance(c, int | float) and 0 < c < math.inf) for c in Cs
+    ):
         raise ValueError(f"Cs must be positive finite numbers, got {Cs!r}")
-    if not 0 < val_fraction < 1:
+    if isinstance(val_fraction, bool) or not (
+        isinstance(val_fraction, int | float) and 0 < val_fraction < 1
+    ):
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
     _check_positive_int("max_iter", max_iter)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # numpy's own errors named no argument ("expected non-negative integer")
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     x_train, y_train, x_test, y_test = _check_splits(
         train_features, train_labels, test_features, test_labels
     )
@@ -284,6 +295,12 @@ def linear_probe_converged(
     val, fit = held[:n_val], held[n_val:]
     if fit.size == 0:
         raise ValueError("too few training features to hold out a validation split")
+    classes = np.unique(y_train[fit])
+    if classes.size < 2:  # sklearn: "This solver needs samples of at least 2 classes"
+        raise ValueError(
+            f"train_labels must hold at least 2 classes outside the validation split, got only "
+            f"{classes[0]} in {fit.size} example(s)"
+        )
 
     def model(c: float):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))

@@ -32,6 +32,12 @@ from .proposals import check_mixture, defensive_view
 _CHUNK_ELEMENTS_CPU = 2**21
 _CHUNK_ELEMENTS_ACCELERATOR = 2**24
 _PARTS = ("encoder", "bottleneck", "decoder", "likelihood")
+#: the most importance samples per example (the papers use 1,000 to 5,000; ``qlatent eval
+#: --iwae`` and the paper tables' ``eval.iwae_samples`` take as many)
+MAX_SAMPLES = 2**20
+#: the most numbers one decoder call's copy of the data may hold (``sample_chunk · batch ·
+#: data elements``; 4 GiB of float32)
+_MAX_CHUNK_NUMBERS = 2**30
 
 
 def iwae_nll(
@@ -78,7 +84,7 @@ def iwae_nll(
             reproducible; the draws depend on the batch and chunk layout, the estimate's law does
             not). ``None`` uses torch's default generator.
         progress: show a tqdm bar over examples.
-        defensive: ``(α, k)`` with 0 ≤ α < 1, k > 0: draw from the defensive mixture
+        defensive: ``(α, k)`` with 0 ≤ α < 1, 1e-6 ≤ k ≤ 1e6: draw from the defensive mixture
             ``(1 − α)·q + α·N(c, diag (k·r)²)`` around the posterior's centre c with r its
             per-coordinate standard deviation (:class:`~qlatent.eval.proposals.DefensiveProposal`;
             a lattice or Gaussian bottleneck). Still a lower bound on the same log p(x) in
@@ -95,22 +101,32 @@ def iwae_nll(
     afterwards, also on error.
 
     Raises:
-        ValueError: bad ``num_samples`` / ``batch_size`` / ``sample_chunk`` / ``defensive``, or
-            ``x`` that is not a finite floating-point tensor of shape ``(N ≥ 1, ...)``.
+        ValueError: bad ``num_samples`` (at most :data:`MAX_SAMPLES`) / ``batch_size`` /
+            ``sample_chunk`` (at most 2^30 numbers of data per decoder call) / ``defensive``,
+            or ``x`` that is not a finite floating-point tensor of shape ``(N ≥ 1, ...)`` in
+            the model's floating-point type.
         TypeError: the model lacks one of the four parts, or its bottleneck has no density view
             (raised by the bottleneck, naming it), or ``defensive`` is given for a bottleneck
             other than a lattice or a Gaussian.
     """
     net = _unwrap(model)
     _check_arguments(x, num_samples, batch_size, sample_chunk)
+    parameter = next(net.parameters(), None)
+    if parameter is not None and parameter.is_floating_point() and x.dtype != parameter.dtype:
+        # the encoder's first layer failed with "mat1 and mat2 must have the same dtype"
+        raise ValueError(f"x is {x.dtype} but the model computes in {parameter.dtype}")
     if defensive is not None:
         net = defensive_view(net, *check_mixture(defensive))
-    parameter = next(net.parameters(), None)
     device = parameter.device if parameter is not None else x.device
     if sample_chunk is None:
         budget = _CHUNK_ELEMENTS_CPU if device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
         sample_chunk = max(1, budget // (min(batch_size, x.shape[0]) * x[0].numel()))
     sample_chunk = min(sample_chunk, num_samples)
+    if sample_chunk * min(batch_size, x.shape[0]) * x[0].numel() > _MAX_CHUNK_NUMBERS:
+        raise ValueError(
+            f"sample_chunk={sample_chunk:,} with batch_size={batch_size:,} makes decoder calls of "
+            f"more than {_MAX_CHUNK_NUMBERS:,} numbers of data"
+        )
 
     modes = [(module, module.training) for module in model.modules()]
     nll = []
@@ -142,11 +158,21 @@ def iwae_summary(nll: Tensor) -> dict[str, float | int]:
 
     ``se`` is the standard error of the mean over examples (NaN for one example); it covers the
     spread of the data and the Monte-Carlo noise, not the estimator's downward-shrinking bias.
+    ValueError for anything but a non-empty 1-D floating-point tensor of finite values (a NaN
+    or an infinity would make the mean one).
     """
     if not isinstance(nll, Tensor) or nll.dim() != 1 or nll.numel() == 0:
         shape = tuple(nll.shape) if isinstance(nll, Tensor) else type(nll).__name__
         raise ValueError(f"nll must be a non-empty 1-D tensor of per-example values, got {shape}")
+    if not nll.is_floating_point():
+        raise ValueError(f"nll must be a floating-point tensor, got {nll.dtype}")
     values = nll.detach().double().cpu()
+    bad = int((~values.isfinite()).sum())
+    if bad:
+        raise ValueError(
+            f"nll holds {bad} non-finite value(s) (NaN or Inf) of {values.numel()} per-example "
+            "NLLs: their mean would be one too"
+        )
     count = values.numel()
     se = values.std().item() / math.sqrt(count) if count > 1 else math.nan
     return {"mean": values.mean().item(), "se": se, "count": count}
@@ -192,6 +218,8 @@ def _check_arguments(
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if num_samples > MAX_SAMPLES:
+        raise ValueError(f"num_samples must be at most {MAX_SAMPLES:,}, got {num_samples:,}")
     if sample_chunk is not None and (
         not isinstance(sample_chunk, int) or isinstance(sample_chunk, bool) or sample_chunk < 1
     ):

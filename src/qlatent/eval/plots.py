@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +10,39 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+#: what :func:`training_curves` draws from each epoch's record
+_CURVES = ("train_objective", "val_objective", "train_rate", "val_rate")
 
 
 def reconstruction_grid(
     originals: Tensor, reconstructions: Tensor, path: str | Path, *, title: str = ""
 ) -> Path:
-    """Originals (odd rows) above their reconstructions; inputs ``(n, 784)`` or ``(n, H, W)``."""
+    """Originals (odd rows) above their reconstructions; inputs ``(n, 784)`` (square grey
+    images, flattened) or ``(n, H, W)``, both of one shape, n ≥ 1, finite values. ValueError
+    otherwise (another width was drawn as a square of the wrong side, or failed in a reshape)."""
+    _check_images("originals", originals, (2, 3))
+    _check_images("reconstructions", reconstructions, (2, 3))
+    if reconstructions.shape != originals.shape:
+        raise ValueError(
+            f"reconstructions have shape {tuple(reconstructions.shape)}, "
+            f"originals {tuple(originals.shape)}"
+        )
     n = originals.shape[0]
-    side = int(round(originals[0].numel() ** 0.5))
-    orig = originals.reshape(n, side, side).detach().cpu().numpy()
-    recon = reconstructions.reshape(n, side, side).detach().cpu().numpy()
+    if originals.dim() == 2:
+        side = math.isqrt(originals.shape[1])
+        if side * side != originals.shape[1]:
+            raise ValueError(
+                f"originals of {originals.shape[1]} values per image are no square image; "
+                "give them as (n, H, W)"
+            )
+        height = width = side
+    else:
+        height, width = originals.shape[1:]
+    orig = originals.reshape(n, height, width).detach().cpu().numpy()
+    recon = reconstructions.reshape(n, height, width).detach().cpu().numpy()
     cols = min(n, 10)
     rows = 2 * ((n + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
@@ -40,11 +63,24 @@ def reconstruction_rows(
 ) -> Path:
     """One labelled row per entry (e.g. "original", then one per model), images side by side.
 
-    ``rows``: label -> ``(n, C, H, W)`` with C = 1 (grey) or 3 (RGB), values in ``value_range``.
+    ``rows``: label -> ``(n, C, H, W)`` with C = 1 (grey) or 3 (RGB), n ≥ 1, finite values,
+    shown clipped to ``value_range`` = (lo, hi), lo < hi. ValueError otherwise.
     """
-    if not rows:
+    if not isinstance(rows, dict) or not rows:
         raise ValueError("no rows to draw")
-    lo, hi = value_range
+    for label, images in rows.items():
+        _check_images(f"row {label!r}", images, (4,))
+        if images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"row {label!r} has {images.shape[1]} channels; images have 1 (grey) or 3 (RGB)"
+            )
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be a pair (lo, hi), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        # lo == hi divided by zero: every image drawn blank
+        raise ValueError(f"value_range must be finite numbers lo < hi, got {value_range!r}")
     n = max(images.shape[0] for images in rows.values())
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9 + 1.4, len(rows) * 0.95), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
@@ -67,16 +103,44 @@ def reconstruction_rows(
 
 
 def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Train and validation objective (nats) and the rate per epoch."""
-    epochs = [h["epoch"] for h in history]
+    """Train and validation objective (nats) and the rate per epoch, one point per epoch.
+
+    ``history``: the training loop's records (``epoch`` and the values of :data:`_CURVES`). An
+    epoch without a value is left out of that curve (at learning rate 0 an epoch trains nothing
+    and records no training values), as is a value that is not finite (a diverged validation:
+    the figure of the epochs before it is still drawn). ValueError for a history without a
+    finite value to draw, a record that is not a table, an epoch that is not a finite number or
+    a value that is not a number (a string was drawn as a category).
+    """
+    if not isinstance(history, list | tuple) or not history:
+        raise ValueError(f"history must be a non-empty list of epoch records, got {history!r:.80}")
+    curves: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in _CURVES}
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise ValueError(f"history[{i}] must be a table, got {type(record).__name__}")
+        for key in ("epoch", *_CURVES):
+            value = record.get(key)
+            if key not in record and key != "epoch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"history[{i}]: {key} must be a number, got {value!r:.80}")
+            if key == "epoch" and not math.isfinite(value):
+                raise ValueError(f"history[{i}]: epoch is {value}, not a finite number")
+            if key != "epoch" and math.isfinite(value):  # a NaN epoch is a gap in its curve
+                curves[key][0].append(record["epoch"])
+                curves[key][1].append(value)
+    if not any(epochs for epochs, _ in curves.values()):
+        raise ValueError(f"history holds no {', '.join(_CURVES)} to draw")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.plot(epochs, [h["train_objective"] for h in history], label="train (−ELBO)")
-    ax1.plot(epochs, [h["val_objective"] for h in history], label="validation (−ELBO)")
+    # a marker on every point: a curve of one epoch is one point, which a line alone never draws
+    style = {"marker": "o", "markersize": 3}
+    ax1.plot(*curves["train_objective"], label="train (−ELBO)", **style)
+    ax1.plot(*curves["val_objective"], label="validation (−ELBO)", **style)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("nats per image")
     ax1.legend()
-    ax2.plot(epochs, [h["train_rate"] for h in history], label="train")
-    ax2.plot(epochs, [h["val_rate"] for h in history], label="validation")
+    ax2.plot(*curves["train_rate"], label="train", **style)
+    ax2.plot(*curves["val_rate"], label="validation", **style)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("rate (nats per image)")
     ax2.legend()
@@ -84,6 +148,19 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: s
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _check_images(name: str, images: Any, ranks: tuple[int, ...]) -> None:
+    """``images``: a real tensor of one of ``ranks`` with at least one image of at least one
+    value, all finite (NaN or Inf were drawn as blank images); ValueError naming ``name``."""
+    if not isinstance(images, Tensor) or images.dim() not in ranks or images.is_complex():
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name} must be a real {want} tensor of images, got {got}")
+    if images.shape[0] == 0 or images[0].numel() == 0:
+        raise ValueError(f"{name} holds no image to draw: shape {tuple(images.shape)}")
+    if images.is_floating_point() and not torch.isfinite(images).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -27,6 +27,7 @@ On the trained E8^3 ⊕ Z^16 rows of ``reproduce lattice-mnist`` the mixture (0.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -39,17 +40,26 @@ from ..bottlenecks.lattice import DitheredLattice
 #: dither draws behind a good lattice cell's per-coordinate standard deviation (its relative
 #: standard error is about 1/√(2·2^16) ≈ 0.3%, immaterial to an estimate that is valid for any τ)
 _SPREAD_DRAWS = 2**16
+#: the range of the widening factor k: the Gaussian part's log-variance gains 2·log k, and in
+#: float32 a k of 1e20 (or 1e-20) already made every estimate NaN or -inf
+MIN_WIDEN, MAX_WIDEN = 1e-6, 1e6
 
 
 def check_mixture(mixture: object) -> tuple[float, float]:
-    """``(α, k)`` as floats, or ValueError unless 0 ≤ α < 1 and 0 < k < ∞."""
-    try:
-        weight, widen = (float(v) for v in mixture)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(f"defensive must be a pair (alpha, k), got {mixture!r}") from None
-    if not 0.0 <= weight < 1.0 or not (0.0 < widen < math.inf):
+    """``(α, k)`` as floats, or ValueError unless ``mixture`` is a pair (tuple or list) of real
+    numbers with 0 ≤ α < 1 and :data:`MIN_WIDEN` ≤ k ≤ :data:`MAX_WIDEN`."""
+    if (
+        not isinstance(mixture, tuple | list)
+        or len(mixture) != 2
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in mixture)
+    ):
+        # a string or a table was iterated: "09" read as (0, 9), {0.5: 1, 1: 2} as (0.5, 1)
+        raise ValueError(f"defensive must be a pair (alpha, k) of numbers, got {mixture!r}")
+    weight, widen = (float(v) for v in mixture)
+    if not 0.0 <= weight < 1.0 or not MIN_WIDEN <= widen <= MAX_WIDEN:
         raise ValueError(
-            f"defensive (alpha, k) needs 0 <= alpha < 1 and 0 < k < inf, got {mixture!r}"
+            f"defensive (alpha, k) needs 0 <= alpha < 1 and {MIN_WIDEN:g} <= k <= "
+            f"{MAX_WIDEN:g}, got {mixture!r}"
         )
     return weight, widen
 
@@ -62,7 +72,9 @@ def parse_mixture(text: str) -> tuple[float, float]:
             raise ValueError
         return check_mixture((float(alpha), float(k)))
     except ValueError:
-        raise ValueError(f"expected ALPHA:K with 0 <= ALPHA < 1, 0 < K < inf: {text!r}") from None
+        raise ValueError(
+            f"expected ALPHA:K with 0 <= ALPHA < 1, {MIN_WIDEN:g} <= K <= {MAX_WIDEN:g}: {text!r}"
+        ) from None
 
 
 class DefensiveProposal(nn.Module):

@@ -39,8 +39,18 @@ def _hash_weights(dim: int) -> Tensor:
     return w | 1  # odd multipliers
 
 
+def _check_rows(rows: Tensor) -> None:
+    if not isinstance(rows, Tensor) or rows.dim() != 2:
+        got = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"rows must be a 2-D tensor (N, D), got {got}")
+    if rows.is_floating_point() or rows.is_complex():
+        # .long() truncated them: 0.2 and 0.7 counted as one code
+        raise ValueError(f"rows must be integers (code symbols), got {rows.dtype}")
+
+
 def row_hashes(rows: Tensor) -> Tensor:
     """``(N, D)`` integers → ``(N, 2)`` int64: two random linear hashes modulo 2^64."""
+    _check_rows(rows)
     rows = rows.long()
     w = _hash_weights(rows.shape[1]).to(rows.device)
     return torch.stack([(rows * w[0]).sum(1), (rows * w[1]).sum(1)], dim=1)
@@ -48,6 +58,7 @@ def row_hashes(rows: Tensor) -> Tensor:
 
 def distinct_rows(rows: Tensor, *, exact: bool = False) -> Tensor:
     """The distinct rows of ``(N, D)`` integers, or of their hashes (``(M, 2)``) by default."""
+    _check_rows(rows)
     return torch.unique(rows.long() if exact else row_hashes(rows), dim=0)
 
 
@@ -60,7 +71,13 @@ def code_usage(
     progress: bool = True,
 ) -> CodeUsage:
     """Distinct hard-path codes of ``model`` (an :class:`~qlatent.models.Autoencoder`) over the
-    images of all ``datasets`` together, and how many positions were quantized."""
+    images of all ``datasets`` together, and how many positions were quantized. ValueError
+    unless ``datasets`` is a list (or tuple) of tensors and ``batch_size`` a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(datasets, list | tuple) or not all(isinstance(x, Tensor) for x in datasets):
+        # one tensor was taken row by row, each image as a batch without its batch axis
+        raise ValueError(f"datasets must be a list of tensors, got {type(datasets).__name__}")
     model.eval()
     bottleneck = model.bottleneck
     seen: list[Tensor] = []

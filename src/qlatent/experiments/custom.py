@@ -941,9 +941,28 @@ def eval_checkpoint(
 ) -> dict[str, Any]:
     """:func:`evaluate` for a checkpoint written by ``qlatent train CONFIG``; with
     ``downstream``, also :func:`downstream_scores` (data with class labels only). ValueError
-    before any data is read for an ``iwae_defensive`` the model's bottleneck cannot take."""
+    before any data is read for bad arguments (``iwae_samples`` an integer in [0, 2^20],
+    ``limit`` None or a positive integer), and for an IWAE NLL the model cannot give (a sentence
+    model, a bottleneck without a density view, an ``iwae_defensive`` its bottleneck cannot
+    take); and before the evaluation for an IWAE NLL of fewer than 2 test images (its standard
+    error would be NaN)."""
+    from ..eval.iwae import MAX_SAMPLES
+    from ..eval.proposals import check_mixture
     from ..image_coding import read_checkpoint
 
+    if isinstance(iwae_samples, bool) or not isinstance(iwae_samples, int):
+        raise ValueError(f"iwae_samples must be an integer, got {iwae_samples!r}")
+    if not 0 <= iwae_samples <= MAX_SAMPLES:
+        raise ValueError(f"iwae_samples must lie in [0, {MAX_SAMPLES:,}], got {iwae_samples:,}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        # 0 evaluated no image (a report of NaN), -1 dropped the last one without a word
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if not isinstance(downstream, bool):
+        raise ValueError(f"downstream must be True or False, got {downstream!r}")
+    if iwae_defensive is not None:
+        iwae_defensive = check_mixture(iwae_defensive)
+        if not iwae_samples:
+            raise ValueError("a defensive proposal is for the IWAE NLL: give --iwae S too")
     ckpt = read_checkpoint(checkpoint)
     if not is_checkpoint(ckpt):
         raise ValueError(
@@ -951,17 +970,24 @@ def eval_checkpoint(
             "data, model, bottleneck and loss sections)"
         )
     model, cfg = model_from_checkpoint(ckpt, checkpoint)
+    words = ckpt["run_config"]["derived"].get("vocabulary")
+    if iwae_samples and words is not None:
+        # iwae_nll read the token ids as images: "x must be a floating-point tensor"
+        raise ValueError("the IWAE NLL (--iwae) is for image models, not a sentence model")
     if iwae_defensive is not None:
         from ..eval import DefensiveProposal
 
-        if not iwae_samples:
-            raise ValueError("a defensive proposal is for the IWAE NLL: give --iwae S too")
         try:
             DefensiveProposal(model.bottleneck, *iwae_defensive)
         except TypeError as err:
             raise ValueError(str(err)) from None
+    if iwae_samples and not _has_density_view(model.bottleneck):
+        # the bottleneck's TypeError ended the command in a traceback after the evaluation
+        raise ValueError(
+            f"the IWAE NLL (--iwae) needs a bottleneck with a density view (posterior_sample and "
+            f"log_prior: lattice, gaussian, gaussian_lattice); {cfg.bottleneck.name} has none"
+        )
     labels = load_labels(cfg.data, data_dir) if downstream else None  # refuse before the work
-    words = ckpt["run_config"]["derived"].get("vocabulary")
     if words is not None:
         data, _ = load_text_data(cfg.data, data_dir, words=words)
         shape: tuple[int, ...] = ()
@@ -971,6 +997,11 @@ def eval_checkpoint(
         shape = tuple(images["test"].shape[1:])
     if limit is not None:
         data = {k: v[:limit] for k, v in data.items()}
+    if iwae_samples and data["test"].shape[0] < 2:
+        raise ValueError(
+            f"the IWAE NLL (--iwae) needs at least 2 test images for its standard error, "
+            f"got {data['test'].shape[0]}" + (f" (--limit {limit})" if limit is not None else "")
+        )
     report = evaluate(
         model,
         cfg,
@@ -991,6 +1022,17 @@ def eval_checkpoint(
         "config": to_dict(cfg),
         **report,
     }
+
+
+def _has_density_view(bottleneck: torch.nn.Module) -> bool:
+    """Whether ``bottleneck`` implements ``posterior_sample`` and ``log_prior`` (the base class
+    has both, raising TypeError)."""
+    from ..bottlenecks.base import Bottleneck
+
+    return all(
+        getattr(type(bottleneck), name, None) not in (None, getattr(Bottleneck, name))
+        for name in ("posterior_sample", "log_prior")
+    )
 
 
 @torch.no_grad()
