@@ -30,7 +30,20 @@ class Registry(Generic[T]):
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        # a name that is not a non-empty string could never be built by name (and broke
+        # ``names()``'s sorting for every other name)
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(
+                f"a {self.kind} name must be a non-empty string without surrounding white "
+                f"space, got {name!r}"
+            )
+
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if not callable(factory):
+                raise TypeError(
+                    f"{self.kind} {name!r}: a factory must be callable (a class or a "
+                    f"function), got {type(factory).__name__}"
+                )
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
@@ -41,7 +54,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Callable[..., T]:
         try:
             return self._factories[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name, e.g. a list
             known = ", ".join(sorted(self._factories)) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known names: {known}") from None
 
@@ -52,4 +65,4 @@ class Registry(Generic[T]):
         return sorted(self._factories)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._factories
+        return isinstance(name, str) and name in self._factories

@@ -87,18 +87,29 @@ def provenance(command: str) -> dict[str, Any]:
 
 
 def write_json(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` as indented JSON atomically (:func:`~qlatent._utils.write_atomic`)."""
-    return write_atomic(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``payload`` as indented JSON atomically (:func:`~qlatent._utils.write_atomic`); a
+    payload nested too deeply for the encoder is a ValueError, and nothing is written."""
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=False)
+    except RecursionError:
+        raise ValueError(f"payload for {path} nests too deeply to be written as JSON") from None
+    return write_atomic(path, (text + "\n").encode())
+
+
+#: the largest file :func:`read_json` reads: results and records are kilobytes, and a file of
+#: gigabytes under such a name would be read into memory whole
+MAX_JSON_BYTES = 1 << 26
 
 
 def read_json(path: str | Path) -> Any:
     """The JSON in ``path``, a file this project wrote and reads back (a results file, a run's
     record or summary); None where it is missing, no regular file (a pipe would block),
-    unreadable, no JSON or nested too deeply for the parser: such a file is written anew."""
+    larger than :data:`MAX_JSON_BYTES`, unreadable, no JSON or nested too deeply for the
+    parser: such a file is written anew."""
     path = Path(path)
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+            return None
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None

@@ -88,6 +88,11 @@ def draw_key(generator: torch.Generator | SeedKeys | None = None, device=None) -
     if isinstance(generator, SeedKeys):
         key = generator.next_key()
         return key if device is None else key.to(device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            "generator must be a torch.Generator, a qlatent.rng.SeedKeys or None, got "
+            f"{type(generator).__name__}"
+        )
     source = generator.device if generator is not None else "cpu"
     key = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=source)
     return key if device is None else key.to(device)
@@ -102,6 +107,8 @@ def counter_uniform(
     Args:
         key: 0-d int32 tensor (see :func:`draw_key`); its device is the output's device.
         shape: output shape; offset + numel below 2^31.
+        dtype: a floating-point dtype; float16 and bfloat16 hold the grid's numbers rounded to
+            their precision (which may round one up to 1).
         offset: the first counter: a block of rows of a larger draw gets the same numbers as
             the whole draw's rows (row ``j`` of a ``(n, m)`` draw starts at counter ``j·m``).
 
@@ -109,6 +116,8 @@ def counter_uniform(
     that stay in cache, about three times faster than torch's whole-array passes; the numbers
     are the same bits either way (integer arithmetic, then an exact scaling).
     """
+    if not torch.compiler.is_compiling():  # (traced shapes are symbolic, not ints)
+        _check_arguments(key, shape, dtype, offset)
     numel = math.prod(shape)
     if offset < 0 or offset + numel >= 2**31:
         raise ValueError(
@@ -122,13 +131,33 @@ def counter_uniform(
     return _counter_uniform_torch(key, shape, dtype, offset)
 
 
+def _check_arguments(key, shape, dtype, offset) -> None:
+    """ValueError naming the first argument of :func:`counter_uniform` that is not of its kind:
+    a key of another dtype was hashed as the integer part of its value, negative sizes whose
+    product is positive failed in a reshape, an integer dtype inside torch."""
+    if not isinstance(key, Tensor) or key.dim() != 0 or key.dtype != torch.int32:
+        what = f"{key.dtype} of shape {tuple(key.shape)}" if isinstance(key, Tensor) else repr(key)
+        raise ValueError(f"key must be a 0-d int32 tensor (see draw_key), got {what}")
+    if not isinstance(shape, tuple | list | torch.Size) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise ValueError(f"shape must be a tuple of non-negative integers, got {shape!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise ValueError(f"offset must be an integer, got {offset!r}")
+
+
 def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype, offset: int = 0) -> Tensor:
     """:func:`counter_uniform` as whole-tensor torch operations (any device; compilable)."""
     numel = math.prod(shape)
     counter = torch.arange(offset, offset + numel, dtype=torch.int32, device=key.device)
     counter = counter.view(shape)
     bits = lowbias32(lowbias32(counter).bitwise_xor_(key))
-    return bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(dtype).mul_(2.0**-24)
+    k = bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
+    if dtype == torch.float16:  # the integers below 2^24 overflow float16 (largest 65504)
+        return k.to(torch.float32).mul_(2.0**-24).to(dtype)
+    return k.to(dtype).mul_(2.0**-24)
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}

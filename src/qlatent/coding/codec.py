@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import from_rows, to_rows
-from .container import CODE_MODELS, CodingError, Header, check_digest, pack, unpack
+from .container import CODE_MODELS, MAX_RANK, CodingError, Header, check_digest, pack, unpack
 from .models import constriction
 
 
@@ -56,6 +56,11 @@ def model_digest(module: nn.Module) -> bytes:
     h.update(type(module).__qualname__.encode())
     h.update(repr(module).encode())
     for name, tensor in sorted(module.state_dict().items()):
+        if tensor.is_meta:
+            raise ValueError(
+                f"{type(module).__name__}'s {name} is on the meta device: it has a shape but no "
+                "values to take a digest of (load the weights first)"
+            )
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -80,6 +85,11 @@ def _on_cpu(bottleneck) -> tuple[nn.Module, torch.device | None]:
             f"expected a bottleneck (a torch.nn.Module), got {type(bottleneck).__name__}"
         )
     tensors = [*bottleneck.parameters(), *bottleneck.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ValueError(
+            f"the bottleneck ({type(bottleneck).__name__}) is on the meta device: it has shapes "
+            "but no values to code with (load its weights first)"
+        )
     elsewhere = [t.device for t in tensors if t.device.type != "cpu"]
     if not elsewhere:
         return bottleneck, None
@@ -89,6 +99,22 @@ def _on_cpu(bottleneck) -> tuple[nn.Module, torch.device | None]:
 def code_model(bottleneck) -> int:
     """Which code model (container id) ``bottleneck``'s symbols use; TypeError if none (yet)."""
     return _model_of(bottleneck).kind
+
+
+def _check_tensor(y: Tensor, *, filed: bool) -> None:
+    """ValueError for a ``y`` on the meta device (no values), and where it goes into a file
+    (``filed``) for one the container cannot describe: more than :data:`MAX_RANK` axes or a
+    size of 2^32 or more, refused before anything is coded (it failed only in :func:`pack`,
+    after the whole input was coded)."""
+    if not isinstance(y, Tensor):
+        return  # the bottleneck's own check names it
+    if y.is_meta:
+        raise ValueError(f"y is on the meta device: it has a shape {tuple(y.shape)} but no values")
+    if filed and (y.dim() > MAX_RANK or any(n >= 2**32 for n in y.shape)):
+        raise ValueError(
+            f"y has shape {tuple(y.shape)}: a .qlc file holds at most {MAX_RANK} axes of fewer "
+            "than 2^32 entries each"
+        )
 
 
 def _check_seed(seed: int) -> int:
@@ -133,6 +159,7 @@ def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -
         check_digest(digest)
     on_cpu, _ = _on_cpu(bottleneck)
     model = _model_of(on_cpu)
+    _check_tensor(y, filed=True)
     bottleneck._check_input(y)
     rows = to_rows(on_cpu._cast(y.detach().cpu()))
     shape = (y.shape[0], bottleneck.dim, *y.shape[2:])
@@ -237,6 +264,7 @@ def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     lattices' coordinate-by-coordinate model. A file is this long plus the coder's overhead and
     the header."""
     bottleneck, _ = _on_cpu(bottleneck)
+    _check_tensor(y, filed=False)
     bottleneck._check_input(y)
     model = _model_of(bottleneck)
     seed = _check_seed(seed)

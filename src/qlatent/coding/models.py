@@ -70,6 +70,11 @@ class CodeModel(Protocol):
     def ideal_bits(self, rows: Tensor, seed: int) -> float: ...
 
 
+def _numpy(u: Tensor) -> np.ndarray:
+    """A CPU dither as a NumPy array; bfloat16 (which NumPy has not) as float32, exactly."""
+    return u.numpy() if u.dtype != torch.bfloat16 else u.float().numpy()
+
+
 def _check_positive(name: str, values: np.ndarray) -> None:
     """Refuse a code model parameter (``(m,)`` float64) that is not finite and positive at
     every coordinate (a non-finite or extreme log-parameter in the weights): its tables would
@@ -306,13 +311,13 @@ class DitheredLaplace:
         u = self.dither(rows.shape[0], seed)
         columns, lo, hi = self._columns(rows, u)
         lo, hi = symbol_range(lo, hi, self.scale / self.spacing)
-        encode_signed(coder, columns, u.numpy(), self.spacing, self.scale, max(-lo, hi))
+        encode_signed(coder, columns, _numpy(u), self.spacing, self.scale, max(-lo, hi))
         return lo, hi
 
     def decode(self, coder, n: int, seed: int, lo: int, hi: int) -> Tensor:
         width = support_width(lo, hi)
         u = self.dither(n, seed)
-        columns = decode_signed(coder, u.numpy(), self.spacing, self.scale, width)
+        columns = decode_signed(coder, _numpy(u), self.spacing, self.scale, width)
         y_hat = torch.empty(u.shape, dtype=u.dtype)
         for start, stop in row_blocks(*u.shape):
             k = torch.from_numpy(columns[:, start:stop].T)
@@ -1444,7 +1449,7 @@ class GoodLattice:
     def _prepare(self, rows: Tensor, seed: int):
         rows = rows.to(self.dtype)
         u_t = self.dither(rows.shape[0], seed)
-        u = u_t.numpy().astype(np.float64)
+        u = _numpy(u_t).astype(np.float64)
         k = self.coordinates(rows, u_t)
         prepared, lo, hi = [], 0, 0
         for cols, block in self.blocks:
@@ -1497,7 +1502,7 @@ class GoodLattice:
     def decode(self, coder, n: int, seed: int, lo: int, hi: int) -> Tensor:
         width = support_width(lo, hi)
         u_t = self.dither(n, seed)
-        u = u_t.numpy().astype(np.float64)
+        u = _numpy(u_t).astype(np.float64)
         k = torch.empty(u.shape, dtype=torch.int64)
         for cols, block in self.blocks:
             k[:, cols] = block.decode(

@@ -127,12 +127,12 @@ class FixedLattice(Lattice):
         return self._basis.T  # columns are basis vectors
 
     def coordinates(self, points: Tensor) -> Tensor:
-        check_rows(points, self.dim, self.name)
+        check_rows(points, self.dim, self.name, floating=False)
         inverse = self._inverse_t.to(points.device)
         return to_coordinates(torch.round(points.to(torch.float64) @ inverse))
 
     def points(self, coords: Tensor) -> Tensor:
-        check_rows(coords, self.dim, self.name)
+        check_rows(coords, self.dim, self.name, floating=False)
         return coords.to(torch.float64) @ self._basis.to(coords.device)
 
     @property

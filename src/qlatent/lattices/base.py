@@ -22,6 +22,8 @@ LATTICES: Registry[Lattice] = Registry("lattice")
 #: the largest |coordinate| a lattice point may have: int64 holds ±2^63, and coordinates this
 #: large are far beyond any float's resolution of neighbouring points anyway
 MAX_COORDINATE = 2**62
+#: the most numbers one :meth:`Lattice.sample_dither` call draws (8 GiB of float32)
+MAX_DRAWS = 2**31
 
 
 def to_coordinates(k: Tensor) -> Tensor:
@@ -50,12 +52,17 @@ def check_reach(reach: float) -> None:
         )
 
 
-def check_rows(x: Tensor, dim: int, name: str) -> None:
+def check_rows(x: Tensor, dim: int, name: str, *, floating: bool = True) -> None:
     """ValueError unless ``x`` is a tensor of rows of ``dim`` numbers, shape ``(..., dim)``: a
     wrong width would otherwise decode as other blocks, be cut short by a direct sum's slices or
-    end in a reshape's error."""
+    end in a reshape's error. ``floating``: the rows must be floating-point (points to decode,
+    draws on the unit cube: integer rows were decoded with a truncated basis or failed inside
+    torch); otherwise (integer coordinates) any real dtype but ``bool``."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} takes a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool or (floating and not x.is_floating_point()):
+        kind = "floating-point" if floating else "real-valued (integer or floating-point)"
+        raise ValueError(f"{name} takes {kind} rows, got {x.dtype}")
     if x.dim() == 0 or x.shape[-1] != dim:
         raise ValueError(
             f"{name} takes rows of {dim} coordinates, shape (..., {dim}); got {tuple(x.shape)}"
@@ -105,13 +112,13 @@ class Lattice(ABC):
     # ------------------------------------------------------------ coordinates
     def coordinates(self, points: Tensor) -> Tensor:
         """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``."""
-        check_rows(points, self.dim, self.name)
+        check_rows(points, self.dim, self.name, floating=False)
         k = torch.linalg.solve(self.generator_matrix, points.unsqueeze(-1)).squeeze(-1)
         return to_coordinates(torch.round(k))
 
     def points(self, coords: Tensor) -> Tensor:
         """Lattice points from integer coordinates."""
-        check_rows(coords, self.dim, self.name)
+        check_rows(coords, self.dim, self.name, floating=False)
         basis = self.generator_matrix
         return coords.to(basis.dtype) @ basis.T
 
@@ -143,6 +150,17 @@ class Lattice(ABC):
 
     def _unit_draws(self, n: int, generator, device, dtype) -> Tensor:
         """``(n, m)`` draws in [0, 1) from the generator (CPU by default), moved to ``device``."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n * self.dim <= MAX_DRAWS:
+            raise ValueError(
+                f"n must be an integer in [0, {MAX_DRAWS // self.dim}] (at most 2^31 numbers "
+                f"of {self.dim} coordinates), got {n!r}"
+            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         source = generator.device if generator is not None else "cpu"
         r = torch.rand(n, self.dim, generator=generator, device=source, dtype=dtype)
         return r if device is None else r.to(device)
@@ -168,6 +186,8 @@ class Lattice(ABC):
         The base class estimates it by Monte Carlo (relative standard error about
         ``1/sqrt(samples)``); lattices with a closed form override it.
         """
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
         gen = torch.Generator().manual_seed(seed)
         u = self.sample_dither(samples, generator=gen, dtype=torch.float64)
         return u.pow(2).sum(-1).mean() / self.dim

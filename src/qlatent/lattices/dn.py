@@ -14,6 +14,7 @@ import math
 from torch import Tensor
 
 from ._utils import FixedLattice, as_basis, in_chunks, nearer, round_to_dn
+from .an import MAX_N
 from .base import LATTICES, check_rows
 
 
@@ -22,8 +23,8 @@ class CheckerboardLattice(FixedLattice):
     """D_n for n ≥ 2; volume 2."""
 
     def __init__(self, n: int) -> None:
-        if not isinstance(n, int) or n < 2:
-            raise ValueError(f"D_n needs an integer n >= 2, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_N:
+            raise ValueError(f"D_n needs an integer n in [2, {MAX_N}], got {n!r}")
         rows = [[0] * n for _ in range(n)]
         rows[0][0], rows[0][1] = -1, -1
         for i in range(1, n):
@@ -44,8 +45,8 @@ class DualCheckerboardLattice(FixedLattice):
     """D_n* = Z^n ∪ (Z^n + ½·1) for n ≥ 2 (up to scale the dual of D_n); volume ½."""
 
     def __init__(self, n: int) -> None:
-        if not isinstance(n, int) or n < 2:
-            raise ValueError(f"D_n* needs an integer n >= 2, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_N:
+            raise ValueError(f"D_n* needs an integer n in [2, {MAX_N}], got {n!r}")
         rows = [[1 if j == i else 0 for j in range(n)] for i in range(n - 1)]
         rows.append([0.5] * n)
         self._basis = as_basis(rows)

@@ -12,6 +12,9 @@ from torch import Tensor
 
 from .base import LATTICES, Lattice, check_rows, to_coordinates
 
+#: the largest ``Z^m`` :func:`integer_lattice` builds (a bottleneck's ``dim`` is at most this too)
+MAX_DIM = 2**30
+
 
 @LATTICES.register("rectangular")
 class RectangularLattice(Lattice):
@@ -23,6 +26,10 @@ class RectangularLattice(Lattice):
     """
 
     def __init__(self, spacing: Tensor) -> None:
+        if not isinstance(spacing, Tensor):
+            raise ValueError(f"spacing must be a torch.Tensor, got {type(spacing).__name__}")
+        if spacing.is_complex() or spacing.dtype == torch.bool:
+            raise ValueError(f"spacing must be a real-valued tensor, got {spacing.dtype}")
         if spacing.dim() != 1 or spacing.numel() == 0:
             raise ValueError(f"spacing must be a non-empty 1-D tensor, got shape {spacing.shape}")
         if not torch.isfinite(spacing).all() or (spacing <= 0).any():
@@ -54,12 +61,12 @@ class RectangularLattice(Lattice):
         return torch.round(x / spacing) * spacing
 
     def coordinates(self, points: Tensor) -> Tensor:
-        check_rows(points, self.dim, self.name)
+        check_rows(points, self.dim, self.name, floating=False)
         spacing = self.spacing.to(points.device)
         return to_coordinates((points / spacing).round_())  # in place: a pass fewer
 
     def points(self, coords: Tensor) -> Tensor:
-        check_rows(coords, self.dim, self.name)
+        check_rows(coords, self.dim, self.name, floating=False)
         return coords.to(self.spacing.dtype) * self.spacing.to(coords.device)
 
     def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
@@ -78,4 +85,6 @@ class RectangularLattice(Lattice):
 @LATTICES.register("Z")
 def integer_lattice(dim: int) -> RectangularLattice:
     """The integer lattice ``Z^m``."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise ValueError(f"dim must be an integer in [1, 2^30], got {dim!r}")
     return RectangularLattice(torch.ones(dim, dtype=torch.float64))

@@ -110,13 +110,32 @@ class SphereDecoder:
         step[level] = -step[level] - math.copysign(1.0, step[level])
 
 
+#: the largest dimension :class:`GeneralLattice` takes: its LLL reduction (Python loops) took
+#: under a second at 64 and two minutes at 128, and the search is exponential in it
+MAX_DIM = 64
+
+
 class GeneralLattice(Lattice):
     """Any lattice from its generator matrix (columns = basis vectors); exact but slow closest
     point by :class:`SphereDecoder` (a Python loop over points)."""
 
     def __init__(self, generator: Tensor) -> None:
-        g = torch.as_tensor(generator, dtype=torch.float64)
-        if g.dim() != 2 or g.shape[0] != g.shape[1] or torch.linalg.matrix_rank(g) < g.shape[0]:
+        try:
+            g = torch.as_tensor(generator)
+        except (TypeError, ValueError, RuntimeError):
+            kind = type(generator).__name__
+            raise ValueError(f"generator must be a matrix, got {kind}") from None
+        if g.is_complex() or g.dtype == torch.bool:
+            raise ValueError(f"generator must be a real matrix, got {g.dtype}")
+        g = g.to(torch.float64)
+        if g.dim() != 2 or g.shape[0] != g.shape[1] or not 1 <= g.shape[0] <= MAX_DIM:
+            raise ValueError(
+                f"generator must be a square matrix of 1 to {MAX_DIM} rows (LLL and the search "
+                f"take minutes beyond), got shape {tuple(g.shape)}"
+            )
+        if not torch.isfinite(g).all():
+            raise ValueError("generator must be finite (it holds NaN or infinity)")
+        if torch.linalg.matrix_rank(g) < g.shape[0]:
             raise ValueError("generator must be a square full-rank matrix")
         self._generator = g
         self._decoder = SphereDecoder(g.T.numpy())
@@ -133,5 +152,7 @@ class GeneralLattice(Lattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, self.dim, self.name)
         rows = x.detach().reshape(-1, self.dim).to(torch.float64).cpu().numpy()
+        if not np.isfinite(rows).all():  # the search would fail on "float NaN to integer"
+            raise ValueError(f"{self.name} takes finite rows; x holds NaN or infinity")
         out = np.stack([self._decoder.closest(row) for row in rows]) if len(rows) else rows
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype).view(x.shape)

@@ -10,7 +10,7 @@ of the blocks' G.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -29,9 +29,14 @@ class DirectSum(Lattice):
     """Λ_1 ⊕ Λ_2 ⊕ … given as a list of blocks (each a :class:`Lattice`)."""
 
     def __init__(self, blocks: Sequence[Lattice]) -> None:
-        if not blocks:
-            raise ValueError("a direct sum needs at least one block")
+        if isinstance(blocks, str | Tensor) or not isinstance(blocks, Iterable):
+            raise ValueError(f"blocks must be a list of lattices, got {type(blocks).__name__}")
         self.blocks = list(blocks)
+        if not self.blocks:
+            raise ValueError("a direct sum needs at least one block")
+        for i, block in enumerate(self.blocks):
+            if not isinstance(block, Lattice):
+                raise ValueError(f"blocks[{i}] must be a Lattice, got {type(block).__name__}")
         #: (lattice, count, start) runs of identical consecutive blocks
         self.runs: list[tuple[Lattice, int, int]] = []
         start = 0
@@ -55,7 +60,7 @@ class DirectSum(Lattice):
         return torch.block_diag(*(block.generator_matrix for block in self.blocks))
 
     def _per_run(self, x: Tensor, method: str) -> Tensor:
-        check_rows(x, self.dim, self.name)
+        check_rows(x, self.dim, self.name, floating=method not in ("coordinates", "points"))
         parts = []
         for lat, count, start in self.runs:
             n = lat.dim
@@ -98,12 +103,14 @@ def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
     :class:`BarnesWallLattice`; the others ignore it)."""
     if not isinstance(name, str):
         raise ValueError(f"a lattice name must be a string, got {name!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     key = name.strip().lower()
     if key in _FIXED:
         return _FIXED[key](compile=compile)
     if key == "z":
         return integer_lattice(1)
-    match = re.fullmatch(r"([ad])(\d{1,3})(\*?)", key)
+    match = re.fullmatch(r"([ad])(\d{1,3})(\*?)", key, re.ASCII)  # not other scripts' digits
     if match:
         family, n, dual = match.group(1), int(match.group(2)), match.group(3)
         if dual and family == "d":
@@ -112,6 +119,10 @@ def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
             return _FAMILIES[family](n)
     raise ValueError(f"unknown lattice {name!r}; {LATTICE_NAMES}")
 
+
+#: the most coordinates :func:`tile` fills: a list of 2^40 blocks exhausted the memory (a good
+#: lattice's bottleneck takes at most 2^14)
+MAX_TILE_DIM = 2**20
 
 LATTICE_NAMES = "known: z, a<n> (a2 hexagonal), d<n>, d<n>*, e8, bw16, leech"
 
@@ -123,6 +134,8 @@ def tile(spec: str | Sequence[str], dim: int, *, compile: bool = False) -> Direc
     equal blocks decode in one call. ``compile`` as in :func:`lattice_by_name`."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if dim > MAX_TILE_DIM:
+        raise ValueError(f"dim must be at most 2^20 ({MAX_TILE_DIM}), got {dim}")
     if isinstance(spec, str):
         names = [spec]
     elif isinstance(spec, list | tuple) and spec and all(isinstance(n, str) for n in spec):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .laplace import check_real
+
 
 def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
     """log P(X̂ ∈ η + [−Δ/2, Δ/2)) for X̂ ~ N(0, s²), elementwise.
@@ -28,6 +30,7 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
     Returns:
         ``(..., m)`` log-probabilities, each ≤ 0.
     """
+    check_real(eta, spacing, scale)
     centre = eta.abs() / scale
     half = spacing / (2 * scale)
     near = torch.special.log_ndtr(half - centre)  # log Φ(−a)

@@ -34,7 +34,23 @@ def laplace_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor
     Returns:
         ``(..., m)`` log-probabilities, each ≤ 0.
     """
+    check_real(eta, spacing, scale)
+    spacing, scale = torch.as_tensor(spacing), torch.as_tensor(scale)  # numbers too
     return cell_log_prob_from_constants(eta, *cell_constants(spacing, scale))
+
+
+def check_real(eta, spacing, scale) -> None:
+    """ValueError naming the first argument that is not real: ``eta`` a real tensor,
+    ``spacing`` and ``scale`` real tensors or numbers (a complex η was read as its modulus
+    without a word, a list failed on a missing ``abs``). Values are not checked: a spacing or
+    scale ≤ 0 gives NaN."""
+    for name, value in (("eta", eta), ("spacing", spacing), ("scale", scale)):
+        if isinstance(value, Tensor):
+            if value.is_complex() or value.dtype == torch.bool:
+                raise ValueError(f"{name} must be a real-valued tensor, got {value.dtype}")
+        elif name == "eta" or isinstance(value, bool) or not isinstance(value, int | float):
+            kind = "a tensor" if name == "eta" else "a tensor or a number"
+            raise ValueError(f"{name} must be {kind}, got {type(value).__name__}")
 
 
 def laplace_cell_nll(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
