@@ -11,7 +11,9 @@ without a density view (a traceback after the whole evaluation).
 from __future__ import annotations
 
 import math
+import os
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -310,9 +312,10 @@ def test_reconstruction_rows_refuse_what_they_cannot_draw(tmp_path, rows, value_
         reconstruction_rows(rows, tmp_path / "rows.png", value_range=value_range)
 
 
-def test_decompress_png_of_images_no_square_holds_is_one_line(tmp_path, capsys):
+def test_decompress_draws_a_gated_models_colour_images_in_their_shape(tmp_path, capsys):
     """A gated model of RGB images (flat rows of 3·4·4 values) ended ``decompress --png`` in a
-    RuntimeError traceback from the grid's reshape."""
+    RuntimeError traceback from the grid's reshape; the figures now take the image shape the
+    checkpoint records, and the tensor output keeps the model's flat rows."""
     from qlatent.data.folder import write_image_folder
 
     folder = tmp_path / "images"
@@ -325,8 +328,17 @@ def test_decompress_png_of_images_no_square_holds_is_one_line(tmp_path, capsys):
     assert code == 0
     args = ["decompress", qlc, "--checkpoint", best, "-o", tmp_path / "r.pt"]
     code, err = run_cli([*args, "--png", tmp_path / "r.png"], capsys)
-    assert code == 2 and one_line_error(err) and "no square image" in err, err
-    assert not (tmp_path / "r.pt").exists()  # taken back with the figure
+    assert code == 0, err
+    assert torch.load(tmp_path / "r.pt").shape == (5, 48)
+    assert plt.imread(tmp_path / "r.png").shape[-1] in (3, 4)  # drawn in colour
+    for output in ("grid.png", "folder/"):
+        code, err = run_cli(
+            ["decompress", qlc, "--checkpoint", best, "-o", f"{tmp_path}/{output}"], capsys
+        )
+        assert code == 0, err
+    assert plt.imread(tmp_path / "folder" / sorted(os.listdir(tmp_path / "folder"))[0]).shape[
+        :2
+    ] == (4, 4)
 
 
 # ------------------------------------------------------------------------- qlatent eval
@@ -368,3 +380,16 @@ def test_eval_checkpoint_checks_its_arguments(runs, kwargs, message):
     switched the downstream tasks on."""
     with pytest.raises(ValueError, match=message):
         custom.eval_checkpoint(runs["lattice"], progress=False, **kwargs)
+
+
+def test_evaluate_leaves_out_the_iwae_nll_of_a_bottleneck_without_a_density_view():
+    """``evaluate`` gives the IWAE NLL where the bottleneck has a density view: its check
+    ``hasattr(neck, "posterior_sample")`` held for every bottleneck (the base class defines
+    it, raising TypeError), so a VQ model's evaluation ended in that TypeError."""
+    from qlatent.experiments import custom
+
+    cfg = custom.RunConfig(bottleneck=custom.BottleneckConfig("vq", {"num_codes": 4}))
+    model = custom.build_model(cfg, (1, 3, 4), 0.25).eval()
+    data = {"test": X}
+    report = custom.evaluate(model, cfg, data, (1, 3, 4), iwae_samples=3, progress=False)
+    assert "iwae" not in report and "hard_path" in report

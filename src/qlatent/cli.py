@@ -580,6 +580,23 @@ def _write_reconstructions(recon, path: str, value_range: tuple[float, float]) -
     write_atomic(path, buffer.getvalue())
 
 
+def _image_view(recon, ckpt):
+    """A gated model's flat ``(N, D)`` reconstructions as the ``(N, C, H, W)`` images its
+    checkpoint records (``qlatent train``: colour or not square); else ``recon`` as it is."""
+    run = ckpt.get("run_config") if isinstance(ckpt, dict) else None
+    derived = run.get("derived") if isinstance(run, dict) else None
+    shape = derived.get("image_shape") if isinstance(derived, dict) else None
+    if (
+        recon.dim() == 2
+        and isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        and shape[0] * shape[1] * shape[2] == recon.shape[1]
+    ):
+        return recon.reshape(-1, *shape)
+    return recon
+
+
 def _write_png_folder(recon, folder, value_range: tuple[float, float]) -> None:
     """``recon`` ``(N, D)`` (square grey images) or ``(N, C, H, W)`` as a folder of PNGs."""
     import math
@@ -640,20 +657,22 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
             "or a folder (a name ending in /)"
         )
     data = path.read_bytes()
-    model, _, value_range = _load_coding_model(args.checkpoint)
+    model, ckpt, value_range = _load_coding_model(args.checkpoint)
     recon = decompress_images(model, data, max_elements=args.max_elements)
+    images = _image_view(recon, ckpt)  # what the figures draw
     if folder:
-        _write_png_folder(recon, Path(args.output), value_range)
+        _write_png_folder(images, Path(args.output), value_range)
     else:
-        _write_reconstructions(recon, args.output, value_range)
+        suffix = Path(args.output).suffix.lower()
+        _write_reconstructions(images if suffix == ".png" else recon, args.output, value_range)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if recon.shape[0] == 0:
         print(f"{message} (the file holds no images)")
         return 0
     if args.png:
         try:
-            if recon.dim() == 4:  # a conv model's (N, C, H, W) images
-                reconstruction_rows({"decoded": recon[:10]}, args.png, value_range=value_range)
+            if images.dim() == 4:  # (N, C, H, W) images
+                reconstruction_rows({"decoded": images[:10]}, args.png, value_range=value_range)
             else:
                 reconstruction_grid(
                     recon[:20], recon[:20], args.png, title="decoded reconstructions"

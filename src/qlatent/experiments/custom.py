@@ -758,7 +758,7 @@ def evaluate(
             report[key]["distortion_bits_per_word"] = parts["distortion"].sum().item() / per_word
             report[key]["rate_bits_per_word"] = parts["rate"].sum().item() / per_word
     neck = model.bottleneck
-    if iwae_samples and hasattr(neck, "posterior_sample") and hasattr(neck, "log_prior"):
+    if iwae_samples and _has_density_view(neck):
         nll = iwae_nll(model, x, num_samples=iwae_samples, generator=gen(2), progress=progress)
         report["iwae"] = iwae_summary(nll)
         report["iwae_samples"] = iwae_samples
