@@ -445,13 +445,24 @@ _CODING_DATA = tuple(
 )
 
 
-def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None):
+def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None, value_range=None):
+    """The images ``--data`` names; ValueError where they are the LL-VQ table's, in
+    [-0.5, 0.5], and ``value_range``, the one the checkpoint's model was trained on, is another
+    (a conv model of the same image shape took them without a word; the other sources' images
+    are flat, a conv model's shape error names them)."""
     from .data import binarized_mnist, synthetic_binary
     from .experiments import custom, llvq_fashion
 
     if name not in _CODING_DATA:
         raise ValueError(f"--data must be one of {list(_CODING_DATA)}, got {name!r}")
     source, split = name.rsplit("-", 1)
+    low, high = llvq_fashion.VALUE_RANGE
+    llvq = source in ("fashion-mnist", "synthetic-images")  # the LL-VQ table's images
+    if llvq and value_range is not None and tuple(value_range) != (low, high):
+        raise ValueError(
+            f"--data {name} holds images with values in [{low}, {high}], this checkpoint's "
+            f"model takes them in [{value_range[0]}, {value_range[1]}]"
+        )
     if source == "checkpoint":  # the dataset of a `qlatent train CONFIG` run
         if not custom.is_checkpoint(ckpt):
             raise ValueError(f"--data {name} needs a checkpoint written by `qlatent train CONFIG`")
@@ -496,12 +507,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .image_coding import compress_images, write_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
-    model, ckpt, _ = _load_coding_model(args.checkpoint)
+    model, ckpt, value_range = _load_coding_model(args.checkpoint)
     try:
         code_model(model.bottleneck)
     except TypeError as err:  # e.g. a learnable lattice before `qlatent update`
         raise ValueError(f"{args.checkpoint}: {err} (qlatent update)") from err
-    x = _coding_images(args.data, args.data_dir, args.limit, ckpt)
+    x = _coding_images(args.data, args.data_dir, args.limit, ckpt, value_range)
     started = time.perf_counter()
     data = compress_images(model, x, seed=args.seed)
     wall = time.perf_counter() - started
@@ -518,8 +529,8 @@ def _cmd_update(args: argparse.Namespace) -> int:
     from .train import save_atomic
 
     _refuse_overwrite([args.output], [args.checkpoint])
-    model, ckpt, _ = _load_coding_model(args.checkpoint)
-    x = _coding_images(args.data, args.data_dir, args.limit, ckpt)
+    model, ckpt, value_range = _load_coding_model(args.checkpoint)
+    x = _coding_images(args.data, args.data_dir, args.limit, ckpt, value_range)
     summary = update_code_model(model, x)
     # the config travels with the weights, so that the updated model is rebuilt the same way
     save_atomic({"model": model.state_dict(), "run_config": ckpt.get("run_config")}, args.output)

@@ -9,6 +9,7 @@ no partial output.
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,8 @@ def gated_vae_from_checkpoint(
     """
     from .models import gated_vae
 
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} holds no model weights")
     state = ckpt["model"]
 
     def weight(key: str, rank: int) -> Tensor | None:
@@ -147,23 +150,51 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
     lattice's is its prior)."""
     from .bottlenecks._code_model import CountedCodeModel
 
+    _check_call(model, x, batch_size)
     neck = model.bottleneck
     if not isinstance(neck, CountedCodeModel):
         raise ValueError(
             f"{type(neck).__name__} codes its symbols with its own prior; there is no counted "
             "code model to update"
         )
+    if x.shape[0] == 0:
+        raise ValueError("x holds no images: a code model is counted over at least one")
     model.eval()
     with _images_fit(x):
         return neck.update(model.encoder(xb) for xb in x.split(batch_size))
 
 
+def _check_call(model, x, batch_size: int) -> None:
+    """TypeError or ValueError naming the argument that is not what the coding functions take:
+    an :class:`Autoencoder`, images as a floating-point tensor with a batch axis, a positive
+    ``batch_size``."""
+    if not isinstance(model, Autoencoder):
+        raise TypeError(f"model must be a qlatent Autoencoder, got {type(model).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if x is None:
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must hold floating-point images, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be images (N, D) or (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 @contextmanager
 def _images_fit(x: Tensor):
-    """Turn the encoder's shape error on images it was not made for into a clear ValueError."""
+    """Turn the encoder's shape error on images it was not made for into a clear ValueError
+    (an allocation failure stays what it is)."""
     try:
         yield
     except RuntimeError as err:
+        if _out_of_memory(err):
+            raise
         raise ValueError(
             f"images of shape {tuple(x.shape[1:])} do not fit this model's encoder ({err})"
         ) from err
@@ -173,6 +204,7 @@ def _images_fit(x: Tensor):
 def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int = 2000) -> bytes:
     """Encode ``x`` ``(N, D)`` or ``(N, C, H, W)`` and entropy-code the bottleneck's symbols
     into one file."""
+    _check_call(model, x, batch_size)
     model.eval()
     with _images_fit(x):
         y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
@@ -184,19 +216,25 @@ def decompress_images(
     model: Autoencoder, data: bytes, *, batch_size: int = 2000, max_elements: int = MAX_ELEMENTS
 ) -> Tensor:
     """Reconstructions E[x | y_hat], shaped like the images, from a file written by
-    :func:`compress_images`; ``max_elements`` bounds the decoded code (:func:`decompress`)."""
+    :func:`compress_images`; ``max_elements`` bounds the decoded code (:func:`decompress`), and
+    reconstructions that would not fit in this machine's memory are refused before decoding."""
+    _check_call(model, None, batch_size)
     model.eval()
     y_hat = decompress(
         model.bottleneck, data, digest=model_digest(model), max_elements=max_elements
     )
     try:
+        shape = _image_shape(model, y_hat)
+        _check_fits(y_hat.shape[0], shape)
         parts = [model.likelihood.mean(model.decoder(yb)) for yb in y_hat.split(batch_size)]
     except RuntimeError as err:  # a code of a shape this decoder was not made for
+        if _out_of_memory(err):
+            raise
         raise CodingError(
             f"the file's code of shape {tuple(y_hat.shape)} does not fit this model's decoder"
         ) from err
     if not parts:  # a file of zero images
-        return y_hat.new_zeros(0, *_image_shape(model, y_hat))
+        return y_hat.new_zeros(0, *shape)
     return torch.cat(parts)
 
 
@@ -204,6 +242,19 @@ def _image_shape(model: Autoencoder, y_hat: Tensor) -> tuple[int, ...]:
     """The decoder's output shape for one example, found by decoding one zero code."""
     probe = y_hat.new_zeros(1, *y_hat.shape[1:])
     return tuple(model.likelihood.mean(model.decoder(probe)).shape[1:])
+
+
+def _check_fits(n: int, shape: tuple[int, ...]) -> None:
+    """CodingError if ``n`` reconstructions of ``shape`` (float32) exceed this machine's memory:
+    a file's code is bounded by ``max_elements``, its images can be far larger."""
+    from .data.sources import physical_memory
+
+    need, total = 4 * n * math.prod(shape), physical_memory()
+    if total is not None and need > total:
+        raise CodingError(
+            f"the file's {n:,} images of shape {shape} would take {need / 2**30:,.1f} GiB, more "
+            f"than this machine's {total / 2**30:,.1f} GiB of memory"
+        )
 
 
 def images_in(data: bytes) -> int:

@@ -112,6 +112,13 @@ def load_fashion_mnist(
 # --------------------------------------------------------------------------- binarization
 
 
+def _check_seed(seed: int) -> None:
+    """ValueError unless ``seed`` is an integer NumPy seeds with (``None`` would draw a fresh,
+    unrepeatable binarization)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def binarize(images: torch.Tensor | np.ndarray, seed: int) -> torch.Tensor:
     """One stochastic binarization of ``uint8`` images, flattened to ``float32 (N, H*W)``.
 
@@ -119,12 +126,13 @@ def binarize(images: torch.Tensor | np.ndarray, seed: int) -> torch.Tensor:
     ``np.random.default_rng(seed).random((N, H*W))``. The draw is made in row blocks to bound
     memory; the numbers are the same as with one call.
     """
+    _check_seed(seed)
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if array.dtype != np.uint8:
         raise TypeError(f"binarize expects uint8 images, got {array.dtype}")
     if array.ndim < 1:
         raise ValueError("binarize expects a batch of images")
-    flat = array.reshape(array.shape[0], -1)
+    flat = array.reshape(array.shape[0], math.prod(array.shape[1:]))  # an empty batch too
     rng = np.random.default_rng(seed)
     out = np.empty(flat.shape, dtype=np.float32)
     for start in range(0, flat.shape[0], _ROWS_PER_BLOCK):
@@ -144,6 +152,9 @@ def binarize_splits(
 
     The last ``n_val`` binarized training images form ``"val"``, the rest ``"train"``.
     """
+    _check_seed(seed)
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
+        raise ValueError(f"n_val must be a non-negative integer, got {n_val!r}")
     n_train = len(train_images) - n_val
     if n_train <= 0:
         raise ValueError(f"{len(train_images)} training images cannot give {n_val} for val")
@@ -160,6 +171,7 @@ def binarize_splits(
 
 def binarized_mnist_cache_path(seed: int = BINARIZATION_SEED) -> Path:
     """Where :func:`binarized_mnist` keeps its packed result."""
+    _check_seed(seed)  # a string would name another file, "../x" one outside the cache
     return cache_dir("mnist") / f"binarized-mnist-seed{seed}.npz"
 
 

@@ -2,9 +2,11 @@
 and images written to a folder (``qlatent data export``, ``qlatent decompress -o DIR/``).
 
 Every ``.png``, ``.jpg``, ``.jpeg``, ``.bmp`` or ``.webp`` file under the folder (recursively, in
-sorted path order) is decoded with Pillow, centre-cropped to a square, resized to ``size × size``
-(bicubic), converted to ``channels`` (1: grey, 3: RGB) and scaled to [−0.5, 0.5], the range of the
-LL-VQ-VAE reference code. The whole set is held in memory as float32: a 64×64 RGB image takes
+sorted path order) is decoded with Pillow, turned upright as its EXIF orientation says,
+centre-cropped to a square, resized to ``size × size`` (bicubic), converted to ``channels`` (1:
+grey, 3: RGB) and scaled to [−0.5, 0.5], the range of the LL-VQ-VAE reference code. 16-bit grey
+images are scaled by their own range; a file of several frames (an animation) or of 32-bit
+pixels is refused. The whole set is held in memory as float32: a 64×64 RGB image takes
 48 KiB, so CelebA's 202,599 images need about 10 GB.
 """
 
@@ -128,6 +130,32 @@ def _libtiff_messages() -> Iterator[list[str]]:
         os.close(saved)
 
 
+def _eight_bit(image: Any, path: Path) -> Any:
+    """``image`` with 8-bit values: 16-bit grey pixels (a 16-bit PNG, which older Pillow opens as
+    mode ``I``) scaled by 255 / 65535, rounded; Pillow's conversion would clip them at 255. Pixels
+    of 32 bits (``I``, ``F``: a TIFF) have no range to scale from: DataError naming the file."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        pixels = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise DataError(
+            f"cannot read image {_shown(path)}: {image.mode} pixels of 32 bits have no fixed "
+            "range; save it with 8 or 16 bits per value"
+        )
+    return image
+
+
+def _upright(image: Any) -> Any:
+    """``image`` turned as its EXIF orientation says (as viewers show it); as it is without one."""
+    from PIL import ImageOps
+
+    if image.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
 def _decode(path: Path, *, size: int, mode: str) -> Any:
     """The image in ``path`` as a ``size × size`` Pillow image of ``mode``; DataError naming the
     file for anything Pillow raises on it (its plugins raise many kinds on malformed files)."""
@@ -148,12 +176,20 @@ def _decode(path: Path, *, size: int, mode: str) -> Any:
                 if getattr(image, "use_load_libtiff", False):  # a TIFF decoded by libtiff
                     with _libtiff_messages() as messages:
                         image.load()
+                if getattr(image, "is_animated", False):  # only the first frame would be read
+                    raise DataError(
+                        f"cannot read image {_shown(path)}: it holds several frames (an "
+                        "animation or pages); save one image per file"
+                    )
+                image = _eight_bit(_upright(image), path)
                 image = image.convert(mode)
                 side = min(image.size)
                 left, top = (image.width - side) // 2, (image.height - side) // 2
                 image = image.crop((left, top, left + side, top + side))
                 return image.resize((size, size), Image.Resampling.BICUBIC)
         except (KeyboardInterrupt, MemoryError):
+            raise
+        except DataError:
             raise
         except UnidentifiedImageError as err:
             empty = os.fstat(file.fileno()).st_size == 0
@@ -175,9 +211,9 @@ def load_image_folder(
     Untrusted input: a file that is not a regular file (a FIFO, a device, a folder named
     ``x.png``, a dangling symlink) or that Pillow cannot decode is a DataError naming the file;
     no warning or libtiff message reaches stderr."""
-    if not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if channels not in (1, 3):
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     files = image_files(folder)
     check_fits(

@@ -189,6 +189,11 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     native = array.dtype.newbyteorder("=")
     if native not in codes:
         raise ValueError(f"cannot store dtype {array.dtype} in an IDX file")
+    if array.ndim > MAX_DIMS or any(n >= 1 << 32 for n in array.shape):
+        raise ValueError(
+            f"cannot store shape {array.shape} in an IDX file (at most {MAX_DIMS} dimensions, "
+            "each below 2^32)"
+        )
     code = codes[native]
     header = struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape)
     payload = np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()

@@ -165,7 +165,7 @@ class _SourceFailed(Exception):
 
 
 def _check_name(name: str) -> DatasetInfo:
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
         raise ValueError(f"unknown dataset {name!r}; known: {known}")
     return DATASETS[name]
@@ -497,6 +497,8 @@ def dataset_files(
         DataNotFoundError: no source could provide the files (the message lists every way).
     """
     _check_name(name)
+    if not isinstance(download, bool):  # "no" would download
+        raise ValueError(f"download must be True or False, got {download!r}")
     root = _user_dir(data_dir)
     in_folder = user_files(name, data_dir)
     if in_folder is not None:

@@ -5,6 +5,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .sources import check_fits
+
+
+def _check(n, dim: int, clusters: int, flip: float, seed: int) -> None:
+    """ValueError naming the argument that is not what the generators take, and DataError for
+    sizes past this machine's memory, before anything is drawn."""
+    for name, value in (("n", n), ("dim", dim), ("clusters", clusters), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must lie in torch's range [-2^63, 2^64), got {seed}")
+    if isinstance(flip, bool) or not isinstance(flip, int | float):
+        raise ValueError(f"flip must be a number in [0, 1], got {flip!r}")
+    rows = max(n, clusters)
+    if rows > 0 and dim > 0:
+        check_fits(rows * dim, 4, f"{rows:,} × {dim:,} float32 values", "n, clusters and dim")
+
 
 def synthetic_binary(
     n: int = 600, dim: int = 784, *, clusters: int = 10, flip: float = 0.05, seed: int = 0
@@ -13,6 +30,7 @@ def synthetic_binary(
 
     Structured enough that an autoencoder's loss drops quickly, small enough for CPU tests.
     """
+    _check(n, dim, clusters, flip, seed)
     if n < 6 or dim < 1 or clusters < 1 or not 0 <= flip <= 1:
         raise ValueError("need n >= 6, dim >= 1, clusters >= 1 and flip in [0, 1]")
     g = torch.Generator().manual_seed(seed)
@@ -36,6 +54,7 @@ def synthetic_labelled(
 
     The labelled stand-in for MNIST in tests of clustering and linear-probe pipelines.
     """
+    _check(n, dim, clusters, flip, seed)
     if n < clusters or dim < 1 or clusters < 2 or not 0 <= flip <= 1:
         raise ValueError("need n >= clusters >= 2, dim >= 1 and flip in [0, 1]")
     g = torch.Generator().manual_seed(seed)

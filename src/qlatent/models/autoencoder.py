@@ -30,12 +30,26 @@ class Autoencoder(nn.Module):
         self, encoder: nn.Module, bottleneck: Bottleneck, decoder: nn.Module, likelihood: Likelihood
     ) -> None:
         super().__init__()
+        for name, part, kind, what in (
+            ("encoder", encoder, nn.Module, "a torch.nn.Module"),
+            ("bottleneck", bottleneck, Bottleneck, "a qlatent Bottleneck"),
+            ("decoder", decoder, nn.Module, "a torch.nn.Module"),
+            ("likelihood", likelihood, Likelihood, "a qlatent Likelihood (e.g. Bernoulli())"),
+        ):
+            if not isinstance(part, kind):
+                got = (
+                    f"the class {part.__name__}" if isinstance(part, type) else type(part).__name__
+                )
+                raise TypeError(f"{name} must be {what}, got {got}")
         self.encoder = encoder
         self.bottleneck = bottleneck
         self.decoder = decoder
         self.likelihood = likelihood
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            what = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating-point tensor, got {what}")
         out = self.bottleneck(self.encoder(x), generator=generator)
         return AutoencoderOutput(params=self.decoder(out.y_hat), bottleneck=out)
 
