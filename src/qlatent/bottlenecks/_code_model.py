@@ -129,9 +129,9 @@ class CountedCodeModel:
         total = 0
         for y in batches:
             self._check_input(y)
-            s = self.code_symbols(y).cpu()
-            if s.numel() == 0:
+            if y.numel() == 0:  # nothing to count (its symbols cannot be shaped into rows)
                 continue
+            s = self.code_symbols(y).cpu()
             features = s.shape[1]
             if fixed is not None:
                 b_low = torch.full((features,), fixed[0], dtype=torch.int64)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._utils import compiled_or_plain
 from ._code_model import CountedCodeModel
-from .base import Bottleneck, BottleneckOutput
+from .base import Bottleneck, BottleneckOutput, Setting, check_flag
 
 #: entries of one N×K distance chunk (4 MB in float32), one buffer reused by every chunk. With
 #: a fresh chunk per step, 1 MB chunks were best (K = 512, 16384 × 64 rows, two threads: 15.8 ms
@@ -385,6 +385,23 @@ def straight_through(z: Tensor, q: Tensor) -> Tensor:
     return z + (q - z).detach()
 
 
+def _check_decay(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_eps(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    # an infinite eps made every smoothed count NaN, and with it the codebook
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
 class EMACodebook(nn.Module):
     """Codebook kept by exponential moving averages (the M-step of hard / soft EM).
 
@@ -412,6 +429,9 @@ class EMACodebook(nn.Module):
     codebook: Tensor
     ema_count: Tensor
     ema_sum: Tensor
+    decay = Setting(_check_decay)
+    eps = Setting(_check_eps)
+    store_smoothed = Setting(check_flag)
 
     def __init__(
         self,
@@ -424,17 +444,7 @@ class EMACodebook(nn.Module):
         store_smoothed: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("decay", decay), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
-        # an infinite eps made every smoothed count NaN, and with it the codebook
-        if not 0 < eps < math.inf:
-            raise ValueError(f"eps must be a finite positive number, got {eps!r}")
-        if not isinstance(store_smoothed, bool):
-            raise ValueError(f"store_smoothed must be True or False, got {store_smoothed!r}")
-        self.num_codes, self.decay, self.eps = num_codes, float(decay), float(eps)
+        self.num_codes, self.decay, self.eps = num_codes, decay, eps
         self.store_smoothed = store_smoothed
         initial = init_codebook(init, num_codes, dim)
         self.register_buffer("codebook", initial)
@@ -476,11 +486,10 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
     index_kind = "scalar"
     num_codes: int
     codebook: Tensor
+    compile = Setting(check_flag)
 
     def __init__(self, *, dim: int, in_dim: int | None = None, compile: bool = False) -> None:
         super().__init__(dim=dim, in_dim=in_dim)
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
         self._init_code_model()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,43 @@ class BottleneckOutput:
 
 
 BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
+
+#: the most numbers one ``posterior_sample`` call draws (num_samples × rows × dim): the
+#: counter-based dither draws fewer than 2^31 per key (10^12 samples tried to allocate 48 TB)
+MAX_POSTERIOR_NUMBERS = 2**31 - 1
+
+
+class Setting:
+    """A constructor value kept as an attribute and checked on every assignment, in
+    ``__init__`` and after it: ``check(value, name)`` (or the module's method of that name, for
+    checks that read the module) returns the value to keep or raises ValueError naming it (a
+    temperature of 0 set after construction failed in ``torch.multinomial``, an EMA decay of
+    1.5 turned the codebook into garbage without a word)."""
+
+    def __init__(self, check) -> None:
+        self.check = check
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value) -> None:
+        check = getattr(obj, self.check) if isinstance(self.check, str) else self.check
+        obj.__dict__[self.name] = check(value, self.name)
+
+
+def check_flag(value, name: str) -> bool:
+    """Switches are True or False: a truthy string would have switched one on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def build(name: str, **kwargs) -> Bottleneck:
@@ -198,6 +235,18 @@ class Bottleneck(nn.Module, ABC):
         """Log-density of the prior the rate is measured against: ``(S, B, dim)`` -> ``(S, B)``."""
         raise TypeError(f"{type(self).__name__} has no prior density")
 
+    def _check_prior_input(self, z: Tensor) -> None:
+        """Input checks for ``log_prior``: real floating-point points ``(..., dim)``, finite (a
+        wrong width failed inside the prior's maths, a complex ``z`` gave a complex density, a
+        NaN a NaN density)."""
+        if not isinstance(z, Tensor):
+            raise ValueError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise ValueError(f"z must be a floating-point tensor, got {z.dtype}")
+        if z.dim() < 1 or z.shape[-1] != self.dim:
+            raise ValueError(f"z must end in the code dimension {self.dim}, got {tuple(z.shape)}")
+        check_finite("z", z)
+
     def _check_density_input(self, y: Tensor, num_samples: int, generator=None) -> None:
         """Input checks for ``posterior_sample``: ``(B, in_dim)`` only, ``num_samples >= 1``,
         a generator as ``forward`` takes it on the training path."""
@@ -206,7 +255,20 @@ class Bottleneck(nn.Module, ABC):
             raise ValueError(f"posterior_sample takes (B, {self.in_dim}), got {tuple(y.shape)}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if num_samples * y.shape[0] * self.dim > MAX_POSTERIOR_NUMBERS:
+            raise ValueError(
+                f"num_samples={num_samples} draws {num_samples * y.shape[0] * self.dim:,} numbers "
+                f"for {y.shape[0]} rows of {self.dim}, more than {MAX_POSTERIOR_NUMBERS:,} at once"
+            )
         check_generator(generator, cpu=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # weights loaded directly (not through qlatent.train.load_weights, which checks them
+        # first) are refused with a NaN or an infinity too: every output became NaN without a word
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and isinstance(value, Tensor) and value.is_floating_point():
+                check_finite(key, value)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ helpers
     def _require_discrete(self) -> None:

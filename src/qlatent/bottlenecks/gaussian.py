@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_torch_generator
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -121,8 +121,7 @@ class DiagonalGaussian(Bottleneck):
 
     def log_prior(self, z: Tensor) -> Tensor:
         """``Σ_i log N(z_i; 0, 1)``: ``(S, B, m)`` -> ``(S, B)``."""
-        if z.dim() < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must end in the code dimension {self.dim}, got {tuple(z.shape)}")
+        self._check_prior_input(z)
         return log_standard_normal(z).sum(-1)
 
 
@@ -148,6 +147,8 @@ class GaussianVAE(DiagonalGaussian):
     """
 
     input_layout = "2·dim: μ, then log σ², as the encoder's last layer outputs"
+    logvar_min = Setting(_optional_bound)
+    logvar_max = Setting(_optional_bound)
 
     def __init__(
         self,
@@ -158,8 +159,8 @@ class GaussianVAE(DiagonalGaussian):
     ) -> None:
         # a bad ``dim`` is reported by the base class, so do not double it unless it is an int
         super().__init__(dim=dim, in_dim=2 * dim if isinstance(dim, int) else None)
-        self.logvar_min = _optional_bound(logvar_min, "logvar_min")
-        self.logvar_max = _optional_bound(logvar_max, "logvar_max")
+        self.logvar_min = logvar_min
+        self.logvar_max = logvar_max
         if (
             self.logvar_min is not None
             and self.logvar_max is not None

@@ -42,10 +42,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_finite
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
-from .base import Bottleneck, BottleneckOutput
+from .base import Bottleneck, BottleneckOutput, Setting, check_flag
 from .lattice import _check_flags, _positive_log
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
@@ -343,8 +344,17 @@ class DitheredGoodLattice(Bottleneck):
             Z^16 rows were trained; the estimator's own checks against the closed form use it).
 
     The bias of the log-density estimate at given counts is measured by
-    :func:`log_density_bias`; report it with any result.
+    :func:`log_density_bias`; report it with any result. The Monte-Carlo settings (the four
+    counts, ``proposal``, ``debias``) may be changed after construction; each assignment is
+    checked as the constructor checks it.
     """
+
+    samples = Setting("_check_samples")
+    eval_samples = Setting("_check_samples")
+    prior_samples = Setting("_check_draw_counts")
+    eval_prior_samples = Setting("_check_draw_counts")
+    proposal = Setting("_check_proposal")
+    debias = Setting(check_flag)
 
     def __init__(
         self,
@@ -372,19 +382,15 @@ class DitheredGoodLattice(Bottleneck):
             raise ValueError(f"dim must be at most {MAX_DIM} for a good lattice, got {dim}")
         if prior not in ("laplace", "gaussian"):
             raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
-        if proposal not in ("prior", "box", "tilted"):
-            raise ValueError(f"proposal must be 'prior', 'box' or 'tilted', got {proposal!r}")
+        self.prior_name = prior
+        self._check_proposal(proposal, "proposal")
         if spacing_per not in ("block", "coordinate"):
             raise ValueError(f"spacing_per must be 'block' or 'coordinate', got {spacing_per!r}")
         self.spacing_per = spacing_per
         if scale_per not in ("coordinate", "block"):
             raise ValueError(f"scale_per must be 'coordinate' or 'block', got {scale_per!r}")
         self.scale_per = scale_per
-        if not isinstance(debias, bool):
-            raise ValueError(f"debias must be True or False, got {debias!r}")
         self.debias = debias
-        if proposal == "box" and prior != "laplace":
-            raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         self.proposal = proposal
         self.lattice_spec = list(lattice) if isinstance(lattice, list | tuple) else lattice
         _check_flags(learn_spacing=learn_spacing, learn_scale=learn_scale, compile=compile)
@@ -393,14 +399,11 @@ class DitheredGoodLattice(Bottleneck):
         # model sized before it is built) they are formed on the CPU
         with _values_off_meta():
             self.geometry: DirectSum = tile(lattice, dim, compile=compile)
-            self.prior_name = prior
-            self.samples = _sample_count(samples, "samples", dim)
-            self.eval_samples = _sample_count(eval_samples, "eval_samples", dim)
+            self.samples = samples
+            self.eval_samples = eval_samples
             blocks = self.geometry.blocks
-            self.prior_samples = _draw_counts(prior_samples, "prior_samples", len(blocks), dim)
-            self.eval_prior_samples = _draw_counts(
-                eval_prior_samples, "eval_prior_samples", len(blocks), dim
-            )
+            self.prior_samples = prior_samples
+            self.eval_prior_samples = eval_prior_samples
             sizes = torch.tensor([b.dim for b in blocks])
             # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
             unit = torch.stack([(-b.log_volume / b.dim).exp() for b in blocks]).to(torch.float32)
@@ -458,6 +461,20 @@ class DitheredGoodLattice(Bottleneck):
             ),
             requires_grad=learn_scale,
         )
+
+    # ------------------------------------------------------ Monte-Carlo settings
+    def _check_samples(self, value, name: str) -> int:
+        return _sample_count(value, name, self.dim)
+
+    def _check_draw_counts(self, value, name: str) -> int | tuple[int, ...]:
+        return _draw_counts(value, name, len(self.geometry.blocks), self.dim)
+
+    def _check_proposal(self, value, name: str) -> str:
+        if value not in ("prior", "box", "tilted"):
+            raise ValueError(f"{name} must be 'prior', 'box' or 'tilted', got {value!r}")
+        if value == "box" and self.prior_name != "laplace":
+            raise ValueError(f"{name}={value!r} needs the Laplace prior")
+        return value
 
     # ------------------------------------------------------------- parameters
     @property
@@ -575,7 +592,32 @@ class DitheredGoodLattice(Bottleneck):
         estimate is the one S_b draws for that block alone would give, and no group forms
         another's draws (at ``leech_gl_lattice``'s [32, 1024] the Leech block's 24 coordinates
         draw 32, not 1024).
+
+        The counts are checked as the constructor's (``samples`` even, both within what one key
+        of the counter-based generator draws per row), and ``v`` must be finite rows of ``dim``.
         """
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            what = v.dtype if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"v must be a floating-point tensor, got {what}")
+        if v.dim() != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"v must have shape (N, {self.dim}), got {tuple(v.shape)}")
+        check_finite("v", v)
+        samples = _sample_count(samples, "samples", self.dim)
+        prior_samples = self._check_draw_counts(prior_samples, "prior_samples")
+        cap, debias = check_flag(cap, "cap"), check_flag(debias, "debias")
+        return self._log_density(v, samples, prior_samples, generator, cap=cap, debias=debias)
+
+    def _log_density(
+        self,
+        v: Tensor,
+        samples: int,
+        prior_samples: int | Sequence[int],
+        generator,
+        *,
+        cap: bool = True,
+        debias: bool = False,
+    ) -> Tensor:
+        """:meth:`log_density` without its checks, for the paths, whose values are checked."""
         sigma = self._coordinate_scale().to(v.dtype)
         scale = self.scale.to(v.dtype)
         log_vol = self._block_log_volume().to(v.dtype)
@@ -840,12 +882,8 @@ class DitheredGoodLattice(Bottleneck):
     def proposal_set_to(self, proposal: str | None) -> Iterator[None]:
         """Use ``proposal`` for the proposal draws inside the block (``None``: keep the own), e.g.
         the tilted one for a large-S reference of a box bottleneck."""
-        if proposal not in (None, "prior", "box", "tilted"):
-            raise ValueError(f"proposal must be 'prior', 'box' or 'tilted', got {proposal!r}")
-        if proposal == "box" and self.prior_name != "laplace":
-            raise ValueError(f"proposal={proposal!r} needs the Laplace prior")
         own = self.proposal
-        self.proposal = proposal or own
+        self.proposal = own if proposal is None else proposal  # checked as it is assigned
         try:
             yield
         finally:
@@ -1060,7 +1098,7 @@ class DitheredGoodLattice(Bottleneck):
         if self.training:
             u = self._unit_dither(y.shape[0], generator, y.dtype, y.device)
             y_hat = y - u * self._coordinate_scale()
-            rate = -log_v - self.log_density(
+            rate = -log_v - self._log_density(
                 y_hat, self.samples, self.prior_samples, generator, debias=self.debias
             )
             indices = None
@@ -1068,7 +1106,7 @@ class DitheredGoodLattice(Bottleneck):
             u = self._hard_dither(y.shape[0], generator, y.device, y.dtype)
             indices = self._coordinates(y, u)
             y_hat = self._reconstruct(indices, u)
-            rate = -log_v - self.log_density(
+            rate = -log_v - self._log_density(
                 y_hat, self.eval_samples, self.eval_prior_samples, generator, debias=self.debias
             )
         stats = {"spacing": self.spacing.detach(), "scale": self.scale.detach()}
@@ -1183,13 +1221,16 @@ class DitheredGoodLattice(Bottleneck):
         still a lower bound on log p(x) in expectation; it is looser than with the exact density.
         The points come from torch's default generator.
         """
+        self._check_prior_input(z)
         flat = z.reshape(-1, self.dim).to(self.log_spacing.dtype)
-        return self.log_density(flat, self.eval_samples, self.eval_prior_samples).view(z.shape[:-1])
+        log_f = self._log_density(flat, self.eval_samples, self.eval_prior_samples, None)
+        return log_f.view(z.shape[:-1])
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
-            f"samples={self.samples}, eval_samples={self.eval_samples}, "
+            f"samples={self.samples}, prior_samples={self.prior_samples}, "
+            f"eval_samples={self.eval_samples}, eval_prior_samples={self.eval_prior_samples}, "
             f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, "
             f"scale_per={self.scale_per!r}, debias={self.debias}, "
             f"compile={self.compile}, exact_rectangular={self.exact_rectangular}"
@@ -1371,8 +1412,12 @@ class _LogSum(torch.autograd.Function):
         peak = torch.where(torch.isfinite(peak), peak, 0.0)
         # exp(t − max) no lower than e^floor: ``exp`` leaves its vectorized path for results
         # below the dtype's smallest normal number (many times slower on them), and
-        # terms that far below the largest change no sum (K·e^floor ≪ the rounding of 1)
-        floor = math.log(torch.finfo(terms.dtype).tiny) + 24.0
+        # terms that far below the largest change no sum (K·e^floor ≪ the rounding of 1).
+        # float16's smallest normal number is too large for that (24 nats above it is above
+        # the largest term: every term counted as the largest, and every rate was 0), so
+        # there the floor is 24 nats below its rounding of 1, where exp gives 0
+        info = torch.finfo(terms.dtype)
+        floor = min(math.log(info.tiny) + 24.0, math.log(info.eps) - 24.0)
         omega = torch.sub(terms, peak).clamp_(min=floor).exp_()
         total = omega.sum(2, keepdim=True)
         log_sum = total.log().add_(peak).squeeze(2)

@@ -26,8 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
 from .gaussian import standard_normal_noise
+
+
+def _check_alpha_max(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 @BOTTLENECKS.register("info_dropout")
@@ -41,14 +49,11 @@ class InformationDropout(Bottleneck):
 
     discrete = False
     input_layout = "2·dim: the code f, then the noise logits a"
+    alpha_max = Setting(_check_alpha_max)
 
     def __init__(self, *, dim: int, alpha_max: float = 0.7) -> None:
         super().__init__(dim=dim, in_dim=2 * dim if isinstance(dim, int) else None)
-        if isinstance(alpha_max, bool) or not isinstance(alpha_max, int | float):
-            raise ValueError(f"alpha_max must be a positive number, got {alpha_max!r}")
-        if not 0 < alpha_max < float("inf"):
-            raise ValueError(f"alpha_max must be a positive finite number, got {alpha_max!r}")
-        self.alpha_max = float(alpha_max)
+        self.alpha_max = alpha_max
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
         f, a = y[:, : self.dim], y[:, self.dim :]

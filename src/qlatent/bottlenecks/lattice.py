@@ -44,7 +44,7 @@ from ..priors import (
     laplace_cell_nll,
 )
 from ..rng import counter_uniform, draw_key
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting, check_flag
 
 
 def dithered_training_path(
@@ -400,6 +400,8 @@ class DitheredLattice(Bottleneck):
     are cast to it, so the training and hard paths return the same dtype.
     """
 
+    compile = Setting(check_flag)
+
     def __init__(
         self,
         *,
@@ -563,6 +565,7 @@ class DitheredLattice(Bottleneck):
 
     def log_prior(self, z: Tensor) -> Tensor:
         """log f_{X̂−U}(z) = log P(cell around z) − log V, the "prior" of Theorem 1."""
+        self._check_prior_input(z)
         spacing, scale = self.spacing, self.scale
         return laplace_cell_nll(z, spacing, scale).sum(-1).neg() - self.log_spacing.sum()
 

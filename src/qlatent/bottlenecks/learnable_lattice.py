@@ -42,10 +42,18 @@ from ._codebook import (
     straight_through,
     usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
 
 #: |b_d| below this is treated as this (sign kept), so that z / b stays finite
 _MIN_SPACING = 1e-12
+
+
+def _check_size_weight(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def init_bound(num_codes: int, dim: int) -> float:
@@ -71,6 +79,8 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     """
 
     index_kind = "vector"
+    commitment = Setting(check_nonnegative)
+    size_weight = Setting(_check_size_weight)
 
     def __init__(
         self,
@@ -83,12 +93,8 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     ) -> None:
         super().__init__(dim=dim)
         self.num_codes = check_num_codes(num_codes)
-        self.commitment = check_nonnegative(commitment, "commitment")
-        if isinstance(size_weight, bool) or not isinstance(size_weight, int | float):
-            raise ValueError(f"size_weight must be a number, got {size_weight!r}")
-        if not math.isfinite(size_weight):
-            raise ValueError(f"size_weight must be finite, got {size_weight!r}")
-        self.size_weight = float(size_weight)
+        self.commitment = commitment
+        self.size_weight = size_weight
         bound = init_bound(self.num_codes, dim) if init_range is None else init_range
         # at most 1e30 (as a lattice's init_spacing): the float32 basis is drawn inside ±bound
         if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 < bound <= 1e30:

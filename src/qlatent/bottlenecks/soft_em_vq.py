@@ -36,7 +36,28 @@ from ._codebook import (
     straight_through,
     usage_stats,
 )
-from .base import BOTTLENECKS, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput, Setting
+
+#: the most codes sampled per latent (10^12 tried to allocate 48 TB in ``torch.multinomial``)
+MAX_SAMPLES = 1 << 20
+
+
+def _check_num_samples(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value > MAX_SAMPLES:
+        raise ValueError(f"{name} must be at most {MAX_SAMPLES:,}, got {value!r}")
+    return value
+
+
+def _check_temperature(value, name: str) -> float:
+    value = check_nonnegative(value, name)
+    # below 1e-30 (float32 rounds 1e-300 to 0) the logits −d/T are infinite or NaN
+    if value < 1e-30:
+        raise ValueError(
+            f"{name} must be at least 1e-30 (T → 0 is hard EM: use vq_ema), got {value!r}"
+        )
+    return value
 
 
 @BOTTLENECKS.register("soft_em_vq")
@@ -60,6 +81,11 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
             (as ``vq``'s).
     """
 
+    num_samples = Setting(_check_num_samples)
+    temperature = Setting(_check_temperature)
+    commitment = Setting(check_nonnegative)
+    vib_weight = Setting(check_nonnegative)
+
     def __init__(
         self,
         *,
@@ -75,14 +101,10 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
     ) -> None:
         super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         self.num_samples = num_samples
-        self.temperature = check_nonnegative(temperature, "temperature")
-        if self.temperature == 0:
-            raise ValueError("temperature must be positive (T → 0 is hard EM: use vq_ema)")
-        self.commitment = check_nonnegative(commitment, "commitment")
-        self.vib_weight = check_nonnegative(vib_weight, "vib_weight")
+        self.temperature = temperature
+        self.commitment = commitment
+        self.vib_weight = vib_weight
         self.ema = EMACodebook(self.num_codes, dim, decay=decay, eps=eps)
 
     @property

@@ -48,10 +48,16 @@ from ._codebook import (
     uniform_unit_scaling,
     usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
 from .gaussian import standard_normal_noise
 
 Variant = Literal["paper", "reference"]
+
+
+def _check_variant(value, name: str) -> Variant:
+    if value not in ("paper", "reference"):
+        raise ValueError(f"{name} must be 'paper' or 'reference', got {value!r}")
+    return value
 
 
 def soft_assignment_logits(
@@ -95,6 +101,9 @@ class SoftVectorQuantizer(Bottleneck):
 
     discrete = False
     input_layout = "d + K: z_e, then one log-scale per codeword"
+    variant = Setting(_check_variant)
+    commitment = Setting(check_nonnegative)
+    noise_std = Setting(check_nonnegative)
 
     def __init__(
         self,
@@ -108,13 +117,11 @@ class SoftVectorQuantizer(Bottleneck):
         num_codes = check_num_codes(num_codes)
         super().__init__(dim=dim, in_dim=dim + num_codes if isinstance(dim, int) else None)
         self.num_codes = num_codes
-        if variant not in ("paper", "reference"):
-            raise ValueError(f"variant must be 'paper' or 'reference', got {variant!r}")
-        self.variant: Variant = variant
-        self.commitment = check_nonnegative(commitment, "commitment")
+        self.variant = variant
+        self.commitment = commitment
         if noise_std is None:  # each variant's own: the paper's σ_ε, the notebook's none
             noise_std = 0.01 if variant == "paper" else 0.0
-        self.noise_std = check_nonnegative(noise_std, "noise_std")
+        self.noise_std = noise_std
         self.codebook = nn.Parameter(uniform_unit_scaling(self.num_codes, dim))
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:

@@ -29,7 +29,7 @@ from ._codebook import (
     codebook_and_commitment,
     init_codebook,
 )
-from .base import BOTTLENECKS, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput, Setting
 
 
 @BOTTLENECKS.register("vq")
@@ -49,6 +49,8 @@ class VectorQuantizer(CodebookQuantizer):
             "Benchmarks").
     """
 
+    commitment = Setting(check_nonnegative)
+
     def __init__(
         self,
         *,
@@ -60,7 +62,7 @@ class VectorQuantizer(CodebookQuantizer):
     ) -> None:
         super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
-        self.commitment = check_nonnegative(commitment, "commitment")
+        self.commitment = commitment
         self.init = init
         self.codebook = nn.Parameter(init_codebook(init, self.num_codes, dim))
 

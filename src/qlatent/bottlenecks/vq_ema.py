@@ -31,7 +31,7 @@ from ._codebook import (
     mean_square_error,
     straight_through,
 )
-from .base import BOTTLENECKS, BottleneckOutput
+from .base import BOTTLENECKS, BottleneckOutput, Setting
 
 
 @BOTTLENECKS.register("vq_ema")
@@ -55,6 +55,8 @@ class EMAVectorQuantizer(CodebookQuantizer):
     saved with the weights. Each training-mode forward performs one M-step.
     """
 
+    commitment = Setting(check_nonnegative)
+
     def __init__(
         self,
         *,
@@ -69,7 +71,7 @@ class EMAVectorQuantizer(CodebookQuantizer):
     ) -> None:
         super().__init__(dim=dim, compile=compile)
         self.num_codes = check_num_codes(num_codes)
-        self.commitment = check_nonnegative(commitment, "commitment")
+        self.commitment = commitment
         self.ema = EMACodebook(
             self.num_codes, dim, decay=decay, eps=eps, init=init, store_smoothed=store_smoothed
         )

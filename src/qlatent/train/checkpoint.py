@@ -93,11 +93,22 @@ def _remove_stale(path: Path) -> None:
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` (a dict of plain data and tensors) to ``path`` atomically, with its digest."""
+    """Write ``obj`` (a dict of plain data and tensors, stored with its digest, or one tensor)
+    to ``path`` atomically. Checked before anything is written: ``obj`` must be what
+    :func:`load` reads back (plain data, nested at most :data:`MAX_DEPTH` deep, dense tensors;
+    TypeError or :class:`CheckpointError` otherwise: a file nested too deeply was written, then
+    refused by every load), and ``path`` no folder, device or pipe (ValueError: a folder failed
+    in the rename after the whole write, and a device would have been replaced by a file)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(f"refusing to write the checkpoint {path}: it is {kind}")
+    _check_tensors(obj, path)
     if isinstance(obj, dict):
         obj = {k: v for k, v in obj.items() if k != DIGEST_KEY}
         obj[DIGEST_KEY] = content_digest(obj)
+    else:
+        content_digest(obj)  # the same walk: plain data only (not stored)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -116,9 +127,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """A checkpoint's dict, read as data and checked against its digest.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for one that is not
-    a checkpoint (empty, truncated, text, code), is damaged (digest mismatch) or is not a dict.
+    a checkpoint (a folder or another non-file, empty, truncated, text, code), is damaged
+    (digest mismatch) or is not a dict.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder was "no checkpoint at" it
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.stat().st_size == 0:
