@@ -307,3 +307,25 @@ def test_the_repr_shows_every_monte_carlo_count():
     few, many = e8(prior_samples=4), e8(prior_samples=1024, eval_prior_samples=[2])
     assert "prior_samples=4, " in repr(few) and "eval_prior_samples=4," in repr(few)
     assert "prior_samples=1024, " in repr(many) and "eval_prior_samples=2," in repr(many)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "key"),
+    [
+        ("lattice", {}, "log_scale"),
+        ("lattice", {"lattice": "e8"}, "log_spacing"),
+        ("gaussian_lattice", {}, "logvar"),
+        ("gaussian_dither", {}, "logvar"),
+    ],
+)
+@pytest.mark.parametrize("value", [1e30, -200.0])
+def test_a_loaded_logarithm_whose_exponential_is_not_a_number_is_refused(name, kwargs, key, value):
+    """A finite log-scale of 1e30 (or -200, whose exponential is 0 in float32) loaded into a
+    lattice gave NaN rates on every row, or an error that blamed the input."""
+    neck = build(name, dim=8, **kwargs)
+    state = {k: v.clone() for k, v in neck.state_dict().items()}
+    state[key][0] = value
+    with pytest.raises(ValueError, match=f"{key} holds 1 logarithm.s. whose exponential is 0"):
+        neck.load_state_dict(state)
+    state[key][0] = 80.0  # large, still finite in float32
+    neck.load_state_dict(state)

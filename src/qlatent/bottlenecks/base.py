@@ -268,7 +268,26 @@ class Bottleneck(nn.Module, ABC):
         for key, value in state_dict.items():
             if key.startswith(prefix) and isinstance(value, Tensor) and value.is_floating_point():
                 check_finite(key, value)
+        for name in self.LOG_PARAMETERS:
+            value, own = state_dict.get(prefix + name), getattr(self, name, None)
+            if isinstance(value, Tensor) and isinstance(own, Tensor) and value.is_floating_point():
+                self._check_exponential(prefix + name, value.detach().to(own.dtype))
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    #: parameters held as logarithms (a spacing, a scale, a variance): their exponential must be
+    #: a positive finite number in the parameter's dtype when they are loaded (a finite log-scale
+    #: of 1e30 gave NaN rates on every row, or an error that blamed the input)
+    LOG_PARAMETERS: ClassVar[tuple[str, ...]] = ()
+
+    @staticmethod
+    def _check_exponential(key: str, value: Tensor) -> None:
+        exp = value.exp()
+        bad = int((~(exp.isfinite() & (exp > 0))).sum())
+        if bad:
+            raise ValueError(
+                f"{key} holds {bad} logarithm(s) whose exponential is 0 or infinite in "
+                f"{value.dtype} (values in [{value.min().item():.4g}, {value.max().item():.4g}])"
+            )
 
     # ------------------------------------------------------------------ helpers
     def _require_discrete(self) -> None:

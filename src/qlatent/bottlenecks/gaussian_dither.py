@@ -32,6 +32,8 @@ class GaussianDither(Bottleneck):
         init_logvar: log σ² at initialisation (the same for every coordinate).
     """
 
+    LOG_PARAMETERS = ("logvar",)
+
     discrete = False
 
     def __init__(self, *, dim: int, init_logvar: float = -2.0) -> None:

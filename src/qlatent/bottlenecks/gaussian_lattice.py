@@ -47,6 +47,8 @@ class GaussianLattice(DiagonalGaussian):
     are cast to it.
     """
 
+    LOG_PARAMETERS = ("logvar",)
+
     def __init__(self, *, dim: int, init_logvar: float = 0.0, learn_variance: bool = True) -> None:
         super().__init__(dim=dim)
         if (

@@ -349,6 +349,8 @@ class DitheredGoodLattice(Bottleneck):
     checked as the constructor checks it.
     """
 
+    LOG_PARAMETERS = ("log_spacing", "log_scale")
+
     samples = Setting("_check_samples")
     eval_samples = Setting("_check_samples")
     prior_samples = Setting("_check_draw_counts")

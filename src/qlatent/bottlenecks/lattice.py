@@ -400,6 +400,8 @@ class DitheredLattice(Bottleneck):
     are cast to it, so the training and hard paths return the same dtype.
     """
 
+    LOG_PARAMETERS = ("log_spacing", "log_scale")
+
     compile = Setting(check_flag)
 
     def __init__(
