@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from qlatent.data import DataError
 from qlatent.results import provenance, write_json
 
 
@@ -103,6 +104,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the dither's seed (the file's)")
     parser.add_argument("--out", type=Path, default=Path("results/e8-coset-cost.json"))
     args = parser.parse_args()
+    if min(args.images, args.mc_images) < 2 or args.draws < 1:
+        parser.error(
+            f"need --images >= 2, --mc-images >= 2 and --draws >= 1, got {args.images}, "
+            f"{args.mc_images} and {args.draws}"
+        )
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     command = "python examples/e8-coset-cost.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "data_dir"
     )
@@ -110,7 +118,10 @@ def main() -> None:
     t0 = time.perf_counter()
     from qlatent.experiments import coding_mnist
 
-    model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     model.eval()
     torch.manual_seed(1)
     with torch.no_grad():

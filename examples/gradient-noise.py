@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from qlatent.data import DataError
 from qlatent.results import provenance, write_json
 
 BATCH = 100  # the Table-1 protocol's batch size
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=12, help="gradients per variance")
     parser.add_argument("--out", type=Path, default=Path("results/gradient-noise.json"))
     args = parser.parse_args()
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     if args.pairs < 1 or args.repeats < 2:
         parser.error("--pairs must be at least 1 and --repeats at least 2")
     command = (
@@ -83,7 +86,10 @@ def main() -> None:
     t0 = time.perf_counter()
     from qlatent.experiments import coding_mnist
 
-    model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     if not hasattr(model.bottleneck, "log_density"):
         parser.error(f"{args.model} has no Monte-Carlo rate (not a good-lattice row)")
     model.train()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from qlatent.data import DataError
 from qlatent.results import provenance, write_json
 
 
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("results/latent-usage-e8z.json"))
     args = parser.parse_args()
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     if args.images < 2 or not args.idle > 0:
         parser.error("--images must be at least 2 and --idle positive")
     command = (
@@ -70,7 +73,10 @@ def main() -> None:
     started = provenance(command)
     from qlatent.experiments import coding_mnist
 
-    model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     rows = usage(model.eval(), data["test"][: args.images], args.idle)
     by_kind: dict[str, dict[str, int]] = {}
     for row in rows:

@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("results/bench-lattice-eager-ab.json"))
     args = parser.parse_args()
+    if min(args.rounds, args.calls, args.rows, args.dim) < 1:
+        parser.error("--rounds, --calls, --rows and --dim must be positive")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     command = (
         f"python examples/lattice-eager-ab.py --old {args.old} --rounds {args.rounds} "
         f"--calls {args.calls} --rows {args.rows} --dim {args.dim} --out {args.out}"

@@ -147,6 +147,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/lattice-gain-laplace.json"))
     args = parser.parse_args()
+    if not 0 <= args.max_bias < math.inf:
+        parser.error(f"--max-bias must be a finite number >= 0, got {args.max_bias}")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     if args.rows < 2 or args.cell_samples < 2:
         parser.error("--rows and --cell-samples must be at least 2")
     for name in args.lattices:

@@ -105,6 +105,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/lattice-gain-vs-rate.json"))
     args = parser.parse_args()
+    if not 0 <= args.max_bias < math.inf:
+        parser.error(f"--max-bias must be a finite number >= 0, got {args.max_bias}")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     unknown = sorted(set(args.lattices) - set(NSM))
     if unknown:
         parser.error(f"unknown lattices {unknown}; known: {', '.join(NSM)}")

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from qlatent.bottlenecks.good_lattice import counts_text, monte_carlo_counts
+from qlatent.data import DataError
 from qlatent.results import provenance, write_json
 from qlatent.rng import SeedKeys
 
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--reference-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("results/lattice-plugin-tails.json"))
     args = parser.parse_args()
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     layouts = args.layouts.split(",")
     if unknown := [name for name in layouts if name not in plugin.LAYOUTS]:
         parser.error(f"unknown layouts {unknown}; choose from {list(plugin.LAYOUTS)}")
@@ -88,7 +91,10 @@ def main() -> None:
     started = provenance(command)
     from qlatent.experiments import coding_mnist
 
-    gl, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        gl, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     x = data["train"][: args.images]
     t_start = time.perf_counter()
     rows = []

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from qlatent.data import DataError
 from qlatent.experiments.lattice_mnist import gaussian_lattice_start
 from qlatent.models import Autoencoder, gated_vae
 from qlatent.results import provenance, write_json
@@ -119,6 +120,17 @@ def gl_negative_elbo(gl: Autoencoder, x: torch.Tensor, seed: int, batch: int = 5
     return torch.cat(out)
 
 
+def _counts(parser: argparse.ArgumentParser, option: str, text: str) -> tuple[int, int]:
+    """``S,D`` (cell points, prior draws), both positive integers, or a parser error."""
+    try:
+        counts = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 2 or min(counts) < 1:
+        parser.error(f"{option} takes two positive integers S,D, got {text!r}")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="lattice-mnist runs folder with the GL row")
@@ -138,8 +150,14 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("results/lattice-plugin.json"))
     args = parser.parse_args()
-    counts = tuple(int(c) for c in args.counts.split(","))
-    check = tuple(int(c) for c in args.check_counts.split(","))
+    counts, check = (
+        _counts(parser, "--counts", args.counts),
+        _counts(parser, "--check-counts", args.check_counts),
+    )
+    if min(args.images, args.check_images) < 1:
+        parser.error("--images and --check-images must be positive")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     layouts = args.layouts.split(",")
     if unknown := [name for name in layouts if name not in LAYOUTS]:
         parser.error(f"unknown layouts {unknown}; choose from {list(LAYOUTS)}")
@@ -155,7 +173,10 @@ def main() -> None:
     started = provenance(command)
     from qlatent.experiments import coding_mnist
 
-    gl, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        gl, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     gl.eval()
     x = data["test"][: args.images]
     sigma = gl.bottleneck.variance.detach().sqrt()

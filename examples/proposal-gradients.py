@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from qlatent.data import DataError
 from qlatent.experiments import lattice_mnist
 from qlatent.experiments.lattice_vae import load_data
 from qlatent.results import provenance, write_json
@@ -50,12 +51,20 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("~/.cache/qlatent"))
     parser.add_argument("--out", type=Path, default=Path("results/proposal-gradients.json"))
     args = parser.parse_args()
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     start = time.perf_counter()
-    cfg = lattice_mnist.model_config(args.model, quick=False, overrides=["train.progress=false"])
+    try:
+        cfg = lattice_mnist.model_config(
+            args.model, quick=False, overrides=["train.progress=false"]
+        )
+        best = args.runs_dir.expanduser() / "lattice-mnist" / args.model / "best.pt"
+        state = load(best)["model"]
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     data = load_data(cfg, args.data_dir.expanduser())
     model = lattice_mnist.build_model(cfg, data["train"].shape[1])
-    best = args.runs_dir.expanduser() / "lattice-mnist" / args.model / "best.pt"
-    load_weights(model, load(best)["model"], best)
+    load_weights(model, state, best)
     neck = model.bottleneck
     with torch.no_grad():
         y = model.encoder(data["test"][:ROWS])

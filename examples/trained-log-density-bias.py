@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from qlatent.bottlenecks.good_lattice import monte_carlo_counts
+from qlatent.data import DataError
 from qlatent.results import provenance, write_json
 
 REFERENCE = (16384, 4096)
@@ -51,6 +52,12 @@ def main() -> None:
     parser.add_argument("--iwae-images", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/trained-log-density-bias.json"))
     args = parser.parse_args()
+    if args.images < 1 or args.iwae_images < 0:
+        parser.error(
+            f"need --images >= 1 and --iwae-images >= 0, got {args.images} and {args.iwae_images}"
+        )
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     command = (
         f"python examples/trained-log-density-bias.py --runs {args.runs} --model {args.model} "
         f"--images {args.images} --counts {' '.join(f'{a},{b}' for a, b in args.counts)} "
@@ -62,7 +69,10 @@ def main() -> None:
     from qlatent.eval import iwae_nll
     from qlatent.experiments import coding_mnist
 
-    model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    try:
+        model, info, data = coding_mnist.trained_table1_model(args.model, args.runs, args.data_dir)
+    except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
+        parser.error(str(err))
     neck = model.bottleneck
     torch.manual_seed(0)
     with torch.no_grad():  # the training path's y_hat, where the protocol measures the bias

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from qlatent._utils import positive_int
@@ -45,6 +46,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     try:
         if args.name == text.NAME:
+            given = None if args.data_dir is None else Path(args.data_dir).expanduser()
+            if given is not None and given.exists() and not given.is_dir():
+                raise ValueError(
+                    f"--data-dir {args.data_dir} is a file; it must name the folder of "
+                    f"{text.NAME}'s packages"
+                )
             folder = text.build(args.data_dir, download=not args.no_download)
         else:
             folder = fetch(args.name, args.data_dir, download=not args.no_download)
