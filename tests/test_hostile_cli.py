@@ -469,3 +469,27 @@ def test_a_record_read_back_is_none_when_it_is_no_readable_json(tmp_path):
     with pytest.raises(ValueError, match="not a regular file"):
         write_json({"a": 1}, fifo)  # nor is a pipe replaced by a results file
     assert read_json(write_json({"a": 1}, tmp_path / "ok.json")) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "fetch", "mnist", "--data-dir="],
+        ["data", "export", "mnist", " "],
+        ["reproduce", "lattice-mnist", "--quick", "--runs-dir="],
+        ["reproduce", "lattice-mnist", "--quick", "--results-dir="],
+        ["train", "--out="],
+        ["eval", "run/best.pt", "--data-dir="],
+        ["compress", "--checkpoint", "c.pt", "-o="],
+        ["decompress", "x.qlc", "--checkpoint", "c.pt", "-o="],
+    ],
+)
+def test_an_empty_path_is_refused_by_the_parser(capsys, args):
+    """An empty path (an unset shell variable) was read as no option at all (--data-dir) or as
+    the current folder (--runs-dir, export's folder)."""
+    from qlatent.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "expected a path, got" in err, err

@@ -85,6 +85,14 @@ def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return rows.reshape(batch, *spatial, dim).movedim(-1, 1)
 
 
+def path_name(text: str) -> str:
+    """argparse type: a path, not empty (``--data-dir ""``, an unset shell variable, was read as
+    no option at all, or as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:

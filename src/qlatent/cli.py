@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ._utils import expanded, positive_int
+from ._utils import expanded, path_name, positive_int
 from .config import apply_overrides, to_dict
 from .data import DataError
 from .data.cli import add_data_parser, report_error
@@ -60,9 +60,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=30 --set model.latent_dim=8",
     )
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    p.add_argument(
+        "--data-dir", default=None, type=path_name, help="folder with the MNIST IDX files"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (same as train.device)")
-    p.add_argument("--out", default=None, help="output folder (same as out_dir)")
+    p.add_argument("--out", default=None, type=path_name, help="output folder (same as out_dir)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
 
 
@@ -839,8 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also k-means, NMI and a linear probe on the encoder's features (labelled data)",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("-o", "--output", default=None, help="also write the report as JSON here")
+    p.add_argument("--data-dir", default=None, type=path_name)
+    p.add_argument(
+        "-o", "--output", default=None, type=path_name, help="also write the report as JSON here"
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="a few minutes of the lattice VAE on MNIST, then Theorem 1")
@@ -882,9 +886,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedules", default=None, help="llvq: comma-separated subset of reference,constant"
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--runs-dir", default="runs", help="where checkpoints go (default runs/)")
-    p.add_argument("--results-dir", default="results", help="where the JSON and figures go")
+    p.add_argument("--data-dir", default=None, type=path_name)
+    p.add_argument(
+        "--runs-dir", default="runs", type=path_name, help="where checkpoints go (default runs/)"
+    )
+    p.add_argument(
+        "--results-dir", default="results", type=path_name, help="where the JSON and figures go"
+    )
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
@@ -896,9 +904,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gated VQ-VAE or an LL-VQ table's model (vq, vq_ema, ll_vq: last.pt)",
     )
     p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, type=path_name)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
-    p.add_argument("-o", "--output", required=True, help="the checkpoint to write, with counts")
+    p.add_argument(
+        "-o", "--output", required=True, type=path_name, help="the checkpoint to write, with counts"
+    )
     p.set_defaults(func=_cmd_update)
 
     p = sub.add_parser("compress", help="entropy-code images into a .qlc file")
@@ -908,25 +918,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gated lattice or VQ VAE, or an LL-VQ table's model (last.pt, or qlatent update's)",
     )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, type=path_name)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     p.add_argument(
         "--seed", type=_file_seed, default=0, help="seed of the dither (stored in the file)"
     )
-    p.add_argument("-o", "--output", required=True, help="the .qlc file to write")
+    p.add_argument("-o", "--output", required=True, type=path_name, help="the .qlc file to write")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .qlc file into reconstructions")
-    p.add_argument("input", help="a .qlc file written by qlatent compress")
-    p.add_argument("--checkpoint", required=True, help="the checkpoint that wrote the file")
+    p.add_argument("input", type=path_name, help="a .qlc file written by qlatent compress")
+    p.add_argument(
+        "--checkpoint", required=True, type=path_name, help="the checkpoint that wrote the file"
+    )
     p.add_argument(
         "-o",
         "--output",
         required=True,
+        type=path_name,
         help="reconstructions; the extension chooses: .pt (tensor), .npy (array), .png (grid); "
         "a name ending in / is a folder of PNGs, one per image",
     )
-    p.add_argument("--png", default=None, help="also draw the first 20 reconstructions")
+    p.add_argument(
+        "--png", default=None, type=path_name, help="also draw the first 20 reconstructions"
+    )
     p.add_argument(
         "--max-elements",
         type=positive_int,

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qlatent._utils import positive_int
+from qlatent._utils import path_name, positive_int
 from qlatent.data.sources import DATASETS, DataError, DataNotFoundError, fetch, locate
 
 __all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info", "report_error"]
@@ -144,6 +144,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
+        type=path_name,
         help="folder holding the IDX files (plain or .gz) or text-en's packages, searched first; "
         "default: $QLATENT_DATA (IDX) or the cache",
     )
@@ -176,7 +177,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a dataset's images as a folder of PNGs")
     export.add_argument("name", choices=sorted(DATASETS), help="dataset name")
-    export.add_argument("folder", help="a new or empty folder")
+    export.add_argument("folder", type=path_name, help="a new or empty folder")
     export.add_argument("--split", choices=["train", "test"], default="test")
     export.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     _add_data_dir(export)
