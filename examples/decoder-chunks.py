@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.out and args.out.is_dir():  # refused now, not after the work
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     chunks = [int(c) for c in args.chunks.split(",")]
     if min(chunks) < 1 or args.rows < 1 or args.processes < 1 or args.calls < 1:
         parser.error("--chunks, --rows, --processes and --calls must be positive")

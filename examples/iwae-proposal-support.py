@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.out and args.out.is_dir():  # refused now, not after the work
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     if args.images < 2 or args.samples < 1:
         parser.error("need --images >= 2 and --samples >= 1")
     mixtures = [None, *args.mixtures]

@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/lattice-plugin.png"))
     args = parser.parse_args()
+    if args.out and args.out.is_dir():  # refused now, not after the work
+        parser.error(f"--out {args.out} is a folder; it takes the path of a figure")
     plot(load_rows(args.results), args.out)
     print(f"wrote {args.out}")
 

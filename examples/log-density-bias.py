@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--lattices", nargs="+", choices=sorted(LATTICES), default=["e8", "leech"])
     parser.add_argument("--out", type=Path, default=Path("results/log-density-bias.json"))
     args = parser.parse_args()
+    if args.out and args.out.is_dir():  # refused now, not after the work
+        parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     rows = []
     for name in args.lattices:
         for counts, proposal, b in itertools.product(COUNTS[name], PROPOSALS, SCALES):

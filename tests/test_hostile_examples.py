@@ -124,3 +124,26 @@ def test_data_fetch_text_with_a_data_dir_that_is_a_file_is_one_line(tmp_path, ca
     code, err = run_cli(["data", "fetch", "text-en", "--data-dir", afile, "--no-download"], capsys)
     assert code == 2 and one_line_error(err)
     assert f"--data-dir {afile} is a file" in err
+
+
+@pytest.mark.parametrize(
+    "name,args,kind",
+    [
+        ("decoder-chunks", [], "a JSON file"),
+        ("iwae-density-counts", ["--row", "e8_lattice", "--runs", "{tmp}", "--counts", "8,8"],
+         "a JSON file"),
+        ("iwae-proposal-support", ["--runs", "{tmp}", "--rows", "e8_lattice", "--mixtures",
+                                   "0.5:2"], "a JSON file"),
+        ("log-density-bias", [], "a JSON file"),
+        ("lattice-plugin-plot", ["{tmp}/rows.json"], "a figure"),
+    ],
+)  # fmt: skip
+def test_more_scripts_refuse_an_out_that_is_a_folder_first(name, args, kind, tmp_path,
+                                                           monkeypatch, capsys):  # fmt: skip
+    """These wrote their result into an --out that is a folder only after the work, and failed
+    there (decoder-chunks times processes for minutes first)."""
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, last = _run(name, [*args, "--out", tmp_path], monkeypatch, capsys)
+    assert code == 2
+    assert last == f"{name}.py: error: --out {tmp_path} is a folder; it takes the path of {kind}"
