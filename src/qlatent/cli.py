@@ -239,15 +239,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _names(text: str | None, option: str) -> list[str] | None:
-    """A comma-separated list of row names (None when not given); a name given twice would
-    train and report its row twice (two processes in one run folder under ``--jobs``)."""
-    if not text:
-        return None
-    names = text.split(",")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(f"{option} names {', '.join(twice)} more than once")
-    return names
+    """A comma-separated list of row names (None when not given), as the tables'
+    ``reproduce`` take it (:func:`~qlatent.experiments.custom.check_names`: a name given twice
+    would train and report its row twice)."""
+    from .experiments.custom import check_names
+
+    return check_names(text.split(","), option) if text else None
 
 
 def _good_lattice_name(text: str) -> str:

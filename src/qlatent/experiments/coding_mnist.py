@@ -57,7 +57,7 @@ from ..results import RESULTS_DIR, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
 from ._cache import problem
-from .custom import MAX_EVAL_COUNT, check_eval_seed, check_positive
+from .custom import MAX_EVAL_COUNT, check_eval_seed, check_positive, check_reproduce
 from .lattice_vae import load_data
 
 LN2 = math.log(2.0)
@@ -564,6 +564,9 @@ def reproduce(
     command: str = "",
 ) -> dict[str, Any]:
     """Train (resumable) and code; ``<results>/coding-mnist[-quick].json``."""
+    check_reproduce(
+        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+    )
     stem = "coding-mnist" + ("-quick" if quick else "")
     cfg = config(quick=quick, overrides=overrides)
     names = list(models or ("lattice", "vq"))

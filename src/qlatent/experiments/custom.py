@@ -57,7 +57,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from .._utils import MAX_WEIGHT
+from .._utils import MAX_WEIGHT, expanded
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
@@ -369,6 +369,48 @@ def _apply(step, cfg: RunConfig, where: str) -> RunConfig:
         return step(cfg)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def check_names(names: Any, argument: str) -> list[str] | None:
+    """A list of row names as the tables' ``reproduce`` take it (None: the default rows): a
+    list of distinct names, one at least; the tables themselves refuse an unknown name. A string
+    would be read letter by letter, an empty list would run the default rows."""
+    if names is None:
+        return None
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{argument} must be a list of names or None, got {names!r}")
+    if not names:
+        raise ValueError(f"{argument} must name at least one (None: the defaults), got []")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{argument} names {', '.join(twice)} more than once")
+    return list(names)
+
+
+def check_reproduce(
+    *, quick: Any, overrides: Any, runs_dir: Any, results_dir: Any, **names: Any
+) -> None:
+    """The arguments the tables' ``reproduce`` share, checked before anything is trained:
+    ``quick`` a bool, ``overrides`` None or a list of ``key=value`` strings, each folder one
+    that exists or can be made (no regular file on its path), and each of ``names`` as
+    :func:`check_names` takes it."""
+    if not isinstance(quick, bool):
+        raise TypeError(f"quick must be True or False, got {quick!r}")
+    if overrides is not None and (
+        not isinstance(overrides, list | tuple) or not all(isinstance(o, str) for o in overrides)
+    ):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got {overrides!r}")
+    for argument, folder in (("runs_dir", runs_dir), ("results_dir", results_dir)):
+        if not isinstance(folder, str | Path):
+            raise TypeError(f"{argument} must name a folder, got {folder!r}")
+        path = expanded(folder)
+        for part in (path, *path.parents):
+            if part.exists():
+                if not part.is_dir():
+                    raise ValueError(f"{argument} cannot be a folder: {part} is a file")
+                break
+    for argument, value in names.items():
+        check_names(value, argument)
 
 
 def check_bottleneck(cfg: RunConfig) -> None:

@@ -700,6 +700,9 @@ def reproduce(
     command: str = "",
 ) -> dict[str, Any]:
     """Run every model (resumable), write ``<results>/lattice-mnist[-quick].json`` and Figure 3."""
+    custom.check_reproduce(
+        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+    )
     stem = "lattice-mnist-quick" if quick else "lattice-mnist"
     models = list(models or DEFAULT_MODELS)
     configs = {name: model_config(name, quick=quick, overrides=overrides or []) for name in models}

@@ -411,6 +411,14 @@ def reproduce(
 ) -> dict[str, Any]:
     """Every row under every schedule (resumable); ``<results>/llvq-<dataset>[-quick].json``,
     a markdown table and a figure of test reconstructions per schedule."""
+    custom.check_reproduce(
+        quick=quick,
+        overrides=overrides,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        models=models,
+        schedules=schedules,
+    )
     stem = f"llvq-{dataset}" + ("-quick" if quick else "")
     models = list(models or ROWS)
     schedules = list(schedules or SCHEDULES)

@@ -448,13 +448,21 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run every row (resumable; once per seed with ``seeds``, in ``jobs`` processes); write
     ``<results>/softvq-mnist[-quick].json``, .md and the t-SNE figure."""
+    custom.check_reproduce(
+        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+    )
     stem = "softvq-mnist-quick" if quick else "softvq-mnist"
     models = list(models or DEFAULT_MODELS)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(MODELS)}")
     if seeds is not None:
-        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        if (
+            not isinstance(seeds, list | tuple)
+            or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
             raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
     results_dir = Path(results_dir)
     configs = {name: model_config(name, quick=quick, overrides=overrides or []) for name in models}

@@ -220,6 +220,11 @@ def reproduce(
     """Train (or resume) every operating point of ``models`` (default: all methods; the warm
     start first, then the rest in ``jobs`` processes), then write ``<results_dir>/text-rd.json``
     and ``text-rd.png``. Returns the JSON payload."""
+    custom.check_reproduce(
+        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+    )
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:  # before the warm start
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     methods = list(POINTS) if models is None else models
     unknown = [m for m in methods if m not in POINTS]
     if unknown:
