@@ -85,6 +85,17 @@ def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return rows.reshape(batch, *spatial, dim).movedim(-1, 1)
 
 
+def check_folder(folder: str | os.PathLike[str], name: str) -> None:
+    """ValueError naming ``name`` unless ``folder`` exists as a folder or can be made (no
+    regular file on its path): checked before the work that writes into it, not after."""
+    path = expanded(folder)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{name} cannot be a folder: {part} is a file")
+            break
+
+
 def path_name(text: str) -> str:
     """argparse type: a path, not empty (``--data-dir ""``, an unset shell variable, was read as
     no option at all, or as the current folder)."""

@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ._utils import expanded, path_name, positive_int
+from ._utils import check_folder, expanded, path_name, positive_int
 from .config import apply_overrides, to_dict
 from .data import DataError
 from .data.cli import add_data_parser, report_error
@@ -43,12 +43,7 @@ def _check_folders(*folders: str) -> None:
     """Each folder exists or can be made (no regular file on its path): a ValueError now."""
 
     for folder in folders:
-        path = expanded(folder)
-        for part in (path, *path.parents):
-            if part.exists():
-                if not part.is_dir():
-                    raise ValueError(f"{folder} cannot be a folder: {part} is a file")
-                break
+        check_folder(folder, folder)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

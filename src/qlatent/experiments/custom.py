@@ -57,7 +57,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from .._utils import MAX_WEIGHT, expanded
+from .._utils import MAX_WEIGHT, check_folder
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
@@ -403,12 +403,7 @@ def check_reproduce(
     for argument, folder in (("runs_dir", runs_dir), ("results_dir", results_dir)):
         if not isinstance(folder, str | Path):
             raise TypeError(f"{argument} must name a folder, got {folder!r}")
-        path = expanded(folder)
-        for part in (path, *path.parents):
-            if part.exists():
-                if not part.is_dir():
-                    raise ValueError(f"{argument} cannot be a folder: {part} is a file")
-                break
+        check_folder(folder, argument)
     for argument, value in names.items():
         check_names(value, argument)
 
