@@ -1,4 +1,5 @@
-"""What the command-line tests share: run ``qlatent`` in-process and read its error."""
+"""What the command-line tests share: run ``qlatent`` in-process and read its error, and a
+tiny training config."""
 
 from __future__ import annotations
 
@@ -17,3 +18,27 @@ def one_line_error(err: str) -> bool:
     """Whether ``err`` is exactly one ``qlatent: error: …`` line."""
     lines = err.strip().splitlines()
     return len(lines) == 1 and lines[0].startswith("qlatent: error:")
+
+
+#: a run of ``qlatent train`` small enough for a test: a bottleneck ``{name}`` in a ``{family}``
+#: model of widths ``{hidden}`` on 60 synthetic images, three updates
+TINY_RUN = """
+[data]
+name = "synthetic"
+synthetic_size = 60
+
+[model]
+family = "{family}"
+hidden = {hidden}
+latent_dim = 4
+
+[bottleneck]
+name = "{name}"
+
+[train]
+epochs = 1
+max_steps = 3
+batch_size = 10
+eval_batch_size = 20
+progress = false
+"""

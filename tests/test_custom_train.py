@@ -19,30 +19,10 @@ import sys
 import pytest
 import torch
 
+from cli_helpers import TINY_RUN as TINY
 from qlatent.bottlenecks import BOTTLENECKS
 from qlatent.cli import main
 from qlatent.experiments import custom
-
-TINY = """
-[data]
-name = "synthetic"
-synthetic_size = 60
-
-[model]
-family = "{family}"
-hidden = {hidden}
-latent_dim = 4
-
-[bottleneck]
-name = "{name}"
-
-[train]
-epochs = 1
-max_steps = 3
-batch_size = 10
-eval_batch_size = 20
-progress = false
-"""
 
 
 def _config(tmp_path, name: str, family: str = "gated_mlp", hidden: str = "[16]") -> str:

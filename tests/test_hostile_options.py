@@ -15,6 +15,19 @@ import pytest
 from cli_helpers import one_line_error, run_cli
 
 
+def _refused(tmp_path, capsys, table: str, *args) -> str:
+    """``qlatent reproduce TABLE --quick ARGS`` refused: exit code 2, one error line (returned)
+    and no run or results folder written."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    code, err = run_cli(
+        ["reproduce", table, "--quick", *args, "--runs-dir", runs, "--results-dir", results],
+        capsys,
+    )
+    assert code == 2 and one_line_error(err), err
+    assert not runs.exists() and not results.exists()
+    return err
+
+
 @pytest.mark.parametrize(
     ("table", "override", "message"),
     [
@@ -43,15 +56,8 @@ from cli_helpers import one_line_error, run_cli
 def test_evaluation_settings_are_checked_before_training(
     tmp_path, capsys, table, override, message
 ):
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    code, err = run_cli(
-        ["reproduce", table, "--quick", "--set", override]
-        + ["--runs-dir", runs, "--results-dir", results],
-        capsys,
-    )
-    assert code == 2 and one_line_error(err), err
+    err = _refused(tmp_path, capsys, table, "--set", override)
     assert re.search(message, err), err
-    assert not runs.exists() and not results.exists()
 
 
 def test_the_demos_eval_seed_is_checked_before_training(tmp_path, capsys):
@@ -125,15 +131,8 @@ def test_model_sizes_and_bottleneck_arguments_are_checked_before_the_data(
 
     for module in (lattice_mnist, softvq_mnist, llvq_fashion, coding_mnist):
         monkeypatch.setattr(module, "load_data", _no_data)
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    code, err = run_cli(
-        ["reproduce", table, "--quick", "--set", override]
-        + ["--runs-dir", runs, "--results-dir", results],
-        capsys,
-    )
-    assert code == 2 and one_line_error(err), err
+    err = _refused(tmp_path, capsys, table, "--set", override)
     assert re.search(message, err), err
-    assert not runs.exists() and not results.exists()
 
 
 @pytest.mark.parametrize(
@@ -141,13 +140,7 @@ def test_model_sizes_and_bottleneck_arguments_are_checked_before_the_data(
 )
 def test_a_reported_spread_needs_two_estimates(tmp_path, capsys, key):
     """One estimate has no standard deviation: coding-mnist reported an s.e. of 0.0 for it."""
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    code, err = run_cli(
-        ["reproduce", "coding-mnist", "--quick", "--set", f"{key}=1"]
-        + ["--runs-dir", runs, "--results-dir", results],
-        capsys,
-    )
-    assert code == 2 and one_line_error(err), err
+    err = _refused(tmp_path, capsys, "coding-mnist", "--set", f"{key}=1")
     assert f"{key} must be at least 2" in err, err
 
 
@@ -162,11 +155,5 @@ def test_a_reported_spread_needs_two_estimates(tmp_path, capsys, key):
 def test_a_row_named_twice_is_refused(tmp_path, capsys, table, option, names):
     """A row named twice was trained and reported twice (under --jobs, by two processes in
     one run folder)."""
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    code, err = run_cli(
-        ["reproduce", table, "--quick", option, names]
-        + ["--runs-dir", runs, "--results-dir", results],
-        capsys,
-    )
-    assert code == 2 and one_line_error(err), err
-    assert "more than once" in err and not runs.exists()
+    err = _refused(tmp_path, capsys, table, option, names)
+    assert "more than once" in err, err

@@ -10,29 +10,14 @@ import shutil
 import pytest
 import torch
 
-from cli_helpers import one_line_error, run_cli
+from cli_helpers import TINY_RUN, one_line_error, run_cli
 from qlatent.config import apply_overrides
 from qlatent.experiments import custom
 from qlatent.experiments.lattice_vae import LatticeVAEConfig
 from qlatent.train import TrainConfig
 from qlatent.train import distributed as D
 
-TINY = """
-[data]
-name = "synthetic"
-synthetic_size = 60
-
-[model]
-hidden = [16]
-latent_dim = 4
-
-[train]
-epochs = 1
-max_steps = 3
-batch_size = 10
-eval_batch_size = 20
-progress = false
-"""
+TINY = TINY_RUN.format(name="lattice", family="gated_mlp", hidden="[16]")
 
 
 def _config(tmp_path, head: str = "") -> str:
