@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -24,6 +25,15 @@ def check_nonnegative(value: float, name: str) -> float:
     if not value <= MAX_WEIGHT:
         raise ValueError(f"{name} must be at most {MAX_WEIGHT:g}, got {value!r}")
     return float(value)
+
+
+def check_count(value: int, name: str, *, low: Literal[0, 1] = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``low``; else ValueError naming
+    ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive" if low else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+    return value
 
 
 def check_finite(name: str, x: Tensor) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._utils import write_atomic
+from ._utils import check_count, write_atomic
 from .coding.codec import MAX_ELEMENTS, compress, decompress, model_digest
 from .coding.container import CodingError, unpack
 from .models import Autoencoder
@@ -170,8 +170,7 @@ def _check_call(model, x, batch_size: int) -> None:
     ``batch_size``."""
     if not isinstance(model, Autoencoder):
         raise TypeError(f"model must be a qlatent Autoencoder, got {type(model).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     if x is None:
         return
     if not isinstance(x, Tensor):

@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+from .._utils import check_count
+
 
 def check_sizes(**sizes: int) -> None:
     """ValueError unless every value is a positive integer (rows, widths, threads, repeats:
     0 rows would time nothing and report 0 rows/s)."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(value, name)
 
 
 def time_cases(

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._utils import expanded
+from .._utils import check_count, expanded
 from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir, check_fits
 
 NAME = "text-en"
@@ -382,11 +382,6 @@ def info() -> dict:
 
 
 # ----------------------------------------------------------------------------- vocabulary
-def _check_count(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
 class Vocabulary:
     """Word ids for the text model: ``0`` PAD, ``1`` BOS, ``2`` EOS, ``3`` UNK, then the kept
     words from the most to the least frequent (ties in alphabetical order)."""
@@ -414,7 +409,7 @@ class Vocabulary:
         """The ``size`` most frequent words of ``sentences`` (token lists)."""
         from collections import Counter
 
-        _check_count(size, "size")
+        check_count(size, "size", low=0)
         counts = Counter(word for sentence in sentences for word in sentence)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return cls([w for w, _ in ranked[:size] if w not in cls.SPECIALS])
@@ -427,7 +422,7 @@ class Vocabulary:
         Sentences longer than ``max_tokens`` words are refused (filter them first)."""
         import torch
 
-        _check_count(max_tokens, "max_tokens")
+        check_count(max_tokens, "max_tokens", low=0)
         check_fits(
             len(sentences) * (max_tokens + 1),
             8,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_count
 from ..losses import RateDistortionLoss, evaluate_objective
 
 
@@ -66,8 +67,7 @@ def codelength_report(
     from ..train.loop import check_seed
 
     check_seed(seed, "seed")  # manual_seed failed with "expected a long, but got str"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a tensor of shape (N >= 1, ...), got {got}")

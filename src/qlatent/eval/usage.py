@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .._utils import check_count
+
 #: odd multipliers of the two row hashes, drawn once from this seed (fixed, so counts are stable)
 _HASH_SEED = 20231015
 
@@ -73,8 +75,7 @@ def code_usage(
     """Distinct hard-path codes of ``model`` (an :class:`~qlatent.models.Autoencoder`) over the
     images of all ``datasets`` together, and how many positions were quantized. ValueError
     unless ``datasets`` is a list (or tuple) of tensors and ``batch_size`` a positive integer."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     if not isinstance(datasets, list | tuple) or not all(isinstance(x, Tensor) for x in datasets):
         # one tensor was taken row by row, each image as a batch without its batch axis
         raise ValueError(f"datasets must be a list of tensors, got {type(datasets).__name__}")

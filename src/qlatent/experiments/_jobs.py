@@ -12,6 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
+from .._utils import check_count
+
 
 def _one_thread() -> None:
     import torch
@@ -26,8 +28,7 @@ def run_jobs(
     ``jobs`` > 1 (``function`` and the arguments must pickle); results in the given order.
     The first exception (in the given order) is raised once the runs in flight have ended;
     runs not yet started are not started."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    check_count(jobs, "jobs")
     if jobs == 1 or len(arguments) <= 1:
         return [function(**a) for a in arguments]
     with ProcessPoolExecutor(

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._utils import check_count
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import provenance, read_json, write_json
 from ..train.checkpoint import config_changes
@@ -223,8 +224,7 @@ def reproduce(
     custom.check_reproduce(
         quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
     )
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:  # before the warm start
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    check_count(jobs, "jobs")  # before the warm start
     methods = list(POINTS) if models is None else models
     unknown = [m for m in methods if m not in POINTS]
     if unknown:

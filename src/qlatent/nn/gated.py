@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._utils import check_count
+
 
 class GatedDense(nn.Module):
     """``h(x) * sigmoid(g(x))`` with two independent affine maps."""
@@ -34,8 +36,7 @@ class GatedDense(nn.Module):
 
 def check_width(value: int, name: str) -> None:
     """ValueError unless ``value`` is a positive integer (a boolean is not)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_count(value, name)
 
 
 def check_widths(sizes: Sequence[int], name: str = "sizes") -> list[int]:

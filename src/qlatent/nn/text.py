@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from .._utils import check_count
 from ..bottlenecks import Bottleneck
 from ..models import AutoencoderOutput
 from .likelihoods import Likelihood
@@ -46,8 +47,7 @@ class TextModelConfig:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(value, name)
 
 
 TEXT_CONFIGS = {
