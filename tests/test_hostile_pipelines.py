@@ -41,9 +41,11 @@ def _refused(monkeypatch, tmp_path, table, error, match, **kwargs):
         (lambda row: {"quick": "yes"}, TypeError, "quick must be True or False, got 'yes'"),
         (lambda row: {"overrides": "train.epochs=1"}, TypeError, "overrides must be a list"),
         (lambda row: {"overrides": [1]}, TypeError, "overrides must be a list"),
+        (lambda row: {"command": 3}, TypeError, "command must be a string"),
+        (lambda row: {"data_dir": 5}, TypeError, "data_dir must name a folder, got 5"),
     ],
     ids=["models-string", "models-empty", "models-twice", "quick-string", "overrides-string",
-         "overrides-number"],
+         "overrides-number", "command-number", "data-dir-number"],
 )  # fmt: skip
 def test_mistaken_arguments_are_refused_before_training(
     monkeypatch, tmp_path, table, given, error, match
@@ -53,7 +55,7 @@ def test_mistaken_arguments_are_refused_before_training(
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-@pytest.mark.parametrize("argument", ["runs_dir", "results_dir"])
+@pytest.mark.parametrize("argument", ["runs_dir", "results_dir", "data_dir"])
 @pytest.mark.parametrize("under", [False, True])
 def test_a_folder_that_is_a_file_is_refused_before_training(
     monkeypatch, tmp_path, table, argument, under

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -86,13 +87,46 @@ def provenance(command: str) -> dict[str, Any]:
     }
 
 
+#: how a table shows a number that is not there: None (what :func:`write_json` writes for NaN
+#: and the infinities), NaN or an infinity
+MISSING = "–"
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is something a table can show: not None, NaN nor an infinity."""
+    return math.isfinite(value) if isinstance(value, float) else value is not None
+
+
+def cell(value: Any, spec: str = "") -> str:
+    """``value`` formatted by ``spec`` (as :func:`format` takes it), or :data:`MISSING` where it
+    is no finite number (:func:`finite`), so that a table reads the same from a payload in
+    memory and from its JSON file."""
+    return format(value, spec) if finite(value) else MISSING
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with None for every float that is NaN or infinite: strict JSON has neither, and
+    Python's ``NaN`` and ``Infinity`` are refused by other readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _strict(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_json(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` as indented JSON atomically (:func:`~qlatent._utils.write_atomic`); a
-    payload nested too deeply for the encoder is a ValueError, and nothing is written."""
+    """Write ``payload`` as indented strict JSON atomically
+    (:func:`~qlatent._utils.write_atomic`), NaN and the infinities as null (the tables show them
+    as :data:`MISSING`); a payload nested too deeply for the encoder, or with a key that is a
+    float NaN or infinity, is a ValueError, and nothing is written."""
     try:
-        text = json.dumps(payload, indent=2, sort_keys=False)
+        text = json.dumps(_strict(payload), indent=2, sort_keys=False, allow_nan=False)
     except RecursionError:
         raise ValueError(f"payload for {path} nests too deeply to be written as JSON") from None
+    except ValueError as err:  # a NaN or an infinity as a key, which null cannot stand for
+        raise ValueError(f"payload for {path} cannot be written as JSON ({err})") from None
     return write_atomic(path, (text + "\n").encode())
 
 

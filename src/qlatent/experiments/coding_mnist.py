@@ -53,7 +53,7 @@ from ..config import apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
 from ..models.size import check_size
-from ..results import RESULTS_DIR, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
 from ._cache import problem
@@ -495,15 +495,17 @@ def _timed_code(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -> 
 
 
 #: the fields of a results row that the tables, the figure and the rate-control readings use
+#: (None: a NaN or infinity as the results file holds it, which the tables show as missing;
+#: the figure and the readings at the reference take numbers)
 _ROW_FIELDS = {
     "code_model": "string",
-    "coded_bits_per_image": "number",
-    "ideal_bits_per_image": "number",
-    "overhead_percent": "number",
+    "coded_bits_per_image": "number or None",
+    "ideal_bits_per_image": "number or None",
+    "overhead_percent": "number or None",
     "round_trip_exact": "flag",
-    "encode_symbols_per_s": "number",
-    "decode_symbols_per_s": "number",
-    "train_rate_bits_per_image": "number or missing",
+    "encode_symbols_per_s": "number or None",
+    "decode_symbols_per_s": "number or None",
+    "train_rate_bits_per_image": "number or None or missing",
     "hard_distortion_nats_per_image": "number or None or missing",
     "hard_rate_bits_per_image": "number or None or missing",
     "rate_control": "list or missing",
@@ -512,8 +514,8 @@ _SWEEP_FIELDS = {
     "factor": "number",
     "coded_bits_per_image": "number",
     "hard_distortion_nats_per_image": "number",
-    "hard_distortion_se": "number",
-    "total_nats_per_image": "number",
+    "hard_distortion_se": "number or None",
+    "total_nats_per_image": "number or None",
     "round_trip_exact": "flag",
 }
 
@@ -522,11 +524,12 @@ def _row_problem(row: Any) -> str | None:
     """What keeps a kept row from being tabled and read at the reference, or None."""
     wrong = problem(row, _ROW_FIELDS, "row")
     if wrong is None and "train_rate_bits_per_image" in row:
-        wrong = problem(row, {"train_rate_se": "number"}, "row")
+        wrong = problem(row, {"train_rate_se": "number or None"}, "row")
     if wrong is None and "mc_ideal_bits_per_image" in row:
-        fields = ("mc_ideal_bits_per_image", "mc_ideal_se", "mc_ideal_images")
+        fields = ("mc_ideal_bits_per_image", "mc_ideal_se")
         fields += ("model_over_ideal_percent", "model_over_ideal_se_percent")
-        wrong = problem(row, dict.fromkeys(fields, "number"), "row")
+        fields = dict.fromkeys(fields, "number or None") | {"mc_ideal_images": "number"}
+        wrong = problem(row, fields, "row")
     for point in row.get("rate_control", []) if wrong is None else []:
         wrong = wrong or problem(point, _SWEEP_FIELDS, "a rate_control point")
     if wrong is None and "rate_control" in row:
@@ -565,7 +568,13 @@ def reproduce(
 ) -> dict[str, Any]:
     """Train (resumable) and code; ``<results>/coding-mnist[-quick].json``."""
     check_reproduce(
-        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+        quick=quick,
+        overrides=overrides,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        data_dir=data_dir,
+        command=command,
+        models=models,
     )
     stem = "coding-mnist" + ("-quick" if quick else "")
     cfg = config(quick=quick, overrides=overrides)
@@ -654,28 +663,34 @@ def markdown_table(payload: dict[str, Any]) -> str:
     ]
     for name, r in payload["rows"].items():
         est = (
-            f"{r['train_rate_bits_per_image']:.3f} ± {r['train_rate_se']:.3f}"
+            f"{cell(r['train_rate_bits_per_image'], '.3f')} ± {cell(r['train_rate_se'], '.3f')}"
             if "train_rate_bits_per_image" in r
             else "–"
         )
         ideal, gap = "–", "–"
         if "mc_ideal_bits_per_image" in r:
             ideal = (
-                f"{r['mc_ideal_bits_per_image']:.2f} ± {r['mc_ideal_se']:.2f} "
+                f"{cell(r['mc_ideal_bits_per_image'], '.2f')} ± {cell(r['mc_ideal_se'], '.2f')} "
                 f"({r['mc_ideal_images']} images)"
             )
-            gap = f"{r['model_over_ideal_percent']:.2f}% ± {r['model_over_ideal_se_percent']:.2f}"
-        distortion = r.get("hard_distortion_nats_per_image")
-        hard = r.get("hard_rate_bits_per_image")
-        hard = "–" if hard is None else f"{hard:.3f}"
+            gap = (
+                f"{cell(r['model_over_ideal_percent'], '.2f')}% ± "
+                f"{cell(r['model_over_ideal_se_percent'], '.2f')}"
+            )
         lines.append(
-            f"| {name} | {r['code_model']} | {r['coded_bits_per_image']:.3f} "
-            f"| {r['ideal_bits_per_image']:.3f} | {ideal} | {hard} "
-            f"| {est} | {r['overhead_percent']:.3f}% | {gap} "
-            f"| {'–' if distortion is None else f'{distortion:.2f}'} | {r['round_trip_exact']} "
-            f"| {r['encode_symbols_per_s'] / 1e6:.2f} | {r['decode_symbols_per_s'] / 1e6:.2f} |"
+            f"| {name} | {r['code_model']} | {cell(r['coded_bits_per_image'], '.3f')} "
+            f"| {cell(r['ideal_bits_per_image'], '.3f')} | {ideal} "
+            f"| {cell(r.get('hard_rate_bits_per_image'), '.3f')} "
+            f"| {est} | {cell(r['overhead_percent'], '.3f')}% | {gap} "
+            f"| {cell(r.get('hard_distortion_nats_per_image'), '.2f')} | {r['round_trip_exact']} "
+            f"| {_millions(r['encode_symbols_per_s'])} | {_millions(r['decode_symbols_per_s'])} |"
         )
     return "\n".join(lines)
+
+
+def _millions(value: float | None) -> str:
+    """``value`` in millions, or missing (:func:`~qlatent.results.cell`)."""
+    return cell(value / 1e6 if finite(value) else None, ".2f")
 
 
 def rate_control_table(payload: dict[str, Any]) -> str:
@@ -685,22 +700,23 @@ def rate_control_table(payload: dict[str, Any]) -> str:
         for p in r.get("rate_control", []):
             lines.append(
                 f"| {name} | {p['factor']:.3f} | {p['coded_bits_per_image']:.3f} "
-                f"| {p['hard_distortion_nats_per_image']:.3f} ± {p['hard_distortion_se']:.3f} "
-                f"| {p['total_nats_per_image']:.3f} | {p['round_trip_exact']} |"
+                f"| {p['hard_distortion_nats_per_image']:.3f} ± "
+                f"{cell(p['hard_distortion_se'], '.3f')} "
+                f"| {cell(p['total_nats_per_image'], '.3f')} | {p['round_trip_exact']} |"
             )
         at = r.get("rate_control_at_reference")
-        if at and at["bits_per_image"] is not None:
+        if at and finite(at["bits_per_image"]):
             lines.append(
-                f"| {name} at {at['reference']}'s {at['distortion_nats_per_image']:.3f} nats "
-                f"| | {at['bits_per_image']:.3f} ({at['difference_bits']:+.3f} against "
-                f"{at['reference']}) | | | |"
+                f"| {name} at {at['reference']}'s {cell(at['distortion_nats_per_image'], '.3f')} "
+                f"nats | | {cell(at['bits_per_image'], '.3f')} "
+                f"({cell(at['difference_bits'], '+.3f')} against {at['reference']}) | | | |"
             )
-        if at and at.get("reference_bits_at_own_distortion") is not None:
+        if at and finite(at.get("reference_bits_at_own_distortion")):
             own = next(p for p in r["rate_control"] if p["factor"] == 1.0)
             lines.append(
                 f"| {at['reference']} at {name}'s {own['hard_distortion_nats_per_image']:.3f} "
-                f"nats | | {at['reference_bits_at_own_distortion']:.3f} "
-                f"({name} {at['own_difference_bits']:+.3f} against it) | | | |"
+                f"nats | | {cell(at['reference_bits_at_own_distortion'], '.3f')} "
+                f"({name} {cell(at['own_difference_bits'], '+.3f')} against it) | | | |"
             )
     if not lines:
         return ""

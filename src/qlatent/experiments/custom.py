@@ -388,19 +388,32 @@ def check_names(names: Any, argument: str) -> list[str] | None:
 
 
 def check_reproduce(
-    *, quick: Any, overrides: Any, runs_dir: Any, results_dir: Any, **names: Any
+    *,
+    quick: Any,
+    overrides: Any,
+    runs_dir: Any,
+    results_dir: Any,
+    data_dir: Any,
+    command: Any,
+    **names: Any,
 ) -> None:
     """The arguments the tables' ``reproduce`` share, checked before anything is trained:
-    ``quick`` a bool, ``overrides`` None or a list of ``key=value`` strings, each folder one
-    that exists or can be made (no regular file on its path), and each of ``names`` as
-    :func:`check_names` takes it."""
+    ``quick`` a bool, ``overrides`` None or a list of ``key=value`` strings, each folder
+    (``data_dir`` may be None) one that exists or can be made (no regular file on its path),
+    ``command`` a string (recorded in the results) and each of ``names`` as :func:`check_names`
+    takes it."""
+    if not isinstance(command, str):
+        raise TypeError(f"command must be a string (the command recorded), got {command!r}")
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be True or False, got {quick!r}")
     if overrides is not None and (
         not isinstance(overrides, list | tuple) or not all(isinstance(o, str) for o in overrides)
     ):
         raise TypeError(f"overrides must be a list of 'key=value' strings, got {overrides!r}")
-    for argument, folder in (("runs_dir", runs_dir), ("results_dir", results_dir)):
+    folders = [("runs_dir", runs_dir), ("results_dir", results_dir)]
+    if data_dir is not None:
+        folders.append(("data_dir", data_dir))
+    for argument, folder in folders:
         if not isinstance(folder, str | Path):
             raise TypeError(f"{argument} must name a folder, got {folder!r}")
         check_folder(folder, argument)

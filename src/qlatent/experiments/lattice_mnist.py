@@ -37,7 +37,7 @@ from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..models.size import check_size
-from ..results import RESULTS_DIR, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
 from ._cache import described, problem, read_cache, refused, unplain
@@ -701,7 +701,13 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run every model (resumable), write ``<results>/lattice-mnist[-quick].json`` and Figure 3."""
     custom.check_reproduce(
-        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+        quick=quick,
+        overrides=overrides,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        data_dir=data_dir,
+        command=command,
+        models=models,
     )
     stem = "lattice-mnist-quick" if quick else "lattice-mnist"
     models = list(models or DEFAULT_MODELS)
@@ -736,20 +742,21 @@ def reproduce(
 
 
 #: the fields of a results row that the markdown table and the figures read, and their kinds
+#: (None: a NaN or infinity as the results file holds it, which the table shows as missing)
 _ROW_FIELDS = {
     "epochs": "integer",
     "best_epoch": "integer",
     "epoch_cap_hit": "flag",
     "val_neg_elbo_curve": "list",
-    "test_neg_elbo": "number",
-    "test_nll_iwae_se": "number",
+    "test_neg_elbo": "number or None",
+    "test_nll_iwae_se": "number or None",
     "iwae_samples": "integer",
-    "test_codelength_hard": "number or missing",
+    "test_codelength_hard": "number or None or missing",
 }
 _DEFENSIVE_FIELDS = {
-    "test_nll_iwae_defensive_se": "number",
-    "iwae_defensive_minus_own": "number",
-    "iwae_defensive_minus_own_se": "number",
+    "test_nll_iwae_defensive_se": "number or None",
+    "iwae_defensive_minus_own": "number or None",
+    "iwae_defensive_minus_own_se": "number or None",
 }
 
 
@@ -761,10 +768,45 @@ def _row_problem(row: Any) -> str | None:
     curve = row["val_neg_elbo_curve"]
     if not curve or not all(problem({"v": v}, {"v": "number"}) is None for v in curve):
         return "its val_neg_elbo_curve is no list of numbers"
-    fields = {f"test_nll_iwae{row['iwae_samples']}": "number"}
+    fields = {f"test_nll_iwae{row['iwae_samples']}": "number or None"}
     if "iwae_defensive" in row:
-        fields |= _DEFENSIVE_FIELDS | {f"test_nll_iwae{row['iwae_samples']}_defensive": "number"}
+        defensive = f"test_nll_iwae{row['iwae_samples']}_defensive"
+        fields |= _DEFENSIVE_FIELDS | {defensive: "number or None"}
     return problem(row, fields, "row")
+
+
+def _payload_problem(payload: Any) -> str | None:
+    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
+    wrong = problem(
+        payload,
+        {
+            "models": "table",
+            "theoretical_gaps_nats": "table or missing",
+            "theoretical_gap_nats": "number or None or missing",
+        },
+        "the payload",
+    )
+    if wrong:
+        return wrong
+    for name, row in payload["models"].items():
+        if name not in LABELS:
+            return f"models holds the unknown row {name!r}; known: {list(LABELS)}"
+        wrong = _row_problem(row)
+        if wrong:
+            return f"the row {name!r} cannot be tabled ({wrong})"
+    for name, gap in payload.get("theoretical_gaps_nats", {}).items():
+        wrong = problem({name: gap}, {name: "number or None"}, "theoretical_gaps_nats")
+        if wrong:
+            return wrong
+    models = payload["models"]
+    if "rect_lattice" in models and "gaussian_lattice" in models:
+        return problem(payload, {"theoretical_gap_nats": "number or None"}, "the payload")
+    return None
+
+
+def _difference(a: float | None, b: float | None, spec: str) -> str:
+    """``a − b`` formatted by ``spec``; missing where either is (:func:`~qlatent.results.cell`)."""
+    return cell(a - b if finite(a) and finite(b) else None, spec)
 
 
 def _previous_rows(path: Path, data: str) -> dict[str, Any]:
@@ -872,6 +914,11 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
 
 
 def markdown_table(payload: dict[str, Any]) -> str:
+    """The table of ``payload`` (:func:`reproduce`'s, or its JSON file read back); ValueError
+    naming the first field that keeps it from being one (:func:`_payload_problem`)."""
+    wrong = _payload_problem(payload)
+    if wrong:
+        raise ValueError(f"lattice-mnist results: {wrong}")
     models = payload["models"]
     gaps = payload.get("theoretical_gaps_nats", {})
     lines = [
@@ -884,20 +931,26 @@ def markdown_table(payload: dict[str, Any]) -> str:
     for name, r in models.items():
         key = f"test_nll_iwae{r['iwae_samples']}"
         paper = PAPER_IWAE1000.get(name)
-        delta = "" if ref_nll is None or name == "gaussian_lattice" else f"{r[key] - ref_nll:+.2f}"
+        delta = (
+            ""
+            if ref is None or name == "gaussian_lattice"
+            else _difference(r[key], ref_nll, "+.2f")
+        )
         gap = gaps.get(name)
         lines.append(
-            f"| {LABELS[name]} | {r[key]:.2f} ± {r['test_nll_iwae_se']:.2f} "
+            f"| {LABELS[name]} | {cell(r[key], '.2f')} ± {cell(r['test_nll_iwae_se'], '.2f')} "
             f"(S={r['iwae_samples']}) | {'' if paper is None else f'{paper:.2f}'} "
-            f"| {r['test_neg_elbo']:.2f} | {delta} | {'' if gap is None else f'{gap:.2f}'} "
+            f"| {cell(r['test_neg_elbo'], '.2f')} | {delta} "
+            f"| {'' if gap is None else cell(gap, '.2f')} "
             f"| {r['epochs']} | {r['best_epoch']} | {'yes' if r['epoch_cap_hit'] else 'no'} |"
         )
     for name, r in models.items():
         if "test_codelength_hard" in r:
             lines.append("")
             lines.append(
-                f"{LABELS[name]}, hard-path two-part codelength: {r['test_codelength_hard']:.2f} "
-                f"nats (−ELBO {r['test_neg_elbo']:.2f}; Theorem 1: equal in expectation)"
+                f"{LABELS[name]}, hard-path two-part codelength: "
+                f"{cell(r['test_codelength_hard'], '.2f')} nats (−ELBO "
+                f"{cell(r['test_neg_elbo'], '.2f')}; Theorem 1: equal in expectation)"
             )
     for name, r in models.items():
         if "iwae_defensive" in r:
@@ -905,15 +958,18 @@ def markdown_table(payload: dict[str, Any]) -> str:
             lines.append("")
             lines.append(
                 f"{LABELS[name]}, IWAE-{s} under the defensive proposal {r['iwae_defensive']} "
-                f"(α:k, covers the neighbouring cells): {r[f'test_nll_iwae{s}_defensive']:.2f} ± "
-                f"{r['test_nll_iwae_defensive_se']:.2f} ({r['iwae_defensive_minus_own']:+.2f} ± "
-                f"{r['iwae_defensive_minus_own_se']:.2f} from its own proposal's)"
+                f"(α:k, covers the neighbouring cells): "
+                f"{cell(r[f'test_nll_iwae{s}_defensive'], '.2f')} ± "
+                f"{cell(r['test_nll_iwae_defensive_se'], '.2f')} "
+                f"({cell(r['iwae_defensive_minus_own'], '+.2f')} ± "
+                f"{cell(r['iwae_defensive_minus_own_se'], '.2f')} from its own proposal's)"
             )
     if "rect_lattice" in models and ref:
         a = models["rect_lattice"]
-        gap = a[f"test_nll_iwae{a['iwae_samples']}"] - ref_nll
+        gap = _difference(a[f"test_nll_iwae{a['iwae_samples']}"], ref_nll, ".2f")
         lines.append(
-            f"rectangular − Gaussian-lattice gap: {gap:.2f} nats (paper 5.10; at most "
-            f"{payload['theoretical_gap_nats']:.2f} = m·½·log(2πe/12) for an ideal lattice)"
+            f"rectangular − Gaussian-lattice gap: {gap} nats (paper 5.10; at most "
+            f"{cell(payload['theoretical_gap_nats'], '.2f')} = m·½·log(2πe/12) for an ideal "
+            "lattice)"
         )
     return "\n".join(lines)

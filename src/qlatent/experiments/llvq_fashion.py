@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,13 +43,16 @@ from ..models import Autoencoder, sized
 from ..models.size import check_size
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
-from ..results import RESULTS_DIR, provenance, write_json
+from ..results import RESULTS_DIR, cell, provenance, write_json
 from ..train import TrainConfig, fit, load_weights, save_atomic
 from . import custom
 from ._cache import problem, read_cache, refused
 
 ROWS = ("vq", "vq_ema", "ll_vq", "ll_vq_dense")
 SCHEDULES = ("reference", "constant")
+#: the data sets a table is run on: FashionMNIST (the paper's), or an image folder read as the
+#: file of that name in ``configs/llvq`` says
+DATASETS = ("fashion", "celeba", "ffhq")
 LABELS = {
     "vq": "VQ-VAE",
     "vq_ema": "VQ-VAE-EMA",
@@ -416,9 +420,13 @@ def reproduce(
         overrides=overrides,
         runs_dir=runs_dir,
         results_dir=results_dir,
+        data_dir=data_dir,
+        command=command,
         models=models,
         schedules=schedules,
     )
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}: got {dataset!r}")
     stem = f"llvq-{dataset}" + ("-quick" if quick else "")
     models = list(models or ROWS)
     schedules = list(schedules or SCHEDULES)
@@ -465,8 +473,66 @@ def reproduce(
     return payload
 
 
+#: the fields of a row that :func:`markdown_table` reads, and their kinds (None: a NaN or
+#: infinity as the results file holds it, which the table shows as missing)
+_ROW_FIELDS = {
+    "test_mse": "number or None",
+    "unique_codes_trainval": "integer",
+    "unique_codes_test": "integer",
+    "quantizer_params": "integer",
+    "wall_s": "number or None",
+    "coding": "table or missing",
+}
+#: the fields of the paper's row that :func:`markdown_table` reads
+_PAPER_FIELDS = {
+    "test_mse": "number or None or missing",
+    "unique_codes": "integer or None or missing",
+}
+
+
+def _row_problem(row: Any, where: str) -> str | None:
+    """What keeps the results row at ``where`` (``rows.<schedule>.<name>``) from being tabled,
+    or None."""
+    wrong = problem(row, _ROW_FIELDS, where)
+    if wrong or "coding" not in row:
+        return wrong
+    coded = problem(row["coding"], {"coded": "flag or missing"}, f"{where}.coding")
+    if coded or not row["coding"].get("coded"):
+        return coded
+    return problem(row["coding"], {"coded_bits_per_image": "number or None"}, f"{where}.coding")
+
+
+def _payload_problem(payload: Any) -> str | None:
+    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
+    return next((wrong for wrong in _payload_checks(payload) if wrong), None)
+
+
+def _payload_checks(payload: Any) -> Iterator[str | None]:
+    """The checks of :func:`_payload_problem` in order, each run only once those before it
+    found nothing (a field is read only after its table was checked)."""
+    yield problem(
+        payload,
+        {"rows": "table", "paper": "table", "reference_code_released_counts": "table"},
+        "the payload",
+    )
+    for name, p in payload["paper"].items():
+        yield problem(p, _PAPER_FIELDS, f"paper.{name}")
+    for name, count in payload["reference_code_released_counts"].items():
+        yield problem({name: count}, {name: "integer"}, "reference_code_released_counts")
+    for schedule, rows in payload["rows"].items():
+        yield problem({schedule: rows}, {schedule: "table"}, "rows")
+        for name, row in rows.items():
+            if name not in LABELS:
+                yield f"rows.{schedule} holds the unknown row {name!r}; known: {list(LABELS)}"
+            yield _row_problem(row, f"rows.{schedule}.{name}")
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
-    """Per schedule: our test MSE and code counts beside the paper's and the released ones."""
+    """Per schedule: our test MSE and code counts beside the paper's and the released ones;
+    ValueError naming the first field that keeps ``payload`` from being tabled."""
+    wrong = _payload_problem(payload)
+    if wrong:
+        raise ValueError(f"llvq results: {wrong}")
     lines = [
         "| schedule | model | test MSE | paper | codes (train+val) | paper | released "
         "| codes (test) | quantizer params | coded bits/image | train s |",
@@ -476,15 +542,14 @@ def markdown_table(payload: dict[str, Any]) -> str:
     for schedule, rows in payload["rows"].items():
         for name, r in rows.items():
             p = paper.get(name, {})
-            p_mse = f"{p['test_mse']:.3f}" if p.get("test_mse") is not None else "–"
-            p_codes = f"{p['unique_codes']:,}" if p.get("unique_codes") is not None else "–"
             rel = f"{released[name]:,}" if name in released else "–"
             coding = r.get("coding", {})
-            bits = f"{coding['coded_bits_per_image']:,.1f}" if coding.get("coded") else "–"
+            bits = cell(coding["coded_bits_per_image"], ",.1f") if coding.get("coded") else "–"
             lines.append(
-                f"| {schedule} | {LABELS[name]} | {r['test_mse']:.4f} | {p_mse} "
-                f"| {r['unique_codes_trainval']:,} | {p_codes} | {rel} "
+                f"| {schedule} | {LABELS[name]} | {cell(r['test_mse'], '.4f')} "
+                f"| {cell(p.get('test_mse'), '.3f')} "
+                f"| {r['unique_codes_trainval']:,} | {cell(p.get('unique_codes'), ',')} | {rel} "
                 f"| {r['unique_codes_test']:,} | {r['quantizer_params']:,} | {bits} "
-                f"| {r['wall_s']:.0f} |"
+                f"| {cell(r['wall_s'], '.0f')} |"
             )
     return "\n".join(lines)

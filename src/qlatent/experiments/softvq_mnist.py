@@ -58,7 +58,7 @@ from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
 from ..models.size import check_size
 from ..nn import SquaredError, relu_mlp
-from ..results import RESULTS_DIR, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
 from . import custom
 from ._cache import described, problem, read_cache, refused
@@ -449,7 +449,13 @@ def reproduce(
     """Run every row (resumable; once per seed with ``seeds``, in ``jobs`` processes); write
     ``<results>/softvq-mnist[-quick].json``, .md and the t-SNE figure."""
     custom.check_reproduce(
-        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+        quick=quick,
+        overrides=overrides,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        data_dir=data_dir,
+        command=command,
+        models=models,
     )
     stem = "softvq-mnist-quick" if quick else "softvq-mnist"
     models = list(models or DEFAULT_MODELS)
@@ -512,8 +518,8 @@ def reproduce(
         payload["reproduced_rule"] = "the paper's value lies within mean ± 2 sd of the seeds"
     if "vq" in rows and "soft_em_vq" in rows:
         compared = [name for name in PERPLEXITY_ROWS if name in rows]
-        payload["perplexity"] = {name: rows[name]["test_perplexity"] for name in compared}
-        payload["perplexity_test_nmse"] = {name: rows[name]["test_nmse"] for name in compared}
+        payload["perplexity"] = {name: rows[name].get("test_perplexity") for name in compared}
+        payload["perplexity_test_nmse"] = {name: rows[name].get("test_nmse") for name in compared}
         payload["perplexity_note"] = (
             "exp(H) of the hard (nearest-codeword) codes of the 10,000 test images; "
             "rows.soft_em_vq.test_posterior_perplexity is that of soft EM's mean posterior"
@@ -579,11 +585,13 @@ def _saved_features(path: Path) -> torch.Tensor:
 def _record_fields(name: str) -> dict[str, str]:
     """What a run's recorded scores must hold (:func:`~._cache.problem`): what
     :func:`seed_statistics`, the perplexity comparison and :func:`markdown_table` read."""
+    # None: a NaN or infinity as a record holds it, which the table shows as missing (the
+    # accuracies and the NMI of a finished run are numbers)
     fields = dict.fromkeys(SEED_METRICS, "number or None or missing")
     fields |= dict.fromkeys(("kmeans_acc", "nmi", "linear_acc"), "number")
-    fields["wall_s"] = "number or missing"
+    fields["wall_s"] = "number or None or missing"
     if name in PERPLEXITY_ROWS:
-        fields |= dict.fromkeys(("test_perplexity", "test_nmse"), "number")
+        fields |= dict.fromkeys(("test_perplexity", "test_nmse"), "number or None")
     return fields
 
 
@@ -661,6 +669,11 @@ def seed_statistics(name: str, per_seed: dict[int, dict[str, Any]]) -> dict[str,
     return row
 
 
+def _scaled(value: float | None, scale: float, digits: int) -> str:
+    """``value × scale`` to ``digits`` decimals, or missing (:func:`~qlatent.results.cell`)."""
+    return cell(value * scale if finite(value) else None, f".{digits}f")
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
     """Our rows beside the paper's, in percent (NMI as a fraction); mean ± sd over seeds when the
     rows were run with several, and the converged probe where it was fitted."""
@@ -670,27 +683,30 @@ def markdown_table(payload: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    def score(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
         if key not in row:
             return "–"
         stats = row.get("stats", {}).get(key)
         if stats and stats["n"] > 1:
-            return f"{stats['mean'] * scale:.{digits}f} ± {stats['sd'] * scale:.{digits}f}"
-        return f"{row[key] * scale:.{digits}f}"
+            return (
+                f"{_scaled(stats['mean'], scale, digits)} ± {_scaled(stats['sd'], scale, digits)}"
+            )
+        return _scaled(row[key], scale, digits)
 
     for name, r in payload["rows"].items():
         paper = payload["paper"].get(name)
         p = [f"{paper[k] * 100:.2f}" for k in ("kmeans_acc", "linear_acc")] if paper else ["–"] * 2
         p_nmi = f"{paper['nmi']:.4f}" if paper else "–"
         runs = r.get("runs", {}).values()
-        walls = [run["wall_s"] for run in runs if "wall_s" in run]
-        wall = f"{r['wall_s']:.0f}" if "wall_s" in r else "–"
+        walls = [run["wall_s"] for run in runs if finite(run.get("wall_s"))]
+        wall = cell(r.get("wall_s"), ".0f")
         if walls:
             wall = f"{sum(walls) / len(walls):.0f}"
         lines.append(
-            f"| {LABELS[name]} | {cell(r, 'kmeans_acc', 100, 2)} | {p[0]} | {cell(r, 'nmi', 1, 4)} "
-            f"| {p_nmi} | {cell(r, 'linear_acc', 100, 2)} | {p[1]} "
-            f"| {cell(r, 'linear_acc_converged', 100, 2)} | {cell(r, 'test_nmse', 1, 4)} | {wall} |"
+            f"| {LABELS[name]} | {score(r, 'kmeans_acc', 100, 2)} | {p[0]} "
+            f"| {score(r, 'nmi', 1, 4)} | {p_nmi} | {score(r, 'linear_acc', 100, 2)} | {p[1]} "
+            f"| {score(r, 'linear_acc_converged', 100, 2)} | {score(r, 'test_nmse', 1, 4)} "
+            f"| {wall} |"
         )
     if "seeds" in payload:
         lines.append("")
@@ -712,12 +728,14 @@ def markdown_table(payload: dict[str, Any]) -> str:
                 else "–"
             )
             lines.append(
-                f"| {LABELS[name]} | {marks} | {cell(r, 'test_codes_used', 1, 1)} "
-                f"| {cell(r, 'test_perplexity', 1, 1)} | {cell(r, 'active_dims', 1, 1)} |"
+                f"| {LABELS[name]} | {marks} | {score(r, 'test_codes_used', 1, 1)} "
+                f"| {score(r, 'test_perplexity', 1, 1)} | {score(r, 'active_dims', 1, 1)} |"
             )
     if "perplexity" in payload:
         pp, nm = payload["perplexity"], payload["perplexity_test_nmse"]
-        parts = [f"{LABELS[name]} {pp[name]:.1f} at NMSE {nm[name]:.4f}" for name in pp]
+        parts = [
+            f"{LABELS[name]} {cell(pp[name], '.1f')} at NMSE {cell(nm[name], '.4f')}" for name in pp
+        ]
         lines.append("")
         lines.append("code perplexity on the test set (K = 128): " + "; ".join(parts))
     return "\n".join(lines)

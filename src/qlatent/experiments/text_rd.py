@@ -46,7 +46,7 @@ from typing import Any
 
 from .._utils import check_count
 from ..config import apply_mapping, apply_overrides, to_dict
-from ..results import provenance, read_json, write_json
+from ..results import cell, finite, provenance, read_json, write_json
 from ..train.checkpoint import config_changes
 from . import custom
 from ._cache import problem
@@ -165,7 +165,7 @@ def _summary_problem(summary: Any) -> str | None:
         )
         or problem(
             test["hard_path"],
-            {"rate_bits_per_word": "number", "distortion_bits_per_word": "number"},
+            {"rate_bits_per_word": "number or None", "distortion_bits_per_word": "number or None"},
             "test.hard_path",
         )
         or problem(summary["train"], {"epochs": "integer", "wall_s": "number"}, "train")
@@ -176,11 +176,11 @@ def _summary_problem(summary: Any) -> str | None:
     if (test.get("coded") or {}).get("available"):
         return problem(
             test["coded"],
-            {"bits_per_word": "number", "ideal_bits_per_word": "number or missing"},
+            {"bits_per_word": "number", "ideal_bits_per_word": "number or None or missing"},
             "test.coded",
         )
     return problem(test, {"training_path": "table"}, "test") or problem(
-        test["training_path"], {"rate_bits_per_word": "number"}, "test.training_path"
+        test["training_path"], {"rate_bits_per_word": "number or None"}, "test.training_path"
     )
 
 
@@ -222,7 +222,13 @@ def reproduce(
     start first, then the rest in ``jobs`` processes), then write ``<results_dir>/text-rd.json``
     and ``text-rd.png``. Returns the JSON payload."""
     custom.check_reproduce(
-        quick=quick, overrides=overrides, runs_dir=runs_dir, results_dir=results_dir, models=models
+        quick=quick,
+        overrides=overrides,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        data_dir=data_dir,
+        command=command,
+        models=models,
     )
     check_count(jobs, "jobs")  # before the warm start
     methods = list(POINTS) if models is None else models
@@ -294,6 +300,14 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method, points in curves.items():
+        # a point without an NLL or a rate (NaN, null in a results file) is left out; the
+        # unquantized lines need no rate
+        points = [
+            p
+            for p in points
+            if finite(p["nll_bits_per_word"])
+            and (method == "identity" or finite(p["rate_bits_per_word"]))
+        ]
         if method == "identity":  # no rate limit: the floor every curve tends to
             for p, style in zip(points, (":", "--"), strict=False):
                 label = "unquantized" + (", fine-tuned" if p["point"] == "fine-tuned" else "")
@@ -316,16 +330,48 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+#: the fields of a point that :func:`markdown_table` reads, and their kinds (None: a NaN or
+#: infinity as the results file holds it, which the table shows as missing)
+_POINT_FIELDS = {
+    "point": "string",
+    "rate_bits_per_word": "number or None",
+    "rate_kind": "string",
+    "nll_bits_per_word": "number or None",
+    "train_epochs": "integer",
+}
+
+
+def _payload_problem(payload: Any) -> str | None:
+    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
+    wrong = problem(payload, {"curves": "table"}, "the payload")
+    if wrong:
+        return wrong
+    for method, points in payload["curves"].items():
+        wrong = problem({method: points}, {method: "list"}, "curves")
+        if wrong:
+            return wrong
+        for i, p in enumerate(points):
+            wrong = problem(p, _POINT_FIELDS, f"curves.{method}[{i}]")
+            if wrong:
+                return wrong
+    return None
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
+    """The table of ``payload`` (:func:`reproduce`'s, or its JSON file read back); ValueError
+    naming the first field that keeps it from being one (:func:`_payload_problem`)."""
+    wrong = _payload_problem(payload)
+    if wrong:
+        raise ValueError(f"text-rd results: {wrong}")
     lines = [
         "| method | point | rate (bits/word) | rate from | word NLL (bits/word) | epochs |",
         "|---|---|---|---|---|---|",
     ]
     for method, points in payload["curves"].items():
         for p in points:
-            rate = p["rate_bits_per_word"]
             lines.append(
-                f"| {method} | {p['point']} | {rate:.3f} | {p['rate_kind']} | "
-                f"{p['nll_bits_per_word']:.3f} | {p['train_epochs']} |"
+                f"| {method} | {p['point']} | {cell(p['rate_bits_per_word'], '.3f')} "
+                f"| {p['rate_kind']} | {cell(p['nll_bits_per_word'], '.3f')} "
+                f"| {p['train_epochs']} |"
             )
     return "\n".join(lines)
