@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._utils import compiled_or_plain
 from ._code_model import CountedCodeModel
-from .base import Bottleneck, BottleneckOutput, Setting, check_flag
+from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
 
 #: entries of one N×K distance chunk (4 MB in float32), one buffer reused by every chunk. With
 #: a fresh chunk per step, 1 MB chunks were best (K = 512, 16384 × 64 rows, two threads: 15.8 ms
@@ -429,6 +429,7 @@ class EMACodebook(nn.Module):
     codebook: Tensor
     ema_count: Tensor
     ema_sum: Tensor
+    num_codes = Fixed()
     decay = Setting(_check_decay)
     eps = Setting(_check_eps)
     store_smoothed = Setting(check_flag)
@@ -484,7 +485,7 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
     """
 
     index_kind = "scalar"
-    num_codes: int
+    num_codes = Fixed()  # set by the subclass: the codebook's K rows
     codebook: Tensor
     compile = Setting(check_flag)
 

@@ -82,6 +82,37 @@ class Setting:
         obj.__dict__[self.name] = check(value, self.name)
 
 
+class Fixed:
+    """A structural constructor value (a size, a layout), assigned once in ``__init__`` and
+    read-only after it: the tensors built from it keep their shapes, so a later assignment
+    (``num_codes`` of a built codebook, say) was taken without a word and then disagreed with
+    them (indices checked against the new K, a rate of log K' for K codes). AttributeError,
+    naming the attribute and the constructor argument (``argument``, default the same name)
+    to build a new one with."""
+
+    def __init__(self, argument: str | None = None) -> None:
+        self.argument = argument
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value) -> None:
+        if self.name in obj.__dict__:
+            raise AttributeError(
+                f"{self.name} of {type(obj).__name__} is fixed at construction (what it holds "
+                f"was built from it): build a new one with {self.argument or self.name}={value!r}"
+            )
+        obj.__dict__[self.name] = value
+
+
 def check_flag(value, name: str) -> bool:
     """Switches are True or False: a truthy string would have switched one on."""
     if not isinstance(value, bool):
@@ -119,6 +150,8 @@ class Bottleneck(nn.Module, ABC):
     index_kind: ClassVar[Literal["vector", "scalar"]] = "vector"
     #: what the input's channels hold when ``in_dim != dim``, named in the wrong-width error
     input_layout: ClassVar[str] = ""
+    dim = Fixed()
+    in_dim = Fixed()
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
@@ -318,11 +351,19 @@ class Bottleneck(nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
+        values = y.detach()
+        if 0 in values.stride():
+            # an expanded view (``expand``, broadcasting) repeats its stored values along the
+            # axes of stride 0: one slice of each holds them all. Over the whole view aminmax
+            # first copied it (2^34 numbers for zeros(1, 64).expand(2**28, 64))
+            values = values[
+                tuple(slice(0, 1) if step == 0 else slice(None) for step in values.stride())
+            ]
         # one reduction for both checks: min/max propagate NaN, an Inf is its own min or max;
         # read back in one transfer (on an accelerator each read waits for the device)
-        low, high = torch.stack(torch.aminmax(y.detach())).tolist()
+        low, high = torch.stack(torch.aminmax(values)).tolist()
         if not (math.isfinite(low) and math.isfinite(high)):
-            check_finite("input", y)  # counts and reports the non-finite values
+            check_finite("input", values)  # counts and reports the non-finite values
         limit = self.input_limit(y.dtype)
         if max(-low, high) > limit:
             raise ValueError(

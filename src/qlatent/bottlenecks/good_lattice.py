@@ -46,7 +46,7 @@ from .._utils import check_finite
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
-from .base import Bottleneck, BottleneckOutput, Setting, check_flag
+from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
 from .lattice import _check_flags, _positive_log
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
@@ -357,6 +357,13 @@ class DitheredGoodLattice(Bottleneck):
     eval_prior_samples = Setting("_check_draw_counts")
     proposal = Setting("_check_proposal")
     debias = Setting(check_flag)
+    # the blocks, their decoders and the parameters' shapes are built from these
+    lattice_spec = Fixed("lattice")
+    prior_name = Fixed("prior")
+    spacing_per = Fixed()
+    scale_per = Fixed()
+    exact_rectangular = Fixed()
+    compile = Fixed()
 
     def __init__(
         self,

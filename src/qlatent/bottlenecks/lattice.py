@@ -44,7 +44,7 @@ from ..priors import (
     laplace_cell_nll,
 )
 from ..rng import counter_uniform, draw_key
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting, check_flag
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
 
 
 def dithered_training_path(
@@ -403,6 +403,8 @@ class DitheredLattice(Bottleneck):
     LOG_PARAMETERS = ("log_spacing", "log_scale")
 
     compile = Setting(check_flag)
+    lattice_name = Fixed("lattice")
+    prior_name = Fixed("prior")
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ from ._codebook import (
     straight_through,
     usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed, Setting
 
 #: |b_d| below this is treated as this (sign kept), so that z / b stays finite
 _MIN_SPACING = 1e-12
@@ -79,6 +79,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     """
 
     index_kind = "vector"
+    num_codes = Fixed()  # the initial range's K, kept as the config says
     commitment = Setting(check_nonnegative)
     size_weight = Setting(_check_size_weight)
 

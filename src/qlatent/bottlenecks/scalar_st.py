@@ -20,7 +20,7 @@ nats. ``stats``: ``codes_used`` (distinct levels in the batch, mean over coordin
 
 from __future__ import annotations
 
-from .base import BOTTLENECKS
+from .base import BOTTLENECKS, Fixed
 from .vector_st import VectorST
 
 
@@ -34,6 +34,8 @@ class ScalarST(VectorST):
             code, the rate-0 point).
         init_range: the levels start evenly spaced on [−init_range, init_range].
     """
+
+    num_codes = Fixed("levels")
 
     def __init__(self, *, dim: int, levels: int = 4, init_range: float = 1.0) -> None:
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:

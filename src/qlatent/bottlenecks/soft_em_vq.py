@@ -32,7 +32,6 @@ from ._codebook import (
     EMACodebook,
     check_num_codes,
     mean_square_error,
-    squared_distances,
     straight_through,
     usage_stats,
 )
@@ -116,10 +115,12 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         if not self.training:
             return self._hard_path(y)
 
-        distances = squared_distances(y, self.codebook)  # (N, K)
-        log_tau = torch.log_softmax(-distances / self.temperature, dim=1)
+        # the M-step below rewrites the codebook in place, and the VIB term's backward still
+        # reads the codewords the posterior was formed from: a copy of those (K × d)
+        codebook = self.codebook.clone()
+        log_tau = log_posterior(y, codebook, self.temperature)  # (N, K)
         samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
-        mean_code = self.codebook[samples].mean(1)  # (N, d), before this batch's M-step
+        mean_code = codebook[samples].mean(1)  # (N, d), before this batch's M-step
         # fractional one-hot: row i puts weight 1/m on each of its m samples
         share = y.new_full(samples.shape, 1.0 / self.num_samples)
         assign = y.new_zeros(log_tau.shape).scatter_add_(1, samples, share)  # (N, K)
@@ -142,6 +143,28 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
             f"temperature={self.temperature}, "
             f"commitment={self.commitment}, vib_weight={self.vib_weight}{self._compile_repr()}"
         )
+
+
+def log_posterior(z: Tensor, codebook: Tensor, temperature: float) -> Tensor:
+    """log τ = log_softmax_k(−‖z − e_k‖² / T): ``(N, d), (K, d) -> (N, K)``, finite for every T
+    the constructor takes and every input the contract accepts.
+
+    Formed from the distances' excess over each row's nearest code, (‖e_k‖² − 2 z·e_k) minus its
+    row minimum, which the softmax cannot tell from the distances themselves:
+
+    - ‖z‖², common to every code, is never added: far from the codebook its rounding swamps
+      the differences (at |z| = 1e6 in float32 and T = 1e-6 several codes tied);
+    - the nearest code's logit is exactly 0, so the logits cannot all overflow, and those that
+      pass the dtype's range at a tiny T are its lowest finite value (probability 0) instead of
+      −∞: rows of −∞ were NaN (``torch.multinomial`` failed), a single −∞ made the entropy
+      0·∞ = NaN.
+
+    The shift is detached: it moves every logit of a row alike, which changes neither τ nor
+    its gradient.
+    """
+    cross = torch.addmm(codebook.square().sum(1), z, codebook.t(), alpha=-2.0)
+    logits = (cross - cross.detach().amin(1, keepdim=True)).div_(-temperature)
+    return torch.log_softmax(logits.clamp_(min=torch.finfo(logits.dtype).min), dim=1)
 
 
 def _sample(log_tau: Tensor, num_samples: int, generator: torch.Generator | None) -> Tensor:

@@ -48,7 +48,7 @@ from ._codebook import (
     uniform_unit_scaling,
     usage_stats,
 )
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Setting
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed, Setting
 from .gaussian import standard_normal_noise
 
 Variant = Literal["paper", "reference"]
@@ -101,6 +101,7 @@ class SoftVectorQuantizer(Bottleneck):
 
     discrete = False
     input_layout = "d + K: z_e, then one log-scale per codeword"
+    num_codes = Fixed()
     variant = Setting(_check_variant)
     commitment = Setting(check_nonnegative)
     noise_std = Setting(check_nonnegative)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._code_model import CountedCodeModel
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed
 
 
 def _initial_codes(codes: int, group: int, init_range: float) -> Tensor:
@@ -60,6 +60,8 @@ class VectorST(CountedCodeModel, Bottleneck):
     """
 
     index_kind = "vector"
+    group = Fixed()
+    num_codes = Fixed("codes")
 
     def __init__(
         self, *, dim: int, group: int = 2, codes: int = 4, init_range: float = 1.0

@@ -121,13 +121,20 @@ def kmeans_scores(
     cores), and ``with threadpoolctl.threadpool_limits(1, user_api="openmp"):`` around the call
     avoids that. The same holds for :func:`tsne_figure`.
 
+    Features of magnitude beyond sqrt(max / (4·N·d)) of float64 (about 1e150 for 10,000 × 64)
+    are refused: past it a squared distance summed over the rows (the inertia, k-means++'s
+    seeding weights) can overflow, and sklearn then clustered on infinities with warnings only.
+    They are refused rather than rescaled: the clusters would survive a rescaling, but the
+    inertia reported next to them could not be represented.
+
     Args:
         features: ``(N, d)`` real features (torch or numpy), N ≥ ``n_clusters``.
         labels: ``(N,)`` integer class labels.
 
     Raises:
-        ValueError: bad shapes, non-finite features, non-integer labels, fewer examples than
-            clusters, or a non-positive ``n_clusters`` / ``n_init``.
+        ValueError: bad shapes, non-finite features or features beyond the bound above,
+            non-integer labels, fewer examples than clusters, or a non-positive
+            ``n_clusters`` / ``n_init``.
     """
     _check_positive_int("n_clusters", n_clusters)
     _check_positive_int("n_init", n_init)
@@ -135,6 +142,7 @@ def kmeans_scores(
         # sklearn's own error names its random_state, not this argument
         raise ValueError(f"seed must be an integer in [0, 2^32), got {seed!r}")
     x = _check_features("features", features)
+    _check_magnitude("features", x, _squares_limit(x), "the squared distances summed over rows")
     y = _check_labels("labels", labels, x.shape[0])
     if x.shape[0] < n_clusters:
         raise ValueError(f"k-means needs at least n_clusters={n_clusters} examples, got {len(x)}")
@@ -180,6 +188,13 @@ def linear_probe(
     ``torch.no_grad`` or ``torch.inference_mode``. 30,000 updates on 60,000 × 64 features took
     17-20 s on two CPU cores shared with other jobs.
 
+    Features of magnitude beyond :data:`PROBE_MAX_FEATURE` (2^60 ≈ 1.2e18) are refused: a
+    gradient is as large as the features, and Adam squares it in float32 (largest 3.4e38 ≈
+    2^128), so past about 2^64 its second moment is infinite and the weights stop moving (at
+    1e20 accuracy fell, at 1e40, infinite in float32, the probe stayed at chance). They are
+    refused rather than rescaled: the recipe uses the features as given, and a rescaling
+    would change what it measures.
+
     Args:
         train_features, test_features: ``(N_train, d)`` and ``(N_test, d)`` real features.
         train_labels, test_labels: ``(N_train,)`` and ``(N_test,)`` integer labels in [0, C).
@@ -187,9 +202,9 @@ def linear_probe(
         progress: show a tqdm bar over updates.
 
     Raises:
-        ValueError: bad shapes, non-finite features, feature dimensions that differ between the
-            splits, labels that are not integers in [0, C), non-positive ``steps`` /
-            ``batch_size`` / ``lr``.
+        ValueError: bad shapes, non-finite features or features beyond the bound above,
+            feature dimensions that differ between the splits, labels that are not integers
+            in [0, C), non-positive ``steps`` / ``batch_size`` / ``lr``.
     """
     from ..models.size import MAX_MODEL_NUMBERS
     from ..train.loop import check_seed
@@ -202,6 +217,8 @@ def linear_probe(
     x_train, y_train, x_test, y_test = _check_splits(
         train_features, train_labels, test_features, test_labels
     )
+    for name, x in (("train_features", x_train), ("test_features", x_test)):
+        _check_magnitude(name, x, PROBE_MAX_FEATURE, "the probe's squared gradients in float32")
     num_classes = _check_num_classes(num_classes, y_train, y_test)
     if num_classes * x_train.shape[1] > MAX_MODEL_NUMBERS:  # the probe's d x C weights
         raise ValueError(
@@ -264,9 +281,15 @@ def linear_probe_converged(
     accuracy on a held-out ``val_fraction`` of the training features (a seeded random split);
     the chosen C is refit on all training features and scored once on the test features.
 
+    Features of magnitude beyond sqrt(max / (4·N·d)) of float64 are refused, as by
+    :func:`kmeans_scores`: the standardization's sums of squares overflow past it (at 1e160
+    every probability was NaN and the probe scored chance with warnings only); a rescaling
+    would not change the standardized features, but there is no such data to rescale.
+
     Raises ValueError as :func:`linear_probe` does, for an empty ``Cs`` or one that is not a
     positive finite number, a ``val_fraction`` outside (0, 1), a ``seed`` that is not a
-    non-negative integer, and training labels whose fitting split holds one class only.
+    non-negative integer, features beyond the bound above, and training labels whose fitting
+    split holds one class only.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -290,6 +313,8 @@ def linear_probe_converged(
     x_train, y_train, x_test, y_test = _check_splits(
         train_features, train_labels, test_features, test_labels
     )
+    for name, x in (("train_features", x_train), ("test_features", x_test)):
+        _check_magnitude(name, x, _squares_limit(x), "the standardization's sums of squares")
     held = np.random.default_rng(seed).permutation(x_train.shape[0])
     n_val = max(1, round(val_fraction * x_train.shape[0]))
     val, fit = held[:n_val], held[n_val:]
@@ -344,6 +369,10 @@ def downstream_report(
     shows the probe's bar (sklearn's k-means has none). Raises as the two functions do.
     """
     y_test = _check_labels("test_labels", test_labels, None)
+    # the probe's bound on the features is the tighter one: checked before k-means runs
+    for name, x in (("train_features", train_features), ("test_features", test_features)):
+        x = _check_features(name, x)
+        _check_magnitude(name, x, PROBE_MAX_FEATURE, "the probe's squared gradients in float32")
     if n_clusters is None:
         n_clusters = int(np.unique(y_test).size)
     clustering = kmeans_scores(
@@ -454,6 +483,26 @@ def _check_features(name: str, features: Any) -> np.ndarray:
         bad = int((~np.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
     return x
+
+
+#: the largest feature magnitude :func:`linear_probe` takes (its docstring says why)
+PROBE_MAX_FEATURE = 2.0**60
+
+
+def _squares_limit(x: np.ndarray) -> float:
+    """The largest magnitude for which every sum over the rows of squared differences of two
+    rows, ≤ N·d·(2·max|x|)², stays finite in float64."""
+    return math.sqrt(np.finfo(np.float64).max / (4 * x.shape[0] * x.shape[1]))
+
+
+def _check_magnitude(name: str, x: np.ndarray, limit: float, overflows: str) -> None:
+    """ValueError if the largest |x| passes ``limit``, where ``overflows`` would overflow."""
+    peak = max(float(x.max()), -float(x.min()))
+    if peak > limit:
+        raise ValueError(
+            f"{name} reach magnitude {peak:.3g}, beyond {limit:.3g} ({overflows} would "
+            "overflow): scale them down first"
+        )
 
 
 def _check_labels(name: str, labels: Any, n: int | None, other: str = "the features") -> np.ndarray:
