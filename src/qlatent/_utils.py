@@ -95,15 +95,31 @@ def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return rows.reshape(batch, *spatial, dim).movedim(-1, 1)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing part of ``folder`` (itself or a parent) where that part is not a
+    folder: the file that stops ``folder`` from being made. ``None`` where nothing does."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
 def check_folder(folder: str | os.PathLike[str], name: str) -> None:
     """ValueError naming ``name`` unless ``folder`` exists as a folder or can be made (no
     regular file on its path): checked before the work that writes into it, not after."""
-    path = expanded(folder)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ValueError(f"{name} cannot be a folder: {part} is a file")
-            break
+    blocked = file_in_the_way(expanded(folder))
+    if blocked is not None:
+        raise ValueError(f"{name} cannot be a folder: {blocked} is a file")
+
+
+def check_parent(path: str | os.PathLike[str], what: str = "") -> None:
+    """ValueError naming ``path`` (after ``what``, e.g. "the checkpoint") where a file stands
+    where its folder or one above would be: ``mkdir`` answered that with "[Errno 20] Not a
+    directory" or "[Errno 17] File exists", naming neither what was written nor why."""
+    blocked = file_in_the_way(Path(path).parent)
+    if blocked is not None:
+        target = f"{what} {os.fspath(path)}" if what else os.fspath(path)
+        raise ValueError(f"cannot write {target}: {blocked} is a file, not a folder")
 
 
 def path_name(text: str) -> str:
@@ -134,10 +150,12 @@ def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Call
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
-    ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace)."""
+    ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace,
+    or lies under a regular file)."""
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ValueError(f"refusing to write {path}: it is not a regular file")
+    check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -42,7 +42,9 @@ IDX_DTYPES: dict[int, np.dtype] = {
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
-#: the most dimensions an IDX header may declare (numpy 1.x's limit; MNIST's files have 1 or 3)
+#: the most dimensions an IDX file may have here: the format's byte allows 255, NumPy 2 arrays
+#: 64, but NumPy 1.26 (which this package supports) 32, so a file of more would be read on one
+#: installation and not on another; MNIST's files have 1 or 3
 MAX_DIMS = 32
 #: what reading a damaged gzip stream raises
 _GZIP_ERRORS = (OSError, EOFError, zlib.error)
@@ -103,7 +105,10 @@ def _read_header(read: Callable[[int], bytes], source: str) -> tuple[np.dtype, t
     if code not in IDX_DTYPES:
         raise ValueError(f"{source}: unknown IDX element type code 0x{code:02x}")
     if ndim > MAX_DIMS:
-        raise ValueError(f"{source}: {ndim} dimensions in the IDX header, more than {MAX_DIMS}")
+        raise ValueError(
+            f"{source}: {ndim} dimensions in the IDX header, more than the {MAX_DIMS} read here "
+            "(NumPy 1's limit, kept so that every supported NumPy reads the same files)"
+        )
     sizes = read(4 * ndim)
     if len(sizes) < 4 * ndim:
         raise ValueError(
@@ -192,7 +197,7 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     if array.ndim > MAX_DIMS or any(n >= 1 << 32 for n in array.shape):
         raise ValueError(
             f"cannot store shape {array.shape} in an IDX file (at most {MAX_DIMS} dimensions, "
-            "each below 2^32)"
+            "as NumPy 1 allows, each below 2^32)"
         )
     code = codes[native]
     header = struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape)

@@ -13,8 +13,8 @@
 - **Bounded**: what was read is walked without recursion, and refused before anything else
   walks it when it nests deeper than :data:`MAX_DEPTH`, holds more than :data:`MAX_NODES`
   values along all paths (shared references cannot make a small file a huge walk), or holds a
-  tensor that is not dense or that its stored data cannot fill. Model weights must be tensors
-  under names, real and finite (:func:`check_state_dict`).
+  tensor that is not dense, that its stored data cannot fill or whose elements share memory.
+  Model weights must be tensors under names, real and finite (:func:`check_state_dict`).
 
 Every refusal is a :class:`CheckpointError` (a ``ValueError``) that names the file.
 """
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._utils import check_parent
 
 #: the key under which the digest is stored
 DIGEST_KEY = "sha256"
@@ -98,11 +100,13 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     :func:`load` reads back (plain data, nested at most :data:`MAX_DEPTH` deep, dense tensors;
     TypeError or :class:`CheckpointError` otherwise: a file nested too deeply was written, then
     refused by every load), and ``path`` no folder, device or pipe (ValueError: a folder failed
-    in the rename after the whole write, and a device would have been replaced by a file)."""
+    in the rename after the whole write, and a device would have been replaced by a file) nor
+    under a regular file (ValueError naming both)."""
     path = Path(path)
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file"
         raise ValueError(f"refusing to write the checkpoint {path}: it is {kind}")
+    check_parent(path, "the checkpoint")
     _check_tensors(obj, path)
     if isinstance(obj, dict):
         obj = {k: v for k, v in obj.items() if k != DIGEST_KEY}
@@ -173,9 +177,11 @@ def _check_tensors(obj: Any, path: Path) -> None:
     """Walk a loaded object (iteratively, keys included) and refuse what using it would choke
     on: nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_NODES` values along all
     paths (a small file whose containers share references can describe 2^60 of them), a tensor
-    that is not dense (sparse, MKL-DNN or nested: no storage to check or copy), and a tensor
-    that claims more elements than its storage holds (a crafted size or a zero stride: copying
-    or using it would allocate from numbers in the file)."""
+    that is not dense (sparse, MKL-DNN or nested: no storage to check or copy), a tensor
+    that claims more elements than its storage holds (a crafted size: copying or using it
+    would allocate from numbers in the file), and one whose elements share memory (a zero or
+    overlapping stride, which no checkpoint written here holds: :func:`save_atomic` refuses
+    it too)."""
     visited = 0
     todo: list[tuple[Any, int]] = [(obj, 1)]
     while todo:
@@ -211,12 +217,33 @@ def _check_tensor(t: torch.Tensor, path: Path) -> None:
             "tensors are read"
         )
     needed = t.numel() * t.element_size()
-    overlapping = any(st < 1 for st, n in zip(t.stride(), t.shape, strict=True) if n > 1)
-    if needed > t.untyped_storage().nbytes() or overlapping:
+    if needed > t.untyped_storage().nbytes():
         raise CheckpointError(
             f"{path} holds a tensor of shape {tuple(t.shape)} that its stored data "
             f"({t.untyped_storage().nbytes():,} bytes) cannot fill"
         )
+    if _overlaps(t):
+        raise CheckpointError(
+            f"{path} holds a tensor of shape {tuple(t.shape)} and strides {t.stride()} whose "
+            "elements share memory (an expanded or overlapping view): only tensors that store "
+            "each element once are read"
+        )
+
+
+def _overlaps(t: torch.Tensor) -> bool:
+    """Whether ``t``'s shape and strides reach one stored element twice: a zero stride, or
+    strides that do not nest (each, in increasing order, at least the span of those below it).
+    Slices, transposes and permutations of a dense tensor nest; ``expand``, ``unfold`` and
+    ``as_strided`` make the others, and an optimizer moment of that layout was stepped in place
+    without a word, its elements overwriting each other."""
+    if t.numel() == 0:
+        return False
+    span = 1  # the elements, counted in strides, that the dimensions seen so far cover
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape, strict=True) if n > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:

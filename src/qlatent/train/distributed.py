@@ -2,17 +2,29 @@
 
 Under ``torchrun --nproc_per_node=N`` the environment carries ``WORLD_SIZE``/``RANK``; the loop
 then joins a process group (gloo on CPU, nccl on CUDA), wraps the model in DDP, shards the data,
-and reduces its metrics. Without it everything is a no-op on a world of one.
+and reduces its metrics. Without it everything is a no-op on a world of one. Joining says so on
+stderr and gives up after ``QLATENT_DIST_TIMEOUT`` seconds (default 300) with one error line.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
+
+#: the environment variable that bounds, in seconds, the wait for the other processes to join
+JOIN_TIMEOUT_VARIABLE = "QLATENT_DIST_TIMEOUT"
+#: its default: torchrun starts every process within seconds; a missing one fails in 5 minutes
+DEFAULT_JOIN_TIMEOUT = 300.0
+#: the longest wait it takes (a day)
+MAX_JOIN_TIMEOUT = 86400.0
 
 
 @dataclass(frozen=True)
@@ -78,13 +90,62 @@ def setup(device_name: str) -> World:
             raise ValueError(f"LOCAL_RANK must lie in [0, {count}) (CUDA devices), got {local}")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if "MASTER_PORT" in os.environ:
-        port = _environment_int("MASTER_PORT", None)
-        if not 0 <= port < 65536:
-            raise ValueError(f"MASTER_PORT must be a port number in [0, 65535], got {port}")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join(rank, size, "nccl" if device.type == "cuda" else "gloo")
     return World(rank, size, device)
+
+
+def _join_timeout() -> float:
+    """Seconds to wait for the other processes (:data:`JOIN_TIMEOUT_VARIABLE`, default
+    :data:`DEFAULT_JOIN_TIMEOUT`); a ValueError naming the variable for anything but a number
+    of seconds in (0, :data:`MAX_JOIN_TIMEOUT`]."""
+    text = os.environ.get(JOIN_TIMEOUT_VARIABLE, f"{DEFAULT_JOIN_TIMEOUT:g}")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_JOIN_TIMEOUT:
+        raise ValueError(
+            f"{JOIN_TIMEOUT_VARIABLE} must be a number of seconds in (0, {MAX_JOIN_TIMEOUT:g}], "
+            f"got {text!r}"
+        )
+    return seconds
+
+
+def _join(rank: int, size: int, backend: str) -> None:
+    """Meet the other processes at MASTER_ADDR:MASTER_PORT and form the process group.
+
+    The wait is announced on stderr and bounded by :func:`_join_timeout`: torch's rendezvous waits
+    30 minutes without a word where WORLD_SIZE is set but the other processes never start. The
+    bound is the meeting's only; collectives keep torch's default timeout, since the other
+    ranks legitimately wait while rank 0 writes a checkpoint."""
+    seconds = _join_timeout()
+    if not os.environ.get("MASTER_ADDR"):
+        raise ValueError("MASTER_ADDR is not set (WORLD_SIZE is): launch with torchrun")
+    port = _environment_int("MASTER_PORT", None)
+    if not 0 <= port < 65536:
+        raise ValueError(f"MASTER_PORT must be a port number in [0, 65535], got {port}")
+    where = f"{os.environ['MASTER_ADDR']}:{port}"
+    print(
+        f"waiting up to {seconds:g} s for {size} processes at {where} (rank {rank}) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    timeout = timedelta(seconds=seconds)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, size, timeout=timeout))
+    except dist.DistError as err:  # a timeout, or a port another program holds
+        reason = next(iter(str(err).strip().splitlines()), type(err).__name__)
+        raise ValueError(
+            f"rank {rank} could not join {size} processes at {where} within {seconds:g} s "
+            f"({JOIN_TIMEOUT_VARIABLE} sets it): {reason[:200]}"
+        ) from None
+    # what init_process_group does with a store it makes itself: later store waits (NCCL's
+    # first collective) get the default timeout, and the group's keys a prefix of their own
+    store.set_timeout(default_pg_timeout)
+    dist.init_process_group(
+        backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=size
+    )
 
 
 def wait_for_all(world: World) -> torch.Tensor | None:
