@@ -50,6 +50,7 @@ import math
 import stat
 import time
 import tomllib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -68,6 +69,8 @@ from ..nn.conv import conv_decoder, conv_encoder
 from ..nn.mlp import relu_mlp
 from ..results import provenance, write_json
 from ..train import TrainConfig, fit, load_weights
+from ..train.distributed import launched_as_main
+from ..train.lock import hold
 from ..train.loop import check_seed
 
 DatasetName = Literal[
@@ -705,29 +708,31 @@ def train(
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     # saved in every checkpoint: the config, and what rebuilding the model needs from the data
     run_config = to_dict(cfg) | {"derived": derived}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(to_dict(cfg), out_dir / "config.json")
-    result = fit(
-        model,
-        data,
-        cfg.train,
-        out_dir=out_dir,
-        loss_fn=loss_fn,
-        run_config=run_config,
-        resume=not fresh,
-    )
-    if not result.is_main:
-        return {}  # under torchrun, rank 0 alone evaluates and writes the summary
-    training_curves(result.history, out_dir / "training_curves.png", title=_title(cfg))
-    words = derived.get("vocabulary")
-    report = evaluate(model, cfg, data, shape, out_dir=out_dir, words=words)
-    summary = {
-        **provenance(command),
-        "config": to_dict(cfg),
-        "train": result.summary(),
-        "test": report,
-    }
-    write_json(summary, out_dir / "summary.json")
+    # from the config to the summary, no other process writes into the folder (fit holds it too)
+    with hold(out_dir) if launched_as_main() else nullcontext():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(to_dict(cfg), out_dir / "config.json")
+        result = fit(
+            model,
+            data,
+            cfg.train,
+            out_dir=out_dir,
+            loss_fn=loss_fn,
+            run_config=run_config,
+            resume=not fresh,
+        )
+        if not result.is_main:
+            return {}  # under torchrun, rank 0 alone evaluates and writes the summary
+        training_curves(result.history, out_dir / "training_curves.png", title=_title(cfg))
+        words = derived.get("vocabulary")
+        report = evaluate(model, cfg, data, shape, out_dir=out_dir, words=words)
+        summary = {
+            **provenance(command),
+            "config": to_dict(cfg),
+            "train": result.summary(),
+            "test": report,
+        }
+        write_json(summary, out_dir / "summary.json")
     return summary
 
 

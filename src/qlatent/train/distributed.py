@@ -73,6 +73,13 @@ def _environment_int(name: str, default: str | None) -> int:
         raise ValueError(f"{name} must be an integer, got {text!r}") from None
 
 
+def launched_as_main() -> bool:
+    """Whether this process is alone or rank 0 of the world torchrun launched, read from the
+    environment before :func:`setup` joins it (a ValueError naming a variable :func:`setup`
+    would refuse: RANK missing or no integer)."""
+    return _environment_int("WORLD_SIZE", "1") <= 1 or _environment_int("RANK", None) == 0
+
+
 def setup(device_name: str) -> World:
     """Join the process group if launched by torchrun; return this process's place in it."""
     size = _environment_int("WORLD_SIZE", "1")

@@ -17,6 +17,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from .checkpoint import (
     load_weights,
     save_atomic,
 )
+from .lock import hold
 from .optim import make_optimizer
 
 #: torch reads "cuda:01" as no device and wraps "cuda:255" to "cuda"
@@ -190,6 +192,23 @@ def fit(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output folder {out_dir} is a file")
     world = D.setup(cfg.device)
+    # rank 0 writes the folder; a second process training into it is refused here
+    with hold(out_dir) if world.is_main else nullcontext():
+        return _fit(model, data, cfg, world, out_dir, loss_fn, run_config, resume, on_epoch_end)
+
+
+def _fit(
+    model: nn.Module,
+    data: dict[str, Tensor],
+    cfg: TrainConfig,
+    world: D.World,
+    out_dir: Path,
+    loss_fn: RateDistortionLoss | None,
+    run_config: dict[str, Any] | None,
+    resume: bool,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> FitResult:
+    """:func:`fit` once its arguments are checked and its process has joined the world."""
     loss_fn = loss_fn or RateDistortionLoss()
     model.to(world.device)
     optimizer = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr)
