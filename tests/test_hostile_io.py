@@ -76,6 +76,26 @@ def test_data_export_under_a_regular_file_names_the_folder_before_reading(
     assert reads == []
 
 
+def test_data_export_into_a_folder_that_holds_files_is_refused_before_reading(
+    tmp_path, monkeypatch, capsys
+):
+    """The folder's emptiness was checked when the first image was written, after the split
+    was read (and perhaps downloaded)."""
+    reads: list[str] = []
+
+    def fake_load(split, data_dir=None, *, download=True):
+        reads.append(split)
+        return torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+
+    monkeypatch.setattr(datasets, "load_mnist", fake_load)
+    (tmp_path / "png").mkdir()
+    (tmp_path / "png" / "notes.txt").write_text("kept")
+    code, err = run_cli(["data", "export", "mnist", tmp_path / "png", "--no-download"], capsys)
+    assert code == 2 and one_line_error(err), err
+    assert "images are written into a new or empty folder only" in err
+    assert reads == [] and (tmp_path / "png" / "notes.txt").read_text() == "kept"
+
+
 # ----------------------------------------------------------- tensors whose elements share memory
 def _overlapping() -> torch.Tensor:
     """(10, 10) over 100 stored numbers, each row one further along: 19 distinct elements."""

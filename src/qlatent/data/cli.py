@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qlatent._utils import expanded, file_in_the_way, path_name, positive_int
+from qlatent._utils import path_name, positive_int
 from qlatent.data.sources import DATASETS, DataError, DataNotFoundError, fetch, locate
 
 __all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info", "report_error"]
@@ -85,17 +85,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a dataset's images as a folder of PNGs (e.g. to train on it as ``data.name =
     "folder"``)."""
     from qlatent.data.datasets import load_fashion_mnist, load_mnist
-    from qlatent.data.folder import write_image_folder
+    from qlatent.data.folder import check_new_folder, write_image_folder
 
     loader = load_mnist if args.name == "mnist" else load_fashion_mnist
     try:
         # before the dataset is read (and perhaps downloaded), not when the first image is written
-        blocked = file_in_the_way(expanded(args.folder))
-        if blocked is not None:
-            raise ValueError(
-                f"folder {args.folder} cannot be written: {blocked} is a file; the images go "
-                "into a new or empty folder"
-            )
+        check_new_folder(args.folder)
         images, _ = loader(args.split, args.data_dir, download=not args.no_download)
         images = images[: args.limit].unsqueeze(1).float() / 255.0
         paths = write_image_folder(images, args.folder)

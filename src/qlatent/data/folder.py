@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .._utils import expanded
+from .._utils import expanded, file_in_the_way
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -231,6 +231,22 @@ def load_image_folder(
     return out
 
 
+def check_new_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` (``~`` expanded) where :func:`write_image_folder` can write: new or empty, with
+    no regular file on its path; a ValueError naming it otherwise. ``qlatent data export``
+    checks this before it reads the dataset."""
+    root = expanded(folder)
+    blocked = file_in_the_way(root)
+    if blocked is not None:
+        raise ValueError(
+            f"folder {folder} cannot be written: {blocked} is a file; the images go into a new "
+            "or empty folder"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: images are written into a new or empty folder only")
+    return root
+
+
 def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``images`` ``(N, C, H, W)`` (C = 1 or 3, values in [0, 1], clipped) as
     ``000000.png`` … into ``folder``, which must be new or empty; each file is written
@@ -241,9 +257,7 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    root = expanded(folder)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root}: images are written into a new or empty folder only")
+    root = check_new_folder(folder)
     root.mkdir(parents=True, exist_ok=True)
     pixels = (images.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
     paths = []
