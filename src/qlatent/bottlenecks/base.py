@@ -56,7 +56,23 @@ BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
 MAX_POSTERIOR_NUMBERS = 2**31 - 1
 
 
-class Setting:
+class _Kept:
+    """A constructor value kept in the instance's ``__dict__`` under the attribute's name;
+    subclasses decide what an assignment may do."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
+class Setting(_Kept):
     """A constructor value kept as an attribute and checked on every assignment, in
     ``__init__`` and after it: ``check(value, name)`` (or the module's method of that name, for
     checks that read the module) returns the value to keep or raises ValueError naming it (a
@@ -66,23 +82,12 @@ class Setting:
     def __init__(self, check) -> None:
         self.check = check
 
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-
     def __set__(self, obj, value) -> None:
         check = getattr(obj, self.check) if isinstance(self.check, str) else self.check
         obj.__dict__[self.name] = check(value, self.name)
 
 
-class Fixed:
+class Fixed(_Kept):
     """A structural constructor value (a size, a layout), assigned once in ``__init__`` and
     read-only after it: the tensors built from it keep their shapes, so a later assignment
     (``num_codes`` of a built codebook, say) was taken without a word and then disagreed with
@@ -92,17 +97,6 @@ class Fixed:
 
     def __init__(self, argument: str | None = None) -> None:
         self.argument = argument
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
 
     def __set__(self, obj, value) -> None:
         if self.name in obj.__dict__:
