@@ -26,22 +26,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
-from qlatent.results import provenance, write_json
+from qlatent.results import cell, number, provenance, write_json
 
 
 def read(path: Path) -> dict:
-    """One file of ``iwae-proposal-support.py``; exits with one line if it is not one."""
+    """One file of ``iwae-proposal-support.py``, each ``iwae_nll`` a float (NaN where the file
+    holds null: a NaN or an infinity when it was written); exits with one line if it is not
+    one."""
     try:
         payload = json.loads(path.read_text())
         rows = payload["rows"]
         reference = payload["reference"]
         if reference not in rows or not all("proposals" in r for r in rows.values()):
             raise KeyError("proposals")
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        for entry in rows.values():
+            for proposal in entry["proposals"].values():
+                proposal["iwae_nll"] = number(proposal["iwae_nll"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         sys.exit(f"{path}: not a file of iwae-proposal-support.py ({err})")
     return payload
 
@@ -74,9 +80,17 @@ def merge(payloads: list[dict], label: str) -> dict:
             for name, value in entry["proposals"].items():
                 if name not in mine["proposals"]:
                     mine["proposals"][name] = value
-                elif abs(mine["proposals"][name]["iwae_nll"] - value["iwae_nll"]) > _AGREE:
+                elif _differ(mine["proposals"][name]["iwae_nll"], value["iwae_nll"]):
                     sys.exit(f"{label}: {row} under {name} differs between its files")
     return out
+
+
+def _differ(a: float, b: float) -> bool:
+    """Whether two readings of one row and proposal disagree: by more than :data:`_AGREE`, or
+    one of them NaN and not the other."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) != math.isnan(b)
+    return abs(a - b) > _AGREE
 
 
 def _copy_row(entry: dict) -> dict:
@@ -92,19 +106,24 @@ def read_all(paths: str, label: str) -> dict:
 
 
 def spread(values: list[float]) -> dict:
-    return {
-        "values": values,
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else None,
-    }
+    sd = None
+    if len(values) > 1:  # statistics.stdev fails on a NaN or an infinity
+        sd = statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+    return {"values": values, "mean": statistics.fmean(values), "sd": sd}
 
 
 def chosen(select: dict | None) -> dict[str, str]:
-    """Row -> the proposal with the lowest NLL in the validation file."""
+    """Row -> the proposal with the lowest NLL in the validation file (a NaN never the lowest,
+    as the infinity it may stand for would not be)."""
     if select is None:
         return {}
+
+    def nll(entry: dict, name: str) -> float:
+        value = entry["proposals"][name]["iwae_nll"]
+        return math.inf if math.isnan(value) else value
+
     return {
-        row: min(entry["proposals"], key=lambda name: entry["proposals"][name]["iwae_nll"])
+        row: min(entry["proposals"], key=lambda name: nll(entry, name))
         for row, entry in select["rows"].items()
     }
 
@@ -212,11 +231,13 @@ def main() -> None:
         summary["compare"] = compare(files, select, pairs)
     for row, entry in summary["rows"].items():
         for name, per in entry.items():
-            line = f"{row} {name}: {per['iwae_nll']['mean']:.2f}"
+            line = f"{row} {name}: {cell(per['iwae_nll']['mean'], '.2f')}"
             for key in ("minus_own", "minus_reference"):
                 if key in per:
                     sd = per[key]["sd"]
-                    line += f", {key} {per[key]['mean']:+.2f}" + (f" ± {sd:.2f}" if sd else "")
+                    line += f", {key} {cell(per[key]['mean'], '+.2f')}" + (
+                        f" ± {cell(sd, '.2f')}" if sd else ""
+                    )
             print(line)
     for row, d in summary.get("minus_reference_chosen", {}).items():
         print(f"{row} ({d['row']}) − reference ({d['reference']}): {_mean_sd(d)}")
@@ -232,7 +253,7 @@ def main() -> None:
 
 
 def _mean_sd(d: dict) -> str:
-    return f"{d['mean']:+.2f}" + (f" ± {d['sd']:.2f}" if d["sd"] else "")
+    return cell(d["mean"], "+.2f") + (f" ± {cell(d['sd'], '.2f')}" if d["sd"] else "")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from qlatent.results import provenance, write_json
+from qlatent.results import number, provenance, write_json
 
 
 def parse_run(item: str) -> tuple[str, str, str]:
@@ -36,20 +37,23 @@ def parse_run(item: str) -> tuple[str, str, str]:
 
 def read_row(template: str, seed: int, row: str) -> dict:
     """Row ``row`` of the results file ``template`` at ``seed``; exits with one line if it
-    cannot be read or holds no validation curve."""
+    cannot be read or holds no validation curve. An epoch the file holds as null (a NaN or an
+    infinity when it was written) is NaN in the curve and never the best; with no finite
+    epoch, the best is NaN and its epoch None."""
     path = Path(template.replace("{seed}", str(seed))).expanduser()
     try:
         found = json.loads(path.read_text())["models"][row]
-        curve = [float(v) for v in found["val_neg_elbo_curve"]]
+        curve = [number(v) for v in found["val_neg_elbo_curve"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"{path}: no row {row!r} with a validation curve ({err!r})")
     if not curve:
         sys.exit(f"{path}: row {row!r} has an empty validation curve")
+    best = min((v for v in curve if math.isfinite(v)), default=math.nan)
     return {
         "file": str(path),
         "curve": curve,
-        "best": min(curve),
-        "best_epoch": curve.index(min(curve)) + 1,
+        "best": best,
+        "best_epoch": curve.index(best) + 1 if math.isfinite(best) else None,
     }
 
 

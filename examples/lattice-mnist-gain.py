@@ -18,10 +18,15 @@ import sys
 from pathlib import Path
 
 from qlatent.experiments.lattice_mnist import figure_gain
+from qlatent.results import number
 
 source = Path(sys.argv[1] if len(sys.argv) > 1 else "results/lattice-mnist.json")
 target = Path(sys.argv[2] if len(sys.argv) > 2 else "results/lattice-mnist-gain.png")
 models = json.loads(source.read_text())["models"]
+# an epoch the file holds as null (a NaN or an infinity when it was written) is a gap in the line
+for row in models.values():
+    if "val_neg_elbo_curve" in row:
+        row["val_neg_elbo_curve"] = [number(v) for v in row["val_neg_elbo_curve"]]
 if figure_gain(models, target) is None:
     sys.exit(f"{source}: no lattice row beside the rectangular row of its prior and start")
 print(f"wrote {target}")

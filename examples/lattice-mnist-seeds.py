@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-from qlatent.results import provenance, write_json
+from qlatent.results import cell, number, provenance, write_json
 
 METRICS = ("test_nll_iwae1000", "test_neg_elbo", "test_rate", "test_codelength_hard")
 PROTOCOL_SEED = 2020
@@ -67,7 +68,10 @@ def main() -> None:
     if bool(args.control) != bool(args.controls):
         parser.error("--control and --controls go together")
 
-    table = json.loads(Path(args.table).read_text())["models"]
+    table = {
+        name: _metrics(row)
+        for name, row in json.loads(Path(args.table).read_text())["models"].items()
+    }
     # a row without a run at the protocol's seed (its start no longer exists) is read from the
     # extra seeds alone
     runs = {PROTOCOL_SEED: table[args.row]} if args.row in table else {}
@@ -81,7 +85,7 @@ def main() -> None:
         values = {seed: row[metric] for seed, row in runs.items() if metric in row}
         if len(values) < 2:
             continue
-        mean, sd = statistics.mean(values.values()), statistics.stdev(values.values())
+        mean, sd = statistics.mean(values.values()), _stdev(list(values.values()))
         others = {
             name: {
                 "value": row[metric],
@@ -92,8 +96,8 @@ def main() -> None:
             if name != args.row and metric in row
         }
         spread[metric] = {"values": values, "mean": mean, "sd": sd, "others": others}
-        listed = ", ".join(f"{v:.2f}" for v in values.values())
-        print(f"{metric}: {listed} -> {mean:.2f} ± {sd:.2f}")
+        listed = ", ".join(cell(v, ".2f") for v in values.values())
+        print(f"{metric}: {listed} -> {cell(mean, '.2f')} ± {cell(sd, '.2f')}")
     payload = {
         **provenance(" ".join(["python", *sys.argv])),
         "row": args.row,
@@ -120,11 +124,24 @@ def _seed_files(items: list[str]) -> dict[int, Path]:
 
 
 def _row_of(path: Path, row: str) -> dict:
-    """Row ``row`` of the results file ``path``; exits with one line if it cannot be read."""
+    """Row ``row`` of the results file ``path`` (:func:`_metrics`); exits with one line if it
+    cannot be read."""
     try:
-        return json.loads(path.read_text())["models"][row]
+        return _metrics(json.loads(path.read_text())["models"][row])
     except (OSError, ValueError, KeyError, TypeError) as error:
         sys.exit(f"{path}: no row {row!r} in a lattice-mnist results file ({error!r})")
+
+
+def _metrics(row: dict) -> dict:
+    """``row`` with each of :data:`METRICS` it holds as a float: NaN where the file holds null
+    (a NaN or an infinity when it was written, e.g. a diverged run's), as the payload held it."""
+    return {**row, **{metric: number(row[metric]) for metric in METRICS if metric in row}}
+
+
+def _stdev(values: list[float]) -> float:
+    """The sample standard deviation of ``values``; NaN where one of them is NaN or infinite
+    (:func:`statistics.stdev` fails there)."""
+    return statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
 
 
 def paired_gaps(runs: dict[int, dict], starts: dict[int, Path], out: Path) -> dict:
@@ -199,17 +216,17 @@ def _differences(runs: dict[int, dict], references: dict[int, dict], name: str) 
         if not gaps:
             continue
         values = list(gaps.values())
-        sd = statistics.stdev(values) if len(values) > 1 else None
+        sd = _stdev(values) if len(values) > 1 else None
         table[metric] = {
             name: {seed: references[seed][metric] for seed in gaps},
             f"minus_{name}": gaps,
             "mean": statistics.mean(values),
             "sd": sd,
         }
-        listed = ", ".join(f"{v:+.2f}" for v in values)
+        listed = ", ".join(cell(v, "+.2f") for v in values)
         print(
-            f"{metric} minus its {name}: {listed} -> {statistics.mean(values):+.2f}"
-            + (f" ± {sd:.2f}" if sd is not None else "")
+            f"{metric} minus its {name}: {listed} -> {cell(statistics.mean(values), '+.2f')}"
+            + (f" ± {cell(sd, '.2f')}" if sd is not None else "")
         )
     return table
 

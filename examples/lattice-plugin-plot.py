@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from qlatent.results import number
+
 
 def load_rows(paths: list[Path]) -> list[dict]:
     rows = []
@@ -22,9 +24,10 @@ def load_rows(paths: list[Path]) -> list[dict]:
             rows += [
                 {
                     "layout": str(r["layout"]),
-                    "gap": float(r["minus_gaussian_lattice"]),
-                    "se": float(r["minus_gaussian_lattice_se"]),
-                    "theory": float(r["ideal_lattice_gap_theory"]),
+                    # null (a NaN when written, e.g. the s.e. of one image) draws no bar
+                    "gap": number(r["minus_gaussian_lattice"]),
+                    "se": number(r["minus_gaussian_lattice_se"]),
+                    "theory": number(r["ideal_lattice_gap_theory"]),
                 }
                 for r in payload["rows"]
             ]

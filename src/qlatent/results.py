@@ -97,6 +97,17 @@ def finite(value: Any) -> bool:
     return math.isfinite(value) if isinstance(value, float) else value is not None
 
 
+def number(value: Any) -> float:
+    """``value``, a number read back from a results file, as a float: NaN for None (what
+    :func:`write_json` writes for NaN and the infinities), so that arithmetic on it goes on as
+    on the payload in memory; TypeError for anything else that is no number."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is no number")
+    return float(value)
+
+
 def cell(value: Any, spec: str = "") -> str:
     """``value`` formatted by ``spec`` (as :func:`format` takes it), or :data:`MISSING` where it
     is no finite number (:func:`finite`), so that a table reads the same from a payload in
