@@ -351,3 +351,18 @@ def test_llvq_names_its_data_sets_for_an_unknown_one_before_any_work(tmp_path, d
         str(err.value) == f"dataset must be one of ['fashion', 'celeba', 'ffhq']: got {dataset!r}"
     )
     assert not runs.exists()
+
+
+def test_lattice_mnist_figures_draw_a_curve_with_an_epoch_that_was_not_finite(tmp_path):
+    """A validation epoch that was NaN or infinite is null in the file: the row is kept, the
+    figures draw the curve with a gap (``min`` over a curve with NaN gave matplotlib NaN limits,
+    and a null failed the subtraction of the gain figure)."""
+    models = {"rect_lattice": _lattice_row(95.0), "e8_lattice": _lattice_row(94.0)}
+    models["e8_lattice"]["val_neg_elbo_curve"][1] = NAN
+    models["rect_lattice"]["val_neg_elbo_curve"][2] = INF
+    back = read_json(write_json({"models": models}, tmp_path / "rows.json"))["models"]
+    assert back["e8_lattice"]["val_neg_elbo_curve"][1] is None
+    assert all(lattice_mnist._row_problem(row) is None for row in back.values())
+    for rows in (models, back):
+        assert lattice_mnist.figure_3(rows, tmp_path / "fig3.png").stat().st_size > 0
+        assert lattice_mnist.figure_gain(rows, tmp_path / "gain.png").stat().st_size > 0

@@ -37,7 +37,7 @@ from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
 from ..models.size import check_size
-from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, number, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, load_weights, save_atomic
 from . import custom
 from ._cache import described, problem, read_cache, refused, unplain
@@ -766,8 +766,8 @@ def _row_problem(row: Any) -> str | None:
     if wrong:
         return wrong
     curve = row["val_neg_elbo_curve"]
-    if not curve or not all(problem({"v": v}, {"v": "number"}) is None for v in curve):
-        return "its val_neg_elbo_curve is no list of numbers"
+    if not curve or not all(problem({"v": v}, {"v": "number or None"}) is None for v in curve):
+        return "its val_neg_elbo_curve is no list of numbers"  # null: an epoch not finite
     fields = {f"test_nll_iwae{row['iwae_samples']}": "number or None"}
     if "iwae_defensive" in row:
         defensive = f"test_nll_iwae{row['iwae_samples']}_defensive"
@@ -842,12 +842,13 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 4.5) if many else (6, 4))
     colors = plt.get_cmap("tab20").colors
     for i, (name, result) in enumerate(models.items()):
-        curve = result["val_neg_elbo_curve"]
+        curve = _curve(result)
         color = colors[(2 * i) % 20 + (2 * i // 20) % 2]  # the dark shades first
         ax.plot(range(1, len(curve) + 1), curve, label=LABELS[name], color=color)
         ax.axvline(result["best_epoch"], color=color, ls=":", lw=0.8)
-    low = min(min(r["val_neg_elbo_curve"]) for r in models.values())
-    ax.set_ylim(low - 2, low + 30)
+    low = min((v for r in models.values() for v in _curve(r) if math.isfinite(v)), default=None)
+    if low is not None:  # matplotlib refuses NaN limits
+        ax.set_ylim(low - 2, low + 30)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation negative ELBO (nats)")
     ax.set_title("binarized MNIST, m = 40 (dotted: best epoch)")
@@ -857,6 +858,12 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _curve(row: dict[str, Any]) -> list[float]:
+    """A row's validation negative ELBO per epoch, NaN (a gap in its line) where an epoch's
+    value was not finite: null in a results file read back."""
+    return [number(v) for v in row["val_neg_elbo_curve"]]
 
 
 #: the rectangular rows the gain figure measures the others against, one panel each
@@ -895,9 +902,9 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
     order = [c for c in RECTANGULAR_ROWS if c in panels]
     fig, axes = plt.subplots(1, len(order), figsize=(6 * len(order), 4.5), squeeze=False)
     for ax, control in zip(axes[0], order, strict=True):
-        base = models[control]["val_neg_elbo_curve"]
+        base = _curve(models[control])
         for name in panels[control]:
-            curve = models[name]["val_neg_elbo_curve"]
+            curve = _curve(models[name])
             epochs = min(len(curve), len(base))
             diff = [curve[i] - base[i] for i in range(epochs)]
             ax.plot(range(1, epochs + 1), diff, label=LABELS[name])
