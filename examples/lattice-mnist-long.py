@@ -22,7 +22,7 @@ import json
 import shutil
 from pathlib import Path
 
-from qlatent.results import provenance, write_json
+from qlatent.results import finite, provenance, write_json
 
 CAP = 200  # the protocol's epoch cap
 REFERENCES = {"rect_lattice": "rectangular lattice", "gaussian_lattice": "Gaussian-lattice VAE"}
@@ -36,7 +36,11 @@ def _log(path: Path) -> list[dict]:
 
 
 def _best(rows: list[dict]) -> dict:
-    best = min(rows, key=lambda r: r["val_objective"])
+    # an epoch whose value was not finite is null in the log
+    finite_rows = [r for r in rows if finite(r["val_objective"])]
+    if not finite_rows:
+        raise SystemExit("a training log without a finite validation value")
+    best = min(finite_rows, key=lambda r: r["val_objective"])
     return {
         "epoch": best["epoch"],
         "val_neg_elbo": best["val_objective"],

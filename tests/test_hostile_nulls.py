@@ -205,3 +205,29 @@ def test_proposal_support_summary_joins_readings_with_null(tmp_path):
     assert math.isnan(joined["rows"]["e8"]["proposals"]["own"]["iwae_nll"])
     with pytest.raises(SystemExit, match="e8 under own differs between its files"):
         summary.read_all(f"{a},{c}", "seed 1")
+
+
+def test_the_training_log_is_strict_json_with_null_for_a_value_that_was_not_finite(tmp_path):
+    """log.jsonl was written with Python's ``NaN``, which other JSON readers refuse."""
+    from qlatent.train.loop import _rewrite_log
+
+    path = tmp_path / "log.jsonl"
+    _rewrite_log(path, [{"epoch": 1, "val_objective": 100.5}, {"epoch": 2, "val_objective": NAN}])
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+    assert [r["val_objective"] for r in rows] == [100.5, None]
+
+
+def test_lattice_mnist_long_takes_the_best_epoch_among_the_finite_ones():
+    """``min`` with a NaN (or a comparison with None) in the log picked a wrong epoch or failed."""
+    long = _load("lattice-mnist-long")
+    rows = [
+        {"epoch": e, "val_objective": v, "val_rate": 1.0, "val_distortion": 2.0}
+        for e, v in ((1, 101.0), (2, None), (3, 100.0), (4, NAN))
+    ]
+    assert long._best(rows)["epoch"] == 3
+    with pytest.raises(SystemExit, match="without a finite validation value"):
+        long._best([{**rows[1]}, {**rows[3]}])

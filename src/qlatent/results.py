@@ -127,13 +127,19 @@ def _strict(value: Any) -> Any:
     return value
 
 
+def to_json(value: Any, **options: Any) -> str:
+    """``value`` as strict JSON text (``json.dumps`` with ``options``), NaN and the infinities
+    as null; ValueError for a NaN or an infinity as a key, which null cannot stand for."""
+    return json.dumps(_strict(value), allow_nan=False, **options)
+
+
 def write_json(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` as indented strict JSON atomically
     (:func:`~qlatent._utils.write_atomic`), NaN and the infinities as null (the tables show them
     as :data:`MISSING`); a payload nested too deeply for the encoder, or with a key that is a
     float NaN or infinity, is a ValueError, and nothing is written."""
     try:
-        text = json.dumps(_strict(payload), indent=2, sort_keys=False, allow_nan=False)
+        text = to_json(payload, indent=2)
     except RecursionError:
         raise ValueError(f"payload for {path} nests too deeply to be written as JSON") from None
     except ValueError as err:  # a NaN or an infinity as a key, which null cannot stand for

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .._utils import write_atomic
 from ..losses import RateDistortionLoss, evaluate_objective
+from ..results import to_json
 from . import distributed as D
 from .checkpoint import (
     RESUME_MAY_CHANGE,
@@ -501,8 +502,9 @@ def _checked_state(state: _State) -> _State:
 def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
     """The log holds exactly the checkpointed epochs (a crash may have left one more line):
     written whole and atomically after every epoch, so a symlink or a pipe put at its path is
-    replaced or refused, never written through."""
-    write_atomic(path, "".join(json.dumps(record) + "\n" for record in history).encode())
+    replaced or refused, never written through. Strict JSON, as every results file: a value
+    that was not finite is null."""
+    write_atomic(path, "".join(to_json(record) + "\n" for record in history).encode())
 
 
 def _finish(model, state: _State, out_dir: Path, world, keep: str, run_config) -> FitResult:
