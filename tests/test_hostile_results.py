@@ -315,15 +315,33 @@ def _edit(payload, change):
             lambda p: p["curves"]["lattice"][0].update(train_epochs="2"),
             "curves.lattice[0].train_epochs is a string ('2'), not an integer",
         ),
+        (coding_mnist, CODING, lambda p: p.update(rows=[]), "the payload.rows is a list"),
+        (
+            coding_mnist,
+            CODING,
+            lambda p: p["rows"]["lattice"].pop("coded_bits_per_image"),
+            "the row 'lattice' cannot be tabled (row holds no coded_bits_per_image)",
+        ),
+        (
+            coding_mnist,
+            CODING,
+            lambda p: p["rows"]["lattice"].update(rate_control=[{"factor": 2.0}]),
+            "the row 'lattice' cannot be tabled (a rate_control point holds no",
+        ),
     ],
 )
 def test_a_hand_edited_payload_is_refused_naming_what_is_wrong(module, payload, change, message):
-    name = {lattice_mnist: "lattice-mnist", llvq_fashion: "llvq", text_rd: "text-rd"}[module]
+    name = {
+        lattice_mnist: "lattice-mnist",
+        llvq_fashion: "llvq",
+        text_rd: "text-rd",
+        coding_mnist: "coding-mnist",
+    }[module]
     with pytest.raises(ValueError, match=f"^{name} results: .*{re.escape(message)}"):
         module.markdown_table(_edit(payload, change))
 
 
-@pytest.mark.parametrize("module", [lattice_mnist, llvq_fashion, text_rd])
+@pytest.mark.parametrize("module", [lattice_mnist, llvq_fashion, text_rd, coding_mnist])
 def test_a_payload_that_is_no_table_is_refused(module):
     with pytest.raises(ValueError, match="results: the payload holds a list, not a table$"):
         module.markdown_table(["a", "list"])

@@ -654,7 +654,27 @@ def reproduce(
     return payload
 
 
+def _payload_problem(payload: Any) -> str | None:
+    """What keeps a results payload from being tabled (:func:`markdown_table`,
+    :func:`rate_control_table`), or None."""
+    wrong = problem(payload, {"rows": "table"}, "the payload")
+    for name, row in payload["rows"].items() if wrong is None else ():
+        row_wrong = _row_problem(row)
+        if row_wrong:
+            return f"the row {name!r} cannot be tabled ({row_wrong})"
+    return wrong
+
+
+def _check_payload(payload: Any) -> None:
+    wrong = _payload_problem(payload)
+    if wrong:
+        raise ValueError(f"coding-mnist results: {wrong}")
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
+    """The coding table of ``payload`` (:func:`reproduce`'s, or its JSON file read back);
+    ValueError naming the first field that keeps it from being one."""
+    _check_payload(payload)
     lines = [
         "| model | code model | coded bits/image | model bits | ideal (MC) | hard rate "
         "| Theorem 1 estimate | overhead | model − ideal | −log p(x|ŷ) | exact "
@@ -695,6 +715,7 @@ def _millions(value: float | None) -> str:
 
 def rate_control_table(payload: dict[str, Any]) -> str:
     """The rate-control sweeps, one line per row and factor ("" when no row was swept)."""
+    _check_payload(payload)
     lines = []
     for name, r in payload["rows"].items():
         for p in r.get("rate_control", []):
