@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from ._utils import check_folder, expanded, path_name, positive_int
 from .config import apply_overrides, to_dict
@@ -86,6 +87,29 @@ _RUN_FILES = (
 )
 
 
+def _resume_note(out_dir: str, *, fresh: bool) -> Callable[[], str]:
+    """For :func:`_on_interrupt`: what the same command does next with the run in ``out_dir``,
+    read when the run is interrupted. The training loop writes ``last.pt`` atomically at the end
+    of every epoch and a run resumes from it; a ``--fresh`` run's own is one written since it
+    started, resumed from without ``--fresh`` (which would start again)."""
+    import time
+    from pathlib import Path
+
+    started = time.time()
+
+    def note() -> str:
+        last = Path(out_dir) / "last.pt"
+        if last.is_file() and (not fresh or last.stat().st_mtime >= started):
+            without = " without --fresh" if fresh else ""
+            return (
+                f"the run in {out_dir} resumes from its last completed epoch with the same "
+                f"command{without}"
+            )
+        return f"no epoch of the run in {out_dir} was completed; the same command starts it again"
+
+    return note
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
@@ -108,9 +132,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(
             f"training {cfg.bottleneck.name} ({cfg.model.family}, {cfg.data.name}) in {cfg.out_dir}"
         )
-        summary = custom.train(
-            cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line
-        )
+        with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
+            summary = custom.train(
+                cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line
+            )
         if not summary:  # a torchrun rank other than 0
             return 0
         print(custom.format_report(summary["test"]))
@@ -120,7 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"wrote {cfg.out_dir}/summary.json, config.json, {figures}")
         return 0
     cfg = _lattice_config(args, out_dir="runs/train")
-    summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
+    with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
+        summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     if summary:
         print(exp.format_summary(summary))
         print(f"wrote {cfg.out_dir}/summary.json")
@@ -164,7 +190,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _lattice_config(args)
     print("rectangular-lattice VAE, m=40, binarized MNIST; config:", to_dict(cfg), sep="\n")
-    summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
+    with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
+        summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     print(exp.format_summary(summary))
     print(f"wrote {cfg.out_dir}/summary.json, reconstructions.png, training_curves.png")
     if args.record:
@@ -220,15 +247,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         reproduce = partial(reproduce, seeds=args.seeds)
     models = _names(args.models, "--models")
     _check_folders(args.runs_dir, args.results_dir)  # before hours of training, not after
-    payload = reproduce(
-        quick=args.quick,
-        models=models,
-        overrides=args.overrides,
-        data_dir=args.data_dir,
-        runs_dir=args.runs_dir,
-        results_dir=args.results_dir,
-        command=args.command_line,
+    # every run resumes from its own folder's last.pt, written at the end of every epoch
+    resumes = (
+        f"the same command resumes the runs in {args.runs_dir} from their last completed epochs"
     )
+    with _on_interrupt(lambda: resumes):
+        payload = reproduce(
+            quick=args.quick,
+            models=models,
+            overrides=args.overrides,
+            data_dir=args.data_dir,
+            runs_dir=args.runs_dir,
+            results_dir=args.results_dir,
+            command=args.command_line,
+        )
     print(experiment.markdown_table(payload))
     return 0
 
@@ -1039,12 +1071,108 @@ def build_parser() -> argparse.ArgumentParser:
 _MEMORY_ADVICE = " (a smaller batch_size or eval_batch_size, or fewer images with --limit, may fit)"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler), raised where Ctrl-C raises its
+    KeyboardInterrupt, so that a command stops the same way (:func:`_sigterm_as_interrupt`)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    import multiprocessing
+
+    # the worker processes of a sweep (reproduce --jobs): the pool would otherwise wait for the
+    # runs they are in to finish; each resumes from its last checkpoint as the others do
+    for child in multiprocessing.active_children():
+        child.terminate()
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does: a file being written is taken back, the run
+    folder is released, and one line says where the run stands (its default action ended the
+    process without a word). Not in a process of a torchrun world: one blocked in a collective
+    on a dead peer runs no Python handler until the call returns, and torchrun ends its workers
+    with SIGTERM; the default action ends such a process at once."""
+    import os
+    import signal
+    import threading
+
+    in_a_world = os.environ.get("WORLD_SIZE", "1") != "1"
+    if in_a_world or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        # None: a handler set outside Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextmanager
+def _on_interrupt(note: Callable[[], str] | None = None) -> Iterator[None]:
+    """An interruption inside (Ctrl-C, SIGTERM) reaches :func:`main` as its KeyboardInterrupt,
+    carrying ``note()``, what the user can do next, to its line. An error raised while the
+    interruption was being handled is the interruption: a cleanup it broke (torch.save closing
+    the zip file it was writing when the interruption came) would otherwise replace it."""
+    try:
+        yield
+    except BaseException as err:
+        interruption = err
+        while interruption is not None and not isinstance(interruption, KeyboardInterrupt):
+            interruption = interruption.__context__
+        if interruption is None:
+            raise
+        if note is not None:
+            interruption.add_note(note())
+        raise interruption from None
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """``qlatent: interrupted`` (Ctrl-C) or ``qlatent: terminated (SIGTERM)``, with the notes
+    of :func:`_on_interrupt`, on one line; exit code 128 + the signal's number, as the shell
+    reports a program the signal ended."""
+    import signal
+
+    terminated = isinstance(err, _Terminated)
+    notes = "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    print(f"qlatent: {what}{notes}", file=sys.stderr)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``qlatent ARGV``: the exit code. Ctrl-C and SIGTERM end a command with one line (exit
+    code 130 or 143), a reader of stdout that has gone ends it without one (141)."""
+    import os
+
+    with _sigterm_as_interrupt():
+        try:
+            try:
+                return _run(argv)
+            finally:
+                sys.stdout.flush()  # a reader that has gone shows here, not at exit
+        except BrokenPipeError:
+            # the reader of standard output has gone (``qlatent train --list | head -1``): what
+            # is left unwritten goes nowhere, rather than failing again when Python flushes
+            # stdout at exit (https://docs.python.org/3/library/signal.html#note-on-sigpipe);
+            # 128 + SIGPIPE, what the shell reports for a program the closed pipe stopped
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except KeyboardInterrupt as err:
+            return _interrupted(err)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """The command ``argv`` names; its refusals and failures as one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = _command_line(argv)
     try:
-        return args.func(args)
+        with _on_interrupt():
+            return args.func(args)
+    except BrokenPipeError:
+        raise  # no error: the reader of stdout has gone (main)
     except (ValueError, KeyError, OSError, DataError) as err:
         # one line, whatever the message (a file name or a reason may span several); a missing
         # dataset's ways to get it follow on their own lines, as under ``qlatent data``
