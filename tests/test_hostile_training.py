@@ -199,15 +199,57 @@ def test_a_bad_local_rank_is_named(monkeypatch, local_rank):
 
 
 # ------------------------------------------------------------------------------- run folders
-def test_a_run_without_its_best_checkpoint_is_refused(tmp_path, capsys):
+#: two epochs of the tiny run, each of its three updates
+TWO_EPOCHS = ["--set", "train.epochs=2", "--set", "train.max_steps=6"]
+
+
+def _validation_values(monkeypatch, values):
+    """The validation objective of the epochs to come, in order (the rest of the validation as
+    computed): which epoch is the best, set by the test."""
+    from qlatent.train import loop
+
+    computed, left = loop._validate, list(values)
+    monkeypatch.setattr(loop, "_validate", lambda *a: computed(*a) | {"val_objective": left.pop(0)})
+
+
+def test_a_run_without_its_best_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
     """With best.pt deleted, a resumed run kept its last weights and reported them as the best
-    epoch's."""
+    epoch's (here epoch 1 of 2)."""
     config, out = _config(tmp_path), tmp_path / "run"
-    assert run_cli(["train", config, "--out", out], capsys)[0] == 0
+    _validation_values(monkeypatch, [100.0, 101.0])
+    assert run_cli(["train", config, "--out", out, *TWO_EPOCHS], capsys)[0] == 0
     (out / "best.pt").unlink()
-    code, err = run_cli(["train", config, "--out", out], capsys)
+    code, err = run_cli(["train", config, "--out", out, *TWO_EPOCHS], capsys)
     assert code == 2 and one_line_error(err), err
-    assert "best.pt is missing" in err
+    assert "best.pt is missing: the run in" in err and "needs its best epoch (1)" in err
+
+
+@pytest.mark.parametrize("left", ["none", "an older epoch"])
+def test_a_run_stopped_between_its_last_and_best_checkpoints_resumes(
+    tmp_path, capsys, monkeypatch, left
+):
+    """best.pt is written after last.pt: a run stopped between the two writes has a last.pt that
+    counts its own epoch the best and a best.pt of an older epoch, or none at the first. Those
+    weights are last.pt's, and best.pt is written again from them (before, best.pt came first,
+    and a run stopped between the writes was refused at its end unless it retrained the epoch)."""
+    from qlatent.train.checkpoint import load
+
+    config, out = _config(tmp_path), tmp_path / "run"
+    _validation_values(monkeypatch, [101.0, 100.0])
+    first = ["--set", "train.max_steps=6"]  # epoch 1 alone: its five updates are fewer
+    assert run_cli(["train", config, "--out", out, *first], capsys)[0] == 0
+    older = (out / "best.pt").read_bytes()  # epoch 1's
+    assert run_cli(["train", config, "--out", out, *TWO_EPOCHS], capsys)[0] == 0
+    if left == "none":
+        (out / "best.pt").unlink()
+    else:
+        (out / "best.pt").write_bytes(older)
+    code, err = run_cli(["train", config, "--out", out, *TWO_EPOCHS], capsys)
+    assert code == 0, err
+    best, last = load(out / "best.pt"), load(out / "last.pt")
+    assert best["epoch"] == last["state"]["best_epoch"] == 2
+    for name, weight in last["model"].items():
+        assert torch.equal(weight, best["model"][name]), name
 
 
 def test_another_runs_best_checkpoint_is_refused(tmp_path, capsys):

@@ -217,12 +217,8 @@ def _fit(
     torch.manual_seed(_int64(cfg.seed * 1009 + world.rank))  # the dither stream; per rank
     if resume and (out_dir / "last.pt").exists():
         state = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
-        if cfg.keep == "best" and state.best_epoch and not (out_dir / "best.pt").exists():
-            # the last weights would be kept and reported as the best epoch's
-            raise CheckpointError(
-                f"{out_dir / 'best.pt'} is missing: the run in {out_dir} needs its best epoch "
-                f"({state.best_epoch}); restore it, or start a fresh run"
-            )
+        if cfg.keep == "best" and state.best_epoch:
+            _restore_best(out_dir / "best.pt", model, state, run_config, world)
     if state.stopped in ("early_stopping", "max_steps"):
         return _finish(model, state, out_dir, world, cfg.keep, run_config)
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
@@ -268,11 +264,9 @@ def _fit(
             **train,
             **val,
         }
-        if val["val_objective"] < state.best_val:
+        improved = val["val_objective"] < state.best_val
+        if improved:
             state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
-            if world.is_main:
-                best = {"model": model.state_dict(), "epoch": epoch, "run_config": run_config}
-                save_atomic(best, out_dir / "best.pt")
         else:
             # as in the reference code, nothing counts against patience during warm-up
             state.bad_epochs = 0 if epoch <= cfg.warmup_epochs else state.bad_epochs + 1
@@ -293,6 +287,8 @@ def _fit(
         if epoch == cfg.epochs and not state.stopped:
             state.stopped = "epochs"
         _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
+        if improved and world.is_main:  # after last.pt, which then holds these weights too
+            _save_best(out_dir / "best.pt", model, epoch, run_config)
         if world.is_main:
             _rewrite_log(out_dir / "log.jsonl", state.history)
         if on_epoch_end is not None:
@@ -300,6 +296,34 @@ def _fit(
         if state.stopped:
             break
     return _finish(model, state, out_dir, world, cfg.keep, run_config)
+
+
+def _save_best(path: Path, model: nn.Module, epoch: int, run_config) -> None:
+    save_atomic({"model": model.state_dict(), "epoch": epoch, "run_config": run_config}, path)
+
+
+def _restore_best(path: Path, model: nn.Module, state: _State, run_config, world) -> None:
+    """Check ``best.pt`` on resume. It is written after ``last.pt``, so a run interrupted
+    between the two writes left it missing (at the first epoch) or at an older best epoch while
+    ``last.pt`` already counts its own epoch the best: those weights are ``last.pt``'s, just
+    restored into ``model``, and ``best.pt`` is written again from them. Where the best epoch is
+    an earlier one, a missing ``best.pt`` is a CheckpointError: the last weights would have
+    been kept and reported as the best epoch's."""
+    if state.best_epoch == state.epoch:
+        if world.is_main and (not path.is_file() or _saved_epoch(path) < state.best_epoch):
+            _save_best(path, model, state.epoch, run_config)
+        return
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} is missing: the run in {path.parent} needs its best epoch "
+            f"({state.best_epoch}); restore it, or start a fresh run"
+        )
+
+
+def _saved_epoch(path: Path) -> int:
+    """The epoch a ``best.pt`` holds (0 where it holds none: the end of the run names it)."""
+    epoch = load(path).get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
 def _int64(seed: int) -> int:
