@@ -95,6 +95,37 @@ def test_a_signal_mid_run_is_one_line_and_the_run_resumes(tmp_path, capsys, sign
     assert len((run / "log.jsonl").read_text().splitlines()) == epoch + 1
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_program_ends_by_the_signal_after_its_line(tmp_path, signum):
+    """``qlatent`` (``python -m qlatent``) writes its line, then ends by the signal itself, as
+    Python's default does: a shell loop around a program that merely exited 130 went on to its
+    next command after Ctrl-C."""
+    config, run = _config(tmp_path, epochs=100_000), tmp_path / "run"
+    program = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('qlatent', run_name='__main__')"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, "train", str(config), "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "last.pt").is_file() and process.poll() is None:
+            assert time.monotonic() < deadline, "no epoch completed in 60 s"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        _end_session(process)
+    assert process.returncode == -signum, err
+    assert len(err.splitlines()) == 1 and err.startswith("qlatent: "), err
+    assert "resumes from its last completed epoch" in err
+
+
 def test_an_interruption_before_the_first_epoch_says_the_run_starts_again(
     tmp_path, capsys, monkeypatch
 ):

@@ -1,7 +1,5 @@
 """``python -m qlatent`` (what ``torchrun -m qlatent`` runs)."""
 
-import sys
+from .cli import console
 
-from .cli import main
-
-sys.exit(main())
+console()

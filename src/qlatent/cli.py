@@ -1163,6 +1163,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _interrupted(err)
 
 
+def console() -> None:
+    """The ``qlatent`` program (and ``python -m qlatent``): :func:`main`, whose exit code it
+    exits with, except after Ctrl-C or SIGTERM: once its line is written the process ends by
+    that signal itself, as Python's own default does, so that a shell loop around ``qlatent``
+    stops (a shell goes on after a program that merely exits with 130)."""
+    import os
+    import signal
+
+    code = main()
+    signum = code - 128
+    if os.name == "posix" and signum in (signal.SIGINT, signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(code)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     """The command ``argv`` names; its refusals and failures as one line on stderr."""
     parser = build_parser()
