@@ -5,7 +5,7 @@ Each case is a defect found by pushing a method past ordinary values: soft EM's 
 overflowing at a tiny temperature (``torch.multinomial`` failed, or the entropy was NaN), its
 VIB term unable to backpropagate once the M-step had rewritten the codebook, ``num_codes`` of a
 built codebook reassigned without a word, the input check copying an expanded view in full,
-k-means and the linear probe scoring features near 1e200 with warnings only.
+k-means and the linear probe scoring features near 1e200 (or 1e-200) with warnings only, or none.
 """
 
 from __future__ import annotations
@@ -181,6 +181,21 @@ def test_converged_probe_refuses_features_whose_squares_overflow():
     x, labels = _blobs(1e160)
     with pytest.raises(ValueError, match="train_features reach magnitude"):
         linear_probe_converged(x, labels, x, labels, Cs=(1.0,))
+
+
+def test_kmeans_and_the_converged_probe_refuse_features_whose_squares_underflow():
+    """At 1e-170 k-means and at 1e-200 the standardized probe scored chance without a word; at
+    1e-150 (above the bound) both score as at scale 1, and all-zero features are not refused."""
+    x, labels = _blobs(1e-170)
+    with pytest.raises(ValueError, match=r"^features reach only magnitude .* below 1\.49e-154 "):
+        kmeans_scores(x, labels, n_clusters=3, n_init=2)
+    with pytest.raises(ValueError, match=r"^test_features reach only magnitude .*variances"):
+        linear_probe_converged(x / 1e-170, labels, x, labels, Cs=(1.0,))
+    x, labels = _blobs(1e-150)
+    assert kmeans_scores(x, labels, n_clusters=3, n_init=2)["kmeans_acc"] == 1.0
+    assert linear_probe_converged(x, labels, x, labels, Cs=(1.0,))["linear_acc"] == 1.0
+    zeros = np.zeros_like(x)
+    assert kmeans_scores(zeros, labels, n_clusters=1, n_init=1)["inertia"] == 0.0
 
 
 def test_downstream_report_refuses_the_probes_features_before_kmeans(monkeypatch):

@@ -328,6 +328,43 @@ def _edit(payload, change):
             lambda p: p["rows"]["lattice"].update(rate_control=[{"factor": 2.0}]),
             "the row 'lattice' cannot be tabled (a rate_control point holds no",
         ),
+        (softvq_mnist, SOFTVQ, lambda p: p.update(rows=[]), "the payload.rows is a list"),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p["rows"]["vq"].update(nmi="0.25"),
+            "rows.vq.nmi is a string ('0.25'), not a number or None",
+        ),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p["rows"].update(vqq={}),
+            "rows holds the unknown row 'vqq'",
+        ),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p["rows"]["vq"].update(stats={"nmi": {"mean": 0.25, "n": 2}}),
+            "rows.vq.stats.nmi holds no sd",
+        ),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p["rows"]["vq"].update(runs={"1": {"wall_s": "9 s"}}),
+            "rows.vq.runs.1.wall_s is a string ('9 s'), not a number or None",
+        ),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p["paper"].update(vq={"kmeans_acc": 0.5, "nmi": 0.3}),
+            "paper.vq holds no linear_acc",
+        ),
+        (
+            softvq_mnist,
+            SOFTVQ,
+            lambda p: p.update(perplexity={"vq": 90.0}, perplexity_test_nmse={}),
+            "perplexity_test_nmse holds no vq",
+        ),
     ],
 )
 def test_a_hand_edited_payload_is_refused_naming_what_is_wrong(module, payload, change, message):
@@ -336,12 +373,15 @@ def test_a_hand_edited_payload_is_refused_naming_what_is_wrong(module, payload, 
         llvq_fashion: "llvq",
         text_rd: "text-rd",
         coding_mnist: "coding-mnist",
+        softvq_mnist: "softvq-mnist",
     }[module]
     with pytest.raises(ValueError, match=f"^{name} results: .*{re.escape(message)}"):
         module.markdown_table(_edit(payload, change))
 
 
-@pytest.mark.parametrize("module", [lattice_mnist, llvq_fashion, text_rd, coding_mnist])
+@pytest.mark.parametrize(
+    "module", [lattice_mnist, llvq_fashion, text_rd, coding_mnist, softvq_mnist]
+)
 def test_a_payload_that_is_no_table_is_refused(module):
     with pytest.raises(ValueError, match="results: the payload holds a list, not a table$"):
         module.markdown_table(["a", "list"])

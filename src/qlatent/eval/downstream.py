@@ -125,14 +125,17 @@ def kmeans_scores(
     are refused: past it a squared distance summed over the rows (the inertia, k-means++'s
     seeding weights) can overflow, and sklearn then clustered on infinities with warnings only.
     They are refused rather than rescaled: the clusters would survive a rescaling, but the
-    inertia reported next to them could not be represented.
+    inertia reported next to them could not be represented. So are features that are not all
+    zero but whose largest magnitude is below :data:`SQUARES_MIN_FEATURE` (sqrt of float64's
+    smallest normal number, about 1.5e-154): their squared distances underflow, and at 1e-170
+    k-means clustered at chance without a word.
 
     Args:
         features: ``(N, d)`` real features (torch or numpy), N ≥ ``n_clusters``.
         labels: ``(N,)`` integer class labels.
 
     Raises:
-        ValueError: bad shapes, non-finite features or features beyond the bound above,
+        ValueError: bad shapes, non-finite features or features beyond the bounds above,
             non-integer labels, fewer examples than clusters, or a non-positive
             ``n_clusters`` / ``n_init``.
     """
@@ -143,6 +146,7 @@ def kmeans_scores(
         raise ValueError(f"seed must be an integer in [0, 2^32), got {seed!r}")
     x = _check_features("features", features)
     _check_magnitude("features", x, _squares_limit(x), "the squared distances summed over rows")
+    _check_tiny("features", x, "their squared distances")
     y = _check_labels("labels", labels, x.shape[0])
     if x.shape[0] < n_clusters:
         raise ValueError(f"k-means needs at least n_clusters={n_clusters} examples, got {len(x)}")
@@ -284,11 +288,13 @@ def linear_probe_converged(
     Features of magnitude beyond sqrt(max / (4·N·d)) of float64 are refused, as by
     :func:`kmeans_scores`: the standardization's sums of squares overflow past it (at 1e160
     every probability was NaN and the probe scored chance with warnings only); a rescaling
-    would not change the standardized features, but there is no such data to rescale.
+    would not change the standardized features, but there is no such data to rescale. Features
+    not all zero whose largest magnitude is below :data:`SQUARES_MIN_FEATURE` (about 1.5e-154)
+    are refused too: their variances underflow, and at 1e-200 the probe scored chance.
 
     Raises ValueError as :func:`linear_probe` does, for an empty ``Cs`` or one that is not a
     positive finite number, a ``val_fraction`` outside (0, 1), a ``seed`` that is not a
-    non-negative integer, features beyond the bound above, and training labels whose fitting
+    non-negative integer, features beyond the bounds above, and training labels whose fitting
     split holds one class only.
     """
     from sklearn.linear_model import LogisticRegression
@@ -315,6 +321,7 @@ def linear_probe_converged(
     )
     for name, x in (("train_features", x_train), ("test_features", x_test)):
         _check_magnitude(name, x, _squares_limit(x), "the standardization's sums of squares")
+        _check_tiny(name, x, "their variances")
     held = np.random.default_rng(seed).permutation(x_train.shape[0])
     n_val = max(1, round(val_fraction * x_train.shape[0]))
     val, fit = held[:n_val], held[n_val:]
@@ -493,6 +500,22 @@ def _squares_limit(x: np.ndarray) -> float:
     """The largest magnitude for which every sum over the rows of squared differences of two
     rows, ≤ N·d·(2·max|x|)², stays finite in float64."""
     return math.sqrt(np.finfo(np.float64).max / (4 * x.shape[0] * x.shape[1]))
+
+
+#: the smallest largest-magnitude of features that are not all zero which :func:`kmeans_scores`
+#: and :func:`linear_probe_converged` take: below it every square is subnormal in float64
+SQUARES_MIN_FEATURE = math.sqrt(np.finfo(np.float64).tiny)
+
+
+def _check_tiny(name: str, x: np.ndarray, underflow: str) -> None:
+    """ValueError if ``x`` is not all zero but its largest |x| is below
+    :data:`SQUARES_MIN_FEATURE`, where ``underflow`` would underflow."""
+    peak = max(float(x.max()), -float(x.min()))
+    if 0 < peak < SQUARES_MIN_FEATURE:
+        raise ValueError(
+            f"{name} reach only magnitude {peak:.3g}, below {SQUARES_MIN_FEATURE:.3g} ({underflow} "
+            "would underflow): scale them up first"
+        )
 
 
 def _check_magnitude(name: str, x: np.ndarray, limit: float, overflows: str) -> None:

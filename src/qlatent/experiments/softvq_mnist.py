@@ -42,6 +42,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -674,9 +675,66 @@ def _scaled(value: float | None, scale: float, digits: int) -> str:
     return cell(value * scale if finite(value) else None, f".{digits}f")
 
 
+#: the fields of a row that :func:`markdown_table` reads, and their kinds (None: a NaN or
+#: infinity as a results file holds it, shown as missing)
+_ROW_FIELDS = dict.fromkeys((*SEED_METRICS, "wall_s"), "number or None or missing") | {
+    "runs": "table or missing",
+    "stats": "table or missing",
+    "reproduced": "table or missing",
+}
+_STAT_FIELDS = {"mean": "number or None", "sd": "number or None", "n": "integer"}
+_PAPER_FIELDS = dict.fromkeys(("kmeans_acc", "nmi", "linear_acc"), "number")
+
+
+def _payload_problem(payload: Any) -> str | None:
+    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
+    return next((wrong for wrong in _payload_checks(payload) if wrong), None)
+
+
+def _payload_checks(payload: Any) -> Iterator[str | None]:
+    """The checks of :func:`_payload_problem` in order, each run only once those before it
+    found nothing (a field is read only after its table was checked)."""
+    yield problem(
+        payload,
+        {
+            "rows": "table",
+            "paper": "table",
+            "seeds": "list or missing",
+            "perplexity": "table or missing",
+            "perplexity_test_nmse": "table or missing",
+        },
+        "the payload",
+    )
+    for name, p in payload["paper"].items():
+        yield problem(p, _PAPER_FIELDS, f"paper.{name}")
+    for name, row in payload["rows"].items():
+        if name not in LABELS:
+            yield f"rows holds the unknown row {name!r}; known: {list(LABELS)}"
+        yield problem(row, _ROW_FIELDS, f"rows.{name}")
+        for seed, run in row.get("runs", {}).items():
+            yield problem(run, {"wall_s": "number or None or missing"}, f"rows.{name}.runs.{seed}")
+        for key, stats in row.get("stats", {}).items():
+            yield problem(stats, _STAT_FIELDS, f"rows.{name}.stats.{key}")
+        if "reproduced" in row:
+            marks = dict.fromkeys(_PAPER_FIELDS, "flag")
+            yield problem(row["reproduced"], marks, f"rows.{name}.reproduced")
+    if "perplexity" in payload:
+        yield problem(payload, {"perplexity_test_nmse": "table"}, "the payload")
+        for name, value in payload["perplexity"].items():
+            if name not in LABELS:
+                yield f"perplexity holds the unknown row {name!r}; known: {list(LABELS)}"
+            yield problem({name: value}, {name: "number or None"}, "perplexity")
+            nmse = payload["perplexity_test_nmse"]
+            yield problem(nmse, {name: "number or None"}, "perplexity_test_nmse")
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
     """Our rows beside the paper's, in percent (NMI as a fraction); mean ± sd over seeds when the
-    rows were run with several, and the converged probe where it was fitted."""
+    rows were run with several, and the converged probe where it was fitted. ValueError naming
+    the first field that keeps ``payload`` from being tabled."""
+    wrong = _payload_problem(payload)
+    if wrong:
+        raise ValueError(f"softvq-mnist results: {wrong}")
     lines = [
         "| model | k-means acc | paper | NMI | paper | linear acc | paper | linear acc, "
         "converged | test NMSE | train s |",
