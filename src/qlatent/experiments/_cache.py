@@ -17,7 +17,7 @@ that names the file:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,13 @@ def problem(value: Any, fields: dict[str, str], name: str | None = None) -> str 
             where = f"{name}.{key}" if name else key
             return f"{where} is {described(value[key])}, not {expected}"
     return None
+
+
+def first_problem(checks: Iterable[str | None]) -> str | None:
+    """The first of ``checks`` that found something (each a :func:`problem` or None), or None;
+    a generator of checks runs each only once those before it found nothing, so a field is
+    read only after the table that holds it was checked."""
+    return next((wrong for wrong in checks if wrong), None)
 
 
 def _article(kind: str) -> str:

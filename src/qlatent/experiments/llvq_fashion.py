@@ -46,7 +46,7 @@ from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, cell, provenance, write_json
 from ..train import TrainConfig, fit, load_weights, save_atomic
 from . import custom
-from ._cache import problem, read_cache, refused
+from ._cache import first_problem, problem, read_cache, refused
 
 ROWS = ("vq", "vq_ema", "ll_vq", "ll_vq_dense")
 SCHEDULES = ("reference", "constant")
@@ -502,14 +502,9 @@ def _row_problem(row: Any, where: str) -> str | None:
     return problem(row["coding"], {"coded_bits_per_image": "number or None"}, f"{where}.coding")
 
 
-def _payload_problem(payload: Any) -> str | None:
-    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
-    return next((wrong for wrong in _payload_checks(payload) if wrong), None)
-
-
 def _payload_checks(payload: Any) -> Iterator[str | None]:
-    """The checks of :func:`_payload_problem` in order, each run only once those before it
-    found nothing (a field is read only after its table was checked)."""
+    """What keeps a results payload from being tabled (:func:`markdown_table`), checked in
+    order (:func:`~._cache.first_problem`)."""
     yield problem(
         payload,
         {"rows": "table", "paper": "table", "reference_code_released_counts": "table"},
@@ -530,7 +525,7 @@ def _payload_checks(payload: Any) -> Iterator[str | None]:
 def markdown_table(payload: dict[str, Any]) -> str:
     """Per schedule: our test MSE and code counts beside the paper's and the released ones;
     ValueError naming the first field that keeps ``payload`` from being tabled."""
-    wrong = _payload_problem(payload)
+    wrong = first_problem(_payload_checks(payload))
     if wrong:
         raise ValueError(f"llvq results: {wrong}")
     lines = [

@@ -62,7 +62,7 @@ from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
 from . import custom
-from ._cache import described, problem, read_cache, refused
+from ._cache import described, first_problem, problem, read_cache, refused
 from ._jobs import run_jobs
 
 ROWS = ("raw", "ae", "vae", "beta_vae", "info_dropout", "vq", "soft_vq")
@@ -686,14 +686,9 @@ _STAT_FIELDS = {"mean": "number or None", "sd": "number or None", "n": "integer"
 _PAPER_FIELDS = dict.fromkeys(("kmeans_acc", "nmi", "linear_acc"), "number")
 
 
-def _payload_problem(payload: Any) -> str | None:
-    """What keeps a results payload from being tabled (:func:`markdown_table`), or None."""
-    return next((wrong for wrong in _payload_checks(payload) if wrong), None)
-
-
 def _payload_checks(payload: Any) -> Iterator[str | None]:
-    """The checks of :func:`_payload_problem` in order, each run only once those before it
-    found nothing (a field is read only after its table was checked)."""
+    """What keeps a results payload from being tabled (:func:`markdown_table`), checked in
+    order (:func:`~._cache.first_problem`)."""
     yield problem(
         payload,
         {
@@ -732,7 +727,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
     """Our rows beside the paper's, in percent (NMI as a fraction); mean ± sd over seeds when the
     rows were run with several, and the converged probe where it was fitted. ValueError naming
     the first field that keeps ``payload`` from being tabled."""
-    wrong = _payload_problem(payload)
+    wrong = first_problem(_payload_checks(payload))
     if wrong:
         raise ValueError(f"softvq-mnist results: {wrong}")
     lines = [
