@@ -42,7 +42,7 @@ class GossetLattice(FixedLattice):
         """``compile``: decode with the rule fused by ``torch.compile`` (:func:`compiled_decode`,
         compiled on first use per dtype and device, seconds; needs a C++ compiler on the CPU):
         about two and a half times the eager decoder's rows/s (``qlatent bench lattices``;
-        README, "Lattice geometry"). The same points bit for bit as the eager decoder on the
+        docs/good-lattice-speed.md). The same points bit for bit as the eager decoder on the
         CPU, which runs the same steps (:func:`_closest_e8_planar`)."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
@@ -134,15 +134,15 @@ def _closest_e8_planar(x: Tensor) -> Tensor:
     fused decoder of ``compile=True``; against :func:`_closest_e8` they differ only where a
     point lies within rounding of two lattice points (its sums run in another order).
 
-    Three things make it about 1.5× the rows/s of :func:`_closest_e8` on the CPU (README,
-    "Lattice geometry"): a reduction over the 8 planes is an elementwise pass down N-long
-    rows, several times faster than one over the last dimension of 8; the comparisons write
-    float 0/1 into an ``out`` tensor (a ``bool`` result costs about seven times a float one);
-    and the first
-    worst coordinate is found without a reduction with indices: the coordinates equal to the
-    chosen extreme are weighted 8, 7, …, 1, and the first is the one whose weight equals the
-    largest. The two transposes go through ``channels_last`` copies, exact and several times
-    faster than ``.T.contiguous()`` of an (N, 8) tensor."""
+    Three things make it about 1.5× the rows/s of :func:`_closest_e8` on the CPU
+    (docs/good-lattice-speed.md, "E8 on eight planes"): a reduction over the 8 planes is an
+    elementwise pass down N-long rows, several times faster than one over the last dimension
+    of 8; the comparisons write float 0/1 into an ``out`` tensor (a ``bool`` result costs
+    about seven times a float one); and the first worst coordinate is found without a
+    reduction with indices: the coordinates equal to the chosen extreme are weighted 8, 7, …,
+    1, and the first is the one whose weight equals the largest. The two transposes go through
+    ``channels_last`` copies, exact and several times faster than ``.T.contiguous()`` of an
+    (N, 8) tensor."""
     n, dtype = x.shape[0], x.dtype
     planes = x.view(1, n, 1, 8).permute(0, 3, 1, 2).contiguous().view(8, n)
     r = torch.round(planes)

@@ -80,7 +80,7 @@ class LeechLattice(FixedLattice):
         """``compile``: decode with the sextet decoder fused by ``torch.compile``
         (:func:`compiled_decode`): compiled on first use per dtype and device (up to minutes
         with a cold inductor cache, needs a C++ compiler), then about three times the eager
-        decoder's rows/s (``qlatent bench lattices``; README, "Lattice geometry"); the same
+        decoder's rows/s (``qlatent bench lattices``; docs/good-lattice-speed.md); the same
         points, except that a point equidistant from two lattice points (probability 0) may get
         the other one."""
         if not isinstance(compile, bool):
