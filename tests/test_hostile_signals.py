@@ -222,6 +222,26 @@ def test_an_interrupted_reproduction_names_its_runs_folder(tmp_path, capsys, mon
     ]
 
 
+def test_only_rank_zero_of_a_torchrun_world_says_it_was_interrupted(tmp_path, capsys, monkeypatch):
+    """Ctrl-C reaches every rank of the terminal's process group: one line, not one per rank;
+    every rank still exits with 130."""
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(text_rd, "reproduce", interrupted)
+    folders = ["--runs-dir", tmp_path / "runs", "--results-dir", tmp_path / "results"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    lines = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        code, err = _interrupted_cli(["reproduce", "text-rd", *folders], capsys)
+        assert code == 130
+        lines.append(err.splitlines())
+    assert len(lines[0]) == 1 and lines[0][0].startswith("qlatent: interrupted; ")
+    assert lines[1] == []
+
+
 def test_sigterm_is_handled_by_the_command_outside_a_torchrun_world_only(
     tmp_path, capsys, monkeypatch
 ):

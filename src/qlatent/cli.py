@@ -1131,13 +1131,16 @@ def _on_interrupt(note: Callable[[], str] | None = None) -> Iterator[None]:
 def _interrupted(err: KeyboardInterrupt) -> int:
     """``qlatent: interrupted`` (Ctrl-C) or ``qlatent: terminated (SIGTERM)``, with the notes
     of :func:`_on_interrupt`, on one line; exit code 128 + the signal's number, as the shell
-    reports a program the signal ended."""
+    reports a program the signal ended. In a torchrun world only rank 0 writes the line: Ctrl-C
+    reaches every rank of the terminal's process group, and each wrote the same line."""
+    import os
     import signal
 
     terminated = isinstance(err, _Terminated)
     notes = "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
     what = "terminated (SIGTERM)" if terminated else "interrupted"
-    print(f"qlatent: {what}{notes}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"qlatent: {what}{notes}", file=sys.stderr)
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
