@@ -173,6 +173,17 @@ def test_general_lattice_checks_its_generator(generator, message):
         GeneralLattice(generator)
 
 
+def test_general_lattice_refuses_a_generator_whose_reduction_overflows():
+    """Entries near 1e200 overflowed LLL's inner products: "cannot convert float NaN to
+    integer" from deep inside the reduction."""
+    big = torch.tensor([[1e200, 1e200], [1e200, 1.0000001e200]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^generator entries reach 1e\+200: the squared"):
+        GeneralLattice(big)
+    scaled = GeneralLattice(big / 1e190)  # within range: built, and decodes exactly
+    x = torch.tensor([[3.0e10, -2.0e10]], dtype=torch.float64)
+    assert torch.isfinite(scaled.closest_point(x)).all()
+
+
 def test_general_lattice_refuses_non_finite_rows():
     """The sphere decoder failed on "cannot convert float NaN to integer"."""
     lattice = GeneralLattice(torch.eye(2))

@@ -137,8 +137,23 @@ class GeneralLattice(Lattice):
             raise ValueError("generator must be finite (it holds NaN or infinity)")
         if torch.linalg.matrix_rank(g) < g.shape[0]:
             raise ValueError("generator must be a square full-rank matrix")
+        if not torch.isfinite(g.T @ g).all():  # LLL's inner products: NaN, then a bare error
+            peak = g.abs().max().item()
+            raise ValueError(
+                f"generator entries reach {peak:.3g}: the squared lengths of its basis vectors "
+                "overflow float64; scale it down"
+            )
+        with np.errstate(all="ignore"):
+            try:
+                decoder = SphereDecoder(g.T.numpy())
+            except (ValueError, OverflowError):  # round() of a NaN or infinite coefficient
+                decoder = None
+        if decoder is None or not (
+            np.isfinite(decoder.reduced).all() and np.isfinite(decoder.r).all()
+        ):
+            raise ValueError("generator is too ill-conditioned to reduce in float64")
         self._generator = g
-        self._decoder = SphereDecoder(g.T.numpy())
+        self._decoder = decoder
         self.name = f"general({g.shape[0]})"
 
     @property
