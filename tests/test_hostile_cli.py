@@ -493,3 +493,15 @@ def test_an_empty_path_is_refused_by_the_parser(capsys, args):
         main(args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "expected a path, got" in err, err
+
+
+def test_version_names_the_package_and_torch(capsys):
+    """``qlatent --version`` was an error ("the following arguments are required: command")."""
+    from importlib.metadata import version
+
+    from qlatent.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"qlatent {version('qlatent')} (torch {version('torch')})\n"

@@ -1,4 +1,5 @@
-"""Command line: ``qlatent data | train | demo | bench``."""
+"""Command line: ``qlatent data | train | eval | demo | reproduce | update | compress |
+decompress | bench``."""
 
 from __future__ import annotations
 
@@ -817,10 +818,24 @@ _rows = _at_most(_MAX_ROWS, "rows")
 _dim = _at_most(_MAX_DIM, "columns")
 
 
+def _version() -> str:
+    """``qlatent X (torch Y)``: the torch build decides much of a run's numbers and speed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"qlatent {__version__} (torch {torch})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qlatent", description="Discrete latent representations: train, evaluate, code."
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     add_data_parser(sub)
 
