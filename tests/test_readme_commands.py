@@ -438,9 +438,11 @@ def _qlatent_problem(command: Command) -> str | None:
         return None
     error = io.StringIO()
     try:
-        with contextlib.redirect_stderr(error):
+        with contextlib.redirect_stderr(error), contextlib.redirect_stdout(io.StringIO()):
             args = _parser().parse_args(list(command.argv))
-    except SystemExit:
+    except SystemExit as exit_:
+        if exit_.code == 0:  # --help, --version: parsed, and answered
+            return None
         return "does not parse: " + error.getvalue().strip().splitlines()[-1]
     if args.command == "reproduce":
         return _reproduce_problem(args)
