@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -139,6 +141,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+#: the device types ``torch.autocast`` can run on (``torch.is_autocast_enabled("meta")`` raises)
+_AUTOCAST_TYPES = tuple(
+    kind for kind in ("cpu", "cuda", "mps", "xpu", "hpu") if torch.amp.is_autocast_available(kind)
+)
+
+
+def autocast_off(function: Callable) -> Callable:
+    """``function`` with ``torch.autocast`` off: a bottleneck computes in its parameters' dtype.
+    Under a caller's autocast its matrix products ran in bfloat16 or float16, so a good
+    lattice's dither and closest points, hence its indices, rate and files, were not those its
+    decoder regenerates (decompressing a valid file there failed as "corrupt payload")."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        on = [kind for kind in _AUTOCAST_TYPES if torch.is_autocast_enabled(kind)]
+        if not on:
+            return function(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for kind in on:
+                stack.enter_context(torch.autocast(kind, enabled=False))
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Callable:

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from .._utils import autocast_off
+
 #: additive smoothing of the counts (Krichevsky–Trofimov): every symbol, seen or not, and the
 #: escape get half a count
 SMOOTHING = 0.5
@@ -100,6 +102,7 @@ class CountedCodeModel:
                 return t.dtype
         return torch.get_default_dtype()
 
+    @autocast_off
     @torch.no_grad()
     def update(self, latents: Tensor | Iterable[Tensor]) -> dict[str, float]:
         """Count the hard-path symbols of ``latents`` (encoder outputs, one tensor or an

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite, check_generator, from_rows, to_rows
+from .._utils import autocast_off, check_finite, check_generator, from_rows, to_rows
 from ..registry import Registry
 
 
@@ -165,6 +165,7 @@ class Bottleneck(nn.Module, ABC):
         self.in_dim = dim if in_dim is None else in_dim
 
     # ----------------------------------------------------------------- public API
+    @autocast_off
     def forward(self, y: Tensor, *, generator: torch.Generator | None = None) -> BottleneckOutput:
         self._check_input(y)
         # the hard path's dither is common randomness: CPU only; training noise on any device
@@ -183,6 +184,7 @@ class Bottleneck(nn.Module, ABC):
             stats=out.stats,
         )
 
+    @autocast_off
     def quantize(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard path, first half: the discrete symbols of ``y``."""
         self._require_discrete()
@@ -193,6 +195,7 @@ class Bottleneck(nn.Module, ABC):
             return torch.zeros(self._index_shape(y.shape), dtype=torch.long, device=y.device)
         return self._indices_from_rows(self._quantize_rows(_to_rows(y), generator), y.shape)
 
+    @autocast_off
     def dequantize(self, indices: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard path, second half: ``y_hat`` from the symbols (and the same dither)."""
         self._require_discrete()
@@ -337,6 +340,13 @@ class Bottleneck(nn.Module, ABC):
             raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
         if not y.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got {y.dtype}")
+        if torch._C._functorch.is_batchedtensor(y):
+            # the value checks below read the input back ("Cannot access data pointer of Tensor
+            # that doesn't have storage" under vmap)
+            raise ValueError(
+                "input is batched by torch.func.vmap, which bottlenecks do not support: pass "
+                "the whole batch as (B, D, *spatial) instead"
+            )
         if self.input_layout and y.dim() >= 2 and y.shape[1] != self.in_dim:
             raise ValueError(
                 f"input has {y.shape[1]} channels on axis 1, expected {self.in_dim} "

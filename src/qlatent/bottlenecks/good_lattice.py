@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite
+from .._utils import autocast_off, check_finite
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
@@ -550,6 +550,7 @@ class DitheredGoodLattice(Bottleneck):
             eps = torch.special.ndtri(r)
         return eps.to(dtype) * self.scale.to(dtype)
 
+    @autocast_off
     def log_density(
         self,
         v: Tensor,
@@ -1208,6 +1209,7 @@ class DitheredGoodLattice(Bottleneck):
         return None
 
     # ----------------------------------------------------------- density view
+    @autocast_off
     def posterior_sample(self, y: Tensor, num_samples: int, *, generator=None):
         """``y_hat = y − u`` with u uniform over the Voronoi cell: q = f_U = 1/V.
 
@@ -1222,6 +1224,7 @@ class DitheredGoodLattice(Bottleneck):
         z = y - u.view(num_samples, *y.shape)
         return z, (-self.log_volume()).expand(num_samples, y.shape[0])
 
+    @autocast_off
     def log_prior(self, z: Tensor) -> Tensor:
         """Monte-Carlo ``log f̂_{X̂−U}(z)`` with ``eval_samples`` points: ``(S, B, m)`` -> ``(S, B)``.
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._utils import from_rows, to_rows
+from .._utils import autocast_off, from_rows, to_rows
 from .container import CODE_MODELS, MAX_RANK, CodingError, Header, check_digest, pack, unpack
 from .models import constriction
 
@@ -140,6 +140,7 @@ def _terminator():
     return constriction().stream.model.Uniform(1 << 16)
 
 
+@autocast_off
 @torch.no_grad()
 def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -> bytes:
     """The hard-path symbols of ``y`` as a ``.qlc`` byte string.
@@ -203,6 +204,7 @@ def _check_size(bottleneck, model, shape: tuple[int, ...], words: int, max_eleme
     return positions
 
 
+@autocast_off
 @torch.no_grad()
 def decompress(
     bottleneck, data: bytes, *, digest: bytes | None = None, max_elements: int = MAX_ELEMENTS
@@ -256,6 +258,7 @@ def decompress(
     return y_hat if device is None else y_hat.to(device)
 
 
+@autocast_off
 @torch.no_grad()
 def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     """Σ −log2 P(symbol) of ``y``'s hard-path symbols under the code model :func:`compress`

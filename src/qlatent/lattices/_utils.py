@@ -20,7 +20,7 @@ from .base import Lattice, check_rows, to_coordinates
 #: float32). Under glibc's defaults temporaries of several MB were faulted in again on most
 #: calls (E8 in one chunk of 2^17 rows: 12,704 page faults a call), which cost the E8 decoder
 #: about half its speed and D4 about a third; chunks of 2^12 and 2^13 E8 rows paid more in
-#: per-operation overhead (examples/decoder-chunks.py; README, "Lattice geometry")
+#: per-operation overhead (examples/decoder-chunks.py; docs/good-lattice-speed.md)
 CHUNK_BYTES = 1 << 19
 
 
@@ -139,7 +139,10 @@ class FixedLattice(Lattice):
     def _inverse_t(self) -> Tensor:
         inv = getattr(self, "_inv_cache", None)
         if inv is None:
-            inv = self._inv_cache = torch.linalg.inv(self._basis)
+            # a normal tensor even when first asked for under ``torch.inference_mode``: an
+            # inference tensor cached there broke every later call that autograd records
+            with torch.inference_mode(False):
+                inv = self._inv_cache = torch.linalg.inv(self._basis)
         return inv
 
     def points_from_unit(self, r: Tensor) -> Tensor:

@@ -1,0 +1,93 @@
+"""Bottlenecks used through ordinary PyTorch module mechanics: inference mode, dtype casts,
+state dicts, re-initialisation, functional transforms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlatent.bottlenecks import build
+
+
+def _gen(seed: int = 1) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("lattice", ["a2", "d4", "e8"])
+def test_a_forward_under_inference_mode_leaves_the_lattice_usable(lattice):
+    """A lattice's inverse basis first formed under ``torch.inference_mode`` was cached as an
+    inference tensor: every later hard-path call outside it failed ("Inference tensors cannot
+    be saved for backward")."""
+    module = build("lattice", dim=8, lattice=lattice, samples=4, prior_samples=2).eval()
+    y = torch.randn(3, 8, generator=_gen(0))
+    with torch.inference_mode():
+        expected = module(y, generator=_gen()).y_hat
+    assert torch.equal(module(y, generator=_gen()).y_hat, expected)
+    k = module.quantize(y.requires_grad_(True), generator=_gen())
+    assert torch.equal(module.dequantize(k, generator=_gen()), expected)
+
+
+_MC = dict(samples=4, prior_samples=2, eval_samples=8, eval_prior_samples=2)
+_AUTOCAST_CASES = {
+    "e8": ("lattice", dict(dim=16, lattice="e8", **_MC)),
+    "e8+z": ("lattice", dict(dim=10, lattice=["e8", "z", "z"], scale_per="block", **_MC)),
+    "gaussian_dither": ("gaussian_dither", dict(dim=6)),
+    "soft_vq": ("soft_vq", dict(dim=6, num_codes=5)),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", list(_AUTOCAST_CASES))
+def test_a_callers_autocast_does_not_change_the_bottleneck(case, training):
+    """Under ``torch.autocast`` the bottleneck computes in its parameters' dtype: a good
+    lattice's dither and closest points ran in bfloat16 (other indices, y_hat off by 0.5, the
+    rate by 4%) and linear maps returned a bfloat16 y_hat."""
+    name, kwargs = _AUTOCAST_CASES[case]
+    module = build(name, **kwargs).train(training)
+    y = 2.0 * torch.randn(32, module.in_dim, generator=_gen(0))
+    expected = module(y, generator=_gen())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(y, generator=_gen())
+    assert out.y_hat.dtype == expected.y_hat.dtype == torch.float32
+    assert torch.equal(out.y_hat, expected.y_hat)
+    assert torch.equal(out.rate, expected.rate)
+    if not training and module.discrete:
+        assert torch.equal(out.indices, expected.indices)
+
+
+def test_a_file_decompressed_under_autocast_is_the_file():
+    """A valid good-lattice file decompressed inside ``torch.autocast`` failed as "corrupt
+    payload" (the decoder's closest points ran in bfloat16), and one compressed there held other
+    symbols."""
+    module = build("lattice", dim=16, lattice="e8", **_MC).eval()
+    y = 2.0 * torch.randn(32, 16, generator=_gen(0))
+    data = module.compress(y, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module.compress(y, seed=3) == data
+        y_hat = module.decompress(data)
+    assert torch.equal(y_hat, module.decompress(data))
+
+
+@pytest.mark.parametrize("name", ["lattice", "vq", "gaussian"])
+def test_vmap_is_refused_naming_it(name):
+    """Under ``torch.func.vmap`` the input check failed with "Cannot access data pointer of
+    Tensor that doesn't have storage"."""
+    module = build(name, dim=4, **({"num_codes": 5} if name == "vq" else {}))
+    y = torch.randn(3, 1, module.in_dim)
+    with pytest.raises(ValueError, match="torch.func.vmap"):
+        torch.func.vmap(lambda row: module(row).y_hat)(y)
+
+
+def test_a_good_lattices_density_view_ignores_a_callers_autocast():
+    """``posterior_sample`` and ``log_prior`` of a good lattice under ``torch.autocast`` drew
+    other samples (off by 1e-2) and log-densities (off by 0.2 nats), biasing an IWAE bound."""
+    module = build("lattice", dim=16, lattice="e8", **_MC).eval()
+    y = 2.0 * torch.randn(4, 16, generator=_gen(0))
+    results = []
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            z, log_q = module.posterior_sample(y, 3, generator=_gen())
+            torch.manual_seed(0)  # the prior's Monte Carlo draws
+            results.append((z, log_q, module.log_prior(z)))
+    for plain, autocast in zip(*results, strict=True):
+        assert torch.equal(plain, autocast)
