@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..lattices import lattice_by_name, tile
 from .timing import (
+    MAX_VALUES,
     allocator_settings,
     check_sizes,
     device_sync,
@@ -117,6 +118,13 @@ def bench_lattices(
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"lattice(s) named more than once: {twice}")
+    fused = [n for n in ("leech", "e8", "bw16") if compile and n in names]
+    width = sum(WIDTH[n] for n in [*names, *fused])  # every timed input is held at once
+    if rows * width > MAX_VALUES:
+        raise ValueError(
+            f"rows must be at most {MAX_VALUES // width:,} for these lattices (their inputs "
+            f"hold rows × {width} numbers, at most 2^26), got {rows:,}"
+        )
     torch.set_num_threads(threads)
     geometry = {
         n: estimate_nsm(n, target_rse=target_rse, seed=seed, device=device)

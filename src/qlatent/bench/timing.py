@@ -13,12 +13,23 @@ import torch
 
 from .._utils import check_count
 
+#: the most numbers of a benchmark's input, ``rows × dim`` (256 MiB of float32; the scaling
+#: sweep's largest shape): 2^24 rows of 2^16 each, each within its own bound, asked for 4 TiB,
+#: and 2^24 × 8 to the coding benchmark held 5 GB for minutes before its first timing
+MAX_VALUES = 1 << 26
+
 
 def check_sizes(**sizes: int) -> None:
     """ValueError unless every value is a positive integer (rows, widths, threads, repeats:
-    0 rows would time nothing and report 0 rows/s)."""
+    0 rows would time nothing and report 0 rows/s), and ``rows × dim`` where both are given is
+    at most :data:`MAX_VALUES`."""
     for name, value in sizes.items():
         check_count(value, name)
+    if "rows" in sizes and "dim" in sizes and sizes["rows"] * sizes["dim"] > MAX_VALUES:
+        raise ValueError(
+            f"rows × dim must be at most 2^26 ({MAX_VALUES:,} values), got "
+            f"{sizes['rows']:,} × {sizes['dim']:,}"
+        )
 
 
 def time_cases(
