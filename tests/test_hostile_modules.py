@@ -91,3 +91,51 @@ def test_a_good_lattices_density_view_ignores_a_callers_autocast():
             results.append((z, log_q, module.log_prior(z)))
     for plain, autocast in zip(*results, strict=True):
         assert torch.equal(plain, autocast)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("lattice", dict(dim=6)),
+        ("vq", dict(dim=6, num_codes=8)),
+        ("lattice", dict(dim=8, lattice="e8", samples=4, prior_samples=2)),
+    ],
+    ids=["rect", "vq", "e8"],
+)
+def test_a_second_order_gradient_through_a_custom_backward_is_refused(name, kwargs):
+    """``once_differentiable`` flagged a second derivative only through the incoming
+    gradients: the rectangular lattice's Hessian terms were left out without a word."""
+    torch.manual_seed(0)
+    module = build(name, **kwargs)
+    encoder = torch.nn.Linear(4, kwargs["dim"])
+    x = torch.randn(3, 4, requires_grad=True)
+    out = module(encoder(x), generator=_gen()) if name == "lattice" else module(encoder(x))
+    loss = out.y_hat.square().sum() + out.rate.sum()
+    with pytest.raises(RuntimeError, match="has first derivatives only: a backward with "):
+        torch.autograd.grad(loss, x, create_graph=True)
+    (first,) = torch.autograd.grad(loss, x)  # first order, as before
+    assert torch.isfinite(first).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale_per", ["coordinate", "block"])
+def test_a_model_holding_a_one_block_good_lattice_trains_under_torch_compile(scale_per):
+    """The backward of indexing the one block's spacing (a scatter into a one-element tensor)
+    failed in torch's CPU code generator ("InductorError: AssertionError")."""
+    torch.manual_seed(0)
+    module = build("lattice", dim=8, lattice="e8", scale_per=scale_per, samples=4, prior_samples=2)
+    encoder = torch.nn.Linear(4, 8)
+    x = torch.randn(5, 4)
+
+    def loss(x):
+        out = module(encoder(x), generator=_gen())
+        return out.y_hat.square().sum() + out.rate.sum()
+
+    grads = []
+    for step in (loss, torch.compile(loss)):
+        encoder.zero_grad()
+        module.zero_grad()
+        step(x).backward()
+        grads.append([encoder.weight.grad.clone(), module.log_spacing.grad.clone()])
+    for eager, compiled in zip(*grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain
+from .._utils import compiled_or_plain, first_order
 from ._code_model import CountedCodeModel
 from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
 
@@ -359,7 +359,7 @@ class _CodebookAndCommitment(torch.autograd.Function):
         return y_hat, (1.0 + beta) * mean_square
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_y_hat: Tensor, grad_aux: Tensor):
         (e,) = ctx.saved_tensors
         scaled = e * (grad_aux * (2.0 / e.numel()))

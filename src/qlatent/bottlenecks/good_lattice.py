@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite
+from .._utils import autocast_off, check_finite, first_order
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
@@ -502,12 +502,24 @@ class DitheredGoodLattice(Bottleneck):
         """Prior scales b per coordinate, shape ``(m,)`` (with ``scale_per="block"`` each block's
         one scale, repeated over its coordinates)."""
         scale = self.log_scale.exp()
-        return scale if self.scale_per == "coordinate" else scale[self._block_of]
+        return scale if self.scale_per == "coordinate" else self._per_coordinate(scale)
 
     def _coordinate_scale(self) -> Tensor:
         """σ_i: the factor from the base lattice to the scaled one, per coordinate ``(m,)``."""
-        spacing = self.spacing if self.spacing_per == "coordinate" else self.spacing[self._block_of]
+        spacing = self.spacing
+        if self.spacing_per == "block":
+            spacing = self._per_coordinate(spacing)
         return spacing * self._unit.to(self.log_spacing.dtype)
+
+    def _per_coordinate(self, per_block: Tensor) -> Tensor:
+        """A ``(blocks,)`` tensor repeated over each block's coordinates, ``(m,)``. One block is
+        expanded rather than indexed: the backward of indexing a one-element tensor (a scatter
+        into it) failed to compile in torch's CPU code generator ("InductorError:
+        AssertionError"), so a model holding an E8 or Leech bottleneck of one block could not
+        be trained under ``torch.compile``."""
+        if per_block.shape[0] == 1:
+            return per_block.expand(self._block_of.shape[0])
+        return per_block[self._block_of]
 
     def _block_log_volume(self) -> Tensor:
         """log V_b of each scaled block, ``(blocks,)``: n_b log s_b, or Σ_{i ∈ b} log s_i with a
@@ -1329,7 +1341,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
         return sums.points(t, c, temporary=True)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad: Tensor):
         t, c, block_of = ctx.saved_tensors
         # H = G_b(i)·sgn(t): the signs' buffer weighted in place run by run, where the runs are
@@ -1378,7 +1390,7 @@ class _BalanceWeight(torch.autograd.Function):
         return torch.sub(log_p, softplus).sub_(log_uniform)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad: Tensor):
         (d,) = ctx.saved_tensors
         uniform_shape, shift_shape = ctx.shapes
@@ -1454,7 +1466,7 @@ class _LogSum(torch.autograd.Function):
         return log_sum
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad: Tensor):
         omega, *rest = ctx.saved_tensors
         grad = grad.unsqueeze(2)

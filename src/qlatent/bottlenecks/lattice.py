@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain
+from .._utils import compiled_or_plain, first_order
 from ..lattices import RectangularLattice
 from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
@@ -150,7 +150,7 @@ class _FusedTrainingPath(torch.autograd.Function):
         return y_hat, rate
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_y_hat, grad_rate):
         g, q, d_h, key = ctx.saved_tensors
         if grad_y_hat is None:
@@ -258,7 +258,7 @@ class _BlockedTrainingPath(torch.autograd.Function):
         return y_hat, rate
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_y_hat, grad_rate):
         y_hat, inv_scale, h, c, sums, *factors = ctx.saved_tensors
         n, m = grad_y_hat.shape

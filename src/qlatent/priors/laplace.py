@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._utils import first_order
+
 
 def laplace_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
     """log P(X̂ ∈ η + [-Δ/2, Δ/2)) for X̂ ~ Laplace(0, b), elementwise.
@@ -152,7 +154,7 @@ class _CellNLL(torch.autograd.Function):
         return nll
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad: Tensor):
         d_a, d_h, eta, inv_scale, h = ctx.saved_tensors
         grad_a = grad * d_a
