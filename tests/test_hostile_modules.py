@@ -117,6 +117,22 @@ def test_a_second_order_gradient_through_a_custom_backward_is_refused(name, kwar
     assert torch.isfinite(first).all()
 
 
+def test_a_leech_bottleneck_pickles_without_the_shared_golay_tables():
+    """``torch.save`` of a whole model and ``copy.deepcopy`` carried 34 MB of Golay tables per
+    Leech lattice; the copy decodes with the process's own tables, the same points."""
+    import copy
+    import pickle
+
+    module = build("lattice", dim=40, lattice=["leech", "bw16"], samples=4, prior_samples=2)
+    assert len(pickle.dumps(module)) < 200_000
+    clone = copy.deepcopy(module)
+    leech, leech_copy = module.geometry.blocks[0], clone.geometry.blocks[0]
+    assert leech_copy._sextet is leech._sextet and leech_copy._code is leech._code
+    y = torch.randn(6, 40, generator=_gen(0)) * 3
+    module.eval(), clone.eval()
+    assert torch.equal(clone(y, generator=_gen()).y_hat, module(y, generator=_gen()).y_hat)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scale_per", ["coordinate", "block"])
 def test_a_model_holding_a_one_block_good_lattice_trains_under_torch_compile(scale_per):

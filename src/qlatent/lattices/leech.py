@@ -95,6 +95,17 @@ class LeechLattice(FixedLattice):
         generators.append([-3] + [1] * 23)
         self._basis = as_basis(integer_basis(generators))
 
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save`` of a whole model, ``copy.deepcopy``) without the Golay tables,
+        which every Leech lattice of a process shares: 34 MB a copy before."""
+        state = self.__dict__.copy()
+        del state["_code"], state["_sextet"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._code, self._sextet = golay_code(), golay_sextet()
+
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 24, self.name)
         rows = x.detach().reshape(-1, 24)  # piecewise constant: its derivative is 0
