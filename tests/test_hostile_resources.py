@@ -184,3 +184,132 @@ def test_16_bit_scaling_is_unchanged(monkeypatch, mode):
     out = np.asarray(folder._eight_bit(image, folder.Path("x.png")))
     expected = ((pixels.clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
     np.testing.assert_array_equal(out, expected)
+
+
+# ------------------------------------------------------------------------------ direct sums
+def test_a_dense_generator_matrix_past_its_bound_is_refused():
+    """``tile("z", 2**20).generator_matrix`` asked torch for 8 TiB (an allocator traceback) and
+    a width of 40,000 allocated 12.8 GB; Z^m's ``points_from_unit`` formed the same matrix."""
+    result = _probe(
+        """
+        import json, torch
+        from qlatent.lattices import integer_lattice, tile
+        errors = []
+        for lattice in (tile("z", 2**20), tile("e8", 40_000), integer_lattice(40_000)):
+            try:
+                lattice.generator_matrix
+                errors.append(None)
+            except ValueError as err:
+                errors.append(str(err))
+        r = torch.rand(2, 40_000, dtype=torch.float64)
+        same = torch.equal(integer_lattice(40_000).points_from_unit(r), r)
+        print(json.dumps({"errors": errors, "same": same}))
+        """
+    )
+    for err in result["errors"]:
+        assert err is not None and "m must be at most 2^12 (4096)" in err and "\n" not in err
+    assert result["same"]
+
+
+def test_generator_matrices_and_points_within_the_bound_are_unchanged():
+    from qlatent.lattices import RectangularLattice, integer_lattice, tile
+
+    for spec, dim in [("e8", 40), (["leech", "bw16"], 40), (["e8", "a2", "z", "z"], 12)]:
+        lattice = tile(spec, dim)
+        dense = torch.block_diag(*(block.generator_matrix for block in lattice.blocks))
+        assert torch.equal(lattice.generator_matrix, dense)
+    assert torch.equal(integer_lattice(4096).generator_matrix, torch.eye(4096, dtype=torch.float64))
+    spacing = torch.tensor([0.5, 1.0, 2.0, 3.3, 1e-3, 7.1])
+    r = torch.rand(100, 6, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.float64):
+        lattice = RectangularLattice(spacing.to(dtype))
+        expected = r.to(dtype) @ torch.diag(lattice.spacing).T
+        assert torch.equal(lattice.points_from_unit(r.to(dtype)), expected)
+
+
+def test_a_direct_sum_of_too_many_runs_is_refused_and_long_runs_are_cheap():
+    """699,050 alternating Z and D2 blocks took 10.7 s to build and 37 s and 1.2 GB to decode
+    one row; Z^(2^20)'s log-volume took 4.9 s (a tensor per block)."""
+    result = _probe(
+        """
+        import json, time, torch
+        from qlatent.lattices import tile
+        start = time.perf_counter()
+        try:
+            tile(["z", "d2"] * 349_525, 1_048_575)
+            error = None
+        except ValueError as err:
+            error = str(err)
+        refused = time.perf_counter() - start
+        lattice = tile("z", 2**20)
+        start = time.perf_counter()
+        log_volume = float(lattice.log_volume)
+        lattice.closest_point(torch.zeros(1, 2**20))
+        used = time.perf_counter() - start
+        print(json.dumps({"error": error, "refused": refused, "used": used, "lv": log_volume}))
+        """
+    )
+    assert result["error"] == (
+        "a direct sum takes at most 1024 runs of equal consecutive blocks, got 699050"
+    )
+    assert result["refused"] < 5 and result["used"] < 2 and result["lv"] == 0.0
+
+
+def test_a_direct_sums_log_volume_is_unchanged():
+    """Summed block by block in order as before, bit for bit (float64 and mixed dtypes)."""
+    from qlatent.lattices import DirectSum, RectangularLattice, tile
+
+    for spec, dim in [
+        ("e8", 40),
+        (["leech", "bw16"], 40),
+        (["leech", "e8", "e8"], 40),
+        (["a2", "d4*", "e8", "a3"] * 20, 20 * 17),
+        ("a2", 1000),
+    ]:
+        lattice = tile(spec, dim)
+        expected = sum(block.log_volume for block in lattice.blocks)
+        assert lattice.log_volume.dtype == expected.dtype
+        assert torch.equal(lattice.log_volume, expected)
+    odd = RectangularLattice(torch.tensor([0.3, 1.7], dtype=torch.float32))
+    mixed = DirectSum([odd, odd, tile("a2", 2).blocks[0], odd])
+    expected = sum(block.log_volume for block in mixed.blocks)
+    assert torch.equal(mixed.log_volume, expected) and mixed.dim == 8
+
+
+# ------------------------------------------------------------------------------- meta device
+def test_a_forward_on_the_meta_device_is_named():
+    """NotImplementedError "Cannot copy out of meta tensor; no data!" (a meta input) or torch's
+    device mismatch (a bottleneck sized on the meta device)."""
+    from qlatent.bottlenecks import build
+
+    with torch.device("meta"):
+        sized = build("lattice", dim=8, lattice="e8")
+    with pytest.raises(ValueError, match="^DitheredGoodLattice is on the meta device"):
+        sized(torch.randn(2, 8))
+    neck = build("lattice", dim=8)
+    with pytest.raises(ValueError, match=r"^input is on the meta device: .* shape \(2, 8\)"):
+        neck(torch.empty(2, 8, device="meta"))
+
+
+# -------------------------------------------------------------------------- clustering scores
+def test_cluster_accuracy_bounds_its_contingency_table():
+    """40,000 distinct labels against 40,000 cluster ids (320 kB each) asked for 12 GiB."""
+    result = _probe(
+        """
+        import json
+        import numpy as np
+        from qlatent.eval.downstream import cluster_accuracy
+        try:
+            cluster_accuracy(np.arange(40_000), np.arange(40_000))
+            error = None
+        except ValueError as err:
+            error = str(err)
+        ok = cluster_accuracy(np.arange(1024), np.arange(1024))
+        print(json.dumps({"error": error, "ok": ok}))
+        """
+    )
+    assert result["error"] == (
+        "40,000 cluster ids × 40,000 labels make a contingency table of more than 2^24 "
+        "(16,777,216) cells"
+    )
+    assert result["ok"] == 1.0

@@ -61,6 +61,11 @@ class DownstreamReport(KMeansScores, ProbeScores):
 
 
 # ------------------------------------------------------------------------- clustering scores
+#: the most cells of :func:`cluster_accuracy`'s dense table (128 MiB of int64; 40,000 distinct
+#: labels against 40,000 cluster ids asked for 12 GiB)
+MAX_CONTINGENCY_CELLS = 2**24
+
+
 def cluster_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Fraction of examples correct under the best one-to-one map of cluster ids to labels.
 
@@ -75,12 +80,19 @@ def cluster_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
         y_pred: ``(N,)`` integer cluster ids.
 
     Raises:
-        ValueError: not 1-D integer arrays of the same length N ≥ 1.
+        ValueError: not 1-D integer arrays of the same length N ≥ 1, or more distinct cluster
+            ids × distinct labels than :data:`MAX_CONTINGENCY_CELLS`.
     """
     y_true, y_pred = _check_label_pair(y_true, y_pred)
     _, true_ids = np.unique(y_true, return_inverse=True)
     _, pred_ids = np.unique(y_pred, return_inverse=True)
-    w = np.zeros((pred_ids.max() + 1, true_ids.max() + 1), dtype=np.int64)
+    shape = (int(pred_ids.max()) + 1, int(true_ids.max()) + 1)
+    if shape[0] * shape[1] > MAX_CONTINGENCY_CELLS:
+        raise ValueError(
+            f"{shape[0]:,} cluster ids × {shape[1]:,} labels make a contingency table of more "
+            f"than 2^24 ({MAX_CONTINGENCY_CELLS:,}) cells"
+        )
+    w = np.zeros(shape, dtype=np.int64)
     np.add.at(w, (pred_ids, true_ids), 1)
     rows, cols = linear_sum_assignment(w, maximize=True)
     return float(w[rows, cols].sum() / y_true.size)

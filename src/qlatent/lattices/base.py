@@ -24,6 +24,18 @@ LATTICES: Registry[Lattice] = Registry("lattice")
 MAX_COORDINATE = 2**62
 #: the most numbers one :meth:`Lattice.sample_dither` call draws (8 GiB of float32)
 MAX_DRAWS = 2**31
+#: the widest dense ``(m, m)`` generator matrix a structured lattice forms (128 MiB of float64;
+#: Z^(2^20) asked for 8 TiB); the largest A_n and D_n bases are this wide too
+MAX_DENSE_DIM = 2**12
+
+
+def check_dense(dim: int, name: str) -> None:
+    """ValueError if a dense ``(dim, dim)`` generator matrix is wider than :data:`MAX_DENSE_DIM`."""
+    if dim > MAX_DENSE_DIM:
+        raise ValueError(
+            f"the generator matrix of {name} is dense (m × m): m must be at most 2^12 "
+            f"({MAX_DENSE_DIM}) for it, got {dim}"
+        )
 
 
 def to_coordinates(k: Tensor) -> Tensor:

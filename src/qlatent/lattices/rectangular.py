@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LATTICES, Lattice, check_rows, to_coordinates
+from .base import LATTICES, Lattice, check_dense, check_rows, to_coordinates
 
 #: the largest ``Z^m`` :func:`integer_lattice` builds (a bottleneck's ``dim`` is at most this too)
 MAX_DIM = 2**30
@@ -53,6 +53,7 @@ class RectangularLattice(Lattice):
 
     @property
     def generator_matrix(self) -> Tensor:
+        check_dense(self.dim, self.name)
         return torch.diag(self.spacing)
 
     def closest_point(self, x: Tensor) -> Tensor:
@@ -68,6 +69,11 @@ class RectangularLattice(Lattice):
     def points(self, coords: Tensor) -> Tensor:
         check_rows(coords, self.dim, self.name, floating=False)
         return coords.to(self.spacing.dtype) * self.spacing.to(coords.device)
+
+    def points_from_unit(self, r: Tensor) -> Tensor:
+        # B r coordinate by coordinate: the same products as r @ diag(Δ), without the (m, m)
+        check_rows(r, self.dim, self.name)
+        return r * self.spacing.to(device=r.device, dtype=r.dtype)
 
     def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
         # Uniform over the cell [-Δ/2, Δ/2)^m directly: one draw, one fused multiply-add.
