@@ -403,6 +403,8 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
         if len(self.index) != len(self.words):
             raise ValueError("vocabulary words must be distinct and not reserved")
+        # a reserved name inside a sentence is an unknown word, not padding or its end
+        self._ids = self.index | dict.fromkeys(self.SPECIALS, 3)
 
     @classmethod
     def build(cls, sentences: list[list[str]], size: int) -> Vocabulary:
@@ -412,7 +414,7 @@ class Vocabulary:
         check_count(size, "size", low=0)
         counts = Counter(word for sentence in sentences for word in sentence)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([w for w, _ in ranked[:size] if w not in cls.SPECIALS])
+        return cls([w for w, _ in ranked if w not in cls.SPECIALS][:size])
 
     def __len__(self) -> int:
         return len(self.words)
@@ -435,7 +437,7 @@ class Vocabulary:
                 raise TypeError(f"sentence {row} is a {type(sentence).__name__}, not a token list")
             if len(sentence) > max_tokens:
                 raise ValueError(f"sentence {row} has {len(sentence)} > {max_tokens} tokens")
-            ids = [self.index.get(w, 3) for w in sentence] + [2]
+            ids = [self._ids.get(w, 3) for w in sentence] + [2]
             out[row, : len(ids)] = torch.tensor(ids)
         return out
 

@@ -99,6 +99,8 @@ class DataConfig:
         check_choice(self.name, "data.name", DATASETS)
         check_positive(self, "data", ("image_size", "val_size", "synthetic_size", "vocab_size"))
         check_positive(self, "data", ("max_tokens",))
+        if self.synthetic_size < 3:  # one item each for train, val and test
+            raise ValueError(f"data.synthetic_size must be at least 3, got {self.synthetic_size}")
         check_seed(self.split_seed, "data.split_seed")
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
@@ -496,7 +498,10 @@ def _split(images: Tensor, val: int, test: int, seed: int) -> dict[str, Tensor]:
 
 def _split_indices(n: int, val: int, test: int, seed: int) -> dict[str, Tensor]:
     if val + test >= n:
-        raise ValueError(f"cannot hold out {val} validation and {test} test images from {n}")
+        raise ValueError(
+            f"cannot hold out {val} validation and {test} test images from {n} "
+            "(data.val_size, data.test_size)"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = {"val": order[:val], "train": order[val + test :]}
     if test:
@@ -531,13 +536,26 @@ def load_text_data(cfg: DataConfig, data_dir: str | None = None, *, words: list[
     int64 token ids (words, EOS, PAD) of the sentences of at most ``max_tokens`` words, and the
     :class:`~qlatent.data.text.Vocabulary` of the ``vocab_size`` most frequent training words
     (or of ``words``, a saved one)."""
-    from ..data.text import Vocabulary, load_text
+    from ..data.sources import check_fits
+    from ..data.text import MAX_TOKENS, Vocabulary, load_text
 
     if cfg.name == "text-en":
         splits = load_text(data_dir)
     else:
         splits = _synthetic_text(cfg.synthetic_size, cfg.split_seed)
     splits = {k: [s for s in v if len(s) <= cfg.max_tokens] for k, v in splits.items()}
+    count = sum(map(len, splits.values()))
+    check_fits(
+        count * (cfg.max_tokens + 1),
+        8,
+        f"{count:,} sentences of {cfg.max_tokens:,} tokens as int64 ids",
+        "the most tokens per sentence (data.max_tokens)",
+    )
+    if cfg.max_tokens > MAX_TOKENS:  # every sentence is padded to it: minutes of padding
+        raise DataError(
+            f"data.max_tokens must be at most {MAX_TOKENS} (no text dataset here has longer "
+            f"sentences; more only pads them), got {cfg.max_tokens:,}"
+        )
     for name, sentences in splits.items():
         if not sentences:
             raise DataError(

@@ -1,0 +1,58 @@
+"""Hostile run configs and sentences: sizes that only pad, data too small to split, reserved
+names inside a sentence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlatent.data import DataError
+from qlatent.data.text import Vocabulary
+from qlatent.experiments.custom import DataConfig, _split, load_config, load_data, load_text_data
+
+
+def test_max_tokens_past_the_longest_sentence_is_refused_before_padding():
+    """Every sentence is padded to data.max_tokens + 1 ids: 200,000 held a 60-sentence run for
+    minutes and gigabytes in a decoder of 200,001 steps."""
+    cfg = DataConfig(name="synthetic-text", synthetic_size=60, max_tokens=200_000)
+    with pytest.raises(DataError, match=r"data\.max_tokens .*at most 30"):
+        load_text_data(cfg)
+
+
+def test_max_tokens_within_the_bound_still_loads():
+    splits, _ = load_text_data(DataConfig(name="synthetic-text", synthetic_size=60, max_tokens=30))
+    assert splits["train"].shape[1] == 31
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-text"])
+@pytest.mark.parametrize("size", [1, 2])
+def test_synthetic_data_too_small_to_split_names_the_key(name, size):
+    """One or two synthetic items cannot give train, validation and test one each: the text
+    error blamed data.max_tokens, the image one named no key."""
+    sets = [f"data.name={name}", f"data.synthetic_size={size}"]
+    if name == "synthetic-text":
+        sets += ["model.family=text_gru", "model.hidden=[8, 8]"]
+    with pytest.raises(ValueError, match=r"data\.synthetic_size must be at least 3"):
+        load_config(None, sets)
+
+
+def test_three_synthetic_items_still_split():
+    images = load_data(DataConfig(name="synthetic", synthetic_size=3))
+    assert {k: v.shape[0] for k, v in images.items()} == {"val": 1, "test": 1, "train": 1}
+    splits, _ = load_text_data(DataConfig(name="synthetic-text", synthetic_size=3))
+    assert [splits[k].shape[0] for k in ("train", "val", "test")] == [1, 1, 1]
+
+
+def test_held_out_sizes_past_the_data_name_their_keys():
+    """Held-out sizes that leave no training image name the keys that set them."""
+    with pytest.raises(ValueError, match=r"data\.val_size.*data\.test_size"):
+        _split(torch.zeros(5, 1), 4, 1, 0)
+
+
+def test_reserved_names_inside_a_sentence_are_unknown_words():
+    """A sentence holding the word ``<eos>`` or ``<pad>`` was encoded with the reserved id: the
+    sentence ended early without a word, or padding came first."""
+    vocab = Vocabulary(["a", "b"])
+    ids = vocab.encode([["a", "<eos>", "b"], ["<pad>", "<bos>", "<unk>"]], 4)
+    assert ids.tolist() == [[4, 3, 5, 2, 0], [3, 3, 3, 2, 0]]
+    assert Vocabulary.build([["<eos>", "<eos>", "a"]], 1).words[4:] == ["a"]
