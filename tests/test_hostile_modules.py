@@ -155,3 +155,23 @@ def test_a_model_holding_a_one_block_good_lattice_trains_under_torch_compile(sca
         grads.append([encoder.weight.grad.clone(), module.log_spacing.grad.clone()])
     for eager, compiled in zip(*grads, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "register",
+    ["register_full_backward_hook", "register_full_backward_pre_hook", "register_backward_hook"],
+)
+def test_a_module_backward_hook_is_refused_where_it_is_registered(register):
+    """A module backward hook never fires on a module returning a BottleneckOutput: torch only
+    warned (full hooks) or failed inside the forward with "'BottleneckOutput' object is not
+    subscriptable" (the legacy hook). Registering one is now the error; forward hooks and tensor
+    hooks work as before."""
+    bottleneck = build("lattice", dim=4)
+    with pytest.raises(TypeError, match="out.y_hat.register_hook"):
+        getattr(bottleneck, register)(lambda *args: None)
+    seen = []
+    bottleneck.register_forward_hook(lambda module, args, out: seen.append(type(out).__name__))
+    out = bottleneck(torch.randn(3, 4, requires_grad=True))
+    out.y_hat.register_hook(lambda grad: seen.append(tuple(grad.shape)))
+    out.y_hat.sum().backward()
+    assert seen == ["BottleneckOutput", (3, 4)]

@@ -313,3 +313,18 @@ def test_cluster_accuracy_bounds_its_contingency_table():
         "(16,777,216) cells"
     )
     assert result["ok"] == 1.0
+
+
+def test_an_image_size_past_the_model_bound_is_refused_before_the_folder_is_read(tmp_path):
+    """``data.image_size = 20000`` on a folder of three images resized every image to 20000²
+    (gigabytes) before the model built from that shape was refused: the config now counts the
+    model on the meta device from the image shape it names."""
+    from qlatent.experiments.custom import load_config
+
+    never_read = tmp_path / "not-there"  # reading it would be a DataError, not the size's error
+    config = tmp_path / "big.toml"
+    config.write_text(f'[data]\nname = "folder"\nfolder = "{never_read}"\nimage_size = 20000\n')
+    with pytest.raises(ValueError, match="would hold 240,000,193,240 numbers"):
+        load_config([str(config)])
+    config.write_text(f'[data]\nname = "folder"\nfolder = "{never_read}"\nimage_size = 64\n')
+    assert load_config([str(config)]).data.image_size == 64

@@ -56,3 +56,14 @@ def test_reserved_names_inside_a_sentence_are_unknown_words():
     ids = vocab.encode([["a", "<eos>", "b"], ["<pad>", "<bos>", "<unk>"]], 4)
     assert ids.tolist() == [[4, 3, 5, 2, 0], [3, 3, 3, 2, 0]]
     assert Vocabulary.build([["<eos>", "<eos>", "a"]], 1).words[4:] == ["a"]
+
+
+def test_unk_rate_counts_what_encode_writes_as_unknown():
+    """``unk_rate`` counted a literal ``<eos>`` in a sentence as a known word, though ``encode``
+    writes it as UNK: the reported rate was lower than the data's."""
+    vocab = Vocabulary(["a", "b"])
+    sentences = [["a", "<eos>", "b"], ["<pad>", "c", "<unk>", "a"]]
+    ids = vocab.encode(sentences, 4)
+    written_unknown = sum(ids[row, : len(s)].eq(3).sum().item() for row, s in enumerate(sentences))
+    assert written_unknown == 4
+    assert vocab.unk_rate(sentences) == 4 / 7

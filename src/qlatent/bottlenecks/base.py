@@ -128,6 +128,13 @@ def build(name: str, **kwargs) -> Bottleneck:
     return sized(lambda: BOTTLENECKS.build(name, **kwargs), f"bottleneck {name!r} ({sizes})")
 
 
+def _no_module_backward_hooks() -> TypeError:
+    return TypeError(
+        "a bottleneck returns a BottleneckOutput, on which module backward hooks never fire: "
+        "hook its tensors instead (out.y_hat.register_hook(...), or the input's)"
+    )
+
+
 class Bottleneck(nn.Module, ABC):
     """Base class: input checks, rows <-> ``(B, D, *spatial)`` reshaping, and the public API.
 
@@ -163,6 +170,19 @@ class Bottleneck(nn.Module, ABC):
                 )
         self.dim = dim
         self.in_dim = dim if in_dim is None else in_dim
+
+    # ----------------------------------------------------------------- module hooks
+    # A module backward hook fires only on a module whose output is a tensor or a tuple of
+    # them; torch skips it on a BottleneckOutput with a warning (full hooks) or fails inside
+    # the forward (the legacy hook). Refused where it is registered instead.
+    def register_full_backward_hook(self, hook, prepend: bool = False):
+        raise _no_module_backward_hooks()
+
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False):
+        raise _no_module_backward_hooks()
+
+    def register_backward_hook(self, hook):
+        raise _no_module_backward_hooks()
 
     # ----------------------------------------------------------------- public API
     @autocast_off

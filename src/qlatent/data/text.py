@@ -458,7 +458,8 @@ class Vocabulary:
         return words
 
     def unk_rate(self, sentences: list[list[str]]) -> float:
-        """Fraction of word tokens not in the vocabulary."""
+        """Fraction of word tokens that ``encode`` writes as UNK: words not in the
+        vocabulary and the reserved names (``<eos>``, ``<pad>``, ...) inside a sentence."""
         total = sum(len(s) for s in sentences)
-        unknown = sum(w not in self.index for s in sentences for w in s)
+        unknown = sum(self._ids.get(w, 3) == 3 for s in sentences for w in s)
         return unknown / max(1, total)

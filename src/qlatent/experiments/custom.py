@@ -64,6 +64,7 @@ from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, sized
+from ..models.size import check_size
 from ..nn import Bernoulli, SquaredError, gated_mlp
 from ..nn.conv import conv_decoder, conv_encoder
 from ..nn.mlp import relu_mlp
@@ -317,7 +318,7 @@ def load_config(
             "model.hidden must be [encoder width per direction, decoder width] for text_gru, "
             f"got {cfg.model.hidden}"
         )
-    check_bottleneck(cfg)
+    check_model(cfg)
     return cfg
 
 
@@ -336,7 +337,7 @@ def paper_config(
     where = f"config {experiment}/{'+'.join(parts) or 'base'}"
     cfg = _apply(lambda c: apply_mapping(c, table), RunConfig(), where)
     cfg = _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
-    check_bottleneck(cfg)
+    check_model(cfg)
     return cfg
 
 
@@ -424,6 +425,27 @@ def check_reproduce(
         check_folder(folder, argument)
     for argument, value in names.items():
         check_names(value, argument)
+
+
+def image_shape(data: DataConfig) -> tuple[int, int, int] | None:
+    """The ``(C, H, W)`` of the images ``data`` names, known from the config alone (``None``
+    for text)."""
+    if data.name in TEXT_DATA:
+        return None
+    if data.name == "folder":
+        return data.channels, data.image_size, data.image_size
+    return (data.channels if data.name == "synthetic" else 1), 28, 28
+
+
+def check_model(cfg: RunConfig) -> None:
+    """The bottleneck (:func:`check_bottleneck`), then for image data the whole model, counted
+    on the meta device from the config's image shape: an image size or width past
+    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` fails before a folder of images is read
+    and resized (text models are sized by the vocabulary the data gives, counted later)."""
+    check_bottleneck(cfg)
+    shape = image_shape(cfg.data)
+    if shape is not None:
+        check_size(lambda: _assemble(cfg, shape, 1.0, None))
 
 
 def check_bottleneck(cfg: RunConfig) -> None:
