@@ -831,8 +831,20 @@ def _version() -> str:
     return f"qlatent {__version__} (torch {torch})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that help or a version that cannot be written to stdout is an
+    error for :func:`main` to report: argparse drops it, and ``qlatent --help > /dev/full``
+    exited 0 having written nothing."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        if message and file is not None and file is sys.stdout:
+            file.write(message)
+        else:
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qlatent", description="Discrete latent representations: train, evaluate, code."
     )
     parser.add_argument("--version", action="version", version=_version())
@@ -1161,7 +1173,8 @@ def _interrupted(err: KeyboardInterrupt) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``qlatent ARGV``: the exit code. Ctrl-C and SIGTERM end a command with one line (exit
-    code 130 or 143), a reader of stdout that has gone ends it without one (141)."""
+    code 130 or 143), a reader of stdout that has gone ends it without one (141), a stdout that
+    cannot take the output (a full disk) with one line (2)."""
     import os
 
     with _sigterm_as_interrupt():
@@ -1169,7 +1182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 return _run(argv)
             finally:
-                sys.stdout.flush()  # a reader that has gone shows here, not at exit
+                if sys.stdout is not None:
+                    sys.stdout.flush()  # a reader that has gone shows here, not at exit
         except BrokenPipeError:
             # the reader of standard output has gone (``qlatent train --list | head -1``): what
             # is left unwritten goes nowhere, rather than failing again when Python flushes
@@ -1177,6 +1191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # 128 + SIGPIPE, what the shell reports for a program the closed pipe stopped
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+        except OSError as err:
+            # _run reports a command's own errors: this is stdout refusing the help or the last
+            # flush (a full disk, ``> /dev/full``); what is left goes nowhere, as above
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print(f"qlatent: error: cannot write standard output: {err}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt as err:
             return _interrupted(err)
 
@@ -1189,6 +1209,7 @@ def console() -> None:
     import os
     import signal
 
+    _usable_standard_streams()
     code = main()
     signum = code - 128
     if os.name == "posix" and signum in (signal.SIGINT, signal.SIGTERM):
@@ -1197,6 +1218,43 @@ def console() -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     sys.exit(code)
+
+
+def _usable_standard_streams() -> None:
+    """The standard streams as the program needs them, whatever its caller left. A descriptor
+    closed by the caller (``qlatent ... 2>&-``) is opened on the null device: Python sets its
+    stream to None, so a progress bar stopped a run without a word, an error line went to
+    stdout, and a file the command opened would take the free descriptor, where whatever
+    writes to descriptor 2 (a library's C++ warning) would write into it. Text the encoding
+    cannot show (``Λ``, ``±``, a path's ``é`` under ``PYTHONIOENCODING=ascii``) is escaped,
+    not a UnicodeEncodeError after the command's work was done; the bytes of a path that is
+    no text in the locale (kept as surrogates) are written back as they were."""
+    import codecs
+    import os
+
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:  # the lower descriptors are open, so this is only a safeguard
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+    def escape(err: UnicodeError) -> tuple[str | bytes, int]:
+        try:
+            return codecs.lookup_error("surrogateescape")(err)
+        except UnicodeError:
+            return codecs.backslashreplace_errors(err)
+
+    codecs.register_error("qlatent.escape", escape)
+    for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "reconfigure"):  # replaced by something other than a text file
+            continue
+        if stream.errors in ("strict", "surrogateescape", "backslashreplace"):  # Python's own
+            stream.reconfigure(errors="qlatent.escape")
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -1225,6 +1283,10 @@ def _run(argv: Sequence[str] | None) -> int:
             print(f"qlatent: error: out of memory: {message}{_MEMORY_ADVICE}", file=sys.stderr)
             return 2
         if not isinstance(err, BackendCompilerFailed):
+            if isinstance(err.__context__, OSError):
+                # torch.save's zip writer, closed after a write failed (a full disk, a file-size
+                # limit), replaces that error with its own ("[enforce fail …] unexpected pos")
+                return report_error(err.__context__)
             raise
         # torch.compile could not build a kernel (on the CPU: no working C++ compiler): the
         # backend's own exception, its first line (Dynamo's message adds advice on debugging)

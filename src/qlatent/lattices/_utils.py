@@ -146,8 +146,19 @@ class FixedLattice(Lattice):
         return inv
 
     def points_from_unit(self, r: Tensor) -> Tensor:
+        """``r @ basis``, formed in float64 and rounded once to ``r``'s dtype. Draws on the 2^-24
+        grid (the dither's) times the integer or half-integer bases of D_n, D_n*, E8, Λ16 and
+        Λ24 sum exactly there, so the hard path's dither, which a decoder regenerates, does not
+        depend on the matrix kernel (A_n's irrational basis: up to a float64 rounding, below
+        float32's). In float32 the kernel rounded its partial sums in an order that depended on
+        the thread count and the number of rows: a Leech file written with 4 threads failed to
+        decode with 1, 1 to 3 rows of Λ16 or Λ24 coded alone got another dither than inside a
+        larger batch, and a kernel of another CPU could have done the same to any of them. MPS
+        has no float64: there the product stays in ``r``'s dtype."""
         check_rows(r, self.dim, self.name)
-        return r @ self._basis.to(device=r.device, dtype=r.dtype)
+        if r.device.type == "mps":
+            return r @ self._basis.to(device=r.device, dtype=r.dtype)
+        return (r.to(torch.float64) @ self._basis.to(r.device)).to(r.dtype)
 
     @property
     def log_volume(self) -> Tensor:
