@@ -229,6 +229,16 @@ class CountedCodeModel:
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):
         # the code model's buffers take the saved shape; a checkpoint from before they existed
         # loads with them empty ("no code model yet"); saved ones must be consistent
+        keys = [prefix + name for name in CODE_MODEL_BUFFERS]
+        if not any(key in state_dict for key in keys) and any(
+            key.startswith(prefix) for key in state_dict
+        ):
+            # weights without counts: the counts held belonged to the weights being replaced (a
+            # stale code model compressed on, while a module loaded fresh from the same
+            # weights had none), so none are kept
+            for name in CODE_MODEL_BUFFERS:
+                held = self._buffers[name]
+                self._buffers[name] = held.new_zeros((0,) * held.dim())
         saved = [state_dict.get(prefix + name, self._buffers[name]) for name in CODE_MODEL_BUFFERS]
         problem = self._code_model_problem(*saved, prefix=prefix)
         if problem:
