@@ -569,9 +569,10 @@ class DitheredGoodLattice(Bottleneck):
     def _unit_dither(self, n: int, generator, dtype, device=None) -> Tensor:
         """``(n, m)`` points uniform over the base lattice's Voronoi cell (counter-based draws
         on the fundamental parallelepiped, reduced modulo the lattice), made on ``device``
-        (default the CPU). The draws are the same bits on every device, but the basis product
-        may round differently on another device, so the hard path's dither, which a decoder
-        must regenerate bit for bit, is always made on the CPU."""
+        (default the CPU). The draws are the same bits on every device and the basis product
+        is exact in float64 (``FixedLattice.points_from_unit``), but the reduction modulo the
+        lattice runs in the draws' dtype, and MPS has no float64: the hard path's dither, which
+        a decoder must regenerate bit for bit, is always made on the CPU."""
         r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)
         y = self.geometry.points_from_unit(r)
         return y - self.geometry.dither_point(y)
