@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import glob
 import math
 import os
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
 from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
 
 #: the largest weight or temperature taken: a float32 loss scaled by more overflows (a weight of
 #: 1e300 turned the first step's loss infinite and the weights into NaN)
@@ -197,21 +204,97 @@ def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Call
     return plain if torch.compiler.is_compiling() else compiled()
 
 
+def _locked(fd: int, *, wait: bool) -> bool:
+    """Take ``flock(fd)`` (True), or False where another process holds it; True too where the
+    file system has no such locks (there, as before they were used, nothing is held)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files of ``path`` (``.<name>.*.tmp``) left by writers that were
+    killed mid-write. A writer holds a lock on its file until it is renamed (:func:`replacing`),
+    which the kernel lets go of when the writer dies: a file still locked is another writer's
+    in progress and stays (removing it made that writer's rename fail)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if fcntl is None:
+            with contextlib.suppress(OSError):  # Windows: a file open in a writer is not removed
+                stale.unlink()
+            continue
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:  # removed meanwhile
+            continue
+        try:
+            if _locked(fd, wait=False):
+                stale.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *, mode: int = 0o666, sweep: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new contents into: a temporary file of this writer's
+    own beside it, renamed over ``path`` when the block ends, removed if it raises. Two writers
+    of one path at once each rename a complete file into place, the last one's staying: with one
+    shared temporary name, one renamed the file the other was still writing (a truncated
+    ``path``) and the other's rename failed. ``mode`` as in :func:`os.open` (before the umask).
+    ``sweep``: remove the temporary files of killed writers first (:func:`remove_stale_temps`),
+    which lists the folder: not for many files written into one folder."""
+    if sweep:
+        remove_stale_temps(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode
+            )
+        except FileExistsError:
+            continue
+        if fcntl is None or _locked(fd, wait=True) and _names(tmp, fd):
+            break
+        os.close(fd)  # taken for stale between its creation and the lock: another name
+    renamed = False
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            yield f
+        if fcntl is None:  # Windows renames no open file (and nothing is locked there)
+            os.close(fd)
+            fd = -1
+        os.replace(tmp, path)  # still locked: not a stale file to a writer starting now
+        renamed = True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not renamed:
+            tmp.unlink(missing_ok=True)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
     ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace,
-    or lies under a regular file)."""
+    or lies under a regular file); concurrent writers of one path each write a whole file
+    (:func:`replacing`)."""
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ValueError(f"refusing to write {path}: it is not a regular file")
     check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as f:
+        f.write(data)
     return path
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._utils import check_count, expanded
+from .._utils import check_count, expanded, write_atomic
 from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir, check_fits
 
 NAME = "text-en"
@@ -315,9 +315,9 @@ def build(
         splits = split_corpus(list(documents(packages)))
         folder.mkdir(parents=True, exist_ok=True)
         for split, lines in splits.items():
-            tmp = paths[split].with_name(f".{paths[split].name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-            os.replace(tmp, paths[split])
+            # a temporary file per writer: two processes building the corpus at once shared one
+            # name, and one renamed the other's half-written split into place
+            write_atomic(paths[split], "".join(f"{line}\n" for line in lines).encode("utf-8"))
     if verify:
         for split, path in paths.items():
             size, limit = path.stat().st_size, MAX_BYTES_PER_TOKEN * SPLIT_SIZES[split][1]

@@ -24,13 +24,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._utils import check_parent
+from .._utils import check_parent, replacing
 
 #: the key under which the digest is stored
 DIGEST_KEY = "sha256"
@@ -88,12 +87,6 @@ def content_digest(obj: Any, *, max_nodes: int | None = None) -> str:
     return h.hexdigest()
 
 
-def _remove_stale(path: Path) -> None:
-    """Temporary files of ``path`` left by a writer that was killed mid-write."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` (a dict of plain data and tensors, stored with its digest, or one tensor)
     to ``path`` atomically. Checked before anything is written: ``obj`` must be what
@@ -114,17 +107,13 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     else:
         content_digest(obj)  # the same walk: plain data only (not stored)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # a temporary file of this writer's own, locked until renamed: the temporary files of
+    # killed writers are removed first, another writer's in progress no longer (its rename
+    # failed); readable by the owner only, as mkstemp made it
+    with replacing(path, mode=0o600, sweep=True) as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
