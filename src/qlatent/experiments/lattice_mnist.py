@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .._utils import write_atomic
 from ..bottlenecks.gaussian_lattice import GaussianLattice
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
@@ -375,9 +376,7 @@ def _warm_start(model, cfg: LatticeMnistConfig, out_dir: Path) -> dict[str, Any]
         "coordinate_order": order.tolist(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = record.with_name(record.name + ".tmp")  # atomic, as the checkpoints
-    partial.write_text(json.dumps(start, indent=1) + "\n")
-    partial.replace(record)
+    write_atomic(record, (json.dumps(start, indent=1) + "\n").encode())  # as the checkpoints
     return start
 
 
