@@ -219,6 +219,14 @@ def _fit(
         state = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
         if cfg.keep == "best" and state.best_epoch:
             _restore_best(out_dir / "best.pt", model, state, run_config, world)
+    # a cap the run has already reached ends it before another epoch: one whose stop was
+    # recorded as the time budget (checked first), or a patience or step budget lowered on
+    # resume. The loop would train once more: an empty batch (loss NaN, "training diverged")
+    # where the step budget was met, a negative slice (most of an epoch) where it was passed.
+    if cfg.patience is not None and state.bad_epochs > cfg.patience:
+        state.stopped = "early_stopping"
+    elif cfg.max_steps is not None and state.step >= cfg.max_steps:
+        state.stopped = "max_steps"
     if state.stopped in ("early_stopping", "max_steps"):
         return _finish(model, state, out_dir, world, cfg.keep, run_config)
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
