@@ -472,27 +472,15 @@ class DitheredGoodLattice(Bottleneck):
         )
 
     # ------------------------------------------------------------- module mechanics
-    #: the non-persistent buffers: constants of the geometry, kept in the dtypes they were built in
-    _TABLES = (
-        "_unit",
-        "_block_of",
-        "_block_dims",
-        "_halfwidth",
-        "_reach",
-        "_exact",
-        "_mc_blocks",
-        "_mc_coords",
-        "_membership",
-    )
-
     def _apply(self, fn, recurse: bool = True):
         """Converts the parameters as any module does, but only moves the tables: they are not
         saved, so ``to_empty`` (the meta-device init pattern ``with torch.device("meta"): ...;
         to_empty(); load_state_dict()``) left them uninitialised for good (NaN errors, index
         errors), and ``half()`` rounded them (another lattice after ``.half().float()``, whose
         files a model loaded from the same weights could not decode). Tables stay off the meta
-        device, as when built there, so they are never lost."""
-        tables = {name: self._buffers.get(name) for name in self._TABLES}
+        device, as when built there, so they are never lost. The tables are the non-persistent
+        buffers: constants of the geometry, kept in the dtypes they were built in."""
+        tables = {name: self._buffers.get(name) for name in self._non_persistent_buffers_set}
         super()._apply(fn, recurse)
         for name, table in tables.items():
             moved = self._buffers.get(name)
