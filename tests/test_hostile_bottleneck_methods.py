@@ -71,7 +71,10 @@ def test_posterior_sample_refuses_an_absurd_number_of_samples(name):
         ((3, 4), "samples must be an even integer >= 2"),
         # True was one sample: every log-density -inf
         ((True, 4), "samples must be an even integer >= 2"),
-        ((2**40, 4), "samples = 1099511627776 is more draws per row than a key"),
+        ((2**40, 4), "samples = 1099511627776 is more draws per row than one row's"),
+        # allowed up to the generator's 134,217,727 per row: tens of GB for one row
+        ((2**24, 4), "samples = 16777216 is more .* at most 8,388,608"),
+        ((4, 2**24), "prior_samples = 16777216 is more .* at most 8,388,608"),
         # "shape must be a tuple of non-negative integers, got (-1, 8)"
         ((4, -1), "prior_samples must be a non-negative integer, got -1"),
         ((4, 1.5), "prior_samples must be a non-negative integer, got 1.5"),
@@ -82,6 +85,18 @@ def test_posterior_sample_refuses_an_absurd_number_of_samples(name):
 def test_log_density_checks_its_counts(args, message):
     with pytest.raises(ValueError, match=message):
         e8().log_density(torch.randn(3, 8), *args, gen(0))
+
+
+@pytest.mark.parametrize("name", ["samples", "eval_samples", "prior_samples", "eval_prior_samples"])
+def test_a_count_whose_one_row_needs_gigabytes_is_refused_when_set(name):
+    """E8^5 took eval_samples = 10^7 (one row: 400 M numbers, about 8 GB of temporaries at the
+    19 bytes per number measured); 10^6 is taken."""
+    with pytest.raises(ValueError, match=f"{name} = 10000000 is more draws per row"):
+        build("lattice", dim=40, lattice="e8", **{name: 10**7})
+    neck = build("lattice", dim=40, lattice="e8", **{name: 10**6})
+    with pytest.raises(ValueError, match=f"{name} = 1677722 is more .* at most 1,677,721"):
+        setattr(neck, name, 1677722)
+    assert getattr(neck, name) == 10**6
 
 
 def test_log_density_checks_its_rows_and_switches():

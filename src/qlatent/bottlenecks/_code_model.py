@@ -227,6 +227,10 @@ class CountedCodeModel:
         return None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):
+        problem = self._identity_problem(local_metadata, prefix)  # type: ignore[attr-defined]
+        if problem:  # weights that mean other things here: nothing of them, counts included
+            rest[-1].append(problem)
+            return
         # the code model's buffers take the saved shape; a checkpoint from before they existed
         # loads with them empty ("no code model yet"); saved ones must be consistent
         keys = [prefix + name for name in CODE_MODEL_BUFFERS]

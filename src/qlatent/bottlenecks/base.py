@@ -107,6 +107,26 @@ class Fixed(_Kept):
         obj.__dict__[self.name] = value
 
 
+#: the key of a bottleneck's record in its state dict's metadata (:meth:`Bottleneck._identity`)
+_RECORD = "qlatent"
+
+
+def _plain(value) -> Any:
+    """A value as ``torch.load(weights_only=True)`` reads it back: numbers, strings, flags and
+    ``None`` themselves, sequences as lists, anything else as its ``repr``."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def _short(value) -> str:
+    """``repr(value)`` cut to 80 characters, for values read from a file."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def check_flag(value, name: str) -> bool:
     """Switches are True or False: a truthy string would have switched one on."""
     if not isinstance(value, bool):
@@ -153,6 +173,10 @@ class Bottleneck(nn.Module, ABC):
     input_layout: ClassVar[str] = ""
     dim = Fixed()
     in_dim = Fixed()
+    #: :class:`Fixed` values that leave the weights' meaning alone (how a path runs, which
+    #: estimate of the rate it takes), so weights move freely between their settings; every
+    #: other one is kept beside the weights in a state dict (:meth:`_identity`)
+    _FREE_OF_WEIGHTS: ClassVar[frozenset[str]] = frozenset({"compile"})
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
@@ -312,7 +336,69 @@ class Bottleneck(nn.Module, ABC):
             )
         check_generator(generator, cpu=False)
 
+    # ------------------------------------------------------- what the weights mean
+    # Weights of the same shapes can mean other things: E8 scales loaded into a D8 bottleneck,
+    # a Laplace prior's into a Gaussian one, went in without a word and quantized on another
+    # lattice (the library's own checkpoints rebuild from their saved config, a user's
+    # ``load_state_dict`` did not). The structural constructor values travel in the state dict's
+    # metadata, where torch keeps each module's ``version``: the keys stay tensors, a state dict
+    # without the record (older, or rebuilt as a plain dict) loads as before.
+    def _identity(self) -> dict[str, Any]:
+        """Every :class:`Fixed` value but those of ``_FREE_OF_WEIGHTS``, as plain values (kept
+        through ``torch.save`` and ``torch.load(weights_only=True)``), by attribute name."""
+        record = {}
+        for cls in type(self).__mro__:
+            for name, attr in vars(cls).items():
+                if (
+                    isinstance(attr, Fixed)
+                    and name not in record
+                    and name not in self._FREE_OF_WEIGHTS
+                    and name in self.__dict__
+                ):
+                    record[name] = _plain(self.__dict__[name])
+        return record
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        metadata = getattr(destination, "_metadata", None)
+        local = metadata.get(prefix[:-1]) if isinstance(metadata, dict) else None
+        if isinstance(local, dict):
+            local[_RECORD] = {"class": type(self).__name__, "fixed": self._identity()}
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _identity_problem(self, local_metadata, prefix: str) -> str | None:
+        """Why weights saved with ``local_metadata`` do not fit this module (a structural
+        value that differs, or a record that is not one), or ``None``."""
+        saved = local_metadata.get(_RECORD) if isinstance(local_metadata, dict) else None
+        if saved is None:
+            return None
+        where = f"{prefix[:-1]}: " if prefix else ""
+        fixed = saved.get("fixed") if isinstance(saved, dict) else None
+        if not isinstance(fixed, dict):
+            return f"{where}the state dict's record of its bottleneck is not one ({_short(saved)})"
+        kind = saved.get("class")
+        kind = kind if isinstance(kind, str) and kind.isidentifier() else "bottleneck"
+        descriptors = {
+            name: attr
+            for cls in reversed(type(self).__mro__)
+            for name, attr in vars(cls).items()
+            if isinstance(attr, Fixed)
+        }
+        for name, mine in self._identity().items():
+            if name in fixed and _plain(fixed[name]) != mine:
+                argument = descriptors[name].argument or name
+                return (
+                    f"{where}the weights were saved from a {kind[:60]} with {argument}="
+                    f"{_short(fixed[name])}; this one has {argument}={_short(mine)} (build it "
+                    f"with {argument}={_short(fixed[name])}, or load dict(state_dict) to skip "
+                    "the check)"
+                )
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        problem = self._identity_problem(args[0] if args else None, prefix)
+        if problem:  # nothing of this module is loaded; torch raises it with the others
+            args[-1].append(problem)
+            return
         # weights loaded directly (not through qlatent.train.load_weights, which checks them
         # first) are refused with a NaN or an infinity too: every output became NaN without a word
         for key, value in state_dict.items():

@@ -231,10 +231,19 @@ def check_block_counts(pairs: Sequence[tuple[int, int | tuple[int, ...]]], block
             raise ValueError(f"counts {counts_text(pair)} name {len(pair[1])} blocks, not {blocks}")
 
 
+#: the most numbers (count · dim) one row's Monte-Carlo estimate may form per kind of draw.
+#: One row is the smallest chunk of :meth:`DitheredGoodLattice.log_density`, and its
+#: temporaries came to about 19 bytes per number: one row at this limit peaked at 2.6 GB (E8)
+#: and 2.7 GB (Λ24), both kinds of draw at the limit, no gradient; at the generator's limit
+#: (below), the only one before, it would be tens of GB
+ROW_NUMBERS = 1 << 26
+
+
 def _count_limit(dim: int) -> int:
     """The largest Monte-Carlo count per row: one row's draws (up to 2·dim numbers each, the
-    tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`."""
-    return (2**31 - 1) // (2 * dim)
+    tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`, and
+    the row's estimate at most :data:`ROW_NUMBERS` numbers per kind of draw."""
+    return min((2**31 - 1) // (2 * dim), ROW_NUMBERS // dim)
 
 
 def _sample_count(value, name: str, dim: int) -> int:
@@ -252,8 +261,9 @@ def _count(value, name: str, dim: int) -> int:
 def _within_limit(value: int, name: str, dim: int) -> int:
     if value > _count_limit(dim):
         raise ValueError(
-            f"{name} = {value} is more draws per row than a key of the counter-based generator "
-            f"holds at dim {dim} (at most {_count_limit(dim)})"
+            f"{name} = {value} is more draws per row than one row's estimate may hold at dim "
+            f"{dim}: at most {_count_limit(dim):,} ({ROW_NUMBERS:,} numbers, and within a key "
+            "of the counter-based generator)"
         )
     return value
 
@@ -364,6 +374,9 @@ class DitheredGoodLattice(Bottleneck):
     scale_per = Fixed()
     exact_rectangular = Fixed()
     compile = Fixed()
+    # the rate's estimate of a rectangular block (closed form or Monte Carlo) leaves the
+    # weights' meaning alone: weights move between the two
+    _FREE_OF_WEIGHTS = frozenset({"compile", "exact_rectangular"})
 
     def __init__(
         self,

@@ -80,6 +80,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
 
     index_kind = "vector"
     num_codes = Fixed()  # the initial range's K, kept as the config says
+    _FREE_OF_WEIGHTS = frozenset({"num_codes"})  # only the initialisation reads it
     commitment = Setting(check_nonnegative)
     size_weight = Setting(_check_size_weight)
 
