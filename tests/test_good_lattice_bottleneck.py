@@ -61,9 +61,10 @@ def test_dispatch_by_lattice_name():
         (dict(dim=8, lattice="e8", prior="cauchy"), "prior"),
         (dict(dim=8, lattice="e8", samples=7), "even"),
         (dict(dim=8, lattice="e8", prior_samples=-1), "non-negative"),
-        # a row's draws past the generator's 2^31 counters per key: refused when built
-        (dict(dim=8, lattice="e8", samples=2**27), "at most 134217727"),
-        (dict(dim=40, lattice="e8", eval_samples=2**40), "at most 26843545"),
+        # a row's draws past 2^26 numbers (within the generator's 2^31 counters per key):
+        # refused when built
+        (dict(dim=8, lattice="e8", samples=2**27), "at most 8,388,608"),
+        (dict(dim=40, lattice="e8", eval_samples=2**40), "at most 1,677,721"),
         (dict(dim=40, lattice=["leech", "bw16"], prior_samples=[32, 10**12]), "at most"),
         (dict(dim=8, lattice="e8", init_scale=0.0), "positive"),
         (dict(dim=8, lattice="e8", init_spacing=float("inf")), "finite"),
