@@ -197,6 +197,15 @@ def first_order(backward: Callable) -> Callable:
     return wrapper
 
 
+#: the dtypes whose ``torch.compile``d kernels give the eager operations' bits. In float16 and
+#: bfloat16 Inductor computes each fused step in float32 and rounds only what it stores, where
+#: eager rounds every step: the compiled lattice decoders and hard path found other points and
+#: coordinates there, so a row's code followed the batch size (the compiled kernels take only
+#: batches above a threshold) and ``compile=True`` (the lattice's eval forward no longer matched
+#: its file). Other dtypes take the eager code under ``compile=True``.
+COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
 def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Callable:
     """``compiled()`` (a cached getter of a ``torch.compile``d function), or ``plain``, the same
     function uncompiled, inside a caller's own ``torch.compile``: Dynamo traces it into the

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain, first_order
+from .._utils import COMPILED_DTYPES, compiled_or_plain, first_order
 from ..lattices import RectangularLattice
 from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
@@ -394,7 +394,8 @@ class DitheredLattice(Bottleneck):
             times faster on large inputs; needs a C++ compiler and costs seconds of compilation
             on first use per shape. The hard path with grad disabled is fused too: the same
             indices and ``y_hat`` bit for bit (tested), the rate up to float rounding (the
-            files come from the code model, which does not use it).
+            files come from the code model, which does not use it); in float32 and float64
+            only, float16 and bfloat16 take the eager hard path (``COMPILED_DTYPES``).
 
     Computation happens in the parameters' dtype (``.double()`` the module for float64); inputs
     are cast to it, so the training and hard paths return the same dtype.
@@ -470,7 +471,12 @@ class DitheredLattice(Bottleneck):
             else:
                 y_hat, rate = _training_blocks(y, key, spacing, *constants, rows)
             indices = None
-        elif not torch.is_grad_enabled() and self.compile and y.numel():
+        elif (
+            not torch.is_grad_enabled()
+            and self.compile
+            and y.numel()
+            and y.dtype in COMPILED_DTYPES  # float16 / bfloat16: other indices when fused
+        ):
             key = draw_key(generator, y.device)
             y_hat, rate, indices, reach = compiled_or_plain(_compiled_hard_kernel, _hard_kernel)(
                 y, key, spacing, *cell_constants(spacing, scale)

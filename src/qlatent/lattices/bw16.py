@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain
 from ._glued import BinaryCode, closest_point_glued, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -80,7 +80,8 @@ class BarnesWallLattice(FixedLattice):
         compiled on first use per dtype and device, about a minute with a cold inductor cache;
         needs a C++ compiler on the CPU): about three times the eager decoder's points/s. The same
         points, except that a point equidistant from two lattice points within rounding may get
-        the other one (the sums run in another order)."""
+        the other one (the sums run in another order). Float16 and bfloat16 points decode
+        eagerly: compiled, their steps would run in float32 (``COMPILED_DTYPES``)."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
@@ -96,7 +97,7 @@ class BarnesWallLattice(FixedLattice):
         check_rows(x, 16, self.name)
         rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
         out = torch.empty_like(rows)
-        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
+        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS and x.dtype in COMPILED_DTYPES:
             fused = compiled_or_plain(compiled_decode, _closest_bw16_columns)
             for start in range(0, rows.shape[0], _COMPILED_CHUNK):
                 chunk = rows[start : start + _COMPILED_CHUNK]
@@ -114,7 +115,7 @@ class BarnesWallLattice(FixedLattice):
         million, and a file's decoder regenerates its dither bit for bit. With ``compile=True``
         the fused decoder for 64 points or more, as before."""
         check_rows(y, 16, self.name)
-        if self.compile and y.numel() >= 16 * _COMPILED_MIN_ROWS:
+        if self.compile and y.numel() >= 16 * _COMPILED_MIN_ROWS and y.dtype in COMPILED_DTYPES:
             return self.closest_point(y)
         chunk = _eager_chunk(y.device)
         return closest_point_glued(y.detach(), self._code, 1.0, 2.0, ((0.0, 0),), chunk)

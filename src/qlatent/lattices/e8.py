@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .._utils import compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain
 from ._utils import FixedLattice, as_basis, in_chunks, parity
 from .base import LATTICES, check_rows
 
@@ -43,7 +43,8 @@ class GossetLattice(FixedLattice):
         compiled on first use per dtype and device, seconds; needs a C++ compiler on the CPU):
         about two and a half times the eager decoder's rows/s (``qlatent bench lattices``;
         docs/good-lattice-speed.md). The same points bit for bit as the eager decoder on the
-        CPU, which runs the same steps (:func:`_closest_e8_planar`)."""
+        CPU, which runs the same steps (:func:`_closest_e8_planar`). Float16 and bfloat16 rows
+        decode eagerly: compiled, their steps would run in float32 (``COMPILED_DTYPES``)."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
@@ -57,7 +58,7 @@ class GossetLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 8, self.name)
         rows = x.reshape(-1, 8)
-        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS:
+        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS and x.dtype in COMPILED_DTYPES:
             fused = compiled_or_plain(compiled_decode, _closest_e8_columns)
             decode = lambda chunk: fused(chunk.T.contiguous())  # noqa: E731
         elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
@@ -78,7 +79,7 @@ class GossetLattice(FixedLattice):
         file's decoder regenerates its dither bit for bit. With ``compile=True`` the fused
         decoder for 64 points or more, as before."""
         check_rows(y, 8, self.name)
-        if self.compile and y.numel() >= 8 * _COMPILED_MIN_ROWS:
+        if self.compile and y.numel() >= 8 * _COMPILED_MIN_ROWS and y.dtype in COMPILED_DTYPES:
             return self.closest_point(y)
         if y.device.type == "cpu":
             return in_chunks(_closest_e8, y, 8)

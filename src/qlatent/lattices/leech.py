@@ -32,7 +32,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .._utils import compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -82,7 +82,8 @@ class LeechLattice(FixedLattice):
         with a cold inductor cache, needs a C++ compiler), then about three times the eager
         decoder's rows/s (``qlatent bench lattices``; docs/good-lattice-speed.md); the same
         points, except that a point equidistant from two lattice points (probability 0) may get
-        the other one."""
+        the other one. Float16 and bfloat16 points decode eagerly: compiled, their steps would
+        run in float32 (``COMPILED_DTYPES``)."""
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
@@ -115,7 +116,8 @@ class LeechLattice(FixedLattice):
         for start in range(0, rows.shape[0], size):
             chunk = rows[start : start + size]
             n = chunk.shape[0]
-            if self.compile and n >= _CHUNK // 4:  # padded to one shape, compiled once
+            # padded to one shape, compiled once (float32 and float64: COMPILED_DTYPES)
+            if self.compile and n >= _CHUNK // 4 and x.dtype in COMPILED_DTYPES:
                 padded = (
                     torch.cat([chunk, chunk.new_zeros(_CHUNK - n, 24)]) if n < _CHUNK else chunk
                 )
