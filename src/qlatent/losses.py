@@ -74,8 +74,11 @@ def evaluate_objective(
     The networks are put in eval mode either way; only the bottleneck's mode selects the path
     (training path: dither / noise; hard path: real quantization). Returns ``(N,)`` float64 CPU
     tensors ``"distortion"`` and ``"rate"`` (nats). Whatever the training path updates in the
-    bottleneck's buffers (an EMA codebook's M-step) is put back afterwards, so that evaluating
-    never changes the model.
+    bottleneck's buffers (an EMA codebook's M-step) is put back after every batch, so that each
+    batch is scored with the model's own buffers and evaluating never changes the model. (Put
+    back only at the end, each batch met the codebook the batches before it had moved: an EMA
+    codebook's training-path values followed ``batch_size``, 14.16 nats of distortion in one
+    batch of 300 against 16.31 in batches of 7 on a toy model, where the hard path gave 14.16.)
     """
     net = getattr(model, "module", model)  # unwrap DistributedDataParallel
     was_training = net.training
@@ -84,15 +87,20 @@ def evaluate_objective(
     device = next(net.parameters()).device
     distortion, rate = [], []
     buffers = {name: b.clone() for name, b in net.bottleneck.named_buffers()}
+
+    def put_back() -> None:
+        for name, b in net.bottleneck.named_buffers():
+            b.copy_(buffers[name])
+
     try:
         for xb in x.split(batch_size):
             xb = xb.to(device)
             losses = loss_fn(xb, net(xb, generator=generator), net.likelihood)
             distortion.append(losses.distortion.double().cpu())
             rate.append(losses.rate.double().cpu())
+            if not hard:
+                put_back()
     finally:
         net.train(was_training)
-        with torch.no_grad():
-            for name, b in net.bottleneck.named_buffers():
-                b.copy_(buffers[name])
+        put_back()
     return {"distortion": torch.cat(distortion), "rate": torch.cat(rate)}
