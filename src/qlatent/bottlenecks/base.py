@@ -121,8 +121,32 @@ def _plain(value) -> Any:
     return repr(value)
 
 
+def _recorded(value) -> bool:
+    """Whether a value read from a state dict's record is one :func:`_plain` could have made of
+    a structural value: a number, string, flag or ``None``, or a flat list of at most 256 of
+    them. Anything else is not walked at all (a list nested thousands deep, or one sharing
+    itself 60 levels down, would overflow the stack or never end)."""
+
+    def scalar(v) -> bool:  # an int past 4,300 digits has no repr
+        return (
+            v is None
+            or isinstance(v, bool | float | str)
+            or type(v) is int
+            and -(2**63) <= v < 2**63
+        )
+
+    if scalar(value):
+        return True
+    return type(value) is list and len(value) <= 256 and all(scalar(v) for v in value)
+
+
 def _short(value) -> str:
-    """``repr(value)`` cut to 80 characters, for values read from a file."""
+    """``repr(value)`` cut to 80 characters (strings cut before, to keep repr cheap), for values
+    read from a file that :func:`_recorded` accepted."""
+    if isinstance(value, str):
+        value = value[:80]
+    elif isinstance(value, list):
+        value = [v[:80] if isinstance(v, str) else v for v in value[:16]]
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -374,7 +398,9 @@ class Bottleneck(nn.Module, ABC):
         where = f"{prefix[:-1]}: " if prefix else ""
         fixed = saved.get("fixed") if isinstance(saved, dict) else None
         if not isinstance(fixed, dict):
-            return f"{where}the state dict's record of its bottleneck is not one ({_short(saved)})"
+            what = type(fixed if isinstance(saved, dict) else saved).__name__
+            what = f"its 'fixed' is a {what}" if isinstance(saved, dict) else f"a {what}"
+            return f"{where}the state dict's record of its bottleneck is not one ({what})"
         kind = saved.get("class")
         kind = kind if isinstance(kind, str) and kind.isidentifier() else "bottleneck"
         descriptors = {
@@ -384,8 +410,15 @@ class Bottleneck(nn.Module, ABC):
             if isinstance(attr, Fixed)
         }
         for name, mine in self._identity().items():
-            if name in fixed and _plain(fixed[name]) != mine:
-                argument = descriptors[name].argument or name
+            if name not in fixed:
+                continue
+            argument = descriptors[name].argument or name
+            if not _recorded(fixed[name]):
+                return (
+                    f"{where}the state dict's record of its bottleneck is not one ({argument} "
+                    f"is a {type(fixed[name]).__name__} of no form a bottleneck records)"
+                )
+            if fixed[name] != mine:
                 return (
                     f"{where}the weights were saved from a {kind[:60]} with {argument}="
                     f"{_short(fixed[name])}; this one has {argument}={_short(mine)} (build it "
