@@ -46,7 +46,9 @@ latent_dim + K for ``soft_vq`` ...), so one line changes the method.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import stat
 import time
 import tomllib
@@ -58,7 +60,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from .._utils import MAX_WEIGHT, check_folder
+from .._utils import MAX_WEIGHT, check_folder, expanded
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
@@ -531,6 +533,40 @@ def _split_indices(n: int, val: int, test: int, seed: int) -> dict[str, Tensor]:
     return parts
 
 
+def folder_split(cfg: DataConfig) -> str:
+    """SHA-256 of the files of ``cfg.folder`` as :func:`load_data` splits them: each split's
+    files, in split order, by their path under the folder.
+
+    A run on a folder records it (``derived.folder_split``): the split is a permutation of the
+    sorted file list, drawn again whenever the folder is read, so one image added, removed or
+    renamed re-draws every split, and the test images of the new split are mostly the run's
+    training images. Only the file names are read (what the split depends on), no image: a
+    folder moved, or its images re-encoded under the same names, still matches."""
+    from ..data.folder import image_files
+
+    root, files = expanded(cfg.folder), image_files(cfg.folder)
+    index = _split_indices(len(files), cfg.val_size, cfg.test_size, cfg.split_seed)
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        digest.update(split.encode())
+        for i in index[split].tolist():
+            digest.update(b"\0" + os.fsencode(files[i].relative_to(root)))
+    return digest.hexdigest()
+
+
+def check_folder_split(cfg: DataConfig, derived: dict[str, Any]) -> None:
+    """DataError unless ``cfg.folder`` still splits into the files the run recorded
+    (:func:`folder_split`); nothing for other data, whose splits their seeds fix, nor for a run
+    that recorded none."""
+    recorded = derived.get("folder_split") if isinstance(derived, dict) else None
+    if cfg.name == "folder" and recorded is not None and folder_split(cfg) != recorded:
+        raise DataError(
+            f"the image folder {cfg.folder} no longer holds the images it was trained on (files "
+            "added, removed or renamed since): its splits would be drawn anew, the test images "
+            "mostly the run's training images"
+        )
+
+
 #: the synthetic sentences' words: subject, verb, object, place (a small regular language)
 _SUBJECTS = ("the cat", "a dog", "the old man", "my sister", "the bird", "a child")
 _VERBS = ("sees", "likes", "follows", "paints", "finds", "hears")
@@ -740,6 +776,8 @@ def train(
         variance = float(images["train"].var())
         data = prepare(cfg, images)
         derived = {"image_shape": list(shape), "data_variance": variance}
+        if cfg.data.name == "folder":  # its splits are checked against it when it is read again
+            derived["folder_split"] = folder_split(cfg.data)
     torch.manual_seed(cfg.train.seed)
     vocabulary = len(derived["vocabulary"]) if "vocabulary" in derived else None
     model = build_model(cfg, shape, variance, vocabulary=vocabulary)
@@ -1087,6 +1125,7 @@ def eval_checkpoint(
         data, _ = load_text_data(cfg.data, data_dir, words=words)
         shape: tuple[int, ...] = ()
     else:
+        check_folder_split(cfg.data, ckpt["run_config"]["derived"])  # before the images are read
         images = load_data(cfg.data, data_dir)
         data = prepare(cfg, images)
         shape = tuple(images["test"].shape[1:])
@@ -1170,10 +1209,12 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "build_model",
+    "check_folder_split",
     "components",
     "downstream_scores",
     "eval_checkpoint",
     "evaluate",
+    "folder_split",
     "format_report",
     "is_checkpoint",
     "load_config",
