@@ -223,12 +223,18 @@ def _fit(
     # recorded as the time budget (checked first), or a patience or step budget lowered on
     # resume. The loop would train once more: an empty batch (loss NaN, "training diverged")
     # where the step budget was met, a negative slice (most of an epoch) where it was passed.
+    # A stop the checkpoint records is taken again from this config's caps, which a resume may
+    # raise: the recorded stop alone ended the run at once, reporting fewer updates or epochs
+    # than the config asks for, where the uninterrupted run with those caps trained on.
     if cfg.patience is not None and state.bad_epochs > cfg.patience:
         state.stopped = "early_stopping"
     elif cfg.max_steps is not None and state.step >= cfg.max_steps:
         state.stopped = "max_steps"
+    elif state.stopped in ("early_stopping", "max_steps"):
+        state.stopped = ""
     if state.stopped in ("early_stopping", "max_steps"):
         return _finish(model, state, out_dir, world, cfg.keep, run_config)
+    _check_whole_epoch(state, cfg, data["train"].shape[0], world, out_dir / "last.pt")
     if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
         state.stopped = "epochs"
         return _finish(model, state, out_dir, world, cfg.keep, run_config)
@@ -276,8 +282,9 @@ def _fit(
         if improved:
             state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
         else:
-            # as in the reference code, nothing counts against patience during warm-up
-            state.bad_epochs = 0 if epoch <= cfg.warmup_epochs else state.bad_epochs + 1
+            # as in the reference code, nothing counts against patience during warm-up, the
+            # epochs at β < 1: epoch warmup_epochs trains at β = 1 and counts
+            state.bad_epochs = 0 if epoch < cfg.warmup_epochs else state.bad_epochs + 1
         record["best_epoch"] = state.best_epoch
         record["wall_s"] = round(time.perf_counter() - started, 3)
         record.update(_bottleneck_summary(model))
@@ -325,6 +332,25 @@ def _restore_best(path: Path, model: nn.Module, state: _State, run_config, world
         raise CheckpointError(
             f"{path} is missing: the run in {path.parent} needs its best epoch "
             f"({state.best_epoch}); restore it, or start a fresh run"
+        )
+
+
+def _check_whole_epoch(state: _State, cfg: TrainConfig, examples: int, world, path) -> None:
+    """CheckpointError naming ``path`` where a run that trains on (its step budget raised on
+    resume) ended its last epoch part-way: the uninterrupted run would finish that epoch, the
+    resumed one starts the next epoch's order, a run that neither config describes."""
+    if not state.history:
+        return
+    per_epoch = math.ceil(math.ceil(examples / world.size) / cfg.batch_size)
+    before = state.history[-2].get("step") if len(state.history) > 1 else 0
+    if isinstance(before, bool) or not isinstance(before, int):
+        return  # a history without step counts (an older checkpoint): nothing to compare
+    taken = state.step - before
+    if taken < per_epoch:
+        raise CheckpointError(
+            f"{path} ended epoch {state.epoch} after {taken} of its {per_epoch} updates (the "
+            f"step budget then, {state.step} updates in all): a run resumed from it cannot "
+            "finish that epoch; keep max_steps at that budget, or start a fresh run"
         )
 
 
