@@ -892,7 +892,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also k-means, NMI and a linear probe on the encoder's features (labelled data)",
     )
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="only the first N items of each split (a code model is still counted on the whole "
+        "training split)",
+    )
     p.add_argument("--data-dir", default=None, type=path_name)
     p.add_argument(
         "-o", "--output", default=None, type=path_name, help="also write the report as JSON here"

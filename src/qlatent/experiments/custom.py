@@ -782,7 +782,7 @@ def train(
     vocabulary = len(derived["vocabulary"]) if "vocabulary" in derived else None
     model = build_model(cfg, shape, variance, vocabulary=vocabulary)
     if cfg.init_from and (fresh or not (out_dir / "last.pt").is_file()):
-        warm_start(model, cfg.init_from)
+        warm_start(model, cfg.init_from, words=derived.get("vocabulary"))
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     # saved in every checkpoint: the config, and what rebuilding the model needs from the data
     run_config = to_dict(cfg) | {"derived": derived}
@@ -814,17 +814,31 @@ def train(
     return summary
 
 
-def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
+def warm_start(
+    model: torch.nn.Module, checkpoint: str | Path, *, words: list[str] | None = None
+) -> list[str]:
     """Copy the weights of ``checkpoint`` into ``model`` where a name and shape match (the
     encoder and decoder of another bottleneck's run); returns the names left as initialised.
     The checkpoint's weights are checked as :func:`~qlatent.train.checkpoint.load_weights`
     checks them (names as keys, tensors, finite values, the dtype kind of each weight copied):
-    CheckpointError naming the file."""
+    CheckpointError naming the file. ``words``: a sentence model's vocabulary; a checkpoint
+    saved with another vocabulary of the same size is refused (ValueError)."""
     from ..image_coding import read_checkpoint
     from ..train.checkpoint import CheckpointError, check_state_dict, check_weight_kinds
 
     source = f"{checkpoint} (init_from)"
-    saved = check_state_dict(read_checkpoint(checkpoint)["model"], source)
+    ckpt = read_checkpoint(checkpoint)
+    theirs = _saved_vocabulary(ckpt)
+    # word embeddings and output rows match by shape alone: from a vocabulary of the same size
+    # built from other data (another split seed or data.max_tokens orders the words
+    # differently) each row would start another word
+    if words is not None and isinstance(theirs, list) and len(theirs) == len(words):
+        if theirs != list(words):
+            raise ValueError(
+                f"{checkpoint} (init_from) was trained on another vocabulary of {len(words):,} "
+                "words: its word embeddings would start other words of this run"
+            )
+    saved = check_state_dict(ckpt["model"], source)
     own = model.state_dict()
     shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if not shared:
@@ -835,6 +849,13 @@ def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
     except ValueError as err:  # a buffer whose contents the module refuses, named in err
         raise CheckpointError(f"{checkpoint} (init_from): {err}") from None
     return sorted(set(own) - set(shared))
+
+
+def _saved_vocabulary(ckpt: Any) -> Any:
+    """The vocabulary a ``qlatent train CONFIG`` checkpoint saved (None if it saved none)."""
+    run = ckpt.get("run_config") if isinstance(ckpt, dict) else None
+    derived = run.get("derived") if isinstance(run, dict) else None
+    return derived.get("vocabulary") if isinstance(derived, dict) else None
 
 
 def _title(cfg: RunConfig) -> str:
@@ -1129,6 +1150,10 @@ def eval_checkpoint(
         images = load_data(cfg.data, data_dir)
         data = prepare(cfg, images)
         shape = tuple(images["test"].shape[1:])
+    # a code model counted here (evaluate) is counted on the whole training set, limit or not:
+    # counted on the first N training items it would be another code model, and the file of
+    # the N test items another size than under the full evaluation's code model
+    counted_on = data["train"]
     if limit is not None:
         data = {k: v[:limit] for k, v in data.items()}
     if iwae_samples and data["test"].shape[0] < 2:
@@ -1139,7 +1164,7 @@ def eval_checkpoint(
     report = evaluate(
         model,
         cfg,
-        data,
+        data | {"train": counted_on},
         shape,
         iwae_samples=iwae_samples,
         iwae_defensive=iwae_defensive,
