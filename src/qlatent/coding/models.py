@@ -341,11 +341,19 @@ class UniformIndex:
     kind = MODEL_UNIFORM_INDEX
 
     def __init__(self, num_codes: int, quantize, dequantize, *, features: int = 1) -> None:
+        if num_codes > 1 << PRECISION:  # constriction's Uniform panics (a BaseException) there
+            raise ValueError(
+                f"{num_codes:,} codes cannot be coded: the entropy coder's uniform model holds "
+                f"at most 2^{PRECISION} = {1 << PRECISION:,} symbols"
+            )
         self.num_codes, self.features = num_codes, features
         self.quantize, self.dequantize = quantize, dequantize
 
     def min_row_bits(self) -> float:
-        return self.features * math.log2(self.num_codes)
+        # not log2 K: constriction's Uniform gives each symbol ⌊2^24/K⌋ units and the last one
+        # the remainder too, up to K − 1 more (for K = 2^17 + 1 it costs 7 bits, not 17)
+        k = self.num_codes
+        return self.features * _largest_probability_bits(1.0 / k, k)
 
     def encode(self, coder, rows: Tensor, seed: int) -> tuple[int, int]:
         symbols = self.quantize(rows).reshape(-1)
