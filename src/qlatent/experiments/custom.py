@@ -1014,7 +1014,9 @@ def _code_stats(model: Autoencoder, x: Tensor) -> dict[str, Any]:
     from ..bottlenecks._codebook import code_counts, usage_stats
 
     neck = model.bottleneck
-    counts = torch.zeros(neck.num_codes)
+    # summed in float64: a float32 count stops at 2^24 (16.8 M uses of one code), which a test
+    # set of spatial latents reaches (one code per position)
+    counts = torch.zeros(neck.num_codes, dtype=torch.float64)
     for xb in x.split(1000):
         counts += code_counts(neck.quantize(_latents(model, xb), generator=torch.Generator()),
                               neck.num_codes)  # fmt: skip
