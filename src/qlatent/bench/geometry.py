@@ -225,7 +225,6 @@ def bench_training_step(
     from ..losses import RateDistortionLoss
     from ..models import gated_vae
 
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(100, 784, generator=gen) < 0.3).float()
     cases = {}
@@ -266,7 +265,15 @@ def bench_training_step(
     if compile:
         fused_bw16 = BarnesWallLattice(compile=True)
         cases["BW16 decodes: 964, torch.compile"] = lambda: fused_bw16.closest_point(t_bw16)
-    timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
+    # one thread for the timed calls (the compiled cases compile in their warm-up, so at that
+    # count), then the caller's count again: the provenance written after a `bench lattices`
+    # run reads torch_threads then, and must give the closest points' threads, not the steps'
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timings = time_cases(cases, repeats=repeats, block=5, warmup=2)
+    finally:
+        torch.set_num_threads(previous_threads)
     return {name: 1e3 * t["median_s"] for name, t in timings.items()}
 
 
