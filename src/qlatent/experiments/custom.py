@@ -372,6 +372,17 @@ def require(checks: dict[str, tuple[Any, Any]], table: str) -> None:
             raise ValueError(f"{table} runs {key} = {list(allowed)} only, got {value!r}")
 
 
+def fixed_data(data: DataConfig) -> dict[str, tuple[Any, Any]]:
+    """:func:`require` checks for a table whose data sets are its own (MNIST's fixed split, a
+    synthetic set of its own size and shape drawn from ``train.seed``): the data keys it does
+    not read stay at the schema's defaults, where a value set was recorded and changed nothing."""
+    default = DataConfig()
+    return {
+        f"data.{name}": (getattr(data, name), (getattr(default, name),))
+        for name in ("split_seed", "synthetic_size", "channels")
+    }
+
+
 def _apply(step, cfg: RunConfig, where: str) -> RunConfig:
     try:
         return step(cfg)

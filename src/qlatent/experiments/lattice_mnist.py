@@ -220,8 +220,12 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
                 (True,),
             ),
             "loss.rate_weight": (run.loss.rate_weight, (1.0,)),
+            # the loop's own loss (RateDistortionLoss()) weighs a bottleneck's auxiliary terms
+            # by 1: another weight trained a VQ row with its full commitment term
+            "loss.aux_weight": (run.loss.aux_weight, (1.0,)),
             # a warm start here names another row of the same runs folder, not a file
             "init_from": (run.init_from, (None, "gaussian_lattice")),
+            **custom.fixed_data(run.data),
         },
         "lattice-mnist",
     )
