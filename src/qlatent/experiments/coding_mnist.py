@@ -675,9 +675,11 @@ def markdown_table(payload: dict[str, Any]) -> str:
     """The coding table of ``payload`` (:func:`reproduce`'s, or its JSON file read back);
     ValueError naming the first field that keeps it from being one."""
     _check_payload(payload)
+    # the "|" of −log p(x|ŷ) escaped: bare, it splits the header into one column more than the
+    # rows have, which shifts every label after it (GitHub shows no table at all)
     lines = [
         "| model | code model | coded bits/image | model bits | ideal (MC) | hard rate "
-        "| Theorem 1 estimate | overhead | model − ideal | −log p(x|ŷ) | exact "
+        "| Theorem 1 estimate | overhead | model − ideal | −log p(x\\|ŷ) | exact "
         "| encode M sym/s | decode M sym/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -689,13 +691,15 @@ def markdown_table(payload: dict[str, Any]) -> str:
         )
         ideal, gap = "–", "–"
         if "mc_ideal_bits_per_image" in r:
+            # three decimals, as the other rates: at two, standard errors of a few thousandths
+            # read "± 0.00", as the exact zero of a row whose blocks are all coded exactly
             ideal = (
-                f"{cell(r['mc_ideal_bits_per_image'], '.2f')} ± {cell(r['mc_ideal_se'], '.2f')} "
+                f"{cell(r['mc_ideal_bits_per_image'], '.3f')} ± {cell(r['mc_ideal_se'], '.3f')} "
                 f"({r['mc_ideal_images']} images)"
             )
             gap = (
-                f"{cell(r['model_over_ideal_percent'], '.2f')}% ± "
-                f"{cell(r['model_over_ideal_se_percent'], '.2f')}"
+                f"{cell(r['model_over_ideal_percent'], '.3f')}% ± "
+                f"{cell(r['model_over_ideal_se_percent'], '.3f')}"
             )
         lines.append(
             f"| {name} | {r['code_model']} | {cell(r['coded_bits_per_image'], '.3f')} "
@@ -741,8 +745,8 @@ def rate_control_table(payload: dict[str, Any]) -> str:
             )
     if not lines:
         return ""
-    head = [
-        "| model | lattice scale factor | coded bits/image | −log p(x|ŷ) | total nats | exact |",
+    head = [  # the "|" of −log p(x|ŷ) escaped, as in markdown_table
+        "| model | lattice scale factor | coded bits/image | −log p(x\\|ŷ) | total nats | exact |",
         "|---|---|---|---|---|---|",
     ]
     return "\n".join(head + lines)

@@ -46,7 +46,7 @@ from typing import Any
 
 from .._utils import check_count
 from ..config import apply_mapping, apply_overrides, to_dict
-from ..results import cell, finite, provenance, read_json, write_json
+from ..results import MISSING, cell, finite, provenance, read_json, write_json
 from ..train.checkpoint import config_changes
 from . import custom
 from ._cache import problem
@@ -369,9 +369,13 @@ def markdown_table(payload: dict[str, Any]) -> str:
     ]
     for method, points in payload["curves"].items():
         for p in points:
+            # the unquantized points have no rate term (recorded as 0): no rate, as in the figure
+            rate, kind = p["rate_bits_per_word"], p["rate_kind"]
+            if method == "identity":
+                rate, kind = None, MISSING
             lines.append(
-                f"| {method} | {p['point']} | {cell(p['rate_bits_per_word'], '.3f')} "
-                f"| {p['rate_kind']} | {cell(p['nll_bits_per_word'], '.3f')} "
+                f"| {method} | {p['point']} | {cell(rate, '.3f')} "
+                f"| {kind} | {cell(p['nll_bits_per_word'], '.3f')} "
                 f"| {p['train_epochs']} |"
             )
     return "\n".join(lines)
