@@ -108,16 +108,32 @@ def test_settings_that_leave_the_weights_meaning_alone_move_freely():
         ("lattice", dict(dim=8, lattice="e8"), dict(dim=8, lattice="e8", samples=8)),
     ]  # fmt: skip
     for name, a, b in pairs:
-        build(name, **b).load_state_dict(_through_a_file(build(name, **a).state_dict()))
+        _loads_exactly(build(name, **b), _through_a_file(_moved(build(name, **a)).state_dict()))
+
+
+def _moved(module):
+    """``module`` with weights other than any fresh build's."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.25)
+    return module
+
+
+def _loads_exactly(module, state) -> None:
+    """``module.load_state_dict(state)`` strictly, and every saved tensor is then the module's."""
+    result = module.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys
+    own = module.state_dict()
+    assert all(torch.equal(state[k], own[k]) for k in state)
 
 
 def test_a_state_dict_without_a_record_loads_as_before():
     """Older state dicts (and ones whose metadata another tool dropped) load strictly."""
-    state = build("lattice", dim=8, lattice="e8").state_dict()
+    state = _moved(build("lattice", dim=8, lattice="e8")).state_dict()
     del state._metadata[""]["qlatent"]
-    build("lattice", dim=8, lattice="d8").load_state_dict(state)
+    _loads_exactly(build("lattice", dim=8, lattice="d8"), state)
     state._metadata = {}
-    build("lattice", dim=8, lattice="d8").load_state_dict(state)
+    _loads_exactly(build("lattice", dim=8, lattice="d8"), state)
 
 
 @pytest.mark.parametrize(
@@ -175,9 +191,9 @@ def test_a_recorded_value_of_no_recorded_form_is_refused_without_walking_it(valu
 
 
 def test_values_recorded_that_the_module_does_not_have_are_ignored():
-    state = build("lattice", dim=8, lattice="e8").state_dict()
+    state = _moved(build("lattice", dim=8, lattice="e8")).state_dict()
     state._metadata[""]["qlatent"]["fixed"]["from_a_later_version"] = 3
-    build("lattice", dim=8, lattice="e8").load_state_dict(state)
+    _loads_exactly(build("lattice", dim=8, lattice="e8"), state)
 
 
 def test_inside_a_model_the_error_names_the_bottleneck_and_the_file(tmp_path):
