@@ -27,6 +27,7 @@ from qlatent.coding import ideal_bits
 from qlatent.eval import iwae_nll
 from qlatent.lattices import lattice_by_name, tile
 from qlatent.rng import SeedKeys
+from run_helpers import without_time
 from test_contract import NAMES, make, make_input
 from test_good_lattices import FAMILIES, _adversarial, _assert_as_near_as_reference
 
@@ -189,8 +190,7 @@ def test_training_on_the_device_resumes_exactly(tmp_path):
     for key, tensor in a["model"].items():
         assert tensor.device == CPU, key  # checkpoints hold CPU tensors, loadable anywhere
         assert torch.equal(tensor, b["model"][key]), key
-    drop_time = [{k: v for k, v in h.items() if k != "wall_s"} for h in straight.history]
-    assert drop_time == [{k: v for k, v in h.items() if k != "wall_s"} for h in resumed.history]
+    assert without_time(straight.history) == without_time(resumed.history)
 
 
 def test_provenance_names_the_commit_a_copied_tree_came_from(monkeypatch):

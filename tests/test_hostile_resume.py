@@ -11,6 +11,7 @@ from qlatent.data import synthetic_binary
 from qlatent.models import lattice_vae
 from qlatent.train import TrainConfig, fit, load
 from qlatent.train import loop as loop_module
+from run_helpers import same_last_weights, without_time
 
 DATA = synthetic_binary(n=300, dim=64, seed=1)  # 200 training examples: 5 updates of 40
 
@@ -22,22 +23,13 @@ def _fit(out, **train):
     return model, fit(model, DATA, cfg, out_dir=out)
 
 
-def _strip_time(history):
-    return [{k: v for k, v in h.items() if k != "wall_s"} for h in history]
-
-
-def _same_weights(a, b):
-    a, b = load(a / "last.pt")["model"], load(b / "last.pt")["model"]
-    return all(torch.equal(tensor, b[name]) for name, tensor in a.items())
-
-
 def test_a_step_budget_met_on_resume_ends_the_run_as_an_uninterrupted_one(tmp_path):
     _, straight = _fit(tmp_path / "a", epochs=3, max_steps=5)  # one epoch meets the budget
     _fit(tmp_path / "b", epochs=1)
     _, resumed = _fit(tmp_path / "b", epochs=3, max_steps=5)  # failed: "training diverged"
     assert straight.stopped == resumed.stopped == "max_steps"
-    assert _strip_time(resumed.history) == _strip_time(straight.history)
-    assert _same_weights(tmp_path / "a", tmp_path / "b")
+    assert without_time(resumed.history) == without_time(straight.history)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_a_step_budget_lowered_below_the_steps_taken_trains_no_more(tmp_path):
@@ -55,7 +47,7 @@ def test_a_time_budget_stop_that_met_the_step_budget_resumes_finished(tmp_path):
     assert first.stopped == "time_budget" and [h["step"] for h in first.history] == [5]
     _, again = _fit(tmp_path, **cfg)  # the same command failed: "training diverged"
     assert again.stopped == "max_steps"
-    assert _strip_time(again.history) == _strip_time(first.history)
+    assert without_time(again.history) == without_time(first.history)
 
 
 def test_a_patience_lowered_on_resume_stops_where_an_uninterrupted_run_stopped(
@@ -78,5 +70,5 @@ def test_a_patience_lowered_on_resume_stops_where_an_uninterrupted_run_stopped(
     _, resumed = _fit(tmp_path / "b", epochs=4, patience=1)  # trained epoch 4
     assert straight.stopped == resumed.stopped == "early_stopping"
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
-    assert _strip_time(resumed.history) == _strip_time(straight.history)
-    assert _same_weights(tmp_path / "a", tmp_path / "b")
+    assert without_time(resumed.history) == without_time(straight.history)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")

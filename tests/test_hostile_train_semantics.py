@@ -13,8 +13,9 @@ from torch.utils.data import DistributedSampler
 
 from qlatent.data import synthetic_binary
 from qlatent.models import lattice_vae
-from qlatent.train import CheckpointError, TrainConfig, fit, load
+from qlatent.train import CheckpointError, TrainConfig, fit
 from qlatent.train import loop as loop_module
+from run_helpers import same_last_weights, without_time
 
 DATA = synthetic_binary(n=230, dim=16, seed=1)  # 154 training examples: 4 updates of 40
 REAL_VALIDATE = loop_module._validate
@@ -29,15 +30,6 @@ def _fit(out, **train):
     model = _model()
     cfg = TrainConfig(batch_size=40, progress=False, **train)
     return model, fit(model, DATA, cfg, out_dir=out)
-
-
-def _strip_time(history):
-    return [{k: v for k, v in h.items() if k != "wall_s"} for h in history]
-
-
-def _same_weights(a, b):
-    a, b = load(a / "last.pt")["model"], load(b / "last.pt")["model"]
-    return all(torch.equal(tensor, b[name]) for name, tensor in a.items())
 
 
 def _script(monkeypatch, *values):
@@ -74,8 +66,8 @@ def test_a_step_budget_raised_on_resume_trains_on_as_the_uninterrupted_run(tmp_p
     _, resumed = _fit(tmp_path / "b", epochs=5, max_steps=10)  # returned at once, 8 updates
     assert [h["step"] for h in resumed.history] == [4, 8, 10]
     assert resumed.stopped == straight.stopped == "max_steps"
-    assert _strip_time(resumed.history) == _strip_time(straight.history)
-    assert _same_weights(tmp_path / "a", tmp_path / "b")
+    assert without_time(resumed.history) == without_time(straight.history)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_a_step_budget_raised_after_a_partial_epoch_is_refused(tmp_path):
@@ -95,8 +87,8 @@ def test_a_patience_raised_on_resume_trains_on_as_the_uninterrupted_run(tmp_path
     _, resumed = _fit(tmp_path / "b", epochs=5, patience=3)  # returned at once, 3 epochs
     assert straight.stopped == resumed.stopped == "epochs"
     assert straight.best_epoch == resumed.best_epoch == 4
-    assert _strip_time(resumed.history) == _strip_time(straight.history)
-    assert _same_weights(tmp_path / "a", tmp_path / "b")
+    assert without_time(resumed.history) == without_time(straight.history)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_every_epoch_is_the_seeds_permutation_and_the_updates_are_the_budgets(tmp_path):

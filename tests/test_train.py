@@ -19,6 +19,7 @@ from qlatent.models import lattice_vae
 from qlatent.train import AdamNormGrad, TrainConfig, fit, load, make_optimizer, save_atomic
 from qlatent.train import loop as loop_module
 from qlatent.train.distributed import resolve_device
+from run_helpers import without_time
 
 DATA = synthetic_binary(n=300, dim=64, seed=1)
 
@@ -34,10 +35,6 @@ def _fit(out, epochs, **kwargs):
     return model, fit(model, DATA, cfg, out_dir=out)
 
 
-def _strip_time(history):
-    return [{k: v for k, v in h.items() if k != "wall_s"} for h in history]
-
-
 def test_resume_is_exact(tmp_path):
     _, straight = _fit(tmp_path / "a", 3)
     _fit(tmp_path / "b", 2)  # "interrupted" after epoch 2 ...
@@ -46,7 +43,7 @@ def test_resume_is_exact(tmp_path):
     assert a["state"]["epoch"] == b["state"]["epoch"] == 3
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert _strip_time(straight.history) == _strip_time(resumed.history)
+    assert without_time(straight.history) == without_time(resumed.history)
     logged = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in logged] == [1, 2, 3]
 
@@ -163,7 +160,7 @@ def test_torchrun_two_processes(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     # metrics are reduced across ranks, so both ranks log the same numbers
-    assert _strip_time(ranks[0]["history"]) == _strip_time(ranks[1]["history"])
+    assert without_time(ranks[0]["history"]) == without_time(ranks[1]["history"])
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "best.pt",
         "last.pt",
