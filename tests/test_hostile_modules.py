@@ -175,3 +175,26 @@ def test_a_module_backward_hook_is_refused_where_it_is_registered(register):
     out.y_hat.register_hook(lambda grad: seen.append(tuple(grad.shape)))
     out.y_hat.sum().backward()
     assert seen == ["BottleneckOutput", (3, 4)]
+
+
+@pytest.mark.parametrize("name", ["lattice", "vq"])
+def test_image_coding_under_autocast_codes_the_models_own_latent(name):
+    """``compress_images`` under a caller's CPU autocast ran the encoder in bfloat16, so the
+    file coded another latent than the same call outside it (and ``update_code_model`` counted
+    other codes); the image-coding functions now compute in the model's dtype throughout."""
+    from qlatent.image_coding import compress_images, decompress_images, update_code_model
+    from qlatent.models import gated_vae
+
+    torch.manual_seed(0)
+    kwargs = {"num_codes": 16} if name == "vq" else {}
+    model = gated_vae(name, latent_dim=4, hidden=32, data_dim=64, **kwargs)
+    x = torch.rand(64, 64, generator=_gen(0))
+    counts = update_code_model(model, x) if name == "vq" else None
+    plain = compress_images(model, x, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if counts is not None:
+            assert update_code_model(model, x) == counts
+        assert compress_images(model, x, seed=3) == plain
+        decoded = decompress_images(model, plain)
+    assert decoded.dtype == torch.float32
+    assert torch.equal(decoded, decompress_images(model, plain))

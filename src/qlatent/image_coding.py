@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._utils import check_count, write_atomic
+from ._utils import autocast_off, check_count, write_atomic
 from .coding.codec import MAX_ELEMENTS, compress, decompress, model_digest
 from .coding.container import CodingError, unpack
 from .models import Autoencoder
@@ -143,6 +143,7 @@ def load_lattice_vae(checkpoint: str | os.PathLike[str]) -> Autoencoder:
 
 
 @torch.no_grad()
+@autocast_off
 def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) -> dict[str, float]:
     """Learn the bottleneck's counted code model from the images ``x`` ``(N, D)`` or
     ``(N, C, H, W)`` (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an
@@ -200,6 +201,7 @@ def _images_fit(x: Tensor):
 
 
 @torch.no_grad()
+@autocast_off
 def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int = 2000) -> bytes:
     """Encode ``x`` ``(N, D)`` or ``(N, C, H, W)`` and entropy-code the bottleneck's symbols
     into one file."""
@@ -211,6 +213,7 @@ def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int
 
 
 @torch.no_grad()
+@autocast_off
 def decompress_images(
     model: Autoencoder, data: bytes, *, batch_size: int = 2000, max_elements: int = MAX_ELEMENTS
 ) -> Tensor:
