@@ -101,6 +101,37 @@ def test_compress_from_a_changed_folder_is_one_line(folder_run, tmp_path, capsys
     assert code == 2 and "images it was trained on" in err and err.count("\n") == 1, err
 
 
+def test_an_llvq_folder_run_is_not_resumed_on_a_resplit_folder(tmp_path, capsys):
+    """``reproduce llvq-celeba`` (and ``llvq-ffhq``) split their folder the same way and saved
+    no record of it: resumed after an image was added, the run trained on, validated on and
+    tested on re-drawn splits. The run now records its split, and the resume is refused."""
+    from qlatent.cli import main
+    from qlatent.data.folder import write_image_folder
+    from qlatent.experiments import llvq_fashion
+
+    folder = tmp_path / "images"
+    images = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    write_image_folder(images, folder)
+    small = [f"data.folder={folder}", "data.image_size=8", "data.val_size=2",
+             "data.test_size=2", "model.latent_dim=2", "train.epochs=1", "train.batch_size=4",
+             "train.progress=false", "eval.figure_images=2"]  # fmt: skip
+    args = ["reproduce", "llvq-celeba", "--models", "vq", "--schedules", "constant",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]  # fmt: skip
+    args += [x for item in small for x in ("--set", item)]
+    assert main(args) == 0
+    capsys.readouterr()
+    best = tmp_path / "runs" / "llvq-celeba" / "constant" / "vq" / "best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    cfg = llvq_fashion.model_config("vq", "constant", dataset="celeba", overrides=small)
+    assert ckpt["run_config"]["derived"] == {"folder_split": custom.folder_split(cfg.data)}
+    assert llvq_fashion.is_checkpoint(ckpt)
+    llvq_fashion.model_from_checkpoint(ckpt, best)  # the record is not read as a config field
+    _add_image(folder)
+    assert main([*args, "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "derived.folder_split" in err and err.count("\n") == 1, err
+
+
 # ------------------------------------------------------------------ invariants that held
 
 

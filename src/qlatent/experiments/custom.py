@@ -546,7 +546,9 @@ def _split_indices(n: int, val: int, test: int, seed: int) -> dict[str, Tensor]:
 
 def folder_split(cfg: DataConfig) -> str:
     """SHA-256 of the files of ``cfg.folder`` as :func:`load_data` splits them: each split's
-    files, in split order, by their path under the folder.
+    files, in split order, by their path under the folder. ``cfg`` is this schema's data
+    section or the LL-VQ table's (:mod:`~qlatent.experiments.llvq_fashion`), which split a
+    folder the same way.
 
     A run on a folder records it (``derived.folder_split``): the split is a permutation of the
     sorted file list, drawn again whenever the folder is read, so one image added, removed or

@@ -263,7 +263,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
     resolved config that the training loop saved beside the weights (``run_config``); a config
     that describes no model, or weights that do not fit it, are one error naming ``path``."""
     try:
-        cfg = apply_mapping(LLVQConfig(), ckpt["run_config"])
+        saved = ckpt["run_config"]
+        if isinstance(saved, dict):  # what the run recorded of its data is not a config field
+            saved = {k: v for k, v in saved.items() if k != "derived"}
+        cfg = apply_mapping(LLVQConfig(), saved)
         channels, height, width = image_shape(cfg.data)
         model = build_model(cfg.model, channels, channels * height * width)
     except (KeyError, TypeError, ValueError) as err:
@@ -307,18 +310,30 @@ _CODED_FIELDS = {"coded_bits_per_image": "number", "round_trip_exact": "flag"}
 
 
 def run_row(
-    name: str, schedule: str, cfg: LLVQConfig, data: dict[str, torch.Tensor], out_dir: Path
+    name: str,
+    schedule: str,
+    cfg: LLVQConfig,
+    data: dict[str, torch.Tensor],
+    out_dir: Path,
+    *,
+    folder_split: str | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Train (or resume) one row under one schedule; score it (cached in ``eval.pt``).
 
-    Returns the row's metrics and its reconstructions of the first test images."""
+    ``folder_split`` (:func:`~qlatent.experiments.custom.folder_split` of an image folder's
+    data) is saved with the run, so that resuming it on a folder whose files changed since,
+    and whose splits are drawn anew, is refused. Returns the row's metrics and its
+    reconstructions of the first test images."""
     channels = data["train"].shape[1]
     pixels = data["train"][0].numel()
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, channels, pixels)
     loss_fn = RateDistortionLoss(lmbda=0.0, aux_weight=1.0)
     split = {"train": data["train"], "val": data["val"]}
-    result = fit(model, split, cfg.train, out_dir=out_dir, loss_fn=loss_fn, run_config=to_dict(cfg))
+    run_config = to_dict(cfg)
+    if folder_split is not None:
+        run_config["derived"] = {"folder_split": folder_split}
+    result = fit(model, split, cfg.train, out_dir=out_dir, loss_fn=loss_fn, run_config=run_config)
 
     cache, key = out_dir / "eval.pt", {"config": to_dict(cfg), "steps": result.history[-1]["step"]}
     metrics = read_cache(cache, {"key": key}, "metrics", _METRIC_FIELDS)
@@ -437,6 +452,8 @@ def reproduce(
     }
     first = next(iter(configs.values()))
     data = load_data(first.data, data_dir)
+    # a folder's splits are drawn from its file list: recorded, so a resume cannot re-split it
+    split = custom.folder_split(first.data) if first.data.name == "folder" else None
     results: dict[str, dict[str, Any]] = {s: {} for s in schedules}
     results_dir = Path(results_dir)
     for schedule in schedules:
@@ -444,7 +461,9 @@ def reproduce(
         for name in models:
             print(f"== {LABELS[name]}, {schedule} schedule ==", flush=True)
             out_dir = Path(runs_dir) / stem / schedule / name
-            row, recon = run_row(name, schedule, configs[schedule, name], data, out_dir)
+            row, recon = run_row(
+                name, schedule, configs[schedule, name], data, out_dir, folder_split=split
+            )
             results[schedule][name] = row
             figure[LABELS[name]] = recon
         reconstruction_rows(figure, results_dir / f"{stem}-{schedule}.png", value_range=VALUE_RANGE)
