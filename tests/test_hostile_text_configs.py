@@ -67,3 +67,34 @@ def test_unk_rate_counts_what_encode_writes_as_unknown():
     written_unknown = sum(ids[row, : len(s)].eq(3).sum().item() for row, s in enumerate(sentences))
     assert written_unknown == 4
     assert vocab.unk_rate(sentences) == 4 / 7
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["loss.rate_weight=0.5", "bottleneck.name=lattice", "bottleneck.args={}", "out_dir=/tmp/x"],
+)
+def test_text_rd_refuses_an_override_of_what_each_point_sets(override, tmp_path, capsys):
+    """text-rd's points differ in their rate weight and bottleneck; ``--set loss.rate_weight``
+    gave every λ point one weight (four copies of one point, labelled as four), and ``out_dir``
+    one run folder for all. Such an override is refused before anything is trained."""
+    from qlatent.cli import main
+    from qlatent.experiments import text_rd
+
+    with pytest.raises(ValueError, match=override.split("=")[0]):
+        text_rd.point_config(
+            "lattice", "λ=0.1", quick=True, runs_dir=str(tmp_path), overrides=[override]
+        )
+    args = ["reproduce", "text-rd", "--quick", "--set", override, "--runs-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "each operating point" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "text-rd").exists()  # nothing was trained
+
+
+def test_text_rd_still_takes_overrides_of_what_the_points_share(tmp_path):
+    from qlatent.experiments import text_rd
+
+    cfg = text_rd.point_config(
+        "lattice", "λ=0.1", quick=True, runs_dir=str(tmp_path), overrides=["train.lr=0.002"]
+    )
+    assert cfg.train.lr == 0.002 and cfg.loss.rate_weight == 0.1

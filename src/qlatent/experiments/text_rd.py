@@ -90,10 +90,29 @@ POINTS: dict[str, list[tuple[str, str, dict, float]]] = {
 }
 
 
+#: what each operating point sets for itself: an override of these would give every point the
+#: same value (one rate weight or bottleneck for the whole sweep, one run folder for all)
+PER_POINT = ("bottleneck", "loss.rate_weight", "out_dir")
+
+
+def check_overrides(overrides: list[str] | None) -> None:
+    """ValueError for an override of what the sweep sets per point (:data:`PER_POINT`)."""
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        hit = next((k for k in PER_POINT if key == k or key.startswith(k + ".")), None)
+        if hit is not None:
+            raise ValueError(
+                f"text-rd sets {hit} for each operating point; --set {key} would give the whole "
+                "sweep one value (train a single point with `qlatent train CONFIG` instead)"
+            )
+
+
 def point_config(
     method: str, label: str, *, quick: bool, runs_dir: str, overrides: list[str] | None = None
 ) -> custom.RunConfig:
-    """The run config of one operating point."""
+    """The run config of one operating point; ValueError for an override of what the point
+    sets itself (:func:`check_overrides`)."""
+    check_overrides(overrides)
     _, name, args, weight = next(p for p in POINTS[method] if p[0] == label)
     cfg = apply_mapping(custom.RunConfig(), BASE)
     if quick:
