@@ -108,3 +108,37 @@ def test_the_loop_runs_the_set_values_and_records_them(tmp_path):
     assert last["state"]["step"] == 1
     saved = json.loads((out / "config.json").read_text())
     assert saved["train"]["lr"] == 0.02 and saved["loss"]["rate_weight"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("data", "setting"),
+    [
+        ("binarized-mnist", "data.split_seed=3"),
+        ("binarized-mnist", "data.val_size=100"),
+        ("mnist", "data.test_size=200"),
+        ("synthetic", "data.image_size=16"),
+        ("synthetic", "data.val_size=10"),
+        ("text-en", "data.split_seed=1"),
+    ],
+)
+def test_a_new_run_refuses_a_data_setting_its_data_does_not_read(data, setting, tmp_path):
+    """``qlatent train`` on binarized MNIST with ``data.split_seed = 3`` trained on the same
+    fixed split as every other seed (so "seeds" of a split were copies of one run); likewise a
+    held-out size or an image size its data ignores. A new run refuses it, before any data is
+    read."""
+    family = ["model.family=text_gru", "model.hidden=[8,8]"] if data == "text-en" else []
+    cfg = custom.load_config(None, [f"data.name={data}", setting, *family, f"out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=setting.split("=")[0] + ".* has no effect"):
+        custom.train(cfg, data_dir=str(tmp_path / "no-data-here"))
+
+
+def test_every_data_setting_is_read_by_some_data_and_the_defaults_pass():
+    """The table of what each data set reads covers every data set and every setting, and a
+    config that leaves the ignored settings at their defaults passes."""
+    assert set(custom.DATA_SETTINGS) == set(custom.DATASETS)
+    names = {f for reads in custom.DATA_SETTINGS.values() for f in reads}
+    assert names == {f for f in custom.DataConfig.__dataclass_fields__ if f != "name"}
+    for name in custom.DATASETS:
+        custom.check_data_settings(
+            custom.DataConfig(name=name, folder="x" if name == "folder" else None)
+        )

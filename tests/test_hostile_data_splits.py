@@ -116,7 +116,8 @@ def test_an_llvq_folder_run_is_not_resumed_on_a_resplit_folder(tmp_path, capsys)
              "data.test_size=2", "model.latent_dim=2", "train.epochs=1", "train.batch_size=4",
              "train.progress=false", "eval.figure_images=2"]  # fmt: skip
     args = ["reproduce", "llvq-celeba", "--models", "vq", "--schedules", "constant",
-            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]  # fmt: skip
+            "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results")]  # fmt: skip
     args += [x for item in small for x in ("--set", item)]
     assert main(args) == 0
     capsys.readouterr()

@@ -9,11 +9,16 @@ checked before anything is loaded or trained, so a typo is one line naming it::
                                #  "synthetic-text"
     folder = "..."             # with name = "folder": every image under it, recursively
     image_size = 28            # folder: side of the centre-cropped square
-    channels = 1               # folder: 1 (grey) or 3 (RGB)
+    channels = 1               # folder, synthetic: 1 (grey) or 3 (RGB)
     val_size = 5000            # held out for validation (mnist, fashion-mnist, folder)
     test_size = 1000           # held out for testing (folder; the others have their test sets)
+    split_seed = 0             # the draw of those splits (all but binarized-mnist and text-en,
+                               #  whose splits are fixed)
+    synthetic_size = 600       # synthetic, synthetic-text: items, split 4:1:1
     vocab_size = 8000          # text: the most frequent training words kept (others: UNK)
     max_tokens = 20            # text: longer sentences are left out
+
+    # a new run refuses a setting its data does not read (DATA_SETTINGS) set off its default
 
     [model]
     family = "gated_mlp"       # "relu_mlp" (both on flattened images), "conv" (strided convs
@@ -53,7 +58,7 @@ import stat
 import time
 import tomllib
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -87,6 +92,14 @@ TEXT_DATA = ("text-en", "synthetic-text")
 
 @dataclass
 class DataConfig:
+    """The data of a run. Which settings each data set reads (:data:`DATA_SETTINGS`): the
+    binarized MNIST split is fixed (50,000 / 10,000 / the 10,000 test images); MNIST and
+    FashionMNIST hold out ``val_size`` training images by ``split_seed`` and test on their test
+    set; a folder reads every setting of images; synthetic images split 4:1:1 by
+    ``split_seed``; ``text-en`` is split by document, fixed; ``synthetic-text`` splits 4:1:1 by
+    ``split_seed``. A new run that sets another value than the default of a setting its data
+    does not read is refused (:func:`check_data_settings`)."""
+
     name: DatasetName = "binarized-mnist"
     folder: str | None = None
     image_size: int = 28
@@ -109,6 +122,36 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.test_size, int) or self.test_size < 1:
             raise ValueError(f"data.test_size must be a positive integer, got {self.test_size!r}")
+
+
+#: the data settings each data set reads (the others it ignores)
+DATA_SETTINGS: dict[str, tuple[str, ...]] = {
+    "binarized-mnist": (),
+    "mnist": ("val_size", "split_seed"),
+    "fashion-mnist": ("val_size", "split_seed"),
+    "folder": ("folder", "image_size", "channels", "val_size", "test_size", "split_seed"),
+    "synthetic": ("synthetic_size", "channels", "split_seed"),
+    "text-en": ("vocab_size", "max_tokens"),
+    "synthetic-text": ("synthetic_size", "split_seed", "vocab_size", "max_tokens"),
+}
+
+
+def check_data_settings(cfg: DataConfig) -> None:
+    """ValueError naming a setting that ``cfg.name``'s data does not read (:data:`DATA_SETTINGS`)
+    but that is set to another value than its default: it would change nothing (a
+    ``data.split_seed`` on binarized MNIST trained on the same fixed split as every other
+    seed)."""
+    defaults = DataConfig()
+    for f in fields(DataConfig):
+        if f.name == "name" or f.name in DATA_SETTINGS[cfg.name]:
+            continue
+        value = getattr(cfg, f.name)
+        if value != getattr(defaults, f.name):
+            reads = ", ".join(f"data.{k}" for k in DATA_SETTINGS[cfg.name]) or "none of them"
+            raise ValueError(
+                f"data.{f.name} = {value!r} has no effect on data.name = {cfg.name!r}, which "
+                f"reads {reads}; leave it out"
+            )
 
 
 #: the range of a loss weight and of ``model.variance``, as the loss and the likelihood take
@@ -778,6 +821,8 @@ def train(
     from ..eval import training_curves
 
     out_dir = Path(cfg.out_dir)
+    if fresh or not (out_dir / "last.pt").is_file():  # a run from before resumes as it began
+        check_data_settings(cfg.data)
     derived: dict[str, Any]
     if cfg.data.name in TEXT_DATA:
         data, vocab = load_text_data(cfg.data, data_dir)
@@ -1243,12 +1288,14 @@ def downstream_scores(
 
 
 __all__ = [
+    "DATA_SETTINGS",
     "BottleneckConfig",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
     "RunConfig",
     "build_model",
+    "check_data_settings",
     "check_folder_split",
     "components",
     "downstream_scores",
