@@ -468,6 +468,27 @@ class EMACodebook(nn.Module):
             if self.store_smoothed:
                 self.ema_count.copy_(smoothed)
 
+    #: the running statistics, kept in float32 at least whatever the module is cast to
+    _STATISTICS = ("ema_count", "ema_sum")
+
+    def _apply(self, fn, recurse: bool = True):
+        """As ``nn.Module._apply``, except that ``ema_count`` and ``ema_sum`` never drop below
+        float32: an update moves a count by (1 − λ)(n − c), less than half a bfloat16 step of
+        c beyond c = 32 (λ = 0.99), so in bfloat16 the counts and sums stalled at different
+        points and a codeword settled at 0.256 instead of its cluster's mean 0.3. The codebook
+        itself follows the module's dtype (what the bottleneck computes in)."""
+        before = {name: self._buffers[name] for name in self._STATISTICS}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is None or not new.is_floating_point() or new.element_size() >= 4:
+                continue
+            kept = torch.empty(new.shape, dtype=torch.float32, device=new.device)
+            if not (old.is_meta or new.is_meta):
+                kept.copy_(old)  # the values before the cast, not their rounding
+            self._buffers[name] = kept
+        return self
+
     def extra_repr(self) -> str:
         extra = ", store_smoothed=True" if self.store_smoothed else ""
         return f"num_codes={self.num_codes}, decay={self.decay}, eps={self.eps}{extra}"
