@@ -24,12 +24,32 @@ from .base import Lattice, check_rows, to_coordinates
 CHUNK_BYTES = 1 << 19
 
 
+#: the floating-point types too narrow for a decoder's sums of squared errors
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def in_float32(rule: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """``rule(rows)``, with float16 and bfloat16 rows decoded in float32 and the points returned
+    in their dtype. In half precision a coset decoder's costs (sums of squared errors over 8 to
+    24 coordinates) round to 8 or 11 significant bits and it chose another coset than the
+    nearest: of 4,000 Gaussian rows of scale 3 in bfloat16, 30 E8, 43 Λ16 and 99 Λ24 points
+    were not the closest, and as many dither draws were reduced into another cell than the
+    Voronoi cell. The points are integers or halves, which the half types hold exactly at the
+    magnitudes their rows reach; float32 and float64 rows are decoded as they come."""
+    if rows.dtype in HALF_DTYPES:
+        return rule(rows.float()).to(rows.dtype)
+    return rule(rows)
+
+
 def in_chunks(
     rule: Callable[[Tensor], Tensor], x: Tensor, n: int, itemsize: int | None = None
 ) -> Tensor:
     """``rule`` (rows ``(k, n)`` to points ``(k, n)``) on every row of ``x`` (``(..., n)``), in
     chunks whose float temporaries take :data:`CHUNK_BYTES` each on the CPU (``itemsize``: the
-    bytes per number the rule computes in, ``x``'s by default); in one call elsewhere."""
+    bytes per number the rule computes in, ``x``'s by default); in one call elsewhere.
+    Float16 and bfloat16 rows are decoded in float32 (:func:`in_float32`)."""
+    if x.dtype in HALF_DTYPES:
+        return in_chunks(rule, x.float(), n, itemsize).to(x.dtype)
     rows = x.reshape(-1, n)
     size = max(1, CHUNK_BYTES // (n * (itemsize or x.element_size())))
     if rows.shape[0] <= size or x.device.type != "cpu":

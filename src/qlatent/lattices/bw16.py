@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._utils import COMPILED_DTYPES, compiled_or_plain
 from ._glued import BinaryCode, closest_point_glued, decode_coset
-from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
+from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
 
 
@@ -105,7 +105,9 @@ class BarnesWallLattice(FixedLattice):
             return out.view(x.shape)
         size = _eager_chunk(x.device)
         for start in range(0, rows.shape[0], size):
-            out[start : start + size] = self._quarters.decode(rows[start : start + size])
+            out[start : start + size] = in_float32(
+                self._quarters.decode, rows[start : start + size]
+            )
         return out.view(x.shape)
 
     def dither_point(self, y: Tensor) -> Tensor:
@@ -118,7 +120,8 @@ class BarnesWallLattice(FixedLattice):
         if self.compile and y.numel() >= 16 * _COMPILED_MIN_ROWS and y.dtype in COMPILED_DTYPES:
             return self.closest_point(y)
         chunk = _eager_chunk(y.device)
-        return closest_point_glued(y.detach(), self._code, 1.0, 2.0, ((0.0, 0),), chunk)
+        glued = lambda rows: closest_point_glued(rows, self._code, 1.0, 2.0, ((0.0, 0),), chunk)  # noqa: E731
+        return in_float32(glued, y.detach())
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
         """The cosets above as ``(residues r_c (32, 16), parities p_c (32,), q = 2)``: Λ16 is

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._utils import COMPILED_DTYPES, compiled_or_plain
-from ._utils import FixedLattice, as_basis, in_chunks, parity
+from ._utils import FixedLattice, as_basis, in_chunks, in_float32, parity
 from .base import LATTICES, check_rows
 
 
@@ -64,7 +64,7 @@ class GossetLattice(FixedLattice):
         elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
             return in_chunks(_closest_e8_planar, x, 8)
         else:  # eager, also for a few rows, where the compiled call's overhead dominates
-            decode = _closest_e8
+            decode = functools.partial(in_float32, _closest_e8)
         if rows.shape[0] <= _CHUNK:
             return decode(rows).view(x.shape)
         out = torch.empty_like(rows)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .._utils import COMPILED_DTYPES, compiled_or_plain
 from ._glued import BinaryCode, decode_coset
-from ._utils import FixedLattice, as_basis, dn_rows, integer_basis, parity
+from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
 
 #: 1 + x^2 + x^4 + x^5 + x^6 + x^10 + x^11, a generator of the cyclic [23, 12, 7] Golay code
@@ -124,7 +124,7 @@ class LeechLattice(FixedLattice):
                 fused = compiled_or_plain(compiled_decode, self._sextet.decode)
                 out[start : start + n] = fused(padded)[:n]
             else:  # eager, also for a short chunk, which padding would make 4x the work or more
-                out[start : start + n] = self._sextet.decode(chunk)
+                out[start : start + n] = in_float32(self._sextet.decode, chunk)
         return out.view(x.shape)
 
     def glue(self) -> tuple[Tensor, Tensor, int]:
