@@ -103,3 +103,12 @@ def test_half_precision_rows_get_their_closest_points(name, dtype):
     nearest = (exact - reference).square().sum(-1)
     for found in (point, lattice.dither_point(x)):  # two decoders may break a tie apart
         assert torch.equal((exact - found.double()).square().sum(-1), nearest)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_a_general_lattices_coordinates_take_points_of_any_dtype(dtype):
+    """``GeneralLattice.coordinates`` of float32 or integer points was a RuntimeError of
+    ``linalg.solve`` (its basis is float64); they are solved in float64."""
+    lattice = GeneralLattice(torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64))
+    k = torch.randint(-20, 20, (50, 2), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(lattice.coordinates(lattice.points(k).to(dtype)), k)

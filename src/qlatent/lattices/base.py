@@ -123,9 +123,12 @@ class Lattice(ABC):
 
     # ------------------------------------------------------------ coordinates
     def coordinates(self, points: Tensor) -> Tensor:
-        """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``."""
+        """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``, solved in
+        float64 whatever the points' dtype (float32 or integer points against a float64 basis
+        were a RuntimeError of ``linalg.solve``)."""
         check_rows(points, self.dim, self.name, floating=False)
-        k = torch.linalg.solve(self.generator_matrix, points.unsqueeze(-1)).squeeze(-1)
+        basis = self.generator_matrix.to(device=points.device, dtype=torch.float64)
+        k = torch.linalg.solve(basis, points.to(torch.float64).unsqueeze(-1)).squeeze(-1)
         return to_coordinates(torch.round(k))
 
     def points(self, coords: Tensor) -> Tensor:
