@@ -105,3 +105,31 @@ def test_the_probes_training_numbers_do_not_see_the_test_split():
     p = linear_probe(x, y, x_test, y_test, steps=50, batch_size=16)
     q = linear_probe(x, y, -x_test, y_test, steps=50, batch_size=16)
     assert p["train_acc"] == q["train_acc"]
+
+
+@pytest.mark.parametrize("name", ["gaussian", "soft_vq"])
+def test_eval_downstream_scores_the_code_not_the_scales(name, monkeypatch):
+    """``qlatent eval --downstream`` scored every encoder output: a Gaussian VAE's log σ²
+    channels and Soft VQ's K log-scales beside the code, where the Soft VQ-VAE table (and
+    its paper) take only the first ``dim`` outputs (μ, z_e)."""
+    import qlatent.eval as qeval
+    from qlatent.experiments import custom
+
+    torch.manual_seed(0)
+    model = gated_vae(
+        name, latent_dim=3, hidden=8, data_dim=12, **({"num_codes": 5} if name == "soft_vq" else {})
+    )
+    assert model.bottleneck.in_dim > model.bottleneck.dim
+    seen = {}
+
+    def report(train_z, train_y, test_z, test_y, **kwargs):
+        seen.update(train=train_z, test=test_z)
+        return {"kmeans_acc": 0.0, "nmi": 0.0, "linear_acc": 0.0}
+
+    monkeypatch.setattr(qeval, "downstream_report", report)
+    data = {"train": X[:200], "test": X[200:]}
+    labels = {k: torch.arange(v.shape[0]) % 3 for k, v in data.items()}
+    custom.downstream_scores(model, data, labels, progress=False)
+    with torch.no_grad():
+        for split, x in data.items():
+            assert torch.equal(seen[split], model.encoder(x)[:, :3])

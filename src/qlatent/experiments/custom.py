@@ -1265,14 +1265,17 @@ def downstream_scores(
     progress: bool = True,
 ) -> dict[str, Any]:
     """k-means accuracy and NMI on the test features, and a linear probe trained on the train
-    features (``qlatent.eval.downstream_report``); the features are the encoder's outputs,
-    flattened. Fewer k-means initialisations and probe steps than the Soft VQ-VAE table (100
-    and 30,000): a quick look, not a reproduction."""
+    features (``qlatent.eval.downstream_report``); the features are the pre-quantisation code,
+    the first ``bottleneck.dim`` channels of the encoder's output (μ of a Gaussian VAE, z_e of
+    Soft VQ; the other channels are scales the bottleneck consumes), flattened, as the Soft
+    VQ-VAE table takes them. Fewer k-means initialisations and probe steps than that table
+    (100 and 30,000): a quick look, not a reproduction."""
     from ..eval import downstream_report
 
     model.eval()
+    dim = model.bottleneck.dim
     features = {
-        k: torch.cat([model.encoder(xb).flatten(1) for xb in data[k].split(1000)])
+        k: torch.cat([model.encoder(xb)[:, :dim].flatten(1) for xb in data[k].split(1000)])
         for k in ("train", "test")
     }
     report = downstream_report(
