@@ -202,6 +202,7 @@ def test_seeds_give_row_statistics_and_records_that_resume(tmp_path, capfd):
     assert main(args + ["--runs-dir", str(runs)]) == 0
     payload = json.loads((results / "softvq-mnist-quick.json").read_text())
     assert payload["seeds"] == [0, 1]
+    assert "set to the seed" in payload["configs_note"]  # the configs hold no run's seed
     for name in ("vq", "beta_vae_5"):
         row = payload["rows"][name]
         assert set(row["runs"]) == {"0", "1"}

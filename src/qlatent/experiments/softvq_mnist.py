@@ -517,6 +517,10 @@ def reproduce(
     }
     if seeds is not None:
         payload["seeds"] = list(seeds)
+        payload["configs_note"] = (
+            "each row ran once per seed with this config's train.seed and eval.seed set to "
+            "the seed (the values here are the row's own, which no run used)"
+        )
         payload["reproduced_rule"] = "the paper's value lies within mean ± 2 sd of the seeds"
     if "vq" in rows and "soft_em_vq" in rows:
         compared = [name for name in PERPLEXITY_ROWS if name in rows]

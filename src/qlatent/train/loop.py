@@ -69,7 +69,9 @@ class TrainConfig:
     #: experiment, appendix A.2: "0.5 is achieved at 100k steps"); None: no annealing
     anneal_steps: int | None = None
     patience: int | None = None  #: stop after more than this many epochs without improvement
-    max_minutes: float | None = None  #: stop after the epoch that exceeds this budget
+    #: stop after the epoch that exceeds this budget of this process's minutes: each resume
+    #: starts a new one (the run's recorded ``wall_s`` adds up the time of every process)
+    max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"  #: "cpu", "cuda", "cuda:1" or "auto"
     progress: bool = True
