@@ -119,6 +119,7 @@ def test_the_loop_runs_the_set_values_and_records_them(tmp_path):
         ("synthetic", "data.image_size=16"),
         ("synthetic", "data.val_size=10"),
         ("text-en", "data.split_seed=1"),
+        ("mnist", "data.folder=digits"),
     ],
 )
 def test_a_new_run_refuses_a_data_setting_its_data_does_not_read(data, setting, tmp_path):
@@ -142,3 +143,5 @@ def test_every_data_setting_is_read_by_some_data_and_the_defaults_pass():
         custom.check_data_settings(
             custom.DataConfig(name=name, folder="x" if name == "folder" else None)
         )
+    # the synthetic size and the text settings are a template's leftovers for other data
+    custom.check_data_settings(custom.DataConfig(name="mnist", synthetic_size=60, vocab_size=9))

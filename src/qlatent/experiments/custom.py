@@ -18,7 +18,7 @@ checked before anything is loaded or trained, so a typo is one line naming it::
     vocab_size = 8000          # text: the most frequent training words kept (others: UNK)
     max_tokens = 20            # text: longer sentences are left out
 
-    # a new run refuses a setting its data does not read (DATA_SETTINGS) set off its default
+    # a new run refuses a split or image setting its data does not read (DATA_SETTINGS)
 
     [model]
     family = "gated_mlp"       # "relu_mlp" (both on flattened images), "conv" (strided convs
@@ -97,8 +97,8 @@ class DataConfig:
     FashionMNIST hold out ``val_size`` training images by ``split_seed`` and test on their test
     set; a folder reads every setting of images; synthetic images split 4:1:1 by
     ``split_seed``; ``text-en`` is split by document, fixed; ``synthetic-text`` splits 4:1:1 by
-    ``split_seed``. A new run that sets another value than the default of a setting its data
-    does not read is refused (:func:`check_data_settings`)."""
+    ``split_seed``. A new run that sets a split or image setting its data does not read to
+    another value than its default is refused (:func:`check_data_settings`)."""
 
     name: DatasetName = "binarized-mnist"
     folder: str | None = None
@@ -136,14 +136,20 @@ DATA_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the settings that say which images a run sees and how they are split: one its data ignores
+#: is refused (:func:`check_data_settings`); the sizes of the synthetic sets and the text
+#: settings a config may carry for other data
+SPLIT_SETTINGS = ("folder", "image_size", "channels", "val_size", "test_size", "split_seed")
+
+
 def check_data_settings(cfg: DataConfig) -> None:
-    """ValueError naming a setting that ``cfg.name``'s data does not read (:data:`DATA_SETTINGS`)
-    but that is set to another value than its default: it would change nothing (a
-    ``data.split_seed`` on binarized MNIST trained on the same fixed split as every other
-    seed)."""
+    """ValueError naming a setting of :data:`SPLIT_SETTINGS` that ``cfg.name``'s data does not
+    read (:data:`DATA_SETTINGS`) but that is set to another value than its default: the run
+    would not see what it says (a ``data.split_seed`` on binarized MNIST trained on the same
+    fixed split as every other seed; a ``data.folder`` without ``name = "folder"`` on MNIST)."""
     defaults = DataConfig()
     for f in fields(DataConfig):
-        if f.name == "name" or f.name in DATA_SETTINGS[cfg.name]:
+        if f.name not in SPLIT_SETTINGS or f.name in DATA_SETTINGS[cfg.name]:
             continue
         value = getattr(cfg, f.name)
         if value != getattr(defaults, f.name):
@@ -1292,6 +1298,7 @@ def downstream_scores(
 
 __all__ = [
     "DATA_SETTINGS",
+    "SPLIT_SETTINGS",
     "BottleneckConfig",
     "DataConfig",
     "LossConfig",
