@@ -57,8 +57,12 @@ def codelength_report(
 ) -> CodelengthReport:
     """Both estimates on ``x`` (nats per example); the dithers of the two paths are independent.
 
-    The hard path draws its dither from a CPU generator seeded with ``seed``, so the reported
-    codelength is reproducible and is what a coder sharing that seed would realise.
+    The training path draws its dither from a CPU generator seeded with ``seed``, the hard path
+    from one seeded with ``seed + 1`` (mod 2^64), so the report is reproducible. The hard path's
+    rate is what a coder sharing that generator's dither would realise; a file written by
+    :func:`qlatent.coding.compress` with ``seed=seed`` takes its dither from
+    :class:`qlatent.rng.SeedKeys` instead, and costs the same in expectation, not dither for
+    dither (compare it with :func:`qlatent.coding.ideal_bits` at that seed: bits, whole input).
 
     Raises ValueError for a ``seed`` outside torch's [−2^63, 2^64), a ``batch_size`` that is not
     a positive integer, or ``x`` that is not a tensor of at least one example (no examples made
