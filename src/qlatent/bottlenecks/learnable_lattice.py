@@ -7,8 +7,10 @@ Vector-Quantization for Efficient Representations" (arXiv 2310.09382). DESIGN.md
     │
     ├─ y_hat = z + sg(q − z)                    (straight-through)
     ├─ aux   = ‖q − sg(z)‖² + β ‖z − sg(q)‖² + γ L_size,   L_size = −Σ_d |b_d|
-    └─ rate  = 0: the lattice has no code model of its own (a fixed-length code would need a
-               bound on n); the codes actually used are counted instead (``codes_used``)
+    └─ rate  = 0: the lattice has no prior of its own (a fixed-length code would need a bound
+               on n); the codes used are counted (``codes_used``), and a file's code model is
+               counted from data by ``update()`` (:class:`CountedCodeModel`), whose file the
+               reported rate does not estimate
 
 The basis b ∈ R^D is the method's only parameter (D numbers against K·D for a codebook). It is
 drawn from U(−B, B) with B = 1/(K^{1/D} − 1), the spacing at which a unit cube holds K lattice
