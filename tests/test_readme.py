@@ -31,3 +31,14 @@ def test_readme_config_is_the_example_file_and_valid():
     assert blocks and tomllib.loads(blocks[0]) == tomllib.loads(example.read_text())
     cfg = load_config(example)
     assert (cfg.bottleneck.name, cfg.model.family, cfg.data.name) == ("vq", "conv", "folder")
+
+
+def test_readme_lists_every_registered_bottleneck():
+    """The sentence after ``BOTTLENECKS.names()`` names exactly what is registered (it had left
+    out ``vector_st``)."""
+    from qlatent.bottlenecks import BOTTLENECKS
+
+    text = " ".join(README.read_text().split())
+    listed = text.split("`qlatent.bottlenecks.BOTTLENECKS.names()` lists what is registered (", 1)
+    names = re.findall(r"`(\w+)`", listed[1].split(")", 1)[0])
+    assert sorted(names) == sorted(BOTTLENECKS.names())
