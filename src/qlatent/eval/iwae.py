@@ -82,7 +82,10 @@ def iwae_nll(
             accelerator (214), capped at S.
         generator: source of the posterior samples (a seeded CPU generator makes the result
             reproducible; the draws depend on the batch and chunk layout, the estimate's law does
-            not). ``None`` uses torch's default generator.
+            not, except for a good lattice, whose Monte-Carlo density points are shared by the
+            rows of one ``log_prior`` call: there the weights of one chunk share them, which
+            loosens the bound and widens its spread where ``eval_samples`` is small). ``None``
+            uses torch's default generator.
         progress: show a tqdm bar over examples.
         defensive: ``(α, k)`` with 0 ≤ α < 1, 1e-6 ≤ k ≤ 1e6: draw from the defensive mixture
             ``(1 − α)·q + α·N(c, diag (k·r)²)`` around the posterior's centre c with r its
