@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -424,3 +425,22 @@ def test_lattice_mnist_figures_draw_a_curve_with_an_epoch_that_was_not_finite(tm
     for rows in (models, back):
         assert lattice_mnist.figure_3(rows, tmp_path / "fig3.png").stat().st_size > 0
         assert lattice_mnist.figure_gain(rows, tmp_path / "gain.png").stat().st_size > 0
+
+
+def test_every_results_file_records_its_commit_machine_command_and_a_wall_time():
+    """DESIGN §5: a results file holds its commit, machine and wall time. ``provenance`` gives
+    every file written from now on ``process_wall_s``; the files written before it without a
+    wall time of their own are exactly the ones the README names."""
+    from qlatent.results import provenance
+
+    record = provenance("qlatent test")
+    assert record["process_wall_s"] >= 0 and {"commit", "machine", "command"} <= set(record)
+    untimed = set()
+    root = Path(__file__).resolve().parents[1] / "results"
+    for path in root.rglob("*.json"):
+        text = path.read_text()
+        payload = json.loads(text)
+        assert isinstance(payload, dict) and {"commit", "machine"} <= set(payload), path
+        if not any(key in text for key in ("wall", '_s"', "seconds", "time")):
+            untimed.add(path.relative_to(root).as_posix())
+    assert len(untimed) == 24, sorted(untimed)

@@ -78,12 +78,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+#: when this module was first imported: about when a command that writes results started
+_STARTED = time.perf_counter()
+
+
 def provenance(command: str) -> dict[str, Any]:
+    """What a results file records of how it was made: the command, the commit, the machine,
+    the date, and ``process_wall_s``, the seconds the writing process had run (from the first
+    import of this module), so that every file carries a wall time even where its own
+    measurement records none."""
     return {
         "command": command,
         **git_commit(),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "process_wall_s": round(time.perf_counter() - _STARTED, 3),
     }
 
 
