@@ -980,6 +980,12 @@ def evaluate(
         nll = iwae_nll(model, x, num_samples=iwae_samples, generator=gen(2), progress=progress)
         report["iwae"] = iwae_summary(nll)
         report["iwae_samples"] = iwae_samples
+        if isinstance(model.likelihood, SquaredError):
+            # Σ(x̂ − x)²/v is a Gaussian's −log p (variance v/2) without its normalising term
+            pixels = x[0].numel()
+            report["iwae"]["gaussian_constant"] = 0.5 * pixels * math.log(
+                math.pi * model.likelihood.variance
+            )
         if iwae_defensive is not None:
             wide = iwae_nll(
                 model,
@@ -1110,6 +1116,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  IWAE NLL: {i['mean']:.3f} ± {i['se']:.3f} ({report['iwae_samples']} samples)"
         )
+        if "gaussian_constant" in i:
+            lines.append(
+                f"    (the squared-error likelihood leaves out the Gaussian's normalising term: "
+                f"add {i['gaussian_constant']:.3f} nats for a density NLL)"
+            )
     if "iwae_defensive" in report:
         d = report["iwae_defensive"]
         alpha, k = d["mixture"]
