@@ -951,7 +951,39 @@ def evaluate(
     * for a discrete bottleneck with a code model: the test set written to a real ``.qlc``
       stream (bits per image) and read back exactly;
     * for codebooks: codes used and their perplexity on the hard path.
+
+    Every draw comes from generators seeded with ``cfg.eval_seed``, torch's global CPU one
+    included (a good lattice's Monte-Carlo density points), whose state is put back afterwards:
+    the report of a good lattice no longer depends on what the process drew before.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(cfg.eval_seed)
+        return _evaluate(
+            model,
+            cfg,
+            data,
+            image_shape,
+            out_dir=out_dir,
+            iwae_samples=iwae_samples,
+            iwae_defensive=iwae_defensive,
+            words=words,
+            progress=progress,
+        )
+
+
+def _evaluate(
+    model: Autoencoder,
+    cfg: RunConfig,
+    data: dict[str, Tensor],
+    image_shape: tuple[int, ...],
+    *,
+    out_dir: Path | None,
+    iwae_samples: int,
+    iwae_defensive: tuple[float, float] | None,
+    words: list[str] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate`'s work, under its seeded global generator."""
     from ..eval import iwae_nll, iwae_summary, reconstruction_rows
 
     model.eval()
@@ -983,8 +1015,8 @@ def evaluate(
         if isinstance(model.likelihood, SquaredError):
             # Σ(x̂ − x)²/v is a Gaussian's −log p (variance v/2) without its normalising term
             pixels = x[0].numel()
-            report["iwae"]["gaussian_constant"] = 0.5 * pixels * math.log(
-                math.pi * model.likelihood.variance
+            report["iwae"]["gaussian_constant"] = (
+                0.5 * pixels * math.log(math.pi * model.likelihood.variance)
             )
         if iwae_defensive is not None:
             wide = iwae_nll(

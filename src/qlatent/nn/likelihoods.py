@@ -54,7 +54,10 @@ class Bernoulli(Likelihood):
             lo, hi = torch.aminmax(x.detach())
             if not 0 <= lo <= hi <= 1:
                 raise ValueError(f"Bernoulli data must lie in [0, 1], got values in [{lo}, {hi}]")
-        bce = F.binary_cross_entropy_with_logits(params, x, reduction="none")
+        # in the promoted dtype: the op computes in the data's dtype, so half-precision data
+        # gave a float16 NLL (inf past 65504 nats) and float32 data cut float64 logits to float32
+        dtype = torch.promote_types(x.dtype, params.dtype)
+        bce = F.binary_cross_entropy_with_logits(params.to(dtype), x.to(dtype), reduction="none")
         return _per_example(bce)
 
     def mean(self, params: Tensor) -> Tensor:
