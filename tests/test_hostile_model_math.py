@@ -278,3 +278,65 @@ def test_the_text_models_nll_is_that_of_its_grus_written_out():
         log_p = torch.log_softmax(model.output(inp).double(), -1)
         expected.append(-log_p[torch.arange(len(tokens)), tokens].sum().item())
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+# ------------------------------------------------ the conv encoder's output for qlatent train
+def _conv_run(tmp_path, *extra):
+    from qlatent.experiments import custom
+
+    overrides = ["data.name=synthetic", "data.synthetic_size=24", "model.family=conv",
+                 "model.hidden=[4]", "model.latent_dim=2", "model.num_residual=1",
+                 "bottleneck.name=gaussian", "train.epochs=1",
+                 "train.batch_size=8", "train.progress=false", f"out_dir={tmp_path / 'run'}",
+                 *extra]  # fmt: skip
+    return custom.load_config(None, overrides)
+
+
+def test_the_conv_encoder_of_qlatent_train_leaves_negative_latents_alone(tmp_path):
+    """``qlatent train``'s conv encoder ended in the LL-VQ reference's LeakyReLU, which scales
+    every negative output by 0.01: a Gaussian VAE's μ and log σ² (log σ² = −6 needed a
+    pre-activation of −600) and a lattice's input. It now ends in its 1×1 convolution;
+    ``model.latent_activation = true`` keeps the reference's LeakyReLU."""
+    from qlatent.experiments import custom
+
+    cfg = _conv_run(tmp_path)
+    plain = custom.build_model(cfg, (1, 28, 28), 0.1)
+    assert isinstance(plain.encoder[-1], torch.nn.Conv2d)
+    leaky = custom.build_model(
+        _conv_run(tmp_path, "model.latent_activation=true"), (1, 28, 28), 0.1
+    )
+    assert isinstance(leaky.encoder[-1], torch.nn.LeakyReLU)
+    leaky.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = plain.encoder(x)
+        assert torch.equal(leaky.encoder(x), torch.nn.functional.leaky_relu(out))
+    with pytest.raises(ValueError, match="latent_activation is for the conv family"):
+        custom.load_config(None, ["model.latent_activation=true"])
+
+
+def test_a_conv_checkpoint_from_before_the_setting_keeps_its_leaky_relu(tmp_path, capsys):
+    """A conv checkpoint saved before ``model.latent_activation`` was trained with the final
+    LeakyReLU: it is rebuilt with it (the same function of its weights), and resuming it
+    without the setting is refused rather than continued with another encoder."""
+    from qlatent.cli import main
+    from qlatent.experiments import custom
+    from qlatent.train.checkpoint import load, save_atomic
+
+    custom.train(_conv_run(tmp_path))
+    for name in ("best.pt", "last.pt"):  # as a checkpoint from before the setting
+        path = tmp_path / "run" / name
+        ckpt = load(path)
+        del ckpt["run_config"]["model"]["latent_activation"]
+        save_atomic(ckpt, path)
+    model, cfg = custom.model_from_checkpoint(
+        torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    )
+    assert cfg.model.latent_activation and isinstance(model.encoder[-1], torch.nn.LeakyReLU)
+    with pytest.raises(ValueError, match="--set model.latent_activation=true"):
+        custom.train(_conv_run(tmp_path, "train.epochs=2"))
+    custom.train(_conv_run(tmp_path, "train.epochs=2", "model.latent_activation=true"))
+    assert (
+        main(["reproduce", "llvq-fashion", "--quick", "--set", "model.latent_activation=true"]) == 2
+    )
+    assert "latent_activation" in capsys.readouterr().err

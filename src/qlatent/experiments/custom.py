@@ -30,6 +30,7 @@ checked before anything is loaded or trained, so a typo is one line naming it::
     variance = 0.0             # squared_error's variance; 0: the training images' variance
     embed = 128                # text_gru: word embedding size
     layers = 1                 # text_gru: GRU layers
+    latent_activation = false  # conv: end the encoder in the LL-VQ reference's LeakyReLU
 
     [bottleneck]
     name = "lattice"           # any registered bottleneck (``qlatent train --list``)
@@ -178,9 +179,19 @@ class ModelConfig:
     layers: int = 1  #: text_gru: GRU layers of the encoder and of the decoder
     likelihood: Literal["bernoulli", "squared_error"] = "bernoulli"
     variance: float = 0.0
+    #: conv: end the encoder in a LeakyReLU after its last 1×1 convolution, as the LL-VQ-VAE
+    #: reference code (and that table) does. It scales every negative latent by 0.01: a
+    #: Gaussian's μ and log σ², a lattice's or Soft VQ's input; so by default the encoder of
+    #: ``qlatent train`` ends in the convolution. Checkpoints from before this setting were
+    #: trained with the LeakyReLU and are rebuilt with it (:func:`legacy_run_config`).
+    latent_activation: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.family, "model.family", FAMILIES)
+        if not isinstance(self.latent_activation, bool):
+            raise ValueError(
+                f"model.latent_activation must be true or false, got {self.latent_activation!r}"
+            )
         check_choice(self.likelihood, "model.likelihood", ("bernoulli", "squared_error"))
         check_positive(self, "model", ("latent_dim", "embed", "layers"))
         if (
@@ -363,6 +374,11 @@ def load_config(
         raise ValueError(
             f"model.family = 'text_gru' goes with text data ({', '.join(TEXT_DATA)}) and only "
             f"with it; got model.family = {cfg.model.family!r} and data.name = {cfg.data.name!r}"
+        )
+    if cfg.model.latent_activation and cfg.model.family != "conv":
+        raise ValueError(
+            f"model.latent_activation is for the conv family's encoder; model.family = "
+            f"{cfg.model.family!r} ends in its own output layer"
         )
     if cfg.model.family == "text_gru" and len(cfg.model.hidden) != 2:
         raise ValueError(
@@ -765,7 +781,13 @@ def _assemble(
                 f"model.hidden has {halvings} halvings, which do not divide images of "
                 f"{height}×{width}"
             )
-        encoder = conv_encoder(channels, m.hidden, neck.in_dim, num_residual=m.num_residual)
+        encoder = conv_encoder(
+            channels,
+            m.hidden,
+            neck.in_dim,
+            num_residual=m.num_residual,
+            final_activation=m.latent_activation,
+        )
         decoder = conv_decoder(
             m.latent_dim, m.hidden, channels, num_residual=m.num_residual, final_activation=False
         )
@@ -787,10 +809,41 @@ def is_checkpoint(ckpt: Any) -> bool:
     return isinstance(run, dict) and isinstance(run.get("bottleneck"), dict) and "loss" in run
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint"):
-    """``(model in eval mode, RunConfig)`` from a checkpoint of :func:`train` (or ``update``)."""
+def legacy_run_config(run: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's saved config as today's schema reads it: a conv model saved before
+    ``model.latent_activation`` existed was trained with the encoder's final LeakyReLU, so it
+    gets ``latent_activation = true`` (rebuilt without it, its encoder would compute another
+    function of the same weights). ``run`` itself is left as it is."""
+    model = run.get("model")
+    if isinstance(model, dict) and model.get("family") == "conv":
+        if "latent_activation" not in model:
+            return run | {"model": model | {"latent_activation": True}}
+    return run
+
+
+def check_resumed_architecture(cfg: RunConfig, last: Path) -> None:
+    """ValueError where the run in ``last`` (its ``last.pt``) was trained with the conv
+    encoder's final LeakyReLU from before ``model.latent_activation``, and ``cfg`` would resume
+    it without: the resume would go on with another encoder on the same weights. Nothing where
+    the checkpoint cannot be read (the loop names that)."""
+    if cfg.model.family != "conv" or cfg.model.latent_activation:
+        return
     try:
-        run = dict(ckpt["run_config"])
+        saved = torch.load(last, map_location="cpu", weights_only=True).get("run_config")
+    except Exception:  # noqa: BLE001 -- an unreadable checkpoint is the loop's to report
+        return
+    if isinstance(saved, dict) and legacy_run_config(saved) is not saved:
+        raise ValueError(
+            f"{last} was trained with the conv encoder's final LeakyReLU (saved before "
+            "model.latent_activation existed): resume it with --set model.latent_activation=true"
+        )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint"):
+    """``(model in eval mode, RunConfig)`` from a checkpoint of :func:`train` (or ``update``);
+    a config from before a setting reads as it was trained (:func:`legacy_run_config`)."""
+    try:
+        run = legacy_run_config(dict(ckpt["run_config"]))
         derived = run.pop("derived")
         cfg = apply_mapping(RunConfig(), run)
         shape = tuple(int(v) for v in derived["image_shape"])
@@ -829,6 +882,8 @@ def train(
     out_dir = Path(cfg.out_dir)
     if fresh or not (out_dir / "last.pt").is_file():  # a run from before resumes as it began
         check_data_settings(cfg.data)
+    else:
+        check_resumed_architecture(cfg, out_dir / "last.pt")
     derived: dict[str, Any]
     if cfg.data.name in TEXT_DATA:
         data, vocab = load_text_data(cfg.data, data_dir)
@@ -1357,6 +1412,7 @@ __all__ = [
     "folder_split",
     "format_report",
     "is_checkpoint",
+    "legacy_run_config",
     "load_config",
     "load_data",
     "load_labels",

@@ -153,6 +153,11 @@ def from_run_config(run: custom.RunConfig) -> LLVQConfig:
             "model.family": (m.family, ("conv",)),
             "model.likelihood": (m.likelihood, ("squared_error",)),
             "model.variance (0: the pipeline's)": (m.variance, (0.0,)),
+            # the table's encoder is the reference's, its final LeakyReLU included
+            "model.latent_activation (unset: the reference's LeakyReLU)": (
+                m.latent_activation,
+                (False,),
+            ),
             "loss.rate_weight": (run.loss.rate_weight, (0.0,)),
             "loss.aux_weight": (run.loss.aux_weight, (1.0,)),
             "init_from": (run.init_from, (None,)),

@@ -56,9 +56,18 @@ def _check_widths(hidden: Sequence[int], num_residual: int, **channels: int) -> 
 
 
 def conv_encoder(
-    in_channels: int, hidden: Sequence[int], latent_dim: int, *, num_residual: int = 2
+    in_channels: int,
+    hidden: Sequence[int],
+    latent_dim: int,
+    *,
+    num_residual: int = 2,
+    final_activation: bool = True,
 ) -> nn.Sequential:
-    """``(B, in_channels, H, W)`` → ``(B, latent_dim, H / 2^len(hidden), W / 2^len(hidden))``."""
+    """``(B, in_channels, H, W)`` → ``(B, latent_dim, H / 2^len(hidden), W / 2^len(hidden))``.
+
+    ``final_activation``: end with a LeakyReLU after the 1×1 convolution, as the LL-VQ-VAE
+    reference code does; without it the latent is the convolution's output, negative values
+    unscaled (what a Gaussian's μ and log σ² or a lattice's input need)."""
     from ..models.size import sized
 
     hidden = _check_widths(hidden, num_residual, in_channels=in_channels, latent_dim=latent_dim)
@@ -71,7 +80,9 @@ def conv_encoder(
             width = h
         layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU()]
         layers += [ResidualLayer(width) for _ in range(num_residual)]
-        layers += [nn.LeakyReLU(), nn.Conv2d(width, latent_dim, 1), nn.LeakyReLU()]
+        layers += [nn.LeakyReLU(), nn.Conv2d(width, latent_dim, 1)]
+        if final_activation:
+            layers.append(nn.LeakyReLU())
         return nn.Sequential(*layers)
 
     return sized(make, "the conv encoder")
