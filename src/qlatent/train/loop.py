@@ -443,7 +443,9 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
 
 
 def _validate(model, loss_fn, x, cfg, world) -> dict:
-    """Training-path objective at β = 1 on this rank's shard, summed across ranks."""
+    """Training-path objective at β = 1 on this rank's shard, summed across ranks: distortion
+    plus rate at weight 1 (the negative ELBO), whatever the loss's own rate weight, so the best
+    epoch and early stopping follow it."""
     shard = x[world.rank :: world.size]
     t = evaluate_objective(model, loss_fn, shard, batch_size=cfg.eval_batch_size)
     totals = torch.stack(
