@@ -593,29 +593,33 @@ def _write_reconstructions(recon, path: str, value_range: tuple[float, float]) -
     if suffix == ".pt":
         save_atomic(recon, path)
         return
-    array = recon.detach().cpu().numpy()
     buffer = io.BytesIO()
     if suffix == ".npy":
-        np.save(buffer, array, allow_pickle=False)
+        np.save(buffer, recon.detach().cpu().numpy(), allow_pickle=False)
     else:
-        import matplotlib.pyplot as plt
+        from PIL import Image
 
-        n = array.shape[0]
-        if array.ndim == 2:  # (N, D): square greyscale images
-            side = math.isqrt(array.shape[1])
-            if side * side != array.shape[1]:
-                raise ValueError(f"{array.shape[1]} values per image are not a square image")
-            array = array.reshape(n, 1, side, side)
+        from .data.folder import image_pixels
+
+        n = recon.shape[0]
+        if recon.dim() == 2:  # (N, D): square greyscale images
+            side = math.isqrt(recon.shape[1])
+            if side * side != recon.shape[1]:
+                raise ValueError(f"{recon.shape[1]} values per image are not a square image")
+            recon = recon.reshape(n, 1, side, side)
         low, high = value_range
-        images = np.clip((array - low) / (high - low), 0.0, 1.0).transpose(0, 2, 3, 1)
+        # the very pixels of ``-o DIR/``'s PNGs, tiled row by row (the unused tiles of the last
+        # row stay black), written by Pillow: matplotlib's grey colour map puts 24 of the 256
+        # grey levels one level lower, and its RGB conversion truncates instead of rounding
+        images = image_pixels((recon - low) / (high - low))
         cols = max(1, math.ceil(math.sqrt(n)))
         rows = max(1, math.ceil(n / cols))
         h, w, c = images.shape[1:]
-        grid = np.zeros((rows * h, cols * w, c))
+        grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
         for i, image in enumerate(images):
             r, q = divmod(i, cols)
             grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
-        plt.imsave(buffer, grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(buffer, "PNG")
     write_atomic(path, buffer.getvalue())
 
 

@@ -257,22 +257,47 @@ def check_new_folder(folder: str | os.PathLike[str]) -> Path:
     return root
 
 
+def image_pixels(images: torch.Tensor) -> np.ndarray:
+    """``images`` ``(N, C, H, W)`` with values in [0, 1] (clipped) as ``uint8`` ``(N, H, W, C)``,
+    each value ``round(255 · v)``: what every PNG written here holds, so that a folder of PNGs
+    and a grid of the same images agree pixel for pixel. ValueError for integer images (a
+    ``uint8`` 0…255 image clipped to [0, 1] would come out black and white) and for NaN or
+    infinite values (NaN would be written as black)."""
+    if images.dtype != torch.bool and not images.is_floating_point():
+        raise ValueError(
+            f"images must hold floating-point values in [0, 1], got {images.dtype} "
+            "(divide 0…255 pixels by 255 first)"
+        )
+    values = images.detach().cpu().float()
+    if not torch.isfinite(values).all():
+        raise ValueError("images hold NaN or infinite values; there is no pixel to write for them")
+    pixels = (values.clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def image_name(index: int, count: int) -> str:
+    """The file name of image ``index`` of ``count``: ``000000.png`` …, with more digits once
+    ``count`` needs them, so that sorted names (how :func:`image_files` lists a folder) are in
+    image order (``1000000.png`` would otherwise sort between ``100000.png`` and ``100001.png``)."""
+    return f"{index:0{max(6, len(str(max(count - 1, 0))))}d}.png"
+
+
 def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
-    """Write ``images`` ``(N, C, H, W)`` (C = 1 or 3, values in [0, 1], clipped) as
-    ``000000.png`` … into ``folder``, which must be new or empty; each file is written
-    atomically. Returns the paths."""
+    """Write ``images`` ``(N, C, H, W)`` (C = 1 or 3, floating-point values in [0, 1], clipped;
+    see :func:`image_pixels`) as ``000000.png`` … (:func:`image_name`) into ``folder``, which
+    must be new or empty; each file is written atomically. Returns the paths."""
     from PIL import Image
 
     from ..image_coding import write_atomic
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    pixels = image_pixels(images)
     root = check_new_folder(folder)
     root.mkdir(parents=True, exist_ok=True)
-    pixels = (images.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
     paths = []
-    for i, image in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
+    for i, image in enumerate(pixels):
         buffer = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
-        paths.append(write_atomic(root / f"{i:06d}.png", buffer.getvalue()))
+        paths.append(write_atomic(root / image_name(i, len(pixels)), buffer.getvalue()))
     return paths
