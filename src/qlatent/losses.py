@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import check_nonnegative
+from .bottlenecks._codebook import local_updates
 from .models import AutoencoderOutput
 from .nn import Likelihood
 
@@ -92,14 +93,17 @@ def evaluate_objective(
         for name, b in net.bottleneck.named_buffers():
             b.copy_(buffers[name])
 
+    # the updates are put back, so under torch.distributed they stay this rank's own: each rank
+    # scores its own shard, and shards of unequal size take unequal numbers of batches
     try:
-        for xb in x.split(batch_size):
-            xb = xb.to(device)
-            losses = loss_fn(xb, net(xb, generator=generator), net.likelihood)
-            distortion.append(losses.distortion.double().cpu())
-            rate.append(losses.rate.double().cpu())
-            if not hard:
-                put_back()
+        with local_updates():
+            for xb in x.split(batch_size):
+                xb = xb.to(device)
+                losses = loss_fn(xb, net(xb, generator=generator), net.likelihood)
+                distortion.append(losses.distortion.double().cpu())
+                rate.append(losses.rate.double().cpu())
+                if not hard:
+                    put_back()
     finally:
         net.train(was_training)
         put_back()

@@ -13,15 +13,18 @@ Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece wit
 - :class:`EMACodebook` — the M-step of hard and soft EM (Roy et al. 2018, arXiv 1805.11063):
   exponential moving averages of counts and sums with Laplace smoothing. Under
   ``torch.distributed`` the batch statistics are all-reduced first, so every rank applies the
-  same update and keeps the same codebook.
+  same update and keeps the same codebook (not inside :func:`local_updates`, for passes whose
+  updates are put back).
 
 Shapes: ``z`` ``(N, d)`` rows, codebook ``e`` ``(K, d)``, indices ``(N,)`` int64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -402,6 +405,32 @@ def _check_eps(value, name: str) -> float:
     return float(value)
 
 
+#: how many :func:`local_updates` blocks are open (their M-steps are this rank's own)
+_LOCAL_UPDATES = 0
+
+
+@contextlib.contextmanager
+def local_updates() -> Iterator[None]:
+    """Inside it an :class:`EMACodebook` update uses this rank's batch alone, with no
+    all-reduce: for a pass whose updates are put back afterwards (validation on the training
+    path), where the ranks run different numbers of batches (shards of unequal size). An
+    all-reduce per batch there paired one rank's codebook statistics with another's metric
+    totals, and the run failed on a collective mismatch."""
+    global _LOCAL_UPDATES
+    _LOCAL_UPDATES += 1
+    try:
+        yield
+    finally:
+        _LOCAL_UPDATES -= 1
+
+
+def _synchronized() -> bool:
+    """Whether an update sums its statistics over the ranks of a world larger than one."""
+    if _LOCAL_UPDATES:
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class EMACodebook(nn.Module):
     """Codebook kept by exponential moving averages (the M-step of hard / soft EM).
 
@@ -456,7 +485,7 @@ class EMACodebook(nn.Module):
     def update(self, counts: Tensor, sums: Tensor) -> None:
         """One M-step from this batch's ``counts`` ``(K,)`` and ``sums`` ``(K, d)``."""
         stats = torch.cat([counts.reshape(-1, 1), sums], dim=1).to(self.ema_sum.dtype)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _synchronized():
             dist.all_reduce(stats)  # the global batch: every rank gets the same codebook
         self.ema_count.mul_(self.decay).add_(stats[:, 0], alpha=1.0 - self.decay)
         self.ema_sum.mul_(self.decay).add_(stats[:, 1:], alpha=1.0 - self.decay)

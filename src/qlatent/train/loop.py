@@ -396,6 +396,11 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
     net.train()
     frozen = epoch_lr(cfg, epoch) == 0.0
     totals = torch.zeros(4, dtype=torch.float64)  # objective, distortion, rate, count
+    # DistributedSampler evens the shards with repeats of the first examples, at the end of each
+    # rank's order: they are trained on (every rank takes the same number of updates) but not
+    # counted again, so the epoch's metrics are over each example once (41 examples on two
+    # ranks reported 42, one of them twice). On a world of one nothing is repeated.
+    counted = max(0, math.ceil((x.shape[0] - world.rank) / world.size))
     batches = order.split(cfg.batch_size)
     bar = tqdm(
         batches,
@@ -404,6 +409,7 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
         leave=False,
         dynamic_ncols=True,
     )
+    start = 0  # the position of the batch in ``order``
     for idx in bar:
         xb = x[idx].to(world.device, non_blocking=True)
         step += 1
@@ -424,14 +430,19 @@ def _train_epoch(net, model, loss_fn, optimizer, x, order, beta, cfg, world, epo
             losses.loss.backward()
             optimizer.step()
         with torch.no_grad():
+            rows = min(xb.shape[0], max(0, counted - start))
+            objective, distortion, rate = losses.objective, losses.distortion, losses.rate
+            if rows < xb.shape[0]:  # the batch holds repeats (only under DDP)
+                objective, distortion, rate = objective[:rows], distortion[:rows], rate[:rows]
             totals += torch.stack(
                 [
-                    losses.objective.sum().double().cpu(),
-                    losses.distortion.sum().double().cpu(),
-                    losses.rate.sum().double().cpu(),
-                    torch.tensor(float(xb.shape[0]), dtype=torch.float64),
+                    objective.sum().double().cpu(),
+                    distortion.sum().double().cpu(),
+                    rate.sum().double().cpu(),
+                    torch.tensor(float(rows), dtype=torch.float64),
                 ]
             )
+        start += xb.shape[0]
         bar.set_postfix(loss=f"{value:.2f}", refresh=False)
     objective, distortion, rate, count = D.all_reduce_sum(totals, world).tolist()
     return {
@@ -572,8 +583,12 @@ def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
 def _finish(model, state: _State, out_dir: Path, world, keep: str, run_config) -> FitResult:
     best = out_dir / "best.pt"
     _held = None  # referenced until the teardown (D.wait_for_all)
+    if keep == "best":
+        # rank 0 writes best.pt after the last epoch's checkpoint: every rank waits for it before
+        # looking. (Looking first, rank 1 found no file after a one-epoch run and left, its own
+        # last weights kept, while rank 0 waited for it and failed.)
+        _held = D.wait_for_all(world)
     if keep == "best" and best.exists():
-        _held = D.wait_for_all(world)  # rank 0 wrote it; wait until every rank can read it
         ckpt = load(best, map_location=world.device)
         saved = ckpt.get("run_config")
         changes = config_changes(saved, run_config, RESUME_MAY_CHANGE_RUN)
