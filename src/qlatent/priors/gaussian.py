@@ -44,11 +44,15 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
     half = spacing / (2 * scale)
     near = torch.special.log_ndtr(half - centre)  # log Φ(−a)
     far = torch.special.log_ndtr(-half - centre)  # log Φ(−c) < log Φ(−a)
-    wide = near + torch.log(-torch.expm1(far - near))
-    half = torch.as_tensor(half, dtype=wide.dtype, device=wide.device)  # spacing, scale: numbers
-    narrow = half < (2 * torch.finfo(wide.dtype).eps) ** (1 / 3)
+    gap = far - near
+    half = torch.as_tensor(half, dtype=gap.dtype, device=gap.device)  # spacing, scale: numbers
+    narrow = half < (2 * torch.finfo(gap.dtype).eps) ** (1 / 3)
     if not bool(narrow.any()):
-        return wide
+        return near + torch.log(-torch.expm1(gap))
+    # where the narrow form is taken the gap may round to 0 (h below about ε/2), and the wide
+    # form's log(0) = −inf then had an infinite gradient, which where() turned into NaN for η,
+    # Δ and s though the value was finite: the wide form is formed from a finite stand-in there
+    wide = near + torch.log(-torch.expm1(torch.where(narrow, -1.0, gap)))
     # the narrow cell's form, its inputs kept finite where the other form is taken
     h, c, narrow = torch.broadcast_tensors(torch.where(narrow, half, 1.0), centre, narrow)
     return torch.where(narrow, _log_phi(c) + torch.log(2 * h) + _log_sinhc(c * h), wide)
