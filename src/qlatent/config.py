@@ -23,12 +23,22 @@ C = TypeVar("C")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) dataclass."""
+    """A JSON-ready dict of a (nested) dataclass.
+
+    ``dataclasses.asdict``: nested dataclasses become nested dicts, values are deep-copied.
+    Raises TypeError if ``cfg`` is not a dataclass instance.
+    """
     return dataclasses.asdict(cfg)
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild a (nested) dataclass from :func:`to_dict`'s output; unknown keys are an error."""
+    """Rebuild a (nested) dataclass from :func:`to_dict`'s output; unknown keys are an error.
+
+    A field whose type hint is a dataclass is rebuilt from its dict recursively; other values
+    are passed as they are (not converted to the hinted type), and a missing key takes the
+    field's default. Raises ValueError naming the unknown keys; the dataclass's own
+    ``__init__`` raises for a missing required field (TypeError) or a value it refuses.
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -64,6 +74,9 @@ def apply_mapping(cfg: C, mapping: dict[str, Any]) -> C:
     A nested table goes into the config section of that name; any other value, dicts included,
     sets the field. A text field takes a string only (a list, a number or a date would become
     its Python text: ``out_dir = ["a"]`` wrote the run into a folder named ``["a"]``).
+
+    Returns a copy of ``cfg``. Raises ValueError for an unknown key, a value that does not parse
+    as its field's type, or a non-string value for a text field.
     """
     overrides: list[str] = []
 

@@ -66,6 +66,9 @@ def _cpu_model() -> str | None:
 
 
 def machine() -> dict[str, Any]:
+    """The machine a result was measured on, as JSON-ready values: platform, processor and CPU
+    model (None where /proc/cpuinfo cannot be read), core count, torch's thread count, the CUDA
+    device's name (None without CUDA), and the Python and torch versions."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -102,7 +105,10 @@ MISSING = "–"
 
 
 def finite(value: Any) -> bool:
-    """Whether ``value`` is something a table can show: not None, NaN nor an infinity."""
+    """Whether ``value`` is something a table can show: not None, NaN nor an infinity.
+
+    Only floats are tested for NaN and infinity; any other value but None (an int, a string)
+    counts as showable. Never raises."""
     return math.isfinite(value) if isinstance(value, float) else value is not None
 
 

@@ -31,7 +31,11 @@ _MUL2 = 0x846CA68B - (1 << 32)  # as the int32 with the same bits
 def lowbias32(v: Tensor) -> Tensor:
     """The ``lowbias32`` hash of each int32 element (its uint32 bit pattern); ``v`` is left as
     it was. After the first step the work is in place on two buffers: on the CPU this halves
-    the time of the hash, which dominates drawing a dither."""
+    the time of the hash, which dominates drawing a dither.
+
+    ``v``: an int32 tensor of any shape (0-d included); returns a new int32 tensor of the same
+    shape and device. The dtype is not checked: other integer dtypes do not wrap at 32 bits
+    and give other numbers."""
     t = (v >> 16) & 0xFFFF
     v = v ^ t  # a new tensor: the caller's is not touched
     v.mul_(_MUL1)
@@ -58,6 +62,8 @@ class SeedKeys:
     ``decompress(compress(y, seed=s))`` equals ``forward(y, generator=SeedKeys(s)).y_hat`` in
     eval mode. The object counts its calls, so reuse it for a stream of independent draws and
     make a new one to repeat them.
+
+    Raises ValueError unless ``seed`` is an integer in [0, 2^64) (a boolean is not).
     """
 
     device = torch.device("cpu")  # the keys are common randomness made on the CPU
@@ -84,7 +90,10 @@ class SeedKeys:
 
 def draw_key(generator: torch.Generator | SeedKeys | None = None, device=None) -> Tensor:
     """A 0-d int32 key: the next of a :class:`SeedKeys`, or drawn from a ``torch.Generator``
-    (torch's default generator when None)."""
+    (torch's default generator when None).
+
+    The key is made on the generator's device (the CPU for a :class:`SeedKeys` or None) and
+    moved to ``device`` if given. Raises ValueError for a ``generator`` of any other type."""
     if isinstance(generator, SeedKeys):
         key = generator.next_key()
         return key if device is None else key.to(device)
@@ -115,6 +124,11 @@ def counter_uniform(
     On the CPU (outside ``torch.compile``) the hash runs in NumPy on blocks of 2^16 counters
     that stay in cache, about three times faster than torch's whole-array passes; the numbers
     are the same bits either way (integer arithmetic, then an exact scaling).
+
+    Returns a tensor of ``shape`` and ``dtype`` on ``key``'s device. Raises ValueError for a key
+    that is not a 0-d int32 tensor, a shape that is not a tuple of non-negative integers, a
+    dtype that is not floating-point, an offset that is not an integer, or counters
+    ``offset + numel`` that reach 2^31.
     """
     if not torch.compiler.is_compiling():  # (traced shapes are symbolic, not ints)
         _check_arguments(key, shape, dtype, offset)

@@ -35,10 +35,15 @@ from ..registry import Registry
 class BottleneckOutput:
     """What every bottleneck returns.
 
-    y_hat:    what the decoder consumes; same shape as the input ``y``.
-    rate:     ``(B,)`` representation cost in nats per example (zeros where a method has none).
+    y_hat:    what the decoder consumes: the input's shape with ``dim`` channels on axis 1,
+              ``(B, dim)`` or ``(B, dim, *spatial)`` (``in_dim`` may differ from ``dim``).
+    rate:     ``(B,)`` representation cost in nats per example, summed over channels and
+              positions (zeros where a method has none).
     aux_loss: ``()`` extra training terms (codebook, commitment ...); ``zeros(())`` if none.
-    indices:  the discrete symbols on the hard path; ``None`` on a training path.
+    indices:  the discrete symbols on the hard path, ``(B, symbols_per_row, *spatial)`` int64
+              (``index_kind`` "vector") or ``(B, *spatial)`` (``"scalar"``, a codeword index);
+              ``None`` on a soft, noisy or dithered training path (``vq`` and ``vq_ema``, whose
+              training path is the hard assignment, return them there too).
     stats:    detached diagnostics, never part of the loss.
     """
 
@@ -161,7 +166,11 @@ def check_flag(value, name: str) -> bool:
 def build(name: str, **kwargs) -> Bottleneck:
     """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``: counted first
     on the meta device, so sizes past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` (a
-    codebook of 2^40 codes, say) are a ValueError naming them, not an allocation failure."""
+    codebook of 2^40 codes, say) are a ValueError naming them, not an allocation failure.
+
+    An unknown name raises :class:`~qlatent.registry.UnknownNameError` (a KeyError) listing the
+    known names; bad constructor arguments raise the class's own ValueError.
+    """
     from ..models.size import sized  # models import bottlenecks: imported when first used
 
     sizes = ", ".join(
@@ -185,6 +194,20 @@ class Bottleneck(nn.Module, ABC):
     Subclasses implement the row-wise methods ``_forward_rows`` and, when ``discrete`` is true,
     ``_quantize_rows`` / ``_dequantize_rows``. Row methods receive ``(N, D)`` and return per-row
     rates ``(N,)``; the base sums them per example.
+
+    Shapes (B batch, N = B·prod(spatial) rows)::
+
+        forward(y)          y (B, in_dim[, *spatial]) -> BottleneckOutput, y_hat (B, dim[, ...])
+        quantize(y)         y (B, in_dim[, *spatial]) -> indices (see BottleneckOutput), int64
+        dequantize(indices) indices                   -> y_hat (B, dim[, *spatial])
+
+    ``self.training`` selects the training path; in eval mode ``forward(y).y_hat`` equals
+    ``dequantize(quantize(y))`` given the same dither (DESIGN.md section 1).
+
+    Raises ValueError for a ``dim``/``in_dim`` that is not a positive integer, and for an input
+    that is not a real floating-point tensor of rank ≥ 2 with ``in_dim`` channels on axis 1, or
+    that holds NaN/Inf; TypeError for ``quantize``/``dequantize`` on a method without a discrete
+    hard path.
     """
 
     #: whether the method has a discrete hard path (``quantize`` / ``dequantize``)
@@ -235,6 +258,12 @@ class Bottleneck(nn.Module, ABC):
     # ----------------------------------------------------------------- public API
     @autocast_off
     def forward(self, y: Tensor, *, generator: torch.Generator | None = None) -> BottleneckOutput:
+        """``y`` ``(B, in_dim)`` or ``(B, in_dim, *spatial)`` -> :class:`BottleneckOutput`.
+
+        The path follows ``self.training``; dither or noise comes from ``generator`` (a
+        ``torch.Generator`` or :class:`qlatent.rng.SeedKeys`; on the hard path a CPU one).
+        ValueError for a bad input or generator.
+        """
         self._check_input(y)
         # the hard path's dither is common randomness: CPU only; training noise on any device
         check_generator(generator, cpu=not self.training)
@@ -254,7 +283,11 @@ class Bottleneck(nn.Module, ABC):
 
     @autocast_off
     def quantize(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Hard path, first half: the discrete symbols of ``y``."""
+        """Hard path, first half: the discrete symbols of ``y``.
+
+        ``y`` ``(B, in_dim[, *spatial])`` -> int64 ``(B, symbols_per_row[, *spatial])`` or, for
+        a codeword index (``index_kind == "scalar"``), ``(B[, *spatial])``.
+        """
         self._require_discrete()
         self._check_input(y)
         check_generator(generator)
@@ -265,7 +298,11 @@ class Bottleneck(nn.Module, ABC):
 
     @autocast_off
     def dequantize(self, indices: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Hard path, second half: ``y_hat`` from the symbols (and the same dither)."""
+        """Hard path, second half: ``y_hat`` from the symbols (and the same dither).
+
+        Indices shaped as :meth:`quantize` returns them -> ``(B, dim[, *spatial])``. ValueError
+        for indices that are not an integer tensor of that shape.
+        """
         self._require_discrete()
         check_generator(generator)
         if not isinstance(indices, Tensor):

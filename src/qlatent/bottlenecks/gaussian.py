@@ -146,6 +146,11 @@ class GaussianVAE(DiagonalGaussian):
         logvar_max: upper clip of log σ²; None: no clip. Clipped entries get zero gradient.
 
     Computation happens in the input's dtype (there are no parameters).
+
+    ``y`` ``(B, 2·dim[, *spatial])`` -> ``y_hat`` ``(B, dim[, *spatial])`` (a sample on the
+    training path, μ in eval mode), ``rate`` ``(B,)`` = KL(q ‖ N(0, I)) in nats per example; no
+    discrete hard path. Raises ValueError for a bound that is not a finite number or None, or
+    ``logvar_min > logvar_max``, and bad input as :class:`~.base.Bottleneck`.
     """
 
     input_layout = "2·dim: μ, then log σ², as the encoder's last layer outputs"

@@ -30,6 +30,11 @@ class GaussianDither(Bottleneck):
     Args:
         dim: N, the code dimension (A and B are N × N, initialised to the identity).
         init_logvar: log σ² at initialisation (the same for every coordinate).
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape; ``rate`` ``(B,)`` in nats per
+    example; no discrete hard path (``quantize`` raises TypeError). Raises ValueError for an
+    ``init_logvar`` that is not a number in [−30, 30], and bad input as
+    :class:`~.base.Bottleneck`.
     """
 
     LOG_PARAMETERS = ("logvar",)

@@ -45,6 +45,10 @@ class GaussianLattice(DiagonalGaussian):
 
     Computation happens in the parameters' dtype (``.double()`` the module for float64); inputs
     are cast to it.
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape, ``rate`` ``(B,)`` in nats per
+    example. Raises ValueError for an ``init_logvar`` that is not a finite number in [−30, 30],
+    a ``learn_variance`` that is not a bool, and bad input as :class:`~.base.Bottleneck`.
     """
 
     LOG_PARAMETERS = ("logvar",)

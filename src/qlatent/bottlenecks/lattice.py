@@ -399,6 +399,12 @@ class DitheredLattice(Bottleneck):
 
     Computation happens in the parameters' dtype (``.double()`` the module for float64); inputs
     are cast to it, so the training and hard paths return the same dtype.
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape, ``rate`` ``(B,)`` nats per
+    example (−log P of the dithered cell under the prior, Theorem 1), ``indices`` int64 lattice
+    coordinates ``(B, dim[, *spatial])`` on the hard path. Raises ValueError for an unknown
+    ``lattice`` or ``prior``, a spacing or scale outside [1e-30, 1e30], a flag that is not a
+    bool, and bad input (:class:`~.base.Bottleneck`).
     """
 
     LOG_PARAMETERS = ("log_spacing", "log_scale")

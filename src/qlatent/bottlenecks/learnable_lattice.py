@@ -78,6 +78,12 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
 
     Entropy coding: ``update(latents)`` counts each coordinate's integers over training latents
     (a factorized code model, :class:`~qlatent.bottlenecks._code_model.CountedCodeModel`).
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape (straight-through),
+    ``indices`` int64 ``(B, dim[, *spatial])`` on the hard path, ``rate`` zeros
+    ``(B,)`` (the rate is measured by the code model), ``aux_loss`` the commitment and size
+    terms. Raises ValueError for arguments out of range (named in the message) and bad input as
+    :class:`~.base.Bottleneck`.
     """
 
     index_kind = "vector"

@@ -33,6 +33,10 @@ class ScalarST(VectorST):
         levels: M, the levels per coordinate (2, 4, 8, 16 in the paper's sweep; 1: a constant
             code, the rate-0 point).
         init_range: the levels start evenly spaced on [−init_range, init_range].
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape, ``indices`` int64
+    ``(B, dim[, *spatial])`` (one level per coordinate). Raises ValueError for a ``levels`` that
+    is not a positive integer, the arguments :class:`VectorST` refuses, and bad input.
     """
 
     num_codes = Fixed("levels")

@@ -57,6 +57,11 @@ class VectorST(CountedCodeModel, Bottleneck):
         codes: M, the code vectors per group (the paper: M = 4 for k = 2). M = 1 is allowed: the
             code is then a learned constant that carries nothing (rate 0).
         init_range: the initial code vectors lie in [−init_range, init_range]^k.
+
+    ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape, ``indices`` int64
+    ``(B, dim / group[, *spatial])`` (one code per group). Raises ValueError for a ``group`` or
+    ``codes`` that is not a positive integer, a ``dim`` that is not a multiple of ``group``, an
+    ``init_range`` that is not a positive number, and bad input as :class:`~.base.Bottleneck`.
     """
 
     index_kind = "vector"

@@ -49,7 +49,12 @@ from .models import constriction
 
 
 def model_digest(module: nn.Module) -> bytes:
-    """SHA-256 over a module's class, configuration (``repr``) and every weight and buffer."""
+    """SHA-256 over a module's class, configuration (``repr``) and every weight and buffer.
+
+    Returns the 32-byte digest that :func:`compress` writes into the header and
+    :func:`decompress` checks. Raises TypeError if ``module`` is not an ``nn.Module``, ValueError
+    if a weight or buffer is on the meta device (no values yet).
+    """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a bottleneck (a torch.nn.Module), got {type(module).__name__}")
     h = hashlib.sha256()
@@ -97,7 +102,11 @@ def _on_cpu(bottleneck) -> tuple[nn.Module, torch.device | None]:
 
 
 def code_model(bottleneck) -> int:
-    """Which code model (container id) ``bottleneck``'s symbols use; TypeError if none (yet)."""
+    """Which code model (container id) ``bottleneck``'s symbols use; TypeError if none (yet).
+
+    The id is a key of :data:`~.container.CODE_MODELS`, e.g. the uniform-index model of a
+    codebook bottleneck before ``update()`` and the counted model after it.
+    """
     return _model_of(bottleneck).kind
 
 
@@ -154,6 +163,16 @@ def compress(bottleneck, y: Tensor, *, seed: int, digest: bytes | None = None) -
         seed: the dither's seed, stored in the header.
         digest: the model digest to write (default: :func:`model_digest` of ``bottleneck``; the
             CLI passes the whole autoencoder's so that its decoder is pinned too).
+
+    Returns:
+        The container bytes (header, ANS payload, checksum); ``8 * len(data)`` is the coded
+        rate in bits for the whole batch, header included.
+
+    Raises:
+        TypeError: ``bottleneck`` has no code model (yet).
+        ValueError: bad ``seed`` (not an integer in [0, 2^63)) or ``digest``; ``y`` on the meta
+            device, of more axes or larger sizes than the container holds, or failing the
+            bottleneck's input check (rank, ``in_dim`` on axis 1, NaN/Inf).
     """
     seed = _check_seed(seed)
     if digest is not None:
@@ -217,6 +236,11 @@ def decompress(
     cannot be told from a genuine one (a CRC detects damage, not forgery): it decodes to some
     other y_hat of the announced shape, or fails the end-of-stream check. ``y_hat`` is on the
     bottleneck's device (decoded by a CPU copy of it if that is another device).
+
+    Returns ``y_hat`` of the shape stored in the header, ``(B, dim)`` or ``(B, dim, *spatial)``
+    with ``dim = bottleneck.dim`` on axis 1. Raises ValueError for a ``max_elements`` that is not
+    a non-negative integer or a malformed ``digest``, TypeError if the bottleneck has no code
+    model.
     """
     if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 0:
         raise ValueError(f"max_elements must be a non-negative integer, got {max_elements!r}")
@@ -265,7 +289,13 @@ def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     uses: the lattice's exact rate −log2 P(z | u) with seed ``seed``'s dither; the counted
     model's probabilities (32 raw bits more per escape); log2 K per uniform index; the good
     lattices' coordinate-by-coordinate model. A file is this long plus the coder's overhead and
-    the header."""
+    the header.
+
+    ``y`` is ``(B, in_dim)`` or ``(B, in_dim, *spatial)``, as for :func:`compress`. Returns one
+    Python float: bits (base 2, not nats) in total over the whole batch, not per example.
+    Raises as :func:`compress` (TypeError without a code model, ValueError for a bad ``seed``
+    or ``y``).
+    """
     bottleneck, _ = _on_cpu(bottleneck)
     _check_tensor(y, filed=False)
     bottleneck._check_input(y)

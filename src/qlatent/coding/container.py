@@ -8,7 +8,9 @@ Layout (little-endian)::
          6     1  code model (1: dithered lattice, Laplace prior; 2: uniform codeword index;
                   3: counted symbols, learned by ``update()``; 4: good lattice, E8 by cosets,
                   others in a triangular basis; 5: also Λ16 and Λ24 by cosets; 6: also E8's
-                  coset by its rounding errors; 64–255: registered by other methods)
+                  coset by its rounding errors; 7: lattice with a Gaussian prior, every block
+                  in a triangular basis; 8: the same, E8 by cosets; 64–255: registered by
+                  other methods)
          7     1  number of shape entries r (1 ≤ r ≤ 8)
          8    32  SHA-256 digest of the model (configuration and weights) that wrote the file
         40     8  seed of the dither (uint64)
@@ -67,7 +69,11 @@ CODE_MODELS = {
 
 def register_code_model(kind: int, name: str) -> int:
     """Make ``kind`` (64–255) a code-model id that files may carry, named ``name``: a new
-    method's code model registers itself once, and nothing else in the coder changes."""
+    method's code model registers itself once, and nothing else in the coder changes.
+
+    Returns ``kind``. Raises ValueError if ``kind`` is not an integer in [64, 255] or is already
+    registered under another name (registering the same name again is a no-op).
+    """
     if not isinstance(kind, int) or not 64 <= kind <= 255:
         raise ValueError(f"a new code model's id must lie in [64, 255], got {kind!r}")
     if CODE_MODELS.get(kind, name) != name:
@@ -84,11 +90,23 @@ _CRC = struct.Struct("<I")
 
 
 class CodingError(ValueError):
-    """A compressed file that cannot be decoded, with the reason."""
+    """A compressed file that cannot be decoded, with the reason.
+
+    A subclass of ValueError: raised by :func:`unpack` and :func:`qlatent.coding.decompress`
+    for a file that is not a ``.qlc`` file, of another version, truncated, corrupt or written by
+    another model.
+    """
 
 
 @dataclass(frozen=True)
 class Header:
+    """The fields of a ``.qlc`` header (see the layout above), as :func:`unpack` returns them.
+
+    ``code_model`` is a key of :data:`CODE_MODELS`; ``digest`` the writing model's 32-byte
+    SHA-256; ``seed`` the dither's seed; ``symbol_min``/``symbol_max`` the coded symbols' range
+    (int32); ``shape`` the coded tensor's shape, ``(B, dim, *spatial)``, 1 to 8 entries.
+    """
+
     code_model: int
     digest: bytes  #: 32 bytes
     seed: int
@@ -112,7 +130,11 @@ def check_digest(digest: bytes, name: str = "digest") -> bytes:
 
 
 def pack(header: Header, payload: bytes) -> bytes:
-    """Header, payload and checksum as one byte string."""
+    """Header, payload and checksum as one byte string.
+
+    Raises ValueError for a digest that is not 32 bytes, a shape of no or more than 8 entries
+    or with an entry outside [0, 2^32), or a seed outside [0, 2^64).
+    """
     check_digest(header.digest)
     if not 1 <= len(header.shape) <= MAX_RANK:
         raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
@@ -139,7 +161,11 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 
 def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header, bytes]:
-    """Check and split a file; ``expected_digest`` (the decoding model's) must match."""
+    """Check and split a file; ``expected_digest`` (the decoding model's) must match.
+
+    Returns ``(header, payload)``. Raises :class:`CodingError` for anything but a well-formed
+    file of this version with an intact checksum and, if given, the expected digest.
+    """
     if expected_digest is not None:
         check_digest(expected_digest, "expected_digest")
     if not isinstance(data, bytes | bytearray | memoryview):

@@ -57,7 +57,19 @@ def constriction():
 
 
 class CodeModel(Protocol):
-    """What :func:`qlatent.coding.compress` and :func:`~qlatent.coding.decompress` need."""
+    """What :func:`qlatent.coding.compress` and :func:`~qlatent.coding.decompress` need.
+
+    ``rows`` is the bottleneck input flattened to ``(N, in_dim)``, N = B·prod(spatial) (the code
+    dimension moved from axis 1 to the last axis); ``seed`` the dither's seed.
+
+    - ``kind``: the container's code-model id (a key of ``CODE_MODELS``).
+    - ``min_row_bits()``: a lower bound on the bits one row can cost, used to refuse a header
+      whose shape the payload cannot hold.
+    - ``encode(coder, rows, seed)``: pushes the rows' symbols onto the ANS ``coder``; returns
+      the symbol range ``(lo, hi)`` the header stores.
+    - ``decode(coder, n, seed, lo, hi)``: pops ``n`` rows back; returns ``(n, dim)`` y_hat rows.
+    - ``ideal_bits(rows, seed)``: Σ −log2 P(symbol) over all rows, in bits (a float).
+    """
 
     kind: int
 
@@ -364,6 +376,8 @@ class UniformIndex:
         quantize: ``rows -> (N,)`` or ``(N, features)`` int64 symbols in [0, K).
         dequantize: the symbols (same shape) ``-> rows``.
         features: symbols per row.
+
+    Raises ValueError if ``num_codes`` exceeds 2^24, the most the coder's uniform model holds.
     """
 
     kind = MODEL_UNIFORM_INDEX
@@ -1414,6 +1428,9 @@ class GoodLattice:
             blocks ``"e8"`` (:class:`_GaussianE8Block`, container kind
             :data:`MODEL_GAUSSIAN_E8`) and ``"triangular"`` (:class:`_GaussianTriangularBlock`;
             kind :data:`MODEL_GAUSSIAN_LATTICE` when there is no E8 block) only).
+
+    Raises ValueError for a ``prior`` other than the two, a block kind with no code model under
+    that prior, or a ``sigma`` or ``scale`` that is not finite and positive everywhere.
     """
 
     kind = MODEL_GOOD_LATTICE

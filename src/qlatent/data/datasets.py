@@ -98,14 +98,23 @@ def _load(
 def load_mnist(
     split: str, data_dir: PathLike | None = None, *, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``."""
+    """MNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``.
+
+    N is 60,000 for ``"train"`` and 10,000 for ``"test"``. The files are found or fetched by
+    :func:`qlatent.data.fetch` (``download``) and checked against their SHA-256. Raises
+    ValueError for another ``split``, :class:`~qlatent.data.DataNotFoundError` or
+    :class:`~qlatent.data.ChecksumError` for missing or damaged files.
+    """
     return _load("mnist", split, data_dir, download)
 
 
 def load_fashion_mnist(
     split: str, data_dir: PathLike | None = None, *, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FashionMNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``."""
+    """FashionMNIST ``split`` (``"train"`` or ``"test"``) as ``(uint8 (N,28,28), int64 (N,))``.
+
+    Sizes, sources and errors as :func:`load_mnist`.
+    """
     return _load("fashion-mnist", split, data_dir, download)
 
 
@@ -125,6 +134,9 @@ def binarize(images: torch.Tensor | np.ndarray, seed: int) -> torch.Tensor:
     Pixel ``j`` of image ``i`` is ``u[i, j] < grey / 255`` where ``u`` is
     ``np.random.default_rng(seed).random((N, H*W))``. The draw is made in row blocks to bound
     memory; the numbers are the same as with one call.
+
+    ``images``: ``(N, *image)`` uint8 (tensor or array). Raises TypeError for another dtype,
+    ValueError for a 0-d array or a ``seed`` that is not a non-negative integer.
     """
     _check_seed(seed)
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -151,6 +163,9 @@ def binarize_splits(
     """Binarize the training images with ``seed`` and the test images with ``seed + 1``.
 
     The last ``n_val`` binarized training images form ``"val"``, the rest ``"train"``.
+    Returns ``{"train": (N_train − n_val, H*W), "val": (n_val, H*W), "test": (N_test, H*W)}``
+    float32 tensors of 0s and 1s. Raises ValueError for a bad ``seed`` or ``n_val``, or an
+    ``n_val`` that leaves no training image; errors of :func:`binarize` otherwise.
     """
     _check_seed(seed)
     if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:

@@ -29,6 +29,9 @@ def synthetic_binary(
     """Noisy copies of ``clusters`` random binary prototypes, split 4:1:1 into train/val/test.
 
     Structured enough that an autoencoder's loss drops quickly, small enough for CPU tests.
+    Returns ``{"train", "val", "test"}`` float32 ``(n_split, dim)`` tensors of 0s and 1s, with
+    ``n // 6`` rows each in val and test. Raises ValueError unless ``n >= 6``, ``dim >= 1``,
+    ``clusters >= 1`` and ``flip`` in [0, 1], or for arguments of the wrong type.
     """
     _check(n, dim, clusters, flip, seed)
     if n < 6 or dim < 1 or clusters < 1 or not 0 <= flip <= 1:
@@ -53,6 +56,9 @@ def synthetic_labelled(
     """``(x, labels)``: ``n`` noisy copies of ``clusters`` binary prototypes, labelled by prototype.
 
     The labelled stand-in for MNIST in tests of clustering and linear-probe pipelines.
+    ``x`` is float32 ``(n, dim)`` of 0s and 1s, ``labels`` int64 ``(n,)`` with every class
+    present. Raises ValueError unless ``n >= clusters >= 2``, ``dim >= 1`` and ``flip`` in
+    [0, 1], or for arguments of the wrong type.
     """
     _check(n, dim, clusters, flip, seed)
     if n < clusters or dim < 1 or clusters < 2 or not 0 <= flip <= 1:

@@ -39,6 +39,11 @@ ArrayLike = Tensor | np.ndarray
 
 
 class KMeansScores(TypedDict):
+    """:func:`kmeans_scores`'s result: k-means on ``(N, d)`` features scored against labels.
+
+    ``n_init`` and ``n_clusters`` are the settings the scores were computed with.
+    """
+
     kmeans_acc: float  #: Hungarian-matched clustering accuracy, fraction in [0, 1]
     nmi: float  #: arithmetic-mean NMI (the paper's formula, sklearn ≥ 0.22 default)
     nmi_geometric: float  #: geometric-mean NMI (sklearn 0.20/0.21 default)
@@ -48,6 +53,9 @@ class KMeansScores(TypedDict):
 
 
 class ProbeScores(TypedDict):
+    """:func:`linear_probe`'s result: a d→C softmax classifier's accuracies and its settings
+    (``steps`` Adam updates at learning rate ``lr`` on batches of ``batch_size``)."""
+
     linear_acc: float  #: test accuracy, fraction in [0, 1]
     train_acc: float  #: accuracy on the training features after the last update
     steps: int

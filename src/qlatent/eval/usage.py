@@ -31,6 +31,9 @@ _HASH_SEED = 20231015
 
 @dataclass
 class CodeUsage:
+    """:func:`code_usage`'s count: the effective codebook size of the LL-VQ-VAE table (Khalil
+    et al., arXiv 2310.09382) and the number of vectors it was counted over."""
+
     unique_codes: int  #: distinct code vectors
     total_vectors: int  #: spatial positions quantized (images × H × W)
 
@@ -51,7 +54,11 @@ def _check_rows(rows: Tensor) -> None:
 
 
 def row_hashes(rows: Tensor) -> Tensor:
-    """``(N, D)`` integers → ``(N, 2)`` int64: two random linear hashes modulo 2^64."""
+    """``(N, D)`` integers → ``(N, 2)`` int64: two random linear hashes modulo 2^64.
+
+    The multipliers are fixed (drawn once from a constant seed), so hashes are the same in every
+    run. Raises ValueError unless ``rows`` is a 2-D integer tensor.
+    """
     _check_rows(rows)
     rows = rows.long()
     w = _hash_weights(rows.shape[1]).to(rows.device)
@@ -59,7 +66,12 @@ def row_hashes(rows: Tensor) -> Tensor:
 
 
 def distinct_rows(rows: Tensor, *, exact: bool = False) -> Tensor:
-    """The distinct rows of ``(N, D)`` integers, or of their hashes (``(M, 2)``) by default."""
+    """The distinct rows of ``(N, D)`` integers, or of their hashes (``(M, 2)``) by default.
+
+    With ``exact=True`` the result is the ``(M, D)`` distinct rows themselves (sorted, as
+    ``torch.unique`` returns them); either way M is the number of distinct codes. Raises
+    ValueError unless ``rows`` is a 2-D integer tensor.
+    """
     _check_rows(rows)
     return torch.unique(rows.long() if exact else row_hashes(rows), dim=0)
 
@@ -75,6 +87,11 @@ def code_usage(
 ) -> CodeUsage:
     """Distinct hard-path codes of ``model`` (an :class:`~qlatent.models.Autoencoder`) over the
     images of all ``datasets`` together, and how many positions were quantized.
+
+    Each dataset is an input tensor ``(N, *image)`` that ``model.encoder`` takes batch by batch
+    (e.g. ``(N, 784)`` or ``(N, 1, 28, 28)``); the codes are ``model.bottleneck.quantize`` of the
+    encoder output ``(B, dim, *spatial)``, one code per example and spatial position. The
+    protocol of the LL-VQ-VAE reference code (Khalil et al., arXiv 2310.09382).
 
     A dithered quantizer's dither comes from one CPU generator seeded with ``seed`` for the whole
     call, so every batch draws its own, as a coder's stream does; a fresh generator per batch

@@ -17,14 +17,31 @@ from ..nn import Likelihood
 
 @dataclass
 class AutoencoderOutput:
-    """``params``: likelihood parameters (e.g. Bernoulli logits), shaped like ``x``."""
+    """What :meth:`Autoencoder.forward` returns.
+
+    ``params``: the decoder's output, the likelihood parameters of p(x | y_hat) (e.g. Bernoulli
+    logits), shaped like ``x`` for the library's decoders. ``bottleneck``: the bottleneck's
+    :class:`~qlatent.bottlenecks.BottleneckOutput` (``y_hat``, ``rate`` ``(B,)`` in nats per
+    example, ``aux_loss``, ``indices``, ``stats``).
+    """
 
     params: Tensor
     bottleneck: BottleneckOutput
 
 
 class Autoencoder(nn.Module):
-    """Composition of the four parts. ``forward`` returns an :class:`AutoencoderOutput`."""
+    """Composition of the four parts. ``forward`` returns an :class:`AutoencoderOutput`.
+
+    ``forward(x, *, generator=None)``: ``x`` ``(B, *input)`` → encoder → ``y`` ``(B, in_dim)``
+    or ``(B, in_dim, *spatial)`` → bottleneck (training or hard path by ``self.training``,
+    dither from ``generator``) → decoder → ``params``. The model computes no loss: the
+    objective (distortion + λ·rate + aux) lives in :mod:`qlatent.losses`.
+
+    Raises TypeError if a part is not of its kind (the likelihood a
+    :class:`~qlatent.nn.Likelihood`, the bottleneck a :class:`~qlatent.bottlenecks.Bottleneck`)
+    or if ``x`` is not a floating-point tensor; the bottleneck raises ValueError for an encoder
+    output of the wrong shape or with NaN/Inf.
+    """
 
     def __init__(
         self, encoder: nn.Module, bottleneck: Bottleneck, decoder: nn.Module, likelihood: Likelihood

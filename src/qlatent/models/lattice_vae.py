@@ -28,7 +28,12 @@ def gated_vae(
     The encoder's output width is the bottleneck's ``in_dim``; extra keyword arguments go to the
     bottleneck (e.g. ``init_spacing``, ``compile``). Sizes whose model would hold more than
     :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` numbers raise ValueError before anything is
-    allocated (:func:`~qlatent.models.size.sized`).
+    allocated (:func:`~qlatent.models.size.sized`). An unknown bottleneck name raises the
+    registry's error, which lists the known names.
+
+    The model takes ``x`` ``(B, data_dim)`` (flattened images in [0, 1]) and returns Bernoulli
+    logits ``(B, data_dim)``; the latent is ``(B, latent_dim)``. L. A. Lastras, "Lattice
+    Representation Learning" (arXiv 2006.13833), section 4.
     """
 
     def make() -> Autoencoder:
@@ -44,5 +49,10 @@ def gated_vae(
 
 
 def lattice_vae(**kwargs) -> Autoencoder:
-    """The rectangular-lattice VAE: :func:`gated_vae` with the ``"lattice"`` bottleneck."""
+    """The rectangular-lattice VAE: :func:`gated_vae` with the ``"lattice"`` bottleneck.
+
+    The lattice paper's (arXiv 2006.13833) Table 1 model with the Laplace prior: ``x``
+    ``(B, 784)`` → ``(B, 40)`` lattice code → ``(B, 784)`` Bernoulli logits by default. Keyword
+    arguments and errors as :func:`gated_vae`.
+    """
     return gated_vae("lattice", **kwargs)

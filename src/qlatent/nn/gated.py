@@ -21,7 +21,12 @@ from .._utils import check_count
 
 
 class GatedDense(nn.Module):
-    """``h(x) * sigmoid(g(x))`` with two independent affine maps."""
+    """``h(x) * sigmoid(g(x))`` with two independent affine maps.
+
+    ``(..., in_features)`` → ``(..., out_features)`` (the last axis, as ``nn.Linear``). The gated
+    linear unit of the VampPrior code (J. M. Tomczak, M. Welling, "VAE with a VampPrior",
+    arXiv 1705.07120). Raises ValueError unless both widths are positive integers.
+    """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -50,7 +55,12 @@ def check_widths(sizes: Sequence[int], name: str = "sizes") -> list[int]:
 
 
 def he_init_(module: nn.Module) -> nn.Module:
-    """He-normal init of every ``nn.Linear`` weight in ``module`` (in place)."""
+    """He-normal init of every ``nn.Linear`` weight in ``module`` (in place).
+
+    Each weight is drawn from N(0, 2/fan_in) (K. He et al., "Delving Deep into Rectifiers",
+    arXiv 1502.01852) from torch's global generator; biases are left as they are. Returns
+    ``module``.
+    """
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, std=math.sqrt(2.0 / layer.in_features))
@@ -60,8 +70,10 @@ def he_init_(module: nn.Module) -> nn.Module:
 def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
     """GatedDense layers between ``sizes[:-1]`` and a plain ``Linear`` into ``sizes[-1]``.
 
-    ``gated_mlp([784, 300, 300, 40])`` is the paper's encoder. Counted before it is allocated
-    (ValueError past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`).
+    ``gated_mlp([784, 300, 300, 40])`` is the paper's encoder: ``(B, 784)`` → ``(B, 40)``.
+    Counted before it is allocated (ValueError past
+    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`); ValueError also unless ``sizes`` lists at
+    least two positive integers.
     """
     from ..models.size import sized
 

@@ -28,7 +28,13 @@ def _per_example(values: Tensor) -> Tensor:
 
 
 class Likelihood(ABC):
-    """Negative log-likelihood per example, summed over every non-batch axis (nats)."""
+    """Negative log-likelihood per example, summed over every non-batch axis (nats).
+
+    ``nll(x, params)``: data ``x`` and decoder output ``params`` of one shape ``(B, ...)`` →
+    ``(B,)`` nats per example (not averaged, not bits). ``mean(params)``: E[x | params], shaped
+    like ``params``. ``nll`` raises ValueError for shapes that differ or data without a batch
+    axis.
+    """
 
     @abstractmethod
     def nll(self, x: Tensor, params: Tensor) -> Tensor:
@@ -70,6 +76,10 @@ class SquaredError(Likelihood):
     This is −log p(x | x̂) of a Gaussian with variance var(x)/2, up to a constant, and D times the
     normalised MSE ``mean((x̂ − x)²) / var(x)`` that the Soft VQ-VAE reference code minimises.
     With ``link="sigmoid"`` the decoder outputs logits and x̂ = sigmoid(logits) (images in [0, 1]).
+    ``nll(x, params)``: ``(B, ...)`` twice → ``(B,)``.
+
+    Raises ValueError for a ``variance`` outside [1e-30, 1e30] (or not a number), a ``link``
+    other than the two, or (in ``nll``) shapes that differ.
     """
 
     def __init__(self, *, variance: float = 1.0, link: Literal["identity", "sigmoid"] = "identity"):

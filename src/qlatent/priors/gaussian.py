@@ -37,7 +37,13 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
         scale: ``(m,)`` standard deviations s > 0.
 
     Returns:
-        ``(..., m)`` log-probabilities, each ≤ 0.
+        ``(..., m)`` log-probabilities in nats, each ≤ 0 (the broadcast shape of the three
+        arguments). The Gaussian lattice VAE of L. A. Lastras, "Lattice Representation
+        Learning" (arXiv 2006.13833), section 3.3.1 and section 4.
+
+    Raises:
+        ValueError: ``eta`` is not a real tensor, or ``spacing``/``scale`` is neither a real
+            tensor nor a number. Values are not checked: a spacing or scale ≤ 0 gives NaN.
     """
     check_real(eta, spacing, scale)
     centre = eta.abs() / scale

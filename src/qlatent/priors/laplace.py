@@ -34,7 +34,12 @@ def laplace_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor
         scale: ``(m,)`` Laplace scales b > 0.
 
     Returns:
-        ``(..., m)`` log-probabilities, each ≤ 0.
+        ``(..., m)`` log-probabilities in nats, each ≤ 0 (the broadcast shape of the three
+        arguments). Lattice paper (L. A. Lastras, arXiv 2006.13833), section 4.
+
+    Raises:
+        ValueError: ``eta`` is not a real tensor, or ``spacing``/``scale`` is neither a real
+            tensor nor a number. Values are not checked: a spacing or scale ≤ 0 gives NaN.
     """
     check_real(eta, spacing, scale)
     spacing, scale = torch.as_tensor(spacing), torch.as_tensor(scale)  # numbers too
@@ -56,13 +61,20 @@ def check_real(eta, spacing, scale) -> None:
 
 
 def laplace_cell_nll(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
-    """``-laplace_cell_log_prob``: the per-coordinate rate in nats (≥ 0)."""
+    """``-laplace_cell_log_prob``: the per-coordinate rate in nats (≥ 0), elementwise.
+
+    Arguments, broadcasting and errors as :func:`laplace_cell_log_prob`: ``eta`` ``(..., m)``,
+    ``spacing`` and ``scale`` ``(m,)``; returns ``(..., m)``. Summing over the last axis gives
+    the rate of one code vector; nothing is summed here.
+    """
     return -laplace_cell_log_prob(eta, spacing, scale)
 
 
 def cell_constants(spacing: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-dimension constants ``(1/b, h = Δ/2b, -expm1(-h))``, computed once per call.
 
+    ``spacing`` Δ and ``scale`` b are tensors of shape ``(m,)`` (or any shapes that broadcast);
+    each returned tensor has their broadcast shape. Values are not checked.
     Split from the elementwise part so that a fused kernel does not recompute them per element.
     """
     inv_scale = scale.reciprocal()
@@ -72,7 +84,11 @@ def cell_constants(spacing: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tens
 
 def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
     """The elementwise part of :func:`laplace_cell_log_prob` given :func:`cell_constants`
-    (``c`` must be ``-expm1(-h)``: its gradient is part of the closed form's ``h`` term)."""
+    (``c`` must be ``-expm1(-h)``: its gradient is part of the closed form's ``h`` term).
+
+    ``eta`` ``(..., m)`` against constants of shape ``(m,)``; returns ``(..., m)`` log-probabilities
+    in nats, each ≤ 0. Inputs are not checked (:func:`laplace_cell_log_prob` checks them).
+    """
     if not torch.is_grad_enabled():  # no backward can follow: the forward alone
         return -cell_nll_no_grad(eta, inv_scale, h, c)
     return -_CellNLL.apply(eta, inv_scale, h, c)
@@ -91,7 +107,8 @@ def cell_nll_no_grad(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Te
     """``-cell_log_prob_from_constants`` for inference, in three buffers of the broadcast shape:
     the same operations in the same order as the autograd path, so bit for bit its values
     (x·½ for ½·x and c + (−x) for c − x are exact rewrites), with the temporaries reused in
-    place. No gradient flows through it."""
+    place. No gradient flows through it. Returns the rate in nats (≥ 0) of the broadcast shape
+    of ``eta`` ``(..., m)`` and the ``(m,)`` constants."""
     with torch.no_grad():
         d, e1, em = cell_terms_in_place(torch.abs(eta), inv_scale, h)
         inner = e1.mul_(0.5).mul_(em.square_()).neg_().add_(c)  # c − ½ e1 em²
@@ -116,7 +133,8 @@ def cell_nll_and_derivatives(
     eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(−log P, ∂(−log P)/∂a, ∂(−log P)/∂h)`` elementwise, a = |η|/b (see :class:`_CellNLL`
-    for the closed forms), from one set of exponentials."""
+    for the closed forms), from one set of exponentials. Each of the three has the broadcast shape
+    of ``eta`` ``(..., m)`` and the ``(m,)`` constants; −log P is in nats."""
     a, t, e1, em, inner = _forward_parts(eta, inv_scale, h, c)
     nll = (a - t) - torch.log(inner)
     r = (0.5 * e1).div_(inner)
