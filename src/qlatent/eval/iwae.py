@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .._utils import check_finite
+from .._utils import check_finite, from_rows, to_rows
 from .proposals import check_mixture, defensive_view
 
 #: default bound on ``sample_chunk · batch · data elements`` (floats) for one decoder call: on a
@@ -188,6 +188,12 @@ def _log_likelihood(
     bottleneck = net.bottleneck
     y = net.encoder(x)
     batch = x.shape[0]
+    # a conv encoder's code (B, D, *spatial) is one row of the bottleneck per position: the
+    # density view takes rows (B·P, D), the positions are independent under q and the prior,
+    # so an image's log q and log prior are the sums over its P positions (as its rate is)
+    spatial = tuple(y.shape[2:])
+    positions = math.prod(spatial)
+    y = to_rows(y)
     # x repeated for every sample of a chunk, S-major like z.reshape(S_c·B, dim): built once per
     # batch, the last (shorter) chunk takes a prefix
     x_rep = x.expand(chunk, *x.shape).reshape(chunk * batch, *x.shape[1:])
@@ -196,8 +202,14 @@ def _log_likelihood(
         s = min(chunk, num_samples - start)
         z, log_q = bottleneck.posterior_sample(y, s, generator=generator)
         log_prior = bottleneck.log_prior(z)
-        _check_density_shapes(bottleneck, z, log_q, log_prior, s, batch)
-        params = net.decoder(z.reshape(s * batch, z.shape[-1]))
+        _check_density_shapes(bottleneck, z, log_q, log_prior, s, batch * positions)
+        log_q = log_q.reshape(s, batch, positions).sum(-1)
+        log_prior = log_prior.reshape(s, batch, positions).sum(-1)
+        params = net.decoder(
+            from_rows(
+                z.reshape(s * batch * positions, z.shape[-1]), (s * batch, z.shape[-1], *spatial)
+            )
+        )
         log_px = net.likelihood.nll(x_rep[: s * batch], params).neg().view(s, batch)
         log_w = log_px.double() + log_prior.double() - log_q.double()
         acc = torch.logaddexp(acc, log_w.logsumexp(0))
