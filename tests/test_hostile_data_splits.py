@@ -191,3 +191,33 @@ def test_text_vocabulary_comes_from_training_sentences_only():
     assert set(vocab.words[4:]) == {w for s in splits["train"] for w in s}
     lengths = {k: int((v != 0).sum()) for k, v in data.items()}
     assert lengths == {k: sum(len(s) + 1 for s in v) for k, v in splits.items()}  # words + EOS
+
+
+def test_a_checkpoint_of_a_relative_folder_is_read_from_any_working_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """The README's config names its folder relatively (``folder = "digits"``), and the
+    checkpoint "needs nothing else": yet ``eval`` or ``compress --data checkpoint-test`` run
+    from another folder failed, the folder not found. The run records where it found the folder
+    (``derived.folder_path``) and reads it from there."""
+    from qlatent.data.folder import write_image_folder
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    levels = torch.arange(30).float().view(30, 1, 1, 1) * 8 / 255
+    write_image_folder(levels.expand(30, 1, 4, 4).clone(), work / "images")
+    (work / "run.toml").write_text(RUN.format(folder="images"))
+    monkeypatch.chdir(work)
+    custom.train(custom.load_config(work / "run.toml", [f"out_dir={work / 'run'}"]))
+    best = work / "run" / "best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["run_config"]["data"]["folder"] == "images"  # the config as written
+    assert ckpt["run_config"]["derived"]["folder_path"] == str((work / "images").resolve())
+    expected = custom.eval_checkpoint(best, progress=False)
+    monkeypatch.chdir(elsewhere)
+    assert custom.eval_checkpoint(best, progress=False)["hard_path"] == expected["hard_path"]
+    code, err = run_cli(
+        ["compress", "--checkpoint", best, "--data", "checkpoint-test", "-o", elsewhere / "c.qlc"],
+        capsys,
+    )
+    assert code == 0, err

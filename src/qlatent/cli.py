@@ -499,8 +499,8 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None
                 "compress codes images; `qlatent eval` writes a text model's test set to a "
                 "file and reports its size"
             )
-        custom.check_folder_split(cfg.data, ckpt["run_config"]["derived"])
-        splits = custom.prepare(cfg, custom.load_data(cfg.data, data_dir))
+        data = custom.checkpoint_data(cfg.data, ckpt["run_config"]["derived"])
+        splits = custom.prepare(cfg, custom.load_data(data, data_dir))
     elif source == "mnist":
         splits = binarized_mnist(data_dir)
     elif source == "synthetic":

@@ -52,6 +52,7 @@ latent_dim + K for ``soft_vq`` ...), so one line changes the method.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -645,6 +646,26 @@ def check_folder_split(cfg: DataConfig, derived: dict[str, Any]) -> None:
         )
 
 
+def checkpoint_data(cfg: DataConfig, derived: Any) -> DataConfig:
+    """The data section of a checkpoint's run, to read its data again (``eval``, ``compress
+    --data checkpoint-*``, ``update``): a folder the config names by a relative path is read
+    from where the run found it (``derived.folder_path``, absolute), so that the checkpoint
+    needs nothing else from any working folder; where that folder is gone, the configured path
+    as given. DataError unless the folder still splits as the run recorded
+    (:func:`check_folder_split`)."""
+    if cfg.name == "folder" and isinstance(derived, dict) and cfg.folder:
+        recorded = derived.get("folder_path")
+        try:
+            found = isinstance(recorded, str) and Path(recorded).is_dir()
+            relative = not expanded(cfg.folder).is_absolute()
+        except (OSError, ValueError):  # a recorded path that names nothing this system has
+            found = False
+        if found and relative:
+            cfg = dataclasses.replace(cfg, folder=recorded)
+    check_folder_split(cfg, derived if isinstance(derived, dict) else {})
+    return cfg
+
+
 #: the synthetic sentences' words: subject, verb, object, place (a small regular language)
 _SUBJECTS = ("the cat", "a dog", "the old man", "my sister", "the bird", "a child")
 _VERBS = ("sees", "likes", "follows", "paints", "finds", "hears")
@@ -897,6 +918,8 @@ def train(
         derived = {"image_shape": list(shape), "data_variance": variance}
         if cfg.data.name == "folder":  # its splits are checked against it when it is read again
             derived["folder_split"] = folder_split(cfg.data)
+            # where it lay: the checkpoint finds it from any working folder (checkpoint_data)
+            derived["folder_path"] = str(expanded(cfg.data.folder).resolve())
     torch.manual_seed(cfg.train.seed)
     vocabulary = len(derived["vocabulary"]) if "vocabulary" in derived else None
     model = build_model(cfg, shape, variance, vocabulary=vocabulary)
@@ -1310,7 +1333,10 @@ def eval_checkpoint(
         data, _ = load_text_data(cfg.data, data_dir, words=words)
         shape: tuple[int, ...] = ()
     else:
-        check_folder_split(cfg.data, ckpt["run_config"]["derived"])  # before the images are read
+        # from where the run found it, split as it was (before the images are read)
+        cfg = dataclasses.replace(
+            cfg, data=checkpoint_data(cfg.data, ckpt["run_config"]["derived"])
+        )
         images = load_data(cfg.data, data_dir)
         data = prepare(cfg, images)
         shape = tuple(images["test"].shape[1:])
@@ -1405,6 +1431,7 @@ __all__ = [
     "build_model",
     "check_data_settings",
     "check_folder_split",
+    "checkpoint_data",
     "components",
     "downstream_scores",
     "eval_checkpoint",
