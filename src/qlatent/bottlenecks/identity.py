@@ -10,7 +10,12 @@ from .base import BOTTLENECKS, Bottleneck, BottleneckOutput
 
 @BOTTLENECKS.register("identity")
 class Identity(Bottleneck):
-    """Passes ``y`` through unchanged; ``rate`` is zero, there are no discrete symbols."""
+    """Passes ``y`` through unchanged; ``rate`` is zero, there are no discrete symbols.
+
+    ``y``: ``(B, dim)`` or ``(B, dim, *spatial)`` -> ``y_hat``: the same tensor values and shape,
+    ``rate``: ``(B,)`` zeros (nats per example), ``aux_loss``: ``zeros(())``, ``indices``: None,
+    in both modes. Bad input raises ValueError through :class:`Bottleneck`'s checks.
+    """
 
     discrete = False
 

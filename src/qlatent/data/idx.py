@@ -187,7 +187,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = None) -> Path:
-    """Write ``array`` as an IDX file (gzipped if ``compress``, default: name ends in ``.gz``)."""
+    """Write ``array`` as an IDX file (gzipped if ``compress``, default: name ends in ``.gz``)
+    and return its path. The header holds the dtype code and the shape, big-endian, as
+    :func:`read_idx` reads them. ValueError for a dtype IDX cannot store (uint8, int8, int16,
+    int32, float32, float64 only) or a shape of more than 32 dimensions or one of 2^32 or more.
+    """
     path = Path(path)
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}

@@ -126,15 +126,16 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 class DataError(RuntimeError):
-    """Base class for data-layer errors that deserve a message rather than a traceback."""
+    """Base class for data-layer errors that deserve a message rather than a traceback (a
+    RuntimeError)."""
 
 
 class DataNotFoundError(DataError):
-    """No source could provide the requested dataset."""
+    """No source could provide the requested dataset; the message lists the ways to get it."""
 
 
 class ChecksumError(DataError):
-    """A file does not have the SHA-256 it must have."""
+    """A file does not have the SHA-256 it must have, or its gzip stream is corrupt."""
 
 
 def physical_memory() -> int | None:
@@ -172,7 +173,9 @@ def _check_name(name: str) -> DatasetInfo:
 
 
 def cache_dir(name: str | None = None) -> Path:
-    """The qlatent cache folder (``$XDG_CACHE_HOME/qlatent`` or ``~/.cache/qlatent``)."""
+    """The qlatent cache folder (``$XDG_CACHE_HOME/qlatent`` or ``~/.cache/qlatent``), or its
+    subfolder ``name`` (a dataset's). A relative ``$XDG_CACHE_HOME`` is ignored, as the XDG
+    specification asks. Only a path: nothing is created or checked."""
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     root = base / "qlatent"
@@ -265,7 +268,8 @@ def _verify(path: Path, name: str, filename: str) -> str | None:
 
 
 def how_to_get(name: str) -> str:
-    """Human-readable list of every way to obtain ``name``."""
+    """Human-readable list of every way to obtain ``name`` (``"mnist"`` or
+    ``"fashion-mnist"``), one ``  - `` line each. ValueError for another name."""
     info = _check_name(name)
     ways = []
     if name == "mnist":

@@ -21,7 +21,11 @@ from ..losses import RateDistortionLoss, evaluate_objective
 
 @dataclass
 class PathEstimate:
-    """Mean per-example nats with the standard error of that mean."""
+    """One path's estimate over a set of examples, in nats per example (means over examples).
+
+    ``total`` = ``distortion`` + ``rate``, ``total_se`` its standard error of the mean (NaN for
+    one example); ``distortion`` is the decoder's −log p(x | y_hat), ``rate`` the bottleneck's.
+    """
 
     total: float
     total_se: float
@@ -31,12 +35,17 @@ class PathEstimate:
 
 @dataclass
 class CodelengthReport:
+    """:func:`codelength_report`'s result: the two paths' estimates and their gap (nats per
+    example), for Theorem 1 of L. A. Lastras, "Lattice Representation Learning" (arXiv
+    2006.13833)."""
+
     neg_elbo: PathEstimate  #: training path (dither, no quantization)
     codelength: PathEstimate  #: hard path (quantize, -log P(z | u) + decoder NLL at z - u)
     relative_gap: float  #: (codelength - neg_elbo) / neg_elbo
     gap_se: float  #: standard error of (codelength - neg_elbo), nats
 
     def to_dict(self) -> dict:
+        """The report as nested plain dicts of floats (for JSON)."""
         return asdict(self)
 
 

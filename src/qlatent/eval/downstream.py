@@ -65,7 +65,9 @@ class ProbeScores(TypedDict):
 
 
 class DownstreamReport(KMeansScores, ProbeScores):
-    """k-means on the test features and a probe trained on train, tested on test, merged."""
+    """:func:`downstream_report`'s result: :class:`KMeansScores` of k-means on the test
+    features and :class:`ProbeScores` of a probe trained on train and tested on test, in one
+    dict (accuracies and NMI are fractions in [0, 1])."""
 
 
 # ------------------------------------------------------------------------- clustering scores
@@ -389,6 +391,7 @@ def downstream_report(
 ) -> DownstreamReport:
     """The paper's two downstream tasks on one model's features, in one dict.
 
+    Features ``(N, d)`` with integer labels ``(N,)``, for train and test separately.
     :func:`kmeans_scores` on the **test** features (the paper clusters the projected test set)
     and :func:`linear_probe` trained on the train features and scored on the test features.
 

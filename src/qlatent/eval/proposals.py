@@ -84,6 +84,8 @@ class DefensiveProposal(nn.Module):
     :class:`DitheredLattice` or a :class:`DiagonalGaussian` (``gaussian``, ``gaussian_lattice``).
 
     ``y``: ``(B, in_dim)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)``, as every density view.
+    ``weight`` is α, ``widen`` is k. TypeError for another bottleneck; ValueError unless
+    0 ≤ α < 1 and :data:`MIN_WIDEN` ≤ k ≤ :data:`MAX_WIDEN`.
     """
 
     def __init__(self, bottleneck: nn.Module, weight: float, widen: float) -> None:
@@ -137,6 +139,9 @@ class DefensiveProposal(nn.Module):
     def posterior_sample(
         self, y: Tensor, num_samples: int, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
+        """``num_samples`` draws ``z`` ``(S, B, m)`` from the mixture for each row of ``y``
+        ``(B, in_dim)``, and their log-density ``log_q`` ``(S, B)`` under it (nats); at α = 0
+        the bottleneck's own draws."""
         z, log_q = self.inner.posterior_sample(y, num_samples, generator=generator)
         if self.weight == 0.0:
             return z, log_q
@@ -155,12 +160,14 @@ class DefensiveProposal(nn.Module):
         return z, log_q
 
     def log_prior(self, z: Tensor) -> Tensor:
+        """The bottleneck's own log prior density of ``z`` ``(S, B, m)``: ``(S, B)`` nats."""
         return self.inner.log_prior(z)
 
 
 def defensive_view(model: nn.Module, weight: float, widen: float) -> nn.Module:
     """A shallow stand-in for ``model`` (same encoder, decoder and likelihood objects) whose
-    bottleneck draws from the defensive mixture (α, k) = (``weight``, ``widen``)."""
+    bottleneck draws from the defensive mixture (α, k) = (``weight``, ``widen``). Raises as
+    :class:`DefensiveProposal` does."""
     view = nn.Module()
     view.encoder, view.decoder, view.likelihood = model.encoder, model.decoder, model.likelihood
     view.bottleneck = DefensiveProposal(model.bottleneck, weight, widen)

@@ -35,7 +35,12 @@ def helmert(n: int) -> Tensor:
 
 @LATTICES.register("an")
 class RootLatticeA(FixedLattice):
-    """A_n for n ≥ 1, minimal norm 2, volume √(n+1)."""
+    """A_n for n ≥ 1, minimal norm 2, volume √(n+1), in the n Helmert coordinates above.
+
+    ``closest_point`` is exact: the rule above (SPLAG ch. 20 §2), computed in float64 and
+    returned in the input's dtype; A_2 by its two rectangular cosets. ValueError unless ``n`` is
+    an integer in [1, :data:`MAX_N`].
+    """
 
     def __init__(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
@@ -93,5 +98,5 @@ class RootLatticeA(FixedLattice):
 
 @LATTICES.register("a2")
 def hexagonal_lattice() -> RootLatticeA:
-    """A_2, the hexagonal lattice."""
+    """A_2, the hexagonal lattice (``RootLatticeA(2)``, named ``A2``; volume √3)."""
     return RootLatticeA(2)

@@ -82,7 +82,15 @@ def check_rows(x: Tensor, dim: int, name: str, *, floating: bool = True) -> None
 
 
 class Lattice(ABC):
-    """Base class. Subclasses give the generator matrix and an exact ``closest_point``."""
+    """Base class of a lattice Λ(B) in R^m. Subclasses give the generator matrix and an exact
+    ``closest_point``.
+
+    Points are rows: every method takes and returns tensors of shape ``(..., m)`` (any leading
+    shape), and a row whose last dimension is not m raises ValueError naming the lattice.
+    Closest-point algorithms follow J. H. Conway and N. J. A. Sloane, "Fast quantizing and
+    decoding algorithms for lattice quantizers and codes", IEEE Trans. Inf. Theory 28(2):227–232,
+    1982, and SPLAG (Sphere Packings, Lattices and Groups, 3rd ed. 1999) ch. 20.
+    """
 
     #: whether ``closest_point`` is exact (otherwise the class documents its approximation)
     exact: bool = True
@@ -119,20 +127,25 @@ class Lattice(ABC):
 
     @abstractmethod
     def closest_point(self, x: Tensor) -> Tensor:
-        """K_Λ(x): the lattice point nearest to each row of ``x`` (shape ``(..., m)``)."""
+        """K_Λ(x): the lattice point nearest to each row of ``x``.
+
+        ``x``: floating-point ``(..., m)``; returns the points in ``x``'s shape and dtype. Raises
+        ValueError where ``x`` is not a floating-point tensor of rows of m numbers."""
 
     # ------------------------------------------------------------ coordinates
     def coordinates(self, points: Tensor) -> Tensor:
-        """Integer coordinates ``k`` (int64) of lattice points: ``points = k @ B.T``, solved in
-        float64 whatever the points' dtype (float32 or integer points against a float64 basis
-        were a RuntimeError of ``linalg.solve``)."""
+        """Integer coordinates ``k`` (int64, ``(..., m)``) of lattice points ``(..., m)``:
+        ``points = k @ B.T``, solved in float64 whatever the points' dtype (float32 or integer
+        points against a float64 basis were a RuntimeError of ``linalg.solve``), then rounded.
+        ValueError for rows of the wrong width or coordinates beyond ±:data:`MAX_COORDINATE`."""
         check_rows(points, self.dim, self.name, floating=False)
         basis = self.generator_matrix.to(device=points.device, dtype=torch.float64)
         k = torch.linalg.solve(basis, points.to(torch.float64).unsqueeze(-1)).squeeze(-1)
         return to_coordinates(torch.round(k))
 
     def points(self, coords: Tensor) -> Tensor:
-        """Lattice points from integer coordinates."""
+        """Lattice points ``k @ B.T`` ``(..., m)`` from integer coordinates ``k`` ``(..., m)``,
+        in the generator matrix's dtype (float64 for the fixed lattices, whatever ``k``'s)."""
         check_rows(coords, self.dim, self.name, floating=False)
         basis = self.generator_matrix
         return coords.to(basis.dtype) @ basis.T
@@ -150,7 +163,9 @@ class Lattice(ABC):
 
         A point uniform over the fundamental parallelepiped ``B [0, 1)^m`` reduced modulo the
         lattice, ``u = y - K(y)``, is uniform over P0. Drawn on the generator's device (torch's
-        default CPU generator when none is given), then moved to ``device``.
+        default CPU generator when none is given), then moved to ``device``. ValueError for an
+        ``n`` outside [0, 2^31 / m], a ``generator`` that is not a ``torch.Generator`` or a
+        ``dtype`` that is not floating-point.
         """
         y = self.points_from_unit(self._unit_draws(n, generator, device, dtype))
         return y - self.dither_point(y)
@@ -193,13 +208,16 @@ class Lattice(ABC):
 
     @property
     def volume(self) -> Tensor:
+        """V = |det B|, the volume of the Voronoi cell (a 0-d tensor)."""
         return self.log_volume.exp()
 
     def second_moment(self, *, samples: int = 200_000, seed: int = 0) -> Tensor:
         """σ²_Λ = (1/m) E‖U‖² for U uniform over P0.
 
         The base class estimates it by Monte Carlo (relative standard error about
-        ``1/sqrt(samples)``); lattices with a closed form override it.
+        ``1/sqrt(samples)``) from ``samples`` float64 dither draws seeded with ``seed``; lattices
+        with a closed form override it. A 0-d float64 tensor, in the lattice's own units
+        (squared length per dimension). ValueError unless ``samples`` is a positive integer.
         """
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
@@ -212,5 +230,6 @@ class Lattice(ABC):
         return self.second_moment(**kwargs) / torch.exp(2.0 * self.log_volume / self.dim)
 
     def kl_to_gaussian(self, **kwargs) -> Tensor:
-        """KL(U_m ‖ N(0, σ²_Λ I)) per dimension, ½·log(2πe·G(Λ)) (lattice paper, eq. 12)."""
+        """KL(U_m ‖ N(0, σ²_Λ I)) in nats per dimension, ½·log(2πe·G(Λ)) (lattice paper,
+        eq. 12); ``kwargs`` go to :meth:`second_moment`."""
         return 0.5 * torch.log(2 * math.pi * math.e * self.nsm(**kwargs))

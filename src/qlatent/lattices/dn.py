@@ -20,7 +20,12 @@ from .base import LATTICES, check_rows
 
 @LATTICES.register("dn")
 class CheckerboardLattice(FixedLattice):
-    """D_n for n ≥ 2; volume 2."""
+    """D_n for n ≥ 2; volume 2, minimal norm 2.
+
+    ``closest_point`` is exact (Conway & Sloane 1982; SPLAG ch. 20): round every coordinate,
+    and where the sum is odd move the worst-rounded coordinate one step the other way. ValueError
+    unless ``n`` is an integer in [2, :data:`~qlatent.lattices.an.MAX_N`].
+    """
 
     def __init__(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_N:
@@ -42,7 +47,11 @@ class CheckerboardLattice(FixedLattice):
 
 @LATTICES.register("dn_dual")
 class DualCheckerboardLattice(FixedLattice):
-    """D_n* = Z^n ∪ (Z^n + ½·1) for n ≥ 2 (up to scale the dual of D_n); volume ½."""
+    """D_n* = Z^n ∪ (Z^n + ½·1) for n ≥ 2, the dual lattice of D_n; volume ½.
+
+    ``closest_point`` is exact: the nearer of the roundings to Z^n and to Z^n + ½·1 (SPLAG
+    ch. 20). ValueError unless ``n`` is an integer in [2, :data:`~qlatent.lattices.an.MAX_N`].
+    """
 
     def __init__(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_N:

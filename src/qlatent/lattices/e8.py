@@ -32,7 +32,12 @@ from .base import LATTICES, check_rows
 
 @LATTICES.register("e8")
 class GossetLattice(FixedLattice):
-    """E_8 with the basis of SPLAG ch. 4 eq. (100): ``2e_1``, ``e_{i+1} − e_i`` and ``½·1``."""
+    """E_8 with the basis of SPLAG ch. 4 eq. (100): ``2e_1``, ``e_{i+1} − e_i`` and ``½·1``.
+
+    ``closest_point`` is exact, by the two-coset rule above (Conway & Sloane 1982): rows
+    ``(..., 8)`` of any floating-point dtype in, the lattice points in the same shape and dtype
+    out; ValueError for rows of another width or a non-floating dtype.
+    """
 
     name = "E8"
     cell_halfwidth = 1.0  # 2·Z^8 ⊂ E8

@@ -1,8 +1,8 @@
 """Rectangular lattice: a diagonal generator ``B = diag(Δ)``; ``Z^m`` is the case ``Δ = 1``.
 
-The lattice the paper's experiments use (Lastras, "Lattice Representation Learning", section 4):
-every coordinate is quantized independently with its own spacing Δ_i, so closest point, dither
-and cell constants all have closed forms.
+The lattice the paper's experiments use (L. A. Lastras, "Lattice Representation Learning",
+arXiv 2006.13833, section 4): every coordinate is quantized independently with its own spacing
+Δ_i, so closest point, dither and cell constants all have closed forms.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ MAX_DIM = 2**30
 
 @LATTICES.register("rectangular")
 class RectangularLattice(Lattice):
-    """Lattice ``Δ ⊙ Z^m``.
+    """Lattice ``Δ ⊙ Z^m``: closest point rounds each coordinate, ``round(x / Δ) · Δ`` (exact);
+    the Voronoi cell is the box ``[−Δ/2, Δ/2]^m``, σ² = mean(Δ_i²)/12, G = 1/12 for equal Δ.
 
     Args:
         spacing: ``(m,)`` positive spacings Δ_i. May require grad; every method is differentiable
             in it (``closest_point`` through the multiplication by Δ).
+
+    Raises:
+        ValueError: ``spacing`` is not a non-empty 1-D real tensor of finite positive values.
     """
 
     def __init__(self, spacing: Tensor) -> None:
@@ -90,7 +94,8 @@ class RectangularLattice(Lattice):
 
 @LATTICES.register("Z")
 def integer_lattice(dim: int) -> RectangularLattice:
-    """The integer lattice ``Z^m``."""
+    """The integer lattice ``Z^m`` of ``dim`` = m coordinates, float64 spacing 1 (named ``Z``).
+    ValueError unless ``dim`` is an integer in [1, 2^30]."""
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise ValueError(f"dim must be an integer in [1, 2^30], got {dim!r}")
     return RectangularLattice(torch.ones(dim, dtype=torch.float64))

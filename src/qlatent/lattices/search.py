@@ -60,7 +60,9 @@ MAX_SEARCH_COORDINATE = 2.0**53
 
 
 class SphereDecoder:
-    """Closest point of the lattice spanned by the rows of ``basis`` (``(m, m)``), exactly."""
+    """Closest point of the lattice spanned by the rows of ``basis`` (``(m, m)`` float64),
+    exactly: Schnorr–Euchner enumeration (Agrell et al. 2002, algorithm DECODE) on the LLL-reduced
+    basis."""
 
     def __init__(self, basis: np.ndarray) -> None:
         reduced = lll_reduce(basis)
@@ -69,8 +71,10 @@ class SphereDecoder:
         self.m = reduced.shape[0]
 
     def closest(self, x: np.ndarray, radius2: float = math.inf) -> np.ndarray:
-        """The lattice point nearest to ``x`` (``(m,)`` float64), or ``x``'s nearest found
-        within squared ``radius2`` (pass the distance of a candidate to verify it)."""
+        """The lattice point nearest to ``x`` (``(m,)`` float64), as an ``(m,)`` float64 array.
+        With ``radius2``, the nearest point at squared distance below it, or None where there is
+        none (pass the squared distance of a candidate to verify it). ValueError where ``x``'s
+        coordinates in the reduced basis reach beyond ±:data:`MAX_SEARCH_COORDINATE`."""
         m, r = self.m, self.r
         y = self.q.T @ x  # target in the triangular frame: minimise ‖y − r k‖²
         reach = float(np.abs(np.linalg.solve(r, y)).max())  # x's coordinates in the basis
@@ -132,7 +136,14 @@ MAX_DIM = 64
 
 class GeneralLattice(Lattice):
     """Any lattice from its generator matrix (columns = basis vectors); exact but slow closest
-    point by :class:`SphereDecoder` (a Python loop over points)."""
+    point by :class:`SphereDecoder` (a Python loop over points, on the CPU in float64; the
+    result comes back in ``x``'s shape, dtype and device, detached from autograd).
+
+    ValueError for a ``generator`` that is not a real, finite, full-rank square matrix of 1 to
+    :data:`MAX_DIM` rows, whose squared basis lengths overflow float64, or that LLL cannot
+    reduce in float64; ``closest_point`` raises ValueError for rows of another width, NaN or
+    infinite rows, or rows too far out for the search.
+    """
 
     def __init__(self, generator: Tensor) -> None:
         try:

@@ -30,7 +30,14 @@ MAX_RUNS = 2**10
 
 @LATTICES.register("sum")
 class DirectSum(Lattice):
-    """Λ_1 ⊕ Λ_2 ⊕ … given as a list of blocks (each a :class:`Lattice`)."""
+    """Λ_1 ⊕ Λ_2 ⊕ … given as a list of blocks (each a :class:`Lattice`).
+
+    m is the sum of the blocks' dimensions; a row ``(..., m)`` is split in order into the
+    blocks' coordinates, and every method works block by block (``closest_point`` is exact
+    where every block's is). Blocks that are the same object and adjacent form one run, decoded
+    in one call. ValueError for ``blocks`` that is not a non-empty sequence of lattices, or that
+    makes more than :data:`MAX_RUNS` runs.
+    """
 
     def __init__(self, blocks: Sequence[Lattice]) -> None:
         if isinstance(blocks, str | Tensor) or not isinstance(blocks, Iterable):
@@ -136,7 +143,9 @@ def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
     """One block from its name: ``z`` (Z^1), ``a<n>`` (A_n; ``a2`` hexagonal), ``d<n>``,
     ``d<n>*`` (D_n*), ``e8``, ``bw16``, ``leech``. Case-insensitive. ``compile``: the Leech, E8
     and Λ16 decoders fused by ``torch.compile`` (:class:`LeechLattice`, :class:`GossetLattice`,
-    :class:`BarnesWallLattice`; the others ignore it)."""
+    :class:`BarnesWallLattice`; the others ignore it). ValueError for a name that is not a
+    string or not one of these (the message lists them), or an ``n`` below the family's least
+    (A_n: 1; D_n, D_n*: 2); a name gives ``n`` in at most three digits."""
     if not isinstance(name, str):
         raise ValueError(f"a lattice name must be a string, got {name!r}")
     if not isinstance(compile, bool):
@@ -167,7 +176,11 @@ def tile(spec: str | Sequence[str], dim: int, *, compile: bool = False) -> Direc
     """The direct sum that fills ``dim`` coordinates: one name repeated (``"e8"``, dim 40 ->
     E8^5; must divide ``dim``), or a list of names whose dimensions add up to ``dim``
     (``["leech", "bw16"]`` -> Λ24 ⊕ Λ16). Equal names share one block object, so consecutive
-    equal blocks decode in one call. ``compile`` as in :func:`lattice_by_name`."""
+    equal blocks decode in one call. ``compile`` as in :func:`lattice_by_name`.
+
+    ValueError for a ``dim`` that is not an integer in [1, 2^20], a name that
+    :func:`lattice_by_name` refuses, a single block whose dimension does not divide ``dim``, or a
+    list whose dimensions do not add up to ``dim``."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
     if dim > MAX_TILE_DIM:

@@ -41,7 +41,7 @@ MAX_NODES = 1 << 21
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the file and the reason."""
+    """A checkpoint that cannot be used, with the file and the reason (a ValueError)."""
 
 
 def content_digest(obj: Any, *, max_nodes: int | None = None) -> str:
@@ -287,7 +287,7 @@ def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
     checkpoint holds a different architecture (missing, unexpected or differently shaped
     weights), keys that are not names, non-finite values (:func:`check_state_dict`), weights of
     another dtype kind (:func:`check_weight_kinds`) or buffers the module refuses (a counted
-    code model inconsistent with its bottleneck)."""
+    code model inconsistent with its bottleneck). That error is a :class:`CheckpointError`."""
     check_state_dict(state, path)
     check_weight_kinds(state, module.state_dict(), path)
     try:

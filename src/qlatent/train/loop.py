@@ -51,7 +51,12 @@ _DEVICE = re.compile(r"cpu|auto|mps|cuda(:(0|[1-9]\d{0,2}))?")
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters (the constructor arguments are the config)."""
+    """Training hyper-parameters (the constructor arguments are the config).
+
+    Objectives are in nats per example. ValueError, naming the field, for a count that is not
+    an integer in range, an ``lr`` outside (0, 1], an ``lr_decay`` outside [0, 1], an unknown
+    ``keep``, ``optimizer`` or ``device``, a non-positive ``max_minutes`` or a bad ``seed``.
+    """
 
     epochs: int = 20  #: maximum number of epochs
     max_steps: int | None = None  #: stop after this many updates (mid-epoch); None: no limit
@@ -73,7 +78,7 @@ class TrainConfig:
     #: starts a new one (the run's recorded ``wall_s`` adds up the time of every process)
     max_minutes: float | None = None
     seed: int = 0
-    device: str = "cpu"  #: "cpu", "cuda", "cuda:1" or "auto"
+    device: str = "cpu"  #: "cpu", "cuda", "cuda:1", "mps" or "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -135,6 +140,14 @@ def check_seed(seed: Any, name: str) -> int:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns. ``history``: one dict per epoch run (a resumed run's earlier
+    ones included), with keys such as ``epoch``, ``step``, ``beta``, ``lr``,
+    ``train_objective``, ``train_distortion``, ``train_rate``, ``val_objective``,
+    ``val_distortion``, ``val_rate`` (nats per example), ``best_epoch`` and ``wall_s``;
+    ``best_val`` is the lowest ``val_objective``; ``wall_s`` the run's seconds, over every
+    process that trained it; ``out_dir`` the folder of ``last.pt``, ``best.pt`` and
+    ``log.jsonl``."""
+
     history: list[dict[str, Any]]
     best_epoch: int
     best_val: float
@@ -187,7 +200,13 @@ def fit(
     fixed number of updates). ``cfg.max_steps`` ends training mid-epoch after that many updates;
     that last partial epoch is validated and checkpointed like any other.
     ``run_config`` (the resolved experiment config) is stored in every checkpoint. With
-    ``resume=True`` an existing ``out_dir/last.pt`` is continued.
+    ``resume=True`` an existing ``out_dir/last.pt`` is continued. ``data``: ``"train"`` and
+    ``"val"`` tensors ``(N, ...)`` of examples. ``out_dir`` receives ``last.pt``, ``best.pt`` and
+    the per-epoch log ``log.jsonl``; ``on_epoch_end`` is called with each epoch's record.
+
+    Raises ValueError for an empty or file ``out_dir`` and when the loss becomes non-finite
+    ("training diverged"), and :class:`CheckpointError` for a checkpoint that cannot be resumed
+    with this config.
     """
     out_dir = Path(out_dir)
     if not str(out_dir).strip():

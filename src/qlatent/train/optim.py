@@ -12,8 +12,10 @@ from torch import nn
 class AdamNormGrad(torch.optim.Adam):
     """Adam on per-tensor normalised gradients, ``g / (‖g‖₂ + 1e-7)``.
 
-    This is what "Adam" means in the VampPrior code (``utils/optimizer.py``) that the lattice paper
-    adapted; it is not ``torch.optim.Adam``.
+    This is what "Adam" means in the VampPrior code (``utils/optimizer.py``; J. M. Tomczak and
+    M. Welling, "VAE with a VampPrior", arXiv 1705.07120) that the lattice paper adapted; it is
+    not ``torch.optim.Adam``. Takes ``torch.optim.Adam``'s arguments; ``step`` divides every
+    ``p.grad`` in place before the Adam update.
     """
 
     @torch.no_grad()
@@ -34,7 +36,10 @@ def make_optimizer(
     """``adam``: torch's Adam with its default (per-tensor loop on the CPU); ``adam_fused``: the
     same update in torch's fused kernel (faster on the CPU, equal up to float rounding);
     ``adam_normgrad``: :class:`AdamNormGrad`. ``params``: tensors (``model.parameters()``),
-    those that require grad are optimized; ``lr``: in (0, 1], as a training config's."""
+    those that require grad are optimized; ``lr``: in (0, 1], as a training config's.
+
+    ValueError for an unknown ``name``, an ``lr`` outside (0, 1], a tensor listed twice or no
+    tensor that requires grad; TypeError for ``params`` that is not an iterable of tensors."""
     if name not in ("adam", "adam_fused", "adam_normgrad"):
         raise ValueError(f"optimizer must be 'adam', 'adam_fused' or 'adam_normgrad', got {name!r}")
     # a single tensor is iterable too: its rows were taken as parameters ("can't optimize a
