@@ -667,11 +667,31 @@ def _check_qlc_size(path) -> None:
     check_fits(2 * path.stat().st_size, 1, f"reading {path}", "that it is the file to decode")
 
 
+def _draw_decoded(images, path: str, value_range: tuple[float, float]) -> None:
+    """``decompress --png``: the first 20 decoded images, each once, ten to a row; ``images``
+    ``(N, D)`` (square grey images, flattened) or ``(N, C, H, W)``. (The flat rows were drawn
+    as an originals-above-reconstructions grid with the decoded images in both places, so each
+    appeared twice, and images only ten.)"""
+    import math
+
+    from .eval import reconstruction_rows
+
+    if images.dim() == 2:
+        side = math.isqrt(images.shape[1])
+        if side * side != images.shape[1]:
+            raise ValueError(
+                f"--png: decoded rows of {images.shape[1]} values are no square image to draw"
+            )
+        images = images.reshape(-1, 1, side, side)
+    parts = images[:20].split(10)
+    rows = {f"{10 * i + 1}–{10 * i + len(part)}": part for i, part in enumerate(parts)}
+    reconstruction_rows(rows, path, value_range=value_range)
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .eval import reconstruction_grid, reconstruction_rows
     from .image_coding import decompress_images
 
     path = Path(args.input)
@@ -714,12 +734,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         return 0
     if args.png:
         try:
-            if images.dim() == 4:  # (N, C, H, W) images
-                reconstruction_rows({"decoded": images[:10]}, args.png, value_range=value_range)
-            else:
-                reconstruction_grid(
-                    recon[:20], recon[:20], args.png, title="decoded reconstructions"
-                )
+            _draw_decoded(images, args.png, value_range)
         except Exception:  # no output without the other: take back what this call wrote
             if folder:
                 for written in out.iterdir():  # the folder was new or empty

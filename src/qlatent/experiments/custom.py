@@ -405,6 +405,12 @@ def paper_config(
     where = f"config {experiment}/{'+'.join(parts) or 'base'}"
     cfg = _apply(lambda c: apply_mapping(c, table), RunConfig(), where)
     cfg = _apply(lambda c: apply_overrides(c, overrides or []), cfg, "--set")
+    if cfg.data.folder is not None and cfg.data.name != "folder":
+        # a table that reads no folder trained on its own data whatever folder was named
+        raise ValueError(
+            f"data.folder = {cfg.data.folder!r} has no effect on data.name = "
+            f"{cfg.data.name!r} ({where}); leave it out"
+        )
     check_model(cfg)
     return cfg
 

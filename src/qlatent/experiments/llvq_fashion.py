@@ -486,8 +486,9 @@ def reproduce(
             "(the EMA codebook keeps updating; weights are frozen)",
             "constant": "lr 1e-3 for every epoch",
         },
-        "counts_note": "unique_codes_trainval: distinct quantized vectors over every 14×14 "
-        "position of the train+validation images (the reference code's count); "
+        "counts_note": "unique_codes_trainval: distinct quantized vectors over every "
+        f"{_grid(results, len(data['train']) + len(data['val']))} position of the "
+        "train+validation images (the reference code's count); "
         "unique_codes_test: the same over the test set",
         "data": to_dict(first.data),
         "configs": {f"{s}/{m}": to_dict(c) for (s, m), c in configs.items()},
@@ -495,6 +496,15 @@ def reproduce(
     write_json(payload, results_dir / f"{stem}.json")
     (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
     return payload
+
+
+def _grid(results: dict[str, dict[str, Any]], images: int) -> str:
+    """The latent grid the code counts ran over, from the vectors a row counted over
+    ``images`` images: "14×14" for FashionMNIST, "32×32" for 64-pixel CelebA images."""
+    row = next(row for rows in results.values() for row in rows.values())
+    positions = row["total_vectors"] // images
+    side = math.isqrt(positions)
+    return f"{side}×{side}" if side * side == positions else f"{positions} latent"
 
 
 #: the fields of a row that :func:`markdown_table` reads, and their kinds (None: a NaN or
