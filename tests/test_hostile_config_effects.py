@@ -27,7 +27,14 @@ def test_lattice_mnist_refuses_an_aux_weight_it_does_not_apply():
 
 
 @pytest.mark.parametrize(
-    "setting", ["data.split_seed=7", "data.synthetic_size=100", "data.channels=3"]
+    "setting",
+    [
+        "data.split_seed=7",
+        "data.synthetic_size=100",
+        "data.channels=3",
+        "data.image_size=16",
+        "data.test_size=50",
+    ],
 )
 @pytest.mark.parametrize(
     "config",
@@ -145,3 +152,10 @@ def test_every_data_setting_is_read_by_some_data_and_the_defaults_pass():
         )
     # the synthetic size and the text settings are a template's leftovers for other data
     custom.check_data_settings(custom.DataConfig(name="mnist", synthetic_size=60, vocab_size=9))
+
+
+def test_lattice_mnist_refuses_a_validation_size_its_data_does_not_read():
+    """Binarized MNIST's validation split is fixed and the synthetic set's is a sixth:
+    ``--set data.val_size`` on lattice-mnist was recorded and changed nothing."""
+    with pytest.raises(ValueError, match=r"data\.val_size"):
+        lattice_mnist.model_config("rect_lattice", quick=True, overrides=["data.val_size=100"])

@@ -451,7 +451,7 @@ def fixed_data(data: DataConfig) -> dict[str, tuple[Any, Any]]:
     default = DataConfig()
     return {
         f"data.{name}": (getattr(data, name), (getattr(default, name),))
-        for name in ("split_seed", "synthetic_size", "channels")
+        for name in ("split_seed", "synthetic_size", "channels", "image_size", "test_size")
     }
 
 

@@ -226,6 +226,8 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
             # a warm start here names another row of the same runs folder, not a file
             "init_from": (run.init_from, (None, "gaussian_lattice")),
             **custom.fixed_data(run.data),
+            # binarized MNIST's validation split is fixed, the synthetic set's a sixth
+            "data.val_size": (run.data.val_size, (custom.DataConfig().val_size,)),
         },
         "lattice-mnist",
     )
