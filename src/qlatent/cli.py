@@ -676,9 +676,12 @@ def _draw_decoded(images, path: str, value_range: tuple[float, float]) -> None:
 
     from .eval import reconstruction_rows
 
+    if images.shape[0] == 0:  # a row labelled "1–0" and no tile: say what is missing
+        raise ValueError("--png: the file decoded to no image, so there is nothing to draw")
     if images.dim() == 2:
         side = math.isqrt(images.shape[1])
-        if side * side != images.shape[1]:
+        # a row of no values passed the square test (0 = 0²) and failed in reshape
+        if side == 0 or side * side != images.shape[1]:
             raise ValueError(
                 f"--png: decoded rows of {images.shape[1]} values are no square image to draw"
             )
