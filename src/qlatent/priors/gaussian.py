@@ -46,6 +46,11 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
             tensor nor a number. Values are not checked: a spacing or scale ≤ 0 gives NaN.
     """
     check_real(eta, spacing, scale)
+    if _HALF & {_dtype(v) for v in (eta, spacing, scale)}:
+        # torch has no log_ndtr for float16 / bfloat16 on the CPU (a half model with a Gaussian
+        # prior failed on NotImplementedError): computed in float32, returned in η's dtype
+        wider = [v.float() if _dtype(v) in _HALF else v for v in (eta, spacing, scale)]
+        return gaussian_cell_log_prob(*wider).to(eta.dtype)
     centre = eta.abs() / scale
     half = spacing / (2 * scale)
     near = torch.special.log_ndtr(half - centre)  # log Φ(−a)
@@ -62,6 +67,14 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
     # the narrow cell's form, its inputs kept finite where the other form is taken
     h, c, narrow = torch.broadcast_tensors(torch.where(narrow, half, 1.0), centre, narrow)
     return torch.where(narrow, _log_phi(c) + torch.log(2 * h) + _log_sinhc(c * h), wide)
+
+
+#: the dtypes torch's ``log_ndtr`` does not take on the CPU
+_HALF = {torch.float16, torch.bfloat16}
+
+
+def _dtype(value: Tensor | float) -> torch.dtype | None:
+    return value.dtype if isinstance(value, Tensor) else None
 
 
 def _log_phi(c: Tensor) -> Tensor:
