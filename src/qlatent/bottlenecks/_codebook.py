@@ -14,17 +14,20 @@ Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece wit
   exponential moving averages of counts and sums with Laplace smoothing. Under
   ``torch.distributed`` the batch statistics are all-reduced first, so every rank applies the
   same update and keeps the same codebook (not inside :func:`local_updates`, for passes whose
-  updates are put back).
+  updates are put back). A forward recomputed by ``torch.utils.checkpoint`` (:func:`recomputing`)
+  repeats the forward it recomputes, with no second update (:meth:`EMACodebook.recorded_step`).
 
 Shapes: ``z`` ``(N, d)`` rows, codebook ``e`` ``(K, d)``, indices ``(N,)`` int64.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -431,6 +434,50 @@ def _synchronized() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@torch.compiler.disable  # asked at every call, never traced as a constant
+def recomputing() -> bool:
+    """Whether this call runs inside a backward pass, as a forward recomputed by
+    ``torch.utils.checkpoint`` does in either flavour (the non-reentrant one when a discarded
+    saved tensor is unpacked, the reentrant one in its node's backward): the autograd engine has
+    a graph task running on this thread."""
+    return torch._C._current_graph_task_id() != -1
+
+
+#: relative tolerance of :func:`_same_rows`: a recomputation on an accelerator may round the
+#: encoder's output differently (atomic additions), a different batch differs by far more
+_ROWS_RTOL = 1e-3
+
+
+def _row_sums(rows: Tensor) -> Tensor:
+    """``(N,)`` float32: each row's sum, to recognise ``rows`` ``(N, d)`` later (one pass)."""
+    return rows.detach().sum(1, dtype=torch.float32)
+
+
+def _same_rows(sums: Tensor, rows: Tensor) -> bool:
+    """Whether ``rows`` ``(N, d)`` are, up to rounding, the rows whose :func:`_row_sums` are
+    ``sums``: every row sum within ``_ROWS_RTOL`` of the row's sum of absolute values (NaN
+    matches NaN)."""
+    if sums.shape != rows.shape[:1]:
+        return False
+    now = _row_sums(rows)
+    bound = _ROWS_RTOL * rows.detach().abs().sum(1, dtype=torch.float32)
+    return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
+
+
+@dataclass
+class TrainingStep:
+    """What one training-mode forward quantized with, kept for its recomputation: the sums of
+    its input rows (:func:`_row_sums`, to recognise them), its codebook before the M-step
+    ``(K, d)``, soft EM's sampled codes ``(N, m)`` (``None`` for hard EM), and the graph task
+    that last recomputed it (a second recomputation in one backward pass is of another forward
+    with the same input)."""
+
+    row_sums: Tensor
+    codebook: Tensor
+    samples: Tensor | None = None
+    task: int = -1
+
+
 class EMACodebook(nn.Module):
     """Codebook kept by exponential moving averages (the M-step of hard / soft EM).
 
@@ -453,7 +500,20 @@ class EMACodebook(nn.Module):
 
     Under ``torch.distributed`` (world size > 1) n and s are summed over ranks before the update,
     so every rank computes the same codebook from the global batch.
+
+    The M-step belongs to the forward, not the backward: a quantizer records each training-mode
+    forward's codebook (:meth:`record_step`) so that a recomputation under
+    ``torch.utils.checkpoint`` quantizes with it and skips the update (:meth:`recorded_step`).
+    The last ``RECOMPUTABLE`` forwards are kept, recognised by their input rows (to rounding:
+    :func:`_same_rows`). A recomputation after more training-mode forwards than that, or after
+    a ``.to()`` or cast of the module, raises RuntimeError, as does a training-mode forward run
+    inside a backward pass by other means (a backward hook, a custom Function's backward).
+    Several checkpointed forwards of one input before one backward are matched latest first,
+    the order in which the autograd engine recomputes them.
     """
+
+    #: how many training-mode forwards a recomputation can find, the latest first
+    RECOMPUTABLE = 4
 
     codebook: Tensor
     ema_count: Tensor
@@ -480,6 +540,36 @@ class EMACodebook(nn.Module):
         self.register_buffer("codebook", initial)
         self.register_buffer("ema_count", torch.zeros(num_codes))
         self.register_buffer("ema_sum", initial.clone())
+        self._steps: collections.deque[TrainingStep] = collections.deque(maxlen=self.RECOMPUTABLE)
+
+    @torch.compiler.disable
+    def record_step(self, rows: Tensor, codebook: Tensor, samples: Tensor | None = None) -> None:
+        """Keeps what a training-mode forward of ``rows`` ``(N, d)`` quantized with (its
+        ``codebook`` before the M-step, soft EM's ``samples``) for its recomputation. Not under
+        ``torch.inference_mode``, whose forwards have no backward to recompute them."""
+        if not torch.is_inference_mode_enabled():
+            self._steps.append(TrainingStep(_row_sums(rows), codebook, samples))
+
+    @torch.compiler.disable
+    def recorded_step(self, rows: Tensor) -> TrainingStep | None:
+        """Inside a backward pass (:func:`recomputing`), the recorded forward of ``rows`` that
+        this one recomputes: the latest whose input matches, to rounding, and that this backward
+        has not recomputed yet; ``None`` outside a backward pass. RuntimeError when none is
+        recorded (more than ``RECOMPUTABLE`` training-mode forwards since, a ``.to()`` or cast
+        in between, or a training-mode forward run inside a backward pass by other means)."""
+        if not recomputing():
+            return None
+        task = torch._C._current_graph_task_id()
+        for step in reversed(self._steps):
+            if step.task != task and _same_rows(step.row_sums, rows):
+                step.task = task
+                return step
+        raise RuntimeError(
+            "a training-mode forward of an EMA codebook quantizer inside a backward pass "
+            "(torch.utils.checkpoint's recomputation) matches none of its last "
+            f"{self.RECOMPUTABLE} training-mode forwards: backpropagate a checkpointed forward "
+            f"before {self.RECOMPUTABLE} more, and do not move or cast the module in between"
+        )
 
     @torch.no_grad()
     def update(self, counts: Tensor, sums: Tensor) -> None:
@@ -507,6 +597,7 @@ class EMACodebook(nn.Module):
         points and a codeword settled at 0.256 instead of its cluster's mean 0.3. The codebook
         itself follows the module's dtype (what the bottleneck computes in)."""
         before = {name: self._buffers[name] for name in self._STATISTICS}
+        self._steps.clear()  # kept in the old device and dtype: a recomputation refuses them
         super()._apply(fn, recurse)
         for name, old in before.items():
             new = self._buffers[name]
@@ -547,11 +638,13 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
     def _fixed_support(self) -> tuple[int, int]:
         return 0, self.num_codes
 
-    def _hard_path(self, y: Tensor) -> BottleneckOutput:
-        """Eval-mode output: nearest codewords, their indices and usage, zero aux loss."""
-        indices = nearest_codeword(y, self.codebook, compile=self.compile)
+    def _hard_path(self, y: Tensor, codebook: Tensor | None = None) -> BottleneckOutput:
+        """Eval-mode output: nearest codewords, their indices and usage, zero aux loss
+        (with ``codebook`` ``(K, d)`` in place of ``self.codebook`` when given)."""
+        codebook = self.codebook if codebook is None else codebook
+        indices = nearest_codeword(y, codebook, compile=self.compile)
         stats = usage_stats(code_counts(indices, self.num_codes))
-        q = self.codebook.index_select(0, indices)  # backward: one index_add into the codebook
+        q = codebook.index_select(0, indices)  # backward: one index_add into the codebook
         return BottleneckOutput(q, self._fixed_rate(y), y.new_zeros(()), indices, stats)
 
     def _fixed_rate(self, y: Tensor) -> Tensor:

@@ -78,6 +78,16 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         decay, eps: of the EMA codebook (0.99, 1e-5).
         compile: the hard path's nearest-codeword search fused by ``torch.compile`` on the CPU
             (as ``vq``'s).
+
+    Each training-mode forward performs one M-step, whether or not its output is
+    backpropagated, also under ``torch.no_grad()`` and ``torch.inference_mode()``; an eval-mode
+    forward performs none. Gradient accumulation over m micro-batches therefore performs m
+    M-steps (decay λ each), not one on their union. Under ``torch.utils.checkpoint``
+    (``use_reentrant`` True or False) the forward recomputed in backward (detected as a forward
+    run inside the autograd engine's graph task) reuses the codebook and the sampled codes of
+    its original forward, draws nothing from ``generator`` or torch's RNG and performs no
+    M-step, so buffers, outputs and gradients equal those without checkpointing (see
+    :class:`~qlatent.bottlenecks._codebook.EMACodebook` for its limits).
     """
 
     num_samples = Setting(_check_num_samples)
@@ -115,17 +125,24 @@ class SoftEMVectorQuantizer(CodebookQuantizer):
         if not self.training:
             return self._hard_path(y)
 
+        # the forward a checkpoint recomputes, if any: its codebook and samples, no M-step
+        recorded = self.ema.recorded_step(y)
         # the M-step below rewrites the codebook in place, and the VIB term's backward still
         # reads the codewords the posterior was formed from: a copy of those (K × d)
-        codebook = self.codebook.clone()
+        codebook = self.codebook.clone() if recorded is None else recorded.codebook
         log_tau = log_posterior(y, codebook, self.temperature)  # (N, K)
-        samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
+        if recorded is None:
+            samples = _sample(log_tau.detach(), self.num_samples, generator)  # (N, m)
+        else:  # neither the generator's state nor torch's must be replayed
+            samples = recorded.samples
         mean_code = codebook[samples].mean(1)  # (N, d), before this batch's M-step
         # fractional one-hot: row i puts weight 1/m on each of its m samples
         share = y.new_full(samples.shape, 1.0 / self.num_samples)
         assign = y.new_zeros(log_tau.shape).scatter_add_(1, samples, share)  # (N, K)
-        counts, sums = assign.sum(0), assign.t() @ y.detach()
-        self.ema.update(counts, sums)
+        counts = assign.sum(0)
+        if recorded is None:
+            self.ema.record_step(y, codebook, samples)
+            self.ema.update(counts, assign.t() @ y.detach())
 
         entropy = -(log_tau.exp() * log_tau).sum(1)  # H(τ_i), nats
         aux = self.commitment * mean_square_error(y, mean_code)

@@ -52,7 +52,14 @@ class EMAVectorQuantizer(CodebookQuantizer):
         compile: the ``torch.compile``-fused nearest-codeword search on the CPU (as ``vq``'s).
 
     The codebook lives in buffers (``ema.codebook``), so an optimizer never touches it and it is
-    saved with the weights. Each training-mode forward performs one M-step.
+    saved with the weights. Each training-mode forward performs one M-step, whether or not its
+    output is backpropagated, also under ``torch.no_grad()`` and ``torch.inference_mode()``;
+    an eval-mode forward performs none. Gradient accumulation over m micro-batches therefore
+    performs m M-steps (decay λ each), not one on their union. Under
+    ``torch.utils.checkpoint`` (``use_reentrant`` True or False) the forward recomputed in
+    backward (detected as a forward run inside the autograd engine's graph task) quantizes with
+    the codebook its original forward used and performs no M-step, so buffers, outputs and
+    gradients equal those without checkpointing (see :class:`EMACodebook` for its limits).
     """
 
     commitment = Setting(check_nonnegative)
@@ -82,12 +89,18 @@ class EMAVectorQuantizer(CodebookQuantizer):
         return self.ema.codebook
 
     def _forward_rows(self, y: Tensor, generator: torch.Generator | None) -> BottleneckOutput:
-        hard = self._hard_path(y)  # the codebook before this batch's M-step
         if not self.training:
-            return hard
+            return self._hard_path(y)
+        # the forward a checkpoint recomputes, if any: its codebook, and no second M-step
+        recorded = self.ema.recorded_step(y)
+        # else the codebook before this batch's M-step, kept for a recomputation
+        codebook = self.codebook.clone() if recorded is None else recorded.codebook
+        hard = self._hard_path(y, codebook)
         indices, q = hard.indices, hard.y_hat
-        sums = torch.zeros_like(self.codebook).index_add_(0, indices, y.detach())
-        self.ema.update(code_counts(indices, self.num_codes), sums)
+        if recorded is None:
+            self.ema.record_step(y, codebook)
+            sums = torch.zeros_like(codebook).index_add_(0, indices, y.detach())
+            self.ema.update(code_counts(indices, self.num_codes), sums)
         aux = self.commitment * mean_square_error(y, q)
         return replace(hard, y_hat=straight_through(y, q), aux_loss=aux)
 
