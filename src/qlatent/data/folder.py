@@ -4,9 +4,10 @@ and images written to a folder (``qlatent data export``, ``qlatent decompress -o
 Every ``.png``, ``.jpg``, ``.jpeg``, ``.bmp`` or ``.webp`` file under the folder (recursively, in
 sorted path order) is decoded with Pillow, turned upright as its EXIF orientation says,
 centre-cropped to a square, resized to ``size × size`` (bicubic), converted to ``channels`` (1:
-grey, 3: RGB) and scaled to [−0.5, 0.5], the range of the LL-VQ-VAE reference code. 16-bit grey
-images are scaled by their own range; a file of several frames (an animation) or of 32-bit
-pixels is refused. The whole set is held in memory as float32: a 64×64 RGB image takes
+grey, 3: RGB) and scaled to [−0.5, 0.5], the range of the LL-VQ-VAE reference code. 16-bit
+images (grey, or a PNG's colour and grey-with-alpha ones) are scaled by their own range to 8-bit
+values, round(v · 255 / 65535); a file of several frames (an animation) or of 32-bit pixels is
+refused. The whole set is held in memory as float32: a 64×64 RGB image takes
 48 KiB, so CelebA's 202,599 images need about 10 GB.
 """
 
@@ -132,6 +133,49 @@ def _libtiff_messages() -> Iterator[list[str]]:
         os.close(saved)
 
 
+#: the raw modes in which Pillow decodes a PNG's 16-bit colour samples (it keeps their high
+#: bytes: 0x80FF is read as 0x80, where the grey path's rounding gives 0x81), and a raw mode of
+#: as many bytes a pixel (so the PNG's row filters are undone alike) that reads the low bytes:
+#: ``RGB;16L`` reads the second byte of each sample; ``ABGR`` puts the low byte of the grey of
+#: ``LA;16B`` (opened as RGBA) in its blue and that of the alpha in its red
+_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "ABGR"}
+
+
+def _png_colour_16(image: Any, file: BinaryIO) -> Any:
+    """``image`` with 8-bit values rounded from its 16-bit samples, round(v · 255 / 65535) as
+    :func:`_eight_bit` rounds a 16-bit grey image, where ``image`` is a PNG of 16-bit colour or
+    grey-with-alpha samples that Pillow would cut to their high bytes; ``image`` itself
+    otherwise. The file (``file``, from which ``image`` was opened) is decoded a second time
+    for the low bytes, a band of rows at a time; the EXIF orientation is kept."""
+    from PIL import Image
+
+    tile = image.tile
+    if image.format != "PNG" or len(tile) != 1 or tile[0][3] not in _LOW_BYTES:
+        return image
+    raw = tile[0][3]
+    image.load()  # the high bytes, before the file is read again
+    file.seek(0)
+    with Image.open(file) as low:
+        first = low.tile[0]
+        low.tile = [first._replace(args=_LOW_BYTES[raw])]
+        low.load()
+        grey = raw == "LA;16B"
+        mode = "LA" if grey else image.mode
+        out = np.empty((image.height, image.width, len(mode)), dtype=np.uint8)
+        step = max(1, _SCALE_CHUNK // max(image.width, 1))
+        for top in range(0, image.height, step):
+            box = (0, top, image.width, min(image.height, top + step))
+            high_bytes = np.asarray(image.crop(box), dtype=np.uint32)
+            low_bytes = np.asarray(low.crop(box), dtype=np.uint32)
+            if grey:  # high: (L, L, L, A); low: (A, ., L, .)
+                high_bytes, low_bytes = high_bytes[..., [0, 3]], low_bytes[..., [2, 0]]
+            values = high_bytes << 8 | low_bytes
+            out[top : box[3]] = (values * 255 + 32767) // 65535
+    result = Image.fromarray(out, mode)
+    result.info["exif"] = image.getexif().tobytes()  # read by _upright
+    return result
+
+
 def _eight_bit(image: Any, path: Path) -> Any:
     """``image`` with 8-bit values: 16-bit grey pixels (a 16-bit PNG, which older Pillow opens as
     mode ``I``) scaled by 255 / 65535, rounded; Pillow's conversion would clip them at 255. Pixels
@@ -191,7 +235,7 @@ def _decode(path: Path, *, size: int, mode: str) -> Any:
                         f"cannot read image {_shown(path)}: it holds several frames (an "
                         "animation or pages); save one image per file"
                     )
-                image = _eight_bit(_upright(image), path)
+                image = _eight_bit(_upright(_png_colour_16(image, file)), path)
                 image = image.convert(mode)
                 side = min(image.size)
                 left, top = (image.width - side) // 2, (image.height - side) // 2

@@ -144,21 +144,30 @@ DATA_SETTINGS: dict[str, tuple[str, ...]] = {
 SPLIT_SETTINGS = ("folder", "image_size", "channels", "val_size", "test_size", "split_seed")
 
 
-def check_data_settings(cfg: DataConfig) -> None:
-    """ValueError naming a setting of :data:`SPLIT_SETTINGS` that ``cfg.name``'s data does not
-    read (:data:`DATA_SETTINGS`) but that is set to another value than its default: the run
-    would not see what it says (a ``data.split_seed`` on binarized MNIST trained on the same
-    fixed split as every other seed; a ``data.folder`` without ``name = "folder"`` on MNIST)."""
-    defaults = DataConfig()
-    for f in fields(DataConfig):
-        if f.name not in SPLIT_SETTINGS or f.name in DATA_SETTINGS[cfg.name]:
+def check_data_settings(
+    cfg: Any,
+    *,
+    reads: tuple[str, ...] | None = None,
+    defaults: Any = None,
+    settings: tuple[str, ...] = SPLIT_SETTINGS,
+) -> None:
+    """ValueError naming a setting of ``settings`` that ``cfg.name``'s data does not read
+    (``reads``; by default :data:`DATA_SETTINGS`) but that is set to another value than its
+    default (in ``defaults``; by default :class:`DataConfig`'s): the run would not see what it
+    says (a ``data.split_seed`` on binarized MNIST trained on the same fixed split as every
+    other seed; a ``data.folder`` without ``name = "folder"`` on MNIST). A paper table passes
+    its own data's reads and defaults, and every setting (its configs are no templates)."""
+    reads = DATA_SETTINGS[cfg.name] if reads is None else reads
+    defaults = DataConfig() if defaults is None else defaults
+    for name in settings:
+        if name in reads:
             continue
-        value = getattr(cfg, f.name)
-        if value != getattr(defaults, f.name):
-            reads = ", ".join(f"data.{k}" for k in DATA_SETTINGS[cfg.name]) or "none of them"
+        value = getattr(cfg, name)
+        if value != getattr(defaults, name):
+            listed = ", ".join(f"data.{k}" for k in reads) or "none of them"
             raise ValueError(
-                f"data.{f.name} = {value!r} has no effect on data.name = {cfg.name!r}, which "
-                f"reads {reads}; leave it out"
+                f"data.{name} = {value!r} has no effect on data.name = {cfg.name!r}, which "
+                f"reads {listed}; leave it out"
             )
 
 
@@ -226,6 +235,40 @@ class ModelConfig:
             raise ValueError(
                 f"model.variance must be 0 (the data's) or lie in [{MIN_WEIGHT:g}, "
                 f"{MAX_WEIGHT:g}], got {self.variance!r}"
+            )
+
+
+#: the model settings each family reads (the others it ignores); ``variance`` is read by the
+#: ``squared_error`` likelihood only
+MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "gated_mlp": ("hidden", "latent_dim", "likelihood", "variance"),
+    "relu_mlp": ("hidden", "latent_dim", "likelihood", "variance"),
+    "conv": ("hidden", "latent_dim", "num_residual", "likelihood", "variance", "latent_activation"),
+    "text_gru": ("hidden", "latent_dim", "embed", "layers"),
+}
+
+
+def check_model_settings(cfg: ModelConfig) -> None:
+    """ValueError naming a model setting that ``cfg.family`` does not read
+    (:data:`MODEL_SETTINGS`; ``variance`` without ``likelihood = "squared_error"``) but that is
+    set to another value than its default: ``--set model.num_residual=1`` on an MLP table, or
+    ``model.latent_activation`` on the text model, was recorded and changed nothing. The paper
+    tables (``qlatent reproduce``) check their runs with it."""
+    reads = MODEL_SETTINGS[cfg.family]
+    if cfg.likelihood != "squared_error":
+        reads = tuple(k for k in reads if k != "variance")
+    defaults = ModelConfig()
+    for f in fields(ModelConfig):
+        if f.name == "family" or f.name in reads:
+            continue
+        value = getattr(cfg, f.name)
+        if value != getattr(defaults, f.name):
+            family = f"model.family = {cfg.family!r}"
+            if "likelihood" in reads:
+                family += f" with model.likelihood = {cfg.likelihood!r}"
+            raise ValueError(
+                f"model.{f.name} = {value!r} has no effect on {family}, which reads "
+                f"{', '.join(f'model.{k}' for k in reads)}; leave it out"
             )
 
 
@@ -411,6 +454,12 @@ def paper_config(
             f"data.folder = {cfg.data.folder!r} has no effect on data.name = "
             f"{cfg.data.name!r} ({where}); leave it out"
         )
+    if cfg.out_dir != RunConfig().out_dir:  # each row's folder is under the table's --runs-dir
+        raise ValueError(
+            f"out_dir = {cfg.out_dir!r} has no effect on {experiment}: its rows' runs go under "
+            "--runs-dir; leave it out"
+        )
+    check_model_settings(cfg.model)
     check_model(cfg)
     return cfg
 
@@ -451,7 +500,10 @@ def fixed_data(data: DataConfig) -> dict[str, tuple[Any, Any]]:
     default = DataConfig()
     return {
         f"data.{name}": (getattr(data, name), (getattr(default, name),))
-        for name in ("split_seed", "synthetic_size", "channels", "image_size", "test_size")
+        for name in (
+            *("split_seed", "synthetic_size", "channels", "image_size", "test_size"),
+            *("vocab_size", "max_tokens"),  # text settings: no image table reads them
+        )
     }
 
 
@@ -679,17 +731,37 @@ _OBJECTS = ("the ball", "a red house", "the river", "some bread", "the moon", "a
 _PLACES = ("", "in the park", "at night", "near the sea", "every day")
 
 
+_LANGUAGE = (_SUBJECTS, _VERBS, _OBJECTS, _PLACES)
+#: the sentences of that language: 6 · 6 · 6 · 5
+SYNTHETIC_SENTENCES = math.prod(map(len, _LANGUAGE))
+
+
+def _synthetic_sentence(index: int) -> list[str]:
+    """Sentence ``index`` (0 … :data:`SYNTHETIC_SENTENCES` − 1) of the synthetic language, its
+    words then ".": the index read as one digit per part of the sentence."""
+    words = []
+    for part in _LANGUAGE:
+        index, k = divmod(index, len(part))
+        words += part[k].split()
+    return words + ["."]
+
+
 def _synthetic_text(n: int, seed: int) -> dict[str, list[list[str]]]:
-    """``n`` sentences of a small regular language, split 4:1:1 (tests and smoke runs)."""
+    """``n`` distinct sentences of a small regular language, drawn by ``seed`` and split 4:1:1
+    (tests and smoke runs). No sentence is in two splits: drawn with replacement, a third of
+    the test sentences of 600 were training sentences too. ValueError naming
+    ``data.synthetic_size`` past the language's :data:`SYNTHETIC_SENTENCES`."""
     from ..data.sources import check_fits
 
     # about 0.6 KB a sentence as a Python list of word strings
     check_fits(n, 640, f"{n:,} synthetic sentences", "data.synthetic_size")
-    g = torch.Generator().manual_seed(seed)
-    parts = (_SUBJECTS, _VERBS, _OBJECTS, _PLACES)
-    picks = [torch.randint(len(p), (n,), generator=g).tolist() for p in parts]
-    lines = [" ".join(p[k[i]] for p, k in zip(parts, picks, strict=True)).split() + ["."]
-             for i in range(n)]  # fmt: skip
+    if n > SYNTHETIC_SENTENCES:
+        raise ValueError(
+            f"data.synthetic_size must be at most {SYNTHETIC_SENTENCES:,} for synthetic-text "
+            f"(the sentences of its language, each in one split), got {n:,}"
+        )
+    order = torch.randperm(SYNTHETIC_SENTENCES, generator=torch.Generator().manual_seed(seed))
+    lines = [_synthetic_sentence(k) for k in order[:n].tolist()]
     cut = max(1, n // 6)
     return {"val": lines[:cut], "test": lines[cut : 2 * cut], "train": lines[2 * cut :]}
 

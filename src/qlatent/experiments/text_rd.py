@@ -129,9 +129,30 @@ def point_config(
         mapping["init_from"] = str(_folder(runs_dir, *WARM) / "best.pt")
         cfg = apply_mapping(cfg, QUICK_FINE_TUNE if quick else FINE_TUNE)
     cfg = apply_mapping(cfg, mapping)
-    cfg = apply_overrides(cfg, overrides or [])
+    configured, cfg = cfg, apply_overrides(cfg, overrides or [])
+    if overrides:
+        check_effects(cfg, configured)
     custom.check_bottleneck(cfg)
     return cfg
+
+
+def check_effects(cfg: custom.RunConfig, configured: custom.RunConfig) -> None:
+    """ValueError naming a setting that ``--set`` changed from the ``configured`` point and that
+    the point's run does not read: a data setting its text data ignores (an image size, a held-out
+    size), a model setting the text model ignores (``model.num_residual``,
+    ``model.latent_activation`` ...) or an ``eval.*`` setting (each point is evaluated as
+    ``qlatent train`` evaluates)."""
+    custom.check_data_settings(
+        cfg.data,
+        defaults=configured.data,
+        settings=tuple(f.name for f in dataclasses.fields(custom.DataConfig) if f.name != "name"),
+    )
+    custom.check_model_settings(cfg.model)
+    if cfg.eval:  # the points are runs of `qlatent train`, which evaluates with its own settings
+        raise ValueError(
+            f"eval.{next(iter(cfg.eval))} has no effect on text-rd: each point is evaluated as "
+            "`qlatent train` evaluates; leave it out"
+        )
 
 
 def _folder(runs_dir: str, method: str, label: str) -> Path:
