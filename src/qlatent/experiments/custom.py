@@ -18,7 +18,9 @@ checked before anything is loaded or trained, so a typo is one line naming it::
     vocab_size = 8000          # text: the most frequent training words kept (others: UNK)
     max_tokens = 20            # text: longer sentences are left out
 
-    # a new run refuses a split or image setting its data does not read (DATA_SETTINGS)
+    # a new run refuses a split or image setting its data does not read (DATA_SETTINGS), a
+    # model setting its family does not read (MODEL_SETTINGS), and a loss weight or annealing
+    # its bottleneck leaves without effect (CONSTANT_RATE, NO_AUX_LOSS): check_new_run
 
     [model]
     family = "gated_mlp"       # "relu_mlp" (both on flattened images), "conv" (strided convs
@@ -253,7 +255,8 @@ def check_model_settings(cfg: ModelConfig) -> None:
     (:data:`MODEL_SETTINGS`; ``variance`` without ``likelihood = "squared_error"``) but that is
     set to another value than its default: ``--set model.num_residual=1`` on an MLP table, or
     ``model.latent_activation`` on the text model, was recorded and changed nothing. The paper
-    tables (``qlatent reproduce``) check their runs with it."""
+    tables (``qlatent reproduce``) check their runs with it, ``qlatent train`` its new runs
+    (:func:`check_new_run`)."""
     reads = MODEL_SETTINGS[cfg.family]
     if cfg.likelihood != "squared_error":
         reads = tuple(k for k in reads if k != "variance")
@@ -330,6 +333,64 @@ class RunConfig:
         check_eval_seed(self.eval_seed, "eval_seed")
         if not isinstance(self.eval, dict):
             raise ValueError(f"eval must be a table, got {self.eval!r}")
+
+
+#: the bottlenecks whose training-path rate carries no gradient: a constant (log K of a codebook
+#: index) or none at all (zeros). The rate weight λ, and its annealing, scale a term whose
+#: gradient is zero, so the weights train the same at every λ (the validation objective that
+#: picks the best epoch is at weight 1 whatever λ is)
+CONSTANT_RATE = ("identity", "learnable_lattice", "soft_em_vq", "soft_vq", "vq", "vq_ema")
+#: the bottlenecks without an auxiliary loss (their ``aux_loss`` is zero): ``loss.aux_weight``
+#: scales nothing
+NO_AUX_LOSS = (
+    *("gaussian", "gaussian_dither", "gaussian_lattice", "identity", "info_dropout"),
+    *("lattice", "scalar_st", "vector_st"),
+)
+
+
+def check_loss_settings(cfg: RunConfig, *, shared_schedule: bool = False) -> None:
+    """ValueError naming a loss or schedule setting that ``cfg.bottleneck`` leaves without
+    effect, set to another value than its default: ``loss.rate_weight`` with a bottleneck of
+    :data:`CONSTANT_RATE` (a "sweep" of λ on ``vq`` trained the same weights at every λ),
+    ``loss.aux_weight`` with one of :data:`NO_AUX_LOSS`, and ``train.anneal_steps`` where the
+    rate it anneals has no gradient (such a bottleneck, or ``loss.rate_weight = 0``).
+    ``shared_schedule``: the run is one point of a sweep whose points share one schedule
+    (``text-rd``'s fine-tuning, its no-bottleneck point included), so the annealing is kept.
+
+    ``train.warmup_epochs`` is not refused: besides scaling λ it keeps the warm-up epochs out
+    of early stopping's count (``train.patience``, which a resumed run may set)."""
+    name, loss, defaults = cfg.bottleneck.name, cfg.loss, LossConfig()
+    if name in CONSTANT_RATE and loss.rate_weight != defaults.rate_weight:
+        raise ValueError(
+            f"loss.rate_weight = {loss.rate_weight!r} has no effect on bottleneck.name = "
+            f"{name!r}, whose training rate is a constant without gradient; leave it out"
+        )
+    if name in NO_AUX_LOSS and loss.aux_weight != defaults.aux_weight:
+        raise ValueError(
+            f"loss.aux_weight = {loss.aux_weight!r} has no effect on bottleneck.name = "
+            f"{name!r}, which has no auxiliary loss; leave it out"
+        )
+    if cfg.train.anneal_steps is not None and not shared_schedule:
+        if name in CONSTANT_RATE or loss.rate_weight == 0:
+            why = (
+                "loss.rate_weight = 0"
+                if loss.rate_weight == 0
+                else f"bottleneck.name = {name!r}, whose training rate has no gradient"
+            )
+            raise ValueError(
+                f"train.anneal_steps = {cfg.train.anneal_steps!r} has no effect with {why}: "
+                "it anneals the rate weight only; leave it out"
+            )
+
+
+def check_new_run(cfg: RunConfig, *, shared_schedule: bool = False) -> None:
+    """The checks of a new run of ``qlatent train CONFIG`` (a resumed one runs as it began):
+    no data setting its data ignores (:func:`check_data_settings`), no model setting its
+    family ignores (:func:`check_model_settings`), no loss or schedule setting its bottleneck
+    ignores (:func:`check_loss_settings`); ValueError naming the setting."""
+    check_data_settings(cfg.data)
+    check_model_settings(cfg.model)
+    check_loss_settings(cfg, shared_schedule=shared_schedule)
 
 
 #: the most samples or repeats a paper table's evaluation takes per image or per model (its
@@ -971,16 +1032,23 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
 
 # ------------------------------------------------------------------------------------ train
 def train(
-    cfg: RunConfig, *, data_dir: str | None = None, fresh: bool = False, command: str = ""
+    cfg: RunConfig,
+    *,
+    data_dir: str | None = None,
+    fresh: bool = False,
+    command: str = "",
+    shared_schedule: bool = False,
 ) -> dict[str, Any]:
     """Train (resuming from ``out_dir/last.pt`` unless ``fresh``), then evaluate on the test
     set and write ``config.json``, ``summary.json``, ``training_curves.png`` and
-    ``reconstructions.png`` beside the checkpoints. Returns the summary."""
+    ``reconstructions.png`` beside the checkpoints. Returns the summary. A new run is checked
+    first (:func:`check_new_run`; ``shared_schedule`` as :func:`check_loss_settings` takes
+    it): ValueError naming a setting the run would record and not use."""
     from ..eval import training_curves
 
     out_dir = Path(cfg.out_dir)
     if fresh or not (out_dir / "last.pt").is_file():  # a run from before resumes as it began
-        check_data_settings(cfg.data)
+        check_new_run(cfg, shared_schedule=shared_schedule)
     else:
         check_resumed_architecture(cfg, out_dir / "last.pt")
     derived: dict[str, Any]
@@ -1499,7 +1567,10 @@ def downstream_scores(
 
 
 __all__ = [
+    "CONSTANT_RATE",
     "DATA_SETTINGS",
+    "MODEL_SETTINGS",
+    "NO_AUX_LOSS",
     "SPLIT_SETTINGS",
     "BottleneckConfig",
     "DataConfig",
@@ -1509,6 +1580,9 @@ __all__ = [
     "build_model",
     "check_data_settings",
     "check_folder_split",
+    "check_loss_settings",
+    "check_model_settings",
+    "check_new_run",
     "checkpoint_data",
     "components",
     "downstream_scores",

@@ -331,7 +331,8 @@ def _train_point(
         else:  # written anew, as one that cannot be read is (read_json): evaluated again
             print(f"{path} cannot be used ({wrong}): evaluating the point again", flush=True)
     print(f"== text-rd: {key[0]} {key[1]} ==", flush=True)
-    return custom.train(cfg, data_dir=data_dir, command=command)
+    # every point fine-tunes on one schedule, the no-bottleneck point's rate annealed too
+    return custom.train(cfg, data_dir=data_dir, command=command, shared_schedule=True)
 
 
 def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
