@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import functools
 import glob
 import math
@@ -204,6 +205,28 @@ def first_order(backward: Callable) -> Callable:
 #: batches above a threshold) and ``compile=True`` (the lattice's eval forward no longer matched
 #: its file). Other dtypes take the eager code under ``compile=True``.
 COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+#: set while a file's model digest reads a module's ``repr`` (:func:`repr_for_digest`)
+_FOR_DIGEST = contextvars.ContextVar("qlatent_repr_for_digest", default=False)
+
+
+@contextlib.contextmanager
+def repr_for_digest() -> Iterator[None]:
+    """Within it a bottleneck's ``repr`` shows ``compile`` off (:func:`shown_compile`), as
+    :func:`qlatent.coding.codec.model_digest` reads it: the fused kernels give the eager codes
+    bit for bit, yet a file written with ``compile=True`` named another model than the same
+    weights without it, which refused to decode it."""
+    token = _FOR_DIGEST.set(True)
+    try:
+        yield
+    finally:
+        _FOR_DIGEST.reset(token)
+
+
+def shown_compile(compile: bool) -> bool:
+    """A bottleneck's ``compile`` as its ``repr`` shows it: off within :func:`repr_for_digest`."""
+    return compile and not _FOR_DIGEST.get()
 
 
 def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Callable:

@@ -33,9 +33,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain, first_order
+from .._utils import compiled_or_plain, first_order, shown_compile
 from ._code_model import CountedCodeModel
-from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
+from .base import (
+    Bottleneck,
+    BottleneckOutput,
+    Fixed,
+    Setting,
+    _row_sums,
+    _same_rows,
+    check_flag,
+    recomputing,
+)
 
 #: entries of one N×K distance chunk (4 MB in float32), one buffer reused by every chunk. With
 #: a fresh chunk per step, 1 MB chunks were best (K = 512, 16384 × 64 rows, two threads: 15.8 ms
@@ -434,36 +443,6 @@ def _synchronized() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-@torch.compiler.disable  # asked at every call, never traced as a constant
-def recomputing() -> bool:
-    """Whether this call runs inside a backward pass, as a forward recomputed by
-    ``torch.utils.checkpoint`` does in either flavour (the non-reentrant one when a discarded
-    saved tensor is unpacked, the reentrant one in its node's backward): the autograd engine has
-    a graph task running on this thread."""
-    return torch._C._current_graph_task_id() != -1
-
-
-#: relative tolerance of :func:`_same_rows`: a recomputation on an accelerator may round the
-#: encoder's output differently (atomic additions), a different batch differs by far more
-_ROWS_RTOL = 1e-3
-
-
-def _row_sums(rows: Tensor) -> Tensor:
-    """``(N,)`` float32: each row's sum, to recognise ``rows`` ``(N, d)`` later (one pass)."""
-    return rows.detach().sum(1, dtype=torch.float32)
-
-
-def _same_rows(sums: Tensor, rows: Tensor) -> bool:
-    """Whether ``rows`` ``(N, d)`` are, up to rounding, the rows whose :func:`_row_sums` are
-    ``sums``: every row sum within ``_ROWS_RTOL`` of the row's sum of absolute values (NaN
-    matches NaN)."""
-    if sums.shape != rows.shape[:1]:
-        return False
-    now = _row_sums(rows)
-    bound = _ROWS_RTOL * rows.detach().abs().sum(1, dtype=torch.float32)
-    return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
-
-
 @dataclass
 class TrainingStep:
     """What one training-mode forward quantized with, kept for its recomputation: the sums of
@@ -556,7 +535,9 @@ class EMACodebook(nn.Module):
         this one recomputes: the latest whose input matches, to rounding, and that this backward
         has not recomputed yet; ``None`` outside a backward pass. RuntimeError when none is
         recorded (more than ``RECOMPUTABLE`` training-mode forwards since, a ``.to()`` or cast
-        in between, or a training-mode forward run inside a backward pass by other means)."""
+        in between, or a training-mode forward run inside a backward pass by other means). A
+        checkpoint nested in another recomputes its forward twice in one backward pass: the
+        second time, the forward found the first time."""
         if not recomputing():
             return None
         task = torch._C._current_graph_task_id()
@@ -564,12 +545,24 @@ class EMACodebook(nn.Module):
             if step.task != task and _same_rows(step.row_sums, rows):
                 step.task = task
                 return step
+        # a checkpoint inside a checkpoint recomputes its forward twice in one backward pass
+        # (in the outer recomputation, then in its own): the second time, the one found first
+        for step in reversed(self._steps):
+            if step.task == task and _same_rows(step.row_sums, rows):
+                return step
         raise RuntimeError(
             "a training-mode forward of an EMA codebook quantizer inside a backward pass "
             "(torch.utils.checkpoint's recomputation) matches none of its last "
             f"{self.RECOMPUTABLE} training-mode forwards: backpropagate a checkpointed forward "
             f"before {self.RECOMPUTABLE} more, and do not move or cast the module in between"
         )
+
+    def __setstate__(self, state: dict) -> None:
+        """As ``nn.Module.__setstate__``; a module pickled before forwards were recorded
+        (``torch.save`` of the whole module) gets an empty record, as a new one has."""
+        super().__setstate__(state)
+        if "_steps" not in self.__dict__:
+            self._steps = collections.deque(maxlen=self.RECOMPUTABLE)
 
     @torch.no_grad()
     def update(self, counts: Tensor, sums: Tensor) -> None:
@@ -668,7 +661,7 @@ class CodebookQuantizer(CountedCodeModel, Bottleneck):
         return nearest_codeword(y, self.codebook, compile=self.compile)
 
     def _compile_repr(self) -> str:
-        return ", compile=True" if self.compile else ""
+        return ", compile=True" if shown_compile(self.compile) else ""
 
     def _dequantize_rows(self, indices: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.codebook.detach()[check_indices(indices, self.num_codes)]

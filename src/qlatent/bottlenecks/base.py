@@ -19,6 +19,8 @@ Methods with a density view (a posterior ``q(y_hat | y)`` and a prior density) a
 
 from __future__ import annotations
 
+import collections
+import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from .._utils import autocast_off, check_finite, check_generator, from_rows, to_rows
 from ..registry import Registry
+from ..rng import SeedKeys
 
 
 @dataclass
@@ -188,6 +191,67 @@ def _no_module_backward_hooks() -> TypeError:
     )
 
 
+# ------------------------------------------------------- forwards recomputed by a checkpoint
+@torch.compiler.disable  # asked at every call, never traced as a constant
+def recomputing() -> bool:
+    """Whether this call runs inside a backward pass, as a forward recomputed by
+    ``torch.utils.checkpoint`` does in either flavour (the non-reentrant one when a discarded
+    saved tensor is unpacked, the reentrant one in its node's backward): the autograd engine has
+    a graph task running on this thread."""
+    return torch._C._current_graph_task_id() != -1
+
+
+#: relative tolerance of :func:`_same_rows`: a recomputation on an accelerator may round the
+#: encoder's output differently (atomic additions), a different batch differs by far more
+_ROWS_RTOL = 1e-3
+
+
+def _row_sums(rows: Tensor) -> Tensor:
+    """``(N,)`` float32: each row's sum, to recognise ``rows`` ``(N, d)`` later (one pass)."""
+    return rows.detach().sum(1, dtype=torch.float32)
+
+
+def _same_rows(sums: Tensor, rows: Tensor) -> bool:
+    """Whether ``rows`` ``(N, d)`` are, up to rounding, the rows whose :func:`_row_sums` are
+    ``sums``: every row sum within ``_ROWS_RTOL`` of the row's sum of absolute values (NaN
+    matches NaN)."""
+    if sums.shape != rows.shape[:1]:
+        return False
+    now = _row_sums(rows)
+    bound = _ROWS_RTOL * rows.detach().abs().sum(1, dtype=torch.float32)
+    return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
+
+
+@dataclass
+class _Draw:
+    """Where one forward's draws started, kept for its recomputation: the sums of its input
+    rows (:func:`_row_sums`), the caller's generator state before the forward drew anything
+    (``torch.Generator.get_state()``, 5 KB for a CPU one, or a :class:`~qlatent.rng.SeedKeys`'
+    call count), and the graph task that last recomputed it."""
+
+    row_sums: Tensor
+    state: Tensor | int
+    task: int = -1
+
+
+def _generator_state(generator: torch.Generator | SeedKeys) -> Tensor | int:
+    return generator.calls if isinstance(generator, SeedKeys) else generator.get_state()
+
+
+def _generator_at(
+    generator: torch.Generator | SeedKeys, state: Tensor | int
+) -> torch.Generator | SeedKeys:
+    """A private generator of ``generator``'s kind and device set to ``state``: it draws what
+    ``generator`` drew from there, and ``generator`` itself is left as it is."""
+    if isinstance(generator, SeedKeys):
+        twin = copy.copy(generator)
+        twin.calls = state
+        return twin
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(state)
+    return twin
+
+
 class Bottleneck(nn.Module, ABC):
     """Base class: input checks, rows <-> ``(B, D, *spatial)`` reshaping, and the public API.
 
@@ -203,6 +267,21 @@ class Bottleneck(nn.Module, ABC):
 
     ``self.training`` selects the training path; in eval mode ``forward(y).y_hat`` equals
     ``dequantize(quantize(y))`` given the same dither (DESIGN.md section 1).
+
+    Under ``torch.utils.checkpoint`` (``use_reentrant`` True or False) the recomputed forward
+    draws what its original drew. Torch restores only its global RNG for a recomputation; a
+    ``generator=`` of the caller (a ``torch.Generator`` or :class:`~qlatent.rng.SeedKeys`) was
+    drawn from a second time: other dither or noise than the output's (wrong gradients) and a
+    generator advanced twice. So a forward with a generator, in either mode and outside
+    ``torch.inference_mode``, records the generator's state before its draws with its input's
+    row sums; a forward run inside a backward pass (:func:`recomputing`) is matched to the
+    latest recorded forward of the same rows (to rounding, :func:`_same_rows`) that this
+    backward has not recomputed yet, and draws from a private copy of the generator set to the
+    recorded state, leaving the caller's generator alone. The last ``RECOMPUTABLE`` forwards
+    are kept; a ``.to()`` or cast clears them. A forward with a generator inside a backward
+    pass that matches none of them (more forwards than that before the backward, a move or
+    cast in between, or a forward run there by other means) raises RuntimeError. A forward
+    outside a backward pass draws exactly as without the record.
 
     Raises ValueError for a ``dim``/``in_dim`` that is not a positive integer, and for an input
     that is not a real floating-point tensor of rank ≥ 2 with ``in_dim`` channels on axis 1, or
@@ -224,6 +303,8 @@ class Bottleneck(nn.Module, ABC):
     #: estimate of the rate it takes), so weights move freely between their settings; every
     #: other one is kept beside the weights in a state dict (:meth:`_identity`)
     _FREE_OF_WEIGHTS: ClassVar[frozenset[str]] = frozenset({"compile"})
+    #: how many forwards with a generator a checkpoint's recomputation can find, latest first
+    RECOMPUTABLE: ClassVar[int] = 8
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
@@ -241,6 +322,7 @@ class Bottleneck(nn.Module, ABC):
                 )
         self.dim = dim
         self.in_dim = dim if in_dim is None else in_dim
+        self._draws: collections.deque[_Draw] = collections.deque(maxlen=self.RECOMPUTABLE)
 
     # ----------------------------------------------------------------- module hooks
     # A module backward hook fires only on a module whose output is a tensor or a tuple of
@@ -254,6 +336,51 @@ class Bottleneck(nn.Module, ABC):
 
     def register_backward_hook(self, hook):
         raise _no_module_backward_hooks()
+
+    # ------------------------------------------------------ checkpoint recomputations
+    @torch.compiler.disable
+    def _generator_for(
+        self, rows: Tensor, generator: torch.Generator | SeedKeys
+    ) -> torch.Generator | SeedKeys:
+        """The generator the forward of ``rows`` ``(N, in_dim)`` draws from: ``generator``
+        itself, its state recorded first, outside a backward pass; inside one (a checkpoint's
+        recomputation) a private copy at the state its original forward started from (see the
+        class docstring). RuntimeError when no recorded forward matches."""
+        if torch.is_inference_mode_enabled():
+            return generator
+        draws = self.__dict__.get("_draws")
+        if draws is None:  # a module pickled before the record existed
+            draws = self.__dict__["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
+        if not recomputing():
+            draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
+            return generator
+        task = torch._C._current_graph_task_id()
+        for draw in reversed(draws):
+            if draw.task != task and _same_rows(draw.row_sums, rows):
+                draw.task = task
+                self.__dict__["_replayed"] = draw
+                return _generator_at(generator, draw.state)
+        # a checkpoint inside a checkpoint recomputes its forward twice in one backward pass
+        # (in the outer recomputation, then in its own): the second time, the one just found
+        last = self.__dict__.get("_replayed")
+        if last is not None and last.task == task and _same_rows(last.row_sums, rows):
+            return _generator_at(generator, last.state)
+        raise RuntimeError(
+            f"a forward of {type(self).__name__} with a generator inside a backward pass "
+            f"matches none of its last {self.RECOMPUTABLE} forwards with one, so it cannot be "
+            "torch.utils.checkpoint's recomputation of them: backpropagate a checkpointed "
+            f"forward before {self.RECOMPUTABLE} more, do not move or cast the module in "
+            "between, and run no forward with a generator in a backward hook"
+        )
+
+    def _apply(self, fn, recurse: bool = True):
+        """As ``nn.Module._apply``; the recorded forwards (:meth:`_generator_for`) are dropped,
+        their row sums being in the old device and dtype."""
+        draws = self.__dict__.get("_draws")
+        if draws is not None:
+            draws.clear()
+        self.__dict__["_replayed"] = None
+        return super()._apply(fn, recurse)
 
     # ----------------------------------------------------------------- public API
     @autocast_off
@@ -272,7 +399,10 @@ class Bottleneck(nn.Module, ABC):
         shape = (batch, self.dim, *y.shape[2:])
         if y.numel() == 0:
             return self._empty_output(y, shape)
-        out = self._forward_rows(_to_rows(y), generator)
+        rows = _to_rows(y)
+        if generator is not None:  # (a call that torch.compile leaves out of its graph)
+            generator = self._generator_for(rows, generator)
+        out = self._forward_rows(rows, generator)
         return BottleneckOutput(
             y_hat=_from_rows(out.y_hat, shape),
             rate=out.rate.reshape(batch, -1).sum(1),
@@ -543,6 +673,16 @@ class Bottleneck(nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
+        self._check_values(y)
+
+    @torch.compiler.disable
+    def _check_values(self, y: Tensor) -> None:
+        """The input's values finite and within :meth:`input_limit` (read back to Python).
+
+        Runs eagerly, also within a caller's ``torch.compile``: Dynamo failed on the strides of
+        an input whose channel count it had made symbolic (a second bottleneck of another width
+        compiled in the same process: "Cannot construct ConstantVariable ... SymInt"), and the
+        values are read back to Python, a graph break either way."""
         values = y.detach()
         if 0 in values.stride():
             # an expanded view (``expand``, broadcasting) repeats its stored values along the

@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite, first_order
+from .._utils import autocast_off, check_finite, first_order, shown_compile
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
@@ -439,7 +439,10 @@ class DitheredGoodLattice(Bottleneck):
             # a point of a block farther than this from the origin is outside its cell (1e-4 of
             # slack for the decoder's rounding): the proposal draws that far are not decoded
             bounds = [b.cell_bound for b in blocks]
-            reach = torch.tensor([math.inf if r is None else (r * (1 + 1e-4)) ** 2 for r in bounds])
+            reach = [math.inf if r is None else (r * (1 + 1e-4)) ** 2 for r in bounds]
+            # float32 as every table, whatever the caller's default dtype: one built under
+            # torch.set_default_dtype(torch.float64) is the one built in float32
+            reach = torch.tensor(reach, dtype=torch.float32)
             self.register_buffer("_reach", reach, persistent=False)
             # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
             # the others are estimated by Monte Carlo (:meth:`log_density`)
@@ -464,7 +467,7 @@ class DitheredGoodLattice(Bottleneck):
             # reshapes (Z^16384's matrix would take 1 GiB, E8^2048's 128 MiB)
             products = every and _BlockSums.reshape_size(self.geometry) is None
             if products or dim * len(blocks) <= _DENSE_MEMBERSHIP:
-                membership = torch.zeros(dim, len(blocks))
+                membership = torch.zeros(dim, len(blocks), dtype=torch.float32)
                 membership[torch.arange(dim), self._block_of] = 1.0
             else:
                 membership = None
@@ -1289,7 +1292,7 @@ class DitheredGoodLattice(Bottleneck):
             f"eval_samples={self.eval_samples}, eval_prior_samples={self.eval_prior_samples}, "
             f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, "
             f"scale_per={self.scale_per!r}, debias={self.debias}, "
-            f"compile={self.compile}, exact_rectangular={self.exact_rectangular}"
+            f"compile={shown_compile(self.compile)}, exact_rectangular={self.exact_rectangular}"
         )
 
 

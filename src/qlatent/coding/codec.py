@@ -43,13 +43,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, from_rows, to_rows
+from .._utils import autocast_off, from_rows, repr_for_digest, to_rows
 from .container import CODE_MODELS, MAX_RANK, CodingError, Header, check_digest, pack, unpack
 from .models import constriction
 
 
 def model_digest(module: nn.Module) -> bytes:
-    """SHA-256 over a module's class, configuration (``repr``) and every weight and buffer.
+    """SHA-256 over a module's class, configuration (``repr``, with ``compile`` shown off: the
+    fused kernels code as the eager ones) and every weight and buffer.
 
     Returns the 32-byte digest that :func:`compress` writes into the header and
     :func:`decompress` checks. Raises TypeError if ``module`` is not an ``nn.Module``, ValueError
@@ -59,7 +60,8 @@ def model_digest(module: nn.Module) -> bytes:
         raise TypeError(f"expected a bottleneck (a torch.nn.Module), got {type(module).__name__}")
     h = hashlib.sha256()
     h.update(type(module).__qualname__.encode())
-    h.update(repr(module).encode())
+    with repr_for_digest():  # ``compile`` changes no code: its files are the eager module's
+        h.update(repr(module).encode())
     for name, tensor in sorted(module.state_dict().items()):
         if tensor.is_meta:
             raise ValueError(
