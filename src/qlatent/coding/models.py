@@ -550,9 +550,13 @@ def _decode_categorical(coder, probs: np.ndarray) -> np.ndarray:
     return coder.decode(categorical, np.ascontiguousarray(probs)).astype(np.int64)
 
 
-def _geometric_op(values: np.ndarray, table, ratio: float) -> _Op:
-    """Magnitudes t ≥ 0 from a geometric table r^t (1 − r)."""
-    bits = -(float(values.sum()) * math.log2(ratio) + values.size * math.log2(1 - ratio))
+def _geometric_op(values: np.ndarray, table, log_ratio: float) -> _Op:
+    """Magnitudes t ≥ 0 from a geometric table r^t (1 − r), given log r ≤ 0: its ideal bits
+    from the logarithm, as :func:`signed_bits` counts them (r itself underflows to 0 once a
+    cell is some 745 prior scales wide, where log2(r) failed on a math domain error)."""
+    total = float(values.sum())
+    per_step = total * log_ratio if total else 0.0  # no magnitude above 0: no r^t factor
+    bits = -(per_step + values.size * math.log(-math.expm1(log_ratio))) / math.log(2)
     return _Op(np.ascontiguousarray(values, dtype=np.int32), table, None, bits)
 
 
@@ -607,7 +611,7 @@ class _TriangularBlock:
             )
             out.append(_categorical_op(np.sign(column) + 1, probs))
             magnitude = np.abs(column[column != 0]) - 1
-            out.append(_geometric_op(magnitude, tables[j], math.exp(-delta[j] / scale[j])))
+            out.append(_geometric_op(magnitude, tables[j], -delta[j] / scale[j]))
         return out
 
     def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
@@ -895,7 +899,7 @@ class _E8Block:
             out.append(_categorical_op(np.sign(kappa) + 1, signs))
             nonzero = kappa[kappa != 0]
             magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
-            out.append(_geometric_op(magnitude, tables[j], r[j] ** 2))
+            out.append(_geometric_op(magnitude, tables[j], -2 * sigma[j] / scale[j]))  # log r²
             parity_so_far = parity_so_far + kk[:, j]
         return out
 
@@ -1327,7 +1331,7 @@ class _GluedBlock:
             raise ValueError("a point is not in the glued lattice")
         return y, c
 
-    def _coordinate_ops(self, y, c, shifts, probs, d, rho, tables) -> list[_Op]:
+    def _coordinate_ops(self, y, c, shifts, probs, d, rho, log_rho, tables) -> list[_Op]:
         n_all, p_all, d_all = self._chosen([shifts, probs, d], c)
         out = []
         parity_so_far = self.parities[c].astype(np.float64)
@@ -1342,7 +1346,7 @@ class _GluedBlock:
             )
             nonzero = kappa[kappa != 0]
             magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
-            out.append(_geometric_op(magnitude, tables[j], rho[j] ** 2))
+            out.append(_geometric_op(magnitude, tables[j], 2 * log_rho[j]))
             parity_so_far = parity_so_far + y[:, j]
         return out
 
@@ -1350,7 +1354,8 @@ class _GluedBlock:
         y, c, u = prepared
         shifts, probs, log_a, d, rho, tables = self._tables(u, sigma, scale, width)
         classes = _ChunkedCategorical(c, lambda a, b: self._class_probs(log_a, d, a, b), c.size)
-        return [classes, *self._coordinate_ops(y, c, shifts, probs, d, rho, tables)]
+        log_rho = -sigma * self.step / scale  # log ρ exactly, where ρ underflows to 0
+        return [classes, *self._coordinate_ops(y, c, shifts, probs, d, rho, log_rho, tables)]
 
     def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
         shifts, probs, log_a, d, rho, tables = self._tables(u, sigma, scale, width)
