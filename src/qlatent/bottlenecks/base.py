@@ -206,19 +206,33 @@ def recomputing() -> bool:
 _ROWS_RTOL = 1e-3
 
 
+def _row_weights(d: int, device: torch.device) -> Tensor:
+    """``(d, 2)`` float64: two fixed, unequal weightings of a row's ``d`` entries, 1 + {jφ}
+    and (−1)^j (1 + {j√2}) at entry j ({·} the fractional part)."""
+    j = torch.arange(d, dtype=torch.float64)
+    first = 1 + torch.remainder(j * ((1 + math.sqrt(5)) / 2), 1.0)
+    second = (1 - 2 * torch.remainder(j, 2)) * (1 + torch.remainder(j * math.sqrt(2), 1.0))
+    return torch.stack([first, second], 1).to(device)
+
+
 def _row_sums(rows: Tensor) -> Tensor:
-    """``(N,)`` float32: each row's sum, to recognise ``rows`` ``(N, d)`` later (one pass)."""
-    return rows.detach().sum(1, dtype=torch.float32)
+    """``(N, 2)`` float64 (no overflow near the float32 limit): two weighted sums of each row
+    (:func:`_row_weights`), to recognise ``rows`` ``(N, d)`` later. Plain sums told too
+    little apart: a LayerNorm's rows all sum to 0, so a recomputation took another batch's
+    forward for its own (wrong gradients)."""
+    rows = rows.detach()
+    return rows.to(torch.float64) @ _row_weights(rows.shape[1], rows.device)
 
 
 def _same_rows(sums: Tensor, rows: Tensor) -> bool:
     """Whether ``rows`` ``(N, d)`` are, up to rounding, the rows whose :func:`_row_sums` are
-    ``sums``: every row sum within ``_ROWS_RTOL`` of the row's sum of absolute values (NaN
-    matches NaN)."""
-    if sums.shape != rows.shape[:1]:
+    ``sums``: each weighted sum within ``_ROWS_RTOL`` of the same weighting of the row's
+    absolute values (NaN matches NaN)."""
+    if sums.shape != (rows.shape[0], 2):
         return False
     now = _row_sums(rows)
-    bound = _ROWS_RTOL * rows.detach().abs().sum(1, dtype=torch.float32)
+    weights = _row_weights(rows.shape[1], rows.device).abs()
+    bound = _ROWS_RTOL * (rows.detach().abs().to(torch.float64) @ weights)
     return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
 
 
