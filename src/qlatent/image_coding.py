@@ -161,7 +161,7 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
     if x.shape[0] == 0:
         raise ValueError("x holds no images: a code model is counted over at least one")
     model.eval()
-    with _images_fit(x):
+    with _images_fit(x, model):
         return neck.update(model.encoder(xb) for xb in x.split(batch_size))
 
 
@@ -186,15 +186,28 @@ def _out_of_memory(err: RuntimeError) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
+def _weights_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter, or None if it has none."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 @contextmanager
-def _images_fit(x: Tensor):
-    """Turn the encoder's shape error on images it was not made for into a clear ValueError
-    (an allocation failure stays what it is)."""
+def _images_fit(x: Tensor, model: Autoencoder):
+    """Turn the encoder's error on images it was not made for into a clear ValueError naming
+    what does not fit: their dtype where it is not that of the encoder's weights (float64 images,
+    made under ``torch.set_default_dtype(torch.float64)`` or from NumPy, were said not to fit by
+    their shape), else their shape. An allocation failure stays what it is."""
     try:
         yield
     except RuntimeError as err:
         if _out_of_memory(err):
             raise
+        dtype = _weights_dtype(model.encoder)
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(
+                f"images of dtype {x.dtype} do not fit this model's encoder, whose weights are "
+                f"{dtype}: convert them with x.to({dtype}) ({err})"
+            ) from err
         raise ValueError(
             f"images of shape {tuple(x.shape[1:])} do not fit this model's encoder ({err})"
         ) from err
@@ -207,7 +220,7 @@ def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int
     into one file."""
     _check_call(model, x, batch_size)
     model.eval()
-    with _images_fit(x):
+    with _images_fit(x, model):
         y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
     return compress(model.bottleneck, y, seed=seed, digest=model_digest(model))
 
