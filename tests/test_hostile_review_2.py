@@ -114,3 +114,24 @@ def test_rows_that_all_sum_to_zero_are_told_apart(name):
 
     for got, expected in zip(run(True), run(False), strict=True):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", [*NAMES, "lattice"])
+def test_a_copy_leaves_the_recorded_forwards_behind(name):
+    """Pickled or deep-copied, a module carries no recorded forward (a copy has none of its own
+    to recompute): a whole ``vq_ema`` saved after training held its last codebooks, three
+    times its size. The original keeps its record, and its checkpointed step still works."""
+    neck = build(name, dim=3, **({} if name == "lattice" else {"num_codes": 5})).double()
+    fresh = len(pickle.dumps(neck))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        neck(torch.randn(400, 3, dtype=torch.float64), generator=generator)
+    assert len(pickle.dumps(neck)) < fresh + 1024  # the record is 4 × (rows + codebook)
+    twin = copy.deepcopy(neck)
+    for module in (twin, pickle.loads(pickle.dumps(neck))):
+        records = [m.__dict__.get(k) for m in module.modules() for k in ("_steps", "_draws")]
+        assert all(r is not None and len(r) == 0 for r in records if r is not None)
+    y = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    out = checkpoint(lambda v: neck(v, generator=generator).y_hat.sum(), y, use_reentrant=False)
+    out.backward()  # the original's record of this forward is found
+    assert y.grad is not None

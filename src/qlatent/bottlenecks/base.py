@@ -387,6 +387,16 @@ class Bottleneck(nn.Module, ABC):
             "between, and run no forward with a generator in a backward hook"
         )
 
+    def __getstate__(self) -> dict:
+        """As ``nn.Module``'s, without the recorded forwards (:meth:`_generator_for`): a copy
+        (pickle, ``deepcopy``, ``torch.save`` of the whole module) has none of its own to
+        recompute."""
+        state = super().__getstate__()
+        if "_draws" in state:
+            state["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
+        state.pop("_replayed", None)
+        return state
+
     def _apply(self, fn, recurse: bool = True):
         """As ``nn.Module._apply``; the recorded forwards (:meth:`_generator_for`) are dropped,
         their row sums being in the old device and dtype."""
