@@ -162,6 +162,15 @@ def write_json(payload: dict[str, Any], path: str | Path) -> Path:
     return write_atomic(path, (text + "\n").encode())
 
 
+def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` (a markdown table) to ``path`` as UTF-8, atomically like
+    :func:`write_json` beside it: ``Path.write_text`` wrote in the locale's encoding (the
+    tables' "−" and "±" failed in an ASCII or Latin-1 locale, after the whole run), left a
+    half-written table where it was stopped, and wrote through a symbolic link into the file
+    it names."""
+    return write_atomic(path, text.encode("utf-8"))
+
+
 #: the largest file :func:`read_json` reads: results and records are kilobytes, and a file of
 #: gigabytes under such a name would be read into memory whole
 MAX_JSON_BYTES = 1 << 26

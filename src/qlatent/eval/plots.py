@@ -102,16 +102,24 @@ def reconstruction_rows(
     return save_figure(fig, path)
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Train and validation objective (nats) and the rate per epoch, one point per epoch.
+def training_curves(
+    history: list[dict[str, Any]], path: str | Path, *, title: str = "", unit: str = "image"
+) -> Path:
+    """Train and validation objective (nats per ``unit``: "image", or "sentence" for a text
+    run) and the rate per epoch, one point per epoch, the epochs on whole-number ticks.
 
     ``history``: the training loop's records (``epoch`` and the values of :data:`_CURVES`). An
     epoch without a value is left out of that curve (at learning rate 0 an epoch trains nothing
-    and records no training values), as is a value that is not finite (a diverged validation:
-    the figure of the epochs before it is still drawn). ValueError for a history without a
-    finite value to draw, a record that is not a table, an epoch that is not a finite number or
-    a value that is not a number (a string was drawn as a category).
+    and records no training values). A value that is not finite (a diverged validation) is a
+    gap in its curve: no point, and no line across it from its neighbours, which drew the
+    epoch as though it had the value between theirs; non-finite values at either end of a
+    curve are left out, so the figure of the epochs before a divergence is still drawn.
+    ValueError for a history without a finite value to draw, a record that is not a table, an
+    epoch that is not a finite number or a value that is not a number (a string was drawn as
+    a category), or a ``unit`` that is no name.
     """
+    if not isinstance(unit, str) or not unit.strip():
+        raise ValueError(f"unit must name what a value is per (e.g. 'image'), got {unit!r}")
     if not isinstance(history, list | tuple) or not history:
         raise ValueError(f"history must be a non-empty list of epoch records, got {history!r:.80}")
     curves: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in _CURVES}
@@ -126,9 +134,10 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: s
                 raise ValueError(f"history[{i}]: {key} must be a number, got {value!r:.80}")
             if key == "epoch" and not math.isfinite(value):
                 raise ValueError(f"history[{i}]: epoch is {value}, not a finite number")
-            if key != "epoch" and math.isfinite(value):  # a NaN epoch is a gap in its curve
+            if key != "epoch":  # a value that is not finite: NaN, a gap in its line
                 curves[key][0].append(record["epoch"])
-                curves[key][1].append(value)
+                curves[key][1].append(value if math.isfinite(value) else math.nan)
+    curves = {key: _trimmed(*curve) for key, curve in curves.items()}
     if not any(epochs for epochs, _ in curves.values()):
         raise ValueError(f"history holds no {', '.join(_CURVES)} to draw")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -136,18 +145,48 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, *, title: s
     style = {"marker": "o", "markersize": 3}
     ax1.plot(*curves["train_objective"], label="train (−ELBO)", **style)
     ax1.plot(*curves["val_objective"], label="validation (−ELBO)", **style)
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("nats per image")
-    ax1.legend()
+    ax1.set_ylabel(f"nats per {unit}")
     ax2.plot(*curves["train_rate"], label="train", **style)
     ax2.plot(*curves["val_rate"], label="validation", **style)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("rate (nats per image)")
-    ax2.legend()
+    ax2.set_ylabel(f"rate (nats per {unit})")
+    for ax in (ax1, ax2):
+        epoch_axis(ax)
+        ax.legend()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _trimmed(epochs: list[float], values: list[float]) -> tuple[list[float], list[float]]:
+    """``epochs`` and ``values`` without the NaN values at either end (gaps only inside)."""
+    finite = [i for i, v in enumerate(values) if not math.isnan(v)]
+    if not finite:
+        return [], []
+    keep = slice(finite[0], finite[-1] + 1)
+    return epochs[keep], values[keep]
+
+
+def epoch_axis(ax) -> None:
+    """Label the x axis of ``ax`` "epoch" with ticks at whole epochs only: matplotlib's own
+    ticks put a run of one epoch at 0.94, 0.96, ... 1.06, epochs that no run has."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def isolated_markers(values: list[float]) -> dict[str, Any]:
+    """The ``plot`` options that mark each finite value of ``values`` with no finite
+    neighbour (a curve of one epoch, or an epoch between two non-finite ones): a line alone
+    draws such a point as nothing. No options where there is none."""
+    n = len(values)
+
+    def ok(i: int) -> bool:
+        return 0 <= i < n and math.isfinite(values[i])
+
+    alone = [i for i in range(n) if ok(i) and not ok(i - 1) and not ok(i + 1)]
+    return {"marker": "o", "markersize": 3, "markevery": alone} if alone else {}
 
 
 def _check_images(name: str, images: Any, ranks: tuple[int, ...]) -> None:

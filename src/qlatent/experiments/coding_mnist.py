@@ -53,7 +53,7 @@ from ..config import apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
 from ..models.size import check_size
-from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json, write_text
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit
 from ._cache import problem
@@ -649,7 +649,7 @@ def reproduce(
     }
     write_json(payload, Path(results_dir) / f"{stem}.json")
     tables = [markdown_table(payload), rate_control_table(payload)]
-    (Path(results_dir) / f"{stem}.md").write_text("\n\n".join(t for t in tables if t) + "\n")
+    write_text("\n\n".join(t for t in tables if t) + "\n", Path(results_dir) / f"{stem}.md")
     figure_rate_control(rows, Path(results_dir) / f"{stem}-rate-control.png")
     return payload
 

@@ -1089,7 +1089,10 @@ def train(
         )
         if not result.is_main:
             return {}  # under torchrun, rank 0 alone evaluates and writes the summary
-        training_curves(result.history, out_dir / "training_curves.png", title=_title(cfg))
+        unit = "sentence" if cfg.data.name in TEXT_DATA else "image"  # as format_report's
+        training_curves(
+            result.history, out_dir / "training_curves.png", title=_title(cfg), unit=unit
+        )
         words = derived.get("vocabulary")
         report = evaluate(model, cfg, data, shape, out_dir=out_dir, words=words)
         summary = {

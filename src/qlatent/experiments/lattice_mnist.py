@@ -839,7 +839,7 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
 
 def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Validation negative ELBO per epoch, one line per model (the paper's Figure 3)."""
-    from ..eval.plots import plt, save_figure
+    from ..eval.plots import epoch_axis, isolated_markers, plt, save_figure
 
     # beside the axes once there are more rows than a legend inside can leave room for; a colour
     # per row from a 20-colour map (the default cycle repeats after 10)
@@ -849,12 +849,15 @@ def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     for i, (name, result) in enumerate(models.items()):
         curve = _curve(result)
         color = colors[(2 * i) % 20 + (2 * i // 20) % 2]  # the dark shades first
-        ax.plot(range(1, len(curve) + 1), curve, label=LABELS[name], color=color)
+        ax.plot(
+            range(1, len(curve) + 1), curve, label=LABELS[name], color=color,
+            **isolated_markers(curve),
+        )  # fmt: skip
         ax.axvline(result["best_epoch"], color=color, ls=":", lw=0.8)
     low = min((v for r in models.values() for v in _curve(r) if math.isfinite(v)), default=None)
     if low is not None:  # matplotlib refuses NaN limits
         ax.set_ylim(low - 2, low + 30)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("validation negative ELBO (nats)")
     ax.set_title("binarized MNIST, m = 40 (dotted: best epoch)")
     if many:
@@ -894,7 +897,7 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
     prior and start (:func:`control_row`), per epoch, one panel per rectangular row, with the
     row's theoretical gain over the rectangular cell (7.06 minus its own gap) dashed: where in
     training a better cell pays. None (no figure) where no lattice row has its rectangular row."""
-    from ..eval.plots import plt, save_figure
+    from ..eval.plots import epoch_axis, isolated_markers, plt, save_figure
 
     panels: dict[str, list[str]] = {}
     for name in models:
@@ -912,11 +915,11 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
             curve = _curve(models[name])
             epochs = min(len(curve), len(base))
             diff = [curve[i] - base[i] for i in range(epochs)]
-            ax.plot(range(1, epochs + 1), diff, label=LABELS[name])
+            ax.plot(range(1, epochs + 1), diff, label=LABELS[name], **isolated_markers(diff))
             gain = theoretical_gap(name) - full
             ax.axhline(gain, color=ax.lines[-1].get_color(), ls="--", lw=0.8)
         ax.axhline(0.0, color="black", lw=0.6)
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_ylabel("validation −ELBO − the rectangular row's (nats)")
         ax.set_title(f"against: {LABELS[control]}", fontsize="medium")
         ax.legend(fontsize="x-small")

@@ -8,7 +8,6 @@ two-part codelength with real quantization, which Theorem 1 says must agree.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._utils import write_atomic
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
 from ..eval import codelength_report, reconstruction_grid, training_curves
@@ -164,7 +164,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def record(cfg: LatticeVAEConfig, name: str) -> list[Path]:
-    """Copy a finished run's summary and figures to ``results/<name>.json`` and ``<name>-*.png``."""
+    """Copy a finished run's summary and figures to ``results/<name>.json`` and ``<name>-*.png``,
+    each atomically (:func:`~qlatent._utils.write_atomic`): a copy stopped midway left a
+    truncated file in ``results/``, and a link there had the file it names overwritten."""
     out_dir = Path(cfg.out_dir)
     RESULTS_DIR.mkdir(exist_ok=True)
     copies = {
@@ -173,5 +175,5 @@ def record(cfg: LatticeVAEConfig, name: str) -> list[Path]:
         "training_curves.png": RESULTS_DIR / f"{name}-training-curves.png",
     }
     for source, target in copies.items():
-        shutil.copyfile(out_dir / source, target)
+        write_atomic(target, (out_dir / source).read_bytes())
     return list(copies.values())

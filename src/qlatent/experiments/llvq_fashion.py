@@ -43,7 +43,7 @@ from ..models import Autoencoder, sized
 from ..models.size import check_size
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
-from ..results import RESULTS_DIR, cell, provenance, write_json
+from ..results import RESULTS_DIR, cell, provenance, write_json, write_text
 from ..train import TrainConfig, fit, load_weights, save_atomic
 from . import custom
 from ._cache import first_problem, problem, read_cache, refused
@@ -515,7 +515,7 @@ def reproduce(
         "configs": {f"{s}/{m}": to_dict(c) for (s, m), c in configs.items()},
     }
     write_json(payload, results_dir / f"{stem}.json")
-    (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
+    write_text(markdown_table(payload) + "\n", results_dir / f"{stem}.md")
     return payload
 
 

@@ -59,7 +59,7 @@ from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
 from ..models.size import check_size
 from ..nn import SquaredError, relu_mlp
-from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json
+from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json, write_text
 from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
 from . import custom
 from ._cache import described, first_problem, problem, read_cache, refused
@@ -531,7 +531,7 @@ def reproduce(
             "rows.soft_em_vq.test_posterior_perplexity is that of soft EM's mean posterior"
         )
     write_json(payload, results_dir / f"{stem}.json")
-    (results_dir / f"{stem}.md").write_text(markdown_table(payload) + "\n")
+    write_text(markdown_table(payload) + "\n", results_dir / f"{stem}.md")
     # t-SNE of each row's first run whose features are on this machine
     features, paths = {}, {}
     for task in tasks:
