@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: the smallest variance :class:`SquaredError` takes (and 1 / it the largest)
-MIN_VARIANCE = 1e-30
+#: the smallest and the largest variance :class:`SquaredError` takes (written out: 1 / 1e-30
+#: is 9.999999999999999e29 in float64, which refused the documented end 1e30)
+MIN_VARIANCE, MAX_VARIANCE = 1e-30, 1e30
 
 
 def _check_pair(x: Tensor, params: Tensor, what: str) -> None:
@@ -87,10 +88,10 @@ class SquaredError(Likelihood):
         if (
             isinstance(variance, bool)
             or not isinstance(variance, (int, float))
-            or not MIN_VARIANCE <= variance <= 1 / MIN_VARIANCE
+            or not MIN_VARIANCE <= variance <= MAX_VARIANCE
         ):
             raise ValueError(
-                f"variance must be a number in [{MIN_VARIANCE:g}, {1 / MIN_VARIANCE:g}], "
+                f"variance must be a number in [{MIN_VARIANCE:g}, {MAX_VARIANCE:g}], "
                 f"got {variance!r}"
             )
         if link not in ("identity", "sigmoid"):
