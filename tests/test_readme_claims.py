@@ -162,3 +162,18 @@ def test_a_model_may_hold_2_30_numbers_and_no_more():
     check_size(lambda: nn.Linear(2**15, 2**15, bias=False))  # 2^30 numbers exactly
     with pytest.raises(ValueError, match="1,073,774,592 numbers, more than the 1,073,741,824"):
         check_size(lambda: nn.Linear(2**15, 2**15))  # and the 2^15 of its bias
+
+
+@pytest.mark.parametrize("name", ["vq_ema", "soft_em_vq"])
+def test_an_ema_decay_set_on_the_quantizer_is_checked_and_used(name):
+    """"A bottleneck's settings are checked when they are assigned after construction too (an
+    EMA decay of 1.5 ...)": ``neck.decay = 1.5`` on the quantizer itself made an attribute
+    nothing read, while its codebook went on at 0.99. It reaches the codebook, checked."""
+    from qlatent.bottlenecks import build
+
+    neck = build(name, dim=2, num_codes=3)
+    with pytest.raises(ValueError, match="decay"):
+        neck.decay = 1.5
+    neck.decay, neck.eps = 0.5, 1e-3
+    assert (neck.ema.decay, neck.ema.eps) == (0.5, 1e-3)
+    assert (neck.decay, neck.eps) == (0.5, 1e-3)

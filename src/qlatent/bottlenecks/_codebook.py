@@ -615,6 +615,30 @@ class EMACodebook(nn.Module):
         return f"num_codes={self.num_codes}, decay={self.decay}, eps={self.eps}{extra}"
 
 
+class EMASettings:
+    """``decay`` and ``eps`` of a quantizer's EMA codebook (``self.ema``) read and set on the
+    quantizer itself, checked as :class:`EMACodebook` checks them: ``neck.decay = 1.5`` made
+    an attribute nothing read, while the codebook went on at its own decay."""
+
+    ema: EMACodebook
+
+    @property
+    def decay(self) -> float:
+        return self.ema.decay
+
+    @decay.setter
+    def decay(self, value: float) -> None:
+        self.ema.decay = value
+
+    @property
+    def eps(self) -> float:
+        return self.ema.eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.ema.eps = value
+
+
 class CodebookQuantizer(CountedCodeModel, Bottleneck):
     """Hard path shared by the methods with one codeword index per row (``vq``, ``vq_ema``,
     ``soft_em_vq``): nearest codeword, ``dequantize`` by lookup, rate log K per row.

@@ -30,6 +30,7 @@ from .._utils import check_nonnegative, check_torch_generator
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
+    EMASettings,
     check_num_codes,
     mean_square_error,
     straight_through,
@@ -60,7 +61,7 @@ def _check_temperature(value, name: str) -> float:
 
 
 @BOTTLENECKS.register("soft_em_vq")
-class SoftEMVectorQuantizer(CodebookQuantizer):
+class SoftEMVectorQuantizer(EMASettings, CodebookQuantizer):
     """Monte-Carlo (soft) EM vector quantizer with an EMA codebook.
 
     Args:

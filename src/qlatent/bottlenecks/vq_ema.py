@@ -26,6 +26,7 @@ from .._utils import check_nonnegative
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
+    EMASettings,
     check_num_codes,
     code_counts,
     mean_square_error,
@@ -35,7 +36,7 @@ from .base import BOTTLENECKS, BottleneckOutput, Setting
 
 
 @BOTTLENECKS.register("vq_ema")
-class EMAVectorQuantizer(CodebookQuantizer):
+class EMAVectorQuantizer(EMASettings, CodebookQuantizer):
     """VQ-VAE whose codebook is kept by exponential moving averages with Laplace smoothing.
 
     Args:
