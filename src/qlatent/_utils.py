@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 from torch import Tensor
@@ -213,10 +213,12 @@ _FOR_DIGEST = contextvars.ContextVar("qlatent_repr_for_digest", default=False)
 
 @contextlib.contextmanager
 def repr_for_digest() -> Iterator[None]:
-    """Within it a bottleneck's ``repr`` shows ``compile`` off (:func:`shown_compile`), as
+    """Within it a bottleneck's ``repr`` shows ``compile`` off (:func:`shown_compile`) and every
+    other setting that changes no code at its constructor default (:func:`shown_setting`), as
     :func:`qlatent.coding.codec.model_digest` reads it: the fused kernels give the eager codes
     bit for bit, yet a file written with ``compile=True`` named another model than the same
-    weights without it, which refused to decode it."""
+    weights without it, which refused to decode it (and so did one written with another
+    training weight or Monte-Carlo count)."""
     token = _FOR_DIGEST.set(True)
     try:
         yield
@@ -227,6 +229,19 @@ def repr_for_digest() -> Iterator[None]:
 def shown_compile(compile: bool) -> bool:
     """A bottleneck's ``compile`` as its ``repr`` shows it: off within :func:`repr_for_digest`."""
     return compile and not _FOR_DIGEST.get()
+
+
+def shown_setting(module: object, name: str) -> Any:
+    """A module's setting ``name`` as its ``repr`` shows it: the value it holds, or within
+    :func:`repr_for_digest` the constructor default, where its class names ``name`` in
+    ``_FREE_OF_CODE`` (setting -> default: the settings that change neither the coded bytes nor
+    the decoded ``y_hat``, such as a training loss's weight or a Monte-Carlo rate's sample
+    count). A module holding the default shows the same either way, so its digest is the one
+    it had before these settings were left out."""
+    free = getattr(type(module), "_FREE_OF_CODE", {})
+    if name in free and _FOR_DIGEST.get():
+        return free[name]
+    return getattr(module, name)
 
 
 def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Callable:

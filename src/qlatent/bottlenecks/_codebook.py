@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain, first_order, shown_compile
+from .._utils import compiled_or_plain, first_order, shown_compile, shown_setting
 from ._code_model import CountedCodeModel
 from .base import (
     Bottleneck,
@@ -501,6 +501,8 @@ class EMACodebook(nn.Module):
     decay = Setting(_check_decay)
     eps = Setting(_check_eps)
     store_smoothed = Setting(check_flag)
+    # the M-step of training reads these; the codebook itself is the code
+    _FREE_OF_CODE = {"decay": 0.99, "eps": 1e-5, "store_smoothed": False}
 
     def __init__(
         self,
@@ -611,8 +613,9 @@ class EMACodebook(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        extra = ", store_smoothed=True" if self.store_smoothed else ""
-        return f"num_codes={self.num_codes}, decay={self.decay}, eps={self.eps}{extra}"
+        extra = ", store_smoothed=True" if shown_setting(self, "store_smoothed") else ""
+        decay, eps = shown_setting(self, "decay"), shown_setting(self, "eps")
+        return f"num_codes={self.num_codes}, decay={decay}, eps={eps}{extra}"
 
 
 class EMASettings:

@@ -23,6 +23,7 @@ import collections
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -317,6 +318,12 @@ class Bottleneck(nn.Module, ABC):
     #: estimate of the rate it takes), so weights move freely between their settings; every
     #: other one is kept beside the weights in a state dict (:meth:`_identity`)
     _FREE_OF_WEIGHTS: ClassVar[frozenset[str]] = frozenset({"compile"})
+    #: the settings that change no code (neither the coded bytes nor the decoded ``y_hat``: a
+    #: training loss's weight, a Monte-Carlo rate's sample count), each with its constructor
+    #: default, which ``repr`` shows in their place within :func:`~qlatent._utils.
+    #: repr_for_digest` (:func:`~qlatent._utils.shown_setting`): a file's model digest then
+    #: names the same model whatever they are set to
+    _FREE_OF_CODE: ClassVar[Mapping[str, Any]] = {}
     #: how many forwards with a generator a checkpoint's recomputation can find, latest first
     RECOMPUTABLE: ClassVar[int] = 8
 

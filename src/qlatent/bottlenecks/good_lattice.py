@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite, first_order, shown_compile
+from .._utils import autocast_off, check_finite, first_order, shown_compile, shown_setting
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
@@ -377,6 +377,17 @@ class DitheredGoodLattice(Bottleneck):
     # the rate's estimate of a rectangular block (closed form or Monte Carlo) leaves the
     # weights' meaning alone: weights move between the two
     _FREE_OF_WEIGHTS = frozenset({"compile", "exact_rectangular"})
+    # the rates' Monte-Carlo estimates (training path, hard path, IWAE) read these; the hard
+    # path's dither is drawn before them and its points, the code model and the files do not
+    _FREE_OF_CODE = {
+        "samples": 128,
+        "prior_samples": 32,
+        "eval_samples": 1024,
+        "eval_prior_samples": 64,
+        "proposal": "prior",
+        "debias": False,
+        "exact_rectangular": True,
+    }
 
     def __init__(
         self,
@@ -1286,13 +1297,18 @@ class DitheredGoodLattice(Bottleneck):
         return log_f.view(z.shape[:-1])
 
     def extra_repr(self) -> str:
+        def shown(name: str):
+            return shown_setting(self, name)
+
         return (
             f"dim={self.dim}, lattice={self.geometry.name!r}, prior={self.prior_name!r}, "
-            f"samples={self.samples}, prior_samples={self.prior_samples}, "
-            f"eval_samples={self.eval_samples}, eval_prior_samples={self.eval_prior_samples}, "
-            f"proposal={self.proposal!r}, spacing_per={self.spacing_per!r}, "
-            f"scale_per={self.scale_per!r}, debias={self.debias}, "
-            f"compile={shown_compile(self.compile)}, exact_rectangular={self.exact_rectangular}"
+            f"samples={shown('samples')}, prior_samples={shown('prior_samples')}, "
+            f"eval_samples={shown('eval_samples')}, "
+            f"eval_prior_samples={shown('eval_prior_samples')}, "
+            f"proposal={shown('proposal')!r}, spacing_per={self.spacing_per!r}, "
+            f"scale_per={self.scale_per!r}, debias={shown('debias')}, "
+            f"compile={shown_compile(self.compile)}, "
+            f"exact_rectangular={shown('exact_rectangular')}"
         )
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_nonnegative
+from .._utils import check_nonnegative, shown_setting
 from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import (
@@ -91,6 +91,9 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     _FREE_OF_WEIGHTS = frozenset({"num_codes"})  # only the initialisation reads it
     commitment = Setting(check_nonnegative)
     size_weight = Setting(_check_size_weight)
+    # the losses' weights, and the K that set the initial range; not ``init_range``, which the
+    # digests of files already written show at other values than its default
+    _FREE_OF_CODE = {"num_codes": 512, "commitment": 0.25, "size_weight": 1.0}
 
     def __init__(
         self,
@@ -154,6 +157,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
-            f"size_weight={self.size_weight}, init_range={self.init_range:.4g}"
+            f"dim={self.dim}, num_codes={shown_setting(self, 'num_codes')}, "
+            f"commitment={shown_setting(self, 'commitment')}, "
+            f"size_weight={shown_setting(self, 'size_weight')}, init_range={self.init_range:.4g}"
         )

@@ -20,6 +20,7 @@ nats. ``stats``: ``codes_used`` (distinct levels in the batch, mean over coordin
 
 from __future__ import annotations
 
+from .._utils import shown_setting
 from .base import BOTTLENECKS, Fixed
 from .vector_st import VectorST
 
@@ -48,4 +49,7 @@ class ScalarST(VectorST):
         super().__init__(dim=dim, group=1, codes=levels, init_range=init_range)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, levels={self.num_codes}, init_range={self.init_range}"
+        return (
+            f"dim={self.dim}, levels={self.num_codes}, "
+            f"init_range={shown_setting(self, 'init_range')}"
+        )

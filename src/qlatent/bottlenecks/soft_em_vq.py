@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_nonnegative, check_torch_generator
+from .._utils import check_nonnegative, check_torch_generator, shown_setting
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
@@ -95,6 +95,8 @@ class SoftEMVectorQuantizer(EMASettings, CodebookQuantizer):
     temperature = Setting(_check_temperature)
     commitment = Setting(check_nonnegative)
     vib_weight = Setting(check_nonnegative)
+    # the training path's E-step and losses read these; the hard path is the nearest codeword
+    _FREE_OF_CODE = {"num_samples": 10, "temperature": 1.0, "commitment": 0.25, "vib_weight": 0.0}
 
     def __init__(
         self,
@@ -156,10 +158,13 @@ class SoftEMVectorQuantizer(EMASettings, CodebookQuantizer):
         )
 
     def extra_repr(self) -> str:
+        def shown(name: str):
+            return shown_setting(self, name)
+
         return (
-            f"dim={self.dim}, num_codes={self.num_codes}, num_samples={self.num_samples}, "
-            f"temperature={self.temperature}, "
-            f"commitment={self.commitment}, vib_weight={self.vib_weight}{self._compile_repr()}"
+            f"dim={self.dim}, num_codes={self.num_codes}, num_samples={shown('num_samples')}, "
+            f"temperature={shown('temperature')}, commitment={shown('commitment')}, "
+            f"vib_weight={shown('vib_weight')}{self._compile_repr()}"
         )
 
 

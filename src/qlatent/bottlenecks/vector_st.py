@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils import shown_setting
 from ._code_model import CountedCodeModel
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed
 
@@ -67,6 +68,7 @@ class VectorST(CountedCodeModel, Bottleneck):
     index_kind = "vector"
     group = Fixed()
     num_codes = Fixed("codes")
+    _FREE_OF_CODE = {"init_range": 1.0}  # the code vectors' start: the code vectors are the code
 
     def __init__(
         self, *, dim: int, group: int = 2, codes: int = 4, init_range: float = 1.0
@@ -141,5 +143,5 @@ class VectorST(CountedCodeModel, Bottleneck):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, group={self.group}, codes={self.num_codes}, "
-            f"init_range={self.init_range}"
+            f"init_range={shown_setting(self, 'init_range')}"
         )

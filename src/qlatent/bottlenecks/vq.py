@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_nonnegative
+from .._utils import check_nonnegative, shown_setting
 from ._codebook import (
     CodebookQuantizer,
     check_num_codes,
@@ -50,6 +50,8 @@ class VectorQuantizer(CodebookQuantizer):
     """
 
     commitment = Setting(check_nonnegative)
+    # a training loss's weight, and the codebook's start (the codebook itself is the code)
+    _FREE_OF_CODE = {"commitment": 0.25, "init": "unit_scaling"}
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}, "
-            f"init={self.init!r}{self._compile_repr()}"
+            f"dim={self.dim}, num_codes={self.num_codes}, "
+            f"commitment={shown_setting(self, 'commitment')}, "
+            f"init={shown_setting(self, 'init')!r}{self._compile_repr()}"
         )

@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .._utils import check_nonnegative
+from .._utils import check_nonnegative, shown_setting
 from ._codebook import (
     CodebookQuantizer,
     EMACodebook,
@@ -64,6 +64,7 @@ class EMAVectorQuantizer(EMASettings, CodebookQuantizer):
     """
 
     commitment = Setting(check_nonnegative)
+    _FREE_OF_CODE = {"commitment": 0.25}  # a training loss's weight
 
     def __init__(
         self,
@@ -107,6 +108,6 @@ class EMAVectorQuantizer(EMASettings, CodebookQuantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, num_codes={self.num_codes}, commitment={self.commitment}"
-            f"{self._compile_repr()}"
+            f"dim={self.dim}, num_codes={self.num_codes}, "
+            f"commitment={shown_setting(self, 'commitment')}{self._compile_repr()}"
         )

@@ -49,8 +49,16 @@ from .models import constriction
 
 
 def model_digest(module: nn.Module) -> bytes:
-    """SHA-256 over a module's class, configuration (``repr``, with ``compile`` shown off: the
-    fused kernels code as the eager ones) and every weight and buffer.
+    """SHA-256 over a module's class, configuration (``repr``) and every weight and buffer.
+
+    The ``repr`` is read within :func:`qlatent._utils.repr_for_digest`, where it names only what
+    determines the code: ``compile`` is shown off (:func:`~qlatent._utils.shown_compile`; the
+    fused kernels code as the eager ones), and each setting that a module's class lists in
+    ``_FREE_OF_CODE`` (setting -> constructor default: the training losses' weights, the EMA
+    M-step's, a codebook's initialisation, a good lattice's Monte-Carlo rate settings) is shown
+    at its default (:func:`~qlatent._utils.shown_setting`). The same weights under other such
+    settings write the same files and read each other's; a module at its defaults has the
+    digest it always had.
 
     Returns the 32-byte digest that :func:`compress` writes into the header and
     :func:`decompress` checks. Raises TypeError if ``module`` is not an ``nn.Module``, ValueError
@@ -60,7 +68,7 @@ def model_digest(module: nn.Module) -> bytes:
         raise TypeError(f"expected a bottleneck (a torch.nn.Module), got {type(module).__name__}")
     h = hashlib.sha256()
     h.update(type(module).__qualname__.encode())
-    with repr_for_digest():  # ``compile`` changes no code: its files are the eager module's
+    with repr_for_digest():  # settings that change no code shown at their defaults
         h.update(repr(module).encode())
     for name, tensor in sorted(module.state_dict().items()):
         if tensor.is_meta:
