@@ -248,10 +248,24 @@ def test_bench_coding_codes_with_compressai_beside_the_lattice(fake_compressai, 
     assert "interleaved" in coding.format_coding(result)
 
 
-def test_bench_lattices_estimates_g_and_times_the_decoders():
+def test_bench_lattices_estimates_g_and_times_the_decoders(monkeypatch):
     """G within its own 5 s.e. of the literature for D4 and E8 (a coarse target here), every
-    requested lattice timed next to plain rounding, and the training-step breakdown filled in."""
+    requested lattice timed next to plain rounding, and the training-step breakdown filled in.
+
+    Several configured rows (``leech_gl_lattice``, ``e8z_gl_lattice``, ...) set ``compile = true``;
+    here they are built eager, so nothing is compiled: the compiled training steps and decoders
+    are run by the slow ``test_bench_lattices_times_the_compiled_leech_decoder`` (its
+    ``steps=True`` builds every configured row as configured, compiled) and
+    ``test_bench_lattices_times_the_compiled_e8_and_bw16_decoders``."""
+    import qlatent.models
     from qlatent.bench.geometry import bench_lattices, bench_training_step, format_lattices
+
+    build_vae = qlatent.models.gated_vae
+    compiled = []
+    monkeypatch.setattr(
+        qlatent.models, "gated_vae", lambda *a, **kw: build_vae(*a, **{**kw, "compile": False})
+    )
+    monkeypatch.setattr(torch, "compile", lambda *a, **kw: compiled.append(a) or a[0])
 
     result = bench_lattices(
         names=["d4", "e8"], rows=256, repeats=1, target_rse=0.01, steps=False, compile=False
@@ -275,6 +289,7 @@ def test_bench_lattices_estimates_g_and_times_the_decoders():
     assert "step: e8z_lattice (configs/lattice-mnist)" in steps
     with pytest.raises(ValueError, match="unknown lattices"):
         bench_lattices(names=["e9"], steps=False)
+    assert compiled == []
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ the log of the mean of p̂ to match it (p̂ is unbiased), and the gap to shrink 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -46,6 +47,14 @@ def _bernoulli_log_lik(x: np.ndarray, z: np.ndarray, weight: np.ndarray, bias: n
     """log p(x | z) of Bernoulli logits z Wᵀ + c, ``z`` ``(..., m)`` -> ``(...)``."""
     logits = z @ weight.T + bias
     return (x * _log_sigmoid(logits) + (1 - x) * _log_sigmoid(-logits)).sum(-1)
+
+
+def _bernoulli_log_liks(xs: np.ndarray, z: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+    """:func:`_bernoulli_log_lik` of each image of ``xs`` at the same ``z``, the same numbers,
+    with the log-sigmoids of the logits (most of the cost on a fine grid) taken once."""
+    logits = z @ weight.T + bias
+    on, off = _log_sigmoid(logits), _log_sigmoid(-logits)
+    return [(x * on + (1 - x) * off).sum(-1) for x in xs]
 
 
 def _laplace_cdf(t: np.ndarray, b: float) -> np.ndarray:
@@ -113,12 +122,12 @@ def _rect_exact_1d(model, x: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray
     points = np.arange(-60, 61) * SPACING
     eta = points[None, :] - dither[:, None]  # y_hat = λ − u, (U, L)
     full, discrete, cell = [], [], []
-    for xi, yi in zip(x.numpy(), y, strict=True):
-        lik = np.exp(_bernoulli_log_lik(xi, grid[:, None], weight, bias))
+    on_grid = _bernoulli_log_liks(x.numpy(), grid[:, None], weight, bias)
+    on_eta = _bernoulli_log_liks(x.numpy(), eta[..., None], weight, bias)
+    for xi, yi, log_lik, log_lik_eta in zip(x.numpy(), y, on_grid, on_eta, strict=True):
+        lik = np.exp(log_lik)
         full.append(math.log(np.trapezoid(lik * f, grid)))
-        terms = _cell_mass(eta, SPACING, SCALE) * np.exp(
-            _bernoulli_log_lik(xi, eta[..., None], weight, bias)
-        )
+        terms = _cell_mass(eta, SPACING, SCALE) * np.exp(log_lik_eta)
         discrete.append(math.log(np.trapezoid(terms.sum(1), dither) / SPACING))
         box = np.linspace(yi - SPACING / 2, yi + SPACING / 2, 20_001)
         inner = np.exp(_bernoulli_log_lik(xi, box[:, None], weight, bias))
@@ -126,24 +135,32 @@ def _rect_exact_1d(model, x: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.array(full), np.array(discrete), np.array(cell)
 
 
-def test_rectangular_prior_is_theorem_1_density_and_the_marginal_two_ways_agree():
+@pytest.fixture(scope="module")
+def rect_1d():
+    """The 1-D rectangular model, its five images and their ``(full, discrete, cell)`` exact
+    log-likelihoods (:func:`_rect_exact_1d`, seconds of quadrature), shared by the tests of that
+    model; each test takes a copy of the model."""
     model = _rect_model(1)
+    x = (torch.rand(5, 6, generator=gen(1)) < 0.5).double()
+    return model, x, _rect_exact_1d(model, x)
+
+
+def test_rectangular_prior_is_theorem_1_density_and_the_marginal_two_ways_agree(rect_1d):
+    model = copy.deepcopy(rect_1d[0])
     z = torch.linspace(-5, 5, 101, dtype=F64).view(1, -1, 1)
     log_f = model.bottleneck.log_prior(z).detach().squeeze(0).numpy()
     expected = np.log(_cell_mass(z.view(-1).numpy(), SPACING, SCALE) / SPACING)
     np.testing.assert_allclose(log_f, expected, rtol=0, atol=1e-6)  # Δ, b held as float32 logs
-    x = (torch.rand(5, 6, generator=gen(1)) < 0.5).double()
-    full, discrete, cell = _rect_exact_1d(model, x)
+    full, discrete, cell = rect_1d[2]  # of the five images of rect_1d[1]
     np.testing.assert_allclose(full, discrete, rtol=0, atol=1e-6)
     # the cell holds only part of the posterior here: the own proposal's target is far lower
     assert (full - cell > 1.0).sum() >= 3
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
-def test_own_proposal_reaches_the_cell_integral_not_the_marginal(chunk):
-    model = _rect_model(1)
-    x = (torch.rand(5, 6, generator=gen(1)) < 0.5).double()
-    full, _, cell = _rect_exact_1d(model, x)
+def test_own_proposal_reaches_the_cell_integral_not_the_marginal(chunk, rect_1d):
+    model, x = copy.deepcopy(rect_1d[0]), rect_1d[1].clone()
+    full, _, cell = rect_1d[2]
     est = _replicated(model, x, 300, 200, generator=gen(2), sample_chunk=chunk, batch_size=90)
     _check_against(est, cell)
     single = _replicated(model, x, 300, 1, generator=gen(3))
@@ -155,10 +172,9 @@ def test_own_proposal_reaches_the_cell_integral_not_the_marginal(chunk):
     assert iwae_summary(nll)["mean"] == pytest.approx(-cell.mean(), abs=0.02)
 
 
-def test_defensive_proposal_reaches_the_marginal_beyond_the_cell():
-    model = _rect_model(1)
-    x = (torch.rand(5, 6, generator=gen(1)) < 0.5).double()
-    full, _, _ = _rect_exact_1d(model, x)
+def test_defensive_proposal_reaches_the_marginal_beyond_the_cell(rect_1d):
+    model, x = copy.deepcopy(rect_1d[0]), rect_1d[1].clone()
+    full, _, _ = rect_1d[2]
     est = _replicated(model, x, 300, 200, generator=gen(5), defensive=(0.5, 10.0))
     _check_against(est, full)
     assert (full - est.mean(1).numpy() < 0.1).all()
@@ -173,8 +189,8 @@ def test_rectangular_2d_marginal_by_quadrature():
     z = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1)
     f = np.prod(_cell_mass(z, SPACING, SCALE) / SPACING, -1)
     full = []
-    for xi in x.numpy():
-        lik = np.exp(_bernoulli_log_lik(xi, z, weight, bias))
+    for log_lik in _bernoulli_log_liks(x.numpy(), z, weight, bias):
+        lik = np.exp(log_lik)
         full.append(math.log(np.trapezoid(np.trapezoid(lik * f, axis, axis=1), axis)))
     est = _replicated(model, x, 200, 200, generator=gen(7), defensive=(0.5, 10.0))
     _check_against(est, np.array(full))
@@ -279,8 +295,8 @@ def test_a2_monte_carlo_density_keeps_iwae_a_bound_on_the_generative_likelihood(
     y_hat = rng.laplace(0.0, 1.0, size=(n, 2)) - u  # the model's own draws of X̂ − U
     y = model.encoder(x).detach().numpy()
     full, cell = [], []
-    for xi, yi in zip(x.numpy(), y, strict=True):
-        lik = np.exp(_bernoulli_log_lik(xi, y_hat, weight, bias))
+    for yi, log_lik in zip(y, _bernoulli_log_liks(x.numpy(), y_hat, weight, bias), strict=True):
+        lik = np.exp(log_lik)
         full.append(math.log(lik.mean()))
         cell.append(math.log((lik * inside(yi - y_hat)).mean()))
     full, cell = np.array(full), np.array(cell)
