@@ -216,13 +216,22 @@ def _row_weights(d: int, device: torch.device) -> Tensor:
     return torch.stack([first, second], 1).to(device)
 
 
+def _fingerprint_device(device: torch.device) -> torch.device:
+    """Where :func:`_row_sums` works in float64: the rows' own device, but the CPU for MPS, which
+    has no float64 (converting an MPS tensor to it raises TypeError, so every training forward
+    of an EMA codebook and every forward with a generator failed there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def _row_sums(rows: Tensor) -> Tensor:
-    """``(N, 2)`` float64 (no overflow near the float32 limit): two weighted sums of each row
+    """``(N, 2)`` float64 (no overflow near the float32 limit), on the rows' device or the CPU
+    (:func:`_fingerprint_device`): two weighted sums of each row
     (:func:`_row_weights`), to recognise ``rows`` ``(N, d)`` later. Plain sums told too
     little apart: a LayerNorm's rows all sum to 0, so a recomputation took another batch's
     forward for its own (wrong gradients)."""
-    rows = rows.detach()
-    return rows.to(torch.float64) @ _row_weights(rows.shape[1], rows.device)
+    device = _fingerprint_device(rows.device)
+    rows = rows.detach().to(device).to(torch.float64)
+    return rows @ _row_weights(rows.shape[1], device)
 
 
 def _same_rows(sums: Tensor, rows: Tensor) -> bool:
@@ -232,8 +241,9 @@ def _same_rows(sums: Tensor, rows: Tensor) -> bool:
     if sums.shape != (rows.shape[0], 2):
         return False
     now = _row_sums(rows)
-    weights = _row_weights(rows.shape[1], rows.device).abs()
-    bound = _ROWS_RTOL * (rows.detach().abs().to(torch.float64) @ weights)
+    device = _fingerprint_device(rows.device)
+    weights = _row_weights(rows.shape[1], device).abs()
+    bound = _ROWS_RTOL * (rows.detach().to(device).abs().to(torch.float64) @ weights)
     return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
 
 
