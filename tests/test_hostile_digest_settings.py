@@ -311,3 +311,33 @@ def test_the_defaults_shown_to_the_digest_are_the_constructors_defaults():
                 parameters = inspect.signature(owner.__init__).parameters
                 if name in parameters:
                     assert parameters[name].default == shown, (cls.__name__, owner, name)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(name="lattice", dim=8, lattice="e8", debias=True),
+        dict(name="lattice", dim=8, lattice="e8", compile=True),
+        dict(name="vq", dim=4, num_codes=8, commitment=1.0),
+    ],
+    ids=["e8-debias", "e8-compile", "vq-commitment"],
+)
+def test_files_written_under_the_earlier_digests_still_decode(kwargs):
+    """Files written before ``compile`` and the code-free settings were left out of the digest
+    carry its earlier forms (``repr`` as it was, form 0; ``compile`` shown off, form 1): the
+    same model still reads them, bit for bit, and a digest of no form of it is refused."""
+    from qlatent._utils import DIGEST_FORM
+    from qlatent.coding import CodingError, compress, decompress
+    from qlatent.coding.codec import _digest, model_digest
+
+    kwargs = dict(kwargs)
+    neck = build(kwargs.pop("name"), **kwargs).eval()
+    y = torch.randn(6, neck.in_dim, generator=torch.Generator().manual_seed(0))
+    expected = decompress(neck, compress(neck, y, seed=3))
+    earlier = {_digest(neck, form) for form in range(DIGEST_FORM)}
+    assert model_digest(neck) != _digest(neck, 0)  # the settings are not the defaults
+    for digest in earlier:
+        data = compress(neck, y, seed=3, digest=digest)
+        assert torch.equal(decompress(neck, data), expected)
+    with pytest.raises(CodingError, match="different model"):
+        decompress(neck, compress(neck, y, seed=3, digest=bytes(32)))

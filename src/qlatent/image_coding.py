@@ -235,9 +235,7 @@ def decompress_images(
     reconstructions that would not fit in this machine's memory are refused before decoding."""
     _check_call(model, None, batch_size)
     model.eval()
-    y_hat = decompress(
-        model.bottleneck, data, digest=model_digest(model), max_elements=max_elements
-    )
+    y_hat = decompress(model.bottleneck, data, model=model, max_elements=max_elements)
     try:
         shape = _image_shape(model, y_hat)
         _check_fits(y_hat.shape[0], shape)

@@ -43,8 +43,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, from_rows, repr_for_digest, to_rows
-from .container import CODE_MODELS, MAX_RANK, CodingError, Header, check_digest, pack, unpack
+from .._utils import DIGEST_FORM, autocast_off, from_rows, repr_for_digest, to_rows
+from .container import (
+    CODE_MODELS,
+    MAX_RANK,
+    CodingError,
+    Header,
+    check_digest,
+    other_model,
+    pack,
+    unpack,
+)
 from .models import constriction
 
 
@@ -64,11 +73,16 @@ def model_digest(module: nn.Module) -> bytes:
     :func:`decompress` checks. Raises TypeError if ``module`` is not an ``nn.Module``, ValueError
     if a weight or buffer is on the meta device (no values yet).
     """
+    return _digest(module, DIGEST_FORM)
+
+
+def _digest(module: nn.Module, form: int) -> bytes:
+    """:func:`model_digest` of ``module`` in ``form`` (:func:`qlatent._utils.repr_for_digest`)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a bottleneck (a torch.nn.Module), got {type(module).__name__}")
     h = hashlib.sha256()
     h.update(type(module).__qualname__.encode())
-    with repr_for_digest():  # settings that change no code shown at their defaults
+    with repr_for_digest(form):  # settings that change no code shown at their defaults
         h.update(repr(module).encode())
     for name, tensor in sorted(module.state_dict().items()):
         if tensor.is_meta:
@@ -80,6 +94,20 @@ def model_digest(module: nn.Module) -> bytes:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()
+
+
+def check_model_digest(module: nn.Module, digest: bytes) -> None:
+    """:class:`CodingError` unless ``digest`` (a file's) names ``module``: its
+    :func:`model_digest`, or the digest earlier versions wrote for it, whose ``repr`` also
+    showed ``compile`` and the settings that change no code as they were (a file written by a
+    module with ``debias=True`` or a ``commitment`` of 1 before those were left out). The
+    earlier forms are computed only for a file that does not carry the current one."""
+    current = model_digest(module)
+    if digest == current:
+        return
+    if any(digest == _digest(module, form) for form in range(DIGEST_FORM - 1, -1, -1)):
+        return
+    raise other_model(digest, current)
 
 
 def _model_of(bottleneck):
@@ -236,7 +264,12 @@ def _check_size(bottleneck, model, shape: tuple[int, ...], words: int, max_eleme
 @autocast_off
 @torch.no_grad()
 def decompress(
-    bottleneck, data: bytes, *, digest: bytes | None = None, max_elements: int = MAX_ELEMENTS
+    bottleneck,
+    data: bytes,
+    *,
+    digest: bytes | None = None,
+    max_elements: int = MAX_ELEMENTS,
+    model: nn.Module | None = None,
 ) -> Tensor:
     """``y_hat`` from a ``.qlc`` byte string written for this ``bottleneck`` (same digest).
 
@@ -248,18 +281,21 @@ def decompress(
     bottleneck's device (decoded by a CPU copy of it if that is another device).
 
     Returns ``y_hat`` of the shape stored in the header, ``(B, dim)`` or ``(B, dim, *spatial)``
-    with ``dim = bottleneck.dim`` on axis 1. Raises ValueError for a ``max_elements`` that is not
-    a non-negative integer or a malformed ``digest``, TypeError if the bottleneck has no code
-    model.
+    with ``dim = bottleneck.dim`` on axis 1. The file must carry ``digest`` if given, else the
+    digest of ``model`` (default: the bottleneck), as :func:`check_model_digest` accepts it.
+    Raises ValueError for a ``max_elements`` that is not a non-negative integer, a malformed
+    ``digest`` or both ``digest`` and ``model``, TypeError if the bottleneck has no code model.
     """
     if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 0:
         raise ValueError(f"max_elements must be a non-negative integer, got {max_elements!r}")
     if digest is not None:
         check_digest(digest)
+        if model is not None:
+            raise ValueError("decompress takes a digest or a model to check it against, not both")
     # the digest first: a file from another model is refused as such, code model or not
-    header, payload = unpack(
-        data, expected_digest=model_digest(bottleneck) if digest is None else digest
-    )
+    header, payload = unpack(data, expected_digest=digest)
+    if digest is None:
+        check_model_digest(bottleneck if model is None else model, header.digest)
     bottleneck, device = _on_cpu(bottleneck)
     model = _model_of(bottleneck)
     if header.code_model != model.kind:  # an earlier code model the bottleneck still knows

@@ -160,6 +160,15 @@ def pack(header: Header, payload: bytes) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
+def other_model(digest: bytes, expected: bytes) -> CodingError:
+    """The error for a file whose model digest ``digest`` is not the decoding model's
+    ``expected``."""
+    return CodingError(
+        "this file was written by a different model (configuration or weights differ): "
+        f"file {digest.hex()[:16]}…, model {expected.hex()[:16]}…"
+    )
+
+
 def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header, bytes]:
     """Check and split a file; ``expected_digest`` (the decoding model's) must match.
 
@@ -194,9 +203,6 @@ def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header
     if zlib.crc32(data[: offset + length]) != crc:
         raise CodingError("corrupt file: checksum mismatch")
     if expected_digest is not None and digest != expected_digest:
-        raise CodingError(
-            "this file was written by a different model (configuration or weights differ): "
-            f"file {digest.hex()[:16]}…, model {expected_digest.hex()[:16]}…"
-        )
+        raise other_model(digest, expected_digest)
     header = Header(code_model, digest, seed, lo, hi, tuple(shape))
     return header, data[offset : offset + length]
