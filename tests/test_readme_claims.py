@@ -166,9 +166,10 @@ def test_a_model_may_hold_2_30_numbers_and_no_more():
 
 @pytest.mark.parametrize("name", ["vq_ema", "soft_em_vq"])
 def test_an_ema_decay_set_on_the_quantizer_is_checked_and_used(name):
-    """"A bottleneck's settings are checked when they are assigned after construction too (an
-    EMA decay of 1.5 ...)": ``neck.decay = 1.5`` on the quantizer itself made an attribute
-    nothing read, while its codebook went on at 0.99. It reaches the codebook, checked."""
+    """The README: "A bottleneck's settings are checked when they are assigned after
+    construction too (an EMA decay of 1.5 ...)". ``neck.decay = 1.5`` on the quantizer itself
+    made an attribute nothing read, while its codebook went on at 0.99. It reaches the
+    codebook, checked."""
     from qlatent.bottlenecks import build
 
     neck = build(name, dim=2, num_codes=3)
