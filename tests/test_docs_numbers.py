@@ -15,15 +15,15 @@ import json
 import re
 import statistics
 from functools import cache
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "results"
+import markdown_numbers as md
+from markdown_numbers import NUMBER, RESULTS, ROOT
+from markdown_numbers import results_json as _json
+
 DOCS = ROOT / "docs"
 
-NUMBER = re.compile(r"[−+-]?\d[\d,]*\.\d+")
 GOOD = "good-lattices-in-table-1.md"
 SPEED = "good-lattice-speed.md"
 BENCH = "benchmarks-in-detail.md"
@@ -54,11 +54,6 @@ def _flat(doc: str) -> str:
     return " ".join(_raw(doc).split())
 
 
-@cache
-def _json(name: str) -> dict:
-    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
-
-
 def _find(doc: str, pattern: str) -> str:
     """The one match of the regular expression ``pattern`` in the flattened document."""
     hits = re.findall(pattern, _flat(doc))
@@ -71,25 +66,8 @@ def _quote(template: str) -> str:
     return re.escape(template).replace(r"\#", r"\d[\d,]*(?:\.\d+)?")
 
 
-def _cells(line: str) -> list[str]:
-    parts = re.split(r"(?<!\\)\|", line.strip())
-    return [p.strip() for p in parts[1:-1]]
-
-
 def _tables(doc: str) -> list[tuple[list[str], list[list[str]]]]:
-    lines = _raw(doc).splitlines()
-    found, i = [], 0
-    while i < len(lines) - 1:
-        if lines[i].lstrip().startswith("|") and re.fullmatch(r"\s*\|[-| :]+\|\s*", lines[i + 1]):
-            header, rows, j = _cells(lines[i]), [], i + 2
-            while j < len(lines) and lines[j].lstrip().startswith("|"):
-                rows.append(_cells(lines[j]))
-                j += 1
-            found.append((header, rows))
-            i = j
-        else:
-            i += 1
-    return found
+    return md.tables(_raw(doc))
 
 
 def _table(doc: str, *header: str, nth: int = 0) -> list[list[str]]:
@@ -99,17 +77,6 @@ def _table(doc: str, *header: str, nth: int = 0) -> list[list[str]]:
     return hits[nth]
 
 
-def _plain(number: str) -> str:
-    return number.replace("−", "-").replace(",", "").lstrip("+")
-
-
-def _agrees(shown: str, value: float) -> bool:
-    """Whether the number ``shown`` is ``value`` at the rounding it shows."""
-    plain = _plain(shown)
-    decimals = len(plain.split(".")[1]) if "." in plain else 0
-    return float(plain) == float(f"{value:.{decimals}f}")
-
-
 def _numbers(doc: str, text: str, values: list[float]) -> None:
     """The decimal numbers of ``text`` (a cell, a row or a quoted sentence of ``doc``) are
     ``values``, in order, each at the rounding it shows."""
@@ -117,7 +84,7 @@ def _numbers(doc: str, text: str, values: list[float]) -> None:
     shown = NUMBER.findall(text)
     assert len(shown) == len(values), f"{doc}: {text!r} shows {shown}, expected {len(values)}"
     for s, v in zip(shown, values, strict=True):
-        assert _agrees(s, v), f"{doc}: {text!r} shows {s}, the results give {v:.6g}"
+        assert md.agrees(s, v), f"{doc}: {text!r} shows {s}, the results give {v:.6g}"
 
 
 def _row_numbers(doc: str, row: list[str], values: list[float]) -> None:
@@ -822,7 +789,7 @@ def rectangular_controls_table():
         control = controls[row[1]]
         # the paired IWAE difference's mean is the difference of the means; its ± is per image
         # (the per-image chunks are not committed: allow 0.006 for the per-image means' rounding)
-        iwae_diff = float(_plain(NUMBER.findall(row[4])[0]))
+        iwae_diff = float(md.plain(NUMBER.findall(row[4])[0]))
         assert abs(iwae_diff - (m["test_nll_iwae1000"] - control["test_nll_iwae1000"])) < 0.006, row
         values += [m["test_neg_elbo"] - control["test_neg_elbo"], _gain_over_z40(name)]
         cells = " | ".join([row[2], row[3], row[4].split("/")[1], row[5]])
@@ -1251,7 +1218,7 @@ def test_every_check_can_fail(check_):
 
 
 def test_the_number_reader_reads_signs_and_rounding():
-    assert _agrees("−2.14", -2.1406) and not _agrees("−2.14", 2.1406)
-    assert _agrees("+3.08", 3.0847) and not _agrees("+3.08", 3.0851)
-    assert _agrees("1,396", 1396.2) and not _agrees("5.37", 5.3752)
+    assert md.agrees("−2.14", -2.1406) and not md.agrees("−2.14", 2.1406)
+    assert md.agrees("+3.08", 3.0847) and not md.agrees("+3.08", 3.0851)
+    assert md.agrees("1,396", 1396.2) and not md.agrees("5.37", 5.3752)
     assert NUMBER.findall("+2.46 ± 0.07 (−1.66)") == ["+2.46", "0.07", "−1.66"]

@@ -10,17 +10,16 @@ text exists.
 from __future__ import annotations
 
 import glob
-import json
 import re
 import statistics
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "results"
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+import markdown_numbers as md
+from markdown_numbers import NUMBER, RESULTS, ROOT
+from markdown_numbers import results_json as _json
 
-NUMBER = re.compile(r"[−+-]?\d[\d,]*\.\d+")
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 # --- markdown and number helpers -----------------------------------------------------------------
@@ -31,37 +30,9 @@ def _text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-@cache
-def _json(name: str) -> dict:
-    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
-
-
-def _cells(line: str) -> list[str]:
-    """The cells of one markdown table row (an escaped ``\\|`` stays inside its cell)."""
-    parts = re.split(r"(?<!\\)\|", line.strip())
-    return [p.strip() for p in parts[1:-1]]
-
-
-def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
-    """Every markdown table of ``text``: (header cells, body rows of cells), in order."""
-    lines = text.splitlines()
-    found, i = [], 0
-    while i < len(lines) - 1:
-        if lines[i].lstrip().startswith("|") and re.fullmatch(r"\s*\|[-| :]+\|\s*", lines[i + 1]):
-            header, rows, j = _cells(lines[i]), [], i + 2
-            while j < len(lines) and lines[j].lstrip().startswith("|"):
-                rows.append(_cells(lines[j]))
-                j += 1
-            found.append((header, rows))
-            i = j
-        else:
-            i += 1
-    return found
-
-
 def _table(text: str, *header: str) -> tuple[list[str], list[list[str]]]:
     """The one table of ``text`` whose header starts with the cells ``header``."""
-    hits = [t for t in _tables(text) if t[0][: len(header)] == list(header)]
+    hits = [t for t in md.tables(text) if t[0][: len(header)] == list(header)]
     assert len(hits) == 1, f"{len(hits)} tables with header {header}"
     return hits[0]
 
@@ -76,27 +47,12 @@ def _decimals(text: str) -> list[str]:
     return [m.group() for m in NUMBER.finditer(text)]
 
 
-def _shown(value: float, like: str) -> str:
-    """``value`` written with as many decimals as the text ``like``."""
-    decimals = len(like.split(".")[1]) if "." in like else 0
-    return f"{value:.{decimals}f}"
-
-
-def _plain(number: str) -> str:
-    return number.replace("−", "-").replace(",", "").lstrip("+")
-
-
-def _agrees(shown: str, value: float) -> bool:
-    """Whether the number ``shown`` is ``value`` at the rounding it shows."""
-    return float(_plain(shown)) == float(_shown(value, _plain(shown)))
-
-
 def _assert_numbers(where: str, text: str, values: list[float]) -> None:
     """The decimal numbers of ``text`` are ``values``, in order, each at its shown rounding."""
     shown = _decimals(text)
     assert len(shown) == len(values), f"{where}: {text!r} shows {shown}, expected {values}"
     for s, v in zip(shown, values, strict=True):
-        assert _agrees(s, v), f"{where}: {text!r} shows {s}, the results file holds {v}"
+        assert md.agrees(s, v), f"{where}: {text!r} shows {s}, the results file holds {v}"
 
 
 def _assert_same_cells(where: str, readme: list[str], rendered: list[str]) -> None:
@@ -347,7 +303,7 @@ def test_the_gaussian_lattice_start_table_is_the_seed_summaries():
 
 def _agrees_rounded_int(shown: str, value: float) -> bool:
     """``shown`` (an integer with thousands commas) is ``value`` to its last nonzero digit."""
-    digits = _plain(shown)
+    digits = md.plain(shown)
     unit = 10 ** (len(digits) - len(digits.rstrip("0"))) if digits.strip("0") else 1
     return abs(int(digits) - value) <= unit / 2
 
@@ -501,7 +457,7 @@ def test_the_coding_benchmark_table_and_its_headline_ratios_are_the_results_file
     sps = peer["symbols_per_s"]
     for shown, step in zip(m.groups(), ("encode", "decode"), strict=True):
         ratio = sps[f"lattice_{step}"] / sps[f"compressai_{step}"]
-        assert _agrees(shown, ratio), f"lattice over CompressAI, {step}: {shown}× vs {ratio}"
+        assert md.agrees(shown, ratio), f"lattice over CompressAI, {step}: {shown}× vs {ratio}"
     m = re.search(
         r"decodes ([\d.]+)× faster than constriction's parametric model.*?encodes ([\d.]+)× faster",
         text,
@@ -510,7 +466,7 @@ def test_the_coding_benchmark_table_and_its_headline_ratios_are_the_results_file
     assert m, "the sign/magnitude-over-QuantizedLaplace ratios are gone from the README"
     for shown, step in zip(m.groups(), ("decode", "encode"), strict=True):
         ratio = alone[f"sign_magnitude_{step}"] / alone[f"quantized_laplace_{step}"]
-        assert _agrees(shown, ratio), f"sign/magnitude over QuantizedLaplace: {shown}× vs {ratio}"
+        assert md.agrees(shown, ratio), f"sign/magnitude over QuantizedLaplace: {shown}× vs {ratio}"
 
 
 def test_the_coding_repeats_and_e8_tables_are_the_results_files():
@@ -532,7 +488,7 @@ def test_the_coding_repeats_and_e8_tables_are_the_results_files():
             runs[label] = [v / 1e6 for v in values]
             _assert_numbers(label, " ".join(cells), runs[label])
     assert len(runs) == 5
-    recorded = [float(_plain(x)) for x in _decimals(" ".join(rows[0][1:]))]
+    recorded = [float(md.plain(x)) for x in _decimals(" ".join(rows[0][1:]))]
     median = [statistics.median([*(v[i] for v in runs.values()), recorded[i]]) for i in range(6)]
     _assert_numbers("median of the six", " ".join(rows[-1][1:]), median)
 
@@ -742,7 +698,7 @@ def test_the_softvq_posterior_table_is_the_results_file():
             shown = re.findall(r"[\d.]+", cell)
             assert len(shown) == len(expected), (label, cell)
             for s, v in zip(shown, expected, strict=True):
-                assert _agrees(s, v), (label, key, cell, v)
+                assert md.agrees(s, v), (label, key, cell, v)
 
 
 # --- llvq-fashion --------------------------------------------------------------------------------
