@@ -41,8 +41,8 @@ from .base import (
     Fixed,
     Setting,
     _row_sums,
-    _same_rows,
     check_flag,
+    recomputed_record,
     recomputing,
 )
 
@@ -542,16 +542,9 @@ class EMACodebook(nn.Module):
         second time, the forward found the first time."""
         if not recomputing():
             return None
-        task = torch._C._current_graph_task_id()
-        for step in reversed(self._steps):
-            if step.task != task and _same_rows(step.row_sums, rows):
-                step.task = task
-                return step
-        # a checkpoint inside a checkpoint recomputes its forward twice in one backward pass
-        # (in the outer recomputation, then in its own): the second time, the one found first
-        for step in reversed(self._steps):
-            if step.task == task and _same_rows(step.row_sums, rows):
-                return step
+        step = recomputed_record(self._steps, rows)
+        if step is not None:
+            return step
         raise RuntimeError(
             "a training-mode forward of an EMA codebook quantizer inside a backward pass "
             "(torch.utils.checkpoint's recomputation) matches none of its last "

@@ -23,7 +23,7 @@ import collections
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -247,6 +247,22 @@ def _same_rows(sums: Tensor, rows: Tensor) -> bool:
     return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
 
 
+def recomputed_record(records: Iterable[Any], rows: Tensor) -> Any | None:
+    """Inside a backward pass, the record (oldest first in ``records``; each with ``row_sums``
+    and ``task``) of the forward that this forward of ``rows`` ``(N, d)`` recomputes: the
+    latest of the same rows (:func:`_same_rows`) that this backward pass has not recomputed
+    yet, marked as recomputed now; else the latest it has (a checkpoint nested in another
+    recomputes its forward twice in one pass, in the outer recomputation and in its own);
+    ``None`` where no record matches."""
+    task = torch._C._current_graph_task_id()
+    matching = [r for r in reversed(records) if _same_rows(r.row_sums, rows)]
+    for record in matching:
+        if record.task != task:
+            record.task = task
+            return record
+    return next((r for r in matching if r.task == task), None)
+
+
 @dataclass
 class _Draw:
     """Where one forward's draws started, kept for its recomputation: the sums of its input
@@ -385,17 +401,9 @@ class Bottleneck(nn.Module, ABC):
         if not recomputing():
             draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
             return generator
-        task = torch._C._current_graph_task_id()
-        for draw in reversed(draws):
-            if draw.task != task and _same_rows(draw.row_sums, rows):
-                draw.task = task
-                self.__dict__["_replayed"] = draw
-                return _generator_at(generator, draw.state)
-        # a checkpoint inside a checkpoint recomputes its forward twice in one backward pass
-        # (in the outer recomputation, then in its own): the second time, the one just found
-        last = self.__dict__.get("_replayed")
-        if last is not None and last.task == task and _same_rows(last.row_sums, rows):
-            return _generator_at(generator, last.state)
+        draw = recomputed_record(draws, rows)
+        if draw is not None:
+            return _generator_at(generator, draw.state)
         raise RuntimeError(
             f"a forward of {type(self).__name__} with a generator inside a backward pass "
             f"matches none of its last {self.RECOMPUTABLE} forwards with one, so it cannot be "
@@ -411,7 +419,6 @@ class Bottleneck(nn.Module, ABC):
         state = super().__getstate__()
         if "_draws" in state:
             state["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
-        state.pop("_replayed", None)
         return state
 
     def _apply(self, fn, recurse: bool = True):
@@ -420,7 +427,6 @@ class Bottleneck(nn.Module, ABC):
         draws = self.__dict__.get("_draws")
         if draws is not None:
             draws.clear()
-        self.__dict__["_replayed"] = None
         return super()._apply(fn, recurse)
 
     # ----------------------------------------------------------------- public API
