@@ -80,9 +80,12 @@ def evaluate_objective(
     back only at the end, each batch met the codebook the batches before it had moved: an EMA
     codebook's training-path values followed ``batch_size``, 14.16 nats of distortion in one
     batch of 300 against 16.31 in batches of 7 on a toy model, where the hard path gave 14.16.)
+    Every module's own mode is restored afterwards, also on error (restored as the top module's,
+    a bottleneck kept in eval mode inside a training model was left in training mode, where an
+    EMA codebook goes on updating).
     """
     net = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    was_training = net.training
+    modes = [(module, module.training) for module in model.modules()]
     net.eval()
     net.bottleneck.train(not hard)
     device = next(net.parameters()).device
@@ -105,6 +108,7 @@ def evaluate_objective(
                 if not hard:
                     put_back()
     finally:
-        net.train(was_training)
+        for module, training in modes:
+            module.training = training
         put_back()
     return {"distortion": torch.cat(distortion), "rate": torch.cat(rate)}

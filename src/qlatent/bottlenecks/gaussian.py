@@ -145,7 +145,9 @@ class GaussianVAE(DiagonalGaussian):
         logvar_min: lower clip of log σ² (the VampPrior code's Hardtanh(-6, 2)); None: no clip.
         logvar_max: upper clip of log σ²; None: no clip. Clipped entries get zero gradient.
 
-    Computation happens in the input's dtype (there are no parameters).
+    Computation happens in the input's dtype, at least float32 (there are no parameters):
+    float32 and float64 inputs are computed and returned as they come, float16 and bfloat16
+    ones in float32 (their ``y_hat`` and ``rate`` are float32).
 
     ``y`` ``(B, 2·dim[, *spatial])`` -> ``y_hat`` ``(B, dim[, *spatial])`` (a sample on the
     training path, μ in eval mode), ``rate`` ``(B,)`` = KL(q ‖ N(0, I)) in nats per example; no

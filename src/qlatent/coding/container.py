@@ -36,9 +36,12 @@ the file outside the container (e.g. an HMAC-SHA256 over its bytes with a shared
 
 from __future__ import annotations
 
+import numbers
 import struct
 import zlib
 from dataclasses import dataclass
+
+import numpy as np
 
 MAGIC = b"QLC\x00"
 #: 2: the dither's key comes from the seed alone (:class:`qlatent.rng.SeedKeys`); version 1 drew
@@ -129,19 +132,35 @@ def check_digest(digest: bytes, name: str = "digest") -> bytes:
     return digest
 
 
+def _is_int(value) -> bool:
+    """An integer header field: a Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     """Header, payload and checksum as one byte string.
 
-    Raises ValueError for a digest that is not 32 bytes, a shape of no or more than 8 entries
-    or with an entry outside [0, 2^32), or a seed outside [0, 2^64).
+    Raises ValueError for a code model that is not a key of :data:`CODE_MODELS` (:func:`unpack`
+    refuses any other), a digest that is not 32 bytes, a shape of no or more than 8 entries or
+    with an entry outside [0, 2^32), a seed that is not an integer in [0, 2^64), or a symbol
+    range whose ends are not int32 integers.
     """
+    if not _is_int(header.code_model) or header.code_model not in CODE_MODELS:
+        raise ValueError(
+            f"code_model must be a registered code-model id {sorted(CODE_MODELS)}, "
+            f"got {header.code_model!r}"
+        )
     check_digest(header.digest)
     if not 1 <= len(header.shape) <= MAX_RANK:
         raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
     if not all(isinstance(n, int) and 0 <= n < 2**32 for n in header.shape):
         raise ValueError(f"every shape entry must lie in [0, 2^32), got {header.shape}")
-    if not 0 <= header.seed < 2**64:
-        raise ValueError(f"seed must lie in [0, 2^64), got {header.seed}")
+    if not _is_int(header.seed) or not 0 <= header.seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2^64), got {header.seed!r}")
+    for name in ("symbol_min", "symbol_max"):
+        value = getattr(header, name)
+        if not _is_int(value) or not -(2**31) <= value < 2**31:
+            raise ValueError(f"{name} must be an int32 integer, got {value!r}")
     body = (
         _FIXED.pack(
             MAGIC,

@@ -72,6 +72,7 @@ def codelength_report(
     :func:`qlatent.coding.compress` with ``seed=seed`` takes its dither from
     :class:`qlatent.rng.SeedKeys` instead, and costs the same in expectation, not dither for
     dither (compare it with :func:`qlatent.coding.ideal_bits` at that seed: bits, whole input).
+    Every module's mode is as it was afterwards.
 
     Raises ValueError for a ``seed`` outside torch's [−2^63, 2^64), a ``batch_size`` that is not
     a positive integer, or ``x`` that is not a tensor of at least one example (no examples made

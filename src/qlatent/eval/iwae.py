@@ -79,7 +79,7 @@ def iwae_nll(
         sample_chunk: samples per decoder call; the decoder sees ``sample_chunk · batch_size``
             rows at once. Default: as many as keep ``sample_chunk · batch_size · prod(data_shape)``
             under 2^21 floats on a CPU (cache-sized: 26 for 100 MNIST images) or 2^24 on an
-            accelerator (214), capped at S.
+            accelerator (213), capped at S.
         generator: source of the posterior samples (a seeded CPU generator makes the result
             reproducible; the draws depend on the batch and chunk layout, the estimate's law does
             not, except for a good lattice, whose Monte-Carlo density points are shared by the
