@@ -519,7 +519,7 @@ def test_measured_bias_shrinks_with_more_samples():
 
 def test_delta_method_variance_counts_antithetic_pairs_as_one_unit():
     """The delta-method correction by hand: four cell terms (pairs 0+2, 1+3) and three draws."""
-    from qlatent.bottlenecks.good_lattice import _LogSum
+    from qlatent.bottlenecks.good_lattice import _log_sum
 
     t = torch.tensor([0.1, 0.4, 0.3, 0.2, 0.5, 0.0, 0.25], dtype=F64)
     log_terms = t.log().view(1, 1, 7)  # (rows, blocks, terms)
@@ -529,22 +529,22 @@ def test_delta_method_variance_counts_antithetic_pairs_as_one_unit():
     variance = (
         2 * (pairs - pairs.mean()).square().sum() + 1.5 * (draws - draws.mean()).square().sum()
     )
-    got = _LogSum.apply(log_terms, 4, True)
+    got = _log_sum(log_terms, 4, True)
     assert torch.allclose(got, (total.log() + 0.5 * variance).view(1, 1), rtol=1e-12)
-    assert torch.equal(_LogSum.apply(log_terms, 4, False), torch.logsumexp(log_terms, 2))
+    assert torch.equal(_log_sum(log_terms, 4, False), torch.logsumexp(log_terms, 2))
     # terms far below the largest (e^-1000 is 0 in float64, e^-100 in float32) leave log P̂ as
     # logsumexp gives it; their share of the gradient is at most that of the smallest counted
     for dtype in (F64, torch.float32):
         spread = torch.tensor([0.0, -1.0, -100.0, -1000.0, -math.inf, 2.0], dtype=dtype)
         spread = spread.view(1, 1, 6).requires_grad_(True)
-        out = _LogSum.apply(spread, 4, False)
+        out = _log_sum(spread, 4, False)
         assert torch.equal(out, torch.logsumexp(spread.detach(), 2))
         out.sum().backward()
         reference = torch.softmax(spread.detach(), 2)
         assert torch.allclose(spread.grad, reference, rtol=1e-6, atol=1e-25)
     # a zero estimate (all terms -inf) gives -inf and no correction, not NaN; its gradient is 0
     empty = torch.full((1, 1, 7), -math.inf, dtype=F64, requires_grad=True)
-    out = _LogSum.apply(empty, 4, True)
+    out = _log_sum(empty, 4, True)
     assert out.item() == -math.inf
     out.sum().backward()
     assert torch.equal(empty.grad, torch.zeros_like(empty))
@@ -555,7 +555,7 @@ def test_balance_weight_backward_is_the_gradient_of_logaddexp():
     closed-form backward, against autograd through the composite form in float64 (ratios of the
     two parts of the denominator from e^-1000 to e^1000) and ``gradcheck``; float32 to its
     rounding."""
-    from qlatent.bottlenecks.good_lattice import _BalanceWeight
+    from qlatent.bottlenecks.good_lattice import _balance_weight
 
     g = gen(43)
     log_p = 5 * torch.randn(4, 3, 6, generator=g, dtype=F64)
@@ -567,7 +567,7 @@ def test_balance_weight_backward_is_the_gradient_of_logaddexp():
     upstream = torch.randn(4, 3, 6, generator=g, dtype=F64)
     ours = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
     ref = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, shift)]
-    out = _BalanceWeight.apply(ours[0], ours[1], log_q0, ours[2])
+    out = _balance_weight(ours[0], ours[1], log_q0, ours[2])
     expected = ref[0] - torch.logaddexp(ref[1], log_q0 + ref[2])
     assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
     (out * upstream).sum().backward()
@@ -576,9 +576,9 @@ def test_balance_weight_backward_is_the_gradient_of_logaddexp():
         assert a.grad.shape == b.grad.shape
         assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
     inputs = [t.clone().requires_grad_(True) for t in (log_p, log_uniform, log_q0, shift)]
-    assert torch.autograd.gradcheck(_BalanceWeight.apply, tuple(inputs))
+    assert torch.autograd.gradcheck(_balance_weight, tuple(inputs))
     single = [t.float().requires_grad_(True) for t in (log_p, log_uniform, shift)]
-    out32 = _BalanceWeight.apply(single[0], single[1], log_q0.float(), single[2])
+    out32 = _balance_weight(single[0], single[1], log_q0.float(), single[2])
     assert torch.allclose(out32.double(), expected.detach(), rtol=1e-5, atol=1e-4)
     (out32 * upstream.float()).sum().backward()
     for a, b in zip(single, ref, strict=True):
@@ -616,7 +616,7 @@ def test_log_sum_backward_is_the_gradient_of_its_composite_form(samples, draws, 
     through the composite form and ``gradcheck``, in float64, with terms spread over 60 nats
     (some rows' largest term far above the rest) and some terms −inf (draws outside the cell);
     a float32 pass agrees to float32 rounding."""
-    from qlatent.bottlenecks.good_lattice import _LogSum
+    from qlatent.bottlenecks.good_lattice import _log_sum
 
     g = gen(41)
     terms = 20 * torch.randn(5, 3, samples + draws, generator=g, dtype=F64)
@@ -625,16 +625,16 @@ def test_log_sum_backward_is_the_gradient_of_its_composite_form(samples, draws, 
     upstream = torch.randn(5, 3, generator=g, dtype=F64)
     a = terms.clone().requires_grad_(True)
     b = terms.clone().requires_grad_(True)
-    out = _LogSum.apply(a, samples, debias)
+    out = _log_sum(a, samples, debias)
     ref = _composite_log_sum(b, samples, debias)
     assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
     (out * upstream).sum().backward()
     (ref * upstream).sum().backward()
     assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
     finite = torch.randn(2, 2, samples + draws, generator=g, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: _LogSum.apply(t, samples, debias), (finite,))
+    assert torch.autograd.gradcheck(lambda t: _log_sum(t, samples, debias), (finite,))
     single = terms.float().requires_grad_(True)
-    out32 = _LogSum.apply(single, samples, debias)
+    out32 = _log_sum(single, samples, debias)
     (out32 * upstream.float()).sum().backward()
     assert torch.allclose(out32.double(), ref.detach(), rtol=1e-5, atol=1e-5)
     assert torch.allclose(single.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
@@ -841,7 +841,7 @@ def _uniform_reference_gradients(lattice: str, prior: str) -> torch.Tensor:
 def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     """The hand-written backward of Σ_{i ∈ b} c_i·|v_i + w_is| against gradcheck in float64 and
     against autograd through the broadcast sum, |·| and the block-sum product in float32."""
-    from qlatent.bottlenecks.good_lattice import _LaplaceBlockSums
+    from qlatent.bottlenecks.good_lattice import _laplace_block_sums
 
     gen = torch.Generator().manual_seed(5)
     block_of = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -852,20 +852,20 @@ def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     w = torch.randn(6, 10, generator=gen, dtype=F64)
     inputs = tuple(x.clone().requires_grad_() for x in (v, w, c))
     assert torch.autograd.gradcheck(
-        lambda *x: _LaplaceBlockSums.apply(*x, membership, block_of), inputs
+        lambda *x: _laplace_block_sums(*x, membership, block_of), inputs
     )
     grad = torch.randn(4, 3, 10, generator=gen)
     ours = [x.float().requires_grad_() for x in (v, w, c)]
     plain = [x.float().requires_grad_() for x in (v, w, c)]
-    _LaplaceBlockSums.apply(*ours, membership.float(), block_of).backward(grad)
+    _laplace_block_sums(*ours, membership.float(), block_of).backward(grad)
     a = (membership.float() * plain[2].unsqueeze(1)).T
     (a @ (plain[0].unsqueeze(2) + plain[1]).abs()).backward(grad)
     for x, y in zip(ours, plain, strict=True):
         assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-5)
     # with nothing to differentiate |v + w| is taken in place: the same numbers, bit for bit,
     # by the product and by the reshape of many equal blocks
-    recorded = _LaplaceBlockSums.apply(*ours, membership.float(), block_of)
-    unrecorded = _LaplaceBlockSums.apply(*(x.detach() for x in ours), membership.float(), block_of)
+    recorded = _laplace_block_sums(*ours, membership.float(), block_of)
+    unrecorded = _laplace_block_sums(*(x.detach() for x in ours), membership.float(), block_of)
     assert torch.equal(recorded, unrecorded)
     module = DitheredGoodLattice(dim=8 * 40, lattice="e8")
     sums = module._mc_cells(torch.float32).sums
@@ -873,8 +873,8 @@ def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     v, w = torch.randn(3, 320, generator=gen), torch.randn(320, 12, generator=gen)
     c = torch.rand(320, generator=gen).add(0.2)
     grads = [x.clone().requires_grad_() for x in (v, w, c)]
-    recorded = _LaplaceBlockSums.apply(*grads, sums, module._block_of)
-    assert torch.equal(recorded, _LaplaceBlockSums.apply(v, w, c, sums, module._block_of))
+    recorded = _laplace_block_sums(*grads, sums, module._block_of)
+    assert torch.equal(recorded, _laplace_block_sums(v, w, c, sums, module._block_of))
 
 
 @pytest.mark.parametrize(

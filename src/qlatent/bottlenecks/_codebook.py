@@ -33,7 +33,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._utils import compiled_or_plain, first_order, shown_compile, shown_setting
+from .._utils import (
+    anchor,
+    apply_function,
+    compiled_or_plain,
+    first_order,
+    save_for_first_order,
+    saved_for_first_order,
+    shown_compile,
+    shown_setting,
+    with_plain_twin,
+)
 from ._code_model import CountedCodeModel
 from .base import (
     Bottleneck,
@@ -351,6 +361,7 @@ def _rescaled_mean_square(flat: Tensor) -> Tensor:
     return (peak.square() * (torch.dot(unit, unit) / flat.numel())).to(flat.dtype)
 
 
+@with_plain_twin
 class _CodebookAndCommitment(torch.autograd.Function):
     """VQ-VAE's straight-through output and auxiliary loss from one difference e = q − z:
 
@@ -361,22 +372,30 @@ class _CodebookAndCommitment(torch.autograd.Function):
     with ``reuse_q``)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, q: Tensor, beta: float, reuse_q: bool):
+    def forward(z: Tensor, q: Tensor, beta: float, reuse_q: bool):
         e = q - z
-        ctx.save_for_backward(e)
-        ctx.beta = beta
         mean_square = _mean_square(e.reshape(-1))
-        if reuse_q:  # y_hat in the buffer of q, which the caller gave up
+        # with ``reuse_q``, y_hat in the buffer of q, which the caller gave up
+        y_hat = torch.add(z, e, out=q) if reuse_q else z + e
+        return y_hat, (1.0 + beta) * mean_square, e, anchor(e)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, q, beta, reuse_q = inputs
+        _, _, e, kept = output
+        if reuse_q:
             ctx.mark_dirty(q)
-            y_hat = torch.add(z, e, out=q)
-        else:
-            y_hat = z + e
-        return y_hat, (1.0 + beta) * mean_square
+        save_for_first_order(ctx, kept, (e,), (e,))
+        ctx.beta = beta
 
     @staticmethod
     @first_order
-    def backward(ctx, grad_y_hat: Tensor, grad_aux: Tensor):
-        (e,) = ctx.saved_tensors
+    def backward(ctx, grad_y_hat: Tensor | None, grad_aux: Tensor | None, *_):
+        (e,) = saved_for_first_order(ctx)
+        if grad_y_hat is None:
+            grad_y_hat = torch.zeros_like(e)
+        if grad_aux is None:
+            grad_aux = e.new_zeros(())
         scaled = e * (grad_aux * (2.0 / e.numel()))
         grad_z = grad_y_hat - ctx.beta * scaled if ctx.needs_input_grad[0] else None
         grad_q = scaled if ctx.needs_input_grad[1] else None
@@ -392,7 +411,8 @@ def codebook_and_commitment(
     ``reuse_q=True`` writes y_hat into q's buffer (q must be a temporary the caller no longer
     reads, e.g. the codewords just gathered, and not a leaf that requires grad): one rows × d
     allocation fewer."""
-    return _CodebookAndCommitment.apply(z, q, float(beta), reuse_q)
+    y_hat, aux, *_ = apply_function(_CodebookAndCommitment, z, q, float(beta), reuse_q)
+    return y_hat, aux
 
 
 def straight_through(z: Tensor, q: Tensor) -> Tensor:
@@ -540,6 +560,7 @@ class EMACodebook(nn.Module):
         in between, or a training-mode forward run inside a backward pass by other means). A
         checkpoint nested in another recomputes its forward twice in one backward pass: the
         second time, the forward found the first time."""
+        self._check_transformed(rows)
         if not recomputing():
             return None
         step = recomputed_record(self._steps, rows)
@@ -551,6 +572,27 @@ class EMACodebook(nn.Module):
             f"{self.RECOMPUTABLE} training-mode forwards: backpropagate a checkpointed forward "
             f"before {self.RECOMPUTABLE} more, and do not move or cast the module in between"
         )
+
+    def _check_transformed(self, rows: Tensor) -> None:
+        """RuntimeError when a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``) runs
+        the training forward of ``rows`` while the statistics the M-step writes in place are
+        not among the transformed inputs: torch refuses to write into such captured tensors,
+        with an error that names neither the module nor a way out."""
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+        if not wrapped(rows):
+            return
+        captured = [
+            name for name in ("codebook", *self._STATISTICS) if not wrapped(getattr(self, name))
+        ]
+        if captured:
+            raise RuntimeError(
+                "a training-mode forward of an EMA codebook quantizer (vq_ema, soft_em_vq) "
+                "updates its codebook in place, and under this torch.func transform its "
+                f"buffers {captured} are captured tensors, which torch does not let it write: "
+                "pass the floating-point buffers among the transformed inputs "
+                "(functional_call with them in an argnums argument), take the gradients with "
+                "torch.autograd, or run the module in eval mode inside the transform"
+            )
 
     def __getstate__(self) -> dict:
         """As ``nn.Module``'s, without the recorded forwards: a copy (pickle, ``deepcopy``,

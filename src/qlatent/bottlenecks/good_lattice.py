@@ -42,7 +42,18 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite, first_order, shown_compile, shown_setting
+from .._utils import (
+    anchor,
+    apply_function,
+    autocast_off,
+    check_finite,
+    first_order,
+    save_for_first_order,
+    saved_for_first_order,
+    shown_compile,
+    shown_setting,
+    with_plain_twin,
+)
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
@@ -801,15 +812,15 @@ class DitheredGoodLattice(Bottleneck):
                 log_px = self._block_log_pdf(xc, scale, sums)
                 log_qx = log_q0(x0, log_px.detach())
                 inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)
-                weight = _BalanceWeight.apply(log_px, log_uniform, log_qx, shift)
+                weight = _balance_weight(log_px, log_uniform, log_qx, shift)
                 terms = [
-                    _BalanceWeight.apply(log_p, log_uniform, log_qu, shift),
+                    _balance_weight(log_p, log_uniform, log_qu, shift),
                     weight.masked_fill(~inside, -math.inf),
                 ]
             else:
                 terms = [log_p - log_uniform]
             # (N, blocks): log P̂_b, with debias + ½·V̂ar(P̂_b)/P̂_b²
-            log_sum = _LogSum.apply(torch.cat(terms, 2), samples, debias)
+            log_sum = _log_sum(torch.cat(terms, 2), samples, debias)
             parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
         log_f = torch.cat(parts) if parts else v.new_zeros(0, sums.count)
         return log_f.sum(-1)
@@ -1088,7 +1099,7 @@ class DitheredGoodLattice(Bottleneck):
             return self._gaussian_cell_points_log_pdf(v, w, scale, sums)
         const = sums.totals(torch.log(2 * scale))
         block_of = (self._block_of if block_of is None else block_of).to(v.device)
-        return -_LaplaceBlockSums.apply(v, w, 1.0 / scale, sums, block_of, scratch) - const
+        return -_laplace_block_sums(v, w, 1.0 / scale, sums, block_of, scratch) - const
 
     @staticmethod
     def _gaussian_cell_points_log_pdf(
@@ -1353,6 +1364,7 @@ def log_density_bias(
     }
 
 
+@with_plain_twin
 class _LaplaceBlockSums(torch.autograd.Function):
     """Σ_{i ∈ b} c_i·|v_ni + w_is| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``c`` ``(m,)``
     (the inverse prior scales), ``sums`` the blocks' :class:`_BlockSums` (or their ``(m,
@@ -1372,29 +1384,34 @@ class _LaplaceBlockSums(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
         v: Tensor,
         w: Tensor,
         c: Tensor,
         sums: _BlockSums | Tensor,
         block_of: Tensor,
-        scratch: Tensor | None = None,
+        scratch: Tensor | None,
+        derivatives: bool,
     ):
         sums = _BlockSums.of(sums)
-        if any(ctx.needs_input_grad[:3]):
+        if derivatives:  # an input of the first three needs a gradient: t = v + w is kept
             t = v.unsqueeze(2) + w
-            ctx.save_for_backward(t, c, block_of)
-            ctx.sums = sums
-            t = t.abs()
-        else:  # nothing to differentiate (the hard path, IWAE): |t| in place, in ``scratch``
-            out = None if scratch is None else scratch[: v.shape[0]]
-            t = torch.add(v.unsqueeze(2), w, out=out).abs_()
-        return sums.points(t, c, temporary=True)
+            return sums.points(t.abs(), c, temporary=True), t, anchor(v)
+        # nothing to differentiate (the hard path, IWAE): |t| in place, in ``scratch``
+        out = None if scratch is None else scratch[: v.shape[0]]
+        t = torch.add(v.unsqueeze(2), w, out=out).abs_()
+        return sums.points(t, c, temporary=True), None, anchor(v)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, _, c, sums, block_of, _, _ = inputs
+        _, t, kept = output
+        save_for_first_order(ctx, kept, (t, c, block_of), (t,))
+        ctx.sums = _BlockSums.of(sums)
 
     @staticmethod
     @first_order
-    def backward(ctx, grad: Tensor):
-        t, c, block_of = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, *_):
+        t, c, block_of = saved_for_first_order(ctx)
         # H = G_b(i)·sgn(t): the signs' buffer weighted in place run by run, where the runs are
         # known, rather than G copied out to the coordinates and a second full-size buffer
         if ctx.sums.spreads:
@@ -1404,9 +1421,23 @@ class _LaplaceBlockSums(torch.autograd.Function):
         grad_v = h.sum(2).mul_(c) if ctx.needs_input_grad[0] else None
         grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
         grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
-        return grad_v, grad_w, grad_c, None, None, None
+        return grad_v, grad_w, grad_c, None, None, None, None
 
 
+def _laplace_block_sums(
+    v: Tensor,
+    w: Tensor,
+    c: Tensor,
+    sums: _BlockSums | Tensor,
+    block_of: Tensor,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """:class:`_LaplaceBlockSums` of these arguments, ``(N, blocks, S)``."""
+    derivatives = v.requires_grad or w.requires_grad or c.requires_grad
+    return apply_function(_LaplaceBlockSums, v, w, c, sums, block_of, scratch, derivatives)[0]
+
+
+@with_plain_twin
 class _BalanceWeight(torch.autograd.Function):
     """The balance heuristic's log-term of one point, log p − log(S_u/V + S_q·q), from
     ``log_p`` ``(N, blocks, S)``, ``log_uniform`` = log(S_u/V) ``(blocks, 1)``, ``log_q0``
@@ -1424,10 +1455,8 @@ class _BalanceWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor):
+    def forward(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor):
         d = log_q0 + (shift - log_uniform)
-        ctx.save_for_backward(d)
-        ctx.shapes = log_uniform.shape, shift.shape
         # log(1 + e^d) as log1p(exp(d)), d clamped to where e^d is a normal number: below, e^d
         # counts as the smallest (exp leaves its vectorized path for smaller results, many
         # times slower on them); above, log(1 + e^d) = d to the rounding. Timed apart on a
@@ -1438,12 +1467,19 @@ class _BalanceWeight(torch.autograd.Function):
         softplus = d.clamp(min=low, max=high).exp_().log1p_()
         if d.numel() and bool(d.amax() > high):
             softplus.add_((d - high).clamp_(min=0.0))
-        return torch.sub(log_p, softplus).sub_(log_uniform)
+        return torch.sub(log_p, softplus).sub_(log_uniform), d, anchor(d)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, log_uniform, _, shift = inputs
+        _, d, kept = output
+        save_for_first_order(ctx, kept, (d,), (d,))
+        ctx.shapes = log_uniform.shape, shift.shape
 
     @staticmethod
     @first_order
-    def backward(ctx, grad: Tensor):
-        (d,) = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, *_):
+        (d,) = saved_for_first_order(ctx)
         uniform_shape, shift_shape = ctx.shapes
         grad_uniform = grad_q0 = grad_shift = None
         if any(ctx.needs_input_grad[1:]):
@@ -1457,6 +1493,12 @@ class _BalanceWeight(torch.autograd.Function):
         return grad, grad_uniform, grad_q0, grad_shift
 
 
+def _balance_weight(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor) -> Tensor:
+    """:class:`_BalanceWeight` of these arguments, ``(N, blocks, S)``."""
+    return apply_function(_BalanceWeight, log_p, log_uniform, log_q0, shift)[0]
+
+
+@with_plain_twin
 class _LogSum(torch.autograd.Function):
     """log P̂ = log Σ_k exp(t_k) over the last dim of ``terms`` ``(N, blocks, samples + draws)``
     -> ``(N, blocks)``, plus, with ``debias``, the delta-method correction ½·V̂ar(P̂)/P̂², the
@@ -1481,7 +1523,7 @@ class _LogSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, terms: Tensor, samples: int, debias: bool):
+    def forward(terms: Tensor, samples: int, debias: bool):
         peak = terms.amax(2, keepdim=True)
         empty = peak == -math.inf  # every term −inf: P̂ = 0, log P̂ = −inf and ω = 0
         peak = torch.where(torch.isfinite(peak), peak, 0.0)
@@ -1510,16 +1552,19 @@ class _LogSum(torch.autograd.Function):
                 variance = variance + draw_variance
                 slopes.append(draw_slope)
             log_sum = log_sum + 0.5 * variance
-            ctx.save_for_backward(omega, variance, *slopes)
-        else:
-            ctx.save_for_backward(omega)
-        ctx.samples = samples
-        return log_sum
+            return log_sum, anchor(terms), omega, variance, *slopes
+        return log_sum, anchor(terms), omega
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, kept, *factors = output  # ω, and with debias the variance and the groups' slopes
+        save_for_first_order(ctx, kept, factors, factors)
+        ctx.samples = inputs[1]
 
     @staticmethod
     @first_order
-    def backward(ctx, grad: Tensor):
-        omega, *rest = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, *_):
+        omega, *rest = saved_for_first_order(ctx)
         grad = grad.unsqueeze(2)
         if not rest:
             return omega * grad, None, None
@@ -1533,6 +1578,11 @@ class _LogSum(torch.autograd.Function):
         if draw_slope:
             out[..., samples:].addcmul_(omega[..., samples:], draw_slope[0] * half_grad)
         return out, None, None
+
+
+def _log_sum(terms: Tensor, samples: int, debias: bool) -> Tensor:
+    """:class:`_LogSum` of these arguments: log P̂ ``(N, blocks)``."""
+    return apply_function(_LogSum, terms, samples, debias)[0]
 
 
 def _group_slopes(units: Tensor) -> tuple[Tensor, Tensor]:

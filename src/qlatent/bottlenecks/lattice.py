@@ -32,7 +32,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain, first_order
+from .._utils import (
+    COMPILED_DTYPES,
+    anchor,
+    apply_function,
+    compiled_or_plain,
+    first_order,
+    save_for_first_order,
+    saved_for_first_order,
+    with_plain_twin,
+)
 from ..lattices import RectangularLattice
 from ..lattices.base import check_coordinates, check_reach
 from ..priors import (
@@ -122,6 +131,7 @@ def _compiled_backward():
     return torch.compile(_training_backward)
 
 
+@with_plain_twin
 class _FusedTrainingPath(torch.autograd.Function):
     """The training path with its backward formed in the forward's loop (``compile=True``).
 
@@ -142,17 +152,21 @@ class _FusedTrainingPath(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, key, spacing, inv_scale, h, c, compiled: bool):
+    def forward(y, key, spacing, inv_scale, h, c, compiled: bool):
         parts = compiled_or_plain(_compiled_parts, _training_parts) if compiled else _training_parts
-        y_hat, rate, g, q, d_h = parts(y, key, spacing, inv_scale, h, c)
-        ctx.save_for_backward(g, q, d_h, key)
-        ctx.compiled = compiled
-        return y_hat, rate
+        # y_hat, rate, the factors g, q, d_h and the anchor
+        return *parts(y, key, spacing, inv_scale, h, c), anchor(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        factors = output[2:5]
+        save_for_first_order(ctx, output[5], (*factors, inputs[1]), factors)
+        ctx.compiled = inputs[6]
 
     @staticmethod
     @first_order
-    def backward(ctx, grad_y_hat, grad_rate):
-        g, q, d_h, key = ctx.saved_tensors
+    def backward(ctx, grad_y_hat, grad_rate, *_):
+        g, q, d_h, key = saved_for_first_order(ctx)
         if grad_y_hat is None:
             grad_y_hat = torch.zeros_like(g)
         if grad_rate is None:
@@ -230,6 +244,7 @@ def _gradient_factors_in_place(
     return nll, g, shift.neg_(), q, d_h
 
 
+@with_plain_twin
 class _BlockedTrainingPath(torch.autograd.Function):
     """The eager training path in blocks of ``rows`` rows with a hand-written backward.
 
@@ -246,22 +261,34 @@ class _BlockedTrainingPath(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, key, spacing, inv_scale, h, c, rows: int):
+    def forward(y, key, spacing, inv_scale, h, c, rows: int):
         factors: list[Tensor] = []
         n, m = y.shape
-        sums = y.new_zeros(2, m) if n > _FOUR_FACTOR_BLOCKS * rows else None
-        y_hat, rate = _training_blocks(y, key, spacing, inv_scale, h, c, rows, factors, sums)
+        # (2, m) sums, or (0, m) where all four factors are kept
+        sums = y.new_zeros(2 if n > _FOUR_FACTOR_BLOCKS * rows else 0, m)
+        y_hat, rate = _training_blocks(
+            y, key, spacing, inv_scale, h, c, rows, factors, sums if len(sums) else None
+        )
+        return y_hat, rate, anchor(y), sums, *factors
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, _, inv_scale, h, c, rows = inputs
+        y_hat, _, kept, sums, *factors = output
         # y_hat only where the backward may form q and d_h again from it
-        kept_y_hat = None if sums is None else y_hat
-        ctx.save_for_backward(kept_y_hat, inv_scale, h, c, sums, *factors)
-        ctx.rows = rows
-        return y_hat, rate
+        saved = (y_hat, sums) if len(sums) else (None, None)
+        save_for_first_order(ctx, kept, (*saved, inv_scale, h, c, *factors), (sums, *factors))
+        ctx.rows, ctx.shape = rows, inputs[0].shape
 
     @staticmethod
     @first_order
-    def backward(ctx, grad_y_hat, grad_rate):
-        y_hat, inv_scale, h, c, sums, *factors = ctx.saved_tensors
-        n, m = grad_y_hat.shape
+    def backward(ctx, grad_y_hat, grad_rate, *_):
+        y_hat, sums, inv_scale, h, c, *factors = saved_for_first_order(ctx)
+        n, m = ctx.shape
+        if grad_y_hat is None:  # (the factors' gradients are not materialized: nor are these)
+            grad_y_hat = inv_scale.new_zeros(n, m)
+        if grad_rate is None:
+            grad_rate = inv_scale.new_zeros(n)
         grad_y = torch.empty_like(grad_y_hat)
         grad_spacing = grad_y_hat.new_zeros(m)
         kept = 4 if sums is None else 2  # factors per block
@@ -468,12 +495,16 @@ class DitheredLattice(Bottleneck):
             key = draw_key(generator, y.device)
             constants = cell_constants(spacing, scale)
             if self.compile and torch.is_grad_enabled():
-                y_hat, rate = _FusedTrainingPath.apply(y, key, spacing, *constants, True)
+                y_hat, rate, *_ = apply_function(
+                    _FusedTrainingPath, y, key, spacing, *constants, True
+                )
             elif self.compile:
                 kernel = compiled_or_plain(_compiled_kernel, _training_kernel)
                 y_hat, rate = kernel(y, key, spacing, *constants)
             elif torch.is_grad_enabled():
-                y_hat, rate = _BlockedTrainingPath.apply(y, key, spacing, *constants, rows)
+                y_hat, rate, *_ = apply_function(
+                    _BlockedTrainingPath, y, key, spacing, *constants, rows
+                )
             else:
                 y_hat, rate = _training_blocks(y, key, spacing, *constants, rows)
             indices = None

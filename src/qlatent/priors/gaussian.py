@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._utils import apply_function, with_plain_twin
 from .laplace import check_real
 
 
@@ -53,8 +54,8 @@ def gaussian_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tenso
         return gaussian_cell_log_prob(*wider).to(eta.dtype)
     centre = eta.abs() / scale
     half = spacing / (2 * scale)
-    near = _LogNdtr.apply(half - centre)  # log Φ(−a)
-    far = _LogNdtr.apply(-half - centre)  # log Φ(−c) < log Φ(−a)
+    near = apply_function(_LogNdtr, half - centre)  # log Φ(−a)
+    far = apply_function(_LogNdtr, -half - centre)  # log Φ(−c) < log Φ(−a)
     # far out (a ≳ 4h/ε) the two round to one value, or both overflow to −∞, and the gap is 0
     # or NaN: log P was −∞ or NaN though finite. There the true gap is below −2h·a ≲ −300
     # (h ≥ (2ε)^{1/3} on the wide form), e^{gap} is 0 and log P = log Φ(−a): the gap is taken
@@ -82,6 +83,7 @@ def _dtype(value: Tensor | float) -> torch.dtype | None:
     return value.dtype if isinstance(value, Tensor) else None
 
 
+@with_plain_twin
 class _LogNdtr(torch.autograd.Function):
     """``torch.special.log_ndtr`` (the same values) with a gradient that holds in the tails.
 
@@ -99,10 +101,12 @@ class _LogNdtr(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        value = torch.special.log_ndtr(x)
-        ctx.save_for_backward(x, value)
-        return value
+    def forward(x: Tensor) -> Tensor:
+        return torch.special.log_ndtr(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -130,6 +134,7 @@ def _log_phi(c: Tensor) -> Tensor:
     return -0.5 * c * c - 0.5 * math.log(2 * math.pi)
 
 
+@with_plain_twin
 class _LogSinhc(torch.autograd.Function):
     """log(sinh(x)/x) for x ≥ 0 (values of :func:`_log_sinhc_value`) with a stable gradient.
 
@@ -145,9 +150,12 @@ class _LogSinhc(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: Tensor) -> Tensor:
         return _log_sinhc_value(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -165,7 +173,7 @@ class _LogSinhc(torch.autograd.Function):
 def _log_sinhc(x: Tensor) -> Tensor:
     """log(sinh(x)/x) for x ≥ 0, finite for every finite x, 0 at x = 0; its gradient is
     accurate down to x = 0 (:class:`_LogSinhc`)."""
-    return _LogSinhc.apply(x)
+    return apply_function(_LogSinhc, x)
 
 
 def _log_sinhc_value(x: Tensor) -> Tensor:

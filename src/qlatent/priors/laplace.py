@@ -22,7 +22,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import first_order
+from .._utils import (
+    anchor,
+    apply_function,
+    first_order,
+    save_for_first_order,
+    saved_for_first_order,
+    with_plain_twin,
+)
 
 
 def laplace_cell_log_prob(eta: Tensor, spacing: Tensor, scale: Tensor) -> Tensor:
@@ -91,7 +98,8 @@ def cell_log_prob_from_constants(eta: Tensor, inv_scale: Tensor, h: Tensor, c: T
     """
     if not torch.is_grad_enabled():  # no backward can follow: the forward alone
         return -cell_nll_no_grad(eta, inv_scale, h, c)
-    return -_CellNLL.apply(eta, inv_scale, h, c)
+    derivatives = eta.requires_grad or inv_scale.requires_grad or h.requires_grad
+    return -apply_function(_CellNLL, eta, inv_scale, h, c, derivatives)[0]
 
 
 def _forward_parts(eta, inv_scale, h, c):
@@ -144,6 +152,7 @@ def cell_nll_and_derivatives(
     return nll, d_a, d_h
 
 
+@with_plain_twin
 class _CellNLL(torch.autograd.Function):
     """−log P(η) elementwise with a closed-form backward.
 
@@ -161,20 +170,24 @@ class _CellNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor) -> Tensor:
-        if not any(ctx.needs_input_grad[:3]):  # (needs_input_grad is set even under no_grad)
+    def forward(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor, derivatives: bool):
+        if not derivatives:  # no input of the first three needs a gradient
             a, t, _, em, inner = _forward_parts(eta, inv_scale, h, c)
-            return (a - t) - torch.log(inner)
+            return (a - t) - torch.log(inner), None, None, anchor(eta)
         # the two elementwise derivatives, formed while the terms are at hand: the backward is
         # then a few products and reductions
-        nll, d_a, d_h = cell_nll_and_derivatives(eta, inv_scale, h, c)
-        ctx.save_for_backward(d_a, d_h, eta, inv_scale, h)
-        return nll
+        return *cell_nll_and_derivatives(eta, inv_scale, h, c), anchor(eta)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        eta, inv_scale, h, _, _ = inputs
+        _, d_a, d_h, kept = output
+        save_for_first_order(ctx, kept, (d_a, d_h, eta, inv_scale, h), (d_a, d_h))
 
     @staticmethod
     @first_order
-    def backward(ctx, grad: Tensor):
-        d_a, d_h, eta, inv_scale, h = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, *_):
+        d_a, d_h, eta, inv_scale, h = saved_for_first_order(ctx)
         grad_a = grad * d_a
         grad_eta = grad_inv = grad_h = None
         if ctx.needs_input_grad[0]:
@@ -183,4 +196,4 @@ class _CellNLL(torch.autograd.Function):
             grad_inv = (grad_a * eta.abs()).sum_to_size(inv_scale.shape)
         if ctx.needs_input_grad[2]:
             grad_h = (grad * d_h).sum_to_size(h.shape)
-        return grad_eta, grad_inv, grad_h, None
+        return grad_eta, grad_inv, grad_h, None, None
