@@ -211,3 +211,55 @@ def test_forward_mode_through_a_custom_backward_is_torchs_error():
         lambda y: gaussian(y, generator=_gen(11)).rate, (y,), (torch.ones_like(y),)
     )
     assert tangent.shape == (5,) and torch.isfinite(tangent).all()
+
+
+#: run in a fresh interpreter (no table cached yet): transforms over every case, then every
+#: tensor still alive must be a plain one, and every module must pickle
+_FRESH = """
+import gc, pickle, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from torch.func import functional_call, grad
+from qlatent.bottlenecks import build
+from test_contract import CONFIGS, VARIANTS
+cases = {**{name: (name, kwargs) for name, kwargs in CONFIGS.items()}, **VARIANTS}
+modules = []
+for name, kwargs in cases.values():
+    for training in (True, False):
+        torch.manual_seed(0)
+        module = build(name, **kwargs).train(training and name not in ("vq_ema", "soft_em_vq"))
+        y = torch.randn(5, module.in_dim)
+        params = {n: p.detach() for n, p in module.named_parameters()}
+        def loss(params, y):
+            out = functional_call(module, params, (y,), {"generator": torch.Generator()})
+            return out.rate.sum() + out.y_hat.square().sum()
+        grad(loss, argnums=(0, 1))(params, y)
+        modules.append(module)
+gc.collect()
+wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+alive = [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and wrapped(t)]
+print(len(alive), sum(len(pickle.dumps(m)) > 0 for m in modules), len(modules))
+"""
+
+
+def test_tables_first_built_inside_a_transform_are_plain_tensors():
+    """A transform's tensors are wrappers that die with it: the lattice decoders' tables, the
+    row-hash weights, a basis inverse and the checkpoint records first made inside ``grad``
+    were kept as such, and a module holding one failed to pickle ("Cannot access storage of
+    TensorWrapper"). Fresh interpreter, so that nothing is cached before the transforms."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    run = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    alive, pickled, total = map(int, run.stdout.split()[-3:])
+    assert total == 2 * len(CASES)
+    assert (alive, pickled) == (0, total)

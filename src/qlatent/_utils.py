@@ -289,19 +289,56 @@ class _FirstOrderOnly(torch.autograd.Function):
         )
 
 
+def in_transform() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``) is running
+    (False while ``torch.compile`` traces: Dynamo reads the transforms its own way)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def plain_tensors() -> contextlib.AbstractContextManager:
+    """A context in which the tensors made are plain ones, also inside a ``torch.func``
+    transform, whose tensors are wrappers that die with it: for the tables and records a
+    lattice or bottleneck keeps for later calls (a table first built inside ``grad`` was kept
+    as a dead wrapper, and a module holding one could not be pickled: "Cannot access storage
+    of TensorWrapper"). Only for what is made from constants, not from a transform's inputs."""
+    return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
+
+
+def plain_cache(function: Callable) -> Callable:
+    """``functools.cache`` for a builder of constant tables, which it runs in
+    :func:`plain_tensors`."""
+    cached = functools.cache(function)
+
+    @functools.wraps(function)
+    def wrapper(*args):
+        with plain_tensors():
+            return cached(*args)
+
+    wrapper.cache_clear = cached.cache_clear
+    wrapper.cache_info = cached.cache_info
+    return wrapper
+
+
 def with_plain_twin(function: type) -> type:
     """Class decorator for a custom ``torch.autograd.Function`` written in the ``setup_context``
     form (``forward`` without ``ctx``): adds ``function.plain``, the same Function in the form
     that takes ``ctx`` in its forward, which :func:`apply_function` calls outside ``torch.func``
     transforms and ``torch.compile``. Only the ``setup_context`` form runs under the transforms,
-    but its ``apply`` binds the arguments through ``inspect.signature`` on every call: about
-    25 µs each, several per training step of a good lattice (measured 5–7% of an E8^5 step at
-    batch 100)."""
+    but its ``apply`` binds the arguments through ``inspect.signature`` on every call, and its
+    forward must return what the backward needs as outputs, each one more output for autograd
+    to process (``examples/function-form-ab.py`` times both against the older form).
+
+    For a Function with a :func:`first_order` backward, ``function.outputs`` is the number of
+    its real outputs: the twin returns those and the :func:`anchor` (the last output), and
+    keeps the factors in between as saved tensors only; the backward takes the gradients of
+    the extra outputs as ``*_`` (None) in both forms."""
+    real = getattr(function, "outputs", None)
 
     def forward(ctx, *args):
         output = function.forward(*args)
+        ctx.plain = True  # (the factors are no outputs here: nothing to mark)
         function.setup_context(ctx, args, output)
-        return output
+        return output if real is None else (*output[:real], output[-1])
 
     members = {
         "forward": staticmethod(forward),
@@ -343,7 +380,7 @@ def save_for_first_order(ctx, anchor: Tensor, saved, factors=()) -> None:
     ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``) accept: one that saved them from
     a ``forward(ctx, ...)`` was refused."""
     factors = [t for t in factors if t is not None]
-    if factors:
+    if factors and not getattr(ctx, "plain", False):
         ctx.mark_non_differentiable(*factors)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*saved, anchor)

@@ -38,6 +38,8 @@ from .._utils import (
     apply_function,
     compiled_or_plain,
     first_order,
+    in_transform,
+    plain_cache,
     save_for_first_order,
     saved_for_first_order,
     shown_compile,
@@ -300,7 +302,7 @@ def usage_stats(counts: Tensor, prefix: str = "") -> dict[str, Tensor]:
 _ROW_HASH_SEED = 20261205
 
 
-@functools.cache
+@plain_cache
 def _row_hash_weights(dim: int, device: torch.device) -> Tensor:
     g = torch.Generator().manual_seed(_ROW_HASH_SEED)
     return (torch.randint(-(2**62), 2**62, (dim,), generator=g, dtype=torch.int64) | 1).to(device)
@@ -370,6 +372,8 @@ class _CodebookAndCommitment(torch.autograd.Function):
     so ∂aux/∂q = 2e/n and ∂aux/∂z = −2βe/n. Three passes forward (e, its mean square, y_hat)
     where the composed form takes eight, and two rows × d allocations (e and y_hat, or e alone
     with ``reuse_q``)."""
+
+    outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
 
     @staticmethod
     def forward(z: Tensor, q: Tensor, beta: float, reuse_q: bool):
@@ -547,8 +551,9 @@ class EMACodebook(nn.Module):
     def record_step(self, rows: Tensor, codebook: Tensor, samples: Tensor | None = None) -> None:
         """Keeps what a training-mode forward of ``rows`` ``(N, d)`` quantized with (its
         ``codebook`` before the M-step, soft EM's ``samples``) for its recomputation. Not under
-        ``torch.inference_mode``, whose forwards have no backward to recompute them."""
-        if not torch.is_inference_mode_enabled():
+        ``torch.inference_mode``, whose forwards have no backward to recompute them, nor under
+        a ``torch.func`` transform, whose tensors die with it."""
+        if not (torch.is_inference_mode_enabled() or in_transform()):
             self._steps.append(TrainingStep(_row_sums(rows), codebook, samples))
 
     @torch.compiler.disable

@@ -30,7 +30,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite, check_generator, from_rows, to_rows
+from .._utils import (
+    autocast_off,
+    check_finite,
+    check_generator,
+    from_rows,
+    in_transform,
+    to_rows,
+)
 from ..registry import Registry
 from ..rng import SeedKeys
 
@@ -399,7 +406,10 @@ class Bottleneck(nn.Module, ABC):
         if draws is None:  # a module pickled before the record existed
             draws = self.__dict__["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
         if not recomputing():
-            draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
+            # (not under a torch.func transform, whose tensors die with it: a checkpoint's
+            # recomputation there finds no record and says so)
+            if not in_transform():
+                draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
             return generator
         draw = recomputed_record(draws, rows)
         if draw is not None:

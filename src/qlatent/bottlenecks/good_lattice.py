@@ -48,6 +48,7 @@ from .._utils import (
     autocast_off,
     check_finite,
     first_order,
+    plain_tensors,
     save_for_first_order,
     saved_for_first_order,
     shown_compile,
@@ -884,7 +885,8 @@ class DitheredGoodLattice(Bottleneck):
         """The direct sum of the blocks at these positions (cached: its runs decode together)."""
         cache = self.__dict__.setdefault("_subset_geometries", {})
         if blocks not in cache:
-            cache[blocks] = DirectSum([self.geometry.blocks[b] for b in blocks])
+            with plain_tensors():
+                cache[blocks] = DirectSum([self.geometry.blocks[b] for b in blocks])
         return cache[blocks]
 
     def _box_points(
@@ -1382,6 +1384,8 @@ class _LaplaceBlockSums(torch.autograd.Function):
     number of blocks (slow for both 2 and 19 blocks). First derivatives only.
     """
 
+    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(
         v: Tensor,
@@ -1454,6 +1458,8 @@ class _BalanceWeight(torch.autograd.Function):
     reductions over the full size.
     """
 
+    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor):
         d = log_q0 + (shift - log_uniform)
@@ -1522,6 +1528,8 @@ class _LogSum(torch.autograd.Function):
     above the smallest normal number.
     """
 
+    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(terms: Tensor, samples: int, debias: bool):
         peak = terms.amax(2, keepdim=True)
@@ -1552,12 +1560,12 @@ class _LogSum(torch.autograd.Function):
                 variance = variance + draw_variance
                 slopes.append(draw_slope)
             log_sum = log_sum + 0.5 * variance
-            return log_sum, anchor(terms), omega, variance, *slopes
-        return log_sum, anchor(terms), omega
+            return log_sum, omega, variance, *slopes, anchor(terms)
+        return log_sum, omega, anchor(terms)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        _, kept, *factors = output  # ω, and with debias the variance and the groups' slopes
+        _, *factors, kept = output  # ω, and with debias the variance and the groups' slopes
         save_for_first_order(ctx, kept, factors, factors)
         ctx.samples = inputs[1]
 

@@ -151,6 +151,8 @@ class _FusedTrainingPath(torch.autograd.Function):
     ``(N, m)`` with per-coordinate parameters ``(m,)``; first derivatives only.
     """
 
+    outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(y, key, spacing, inv_scale, h, c, compiled: bool):
         parts = compiled_or_plain(_compiled_parts, _training_parts) if compiled else _training_parts
@@ -260,6 +262,8 @@ class _BlockedTrainingPath(torch.autograd.Function):
     Rows ``(N, m)``; first derivatives only.
     """
 
+    outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(y, key, spacing, inv_scale, h, c, rows: int):
         factors: list[Tensor] = []
@@ -269,12 +273,12 @@ class _BlockedTrainingPath(torch.autograd.Function):
         y_hat, rate = _training_blocks(
             y, key, spacing, inv_scale, h, c, rows, factors, sums if len(sums) else None
         )
-        return y_hat, rate, anchor(y), sums, *factors
+        return y_hat, rate, sums, *factors, anchor(y)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         _, _, _, inv_scale, h, c, rows = inputs
-        y_hat, _, kept, sums, *factors = output
+        y_hat, _, sums, *factors, kept = output
         # y_hat only where the backward may form q and d_h again from it
         saved = (y_hat, sums) if len(sums) else (None, None)
         save_for_first_order(ctx, kept, (*saved, inv_scale, h, c, *factors), (sums, *factors))

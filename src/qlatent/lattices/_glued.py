@@ -27,6 +27,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._utils import plain_tensors
 from ._utils import parity
 
 
@@ -52,11 +53,12 @@ class BinaryCode:
         """``(words, generatorᵀ, parity table)`` in ``dtype`` on ``device`` (cached)."""
         key = (dtype, device)
         if key not in self._cache:
-            self._cache[key] = (
-                self.words.to(device=device, dtype=dtype),
-                self.generator.T.to(device=device, dtype=dtype),
-                self.parity_table.to(device),
-            )
+            with plain_tensors():
+                self._cache[key] = (
+                    self.words.to(device=device, dtype=dtype),
+                    self.generator.T.to(device=device, dtype=dtype),
+                    self.parity_table.to(device),
+                )
         return self._cache[key]
 
 

@@ -14,6 +14,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from .._utils import plain_tensors
 from .base import Lattice, check_rows, to_coordinates
 
 #: bytes of one float temporary of an eager decoder's chunk of rows on the CPU (E8: 2^14 rows of
@@ -161,7 +162,8 @@ class FixedLattice(Lattice):
         if inv is None:
             # a normal tensor even when first asked for under ``torch.inference_mode``: an
             # inference tensor cached there broke every later call that autograd records
-            with torch.inference_mode(False):
+            # (and a plain one under a torch.func transform, whose tensors die with it)
+            with torch.inference_mode(False), plain_tensors():
                 inv = self._inv_cache = torch.linalg.inv(self._basis)
         return inv
 

@@ -31,13 +31,13 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain, plain_cache, plain_tensors
 from ._glued import BinaryCode, closest_point_glued, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
 
 
-@functools.cache
+@plain_cache
 def reed_muller_1_4() -> BinaryCode:
     """RM(1, 4): the 32 affine Boolean functions a_0 + a·v of v ∈ F_2^4, evaluated at the 16
     points v (position index = v's bits). Generator rows: the all-ones word and the 4 coordinate
@@ -187,20 +187,25 @@ class ReedMullerQuarters:
     def _on(self, dtype, device) -> dict:
         key = (dtype, device)
         if key not in self._cache:
-            pat = self.patterns
-            # a quarter's cheapest flip for pattern b0 b1 b2 b3 is entry 16 · quarter + pattern
-            # of the (4 · 16) table of min(low[b0, b1], high[b2, b3])
-            code = (pat * torch.tensor([8, 4, 2, 1])).sum(-1)  # (2, 16)
-            quarter = torch.arange(4).view(2, 2, 1)  # (pair, quarter in pair)
-            self._cache[key] = {
-                # (1, 2, 16, 8): Σ over a row's pattern of a (bit, position) bit-major table
-                "sums": torch.cat([1 - pat, pat], -1).to(device=device, dtype=dtype).unsqueeze(0),
-                "flips": (quarter * 16 + code).flatten().to(device),
-                "shifts": torch.tensor([0.0, 1.0], dtype=dtype, device=device).view(1, 2, 1, 1),
-                "word_of": self.word_of.to(device),
-                "words": self.code.words.to(device=device, dtype=dtype),
-            }
+            with plain_tensors():
+                self._cache[key] = self._tables(dtype, device)
         return self._cache[key]
+
+    def _tables(self, dtype, device) -> dict:
+        """The decoder's tables in ``dtype`` on ``device`` (:meth:`_on` caches them)."""
+        pat = self.patterns
+        # a quarter's cheapest flip for pattern b0 b1 b2 b3 is entry 16 · quarter + pattern
+        # of the (4 · 16) table of min(low[b0, b1], high[b2, b3])
+        code = (pat * torch.tensor([8, 4, 2, 1])).sum(-1)  # (2, 16)
+        quarter = torch.arange(4).view(2, 2, 1)  # (pair, quarter in pair)
+        return {
+            # (1, 2, 16, 8): Σ over a row's pattern of a (bit, position) bit-major table
+            "sums": torch.cat([1 - pat, pat], -1).to(device=device, dtype=dtype).unsqueeze(0),
+            "flips": (quarter * 16 + code).flatten().to(device),
+            "shifts": torch.tensor([0.0, 1.0], dtype=dtype, device=device).view(1, 2, 1, 1),
+            "word_of": self.word_of.to(device),
+            "words": self.code.words.to(device=device, dtype=dtype),
+        }
 
     def decode(self, t: Tensor) -> Tensor:
         """Closest Λ16 point to each row of ``t`` (``(N, 16)``); of equal costs the first coset
@@ -235,7 +240,7 @@ class ReedMullerQuarters:
         return decode_coset(t, c["words"], 1.0, 2.0, ((0.0, 0),), c["word_of"][best])
 
 
-@functools.cache
+@plain_cache
 def rm_quarters() -> ReedMullerQuarters:
     return ReedMullerQuarters(reed_muller_1_4())
 

@@ -32,7 +32,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain, plain_cache, plain_tensors
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -61,7 +61,7 @@ def golay_generator() -> Tensor:
     return g
 
 
-@functools.cache
+@plain_cache
 def golay_code() -> BinaryCode:
     """The extended Golay code: 4096 words of length 24 (weights 0, 8, 12, 16, 24 with
     multiplicities 1, 759, 2576, 759, 1)."""
@@ -217,31 +217,36 @@ class GolaySextet:
     def _on(self, dtype, device) -> dict:
         key = (dtype, device)
         if key not in self._cache:
-            bits = _PATTERNS.to(device=device, dtype=dtype)
-            # the 16 patterns of a tetrad's table, per entry a: 2k (a = 0) and its complement
-            # 15 − 2k (a = 1), k in column order
-            patterns = torch.tensor([2 * k for k in _BY_PARITY] + [15 - 2 * k for k in _BY_PARITY])
-            self._cache[key] = {
-                # (16, 8) bit-major: the sums of d and p over each pattern's bits, in that order
-                "sums": torch.stack([1 - bits, bits], 1).flatten(1)[patterns],
-                "patterns": patterns.to(device),
-                "middle": self.middle.flatten().to(device),
-                "last": self.last.flatten().to(device),
-                "columns": self.columns.to(device),
-                "entry": self.entry.to(device),
-                "classes": self.classes.to(device),
-                "offsets": self.offsets.to(device),
-                "word_of": self.word_of.to(device),
-                "words": self.code.words.to(device=device, dtype=dtype),
-                "order": self.order.to(device),
-                "flag_weights": (2 ** torch.arange(6, device=device)).unsqueeze(1),
-                "xor": (torch.arange(4).unsqueeze(1) ^ torch.arange(4)).flatten().to(device),
-                # (offset, bit): o + 2b, broadcast over (tetrad, ., ., position, point)
-                "shifts": torch.tensor(
-                    [[o, o + 2.0] for o, _ in _OFFSETS], dtype=dtype, device=device
-                ).view(1, 2, 2, 1, 1),
-            }
+            with plain_tensors():
+                self._cache[key] = self._tables(dtype, device)
         return self._cache[key]
+
+    def _tables(self, dtype, device) -> dict:
+        """The decoder's tables in ``dtype`` on ``device`` (:meth:`_on` caches them)."""
+        bits = _PATTERNS.to(device=device, dtype=dtype)
+        # the 16 patterns of a tetrad's table, per entry a: 2k (a = 0) and its complement
+        # 15 − 2k (a = 1), k in column order
+        patterns = torch.tensor([2 * k for k in _BY_PARITY] + [15 - 2 * k for k in _BY_PARITY])
+        return {
+            # (16, 8) bit-major: the sums of d and p over each pattern's bits, in that order
+            "sums": torch.stack([1 - bits, bits], 1).flatten(1)[patterns],
+            "patterns": patterns.to(device),
+            "middle": self.middle.flatten().to(device),
+            "last": self.last.flatten().to(device),
+            "columns": self.columns.to(device),
+            "entry": self.entry.to(device),
+            "classes": self.classes.to(device),
+            "offsets": self.offsets.to(device),
+            "word_of": self.word_of.to(device),
+            "words": self.code.words.to(device=device, dtype=dtype),
+            "order": self.order.to(device),
+            "flag_weights": (2 ** torch.arange(6, device=device)).unsqueeze(1),
+            "xor": (torch.arange(4).unsqueeze(1) ^ torch.arange(4)).flatten().to(device),
+            # (offset, bit): o + 2b, broadcast over (tetrad, ., ., position, point)
+            "shifts": torch.tensor(
+                [[o, o + 2.0] for o, _ in _OFFSETS], dtype=dtype, device=device
+            ).view(1, 2, 2, 1, 1),
+        }
 
     def decode(self, t: Tensor) -> Tensor:
         """Closest Leech point (√8 scaling) to each row of ``t`` (``(N, 24)``).
@@ -355,7 +360,7 @@ def _min_plus(x: Tensor, y: Tensor) -> Tensor:
     return out
 
 
-@functools.cache
+@plain_cache
 def golay_sextet() -> GolaySextet:
     return GolaySextet(golay_code())
 

@@ -169,6 +169,8 @@ class _CellNLL(torch.autograd.Function):
     First derivatives only.
     """
 
+    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
+
     @staticmethod
     def forward(eta: Tensor, inv_scale: Tensor, h: Tensor, c: Tensor, derivatives: bool):
         if not derivatives:  # no input of the first three needs a gradient
