@@ -5,10 +5,11 @@ form, whose ``apply`` binds the arguments through ``inspect.signature`` on every
 library's Functions are written in that form and run through a twin of the older form outside
 transforms (``qlatent._utils.with_plain_twin``). This script times, in separate one-thread
 processes alternated ``--rounds`` times, the training steps (forward + backward) that call them
-most, in three trees: ``--old`` (default ``5028b6d``, the Functions in the older form alone), the
-working tree, and the working tree made to call every Function through its ``setup_context``
-form (what the twins save). Each process takes the median of ``--calls`` steps after three
-untimed ones. Run it on an otherwise idle machine.
+most and the Laplace cell rate alone (one Function call forward and back), in three trees:
+``--old`` (default ``5028b6d``, the Functions in the older form alone), the working tree, and
+the working tree made to call every Function through its ``setup_context`` form (what the
+twins save). Each process takes the median of ``--calls`` steps after three untimed ones. Run
+it on an otherwise idle machine.
 
     python examples/function-form-ab.py [--old 5028b6d] [--rounds 3] [--calls 30]
         [--out results/function-form-ab.json]
@@ -75,6 +76,18 @@ for case, (kwargs, rows) in cases.items():
     for _ in range(calls):
         t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
     out[case] = statistics.median(times)
+from qlatent.priors.laplace import cell_constants, cell_log_prob_from_constants
+eta = (3 * torch.randn(100, 40)).requires_grad_(True)
+spacing, scale = torch.ones(40, requires_grad=True), torch.ones(40, requires_grad=True)
+def step():
+    eta.grad = spacing.grad = scale.grad = None
+    cell_log_prob_from_constants(eta, *cell_constants(spacing, scale)).sum().backward()
+for _ in range(3):
+    step()
+times = []
+for _ in range(calls):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+out["Laplace cell rate alone (one Function), 100 x 40"] = statistics.median(times)
 print(json.dumps(out))
 """
 
