@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlatent.experiments import coding_mnist, lattice_mnist, llvq_fashion, softvq_mnist, text_rd
+from qlatent.results import cell
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -179,5 +180,21 @@ def test_the_codelength_lines_give_the_paired_gap_the_json_holds():
     rows = [r for r in payload["models"].values() if "test_codelength_hard" in r]
     assert len(lines) == len(rows) > 0
     for line, row in zip(lines, rows, strict=True):
-        assert f"codelength − −ELBO = {row['codelength_minus_neg_elbo']:+.2f})" in line
+        gap = cell(row["codelength_minus_neg_elbo"], "+.2f")  # (a −0.00 reads +0.00)
+        assert f"codelength − −ELBO = {gap})" in line
         assert line in readme
+
+
+def test_a_value_that_rounds_to_zero_reads_without_a_sign():
+    """Two rows of ``results/coding-mnist.md`` read "-0.000% ± 0.000" (gaps of about −2·10⁻⁷
+    shown to three places), and a Theorem-1 gap read "= -0.00": zero to the shown digits is
+    written as zero in the spec's own form; a value that keeps a digit keeps its sign."""
+    assert cell(-2e-7, ".3f") == "0.000"
+    assert cell(-2e-7, "+.3f") == "+0.000"
+    assert cell(-0.0, ".1f") == "0.0"
+    assert cell(-2e-7, ".1%") == "0.0%"
+    assert cell(-0.6, ".0f") == "-1"
+    assert cell(-1e-5, ".2e") == "-1.00e-05"
+    assert cell(-3, "d") == "-3"
+    markdown = (Path(__file__).resolve().parents[1] / "results" / "coding-mnist.md").read_text()
+    assert "-0.000" not in markdown

@@ -126,8 +126,14 @@ def number(value: Any) -> float:
 def cell(value: Any, spec: str = "") -> str:
     """``value`` formatted by ``spec`` (as :func:`format` takes it), or :data:`MISSING` where it
     is no finite number (:func:`finite`), so that a table reads the same from a payload in
-    memory and from its JSON file."""
-    return format(value, spec) if finite(value) else MISSING
+    memory and from its JSON file. A value that rounds to zero reads without a sign (a
+    difference of −2·10⁻⁷ read "-0.000%" in a table of gaps)."""
+    if not finite(value):
+        return MISSING
+    text = format(value, spec)
+    if text.startswith("-") and not any(digit in text for digit in "123456789"):
+        return format(0.0, spec)  # −0 to the shown digits
+    return text
 
 
 def _strict(value: Any) -> Any:
