@@ -299,6 +299,15 @@ def _bench_output(output: str | None) -> str | None:
     return path
 
 
+def _run_at(threads: int) -> None:
+    """torch's thread count set to the benchmark's ``--threads`` for the rest of the command:
+    the benchmark puts back the count it found, and the provenance written after it records
+    the count it ran at."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _cmd_bench_lattice(args: argparse.Namespace) -> int:
     import json
 
@@ -320,7 +329,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
             name = f"-{args.lattice}" if args.lattice else ""
             output = f"results/bench-lattice-scaling{name}.json"
         output = _bench_output(output)
-
+        _run_at(args.threads)
         result = bench_lattice_scaling(
             threads=args.threads,
             repeats=args.repeats or 5,
@@ -342,6 +351,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
             print(f"wrote {write_json({**provenance(args.command_line), **result}, output)}")
         return 0
     output = _bench_output(args.output)
+    _run_at(args.threads)
     result = bench_lattice(
         rows=16384 if args.rows is None else args.rows,
         dim=64 if args.dim is None else args.dim,
@@ -430,6 +440,7 @@ def _cmd_bench_coding(args: argparse.Namespace) -> int:
     from .results import provenance, write_json
 
     output = _bench_output(args.output)
+    _run_at(args.threads)
     result = bench_coding(rows=args.rows, dim=args.dim, threads=args.threads, repeats=args.repeats)
     payload = {**provenance(args.command_line), **result}
     print(format_coding(result))
@@ -444,6 +455,7 @@ def _cmd_bench_lattices(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     output = _bench_output(args.output)
+    _run_at(args.threads)
     result = bench_lattices(
         names=names,
         rows=args.rows,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._modes import in_eval_mode
 from ._utils import autocast_off, check_count, write_atomic
 from .coding.codec import MAX_ELEMENTS, compress, decompress, model_digest
 from .coding.container import CodingError, unpack
@@ -148,7 +149,8 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
     """Learn the bottleneck's counted code model from the images ``x`` ``(N, D)`` or
     ``(N, C, H, W)`` (:meth:`~qlatent.bottlenecks._code_model.CountedCodeModel.update`); an
     error for a bottleneck whose code model is not learned from counts (ValueError: the
-    lattice's is its prior)."""
+    lattice's is its prior). The model runs in eval mode; every module's own mode is put back
+    afterwards."""
     from .bottlenecks._code_model import CountedCodeModel
 
     _check_call(model, x, batch_size)
@@ -160,8 +162,7 @@ def update_code_model(model: Autoencoder, x: Tensor, *, batch_size: int = 2000) 
         )
     if x.shape[0] == 0:
         raise ValueError("x holds no images: a code model is counted over at least one")
-    model.eval()
-    with _images_fit(x, model):
+    with in_eval_mode(model), _images_fit(x, model):
         return neck.update(model.encoder(xb) for xb in x.split(batch_size))
 
 
@@ -217,12 +218,13 @@ def _images_fit(x: Tensor, model: Autoencoder):
 @autocast_off
 def compress_images(model: Autoencoder, x: Tensor, *, seed: int, batch_size: int = 2000) -> bytes:
     """Encode ``x`` ``(N, D)`` or ``(N, C, H, W)`` and entropy-code the bottleneck's symbols
-    into one file."""
+    into one file. The model runs in eval mode; every module's own mode is put back afterwards
+    (:func:`in_eval_mode`)."""
     _check_call(model, x, batch_size)
-    model.eval()
-    with _images_fit(x, model):
-        y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
-    return compress(model.bottleneck, y, seed=seed, digest=model_digest(model))
+    with in_eval_mode(model):
+        with _images_fit(x, model):
+            y = torch.cat([model.encoder(xb) for xb in x.split(batch_size)])
+        return compress(model.bottleneck, y, seed=seed, digest=model_digest(model))
 
 
 @torch.no_grad()
@@ -232,9 +234,15 @@ def decompress_images(
 ) -> Tensor:
     """Reconstructions E[x | y_hat], shaped like the images, from a file written by
     :func:`compress_images`; ``max_elements`` bounds the decoded code (:func:`decompress`), and
-    reconstructions that would not fit in this machine's memory are refused before decoding."""
+    reconstructions that would not fit in this machine's memory are refused before decoding.
+    The model runs in eval mode; every module's own mode is put back afterwards."""
     _check_call(model, None, batch_size)
-    model.eval()
+    with in_eval_mode(model):
+        return _decoded_images(model, data, batch_size, max_elements)
+
+
+def _decoded_images(model: Autoencoder, data: bytes, batch_size: int, max_elements: int) -> Tensor:
+    """:func:`decompress_images` once the model is in eval mode."""
     y_hat = decompress(model.bottleneck, data, model=model, max_elements=max_elements)
     try:
         shape = _image_shape(model, y_hat)

@@ -31,7 +31,7 @@ from ..bottlenecks import build
 from ..coding import ideal_bits, unpack
 from ..coding.models import constriction, decode_signed, encode_signed, symbol_range
 from ..rng import SeedKeys
-from .timing import check_sizes, time_cases
+from .timing import check_sizes, keeps_torch_threads, time_cases
 
 #: timed calls per block: the blocks of the cases interleave, so that a slow spell of the shared
 #: machine (its speed drifts by tens of percent within minutes) hits every case alike
@@ -48,6 +48,7 @@ COMPRESSAI_QUOTED = {
 FIT_ROWS, FIT_STEPS, AUX_STEPS = 4096, 300, 2000
 
 
+@keeps_torch_threads
 def bench_coding(
     *, rows: int = 25_000, dim: int = 40, threads: int = 1, repeats: int = 20
 ) -> dict[str, Any]:

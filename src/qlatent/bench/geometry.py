@@ -23,6 +23,7 @@ from .timing import (
     allocator_settings,
     check_sizes,
     device_sync,
+    keeps_torch_threads,
     resolve_bench_device,
     time_cases,
 )
@@ -90,6 +91,7 @@ def estimate_nsm(
     }
 
 
+@keeps_torch_threads
 def bench_lattices(
     *,
     names: list[str] | None = None,

@@ -15,6 +15,7 @@ from .timing import (
     check_sizes,
     competing_runnable,
     device_sync,
+    keeps_torch_threads,
     resolve_bench_device,
     time_cases,
 )
@@ -155,6 +156,7 @@ def _compressai_cases(
     return cases, status
 
 
+@keeps_torch_threads
 def bench_lattice(
     *,
     rows: int = 16384,
@@ -304,6 +306,7 @@ def good_scaling_shapes(lattice: str) -> tuple[tuple[int, int], ...]:
     return tuple((rows, blocks * size) for rows, blocks in GOOD_SCALING_BLOCKS)
 
 
+@keeps_torch_threads
 def bench_lattice_scaling(
     *,
     shapes=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -17,6 +18,24 @@ from .._utils import check_count
 #: sweep's largest shape): 2^24 rows of 2^16 each, each within its own bound, asked for 4 TiB,
 #: and 2^24 × 8 to the coding benchmark held 5 GB for minutes before its first timing
 MAX_VALUES = 1 << 26
+
+
+def keeps_torch_threads(function: Callable) -> Callable:
+    """``function``, a benchmark that sets torch's intra-op thread count to the count it times
+    at, with the caller's count put back when it returns or fails: a benchmark called from a
+    notebook or a test left every later computation of the process on its count. (``qlatent
+    bench`` sets the count itself before the call, so that the provenance written after it
+    records the count the benchmark ran at.)"""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        previous = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
 
 
 def check_sizes(**sizes: int) -> None:

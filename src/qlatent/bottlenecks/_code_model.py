@@ -29,6 +29,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from .._modes import in_eval_mode
 from .._utils import autocast_off
 
 #: additive smoothing of the counts (Krichevsky–Trofimov): every symbol, seen or not, and the
@@ -115,12 +116,8 @@ class CountedCodeModel:
             raise TypeError(
                 f"latents must be a tensor or an iterable of tensors, got {type(latents).__name__}"
             )
-        was_training = self.training
-        self.eval()
-        try:
+        with in_eval_mode(self):
             low, counts, total = self._count([latents] if isinstance(latents, Tensor) else latents)
-        finally:
-            self.train(was_training)
         device = self.code_low.device
         self._buffers["code_low"] = low.to(device)
         self._buffers["code_counts"] = counts.to(device)

@@ -347,9 +347,12 @@ def ideal_bits(bottleneck, y: Tensor, *, seed: int) -> float:
     bottleneck._check_input(y)
     model = _model_of(bottleneck)
     seed = _check_seed(seed)
-    was_training = bottleneck.training
+    # every module's own mode put back (train(was_training) set a submodule kept in eval mode,
+    # an EMA codebook, to the bottleneck's training mode)
+    modes = [(module, module.training) for module in bottleneck.modules()]
     bottleneck.eval()
     try:
         return model.ideal_bits(to_rows(bottleneck._cast(y.detach().cpu())), seed)
     finally:
-        bottleneck.train(was_training)
+        for module, training in modes:
+            module.training = training

@@ -1,4 +1,10 @@
-"""Figures: reconstruction grids and training curves (matplotlib, headless)."""
+"""Figures: reconstruction grids and training curves (matplotlib, headless).
+
+Each figure is a :class:`matplotlib.figure.Figure` of its own, outside pyplot, drawn straight
+into its file: neither importing this module nor drawing a figure touches the caller's
+matplotlib (its backend, its pyplot figures). It selected the Agg backend on import, which left
+a notebook's inline backend or a desktop's GUI one switched to Agg for the rest of the session.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt  # only to close a pyplot figure handed to save_figure
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
 #: what :func:`training_curves` draws from each epoch's record
 _CURVES = ("train_objective", "val_objective", "train_rate", "val_rate")
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots`` makes them, on a figure pyplot does not
+    manage (no backend chosen, no window, nothing to close): ``kwargs`` go to
+    :meth:`~matplotlib.figure.Figure.subplots`."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def reconstruction_grid(
@@ -45,7 +57,7 @@ def reconstruction_grid(
     recon = reconstructions.reshape(n, height, width).detach().cpu().numpy()
     cols = min(n, 10)
     rows = 2 * ((n + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
     for i in range(rows * cols // 2):
         r, c = 2 * (i // cols), i % cols
         for ax, img in ((axes[r][c], orig), (axes[r + 1][c], recon)):
@@ -82,7 +94,7 @@ def reconstruction_rows(
         # lo == hi divided by zero: every image drawn blank
         raise ValueError(f"value_range must be finite numbers lo < hi, got {value_range!r}")
     n = max(images.shape[0] for images in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9 + 1.4, len(rows) * 0.95), squeeze=False)
+    fig, axes = subplots(len(rows), n, figsize=(n * 0.9 + 1.4, len(rows) * 0.95), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         shown = ((images.detach().cpu().float() - lo) / (hi - lo)).clamp(0, 1)
         for c in range(n):
@@ -140,7 +152,7 @@ def training_curves(
     curves = {key: _trimmed(*curve) for key, curve in curves.items()}
     if not any(epochs for epochs, _ in curves.values()):
         raise ValueError(f"history holds no {', '.join(_CURVES)} to draw")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(9, 3.4))
     # a marker on every point: a curve of one epoch is one point, which a line alone never draws
     style = {"marker": "o", "markersize": 3}
     ax1.plot(*curves["train_objective"], label="train (−ELBO)", **style)
@@ -214,5 +226,5 @@ def save_figure(fig, path: str | Path) -> Path:
     try:
         fig.savefig(buffer, dpi=120, format=path.suffix.lstrip(".").lower() or None)
     finally:
-        plt.close(fig)
+        plt.close(fig)  # a figure made with pyplot; nothing for one made by subplots
     return write_atomic(path, buffer.getvalue())

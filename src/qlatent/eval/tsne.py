@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.lines import Line2D
 from sklearn.manifold import TSNE
 
 from .downstream import ArrayLike, _check_features, _check_labels, _check_positive_int
-from .plots import plt, save_figure  # pyplot on the headless Agg backend that plots.py selects
+from .plots import save_figure, subplots  # figures outside pyplot, drawn into files
 
 
 # ------------------------------------------------------------------------------------ t-SNE
@@ -107,7 +108,7 @@ def tsne_grid(
     nrows = -(-len(arrays) // ncols)
     panel, legend_width = 3.6, 0.7  # inches
     width = panel * ncols + legend_width
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(width, panel * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")  # t-SNE coordinates carry no units
     for ax, (name, e) in zip(axes.flat, embeddings.items(), strict=False):
@@ -157,8 +158,8 @@ def _initialisation(x: np.ndarray) -> str:
 def _class_colours(k: int) -> np.ndarray:
     """``(k, 4)`` RGBA: tab10's first k colours (tab20's for k ≤ 20), else k samples of turbo."""
     if k <= 20:
-        return plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k))
-    return plt.get_cmap("turbo")(np.linspace(0, 1, k))
+        return colormaps["tab10" if k <= 10 else "tab20"](np.arange(k))
+    return colormaps["turbo"](np.linspace(0, 1, k))
 
 
 def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:

@@ -465,12 +465,12 @@ def _at_reference(rows: dict[str, Any], reference: str) -> None:
 def figure_rate_control(rows: dict[str, Any], path: Path) -> Path | None:
     """Coded bits per image against −log p(x | ŷ) of each swept row (its trained point ringed);
     None when no row was swept."""
-    from ..eval.plots import plt, save_figure
+    from ..eval.plots import save_figure, subplots
 
     swept = {name: r["rate_control"] for name, r in rows.items() if "rate_control" in r}
     if not swept:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for name, points in swept.items():
         d = [p["hard_distortion_nats_per_image"] for p in points]
         b = [p["coded_bits_per_image"] for p in points]

@@ -839,13 +839,15 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
 
 def figure_3(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Validation negative ELBO per epoch, one line per model (the paper's Figure 3)."""
-    from ..eval.plots import epoch_axis, isolated_markers, plt, save_figure
+    from matplotlib import colormaps
+
+    from ..eval.plots import epoch_axis, isolated_markers, save_figure, subplots
 
     # beside the axes once there are more rows than a legend inside can leave room for; a colour
     # per row from a 20-colour map (the default cycle repeats after 10)
     many = len(models) > 6
-    fig, ax = plt.subplots(figsize=(11, 4.5) if many else (6, 4))
-    colors = plt.get_cmap("tab20").colors
+    fig, ax = subplots(figsize=(11, 4.5) if many else (6, 4))
+    colors = colormaps["tab20"].colors
     for i, (name, result) in enumerate(models.items()):
         curve = _curve(result)
         color = colors[(2 * i) % 20 + (2 * i // 20) % 2]  # the dark shades first
@@ -897,7 +899,7 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
     prior and start (:func:`control_row`), per epoch, one panel per rectangular row, with the
     row's theoretical gain over the rectangular cell (7.06 minus its own gap) dashed: where in
     training a better cell pays. None (no figure) where no lattice row has its rectangular row."""
-    from ..eval.plots import epoch_axis, isolated_markers, plt, save_figure
+    from ..eval.plots import epoch_axis, isolated_markers, save_figure, subplots
 
     panels: dict[str, list[str]] = {}
     for name in models:
@@ -908,7 +910,7 @@ def figure_gain(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
         return None
     full = theoretical_gap("rect_lattice")
     order = [c for c in RECTANGULAR_ROWS if c in panels]
-    fig, axes = plt.subplots(1, len(order), figsize=(6 * len(order), 4.5), squeeze=False)
+    fig, axes = subplots(1, len(order), figsize=(6 * len(order), 4.5), squeeze=False)
     for ax, control in zip(axes[0], order, strict=True):
         base = _curve(models[control])
         for name in panels[control]:

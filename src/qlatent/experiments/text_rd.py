@@ -337,9 +337,9 @@ def _train_point(
 
 def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Rate vs word NLL (bits per word), one curve per method, like the paper's Figure 4."""
-    from ..eval.plots import plt, save_figure
+    from ..eval.plots import save_figure, subplots
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for method, points in curves.items():
         # a point without an NLL or a rate (NaN, null in a results file) is left out; the
         # unquantized lines need no rate
