@@ -184,11 +184,11 @@ def first_order(backward: Callable) -> Callable:
     which always records one) gets the first derivatives it asked for, tied by
     :class:`_FirstOrderOnly` to the incoming gradients and every tensor the Function saved,
     its :func:`anchor` among them: differentiating them again is a RuntimeError naming the
-    Function. ``once_differentiable``
-    flags a second derivative only through the incoming gradients, and only where the next
-    differentiation happens to reach that flag: the terms through the tensors saved in the
-    forward were left out without a word (a lattice bottleneck's rate then had a second
-    derivative of 1 where finite differences gave 0.97 and 0.03)."""
+    Function. ``once_differentiable`` flags a second derivative only through the incoming
+    gradients, and only where the next differentiation happens to reach that flag: the terms
+    through the tensors saved in the forward were left out without a word (a lattice
+    bottleneck's rate then had a second derivative of 1 where finite differences gave 0.97
+    and 0.03)."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
@@ -354,7 +354,7 @@ def with_plain_twin(function: type) -> type:
 def apply_function(function: type, *args):
     """``function.apply(*args)`` for a Function decorated by :func:`with_plain_twin`, through
     its plain twin unless a ``torch.func`` transform or ``torch.compile`` is tracing."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or in_transform():
         return function.apply(*args)
     return function.plain.apply(*args)
 
