@@ -263,3 +263,29 @@ def test_tables_first_built_inside_a_transform_are_plain_tensors():
     alive, pickled, total = map(int, run.stdout.split()[-3:])
     assert total == 2 * len(CASES)
     assert (alive, pickled) == (0, total)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", ["lattice", "lattice[e8]", "vq", "soft_vq", "vq_ema"])
+def test_a_vmapped_ensemble_is_refused_by_name(case, training):
+    """``vmap`` over stacked module states (``torch.func.stack_module_state``, an ensemble) with
+    one input: torch failed inside the forward, each path on its own internals (random draws in
+    vmap's default mode, in-place writes, a Function without a vmap rule), or ran; now one
+    error naming the module, as for a batched input."""
+    import copy
+
+    from torch.func import stack_module_state, vmap
+
+    members = [_make(case).train(training) for _ in range(3)]
+    params, buffers = stack_module_state(members)
+    base = copy.deepcopy(members[0])
+    y = _input(base)
+
+    def rate(params, buffers, y):
+        return functional_call(base, (params, buffers), (y,), {"generator": _gen(12)}).rate
+
+    with pytest.raises(ValueError, match=r"parameters or buffers are batched by torch.func.vmap"):
+        vmap(rate, in_dims=(0, 0, None), randomness="same")(params, buffers, y)
+    # one member at a time, as the error says
+    for member in members:
+        assert rate(dict(member.named_parameters()), dict(member.named_buffers()), y).shape == (5,)

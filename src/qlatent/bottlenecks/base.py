@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -722,6 +723,14 @@ class Bottleneck(nn.Module, ABC):
                 "input is batched by torch.func.vmap, which bottlenecks do not support: pass "
                 "the whole batch as (B, D, *spatial) instead"
             )
+        if in_transform() and self._batched_state():
+            # an ensemble's stacked states (torch.func.stack_module_state): torch failed inside
+            # the forward, on random draws, in-place writes or the custom Functions, or not
+            raise ValueError(
+                f"{type(self).__name__}'s parameters or buffers are batched by torch.func.vmap "
+                "(an ensemble of stacked module states), which bottlenecks do not support: "
+                "call each member on its own"
+            )
         if self.input_layout and y.dim() >= 2 and y.shape[1] != self.in_dim:
             raise ValueError(
                 f"input has {y.shape[1]} channels on axis 1, expected {self.in_dim} "
@@ -731,6 +740,11 @@ class Bottleneck(nn.Module, ABC):
         if y.numel() == 0:
             return
         self._check_values(y)
+
+    def _batched_state(self) -> bool:
+        """Whether a parameter or buffer of this module is batched by ``torch.func.vmap``."""
+        batched = torch._C._functorch.is_batchedtensor
+        return any(batched(t) for t in itertools.chain(self.parameters(), self.buffers()))
 
     @torch.compiler.disable
     def _check_values(self, y: Tensor) -> None:
