@@ -34,6 +34,11 @@ from .._utils import shown_setting
 from ._code_model import CountedCodeModel
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed
 
+#: the most numbers of the ``(R, G, M, k)`` differences :meth:`VectorST._nearest` forms at once
+#: (64 MiB of float32): formed for all rows at once they took 2·M times the input's memory
+#: (3.9 GB for 10^5 rows of 256 coordinates and M = 16)
+NEAREST_NUMBERS = 1 << 24
+
 
 def _initial_codes(codes: int, group: int, init_range: float) -> Tensor:
     """``(M, k)`` starting code vectors inside [−init_range, init_range]^k."""
@@ -106,8 +111,16 @@ class VectorST(CountedCodeModel, Bottleneck):
         return y.reshape(y.shape[0], self.symbols_per_row, self.group)
 
     def _nearest(self, y: Tensor) -> Tensor:
-        """``(R, G)`` code numbers of the nearest code vector per group (ties: the lowest)."""
-        diff = self._grouped(y.detach()).unsqueeze(2) - self.codes.detach()  # (R, G, M, k)
+        """``(R, G)`` code numbers of the nearest code vector per group (ties: the lowest),
+        block by block of rows, each block's differences at most :data:`NEAREST_NUMBERS`
+        numbers (every row's distances are the same operations in any block)."""
+        step = max(1, NEAREST_NUMBERS // (self.dim * self.num_codes))
+        codes = self.codes.detach()
+        blocks = [self._nearest_block(block, codes) for block in y.detach().split(step)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _nearest_block(self, y: Tensor, codes: Tensor) -> Tensor:
+        diff = self._grouped(y).unsqueeze(2) - codes  # (R, G, M, k)
         return diff.square().sum(-1).argmin(-1)
 
     def _lookup(self, codes: Tensor, k: Tensor) -> Tensor:
