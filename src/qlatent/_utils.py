@@ -221,6 +221,14 @@ def _batched(tensor: Tensor) -> bool:
     return functorch.is_batchedtensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
 
 
+def transform_wrapper(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a ``torch.func`` wrapper (``grad``, ``vjp``), also of a transform
+    that has returned: a ``vjp``'s pullback passes the tensors saved in the forward as such
+    wrappers, which a ``torch.compile``d kernel cannot read ("Cannot access data pointer of
+    Tensor that doesn't have storage")."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def _function_name(ctx) -> str:
     """The custom Function's name from its backward's ``ctx`` (a node ``<Name>Backward``, or
     ``<Name>GeneratedBackward`` under a ``torch.func`` transform)."""

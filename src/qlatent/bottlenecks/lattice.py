@@ -40,6 +40,7 @@ from .._utils import (
     first_order,
     save_for_first_order,
     saved_for_first_order,
+    transform_wrapper,
     with_plain_twin,
 )
 from ..lattices import RectangularLattice
@@ -173,9 +174,10 @@ class _FusedTrainingPath(torch.autograd.Function):
             grad_y_hat = torch.zeros_like(g)
         if grad_rate is None:
             grad_rate = g.new_zeros(g.shape[0])
+        # the compiled kernel only on plain tensors (not those a torch.func pullback passes)
         backward = (
             compiled_or_plain(_compiled_backward, _training_backward)
-            if ctx.compiled
+            if ctx.compiled and not transform_wrapper(g)
             else _training_backward
         )
         grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, q, d_h, key)
