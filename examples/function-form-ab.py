@@ -23,10 +23,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from qlatent.bench.timing import tree_at
 from qlatent.results import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,33 +120,16 @@ def main() -> None:
     started = provenance(command)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        worktree = Path(tmp) / "old"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree), args.old],
-            check=True,
-        )
-        try:
-            old = subprocess.run(
-                ["git", "-C", str(worktree), "rev-parse", "HEAD"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            rounds = []
-            for i in range(args.rounds):
-                row = {
-                    "old": _time(worktree / "src", args.calls, "plain"),
-                    "new": _time(ROOT / "src", args.calls, "plain"),
-                    "new_setup_context": _time(ROOT / "src", args.calls, "setup_context"),
-                }
-                rounds.append(row)
-                print(f"round {i + 1}: " + json.dumps(row))
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-                check=False,
-            )
+    with tree_at(ROOT, args.old) as (worktree, old):
+        rounds = []
+        for i in range(args.rounds):
+            row = {
+                "old": _time(worktree / "src", args.calls, "plain"),
+                "new": _time(ROOT / "src", args.calls, "plain"),
+                "new_setup_context": _time(ROOT / "src", args.calls, "setup_context"),
+            }
+            rounds.append(row)
+            print(f"round {i + 1}: " + json.dumps(row))
     summary = {}
     for case in rounds[0]["old"]:
         old_s = statistics.median(r["old"][case] for r in rounds)

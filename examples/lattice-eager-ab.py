@@ -21,10 +21,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from qlatent.bench.timing import tree_at
 from qlatent.results import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,35 +95,18 @@ def main() -> None:
     started = provenance(command)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        worktree = Path(tmp) / "old"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree), args.old],
-            check=True,
-        )
-        try:
-            old = subprocess.run(
-                ["git", "-C", str(worktree), "rev-parse", "HEAD"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            rounds = []
-            for i in range(args.rounds):
-                before = _time(worktree / "src", args.rows, args.dim, args.calls)
-                after = _time(ROOT / "src", args.rows, args.dim, args.calls)
-                ratio = before["forward_backward_s"] / after["forward_backward_s"]
-                rounds.append({"old": before, "new": after, "forward_backward_speedup": ratio})
-                print(
-                    f"round {i + 1}: forward + backward {1e3 * before['forward_backward_s']:.2f}"
-                    f" -> {1e3 * after['forward_backward_s']:.2f} ms ({ratio:.2f}x); no grad "
-                    f"{1e3 * before['forward_no_grad_s']:.2f} -> "
-                    f"{1e3 * after['forward_no_grad_s']:.2f} ms"
-                )
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-                check=False,
+    with tree_at(ROOT, args.old) as (worktree, old):
+        rounds = []
+        for i in range(args.rounds):
+            before = _time(worktree / "src", args.rows, args.dim, args.calls)
+            after = _time(ROOT / "src", args.rows, args.dim, args.calls)
+            ratio = before["forward_backward_s"] / after["forward_backward_s"]
+            rounds.append({"old": before, "new": after, "forward_backward_speedup": ratio})
+            print(
+                f"round {i + 1}: forward + backward {1e3 * before['forward_backward_s']:.2f}"
+                f" -> {1e3 * after['forward_backward_s']:.2f} ms ({ratio:.2f}x); no grad "
+                f"{1e3 * before['forward_no_grad_s']:.2f} -> "
+                f"{1e3 * after['forward_no_grad_s']:.2f} ms"
             )
     speedups = [r["forward_backward_speedup"] for r in rounds]
     payload = {

@@ -92,6 +92,27 @@ def test_eager_ab_times_a_tree_in_its_own_interpreter():
     assert all(0 < v < 60 for v in timing.values())
 
 
+def test_the_ab_scripts_tree_is_a_worktree_at_the_commit_removed_afterwards():
+    """``tree_at`` (both A/B scripts' earlier tree): a checkout of the commit asked for, its
+    full hash, and no worktree left registered afterwards."""
+    import subprocess
+
+    from qlatent.bench.timing import tree_at
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+    if git("rev-parse", "HEAD").returncode:
+        pytest.skip("not a git checkout")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    before = git("worktree", "list").stdout
+    with tree_at(ROOT, head[:7]) as (folder, commit):
+        assert commit == head
+        assert (folder / "src" / "qlatent" / "__init__.py").is_file()
+        assert str(folder) in git("worktree", "list").stdout
+    assert not folder.exists() and git("worktree", "list").stdout == before
+
+
 def test_long_run_summary_reads_the_best_epoch_within_the_cap_and_overall(tmp_path):
     """Synthetic logs: the E8 row leads the rectangular one up to the cap and trails it after;
     the summary reports both bests, their differences, and the script writes its outputs."""

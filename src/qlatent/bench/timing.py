@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,25 @@ from .._utils import check_count
 #: sweep's largest shape): 2^24 rows of 2^16 each, each within its own bound, asked for 4 TiB,
 #: and 2^24 × 8 to the coding benchmark held 5 GB for minutes before its first timing
 MAX_VALUES = 1 << 26
+
+
+@contextlib.contextmanager
+def tree_at(repository: Path, commit: str) -> Iterator[tuple[Path, str]]:
+    """``(folder, full commit)``: a temporary git worktree of ``repository`` at ``commit``, for
+    timing an earlier tree's library beside the working one (its ``src`` first on a fresh
+    interpreter's path); removed afterwards, also on error. CalledProcessError where git
+    cannot make it (an unknown commit)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        worktree = Path(tmp) / "old"
+        git = ["git", "-C", str(repository)]
+        add = [*git, "worktree", "add", "--detach", "-q", str(worktree), commit]
+        subprocess.run(add, check=True)
+        try:
+            head = ["git", "-C", str(worktree), "rev-parse", "HEAD"]
+            full = subprocess.run(head, check=True, capture_output=True, text=True).stdout
+            yield worktree, full.strip()
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(worktree)], check=False)
 
 
 def keeps_torch_threads(function: Callable) -> Callable:
