@@ -257,6 +257,10 @@ def test_bench_lattices_estimates_g_and_times_the_decoders(monkeypatch):
     are run by the slow ``test_bench_lattices_times_the_compiled_leech_decoder`` (its
     ``steps=True`` builds every configured row as configured, compiled) and
     ``test_bench_lattices_times_the_compiled_e8_and_bw16_decoders``."""
+    # lattice_mnist imported before the patch below: first imported under it, it kept the
+    # patched builder for the rest of the process (a later test's Gaussian-lattice row was
+    # built with compile=False, which that bottleneck does not take)
+    import qlatent.experiments.lattice_mnist  # noqa: F401
     import qlatent.models
     from qlatent.bench.geometry import bench_lattices, bench_training_step, format_lattices
 
