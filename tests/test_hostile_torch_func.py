@@ -11,6 +11,11 @@ second derivative actually taken through them.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import functional_call, grad, jacrev, vjp
@@ -247,17 +252,13 @@ def test_tables_first_built_inside_a_transform_are_plain_tensors():
     row-hash weights, a basis inverse and the checkpoint records first made inside ``grad``
     were kept as such, and a module holding one failed to pickle ("Cannot access storage of
     TensorWrapper"). Fresh interpreter, so that nothing is cached before the transforms."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     tests = Path(__file__).resolve().parent
     run = subprocess.run(
         [sys.executable, "-c", _FRESH, str(tests)],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-2000:]
     alive, pickled, total = map(int, run.stdout.split()[-3:])
