@@ -51,6 +51,14 @@ def _model(case: str):
     return torch.nn.Linear(5, neck.in_dim).double(), neck
 
 
+def _run(block, x, mode: str | None):
+    """``block(x)`` plainly (``mode`` None) or through ``torch.utils.checkpoint`` of either
+    flavour."""
+    if mode is None:
+        return block(x)
+    return checkpoint(block, x, use_reentrant=mode == "reentrant")
+
+
 def _generator(kind: str | None):
     if kind == "torch":
         return torch.Generator().manual_seed(3)
@@ -149,10 +157,7 @@ def test_an_eval_mode_lattice_checkpointed_draws_its_dither_once(flavour, kind):
                 out = neck(enc(inputs), generator=generator)
                 return out.y_hat, out.rate
 
-            if mode is None:
-                y_hat, rate = block(x)
-            else:
-                y_hat, rate = checkpoint(block, x, use_reentrant=mode == "reentrant")
+            y_hat, rate = _run(block, x, mode)
             (y_hat.square().sum() + rate.sum()).backward()
             grad = neck.log_spacing.grad.clone()
             neck.zero_grad(set_to_none=True)
@@ -181,10 +186,7 @@ def test_two_checkpointed_forwards_before_one_backward(case, flavour, same_input
                 out = neck(enc(inputs), generator=generator)
                 return out.y_hat, out.rate
 
-            if mode is None:
-                y_hat, rate = block(x)
-            else:
-                y_hat, rate = checkpoint(block, x, use_reentrant=mode == "reentrant")
+            y_hat, rate = _run(block, x, mode)
             loss = loss + y_hat.square().sum() + rate.sum()
         loss.backward()
         results.append((x1.grad, x2.grad, enc.weight.grad, generator.get_state()))

@@ -15,19 +15,16 @@ import pytest
 import torch
 
 from qlatent.bottlenecks import Bottleneck, build
-from test_contract import CONFIGS, VARIANTS
+from test_contract import CONFIGS, VARIANTS, make
+from test_contract import gen as _gen
 
 CASES = [*CONFIGS, *VARIANTS]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _make(case: str) -> Bottleneck:
-    name, kwargs = VARIANTS[case] if case in VARIANTS else (case, CONFIGS[case])
+    """The contract suite's module of ``case``, initialised from seed 0."""
     torch.manual_seed(0)
-    return build(name, **kwargs)
+    return make(case)
 
 
 def _moved(case: str, rows: int = 20) -> tuple[Bottleneck, torch.Tensor]:

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch.func import functional_call, grad, jacrev, vjp
 
-from qlatent.bottlenecks import build
-from test_contract import CONFIGS, VARIANTS
+from test_contract import CONFIGS, VARIANTS, make
+from test_contract import gen as _gen
 
 #: every registered name and every good-lattice variant of the contract suite
 CASES = {**{name: (name, kwargs) for name, kwargs in CONFIGS.items()}, **VARIANTS}
@@ -29,14 +29,10 @@ CASES = {**{name: (name, kwargs) for name, kwargs in CONFIGS.items()}, **VARIANT
 EMA = ("vq_ema", "soft_em_vq")
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _make(case: str) -> torch.nn.Module:
-    name, kwargs = CASES[case]
+    """The contract suite's module of ``case``, initialised from seed 0."""
     torch.manual_seed(0)
-    return build(name, **kwargs)
+    return make(case)
 
 
 def _input(module, rows: int = 5) -> torch.Tensor:

@@ -19,13 +19,14 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
-from qlatent.bottlenecks import Bottleneck, build
+from qlatent.bottlenecks import Bottleneck
 from qlatent.bottlenecks import _codebook as codebook_module
 from qlatent.bottlenecks import good_lattice as good_lattice_module
 from qlatent.bottlenecks import lattice as lattice_module
 from qlatent.image_coding import compress_images, update_code_model
 from qlatent.models import gated_vae
-from test_contract import CONFIGS, VARIANTS
+from test_contract import CONFIGS, make
+from test_contract import gen as _gen
 
 #: every registered name, and the good-lattice families whose custom backwards differ (a prior
 #: per block, a Gaussian prior with its own cell function, the box proposal)
@@ -38,14 +39,10 @@ CASES = [
 ]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _make(case: str) -> Bottleneck:
-    name, kwargs = VARIANTS[case] if case in VARIANTS else (case, CONFIGS[case])
+    """The contract suite's module of ``case``, initialised from seed 0."""
     torch.manual_seed(0)
-    return build(name, **kwargs)
+    return make(case)
 
 
 def _input(module: Bottleneck, seed: int = 2) -> torch.Tensor:
