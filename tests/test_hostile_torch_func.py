@@ -199,21 +199,6 @@ def test_an_ema_update_into_captured_buffers_is_refused_by_name(case):
     assert torch.isfinite(grad(loss, argnums=1)(params, y)).all()
 
 
-def test_forward_mode_through_a_custom_backward_is_torchs_error():
-    """Forward-mode AD (``torch.func.jvp``) has no rule in the custom Functions: torch's
-    NotImplementedError, not a number; the Gaussian bottleneck, plain autograd, runs."""
-    module = _make("lattice").train()
-    y = _input(module)
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.jvp(lambda y: module(y, generator=_gen(11)).rate, (y,), (torch.ones_like(y),))
-    gaussian = _make("gaussian").train()
-    y = _input(gaussian)
-    _, tangent = torch.func.jvp(
-        lambda y: gaussian(y, generator=_gen(11)).rate, (y,), (torch.ones_like(y),)
-    )
-    assert tangent.shape == (5,) and torch.isfinite(tangent).all()
-
-
 #: run in a fresh interpreter (no table cached yet): transforms over every case, then every
 #: tensor still alive must be a plain one, and every module must pickle
 _FRESH = """

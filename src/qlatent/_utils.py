@@ -12,9 +12,10 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 import torch
+import torch.autograd.forward_ad
 from torch import Tensor
 
 try:
@@ -90,11 +91,16 @@ def check_torch_generator(generator, what: str) -> None:
 
 
 def to_rows(y: Tensor) -> Tensor:
-    """``(B, D, *spatial)`` -> ``(N, D)``; a view when ``y`` is already ``(B, D)``."""
-    if y.dim() == 2:
-        return y
-    rows = y.shape[0] * math.prod(y.shape[2:])  # explicit: -1 is ambiguous for an empty y
-    return y.movedim(1, -1).reshape(rows, y.shape[1])
+    """``(B, D, *spatial)`` -> ``(N, D)`` contiguous rows; ``y`` itself when it already is.
+
+    Always in row order: torch keeps an input's memory layout through elementwise operations,
+    and a per-row sum over a column-major ``(N, D)`` (a ``(D, N)`` tensor's ``.t()``) or an
+    expanded one adds in another order than over contiguous rows, so the same values gave rates,
+    densities and ``ideal_bits`` that differed in their last bits."""
+    if y.dim() != 2:
+        rows = y.shape[0] * math.prod(y.shape[2:])  # explicit: -1 is ambiguous for an empty y
+        y = y.movedim(1, -1).reshape(rows, y.shape[1])
+    return y.contiguous()
 
 
 def from_rows(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
@@ -176,6 +182,34 @@ def autocast_off(function: Callable) -> Callable:
     return wrapper
 
 
+class NoModuleBackwardHooks:
+    """For a module whose ``forward`` returns a dataclass of tensors (a bottleneck's
+    ``BottleneckOutput``, a model's ``AutoencoderOutput``, the loss's ``LossOutput``): torch
+    runs a module backward hook only on a module returning a tensor or a tuple of them, and
+    skipped such a module's with a warning (full hooks, pre-hooks) or failed inside the
+    forward with "'AutoencoderOutput' object is not subscriptable" (the legacy hook).
+    Registering one is a TypeError instead; forward hooks and tensor hooks work. A class names
+    its output in ``_returns`` and what to hook instead in ``_hook_instead``."""
+
+    _returns: ClassVar[str]
+    _hook_instead: ClassVar[str]
+
+    def _no_backward_hooks(self) -> TypeError:
+        return TypeError(
+            f"{type(self).__name__} returns {self._returns}, on which module backward hooks "
+            f"never fire: hook {self._hook_instead}"
+        )
+
+    def register_full_backward_hook(self, hook, prepend: bool = False):
+        raise self._no_backward_hooks()
+
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False):
+        raise self._no_backward_hooks()
+
+    def register_backward_hook(self, hook):
+        raise self._no_backward_hooks()
+
+
 def first_order(backward: Callable) -> Callable:
     """A custom ``torch.autograd.Function``'s ``backward`` that computes first derivatives only
     (in place of ``once_differentiable``), refusing a second derivative through it.
@@ -193,6 +227,11 @@ def first_order(backward: Callable) -> Callable:
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
         if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            if getattr(ctx, "had_tangents", False) and forward_ad_level_active():
+                # a backward inside the dual level whose tangents went through the forward:
+                # torch would form the gradients' tangents (second derivatives), which this
+                # one cannot (they came out None or 0)
+                raise RuntimeError(_second_order_refusal(_function_name(ctx)))
             with torch.no_grad():
                 return _run(backward, ctx, grads)
         saved = _SavedOnce(ctx)  # the saved tensors unpacked once (checkpoint refuses twice)
@@ -290,11 +329,21 @@ class _FirstOrderOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{ctx.name} has first derivatives only: a second-order gradient (a backward "
-            "of a gradient taken with create_graph=True, or nested torch.func transforms) "
-            "through a qlatent bottleneck is not supported"
-        )
+        raise RuntimeError(_second_order_refusal(ctx.name))
+
+    @staticmethod
+    def jvp(ctx, *tangents):  # forward over reverse: ``jacfwd(jacrev(...))``, ``hessian``
+        raise RuntimeError(_second_order_refusal(ctx.name))
+
+
+def _second_order_refusal(name: str) -> str:
+    return (
+        f"{name} has first derivatives only: a second-order gradient (a backward of a "
+        "gradient taken with create_graph=True, nested torch.func transforms, or "
+        "torch.func.hessian) through a qlatent bottleneck is not supported; for a "
+        "Jacobian-vector product use torch.func.jvp (torch.autograd.functional.jvp "
+        "differentiates a gradient to form one)"
+    )
 
 
 def in_transform() -> bool:
@@ -303,12 +352,52 @@ def in_transform() -> bool:
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
+def forward_ad_level_active() -> bool:
+    """Whether a dual level of ``torch.autograd.forward_ad`` is open."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
+def forward_mode_possible() -> bool:
+    """Whether forward-mode AD may run: a ``torch.func`` transform (``jvp``, ``jacfwd``; also
+    ``grad``, which cannot be told apart cheaply) or a dual level of
+    ``torch.autograd.forward_ad``."""
+    return forward_ad_level_active() or in_transform()
+
+
+def save_for_jvp(ctx, *tensors: Tensor | None) -> None:
+    """In a custom Function's ``setup_context``: saves ``tensors`` for its ``jvp`` (read back
+    as ``ctx.saved_tensors`` there) where forward-mode AD may run, and nowhere else: they
+    would keep tensors the backward does not need alive with the graph. Not while
+    ``torch.compile`` traces (which takes no forward mode)."""
+    if torch.compiler.is_compiling():
+        return
+    if not getattr(ctx, "plain", False) or forward_ad_level_active():
+        ctx.save_for_forward(*tensors)
+
+
+def forward_tangent(*terms: tuple[Tensor, Tensor | None]) -> Tensor:
+    """Σ factor·tangent over the ``(factor, tangent)`` pairs whose tangent is not None, for a
+    ``jvp`` (forward mode passes None for an input without a tangent); zeros shaped like the
+    first factor where none has one. The factors have the output's shape or broadcast to it."""
+    total = None
+    for factor, tangent in terms:
+        if tangent is not None:
+            total = factor * tangent if total is None else total + factor * tangent
+    return torch.zeros_like(terms[0][0]) if total is None else total
+
+
 def plain_tensors() -> contextlib.AbstractContextManager:
     """A context in which the tensors made are plain ones, also inside a ``torch.func``
     transform, whose tensors are wrappers that die with it: for the tables and records a
     lattice or bottleneck keeps for later calls (a table first built inside ``grad`` was kept
     as a dead wrapper, and a module holding one could not be pickled: "Cannot access storage
-    of TensorWrapper"). Only for what is made from constants, not from a transform's inputs."""
+    of TensorWrapper"). Only for what is made from constants, not from a transform's inputs.
+
+    Under non-strict ``torch.export`` likewise real tensors, not the export's fake ones: a table
+    first built while exporting was kept as a fake tensor, and every later eager call of the
+    module failed ("Could not guard on data-dependent expression")."""
+    if torch.compiler.is_exporting() and not torch.compiler.is_dynamo_compiling():
+        return torch.utils._python_dispatch._disable_current_modes()
     return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
 
 
@@ -339,12 +428,19 @@ def with_plain_twin(function: type) -> type:
     For a Function with a :func:`first_order` backward, ``function.outputs`` is the number of
     its real outputs: the twin returns those and the :func:`anchor` (the last output), and
     keeps the factors in between as saved tensors only; the backward takes the gradients of
-    the extra outputs as ``*_`` (None) in both forms."""
+    the extra outputs as ``*_`` (None) in both forms. A ``jvp`` (forward mode) is
+    given to the twin too, with the extra outputs' tangents left out, and a Function with a
+    ``jvp`` and no vmap rule gets one that refuses batched inputs by name (without any,
+    torch refused ``jacfwd`` too, which batches the tangents only). Such a Function is
+    returned without the two, for ``torch.compile``, which refuses a ``jvp``, with the whole
+    one as ``.transformed``, which the ``torch.func`` transforms take."""
     real = getattr(function, "outputs", None)
 
     def forward(ctx, *args):
         output = function.forward(*args)
         ctx.plain = True  # (the factors are no outputs here: nothing to mark)
+        if real is not None and forward_ad_level_active():  # (read by :func:`_first_order_jvp`)
+            ctx.graph_inputs = [a for a, n in zip(args, ctx.needs_input_grad, strict=True) if n]
         function.setup_context(ctx, args, output)
         return output if real is None else (*output[:real], output[-1])
 
@@ -355,15 +451,91 @@ def with_plain_twin(function: type) -> type:
         "__qualname__": function.__qualname__,  # (errors name the Function, not its twin)
         "__doc__": function.__doc__,
     }
-    function.plain = type(function.__name__, (torch.autograd.Function,), members)
-    return function
+    if "jvp" in vars(function):
+        own = function.jvp
+
+        def marked(ctx, *tangents):
+            ctx.had_tangents = True  # (read by :func:`first_order`)
+            if real is None:  # (a backward of differentiable operations: so is its jvp)
+                return own(ctx, *tangents)
+            return _first_order_jvp(ctx, function.__name__, own(ctx, *tangents))
+
+        function.jvp = staticmethod(marked)
+
+        def jvp(ctx, *tangents):
+            tangents = marked(ctx, *tangents)
+            return tangents if real is None else (*tangents[:real], tangents[-1])
+
+        members["jvp"] = staticmethod(jvp)
+        if not function.generate_vmap_rule and "vmap" not in vars(function):
+            function.vmap = staticmethod(functools.partial(_no_vmap, function.__name__))
+    plain = type(function.__name__, (torch.autograd.Function,), members)
+    if "jvp" not in vars(function):
+        function.plain = plain
+        return function
+    # the class the name is bound to: the same Function without the jvp and vmap rules, which
+    # ``torch.compile`` takes (Dynamo refuses a Function with a jvp: "Unsupported custom jvp",
+    # and reads no other class through an attribute of the one it traces)
+    kept = {
+        name: value
+        for name, value in vars(function).items()
+        if name in ("__module__", "__qualname__", "__doc__")
+        or not (name.startswith("_") or name in ("jvp", "vmap"))
+    }
+    traced = type(function.__name__, (torch.autograd.Function,), kept)
+    traced.plain, traced.transformed = plain, function
+    return traced
+
+
+def _first_order_jvp(ctx, name: str, tangents: tuple) -> tuple:
+    """The ``jvp`` result ``tangents`` of a Function with a :func:`first_order` backward, refused
+    where it would be differentiated again: its factors are constants to it, so a reverse pass
+    over the tangents (``grad`` or ``vjp`` of a ``jvp``, ``jacrev(jacfwd(...))``, a backward of
+    a dual number's tangent) or an outer ``jvp`` gave second derivatives of 0 or with terms
+    missing, without a word. Under ``torch.func``: a RuntimeError where a ``grad`` or ``jvp``
+    transform is outside this one. Under ``torch.autograd.forward_ad``, where an input of the
+    Function requires grad: the tangents tied to those inputs by :class:`_FirstOrderOnly`,
+    whose backward is that RuntimeError."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return tangents
+    if in_transform():
+        interpreters = torch._functorch.pyfunctorch.retrieve_all_functorch_interpreters()
+        outer = {i.key() for i in interpreters[:-1]}  # (the last: this jvp's own level)
+        transforms = torch._C._functorch.TransformType
+        if outer & {transforms.Grad, transforms.Jvp}:
+            raise RuntimeError(_second_order_refusal(name))
+        return tangents
+    graph = [
+        torch.autograd.forward_ad.unpack_dual(t).primal for t in getattr(ctx, "graph_inputs", ())
+    ]
+    ctx.graph_inputs = ()  # (not kept alive with the graph)
+    computed = [i for i, t in enumerate(tangents) if isinstance(t, Tensor)]
+    if not graph or not computed:
+        return tangents
+    tied = _FirstOrderOnly.apply(name, len(computed), *(tangents[i] for i in computed), *graph)
+    tangents = list(tangents)
+    for i, t in zip(computed, tied, strict=True):
+        tangents[i] = t
+    return tuple(tangents)
+
+
+def _no_vmap(name: str, info, in_dims, *args):
+    """The ``vmap`` rule of a Function that has none: torch calls it only where an input is
+    batched (a ``vmap`` over a bottleneck's input), and passes the Function by where none is
+    (``jacfwd``, which batches the tangents only)."""
+    raise RuntimeError(
+        f"{name} does not run under vmap over its inputs (torch.func.vmap of a bottleneck's "
+        "forward): call it on the whole batch, or once per example"
+    )
 
 
 def apply_function(function: type, *args):
     """``function.apply(*args)`` for a Function decorated by :func:`with_plain_twin`, through
     its plain twin unless a ``torch.func`` transform or ``torch.compile`` is tracing."""
-    if torch.compiler.is_compiling() or in_transform():
+    if torch.compiler.is_compiling():
         return function.apply(*args)
+    if in_transform():
+        return getattr(function, "transformed", function).apply(*args)
     return function.plain.apply(*args)
 
 
@@ -377,7 +549,7 @@ def anchor(like: Tensor) -> Tensor:
     return like.new_zeros(())
 
 
-def save_for_first_order(ctx, anchor: Tensor, saved, factors=()) -> None:
+def save_for_first_order(ctx, anchor: Tensor, saved, factors=(), forward=None) -> None:
     """In the ``setup_context`` of a Function with a :func:`first_order` backward: saves
     ``saved`` and the Function's :func:`anchor` output (read back without it by
     :func:`saved_for_first_order`), marks the extra outputs ``factors`` (what the backward
@@ -386,12 +558,15 @@ def save_for_first_order(ctx, anchor: Tensor, saved, factors=()) -> None:
 
     The Functions return such tensors as outputs, and save them here, because that is the form
     ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``) accept: one that saved them from
-    a ``forward(ctx, ...)`` was refused."""
+    a ``forward(ctx, ...)`` was refused. ``forward``: what the Function's ``jvp`` reads
+    (:func:`save_for_jvp`)."""
     factors = [t for t in factors if t is not None]
     if factors and not getattr(ctx, "plain", False):
         ctx.mark_non_differentiable(*factors)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*saved, anchor)
+    if forward is not None:
+        save_for_jvp(ctx, *forward)
 
 
 def saved_for_first_order(ctx) -> tuple:

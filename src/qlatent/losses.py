@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._utils import check_nonnegative
+from ._utils import NoModuleBackwardHooks, check_nonnegative
 from .bottlenecks._codebook import local_updates
 from .models import AutoencoderOutput
 from .nn import Likelihood
@@ -33,12 +33,22 @@ class LossOutput:
         return self.distortion + self.rate
 
 
-class RateDistortionLoss(nn.Module):
+# a pytree node, as the bottlenecks' and models' outputs are (``torch.func.grad(...,
+# has_aux=True)`` with it as the auxiliary value failed: "Expected tensors, got unsupported type")
+torch.export.register_dataclass(LossOutput, serialized_type_name="qlatent.LossOutput")
+
+
+class RateDistortionLoss(NoModuleBackwardHooks, nn.Module):
     """``mean(distortion + λ·rate) + w·aux``, with distortion = -log p(x | y_hat).
 
     ``aux_weight`` w scales the bottleneck's auxiliary term (codebook, commitment ...), which
-    bottlenecks report as a mean over rows and dimensions, to the distortion's units.
+    bottlenecks report as a mean over rows and dimensions, to the distortion's units. It returns
+    a :class:`LossOutput`, on which torch runs no module backward hook: registering one is a
+    TypeError (:class:`~qlatent._utils.NoModuleBackwardHooks`).
     """
+
+    _returns = "a LossOutput"
+    _hook_instead = "its tensors instead (out.loss.register_hook(...))"
 
     def __init__(self, *, lmbda: float = 1.0, aux_weight: float = 1.0) -> None:
         super().__init__()

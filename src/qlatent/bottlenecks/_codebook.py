@@ -8,7 +8,8 @@ Stateless maths as plain functions, plus :class:`EMACodebook`, the one piece wit
   chunks so that a large codebook never materialises an ``N×K`` matrix bigger than a few MB.
 - :func:`mean_square_error` — ``mse_loss`` without overflow where only the sum of squares would.
 - :func:`usage_stats` — codes used and perplexity exp(H(usage)) from (possibly fractional) counts.
-- :func:`row_counts` — how often each distinct integer row occurs (code vectors of a lattice).
+- :func:`row_counts` — how often each distinct integer row occurs (code vectors of a lattice);
+  :func:`padded_row_counts` the same counts as ``torch.export`` records them.
 - :class:`CodebookQuantizer` — the hard path of one-index-per-row methods (lookup, log K rate).
 - :class:`EMACodebook` — the M-step of hard and soft EM (Roy et al. 2018, arXiv 1805.11063):
   exponential moving averages of counts and sums with Laplace smoothing. Under
@@ -38,6 +39,8 @@ from .._utils import (
     apply_function,
     compiled_or_plain,
     first_order,
+    forward_mode_possible,
+    forward_tangent,
     in_transform,
     plain_cache,
     save_for_first_order,
@@ -144,6 +147,10 @@ def nearest_codeword(z: Tensor, codebook: Tensor, *, compile: bool = False) -> T
     num_codes = codebook.shape[0]
     budget = _CHUNK_ELEMENTS if z.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
     rows = max(_MIN_CHUNK_ROWS, budget // num_codes)
+    if torch.compiler.is_exporting():
+        # one search: the branches on the row count below bounded a dynamic batch size (and
+        # an unbounded one failed inside torch: "Expected op to be '==', got <")
+        return torch.addmm(norms, z, codebook.t(), alpha=-2.0).min(1).indices
     if (
         compile
         and z.device.type == "cpu"
@@ -333,12 +340,40 @@ def row_counts(rows: Tensor) -> Tensor:
     return torch.unique_consecutive(hashes, return_counts=True)[1]
 
 
+# a constant of the program: strict export cannot trace the seeded generator that draws them
+_exported_hash_weights = torch._dynamo.assume_constant_result(_row_hash_weights)
+
+
+@torch.no_grad()
+def padded_row_counts(rows: Tensor) -> Tensor:
+    """:func:`row_counts` as ``torch.export`` can record it, which can neither branch on a
+    value nor size a tensor by a count: ``(N,)`` int64, the counts of the distinct rows of
+    ``rows`` ``(N, D)`` in the order :func:`row_counts` gives them, then zeros (which
+    :func:`usage_stats` passes over). Exact without a fallback: the rows are ordered by one
+    stable sort per column and then by their hash, so that equal rows are neighbours also
+    where two distinct rows share a hash, and each run of equal neighbours is one row."""
+    keys = rows.detach().long()
+    order = torch.arange(keys.shape[0], device=keys.device)
+    hashes = (keys * _exported_hash_weights(keys.shape[1], keys.device)).sum(1)
+    for column in [*(keys[:, j] for j in reversed(range(keys.shape[1]))), hashes]:
+        order = order.index_select(0, column.index_select(0, order).sort(stable=True).indices)
+    ordered = keys.index_select(0, order)
+    # each row against the one before it (the first against none): as a roll, not as slices
+    # ``[1:]`` / ``[:-1]``, whose size N − 1 held a dynamic batch size at 3 or more
+    later = torch.arange(keys.shape[0], device=keys.device) > 0
+    starts = (ordered != ordered.roll(1, 0)).any(1) & later
+    run = starts.long().cumsum(0)
+    return torch.zeros_like(run).index_add_(0, run, torch.ones_like(run))
+
+
 def mean_square_error(a: Tensor, b: Tensor) -> Tensor:
     """``F.mse_loss(a, b)`` (the mean of (a − b)², differentiable in both) that stays finite
     where the sum of squares passes the dtype's range but the mean does not
     (:func:`_rescaled_mean_square`)."""
     diff = a - b
     mean_square = diff.square().mean()
+    if diff.numel() and torch.compiler.is_exporting():
+        return _finite_or_rescaled(mean_square, diff.reshape(-1))
     if diff.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(diff.reshape(-1))
     return mean_square
@@ -348,9 +383,22 @@ def _mean_square(flat: Tensor) -> Tensor:
     """Σ e²/n of a flat tensor as one dot product: no rows × d temporary (each costs page faults
     on the CPU), with the same fallback as :func:`mean_square_error`."""
     mean_square = torch.dot(flat, flat) / flat.numel()
+    if flat.numel() and torch.compiler.is_exporting():
+        return _finite_or_rescaled(mean_square, flat)
     if flat.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(flat)
     return mean_square
+
+
+def _finite_or_rescaled(mean_square: Tensor, flat: Tensor) -> Tensor:
+    """The fallback of :func:`_mean_square` as ``torch.export`` can record it, which cannot
+    branch on a value: both computed, the rescaled one taken where the plain one is not finite
+    (the same value; the peak kept from 0 so that an all-zero ``flat`` gives no NaN beside it)."""
+    wide = flat.float() if flat.element_size() < 4 else flat
+    peak = wide.detach().abs().amax().clamp_min(torch.finfo(wide.dtype).tiny)
+    unit = wide / peak
+    rescaled = (peak.square() * (torch.dot(unit, unit) / flat.numel())).to(flat.dtype)
+    return torch.where(mean_square.isfinite(), mean_square, rescaled)
 
 
 def _rescaled_mean_square(flat: Tensor) -> Tensor:
@@ -371,7 +419,8 @@ class _CodebookAndCommitment(torch.autograd.Function):
 
     so ∂aux/∂q = 2e/n and ∂aux/∂z = −2βe/n. Three passes forward (e, its mean square, y_hat)
     where the composed form takes eight, and two rows × d allocations (e and y_hat, or e alone
-    with ``reuse_q``)."""
+    with ``reuse_q``). Forward mode (``jvp``) as the composed form's: ẏ_hat = ż,
+    ȧux = Σ 2e·(q̇ − βż)/n."""
 
     outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
 
@@ -389,7 +438,7 @@ class _CodebookAndCommitment(torch.autograd.Function):
         _, _, e, kept = output
         if reuse_q:
             ctx.mark_dirty(q)
-        save_for_first_order(ctx, kept, (e,), (e,))
+        save_for_first_order(ctx, kept, (e,), (e,), (e,))
         ctx.beta = beta
 
     @staticmethod
@@ -405,6 +454,14 @@ class _CodebookAndCommitment(torch.autograd.Function):
         grad_q = scaled if ctx.needs_input_grad[1] else None
         return grad_z, grad_q, None, None
 
+    @staticmethod
+    def jvp(ctx, t_z, t_q, *_):
+        (e,) = ctx.saved_tensors
+        t_y_hat = torch.zeros_like(e) if t_z is None else t_z.clone()
+        slope = e * (2.0 / e.numel())
+        t_aux = forward_tangent((slope, t_q), (-ctx.beta * slope, t_z)).sum()
+        return t_y_hat, t_aux, None, anchor(e)
+
 
 def codebook_and_commitment(
     z: Tensor, q: Tensor, beta: float, *, reuse_q: bool = False
@@ -415,6 +472,10 @@ def codebook_and_commitment(
     ``reuse_q=True`` writes y_hat into q's buffer (q must be a temporary the caller no longer
     reads, e.g. the codewords just gathered, and not a leaf that requires grad): one rows × d
     allocation fewer."""
+    # (not into q's buffer where forward mode may run: its tangent would have to be
+    # rewritten in place; nor while exporting: the program recorded the ``out=`` write, which
+    # failed wherever the codebook requires grad, and strict export refused the dirty input)
+    reuse_q = reuse_q and not (forward_mode_possible() or torch.compiler.is_exporting())
     y_hat, aux, *_ = apply_function(_CodebookAndCommitment, z, q, float(beta), reuse_q)
     return y_hat, aux
 
@@ -616,7 +677,9 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def update(self, counts: Tensor, sums: Tensor) -> None:
-        """One M-step from this batch's ``counts`` ``(K,)`` and ``sums`` ``(K, d)``."""
+        """One M-step from this batch's ``counts`` ``(K,)`` and ``sums`` ``(K, d)``.
+        RuntimeError when a buffer it writes is parametrized (:meth:`_check_unparametrized`)."""
+        self._check_unparametrized()
         stats = torch.cat([counts.reshape(-1, 1), sums], dim=1).to(self.ema_sum.dtype)
         if _synchronized():
             dist.all_reduce(stats)  # the global batch: every rank gets the same codebook
@@ -630,6 +693,23 @@ class EMACodebook(nn.Module):
             if self.store_smoothed:
                 self.ema_count.copy_(smoothed)
 
+    def _check_unparametrized(self) -> None:
+        """RuntimeError when ``torch.nn.utils.parametrize`` holds the codebook or a statistic:
+        a parametrized tensor is computed afresh at every read, so the M-step's in-place writes
+        went into a temporary and were lost without a word (the codebook never moved)."""
+        held = [
+            name
+            for name in ("codebook", *self._STATISTICS)
+            if nn.utils.parametrize.is_parametrized(self, name)
+        ]
+        if held:
+            raise RuntimeError(
+                f"the EMA codebook's buffers {held} are parametrized (torch.nn.utils."
+                "parametrize), and the M-step of a training-mode forward writes them in place, "
+                "which a parametrization would discard: remove the parametrization, or run the "
+                "quantizer in eval mode, which only reads its codebook"
+            )
+
     #: the running statistics, kept in float32 at least whatever the module is cast to
     _STATISTICS = ("ema_count", "ema_sum")
 
@@ -639,7 +719,8 @@ class EMACodebook(nn.Module):
         c beyond c = 32 (λ = 0.99), so in bfloat16 the counts and sums stalled at different
         points and a codeword settled at 0.256 instead of its cluster's mean 0.3. The codebook
         itself follows the module's dtype (what the bottleneck computes in)."""
-        before = {name: self._buffers[name] for name in self._STATISTICS}
+        # (a statistic held by a parametrization is no buffer of this module: not kept here)
+        before = {name: self._buffers[name] for name in self._STATISTICS if name in self._buffers}
         self._steps.clear()  # kept in the old device and dtype: a recomputation refuses them
         super()._apply(fn, recurse)
         for name, old in before.items():
@@ -661,9 +742,28 @@ class EMACodebook(nn.Module):
 class EMASettings:
     """``decay`` and ``eps`` of a quantizer's EMA codebook (``self.ema``) read and set on the
     quantizer itself, checked as :class:`EMACodebook` checks them: ``neck.decay = 1.5`` made
-    an attribute nothing read, while the codebook went on at its own decay."""
+    an attribute nothing read, while the codebook went on at its own decay. Also what refuses
+    a trace or an export of its training-mode forward
+    (:attr:`~qlatent.bottlenecks.base.Bottleneck._UNTRACEABLE`)."""
 
     ema: EMACodebook
+    _UNTRACEABLE = {
+        "training": (
+            "its M-step rewrites the codebook in place after Python decisions (the first "
+            "counted batch, torch.distributed, a checkpoint's recomputation) and with the "
+            "decay and eps of the tracing call, which a trace fixes as constants, and the "
+            "trace itself runs M-steps. Trace it in eval mode, which only reads the codebook, "
+            "or export the eval-mode module with torch.export.export"
+        )
+    }
+    _UNEXPORTABLE = {
+        "training": (
+            "its M-step rewrites the codebook in place after Python decisions on values (the "
+            "first counted batch) and keeps records for a checkpoint's recomputation, which an "
+            "exported program cannot hold. Export it in eval mode, which only reads the "
+            "codebook, and train it eagerly or under torch.compile"
+        )
+    }
 
     @property
     def decay(self) -> float:

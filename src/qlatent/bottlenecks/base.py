@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import (
+    NoModuleBackwardHooks,
     autocast_off,
     check_finite,
     check_generator,
@@ -65,6 +66,11 @@ class BottleneckOutput:
     indices: Tensor | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
 
+
+# a pytree node: ``torch.export.export`` of a bottleneck (or of a model that returns it) takes it as
+# an output and the exported program returns one; unregistered, export refused the module
+# ("Found <class BottleneckOutput> in output, which is not a known type")
+torch.export.register_dataclass(BottleneckOutput, serialized_type_name="qlatent.BottleneckOutput")
 
 BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
 
@@ -193,13 +199,6 @@ def build(name: str, **kwargs) -> Bottleneck:
     return sized(lambda: BOTTLENECKS.build(name, **kwargs), f"bottleneck {name!r} ({sizes})")
 
 
-def _no_module_backward_hooks() -> TypeError:
-    return TypeError(
-        "a bottleneck returns a BottleneckOutput, on which module backward hooks never fire: "
-        "hook its tensors instead (out.y_hat.register_hook(...), or the input's)"
-    )
-
-
 # ------------------------------------------------------- forwards recomputed by a checkpoint
 @torch.compiler.disable  # asked at every call, never traced as a constant
 def recomputing() -> bool:
@@ -301,7 +300,7 @@ def _generator_at(
     return twin
 
 
-class Bottleneck(nn.Module, ABC):
+class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     """Base class: input checks, rows <-> ``(B, D, *spatial)`` reshaping, and the public API.
 
     Subclasses implement the row-wise methods ``_forward_rows`` and, when ``discrete`` is true,
@@ -337,6 +336,9 @@ class Bottleneck(nn.Module, ABC):
     that holds NaN/Inf; TypeError for ``quantize``/``dequantize`` on a method without a discrete
     hard path.
     """
+
+    _returns = "a BottleneckOutput"  # (:class:`~qlatent._utils.NoModuleBackwardHooks`)
+    _hook_instead = "its tensors instead (out.y_hat.register_hook(...), or the input's)"
 
     #: whether the method has a discrete hard path (``quantize`` / ``dequantize``)
     discrete: ClassVar[bool] = True
@@ -383,15 +385,6 @@ class Bottleneck(nn.Module, ABC):
     # A module backward hook fires only on a module whose output is a tensor or a tuple of
     # them; torch skips it on a BottleneckOutput with a warning (full hooks) or fails inside
     # the forward (the legacy hook). Refused where it is registered instead.
-    def register_full_backward_hook(self, hook, prepend: bool = False):
-        raise _no_module_backward_hooks()
-
-    def register_full_backward_pre_hook(self, hook, prepend: bool = False):
-        raise _no_module_backward_hooks()
-
-    def register_backward_hook(self, hook):
-        raise _no_module_backward_hooks()
-
     # ------------------------------------------------------ checkpoint recomputations
     @torch.compiler.disable
     def _generator_for(
@@ -449,6 +442,8 @@ class Bottleneck(nn.Module, ABC):
         ``torch.Generator`` or :class:`qlatent.rng.SeedKeys`; on the hard path a CPU one).
         ValueError for a bad input or generator.
         """
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            self._check_traceable()
         self._check_input(y)
         # the hard path's dither is common randomness: CPU only; training noise on any device
         check_generator(generator, cpu=not self.training)
@@ -469,6 +464,30 @@ class Bottleneck(nn.Module, ABC):
             stats=out.stats,
         )
 
+    #: why ``torch.jit.trace`` cannot record this method's forward faithfully, by mode
+    #: ("training", "eval"), and the way out; a mode not named here traces
+    _UNTRACEABLE: ClassVar[Mapping[str, str]] = {}
+    #: the same for ``torch.export.export``
+    _UNEXPORTABLE: ClassVar[Mapping[str, str]] = {}
+
+    def _check_traceable(self, mode: str | None = None) -> None:
+        """RuntimeError, naming this module and the way out, for a ``torch.jit.trace`` or a
+        ``torch.export.export`` of a forward (or, ``mode="eval"``, of ``quantize`` /
+        ``dequantize``) that it cannot record faithfully (:attr:`_UNTRACEABLE`,
+        :attr:`_UNEXPORTABLE`). A trace keeps the tensor ops of one call and fixes every Python
+        decision and every value read back at what they were while tracing: such a trace failed
+        deep inside torch or, worse, ran and differed from the module."""
+        mode = mode or ("training" if self.training else "eval")  # (the hard path: "eval")
+        if torch.jit.is_tracing():
+            tool, reason = "torch.jit.trace", self._UNTRACEABLE.get(mode)
+        else:
+            tool, reason = "torch.export", self._UNEXPORTABLE.get(mode)
+        if reason:
+            raise RuntimeError(
+                f"{tool} cannot record the {mode}-mode forward of {type(self).__name__} "
+                f"faithfully: {reason}"
+            )
+
     @autocast_off
     def quantize(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard path, first half: the discrete symbols of ``y``.
@@ -477,6 +496,8 @@ class Bottleneck(nn.Module, ABC):
         a codeword index (``index_kind == "scalar"``), ``(B[, *spatial])``.
         """
         self._require_discrete()
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            self._check_traceable("eval")
         self._check_input(y)
         check_generator(generator)
         y = self._cast(y)
@@ -492,6 +513,8 @@ class Bottleneck(nn.Module, ABC):
         for indices that are not an integer tensor of that shape.
         """
         self._require_discrete()
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            self._check_traceable("eval")
         check_generator(generator)
         if not isinstance(indices, Tensor):
             raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
@@ -739,7 +762,26 @@ class Bottleneck(nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
-        self._check_values(y)
+        if torch.compiler.is_exporting():
+            self._assert_values(y)
+        else:
+            self._check_values(y)
+
+    def _assert_values(self, y: Tensor) -> None:
+        """Within ``torch.export``: :meth:`_check_values`'s checks as assertions of the exported
+        program (a RuntimeError naming them when it runs on such an input). Export cannot read
+        values back to Python: the eager check failed there (strict: on its
+        ``torch.compiler.disable``; non-strict: "Could not guard on data-dependent expression").
+        (``torch.jit.trace`` drops such assertions from its graph: a traced module keeps no
+        check of later inputs.)"""
+        values = y.detach()
+        limit = self.input_limit(y.dtype)
+        torch._assert_async(values.isfinite().all(), "input holds NaN or Inf")
+        torch._assert_async(
+            (values.abs() <= limit).all(),
+            f"input magnitudes beyond this bottleneck's limit {limit:.3g} in "
+            f"{self._target_dtype(y.dtype)} (squared distances or coordinates would overflow)",
+        )
 
     def _batched_state(self) -> bool:
         """Whether a parameter or buffer of this module is batched by ``torch.func.vmap``."""

@@ -66,8 +66,9 @@ def standard_normal_noise(
 ) -> Tensor:
     """ε ~ N(0, I) from ``generator`` (drawn on its device, then moved), or torch's default RNG."""
     check_torch_generator(generator, "Gaussian noise")
-    draw_device = device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    if generator is None:  # (``randn``'s generator overload took no dynamic batch size)
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
 # --------------------------------------------------------------- the shared paths
@@ -113,7 +114,8 @@ class DiagonalGaussian(Bottleneck):
         """
         self._check_density_input(y, num_samples, generator)
         # in the dtype ``forward`` computes in: a bfloat16 log_q was off by 0.3 nats at m = 64
-        mean, logvar = self._posterior(self._cast(y))
+        # contiguous rows: a sum over a column-major row adds in another order (to_rows)
+        mean, logvar = self._posterior(self._cast(y).contiguous())
         eps = standard_normal_noise(
             (num_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
         )
@@ -124,7 +126,8 @@ class DiagonalGaussian(Bottleneck):
         """``Σ_i log N(z_i; 0, 1)``: ``(S, B, m)`` -> ``(S, B)``."""
         self._check_prior_input(z)
         # at least float32, as ``forward``: a float16 sum of m terms rounds to 1/16 nat and less
-        return log_standard_normal(z.to(torch.promote_types(z.dtype, torch.float32))).sum(-1)
+        z = z.to(torch.promote_types(z.dtype, torch.float32)).contiguous()  # row order, as to_rows
+        return log_standard_normal(z).sum(-1)
 
 
 def _optional_bound(value: float | None, name: str) -> float | None:

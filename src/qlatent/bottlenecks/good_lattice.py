@@ -48,6 +48,7 @@ from .._utils import (
     autocast_off,
     check_finite,
     first_order,
+    forward_tangent,
     plain_tensors,
     save_for_first_order,
     saved_for_first_order,
@@ -59,7 +60,7 @@ from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
-from .lattice import _check_flags, _positive_log
+from .lattice import DITHER_UNTRACEABLE, _check_flags, _positive_log
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
 #: (:class:`qlatent.coding.models._GluedBlock`): the widths that gave the shortest files on the
@@ -400,6 +401,7 @@ class DitheredGoodLattice(Bottleneck):
         "debias": False,
         "exact_rectangular": True,
     }
+    _UNTRACEABLE = {"training": DITHER_UNTRACEABLE, "eval": DITHER_UNTRACEABLE}
 
     def __init__(
         self,
@@ -792,11 +794,25 @@ class DitheredGoodLattice(Bottleneck):
         # under glibc's defaults whenever other allocations in between moved the heap
         recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (v, w, scale))
         scratch = None
-        if not recorded and self.prior_name == "laplace" and v.shape[0] > rows_per_chunk:
+        exporting = torch.compiler.is_exporting()
+        if exporting:
+            # one chunk of every row: a Python loop over the rows fixed a dynamic batch size at
+            # the example's. Each chunk draws its own proposal key, so the program holds to a
+            # batch of one chunk there (a larger one would take other draws than the module)
+            chunks = [slice(None)]
+            if prior_samples and x is None:
+                torch._check(v.shape[0] <= rows_per_chunk)
+        else:
+            chunks = (slice(i, i + rows_per_chunk) for i in range(0, v.shape[0], rows_per_chunk))
+        if (
+            not (recorded or exporting)
+            and self.prior_name == "laplace"
+            and v.shape[0] > rows_per_chunk
+        ):
             scratch = v.new_empty(rows_per_chunk, *w.shape)
         parts = []
-        for i in range(0, v.shape[0], rows_per_chunk):
-            vc = v[i : i + rows_per_chunk]
+        for chunk in chunks:
+            vc = v[chunk]
             v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
             log_p = self._cell_points_log_pdf(vc, w, scale, sums, cells.block_of, scratch)
             if prior_samples:
@@ -1155,14 +1171,22 @@ class DitheredGoodLattice(Bottleneck):
         :attr:`~qlatent.lattices.Lattice.cell_bound` of the origin: farther, it is outside
         without that (the proposal's draws mostly are, in 16 and 24 dimensions)."""
         cells = cells or self._mc_cells(t.dtype)
-        with torch.no_grad():
-            base = t.transpose(-1, -2) / sigma  # (..., S, m) in the base blocks' units
+        with torch.no_grad():  # (detached: a bool has no tangent for forward mode either)
+            base = t.detach().transpose(-1, -2) / sigma.detach()  # (..., S, m), base units
             flat = base.reshape(-1, base.shape[-1])
             near = cells.sums.rows(flat.square()) <= cells.reach  # (rows, blocks)
             inside = torch.zeros_like(near)
             first = 0
             for lattice, count, start in cells.geometry.runs:
                 pieces = flat[:, start : start + count * lattice.dim].reshape(-1, lattice.dim)
+                if torch.compiler.is_exporting():
+                    # torch.export cannot size a tensor by a count of rows (nonzero): every
+                    # block is decoded, those out of reach stay outside (the same answer)
+                    hit = (lattice.closest_point(pieces) == 0).all(1)
+                    hit &= near[:, first : first + count].reshape(-1)
+                    inside[:, first : first + count] = hit.view(-1, count)
+                    first += count
+                    continue
                 candidates = near[:, first : first + count].reshape(-1).nonzero().squeeze(1)
                 if candidates.numel():
                     k = lattice.closest_point(pieces.index_select(0, candidates))
@@ -1197,8 +1221,10 @@ class DitheredGoodLattice(Bottleneck):
         return self._unit_dither(n, generator, dtype).to(device) * self._coordinate_scale()
 
     def _coordinates(self, y: Tensor, u: Tensor) -> Tensor:
-        """Integer coordinates of z = K_Λ(y + u) in the base blocks' bases."""
-        x = (y + u) / self._coordinate_scale()
+        """Integer coordinates of z = K_Λ(y + u) in the base blocks' bases. (Integers have no
+        derivative: x is detached, so that forward mode does not meet the decoders' ``out=``
+        kernels, which it refused.)"""
+        x = ((y + u) / self._coordinate_scale()).detach()
         return self.geometry.coordinates(self.geometry.closest_point(x))
 
     def _reconstruct(self, indices: Tensor, u: Tensor) -> Tensor:
@@ -1305,7 +1331,8 @@ class DitheredGoodLattice(Bottleneck):
         The points come from torch's default generator.
         """
         self._check_prior_input(z)
-        flat = z.reshape(-1, self.dim).to(self.log_spacing.dtype)
+        # contiguous rows: a reshape of a column-major z was a column-major view (as to_rows)
+        flat = z.reshape(-1, self.dim).contiguous().to(self.log_spacing.dtype)
         log_f = self._log_density(flat, self.eval_samples, self.eval_prior_samples, None)
         return log_f.view(z.shape[:-1])
 
@@ -1381,7 +1408,8 @@ class _LaplaceBlockSums(torch.autograd.Function):
 
     (H·t = G·|t|): a row gather, two elementwise passes and three reductions, where autograd
     went through the broadcast sum, |t| and a block-sum product whose inner dimension is the
-    number of blocks (slow for both 2 and 19 blocks). First derivatives only.
+    number of blocks (slow for both 2 and 19 blocks). First derivatives only; forward mode
+    (``jvp``) as Σ_{i ∈ b} c_i·sgn(t_nis)·(v̇_ni + ẇ_is) + ċ_i·|t_nis|.
     """
 
     outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -1409,7 +1437,7 @@ class _LaplaceBlockSums(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, _, c, sums, block_of, _, _ = inputs
         _, t, kept = output
-        save_for_first_order(ctx, kept, (t, c, block_of), (t,))
+        save_for_first_order(ctx, kept, (t, c, block_of), (t,), (*inputs[:3], block_of))
         ctx.sums = _BlockSums.of(sums)
 
     @staticmethod
@@ -1426,6 +1454,21 @@ class _LaplaceBlockSums(torch.autograd.Function):
         grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
         grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
         return grad_v, grad_w, grad_c, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_v, t_w, t_c, *_):
+        v, w, c, block_of = ctx.saved_tensors
+        t = v.unsqueeze(2) + w
+        moved = forward_tangent((torch.ones_like(t), _unsqueeze(t_v, 2)), (torch.ones_like(t), t_w))
+        terms = forward_tangent((t.sgn() * c.unsqueeze(1), moved), (t.abs(), _unsqueeze(t_c, 1)))
+        # summed by block through the saved ``block_of``: the block sums' matrix is no saved
+        # tensor, and under nested transforms it may belong to another level than this one's
+        blocks = t.new_zeros(t.shape[0], ctx.sums.count, t.shape[2])
+        return blocks.index_add(1, block_of, terms), None, anchor(v)
+
+
+def _unsqueeze(t: Tensor | None, dim: int) -> Tensor | None:
+    return None if t is None else t.unsqueeze(dim)
 
 
 def _laplace_block_sums(
@@ -1455,7 +1498,7 @@ class _BalanceWeight(torch.autograd.Function):
     and the two per-block gradients are sums over rows and points of G·σ(d) and of G: one
     ``sigmoid`` and one reduction in the backward, where autograd through ``logaddexp``, the
     shift's broadcast sum and the difference formed two exponentials, a negation and three
-    reductions over the full size.
+    reductions over the full size. Forward mode (``jvp``) from the same three derivatives.
     """
 
     outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -1471,7 +1514,8 @@ class _BalanceWeight(torch.autograd.Function):
         info = torch.finfo(d.dtype)
         low, high = math.log(info.tiny) + 1.0, math.log(info.max) - 1.0
         softplus = d.clamp(min=low, max=high).exp_().log1p_()
-        if d.numel() and bool(d.amax() > high):
+        # (always under torch.export, which cannot branch on a value: it adds zeros there)
+        if d.numel() and (torch.compiler.is_exporting() or bool(d.amax() > high)):
             softplus.add_((d - high).clamp_(min=0.0))
         return torch.sub(log_p, softplus).sub_(log_uniform), d, anchor(d)
 
@@ -1479,7 +1523,7 @@ class _BalanceWeight(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, log_uniform, _, shift = inputs
         _, d, kept = output
-        save_for_first_order(ctx, kept, (d,), (d,))
+        save_for_first_order(ctx, kept, (d,), (d,), (d,))
         ctx.shapes = log_uniform.shape, shift.shape
 
     @staticmethod
@@ -1497,6 +1541,18 @@ class _BalanceWeight(torch.autograd.Function):
             if ctx.needs_input_grad[2]:  # not in the density, whose proposal has no gradient
                 grad_q0 = q_part.neg_()
         return grad, grad_uniform, grad_q0, grad_shift
+
+    @staticmethod
+    def jvp(ctx, t_log_p, t_uniform, t_q0, t_shift):
+        (d,) = ctx.saved_tensors
+        q_part = torch.sigmoid(d)
+        tangent = forward_tangent(
+            (torch.ones_like(d), t_log_p),
+            (q_part - 1.0, t_uniform),
+            (-q_part, t_q0),
+            (-q_part, t_shift),
+        )
+        return tangent, None, anchor(d)
 
 
 def _balance_weight(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor) -> Tensor:
@@ -1525,7 +1581,8 @@ class _LogSum(torch.autograd.Function):
     exp(t − max), its log plus the maximum) but for terms more than about 63 (float32) or 684
     (float64) nats below the largest, which count as that far below it: their share of the sum
     is below the rounding of its largest term, and their ω, which is below it too, is kept
-    above the smallest normal number.
+    above the smallest normal number. Forward mode (``jvp``): Σ_l of the backward's factor of
+    t_l times ṫ_l.
     """
 
     outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -1547,7 +1604,7 @@ class _LogSum(torch.autograd.Function):
         total = omega.sum(2, keepdim=True)
         log_sum = total.log().add_(peak).squeeze(2)
         omega.div_(total)
-        if bool(empty.any()):
+        if torch.compiler.is_exporting() or bool(empty.any()):  # (export: no value to branch on)
             log_sum.masked_fill_(empty.squeeze(2), -math.inf)
             omega.masked_fill_(empty, 0.0)
         slopes = []
@@ -1566,26 +1623,39 @@ class _LogSum(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         _, *factors, kept = output  # ω, and with debias the variance and the groups' slopes
-        save_for_first_order(ctx, kept, factors, factors)
+        save_for_first_order(ctx, kept, factors, factors, factors)
         ctx.samples = inputs[1]
 
     @staticmethod
     @first_order
     def backward(ctx, grad: Tensor, *_):
-        omega, *rest = saved_for_first_order(ctx)
+        return _LogSum.gradient(saved_for_first_order(ctx), ctx.samples, grad), None, None
+
+    @staticmethod
+    def jvp(ctx, t_terms, *_):
+        omega = ctx.saved_tensors[0]
+        ones = omega.new_ones(omega.shape[:2])
+        tangent = (_LogSum.gradient(ctx.saved_tensors, ctx.samples, ones) * t_terms).sum(2)
+        return tangent, *(None,) * len(ctx.saved_tensors), anchor(omega)
+
+    @staticmethod
+    def gradient(saved: Sequence[Tensor], samples: int, grad: Tensor) -> Tensor:
+        """∂L/∂terms ``(N, blocks, K)`` from the saved factors and ``grad`` = ∂L/∂log P̂
+        ``(N, blocks)``."""
+        omega, *rest = saved
         grad = grad.unsqueeze(2)
         if not rest:
-            return omega * grad, None, None
+            return omega * grad
         variance, pair_slope, *draw_slope = rest
         out = omega * (grad * (1.0 - variance.unsqueeze(2)))
         half_grad = 0.5 * grad
-        samples, half = ctx.samples, ctx.samples // 2
+        half = samples // 2
         weight = pair_slope * half_grad  # one factor for both points of a pair
         out[..., :half].addcmul_(omega[..., :half], weight)
         out[..., half:samples].addcmul_(omega[..., half:samples], weight)
         if draw_slope:
             out[..., samples:].addcmul_(omega[..., samples:], draw_slope[0] * half_grad)
-        return out, None, None
+        return out
 
 
 def _log_sum(terms: Tensor, samples: int, debias: bool) -> Tensor:

@@ -38,6 +38,8 @@ from .._utils import (
     apply_function,
     compiled_or_plain,
     first_order,
+    forward_mode_possible,
+    forward_tangent,
     save_for_first_order,
     saved_for_first_order,
     transform_wrapper,
@@ -149,7 +151,8 @@ class _FusedTrainingPath(torch.autograd.Function):
         ∂L/∂(1/b) = Σ_rows ∂L/∂rate · q,       ∂L/∂h = Σ_rows ∂L/∂rate · d_h
 
     (c = −expm1(−h) gets no gradient of its own: d_h includes it, as in ``_CellNLL``). Rows
-    ``(N, m)`` with per-coordinate parameters ``(m,)``; first derivatives only.
+    ``(N, m)`` with per-coordinate parameters ``(m,)``; first derivatives only. Forward mode
+    (``jvp``) from the same factors: ẏ_hat = ẏ + w·Δ̇, ṙate = Σ_m (g·ẏ_hat + q·(1/b)˙ + d_h·ḣ).
     """
 
     outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -163,7 +166,8 @@ class _FusedTrainingPath(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         factors = output[2:5]
-        save_for_first_order(ctx, output[5], (*factors, inputs[1]), factors)
+        saved = (*factors, inputs[1])
+        save_for_first_order(ctx, output[5], saved, factors, saved)
         ctx.compiled = inputs[6]
 
     @staticmethod
@@ -182,6 +186,14 @@ class _FusedTrainingPath(torch.autograd.Function):
         )
         grad_y, grad_spacing, grad_inv, grad_h = backward(grad_y_hat, grad_rate, g, q, d_h, key)
         return grad_y, None, grad_spacing, grad_inv, grad_h, None, None
+
+    @staticmethod
+    def jvp(ctx, t_y, _t_key, t_spacing, t_inv, t_h, _t_c, _):
+        g, q, d_h, key = ctx.saved_tensors
+        w = 0.5 - counter_uniform(key, g.shape, g.dtype)  # the same bits as the forward's
+        t_y_hat = forward_tangent((torch.ones_like(g), t_y), (w, t_spacing))
+        t_rate = forward_tangent((g, t_y_hat), (q, t_inv), (d_h, t_h)).sum(-1)
+        return t_y_hat, t_rate, None, None, None, anchor(g)
 
 
 def _training_blocks(
@@ -261,7 +273,8 @@ class _BlockedTrainingPath(torch.autograd.Function):
     depend on y_hat alone, not on the dither) and weights them by row. ∂L/∂y is one
     ``addcmul`` per block into its output. Every temporary is one block's size, and on large
     inputs the input-sized tensors are y_hat, the rate, two kept factors and the gradient.
-    Rows ``(N, m)``; first derivatives only.
+    Rows ``(N, m)``; first derivatives only. Forward mode (``jvp``) block by block from the
+    same factors, as in :class:`_FusedTrainingPath`.
     """
 
     outputs = 2  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -283,8 +296,12 @@ class _BlockedTrainingPath(torch.autograd.Function):
         y_hat, _, sums, *factors, kept = output
         # y_hat only where the backward may form q and d_h again from it
         saved = (y_hat, sums) if len(sums) else (None, None)
-        save_for_first_order(ctx, kept, (*saved, inv_scale, h, c, *factors), (sums, *factors))
+        forward = (y_hat, inv_scale, h, c, *factors)
+        save_for_first_order(
+            ctx, kept, (*saved, inv_scale, h, c, *factors), (sums, *factors), forward
+        )
         ctx.rows, ctx.shape = rows, inputs[0].shape
+        ctx.per_block = 2 if len(sums) else 4  # factors kept per block
 
     @staticmethod
     @first_order
@@ -313,6 +330,26 @@ class _BlockedTrainingPath(torch.autograd.Function):
             elif not uniform:
                 _add_prior_gradient(prior, y_hat[block], rate, inv_scale, h, c)
         return grad_y, None, grad_spacing, prior[0], prior[1], None, None
+
+    @staticmethod
+    def jvp(ctx, t_y, _t_key, t_spacing, t_inv, t_h, _t_c, _):
+        y_hat, inv_scale, h, c, *factors = ctx.saved_tensors
+        n, kept = ctx.shape[0], ctx.per_block
+        t_y_hats, t_rates = [], []
+        for i, start in enumerate(range(0, n, ctx.rows)):
+            block = slice(start, start + ctx.rows)
+            g, w, *q_d_h = factors[kept * i : kept * i + kept]
+            if not q_d_h:  # (only their sums were kept: formed again from y_hat, as backward)
+                _, d_a, d_h = cell_nll_and_derivatives(y_hat[block], inv_scale, h, c)
+                q_d_h = [d_a * y_hat[block].abs(), d_h]
+            t_block = forward_tangent(
+                (torch.ones_like(g), None if t_y is None else t_y[block]), (w, t_spacing)
+            )
+            t_y_hats.append(t_block)
+            t_rates.append(forward_tangent((g, t_block), (q_d_h[0], t_inv), (q_d_h[1], t_h)))
+        t_y_hat = torch.cat(t_y_hats) if t_y_hats else torch.zeros_like(y_hat)
+        t_rate = torch.cat(t_rates).sum(-1) if t_rates else y_hat.new_zeros(0)
+        return t_y_hat, t_rate, None, *(None,) * len(factors), anchor(y_hat)
 
 
 def _add_prior_gradient(
@@ -411,6 +448,16 @@ def dithered_lattice(*, dim: int, lattice="rectangular", **kwargs) -> Bottleneck
     return DitheredGoodLattice(dim=dim, lattice=lattice, **kwargs)
 
 
+#: why ``torch.jit.trace`` cannot record a dithered lattice, in either mode
+#: (:attr:`~qlatent.bottlenecks.base.Bottleneck._UNTRACEABLE`)
+DITHER_UNTRACEABLE = (
+    "its dither comes from a key drawn per call and a counter-based hash, which a trace "
+    "cannot replay (it refused the traced shapes, and on the CPU the hash runs in NumPy, "
+    "which a trace would keep as a constant: the same dither on every call). Export it "
+    "with torch.export.export, which records the dither's ops (eval and training mode)"
+)
+
+
 class DitheredLattice(Bottleneck):
     """Dithered rectangular-lattice quantizer with a learnable Laplace prior.
 
@@ -441,6 +488,7 @@ class DitheredLattice(Bottleneck):
     """
 
     LOG_PARAMETERS = ("log_spacing", "log_scale")
+    _UNTRACEABLE = {"training": DITHER_UNTRACEABLE, "eval": DITHER_UNTRACEABLE}
 
     compile = Setting(check_flag)
     lattice_name = Fixed("lattice")
@@ -495,19 +543,30 @@ class DitheredLattice(Bottleneck):
         y = y.to(self.log_spacing.dtype)  # one dtype on both paths: the parameters'
         spacing, scale = self.spacing, self.scale
         rows = _block_rows(self.dim, y.device)
+        # the kernels without autograd write with ``out=``, which forward mode refuses: where
+        # it may run (also under ``torch.no_grad``, which does not stop it) the paths with it
+        differentiable = torch.is_grad_enabled() or forward_mode_possible()
+        # torch.export records the ops themselves, whatever the grad mode while exporting: the
+        # kernels' ``out=`` writes failed in the program wherever its parameters require grad,
+        # and the compiled kernels are not traced. There the differentiable reference ops,
+        # the same values (:func:`_training_kernel`, the hard path's loop below)
+        exporting = torch.compiler.is_exporting()
+        differentiable = differentiable or exporting
         if self.training:
             # one key per call from the generator; the dither itself comes from the key and each
             # element's index, so the kernel draws it without a sequential RNG pass
             key = draw_key(generator, y.device)
             constants = cell_constants(spacing, scale)
-            if self.compile and torch.is_grad_enabled():
+            if exporting:
+                y_hat, rate = _training_kernel(y, key, spacing, *constants)
+            elif self.compile and differentiable:
                 y_hat, rate, *_ = apply_function(
                     _FusedTrainingPath, y, key, spacing, *constants, True
                 )
             elif self.compile:
                 kernel = compiled_or_plain(_compiled_kernel, _training_kernel)
                 y_hat, rate = kernel(y, key, spacing, *constants)
-            elif torch.is_grad_enabled():
+            elif differentiable:
                 y_hat, rate, *_ = apply_function(
                     _BlockedTrainingPath, y, key, spacing, *constants, rows
                 )
@@ -515,7 +574,7 @@ class DitheredLattice(Bottleneck):
                 y_hat, rate = _training_blocks(y, key, spacing, *constants, rows)
             indices = None
         elif (
-            not torch.is_grad_enabled()
+            not differentiable
             and self.compile
             and y.numel()
             and y.dtype in COMPILED_DTYPES  # float16 / bfloat16: other indices when fused
@@ -525,7 +584,7 @@ class DitheredLattice(Bottleneck):
                 y, key, spacing, *cell_constants(spacing, scale)
             )
             check_reach(float(reach))
-        elif not torch.is_grad_enabled():
+        elif not differentiable:
             y_hat, rate, indices = self._hard_rows_no_grad(y, generator)
         else:
             u = self._hard_dither(y.shape[0], generator, y.device)
@@ -533,8 +592,11 @@ class DitheredLattice(Bottleneck):
             indices = torch.empty(y.shape, dtype=torch.int64, device=y.device)
             y_hat = torch.empty_like(y)
             rate = y.new_empty(y.shape[0])
-            for start in range(0, y.shape[0], rows):  # cache-sized blocks of rows
-                block = slice(start, start + rows)
+            # cache-sized blocks of rows; exported, one block of every row (a Python loop
+            # over the rows fixed a dynamic batch size at the example's)
+            n = y.shape[0]
+            blocks = [slice(None)] if exporting else (slice(s, s + rows) for s in range(0, n, rows))
+            for block in blocks:
                 k = self._coordinates(y[block], u[block], geometry)
                 value = self._reconstruct(k, u[block], geometry)
                 indices[block], y_hat[block] = k, value
@@ -620,6 +682,7 @@ class DitheredLattice(Bottleneck):
         """log f_{X̂−U}(z) = log P(cell around z) − log V, the "prior" of Theorem 1."""
         self._check_prior_input(z)
         spacing, scale = self.spacing, self.scale
+        z = z.contiguous()  # summed in row order whatever z's layout (as :func:`to_rows`)
         return laplace_cell_nll(z, spacing, scale).sum(-1).neg() - self.log_spacing.sum()
 
     # ---------------------------------------------------------------- helpers

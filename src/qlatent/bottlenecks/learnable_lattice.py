@@ -40,6 +40,7 @@ from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import (
     check_num_codes,
+    padded_row_counts,
     row_counts,
     straight_through,
     usage_stats,
@@ -126,7 +127,9 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     def _safe_basis(self) -> Tensor:
         b = self.basis
         tiny = b.abs() < _MIN_SPACING
-        if not tiny.any():
+        # (torch.export cannot branch on a value: there the replacement below, which keeps
+        # every coordinate that is not tiny, as it is)
+        if not torch.compiler.is_exporting() and not tiny.any():
             return b
         sign = torch.where(b < 0, -1.0, 1.0).to(b.dtype)
         return torch.where(tiny, sign * _MIN_SPACING, b)
@@ -139,7 +142,9 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         rate = y.new_zeros(y.shape[0])
         if not self.training:
             indices = to_coordinates(n)
-            stats.update(usage_stats(row_counts(indices)))  # a sort: off the training hot path
+            # a sort: off the training hot path (torch.export: counts of a size it can record)
+            counted = padded_row_counts if torch.compiler.is_exporting() else row_counts
+            stats.update(usage_stats(counted(indices)))
             return BottleneckOutput(q.detach(), rate, y.new_zeros(()), indices, stats)
         size = -self.basis.abs().sum()
         aux = (

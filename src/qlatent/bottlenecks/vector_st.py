@@ -135,7 +135,7 @@ class VectorST(CountedCodeModel, Bottleneck):
         q = self._lookup(self.codes, k)
         log_pi = F.log_softmax(self.logits, dim=-1).expand(y.shape[0], -1, -1)
         rate = -log_pi.gather(-1, k.unsqueeze(-1)).squeeze(-1).sum(-1)
-        used = torch.zeros_like(self.logits, dtype=torch.bool).scatter_(1, k.T, True)  # (G, M)
+        used = torch.zeros_like(self.logits, dtype=torch.bool).scatter_(1, k.T, 1)  # (G, M)
         stats = {"codes_used": used.sum(1).float().mean().detach()}
         if not self.training:
             return BottleneckOutput(q.detach(), rate.detach(), y.new_zeros(()), k, stats)

@@ -74,6 +74,8 @@ def closest_point_glued(
     that the ``(rows, |C|)`` coset costs stay a few MB."""
     n = code.words.shape[1]
     rows = x.reshape(-1, n)
+    if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+        return decode_glued(rows, code, a, q, offsets).view(*x.shape[:-1], n)
     out = torch.empty_like(rows)
     for start in range(0, rows.shape[0], chunk):
         out[start : start + chunk] = decode_glued(rows[start : start + chunk], code, a, q, offsets)
@@ -113,8 +115,8 @@ def decode_glued(
     best_index = torch.stack(indices).gather(0, which.unsqueeze(0)).squeeze(0) + which * n_words
     for j, (cost, wrong, delta) in enumerate(zip(costs, flips, deltas, strict=True)):
         rows, cols = torch.nonzero(wrong & (cost < best_cost.unsqueeze(1)), as_tuple=True)
-        if rows.numel() == 0:
-            continue
+        if not torch.compiler.is_exporting() and rows.numel() == 0:
+            continue  # (a shortcut only: torch.export cannot branch on the count)
         bits = words[cols] > 0  # (K', n)
         fixed = cost[rows, cols] + torch.where(bits, delta[1, rows], delta[0, rows]).amin(-1)
         low = torch.full_like(best_cost, math.inf).scatter_reduce_(0, rows, fixed, "amin")

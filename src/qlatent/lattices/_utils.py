@@ -53,7 +53,8 @@ def in_chunks(
         return in_chunks(rule, x.float(), n, itemsize).to(x.dtype)
     rows = x.reshape(-1, n)
     size = max(1, CHUNK_BYTES // (n * (itemsize or x.element_size())))
-    if rows.shape[0] <= size or x.device.type != "cpu":
+    # (exported: in one call, as a Python loop over the rows fixed a dynamic batch size)
+    if torch.compiler.is_exporting() or rows.shape[0] <= size or x.device.type != "cpu":
         return rule(rows).view(x.shape)
     out = torch.empty_like(rows)
     for start in range(0, rows.shape[0], size):

@@ -48,7 +48,11 @@ def to_coordinates(k: Tensor) -> Tensor:
 def check_coordinates(k: Tensor) -> None:
     """ValueError if the rounded float coordinates ``k`` reach beyond ±:data:`MAX_COORDINATE`
     (or are NaN): what :func:`to_coordinates` checks before converting."""
-    if k.numel():
+    if k.numel() and torch.compiler.is_exporting():
+        # torch.export cannot read the reach back: the check runs in the exported program
+        reach = k.detach().abs().amax()
+        torch._assert_async(reach <= MAX_COORDINATE, _reach_message("the reach"))
+    elif k.numel():
         low, high = torch.aminmax(k.detach())
         check_reach(max(-float(low), float(high)))
 
@@ -57,11 +61,14 @@ def check_reach(reach: float) -> None:
     """ValueError if ``reach``, the largest |k| of rounded float coordinates, is beyond
     ±:data:`MAX_COORDINATE` or NaN (for kernels that reduce it themselves)."""
     if not reach <= MAX_COORDINATE:  # NaN too
-        raise ValueError(
-            f"lattice coordinates reach {reach:.3g}, beyond the limit ±2^62 "
-            f"({MAX_COORDINATE:.3g}) of int64 coordinates: the input is too large for "
-            "this lattice's spacing"
-        )
+        raise ValueError(_reach_message(f"{reach:.3g}"))
+
+
+def _reach_message(reach: str) -> str:
+    return (
+        f"lattice coordinates reach {reach}, beyond the limit ±2^62 ({MAX_COORDINATE:.3g}) of "
+        "int64 coordinates: the input is too large for this lattice's spacing"
+    )
 
 
 def check_rows(x: Tensor, dim: int, name: str, *, floating: bool = True) -> None:

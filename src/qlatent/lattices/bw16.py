@@ -102,6 +102,8 @@ class BarnesWallLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 16, self.name)
         rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
+        if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+            return in_float32(self._quarters.decode, rows).view(x.shape)
         out = torch.empty_like(rows)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS and x.dtype in COMPILED_DTYPES:
             fused = compiled_or_plain(compiled_decode, _closest_bw16_columns)

@@ -70,7 +70,8 @@ class GossetLattice(FixedLattice):
             return in_chunks(_closest_e8_planar, x, 8)
         else:  # eager, also for a few rows, where the compiled call's overhead dominates
             decode = functools.partial(in_float32, _closest_e8)
-        if rows.shape[0] <= _CHUNK:
+        # (exported: one call, as a branch on the row count bounded a dynamic batch size)
+        if torch.compiler.is_exporting() or rows.shape[0] <= _CHUNK:
             return decode(rows).view(x.shape)
         out = torch.empty_like(rows)
         for start in range(0, rows.shape[0], _CHUNK):

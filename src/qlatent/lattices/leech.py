@@ -116,6 +116,8 @@ class LeechLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 24, self.name)
         rows = x.detach().reshape(-1, 24)  # piecewise constant: its derivative is 0
+        if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+            return in_float32(self._sextet.decode, rows).view(x.shape)
         out = torch.empty_like(rows)
         # the compiled decoder takes one shape; the eager one larger chunks off the CPU
         size = _CHUNK if self.compile or rows.device.type == "cpu" else _CHUNK_ACCELERATOR

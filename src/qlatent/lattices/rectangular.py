@@ -36,6 +36,13 @@ class RectangularLattice(Lattice):
             raise ValueError(f"spacing must be a real-valued tensor, got {spacing.dtype}")
         if spacing.dim() != 1 or spacing.numel() == 0:
             raise ValueError(f"spacing must be a non-empty 1-D tensor, got shape {spacing.shape}")
+        if torch.compiler.is_exporting():
+            # torch.export cannot read the values back: the check runs in the exported program,
+            # and the name (for messages only) is not looked up
+            ok = (torch.isfinite(spacing) & (spacing > 0)).all()
+            torch._assert_async(ok, "spacing must be finite and positive")
+            self.spacing, self.name = spacing, "rectangular"
+            return
         if not torch.isfinite(spacing).all() or (spacing <= 0).any():
             raise ValueError("spacing must be finite and positive")
         self.spacing = spacing

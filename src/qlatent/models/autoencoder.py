@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._utils import NoModuleBackwardHooks
 from ..bottlenecks import Bottleneck, BottleneckOutput
 from ..nn import Likelihood
 
@@ -29,7 +30,11 @@ class AutoencoderOutput:
     bottleneck: BottleneckOutput
 
 
-class Autoencoder(nn.Module):
+# a pytree node, as BottleneckOutput is: ``torch.export.export(model, (x,))`` returns one
+torch.export.register_dataclass(AutoencoderOutput, serialized_type_name="qlatent.AutoencoderOutput")
+
+
+class Autoencoder(NoModuleBackwardHooks, nn.Module):
     """Composition of the four parts. ``forward`` returns an :class:`AutoencoderOutput`.
 
     ``forward(x, *, generator=None)``: ``x`` ``(B, *input)`` → encoder → ``y`` ``(B, in_dim)``
@@ -42,6 +47,13 @@ class Autoencoder(nn.Module):
     or if ``x`` is not a floating-point tensor; the bottleneck raises ValueError for an encoder
     output of the wrong shape or with NaN/Inf.
     """
+
+    # (module backward hooks are refused by name: :class:`~qlatent._utils.NoModuleBackwardHooks`)
+    _returns = "an AutoencoderOutput"
+    _hook_instead = (
+        "its tensors instead (out.params.register_hook(...)) or a part that returns a tensor "
+        "(e.g. model.encoder or model.decoder)"
+    )
 
     def __init__(
         self, encoder: nn.Module, bottleneck: Bottleneck, decoder: nn.Module, likelihood: Likelihood

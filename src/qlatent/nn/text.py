@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .._utils import check_count
+from .._utils import NoModuleBackwardHooks, check_count
 from ..bottlenecks import Bottleneck
 from ..models import AutoencoderOutput
 from .likelihoods import Likelihood
@@ -110,12 +110,19 @@ def _layers(cfg: TextModelConfig, in_dim: int) -> nn.ModuleDict:
     )
 
 
-class TextAutoencoder(nn.Module):
+class TextAutoencoder(NoModuleBackwardHooks, nn.Module):
     """The model above; ``bottleneck`` takes ``(B, in_dim)`` rows and gives ``(B, D)`` codes.
 
     Its layers are counted before they are allocated (ValueError past
     :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`); the batches it takes are checked: int64
     ids of its vocabulary, padding only after a sentence's last token."""
+
+    # (module backward hooks are refused by name: :class:`~qlatent._utils.NoModuleBackwardHooks`)
+    _returns = "an AutoencoderOutput"
+    _hook_instead = (
+        "its tensors instead (out.params.register_hook(...)) or a part that returns a tensor "
+        "(e.g. model.to_code or model.output)"
+    )
 
     def __init__(self, bottleneck: Bottleneck, cfg: TextModelConfig = TEXT_CONFIGS["small"]):
         from ..models.size import sized

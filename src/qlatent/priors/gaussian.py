@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import apply_function, with_plain_twin
+from .._utils import apply_function, save_for_jvp, with_plain_twin
 from .laplace import check_real
 
 
@@ -96,8 +96,9 @@ class _LogNdtr(torch.autograd.Function):
                   = −x                                 x < −ε^{−1/2} (error 1/x² < ε)
                   = e^{−x²/2 − log Φ(x)} / √(2π)       x ≥ 0   (log Φ(x) ∈ [−log 2, 0])
 
-    The backward is made of differentiable operations, so second derivatives still exist.
-    ``x`` any floating tensor torch's ``log_ndtr`` takes; returns its shape.
+    The backward is made of differentiable operations, so second derivatives still exist;
+    forward mode (``jvp``) uses the same ratio. ``x`` any floating tensor torch's ``log_ndtr``
+    takes; returns its shape.
     """
 
     @staticmethod
@@ -107,26 +108,35 @@ class _LogNdtr(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0], output)
+        save_for_jvp(ctx, inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        x, value = ctx.saved_tensors
-        negative = x < 0
-        far = x < -(torch.finfo(x.dtype).eps ** -0.5)
-        # each branch's input kept finite and in its range where another branch is taken
-        left = torch.where(negative, x, -1.0)
-        right = torch.where(negative, 0.0, x)
-        mills = torch.where(
-            far,
-            -x,
-            torch.where(
-                negative,
-                math.sqrt(2 / math.pi) / torch.special.erfcx(left * -math.sqrt(0.5)),
-                torch.exp(-0.5 * right * right - torch.where(negative, 0.0, value))
-                / math.sqrt(2 * math.pi),
-            ),
-        )
-        return grad * mills
+        return grad * _mills_ratio(*ctx.saved_tensors)
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor) -> Tensor:
+        return tangent * _mills_ratio(*ctx.saved_tensors)
+
+
+def _mills_ratio(x: Tensor, value: Tensor) -> Tensor:
+    """φ(x)/Φ(x), the derivative of log Φ at ``x``, given ``value`` = log Φ(x)
+    (:class:`_LogNdtr`)."""
+    negative = x < 0
+    far = x < -(torch.finfo(x.dtype).eps ** -0.5)
+    # each branch's input kept finite and in its range where another branch is taken
+    left = torch.where(negative, x, -1.0)
+    right = torch.where(negative, 0.0, x)
+    return torch.where(
+        far,
+        -x,
+        torch.where(
+            negative,
+            math.sqrt(2 / math.pi) / torch.special.erfcx(left * -math.sqrt(0.5)),
+            torch.exp(-0.5 * right * right - torch.where(negative, 0.0, value))
+            / math.sqrt(2 * math.pi),
+        ),
+    )
 
 
 def _log_phi(c: Tensor) -> Tensor:
@@ -146,7 +156,8 @@ class _LogSinhc(torch.autograd.Function):
 
         L(x) = x/3 − x³/45 + 2x⁵/945 − x⁷/4725 + 2x⁹/93555 − …
 
-    ``x`` ≥ 0 of any shape; returns its shape and dtype.
+    ``x`` ≥ 0 of any shape; returns its shape and dtype. Forward mode (``jvp``) uses the same
+    derivative.
     """
 
     @staticmethod
@@ -156,18 +167,26 @@ class _LogSinhc(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
+        save_for_jvp(ctx, inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        wide = x.double()
-        small = wide < 0.1
-        t = torch.where(small, wide, 0.0)
-        t2 = t * t
-        series = t * (1 / 3 + t2 * (-1 / 45 + t2 * (2 / 945 + t2 * (-1 / 4725 + t2 * 2 / 93555))))
-        big = torch.where(small, 1.0, wide)
-        langevin = torch.where(small, series, 1 / torch.tanh(big) - 1 / big)
-        return grad * langevin.to(grad.dtype)
+        return grad * _langevin(*ctx.saved_tensors).to(grad.dtype)
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor) -> Tensor:
+        return tangent * _langevin(*ctx.saved_tensors).to(tangent.dtype)
+
+
+def _langevin(x: Tensor) -> Tensor:
+    """Langevin's L(x) = coth(x) − 1/x in float64, the derivative of :class:`_LogSinhc`."""
+    wide = x.double()
+    small = wide < 0.1
+    t = torch.where(small, wide, 0.0)
+    t2 = t * t
+    series = t * (1 / 3 + t2 * (-1 / 45 + t2 * (2 / 945 + t2 * (-1 / 4725 + t2 * 2 / 93555))))
+    big = torch.where(small, 1.0, wide)
+    return torch.where(small, series, 1 / torch.tanh(big) - 1 / big)
 
 
 def _log_sinhc(x: Tensor) -> Tensor:

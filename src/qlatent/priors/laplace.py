@@ -26,6 +26,7 @@ from .._utils import (
     anchor,
     apply_function,
     first_order,
+    forward_tangent,
     save_for_first_order,
     saved_for_first_order,
     with_plain_twin,
@@ -166,7 +167,7 @@ class _CellNLL(torch.autograd.Function):
     expm1(−t)·(expm1(−t) + 2), accurate for small t. Every factor is bounded (e^{t−h} ≤ 1,
     Q ≥ half its first term), so the gradient is finite wherever the forward is. The forward
     keeps the two elementwise derivatives instead of autograd's dozen intermediate tensors.
-    First derivatives only.
+    First derivatives only; forward mode (``jvp``) from the same two derivatives.
     """
 
     outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
@@ -182,9 +183,10 @@ class _CellNLL(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        eta, inv_scale, h, _, _ = inputs
+        eta, inv_scale, h, c, _ = inputs
         _, d_a, d_h, kept = output
-        save_for_first_order(ctx, kept, (d_a, d_h, eta, inv_scale, h), (d_a, d_h))
+        forward = (eta, inv_scale, h, c, d_a, d_h)
+        save_for_first_order(ctx, kept, (d_a, d_h, eta, inv_scale, h), (d_a, d_h), forward)
 
     @staticmethod
     @first_order
@@ -199,3 +201,14 @@ class _CellNLL(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_h = (grad * d_h).sum_to_size(h.shape)
         return grad_eta, grad_inv, grad_h, None, None
+
+    @staticmethod
+    def jvp(ctx, t_eta, t_inv, t_h, _t_c, _):
+        eta, inv_scale, h, c, d_a, d_h = ctx.saved_tensors
+        if d_a is None:  # (no input required a gradient: not formed in the forward)
+            _, d_a, d_h = cell_nll_and_derivatives(eta, inv_scale, h, c)
+        # c = −expm1(−h) has no term of its own: d_h includes it, as in the backward
+        tangent = forward_tangent(
+            (d_a * inv_scale * torch.sign(eta), t_eta), (d_a * eta.abs(), t_inv), (d_h, t_h)
+        )
+        return tangent, None, None, anchor(eta)
