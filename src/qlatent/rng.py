@@ -128,15 +128,26 @@ def counter_uniform(
     Returns a tensor of ``shape`` and ``dtype`` on ``key``'s device. Raises ValueError for a key
     that is not a 0-d int32 tensor, a shape that is not a tuple of non-negative integers, a
     dtype that is not floating-point, an offset that is not an integer, or counters
-    ``offset + numel`` that reach 2^31.
+    ``offset + numel`` that reach 2^31. Within ``torch.export`` the count is an assertion of
+    the exported program (a RuntimeError when the program runs past it).
     """
     if not torch.compiler.is_compiling():  # (traced shapes are symbolic, not ints)
         _check_arguments(key, shape, dtype, offset)
     numel = math.prod(shape)
-    if offset < 0 or offset + numel >= 2**31:
+    exporting = torch.compiler.is_exporting()
+    if offset < 0 or (not exporting and offset + numel >= 2**31):
         raise ValueError(
             f"counter_uniform draws at most 2^31 numbers per key, asked for counters "
             f"{offset} to {offset + numel}"
+        )
+    if exporting:
+        # the count as an assertion of the program, which refuses a larger input when it runs:
+        # as a guard on a dynamic size it bounded the ``torch.export.Dim`` (an unbounded one
+        # failed inside torch, "Expected op to be '==', got <")
+        torch._assert_async(
+            torch.full((), offset + numel, dtype=torch.int64) < 2**31,
+            "counter_uniform draws at most 2^31 numbers per key (a dithered bottleneck's "
+            "dither or Monte-Carlo draws for this input): give it fewer rows",
         )
     if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
         out = np.empty(numel, dtype=_NUMPY_DTYPES[dtype])

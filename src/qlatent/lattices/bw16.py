@@ -125,7 +125,15 @@ class BarnesWallLattice(FixedLattice):
         million, and a file's decoder regenerates its dither bit for bit. With ``compile=True``
         the fused decoder for 64 points or more, as before."""
         check_rows(y, 16, self.name)
-        if self.compile and y.numel() >= 16 * _COMPILED_MIN_ROWS and y.dtype in COMPILED_DTYPES:
+        # (exported: the eager decoder of ``compile=False``, as :meth:`closest_point`'s; the
+        # branch on the row count bounded a dynamic batch size)
+        exporting = torch.compiler.is_exporting()
+        if (
+            self.compile
+            and not exporting
+            and y.numel() >= 16 * _COMPILED_MIN_ROWS
+            and y.dtype in COMPILED_DTYPES
+        ):
             return self.closest_point(y)
         chunk = _eager_chunk(y.device)
         glued = lambda rows: closest_point_glued(rows, self._code, 1.0, 2.0, ((0.0, 0),), chunk)  # noqa: E731

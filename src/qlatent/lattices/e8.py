@@ -63,7 +63,7 @@ class GossetLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 8, self.name)
         rows = x.reshape(-1, 8)
-        if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS and x.dtype in COMPILED_DTYPES:
+        if _compiled(self.compile, rows.shape[0], x.dtype):
             fused = compiled_or_plain(compiled_decode, _closest_e8_columns)
             decode = lambda chunk: fused(chunk.T.contiguous())  # noqa: E731
         elif rows.device.type == "cpu":  # eager, in chunks that keep the temporaries small
@@ -85,11 +85,19 @@ class GossetLattice(FixedLattice):
         file's decoder regenerates its dither bit for bit. With ``compile=True`` the fused
         decoder for 64 points or more, as before."""
         check_rows(y, 8, self.name)
-        if self.compile and y.numel() >= 8 * _COMPILED_MIN_ROWS and y.dtype in COMPILED_DTYPES:
+        if _compiled(self.compile, y.numel() // 8, y.dtype):
             return self.closest_point(y)
         if y.device.type == "cpu":
             return in_chunks(_closest_e8, y, 8)
         return self.closest_point(y)
+
+
+def _compiled(compile: bool, rows: int, dtype: torch.dtype) -> bool:
+    """Whether ``rows`` points take the fused decoder. Never within ``torch.export``: the
+    program records the eager decoder of ``compile=False`` (the branch on the row count bounded
+    a dynamic batch size, and a compiled function is not recorded as such)."""
+    exporting = torch.compiler.is_exporting()
+    return compile and not exporting and rows >= _COMPILED_MIN_ROWS and dtype in COMPILED_DTYPES
 
 
 #: E8 rows per compiled call, and per eager call on an accelerator: bounds the temporaries

@@ -57,7 +57,14 @@ class Bernoulli(Likelihood):
         _check_pair(x, params, "logits")
         if not x.is_floating_point():
             raise ValueError(f"Bernoulli data must be floating-point, got {x.dtype}")
-        if x.numel():  # out of [0, 1] (or NaN), the "likelihood" would go negative without a word
+        if torch.compiler.is_exporting():
+            # the check as an assertion of the exported program: export cannot read values back
+            # to Python (it failed here: "Could not guard on data-dependent expression")
+            data = x.detach()
+            torch._assert_async(
+                ((data >= 0) & (data <= 1)).all(), "Bernoulli data must lie in [0, 1]"
+            )
+        elif x.numel():  # out of [0, 1] (or NaN), the "likelihood" would go negative without a word
             lo, hi = torch.aminmax(x.detach())
             if not 0 <= lo <= hi <= 1:
                 raise ValueError(f"Bernoulli data must lie in [0, 1], got values in [{lo}, {hi}]")
