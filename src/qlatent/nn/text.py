@@ -84,10 +84,47 @@ def check_ids(x: Tensor, vocab: int) -> None:
     """ValueError unless ``x`` is ``(B, T)`` int64 token ids in ``[0, vocab)``, ``T >= 1``."""
     if x.dim() != 2 or x.dtype != torch.int64 or x.shape[1] < 1:
         raise ValueError(f"expected (B, T) int64 token ids, T >= 1, got {tuple(x.shape)} {x.dtype}")
-    if x.numel():  # an id out of range was an IndexError deep inside the embedding
+    if torch.compiler.is_exporting():
+        # the check as an assertion of the exported program: export cannot read values back
+        # to Python (it failed here: "Could not guard on data-dependent expression")
+        torch._assert_async(((x >= 0) & (x < vocab)).all(), f"token ids must lie in [0, {vocab})")
+    elif x.numel():  # an id out of range was an IndexError deep inside the embedding
         lo, hi = torch.aminmax(x)
         if not 0 <= lo <= hi < vocab:
             raise ValueError(f"token ids must lie in [0, {vocab}), got values in [{lo}, {hi}]")
+
+
+def _unpacked_states(gru: nn.GRU, inputs: Tensor, lengths: Tensor) -> Tensor:
+    """The final states ``(layers · 2, B, H)`` of the bidirectional, batch-first ``gru`` on
+    ``pack_padded_sequence(inputs, lengths)``, computed on the padded ``inputs``.
+
+    Exported, a packed sequence fails: its ``batch_sizes`` are data that the GRU op reads as
+    sizes ("zeros(): argument 'size' ... got FakeTensor"; strict export does not trace
+    ``pack_padded_sequence`` at all). Here each direction of each layer is one plain GRU over
+    all ``T`` steps: the forward one's state after a sentence's last word is its output there
+    (padding comes later), and the backward one reads each sentence's words reversed in place
+    (padding left after them), its outputs put back in order for the next layer. The same
+    cell on the same rows; the packed GRU multiplies only the sentences still running at each
+    step, and the CPU's matrix product may sum in another order for another row count: with
+    padding, last-bit differences (at most a few float32 ulps, tested); without, bit for bit.
+    Eval only: the dropout between layers (0 in :func:`_layers`) is not applied."""
+    batch, steps = inputs.shape[:2]
+    rows = torch.arange(batch, device=inputs.device)[:, None]
+    at = torch.arange(steps, device=inputs.device)
+    last = (lengths - 1)[:, None]
+    flip = torch.where(at < lengths[:, None], last - at, at)  # (B, T), its own inverse
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if gru.bias else [])
+    h0 = inputs.new_zeros(1, batch, gru.hidden_size)
+    states = []
+    for layer in range(gru.num_layers):
+        outs = []
+        for suffix, seq in (("", inputs), ("_reverse", inputs[rows, flip])):
+            weights = [getattr(gru, f"{name}_l{layer}{suffix}") for name in names]
+            out, _ = torch._VF.gru(seq, h0, weights, gru.bias, 1, 0.0, False, False, True)
+            states.append(out[rows[:, 0], last[:, 0]])
+            outs.append(out)
+        inputs = torch.cat([outs[0], outs[1][rows, flip]], dim=-1)
+    return torch.stack(states)
 
 
 def _layers(cfg: TextModelConfig, in_dim: int) -> nn.ModuleDict:
@@ -152,7 +189,10 @@ class TextAutoencoder(NoModuleBackwardHooks, nn.Module):
         """ValueError unless ``x`` is a batch of sentences this model reads (see above)."""
         check_ids(x, self.cfg.vocab_size + 4)
         words = x != PAD
-        if (words[:, 1:] & ~words[:, :-1]).any():
+        early = (words[:, 1:] & ~words[:, :-1]).any()
+        if torch.compiler.is_exporting():  # (as in check_ids)
+            torch._assert_async(~early, "padding (id 0) must come after a sentence's last token")
+        elif early:
             raise ValueError("padding (id 0) must come after a sentence's last token, not before")
 
     def encode(self, x: Tensor) -> Tensor:
@@ -161,6 +201,8 @@ class TextAutoencoder(NoModuleBackwardHooks, nn.Module):
         self.check(x)
         if x.shape[0] == 0:  # nothing to pack
             _, h = self.encoder(self.embed(x))
+        elif torch.compiler.is_exporting():  # a packed sequence does not export
+            h = _unpacked_states(self.encoder, self.embed(x), (x != PAD).sum(1).clamp_min(1))
         else:
             lengths = (x != PAD).sum(1).clamp_min(1).cpu()
             packed = pack_padded_sequence(
