@@ -1,8 +1,16 @@
 """What the resume tests share: a run's history without its wall times, and whether two runs
-ended on the same weights."""
+ended on the same weights; and what the distributed tests share: two gloo ranks on this
+machine."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from qlatent.train import load
@@ -17,3 +25,40 @@ def same_last_weights(a, b) -> bool:
     """Whether the ``last.pt`` of run folders ``a`` and ``b`` hold the same tensors."""
     a, b = load(a / "last.pt")["model"], load(b / "last.pt")["model"]
     return all(torch.equal(tensor, b[name]) for name, tensor in a.items())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_ranks(argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+    """Run ``python argv`` as ranks 0 and 1 of a two-process group on this machine (the
+    ``torchrun`` variables set); the test fails with their stderr if one fails or takes more
+    than 120 s (then both are killed with their process groups)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    env |= {"MASTER_PORT": str(_free_port()), **(extra_env or {})}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *argv],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a hung rank is killed with its group, not left behind
+        )
+        for rank in (0, 1)
+    ]
+    errors = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            pytest.fail(f"a rank did not finish in 120 s: {err[-2000:]}")
+        errors.append(err)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)

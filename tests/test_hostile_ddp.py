@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from qlatent.data import synthetic_binary
 from qlatent.losses import RateDistortionLoss, evaluate_objective
 from qlatent.models import gated_vae
 from qlatent.train import TrainConfig, fit, load
-from run_helpers import without_time
+from run_helpers import launch_two_ranks, without_time
 
 
 def _data(n_train: int, n_val: int) -> dict[str, torch.Tensor]:
@@ -67,40 +64,10 @@ def _worker(spec_json: str, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(out: Path, **spec) -> list[dict]:
     """Run :func:`_worker` on ranks 0 and 1; each rank's record and final weights."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    env |= {"MASTER_PORT": str(_free_port()), "QLATENT_DIST_TIMEOUT": "60"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, json.dumps(spec), str(out)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a hung rank is killed with its group, not left behind
-        )
-        for rank in (0, 1)
-    ]
-    errors = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-            pytest.fail(f"a rank did not finish in 120 s: {err[-2000:]}")
-        errors.append(err)
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    launch_two_ranks([__file__, json.dumps(spec), str(out)], {"QLATENT_DIST_TIMEOUT": "60"})
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r, record in enumerate(ranks):
         record["weights"] = torch.load(out / f"weights{r}.pt")

@@ -21,44 +21,16 @@ import torch
 from torch.export import Dim
 
 from qlatent.models import lattice_vae
-from test_contract import CONFIGS, VARIANTS, make
+from test_contract import CONFIGS, VARIANTS
 from test_contract import gen as _gen
+from test_hostile_export import QUICK, _assert_same, _module, _outputs, _run_both
 
-QUICK = ["lattice", "lattice[e8]", "vq", "gaussian"]
 #: the same, a good lattice's exports (seconds each) left to ``-m slow``
 SLOW_E8 = pytest.param("lattice[e8]", marks=pytest.mark.slow)
 QUICKER = ["lattice", SLOW_E8, "vq", "gaussian"]
 ALL = [*CONFIGS, *VARIANTS]
 #: the batch sizes a dynamic program runs on (the example has 3 rows)
 SIZES = (1, 7, 1000)
-
-
-def _module(case: str, training: bool = False, dtype=torch.float32):
-    torch.manual_seed(0)
-    module = make(case).train(training).to(dtype)
-    return module, 2.0 * torch.randn(3, module.in_dim, generator=_gen(2), dtype=dtype)
-
-
-def _outputs(out) -> list:
-    return [out.y_hat, out.rate, out.aux_loss, out.indices]
-
-
-def _assert_same(found: list, expected: list, rounded: bool = False) -> None:
-    """Equal bit for bit; ``rounded``: floating outputs to float32 rounding of a sum (the
-    non-strict program's own ATen graph of the good lattices' Monte-Carlo density)."""
-    for i, (a, b) in enumerate(zip(found, expected, strict=True)):
-        assert (a is None) == (b is None), f"item {i}"
-        if b is not None and rounded and b.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=0, msg=f"item {i}")
-        elif b is not None:
-            assert a.dtype == b.dtype and torch.equal(a, b), f"item {i}"
-
-
-def _run_both(program, module, x) -> tuple[list, list]:
-    torch.manual_seed(1)
-    found = _outputs(program(x))
-    torch.manual_seed(1)
-    return found, _outputs(module(x))
 
 
 def _dynamic(module, y, strict: bool, max: int = 1 << 16):

@@ -26,32 +26,11 @@ from qlatent.models import gated_vae
 from qlatent.rng import counter_uniform, draw_key
 from test_contract import VARIANTS, make
 from test_contract import gen as _gen
+from test_hostile_export import _assert_same, _outputs, _run_both
 
 #: the batch sizes a dynamic program runs on (the example has 3 rows)
 SIZES = (1, 7, 1000)
 COUNTERS = "2\\^31 numbers per key"
-
-
-def _outputs(out) -> list:
-    return [out.y_hat, out.rate, out.aux_loss, out.indices]
-
-
-def _assert_same(found: list, expected: list, rounded: bool = False) -> None:
-    """Equal bit for bit; ``rounded``: floating outputs to float32 rounding (the non-strict
-    program's own ATen graph of the good lattices' Monte-Carlo density, as documented)."""
-    for i, (a, b) in enumerate(zip(found, expected, strict=True)):
-        assert (a is None) == (b is None), f"item {i}"
-        if b is not None and rounded and b.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=0, msg=f"item {i}")
-        elif b is not None:
-            assert a.dtype == b.dtype and torch.equal(a, b), f"item {i}"
-
-
-def _run_both(program, module, x) -> tuple[list, list]:
-    torch.manual_seed(1)
-    found = _outputs(program(x))
-    torch.manual_seed(1)
-    return found, _outputs(module(x))
 
 
 def _unbounded(module, y, strict: bool):

@@ -24,6 +24,7 @@ from qlatent.bottlenecks.good_lattice import _log_sum
 from qlatent.priors import laplace_cell_log_prob
 from qlatent.priors.gaussian import gaussian_cell_log_prob
 from test_contract import gen, make
+from test_hostile_forward_mode import _dot, _outputs
 
 _MC = dict(samples=8, prior_samples=4, eval_samples=16, eval_prior_samples=4)
 #: lattice options the contract suite's variants do not combine
@@ -39,20 +40,6 @@ OPTIONS = {
     ),
 }
 REFUSED = "has first derivatives only: a second-order"
-
-
-def _outputs(out) -> tuple[torch.Tensor, ...]:
-    return (out.y_hat, out.rate) + (() if out.aux_loss is None else (out.aux_loss,))
-
-
-def _dot(a, b) -> torch.Tensor:
-    if isinstance(a, dict):
-        return sum((_dot(a[k], b[k]) for k in a), torch.zeros((), dtype=torch.float64))
-    if isinstance(a, tuple | list):
-        return sum(
-            (_dot(x, y) for x, y in zip(a, b, strict=True)), torch.zeros((), dtype=torch.float64)
-        )
-    return (a * b).sum()
 
 
 def _randn_like(tree, seed: int):

@@ -21,9 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import signal
-import socket
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from qlatent.bottlenecks import Bottleneck, BottleneckOutput
 from qlatent.losses import LossOutput, RateDistortionLoss
 from qlatent.models import AutoencoderOutput, gated_vae
+from run_helpers import launch_two_ranks
 from test_contract import gen as _gen
 from test_contract import make
 
@@ -236,38 +234,8 @@ def _ddp_worker(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(out: Path) -> list[dict]:
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    env["MASTER_PORT"] = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a hung rank is killed with its group, not left behind
-        )
-        for rank in (0, 1)
-    ]
-    errors = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-            pytest.fail(f"a rank did not finish in 120 s: {err[-2000:]}")
-        errors.append(err)
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    launch_two_ranks([__file__, str(out)])
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
