@@ -9,6 +9,7 @@ import functools
 import glob
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,6 +137,32 @@ def check_parent(path: str | os.PathLike[str], what: str = "") -> None:
     if blocked is not None:
         target = f"{what} {os.fspath(path)}" if what else os.fspath(path)
         raise ValueError(f"cannot write {target}: {blocked} is a file, not a folder")
+
+
+#: what a terminal acts on rather than shows: the C0 controls, DEL and the C1 controls
+#: (``\x9b`` is CSI, as ``\x1b[`` is), and the surrogates that carry the bytes 0x80-0x9f of a
+#: file name undecodable in the locale (the standard streams write them back as those bytes)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udc9f]")
+_NAMED_CONTROL = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def terminal_text(text: object, *, lines: bool = False) -> str:
+    """``str(text)`` as it may be written to a terminal: every control character in it as a
+    visible escape (``\\x1b``, ``\\x9b``, ``\\n``), so that a file name, a config value, a
+    checkpoint's or a ``.qlc`` header's string cannot recolour, clear or retitle the terminal,
+    move its cursor or forge a line of output. ``lines=True``: a block of lines the program
+    joined itself, whose newlines stay (a line's own control characters are still escaped).
+    For display only: a path is opened, and a file written, with the text as it is."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        code = ord(char) - 0xDC00 if "\udc80" <= char <= "\udc9f" else ord(char)
+        return _NAMED_CONTROL.get(char) or f"\\x{code:02x}"
+
+    text = str(text)
+    if lines:
+        return "\n".join(_CONTROL.sub(escape, line) for line in text.split("\n"))
+    return _CONTROL.sub(escape, text)
 
 
 def path_name(text: str) -> str:

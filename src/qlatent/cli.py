@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ._utils import check_folder, expanded, path_name, positive_int
+from ._utils import check_folder, expanded, path_name, positive_int, terminal_text
 from .config import apply_overrides, to_dict
 from .data import DataError
 from .data.cli import add_data_parser, report_error
@@ -131,7 +131,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # the files a run writes are no config it reads (nor a pipe or a device)
         _refuse_overwrite([os.path.join(cfg.out_dir, name) for name in _RUN_FILES], args.config)
         print(
-            f"training {cfg.bottleneck.name} ({cfg.model.family}, {cfg.data.name}) in {cfg.out_dir}"
+            terminal_text(
+                f"training {cfg.bottleneck.name} ({cfg.model.family}, {cfg.data.name}) in "
+                f"{cfg.out_dir}"
+            )
         )
         with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
             summary = custom.train(
@@ -139,18 +142,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if not summary:  # a torchrun rank other than 0
             return 0
-        print(custom.format_report(summary["test"]))
+        print(terminal_text(custom.format_report(summary["test"]), lines=True))
         figures = "training_curves.png" + (
             "" if cfg.data.name in custom.TEXT_DATA else ", reconstructions.png"
         )
-        print(f"wrote {cfg.out_dir}/summary.json, config.json, {figures}")
+        print(terminal_text(f"wrote {cfg.out_dir}/summary.json, config.json, {figures}"))
         return 0
     cfg = _lattice_config(args, out_dir="runs/train")
     with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
         summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     if summary:
-        print(exp.format_summary(summary))
-        print(f"wrote {cfg.out_dir}/summary.json")
+        print(terminal_text(exp.format_summary(summary), lines=True))
+        print(terminal_text(f"wrote {cfg.out_dir}/summary.json"))
     return 0
 
 
@@ -180,9 +183,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         downstream=args.downstream,
     )
-    print(custom.format_report(report))
+    print(terminal_text(custom.format_report(report), lines=True))
     if args.output:
-        print(f"wrote {write_json({**provenance(args.command_line), **report}, args.output)}")
+        written = write_json({**provenance(args.command_line), **report}, args.output)
+        print(terminal_text(f"wrote {written}"))
     return 0
 
 
@@ -190,14 +194,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import lattice_vae as exp
 
     cfg = _lattice_config(args)
-    print("rectangular-lattice VAE, m=40, binarized MNIST; config:", to_dict(cfg), sep="\n")
+    config = terminal_text(to_dict(cfg))
+    print("rectangular-lattice VAE, m=40, binarized MNIST; config:", config, sep="\n")
     with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
         summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
-    print(exp.format_summary(summary))
-    print(f"wrote {cfg.out_dir}/summary.json, reconstructions.png, training_curves.png")
+    print(terminal_text(exp.format_summary(summary), lines=True))
+    print(
+        terminal_text(f"wrote {cfg.out_dir}/summary.json, reconstructions.png, training_curves.png")
+    )
     if args.record:
         for path in exp.record(cfg, "demo"):
-            print(f"recorded {path}")
+            print(terminal_text(f"recorded {path}"))
     return 0
 
 
@@ -262,7 +269,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             results_dir=args.results_dir,
             command=args.command_line,
         )
-    print(experiment.markdown_table(payload))
+    print(terminal_text(experiment.markdown_table(payload), lines=True))
     return 0
 
 
@@ -348,7 +355,8 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
                 f"{spread['over_dims']:.2f} over widths"
             )
         if output:
-            print(f"wrote {write_json({**provenance(args.command_line), **result}, output)}")
+            written = write_json({**provenance(args.command_line), **result}, output)
+            print(terminal_text(f"wrote {written}"))
         return 0
     output = _bench_output(args.output)
     _run_at(args.threads)
@@ -373,7 +381,7 @@ def _cmd_bench_lattice(args: argparse.Namespace) -> int:
         print(f"CompressAI {peer['version']}, its time over ours:", end="")
         print("".join(f"  {k} {v:.2f}x" for k, v in result["speedup_vs_compressai"].items()))
     else:
-        print(f"CompressAI skipped: {peer['reason']}")
+        print(terminal_text(f"CompressAI skipped: {peer['reason']}"))
     if output:
         print(f"wrote {write_json(payload, output)}")
     else:
@@ -424,7 +432,7 @@ def _cmd_bench_quantizers(args: argparse.Namespace) -> int:
         **sizes,
     )
     payload = {**provenance(args.command_line), **result}
-    print(format_quantizers(result))
+    print(terminal_text(format_quantizers(result), lines=True))  # with the failed cases' errors
     if output:
         print(f"wrote {write_json(payload, output)}")
     else:
@@ -558,8 +566,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     write_atomic(args.output, data)
     print(
-        f"wrote {args.output}: {len(data):,} bytes for {x.shape[0]:,} images, "
-        f"{8 * len(data) / x.shape[0]:.2f} bits per image ({wall:.2f} s)"
+        terminal_text(
+            f"wrote {args.output}: {len(data):,} bytes for {x.shape[0]:,} images, "
+            f"{8 * len(data) / x.shape[0]:.2f} bits per image ({wall:.2f} s)"
+        )
     )
     return 0
 
@@ -575,8 +585,11 @@ def _cmd_update(args: argparse.Namespace) -> int:
     # the config travels with the weights, so that the updated model is rebuilt the same way
     save_atomic({"model": model.state_dict(), "run_config": ckpt.get("run_config")}, args.output)
     print(
-        f"wrote {args.output}: code model counted over {int(summary['symbols']):,} symbols of "
-        f"{x.shape[0]:,} images ({summary['features']} feature(s), {summary['width']} values)"
+        terminal_text(
+            f"wrote {args.output}: code model counted over {int(summary['symbols']):,} symbols "
+            f"of {x.shape[0]:,} images ({summary['features']} feature(s), {summary['width']} "
+            "values)"
+        )
     )
     return 0
 
@@ -745,7 +758,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         _write_reconstructions(images if suffix == ".png" else recon, args.output, value_range)
     message = f"wrote {args.output}: {recon.shape[0]:,} reconstructions"
     if recon.shape[0] == 0:
-        print(f"{message} (the file holds no images)")
+        print(terminal_text(f"{message} (the file holds no images)"))
         return 0
     if args.png:
         try:
@@ -760,7 +773,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
                 out.unlink(missing_ok=True)
             raise
         message += f" and {args.png}"
-    print(f"{message}; {8 * len(data) / recon.shape[0]:.2f} bits per image")
+    print(terminal_text(f"{message}; {8 * len(data) / recon.shape[0]:.2f} bits per image"))
     return 0
 
 
@@ -869,9 +882,11 @@ def _version() -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, except that help or a version that cannot be written to stdout is an
     error for :func:`main` to report: argparse drops it, and ``qlatent --help > /dev/full``
-    exited 0 having written nothing."""
+    exited 0 having written nothing. An argument's control characters are escaped (argparse
+    wrote ``unrecognized arguments: …`` as given)."""
 
     def _print_message(self, message: str, file=None) -> None:
+        message = terminal_text(message, lines=True) if message else message
         if message and file is not None and file is sys.stdout:
             file.write(message)
         else:
@@ -1208,7 +1223,7 @@ def _interrupted(err: KeyboardInterrupt) -> int:
     notes = "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
     what = "terminated (SIGTERM)" if terminated else "interrupted"
     if os.environ.get("RANK", "0") == "0":
-        print(f"qlatent: {what}{notes}", file=sys.stderr)
+        print(terminal_text(f"qlatent: {what}{notes}"), file=sys.stderr)
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
@@ -1236,7 +1251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # _run reports a command's own errors: this is stdout refusing the help or the last
             # flush (a full disk, ``> /dev/full``); what is left goes nowhere, as above
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            print(f"qlatent: error: cannot write standard output: {err}", file=sys.stderr)
+            message = terminal_text(f"cannot write standard output: {err}")
+            print(f"qlatent: error: {message}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:
             return _interrupted(err)
@@ -1320,7 +1336,7 @@ def _run(argv: Sequence[str] | None) -> int:
         from torch._dynamo.exc import BackendCompilerFailed
 
         if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
-            message = " ".join(str(err).split()[:12])  # torch's first sentence
+            message = terminal_text(" ".join(str(err).split()[:12]))  # torch's first sentence
             print(f"qlatent: error: out of memory: {message}{_MEMORY_ADVICE}", file=sys.stderr)
             return 2
         if not isinstance(err, BackendCompilerFailed):
@@ -1334,6 +1350,7 @@ def _run(argv: Sequence[str] | None) -> int:
         inner = getattr(err, "inner_exception", None) or err
         lines = str(inner).strip().splitlines()
         reason = f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__
+        reason = terminal_text(reason)
         print(
             f"qlatent: error: torch.compile failed: {reason} (without it: compile = false "
             "in the bottleneck's args, or a benchmark's --no-compile)",

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qlatent._utils import path_name, positive_int
+from qlatent._utils import path_name, positive_int, terminal_text
 from qlatent.data.sources import DATASETS, DataError, DataNotFoundError, fetch, locate
 
 __all__ = ["add_data_parser", "cmd_export", "cmd_fetch", "cmd_info", "report_error"]
@@ -28,15 +28,17 @@ _ERRORS = (DataError, ValueError, KeyError, OSError)
 
 def report_error(err: BaseException) -> int:
     """``qlatent: error: <message on one line>`` on stderr; exit code 2. For a missing dataset,
-    the lines after its message's first (what was tried, the ways to get it) follow it."""
+    the lines after its message's first (what was tried, the ways to get it) follow it. The
+    message's control characters are escaped (:func:`~qlatent._utils.terminal_text`): it may
+    hold a file name, a config value or a file's contents."""
     if isinstance(err, DataNotFoundError):
         first, _, advice = str(err).partition("\n")
     else:
         first, advice = str(err), ""
-    message = " ".join(first.split()) or type(err).__name__
+    message = terminal_text(" ".join(first.split()) or type(err).__name__)
     print(f"qlatent: error: {message}", file=sys.stderr)
     if advice.strip():
-        print(advice.rstrip(), file=sys.stderr)
+        print(terminal_text(advice.rstrip(), lines=True), file=sys.stderr)
     return 2
 
 
@@ -57,7 +59,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             folder = fetch(args.name, args.data_dir, download=not args.no_download)
     except _ERRORS as exc:
         return report_error(exc)
-    print(f"{args.name}: verified files in {folder}")
+    print(terminal_text(f"{args.name}: verified files in {folder}"))
     return 0
 
 
@@ -96,7 +98,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         paths = write_image_folder(images, args.folder)
     except _ERRORS as exc:
         return report_error(exc)
-    print(f"wrote {len(paths):,} PNG images ({args.name} {args.split}) to {args.folder}")
+    print(
+        terminal_text(
+            f"wrote {len(paths):,} PNG images ({args.name} {args.split}) to {args.folder}"
+        )
+    )
     return 0
 
 
@@ -135,10 +141,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     except _ERRORS as exc:  # e.g. a --data-dir that names a file
         return report_error(exc)
     for info in infos:
-        print("\n".join(_format_info(info)))
+        # each line escaped on its own: a path or a problem with a newline forges no line
+        print("\n".join(terminal_text(line) for line in _format_info(info)))
         # A damaged file is an error; a dataset that is simply absent is not.
         ok &= info["folder"] is None or bool(info["verified"])
-    print("\n".join(lines))
+    print("\n".join(terminal_text(line) for line in lines))
     return 0 if ok and text_ok else 1
 
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qlatent._utils import terminal_text
 from qlatent.data.idx import read_idx
 from qlatent.data.sources import FILES, SHA256, cache_dir, dataset_files, user_files
 
@@ -356,7 +357,9 @@ def binarized_mnist(
         try:
             return _load_cache(path, seed)
         except ValueError as exc:
-            warnings.warn(f"{path}: damaged cache ({exc}); rebuilding it", stacklevel=2)
+            warnings.warn(
+                terminal_text(f"{path}: damaged cache ({exc}); rebuilding it"), stacklevel=2
+            )
     train_images, _ = load_mnist("train", data_dir, download=download)
     test_images, _ = load_mnist("test", data_dir, download=download)
     splits = binarize_splits(train_images, test_images, seed, n_val=N_VAL)
@@ -364,5 +367,5 @@ def binarized_mnist(
         try:
             _save_cache(path, splits, seed)
         except OSError as exc:
-            warnings.warn(f"could not write the cache {path}: {exc}", stacklevel=2)
+            warnings.warn(terminal_text(f"could not write the cache {path}: {exc}"), stacklevel=2)
     return splits

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import torch
 
-from .._utils import expanded
+from .._utils import expanded, terminal_text
 from ..bench.timing import time_cases
 from ..coding import CODE_MODELS, compress, decompress, ideal_bits, model_digest, unpack
 from ..config import apply_overrides, to_dict
@@ -552,7 +552,7 @@ def kept_rows(previous: Path, names: list[str]) -> dict[str, Any]:
         if wrong is None:
             kept[name] = row
         else:
-            print(f"{previous}: dropping the row {name!r} ({wrong})", flush=True)
+            print(terminal_text(f"{previous}: dropping the row {name!r} ({wrong})"), flush=True)
     return kept
 
 

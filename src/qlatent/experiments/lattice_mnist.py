@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._utils import write_atomic
+from .._utils import terminal_text, write_atomic
 from ..bottlenecks.gaussian_lattice import GaussianLattice
 from ..config import to_dict
 from ..data import binarized_mnist, synthetic_binary
@@ -828,7 +828,7 @@ def _previous_rows(path: Path, data: str) -> dict[str, Any]:
         if wrong is None:
             old["models"][name] = row
         else:  # the table and the figures read these fields: a row without them is dropped
-            print(f"{path}: dropping the row {name!r} ({wrong})", flush=True)
+            print(terminal_text(f"{path}: dropping the row {name!r} ({wrong})"), flush=True)
     if not isinstance(old.get("configs"), dict):
         old["configs"] = {}
     keys = ("command", "commit", "dirty", "machine", "date")

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._utils import terminal_text
 from ..bottlenecks import GaussianVAE, SoftEMVectorQuantizer, build
 from ..bottlenecks._codebook import code_counts, squared_distances, usage_stats
 from ..config import apply_mapping, to_dict
@@ -613,7 +614,7 @@ def _recorded(record: Path, name: str, config: dict[str, Any]) -> dict[str, Any]
         saved["metrics"], _record_fields(name), "metrics"
     )
     if wrong:
-        print(f"{record} cannot be used ({wrong}): running it again", flush=True)
+        print(terminal_text(f"{record} cannot be used ({wrong}): running it again"), flush=True)
         return None
     return saved["metrics"]
 
@@ -627,7 +628,8 @@ def _run_task(
     if record is not None and record.is_file():
         metrics = _recorded(record, name, config)
         if metrics is not None:
-            print(f"== {LABELS[name]}, seed {cfg.train.seed} (recorded: {record}) ==", flush=True)
+            recorded = f"== {LABELS[name]}, seed {cfg.train.seed} (recorded: {record}) =="
+            print(terminal_text(recorded), flush=True)
             return metrics
     seed = f", seed {cfg.train.seed}" if record is not None else ""
     print(f"== {LABELS[name]}{seed} ==", flush=True)

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._utils import check_count
+from .._utils import check_count, terminal_text
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import MISSING, cell, finite, provenance, read_json, write_json
 from ..train.checkpoint import config_changes
@@ -326,10 +326,12 @@ def _train_point(
             current = json.loads(json.dumps(to_dict(cfg)))
             # a key only one side records (an option added since) is not a difference
             if not config_changes(summary["config"], current, frozenset({"out_dir"})):
-                print(f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) ==", flush=True)
+                before = f"== text-rd: {key[0]} {key[1]} (evaluated before: {path}) =="
+                print(terminal_text(before), flush=True)
                 return summary
         else:  # written anew, as one that cannot be read is (read_json): evaluated again
-            print(f"{path} cannot be used ({wrong}): evaluating the point again", flush=True)
+            again = f"{path} cannot be used ({wrong}): evaluating the point again"
+            print(terminal_text(again), flush=True)
     print(f"== text-rd: {key[0]} {key[1]} ==", flush=True)
     # every point fine-tunes on one schedule, the no-bottleneck point's rate annealed too
     return custom.train(cfg, data_dir=data_dir, command=command, shared_schedule=True)

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
+from .._utils import terminal_text
+
 #: the environment variable that bounds, in seconds, the wait for the other processes to join
 JOIN_TIMEOUT_VARIABLE = "QLATENT_DIST_TIMEOUT"
 #: its default: torchrun starts every process within seconds; a missing one fails in 5 minutes
@@ -134,7 +136,9 @@ def _join(rank: int, size: int, backend: str) -> None:
         raise ValueError(f"MASTER_PORT must be a port number in [0, 65535], got {port}")
     where = f"{os.environ['MASTER_ADDR']}:{port}"
     print(
-        f"waiting up to {seconds:g} s for {size} processes at {where} (rank {rank}) ...",
+        terminal_text(
+            f"waiting up to {seconds:g} s for {size} processes at {where} (rank {rank}) ..."
+        ),
         file=sys.stderr,
         flush=True,
     )
