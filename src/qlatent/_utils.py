@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, ClassVar, Literal
 import torch
 import torch.autograd.forward_ad
 from torch import Tensor
+from torch.fx.experimental.proxy_tensor import get_proxy_mode  # (imported by torch itself)
 
 try:
     import fcntl
@@ -389,6 +390,19 @@ def forward_mode_possible() -> bool:
     ``grad``, which cannot be told apart cheaply) or a dual level of
     ``torch.autograd.forward_ad``."""
     return forward_ad_level_active() or in_transform()
+
+
+def proxy_tracing() -> bool:
+    """Whether ``torch.fx.experimental.proxy_tensor.make_fx`` is tracing (also inside
+    ``torch.func.linearize``, which traces with it, and non-strict ``torch.export``).
+
+    Such a trace cannot read a traced tensor's values back to Python ("It appears that you're
+    trying to get value out of a tracing tensor", or in symbolic mode "Could not guard on
+    data-dependent expression"), and a read it lets through (``tolist``) becomes a constant
+    of the graph, so a check made that way is not in it. ``get_proxy_mode`` is in that
+    module's ``__all__``; torch has no other public way to ask. False while ``torch.compile``
+    traces (whose graph is made from Dynamo's, not by running this code under the mode)."""
+    return not torch.compiler.is_compiling() and get_proxy_mode() is not None
 
 
 def save_for_jvp(ctx, *tensors: Tensor | None) -> None:

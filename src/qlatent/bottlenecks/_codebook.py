@@ -43,6 +43,7 @@ from .._utils import (
     forward_tangent,
     in_transform,
     plain_cache,
+    proxy_tracing,
     save_for_first_order,
     saved_for_first_order,
     shown_compile,
@@ -372,7 +373,7 @@ def mean_square_error(a: Tensor, b: Tensor) -> Tensor:
     (:func:`_rescaled_mean_square`)."""
     diff = a - b
     mean_square = diff.square().mean()
-    if diff.numel() and torch.compiler.is_exporting():
+    if diff.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
         return _finite_or_rescaled(mean_square, diff.reshape(-1))
     if diff.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(diff.reshape(-1))
@@ -383,7 +384,7 @@ def _mean_square(flat: Tensor) -> Tensor:
     """Σ e²/n of a flat tensor as one dot product: no rows × d temporary (each costs page faults
     on the CPU), with the same fallback as :func:`mean_square_error`."""
     mean_square = torch.dot(flat, flat) / flat.numel()
-    if flat.numel() and torch.compiler.is_exporting():
+    if flat.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
         return _finite_or_rescaled(mean_square, flat)
     if flat.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(flat)

@@ -38,6 +38,7 @@ from .._utils import (
     check_generator,
     from_rows,
     in_transform,
+    proxy_tracing,
     to_rows,
 )
 from ..registry import Registry
@@ -132,6 +133,8 @@ class Fixed(_Kept):
 
 #: the key of a bottleneck's record in its state dict's metadata (:meth:`Bottleneck._identity`)
 _RECORD = "qlatent"
+#: how :meth:`Bottleneck._check_traceable` names a ``make_fx`` trace
+_MAKE_FX = "make_fx (torch.fx.experimental.proxy_tensor; torch.func.linearize traces with it)"
 
 
 def _plain(value) -> Any:
@@ -442,7 +445,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         ``torch.Generator`` or :class:`qlatent.rng.SeedKeys`; on the hard path a CPU one).
         ValueError for a bad input or generator.
         """
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
             self._check_traceable()
         self._check_input(y)
         # the hard path's dither is common randomness: CPU only; training noise on any device
@@ -471,8 +474,9 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     _UNEXPORTABLE: ClassVar[Mapping[str, str]] = {}
 
     def _check_traceable(self, mode: str | None = None) -> None:
-        """RuntimeError, naming this module and the way out, for a ``torch.jit.trace`` or a
-        ``torch.export.export`` of a forward (or, ``mode="eval"``, of ``quantize`` /
+        """RuntimeError, naming this module and the way out, for a ``torch.jit.trace``, a
+        ``make_fx`` (:func:`~qlatent._utils.proxy_tracing`) or a ``torch.export.export`` of a
+        forward (or, ``mode="eval"``, of ``quantize`` /
         ``dequantize``) that it cannot record faithfully (:attr:`_UNTRACEABLE`,
         :attr:`_UNEXPORTABLE`). A trace keeps the tensor ops of one call and fixes every Python
         decision and every value read back at what they were while tracing: such a trace failed
@@ -480,8 +484,10 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         mode = mode or ("training" if self.training else "eval")  # (the hard path: "eval")
         if torch.jit.is_tracing():
             tool, reason = "torch.jit.trace", self._UNTRACEABLE.get(mode)
-        else:
+        elif torch.compiler.is_exporting():
             tool, reason = "torch.export", self._UNEXPORTABLE.get(mode)
+        else:  # make_fx keeps one call's ops and reads as torch.jit.trace does
+            tool, reason = _MAKE_FX, self._UNTRACEABLE.get(mode)
         if reason:
             raise RuntimeError(
                 f"{tool} cannot record the {mode}-mode forward of {type(self).__name__} "
@@ -496,7 +502,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         a codeword index (``index_kind == "scalar"``), ``(B[, *spatial])``.
         """
         self._require_discrete()
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
             self._check_traceable("eval")
         self._check_input(y)
         check_generator(generator)
@@ -513,7 +519,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         for indices that are not an integer tensor of that shape.
         """
         self._require_discrete()
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
             self._check_traceable("eval")
         check_generator(generator)
         if not isinstance(indices, Tensor):
@@ -723,6 +729,15 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
             )
 
     def _check_input(self, y: Tensor) -> None:
+        if isinstance(y, torch.fx.Proxy):
+            # torch.fx.symbolic_trace runs the forward on a Proxy, which has no values to check
+            # and on which the Python branches below cannot be recorded
+            raise RuntimeError(
+                f"torch.fx.symbolic_trace cannot trace into {type(self).__name__}: its forward "
+                "checks and branches on the input's values. Keep it a leaf of the trace (a "
+                "torch.fx.Tracer whose is_leaf_module is True for it), or trace with "
+                "torch.export.export or make_fx, which run it on tensors"
+            )
         if not isinstance(y, Tensor):
             raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
         if not y.is_floating_point():
@@ -762,7 +777,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
-        if torch.compiler.is_exporting():
+        if torch.compiler.is_exporting() or proxy_tracing():
             self._assert_values(y)
         else:
             self._check_values(y)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_nonnegative, shown_setting
+from .._utils import check_nonnegative, proxy_tracing, shown_setting
 from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import (
@@ -127,9 +127,10 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
     def _safe_basis(self) -> Tensor:
         b = self.basis
         tiny = b.abs() < _MIN_SPACING
-        # (torch.export cannot branch on a value: there the replacement below, which keeps
-        # every coordinate that is not tiny, as it is)
-        if not torch.compiler.is_exporting() and not tiny.any():
+        # (torch.export and make_fx cannot branch on a value: there the replacement below,
+        # which keeps every coordinate that is not tiny, as it is)
+        recording = torch.compiler.is_exporting() or proxy_tracing()
+        if not recording and not tiny.any():
             return b
         sign = torch.where(b < 0, -1.0, 1.0).to(b.dtype)
         return torch.where(tiny, sign * _MIN_SPACING, b)
@@ -142,8 +143,10 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         rate = y.new_zeros(y.shape[0])
         if not self.training:
             indices = to_coordinates(n)
-            # a sort: off the training hot path (torch.export: counts of a size it can record)
-            counted = padded_row_counts if torch.compiler.is_exporting() else row_counts
+            # a sort: off the training hot path (torch.export, make_fx: counts of a size they
+            # can record)
+            recording = torch.compiler.is_exporting() or proxy_tracing()
+            counted = padded_row_counts if recording else row_counts
             stats.update(usage_stats(counted(indices)))
             return BottleneckOutput(q.detach(), rate, y.new_zeros(()), indices, stats)
         size = -self.basis.abs().sum()

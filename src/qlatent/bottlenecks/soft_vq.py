@@ -79,7 +79,9 @@ def soft_assignment_logits(
     log_sigma = log_sigma.clamp(-reach, reach)
     precision_half = 0.5 * torch.exp(-2.0 * log_sigma)
     normaliser = -z.shape[1] * log_sigma if variant == "paper" else log_sigma
-    return (normaliser - precision_half * dist).clamp_(min=finfo.min)
+    # (not in place: torch.func.linearize folds the primal's ops into constants that require
+    # grad, and its jvp_fn refused an in-place op on one)
+    return (normaliser - precision_half * dist).clamp(min=finfo.min)
 
 
 @BOTTLENECKS.register("soft_vq")

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from .._utils import proxy_tracing
 from ..registry import Registry
 
 LATTICES: Registry[Lattice] = Registry("lattice")
@@ -48,8 +49,8 @@ def to_coordinates(k: Tensor) -> Tensor:
 def check_coordinates(k: Tensor) -> None:
     """ValueError if the rounded float coordinates ``k`` reach beyond ±:data:`MAX_COORDINATE`
     (or are NaN): what :func:`to_coordinates` checks before converting."""
-    if k.numel() and torch.compiler.is_exporting():
-        # torch.export cannot read the reach back: the check runs in the exported program
+    if k.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
+        # torch.export and make_fx cannot read the reach back: the check runs in the program
         reach = k.detach().abs().amax()
         torch._assert_async(reach <= MAX_COORDINATE, _reach_message("the reach"))
     elif k.numel():
