@@ -32,9 +32,14 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+# The tests run in one process per core (pytest-xdist), each on one thread: two single-thread
+# processes use two cores better than one two-thread process for these small models
+# (`make test TEST_WORKERS=0` runs them in one process).
+TEST_WORKERS ?= auto
+
 # pytest exits 5 when it collected no tests: that is a broken setup, not a pass.
 test: lint
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # The property-based hardening tests with many more (and fresh) examples than `make test` runs.
