@@ -8,8 +8,19 @@ no check at all (it ran a NaN input); it is an assertion of the graph now, as un
 learnable lattice branched on a value and counted its rows in a tensor sized by their number,
 ``vq``'s training path branched on its loss being finite (both failed ``make_fx`` and
 ``linearize``), and ``soft_vq``'s jvp_fn from ``linearize`` failed on an in-place clamp of a
-folded constant. What cannot be recorded (the dithered lattices' per-call key, the EMA M-step)
-and ``torch.fx.symbolic_trace`` (a Proxy in place of a tensor) are refused by name.
+folded constant. What cannot be recorded (a dithered lattice's training path, the EMA M-step) and
+``torch.fx.symbolic_trace`` (a Proxy in place of a tensor) are refused by name.
+
+Also fixed here: the dithered lattices (rectangular and every good lattice) were refused under
+``make_fx`` in eval mode too; they take the branches of ``torch.export`` there now
+(``_utils.recording_graph``), so the graph draws each call's key and dither as its ops and
+gives the eager outputs bit for bit, also symbolic. Under ``linearize`` the key and the
+counter-based numbers are drawn once, while tracing: the jvp_fn ran the recorded draw again
+(a random op is not folded) and, folded, the hash's in-place ops again on their own output,
+so its tangents were those of another dither at each call; Leech's decoder read buffers that
+``linearize`` folded before their writes. A ``SeedKeys`` (a Python call count, which a graph
+would keep as one key) is refused while recording; a table first built by a symbolic trace was
+kept as a fake tensor, and later eager calls failed.
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from qlatent._utils import proxy_tracing
 from qlatent.bottlenecks import Bottleneck
+from qlatent.rng import SeedKeys
+from test_contract import VARIANTS, make
 from test_contract import gen as _gen
-from test_contract import make
 
 
 def _module(case: str, training: bool = False, dtype=torch.float32) -> Bottleneck:
@@ -81,6 +93,7 @@ def test_make_fx_graph_replays_the_eval_forward_and_keeps_the_input_check(case, 
         ("vq", False),
         ("soft_vq", False),
         ("learnable_lattice", False),
+        ("lattice", False),
         ("vq", True),
         ("soft_vq", True),
         ("learnable_lattice", True),
@@ -110,14 +123,15 @@ def test_linearize_equals_torch_func_jvp(case, training):
 @pytest.mark.parametrize(
     ("case", "training", "message"),
     [
-        ("lattice", False, "eval-mode forward of DitheredLattice"),
-        ("lattice[e8]", True, "training-mode forward of DitheredGoodLattice"),
+        ("lattice", True, "training-mode forward of DitheredLattice.*drawn afresh"),
+        ("lattice[e8]", True, "training-mode forward of DitheredGoodLattice.*jvp_fn"),
         ("vq_ema", True, "training-mode forward of EMAVectorQuantizer"),
     ],
 )
 def test_make_fx_and_linearize_refuse_what_they_cannot_record_by_name(case, training, message):
-    """A dithered lattice's per-call key (read back to Python, its hash in NumPy) and an EMA
-    M-step: a named RuntimeError, not torch's "trying to get value out of a tracing tensor"."""
+    """A dithered lattice's training path (its dither drawn afresh by each call of the graph
+    and of jvp_fn) and an EMA M-step: a named RuntimeError, not torch's "trying to get value
+    out of a tracing tensor"."""
     module = _module(case, training)
     f, state = _functional(module)
     y = _input(module)
@@ -166,3 +180,142 @@ def test_symbolic_trace_names_the_way_out_and_a_leaf_bottleneck_traces(case):
     found = graph(y)
     torch.manual_seed(5)
     assert torch.equal(found, model(y))
+
+
+# ------------------------------------------------------------------ dithered lattices
+#: the dithered lattices of the contract suite: the rectangular one and every good lattice
+DITHERED = ["lattice", *(name for name in VARIANTS if name.startswith("lattice["))]
+#: those run by default (the others, seconds each, with ``-m slow``)
+_QUICK = ("lattice", "lattice[e8]")
+
+
+def _cases(quick=_QUICK):
+    return [pytest.param(c, marks=[pytest.mark.slow] * (c not in quick)) for c in DITHERED]
+
+
+def _eval_outputs(module, y, generator=None):
+    out = module(y, generator=generator)
+    return out.y_hat, out.rate, out.indices
+
+
+def _assert_equal(found, expected) -> None:
+    for i, (a, b) in enumerate(zip(found, expected, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), f"item {i}"
+
+
+_DITHERED_TRACES = [
+    pytest.param(case, mode, marks=[pytest.mark.slow] * (case not in _QUICK))
+    for case in DITHERED
+    for mode in ["real", "symbolic"]
+]
+
+
+@pytest.mark.parametrize(("case", "mode"), _DITHERED_TRACES)
+def test_make_fx_graph_of_a_dithered_lattice_draws_each_call_as_eager(case, mode):
+    """The eval forward (was refused by name) traced with the dither from torch's global
+    generator: from the same seed the graph gives the eager y_hat, rate and indices bit for bit
+    on other inputs (symbolic: another batch size), leaves the global generator where an eager
+    call does (one key per call: none reused, none skipped), draws another dither from another
+    seed, and refuses a NaN input. Good lattices' tables are real tensors (symbolic: torch's
+    ``_allow_non_fake_inputs``; a table first built by the trace was kept as a fake tensor)."""
+    module = _module(case)
+    if mode == "symbolic" and case != "lattice":
+        for lattice in getattr(module.geometry, "blocks", [module.geometry]):
+            lattice.__dict__.pop("_inv_cache", None)  # (built by the trace, as in a new process)
+    graph = make_fx(
+        lambda y: _eval_outputs(module, y),
+        tracing_mode=mode,
+        _allow_non_fake_inputs=mode == "symbolic",
+    )(_input(module))
+    rows = 7 if mode == "symbolic" else 5
+    for seed in (1, 3):
+        y = _input(module, rows, seed)
+        torch.manual_seed(seed)
+        found, after_graph = graph(y), torch.rand(2)
+        torch.manual_seed(seed)
+        expected, after_eager = _eval_outputs(module, y), torch.rand(2)
+        _assert_equal(found, expected)
+        assert torch.equal(after_graph, after_eager)
+        torch.manual_seed(seed + 100)
+        assert not torch.equal(graph(y)[0], found[0])  # the dither is no constant of the graph
+    bad = _input(module, rows)
+    bad[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        graph(bad)
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_make_fx_of_quantize_and_dequantize_replays_them(case):
+    module = _module(case)
+    quantize = make_fx(lambda y: module.quantize(y))(_input(module))
+    dequantize = make_fx(lambda k: module.dequantize(k))(module.quantize(_input(module)))
+    y = _input(module, seed=4)
+    torch.manual_seed(7)
+    indices = quantize(y)
+    torch.manual_seed(7)
+    assert torch.equal(indices, module.quantize(y))
+    torch.manual_seed(8)
+    found = dequantize(indices)
+    torch.manual_seed(8)
+    assert torch.equal(found, module.dequantize(indices))
+
+
+def test_make_fx_graph_draws_from_the_generator_it_was_traced_with():
+    """A ``torch.Generator`` is kept by make_fx as that object: each call of the graph draws
+    the next key from it, as each eager call does."""
+    module = _module("lattice[e8]")
+    generator = torch.Generator()
+    graph = make_fx(lambda y: _eval_outputs(module, y, generator))(_input(module))
+    y = _input(module, seed=3)
+    generator.manual_seed(5)
+    found = [graph(y), graph(y)]
+    generator.manual_seed(5)
+    expected = [_eval_outputs(module, y, generator), _eval_outputs(module, y, generator)]
+    for a, b in zip(found, expected, strict=True):
+        _assert_equal(a, b)
+    assert not torch.equal(found[0][0], found[1][0])
+
+
+@pytest.mark.parametrize("tool", ["make_fx", "export"])
+def test_seed_keys_are_refused_while_recording(tool):
+    """A SeedKeys counts its calls in Python: a graph kept the traced call's key and reused it
+    on every call, where eager calls advance it. Refused; the keys are left as they were."""
+    module = _module("lattice")
+    keys = SeedKeys(3)
+
+    class Keyed(torch.nn.Module):
+        def forward(self, y):
+            return module(y, generator=keys).y_hat
+
+    y = _input(module)
+    with pytest.raises(RuntimeError, match="SeedKeys counts its calls"):
+        if tool == "make_fx":
+            make_fx(Keyed())(y)
+        else:
+            torch.export.export(Keyed(), (y,), strict=False)
+    assert keys.calls == 0
+    assert torch.equal(Keyed()(y), module(y, generator=SeedKeys(3)).y_hat)
+
+
+# (Leech's decoder alone needed its own change under linearize: in the default run too)
+@pytest.mark.parametrize("case", _cases((*_QUICK, "lattice[leech]")))
+def test_linearize_of_a_dithered_lattice_equals_jvp_at_the_primal_dither(case):
+    """Tangents in the parameters (the input's are 0: the hard path is piecewise constant):
+    jvp_fn equals ``torch.func.jvp`` bit for bit, at every call. It drew another dither at
+    each call (the recorded key draw, and the hash's in-place ops on their folded output), and
+    Leech's decoder read buffers folded before their writes."""
+    module = _module(case, dtype=torch.float64)
+    y = _input(module, dtype=torch.float64)
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def f(params):
+        out = functional_call(module, params, (y,), {"generator": _gen(2)})
+        return out.y_hat, out.rate
+
+    primal, jvp_fn = linearize(f, params)
+    t = {k: torch.randn(v.shape, generator=_gen(3), dtype=v.dtype) for k, v in params.items()}
+    _, expected = jvp(f, (params,), (t,))
+    assert all(bool(e.abs().amax() > 0) for e in expected)
+    for _ in range(2):
+        _assert_equal(jvp_fn(t), expected)
+    _assert_equal(primal, f(params))

@@ -405,6 +405,16 @@ def proxy_tracing() -> bool:
     return not torch.compiler.is_compiling() and get_proxy_mode() is not None
 
 
+def recording_graph() -> bool:
+    """Whether this code runs to be recorded as a graph of tensor ops that replays it later:
+    ``torch.export`` (:func:`torch.compiler.is_exporting`) or ``make_fx`` / ``torch.func.
+    linearize`` (:func:`proxy_tracing`). Both keep every Python decision and every value read
+    back at what they were while tracing, so the branches taken under it replace value
+    read-backs, loops over the rows and NumPy with tensor ops giving the same numbers. Not
+    ``torch.jit.trace``, which refuses what it cannot replay by name instead."""
+    return torch.compiler.is_exporting() or proxy_tracing()
+
+
 def save_for_jvp(ctx, *tensors: Tensor | None) -> None:
     """In a custom Function's ``setup_context``: saves ``tensors`` for its ``jvp`` (read back
     as ``ctx.saved_tensors`` there) where forward-mode AD may run, and nowhere else: they
@@ -436,10 +446,20 @@ def plain_tensors() -> contextlib.AbstractContextManager:
 
     Under non-strict ``torch.export`` likewise real tensors, not the export's fake ones: a table
     first built while exporting was kept as a fake tensor, and every later eager call of the
-    module failed ("Could not guard on data-dependent expression")."""
-    if torch.compiler.is_exporting() and not torch.compiler.is_dynamo_compiling():
-        return torch.utils._python_dispatch._disable_current_modes()
-    return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
+    module failed ("Could not guard on data-dependent expression"). So too under ``make_fx``
+    (:func:`proxy_tracing`; real tables are constants of its graph): a symbolic trace kept
+    them as fake tensors, with the same failure; within ``torch.func.linearize`` both at once.
+    """
+    recording = proxy_tracing() or (
+        torch.compiler.is_exporting() and not torch.compiler.is_dynamo_compiling()
+    )
+    if not recording:
+        return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.utils._python_dispatch._disable_current_modes())
+    if in_transform():
+        stack.enter_context(torch._C._DisableFuncTorch())
+    return stack
 
 
 def plain_cache(function: Callable) -> Callable:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._utils import forward_mode_possible, plain_tensors, proxy_tracing, recording_graph
+
 _MUL1 = 0x7FEB352D
 _MUL2 = 0x846CA68B - (1 << 32)  # as the int32 with the same bits
 
@@ -93,7 +95,29 @@ def draw_key(generator: torch.Generator | SeedKeys | None = None, device=None) -
     (torch's default generator when None).
 
     The key is made on the generator's device (the CPU for a :class:`SeedKeys` or None) and
-    moved to ``device`` if given. Raises ValueError for a ``generator`` of any other type."""
+    moved to ``device`` if given. Raises ValueError for a ``generator`` of any other type.
+
+    Recorded as a graph (:func:`~qlatent._utils.recording_graph`), the draw from a
+    ``torch.Generator`` (torch's default one included) is an op of the graph: each call of the
+    graph draws its own key, as each eager call does (``make_fx`` keeps the generator object
+    given while tracing and draws from it, whatever generator a later call names). Within
+    ``torch.func.linearize`` (``make_fx`` of a forward-mode call) the key is drawn once, while
+    tracing, and kept as a constant: its ``jvp_fn`` ran the recorded draw again (torch does
+    not fold a random op), so its tangents were those of another dither than the traced
+    call's. (``linearize`` calls the function once more for its primal output: the two share
+    a dither only where the function makes its generator from a fixed seed.) A
+    :class:`SeedKeys` counts its calls in Python, which no graph records: RuntimeError there
+    outside ``linearize`` (a graph reused the traced call's key on every call)."""
+    if _linearizing():
+        with plain_tensors():  # (outside the trace and the transform: a constant of it)
+            return draw_key(generator, device)
+    if isinstance(generator, SeedKeys) and recording_graph():
+        raise RuntimeError(
+            "a qlatent.rng.SeedKeys counts its calls in Python, which a recorded graph "
+            "(torch.export, make_fx) cannot: the graph would reuse this call's key on every "
+            "call. Record it with generator=None (torch's default generator, whose draw is an "
+            "op of the graph) or a torch.Generator, and use SeedKeys eagerly"
+        )
     if isinstance(generator, SeedKeys):
         key = generator.next_key()
         return key if device is None else key.to(device)
@@ -128,13 +152,21 @@ def counter_uniform(
     Returns a tensor of ``shape`` and ``dtype`` on ``key``'s device. Raises ValueError for a key
     that is not a 0-d int32 tensor, a shape that is not a tuple of non-negative integers, a
     dtype that is not floating-point, an offset that is not an integer, or counters
-    ``offset + numel`` that reach 2^31. Within ``torch.export`` the count is an assertion of
-    the exported program (a RuntimeError when the program runs past it).
+    ``offset + numel`` that reach 2^31. Within ``torch.export`` or ``make_fx`` the count is an
+    assertion of the recorded graph (a RuntimeError when it runs past it).
     """
-    if not torch.compiler.is_compiling():  # (traced shapes are symbolic, not ints)
+    if _linearizing():
+        # the numbers drawn outside the trace, their copy recorded in place: linearize folds
+        # the graph's constants once, and the hash's in-place ops, left in the graph, ran
+        # again on their folded inputs at each jvp_fn call (another dither each time); the
+        # copy, left in the graph too, keeps what follows from being folded likewise
+        with plain_tensors():
+            r = counter_uniform(key, shape, dtype, offset)
+        return torch.empty_like(r).copy_(r)
+    exporting = recording_graph()  # torch.export or make_fx: every step an op of the graph
+    if not (torch.compiler.is_compiling() or exporting):  # (traced shapes are symbolic)
         _check_arguments(key, shape, dtype, offset)
     numel = math.prod(shape)
-    exporting = torch.compiler.is_exporting()
     if offset < 0 or (not exporting and offset + numel >= 2**31):
         raise ValueError(
             f"counter_uniform draws at most 2^31 numbers per key, asked for counters "
@@ -149,11 +181,19 @@ def counter_uniform(
             "counter_uniform draws at most 2^31 numbers per key (a dithered bottleneck's "
             "dither or Monte-Carlo draws for this input): give it fewer rows",
         )
-    if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
+    # (not while recording: the NumPy hash reads the key back, and its numbers would be a
+    # constant of the graph, the same dither on every call)
+    in_numpy = not (torch.compiler.is_compiling() or exporting)
+    if key.device.type == "cpu" and dtype in _NUMPY_DTYPES and in_numpy:
         out = np.empty(numel, dtype=_NUMPY_DTYPES[dtype])
         _counter_uniform_blocks(int(key) & 0xFFFFFFFF, out, offset)
         return torch.from_numpy(out).view(shape)
     return _counter_uniform_torch(key, shape, dtype, offset)
+
+
+def _linearizing() -> bool:
+    """Whether ``make_fx`` traces a forward-mode call: ``torch.func.linearize``."""
+    return proxy_tracing() and forward_mode_possible()
 
 
 def _check_arguments(key, shape, dtype, offset) -> None:

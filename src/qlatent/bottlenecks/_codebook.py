@@ -43,7 +43,7 @@ from .._utils import (
     forward_tangent,
     in_transform,
     plain_cache,
-    proxy_tracing,
+    recording_graph,
     save_for_first_order,
     saved_for_first_order,
     shown_compile,
@@ -148,7 +148,7 @@ def nearest_codeword(z: Tensor, codebook: Tensor, *, compile: bool = False) -> T
     num_codes = codebook.shape[0]
     budget = _CHUNK_ELEMENTS if z.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
     rows = max(_MIN_CHUNK_ROWS, budget // num_codes)
-    if torch.compiler.is_exporting():
+    if recording_graph():
         # one search: the branches on the row count below bounded a dynamic batch size (and
         # an unbounded one failed inside torch: "Expected op to be '==', got <")
         return torch.addmm(norms, z, codebook.t(), alpha=-2.0).min(1).indices
@@ -373,7 +373,7 @@ def mean_square_error(a: Tensor, b: Tensor) -> Tensor:
     (:func:`_rescaled_mean_square`)."""
     diff = a - b
     mean_square = diff.square().mean()
-    if diff.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
+    if diff.numel() and recording_graph():
         return _finite_or_rescaled(mean_square, diff.reshape(-1))
     if diff.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(diff.reshape(-1))
@@ -384,7 +384,7 @@ def _mean_square(flat: Tensor) -> Tensor:
     """Σ e²/n of a flat tensor as one dot product: no rows × d temporary (each costs page faults
     on the CPU), with the same fallback as :func:`mean_square_error`."""
     mean_square = torch.dot(flat, flat) / flat.numel()
-    if flat.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
+    if flat.numel() and recording_graph():
         return _finite_or_rescaled(mean_square, flat)
     if flat.numel() and not bool(torch.isfinite(mean_square)):
         mean_square = _rescaled_mean_square(flat)
@@ -476,7 +476,7 @@ def codebook_and_commitment(
     # (not into q's buffer where forward mode may run: its tangent would have to be
     # rewritten in place; nor while exporting: the program recorded the ``out=`` write, which
     # failed wherever the codebook requires grad, and strict export refused the dirty input)
-    reuse_q = reuse_q and not (forward_mode_possible() or torch.compiler.is_exporting())
+    reuse_q = reuse_q and not (forward_mode_possible() or recording_graph())
     y_hat, aux, *_ = apply_function(_CodebookAndCommitment, z, q, float(beta), reuse_q)
     return y_hat, aux
 

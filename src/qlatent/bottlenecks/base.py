@@ -38,7 +38,7 @@ from .._utils import (
     check_generator,
     from_rows,
     in_transform,
-    proxy_tracing,
+    recording_graph,
     to_rows,
 )
 from ..registry import Registry
@@ -404,8 +404,9 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
             draws = self.__dict__["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
         if not recomputing():
             # (not under a torch.func transform, whose tensors die with it: a checkpoint's
-            # recomputation there finds no record and says so)
-            if not in_transform():
+            # recomputation there finds no record and says so; nor while a graph is recorded,
+            # whose calls do not run this, and whose tensors may be fake ones)
+            if not (in_transform() or recording_graph()):
                 draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
             return generator
         draw = recomputed_record(draws, rows)
@@ -445,7 +446,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         ``torch.Generator`` or :class:`qlatent.rng.SeedKeys`; on the hard path a CPU one).
         ValueError for a bad input or generator.
         """
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
+        if torch.jit.is_tracing() or recording_graph():
             self._check_traceable()
         self._check_input(y)
         # the hard path's dither is common randomness: CPU only; training noise on any device
@@ -472,22 +473,27 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     _UNTRACEABLE: ClassVar[Mapping[str, str]] = {}
     #: the same for ``torch.export.export``
     _UNEXPORTABLE: ClassVar[Mapping[str, str]] = {}
+    #: the same for ``make_fx`` (and ``torch.func.linearize``) where it records more than
+    #: ``torch.jit.trace`` does (the branches of :func:`~qlatent._utils.recording_graph`);
+    #: None: :attr:`_UNTRACEABLE`
+    _UNRECORDABLE: ClassVar[Mapping[str, str] | None] = None
 
     def _check_traceable(self, mode: str | None = None) -> None:
         """RuntimeError, naming this module and the way out, for a ``torch.jit.trace``, a
         ``make_fx`` (:func:`~qlatent._utils.proxy_tracing`) or a ``torch.export.export`` of a
-        forward (or, ``mode="eval"``, of ``quantize`` /
-        ``dequantize``) that it cannot record faithfully (:attr:`_UNTRACEABLE`,
-        :attr:`_UNEXPORTABLE`). A trace keeps the tensor ops of one call and fixes every Python
-        decision and every value read back at what they were while tracing: such a trace failed
-        deep inside torch or, worse, ran and differed from the module."""
+        forward (or, ``mode="eval"``, of ``quantize`` / ``dequantize``) that it cannot record
+        faithfully (:attr:`_UNTRACEABLE`, :attr:`_UNEXPORTABLE`, :attr:`_UNRECORDABLE`). A
+        trace keeps the tensor ops of one call and fixes every Python decision and every value
+        read back at what they were while tracing: such a trace failed deep inside torch or,
+        worse, ran and differed from the module."""
         mode = mode or ("training" if self.training else "eval")  # (the hard path: "eval")
         if torch.jit.is_tracing():
             tool, reason = "torch.jit.trace", self._UNTRACEABLE.get(mode)
         elif torch.compiler.is_exporting():
             tool, reason = "torch.export", self._UNEXPORTABLE.get(mode)
-        else:  # make_fx keeps one call's ops and reads as torch.jit.trace does
-            tool, reason = _MAKE_FX, self._UNTRACEABLE.get(mode)
+        else:  # make_fx keeps one call's ops, and takes the export branches
+            refused = self._UNTRACEABLE if self._UNRECORDABLE is None else self._UNRECORDABLE
+            tool, reason = _MAKE_FX, refused.get(mode)
         if reason:
             raise RuntimeError(
                 f"{tool} cannot record the {mode}-mode forward of {type(self).__name__} "
@@ -502,7 +508,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         a codeword index (``index_kind == "scalar"``), ``(B[, *spatial])``.
         """
         self._require_discrete()
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
+        if torch.jit.is_tracing() or recording_graph():
             self._check_traceable("eval")
         self._check_input(y)
         check_generator(generator)
@@ -519,7 +525,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         for indices that are not an integer tensor of that shape.
         """
         self._require_discrete()
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or proxy_tracing():
+        if torch.jit.is_tracing() or recording_graph():
             self._check_traceable("eval")
         check_generator(generator)
         if not isinstance(indices, Tensor):
@@ -777,7 +783,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         self._check_rank_and_size(y, "input", self.in_dim)
         if y.numel() == 0:
             return
-        if torch.compiler.is_exporting() or proxy_tracing():
+        if recording_graph():
             self._assert_values(y)
         else:
             self._check_values(y)

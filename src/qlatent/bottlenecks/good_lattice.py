@@ -50,6 +50,7 @@ from .._utils import (
     first_order,
     forward_tangent,
     plain_tensors,
+    recording_graph,
     save_for_first_order,
     saved_for_first_order,
     shown_compile,
@@ -60,7 +61,7 @@ from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
 from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
-from .lattice import DITHER_UNTRACEABLE, _check_flags, _positive_log
+from .lattice import DITHER_UNRECORDABLE, DITHER_UNTRACEABLE, _check_flags, _positive_log
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
 #: (:class:`qlatent.coding.models._GluedBlock`): the widths that gave the shortest files on the
@@ -402,6 +403,7 @@ class DitheredGoodLattice(Bottleneck):
         "exact_rectangular": True,
     }
     _UNTRACEABLE = {"training": DITHER_UNTRACEABLE, "eval": DITHER_UNTRACEABLE}
+    _UNRECORDABLE = DITHER_UNRECORDABLE
 
     def __init__(
         self,
@@ -803,7 +805,7 @@ class DitheredGoodLattice(Bottleneck):
         # under glibc's defaults whenever other allocations in between moved the heap
         recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (v, w, scale))
         scratch = None
-        exporting = torch.compiler.is_exporting()
+        exporting = recording_graph()
         if exporting:
             # one chunk of every row: a Python loop over the rows fixed a dynamic batch size at
             # the example's. Each chunk draws its own proposal key, so the program holds to a
@@ -1188,7 +1190,7 @@ class DitheredGoodLattice(Bottleneck):
             first = 0
             for lattice, count, start in cells.geometry.runs:
                 pieces = flat[:, start : start + count * lattice.dim].reshape(-1, lattice.dim)
-                if torch.compiler.is_exporting():
+                if recording_graph():
                     # torch.export cannot size a tensor by a count of rows (nonzero): every
                     # block is decoded, those out of reach stay outside (the same answer)
                     hit = (lattice.closest_point(pieces) == 0).all(1)
@@ -1524,7 +1526,7 @@ class _BalanceWeight(torch.autograd.Function):
         low, high = math.log(info.tiny) + 1.0, math.log(info.max) - 1.0
         softplus = d.clamp(min=low, max=high).exp_().log1p_()
         # (always under torch.export, which cannot branch on a value: it adds zeros there)
-        if d.numel() and (torch.compiler.is_exporting() or bool(d.amax() > high)):
+        if d.numel() and (recording_graph() or bool(d.amax() > high)):
             softplus.add_((d - high).clamp_(min=0.0))
         return torch.sub(log_p, softplus).sub_(log_uniform), d, anchor(d)
 
@@ -1613,7 +1615,7 @@ class _LogSum(torch.autograd.Function):
         total = omega.sum(2, keepdim=True)
         log_sum = total.log().add_(peak).squeeze(2)
         omega.div_(total)
-        if torch.compiler.is_exporting() or bool(empty.any()):  # (export: no value to branch on)
+        if recording_graph() or bool(empty.any()):  # (export: no value to branch on)
             log_sum.masked_fill_(empty.squeeze(2), -math.inf)
             omega.masked_fill_(empty, 0.0)
         slopes = []

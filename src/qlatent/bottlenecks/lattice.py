@@ -40,6 +40,7 @@ from .._utils import (
     first_order,
     forward_mode_possible,
     forward_tangent,
+    recording_graph,
     save_for_first_order,
     saved_for_first_order,
     transform_wrapper,
@@ -458,6 +459,18 @@ DITHER_UNTRACEABLE = (
 )
 
 
+#: why ``make_fx`` (``torch.func.linearize``) cannot record a dithered lattice's training path;
+#: its eval path it records (:attr:`~qlatent.bottlenecks.base.Bottleneck._UNRECORDABLE`)
+DITHER_UNRECORDABLE = {
+    "training": (
+        "its dither is drawn afresh by every call of the graph, so a replayed step, or the "
+        "tangents of torch.func.linearize's jvp_fn, would belong to another dither than the "
+        "traced call's, silently. Record the eval-mode (hard) path, or export the training "
+        "path with torch.export.export"
+    )
+}
+
+
 class DitheredLattice(Bottleneck):
     """Dithered rectangular-lattice quantizer with a learnable Laplace prior.
 
@@ -489,6 +502,7 @@ class DitheredLattice(Bottleneck):
 
     LOG_PARAMETERS = ("log_spacing", "log_scale")
     _UNTRACEABLE = {"training": DITHER_UNTRACEABLE, "eval": DITHER_UNTRACEABLE}
+    _UNRECORDABLE = DITHER_UNRECORDABLE
 
     compile = Setting(check_flag)
     lattice_name = Fixed("lattice")
@@ -550,7 +564,7 @@ class DitheredLattice(Bottleneck):
         # kernels' ``out=`` writes failed in the program wherever its parameters require grad,
         # and the compiled kernels are not traced. There the differentiable reference ops,
         # the same values (:func:`_training_kernel`, the hard path's loop below)
-        exporting = torch.compiler.is_exporting()
+        exporting = recording_graph()
         differentiable = differentiable or exporting
         if self.training:
             # one key per call from the generator; the dither itself comes from the key and each

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_nonnegative, proxy_tracing, shown_setting
+from .._utils import check_nonnegative, recording_graph, shown_setting
 from ..lattices.base import to_coordinates
 from ._code_model import CountedCodeModel
 from ._codebook import (
@@ -129,7 +129,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
         tiny = b.abs() < _MIN_SPACING
         # (torch.export and make_fx cannot branch on a value: there the replacement below,
         # which keeps every coordinate that is not tiny, as it is)
-        recording = torch.compiler.is_exporting() or proxy_tracing()
+        recording = recording_graph()
         if not recording and not tiny.any():
             return b
         sign = torch.where(b < 0, -1.0, 1.0).to(b.dtype)
@@ -145,7 +145,7 @@ class LearnableLattice(CountedCodeModel, Bottleneck):
             indices = to_coordinates(n)
             # a sort: off the training hot path (torch.export, make_fx: counts of a size they
             # can record)
-            recording = torch.compiler.is_exporting() or proxy_tracing()
+            recording = recording_graph()
             counted = padded_row_counts if recording else row_counts
             stats.update(usage_stats(counted(indices)))
             return BottleneckOutput(q.detach(), rate, y.new_zeros(()), indices, stats)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import shown_setting
+from .._utils import recording_graph, shown_setting
 from ._code_model import CountedCodeModel
 from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed
 
@@ -116,7 +116,7 @@ class VectorST(CountedCodeModel, Bottleneck):
         numbers (every row's distances are the same operations in any block)."""
         step = max(1, NEAREST_NUMBERS // (self.dim * self.num_codes))
         codes = self.codes.detach()
-        if torch.compiler.is_exporting():  # one block: the split bounded a dynamic batch size
+        if recording_graph():  # one block: the split bounded a dynamic batch size
             return self._nearest_block(y.detach(), codes)
         blocks = [self._nearest_block(block, codes) for block in y.detach().split(step)]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import plain_tensors
+from .._utils import plain_tensors, recording_graph
 from ._utils import parity
 
 
@@ -74,7 +74,7 @@ def closest_point_glued(
     that the ``(rows, |C|)`` coset costs stay a few MB."""
     n = code.words.shape[1]
     rows = x.reshape(-1, n)
-    if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+    if recording_graph():  # (a loop over the rows fixed a dynamic batch size)
         return decode_glued(rows, code, a, q, offsets).view(*x.shape[:-1], n)
     out = torch.empty_like(rows)
     for start in range(0, rows.shape[0], chunk):
@@ -115,7 +115,7 @@ def decode_glued(
     best_index = torch.stack(indices).gather(0, which.unsqueeze(0)).squeeze(0) + which * n_words
     for j, (cost, wrong, delta) in enumerate(zip(costs, flips, deltas, strict=True)):
         rows, cols = torch.nonzero(wrong & (cost < best_cost.unsqueeze(1)), as_tuple=True)
-        if not torch.compiler.is_exporting() and rows.numel() == 0:
+        if not recording_graph() and rows.numel() == 0:
             continue  # (a shortcut only: torch.export cannot branch on the count)
         bits = words[cols] > 0  # (K', n)
         fixed = cost[rows, cols] + torch.where(bits, delta[1, rows], delta[0, rows]).amin(-1)

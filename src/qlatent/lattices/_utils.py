@@ -14,7 +14,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from .._utils import plain_tensors
+from .._utils import plain_tensors, recording_graph
 from .base import Lattice, check_rows, to_coordinates
 
 #: bytes of one float temporary of an eager decoder's chunk of rows on the CPU (E8: 2^14 rows of
@@ -54,7 +54,7 @@ def in_chunks(
     rows = x.reshape(-1, n)
     size = max(1, CHUNK_BYTES // (n * (itemsize or x.element_size())))
     # (exported: in one call, as a Python loop over the rows fixed a dynamic batch size)
-    if torch.compiler.is_exporting() or rows.shape[0] <= size or x.device.type != "cpu":
+    if recording_graph() or rows.shape[0] <= size or x.device.type != "cpu":
         return rule(rows).view(x.shape)
     out = torch.empty_like(rows)
     for start in range(0, rows.shape[0], size):

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from .._utils import proxy_tracing
+from .._utils import recording_graph
 from ..registry import Registry
 
 LATTICES: Registry[Lattice] = Registry("lattice")
@@ -49,7 +49,7 @@ def to_coordinates(k: Tensor) -> Tensor:
 def check_coordinates(k: Tensor) -> None:
     """ValueError if the rounded float coordinates ``k`` reach beyond ±:data:`MAX_COORDINATE`
     (or are NaN): what :func:`to_coordinates` checks before converting."""
-    if k.numel() and (torch.compiler.is_exporting() or proxy_tracing()):
+    if k.numel() and recording_graph():
         # torch.export and make_fx cannot read the reach back: the check runs in the program
         reach = k.detach().abs().amax()
         torch._assert_async(reach <= MAX_COORDINATE, _reach_message("the reach"))

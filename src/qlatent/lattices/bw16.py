@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain, plain_cache, plain_tensors
+from .._utils import COMPILED_DTYPES, compiled_or_plain, plain_cache, plain_tensors, recording_graph
 from ._glued import BinaryCode, closest_point_glued, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -102,7 +102,7 @@ class BarnesWallLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 16, self.name)
         rows = x.detach().reshape(-1, 16)  # piecewise constant: its derivative is 0
-        if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+        if recording_graph():  # (a loop over the rows fixed a dynamic batch size)
             return in_float32(self._quarters.decode, rows).view(x.shape)
         out = torch.empty_like(rows)
         if self.compile and rows.shape[0] >= _COMPILED_MIN_ROWS and x.dtype in COMPILED_DTYPES:
@@ -127,7 +127,7 @@ class BarnesWallLattice(FixedLattice):
         check_rows(y, 16, self.name)
         # (exported: the eager decoder of ``compile=False``, as :meth:`closest_point`'s; the
         # branch on the row count bounded a dynamic batch size)
-        exporting = torch.compiler.is_exporting()
+        exporting = recording_graph()
         if (
             self.compile
             and not exporting

@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain
+from .._utils import COMPILED_DTYPES, compiled_or_plain, recording_graph
 from ._utils import FixedLattice, as_basis, in_chunks, in_float32, parity
 from .base import LATTICES, check_rows
 
@@ -71,7 +71,7 @@ class GossetLattice(FixedLattice):
         else:  # eager, also for a few rows, where the compiled call's overhead dominates
             decode = functools.partial(in_float32, _closest_e8)
         # (exported: one call, as a branch on the row count bounded a dynamic batch size)
-        if torch.compiler.is_exporting() or rows.shape[0] <= _CHUNK:
+        if recording_graph() or rows.shape[0] <= _CHUNK:
             return decode(rows).view(x.shape)
         out = torch.empty_like(rows)
         for start in range(0, rows.shape[0], _CHUNK):
@@ -96,7 +96,7 @@ def _compiled(compile: bool, rows: int, dtype: torch.dtype) -> bool:
     """Whether ``rows`` points take the fused decoder. Never within ``torch.export``: the
     program records the eager decoder of ``compile=False`` (the branch on the row count bounded
     a dynamic batch size, and a compiled function is not recorded as such)."""
-    exporting = torch.compiler.is_exporting()
+    exporting = recording_graph()
     return compile and not exporting and rows >= _COMPILED_MIN_ROWS and dtype in COMPILED_DTYPES
 
 

@@ -32,7 +32,14 @@ import functools
 import torch
 from torch import Tensor
 
-from .._utils import COMPILED_DTYPES, compiled_or_plain, plain_cache, plain_tensors
+from .._utils import (
+    COMPILED_DTYPES,
+    compiled_or_plain,
+    plain_cache,
+    plain_tensors,
+    proxy_tracing,
+    recording_graph,
+)
 from ._glued import BinaryCode, decode_coset
 from ._utils import FixedLattice, as_basis, dn_rows, in_float32, integer_basis, parity
 from .base import LATTICES, check_rows
@@ -116,7 +123,7 @@ class LeechLattice(FixedLattice):
     def closest_point(self, x: Tensor) -> Tensor:
         check_rows(x, 24, self.name)
         rows = x.detach().reshape(-1, 24)  # piecewise constant: its derivative is 0
-        if torch.compiler.is_exporting():  # (a loop over the rows fixed a dynamic batch size)
+        if recording_graph():  # (a loop over the rows fixed a dynamic batch size)
             return in_float32(self._sextet.decode, rows).view(x.shape)
         out = torch.empty_like(rows)
         # the compiled decoder takes one shape; the eager one larger chunks off the CPU
@@ -330,20 +337,28 @@ class GolaySextet:
         high = torch.minimum(pick(2).unsqueeze(2), pick(3).unsqueeze(3)).view(6, 2, 4, n)
         fix = torch.minimum(low.unsqueeze(2), high.unsqueeze(3)).view(6, 2, 16, n)
         fix = fix.index_select(2, c["patterns"])
-        g = torch.empty(4, 6, 2, 8, n, dtype=t.dtype, device=t.device)
+        traced = proxy_tracing()  # (no writes into a buffer there: see :func:`_min_plus`)
+        g = [] if traced else torch.empty(4, 6, 2, 8, n, dtype=t.dtype, device=t.device)
         for a in range(2):
             cost_a, odd_a, fix_a = (v[:, :, 8 * a : 8 * a + 8] for v in (cost, odd, fix))
+            if traced:
+                g.append(torch.addcmul(cost_a, odd_a, fix_a))
+                g.append(torch.addcmul(cost_a + fix_a, odd_a, fix_a, value=-1.0))
+                continue
             torch.addcmul(cost_a, odd_a, fix_a, out=g[2 * a])
             torch.addcmul(cost_a + fix_a, odd_a, fix_a, value=-1.0, out=g[2 * a + 1])
-        return g.view(4, 6, 16, n)
+        return (torch.stack(g) if traced else g).view(4, 6, 16, n)
 
 
 def _min_plus(x: Tensor, y: Tensor) -> Tensor:
     """Min-plus product over Z2 × Z2 of tables ``x`` and ``y`` (``(4, ...)``, entry first, the
     rest broadcast): ``out[a] = min_b x[b] + y[a xor b]``. Eagerly each entry is formed in place
     with one scratch buffer; under ``torch.compile`` as pure expressions, which it fuses (a
-    reused buffer would make it write every term out)."""
-    if torch.compiler.is_compiling():
+    reused buffer would make it write every term out), and under ``make_fx`` (the same
+    minima, exact): ``torch.func.linearize`` computes the ops of its graph that read no
+    tangent once, as constants, a buffer's reads among them, which then saw the buffer before
+    its writes (other points, other tangents)."""
+    if torch.compiler.is_compiling() or proxy_tracing():
         return torch.stack(
             [
                 torch.minimum(

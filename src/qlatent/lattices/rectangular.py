@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._utils import recording_graph
 from .base import LATTICES, Lattice, check_dense, check_rows, to_coordinates
 
 #: the largest ``Z^m`` :func:`integer_lattice` builds (a bottleneck's ``dim`` is at most this too)
@@ -36,7 +37,7 @@ class RectangularLattice(Lattice):
             raise ValueError(f"spacing must be a real-valued tensor, got {spacing.dtype}")
         if spacing.dim() != 1 or spacing.numel() == 0:
             raise ValueError(f"spacing must be a non-empty 1-D tensor, got shape {spacing.shape}")
-        if torch.compiler.is_exporting():
+        if recording_graph():
             # torch.export cannot read the values back: the check runs in the exported program,
             # and the name (for messages only) is not looked up
             ok = (torch.isfinite(spacing) & (spacing > 0)).all()

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils import recording_graph
+
 #: the smallest and the largest variance :class:`SquaredError` takes (written out: 1 / 1e-30
 #: is 9.999999999999999e29 in float64, which refused the documented end 1e30)
 MIN_VARIANCE, MAX_VARIANCE = 1e-30, 1e30
@@ -57,7 +59,7 @@ class Bernoulli(Likelihood):
         _check_pair(x, params, "logits")
         if not x.is_floating_point():
             raise ValueError(f"Bernoulli data must be floating-point, got {x.dtype}")
-        if torch.compiler.is_exporting():
+        if recording_graph():
             # the check as an assertion of the exported program: export cannot read values back
             # to Python (it failed here: "Could not guard on data-dependent expression")
             data = x.detach()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .._utils import NoModuleBackwardHooks, check_count
+from .._utils import NoModuleBackwardHooks, check_count, recording_graph
 from ..bottlenecks import Bottleneck
 from ..models import AutoencoderOutput
 from .likelihoods import Likelihood
@@ -84,7 +84,7 @@ def check_ids(x: Tensor, vocab: int) -> None:
     """ValueError unless ``x`` is ``(B, T)`` int64 token ids in ``[0, vocab)``, ``T >= 1``."""
     if x.dim() != 2 or x.dtype != torch.int64 or x.shape[1] < 1:
         raise ValueError(f"expected (B, T) int64 token ids, T >= 1, got {tuple(x.shape)} {x.dtype}")
-    if torch.compiler.is_exporting():
+    if recording_graph():
         # the check as an assertion of the exported program: export cannot read values back
         # to Python (it failed here: "Could not guard on data-dependent expression")
         torch._assert_async(((x >= 0) & (x < vocab)).all(), f"token ids must lie in [0, {vocab})")
@@ -190,7 +190,7 @@ class TextAutoencoder(NoModuleBackwardHooks, nn.Module):
         check_ids(x, self.cfg.vocab_size + 4)
         words = x != PAD
         early = (words[:, 1:] & ~words[:, :-1]).any()
-        if torch.compiler.is_exporting():  # (as in check_ids)
+        if recording_graph():  # (as in check_ids)
             torch._assert_async(~early, "padding (id 0) must come after a sentence's last token")
         elif early:
             raise ValueError("padding (id 0) must come after a sentence's last token, not before")
@@ -201,7 +201,7 @@ class TextAutoencoder(NoModuleBackwardHooks, nn.Module):
         self.check(x)
         if x.shape[0] == 0:  # nothing to pack
             _, h = self.encoder(self.embed(x))
-        elif torch.compiler.is_exporting():  # a packed sequence does not export
+        elif recording_graph():  # a packed sequence does not export
             h = _unpacked_states(self.encoder, self.embed(x), (x != PAD).sum(1).clamp_min(1))
         else:
             lengths = (x != PAD).sum(1).clamp_min(1).cpu()
