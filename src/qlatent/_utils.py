@@ -19,6 +19,7 @@ import torch
 import torch.autograd.forward_ad
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode  # (imported by torch itself)
+from tqdm.auto import tqdm as _tqdm
 
 try:
     import fcntl
@@ -690,7 +691,25 @@ def compiled_or_plain(compiled: Callable[[], Callable], plain: Callable) -> Call
     """``compiled()`` (a cached getter of a ``torch.compile``d function), or ``plain``, the same
     function uncompiled, inside a caller's own ``torch.compile``: Dynamo traces it into the
     caller's graph, where the getter would make it warn about the cache and trace its body."""
-    return plain if torch.compiler.is_compiling() else compiled()
+    if torch.compiler.is_compiling():
+        return plain
+    _import_inductor()
+    return compiled()
+
+
+@functools.cache
+def _import_inductor() -> None:
+    """Import ``torch._inductor`` as the first ``torch.compile`` call does, with torch's own
+    DeprecationWarning of that import filtered: inductor imports ``torch.utils.mkldnn``, whose
+    classes use the deprecated ``torch.jit.script_method``. Under a caller's ``-W error`` (or
+    ``filterwarnings = ["error"]``) the first call of a method with ``compile=True`` raised it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"`torch\.jit\.script_method` is deprecated", DeprecationWarning
+        )
+        import torch._inductor.compile_fx  # noqa: F401
 
 
 def _locked(fd: int, *, wait: bool) -> bool:
@@ -794,3 +813,13 @@ def expanded(path: str | os.PathLike[str]) -> Path:
         return Path(path).expanduser()
     except RuntimeError:
         raise ValueError(f"{os.fspath(path)}: no home folder for the user it names") from None
+
+
+class tqdm(_tqdm):
+    """The progress bar of every loop here: ``tqdm.auto.tqdm`` without tqdm's monitor thread.
+    tqdm starts that thread with the first bar made in a process, a disabled one too, and
+    nothing ends it: ``fit`` with ``progress = false`` (or a folder read, an IWAE evaluation)
+    left a thread running after it returned. The monitor only forces a redraw of a bar whose
+    updates have slowed down after a fast start; the bars here advance at an even pace."""
+
+    monitor_interval = 0

@@ -1231,7 +1231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``qlatent ARGV``: the exit code. Ctrl-C and SIGTERM end a command with one line (exit
     code 130 or 143), a reader of stdout that has gone ends it without one (141), a stdout that
     cannot take the output (a full disk) with one line (2)."""
-    import os
 
     with _sigterm_as_interrupt():
         try:
@@ -1245,17 +1244,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             # is left unwritten goes nowhere, rather than failing again when Python flushes
             # stdout at exit (https://docs.python.org/3/library/signal.html#note-on-sigpipe);
             # 128 + SIGPIPE, what the shell reports for a program the closed pipe stopped
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _discard_stdout()
             return 141
         except OSError as err:
             # _run reports a command's own errors: this is stdout refusing the help or the last
             # flush (a full disk, ``> /dev/full``); what is left goes nowhere, as above
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _discard_stdout()
             message = terminal_text(f"cannot write standard output: {err}")
             print(f"qlatent: error: {message}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:
             return _interrupted(err)
+
+
+def _discard_stdout() -> None:
+    """Point standard output's descriptor at the null device. The descriptor opened for it is
+    closed again: it stayed open before, one more for every such call of :func:`main`."""
+    import os
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
 
 
 def console() -> None:

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import tqdm
 from ..lattices import lattice_by_name, tile
 from .timing import (
     MAX_VALUES,

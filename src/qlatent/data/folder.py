@@ -26,9 +26,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .._utils import expanded, file_in_the_way
+from .._utils import expanded, file_in_the_way, tqdm
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -329,7 +328,9 @@ def image_name(index: int, count: int) -> str:
 def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``images`` ``(N, C, H, W)`` (C = 1 or 3, floating-point values in [0, 1], clipped;
     see :func:`image_pixels`) as ``000000.png`` … (:func:`image_name`) into ``folder``, which
-    must be new or empty; each file is written atomically. Returns the paths."""
+    must be new or empty; each file is written atomically. Returns the paths. A write that
+    fails (a full disk, Ctrl-C) takes back the files and folders this call made: the images
+    written before it stayed, and the same call again refused the folder as not empty."""
     from PIL import Image
 
     from ..image_coding import write_atomic
@@ -338,10 +339,19 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
     pixels = image_pixels(images)
     root = check_new_folder(folder)
+    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
     root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(pixels):
-        buffer = io.BytesIO()
-        Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
-        paths.append(write_atomic(root / image_name(i, len(pixels)), buffer.getvalue()))
+    paths: list[Path] = []
+    try:
+        for i, image in enumerate(pixels):
+            buffer = io.BytesIO()
+            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
+            paths.append(write_atomic(root / image_name(i, len(pixels)), buffer.getvalue()))
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for made_folder in made:
+            with contextlib.suppress(OSError):  # another writer's file in it: it stays
+                made_folder.rmdir()
+        raise
     return paths

@@ -37,9 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tqdm.auto import tqdm
-
-from .._utils import expanded
+from .._utils import expanded, tqdm
 
 __all__ = [
     "DATASETS",

@@ -33,7 +33,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from .._utils import tqdm
 
 ArrayLike = Tensor | np.ndarray
 
@@ -257,14 +258,17 @@ def linear_probe(
 
     # a caller's no_grad / inference_mode would leave nothing to train
     with torch.inference_mode(False), torch.enable_grad():
-        x_train_t = torch.from_numpy(x_train).float()
-        y_train_t = torch.from_numpy(y_train)
+        # copies (torch.tensor), not views (from_numpy): a caller's read-only array (np.load's
+        # mmap_mode="r", np.frombuffer, broadcast_to) made torch warn that it is not writable
+        x_train_t = torch.tensor(x_train, dtype=torch.float32)
+        y_train_t = torch.tensor(y_train)
         probe = _fit_linear(
             x_train_t, y_train_t, num_classes, steps, batch_size, lr, seed, progress
         )
     with torch.no_grad():
         train_acc = _accuracy(probe, x_train_t, y_train_t)
-        test_acc = _accuracy(probe, torch.from_numpy(x_test).float(), torch.from_numpy(y_test))
+        x_test_t, y_test_t = torch.tensor(x_test, dtype=torch.float32), torch.tensor(y_test)
+        test_acc = _accuracy(probe, x_test_t, y_test_t)
     return {
         "linear_acc": test_acc,
         "train_acc": train_acc,

@@ -21,9 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
-from tqdm.auto import tqdm
 
-from .._utils import check_finite, from_rows, to_rows
+from .._utils import check_finite, from_rows, to_rows, tqdm
 from .proposals import check_mixture, defensive_view
 
 #: default bound on ``sample_chunk · batch · data elements`` (floats) for one decoder call: on a

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from .._utils import check_count
+from .._utils import check_count, tqdm
 
 #: odd multipliers of the two row hashes, drawn once from this seed (fixed, so counts are stable)
 _HASH_SEED = 20231015

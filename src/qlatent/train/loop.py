@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
-from .._utils import write_atomic
+from .._utils import tqdm, write_atomic
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..results import to_json
 from . import distributed as D
