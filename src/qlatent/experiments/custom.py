@@ -1074,10 +1074,20 @@ def train(
     loss_fn = RateDistortionLoss(lmbda=cfg.loss.rate_weight, aux_weight=cfg.loss.aux_weight)
     # saved in every checkpoint: the config, and what rebuilding the model needs from the data
     run_config = to_dict(cfg) | {"derived": derived}
+    main = launched_as_main()
+    recorded: list[bool] = []
+
+    def record_config(_epoch: dict[str, Any] | None = None) -> None:
+        """``config.json`` once ``fit`` has taken the run: with the first checkpoint it writes,
+        or as it returns (a finished run). Written before, a refused resume (a damaged
+        ``last.pt``, another config's) left the new config beside the old checkpoint."""
+        if main and not recorded:
+            write_json(to_dict(cfg), out_dir / "config.json")
+            recorded.append(True)
+
     # from the config to the summary, no other process writes into the folder (fit holds it too)
-    with hold(out_dir) if launched_as_main() else nullcontext():
+    with hold(out_dir) if main else nullcontext():
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(to_dict(cfg), out_dir / "config.json")
         result = fit(
             model,
             data,
@@ -1086,9 +1096,11 @@ def train(
             loss_fn=loss_fn,
             run_config=run_config,
             resume=not fresh,
+            on_epoch_end=record_config,
         )
         if not result.is_main:
             return {}  # under torchrun, rank 0 alone evaluates and writes the summary
+        record_config()
         unit = "sentence" if cfg.data.name in TEXT_DATA else "image"  # as format_report's
         training_curves(
             result.history, out_dir / "training_curves.png", title=_title(cfg), unit=unit

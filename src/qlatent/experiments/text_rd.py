@@ -176,7 +176,7 @@ def _as_recorded(cfg: custom.RunConfig) -> custom.RunConfig:
     out_dir = Path(cfg.out_dir)
     if not cfg.init_from or not (out_dir / "last.pt").is_file():
         return cfg
-    saved = read_json(out_dir / "config.json")  # written by every run before it trains
+    saved = read_json(out_dir / "config.json")  # written with a run's first checkpoint
     if problem(saved, {"init_from": "string", "out_dir": "string"}) is not None:
         return cfg  # the resumed run compares its checkpoint's config with this one's
     if _is_warm_start(cfg.init_from, cfg.out_dir) and _is_warm_start(

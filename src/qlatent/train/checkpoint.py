@@ -110,10 +110,21 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     # a temporary file of this writer's own, locked until renamed: the temporary files of
     # killed writers are removed first, another writer's in progress no longer (its rename
     # failed); readable by the owner only, as mkstemp made it
-    with replacing(path, mode=0o600, sweep=True) as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with replacing(path, mode=0o600, sweep=True) as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:
+        # a full disk or a file-size limit, named with the file: the bare "[Errno 28] No space
+        # left on device" said neither what was written nor where (torch's zip writer, closed
+        # after a write failed, replaces that OSError with its own RuntimeError)
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError) or cause.errno is None:
+            raise
+        raise OSError(
+            cause.errno, f"cannot write the checkpoint {path}: {cause.strerror}"
+        ) from None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,6 +8,8 @@ process ends, however it ends), so a second process is refused in one line
 (:class:`FolderInUse`) before it writes anything. The lock is reentrant within a process
 (``qlatent train`` holds it around ``fit``, which takes it too). Where the platform or the
 file system has no such locks (Windows, some network file systems) runs are not locked.
+A folder that :func:`hold` made is removed again (with the folders above it that it made) when
+the block fails and leaves it empty: a start that wrote nothing leaves no empty run folder.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ _guard = threading.Lock()
 @contextmanager
 def hold(folder: str | Path) -> Iterator[None]:
     """Hold ``folder`` (made if missing) for this process while the block runs;
-    :class:`FolderInUse` naming it where another process holds it."""
+    :class:`FolderInUse` naming it where another process holds it. A folder made here that the
+    block leaves empty when it raises (Ctrl-C or a full disk before the first checkpoint, a
+    refused config) is removed again, with the folders above it made here."""
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
-        yield
+        with _taken_back(made):
+            yield
         return
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     info = os.fstat(fd)
@@ -65,7 +71,8 @@ def hold(folder: str | Path) -> Iterator[None]:
                 pass
             _held[key] = [fd, 1]
     try:
-        yield
+        with _taken_back(made):  # while held: no other process has begun writing into it
+            yield
     finally:
         with _guard:
             entry = _held[key]
@@ -73,3 +80,18 @@ def hold(folder: str | Path) -> Iterator[None]:
             if entry[1] == 0:
                 del _held[key]
                 os.close(entry[0])  # lets go of the lock
+
+
+@contextmanager
+def _taken_back(made: list[Path]) -> Iterator[None]:
+    """Remove the folders in ``made`` (deepest first) if the block raises and leaves them
+    empty; one that holds a file (a checkpoint, another writer's) stays, and those above it."""
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

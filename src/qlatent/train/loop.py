@@ -266,7 +266,10 @@ def _fit(
     )
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _rewrite_log(out_dir / "log.jsonl", state.history)
+        if state.history:  # a crash may have left one more line than the checkpoint holds
+            # (a new run's log comes with its first checkpoint: a start that fails before it
+            # leaves the folder as it was, a --fresh start's older run's log included)
+            _rewrite_log(out_dir / "log.jsonl", state.history)
     state.stopped = ""
     started = time.perf_counter() - state.wall_s
     run_start = time.perf_counter()
