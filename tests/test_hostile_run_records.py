@@ -236,3 +236,14 @@ def test_hold_takes_back_only_the_empty_folders_it_made(tmp_path):
     with hold(tmp_path / "done"):  # a block that ends well keeps its folder, empty or not
         pass
     assert (tmp_path / "done").is_dir()
+
+
+def test_a_full_disk_under_write_atomic_names_the_file(tmp_path, monkeypatch):
+    """``config.json``, ``summary.json``, the log, figures and ``.qlc`` files go through
+    ``write_atomic``, whose OSError named no file ("[Errno 28] No space left on device")."""
+    _failures(monkeypatch, "full disk")
+    target = tmp_path / "summary.json"
+    with pytest.raises(OSError, match="No space left on device") as info:
+        _utils.write_atomic(target, b"{}")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # nor a temporary file

@@ -801,8 +801,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         raise ValueError(f"refusing to write {path}: it is not a regular file")
     check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as f:
-        f.write(data)
+    try:
+        with replacing(path) as f:
+            f.write(data)
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        # a full disk or a file-size limit meets the write or the flush of the temporary
+        # file, whose OSError names no file: "[Errno 28] No space left on device" alone
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from None
     return path
 
 
