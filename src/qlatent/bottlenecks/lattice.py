@@ -459,16 +459,17 @@ DITHER_UNTRACEABLE = (
 )
 
 
-#: why ``make_fx`` (``torch.func.linearize``) cannot record a dithered lattice's training path;
-#: its eval path it records (:attr:`~qlatent.bottlenecks.base.Bottleneck._UNRECORDABLE`)
-DITHER_UNRECORDABLE = {
-    "training": (
-        "its dither is drawn afresh by every call of the graph, so a replayed step, or the "
-        "tangents of torch.func.linearize's jvp_fn, would belong to another dither than the "
-        "traced call's, silently. Record the eval-mode (hard) path, or export the training "
-        "path with torch.export.export"
-    )
-}
+#: what ``make_fx`` (``torch.func.linearize``) cannot record of a dithered lattice
+#: (:attr:`~qlatent.bottlenecks.base.Bottleneck._UNRECORDABLE`): nothing. Both paths take the
+#: branches of :func:`~qlatent._utils.recording_graph`: each call of the graph draws its key
+#: and dither as ops of the graph, as each eager call does, and ``linearize`` draws them once,
+#: outside its trace, so its jvp_fn's tangents are those of the traced call's dither
+#: (:func:`qlatent.rng.draw_key`). The graph holds the forward ops of the custom autograd
+#: Functions, not their hand-written backwards: a backward through the graph's rate (either
+#: path) is autograd of the recorded ops, the eager gradients to rounding for the rectangular
+#: lattice (the reference ops, as under ``torch.export``), and refused by torch for a good
+#: lattice (its Monte-Carlo log-sum forms its exponentials in place). Train the eager module.
+DITHER_UNRECORDABLE: dict[str, str] = {}
 
 
 class DitheredLattice(Bottleneck):
