@@ -806,3 +806,16 @@ def test_the_docs_seed_table_of_the_gaussian_lattice_starts_is_the_summaries():
         _assert_numbers(label, per_seed, list(m["test_nll_iwae1000"]["minus_control"].values()))
         _assert_numbers(label, iwae, [m["test_nll_iwae1000"]["mean"], m["test_nll_iwae1000"]["sd"]])
         _assert_numbers(label, elbo, [m["test_neg_elbo"]["mean"], m["test_neg_elbo"]["sd"]])
+
+
+def test_recording_branch_timings_quote_their_results_file():
+    """The README's A/B of the recording-branch checks: each step's new and old median."""
+    text = _text(ROOT / "README.md")
+    start = text.index("results/recording-branches-ab.json`, one thread")
+    quote = text[start : text.index("(inside this machine's noise)", start)]
+    quote = quote[quote.index("):") :]  # after "medians of seven alternated rounds"
+    medians = _json("recording-branches-ab.json")["median_over_rounds"]
+    steps = ["rectangular, 100 x 40", "e8^5, 100 x 40", "leech + bw16, 100 x 40"]
+    steps.append("rectangular, 16384 x 64")
+    values = [v for s in steps for v in (medians[s]["new_ms"], medians[s]["old_ms"])]
+    _assert_numbers("recording-branches A/B", quote, values)
