@@ -1,9 +1,10 @@
 """What the resume tests share: a run's history without its wall times, and whether two runs
-ended on the same weights; and what the distributed tests share: two gloo ranks on this
-machine."""
+ended on the same weights; what the distributed tests share: two gloo ranks on this machine;
+and a full disk under the atomic writes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from qlatent import _utils
 from qlatent.train import load
 
 
@@ -62,3 +64,32 @@ def launch_two_ranks(argv: list[str], extra_env: dict[str, str] | None = None) -
             pytest.fail(f"a rank did not finish in 120 s: {err[-2000:]}")
         errors.append(err)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, file, room: int) -> None:
+        self._file, self._room = file, room
+
+    def write(self, data) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
+
+
+def fill_disk(monkeypatch, room: int = 0) -> None:
+    """Every atomic write (:func:`qlatent._utils.replacing`, under ``write_atomic`` and
+    ``save_atomic``) meets a full disk once ``room`` bytes of its file are written."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(_utils.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), room))

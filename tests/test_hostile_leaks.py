@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from cli_helpers import TINY_RUN, one_line_error, run_cli
-from qlatent import _utils
 from qlatent.train import lock
+from run_helpers import fill_disk
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd"
@@ -155,33 +155,10 @@ def broken_checkpoint(tmp_path, coding_checkpoint) -> Path:
     return path
 
 
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
-
-    def __init__(self, file, room: int) -> None:
-        self._file, self._room = file, room
-
-    def write(self, data) -> int:
-        self._room -= len(data)
-        if self._room < 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self._file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self._file.__exit__(*exc)
-
-
 @pytest.fixture()
 def full_disk(monkeypatch) -> None:
     """Every atomic write (:func:`qlatent._utils.replacing`) fills the disk after 64 bytes."""
-    fdopen = os.fdopen
-    monkeypatch.setattr(_utils.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), 64))
+    fill_disk(monkeypatch, 64)
 
 
 # ------------------------------------------------------------------------- compress, update

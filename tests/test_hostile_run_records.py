@@ -10,7 +10,7 @@ bare "[Errno 28] No space left on device"."""
 from __future__ import annotations
 
 import errno
-import os
+import json
 import shutil
 
 import pytest
@@ -22,6 +22,7 @@ from qlatent.models import lattice_vae
 from qlatent.train import TrainConfig, fit, load, save_atomic
 from qlatent.train import loop as loop_module
 from qlatent.train.lock import hold
+from run_helpers import fill_disk
 
 
 def _config(folder):
@@ -143,25 +144,7 @@ def _failures(monkeypatch, failure):
         monkeypatch.setattr(loop_module, "_train_epoch", _interrupted)
         return 130, "no epoch of the run"
     if failure == "full disk":
-        fdopen = os.fdopen
-
-        class Full:
-            def __init__(self, file):
-                self._file = file
-
-            def write(self, data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            def __getattr__(self, name):
-                return getattr(self._file, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return self._file.__exit__(*exc)
-
-        monkeypatch.setattr(_utils.os, "fdopen", lambda *a, **k: Full(fdopen(*a, **k)))
+        fill_disk(monkeypatch)
         return 2, "cannot write the checkpoint"
     # a device the machine lacks, refused by fit once the folder is held
     if torch.cuda.is_available():
@@ -247,3 +230,186 @@ def test_a_full_disk_under_write_atomic_names_the_file(tmp_path, monkeypatch):
         _utils.write_atomic(target, b"{}")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []  # nor a temporary file
+
+
+# ------------------------------------------------- a run that replaces another's results
+# A --fresh run (or a new one where no last.pt was left) interrupted after its first epoch kept
+# the last run's summary.json and figures beside its own checkpoints, and a resumed finished run
+# that trained on kept the summary of its earlier config: the folder showed another run's
+# results. They go with the first checkpoint the run writes, and only they.
+RESULTS = {"summary.json", "training_curves.png", "reconstructions.png"}
+CHECKPOINTS = {"last.pt", "best.pt", "log.jsonl"}
+
+
+def _stopped_in_epoch(monkeypatch, epoch):
+    """Ctrl-C as the ``epoch``-th epoch this process trains begins (the ones before it whole)."""
+    real, calls = loop_module._train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "_train_epoch", train_epoch)
+
+
+TWO_EPOCHS = ["--set", "train.epochs=2", "--set", "train.max_steps=100"]
+
+
+def test_a_fresh_run_stopped_after_its_first_epoch_shows_none_of_the_last_runs_results(
+    finished, tmp_path, capsys, monkeypatch
+):
+    config, run = _copy(finished, tmp_path)
+    assert RESULTS <= set(_files(run))
+    (run / "notes.txt").write_text("mine")  # no file of the run: it stays
+    _stopped_in_epoch(monkeypatch, 2)
+    args = ["train", config, "--out", run, "--fresh", "--set", "train.seed=5", *TWO_EPOCHS]
+    code, err = _cli(args, capsys)
+    assert code == 130 and "resumes from its last completed epoch" in err, err
+    assert set(_files(run)) == CHECKPOINTS | {"config.json", "notes.txt"}
+    assert (run / "notes.txt").read_text() == "mine"
+    assert '"seed": 5' in (run / "config.json").read_text()
+    assert load(run / "last.pt")["state"]["epoch"] == 1
+    # the same command without --fresh finishes it: its own results, of its own config
+    monkeypatch.undo()
+    args = ["train", config, "--out", run, "--set", "train.seed=5", *TWO_EPOCHS]
+    assert _cli(args, capsys)[0] == 0
+    assert set(_files(run)) == CHECKPOINTS | RESULTS | {"config.json", "notes.txt"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["train"]["seed"] == 5 and summary["train"]["epochs"] == 2
+
+
+def test_a_fresh_start_that_cannot_write_its_first_checkpoint_keeps_the_last_runs_results(
+    finished, tmp_path, capsys, monkeypatch
+):
+    config, run = _copy(finished, tmp_path)
+    before = _files(run)
+    _failures(monkeypatch, "full disk")
+    code, err = _cli(["train", config, "--out", run, "--fresh", "--set", "train.seed=5"], capsys)
+    assert code == 2 and "cannot write the checkpoint" in err, err
+    assert _files(run) == before
+
+
+def test_a_new_run_where_no_checkpoint_was_left_replaces_the_results_beside_it(
+    finished, tmp_path, capsys, monkeypatch
+):
+    """Without ``--fresh``: the last run's checkpoints were removed, its results were not."""
+    config, run = _copy(finished, tmp_path)
+    for name in CHECKPOINTS:
+        (run / name).unlink()
+    _stopped_in_epoch(monkeypatch, 2)
+    code, _ = _cli(["train", config, "--out", run, "--set", "train.seed=5", *TWO_EPOCHS], capsys)
+    assert code == 130
+    assert set(_files(run)) == CHECKPOINTS | {"config.json"}
+
+
+def test_a_finished_run_that_trains_on_drops_the_results_of_its_earlier_config(
+    finished, tmp_path, capsys, monkeypatch
+):
+    """Resumed with more epochs and stopped: the summary of one epoch (train.epochs = 1) was
+    left beside a checkpoint of two and a config.json of three."""
+    config, run = _copy(finished, tmp_path)
+    whole = ["--set", "train.max_steps=100"]  # the fixture's run stopped within its epoch
+    assert _cli(["train", config, "--out", run, "--fresh", *whole], capsys)[0] == 0
+    assert RESULTS <= set(_files(run))
+    _stopped_in_epoch(monkeypatch, 2)
+    more = [*whole, "--set", "train.epochs=3"]
+    code, err = _cli(["train", config, "--out", run, *more], capsys)
+    assert code == 130, err
+    assert set(_files(run)) == CHECKPOINTS | {"config.json"}
+    assert load(run / "last.pt")["state"]["epoch"] == 2
+    monkeypatch.undo()
+    assert _cli(["train", config, "--out", run, *more], capsys)[0] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["train"]["epochs"] == 3 and summary["train"]["epochs"] == 3
+    assert RESULTS <= set(_files(run))
+
+
+def test_a_finished_run_resumed_with_nothing_to_train_keeps_its_results(
+    finished, tmp_path, capsys, monkeypatch
+):
+    config, run = _copy(finished, tmp_path)
+    before = _files(run)
+    monkeypatch.setattr(loop_module, "_train_epoch", _interrupted)  # no epoch is trained
+    assert _cli(["train", config, "--out", run], capsys)[0] == 0
+    after = _files(run)
+    assert set(after) == set(before) == CHECKPOINTS | RESULTS | {"config.json"}
+    for name in CHECKPOINTS:
+        assert after[name] == before[name], name
+    test, earlier = (json.loads(files["summary.json"])["test"] for files in (after, before))
+    assert test["hard_path"] == earlier["hard_path"]  # evaluated again, to the same numbers
+
+
+def test_a_fresh_text_run_over_an_image_run_leaves_no_image_figure(finished, tmp_path, capsys):
+    """A text run draws no reconstructions: the image run's survived it, finished."""
+    _, run = _copy(finished, tmp_path)
+    text = tmp_path / "text.toml"
+    text.write_text(TINY_TEXT)
+    assert _cli(["train", text, "--out", run, "--fresh"], capsys)[0] == 0
+    assert set(_files(run)) == CHECKPOINTS | {"config.json", "summary.json", "training_curves.png"}
+
+
+TINY_TEXT = """
+[data]
+name = "synthetic-text"
+synthetic_size = 60
+
+[model]
+family = "text_gru"
+hidden = [16, 16]
+latent_dim = 4
+embed = 8
+
+[bottleneck]
+name = "lattice"
+
+[train]
+epochs = 1
+max_steps = 2
+batch_size = 20
+progress = false
+"""
+
+DEMO = ["--set", "data=synthetic", "--set", "model.latent_dim=4", "--set", "model.hidden=16"]
+DEMO += ["--set", "train.progress=false", "--set", "train.batch_size=200"]
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory):
+    """A finished ``qlatent demo`` run of one epoch on synthetic data: its folder."""
+    run = tmp_path_factory.mktemp("demo") / "run"
+    from qlatent.cli import main
+
+    assert main(["demo", *DEMO, "--set", "train.epochs=1", "--out", str(run)]) == 0
+    return run
+
+
+def test_a_fresh_demo_stopped_after_its_first_epoch_shows_none_of_the_last_runs_results(
+    finished_demo, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_demo, run)
+    assert set(_files(run)) == CHECKPOINTS | RESULTS
+    _stopped_in_epoch(monkeypatch, 2)
+    args = ["demo", *DEMO, "--set", "train.epochs=2", "--set", "train.seed=5"]
+    code, err = _cli([*args, "--out", run, "--fresh"], capsys)
+    assert code == 130 and "resumes from its last completed epoch" in err, err
+    assert set(_files(run)) == CHECKPOINTS
+    assert load(run / "last.pt")["run_config"]["train"]["seed"] == 5
+
+
+def test_fit_removes_only_the_named_results_and_a_link_not_what_it_names(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "kept.json"
+    run.mkdir()
+    elsewhere.write_text("{}")
+    (run / "summary.json").symlink_to(elsewhere)
+    (run / "figure.png").mkdir()  # a folder of that name is no file the run wrote
+    (run / "other.png").write_bytes(b"x")
+    torch.manual_seed(0)
+    model = lattice_vae(latent_dim=4, hidden=16, data_dim=16)
+    data = {"train": torch.rand(20, 16).round(), "val": torch.rand(10, 16).round()}
+    cfg = TrainConfig(epochs=1, batch_size=10, progress=False)
+    fit(model, data, cfg, out_dir=run, results=("summary.json", "figure.png", "absent.png"))
+    assert {p.name for p in run.iterdir()} == CHECKPOINTS | {"figure.png", "other.png"}
+    assert elsewhere.read_text() == "{}"

@@ -1031,6 +1031,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
 
 
 # ------------------------------------------------------------------------------------ train
+#: what :func:`train` writes beside the checkpoints once trained (a text run draws no
+#: reconstructions); those of the run in its folder go with the first checkpoint it writes
+RESULT_FILES = ("summary.json", "training_curves.png", "reconstructions.png")
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -1097,6 +1102,7 @@ def train(
             run_config=run_config,
             resume=not fresh,
             on_epoch_end=record_config,
+            results=RESULT_FILES,  # another run's, or an earlier config's: gone with last.pt
         )
         if not result.is_main:
             return {}  # under torchrun, rank 0 alone evaluates and writes the summary

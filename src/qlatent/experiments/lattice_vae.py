@@ -91,7 +91,16 @@ def run(
         init_scale=cfg.model.init_scale,
         compile=cfg.model.compile,
     )
-    result = fit(model, data, cfg.train, out_dir=out_dir, run_config=to_dict(cfg), resume=not fresh)
+    # the summary and figures of the run in out_dir go with the first checkpoint this one writes
+    result = fit(
+        model,
+        data,
+        cfg.train,
+        out_dir=out_dir,
+        run_config=to_dict(cfg),
+        resume=not fresh,
+        results=("summary.json", "reconstructions.png", "training_curves.png"),
+    )
     if not result.is_main:
         return {}  # under torchrun, rank 0 alone evaluates and writes the summary
 

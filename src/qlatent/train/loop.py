@@ -190,6 +190,7 @@ def fit(
     run_config: dict[str, Any] | None = None,
     resume: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    results: tuple[str, ...] = (),
 ) -> FitResult:
     """Train ``model`` (an :class:`~qlatent.models.Autoencoder`) on ``data["train"]``.
 
@@ -202,6 +203,9 @@ def fit(
     ``resume=True`` an existing ``out_dir/last.pt`` is continued. ``data``: ``"train"`` and
     ``"val"`` tensors ``(N, ...)`` of examples. ``out_dir`` receives ``last.pt``, ``best.pt`` and
     the per-epoch log ``log.jsonl``; ``on_epoch_end`` is called with each epoch's record.
+    ``results``: the names of the files the caller writes into ``out_dir`` after training (a
+    summary, figures); they are removed with the first checkpoint this call writes, which
+    replaces the run they describe (see :func:`_drop_results`).
 
     Raises ValueError for an empty or file ``out_dir`` and when the loss becomes non-finite
     ("training diverged"), and :class:`CheckpointError` for a checkpoint that cannot be resumed
@@ -215,7 +219,9 @@ def fit(
     world = D.setup(cfg.device)
     # rank 0 writes the folder; a second process training into it is refused here
     with hold(out_dir) if world.is_main else nullcontext():
-        return _fit(model, data, cfg, world, out_dir, loss_fn, run_config, resume, on_epoch_end)
+        return _fit(
+            model, data, cfg, world, out_dir, loss_fn, run_config, resume, on_epoch_end, results
+        )
 
 
 def _fit(
@@ -228,6 +234,7 @@ def _fit(
     run_config: dict[str, Any] | None,
     resume: bool,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    results: tuple[str, ...],
 ) -> FitResult:
     """:func:`fit` once its arguments are checked and its process has joined the world."""
     loss_fn = loss_fn or RateDistortionLoss()
@@ -329,11 +336,26 @@ def _fit(
             _save_best(out_dir / "best.pt", model, epoch, run_config)
         if world.is_main:
             _rewrite_log(out_dir / "log.jsonl", state.history)
+            _drop_results(out_dir, results)
+            results = ()  # once: the files written next are this run's
         if on_epoch_end is not None:
             on_epoch_end(record)
         if state.stopped:
             break
     return _finish(model, state, out_dir, world, cfg.keep, run_config)
+
+
+def _drop_results(out_dir: Path, names: tuple[str, ...]) -> None:
+    """Remove the files ``names`` from ``out_dir``, once the first checkpoint of a call has been
+    written: a summary and figures of the run it replaced (``--fresh``, or a folder whose
+    checkpoints were removed) or of its earlier config (a finished run trained on) were left
+    beside the new checkpoints by a run stopped before its own, and by a run that writes no such
+    file (a text run's reconstructions). Before that checkpoint the folder is left as it was.
+    Only these names go, each file unlinked (a link itself, not what it names)."""
+    for name in names:
+        path = out_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _save_best(path: Path, model: nn.Module, epoch: int, run_config) -> None:
