@@ -413,3 +413,14 @@ def test_fit_removes_only_the_named_results_and_a_link_not_what_it_names(tmp_pat
     fit(model, data, cfg, out_dir=run, results=("summary.json", "figure.png", "absent.png"))
     assert {p.name for p in run.iterdir()} == CHECKPOINTS | {"figure.png", "other.png"}
     assert elsewhere.read_text() == "{}"
+
+
+def test_the_demos_heading_names_what_is_run(tmp_path, capsys):
+    """It said "m=40, binarized MNIST" whatever the overrides chose."""
+    from qlatent.cli import main
+
+    args = ["demo", *DEMO, "--set", "train.epochs=1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    heading = capsys.readouterr().out.splitlines()[0]
+    latent = next(a.split("=")[1] for a in DEMO if a.startswith("model.latent_dim="))
+    assert heading == f"rectangular-lattice VAE, m={latent}, synthetic binary data; config:"

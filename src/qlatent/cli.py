@@ -195,7 +195,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _lattice_config(args)
     config = terminal_text(to_dict(cfg))
-    print("rectangular-lattice VAE, m=40, binarized MNIST; config:", config, sep="\n")
+    # (the heading from the config: with --set model.latent_dim=4 or data=synthetic it said
+    # m=40 and binarized MNIST whatever was run)
+    data = "binarized MNIST" if cfg.data == "binarized-mnist" else "synthetic binary data"
+    heading = f"rectangular-lattice VAE, m={cfg.model.latent_dim}, {data}; config:"
+    print(heading, config, sep="\n")
     with _on_interrupt(_resume_note(cfg.out_dir, fresh=args.fresh)):
         summary = exp.run(cfg, data_dir=args.data_dir, fresh=args.fresh, command=args.command_line)
     print(terminal_text(exp.format_summary(summary), lines=True))
