@@ -58,7 +58,7 @@ def _interrupted(*args, **kwargs):
 
 
 def _cli(args, capsys) -> tuple[int, str]:
-    """``run_cli``; a KeyboardInterrupt escaping ``main`` fails the test, not the session."""
+    """``run_cli``; a KeyboardInterrupt escaping ``main`` fails the test, not the whole run."""
     try:
         return run_cli(args, capsys)
     except KeyboardInterrupt:
