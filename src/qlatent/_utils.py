@@ -791,6 +791,28 @@ def _names(path: Path, fd: int) -> bool:
         return False
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and the folders above it that do not exist yet, deepest first: what a
+    ``mkdir(parents=True)`` of it is about to make (:func:`taken_back`)."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+@contextlib.contextmanager
+def taken_back(made: list[Path]) -> Iterator[None]:
+    """Remove the folders ``made`` (:func:`missing_folders`, deepest first) if the block raises
+    and leaves them empty: a run or an export that failed before writing anything leaves no
+    empty folders. One that holds a file (another writer's) stays, and those above it."""
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place (a
     ValueError where ``path`` is a folder, a device or a pipe, which the rename would replace,

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .._utils import expanded, file_in_the_way, tqdm
+from .._utils import expanded, file_in_the_way, missing_folders, taken_back, tqdm
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -339,19 +339,17 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
     pixels = image_pixels(images)
     root = check_new_folder(folder)
-    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    made = missing_folders(root)
     root.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    try:
-        for i, image in enumerate(pixels):
-            buffer = io.BytesIO()
-            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
-            paths.append(write_atomic(root / image_name(i, len(pixels)), buffer.getvalue()))
-    except BaseException:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        for made_folder in made:
-            with contextlib.suppress(OSError):  # another writer's file in it: it stays
-                made_folder.rmdir()
-        raise
+    with taken_back(made):
+        try:
+            for i, image in enumerate(pixels):
+                buffer = io.BytesIO()
+                Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, "PNG")
+                paths.append(write_atomic(root / image_name(i, len(pixels)), buffer.getvalue()))
+        except BaseException:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
     return paths

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .._utils import missing_folders, taken_back
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock
@@ -44,10 +46,10 @@ def hold(folder: str | Path) -> Iterator[None]:
     block leaves empty when it raises (Ctrl-C or a full disk before the first checkpoint, a
     refused config) is removed again, with the folders above it made here."""
     folder = Path(folder)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    made = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
-        with _taken_back(made):
+        with taken_back(made):
             yield
         return
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -71,7 +73,7 @@ def hold(folder: str | Path) -> Iterator[None]:
                 pass
             _held[key] = [fd, 1]
     try:
-        with _taken_back(made):  # while held: no other process has begun writing into it
+        with taken_back(made):  # while held: no other process has begun writing into it
             yield
     finally:
         with _guard:
@@ -80,18 +82,3 @@ def hold(folder: str | Path) -> Iterator[None]:
             if entry[1] == 0:
                 del _held[key]
                 os.close(entry[0])  # lets go of the lock
-
-
-@contextmanager
-def _taken_back(made: list[Path]) -> Iterator[None]:
-    """Remove the folders in ``made`` (deepest first) if the block raises and leaves them
-    empty; one that holds a file (a checkpoint, another writer's) stays, and those above it."""
-    try:
-        yield
-    except BaseException:
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
