@@ -70,6 +70,17 @@ def _run_both(program, module, x) -> tuple[list, list]:
     return found, _outputs(module(x))
 
 
+def _assert_same_model_outputs(program, model, x) -> None:
+    """A model's program and the model give the same AutoencoderOutput on ``x`` (logits,
+    codes and rate), each from the same global seed."""
+    torch.manual_seed(1)
+    found = program(x)
+    torch.manual_seed(1)
+    expected = model(x)
+    assert torch.equal(found.params, expected.params)
+    _assert_same(_outputs(found.bottleneck), _outputs(expected.bottleneck))
+
+
 def _check_export(case: str, strict: bool, training: bool = False) -> None:
     """Export ``case``, run the program and the eager module from the same global seed (the
     dither of a call without a generator), and run the eager module again: all equal."""
@@ -140,12 +151,7 @@ def test_exported_lattice_vae_reconstructs_as_eager():
     model = lattice_vae(latent_dim=6, hidden=16, data_dim=20).eval()
     x = torch.rand(4, 20, generator=_gen(3))
     program = torch.export.export(model, (x,), strict=False).module()
-    torch.manual_seed(1)
-    found = program(x)
-    torch.manual_seed(1)
-    expected = model(x)
-    assert torch.equal(found.params, expected.params)
-    _assert_same(_outputs(found.bottleneck), _outputs(expected.bottleneck))
+    _assert_same_model_outputs(program, model, x)
 
 
 # ------------------------------------------------------------------ every bottleneck

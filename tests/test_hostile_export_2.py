@@ -23,7 +23,14 @@ from torch.export import Dim
 from qlatent.models import lattice_vae
 from test_contract import CONFIGS, VARIANTS
 from test_contract import gen as _gen
-from test_hostile_export import QUICK, _assert_same, _module, _outputs, _run_both
+from test_hostile_export import (
+    QUICK,
+    _assert_same,
+    _assert_same_model_outputs,
+    _module,
+    _outputs,
+    _run_both,
+)
 
 #: the same, a good lattice's exports (seconds each) left to ``-m slow``
 SLOW_E8 = pytest.param("lattice[e8]", marks=pytest.mark.slow)
@@ -119,13 +126,7 @@ def test_dynamic_batch_mnist_vae_as_eager():
     x = torch.rand(4, 20, generator=_gen(3))
     program = _dynamic(model, x, strict=False).module()
     for size in SIZES:
-        x = torch.rand(size, 20, generator=_gen(size))
-        torch.manual_seed(1)
-        found = program(x)
-        torch.manual_seed(1)
-        expected = model(x)
-        assert torch.equal(found.params, expected.params)
-        _assert_same(_outputs(found.bottleneck), _outputs(expected.bottleneck))
+        _assert_same_model_outputs(program, model, torch.rand(size, 20, generator=_gen(size)))
 
 
 # ------------------------------------------------------------------ the program in use
