@@ -809,8 +809,9 @@ def test_the_docs_seed_table_of_the_gaussian_lattice_starts_is_the_summaries():
 
 
 def test_recording_branch_timings_quote_their_results_file():
-    """The README's A/B of the recording-branch checks: each step's new and old median."""
-    text = _text(ROOT / "README.md")
+    """The A/B of the recording-branch checks (docs/hostile-input-and-edge-cases.md,
+    "Exporting and tracing"): each step's new and old median."""
+    text = _text(ROOT / "docs" / "hostile-input-and-edge-cases.md")
     start = text.index("results/recording-branches-ab.json`, one thread")
     quote = text[start : text.index("(inside this machine's noise)", start)]
     quote = quote[quote.index("):") :]  # after "medians of seven alternated rounds"

@@ -1,0 +1,123 @@
+"""The links of README.md and docs/*.md lead somewhere: every relative target exists, every
+``#anchor`` is a heading of its target (GitHub's anchors), every reference link is defined; and
+the README's "Hostile input and edge cases" lists every topic of the document it summarizes."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+HOSTILE = ROOT / "docs" / "hostile-input-and-edge-cases.md"
+
+_FENCE = re.compile(r"^```.*?^```[^\n]*$", flags=re.M | re.S)
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+_INLINE = re.compile(r"!?\[([^\]]*)\]\(([^()\s]*)\)")
+_REFERENCE = re.compile(r"\[([^\]]+)\]\[([^\]]*)\]")
+_DEFINITION = re.compile(r"^\[([^\]]+)\]:[ \t]*(\S+)", flags=re.M)
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*$", flags=re.M)
+
+
+def _unfenced(text: str) -> str:
+    """``text`` without its fenced blocks (a ``# comment`` in a block is no heading)."""
+    return _FENCE.sub(lambda m: "\n" * m.group().count("\n"), text)
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced blocks and with each code span's content blanked
+    (``a[i](x)`` in a span is no link)."""
+    return _CODE_SPAN.sub("`code`", _unfenced(text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: its text without markup, lower case, every character but
+    letters, digits, ``_``, ``-`` and spaces dropped, spaces as hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text.lower())
+    return text.replace(" ", "-")
+
+
+@cache
+def anchors(path: Path) -> frozenset[str]:
+    """The anchors GitHub gives the headings of ``path`` (a repeated one gets -1, -2, …)."""
+    seen: dict[str, int] = {}
+    found = set()
+    for m in _HEADING.finditer(_unfenced(path.read_text(encoding="utf-8"))):
+        base = slug(m.group(1))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        found.add(base if n == 0 else f"{base}-{n}")
+    return frozenset(found)
+
+
+def problems(path: Path) -> list[str]:
+    """Every link of ``path`` that leads nowhere, as ``file: target (why)``."""
+    text = _prose(path.read_text(encoding="utf-8"))
+    defined = {label.lower(): target for label, target in _DEFINITION.findall(text)}
+    targets = [target for _, target in _INLINE.findall(text)] + list(defined.values())
+    found = []
+    for label, ref in _REFERENCE.findall(text):
+        if (ref or label).lower() not in defined:
+            found.append(f"{path.name}: [{label}][{ref}] (no definition)")
+    for target in targets:
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        file, _, fragment = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            found.append(f"{path.name}: {target} (no such file)")
+        elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
+            found.append(f"{path.name}: {target} (no such heading)")
+    return found
+
+
+def test_the_anchors_are_githubs():
+    assert slug("Good lattices: A2, D4, D_n*, E8, Barnes–Wall Λ16, Leech Λ24") == (
+        "good-lattices-a2-d4-d_n-e8-barneswall-λ16-leech-λ24"
+    )
+    assert slug("Good lattices in Table 1: `--models e8_lattice,leech_lattice`") == (
+        "good-lattices-in-table-1---models-e8_latticeleech_lattice"
+    )
+
+
+def test_the_checker_finds_broken_links(tmp_path):
+    (tmp_path / "other.md").write_text("# A title\n\n## A title\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# Here\n\n```python\n# not a heading\n```\n"
+        "[ok](other.md#a-title-1) [ok](#here) [ok][r] [web](https://example.org/x#y) `[a](b)`\n"
+        "[gone](missing.md) [bad](other.md#nothing) [bad](#not-a-heading) [undefined][u]\n\n"
+        "[r]: other.md\n"
+    )
+    assert problems(doc) == [
+        "doc.md: [undefined][u] (no definition)",
+        "doc.md: missing.md (no such file)",
+        "doc.md: other.md#nothing (no such heading)",
+        "doc.md: #not-a-heading (no such heading)",
+    ]
+
+
+def test_every_link_of_the_readme_and_docs_leads_somewhere():
+    assert HOSTILE in DOCS
+    assert sum(len(_INLINE.findall(p.read_text(encoding="utf-8"))) for p in DOCS) > 50
+    broken = [problem for path in DOCS for problem in problems(path)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_readme_lists_every_hostile_input_topic():
+    """Each bold head of docs/hostile-input-and-edge-cases.md is a link to it in the README's
+    section of that name, and the section stays a summary."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Hostile input and edge cases\n", 1)[1].split("\n## ", 1)[0]
+    assert len(section.splitlines()) <= 40
+    defined = dict(_DEFINITION.findall(section))
+    linked = {
+        " ".join(label.split())
+        for label, ref in _REFERENCE.findall(section)
+        if defined.get(ref or label) == "docs/hostile-input-and-edge-cases.md"
+    }
+    heads = re.findall(r"^- \*\*(.+?)\.?\*\*", HOSTILE.read_text(encoding="utf-8"), flags=re.M)
+    assert len(heads) > 30
+    assert not [head for head in heads if head not in linked], linked
