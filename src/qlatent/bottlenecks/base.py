@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .._utils import (
     NoModuleBackwardHooks,
@@ -43,6 +44,12 @@ from .._utils import (
 )
 from ..registry import Registry
 from ..rng import SeedKeys
+
+
+def _fake(y: Tensor) -> bool:
+    """Whether ``y`` is a FakeTensor or becomes one (a ``FakeTensorMode`` is active)."""
+    fake = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+    return fake is not None or isinstance(y, FakeTensor)
 
 
 @dataclass
@@ -818,6 +825,14 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         compiled in the same process: "Cannot construct ConstantVariable ... SymInt"), and the
         values are read back to Python, a graph break either way."""
         values = y.detach()
+        if _fake(values):
+            # a FakeTensorMode (memory estimators) has shapes but no values to read back: torch
+            # failed here with "DataDependentOutputException: aten._local_scalar_dense.default"
+            raise ValueError(
+                f"{type(self).__name__} got a fake tensor (torch._subclasses.FakeTensorMode): it "
+                "has a shape but no values, and a bottleneck checks and branches on its input's "
+                "values. Run it on real tensors, or record it with torch.export or make_fx"
+            )
         if 0 in values.stride():
             # an expanded view (``expand``, broadcasting) repeats its stored values along the
             # axes of stride 0: one slice of each holds them all. Over the whole view aminmax
