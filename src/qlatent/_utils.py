@@ -11,6 +11,7 @@ import math
 import os
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
@@ -141,30 +142,45 @@ def check_parent(path: str | os.PathLike[str], what: str = "") -> None:
         raise ValueError(f"cannot write {target}: {blocked} is a file, not a folder")
 
 
-#: what a terminal acts on rather than shows: the C0 controls, DEL and the C1 controls
-#: (``\x9b`` is CSI, as ``\x1b[`` is), and the surrogates that carry the bytes 0x80-0x9f of a
-#: file name undecodable in the locale (the standard streams write them back as those bytes)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udc9f]")
+#: what a terminal acts on rather than shows, or shows other than as written: the controls
+#: (category Cc: C0, DEL and C1, ``\x9b`` is CSI as ``\x1b[`` is), the format characters (Cf:
+#: bidirectional overrides and isolates, zero-width characters, which reorder or hide the text
+#: around them, "Trojan Source") and the line and paragraph separators (Zl, Zp)
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+#: the characters :func:`terminal_text` looks at: all but printable ASCII (whose category it reads)
+_NOT_PRINTABLE_ASCII = re.compile("[^\x20-\x7e]")
 _NAMED_CONTROL = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    """A character as :func:`terminal_text` shows it: itself unless it is hidden (above)."""
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDC9F:
+        # a surrogate that carries the byte 0x80-0x9f of a file name undecodable in the locale
+        # (the standard streams write it back as that byte: a C1 control)
+        return f"\\x{code - 0xDC00:02x}"
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return _NAMED_CONTROL.get(char) or f"\\x{code:02x}"
+    if category in _HIDDEN:
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    return char
 
 
 def terminal_text(text: object, *, lines: bool = False) -> str:
     """``str(text)`` as it may be written to a terminal: every control character in it as a
-    visible escape (``\\x1b``, ``\\x9b``, ``\\n``), so that a file name, a config value, a
+    visible escape (``\\x1b``, ``\\x9b``, ``\\n``), and every format or separator character
+    (``\\u202e``, ``\\u200b``, ``\\u2028``), so that a file name, a config value, a
     checkpoint's or a ``.qlc`` header's string cannot recolour, clear or retitle the terminal,
-    move its cursor or forge a line of output. ``lines=True``: a block of lines the program
-    joined itself, whose newlines stay (a line's own control characters are still escaped).
-    For display only: a path is opened, and a file written, with the text as it is."""
-
-    def escape(match: re.Match[str]) -> str:
-        char = match.group()
-        code = ord(char) - 0xDC00 if "\udc80" <= char <= "\udc9f" else ord(char)
-        return _NAMED_CONTROL.get(char) or f"\\x{code:02x}"
-
+    move its cursor, reorder or hide text, or forge a line of output. Other text (``Λ``, ``é``,
+    ``漢``) is left as it is. ``lines=True``: a block of lines the program joined itself, whose
+    newlines stay (a line's own control characters are still escaped). For display only: a
+    path is opened, and a file written, with the text as it is."""
     text = str(text)
     if lines:
-        return "\n".join(_CONTROL.sub(escape, line) for line in text.split("\n"))
-    return _CONTROL.sub(escape, text)
+        return "\n".join(_NOT_PRINTABLE_ASCII.sub(_shown, line) for line in text.split("\n"))
+    return _NOT_PRINTABLE_ASCII.sub(_shown, text)
 
 
 def path_name(text: str) -> str:
@@ -791,15 +807,39 @@ def _names(path: Path, fd: int) -> bool:
         return False
 
 
-def missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and the folders above it that do not exist yet, deepest first: what a
-    ``mkdir(parents=True)`` of it is about to make (:func:`taken_back`)."""
-    return [p for p in (folder, *folder.parents) if not p.exists()]
+def made_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """Make ``folder`` as ``folder.mkdir(parents=True, exist_ok=True)`` does; returns the
+    folders this call made, deepest first (:func:`taken_back`). Those it made, not those that
+    looked missing before: through a ``..`` after a missing folder (``new/../keep``) every name
+    below it looked missing, the user's existing ``keep`` too, and a folder another process
+    makes meanwhile is that process's. Absolute paths: a working folder changed before they
+    are taken back (a notebook's ``%cd``) sent the removal to the same names there. Where
+    ``folder`` itself cannot be made (a name too long), those made above it are taken back."""
+    folder = Path(folder).absolute()
+    try:
+        os.mkdir(folder)
+    except FileNotFoundError:
+        if folder.parent == folder:
+            raise
+        above = made_folders(folder.parent)
+        with taken_back(above):
+            try:
+                os.mkdir(folder)
+            except OSError:
+                if not folder.is_dir():
+                    raise
+                return above
+        return [folder, *above]
+    except OSError:
+        if not folder.is_dir():
+            raise
+        return []
+    return [folder]
 
 
 @contextlib.contextmanager
 def taken_back(made: list[Path]) -> Iterator[None]:
-    """Remove the folders ``made`` (:func:`missing_folders`, deepest first) if the block raises
+    """Remove the folders ``made`` (:func:`made_folders`, deepest first) if the block raises
     and leaves them empty: a run or an export that failed before writing anything leaves no
     empty folders. One that holds a file (another writer's) stays, and those above it."""
     try:

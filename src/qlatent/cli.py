@@ -1234,7 +1234,11 @@ def _interrupted(err: KeyboardInterrupt) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``qlatent ARGV``: the exit code. Ctrl-C and SIGTERM end a command with one line (exit
     code 130 or 143), a reader of stdout that has gone ends it without one (141), a stdout that
-    cannot take the output (a full disk) with one line (2)."""
+    cannot take the output (a full disk) with one line (2). An exception that no command
+    reports as its error (a bug, or an error of a kind the command line does not know) is one
+    line too, ``qlatent: internal error: <type>: <message>`` (exit code 1); with the
+    environment variable ``QLATENT_TRACEBACK`` set (to anything but ``0``) it is raised, and
+    Python prints its traceback."""
 
     with _sigterm_as_interrupt():
         try:
@@ -1259,6 +1263,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as err:
             return _interrupted(err)
+        except Exception as err:
+            return _internal_error(err)
+
+
+def _internal_error(err: Exception) -> int:
+    """``qlatent: internal error: <type>: <message>`` on one line (exit code 1), for
+    :func:`main`; ``err`` raised again where ``$QLATENT_TRACEBACK`` asks for its traceback."""
+    import os
+
+    if os.environ.get("QLATENT_TRACEBACK", "") not in ("", "0"):
+        raise err
+    what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    print(
+        f"qlatent: internal error: {terminal_text(what)} (set QLATENT_TRACEBACK=1 to see the "
+        "traceback; please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _discard_stdout() -> None:

@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._utils import forward_mode_possible, plain_tensors, proxy_tracing, recording_graph
+from ._utils import (
+    forward_ad_level_active,
+    in_transform,
+    plain_tensors,
+    proxy_tracing,
+    recording_graph,
+)
 
 _MUL1 = 0x7FEB352D
 _MUL2 = 0x846CA68B - (1 << 32)  # as the int32 with the same bits
@@ -192,8 +198,13 @@ def counter_uniform(
 
 
 def _linearizing() -> bool:
-    """Whether ``make_fx`` traces a forward-mode call: ``torch.func.linearize``."""
-    return proxy_tracing() and forward_mode_possible()
+    """Whether ``make_fx`` traces a forward-mode call: ``torch.func.linearize``, which traces
+    under a dual level of ``torch.autograd.forward_ad`` and in no ``torch.func`` transform.
+    ``make_fx`` of a transform (``torch.func.grad``, ``vjp``, ``jvp``) records the draws as
+    ops, as without one: taken for ``linearize``, its graph kept the traced call's key and
+    dither as constants, one dither on every call of it. (A transform applied inside the
+    function that ``linearize`` is given is taken for the former.)"""
+    return proxy_tracing() and forward_ad_level_active() and not in_transform()
 
 
 def _check_arguments(key, shape, dtype, offset) -> None:

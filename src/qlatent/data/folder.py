@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .._utils import expanded, file_in_the_way, missing_folders, taken_back, tqdm
+from .._utils import expanded, file_in_the_way, made_folders, taken_back, tqdm
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -339,8 +339,7 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
     pixels = image_pixels(images)
     root = check_new_folder(folder)
-    made = missing_folders(root)
-    root.mkdir(parents=True, exist_ok=True)
+    made = made_folders(root)
     paths: list[Path] = []
     with taken_back(made):
         try:

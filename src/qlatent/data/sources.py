@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .._utils import expanded, tqdm
+from .._utils import expanded, terminal_text, tqdm
 
 __all__ = [
     "DATASETS",
@@ -129,7 +129,10 @@ class DataError(RuntimeError):
 
 
 class DataNotFoundError(DataError):
-    """No source could provide the requested dataset; the message lists the ways to get it."""
+    """No source could provide the requested dataset; the message lists the ways to get it.
+    Its lines are the program's own: a path in one is shown escaped
+    (:func:`~qlatent._utils.terminal_text`), so that a newline in a folder's name starts no
+    line of the advice, which the command line prints as it is."""
 
 
 class ChecksumError(DataError):
@@ -287,7 +290,7 @@ def how_to_get(name: str) -> str:
     )
     ways.append(f"with internet access, they are downloaded from {info.url}")
     ways.append(f"run `qlatent data fetch {name}` to fill the cache {cache_dir(name)}/")
-    return "\n".join(f"  - {way}" for way in ways)
+    return "\n".join(f"  - {terminal_text(way)}" for way in ways)  # a way's own text: one line
 
 
 # --------------------------------------------------------------------------- folders
@@ -316,7 +319,7 @@ def _files_in_user_folder(name: str, folder: Path) -> dict[str, Path]:
         found[filename] = path
     if missing:
         raise DataNotFoundError(
-            f"{folder} holds part of {name} but lacks {', '.join(missing)} "
+            f"{terminal_text(folder)} holds part of {name} but lacks {', '.join(missing)} "
             f"(plain or .gz).\nWays to get {name}:\n{how_to_get(name)}"
         )
     return found
@@ -533,7 +536,7 @@ def dataset_files(
         tried += failures
         raise DataNotFoundError(
             f"{name} is not available.\nTried:\n"
-            + "\n".join(f"  - {line}" for line in tried)
+            + "\n".join(f"  - {terminal_text(line)}" for line in tried)
             + f"\nWays to get it:\n{how_to_get(name)}"
         )
     return {f: found[f] for f in FILES.values()}

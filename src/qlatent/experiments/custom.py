@@ -1084,8 +1084,10 @@ def train(
 
     def record_config(_epoch: dict[str, Any] | None = None) -> None:
         """``config.json`` once ``fit`` has taken the run: with the first checkpoint it writes,
-        or as it returns (a finished run). Written before, a refused resume (a damaged
-        ``last.pt``, another config's) left the new config beside the old checkpoint."""
+        or, where it trained nothing (a finished run), with the summary of the new evaluation.
+        Written before, a refused resume (a damaged ``last.pt``, another config's) left the new
+        config beside the old checkpoint, and a finished run evaluated again with another
+        ``eval_seed`` or ``eval`` table, then interrupted, left it beside the earlier summary."""
         if main and not recorded:
             write_json(to_dict(cfg), out_dir / "config.json")
             recorded.append(True)
@@ -1106,7 +1108,6 @@ def train(
         )
         if not result.is_main:
             return {}  # under torchrun, rank 0 alone evaluates and writes the summary
-        record_config()
         unit = "sentence" if cfg.data.name in TEXT_DATA else "image"  # as format_report's
         training_curves(
             result.history, out_dir / "training_curves.png", title=_title(cfg), unit=unit
@@ -1120,6 +1121,7 @@ def train(
             "test": report,
         }
         write_json(summary, out_dir / "summary.json")
+        record_config()  # each written atomically: only a crash between the two parts them
     return summary
 
 

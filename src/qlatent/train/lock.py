@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._utils import missing_folders, taken_back
+from .._utils import made_folders, taken_back
 
 try:
     import fcntl
@@ -46,8 +46,7 @@ def hold(folder: str | Path) -> Iterator[None]:
     block leaves empty when it raises (Ctrl-C or a full disk before the first checkpoint, a
     refused config) is removed again, with the folders above it made here."""
     folder = Path(folder)
-    made = missing_folders(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    made = made_folders(folder)
     if fcntl is None:
         with taken_back(made):
             yield

@@ -1,0 +1,199 @@
+"""A review of the run lock's and the PNG writer's folder bookkeeping and of the dither draws
+while ``make_fx`` records a ``torch.func`` transform.
+
+Fixed here: the folders a failed start or write took back were those that did not exist before
+``mkdir(parents=True)``, judged by name. Through a ``..`` after a missing folder
+(``new/../keep``) every name below it looked missing, since the kernel cannot walk through a
+missing folder: the user's own empty folder ``keep`` was removed, and ``new``, which the call
+made, was left. The folders taken back are now those the call itself made
+(``_utils.made_folders``), also where another process made one meanwhile, and by absolute
+path: a relative run folder was taken back by name in a working folder changed meanwhile.
+
+Also fixed: ``make_fx`` of ``torch.func.grad`` / ``vjp`` / ``jvp`` over a dithered lattice in
+training drew the key and dither once, while tracing, and kept them as constants of the graph
+(every call of it had one dither), as only ``torch.func.linearize`` must: ``linearize`` was
+told by forward mode being possible, which any transform makes it; it is ``make_fx`` under a
+dual level of ``torch.autograd.forward_ad`` and in no transform.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import grad, jvp, linearize, vjp
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from qlatent.bottlenecks import build
+from qlatent.train.lock import hold
+
+
+# ------------------------------------------------------------------ folders taken back
+class _Fails(Exception):
+    pass
+
+
+def test_a_failed_start_through_dotdot_keeps_the_users_empty_folder(tmp_path):
+    """``hold(new/../keep)`` that fails: ``keep`` (the user's, empty) stays, ``new`` (made by
+    the call) goes."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    with pytest.raises(_Fails), hold(tmp_path / "new" / ".." / "keep"):
+        raise _Fails
+    assert keep.is_dir()
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_start_through_dotdot_takes_back_what_it_made(tmp_path):
+    """``hold(new/../runs/a)`` with ``runs`` the user's: ``runs/a`` and ``new`` go, ``runs``
+    stays; a start that succeeds keeps its folder."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with pytest.raises(_Fails), hold(tmp_path / "new" / ".." / "runs" / "a"):
+        raise _Fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert list(runs.iterdir()) == []
+    with hold(tmp_path / "new" / ".." / "runs" / "a"):
+        pass
+    assert (runs / "a").is_dir()
+
+
+def test_a_folder_made_meanwhile_by_another_process_is_not_taken_back(tmp_path, monkeypatch):
+    """A run folder that appeared between the look and the mkdir is another's: it stays."""
+    from qlatent import _utils
+
+    folder = tmp_path / "run"
+    mkdir = _utils.os.mkdir
+
+    def another_process_first(path, *args, **kwargs):
+        if str(path) == str(folder) and not folder.exists():
+            mkdir(path)  # made by the other process just before this one
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(_utils.os, "mkdir", another_process_first)
+    with pytest.raises(_Fails), hold(folder):
+        raise _Fails
+    assert folder.is_dir()
+
+
+def test_a_relative_run_folder_is_taken_back_where_it_was_made(tmp_path, monkeypatch):
+    """A relative run folder whose start fails after the working folder changed (a notebook's
+    ``%cd``): the folders made go, the user's empty ``runs/a`` in the new working folder stays."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    (there / "runs" / "a").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    with pytest.raises(_Fails), hold(Path("runs") / "a"):
+        monkeypatch.chdir(there)
+        raise _Fails
+    assert (there / "runs" / "a").is_dir()
+    assert list(here.iterdir()) == []
+
+
+def test_a_run_folder_that_cannot_be_made_leaves_none_above_it(tmp_path):
+    """A run folder whose name is too long: the folder above it, made for it, goes too."""
+    with pytest.raises(OSError, match="too long"), hold(tmp_path / "new" / ("a" * 300)):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_png_folder_through_dotdot_keeps_the_users_empty_folder(tmp_path, monkeypatch):
+    """``write_image_folder`` whose disk fills: the user's empty ``keep`` stays, ``new`` goes."""
+    from qlatent import image_coding
+    from qlatent.data.folder import write_image_folder
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_coding, "write_atomic", full)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    with pytest.raises(OSError, match="No space"):
+        write_image_folder(torch.rand(2, 1, 4, 4), tmp_path / "new" / ".." / "keep")
+    assert keep.is_dir()
+    assert not (tmp_path / "new").exists()
+
+
+def test_made_folders_names_a_file_in_the_way(tmp_path):
+    """A file where a folder goes is an error, as ``mkdir(parents=True)`` makes it."""
+    from qlatent._utils import made_folders
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError):
+        made_folders(tmp_path / "f")
+    with pytest.raises(NotADirectoryError):
+        made_folders(tmp_path / "f" / "a")
+    assert made_folders(tmp_path / "a" / "b") == [tmp_path / "a" / "b", tmp_path / "a"]
+    assert made_folders(tmp_path / "a" / "b") == []
+
+
+# ----------------------------------------------------- dither draws under make_fx(transform)
+def _lattice():
+    torch.manual_seed(0)
+    return build("lattice", dim=4).train()
+
+
+def _y():
+    return torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("transform", ["vjp", "grad", "jvp"])
+def test_make_fx_of_a_transform_draws_each_calls_dither(transform):
+    """Each call of the graph draws its own dither, as each eager call does (the graph of a
+    ``vjp``, ``grad`` or ``jvp`` gave one dither on every call), and the eager numbers from
+    the same seed."""
+    module, y = _lattice(), _y()
+
+    def value(y):
+        return vjp(lambda t: module(t).y_hat, y)[0]
+
+    def gradient(y):
+        return grad(lambda t: (module(t).y_hat * t).sum() + module(t).rate.sum())(y)
+
+    def tangent(y):
+        return jvp(lambda t: module(t).y_hat, (y,), (torch.ones_like(y),))[1] * module(y).y_hat
+
+    f = {"vjp": value, "grad": gradient, "jvp": tangent}[transform]
+    assert not torch.equal(f(y), f(y))  # eager: another dither each call
+    graph = make_fx(f)(y)
+    first, second = graph(y), graph(y)
+    assert not torch.equal(first, second)
+    torch.manual_seed(5)
+    eager = f(y)
+    torch.manual_seed(5)
+    assert torch.equal(graph(y), eager)
+
+
+def test_make_fx_of_a_vjp_through_a_good_lattice_draws_each_calls_dither():
+    """The same for E8's dither and Monte-Carlo draws (counter-based numbers)."""
+    torch.manual_seed(0)
+    module = build("lattice", dim=8, lattice="E8", samples=8, prior_samples=4).train()
+    y = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+
+    def f(y):
+        return vjp(lambda t: torch.cat([module(t).y_hat, module(t).rate[:, None]], 1), y)[0]
+
+    graph = make_fx(f)(y)
+    assert not torch.equal(graph(y), graph(y))
+    torch.manual_seed(5)
+    eager = f(y)
+    torch.manual_seed(5)
+    assert torch.equal(graph(y), eager)
+
+
+def test_linearize_still_keeps_the_traced_calls_dither():
+    """``linearize``'s jvp_fn gives the same tangents on every call (one dither, the traced
+    one's), equal to ``torch.func.jvp`` under the same generator seed."""
+    module, y = _lattice(), _y()
+
+    def f(t):
+        return module(t, generator=torch.Generator().manual_seed(3)).y_hat
+
+    _, jvp_fn = linearize(f, y)
+    t = torch.randn_like(y)
+    first, second = jvp_fn(t), jvp_fn(t)
+    assert torch.equal(first, second)
+    expected = jvp(f, (y,), (t,))[1]
+    torch.testing.assert_close(first, expected)
