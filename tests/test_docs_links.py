@@ -121,3 +121,19 @@ def test_the_readme_lists_every_hostile_input_topic():
     heads = re.findall(r"^- \*\*(.+?)\.?\*\*", HOSTILE.read_text(encoding="utf-8"), flags=re.M)
     assert len(heads) > 30
     assert not [head for head in heads if head not in linked], linked
+
+
+def test_the_readme_benchmarks_section_links_the_history_it_left():
+    """The README's "Benchmarks" keeps the current recordings; the earlier ones and what the first
+    GPU runs found are in docs/benchmarks-in-detail.md, under headings the section links to."""
+    bench = ROOT / "docs" / "benchmarks-in-detail.md"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    for heading in (
+        "Earlier recordings of `qlatent bench lattice`",
+        "Earlier recordings of `qlatent bench quantizers`",
+        "On a GPU: what the first runs found",
+    ):
+        assert slug(heading) in anchors(bench), heading
+        assert f"(docs/benchmarks-in-detail.md#{slug(heading)})" in section, heading
+    assert "The recording before" not in section

@@ -575,7 +575,8 @@ def test_the_quantizer_benchmark_table_and_ratios_are_the_results_file():
     line = next(
         x for x in text.splitlines() if x.startswith("`vq` over `VectorQuantize`, same run")
     )
-    head = line.split("The recording before")[0]
+    # the whole line: the earlier recordings' ratios are in docs/benchmarks-in-detail.md
+    head = line
     compiled = speed["compiled_vq"]
     expected = []
     for k in ("K=128", "K=512", "K=4096"):
