@@ -14,11 +14,17 @@ training drew the key and dither once, while tracing, and kept them as constants
 (every call of it had one dither), as only ``torch.func.linearize`` must: ``linearize`` was
 told by forward mode being possible, which any transform makes it; it is ``make_fx`` under a
 dual level of ``torch.autograd.forward_ad`` and in no transform.
+
+Also fixed: a good lattice's index tables (plain attributes since they left the buffers) stayed
+on the first device in an ``nn.DataParallel`` replica, which gets its buffers on its own device
+and a shallow copy of the module's attributes; they now follow the buffers. Simulated here with
+a replica whose buffers are on the meta device (no second GPU is needed to see the tables stay).
 """
 
 from __future__ import annotations
 
 import errno
+import pickle
 from pathlib import Path
 
 import pytest
@@ -197,3 +203,43 @@ def test_linearize_still_keeps_the_traced_calls_dither():
     assert torch.equal(first, second)
     expected = jvp(f, (y,), (t,))[1]
     torch.testing.assert_close(first, expected)
+
+
+# ------------------------------------------------------ index tables of a replica
+_TABLES = ("_block_of", "_exact", "_mc_blocks", "_mc_coords")
+
+
+def test_a_replicas_index_tables_follow_its_buffers():
+    """A ``DataParallel`` replica (``_replicate_for_data_parallel`` and its own buffers, as
+    ``nn.parallel.replicate`` makes it) reads its tables on its buffers' device; the module it
+    was copied from keeps its own."""
+    module = build("lattice", dim=40, lattice=["leech", "bw16"])
+    replica = module._replicate_for_data_parallel()
+    replica._buffers = {
+        name: None if b is None else b.to("meta") for name, b in replica._buffers.items()
+    }
+    for name in _TABLES:
+        assert getattr(replica, name).device.type == "meta", name
+        assert getattr(module, name).device.type == "cpu", name
+
+
+def test_a_module_pickled_with_its_tables_as_attributes_loads():
+    """A whole module pickled while the tables were plain attributes (or, earlier, buffers)
+    loads with them in place and computes as before."""
+    module = build("lattice", dim=16, lattice="e8")
+    y = torch.randn(8, 16)
+    expected = module(y, generator=torch.Generator().manual_seed(1)).rate
+    for as_buffers in (False, True):
+        state = module.__dict__.copy()
+        tables = state.pop("_index_tables")
+        if as_buffers:
+            state["_buffers"] = {**state["_buffers"], **tables}
+            state["_non_persistent_buffers_set"] = {*state["_non_persistent_buffers_set"], *tables}
+        else:
+            state.update(tables)
+        old = object.__new__(type(module))
+        old.__setstate__(state)
+        loaded = pickle.loads(pickle.dumps(old))
+        rate = loaded(y, generator=torch.Generator().manual_seed(1)).rate
+        assert torch.equal(rate, expected), as_buffers
+        assert not set(_TABLES) & set(loaded._buffers), as_buffers

@@ -37,7 +37,7 @@ import argparse
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -519,6 +519,43 @@ class DitheredGoodLattice(Bottleneck):
     #: treats every buffer as a number to average or update (``AveragedModel(use_buffers=True)``)
     #: turned them into other indices without a word (an EMA step of 0.9·3 + 0.1·3 stored 2)
     _INDEX_TABLES = ("_block_of", "_exact", "_mc_blocks", "_mc_coords")
+
+    def _index_table(name: str) -> property:  # noqa: N805 (a class-body helper, deleted below)
+        """The index table ``name`` on the device of the module's buffers. ``nn.DataParallel``
+        gives each replica its buffers on the replica's device and a shallow copy of the
+        module's plain attributes, so a replica on a second GPU indexed its buffers with the
+        first GPU's tables: the tables follow ``_unit`` there, moved once per replica."""
+
+        def get(self: DitheredGoodLattice) -> Tensor:
+            tables = self.__dict__["_index_tables"]
+            device = self._unit.device
+            if tables[name].device != device:
+                tables = {key: table.to(device) for key, table in tables.items()}
+                self.__dict__["_index_tables"] = tables  # this module's (a replica's) own
+            return tables[name]
+
+        def put(self: DitheredGoodLattice, table: Tensor) -> None:
+            self.__dict__.setdefault("_index_tables", {})[name] = table
+
+        return property(get, put, doc=f"index table {name} (see _INDEX_TABLES)")
+
+    _block_of = _index_table("_block_of")
+    _exact = _index_table("_exact")
+    _mc_blocks = _index_table("_mc_blocks")
+    _mc_coords = _index_table("_mc_coords")
+    del _index_table
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A whole module pickled before the index tables lived in ``_index_tables`` held them
+        as plain attributes, or earlier as buffers: they move there."""
+        super().__setstate__(state)
+        if "_index_tables" not in self.__dict__:
+            for name in self._INDEX_TABLES:
+                table = self.__dict__.pop(name, None)
+                if table is None:
+                    table = self._buffers.pop(name)
+                    self._non_persistent_buffers_set.discard(name)
+                setattr(self, name, table)
 
     def _apply(self, fn, recurse: bool = True):
         """Converts the parameters as any module does, but only moves the tables: they are not
