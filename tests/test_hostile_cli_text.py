@@ -184,6 +184,30 @@ def test_interruptions_and_exits_are_not_internal_errors(monkeypatch, capsys):
     assert code == 2 and err == "qlatent: error: bad value\n"
 
 
+@pytest.mark.parametrize("error", [BrokenPipeError(), OSError(28, "No space left on device")])
+def test_a_stdout_without_a_descriptor_that_fails_ends_with_a_code(monkeypatch, capsys, error):
+    """A broken pipe or a full disk on a standard output that has no file descriptor (a
+    ``StringIO``, a notebook's stream): an exit code, not ``io.UnsupportedOperation`` raised
+    from the handler that points the descriptor at the null device."""
+    import io
+    import sys
+
+    from qlatent.cli import main
+
+    class Failing(io.StringIO):
+        def flush(self):
+            raise error
+
+    import qlatent.cli as cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=lambda args: 0)
+    monkeypatch.setattr(sys, "stdout", Failing())
+    assert main(["train"]) == (141 if isinstance(error, BrokenPipeError) else 2)
+    assert "internal error" not in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- a run's record
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):

@@ -1285,12 +1285,18 @@ def _internal_error(err: Exception) -> int:
 
 def _discard_stdout() -> None:
     """Point standard output's descriptor at the null device. The descriptor opened for it is
-    closed again: it stayed open before, one more for every such call of :func:`main`."""
+    closed again: it stayed open before, one more for every such call of :func:`main`. A
+    standard output without a descriptor (a ``StringIO``, some notebooks' streams) is left as
+    it is: asking for its descriptor raised out of :func:`main`'s handlers."""
     import os
 
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(null, sys.stdout.fileno())
+        os.dup2(null, fd)
     finally:
         os.close(null)
 
