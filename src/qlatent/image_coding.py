@@ -124,7 +124,8 @@ def _good_lattice_args(run_config, path) -> dict | None:
     out = {}
     for key, value in args.items():
         kinds = _GOOD_ARGS.get(key)
-        bad_bool = isinstance(value, bool) and bool not in kinds  # bool is an int subclass
+        # bool is an int subclass; an unknown key (kinds None) is refused below, whatever its value
+        bad_bool = isinstance(value, bool) and bool not in (kinds or ())
         if kinds is None or bad_bool or not isinstance(value, kinds):
             raise CheckpointError(f"{path}: unexpected bottleneck argument {key}={value!r}")
         if type(value) is int and not 1 <= value <= 1 << 16:
