@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +320,10 @@ def _like(saved: Any, fresh: Any) -> bool:
     if isinstance(fresh, bool) or fresh is None:
         return saved is None or isinstance(saved, bool)
     if isinstance(fresh, int | float):
-        return isinstance(saved, int | float) and not isinstance(saved, bool) and saved == saved
+        # finite as a float: NaN compares false, and an infinite weight decay or beta turned
+        # the weights into NaN at the first step (``saved == saved`` let it through)
+        number = isinstance(saved, int | float) and not isinstance(saved, bool)
+        return number and abs(saved) <= sys.float_info.max
     if isinstance(fresh, tuple | list):
         return (
             isinstance(saved, tuple | list)
