@@ -122,3 +122,13 @@ def test_overrides_parse_by_type_and_reject_unknown_keys():
             apply_overrides(_Outer(), [bad])
     with pytest.raises(ValueError, match="unknown"):
         from_dict(_Outer, {"name": "y", "extra": 1})
+
+
+@pytest.mark.parametrize("section", [3, "ab", None, ["lr"]])
+def test_from_dict_refuses_a_section_that_is_not_a_dict(section):
+    """A section given as a number or None failed inside as a TypeError; a string's letters
+    were read as unknown keys ("unknown _Inner keys: ['a', 'b']")."""
+    with pytest.raises(ValueError, match="_Inner section must be a dict"):
+        from_dict(_Outer, {"inner": section})
+    with pytest.raises(ValueError, match="_Outer section must be a dict"):
+        from_dict(_Outer, section)

@@ -36,9 +36,12 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
     A field whose type hint is a dataclass is rebuilt from its dict recursively; other values
     are passed as they are (not converted to the hinted type), and a missing key takes the
-    field's default. Raises ValueError naming the unknown keys; the dataclass's own
+    field's default. Raises ValueError naming the unknown keys, or a section that is not a
+    dict (its letters were read as keys, a number failed inside); the dataclass's own
     ``__init__`` raises for a missing required field (TypeError) or a value it refuses.
     """
+    if not isinstance(data, dict):
+        raise ValueError(f"a {cls.__name__} section must be a dict, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -54,10 +57,10 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 def apply_overrides(cfg: C, overrides: list[str]) -> C:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied.
 
-    Values are parsed by the field's type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
-    optional ``None``); a key below a dict field sets that entry (``args.num_codes=512``), its
-    value read as JSON or else as a string. An unknown key or an unparsable value raises
-    ``ValueError``.
+    Values are parsed by the field's type (``int``, ``float``, ``bool``: ``true`` or ``false``,
+    ``str``, ``Literal``, optional ``None``); a key below a dict field sets that entry
+    (``args.num_codes=512``), its value read as JSON or else as a string. An unknown key or an
+    unparsable value raises ``ValueError``.
     """
     cfg = dataclasses.replace(cfg)
     for item in overrides:
@@ -172,11 +175,11 @@ def _parse(hint: Any, raw: str, key: str) -> Any:
                 return choice
         raise ValueError(f"{key} must be one of {list(get_args(hint))}, got {raw!r}")
     if hint is bool:
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"{key} expects a boolean, got {raw!r}")
+        # true or false only, as TOML writes them: "1" and "yes" were read as true, so a TOML
+        # integer (progress = 1) passed the config's own check that refuses it
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ValueError(f"{key} expects a boolean (true or false), got {raw!r}")
     if hint in (int, float, str):
         try:
             return hint(raw)
