@@ -21,13 +21,22 @@ RESULTS_DIR = Path("results")
 
 
 def git_commit() -> dict[str, Any]:
-    """The checked-out commit and whether the work tree differs from it, outside ``results/``
-    (where a run writes its own figures before it writes its JSON); or, where the environment
-    variable ``QLATENT_COMMIT`` names a 40-digit commit, that commit (``dirty`` unknown)."""
+    """The commit of the checkout this package runs from and whether its work tree differs
+    from it, outside ``results/`` (where a run writes its own figures before it writes its
+    JSON); or, where the environment variable ``QLATENT_COMMIT`` names a 40-digit commit, that
+    commit (``dirty`` unknown). Asked of the package's own folder, not the working folder: run
+    from inside another repository, a result recorded that repository's commit. A package
+    installed outside a checkout of qlatent (where git does not track this file, as in a
+    virtual environment inside another repository) has no commit: None."""
+    package = Path(__file__).resolve().parent
 
     def run(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+            ["git", "-C", str(package), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
 
     # a copy of the tree sent elsewhere (e.g. to a GPU machine) may carry a stale git folder or
@@ -36,6 +45,7 @@ def git_commit() -> dict[str, Any]:
     if re.fullmatch(r"[0-9a-f]{40}", commit):
         return {"commit": commit, "dirty": None, "commit_from": "QLATENT_COMMIT"}
     try:
+        run("ls-files", "--error-unmatch", "--", Path(__file__).name)  # tracked: our checkout
         return {
             "commit": run("rev-parse", "HEAD"),
             "dirty": bool(
