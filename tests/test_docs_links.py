@@ -137,3 +137,20 @@ def test_the_readme_benchmarks_section_links_the_history_it_left():
         assert slug(heading) in anchors(bench), heading
         assert f"(docs/benchmarks-in-detail.md#{slug(heading)})" in section, heading
     assert "The recording before" not in section
+
+
+def test_the_readme_bitstreams_section_links_the_detail_it_left():
+    """The README's "Real bitstreams" keeps what can be coded and how, what a file holds and the
+    recorded sizes and speeds; each code model's mathematics, the older container kinds and the
+    earlier recordings are in docs/bitstreams-in-detail.md, under headings the section links to."""
+    detail = ROOT / "docs" / "bitstreams-in-detail.md"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Real bitstreams: the rate as a file\n", 1)[1].split("\n## ", 1)[0]
+    assert len(section.splitlines()) <= 240
+    headings = re.findall(r"^### (.+?)\s*$", _unfenced(detail.read_text(encoding="utf-8")), re.M)
+    assert len(headings) >= 12
+    unlinked = [h for h in headings if f"(docs/bitstreams-in-detail.md#{slug(h)})" not in section]
+    assert not unlinked, unlinked
+    for derivation in ("Z = Σ_c ½(1 + Π_j D_j^c)", "Hermite normal form", "| `run1` |"):
+        assert derivation not in section, derivation
+        assert derivation in detail.read_text(encoding="utf-8"), derivation
