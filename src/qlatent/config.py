@@ -57,10 +57,10 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 def apply_overrides(cfg: C, overrides: list[str]) -> C:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied.
 
-    Values are parsed by the field's type (``int``, ``float``, ``bool``: ``true`` or ``false``,
-    ``str``, ``Literal``, optional ``None``); a key below a dict field sets that entry
-    (``args.num_codes=512``), its value read as JSON or else as a string. An unknown key or an
-    unparsable value raises ``ValueError``.
+    Values are parsed by the field's type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+    optional ``None``); a key below a dict field sets that entry (``args.num_codes=512``), its
+    value read as JSON or else as a string. An unknown key or an unparsable value raises
+    ``ValueError``.
     """
     cfg = dataclasses.replace(cfg)
     for item in overrides:
@@ -175,11 +175,11 @@ def _parse(hint: Any, raw: str, key: str) -> Any:
                 return choice
         raise ValueError(f"{key} must be one of {list(get_args(hint))}, got {raw!r}")
     if hint is bool:
-        # true or false only, as TOML writes them: "1" and "yes" were read as true, so a TOML
-        # integer (progress = 1) passed the config's own check that refuses it
-        if raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-        raise ValueError(f"{key} expects a boolean (true or false), got {raw!r}")
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{key} expects a boolean, got {raw!r}")
     if hint in (int, float, str):
         try:
             return hint(raw)
