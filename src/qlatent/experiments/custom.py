@@ -83,7 +83,7 @@ from ..results import provenance, write_json
 from ..train import TrainConfig, fit, load_weights
 from ..train.distributed import launched_as_main
 from ..train.lock import hold
-from ..train.loop import check_seed
+from ..train.loop import check_seed, check_tensorboard
 
 DatasetName = Literal[
     "binarized-mnist", "mnist", "fashion-mnist", "folder", "synthetic", "text-en", "synthetic-text"
@@ -1048,9 +1048,11 @@ def train(
     set and write ``config.json``, ``summary.json``, ``training_curves.png`` and
     ``reconstructions.png`` beside the checkpoints. Returns the summary. A new run is checked
     first (:func:`check_new_run`; ``shared_schedule`` as :func:`check_loss_settings` takes
-    it): ValueError naming a setting the run would record and not use."""
+    it): ValueError naming a setting the run would record and not use, or ``train.tensorboard``
+    without the tensorboard package (before the data is read)."""
     from ..eval import training_curves
 
+    check_tensorboard(cfg.train)
     out_dir = Path(cfg.out_dir)
     if fresh or not (out_dir / "last.pt").is_file():  # a run from before resumes as it began
         check_new_run(cfg, shared_schedule=shared_schedule)

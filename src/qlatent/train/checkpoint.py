@@ -386,7 +386,16 @@ def check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, path: st
 
 #: train-config keys a resumed run may change: caps and presentation, not the training itself
 RESUME_MAY_CHANGE = frozenset(
-    {"epochs", "max_steps", "max_minutes", "patience", "progress", "device", "eval_batch_size"}
+    {
+        "epochs",
+        "max_steps",
+        "max_minutes",
+        "patience",
+        "progress",
+        "tensorboard",
+        "device",
+        "eval_batch_size",
+    }
 )
 #: run-config sections a resumed run may change: evaluation and output, after training
 RESUME_MAY_CHANGE_RUN = frozenset({"eval", "eval_seed", "out_dir", "train"})

@@ -1,5 +1,6 @@
 """One readable training loop: epochs of minibatch steps, validation, early stopping,
-atomic per-epoch checkpoints with exact resume, a progress bar and a JSON-lines log.
+atomic per-epoch checkpoints with exact resume, a progress bar, a JSON-lines log and, optionally,
+TensorBoard scalars (``TrainConfig.tensorboard``; see :class:`_Board`).
 
 The same function runs as a single process or under ``torchrun --nproc_per_node=N``
 (DistributedDataParallel): rank 0 writes checkpoints and logs, metrics are summed across ranks.
@@ -54,7 +55,8 @@ class TrainConfig:
 
     Objectives are in nats per example. ValueError, naming the field, for a count that is not
     an integer in range, an ``lr`` outside (0, 1], an ``lr_decay`` outside [0, 1], an unknown
-    ``keep``, ``optimizer`` or ``device``, a non-positive ``max_minutes`` or a bad ``seed``.
+    ``keep``, ``optimizer`` or ``device``, a non-positive ``max_minutes``, a bad ``seed``, or a
+    ``progress`` or ``tensorboard`` that is not a bool.
     """
 
     epochs: int = 20  #: maximum number of epochs
@@ -79,6 +81,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  #: "cpu", "cuda", "cuda:1", "mps" or "auto"
     progress: bool = True
+    #: also write each epoch's record as TensorBoard scalars into ``<out_dir>/tensorboard/``
+    #: (needs the optional ``tensorboard`` package: ``pip install qlatent[tensorboard]``)
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for name, low in [("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1)]:
@@ -103,8 +108,9 @@ class TrainConfig:
             raise ValueError(
                 f"optimizer must be 'adam', 'adam_fused' or 'adam_normgrad', got {self.optimizer!r}"
             )
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress must be true or false, got {self.progress!r}")
+        for name in ("progress", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.max_minutes is not None and not (
             _is_number(self.max_minutes) and 0 < self.max_minutes < math.inf
         ):
@@ -207,7 +213,11 @@ def fit(
     summary, figures); they are removed with the first checkpoint this call writes, which
     replaces the run they describe (see :func:`_drop_results`).
 
-    Raises ValueError for an empty or file ``out_dir`` and when the loss becomes non-finite
+    With ``cfg.tensorboard`` rank 0 also writes every epoch's record as TensorBoard scalars
+    into ``out_dir/tensorboard/`` (:class:`_Board`).
+
+    Raises ValueError for an empty or file ``out_dir``, for ``cfg.tensorboard`` without the
+    tensorboard package (before anything is made), and when the loss becomes non-finite
     ("training diverged"), and :class:`CheckpointError` for a checkpoint that cannot be resumed
     with this config.
     """
@@ -216,6 +226,7 @@ def fit(
         raise ValueError("the output folder must be named (out_dir is empty)")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output folder {out_dir} is a file")
+    check_tensorboard(cfg)
     world = D.setup(cfg.device)
     # rank 0 writes the folder; a second process training into it is refused here
     with hold(out_dir) if world.is_main else nullcontext():
@@ -281,67 +292,82 @@ def _fit(
     started = time.perf_counter() - state.wall_s
     run_start = time.perf_counter()
 
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(cfg, epoch)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        if cfg.max_steps is not None:  # the step budget may end this epoch early
-            order = order[: (cfg.max_steps - state.step) * cfg.batch_size]
-        if epoch_lr(cfg, epoch) == 0.0 and not _has_training_state(model):
-            # at lr 0 a model without buffers cannot change: skip the pass, count its steps
-            train = {"train_skipped": True}
-        else:
-            train = _train_epoch(
-                net, model, loss_fn, optimizer, x_train, order, beta, cfg, world, epoch, state.step
-            )
-        state.step += math.ceil(order.numel() / cfg.batch_size)
-        beta *= anneal_factor(cfg, state.step)  # the weight of the epoch's last update
+    # rank 0's TensorBoard events from the first epoch this call trains on: those a crash left
+    # beyond the last checkpoint are dropped by TensorBoard (purge_step)
+    events = out_dir / "tensorboard" if cfg.tensorboard and world.is_main else None
+    with _Board(events, first_epoch=state.epoch + 1) as board:
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(cfg, epoch)
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
+            if cfg.max_steps is not None:  # the step budget may end this epoch early
+                order = order[: (cfg.max_steps - state.step) * cfg.batch_size]
+            if epoch_lr(cfg, epoch) == 0.0 and not _has_training_state(model):
+                # at lr 0 a model without buffers cannot change: skip the pass, count its steps
+                train = {"train_skipped": True}
+            else:
+                train = _train_epoch(
+                    net,
+                    model,
+                    loss_fn,
+                    optimizer,
+                    x_train,
+                    order,
+                    beta,
+                    cfg,
+                    world,
+                    epoch,
+                    state.step,
+                )
+            state.step += math.ceil(order.numel() / cfg.batch_size)
+            beta *= anneal_factor(cfg, state.step)  # the weight of the epoch's last update
 
-        val = _validate(model, loss_fn, x_val, cfg, world)
-        record = {
-            "epoch": epoch,
-            "step": state.step,
-            "beta": beta,
-            "lr": epoch_lr(cfg, epoch),
-            **train,
-            **val,
-        }
-        improved = val["val_objective"] < state.best_val
-        if improved:
-            state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
-        else:
-            # as in the reference code, nothing counts against patience during warm-up, the
-            # epochs at β < 1: epoch warmup_epochs trains at β = 1 and counts
-            state.bad_epochs = 0 if epoch < cfg.warmup_epochs else state.bad_epochs + 1
-        record["best_epoch"] = state.best_epoch
-        record["wall_s"] = round(time.perf_counter() - started, 3)
-        record.update(_bottleneck_summary(model))
-        state.epoch, state.wall_s = epoch, record["wall_s"]
-        state.history.append(record)
+            val = _validate(model, loss_fn, x_val, cfg, world)
+            record = {
+                "epoch": epoch,
+                "step": state.step,
+                "beta": beta,
+                "lr": epoch_lr(cfg, epoch),
+                **train,
+                **val,
+            }
+            improved = val["val_objective"] < state.best_val
+            if improved:
+                state.best_val, state.best_epoch, state.bad_epochs = val["val_objective"], epoch, 0
+            else:
+                # as in the reference code, nothing counts against patience during warm-up, the
+                # epochs at β < 1: epoch warmup_epochs trains at β = 1 and counts
+                state.bad_epochs = 0 if epoch < cfg.warmup_epochs else state.bad_epochs + 1
+            record["best_epoch"] = state.best_epoch
+            record["wall_s"] = round(time.perf_counter() - started, 3)
+            record.update(_bottleneck_summary(model))
+            state.epoch, state.wall_s = epoch, record["wall_s"]
+            state.history.append(record)
 
-        if cfg.patience is not None and state.bad_epochs > cfg.patience:
-            state.stopped = "early_stopping"
-        elif cfg.max_minutes is not None:
-            over = (time.perf_counter() - run_start) / 60 > cfg.max_minutes
-            if D.broadcast_object(over, world):  # every rank takes rank 0's decision
-                state.stopped = "time_budget"
-        if cfg.max_steps is not None and state.step >= cfg.max_steps and not state.stopped:
-            state.stopped = "max_steps"
-        if epoch == cfg.epochs and not state.stopped:
-            state.stopped = "epochs"
-        _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
-        if improved and world.is_main:  # after last.pt, which then holds these weights too
-            _save_best(out_dir / "best.pt", model, epoch, run_config)
-        if world.is_main:
-            _rewrite_log(out_dir / "log.jsonl", state.history)
-            _drop_results(out_dir, results)
-            results = ()  # once: the files written next are this run's
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if state.stopped:
-            break
+            if cfg.patience is not None and state.bad_epochs > cfg.patience:
+                state.stopped = "early_stopping"
+            elif cfg.max_minutes is not None:
+                over = (time.perf_counter() - run_start) / 60 > cfg.max_minutes
+                if D.broadcast_object(over, world):  # every rank takes rank 0's decision
+                    state.stopped = "time_budget"
+            if cfg.max_steps is not None and state.step >= cfg.max_steps and not state.stopped:
+                state.stopped = "max_steps"
+            if epoch == cfg.epochs and not state.stopped:
+                state.stopped = "epochs"
+            board.write(record)  # before the checkpoint: a crash between them is purged
+            _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
+            if improved and world.is_main:  # after last.pt, which then holds these weights too
+                _save_best(out_dir / "best.pt", model, epoch, run_config)
+            if world.is_main:
+                _rewrite_log(out_dir / "log.jsonl", state.history)
+                _drop_results(out_dir, results)
+                results = ()  # once: the files written next are this run's
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if state.stopped:
+                break
     return _finish(model, state, out_dir, world, cfg.keep, run_config)
 
 
@@ -521,6 +547,74 @@ def _bottleneck_summary(model: nn.Module) -> dict[str, float]:
         if isinstance(value, Tensor):
             summary[f"{name}_mean"] = value.detach().mean().item()
     return summary
+
+
+def check_tensorboard(cfg: TrainConfig) -> None:
+    """ValueError where ``cfg.tensorboard`` asks for TensorBoard and the optional ``tensorboard``
+    package cannot be imported: checked before a run makes its folder or trains."""
+    if cfg.tensorboard:
+        _summary_writer()
+
+
+def _summary_writer() -> type:
+    """torch's ``SummaryWriter``, imported only where a run asks for it (an optional package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "train.tensorboard = true needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter
+
+
+#: the TensorBoard group of each record key that is neither ``train_*`` nor ``val_*``
+_BOARD_GROUPS = {
+    "beta": "schedule",
+    "lr": "schedule",
+    "step": "run",
+    "best_epoch": "run",
+    "wall_s": "run",
+}
+
+
+class _Board:
+    """Each epoch's record (as in ``log.jsonl``) as TensorBoard scalars at step ``epoch``, in
+    ``folder`` (None: nothing is written). Its numbers only (no bools, strings or the epoch
+    itself), under the tags ``train/objective``, ``train/distortion``, ``train/rate``,
+    ``train/examples``; ``val/objective``, ``val/distortion``, ``val/rate``;
+    ``schedule/beta``, ``schedule/lr``; ``run/step``, ``run/best_epoch``, ``run/wall_s``; and
+    ``bottleneck/<name>`` for the bottleneck's statistics (``spacing_mean`` ...).
+
+    The writer is made at the first record, so a start that fails before it leaves no
+    ``tensorboard/`` folder, and a call that trains nothing writes nothing. It is opened with
+    ``purge_step = first_epoch`` (the first epoch this call trains): TensorBoard then drops the
+    events an interrupted process wrote for that epoch and later ones, and a resumed run's
+    curves show each epoch once. Every record is flushed before its checkpoint is written; the
+    writer is closed when the block ends, however it ends."""
+
+    def __init__(self, folder: Path | None, *, first_epoch: int) -> None:
+        self.folder, self.first_epoch, self.writer = folder, first_epoch, None
+
+    def __enter__(self) -> _Board:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        if self.writer is None:
+            self.writer = _summary_writer()(str(self.folder), purge_step=self.first_epoch)
+        for key, value in record.items():
+            if key == "epoch" or not _is_number(value):
+                continue
+            group, _, name = key.partition("_")
+            if group not in ("train", "val"):
+                group, name = _BOARD_GROUPS.get(key, "bottleneck"), key
+            self.writer.add_scalar(f"{group}/{name}", value, global_step=record["epoch"])
+        self.writer.flush()
 
 
 def _rng_state() -> dict[str, Any]:
