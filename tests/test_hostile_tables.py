@@ -169,20 +169,21 @@ def test_the_codelength_lines_give_the_paired_gap_the_json_holds():
     """Each lattice row's line printed the codelength beside the −ELBO column, a draw of its
     own: their difference (−0.16 for Λ24 ⊕ Λ16) read as the Theorem-1 gap, which the JSON holds
     paired over the repeats (``codelength_minus_neg_elbo``). The line now gives that gap, and
-    the README's copies of the lines are the rendered ones."""
+    the copies of the lines in docs/good-lattices-in-table-1.md are the rendered ones."""
     payload = _load("lattice-mnist.json")
     lines = [
         line
         for line in lattice_mnist.markdown_table(payload).splitlines()
         if "hard-path two-part codelength" in line
     ]
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "good-lattices-in-table-1.md").read_text(encoding="utf-8")
     rows = [r for r in payload["models"].values() if "test_codelength_hard" in r]
     assert len(lines) == len(rows) > 0
     for line, row in zip(lines, rows, strict=True):
         gap = cell(row["codelength_minus_neg_elbo"], "+.2f")  # (a −0.00 reads +0.00)
         assert f"codelength − −ELBO = {gap})" in line
-        assert line in readme
+        assert line in doc
 
 
 def test_a_value_that_rounds_to_zero_reads_without_a_sign():

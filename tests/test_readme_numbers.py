@@ -41,6 +41,15 @@ def _readme_table(*header: str) -> tuple[list[str], list[list[str]]]:
     return _table(_text(ROOT / "README.md"), *header)
 
 
+def _doc_table(doc: str, *header: str) -> tuple[list[str], list[list[str]]]:
+    """The one table of ``docs/<doc>`` whose header starts with ``header``."""
+    return _table(_text(ROOT / "docs" / doc), *header)
+
+
+GOOD_DOC = "good-lattices-in-table-1.md"
+DETAIL_DOC = "reproductions-in-detail.md"
+
+
 def _decimals(text: str) -> list[str]:
     """The numbers written with a decimal point in ``text``, in order (integers are left out:
     they are counts, seeds and labels more often than measurements)."""
@@ -171,9 +180,9 @@ def test_the_good_lattice_table_and_its_lines_are_the_results_file():
     )
     rendered = _table(_lattice_mnist_rendered(), "model")
     _by_columns("good lattices", readme, rendered)
-    # the codelength lines below it: the same numbers, line by line
-    text = _text(ROOT / "README.md")
-    section = text.split("### Good lattices in Table 1")[1].split("**Where the good lattices")[0]
+    # the codelength lines that were below it, now in the doc: the same numbers, line by line
+    text = _text(ROOT / "docs" / GOOD_DOC)
+    section = text.split("\n## Each row's codelength against its −ELBO\n")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if "hard-path two-part codelength" in line]
     ours = [
         line
@@ -181,6 +190,36 @@ def test_the_good_lattice_table_and_its_lines_are_the_results_file():
         if "hard-path two-part codelength" in line
     ]
     assert [_decimals(x) for x in lines] == [_decimals(x) for x in ours]
+
+
+def test_the_readme_summaries_of_the_moved_lattice_tables_are_the_results_files():
+    """The README gives in a sentence what moved to docs/good-lattices-in-table-1.md: the range of
+    the codelength lines' Theorem-1 gaps and the two Table-1 rows' means over three seeds."""
+    text = " ".join(_text(ROOT / "README.md").split())
+    gaps = [
+        r["codelength_minus_neg_elbo"]
+        for r in _json("lattice-mnist.json")["models"].values()
+        if "test_codelength_hard" in r
+    ]
+    m = re.search(r"codelength − −ELBO lies between (\S+) and (\S+) nats", text)
+    assert m, "the codelength summary is gone from the README"
+    _assert_numbers("codelength range", m.group(0), [min(gaps), max(gaps)])
+    m = re.search(r"the rectangular row reads .+?, a gap of \S+ \(paper", text)
+    assert m, "the seed-spread summary is gone from the README"
+    means = {
+        row: [_seed_value(row, s, "test_nll_iwae1000") for s in (2020, 2021, 2022)]
+        for row in ("rect_lattice", "gaussian_lattice")
+    }
+    values = [
+        *_mean_sd(means["rect_lattice"]),
+        *_mean_sd(means["gaussian_lattice"]),
+        statistics.mean(means["rect_lattice"]) - statistics.mean(means["gaussian_lattice"]),
+    ]
+    _assert_numbers("seed spread", m.group(0), values)
+
+
+def _mean_sd(values: list[float]) -> list[float]:
+    return [statistics.mean(values), statistics.stdev(values)]
 
 
 def _seed_value(row: str, seed: int, key: str) -> float:
@@ -191,7 +230,7 @@ def _seed_value(row: str, seed: int, key: str) -> float:
 
 
 def test_the_seed_spread_table_is_the_seed_files():
-    _, rows = _readme_table("row, seed", "IWAE-1000", "−ELBO", "rate", "best epoch")
+    _, rows = _doc_table(GOOD_DOC, "row, seed", "IWAE-1000", "−ELBO", "rate", "best epoch")
     names = {"rectangular": "rect_lattice", "Gaussian-lattice": "gaussian_lattice"}
     keys = ("test_nll_iwae1000", "test_neg_elbo", "test_rate")
     checked = 0
@@ -276,7 +315,7 @@ GL_START_ROWS = {
 def test_the_gaussian_lattice_start_table_is_the_seed_summaries():
     from qlatent.experiments.lattice_mnist import theoretical_gap
 
-    _, rows = _readme_table("cell, from the Gaussian-lattice VAE", "seeds", "row − start")
+    _, rows = _doc_table(GOOD_DOC, "cell, from the Gaussian-lattice VAE", "seeds", "row − start")
     assert [r[0] for r in rows] == list(GL_START_ROWS)
     for label, seeds, start, control, gain in rows:
         folder, has_control, cell_row = GL_START_ROWS[label]
@@ -669,7 +708,7 @@ SOFTVQ_CAUSE_RUNS = {
 
 
 def test_the_softvq_seed_0_table_is_the_run_records():
-    _, rows = _readme_table("run (seed 0)", "k-means acc", "NMI", "linear acc")
+    _, rows = _doc_table(DETAIL_DOC, "run (seed 0)", "k-means acc", "NMI", "linear acc")
     assert [r[0] for r in rows] == list(SOFTVQ_CAUSE_RUNS)
     for label, *cells in rows:
         m = _json(f"softvq-mnist-runs/{SOFTVQ_CAUSE_RUNS[label]}/seed-0.json")["metrics"]
@@ -686,7 +725,7 @@ def test_the_softvq_seed_0_table_is_the_run_records():
 
 def test_the_softvq_posterior_table_is_the_results_file():
     rows_json = _json("softvq-mnist-posterior.json")["rows"]
-    _, rows = _readme_table("row", "posterior entropy (nats)", "mean σ_k")
+    _, rows = _doc_table(DETAIL_DOC, "row", "posterior entropy (nats)", "mean σ_k")
     names = ["soft_vq", "soft_vq_noiseless", "soft_vq_reference"]
     keys = ["posterior_entropy", "mean_sigma", "mean_posterior_perplexity", "argmax_codes_used"]
     for (label, *cells), name in zip(rows, names, strict=True):
@@ -721,7 +760,7 @@ def test_the_llvq_table_is_the_results_file():
 
 
 def test_the_vq_ema_smoothing_table_is_the_results_files():
-    _, rows = _readme_table("VQ-VAE-EMA, reference schedule", "seed")
+    _, rows = _doc_table(DETAIL_DOC, "VQ-VAE-EMA, reference schedule", "seed")
     folders = ["local", "stored", "stored-seed3", "stored-seed4", None]
     for (label, seed, first, last, test, codes), folder in zip(rows, folders, strict=True):
         if folder is None:
