@@ -189,3 +189,44 @@ def test_the_readme_reproductions_section_links_the_detail_it_left():
     ):
         assert moved not in section, moved
         assert moved in doc.read_text(encoding="utf-8"), moved
+
+
+def test_the_readme_good_lattices_section_links_the_detail_it_left():
+    """The README's "Good lattices" keeps the snippet, the names, the exactness, the rate in brief,
+    the geometry table and the log-density bias in a summary; the decoders' internals, the
+    proposals' mathematics and the full bias table are in docs/good-lattices-in-detail.md, and the
+    speed recordings in docs/good-lattice-speed.md, under headings the section links to."""
+    detail = ROOT / "docs" / "good-lattices-in-detail.md"
+    speed = ROOT / "docs" / "good-lattice-speed.md"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    title = "Good lattices: A2, D4, D_n*, E8, Barnes–Wall Λ16, Leech Λ24"
+    section = readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    assert len(section.splitlines()) <= 140
+    assert "| lattice | n | G (Monte Carlo) | literature | difference |" in section
+    assert (
+        "(docs/good-lattices-in-detail.md)"
+        in readme.split("\n## Quick start\n")[1].split("\n## A bottleneck")[0]
+    )
+    headings = re.findall(r"^### (.+?)\s*$", _unfenced(detail.read_text(encoding="utf-8")), re.M)
+    assert len(headings) >= 7
+    unlinked = [
+        h for h in headings if f"(docs/good-lattices-in-detail.md#{slug(h)})" not in section
+    ]
+    assert not unlinked, unlinked
+    for heading in (
+        "Rectangular blocks in closed form",
+        "Membership by the covering radius",
+        "The recordings before the geometry table's",
+    ):
+        assert slug(heading) in anchors(speed), heading
+        assert f"(docs/good-lattice-speed.md#{slug(heading)})" in section, heading
+    for moved, doc in (
+        ("min-plus products of six tetrad tables", detail),
+        ("q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²))", detail),
+        ("| Leech ⊕ BW16 | tilted | (256, 8) | 0.25 |", detail),
+        ("−110, −51, 3, −108, −16", detail),
+        ("E8^3 ⊕ Z^16 at those of `e8z_lattice` 20.0 ms against 37.7", speed),
+        ("`Lattice.cell_bound`: E8 1, Λ16 √6, Λ24 4", speed),
+    ):
+        assert moved not in section, moved
+        assert moved in " ".join(doc.read_text(encoding="utf-8").split()), moved

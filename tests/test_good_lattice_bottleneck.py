@@ -485,7 +485,7 @@ def test_tilted_proposal_shrinks_the_leech_bias():
     """Λ24 ⊕ Λ16 with a prior a quarter of the cell: the box's draws almost never land in the
     24-dimensional cell, and at (256, 8) its log-density is biased by about a nat and a half;
     the tilted proposal's bias is under half of it (a quarter to a third on 200 rows against a
-    larger reference: README, "Log-density bias")."""
+    larger reference: docs/good-lattices-in-detail.md, "The log-density bias, measured")."""
     torch.manual_seed(0)
     module = DitheredGoodLattice(dim=40, lattice=["leech", "bw16"], init_scale=0.25, proposal="box")
     with torch.no_grad():
