@@ -857,7 +857,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         """The largest input magnitude |y| accepted: sqrt(max / (4·in_dim)) of the dtype the
         method computes in (its parameters', or ``dtype`` for a method without any), so that
         no squared norm or distance can overflow. Larger inputs are refused with a ValueError,
-        the same for every method (README, "Hostile input and edge cases")."""
+        the same for every method (docs/hostile-input-and-edge-cases.md, "Float extremes")."""
         dtype = self._target_dtype(dtype or torch.get_default_dtype())
         return math.sqrt(torch.finfo(dtype).max / (4 * self.in_dim))
 

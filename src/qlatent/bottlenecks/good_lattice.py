@@ -330,7 +330,8 @@ class DitheredGoodLattice(Bottleneck):
             switched off as the rectangular lattice does (its cell grows along that axis while
             the prior there shrinks) at the price of a stretched, less round cell. (In the
             Table-1 runs training did not use that freedom: the scales stayed within 0.78–1.54
-            and the rows ended as the block-scaled ones; README, "Good lattices in Table 1".)
+            and the rows ended as the block-scaled ones; docs/good-lattices-in-table-1.md,
+            "A scale per coordinate".)
         init_scale: initial prior scale b_i.
         scale_per: ``"coordinate"`` (one learnable prior scale b_i per coordinate) or
             ``"block"`` (one per block, shared by its coordinates: a block's prior is then

@@ -69,11 +69,11 @@ def soft_assignment_logits(
     ("reference", the MNIST notebook). The uniform prior 1/K cancels in the softmax.
     """
     dist = squared_distances(z, codebook)
-    # At the float extremes (README, "Hostile input and edge cases"): log-scales beyond
-    # ±¼·log(max) (±22.2 in float32) are clamped there, so that 1/σ² stays finite and 0·∞
-    # cannot occur, and a logit that overflows to −∞ becomes the lowest finite value, so that a
-    # row far from every codeword gets a uniform assignment instead of NaN. Neither touches
-    # values inside those ranges.
+    # At the float extremes (docs/hostile-input-and-edge-cases.md, "Float extremes"):
+    # log-scales beyond ±¼·log(max) (±22.2 in float32) are clamped there, so that 1/σ² stays
+    # finite and 0·∞ cannot occur, and a logit that overflows to −∞ becomes the lowest finite
+    # value, so that a row far from every codeword gets a uniform assignment instead of NaN.
+    # Neither touches values inside those ranges.
     finfo = torch.finfo(dist.dtype)
     reach = 0.25 * math.log(finfo.max)
     log_sigma = log_sigma.clamp(-reach, reach)
