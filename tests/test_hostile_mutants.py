@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,8 @@ def _header(**changes) -> Header:
         dict(shape=(1,) * 9),
         dict(shape=(2**32,)),
         dict(shape=(-1,)),
+        dict(shape=(True, 2)),
+        dict(shape=(2.0,)),
         dict(seed=2**64),
         dict(seed=-1),
         dict(seed=1.5),
@@ -108,6 +111,7 @@ def test_pack_refuses_each_field_just_outside_its_range(changes):
         dict(shape=(1,)),
         dict(shape=(1,) * 8),
         dict(shape=(0, 2**32 - 1)),
+        dict(shape=(np.int64(3), np.uint32(2))),
         dict(seed=2**64 - 1),
         dict(symbol_min=-(2**31), symbol_max=2**31 - 1),
         dict(code_model=max(CODE_MODELS)),

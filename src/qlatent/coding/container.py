@@ -142,8 +142,8 @@ def pack(header: Header, payload: bytes) -> bytes:
 
     Raises ValueError for a code model that is not a key of :data:`CODE_MODELS` (:func:`unpack`
     refuses any other), a digest that is not 32 bytes, a shape of no or more than 8 entries or
-    with an entry outside [0, 2^32), a seed that is not an integer in [0, 2^64), or a symbol
-    range whose ends are not int32 integers.
+    with an entry that is not an integer (a bool is none) in [0, 2^32), a seed that is not an
+    integer in [0, 2^64), or a symbol range whose ends are not int32 integers.
     """
     if not _is_int(header.code_model) or header.code_model not in CODE_MODELS:
         raise ValueError(
@@ -153,7 +153,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     check_digest(header.digest)
     if not 1 <= len(header.shape) <= MAX_RANK:
         raise ValueError(f"shape must have 1 to {MAX_RANK} entries, got {header.shape}")
-    if not all(isinstance(n, int) and 0 <= n < 2**32 for n in header.shape):
+    if not all(_is_int(n) and 0 <= n < 2**32 for n in header.shape):  # True is no size
         raise ValueError(f"every shape entry must lie in [0, 2^32), got {header.shape}")
     if not _is_int(header.seed) or not 0 <= header.seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2^64), got {header.seed!r}")
