@@ -106,11 +106,38 @@ def test_every_link_of_the_readme_and_docs_leads_somewhere():
     assert not broken, "\n".join(broken)
 
 
+def _readme_section(title: str) -> str:
+    """The README's ``## title`` section, up to the next ``## `` heading."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _links_every_heading(section: str, doc: Path, fewest: int) -> None:
+    """Every ``###`` heading of ``doc`` (at least ``fewest``) is linked from ``section``."""
+    headings = re.findall(r"^### (.+?)\s*$", _unfenced(doc.read_text(encoding="utf-8")), re.M)
+    assert len(headings) >= fewest, headings
+    unlinked = [h for h in headings if f"(docs/{doc.name}#{slug(h)})" not in section]
+    assert not unlinked, unlinked
+
+
+def _links_headings(section: str, doc: Path, headings: tuple[str, ...]) -> None:
+    """Each of ``headings`` is a heading of ``doc`` that ``section`` links to."""
+    for heading in headings:
+        assert slug(heading) in anchors(doc), heading
+        assert f"(docs/{doc.name}#{slug(heading)})" in section, heading
+
+
+def _moved(section: str, texts: tuple[tuple[str, Path], ...]) -> None:
+    """Each text left ``section`` and stands in its document (white space aside)."""
+    for text, doc in texts:
+        assert text not in section, text
+        assert text in " ".join(doc.read_text(encoding="utf-8").split()), text
+
+
 def test_the_readme_lists_every_hostile_input_topic():
     """Each bold head of docs/hostile-input-and-edge-cases.md is a link to it in the README's
     section of that name, and the section stays a summary."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Hostile input and edge cases\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Hostile input and edge cases")
     assert len(section.splitlines()) <= 40
     defined = dict(_DEFINITION.findall(section))
     linked = {
@@ -126,16 +153,13 @@ def test_the_readme_lists_every_hostile_input_topic():
 def test_the_readme_benchmarks_section_links_the_history_it_left():
     """The README's "Benchmarks" keeps the current recordings; the earlier ones and what the first
     GPU runs found are in docs/benchmarks-in-detail.md, under headings the section links to."""
-    bench = ROOT / "docs" / "benchmarks-in-detail.md"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
-    for heading in (
+    section = _readme_section("Benchmarks")
+    headings = (
         "Earlier recordings of `qlatent bench lattice`",
         "Earlier recordings of `qlatent bench quantizers`",
         "On a GPU: what the first runs found",
-    ):
-        assert slug(heading) in anchors(bench), heading
-        assert f"(docs/benchmarks-in-detail.md#{slug(heading)})" in section, heading
+    )
+    _links_headings(section, ROOT / "docs" / "benchmarks-in-detail.md", headings)
     assert "The recording before" not in section
 
 
@@ -144,16 +168,11 @@ def test_the_readme_bitstreams_section_links_the_detail_it_left():
     recorded sizes and speeds; each code model's mathematics, the older container kinds and the
     earlier recordings are in docs/bitstreams-in-detail.md, under headings the section links to."""
     detail = ROOT / "docs" / "bitstreams-in-detail.md"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Real bitstreams: the rate as a file\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Real bitstreams: the rate as a file")
     assert len(section.splitlines()) <= 240
-    headings = re.findall(r"^### (.+?)\s*$", _unfenced(detail.read_text(encoding="utf-8")), re.M)
-    assert len(headings) >= 12
-    unlinked = [h for h in headings if f"(docs/bitstreams-in-detail.md#{slug(h)})" not in section]
-    assert not unlinked, unlinked
-    for derivation in ("Z = Σ_c ½(1 + Π_j D_j^c)", "Hermite normal form", "| `run1` |"):
-        assert derivation not in section, derivation
-        assert derivation in detail.read_text(encoding="utf-8"), derivation
+    _links_every_heading(section, detail, fewest=12)
+    moved = ("Z = Σ_c ½(1 + Π_j D_j^c)", "Hermite normal form", "| `run1` |")
+    _moved(section, tuple((text, detail) for text in moved))
 
 
 def test_the_readme_reproductions_section_links_the_detail_it_left():
@@ -163,32 +182,24 @@ def test_the_readme_reproductions_section_links_the_detail_it_left():
     to, and those behind the lattice tables in docs/good-lattices-in-table-1.md."""
     detail = ROOT / "docs" / "reproductions-in-detail.md"
     good = ROOT / "docs" / "good-lattices-in-table-1.md"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Reproductions\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Reproductions")
     assert len(section.splitlines()) <= 480
-    headings = re.findall(r"^### (.+?)\s*$", _unfenced(detail.read_text(encoding="utf-8")), re.M)
-    assert len(headings) >= 10
-    unlinked = [
-        h for h in headings if f"(docs/reproductions-in-detail.md#{slug(h)})" not in section
-    ]
-    assert not unlinked, unlinked
-    for heading in (
+    _links_every_heading(section, detail, fewest=10)
+    headings = (
         "Seed-to-seed spread",
         "The rectangular row's IWAE under a covering proposal",
         "Each row's codelength against its −ELBO",
         "The Gaussian-lattice starts, mean ± sd over seeds",
         "The lattice rows' IWAE bounds one cell",
-    ):
-        assert slug(heading) in anchors(good), heading
-        assert f"(docs/good-lattices-in-table-1.md#{slug(heading)})" in section, heading
-    for moved, doc in (
+    )
+    _links_headings(section, good, headings)
+    moved = (
         ("| run (seed 0) |", detail),
         ("| VQ-VAE-EMA, reference schedule |", detail),
         ("| row, seed | IWAE-1000 |", good),
         ("hard-path two-part codelength: 101.29 nats", good),
-    ):
-        assert moved not in section, moved
-        assert moved in doc.read_text(encoding="utf-8"), moved
+    )
+    _moved(section, moved)
 
 
 def test_the_readme_good_lattices_section_links_the_detail_it_left():
@@ -198,35 +209,23 @@ def test_the_readme_good_lattices_section_links_the_detail_it_left():
     speed recordings in docs/good-lattice-speed.md, under headings the section links to."""
     detail = ROOT / "docs" / "good-lattices-in-detail.md"
     speed = ROOT / "docs" / "good-lattice-speed.md"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    title = "Good lattices: A2, D4, D_n*, E8, Barnes–Wall Λ16, Leech Λ24"
-    section = readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Good lattices: A2, D4, D_n*, E8, Barnes–Wall Λ16, Leech Λ24")
     assert len(section.splitlines()) <= 140
     assert "| lattice | n | G (Monte Carlo) | literature | difference |" in section
-    assert (
-        "(docs/good-lattices-in-detail.md)"
-        in readme.split("\n## Quick start\n")[1].split("\n## A bottleneck")[0]
-    )
-    headings = re.findall(r"^### (.+?)\s*$", _unfenced(detail.read_text(encoding="utf-8")), re.M)
-    assert len(headings) >= 7
-    unlinked = [
-        h for h in headings if f"(docs/good-lattices-in-detail.md#{slug(h)})" not in section
-    ]
-    assert not unlinked, unlinked
-    for heading in (
+    assert "(docs/good-lattices-in-detail.md)" in _readme_section("Contents")
+    _links_every_heading(section, detail, fewest=7)
+    headings = (
         "Rectangular blocks in closed form",
         "Membership by the covering radius",
         "The recordings before the geometry table's",
-    ):
-        assert slug(heading) in anchors(speed), heading
-        assert f"(docs/good-lattice-speed.md#{slug(heading)})" in section, heading
-    for moved, doc in (
+    )
+    _links_headings(section, speed, headings)
+    moved = (
         ("min-plus products of six tetrad tables", detail),
         ("q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²))", detail),
         ("| Leech ⊕ BW16 | tilted | (256, 8) | 0.25 |", detail),
         ("−110, −51, 3, −108, −16", detail),
         ("E8^3 ⊕ Z^16 at those of `e8z_lattice` 20.0 ms against 37.7", speed),
         ("`Lattice.cell_bound`: E8 1, Λ16 √6, Λ24 4", speed),
-    ):
-        assert moved not in section, moved
-        assert moved in " ".join(doc.read_text(encoding="utf-8").split()), moved
+    )
+    _moved(section, moved)
