@@ -17,8 +17,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -294,8 +294,8 @@ def _fit(
 
     # rank 0's TensorBoard events from the first epoch this call trains on: those a crash left
     # beyond the last checkpoint are dropped by TensorBoard (purge_step)
-    events = out_dir / "tensorboard" if cfg.tensorboard and world.is_main else None
-    with _Board(events, first_epoch=state.epoch + 1) as board:
+    events = out_dir / "tensorboard" if world.is_main else None
+    with _Board(events, first_epoch=state.epoch + 1, write=cfg.tensorboard) as board:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             beta = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
             for group in optimizer.param_groups:
@@ -360,6 +360,7 @@ def _fit(
             _checkpoint(out_dir / "last.pt", model, optimizer, state, cfg, run_config, world)
             if improved and world.is_main:  # after last.pt, which then holds these weights too
                 _save_best(out_dir / "best.pt", model, epoch, run_config)
+            board.kept()
             if world.is_main:
                 _rewrite_log(out_dir / "log.jsonl", state.history)
                 _drop_results(out_dir, results)
@@ -579,42 +580,96 @@ _BOARD_GROUPS = {
 
 class _Board:
     """Each epoch's record (as in ``log.jsonl``) as TensorBoard scalars at step ``epoch``, in
-    ``folder`` (None: nothing is written). Its numbers only (no bools, strings or the epoch
-    itself), under the tags ``train/objective``, ``train/distortion``, ``train/rate``,
-    ``train/examples``; ``val/objective``, ``val/distortion``, ``val/rate``;
-    ``schedule/beta``, ``schedule/lr``; ``run/step``, ``run/best_epoch``, ``run/wall_s``; and
-    ``bottleneck/<name>`` for the bottleneck's statistics (``spacing_mean`` ...).
+    ``folder`` (None: nothing is written or removed; ``write`` False: nothing is written).
+    Its numbers only (no bools, strings or the epoch itself), under the tags
+    ``train/objective``, ``train/distortion``, ``train/rate``, ``train/examples``;
+    ``val/objective``, ``val/distortion``, ``val/rate``; ``schedule/beta``, ``schedule/lr``;
+    ``run/step``, ``run/best_epoch``, ``run/wall_s``; and ``bottleneck/<name>`` for the
+    bottleneck's statistics (``spacing_mean`` ...).
 
-    The writer is made at the first record, so a start that fails before it leaves no
-    ``tensorboard/`` folder, and a call that trains nothing writes nothing. It is opened with
-    ``purge_step = first_epoch`` (the first epoch this call trains): TensorBoard then drops the
-    events an interrupted process wrote for that epoch and later ones, and a resumed run's
-    curves show each epoch once. Every record is flushed before its checkpoint is written; the
-    writer is closed when the block ends, however it ends."""
+    The writer is made at the first record, and a call that trains nothing writes nothing. It
+    is opened with ``purge_step = first_epoch`` (the first epoch this call trains): TensorBoard
+    then drops the events an interrupted process wrote for that epoch and later ones, and a
+    resumed run's curves show each epoch once. Every record is flushed before its checkpoint is
+    written; the writer is closed when the block ends, however it ends. Where the block raises
+    before a checkpoint followed the first record, this call's event file is removed (and the
+    folder, where the writer made it and left it empty): a start that fails before its first
+    checkpoint leaves the folder as it was. The first checkpoint of a new run
+    (``first_epoch`` 1; :meth:`kept`) removes the event files of the run it replaces, with
+    TensorBoard on or off: their curves were shown as this folder's. A file that cannot be
+    written is an OSError naming the folder."""
 
-    def __init__(self, folder: Path | None, *, first_epoch: int) -> None:
-        self.folder, self.first_epoch, self.writer = folder, first_epoch, None
+    def __init__(self, folder: Path | None, *, first_epoch: int, write: bool = True) -> None:
+        self.folder, self.first_epoch, self.on = folder, first_epoch, write
+        self.writer, self.file, self.made, self.checkpointed = None, None, False, False
 
     def __enter__(self) -> _Board:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def __exit__(self, failed: type | None, *exc: object) -> None:
+        if self.writer is None:
+            return
+        try:
+            with self._named():
+                self.writer.close()  # raises the writer thread's error again
+        except OSError:
+            if failed is None:  # else the block's own error goes on
+                raise
+        finally:
+            if failed is not None and not self.checkpointed:
+                with suppress(OSError):
+                    self.file.unlink(missing_ok=True)
+                    if self.made:
+                        self.folder.rmdir()
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.folder is None:
+        if self.folder is None or not self.on:
             return
-        if self.writer is None:
-            self.writer = _summary_writer()(str(self.folder), purge_step=self.first_epoch)
-        for key, value in record.items():
-            if key == "epoch" or not _is_number(value):
-                continue
-            group, _, name = key.partition("_")
-            if group not in ("train", "val"):
-                group, name = _BOARD_GROUPS.get(key, "bottleneck"), key
-            self.writer.add_scalar(f"{group}/{name}", value, global_step=record["epoch"])
-        self.writer.flush()
+        with self._named():
+            if self.writer is None:
+                self.made = not self.folder.is_dir()
+                before = self._event_files()
+                self.writer = _summary_writer()(str(self.folder), purge_step=self.first_epoch)
+                (self.file,) = set(self._event_files()) - set(before)
+            for key, value in record.items():
+                if key == "epoch" or not _is_number(value):
+                    continue
+                group, _, name = key.partition("_")
+                if group not in ("train", "val"):
+                    group, name = _BOARD_GROUPS.get(key, "bottleneck"), key
+                self.writer.add_scalar(f"{group}/{name}", value, global_step=record["epoch"])
+            self.writer.flush()
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """An OSError named with the folder: the writer's thread raises the bare error
+        ("[Errno 28] No space left on device"), or one naming its file as bytes."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno is None:
+                raise
+            raise OSError(
+                err.errno, f"cannot write the TensorBoard events in {self.folder}: {err.strerror}"
+            ) from None
+
+    def kept(self) -> None:
+        """A checkpoint was written: the events so far are the run's. At a new run's first,
+        the event files of the run it replaces are removed (only those, not other files)."""
+        if self.folder is not None and not self.checkpointed and self.first_epoch == 1:
+            for path in self._event_files():
+                if path != self.file:
+                    path.unlink(missing_ok=True)
+            if self.writer is None:
+                with suppress(OSError):  # a folder that holds no other file
+                    self.folder.rmdir()
+        self.checkpointed = True
+
+    def _event_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        paths = self.folder.glob("events.out.tfevents.*")
+        return [p for p in paths if p.is_file() or p.is_symlink()]
 
 
 def _rng_state() -> dict[str, Any]:
