@@ -1,5 +1,5 @@
-"""What the command-line tests share: run ``qlatent`` in-process and read its error, and a
-tiny training config."""
+"""What the command-line tests share: run ``qlatent`` in-process and read its error, put other
+work in place of its commands, and a tiny training config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,16 @@ def run_cli(args, capsys) -> tuple[int, str]:
     capsys.readouterr()
     code = main([str(a) for a in args])
     return code, capsys.readouterr().err
+
+
+def commands_run(monkeypatch, func) -> None:
+    """Every command of ``qlatent`` runs ``func(args)`` in place of its own work."""
+    import qlatent.cli as cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=func)
 
 
 def one_line_error(err: str) -> bool:

@@ -1,6 +1,6 @@
-"""What the resume tests share: a run's history without its wall times, and whether two runs
-ended on the same weights; what the distributed tests share: two gloo ranks on this machine;
-and a full disk under the atomic writes."""
+"""What the resume tests share: a run's history without its wall times, whether two runs
+ended on the same weights, and a tiny run of ``fit``; what the distributed tests share: two
+gloo ranks on this machine; and a full disk under the atomic writes."""
 
 from __future__ import annotations
 
@@ -93,3 +93,17 @@ def fill_disk(monkeypatch, room: int = 0) -> None:
     ``save_atomic``) meets a full disk once ``room`` bytes of its file are written."""
     fdopen = os.fdopen
     monkeypatch.setattr(_utils.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), room))
+
+
+def tiny_fit(out, epochs=1):
+    """``fit`` of a small lattice VAE on 200 synthetic vectors into ``out``, seeded: one
+    checkpoint per epoch, in well under a second."""
+    from qlatent.data import synthetic_binary
+    from qlatent.models import lattice_vae
+    from qlatent.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = lattice_vae(latent_dim=3, hidden=8, data_dim=16)
+    cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False)
+    data = synthetic_binary(n=200, dim=16, seed=0)
+    return fit(model, data, cfg, out_dir=out, run_config={"data": "synthetic", "train": {}})

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from cli_helpers import one_line_error, run_cli
+from cli_helpers import commands_run, one_line_error, run_cli
 from qlatent.config import apply_overrides
 from qlatent.data import DataError
 from qlatent.experiments.custom import (
@@ -23,6 +23,7 @@ from qlatent.experiments.custom import (
     load_config,
     load_text_data,
 )
+from run_helpers import tiny_fit
 
 
 # --------------------------------------------------------------------------- config files
@@ -164,15 +165,10 @@ def test_iwae_samples_are_bounded_by_the_parser(coding_checkpoint):
     ids=["python", "torch"],
 )
 def test_an_allocation_failure_is_one_line(monkeypatch, capsys, error):
-    import qlatent.cli as cli
-
     def fail(args):
         raise error
 
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    for action in parser._subparsers._group_actions[0].choices.values():
-        action.set_defaults(func=fail)
+    commands_run(monkeypatch, fail)
     code, err = run_cli(["train"], capsys)
     assert code == 2 and one_line_error(err) and "out of memory" in err
 
@@ -248,18 +244,6 @@ def test_a_kept_coding_row_the_tables_cannot_read_is_dropped(tmp_path, capsys, c
 
 
 # --------------------------------------------------------------------------- run folders
-def _fit(out, epochs=1):
-    from qlatent.data import synthetic_binary
-    from qlatent.models import lattice_vae
-    from qlatent.train import TrainConfig, fit
-
-    torch.manual_seed(0)
-    model = lattice_vae(latent_dim=3, hidden=8, data_dim=16)
-    cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False)
-    data = synthetic_binary(n=200, dim=16, seed=0)
-    return fit(model, data, cfg, out_dir=out, run_config={"data": "synthetic", "train": {}})
-
-
 def _moment(checkpoint) -> dict:
     """Adam's saved state of the first parameter (its step and moments)."""
     return checkpoint["optimizer"]["state"][0]
@@ -267,17 +251,17 @@ def _moment(checkpoint) -> dict:
 
 def test_a_resumed_log_is_not_written_through_a_symlink_or_into_a_pipe(tmp_path):
     out, victim = tmp_path / "run", tmp_path / "victim.toml"
-    _fit(out)
+    tiny_fit(out)
     victim.write_text("precious")
     (out / "log.jsonl").unlink()
     (out / "log.jsonl").symlink_to(victim)
-    _fit(out, epochs=2)
+    tiny_fit(out, epochs=2)
     assert victim.read_text() == "precious" and not (out / "log.jsonl").is_symlink()
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     (out / "log.jsonl").unlink()
     os.mkfifo(out / "log.jsonl")  # appending would block until a reader came
     with pytest.raises(ValueError, match="not a regular file"):
-        _fit(out, epochs=3)
+        tiny_fit(out, epochs=3)
 
 
 def test_a_figure_replaces_a_symlink_at_its_path_not_its_target(tmp_path):
@@ -339,12 +323,12 @@ def test_a_tampered_training_state_is_refused_on_resume(tmp_path, change, messag
     from qlatent.train import CheckpointError, load, save_atomic
 
     out = tmp_path / "run"
-    _fit(out)
+    tiny_fit(out)
     saved = load(out / "last.pt")
     change(saved)
     save_atomic(saved, out / "last.pt")  # with a digest that matches the edit
     with pytest.raises(CheckpointError, match=message):
-        _fit(out, epochs=2)
+        tiny_fit(out, epochs=2)
 
 
 _TABLE1_ROW = {

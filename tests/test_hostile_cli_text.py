@@ -23,7 +23,7 @@ import unicodedata
 
 import pytest
 
-from cli_helpers import TINY_RUN, run_cli
+from cli_helpers import TINY_RUN, commands_run, run_cli
 from qlatent._utils import terminal_text
 
 #: what :func:`terminal_text` shows as an escape: controls, format characters, separators
@@ -129,15 +129,11 @@ def test_the_cache_folder_in_the_ways_to_get_a_dataset_stays_on_its_line(
 # --------------------------------------------------------------------------- internal errors
 def _failing(monkeypatch, error: BaseException):
     """Every command of ``qlatent`` raises ``error``."""
-    import qlatent.cli as cli
 
     def fail(args):
         raise error
 
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    for action in parser._subparsers._group_actions[0].choices.values():
-        action.set_defaults(func=fail)
+    commands_run(monkeypatch, fail)
 
 
 @pytest.mark.parametrize("setting", [None, "", "0"])
@@ -198,11 +194,7 @@ def test_a_stdout_without_a_descriptor_that_fails_ends_with_a_code(monkeypatch, 
         def flush(self):
             raise error
 
-    import qlatent.cli as cli
-
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=lambda args: 0)
+    commands_run(monkeypatch, lambda args: 0)
     monkeypatch.setattr(sys, "stdout", Failing())
     assert main(["train"]) == (141 if isinstance(error, BrokenPipeError) else 2)
     assert "internal error" not in capsys.readouterr().err

@@ -6,19 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-
-def _fit(out, epochs=1):
-    from qlatent.data import synthetic_binary
-    from qlatent.models import lattice_vae
-    from qlatent.train import TrainConfig, fit
-
-    torch.manual_seed(0)
-    model = lattice_vae(latent_dim=3, hidden=8, data_dim=16)
-    cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False)
-    data = synthetic_binary(n=200, dim=16, seed=0)
-    return fit(model, data, cfg, out_dir=out, run_config={"data": "synthetic", "train": {}})
+from run_helpers import tiny_fit
 
 
 def _edit_group(out, **changes) -> None:
@@ -47,19 +36,19 @@ def test_an_infinite_optimizer_hyperparameter_is_refused_on_resume(tmp_path, cha
     from qlatent.train import CheckpointError
 
     out = tmp_path / "run"
-    _fit(out)
+    tiny_fit(out)
     _edit_group(out, **changes)
     (key,) = changes
     with pytest.raises(CheckpointError, match=f"the optimizer's {key} is"):
-        _fit(out, epochs=2)
+        tiny_fit(out, epochs=2)
 
 
 def test_a_finite_edited_optimizer_hyperparameter_still_resumes(tmp_path):
     """The check above refuses what is not finite, not what differs from the fresh value."""
     out = tmp_path / "run"
-    _fit(out)
+    tiny_fit(out)
     _edit_group(out, eps=1e-6, betas=(0.8, 0.99))
-    result = _fit(out, epochs=2)
+    result = tiny_fit(out, epochs=2)
     assert len(result.history) == 2
     assert all(math.isfinite(record["val_objective"]) for record in result.history)
 

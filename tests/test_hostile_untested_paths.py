@@ -63,9 +63,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _program(path: Path, script: str) -> Path:
-    """An executable shell script at ``path`` (the test is skipped where there is no sh)."""
-    if not Path("/bin/sh").is_file():
-        pytest.skip("the fake programs are sh scripts")
+    """An executable shell script at ``path`` (the platforms the package runs on have sh)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"#!/bin/sh\n{script}\n")
     path.chmod(0o755)
