@@ -259,6 +259,35 @@ def test_gaussian_prior_files_round_trip_to_the_hard_path(spec, dim, spatial):
     assert decompress(bottleneck, empty).shape == y[:0].shape
 
 
+@pytest.mark.parametrize("spec,dim", [("e8", 8), ("a2", 4), ("z", 3)])
+def test_a_gaussian_prior_wider_than_the_laplace_window_allows_is_coded_in_its_own(spec, dim):
+    """A Gaussian prior 3,000 lattice spacings wide: 25 of its deviations pass the coder's
+    ±65,536 (the Laplace window, which a Laplace prior of that width is refused for), 12 and the
+    tables' margin fit. The file round-trips to the hard path and its header holds the prior's
+    own window; a narrower Gaussian prior keeps the 25-deviation window every file had."""
+
+    def bottleneck(prior, scale):
+        settings = dict(init_spacing=1e-3, eval_samples=16, eval_prior_samples=4)
+        neck = build("lattice", dim=dim, lattice=spec, prior=prior, init_scale=scale, **settings)
+        model = neck.eval().code_model()
+        return neck, float(np.max(model.scale / model.spacing))  # the prior's width in cells
+
+    wide, widest = bottleneck("gaussian", 3.0)
+    assert 2700 < widest < 3300 and 25 * widest > 65536 > 12 * widest + 4
+    y = 2.0 * torch.randn(30, dim, generator=torch.Generator().manual_seed(1))
+    data = compress(wide, y, seed=4)
+    expected = wide.dequantize(wide.quantize(y, generator=SeedKeys(4)), generator=SeedKeys(4))
+    assert torch.equal(decompress(wide, data), expected)
+    reach = math.ceil(0.5 + 12.0 * widest + 3)
+    assert (unpack(data)[0].symbol_min, unpack(data)[0].symbol_max) == (-reach, reach)
+    with pytest.raises(ValueError, match="beyond the coder's"):
+        compress(bottleneck("laplace", 3.0)[0], y, seed=4)
+    narrow, widest = bottleneck("gaussian", 1.0)
+    header = unpack(compress(narrow, y, seed=4))[0]
+    reach = math.ceil(0.5 + 25.0 * widest)
+    assert (header.symbol_min, header.symbol_max) == (-reach, reach)
+
+
 def test_gaussian_prior_z_blocks_are_coded_at_the_exact_hard_path_rate():
     """On Z blocks the model's information content is −log2 P(z | u) of the hard path (the
     Gaussian mass of each cell, in closed form), and the payload is that plus a few words. (The

@@ -219,8 +219,16 @@ def symbol_range(
 
     The support is stored in the header. Taken from the data alone it would truncate the prior
     to the symbols that occur and code them in fewer bits than −log2 P(z | u); covering the
-    prior's bulk keeps the coded size equal to the exact rate."""
-    reach = float(np.max(scales)) * _TAIL_SCALES
+    prior's bulk keeps the coded size equal to the exact rate.
+
+    Every file's support covers :data:`_TAIL_SCALES` scales, the Laplace window. A prior with a
+    narrower ``tail`` (a Gaussian's :data:`_GAUSSIAN_TAIL_SCALES` deviations, which its tables
+    cover) falls back to its own window plus the tables' margin of 3 only where that wider
+    support would pass the coder's ±:data:`MAX_SUPPORT`: files that fit keep their headers."""
+    widest = float(np.max(scales))
+    reach = widest * _TAIL_SCALES
+    if tail < _TAIL_SCALES and 0.5 + reach > MAX_SUPPORT:
+        reach = widest * tail + 3
     lo = min(lo, math.floor(-0.5 - reach))
     hi = max(hi, math.ceil(0.5 + reach))
     if max(-lo, hi) > MAX_SUPPORT:
