@@ -657,7 +657,8 @@ def test_every_bottleneck_is_sized_on_the_meta_device_without_drawing_numbers(na
 def test_a_model_past_the_size_limit_is_refused_before_allocating(monkeypatch):
     """The limit holds at its edge (the count of a small model, then one less), and a model of
     a trillion numbers is refused at once, not allocated."""
-    from qlatent.models import gated_vae, size
+    from qlatent import _size as size
+    from qlatent.models import gated_vae
 
     small = gated_vae("vq", latent_dim=4, hidden=8, data_dim=16, num_codes=8)
     count = size.numbers(small)

@@ -1,4 +1,4 @@
-"""Exported programs of the sentence autoencoder (``qlatent.nn.text``): its eval forward and
+"""Exported programs of the sentence autoencoder (``qlatent.models.text``): its eval forward and
 its training objective (model + ``RateDistortionLoss``), strict and non-strict, with a dynamic
 batch and sentence length.
 
@@ -24,7 +24,8 @@ from torch.export import Dim
 
 from qlatent.bottlenecks import build
 from qlatent.losses import RateDistortionLoss
-from qlatent.nn.text import PAD, TextAutoencoder, TextModelConfig
+from qlatent.models.text import TextAutoencoder
+from qlatent.nn.text import PAD, TextModelConfig
 
 TINY = TextModelConfig(
     vocab_size=40, max_tokens=8, embed=16, encoder_hidden=16, code_dim=8, decoder_hidden=32

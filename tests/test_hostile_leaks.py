@@ -264,12 +264,12 @@ def test_a_folder_of_pngs_that_fails_part_way_is_taken_back(
 ):
     """The disk filled at the third PNG of ``-o DIR/``: the two written stayed, and the same
     command then refused the folder ("a folder of PNGs goes into a new or empty folder")."""
-    from qlatent import image_coding
+    from qlatent.data import folder as pngs  # the module that writes the PNGs
 
     out = tmp_path / "pngs"
     if not made:
         out.mkdir()
-    write, written = image_coding.write_atomic, []
+    write, written = pngs.write_atomic, []
 
     def fills_at_the_third(path, data):
         if len(written) == 2:
@@ -277,12 +277,12 @@ def test_a_folder_of_pngs_that_fails_part_way_is_taken_back(
         written.append(path)
         return write(path, data)
 
-    monkeypatch.setattr(image_coding, "write_atomic", fills_at_the_third)
+    monkeypatch.setattr(pngs, "write_atomic", fills_at_the_third)
     args = ["decompress", qlc, "--checkpoint", coding_checkpoint, "-o", f"{out}/"]
     code, err = leaves_nothing(lambda: run_cli(args, capsys))
     assert code == 2 and "No space left on device" in err
     assert len(written) == 2 and out.exists() == (not made)
-    monkeypatch.setattr(image_coding, "write_atomic", write)
+    monkeypatch.setattr(pngs, "write_atomic", write)
     code, err = run_cli(args, capsys)  # the same command, the disk no longer full
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [f"00000{i}.png" for i in range(4)]
@@ -345,11 +345,11 @@ def test_a_data_export_that_fails_part_way_can_be_run_again(
 ):
     """An export interrupted at its fourth image left three PNGs: the same command then refused
     the folder, which was no longer empty."""
-    from qlatent import image_coding
+    from qlatent.data import folder as pngs  # the module that writes the PNGs
 
     idx = _mnist(tmp_path / "data" / "mnist", monkeypatch).parent
     out = tmp_path / "export"
-    write, calls = image_coding.write_atomic, []
+    write, calls = pngs.write_atomic, []
 
     def interrupted_at_the_fourth(path, data):
         calls.append(path)
@@ -357,11 +357,11 @@ def test_a_data_export_that_fails_part_way_can_be_run_again(
             raise KeyboardInterrupt
         return write(path, data)
 
-    monkeypatch.setattr(image_coding, "write_atomic", interrupted_at_the_fourth)
+    monkeypatch.setattr(pngs, "write_atomic", interrupted_at_the_fourth)
     args = ["data", "export", "mnist", out, "--data-dir", idx, "--no-download"]
     code, _ = leaves_nothing(lambda: run_cli(args, capsys))
     assert code == 130 and not out.exists()
-    monkeypatch.setattr(image_coding, "write_atomic", write)
+    monkeypatch.setattr(pngs, "write_atomic", write)
     code, err = run_cli(args, capsys)
     assert code == 0 and len(list(out.iterdir())) == 6, err
 
@@ -572,17 +572,17 @@ def test_reading_an_image_folder_leaves_nothing(leaves_nothing, tmp_path, progre
 def test_writing_an_image_folder_that_fails_takes_back_what_it_wrote(
     leaves_nothing, tmp_path, monkeypatch
 ):
-    from qlatent import image_coding
+    from qlatent.data import folder as pngs  # the module that writes the PNGs
     from qlatent.data.folder import write_image_folder
 
-    write = image_coding.write_atomic
+    write = pngs.write_atomic
 
     def fails_at_the_third(path, data):
         if path.name == "000002.png":
             raise OSError(errno.ENOSPC, "No space left on device")
         return write(path, data)
 
-    monkeypatch.setattr(image_coding, "write_atomic", fails_at_the_third)
+    monkeypatch.setattr(pngs, "write_atomic", fails_at_the_third)
     for out in (tmp_path / "a" / "b" / "new", _images(tmp_path / "empty", 0)):
         err = leaves_nothing(lambda out=out: write_image_folder(torch.rand(4, 1, 8, 8), out))
         assert isinstance(err, OSError) and err.errno == errno.ENOSPC

@@ -23,8 +23,9 @@ from qlatent.bottlenecks import BottleneckOutput, build
 from qlatent.experiments import llvq_fashion
 from qlatent.losses import RateDistortionLoss, evaluate_objective
 from qlatent.models import Autoencoder, AutoencoderOutput, gated_vae
+from qlatent.models.text import TextAutoencoder
 from qlatent.nn import Bernoulli, SquaredError, gated_mlp
-from qlatent.nn.text import BOS, EOS, PAD, TextAutoencoder, TextModelConfig
+from qlatent.nn.text import BOS, EOS, PAD, TextModelConfig
 
 
 def _np_bernoulli_nll(x: np.ndarray, logits: np.ndarray) -> np.ndarray:

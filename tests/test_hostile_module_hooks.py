@@ -181,7 +181,8 @@ def test_global_module_hooks_leave_the_step_alone(case):
 def _models():
     from qlatent.bottlenecks import build
     from qlatent.models import gated_vae
-    from qlatent.nn.text import TextAutoencoder, TextModelConfig
+    from qlatent.models.text import TextAutoencoder
+    from qlatent.nn.text import TextModelConfig
 
     cfg = TextModelConfig(
         vocab_size=10, embed=4, encoder_hidden=4, code_dim=3, decoder_hidden=4, max_tokens=5

@@ -13,9 +13,10 @@ from cli_helpers import one_line_error, run_cli
 from qlatent.bottlenecks import build
 from qlatent.data.sources import ChecksumError
 from qlatent.data.text import SPLIT_SIZES, Vocabulary
+from qlatent.models.text import TextAutoencoder
 from qlatent.nn import Bernoulli, GatedDense, SquaredError, gated_mlp, relu_mlp
 from qlatent.nn.conv import ResidualLayer, conv_decoder, conv_encoder
-from qlatent.nn.text import Categorical, TextAutoencoder, TextModelConfig
+from qlatent.nn.text import Categorical, TextModelConfig
 
 CORPUS = [["a", "b", "c"], ["a", "d"]]
 TINY = dict(vocab_size=10, max_tokens=5, embed=4, encoder_hidden=4, code_dim=3, decoder_hidden=4)

@@ -15,7 +15,8 @@ from qlatent.bottlenecks import build
 from qlatent.config import apply_mapping
 from qlatent.data.text import Vocabulary
 from qlatent.experiments import custom
-from qlatent.nn.text import EOS, PAD, TextAutoencoder, TextModelConfig
+from qlatent.models.text import TextAutoencoder
+from qlatent.nn.text import EOS, PAD, TextModelConfig
 
 CORPUS = [
     "the cat sat on the mat .".split(),

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from qlatent import coding
+from qlatent._size import check_size
 from qlatent.bottlenecks import build
 from qlatent.bottlenecks.soft_vq import soft_assignment_logits
 from qlatent.data import synthetic_binary
 from qlatent.experiments.custom import build_model, load_config
 from qlatent.losses import RateDistortionLoss
 from qlatent.models import gated_vae
-from qlatent.models.size import check_size
 from qlatent.nn.likelihoods import SquaredError
 from qlatent.train import TrainConfig, distributed, fit
 

@@ -1,4 +1,4 @@
-"""The sentence autoencoder (``qlatent.nn.text``) and its vocabulary, on a tiny synthetic corpus.
+"""The sentence autoencoder (``qlatent.models.text``) and its vocabulary, on a tiny corpus.
 
 Checked: ids (reserved PAD/BOS/EOS/UNK, frequency order, UNK rate, encode/decode round trip,
 overlong sentences refused); the model's shapes, that the NLL sums over words and EOS and
@@ -17,7 +17,8 @@ import torch
 from qlatent.bottlenecks import build
 from qlatent.data.text import Vocabulary
 from qlatent.losses import RateDistortionLoss
-from qlatent.nn.text import EOS, PAD, TextAutoencoder, TextModelConfig
+from qlatent.models.text import TextAutoencoder
+from qlatent.nn.text import EOS, PAD, TextModelConfig
 from qlatent.train import TrainConfig, fit
 
 CORPUS = [

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
+from .._size import sized
 from .._utils import (
     NoModuleBackwardHooks,
     autocast_off,
@@ -193,14 +194,12 @@ def check_flag(value, name: str) -> bool:
 
 def build(name: str, **kwargs) -> Bottleneck:
     """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``: counted first
-    on the meta device, so sizes past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` (a
+    on the meta device, so sizes past :data:`~qlatent._size.MAX_MODEL_NUMBERS` (a
     codebook of 2^40 codes, say) are a ValueError naming them, not an allocation failure.
 
     An unknown name raises :class:`~qlatent.registry.UnknownNameError` (a KeyError) listing the
     known names; bad constructor arguments raise the class's own ValueError.
     """
-    from ..models.size import sized  # models import bottlenecks: imported when first used
-
     sizes = ", ".join(
         f"{key}={value}"
         for key, value in kwargs.items()
@@ -375,7 +374,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
 
     def __init__(self, *, dim: int, in_dim: int | None = None) -> None:
         super().__init__()
-        from ..models.size import MAX_MODEL_NUMBERS
+        from .._size import MAX_MODEL_NUMBERS
 
         for name, value in (("dim", dim), ("in_dim", dim if in_dim is None else in_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .._utils import expanded, file_in_the_way, made_folders, taken_back, tqdm
+from .._utils import expanded, file_in_the_way, made_folders, taken_back, tqdm, write_atomic
 from .sources import DataError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -332,8 +332,6 @@ def write_image_folder(images: torch.Tensor, folder: str | os.PathLike[str]) -> 
     fails (a full disk, Ctrl-C) takes back the files and folders this call made: the images
     written before it stayed, and the same call again refused the folder as not empty."""
     from PIL import Image
-
-    from ..image_coding import write_atomic
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")

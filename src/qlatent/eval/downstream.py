@@ -233,7 +233,7 @@ def linear_probe(
             feature dimensions that differ between the splits, labels that are not integers
             in [0, C), non-positive ``steps`` / ``batch_size`` / ``lr``.
     """
-    from ..models.size import MAX_MODEL_NUMBERS
+    from .._size import MAX_MODEL_NUMBERS
     from ..train.loop import check_seed
 
     _check_positive_int("steps", steps)

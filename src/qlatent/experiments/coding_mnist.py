@@ -46,13 +46,13 @@ from typing import Any, Literal
 
 import torch
 
+from .._size import check_size
 from .._utils import expanded, terminal_text
 from ..bench.timing import time_cases
 from ..coding import CODE_MODELS, compress, decompress, ideal_bits, model_digest, unpack
 from ..config import apply_overrides, to_dict
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, gated_vae
-from ..models.size import check_size
 from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json, write_text
 from ..rng import SeedKeys
 from ..train import TrainConfig, fit

@@ -69,13 +69,13 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from .._size import check_size
 from .._utils import MAX_WEIGHT, check_folder, expanded
 from ..bottlenecks import BOTTLENECKS, build
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..data import DataError
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import Autoencoder, sized
-from ..models.size import check_size
 from ..nn import Bernoulli, SquaredError, gated_mlp
 from ..nn.conv import conv_decoder, conv_encoder
 from ..nn.mlp import relu_mlp
@@ -638,7 +638,7 @@ def image_shape(data: DataConfig) -> tuple[int, int, int] | None:
 def check_model(cfg: RunConfig) -> None:
     """The bottleneck (:func:`check_bottleneck`), then for image data the whole model, counted
     on the meta device from the config's image shape: an image size or width past
-    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` fails before a folder of images is read
+    :data:`~qlatent._size.MAX_MODEL_NUMBERS` fails before a folder of images is read
     and resized (text models are sized by the vocabulary the data gives, counted later)."""
     check_bottleneck(cfg)
     shape = image_shape(cfg.data)
@@ -648,7 +648,7 @@ def check_model(cfg: RunConfig) -> None:
 
 def check_bottleneck(cfg: RunConfig) -> None:
     """Build the bottleneck once, counted first on the meta device (:func:`sized`), so that a
-    bad argument or a size past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` fails before any
+    bad argument or a size past :data:`~qlatent._size.MAX_MODEL_NUMBERS` fails before any
     data is read."""
     try:
         sized(
@@ -901,8 +901,8 @@ def build_model(
 
     ``variance``: the training images' variance, used by ``squared_error`` when
     ``model.variance`` is 0. Sizes come from configs and checkpoints: a model that would hold
-    more than :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` numbers raises ValueError before
-    anything is allocated (:func:`~qlatent.models.size.sized`)."""
+    more than :data:`~qlatent._size.MAX_MODEL_NUMBERS` numbers raises ValueError before
+    anything is allocated (:func:`~qlatent._size.sized`)."""
     if (
         not isinstance(image_shape, tuple)
         or len(image_shape) != (0 if cfg.model.family == "text_gru" else 3)
@@ -920,7 +920,8 @@ def _assemble(
     m = cfg.model
     neck = build(cfg.bottleneck.name, dim=m.latent_dim, **cfg.bottleneck.args)
     if m.family == "text_gru":
-        from ..nn.text import TextAutoencoder, TextModelConfig
+        from ..models.text import TextAutoencoder
+        from ..nn.text import TextModelConfig
 
         text = TextModelConfig(
             vocab_size=vocabulary or cfg.data.vocab_size,

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .._size import check_size
 from .._utils import terminal_text, write_atomic
 from ..bottlenecks.gaussian_lattice import GaussianLattice
 from ..config import to_dict
@@ -37,7 +38,6 @@ from ..eval.proposals import parse_mixture
 from ..lattices import integer_lattice
 from ..losses import RateDistortionLoss, evaluate_objective
 from ..models import gated_vae
-from ..models.size import check_size
 from ..results import RESULTS_DIR, cell, finite, number, provenance, read_json, write_json
 from ..train import CheckpointError, TrainConfig, fit, load, load_weights, save_atomic
 from . import custom

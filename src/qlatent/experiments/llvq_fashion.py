@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._size import check_size
 from ..bottlenecks import build
 from ..coding import compress, decompress, ideal_bits, unpack
 from ..config import apply_mapping, to_dict
@@ -40,7 +41,6 @@ from ..data.folder import load_image_folder
 from ..eval import code_usage, reconstruction_rows
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
-from ..models.size import check_size
 from ..nn import SquaredError
 from ..nn.conv import conv_decoder, conv_encoder
 from ..results import RESULTS_DIR, cell, provenance, write_json, write_text
@@ -250,7 +250,7 @@ def _split(images: torch.Tensor, val: int, test: int, seed: int) -> dict[str, to
 def build_model(cfg: ModelConfig, channels: int, pixels: int) -> Autoencoder:
     """Conv encoder → bottleneck on the ``(B, D, h, w)`` latent → conv decoder; the distortion
     Σ (x̂ − x)² / ``pixels`` (values per image) averages over a batch to mse(x̂, x). Sized on
-    the meta device first (:func:`~qlatent.models.size.sized`)."""
+    the meta device first (:func:`~qlatent._size.sized`)."""
     return sized(lambda: _autoencoder(cfg, channels, pixels))
 
 

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._size import check_size
 from .._utils import terminal_text
 from ..bottlenecks import GaussianVAE, SoftEMVectorQuantizer, build
 from ..bottlenecks._codebook import code_counts, squared_distances, usage_stats
@@ -58,7 +59,6 @@ from ..eval import downstream_report, linear_probe_converged, tsne_grid
 from ..eval.downstream import PROBE_CS
 from ..losses import RateDistortionLoss
 from ..models import Autoencoder, sized
-from ..models.size import check_size
 from ..nn import SquaredError, relu_mlp
 from ..results import RESULTS_DIR, cell, finite, provenance, read_json, write_json, write_text
 from ..train import CheckpointError, TrainConfig, fit, load, save_atomic
@@ -251,7 +251,7 @@ def _load_data(name: str, seed: int | None, data_dir: str | None) -> dict[str, t
 
 def build_model(cfg: ModelConfig, data_dim: int, variance: float) -> Autoencoder:
     """ReLU MLP ``D-h1-…-in_dim`` → bottleneck → ``d-…-h1-D`` with a sigmoid output (sized on
-    the meta device first: :func:`~qlatent.models.size.sized`)."""
+    the meta device first: :func:`~qlatent._size.sized`)."""
 
     return sized(lambda: _autoencoder(cfg, data_dim, variance))
 

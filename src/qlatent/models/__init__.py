@@ -1,8 +1,8 @@
 """Models built from the bottlenecks and networks."""
 
+from .._size import MAX_MODEL_NUMBERS, sized
 from .autoencoder import Autoencoder, AutoencoderOutput
 from .lattice_vae import gated_vae, lattice_vae
-from .size import MAX_MODEL_NUMBERS, sized
 
 __all__ = [
     "MAX_MODEL_NUMBERS",

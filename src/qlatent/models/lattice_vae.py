@@ -9,10 +9,10 @@ lattice VAE), ``"gaussian_lattice"`` and ``"gaussian"``.
 
 from __future__ import annotations
 
+from .._size import sized
 from ..bottlenecks import build
 from ..nn import Bernoulli, gated_mlp
 from .autoencoder import Autoencoder
-from .size import sized
 
 
 def gated_vae(
@@ -27,8 +27,8 @@ def gated_vae(
 
     The encoder's output width is the bottleneck's ``in_dim``; extra keyword arguments go to the
     bottleneck (e.g. ``init_spacing``, ``compile``). Sizes whose model would hold more than
-    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS` numbers raise ValueError before anything is
-    allocated (:func:`~qlatent.models.size.sized`). An unknown bottleneck name raises the
+    :data:`~qlatent._size.MAX_MODEL_NUMBERS` numbers raise ValueError before anything is
+    allocated (:func:`~qlatent._size.sized`). An unknown bottleneck name raises the
     registry's error, which lists the known names.
 
     The model takes ``x`` ``(B, data_dim)`` (flattened images in [0, 1]) and returns Bernoulli

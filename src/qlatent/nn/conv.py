@@ -16,7 +16,7 @@ PyTorch-VAE ``vq_vae.py``. For FashionMNIST (``hidden = [64]``, ``D = 64``)::
 
 The output's LeakyReLU (rather than AntixK's tanh) is the reference code's; data are in
 [−0.5, 0.5]. Each hidden width halves the spatial size once. Both are counted before they are
-allocated (ValueError past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`).
+allocated (ValueError past :data:`~qlatent._size.MAX_MODEL_NUMBERS`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._size import sized
 from .gated import check_width, check_widths
 
 
@@ -68,8 +69,6 @@ def conv_encoder(
     ``final_activation``: end with a LeakyReLU after the 1×1 convolution, as the LL-VQ-VAE
     reference code does; without it the latent is the convolution's output, negative values
     unscaled (what a Gaussian's μ and log σ² or a lattice's input need)."""
-    from ..models.size import sized
-
     hidden = _check_widths(hidden, num_residual, in_channels=in_channels, latent_dim=latent_dim)
 
     def make() -> nn.Sequential:
@@ -100,8 +99,6 @@ def conv_decoder(
 
     ``final_activation``: end with a LeakyReLU as the LL-VQ-VAE reference code does (outputs in
     data units); without it the output is unbounded, e.g. logits for a sigmoid link."""
-    from ..models.size import sized
-
     hidden = _check_widths(hidden, num_residual, out_channels=out_channels, latent_dim=latent_dim)
     widths = hidden[::-1]
 

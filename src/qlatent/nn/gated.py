@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._size import sized
 from .._utils import check_count
 
 
@@ -72,11 +73,9 @@ def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
 
     ``gated_mlp([784, 300, 300, 40])`` is the paper's encoder: ``(B, 784)`` → ``(B, 40)``.
     Counted before it is allocated (ValueError past
-    :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`); ValueError also unless ``sizes`` lists at
+    :data:`~qlatent._size.MAX_MODEL_NUMBERS`); ValueError also unless ``sizes`` lists at
     least two positive integers.
     """
-    from ..models.size import sized
-
     sizes = check_widths(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least two positive widths, got {sizes}")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .._size import sized
 from .gated import check_widths
 
 
@@ -14,10 +15,8 @@ def relu_mlp(sizes: Sequence[int]) -> nn.Sequential:
 
     Weights are Glorot-uniform and biases zero, Keras' defaults, which the Soft VQ-VAE paper
     names. ``relu_mlp([784, 500, 500, 2000, 64])`` is that paper's MNIST encoder. Counted
-    before it is allocated (ValueError past :data:`~qlatent.models.size.MAX_MODEL_NUMBERS`).
+    before it is allocated (ValueError past :data:`~qlatent._size.MAX_MODEL_NUMBERS`).
     """
-    from ..models.size import sized
-
     sizes = check_widths(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes must be at least two positive integers, got {sizes!r}")
