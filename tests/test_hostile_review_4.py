@@ -107,13 +107,13 @@ def test_a_run_folder_that_cannot_be_made_leaves_none_above_it(tmp_path):
 
 def test_a_png_folder_through_dotdot_keeps_the_users_empty_folder(tmp_path, monkeypatch):
     """``write_image_folder`` whose disk fills: the user's empty ``keep`` stays, ``new`` goes."""
-    from qlatent import image_coding
+    from qlatent.data import folder
     from qlatent.data.folder import write_image_folder
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(image_coding, "write_atomic", full)
+    monkeypatch.setattr(folder, "write_atomic", full)
     keep = tmp_path / "keep"
     keep.mkdir()
     with pytest.raises(OSError, match="No space"):

@@ -170,7 +170,7 @@ def counter_uniform(
             r = counter_uniform(key, shape, dtype, offset)
         return torch.empty_like(r).copy_(r)
     exporting = recording_graph()  # torch.export or make_fx: every step an op of the graph
-    if not (torch.compiler.is_compiling() or exporting):  # (traced shapes are symbolic)
+    if not torch.compiler.is_compiling():  # (which traces these lines as Python of its own)
         _check_arguments(key, shape, dtype, offset)
     numel = math.prod(shape)
     if offset < 0 or (not exporting and offset + numel >= 2**31):
@@ -210,18 +210,25 @@ def _linearizing() -> bool:
 def _check_arguments(key, shape, dtype, offset) -> None:
     """ValueError naming the first argument of :func:`counter_uniform` that is not of its kind:
     a key of another dtype was hashed as the integer part of its value, negative sizes whose
-    product is positive failed in a reshape, an integer dtype inside torch."""
+    product is positive failed in a reshape, an integer dtype inside torch. Reads no tensor's
+    values, so ``make_fx`` and ``torch.export`` check too (where a key of another dtype or
+    shape, or a float offset, drew other numbers silently): there a size or the offset may be
+    a ``torch.SymInt``, whose sign is the graph's to check, not a guard made here."""
     if not isinstance(key, Tensor) or key.dim() != 0 or key.dtype != torch.int32:
         what = f"{key.dtype} of shape {tuple(key.shape)}" if isinstance(key, Tensor) else repr(key)
         raise ValueError(f"key must be a 0-d int32 tensor (see draw_key), got {what}")
     if not isinstance(shape, tuple | list | torch.Size) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        isinstance(n, torch.SymInt) or (_is_int(n) and n >= 0) for n in shape
     ):
         raise ValueError(f"shape must be a tuple of non-negative integers, got {shape!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int):
+    if not (_is_int(offset) or isinstance(offset, torch.SymInt)):
         raise ValueError(f"offset must be an integer, got {offset!r}")
+
+
+def _is_int(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool)
 
 
 def _counter_uniform_torch(key: Tensor, shape: tuple[int, ...], dtype, offset: int = 0) -> Tensor:

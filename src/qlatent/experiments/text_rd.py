@@ -47,7 +47,7 @@ from typing import Any
 from .._utils import check_count, terminal_text
 from ..config import apply_mapping, apply_overrides, to_dict
 from ..results import MISSING, cell, finite, provenance, read_json, write_json
-from ..train.checkpoint import config_changes
+from ..train.checkpoint import CheckpointError, config_changes, load
 from . import custom
 from ._cache import problem
 from ._jobs import run_jobs
@@ -172,11 +172,18 @@ def _as_recorded(cfg: custom.RunConfig) -> custom.RunConfig:
     a runs folder moved (or named by another path) since then still resumes, and a finished
     point is still read back. A resumed run ignores ``init_from`` (it continues from its own
     checkpoint), but refuses a config that names another one; a checkpoint given by the user
-    (``--set init_from=PATH``) is left as it is."""
+    (``--set init_from=PATH``) is left as it is. The run's config is read from its
+    ``config.json``, or, where a crash after the first checkpoint left none, from the
+    checkpoint's own record of it."""
     out_dir = Path(cfg.out_dir)
     if not cfg.init_from or not (out_dir / "last.pt").is_file():
         return cfg
-    saved = read_json(out_dir / "config.json")  # written with a run's first checkpoint
+    saved = read_json(out_dir / "config.json")  # written just after a run's first checkpoint
+    if saved is None:
+        try:
+            saved = load(out_dir / "last.pt").get("run_config")
+        except (OSError, CheckpointError):
+            return cfg  # the resume itself says what is wrong with the checkpoint
     if problem(saved, {"init_from": "string", "out_dir": "string"}) is not None:
         return cfg  # the resumed run compares its checkpoint's config with this one's
     if _is_warm_start(cfg.init_from, cfg.out_dir) and _is_warm_start(

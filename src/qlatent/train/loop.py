@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -597,16 +598,25 @@ class _Board:
     checkpoint leaves the folder as it was. The first checkpoint of a new run
     (``first_epoch`` 1; :meth:`kept`) removes the event files of the run it replaces, with
     TensorBoard on or off: their curves were shown as this folder's. A file that cannot be
-    written is an OSError naming the folder."""
+    written is an OSError naming the folder, and only that: the writer's own thread, which
+    meets the error first, does not print it as well (:meth:`_thread_error`)."""
 
     def __init__(self, folder: Path | None, *, first_epoch: int, write: bool = True) -> None:
         self.folder, self.first_epoch, self.on = folder, first_epoch, write
         self.writer, self.file, self.made, self.checkpointed = None, None, False, False
+        self.threads_before: set[threading.Thread] | None = None  # while the hook is set
+        self.hook_before: Callable[[Any], object] = threading.excepthook
 
     def __enter__(self) -> _Board:
         return self
 
     def __exit__(self, failed: type | None, *exc: object) -> None:
+        try:
+            self._close(failed)
+        finally:
+            self._unhook()
+
+    def _close(self, failed: type | None) -> None:
         if self.writer is None:
             return
         try:
@@ -629,6 +639,7 @@ class _Board:
             if self.writer is None:
                 self.made = not self.folder.is_dir()
                 before = self._event_files()
+                self._hook()
                 self.writer = _summary_writer()(str(self.folder), purge_step=self.first_epoch)
                 (self.file,) = set(self._event_files()) - set(before)
             for key, value in record.items():
@@ -652,6 +663,39 @@ class _Board:
             raise OSError(
                 err.errno, f"cannot write the TensorBoard events in {self.folder}: {err.strerror}"
             ) from None
+
+    def _hook(self) -> None:
+        if self.threads_before is None:  # (set once, where a writer failed to start too)
+            self.threads_before = set(threading.enumerate())
+            self.hook_before, threading.excepthook = threading.excepthook, self._thread_error
+
+    def _thread_error(self, args: Any) -> None:
+        """``threading.excepthook`` while this block has a writer. The writer's thread keeps
+        its error and raises it again to this block at the next flush or close, where
+        :meth:`_named` makes it the run's one error; printed by the thread too, it would be
+        a second report with a traceback. Errors of every other thread go on as before."""
+        kept = issubclass(args.exc_type, Exception)  # what the writer keeps for the block
+        if not (kept and args.thread in self._writer_threads()):
+            self.hook_before(args)
+
+    def _writer_threads(self) -> list[threading.Thread]:
+        """The threads of TensorBoard's writer started since :meth:`_hook`."""
+        if self.threads_before is None:
+            return []
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in self.threads_before and type(t).__module__.startswith("tensorboard.")
+        ]
+
+    def _unhook(self) -> None:
+        if self.threads_before is None:
+            return
+        for thread in self._writer_threads():  # stopped by close, or ending on its error
+            thread.join(timeout=1.0)
+        if threading.excepthook == self._thread_error:  # else someone set a hook since
+            threading.excepthook = self.hook_before
+        self.threads_before = None
 
     def kept(self) -> None:
         """A checkpoint was written: the events so far are the run's. At a new run's first,
