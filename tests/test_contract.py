@@ -33,7 +33,8 @@ CONFIGS: dict[str, dict] = {
 }
 
 #: further cases of a registered name (id -> (name, arguments)): every good lattice family
-#: behind ``lattice`` passes the same suite (small Monte-Carlo sample counts keep it quick)
+#: behind ``lattice`` passes the same suite (small Monte-Carlo sample counts keep it quick), and
+#: so do the options that add a term to a training path
 _MC = dict(samples=8, prior_samples=4, eval_samples=16, eval_prior_samples=4)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "lattice[a2]": ("lattice", dict(dim=6, lattice="a2", **_MC)),
@@ -48,6 +49,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "lattice[bw16]": ("lattice", dict(dim=16, lattice="bw16", **_MC)),
     "lattice[leech]": ("lattice", dict(dim=24, lattice="leech", **_MC)),
+    # the straight-through quantizers with DESIGN.md's VQ-style codebook + commitment terms
+    "scalar_st[commitment]": ("scalar_st", dict(dim=6, levels=4, commitment=0.25)),
+    "vector_st[commitment]": ("vector_st", dict(dim=6, group=2, codes=4, commitment=0.0)),
 }
 NAMES = BOTTLENECKS.names() + list(VARIANTS)
 SPATIAL = [(), (4, 5)]  # (B, D) and (B, D, H, W)

@@ -9,6 +9,18 @@ Paper: L. A. Lastras, "Lattice Representation Learning" (arXiv 2006.13833), appe
     y_hat = c_{g,k_g} + (y_g − sg(y_g))   forward value: the code vector; gradient: to y
                                            (straight through) and to the chosen c_{g,k_g}
     rate  = −Σ_g log π_g(k_g)              π_g = softmax(ℓ_g): a learned code over the M vectors
+    aux   = 0                              default, the paper's: the code vectors learn from
+                                           the decoder's gradient alone
+    aux   = ‖c_{g,k_g} − sg(y_g)‖² + β ‖y_g − sg(c_{g,k_g})‖²     ``commitment=β``: DESIGN.md
+                                           §3.3's VQ-style codebook + commitment terms (means)
+
+The default (``commitment=None``) is the paper's: the levels are "parameters of the model which
+are optimized using gradient descent" through y_hat alone, and ``aux_loss`` is zero (the text
+experiment's recorded results, ``results/text-rd.json``, were trained so). ``commitment=β``
+adds VQ-VAE's auxiliary loss as ``vq`` forms it (:func:`~._codebook.codebook_and_commitment`,
+means over all elements): the codebook term pulls the chosen code vectors to the inputs, the
+commitment term the inputs to their code vectors; y_hat, and with it the decoder's gradient to
+the code vectors, stays as above. Weigh it with ``loss.aux_weight``.
 
 The rate is the length of a real code, the learned categorical ``π_g`` of each group, which the
 loss trains with the rest (its gradient reaches only the logits ℓ). The hard path is the same
@@ -30,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import recording_graph, shown_setting
+from .._utils import check_nonnegative, recording_graph, shown_setting
 from ._code_model import CountedCodeModel
-from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed
+from ._codebook import codebook_and_commitment
+from .base import BOTTLENECKS, Bottleneck, BottleneckOutput, Fixed, Setting
 
 #: the most numbers of the ``(R, G, M, k)`` differences :meth:`VectorST._nearest` forms at once
 #: (64 MiB of float32): formed for all rows at once they took 2·M times the input's memory
@@ -52,6 +65,12 @@ def _initial_codes(codes: int, group: int, init_range: float) -> Tensor:
     return (2 * draw - 1) * init_range
 
 
+def check_commitment(value: float | None, name: str) -> float | None:
+    """``None`` (no auxiliary loss), or β as a float if it is a number (not a bool) in
+    [0, :data:`~qlatent._utils.MAX_WEIGHT`]; else ValueError naming ``name``."""
+    return None if value is None else check_nonnegative(value, name)
+
+
 @BOTTLENECKS.register("vector_st")
 class VectorST(CountedCodeModel, Bottleneck):
     """N / k straight-through k-dimensional quantizers, M learned code vectors and a learned
@@ -63,20 +82,32 @@ class VectorST(CountedCodeModel, Bottleneck):
         codes: M, the code vectors per group (the paper: M = 4 for k = 2). M = 1 is allowed: the
             code is then a learned constant that carries nothing (rate 0).
         init_range: the initial code vectors lie in [−init_range, init_range]^k.
+        commitment: ``None`` (the paper's quantizer: no auxiliary loss), or β ≥ 0 to add
+            DESIGN.md's VQ-style ``aux_loss`` = ‖c − sg(y)‖² + β‖y − sg(c)‖² (means over the
+            elements) on the training path; eval mode gives zero as ``vq`` does.
 
     ``y`` ``(B, dim[, *spatial])`` -> ``y_hat`` of the same shape, ``indices`` int64
     ``(B, dim / group[, *spatial])`` (one code per group). Raises ValueError for a ``group`` or
     ``codes`` that is not a positive integer, a ``dim`` that is not a multiple of ``group``, an
-    ``init_range`` that is not a positive number, and bad input as :class:`~.base.Bottleneck`.
+    ``init_range`` that is not a positive number, a ``commitment`` that is neither ``None`` nor
+    a finite non-negative number, and bad input as :class:`~.base.Bottleneck`.
     """
 
     index_kind = "vector"
     group = Fixed()
     num_codes = Fixed("codes")
-    _FREE_OF_CODE = {"init_range": 1.0}  # the code vectors' start: the code vectors are the code
+    commitment = Setting(check_commitment)
+    # the code vectors' start (the code vectors are the code), and a training loss's weight
+    _FREE_OF_CODE = {"init_range": 1.0, "commitment": None}
 
     def __init__(
-        self, *, dim: int, group: int = 2, codes: int = 4, init_range: float = 1.0
+        self,
+        *,
+        dim: int,
+        group: int = 2,
+        codes: int = 4,
+        init_range: float = 1.0,
+        commitment: float | None = None,
     ) -> None:
         super().__init__(dim=dim)
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
@@ -94,6 +125,7 @@ class VectorST(CountedCodeModel, Bottleneck):
                 f"init_range must be a positive number of at most 1e30, got {init_range!r}"
             )
         self.init_range = float(init_range)
+        self.commitment = commitment
         groups = dim // group
         start = _initial_codes(self.num_codes, group, self.init_range)
         self.codes = nn.Parameter(start.repeat(groups, 1, 1))  # (G, M, k)
@@ -142,7 +174,11 @@ class VectorST(CountedCodeModel, Bottleneck):
         if not self.training:
             return BottleneckOutput(q.detach(), rate.detach(), y.new_zeros(()), k, stats)
         y_hat = q + (y - y.detach())
-        return BottleneckOutput(y_hat, rate, y.new_zeros(()), None, stats)
+        if self.commitment is None:
+            return BottleneckOutput(y_hat, rate, y.new_zeros(()), None, stats)
+        # only its aux: its y_hat, y + sg(q − y), would cut the decoder's gradient to the codes
+        _, aux = codebook_and_commitment(y, q, self.commitment)
+        return BottleneckOutput(y_hat, rate, aux, None, stats)
 
     def _quantize_rows(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
         return self._nearest(y)
@@ -155,8 +191,20 @@ class VectorST(CountedCodeModel, Bottleneck):
             )
         return self._lookup(self.codes.detach(), indices.long())
 
+    def __setstate__(self, state: dict) -> None:
+        """As ``nn.Module.__setstate__``; a whole module pickled before ``commitment`` existed
+        gets its default, the quantizer it was (no auxiliary loss)."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("commitment", None)
+
+    def _commitment_repr(self) -> str:
+        """``, commitment=β`` where one is set: a module without one shows the ``repr`` (and
+        the model digest) it had before the option existed."""
+        commitment = shown_setting(self, "commitment")
+        return "" if commitment is None else f", commitment={commitment}"
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, group={self.group}, codes={self.num_codes}, "
-            f"init_range={shown_setting(self, 'init_range')}"
+            f"init_range={shown_setting(self, 'init_range')}{self._commitment_repr()}"
         )

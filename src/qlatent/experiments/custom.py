@@ -341,19 +341,29 @@ class RunConfig:
 #: picks the best epoch is at weight 1 whatever λ is)
 CONSTANT_RATE = ("identity", "learnable_lattice", "soft_em_vq", "soft_vq", "vq", "vq_ema")
 #: the bottlenecks without an auxiliary loss (their ``aux_loss`` is zero): ``loss.aux_weight``
-#: scales nothing
+#: scales nothing, unless the argument :data:`AUX_LOSS_OPTIONS` names is set
 NO_AUX_LOSS = (
     *("gaussian", "gaussian_dither", "gaussian_lattice", "identity", "info_dropout"),
     *("lattice", "scalar_st", "vector_st"),
 )
+#: the bottlenecks of :data:`NO_AUX_LOSS` that have one when an argument is set (not ``None``):
+#: the straight-through quantizers' VQ-style codebook + commitment terms (DESIGN.md §3.3)
+AUX_LOSS_OPTIONS = {"scalar_st": "commitment", "vector_st": "commitment"}
+
+
+def has_aux_loss(cfg: BottleneckConfig) -> bool:
+    """Whether the bottleneck ``cfg`` builds has an auxiliary loss for ``loss.aux_weight``."""
+    option = AUX_LOSS_OPTIONS.get(cfg.name)
+    return cfg.name not in NO_AUX_LOSS or (option is not None and cfg.args.get(option) is not None)
 
 
 def check_loss_settings(cfg: RunConfig, *, shared_schedule: bool = False) -> None:
     """ValueError naming a loss or schedule setting that ``cfg.bottleneck`` leaves without
     effect, set to another value than its default: ``loss.rate_weight`` with a bottleneck of
     :data:`CONSTANT_RATE` (a "sweep" of λ on ``vq`` trained the same weights at every λ),
-    ``loss.aux_weight`` with one of :data:`NO_AUX_LOSS`, and ``train.anneal_steps`` where the
-    rate it anneals has no gradient (such a bottleneck, or ``loss.rate_weight = 0``).
+    ``loss.aux_weight`` with one of :data:`NO_AUX_LOSS` (unless :func:`has_aux_loss`), and
+    ``train.anneal_steps`` where the rate it anneals has no gradient (such a bottleneck, or
+    ``loss.rate_weight = 0``).
     ``shared_schedule``: the run is one point of a sweep whose points share one schedule
     (``text-rd``'s fine-tuning, its no-bottleneck point included), so the annealing is kept.
 
@@ -365,10 +375,16 @@ def check_loss_settings(cfg: RunConfig, *, shared_schedule: bool = False) -> Non
             f"loss.rate_weight = {loss.rate_weight!r} has no effect on bottleneck.name = "
             f"{name!r}, whose training rate is a constant without gradient; leave it out"
         )
-    if name in NO_AUX_LOSS and loss.aux_weight != defaults.aux_weight:
+    if not has_aux_loss(cfg.bottleneck) and loss.aux_weight != defaults.aux_weight:
         raise ValueError(
             f"loss.aux_weight = {loss.aux_weight!r} has no effect on bottleneck.name = "
-            f"{name!r}, which has no auxiliary loss; leave it out"
+            f"{name!r}, which has no auxiliary loss"
+            + (
+                f" unless bottleneck.args.{AUX_LOSS_OPTIONS[name]} is set"
+                if name in AUX_LOSS_OPTIONS
+                else ""
+            )
+            + "; leave it out"
         )
     if cfg.train.anneal_steps is not None and not shared_schedule:
         if name in CONSTANT_RATE or loss.rate_weight == 0:
@@ -1593,6 +1609,7 @@ def downstream_scores(
 
 
 __all__ = [
+    "AUX_LOSS_OPTIONS",
     "CONSTANT_RATE",
     "DATA_SETTINGS",
     "MODEL_SETTINGS",
@@ -1616,6 +1633,7 @@ __all__ = [
     "evaluate",
     "folder_split",
     "format_report",
+    "has_aux_loss",
     "is_checkpoint",
     "legacy_run_config",
     "load_config",
