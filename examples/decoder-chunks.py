@@ -33,9 +33,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qlatent.bench.geometry import LITERATURE_NSM
 from qlatent.bench.timing import allocator_settings
-from qlatent.lattices import tile
+from qlatent.lattices import LITERATURE_NSM, tile
 from qlatent.results import provenance, write_json
 
 #: each eager decoder's module, its closest-point rule on a chunk of rows, and its dimension

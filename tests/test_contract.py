@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "lattice[bw16]": ("lattice", dict(dim=16, lattice="bw16", **_MC)),
     "lattice[leech]": ("lattice", dict(dim=24, lattice="leech", **_MC)),
+    "lattice[e8,density=gaussian]": ("lattice", dict(dim=8, lattice="e8", density="gaussian")),
     # the straight-through quantizers with DESIGN.md's VQ-style codebook + commitment terms
     "scalar_st[commitment]": ("scalar_st", dict(dim=6, levels=4, commitment=0.25)),
     "vector_st[commitment]": ("vector_st", dict(dim=6, group=2, codes=4, commitment=0.0)),

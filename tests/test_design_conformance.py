@@ -35,6 +35,7 @@ LAYERS: dict[str, float] = {
     "cli": 11,
 }
 
+
 def _layer_of(module: str) -> float | None:
     """The layer of ``qlatent.X...`` (None for the package itself and names outside LAYERS)."""
     parts = module.split(".")

@@ -422,7 +422,7 @@ def _registry_problem(args: argparse.Namespace) -> str | None:
     if args.command != "bench" or not getattr(args, "names", None):
         return None
     if args.bench == "lattices":
-        from qlatent.bench.geometry import LITERATURE_NSM as known
+        from qlatent.lattices import LITERATURE_NSM as known
     elif args.bench == "quantizers":
         from qlatent.bottlenecks import BOTTLENECKS
 

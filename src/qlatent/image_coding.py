@@ -108,6 +108,7 @@ _GOOD_ARGS = {
     "eval_samples": (int,),
     "eval_prior_samples": (int,),
     "debias": (bool,),
+    "density": (str,),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .._utils import tqdm
-from ..lattices import lattice_by_name, tile
+from ..lattices import LITERATURE_NSM, lattice_by_name, tile
 from .timing import (
     MAX_VALUES,
     allocator_settings,
@@ -28,16 +28,6 @@ from .timing import (
     time_cases,
 )
 
-#: name -> literature G(Λ)
-LITERATURE_NSM = {
-    "z": 1 / 12,
-    "a2": 5 / (36 * math.sqrt(3)),
-    "d3*": 19 / (192 * 2 ** (1 / 3)),
-    "d4": 13 / (120 * math.sqrt(2)),
-    "e8": 929 / 12960,
-    "bw16": 0.0682976,
-    "leech": 0.0657710,
-}
 #: the closest-point cases of the Leech, E8 and Λ16 decoders fused by ``torch.compile``
 COMPILED_LEECH = "leech, torch.compile"
 COMPILED_E8 = "e8, torch.compile"

@@ -306,8 +306,8 @@ def gaussian_lattice_start(
     encoder's last layer and the decoder's first, so the model is the Gaussian-lattice VAE's up
     to the noise's shape (``examples/lattice-plugin.py`` measures its −ELBO untrained).
     """
-    from ..bench.geometry import LITERATURE_NSM
     from ..bottlenecks.good_lattice import DitheredGoodLattice
+    from ..lattices import LITERATURE_NSM
 
     neck = model.bottleneck
     if (

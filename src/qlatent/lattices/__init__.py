@@ -13,11 +13,12 @@ from .dn import CheckerboardLattice, DualCheckerboardLattice
 from .e8 import GossetLattice
 from .leech import LeechLattice
 from .rectangular import RectangularLattice, integer_lattice
-from .sums import LATTICE_NAMES, DirectSum, lattice_by_name, tile
+from .sums import LATTICE_NAMES, LITERATURE_NSM, DirectSum, lattice_by_name, tile
 
 __all__ = [
     "LATTICES",
     "LATTICE_NAMES",
+    "LITERATURE_NSM",
     "BarnesWallLattice",
     "CheckerboardLattice",
     "DirectSum",

@@ -9,6 +9,7 @@ of the blocks' G.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 
@@ -170,6 +171,17 @@ def lattice_by_name(name: str, *, compile: bool = False) -> Lattice:
 MAX_TILE_DIM = 2**20
 
 LATTICE_NAMES = "known: z, a<n> (a2 hexagonal), d<n>, d<n>*, e8, bw16, leech"
+#: name (as :func:`tile` takes it) -> the literature normalized second moment G(Λ) (Conway &
+#: Sloane, SPLAG Table 2.3; Λ16 from Pook-Kolb, Agrell & Allen 2023)
+LITERATURE_NSM = {
+    "z": 1 / 12,
+    "a2": 5 / (36 * math.sqrt(3)),
+    "d3*": 19 / (192 * 2 ** (1 / 3)),
+    "d4": 13 / (120 * math.sqrt(2)),
+    "e8": 929 / 12960,
+    "bw16": 0.0682976,
+    "leech": 0.0657710,
+}
 
 
 def tile(spec: str | Sequence[str], dim: int, *, compile: bool = False) -> DirectSum:
