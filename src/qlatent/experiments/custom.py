@@ -1301,6 +1301,13 @@ def _evaluate(
                 "minus_own": diff.mean().item(),
                 "minus_own_se": diff.std().item() / math.sqrt(count) if count > 1 else math.nan,
             }
+    if callable(getattr(neck, "shaping_gap", None)) and x.shape[0]:
+        # eq. 12, logged beside every lattice result (DESIGN.md §3.1): per code vector, times
+        # the code vectors of one example (a conv encoder's positions)
+        with torch.no_grad():
+            vectors = _latents(model, x[:1]).numel() // neck.in_dim
+        gap = float(neck.shaping_gap())
+        report["shaping_gap"] = {"nats": gap * vectors, "per_dimension": gap / neck.dim}
     report["coded"] = _coded_size(model, x, cfg.eval_seed, data.get("train"))
     if text and report["coded"].get("available"):
         n_words = max(1, report["words"])
@@ -1425,6 +1432,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  IWAE NLL, defensive proposal {alpha:g}:{k:g}: {d['mean']:.3f} ± {d['se']:.3f} "
             f"({d['minus_own']:+.3f} ± {d['minus_own_se']:.3f} from the own proposal's)"
+        )
+    if "shaping_gap" in report:
+        g = report["shaping_gap"]
+        lines.append(
+            f"  the lattice cell's shaping gap (eq. 12): {g['nats']:.3f} nats per {unit} "
+            f"({g['per_dimension']:.4f} per dimension), what an ideal lattice's cell would save"
         )
     coded = report.get("coded")
     if coded and coded.get("available"):
