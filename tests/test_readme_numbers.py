@@ -10,6 +10,7 @@ text exists.
 from __future__ import annotations
 
 import glob
+import math
 import re
 import statistics
 from functools import cache
@@ -804,6 +805,36 @@ def test_the_log_density_bias_table_is_the_results_file():
                 r["debiased_bias_se"],
             ],
         )
+
+
+def test_the_gaussian_density_summary_is_the_results_file():
+    """The README's paragraph on ``density="gaussian"``: every number it quotes, from
+    results/gaussian-density-bias.json (bias per coordinate = the row's bias / its dimension)."""
+    result = _json("gaussian-density-bias.json")
+    dim = result["setup"]["dim"]
+    per = {(r["lattice"], r["prior"], r["b"]): r["bias_nats"] / dim for r in result["rows"]}
+    text = " ".join(_text(ROOT / "README.md").split())
+    start = text.index('**The Gaussian approximation: `density="gaussian"`**')
+    paragraph = text[start : text.index("no substitute for the Table-1 models' rate", start)]
+    gaussian_wide = [v for (_, p, b), v in per.items() if p == "gaussian" and b >= 0.3]
+    laplace_wide = [v for (_, p, b), v in per.items() if p == "laplace" and b >= 1]
+    assert max(abs(v) for v in gaussian_wide) < 0.001
+    expected = [
+        0.001,
+        per[("E8^5", "gaussian", 0.1)],
+        per[("Leech ⊕ BW16", "gaussian", 0.1)],
+        -max(laplace_wide),
+        -min(laplace_wide),
+        -dim * max(laplace_wide),
+        -dim * min(laplace_wide),
+        0.5 * math.log(math.pi / math.e),
+    ]
+    shown = [s.replace("−", "-") for s in _decimals(paragraph)]
+    shown = [s for s in shown if s not in ("0.3", "0.1")]  # prior widths, not results
+    assert len(shown) == len(expected), shown
+    for s, v in zip(shown, expected, strict=True):
+        assert md.agrees(s.lstrip("-"), abs(v)), (s, v)
+    assert f"{result['process_wall_s']:.0f} s" in paragraph
 
 
 # --- docs/good-lattices-in-table-1.md: the Gaussian-lattice starts, seed by seed -----------------
