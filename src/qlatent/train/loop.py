@@ -222,9 +222,9 @@ def fit(
     ("training diverged"), and :class:`CheckpointError` for a checkpoint that cannot be resumed
     with this config.
     """
-    out_dir = Path(out_dir)
-    if not str(out_dir).strip():
+    if not str(out_dir).strip():  # before Path, which reads "" as ".": the current folder
         raise ValueError("the output folder must be named (out_dir is empty)")
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output folder {out_dir} is a file")
     check_tensorboard(cfg)
@@ -773,6 +773,11 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng"][world.rank]
+        # a number or a string in place of a state failed on ``.cpu()`` with a traceback
+        if not isinstance(rng, dict) or not all(
+            isinstance(s, torch.Tensor) for s in [rng.get("torch"), *rng.get("cuda", [])]
+        ):
+            raise ValueError(f"the RNG state of rank {world.rank} is not a table of tensors")
         torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
