@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,6 +177,18 @@ def test_missing_config_and_list(tmp_path, capsys):
     assert main(["train", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in BOTTLENECKS.names())
+    # where the paper tables' configs are, in a checkout or an installed package: a row trains
+    # from the files that line names
+    line = out.splitlines()[-1]
+    folder, tables = re.fullmatch(
+        r"paper-table configs \(train BASE ROW\): (.+)/TABLE/\*\.toml, "
+        r"TABLE one of (.+)",
+        line,
+    ).groups()
+    assert tables.split(", ") == ["lattice-mnist", "llvq", "softvq-mnist"]
+    for table in tables.split(", "):
+        assert (Path(folder) / table / "base.toml").is_file()
+    assert (Path(folder) / "lattice-mnist" / "e8_lattice.toml").is_file()
 
 
 def test_eval_refuses_other_checkpoints(tmp_path, capsys):

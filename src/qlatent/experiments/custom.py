@@ -678,13 +678,21 @@ def check_bottleneck(cfg: RunConfig) -> None:
 
 
 def components() -> str:
-    """What ``qlatent train --list`` prints."""
+    """What ``qlatent train --list`` prints: the registered parts, and where the paper tables'
+    config files are installed (``src/qlatent/configs`` in a checkout, under site-packages in
+    an installed package), each table a folder of a ``base.toml`` and one file per row."""
+    from importlib import resources
+
+    folder = resources.files("qlatent.configs")
+    tables = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0] != "_")
     return "\n".join(
         [
             f"datasets (data.name):       {', '.join(DATASETS)}",
             f"model families (model.family): {', '.join(FAMILIES)}",
             "likelihoods (model.likelihood): bernoulli, squared_error",
             f"bottlenecks (bottleneck.name): {', '.join(BOTTLENECKS.names())}",
+            f"paper-table configs (train BASE ROW): {folder}/TABLE/*.toml, TABLE one of "
+            f"{', '.join(tables)}",
         ]
     )
 
