@@ -11,7 +11,7 @@ BENCH_VENV  := .venv-bench
 BENCH_BIN   := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test fuzz lint format bench clean
+.PHONY: demo test fuzz lint format bench wheel clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +60,11 @@ bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/qlatent bench quantizers
 	$(BENCH_BIN)/qlatent bench coding
 
+# A wheel of the package alone in dist/, built from a fresh build folder: setuptools reuses
+# build/lib otherwise, and a module deleted or renamed since would still ship.
+wheel: $(STAMP)
+	rm -rf build dist
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
