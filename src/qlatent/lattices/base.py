@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -89,6 +90,17 @@ def check_rows(x: Tensor, dim: int, name: str, *, floating: bool = True) -> None
         )
 
 
+def dither_rows(n) -> tuple[int, tuple[int, ...]]:
+    """The rows and the batch shape of :meth:`Lattice.sample_dither`'s ``n``: an integer is
+    ``n`` rows, a shape ``(*batch)`` of non-negative integers ``Π batch`` rows (the count's
+    bound is checked with the draws)."""
+    if isinstance(n, tuple | list | torch.Size):
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in n):
+            raise ValueError(f"n must be an integer or a shape of non-negative integers, got {n!r}")
+        return math.prod(n), tuple(n)
+    return n, (n,)  # (a bad n is refused with the draws, before the reshape)
+
+
 class Lattice(ABC):
     """Base class of a lattice Λ(B) in R^m. Subclasses give the generator matrix and an exact
     ``closest_point``.
@@ -161,22 +173,25 @@ class Lattice(ABC):
     # ------------------------------------------------------------------ dither
     def sample_dither(
         self,
-        n: int,
-        *,
+        n: int | Sequence[int],
         generator: torch.Generator | None = None,
+        *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """``(n, m)`` samples uniform over the Voronoi cell P0.
+        """``(n, m)`` samples uniform over the Voronoi cell P0; ``n`` may also be a shape
+        ``(*batch)``, for ``(*batch, m)`` samples (the same numbers as ``n = Π batch``, reshaped).
 
         A point uniform over the fundamental parallelepiped ``B [0, 1)^m`` reduced modulo the
         lattice, ``u = y - K(y)``, is uniform over P0. Drawn on the generator's device (torch's
         default CPU generator when none is given), then moved to ``device``. ValueError for an
-        ``n`` outside [0, 2^31 / m], a ``generator`` that is not a ``torch.Generator`` or a
-        ``dtype`` that is not floating-point.
+        ``n`` outside [0, 2^31 / m] (or a shape of other than non-negative integers, or of more
+        samples), a ``generator`` that is not a ``torch.Generator`` or a ``dtype`` that is not
+        floating-point.
         """
-        y = self.points_from_unit(self._unit_draws(n, generator, device, dtype))
-        return y - self.dither_point(y)
+        rows, batch = dither_rows(n)
+        y = self.points_from_unit(self._unit_draws(rows, generator, device, dtype))
+        return (y - self.dither_point(y)).reshape(*batch, self.dim)
 
     def dither_point(self, y: Tensor) -> Tensor:
         """The lattice point that a dither subtracts from a draw ``y`` on the fundamental

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._utils import recording_graph
-from .base import LATTICES, Lattice, check_dense, check_rows, to_coordinates
+from .base import LATTICES, Lattice, check_dense, check_rows, dither_rows, to_coordinates
 
 #: the largest ``Z^m`` :func:`integer_lattice` builds (a bottleneck's ``dim`` is at most this too)
 MAX_DIM = 2**30
@@ -87,10 +87,13 @@ class RectangularLattice(Lattice):
         check_rows(r, self.dim, self.name)
         return r * self.spacing.to(device=r.device, dtype=r.dtype)
 
-    def sample_dither(self, n, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
+    def sample_dither(self, n, generator=None, *, device=None, dtype=torch.float32) -> Tensor:
         # Uniform over the cell [-Δ/2, Δ/2)^m directly: one draw, one fused multiply-add.
-        r = self._unit_draws(n, generator, device, dtype)
-        return (r - 0.5) * self.spacing.to(device=r.device, dtype=r.dtype)
+        rows, batch = dither_rows(n)
+        r = self._unit_draws(rows, generator, device, dtype)
+        return ((r - 0.5) * self.spacing.to(device=r.device, dtype=r.dtype)).reshape(
+            *batch, self.dim
+        )
 
     @property
     def log_volume(self) -> Tensor:
