@@ -246,9 +246,8 @@ def counts_text(counts: tuple[int, int | tuple[int, ...]]) -> str:
 
 def _block_nsm(block) -> float:
     """G(Λ) of a block: the literature value (:data:`qlatent.lattices.LITERATURE_NSM`) or, for
-    other blocks, the
-    Monte-Carlo :meth:`~qlatent.lattices.Lattice.nsm` (200,000 float64 cell points, seed 0;
-    relative standard error about 0.3%), estimated once per name."""
+    other blocks, the Monte-Carlo :meth:`~qlatent.lattices.Lattice.nsm` (200,000 float64 cell
+    points, seed 0; relative standard error about 0.3%), estimated once per name."""
     known = LITERATURE_NSM.get(block.name.lower())
     if known is not None:
         return known
@@ -594,8 +593,15 @@ class DitheredGoodLattice(Bottleneck):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A whole module pickled before the index tables lived in ``_index_tables`` held them
-        as plain attributes, or earlier as buffers: they move there."""
+        as plain attributes, or earlier as buffers: they move there; one pickled before
+        ``density`` existed gets its default, the Monte-Carlo estimate it had. The second
+        moments' tables (:meth:`_cell_moments`) are dropped, to be made again: they are kept
+        by the device they were made on, which ``torch.load``'s ``map_location`` changes under
+        them (a module saved on one GPU, loaded to the CPU and moved to the GPU again read a
+        CPU table there)."""
         super().__setstate__(state)
+        self.__dict__.setdefault("density", "monte_carlo")
+        self.__dict__.pop("_cell_moment_tables", None)
         if "_index_tables" not in self.__dict__:
             for name in self._INDEX_TABLES:
                 table = self.__dict__.pop(name, None)

@@ -252,31 +252,41 @@ def _fit(
     loss_fn = loss_fn or RateDistortionLoss()
     model.to(world.device)
     optimizer = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr)
-    state = _State()
+    state, kept = _State(), None
+    # a refused resume leaves the caller's weights and random state as they were (a notebook
+    # that caught the CheckpointError went on with the checkpoint's weights, or part of them)
+    caller_rng = _rng_state()
     torch.manual_seed(_int64(cfg.seed * 1009 + world.rank))  # the dither stream; per rank
-    if resume and (out_dir / "last.pt").exists():
-        state = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
-        if cfg.keep == "best" and state.best_epoch:
-            _restore_best(out_dir / "best.pt", model, state, run_config, world)
-    # a cap the run has already reached ends it before another epoch: one whose stop was
-    # recorded as the time budget (checked first), or a patience or step budget lowered on
-    # resume. The loop would train once more: an empty batch (loss NaN, "training diverged")
-    # where the step budget was met, a negative slice (most of an epoch) where it was passed.
-    # A stop the checkpoint records is taken again from this config's caps, which a resume may
-    # raise: the recorded stop alone ended the run at once, reporting fewer updates or epochs
-    # than the config asks for, where the uninterrupted run with those caps trained on.
-    if cfg.patience is not None and state.bad_epochs > cfg.patience:
-        state.stopped = "early_stopping"
-    elif cfg.max_steps is not None and state.step >= cfg.max_steps:
-        state.stopped = "max_steps"
-    elif state.stopped in ("early_stopping", "max_steps"):
-        state.stopped = ""
-    if state.stopped in ("early_stopping", "max_steps"):
-        return _finish(model, state, out_dir, world, cfg.keep, run_config)
-    _check_whole_epoch(state, cfg, data["train"].shape[0], world, out_dir / "last.pt")
-    if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
-        state.stopped = "epochs"
-        return _finish(model, state, out_dir, world, cfg.keep, run_config)
+    try:
+        if resume and (out_dir / "last.pt").exists():
+            state, kept = _restore(out_dir / "last.pt", model, optimizer, cfg, run_config, world)
+            if cfg.keep == "best" and state.best_epoch:
+                _restore_best(out_dir / "best.pt", model, state, run_config, world)
+        # a cap the run has already reached ends it before another epoch: one whose stop was
+        # recorded as the time budget (checked first), or a patience or step budget lowered on
+        # resume. The loop would train once more: an empty batch (loss NaN, "training diverged")
+        # where the step budget was met, a negative slice (most of an epoch) where it was passed.
+        # A stop the checkpoint records is taken again from this config's caps, which a resume may
+        # raise: the recorded stop alone ended the run at once, reporting fewer updates or epochs
+        # than the config asks for, where the uninterrupted run with those caps trained on.
+        if cfg.patience is not None and state.bad_epochs > cfg.patience:
+            state.stopped = "early_stopping"
+        elif cfg.max_steps is not None and state.step >= cfg.max_steps:
+            state.stopped = "max_steps"
+        elif state.stopped in ("early_stopping", "max_steps"):
+            state.stopped = ""
+        if state.stopped in ("early_stopping", "max_steps"):
+            return _finish(model, state, out_dir, world, cfg.keep, run_config)
+        _check_whole_epoch(state, cfg, data["train"].shape[0], world, out_dir / "last.pt")
+        if state.epoch >= cfg.epochs:  # a finished run: nothing left to train
+            state.stopped = "epochs"
+            return _finish(model, state, out_dir, world, cfg.keep, run_config)
+    except BaseException:  # a refusal, or a failure writing best.pt: nothing trained yet
+        if kept is not None:
+            _put_back(model, kept)
+        _set_rng_state(caller_rng)
+        raise
+    kept = None  # the copy is not held through training
 
     net = DistributedDataParallel(model) if world.distributed else model
     x_train, x_val = data["train"], data["val"]
@@ -579,6 +589,21 @@ _BOARD_GROUPS = {
 }
 
 
+#: held while a :class:`_Board` sets or restores ``threading.excepthook`` (runs in threads)
+_HOOK_LOCK = threading.Lock()
+
+
+def _live_hook(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``hook`` without the hooks of the boards that ended while a later board's was set: such
+    a board left its own in place (not the hook then, it could not restore the one before), so
+    the later board's restoring it kept a board's hook as the process's for good."""
+    while getattr(hook, "__func__", None) is _Board._thread_error and (
+        hook.__self__.threads_before is None
+    ):
+        hook = hook.__self__.hook_before
+    return hook
+
+
 class _Board:
     """Each epoch's record (as in ``log.jsonl``) as TensorBoard scalars at step ``epoch``, in
     ``folder`` (None: nothing is written or removed; ``write`` False: nothing is written).
@@ -665,9 +690,10 @@ class _Board:
             ) from None
 
     def _hook(self) -> None:
-        if self.threads_before is None:  # (set once, where a writer failed to start too)
-            self.threads_before = set(threading.enumerate())
-            self.hook_before, threading.excepthook = threading.excepthook, self._thread_error
+        with _HOOK_LOCK:
+            if self.threads_before is None:  # (set once, where a writer failed to start too)
+                self.threads_before = set(threading.enumerate())
+                self.hook_before, threading.excepthook = threading.excepthook, self._thread_error
 
     def _thread_error(self, args: Any) -> None:
         """``threading.excepthook`` while this block has a writer. The writer's thread keeps
@@ -693,9 +719,10 @@ class _Board:
             return
         for thread in self._writer_threads():  # stopped by close, or ending on its error
             thread.join(timeout=1.0)
-        if threading.excepthook == self._thread_error:  # else someone set a hook since
-            threading.excepthook = self.hook_before
-        self.threads_before = None
+        with _HOOK_LOCK:
+            if threading.excepthook == self._thread_error:  # else someone set a hook since
+                threading.excepthook = _live_hook(self.hook_before)
+            self.threads_before = None
 
     def kept(self) -> None:
         """A checkpoint was written: the events so far are the run's. At a new run's first,
@@ -741,12 +768,17 @@ def _checkpoint(path, model, optimizer, state, cfg, run_config, world) -> None:
     )
 
 
-def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
+def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, dict[str, Tensor]]:
     """Continue from ``path``: refused (CheckpointError naming the file) when it is damaged,
     holds another architecture, or was written with a config that differs in anything but
     :data:`~.checkpoint.RESUME_MAY_CHANGE` (train) and
     :data:`~.checkpoint.RESUME_MAY_CHANGE_RUN` (run) — a different lr, batch size, seed or
-    dataset would silently make a run that neither config describes."""
+    dataset would silently make a run that neither config describes.
+
+    Every check is made before ``model`` and the global random state are touched; a refusal
+    while the weights load puts ``model``'s back. Returns the saved training state and
+    ``model``'s weights as they were (:func:`_weights_copy`), for :func:`_fit` to put back
+    when a later check refuses the run."""
     ckpt = load(path, map_location=world.device)
     missing = {"model", "optimizer", "state", "rng", "world_size"} - set(ckpt)
     if missing:
@@ -768,22 +800,57 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> _State:
             f"{path} was written by {ckpt['world_size']} process(es); resume with the same number "
             f"(now {world.size}) to continue exactly"
         )
-    load_weights(model, ckpt["model"], path)
     check_optimizer_state(ckpt["optimizer"], optimizer, path)
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(ckpt["optimizer"])  # fit's own optimizer, not the caller's
         rng = ckpt["rng"][world.rank]
         # a number or a string in place of a state failed on ``.cpu()`` with a traceback
         if not isinstance(rng, dict) or not all(
             isinstance(s, torch.Tensor) for s in [rng.get("torch"), *rng.get("cuda", [])]
         ):
             raise ValueError(f"the RNG state of rank {world.rank} is not a table of tensors")
-        torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        return _checked_state(_State(**ckpt["state"]))
+        torch.Generator().set_state(rng["torch"].cpu())  # refused here, before it is applied
+        state = _checked_state(_State(**ckpt["state"]))
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
+    kept = _weights_copy(model)
+    try:
+        # load_state_dict copies every weight it can before it raises (missing keys, other
+        # shapes, a bottleneck built with other arguments): the rest is refused with the model
+        # half-loaded, so its weights as they were are put back
+        load_weights(model, ckpt["model"], path)
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+            except RuntimeError as err:
+                raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
+    except BaseException:
+        _put_back(model, kept)
+        raise
+    return state, kept
+
+
+def _weights_copy(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s state dict copied to the CPU, to put back with :func:`_put_back`."""
+    own = model.state_dict()
+    kept = type(own)((name, t.detach().to("cpu", copy=True)) for name, t in own.items())
+    if hasattr(own, "_metadata"):  # the versions and arguments the modules check on load
+        kept._metadata = own._metadata
+    return kept
+
+
+def _put_back(model: nn.Module, kept: dict[str, Tensor]) -> None:
+    """``model``'s weights (and buffers) as :func:`_weights_copy` took them, in place: the
+    caller's parameters stay the same objects."""
+    model.load_state_dict(kept)
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """The global random state :func:`_rng_state` took, put back."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _checked_state(state: _State) -> _State:
