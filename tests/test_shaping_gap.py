@@ -88,3 +88,15 @@ def test_a_conv_lattice_counts_every_position(tmp_path):
     report = custom.eval_checkpoint(tmp_path / "run" / "best.pt", progress=False)
     per_vector = 4 * 0.5 * math.log(2 * math.pi * math.e / 12)
     assert report["shaping_gap"]["nats"] == pytest.approx(49 * per_vector)
+
+
+def test_the_gap_is_a_cpu_number_wherever_the_module_is():
+    """Under a meta default device (a model sized before it is built) it is still a number."""
+    with torch.device("meta"):
+        rect, e8 = build("lattice", dim=8), build("lattice", dim=8, lattice="e8")
+    for neck, expected in ((rect, 8 * math.log(2 * math.pi * math.e / 12) / 2), (e8, None)):
+        with torch.device("meta"):
+            gap = neck.shaping_gap()
+        assert gap.device.type == "cpu"
+        if expected is not None:
+            assert gap.item() == pytest.approx(expected)

@@ -712,7 +712,7 @@ class DitheredGoodLattice(Bottleneck):
         for block in self.geometry.blocks:
             g = 1 / 12 if isinstance(block, RectangularLattice) else _block_nsm(block)
             gap += block.dim * 0.5 * math.log(2 * math.pi * math.e * g)
-        return torch.tensor(gap, dtype=torch.float64)
+        return torch.tensor(gap, dtype=torch.float64, device="cpu")  # a number, not a weight
 
     # ------------------------------------------------------------------ dither
     def _unit_dither(self, n: int, generator, dtype, device=None) -> Tensor:

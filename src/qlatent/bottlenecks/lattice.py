@@ -683,7 +683,7 @@ class DitheredLattice(Bottleneck):
         unchanged by a linear map of the cell). A lattice VAE ends at least this far above the
         Gaussian-lattice VAE, all else equal."""
         gap = self.dim * 0.5 * math.log(2 * math.pi * math.e / 12.0)
-        return torch.tensor(gap, dtype=torch.float64)
+        return torch.tensor(gap, dtype=torch.float64, device="cpu")  # a number, not a weight
 
     # ----------------------------------------------------------- density view
     def posterior_sample(
