@@ -11,7 +11,6 @@ build folder in the checkout, then unpacked and run from an empty working folder
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,14 @@ def _package_files() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel ``pip wheel . --no-deps --no-build-isolation`` builds from a clean copy."""
-    if importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None:
-        pytest.skip("building the wheel needs pip and setuptools in this environment")
+    # asked of the installed distributions, not of the import system: setuptools' distutils
+    # shim answers a find_spec("pip") by switching itself off for the whole process, and a
+    # torch.compile later in the same worker then failed on "import setuptools"
+    for needed in ("pip", "setuptools"):
+        try:
+            metadata.distribution(needed)
+        except metadata.PackageNotFoundError:
+            pytest.skip("building the wheel needs pip and setuptools in this environment")
     tree = tmp_path_factory.mktemp("tree")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)

@@ -800,9 +800,7 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, di
             f"{path} was written by {ckpt['world_size']} process(es); resume with the same number "
             f"(now {world.size}) to continue exactly"
         )
-    check_optimizer_state(ckpt["optimizer"], optimizer, path)
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])  # fit's own optimizer, not the caller's
+    try:  # the saved random and training states, checked before anything is applied
         rng = ckpt["rng"][world.rank]
         # a number or a string in place of a state failed on ``.cpu()`` with a traceback
         if not isinstance(rng, dict) or not all(
@@ -817,14 +815,18 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, di
     try:
         # load_state_dict copies every weight it can before it raises (missing keys, other
         # shapes, a bottleneck built with other arguments): the rest is refused with the model
-        # half-loaded, so its weights as they were are put back
+        # half-loaded, so its weights as they were are put back. The weights come before the
+        # optimizer, whose check would otherwise name a shape where "a different model" is
+        # the reason.
         load_weights(model, ckpt["model"], path)
-        torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and torch.cuda.is_available():
-            try:
+        check_optimizer_state(ckpt["optimizer"], optimizer, path)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])  # fit's own optimizer, not the caller's
+            torch.set_rng_state(rng["torch"].cpu())
+            if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-            except RuntimeError as err:
-                raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
     except BaseException:
         _put_back(model, kept)
         raise
