@@ -86,7 +86,10 @@ def compressai_entropy_models() -> tuple[type, type, str] | str:
         except (ImportError, ValueError) as error:
             return f"compressai cannot be located: {error}"
         if spec is None or not spec.submodule_search_locations:
-            return "compressai is not installed (make bench installs it into .venv-bench)"
+            return (
+                "compressai is not installed (pip install --no-deps compressai==1.2.8 beside this "
+                "torch; in a checkout, make bench installs it into .venv-bench)"
+            )
         package = types.ModuleType(COMPRESSAI)
         package.__path__ = list(spec.submodule_search_locations)
         package.__spec__ = spec
