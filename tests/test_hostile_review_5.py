@@ -40,23 +40,29 @@ def test_a_good_lattice_pickled_before_the_density_setting_runs_as_it_did():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_the_second_moment_tables_are_made_again_after_a_pickle():
-    """A table kept for one device holds a tensor on another once ``torch.load`` maps it
-    (saved on a GPU, loaded with ``map_location="cpu"``, moved back): here a table keyed for
-    the CPU whose tensor is elsewhere (meta) stands for it."""
+def test_the_second_moments_are_numbers_not_tensors_kept_by_device():
+    """Tensors kept per device travelled inside a whole-module pickle under their device's key,
+    which ``torch.load``'s ``map_location`` does not move (saved on a GPU, loaded to the CPU,
+    moved back: a CPU table under the GPU's key). The moments are plain numbers made with the
+    module, formed on the input's device and dtype at each call; a module pickled without
+    them makes them again."""
     module = build("lattice", dim=16, lattice="e8", density="gaussian")
     y = torch.randn(4, 16, generator=gen(2))
     want = module(y, generator=gen(3)).rate.detach()
-    tables = module.__dict__["_cell_moment_tables"]
-    key = (torch.float32, torch.device("cpu"))
-    tables[key] = tables[key].to("meta")
+    values = module.__dict__["_moment_values"]
+    assert isinstance(values, tuple) and all(type(v) is float for v in values)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(module).values() if v is not values)
+    moments = module._cell_moments(torch.float64, "meta")
+    assert moments.device.type == "meta" and moments.dtype == torch.float64
     buffer = io.BytesIO()
-    torch.save(module, buffer)
+    old = copy.deepcopy(module)
+    del old.__dict__["_moment_values"]  # as a module pickled before them
+    torch.save(old, buffer)
     buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = torch.load(buffer, weights_only=False, map_location="cpu")
     got = loaded(y, generator=gen(3)).rate.detach()
-    assert got.device.type == "cpu"
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert loaded.__dict__["_moment_values"] == values
 
 
 def _board(folder) -> _Board:

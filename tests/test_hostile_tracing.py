@@ -343,7 +343,8 @@ def test_backward_through_a_training_graph_is_autograd_of_its_recorded_ops(case)
     rectangular lattice records the reference ops (no Function, as under torch.export), the
     eager gradients to rounding; a good lattice's Monte-Carlo log-sum forms its exponentials
     in place, and autograd refuses the graph's backward through it instead of giving other
-    gradients than the eager module's (its graph is for forward values)."""
+    gradients than the eager module's (its graph is for forward values); its Gaussian density
+    (``density="gaussian"``), plain ops, gives the eager gradients."""
     module = _module(case, training=True)
     graph = make_fx(lambda y: _outputs(module, y))(_input(module))
     y = _input(module, seed=4).requires_grad_(True)
@@ -363,12 +364,13 @@ def test_backward_through_a_training_graph_is_autograd_of_its_recorded_ops(case)
     assert bool(found[0].abs().amax() > 0) and bool(found[1].abs().amax() > 0)
     _assert_equal(found, expected)
     expected = grads(lambda y: _outputs(module, y), rate)
-    if case != "lattice":
+    if case != "lattice" and "density=gaussian" not in case:  # the Monte-Carlo log-sum
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             grads(graph, rate)
         return
     found = grads(graph, rate)
-    assert not all(torch.equal(a, b) for a, b in zip(found, expected, strict=True))
+    if case == "lattice":  # its hand-written backward against autograd of the recorded ops
+        assert not all(torch.equal(a, b) for a, b in zip(found, expected, strict=True))
     for a, b in zip(found, expected, strict=True):
         torch.testing.assert_close(a, b)
 

@@ -257,6 +257,18 @@ def _block_nsm(block) -> float:
     return _ESTIMATED_NSM[block.name]
 
 
+def _cell_moment_values(geometry: DirectSum) -> tuple[float, ...]:
+    """Each coordinate's M_i of :meth:`DitheredGoodLattice._cell_moments`, as Python floats."""
+    values: list[float] = []
+    for block in geometry.blocks:
+        if isinstance(block, RectangularLattice):
+            values += (block.spacing.double().square() / 12.0).tolist()
+        else:
+            size = math.exp(2.0 * float(block.log_volume) / block.dim)
+            values += [_block_nsm(block) * size] * block.dim
+    return tuple(values)
+
+
 def check_block_counts(pairs: Sequence[tuple[int, int | tuple[int, ...]]], blocks: int) -> None:
     """ValueError unless every pair of :func:`monte_carlo_counts` that gives one draw count per
     block gives ``blocks`` of them."""
@@ -494,6 +506,7 @@ class DitheredGoodLattice(Bottleneck):
         # model sized before it is built) they are formed on the CPU
         with _values_off_meta():
             self.geometry: DirectSum = tile(lattice, dim, compile=compile)
+            self._moment_values = _cell_moment_values(self.geometry)  # density="gaussian"
             self.samples = samples
             self.eval_samples = eval_samples
             blocks = self.geometry.blocks
@@ -594,14 +607,9 @@ class DitheredGoodLattice(Bottleneck):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A whole module pickled before the index tables lived in ``_index_tables`` held them
         as plain attributes, or earlier as buffers: they move there; one pickled before
-        ``density`` existed gets its default, the Monte-Carlo estimate it had. The second
-        moments' tables (:meth:`_cell_moments`) are dropped, to be made again: they are kept
-        by the device they were made on, which ``torch.load``'s ``map_location`` changes under
-        them (a module saved on one GPU, loaded to the CPU and moved to the GPU again read a
-        CPU table there)."""
+        ``density`` existed gets its default, the Monte-Carlo estimate it had."""
         super().__setstate__(state)
         self.__dict__.setdefault("density", "monte_carlo")
-        self.__dict__.pop("_cell_moment_tables", None)
         if "_index_tables" not in self.__dict__:
             for name in self._INDEX_TABLES:
                 table = self.__dict__.pop(name, None)
@@ -1007,25 +1015,14 @@ class DitheredGoodLattice(Bottleneck):
         """M_i, the base block's second moment of its cell per dimension at each coordinate,
         ``(m,)``: G(Λ_b)·V_b^{2/n_b} (:func:`_block_nsm`), exact per coordinate for the cells
         whose second-moment tensor is a multiple of the identity (A2, D4, E8, Λ16, Λ24, and
-        every block of ``tile``'s names); a rectangular block's own Δ_i²/12. Formed once in
-        float64, then kept per dtype and device."""
-        cache = self.__dict__.setdefault("_cell_moment_tables", {})
-        if "float64" not in cache:
+        every block of ``tile``'s names); a rectangular block's own Δ_i²/12. Plain numbers made
+        with the module (:func:`_cell_moment_values`), so that a traced or exported forward
+        forms them as constants; a module pickled before they existed makes them here."""
+        values = self.__dict__.get("_moment_values")
+        if values is None:
             with plain_tensors(), _values_off_meta():
-                parts = []
-                for block in self.geometry.blocks:
-                    if isinstance(block, RectangularLattice):
-                        parts.append(block.spacing.to(torch.float64).square() / 12.0)
-                    else:
-                        size = math.exp(2.0 * float(block.log_volume) / block.dim)
-                        value = _block_nsm(block) * size
-                        parts.append(torch.full((block.dim,), value, dtype=torch.float64))
-                cache["float64"] = torch.cat(parts)
-        key = (dtype, torch.device(device))
-        if key not in cache:
-            with plain_tensors():
-                cache[key] = cache["float64"].to(device=device, dtype=dtype)
-        return cache[key]
+                values = self._moment_values = _cell_moment_values(self.geometry)
+        return torch.tensor(values, dtype=dtype, device=device)
 
     def _mc_cells(self, dtype, subset: tuple[int, ...] | None = None) -> _Cells:
         """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular), or
