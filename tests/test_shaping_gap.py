@@ -100,3 +100,31 @@ def test_the_gap_is_a_cpu_number_wherever_the_module_is():
         assert gap.device.type == "cpu"
         if expected is not None:
             assert gap.item() == pytest.approx(expected)
+
+
+def test_eval_says_when_its_iwae_rests_on_the_approximate_density(tmp_path):
+    """A good lattice trained with ``density="gaussian"``: its IWAE value is no bound on
+    log p(x), and the report says so; with the Monte-Carlo density it does not."""
+    reports = {}
+    for density in ("gaussian", "monte_carlo"):
+        path = tmp_path / f"{density}.toml"
+        text = TINY_RUN.format(name="lattice", family="gated_mlp", hidden="[16]")
+        path.write_text(text.replace("latent_dim = 4", "latent_dim = 8"))
+        args = [
+            f"out_dir={tmp_path / density}",
+            "bottleneck.args.lattice=e8",
+            f"bottleneck.args.density={density}",
+            "bottleneck.args.eval_samples=8",
+            "bottleneck.args.eval_prior_samples=4",
+        ]
+        custom.train(custom.load_config(str(path), args))
+        best = tmp_path / density / "best.pt"
+        reports[density] = custom.eval_checkpoint(best, iwae_samples=2, progress=False)
+    lines = custom.format_report(reports["gaussian"])
+    assert reports["gaussian"]["iwae"]["approximate_prior"] is True
+    assert "not a bound on log p(x)" in lines
+    assert "approximate_prior" not in reports["monte_carlo"]["iwae"]
+    assert "not a bound" not in custom.format_report(reports["monte_carlo"])
+    assert reports["gaussian"]["shaping_gap"]["nats"] == pytest.approx(
+        8 * 0.5 * math.log(2 * math.pi * math.e * 929 / 12960)
+    )
