@@ -30,6 +30,18 @@ def one_line_error(err: str) -> bool:
     return len(lines) == 1 and lines[0].startswith("qlatent: error:")
 
 
+#: the same kind of run as ``--set`` overrides of the defaults (one epoch of 60 synthetic
+#: images in batches of 20, a gated MLP of width 8, latent dimension 4)
+TINY_OVERRIDES = [
+    "data.name=synthetic",
+    "data.synthetic_size=60",
+    "model.hidden=[8]",
+    "model.latent_dim=4",
+    "train.epochs=1",
+    "train.batch_size=20",
+    "train.progress=false",
+]
+
 #: a run of ``qlatent train`` small enough for a test: a bottleneck ``{name}`` in a ``{family}``
 #: model of widths ``{hidden}`` on 60 synthetic images, three updates
 TINY_RUN = """

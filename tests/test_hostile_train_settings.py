@@ -13,23 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import one_line_error, run_cli
+from cli_helpers import TINY_OVERRIDES, one_line_error, run_cli
 from qlatent.bottlenecks import BOTTLENECKS, build
 from qlatent.experiments import custom, text_rd
 from qlatent.losses import RateDistortionLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: a run of a few updates on 60 synthetic images
-TINY = [
-    "data.name=synthetic",
-    "data.synthetic_size=60",
-    "model.hidden=[8]",
-    "model.latent_dim=4",
-    "train.epochs=1",
-    "train.batch_size=20",
-    "train.progress=false",
-]
 
 
 @pytest.fixture
@@ -84,7 +73,7 @@ def test_a_new_run_refuses_a_loss_setting_its_bottleneck_does_not_use(setting, t
     (its rate is log K, without gradient), ``loss.aux_weight`` scales nothing in a lattice's
     loss, and annealing a rate without gradient (or at weight 0) anneals nothing."""
     key = setting[-1].split("=")[0]
-    cfg = custom.load_config(None, [*TINY, *setting, f"out_dir={tmp_path}"])
+    cfg = custom.load_config(None, [*TINY_OVERRIDES, *setting, f"out_dir={tmp_path}"])
     with pytest.raises(ValueError, match=key.replace(".", r"\.") + " = .* has no effect"):
         custom.train(cfg)
 
@@ -104,7 +93,7 @@ def test_a_run_started_before_the_check_resumes_and_a_fresh_one_is_refused(tmp_p
     """Only new runs are checked: a run that recorded such a setting resumes as it began
     (the config of a resume must be the checkpoint's), while ``--fresh`` starts a new one."""
     out = tmp_path / "run"
-    overrides = [*TINY, "train.max_steps=2", "bottleneck.name=vq", "loss.rate_weight=0.5"]
+    overrides = [*TINY_OVERRIDES, "train.max_steps=2", "bottleneck.name=vq", "loss.rate_weight=0.5"]
     cfg = custom.load_config(None, [*overrides, f"out_dir={out}"])
     with monkeypatch.context() as m:  # the run as an earlier version started it
         m.setattr(custom, "check_loss_settings", lambda *a, **k: None)
@@ -141,7 +130,7 @@ def test_the_tables_of_constant_rates_and_auxiliary_losses_match_the_bottlenecks
 
 def _weights_after_updates(name: str, rate_weight: float, aux_weight: float) -> list:
     """The weights of a tiny model with bottleneck ``name`` after three Adam updates."""
-    cfg = custom.load_config(None, [*TINY, f"bottleneck.name={name}"])
+    cfg = custom.load_config(None, [*TINY_OVERRIDES, f"bottleneck.name={name}"])
     torch.manual_seed(0)
     model = custom.build_model(cfg, (1, 28, 28), 0.1).train()
     loss_fn = RateDistortionLoss(lmbda=rate_weight, aux_weight=aux_weight)

@@ -15,6 +15,7 @@ import pickle
 import pytest
 import torch
 
+from cli_helpers import TINY_OVERRIDES
 from qlatent.bottlenecks import build
 from qlatent.bottlenecks.scalar_st import ScalarST
 from qlatent.bottlenecks.vector_st import VectorST
@@ -179,17 +180,7 @@ def test_saved_weights_and_pickles_load_either_way(name):
     assert pickle.loads(pickle.dumps(option)).commitment == 1.0
 
 
-#: a run of one update on 60 synthetic images
-TINY = [
-    "data.name=synthetic",
-    "data.synthetic_size=60",
-    "model.hidden=[8]",
-    "model.latent_dim=4",
-    "train.epochs=1",
-    "train.max_steps=1",
-    "train.batch_size=20",
-    "train.progress=false",
-]
+TINY = [*TINY_OVERRIDES, "train.max_steps=1"]  # a run of one update on 60 synthetic images
 
 
 @pytest.mark.parametrize("name", ["scalar_st", "vector_st"])
