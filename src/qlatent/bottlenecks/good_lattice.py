@@ -506,7 +506,10 @@ class DitheredGoodLattice(Bottleneck):
         # model sized before it is built) they are formed on the CPU
         with _values_off_meta():
             self.geometry: DirectSum = tile(lattice, dim, compile=compile)
-            self._moment_values = _cell_moment_values(self.geometry)  # density="gaussian"
+            # density="gaussian" reads them in the forward, which a trace or an export may be
+            # the first to run; otherwise they are made at first use (:meth:`_cell_moments`)
+            gaussian = density == "gaussian"
+            self._moment_values = _cell_moment_values(self.geometry) if gaussian else None
             self.samples = samples
             self.eval_samples = eval_samples
             blocks = self.geometry.blocks
@@ -1015,9 +1018,10 @@ class DitheredGoodLattice(Bottleneck):
         """M_i, the base block's second moment of its cell per dimension at each coordinate,
         ``(m,)``: G(Λ_b)·V_b^{2/n_b} (:func:`_block_nsm`), exact per coordinate for the cells
         whose second-moment tensor is a multiple of the identity (A2, D4, E8, Λ16, Λ24, and
-        every block of ``tile``'s names); a rectangular block's own Δ_i²/12. Plain numbers made
-        with the module (:func:`_cell_moment_values`), so that a traced or exported forward
-        forms them as constants; a module pickled before they existed makes them here."""
+        every block of ``tile``'s names); a rectangular block's own Δ_i²/12. Plain numbers
+        (:func:`_cell_moment_values`), so that a traced or exported forward forms them as
+        constants: made with a module built with ``density="gaussian"``, else here at first use
+        (a family without a literature G estimates it then, once per process)."""
         values = self.__dict__.get("_moment_values")
         if values is None:
             with plain_tensors(), _values_off_meta():
