@@ -294,14 +294,47 @@ def check_weight_kinds(state: dict[str, Any], own: dict[str, Any], path: str | P
             )
 
 
-def load_weights(module: torch.nn.Module, state: Any, path: str | Path) -> None:
+def load_weights(
+    module: torch.nn.Module, state: Any, path: str | Path, *, keep: bool = True
+) -> None:
     """``module.load_state_dict(state)`` with one clear error naming ``path`` when the
     checkpoint holds a different architecture (missing, unexpected or differently shaped
     weights), keys that are not names, non-finite values (:func:`check_state_dict`), weights of
     another dtype kind (:func:`check_weight_kinds`) or buffers the module refuses (a counted
-    code model inconsistent with its bottleneck). That error is a :class:`CheckpointError`."""
+    code model inconsistent with its bottleneck). That error is a :class:`CheckpointError`.
+
+    ``load_state_dict`` copies every weight it can before it raises, so a refused checkpoint
+    would leave ``module`` half-loaded: with ``keep`` (the default) its weights are copied first
+    (:func:`weights_copy`) and put back on refusal. ``keep=False`` skips the copy for a caller
+    that keeps its own."""
     check_state_dict(state, path)
     check_weight_kinds(state, module.state_dict(), path)
+    kept = weights_copy(module) if keep else None
+    try:
+        _load_state(module, state, path)
+    except BaseException:
+        if kept is not None:
+            put_back(module, kept)
+        raise
+
+
+def weights_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict copied to the CPU, to put back with :func:`put_back`."""
+    own = module.state_dict()
+    kept = type(own)((name, t.detach().to("cpu", copy=True)) for name, t in own.items())
+    if hasattr(own, "_metadata"):  # the versions and arguments the modules check on load
+        kept._metadata = own._metadata
+    return kept
+
+
+def put_back(module: torch.nn.Module, kept: dict[str, torch.Tensor]) -> None:
+    """``module``'s weights (and buffers) as :func:`weights_copy` took them, in place: the
+    caller's parameters stay the same objects."""
+    module.load_state_dict(kept)
+
+
+def _load_state(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state)``, its refusals as one :class:`CheckpointError`."""
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:

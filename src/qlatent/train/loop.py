@@ -41,7 +41,9 @@ from .checkpoint import (
     config_changes,
     load,
     load_weights,
+    put_back,
     save_atomic,
+    weights_copy,
 )
 from .lock import hold
 from .optim import make_optimizer
@@ -283,7 +285,7 @@ def _fit(
             return _finish(model, state, out_dir, world, cfg.keep, run_config)
     except BaseException:  # a refusal, or a failure writing best.pt: nothing trained yet
         if kept is not None:
-            _put_back(model, kept)
+            put_back(model, kept)
         _set_rng_state(caller_rng)
         raise
     kept = None  # the copy is not held through training
@@ -777,8 +779,8 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, di
 
     Every check is made before ``model`` and the global random state are touched; a refusal
     while the weights load puts ``model``'s back. Returns the saved training state and
-    ``model``'s weights as they were (:func:`_weights_copy`), for :func:`_fit` to put back
-    when a later check refuses the run."""
+    ``model``'s weights as they were (:func:`~.checkpoint.weights_copy`), for :func:`_fit` to put
+    back when a later check refuses the run."""
     ckpt = load(path, map_location=world.device)
     missing = {"model", "optimizer", "state", "rng", "world_size"} - set(ckpt)
     if missing:
@@ -811,14 +813,14 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, di
         state = _checked_state(_State(**ckpt["state"]))
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
-    kept = _weights_copy(model)
+    kept = weights_copy(model)
     try:
         # load_state_dict copies every weight it can before it raises (missing keys, other
         # shapes, a bottleneck built with other arguments): the rest is refused with the model
         # half-loaded, so its weights as they were are put back. The weights come before the
         # optimizer, whose check would otherwise name a shape where "a different model" is
         # the reason.
-        load_weights(model, ckpt["model"], path)
+        load_weights(model, ckpt["model"], path, keep=False)
         check_optimizer_state(ckpt["optimizer"], optimizer, path)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])  # fit's own optimizer, not the caller's
@@ -828,24 +830,9 @@ def _restore(path, model, optimizer, cfg, run_config, world) -> tuple[_State, di
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path} holds an unusable training state ({err})") from None
     except BaseException:
-        _put_back(model, kept)
+        put_back(model, kept)
         raise
     return state, kept
-
-
-def _weights_copy(model: nn.Module) -> dict[str, Tensor]:
-    """``model``'s state dict copied to the CPU, to put back with :func:`_put_back`."""
-    own = model.state_dict()
-    kept = type(own)((name, t.detach().to("cpu", copy=True)) for name, t in own.items())
-    if hasattr(own, "_metadata"):  # the versions and arguments the modules check on load
-        kept._metadata = own._metadata
-    return kept
-
-
-def _put_back(model: nn.Module, kept: dict[str, Tensor]) -> None:
-    """``model``'s weights (and buffers) as :func:`_weights_copy` took them, in place: the
-    caller's parameters stay the same objects."""
-    model.load_state_dict(kept)
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
