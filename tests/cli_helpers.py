@@ -17,9 +17,10 @@ def run_cli(args, capsys) -> tuple[int, str]:
 def commands_run(monkeypatch, func) -> None:
     """Every command of ``qlatent`` runs ``func(args)`` in place of its own work."""
     import qlatent.cli as cli
+    from qlatent.cli import _main
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(_main, "build_parser", lambda: parser)
     for action in parser._subparsers._group_actions[0].choices.values():
         action.set_defaults(func=func)
 

@@ -36,7 +36,7 @@ def _config(tmp_path, name: str, family: str = "gated_mlp", hidden: str = "[16]"
 def test_a_failed_torch_compile_is_one_line_in_process(monkeypatch, capsys):
     """Any backend failure that Dynamo reports (here a backend that raises) ends a command with
     one line: the reason, the way round it, exit status 2."""
-    from qlatent import cli
+    from qlatent.cli import _parser
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no kernels today\nsecond line of advice")
@@ -44,7 +44,7 @@ def test_a_failed_torch_compile_is_one_line_in_process(monkeypatch, capsys):
     def command(args):
         return torch.compile(lambda x: x.sin() + 1, backend=broken_backend)(torch.ones(3))
 
-    monkeypatch.setattr(cli, "_cmd_bench_coding", command)
+    monkeypatch.setattr(_parser, "_cmd_bench_coding", command)
     assert main(["bench", "coding"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("qlatent: error: torch.compile failed: ") and "\n" not in err

@@ -82,9 +82,9 @@ def _upward_imports(src: Path = SRC) -> set[tuple[str, str]]:
 
 def test_the_scanner_sees_imports_inside_functions_and_relative_ones():
     """The scanner itself: the lazy ``from ..models.text import TextAutoencoder`` inside a
-    function of experiments/custom.py and the module-level relative imports of
+    function of experiments/_custom_model.py and the module-level relative imports of
     bottlenecks/vq.py are found, resolved to absolute names."""
-    assert "qlatent.models.text" in _imports(SRC / "experiments" / "custom.py")
+    assert "qlatent.models.text" in _imports(SRC / "experiments" / "_custom_model.py")
     assert "qlatent.bottlenecks.base" in _imports(SRC / "bottlenecks" / "vq.py")
     assert "qlatent._utils" in _imports(SRC / "bottlenecks" / "vq.py")
 

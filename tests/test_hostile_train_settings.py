@@ -15,7 +15,7 @@ import torch
 
 from cli_helpers import TINY_OVERRIDES, one_line_error, run_cli
 from qlatent.bottlenecks import BOTTLENECKS, build
-from qlatent.experiments import custom, text_rd
+from qlatent.experiments import _custom_config, custom, text_rd
 from qlatent.losses import RateDistortionLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_a_run_started_before_the_check_resumes_and_a_fresh_one_is_refused(tmp_p
     overrides = [*TINY_OVERRIDES, "train.max_steps=2", "bottleneck.name=vq", "loss.rate_weight=0.5"]
     cfg = custom.load_config(None, [*overrides, f"out_dir={out}"])
     with monkeypatch.context() as m:  # the run as an earlier version started it
-        m.setattr(custom, "check_loss_settings", lambda *a, **k: None)
+        m.setattr(_custom_config, "check_loss_settings", lambda *a, **k: None)
         custom.train(cfg)
     more = custom.load_config(
         None, [*overrides, "train.epochs=2", "train.max_steps=4", f"out_dir={out}"]

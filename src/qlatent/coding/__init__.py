@@ -8,7 +8,15 @@ protocol of :mod:`.models`).
 """
 
 from .codec import code_model, compress, decompress, ideal_bits, model_digest
-from .container import CODE_MODELS, CodingError, Header, pack, register_code_model, unpack
+from .container import (
+    CODE_MODELS,
+    CodingError,
+    Header,
+    describe,
+    pack,
+    register_code_model,
+    unpack,
+)
 from .models import CodeModel, Counted, DitheredLaplace, GoodLattice, UniformIndex
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "code_model",
     "compress",
     "decompress",
+    "describe",
     "ideal_bits",
     "model_digest",
     "pack",

@@ -225,3 +225,33 @@ def unpack(data: bytes, *, expected_digest: bytes | None = None) -> tuple[Header
         raise other_model(digest, expected_digest)
     header = Header(code_model, digest, seed, lo, hi, tuple(shape))
     return header, data[offset : offset + length]
+
+
+def describe(data: bytes) -> dict[str, object]:
+    """What a file holds, read from its header alone: no model, no decoding.
+
+    The file is checked as :func:`unpack` checks it (a damaged or foreign file raises
+    :class:`CodingError`). Returns a table of plain values: ``format_version``, ``code_model``
+    (its id) and ``code_model_name``, ``model_digest`` (the writing model's SHA-256, hex),
+    ``seed`` (the dither's), ``symbol_range`` ``[min, max]``, ``shape`` of the coded tensor
+    ``[B, dim, *spatial]`` and ``examples`` (``B``), ``file_bytes``, ``header_bytes`` (header
+    and checksum), ``payload_bytes``, and ``bits_per_example`` (the whole file's bits over
+    ``B``; None for a file of no examples). Which model wrote the file can be checked against a
+    model with :func:`qlatent.coding.model_digest`.
+    """
+    header, payload = unpack(data)
+    n = header.shape[0]
+    return {
+        "format_version": VERSION,
+        "code_model": header.code_model,
+        "code_model_name": CODE_MODELS[header.code_model],
+        "model_digest": header.digest.hex(),
+        "seed": header.seed,
+        "symbol_range": [header.symbol_min, header.symbol_max],
+        "shape": list(header.shape),
+        "examples": n,
+        "file_bytes": len(data),
+        "header_bytes": header.size,
+        "payload_bytes": len(payload),
+        "bits_per_example": 8 * len(data) / n if n else None,
+    }

@@ -1,0 +1,465 @@
+"""E8 blocks of :class:`~.models.GoodLattice`, coded by their two cosets of D8 under a Laplace
+(:class:`_E8Block`) or a Gaussian prior (:class:`_GaussianE8Block`), with the moments of the
+rounding errors that give a coset its probability.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._coder_ops import (
+    _CLASS_CHUNK,
+    PRECISION,
+    _categorical_op,
+    _ChunkedCategorical,
+    _decode_categorical,
+    _geometric_op,
+    _Op,
+    constriction,
+)
+from ._laplace_cells import _GAUSSIAN_TAIL_SCALES, MAX_SUPPORT, SignCode, magnitude_models
+
+#: the prior scale over the cell size, b/σ, is clipped to this range in the rounding errors'
+#: moments: below it the prior is a point, above it the error is uniform to 1e-20
+_ERROR_SCALE_RANGE = (1e-6, 50.0)
+#: the coset probability is kept this far from 0 and 1 (a prior that is wrong costs at most
+#: log2 of its inverse, 20 bits, on one coset)
+_COSET_FLOOR = 1e-6
+
+
+def _rounding_error_moments(mu: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E|e| and E e² of e = x − round(x) for x ~ Laplace(μ, β), elementwise, in closed form.
+
+    With a = |μ − round(μ)| (the error's law is symmetric in a's sign), the unit interval
+    around round(μ) has density e^(−|t − a|/β)/2β, split at −½, 0, a and ½ into three pieces;
+    every other interval lies on one side of μ, where the density is e^(∓t/β) times a geometric
+    factor in the interval's distance from μ, and their sum is that of a geometric series. Each
+    piece is ∫ s^k e^(λ(s − s0)) ds = [e^(λ(s − s0)) P_k(s)] with λ = ±1/β, P_1 = s/λ − 1/λ² and
+    P_2 = s²/λ − 2s/λ² + 2/λ³, every exponent ≤ 0; the exponentials that depend on a are only
+    e^(−a/β) and e^(−(½ − a)/β) (two per element)."""
+    beta = np.clip(beta, *_ERROR_SCALE_RANGE)
+    a = np.abs(mu - np.round(mu))
+    inv = 1 / beta
+    e_a = np.exp(-a * inv)  # e^(−a/β)
+    e_rest = np.exp((a - 0.5) * inv)  # e^(−(½ − a)/β)
+    half, whole = np.exp(-0.5 * inv), np.exp(-inv)  # per coordinate
+    e_far = e_a * half  # e^(−(½ + a)/β)
+    b2 = beta * beta
+
+    def p_up(s, k):  # P_k(s) for λ = +1/β
+        return s * beta - b2 if k == 1 else s * s * beta - 2 * s * b2 + 2 * b2 * beta
+
+    def p_down(s, k):  # P_k(s) for λ = −1/β
+        return -s * beta - b2 if k == 1 else -s * s * beta - 2 * s * b2 - 2 * b2 * beta
+
+    # Σ over the intervals right and left of the middle one of e^(−(distance to their near edge)/β)
+    tails = (e_rest + e_far) / -np.expm1(-inv)
+    moments = []
+    for k in (1, 2):
+        middle = (
+            e_far * p_down(0.5, k) - e_a * p_down(0.0, k)  # t ∈ [−½, 0], as s = −t ∈ [0, ½]
+            + p_up(a, k) - e_a * p_up(0.0, k)  # t ∈ [0, a]
+            + e_rest * p_down(0.5, k) - p_down(a, k)  # t ∈ [a, ½]
+        )  # fmt: skip
+        # one whole interval, its near edge at distance 0: ∫_{−½}^{½} |t|^k e^(−(t + ½)/β) dt
+        other = p_up(0.5, k) - half * p_up(0.0, k) + whole * p_down(0.5, k) - half * p_down(0.0, k)
+        moments.append((middle + tails * other) * (0.5 * inv))
+    return moments[0], moments[1]
+
+
+def _coset_one_probability(mu: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """P(the nearest E8 point of x lies in D8 + ½·1) for x with independent Laplace(μ_j, β_j)
+    coordinates (base units: μ = u/σ, β = b/σ), ``(N, 8), (8,) -> (N,)``.
+
+    With e_j = x_j − round(x_j), the nearest point of D8 is at squared distance Σ e_j² and that
+    of D8 + ½·1 at Σ (½ − |e_j|)² = Σ e_j² − Σ |e_j| + 2, each plus a parity fix when the rounded
+    coordinates' sum is odd. Without the fixes the second coset is nearer when Σ |e_j| > 2; the
+    sum of the eight independent |e_j| is taken as normal with their exact means and variances
+    (:func:`_rounding_error_moments`). On the E8^5 Table-1 checkpoint its five cosets cost
+    4.25 bits per image where a Monte-Carlo estimate of the exact probability, fixes included,
+    costs 4.26 ± 0.06 (``examples/e8-coset-cost.py``). Deterministic float64 arithmetic:
+    encoder and decoder build the same table."""
+    from scipy.special import ndtr
+
+    first, second = _rounding_error_moments(mu, beta)
+    mean = first.sum(1)
+    var = np.maximum((second - first * first).sum(1), 1e-300)
+    return np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
+
+
+class _E8Block:
+    """E8 = D8 ∪ (D8 + ½·1) in base units (Conway & Sloane): z = k + c/2·1 with k ∈ Z^8,
+    Σ k even, c ∈ {0, 1}. The model is the product of the one-dimensional cell masses
+    m_j(k_j) = P(X̂_j ∈ σ(k_j + c/2) − u_j ± σ/2) restricted to E8 and normalized:
+
+        P(z | u) = Π_j m_j(k_j) / Z,   Z = Σ_c ½ (1 + Π_j D_j^c),   D_j^c = Σ_k (−1)^k m_j(k),
+
+    (the parity restriction keeps ½(1 + Π D) of each coset's product mass). It is coded as the
+    coset c (probabilities ∝ ½(1 + Π_j D_j^c)), then coordinate by coordinate the parity of k_j,
+    weighted by ½(1 ± Π_{i>j} D_i^c) so that the parities still to come can make Σ k even, and
+    k_j within its parity class: for the Laplace cells, shifted so that their mean lies in
+    [−½, ½] as for the rectangular lattice, a sign and a geometric magnitude with ratio
+    r² = e^(−2σ/b) — all exact, no truncation but the coder's support. Each D has a closed
+    form: with P_−, P_0, P_+ the sign probabilities, D = ±(P_0 − (P_− + P_+)(1 − r)/(1 + r)).
+    Its cells are cubes of
+    side σ, far closer to E8's Voronoi cell than the elongated boxes of a triangular basis.
+
+    Every coset tiles space with these cubes, so the product model gives each coset about half
+    the mass whatever the prior; the true P(c | u) is the prior's mass on the points whose
+    nearest E8 point lies in coset c, which a peaked prior tilts far from ½. With
+    ``cosets="errors"`` (files of kind :data:`MODEL_E8_COSETS`) the coset is coded with
+    :func:`_coset_one_probability` instead and the coordinates with the same P(k | c) as before
+    (the product model within coset c, normalized); ``cosets="half"`` is the model of files of
+    kinds 4 and 5. On the E8^5 Table-1 checkpoint the five cosets cost 4.31 bits per image
+    instead of 5.00 (2000 training images, ``examples/e8-coset-cost.py``)."""
+
+    def __init__(self, basis: Tensor, cosets: str = "errors") -> None:
+        if cosets not in ("errors", "half"):
+            raise ValueError(f"cosets must be 'errors' or 'half', got {cosets!r}")
+        self.basis = basis.to(torch.float64)
+        self.inverse = torch.linalg.inv(self.basis)
+        self.cosets = cosets
+
+    def spacing(self, sigma: np.ndarray) -> np.ndarray:
+        return sigma.copy()
+
+    @staticmethod
+    def min_bits(sigma: np.ndarray, scale: np.ndarray) -> float:
+        """A lower bound on one block's bits over all dithers and both coset models. A cell's
+        mass is at most M_j = 1 − e^(−σ_j/2b_j) (centred on the mode); the alternating sum of
+        the unimodal cell masses is at most their largest, |D_j| ≤ M_j, so each coset's
+        normalizer ½(1 + Π D_j) is at least ½(1 − Π M_j) and, whatever the coset's own
+        probability, no point has probability above 2 Π M_j / (1 − Π M_j); the coder's fixed
+        point adds a 2^-24 unit per coded symbol at most (25 of them)."""
+        product = float(np.prod(-np.expm1(-sigma / (2 * scale))))
+        p_max = 1.0 if product >= 1 / 3 else 2 * product / (1 - product)
+        return max(0.0, -math.log2(min(1.0, p_max + 25 * 2.0**-PRECISION)))
+
+    @staticmethod
+    def _cells(u: np.ndarray, sigma, scale, c: int):
+        """Per coordinate, for coset c: the shift n, the sign probabilities ``(N, 8, 3)`` and
+        D ``(N, 8)``."""
+        x = sigma * (c / 2.0) - u
+        n = np.round(x / sigma)
+        v = sigma * n - x
+        probs = SignCode(sigma, scale).probabilities(np.ascontiguousarray(v)).reshape(*u.shape, 3)
+        r = np.exp(-sigma / scale)
+        d = probs[..., 1] - (probs[..., 0] + probs[..., 2]) * ((1 - r) / (1 + r))
+        d = np.where(np.remainder(n, 2) == 0, d, -d)
+        return n, probs, d
+
+    def _coset_probs(self, u, sigma, scale, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        if self.cosets == "half":
+            return np.stack([0.5 * (1 + d0.prod(1)), 0.5 * (1 + d1.prod(1))], axis=1)
+        one = _coset_one_probability(u / sigma, scale / sigma)
+        return np.stack([1 - one, one], axis=1)
+
+    @staticmethod
+    def _parity_probs(probs, r, n, parity_so_far, tail):
+        """P(κ even), P(κ odd) for one coordinate: class mass × the weight of k's parity."""
+        pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
+        even = p0 + (pn + pp) * (r / (1 + r))
+        odd = (pn + pp) / (1 + r)
+        k_even_if_kappa_even = np.remainder(n, 2) == 0  # k = κ − n
+        sign = np.where(np.remainder(parity_so_far, 2) == 0, 1.0, -1.0)
+        w_k_even, w_k_odd = 0.5 * (1 + sign * tail), 0.5 * (1 - sign * tail)
+        w_even = np.where(k_even_if_kappa_even, w_k_even, w_k_odd)
+        w_odd = np.where(k_even_if_kappa_even, w_k_odd, w_k_even)
+        return np.stack([even * w_even, odd * w_odd], axis=1)
+
+    @staticmethod
+    def _sign_probs(probs, r, odd: np.ndarray) -> np.ndarray:
+        """κ's sign (−, 0, +) within its parity class."""
+        pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
+        even_probs = np.stack([pn * r / (1 + r), p0, pp * r / (1 + r)], axis=1)
+        odd_probs = np.stack([pn, np.zeros_like(p0), pp], axis=1)
+        return np.where(odd[:, None], odd_probs, even_probs)
+
+    def _split(self, k: Tensor):
+        z = k.to(torch.float64) @ self.basis  # halves: exact
+        c = np.remainder(np.round(2 * z[:, 0].numpy()), 2).astype(np.int64)
+        return z.numpy() - c[:, None] / 2.0, c
+
+    def _cosets(self, u, sigma, scale, width: int):
+        """Both cosets' cells, the coset probabilities, the parity ratio r and the magnitude
+        tables (ratio r²): what encoder and decoder build before the coset is known."""
+        cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
+        r = np.exp(-sigma / scale)
+        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
+        probs = self._coset_probs(u, sigma, scale, cells[0][2], cells[1][2])
+        return cells, probs, r, tables
+
+    @staticmethod
+    def _chosen(cells, c: np.ndarray):
+        """The shift n, the sign probabilities and D of the coset each row lies in."""
+        first = c == 0
+        return (
+            np.where(first[:, None], cells[0][0], cells[1][0]),
+            np.where(first[:, None, None], cells[0][1], cells[1][1]),
+            np.where(first[:, None], cells[0][2], cells[1][2]),
+        )
+
+    def ops(self, prepared, sigma, scale, width: int) -> list[_Op]:
+        kk, c, u = prepared
+        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        out = [_categorical_op(c, coset_probs)]
+        n_all, probs_all, d_all = self._chosen(cells, c)
+        parity_so_far = np.zeros(kk.shape[0])
+        for j in range(8):
+            tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(kk.shape[0])
+            kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
+            odd = np.remainder(kappa, 2) == 1
+            parity = self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
+            out.append(_categorical_op(odd.astype(np.int64), parity))
+            signs = self._sign_probs(probs_all[:, j], r[j], odd)
+            out.append(_categorical_op(np.sign(kappa) + 1, signs))
+            nonzero = kappa[kappa != 0]
+            magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
+            out.append(_geometric_op(magnitude, tables[j], -2 * sigma[j] / scale[j]))  # log r²
+            parity_so_far = parity_so_far + kk[:, j]
+        return out
+
+    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
+        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        c = _decode_categorical(coder, coset_probs)
+        n_all, probs_all, d_all = self._chosen(cells, c)
+        kk = np.zeros(u.shape)
+        parity_so_far = np.zeros(u.shape[0])
+        for j in range(8):
+            tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(u.shape[0])
+            parity = self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
+            odd = _decode_categorical(coder, parity) == 1
+            sign = _decode_categorical(coder, self._sign_probs(probs_all[:, j], r[j], odd)) - 1
+            kappa = np.zeros(u.shape[0], dtype=np.int64)  # 0, or ±(2t + 1) / ±(2t + 2)
+            nonzero = np.flatnonzero(sign)
+            if nonzero.size:
+                t = coder.decode(tables[j], nonzero.size).astype(np.int64)
+                base = np.where(odd[nonzero], 1, 2)
+                kappa[nonzero] = sign[nonzero] * (2 * t + base)
+            kk[:, j] = kappa - n_all[:, j]
+            parity_so_far = parity_so_far + kk[:, j]
+        z = torch.from_numpy(kk + c[:, None] / 2.0)
+        return torch.round(z @ self.inverse).long()
+
+
+#: beyond this prior deviation in cell units, b/σ, a coordinate's alternating sum of Gaussian
+#: cell masses is below e^(−π²·16/2) ≈ 1e-34 and taken as 0
+_GAUSSIAN_PARITY_SCALE = 4.0
+
+
+def _gaussian_bin_masses(mean: np.ndarray, std: float, low: int, high: int) -> np.ndarray:
+    """``(N, high − low + 1)`` masses of N(mean, std²) on the bins [κ ± ½], κ = low … high, one
+    row per mean (bins right of the mean from the upper tail, so that none is lost to 1 − Φ)."""
+    from scipy.special import ndtr
+
+    kappa = np.arange(low, high + 1, dtype=np.float64)
+    lo = (kappa[None, :] - 0.5 - mean[:, None]) / std
+    hi = lo + 1.0 / std
+    right = lo > 0
+    return np.where(right, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
+
+
+def _gaussian_rounding_error_moments(
+    mu: np.ndarray, beta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """E|e| and E e² of e = x − round(x) for x ~ N(μ, β²), elementwise ``(N, m), (m,)``.
+
+    Summed over the unit intervals n ± ½ within μ ± 12β (+1) of the mean, each split at n,
+    with the normal's partial moments in closed form: on [a, b], with A, B the standardized
+    ends, ∫φ = Φ(B) − Φ(A), ∫(t − μ)φ = β(φ(A) − φ(B)) and ∫(t − μ)²φ = β²(Φ(B) − Φ(A) +
+    Aφ(A) − Bφ(B)). Beyond :data:`_GAUSSIAN_PARITY_SCALE` deviations per unit the error is
+    uniform to double precision (¼ and 1/12)."""
+    from scipy.special import ndtr
+
+    beta = np.broadcast_to(np.maximum(beta, 1e-12), mu.shape[1:])
+    first, second = np.empty(mu.shape), np.empty(mu.shape)
+    pdf = lambda z: np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
+
+    def pieces(a, b, m, col, scale):  # ∫_a^b |t − m|^k φ, for the side where t − m has one sign
+        za, zb = (a - col) / scale, (b - col) / scale
+        mass = ndtr(zb) - ndtr(za)
+        lin = scale * (pdf(za) - pdf(zb))  # ∫ (t − μ) φ
+        quad = scale * scale * (mass + za * pdf(za) - zb * pdf(zb))  # ∫ (t − μ)² φ
+        d = col - m  # (t − m) = (t − μ) + d
+        return lin + d * mass, quad + 2 * d * lin + d * d * mass
+
+    for j, scale in enumerate(beta):
+        col = mu[:, j]
+        if scale > _GAUSSIAN_PARITY_SCALE:
+            first[:, j], second[:, j] = 0.25, 1.0 / 12.0
+            continue
+        reach = math.ceil(_GAUSSIAN_TAIL_SCALES * scale) + 1
+        centre = np.round(col)
+        f, s2 = np.zeros(col.shape), np.zeros(col.shape)
+        for offset in range(-reach, reach + 1):
+            m = centre + offset
+            up1, up2 = pieces(m, m + 0.5, m, col, scale)  # t − m ∈ [0, ½]: |t − m| = t − m
+            down1, down2 = pieces(m - 0.5, m, m, col, scale)  # t − m ∈ [−½, 0]
+            f += up1 - down1
+            s2 += up2 + down2
+        first[:, j], second[:, j] = f, s2
+    return first, second
+
+
+class _GaussianE8Block(_E8Block):
+    """:class:`_E8Block`'s model under a Gaussian prior N(0, b_j²): the product of the cubes'
+    masses restricted to E8 within each coset, coded as the coset c with the probability that
+    the nearest E8 point lies in it (:meth:`_cosets`), then each coordinate's κ_j = k_j + n_j
+    with a categorical over the mean ± 12 deviations (:meth:`_window`; an escape beyond it,
+    then κ uniform over the header's range) whose entries are the masses of the bins [κ ± ½]
+    of N(v_j/σ_j, (b_j/σ_j)²) times the probability that the coordinates after it complete Σ k to
+    an even sum (the last coordinate's parity is forced): the Laplace model's ½(1 ± Π_{i>j} D_i)
+    with the parities' masses summed over the mean ± 12 deviations (½ each beyond
+    :data:`_GAUSSIAN_PARITY_SCALE` deviations per cell) and combined by a recurrence of
+    positive terms, which keeps a peaked prior's tiny odd masses. Each row's table is made
+    chunk by chunk of rows (:class:`_ChunkedCategorical`), in the same float64 operations in
+    encoder and decoder."""
+
+    def __init__(self, basis: Tensor) -> None:
+        super().__init__(basis, cosets="half")
+
+    @staticmethod
+    def min_bits(sigma: np.ndarray, scale: np.ndarray) -> float:
+        """As :meth:`_E8Block.min_bits` with M_j = erf(σ_j / (2√2 b_j)), the largest Gaussian
+        cell mass, and a fixed-point excess of at most (2·MAX_SUPPORT + 2)·2^-24 per entry on
+        each of the 9 coded symbols."""
+        from scipy.special import erf
+
+        product = float(np.prod(erf(sigma / (2 * math.sqrt(2.0) * scale))))
+        p_max = 1.0 if product >= 1 / 3 else 2 * product / (1 - product)
+        excess = 9 * (2 * MAX_SUPPORT + 2) * 2.0**-PRECISION
+        return max(0.0, -math.log2(min(1.0, p_max + excess)))
+
+    @staticmethod
+    def _cells(u: np.ndarray, sigma, scale, c: int):
+        """Per coordinate, for coset c: the shift n ``(N, 8)``, the bins' means v/σ, and the
+        probability that k = κ − n is odd under the coordinate's cell masses (summed, not
+        taken as ½(1 − D): a peaked prior's odd mass can be far below the float's epsilon)."""
+        x = sigma * (c / 2.0) - u
+        n = np.round(x / sigma)
+        mean = (sigma * n - x) / sigma
+        odd = np.full(u.shape, 0.5)
+        for j, ratio in enumerate(scale / sigma):
+            if ratio > _GAUSSIAN_PARITY_SCALE:
+                continue
+            reach = math.ceil(_GAUSSIAN_TAIL_SCALES * ratio) + 1
+            masses = _gaussian_bin_masses(mean[:, j], ratio, -reach, reach)
+            kappa_odd = np.arange(-reach, reach + 1) % 2 == 1
+            odd_kappa = masses[:, kappa_odd].sum(1) / masses.sum(1)
+            even_kappa = masses[:, ~kappa_odd].sum(1) / masses.sum(1)
+            odd[:, j] = np.where(np.remainder(n[:, j], 2) == 0, odd_kappa, even_kappa)
+        return n, mean, odd
+
+    @staticmethod
+    def _completions(odd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each coordinate j, the probabilities that the coordinates after it have an even
+        and an odd sum of k, ``(N, 8)`` each, by the recurrence E' = E(1 − q) + Oq,
+        O' = Eq + O(1 − q) from the last coordinate back (sums of positive terms only)."""
+        even_after, odd_after = np.empty(odd.shape), np.empty(odd.shape)
+        e, o = np.ones(odd.shape[0]), np.zeros(odd.shape[0])
+        for j in range(odd.shape[1] - 1, -1, -1):
+            even_after[:, j], odd_after[:, j] = e, o
+            q = odd[:, j]
+            e, o = e * (1 - q) + o * q, e * q + o * (1 - q)
+        return even_after, odd_after
+
+    def _cosets(self, u, sigma, scale, width: int):
+        """Both cosets' cells and P(c | u): the probability that the nearest E8 point lies in
+        D8 + ½·1, as :func:`_coset_one_probability` with the Gaussian's rounding-error moments
+        (the product model's ½(1 + Π D) would put a peaked prior's whole mass on one coset,
+        and the point the quantizer picks is often in the other)."""
+        from scipy.special import ndtr
+
+        cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
+        first, second = _gaussian_rounding_error_moments(u / sigma, scale / sigma)
+        mean = first.sum(1)
+        var = np.maximum((second - first * first).sum(1), 1e-300)
+        one = np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
+        return cells, np.stack([1 - one, one], axis=1), None, None
+
+    @staticmethod
+    def _chosen(cells, c: np.ndarray):
+        first = c == 0
+        return tuple(np.where(first[:, None], a, b) for a, b in zip(*cells, strict=True))
+
+    @staticmethod
+    def _window(ratio: float, width: int) -> int:
+        """Half-width R of coordinate j's table, κ ∈ [−R, R]: the bins' mean (in [−½, ½]) ±
+        :data:`_GAUSSIAN_TAIL_SCALES` deviations, never wider than the header's range; a κ
+        beyond it is an escape, coded uniformly over the header's range. So the tables' size
+        depends on the model's scales alone, not on what a header announces."""
+        return min(width, math.ceil(_GAUSSIAN_TAIL_SCALES * ratio) + 3)
+
+    @staticmethod
+    def _table(mean, ratio, n, parity_so_far, after, reach: int, a: int, b: int) -> np.ndarray:
+        """Rows a:b of one coordinate's table over κ ∈ [−reach, reach] and an escape: bin
+        mass × the probability that the coordinates after it complete Σ k to an even sum,
+        given the parity so far and k = κ − n (``after``: their even and odd completion
+        probabilities); the escape gets the mass beyond the window (either parity)."""
+        from scipy.special import ndtr
+
+        masses = _gaussian_bin_masses(mean[a:b], ratio, -reach, reach)
+        kappa = np.arange(-reach, reach + 1)
+        k_odd = np.remainder(kappa[None, :] - n[a:b, None] + parity_so_far[a:b, None], 2) == 1
+        even_after, odd_after = after
+        inside = masses * np.where(k_odd, odd_after[a:b, None], even_after[a:b, None])
+        beyond = ndtr((-reach - 0.5 - mean[a:b]) / ratio) + ndtr((mean[a:b] - reach - 0.5) / ratio)
+        escape = beyond * 0.5 * (even_after[a:b] + odd_after[a:b])
+        return np.concatenate([inside, escape[:, None]], axis=1)
+
+    def ops(self, prepared, sigma, scale, width: int) -> list:
+        kk, c, u = prepared
+        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
+        out = [_categorical_op(c, coset_probs)]
+        n_all, mean_all, odd_all = self._chosen(cells, c)
+        even_after, odd_after = self._completions(odd_all)
+        parity_so_far = np.zeros(kk.shape[0])
+        ratio = scale / sigma
+        uniform = constriction().stream.model.Uniform(2 * width + 1)
+        for j in range(8):
+            kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
+            reach = self._window(ratio[j], width)
+            inside = np.abs(kappa) <= reach
+            after = (even_after[:, j], odd_after[:, j])
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
+            symbols = np.where(inside, kappa + reach, 2 * reach + 1)
+            make = lambda a, b, args=args: self._table(*args, a, b)  # noqa: E731
+            out.append(_ChunkedCategorical(symbols, make, kappa.size))
+            escaped = kappa[~inside] + width
+            out.append(
+                _Op(
+                    escaped.astype(np.int32), uniform, None, escaped.size * math.log2(2 * width + 1)
+                )
+            )
+            parity_so_far = parity_so_far + kk[:, j]
+        return out
+
+    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
+        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
+        c = _decode_categorical(coder, coset_probs)
+        n_all, mean_all, odd_all = self._chosen(cells, c)
+        even_after, odd_after = self._completions(odd_all)
+        kk = np.zeros(u.shape)
+        parity_so_far = np.zeros(u.shape[0])
+        ratio = scale / sigma
+        rows = u.shape[0]
+        uniform = constriction().stream.model.Uniform(2 * width + 1)
+        for j in range(8):
+            reach = self._window(ratio[j], width)
+            after = (even_after[:, j], odd_after[:, j])
+            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
+            kappa = np.empty(rows, dtype=np.int64)
+            for a in range(0, rows, _CLASS_CHUNK):
+                b = min(rows, a + _CLASS_CHUNK)
+                kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - reach
+            escaped = np.flatnonzero(kappa > reach)
+            if escaped.size:
+                kappa[escaped] = coder.decode(uniform, escaped.size).astype(np.int64) - width
+            kk[:, j] = kappa - n_all[:, j]
+            parity_so_far = parity_so_far + kk[:, j]
+        z = torch.from_numpy(kk + c[:, None] / 2.0)
+        return torch.round(z @ self.inverse).long()
