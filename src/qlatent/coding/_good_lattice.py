@@ -361,16 +361,16 @@ class GoodLattice:
             self.kind = MODEL_GLUED_LATTICE if glued else MODEL_GOOD_LATTICE
 
     def min_row_bits(self) -> float:
-        """Triangular blocks: the sign code's bound; E8 blocks: :meth:`_E8Block.min_bits` (a
-        block whose prior is far narrower than its cell can cost almost nothing)."""
+        """Laplace triangular blocks: the sign code's bound; every other block its own
+        ``min_bits`` (:meth:`_E8Block.min_bits`: a block whose prior is far narrower than its
+        cell can cost almost nothing)."""
         bits = 0.0
         for cols, block in self.blocks:
-            if isinstance(block, _GaussianTriangularBlock):
-                bits += block.min_bits(self.sigma[cols], self.scale[cols])
-            elif isinstance(block, _TriangularBlock):
+            laplace_triangular = isinstance(block, _TriangularBlock) and not isinstance(
+                block, _GaussianTriangularBlock
+            )
+            if laplace_triangular:
                 bits += sign_row_bits(self.spacing[cols], self.scale[cols])
-            elif isinstance(block, _GluedBlock):
-                bits += block.min_bits(self.sigma[cols], self.scale[cols])
             else:
                 bits += block.min_bits(self.sigma[cols], self.scale[cols])
         return bits
