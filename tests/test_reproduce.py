@@ -223,7 +223,7 @@ def test_iwae_resumes_chunk_by_chunk(tmp_path, monkeypatch):
     cached under another key is recomputed."""
     import torch
 
-    from qlatent.experiments import lattice_mnist as lm
+    from qlatent.experiments import _lattice_mnist_eval as lm
     from qlatent.models import gated_vae
 
     torch.manual_seed(0)
