@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -110,10 +111,20 @@ def test_a_new_run_that_fails_at_its_first_checkpoint_leaves_no_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
 
 
+def _next_second() -> None:
+    """Wait for the clock's next whole second. TensorBoard names an event file by the second,
+    then host, process and a per-process counter, and reads a folder's files in name order: the
+    counter compares as text (…10 before …9), so two writers one process opens within a second
+    can be read out of order (in a test worker that has opened nine before). A resumed run
+    starts in a later second than its last writer."""
+    time.sleep(1.01 - time.time() % 1)
+
+
 def test_a_run_trained_on_for_more_epochs_shows_each_epoch_once(tmp_path):
     _fit(tmp_path / "straight", 5, tensorboard=True)
     run = tmp_path / "run"
     for epochs in (2, 4, 5):
+        _next_second()
         _fit(run, epochs, tensorboard=True)
     assert _scalars(run) == _expected(run) == _expected(tmp_path / "straight")
     assert [step for step, _ in _scalars(run, "run/step")] == [1, 2, 3, 4, 5]

@@ -1,7 +1,8 @@
 """Training: one loop, atomic checkpoints, exact resume, torchrun DDP."""
 
 from .checkpoint import CheckpointError, load, load_weights, save_atomic
-from .loop import FitResult, TrainConfig, fit
+from .config import TrainConfig
+from .loop import FitResult, fit
 from .optim import AdamNormGrad, make_optimizer
 
 __all__ = [
