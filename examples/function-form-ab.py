@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CALLERS = (
     "qlatent.bottlenecks.lattice",
     "qlatent.bottlenecks.good_lattice",
-    "qlatent.bottlenecks._codebook",
+    "qlatent.bottlenecks._codebook_loss",
     "qlatent.priors.laplace",
     "qlatent.priors.gaussian",
 )

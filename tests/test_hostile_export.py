@@ -255,12 +255,12 @@ def test_exported_learnable_lattice_gives_the_eager_outputs_and_stats():
 def test_padded_row_counts_is_exact_where_hashes_collide(monkeypatch):
     """Distinct rows of one hash (all weights 0: every row collides) stay apart and equal rows
     together, whatever order they come in."""
-    from qlatent.bottlenecks import _codebook
+    from qlatent.bottlenecks import _codebook, _codebook_counts
 
     def colliding(dim, device):
         return torch.zeros(dim, dtype=torch.int64, device=device)
 
-    monkeypatch.setattr(_codebook, "_exported_hash_weights", colliding)
+    monkeypatch.setattr(_codebook_counts, "_exported_hash_weights", colliding)
     rows = torch.tensor([[1, 2], [0, 5], [1, 2], [3, 3], [0, 5], [1, 2]])
     counts = _codebook.padded_row_counts(rows)
     assert counts.shape == (6,)

@@ -129,7 +129,7 @@ def _pair(case: str, training: bool) -> tuple[nn.Module, nn.Module]:
 
 def _no_compiled_calls(monkeypatch) -> None:
     """Every compiled kernel's getter raises: a path that would call one fails."""
-    import qlatent.bottlenecks._codebook as codebook
+    import qlatent.bottlenecks._codebook_search as codebook
     import qlatent.bottlenecks.lattice as lattice
     import qlatent.lattices.bw16 as bw16
     import qlatent.lattices.e8 as e8

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlatent.bottlenecks import _codebook, build
+from qlatent.bottlenecks import _codebook, _codebook_counts, build
 from qlatent.bottlenecks.learnable_lattice import init_bound
 from qlatent.cli import main
 from qlatent.data.folder import load_image_folder
@@ -75,7 +75,9 @@ def test_row_counts_equal_a_full_sort_of_the_rows(shape):
 def test_row_counts_do_not_depend_on_the_hash(monkeypatch):
     # every row hashes to 0: the neighbours in hash order differ, so the full sort decides
     monkeypatch.setattr(
-        _codebook, "_row_hash_weights", lambda dim, device: torch.zeros(dim, dtype=torch.int64)
+        _codebook_counts,
+        "_row_hash_weights",
+        lambda dim, device: torch.zeros(dim, dtype=torch.int64),
     )
     rows = torch.tensor([[1, 0], [0, 1], [1, 0], [2, 2], [1, 0]])
     assert sorted(_codebook.row_counts(rows).tolist()) == [1, 1, 3]

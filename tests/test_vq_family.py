@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qlatent.bottlenecks import _codebook as cb
+from qlatent.bottlenecks import _codebook_search as search
 from qlatent.bottlenecks import build
 from qlatent.bottlenecks.soft_vq import soft_assignment_logits
 
@@ -30,8 +31,8 @@ def gen(seed: int) -> torch.Generator:
 @pytest.mark.parametrize("chunk", [1 << 22, 7, 91])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nearest_codeword_matches_brute_force(monkeypatch, chunk, dtype):
-    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(search, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(search, "_MIN_CHUNK_ROWS", 1)
     z = torch.randn(300, 5, generator=gen(0)).to(dtype)
     codebook = torch.randn(13, 5, generator=gen(1)).to(dtype)
     brute = torch.cdist(z.double(), codebook.double()).argmin(1)
@@ -41,8 +42,8 @@ def test_nearest_codeword_matches_brute_force(monkeypatch, chunk, dtype):
 @pytest.mark.parametrize("chunk", [1 << 22, 7, 91])
 def test_nearest_codeword_ties_go_to_the_lowest_index(monkeypatch, chunk):
     """Duplicated codewords tie exactly: the first of them wins, in every chunk layout."""
-    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(search, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(search, "_MIN_CHUNK_ROWS", 1)
     base = torch.randint(-2, 3, (6, 4), generator=gen(4)).float()
     codebook = torch.cat([base, base, base[:3]])  # codeword k + 6 (and k + 12) repeats k
     z = base[torch.randint(0, 6, (500,), generator=gen(5))]  # every row sits on a codeword
@@ -123,8 +124,8 @@ def test_nearest_codeword_weighted_search_matches_torch_min(monkeypatch, dtype, 
     """The CPU search of large inputs (in parts of a chunk at K = 4096) gives the indices of
     ``addmm`` followed by ``torch.min``, bit for bit, on trained-looking and adversarial
     codebooks: duplicated codewords, a codeword at the origin, near-duplicates 1 ulp apart."""
-    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 64)
+    monkeypatch.setattr(search, "_CHUNK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(search, "_MIN_CHUNK_ROWS", 64)
     g = gen(7)
     codebook = torch.randn(num_codes, 8, generator=g, dtype=dtype) * 0.5
     codebook[1] = codebook[0]
@@ -145,8 +146,8 @@ def test_nearest_codeword_weighted_search_matches_torch_min(monkeypatch, dtype, 
 def test_nearest_codeword_keeps_torch_min_beyond_the_weighted_range(monkeypatch):
     """Half precision and codebooks past 2^16 codes take ``torch.min`` (no weighted search)."""
     calls = []
-    monkeypatch.setattr(cb, "_first_minimum", lambda *a: calls.append(a))
-    monkeypatch.setattr(cb, "_WEIGHTED_MAX_CODES", 8)
+    monkeypatch.setattr(search, "_first_minimum", lambda *a: calls.append(a))
+    monkeypatch.setattr(search, "_WEIGHTED_MAX_CODES", 8)
     z = torch.randn(20000, 4, generator=gen(8))
     codebook = torch.randn(16, 4, generator=gen(9))
     brute = torch.cdist(z.double(), codebook.double()).argmin(1)
@@ -176,9 +177,9 @@ def test_compiled_search_chunks_short_inputs_and_nans(monkeypatch, dtype):
     """``nearest_codeword(compile=True)`` around the compiled pass (replaced here by the same
     function run eagerly, so that no compiler runs): chunks with a short last one, inputs too
     short to compile, a row with a NaN, the same indices as the eager search."""
-    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: cb._first_nearest)
-    monkeypatch.setattr(cb, "_CHUNK_ELEMENTS", 13 * 100)
-    monkeypatch.setattr(cb, "_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(search, "_compiled_first_nearest", lambda: cb._first_nearest)
+    monkeypatch.setattr(search, "_CHUNK_ELEMENTS", 13 * 100)
+    monkeypatch.setattr(search, "_MIN_CHUNK_ROWS", 1)
     g = gen(12)
     codebook = torch.randn(13, 6, generator=g, dtype=dtype)
     codebook[4] = codebook[3]
@@ -189,7 +190,7 @@ def test_compiled_search_chunks_short_inputs_and_nans(monkeypatch, dtype):
         eager = cb.nearest_codeword(z[:n], codebook)
         assert torch.equal(cb.nearest_codeword(z[:n], codebook, compile=True), eager), n
     calls = []
-    monkeypatch.setattr(cb, "_compiled_first_nearest", lambda: calls.append(1))
+    monkeypatch.setattr(search, "_compiled_first_nearest", lambda: calls.append(1))
     cb.nearest_codeword(z[:63], codebook, compile=True)  # below the threshold: eager
     cb.nearest_codeword(z[:64].bfloat16(), codebook.bfloat16(), compile=True)  # not float32/64
     assert not calls

@@ -20,37 +20,40 @@ Methods with a density view (a posterior ``q(y_hat | y)`` and a prior density) a
 from __future__ import annotations
 
 import collections
-import copy
-import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import FakeTensor
 
 from .._size import sized
 from .._utils import (
     NoModuleBackwardHooks,
     autocast_off,
-    check_finite,
     check_generator,
     from_rows,
-    in_transform,
     recording_graph,
     to_rows,
 )
 from ..registry import Registry
-from ..rng import SeedKeys
 
-
-def _fake(y: Tensor) -> bool:
-    """Whether ``y`` is a FakeTensor or becomes one (a ``FakeTensorMode`` is active)."""
-    fake = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
-    return fake is not None or isinstance(y, FakeTensor)
+# the contract's checks, its constructor values with their record beside the weights, and the
+# generators of forwards recomputed by a checkpoint; besides what this module uses, the names
+# that the methods, the tests and the documents import from it
+from . import _constructor_values, _contract_checks, _recomputation
+from ._constructor_values import _RECORD, Fixed, Setting, check_flag  # noqa: F401
+from ._contract_checks import MAX_POSTERIOR_NUMBERS  # noqa: F401
+from ._recomputation import (  # noqa: F401
+    _Draw,
+    _fingerprint_device,
+    _row_sums,
+    _same_rows,
+    recomputed_record,
+    recomputing,
+)
 
 
 @dataclass
@@ -83,114 +86,6 @@ torch.export.register_dataclass(BottleneckOutput, serialized_type_name="qlatent.
 
 BOTTLENECKS: Registry[Bottleneck] = Registry("bottleneck")
 
-#: the most numbers one ``posterior_sample`` call draws (num_samples × rows × dim): the
-#: counter-based dither draws fewer than 2^31 per key (10^12 samples tried to allocate 48 TB)
-MAX_POSTERIOR_NUMBERS = 2**31 - 1
-
-
-class _Kept:
-    """A constructor value kept in the instance's ``__dict__`` under the attribute's name;
-    subclasses decide what an assignment may do."""
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-
-
-class Setting(_Kept):
-    """A constructor value kept as an attribute and checked on every assignment, in
-    ``__init__`` and after it: ``check(value, name)`` (or the module's method of that name, for
-    checks that read the module) returns the value to keep or raises ValueError naming it (a
-    temperature of 0 set after construction failed in ``torch.multinomial``, an EMA decay of
-    1.5 turned the codebook into garbage without a word)."""
-
-    def __init__(self, check) -> None:
-        self.check = check
-
-    def __set__(self, obj, value) -> None:
-        check = getattr(obj, self.check) if isinstance(self.check, str) else self.check
-        obj.__dict__[self.name] = check(value, self.name)
-
-
-class Fixed(_Kept):
-    """A structural constructor value (a size, a layout), assigned once in ``__init__`` and
-    read-only after it: the tensors built from it keep their shapes, so a later assignment
-    (``num_codes`` of a built codebook, say) was taken without a word and then disagreed with
-    them (indices checked against the new K, a rate of log K' for K codes). AttributeError,
-    naming the attribute and the constructor argument (``argument``, default the same name)
-    to build a new one with."""
-
-    def __init__(self, argument: str | None = None) -> None:
-        self.argument = argument
-
-    def __set__(self, obj, value) -> None:
-        if self.name in obj.__dict__:
-            raise AttributeError(
-                f"{self.name} of {type(obj).__name__} is fixed at construction (what it holds "
-                f"was built from it): build a new one with {self.argument or self.name}={value!r}"
-            )
-        obj.__dict__[self.name] = value
-
-
-#: the key of a bottleneck's record in its state dict's metadata (:meth:`Bottleneck._identity`)
-_RECORD = "qlatent"
-#: how :meth:`Bottleneck._check_traceable` names a ``make_fx`` trace
-_MAKE_FX = "make_fx (torch.fx.experimental.proxy_tensor; torch.func.linearize traces with it)"
-
-
-def _plain(value) -> Any:
-    """A value as ``torch.load(weights_only=True)`` reads it back: numbers, strings, flags and
-    ``None`` themselves, sequences as lists, anything else as its ``repr``."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return repr(value)
-
-
-def _recorded(value) -> bool:
-    """Whether a value read from a state dict's record is one :func:`_plain` could have made of
-    a structural value: a number, string, flag or ``None``, or a flat list of at most 256 of
-    them. Anything else is not walked at all (a list nested thousands deep, or one sharing
-    itself 60 levels down, would overflow the stack or never end)."""
-
-    def scalar(v) -> bool:  # an int past 4,300 digits has no repr
-        return (
-            v is None
-            or isinstance(v, bool | float | str)
-            or type(v) is int
-            and -(2**63) <= v < 2**63
-        )
-
-    if scalar(value):
-        return True
-    return type(value) is list and len(value) <= 256 and all(scalar(v) for v in value)
-
-
-def _short(value) -> str:
-    """``repr(value)`` cut to 80 characters (strings cut before, to keep repr cheap), for values
-    read from a file that :func:`_recorded` accepted."""
-    if isinstance(value, str):
-        value = value[:80]
-    elif isinstance(value, list):
-        value = [v[:80] if isinstance(v, str) else v for v in value[:16]]
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def check_flag(value, name: str) -> bool:
-    """Switches are True or False: a truthy string would have switched one on."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
 
 def build(name: str, **kwargs) -> Bottleneck:
     """Build a registered bottleneck by name, e.g. ``build("lattice", dim=40)``: counted first
@@ -206,107 +101,6 @@ def build(name: str, **kwargs) -> Bottleneck:
         if isinstance(value, int) and not isinstance(value, bool)
     )
     return sized(lambda: BOTTLENECKS.build(name, **kwargs), f"bottleneck {name!r} ({sizes})")
-
-
-# ------------------------------------------------------- forwards recomputed by a checkpoint
-@torch.compiler.disable  # asked at every call, never traced as a constant
-def recomputing() -> bool:
-    """Whether this call runs inside a backward pass, as a forward recomputed by
-    ``torch.utils.checkpoint`` does in either flavour (the non-reentrant one when a discarded
-    saved tensor is unpacked, the reentrant one in its node's backward): the autograd engine has
-    a graph task running on this thread."""
-    return torch._C._current_graph_task_id() != -1
-
-
-#: relative tolerance of :func:`_same_rows`: a recomputation on an accelerator may round the
-#: encoder's output differently (atomic additions), a different batch differs by far more
-_ROWS_RTOL = 1e-3
-
-
-def _row_weights(d: int, device: torch.device) -> Tensor:
-    """``(d, 2)`` float64: two fixed, unequal weightings of a row's ``d`` entries, 1 + {jφ}
-    and (−1)^j (1 + {j√2}) at entry j ({·} the fractional part)."""
-    j = torch.arange(d, dtype=torch.float64)
-    first = 1 + torch.remainder(j * ((1 + math.sqrt(5)) / 2), 1.0)
-    second = (1 - 2 * torch.remainder(j, 2)) * (1 + torch.remainder(j * math.sqrt(2), 1.0))
-    return torch.stack([first, second], 1).to(device)
-
-
-def _fingerprint_device(device: torch.device) -> torch.device:
-    """Where :func:`_row_sums` works in float64: the rows' own device, but the CPU for MPS, which
-    has no float64 (converting an MPS tensor to it raises TypeError, so every training forward
-    of an EMA codebook and every forward with a generator failed there)."""
-    return torch.device("cpu") if device.type == "mps" else device
-
-
-def _row_sums(rows: Tensor) -> Tensor:
-    """``(N, 2)`` float64 (no overflow near the float32 limit), on the rows' device or the CPU
-    (:func:`_fingerprint_device`): two weighted sums of each row
-    (:func:`_row_weights`), to recognise ``rows`` ``(N, d)`` later. Plain sums told too
-    little apart: a LayerNorm's rows all sum to 0, so a recomputation took another batch's
-    forward for its own (wrong gradients)."""
-    device = _fingerprint_device(rows.device)
-    rows = rows.detach().to(device).to(torch.float64)
-    return rows @ _row_weights(rows.shape[1], device)
-
-
-def _same_rows(sums: Tensor, rows: Tensor) -> bool:
-    """Whether ``rows`` ``(N, d)`` are, up to rounding, the rows whose :func:`_row_sums` are
-    ``sums``: each weighted sum within ``_ROWS_RTOL`` of the same weighting of the row's
-    absolute values (NaN matches NaN)."""
-    if sums.shape != (rows.shape[0], 2):
-        return False
-    now = _row_sums(rows)
-    device = _fingerprint_device(rows.device)
-    weights = _row_weights(rows.shape[1], device).abs()
-    bound = _ROWS_RTOL * (rows.detach().to(device).abs().to(torch.float64) @ weights)
-    return bool(((sums - now).abs() <= bound).logical_or_(sums.isnan() & now.isnan()).all())
-
-
-def recomputed_record(records: Iterable[Any], rows: Tensor) -> Any | None:
-    """Inside a backward pass, the record (oldest first in ``records``; each with ``row_sums``
-    and ``task``) of the forward that this forward of ``rows`` ``(N, d)`` recomputes: the
-    latest of the same rows (:func:`_same_rows`) that this backward pass has not recomputed
-    yet, marked as recomputed now; else the latest it has (a checkpoint nested in another
-    recomputes its forward twice in one pass, in the outer recomputation and in its own);
-    ``None`` where no record matches."""
-    task = torch._C._current_graph_task_id()
-    matching = [r for r in reversed(records) if _same_rows(r.row_sums, rows)]
-    for record in matching:
-        if record.task != task:
-            record.task = task
-            return record
-    return next((r for r in matching if r.task == task), None)
-
-
-@dataclass
-class _Draw:
-    """Where one forward's draws started, kept for its recomputation: the sums of its input
-    rows (:func:`_row_sums`), the caller's generator state before the forward drew anything
-    (``torch.Generator.get_state()``, 5 KB for a CPU one, or a :class:`~qlatent.rng.SeedKeys`'
-    call count), and the graph task that last recomputed it."""
-
-    row_sums: Tensor
-    state: Tensor | int
-    task: int = -1
-
-
-def _generator_state(generator: torch.Generator | SeedKeys) -> Tensor | int:
-    return generator.calls if isinstance(generator, SeedKeys) else generator.get_state()
-
-
-def _generator_at(
-    generator: torch.Generator | SeedKeys, state: Tensor | int
-) -> torch.Generator | SeedKeys:
-    """A private generator of ``generator``'s kind and device set to ``state``: it draws what
-    ``generator`` drew from there, and ``generator`` itself is left as it is."""
-    if isinstance(generator, SeedKeys):
-        twin = copy.copy(generator)
-        twin.calls = state
-        return twin
-    twin = torch.Generator(device=generator.device)
-    twin.set_state(state)
-    return twin
 
 
 class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
@@ -395,36 +189,9 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     # them; torch skips it on a BottleneckOutput with a warning (full hooks) or fails inside
     # the forward (the legacy hook). Refused where it is registered instead.
     # ------------------------------------------------------ checkpoint recomputations
-    @torch.compiler.disable
-    def _generator_for(
-        self, rows: Tensor, generator: torch.Generator | SeedKeys
-    ) -> torch.Generator | SeedKeys:
-        """The generator the forward of ``rows`` ``(N, in_dim)`` draws from: ``generator``
-        itself, its state recorded first, outside a backward pass; inside one (a checkpoint's
-        recomputation) a private copy at the state its original forward started from (see the
-        class docstring). RuntimeError when no recorded forward matches."""
-        if torch.is_inference_mode_enabled():
-            return generator
-        draws = self.__dict__.get("_draws")
-        if draws is None:  # a module pickled before the record existed
-            draws = self.__dict__["_draws"] = collections.deque(maxlen=self.RECOMPUTABLE)
-        if not recomputing():
-            # (not under a torch.func transform, whose tensors die with it: a checkpoint's
-            # recomputation there finds no record and says so; nor while a graph is recorded,
-            # whose calls do not run this, and whose tensors may be fake ones)
-            if not (in_transform() or recording_graph()):
-                draws.append(_Draw(_row_sums(rows), _generator_state(generator)))
-            return generator
-        draw = recomputed_record(draws, rows)
-        if draw is not None:
-            return _generator_at(generator, draw.state)
-        raise RuntimeError(
-            f"a forward of {type(self).__name__} with a generator inside a backward pass "
-            f"matches none of its last {self.RECOMPUTABLE} forwards with one, so it cannot be "
-            "torch.utils.checkpoint's recomputation of them: backpropagate a checkpointed "
-            f"forward before {self.RECOMPUTABLE} more, do not move or cast the module in "
-            "between, and run no forward with a generator in a backward hook"
-        )
+    # the generator the forward of ``rows`` ``(N, in_dim)`` draws from (the class docstring says
+    # how; :func:`~._recomputation.generator_for`, the module its first argument)
+    _generator_for = torch.compiler.disable(_recomputation.generator_for)
 
     def __getstate__(self) -> dict:
         """As ``nn.Module``'s, without the recorded forwards (:meth:`_generator_for`): a copy
@@ -484,28 +251,6 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     #: None: :attr:`_UNTRACEABLE`
     _UNRECORDABLE: ClassVar[Mapping[str, str] | None] = None
 
-    def _check_traceable(self, mode: str | None = None) -> None:
-        """RuntimeError, naming this module and the way out, for a ``torch.jit.trace``, a
-        ``make_fx`` (:func:`~qlatent._utils.proxy_tracing`) or a ``torch.export.export`` of a
-        forward (or, ``mode="eval"``, of ``quantize`` / ``dequantize``) that it cannot record
-        faithfully (:attr:`_UNTRACEABLE`, :attr:`_UNEXPORTABLE`, :attr:`_UNRECORDABLE`). A
-        trace keeps the tensor ops of one call and fixes every Python decision and every value
-        read back at what they were while tracing: such a trace failed deep inside torch or,
-        worse, ran and differed from the module."""
-        mode = mode or ("training" if self.training else "eval")  # (the hard path: "eval")
-        if torch.jit.is_tracing():
-            tool, reason = "torch.jit.trace", self._UNTRACEABLE.get(mode)
-        elif torch.compiler.is_exporting():
-            tool, reason = "torch.export", self._UNEXPORTABLE.get(mode)
-        else:  # make_fx keeps one call's ops, and takes the export branches
-            refused = self._UNTRACEABLE if self._UNRECORDABLE is None else self._UNRECORDABLE
-            tool, reason = _MAKE_FX, refused.get(mode)
-        if reason:
-            raise RuntimeError(
-                f"{tool} cannot record the {mode}-mode forward of {type(self).__name__} "
-                f"faithfully: {reason}"
-            )
-
     @autocast_off
     def quantize(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard path, first half: the discrete symbols of ``y``.
@@ -534,17 +279,7 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         if torch.jit.is_tracing() or recording_graph():
             self._check_traceable("eval")
         check_generator(generator)
-        if not isinstance(indices, Tensor):
-            raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if self.index_kind == "vector":
-            self._check_rank_and_size(indices, "indices", self.symbols_per_row)
-            shape = (indices.shape[0], self.dim, *indices.shape[2:])
-        else:
-            if indices.dim() < 1:
-                raise ValueError("indices must have shape (B,) or (B, *spatial), got a scalar")
-            shape = (indices.shape[0], self.dim, *indices.shape[1:])
+        shape = _contract_checks.check_indices_input(self, indices)
         if indices.numel() == 0:
             dtype = self._compute_dtype() or torch.get_default_dtype()
             return torch.zeros(shape, dtype=dtype, device=indices.device)
@@ -599,54 +334,18 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
         """Log-density of the prior the rate is measured against: ``(S, B, dim)`` -> ``(S, B)``."""
         raise TypeError(f"{type(self).__name__} has no prior density")
 
-    def _check_prior_input(self, z: Tensor) -> None:
-        """Input checks for ``log_prior``: real floating-point points ``(..., dim)``, finite (a
-        wrong width failed inside the prior's maths, a complex ``z`` gave a complex density, a
-        NaN a NaN density)."""
-        if not isinstance(z, Tensor):
-            raise ValueError(f"z must be a torch.Tensor, got {type(z).__name__}")
-        if not z.is_floating_point():
-            raise ValueError(f"z must be a floating-point tensor, got {z.dtype}")
-        if z.dim() < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must end in the code dimension {self.dim}, got {tuple(z.shape)}")
-        check_finite("z", z)
-
-    def _check_density_input(self, y: Tensor, num_samples: int, generator=None) -> None:
-        """Input checks for ``posterior_sample``: ``(B, in_dim)`` only, ``num_samples >= 1``,
-        a generator as ``forward`` takes it on the training path."""
-        self._check_input(y)
-        if y.dim() != 2:
-            raise ValueError(f"posterior_sample takes (B, {self.in_dim}), got {tuple(y.shape)}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if num_samples * y.shape[0] * self.dim > MAX_POSTERIOR_NUMBERS:
-            raise ValueError(
-                f"num_samples={num_samples} draws {num_samples * y.shape[0] * self.dim:,} numbers "
-                f"for {y.shape[0]} rows of {self.dim}, more than {MAX_POSTERIOR_NUMBERS:,} at once"
-            )
-        check_generator(generator, cpu=False)
-
     # ------------------------------------------------------- what the weights mean
     # Weights of the same shapes can mean other things: E8 scales loaded into a D8 bottleneck,
     # a Laplace prior's into a Gaussian one, went in without a word and quantized on another
     # lattice (the library's own checkpoints rebuild from their saved config, a user's
     # ``load_state_dict`` did not). The structural constructor values travel in the state dict's
     # metadata, where torch keeps each module's ``version``: the keys stay tensors, a state dict
-    # without the record (older, or rebuilt as a plain dict) loads as before.
-    def _identity(self) -> dict[str, Any]:
-        """Every :class:`Fixed` value but those of ``_FREE_OF_WEIGHTS``, as plain values (kept
-        through ``torch.save`` and ``torch.load(weights_only=True)``), by attribute name."""
-        record = {}
-        for cls in type(self).__mro__:
-            for name, attr in vars(cls).items():
-                if (
-                    isinstance(attr, Fixed)
-                    and name not in record
-                    and name not in self._FREE_OF_WEIGHTS
-                    and name in self.__dict__
-                ):
-                    record[name] = _plain(self.__dict__[name])
-        return record
+    # without the record (older, or rebuilt as a plain dict) loads as before. The record and its
+    # checks: the functions of :mod:`._constructor_values` named alike, the module their first
+    # argument.
+    _identity = _constructor_values.identity
+    _identity_problem = _constructor_values.identity_problem
+    _check_exponential = staticmethod(_constructor_values.check_exponential)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         metadata = getattr(destination, "_metadata", None)
@@ -655,58 +354,12 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
             local[_RECORD] = {"class": type(self).__name__, "fixed": self._identity()}
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _identity_problem(self, local_metadata, prefix: str) -> str | None:
-        """Why weights saved with ``local_metadata`` do not fit this module (a structural
-        value that differs, or a record that is not one), or ``None``."""
-        saved = local_metadata.get(_RECORD) if isinstance(local_metadata, dict) else None
-        if saved is None:
-            return None
-        where = f"{prefix[:-1]}: " if prefix else ""
-        fixed = saved.get("fixed") if isinstance(saved, dict) else None
-        if not isinstance(fixed, dict):
-            what = type(fixed if isinstance(saved, dict) else saved).__name__
-            what = f"its 'fixed' is a {what}" if isinstance(saved, dict) else f"a {what}"
-            return f"{where}the state dict's record of its bottleneck is not one ({what})"
-        kind = saved.get("class")
-        kind = kind if isinstance(kind, str) and kind.isidentifier() else "bottleneck"
-        descriptors = {
-            name: attr
-            for cls in reversed(type(self).__mro__)
-            for name, attr in vars(cls).items()
-            if isinstance(attr, Fixed)
-        }
-        for name, mine in self._identity().items():
-            if name not in fixed:
-                continue
-            argument = descriptors[name].argument or name
-            if not _recorded(fixed[name]):
-                return (
-                    f"{where}the state dict's record of its bottleneck is not one ({argument} "
-                    f"is a {type(fixed[name]).__name__} of no form a bottleneck records)"
-                )
-            if fixed[name] != mine:
-                return (
-                    f"{where}the weights were saved from a {kind[:60]} with {argument}="
-                    f"{_short(fixed[name])}; this one has {argument}={_short(mine)} (build it "
-                    f"with {argument}={_short(fixed[name])}, or load dict(state_dict) to skip "
-                    "the check)"
-                )
-        return None
-
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         problem = self._identity_problem(args[0] if args else None, prefix)
         if problem:  # nothing of this module is loaded; torch raises it with the others
             args[-1].append(problem)
             return
-        # weights loaded directly (not through qlatent.train.load_weights, which checks them
-        # first) are refused with a NaN or an infinity too: every output became NaN without a word
-        for key, value in state_dict.items():
-            if key.startswith(prefix) and isinstance(value, Tensor) and value.is_floating_point():
-                check_finite(key, value)
-        for name in self.LOG_PARAMETERS:
-            value, own = state_dict.get(prefix + name), getattr(self, name, None)
-            if isinstance(value, Tensor) and isinstance(own, Tensor) and value.is_floating_point():
-                self._check_exponential(prefix + name, value.detach().to(own.dtype))
+        _constructor_values.check_loaded(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     #: parameters held as logarithms (a spacing, a scale, a variance): their exponential must be
@@ -714,143 +367,22 @@ class Bottleneck(NoModuleBackwardHooks, nn.Module, ABC):
     #: of 1e30 gave NaN rates on every row, or an error that blamed the input)
     LOG_PARAMETERS: ClassVar[tuple[str, ...]] = ()
 
-    @staticmethod
-    def _check_exponential(key: str, value: Tensor) -> None:
-        exp = value.exp()
-        bad = int((~(exp.isfinite() & (exp > 0))).sum())
-        if bad:
-            raise ValueError(
-                f"{key} holds {bad} logarithm(s) whose exponential is 0 or infinite in "
-                f"{value.dtype} (values in [{value.min().item():.4g}, {value.max().item():.4g}])"
-            )
-
     # ------------------------------------------------------------------ helpers
     def _require_discrete(self) -> None:
         if not self.discrete:
             raise TypeError(f"{type(self).__name__} has no discrete code to quantize to")
 
-    def _check_rank_and_size(self, y: Tensor, name: str, size: int) -> None:
-        if y.dim() < 2:
-            raise ValueError(
-                f"{name} must have shape (B, {size}) or (B, {size}, *spatial), "
-                f"got rank {y.dim()} shape {tuple(y.shape)}"
-            )
-        if y.shape[1] != size:
-            raise ValueError(
-                f"{name} has code dimension (axis 1) of size {y.shape[1]}, expected {size}"
-            )
-
-    def _check_input(self, y: Tensor) -> None:
-        if isinstance(y, torch.fx.Proxy):
-            # torch.fx.symbolic_trace runs the forward on a Proxy, which has no values to check
-            # and on which the Python branches below cannot be recorded
-            raise RuntimeError(
-                f"torch.fx.symbolic_trace cannot trace into {type(self).__name__}: its forward "
-                "checks and branches on the input's values. Keep it a leaf of the trace (a "
-                "torch.fx.Tracer whose is_leaf_module is True for it), or trace with "
-                "torch.export.export or make_fx, which run it on tensors"
-            )
-        if not isinstance(y, Tensor):
-            raise ValueError(f"expected a torch.Tensor, got {type(y).__name__}")
-        if not y.is_floating_point():
-            raise ValueError(f"input must be a floating-point tensor, got {y.dtype}")
-        if y.is_meta:  # "Cannot copy out of meta tensor; no data!" from the checks below
-            raise ValueError(
-                f"input is on the meta device: it has a shape {tuple(y.shape)} but no values"
-            )
-        # a module sized on the meta device has every parameter there: its first one tells
-        # (all of them took 37 µs a call)
-        first = next((p for p in self._parameters.values() if p is not None), None)
-        if first is not None and first.is_meta:
-            raise ValueError(
-                f"{type(self).__name__} is on the meta device: it has shapes but no values "
-                "(load its weights or build it on a real device first)"
-            )
-        if torch._C._functorch.is_batchedtensor(y):
-            # the value checks below read the input back ("Cannot access data pointer of Tensor
-            # that doesn't have storage" under vmap)
-            raise ValueError(
-                "input is batched by torch.func.vmap, which bottlenecks do not support: pass "
-                "the whole batch as (B, D, *spatial) instead"
-            )
-        if in_transform() and self._batched_state():
-            # an ensemble's stacked states (torch.func.stack_module_state): torch failed inside
-            # the forward, on random draws, in-place writes or the custom Functions, or not
-            raise ValueError(
-                f"{type(self).__name__}'s parameters or buffers are batched by torch.func.vmap "
-                "(an ensemble of stacked module states), which bottlenecks do not support: "
-                "call each member on its own"
-            )
-        if self.input_layout and y.dim() >= 2 and y.shape[1] != self.in_dim:
-            raise ValueError(
-                f"input has {y.shape[1]} channels on axis 1, expected {self.in_dim} "
-                f"({self.input_layout})"
-            )
-        self._check_rank_and_size(y, "input", self.in_dim)
-        if y.numel() == 0:
-            return
-        if recording_graph():
-            self._assert_values(y)
-        else:
-            self._check_values(y)
-
-    def _assert_values(self, y: Tensor) -> None:
-        """Within ``torch.export``: :meth:`_check_values`'s checks as assertions of the exported
-        program (a RuntimeError naming them when it runs on such an input). Export cannot read
-        values back to Python: the eager check failed there (strict: on its
-        ``torch.compiler.disable``; non-strict: "Could not guard on data-dependent expression").
-        (``torch.jit.trace`` drops such assertions from its graph: a traced module keeps no
-        check of later inputs.)"""
-        values = y.detach()
-        limit = self.input_limit(y.dtype)
-        torch._assert_async(values.isfinite().all(), "input holds NaN or Inf")
-        torch._assert_async(
-            (values.abs() <= limit).all(),
-            f"input magnitudes beyond this bottleneck's limit {limit:.3g} in "
-            f"{self._target_dtype(y.dtype)} (squared distances or coordinates would overflow)",
-        )
-
-    def _batched_state(self) -> bool:
-        """Whether a parameter or buffer of this module is batched by ``torch.func.vmap``."""
-        batched = torch._C._functorch.is_batchedtensor
-        return any(batched(t) for t in itertools.chain(self.parameters(), self.buffers()))
-
-    @torch.compiler.disable
-    def _check_values(self, y: Tensor) -> None:
-        """The input's values finite and within :meth:`input_limit` (read back to Python).
-
-        Runs eagerly, also within a caller's ``torch.compile``: Dynamo failed on the strides of
-        an input whose channel count it had made symbolic (a second bottleneck of another width
-        compiled in the same process: "Cannot construct ConstantVariable ... SymInt"), and the
-        values are read back to Python, a graph break either way."""
-        values = y.detach()
-        if _fake(values):
-            # a FakeTensorMode (memory estimators) has shapes but no values to read back: torch
-            # failed here with "DataDependentOutputException: aten._local_scalar_dense.default"
-            raise ValueError(
-                f"{type(self).__name__} got a fake tensor (torch._subclasses.FakeTensorMode): it "
-                "has a shape but no values, and a bottleneck checks and branches on its input's "
-                "values. Run it on real tensors, or record it with torch.export or make_fx"
-            )
-        if 0 in values.stride():
-            # an expanded view (``expand``, broadcasting) repeats its stored values along the
-            # axes of stride 0: one slice of each holds them all. Over the whole view aminmax
-            # first copied it (2^34 numbers for zeros(1, 64).expand(2**28, 64))
-            values = values[
-                tuple(slice(0, 1) if step == 0 else slice(None) for step in values.stride())
-            ]
-        # one reduction for both checks: min/max propagate NaN, an Inf is its own min or max;
-        # read back in one transfer (on an accelerator each read waits for the device)
-        low, high = torch.stack(torch.aminmax(values)).tolist()
-        if not (math.isfinite(low) and math.isfinite(high)):
-            check_finite("input", values)  # counts and reports the non-finite values
-        limit = self.input_limit(y.dtype)
-        if max(-low, high) > limit:
-            raise ValueError(
-                f"input magnitudes reach {max(-low, high):.3g}, beyond this "
-                f"bottleneck's limit {limit:.3g} in {self._target_dtype(y.dtype)} "
-                "(squared distances or coordinates would overflow)"
-            )
+    # the contract's checks: the functions of :mod:`._contract_checks` named alike (without the
+    # underscore), the module their first argument. ``_check_values`` runs eagerly, also within
+    # a caller's ``torch.compile`` (see there).
+    _check_input = _contract_checks.check_input
+    _check_rank_and_size = staticmethod(_contract_checks.check_rank_and_size)
+    _assert_values = _contract_checks.assert_values
+    _check_values = torch.compiler.disable(_contract_checks.check_values)
+    _batched_state = _contract_checks.batched_state
+    _check_traceable = _contract_checks.check_traceable
+    _check_prior_input = _contract_checks.check_prior_input
+    _check_density_input = _contract_checks.check_density_input
 
     def input_limit(self, dtype: torch.dtype | None = None) -> float:
         """The largest input magnitude |y| accepted: sqrt(max / (4·in_dim)) of the dtype the
