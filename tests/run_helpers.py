@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from qlatent import _utils
+from qlatent import _files
 from qlatent.train import load
 
 
@@ -92,7 +92,7 @@ def fill_disk(monkeypatch, room: int = 0) -> None:
     """Every atomic write (:func:`qlatent._utils.replacing`, under ``write_atomic`` and
     ``save_atomic``) meets a full disk once ``room`` bytes of its file are written."""
     fdopen = os.fdopen
-    monkeypatch.setattr(_utils.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), room))
+    monkeypatch.setattr(_files.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), room))
 
 
 def tiny_fit(out, epochs=1):

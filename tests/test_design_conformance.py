@@ -2,9 +2,10 @@
 
 Every ``from qlatent...`` / relative import in ``src/qlatent`` (at module level or inside a
 function) is read from the source with ``ast`` and its target's layer compared with the
-importer's. The shared foundations (``_utils``, ``_size``, ``_modes``, ``registry``, ``rng``,
-``config``, ``results``) sit below every layer; ``bench`` is not a layer of DESIGN.md and is left
-out.
+importer's. The shared foundations (``_utils`` and the modules it gathers: ``_files``,
+``_terminal``, ``_tracing``, ``_autograd``, ``_digest``; ``_size``, ``_modes``, ``registry``,
+``rng``, ``config``, ``results``) sit below every layer; ``bench`` is not a layer of DESIGN.md
+and is left out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ SRC = Path(qlatent.__file__).parent
 
 #: the layer of each top-level name under ``qlatent`` (DESIGN.md §2; 2b as 2.5)
 LAYERS: dict[str, float] = {
-    **dict.fromkeys(("_utils", "_size", "_modes", "registry", "rng", "config", "results"), 0),
+    **dict.fromkeys(("_utils", "_files", "_terminal", "_tracing", "_autograd", "_digest"), 0),
+    **dict.fromkeys(("_size", "_modes", "registry", "rng", "config", "results"), 0),
     "lattices": 1,
     "priors": 2,
     "coding": 2.5,

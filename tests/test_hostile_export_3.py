@@ -130,6 +130,7 @@ def _pair(case: str, training: bool) -> tuple[nn.Module, nn.Module]:
 def _no_compiled_calls(monkeypatch) -> None:
     """Every compiled kernel's getter raises: a path that would call one fails."""
     import qlatent.bottlenecks._codebook_search as codebook
+    import qlatent.bottlenecks._lattice_kernels as lattice_kernels
     import qlatent.bottlenecks.lattice as lattice
     import qlatent.lattices.bw16 as bw16
     import qlatent.lattices.e8 as e8
@@ -144,7 +145,7 @@ def _no_compiled_calls(monkeypatch) -> None:
         (leech, "compiled_decode"),
         (codebook, "_compiled_first_nearest"),
         (lattice, "_compiled_kernel"),
-        (lattice, "_compiled_parts"),
+        (lattice_kernels, "_compiled_parts"),
         (lattice, "_compiled_hard_kernel"),
     ]:
         monkeypatch.setattr(module, name, refuse)

@@ -17,6 +17,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch.func import functional_call, jacfwd, jvp, vjp
 
+import qlatent.bottlenecks._lattice_kernels as lattice_kernels
 import qlatent.bottlenecks.lattice as lattice_module
 from qlatent.priors import laplace_cell_log_prob
 from qlatent.priors.gaussian import gaussian_cell_log_prob
@@ -159,7 +160,7 @@ def test_the_blocked_path_with_row_sums_only(monkeypatch):
     """On inputs of many blocks the eager lattice path keeps only the row sums of two rate
     factors; its ``jvp`` forms them again per block from y_hat (checked against ``vjp``)."""
     monkeypatch.setattr(lattice_module, "_block_rows", lambda dim, device: 2)
-    monkeypatch.setattr(lattice_module, "_FOUR_FACTOR_BLOCKS", 1)
+    monkeypatch.setattr(lattice_kernels, "_FOUR_FACTOR_BLOCKS", 1)
     module = _make("lattice", True)
     y = _input(module, rows=9)
     spacing, scale = module.log_spacing.detach(), module.log_scale.detach()

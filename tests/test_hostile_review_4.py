@@ -68,17 +68,17 @@ def test_a_failed_start_through_dotdot_takes_back_what_it_made(tmp_path):
 
 def test_a_folder_made_meanwhile_by_another_process_is_not_taken_back(tmp_path, monkeypatch):
     """A run folder that appeared between the look and the mkdir is another's: it stays."""
-    from qlatent import _utils
+    from qlatent import _files
 
     folder = tmp_path / "run"
-    mkdir = _utils.os.mkdir
+    mkdir = _files.os.mkdir
 
     def another_process_first(path, *args, **kwargs):
         if str(path) == str(folder) and not folder.exists():
             mkdir(path)  # made by the other process just before this one
         return mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(_utils.os, "mkdir", another_process_first)
+    monkeypatch.setattr(_files.os, "mkdir", another_process_first)
     with pytest.raises(_Fails), hold(folder):
         raise _Fails
     assert folder.is_dir()
