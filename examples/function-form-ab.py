@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: replaces it there by the plain ``Function.apply``)
 CALLERS = (
     "qlatent.bottlenecks.lattice",
-    "qlatent.bottlenecks.good_lattice",
+    "qlatent.bottlenecks._lattice_density",
     "qlatent.bottlenecks._codebook_loss",
     "qlatent.priors.laplace",
     "qlatent.priors.gaussian",

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from qlatent.bottlenecks import good_lattice
+from qlatent.bottlenecks import _lattice_density, good_lattice
 from qlatent.experiments import lattice_mnist
 from qlatent.results import provenance, write_json
 from qlatent.train import CheckpointError, load, load_weights
 
-#: the methods of the density estimate whose time is reported (module functions after the dot;
-#: a name the tree does not have is left out, so the script runs against older trees)
+#: the methods of the density estimate whose time is reported (after the dots, functions of the
+#: module of its sums, ``_lattice_density``; a name the tree does not have is left out, so the
+#: script runs against older trees)
 PARTS = (
     "log_density",
     "_log_density",  # what the paths call (log_density checks its arguments, then calls it)
@@ -91,7 +92,7 @@ def main() -> None:
     parts = collections.defaultdict(float)
     originals = {}
     for name in PARTS:
-        owner = good_lattice if name.startswith("..") else good_lattice.DitheredGoodLattice
+        owner = _lattice_density if name.startswith("..") else good_lattice.DitheredGoodLattice
         attr = name.lstrip(".")
         original = getattr(owner, attr, None)
         if original is None:

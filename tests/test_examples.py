@@ -531,8 +531,8 @@ def test_good_lattice_step_times_a_trained_rows_bottleneck(monkeypatch, tmp_path
     assert 0 < parts["_inside_cell"] <= parts["_log_density"]
     # the timing wrappers are taken off again
     assert script.good_lattice.DitheredGoodLattice._inside_cell.__name__ == "_inside_cell"
-    assert script.good_lattice._group_slopes.__name__ == "_group_slopes"
-    assert not hasattr(script.good_lattice, "_relative_variance")  # left out, not an error
+    assert script._lattice_density._group_slopes.__name__ == "_group_slopes"
+    assert not hasattr(script._lattice_density, "_relative_variance")  # left out, not an error
 
 
 def test_codelength_counts_reads_the_evaluation_at_other_counts(monkeypatch, tmp_path, capsys):

@@ -519,7 +519,7 @@ def test_measured_bias_shrinks_with_more_samples():
 
 def test_delta_method_variance_counts_antithetic_pairs_as_one_unit():
     """The delta-method correction by hand: four cell terms (pairs 0+2, 1+3) and three draws."""
-    from qlatent.bottlenecks.good_lattice import _log_sum
+    from qlatent.bottlenecks._lattice_density import _log_sum
 
     t = torch.tensor([0.1, 0.4, 0.3, 0.2, 0.5, 0.0, 0.25], dtype=F64)
     log_terms = t.log().view(1, 1, 7)  # (rows, blocks, terms)
@@ -555,7 +555,7 @@ def test_balance_weight_backward_is_the_gradient_of_logaddexp():
     closed-form backward, against autograd through the composite form in float64 (ratios of the
     two parts of the denominator from e^-1000 to e^1000) and ``gradcheck``; float32 to its
     rounding."""
-    from qlatent.bottlenecks.good_lattice import _balance_weight
+    from qlatent.bottlenecks._lattice_density import _balance_weight
 
     g = gen(43)
     log_p = 5 * torch.randn(4, 3, 6, generator=g, dtype=F64)
@@ -616,7 +616,7 @@ def test_log_sum_backward_is_the_gradient_of_its_composite_form(samples, draws, 
     through the composite form and ``gradcheck``, in float64, with terms spread over 60 nats
     (some rows' largest term far above the rest) and some terms −inf (draws outside the cell);
     a float32 pass agrees to float32 rounding."""
-    from qlatent.bottlenecks.good_lattice import _log_sum
+    from qlatent.bottlenecks._lattice_density import _log_sum
 
     g = gen(41)
     terms = 20 * torch.randn(5, 3, samples + draws, generator=g, dtype=F64)
@@ -738,7 +738,7 @@ def test_box_draws_at_the_top_of_the_uniform_grid_keep_gradients_finite(monkeypa
     """The largest counter-based uniform, 1 − 2^-24 + 2^-25, rounds to 1 in float32; with a box
     far wider than the prior (1 − e^(−width/b) = 1) the branch not taken is then −∞, whose
     gradient must not become 0·∞ = NaN (it stopped a 200-epoch E8 run at epoch 131)."""
-    import qlatent.bottlenecks.good_lattice as good
+    import qlatent.bottlenecks._lattice_proposals as good
 
     top = 1.0 - 2.0**-24
     monkeypatch.setattr(
@@ -841,7 +841,7 @@ def _uniform_reference_gradients(lattice: str, prior: str) -> torch.Tensor:
 def test_laplace_block_sums_backward_is_autograd_of_the_plain_form():
     """The hand-written backward of Σ_{i ∈ b} c_i·|v_i + w_is| against gradcheck in float64 and
     against autograd through the broadcast sum, |·| and the block-sum product in float32."""
-    from qlatent.bottlenecks.good_lattice import _laplace_block_sums
+    from qlatent.bottlenecks._lattice_density import _laplace_block_sums
 
     gen = torch.Generator().manual_seed(5)
     block_of = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -884,7 +884,7 @@ def test_laplace_block_sums_backward_spreads_over_runs_as_the_copy_does(monkeypa
     """The Laplace sums' backward weights the signs run by run of equal blocks (one run for E8^5,
     two for Λ24 ⊕ Λ16, three here with D4 ⊕ D4 ⊕ E8 ⊕ A2 ⊕ A2); with too many runs it copies the
     upstream rows out to the coordinates. Both give the same gradients, bit for bit."""
-    from qlatent.bottlenecks import good_lattice
+    from qlatent.bottlenecks import _lattice_density as good_lattice
 
     dim = 40 if lattice != ["d4", "d4", "e8", "a2", "a2"] else 20
 
@@ -1075,7 +1075,7 @@ def test_many_equal_blocks_sum_by_reshape_as_the_matrix_does(monkeypatch, prior,
     a reshape; its Monte-Carlo log-density, its gradients and the cell test equal those of the
     (m, blocks) matrix product (the same draws, float64, to rounding). Sums of blocks of two
     sizes, and of few blocks, keep the matrix."""
-    from qlatent.bottlenecks import good_lattice
+    from qlatent.bottlenecks import _lattice_density as good_lattice
 
     def density(threshold, lattice, prior_samples):
         monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", threshold)

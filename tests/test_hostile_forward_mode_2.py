@@ -20,7 +20,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp
 
 from qlatent.bottlenecks import build
-from qlatent.bottlenecks.good_lattice import _log_sum
+from qlatent.bottlenecks._lattice_density import _log_sum
 from qlatent.priors import laplace_cell_log_prob
 from qlatent.priors.gaussian import gaussian_cell_log_prob
 from test_contract import gen, make

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from qlatent.bottlenecks import Bottleneck
 from qlatent.bottlenecks import _codebook_search as codebook_module
-from qlatent.bottlenecks import good_lattice as good_lattice_module
+from qlatent.bottlenecks import _lattice_estimate as good_lattice_module
 from qlatent.bottlenecks import lattice as lattice_module
 from qlatent.image_coding import compress_images, update_code_model
 from qlatent.models import gated_vae

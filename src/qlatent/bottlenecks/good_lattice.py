@@ -37,35 +37,59 @@ from the counter-based generator (``qlatent.rng``) with keys from the ``generato
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import (
-    anchor,
-    apply_function,
-    autocast_off,
-    check_finite,
-    first_order,
-    forward_tangent,
-    plain_tensors,
-    recording_graph,
-    save_for_first_order,
-    saved_for_first_order,
-    shown_compile,
-    shown_setting,
-    with_plain_twin,
-)
-from ..lattices import LITERATURE_NSM, DirectSum, RectangularLattice, tile
+from .._utils import autocast_off, check_finite, plain_tensors, shown_compile, shown_setting
+from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
+from ._lattice_counts import (
+    ROW_NUMBERS,
+    _draw_counts,
+    _sample_count,
+    check_block_counts,
+    counts_text,
+    monte_carlo_counts,
+)
+from ._lattice_density import (  # noqa: F401  (the Functions, where the documents name them)
+    _BalanceWeight,
+    _BlockSums,
+    _Cells,
+    _LaplaceBlockSums,
+    _LogSum,
+    geometry_tables,
+)
+from ._lattice_estimate import (
+    _block_nsm,
+    _cell_moment_values,
+    _values_off_meta,
+    block_log_pdf,
+    cell_points_log_pdf,
+    estimated_log_density,
+    gaussian_log_density,
+    inside_cell,
+    log_density_bias,
+)
+from ._lattice_proposals import box_points, gaussian_tilt, tilted_points
 from .base import Bottleneck, BottleneckOutput, Fixed, Setting, check_flag
 from .lattice import DITHER_UNRECORDABLE, DITHER_UNTRACEABLE, _check_flags, _positive_log
+
+__all__ = [
+    "CODE_CELL_WIDTH",
+    "MAX_DIM",
+    "ROW_NUMBERS",
+    "DitheredGoodLattice",
+    "check_block_counts",
+    "counts_text",
+    "log_density_bias",
+    "monte_carlo_counts",
+]
 
 #: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
 #: (:class:`qlatent.coding.models._GluedBlock`): the widths that gave the shortest files on the
@@ -73,274 +97,10 @@ from .lattice import DITHER_UNRECORDABLE, DITHER_UNTRACEABLE, _check_flags, _pos
 #: 1.6–2.4 (Λ24); a first look at 200 test images (Λ24, 1.0–4.0) pointed the same way
 CODE_CELL_WIDTH = {"BW16": 1.25, "Leech": 2.0}
 
-#: the tilted proposal's Gaussian width in units of the cell's size √(V^{2/n}/12) per coordinate
-_TILT = 1.0
-
-#: G(Λ) of the blocks without a literature value, by name, estimated once per process
-_ESTIMATED_NSM: dict[str, float] = {}
-
-#: elements of the (rows, samples, m) tensor evaluated at once in the density estimate
-_DENSITY_CHUNK = 1 << 22
-
-
-class _Cells(NamedTuple):
-    """The blocks whose density is estimated by Monte Carlo, as :meth:`DitheredGoodLattice.
-    log_density` reads them: their coordinates and blocks among all (``None``: all of them), the
-    0/1 block-sum matrix ``(m', blocks')`` (``None`` where their sums are reshapes, which do not
-    read it), each coordinate's block among them, the cells' half-widths and unit-volume factors
-    per coordinate, the squared bound on ‖u‖ over each block's cell ``(blocks',)`` (inf where
-    unknown), and the direct sum of those blocks."""
-
-    coords: Tensor | None
-    blocks: Tensor | None
-    membership: Tensor | None
-    block_of: Tensor
-    halfwidth: Tensor
-    unit: Tensor
-    reach: Tensor
-    geometry: DirectSum
-
-    @property
-    def sums(self) -> _BlockSums:
-        """Sums over each of these blocks' coordinates (:class:`_BlockSums`)."""
-        return _BlockSums.of(self.membership, self.geometry, len(self.reach))
-
-
-#: blocks beyond which a direct sum of blocks of one size sums over each block's coordinates by
-#: a reshape, not by a product with the (m, blocks) 0/1 matrix, whose cost per value grows with
-#: the number of blocks (E8^512 spent 42% of a training step in those products); up to it the
-#: product stays, one pass, and every configured row (A2^20 has the most blocks) keeps its
-#: numbers bit for bit
-_RESHAPE_BLOCKS = 32
-
-
-#: runs of equal blocks up to which :meth:`_BlockSums.spread_` broadcasts run by run (E8^5 has
-#: one, Λ24 ⊕ Λ16 two); beyond, a block's rows are copied out to its coordinates
-_SPREAD_RUNS = 4
-
-
-class _BlockSums:
-    """Σ over the coordinates of each block, weighted or not: over the last dimension of ``(...,
-    m)`` (:meth:`rows`) or the one before the samples of ``(..., m, S)`` (:meth:`points`), to
-    ``blocks`` values. A product with the ``(m, blocks)`` 0/1 matrix ``matrix``, or, with
-    ``size`` (every block has that many coordinates, in order), a reshape and a sum, which needs
-    no matrix (``None``; ``count`` blocks). ``runs``: where known, the blocks as ``(size, count)``
-    runs of consecutive blocks of one size, in order."""
-
-    def __init__(
-        self,
-        matrix: Tensor | None,
-        size: int | None = None,
-        count: int | None = None,
-        runs: tuple[tuple[int, int], ...] | None = None,
-    ):
-        if matrix is None and (size is None or count is None):
-            raise ValueError("block sums without a matrix need the blocks' size and count")
-        self.matrix = matrix
-        self.size = size
-        self.count = matrix.shape[1] if matrix is not None else count
-        self.runs = runs
-
-    @staticmethod
-    def reshape_size(geometry: DirectSum | None) -> int | None:
-        """The blocks' common size where ``geometry`` has more than :data:`_RESHAPE_BLOCKS` of
-        them, all of one size (their sums are reshapes); otherwise ``None``."""
-        if geometry is None or len(geometry.blocks) <= _RESHAPE_BLOCKS:
-            return None
-        dims = {block.dim for block in geometry.blocks}
-        return dims.pop() if len(dims) == 1 else None
-
-    @classmethod
-    def of(
-        cls,
-        membership: Tensor | _BlockSums | None,
-        geometry: DirectSum | None = None,
-        count: int | None = None,
-    ) -> _BlockSums:
-        """``membership`` as block sums: a :class:`_BlockSums` as it is; a matrix (or ``None``,
-        with ``count``) by reshapes where ``geometry`` has more than :data:`_RESHAPE_BLOCKS`
-        blocks of one size."""
-        if isinstance(membership, _BlockSums):
-            return membership
-        runs = None if geometry is None else tuple((b.dim, n) for b, n, _ in geometry.runs)
-        return cls(membership, cls.reshape_size(geometry), count, runs)
-
-    def to(self, dtype: torch.dtype) -> _BlockSums:
-        """The same sums with the matrix (if any) in ``dtype``."""
-        matrix = None if self.matrix is None else self.matrix.to(dtype)
-        return _BlockSums(matrix, self.size, self.count, self.runs)
-
-    @property
-    def spreads(self) -> bool:
-        """Whether :meth:`spread_` can run: the runs are known and at most :data:`_SPREAD_RUNS`."""
-        return self.runs is not None and len(self.runs) <= _SPREAD_RUNS
-
-    def spread_(self, t: Tensor, g: Tensor) -> Tensor:
-        """``t`` ``(..., m, S)`` times each coordinate's block's row of ``g`` ``(..., blocks, S)``,
-        in place, by broadcasting over the runs of equal blocks (no copy of ``g`` out to the
-        coordinates); only where :attr:`spreads`."""
-        if not self.spreads:
-            raise ValueError("the blocks' runs are unknown or too many to spread over")
-        coord = block = 0
-        for size, count in self.runs:
-            part = t[..., coord : coord + size * count, :].unflatten(-2, (count, size))
-            part.mul_(g[..., block : block + count, :].unsqueeze(-2))
-            coord, block = coord + size * count, block + count
-        return t
-
-    def totals(self, x: Tensor) -> Tensor:
-        """Σ_{i ∈ b} x_i of one value per coordinate, ``(m,)`` -> ``(blocks, 1)``."""
-        if self.size is None:
-            return (self.matrix.T @ x).unsqueeze(1)
-        return x.reshape(-1, self.size).sum(-1, keepdim=True)
-
-    def rows(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Σ_{i ∈ b} weight_i·x_i, ``(..., m)`` -> ``(..., blocks)``."""
-        if self.size is None:
-            return x @ (self.matrix if weight is None else self.matrix * weight.unsqueeze(1))
-        x = x if weight is None else x * weight
-        return x.unflatten(-1, (-1, self.size)).sum(-1)
-
-    def points(self, t: Tensor, weight: Tensor | None = None, *, temporary: bool = False) -> Tensor:
-        """Σ_{i ∈ b} weight_i·t_is, ``(..., m, S)`` -> ``(..., blocks, S)``. ``temporary``: ``t``
-        is the caller's scratch, which the reshape may weight in place where autograd does not
-        record it (grad disabled, as in an autograd Function's forward, or nothing requiring it):
-        a full-size buffer fewer."""
-        if self.size is None:
-            matrix = self.matrix if weight is None else self.matrix * weight.unsqueeze(1)
-            return matrix.T @ t
-        if weight is not None:
-            recorded = torch.is_grad_enabled() and (t.requires_grad or weight.requires_grad)
-            scratch = temporary and not recorded
-            t = t.mul_(weight.unsqueeze(1)) if scratch else t * weight.unsqueeze(1)
-        return t.unflatten(-2, (-1, self.size)).sum(-2)
-
-
-def monte_carlo_counts(text: str) -> tuple[int, int | tuple[int, ...]]:
-    """``"S_u,S_q"`` (cell points, proposal draws, as given on a command line) -> ``(S_u, S_q)``,
-    or ``"S_u,S_q1:S_q2:..."`` (one draw count per block, as ``prior_samples=[...]``) ->
-    ``(S_u, (S_q1, S_q2, ...))``; an ``argparse`` type: ``argparse.ArgumentTypeError``
-    (argparse prints its message) unless S_u is even and >= 2 (antithetic pairs) and every
-    S_q >= 0."""
-    cells, sep, draws = str(text).partition(",")
-    try:
-        count = int(cells)
-        per_block = tuple(int(d) for d in draws.split(":")) if sep else ()
-    except ValueError:
-        per_block = ()
-    if not per_block:
-        raise argparse.ArgumentTypeError(
-            f"expected S_u,S_q or S_u,S_q1:S_q2 (integers), got {text!r}"
-        )
-    if count < 2 or count % 2 or min(per_block) < 0:
-        raise argparse.ArgumentTypeError(f"S_u must be even and >= 2, S_q >= 0, got {text!r}")
-    return count, per_block[0] if len(per_block) == 1 else per_block
-
-
-def counts_text(counts: tuple[int, int | tuple[int, ...]]) -> str:
-    """The command-line form of :func:`monte_carlo_counts`' pair, ``"S_u,S_q"`` or
-    ``"S_u,S_q1:S_q2"``."""
-    cells, draws = counts
-    return f"{cells},{':'.join(map(str, draws)) if isinstance(draws, tuple) else draws}"
-
-
-def _block_nsm(block) -> float:
-    """G(Λ) of a block: the literature value (:data:`qlatent.lattices.LITERATURE_NSM`) or, for
-    other blocks, the Monte-Carlo :meth:`~qlatent.lattices.Lattice.nsm` (200,000 float64 cell
-    points, seed 0; relative standard error about 0.3%), estimated once per name."""
-    known = LITERATURE_NSM.get(block.name.lower())
-    if known is not None:
-        return known
-    if block.name not in _ESTIMATED_NSM:
-        with plain_tensors(), _values_off_meta():
-            _ESTIMATED_NSM[block.name] = float(block.nsm())
-    return _ESTIMATED_NSM[block.name]
-
-
-def _cell_moment_values(geometry: DirectSum) -> tuple[float, ...]:
-    """Each coordinate's M_i of :meth:`DitheredGoodLattice._cell_moments`, as Python floats."""
-    values: list[float] = []
-    for block in geometry.blocks:
-        if isinstance(block, RectangularLattice):
-            values += (block.spacing.double().square() / 12.0).tolist()
-        else:
-            size = math.exp(2.0 * float(block.log_volume) / block.dim)
-            values += [_block_nsm(block) * size] * block.dim
-    return tuple(values)
-
-
-def check_block_counts(pairs: Sequence[tuple[int, int | tuple[int, ...]]], blocks: int) -> None:
-    """ValueError unless every pair of :func:`monte_carlo_counts` that gives one draw count per
-    block gives ``blocks`` of them."""
-    for pair in pairs:
-        if isinstance(pair[1], tuple) and len(pair[1]) != blocks:
-            raise ValueError(f"counts {counts_text(pair)} name {len(pair[1])} blocks, not {blocks}")
-
-
-#: the most numbers (count · dim) one row's Monte-Carlo estimate may form per kind of draw.
-#: One row is the smallest chunk of :meth:`DitheredGoodLattice.log_density`, and its
-#: temporaries came to about 19 bytes per number: one row at this limit peaked at 2.6 GB (E8)
-#: and 2.7 GB (Λ24), both kinds of draw at the limit, no gradient; at the generator's limit
-#: (below), the only one before, it would be tens of GB
-ROW_NUMBERS = 1 << 26
-
-
-def _count_limit(dim: int) -> int:
-    """The largest Monte-Carlo count per row: one row's draws (up to 2·dim numbers each, the
-    tilted proposal's) must fit the 2^31 counters of one key of :func:`counter_uniform`, and
-    the row's estimate at most :data:`ROW_NUMBERS` numbers per kind of draw."""
-    return min((2**31 - 1) // (2 * dim), ROW_NUMBERS // dim)
-
-
-def _sample_count(value, name: str, dim: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
-        raise ValueError(f"{name} must be an even integer >= 2 (antithetic pairs), got {value!r}")
-    return _within_limit(value, name, dim)
-
-
-def _count(value, name: str, dim: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return _within_limit(value, name, dim)
-
-
-def _within_limit(value: int, name: str, dim: int) -> int:
-    if value > _count_limit(dim):
-        raise ValueError(
-            f"{name} = {value} is more draws per row than one row's estimate may hold at dim "
-            f"{dim}: at most {_count_limit(dim):,} ({ROW_NUMBERS:,} numbers, and within a key "
-            "of the counter-based generator)"
-        )
-    return value
-
-
-def _draw_counts(value, name: str, blocks: int, dim: int) -> int | tuple[int, ...]:
-    """A proposal-draw count: one non-negative integer for every block, or one per block."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != blocks:
-            raise ValueError(f"{name} gives {len(value)} counts for {blocks} blocks: {value!r}")
-        counts = tuple(_count(v, name, dim) for v in value)
-        return counts[0] if len(set(counts)) == 1 else counts
-    return _count(value, name, dim)
-
-
 #: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks and,
 #: where it is small or the Monte Carlo needs it, a (dim, blocks) matrix) are built from values,
 #: also while a model is sized on the meta device
 MAX_DIM = 1 << 14
-#: entries up to which the (m, blocks) membership matrix is kept when the Monte Carlo does not
-#: need it whole (16 MiB of float32: every good lattice of up to 2048 coordinates keeps it)
-_DENSE_MEMBERSHIP = 1 << 22
-
-
-@contextmanager
-def _values_off_meta() -> Iterator[None]:
-    """The CPU as the default device where the meta device is (tables built from values)."""
-    if torch.get_default_device().type != "meta":
-        yield
-        return
-    with torch.device("cpu"):
-        yield
 
 
 class DitheredGoodLattice(Bottleneck):
@@ -515,23 +275,6 @@ class DitheredGoodLattice(Bottleneck):
             blocks = self.geometry.blocks
             self.prior_samples = prior_samples
             self.eval_prior_samples = eval_prior_samples
-            sizes = torch.tensor([b.dim for b in blocks])
-            # unit-volume normalization of each block: c_b = V_b^{-1/n_b}
-            unit = torch.stack([(-b.log_volume / b.dim).exp() for b in blocks]).to(torch.float32)
-            self.register_buffer("_unit", unit.repeat_interleave(sizes), persistent=False)
-            # the index tables are plain attributes, not buffers (see _INDEX_TABLES)
-            self._block_of = torch.arange(len(blocks)).repeat_interleave(sizes)
-            self.register_buffer("_block_dims", sizes.to(torch.float32), persistent=False)
-            halfwidth = torch.cat([torch.as_tensor(b.cell_halfwidth).expand(b.dim) for b in blocks])
-            self.register_buffer("_halfwidth", halfwidth.to(torch.float32), persistent=False)
-            # a point of a block farther than this from the origin is outside its cell (1e-4 of
-            # slack for the decoder's rounding): the proposal draws that far are not decoded
-            bounds = [b.cell_bound for b in blocks]
-            reach = [math.inf if r is None else (r * (1 + 1e-4)) ** 2 for r in bounds]
-            # float32 as every table, whatever the caller's default dtype: one built under
-            # torch.set_default_dtype(torch.float64) is the one built in float32
-            reach = torch.tensor(reach, dtype=torch.float32)
-            self.register_buffer("_reach", reach, persistent=False)
             # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
             # the others are estimated by Monte Carlo (:meth:`log_density`)
             if not isinstance(exact_rectangular, bool):
@@ -539,27 +282,18 @@ class DitheredGoodLattice(Bottleneck):
                     f"exact_rectangular must be True or False, got {exact_rectangular!r}"
                 )
             self.exact_rectangular = exact_rectangular
-            exact = torch.tensor(
-                [exact_rectangular and isinstance(b, RectangularLattice) for b in blocks]
-            )
-            self._exact = exact.repeat_interleave(sizes)
-            self._mc_blocks = (~exact).nonzero().flatten()
-            self._mc_coords = (~self._exact).nonzero().flatten()
-            estimated = [b for b, e in zip(blocks, exact.tolist(), strict=True) if not e]
-            every = len(estimated) == len(blocks)
-            self._mc_geometry = (
-                self.geometry if every else DirectSum(estimated) if estimated else None
-            )
-            # the (m, blocks) 0/1 matrix of per-block sums, where it is small or the Monte Carlo
-            # sums over all blocks by products with it; otherwise block sums are index_add's or
-            # reshapes (Z^16384's matrix would take 1 GiB, E8^2048's 128 MiB)
-            products = every and _BlockSums.reshape_size(self.geometry) is None
-            if products or dim * len(blocks) <= _DENSE_MEMBERSHIP:
-                membership = torch.zeros(dim, len(blocks), dtype=torch.float32)
-                membership[torch.arange(dim), self._block_of] = 1.0
-            else:
-                membership = None
-            self.register_buffer("_membership", membership, persistent=False)
+            tables = geometry_tables(self.geometry, dim, exact_rectangular)
+            self.register_buffer("_unit", tables.unit, persistent=False)
+            # the index tables are plain attributes, not buffers (see _INDEX_TABLES)
+            self._block_of = tables.block_of
+            self.register_buffer("_block_dims", tables.block_dims, persistent=False)
+            self.register_buffer("_halfwidth", tables.halfwidth, persistent=False)
+            self.register_buffer("_reach", tables.reach, persistent=False)
+            self._exact = tables.exact
+            self._mc_blocks = tables.mc_blocks
+            self._mc_coords = tables.mc_coords
+            self._mc_geometry = tables.mc_geometry
+            self.register_buffer("_membership", tables.membership, persistent=False)
         self.log_spacing = nn.Parameter(
             torch.full(
                 (dim if spacing_per == "coordinate" else len(blocks),),
@@ -878,141 +612,33 @@ class DitheredGoodLattice(Bottleneck):
             shared = self._prior_points(most, generator, v.dtype, v.device)
         log_f = None
         for count, group in groups:
-            part = self._estimated_log_density(
-                v, sigma, scale, log_vol, w, shared, samples, count, group, generator, cap, debias
+            part = estimated_log_density(
+                self,
+                v,
+                sigma,
+                scale,
+                log_vol,
+                w,
+                shared,
+                samples,
+                count,
+                group,
+                generator,
+                cap,
+                debias,
             )
             log_f = part if log_f is None else log_f + part
         return log_f if exact is None else log_f + exact
-
-    def _estimated_log_density(
-        self,
-        v: Tensor,
-        sigma: Tensor,
-        scale: Tensor,
-        log_vol: Tensor,
-        w: Tensor,
-        shared: Tensor | None,
-        samples: int,
-        prior_samples: int,
-        cells: _Cells,
-        generator,
-        cap: bool,
-        debias: bool,
-    ) -> Tensor:
-        """:meth:`log_density`'s Monte-Carlo part for the blocks of ``cells``, ``prior_samples``
-        proposal draws each, summed over those blocks ``(N,)``: ``v``, ``sigma``, ``scale`` over
-        all coordinates, ``log_vol`` over all blocks, ``w`` the ``(S_u, m)`` cell points and
-        ``shared`` the prior's ``(S_q', m)`` draws (S_q' ≥ S_q; ``None`` unless the proposal is
-        the prior), both drawn for every coordinate."""
-        if cells.coords is not None:
-            v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
-            log_vol = log_vol[cells.blocks]
-            w = w[:, cells.coords]
-        sums = cells.sums
-        log_vol = log_vol.unsqueeze(1)  # (blocks, 1)
-        # the samples run along the last, contiguous dimension: (N, m, S) points, (N, blocks, S)
-        # log-terms, so the block sums are one batched matrix product and every reduction over
-        # the samples and every broadcast of a per-block constant stays contiguous. w is copied
-        # to (m, S_u) for that: as a transposed view, every (N, m, S) tensor formed from it is
-        # laid out samples-first and each block sum strides across memory (the hard path of
-        # E8^128 ran at half E8^8's speed per value)
-        w = (w * sigma).T.contiguous()
-        x = None
-        if prior_samples and shared is not None:
-            x = shared[:prior_samples]
-            if cells.coords is not None:
-                x = x[:, cells.coords]
-        # log of the balance-heuristic denominator's uniform part, S_u / V_b
-        log_uniform = math.log(samples) - log_vol
-        log_count = math.log(max(prior_samples, 1))
-        # the draws move with the cell (docstring): q0's argument is constant along the map, so
-        # log q(x) = log q0(x0) − log|D|, only the second term with a gradient
-        stretch = (sigma / sigma.detach()).unsqueeze(1)  # D: ones, with the cell's gradient
-        log_det = sums.points(torch.log(stretch))  # (blocks, 1): log|D| per block, 0 in value
-        # the proposal's part of the denominator, S_q·q(x), as log q0 + (log S_q − log|D|)
-        shift = log_count - log_det
-        scale0 = scale.detach()
-        rows_per_chunk = max(1, _DENSITY_CHUNK // ((samples + prior_samples) * v.shape[1]))
-        # where nothing is differentiated (the hard path, IWAE), the chunks' (rows, m, S_u) cell
-        # points v + w go into one buffer: a fresh one per chunk is mapped and faulted in again
-        # under glibc's defaults whenever other allocations in between moved the heap
-        recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (v, w, scale))
-        scratch = None
-        exporting = recording_graph()
-        if exporting:
-            # one chunk of every row: a Python loop over the rows fixed a dynamic batch size at
-            # the example's. Each chunk draws its own proposal key, so the program holds to a
-            # batch of one chunk there (a larger one would take other draws than the module)
-            chunks = [slice(None)]
-            if prior_samples and x is None:
-                torch._check(v.shape[0] <= rows_per_chunk)
-        else:
-            chunks = (slice(i, i + rows_per_chunk) for i in range(0, v.shape[0], rows_per_chunk))
-        if (
-            not (recorded or exporting)
-            and self.prior_name == "laplace"
-            and v.shape[0] > rows_per_chunk
-        ):
-            scratch = v.new_empty(rows_per_chunk, *w.shape)
-        parts = []
-        for chunk in chunks:
-            vc = v[chunk]
-            v0 = vc.detach().unsqueeze(2)  # (N, m, 1)
-            log_p = self._cell_points_log_pdf(vc, w, scale, sums, cells.block_of, scratch)
-            if prior_samples:
-                key = None if x is not None else draw_key(generator, v.device)  # one per chunk
-                x0, log_q0 = self._proposal_points(
-                    vc.detach(), prior_samples, x, key, sigma.detach(), scale0, cells
-                )
-                x0 = x0.transpose(1, 2)  # (N, m, S_q)
-                # x0 + (v − v0) + (D − 1)(x0 − v0): x0 exactly in value
-                xc = x0 + (vc.unsqueeze(2) - v0) + (stretch - 1.0) * (x0 - v0)
-                # only the tilted proposal's density reads the cell points themselves
-                tu = v0 + w.detach() if self.proposal == "tilted" else None
-                log_qu = log_q0(tu, log_p.detach())  # log q0 at the cell points
-                log_px = self._block_log_pdf(xc, scale, sums)
-                log_qx = log_q0(x0, log_px.detach())
-                inside = self._inside_cell(xc - vc.unsqueeze(2), sigma, cells)
-                weight = _balance_weight(log_px, log_uniform, log_qx, shift)
-                terms = [
-                    _balance_weight(log_p, log_uniform, log_qu, shift),
-                    weight.masked_fill(~inside, -math.inf),
-                ]
-            else:
-                terms = [log_p - log_uniform]
-            # (N, blocks): log P̂_b, with debias + ½·V̂ar(P̂_b)/P̂_b²
-            log_sum = _log_sum(torch.cat(terms, 2), samples, debias)
-            parts.append((torch.clamp(log_sum, max=0.0) if cap else log_sum) - log_vol.T)
-        log_f = torch.cat(parts) if parts else v.new_zeros(0, sums.count)
-        return log_f.sum(-1)
 
     def _gaussian_log_density(
         self, v: Tensor, sigma: Tensor, scale: Tensor, log_vol: Tensor, cap: bool
     ) -> Tensor:
         """The Gaussian approximation of log f_{X̂−U}(v) for the blocks :meth:`log_density`
-        would estimate by Monte Carlo, summed over them, ``(N,)``: X̂ − U taken as the Gaussian
-        of its variance per coordinate (the two are independent and U is centred),
-
-            log f̃_b(v) = Σ_{i ∈ b} log N(v_i; 0, σ²_X̂,i + σ²_Λ,i)
-
-        with σ²_X̂,i the prior's variance (Laplace 2b_i², Gaussian b_i²) and σ²_Λ,i = σ_i²·M_i
-        the scaled cell's second moment along coordinate i, σ_i from :meth:`_coordinate_scale`
-        and M_i the base block's second moment per dimension, G(Λ_b)·V_b^{2/n_b}
-        (:meth:`_cell_moments`). ``v``, ``sigma``, ``scale`` over all coordinates, ``log_vol``
-        over all blocks; ``cap``: each block's f̃_b·V_b capped at 1, as the Monte-Carlo estimate
-        (a Gaussian narrower than the cell exceeds the density's largest value, 1/V_b)."""
+        would estimate by Monte Carlo, summed over them, ``(N,)`` (:func:`gaussian_log_density`
+        of :mod:`._lattice_estimate`, with the cells' second moments :meth:`_cell_moments`)."""
         cells = self._mc_cells(v.dtype)
         moment = self._cell_moments(v.dtype, v.device)
-        if cells.coords is not None:
-            v, sigma, scale = v[:, cells.coords], sigma[cells.coords], scale[cells.coords]
-            moment, log_vol = moment[cells.coords], log_vol[cells.blocks]
-        prior = scale.square() * (2.0 if self.prior_name == "laplace" else 1.0)
-        var = prior + sigma.square() * moment  # (m,)
-        log_n = -0.5 * (v.square() / var + torch.log(var) + math.log(2 * math.pi))
-        log_f = cells.sums.rows(log_n)  # (N, blocks)
-        if cap:  # log P̃_b = log f̃_b + log V_b at most 0
-            log_f = torch.clamp(log_f + log_vol, max=0.0) - log_vol
-        return log_f.sum(-1)
+        return gaussian_log_density(v, sigma, scale, log_vol, cap, cells, moment, self.prior_name)
 
     def _cell_moments(self, dtype: torch.dtype, device) -> Tensor:
         """M_i, the base block's second moment of its cell per dimension at each coordinate,
@@ -1091,46 +717,7 @@ class DitheredGoodLattice(Bottleneck):
                 cache[blocks] = DirectSum([self.geometry.blocks[b] for b in blocks])
         return cache[blocks]
 
-    def _box_points(
-        self, v: Tensor, count: int, key: Tensor, halfwidth: Tensor, scale: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``count`` draws per row of the Laplace prior restricted to the box v ± h, ``(N,
-        count, m)``, and the log-probability of the box per coordinate, ``(N, m)``.
-
-        Inverse CDF of the truncated Laplace, written so that nothing cancels in either tail:
-        on an interval [a, c] ⊂ [0, ∞) x = a − b·log1p(−r·(1 − e^{−(c−a)/b})) (mirrored for
-        c ≤ 0); across 0 the CDF itself is used. Uniforms come from the counter-based generator
-        with ``key``."""
-        n, m = v.shape
-        r = counter_uniform(key, (n, count, m), torch.float64)
-        # midpoints of the 2^-24 grid, never 0 or 1 in float64; float32 rounds the last one,
-        # 1 − 2^-25, up to 1, where log1p(−r·tail) below is −∞ once tail = 1 (a box far wider
-        # than the prior): finite in the branch taken, but 0·∞ = NaN in the other's gradient
-        r = (r + 2.0**-25).to(device=v.device, dtype=v.dtype)
-        r = r.clamp(max=1.0 - torch.finfo(v.dtype).eps / 2)
-        vv = v.unsqueeze(1)
-        a, c, b = vv - halfwidth, vv + halfwidth, scale
-        width = c - a
-        tail = -torch.expm1(-width / b)  # 1 − e^{−(c−a)/b}
-        spread = b * torch.log1p(-r * tail)  # b·log(1 − r·tail), for both one-sided cases
-        right = a - spread  # interval in [0, ∞)
-        left = c + spread  # mirrored: interval in (−∞, 0]
-        low = 0.5 * torch.exp(torch.clamp(a, max=0.0) / b)  # F(a) for a < 0
-        high_tail = 0.5 * torch.exp(-torch.clamp(c, min=0.0) / b)  # 1 − F(c) for c > 0
-        mass = 1.0 - low - high_tail  # F(c) − F(a)
-        # the branch not taken must stay finite too, or where() would pass NaN gradients
-        tiny = torch.finfo(v.dtype).tiny
-        u = (low + r * mass).clamp(min=tiny)
-        upper = (high_tail + (1.0 - r) * mass).clamp(min=tiny, max=0.5)  # 1 − u, no cancellation
-        # u < ½ as a 0/1 factor, not a where(): torch.where on a condition as unpredictable as
-        # this one costs a mispredicted branch per element on the CPU (timed apart on 128k
-        # float32 values: 0.85 ms, against 0.12 on a regular one). Both sides are finite, so the
-        # products pick one exactly (a zero's sign aside)
-        below = (0.5 - u).sign_().clamp_(min=0.0)
-        across = b * torch.log(2.0 * u) * below + (-b * torch.log(2.0 * upper)) * (1.0 - below)
-        x = torch.where(a >= 0, right, torch.where(c <= 0, left, across))
-        log_z = laplace_cell_log_prob(v, 2.0 * halfwidth, scale)
-        return x, log_z
+    _box_points = staticmethod(box_points)
 
     def _proposal_points(
         self,
@@ -1182,106 +769,13 @@ class DitheredGoodLattice(Bottleneck):
         membership: Tensor | _BlockSums,
         unit: Tensor | None = None,
     ):
-        """``count`` draws per row from q_v(x) ∝ p(x)·exp(−‖x − v‖²/(2τ²)), ``(N, count, m)``, and
-        the function t ↦ log q_v(t) per block, ``(N, m, S)`` -> ``(N, blocks, S)``, all at the
-        values given (no gradient: :meth:`log_density` moves the draws with the cell).
-
-        τ_i = :data:`_TILT`·s_i/√12, s_i the scaled cell's size V^{1/n} at coordinate i: the
-        root second moment of a cube of the cell's volume (a good lattice's cell has 0.89–0.98
-        of it). Per coordinate the Laplace prior times the Gaussian is two
-        truncated Gaussians, N(v ∓ τ²/b, τ²) on x ≥ 0 and x ≤ 0: a side is drawn by its mass,
-        then the point by the inverse CDF, in float64 (past 30 standard deviations of
-        truncation, where that side holds almost none of q's mass unless τ ≫ b, the tail by
-        its Rayleigh approximation, whose density is within 1/30² of the exact one). The
-        Gaussian prior N(0, b²) times the Gaussian is one Gaussian (:meth:`_gaussian_tilt`).
-        ``unit``: the blocks' unit-volume factors per coordinate (default all blocks');
-        ``membership``: the blocks' ``(m, blocks)`` 0/1 matrix or their :class:`_BlockSums`."""
-        n, m = v.shape
-        sums = _BlockSums.of(membership)
-        f64 = torch.float64
-        mu = v.detach().to(f64).unsqueeze(1)  # (N, 1, m)
-        b = scale.detach().to(f64)
+        """The tilted proposal's draws and log-density under this module's prior
+        (:func:`~qlatent.bottlenecks._lattice_proposals.tilted_points`); ``unit``: the blocks'
+        unit-volume factors per coordinate (default all blocks')."""
         unit = self._unit if unit is None else unit
-        tau = (_TILT / math.sqrt(12.0)) * (sigma.detach().to(f64) / unit.to(f64))
-        if self.prior_name == "gaussian":
-            return self._gaussian_tilt(v, mu, b, tau, count, key, sums)
-        shift = tau.square() / b
-        alpha_pos = (shift - mu) / tau  # side x ≥ 0: N(mu − τ²/b, τ²) truncated at 0
-        alpha_neg = (shift + mu) / tau  # side x ≤ 0, mirrored
-        tail_pos = torch.special.log_ndtr(-alpha_pos)  # (N, 1, m): log P(Z ≥ α) per side
-        tail_neg = torch.special.log_ndtr(-alpha_neg)
-        mass_pos = -mu / b + tail_pos
-        mass_neg = mu / b + tail_neg
-        log_mass = torch.logaddexp(mass_pos, mass_neg)
-        r = counter_uniform(key, (n, count, 2 * m), f64).to(v.device)
-        r.add_(2.0**-25)  # midpoints of the 2^-24 grid: never 0 or 1
-        positive = torch.log(r[..., :m]) < mass_pos - log_mass
-        alpha = torch.where(positive, alpha_pos, alpha_neg)
-        tail = torch.log1p(-r[..., m:])  # log(1 − r'): the standard truncated normal on [α, ∞)
-        # log P(Z ≥ α) of each draw's side, picked from the two per row and coordinate rather
-        # than formed again for every draw (log_ndtr is a quarter of the sampler's time)
-        exact = -torch.special.ndtri(torch.exp(tail + torch.where(positive, tail_pos, tail_neg)))
-        far = torch.sqrt(alpha.clamp(min=0.0).square() - 2.0 * tail)
-        z = torch.where(alpha > 30.0, far, exact)
-        x = torch.where(positive, (mu - shift) + tau * z, (mu + shift) - tau * z)
-        # log q(x) = −|x|/b − (x − v)²/(2τ²) − log C per coordinate, with C = ∫ e^{−|x|/b}·g:
-        # the Gaussian's τ√(2π), e^{τ²/(2b²)} and the two sides' masses
-        log_c = log_mass + tau.square() / (2 * b.square()) + torch.log(tau)
-        sums64 = sums.to(f64)
-        log_c_blocks = sums64.rows(log_c + 0.5 * math.log(2 * math.pi))  # (N, 1, blocks)
-        dtype = v.dtype
-        abs_weight = (1.0 / b).to(dtype)  # (m,): 1/b_i and 1/(2τ_i²), formed in float64
-        tilt_weight = (1.0 / (2 * tau.square())).to(dtype)
-        sums = sums.to(dtype)
-        log_c_blocks = log_c_blocks.transpose(1, 2).to(dtype)  # (N, blocks, 1)
-        center = v.unsqueeze(2)  # (N, m, 1)
+        return tilted_points(v, count, key, sigma, scale, membership, unit, self.prior_name)
 
-        def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
-            return (
-                -sums.points(t.abs(), abs_weight, temporary=True)
-                - sums.points((t - center).square(), tilt_weight, temporary=True)
-                - (log_c_blocks - shift)
-            )
-
-        return x.to(dtype), log_q
-
-    @staticmethod
-    def _gaussian_tilt(
-        v: Tensor,
-        mu: Tensor,
-        b: Tensor,
-        tau: Tensor,
-        count: int,
-        key: Tensor,
-        membership: Tensor | _BlockSums,
-    ):
-        """:meth:`_tilted_points` under the Gaussian prior: N(0, b²)·N(v, τ²) ∝ N(c, s²) with
-        1/s² = 1/b² + 1/τ² and c = s²·v/τ², per coordinate, drawn by the inverse CDF of
-        counter-based uniforms in float64 (``mu``: v in float64, ``(N, 1, m)``)."""
-        sums = _BlockSums.of(membership)
-        n, m = v.shape
-        f64 = torch.float64
-        var = 1.0 / (1.0 / b.square() + 1.0 / tau.square())  # (m,)
-        center = mu * (var / tau.square())  # (N, 1, m)
-        r = counter_uniform(key, (n, count, m), f64).to(v.device)
-        r.add_(2.0**-25)  # midpoints of the 2^-24 grid: never 0 or 1
-        # in place (the same numbers as center + sd·quantile): each temporary is (N, S, m) float64
-        x = torch.special.ndtri(r).mul_(var.sqrt()).add_(center)
-        dtype = v.dtype
-        # log q(t) = −Σ (t − c)²/(2s²) − Σ (log s + ½·log 2π) over a block's coordinates
-        square_weight = (1.0 / (2 * var)).to(dtype)  # (m,), formed in float64
-        sums64 = sums.to(f64)
-        log_c = sums64.rows(0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi))
-        log_c = log_c.unsqueeze(1).to(dtype)  # (blocks, 1)
-        center = center.transpose(1, 2).to(dtype)  # (N, m, 1)
-        sums = sums.to(dtype)
-
-        def log_q(t: Tensor, _log_p: Tensor, shift: Tensor | float = 0.0) -> Tensor:
-            return -sums.points((t - center).square(), square_weight, temporary=True) - (
-                log_c - shift
-            )
-
-        return x.to(dtype), log_q
+    _gaussian_tilt = staticmethod(gaussian_tilt)
 
     def _cell_points_log_pdf(
         self,
@@ -1293,94 +787,21 @@ class DitheredGoodLattice(Bottleneck):
         scratch: Tensor | None = None,
     ) -> Tensor:
         """:meth:`_block_log_pdf` of the points v + w, ``(N, m)`` and ``(m, S)`` -> ``(N, blocks,
-        S)``, without forming them twice: under the Laplace prior a hand-written backward
-        (:class:`_LaplaceBlockSums`) takes the place of autograd's through the broadcast sum,
-        |·| and the batched product, which cost several times the forward. ``membership``: the
-        ``(m, blocks)`` 0/1 matrix or the blocks' :class:`_BlockSums`; ``scratch``: a buffer of
-        at least N rows for v + w where nothing is differentiated (Laplace prior)."""
-        sums = _BlockSums.of(membership)
-        if self.prior_name != "laplace":
-            return self._gaussian_cell_points_log_pdf(v, w, scale, sums)
-        const = sums.totals(torch.log(2 * scale))
-        block_of = (self._block_of if block_of is None else block_of).to(v.device)
-        return -_laplace_block_sums(v, w, 1.0 / scale, sums, block_of, scratch) - const
-
-    @staticmethod
-    def _gaussian_cell_points_log_pdf(
-        v: Tensor, w: Tensor, scale: Tensor, membership: Tensor | _BlockSums
-    ) -> Tensor:
-        """The Gaussian prior's :meth:`_block_log_pdf` of v + w with the square expanded,
-        Σ_{i ∈ b} (v_i + w_is)²/τ_i² = Σ v_i²/τ_i² + 2 Σ (v_i/τ_i²) w_is + Σ w_is²/τ_i²: a row term,
-        a sample term and one matrix product against w spread over the blocks (``(m, blocks·S)``,
-        zero outside each coordinate's block), so no ``(N, m, S)`` tensor is formed, forward or
-        backward. The expansion loses a few float ulps of the largest squared term against
-        forming v + w, far below the Monte-Carlo error. With many blocks of one size the cross
-        term is one small product per block (``(N, k)`` by ``(k, S)``), not a spread of w."""
-        sums = _BlockSums.of(membership)
-        n, m, samples = v.shape[0], w.shape[0], w.shape[1]
-        precision = 1.0 / scale.square()  # (m,)
-        a = v * precision  # (N, m)
-        rows = sums.rows(v * a)  # (N, blocks)
-        cols = sums.points(w.square(), precision)  # (blocks, S)
-        if sums.size is None:
-            membership = sums.matrix
-            spread = (w.unsqueeze(1) * membership.unsqueeze(2)).reshape(m, -1)  # (m, blocks·S)
-            cross = (a @ spread).view(n, sums.count, samples)  # (N, blocks, S)
-        else:
-            k = sums.size  # (blocks, N, k) @ (blocks, k, S)
-            cross = (a.view(n, -1, k).transpose(0, 1) @ w.view(-1, k, samples)).transpose(0, 1)
-        const = sums.totals(torch.log(scale) + 0.5 * math.log(2 * math.pi))
-        return -0.5 * (rows.unsqueeze(2) + cols) - cross - const
+        S)`` (:func:`~._lattice_estimate.cell_points_log_pdf`); ``block_of``: each coordinate's
+        block (default all blocks')."""
+        block_of = self._block_of if block_of is None else block_of
+        return cell_points_log_pdf(self.prior_name, v, w, scale, membership, block_of, scratch)
 
     def _block_log_pdf(self, t: Tensor, scale: Tensor, membership: Tensor | _BlockSums) -> Tensor:
-        """Σ_{i ∈ b} log p_i(t_i) per block, ``(..., m, S)`` -> ``(..., blocks, S)``: the
-        per-coordinate scales are folded into the block-sum matrix, so the full-size work is one
-        elementwise pass (|t| or t²) and one (batched) matrix product (with many blocks of one
-        size, :class:`_BlockSums`' reshape). ``membership``: the ``(m, blocks)`` 0/1 matrix or
-        the blocks' :class:`_BlockSums`."""
-        sums = _BlockSums.of(membership)
-        if self.prior_name == "laplace":
-            const = sums.totals(torch.log(2 * scale))
-            return -sums.points(t.abs(), 1.0 / scale, temporary=True) - const
-        const = sums.totals(torch.log(scale) + 0.5 * math.log(2 * math.pi))
-        return -0.5 * sums.points(t.square(), 1.0 / scale.square(), temporary=True) - const
+        """Σ_{i ∈ b} log p_i(t_i) per block under this module's prior, ``(..., m, S)`` ->
+        ``(..., blocks, S)`` (:func:`~._lattice_estimate.block_log_pdf`)."""
+        return block_log_pdf(self.prior_name, t, scale, membership)
 
-    def _inside_cell(
-        self,
-        t: Tensor,
-        sigma: Tensor,
-        cells: _Cells | None = None,
-    ) -> Tensor:
-        """Whether each block of ``t`` lies in the scaled Voronoi cell: ``(..., m, S)`` ->
-        ``(..., blocks, S)`` bool (K_Λ(t) = 0 block by block), for the blocks of ``cells``
-        (default all). A block is decoded only where it lies within its lattice's
-        :attr:`~qlatent.lattices.Lattice.cell_bound` of the origin: farther, it is outside
-        without that (the proposal's draws mostly are, in 16 and 24 dimensions)."""
-        cells = cells or self._mc_cells(t.dtype)
-        with torch.no_grad():  # (detached: a bool has no tangent for forward mode either)
-            base = t.detach().transpose(-1, -2) / sigma.detach()  # (..., S, m), base units
-            flat = base.reshape(-1, base.shape[-1])
-            near = cells.sums.rows(flat.square()) <= cells.reach  # (rows, blocks)
-            inside = torch.zeros_like(near)
-            first = 0
-            for lattice, count, start in cells.geometry.runs:
-                pieces = flat[:, start : start + count * lattice.dim].reshape(-1, lattice.dim)
-                if recording_graph():
-                    # torch.export cannot size a tensor by a count of rows (nonzero): every
-                    # block is decoded, those out of reach stay outside (the same answer)
-                    hit = (lattice.closest_point(pieces) == 0).all(1)
-                    hit &= near[:, first : first + count].reshape(-1)
-                    inside[:, first : first + count] = hit.view(-1, count)
-                    first += count
-                    continue
-                candidates = near[:, first : first + count].reshape(-1).nonzero().squeeze(1)
-                if candidates.numel():
-                    k = lattice.closest_point(pieces.index_select(0, candidates))
-                    hit = torch.zeros(pieces.shape[0], dtype=torch.bool, device=t.device)
-                    hit[candidates] = (k == 0).all(1)
-                    inside[:, first : first + count] = hit.view(-1, count)
-                first += count
-            return inside.view(*base.shape[:-1], -1).transpose(-1, -2)
+    def _inside_cell(self, t: Tensor, sigma: Tensor, cells: _Cells | None = None) -> Tensor:
+        """Whether each block of ``t`` lies in the scaled Voronoi cell, ``(..., m, S)`` ->
+        ``(..., blocks, S)`` bool, for the blocks of ``cells`` (default all:
+        :meth:`_mc_cells`; :func:`~._lattice_estimate.inside_cell`)."""
+        return inside_cell(t, sigma, cells or self._mc_cells(t.dtype))
 
     # ------------------------------------------------------------------ paths
     def _forward_rows(self, y: Tensor, generator) -> BottleneckOutput:
@@ -1540,329 +961,3 @@ class DitheredGoodLattice(Bottleneck):
             # existed, which the digests of files (and the golden bitstreams) are taken over
             + (f", density={shown('density')!r}" if shown("density") != "monte_carlo" else "")
         )
-
-
-def log_density_bias(
-    bottleneck: DitheredGoodLattice,
-    v: Tensor,
-    samples: tuple[int, int],
-    reference: tuple[int, int] = (16384, 4096),
-    *,
-    repeats: int = 4,
-    seed: int = 0,
-    debias: bool = False,
-    reference_proposal: str | None = None,
-) -> dict[str, float]:
-    """Bias of the Monte-Carlo ``log f̂`` at ``samples = (S_u, S_p)`` against ``reference``.
-
-    Returns the mean over rows and ``repeats`` draws of ``log f̂_S(v) − log f̂_ref(v)`` in nats
-    per row (negative: the rate is overestimated by that much), with its standard error over
-    rows; ``v``: ``(N, m)`` points where the density is used (a trained model's ``y_hat``).
-    ``debias`` applies the delta-method correction to the estimate at ``samples`` (the
-    reference, at far larger counts, is left as it is). ``reference_proposal`` draws the
-    reference's proposal points from another proposal than the bottleneck's own (e.g.
-    ``"tilted"`` for a ``"box"`` bottleneck, whose own reference is itself biased in 24
-    dimensions); the estimate under test always uses the bottleneck's. Under
-    ``density="gaussian"`` the estimate is the bottleneck's Gaussian approximation (``samples``
-    and ``debias`` unused) and the reference still the Monte-Carlo estimate: the result is the
-    approximation's bias.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    own = bottleneck.proposal
-    with torch.no_grad():
-        with bottleneck.proposal_set_to(reference_proposal):
-            ref = bottleneck.log_density(v, *reference, gen, density="monte_carlo")
-        reps = [
-            bottleneck.log_density(v, *samples, gen, debias=debias) - ref for _ in range(repeats)
-        ]
-    diff = torch.stack(reps).mean(0)
-    return {
-        "samples": list(samples),
-        "reference_samples": list(reference),
-        "reference_proposal": reference_proposal or own,
-        "bias_nats": diff.mean().item(),
-        "bias_se": (diff.std() / math.sqrt(diff.numel())).item() if diff.numel() > 1 else 0.0,
-        "debias": debias,
-    }
-
-
-@with_plain_twin
-class _LaplaceBlockSums(torch.autograd.Function):
-    """Σ_{i ∈ b} c_i·|v_ni + w_is| per block: ``v`` ``(N, m)``, ``w`` ``(m, S)``, ``c`` ``(m,)``
-    (the inverse prior scales), ``sums`` the blocks' :class:`_BlockSums` (or their ``(m,
-    blocks)`` 0/1 matrix), ``block_of`` ``(m,)`` each coordinate's block -> ``(N, blocks, S)``.
-    ``scratch``: optional, at least ``(N, m, S)``, where v + w is formed when no input needs a
-    gradient (its contents are overwritten).
-
-    The backward, with t = v + w, G the upstream gradient ``(N, blocks, S)`` and H its rows
-    copied out to the coordinates, H_nis = G_{n,b(i),s}·sgn(t_nis):
-
-        ∂/∂v_ni = c_i Σ_s H_nis,   ∂/∂w_is = c_i Σ_n H_nis,   ∂/∂c_i = Σ_{n,s} H_nis·t_nis
-
-    (H·t = G·|t|): a row gather, two elementwise passes and three reductions, where autograd
-    went through the broadcast sum, |t| and a block-sum product whose inner dimension is the
-    number of blocks (slow for both 2 and 19 blocks). First derivatives only; forward mode
-    (``jvp``) as Σ_{i ∈ b} c_i·sgn(t_nis)·(v̇_ni + ẇ_is) + ċ_i·|t_nis|.
-    """
-
-    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
-
-    @staticmethod
-    def forward(
-        v: Tensor,
-        w: Tensor,
-        c: Tensor,
-        sums: _BlockSums | Tensor,
-        block_of: Tensor,
-        scratch: Tensor | None,
-        derivatives: bool,
-    ):
-        sums = _BlockSums.of(sums)
-        if derivatives:  # an input of the first three needs a gradient: t = v + w is kept
-            t = v.unsqueeze(2) + w
-            return sums.points(t.abs(), c, temporary=True), t, anchor(v)
-        # nothing to differentiate (the hard path, IWAE): |t| in place, in ``scratch``
-        out = None if scratch is None else scratch[: v.shape[0]]
-        t = torch.add(v.unsqueeze(2), w, out=out).abs_()
-        return sums.points(t, c, temporary=True), None, anchor(v)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, _, c, sums, block_of, _, _ = inputs
-        _, t, kept = output
-        save_for_first_order(ctx, kept, (t, c, block_of), (t,), (*inputs[:3], block_of))
-        ctx.sums = _BlockSums.of(sums)
-
-    @staticmethod
-    @first_order
-    def backward(ctx, grad: Tensor, *_):
-        t, c, block_of = saved_for_first_order(ctx)
-        # H = G_b(i)·sgn(t): the signs' buffer weighted in place run by run, where the runs are
-        # known, rather than G copied out to the coordinates and a second full-size buffer
-        if ctx.sums.spreads:
-            h = ctx.sums.spread_(t.sgn(), grad)
-        else:
-            h = grad.index_select(1, block_of).mul_(t.sgn())
-        grad_v = h.sum(2).mul_(c) if ctx.needs_input_grad[0] else None
-        grad_w = h.sum(0).mul_(c.unsqueeze(1)) if ctx.needs_input_grad[1] else None
-        grad_c = h.mul_(t).sum((0, 2)) if ctx.needs_input_grad[2] else None
-        return grad_v, grad_w, grad_c, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, t_v, t_w, t_c, *_):
-        v, w, c, block_of = ctx.saved_tensors
-        t = v.unsqueeze(2) + w
-        moved = forward_tangent((torch.ones_like(t), _unsqueeze(t_v, 2)), (torch.ones_like(t), t_w))
-        terms = forward_tangent((t.sgn() * c.unsqueeze(1), moved), (t.abs(), _unsqueeze(t_c, 1)))
-        # summed by block through the saved ``block_of``: the block sums' matrix is no saved
-        # tensor, and under nested transforms it may belong to another level than this one's
-        blocks = t.new_zeros(t.shape[0], ctx.sums.count, t.shape[2])
-        return blocks.index_add(1, block_of, terms), None, anchor(v)
-
-
-def _unsqueeze(t: Tensor | None, dim: int) -> Tensor | None:
-    return None if t is None else t.unsqueeze(dim)
-
-
-def _laplace_block_sums(
-    v: Tensor,
-    w: Tensor,
-    c: Tensor,
-    sums: _BlockSums | Tensor,
-    block_of: Tensor,
-    scratch: Tensor | None = None,
-) -> Tensor:
-    """:class:`_LaplaceBlockSums` of these arguments, ``(N, blocks, S)``."""
-    derivatives = v.requires_grad or w.requires_grad or c.requires_grad
-    return apply_function(_LaplaceBlockSums, v, w, c, sums, block_of, scratch, derivatives)[0]
-
-
-@with_plain_twin
-class _BalanceWeight(torch.autograd.Function):
-    """The balance heuristic's log-term of one point, log p − log(S_u/V + S_q·q), from
-    ``log_p`` ``(N, blocks, S)``, ``log_uniform`` = log(S_u/V) ``(blocks, 1)``, ``log_q0``
-    ``(N, blocks, S)`` (the proposal's log-density, without gradient in the density) and ``shift`` =
-    log S_q − log|D| ``(blocks, 1)`` -> ``(N, blocks, S)``, with a closed-form backward.
-
-    With d = log_q0 + shift − log_uniform, the term is log p − log_uniform − log(1 + e^d), so
-
-        ∂/∂log p = 1,   ∂/∂log_uniform = −σ(−d),   ∂/∂shift = −σ(d)
-
-    and the two per-block gradients are sums over rows and points of G·σ(d) and of G: one
-    ``sigmoid`` and one reduction in the backward, where autograd through ``logaddexp``, the
-    shift's broadcast sum and the difference formed two exponentials, a negation and three
-    reductions over the full size. Forward mode (``jvp``) from the same three derivatives.
-    """
-
-    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
-
-    @staticmethod
-    def forward(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor):
-        d = log_q0 + (shift - log_uniform)
-        # log(1 + e^d) as log1p(exp(d)), d clamped to where e^d is a normal number: below, e^d
-        # counts as the smallest (exp leaves its vectorized path for smaller results, many
-        # times slower on them); above, log(1 + e^d) = d to the rounding. Timed apart on a
-        # trained E8^5 model's terms, 40% of them below the range, in half the time of
-        # ``logaddexp(d, 0)``
-        info = torch.finfo(d.dtype)
-        low, high = math.log(info.tiny) + 1.0, math.log(info.max) - 1.0
-        softplus = d.clamp(min=low, max=high).exp_().log1p_()
-        # (always under torch.export, which cannot branch on a value: it adds zeros there)
-        if d.numel() and (recording_graph() or bool(d.amax() > high)):
-            softplus.add_((d - high).clamp_(min=0.0))
-        return torch.sub(log_p, softplus).sub_(log_uniform), d, anchor(d)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, log_uniform, _, shift = inputs
-        _, d, kept = output
-        save_for_first_order(ctx, kept, (d,), (d,), (d,))
-        ctx.shapes = log_uniform.shape, shift.shape
-
-    @staticmethod
-    @first_order
-    def backward(ctx, grad: Tensor, *_):
-        (d,) = saved_for_first_order(ctx)
-        uniform_shape, shift_shape = ctx.shapes
-        grad_uniform = grad_q0 = grad_shift = None
-        if any(ctx.needs_input_grad[1:]):
-            q_part = torch.sigmoid(d).mul_(grad)  # G·σ(d)
-            if ctx.needs_input_grad[1]:
-                grad_uniform = q_part.sum_to_size(uniform_shape) - grad.sum_to_size(uniform_shape)
-            if ctx.needs_input_grad[3]:
-                grad_shift = -q_part.sum_to_size(shift_shape)
-            if ctx.needs_input_grad[2]:  # not in the density, whose proposal has no gradient
-                grad_q0 = q_part.neg_()
-        return grad, grad_uniform, grad_q0, grad_shift
-
-    @staticmethod
-    def jvp(ctx, t_log_p, t_uniform, t_q0, t_shift):
-        (d,) = ctx.saved_tensors
-        q_part = torch.sigmoid(d)
-        tangent = forward_tangent(
-            (torch.ones_like(d), t_log_p),
-            (q_part - 1.0, t_uniform),
-            (-q_part, t_q0),
-            (-q_part, t_shift),
-        )
-        return tangent, None, anchor(d)
-
-
-def _balance_weight(log_p: Tensor, log_uniform: Tensor, log_q0: Tensor, shift: Tensor) -> Tensor:
-    """:class:`_BalanceWeight` of these arguments, ``(N, blocks, S)``."""
-    return apply_function(_BalanceWeight, log_p, log_uniform, log_q0, shift)[0]
-
-
-@with_plain_twin
-class _LogSum(torch.autograd.Function):
-    """log P̂ = log Σ_k exp(t_k) over the last dim of ``terms`` ``(N, blocks, samples + draws)``
-    -> ``(N, blocks)``, plus, with ``debias``, the delta-method correction ½·V̂ar(P̂)/P̂², the
-    variance estimated from the terms themselves: the first ``samples`` come from antithetic cell
-    points (point k and k + samples/2 are a pair w, −w, so a pair's sum is one independent unit),
-    the rest from independent proposal draws (one unit each). A closed-form backward.
-
-    With ω_k = exp(t_k − log P̂) and the units a_j of each group (pair sums; single draws), the
-    correction is V = Σ_groups n/(n − 1)·Σ_j (a_j − ā)². Since ∂V/∂ω_k = g_k =
-    2n/(n − 1)·(a_j(k) − ā) and ∂ω_k/∂t_l = ω_k(δ_kl − ω_l),
-
-        ∂(log P̂ + V/2)/∂t_l = ω_l·(1 + g_l/2 − Σ_k g_k ω_k / 2) = ω_l·(1 + g_l/2 − V)
-
-    (Σ_k g_k ω_k = Σ_j g_j a_j = 2V, the centred units summing to zero). The forward forms the
-    exponentials once, for the sum and for ω; the backward is two elementwise passes over ω,
-    where autograd through ``logsumexp`` and the variance took about eight, each with its own
-    ``exp`` or temporary. log P̂ is ``torch.logsumexp``'s own formula (the maximum, the sum of
-    exp(t − max), its log plus the maximum) but for terms more than about 63 (float32) or 684
-    (float64) nats below the largest, which count as that far below it: their share of the sum
-    is below the rounding of its largest term, and their ω, which is below it too, is kept
-    above the smallest normal number. Forward mode (``jvp``): Σ_l of the backward's factor of
-    t_l times ṫ_l.
-    """
-
-    outputs = 1  # the real outputs (:func:`~qlatent._utils.with_plain_twin`)
-
-    @staticmethod
-    def forward(terms: Tensor, samples: int, debias: bool):
-        peak = terms.amax(2, keepdim=True)
-        empty = peak == -math.inf  # every term −inf: P̂ = 0, log P̂ = −inf and ω = 0
-        peak = torch.where(torch.isfinite(peak), peak, 0.0)
-        # exp(t − max) no lower than e^floor: ``exp`` leaves its vectorized path for results
-        # below the dtype's smallest normal number (many times slower on them), and
-        # terms that far below the largest change no sum (K·e^floor ≪ the rounding of 1).
-        # float16's smallest normal number is too large for that (24 nats above it is above
-        # the largest term: every term counted as the largest, and every rate was 0), so
-        # there the floor is 24 nats below its rounding of 1, where exp gives 0
-        info = torch.finfo(terms.dtype)
-        floor = min(math.log(info.tiny) + 24.0, math.log(info.eps) - 24.0)
-        omega = torch.sub(terms, peak).clamp_(min=floor).exp_()
-        total = omega.sum(2, keepdim=True)
-        log_sum = total.log().add_(peak).squeeze(2)
-        omega.div_(total)
-        if recording_graph() or bool(empty.any()):  # (export: no value to branch on)
-            log_sum.masked_fill_(empty.squeeze(2), -math.inf)
-            omega.masked_fill_(empty, 0.0)
-        slopes = []
-        if debias:
-            half = samples // 2
-            variance, pair_slope = _group_slopes(omega[..., :half] + omega[..., half:samples])
-            slopes.append(pair_slope)
-            if terms.shape[2] > samples:
-                draw_variance, draw_slope = _group_slopes(omega[..., samples:])
-                variance = variance + draw_variance
-                slopes.append(draw_slope)
-            log_sum = log_sum + 0.5 * variance
-            return log_sum, omega, variance, *slopes, anchor(terms)
-        return log_sum, omega, anchor(terms)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, *factors, kept = output  # ω, and with debias the variance and the groups' slopes
-        save_for_first_order(ctx, kept, factors, factors, factors)
-        ctx.samples = inputs[1]
-
-    @staticmethod
-    @first_order
-    def backward(ctx, grad: Tensor, *_):
-        return _LogSum.gradient(saved_for_first_order(ctx), ctx.samples, grad), None, None
-
-    @staticmethod
-    def jvp(ctx, t_terms, *_):
-        omega = ctx.saved_tensors[0]
-        ones = omega.new_ones(omega.shape[:2])
-        tangent = (_LogSum.gradient(ctx.saved_tensors, ctx.samples, ones) * t_terms).sum(2)
-        return tangent, *(None,) * len(ctx.saved_tensors), anchor(omega)
-
-    @staticmethod
-    def gradient(saved: Sequence[Tensor], samples: int, grad: Tensor) -> Tensor:
-        """∂L/∂terms ``(N, blocks, K)`` from the saved factors and ``grad`` = ∂L/∂log P̂
-        ``(N, blocks)``."""
-        omega, *rest = saved
-        grad = grad.unsqueeze(2)
-        if not rest:
-            return omega * grad
-        variance, pair_slope, *draw_slope = rest
-        out = omega * (grad * (1.0 - variance.unsqueeze(2)))
-        half_grad = 0.5 * grad
-        half = samples // 2
-        weight = pair_slope * half_grad  # one factor for both points of a pair
-        out[..., :half].addcmul_(omega[..., :half], weight)
-        out[..., half:samples].addcmul_(omega[..., half:samples], weight)
-        if draw_slope:
-            out[..., samples:].addcmul_(omega[..., samples:], draw_slope[0] * half_grad)
-        return out
-
-
-def _log_sum(terms: Tensor, samples: int, debias: bool) -> Tensor:
-    """:class:`_LogSum` of these arguments: log P̂ ``(N, blocks)``."""
-    return apply_function(_LogSum, terms, samples, debias)[0]
-
-
-def _group_slopes(units: Tensor) -> tuple[Tensor, Tensor]:
-    """The unbiased estimate n/(n − 1)·Σ_j (a_j − ā)² of the variance of the sum of the n units
-    of ``units`` ``(N, blocks, n)``, over the last dim, and its derivative with respect to each
-    unit, 2n/(n − 1)·(a_j − ā) ``(N, blocks, n)`` (zeros when n < 2: a group of one unit adds 0)."""
-    n = units.shape[2]
-    if n < 2:
-        return units.new_zeros(units.shape[:2]), torch.zeros_like(units)
-    centred = units - units.mean(2, keepdim=True)
-    variance = centred.square().sum(2) * (n / (n - 1))
-    return variance, centred.mul_(2 * n / (n - 1))
