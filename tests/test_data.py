@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlatent.data import datasets, sources
+from qlatent.data import _providers, datasets, sources
 from qlatent.data.cli import add_data_parser
 from qlatent.data.idx import read_idx, write_idx
 
@@ -26,7 +26,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep every test away from the real cache, $QLATENT_DATA and system packages."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("QLATENT_DATA", raising=False)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
     return tmp_path
 
 
@@ -171,7 +171,7 @@ def test_cache_used_and_damaged_cache(isolated: Path, monkeypatch: pytest.Monkey
 def test_debian_source_fills_cache(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = isolated / "usr-share-datasets-fashion-mnist"
     _write_dataset(system, monkeypatch, name="fashion-mnist", gz=True)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", system)
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", system)
     folder = sources.fetch("fashion-mnist", download=False)
     assert folder == sources.cache_dir("fashion-mnist")
     assert sorted(p.name for p in folder.iterdir()) == sorted(FILE_NAMES)
@@ -182,7 +182,7 @@ def test_bad_source_file_is_discarded(isolated: Path, monkeypatch: pytest.Monkey
     system = isolated / "debian"
     _write_dataset(system, monkeypatch, name="fashion-mnist", gz=True)
     write_idx(system / "train-labels-idx1-ubyte.gz", np.array([1], np.uint8))
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", system)
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", system)
     with pytest.raises(sources.DataNotFoundError, match="train-labels-idx1-ubyte"):
         sources.fetch("fashion-mnist", download=False)
     assert not (sources.cache_dir("fashion-mnist") / "train-labels-idx1-ubyte").exists()
@@ -368,8 +368,8 @@ def test_download_source_without_network(isolated: Path, monkeypatch: pytest.Mon
         urls.append(url)
         return _FakeResponse((served / url.rsplit("/", 1)[1]).read_bytes())
 
-    monkeypatch.setattr(sources.shutil, "which", lambda _: None)  # no npm
-    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(_providers.shutil, "which", lambda _: None)  # no npm
+    monkeypatch.setattr(_providers.urllib.request, "urlopen", fake_urlopen)
     assert sources.fetch("mnist") == sources.cache_dir("mnist")
     assert urls == [f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz" for f in FILE_NAMES]
 

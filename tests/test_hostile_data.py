@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlatent.data import datasets, sources, text
+from qlatent.data import _catalog, _providers, datasets, sources, text
 from qlatent.data.idx import parse_idx, read_idx, write_idx
 
 N_TRAIN, N_TEST, N_VAL = 30, 6, 10
@@ -36,7 +36,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     MNIST of 30 training and 6 test images."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("QLATENT_DATA", raising=False)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
     monkeypatch.setattr(datasets, "N_TRAIN_IMAGES", N_TRAIN)
     monkeypatch.setattr(datasets, "N_TEST_IMAGES", N_TEST)
     monkeypatch.setattr(datasets, "N_VAL", N_VAL)
@@ -298,10 +298,10 @@ def test_a_source_stream_larger_than_any_dataset_file_is_cut_off(monkeypatch, is
     system = isolated / "debian"
     system.mkdir()
     limit = 1000
-    monkeypatch.setattr(sources, "_LARGEST_FILE", limit)
+    monkeypatch.setattr(_catalog, "_LARGEST_FILE", limit)
     for filename in sources.FILES.values():
         (system / f"{filename}.gz").write_bytes(gzip.compress(bytes(4 * limit)))
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", system)
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", system)
     with pytest.raises(sources.DataNotFoundError, match=f"more than {limit:,} bytes uncompressed"):
         sources.fetch("fashion-mnist", download=False)
     assert not any(sources.cache_dir("fashion-mnist").iterdir())  # no file, no .part left

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cli_helpers import run_cli
-from qlatent.data import sources
+from qlatent.data import _providers, sources
 from qlatent.data.folder import image_files, image_name, load_image_folder, write_image_folder
 from qlatent.data.idx import write_idx
 
@@ -45,7 +45,7 @@ def synthetic_mnist(tmp_path, monkeypatch):
     them) that the hash table expects; the real cache and system packages are out of reach."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("QLATENT_DATA", raising=False)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
     rng = np.random.default_rng(5)
     train = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
     train[3, :16, :16] = LEVELS

@@ -307,7 +307,7 @@ def _mnist(folder: Path, monkeypatch) -> Path:
     """An MNIST of 30 training and 6 test images in ``folder``, which the checksums expect."""
     import hashlib
 
-    from qlatent.data import datasets, sources
+    from qlatent.data import _providers, datasets, sources
     from qlatent.data.idx import write_idx
 
     rng = np.random.default_rng(0)
@@ -325,7 +325,7 @@ def _mnist(folder: Path, monkeypatch) -> Path:
     monkeypatch.setitem(sources.SHA256, "mnist", table)
     monkeypatch.setattr(datasets, "N_TRAIN_IMAGES", 30)
     monkeypatch.setattr(datasets, "N_TEST_IMAGES", 6)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", folder.parent / "no-such-folder")
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", folder.parent / "no-such-folder")
     monkeypatch.delenv("QLATENT_DATA", raising=False)
     return folder
 

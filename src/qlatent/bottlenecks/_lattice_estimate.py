@@ -1,7 +1,8 @@
 """The log-density estimate of a good lattice (:mod:`.good_lattice`), step by step.
 
-:func:`estimated_log_density` is the Monte-Carlo part of
-:meth:`~qlatent.bottlenecks.good_lattice.DitheredGoodLattice.log_density` for a group of blocks,
+:func:`grouped_log_density` is the Monte-Carlo part of
+:meth:`~qlatent.bottlenecks.good_lattice.DitheredGoodLattice.log_density`, its blocks grouped by
+their count of proposal draws; :func:`estimated_log_density` that part for one group of blocks,
 in chunks of rows: the prior's log-density at the cell points (:func:`cell_points_log_pdf`) and
 at the proposal's draws (:func:`block_log_pdf`), the cell test of the draws (:func:`inside_cell`),
 the balance heuristic's terms and their log-sum (:mod:`._lattice_density`).
@@ -14,7 +15,7 @@ reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,66 @@ def _values_off_meta() -> Iterator[None]:
         return
     with torch.device("cpu"):
         yield
+
+
+def grouped_log_density(
+    neck: DitheredGoodLattice,
+    v: Tensor,
+    sigma: Tensor,
+    scale: Tensor,
+    log_vol: Tensor,
+    samples: int,
+    prior_samples: int | Sequence[int],
+    generator,
+    cap: bool,
+    debias: bool,
+) -> Tensor:
+    """:meth:`DitheredGoodLattice.log_density`'s Monte-Carlo part for all the blocks it
+    estimates, summed over them ``(N,)``: the blocks grouped by their count of proposal draws
+    (one group unless ``prior_samples`` gives one per block that differ), the cell points and the
+    prior's shared draws drawn once for all, and each group's :func:`estimated_log_density`.
+    ``neck``: the bottleneck, whose ``_mc_cells``, ``_mc_points`` and ``_prior_points`` give the
+    blocks and the draws."""
+    cells = neck._mc_cells(v.dtype)
+    groups = [(prior_samples, cells)]  # (draw count, the blocks it is for)
+    if isinstance(prior_samples, (list, tuple)):
+        per_block = torch.tensor(prior_samples, dtype=torch.int64)
+        if cells.blocks is not None:
+            per_block = per_block[cells.blocks.cpu()]
+        counts = per_block.tolist()
+        distinct = sorted(set(counts))
+        groups = [(distinct[0] if distinct else 0, cells)]
+        if len(distinct) > 1:  # each group of blocks with one count on its own draws
+            groups = [
+                (c, neck._mc_cells(v.dtype, tuple(i for i, k in enumerate(counts) if k == c)))
+                for c in distinct
+            ]
+    # the cell points and the prior's shared draws are drawn once for every coordinate (a
+    # group takes its coordinates and, of the prior's, its first draws: the same numbers)
+    w = neck._mc_points(samples, generator, v.dtype, v.device)
+    most = max(count for count, _ in groups)
+    shared = None
+    if most and neck.proposal == "prior":
+        shared = neck._prior_points(most, generator, v.dtype, v.device)
+    log_f = None
+    for count, group in groups:
+        part = estimated_log_density(
+            neck,
+            v,
+            sigma,
+            scale,
+            log_vol,
+            w,
+            shared,
+            samples,
+            count,
+            group,
+            generator,
+            cap,
+            debias,
+        )
+        log_f = part if log_f is None else log_f + part
+    return log_f
 
 
 def estimated_log_density(

@@ -49,6 +49,8 @@ from .._utils import autocast_off, check_finite, plain_tensors, shown_compile, s
 from ..lattices import DirectSum, RectangularLattice, tile
 from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
 from ..rng import counter_uniform, draw_key
+from . import _lattice_code, _lattice_density
+from ._lattice_code import CODE_CELL_WIDTH
 from ._lattice_counts import (
     ROW_NUMBERS,
     _draw_counts,
@@ -71,8 +73,8 @@ from ._lattice_estimate import (
     _values_off_meta,
     block_log_pdf,
     cell_points_log_pdf,
-    estimated_log_density,
     gaussian_log_density,
+    grouped_log_density,
     inside_cell,
     log_density_bias,
 )
@@ -90,12 +92,6 @@ __all__ = [
     "log_density_bias",
     "monte_carlo_counts",
 ]
-
-#: the cell width w of the coset code model of Λ16 and Λ24, in their integer coordinates
-#: (:class:`qlatent.coding.models._GluedBlock`): the widths that gave the shortest files on the
-#: first 200 and 300 training images of the Table-1 Λ24 ⊕ Λ16 model, among 1.0–2.0 (Λ16) and
-#: 1.6–2.4 (Λ24); a first look at 200 test images (Λ24, 1.0–4.0) pointed the same way
-CODE_CELL_WIDTH = {"BW16": 1.25, "Leech": 2.0}
 
 #: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks and,
 #: where it is small or the Monte Carlo needs it, a (dim, blocks) matrix) are built from values,
@@ -589,45 +585,9 @@ class DitheredGoodLattice(Bottleneck):
         if (self.density if density is None else density) == "gaussian":
             log_f = self._gaussian_log_density(v, sigma, scale, log_vol, cap)
             return log_f if exact is None else log_f + exact
-        cells = self._mc_cells(v.dtype)
-        groups = [(prior_samples, cells)]  # (draw count, the blocks it is for)
-        if isinstance(prior_samples, (list, tuple)):
-            per_block = torch.tensor(prior_samples, dtype=torch.int64)
-            if cells.blocks is not None:
-                per_block = per_block[cells.blocks.cpu()]
-            counts = per_block.tolist()
-            distinct = sorted(set(counts))
-            groups = [(distinct[0] if distinct else 0, cells)]
-            if len(distinct) > 1:  # each group of blocks with one count on its own draws
-                groups = [
-                    (c, self._mc_cells(v.dtype, tuple(i for i, k in enumerate(counts) if k == c)))
-                    for c in distinct
-                ]
-        # the cell points and the prior's shared draws are drawn once for every coordinate (a
-        # group takes its coordinates and, of the prior's, its first draws: the same numbers)
-        w = self._mc_points(samples, generator, v.dtype, v.device)
-        most = max(count for count, _ in groups)
-        shared = None
-        if most and self.proposal == "prior":
-            shared = self._prior_points(most, generator, v.dtype, v.device)
-        log_f = None
-        for count, group in groups:
-            part = estimated_log_density(
-                self,
-                v,
-                sigma,
-                scale,
-                log_vol,
-                w,
-                shared,
-                samples,
-                count,
-                group,
-                generator,
-                cap,
-                debias,
-            )
-            log_f = part if log_f is None else log_f + part
+        log_f = grouped_log_density(
+            self, v, sigma, scale, log_vol, samples, prior_samples, generator, cap, debias
+        )
         return log_f if exact is None else log_f + exact
 
     def _gaussian_log_density(
@@ -654,68 +614,11 @@ class DitheredGoodLattice(Bottleneck):
                 values = self._moment_values = _cell_moment_values(self.geometry)
         return torch.tensor(values, dtype=dtype, device=device)
 
-    def _mc_cells(self, dtype, subset: tuple[int, ...] | None = None) -> _Cells:
-        """The blocks :meth:`log_density` estimates by Monte Carlo (all but the rectangular), or
-        the ``subset`` of them at those positions among them."""
-        if subset is not None:
-            every = torch.arange(len(self.geometry.blocks), device=self._block_of.device)
-            estimated = every if self._mc_geometry is self.geometry else self._mc_blocks
-            blocks = estimated[list(subset)]
-            coords = torch.isin(self._block_of, blocks).nonzero().flatten()
-            geometry = self._subset_geometry(tuple(blocks.tolist()))
-            membership, block_of = self._membership_of(coords, blocks, geometry)
-            return _Cells(
-                coords,
-                blocks,
-                None if membership is None else membership.to(dtype),
-                block_of,
-                self._halfwidth[coords].to(dtype),
-                self._unit[coords],
-                self._reach[blocks].to(dtype),
-                geometry,
-            )
-        if self._mc_geometry is self.geometry:
-            coords = blocks = None
-            membership, block_of = self._membership, self._block_of
-            if _BlockSums.reshape_size(self.geometry) is not None:
-                membership = None  # reshapes: not copied to dtype on every call
-            halfwidth, unit, reach = self._halfwidth, self._unit, self._reach
-        else:
-            coords, blocks = self._mc_coords, self._mc_blocks
-            membership, block_of = self._membership_of(coords, blocks, self._mc_geometry)
-            halfwidth, unit = self._halfwidth[coords], self._unit[coords]
-            reach = self._reach[blocks]
-        return _Cells(
-            coords,
-            blocks,
-            None if membership is None else membership.to(dtype),
-            block_of,
-            halfwidth.to(dtype),
-            unit,
-            reach.to(dtype),
-            self._mc_geometry,
-        )
-
-    def _membership_of(
-        self, coords: Tensor, blocks: Tensor, geometry: DirectSum
-    ) -> tuple[Tensor | None, Tensor]:
-        """``(len(coords), len(blocks))`` float32: 1 where coordinate ``coords[i]`` lies in block
-        ``blocks[j]`` (the rows and columns of the full membership matrix, without forming it),
-        or ``None`` where ``geometry``, the direct sum of those blocks, sums by reshapes; and
-        each coordinate's position among ``blocks`` (ascending, as all callers give them)."""
-        owner = self._block_of[coords]
-        block_of = torch.searchsorted(blocks, owner)
-        if _BlockSums.reshape_size(geometry) is not None:
-            return None, block_of
-        return (owner.unsqueeze(1) == blocks).to(torch.float32), block_of
-
-    def _subset_geometry(self, blocks: tuple[int, ...]) -> DirectSum:
-        """The direct sum of the blocks at these positions (cached: its runs decode together)."""
-        cache = self.__dict__.setdefault("_subset_geometries", {})
-        if blocks not in cache:
-            with plain_tensors():
-                cache[blocks] = DirectSum([self.geometry.blocks[b] for b in blocks])
-        return cache[blocks]
+    # what the estimate reads of the blocks (:mod:`._lattice_density`), the module their first
+    # argument
+    _mc_cells = _lattice_density.mc_cells
+    _membership_of = _lattice_density.membership_of
+    _subset_geometry = _lattice_density.subset_geometry
 
     _box_points = staticmethod(box_points)
 
@@ -860,38 +763,7 @@ class DitheredGoodLattice(Bottleneck):
         basis, the model of files of kind 7), every other block in a triangular basis, each
         coordinate with the Gaussian's mass on its interval; a Z block is then coded with the
         exact cell probabilities of the hard path."""
-        from ..coding.models import GoodLattice
-        from ..lattices import GossetLattice, triangular_basis
-        from ..rng import SeedKeys
-
-        gaussian = self.prior_name == "gaussian"
-        blocks, start = [], 0
-        for block in self.geometry.blocks:
-            basis = block.generator_matrix.T.to(torch.float64)
-            e8 = isinstance(block, GossetLattice)
-            if gaussian and not (e8 and e8_cosets != "triangular"):
-                blocks.append((start, "triangular", triangular_basis(basis)))
-            elif e8:  # coded by its two cosets of D8
-                blocks.append((start, "e8", (basis,)))
-            elif cosets and block.name in CODE_CELL_WIDTH:
-                residues, parities, step = block.glue()
-                args = (basis, residues.numpy(), parities.numpy(), step)
-                blocks.append((start, "glued", (*args, CODE_CELL_WIDTH[block.name])))
-            else:
-                blocks.append((start, "triangular", triangular_basis(basis)))
-            start += block.dim
-        dtype = self.log_spacing.dtype
-        return GoodLattice(
-            blocks=blocks,
-            sigma=self._coordinate_scale().detach().cpu().double().numpy(),
-            scale=self.scale.detach().cpu().double().numpy(),
-            dtype=dtype,
-            dither=lambda n, seed: self._hard_dither(n, SeedKeys(seed), "cpu", dtype).detach(),
-            coordinates=lambda rows, u: self._coordinates(rows, u),
-            reconstruct=lambda k, u: self._reconstruct(k, u),
-            e8_cosets=e8_cosets,
-            prior=self.prior_name,
-        )
+        return _lattice_code.code_model(self, cosets, e8_cosets)
 
     def code_model_for(self, kind: int):
         """The code model of a file of container kind ``kind`` (None if this bottleneck has
