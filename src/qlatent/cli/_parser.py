@@ -219,7 +219,8 @@ def _add_update(sub: Any) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a gated VQ-VAE or an LL-VQ table's model (vq, vq_ema, ll_vq: last.pt)",
+        help="a model with a counted code model (vq, vq_ema, ll_vq...): qlatent train's "
+        "best.pt or last.pt, or a table's last.pt",
     )
     p.add_argument("--data", default="mnist-train", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None, type=path_name)
@@ -236,7 +237,8 @@ def _add_compress(sub: Any) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a gated lattice or VQ VAE, or an LL-VQ table's model (last.pt, or qlatent update's)",
+        help="a model with a lattice or VQ bottleneck: qlatent train's best.pt or last.pt, a "
+        "table's last.pt, or qlatent update's",
     )
     p.add_argument("--data", default="mnist-test", help=f"one of {', '.join(_CODING_DATA)}")
     p.add_argument("--data-dir", default=None, type=path_name)
