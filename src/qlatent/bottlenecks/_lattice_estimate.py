@@ -25,7 +25,8 @@ from torch import Tensor
 from .._utils import plain_tensors, recording_graph
 from ..lattices import LITERATURE_NSM, DirectSum, RectangularLattice
 from ..rng import draw_key
-from ._lattice_density import _balance_weight, _BlockSums, _Cells, _laplace_block_sums, _log_sum
+from ._lattice_cells import _BlockSums, _Cells
+from ._lattice_density import _balance_weight, _laplace_block_sums, _log_sum
 
 if TYPE_CHECKING:
     from .good_lattice import DitheredGoodLattice

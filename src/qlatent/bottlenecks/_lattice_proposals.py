@@ -5,19 +5,27 @@ Draws of X̂ near each row's v, for the multiple importance sampling of
 gives their log-density: :func:`box_points` (the Laplace prior restricted to the cell's bounding
 box, ``proposal="box"``) and :func:`tilted_points` (the prior tilted by a Gaussian of the cell's
 size, ``proposal="tilted"``; :func:`gaussian_tilt` under the Gaussian prior). All from the
-counter-based generator (``qlatent.rng``) with the key handed in.
+counter-based generator (``qlatent.rng``) with the key handed in. :func:`proposal_points` picks
+the module's own proposal and :func:`proposal_set_to` sets another for a while (the module
+their first argument; the class's ``_proposal_points`` and ``proposal_set_to``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..priors import laplace_cell_log_prob
 from ..rng import counter_uniform
-from ._lattice_density import _BlockSums
+from ._lattice_cells import _BlockSums, _Cells
+
+if TYPE_CHECKING:
+    from .good_lattice import DitheredGoodLattice
 
 #: the tilted proposal's Gaussian width in units of the cell's size √(V^{2/n}/12) per coordinate
 _TILT = 1.0
@@ -174,3 +182,45 @@ def gaussian_tilt(
         return -sums.points((t - center).square(), square_weight, temporary=True) - (log_c - shift)
 
     return x.to(dtype), log_q
+
+
+def proposal_points(
+    neck: DitheredGoodLattice,
+    v: Tensor,
+    count: int,
+    shared: Tensor | None,
+    key,
+    sigma: Tensor,
+    scale: Tensor,
+    cells: _Cells | None = None,
+) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
+    """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
+    without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
+    ``shared`` ones drawn once per call, ``(1, count, m)``), and the density t, log p(t) ↦
+    log q0(t) + shift per block, ``(N, m, S)``, ``(N, blocks, S)``, ``(blocks, 1)`` ->
+    ``(N, blocks, S)``, samples last, the shift (default 0) added in the same pass (log p(t)
+    passed in, at the same values, for the prior and the box, whose q0 is p up to a
+    normalizer and which do not read t: it may be None). ``cells``: the blocks they are
+    for (default all: :meth:`_mc_cells`)."""
+    if neck.proposal == "prior":
+        return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
+    cells = cells or neck._mc_cells(v.dtype)
+    sums = cells.sums  # its matrix in v's dtype: cells come from _mc_cells(v.dtype)
+    if neck.proposal == "tilted":
+        return neck._tilted_points(v, count, key, sigma, scale, sums, cells.unit)
+    halfwidth = cells.halfwidth.to(v.dtype) * sigma
+    x0, log_z = neck._box_points(v, count, key, halfwidth, scale)
+    log_z = sums.rows(log_z).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
+    return x0, lambda t, log_p, shift=0.0: log_p + (shift - log_z)
+
+
+@contextmanager
+def proposal_set_to(neck: DitheredGoodLattice, proposal: str | None) -> Iterator[None]:
+    """Use ``proposal`` for the proposal draws inside the block (``None``: keep the own), e.g.
+    the tilted one for a large-S reference of a box bottleneck."""
+    own = neck.proposal
+    neck.proposal = own if proposal is None else proposal  # checked as it is assigned
+    try:
+        yield
+    finally:
+        neck.proposal = own

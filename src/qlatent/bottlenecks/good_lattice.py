@@ -37,44 +37,38 @@ from the counter-based generator (``qlatent.rng``) with keys from the ``generato
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import autocast_off, check_finite, plain_tensors, shown_compile, shown_setting
-from ..lattices import DirectSum, RectangularLattice, tile
-from ..priors import gaussian_cell_log_prob, laplace_cell_log_prob
-from ..rng import counter_uniform, draw_key
-from . import _lattice_code, _lattice_density
-from ._lattice_code import CODE_CELL_WIDTH
-from ._lattice_counts import (
-    ROW_NUMBERS,
-    _draw_counts,
-    _sample_count,
-    check_block_counts,
-    counts_text,
-    monte_carlo_counts,
+from .._utils import shown_compile, shown_setting
+from ..lattices import DirectSum, tile
+from . import (
+    _lattice_cells,
+    _lattice_checks,
+    _lattice_code,
+    _lattice_dither,
+    _lattice_log_density,
+    _lattice_module,
+    _lattice_proposals,
+    _lattice_scales,
 )
+from ._lattice_cells import _BlockSums, _Cells, geometry_tables
+from ._lattice_checks import MAX_DIM
+from ._lattice_code import CODE_CELL_WIDTH
+from ._lattice_counts import ROW_NUMBERS, check_block_counts, counts_text, monte_carlo_counts
 from ._lattice_density import (  # noqa: F401  (the Functions, where the documents name them)
     _BalanceWeight,
-    _BlockSums,
-    _Cells,
     _LaplaceBlockSums,
     _LogSum,
-    geometry_tables,
 )
 from ._lattice_estimate import (
-    _block_nsm,
     _cell_moment_values,
     _values_off_meta,
     block_log_pdf,
     cell_points_log_pdf,
-    gaussian_log_density,
-    grouped_log_density,
     inside_cell,
     log_density_bias,
 )
@@ -92,11 +86,6 @@ __all__ = [
     "log_density_bias",
     "monte_carlo_counts",
 ]
-
-#: the most coordinates a good-lattice bottleneck takes: its tables (the coordinates' blocks and,
-#: where it is small or the Monte Carlo needs it, a (dim, blocks) matrix) are built from values,
-#: also while a model is sized on the meta device
-MAX_DIM = 1 << 14
 
 
 class DitheredGoodLattice(Bottleneck):
@@ -240,17 +229,9 @@ class DitheredGoodLattice(Bottleneck):
         exact_rectangular: bool = True,
     ) -> None:
         super().__init__(dim=dim)
-        if dim > MAX_DIM:
-            raise ValueError(f"dim must be at most {MAX_DIM} for a good lattice, got {dim}")
-        if prior not in ("laplace", "gaussian"):
-            raise ValueError(f"prior must be 'laplace' or 'gaussian', got {prior!r}")
+        _lattice_checks.check_arguments(dim, prior, proposal, spacing_per, scale_per)
         self.prior_name = prior
-        self._check_proposal(proposal, "proposal")
-        if spacing_per not in ("block", "coordinate"):
-            raise ValueError(f"spacing_per must be 'block' or 'coordinate', got {spacing_per!r}")
         self.spacing_per = spacing_per
-        if scale_per not in ("coordinate", "block"):
-            raise ValueError(f"scale_per must be 'coordinate' or 'block', got {scale_per!r}")
         self.scale_per = scale_per
         self.debias = debias
         self.density = density
@@ -306,361 +287,62 @@ class DitheredGoodLattice(Bottleneck):
         )
 
     # ------------------------------------------------------------- module mechanics
-    #: the geometry's integer and bool tables (which coordinate is in which block, which blocks
-    #: have a closed-form density): plain tensor attributes rather than buffers, since what
-    #: treats every buffer as a number to average or update (``AveragedModel(use_buffers=True)``)
-    #: turned them into other indices without a word (an EMA step of 0.9·3 + 0.1·3 stored 2)
-    _INDEX_TABLES = ("_block_of", "_exact", "_mc_blocks", "_mc_coords")
-
-    def _index_table(name: str) -> property:  # noqa: N805 (a class-body helper, deleted below)
-        """The index table ``name`` on the device of the module's buffers. ``nn.DataParallel``
-        gives each replica its buffers on the replica's device and a shallow copy of the
-        module's plain attributes, so a replica on a second GPU indexed its buffers with the
-        first GPU's tables: the tables follow ``_unit`` there, moved once per replica."""
-
-        def get(self: DitheredGoodLattice) -> Tensor:
-            tables = self.__dict__["_index_tables"]
-            device = self._unit.device
-            if tables[name].device != device:
-                tables = {key: table.to(device) for key, table in tables.items()}
-                self.__dict__["_index_tables"] = tables  # this module's (a replica's) own
-            return tables[name]
-
-        def put(self: DitheredGoodLattice, table: Tensor) -> None:
-            self.__dict__.setdefault("_index_tables", {})[name] = table
-
-        return property(get, put, doc=f"index table {name} (see _INDEX_TABLES)")
-
-    _block_of = _index_table("_block_of")
-    _exact = _index_table("_exact")
-    _mc_blocks = _index_table("_mc_blocks")
-    _mc_coords = _index_table("_mc_coords")
-    del _index_table
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """A whole module pickled before the index tables lived in ``_index_tables`` held them
-        as plain attributes, or earlier as buffers: they move there; one pickled before
-        ``density`` existed gets its default, the Monte-Carlo estimate it had."""
-        super().__setstate__(state)
-        self.__dict__.setdefault("density", "monte_carlo")
-        if "_index_tables" not in self.__dict__:
-            for name in self._INDEX_TABLES:
-                table = self.__dict__.pop(name, None)
-                if table is None:
-                    table = self._buffers.pop(name)
-                    self._non_persistent_buffers_set.discard(name)
-                setattr(self, name, table)
-
-    def _apply(self, fn, recurse: bool = True):
-        """Converts the parameters as any module does, but only moves the tables: they are not
-        saved, so ``to_empty`` (the meta-device init pattern ``with torch.device("meta"): ...;
-        to_empty(); load_state_dict()``) left them uninitialised for good (NaN errors, index
-        errors), and ``half()`` rounded them (another lattice after ``.half().float()``, whose
-        files a model loaded from the same weights could not decode). Tables stay off the meta
-        device, as when built there, so they are never lost. The tables are the non-persistent
-        buffers and the index tables (:attr:`_INDEX_TABLES`): constants of the geometry, kept in
-        the dtypes they were built in, the index tables on the float tables' device."""
-        tables = {name: self._buffers.get(name) for name in self._non_persistent_buffers_set}
-        super()._apply(fn, recurse)
-        for name, table in tables.items():
-            moved = self._buffers.get(name)
-            if table is not None and moved is not None:
-                device = table.device if moved.is_meta else moved.device
-                self._buffers[name] = table.to(device)
-        device = self._unit.device
-        for name in self._INDEX_TABLES:
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    # the geometry's index tables, plain attributes read through properties
+    # (:data:`~._lattice_module.INDEX_TABLES`), and how the module is unpickled and moved: the
+    # functions of :mod:`._lattice_module`, the module their first argument
+    _INDEX_TABLES = _lattice_module.INDEX_TABLES
+    _block_of = _lattice_module.index_table("_block_of")
+    _exact = _lattice_module.index_table("_exact")
+    _mc_blocks = _lattice_module.index_table("_mc_blocks")
+    _mc_coords = _lattice_module.index_table("_mc_coords")
+    __setstate__ = _lattice_module.set_state
+    _apply = _lattice_module.apply
 
     # ------------------------------------------------------ Monte-Carlo settings
-    def _check_samples(self, value, name: str) -> int:
-        return _sample_count(value, name, self.dim)
-
-    def _check_draw_counts(self, value, name: str) -> int | tuple[int, ...]:
-        return _draw_counts(value, name, len(self.geometry.blocks), self.dim)
-
-    def _check_density(self, value, name: str) -> str:
-        if not isinstance(value, str) or value not in ("monte_carlo", "gaussian"):
-            raise ValueError(f"{name} must be 'monte_carlo' or 'gaussian', got {value!r}")
-        return value
-
-    def _check_proposal(self, value, name: str) -> str:
-        if value not in ("prior", "box", "tilted"):
-            raise ValueError(f"{name} must be 'prior', 'box' or 'tilted', got {value!r}")
-        if value == "box" and self.prior_name != "laplace":
-            raise ValueError(f"{name}={value!r} needs the Laplace prior")
-        return value
+    # the settings' checks (:class:`~.base.Setting`): the functions of :mod:`._lattice_checks`
+    # named alike, the module their first argument
+    _check_samples = _lattice_checks.check_samples
+    _check_draw_counts = _lattice_checks.check_draw_counts
+    _check_density = _lattice_checks.check_density
+    _check_proposal = _lattice_checks.check_proposal
 
     # ------------------------------------------------------------- parameters
-    @property
-    def spacing(self) -> Tensor:
-        """The learned scales: per block as V_b^{1/n_b}, shape ``(blocks,)``, or per coordinate,
-        shape ``(m,)`` (``spacing_per="coordinate"``)."""
-        return self.log_spacing.exp()
-
-    @property
-    def block_spacing(self) -> Tensor:
-        """Each scaled block's cell size V_b^{1/n_b}, shape ``(blocks,)``."""
-        return (self._block_log_volume() / self._block_dims.to(self.log_spacing.dtype)).exp()
-
-    @property
-    def scale(self) -> Tensor:
-        """Prior scales b per coordinate, shape ``(m,)`` (with ``scale_per="block"`` each block's
-        one scale, repeated over its coordinates)."""
-        scale = self.log_scale.exp()
-        return scale if self.scale_per == "coordinate" else self._per_coordinate(scale)
-
-    def _coordinate_scale(self) -> Tensor:
-        """σ_i: the factor from the base lattice to the scaled one, per coordinate ``(m,)``."""
-        spacing = self.spacing
-        if self.spacing_per == "block":
-            spacing = self._per_coordinate(spacing)
-        return spacing * self._unit.to(self.log_spacing.dtype)
-
-    def _per_coordinate(self, per_block: Tensor) -> Tensor:
-        """A ``(blocks,)`` tensor repeated over each block's coordinates, ``(m,)``. One block is
-        expanded rather than indexed: the backward of indexing a one-element tensor (a scatter
-        into it) failed to compile in torch's CPU code generator ("InductorError:
-        AssertionError"), so a model holding an E8 or Leech bottleneck of one block could not
-        be trained under ``torch.compile``."""
-        if per_block.shape[0] == 1:
-            return per_block.expand(self._block_of.shape[0])
-        return per_block[self._block_of]
-
-    def _block_log_volume(self) -> Tensor:
-        """log V_b of each scaled block, ``(blocks,)``: n_b log s_b, or Σ_{i ∈ b} log s_i with a
-        scale per coordinate (each base block has unit volume)."""
-        if self.spacing_per == "block":
-            return self._block_dims.to(self.log_spacing.dtype) * self.log_spacing
-        if self._membership is not None:  # the rounding every trained row has had
-            return self.log_spacing @ self._membership.to(self.log_spacing.dtype)
-        blocks = self.log_spacing.new_zeros(len(self.geometry.blocks))
-        return blocks.index_add(0, self._block_of, self.log_spacing)
-
-    def log_volume(self) -> Tensor:
-        """log V of the scaled cell, Σ_b log V_b."""
-        return self._block_log_volume().sum()
-
-    def shaping_gap(self) -> Tensor:
-        """KL(U ‖ N(0, Σ_U)) in nats per code vector, a 0-d float64 tensor: what the cell's
-        shape costs against an ideal lattice's Gaussian-like cell (lattice paper, eq. 12),
-        Σ_b n_b·½·log(2πe·G(Λ_b)) over the blocks (E8^5 4.05, Λ24 ⊕ Λ16 2.63, Z^40 7.06 nats;
-        G as :data:`qlatent.lattices.LITERATURE_NSM` gives it, else estimated once). The KL is
-        unchanged by any linear map of the cell, so the learned scales, per block or per
-        coordinate, leave it as it is. A lattice VAE ends at least this far above the
-        Gaussian-lattice VAE, all else equal."""
-        gap = 0.0
-        for block in self.geometry.blocks:
-            g = 1 / 12 if isinstance(block, RectangularLattice) else _block_nsm(block)
-            gap += block.dim * 0.5 * math.log(2 * math.pi * math.e * g)
-        return torch.tensor(gap, dtype=torch.float64, device="cpu")  # a number, not a weight
-
-    # ------------------------------------------------------------------ dither
-    def _unit_dither(self, n: int, generator, dtype, device=None) -> Tensor:
-        """``(n, m)`` points uniform over the base lattice's Voronoi cell (counter-based draws
-        on the fundamental parallelepiped, reduced modulo the lattice), made on ``device``
-        (default the CPU). The draws are the same bits on every device and the basis product
-        is exact in float64 (``FixedLattice.points_from_unit``), but the reduction modulo the
-        lattice runs in the draws' dtype, and MPS has no float64: the hard path's dither, which
-        a decoder must regenerate bit for bit, is always made on the CPU."""
-        r = counter_uniform(draw_key(generator, device), (n, self.dim), dtype)
-        y = self.geometry.points_from_unit(r)
-        return y - self.geometry.dither_point(y)
-
-    def _mc_points(self, samples: int, generator, dtype, device) -> Tensor:
-        """``(S, m)`` antithetic Voronoi points w (base units; halves are negatives)."""
-        half = self._unit_dither(samples // 2, generator, dtype, device)
-        return torch.cat([half, -half])
+    # the learned scales and the scaled cells' volumes: the functions of :mod:`._lattice_scales`
+    # named alike, the module their first argument
+    spacing = property(_lattice_scales.spacing)
+    block_spacing = property(_lattice_scales.block_spacing)
+    scale = property(_lattice_scales.scale)
+    _coordinate_scale = _lattice_scales.coordinate_scale
+    _per_coordinate = _lattice_scales.per_coordinate
+    _block_log_volume = _lattice_scales.block_log_volume
+    log_volume = _lattice_scales.log_volume
+    shaping_gap = _lattice_scales.shaping_gap
 
     # ---------------------------------------------------------------- density
-    def _prior_points(self, samples: int, generator, dtype, device) -> Tensor:
-        """``(S, m)`` draws of X̂ from the prior (inverse CDF of counter-based uniforms)."""
-        r = counter_uniform(draw_key(generator, device), (samples, self.dim), torch.float64)
-        r = r + 2.0**-25  # the midpoints of the 2^-24 grid: never 0 or 1
-        if self.prior_name == "laplace":
-            eps = -torch.sign(r - 0.5) * torch.log1p(-2.0 * (r - 0.5).abs())
-        else:
-            eps = torch.special.ndtri(r)
-        return eps.to(dtype) * self.scale.to(dtype)
-
-    @autocast_off
-    def log_density(
-        self,
-        v: Tensor,
-        samples: int,
-        prior_samples: int | Sequence[int] = 0,
-        generator=None,
-        *,
-        cap: bool = True,
-        debias: bool = False,
-        density: Literal["monte_carlo", "gaussian"] | None = None,
-    ) -> Tensor:
-        """Monte-Carlo ``log f̂_{X̂−U}(v)`` per row, ``(N, m)`` -> ``(N,)``.
-
-        Rectangular blocks take their closed form (the prior's mass on the box, per coordinate;
-        unless ``exact_rectangular=False``) and are left out of everything below, draws
-        included. Per other block, P = P(X̂_b ∈ v_b + P0_b) is estimated by multiple importance
-        sampling with the balance heuristic (Veach & Guibas 1995) from ``samples`` points
-        uniform on the cell (x = v + w) and ``prior_samples`` draws x from the proposal q (kept
-        when K(x − v) = 0, i.e. x in the cell): P̂ = Σ_x 1[x ∈ cell] p(x) / (S_u/V + S_q·q(x)),
-        unbiased. With
-        ``proposal="prior"`` q = p; with ``"box"`` q = p restricted to the box v ± h around the
-        cell (h the cell's half-width per coordinate), q = p/Z_v with Z_v = P(X̂ ∈ box); with
-        ``"tilted"`` q ∝ p·g, g a Gaussian around v with the cell's size (:meth:`_tilted_points`).
-        Every proposal's draws x0 and density q0 are those at the current values (v0, σ0, b0),
-        held fixed; the points used are x = v + D(x0 − v0), D = diag(σ/σ0), whose value is x0
-        but which move with the cell as v and σ do, with density q0(v0 + D⁻¹(x − v))/|D|. The
-        estimate is then unbiased at every (v, σ, b) near the current one and its indicator
-        1[x − v ∈ cell] does not change with them, so its gradient is the gradient of P: with
-        the draws held fixed instead, the cell's boundary sweeping over them is a surface term
-        the gradient misses (on the trained E8^5 Table-1 model with the box proposal, P̂'s
-        block-scale gradients up to 4× those of uniform cell points alone:
-        ``examples/proposal-gradients.py``; tested against the closed form on Z blocks and
-        against uniform cell points alone on A2 and E8).
-        Uniform points alone fail when the prior is peaked inside the cell (a coordinate the model
-        switched off); prior draws alone fail when it is flat; the mixture is good at both.
-        f̂ = P̂/V, with P̂ capped at 1 per block (a probability), which only moves it toward the
-        truth (``cap=False`` returns the unbiased estimate of P itself).
-
-        ``debias=True`` adds the second-order (delta-method) correction to each block's log:
-        E[log P̂] ≈ log P − Var(P̂)/(2P²), so log P̂ + V̂ar(P̂)/(2P̂²) is biased by O(1/S²) instead of
-        O(1/S). The variance is estimated from the terms themselves: antithetic pairs count as
-        one independent unit, the proposal's draws as one each (see :class:`_LogSum`).
-        The corrected density is no longer an unbiased estimate of f, so :meth:`log_prior`
-        (IWAE) never uses it.
-
-        ``prior_samples`` may give one count per block (all blocks, rectangular ones included):
-        the blocks with equal counts are estimated together, each group on its own draws (its
-        own key per chunk of rows; the cell points and the prior's shared draws are drawn once
-        for every coordinate, a group taking its first S_b of the latter), so each block's
-        estimate is the one S_b draws for that block alone would give, and no group forms
-        another's draws (at ``leech_gl_lattice``'s [32, 1024] the Leech block's 24 coordinates
-        draw 32, not 1024).
-
-        ``density``: ``"gaussian"`` gives every block above the Gaussian approximation instead
-        (:meth:`_gaussian_log_density`; no points drawn, the counts and ``debias`` unused);
-        ``None`` (default) the module's own ``density`` setting.
-
-        The counts are checked as the constructor's (``samples`` even, both within what one key
-        of the counter-based generator draws per row), and ``v`` must be finite rows of ``dim``.
-        """
-        if not isinstance(v, Tensor) or not v.is_floating_point():
-            what = v.dtype if isinstance(v, Tensor) else type(v).__name__
-            raise ValueError(f"v must be a floating-point tensor, got {what}")
-        if v.dim() != 2 or v.shape[1] != self.dim:
-            raise ValueError(f"v must have shape (N, {self.dim}), got {tuple(v.shape)}")
-        check_finite("v", v)
-        samples = _sample_count(samples, "samples", self.dim)
-        prior_samples = self._check_draw_counts(prior_samples, "prior_samples")
-        cap, debias = check_flag(cap, "cap"), check_flag(debias, "debias")
-        if density is not None:
-            density = self._check_density(density, "density")
-        return self._log_density(
-            v, samples, prior_samples, generator, cap=cap, debias=debias, density=density
-        )
-
-    def _log_density(
-        self,
-        v: Tensor,
-        samples: int,
-        prior_samples: int | Sequence[int],
-        generator,
-        *,
-        cap: bool = True,
-        debias: bool = False,
-        density: str | None = None,
-    ) -> Tensor:
-        """:meth:`log_density` without its checks, for the paths, whose values are checked."""
-        sigma = self._coordinate_scale().to(v.dtype)
-        scale = self.scale.to(v.dtype)
-        log_vol = self._block_log_volume().to(v.dtype)
-        exact = None
-        if self._mc_geometry is not self.geometry:  # rectangular blocks: the closed form
-            e = self._exact
-            width = 2 * self._halfwidth[e].to(v.dtype) * sigma[e]
-            cell = laplace_cell_log_prob if self.prior_name == "laplace" else gaussian_cell_log_prob
-            exact = (cell(v[:, e], width, scale[e]) - torch.log(width)).sum(-1)
-            if self._mc_geometry is None:
-                return exact
-        if (self.density if density is None else density) == "gaussian":
-            log_f = self._gaussian_log_density(v, sigma, scale, log_vol, cap)
-            return log_f if exact is None else log_f + exact
-        log_f = grouped_log_density(
-            self, v, sigma, scale, log_vol, samples, prior_samples, generator, cap, debias
-        )
-        return log_f if exact is None else log_f + exact
-
-    def _gaussian_log_density(
-        self, v: Tensor, sigma: Tensor, scale: Tensor, log_vol: Tensor, cap: bool
-    ) -> Tensor:
-        """The Gaussian approximation of log f_{X̂−U}(v) for the blocks :meth:`log_density`
-        would estimate by Monte Carlo, summed over them, ``(N,)`` (:func:`gaussian_log_density`
-        of :mod:`._lattice_estimate`, with the cells' second moments :meth:`_cell_moments`)."""
-        cells = self._mc_cells(v.dtype)
-        moment = self._cell_moments(v.dtype, v.device)
-        return gaussian_log_density(v, sigma, scale, log_vol, cap, cells, moment, self.prior_name)
-
-    def _cell_moments(self, dtype: torch.dtype, device) -> Tensor:
-        """M_i, the base block's second moment of its cell per dimension at each coordinate,
-        ``(m,)``: G(Λ_b)·V_b^{2/n_b} (:func:`_block_nsm`), exact per coordinate for the cells
-        whose second-moment tensor is a multiple of the identity (A2, D4, E8, Λ16, Λ24, and
-        every block of ``tile``'s names); a rectangular block's own Δ_i²/12. Plain numbers
-        (:func:`_cell_moment_values`), so that a traced or exported forward forms them as
-        constants: made with a module built with ``density="gaussian"``, else here at first use
-        (a family without a literature G estimates it then, once per process)."""
-        values = self.__dict__.get("_moment_values")
-        if values is None:
-            with plain_tensors(), _values_off_meta():
-                values = self._moment_values = _cell_moment_values(self.geometry)
-        return torch.tensor(values, dtype=dtype, device=device)
-
-    # what the estimate reads of the blocks (:mod:`._lattice_density`), the module their first
+    # log f̂_{X̂−U} (checked, and the paths' own), its draws, the Gaussian approximation and
+    # the density view: the functions of :mod:`._lattice_log_density`, the module their first
     # argument
-    _mc_cells = _lattice_density.mc_cells
-    _membership_of = _lattice_density.membership_of
-    _subset_geometry = _lattice_density.subset_geometry
+    _mc_points = _lattice_log_density.mc_points
+    _prior_points = _lattice_log_density.prior_points
+    log_density = _lattice_log_density.log_density
+    _log_density = _lattice_log_density.unchecked_log_density
+    _gaussian_log_density = _lattice_log_density.gaussian_approximation
+    _cell_moments = _lattice_log_density.cell_moments
+    posterior_sample = _lattice_log_density.posterior_sample
+    log_prior = _lattice_log_density.log_prior
+
+    # what the estimate reads of the blocks (:mod:`._lattice_cells`), the module their first
+    # argument
+    _mc_cells = _lattice_cells.mc_cells
+    _membership_of = _lattice_cells.membership_of
+    _subset_geometry = _lattice_cells.subset_geometry
 
     _box_points = staticmethod(box_points)
 
-    def _proposal_points(
-        self,
-        v: Tensor,
-        count: int,
-        shared: Tensor | None,
-        key,
-        sigma: Tensor,
-        scale: Tensor,
-        cells: _Cells | None = None,
-    ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-        """The proposal at the current values of ``v`` (``(N, m)``), ``sigma`` and ``scale``, all
-        without gradient: ``count`` draws x0 per row, ``(N, count, m)`` (the prior's are the
-        ``shared`` ones drawn once per call, ``(1, count, m)``), and the density t, log p(t) ↦
-        log q0(t) + shift per block, ``(N, m, S)``, ``(N, blocks, S)``, ``(blocks, 1)`` ->
-        ``(N, blocks, S)``, samples last, the shift (default 0) added in the same pass (log p(t)
-        passed in, at the same values, for the prior and the box, whose q0 is p up to a
-        normalizer and which do not read t: it may be None). ``cells``: the blocks they are
-        for (default all: :meth:`_mc_cells`)."""
-        if self.proposal == "prior":
-            return shared.detach().unsqueeze(0), lambda t, log_p, shift=0.0: log_p + shift
-        cells = cells or self._mc_cells(v.dtype)
-        sums = cells.sums  # its matrix in v's dtype: cells come from _mc_cells(v.dtype)
-        if self.proposal == "tilted":
-            return self._tilted_points(v, count, key, sigma, scale, sums, cells.unit)
-        halfwidth = cells.halfwidth.to(v.dtype) * sigma
-        x0, log_z = self._box_points(v, count, key, halfwidth, scale)
-        log_z = sums.rows(log_z).unsqueeze(2)  # (N, blocks, 1): log P(X̂ ∈ box)
-        return x0, lambda t, log_p, shift=0.0: log_p + (shift - log_z)
-
-    @contextmanager
-    def proposal_set_to(self, proposal: str | None) -> Iterator[None]:
-        """Use ``proposal`` for the proposal draws inside the block (``None``: keep the own), e.g.
-        the tilted one for a large-S reference of a box bottleneck."""
-        own = self.proposal
-        self.proposal = own if proposal is None else proposal  # checked as it is assigned
-        try:
-            yield
-        finally:
-            self.proposal = own
+    # the proposal's draws and a proposal set for a while (:mod:`._lattice_proposals`), the
+    # module their first argument
+    _proposal_points = _lattice_proposals.proposal_points
+    proposal_set_to = _lattice_proposals.proposal_set_to
 
     def _tilted_points(
         self,
@@ -727,28 +409,14 @@ class DitheredGoodLattice(Bottleneck):
         stats = {"spacing": self.spacing.detach(), "scale": self.scale.detach()}
         return BottleneckOutput(y_hat, rate, y.new_zeros(()), indices, stats)
 
-    def _hard_dither(self, n: int, generator, device, dtype) -> Tensor:
-        return self._unit_dither(n, generator, dtype).to(device) * self._coordinate_scale()
-
-    def _coordinates(self, y: Tensor, u: Tensor) -> Tensor:
-        """Integer coordinates of z = K_Λ(y + u) in the base blocks' bases. (Integers have no
-        derivative: x is detached, so that forward mode does not meet the decoders' ``out=``
-        kernels, which it refused.)"""
-        x = ((y + u) / self._coordinate_scale()).detach()
-        return self.geometry.coordinates(self.geometry.closest_point(x))
-
-    def _reconstruct(self, indices: Tensor, u: Tensor) -> Tensor:
-        sigma = self._coordinate_scale()
-        return self.geometry.points(indices).to(sigma.dtype) * sigma - u
-
-    def _quantize_rows(self, y: Tensor, generator) -> Tensor:
-        y = y.to(self.log_spacing.dtype)
-        return self._coordinates(y, self._hard_dither(y.shape[0], generator, y.device, y.dtype))
-
-    def _dequantize_rows(self, indices: Tensor, generator) -> Tensor:
-        dtype, device = self.log_spacing.dtype, self.log_spacing.device
-        u = self._hard_dither(indices.shape[0], generator, device, dtype)
-        return self._reconstruct(indices.to(device), u)
+    # the dither and the hard path: the functions of :mod:`._lattice_dither` named alike, the
+    # module their first argument
+    _unit_dither = _lattice_dither.unit_dither
+    _hard_dither = _lattice_dither.hard_dither
+    _coordinates = _lattice_dither.coordinates
+    _reconstruct = _lattice_dither.reconstruct
+    _quantize_rows = _lattice_dither.quantize_rows
+    _dequantize_rows = _lattice_dither.dequantize_rows
 
     # ------------------------------------------------------------------ files
     def code_model(self, *, cosets: bool = True, e8_cosets: str = "errors"):
@@ -783,38 +451,6 @@ class DitheredGoodLattice(Bottleneck):
         if kind == MODEL_GLUED_LATTICE:
             return self.code_model(e8_cosets="half")
         return None
-
-    # ----------------------------------------------------------- density view
-    @autocast_off
-    def posterior_sample(self, y: Tensor, num_samples: int, *, generator=None):
-        """``y_hat = y − u`` with u uniform over the Voronoi cell: q = f_U = 1/V.
-
-        ``y``: ``(B, m)`` -> ``z``: ``(S, B, m)``, ``log_q``: ``(S, B)`` (the constant −log V).
-        q is zero outside the cell around y, so IWAE with it bounds the likelihood's integral
-        over that cell only (see :func:`qlatent.eval.iwae_nll`).
-        """
-        self._check_density_input(y, num_samples, generator)
-        y = y.to(self.log_spacing.dtype)
-        n = num_samples * y.shape[0]
-        u = self._unit_dither(n, generator, y.dtype, y.device) * self._coordinate_scale()
-        z = y - u.view(num_samples, *y.shape)
-        return z, (-self.log_volume()).expand(num_samples, y.shape[0])
-
-    @autocast_off
-    def log_prior(self, z: Tensor) -> Tensor:
-        """Monte-Carlo ``log f̂_{X̂−U}(z)`` with ``eval_samples`` points: ``(S, B, m)`` -> ``(S, B)``.
-
-        f̂ is an unbiased estimate of the density (before the cap at 1/V, which only lowers it),
-        so inside IWAE the importance weights stay unbiased or low and the IWAE estimate is
-        still a lower bound on log p(x) in expectation; it is looser than with the exact density.
-        The points come from torch's default generator. Under ``density="gaussian"`` it is the
-        Gaussian approximation instead (no points), and the IWAE value no bound.
-        """
-        self._check_prior_input(z)
-        # contiguous rows: a reshape of a column-major z was a column-major view (as to_rows)
-        flat = z.reshape(-1, self.dim).contiguous().to(self.log_spacing.dtype)
-        log_f = self._log_density(flat, self.eval_samples, self.eval_prior_samples, None)
-        return log_f.view(z.shape[:-1])
 
     def extra_repr(self) -> str:
         def shown(name: str):

@@ -1,9 +1,10 @@
-"""The checks of :mod:`~qlatent.eval.downstream`'s inputs: ``(N, d)`` real features as float64
-(:func:`_check_features`), integer labels as int64 (:func:`_check_labels`), both splits together
-(:func:`_check_splits`), the magnitude bounds past which sums of squares overflow or underflow
-(:func:`_check_magnitude`, :func:`_check_tiny`, :data:`SQUARES_MIN_FEATURE`), the class count and
-positive integer settings. :mod:`~qlatent.eval.downstream` re-exports every name; ``tsne`` reads
-them there.
+"""The checks of :mod:`~qlatent.eval.downstream`'s inputs (:data:`ArrayLike`: torch or numpy):
+``(N, d)`` real features as float64 (:func:`_check_features`), integer labels as int64
+(:func:`_check_labels`), both splits together (:func:`_check_splits`), the magnitude bounds past
+which sums of squares overflow or underflow (:func:`_check_magnitude`, :func:`_check_tiny`,
+:data:`SQUARES_MIN_FEATURE`), the class count and positive integer settings.
+:mod:`~qlatent.eval.downstream` re-exports every name; ``tsne`` reads them there, the linear
+probes (``_probe``) here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from torch import Tensor
+
+ArrayLike = Tensor | np.ndarray
 
 
 def _check_splits(

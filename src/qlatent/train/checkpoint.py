@@ -17,6 +17,10 @@
   Model weights must be tensors under names, real and finite (:func:`check_state_dict`).
 
 Every refusal is a :class:`CheckpointError` (a ``ValueError``) that names the file.
+
+The checks of a checkpoint's model weights and the loading of them (:func:`load_weights`) are in
+:mod:`._model_weights`, those of its optimizer state and config in :mod:`._resume_checks`; their
+names are importable from here too.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,216 +250,18 @@ def _overlaps(t: torch.Tensor) -> bool:
     return False
 
 
-def check_state_dict(state: Any, path: str | Path) -> dict[str, Any]:
-    """``state`` if it is a model's state dict fit to load: a dict of real tensors whose keys
-    are names and whose floating-point values are finite; :class:`CheckpointError` naming
-    ``path`` and the key otherwise."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds no model weights")
-    for key, value in state.items():
-        if not isinstance(key, str):
-            raise CheckpointError(
-                f"{path}: its model weights hold a key {repr(key)[:60]} "
-                f"({type(key).__name__}) that is not a name"
-            )
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"{path}: its model weight {key} is a {type(value).__name__}, not a tensor"
-            )
-        if value.is_complex():  # loading it into a real weight would drop its imaginary part
-            raise CheckpointError(f"{path}: the weight {key} is complex ({value.dtype})")
-        if value.is_floating_point():
-            bad = int(value.numel() - torch.isfinite(value).sum())
-            if bad:
-                raise CheckpointError(
-                    f"{path}: the weight {key} holds {bad:,} non-finite value(s) (NaN or infinity)"
-                )
-    return state
-
-
-def _kind(dtype: torch.dtype) -> str:
-    if dtype == torch.bool:
-        return "boolean"
-    return "floating-point" if dtype.is_floating_point else "integer"
-
-
-def check_weight_kinds(state: dict[str, Any], own: dict[str, Any], path: str | Path) -> None:
-    """:class:`CheckpointError` naming ``path`` and the key where a saved tensor is of another
-    kind (floating-point, integer, boolean) than the model's tensor of that name: ``copy_``
-    would round 0.7 to 0 in a count buffer or turn a 0/1 mask into weights without a word.
-    Floating-point widths may differ (a model saved in half precision loads into float32)."""
-    for key, value in state.items():
-        mine = own.get(key)
-        if isinstance(mine, torch.Tensor) and _kind(value.dtype) != _kind(mine.dtype):
-            raise CheckpointError(
-                f"{path}: the weight {key} is {_kind(value.dtype)} ({value.dtype}) where the "
-                f"model holds {_kind(mine.dtype)} values ({mine.dtype})"
-            )
-
-
-def load_weights(
-    module: torch.nn.Module, state: Any, path: str | Path, *, keep: bool = True
-) -> None:
-    """``module.load_state_dict(state)`` with one clear error naming ``path`` when the
-    checkpoint holds a different architecture (missing, unexpected or differently shaped
-    weights), keys that are not names, non-finite values (:func:`check_state_dict`), weights of
-    another dtype kind (:func:`check_weight_kinds`) or buffers the module refuses (a counted
-    code model inconsistent with its bottleneck). That error is a :class:`CheckpointError`.
-
-    ``load_state_dict`` copies every weight it can before it raises, so a refused checkpoint
-    would leave ``module`` half-loaded: with ``keep`` (the default) its weights are copied first
-    (:func:`weights_copy`) and put back on refusal. ``keep=False`` skips the copy for a caller
-    that keeps its own."""
-    check_state_dict(state, path)
-    check_weight_kinds(state, module.state_dict(), path)
-    kept = weights_copy(module) if keep else None
-    try:
-        _load_state(module, state, path)
-    except BaseException:
-        if kept is not None:
-            put_back(module, kept)
-        raise
-
-
-def weights_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``module``'s state dict copied to the CPU, to put back with :func:`put_back`."""
-    own = module.state_dict()
-    kept = type(own)((name, t.detach().to("cpu", copy=True)) for name, t in own.items())
-    if hasattr(own, "_metadata"):  # the versions and arguments the modules check on load
-        kept._metadata = own._metadata
-    return kept
-
-
-def put_back(module: torch.nn.Module, kept: dict[str, torch.Tensor]) -> None:
-    """``module``'s weights (and buffers) as :func:`weights_copy` took them, in place: the
-    caller's parameters stay the same objects."""
-    module.load_state_dict(kept)
-
-
-def _load_state(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """``module.load_state_dict(state)``, its refusals as one :class:`CheckpointError`."""
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = "; ".join(lines[1:4]) if len(lines) > 1 else (lines[0] if lines else "")
-        raise CheckpointError(
-            f"{path} holds weights of a different model ({detail[:400]})"
-        ) from None
-    except ValueError as err:  # a buffer whose contents the module refuses, named in err
-        raise CheckpointError(f"{path}: {err}") from None
-
-
-def _like(saved: Any, fresh: Any) -> bool:
-    """Whether a saved optimizer hyperparameter has the form of the fresh optimizer's: a
-    finite number for a number, a flag for a flag, a tuple of as many for a tuple."""
-    if isinstance(fresh, bool) or fresh is None:
-        return saved is None or isinstance(saved, bool)
-    if isinstance(fresh, int | float):
-        # finite as a float: NaN compares false, and an infinite weight decay or beta turned
-        # the weights into NaN at the first step (``saved == saved`` let it through)
-        number = isinstance(saved, int | float) and not isinstance(saved, bool)
-        return number and abs(saved) <= sys.float_info.max
-    if isinstance(fresh, tuple | list):
-        return (
-            isinstance(saved, tuple | list)
-            and len(saved) == len(fresh)
-            and all(_like(a, b) for a, b in zip(saved, fresh, strict=True))
-        )
-    return type(saved) is type(fresh)
-
-
-def check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
-    """:class:`CheckpointError` naming ``path`` unless ``saved`` is a state ``optimizer`` can
-    load and step from: as many groups of as many parameters, hyperparameters of the same form,
-    and per parameter a finite scalar ``step`` and finite floating-point moments of the
-    parameter's shape (second moments non-negative). ``Optimizer.load_state_dict`` checks only
-    the group sizes: a moment of another shape failed at the next step with a traceback, and a
-    negative second moment turned the weights into NaN."""
-    fresh = optimizer.state_dict()
-    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
-        raise CheckpointError(f"{path} holds no optimizer state")
-    groups = saved.get("param_groups")
-    if not isinstance(groups, list) or len(groups) != len(fresh["param_groups"]):
-        raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
-    shapes: dict[int, torch.Size] = {}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for group, mine in zip(groups, fresh["param_groups"], strict=True):
-        ids = group.get("params") if isinstance(group, dict) else None
-        if not isinstance(ids, list) or len(ids) != len(mine["params"]):
-            raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or i in shapes:
-                raise CheckpointError(f"{path}: its optimizer state holds other parameter groups")
-            shapes[i] = params[len(shapes)].shape  # saved ids map to parameters in order
-        for key, value in mine.items():
-            if key not in ("params", "lr") and not _like(group.get(key), value):
-                raise CheckpointError(
-                    f"{path}: the optimizer's {key} is {repr(group.get(key))[:60]}, "
-                    f"not of the form of {value!r}"
-                )
-    for index, entry in saved["state"].items():
-        if index not in shapes or not isinstance(entry, dict):
-            raise CheckpointError(
-                f"{path}: its optimizer state names parameter {repr(index)[:40]}, "
-                "which no group holds"
-            )
-        for key, value in entry.items():
-            where = f"{path}: the optimizer's {key} of parameter {index}"
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise CheckpointError(f"{where} is not a floating-point tensor")
-            if key != "step" and value.shape != shapes[index]:
-                raise CheckpointError(
-                    f"{where} has shape {list(value.shape)}, the parameter {list(shapes[index])}"
-                )
-            if key == "step" and value.numel() != 1:
-                raise CheckpointError(f"{where} is not a single number")
-            if not bool(torch.isfinite(value).all()):
-                raise CheckpointError(f"{where} holds non-finite values")
-            if (key == "step" or key.endswith("exp_avg_sq")) and bool((value < 0).any()):
-                raise CheckpointError(f"{where} holds negative values")
-
-
-#: train-config keys a resumed run may change: caps and presentation, not the training itself
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "epochs",
-        "max_steps",
-        "max_minutes",
-        "patience",
-        "progress",
-        "tensorboard",
-        "device",
-        "eval_batch_size",
-    }
+# the checks of what a checkpoint holds against the model, the optimizer and the config it is
+# loaded into: imported last, as those modules import this one's CheckpointError
+from ._model_weights import (  # noqa: E402, F401
+    check_state_dict,
+    check_weight_kinds,
+    load_weights,
+    put_back,
+    weights_copy,
 )
-#: run-config sections a resumed run may change: evaluation and output, after training
-RESUME_MAY_CHANGE_RUN = frozenset({"eval", "eval_seed", "out_dir", "train"})
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_changes(
-    saved: dict[str, Any] | None, current: dict[str, Any] | None, allowed: frozenset[str]
-) -> list[str]:
-    """``key: saved → current`` for every key whose value differs, except those whose first
-    component is in ``allowed``; a key that only one side records (an older checkpoint, a new
-    option) is not a difference."""
-    if not isinstance(saved, dict) or not isinstance(current, dict):
-        return []
-    a, b = _flatten(saved), _flatten(current)
-    return [
-        f"{key}: {a[key]!r} → {b[key]!r}"
-        for key in sorted(a.keys() & b.keys())
-        if key.split(".", 1)[0] not in allowed and a[key] != b[key]
-    ]
+from ._resume_checks import (  # noqa: E402, F401
+    RESUME_MAY_CHANGE,
+    RESUME_MAY_CHANGE_RUN,
+    check_optimizer_state,
+    config_changes,
+)
