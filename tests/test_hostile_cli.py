@@ -76,7 +76,8 @@ def test_seeds_beyond_torchs_range_name_the_key(key, value):
 def test_seeds_at_the_ends_of_torchs_range_are_taken():
     for value in (2**64 - 1, -(2**63)):
         cfg = apply_overrides(RunConfig(), [f"train.seed={value}", f"data.split_seed={value}"])
-        torch.manual_seed(cfg.train.seed)
+        assert cfg.train.seed == cfg.data.split_seed == value
+        torch.manual_seed(cfg.train.seed)  # torch takes them (a seed it refused would raise)
         torch.Generator().manual_seed(cfg.data.split_seed)
 
 

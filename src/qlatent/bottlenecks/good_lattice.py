@@ -254,11 +254,7 @@ class DitheredGoodLattice(Bottleneck):
             self.eval_prior_samples = eval_prior_samples
             # rectangular blocks (Z in a sum such as E8^3 ⊕ Z^16) have a closed-form density: only
             # the others are estimated by Monte Carlo (:meth:`log_density`)
-            if not isinstance(exact_rectangular, bool):
-                raise ValueError(
-                    f"exact_rectangular must be True or False, got {exact_rectangular!r}"
-                )
-            self.exact_rectangular = exact_rectangular
+            self.exact_rectangular = check_flag(exact_rectangular, "exact_rectangular")
             tables = geometry_tables(self.geometry, dim, exact_rectangular)
             self.register_buffer("_unit", tables.unit, persistent=False)
             # the index tables are plain attributes, not buffers (see _INDEX_TABLES)

@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.lines import Line2D
 from sklearn.manifold import TSNE
 
-from .downstream import ArrayLike, _check_features, _check_labels, _check_positive_int
+from ._features import ArrayLike, _check_features, _check_labels, _check_positive_int
 from .plots import save_figure, subplots  # figures outside pyplot, drawn into files
 
 
