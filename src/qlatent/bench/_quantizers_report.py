@@ -1,7 +1,8 @@
 """What ``qlatent bench quantizers`` compares and how it sums the comparison up: the codebook
 sizes and modes of the rows set side by side (:data:`PEER_CODEBOOK_SIZES`, :data:`MODES`), the
 bare-search reference rows (:data:`FLOOR_NAME`, :data:`MIN_FLOOR_NAME`), the speed-ups of ``vq``
-over ``VectorQuantize`` against :data:`SPEEDUP_TARGET` (:func:`_speedups`) and the readable table
+over ``VectorQuantize`` against :data:`SPEEDUP_TARGET` (:func:`_speedups`), the JSON result with
+its notes on the modes, input and timing rule (:func:`_report`) and the readable table
 (:func:`format_quantizers`). :mod:`~qlatent.bench.quantizers` re-exports every name.
 """
 
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import os
 from typing import Any
+
+import torch
+
+from .timing import allocator_settings
 
 PEER_CODEBOOK_SIZES = (128, 512, 4096)
 SPEEDUP_TARGET = 1.5
@@ -19,6 +24,22 @@ FLOOR_NAME = "addmm + argmin[K={}]"
 #: the same search with its index from ``torch.min`` along the rows (the same first minimum as
 #: ``argmin``, faster on the CPU), which is what ``vq`` runs
 MIN_FLOOR_NAME = "addmm + min(1).indices[K={}]"
+MODE_NOTES = {
+    "train": "module.train(); forward with autograd recording on an input that requires grad, "
+    "no backward (EMA codebooks update in place, as in training)",
+    "eval": "module.eval(); forward under torch.inference_mode()",
+}
+INPUT_NOTE = (
+    "y = torch.randn(rows, in_dim) from a generator seeded with seed, per row's in_dim (= dim "
+    "unless the bottleneck also reads posterior parameters, e.g. gaussian 2*dim, soft_vq dim + K); "
+    "peers get the rows x dim tensor as (1, rows, dim)"
+)
+TIMING_NOTE = (
+    "each case is called once untimed and timed once; it then gets ceil(budget_s / that time) "
+    "timed calls, clamped to [min_repeats, repeats], run in interleaved rounds of up to 10 "
+    "consecutive calls per case after min(3, calls) untimed ones (time_cases); "
+    "rows_per_s = rows / median, rows_per_s_best = rows / min"
+)
 
 
 def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -86,6 +107,63 @@ def _speedups(results: list[dict[str, Any]]) -> dict[str, Any]:
             },
         }
     return out
+
+
+def _report(
+    *,
+    rows: int,
+    dim: int,
+    threads: int,
+    device: torch.device,
+    seed: int,
+    compiled_rows: bool,
+    repeats: int,
+    min_repeats: int,
+    budget_s: float,
+    load_before: list[float] | None,
+    competing: float | None,
+    peers: dict[str, Any],
+    results: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The result of :func:`~qlatent.bench.quantizers.bench_quantizers`: its input and timing
+    rule, the machine's load before and (read here) after, the rows and the speed-ups."""
+    return {
+        "input": {
+            "rows": rows,
+            "dim": dim,
+            "dtype": "float32",
+            "threads": threads,
+            "device": str(device),
+            "seed": seed,
+            "compiled_rows": compiled_rows,
+            "construction": INPUT_NOTE,
+        },
+        "modes": MODE_NOTES,
+        "timing": {
+            "repeats": repeats,
+            "min_repeats": min_repeats,
+            "budget_s": budget_s,
+            "rule": TIMING_NOTE,
+            # other processes competing for the cores distort multi-threaded timings badly
+            "load_average_1_5_15min": {"before": load_before, "after": _load_average()},
+            # threads of other processes ready to run when the timing started (median of reads)
+            "competing_runnable_before": competing,
+        },
+        # glibc's thresholds and PyTorch's huge-page switch, set before the process started
+        "allocator": allocator_settings(),
+        "peers": peers,
+        "results": results,
+        "speedup_vs_vector_quantize": _speedups(results),
+        "errors": errors,
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -100,50 +100,17 @@ def bench_lattices(
     :func:`bench_training_step` (on the CPU). Dither reduction and closest points run on
     ``device`` (on CUDA each timed call ends with a synchronize)."""
     device = resolve_bench_device(device)
-    check_sizes(rows=rows, threads=threads, repeats=repeats)
-    if not 0 < target_rse < 1:  # 0 or NaN: never reached, the estimate runs to its cap
-        raise ValueError(f"target_rse must be a number in (0, 1), got {target_rse!r}")
-    names = list(names or LITERATURE_NSM)
-    unknown = sorted(set(names) - set(LITERATURE_NSM))
-    if unknown:
-        raise ValueError(f"unknown lattices {unknown}; known: {list(LITERATURE_NSM)}")
-    if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"lattice(s) named more than once: {twice}")
-    fused = [n for n in ("leech", "e8", "bw16") if compile and n in names]
-    width = sum(WIDTH[n] for n in [*names, *fused])  # every timed input is held at once
-    if rows * width > MAX_VALUES:
-        raise ValueError(
-            f"rows must be at most {MAX_VALUES // width:,} for these lattices (their inputs "
-            f"hold rows × {width} numbers, at most 2^26), got {rows:,}"
-        )
+    names = _checked_lattices(
+        names, rows=rows, threads=threads, repeats=repeats, target_rse=target_rse, compile=compile
+    )
     torch.set_num_threads(threads)
     geometry = {
         n: estimate_nsm(n, target_rse=target_rse, seed=seed, device=device)
         for n in tqdm(names, desc="G")
     }
-    gen = torch.Generator().manual_seed(seed)
-    cases, widths, lattices = {}, {}, {}
-    for name in names:
-        lat = lattices[name] = tile(name, WIDTH[name])
-        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
-        cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
-        widths[name] = WIDTH[name]
-    compile_s = {}
-    for name, case in (("leech", COMPILED_LEECH), ("e8", COMPILED_E8), ("bw16", COMPILED_BW16)):
-        if not compile or name not in names:
-            continue
-        fused = tile(name, WIDTH[name], compile=True)
-        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
-        started = time.perf_counter()
-        fused.closest_point(x[:1024])  # one whole Leech chunk: compiles (short ones are eager)
-        compile_s[name] = time.perf_counter() - started
-        if not torch.equal(fused.closest_point(x), lattices[name].closest_point(x)):
-            raise RuntimeError(f"the compiled {name} decoder disagrees with the eager one")
-        cases[case] = lambda lat=fused, x=x: lat.closest_point(x)
-        widths[case] = WIDTH[name]
-    x64 = (2.0 * torch.randn(rows, 64, generator=gen)).to(device)
-    cases["round (Z, torch.round)"] = lambda: torch.round(x64)
+    cases, widths, compile_s = _closest_point_cases(
+        names, rows=rows, seed=seed, compile=compile, device=device
+    )
     timings = time_cases(cases, repeats=repeats, block=2, warmup=1, sync=device_sync(device))
     throughput = {}
     for name, timing in timings.items():
@@ -171,6 +138,71 @@ def bench_lattices(
     if steps:
         out["training_step_ms"] = bench_training_step(seed=seed, compile=compile)
     return out
+
+
+def _checked_lattices(
+    names: list[str] | None,
+    *,
+    rows: int,
+    threads: int,
+    repeats: int,
+    target_rse: float,
+    compile: bool,
+) -> list[str]:
+    """The lattices to measure (default: all with a literature G); ValueError for an unknown or
+    repeated name, a size or repeat count out of range, a ``target_rse`` outside (0, 1), or more
+    rows than the inputs of these lattices (and, with ``compile``, of their fused decoders) may
+    hold at once."""
+    check_sizes(rows=rows, threads=threads, repeats=repeats)
+    if not 0 < target_rse < 1:  # 0 or NaN: never reached, the estimate runs to its cap
+        raise ValueError(f"target_rse must be a number in (0, 1), got {target_rse!r}")
+    names = list(names or LITERATURE_NSM)
+    unknown = sorted(set(names) - set(LITERATURE_NSM))
+    if unknown:
+        raise ValueError(f"unknown lattices {unknown}; known: {list(LITERATURE_NSM)}")
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"lattice(s) named more than once: {twice}")
+    fused = [n for n in ("leech", "e8", "bw16") if compile and n in names]
+    width = sum(WIDTH[n] for n in [*names, *fused])  # every timed input is held at once
+    if rows * width > MAX_VALUES:
+        raise ValueError(
+            f"rows must be at most {MAX_VALUES // width:,} for these lattices (their inputs "
+            f"hold rows × {width} numbers, at most 2^26), got {rows:,}"
+        )
+    return names
+
+
+def _closest_point_cases(
+    names: list[str], *, rows: int, seed: int, compile: bool, device: torch.device
+) -> tuple[dict[str, Any], dict[str, int], dict[str, float]]:
+    """The closest-point calls to time, each on its own ``rows × WIDTH`` input drawn from one
+    generator seeded with ``seed``: every lattice of ``names``, with ``compile`` the fused Leech,
+    E8 and Λ16 decoders among them (compiled here and checked against the eager ones), and plain
+    rounding. ``(cases, input width per case, compile seconds per lattice)``."""
+    gen = torch.Generator().manual_seed(seed)
+    cases, widths, lattices = {}, {}, {}
+    for name in names:
+        lat = lattices[name] = tile(name, WIDTH[name])
+        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
+        cases[name] = lambda lat=lat, x=x: lat.closest_point(x)
+        widths[name] = WIDTH[name]
+    compile_s = {}
+    for name, case in (("leech", COMPILED_LEECH), ("e8", COMPILED_E8), ("bw16", COMPILED_BW16)):
+        if not compile or name not in names:
+            continue
+        fused = tile(name, WIDTH[name], compile=True)
+        x = (2.0 * torch.randn(rows, WIDTH[name], generator=gen)).to(device)
+        started = time.perf_counter()
+        fused.closest_point(x[:1024])  # one whole Leech chunk: compiles (short ones are eager)
+        compile_s[name] = time.perf_counter() - started
+        if not torch.equal(fused.closest_point(x), lattices[name].closest_point(x)):
+            raise RuntimeError(f"the compiled {name} decoder disagrees with the eager one")
+        cases[case] = lambda lat=fused, x=x: lat.closest_point(x)
+        widths[case] = WIDTH[name]
+    x64 = (2.0 * torch.randn(rows, 64, generator=gen)).to(device)
+    cases["round (Z, torch.round)"] = lambda: torch.round(x64)
+    return cases, widths, compile_s
 
 
 #: Table-1 bottleneck settings whose training step is timed (``configs/lattice-mnist``)

@@ -187,10 +187,6 @@ def bench_lattice(
     (:func:`_compressai_cases`) and ``speedup_vs_compressai`` gives their time over ours for
     :data:`COMPRESSAI_PAIRS`; without it, ``peers`` records why they were skipped.
     """
-    from ..bottlenecks.lattice import _compiled_kernel
-    from ..priors import cell_constants
-    from ..rng import draw_key
-
     device = resolve_bench_device(device)
     check_sizes(rows=rows, dim=dim, threads=threads, repeats=repeats)
     torch.set_num_threads(threads)
@@ -207,71 +203,22 @@ def bench_lattice(
     hard = build("lattice", dim=dim).to(device).eval()
     hard.load_state_dict(eager.state_dict())
     gen = torch.Generator()
-
-    def forward_backward(module) -> Callable[[], Any]:
-        def run():
-            module.zero_grad(set_to_none=True)
-            y_grad.grad = None
-            out = module(y_grad)
-            (out.rate.sum() + out.y_hat.sum()).backward()
-
-        return run
-
     cases: dict[str, Callable[[], Any]] = {
         "torch.rand (rows x dim numbers alone)": lambda: torch.rand(rows, dim, device=device),
         "train path, eager, no grad": no_grad(lambda: eager(y)),
         "train path, eager, autograd": lambda: eager(y_grad),
-        "train path, eager, forward + backward": forward_backward(eager),
+        "train path, eager, forward + backward": _forward_backward(eager, y_grad),
     }
     compile_s = None
     if compile:
-        fused = build("lattice", dim=dim, compile=True).to(device)
-        fused.load_state_dict(eager.state_dict())
-        kernel = _compiled_kernel()
-        with torch.no_grad():
-            spacing, scale = eager.spacing, eager.scale
-            constants = cell_constants(spacing, scale)
-        key = draw_key(torch.Generator().manual_seed(0), device)
-        started = time.perf_counter()
-        no_grad(lambda: fused(y))()
-        fused(y_grad)  # the autograd graph is compiled separately
-        forward_backward(fused)()
-        no_grad(lambda: kernel(y, key, spacing, *constants))()
-        compile_s = time.perf_counter() - started
-        cases[FLOOR] = no_grad(lambda: kernel(y, key, spacing, *constants))
-        traffic = torch.compile(_backward_traffic)
-        grad, saved = torch.randn_like(y), torch.randn_like(y)
-        grad_rate = torch.randn(rows).to(device)
-        started = time.perf_counter()
-        traffic(grad, saved, grad_rate)
-        compile_s += time.perf_counter() - started
-        cases[BACKWARD_FLOOR] = lambda: traffic(grad, saved, grad_rate)
-        cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
-        cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
-        cases["train path, torch.compile, forward + backward"] = forward_backward(fused)
-        hard_fused = build("lattice", dim=dim, compile=True).to(device).eval()
-        hard_fused.load_state_dict(eager.state_dict())
-        started = time.perf_counter()
-        no_grad(lambda: hard_fused(y, generator=gen.manual_seed(0)))()
-        compile_s += time.perf_counter() - started
-        cases["hard path (eval), torch.compile"] = no_grad(
-            lambda: hard_fused(y, generator=gen.manual_seed(0))
-        )
+        compile_s = _add_compiled_cases(cases, eager, y, y_grad, gen, device)
     cases["hard path (eval), eager"] = no_grad(lambda: hard(y, generator=gen.manual_seed(0)))
     peer_cases, peer = _compressai_cases(y, eager.scale, compile) if peers else ({}, None)
     cases.update(peer_cases)
 
     results = time_cases(cases, repeats=repeats, sync=device_sync(device))
-    for timing in results.values():
-        timing["rows_per_s"] = rows / timing["median_s"]
-        timing["rows_per_s_best"] = rows / timing["min_s"]
-        if FLOOR in results:
-            timing["ratio_to_floor"] = timing["median_s"] / results[FLOOR]["median_s"]
-    speedups = {
-        key: results[theirs]["median_s"] / results[ours]["median_s"]
-        for key, (ours, theirs) in COMPRESSAI_PAIRS.items()
-        if ours in results and theirs in results
-    }
+    _add_rates(results, rows)
+    speedups = _speedups_vs_compressai(results)
     return {
         "input": {
             "rows": rows,
@@ -287,6 +234,88 @@ def bench_lattice(
         "cases": results,
         "peers": {COMPRESSAI: peer or {"status": "skipped", "reason": "peers=False"}},
         "speedup_vs_compressai": speedups,
+    }
+
+
+def _forward_backward(module, y_grad: torch.Tensor) -> Callable[[], Any]:
+    """One training step of ``module`` on ``y_grad``: forward, then backward of rate + y_hat."""
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        y_grad.grad = None
+        out = module(y_grad)
+        (out.rate.sum() + out.y_hat.sum()).backward()
+
+    return run
+
+
+def _add_compiled_cases(
+    cases: dict[str, Callable[[], Any]],
+    eager,
+    y: torch.Tensor,
+    y_grad: torch.Tensor,
+    gen: torch.Generator,
+    device: torch.device,
+) -> float:
+    """Add to ``cases`` the floors (:data:`FLOOR`, :data:`BACKWARD_FLOOR`) and the training and
+    hard paths fused by ``torch.compile``, with ``eager``'s weights; each is compiled here, in an
+    untimed first call. The seconds the compilations took."""
+    from ..bottlenecks.lattice import _compiled_kernel
+    from ..priors import cell_constants
+    from ..rng import draw_key
+
+    rows, dim = y.shape
+    fused = build("lattice", dim=dim, compile=True).to(device)
+    fused.load_state_dict(eager.state_dict())
+    kernel = _compiled_kernel()
+    with torch.no_grad():
+        spacing, scale = eager.spacing, eager.scale
+        constants = cell_constants(spacing, scale)
+    key = draw_key(torch.Generator().manual_seed(0), device)
+    started = time.perf_counter()
+    no_grad(lambda: fused(y))()
+    fused(y_grad)  # the autograd graph is compiled separately
+    _forward_backward(fused, y_grad)()
+    no_grad(lambda: kernel(y, key, spacing, *constants))()
+    compile_s = time.perf_counter() - started
+    cases[FLOOR] = no_grad(lambda: kernel(y, key, spacing, *constants))
+    traffic = torch.compile(_backward_traffic)
+    grad, saved = torch.randn_like(y), torch.randn_like(y)
+    grad_rate = torch.randn(rows).to(device)
+    started = time.perf_counter()
+    traffic(grad, saved, grad_rate)
+    compile_s += time.perf_counter() - started
+    cases[BACKWARD_FLOOR] = lambda: traffic(grad, saved, grad_rate)
+    cases["train path, torch.compile, no grad"] = no_grad(lambda: fused(y))
+    cases["train path, torch.compile, autograd"] = lambda: fused(y_grad)
+    cases["train path, torch.compile, forward + backward"] = _forward_backward(fused, y_grad)
+    hard_fused = build("lattice", dim=dim, compile=True).to(device).eval()
+    hard_fused.load_state_dict(eager.state_dict())
+    started = time.perf_counter()
+    no_grad(lambda: hard_fused(y, generator=gen.manual_seed(0)))()
+    compile_s += time.perf_counter() - started
+    cases["hard path (eval), torch.compile"] = no_grad(
+        lambda: hard_fused(y, generator=gen.manual_seed(0))
+    )
+    return compile_s
+
+
+def _add_rates(results: dict[str, dict[str, Any]], rows: int) -> None:
+    """Add to each case's timing its rows/s (median and best) and, when the :data:`FLOOR` was
+    measured, its ``ratio_to_floor``."""
+    for timing in results.values():
+        timing["rows_per_s"] = rows / timing["median_s"]
+        timing["rows_per_s_best"] = rows / timing["min_s"]
+        if FLOOR in results:
+            timing["ratio_to_floor"] = timing["median_s"] / results[FLOOR]["median_s"]
+
+
+def _speedups_vs_compressai(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """CompressAI's median over ours for each of :data:`COMPRESSAI_PAIRS` where both ran."""
+    return {
+        key: results[theirs]["median_s"] / results[ours]["median_s"]
+        for key, (ours, theirs) in COMPRESSAI_PAIRS.items()
+        if ours in results and theirs in results
     }
 
 
@@ -397,7 +426,3 @@ def _scaling_spread(rows_out: list[dict[str, Any]], first: tuple[int, int]) -> d
             "over_dims": max(by_dim) / min(by_dim) if by_dim else None,
         }
     return spread
-
-
-# --------------------------------------------------------------------- bench quantizers
-#: Codebook sizes at which ``vq`` is measured next to ``VectorQuantize`` (same K, same run).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,13 +14,23 @@ import torch
 from torch import Tensor, nn
 
 from ..bottlenecks import BOTTLENECKS, build
-from ._quantizers_report import FLOOR_NAME, MIN_FLOOR_NAME, MODES, PEER_CODEBOOK_SIZES, _speedups
+from ._quantizers_report import (
+    FLOOR_NAME,
+    MIN_FLOOR_NAME,
+    MODES,
+    PEER_CODEBOOK_SIZES,
+    _load_average,
+    _report,
+)
+from ._quantizers_report import INPUT_NOTE as INPUT_NOTE
+from ._quantizers_report import MODE_NOTES as MODE_NOTES
 from ._quantizers_report import SPEEDUP_TARGET as SPEEDUP_TARGET
+from ._quantizers_report import TIMING_NOTE as TIMING_NOTE
 from ._quantizers_report import _ratio as _ratio
+from ._quantizers_report import _speedups as _speedups
 from ._quantizers_report import _times as _times
 from ._quantizers_report import format_quantizers as format_quantizers
 from .timing import (
-    allocator_settings,
     check_sizes,
     competing_runnable,
     device_sync,
@@ -44,22 +53,6 @@ COMPILED_KWARGS: dict[str, list[dict[str, Any]]] = {
 }
 #: FSQ levels from the FSQ paper's table of recommended settings (|C| = 1000 and 4375 ≈ 2^12).
 FSQ_LEVELS = ([8, 5, 5, 5], [7, 5, 5, 5, 5])
-MODE_NOTES = {
-    "train": "module.train(); forward with autograd recording on an input that requires grad, "
-    "no backward (EMA codebooks update in place, as in training)",
-    "eval": "module.eval(); forward under torch.inference_mode()",
-}
-INPUT_NOTE = (
-    "y = torch.randn(rows, in_dim) from a generator seeded with seed, per row's in_dim (= dim "
-    "unless the bottleneck also reads posterior parameters, e.g. gaussian 2*dim, soft_vq dim + K); "
-    "peers get the rows x dim tensor as (1, rows, dim)"
-)
-TIMING_NOTE = (
-    "each case is called once untimed and timed once; it then gets ceil(budget_s / that time) "
-    "timed calls, clamped to [min_repeats, repeats], run in interleaved rounds of up to 10 "
-    "consecutive calls per case after min(3, calls) untimed ones (time_cases); "
-    "rows_per_s = rows / median, rows_per_s_best = rows / min"
-)
 PEER_PACKAGE = "vector_quantize_pytorch"
 
 
@@ -294,20 +287,15 @@ def bench_quantizers(
     is a CPU path).
     """
     device = resolve_bench_device(device)
-    known = BOTTLENECKS.names()
-    names = known if names is None else list(names)
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(f"unknown bottleneck(s) {unknown}; known names: {', '.join(known)}")
-    if len(set(names)) < len(names):  # each case would be listed twice with one timing
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"bottleneck(s) named more than once: {twice}")
-    check_sizes(rows=rows, dim=dim, threads=threads)
-    if not 1 <= min_repeats <= repeats:
-        raise ValueError(f"need 1 <= min_repeats <= repeats, got {min_repeats} and {repeats}")
-    if not budget_s >= 0:
-        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
-
+    names = _checked_arguments(
+        names,
+        rows=rows,
+        dim=dim,
+        threads=threads,
+        repeats=repeats,
+        min_repeats=min_repeats,
+        budget_s=budget_s,
+    )
     load_before = _load_average()
     competing = competing_runnable()
     previous_threads = torch.get_num_threads()
@@ -315,30 +303,9 @@ def bench_quantizers(
     try:
         torch.manual_seed(seed)  # codebook initialisations
         errors: list[dict[str, Any]] = []
-        y = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).to(device)
-        reference = _Case(
-            "torch.rand (rows x dim numbers alone)",
-            source="reference",
-            mode=None,
-            K=None,
-            in_dim=dim,
-            kwargs={},
-            call=lambda: torch.rand(rows, dim, device=device),
+        cases, peers = _all_cases(
+            names, rows=rows, dim=dim, seed=seed, errors=errors, device=device, compile=compile
         )
-        own = _bottleneck_cases(
-            names,
-            rows=rows,
-            dim=dim,
-            seed=seed,
-            errors=errors,
-            device=device,
-            compile=compile and device.type == "cpu",
-        )
-        cases = [reference, *own]
-        if "vq" in names:
-            cases += _floor_cases(y, dim)
-        peer_cases, peers = _peer_cases(y, errors=errors)
-        cases += peer_cases
         sync = device_sync(device)
         counts = _budgeted_repeats(
             cases,
@@ -354,42 +321,89 @@ def bench_quantizers(
         torch.set_num_threads(previous_threads)
 
     results = [_row(c, timings[c.key], rows) for c in cases]
-    return {
-        "input": {
-            "rows": rows,
-            "dim": dim,
-            "dtype": "float32",
-            "threads": threads,
-            "device": str(device),
-            "seed": seed,
-            "compiled_rows": compile and device.type == "cpu",
-            "construction": INPUT_NOTE,
-        },
-        "modes": MODE_NOTES,
-        "timing": {
-            "repeats": repeats,
-            "min_repeats": min_repeats,
-            "budget_s": budget_s,
-            "rule": TIMING_NOTE,
-            # other processes competing for the cores distort multi-threaded timings badly
-            "load_average_1_5_15min": {"before": load_before, "after": _load_average()},
-            # threads of other processes ready to run when the timing started (median of reads)
-            "competing_runnable_before": competing,
-        },
-        # glibc's thresholds and PyTorch's huge-page switch, set before the process started
-        "allocator": allocator_settings(),
-        "peers": peers,
-        "results": results,
-        "speedup_vs_vector_quantize": _speedups(results),
-        "errors": errors,
-    }
+    return _report(
+        rows=rows,
+        dim=dim,
+        threads=threads,
+        device=device,
+        seed=seed,
+        compiled_rows=compile and device.type == "cpu",
+        repeats=repeats,
+        min_repeats=min_repeats,
+        budget_s=budget_s,
+        load_before=load_before,
+        competing=competing,
+        peers=peers,
+        results=results,
+        errors=errors,
+    )
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # not on every platform
-        return None
+def _checked_arguments(
+    names: Sequence[str] | None,
+    *,
+    rows: int,
+    dim: int,
+    threads: int,
+    repeats: int,
+    min_repeats: int,
+    budget_s: float,
+) -> list[str]:
+    """The bottleneck names to measure (default: all registered); ValueError for an unknown or
+    repeated name or a size, repeat count or budget out of range."""
+    known = BOTTLENECKS.names()
+    names = known if names is None else list(names)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown bottleneck(s) {unknown}; known names: {', '.join(known)}")
+    if len(set(names)) < len(names):  # each case would be listed twice with one timing
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"bottleneck(s) named more than once: {twice}")
+    check_sizes(rows=rows, dim=dim, threads=threads)
+    if not 1 <= min_repeats <= repeats:
+        raise ValueError(f"need 1 <= min_repeats <= repeats, got {min_repeats} and {repeats}")
+    if not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
+    return names
+
+
+def _all_cases(
+    names: Sequence[str],
+    *,
+    rows: int,
+    dim: int,
+    seed: int,
+    errors: list[dict[str, Any]],
+    device: torch.device,
+    compile: bool,
+) -> tuple[list[_Case], dict[str, Any]]:
+    """Every row to time, in order: ``torch.rand`` alone, the bottlenecks of ``names``, the bare
+    searches when ``vq`` is among them, and the peers; with the peers' status."""
+    y = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    reference = _Case(
+        "torch.rand (rows x dim numbers alone)",
+        source="reference",
+        mode=None,
+        K=None,
+        in_dim=dim,
+        kwargs={},
+        call=lambda: torch.rand(rows, dim, device=device),
+    )
+    own = _bottleneck_cases(
+        names,
+        rows=rows,
+        dim=dim,
+        seed=seed,
+        errors=errors,
+        device=device,
+        compile=compile and device.type == "cpu",
+    )
+    cases = [reference, *own]
+    if "vq" in names:
+        cases += _floor_cases(y, dim)
+    peer_cases, peers = _peer_cases(y, errors=errors)
+    cases += peer_cases
+    return cases, peers
 
 
 def _row(case: _Case, timing: dict[str, float], rows: int) -> dict[str, Any]:

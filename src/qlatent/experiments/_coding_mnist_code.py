@@ -1,9 +1,11 @@
 """The test set coded into one file and decoded back (:func:`code_test_set`, timed by
-:func:`_timed_code`): sizes, rates, exactness and throughput, Theorem 1's training-path estimate
-and, for a good lattice, the Monte-Carlo ideal −log2 P(z | u) (:func:`_monte_carlo_ideal`); with
-the hard path's points (:func:`_hard_points`) and −log p(x | ŷ) (:func:`_distortion`) that the
-rate-control sweep reads too. Called by :func:`~qlatent.experiments.coding_mnist.reproduce`,
-which re-exports :func:`code_test_set` and :data:`LN2`.
+:func:`_timed_code`): sizes, rates, exactness and throughput (:func:`_coding_times`), Theorem 1's
+training-path estimate (:func:`_train_rate`), the hard rate's spread over dithers
+(:func:`_hard_rate_over_seeds`) and, for a good lattice, the Monte-Carlo ideal −log2 P(z | u)
+(:func:`_monte_carlo_ideal`); with the hard path's points (:func:`_hard_points`) and
+−log p(x | ŷ) (:func:`_distortion`) that the rate-control sweep reads too. Called by
+:func:`~qlatent.experiments.coding_mnist.reproduce`, which re-exports :func:`code_test_set` and
+:data:`LN2`.
 """
 
 from __future__ import annotations
@@ -35,15 +37,7 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
     digest = model_digest(model)
     data = compress(neck, y, seed=cfg.seed, digest=digest)
     y_hat = decompress(neck, data, digest=digest)
-    timing = time_cases(  # medians over interleaved blocks of calls, after one untimed call
-        {
-            "encode": lambda: compress(neck, y, seed=cfg.seed, digest=digest),
-            "decode": lambda: decompress(neck, data, digest=digest),
-        },
-        repeats=cfg.timing_repeats,
-        block=5,
-        warmup=1,
-    )
+    timing = _coding_times(neck, y, data, cfg, digest)
     encode_s, decode_s = timing["encode"]["median_s"], timing["decode"]["median_s"]
     good = hasattr(neck, "log_density")  # a good lattice: Monte-Carlo rates
     if good and not cfg.monte_carlo:  # the hard path's points without its Monte-Carlo rate
@@ -83,32 +77,65 @@ def code_test_set(model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig) -
     if good and not cfg.monte_carlo:
         out["hard_rate_bits_per_image"] = None
     elif neck.discrete and hasattr(neck, "log_scale"):  # the lattice: Theorem 1's estimate
-        rates = []
-        for r in range(cfg.train_rate_repeats):
-            t = evaluate_objective(
-                model, RateDistortionLoss(), x, hard=False,
-                generator=torch.Generator().manual_seed(10_000 + r),
-            )  # fmt: skip
-            rates.append(t["rate"].mean().item() / LN2)
-        mean = statistics.fmean(rates)
-        out["train_rate_bits_per_image"] = mean
-        out["train_rate_se"] = statistics.stdev(rates) / math.sqrt(len(rates))
-        out["train_rate_repeats"] = len(rates)
-        out["coded_minus_train_rate_bits"] = coded_bits / n - mean
+        out.update(_train_rate(model, x, cfg, coded_bits_per_image=coded_bits / n))
         # the file's hard rate is one dither's draw: its spread over seeds says how far from the
         # estimate a single file may land, and their mean is Theorem 1's expectation again
         seeds = cfg.good_hard_rate_seeds if good else cfg.hard_rate_seeds
-        hard_rates = [
-            neck(y, generator=SeedKeys(s)).rate.double().mean().item() / LN2 for s in range(seeds)
-        ]
-        out["hard_rate_over_seeds"] = {
-            "seeds": len(hard_rates),
-            "mean": statistics.fmean(hard_rates),
-            "sd": statistics.stdev(hard_rates),
-        }
+        out["hard_rate_over_seeds"] = _hard_rate_over_seeds(neck, y, seeds)
         if good:
             out.update(_monte_carlo_ideal(neck, y, y_hat, cfg, payload_bits=8 * len(payload)))
     return out
+
+
+def _coding_times(
+    neck, y: torch.Tensor, data: bytes, cfg: CodingMnistConfig, digest: bytes
+) -> dict[str, Any]:
+    """The times of coding ``y`` into ``data`` and of decoding it back (``encode``, ``decode``:
+    :func:`~qlatent.bench.timing.time_cases` over ``timing_repeats`` blocks)."""
+    return time_cases(  # medians over interleaved blocks of calls, after one untimed call
+        {
+            "encode": lambda: compress(neck, y, seed=cfg.seed, digest=digest),
+            "decode": lambda: decompress(neck, data, digest=digest),
+        },
+        repeats=cfg.timing_repeats,
+        block=5,
+        warmup=1,
+    )
+
+
+def _train_rate(
+    model: Autoencoder, x: torch.Tensor, cfg: CodingMnistConfig, *, coded_bits_per_image: float
+) -> dict[str, Any]:
+    """Theorem 1's training-path rate estimate of ``x`` (bits per image), mean and s.e. over
+    ``train_rate_repeats`` dithers, and how far the file's ``coded_bits_per_image`` lies above
+    it."""
+    rates = []
+    for r in range(cfg.train_rate_repeats):
+        t = evaluate_objective(
+            model, RateDistortionLoss(), x, hard=False,
+            generator=torch.Generator().manual_seed(10_000 + r),
+        )  # fmt: skip
+        rates.append(t["rate"].mean().item() / LN2)
+    mean = statistics.fmean(rates)
+    return {
+        "train_rate_bits_per_image": mean,
+        "train_rate_se": statistics.stdev(rates) / math.sqrt(len(rates)),
+        "train_rate_repeats": len(rates),
+        "coded_minus_train_rate_bits": coded_bits_per_image - mean,
+    }
+
+
+def _hard_rate_over_seeds(neck, y: torch.Tensor, seeds: int) -> dict[str, Any]:
+    """The hard path's rate of ``y`` (bits per image) under the dithers of seeds 0 to
+    ``seeds`` − 1: their number, mean and sd."""
+    hard_rates = [
+        neck(y, generator=SeedKeys(s)).rate.double().mean().item() / LN2 for s in range(seeds)
+    ]
+    return {
+        "seeds": len(hard_rates),
+        "mean": statistics.fmean(hard_rates),
+        "sd": statistics.stdev(hard_rates),
+    }
 
 
 @torch.no_grad()

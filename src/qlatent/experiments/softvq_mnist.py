@@ -59,21 +59,21 @@ from ._softvq_mnist_config import (
     DEFAULT_MODELS,
     LABELS,
     MODELS,
-    NOTEBOOK_OUTPUT,
-    PAPER,
-    PAPER_ROW,
-    PERPLEXITY_ROWS,
     SoftVQMnistConfig,
     build_model,
     model_config,
 )
+from ._softvq_mnist_config import NOTEBOOK_OUTPUT as NOTEBOOK_OUTPUT
+from ._softvq_mnist_config import PAPER as PAPER
+from ._softvq_mnist_config import PAPER_ROW as PAPER_ROW
+from ._softvq_mnist_config import PERPLEXITY_ROWS as PERPLEXITY_ROWS
 from ._softvq_mnist_config import ROWS as ROWS
 from ._softvq_mnist_config import EvalConfig as EvalConfig
 from ._softvq_mnist_config import ModelConfig as ModelConfig
 from ._softvq_mnist_config import from_run_config as from_run_config
 from ._softvq_mnist_eval import ACTIVE_KL as ACTIVE_KL
 from ._softvq_mnist_eval import downstream_scores, encode, reconstruction_metrics
-from ._softvq_mnist_results import markdown_table
+from ._softvq_mnist_results import _payload, markdown_table
 from ._softvq_mnist_runs import _RERUN_FEATURES, _recorded, _saved_features, seed_statistics
 from ._softvq_mnist_runs import SEED_METRICS as SEED_METRICS
 
@@ -156,76 +156,74 @@ def reproduce(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(MODELS)}")
-    if seeds is not None:
-        if (
-            not isinstance(seeds, list | tuple)
-            or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
-            or len(set(seeds)) != len(seeds)
-        ):
-            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+    _check_seeds(seeds)
     results_dir = Path(results_dir)
     configs = {name: model_config(name, quick=quick, overrides=overrides or []) for name in models}
     first = next(iter(configs.values()))
-    tasks = []
-    for name in models:
-        for seed in seeds or [None]:
-            cfg, folder, record = configs[name], Path(runs_dir) / stem / name, None
-            if seed is not None:
-                cfg = apply_mapping(cfg, {"train": {"seed": seed}, "eval": {"seed": seed}})
-                folder = folder / f"seed-{seed}"
-                record = results_dir / f"{stem}-runs" / name / f"seed-{seed}.json"
-            tasks.append(dict(name=name, cfg=cfg, out_dir=folder, data_dir=data_dir, record=record))
+    tasks = _tasks(
+        models,
+        configs,
+        seeds,
+        runs=Path(runs_dir) / stem,
+        records=results_dir / f"{stem}-runs",
+        data_dir=data_dir,
+    )
     done = run_jobs(_run_task, tasks, jobs=jobs)
-    runs: dict[str, dict[Any, dict[str, Any]]] = {}
-    for task, metrics in zip(tasks, done, strict=True):
-        runs.setdefault(task["name"], {})[task["cfg"].train.seed] = metrics
-    if seeds is None:
-        rows = {name: next(iter(per_seed.values())) for name, per_seed in runs.items()}
-    else:
-        rows = {name: seed_statistics(name, per_seed) for name, per_seed in runs.items()}
-
-    payload: dict[str, Any] = {
-        **provenance(command),
-        "rows": rows,
-        "paper": {  # a cause row: the values of the paper row it is compared with
-            name: dict(
-                zip(
-                    ("kmeans_acc", "nmi", "linear_acc"),
-                    PAPER[PAPER_ROW.get(name, name)],
-                    strict=True,
-                )
-            )
-            for name in models
-            if PAPER_ROW.get(name, name) in PAPER
-        },
-        "notebook_output": {k: v for k, v in NOTEBOOK_OUTPUT.items() if k in models},
-        "nmi_averaging": "arithmetic, 2I/(H(y)+H(ŷ)) as the paper defines it "
-        "('nmi'); geometric in 'nmi_geometric'",
-        "batch_size": first.train.batch_size,
-        "batch_size_note": "the paper's 32; the reference notebook used 64",
-        "data": first.data,
-        "configs": {name: to_dict(cfg) for name, cfg in configs.items()},
-    }
-    if seeds is not None:
-        payload["seeds"] = list(seeds)
-        payload["configs_note"] = (
-            "each row ran once per seed with this config's train.seed and eval.seed set to "
-            "the seed (the values here are the row's own, which no run used)"
-        )
-        payload["reproduced_rule"] = "the paper's value lies within mean ± 2 sd of the seeds"
-    if "vq" in rows and "soft_em_vq" in rows:
-        compared = [name for name in PERPLEXITY_ROWS if name in rows]
-        payload["perplexity"] = {name: rows[name].get("test_perplexity") for name in compared}
-        payload["perplexity_test_nmse"] = {name: rows[name].get("test_nmse") for name in compared}
-        payload["perplexity_note"] = (
-            "exp(H) of the hard (nearest-codeword) codes of the 10,000 test images; "
-            "rows.soft_em_vq.test_posterior_perplexity is that of soft EM's mean posterior"
-        )
+    rows = _rows(tasks, done, seeds)
+    payload = _payload(command, rows, models, configs, seeds)
     write_json(payload, results_dir / f"{stem}.json")
     write_text(markdown_table(payload) + "\n", results_dir / f"{stem}.md")
     _draw_tsne(tasks, first, data_dir, results_dir / f"{stem}-tsne.png")
     return payload
+
+
+def _check_seeds(seeds: list[int] | None) -> None:
+    """``seeds``, where given, are distinct non-negative integers (a ValueError naming them)."""
+    if seeds is None:
+        return
+    if (
+        not isinstance(seeds, list | tuple)
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+
+
+def _tasks(
+    models: list[str],
+    configs: dict[str, SoftVQMnistConfig],
+    seeds: list[int] | None,
+    *,
+    runs: Path,
+    records: Path,
+    data_dir: str | None,
+) -> list[dict[str, Any]]:
+    """The keyword arguments of :func:`_run_task` for each row (once per seed with ``seeds``, its
+    run folder under ``runs`` and its record under ``records``), row by row."""
+    tasks = []
+    for name in models:
+        for seed in seeds or [None]:
+            cfg, folder, record = configs[name], runs / name, None
+            if seed is not None:
+                cfg = apply_mapping(cfg, {"train": {"seed": seed}, "eval": {"seed": seed}})
+                folder = folder / f"seed-{seed}"
+                record = records / name / f"seed-{seed}.json"
+            tasks.append(dict(name=name, cfg=cfg, out_dir=folder, data_dir=data_dir, record=record))
+    return tasks
+
+
+def _rows(
+    tasks: list[dict[str, Any]], done: list[dict[str, Any]], seeds: list[int] | None
+) -> dict[str, dict[str, Any]]:
+    """Each row's scores from its tasks' metrics ``done``: its one run's, or with ``seeds`` its
+    statistics over them (:func:`seed_statistics`)."""
+    runs: dict[str, dict[Any, dict[str, Any]]] = {}
+    for task, metrics in zip(tasks, done, strict=True):
+        runs.setdefault(task["name"], {})[task["cfg"].train.seed] = metrics
+    if seeds is None:
+        return {name: next(iter(per_seed.values())) for name, per_seed in runs.items()}
+    return {name: seed_statistics(name, per_seed) for name, per_seed in runs.items()}
 
 
 def _draw_tsne(
