@@ -60,6 +60,9 @@ class _E8Block:
     kinds 4 and 5. On the E8^5 Table-1 checkpoint the five cosets cost 4.31 bits per image
     instead of 5.00 (2000 training images, ``examples/e8-coset-cost.py``)."""
 
+    #: E|e| and E e² of the rounding errors under the prior, for :func:`_coset_one_probability`
+    _moments = staticmethod(_rounding_error_moments)
+
     def __init__(self, basis: Tensor, cosets: str = "errors") -> None:
         if cosets not in ("errors", "half"):
             raise ValueError(f"cosets must be 'errors' or 'half', got {cosets!r}")
@@ -96,9 +99,11 @@ class _E8Block:
         return n, probs, d
 
     def _coset_probs(self, u, sigma, scale, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` coset probabilities: ½(1 + Π_j D_j^c) (``"half"``) or
+        :func:`_coset_one_probability` with the prior's rounding-error moments (``"errors"``)."""
         if self.cosets == "half":
             return np.stack([0.5 * (1 + d0.prod(1)), 0.5 * (1 + d1.prod(1))], axis=1)
-        one = _coset_one_probability(u / sigma, scale / sigma)
+        one = _coset_one_probability(u / sigma, scale / sigma, self._moments)
         return np.stack([1 - one, one], axis=1)
 
     @staticmethod
@@ -127,63 +132,84 @@ class _E8Block:
         c = np.remainder(np.round(2 * z[:, 0].numpy()), 2).astype(np.int64)
         return z.numpy() - c[:, None] / 2.0, c
 
-    def _cosets(self, u, sigma, scale, width: int):
-        """Both cosets' cells, the coset probabilities, the parity ratio r and the magnitude
-        tables (ratio r²): what encoder and decoder build before the coset is known."""
+    def _cosets(self, u, sigma, scale):
+        """Both cosets' cells and the coset probabilities: what encoder and decoder build
+        before the coset is known."""
         cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
-        r = np.exp(-sigma / scale)
-        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
-        probs = self._coset_probs(u, sigma, scale, cells[0][2], cells[1][2])
-        return cells, probs, r, tables
+        return cells, self._coset_probs(u, sigma, scale, cells[0][2], cells[1][2])
 
     @staticmethod
     def _chosen(cells, c: np.ndarray):
-        """The shift n, the sign probabilities and D of the coset each row lies in."""
+        """Each of :meth:`_cells`' arrays (the shift n first) for the coset each row lies in."""
         first = c == 0
-        return (
-            np.where(first[:, None], cells[0][0], cells[1][0]),
-            np.where(first[:, None, None], cells[0][1], cells[1][1]),
-            np.where(first[:, None], cells[0][2], cells[1][2]),
+        return tuple(
+            np.where(first.reshape(-1, *(1,) * (a.ndim - 1)), a, b)
+            for a, b in zip(*cells, strict=True)
         )
 
-    def ops(self, prepared, sigma, scale, width: int) -> list[_Op]:
+    def _coordinates(self, chosen, sigma, scale, width: int):
+        """What the coordinates' tables take once the coset is known: the chosen cells (n, the
+        sign probabilities, D), the parity ratio r, the magnitude tables (ratio r²) and log r²."""
+        r = np.exp(-sigma / scale)
+        tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
+        return (*chosen, r, tables, -2 * sigma / scale)
+
+    def _parity(self, coords, j: int, parity_so_far: np.ndarray) -> np.ndarray:
+        """Coordinate j's parity probabilities, weighted by the parities still to come."""
+        n_all, probs_all, d_all, r = coords[:4]
+        tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(n_all.shape[0])
+        return self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
+
+    def _coordinate_ops(self, coords, j: int, kappa: np.ndarray, parity_so_far) -> list[_Op]:
+        """Coordinate j's ops for κ_j = k_j + n_j: its parity, its sign within the parity class
+        and its geometric magnitude."""
+        _, probs_all, _, r, tables, log_r2 = coords
+        odd = np.remainder(kappa, 2) == 1
+        parity = self._parity(coords, j, parity_so_far)
+        signs = self._sign_probs(probs_all[:, j], r[j], odd)
+        nonzero = kappa[kappa != 0]
+        magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
+        return [
+            _categorical_op(odd.astype(np.int64), parity),
+            _categorical_op(np.sign(kappa) + 1, signs),
+            _geometric_op(magnitude, tables[j], log_r2[j]),
+        ]
+
+    def _decode_coordinate(self, coder, coords, j: int, parity_so_far) -> np.ndarray:
+        """Coordinate j's κ_j, decoded from the ops of :meth:`_coordinate_ops`."""
+        n_all, probs_all, _, r, tables, _ = coords
+        odd = _decode_categorical(coder, self._parity(coords, j, parity_so_far)) == 1
+        sign = _decode_categorical(coder, self._sign_probs(probs_all[:, j], r[j], odd)) - 1
+        kappa = np.zeros(n_all.shape[0], dtype=np.int64)  # 0, or ±(2t + 1) / ±(2t + 2)
+        nonzero = np.flatnonzero(sign)
+        if nonzero.size:
+            t = coder.decode(tables[j], nonzero.size).astype(np.int64)
+            base = np.where(odd[nonzero], 1, 2)
+            kappa[nonzero] = sign[nonzero] * (2 * t + base)
+        return kappa
+
+    def ops(self, prepared, sigma, scale, width: int) -> list:
         kk, c, u = prepared
-        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        cells, coset_probs = self._cosets(u, sigma, scale)
         out = [_categorical_op(c, coset_probs)]
-        n_all, probs_all, d_all = self._chosen(cells, c)
+        coords = self._coordinates(self._chosen(cells, c), sigma, scale, width)
+        n_all = coords[0]
         parity_so_far = np.zeros(kk.shape[0])
         for j in range(8):
-            tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(kk.shape[0])
             kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
-            odd = np.remainder(kappa, 2) == 1
-            parity = self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
-            out.append(_categorical_op(odd.astype(np.int64), parity))
-            signs = self._sign_probs(probs_all[:, j], r[j], odd)
-            out.append(_categorical_op(np.sign(kappa) + 1, signs))
-            nonzero = kappa[kappa != 0]
-            magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
-            out.append(_geometric_op(magnitude, tables[j], -2 * sigma[j] / scale[j]))  # log r²
+            out.extend(self._coordinate_ops(coords, j, kappa, parity_so_far))
             parity_so_far = parity_so_far + kk[:, j]
         return out
 
     def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
-        cells, coset_probs, r, tables = self._cosets(u, sigma, scale, width)
+        cells, coset_probs = self._cosets(u, sigma, scale)
         c = _decode_categorical(coder, coset_probs)
-        n_all, probs_all, d_all = self._chosen(cells, c)
+        coords = self._coordinates(self._chosen(cells, c), sigma, scale, width)
+        n_all = coords[0]
         kk = np.zeros(u.shape)
         parity_so_far = np.zeros(u.shape[0])
         for j in range(8):
-            tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(u.shape[0])
-            parity = self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
-            odd = _decode_categorical(coder, parity) == 1
-            sign = _decode_categorical(coder, self._sign_probs(probs_all[:, j], r[j], odd)) - 1
-            kappa = np.zeros(u.shape[0], dtype=np.int64)  # 0, or ±(2t + 1) / ±(2t + 2)
-            nonzero = np.flatnonzero(sign)
-            if nonzero.size:
-                t = coder.decode(tables[j], nonzero.size).astype(np.int64)
-                base = np.where(odd[nonzero], 1, 2)
-                kappa[nonzero] = sign[nonzero] * (2 * t + base)
-            kk[:, j] = kappa - n_all[:, j]
+            kk[:, j] = self._decode_coordinate(coder, coords, j, parity_so_far) - n_all[:, j]
             parity_so_far = parity_so_far + kk[:, j]
         z = torch.from_numpy(kk + c[:, None] / 2.0)
         return torch.round(z @ self.inverse).long()
@@ -192,7 +218,7 @@ class _E8Block:
 class _GaussianE8Block(_E8Block):
     """:class:`_E8Block`'s model under a Gaussian prior N(0, b_j²): the product of the cubes'
     masses restricted to E8 within each coset, coded as the coset c with the probability that
-    the nearest E8 point lies in it (:meth:`_cosets`), then each coordinate's κ_j = k_j + n_j
+    the nearest E8 point lies in it (:meth:`_coset_probs`), then each coordinate's κ_j = k_j + n_j
     with a categorical over the mean ± 12 deviations (:meth:`_window`; an escape beyond it,
     then κ uniform over the header's range) whose entries are the masses of the bins [κ ± ½]
     of N(v_j/σ_j, (b_j/σ_j)²) times the probability that the coordinates after it complete Σ k to
@@ -203,8 +229,12 @@ class _GaussianE8Block(_E8Block):
     chunk by chunk of rows (:class:`_ChunkedCategorical`), in the same float64 operations in
     encoder and decoder."""
 
+    #: the Gaussian's moments give P(c | u) (the product model's ½(1 + Π D) would put a peaked
+    #: prior's whole mass on one coset, and the point the quantizer picks is often in the other)
+    _moments = staticmethod(_gaussian_rounding_error_moments)
+
     def __init__(self, basis: Tensor) -> None:
-        super().__init__(basis, cosets="half")
+        super().__init__(basis, cosets="errors")
 
     @staticmethod
     def min_bits(sigma: np.ndarray, scale: np.ndarray) -> float:
@@ -251,25 +281,6 @@ class _GaussianE8Block(_E8Block):
             e, o = e * (1 - q) + o * q, e * q + o * (1 - q)
         return even_after, odd_after
 
-    def _cosets(self, u, sigma, scale, width: int):
-        """Both cosets' cells and P(c | u): the probability that the nearest E8 point lies in
-        D8 + ½·1, as :func:`_coset_one_probability` with the Gaussian's rounding-error moments
-        (the product model's ½(1 + Π D) would put a peaked prior's whole mass on one coset,
-        and the point the quantizer picks is often in the other)."""
-        from scipy.special import ndtr
-
-        cells = [self._cells(u, sigma, scale, cc) for cc in (0, 1)]
-        first, second = _gaussian_rounding_error_moments(u / sigma, scale / sigma)
-        mean = first.sum(1)
-        var = np.maximum((second - first * first).sum(1), 1e-300)
-        one = np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
-        return cells, np.stack([1 - one, one], axis=1), None, None
-
-    @staticmethod
-    def _chosen(cells, c: np.ndarray):
-        first = c == 0
-        return tuple(np.where(first[:, None], a, b) for a, b in zip(*cells, strict=True))
-
     @staticmethod
     def _window(ratio: float, width: int) -> int:
         """Half-width R of coordinate j's table, κ ∈ [−R, R]: the bins' mean (in [−½, ½]) ±
@@ -295,55 +306,46 @@ class _GaussianE8Block(_E8Block):
         escape = beyond * 0.5 * (even_after[a:b] + odd_after[a:b])
         return np.concatenate([inside, escape[:, None]], axis=1)
 
-    def ops(self, prepared, sigma, scale, width: int) -> list:
-        kk, c, u = prepared
-        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
-        out = [_categorical_op(c, coset_probs)]
-        n_all, mean_all, odd_all = self._chosen(cells, c)
-        even_after, odd_after = self._completions(odd_all)
-        parity_so_far = np.zeros(kk.shape[0])
-        ratio = scale / sigma
+    def _coordinates(self, chosen, sigma, scale, width: int):
+        """What the coordinates' tables take once the coset is known: the chosen shifts n and
+        bins' means, the completion probabilities (:meth:`_completions`), the ratios b/σ, the
+        header's range and the escapes' uniform model."""
+        n_all, mean_all, odd_all = chosen
         uniform = constriction().stream.model.Uniform(2 * width + 1)
-        for j in range(8):
-            kappa = (kk[:, j] + n_all[:, j]).astype(np.int64)
-            reach = self._window(ratio[j], width)
-            inside = np.abs(kappa) <= reach
-            after = (even_after[:, j], odd_after[:, j])
-            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
-            symbols = np.where(inside, kappa + reach, 2 * reach + 1)
-            make = lambda a, b, args=args: self._table(*args, a, b)  # noqa: E731
-            out.append(_ChunkedCategorical(symbols, make, kappa.size))
-            escaped = kappa[~inside] + width
-            out.append(
-                _Op(
-                    escaped.astype(np.int32), uniform, None, escaped.size * math.log2(2 * width + 1)
-                )
-            )
-            parity_so_far = parity_so_far + kk[:, j]
-        return out
+        return n_all, mean_all, self._completions(odd_all), scale / sigma, width, uniform
 
-    def decode(self, coder, u: np.ndarray, sigma, scale, width: int) -> Tensor:
-        cells, coset_probs, _, _ = self._cosets(u, sigma, scale, width)
-        c = _decode_categorical(coder, coset_probs)
-        n_all, mean_all, odd_all = self._chosen(cells, c)
-        even_after, odd_after = self._completions(odd_all)
-        kk = np.zeros(u.shape)
-        parity_so_far = np.zeros(u.shape[0])
-        ratio = scale / sigma
-        rows = u.shape[0]
-        uniform = constriction().stream.model.Uniform(2 * width + 1)
-        for j in range(8):
-            reach = self._window(ratio[j], width)
-            after = (even_after[:, j], odd_after[:, j])
-            args = (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
-            kappa = np.empty(rows, dtype=np.int64)
-            for a in range(0, rows, _CLASS_CHUNK):
-                b = min(rows, a + _CLASS_CHUNK)
-                kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - reach
-            escaped = np.flatnonzero(kappa > reach)
-            if escaped.size:
-                kappa[escaped] = coder.decode(uniform, escaped.size).astype(np.int64) - width
-            kk[:, j] = kappa - n_all[:, j]
-            parity_so_far = parity_so_far + kk[:, j]
-        z = torch.from_numpy(kk + c[:, None] / 2.0)
-        return torch.round(z @ self.inverse).long()
+    def _table_args(self, coords, j: int, parity_so_far: np.ndarray) -> tuple:
+        """:meth:`_table`'s arguments for coordinate j, up to the rows (``reach`` last)."""
+        n_all, mean_all, (even_after, odd_after), ratio, width, _ = coords
+        reach = self._window(ratio[j], width)
+        after = (even_after[:, j], odd_after[:, j])
+        return (mean_all[:, j], ratio[j], n_all[:, j], parity_so_far, after, reach)
+
+    def _coordinate_ops(self, coords, j: int, kappa: np.ndarray, parity_so_far) -> list:
+        """Coordinate j's ops for κ_j = k_j + n_j: its table's entry (or the escape), then the
+        escaped κ uniformly over the header's range."""
+        width, uniform = coords[4:]
+        args = self._table_args(coords, j, parity_so_far)
+        reach = args[-1]
+        inside = np.abs(kappa) <= reach
+        symbols = np.where(inside, kappa + reach, 2 * reach + 1)
+        escaped = kappa[~inside] + width
+        return [
+            _ChunkedCategorical(symbols, lambda a, b: self._table(*args, a, b), kappa.size),
+            _Op(escaped.astype(np.int32), uniform, None, escaped.size * math.log2(2 * width + 1)),
+        ]
+
+    def _decode_coordinate(self, coder, coords, j: int, parity_so_far) -> np.ndarray:
+        """Coordinate j's κ_j, decoded from the ops of :meth:`_coordinate_ops`."""
+        width, uniform = coords[4:]
+        args = self._table_args(coords, j, parity_so_far)
+        reach = args[-1]
+        rows = parity_so_far.shape[0]
+        kappa = np.empty(rows, dtype=np.int64)
+        for a in range(0, rows, _CLASS_CHUNK):
+            b = min(rows, a + _CLASS_CHUNK)
+            kappa[a:b] = _decode_categorical(coder, self._table(*args, a, b)) - reach
+        escaped = np.flatnonzero(kappa > reach)
+        if escaped.size:
+            kappa[escaped] = coder.decode(uniform, escaped.size).astype(np.int64) - width
+        return kappa

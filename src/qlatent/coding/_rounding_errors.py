@@ -59,9 +59,12 @@ def _rounding_error_moments(mu: np.ndarray, beta: np.ndarray) -> tuple[np.ndarra
     return moments[0], moments[1]
 
 
-def _coset_one_probability(mu: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def _coset_one_probability(
+    mu: np.ndarray, beta: np.ndarray, moments=_rounding_error_moments
+) -> np.ndarray:
     """P(the nearest E8 point of x lies in D8 + ½·1) for x with independent Laplace(μ_j, β_j)
-    coordinates (base units: μ = u/σ, β = b/σ), ``(N, 8), (8,) -> (N,)``.
+    coordinates (base units: μ = u/σ, β = b/σ), ``(N, 8), (8,) -> (N,)``; ``moments`` gives
+    E|e| and E e² under another prior (:func:`_gaussian_rounding_error_moments`: N(μ_j, β_j²)).
 
     With e_j = x_j − round(x_j), the nearest point of D8 is at squared distance Σ e_j² and that
     of D8 + ½·1 at Σ (½ − |e_j|)² = Σ e_j² − Σ |e_j| + 2, each plus a parity fix when the rounded
@@ -73,7 +76,7 @@ def _coset_one_probability(mu: np.ndarray, beta: np.ndarray) -> np.ndarray:
     encoder and decoder build the same table."""
     from scipy.special import ndtr
 
-    first, second = _rounding_error_moments(mu, beta)
+    first, second = moments(mu, beta)
     mean = first.sum(1)
     var = np.maximum((second - first * first).sum(1), 1e-300)
     return np.clip(ndtr((mean - 2.0) / np.sqrt(var)), _COSET_FLOOR, 1 - _COSET_FLOOR)
