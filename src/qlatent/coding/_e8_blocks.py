@@ -1,6 +1,9 @@
 """E8 blocks of :class:`~.models.GoodLattice`, coded by their two cosets of D8 under a Laplace
 (:class:`_E8Block`) or a Gaussian prior (:class:`_GaussianE8Block`); the moments of the rounding
-errors that give a coset its probability are in :mod:`._rounding_errors`.
+errors that give a coset its probability are in :mod:`._rounding_errors`. The Laplace block's
+coordinate code (a parity, a sign within the parity class, a geometric magnitude:
+:func:`_parity_sign_magnitude_ops`, :func:`_decode_parity_sign_magnitude`) is also that of the
+glued blocks of Λ16 and Λ24 (:mod:`._good_lattice`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,68 @@ from ._rounding_errors import (  # noqa: F401
     _gaussian_rounding_error_moments,
     _rounding_error_moments,
 )
+
+
+def _parity_probs(probs, r, n, parity_so_far, tail):
+    """P(κ even), P(κ odd) for one coordinate: class mass × the weight of k's parity."""
+    pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
+    even = p0 + (pn + pp) * (r / (1 + r))
+    odd = (pn + pp) / (1 + r)
+    k_even_if_kappa_even = np.remainder(n, 2) == 0  # k = κ − n
+    sign = np.where(np.remainder(parity_so_far, 2) == 0, 1.0, -1.0)
+    w_k_even, w_k_odd = 0.5 * (1 + sign * tail), 0.5 * (1 - sign * tail)
+    w_even = np.where(k_even_if_kappa_even, w_k_even, w_k_odd)
+    w_odd = np.where(k_even_if_kappa_even, w_k_odd, w_k_even)
+    return np.stack([even * w_even, odd * w_odd], axis=1)
+
+
+def _sign_probs(probs, r, odd: np.ndarray) -> np.ndarray:
+    """κ's sign (−, 0, +) within its parity class."""
+    pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
+    even_probs = np.stack([pn * r / (1 + r), p0, pp * r / (1 + r)], axis=1)
+    odd_probs = np.stack([pn, np.zeros_like(p0), pp], axis=1)
+    return np.where(odd[:, None], odd_probs, even_probs)
+
+
+def _tail_product(d_all: np.ndarray, j: int) -> np.ndarray:
+    """Π_{i>j} D_i per row of ``(N, n)`` D: the weight that the parities after coordinate j
+    give to Σ k's parity (ones after the last coordinate)."""
+    return d_all[:, j + 1 :].prod(1) if j < d_all.shape[1] - 1 else np.ones(d_all.shape[0])
+
+
+def _parity_sign_magnitude_ops(
+    kappa, probs_j, ratio_j, shift_j, parity_so_far, tail, table_j, log_ratio2_j
+) -> list[_Op]:
+    """One coordinate's ops for κ = k + n (E8) or κ = y − n (a glued block), with its sign
+    probabilities ``probs_j``, ratio r (ρ for a glued block), shift n, the parity so far and
+    ``tail`` (:func:`_tail_product`): its parity, its sign within the parity class and its
+    geometric magnitude (table ``table_j``, log-ratio ``log_ratio2_j`` = log r²)."""
+    odd = np.remainder(kappa, 2) == 1
+    parity = _parity_probs(probs_j, ratio_j, shift_j, parity_so_far, tail)
+    signs = _sign_probs(probs_j, ratio_j, odd)
+    nonzero = kappa[kappa != 0]
+    magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
+    return [
+        _categorical_op(odd.astype(np.int64), parity),
+        _categorical_op(np.sign(kappa) + 1, signs),
+        _geometric_op(magnitude, table_j, log_ratio2_j),
+    ]
+
+
+def _decode_parity_sign_magnitude(
+    coder, probs_j, ratio_j, shift_j, parity_so_far, tail, table_j
+) -> np.ndarray:
+    """One coordinate's κ, decoded from the ops of :func:`_parity_sign_magnitude_ops`."""
+    parity = _parity_probs(probs_j, ratio_j, shift_j, parity_so_far, tail)
+    odd = _decode_categorical(coder, parity) == 1
+    sign = _decode_categorical(coder, _sign_probs(probs_j, ratio_j, odd)) - 1
+    kappa = np.zeros(shift_j.shape[0], dtype=np.int64)  # 0, or ±(2t + 1) / ±(2t + 2)
+    nonzero = np.flatnonzero(sign)
+    if nonzero.size:
+        t = coder.decode(table_j, nonzero.size).astype(np.int64)
+        base = np.where(odd[nonzero], 1, 2)
+        kappa[nonzero] = sign[nonzero] * (2 * t + base)
+    return kappa
 
 
 class _E8Block:
@@ -106,27 +171,6 @@ class _E8Block:
         one = _coset_one_probability(u / sigma, scale / sigma, self._moments)
         return np.stack([1 - one, one], axis=1)
 
-    @staticmethod
-    def _parity_probs(probs, r, n, parity_so_far, tail):
-        """P(κ even), P(κ odd) for one coordinate: class mass × the weight of k's parity."""
-        pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
-        even = p0 + (pn + pp) * (r / (1 + r))
-        odd = (pn + pp) / (1 + r)
-        k_even_if_kappa_even = np.remainder(n, 2) == 0  # k = κ − n
-        sign = np.where(np.remainder(parity_so_far, 2) == 0, 1.0, -1.0)
-        w_k_even, w_k_odd = 0.5 * (1 + sign * tail), 0.5 * (1 - sign * tail)
-        w_even = np.where(k_even_if_kappa_even, w_k_even, w_k_odd)
-        w_odd = np.where(k_even_if_kappa_even, w_k_odd, w_k_even)
-        return np.stack([even * w_even, odd * w_odd], axis=1)
-
-    @staticmethod
-    def _sign_probs(probs, r, odd: np.ndarray) -> np.ndarray:
-        """κ's sign (−, 0, +) within its parity class."""
-        pn, p0, pp = probs[:, 0], probs[:, 1], probs[:, 2]
-        even_probs = np.stack([pn * r / (1 + r), p0, pp * r / (1 + r)], axis=1)
-        odd_probs = np.stack([pn, np.zeros_like(p0), pp], axis=1)
-        return np.where(odd[:, None], odd_probs, even_probs)
-
     def _split(self, k: Tensor):
         z = k.to(torch.float64) @ self.basis  # halves: exact
         c = np.remainder(np.round(2 * z[:, 0].numpy()), 2).astype(np.int64)
@@ -154,39 +198,25 @@ class _E8Block:
         tables = magnitude_models(scale / (2 * sigma), (width + 1) // 2 + 1)
         return (*chosen, r, tables, -2 * sigma / scale)
 
-    def _parity(self, coords, j: int, parity_so_far: np.ndarray) -> np.ndarray:
-        """Coordinate j's parity probabilities, weighted by the parities still to come."""
-        n_all, probs_all, d_all, r = coords[:4]
-        tail = d_all[:, j + 1 :].prod(1) if j < 7 else np.ones(n_all.shape[0])
-        return self._parity_probs(probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail)
+    def _coordinate_args(self, coords, j: int, parity_so_far: np.ndarray) -> tuple:
+        """Coordinate j's sign probabilities, r, shift n, the parity so far, the product of the
+        D's after it and its magnitude table: what both its ops and its decoding take."""
+        n_all, probs_all, d_all, r, tables, _ = coords
+        tail = _tail_product(d_all, j)
+        return probs_all[:, j], r[j], n_all[:, j], parity_so_far, tail, tables[j]
 
     def _coordinate_ops(self, coords, j: int, kappa: np.ndarray, parity_so_far) -> list[_Op]:
-        """Coordinate j's ops for κ_j = k_j + n_j: its parity, its sign within the parity class
-        and its geometric magnitude."""
-        _, probs_all, _, r, tables, log_r2 = coords
-        odd = np.remainder(kappa, 2) == 1
-        parity = self._parity(coords, j, parity_so_far)
-        signs = self._sign_probs(probs_all[:, j], r[j], odd)
-        nonzero = kappa[kappa != 0]
-        magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
-        return [
-            _categorical_op(odd.astype(np.int64), parity),
-            _categorical_op(np.sign(kappa) + 1, signs),
-            _geometric_op(magnitude, tables[j], log_r2[j]),
-        ]
+        """Coordinate j's ops for κ_j = k_j + n_j: its parity, weighted by the parities still
+        to come, its sign within the parity class and its geometric magnitude."""
+        log_r2 = coords[5]
+        args = self._coordinate_args(coords, j, parity_so_far)
+        return _parity_sign_magnitude_ops(kappa, *args, log_r2[j])
 
     def _decode_coordinate(self, coder, coords, j: int, parity_so_far) -> np.ndarray:
         """Coordinate j's κ_j, decoded from the ops of :meth:`_coordinate_ops`."""
-        n_all, probs_all, _, r, tables, _ = coords
-        odd = _decode_categorical(coder, self._parity(coords, j, parity_so_far)) == 1
-        sign = _decode_categorical(coder, self._sign_probs(probs_all[:, j], r[j], odd)) - 1
-        kappa = np.zeros(n_all.shape[0], dtype=np.int64)  # 0, or ±(2t + 1) / ±(2t + 2)
-        nonzero = np.flatnonzero(sign)
-        if nonzero.size:
-            t = coder.decode(tables[j], nonzero.size).astype(np.int64)
-            base = np.where(odd[nonzero], 1, 2)
-            kappa[nonzero] = sign[nonzero] * (2 * t + base)
-        return kappa
+        return _decode_parity_sign_magnitude(
+            coder, *self._coordinate_args(coords, j, parity_so_far)
+        )
 
     def ops(self, prepared, sigma, scale, width: int) -> list:
         kk, c, u = prepared

@@ -13,15 +13,19 @@ from torch import Tensor
 from ._coder_ops import (
     _CLASS_CHUNK,
     PRECISION,
-    _categorical_op,
     _check_positive,
     _ChunkedCategorical,
     _decode_categorical,
-    _geometric_op,
     _numpy,
     _Op,
 )
-from ._e8_blocks import _E8Block, _GaussianE8Block
+from ._e8_blocks import (
+    _decode_parity_sign_magnitude,
+    _E8Block,
+    _GaussianE8Block,
+    _parity_sign_magnitude_ops,
+    _tail_product,
+)
 from ._laplace_cells import (
     _GAUSSIAN_TAIL_SCALES,
     _TAIL_SCALES,
@@ -207,17 +211,9 @@ class _GluedBlock:
         out = []
         parity_so_far = self.parities[c].astype(np.float64)
         for j in range(self.n):
-            tail = d_all[:, j + 1 :].prod(1) if j < self.n - 1 else np.ones(c.size)
             kappa = (y[:, j] - n_all[:, j]).astype(np.int64)
-            odd = np.remainder(kappa, 2) == 1
-            parity = _E8Block._parity_probs(p_all[:, j], rho[j], n_all[:, j], parity_so_far, tail)
-            out.append(_categorical_op(odd.astype(np.int64), parity))
-            out.append(
-                _categorical_op(np.sign(kappa) + 1, _E8Block._sign_probs(p_all[:, j], rho[j], odd))
-            )
-            nonzero = kappa[kappa != 0]
-            magnitude = (np.abs(nonzero) - np.where(np.remainder(nonzero, 2) == 1, 1, 2)) // 2
-            out.append(_geometric_op(magnitude, tables[j], 2 * log_rho[j]))
+            args = (p_all[:, j], rho[j], n_all[:, j], parity_so_far, _tail_product(d_all, j))
+            out.extend(_parity_sign_magnitude_ops(kappa, *args, tables[j], 2 * log_rho[j]))
             parity_so_far = parity_so_far + y[:, j]
         return out
 
@@ -239,16 +235,8 @@ class _GluedBlock:
         y = np.zeros((n, self.n))
         parity_so_far = self.parities[c].astype(np.float64)
         for j in range(self.n):
-            tail = d_all[:, j + 1 :].prod(1) if j < self.n - 1 else np.ones(n)
-            parity = _E8Block._parity_probs(p_all[:, j], rho[j], n_all[:, j], parity_so_far, tail)
-            odd = _decode_categorical(coder, parity) == 1
-            sign = _decode_categorical(coder, _E8Block._sign_probs(p_all[:, j], rho[j], odd)) - 1
-            kappa = np.zeros(n, dtype=np.int64)
-            nonzero = np.flatnonzero(sign)
-            if nonzero.size:
-                t = coder.decode(tables[j], nonzero.size).astype(np.int64)
-                kappa[nonzero] = sign[nonzero] * (2 * t + np.where(odd[nonzero], 1, 2))
-            y[:, j] = kappa + n_all[:, j]
+            args = (p_all[:, j], rho[j], n_all[:, j], parity_so_far, _tail_product(d_all, j))
+            y[:, j] = _decode_parity_sign_magnitude(coder, *args, tables[j]) + n_all[:, j]
             parity_so_far = parity_so_far + y[:, j]
         x = self.values[self.index[c]] + self.step * y
         return torch.round(torch.from_numpy(x) @ self.inverse).long()
