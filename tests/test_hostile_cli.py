@@ -73,6 +73,26 @@ def test_seeds_beyond_torchs_range_name_the_key(key, value):
         apply_overrides(RunConfig(), [f"{key}={value}"])
 
 
+def test_an_unknown_key_of_a_section_with_a_free_table_names_the_tables_entry():
+    """A bottleneck's constructor argument given as a key of the section itself
+    (``bottleneck.lattice``) is refused with the key it belongs under; a section without such a
+    table, or the top level, gets no hint; a key's control characters stay escaped."""
+    cfg = RunConfig()
+    with pytest.raises(ValueError) as err:
+        apply_overrides(cfg, ["bottleneck.lattice=e8"])
+    assert str(err.value).endswith(
+        "BottleneckConfig has: ['args', 'name'] (an entry of bottleneck.args? set "
+        "'bottleneck.args.lattice')"
+    )
+    assert apply_overrides(cfg, ["bottleneck.args.lattice=e8"]).bottleneck.args == {"lattice": "e8"}
+    for key in ("model.lattice", "lattice"):
+        with pytest.raises(ValueError, match=r"has: \[[^]]*\]$"):
+            apply_overrides(cfg, [f"{key}=e8"])
+    with pytest.raises(ValueError) as err:
+        apply_overrides(cfg, ["bottleneck.a\x1bb=1"])
+    assert "\x1b" not in str(err.value) and str(err.value).endswith("'bottleneck.args.a\\x1bb')")
+
+
 def test_seeds_at_the_ends_of_torchs_range_are_taken():
     for value in (2**64 - 1, -(2**63)):
         cfg = apply_overrides(RunConfig(), [f"train.seed={value}", f"data.split_seed={value}"])

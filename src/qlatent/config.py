@@ -114,8 +114,15 @@ def _set(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]
     if name not in fields:
+        # a free-form table of a section (a bottleneck's constructor arguments) takes any key
+        parts = full_key.strip().split(".")
+        section = ".".join(parts[: len(parts) - len(path)])
+        tables = [f for f in sorted(fields) if isinstance(getattr(obj, f), dict)] if section else []
+        hint = "".join(
+            f" (an entry of {section}.{t}? set {'.'.join([section, t, *path])!r})" for t in tables
+        )
         raise ValueError(
-            f"unknown config key {full_key!r}; {type(obj).__name__} has: {sorted(fields)}"
+            f"unknown config key {full_key!r}; {type(obj).__name__} has: {sorted(fields)}{hint}"
         )
     if len(path) > 1:
         current = getattr(obj, name)
