@@ -25,6 +25,7 @@ from cli_helpers import TINY_RUN as TINY
 from qlatent.bottlenecks import BOTTLENECKS
 from qlatent.cli import main
 from qlatent.experiments import custom
+from qlatent.lattices import tile
 
 
 def _config(tmp_path, name: str, family: str = "gated_mlp", hidden: str = "[16]") -> str:
@@ -177,6 +178,13 @@ def test_missing_config_and_list(tmp_path, capsys):
     assert main(["train", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in BOTTLENECKS.names())
+    # the lattice names it shows, and a lattice of each build at a width of their blocks
+    lattices = next(line for line in out.splitlines() if line.startswith("lattices of"))
+    shown = ("z", "a<n>", "a2", "d<n>", "d<n>*", "e8", "bw16", "leech")
+    assert "(bottleneck.args.lattice)" in lattices and all(name in lattices for name in shown)
+    for spec, dim in [("z", 4), ("a3", 6), ("a2", 4), ("d5", 10), ("d4*", 8), ("e8", 16)]:
+        assert tile(spec, dim).dim == dim
+    assert tile(["leech", "bw16"], 40).dim == 40
     # where the paper tables' configs are, in a checkout or an installed package: a row trains
     # from the files that line names
     line = out.splitlines()[-1]

@@ -260,6 +260,14 @@ def check_bottleneck(cfg: RunConfig) -> None:
         ) from None
 
 
+#: the names ``bottleneck.args.lattice`` takes (:func:`qlatent.lattices.tile`), as ``--list``
+#: shows them
+LATTICE_NAMES = (
+    'z, a<n> (a2 hexagonal), d<n>, d<n>*, e8, bw16, leech; a list is a direct sum (["leech", '
+    '"bw16"]); one name is repeated to fill the latent width'
+)
+
+
 def components() -> str:
     """What ``qlatent train --list`` prints: the registered parts, and where the paper tables'
     config files are installed (``src/qlatent/configs`` in a checkout, under site-packages in
@@ -274,6 +282,7 @@ def components() -> str:
             f"model families (model.family): {', '.join(FAMILIES)}",
             "likelihoods (model.likelihood): bernoulli, squared_error",
             f"bottlenecks (bottleneck.name): {', '.join(BOTTLENECKS.names())}",
+            f"lattices of bottleneck.name = lattice (bottleneck.args.lattice): {LATTICE_NAMES}",
             f"paper-table configs (train BASE ROW): {folder}/TABLE/*.toml, TABLE one of "
             f"{', '.join(tables)}",
         ]
