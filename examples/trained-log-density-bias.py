@@ -12,11 +12,13 @@ images is scaled (the IWAE calls ``log_density`` once per importance sample; its
 the encoder and decoder, is not counted). With ``--iwae-images N``, the IWAE-1000 NLL of the
 first N test images is also computed at each count pair (the same posterior samples, only the
 log-density's points differ), with its paired difference from the first pair: how much the
-reported IWAE reads high at the row's own counts. One seed (0) for the draws.
+reported IWAE reads high at the row's own counts. ``--proposal`` measures the counts under
+another proposal of the row's prior than the one it was trained with (e.g. ``box`` for a row
+trained with plain prior draws). One seed (0) for the draws.
 
     python examples/trained-log-density-bias.py --runs ~/.cache/qlatent/runs-v2
         [--model leech_tilted_lattice] [--images 200] [--counts 512,4 1024,8 2048,16 4096,32]
-        [--iwae-images 0] [--out results/trained-log-density-bias.json]
+        [--proposal box] [--iwae-images 0] [--out results/trained-log-density-bias.json]
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def main() -> None:
         nargs="+",
         default=[(512, 4), (1024, 8), (2048, 16), (4096, 32)],
     )
+    parser.add_argument(
+        "--proposal",
+        choices=("prior", "box", "tilted"),
+        default=None,
+        help="the proposal of the prior's draws (default: the row's own)",
+    )
     parser.add_argument("--iwae-images", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/trained-log-density-bias.json"))
     args = parser.parse_args()
@@ -60,8 +68,9 @@ def main() -> None:
         parser.error(f"--out {args.out} is a folder; it takes the path of a JSON file")
     command = (
         f"python examples/trained-log-density-bias.py --runs {args.runs} --model {args.model} "
-        f"--images {args.images} --counts {' '.join(f'{a},{b}' for a, b in args.counts)} "
-        f"--iwae-images {args.iwae_images} --out {args.out}"
+        f"--images {args.images} --counts {' '.join(f'{a},{b}' for a, b in args.counts)}"
+        + (f" --proposal {args.proposal}" if args.proposal else "")
+        + f" --iwae-images {args.iwae_images} --out {args.out}"
     )
     started = provenance(command)  # the tree as it was when the run began
     t0 = time.perf_counter()
@@ -74,6 +83,11 @@ def main() -> None:
     except (ValueError, OSError, DataError) as err:  # an unknown row, no checkpoint
         parser.error(str(err))
     neck = model.bottleneck
+    if args.proposal is not None:
+        try:  # the library's check: "box" needs the Laplace prior
+            neck.proposal = args.proposal
+        except ValueError as err:
+            parser.error(str(err))
     torch.manual_seed(0)
     with torch.no_grad():  # the training path's y_hat, where the protocol measures the bias
         v = model.train()(data["test"][: args.images]).bottleneck.y_hat
@@ -157,7 +171,8 @@ def main() -> None:
         "notes": "bias of log f-hat per image (nats; negative: the rate is overestimated); "
         "iwae1000_log_density_hours scales one log_density call to 1000 samples x 10k images; "
         "iwae1000_* on the first iwae_images test images, the same posterior samples at every "
-        "count pair",
+        "count pair; train_samples, eval_samples and (without --proposal) proposal are those of "
+        "the row's config in this tree, which the model is built from",
     }
     write_json(payload, args.out)
     print(f"wrote {args.out}")
