@@ -159,6 +159,7 @@ def main() -> None:
         **counts_of_row,
         "checkpoint": info["checkpoint"],
         "checkpoint_epoch": info.get("checkpoint_epoch"),
+        "config_since_trained": info.get("config_since_trained", []),
         "images": int(v.shape[0]),
         "iwae_images": args.iwae_images,
         "split": "test",
@@ -171,8 +172,9 @@ def main() -> None:
         "notes": "bias of log f-hat per image (nats; negative: the rate is overestimated); "
         "iwae1000_log_density_hours scales one log_density call to 1000 samples x 10k images; "
         "iwae1000_* on the first iwae_images test images, the same posterior samples at every "
-        "count pair; train_samples, eval_samples and (without --proposal) proposal are those of "
-        "the row's config in this tree, which the model is built from",
+        "count pair; train_samples, eval_samples and (without --proposal) proposal are those "
+        "the checkpoint's run recorded, which the model is built from (config_since_trained: "
+        "what the row's config in this tree has changed since)",
     }
     write_json(payload, args.out)
     print(f"wrote {args.out}")

@@ -22,6 +22,7 @@ import torch
 
 from cli_helpers import one_line_error, run_cli
 from qlatent.cli import main
+from qlatent.config import to_dict
 from qlatent.train import CheckpointError, load, save_atomic
 
 
@@ -432,3 +433,58 @@ def test_coding_mnist_reads_a_table1_rows_checkpoints_as_data(tmp_path):
     _, info = table1_model()
     assert info["checkpoint_epoch"] == 3 and info["run_epochs"] == 4
     assert info["run_stopped"] == "in progress"
+
+
+def test_a_table1_row_is_analysed_as_its_checkpoint_trained_it(tmp_path):
+    """A row's config may change after its run (counts, proposal: not parameters, so the weights
+    load into either model): the model is rebuilt from the model section the checkpoint
+    recorded, and what changed since is reported beside it."""
+    from qlatent.experiments import coding_mnist, lattice_mnist
+
+    cfg = coding_mnist.config(quick=True, overrides=[f"table1_runs={tmp_path}"])
+    data = coding_mnist.load_data(cfg, None)
+    lcfg = lattice_mnist.model_config("d4_lattice", quick=False, overrides=[])
+    weights = lattice_mnist.build_model(lcfg, data["train"].shape[1]).state_dict()
+    run = to_dict(lcfg)
+    older = {"lattice": "d4", "samples": 128, "prior_samples": 32, "eval_prior_samples": 32}
+    run["model"]["bottleneck_args"] = older
+    best = tmp_path / "lattice-mnist" / "d4_lattice" / "best.pt"
+    save_atomic({"model": weights, "epoch": 3, "run_config": run}, best)
+    model, info = coding_mnist._table1_model(
+        "d4_lattice", cfg, data, quick=False, runs_dir=tmp_path
+    )
+    neck = model.bottleneck
+    assert (neck.samples, neck.prior_samples, neck.eval_prior_samples) == (128, 32, 32)
+    assert neck.proposal == "prior" != lcfg.model.bottleneck_args["proposal"]
+    assert info["bottleneck_args"] == older
+    assert "model.bottleneck_args.prior_samples: 32 → 64" in info["config_since_trained"]
+    assert "model.bottleneck_args.proposal: (default) → 'box'" in info["config_since_trained"]
+    # the config as this tree has it: nothing to report; no recorded config: this tree's
+    for saved in ({"model": weights, "run_config": to_dict(lcfg)}, {"model": weights}):
+        save_atomic(saved, best)
+        model, info = coding_mnist._table1_model(
+            "d4_lattice", cfg, data, quick=False, runs_dir=tmp_path
+        )
+        assert "config_since_trained" not in info and model.bottleneck.proposal == "box"
+
+
+@pytest.mark.parametrize(
+    "run_config, message",
+    [
+        ([1, 2], "records no model section"),
+        ({"model": "d4"}, "records no model section"),
+        ({"model": {"latent_dim": "forty"}}, "is not this table's"),
+        ({"model": {"nope": 1}}, "is not this table's"),
+        ({"model": {"hidden": 10**7}}, "is not this table's"),
+        ({"model": {"bottleneck_args": {"lattice": "e9"}}}, "is not this table's"),
+    ],
+)
+def test_a_table1_checkpoints_recorded_model_config_is_checked(tmp_path, run_config, message):
+    """The model section a checkpoint recorded is untrusted: one that describes no model of this
+    table (or a model too large to build) is one error naming the file, before any allocation."""
+    from qlatent.experiments import lattice_mnist
+
+    lcfg = lattice_mnist.model_config("d4_lattice", quick=False, overrides=[])
+    path = tmp_path / "best.pt"
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: its saved ") + ".*" + message):
+        lattice_mnist.trained_config(lcfg, {"run_config": run_config}, path)

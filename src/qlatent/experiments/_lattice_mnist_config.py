@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._size import check_size
+from ..config import apply_mapping, to_dict
 from ..eval.proposals import parse_mixture
 from ..models import gated_vae
-from ..train import TrainConfig
+from ..train import CheckpointError, TrainConfig
+from ..train._resume_checks import _flatten
 from . import custom
 
 #: pixels of a binarized MNIST image (and of the synthetic stand-in)
@@ -220,6 +222,44 @@ def from_run_config(run: custom.RunConfig) -> LatticeMnistConfig:
     )
     check_size(lambda: _gated_vae(cfg, DATA_DIM))  # before the data is read
     return cfg
+
+
+def trained_config(
+    cfg: LatticeMnistConfig, ckpt: dict[str, Any], path: Any
+) -> tuple[LatticeMnistConfig, list[str]]:
+    """``cfg`` with the model section a checkpoint of its row was trained with, and what differs
+    (``"key: checkpoint → this tree"``): a row's config may change after a run (its sample
+    counts, its proposal), and the trained weights load into either model, since counts are not
+    parameters; analysing the run must use the model as it was trained. A checkpoint that
+    records no config (an older one) gives ``cfg`` unchanged; a recorded model section that
+    does not describe a model of this table raises :class:`~qlatent.train.CheckpointError`
+    naming ``path``."""
+    saved = ckpt.get("run_config")
+    if saved is None:
+        return cfg, []
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: its saved run config records no model section")
+    try:
+        trained = apply_mapping(cfg, {"model": model})
+        check_size(lambda: _gated_vae(trained, DATA_DIM))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: its saved model config is not this table's ({err})"
+        ) from None
+    # a key only one side has (an option added or dropped since) is a difference here: the
+    # bottleneck's default stood in for it on that side
+    was, now = _flatten(to_dict(trained.model)), _flatten(to_dict(cfg.model))
+
+    def shown(side: dict[str, Any], key: str) -> str:
+        return repr(side[key]) if key in side else "(default)"
+
+    changes = [
+        f"model.{key}: {shown(was, key)} → {shown(now, key)}"
+        for key in sorted(was.keys() | now.keys())
+        if key not in was or key not in now or was[key] != now[key]
+    ]
+    return trained, changes
 
 
 def _gated_vae(cfg: LatticeMnistConfig, data_dim: int):

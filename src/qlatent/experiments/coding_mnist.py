@@ -34,6 +34,7 @@ reference at the row's), so two lattices are compared at equal reconstruction li
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,8 @@ def _table1_model(
     from . import lattice_mnist
 
     lcfg = lattice_mnist.model_config(name, quick=quick, overrides=["train.progress=false"])
-    model = lattice_mnist.build_model(lcfg, data["train"].shape[1])
     if quick:
+        model = lattice_mnist.build_model(lcfg, data["train"].shape[1])
         folder = runs_dir / "coding-mnist-quick" / name
         result = fit(model, data, lcfg.train, out_dir=folder, run_config=to_dict(lcfg))
         return model, {"checkpoint": str(folder / "best.pt"), "train_wall_s": result.wall_s}
@@ -81,11 +82,16 @@ def _table1_model(
             f"{name}` first, or point --set table1_runs=DIR at its runs folder"
         )
     ckpt = load(best)
-    load_weights(model, ckpt.get("model"), best)
     wrong = problem(ckpt, {"epoch": "integer or None or missing"})
     if wrong:  # recorded in the results
         raise CheckpointError(f"{best}: {wrong}")
+    # the model as the run trained it, not as this tree configures the row now
+    lcfg, changes = lattice_mnist.trained_config(lcfg, ckpt, best)
+    model = lattice_mnist.build_model(lcfg, data["train"].shape[1])
+    load_weights(model, ckpt.get("model"), best)
     info = {"checkpoint": str(best), "checkpoint_epoch": ckpt.get("epoch")}
+    if changes:
+        info["config_since_trained"] = changes
     if (folder / "last.pt").is_file():
         # where the row's run stands, for the record only: what cannot be read is said so
         try:
@@ -108,11 +114,16 @@ def trained_table1_model(
     name: str, runs_dir: str | Path, data_dir: str | None = None
 ) -> tuple[Autoencoder, dict[str, Any], dict[str, torch.Tensor]]:
     """A trained Table-1 row for analysis: ``(model, checkpoint info, MNIST splits)``, the model
-    from its best checkpoint under ``runs_dir`` (a lattice-mnist runs folder), the data as this
-    table loads it (binarized MNIST, ``data_dir`` the download cache)."""
+    from its best checkpoint under ``runs_dir`` (a lattice-mnist runs folder) as that run
+    configured it (what has changed since is in the info's ``config_since_trained`` and printed
+    on stderr), the data as this table loads it (binarized MNIST, ``data_dir`` the download
+    cache)."""
     cfg = config(quick=False, overrides=[f"table1_runs={runs_dir}"])
     data = load_data(cfg, data_dir)
     model, info = _table1_model(name, cfg, data, quick=False, runs_dir=Path(runs_dir))
+    if info.get("config_since_trained"):
+        since = "; ".join(info["config_since_trained"])
+        print(f"{info['checkpoint']}: trained with {since}", file=sys.stderr)
     return model, info, data
 
 

@@ -18,6 +18,7 @@ written there is refused, naming it).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from ._lattice_mnist_config import GOOD_LATTICE_ROWS as GOOD_LATTICE_ROWS
 from ._lattice_mnist_config import EvalConfig as EvalConfig
 from ._lattice_mnist_config import VAEConfig as VAEConfig
 from ._lattice_mnist_config import from_run_config as from_run_config
+from ._lattice_mnist_config import trained_config as trained_config
 from ._lattice_mnist_eval import _cached_evaluation, _eval_key, evaluate
 from ._lattice_mnist_eval import _chunked_iwae as _chunked_iwae
 from ._lattice_mnist_figures import RECTANGULAR_ROWS as RECTANGULAR_ROWS
@@ -73,17 +75,21 @@ def load_trained(
     row: str, runs_dir: str | Path, data_dir: str | None = None
 ) -> tuple[LatticeMnistConfig, dict[str, torch.Tensor], torch.nn.Module, dict[str, Any]]:
     """A trained row as the analysis scripts under ``examples/`` read it: its config (as
-    configured, no overrides), the data, its model with the weights of
+    configured, no overrides, with the model section the checkpoint was trained with:
+    :func:`trained_config`), the data, its model with the weights of
     ``<runs_dir>/lattice-mnist/<row>/best.pt`` in eval mode, and that checkpoint's dict. Raises
     FileNotFoundError or :class:`~qlatent.train.CheckpointError`, each naming the file, when the
-    checkpoint is missing or unreadable or holds another model."""
-    cfg = model_config(row, quick=False, overrides=[])
-    data = load_data(cfg, data_dir)
-    model = build_model(cfg, data["test"].shape[1])
+    checkpoint is missing or unreadable or holds another model. Where the row's model config
+    has changed since the run, what changed is printed on stderr."""
     path = Path(runs_dir) / "lattice-mnist" / row / "best.pt"
     checkpoint = load(path)
     if "model" not in checkpoint:
         raise CheckpointError(f"{path} holds no model weights")
+    cfg, changes = trained_config(model_config(row, quick=False, overrides=[]), checkpoint, path)
+    if changes:
+        print(f"{path}: trained with {'; '.join(changes)}", file=sys.stderr)
+    data = load_data(cfg, data_dir)
+    model = build_model(cfg, data["test"].shape[1])
     load_weights(model, checkpoint["model"], path)
     return cfg, data, model.eval(), checkpoint
 
