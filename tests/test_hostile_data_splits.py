@@ -101,6 +101,31 @@ def test_compress_from_a_changed_folder_is_one_line(folder_run, tmp_path, capsys
     assert code == 2 and "images it was trained on" in err and err.count("\n") == 1, err
 
 
+def test_a_split_of_a_folder_is_read_alone(folder_run, tmp_path, capsys):
+    """``load_split`` gives a split (or its first images) as ``load_data`` does, decoding only
+    those files: ``compress --data checkpoint-test --limit 2`` codes two test images of a folder
+    whose training images it never reads (one of them unreadable here)."""
+    folder, best = folder_run
+    ckpt = torch.load(best, weights_only=True)
+    _, cfg = custom.model_from_checkpoint(ckpt, best)
+    whole = custom.load_data(cfg.data, progress=False)
+    for split in ("train", "val", "test"):
+        assert torch.equal(custom.load_split(cfg.data, split), whole[split])
+        assert torch.equal(custom.load_split(cfg.data, split, 2), whole[split][:2])
+    index = custom._split_indices(30, cfg.data.val_size, cfg.data.test_size, cfg.data.split_seed)
+    trained = folder / f"{index['train'][0].item():06d}.png"
+    kept = trained.read_bytes()
+    trained.write_bytes(b"not an image")
+    try:
+        with pytest.raises(DataError, match="cannot read image"):
+            custom.load_data(cfg.data, progress=False)  # every file is decoded
+        args = ["compress", "--checkpoint", best, "--data", "checkpoint-test", "--limit", 2]
+        code, err = run_cli([*args, "-o", tmp_path / "two.qlc"], capsys)
+    finally:
+        trained.write_bytes(kept)
+    assert code == 0, err
+
+
 def test_an_llvq_folder_run_is_not_resumed_on_a_resplit_folder(tmp_path, capsys):
     """``reproduce llvq-celeba`` (and ``llvq-ffhq``) split their folder the same way and saved
     no record of it: resumed after an image was added, the run trained on, validated on and

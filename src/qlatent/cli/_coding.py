@@ -49,8 +49,10 @@ def _coding_images(name: str, data_dir: str | None, limit: int | None, ckpt=None
                 "file and reports its size"
             )
         data = custom.checkpoint_data(cfg.data, ckpt["run_config"]["derived"])
-        splits = custom.prepare(cfg, custom.load_data(data, data_dir))
-    elif source == "mnist":
+        # only the images asked for are read (of a large image folder, a few test images)
+        images = custom.load_split(data, split, limit, data_dir)
+        return custom.prepare(cfg, {split: images})[split]
+    if source == "mnist":
         splits = binarized_mnist(data_dir)
     elif source == "synthetic":
         splits = synthetic_binary(n=1200, seed=0)

@@ -20,7 +20,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -257,9 +257,16 @@ def _decode(path: Path, *, size: int, mode: str) -> Any:
 
 
 def load_image_folder(
-    folder: str | os.PathLike[str], *, size: int, channels: int = 3, progress: bool = True
+    folder: str | os.PathLike[str],
+    *,
+    size: int,
+    channels: int = 3,
+    progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``(N, channels, size, size)`` float32 in [−0.5, 0.5] from the images under ``folder``.
+    """``(N, channels, size, size)`` float32 in [−0.5, 0.5] from the images under ``folder``
+    (:func:`image_files` order), or from only those at ``indices`` of that list, in that order
+    (a split or its first images, without decoding the rest).
 
     Untrusted input: a file that is not a regular file (a FIFO, a device, a folder named
     ``x.png``, a dangling symlink) or that Pillow cannot decode is a DataError naming the file;
@@ -269,6 +276,10 @@ def load_image_folder(
     if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     files = image_files(folder)
+    if indices is not None:
+        if any(not 0 <= i < len(files) for i in indices):
+            raise IndexError(f"indices outside the folder's {len(files)} images")
+        files = [files[i] for i in indices]
     check_fits(
         len(files) * channels * size * size,
         4,

@@ -60,6 +60,26 @@ def load_data(
     return _split(images, max(1, n // 6), max(1, n // 6), cfg.split_seed)
 
 
+def load_split(
+    cfg: DataConfig, split: str, limit: int | None = None, data_dir: str | None = None
+) -> Tensor:
+    """The images of one split, ``(N, C, H, W)`` as :func:`load_data` gives them, or its first
+    ``limit``: of an image folder only those files are decoded (the split is drawn from the file
+    list alone), so coding a few test images of a large folder does not read all of it."""
+    if cfg.name != "folder":
+        images = load_data(cfg, data_dir)[split]
+        return images if limit is None else images[:limit]
+    from ..data.folder import image_files, load_image_folder
+
+    n = len(image_files(cfg.folder))
+    index = _split_indices(n, cfg.val_size, cfg.test_size, cfg.split_seed)
+    chosen = index[split] if limit is None else index[split][:limit]
+    images = load_image_folder(
+        cfg.folder, size=cfg.image_size, channels=cfg.channels, indices=chosen.tolist()
+    )
+    return images + 0.5
+
+
 def _split(images: Tensor, val: int, test: int, seed: int) -> dict[str, Tensor]:
     return {k: images[v] for k, v in _split_indices(images.shape[0], val, test, seed).items()}
 

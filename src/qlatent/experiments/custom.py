@@ -110,6 +110,7 @@ from ._custom_data import (
     folder_split,
     load_data,
     load_labels,
+    load_split,
     load_text_data,
     prepare,
 )
@@ -399,6 +400,7 @@ __all__ = [
     "load_config",
     "load_data",
     "load_labels",
+    "load_split",
     "load_text_data",
     "model_from_checkpoint",
     "train",
