@@ -170,7 +170,7 @@ def test_an_idx_header_announcing_one_byte_more_than_memory_is_refused(monkeypat
 
     from qlatent.data import idx
 
-    monkeypatch.setattr(idx, "physical_memory", lambda: 100)
+    monkeypatch.setattr("qlatent.data.sources.physical_memory", lambda: 100)
     fits = struct.pack(">HBBI", 0, 8, 1, 100) + bytes(100)
     assert idx.parse_idx(fits).shape == (100,)
     (tmp_path / "fits").write_bytes(fits)

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .sources import physical_memory
+from . import sources
 
 __all__ = ["IDX_DTYPES", "MAX_DIMS", "parse_idx", "read_bytes", "read_idx", "write_idx"]
 
@@ -122,7 +122,7 @@ def _payload_size(dtype: np.dtype, shape: tuple[int, ...], source: str) -> int:
     """Bytes of the payload the header announces (exact: Python integers do not overflow), or a
     ValueError where that is more than this machine's memory."""
     size = math.prod(shape) * dtype.itemsize
-    total = physical_memory()
+    total = sources.physical_memory()  # looked up here: one place to stand in for it
     if total is not None and size > total:
         raise ValueError(
             f"{source}: the IDX header announces shape {shape}, {size / 2**30:,.1f} GiB, more "
