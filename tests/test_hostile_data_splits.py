@@ -112,6 +112,11 @@ def test_a_split_of_a_folder_is_read_alone(folder_run, tmp_path, capsys):
     for split in ("train", "val", "test"):
         assert torch.equal(custom.load_split(cfg.data, split), whole[split])
         assert torch.equal(custom.load_split(cfg.data, split, 2), whole[split][:2])
+    from qlatent.data.folder import load_image_folder
+
+    for outside in ([30], [-1]):
+        with pytest.raises(ValueError, match="indices outside the 30 images of"):
+            load_image_folder(folder, size=4, channels=1, indices=outside)
     index = custom._split_indices(30, cfg.data.val_size, cfg.data.test_size, cfg.data.split_seed)
     trained = folder / f"{index['train'][0].item():06d}.png"
     kept = trained.read_bytes()

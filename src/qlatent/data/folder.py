@@ -278,7 +278,9 @@ def load_image_folder(
     files = image_files(folder)
     if indices is not None:
         if any(not 0 <= i < len(files) for i in indices):
-            raise IndexError(f"indices outside the folder's {len(files)} images")
+            raise ValueError(
+                f"indices outside the {len(files)} images of {_shown(expanded(folder))}"
+            )
         files = [files[i] for i in indices]
     check_fits(
         len(files) * channels * size * size,
