@@ -457,7 +457,8 @@ def test_a_table1_row_is_analysed_as_its_checkpoint_trained_it(tmp_path):
     assert (neck.samples, neck.prior_samples, neck.eval_prior_samples) == (128, 32, 32)
     assert neck.proposal == "prior" != lcfg.model.bottleneck_args["proposal"]
     assert info["bottleneck_args"] == older
-    assert "model.bottleneck_args.prior_samples: 32 → 64" in info["config_since_trained"]
+    now = lcfg.model.bottleneck_args["prior_samples"]
+    assert f"model.bottleneck_args.prior_samples: 32 → {now}" in info["config_since_trained"]
     assert "model.bottleneck_args.proposal: (default) → 'box'" in info["config_since_trained"]
     # the config as this tree has it: nothing to report; no recorded config: this tree's
     for saved in ({"model": weights, "run_config": to_dict(lcfg)}, {"model": weights}):
